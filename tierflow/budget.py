@@ -1,0 +1,279 @@
+"""Budgets: estimate a call's worst case, reserve it atomically, settle it to the actual cost.
+
+A reservation is checked against every budget that applies to the call *inside the same ledger write
+transaction* that records it, so parallel calls (threads or processes sharing a ledger) cannot all pass
+the check before any spend is recorded. Settling records the call and closes the reservation in one
+transaction. A call whose usage is unknown keeps its worst case charged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tierflow.config import BudgetConfig, Config
+from tierflow.errors import BudgetExceeded
+from tierflow.ledger import CallRecord, Ledger, calls, now_iso, reservations
+from tierflow.routing import Route
+from tierflow.usage import Usage, price
+
+ESTIMATE_MARGIN = 1.15
+"""Headroom on offline token counts for providers whose tokenizer is not o200k."""
+ESTIMATE_OVERHEAD = 32
+"""Tokens the wire format adds around the text (roles, tool definitions)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The worst case of one call: every prompt token billed, every output token used."""
+
+    prompt_tokens: int
+    max_output_tokens: int
+    usd: Decimal | None
+    """None when the model's price is unknown."""
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.max_output_tokens
+
+
+def estimate(config: Config, route: Route, prompt_tokens: int, cached_prefix_tokens: int = 0) -> Estimate:
+    """Price the worst case: cacheable prefix billed as a cache write (the dearest kind), full output."""
+    tier = config.tier(route.tier)
+    _, provider = config.provider_for(route.tier)
+    usage = Usage(
+        input_tokens=prompt_tokens - cached_prefix_tokens,
+        cache_write_tokens=cached_prefix_tokens,
+        output_tokens=route.max_output_tokens,
+    )
+    usd = price(usage, route.model, provider_kind=provider.kind, override=tier.price)
+    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd)
+
+
+def padded(tokens: int, *, exact: bool) -> int:
+    """An offline count with headroom, or a provider's own count as is."""
+    return tokens if exact else math.ceil(tokens * ESTIMATE_MARGIN) + ESTIMATE_OVERHEAD
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    name: str
+    scope: str
+    limit_usd: float | None
+    limit_tokens: int | None
+    spent_usd: float
+    spent_tokens: int
+    reserved_usd: float
+    reserved_tokens: int
+    policy: str
+
+    @property
+    def remaining_usd(self) -> float | None:
+        if self.limit_usd is None:
+            return None
+        return self.limit_usd - self.spent_usd - self.reserved_usd
+
+    @property
+    def remaining_tokens(self) -> int | None:
+        if self.limit_tokens is None:
+            return None
+        return self.limit_tokens - self.spent_tokens - self.reserved_tokens
+
+    def fits(self, usd: float, tokens: int) -> bool:
+        eps = 1e-12
+        if self.limit_usd is not None and self.spent_usd + self.reserved_usd + usd > self.limit_usd + eps:
+            return False
+        return not (
+            self.limit_tokens is not None
+            and self.spent_tokens + self.reserved_tokens + tokens > self.limit_tokens
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.limit_usd is not None:
+            parts.append(
+                f"limit ${self.limit_usd:.4f}, spent ${self.spent_usd:.4f}, reserved ${self.reserved_usd:.4f}"
+            )
+        if self.limit_tokens is not None:
+            parts.append(
+                f"limit {self.limit_tokens} tokens, spent {self.spent_tokens}, "
+                f"reserved {self.reserved_tokens}"
+            )
+        return f"budget {self.name!r} ({self.scope}): " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: int
+    route: Route
+    estimate: Estimate
+    downgraded_from: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class Budgets:
+    """The budgets of one config, applied to one run."""
+
+    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.run_id = run_id
+        self.flow = flow
+        self.tz = ZoneInfo(config.settings.vault.timezone)
+
+    def applicable(self, phase: str) -> list[tuple[str, BudgetConfig]]:
+        return [
+            (name, b)
+            for name, b in self.config.settings.budgets.items()
+            if (b.flow in (None, self.flow)) and (b.phase in (None, phase))
+        ]
+
+    def period_start(self, budget: BudgetConfig, now: datetime | None = None) -> str | None:
+        """Start of the budget's calendar period in the vault's time zone, as a UTC ISO timestamp."""
+        if budget.period == "run":
+            return None
+        local = (now or datetime.now(UTC)).astimezone(self.tz)
+        day = local.date()
+        if budget.period == "week":
+            day = day - timedelta(days=day.weekday())
+        elif budget.period == "month":
+            day = date(day.year, day.month, 1)
+        start = datetime(day.year, day.month, day.day, tzinfo=self.tz)
+        return start.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def scope(self, name: str, budget: BudgetConfig) -> str:
+        parts = [f"per {budget.period}" if budget.period != "run" else "per run"]
+        if budget.flow:
+            parts.append(f"flow {budget.flow}")
+        if budget.phase:
+            parts.append(f"phase {budget.phase}")
+        return ", ".join(parts)
+
+    def state(self, conn: Connection, name: str, budget: BudgetConfig) -> BudgetState:
+        spent_q = sa.select(
+            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
+            sa.func.coalesce(
+                sa.func.sum(
+                    calls.c.input_tokens
+                    + calls.c.output_tokens
+                    + calls.c.cache_read_tokens
+                    + calls.c.cache_write_tokens
+                    + calls.c.reasoning_tokens
+                ),
+                0,
+            ),
+        )
+        held_q = sa.select(
+            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
+            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
+        ).where(reservations.c.open.is_(True))
+        start = self.period_start(budget)
+        if start is None:
+            spent_q = spent_q.where(calls.c.run_id == self.run_id)
+            held_q = held_q.where(reservations.c.run_id == self.run_id)
+        else:
+            spent_q = spent_q.where(calls.c.timestamp >= start)
+            held_q = held_q.where(reservations.c.created >= start)
+        if budget.flow:
+            spent_q = spent_q.where(calls.c.flow == budget.flow)
+            held_q = held_q.where(reservations.c.flow == budget.flow)
+        if budget.phase:
+            spent_q = spent_q.where(calls.c.phase == budget.phase)
+            held_q = held_q.where(reservations.c.phase == budget.phase)
+        spent_usd, spent_tokens = conn.execute(spent_q).one()
+        held_usd, held_tokens = conn.execute(held_q).one()
+        return BudgetState(
+            name=name,
+            scope=self.scope(name, budget),
+            limit_usd=budget.usd,
+            limit_tokens=budget.tokens,
+            spent_usd=float(spent_usd),
+            spent_tokens=int(spent_tokens),
+            reserved_usd=float(held_usd),
+            reserved_tokens=int(held_tokens),
+            policy=budget.policy,
+        )
+
+    def states(self, phase: str | None = None) -> list[BudgetState]:
+        """Every budget's state now (for reports)."""
+        with self.ledger.transaction() as conn:
+            return [
+                self.state(conn, name, b)
+                for name, b in self.config.settings.budgets.items()
+                if phase is None or b.phase in (None, phase)
+            ]
+
+    def reserve(self, candidates: Sequence[tuple[Route, Estimate]]) -> Reservation:
+        """Reserve the first candidate that fits every applicable budget.
+
+        `candidates` is the routed call followed by its cheaper downgrades. Budgets whose policy is
+        `downgrade` let the next candidate be tried; `warn` lets the call through flagged; `halt` stops.
+        """
+        route, first = candidates[0]
+        budgets = self.applicable(route.phase)
+        with self.ledger.transaction() as conn:
+            _lock(conn)
+            states = [self.state(conn, name, b) for name, b in budgets]
+            warnings: list[str] = []
+            for index, (candidate, est) in enumerate(candidates):
+                usd = float(est.usd) if est.usd is not None else 0.0
+                blocking = [s for s in states if not s.fits(usd, est.tokens)]
+                hard = [s for s in blocking if s.policy != "warn"]
+                if hard and all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
+                    continue
+                if hard:
+                    worst = hard[0]
+                    raise BudgetExceeded(
+                        f"{worst.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
+                        f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{worst.name}` in the "
+                        f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+                        budget=worst.name,
+                        scope=worst.scope,
+                    )
+                warnings = [f"over {s.describe()}" for s in blocking]
+                reservation_id = conn.execute(
+                    reservations.insert().values(
+                        created=now_iso(),
+                        run_id=self.run_id,
+                        flow=self.flow,
+                        phase=candidate.phase,
+                        usd=usd if est.usd is not None else 0.0,
+                        tokens=est.tokens,
+                        open=True,
+                    )
+                ).inserted_primary_key[0]
+                return Reservation(
+                    id=reservation_id,
+                    route=candidate,
+                    estimate=est,
+                    downgraded_from=route.tier if index else None,
+                    warnings=tuple(warnings),
+                )
+        raise AssertionError("unreachable: candidates is never empty")
+
+    def settle(self, reservation: Reservation, call: CallRecord) -> None:
+        """Record the call and release its reservation, in one transaction."""
+        with self.ledger.transaction() as conn:
+            self.ledger.record(call, conn=conn)
+            if call.usage.known:
+                conn.execute(
+                    reservations.update().where(reservations.c.id == reservation.id).values(open=False)
+                )
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop a reservation whose call failed before spending."""
+        with self.ledger.transaction() as conn:
+            conn.execute(reservations.update().where(reservations.c.id == reservation.id).values(open=False))
+
+
+def _lock(conn: Connection) -> None:
+    # SQLite already holds the write lock (BEGIN IMMEDIATE); PostgreSQL needs an explicit one.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7263544501)")

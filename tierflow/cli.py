@@ -1,0 +1,283 @@
+"""`tierflow`: run flows, ask a tier, plan and report spend. Heavy imports wait until a command runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+VaultOpt = Annotated[
+    Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."
+    ),
+]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-p", help="Built-in profile: anthropic, openai, local or offline.")
+]
+TierOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tier", "-t", help="Override a phase's tier, as PHASE=TIER (repeatable)."),
+]
+
+
+class Complexity(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class GroupBy(StrEnum):
+    phase = "phase"
+    tier = "tier"
+    model = "model"
+    flow = "flow"
+    day = "day"
+    run = "run"
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    otel = "otel"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _vault(vault: Path | None) -> Path | None:
+    if vault is None:
+        return None
+    if not vault.exists():
+        raise _fail(f"vault {vault} does not exist. Give the folder that holds your notes (and .obsidian/).")
+    if not vault.is_dir():
+        raise _fail(f"vault {vault} is a file, not a folder. Give the vault's folder.")
+    return vault.resolve()
+
+
+def _config(vault: Path | None, config: Path | None, profile: str | None):  # noqa: ANN202
+    from tierflow.config import load_config
+    from tierflow.errors import ConfigError
+
+    try:
+        return load_config(vault, config_path=config, profile=profile)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    complexity: Annotated[Complexity, typer.Option(help="Routed through the config's routing table.")] = (
+        Complexity.low
+    ),
+    tier: Annotated[str | None, typer.Option("--tier", help="Use this tier, bypassing routing.")] = None,
+    phase: Annotated[str, typer.Option(help="Phase name recorded in the ledger.")] = "ask",
+    system: Annotated[str, typer.Option(help="System prompt.")] = "You are a careful academic assistant.",
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Route one prompt to a tier, print the answer, and record the call in the ledger."""
+    from tierflow.calls import Caller, RunSettings, new_run_id
+    from tierflow.errors import TierflowError
+
+    vault = _vault(vault)
+    cfg = _config(vault, config, profile)
+    settings = RunSettings(
+        vault=str(vault) if vault else None,
+        config_path=str(config) if config else None,
+        profile=profile,
+        tier_overrides={"*": tier} if tier else {},
+        run_id=new_run_id(),
+        flow="ask",
+        use_cache=False,
+    )
+    if vault is None and not cfg.settings.ledger_url:
+        raise _fail(
+            "no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file."
+        )
+    try:
+        answer = Caller(settings, cfg).ask(
+            phase=phase, complexity=complexity.value, system=system, prompt=prompt
+        )
+    except TierflowError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(answer.text)
+    u = answer.usage
+    cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+    usage = (
+        "unknown usage"
+        if not u.known
+        else (
+            f"{u.input_tokens} in, {u.output_tokens} out, {u.cache_read_tokens} cache-read, "
+            f"{u.cache_write_tokens} cache-write, {u.reasoning_tokens} reasoning"
+        )
+    )
+    typer.echo(
+        f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; {cost}", err=True
+    )
+
+
+@app.command()
+def spend(
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    budget: Annotated[
+        bool, typer.Option("--budget", help="Show each budget for its current period.")
+    ] = False,
+) -> None:
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
+    from tierflow.ledger import COLUMNS, Ledger, summarise
+
+    vault = _vault(vault)
+    cfg = _config(vault, config, profile)
+    if since:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise _fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD") from None
+    try:
+        ledger = Ledger(cfg.ledger_url)
+    except Exception as exc:  # the ConfigError names the missing vault
+        raise _fail(str(exc)) from None
+    if budget:
+        _print_budgets(cfg, ledger, fmt)
+        return
+    rows = ledger.rows(since=since, run_id=run)
+    group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
+    out = sys.stdout
+    if fmt is Format.json:
+        for row in rows if group is None else summarise(rows, group):
+            out.write(json.dumps(row if group is None else {"total": True, **row}) + "\n")
+    elif fmt is Format.csv:
+        data = rows if group is None else summarise(rows, group)
+        fields = list(COLUMNS) if group is None else list(data[0]) if data else [group]
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(data)
+    elif fmt is Format.otel:
+        from tierflow.report import otel_record
+
+        for row in rows:
+            out.write(json.dumps(otel_record(row)) + "\n")
+    else:
+        from rich.console import Console
+
+        from tierflow.report import spend_table
+
+        Console().print(spend_table(rows, group))
+
+
+def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
+    from tierflow.budget import Budgets
+
+    states = Budgets(cfg, ledger, run_id="", flow="").states()
+    if fmt is Format.json:
+        for s in states:
+            print(
+                json.dumps(
+                    {
+                        "budget": s.name,
+                        "scope": s.scope,
+                        "policy": s.policy,
+                        "limit_usd": s.limit_usd,
+                        "spent_usd": s.spent_usd,
+                        "reserved_usd": s.reserved_usd,
+                        "remaining_usd": s.remaining_usd,
+                        "limit_tokens": s.limit_tokens,
+                        "spent_tokens": s.spent_tokens,
+                        "reserved_tokens": s.reserved_tokens,
+                        "remaining_tokens": s.remaining_tokens,
+                    }
+                )
+            )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    if not states:
+        print("No budgets are configured. Add a [budgets.<name>] table to the config.")
+        return
+    table = Table(title="Budgets (current period)")
+    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining"):
+        table.add_column(col)
+    for s in states:
+        if s.limit_usd is not None:
+            table.add_row(
+                s.name,
+                s.scope,
+                s.policy,
+                f"${s.limit_usd:.4f}",
+                f"${s.spent_usd:.4f}",
+                f"${s.reserved_usd:.4f}",
+                f"${s.remaining_usd:.4f}",
+            )
+        if s.limit_tokens is not None:
+            table.add_row(
+                s.name,
+                s.scope,
+                s.policy,
+                f"{s.limit_tokens} tok",
+                f"{s.spent_tokens} tok",
+                f"{s.reserved_tokens} tok",
+                f"{s.remaining_tokens} tok",
+            )
+    Console().print(table)
+
+
+@config_app.command("show")
+def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Print the effective config, each value with its source. Keys are never printed, only env var names."""
+    from rich.console import Console
+    from rich.table import Table
+
+    vault = _vault(vault)
+    cfg = _config(vault, config, profile)
+    table = Table(title=f"tierflow config ({cfg.path or 'built-in defaults'})")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, (value, source) in sorted(cfg.redacted().items()):
+        table.add_row(key, json.dumps(value), source)
+    Console().print(table)
+
+
+def main() -> None:
+    # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
+    app()
+
+
+if __name__ == "__main__":
+    main()

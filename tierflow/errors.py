@@ -1,0 +1,56 @@
+"""The errors tierflow raises: each says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class TierflowError(Exception):
+    """Base of every error tierflow reports to a user."""
+
+
+class ConfigError(TierflowError):
+    """The config is missing, malformed, or inconsistent."""
+
+
+class VaultError(TierflowError):
+    """The vault or a note in it cannot be used."""
+
+
+class ProviderError(TierflowError):
+    """A model provider failed; names the provider, the model and the cause."""
+
+    retryable = False
+
+    def __init__(self, provider: str, model: str, cause: str, *, hint: str = "") -> None:
+        self.provider = provider
+        self.model = model
+        self.cause = cause
+        self.hint = hint
+        message = f"{provider}:{model}: {cause}"
+        super().__init__(f"{message}. {hint}" if hint else message)
+
+
+class ProviderAuthError(ProviderError):
+    """The key is missing or rejected."""
+
+
+class ProviderRateLimited(ProviderError):
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, 529 overloaded, timeouts and connection failures, after the SDK's own retries."""
+
+    retryable = True
+
+
+class MalformedResponse(ProviderError):
+    """The provider answered, but not in the shape asked for."""
+
+
+class BudgetExceeded(TierflowError):
+    """A reservation did not fit a budget whose policy is `halt`."""
+
+    def __init__(self, message: str, *, budget: str = "", scope: str = "") -> None:
+        self.budget = budget
+        self.scope = scope
+        super().__init__(message)

@@ -1,0 +1,314 @@
+"""The durable spend ledger: one row per model call, in SQLite by default or any SQLAlchemy URL.
+
+The schema grows by numbered migrations, so old ledgers keep working. Every write is one short
+transaction; on SQLite it is `BEGIN IMMEDIATE` under WAL, so several threads or processes can record
+(and reserve budget) at once without lost updates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tierflow.usage import Usage
+
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "timestamp",
+    "run_id",
+    "flow",
+    "flow_run_id",
+    "task_run_id",
+    "phase",
+    "complexity",
+    "tier",
+    "provider",
+    "model",
+    "subject",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+    "started_at",
+    "batch",
+    "batch_id",
+    "cached_result",
+    "usage_known",
+    "route_rule",
+    "downgraded_from",
+)
+"""The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
+
+metadata = sa.MetaData()
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.String(32), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("task_run_id", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("complexity", sa.String(16)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("model", sa.String(128)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_read_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_write_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_write_1h_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("started_at", sa.String(32)),
+    sa.Column("batch", sa.Boolean, nullable=False, default=False),
+    sa.Column("batch_id", sa.String(128)),
+    sa.Column("cached_result", sa.Boolean, nullable=False, default=False),
+    sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
+    sa.Column("route_rule", sa.String(256)),
+    sa.Column("downgraded_from", sa.String(64)),
+)
+
+response_cache = sa.Table(
+    "response_cache",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(192)),
+    sa.Column("text", sa.Text),
+    sa.Column("data_json", sa.Text),
+    sa.Column("created", sa.String(32)),
+)
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
+)
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+
+def _migration_1(conn: Connection) -> None:
+    for table in (calls, response_cache):
+        table.create(conn, checkfirst=True)
+
+
+def _migration_2(conn: Connection) -> None:
+    reservations.create(conn, checkfirst=True)
+
+
+MIGRATIONS = (_migration_1, _migration_2)
+"""Append only: migration N brings a ledger from version N-1 to N."""
+
+
+@dataclass
+class CallRecord:
+    """One model call, as the ledger stores it."""
+
+    run_id: str
+    flow: str
+    phase: str
+    complexity: str
+    tier: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: float | None
+    latency_ms: float
+    subject: str = ""
+    started_at: str = ""
+    batch: bool = False
+    batch_id: str | None = None
+    cached_result: bool = False
+    route_rule: str = ""
+    downgraded_from: str | None = None
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    timestamp: str = field(default_factory=lambda: now_iso())
+
+    def row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k != "usage"}
+        usage = self.usage
+        row.update(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_known=usage.known,
+        )
+        return row
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _engine(url: str) -> Engine:
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see `_on_begin`).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: read-check-write sequences (budget reservations)
+        # cannot interleave across threads or processes.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    """Where every call's spend is kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self._migrate()
+
+    @classmethod
+    def for_vault(cls, vault: Path) -> Ledger:
+        return cls(f"sqlite:///{(vault / '.tierflow' / 'ledger.sqlite').resolve()}")
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+            for number, migration in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    migration(conn)
+                    conn.execute(schema_version.insert().values(version=number))
+
+    @property
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
+        """Store one call; returns its row id."""
+        if conn is not None:
+            return conn.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+        with self.transaction() as own:
+            return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+
+    def rows(
+        self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Ledger rows, oldest first, with the stable column names."""
+        query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
+        if since:
+            query = query.where(calls.c.timestamp >= since)
+        if run_id:
+            query = query.where(calls.c.run_id == run_id)
+        if flow:
+            query = query.where(calls.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(response_cache.c.text, response_cache.c.data_json).where(
+                    response_cache.c.key == key
+                )
+            ).first()
+        if row is None:
+            return None
+        return row.text, (json.loads(row.data_json) if row.data_json else None)
+
+    def cache_response(self, key: str, model: str, text: str, data: dict[str, Any] | None) -> None:
+        values = {
+            "key": key,
+            "model": model,
+            "text": text,
+            "data_json": json.dumps(data) if data is not None else None,
+            "created": now_iso(),
+        }
+        with self.transaction() as conn:
+            conn.execute(response_cache.delete().where(response_cache.c.key == key))
+            conn.execute(response_cache.insert().values(**values))
+
+
+GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
+SUMMED = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def summarise(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Group ledger rows; costs of unknown-price calls are counted, not silently zeroed."""
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = row["timestamp"][:10] if by == "day" else str(row.get(by) or "")
+        total = groups.setdefault(
+            key,
+            {by: key, "calls": 0, **{k: 0 for k in SUMMED}, "cost_usd": 0.0, "unpriced_calls": 0},
+        )
+        total["calls"] += 1
+        for k in SUMMED:
+            total[k] += row[k] or 0
+        if row["cost_usd"] is None:
+            total["unpriced_calls"] += 1
+        else:
+            total["cost_usd"] += row["cost_usd"]
+    return [groups[k] for k in sorted(groups)]

@@ -1,0 +1,114 @@
+"""The offline model: deterministic and extractive, for demos and tests. It calls no network.
+
+Everything it produces is labelled by its provider kind (`offline:` model ids), and the notes it drafts
+say so. Structured requests are answered by a *skill* registered for the schema name; each phase module
+registers the skill for its own schema, so the offline model never needs to understand free text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from tierflow.config import ProviderConfig
+from tierflow.errors import MalformedResponse
+from tierflow.providers import Completion, Request
+from tierflow.tokens import count_tokens
+from tierflow.usage import Usage
+
+Skill = Callable[[dict[str, Any]], dict[str, Any]]
+_SKILLS: dict[str, Skill] = {}
+
+DATA_PATTERN = re.compile(r"<data>\s*(.*?)\s*</data>", re.DOTALL)
+"""Prompts carry their inputs as JSON inside <data> fences; the offline skills read them from there."""
+
+
+def skill(schema_name: str) -> Callable[[Skill], Skill]:
+    """Register how the offline model answers requests for `schema_name`."""
+
+    def register(fn: Skill) -> Skill:
+        _SKILLS[schema_name] = fn
+        return fn
+
+    return register
+
+
+def prompt_data(prompt: str) -> dict[str, Any]:
+    """The JSON inside the prompt's <data> fence."""
+    match = DATA_PATTERN.search(prompt)
+    if not match:
+        return {}
+    try:
+        data = json.loads(match.group(1))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class OfflineProvider:
+    kind = "offline"
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def complete(self, request: Request) -> Completion:
+        if request.schema is not None:
+            answer = _SKILLS.get(request.schema_name)
+            if answer is None:
+                raise MalformedResponse(
+                    self.name, request.model, f"the offline model has no skill for {request.schema_name!r}"
+                )
+            data: dict[str, Any] | None = answer(prompt_data(request.prompt))
+            text = json.dumps(data, ensure_ascii=False)
+        else:
+            data = None
+            text = _extract(request.prompt, request.max_output_tokens)
+        output_tokens = min(count_tokens(text), request.max_output_tokens)
+        return Completion(
+            text=text,
+            data=data,
+            usage=Usage(input_tokens=self.count_tokens(request), output_tokens=output_tokens),
+            model=request.model,
+            response_id=None,
+            stop_reason="end_turn",
+            extra={"offline": True},
+        )
+
+    def count_tokens(self, request: Request) -> int:
+        return (
+            count_tokens(request.system) + count_tokens(request.cache_prefix) + count_tokens(request.prompt)
+        )
+
+
+def _extract(prompt: str, max_tokens: int) -> str:
+    """The first sentences of the prompt's content, up to a tenth of the output allowance."""
+    source = prompt_text(prompt) if DATA_PATTERN.search(prompt) else prompt
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(source.split()))
+    picked: list[str] = []
+    budget = max(16, max_tokens // 10)
+    for sentence in sentences:
+        if count_tokens(" ".join([*picked, sentence])) > budget:
+            break
+        picked.append(sentence)
+    return "[offline extractive model] " + (" ".join(picked) or source[:200])
+
+
+def prompt_text(prompt: str) -> str:
+    """All string values inside the prompt's <data> fence, in order."""
+    values: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            values.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(prompt_data(prompt))
+    return " ".join(values)
