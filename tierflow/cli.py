@@ -255,6 +255,118 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     Console().print(table)
 
 
+class FlowName(StrEnum):
+    reading_notes = "reading-notes"
+    student_feedback = "student-feedback"
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"{option} {value!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console logging to warnings so the progress display stays readable."""
+    if not verbose:
+        for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
+            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
+
+
+@app.command()
+def run(
+    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    vault: VaultOpt = None,
+    since: Annotated[
+        str | None, typer.Option(help="First day of the window (default: 6 days before --until).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Last day of the window (default: today).")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    tier: TierOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render prompts and estimate spend; call no model.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
+    if vault is None:
+        raise _fail("give the vault: tierflow run reading-notes --vault DIR")
+    vault = _vault(vault)
+    _config(vault, config, profile)
+    overrides = _tier_overrides(tier)
+    start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if dry_run:
+        plan(flow_name, vault=vault, since=since, until=until, config=config, profile=profile, tier=tier)
+        return
+    _quiet_prefect(verbose)
+    from tierflow.runner import run_reading_notes
+
+    summary = run_reading_notes(vault, since=start, until=end, profile=profile, config=config, tier=overrides)
+    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Where to put the demo vault (default: a new temporary folder).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Copy the bundled reading-week vault and run the reading-notes flow on it with the offline model."""
+    _quiet_prefect(verbose)
+    from tierflow.runner import run_demo
+
+    run_demo(folder)
+
+
+@app.command()
+def plan(
+    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    vault: VaultOpt = None,
+    since: Annotated[str | None, typer.Option(help="First day of the window.")] = None,
+    until: Annotated[str | None, typer.Option(help="Last day of the window.")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    tier: TierOpt = None,
+    show_prompts: Annotated[
+        bool, typer.Option("--show-prompts", help="Print every rendered prompt.")
+    ] = False,
+) -> None:
+    """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
+    if vault is None:
+        raise _fail("give the vault: tierflow plan reading-notes --vault DIR")
+    vault = _vault(vault)
+    cfg = _config(vault, config, profile)
+    from tierflow.errors import TierflowError
+    from tierflow.plan import plan_reading_notes, print_plan
+
+    try:
+        result = plan_reading_notes(
+            cfg,
+            vault,
+            since=_parse_date(since, "--since"),
+            until=_parse_date(until, "--until"),
+            tier=_tier_overrides(tier),
+        )
+    except TierflowError as exc:
+        raise _fail(str(exc)) from None
+    print_plan(result, show_prompts=show_prompts)
+
+
+def _tier_overrides(items: list[str] | None) -> dict[str, str]:
+    from tierflow.errors import ConfigError
+    from tierflow.routing import parse_tier_overrides
+
+    try:
+        return parse_tier_overrides(items or [])
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
 @config_app.command("show")
 def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Print the effective config, each value with its source. Keys are never printed, only env var names."""

@@ -86,7 +86,11 @@ class VaultConfig(_Model):
     output_folder: str = "Concepts/Drafts"
     runs_folder: str = "tierflow/Runs"
     templates_folder: str = "Templates/tierflow"
+    exclude_folders: tuple[str, ...] = ("Templates",)
+    """Never selected as reading, whatever their tags (Obsidian templates carry placeholder tags)."""
     max_note_bytes: int = 1_000_000
+    max_concepts: int = Field(default=5, ge=1, le=50)
+    """At most this many concept drafts per run."""
 
 
 class BudgetConfig(_Model):

@@ -295,6 +295,11 @@ SUMMED = (
 )
 
 
+def row_tokens(row: dict[str, Any]) -> int:
+    """All tokens of a ledger row; the kinds are disjoint, so this counts none twice."""
+    return sum(row[k] or 0 for k in SUMMED)
+
+
 def summarise(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     """Group ledger rows; costs of unknown-price calls are counted, not silently zeroed."""
     groups: dict[str, dict[str, Any]] = {}

@@ -7,15 +7,20 @@ flow resolves `phase -> complexity -> tier -> model` before submitting, and the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from prefect import Task
+from prefect.futures import as_completed
 
 from tierflow.calls import RunSettings, caller_for
+from tierflow.errors import BudgetExceeded, ProviderError, VaultError
+from tierflow.progress import advance
 from tierflow.routing import Route
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def phase_route(
@@ -46,3 +51,84 @@ def phase_task(
         task_run_name=f"{phase} · {subject}"[:100],
         tags=sorted(routed.tags),
     )
+
+
+@dataclass
+class PhaseOutcome(Generic[R]):
+    """What a fanned-out phase produced, what it skipped and why, and whether a budget halted it."""
+
+    results: list[R] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    halted: str | None = None
+    failed: str | None = None
+
+
+def fan_out(
+    task: Task[..., R],
+    settings: RunSettings,
+    items: Sequence[T],
+    *,
+    phase: str,
+    complexity: str,
+    subject: Callable[[T], str],
+    args: Callable[[T], tuple[Any, ...]],
+    front_matter: Callable[[T], Mapping[str, Any] | None] = lambda _: None,
+    path: Callable[[T], str] = lambda _: "",
+) -> PhaseOutcome[R]:
+    """Submit one tagged task per item and gather them as they finish.
+
+    A provider failure or malformed answer skips that item with its reason and the rest go on. A budget
+    halt stops the phase: finished items are kept, unfinished ones are listed as not done.
+    """
+    outcome: PhaseOutcome[R] = PhaseOutcome()
+    futures = {}
+    for item in items:
+        tagged = phase_task(
+            task,
+            settings,
+            phase=phase,
+            complexity=complexity,
+            subject=subject(item),
+            front_matter=front_matter(item),
+            note=path(item),
+        )
+        futures[tagged.submit(*args(item))] = item
+    done = 0
+    advance(phase, 0, len(items))
+    for future in as_completed(list(futures)):
+        item = futures[future]
+        name = path(item) or subject(item)
+        try:
+            outcome.results.append(future.result())
+        except BudgetExceeded as exc:
+            outcome.halted = outcome.halted or str(exc)
+            outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
+        except (ProviderError, VaultError) as exc:
+            outcome.skipped.append((name, f"{phase} failed: {exc}"))
+        done += 1
+        advance(phase, done, len(items), subject(item))
+    return outcome
+
+
+def single(
+    task: Task[..., R],
+    settings: RunSettings,
+    *args: Any,
+    phase: str,
+    complexity: str,
+    subject: str,
+) -> PhaseOutcome[R]:
+    """Run one tagged phase task; a failure fails the phase with its cause, and the run goes on to report."""
+    outcome: PhaseOutcome[R] = PhaseOutcome()
+    advance(phase, 0, 1)
+    try:
+        outcome.results.append(
+            phase_task(task, settings, phase=phase, complexity=complexity, subject=subject)(*args)
+        )
+    except BudgetExceeded as exc:
+        outcome.halted = str(exc)
+    except ProviderError as exc:
+        # Earlier phases' answers are cached in the ledger: a rerun after the fix does not pay for them again.
+        outcome.failed = f"{phase} failed: {exc}. Earlier phases are kept; rerun to continue from them."
+    advance(phase, 1, 1, subject)
+    return outcome

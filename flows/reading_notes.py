@@ -1,0 +1,51 @@
+"""The weekly reading-notes flow: the week's literature notes -> collate -> synthesise -> draft concept notes."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger
+from tierflow.tasks.collate import collate
+from tierflow.tasks.draft import draft
+from tierflow.tasks.report import RunSummary, write_run_report
+from tierflow.tasks.synthesise import synthesise_week
+from tierflow.tasks.vault import load_sources, select_week
+
+from tierflow.calls import RunSettings
+
+FLOW = "reading-notes"
+
+
+@flow(name=FLOW, flow_run_name="reading-notes · {since} to {until}", log_prints=True)
+def reading_notes(
+    vault: str,
+    since: date | None = None,
+    until: date | None = None,
+    profile: str | None = None,
+    config: str | None = None,
+    tier: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> RunSummary:
+    """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
+    settings = RunSettings(
+        vault=vault, config_path=config, profile=profile, tier_overrides=tier or {}, run_id=run_id or ""
+    ).with_run(FLOW)
+    week = select_week(settings, since, until)
+    sources, unreadable = load_sources(settings, week)
+    run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
+    if not sources:
+        run.message = f"no reading notes between {week.since} and {week.until} in {week.where}"
+        get_run_logger().info(run.message)
+
+    collations = run.absorb(collate(settings, sources)) if sources else []
+    synthesis = (
+        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until)))
+        if collations
+        else []
+    )
+    for weekly in synthesis:
+        run.written = run.absorb(
+            draft(settings, weekly, collations, sources, since=str(week.since), until=str(week.until))
+        )
+
+    return write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))

@@ -1,0 +1,472 @@
+"""Incremental note-metadata index for an Obsidian vault.
+
+Building a full obsidiantools graph (`Vault(...).connect().gather()`) costs over a minute on 10k notes; a
+flow that wants "this week's reading notes" only needs each note's path, title, date and tags. The index
+keeps exactly that, cached in one JSON file keyed by (mtime_ns, size), so a warm run is a directory walk
+with one `stat` per note and only changed notes are read again.
+
+The index only reads the vault. The one file it writes is its cache (atomically: temp file in the same
+folder, then `os.replace`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from frontmatter.default_handlers import YAMLHandler
+
+__all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
+_CACHE_VERSION = 1
+_BINARY_SNIFF_BYTES = 8192
+_YAML = YAMLHandler()
+# python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Obsidian tag: `#` then letters, digits, `_`, `-`, `/`. The rest of Obsidian's rule (not after a word
+# char, `&`, `/` or `#`; not all digits) is checked in Python: a pattern starting with the literal `#`
+# lets the regex engine skip ahead, which is ~10x faster than a leading look-behind.
+_INLINE_TAG_RE = re.compile(r"#([\w/-]+)")
+_TAG_BLOCKERS = frozenset("&/#")
+_FENCE_RE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[^\n]*$", re.MULTILINE | re.DOTALL)
+_CODE_SPAN_RE = re.compile(r"`[^`\n]*`")
+_OBSIDIAN_COMMENT_RE = re.compile(r"%%.*?%%", re.DOTALL)
+_DATE_PREFIX_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
+
+
+@dataclass(frozen=True)
+class NoteMeta:
+    """What the index knows about one note."""
+
+    path: str  # vault-relative POSIX path, e.g. "Reading/Hattie2007.md"
+    title: str  # front-matter title, else the file stem
+    date: dt.date | None  # front-matter `date` (or `created`)
+    tags: tuple[str, ...]  # front-matter tags, then inline #tags; no leading '#'
+    mtime_ns: int
+    size: int
+    error: str | None = None  # why the note cannot be used, e.g. "not UTF-8 text"
+
+    @property
+    def effective_date(self) -> dt.date:
+        """Front-matter date, else the file's modification date in local time."""
+        return self.date or dt.datetime.fromtimestamp(self.mtime_ns / 1e9).date()
+
+    def has_tag(self, tag: str) -> bool:
+        """True if the note has `tag` or a tag nested under it (`literature` matches `literature/book`)."""
+        return _tag_match(self.tags, {_norm_tag(tag)})
+
+    def under(self, folder: str) -> bool:
+        """True if the note lies in `folder` or below it (whole path segments; "" is the vault root)."""
+        prefix = _norm_folder(folder)
+        return not prefix or self.path.startswith(prefix + "/")
+
+
+@dataclass(frozen=True)
+class ScanStats:
+    """Work done by one scan."""
+
+    files_seen: int
+    parsed: int
+    reused: int
+    removed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Notes chosen by `VaultIndex.select`."""
+
+    notes: list[NoteMeta]  # usable notes, sorted by path
+    skipped: list[NoteMeta]  # matching notes that cannot be used (`error` set), sorted by path
+    stats: ScanStats
+
+
+# --- parsing one note --------------------------------------------------------------------------------
+
+
+def _norm_tag(tag: str) -> str:
+    return tag.strip().lstrip("#").casefold()
+
+
+def _norm_folder(folder: str) -> str:
+    parts = [p for p in PurePosixPath(folder.replace("\\", "/")).parts if p not in ("", ".", "/")]
+    if ".." in parts:
+        raise ValueError(f"folder must stay inside the vault: {folder!r}")
+    return "/".join(parts)
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            value = f"{n / size:.1f}".removesuffix(".0")
+            return f"{value} {unit}"
+    return f"{n} bytes"
+
+
+def _parse_date(value: object) -> dt.date | None:
+    """Lenient date: a YAML date/datetime, an ISO string (time part ignored), or "[[2024-03-05]]"."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        m = _DATE_PREFIX_RE.search(value)
+        if m:
+            try:
+                return dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            except ValueError:
+                return None
+    return None
+
+
+def _fm_tags(value: object) -> list[str]:
+    """Front-matter tags: a list, or one string separated by commas and/or spaces."""
+    if value is None:
+        return []
+    items: list[object] = list(value) if isinstance(value, list | tuple | set) else [value]
+    out: list[str] = []
+    for item in items:
+        if item is None or isinstance(item, dict | list):
+            continue
+        for part in re.split(r"[,\s]+", str(item)):
+            tag = part.strip().lstrip("#")
+            if tag:
+                out.append(tag)
+    return out
+
+
+def _inline_tags(body: str) -> list[str]:
+    if "#" not in body:
+        return []
+    # Tags inside code and Obsidian comments are not tags.
+    text = _FENCE_RE.sub("", body) if "```" in body or "~~~" in body else body
+    if "`" in text:
+        text = _CODE_SPAN_RE.sub("", text)
+    if "%%" in text:
+        text = _OBSIDIAN_COMMENT_RE.sub("", text)
+    out: list[str] = []
+    for m in _INLINE_TAG_RE.finditer(text):
+        i = m.start()
+        if i:
+            before = text[i - 1]
+            if before in _TAG_BLOCKERS or before.isalnum() or before == "_":
+                continue
+        tag = m.group(1).rstrip("/")
+        if tag and not tag.isdigit():
+            out.append(tag)
+    return out
+
+
+def _dedupe(tags: list[str]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for t in tags:
+        key = t.casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return tuple(out)
+
+
+def _yaml_problem(exc: yaml.YAMLError, line_offset: int) -> str:
+    """One-line description of a YAML error, with line numbers counted in the note file."""
+
+    def where(mark: Any) -> str:
+        return f"line {mark.line + 1 + line_offset}, column {mark.column + 1}"
+
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return str(exc).replace("\n", " ")
+    detail = f"{problem} at {where(mark)}"
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        detail += f" ({context} started at {where(context_mark)})"
+    return detail
+
+
+def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_bytes: int) -> NoteMeta:
+    """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
+    stem = rel.rpartition("/")[2].rpartition(".")[0]
+
+    def bad(error: str, *, title: str = stem, tags: tuple[str, ...] = ()) -> NoteMeta:
+        return NoteMeta(rel, title, None, tags, st.st_mtime_ns, st.st_size, error)
+
+    if st.st_size == 0:
+        return bad("empty note")
+    # Decide on size from stat alone so a huge file is never read.
+    if st.st_size > max_note_bytes:
+        return bad(f"too large ({_human_bytes(st.st_size)} > {_human_bytes(max_note_bytes)} limit)")
+    with open(path, "rb") as fh:
+        # Sized from stat: read(limit) would allocate a 1 MB buffer per note and double the cold scan.
+        data = fh.read(min(st.st_size, max_note_bytes) + 1)
+    if len(data) > max_note_bytes:  # grew since the stat
+        return bad(f"too large (> {_human_bytes(max_note_bytes)} limit)")
+    if b"\x00" in data[:_BINARY_SNIFF_BYTES]:
+        return bad("binary file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return bad(f"not UTF-8 text (invalid byte at offset {exc.start})")
+    if not text.strip():
+        return bad("empty note")
+    text = text.replace("\r\n", "\n")
+
+    # Same splitting rules as python-frontmatter (which the rest of tierflow uses to read notes).
+    stripped = text.strip()
+    meta: dict[str, Any] = {}
+    body = stripped
+    if _YAML.detect(stripped):
+        try:
+            fm, body = _YAML.split(stripped)
+        except ValueError:
+            fm = None  # no closing delimiter: python-frontmatter treats the whole file as body
+        if fm is not None:
+            try:
+                loaded = yaml.load(fm, Loader=_LOADER)  # noqa: S506 - CSafeLoader/SafeLoader
+            except yaml.YAMLError as exc:
+                # The YAML text starts on the `---` line; blank lines before it were stripped above.
+                detail = _yaml_problem(exc, text[: len(text) - len(stripped.lstrip())].count("\n"))
+                return bad(f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)))
+            if isinstance(loaded, dict):
+                meta = loaded
+            elif loaded is not None:
+                return bad(
+                    f"malformed YAML front-matter: expected key: value pairs, got {type(loaded).__name__}",
+                    tags=_dedupe(_inline_tags(body)),
+                )
+    title = meta.get("title")
+    title = str(title).strip() if title is not None and str(title).strip() else stem
+    raw_date = meta.get("date")
+    if raw_date is None:
+        raw_date = meta.get("created")
+    tags = _fm_tags(meta.get("tags", meta.get("tag")))
+    tags += _inline_tags(body)
+    return NoteMeta(rel, title, _parse_date(raw_date), _dedupe(tags), st.st_mtime_ns, st.st_size)
+
+
+def _tag_match(tags: Sequence[str], wanted: set[str]) -> bool:
+    """True if any tag is in `wanted` or nested below one of them (`literature/book` under `literature`)."""
+    for tag in tags:
+        t = _norm_tag(tag)
+        while True:
+            if t in wanted:
+                return True
+            t, sep, _ = t.rpartition("/")
+            if not sep:
+                break
+    return False
+
+
+# --- the index ---------------------------------------------------------------------------------------
+
+
+def _to_row(m: NoteMeta) -> list[Any]:
+    return [m.mtime_ns, m.size, m.title, m.date.isoformat() if m.date else None, list(m.tags), m.error]
+
+
+def _from_row(path: str, row: list[Any]) -> NoteMeta:
+    mtime_ns, size, title, date, tags, error = row
+    return NoteMeta(
+        path, title, dt.date.fromisoformat(date) if date else None, tuple(tags), mtime_ns, size, error
+    )
+
+
+class VaultIndex:
+    """Path/title/date/tags for every note in a vault, refreshed incrementally from a JSON cache.
+
+    JSON was chosen over sqlite3 after measuring both on a 10k-note cache: loading it takes ~15 ms as
+    JSON against ~25 ms from sqlite3, and an atomic full rewrite ~15 ms against ~1 ms for a one-row
+    sqlite3 update, so the two are even on a warm run and JSON keeps the cache one plain file that is
+    replaced atomically.
+    """
+
+    def __init__(
+        self, vault: Path, *, cache_path: Path | None = None, max_note_bytes: int = 1_000_000
+    ) -> None:
+        self.vault = Path(vault)
+        self.cache_path = (
+            Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
+        )
+        self.max_note_bytes = max_note_bytes
+        self._entries: dict[str, NoteMeta] | None = None  # loaded lazily from the cache
+
+    # cache
+
+    def _cache_key(self) -> dict[str, Any]:
+        # A cache made with another size limit or for another vault must not be reused.
+        return {
+            "version": _CACHE_VERSION,
+            "vault": str(self.vault.resolve()),
+            "max_note_bytes": self.max_note_bytes,
+        }
+
+    def _load(self) -> dict[str, NoteMeta]:
+        if self._entries is not None:
+            return self._entries
+        entries: dict[str, NoteMeta] = {}
+        try:
+            with open(self.cache_path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if isinstance(doc, dict) and doc.get("key") == self._cache_key():
+                entries = {p: _from_row(p, row) for p, row in doc["notes"].items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A damaged cache only costs a cold scan.
+            log.warning("ignoring unreadable index cache %s: %s", self.cache_path, exc)
+            entries = {}
+        self._entries = entries
+        return entries
+
+    def _save(self, entries: dict[str, NoteMeta]) -> None:
+        doc = {"key": self._cache_key(), "notes": {p: _to_row(m) for p, m in entries.items()}}
+        parent = self.cache_path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", suffix=".tmp", dir=parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                # json.dumps, not json.dump: only dumps uses the C encoder (5-10x faster here).
+                fh.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+            os.replace(tmp, self.cache_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # walking
+
+    def _walk(self, folder: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(relative path, absolute path, stat) for every *.md file under `folder`, dot-folders skipped."""
+        root = self.vault / folder if folder else self.vault
+        stack: list[tuple[str, str]] = [(str(root), folder)]
+        while stack:
+            abs_dir, rel_dir = stack.pop()
+            try:
+                it = os.scandir(abs_dir)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+            with it:
+                for entry in it:
+                    name = entry.name
+                    if name.startswith("."):
+                        continue  # .obsidian, .tierflow, .trash, .git, and hidden files
+                    rel = f"{rel_dir}/{name}" if rel_dir else name
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, rel))
+                        elif name[-3:].lower() == ".md" and entry.is_file():
+                            yield rel, entry.path, entry.stat()
+                    except OSError:
+                        continue  # vanished or unreadable between listing and stat
+
+    def scan(self, folders: Sequence[str] = ()) -> ScanStats:
+        """Bring the index up to date for `folders` (the whole vault if empty) and persist the cache.
+
+        Only notes whose (mtime_ns, size) changed are read again; notes gone from the scanned folders are
+        dropped. Cached notes outside the scanned folders are kept as they are.
+        """
+        start = time.perf_counter()
+        if not self.vault.is_dir():
+            # Checked up front so a wrong path never gets a .tierflow/ folder created for it.
+            raise NotADirectoryError(f"vault folder not found: {self.vault}")
+        entries = self._load()
+        roots = sorted({_norm_folder(f) for f in folders}) if folders else [""]
+        if "" in roots:
+            roots = [""]
+        # "Reading" already covers "Reading/2024".
+        roots = [r for r in roots if not any(r != o and r.startswith(o + "/") for o in roots if o)]
+
+        seen: set[str] = set()
+        parsed = reused = 0
+        for root in roots:
+            for rel, path, st in self._walk(root):
+                seen.add(rel)
+                old = entries.get(rel)
+                if old is not None and old.mtime_ns == st.st_mtime_ns and old.size == st.st_size:
+                    reused += 1
+                    continue
+                try:
+                    entries[rel] = read_note_meta(path, rel, st, self.max_note_bytes)
+                except OSError as exc:
+                    entries[rel] = NoteMeta(
+                        rel,
+                        PurePosixPath(rel).stem,
+                        None,
+                        (),
+                        st.st_mtime_ns,
+                        st.st_size,
+                        f"unreadable: {exc}",
+                    )
+                parsed += 1
+
+        def in_scope(p: str) -> bool:
+            return any(not r or p.startswith(r + "/") for r in roots)
+
+        gone = [p for p in entries if p not in seen and in_scope(p)]
+        for p in gone:
+            del entries[p]
+        if parsed or gone or not self.cache_path.exists():
+            try:
+                self._save(entries)
+            except OSError as exc:
+                # The index still works from memory; the next run just starts colder.
+                log.warning("could not write index cache %s: %s", self.cache_path, exc)
+        return ScanStats(
+            files_seen=len(seen),
+            parsed=parsed,
+            reused=reused,
+            removed=len(gone),
+            seconds=time.perf_counter() - start,
+        )
+
+    # queries
+
+    def notes(self) -> list[NoteMeta]:
+        """Everything currently in the index (as of the last scan or the cache), sorted by path."""
+        return sorted(self._load().values(), key=lambda m: m.path)
+
+    def select(
+        self, *, folders: Sequence[str], tags: Sequence[str], since: dt.date, until: dt.date
+    ) -> Selection:
+        """Notes under any of `folders` OR tagged with any of `tags`, dated within [since, until].
+
+        The date is the front-matter date, else the file's modification date (local time). Tags match
+        nested tags too (`literature` selects `literature/book`). With neither folders nor tags, every
+        note in the window is selected.
+
+        Cost: with folders only, just those folders are walked. Tags can be on any note, so a non-empty
+        `tags` walks the whole vault; warm, that is still one `stat` per note and no reads.
+        """
+        norm_folders = [_norm_folder(f) for f in folders]
+        prefixes = tuple(f + "/" for f in norm_folders if f)
+        everything = (not folders and not tags) or any(not f for f in norm_folders)
+        wanted = {_norm_tag(t) for t in tags if _norm_tag(t)}
+        stats = self.scan(() if tags or not folders else norm_folders)
+        notes: list[NoteMeta] = []
+        skipped: list[NoteMeta] = []
+        for meta in self._load().values():
+            if not everything and not meta.path.startswith(prefixes) and not _tag_match(meta.tags, wanted):
+                continue
+            if not since <= meta.effective_date <= until:
+                continue
+            (skipped if meta.error else notes).append(meta)
+        notes.sort(key=lambda m: m.path)
+        skipped.sort(key=lambda m: m.path)
+        return Selection(notes=notes, skipped=skipped, stats=stats)
