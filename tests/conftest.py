@@ -1,0 +1,102 @@
+"""Shared fixtures: one Prefect test harness per session, wire-level provider doubles, fixture vaults."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Prefect reads settings at import: keep its home, telemetry and logs out of the user's machine.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-tests-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
+for _key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "TIERFLOW_CONFIG"):
+    os.environ.pop(_key, None)
+
+import pytest  # noqa: E402
+
+from tierflow.testing.double import ProviderDouble  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "vault_fixtures"
+READING_WEEK = ("2026-11-16", "2026-11-22")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def double() -> Iterator[ProviderDouble]:
+    with ProviderDouble() as d:
+        yield d
+
+
+@pytest.fixture
+def reading_vault(tmp_path: Path) -> Path:
+    """A fresh copy of the bundled reading-week vault."""
+    target = tmp_path / "vault"
+    shutil.copytree(FIXTURES / "reading-week", target)
+    return target
+
+
+@pytest.fixture
+def feedback_vault(tmp_path: Path) -> Path:
+    target = tmp_path / "feedback-vault"
+    shutil.copytree(FIXTURES / "feedback-batch", target)
+    return target
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def anthropic_config(double: ProviderDouble, extra: str = "") -> str:
+    """Config routing every tier to Anthropic models on the double; the key comes from the environment."""
+    return f"""
+profile = "anthropic"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{double.anthropic_base_url}"
+api_key_env = "ANTHROPIC_API_KEY"
+max_retries = 2
+
+[tiers.light]
+model = "anthropic:claude-haiku-4-5"
+max_output_tokens = 1024
+[tiers.standard]
+model = "anthropic:claude-sonnet-4-6"
+max_output_tokens = 2048
+[tiers.deep]
+model = "anthropic:claude-opus-4-6"
+max_output_tokens = 4096
+{extra}
+"""
+
+
+def openai_config(double: ProviderDouble, extra: str = "", kind: str = "openai") -> str:
+    key = 'api_key_env = "OPENAI_API_KEY"' if kind == "openai" else ""
+    return f"""
+profile = "openai"
+[providers.openai]
+kind = "{kind}"
+base_url = "{double.openai_base_url}"
+{key}
+max_retries = 2
+
+[tiers.light]
+model = "openai:gpt-5-nano"
+[tiers.standard]
+model = "openai:gpt-5-mini"
+[tiers.deep]
+model = "openai:gpt-5.1"
+{extra}
+"""
