@@ -55,19 +55,26 @@ _MD = MarkdownIt("commonmark")
 
 # --- inline patterns ---------------------------------------------------------------------------------
 
-_MARK_OPEN_RE = re.compile(r"<mark\b[^>]*>", re.IGNORECASE)
-_MARK_TAG_RE = re.compile(r"</?mark\b[^>]*>", re.IGNORECASE)
-_HLTR_CLASS_RE = re.compile(r"""class\s*=\s*["']?[^"'>]*?\bhltr-([\w-]+)""", re.IGNORECASE)
-_MARK_STYLE_RE = re.compile(r"""<mark\b[^>]*?background(?:-color)?\s*:\s*([^;"'>]+)""", re.IGNORECASE)
-# ==x== with no space just inside the markers (Obsidian's rule); `=` excluded to leave `===` alone.
-_EQ_HL_RE = re.compile(r"(?<!=)==(?=[^\s=])(.+?)(?<=[^\s=])==(?!=)")
+# Repetition bounds ({0,300} etc.) keep every pattern linear on garbage such as "<mark <mark <mark ...":
+# an unbounded [^>]* would rescan to the end of the text from each `<mark`.
+_MARK_OPEN_RE = re.compile(r"<mark\b[^>]{0,300}>", re.IGNORECASE)
+_MARK_TAG_RE = re.compile(r"</?mark\b[^>]{0,300}>", re.IGNORECASE)
+_HLTR_CLASS_RE = re.compile(r"""class\s*=\s*["']?[^"'>]{0,200}?\bhltr-([\w-]+)""", re.IGNORECASE)
+_MARK_STYLE_RE = re.compile(
+    r"""<mark\b[^>]{0,200}?background(?:-color)?\s*:\s*([^;"'>]{1,40})""", re.IGNORECASE
+)
+# ==x== with no space just inside the markers (Obsidian's rule). The content may hold a single `=` but
+# never `==`, so a failed attempt stops at the next `==` instead of scanning the rest of the text.
+_EQ_HL_RE = re.compile(r"(?<!=)==(?=[^\s=])((?:[^=]|=(?!=))+?)(?<=[^\s=])==(?!=)")
 _CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 _BLOCK_ID_RE = re.compile(r"(?:^|\s)\^([A-Za-z0-9][A-Za-z0-9-]*)\s*$")
 _BLOCK_ID_ONLY_RE = re.compile(r"\^([A-Za-z0-9][A-Za-z0-9-]*)")
-_MD_LINK_RE = re.compile(r"\[([^\[\]]*)\]\(\s*<?([^()\s<>]*)>?\s*\)")
-_TRAILING_PAREN_LINK_RE = re.compile(r"\s*\(\s*\[([^\[\]]*)\]\(\s*<?([^()\s<>]*)>?\s*\)\s*\)\s*$")
-_TRAILING_LINK_RE = re.compile(r"\s*\[([^\[\]]*)\]\(\s*<?([^()\s<>]*)>?\s*\)\s*$")
-_TRAILING_PAREN_RE = re.compile(r"\s*\(([^()]*)\)\s*$")
+# Possessive `*+` and no leading `\s*`: a search that starts with `\s*` retries at every position of a long
+# run of spaces, which made these quadratic. The _TRAILING_* patterns match text already right-stripped.
+_MD_LINK_RE = re.compile(r"\[([^\[\]]*+)\]\(\s*+<?([^()\s<>]*+)>?\s*+\)")
+_TRAILING_PAREN_LINK_RE = re.compile(r"\(\s*+\[([^\[\]]*+)\]\(\s*+<?([^()\s<>]*+)>?\s*+\)\s*+\)$")
+_TRAILING_LINK_RE = re.compile(r"\[([^\[\]]*+)\]\(\s*+<?([^()\s<>]*+)>?\s*+\)$")
+_TRAILING_PAREN_RE = re.compile(r"\(([^()]*+)\)$")
 _PAGE_RE = re.compile(
     r"(?<![\w.])(?:pp?\.|pages?|pg\.?)\s*((?:\d+|[ivxlcdm]+)[a-z]?(?:\s*[-\u2013\u2014]\s*(?:\d+|[ivxlcdm]+)[a-z]?)?)\b",
     re.IGNORECASE,
@@ -273,7 +280,7 @@ def _split_citation(text: str) -> _Citation:
     cit = _Citation(text)
     url_page: str | None = None
     for _ in range(8):  # a handful of trailing groups at most; the bound keeps garbage input cheap
-        t = cit.text
+        t = cit.text = cit.text.rstrip()
         m = _TRAILING_PAREN_LINK_RE.search(t) or _TRAILING_LINK_RE.search(t)
         if m and _is_source_link(m.group(1), m.group(2)):
             label, url = m.group(1), m.group(2)
@@ -420,17 +427,13 @@ class _Parser:
     def inline_highlights(self, content: str, line: int) -> None:
         """`==x==` anywhere in reader text is a highlight of its own."""
         masked = _mask_code(content)
+        pos = 0
         for m in _EQ_HL_RE.finditer(masked):
+            line += masked.count("\n", pos, m.start())  # counted incrementally: linear in the paragraph
+            pos = m.start()
             text = _clean_lines(_MARK_TAG_RE.sub("", content[m.start(1) : m.end(1)]))
             if text:
-                self.emit(
-                    Annotation(
-                        kind="highlight",
-                        text=text,
-                        source_format=self.fmt,
-                        line=line + masked.count("\n", 0, m.start()),
-                    )
-                )
+                self.emit(Annotation(kind="highlight", text=text, source_format=self.fmt, line=line))
 
     def emit_note(self, lines: list[tuple[int, str]], line: int, fallback: str = "") -> None:
         """One `note` from reader-written lines, plus any `==x==` highlights inside them."""

@@ -82,7 +82,7 @@ def fan_out(
     """
     outcome: PhaseOutcome[R] = PhaseOutcome()
     futures = {}
-    for item in items:
+    for index, item in enumerate(items):
         tagged = phase_task(
             task,
             settings,
@@ -92,21 +92,22 @@ def fan_out(
             front_matter=front_matter(item),
             note=path(item),
         )
-        futures[tagged.submit(*args(item))] = item
-    done = 0
+        futures[tagged.submit(*args(item))] = index
+    finished: dict[int, R] = {}
     advance(phase, 0, len(items))
-    for future in as_completed(list(futures)):
-        item = futures[future]
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        item = items[futures[future]]
         name = path(item) or subject(item)
         try:
-            outcome.results.append(future.result())
+            finished[futures[future]] = future.result()
         except BudgetExceeded as exc:
             outcome.halted = outcome.halted or str(exc)
             outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
         except (ProviderError, VaultError) as exc:
             outcome.skipped.append((name, f"{phase} failed: {exc}"))
-        done += 1
         advance(phase, done, len(items), subject(item))
+    # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
+    outcome.results = [finished[i] for i in sorted(finished)]
     return outcome
 
 

@@ -8,9 +8,14 @@ from typing import Any
 
 @cache
 def _encoding() -> Any:
-    import bpe_openai
+    import warnings
 
-    return bpe_openai.get_encoding("o200k_base")
+    with warnings.catch_warnings():
+        # bpe-openai loads its data with a deprecated importlib.resources call; harmless, and not ours.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bpe_openai
+
+        return bpe_openai.get_encoding("o200k_base")
 
 
 def count_tokens(text: str) -> int:

@@ -93,10 +93,18 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         front_matter=meta,
         body=post.content,
         annotations=tuple(parse_annotations(post.content)),
-        wikilinks=tuple(_get_unique_wikilinks_from_source_text(post.content, remove_aliases=True)),
+        wikilinks=tuple(_get_unique_wikilinks_from_source_text(_without_metadata(post.content), remove_aliases=True)),
         authors=tuple(str(a) for a in authors),
         year=str(meta.get("year") or ""),
     )
+
+
+_METADATA_SECTION = re.compile(r"^#{1,6}\s+Metadata\s*$.*?(?=^#{1,6}\s|\Z)", re.MULTILINE | re.DOTALL | re.IGNORECASE)
+
+
+def _without_metadata(body: str) -> str:
+    """The body without a Readwise-style `## Metadata` section, whose links are authors, not concepts."""
+    return _METADATA_SECTION.sub("", body)
 
 
 def _citekey_from(stem: str) -> str:

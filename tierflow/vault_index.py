@@ -239,7 +239,7 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
             fm = None  # no closing delimiter: python-frontmatter treats the whole file as body
         if fm is not None:
             try:
-                loaded = yaml.load(fm, Loader=_LOADER)  # noqa: S506 - CSafeLoader/SafeLoader
+                loaded = yaml.load(fm, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
             except yaml.YAMLError as exc:
                 # The YAML text starts on the `---` line; blank lines before it were stripped above.
                 detail = _yaml_problem(exc, text[: len(text) - len(stripped.lstrip())].count("\n"))
@@ -253,12 +253,10 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 )
     title = meta.get("title")
     title = str(title).strip() if title is not None and str(title).strip() else stem
-    raw_date = meta.get("date")
-    if raw_date is None:
-        raw_date = meta.get("created")
+    date = _parse_date(meta.get("date")) or _parse_date(meta.get("created"))
     tags = _fm_tags(meta.get("tags", meta.get("tag")))
     tags += _inline_tags(body)
-    return NoteMeta(rel, title, _parse_date(raw_date), _dedupe(tags), st.st_mtime_ns, st.st_size)
+    return NoteMeta(rel, title, date, _dedupe(tags), st.st_mtime_ns, st.st_size)
 
 
 def _tag_match(tags: Sequence[str], wanted: set[str]) -> bool:

@@ -26,10 +26,13 @@ class AnthropicProvider:
         self.name = name
         self.config = config
 
+    _model = "*"
+    """The model of the call that first needed the client, so a missing key's error names it."""
+
     @cached_property
     def client(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(
-            api_key=api_key(self.name, self.config, "*"),
+            api_key=api_key(self.name, self.config, self._model),
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=self.config.max_retries,
@@ -60,6 +63,7 @@ class AnthropicProvider:
         return params
 
     def complete(self, request: Request) -> Completion:
+        self._model = request.model
         try:
             message = self.client.messages.create(**self.params(request))
         except anthropic.AnthropicError as exc:

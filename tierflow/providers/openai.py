@@ -26,11 +26,14 @@ class OpenAIProvider:
         self.config = config
         self.kind = config.kind
 
+    _model = "*"
+    """The model of the call that first needed the client, so a missing key's error names it."""
+
     @cached_property
     def client(self) -> openai.OpenAI:
         local = self.kind == "openai-compatible"
         # Local servers ignore the key, but the SDK insists on one.
-        key = api_key(self.name, self.config, "*", required=not local) or "not-needed"
+        key = api_key(self.name, self.config, self._model, required=not local) or "not-needed"
         return openai.OpenAI(
             api_key=key,
             base_url=self.config.base_url,
@@ -60,6 +63,7 @@ class OpenAIProvider:
         return params
 
     def complete(self, request: Request) -> Completion:
+        self._model = request.model
         try:
             response = self.client.chat.completions.create(**self.params(request))
         except openai.OpenAIError as exc:

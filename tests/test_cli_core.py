@@ -1,0 +1,112 @@
+"""The `tierflow` command: ask, spend, config show, and a lazy --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import openai_config, write_config
+
+from tierflow.testing.double import Reply
+
+TIERFLOW = [sys.executable, "-m", "tierflow.cli"]
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TIERFLOW, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+def test_ask_against_a_local_openai_compatible_server_records_the_double_usage(tmp_path: Path, double):
+    usage = {
+        "prompt_tokens": 61,
+        "completion_tokens": 17,
+        "total_tokens": 78,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 5},
+    }
+    double.responder = lambda r: Reply(text="Feedback closes the gap.", usage=usage)
+    vault = tmp_path / "vault"
+    config = write_config(vault / ".tierflow" / "config.toml", openai_config(double, kind="openai-compatible"))
+    result = run(["ask", "--vault", str(vault), "--complexity", "high", "What does feedback do?"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Feedback closes the gap."
+    assert "deep -> openai:gpt-5.1" in result.stderr and "$0.000000" in result.stderr
+    (sent,) = double.model_calls()
+    assert sent.json["model"] == "gpt-5.1" and "What does feedback do?" in sent.text
+
+    spend = run(["spend", "--vault", str(vault), "--format", "json"])
+    assert spend.returncode == 0, spend.stderr
+    (row,) = [json.loads(line) for line in spend.stdout.splitlines()]
+    assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"], row["cache_read_tokens"]) == (
+        61,
+        12,
+        5,
+        0,
+    )
+    assert (row["flow"], row["phase"], row["tier"], row["provider"], row["model"]) == (
+        "ask",
+        "ask",
+        "deep",
+        "openai",
+        "gpt-5.1",
+    )
+    assert row["usage_known"] is True and row["batch"] is False and row["cost_usd"] == 0.0
+    totals = run(["spend", "--vault", str(vault), "--format", "json", "--by", "tier"])
+    (total,) = [json.loads(line) for line in totals.stdout.splitlines()]
+    assert total["total"] is True and total["tier"] == "deep" and total["calls"] == 1
+    csv_out = run(["spend", "--vault", str(vault), "--format", "csv"]).stdout.splitlines()
+    assert csv_out[0].startswith("id,timestamp,run_id,flow,flow_run_id,task_run_id,phase")
+    assert config.exists()
+
+
+def test_ask_offline_needs_no_keys(tmp_path: Path):
+    result = run(["ask", "--profile", "offline", "--vault", str(tmp_path), "Summarise: Feedback matters."])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[offline extractive model]")
+
+
+def test_ask_with_a_missing_key_says_what_to_set(tmp_path: Path):
+    result = run(["ask", "--profile", "anthropic", "--vault", str(tmp_path), "hi"], env={"ANTHROPIC_API_KEY": ""})
+    assert result.returncode == 1
+    assert "ANTHROPIC_API_KEY is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_show_prints_sources_and_never_a_key(tmp_path: Path):
+    secret = "sk-ant-supersecretvalue123"
+    result = run(["config", "show", "--profile", "anthropic", "--vault", str(tmp_path)], env={"ANTHROPIC_API_KEY": secret})
+    assert result.returncode == 0, result.stderr
+    assert "ANTHROPIC_API_KEY" in result.stdout and "profile:anthropic" in result.stdout
+    assert secret not in result.stdout + result.stderr
+
+
+def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path: Path):
+    path = write_config(tmp_path / "bad.toml", '[routing]\nhigh = "galactic"\n')
+    result = run(["config", "show", "--config", str(path)])
+    assert result.returncode == 2
+    assert "routing.high" in result.stderr and str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_vault_is_a_clear_error(tmp_path: Path):
+    result = run(["spend", "--vault", str(tmp_path / "nowhere")])
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    afile = tmp_path / "file.md"
+    afile.write_text("x")
+    result = run(["spend", "--vault", str(afile)])
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+def test_help_does_not_import_prefect_or_the_sdks():
+    code = (
+        "import sys; from typer.testing import CliRunner; from tierflow.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('prefect', 'anthropic', 'openai', 'genai_prices', 'sqlalchemy') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,46 @@
+"""The Prefect integration point: a phase task run is created with its route's tags and recorded with its ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from tierflow.calls import RunSettings, caller_for
+from tierflow.phases import phase_task
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@task
+def summarise_note(settings: RunSettings, text: str) -> str:
+    return caller_for(settings).ask(phase="collate", complexity="low", system="Be brief.", prompt=text, subject="n1").text
+
+
+@flow
+def one_phase(settings: RunSettings) -> str:
+    tagged = phase_task(summarise_note, settings, phase="collate", complexity="low", subject="Hattie2007")
+    return tagged.submit(settings, "Feedback is powerful. It can also harm.").result()
+
+
+def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path: Path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    settings = RunSettings(vault=str(tmp_path), run_id="helper-test", flow="helper-test", profile="offline")
+    assert one_phase(settings).startswith("[offline extractive model]")
+    (row,) = caller_for(settings).ledger.rows()
+    with get_client(sync_client=True) as client:
+        task_run = client.read_task_run(row["task_run_id"])
+        flow_run = client.read_flow_run(row["flow_run_id"])
+        runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+    assert set(task_run.tags) == {
+        "phase:collate",
+        "complexity:low",
+        "tier:light",
+        "model:offline:extractive-light",
+    }
+    assert task_run.name == "collate · Hattie2007"
+    assert str(task_run.flow_run_id) == str(flow_run.id)
+    assert any(r.id == task_run.id for r in runs)

@@ -1,0 +1,232 @@
+"""The weekly reading-notes flow under Prefect's test harness, against the real Anthropic SDK on a wire double."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import frontmatter
+import pytest
+from conftest import anthropic_config, write_config
+
+from tierflow.flows.reading_notes import reading_notes
+from tierflow.ledger import Ledger
+from tierflow.providers.offline import _SKILLS, prompt_data
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+SELECTED = 8  # literature notes read that week (a ninth, from October, must not be selected)
+
+
+def skilled(overrides: dict[str, Any] | None = None):
+    """A double 'model' that answers each forced tool as tierflow's offline skills would, unless overridden."""
+    overrides = overrides or {}
+
+    def responder(request: DoubleRequest) -> Reply | None:
+        tool = request.forced_tool
+        if tool is None:
+            return None
+        if tool in overrides:
+            answer = overrides[tool]
+            return answer(request) if callable(answer) else Reply(data=answer)
+        return Reply(data=_SKILLS[tool](prompt_data(request.last_user_text)))
+
+    return responder
+
+
+def snapshot(vault: Path) -> dict[str, str]:
+    return {
+        p.relative_to(vault).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in vault.rglob("*")
+        if p.is_file() and ".tierflow" not in p.parts
+    }
+
+
+def run(vault: Path, **kw: Any):
+    return reading_notes(vault=str(vault), since=SINCE, until=UNTIL, **kw)
+
+
+@pytest.fixture
+def anthropic_vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
+    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
+    double.responder = skilled()
+    return reading_vault
+
+
+def drafts(vault: Path) -> dict[str, frontmatter.Post]:
+    folder = vault / "Concepts" / "Drafts"
+    return {p.name: frontmatter.load(p) for p in sorted(folder.glob("*.md"))} if folder.exists() else {}
+
+
+def test_phases_use_their_tiers_models_on_the_wire_and_in_the_ledger(anthropic_vault: Path, double):
+    before = snapshot(anthropic_vault)
+    summary = run(anthropic_vault)
+
+    calls = double.model_calls()
+    by_tool = {}
+    for c in calls:
+        by_tool.setdefault(c.forced_tool, set()).add(c.json["model"])
+    assert by_tool == {
+        "collationout": {"claude-haiku-4-5"},
+        "synthesisout": {"claude-opus-4-6"},
+        "draftout": {"claude-sonnet-4-6"},
+    }
+    rows = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)
+    models = {(r["phase"], r["complexity"], r["tier"], r["model"]) for r in rows}
+    assert models == {
+        ("collate", "low", "light", "claude-haiku-4-5"),
+        ("synthesise", "high", "deep", "claude-opus-4-6"),
+        ("draft", "medium", "standard", "claude-sonnet-4-6"),
+    }
+    assert sum(r["phase"] == "collate" for r in rows) == SELECTED
+    assert all(r["flow_run_id"] and r["task_run_id"] and r["cost_usd"] > 0 for r in rows)
+
+    written = drafts(anthropic_vault)
+    assert written and len(written) == len(summary.written)
+    literature = {p.stem for p in (anthropic_vault / "Reading").glob("*.md")}
+    for name, post in written.items():
+        meta = post.metadata
+        assert meta["status"] == "draft" and "concept" in meta["tags"]
+        assert meta["sources"] and all(s.startswith("[[") and s[2:-2] in literature for s in meta["sources"])
+        assert meta["tierflow_run"] == summary.run_id and meta["tierflow_cost_usd"] > 0
+        assert any(m.startswith("draft: anthropic:claude-sonnet-4-6") for m in meta["tierflow_phase_models"])
+        assert all(not isinstance(v, dict) for v in meta.values()), f"{name}: front-matter must be flat"
+        assert "[!warning] Not found verbatim" not in post.content
+    # Dataview sums of the drafts add up to the run's spend.
+    total = sum(r["cost_usd"] for r in rows)
+    assert sum(p.metadata["tierflow_cost_usd"] for p in written.values()) == pytest.approx(total, rel=1e-3)
+
+    report = anthropic_vault / summary.report.path
+    text = report.read_text()
+    assert "| collate | light | anthropic:claude-haiku-4-5 |" in text
+    assert "All-deep equivalent" in text and "Saved" in text and "```mermaid\npie" in text
+    for w in summary.written:
+        assert f"[[{Path(w.path).with_suffix('').as_posix()}]]" in text
+    after = snapshot(anthropic_vault)
+    changed = {p for p in before if before[p] != after.get(p)}
+    assert changed == set(), "a pre-existing vault file changed"
+
+
+def test_rerun_of_an_unchanged_week_spends_nothing_and_writes_no_new_notes(anthropic_vault: Path, double):
+    first = run(anthropic_vault)
+    notes_before = snapshot(anthropic_vault)
+    calls_before = len(double.model_calls())
+    second = run(anthropic_vault)
+    assert len(double.model_calls()) == calls_before
+    rows = Ledger.for_vault(anthropic_vault).rows(run_id=second.run_id)
+    assert rows and all(r["cached_result"] for r in rows)
+    assert [r for r in rows if r["input_tokens"] + r["output_tokens"] > 0] == []
+    drafts_after = {p: h for p, h in snapshot(anthropic_vault).items() if p.startswith("Concepts/Drafts/")}
+    assert drafts_after == {p: h for p, h in notes_before.items() if p.startswith("Concepts/Drafts/")}
+    assert all(w.action == "unchanged" for w in second.written)
+    assert first.run_id != second.run_id
+
+
+def test_one_new_literature_note_recollates_only_that_note(anthropic_vault: Path, double):
+    run(anthropic_vault)
+    (anthropic_vault / "Reading" / "Shute2008 - Focus on formative feedback.md").write_text(
+        "---\ntitle: Focus on formative feedback\ncitekey: shute2008\ndate: 2026-11-21\ntags: [literature]\n---\n"
+        "## Notes\n\n> [!quote] p. 154\n> Formative feedback should be nonevaluative, supportive, timely, and specific.\n"
+    )
+    before = len(double.model_calls())
+    run(anthropic_vault)
+    new_collations = [c for c in double.model_calls()[before:] if c.forced_tool == "collationout"]
+    assert len(new_collations) == 1 and "shute2008" in new_collations[0].text
+
+
+def test_user_edited_draft_survives_a_rerun_byte_for_byte(anthropic_vault: Path, double):
+    first = run(anthropic_vault)
+    target = anthropic_vault / first.written[0].path
+    edited = target.read_text() + "\nMy own thought, added on Monday.\n"
+    target.write_text(edited)
+    double.responder = skilled({"draftout": lambda r: Reply(data={**_SKILLS["draftout"](prompt_data(r.last_user_text)), "summary": "A new angle."})})
+    second = run(anthropic_vault)
+    assert target.read_text() == edited
+    siblings = [w for w in second.written if w.action == "kept-user-edit"]
+    assert siblings and "you edited it" in siblings[0].message
+    assert all((anthropic_vault / w.path).parent == target.parent for w in second.written)
+
+
+def test_hostile_title_from_the_model_stays_inside_the_output_folder(anthropic_vault: Path, double):
+    def hostile(request: DoubleRequest) -> Reply:
+        data = _SKILLS["synthesisout"](prompt_data(request.last_user_text))
+        data["concepts"][0]["name"] = "../../.obsidian/x"
+        data["concepts"][1]["name"] = "/etc/passwd"
+        data["concepts"][2]["name"] = "CON"
+        return Reply(data=data)
+
+    double.responder = skilled({"synthesisout": hostile})
+    obsidian_before = snapshot(anthropic_vault / ".obsidian")
+    summary = run(anthropic_vault)
+    out = (anthropic_vault / "Concepts" / "Drafts").resolve()
+    for w in summary.written:
+        assert (anthropic_vault / w.path).resolve().parent == out
+    assert snapshot(anthropic_vault / ".obsidian") == obsidian_before
+    assert not (anthropic_vault / ".obsidian" / "x.md").exists()
+    names = {Path(w.path).name for w in summary.written}
+    assert ".. .. .obsidian x.md" in names or any("obsidian x" in n for n in names)
+
+
+def test_fabricated_quotation_is_marked_in_the_draft(anthropic_vault: Path, double):
+    def fabricate(request: DoubleRequest) -> Reply:
+        data = _SKILLS["draftout"](prompt_data(request.last_user_text))
+        data["quotes"].append({"source": data["quotes"][0]["source"], "text": "Feedback always improves learning."})
+        return Reply(data=data)
+
+    double.responder = skilled({"draftout": fabricate})
+    summary = run(anthropic_vault)
+    post = frontmatter.load(anthropic_vault / summary.written[0].path)
+    assert post.metadata["tierflow_unverified_quotes"] == 1
+    assert "[!warning] Not found verbatim" in post.content
+
+
+def test_malformed_synthesis_fails_the_phase_and_keeps_the_collations(anthropic_vault: Path, double):
+    double.responder = skilled({"synthesisout": {"patterns": "not a list"}})
+    failed = run(anthropic_vault)
+    assert failed.failed and "synthesise failed" in failed.failed and "malformed synthesisout twice" in failed.failed
+    assert drafts(anthropic_vault) == {}
+    assert "synthesise failed" in (anthropic_vault / failed.report.path).read_text()
+    spent_collate = len([c for c in double.model_calls() if c.forced_tool == "collationout"])
+    double.responder = skilled()
+    fixed = run(anthropic_vault)
+    assert not fixed.failed and fixed.written
+    assert len([c for c in double.model_calls() if c.forced_tool == "collationout"]) == spent_collate
+
+
+def test_bad_notes_are_skipped_with_their_reason_and_the_run_goes_on(anthropic_vault: Path, double):
+    reading = anthropic_vault / "Reading"
+    (reading / "broken yaml.md").write_text("---\ntitle: [unclosed\ndate: 2026-11-18\n---\nbody\n")
+    (reading / "latin1.md").write_bytes("---\ndate: 2026-11-18\n---\ncaf\xe9 notes\n".encode("latin-1"))
+    (reading / "binary.md").write_bytes(b"\x00\x01\x02 binary junk")
+    (reading / "empty.md").write_text("")
+    (reading / "huge.md").write_text("---\ndate: 2026-11-18\n---\n" + "x" * 3_000_000)
+    summary = run(anthropic_vault)
+    reasons = dict(summary.skipped)
+    assert "malformed YAML" in reasons["Reading/broken yaml.md"]
+    assert "UTF-8" in reasons["Reading/latin1.md"]
+    assert "binary" in reasons["Reading/binary.md"]
+    assert "empty" in reasons["Reading/empty.md"]
+    assert "too large" in reasons["Reading/huge.md"]
+    assert summary.written
+    report = (anthropic_vault / summary.report.path).read_text()
+    assert "Reading/broken yaml.md" in report and "## Skipped" in report
+
+
+def test_empty_week_ends_cleanly_without_a_model_call(anthropic_vault: Path, double):
+    summary = reading_notes(vault=str(anthropic_vault), since=date(2025, 1, 1), until=date(2025, 1, 7))
+    assert summary.message == "no reading notes between 2025-01-01 and 2025-01-07 in Reading/ or #literature"
+    assert double.model_calls() == []
+    assert summary.written == []
+
+
+def test_missing_vault_is_a_clear_error(tmp_path: Path):
+    from tierflow.errors import VaultError
+
+    with pytest.raises(VaultError, match="does not exist"):
+        reading_notes(vault=str(tmp_path / "nowhere"), since=SINCE, until=UNTIL)
