@@ -10,8 +10,9 @@ from pathlib import Path
 
 # Prefect reads settings at import: keep its home, telemetry and logs out of the user's machine.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-tests-prefect-"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
+from tierflow.cli import prefect_defaults  # noqa: E402
+
+prefect_defaults()
 for _key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "TIERFLOW_CONFIG"):
     os.environ.pop(_key, None)
 

@@ -386,9 +386,19 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
 
 def main() -> None:
     # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
+    prefect_defaults()
+    app()
+
+
+def prefect_defaults() -> None:
+    """Settings Prefect reads at import, for a local, keyless run; the user's own environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
-    app()
+    # With the default batch size of 1 the ephemeral server's task-run recorder falls behind, and at exit
+    # it is cancelled mid-write: "Error flushing 1 events" and task runs missing from the UI. Batching lets
+    # the final flush complete.
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
 
 
 if __name__ == "__main__":
