@@ -34,7 +34,10 @@ def measure(n: int, double: ProviderDouble, vault: Path, run_id: str) -> tuple[l
     caller = Caller(
         RunSettings(vault=str(vault), config_path=str(config), run_id=run_id, flow="bench", use_cache=False)
     )
-    system, prompt = "You are terse.", "Summarise: feedback closes the gap between current and desired performance."
+    system, prompt = (
+        "You are terse.",
+        "Summarise: feedback closes the gap between current and desired performance.",
+    )
     for _ in range(10):  # warm both paths: connections, tokenizer, price tables, SQLite pages
         client.messages.create(
             model="claude-haiku-4-5",
@@ -48,7 +51,10 @@ def measure(n: int, double: ProviderDouble, vault: Path, run_id: str) -> tuple[l
         text = f"{prompt} ({i})"
         t0 = time.perf_counter()
         client.messages.create(
-            model="claude-haiku-4-5", max_tokens=256, system=system, messages=[{"role": "user", "content": text}]
+            model="claude-haiku-4-5",
+            max_tokens=256,
+            system=system,
+            messages=[{"role": "user", "content": text}],
         )
         bare.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()

@@ -39,9 +39,7 @@ def reading_notes(
 
     collations = run.absorb(collate(settings, sources)) if sources else []
     synthesis = (
-        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until)))
-        if collations
-        else []
+        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until))) if collations else []
     )
     for weekly in synthesis:
         run.written = run.absorb(

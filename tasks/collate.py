@@ -121,10 +121,7 @@ def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
     out: CollationOut = answer.parsed
     quotes, notes = quotes_of(source)
     known = {q.id for q in quotes}
-    claims = [
-        Claim(claim=c.claim, quote_ids=[i for i in c.quote_ids if i in known])
-        for c in out.claims[:MAX_CLAIMS]
-    ]
+    claims = [Claim(claim=c.claim, quote_ids=[i for i in c.quote_ids if i in known]) for c in out.claims[:MAX_CLAIMS]]
     return Collation(
         path=source.path,
         link=source.link,
@@ -142,7 +139,69 @@ def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
 
 
 _STOP = set(
-    ["the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "as", "by", "is", "are", "was", "were", "be", "been", "this", "that", "these", "those", "it", "its", "their", "from", "at", "not", "but", "can", "may", "more", "most", "such", "than", "which", "who", "what", "how", "into", "about", "also", "between", "through", "they", "we", "our", "one", "two", "has", "have", "had", "do", "does", "students", "student", "learning", "feedback", "p", "pp"]
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "as",
+        "by",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "their",
+        "from",
+        "at",
+        "not",
+        "but",
+        "can",
+        "may",
+        "more",
+        "most",
+        "such",
+        "than",
+        "which",
+        "who",
+        "what",
+        "how",
+        "into",
+        "about",
+        "also",
+        "between",
+        "through",
+        "they",
+        "we",
+        "our",
+        "one",
+        "two",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "students",
+        "student",
+        "learning",
+        "feedback",
+        "p",
+        "pp",
+    ]
 )
 
 
@@ -155,9 +214,7 @@ def offline_collation(data: dict[str, Any]) -> dict[str, Any]:
         first = re.split(r"(?<=[.!?])\s+", q["text"].strip())[0].rstrip(" ;,")
         first = first if first.endswith((".", "!", "?")) else f"{first}."
         claims.append({"claim": first, "quote_ids": [q["id"]]})
-    words = Counter(
-        w for q in quotes for w in re.findall(r"[a-z][a-z-]{3,}", q["text"].lower()) if w not in _STOP
-    )
+    words = Counter(w for q in quotes for w in re.findall(r"[a-z][a-z-]{3,}", q["text"].lower()) if w not in _STOP)
     linked = [c.split("/")[-1].lower() for c in data.get("linked_concepts", [])]
     keywords = list(dict.fromkeys([*linked, *(w for w, _ in words.most_common(6))]))[:6]
     summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations were highlighted."

@@ -63,17 +63,13 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation])
                 "summary": c.summary,
                 "claims": [cl.claim for cl in c.claims],
                 # Quotes the synthesis picked come first; the model may quote only from these.
-                "quotes": [q.text for q in sorted(c.quotes, key=lambda q: (c.citekey, q.id) not in refs)][
-                    :MAX_QUOTES
-                ],
+                "quotes": [q.text for q in sorted(c.quotes, key=lambda q: (c.citekey, q.id) not in refs)][:MAX_QUOTES],
             }
             for c in collations
         ],
     }
     system = env.get_template("prompts/draft/system.j2").render()
-    user = env.get_template("prompts/draft/concept.j2").render(
-        concept=concept, data=data, max_quotes=MAX_QUOTES
-    )
+    user = env.get_template("prompts/draft/concept.j2").render(concept=concept, data=data, max_quotes=MAX_QUOTES)
     return system, user
 
 
@@ -120,11 +116,7 @@ def draft_concept(
         offline=answer.route.provider_kind == "offline",
     )
     tokens = share.tokens_each + answer.usage.total_tokens
-    cost = (
-        None
-        if share.cost_each is None or answer.cost_usd is None
-        else round(share.cost_each + answer.cost_usd, 6)
-    )
+    cost = None if share.cost_each is None or answer.cost_usd is None else round(share.cost_each + answer.cost_usd, 6)
     front_matter: dict[str, Any] = {
         "title": concept.name,
         "tags": ["concept", "tierflow/draft"],

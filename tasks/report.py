@@ -36,12 +36,17 @@ class RunSummary:
     phases: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
 
+    @property
+    def stopped(self) -> bool:
+        """A budget halted the run or a phase failed: later phases must not start."""
+        return bool(self.halted or self.failed)
+
     def absorb(self, outcome: PhaseOutcome[T]) -> list[T]:
-        """Take a phase's skips and stops into the run; returns its results, or none once the run has stopped."""
+        """Take a phase's skips and stops into the run; returns what it finished."""
         self.skipped += outcome.skipped
         self.halted = self.halted or outcome.halted
         self.failed = self.failed or outcome.failed
-        return [] if self.halted or self.failed else outcome.results
+        return outcome.results
 
 
 def artifact_key(flow: str, what: str) -> str:
@@ -79,9 +84,7 @@ def write_run_report(
         for b in caller.budgets.states()
     ]
     downgrades = [
-        f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}"
-        for r in rows
-        if r["downgraded_from"]
+        f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}" for r in rows if r["downgraded_from"]
     ]
     today = date.today().isoformat()
     earlier = _earlier_runs(caller.ledger.rows(since=today, flow=summary.flow), settings.run_id)

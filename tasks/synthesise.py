@@ -122,9 +122,7 @@ def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
     for c in data.get("collations", []):
         for k in c.get("keywords", []):
             by_keyword[k].append(c)
-    shared = sorted(
-        ((k, cs) for k, cs in by_keyword.items() if len(cs) >= 2), key=lambda kv: (-len(kv[1]), kv[0])
-    )
+    shared = sorted(((k, cs) for k, cs in by_keyword.items() if len(cs) >= 2), key=lambda kv: (-len(kv[1]), kv[0]))
     concepts = []
     for keyword, cs in shared[:6]:
         refs = [{"citekey": c["citekey"], "quote_id": c["quotes"][0]["id"]} for c in cs if c.get("quotes")]

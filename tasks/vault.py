@@ -50,21 +50,16 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
     index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
     selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
     excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder))
-    literature = {
-        PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)
-    }
+    literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}
     where = (
-        " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags])
-        or "the whole vault"
+        " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags]) or "the whole vault"
     )
     return Week(
         since=since,
         until=until,
         where=where,
         notes=[n.path for n in selection.notes if not n.path.startswith(excluded)],
-        skipped=[
-            Skip(n.path, n.error or "unusable") for n in selection.skipped if not n.path.startswith(excluded)
-        ],
+        skipped=[Skip(n.path, n.error or "unusable") for n in selection.skipped if not n.path.startswith(excluded)],
         literature=literature,
     )
 

@@ -78,7 +78,10 @@ def test_ask_with_a_missing_key_says_what_to_set(tmp_path: Path):
 
 def test_config_show_prints_sources_and_never_a_key(tmp_path: Path):
     secret = "sk-ant-supersecretvalue123"
-    result = run(["config", "show", "--profile", "anthropic", "--vault", str(tmp_path)], env={"ANTHROPIC_API_KEY": secret})
+    result = run(
+        ["config", "show", "--profile", "anthropic", "--vault", str(tmp_path)],
+        env={"ANTHROPIC_API_KEY": secret},
+    )
     assert result.returncode == 0, result.stderr
     assert "ANTHROPIC_API_KEY" in result.stdout and "profile:anthropic" in result.stdout
     assert secret not in result.stdout + result.stderr

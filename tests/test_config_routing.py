@@ -46,8 +46,14 @@ def test_file_overrides_a_profile_and_sources_say_so(tmp_path):
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ('[providers.anthropic]\nkind = "anthropic"\napi_key = "sk-ant-abc123456789"\n', "`providers.anthropic.api_key` holds a secret inline"),
-        ('[providers.anthropic]\nkind = "anthropic"\napi_key_env = "sk-ant-abcdefghijkl0123"\n', "looks like an API key value"),
+        (
+            '[providers.anthropic]\nkind = "anthropic"\napi_key = "sk-ant-abc123456789"\n',
+            "`providers.anthropic.api_key` holds a secret inline",
+        ),
+        (
+            '[providers.anthropic]\nkind = "anthropic"\napi_key_env = "sk-ant-abcdefghijkl0123"\n',
+            "looks like an API key value",
+        ),
         ('[providers.x]\nkind = "bedrock"\n', "A provider's kind is one of"),
         ('[tiers.light]\nmodel = "nowhere:model-a"\n', "`tiers.light.model` uses unknown provider 'nowhere'"),
         ('[routing]\nhigh = "galactic"\n', "`routing.high` names unknown tier 'galactic'"),
@@ -94,7 +100,11 @@ def test_front_matter_beats_config_and_override_beats_front_matter():
     assert route(config, phase="collate", complexity="low", front_matter=per_phase).tier == "standard"
     assert route(config, phase="draft", complexity="low", front_matter=per_phase).tier == "light"
     r = route(
-        config, phase="collate", complexity="low", front_matter=pinned, overrides=parse_tier_overrides(["collate=light"])
+        config,
+        phase="collate",
+        complexity="low",
+        front_matter=pinned,
+        overrides=parse_tier_overrides(["collate=light"]),
     )
     assert (r.tier, r.rule) == ("light", "override")
     r = route(config, phase="draft", complexity="medium", overrides=parse_tier_overrides(["deep"]))

@@ -25,9 +25,7 @@ from tierflow.testing import NO_USAGE, DoubleRequest, ProviderDouble, Reply, cou
 
 CLAUDE = "claude-sonnet-4-6"
 GPT = "gpt-4o-mini"
-LONG = " ".join(
-    f"Paragraph {i}: the vault holds notes on reading, methods and citations." for i in range(120)
-)
+LONG = " ".join(f"Paragraph {i}: the vault holds notes on reading, methods and citations." for i in range(120))
 
 
 def claude(d: ProviderDouble, *, strict: bool = True) -> anthropic.Anthropic:
@@ -37,9 +35,7 @@ def claude(d: ProviderDouble, *, strict: bool = True) -> anthropic.Anthropic:
 
 
 def gpt(d: ProviderDouble) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key="test", base_url=d.openai_base_url, max_retries=2, _strict_response_validation=True
-    )
+    return openai.OpenAI(api_key="test", base_url=d.openai_base_url, max_retries=2, _strict_response_validation=True)
 
 
 @pytest.fixture
@@ -102,12 +98,8 @@ def test_anthropic_cacheable_prefix_is_written_then_read(double: ProviderDouble)
     system = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
     prefix = count_tokens(LONG)
 
-    first = client.messages.create(
-        model=CLAUDE, max_tokens=50, system=system, messages=[user("Question one")]
-    )
-    second = client.messages.create(
-        model=CLAUDE, max_tokens=50, system=system, messages=[user("Question two")]
-    )
+    first = client.messages.create(model=CLAUDE, max_tokens=50, system=system, messages=[user("Question one")])
+    second = client.messages.create(model=CLAUDE, max_tokens=50, system=system, messages=[user("Question two")])
 
     assert first.usage.cache_creation_input_tokens == prefix
     assert first.usage.cache_creation is not None
@@ -150,9 +142,7 @@ def test_anthropic_one_hour_ttl_and_conversation_lookback(double: ProviderDouble
         ],
     )
     assert second.usage.cache_read_input_tokens == 4 + count_tokens(LONG)
-    assert second.usage.cache_creation_input_tokens == 4 + count_tokens(reply_text) + 4 + count_tokens(
-        "And then?"
-    )
+    assert second.usage.cache_creation_input_tokens == 4 + count_tokens(reply_text) + 4 + count_tokens("And then?")
     assert second.usage.input_tokens == 3
 
 
@@ -184,9 +174,7 @@ def test_max_tokens_cuts_the_reply() -> None:
     long_reply = "word " * 50
     with ProviderDouble(lambda r: long_reply) as d:
         message = claude(d).messages.create(model=CLAUDE, max_tokens=5, messages=[user("Go on")])
-        completion = gpt(d).chat.completions.create(
-            model=GPT, max_completion_tokens=7, messages=[user("Go on")]
-        )
+        completion = gpt(d).chat.completions.create(model=GPT, max_completion_tokens=7, messages=[user("Go on")])
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 5
     assert completion.choices[0].finish_reason == "length"
@@ -224,10 +212,7 @@ def test_openai_plain_completion_usage_and_prefix_caching(double: ProviderDouble
         assert completion.usage.prompt_tokens == expected_prompt
         text = completion.choices[0].message.content or ""
         assert completion.usage.completion_tokens == count_tokens(text)
-        assert (
-            completion.usage.total_tokens
-            == completion.usage.prompt_tokens + completion.usage.completion_tokens
-        )
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
     assert first.usage is not None and second.usage is not None
     assert first.usage.prompt_tokens_details is not None and second.usage.prompt_tokens_details is not None
@@ -255,9 +240,7 @@ def test_openai_reasoning_tokens_count_inside_completion_tokens() -> None:
 def test_streaming_replays_the_same_reply_for_both_providers(double: ProviderDouble) -> None:
     client = claude(double)
     plain = client.messages.create(model=CLAUDE, max_tokens=100, messages=[user("Stream the answer please")])
-    with client.messages.stream(
-        model=CLAUDE, max_tokens=100, messages=[user("Stream the answer please")]
-    ) as stream:
+    with client.messages.stream(model=CLAUDE, max_tokens=100, messages=[user("Stream the answer please")]) as stream:
         streamed_text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert streamed_text == "Reply to Stream the answer please"
@@ -441,9 +424,7 @@ def test_provider_filter_and_custom_body(double: ProviderDouble) -> None:
     double.fail_next(529, provider="anthropic", body=body, retry_after_ms=None)
     gpt(double).chat.completions.create(model=GPT, messages=[user("hi")])  # not affected
     with pytest.raises(anthropic.InternalServerError):
-        claude(double).with_options(max_retries=0).messages.create(
-            model=CLAUDE, max_tokens=20, messages=[user("hi")]
-        )
+        claude(double).with_options(max_retries=0).messages.create(model=CLAUDE, max_tokens=20, messages=[user("hi")])
     assert double.requests[-1].response == body
 
 
@@ -601,9 +582,7 @@ def batch_file(*custom_ids: str) -> bytes:
 def submit(client: openai.OpenAI, data: bytes) -> str:
     uploaded = client.files.create(file=("batch.jsonl", data), purpose="batch")
     assert uploaded.purpose == "batch" and uploaded.bytes == len(data) and uploaded.status == "processed"
-    batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert batch.status == "validating" and batch.input_file_id == uploaded.id
     return batch.id
 

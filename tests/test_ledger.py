@@ -78,8 +78,6 @@ def test_processes_record_concurrently_into_one_ledger(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
     Ledger(url)
     repo = Path(__file__).resolve().parents[1]
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, url, str(p)], cwd=repo) for p in range(4)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, str(p)], cwd=repo) for p in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert len(Ledger(url).rows()) == 200

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @task
 def summarise_note(settings: RunSettings, text: str) -> str:
-    return caller_for(settings).ask(phase="collate", complexity="low", system="Be brief.", prompt=text, subject="n1").text
+    return (
+        caller_for(settings).ask(phase="collate", complexity="low", system="Be brief.", prompt=text, subject="n1").text
+    )
 
 
 @flow

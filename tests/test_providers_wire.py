@@ -16,7 +16,12 @@ from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
 
 M = Decimal(1_000_000)
 # Published list prices, USD per million tokens, applied by hand below.
-HAIKU = {"input": Decimal(1), "output": Decimal(5), "cache_read": Decimal("0.1"), "cache_write_5m": Decimal("1.25")}
+HAIKU = {
+    "input": Decimal(1),
+    "output": Decimal(5),
+    "cache_read": Decimal("0.1"),
+    "cache_write_5m": Decimal("1.25"),
+}
 HAIKU_1H_WRITE = Decimal(2)
 GPT5_NANO = {"input": Decimal("0.05"), "output": Decimal("0.4"), "cache_read": Decimal("0.005")}
 
@@ -46,7 +51,12 @@ def test_anthropic_plain_usage_and_cost(tmp_path, monkeypatch, double):
     answer = ask(c)
     assert answer.text == "Assessment for learning."
     row = only_row(c)
-    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+    assert (
+        row["input_tokens"],
+        row["output_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_tokens"],
+    ) == (
         120,
         7,
         0,
@@ -170,8 +180,10 @@ def test_unknown_model_price_is_null_with_a_warning(tmp_path, monkeypatch, doubl
 def test_price_override_wins_for_local_models(tmp_path, monkeypatch, double):
     extra = "[tiers.light.price]\ninput = 2.0\noutput = 4.0\n"
     text = openai_config(double, kind="openai-compatible").replace("[tiers.light]\nmodel", "[tiers.light]\nmodel", 1)
-    text = text.replace('[tiers.standard]', extra + '[tiers.standard]')
-    double.responder = lambda r: Reply(text="x", usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100})
+    text = text.replace("[tiers.standard]", extra + "[tiers.standard]")
+    double.responder = lambda r: Reply(
+        text="x", usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
+    )
     c = caller(tmp_path, text, monkeypatch)
     ask(c)
     assert only_row(c)["cost_usd"] == pytest.approx((1000 * 2 + 100 * 4) / 1e6)

@@ -10,8 +10,8 @@ from typing import Any
 import frontmatter
 import pytest
 from conftest import anthropic_config, write_config
-
 from tierflow.flows.reading_notes import reading_notes
+
 from tierflow.ledger import Ledger
 from tierflow.providers.offline import _SKILLS, prompt_data
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
@@ -132,7 +132,8 @@ def test_one_new_literature_note_recollates_only_that_note(anthropic_vault: Path
     run(anthropic_vault)
     (anthropic_vault / "Reading" / "Shute2008 - Focus on formative feedback.md").write_text(
         "---\ntitle: Focus on formative feedback\ncitekey: shute2008\ndate: 2026-11-21\ntags: [literature]\n---\n"
-        "## Notes\n\n> [!quote] p. 154\n> Formative feedback should be nonevaluative, supportive, timely, and specific.\n"
+        "## Notes\n\n> [!quote] p. 154\n"
+        "> Formative feedback should be nonevaluative, supportive, timely, and specific.\n"
     )
     before = len(double.model_calls())
     run(anthropic_vault)
@@ -145,7 +146,13 @@ def test_user_edited_draft_survives_a_rerun_byte_for_byte(anthropic_vault: Path,
     target = anthropic_vault / first.written[0].path
     edited = target.read_text() + "\nMy own thought, added on Monday.\n"
     target.write_text(edited)
-    double.responder = skilled({"draftout": lambda r: Reply(data={**_SKILLS["draftout"](prompt_data(r.last_user_text)), "summary": "A new angle."})})
+    double.responder = skilled(
+        {
+            "draftout": lambda r: Reply(
+                data={**_SKILLS["draftout"](prompt_data(r.last_user_text)), "summary": "A new angle."}
+            )
+        }
+    )
     second = run(anthropic_vault)
     assert target.read_text() == edited
     siblings = [w for w in second.written if w.action == "kept-user-edit"]

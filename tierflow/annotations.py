@@ -60,9 +60,7 @@ _MD = MarkdownIt("commonmark")
 _MARK_OPEN_RE = re.compile(r"<mark\b[^>]{0,300}>", re.IGNORECASE)
 _MARK_TAG_RE = re.compile(r"</?mark\b[^>]{0,300}>", re.IGNORECASE)
 _HLTR_CLASS_RE = re.compile(r"""class\s*=\s*["']?[^"'>]{0,200}?\bhltr-([\w-]+)""", re.IGNORECASE)
-_MARK_STYLE_RE = re.compile(
-    r"""<mark\b[^>]{0,200}?background(?:-color)?\s*:\s*([^;"'>]{1,40})""", re.IGNORECASE
-)
+_MARK_STYLE_RE = re.compile(r"""<mark\b[^>]{0,200}?background(?:-color)?\s*:\s*([^;"'>]{1,40})""", re.IGNORECASE)
 # ==x== with no space just inside the markers (Obsidian's rule). The content may hold a single `=` but
 # never `==`, so a failed attempt stops at the next `==` instead of scanning the rest of the text.
 _EQ_HL_RE = re.compile(r"(?<!=)==(?=[^\s=])((?:[^=]|=(?!=))+?)(?<=[^\s=])==(?!=)")
@@ -79,14 +77,10 @@ _PAGE_RE = re.compile(
     r"(?<![\w.])(?:pp?\.|pages?|pg\.?)\s*((?:\d+|[ivxlcdm]+)[a-z]?(?:\s*[-\u2013\u2014]\s*(?:\d+|[ivxlcdm]+)[a-z]?)?)\b",
     re.IGNORECASE,
 )
-_LOCATION_RE = re.compile(
-    r"(?<![\w.])(?:location|loc\.?)\s*(\d+(?:\s*[-\u2013\u2014]\s*\d+)?)\b", re.IGNORECASE
-)
+_LOCATION_RE = re.compile(r"(?<![\w.])(?:location|loc\.?)\s*(\d+(?:\s*[-\u2013\u2014]\s*\d+)?)\b", re.IGNORECASE)
 _BARE_PAGE_RE = re.compile(r"^\s*(\d+(?:\s*[-\u2013\u2014]\s*\d+)?)\s*$")
 _AUTHOR_YEAR_RE = re.compile(r"\b(?:1[5-9]|20)\d\d[a-z]?\b")
-_COMMENT_PREFIX_RE = re.compile(
-    r"^(?:\*\*|__)?(?:comments?|notes?)(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*", re.IGNORECASE
-)
+_COMMENT_PREFIX_RE = re.compile(r"^(?:\*\*|__)?(?:comments?|notes?)(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*", re.IGNORECASE)
 _DASH_COMMENT_RE = re.compile(r"^[\u2014\u2013]\s+")
 _TAGS_PREFIX_RE = re.compile(r"^(?:\*\*|__)?tags?(?:\*\*|__)?\s*:", re.IGNORECASE)
 _CALLOUT_RE = re.compile(r"^\[!([^\]|\s]+)(?:\|([^\]]*))?\][+-]?[ \t]*(.*)$")
@@ -441,9 +435,7 @@ class _Parser:
         text, block_id = _pop_block_id(body)
         text = _clean_lines(_strip_highlight_markup(text))
         if text:
-            self.emit(
-                Annotation(kind="note", text=text, block_id=block_id, source_format=self.fmt, line=line)
-            )
+            self.emit(Annotation(kind="note", text=text, block_id=block_id, source_format=self.fmt, line=line))
         for n, s in lines:
             self.inline_highlights(s, n)
         self.attach_to = None
@@ -603,9 +595,7 @@ class _Parser:
         if attach is not None:
             self.attach_to = attach
 
-    def callout(
-        self, node: SyntaxTreeNode, ctype: str, meta: str | None, title: str, first_rest: str
-    ) -> None:
+    def callout(self, node: SyntaxTreeNode, ctype: str, meta: str | None, title: str, first_rest: str) -> None:
         kind = _CALLOUT_KINDS.get(ctype)
         children = list(node.children)
         start = _start_line(node)
@@ -651,9 +641,7 @@ class _Parser:
             comment_line: int | None = None
             others: list[SyntaxTreeNode] = []
             for sub in (i for lst in sublists for i in lst.children):
-                sub_text = _clean_lines(
-                    "\n".join(_inline_text(p) for p in sub.children if p.type == "paragraph")
-                )
+                sub_text = _clean_lines("\n".join(_inline_text(p) for p in sub.children if p.type == "paragraph"))
                 m = _COMMENT_PREFIX_RE.match(sub_text)
                 if m:
                     comment, _ = _pop_block_id(_clean_lines(sub_text[m.end() :]))

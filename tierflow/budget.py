@@ -9,8 +9,9 @@ transaction. A call whose usage is unknown keeps its worst case charged.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -86,25 +87,21 @@ class BudgetState:
             return None
         return self.limit_tokens - self.spent_tokens - self.reserved_tokens
 
-    def fits(self, usd: float, tokens: int) -> bool:
+    def fits(self, usd: float, tokens: int, *, settled: bool = False) -> bool:
+        """Whether a call of this worst case fits; with `settled`, as if the calls in flight had cost nothing."""
         eps = 1e-12
-        if self.limit_usd is not None and self.spent_usd + self.reserved_usd + usd > self.limit_usd + eps:
+        held_usd, held_tokens = (0.0, 0) if settled else (self.reserved_usd, self.reserved_tokens)
+        if self.limit_usd is not None and self.spent_usd + held_usd + usd > self.limit_usd + eps:
             return False
-        return not (
-            self.limit_tokens is not None
-            and self.spent_tokens + self.reserved_tokens + tokens > self.limit_tokens
-        )
+        return not (self.limit_tokens is not None and self.spent_tokens + held_tokens + tokens > self.limit_tokens)
 
     def describe(self) -> str:
         parts = []
         if self.limit_usd is not None:
-            parts.append(
-                f"limit ${self.limit_usd:.4f}, spent ${self.spent_usd:.4f}, reserved ${self.reserved_usd:.4f}"
-            )
+            parts.append(f"limit ${self.limit_usd:.4f}, spent ${self.spent_usd:.4f}, reserved ${self.reserved_usd:.4f}")
         if self.limit_tokens is not None:
             parts.append(
-                f"limit {self.limit_tokens} tokens, spent {self.spent_tokens}, "
-                f"reserved {self.reserved_tokens}"
+                f"limit {self.limit_tokens} tokens, spent {self.spent_tokens}, reserved {self.reserved_tokens}"
             )
         return f"budget {self.name!r} ({self.scope}): " + "; ".join(parts)
 
@@ -115,18 +112,22 @@ class Reservation:
     route: Route
     estimate: Estimate
     downgraded_from: str | None = None
-    warnings: tuple[str, ...] = ()
+    budget: str | None = None
+    """The budget that forced a downgrade, if one did."""
+    warnings: tuple[tuple[str, str], ...] = ()
+    """(budget, description) for each `warn` budget this call goes over."""
 
 
 class Budgets:
     """The budgets of one config, applied to one run."""
 
-    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str) -> None:
+    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str, max_wait_s: float = 600) -> None:
         self.config = config
         self.ledger = ledger
         self.run_id = run_id
         self.flow = flow
         self.tz = ZoneInfo(config.settings.vault.timezone)
+        self.max_wait_s = max_wait_s
 
     def applicable(self, phase: str) -> list[tuple[str, BudgetConfig]]:
         return [
@@ -174,21 +175,32 @@ class Budgets:
             sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
             sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
         ).where(reservations.c.open.is_(True))
+        kept_q = sa.select(
+            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
+            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
+        ).where(reservations.c.kept.is_(True))
         start = self.period_start(budget)
         if start is None:
             spent_q = spent_q.where(calls.c.run_id == self.run_id)
             held_q = held_q.where(reservations.c.run_id == self.run_id)
+            kept_q = kept_q.where(reservations.c.run_id == self.run_id)
         else:
             spent_q = spent_q.where(calls.c.timestamp >= start)
             held_q = held_q.where(reservations.c.created >= start)
+            kept_q = kept_q.where(reservations.c.created >= start)
         if budget.flow:
             spent_q = spent_q.where(calls.c.flow == budget.flow)
             held_q = held_q.where(reservations.c.flow == budget.flow)
+            kept_q = kept_q.where(reservations.c.flow == budget.flow)
         if budget.phase:
             spent_q = spent_q.where(calls.c.phase == budget.phase)
             held_q = held_q.where(reservations.c.phase == budget.phase)
+            kept_q = kept_q.where(reservations.c.phase == budget.phase)
         spent_usd, spent_tokens = conn.execute(spent_q).one()
         held_usd, held_tokens = conn.execute(held_q).one()
+        kept_usd, kept_tokens = conn.execute(kept_q).one()
+        # A call of unknown usage stays charged at its worst case: its reservation counts as spent.
+        spent_usd, spent_tokens = spent_usd + kept_usd, spent_tokens + kept_tokens
         return BudgetState(
             name=name,
             scope=self.scope(name, budget),
@@ -213,64 +225,102 @@ class Budgets:
     def reserve(self, candidates: Sequence[tuple[Route, Estimate]]) -> Reservation:
         """Reserve the first candidate that fits every applicable budget.
 
-        `candidates` is the routed call followed by its cheaper downgrades. Budgets whose policy is
-        `downgrade` let the next candidate be tried; `warn` lets the call through flagged; `halt` stops.
+        `candidates` is the routed call followed by its cheaper downgrades. A candidate that would fit once
+        the calls in flight settle waits for them (they usually settle far below their worst case). One
+        that cannot fit even then moves on: budgets whose policy is `downgrade` let the next candidate be
+        tried, `warn` lets the call through flagged, and `halt` stops with the budget named.
         """
-        route, first = candidates[0]
-        budgets = self.applicable(route.phase)
-        with self.ledger.transaction() as conn:
-            _lock(conn)
-            states = [self.state(conn, name, b) for name, b in budgets]
-            warnings: list[str] = []
-            for index, (candidate, est) in enumerate(candidates):
-                usd = float(est.usd) if est.usd is not None else 0.0
-                blocking = [s for s in states if not s.fits(usd, est.tokens)]
-                hard = [s for s in blocking if s.policy != "warn"]
-                if hard and all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
-                    continue
-                if hard:
-                    worst = hard[0]
-                    raise BudgetExceeded(
-                        f"{worst.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
-                        f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{worst.name}` in the "
-                        f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
-                        budget=worst.name,
-                        scope=worst.scope,
-                    )
-                warnings = [f"over {s.describe()}" for s in blocking]
-                reservation_id = conn.execute(
-                    reservations.insert().values(
-                        created=now_iso(),
-                        run_id=self.run_id,
-                        flow=self.flow,
-                        phase=candidate.phase,
-                        usd=usd if est.usd is not None else 0.0,
-                        tokens=est.tokens,
-                        open=True,
-                    )
-                ).inserted_primary_key[0]
-                return Reservation(
-                    id=reservation_id,
-                    route=candidate,
-                    estimate=est,
-                    downgraded_from=route.tier if index else None,
-                    warnings=tuple(warnings),
-                )
-        raise AssertionError("unreachable: candidates is never empty")
+        deadline = time.monotonic() + self.max_wait_s
+        delay = 0.01
+        while True:
+            with self.ledger.transaction() as conn:
+                _lock(conn)
+                states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
+                decision = _decide(candidates, states)
+                if isinstance(decision, Reservation):
+                    return self._insert(conn, decision)
+            if decision is _WAIT and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
+            usd = float(est.usd) if est.usd is not None else 0.0
+            raise BudgetExceeded(
+                f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
+                f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
+                f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+                budget=state.name,
+                scope=state.scope,
+            )
+
+    def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
+        est = reservation.estimate
+        reservation_id = conn.execute(
+            reservations.insert().values(
+                created=now_iso(),
+                run_id=self.run_id,
+                flow=self.flow,
+                phase=reservation.route.phase,
+                usd=float(est.usd) if est.usd is not None else 0.0,
+                tokens=est.tokens,
+                open=True,
+            )
+        ).inserted_primary_key[0]
+        return replace(reservation, id=reservation_id)
 
     def settle(self, reservation: Reservation, call: CallRecord) -> None:
         """Record the call and release its reservation, in one transaction."""
         with self.ledger.transaction() as conn:
             self.ledger.record(call, conn=conn)
             if call.usage.known:
-                conn.execute(
-                    reservations.update().where(reservations.c.id == reservation.id).values(open=False)
-                )
+                conn.execute(reservations.update().where(reservations.c.id == reservation.id).values(open=False))
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose call failed before spending."""
         with self.ledger.transaction() as conn:
             conn.execute(reservations.update().where(reservations.c.id == reservation.id).values(open=False))
+
+
+_WAIT = object()
+"""Decision: the call would fit once the calls in flight settle."""
+
+
+def _decide(
+    candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState]
+) -> Reservation | object | tuple[BudgetState, Route, Estimate]:
+    """Reserve a candidate, wait for calls in flight, or refuse (naming the budget)."""
+    routed = candidates[0][0]
+    forced_by: str | None = None
+    for index, (candidate, est) in enumerate(candidates):
+        usd = float(est.usd) if est.usd is not None else 0.0
+        blocking = [s for s in states if not s.fits(usd, est.tokens)]
+        hard = [s for s in blocking if s.policy != "warn"]
+        if not hard:
+            return Reservation(
+                id=0,
+                route=candidate,
+                estimate=est,
+                downgraded_from=routed.tier if index else None,
+                budget=forced_by if index else None,
+                warnings=tuple((s.name, s.describe()) for s in blocking),
+            )
+        if all(s.fits(usd, est.tokens, settled=True) for s in hard):
+            return _WAIT
+        if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
+            forced_by = forced_by or hard[0].name
+            continue
+        return hard[0], candidate, est
+    raise AssertionError("unreachable: candidates is never empty")
+
+
+def _blocker(
+    candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState]
+) -> tuple[BudgetState, Route, Estimate]:
+    """The budget a call waited on in vain."""
+    candidate, est = candidates[0]
+    usd = float(est.usd) if est.usd is not None else 0.0
+    state = next(s for s in states if s.policy != "warn" and not s.fits(usd, est.tokens))
+    return state, candidate, est
 
 
 def _lock(conn: Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from tierflow.budget import Budgets, Estimate, estimate, padded
 from tierflow.config import Config, load_config
-from tierflow.errors import MalformedResponse, ProviderError
+from tierflow.errors import BudgetExceeded, MalformedResponse, ProviderError
 from tierflow.ledger import CallRecord, Ledger, now_iso
 from tierflow.providers import Completion, Provider, Request, make_provider
 from tierflow.routing import Route, route, route_to_tier
@@ -60,7 +61,7 @@ class Answer:
     cached: bool
     data: dict[str, Any] | None = None
     parsed: Any = None
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[tuple[str, str], ...] = field(default=())
 
 
 class Caller:
@@ -101,10 +102,16 @@ class Caller:
             model=routed.model, system=system, prompt=prompt, max_output_tokens=routed.max_output_tokens, **kw
         )
 
-    def estimate(self, routed: Route, request: Request) -> Estimate:
-        """Worst case of a request: provider's own token count where it has one, else offline + margin."""
+    def estimate(self, routed: Route, request: Request, *, provider_count: bool = False) -> Estimate:
+        """Worst case of a request: every prompt token billed and every output token used.
+
+        Prompt tokens come from the provider's own counter when asked for and available (Anthropic's
+        count_tokens, with a key set), else from the offline o200k count with headroom. The call path
+        uses the offline count: a counting round trip before every call would cost more than it saves.
+        """
         exact = None
-        if routed.provider_kind == "anthropic" and self.config.provider_for(routed.tier)[1].api_key_env:
+        provider_config = self.config.provider_for(routed.tier)[1]
+        if provider_count and routed.provider_kind == "anthropic" and os.environ.get(provider_config.api_key_env or ""):
             try:
                 exact = self.provider(routed.provider).count_tokens(request)
             except ProviderError:
@@ -114,6 +121,7 @@ class Caller:
                 count_tokens(request.system)
                 + count_tokens(request.cache_prefix)
                 + count_tokens(request.prompt)
+                + (count_tokens(json.dumps(request.schema)) if request.schema else 0)
             )
             prompt_tokens = padded(counted, exact=routed.provider_kind == "offline")
         else:
@@ -143,6 +151,31 @@ class Caller:
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request)))
         return candidates
 
+    def build(
+        self,
+        *,
+        phase: str,
+        complexity: str,
+        system: str,
+        prompt: str,
+        output: type[BaseModel] | None = None,
+        cache_prefix: str = "",
+        front_matter: Mapping[str, Any] | None = None,
+        note: str = "",
+        routed: Route | None = None,
+    ) -> tuple[Route, Request]:
+        """The route and the request a call would make; `plan` estimates these without calling."""
+        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note)
+        return routed, self.request(
+            routed,
+            system=system,
+            prompt=prompt,
+            cache_prefix=cache_prefix,
+            schema=output.model_json_schema() if output is not None else None,
+            schema_name=output.__name__.lower() if output is not None else "result",
+            cache_key=f"tierflow-{self.settings.flow}-{phase}" if cache_prefix else None,
+        )
+
     def ask(
         self,
         *,
@@ -158,16 +191,16 @@ class Caller:
         routed: Route | None = None,
     ) -> Answer:
         """Route and make one call; with `output`, validate the structure and retry once if malformed."""
-        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note)
-        schema = output.model_json_schema() if output is not None else None
-        request = self.request(
-            routed,
+        routed, request = self.build(
+            phase=phase,
+            complexity=complexity,
             system=system,
             prompt=prompt,
+            output=output,
             cache_prefix=cache_prefix,
-            schema=schema,
-            schema_name=output.__name__.lower() if output is not None else "result",
-            cache_key=f"tierflow-{self.settings.flow}-{phase}" if cache_prefix else None,
+            front_matter=front_matter,
+            note=note,
+            routed=routed,
         )
         answer = self._call(routed, request, subject=subject)
         if output is None:
@@ -198,16 +231,33 @@ class Caller:
             hit = self.ledger.cached_response(key)
             if hit is not None:
                 self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
-                return Answer(
-                    text=hit[0], data=hit[1], route=routed, usage=Usage(), cost_usd=0.0, cached=True
-                )
-        reservation = self.budgets.reserve(self.downgrades(routed, request))
-        for message in reservation.warnings:
-            log.warning("budget: %s", message)
+                return Answer(text=hit[0], data=hit[1], route=routed, usage=Usage(), cost_usd=0.0, cached=True)
+        try:
+            reservation = self.budgets.reserve(self.downgrades(routed, request))
+        except BudgetExceeded as exc:
+            self._budget_event("tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc))
+            raise
+        for budget, message in reservation.warnings:
+            log.warning("budget: over %s", message)
+            self._budget_event("tierflow.budget.exceeded", budget, routed, subject, policy="warn", detail=message)
         if reservation.route is not routed:
+            log.warning(
+                "budget: %s call on %s downgraded from tier %s to %s",
+                routed.phase,
+                subject,
+                routed.tier,
+                reservation.route.tier,
+            )
+            self._budget_event(
+                "tierflow.budget.downgraded",
+                reservation.budget or "",
+                routed,
+                subject,
+                policy="downgrade",
+                detail=f"{routed.tier} -> {reservation.route.tier}",
+            )
             routed = reservation.route
             request = Request(**{**request.__dict__, "model": routed.model})
-            log.warning("budget: %s call on %s downgraded to tier %s", routed.phase, subject, routed.tier)
         started = now_iso()
         t0 = time.perf_counter()
         try:
@@ -237,6 +287,40 @@ class Caller:
             cost_usd=cost,
             cached=False,
             warnings=reservation.warnings,
+        )
+
+    def _budget_event(self, event: str, budget: str, routed: Route, subject: str, *, policy: str, detail: str) -> None:
+        """A Prefect event for automations (notify, pause a deployment); only inside a Prefect run."""
+        flow_run_id, task_run_id = prefect_run_ids()
+        if flow_run_id is None:
+            return
+        from prefect.events import emit_event
+
+        emit_event(
+            event=event,
+            resource={
+                "prefect.resource.id": f"tierflow.budget.{budget or 'unnamed'}",
+                "prefect.resource.name": budget,
+                "tierflow.policy": policy,
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"tierflow.run.{self.settings.run_id}",
+                    "prefect.resource.role": "tierflow-run",
+                },
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                    "prefect.resource.role": "flow-run",
+                },
+            ],
+            payload={
+                "flow": self.settings.flow,
+                "phase": routed.phase,
+                "tier": routed.tier,
+                "model": routed.model_ref,
+                "subject": subject,
+                "detail": detail,
+            },
         )
 
     def _cost(self, routed: Route, completion: Completion, *, batch: bool) -> float | None:

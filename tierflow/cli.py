@@ -22,14 +22,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-VaultOpt = Annotated[
-    Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)
-]
+VaultOpt = Annotated[Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."
-    ),
+    typer.Option("--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."),
 ]
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Built-in profile: anthropic, openai, local or offline.")
@@ -118,13 +114,9 @@ def ask(
         use_cache=False,
     )
     if vault is None and not cfg.settings.ledger_url:
-        raise _fail(
-            "no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file."
-        )
+        raise _fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
     try:
-        answer = Caller(settings, cfg).ask(
-            phase=phase, complexity=complexity.value, system=system, prompt=prompt
-        )
+        answer = Caller(settings, cfg).ask(phase=phase, complexity=complexity.value, system=system, prompt=prompt)
     except TierflowError as exc:
         raise _fail(str(exc), 1) from None
     typer.echo(answer.text)
@@ -138,9 +130,7 @@ def ask(
             f"{u.cache_write_tokens} cache-write, {u.reasoning_tokens} reasoning"
         )
     )
-    typer.echo(
-        f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; {cost}", err=True
-    )
+    typer.echo(f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; {cost}", err=True)
 
 
 @app.command()
@@ -152,9 +142,7 @@ def spend(
     since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    budget: Annotated[
-        bool, typer.Option("--budget", help="Show each budget for its current period.")
-    ] = False,
+    budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
     from tierflow.ledger import COLUMNS, Ledger, summarise
@@ -280,9 +268,7 @@ def _quiet_prefect(verbose: bool) -> None:
 def run(
     flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
     vault: VaultOpt = None,
-    since: Annotated[
-        str | None, typer.Option(help="First day of the window (default: 6 days before --until).")
-    ] = None,
+    since: Annotated[str | None, typer.Option(help="First day of the window (default: 6 days before --until).")] = None,
     until: Annotated[str | None, typer.Option(help="Last day of the window (default: today).")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -332,9 +318,7 @@ def plan(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     tier: TierOpt = None,
-    show_prompts: Annotated[
-        bool, typer.Option("--show-prompts", help="Print every rendered prompt.")
-    ] = False,
+    show_prompts: Annotated[bool, typer.Option("--show-prompts", help="Print every rendered prompt.")] = False,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     if vault is None:
@@ -394,6 +378,8 @@ def prefect_defaults() -> None:
     """Settings Prefect reads at import, for a local, keyless run; the user's own environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
+    # tierflow logs outside flow runs too (`tierflow ask`); those lines belong on the console only.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # With the default batch size of 1 the ephemeral server's task-run recorder falls behind, and at exit
     # it is cancelled mid-write: "Error flushing 1 events" and task runs missing from the UI. Batching lets
     # the final flush complete.

@@ -281,9 +281,7 @@ def load_config(
             f"{where}: unknown profile {chosen!r}. Choose one of: {', '.join(PROFILES)}.",
         )
     merged: dict[str, Any] = _deepcopy(PROFILES[chosen])
-    sources: dict[str, str] = {
-        k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")
-    }
+    sources: dict[str, str] = {k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")}
     _merge(merged, data, "", sources, label)
     merged["profile"] = chosen
     sources["profile"] = "--profile" if profile else (label if "profile" in data else "default")
@@ -364,9 +362,7 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
             )
     missing = [c for c in COMPLEXITIES if c not in settings.routing]
     if missing:
-        raise ConfigError(
-            f'{where}: `routing` has no tier for {", ".join(missing)}. Add `{missing[0]} = "<tier>"`.'
-        )
+        raise ConfigError(f'{where}: `routing` has no tier for {", ".join(missing)}. Add `{missing[0]} = "<tier>"`.')
     for tier_name in settings.tier_order:
         if tier_name not in settings.tiers:
             raise ConfigError(f"{where}: `tier_order` names unknown tier {tier_name!r}.")

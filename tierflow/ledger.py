@@ -107,6 +107,7 @@ reservations = sa.Table(
     sa.Column("usd", sa.Float, nullable=False, default=0.0),
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
+    sa.Column("kept", sa.Boolean, nullable=False, default=False),
 )
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -118,10 +119,27 @@ def _migration_1(conn: Connection) -> None:
 
 
 def _migration_2(conn: Connection) -> None:
-    reservations.create(conn, checkfirst=True)
+    # The reservations table as version 2 defined it; later migrations alter it, never this definition.
+    sa.Table(
+        "reservations",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("created", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.String(64), index=True),
+        sa.Column("flow", sa.String(64)),
+        sa.Column("phase", sa.String(64)),
+        sa.Column("usd", sa.Float, nullable=False, default=0.0),
+        sa.Column("tokens", sa.Integer, nullable=False, default=0),
+        sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
+    ).create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2)
+def _migration_3(conn: Connection) -> None:
+    # Reservations of calls whose usage never arrived stay charged: kept, but no longer in flight.
+    conn.exec_driver_sql("ALTER TABLE reservations ADD COLUMN kept BOOLEAN NOT NULL DEFAULT FALSE")
+
+
+MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -264,9 +282,7 @@ class Ledger:
     def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(response_cache.c.text, response_cache.c.data_json).where(
-                    response_cache.c.key == key
-                )
+                sa.select(response_cache.c.text, response_cache.c.data_json).where(response_cache.c.key == key)
             ).first()
         if row is None:
             return None

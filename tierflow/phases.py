@@ -123,9 +123,7 @@ def single(
     outcome: PhaseOutcome[R] = PhaseOutcome()
     advance(phase, 0, 1)
     try:
-        outcome.results.append(
-            phase_task(task, settings, phase=phase, complexity=complexity, subject=subject)(*args)
-        )
+        outcome.results.append(phase_task(task, settings, phase=phase, complexity=complexity, subject=subject)(*args))
     except BudgetExceeded as exc:
         outcome.halted = str(exc)
     except ProviderError as exc:

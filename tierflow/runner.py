@@ -86,9 +86,7 @@ def print_summary(vault: Path, summary: Any) -> None:
             table.add_row(p["phase"], p["tiers"], p["models"], str(p["calls"]), str(p["cached"]), p["cost"])
         out.print(table)
     for w in summary.written:
-        out.print(
-            f"  [green]{w.action:>14}[/]  {vault / w.path}" + (f"\n{'':16}{w.message}" if w.message else "")
-        )
+        out.print(f"  [green]{w.action:>14}[/]  {vault / w.path}" + (f"\n{'':16}{w.message}" if w.message else ""))
     for path, reason in summary.skipped:
         out.print(f"  [yellow]{'skipped':>14}[/]  {path}: {reason}")
     if summary.report is not None:
@@ -113,10 +111,8 @@ def copy_demo_vault(folder: Path | None) -> Path:
 def run_demo(folder: Path | None) -> Path:
     vault = copy_demo_vault(folder)
     console.print(f"Demo vault: [bold]{vault}[/] (a copy of vault_fixtures/reading-week)")
-    console.print(
-        "Model: tierflow's offline extractive model, so no keys and no network. Output is labelled as such."
-    )
-    summary = run_reading_notes(vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
+    console.print("Model: tierflow's offline extractive model, so no keys and no network. Output is labelled as such.")
+    run_reading_notes(vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
     console.print(
         f"\nOpen [bold]{vault}[/] in Obsidian and look in Concepts/Drafts/ and tierflow/Runs/.\n"
         f"The spend ledger: tierflow spend --vault {vault} --by phase"

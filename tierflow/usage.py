@@ -45,11 +45,7 @@ class Usage:
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            **{
-                f.name: getattr(self, f.name) + getattr(other, f.name)
-                for f in fields(self)
-                if f.name != "known"
-            },
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "known"},
             known=self.known and other.known,
         )
 

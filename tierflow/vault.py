@@ -131,9 +131,7 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["yaml_str"] = lambda v: (
-        yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
-    )
+    env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
     return env
 
 
@@ -160,11 +158,7 @@ def safe_note_name(title: str, *, max_length: int = 120) -> str:
 def body_hash(front_matter: dict[str, Any], body: str) -> str:
     """Hash of a note's content, excluding the hash itself."""
     meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
-    text = (
-        yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False)
-        + "\n"
-        + body.strip()
-    )
+    text = yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False) + "\n" + body.strip()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -228,9 +222,7 @@ class NoteWriter:
             sibling = self._sibling(path, text)
             if sibling is None:
                 return WriteResult(self._rel(path), "unchanged")
-            why = (
-                "you edited it since tierflow wrote it" if state == "edited" else "tierflow did not write it"
-            )
+            why = "you edited it since tierflow wrote it" if state == "edited" else "tierflow did not write it"
             if sibling.exists() and _same_content(sibling, front_matter, body, compare_keys):
                 return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} kept: {why}")
             self._atomic_write(sibling, text)
@@ -258,11 +250,7 @@ class NoteWriter:
     def _sibling(self, path: Path, text: str) -> Path | None:
         """A dated sibling that is free, or tierflow's own unedited one; None when nothing is free."""
         for n in range(1, 100):
-            suffix = (
-                f" (tierflow {self.today.isoformat()})"
-                if n == 1
-                else f" (tierflow {self.today.isoformat()} {n})"
-            )
+            suffix = f" (tierflow {self.today.isoformat()})" if n == 1 else f" (tierflow {self.today.isoformat()} {n})"
             candidate = path.with_name(f"{path.stem}{suffix}.md")
             if not candidate.exists() or self._ownership(candidate) == "owned":
                 return candidate
@@ -292,7 +280,4 @@ def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: t
         return {k: v for k, v in meta.items() if k not in ignore and k != HASH_KEY}
 
     new = frontmatter.loads(render_note(front_matter, body))
-    return (
-        strip(dict(post.metadata)) == strip(dict(new.metadata))
-        and post.content.strip() == new.content.strip()
-    )
+    return strip(dict(post.metadata)) == strip(dict(new.metadata)) and post.content.strip() == new.content.strip()

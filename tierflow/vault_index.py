@@ -244,6 +244,10 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 # The YAML text starts on the `---` line; blank lines before it were stripped above.
                 detail = _yaml_problem(exc, text[: len(text) - len(stripped.lstrip())].count("\n"))
                 return bad(f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)))
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                # The safe constructor raises plain exceptions for some values, e.g. ValueError for
+                # `date: 2024-13-45`; python-frontmatter would fail on the same note.
+                return bad(f"malformed YAML front-matter: invalid value ({exc})", tags=_dedupe(_inline_tags(body)))
             if isinstance(loaded, dict):
                 meta = loaded
             elif loaded is not None:
@@ -281,9 +285,7 @@ def _to_row(m: NoteMeta) -> list[Any]:
 
 def _from_row(path: str, row: list[Any]) -> NoteMeta:
     mtime_ns, size, title, date, tags, error = row
-    return NoteMeta(
-        path, title, dt.date.fromisoformat(date) if date else None, tuple(tags), mtime_ns, size, error
-    )
+    return NoteMeta(path, title, dt.date.fromisoformat(date) if date else None, tuple(tags), mtime_ns, size, error)
 
 
 class VaultIndex:
@@ -295,13 +297,9 @@ class VaultIndex:
     replaced atomically.
     """
 
-    def __init__(
-        self, vault: Path, *, cache_path: Path | None = None, max_note_bytes: int = 1_000_000
-    ) -> None:
+    def __init__(self, vault: Path, *, cache_path: Path | None = None, max_note_bytes: int = 1_000_000) -> None:
         self.vault = Path(vault)
-        self.cache_path = (
-            Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
-        )
+        self.cache_path = Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
         self.max_note_bytes = max_note_bytes
         self._entries: dict[str, NoteMeta] | None = None  # loaded lazily from the cache
 
@@ -440,9 +438,7 @@ class VaultIndex:
         """Everything currently in the index (as of the last scan or the cache), sorted by path."""
         return sorted(self._load().values(), key=lambda m: m.path)
 
-    def select(
-        self, *, folders: Sequence[str], tags: Sequence[str], since: dt.date, until: dt.date
-    ) -> Selection:
+    def select(self, *, folders: Sequence[str], tags: Sequence[str], since: dt.date, until: dt.date) -> Selection:
         """Notes under any of `folders` OR tagged with any of `tags`, dated within [since, until].
 
         The date is the front-matter date, else the file's modification date (local time). Tags match

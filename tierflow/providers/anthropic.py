@@ -42,9 +42,7 @@ class AnthropicProvider:
         """The Messages API parameters for a request (also the body of a batch item)."""
         system: list[dict[str, Any]] = [{"type": "text", "text": request.system}]
         if request.cache_prefix:
-            system.append(
-                {"type": "text", "text": request.cache_prefix, "cache_control": {"type": "ephemeral"}}
-            )
+            system.append({"type": "text", "text": request.cache_prefix, "cache_control": {"type": "ephemeral"}})
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_output_tokens,
@@ -104,9 +102,7 @@ class AnthropicProvider:
         detail = _detail(exc)
         if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
             env = self.config.api_key_env or "the key's environment variable"
-            return ProviderAuthError(
-                self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}"
-            )
+            return ProviderAuthError(self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}")
         if isinstance(exc, anthropic.RateLimitError):
             return ProviderRateLimited(
                 self.name,
@@ -129,9 +125,7 @@ class AnthropicProvider:
                 hint="try again later",
             )
         if isinstance(exc, anthropic.NotFoundError):
-            return ProviderError(
-                self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id"
-            )
+            return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
 
 

@@ -78,9 +78,7 @@ class OfflineProvider:
         )
 
     def count_tokens(self, request: Request) -> int:
-        return (
-            count_tokens(request.system) + count_tokens(request.cache_prefix) + count_tokens(request.prompt)
-        )
+        return count_tokens(request.system) + count_tokens(request.cache_prefix) + count_tokens(request.prompt)
 
 
 def _extract(prompt: str, max_tokens: int) -> str:

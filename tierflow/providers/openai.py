@@ -87,9 +87,7 @@ class OpenAIProvider:
                     f"asked for JSON {request.schema_name}, got invalid JSON ({exc})",
                 ) from None
             if not isinstance(data, dict):
-                raise MalformedResponse(
-                    self.name, request.model, "asked for a JSON object, got another value"
-                )
+                raise MalformedResponse(self.name, request.model, "asked for a JSON object, got another value")
         return Completion(
             text=text,
             data=data,
@@ -108,9 +106,7 @@ class OpenAIProvider:
         detail = _detail(exc)
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             env = self.config.api_key_env or "the key's environment variable"
-            return ProviderAuthError(
-                self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}"
-            )
+            return ProviderAuthError(self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}")
         if isinstance(exc, openai.RateLimitError):
             return ProviderRateLimited(
                 self.name,
@@ -134,9 +130,7 @@ class OpenAIProvider:
                 hint="try again later",
             )
         if isinstance(exc, openai.NotFoundError):
-            return ProviderError(
-                self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id"
-            )
+            return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
 
 

@@ -186,9 +186,7 @@ def _example(schema: Any, root: dict[str, Any], depth: int, variant: int) -> Any
         if options:
             chosen = next((o for o in options if not _is_null_schema(o)), options[0])
             rest = {k: v for k, v in schema.items() if k != key}
-            return _example(
-                {**rest, **chosen} if isinstance(chosen, dict) else rest, root, depth + 1, variant
-            )
+            return _example({**rest, **chosen} if isinstance(chosen, dict) else rest, root, depth + 1, variant)
     if schema.get("allOf"):
         parts = [p for p in schema["allOf"] if isinstance(p, dict)]
         rest = {k: v for k, v in schema.items() if k != "allOf"}
@@ -215,9 +213,7 @@ def _example(schema: Any, root: dict[str, Any], depth: int, variant: int) -> Any
 
     if kind == "object":
         props: dict[str, Any] = schema.get("properties") or {}
-        return {
-            name: _example(props.get(name, {}), root, depth + 1, 0) for name in schema.get("required") or []
-        }
+        return {name: _example(props.get(name, {}), root, depth + 1, 0) for name in schema.get("required") or []}
     if kind == "array":
         prefix = schema.get("prefixItems") or []
         count = max(1, int(schema.get("minItems", 0)), len(prefix))
@@ -640,10 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         answer = self.server.double._dispatch(self.command, self.path, headers, raw)
-        if answer.raw is not None:
-            payload = answer.raw
-        else:
-            payload = json.dumps(answer.body, separators=(",", ":")).encode()
+        payload = answer.raw if answer.raw is not None else json.dumps(answer.body, separators=(",", ":")).encode()
         try:
             phrase = http.HTTPStatus(answer.status).phrase
         except ValueError:
@@ -702,9 +695,7 @@ def _anthropic_segments(body: dict[str, Any]) -> list[_Segment]:
     segments: list[_Segment] = []
     for tool in body.get("tools") or []:
         clean = _strip_cache_control(tool)
-        segments.append(
-            _Segment(json.dumps(clean, sort_keys=True), count_tokens(json.dumps(clean)), _cache_ttl(tool))
-        )
+        segments.append(_Segment(json.dumps(clean, sort_keys=True), count_tokens(json.dumps(clean)), _cache_ttl(tool)))
     system = body.get("system")
     if isinstance(system, str) and system:
         segments.append(_Segment(json.dumps(["system", system]), count_tokens(system), None))
@@ -1236,13 +1227,7 @@ class ProviderDouble:
         tool_choice = body.get("tool_choice")
         named = request.forced_tool if isinstance(tool_choice, dict) else None
         target = request.forced_tool
-        if (
-            target is None
-            and reply.data is not None
-            and request.tools
-            and structured is None
-            and tool_choice != "none"
-        ):
+        if target is None and reply.data is not None and request.tools and structured is None and tool_choice != "none":
             target = request._tool_name(request.tools[0])
         want_structured = reply.data is not None or (reply.text is None and (structured or target))
         text = reply.text
@@ -1285,8 +1270,7 @@ class ProviderDouble:
             "created": int(time.time()),
             "model": reply.model or request.model or "unknown",
             "choices": [
-                {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
-                for i in range(count)
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": None} for i in range(count)
             ],
             "service_tier": "default",
             "system_fingerprint": "fp_double",
@@ -1294,9 +1278,7 @@ class ProviderDouble:
         if isinstance(reply.usage, dict):
             completion["usage"] = reply.usage
         elif reply.usage is None:
-            completion["usage"] = self._openai_usage(
-                request, (max(visible, 1) + hidden) * count, hidden * count
-            )
+            completion["usage"] = self._openai_usage(request, (max(visible, 1) + hidden) * count, hidden * count)
         return completion
 
     def _openai_usage(self, request: DoubleRequest, completion: int, reasoning: int) -> dict[str, Any]:
@@ -1333,9 +1315,7 @@ class ProviderDouble:
 
     def _anthropic_models(self, request: DoubleRequest, arg: str) -> _Answer:
         data = [_anthropic_model(m) for m in _DEFAULT_MODELS["anthropic"]]
-        return _Answer(
-            200, {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
-        )
+        return _Answer(200, {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
 
     def _anthropic_model_get(self, request: DoubleRequest, arg: str) -> _Answer:
         return _Answer(200, _anthropic_model(arg))
@@ -1506,9 +1486,7 @@ class ProviderDouble:
                 errors.append(_batch_line_error("invalid_json_line", "Line is not valid JSON.", number))
                 continue
             if not isinstance(entry, dict) or not isinstance(entry.get("custom_id"), str):
-                errors.append(
-                    _batch_line_error("missing_required_parameter", "custom_id is required.", number)
-                )
+                errors.append(_batch_line_error("missing_required_parameter", "custom_id is required.", number))
                 continue
             if entry.get("url") != endpoint:
                 errors.append(_batch_line_error("invalid_url", f"url must be {endpoint}.", number))
@@ -1741,9 +1719,7 @@ class ProviderDouble:
                 usage["input"] += int(block.get("prompt_tokens", 0))
                 usage["output"] += int(block.get("completion_tokens", 0))
                 usage["cached"] += int((block.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
-                usage["reasoning"] += int(
-                    (block.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
-                )
+                usage["reasoning"] += int((block.get("completion_tokens_details") or {}).get("reasoning_tokens", 0))
         batch.outcome = "cancelled" if canceled else ("expired" if batch.expire else "completed")
         batch.counts = {"completed": len(outputs), "failed": len(errors)}
         if outputs:
@@ -1789,9 +1765,7 @@ def _error_body(provider: Provider, status: int, message: str | None) -> dict[st
     if provider == "anthropic":
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": text}}
-    kind, code = _OPENAI_ERRORS.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
+    kind, code = _OPENAI_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     return {"error": {"message": text, "type": kind, "param": None, "code": code}}
 
 
@@ -1822,9 +1796,7 @@ def _anthropic_sse(message: dict[str, Any]) -> bytes:
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
             opening = {"type": "thinking", "thinking": "", "signature": ""}
         else:
-            deltas = [
-                {"type": "input_json_delta", "partial_json": p} for p in _pieces(json.dumps(block["input"]))
-            ]
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in _pieces(json.dumps(block["input"]))]
             opening = {**block, "input": {}}
         events.append(_sse_event("content_block_start", {"index": index, "content_block": opening}))
         events.extend(_sse_event("content_block_delta", {"index": index, "delta": d}) for d in deltas)

@@ -1,0 +1,346 @@
+"""Budgets: estimate before, reserve atomically, settle to actual; halt, downgrade and warn; zero overshoot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from conftest import READING_WEEK, anthropic_config, openai_config, write_config
+
+from tierflow.budget import Budgets
+from tierflow.calls import Caller, RunSettings
+from tierflow.config import load_config
+from tierflow.errors import BudgetExceeded
+from tierflow.ledger import Ledger
+from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
+
+PROMPT = "Summarise the argument of Sadler (1989) on closing the gap."
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_caller(vault: Path, config_text: str, *, run_id: str = "run-b") -> Caller:
+    path = write_config(vault / ".tierflow" / "config.toml", config_text)
+    return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run_id, flow="test", use_cache=False))
+
+
+def one_call_worst_case(vault: Path, double: ProviderDouble, *, bill_worst_case: bool = False) -> float:
+    """The worst-case USD of one test call; optionally make the double bill every call at exactly that."""
+    probe = make_caller(vault / "probe", anthropic_config(double))
+    routed, request = probe.build(phase="collate", complexity="low", system="Be brief.", prompt=PROMPT)
+    est = probe.estimate(routed, request)
+    if bill_worst_case:
+        usage = {"input_tokens": est.prompt_tokens, "output_tokens": est.max_output_tokens}
+        double.responder = lambda r: Reply(text="ok", usage=usage)
+    return float(est.usd)
+
+
+def budget_config(double: ProviderDouble, body: str) -> str:
+    return anthropic_config(double, extra=body)
+
+
+def ask(c: Caller, prompt: str = PROMPT, complexity: str = "low", phase: str = "collate"):
+    return c.ask(phase=phase, complexity=complexity, system="Be brief.", prompt=prompt)
+
+
+def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    # Every call bills its full worst case, so exactly ten fit even after the first ones settle.
+    cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
+    c = make_caller(tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'))
+
+    def attempt(_: int) -> str:
+        try:
+            ask(c)
+            return "called"
+        except BudgetExceeded as exc:
+            assert "budget 'run' (per run)" in str(exc) and "limit $" in str(exc)
+            return "refused"
+
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(attempt, range(32)))
+    assert outcomes.count("called") == 10 and len(double.model_calls()) == 10
+    rows = c.ledger.rows()
+    assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
+
+
+def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
+    vault = tmp_path / "shared"
+    config = write_config(
+        vault / ".tierflow" / "config.toml",
+        budget_config(double, f'[budgets.daily]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n'),
+    )
+    script = """
+import sys, json
+from concurrent.futures import ThreadPoolExecutor
+from tierflow.calls import Caller, RunSettings
+from tierflow.errors import BudgetExceeded
+c = Caller(RunSettings(vault=sys.argv[1], config_path=sys.argv[2], run_id=sys.argv[3], flow="test", use_cache=False))
+def one(_):
+    try:
+        c.ask(phase="collate", complexity="low", system="Be brief.", prompt=sys.argv[4]); return 1
+    except BudgetExceeded:
+        return 0
+with ThreadPoolExecutor(16) as pool:
+    print(json.dumps(sum(pool.map(one, range(16)))))
+"""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(vault), str(config), f"proc-{n}", PROMPT],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**__import__("os").environ, "ANTHROPIC_API_KEY": "k"},
+        )
+        for n in range(2)
+    ]
+    made = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
+    assert sum(made) == 10 and len(double.model_calls()) == 10
+    rows = Ledger.for_vault(vault).rows()
+    assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
+
+
+def test_settlement_releases_the_unused_worst_case(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    worst = one_call_worst_case(tmp_path, double)
+    c = make_caller(tmp_path / "v", budget_config(double, f"[budgets.run]\nusd = {worst * 1.5!r}\n"))
+    ask(c)
+    ask(c)  # fits only because the first call settled below its worst case
+    (state,) = c.budgets.states()
+    assert state.reserved_usd == 0 and 0 < state.spent_usd < worst
+
+
+def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(text="no usage here", usage=NO_USAGE)
+    text = openai_config(double, kind="openai-compatible", extra="[budgets.run]\ntokens = 100000\n")
+    c = make_caller(tmp_path / "v", text)
+    ask(c)
+    (state,) = c.budgets.states()
+    assert state.spent_tokens == 0 and state.reserved_tokens > 0
+
+
+def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double):
+    text = openai_config(double, kind="openai-compatible", extra="[budgets.none]\nusd = 0\n")
+    c = make_caller(tmp_path / "v", text)
+    assert ask(c).cost_usd == 0.0
+    text = openai_config(double, kind="openai-compatible", extra="[budgets.tight]\ntokens = 50\n")
+    with pytest.raises(BudgetExceeded, match="budget 'tight'.*limit 50 tokens"):
+        ask(make_caller(tmp_path / "w", text))  # zero-cost tiers still consume token budgets
+
+
+def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    c = make_caller(tmp_path / "v", budget_config(double, '[budgets.soft]\nusd = 0.000001\npolicy = "warn"\n'))
+    with caplog.at_level("WARNING", logger="tierflow"):
+        answer = ask(c)
+    assert answer.warnings and answer.warnings[0][0] == "soft"
+    assert "budget: over budget 'soft'" in caplog.text
+    assert len(double.model_calls()) == 1
+
+
+def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    extra = (
+        '[budgets.drafting]\nusd = 0.000001\nphase = "draft"\n'
+        '[budgets.other-flow]\nusd = 0.000001\nflow = "student-feedback"\n'
+    )
+    c = make_caller(tmp_path / "v", budget_config(double, extra))
+    ask(c, phase="collate")  # neither budget applies to a collate call of this flow
+    with pytest.raises(BudgetExceeded, match="budget 'drafting' \\(per run, phase draft\\)"):
+        ask(c, phase="draft", complexity="medium")
+
+
+def test_periods_are_calendar_aligned_in_the_vault_time_zone(tmp_path):
+    path = write_config(
+        tmp_path / "c.toml",
+        '[vault]\ntimezone = "Australia/Sydney"\n[budgets.w]\nusd = 1\nperiod = "week"\n'
+        '[budgets.m]\nusd = 5\nperiod = "month"\n[budgets.d]\nusd = 1\nperiod = "day"\n',
+    )
+    config = load_config(config_path=path)
+    b = Budgets(config, Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}"), run_id="r", flow="f")
+    now = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)  # Monday 07:00 in Sydney
+    assert b.period_start(config.settings.budgets["d"], now) == "2026-11-22T13:00:00.000000+00:00"
+    assert b.period_start(config.settings.budgets["w"], now) == "2026-11-22T13:00:00.000000+00:00"
+    assert b.period_start(config.settings.budgets["m"], now) == "2026-10-31T13:00:00.000000+00:00"
+
+
+def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    vault = tmp_path / "v"
+    c = make_caller(vault, budget_config(double, '[budgets.monthly]\nusd = 5\nperiod = "month"\n'))
+    ask(c)
+    env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "k"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tierflow.cli",
+            "spend",
+            "--vault",
+            str(vault),
+            "--budget",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    (state,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert state["budget"] == "monthly" and state["limit_usd"] == 5 and state["remaining_usd"] < 5
+    assert state["spent_usd"] > 0 and state["reserved_usd"] == 0
+    otel = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--format", "otel"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    (record,) = [json.loads(line) for line in otel.stdout.splitlines()]
+    attrs = record["attributes"]
+    row = c.ledger.rows()[0]
+    assert attrs["gen_ai.request.model"] == "claude-haiku-4-5" and attrs["gen_ai.provider.name"] == "anthropic"
+    assert (
+        attrs["gen_ai.usage.input_tokens"] == row["input_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
+    )
+    assert attrs["gen_ai.usage.output_tokens"] == row["output_tokens"] + row["reasoning_tokens"]
+
+
+# --- on the reading-notes flow ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flow_vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch):
+    from test_reading_notes import skilled
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    double.responder = skilled()
+    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
+
+    def configure(budgets: str) -> Path:
+        return write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double, budgets) + existing)
+
+    return reading_vault, configure
+
+
+def run_week(vault: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    since, until = (date.fromisoformat(d) for d in READING_WEEK)
+    return reading_notes(vault=str(vault), since=since, until=until)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_plan_brackets_the_actual_spend_of_the_same_run(flow_vault, double):
+    from tierflow.plan import plan_reading_notes
+
+    vault, configure = flow_vault
+    configure("")
+    since, until = (date.fromisoformat(d) for d in READING_WEEK)
+    plan = plan_reading_notes(load_config(vault), vault, since=since, until=until)
+    assert [p.calls for p in plan.phases][:2] == [8, 1]
+    summary = run_week(vault)
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    actual = {p: sum(r["cost_usd"] for r in rows if r["phase"] == p) for p in ("collate", "synthesise", "draft")}
+    for phase in plan.phases:
+        assert actual[phase.phase] <= float(phase.worst_usd), phase.phase
+        assert phase.all_deep_usd >= phase.worst_usd
+    assert sum(actual.values()) <= float(plan.worst_usd)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_downgrade_completes_the_run_on_cheaper_tiers_under_the_cap(flow_vault, double):
+    vault, configure = flow_vault
+    cap = 0.12  # below the synthesise call's worst case on the deep tier (about $0.16)
+    configure(f'[budgets.run]\nusd = {cap}\npolicy = "downgrade"\nfloor = "light"\n')
+    summary = run_week(vault)
+    assert not summary.halted and not summary.failed and summary.written
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    downgraded = [r for r in rows if r["downgraded_from"]]
+    assert downgraded and all(r["tier"] != r["downgraded_from"] for r in downgraded)
+    assert any(r["phase"] == "synthesise" and r["downgraded_from"] == "deep" for r in downgraded)
+    assert sum(r["cost_usd"] for r in rows) <= cap
+    report = (vault / summary.report.path).read_text()
+    assert "## Downgrades" in report and "synthesise · week: deep -> " in report
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_halt_stops_names_the_budget_keeps_notes_and_resumes_without_respending(flow_vault, double):
+    vault, configure = flow_vault
+    configure("")
+    reference_vault = vault.parent / "reference"
+    shutil.copytree(vault, reference_vault)
+    reference = run_week(reference_vault)  # learn what this week really costs, in a copy
+    rows = Ledger.for_vault(reference_vault).rows(run_id=reference.run_id)
+
+    # The worst case of each draft call the reference run made, as the budget guard will compute it.
+    from tierflow.tasks.draft import DraftOut
+
+    probe = Caller(RunSettings(vault=str(reference_vault), run_id="probe", flow="reading-notes"))
+    worst = []
+    for call in [c for c in double.model_calls() if c.forced_tool == "draftout"]:
+        routed, request = probe.build(
+            phase="draft",
+            complexity="medium",
+            system=call.system,
+            prompt=call.last_user_text,
+            output=DraftOut,
+        )
+        worst.append(float(probe.estimate(routed, request).usd))
+    actual = [r["cost_usd"] for r in rows if r["phase"] == "draft"]
+    # Only the cheapest draft's worst case fits; once it has settled, no other draft's worst case does.
+    cap = min(worst) + 0.5 * min(actual)
+    double.reset()
+    configure(f'[budgets.drafting]\nusd = {cap}\nphase = "draft"\npolicy = "halt"\n')
+    halted = run_week(vault)
+    assert halted.halted and "budget 'drafting' (per run, phase draft)" in halted.halted
+    assert "Raise `budgets.drafting`" in halted.halted
+    assert len(halted.written) == 1
+    assert any("budget halted the draft phase" in reason for _, reason in halted.skipped)
+    kept = {w.path: (vault / w.path).read_bytes() for w in halted.written}
+    report = (vault / halted.report.path).read_text()
+    assert "Stopped early" in report and "budget 'drafting'" in report
+    drafted = [r for r in Ledger.for_vault(vault).rows(run_id=halted.run_id) if r["phase"] == "draft"]
+    assert sum(r["cost_usd"] for r in drafted) <= cap
+
+    calls_before = len(double.model_calls())
+    configure('[budgets.drafting]\nusd = 5\nphase = "draft"\npolicy = "halt"\n')
+    resumed = run_week(vault)
+    assert not resumed.halted and len(resumed.written) == 5
+    new_calls = double.model_calls()[calls_before:]
+    assert {c.forced_tool for c in new_calls} == {"draftout"}
+    assert len(new_calls) == 5 - len(halted.written)
+    assert all((vault / p).read_bytes() == b for p, b in kept.items())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    vault, configure = flow_vault
+    configure('[budgets.tiny]\nusd = 0.0001\npolicy = "halt"\n')
+    summary = run_week(vault)
+    assert summary.halted and "budget 'tiny'" in summary.halted
+    events = []
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            events = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=["tierflow.budget.exceeded"])), limit=50
+            ).events
+            if any(e.payload.get("flow") == "reading-notes" for e in events):
+                break
+            time.sleep(0.5)
+    mine = [e for e in events if e.resource.id == "tierflow.budget.tiny"]
+    assert mine and mine[0].resource["tierflow.policy"] == "halt"
+    assert any(r.id == f"tierflow.run.{summary.run_id}" for r in mine[0].related)

@@ -1,0 +1,280 @@
+"""Tests for tierflow.vault_index: selection, bad notes, incremental rescans, and read-only behaviour."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tierflow import vault_index
+from tierflow.vault_index import NoteMeta, VaultIndex
+
+WEEK = (dt.date(2026, 11, 16), dt.date(2026, 11, 22))
+IN_WEEK = dt.datetime(2026, 11, 18, 12, 0)
+LONG_AGO = dt.datetime(2025, 1, 10, 12, 0)
+
+
+def write(vault: Path, rel: str, content: str | bytes, mtime: dt.datetime | None = IN_WEEK) -> Path:
+    """Write a note and set its mtime (local time), as a file synced from elsewhere would have."""
+    path = vault / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+    if mtime is not None:
+        ts = mtime.timestamp()
+        os.utime(path, (ts, ts))
+    return path
+
+
+def note(date: str | None = None, tags: str | None = None, body: str = "Body text.\n", **extra: str) -> str:
+    lines = [f"{k}: {v}" for k, v in extra.items()]
+    if date is not None:
+        lines.append(f"date: {date}")
+    if tags is not None:
+        lines.append(f"tags: {tags}")
+    return "---\n" + "\n".join(lines) + "\n---\n\n" + body
+
+
+def select(vault: Path, folders: list[str] = [], tags: list[str] = [], **kw: object):  # noqa: B006
+    return VaultIndex(vault, **kw).select(folders=folders, tags=tags, since=WEEK[0], until=WEEK[1])  # type: ignore[arg-type]
+
+
+def paths(notes: list[NoteMeta]) -> list[str]:
+    return [n.path for n in notes]
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime_ns of every file under root, dot-folders included."""
+    out: dict[str, tuple[str, int]] = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath, name)
+            out[p.relative_to(root).as_posix()] = (
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+                p.stat().st_mtime_ns,
+            )
+    return out
+
+
+def test_select_by_folder_matches_whole_path_segments(tmp_path: Path) -> None:
+    write(tmp_path, "Reading/Hattie2007.md", note("2026-11-16", title='"The Power of Feedback"'))
+    write(tmp_path, "Reading/Books/Brown2014.md", note("2026-11-22"))
+    write(tmp_path, "ReadingList/Someday.md", note("2026-11-18"))  # prefix of the name, not a folder
+    write(tmp_path, "Daily/2026-11-18.md", note("2026-11-18"))
+    write(tmp_path, "Reading/Old.md", note("2026-10-01"))  # outside the window
+    write(tmp_path, ".trash/Reading/Deleted.md", note("2026-11-18"))  # dot-folders are never indexed
+
+    sel = select(tmp_path, folders=["Reading"])
+
+    assert paths(sel.notes) == ["Reading/Books/Brown2014.md", "Reading/Hattie2007.md"]
+    assert sel.skipped == []
+    hattie = sel.notes[1]
+    assert hattie.title == "The Power of Feedback"
+    assert hattie.date == dt.date(2026, 11, 16)
+    assert sel.notes[0].title == "Brown2014"  # no front-matter title: the file stem
+    assert sel.stats.files_seen == 3  # only Reading/ was walked
+    assert paths(select(tmp_path, folders=["Reading/Books/"]).notes) == ["Reading/Books/Brown2014.md"]
+
+
+def test_select_by_tag_includes_nested_and_inline_tags(tmp_path: Path) -> None:
+    write(tmp_path, "Inbox/a.md", note("2026-11-17", tags="[literature, feedback]"))
+    write(tmp_path, "Inbox/b.md", note("2026-11-17", tags='"#literature/book, idea"'))
+    write(tmp_path, "Inbox/c.md", note("2026-11-17", body="Read this today #Literature/article/long\n"))
+    write(tmp_path, "Inbox/d.md", note("2026-11-17", tags="[literaturereview]"))  # not nested, just similar
+    write(
+        tmp_path,
+        "Inbox/e.md",
+        note("2026-11-17", body="`#literature` in code, #2024 is no tag, a#literature\n"),
+    )
+    write(tmp_path, "Inbox/f.md", note("2026-11-17", tags="\n  - idea\n  - literature"))
+    write(tmp_path, "Projects/g.md", note("2026-11-17", tags="[project]"))
+
+    sel = select(tmp_path, tags=["#literature"])
+
+    assert paths(sel.notes) == ["Inbox/a.md", "Inbox/b.md", "Inbox/c.md", "Inbox/f.md"]
+    by_path = {n.path: n for n in sel.notes}
+    assert by_path["Inbox/b.md"].tags == ("literature/book", "idea")
+    assert by_path["Inbox/c.md"].tags == ("Literature/article/long",)
+    e = VaultIndex(tmp_path).notes()[4]
+    assert e.path == "Inbox/e.md" and e.tags == ()
+    # folders OR tags
+    both = select(tmp_path, folders=["Projects"], tags=["literature/book"])
+    assert paths(both.notes) == ["Inbox/b.md", "Projects/g.md"]
+
+
+def test_date_window_uses_front_matter_then_mtime(tmp_path: Path) -> None:
+    write(tmp_path, "R/fm-in.md", note("2026-11-16"), mtime=LONG_AGO)  # front-matter date wins
+    write(tmp_path, "R/fm-out.md", note("2026-11-23"), mtime=IN_WEEK)  # day after `until`
+    write(tmp_path, "R/fm-edge.md", note("2026-11-22"), mtime=LONG_AGO)  # `until` is inclusive
+    write(tmp_path, "R/created.md", note(created='"2026-11-20T09:30"'), mtime=LONG_AGO)
+    write(tmp_path, "R/datetime.md", note("2026-11-19 08:15:00"), mtime=LONG_AGO)
+    write(tmp_path, "R/wikidate.md", note('"[[2026-11-21]]"'), mtime=LONG_AGO)
+    write(tmp_path, "R/mtime-in.md", note(), mtime=IN_WEEK)  # no date: file mtime
+    write(tmp_path, "R/mtime-out.md", note(), mtime=LONG_AGO)
+    write(tmp_path, "R/junk-date.md", note("someday"), mtime=IN_WEEK)  # unparsable: falls back to mtime
+
+    sel = select(tmp_path, folders=["R"])
+
+    assert paths(sel.notes) == [
+        "R/created.md",
+        "R/datetime.md",
+        "R/fm-edge.md",
+        "R/fm-in.md",
+        "R/junk-date.md",
+        "R/mtime-in.md",
+        "R/wikidate.md",
+    ]
+    dates = {n.path: n.date for n in sel.notes}
+    assert dates["R/created.md"] == dt.date(2026, 11, 20)
+    assert dates["R/datetime.md"] == dt.date(2026, 11, 19)
+    assert dates["R/mtime-in.md"] is None
+
+
+def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "R/good.md", note("2026-11-18"))
+    write(tmp_path, "R/yaml.md", "---\ntitle: Fine\ntags: [a, b\ndate: 2026-11-18\n---\nBody\n")
+    write(tmp_path, "R/baddate.md", "---\ndate: 2026-13-45\n---\nBody\n")
+    write(tmp_path, "R/latin1.md", "---\ndate: 2026-11-18\n---\nCaf\xe9 cr\xe8me\n".encode("latin-1"))
+    write(tmp_path, "R/binary.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    write(tmp_path, "R/empty.md", b"")
+    write(tmp_path, "R/blank.md", "  \n\n\t\n")
+    big = write(tmp_path, "R/huge.md", b"")
+    with open(big, "r+b") as fh:
+        fh.truncate(3_200_000)  # sparse: cheap to make, and must never be read
+    ts = IN_WEEK.timestamp()
+    os.utime(big, (ts, ts))
+    write(tmp_path, "R/only-fm.md", note("2026-11-18", body=""))  # fine: only the file-empty case is an error
+    write(tmp_path, "Elsewhere/bad.md", b"\x00")  # bad, but not selected
+
+    opened: list[str] = []
+    real_open = open
+
+    def spy_open(file: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        opened.append(os.fspath(file))  # type: ignore[arg-type]
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(vault_index, "open", spy_open, raising=False)
+    sel = select(tmp_path, folders=["R"])
+
+    assert paths(sel.notes) == ["R/good.md", "R/only-fm.md"]
+    errors = {n.path: n.error for n in sel.skipped}
+    assert list(errors) == [
+        "R/baddate.md",
+        "R/binary.md",
+        "R/blank.md",
+        "R/empty.md",
+        "R/huge.md",
+        "R/latin1.md",
+        "R/yaml.md",
+    ]
+    assert errors["R/baddate.md"] == "malformed YAML front-matter: invalid value (month must be in 1..12)"
+    assert errors["R/binary.md"] == "binary file"
+    assert errors["R/blank.md"] == "empty note"
+    assert errors["R/empty.md"] == "empty note"
+    assert errors["R/huge.md"] == "too large (3.2 MB > 1 MB limit)"
+    assert errors["R/latin1.md"] is not None and errors["R/latin1.md"].startswith("not UTF-8 text")
+    yaml_error = errors["R/yaml.md"]
+    assert yaml_error is not None and yaml_error.startswith("malformed YAML front-matter: ")
+    assert "line 4" in yaml_error  # the line after the unclosed `[a, b`, counted in the file
+    assert not any(p.endswith("huge.md") for p in opened)
+
+
+def test_small_size_limit_is_configurable(tmp_path: Path) -> None:
+    size = write(tmp_path, "R/a.md", note("2026-11-18", body="x" * 500)).stat().st_size
+    sel = select(tmp_path, folders=["R"], max_note_bytes=200)
+    assert [n.error for n in sel.skipped] == [f"too large ({size} bytes > 200 bytes limit)"]
+
+
+def test_rescan_reparses_only_changed_notes(tmp_path: Path) -> None:
+    for i in range(5):
+        write(tmp_path, f"R/n{i}.md", note("2026-11-18", tags="[literature]"))
+    first = VaultIndex(tmp_path).scan()
+    assert (first.files_seen, first.parsed, first.reused, first.removed) == (5, 5, 0, 0)
+
+    # A new instance starts from the cache file.
+    warm = VaultIndex(tmp_path).scan()
+    assert (warm.parsed, warm.reused) == (0, 5)
+
+    later = IN_WEEK + dt.timedelta(hours=1)
+    os.utime(tmp_path / "R/n3.md", (later.timestamp(), later.timestamp()))
+    index = VaultIndex(tmp_path)
+    touched = index.scan()
+    assert (touched.parsed, touched.reused) == (1, 4)
+
+    # Same mtime but a different size still counts as a change.
+    path = write(tmp_path, "R/n1.md", note("2026-11-19", tags="[literature, extra]"))
+    changed = index.scan()
+    assert changed.parsed == 1
+    assert next(n for n in index.notes() if n.path == "R/n1.md").tags == ("literature", "extra")
+    assert path.stat().st_mtime_ns == int(IN_WEEK.timestamp()) * 10**9
+
+
+def test_deleted_notes_disappear(tmp_path: Path) -> None:
+    write(tmp_path, "R/keep.md", note("2026-11-18"))
+    write(tmp_path, "R/gone.md", note("2026-11-18"))
+    write(tmp_path, "Daily/d.md", note("2026-11-18"))
+    index = VaultIndex(tmp_path)
+    index.scan()
+    (tmp_path / "R/gone.md").unlink()
+    (tmp_path / "Daily/d.md").unlink()
+
+    # A folder scan only drops notes under that folder...
+    assert index.scan(["R"]).removed == 1
+    assert paths(index.notes()) == ["Daily/d.md", "R/keep.md"]
+    # ...a full scan drops the rest.
+    assert index.scan().removed == 1
+    assert paths(index.notes()) == ["R/keep.md"]
+    assert paths(select(tmp_path).notes) == ["R/keep.md"]
+    cached = json.loads((tmp_path / ".tierflow" / "index.json").read_text(encoding="utf-8"))
+    assert list(cached["notes"]) == ["R/keep.md"]
+
+
+def test_vault_is_untouched_and_the_cache_is_the_only_file_written(tmp_path: Path) -> None:
+    vault = tmp_path / "vault"
+    write(vault, "Reading/a.md", note("2026-11-18", tags="[literature]"))
+    write(vault, "Reading/bad.md", "---\n: : :\n---\n")
+    write(vault, "Daily/b.md", "No front matter, #literature inline.\r\n")
+    write(vault, ".obsidian/app.json", "{}")
+    write(vault, "image.png", b"\x89PNG\x00")
+    before = snapshot(tmp_path)
+
+    index = VaultIndex(vault)
+    index.select(folders=["Reading"], tags=["literature"], since=WEEK[0], until=WEEK[1])
+    write(vault, "Reading/a.md", note("2026-11-19", tags="[literature]"), mtime=LONG_AGO)
+    before["vault/Reading/a.md"] = snapshot(tmp_path)["vault/Reading/a.md"]
+    index.scan()
+    VaultIndex(vault).select(folders=["Reading"], tags=[], since=WEEK[0], until=WEEK[1])
+
+    after = snapshot(tmp_path)
+    assert set(after) - set(before) == {"vault/.tierflow/index.json"}
+    assert {k: after[k] for k in before} == before
+
+
+def test_custom_cache_path_and_damaged_cache(tmp_path: Path) -> None:
+    vault = tmp_path / "vault"
+    cache = tmp_path / "cache" / "idx.json"
+    write(vault, "R/a.md", note("2026-11-18"))
+    assert VaultIndex(vault, cache_path=cache).scan().parsed == 1
+    assert cache.is_file() and not (vault / ".tierflow").exists()
+
+    cache.write_text("{not json", encoding="utf-8")
+    stats = VaultIndex(vault, cache_path=cache).scan()  # a damaged cache costs a cold scan, no error
+    assert (stats.parsed, stats.reused) == (1, 0)
+    assert json.loads(cache.read_text(encoding="utf-8"))["notes"]["R/a.md"][0] > 0
+
+    # A cache built with another size limit is not reused.
+    assert VaultIndex(vault, cache_path=cache, max_note_bytes=10).scan().parsed == 1
+
+
+def test_missing_vault_raises_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        VaultIndex(tmp_path / "nope").scan()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError):
+        VaultIndex(tmp_path).scan(["../outside"])
