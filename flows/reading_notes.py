@@ -11,7 +11,7 @@ from tierflow.tasks.report import RunSummary, write_run_report
 from tierflow.tasks.synthesise import synthesise_week
 from tierflow.tasks.vault import load_sources, select_week
 
-from tierflow.calls import RunSettings
+from tierflow.calls import RunSettings, caller_for
 
 FLOW = "reading-notes"
 
@@ -30,6 +30,11 @@ def reading_notes(
     settings = RunSettings(
         vault=vault, config_path=config, profile=profile, tier_overrides=tier or {}, run_id=run_id or ""
     ).with_run(FLOW)
+    caller_for(settings).ledger.remember_run(
+        settings.run_id,
+        FLOW,
+        {"since": since, "until": until, "profile": profile, "config": config, "tier": tier or {}},
+    )
     week = select_week(settings, since, until)
     sources, unreadable = load_sources(settings, week)
     run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])

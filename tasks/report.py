@@ -35,6 +35,7 @@ class RunSummary:
     cost_usd: float = 0.0
     phases: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    batches: list[str] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
@@ -44,6 +45,7 @@ class RunSummary:
     def absorb(self, outcome: PhaseOutcome[T]) -> list[T]:
         """Take a phase's skips and stops into the run; returns what it finished."""
         self.skipped += outcome.skipped
+        self.batches += [b for b in outcome.batches if b not in self.batches]
         self.halted = self.halted or outcome.halted
         self.failed = self.failed or outcome.failed
         return outcome.results
@@ -59,8 +61,8 @@ def write_run_report(
     settings: RunSettings,
     summary: RunSummary,
     *,
-    since: date,
-    until: date,
+    since: date | None,
+    until: date | None,
     selected: int,
 ) -> RunSummary:
     """Write the run report note and the Prefect artifacts; returns the summary with its totals."""
@@ -98,8 +100,8 @@ def write_run_report(
         "run_id": settings.run_id,
         "started": started,
         "flow_run_url": _flow_run_url(),
-        "since": since.isoformat(),
-        "until": until.isoformat(),
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
         "selected": selected,
         "profile": config.settings.profile,
         "total": {
@@ -122,6 +124,8 @@ def write_run_report(
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
         "earlier": earlier,
+        "batches": summary.batches,
+        "message": summary.message,
     }
     body = env.get_template("notes/run-report.md.j2").render(**context)
     front_matter = {

@@ -125,6 +125,24 @@ def test_zotero_variants() -> None:
     assert all(a.source_format == "zotero" and a.link and a.link.startswith("zotero://") for a in anns)
 
 
+def test_zotero_comment_forms() -> None:
+    body = (
+        '> "feedback is information provided by an agent" (Hattie & Timperley, 2007, p. 86)\n'
+        "> — key definition\n"
+        "\n"
+        '> <mark class="hltr-yellow">Second</mark> ([p. 90](zotero://open-pdf/library/items/A?page=90))\n'
+        "> **Comment:** first line\n"
+        "> second line\n"
+        "> ^blk2\n"
+    )
+    assert [(a.kind, a.text, a.comment, a.page, a.block_id, a.line) for a in parse_annotations(body)] == [
+        ("quote", "feedback is information provided by an agent", "key definition", "86", None, 1),
+        ("comment", "key definition", None, "86", None, 2),
+        ("highlight", "Second", "first line\nsecond line", "90", "blk2", 4),
+        ("comment", "first line\nsecond line", None, "90", None, 5),
+    ]
+
+
 READWISE = """\
 # Make It Stick
 
@@ -227,7 +245,7 @@ Inline code `==not a highlight==` is left alone.
 
 A paragraph of my own, with a ==key phrase==.
 
-My own notes:
+**My own notes:**
 
 - Listed under a pseudo-heading.
 """

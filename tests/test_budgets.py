@@ -123,7 +123,9 @@ def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, do
     c = make_caller(tmp_path / "v", text)
     ask(c)
     (state,) = c.budgets.states()
-    assert state.spent_tokens == 0 and state.reserved_tokens > 0
+    # Charged as spent at the worst case (not merely in flight: nothing waits on it).
+    assert state.reserved_tokens == 0 and state.spent_tokens > 0
+    assert c.ledger.rows()[0]["input_tokens"] == 0
 
 
 def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double):
@@ -219,7 +221,7 @@ def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, doubl
 
 @pytest.fixture
 def flow_vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch):
-    from test_reading_notes import skilled
+    from responders import skilled
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     double.responder = skilled()

@@ -10,6 +10,7 @@ from typing import Any
 import frontmatter
 import pytest
 from conftest import anthropic_config, write_config
+from responders import skilled
 from tierflow.flows.reading_notes import reading_notes
 
 from tierflow.ledger import Ledger
@@ -20,22 +21,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
 SELECTED = 8  # literature notes read that week (a ninth, from October, must not be selected)
-
-
-def skilled(overrides: dict[str, Any] | None = None):
-    """A double 'model' that answers each forced tool as tierflow's offline skills would, unless overridden."""
-    overrides = overrides or {}
-
-    def responder(request: DoubleRequest) -> Reply | None:
-        tool = request.forced_tool
-        if tool is None:
-            return None
-        if tool in overrides:
-            answer = overrides[tool]
-            return answer(request) if callable(answer) else Reply(data=answer)
-        return Reply(data=_SKILLS[tool](prompt_data(request.last_user_text)))
-
-    return responder
 
 
 def snapshot(vault: Path) -> dict[str, str]:

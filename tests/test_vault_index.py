@@ -6,12 +6,14 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tierflow import vault_index
-from tierflow.vault_index import NoteMeta, VaultIndex
+from tierflow.vault_index import NoteMeta, Selection, VaultIndex
 
 WEEK = (dt.date(2026, 11, 16), dt.date(2026, 11, 22))
 IN_WEEK = dt.datetime(2026, 11, 18, 12, 0)
@@ -33,6 +35,7 @@ def write(vault: Path, rel: str, content: str | bytes, mtime: dt.datetime | None
 
 
 def note(date: str | None = None, tags: str | None = None, body: str = "Body text.\n", **extra: str) -> str:
+    """A note with front matter; values are written as raw YAML."""
     lines = [f"{k}: {v}" for k, v in extra.items()]
     if date is not None:
         lines.append(f"date: {date}")
@@ -41,8 +44,12 @@ def note(date: str | None = None, tags: str | None = None, body: str = "Body tex
     return "---\n" + "\n".join(lines) + "\n---\n\n" + body
 
 
-def select(vault: Path, folders: list[str] = [], tags: list[str] = [], **kw: object):  # noqa: B006
-    return VaultIndex(vault, **kw).select(folders=folders, tags=tags, since=WEEK[0], until=WEEK[1])  # type: ignore[arg-type]
+def select(
+    vault: Path, folders: Sequence[str] = (), tags: Sequence[str] = (), max_note_bytes: int = 1_000_000
+) -> Selection:
+    """This week's selection from a fresh index (so it starts from the cache file, if any)."""
+    index = VaultIndex(vault, max_note_bytes=max_note_bytes)
+    return index.select(folders=folders, tags=tags, since=WEEK[0], until=WEEK[1])
 
 
 def paths(notes: list[NoteMeta]) -> list[str]:
@@ -149,18 +156,19 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
         fh.truncate(3_200_000)  # sparse: cheap to make, and must never be read
     ts = IN_WEEK.timestamp()
     os.utime(big, (ts, ts))
+    write(tmp_path, "Templates/Lit.md", note('"{{date:YYYY-MM-DD}}"', tags="[literature]", title='"{{title}}"'))
     write(tmp_path, "R/only-fm.md", note("2026-11-18", body=""))  # fine: only the file-empty case is an error
     write(tmp_path, "Elsewhere/bad.md", b"\x00")  # bad, but not selected
 
     opened: list[str] = []
     real_open = open
 
-    def spy_open(file: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        opened.append(os.fspath(file))  # type: ignore[arg-type]
-        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.fspath(file))
+        return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(vault_index, "open", spy_open, raising=False)
-    sel = select(tmp_path, folders=["R"])
+    sel = select(tmp_path, folders=["R"], tags=["literature"])
 
     assert paths(sel.notes) == ["R/good.md", "R/only-fm.md"]
     errors = {n.path: n.error for n in sel.skipped}
@@ -172,7 +180,9 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
         "R/huge.md",
         "R/latin1.md",
         "R/yaml.md",
+        "Templates/Lit.md",
     ]
+    assert errors["Templates/Lit.md"] == "unfilled template: title is '{{title}}'"
     assert errors["R/baddate.md"] == "malformed YAML front-matter: invalid value (month must be in 1..12)"
     assert errors["R/binary.md"] == "binary file"
     assert errors["R/blank.md"] == "empty note"

@@ -64,7 +64,7 @@ _MARK_STYLE_RE = re.compile(r"""<mark\b[^>]{0,200}?background(?:-color)?\s*:\s*(
 # ==x== with no space just inside the markers (Obsidian's rule). The content may hold a single `=` but
 # never `==`, so a failed attempt stops at the next `==` instead of scanning the rest of the text.
 _EQ_HL_RE = re.compile(r"(?<!=)==(?=[^\s=])((?:[^=]|=(?!=))+?)(?<=[^\s=])==(?!=)")
-_CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+_BACKTICKS_RE = re.compile(r"`+")
 _BLOCK_ID_RE = re.compile(r"(?:^|\s)\^([A-Za-z0-9][A-Za-z0-9-]*)\s*$")
 _BLOCK_ID_ONLY_RE = re.compile(r"\^([A-Za-z0-9][A-Za-z0-9-]*)")
 # Possessive `*+` and no leading `\s*`: a search that starts with `\s*` retries at every position of a long
@@ -317,8 +317,32 @@ def _color(text: str) -> str | None:
 
 
 def _mask_code(text: str) -> str:
-    """Blank out code spans (same length, newlines kept) so markup inside them is not read."""
-    return _CODE_SPAN_RE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    """Blank out code spans (same length, newlines kept) so markup inside them is not read.
+
+    A span runs from a backtick string to the next one of the same length (CommonMark). Done by pairing
+    runs rather than with a backreference regex, which is cubic on a long run of backticks.
+    """
+    if "`" not in text:
+        return text
+    runs = [(m.start(), m.end()) for m in _BACKTICKS_RE.finditer(text)]
+    next_same: list[int | None] = [None] * len(runs)
+    last_of_length: dict[int, int] = {}
+    for i in range(len(runs) - 1, -1, -1):
+        length = runs[i][1] - runs[i][0]
+        next_same[i] = last_of_length.get(length)
+        last_of_length[length] = i
+    pieces: list[str] = []
+    done = i = 0
+    while i < len(runs):
+        j = next_same[i]
+        if j is None:
+            i += 1
+            continue
+        start, end = runs[i][0], runs[j][1]
+        pieces += [text[done:start], re.sub(r"[^\n]", " ", text[start:end])]
+        done, i = end, j + 1
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _inline_text(node: SyntaxTreeNode) -> str:
@@ -455,14 +479,16 @@ class _Parser:
         quote: list[str] = []
         comment: list[str] = []
         comment_line: int | None = None
+        have_quote = False  # a comment can only start once some quoted text came before it
         for number, raw in lines:
             line = raw.strip()
-            if comment_line is None and any(q.strip() for q in quote):
+            if comment_line is None and have_quote:
                 m = _COMMENT_PREFIX_RE.match(line) or _DASH_COMMENT_RE.match(line)
                 if m:
                     comment_line = number
                     line = line[m.end() :]
             (comment if comment_line is not None else quote).append(line)
+            have_quote = have_quote or bool(line)
         raw_text = _clean_lines("\n".join(quote))
         if not raw_text:
             return None
@@ -493,8 +519,6 @@ class _Parser:
             line=lines[0][0],
         )
         return ann, (comment_line if comment_text else None)
-
-    # blocks
 
     # blocks
 
@@ -545,7 +569,8 @@ class _Parser:
                 self.attach_to = None
                 return
         self.attach_to = None
-        label = _classify_heading(stripped[:-1]) if stripped.endswith(":") and "\n" not in stripped else None
+        bare = stripped.strip("*_ ")  # "**My notes:**" too
+        label = _classify_heading(bare[:-1]) if bare.endswith(":") and "\n" not in bare else None
         if label is not None:
             # "My own notes:" on a line of its own works as a heading until the next real heading.
             self.headings = [h for h in self.headings if h[0] <= 6] + [(7, label)]

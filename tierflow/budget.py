@@ -45,7 +45,9 @@ class Estimate:
         return self.prompt_tokens + self.max_output_tokens
 
 
-def estimate(config: Config, route: Route, prompt_tokens: int, cached_prefix_tokens: int = 0) -> Estimate:
+def estimate(
+    config: Config, route: Route, prompt_tokens: int, cached_prefix_tokens: int = 0, *, batch: bool = False
+) -> Estimate:
     """Price the worst case: cacheable prefix billed as a cache write (the dearest kind), full output."""
     tier = config.tier(route.tier)
     _, provider = config.provider_for(route.tier)
@@ -54,7 +56,13 @@ def estimate(config: Config, route: Route, prompt_tokens: int, cached_prefix_tok
         cache_write_tokens=cached_prefix_tokens,
         output_tokens=route.max_output_tokens,
     )
-    usd = price(usage, route.model, provider_kind=provider.kind, override=tier.price)
+    usd = price(
+        usage,
+        route.model,
+        provider_kind=provider.kind,
+        override=tier.price,
+        batch_discount=provider.batch_discount if batch else 1.0,
+    )
     return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd)
 
 
@@ -268,17 +276,20 @@ class Budgets:
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
-    def settle(self, reservation: Reservation, call: CallRecord) -> None:
+    def settle(self, reservation_id: int, call: CallRecord) -> None:
         """Record the call and release its reservation, in one transaction."""
         with self.ledger.transaction() as conn:
             self.ledger.record(call, conn=conn)
-            if call.usage.known:
-                conn.execute(reservations.update().where(reservations.c.id == reservation.id).values(open=False))
+            conn.execute(
+                reservations.update()
+                .where(reservations.c.id == reservation_id)
+                .values(open=False, kept=not call.usage.known)
+            )
 
-    def release(self, reservation: Reservation) -> None:
+    def release(self, reservation_id: int) -> None:
         """Drop a reservation whose call failed before spending."""
         with self.ledger.transaction() as conn:
-            conn.execute(reservations.update().where(reservations.c.id == reservation.id).values(open=False))
+            conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
 
 
 _WAIT = object()

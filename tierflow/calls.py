@@ -102,7 +102,9 @@ class Caller:
             model=routed.model, system=system, prompt=prompt, max_output_tokens=routed.max_output_tokens, **kw
         )
 
-    def estimate(self, routed: Route, request: Request, *, provider_count: bool = False) -> Estimate:
+    def estimate(
+        self, routed: Route, request: Request, *, provider_count: bool = False, batch: bool = False
+    ) -> Estimate:
         """Worst case of a request: every prompt token billed and every output token used.
 
         Prompt tokens come from the provider's own counter when asked for and available (Anthropic's
@@ -127,11 +129,11 @@ class Caller:
         else:
             prompt_tokens = exact
         prefix = padded(count_tokens(request.cache_prefix), exact=False) if request.cache_prefix else 0
-        return estimate(self.config, routed, prompt_tokens, min(prefix, prompt_tokens))
+        return estimate(self.config, routed, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
 
-    def downgrades(self, routed: Route, request: Request) -> list[tuple[Route, Estimate]]:
+    def downgrades(self, routed: Route, request: Request, *, batch: bool = False) -> list[tuple[Route, Estimate]]:
         """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
-        candidates = [(routed, self.estimate(routed, request))]
+        candidates = [(routed, self.estimate(routed, request, batch=batch))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
             return candidates
@@ -148,7 +150,7 @@ class Caller:
                 rule=f"budget downgrade from {routed.tier}",
             )
             cheaper_request = Request(**{**request.__dict__, "model": cheaper.model})
-            candidates.append((cheaper, self.estimate(cheaper, cheaper_request)))
+            candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch)))
         return candidates
 
     def build(
@@ -263,7 +265,7 @@ class Caller:
         try:
             completion = self.provider(routed.provider).complete(request)
         except BaseException:
-            self.budgets.release(reservation)
+            self.budgets.release(reservation.id)
             raise
         latency_ms = (time.perf_counter() - t0) * 1000
         cost = self._cost(routed, completion, batch=False)
@@ -276,7 +278,7 @@ class Caller:
             started,
             downgraded_from=reservation.downgraded_from,
         )
-        self.budgets.settle(reservation, record)
+        self.budgets.settle(reservation.id, record)
         if completion.data is not None or completion.text:
             self.ledger.cache_response(key, routed.model_ref, completion.text, completion.data)
         return Answer(

@@ -276,6 +276,15 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render prompts and estimate spend; call no model.")
     ] = False,
+    assignment: Annotated[
+        str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="student-feedback: direct, or batch (provider batch APIs, about half price).")
+    ] = "direct",
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="batch mode: wait for the batch, or exit and resume later.")
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
@@ -286,12 +295,44 @@ def run(
     overrides = _tier_overrides(tier)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if dry_run:
+        if flow_name is not FlowName.reading_notes:
+            raise _fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
         plan(flow_name, vault=vault, since=since, until=until, config=config, profile=profile, tier=tier)
         return
+    if mode not in ("direct", "batch"):
+        raise _fail(f"--mode {mode!r}: use direct or batch")
     _quiet_prefect(verbose)
-    from tierflow.runner import run_reading_notes
+    from tierflow.runner import run_flow
 
-    summary = run_reading_notes(vault, since=start, until=end, profile=profile, config=config, tier=overrides)
+    kwargs = (
+        {"since": start, "until": end}
+        if flow_name is FlowName.reading_notes
+        else {"assignment": assignment, "mode": mode, "wait": wait}
+    )
+    summary = run_flow(flow_name.value, vault, profile=profile, config=config, tier=overrides, **kwargs)
+    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the run report and ledger show it.")],
+    vault: VaultOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
+    if vault is None:
+        raise _fail("give the vault: tierflow resume RUN --vault DIR")
+    vault = _vault(vault)
+    from tierflow.ledger import Ledger
+
+    found = Ledger.for_vault(vault).run_parameters(run_id)
+    if found is None:
+        raise _fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+    flow, parameters = found
+    _quiet_prefect(verbose)
+    from tierflow.runner import run_flow
+
+    summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
 
 

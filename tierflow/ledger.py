@@ -110,6 +110,33 @@ reservations = sa.Table(
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
 )
 
+batch_items = sa.Table(
+    "batch_items",
+    metadata,
+    # The request's cache key: a rerun of the same request finds its batch instead of resubmitting.
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("batch_id", sa.String(128), nullable=False, index=True),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("reservation_id", sa.Integer),
+    # `submitted`, then `done`, `retried`, `expired` or `canceled`.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -139,7 +166,12 @@ def _migration_3(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE reservations ADD COLUMN kept BOOLEAN NOT NULL DEFAULT FALSE")
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3)
+def _migration_4(conn: Connection) -> None:
+    batch_items.create(conn, checkfirst=True)
+    runs.create(conn, checkfirst=True)
+
+
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -278,6 +310,21 @@ class Ledger:
             query = query.where(calls.c.flow == flow)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
+        """Keep a run's parameters, so `tierflow resume RUN` can run it again to collect its batches."""
+        with self.transaction() as conn:
+            if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is None:
+                conn.execute(
+                    runs.insert().values(
+                        run_id=run_id, flow=flow, parameters=json.dumps(parameters, default=str), created=now_iso()
+                    )
+                )
+
+    def run_parameters(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return None if row is None else (row.flow, json.loads(row.parameters))
 
     def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
         with self.engine.connect() as conn:

@@ -61,6 +61,8 @@ class PhaseOutcome(Generic[R]):
     skipped: list[tuple[str, str]] = field(default_factory=list)
     halted: str | None = None
     failed: str | None = None
+    batches: list[str] = field(default_factory=list)
+    """Provider batch ids this phase submitted or is waiting on."""
 
 
 def fan_out(

@@ -50,28 +50,30 @@ def phase_progress():  # noqa: ANN201
             remove()
 
 
-def run_reading_notes(
+def run_flow(
+    flow: str,
     vault: Path,
     *,
-    since: date | None,
-    until: date | None,
     profile: str | None = None,
-    config: Path | None = None,
+    config: Path | str | None = None,
     tier: dict[str, str] | None = None,
+    **parameters: Any,
 ) -> Any:
-    from tierflow.flows.reading_notes import reading_notes
-
+    """Run a flow in this process with progress bars, then print what it wrote and what it cost."""
+    if flow == "reading-notes":
+        from tierflow.flows.reading_notes import reading_notes as entry
+    else:
+        from tierflow.flows.student_feedback import student_feedback as entry
     with phase_progress():
-        summary = reading_notes(
-            vault=str(vault),
-            since=since,
-            until=until,
-            profile=profile,
-            config=str(config) if config else None,
-            tier=tier or {},
+        summary = entry(
+            vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters
         )
     print_summary(vault, summary)
     return summary
+
+
+def run_reading_notes(vault: Path, *, since: date | None, until: date | None, **kwargs: Any) -> Any:
+    return run_flow("reading-notes", vault, since=since, until=until, **kwargs)
 
 
 def print_summary(vault: Path, summary: Any) -> None:
@@ -92,6 +94,8 @@ def print_summary(vault: Path, summary: Any) -> None:
     if summary.report is not None:
         out.print(f"  [cyan]{'run report':>14}[/]  {vault / summary.report.path}")
     out.print(f"Total: {summary.tokens} tokens, {money(summary.cost_usd)}.")
+    for batch in getattr(summary, "batches", []):
+        out.print(f"  [cyan]{'batch':>14}[/]  {batch}")
     if summary.halted:
         console.print(f"[bold red]stopped early:[/] {summary.halted}")
     if summary.failed:

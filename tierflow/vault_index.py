@@ -47,6 +47,8 @@ _FENCE_RE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[^\n]*$", re.MULTIL
 _CODE_SPAN_RE = re.compile(r"`[^`\n]*`")
 _OBSIDIAN_COMMENT_RE = re.compile(r"%%.*?%%", re.DOTALL)
 _DATE_PREFIX_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
+# Core Templates `{{date}}` / Templater `<% tp.date.now() %>` left in a note that was never filled in.
+_PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}|<%.*?%>")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class NoteMeta:
 
     def has_tag(self, tag: str) -> bool:
         """True if the note has `tag` or a tag nested under it (`literature` matches `literature/book`)."""
-        return _tag_match(self.tags, {_norm_tag(tag)})
+        return _tag_match(self.tags, frozenset([_norm_tag(tag)]))
 
     def under(self, folder: str) -> bool:
         """True if the note lies in `folder` or below it (whole path segments; "" is the vault root)."""
@@ -258,32 +260,44 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     title = meta.get("title")
     title = str(title).strip() if title is not None and str(title).strip() else stem
     date = _parse_date(meta.get("date")) or _parse_date(meta.get("created"))
-    tags = _fm_tags(meta.get("tags", meta.get("tag")))
-    tags += _inline_tags(body)
-    return NoteMeta(rel, title, date, _dedupe(tags), st.st_mtime_ns, st.st_size)
+    tags = _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
+    for key in ("title", "date", "created"):
+        value = meta.get(key)
+        if isinstance(value, str) and _PLACEHOLDER_RE.search(value):
+            # A template (e.g. Templates/Literature note.md) would otherwise be selected by its tags
+            # with its mtime as date.
+            return bad(f"unfilled template: {key} is {value!r}", title=title, tags=tags)
+    return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size)
 
 
-def _tag_match(tags: Sequence[str], wanted: set[str]) -> bool:
-    """True if any tag is in `wanted` or nested below one of them (`literature/book` under `literature`)."""
+def _tag_match(tags: Sequence[str], wanted: frozenset[str]) -> bool:
+    """True if a tag is in `wanted` (casefolded) or nested below one (`literature/book` under `literature`).
+
+    Stored tags carry no leading '#', so casefolding is all the normalising needed here.
+    """
+    nested = tuple(w + "/" for w in wanted)
     for tag in tags:
-        t = _norm_tag(tag)
-        while True:
-            if t in wanted:
-                return True
-            t, sep, _ = t.rpartition("/")
-            if not sep:
-                break
+        t = tag.casefold()
+        if t in wanted or t.startswith(nested):
+            return True
     return False
 
 
 # --- the index ---------------------------------------------------------------------------------------
 
 
-def _to_row(m: NoteMeta) -> list[Any]:
+# The index keeps each note as the row it has in the JSON cache: [mtime_ns, size, title, date ISO string or
+# None, tags, error]. A warm scan then builds no objects per note, and selection compares ISO date strings;
+# NoteMeta objects are made only for the notes a caller gets back.
+_Row = list[Any]
+_ROW_LENGTH = 6
+
+
+def _to_row(m: NoteMeta) -> _Row:
     return [m.mtime_ns, m.size, m.title, m.date.isoformat() if m.date else None, list(m.tags), m.error]
 
 
-def _from_row(path: str, row: list[Any]) -> NoteMeta:
+def _from_row(path: str, row: _Row) -> NoteMeta:
     mtime_ns, size, title, date, tags, error = row
     return NoteMeta(path, title, dt.date.fromisoformat(date) if date else None, tuple(tags), mtime_ns, size, error)
 
@@ -301,7 +315,7 @@ class VaultIndex:
         self.vault = Path(vault)
         self.cache_path = Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
         self.max_note_bytes = max_note_bytes
-        self._entries: dict[str, NoteMeta] | None = None  # loaded lazily from the cache
+        self._entries: dict[str, _Row] | None = None  # loaded lazily from the cache
 
     # cache
 
@@ -313,15 +327,17 @@ class VaultIndex:
             "max_note_bytes": self.max_note_bytes,
         }
 
-    def _load(self) -> dict[str, NoteMeta]:
+    def _load(self) -> dict[str, _Row]:
         if self._entries is not None:
             return self._entries
-        entries: dict[str, NoteMeta] = {}
+        entries: dict[str, _Row] = {}
         try:
             with open(self.cache_path, encoding="utf-8") as fh:
                 doc = json.load(fh)
             if isinstance(doc, dict) and doc.get("key") == self._cache_key():
-                entries = {p: _from_row(p, row) for p, row in doc["notes"].items()}
+                notes = doc["notes"]
+                if all(isinstance(r, list) and len(r) == _ROW_LENGTH for r in notes.values()):
+                    entries = notes
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -331,8 +347,8 @@ class VaultIndex:
         self._entries = entries
         return entries
 
-    def _save(self, entries: dict[str, NoteMeta]) -> None:
-        doc = {"key": self._cache_key(), "notes": {p: _to_row(m) for p, m in entries.items()}}
+    def _save(self, entries: dict[str, _Row]) -> None:
+        doc = {"key": self._cache_key(), "notes": entries}
         parent = self.cache_path.parent
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", suffix=".tmp", dir=parent)
@@ -395,21 +411,15 @@ class VaultIndex:
             for rel, path, st in self._walk(root):
                 seen.add(rel)
                 old = entries.get(rel)
-                if old is not None and old.mtime_ns == st.st_mtime_ns and old.size == st.st_size:
+                if old is not None and old[0] == st.st_mtime_ns and old[1] == st.st_size:
                     reused += 1
                     continue
                 try:
-                    entries[rel] = read_note_meta(path, rel, st, self.max_note_bytes)
+                    meta = read_note_meta(path, rel, st, self.max_note_bytes)
                 except OSError as exc:
-                    entries[rel] = NoteMeta(
-                        rel,
-                        PurePosixPath(rel).stem,
-                        None,
-                        (),
-                        st.st_mtime_ns,
-                        st.st_size,
-                        f"unreadable: {exc}",
-                    )
+                    stem = PurePosixPath(rel).stem
+                    meta = NoteMeta(rel, stem, None, (), st.st_mtime_ns, st.st_size, f"unreadable: {exc}")
+                entries[rel] = _to_row(meta)
                 parsed += 1
 
         def in_scope(p: str) -> bool:
@@ -436,7 +446,7 @@ class VaultIndex:
 
     def notes(self) -> list[NoteMeta]:
         """Everything currently in the index (as of the last scan or the cache), sorted by path."""
-        return sorted(self._load().values(), key=lambda m: m.path)
+        return [_from_row(p, row) for p, row in sorted(self._load().items())]
 
     def select(self, *, folders: Sequence[str], tags: Sequence[str], since: dt.date, until: dt.date) -> Selection:
         """Notes under any of `folders` OR tagged with any of `tags`, dated within [since, until].
@@ -451,16 +461,17 @@ class VaultIndex:
         norm_folders = [_norm_folder(f) for f in folders]
         prefixes = tuple(f + "/" for f in norm_folders if f)
         everything = (not folders and not tags) or any(not f for f in norm_folders)
-        wanted = {_norm_tag(t) for t in tags if _norm_tag(t)}
+        wanted = frozenset(_norm_tag(t) for t in tags if _norm_tag(t))
         stats = self.scan(() if tags or not folders else norm_folders)
+        first, last = since.isoformat(), until.isoformat()  # ISO dates compare correctly as strings
         notes: list[NoteMeta] = []
         skipped: list[NoteMeta] = []
-        for meta in self._load().values():
-            if not everything and not meta.path.startswith(prefixes) and not _tag_match(meta.tags, wanted):
+        for path, row in self._load().items():
+            if not everything and not path.startswith(prefixes) and not _tag_match(row[4], wanted):
                 continue
-            if not since <= meta.effective_date <= until:
-                continue
-            (skipped if meta.error else notes).append(meta)
+            day = row[3] or dt.datetime.fromtimestamp(row[0] / 1e9).date().isoformat()
+            if first <= day <= last:
+                (skipped if row[5] else notes).append(_from_row(path, row))
         notes.sort(key=lambda m: m.path)
         skipped.sort(key=lambda m: m.path)
         return Selection(notes=notes, skipped=skipped, stats=stats)

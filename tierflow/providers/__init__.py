@@ -39,6 +39,17 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BatchItemResult:
+    """One request's outcome in a provider batch."""
+
+    custom_id: str
+    status: str
+    """`succeeded`, `errored`, `expired` or `canceled`."""
+    completion: Completion | None = None
+    error: str = ""
+
+
 class Provider(Protocol):
     """A model provider: one call in, text plus its provider-reported usage out."""
 
@@ -49,6 +60,18 @@ class Provider(Protocol):
 
     def count_tokens(self, request: Request) -> int | None:
         """Prompt tokens by the provider's own counter, or None where it has none."""
+        ...
+
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        """Submit requests (by custom id) to the provider's batch API; returns the batch id."""
+        ...
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        """Whether the batch has ended, and the provider's status word."""
+        ...
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        """Every item's outcome; items the provider lost are reported as expired."""
         ...
 
 

@@ -15,7 +15,7 @@ from tierflow.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.providers import Completion, Request, api_key
+from tierflow.providers import BatchItemResult, Completion, Request, api_key
 from tierflow.usage import UNKNOWN_USAGE, Usage
 
 
@@ -88,6 +88,44 @@ class AnthropicProvider:
             stop_reason=message.stop_reason,
         )
 
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        model = next(iter(requests.values())).model
+        self._model = model
+        try:
+            batch = self.client.messages.batches.create(
+                requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+            )
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, model) from exc
+        return batch.id
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        try:
+            batch = self.client.messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        return batch.processing_status == "ended", batch.processing_status
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        try:
+            entries = list(self.client.messages.batches.results(batch_id))
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        results = []
+        for entry in entries:
+            request = requests.get(entry.custom_id)
+            kind = entry.result.type
+            if kind == "succeeded" and request is not None:
+                results.append(
+                    BatchItemResult(entry.custom_id, "succeeded", self.completion(entry.result.message, request))
+                )
+            elif kind == "errored":
+                results.append(BatchItemResult(entry.custom_id, "errored", error=_detail(entry.result.error)))
+            else:
+                results.append(BatchItemResult(entry.custom_id, kind))
+        seen = {r.custom_id for r in results}
+        return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
+
     def count_tokens(self, request: Request) -> int | None:
         params = self.params(request)
         params.pop("max_tokens")
@@ -129,7 +167,10 @@ class AnthropicProvider:
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
 
 
-def _detail(exc: Exception) -> str:
+def _detail(exc: Any) -> str:
+    error = getattr(exc, "error", None)
+    if error is not None and getattr(error, "message", None):
+        return str(error.message)
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error", body)

@@ -14,12 +14,13 @@ from typing import Any
 
 from tierflow.config import ProviderConfig
 from tierflow.errors import MalformedResponse
-from tierflow.providers import Completion, Request
+from tierflow.providers import BatchItemResult, Completion, Request
 from tierflow.tokens import count_tokens
 from tierflow.usage import Usage
 
 Skill = Callable[[dict[str, Any]], dict[str, Any]]
 _SKILLS: dict[str, Skill] = {}
+_BATCHES: dict[str, list[BatchItemResult]] = {}
 
 DATA_PATTERN = re.compile(r"<data>\s*(.*?)\s*</data>", re.DOTALL)
 """Prompts carry their inputs as JSON inside <data> fences; the offline skills read them from there."""
@@ -76,6 +77,20 @@ class OfflineProvider:
             stop_reason="end_turn",
             extra={"offline": True},
         )
+
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        """The offline model answers a batch at once; results wait in memory for collection."""
+        batch_id = f"offline-batch-{len(_BATCHES) + 1}"
+        _BATCHES[batch_id] = [BatchItemResult(cid, "succeeded", self.complete(r)) for cid, r in requests.items()]
+        return batch_id
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        return True, "ended"
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        results = _BATCHES.get(batch_id, [])
+        seen = {r.custom_id for r in results}
+        return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
 
     def count_tokens(self, request: Request) -> int:
         return count_tokens(request.system) + count_tokens(request.cache_prefix) + count_tokens(request.prompt)

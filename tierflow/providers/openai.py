@@ -16,7 +16,7 @@ from tierflow.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.providers import Completion, Request, api_key
+from tierflow.providers import BatchItemResult, Completion, Request, api_key
 from tierflow.usage import UNKNOWN_USAGE, Usage
 
 
@@ -99,6 +99,55 @@ class OpenAIProvider:
 
     def count_tokens(self, request: Request) -> int | None:
         return None
+
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        model = next(iter(requests.values())).model
+        self._model = model
+        lines = [
+            json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": self.params(r)})
+            for cid, r in requests.items()
+        ]
+        try:
+            upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+            batch = self.client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, model) from exc
+        return batch.id
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        try:
+            batch = self.client.batches.retrieve(batch_id)
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        return batch.status in ("completed", "failed", "expired", "cancelled"), batch.status
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        try:
+            batch = self.client.batches.retrieve(batch_id)
+            lines = []
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    lines += self.client.files.content(file_id).text.splitlines()
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        results = []
+        for line in filter(None, (x.strip() for x in lines)):
+            item = json.loads(line)
+            cid, response, error = item.get("custom_id"), item.get("response"), item.get("error")
+            request = requests.get(cid)
+            if response and response.get("status_code") == 200 and request is not None:
+                body = openai.types.chat.ChatCompletion.model_validate(response["body"])
+                results.append(BatchItemResult(cid, "succeeded", self.completion(body, request)))
+            elif error and error.get("code") in ("batch_expired", "batch_cancelled"):
+                status = "expired" if error["code"] == "batch_expired" else "canceled"
+                results.append(BatchItemResult(cid, status, error=error.get("message", "")))
+            else:
+                detail = (error or {}).get("message") or json.dumps((response or {}).get("body", {}))[:200]
+                results.append(BatchItemResult(cid, "errored", error=detail))
+        seen = {r.custom_id for r in results}
+        return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
 
     def translate(self, exc: openai.OpenAIError, model: str) -> ProviderError:
         """An SDK error as a tierflow error naming provider, model and cause."""

@@ -1,0 +1,44 @@
+"""Batch student-feedback drafting: submissions + rubric -> collate evidence -> cohort summary -> draft feedback."""
+
+from __future__ import annotations
+
+from prefect import flow
+from tierflow.tasks.assignment import load_assignment
+from tierflow.tasks.cohort import synthesise
+from tierflow.tasks.evidence import collate
+from tierflow.tasks.feedback import draft
+from tierflow.tasks.report import RunSummary, write_run_report
+
+from tierflow.calls import RunSettings, caller_for
+
+FLOW = "student-feedback"
+
+
+@flow(name=FLOW, flow_run_name="student-feedback · {assignment}", log_prints=True)
+def student_feedback(
+    vault: str,
+    assignment: str | None = None,
+    mode: str = "direct",
+    wait: bool = True,
+    profile: str | None = None,
+    config: str | None = None,
+    tier: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> RunSummary:
+    """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
+    settings = RunSettings(
+        vault=vault, config_path=config, profile=profile, tier_overrides=tier or {}, run_id=run_id or ""
+    ).with_run(FLOW)
+    folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
+    caller_for(settings).ledger.remember_run(
+        settings.run_id, FLOW, dict(assignment=folder, mode=mode, profile=profile, config=config, tier=tier or {})
+    )
+    work = load_assignment(settings, folder)
+    run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
+
+    evidence = run.absorb(collate(settings, work, mode=mode, wait=wait))
+    cohort = run.absorb(synthesise(settings, work, evidence)) if evidence and not run.stopped else []
+    for summary in cohort:
+        run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+
+    return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))

@@ -1,0 +1,135 @@
+"""Assignment I/O: the rubric, the submissions, exemplars and brief, and the students' pseudonyms."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import frontmatter
+import yaml
+from prefect import task
+
+from tierflow.calls import RunSettings, caller_for
+from tierflow.errors import VaultError
+from tierflow.pseudonyms import NoPseudonyms, Pseudonyms, Student
+from tierflow.rubric import Rubric, load_rubric
+from tierflow.vault import check_vault
+
+STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INJECTION = re.compile(
+    r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) instructions"
+    r"|disregard (?:all |the )?(?:previous |prior |above )?instructions"
+    r"|you are now (?:in|a|an)\b|system prompt|award this (?:essay|work|submission)",
+    re.IGNORECASE,
+)
+"""Text addressed to a model rather than a marker. Flagged for the lecturer, and kept out of cohort prompts."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    student_id: str
+    name: str
+    path: str
+    text: str
+    flags: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.text.strip()
+
+
+@dataclass
+class Assignment:
+    folder: str
+    rubric: Rubric
+    brief: str
+    exemplars: list[str]
+    submissions: list[Submission]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    pseudonymise: bool = True
+
+    @property
+    def feedback_folder(self) -> str:
+        return f"{self.folder}/feedback"
+
+    def pseudonyms(self) -> Pseudonyms:
+        if not self.pseudonymise:
+            return NoPseudonyms()
+        return Pseudonyms(Student(s.student_id, s.name) for s in self.submissions)
+
+
+@task(name="load assignment", task_run_name="load · {folder}")
+def load_assignment(settings: RunSettings, folder: str) -> Assignment:
+    """Read the assignment folder; a missing or unparsable rubric stops the run before any model call."""
+    vault = check_vault(Path(settings.vault or "."))
+    config = caller_for(settings).config
+    root = vault / folder
+    if not root.is_dir():
+        raise VaultError(f"assignment folder {folder} does not exist in {vault}; give it with --assignment")
+    rubric = load_rubric(vault, f"{folder}/rubric.md")
+    brief = _body(root / "brief.md")
+    exemplars = [_body(p) for p in sorted((root / "exemplars").glob("*.md"))] if (root / "exemplars").is_dir() else []
+    submissions, skipped = _submissions(vault, f"{folder}/submissions")
+    choice = config.settings.feedback.pseudonymise
+    return Assignment(
+        folder=folder,
+        rubric=rubric,
+        brief=brief,
+        exemplars=exemplars,
+        submissions=submissions,
+        skipped=skipped,
+        pseudonymise=config.uses_cloud if choice is None else choice,
+    )
+
+
+def _body(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        return frontmatter.loads(path.read_text(encoding="utf-8")).content.strip()
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return ""
+
+
+def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple[str, str]]]:
+    root = vault / folder
+    if not root.is_dir():
+        raise VaultError(f"{folder}: no submissions folder; put one Markdown note per student there")
+    found: dict[str, list[Submission]] = {}
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(root.iterdir()):
+        rel = path.relative_to(vault).as_posix()
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix.lower() != ".md":
+            skipped.append((rel, "attachment ignored: only Markdown submissions are read"))
+            continue
+        try:
+            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            skipped.append((rel, "not UTF-8 text; skipped"))
+            continue
+        except yaml.YAMLError as exc:
+            skipped.append((rel, f"malformed YAML front-matter ({' '.join(str(exc).split())[:100]}); skipped"))
+            continue
+        sid = str(post.metadata.get("student_id") or "").strip()
+        if not STUDENT_ID.match(sid):
+            skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
+            continue
+        text = post.content
+        embeds = re.findall(r"!\[\[([^\]]+)\]\]", text)
+        for embed in embeds:
+            skipped.append((rel, f"embedded attachment {embed!r} ignored; only the note's text is read"))
+        flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
+        found.setdefault(sid, []).append(
+            Submission(student_id=sid, name=str(post.metadata.get("name") or ""), path=rel, text=text, flags=flags)
+        )
+    submissions = []
+    for sid, subs in found.items():
+        if len(subs) > 1:
+            paths = ", ".join(s.path for s in subs)
+            skipped += [(s.path, f"duplicate student id {sid} (in {paths}); neither was drafted") for s in subs]
+            continue
+        submissions.append(subs[0])
+    return submissions, skipped

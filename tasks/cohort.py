@@ -1,0 +1,127 @@
+"""Synthesise for feedback (complexity `high`): one call over the cohort's evidence, and the summary note."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel, Field
+from tierflow.tasks.assignment import Assignment
+from tierflow.tasks.evidence import Evidence
+
+from tierflow.calls import RunSettings, caller_for
+from tierflow.phases import PhaseOutcome, single
+from tierflow.providers.offline import skill
+from tierflow.vault import NoteWriter, template_env
+
+PHASE = "synthesise"
+COMPLEXITY = "high"
+SUMMARY_TITLE = "Cohort summary"
+
+
+class CohortOut(BaseModel):
+    strengths: list[str] = Field(default_factory=list)
+    misconceptions: list[str] = Field(default_factory=list)
+    teaching_actions: list[str] = Field(default_factory=list)
+
+
+class Cohort(CohortOut):
+    text: str
+    """The summary as the draft prompts see it (pseudonymised)."""
+    note: str
+    model: str
+    cost_usd: float | None
+    tokens: int
+
+
+@task(name=PHASE, task_run_name="synthesise · cohort")
+def synthesise_cohort(settings: RunSettings, assignment: Assignment, evidence: list[Evidence]) -> Cohort:
+    """Common strengths, misconceptions and teaching actions; written as a note for the lecturer."""
+    caller = caller_for(settings)
+    env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
+    data = {
+        "submissions": [
+            {
+                "student": e.label,
+                "criteria": [{"criterion": c.criterion, "level": c.level, "quotes": c.quotes[:2]} for c in e.criteria],
+            }
+            for e in evidence
+        ]
+    }
+    answer = caller.ask(
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        system=env.get_template("prompts/cohort/system.j2").render(),
+        prompt=env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence)),
+        output=CohortOut,
+        subject="cohort",
+    )
+    out: CohortOut = answer.parsed
+    text = "\n".join(
+        [f"Strength: {s}" for s in out.strengths]
+        + [f"Misconception: {m}" for m in out.misconceptions]
+        + [f"Teaching action: {a}" for a in out.teaching_actions]
+    )
+    flagged = [s for s in assignment.submissions if s.flags]
+    body = env.get_template("notes/cohort.md.j2").render(
+        cohort=out,
+        assignment=assignment.folder,
+        submissions=len(assignment.submissions),
+        drafted=len(evidence),
+        flagged=[{"student_id": s.student_id, "flags": s.flags} for s in flagged],
+        offline=answer.route.provider_kind == "offline",
+    )
+    front_matter = {
+        "title": f"{SUMMARY_TITLE}: {assignment.folder}",
+        "tags": ["feedback/cohort", "tierflow/draft"],
+        "status": "draft",
+        "assignment": assignment.folder,
+        "tierflow_run": settings.run_id,
+        "tierflow_phase_models": [f"synthesise: {answer.route.model_ref}"],
+        "tierflow_tokens": answer.usage.total_tokens,
+        "tierflow_cost_usd": answer.cost_usd,
+    }
+    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
+    written = writer.write(
+        SUMMARY_TITLE, front_matter, body, compare_keys=("tierflow_run", "tierflow_tokens", "tierflow_cost_usd")
+    )
+    return Cohort(
+        **out.model_dump(),
+        text=text,
+        note=written.path,
+        model=answer.route.model_ref,
+        cost_usd=answer.cost_usd,
+        tokens=answer.usage.total_tokens,
+    )
+
+
+def synthesise(settings: RunSettings, assignment: Assignment, evidence: list[Evidence]) -> PhaseOutcome[Cohort]:
+    return single(
+        synthesise_cohort,
+        settings,
+        settings,
+        assignment,
+        evidence,
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        subject="cohort",
+    )
+
+
+@skill("cohortout")
+def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: criteria most students reach a good level on are strengths; the weakest are misconceptions."""
+    levels: dict[str, Counter[str]] = defaultdict(Counter)
+    for sub in data.get("submissions", []):
+        for c in sub.get("criteria", []):
+            levels[c["criterion"]][c["level"]] += 1
+    ranked = sorted(
+        levels, key=lambda k: -sum(n for lvl, n in levels[k].items() if lvl.startswith(("Excellent", "Good")))
+    )
+    strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in ranked[:2]]
+    weak = ranked[-2:][::-1]
+    misconceptions = [f"{k}: the weakest criterion across the cohort ({dict(levels[k])})." for k in weak]
+    actions = [f"Model what a strong answer looks like for '{k}' with an annotated exemplar." for k in weak]
+    return {"strengths": strengths, "misconceptions": misconceptions, "teaching_actions": actions}

@@ -1,0 +1,259 @@
+"""Draft feedback (complexity `medium`, configurable): one note per student, structured by criterion.
+
+Drafts go to `feedback/` beside `submissions/`, named by student id only, so nothing a model writes can
+choose a path. Pseudonyms are mapped back to the student's own name only in their own draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel, Field
+from tierflow.tasks.assignment import Assignment, Submission
+from tierflow.tasks.cohort import Cohort
+from tierflow.tasks.evidence import Evidence, batch_outcome, shared_prefix
+
+from tierflow.annotations import locate
+from tierflow.batch import BatchCall, run_batch
+from tierflow.calls import Answer, RunSettings, caller_for
+from tierflow.phases import PhaseOutcome, fan_out, single
+from tierflow.providers.offline import skill
+from tierflow.vault import NoteWriter, WriteResult, template_env
+
+PHASE = "draft"
+SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
+
+
+class CriterionFeedback(BaseModel):
+    criterion: str
+    level: str = ""
+    comment: str
+    quotes: list[str] = Field(default_factory=list)
+
+
+class FeedbackOut(BaseModel):
+    criteria: list[CriterionFeedback]
+    next_steps: list[str] = Field(default_factory=list)
+    overall: str = ""
+
+
+@dataclass(frozen=True)
+class Share:
+    run_id: str
+    phase_models: tuple[str, ...]
+    tokens_each: int
+    cost_each: float | None
+
+
+def complexity(settings: RunSettings) -> str:
+    return caller_for(settings).config.settings.feedback.draft_complexity
+
+
+def prompt(
+    settings: RunSettings, assignment: Assignment, submission: Submission, evidence: Evidence | None, cohort: Cohort
+) -> tuple[str, str, str]:
+    config = caller_for(settings).config
+    env = template_env(config.vault, config.settings.vault.templates_folder)
+    pseudonyms = assignment.pseudonyms()
+    label = pseudonyms.label.get(submission.student_id, submission.student_id)
+    data = {
+        "student": label,
+        "submission": pseudonyms.hide(submission.text),
+        "evidence": [c.model_dump() for c in evidence.criteria] if evidence else [],
+        "criteria": [c.name for c in assignment.rubric.criteria],
+    }
+    return (
+        env.get_template("prompts/feedback/system.j2").render(),
+        shared_prefix(settings, assignment, cohort.text),
+        env.get_template("prompts/feedback/student.j2").render(label=label, data=data),
+    )
+
+
+def write_feedback(
+    settings: RunSettings, assignment: Assignment, submission: Submission, answer: Answer | None, share: Share
+) -> WriteResult:
+    """Render and write one student's draft; an empty submission gets a short note without a model call."""
+    config = caller_for(settings).config
+    env = template_env(config.vault, config.settings.vault.templates_folder)
+    pseudonyms = assignment.pseudonyms()
+    own = pseudonyms.label.get(submission.student_id)
+
+    def reveal(text: str) -> str:
+        # Only this student's own label becomes their name; a model cannot leak classmates' names here.
+        return text.replace(own, submission.name or submission.student_id) if own else text
+
+    out: FeedbackOut | None = answer.parsed if answer else None
+    criteria = []
+    if out is not None:
+        hidden = pseudonyms.hide(submission.text)
+        for c in out.criteria:
+            criteria.append(
+                {
+                    "criterion": c.criterion,
+                    "level": c.level,
+                    "comment": reveal(c.comment),
+                    "quotes": [{"text": reveal(q), "verbatim": locate(q, hidden)} for q in c.quotes],
+                }
+            )
+    body = env.get_template("notes/feedback.md.j2").render(
+        student=submission,
+        criteria=criteria,
+        next_steps=[reveal(s) for s in out.next_steps] if out else [],
+        overall=reveal(out.overall) if out else "",
+        empty=submission.empty,
+        flags=submission.flags,
+        offline=bool(answer and answer.route.provider_kind == "offline"),
+    )
+    tokens = share.tokens_each + (answer.usage.total_tokens if answer else 0)
+    cost = (
+        None
+        if share.cost_each is None or (answer and answer.cost_usd is None)
+        else round(share.cost_each + (answer.cost_usd or 0.0 if answer else 0.0), 6)
+    )
+    front_matter: dict[str, Any] = {
+        "title": f"Feedback: {submission.name or submission.student_id}",
+        "student_id": submission.student_id,
+        "tags": ["feedback", "tierflow/draft"],
+        "status": "draft",
+        "assignment": assignment.folder,
+        "submission": f"[[{Path(submission.path).with_suffix('').as_posix()}]]",
+        "created": date.today().isoformat(),
+        "tierflow_run": share.run_id,
+        "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}" if answer else "draft: none"],
+        "tierflow_tokens": tokens,
+        "tierflow_cost_usd": cost,
+        "tierflow_flags": list(submission.flags),
+        "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
+    }
+    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
+    return writer.write(submission.student_id, front_matter, body, compare_keys=SPEND_KEYS)
+
+
+@task(name=PHASE)
+def draft_student(
+    settings: RunSettings,
+    assignment: Assignment,
+    submission: Submission,
+    evidence: Evidence | None,
+    cohort: Cohort,
+    share: Share,
+) -> WriteResult:
+    system, prefix, user = prompt(settings, assignment, submission, evidence, cohort)
+    label = assignment.pseudonyms().label.get(submission.student_id, submission.student_id)
+    answer = caller_for(settings).ask(
+        phase=PHASE,
+        complexity=complexity(settings),
+        system=system,
+        prompt=user,
+        cache_prefix=prefix,
+        output=FeedbackOut,
+        subject=label,
+    )
+    return write_feedback(settings, assignment, submission, answer, share)
+
+
+@task(name=f"{PHASE} batch")
+def draft_batch(
+    settings: RunSettings,
+    assignment: Assignment,
+    submissions: list[Submission],
+    evidence: dict[str, Evidence],
+    cohort: Cohort,
+    wait: bool,
+) -> Any:
+    calls = []
+    for s in submissions:
+        system, prefix, user = prompt(settings, assignment, s, evidence.get(s.student_id), cohort)
+        label = assignment.pseudonyms().label.get(s.student_id, s.student_id)
+        calls.append(
+            BatchCall(key=label, system=system, prompt=user, output=FeedbackOut, cache_prefix=prefix, subject=label)
+        )
+    return run_batch(caller_for(settings), calls, phase=PHASE, complexity=complexity(settings), wait=wait)
+
+
+def draft(
+    settings: RunSettings,
+    assignment: Assignment,
+    evidence: list[Evidence],
+    cohort: Cohort,
+    *,
+    mode: str,
+    wait: bool = True,
+) -> PhaseOutcome[WriteResult]:
+    """Every student's draft; empty submissions get theirs without a model call."""
+    caller = caller_for(settings)
+    rows = caller.ledger.rows(run_id=settings.run_id)
+    by_student = {e.student_id: e for e in evidence}
+    submissions = [s for s in assignment.submissions if not s.empty and s.student_id in by_student]
+    costs = [r["cost_usd"] for r in rows]
+    share = Share(
+        run_id=settings.run_id,
+        phase_models=(
+            f"collate: {', '.join(sorted({e.model for e in evidence}))}",
+            f"synthesise: {cohort.model}",
+        ),
+        tokens_each=sum(e.tokens for e in evidence) // max(1, len(submissions))
+        + cohort.tokens // max(1, len(submissions)),
+        cost_each=None if None in costs else sum(costs) / max(1, len(submissions)),
+    )
+    empty = [
+        write_feedback(settings, assignment, s, None, Share(settings.run_id, (), 0, 0.0))
+        for s in assignment.submissions
+        if s.empty
+    ]
+    if mode != "batch":
+        outcome = fan_out(
+            draft_student,
+            settings,
+            submissions,
+            phase=PHASE,
+            complexity=complexity(settings),
+            subject=lambda s: assignment.pseudonyms().label.get(s.student_id, s.student_id),
+            args=lambda s: (settings, assignment, s, by_student.get(s.student_id), cohort, share),
+            path=lambda s: s.path,
+        )
+    else:
+        batched = single(
+            draft_batch,
+            settings,
+            settings,
+            assignment,
+            submissions,
+            by_student,
+            cohort,
+            wait,
+            phase=PHASE,
+            complexity=complexity(settings),
+            subject="batch",
+        )
+        outcome = batch_outcome(
+            batched, assignment, submissions, lambda s, a: write_feedback(settings, assignment, s, a, share)
+        )
+    outcome.results = empty + outcome.results
+    return outcome
+
+
+@skill("feedbackout")
+def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: each criterion's comment restates the evidence found; next steps target the weakest."""
+    evidence = {e["criterion"]: e for e in data.get("evidence", [])}
+    criteria = []
+    for name in data.get("criteria", []):
+        e = evidence.get(name, {})
+        quotes = e.get("quotes", [])[:1]
+        comment = f"Your work sits at about '{e.get('level', 'unclear')}' on this criterion. " + (
+            "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it."
+        )
+        criteria.append({"criterion": name, "level": e.get("level", ""), "comment": comment, "quotes": quotes})
+    weakest = [c["criterion"] for c in criteria if not c["quotes"]][:2] or [c["criterion"] for c in criteria][:1]
+    return {
+        "criteria": criteria,
+        "next_steps": [
+            f"Next time, work on '{w}': compare your draft with the rubric's descriptor first." for w in weakest
+        ],
+        "overall": "This draft was assembled from your own sentences by an offline model, for your lecturer to review.",
+    }

@@ -1,0 +1,550 @@
+"""Prefect operations against a real `prefect server start` on a loopback port: prefect.yaml deployments,
+`tierflow schedule`, `tierflow limits`, and tier concurrency limits holding across task runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from conftest import READING_WEEK, REPO, write_config
+from prefect import flow, task
+from typer.testing import CliRunner
+
+from tierflow import ops
+from tierflow.calls import RunSettings, caller_for
+from tierflow.cli_ops import limits_app, schedule_app
+from tierflow.phases import phase_task
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+pytestmark = pytest.mark.slow
+
+
+# --- a real Prefect server ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a Prefect server or CLI process of our own: its own home, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Without batching the task-run recorder can lose task runs when the server stops.
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="500",
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL="1",
+        **extra,
+    )
+    return env
+
+
+@contextmanager
+def prefect_server(home: Path, *, timeout: float = 90) -> Iterator[str]:
+    """`prefect server start` on a free 127.0.0.1 port; yields its API URL and stops it afterwards."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = (home / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env(home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {process.returncode}:\n{_tail(home / 'server.log')}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{_tail(home / 'server.log')}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
+
+
+@pytest.fixture
+def api(server: str) -> Iterator[str]:
+    """This process's Prefect settings point at the module's server for the test."""
+    from prefect.concurrency.services import _no_limits_cache
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _no_limits_cache.clear()
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        yield server
+        drain_prefect_workers()
+    _no_limits_cache.clear()
+
+
+def drain_prefect_workers() -> None:
+    """Send this process's buffered Prefect logs and events now, while their server is still up.
+
+    Left buffered, they are sent at interpreter exit, to a server that has stopped: a minute of retries.
+    """
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
+def client():  # noqa: ANN201
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def state(url: str) -> dict[str, Any]:
+    """Everything `tierflow schedule` or `tierflow limits` could have written, to compare before and after."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), client() as c:
+        return {
+            "deployments": sorted(
+                (d.name, d.updated.isoformat() if d.updated else "", str(d.parameters)) for d in c.read_deployments()
+            ),
+            "flows": sorted(f.name for f in c.read_flows()),
+            "pools": sorted(p.name for p in c.read_work_pools()),
+            "limits": sorted(
+                (lim.tag, lim.concurrency_limit) for lim in c.read_concurrency_limits(limit=200, offset=0)
+            ),
+        }
+
+
+# --- the CLI, as `tierflow` registers it ----------------------------------------------------------
+
+cli = typer.Typer(pretty_exceptions_enable=False)
+cli.add_typer(schedule_app, name="schedule")
+cli.add_typer(limits_app, name="limits")
+
+
+def tierflow(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+# --- prefect.yaml ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`prefect deploy --all --prefect-file prefect.yaml`, from the repository root, as the README says."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    vault = tmp_path_factory.mktemp("deployed") / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "reading-week", vault)
+    with temporary_settings(updates={PREFECT_API_URL: server}), client() as c:
+        assert ops.ensure_pool(c, ops.DEFAULT_POOL)  # `prefect work-pool create tierflow --type process`
+    env = server_env(tmp_path_factory.mktemp("deploy-home"), PREFECT_API_URL=server, TIERFLOW_VAULT=str(vault))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {"vault": vault, "env": env, "seconds": time.monotonic() - started, "output": done.stdout}
+
+
+def test_prefect_deploy_all_registers_both_deployments_with_their_schedules(deployed: dict[str, Any], api: str):
+    with client() as c:
+        weekly = c.read_deployment_by_name("reading-notes/weekly")
+        schedules = c.read_deployment_schedules(weekly.id)
+        feedback = c.read_deployment_by_name("student-feedback/on-demand")
+        feedback_schedules = c.read_deployment_schedules(feedback.id)
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in schedules] == [
+        ("0 7 * * 1", "Europe/London", True)
+    ]
+    assert weekly.work_pool_name == "tierflow" and weekly.work_queue_name == "default"
+    assert weekly.parameters["vault"] == str(deployed["vault"])
+    assert weekly.parameters.get("profile") is None
+    assert weekly.entrypoint == "flows/reading_notes.py:reading_notes"
+    assert weekly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    assert feedback_schedules == []
+    assert feedback.work_pool_name == "tierflow"
+    assert feedback.parameters["vault"] == str(deployed["vault"]) and feedback.parameters["mode"] == "direct"
+    # Monday 07:00 in London, whatever the season: the next run is a Monday at 07:00 local time.
+    nxt = ops.next_fire("0 7 * * 1", "Europe/London")
+    assert nxt is not None and (nxt.weekday(), nxt.hour, nxt.minute) == (0, 7, 0)
+
+
+def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[str, Any], api: str, tmp_path: Path):
+    """The deployment is runnable as deployed: a `prefect worker start --pool tierflow` picks it up."""
+    vault = deployed["vault"]
+    with client() as c:
+        weekly = c.read_deployment_by_name("reading-notes/weekly")
+        run = c.create_flow_run_from_deployment(
+            weekly.id, parameters={"since": READING_WEEK[0], "until": READING_WEEK[1], "profile": "offline"}
+        )
+    worker = subprocess.run(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tierflow", "--run-once"],
+        cwd=tmp_path,
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    with client() as c:
+        finished = c.read_flow_run(run.id)
+    assert finished.state is not None and finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert list((vault / "Concepts" / "Drafts").glob("*.md")), "the scheduled flow wrote no concept drafts"
+
+
+# --- tierflow schedule -----------------------------------------------------------------------------
+
+
+def test_schedule_registers_reads_back_updates_lists_pauses_and_resumes(api: str, reading_vault: Path):
+    result = tierflow(
+        "schedule", "reading-notes", "--vault", str(reading_vault), "--cron", "0 7 * * MON",
+        "--timezone", "America/New_York", "--name", "cli-weekly", "--pool", "cli-pool", "--profile", "offline",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Registered deployment reading-notes/cli-weekly on schedule 0 7 * * MON (America/New_York)" in result.output
+    assert "prefect worker start --pool cli-pool" in result.output
+    with client() as c:
+        d = c.read_deployment_by_name("reading-notes/cli-weekly")
+        schedules = c.read_deployment_schedules(d.id)
+        pool = c.read_work_pool("cli-pool")
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in schedules] == [
+        ("0 7 * * MON", "America/New_York", True)
+    ]
+    assert d.parameters == {"vault": str(reading_vault.resolve()), "profile": "offline"}
+    assert pool.type == "process" and d.work_pool_name == "cli-pool"
+    assert d.entrypoint == "tierflow.flows.reading_notes.reading_notes" and d.pull_steps == []
+
+    # Again with another schedule: the same deployment, updated, with only the new schedule.
+    result = tierflow(
+        "schedule", "reading-notes", "--vault", str(reading_vault), "--cron", "30 6 * * TUE",
+        "--name", "cli-weekly", "--pool", "cli-pool",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Updated deployment reading-notes/cli-weekly" in result.output
+    with client() as c:
+        again = c.read_deployment_by_name("reading-notes/cli-weekly")
+        schedules = c.read_deployment_schedules(again.id)
+    assert again.id == d.id
+    # Without --timezone the vault's [vault] timezone applies (the fixture vault's config sets one).
+    vault_tz = _vault_timezone(reading_vault)
+    assert [(s.schedule.cron, s.schedule.timezone) for s in schedules] == [("30 6 * * TUE", vault_tz)]
+
+    listed = tierflow("schedule", "list")
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if "reading-notes/cli-weekly" in line)
+    assert "30 6 * * TUE" in row and "active" in row and "cli-pool" in row
+
+    paused = tierflow("schedule", "pause", "cli-weekly")
+    assert paused.exit_code == 0 and "Paused reading-notes/cli-weekly" in paused.output
+    with client() as c:
+        assert c.read_deployment_by_name("reading-notes/cli-weekly").paused is True
+    row = next(line for line in tierflow("schedule", "list").output.splitlines() if "cli-weekly" in line)
+    assert "paused" in row
+    resumed = tierflow("schedule", "resume", "reading-notes/cli-weekly")
+    assert resumed.exit_code == 0 and "Resumed reading-notes/cli-weekly" in resumed.output
+    with client() as c:
+        assert c.read_deployment_by_name("reading-notes/cli-weekly").paused is False
+
+    missing = tierflow("schedule", "pause", "no-such-deployment")
+    assert missing.exit_code == 1 and "no deployment 'no-such-deployment'" in missing.output
+
+
+def _vault_timezone(vault: Path) -> str:
+    from tierflow.config import load_config
+
+    return load_config(vault).settings.vault.timezone
+
+
+@pytest.mark.parametrize(
+    ("args", "api_url", "message"),
+    [
+        (("--cron", "61 7 * * MON"), "server", "--cron '61 7 * * MON' is not a cron expression"),
+        (("--cron", "every monday"), "server", "Write five fields, minute hour day-of-month month day-of-week"),
+        (("--timezone", "Mars/Olympus_Mons"), "server", "--timezone 'Mars/Olympus_Mons' is not a time zone name"),
+        (("--timezone", "europe/london"), "server", "Did you mean Europe/London?"),
+        ((), None, "no Prefect server is configured (PREFECT_API_URL is not set)"),
+        ((), "closed", "is not reachable"),
+    ],
+    ids=["bad-minute", "not-cron", "unknown-zone", "wrong-case-zone", "no-server", "unreachable"],
+)
+def test_bad_schedule_input_says_why_and_registers_nothing(
+    server: str, reading_vault: Path, args: tuple[str, ...], api_url: str | None, message: str
+):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = {"server": server, "closed": f"http://127.0.0.1:{free_port()}/api", None: None}[api_url]
+    before = state(server)
+    command = ["schedule", "reading-notes", "--vault", str(reading_vault), "--name", "half", "--pool", "half-pool"]
+    # No URL: whatever the session configured (the test harness sets one), this command sees no server.
+    settings = (
+        temporary_settings(updates={PREFECT_API_URL: url})
+        if url
+        else temporary_settings(restore_defaults={PREFECT_API_URL})
+    )
+    with settings:
+        result = tierflow(*command, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    if api_url is None or api_url == "closed":
+        assert "prefect server start" in result.output
+    assert state(server) == before, "a failed `tierflow schedule` left something behind"
+
+
+def test_unknown_flow_is_named_with_the_flows_that_exist(server: str):
+    before = state(server)
+    result = tierflow("schedule", "weekly-digest", "--vault", ".")
+    assert result.exit_code == 2
+    said = " ".join(result.output.replace("│", " ").split())  # unwrapped from Typer's error box
+    assert "unknown flow 'weekly-digest'" in said and "these flows: reading-notes, student-feedback" in said
+    assert state(server) == before
+
+
+def test_a_flow_missing_from_the_install_or_a_wrong_parameter_registers_nothing(server: str, api: str, tmp_path: Path):
+    before = state(server)
+    gone = ops.FlowTarget("weekly-digest", "tierflow.flows.weekly_digest.weekly_digest", "weekly")
+    with pytest.raises(ops.OpsError, match="the weekly-digest flow is not in this install"):
+        ops.register(gone, parameters={}, cron="0 7 * * MON", pool="half-pool")
+    with pytest.raises(ops.OpsError, match="takes no parameter 'colour'"):
+        ops.register(ops.FLOWS["reading-notes"], parameters={"vault": str(tmp_path), "colour": "red"}, pool="half-pool")
+    with pytest.raises(ops.OpsError, match="needs 'vault'"):
+        ops.register(ops.FLOWS["reading-notes"], parameters={}, pool="half-pool")
+    assert state(server) == before
+
+
+# --- tierflow limits --------------------------------------------------------------------------------
+
+LIMITS_CONFIG = """
+profile = "offline"
+[tiers.light]
+model = "offline:extractive-light"
+[tiers.standard]
+model = "offline:extractive-standard"
+concurrency = {standard}
+[tiers.deep]
+model = "offline:extractive-deep"
+concurrency = 2
+"""
+
+
+def test_limits_apply_sets_tag_limits_from_config_and_leaves_unset_tiers_unlimited(api: str, tmp_path: Path):
+    from prefect.exceptions import ObjectNotFound
+
+    config = write_config(tmp_path / "limits.toml", LIMITS_CONFIG.format(standard=3))
+    result = tierflow("limits", "apply", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert "tier:deep: at most 2 at once" in result.output
+    assert "tier:standard: at most 3 at once" in result.output
+    assert "tier:light: unlimited (no concurrency set for [tiers.light]" in result.output
+    with client() as c:
+        assert c.read_concurrency_limit_by_tag("tier:deep").concurrency_limit == 2
+        assert c.read_concurrency_limit_by_tag("tier:standard").concurrency_limit == 3
+        with pytest.raises(ObjectNotFound):
+            c.read_concurrency_limit_by_tag("tier:light")
+        # The task engine enforces the global limit named tag:<tag>: that is the one the UI lists.
+        names = {g.name: g.limit for g in c.read_global_concurrency_limits(limit=200, offset=0)}
+    assert names["tag:tier:deep"] == 2 and "tag:tier:light" not in names
+
+    shown = tierflow("limits", "show", "--config", str(config))
+    assert shown.exit_code == 0, shown.output
+    light = next(line for line in shown.output.splitlines() if "tier:light" in line)
+    assert light.count("unlimited") == 2
+
+    # standard loses its concurrency: apply makes it unlimited again, and says it removed the old limit.
+    relaxed = write_config(tmp_path / "relaxed.toml", LIMITS_CONFIG.replace("concurrency = {standard}", ""))
+    result = tierflow("limits", "apply", "--config", str(relaxed))
+    assert result.exit_code == 0, result.output
+    assert "tier:standard: unlimited (no concurrency set for [tiers.standard]; removed the old limit of 3)" in (
+        result.output
+    )
+    assert "tier:deep: at most 2 at once (unchanged)" in result.output
+    with client() as c, pytest.raises(ObjectNotFound):
+        c.read_concurrency_limit_by_tag("tier:standard")
+
+
+def test_limits_refuse_tier_names_prefect_cannot_use_and_change_nothing(server: str, api: str, tmp_path: Path):
+    from prefect.types.names import BANNED_CHARACTERS
+
+    assert set(ops.BANNED_LIMIT_CHARACTERS) == set(BANNED_CHARACTERS)
+    config = write_config(
+        tmp_path / "bad.toml",
+        'profile = "offline"\n[tiers."deep/fast"]\nmodel = "offline:extractive-deep"\nconcurrency = 1\n',
+    )
+    before = state(server)
+    result = tierflow("limits", "apply", "--config", str(config))
+    assert result.exit_code == 1
+    assert "'deep/fast' cannot be a Prefect concurrency limit" in result.output
+    assert state(server) == before
+
+
+def test_limits_without_a_server_explain_how_to_start_one(tmp_path: Path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = tierflow("limits", "apply")
+    assert result.exit_code == 1
+    assert "no Prefect server is configured" in result.output and "prefect server start" in result.output
+
+
+# --- the limit holds: four tier:deep calls under concurrency = 1 -----------------------------------
+
+DEEP_CONFIG = """
+profile = "anthropic"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{base_url}"
+api_key_env = "ANTHROPIC_API_KEY"
+max_retries = 0
+[tiers.light]
+model = "anthropic:claude-haiku-4-5"
+[tiers.standard]
+model = "anthropic:claude-sonnet-4-6"
+[tiers.deep]
+model = "anthropic:claude-opus-4-6"
+{concurrency}
+"""
+
+
+@task
+def deep_call(settings: RunSettings, index: int) -> str:
+    """One synthesise-phase (complexity high, so tier deep) call."""
+    answer = caller_for(settings).ask(
+        phase="synthesise", complexity="high", system="Be brief.", prompt=f"Question {index}", subject=f"q{index}"
+    )
+    return answer.text
+
+
+@flow(name="tier-limit-check")
+def four_deep_calls(settings: RunSettings) -> list[str]:
+    """Four tier:deep task runs, submitted at once to the default (thread pool) task runner."""
+    futures = [
+        phase_task(deep_call, settings, phase="synthesise", complexity="high", subject=f"q{i}").submit(settings, i)
+        for i in range(4)
+    ]
+    return [f.result() for f in futures]
+
+
+def _intervals(vault: Path, run_id: str) -> list[tuple[datetime, datetime]]:
+    from tierflow.ledger import Ledger
+
+    rows = Ledger.for_vault(vault).rows(run_id=run_id)
+    assert len(rows) == 4 and {r["tier"] for r in rows} == {"deep"} and not any(r["cached_result"] for r in rows)
+    return sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["timestamp"])) for r in rows)
+
+
+def _overlaps(intervals: list[tuple[datetime, datetime]]) -> int:
+    """How many calls started before an earlier-started call had ended."""
+    count, latest_end = 0, None
+    for start, end in intervals:
+        if latest_end is not None and start < latest_end:
+            count += 1
+        latest_end = end if latest_end is None else max(latest_end, end)
+    return count
+
+
+def test_four_tier_deep_calls_under_concurrency_1_never_overlap(
+    api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from prefect.concurrency.services import _no_limits_cache
+
+    from tierflow.config import load_config
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+
+    def slow(request: DoubleRequest) -> Reply:
+        time.sleep(0.3)
+        return Reply(text="ok")
+
+    with ProviderDouble(slow) as double:
+        results = {}
+        for label, concurrency in (("unlimited", ""), ("limited", "concurrency = 1")):
+            vault = tmp_path / label
+            write_config(
+                vault / ".tierflow" / "config.toml",
+                DEEP_CONFIG.format(base_url=double.anthropic_base_url, concurrency=concurrency),
+            )
+            changes = {c.tag: c for c in ops.apply_limits(load_config(vault))}
+            assert changes["tier:deep"].limit == (1 if concurrency else None)
+            _no_limits_cache.clear()
+            settings = RunSettings(vault=str(vault), run_id=f"limits-{label}").with_run("tier-limit-check")
+            assert four_deep_calls(settings) == ["ok"] * 4
+            results[label] = _intervals(vault, settings.run_id)
+    # Without the limit the four calls run side by side (so the check below can fail) ...
+    assert _overlaps(results["unlimited"]) >= 1, results["unlimited"]
+    # ... and with tier:deep limited to 1 each starts only after the one before it has ended.
+    assert _overlaps(results["limited"]) == 0, results["limited"]
+    # The server records task runs from events, a moment after they happen.
+    deadline = time.monotonic() + 20
+    while True:
+        with client() as c:
+            tagged = [r for r in c.read_task_runs() if r.name.startswith("synthesise · q")]
+        if len(tagged) >= 8 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(tagged) == 8 and all("tier:deep" in r.tags for r in tagged)
+
+
+def test_ops_and_cli_ops_import_without_prefect():
+    """`tierflow --help` stays fast: the sub-apps import Prefect only when a command runs."""
+    code = "import sys, tierflow.cli_ops, tierflow.ops; assert 'prefect' not in sys.modules, 'prefect imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
