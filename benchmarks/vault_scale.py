@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tierflow.vault_index import Selection, VaultIndex
@@ -200,6 +200,8 @@ def generate_vault(root: Path, n_notes: int, seed: int = 0) -> list[str]:
 
 @dataclass
 class Result:
+    """Timings for one vault size and one selection."""
+
     size: int
     query: str
     selected: int
@@ -207,7 +209,6 @@ class Result:
     warm: float
     warm_touch: float
     baseline: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:

@@ -37,7 +37,9 @@ def student_feedback(
     run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 
     evidence = run.absorb(collate(settings, work, mode=mode, wait=wait))
-    cohort = run.absorb(synthesise(settings, work, evidence)) if evidence and not run.stopped else []
+    cohort = (
+        run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait)) if evidence and not run.stopped else []
+    )
     for summary in cohort:
         run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
 

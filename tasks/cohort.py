@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
 
+from tierflow.batch import BatchCall, run_batch
 from tierflow.calls import RunSettings, caller_for
+from tierflow.errors import ProviderError
 from tierflow.phases import PhaseOutcome, single
 from tierflow.providers.offline import skill
 from tierflow.vault import NoteWriter, template_env
@@ -37,8 +39,13 @@ class Cohort(CohortOut):
 
 
 @task(name=PHASE, task_run_name="synthesise · cohort")
-def synthesise_cohort(settings: RunSettings, assignment: Assignment, evidence: list[Evidence]) -> Cohort:
-    """Common strengths, misconceptions and teaching actions; written as a note for the lecturer."""
+def synthesise_cohort(
+    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], mode: str = "direct", wait: bool = True
+) -> Cohort:
+    """Common strengths, misconceptions and teaching actions; written as a note for the lecturer.
+
+    In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway.
+    """
     caller = caller_for(settings)
     env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
     data = {
@@ -50,14 +57,20 @@ def synthesise_cohort(settings: RunSettings, assignment: Assignment, evidence: l
             for e in evidence
         ]
     }
-    answer = caller.ask(
-        phase=PHASE,
-        complexity=COMPLEXITY,
-        system=env.get_template("prompts/cohort/system.j2").render(),
-        prompt=env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence)),
-        output=CohortOut,
-        subject="cohort",
-    )
+    system = env.get_template("prompts/cohort/system.j2").render()
+    user = env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence))
+    if mode == "batch":
+        call = BatchCall(key="cohort", system=system, prompt=user, output=CohortOut, subject="cohort")
+        result = run_batch(caller, [call], phase=PHASE, complexity=COMPLEXITY, wait=wait)
+        if "cohort" not in result.answers:
+            raise ProviderError(
+                "batch", ", ".join(result.submitted + result.pending) or "-", result.failed.get("cohort", "no answer")
+            )
+        answer = result.answers["cohort"]
+    else:
+        answer = caller.ask(
+            phase=PHASE, complexity=COMPLEXITY, system=system, prompt=user, output=CohortOut, subject="cohort"
+        )
     out: CohortOut = answer.parsed
     text = "\n".join(
         [f"Strength: {s}" for s in out.strengths]
@@ -97,13 +110,17 @@ def synthesise_cohort(settings: RunSettings, assignment: Assignment, evidence: l
     )
 
 
-def synthesise(settings: RunSettings, assignment: Assignment, evidence: list[Evidence]) -> PhaseOutcome[Cohort]:
+def synthesise(
+    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], *, mode: str = "direct", wait: bool = True
+) -> PhaseOutcome[Cohort]:
     return single(
         synthesise_cohort,
         settings,
         settings,
         assignment,
         evidence,
+        mode,
+        wait,
         phase=PHASE,
         complexity=COMPLEXITY,
         subject="cohort",

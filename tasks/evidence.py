@@ -80,7 +80,16 @@ def prompt(settings: RunSettings, assignment: Assignment, submission: Submission
         criteria=[c.name for c in assignment.rubric.criteria],
         levels=list(assignment.rubric.levels),
     )
-    return env.get_template("prompts/evidence/system.j2").render(), shared_prefix(settings, assignment), user
+    return with_prefix(
+        settings, env.get_template("prompts/evidence/system.j2").render(), shared_prefix(settings, assignment), user
+    )
+
+
+def with_prefix(settings: RunSettings, system: str, prefix: str, user: str) -> tuple[str, str, str]:
+    """The shared prefix as a cacheable block, or, with prompt caching off, at the head of the prompt."""
+    if caller_for(settings).config.settings.feedback.prompt_caching:
+        return system, prefix, user
+    return system, "", f"{prefix}\n\n{user}"
 
 
 def evidence_from(assignment: Assignment, submission: Submission, answer: Answer) -> Evidence:

@@ -15,7 +15,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 from tierflow.tasks.assignment import Assignment, Submission
 from tierflow.tasks.cohort import Cohort
-from tierflow.tasks.evidence import Evidence, batch_outcome, shared_prefix
+from tierflow.tasks.evidence import Evidence, batch_outcome, offline_evidence, shared_prefix, with_prefix
 
 from tierflow.annotations import locate
 from tierflow.batch import BatchCall, run_batch
@@ -63,10 +63,12 @@ def prompt(
     data = {
         "student": label,
         "submission": pseudonyms.hide(submission.text),
-        "evidence": [c.model_dump() for c in evidence.criteria] if evidence else [],
+        # Levels and reasons only: the quotes are already in the submission, sent once above.
+        "evidence": [c.model_dump(exclude={"quotes"}) for c in evidence.criteria] if evidence else [],
         "criteria": [c.name for c in assignment.rubric.criteria],
     }
-    return (
+    return with_prefix(
+        settings,
         env.get_template("prompts/feedback/system.j2").render(),
         shared_prefix(settings, assignment, cohort.text),
         env.get_template("prompts/feedback/student.j2").render(label=label, data=data),
@@ -241,10 +243,12 @@ def draft(
 def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
     """Offline: each criterion's comment restates the evidence found; next steps target the weakest."""
     evidence = {e["criterion"]: e for e in data.get("evidence", [])}
+    found = offline_evidence({"submission": data.get("submission", ""), "criteria": data.get("criteria", [])})
+    quotes_for = {c["criterion"]: c["quotes"] for c in found["criteria"]}
     criteria = []
     for name in data.get("criteria", []):
         e = evidence.get(name, {})
-        quotes = e.get("quotes", [])[:1]
+        quotes = quotes_for.get(name, [])[:1]
         comment = f"Your work sits at about '{e.get('level', 'unclear')}' on this criterion. " + (
             "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it."
         )

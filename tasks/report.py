@@ -69,6 +69,7 @@ def write_run_report(
     caller = caller_for(settings)
     config = caller.config
     rows = caller.ledger.rows(run_id=settings.run_id)
+    summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
     total_cost = sum(p.cost_usd for p in phases)
     unpriced = sum(p.unpriced for p in phases)

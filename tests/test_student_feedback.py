@@ -171,8 +171,8 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
     assert len(drafts(feedback_vault)) == SUBMITTED
     rows = Ledger.for_vault(feedback_vault).rows(run_id=summary.run_id)
     batched = [r for r in rows if r["batch"]]
-    assert {r["phase"] for r in batched} == {"collate", "draft"}
-    assert all(r["batch_id"] for r in batched) and len(summary.batches) == 2
+    assert {r["phase"] for r in batched} == {"collate", "synthesise", "draft"}
+    assert all(r["batch_id"] for r in batched) and len(summary.batches) == 3
     assert {r["batch_id"] for r in batched} == set(summary.batches)
     report = (feedback_vault / summary.report.path).read_text()
     assert all(b in report for b in summary.batches)
@@ -192,7 +192,7 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
         full = price(usage, r["model"], provider_kind=provider, override=config.tier(r["tier"]).price)
         assert r["cost_usd"] == pytest.approx(float(full) * 0.5)
     creates = [q for q in double.requests if q.kind == "batch_create"]
-    assert len(creates) == 2
+    assert len(creates) == 3
 
 
 def test_interrupted_batch_run_resumes_without_resubmitting(feedback_vault, keys):
@@ -207,7 +207,7 @@ def test_interrupted_batch_run_resumes_without_resubmitting(feedback_vault, keys
         resumed = student_feedback(vault=str(feedback_vault), mode="batch", run_id=first.run_id)
         assert not resumed.failed, resumed.failed
         creates = [q for q in double.requests if q.kind == "batch_create"]
-        assert len(creates) == 2  # the collate batch was collected, not resubmitted; one more for drafts
+        assert len(creates) == 3  # the collate batch was collected, not resubmitted; then cohort and drafts
         collate_items = [q for q in double.batch_items if schema_of(q) == "evidenceout"]
         assert len(collate_items) == SUBMITTED - 1
         assert len(drafts(feedback_vault)) == SUBMITTED

@@ -111,6 +111,8 @@ class FeedbackConfig(_Model):
     draft_complexity: Complexity = "medium"
     pseudonymise: bool | None = None
     """None: on whenever a cloud provider is in use."""
+    prompt_caching: bool = True
+    """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
 
 
 class Settings(_Model):

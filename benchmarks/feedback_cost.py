@@ -1,0 +1,148 @@
+"""What the cost levers save on a 60-submission feedback batch: plain vs prompt-cached vs batch + cached.
+
+Each variant runs the student-feedback flow (under a temporary Prefect server) on its own copy of a
+60-submission vault, against a fresh local Anthropic wire double that reports realistic usage: o200k
+token counts, prompt-cache writes and reads for the shared rubric prefix, and the batch API. Costs come
+from the ledger, priced by genai-prices at Claude's published rates (batch at 50%).
+
+    python benchmarks/feedback_cost.py [--submissions 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from tierflow.cli import prefect_defaults
+
+prefect_defaults()
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-bench-prefect-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import frontmatter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from responders import skilled  # noqa: E402
+
+from tierflow.ledger import Ledger  # noqa: E402
+from tierflow.testing.double import ProviderDouble  # noqa: E402
+
+ASSIGNMENT = "Teaching/EDU7001/essay-1"
+TARGET = 0.35
+FIRST = ["Ada", "Bola", "Cian", "Dara", "Esme", "Femi", "Gwen", "Hugo", "Ines", "Joss", "Kemi", "Lior"]
+LAST = ["Abara", "Brennan", "Castell", "Dunmore", "Eriksen", "Fairlie", "Gorman", "Hallam", "Ivers", "Jarvis"]
+
+
+def make_vault(root: Path, n: int) -> Path:
+    """The fixture assignment with `n` submissions, made from its real ones under new ids and names."""
+    vault = root / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    folder = vault / ASSIGNMENT / "submissions"
+    originals = [frontmatter.load(p) for p in sorted(folder.glob("*.md"))]
+    originals = [p for p in originals if p.content.strip()]
+    for p in folder.iterdir():
+        p.unlink()
+    for i in range(n):
+        source = originals[i % len(originals)]
+        name = f"{FIRST[i % len(FIRST)]} {LAST[(i // len(FIRST)) % len(LAST)]}{i // 120 or ''}"
+        old_name = str(source.metadata["name"])
+        post = frontmatter.Post(
+            source.content.replace(old_name.split()[0], name.split()[0]),
+            student_id=f"b{i + 1:04d}",
+            name=name,
+            submitted=source.metadata.get("submitted"),
+        )
+        (folder / f"b{i + 1:04d}.md").write_text(frontmatter.dumps(post))
+    return vault
+
+
+def configure(vault: Path, double: ProviderDouble, *, caching: bool) -> None:
+    (vault / ".tierflow" / "config.toml").write_text(
+        f"""profile = "anthropic"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{double.anthropic_base_url}"
+api_key_env = "ANTHROPIC_API_KEY"
+[tiers.light]
+model = "anthropic:claude-haiku-4-5"
+max_output_tokens = 1024
+[tiers.standard]
+model = "anthropic:claude-sonnet-4-6"
+max_output_tokens = 2048
+[tiers.deep]
+model = "anthropic:claude-opus-4-6"
+max_output_tokens = 4096
+[feedback]
+assignment_folder = "{ASSIGNMENT}"
+prompt_caching = {str(caching).lower()}
+"""
+    )
+
+
+def run_variant(template: Path, label: str, *, caching: bool, mode: str) -> dict[str, float]:
+    from tierflow.flows.student_feedback import student_feedback
+
+    with tempfile.TemporaryDirectory() as tmp, ProviderDouble(skilled(), batch_polls_until_done=1) as double:
+        vault = Path(tmp) / "vault"
+        shutil.copytree(template, vault)
+        configure(vault, double, caching=caching)
+        summary = student_feedback(vault=str(vault), mode=mode)
+        rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    submissions = len([r for r in rows if r["phase"] == "collate"])
+    cost = sum(r["cost_usd"] for r in rows)
+    return {
+        "label": label,
+        "submissions": submissions,
+        "cost": cost,
+        "per_submission": cost / max(1, submissions),
+        "cache_read": sum(r["cache_read_tokens"] for r in rows),
+        "cache_write": sum(r["cache_write_tokens"] for r in rows),
+        "batch_rows": sum(bool(r["batch"]) for r in rows),
+        "calls": len(rows),
+        "phases": {
+            phase: round(sum(r["cost_usd"] for r in rows if r["phase"] == phase), 4)
+            for phase in ("collate", "synthesise", "draft")
+        },
+        "output_share": round(
+            sum(r["output_tokens"] for r in rows) / max(1, sum(r["input_tokens"] + r["output_tokens"] for r in rows)), 3
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--submissions", type=int, default=60)
+    args = parser.parse_args()
+    os.environ["ANTHROPIC_API_KEY"] = "bench"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
+        template = make_vault(Path(tmp), args.submissions)
+        results = [
+            run_variant(template, "plain", caching=False, mode="direct"),
+            run_variant(template, "cached", caching=True, mode="direct"),
+            run_variant(template, "batch + cached", caching=True, mode="batch"),
+        ]
+    plain = results[0]["cost"]
+    print(f"\nfeedback cost on {args.submissions} submissions (Anthropic wire double, Claude list prices)")
+    print(
+        f"{'variant':<16}{'calls':>7}{'batch rows':>12}{'cache read':>12}{'cache write':>13}"
+        f"{'USD total':>12}{'USD/submission':>16}{'vs plain':>10}"
+    )
+    for r in results:
+        print(
+            f"{r['label']:<16}{r['calls']:>7}{r['batch_rows']:>12}{r['cache_read']:>12}{r['cache_write']:>13}"
+            f"{r['cost']:>12.4f}{r['per_submission']:>16.5f}{r['cost'] / plain:>9.0%}   by phase {r['phases']}"
+        )
+    ratio = results[2]["cost"] / plain
+    print(f"batch + cached is {ratio:.1%} of plain (target <= {TARGET:.0%}: {'ok' if ratio <= TARGET else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
