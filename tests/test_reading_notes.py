@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,27 @@ def test_missing_vault_is_a_clear_error(tmp_path: Path):
 
     with pytest.raises(VaultError, match="does not exist"):
         reading_notes(vault=str(tmp_path / "nowhere"), since=SINCE, until=UNTIL)
+
+
+def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    summary = run(anthropic_vault)
+    flow_run_id = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)[0]["flow_run_id"]
+    keys = ["reading-notes-spend", "reading-notes-report", "reading-notes-progress"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=50,
+        )
+    mine = {a.key: a for a in artifacts if str(a.flow_run_id) == flow_run_id}
+    assert set(mine) == set(keys)
+    table = mine["reading-notes-spend"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [row["phase"] for row in table] == ["collate", "synthesise", "draft"]
+    assert all(row["cost_usd"] > 0 and row["input_tokens"] > 0 for row in table)
+    assert float(mine["reading-notes-progress"].data) == 100.0
+    assert "All-deep equivalent" in mine["reading-notes-report"].data

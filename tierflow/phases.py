@@ -16,10 +16,19 @@ from prefect.futures import as_completed
 
 from tierflow.calls import RunSettings, caller_for
 from tierflow.errors import BudgetExceeded, ProviderError, VaultError
-from tierflow.progress import advance
+from tierflow.progress import advance as _advance
+from tierflow.progress import prefect_progress
 from tierflow.routing import Route
 
 R = TypeVar("R")
+
+
+def advance(phase: str, done: int, total: int, subject: str = "") -> None:
+    """Tell the CLI's progress bars and the flow run's Prefect progress artifact."""
+    _advance(phase, done, total, subject)
+    prefect_progress(phase, done, total, subject)
+
+
 T = TypeVar("T")
 
 
