@@ -28,6 +28,7 @@ import frontmatter  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from conftest import anthropic_config  # noqa: E402
 from responders import skilled  # noqa: E402
 
 from tierflow.ledger import Ledger  # noqa: E402
@@ -63,26 +64,8 @@ def make_vault(root: Path, n: int) -> Path:
 
 
 def configure(vault: Path, double: ProviderDouble, *, caching: bool) -> None:
-    (vault / ".tierflow" / "config.toml").write_text(
-        f"""profile = "anthropic"
-[providers.anthropic]
-kind = "anthropic"
-base_url = "{double.anthropic_base_url}"
-api_key_env = "ANTHROPIC_API_KEY"
-[tiers.light]
-model = "anthropic:claude-haiku-4-5"
-max_output_tokens = 1024
-[tiers.standard]
-model = "anthropic:claude-sonnet-4-6"
-max_output_tokens = 2048
-[tiers.deep]
-model = "anthropic:claude-opus-4-6"
-max_output_tokens = 4096
-[feedback]
-assignment_folder = "{ASSIGNMENT}"
-prompt_caching = {str(caching).lower()}
-"""
-    )
+    extra = f'[feedback]\nassignment_folder = "{ASSIGNMENT}"\nprompt_caching = {str(caching).lower()}\n'
+    (vault / ".tierflow" / "config.toml").write_text(anthropic_config(double, extra))
 
 
 def run_variant(template: Path, label: str, *, caching: bool, mode: str) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from tierflow.tasks.collate import collate
@@ -12,6 +13,7 @@ from tierflow.tasks.synthesise import synthesise_week
 from tierflow.tasks.vault import load_sources, select_week
 
 from tierflow.calls import RunSettings, caller_for
+from tierflow.vault import check_vault
 
 FLOW = "reading-notes"
 
@@ -28,7 +30,11 @@ def reading_notes(
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
     settings = RunSettings(
-        vault=vault, config_path=config, profile=profile, tier_overrides=tier or {}, run_id=run_id or ""
+        vault=str(check_vault(Path(vault))),
+        config_path=config,
+        profile=profile,
+        tier_overrides=tier or {},
+        run_id=run_id or "",
     ).with_run(FLOW)
     caller_for(settings).ledger.remember_run(
         settings.run_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
@@ -10,6 +12,7 @@ from tierflow.tasks.feedback import draft
 from tierflow.tasks.report import RunSummary, write_run_report
 
 from tierflow.calls import RunSettings, caller_for
+from tierflow.vault import check_vault
 
 FLOW = "student-feedback"
 
@@ -27,7 +30,11 @@ def student_feedback(
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
     settings = RunSettings(
-        vault=vault, config_path=config, profile=profile, tier_overrides=tier or {}, run_id=run_id or ""
+        vault=str(check_vault(Path(vault))),
+        config_path=config,
+        profile=profile,
+        tier_overrides=tier or {},
+        run_id=run_id or "",
     ).with_run(FLOW)
     folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
     caller_for(settings).ledger.remember_run(

@@ -178,18 +178,12 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
     assert all(b in report for b in summary.batches)
     # Batch rows cost half of what the same usage costs without the batch API.
     from tierflow.config import load_config
-    from tierflow.usage import Usage, price
+    from tierflow.ledger import usage_of
+    from tierflow.usage import price
 
     config = load_config(feedback_vault)
     for r in batched[:3]:
-        usage = Usage(
-            input_tokens=r["input_tokens"],
-            output_tokens=r["output_tokens"],
-            cache_read_tokens=r["cache_read_tokens"],
-            cache_write_tokens=r["cache_write_tokens"],
-            reasoning_tokens=r["reasoning_tokens"],
-        )
-        full = price(usage, r["model"], provider_kind=provider, override=config.tier(r["tier"]).price)
+        full = price(usage_of(r), r["model"], provider_kind=provider, override=config.tier(r["tier"]).price)
         assert r["cost_usd"] == pytest.approx(float(full) * 0.5)
     creates = [q for q in double.requests if q.kind == "batch_create"]
     assert len(creates) == 3

@@ -358,6 +358,19 @@ SUMMED = (
 )
 
 
+def usage_of(row: dict[str, Any]) -> Usage:
+    """The Usage a ledger row recorded."""
+    return Usage(
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+        cache_write_1h_tokens=row["cache_write_1h_tokens"],
+        reasoning_tokens=row["reasoning_tokens"],
+        known=bool(row["usage_known"]),
+    )
+
+
 def row_tokens(row: dict[str, Any]) -> int:
     """All tokens of a ledger row; the kinds are disjoint, so this counts none twice."""
     return sum(row[k] or 0 for k in SUMMED)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tierflow.config import Config
+from tierflow.ledger import usage_of
 from tierflow.report import money
 from tierflow.routing import route
 from tierflow.usage import Usage, price
@@ -22,24 +23,14 @@ class PhaseSpend:
     calls: int = 0
     cached: int = 0
     batch: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
+    usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     unpriced: int = 0
     unknown_usage: int = 0
 
     @property
     def tokens(self) -> int:
-        return (
-            self.input_tokens
-            + self.output_tokens
-            + self.cache_read_tokens
-            + self.cache_write_tokens
-            + self.reasoning_tokens
-        )
+        return self.usage.total_tokens
 
     def row(self) -> dict[str, Any]:
         """One row of the spend table, as the Prefect table artifact and the report show it."""
@@ -50,11 +41,11 @@ class PhaseSpend:
             "models": ", ".join(self.models),
             "calls": self.calls,
             "cached": self.cached,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cache_read_tokens": self.usage.cache_read_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
             "cost": cost,
             "cost_usd": round(self.cost_usd, 6),
         }
@@ -74,14 +65,7 @@ def phase_spend(rows: Sequence[dict[str, Any]]) -> list[PhaseSpend]:
         p.cached += bool(r["cached_result"])
         p.batch += bool(r["batch"])
         p.unknown_usage += not r["usage_known"]
-        for k in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-        ):
-            setattr(p, k, getattr(p, k) + (r[k] or 0))
+        p.usage = p.usage + usage_of(r)
         if r["cost_usd"] is None:
             p.unpriced += 1
         else:
@@ -98,15 +82,7 @@ def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | Non
     for r in rows:
         if r["cached_result"] or not r["usage_known"]:
             continue
-        usage = Usage(
-            input_tokens=r["input_tokens"],
-            output_tokens=r["output_tokens"],
-            cache_read_tokens=r["cache_read_tokens"],
-            cache_write_tokens=r["cache_write_tokens"],
-            cache_write_1h_tokens=r["cache_write_1h_tokens"],
-            reasoning_tokens=r["reasoning_tokens"],
-        )
-        cost = price(usage, deep.model, provider_kind=deep.provider_kind, override=tier.price)
+        cost = price(usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price)
         if cost is None:
             return None
         total += float(cost) * (0.5 if r["batch"] else 1.0)
