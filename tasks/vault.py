@@ -64,7 +64,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
     )
 
 
-@task(name="load sources")
+@task(name="load sources", task_run_name="load · {week.since} to {week.until}")
 def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], list[Skip]]:
     """Parse the selected notes; a note that cannot be parsed is skipped with its reason."""
     vault = Path(settings.vault or ".").resolve()

@@ -103,7 +103,9 @@ def test_no_student_name_or_id_leaves_the_machine(feedback_vault, double, keys):
     identities = set(names) | set(names.values()) | {p for n in names.values() for p in n.split() if len(p) > 2}
     assert double.requests
     for request in double.requests:
-        body = request.raw.decode("utf-8", "replace").casefold()
+        # Raw bytes, and the parsed JSON with non-ASCII unescaped (the SDKs may send "Oc\u00e9ane").
+        parsed = json.dumps(request.json, ensure_ascii=False) if request.json is not None else ""
+        body = (request.raw.decode("utf-8", "replace") + parsed).casefold()
         leaked = [i for i in identities if i.casefold() in body]
         assert not leaked, f"{request.path} carried {leaked}"
     # ... and they come back in the local notes, each only in the student's own draft.

@@ -276,6 +276,7 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render prompts and estimate spend; call no model.")
     ] = False,
+    show_prompts: Annotated[bool, typer.Option("--show-prompts", help="With --dry-run: print every prompt.")] = False,
     assignment: Annotated[
         str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
     ] = None,
@@ -297,7 +298,16 @@ def run(
     if dry_run:
         if flow_name is not FlowName.reading_notes:
             raise _fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
-        plan(flow_name, vault=vault, since=since, until=until, config=config, profile=profile, tier=tier)
+        plan(
+            flow_name,
+            vault=vault,
+            since=since,
+            until=until,
+            config=config,
+            profile=profile,
+            tier=tier,
+            show_prompts=show_prompts,
+        )
         return
     if mode not in ("direct", "batch"):
         raise _fail(f"--mode {mode!r}: use direct or batch")

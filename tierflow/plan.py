@@ -257,6 +257,8 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
     )
     console.print(table)
     console.print("Nothing was sent to a model. Drafts are counted at the configured maximum number of concepts.")
+    if not show_prompts:
+        console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")
 
 
 def _usd(value: Decimal | None) -> str:

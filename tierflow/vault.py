@@ -8,6 +8,7 @@ tierflow marks what it owns with a content hash in the front-matter (`tierflow_h
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -131,6 +132,8 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # Prompt data as compact JSON; only < and > are escaped, so no value can close its <data> fence.
+    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
     return env
 
