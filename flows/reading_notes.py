@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 from prefect import flow, get_run_logger
+
+from tierflow.calls import RunSettings, caller_for
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
 from tierflow.tasks.report import RunSummary, write_run_report
 from tierflow.tasks.synthesise import synthesise_week
 from tierflow.tasks.vault import load_sources, select_week
-
-from tierflow.calls import RunSettings, caller_for
 from tierflow.vault import check_vault
 
 FLOW = "reading-notes"
@@ -30,7 +29,7 @@ def reading_notes(
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
     settings = RunSettings(
-        vault=str(check_vault(Path(vault))),
+        vault=str(check_vault(vault)),
         config_path=config,
         profile=profile,
         tier_overrides=tier or {},

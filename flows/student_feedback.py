@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
+
+from tierflow.calls import RunSettings, caller_for
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
 from tierflow.tasks.report import RunSummary, write_run_report
-
-from tierflow.calls import RunSettings, caller_for
 from tierflow.vault import check_vault
 
 FLOW = "student-feedback"
@@ -30,7 +28,7 @@ def student_feedback(
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
     settings = RunSettings(
-        vault=str(check_vault(Path(vault))),
+        vault=str(check_vault(vault)),
         config_path=config,
         profile=profile,
         tier_overrides=tier or {},

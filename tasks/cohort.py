@@ -8,14 +8,14 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
-from tierflow.tasks.assignment import Assignment
-from tierflow.tasks.evidence import Evidence
 
 from tierflow.batch import BatchCall, run_batch
 from tierflow.calls import RunSettings, caller_for
 from tierflow.errors import ProviderError
 from tierflow.phases import PhaseOutcome, single
 from tierflow.providers.offline import skill
+from tierflow.tasks.assignment import Assignment
+from tierflow.tasks.evidence import Evidence
 from tierflow.vault import NoteWriter, template_env
 
 PHASE = "synthesise"

@@ -9,14 +9,14 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
-from tierflow.tasks.collate import Collation
-from tierflow.tasks.synthesise import Concept, Synthesis
 
 from tierflow.annotations import locate
 from tierflow.calls import RunSettings, caller_for
 from tierflow.ledger import row_tokens
 from tierflow.phases import PhaseOutcome, fan_out
 from tierflow.providers.offline import skill
+from tierflow.tasks.collate import Collation
+from tierflow.tasks.synthesise import Concept, Synthesis
 from tierflow.vault import NoteWriter, SourceNote, WriteResult, template_env
 
 PHASE = "draft"

@@ -12,13 +12,13 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
-from tierflow.tasks.assignment import INJECTION, Assignment, Submission
 
 from tierflow.annotations import locate
 from tierflow.batch import BatchCall, run_batch
 from tierflow.calls import Answer, RunSettings, caller_for
 from tierflow.phases import PhaseOutcome, fan_out, single
 from tierflow.providers.offline import skill
+from tierflow.tasks.assignment import INJECTION, Assignment, Submission
 from tierflow.vault import template_env
 
 PHASE = "collate"

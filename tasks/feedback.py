@@ -13,15 +13,15 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
-from tierflow.tasks.assignment import Assignment, Submission
-from tierflow.tasks.cohort import Cohort
-from tierflow.tasks.evidence import Evidence, batch_outcome, offline_evidence, shared_prefix, with_prefix
 
 from tierflow.annotations import locate
 from tierflow.batch import BatchCall, run_batch
 from tierflow.calls import Answer, RunSettings, caller_for
 from tierflow.phases import PhaseOutcome, fan_out, single
 from tierflow.providers.offline import skill
+from tierflow.tasks.assignment import Assignment, Submission
+from tierflow.tasks.cohort import Cohort
+from tierflow.tasks.evidence import Evidence, batch_outcome, offline_evidence, shared_prefix, with_prefix
 from tierflow.vault import NoteWriter, WriteResult, template_env
 
 PHASE = "draft"

@@ -7,11 +7,11 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
-from tierflow.tasks.collate import Collation
 
 from tierflow.calls import RunSettings, caller_for
 from tierflow.phases import PhaseOutcome, single
 from tierflow.providers.offline import skill
+from tierflow.tasks.collate import Collation
 from tierflow.vault import template_env
 
 PHASE = "synthesise"

@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import typer
@@ -28,6 +32,9 @@ from tierflow.calls import RunSettings, caller_for
 from tierflow.cli_ops import limits_app, schedule_app
 from tierflow.phases import phase_task
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +68,17 @@ def prefect_server(home: Path, *, timeout: float = 90) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = (home / "server.log").open("wb")
+    url = f"http://127.0.0.1:{port}/api"
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env(home),
+        # The UI asks the API URL of the server's settings, not of --port.
+        env=server_env(
+            home, PREFECT_UI_API_URL=url, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port)
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -147,7 +157,7 @@ def drain_prefect_workers() -> None:
     run_coro_as_sync(drain())
 
 
-def client():  # noqa: ANN201
+def client() -> SyncPrefectClient:
     from prefect import get_client
 
     return get_client(sync_client=True)
@@ -158,15 +168,15 @@ def state(url: str) -> dict[str, Any]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: url}), client() as c:
+        deployments = []
+        for d in c.read_deployments():
+            schedules = sorted(str(s.schedule) + str(s.active) for s in c.read_deployment_schedules(d.id))
+            deployments.append((d.name, d.paused, str(d.parameters), d.work_pool_name, schedules))
         return {
-            "deployments": sorted(
-                (d.name, d.updated.isoformat() if d.updated else "", str(d.parameters)) for d in c.read_deployments()
-            ),
+            "deployments": sorted(deployments),
             "flows": sorted(f.name for f in c.read_flows()),
             "pools": sorted(p.name for p in c.read_work_pools()),
-            "limits": sorted(
-                (lim.tag, lim.concurrency_limit) for lim in c.read_concurrency_limits(limit=200, offset=0)
-            ),
+            "limits": sorted((x.tag, x.concurrency_limit) for x in c.read_concurrency_limits(limit=200, offset=0)),
         }
 
 
@@ -250,6 +260,99 @@ def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[st
         finished = c.read_flow_run(run.id)
     assert finished.state is not None and finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
     assert list((vault / "Concepts" / "Drafts").glob("*.md")), "the scheduled flow wrote no concept drafts"
+
+
+def doc_block(language: str, first_line: str) -> str:
+    """The fenced `language` block of docs/operations.md that starts with `first_line`."""
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    match = re.search(rf"```{language}\n({re.escape(first_line)}.*?)```", text, flags=re.DOTALL)
+    assert match, f"docs/operations.md has no {language} block starting {first_line!r}"
+    return match.group(1)
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Hook.received.append(json.loads(body or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_budget_automations_from_the_docs_pause_the_deployment_and_notify(
+    deployed: dict[str, Any], api: str, tmp_path: Path
+):
+    """A scheduled run stopped by a `halt` budget: the documented automations pause its deployment and notify."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    _Hook.received.clear()
+    automations = []
+    try:
+        CustomWebhookNotificationBlock(
+            name="tierflow budget",
+            url=f"http://127.0.0.1:{hook.server_address[1]}/hook",
+            json_data={"text": "{{subject}}: {{body}}"},
+        ).save("tierflow-budget", overwrite=True)
+        code = doc_block("python", "from prefect.automations import Automation")
+        exec(compile(code, "docs/operations.md", "exec"), {})  # the documented snippet, as written
+        (tmp_path / "budget-pause.yaml").write_text(doc_block("yaml", "# budget-pause.yaml"), encoding="utf-8")
+        created = subprocess.run(
+            [sys.executable, "-m", "prefect", "automation", "create", "--from-file", "budget-pause.yaml"],
+            cwd=tmp_path, env=deployed["env"], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        with client() as c:
+            automations = [a for a in c.read_automations() if a.name.startswith("tierflow budget")]
+        assert len(automations) == 2
+
+        vault = tmp_path / "vault"
+        shutil.copytree(REPO / "vault_fixtures" / "reading-week", vault)
+        with (vault / ".tierflow" / "config.toml").open("a", encoding="utf-8") as config:
+            config.write('\n[budgets.weekly]\ntokens = 10\npolicy = "halt"\n')
+        with client() as c:
+            weekly = c.read_deployment_by_name("reading-notes/weekly")
+            assert weekly.paused is False
+            c.create_flow_run_from_deployment(
+                weekly.id,
+                parameters={
+                    "vault": str(vault),
+                    "since": READING_WEEK[0],
+                    "until": READING_WEEK[1],
+                    "profile": "offline",
+                },
+            )
+        worker = subprocess.run(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tierflow", "--run-once"],
+            cwd=tmp_path, env=deployed["env"], capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        (report,) = (vault / "tierflow" / "Runs").glob("*.md")  # the run stopped, and its report says why
+        assert "budget" in report.read_text() and not (vault / "Concepts" / "Drafts").exists()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with client() as c:
+                paused = c.read_deployment(weekly.id).paused
+            if paused and _Hook.received:
+                break
+            time.sleep(0.5)
+        assert paused, "the budget-pause automation did not pause reading-notes/weekly\n" + worker.stderr[-2000:]
+        assert _Hook.received, "the notify automation did not call the webhook"
+        text = _Hook.received[0]["text"]
+        assert (
+            text.startswith("tierflow budget weekly exceeded: reading-notes, collate of ") and "on tier light" in text
+        )
+    finally:
+        hook.shutdown()
+        with client() as c:
+            for automation in automations:
+                c.delete_automation(automation.id)
+            weekly = c.read_deployment_by_name("reading-notes/weekly")
+            c.resume_deployment(weekly.id)
 
 
 # --- tierflow schedule -----------------------------------------------------------------------------

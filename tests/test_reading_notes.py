@@ -12,8 +12,8 @@ import frontmatter
 import pytest
 from conftest import anthropic_config, write_config
 from responders import skilled
-from tierflow.flows.reading_notes import reading_notes
 
+from tierflow.flows.reading_notes import reading_notes
 from tierflow.ledger import Ledger
 from tierflow.providers.offline import _SKILLS, prompt_data
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
@@ -247,3 +247,12 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     assert all(row["cost_usd"] > 0 and row["input_tokens"] > 0 for row in table)
     assert float(mine["reading-notes-progress"].data) == 100.0
     assert "All-deep equivalent" in mine["reading-notes-report"].data
+
+
+def test_an_empty_vault_parameter_is_refused_not_taken_as_the_working_directory(tmp_path: Path, monkeypatch):
+    from tierflow.errors import VaultError
+
+    monkeypatch.chdir(tmp_path)  # a deployment with TIERFLOW_VAULT unset passes vault=""
+    with pytest.raises(VaultError, match="no vault given"):
+        reading_notes(vault="  ", since=SINCE, until=UNTIL)
+    assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,8 @@ import frontmatter
 import pytest
 from conftest import anthropic_config, openai_config, write_config
 from responders import skilled
-from tierflow.flows.student_feedback import student_feedback
 
+from tierflow.flows.student_feedback import student_feedback
 from tierflow.ledger import Ledger
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from tierflow.cli_ops import limits_app, schedule_app
+
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
     no_args_is_help=True,
@@ -21,6 +23,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(limits_app, name="limits")
 
 VaultOpt = Annotated[Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)]
 ConfigOpt = Annotated[
@@ -286,6 +290,9 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="batch mode: wait for the batch, or exit and resume later.")
     ] = True,
+    task_runner: Annotated[
+        str, typer.Option("--task-runner", help="thread (default), dask, dask:N or dask:tcp://HOST:PORT.")
+    ] = "thread",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
@@ -312,14 +319,21 @@ def run(
     if mode not in ("direct", "batch"):
         raise _fail(f"--mode {mode!r}: use direct or batch")
     _quiet_prefect(verbose)
+    from tierflow.ops import OpsError, task_runner_for
     from tierflow.runner import run_flow
 
+    try:
+        runner = task_runner_for(task_runner)
+    except OpsError as exc:
+        raise _fail(str(exc)) from None
     kwargs = (
         {"since": start, "until": end}
         if flow_name is FlowName.reading_notes
         else {"assignment": assignment, "mode": mode, "wait": wait}
     )
-    summary = run_flow(flow_name.value, vault, profile=profile, config=config, tier=overrides, **kwargs)
+    summary = run_flow(
+        flow_name.value, vault, profile=profile, config=config, tier=overrides, task_runner=runner, **kwargs
+    )
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
 
 

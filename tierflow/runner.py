@@ -57,6 +57,7 @@ def run_flow(
     profile: str | None = None,
     config: Path | str | None = None,
     tier: dict[str, str] | None = None,
+    task_runner: Any = None,
     **parameters: Any,
 ) -> Any:
     """Run a flow in this process with progress bars, then print what it wrote and what it cost."""
@@ -64,6 +65,8 @@ def run_flow(
         from tierflow.flows.reading_notes import reading_notes as entry
     else:
         from tierflow.flows.student_feedback import student_feedback as entry
+    if task_runner is not None:
+        entry = entry.with_options(task_runner=task_runner)
     with phase_progress():
         summary = entry(
             vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters

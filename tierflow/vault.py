@@ -40,8 +40,15 @@ _RESERVED = {
 }
 
 
-def check_vault(path: Path) -> Path:
-    """The vault folder, resolved; a clear error when it is missing or a file."""
+def check_vault(path: Path | str) -> Path:
+    """The vault folder, resolved; a clear error when it is missing, not given, or a file."""
+    if isinstance(path, str):
+        if not path.strip():
+            raise VaultError(
+                "no vault given: pass --vault DIR (deployments: set TIERFLOW_VAULT when you run prefect deploy, "
+                "or pass -p vault=DIR)"
+            )
+        path = Path(path.strip())
     if not path.exists():
         raise VaultError(f"vault {path} does not exist. Give the folder that holds your notes.")
     if not path.is_dir():
