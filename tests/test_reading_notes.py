@@ -256,3 +256,36 @@ def test_an_empty_vault_parameter_is_refused_not_taken_as_the_working_directory(
     with pytest.raises(VaultError, match="no vault given"):
         reading_notes(vault="  ", since=SINCE, until=UNTIL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path, double, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort, LogSort
+
+    secret = "sk-ant-api03-THIS-IS-THE-SECRET-KEY-0123456789"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
+    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
+    double.responder = skilled()
+    double.fail_next(401)  # an auth error on the way must not echo the key either
+    summary = run(reading_vault)
+    assert summary.written
+    for path in reading_vault.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    flow_run_id = next(r["flow_run_id"] for r in Ledger.for_vault(reading_vault).rows(run_id=summary.run_id))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, sort=LogSort.TIMESTAMP_ASC
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=50,
+        )
+        flow_run = client.read_flow_run(flow_run_id)
+    assert logs and artifacts
+    assert all(secret not in log.message for log in logs)
+    assert all(secret not in str(a.data) for a in artifacts)
+    assert secret not in json.dumps(flow_run.parameters, default=str)
