@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from tierflow.cli_common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.cli_ops import limits_app, schedule_app
 
 app = typer.Typer(
@@ -26,14 +27,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 
-VaultOpt = Annotated[Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."),
-]
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Built-in profile: anthropic, openai, local or offline.")
-]
 TierOpt = Annotated[
     list[str] | None,
     typer.Option("--tier", "-t", help="Override a phase's tier, as PHASE=TIER (repeatable)."),
@@ -62,33 +55,6 @@ class Format(StrEnum):
     otel = "otel"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def _vault(vault: Path | None) -> Path | None:
-    if vault is None:
-        return None
-    if not vault.exists():
-        raise _fail(f"vault {vault} does not exist. Give the folder that holds your notes (and .obsidian/).")
-    if not vault.is_dir():
-        raise _fail(f"vault {vault} is a file, not a folder. Give the vault's folder.")
-    return vault.resolve()
-
-
-def _config(vault: Path | None, config: Path | None, profile: str | None):  # noqa: ANN202
-    from tierflow.config import load_config
-    from tierflow.errors import ConfigError
-
-    try:
-        return load_config(vault, config_path=config, profile=profile)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-
-
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
@@ -106,8 +72,8 @@ def ask(
     from tierflow.calls import Caller, RunSettings, new_run_id
     from tierflow.errors import TierflowError
 
-    vault = _vault(vault)
-    cfg = _config(vault, config, profile)
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
     settings = RunSettings(
         vault=str(vault) if vault else None,
         config_path=str(config) if config else None,
@@ -118,11 +84,11 @@ def ask(
         use_cache=False,
     )
     if vault is None and not cfg.settings.ledger_url:
-        raise _fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
+        raise fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
     try:
         answer = Caller(settings, cfg).ask(phase=phase, complexity=complexity.value, system=system, prompt=prompt)
     except TierflowError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     typer.echo(answer.text)
     u = answer.usage
     cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
@@ -151,17 +117,17 @@ def spend(
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
     from tierflow.ledger import COLUMNS, Ledger, summarise
 
-    vault = _vault(vault)
-    cfg = _config(vault, config, profile)
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
     if since:
         try:
             date.fromisoformat(since)
         except ValueError:
-            raise _fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD") from None
+            raise fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD") from None
     try:
         ledger = Ledger(cfg.ledger_url)
     except Exception as exc:  # the ConfigError names the missing vault
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if budget:
         _print_budgets(cfg, ledger, fmt)
         return
@@ -258,7 +224,7 @@ def _parse_date(value: str | None, option: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise _fail(f"{option} {value!r} is not a date; write it as YYYY-MM-DD") from None
+        raise fail(f"{option} {value!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -296,15 +262,13 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
-    if vault is None:
-        raise _fail("give the vault: tierflow run reading-notes --vault DIR")
-    vault = _vault(vault)
-    _config(vault, config, profile)
+    vault = vault_dir(vault, required="tierflow run reading-notes")
+    load(vault, config, profile)
     overrides = _tier_overrides(tier)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if dry_run:
         if flow_name is not FlowName.reading_notes:
-            raise _fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
+            raise fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
         plan(
             flow_name,
             vault=vault,
@@ -317,7 +281,7 @@ def run(
         )
         return
     if mode not in ("direct", "batch"):
-        raise _fail(f"--mode {mode!r}: use direct or batch")
+        raise fail(f"--mode {mode!r}: use direct or batch")
     _quiet_prefect(verbose)
     from tierflow.ops import OpsError, task_runner_for
     from tierflow.runner import run_flow
@@ -325,7 +289,7 @@ def run(
     try:
         runner = task_runner_for(task_runner)
     except OpsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     kwargs = (
         {"since": start, "until": end}
         if flow_name is FlowName.reading_notes
@@ -344,14 +308,12 @@ def resume(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
-    if vault is None:
-        raise _fail("give the vault: tierflow resume RUN --vault DIR")
-    vault = _vault(vault)
+    vault = vault_dir(vault, required="tierflow resume RUN")
     from tierflow.ledger import Ledger
 
     found = Ledger.for_vault(vault).run_parameters(run_id)
     if found is None:
-        raise _fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+        raise fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
     flow, parameters = found
     _quiet_prefect(verbose)
     from tierflow.runner import run_flow
@@ -386,10 +348,8 @@ def plan(
     show_prompts: Annotated[bool, typer.Option("--show-prompts", help="Print every rendered prompt.")] = False,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
-    if vault is None:
-        raise _fail("give the vault: tierflow plan reading-notes --vault DIR")
-    vault = _vault(vault)
-    cfg = _config(vault, config, profile)
+    vault = vault_dir(vault, required="tierflow plan reading-notes")
+    cfg = load(vault, config, profile)
     from tierflow.errors import TierflowError
     from tierflow.plan import plan_reading_notes, print_plan
 
@@ -402,7 +362,7 @@ def plan(
             tier=_tier_overrides(tier),
         )
     except TierflowError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
 
 
@@ -413,7 +373,7 @@ def _tier_overrides(items: list[str] | None) -> dict[str, str]:
     try:
         return parse_tier_overrides(items or [])
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @config_app.command("show")
@@ -422,8 +382,8 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     from rich.console import Console
     from rich.table import Table
 
-    vault = _vault(vault)
-    cfg = _config(vault, config, profile)
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
     table = Table(title=f"tierflow config ({cfg.path or 'built-in defaults'})")
     table.add_column("key")
     table.add_column("value")

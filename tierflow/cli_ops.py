@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from tierflow.cli_common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+
 if TYPE_CHECKING:
     from tierflow.config import Config
     from tierflow.ops import FlowTarget
@@ -45,14 +47,6 @@ limits_app = typer.Typer(
     no_args_is_help=True,
 )
 
-VaultOpt = Annotated[Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."),
-]
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Built-in profile: anthropic, openai, local or offline.")
-]
 CronOpt = Annotated[
     str | None,
     typer.Option("--cron", help='Cron expression: minute hour day-of-month month day-of-week, e.g. "0 7 * * MON".'),
@@ -69,31 +63,8 @@ ParamOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
-
-
 def _vault(vault: Path | None, command: str) -> Path:
-    if vault is None:
-        raise _fail(f"give the vault: tierflow schedule {command} --vault DIR")
-    if not vault.is_dir():
-        what = "does not exist" if not vault.exists() else "is a file, not a folder"
-        raise _fail(f"vault {vault} {what}. Give the folder that holds your notes (and .obsidian/).")
-    return vault.resolve()
-
-
-def _load_config(vault: Path | None, config: Path | None, profile: str | None) -> Config:
-    from tierflow.config import load_config
-    from tierflow.errors import ConfigError
-
-    try:
-        return load_config(vault, config_path=config, profile=profile)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    return vault_dir(vault, required=f"tierflow schedule {command}")  # type: ignore[return-value]
 
 
 def _params(items: list[str] | None) -> dict[str, Any]:
@@ -101,7 +72,7 @@ def _params(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise _fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
+            raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
         try:
             params[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -131,7 +102,7 @@ def _register(
             pool=pool,
         )
     except OpsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     verb = "Registered" if done.created else "Updated"
     when = f"on schedule {done.schedule}" if done.schedule else "with no schedule (runs on demand)"
     typer.echo(f"{verb} deployment {done.deployment} {when}, on work pool {done.pool!r}.")
@@ -156,7 +127,7 @@ def schedule_reading_notes(
     from tierflow.ops import FLOWS
 
     vault = _vault(vault, "reading-notes")
-    cfg = _load_config(vault, config, profile)
+    cfg = load(vault, config, profile)
     parameters: dict[str, Any] = {"vault": str(vault)}
     if profile:
         parameters["profile"] = profile
@@ -189,8 +160,8 @@ def schedule_student_feedback(
 
     vault = _vault(vault, "student-feedback")
     if mode not in ("direct", "batch"):
-        raise _fail(f"--mode {mode!r}: use direct or batch")
-    cfg = _load_config(vault, config, profile)
+        raise fail(f"--mode {mode!r}: use direct or batch")
+    cfg = load(vault, config, profile)
     parameters: dict[str, Any] = {"vault": str(vault), "mode": mode}
     if assignment:
         parameters["assignment"] = assignment
@@ -215,7 +186,7 @@ def schedule_list() -> None:
     try:
         deployments = list_deployments()
     except OpsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     if not deployments:
         typer.echo("No deployments yet. Add one: tierflow schedule reading-notes --vault DIR")
         return
@@ -234,7 +205,7 @@ def _set_paused(name: str, paused: bool) -> None:
     try:
         full = set_paused(name, paused)
     except OpsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     if paused:
         typer.echo(f"Paused {full}: no runs are scheduled until `tierflow schedule resume {full}`.")
     else:
@@ -261,12 +232,12 @@ def limits_apply(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
     from tierflow.ops import OpsError, apply_limits
 
     if vault is not None and not vault.is_dir():
-        raise _fail(f"vault {vault} is not a folder. Give the folder that holds your notes.")
-    cfg = _load_config(vault.resolve() if vault else None, config, profile)
+        raise fail(f"vault {vault} is not a folder. Give the folder that holds your notes.")
+    cfg = load(vault.resolve() if vault else None, config, profile)
     try:
         changes = apply_limits(cfg)
     except OpsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     for change in changes:
         typer.echo(change.message)
     typer.echo("Every flow and worker on this server now keeps to these limits; see the UI's Concurrency page.")
@@ -280,11 +251,11 @@ def limits_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
 
     from tierflow.ops import OpsError, show_limits
 
-    cfg = _load_config(vault.resolve() if vault else None, config, profile) if (vault or config or profile) else None
+    cfg = load(vault.resolve() if vault else None, config, profile) if (vault or config or profile) else None
     try:
         rows = show_limits(cfg)
     except OpsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     if not rows:
         typer.echo("No tier limits on the server: every tier is unlimited. Set them with `tierflow limits apply`.")
         return
