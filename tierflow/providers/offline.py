@@ -8,6 +8,7 @@ registers the skill for its own schema, so the offline model never needs to unde
 from __future__ import annotations
 
 import json
+import uuid
 import re
 from collections.abc import Callable
 from typing import Any
@@ -80,7 +81,7 @@ class OfflineProvider:
 
     def submit_batch(self, requests: dict[str, Request]) -> str:
         """The offline model answers a batch at once; results wait in memory for collection."""
-        batch_id = f"offline-batch-{len(_BATCHES) + 1}"
+        batch_id = f"offline-batch-{uuid.uuid4().hex[:12]}"
         _BATCHES[batch_id] = [BatchItemResult(cid, "succeeded", self.complete(r)) for cid, r in requests.items()]
         return batch_id
 
