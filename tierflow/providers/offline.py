@@ -8,8 +8,8 @@ registers the skill for its own schema, so the offline model never needs to unde
 from __future__ import annotations
 
 import json
-import uuid
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
