@@ -277,7 +277,9 @@ def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path,
     flow_run_id = next(r["flow_run_id"] for r in Ledger.for_vault(reading_vault).rows(run_id=summary.run_id))
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, sort=LogSort.TIMESTAMP_ASC
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            limit=200,
+            sort=LogSort.TIMESTAMP_ASC,
         )
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
