@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,7 @@ def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path,
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import ArtifactSort, LogSort
+    from prefect.logging.handlers import APILogHandler
 
     secret = "sk-ant-api03-THIS-IS-THE-SECRET-KEY-0123456789"
     monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
@@ -275,19 +277,24 @@ def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path,
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     flow_run_id = next(r["flow_run_id"] for r in Ledger.for_vault(reading_vault).rows(run_id=summary.run_id))
+    APILogHandler().flush()  # run logs reach the API in the background
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-            limit=200,
-            sort=LogSort.TIMESTAMP_ASC,
-        )
+        for _ in range(40):
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            if any("key rejected" in log.message for log in logs):
+                break
+            time.sleep(0.25)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
             sort=ArtifactSort.CREATED_DESC,
             limit=50,
         )
         flow_run = client.read_flow_run(flow_run_id)
-    assert logs and artifacts
+    assert artifacts and any("key rejected" in log.message for log in logs)
     assert all(secret not in log.message for log in logs)
     assert all(secret not in str(a.data) for a in artifacts)
     assert secret not in json.dumps(flow_run.parameters, default=str)

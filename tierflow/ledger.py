@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -245,8 +246,11 @@ def _create_engine(url: str) -> Engine:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see `_on_begin`).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        # WAL is a property of the file: set it once. Switching modes needs a lock that SQLite does not
+        # wait for, so a process joining a busy ledger must not try again (it would fail "locked").
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -257,6 +261,19 @@ def _create_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _set_wal(cursor: Any) -> None:
+    import sqlite3
+
+    for attempt in range(200):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.05)
 
 
 class Ledger:
