@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tierflow.ledger import SUMMED, summarise
+from tierflow.ledger import SUMMED, summarise, usage_of
 
 OTEL_NAMES = {
     "provider": "gen_ai.provider.name",
@@ -31,17 +31,7 @@ def otel_record(row: dict[str, Any]) -> dict[str, Any]:
     for column, name in OTEL_NAMES.items():
         if row.get(column) is not None:
             attributes[name] = row[column]
-    prompt = row["input_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
-    attributes.update(
-        {
-            # GenAI conventions count cache tokens inside input, and reasoning inside output.
-            "gen_ai.usage.input_tokens": prompt,
-            "gen_ai.usage.output_tokens": row["output_tokens"] + row["reasoning_tokens"],
-            "gen_ai.usage.cache_read.input_tokens": row["cache_read_tokens"],
-            "gen_ai.usage.cache_creation.input_tokens": row["cache_write_tokens"],
-            "gen_ai.usage.reasoning.output_tokens": row["reasoning_tokens"],
-        }
-    )
+    attributes.update(usage_of(row).opentelemetry_attributes())
     return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes}
 
 
