@@ -75,10 +75,6 @@ def run_flow(
     return summary
 
 
-def run_reading_notes(vault: Path, *, since: date | None, until: date | None, **kwargs: Any) -> Any:
-    return run_flow("reading-notes", vault, since=since, until=until, **kwargs)
-
-
 def print_summary(vault: Path, summary: Any) -> None:
     out = Console()
     if summary.message:
@@ -119,7 +115,7 @@ def run_demo(folder: Path | None) -> Path:
     vault = copy_demo_vault(folder)
     console.print(f"Demo vault: [bold]{vault}[/] (a copy of vault_fixtures/reading-week)")
     console.print("Model: tierflow's offline extractive model, so no keys and no network. Output is labelled as such.")
-    run_reading_notes(vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
+    run_flow("reading-notes", vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
     console.print(
         f"\nOpen [bold]{vault}[/] in Obsidian and look in Concepts/Drafts/ and tierflow/Runs/.\n"
         f"The spend ledger: tierflow spend --vault {vault} --by phase"
