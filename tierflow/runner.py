@@ -17,7 +17,7 @@ from rich.table import Table
 from tierflow import progress
 from tierflow.report import money
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 DEMO_WEEK = (date(2026, 11, 16), date(2026, 11, 22))
 """The week the bundled reading-week vault was read in."""
@@ -76,7 +76,7 @@ def run_flow(
 
 
 def print_summary(vault: Path, summary: Any) -> None:
-    out = Console()
+    out = Console(soft_wrap=True)
     if summary.message:
         out.print(summary.message)
     if summary.phases:
