@@ -6,13 +6,12 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from tierflow.calls import RunSettings, caller_for
+from tierflow.calls import RunSettings
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
 from tierflow.tasks.report import RunSummary, write_run_report
 from tierflow.tasks.synthesise import synthesise_week
 from tierflow.tasks.vault import load_sources, select_week
-from tierflow.vault import check_vault
 
 FLOW = "reading-notes"
 
@@ -28,18 +27,10 @@ def reading_notes(
     run_id: str | None = None,
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
-    settings = RunSettings(
-        vault=str(check_vault(vault)),
-        config_path=config,
-        profile=profile,
-        tier_overrides=tier or {},
-        run_id=run_id or "",
-    ).with_run(FLOW)
-    caller_for(settings).ledger.remember_run(
-        settings.run_id,
-        FLOW,
-        {"since": since, "until": until, "profile": profile, "config": config, "tier": tier or {}},
-    )
+    settings = RunSettings.start(
+        FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
+        parameters={"since": since, "until": until},
+    )  # fmt: skip
     week = select_week(settings, since, until)
     sources, unreadable = load_sources(settings, week)
     run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
@@ -49,7 +40,9 @@ def reading_notes(
 
     collations = run.absorb(collate(settings, sources)) if sources else []
     synthesis = (
-        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until))) if collations else []
+        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until)))
+        if collations and not run.stopped
+        else []
     )
     for weekly in synthesis:
         run.written = run.absorb(

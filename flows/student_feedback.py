@@ -10,7 +10,6 @@ from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
 from tierflow.tasks.report import RunSummary, write_run_report
-from tierflow.vault import check_vault
 
 FLOW = "student-feedback"
 
@@ -27,17 +26,11 @@ def student_feedback(
     run_id: str | None = None,
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
-    settings = RunSettings(
-        vault=str(check_vault(vault)),
-        config_path=config,
-        profile=profile,
-        tier_overrides=tier or {},
-        run_id=run_id or "",
-    ).with_run(FLOW)
+    settings = RunSettings.start(
+        FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
+        parameters={"assignment": assignment, "mode": mode},
+    )  # fmt: skip
     folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
-    caller_for(settings).ledger.remember_run(
-        settings.run_id, FLOW, dict(assignment=folder, mode=mode, profile=profile, config=config, tier=tier or {})
-    )
     work = load_assignment(settings, folder)
     run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 

@@ -346,3 +346,16 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
     mine = [e for e in events if e.resource.id == "tierflow.budget.tiny"]
     assert mine and mine[0].resource["tierflow.policy"] == "halt"
     assert any(r.id == f"tierflow.run.{summary.run_id}" for r in mine[0].related)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double):
+    vault, configure = flow_vault
+    configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n')
+    summary = run_week(vault)
+    assert summary.halted and "budget 'collating' (per run, phase collate)" in summary.halted
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    assert 1 <= sum(r["phase"] == "collate" for r in rows) < 8
+    assert not [r for r in rows if r["phase"] != "collate"]
+    assert summary.written == [] and not (vault / "Concepts" / "Drafts").exists()
+    assert "Stopped early" in (vault / summary.report.path).read_text()

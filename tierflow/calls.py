@@ -45,6 +45,33 @@ class RunSettings(BaseModel, frozen=True):
     def with_run(self, flow: str) -> RunSettings:
         return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
 
+    @classmethod
+    def start(
+        cls,
+        flow: str,
+        *,
+        vault: str,
+        config: str | None,
+        profile: str | None,
+        tier: dict[str, str] | None,
+        run_id: str | None,
+        parameters: dict[str, Any],
+    ) -> RunSettings:
+        """Settings for a new run of `flow` (or a resumed one, given its id), remembered for `tierflow resume`."""
+        from tierflow.vault import check_vault
+
+        settings = cls(
+            vault=str(check_vault(vault)),
+            config_path=config,
+            profile=profile,
+            tier_overrides=tier or {},
+            run_id=run_id or "",
+        ).with_run(flow)
+        caller_for(settings).ledger.remember_run(
+            settings.run_id, flow, {**parameters, "profile": profile, "config": config, "tier": tier or {}}
+        )
+        return settings
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
