@@ -76,9 +76,8 @@ def run_batch(
             cache_prefix=call.cache_prefix,
         )
         cache_key = _cache_key(routed, request)
-        hit = caller.ledger.cached_response(cache_key) if caller.settings.use_cache else None
+        hit = caller.reuse(routed, cache_key, call.subject)
         if hit is not None:
-            caller.ledger.record(caller._record(routed, Usage(), 0.0, 0.0, call.subject, now_iso(), cached=True))
             outcome.answers[call.key] = _parsed(call, hit[0], hit[1], routed, Usage(), 0.0, cached=True)
         else:
             todo[cache_key] = (call, routed, request, cache_key)

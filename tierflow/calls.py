@@ -254,13 +254,20 @@ class Caller:
                 answer = self._call(routed, request, subject=subject, use_cache=False)
         raise AssertionError("unreachable")
 
+    def reuse(self, routed: Route, key: str, subject: str) -> tuple[str, dict[str, Any] | None] | None:
+        """A stored answer for this request, recorded in the ledger as a zero-token cached call; else None."""
+        if not self.settings.use_cache:
+            return None
+        hit = self.ledger.cached_response(key)
+        if hit is not None:
+            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
+        return hit
+
     def _call(self, routed: Route, request: Request, *, subject: str, use_cache: bool = True) -> Answer:
         key = _cache_key(routed, request)
-        if use_cache and self.settings.use_cache:
-            hit = self.ledger.cached_response(key)
-            if hit is not None:
-                self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
-                return Answer(text=hit[0], data=hit[1], route=routed, usage=Usage(), cost_usd=0.0, cached=True)
+        hit = self.reuse(routed, key, subject) if use_cache else None
+        if hit is not None:
+            return Answer(text=hit[0], data=hit[1], route=routed, usage=Usage(), cost_usd=0.0, cached=True)
         try:
             reservation = self.budgets.reserve(self.downgrades(routed, request))
         except BudgetExceeded as exc:

@@ -67,6 +67,17 @@ def _vault(vault: Path | None, command: str) -> Path:
     return vault_dir(vault, required=f"tierflow schedule {command}")  # type: ignore[return-value]
 
 
+def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> tuple[Config, dict[str, Any]]:
+    """The loaded config, and the deployment parameters every flow takes: vault, profile, config."""
+    cfg = load(vault, config, profile)
+    parameters: dict[str, Any] = {"vault": str(vault)}
+    if profile:
+        parameters["profile"] = profile
+    if config:
+        parameters["config"] = str(config.resolve())
+    return cfg, parameters
+
+
 def _params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
@@ -127,12 +138,7 @@ def schedule_reading_notes(
     from tierflow.ops import FLOWS
 
     vault = _vault(vault, "reading-notes")
-    cfg = load(vault, config, profile)
-    parameters: dict[str, Any] = {"vault": str(vault)}
-    if profile:
-        parameters["profile"] = profile
-    if config:
-        parameters["config"] = str(config.resolve())
+    cfg, parameters = _base_parameters(vault, profile, config)
     parameters.update(_params(param))
     _register(
         FLOWS["reading-notes"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
@@ -161,14 +167,10 @@ def schedule_student_feedback(
     vault = _vault(vault, "student-feedback")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
-    cfg = load(vault, config, profile)
-    parameters: dict[str, Any] = {"vault": str(vault), "mode": mode}
+    cfg, parameters = _base_parameters(vault, profile, config)
+    parameters["mode"] = mode
     if assignment:
         parameters["assignment"] = assignment
-    if profile:
-        parameters["profile"] = profile
-    if config:
-        parameters["config"] = str(config.resolve())
     parameters.update(_params(param))
     _register(
         FLOWS["student-feedback"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
