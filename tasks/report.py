@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tierflow import clock
 from tierflow.calls import RunSettings, caller_for
 from tierflow.ledger import row_tokens
 from tierflow.phases import PhaseOutcome
@@ -74,7 +75,7 @@ def write_run_report(
     total_cost = sum(p.cost_usd for p in phases)
     unpriced = sum(p.unpriced for p in phases)
     all_deep, savings = savings_text(total_cost, all_deep_cost(config, rows))
-    started = datetime.now().strftime("%Y-%m-%d %H:%M")
+    started = clock.now().astimezone().strftime("%Y-%m-%d %H:%M")
     budgets = [
         {
             "name": b.name,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
 from prefect import task
 
+from tierflow import clock
 from tierflow.calls import RunSettings, caller_for
 from tierflow.errors import VaultError
 from tierflow.vault import SourceNote, check_vault, read_source
@@ -34,7 +35,7 @@ class Week:
 
 def default_window(timezone: str, since: date | None, until: date | None) -> tuple[date, date]:
     """The last seven days up to today, in the vault's time zone, unless given."""
-    today = datetime.now(ZoneInfo(timezone)).date()
+    today = clock.now().astimezone(ZoneInfo(timezone)).date()
     until = until or today
     return since or until - timedelta(days=6), until
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 # Prefect reads settings at import: keep its home, telemetry and logs out of the user's machine.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-tests-prefect-"))
+# No test may depend on the day it runs: tierflow's clock (budget periods, ledger times, default windows) starts
+# mid-week, mid-month, far from midnight in every time zone, and runs forward; subprocesses inherit it.
+os.environ["TIERFLOW_CLOCK_START"] = "2026-11-18T06:00:00+00:00"
 from tierflow.cli import prefect_defaults  # noqa: E402
 
 prefect_defaults()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,10 @@ def test_bad_notes_are_skipped_with_their_reason_and_the_run_goes_on(anthropic_v
     (reading / "binary.md").write_bytes(b"\x00\x01\x02 binary junk")
     (reading / "empty.md").write_text("")
     (reading / "huge.md").write_text("---\ndate: 2026-11-18\n---\n" + "x" * 3_000_000)
+    # Notes whose date cannot be read are selected by their file time: pin it inside the week, never "now".
+    in_week = datetime(2026, 11, 18, 12, 0, tzinfo=UTC).timestamp()
+    for name in ("broken yaml.md", "latin1.md", "binary.md", "empty.md", "huge.md"):
+        os.utime(reading / name, (in_week, in_week))
     summary = run(anthropic_vault)
     reasons = dict(summary.skipped)
     assert "malformed YAML" in reasons["Reading/broken yaml.md"]

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tierflow import clock
 from tierflow.config import BudgetConfig, Config
 from tierflow.errors import BudgetExceeded
 from tierflow.ledger import CallRecord, Ledger, calls, now_iso, reservations
@@ -148,7 +149,7 @@ class Budgets:
         """Start of the budget's calendar period in the vault's time zone, as a UTC ISO timestamp."""
         if budget.period == "run":
             return None
-        local = (now or datetime.now(UTC)).astimezone(self.tz)
+        local = (now or clock.now()).astimezone(self.tz)
         day = local.date()
         if budget.period == "week":
             day = day - timedelta(days=day.weekday())

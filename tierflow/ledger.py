@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tierflow import clock
 from tierflow.usage import Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -216,8 +216,7 @@ class CallRecord:
         return row
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+now_iso = clock.now_iso
 
 
 _engines: dict[str, Engine] = {}
