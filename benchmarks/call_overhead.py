@@ -21,7 +21,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-bench-pr
 
 import anthropic  # noqa: E402
 
-from tierflow.calls import Caller, RunSettings  # noqa: E402
+from tierflow.core.calls import Caller, RunSettings  # noqa: E402
 from tierflow.testing.double import ProviderDouble  # noqa: E402
 
 TARGET_MS = 15.0

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import anthropic_config  # noqa: E402
 from responders import skilled  # noqa: E402
 
-from tierflow.ledger import Ledger  # noqa: E402
+from tierflow.core.ledger import Ledger  # noqa: E402
 from tierflow.testing.double import ProviderDouble  # noqa: E402
 
 ASSIGNMENT = "Teaching/EDU7001/essay-1"

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tierflow.vault_index import Selection, VaultIndex
+from tierflow.vault.index import Selection, VaultIndex
 
 TARGET_COLD_S = 1.5
 TARGET_WARM_S = 0.3

@@ -6,12 +6,14 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from tierflow.calls import RunSettings
+from tierflow.core.calls import RunSettings
+from tierflow.core.registry import FlowSpec
+from tierflow.flows.plans import plan_reading_notes
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
-from tierflow.tasks.report import RunSummary, write_run_report
+from tierflow.tasks.run_report import RunSummary, write_run_report
 from tierflow.tasks.synthesise import synthesise_week
-from tierflow.tasks.vault import load_sources, select_week
+from tierflow.tasks.week import load_sources, select_week
 
 FLOW = "reading-notes"
 
@@ -50,3 +52,6 @@ def reading_notes(
         )
 
     return write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))
+
+
+SPEC = FlowSpec(FLOW, reading_notes, deployment="weekly", plan=plan_reading_notes)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tierflow.calls import RunSettings, caller_for
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.registry import FlowSpec
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
-from tierflow.tasks.report import RunSummary, write_run_report
+from tierflow.tasks.run_report import RunSummary, write_run_report
 
 FLOW = "student-feedback"
 
@@ -42,3 +43,6 @@ def student_feedback(
         run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
 
     return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))
+
+
+SPEC = FlowSpec(FLOW, student_feedback, deployment="on-demand")

@@ -10,11 +10,11 @@ import frontmatter
 import yaml
 from prefect import task
 
-from tierflow.calls import RunSettings, caller_for
-from tierflow.errors import VaultError
-from tierflow.pseudonyms import NoPseudonyms, Pseudonyms, Student
-from tierflow.rubric import Rubric, load_rubric
-from tierflow.vault import check_vault
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.errors import VaultError
+from tierflow.vault.notes import check_vault
+from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
+from tierflow.vault.rubric import Rubric, load_rubric
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INJECTION = re.compile(

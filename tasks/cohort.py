@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.batch import BatchCall, run_batch
-from tierflow.calls import RunSettings, caller_for
-from tierflow.errors import ProviderError
-from tierflow.phases import PhaseOutcome, single
-from tierflow.providers.offline import skill
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.errors import ProviderError
+from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
-from tierflow.vault import NoteWriter, template_env
+from tierflow.vault.notes import NoteWriter, template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
@@ -125,20 +122,3 @@ def synthesise(
         complexity=COMPLEXITY,
         subject="cohort",
     )
-
-
-@skill("cohortout")
-def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: criteria most students reach a good level on are strengths; the weakest are misconceptions."""
-    levels: dict[str, Counter[str]] = defaultdict(Counter)
-    for sub in data.get("submissions", []):
-        for c in sub.get("criteria", []):
-            levels[c["criterion"]][c["level"]] += 1
-    ranked = sorted(
-        levels, key=lambda k: -sum(n for lvl, n in levels[k].items() if lvl.startswith(("Excellent", "Good")))
-    )
-    strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in ranked[:2]]
-    weak = ranked[-2:][::-1]
-    misconceptions = [f"{k}: the weakest criterion across the cohort ({dict(levels[k])})." for k in weak]
-    actions = [f"Model what a strong answer looks like for '{k}' with an annotated exemplar." for k in weak]
-    return {"strengths": strengths, "misconceptions": misconceptions, "teaching_actions": actions}

@@ -6,17 +6,12 @@ a summary and keywords.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from typing import Any
-
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.calls import RunSettings, caller_for
-from tierflow.phases import PhaseOutcome, fan_out
-from tierflow.providers.offline import skill
-from tierflow.vault import SourceNote, template_env
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import PhaseOutcome, fan_out
+from tierflow.vault.notes import SourceNote, template_env
 
 PHASE = "collate"
 COMPLEXITY = "low"
@@ -136,89 +131,6 @@ def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,
     )
-
-
-_STOP = set(
-    [
-        "the",
-        "a",
-        "an",
-        "and",
-        "or",
-        "of",
-        "to",
-        "in",
-        "on",
-        "for",
-        "with",
-        "as",
-        "by",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "this",
-        "that",
-        "these",
-        "those",
-        "it",
-        "its",
-        "their",
-        "from",
-        "at",
-        "not",
-        "but",
-        "can",
-        "may",
-        "more",
-        "most",
-        "such",
-        "than",
-        "which",
-        "who",
-        "what",
-        "how",
-        "into",
-        "about",
-        "also",
-        "between",
-        "through",
-        "they",
-        "we",
-        "our",
-        "one",
-        "two",
-        "has",
-        "have",
-        "had",
-        "do",
-        "does",
-        "students",
-        "student",
-        "learning",
-        "feedback",
-        "p",
-        "pp",
-    ]
-)
-
-
-@skill("collationout")
-def offline_collation(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: claims are the first sentence of each quote; keywords are linked concepts, then frequent words."""
-    quotes = data.get("quotes", [])
-    claims = []
-    for q in quotes[:MAX_CLAIMS]:
-        first = re.split(r"(?<=[.!?])\s+", q["text"].strip())[0].rstrip(" ;,")
-        first = first if first.endswith((".", "!", "?")) else f"{first}."
-        claims.append({"claim": first, "quote_ids": [q["id"]]})
-    words = Counter(w for q in quotes for w in re.findall(r"[a-z][a-z-]{3,}", q["text"].lower()) if w not in _STOP)
-    linked = [c.split("/")[-1].lower() for c in data.get("linked_concepts", [])]
-    keywords = list(dict.fromkeys([*linked, *(w for w, _ in words.most_common(6))]))[:6]
-    summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations were highlighted."
-    return {"summary": summary, "claims": claims, "keywords": keywords}
 
 
 def collate(settings: RunSettings, sources: list[SourceNote]) -> PhaseOutcome[Collation]:

@@ -10,14 +10,13 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.annotations import locate
-from tierflow.calls import RunSettings, caller_for
-from tierflow.ledger import row_tokens
-from tierflow.phases import PhaseOutcome, fan_out
-from tierflow.providers.offline import skill
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import PhaseOutcome, fan_out
+from tierflow.report.spend import row_tokens
 from tierflow.tasks.collate import Collation
 from tierflow.tasks.synthesise import Concept, Synthesis
-from tierflow.vault import NoteWriter, SourceNote, WriteResult, template_env
+from tierflow.vault.annotations import locate
+from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, template_env
 
 PHASE = "draft"
 COMPLEXITY = "medium"
@@ -131,25 +130,6 @@ def draft_concept(
     }
     writer = NoteWriter(Path(settings.vault or "."), config.settings.vault.output_folder)
     return writer.write(concept.name, front_matter, body, compare_keys=SPEND_KEYS)
-
-
-@skill("draftout")
-def offline_draft(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: the summary is the concept's; the discussion strings the sources' claims; quotes are verbatim."""
-    concept = data.get("concept", {})
-    sources = data.get("sources", [])
-    paragraphs = []
-    for s in sources:
-        claims = " ".join(s.get("claims", [])[:2])
-        if claims:
-            paragraphs.append(f"{s['title']} ({s['citekey']}): {claims}")
-    quotes = [{"source": s["citekey"], "text": s["quotes"][0]} for s in sources if s.get("quotes")]
-    return {
-        "summary": concept.get("summary", ""),
-        "discussion": "\n\n".join(paragraphs),
-        "quotes": quotes[:MAX_QUOTES],
-        "open_questions": [f"How do these sources define {concept.get('name', 'this concept').lower()}?"],
-    }
 
 
 def draft(

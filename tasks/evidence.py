@@ -6,20 +6,18 @@ after the first reads it from the provider's prompt cache. Student identities ar
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.annotations import locate
-from tierflow.batch import BatchCall, run_batch
-from tierflow.calls import Answer, RunSettings, caller_for
-from tierflow.phases import PhaseOutcome, fan_out, single
-from tierflow.providers.offline import skill
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Answer, RunSettings, caller_for
+from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.tasks.assignment import INJECTION, Assignment, Submission
-from tierflow.vault import template_env
+from tierflow.vault.annotations import locate
+from tierflow.vault.notes import template_env
 
 PHASE = "collate"
 COMPLEXITY = "low"
@@ -195,34 +193,3 @@ def batch_outcome(
             f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
         )
     return outcome
-
-
-_SIGNALS = {
-    "argument": r"\b(however|argue|therefore|whereas|although|suggests|because)\b",
-    "literature": r"\(\w[^)]*\d{4}\)|\b\w+ (?:and|&) \w+ \(?\d{4}",
-    "structure": r"\b(this essay|in conclusion|firstly|finally|in summary)\b",
-    "referenc": r"\(\d{4}\)|\bet al\b|\bpp?\. \d+",
-}
-
-
-@skill("evidenceout")
-def offline_evidence(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: sentences matching each criterion's cue words; the level from how many there are."""
-    text = data.get("submission", "")
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) > 3]
-    criteria = data.get("criteria") or [
-        "Argument and critical evaluation",
-        "Use of literature",
-        "Structure and clarity",
-        "Referencing and academic conventions",
-    ]
-    levels = data.get("levels") or ["Good", "Satisfactory", "Weak"]
-    out = []
-    for criterion in criteria:
-        cue = next((v for k, v in _SIGNALS.items() if k in criterion.lower()), r"\b\w{9,}\b")
-        hits = [s for s in sentences if re.search(cue, s, re.IGNORECASE)]
-        level = levels[min(len(levels) - 1, max(0, 3 - len(hits)))] if levels else ""
-        out.append(
-            {"criterion": criterion, "quotes": hits[:2], "level": level, "note": f"{len(hits)} passages bear on this."}
-        )
-    return {"criteria": out}

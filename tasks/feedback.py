@@ -14,15 +14,14 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.annotations import locate
-from tierflow.batch import BatchCall, run_batch
-from tierflow.calls import Answer, RunSettings, caller_for
-from tierflow.phases import PhaseOutcome, fan_out, single
-from tierflow.providers.offline import skill
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Answer, RunSettings, caller_for
+from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.tasks.assignment import Assignment, Submission
 from tierflow.tasks.cohort import Cohort
-from tierflow.tasks.evidence import Evidence, batch_outcome, offline_evidence, shared_prefix, with_prefix
-from tierflow.vault import NoteWriter, WriteResult, template_env
+from tierflow.tasks.evidence import Evidence, batch_outcome, shared_prefix, with_prefix
+from tierflow.vault.annotations import locate
+from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
 PHASE = "draft"
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
@@ -237,27 +236,3 @@ def draft(
         )
     outcome.results = empty + outcome.results
     return outcome
-
-
-@skill("feedbackout")
-def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: each criterion's comment restates the evidence found; next steps target the weakest."""
-    evidence = {e["criterion"]: e for e in data.get("evidence", [])}
-    found = offline_evidence({"submission": data.get("submission", ""), "criteria": data.get("criteria", [])})
-    quotes_for = {c["criterion"]: c["quotes"] for c in found["criteria"]}
-    criteria = []
-    for name in data.get("criteria", []):
-        e = evidence.get(name, {})
-        quotes = quotes_for.get(name, [])[:1]
-        comment = f"Your work sits at about '{e.get('level', 'unclear')}' on this criterion. " + (
-            "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it."
-        )
-        criteria.append({"criterion": name, "level": e.get("level", ""), "comment": comment, "quotes": quotes})
-    weakest = [c["criterion"] for c in criteria if not c["quotes"]][:2] or [c["criterion"] for c in criteria][:1]
-    return {
-        "criteria": criteria,
-        "next_steps": [
-            f"Next time, work on '{w}': compare your draft with the rubric's descriptor first." for w in weakest
-        ],
-        "overall": "This draft was assembled from your own sentences by an offline model, for your lecturer to review.",
-    }

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any
-
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.calls import RunSettings, caller_for
-from tierflow.phases import PhaseOutcome, single
-from tierflow.providers.offline import skill
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.collate import Collation
-from tierflow.vault import template_env
+from tierflow.vault.notes import template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
@@ -113,29 +109,3 @@ def synthesise_week(
         complexity=COMPLEXITY,
         subject="week",
     )
-
-
-@skill("synthesisout")
-def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: a concept for each keyword that two or more sources share, most shared first."""
-    by_keyword: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for c in data.get("collations", []):
-        for k in c.get("keywords", []):
-            by_keyword[k].append(c)
-    shared = sorted(((k, cs) for k, cs in by_keyword.items() if len(cs) >= 2), key=lambda kv: (-len(kv[1]), kv[0]))
-    concepts = []
-    for keyword, cs in shared[:6]:
-        refs = [{"citekey": c["citekey"], "quote_id": c["quotes"][0]["id"]} for c in cs if c.get("quotes")]
-        concepts.append(
-            {
-                "name": keyword[:1].upper() + keyword[1:],
-                "summary": f"{len(cs)} of this week's sources bear on {keyword}: "
-                + ", ".join(c["citekey"] for c in cs)
-                + ".",
-                "sources": [c["citekey"] for c in cs],
-                "quote_refs": refs,
-                "tensions": [],
-            }
-        )
-    patterns = [f"{k} recurs in {len(cs)} sources" for k, cs in shared[:5]]
-    return {"patterns": patterns, "tensions": [], "concepts": concepts}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tierflow.providers.offline import _SKILLS, prompt_data
+from tierflow.offline import SKILLS, prompt_data
 from tierflow.testing.double import DoubleRequest, Reply
 
 
@@ -28,6 +28,6 @@ def skilled(overrides: dict[str, Any] | None = None) -> Callable[[DoubleRequest]
         if name in overrides:
             answer = overrides[name]
             return answer(request) if callable(answer) else Reply(data=answer)
-        return Reply(data=_SKILLS[name](prompt_data(request.last_user_text)))
+        return Reply(data=SKILLS[name](prompt_data(request.last_user_text)))
 
     return responder

@@ -1,4 +1,4 @@
-"""Tests for tierflow.annotations: the three note layouts, callouts, CRLF, garbage input, locate()."""
+"""Tests for tierflow.vault.annotations: the three note layouts, callouts, CRLF, garbage input, locate()."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tierflow.annotations import Annotation, detect_source_format, locate, parse_annotations
+from tierflow.vault.annotations import Annotation, detect_source_format, locate, parse_annotations
 
 ZOTERO = """\
 # The Power of Feedback

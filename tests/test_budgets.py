@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import READING_WEEK, anthropic_config, openai_config, write_config
 
-from tierflow.budget import Budgets
-from tierflow.calls import Caller, RunSettings
-from tierflow.config import load_config
-from tierflow.errors import BudgetExceeded
-from tierflow.ledger import Ledger
+from tierflow.core.budget import Budgets
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.config import load_config
+from tierflow.core.errors import BudgetExceeded
+from tierflow.core.ledger import Ledger
 from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
 
 PROMPT = "Summarise the argument of Sadler (1989) on closing the gap."
@@ -80,8 +80,8 @@ def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, d
     script = """
 import sys, json
 from concurrent.futures import ThreadPoolExecutor
-from tierflow.calls import Caller, RunSettings
-from tierflow.errors import BudgetExceeded
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import BudgetExceeded
 c = Caller(RunSettings(vault=sys.argv[1], config_path=sys.argv[2], run_id=sys.argv[3], flow="test", use_cache=False))
 def one(_):
     try:
@@ -242,7 +242,7 @@ def run_week(vault: Path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_plan_brackets_the_actual_spend_of_the_same_run(flow_vault, double):
-    from tierflow.plan import plan_reading_notes
+    from tierflow.flows.plans import plan_reading_notes
 
     vault, configure = flow_vault
     configure("")
@@ -253,8 +253,8 @@ def test_plan_brackets_the_actual_spend_of_the_same_run(flow_vault, double):
     rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
     actual = {p: sum(r["cost_usd"] for r in rows if r["phase"] == p) for p in ("collate", "synthesise", "draft")}
     for phase in plan.phases:
-        assert actual[phase.phase] <= float(phase.worst_usd), phase.phase
-        assert phase.all_deep_usd >= phase.worst_usd
+        assert actual[phase.key] <= float(phase.cost_or_none), phase.key
+        assert phase.all_deep_usd >= phase.cost_or_none
     assert sum(actual.values()) <= float(plan.worst_usd)
 
 

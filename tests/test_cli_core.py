@@ -105,7 +105,7 @@ def test_missing_vault_is_a_clear_error(tmp_path: Path):
 
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
-        "import sys; from typer.testing import CliRunner; from tierflow.cli import app; "
+        "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
         "heavy = [m for m in ('prefect', 'anthropic', 'openai', 'genai_prices', 'sqlalchemy') if m in sys.modules]; "
         "print(heavy)"

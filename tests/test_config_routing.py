@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import write_config
 
-from tierflow.config import PROFILES, load_config
-from tierflow.errors import ConfigError
-from tierflow.routing import parse_tier_overrides, route
+from tierflow.core.config import PROFILES, load_config
+from tierflow.core.errors import ConfigError
+from tierflow.core.routing import parse_tier_overrides, route
 
 
 def test_builtin_profiles_route_three_tiers():

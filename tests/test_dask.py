@@ -11,9 +11,10 @@ import frontmatter
 import pytest
 from conftest import FIXTURES, READING_WEEK
 
-from tierflow import ops
+from tierflow.cli import prefect_ops as ops
+from tierflow.core.ledger import Ledger
 from tierflow.flows.reading_notes import reading_notes
-from tierflow.ledger import Ledger, summarise
+from tierflow.report.spend import summarise
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import frontmatter
 
-from tierflow.ledger import Ledger
+from tierflow.core.ledger import Ledger
 
 
 def test_demo_runs_keyless_and_writes_drafts_report_and_ledger(tmp_path: Path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tierflow.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger, summarise
-from tierflow.usage import Usage
+from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger
+from tierflow.core.usage import Usage
+from tierflow.report.spend import summarise
 
 
 def record(n: int = 0, **kw) -> CallRecord:
@@ -38,7 +39,7 @@ def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
 def test_an_old_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
-    from tierflow.ledger import calls, response_cache, schema_version
+    from tierflow.core.ledger import calls, response_cache, schema_version
 
     with engine.begin() as conn:  # a version-1 ledger, as an earlier tierflow wrote it
         schema_version.create(conn)
@@ -72,7 +73,7 @@ def test_threads_record_concurrently_without_losing_a_row(tmp_path: Path):
 
 def test_processes_record_concurrently_into_one_ledger(tmp_path: Path):
     script = (
-        "import sys; from tests.test_ledger import record; from tierflow.ledger import Ledger; "
+        "import sys; from tests.test_ledger import record; from tierflow.core.ledger import Ledger; "
         "l = Ledger(sys.argv[1]); [l.record(record(int(sys.argv[2]) * 1000 + i)) for i in range(50)]"
     )
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"

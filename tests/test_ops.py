@@ -27,10 +27,10 @@ from conftest import READING_WEEK, REPO, write_config
 from prefect import flow, task
 from typer.testing import CliRunner
 
-from tierflow import ops
-from tierflow.calls import RunSettings, caller_for
-from tierflow.cli_ops import limits_app, schedule_app
-from tierflow.phases import phase_task
+from tierflow.cli import prefect_ops as ops
+from tierflow.cli.ops_commands import limits_app, schedule_app
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import phase_task
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 if TYPE_CHECKING:
@@ -263,10 +263,10 @@ def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[st
 
 
 def doc_block(language: str, first_line: str) -> str:
-    """The fenced `language` block of docs/operations.md that starts with `first_line`."""
-    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    """The fenced `language` block of README.md that starts with `first_line`."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     match = re.search(rf"```{language}\n({re.escape(first_line)}.*?)```", text, flags=re.DOTALL)
-    assert match, f"docs/operations.md has no {language} block starting {first_line!r}"
+    assert match, f"README.md has no {language} block starting {first_line!r}"
     return match.group(1)
 
 
@@ -300,7 +300,7 @@ def test_budget_automations_from_the_docs_pause_the_deployment_and_notify(
             json_data={"text": "{{subject}}: {{body}}"},
         ).save("tierflow-budget", overwrite=True)
         code = doc_block("python", "from prefect.automations import Automation")
-        exec(compile(code, "docs/operations.md", "exec"), {})  # the documented snippet, as written
+        exec(compile(code, "README.md", "exec"), {})  # the documented snippet, as written
         (tmp_path / "budget-pause.yaml").write_text(doc_block("yaml", "# budget-pause.yaml"), encoding="utf-8")
         created = subprocess.run(
             [sys.executable, "-m", "prefect", "automation", "create", "--from-file", "budget-pause.yaml"],
@@ -413,7 +413,7 @@ def test_schedule_registers_reads_back_updates_lists_pauses_and_resumes(api: str
 
 
 def _vault_timezone(vault: Path) -> str:
-    from tierflow.config import load_config
+    from tierflow.core.config import load_config
 
     return load_config(vault).settings.vault.timezone
 
@@ -588,7 +588,7 @@ def four_deep_calls(settings: RunSettings) -> list[str]:
 
 
 def _intervals(vault: Path, run_id: str) -> list[tuple[datetime, datetime]]:
-    from tierflow.ledger import Ledger
+    from tierflow.core.ledger import Ledger
 
     rows = Ledger.for_vault(vault).rows(run_id=run_id)
     assert len(rows) == 4 and {r["tier"] for r in rows} == {"deep"} and not any(r["cached_result"] for r in rows)
@@ -610,7 +610,7 @@ def test_four_tier_deep_calls_under_concurrency_1_never_overlap(
 ):
     from prefect.concurrency.services import _no_limits_cache
 
-    from tierflow.config import load_config
+    from tierflow.core.config import load_config
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
 
@@ -649,5 +649,8 @@ def test_four_tier_deep_calls_under_concurrency_1_never_overlap(
 
 def test_ops_and_cli_ops_import_without_prefect():
     """`tierflow --help` stays fast: the sub-apps import Prefect only when a command runs."""
-    code = "import sys, tierflow.cli_ops, tierflow.ops; assert 'prefect' not in sys.modules, 'prefect imported'"
+    code = (
+        "import sys, tierflow.cli.ops_commands, tierflow.cli.prefect_ops; "
+        "assert 'prefect' not in sys.modules, 'prefect imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from tierflow.calls import RunSettings, caller_for
-from tierflow.phases import phase_task
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import phase_task
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

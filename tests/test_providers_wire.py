@@ -10,8 +10,8 @@ import pytest
 from conftest import anthropic_config, openai_config, write_config
 from pydantic import BaseModel
 
-from tierflow.calls import Caller, RunSettings
-from tierflow.errors import MalformedResponse, ProviderAuthError, ProviderRateLimited, ProviderUnavailable
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import MalformedResponse, ProviderAuthError, ProviderRateLimited, ProviderUnavailable
 from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
 
 M = Decimal(1_000_000)

@@ -15,9 +15,9 @@ import pytest
 from conftest import anthropic_config, write_config
 from responders import skilled
 
+from tierflow.core.ledger import Ledger
 from tierflow.flows.reading_notes import reading_notes
-from tierflow.ledger import Ledger
-from tierflow.providers.offline import _SKILLS, prompt_data
+from tierflow.offline import SKILLS, prompt_data
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -137,7 +137,7 @@ def test_user_edited_draft_survives_a_rerun_byte_for_byte(anthropic_vault: Path,
     double.responder = skilled(
         {
             "draftout": lambda r: Reply(
-                data={**_SKILLS["draftout"](prompt_data(r.last_user_text)), "summary": "A new angle."}
+                data={**SKILLS["draftout"](prompt_data(r.last_user_text)), "summary": "A new angle."}
             )
         }
     )
@@ -150,7 +150,7 @@ def test_user_edited_draft_survives_a_rerun_byte_for_byte(anthropic_vault: Path,
 
 def test_hostile_title_from_the_model_stays_inside_the_output_folder(anthropic_vault: Path, double):
     def hostile(request: DoubleRequest) -> Reply:
-        data = _SKILLS["synthesisout"](prompt_data(request.last_user_text))
+        data = SKILLS["synthesisout"](prompt_data(request.last_user_text))
         data["concepts"][0]["name"] = "../../.obsidian/x"
         data["concepts"][1]["name"] = "/etc/passwd"
         data["concepts"][2]["name"] = "CON"
@@ -170,7 +170,7 @@ def test_hostile_title_from_the_model_stays_inside_the_output_folder(anthropic_v
 
 def test_fabricated_quotation_is_marked_in_the_draft(anthropic_vault: Path, double):
     def fabricate(request: DoubleRequest) -> Reply:
-        data = _SKILLS["draftout"](prompt_data(request.last_user_text))
+        data = SKILLS["draftout"](prompt_data(request.last_user_text))
         data["quotes"].append({"source": data["quotes"][0]["source"], "text": "Feedback always improves learning."})
         return Reply(data=data)
 
@@ -225,7 +225,7 @@ def test_empty_week_ends_cleanly_without_a_model_call(anthropic_vault: Path, dou
 
 
 def test_missing_vault_is_a_clear_error(tmp_path: Path):
-    from tierflow.errors import VaultError
+    from tierflow.core.errors import VaultError
 
     with pytest.raises(VaultError, match="does not exist"):
         reading_notes(vault=str(tmp_path / "nowhere"), since=SINCE, until=UNTIL)
@@ -256,7 +256,7 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
 
 
 def test_an_empty_vault_parameter_is_refused_not_taken_as_the_working_directory(tmp_path: Path, monkeypatch):
-    from tierflow.errors import VaultError
+    from tierflow.core.errors import VaultError
 
     monkeypatch.chdir(tmp_path)  # a deployment with TIERFLOW_VAULT unset passes vault=""
     with pytest.raises(VaultError, match="no vault given"):

@@ -10,8 +10,8 @@ import pytest
 from conftest import anthropic_config, openai_config, write_config
 from responders import skilled
 
+from tierflow.core.ledger import Ledger
 from tierflow.flows.student_feedback import student_feedback
-from tierflow.ledger import Ledger
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -179,9 +179,9 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
     report = (feedback_vault / summary.report.path).read_text()
     assert all(b in report for b in summary.batches)
     # Batch rows cost half of what the same usage costs without the batch API.
-    from tierflow.config import load_config
-    from tierflow.ledger import usage_of
-    from tierflow.usage import price
+    from tierflow.core.config import load_config
+    from tierflow.core.ledger import usage_of
+    from tierflow.core.usage import price
 
     config = load_config(feedback_vault)
     for r in batched[:3]:
@@ -247,7 +247,7 @@ def test_a_failed_item_inside_a_batch_is_retried_on_its_own(feedback_vault, doub
 
 
 def test_missing_or_broken_rubric_stops_before_any_model_call(feedback_vault, double, keys):
-    from tierflow.rubric import RubricError
+    from tierflow.vault.rubric import RubricError
 
     configure(feedback_vault, double, "anthropic")
     rubric = feedback_vault / ASSIGNMENT / "rubric.md"
@@ -272,7 +272,7 @@ def test_duplicate_student_ids_are_reported_and_neither_is_drafted(feedback_vaul
 
 
 def test_a_local_profile_keeps_everything_on_the_machine_without_pseudonyms(feedback_vault):
-    from tierflow.config import load_config
+    from tierflow.core.config import load_config
 
     assert load_config(feedback_vault, profile="local").uses_cloud is False
     assert load_config(feedback_vault, profile="anthropic").uses_cloud is True

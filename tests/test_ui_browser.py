@@ -75,7 +75,7 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tierflow.ledger import Ledger
+    from tierflow.core.ledger import Ledger
 
     rows = Ledger.for_vault(vault).rows()
     expected = {f"{r['phase']} · {r['subject']}" for r in rows}

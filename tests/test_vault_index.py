@@ -1,4 +1,4 @@
-"""Tests for tierflow.vault_index: selection, bad notes, incremental rescans, and read-only behaviour."""
+"""Tests for tierflow.vault.index: selection, bad notes, incremental rescans, and read-only behaviour."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tierflow import vault_index
-from tierflow.vault_index import NoteMeta, Selection, VaultIndex
+from tierflow.vault import index as vault_index
+from tierflow.vault.index import NoteMeta, Selection, VaultIndex
 
 WEEK = (dt.date(2026, 11, 16), dt.date(2026, 11, 22))
 IN_WEEK = dt.datetime(2026, 11, 18, 12, 0)

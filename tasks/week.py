@@ -1,0 +1,85 @@
+"""Vault tasks: select the week's reading, load it, and write notes and the run report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
+from pathlib import Path, PurePosixPath
+from zoneinfo import ZoneInfo
+
+from prefect import task
+
+from tierflow.core import clock
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.errors import VaultError
+from tierflow.vault.index import VaultIndex
+from tierflow.vault.notes import SourceNote, check_vault, read_source
+
+
+@dataclass(frozen=True)
+class Skip:
+    path: str
+    reason: str
+
+
+@dataclass
+class Week:
+    since: date
+    until: date
+    where: str
+    notes: list[str] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    literature: set[str] = field(default_factory=set)
+    """File names of every note in the reading folders: links to them are citations, not concepts."""
+
+
+def default_window(timezone: str, since: date | None, until: date | None) -> tuple[date, date]:
+    """The last seven days up to today, in the vault's time zone, unless given."""
+    today = clock.now().astimezone(ZoneInfo(timezone)).date()
+    until = until or today
+    return since or until - timedelta(days=6), until
+
+
+@task(name="select week", task_run_name="select · {since} to {until}")
+def select_week(settings: RunSettings, since: date | None, until: date | None) -> Week:
+    """The literature notes in the configured folders or tags whose date falls in the window."""
+    vault = check_vault(Path(settings.vault or "."))
+    cfg = caller_for(settings).config.settings.vault
+    since, until = default_window(cfg.timezone, since, until)
+    if since > until:
+        raise VaultError(f"--since {since} is after --until {until}")
+    index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+    selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
+    excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder))
+    literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}
+    where = (
+        " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags]) or "the whole vault"
+    )
+    return Week(
+        since=since,
+        until=until,
+        where=where,
+        notes=[n.path for n in selection.notes if not n.path.startswith(excluded)],
+        skipped=[Skip(n.path, n.error or "unusable") for n in selection.skipped if not n.path.startswith(excluded)],
+        literature=literature,
+    )
+
+
+@task(name="load sources", task_run_name="load · {week.since} to {week.until}")
+def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], list[Skip]]:
+    """Parse the selected notes; a note that cannot be parsed is skipped with its reason."""
+    vault = Path(settings.vault or ".").resolve()
+    sources: list[SourceNote] = []
+    skipped: list[Skip] = []
+    for path in week.notes:
+        try:
+            source = read_source(vault, path)
+        except VaultError as exc:
+            skipped.append(Skip(path, str(exc).split(": ", 1)[-1]))
+            continue
+        source = replace(source, wikilinks=tuple(w for w in source.wikilinks if w not in week.literature))
+        if not source.annotations:
+            skipped.append(Skip(path, "no highlights, quotes or notes found in it"))
+            continue
+        sources.append(source)
+    return sources, skipped

@@ -1,0 +1,80 @@
+"""Layers point one way: cli -> flows/tasks -> report -> core/vault/offline. The core never imports a flow or task."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOWER = ("core", "vault", "offline", "report", "testing")
+"""Packages under tierflow/ that must not import tierflow.flows, tierflow.tasks or tierflow.cli."""
+UPPER = ("tierflow.flows", "tierflow.tasks", "tierflow.cli")
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module a Python source imports, at any depth (function-level imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def upward_imports(source: str) -> set[str]:
+    return {m for m in imported_modules(source) if m.startswith(UPPER) or m in UPPER}
+
+
+def lower_layer_files() -> list[Path]:
+    return sorted(p for pkg in LOWER for p in (REPO / "tierflow" / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", lower_layer_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_lower_layers_never_import_flows_tasks_or_cli(path: Path) -> None:
+    assert upward_imports(path.read_text(encoding="utf-8")) == set(), f"{path} imports upward"
+
+
+def test_the_check_catches_a_deliberate_upward_import() -> None:
+    """The same check, on a module that imports a task inside a function, as plan.py once did."""
+    offending = "def plan():\n    from tierflow.tasks import collate\n    import tierflow.flows.reading_notes\n"
+    assert upward_imports(offending) == {"tierflow.tasks", "tierflow.tasks.collate", "tierflow.flows.reading_notes"}
+    assert upward_imports("from tierflow.core.calls import Caller\nimport json\n") == set()
+
+
+def test_every_lower_layer_package_exists() -> None:
+    """A renamed package would silently drop out of the check above."""
+    for pkg in LOWER:
+        assert (REPO / "tierflow" / pkg / "__init__.py").is_file(), pkg
+
+
+def _function_from(path: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"checkout_copy_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return getattr(module, name)
+
+
+def test_a_flow_file_that_differs_from_the_installed_one_is_refused(tmp_path: Path) -> None:
+    """A deployment started from another checkout must not mix its flow file with this install's tasks."""
+    from tierflow.core.errors import TierflowError
+    from tierflow.core.registry import check_same_install, flow_spec
+
+    installed = Path(flow_spec("reading-notes").flow.fn.__code__.co_filename)
+    same = tmp_path / "same" / "flows" / "reading_notes.py"
+    same.parent.mkdir(parents=True)
+    same.write_bytes(installed.read_bytes())
+    (tmp_path / "same" / "pyproject.toml").write_text("")
+    other = tmp_path / "other" / "flows" / "reading_notes.py"
+    other.parent.mkdir(parents=True)
+    other.write_text("def reading_notes():\n    return 'an older copy'\n")
+    (tmp_path / "other" / "pyproject.toml").write_text("")
+
+    check_same_install(_function_from(same, "reading_notes"), "reading-notes")  # an identical copy runs
+    with pytest.raises(TierflowError, match=r"differs from the one in the installed tierflow .*pip install -e"):
+        check_same_install(_function_from(other, "reading_notes"), "reading-notes")

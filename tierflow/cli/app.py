@@ -1,0 +1,417 @@
+"""`tierflow`: run flows, ask a tier, plan and report spend. Heavy imports wait until a command runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.cli.ops_commands import limits_app, schedule_app
+
+app = typer.Typer(
+    help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(limits_app, name="limits")
+
+TierOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tier", "-t", help="Override a phase's tier, as PHASE=TIER (repeatable)."),
+]
+
+
+class Complexity(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class GroupBy(StrEnum):
+    phase = "phase"
+    tier = "tier"
+    model = "model"
+    flow = "flow"
+    day = "day"
+    run = "run"
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    otel = "otel"
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    complexity: Annotated[Complexity, typer.Option(help="Routed through the config's routing table.")] = (
+        Complexity.low
+    ),
+    tier: Annotated[str | None, typer.Option("--tier", help="Use this tier, bypassing routing.")] = None,
+    phase: Annotated[str, typer.Option(help="Phase name recorded in the ledger.")] = "ask",
+    system: Annotated[str, typer.Option(help="System prompt.")] = "You are a careful academic assistant.",
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Route one prompt to a tier, print the answer, and record the call in the ledger."""
+    from tierflow.core.calls import Caller, RunSettings, new_run_id
+    from tierflow.core.errors import TierflowError
+
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
+    settings = RunSettings(
+        vault=str(vault) if vault else None,
+        config_path=str(config) if config else None,
+        profile=profile,
+        tier_overrides={"*": tier} if tier else {},
+        run_id=new_run_id(),
+        flow="ask",
+        use_cache=False,
+    )
+    if vault is None and not cfg.settings.ledger_url:
+        raise fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
+    try:
+        answer = Caller(settings, cfg).ask(phase=phase, complexity=complexity.value, system=system, prompt=prompt)
+    except TierflowError as exc:
+        raise fail(str(exc), 1) from None
+    typer.echo(answer.text)
+    u = answer.usage
+    cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+    usage = (
+        "unknown usage"
+        if not u.known
+        else (
+            f"{u.input_tokens} in, {u.output_tokens} out, {u.cache_read_tokens} cache-read, "
+            f"{u.cache_write_tokens} cache-write, {u.reasoning_tokens} reasoning"
+        )
+    )
+    typer.echo(f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; {cost}", err=True)
+
+
+@app.command()
+def spend(
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
+) -> None:
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
+    from tierflow.core.ledger import COLUMNS, Ledger
+    from tierflow.report.spend import summarise
+
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
+    if since:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD") from None
+    try:
+        ledger = Ledger(cfg.ledger_url)
+    except Exception as exc:  # the ConfigError names the missing vault
+        raise fail(str(exc)) from None
+    if budget:
+        _print_budgets(cfg, ledger, fmt)
+        return
+    rows = ledger.rows(since=since, run_id=run)
+    group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
+    out = sys.stdout
+    if fmt is Format.json:
+        for row in rows if group is None else summarise(rows, group):
+            out.write(json.dumps(row if group is None else {"total": True, **row}) + "\n")
+    elif fmt is Format.csv:
+        data = rows if group is None else summarise(rows, group)
+        fields = list(COLUMNS) if group is None else list(data[0]) if data else [group]
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(data)
+    elif fmt is Format.otel:
+        from tierflow.report.spend import otel_record
+
+        for row in rows:
+            out.write(json.dumps(otel_record(row)) + "\n")
+    else:
+        from rich.console import Console
+
+        from tierflow.report.spend import spend_table
+
+        Console().print(spend_table(rows, group))
+
+
+def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
+    from tierflow.core.budget import Budgets
+
+    states = Budgets(cfg, ledger, run_id="", flow="").states()
+    if fmt is Format.json:
+        for s in states:
+            print(
+                json.dumps(
+                    {
+                        "budget": s.name,
+                        "scope": s.scope,
+                        "policy": s.policy,
+                        "limit_usd": s.limit_usd,
+                        "spent_usd": s.spent_usd,
+                        "reserved_usd": s.reserved_usd,
+                        "remaining_usd": s.remaining_usd,
+                        "limit_tokens": s.limit_tokens,
+                        "spent_tokens": s.spent_tokens,
+                        "reserved_tokens": s.reserved_tokens,
+                        "remaining_tokens": s.remaining_tokens,
+                    }
+                )
+            )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    if not states:
+        print("No budgets are configured. Add a [budgets.<name>] table to the config.")
+        return
+    table = Table(title="Budgets (current period)")
+    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining"):
+        table.add_column(col)
+    for s in states:
+        if s.limit_usd is not None:
+            table.add_row(
+                s.name,
+                s.scope,
+                s.policy,
+                f"${s.limit_usd:.4f}",
+                f"${s.spent_usd:.4f}",
+                f"${s.reserved_usd:.4f}",
+                f"${s.remaining_usd:.4f}",
+            )
+        if s.limit_tokens is not None:
+            table.add_row(
+                s.name,
+                s.scope,
+                s.policy,
+                f"{s.limit_tokens} tok",
+                f"{s.spent_tokens} tok",
+                f"{s.reserved_tokens} tok",
+                f"{s.remaining_tokens} tok",
+            )
+    Console().print(table)
+
+
+class FlowName(StrEnum):
+    reading_notes = "reading-notes"
+    student_feedback = "student-feedback"
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option} {value!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console logging to warnings so the progress display stays readable."""
+    if not verbose:
+        for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
+            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
+
+
+@app.command()
+def run(
+    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    vault: VaultOpt = None,
+    since: Annotated[str | None, typer.Option(help="First day of the window (default: 6 days before --until).")] = None,
+    until: Annotated[str | None, typer.Option(help="Last day of the window (default: today).")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    tier: TierOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render prompts and estimate spend; call no model.")
+    ] = False,
+    show_prompts: Annotated[bool, typer.Option("--show-prompts", help="With --dry-run: print every prompt.")] = False,
+    assignment: Annotated[
+        str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="student-feedback: direct, or batch (provider batch APIs, about half price).")
+    ] = "direct",
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="batch mode: wait for the batch, or exit and resume later.")
+    ] = True,
+    task_runner: Annotated[
+        str, typer.Option("--task-runner", help="thread (default), dask, dask:N or dask:tcp://HOST:PORT.")
+    ] = "thread",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
+    vault = vault_dir(vault, required="tierflow run reading-notes")
+    load(vault, config, profile)
+    overrides = _tier_overrides(tier)
+    start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if dry_run:
+        if flow_name is not FlowName.reading_notes:
+            raise fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
+        plan(
+            flow_name,
+            vault=vault,
+            since=since,
+            until=until,
+            config=config,
+            profile=profile,
+            tier=tier,
+            show_prompts=show_prompts,
+        )
+        return
+    if mode not in ("direct", "batch"):
+        raise fail(f"--mode {mode!r}: use direct or batch")
+    _quiet_prefect(verbose)
+    from tierflow.cli.prefect_ops import OpsError, task_runner_for
+    from tierflow.cli.runner import run_flow
+
+    try:
+        runner = task_runner_for(task_runner)
+    except OpsError as exc:
+        raise fail(str(exc)) from None
+    kwargs = (
+        {"since": start, "until": end}
+        if flow_name is FlowName.reading_notes
+        else {"assignment": assignment, "mode": mode, "wait": wait}
+    )
+    summary = run_flow(
+        flow_name.value, vault, profile=profile, config=config, tier=overrides, task_runner=runner, **kwargs
+    )
+    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the run report and ledger show it.")],
+    vault: VaultOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
+    vault = vault_dir(vault, required="tierflow resume RUN")
+    from tierflow.core.ledger import Ledger
+
+    found = Ledger.for_vault(vault).run_parameters(run_id)
+    if found is None:
+        raise fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+    flow, parameters = found
+    _quiet_prefect(verbose)
+    from tierflow.cli.runner import run_flow
+
+    summary = run_flow(flow, vault, run_id=run_id, **parameters)
+    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Where to put the demo vault (default: a new temporary folder).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Copy the bundled reading-week vault and run the reading-notes flow on it with the offline model."""
+    _quiet_prefect(verbose)
+    from tierflow.cli.runner import run_demo
+
+    run_demo(folder)
+
+
+@app.command()
+def plan(
+    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    vault: VaultOpt = None,
+    since: Annotated[str | None, typer.Option(help="First day of the window.")] = None,
+    until: Annotated[str | None, typer.Option(help="Last day of the window.")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    tier: TierOpt = None,
+    show_prompts: Annotated[bool, typer.Option("--show-prompts", help="Print every rendered prompt.")] = False,
+) -> None:
+    """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
+    vault = vault_dir(vault, required="tierflow plan reading-notes")
+    cfg = load(vault, config, profile)
+    from tierflow.core.errors import TierflowError
+    from tierflow.core.registry import flow_spec
+    from tierflow.report.plan import print_plan
+
+    spec = flow_spec(flow_name.value)
+    if spec.plan is None:
+        raise fail(f"tierflow plan estimates reading-notes; {flow_name.value} has no planner yet")
+    try:
+        result = spec.plan(
+            cfg,
+            vault,
+            since=_parse_date(since, "--since"),
+            until=_parse_date(until, "--until"),
+            tier=_tier_overrides(tier),
+        )
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    print_plan(result, show_prompts=show_prompts)
+
+
+def _tier_overrides(items: list[str] | None) -> dict[str, str]:
+    from tierflow.core.errors import ConfigError
+    from tierflow.core.routing import parse_tier_overrides
+
+    try:
+        return parse_tier_overrides(items or [])
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@config_app.command("show")
+def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Print the effective config, each value with its source. Keys are never printed, only env var names."""
+    from rich.console import Console
+    from rich.table import Table
+
+    vault = vault_dir(vault)
+    cfg = load(vault, config, profile)
+    table = Table(title=f"tierflow config ({cfg.path or 'built-in defaults'})")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, (value, source) in sorted(cfg.redacted().items()):
+        table.add_row(key, json.dumps(value), source)
+    Console().print(table)
+
+
+def main() -> None:
+    # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
+    prefect_defaults()
+    app()
+
+
+def prefect_defaults() -> None:
+    """Settings Prefect reads at import, for a local, keyless run; the user's own environment wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tierflow")
+    # tierflow logs outside flow runs too (`tierflow ask`); those lines belong on the console only.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # With the default batch size of 1 the ephemeral server's task-run recorder falls behind, and at exit
+    # it is cancelled mid-write: "Error flushing 1 events" and task runs missing from the UI. Batching lets
+    # the final flush complete.
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")

@@ -1,0 +1,273 @@
+"""`tierflow schedule` and `tierflow limits`: Prefect deployments and tier concurrency limits without YAML.
+
+Registered in `tierflow.cli.app` with `app.add_typer(schedule_app, name="schedule")` and
+`app.add_typer(limits_app, name="limits")`. Prefect is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+
+if TYPE_CHECKING:
+    from tierflow.cli.prefect_ops import FlowTarget
+    from tierflow.core.config import Config
+
+
+class _ScheduleGroup(TyperGroup):
+    """Names the flows that can be scheduled when given one it does not know."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            from tierflow.cli.prefect_ops import FLOWS
+
+            ctx.fail(
+                f"unknown flow {args[0]!r}. tierflow schedules these flows: {', '.join(FLOWS)}. "
+                "Other commands: list, pause NAME, resume NAME."
+            )
+        return super().resolve_command(ctx, args)
+
+
+schedule_app = typer.Typer(
+    cls=_ScheduleGroup,
+    help=(
+        "Run flows on a schedule: Prefect deployments on a process work pool, against the Prefect server in "
+        "PREFECT_API_URL. A worker runs them: prefect worker start --pool tierflow."
+    ),
+    no_args_is_help=True,
+)
+limits_app = typer.Typer(
+    help="Tier concurrency limits: Prefect tag limits (tier:<name>) from [tiers.<name>] concurrency.",
+    no_args_is_help=True,
+)
+
+CronOpt = Annotated[
+    str | None,
+    typer.Option("--cron", help='Cron expression: minute hour day-of-month month day-of-week, e.g. "0 7 * * MON".'),
+]
+TimezoneOpt = Annotated[
+    str | None,
+    typer.Option("--timezone", help="IANA time zone of the schedule (default: the vault's [vault] timezone)."),
+]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Deployment name (default: the flow's usual one).")]
+PoolOpt = Annotated[str, typer.Option("--pool", help="Process work pool; created if missing.")]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Another flow parameter, as NAME=VALUE; VALUE may be JSON (repeatable)."),
+]
+
+
+def _vault(vault: Path | None, command: str) -> Path:
+    return vault_dir(vault, required=f"tierflow schedule {command}")  # type: ignore[return-value]
+
+
+def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> tuple[Config, dict[str, Any]]:
+    """The loaded config, and the deployment parameters every flow takes: vault, profile, config."""
+    cfg = load(vault, config, profile)
+    parameters: dict[str, Any] = {"vault": str(vault)}
+    if profile:
+        parameters["profile"] = profile
+    if config:
+        parameters["config"] = str(config.resolve())
+    return cfg, parameters
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw
+    return params
+
+
+def _register(
+    target: FlowTarget,
+    *,
+    parameters: dict[str, Any],
+    cfg: Config,
+    cron: str | None,
+    timezone: str | None,
+    name: str | None,
+    pool: str,
+) -> None:
+    from tierflow.cli.prefect_ops import OpsError, register
+
+    try:
+        done = register(
+            target,
+            parameters=parameters,
+            name=name,
+            cron=cron,
+            timezone=timezone or cfg.settings.vault.timezone,
+            pool=pool,
+        )
+    except OpsError as exc:
+        raise fail(str(exc), 1) from None
+    verb = "Registered" if done.created else "Updated"
+    when = f"on schedule {done.schedule}" if done.schedule else "with no schedule (runs on demand)"
+    typer.echo(f"{verb} deployment {done.deployment} {when}, on work pool {done.pool!r}.")
+    if done.pool_created:
+        typer.echo(f"Created the process work pool {done.pool!r}.")
+    typer.echo(f"Runs start while a worker polls the pool: prefect worker start --pool {done.pool}")
+    typer.echo(f"Run it now: prefect deployment run '{done.deployment}'")
+
+
+@schedule_app.command("reading-notes")
+def schedule_reading_notes(
+    vault: VaultOpt = None,
+    cron: CronOpt = "0 7 * * MON",
+    timezone: TimezoneOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    name: NameOpt = None,
+    pool: PoolOpt = "tierflow",
+    param: ParamOpt = None,
+) -> None:
+    """Schedule the reading-notes flow (default: Mondays 07:00), each run over the seven days before it."""
+    from tierflow.cli.prefect_ops import FLOWS
+
+    vault = _vault(vault, "reading-notes")
+    cfg, parameters = _base_parameters(vault, profile, config)
+    parameters.update(_params(param))
+    _register(
+        FLOWS["reading-notes"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
+    )
+
+
+@schedule_app.command("student-feedback")
+def schedule_student_feedback(
+    vault: VaultOpt = None,
+    assignment: Annotated[
+        str | None,
+        typer.Option("--assignment", help="The assignment folder in the vault (default: [feedback] in config)."),
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="direct, or batch (the providers' batch APIs).")] = "direct",
+    cron: CronOpt = None,
+    timezone: TimezoneOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    name: NameOpt = None,
+    pool: PoolOpt = "tierflow",
+    param: ParamOpt = None,
+) -> None:
+    """Register the student-feedback flow: on demand (the default), or on a schedule with --cron."""
+    from tierflow.cli.prefect_ops import FLOWS
+
+    vault = _vault(vault, "student-feedback")
+    if mode not in ("direct", "batch"):
+        raise fail(f"--mode {mode!r}: use direct or batch")
+    cfg, parameters = _base_parameters(vault, profile, config)
+    parameters["mode"] = mode
+    if assignment:
+        parameters["assignment"] = assignment
+    parameters.update(_params(param))
+    _register(
+        FLOWS["student-feedback"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
+    )
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """The deployments on the Prefect server, their schedules, and whether they are paused."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tierflow.cli.prefect_ops import OpsError, list_deployments
+
+    try:
+        deployments = list_deployments()
+    except OpsError as exc:
+        raise fail(str(exc), 1) from None
+    if not deployments:
+        typer.echo("No deployments yet. Add one: tierflow schedule reading-notes --vault DIR")
+        return
+    table = Table(title="Prefect deployments")
+    for col in ("deployment", "schedule", "state", "pool", "vault"):
+        table.add_column(col)
+    for d in deployments:
+        state = "paused" if d.paused else ("active" if d.schedules else "on demand")
+        table.add_row(d.name, "\n".join(d.schedules) or "-", state, d.pool or "-", str(d.parameters.get("vault", "")))
+    Console(width=200).print(table)
+
+
+def _set_paused(name: str, paused: bool) -> None:
+    from tierflow.cli.prefect_ops import OpsError, set_paused
+
+    try:
+        full = set_paused(name, paused)
+    except OpsError as exc:
+        raise fail(str(exc), 1) from None
+    if paused:
+        typer.echo(f"Paused {full}: no runs are scheduled until `tierflow schedule resume {full}`.")
+    else:
+        typer.echo(f"Resumed {full}: its schedule runs again.")
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: Annotated[str, typer.Argument(help="FLOW/DEPLOYMENT, or a unique deployment name.")]) -> None:
+    """Pause a deployment's schedule."""
+    _set_paused(name, True)
+
+
+@schedule_app.command("resume")
+def schedule_resume(
+    name: Annotated[str, typer.Argument(help="FLOW/DEPLOYMENT, or a unique deployment name.")],
+) -> None:
+    """Resume a paused deployment's schedule."""
+    _set_paused(name, False)
+
+
+@limits_app.command("apply")
+def limits_apply(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Create or update a Prefect concurrency limit on tag tier:<name> for each tier with `concurrency`."""
+    from tierflow.cli.prefect_ops import OpsError, apply_limits
+
+    if vault is not None and not vault.is_dir():
+        raise fail(f"vault {vault} is not a folder. Give the folder that holds your notes.")
+    cfg = load(vault.resolve() if vault else None, config, profile)
+    try:
+        changes = apply_limits(cfg)
+    except OpsError as exc:
+        raise fail(str(exc), 1) from None
+    for change in changes:
+        typer.echo(change.message)
+    typer.echo("Every flow and worker on this server now keeps to these limits; see the UI's Concurrency page.")
+
+
+@limits_app.command("show")
+def limits_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """The tier:<name> concurrency limits on the Prefect server (beside the config's, given a vault or config)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tierflow.cli.prefect_ops import OpsError, show_limits
+
+    cfg = load(vault.resolve() if vault else None, config, profile) if (vault or config or profile) else None
+    try:
+        rows = show_limits(cfg)
+    except OpsError as exc:
+        raise fail(str(exc), 1) from None
+    if not rows:
+        typer.echo("No tier limits on the server: every tier is unlimited. Set them with `tierflow limits apply`.")
+        return
+    table = Table(title="Tier concurrency limits")
+    for col in ("tag", "limit", "running", *(("config",) if cfg else ())):
+        table.add_column(col)
+    for r in rows:
+        limit = "unlimited" if r.limit is None else str(r.limit)
+        cells = [r.tag, limit, str(r.active)]
+        if cfg:
+            cells.append("unlimited" if r.configured is None else str(r.configured))
+        table.add_row(*cells)
+    Console(width=200).print(table)

@@ -1,0 +1,543 @@
+"""Prefect operations: scheduled deployments, tier concurrency limits, and the choice of task runner.
+
+Everything here talks to the Prefect API named by `PREFECT_API_URL`. Prefect is imported inside the
+functions, so importing this module (and so `tierflow --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from tierflow.core.errors import TierflowError
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.task_runners import TaskRunner
+
+    from tierflow.core.config import Config
+
+DEFAULT_POOL = "tierflow"
+"""The process work pool tierflow's deployments use unless told otherwise."""
+DEFAULT_QUEUE = "default"
+TAGS = ["tierflow"]
+BANNED_LIMIT_CHARACTERS = ("/", "%", "&", ">", "<")
+"""Characters Prefect refuses in concurrency-limit names (`prefect.types.names.BANNED_CHARACTERS`)."""
+TIER_TAG_PREFIX = "tier:"
+
+START_A_SERVER = (
+    "Start one in another terminal with `prefect server start`, then point tierflow at it: "
+    "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export PREFECT_API_URL)."
+)
+NO_SERVER = (
+    "no Prefect server is configured (PREFECT_API_URL is not set). Schedules and limits need a running "
+    "server: without one, Prefect starts a temporary server for each run and stops it afterwards, so a "
+    "schedule would never fire and a limit would hold for nothing. " + START_A_SERVER
+)
+
+
+class OpsError(TierflowError):
+    """A Prefect operation cannot be done; says why and what to do, and nothing was changed."""
+
+
+@dataclass(frozen=True)
+class FlowTarget:
+    """A flow tierflow can schedule: its CLI name (also its Prefect flow name) and where its code is."""
+
+    name: str
+    entrypoint: str
+    """A module path (`package.module.function`), so workers need the package, not a checkout."""
+    deployment: str
+    """The default deployment name."""
+
+
+FLOWS: dict[str, FlowTarget] = {
+    "reading-notes": FlowTarget("reading-notes", "tierflow.flows.reading_notes.reading_notes", "weekly"),
+    "student-feedback": FlowTarget("student-feedback", "tierflow.flows.student_feedback.student_feedback", "on-demand"),
+}
+
+
+# --- the Prefect API -----------------------------------------------------------------------------
+
+
+def api_url() -> str | None:
+    """The configured Prefect API URL, or None when Prefect would fall back to a temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+@contextmanager
+def prefect_client() -> Iterator[SyncPrefectClient]:
+    """A client for the configured, reachable Prefect API; OpsError, plainly worded, when there is none."""
+    url = api_url()
+    if not url:
+        raise OpsError(NO_SERVER)
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+        if problem is not None:
+            raise OpsError(
+                f"the Prefect API at {url} is not reachable ({_reason(problem)}). Is `prefect server start` "
+                f"running there? Nothing was changed. {START_A_SERVER}"
+            )
+        yield client
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+def cron_schedule(cron: str, timezone: str) -> CronSchedule:
+    """A validated cron schedule; OpsError with a plain explanation for a bad expression or time zone."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    check_timezone(timezone)
+    try:
+        return CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError as exc:
+        detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise OpsError(
+            f"--cron {cron!r} is not a cron expression Prefect accepts ({detail}). Write five fields, "
+            'minute hour day-of-month month day-of-week: "0 7 * * MON" is Mondays at 07:00.'
+        ) from None
+
+
+def check_timezone(timezone: str) -> str:
+    """`timezone` if it is an IANA time zone name; else OpsError, suggesting the name meant."""
+    if timezone in zoneinfo.available_timezones():
+        return timezone
+    folded = {name.casefold(): name for name in zoneinfo.available_timezones()}
+    hint = f" Did you mean {folded[timezone.casefold()]}?" if timezone.casefold() in folded else ""
+    raise OpsError(
+        f"--timezone {timezone!r} is not a time zone name.{hint} Use an IANA name such as Europe/London, "
+        "America/New_York or UTC."
+    )
+
+
+def describe_schedule(cron: str, timezone: str) -> str:
+    """`0 7 * * MON (Europe/London), next 2026-11-23 07:00 GMT`; the next time is left out if unknown."""
+    text = f"{cron} ({timezone})"
+    nxt = next_fire(cron, timezone)
+    return f"{text}, next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else text
+
+
+def next_fire(cron: str, timezone: str) -> datetime | None:
+    """When the schedule fires next, by the same cron rules Prefect uses; None if they are unavailable."""
+    try:
+        from prefect._vendor.croniter import croniter
+    except ImportError:  # a private module: its absence must not break scheduling
+        return None
+    return croniter(cron, datetime.now(zoneinfo.ZoneInfo(timezone))).get_next(datetime)
+
+
+def load_flow(target: FlowTarget) -> Flow[..., Any]:
+    """The flow object behind `target`; OpsError when this install does not have it."""
+    from prefect import Flow
+
+    where = target.entrypoint
+    try:
+        if ":" in where:
+            from prefect.flows import load_flow_from_entrypoint
+
+            flow = load_flow_from_entrypoint(where, use_placeholder_flow=False)
+        else:
+            module, _, attribute = where.rpartition(".")
+            flow = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise OpsError(
+            f"the {target.name} flow is not in this install of tierflow ({where}: {_reason(exc)}). "
+            "Update tierflow, or check the flow's name: tierflow schedules "
+            f"{', '.join(FLOWS)}."
+        ) from None
+    if not isinstance(flow, Flow):
+        raise OpsError(f"{where} is not a Prefect flow.")
+    return flow
+
+
+def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> None:
+    """The parameters must be ones the flow takes, of the right types, with every required one given."""
+    from prefect.exceptions import ParameterTypeError
+
+    signature = inspect.signature(flow.fn)
+    accepted = {
+        name
+        for name, p in signature.parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    unknown = sorted(set(parameters) - accepted)
+    if unknown:
+        raise OpsError(
+            f"the {flow.name} flow takes no parameter {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(sorted(accepted))}."
+        )
+    missing = [
+        name
+        for name, p in signature.parameters.items()
+        if name in accepted and p.default is inspect.Parameter.empty and name not in parameters
+    ]
+    if missing:
+        raise OpsError(f"the {flow.name} flow needs {', '.join(map(repr, missing))}: give it with --param NAME=VALUE.")
+    quiet = logging.getLogger("prefect.flows")
+    was_disabled, quiet.disabled = quiet.disabled, True  # Prefect logs the failure too; say it once
+    try:
+        flow.validate_parameters(dict(parameters))
+    except ParameterTypeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip()) or _reason(exc)
+        raise OpsError(f"bad parameter for the {flow.name} flow: {detail}") from None
+    finally:
+        quiet.disabled = was_disabled
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What `register` did."""
+
+    deployment: str
+    """`<flow>/<deployment>`, as `prefect deployment run` and `tierflow schedule pause` take it."""
+    deployment_id: str
+    created: bool
+    """False: an existing deployment of that name was updated."""
+    pool: str
+    pool_created: bool
+    schedule: str | None
+    """`describe_schedule` of the schedule, None when the deployment runs only on demand."""
+
+
+def register(
+    target: FlowTarget,
+    *,
+    parameters: Mapping[str, Any],
+    name: str | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    pool: str = DEFAULT_POOL,
+    description: str | None = None,
+) -> Registration:
+    """Create or update a deployment of `target` on a process work pool, with an optional cron schedule.
+
+    Everything that can be checked is checked before anything is written: the schedule, the flow, its
+    parameters, the API. If a write fails part-way, what this call created is removed again.
+    """
+    name = name or target.deployment
+    if not name.strip() or any(ch in name for ch in BANNED_LIMIT_CHARACTERS):
+        raise OpsError(f"--name {name!r}: a deployment name needs at least one character and none of / % & > <.")
+    schedule = cron_schedule(cron, timezone) if cron else None
+    flow = load_flow(target)
+    check_parameters(flow, parameters)
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(flow).model_dump(exclude_unset=True)
+    with prefect_client() as client:
+        pool_created = ensure_pool(client, pool)
+        flow_id = None
+        flow_created = False
+        try:
+            try:
+                flow_id = client.read_flow_by_name(flow.name).id
+            except ObjectNotFound:
+                flow_id = client.create_flow_from_name(flow.name)
+                flow_created = True
+            try:
+                client.read_deployment_by_name(f"{flow.name}/{name}")
+                existed = True
+            except ObjectNotFound:
+                existed = False
+            deployment_id = client.create_deployment(
+                flow_id=flow_id,
+                name=name,
+                entrypoint=target.entrypoint,
+                parameters=dict(parameters),
+                parameter_openapi_schema=schema,
+                enforce_parameter_schema=True,
+                schedules=[DeploymentScheduleCreate(schedule=schedule, active=True)] if schedule else [],
+                work_pool_name=pool,
+                work_queue_name=DEFAULT_QUEUE,
+                description=description or flow.description,
+                tags=TAGS,
+                pull_steps=[],
+            )
+            if existed and not schedule:
+                # An update keeps the old schedules unless told otherwise: on demand means none.
+                for old in client.read_deployment_schedules(deployment_id):
+                    client.delete_deployment_schedule(deployment_id, old.id)
+        except Exception as exc:
+            _undo(client, flow_id if flow_created else None, pool if pool_created else None)
+            if isinstance(exc, TierflowError):
+                raise
+            raise OpsError(
+                f"Prefect refused the deployment {flow.name}/{name}: {_reason(exc)}. Nothing was registered."
+            ) from exc
+    return Registration(
+        deployment=f"{flow.name}/{name}",
+        deployment_id=str(deployment_id),
+        created=not existed,
+        pool=pool,
+        pool_created=pool_created,
+        schedule=describe_schedule(cron, timezone) if cron else None,
+    )
+
+
+def ensure_pool(client: SyncPrefectClient, pool: str) -> bool:
+    """Create the `process` work pool `pool` unless it exists; True if it was created here."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        client.read_work_pool(pool)
+        return False
+    except ObjectNotFound:
+        pass
+    try:
+        client.create_work_pool(
+            WorkPoolCreate(name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
+        )
+    except ObjectAlreadyExists:  # created meanwhile by someone else: theirs, not ours to remove
+        return False
+    return True
+
+
+def _undo(client: SyncPrefectClient, flow_id: Any, pool: str | None) -> None:
+    """Remove what a failed `register` created; best effort, since the API may be what failed."""
+    try:
+        if flow_id is not None:
+            client.delete_flow(flow_id)
+        if pool is not None:
+            client.delete_work_pool(pool)
+    except Exception:  # the original failure is the one to report
+        pass
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployment, as `tierflow schedule list` shows it."""
+
+    name: str
+    schedules: list[str]
+    paused: bool
+    pool: str | None
+    parameters: dict[str, Any]
+
+
+def list_deployments() -> list[DeploymentInfo]:
+    """Every deployment on the server, with its schedules and whether it is paused."""
+    with prefect_client() as client:
+        flows = {f.id: f.name for f in client.read_flows(limit=200)}
+        out = []
+        for d in client.read_deployments(limit=200):
+            schedules = [
+                describe_schedule(s.schedule.cron, s.schedule.timezone or "UTC") + ("" if s.active else " [inactive]")
+                if hasattr(s.schedule, "cron")
+                else str(s.schedule) + ("" if s.active else " [inactive]")
+                for s in client.read_deployment_schedules(d.id)
+            ]
+            out.append(
+                DeploymentInfo(
+                    name=f"{flows.get(d.flow_id, '?')}/{d.name}",
+                    schedules=schedules,
+                    paused=bool(d.paused),
+                    pool=d.work_pool_name,
+                    parameters=dict(d.parameters or {}),
+                )
+            )
+    return sorted(out, key=lambda d: d.name)
+
+
+def set_paused(name: str, paused: bool) -> str:
+    """Pause or resume the deployment `name` (`flow/deployment`, or a deployment name that is unique)."""
+    with prefect_client() as client:
+        full, deployment_id = _find_deployment(client, name)
+        if paused:
+            client.pause_deployment(deployment_id)
+        else:
+            client.resume_deployment(deployment_id)
+    return full
+
+
+def _find_deployment(client: SyncPrefectClient, name: str) -> tuple[str, Any]:
+    from prefect.exceptions import ObjectNotFound
+
+    if "/" in name:
+        try:
+            return name, client.read_deployment_by_name(name).id
+        except ObjectNotFound:
+            pass
+    flows = {f.id: f.name for f in client.read_flows(limit=200)}
+    matches = [(f"{flows.get(d.flow_id, '?')}/{d.name}", d.id) for d in client.read_deployments(limit=200)]
+    exact = [m for m in matches if name in (m[0], m[0].split("/", 1)[1])]
+    if len(exact) == 1:
+        return exact[0]
+    known = ", ".join(m[0] for m in sorted(matches)) or "none"
+    if exact:
+        raise OpsError(f"{name!r} names several deployments; give one as FLOW/NAME: {known}.")
+    raise OpsError(f"no deployment {name!r} on the server. Deployments there: {known}. See `tierflow schedule list`.")
+
+
+# --- tier concurrency limits ----------------------------------------------------------------------
+
+
+def tier_tag(tier: str) -> str:
+    """The task-run tag of a tier, as the flows tag their task runs (`tier:deep`)."""
+    return f"{TIER_TAG_PREFIX}{tier}"
+
+
+def check_tier_names(config: Config) -> None:
+    """Every tier's tag must be usable as a Prefect limit name (`tag:tier:<name>`)."""
+    bad = [t for t in config.settings.tiers if any(ch in t for ch in BANNED_LIMIT_CHARACTERS)]
+    if bad:
+        raise OpsError(
+            f"tier name(s) {', '.join(map(repr, bad))} cannot be a Prefect concurrency limit: limit names may not "
+            f"contain {' '.join(BANNED_LIMIT_CHARACTERS)}. Rename the tier in [tiers.<name>] (and in [routing])."
+        )
+
+
+@dataclass(frozen=True)
+class LimitChange:
+    """What `apply_limits` did for one tier."""
+
+    tier: str
+    tag: str
+    limit: int | None
+    """The limit now in force; None is unlimited."""
+    before: int | None
+    action: str
+    """created | updated | unchanged | removed | unlimited"""
+
+    @property
+    def message(self) -> str:
+        if self.action == "unlimited":
+            return f"{self.tag}: unlimited (no concurrency set for [tiers.{self.tier}]; left without a limit)"
+        if self.action == "removed":
+            return (
+                f"{self.tag}: unlimited (no concurrency set for [tiers.{self.tier}]; removed the old limit of "
+                f"{self.before})"
+            )
+        if self.action == "updated":
+            return f"{self.tag}: at most {self.limit} at once (was {self.before})"
+        return f"{self.tag}: at most {self.limit} at once ({self.action})"
+
+
+def apply_limits(config: Config) -> list[LimitChange]:
+    """Make the server's `tier:<name>` task-run concurrency limits match the config's tier concurrency.
+
+    A tier with `concurrency` gets a limit of that many task runs at once, across every flow and worker on
+    the server. A tier without one is unlimited: a limit left from an earlier apply is removed.
+    """
+    check_tier_names(config)
+    wanted = {name: tier.concurrency for name, tier in config.settings.tiers.items()}
+    changes = []
+    with prefect_client() as client:
+        current = _tier_limits(client)
+        for tier, limit in sorted(wanted.items()):
+            tag = tier_tag(tier)
+            before = current.get(tag)
+            if limit is None:
+                if before is None:
+                    changes.append(LimitChange(tier, tag, None, None, "unlimited"))
+                else:
+                    client.delete_concurrency_limit_by_tag(tag)
+                    changes.append(LimitChange(tier, tag, None, before, "removed"))
+                continue
+            if before != limit:
+                client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+            action = "created" if before is None else "unchanged" if before == limit else "updated"
+            changes.append(LimitChange(tier, tag, limit, before, action))
+    return changes
+
+
+@dataclass(frozen=True)
+class LimitInfo:
+    """One `tier:` limit on the server, and the tier's concurrency in the config (if a config was given)."""
+
+    tag: str
+    limit: int | None
+    active: int
+    configured: int | None | str
+    """The config's value; "not in config" when the tier is not there; "" when no config was given."""
+
+
+def show_limits(config: Config | None = None) -> list[LimitInfo]:
+    """The `tier:` concurrency limits on the server, beside the config's tiers when given."""
+    with prefect_client() as client:
+        limits = {
+            lim.tag: lim for lim in client.read_concurrency_limits(limit=200, offset=0) if lim.tag.startswith("tier:")
+        }
+    tiers = {tier_tag(n): t.concurrency for n, t in config.settings.tiers.items()} if config else {}
+    rows = []
+    for tag in sorted(set(limits) | set(tiers)):
+        lim = limits.get(tag)
+        configured: int | None | str = tiers.get(tag, "not in config") if config else ""
+        rows.append(
+            LimitInfo(
+                tag=tag,
+                limit=lim.concurrency_limit if lim else None,
+                active=len(lim.active_slots) if lim else 0,
+                configured=configured,
+            )
+        )
+    return rows
+
+
+def _tier_limits(client: SyncPrefectClient) -> dict[str, int]:
+    return {
+        lim.tag: lim.concurrency_limit
+        for lim in client.read_concurrency_limits(limit=200, offset=0)
+        if lim.tag.startswith(TIER_TAG_PREFIX)
+    }
+
+
+# --- task runners ---------------------------------------------------------------------------------
+
+TASK_RUNNERS = ("thread", "dask")
+
+
+def task_runner_for(name: str, *, dashboard: bool = True) -> TaskRunner | None:
+    """The task runner for `--task-runner NAME`; None means the flow's default (Prefect's thread pool).
+
+    `thread`: Prefect's default. `dask`: a local Dask cluster of 2 worker processes; `dask:N` for N of
+    them; `dask:tcp://HOST:PORT` for an existing Dask scheduler, whose workers need tierflow installed.
+    """
+    kind, _, arg = name.strip().partition(":")
+    kind = kind.lower()
+    if kind in ("", "thread", "threads", "default") and not arg:
+        return None
+    if kind != "dask":
+        raise OpsError(f"--task-runner {name!r}: choose thread (the default) or dask (dask:N, dask:tcp://HOST:PORT).")
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise OpsError("--task-runner dask needs prefect-dask: pip install 'tierflow[dask]'") from None
+    if arg.startswith("tcp://") or arg.startswith("tls://"):
+        return DaskTaskRunner(address=arg)
+    workers = 2
+    if arg:
+        if not arg.isdigit() or int(arg) < 1:
+            raise OpsError(f"--task-runner {name!r}: dask:N needs a whole number of workers, such as dask:4.")
+        workers = int(arg)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            # Loopback only; None turns the dashboard off.
+            "dashboard_address": "127.0.0.1:8787" if dashboard else None,
+        }
+    )

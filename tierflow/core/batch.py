@@ -1,0 +1,262 @@
+"""Provider batch APIs (Anthropic Message Batches, OpenAI Batch): about half price, results within 24 h.
+
+A batched phase submits every request that is neither answered (cached) nor already in a submitted batch,
+records each item against its request's cache key, and polls with backoff. A rerun of the same requests,
+or `tierflow resume RUN`, finds the submitted batch by those keys and collects it without resubmitting.
+Items that errored are retried one by one through the ordinary call path; expired or cancelled items are
+listed, and the next run resubmits only those.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
+
+from tierflow.core.calls import Answer, Caller, _cache_key
+from tierflow.core.ledger import batch_items, now_iso
+from tierflow.core.providers import Request
+from tierflow.core.routing import Route
+from tierflow.core.usage import Usage
+
+log = logging.getLogger("tierflow")
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """One request of a batched phase."""
+
+    key: str
+    """Caller's handle for the answer (a pseudonymous label: custom ids are sent to the provider)."""
+    system: str
+    prompt: str
+    output: type[BaseModel]
+    cache_prefix: str = ""
+    subject: str = ""
+
+
+@dataclass
+class BatchOutcome:
+    answers: dict[str, Answer] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    """key -> why it has no answer (expired, cancelled, failed even when retried alone)."""
+    pending: list[str] = field(default_factory=list)
+    """Batch ids still running when the caller chose not to wait."""
+    submitted: list[str] = field(default_factory=list)
+    """Batch ids this call submitted."""
+
+
+def run_batch(
+    caller: Caller,
+    calls: list[BatchCall],
+    *,
+    phase: str,
+    complexity: str,
+    wait: bool = True,
+    poll_interval: float = 2.0,
+    max_interval: float = 60.0,
+    timeout: float = 24 * 3600,
+) -> BatchOutcome:
+    """Answer `calls` through the provider's batch API; see the module docstring."""
+    outcome = BatchOutcome()
+    todo: dict[str, tuple[BatchCall, Route, Request, str]] = {}
+    for call in calls:
+        routed, request = caller.build(
+            phase=phase,
+            complexity=complexity,
+            system=call.system,
+            prompt=call.prompt,
+            output=call.output,
+            cache_prefix=call.cache_prefix,
+        )
+        cache_key = _cache_key(routed, request)
+        hit = caller.reuse(routed, cache_key, call.subject)
+        if hit is not None:
+            outcome.answers[call.key] = _parsed(call, hit[0], hit[1], routed, Usage(), 0.0, cached=True)
+        else:
+            todo[cache_key] = (call, routed, request, cache_key)
+    if not todo:
+        return outcome
+
+    submitted = _submitted(caller, list(todo))
+    fresh = {k: v for k, v in todo.items() if k not in submitted}
+    by_provider: dict[str, list[tuple[BatchCall, Route, Request, str]]] = defaultdict(list)
+    for item in fresh.values():
+        by_provider[item[1].provider].append(item)
+    for provider_name, items in by_provider.items():
+        batch_id = _submit(caller, provider_name, items, phase)
+        outcome.submitted.append(batch_id)
+        log.info("%s: submitted %s batch %s with %d requests", phase, provider_name, batch_id, len(items))
+        submitted.update({item[3]: batch_id for item in items})
+
+    batches: dict[str, list[str]] = defaultdict(list)
+    for cache_key, batch_id in submitted.items():
+        batches[batch_id].append(cache_key)
+    for batch_id, keys in batches.items():
+        provider_name = todo[keys[0]][1].provider
+        if not _await(caller, provider_name, batch_id, wait, poll_interval, max_interval, timeout):
+            outcome.pending.append(batch_id)
+            for k in keys:
+                outcome.failed[todo[k][0].key] = f"waiting for batch {batch_id}"
+            continue
+        _collect(caller, provider_name, batch_id, {k: todo[k] for k in keys}, outcome)
+    return outcome
+
+
+def custom_id(call: BatchCall, index: int) -> str:
+    """Providers accept `^[a-zA-Z0-9_-]{1,64}$`."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', call.key)[:48]}-{index}"
+
+
+def _submitted(caller: Caller, keys: list[str]) -> dict[str, str]:
+    """Cache key -> batch id, for requests already in a submitted batch."""
+    with caller.ledger.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(batch_items.c.key, batch_items.c.batch_id).where(
+                batch_items.c.key.in_(keys), batch_items.c.status == "submitted"
+            )
+        ).all()
+    return {row.key: row.batch_id for row in rows}
+
+
+def _submit(caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str]], phase: str) -> str:
+    reservations = []
+    try:
+        for _, routed, request, _ in items:
+            reservations.append(caller.budgets.reserve([(routed, caller.estimate(routed, request, batch=True))]))
+    except BaseException:
+        for r in reservations:
+            caller.budgets.release(r.id)
+        raise
+    requests = {custom_id(item[0], i): item[2] for i, item in enumerate(items)}
+    try:
+        batch_id = caller.provider(provider_name).submit_batch(requests)
+    except BaseException:
+        for r in reservations:
+            caller.budgets.release(r.id)
+        raise
+    with caller.ledger.transaction() as conn:
+        for (cid, _), (call, routed, _, cache_key), reservation in zip(
+            requests.items(), items, reservations, strict=True
+        ):
+            conn.execute(batch_items.delete().where(batch_items.c.key == cache_key))
+            conn.execute(
+                batch_items.insert().values(
+                    key=cache_key,
+                    custom_id=cid,
+                    batch_id=batch_id,
+                    provider=provider_name,
+                    run_id=caller.settings.run_id,
+                    phase=phase,
+                    tier=routed.tier,
+                    subject=call.subject,
+                    reservation_id=reservation.id,
+                    status="submitted",
+                    created=now_iso(),
+                )
+            )
+    return batch_id
+
+
+def _await(
+    caller: Caller, provider_name: str, batch_id: str, wait: bool, interval: float, max_interval: float, timeout: float
+) -> bool:
+    provider = caller.provider(provider_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        ended, status = provider.batch_ended(batch_id)
+        if ended:
+            return True
+        if not wait or time.monotonic() >= deadline:
+            log.info("batch %s is %s; collect it later with `tierflow resume`", batch_id, status)
+            return False
+        time.sleep(interval)
+        interval = min(interval * 2, max_interval)
+
+
+def _collect(
+    caller: Caller,
+    provider_name: str,
+    batch_id: str,
+    items: dict[str, tuple[BatchCall, Route, Request, str]],
+    outcome: BatchOutcome,
+) -> None:
+    with caller.ledger.engine.connect() as conn:
+        rows = {
+            r.custom_id: r
+            for r in conn.execute(sa.select(batch_items).where(batch_items.c.batch_id == batch_id)).all()
+            if r.key in items
+        }
+    requests = {cid: items[row.key][2] for cid, row in rows.items()}
+    for result in caller.provider(provider_name).batch_results(batch_id, requests):
+        row = rows.get(result.custom_id)
+        if row is None:
+            continue
+        call, routed, request, cache_key = items[row.key]
+        if result.status == "succeeded" and result.completion is not None:
+            completion = result.completion
+            cost = caller._cost(routed, completion, batch=True)
+            record = caller._record(routed, completion.usage, cost, 0.0, call.subject, row.created, batch_id=batch_id)
+            caller.budgets.settle(row.reservation_id, record)
+            caller.ledger.cache_response(cache_key, routed.model_ref, completion.text, completion.data)
+            _mark(caller, cache_key, "done")
+            try:
+                outcome.answers[call.key] = _parsed(
+                    call, completion.text, completion.data, routed, completion.usage, cost, cached=False
+                )
+            except ValidationError:
+                outcome.answers[call.key] = _retry_alone(caller, call, routed, cache_key, "malformed structure")
+        elif result.status == "errored":
+            caller.budgets.release(row.reservation_id)
+            outcome.answers[call.key] = _retry_alone(caller, call, routed, cache_key, result.error)
+        else:
+            caller.budgets.release(row.reservation_id)
+            _mark(caller, cache_key, result.status)
+            outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
+
+
+def _retry_alone(caller: Caller, call: BatchCall, routed: Route, cache_key: str, why: str) -> Answer:
+    log.warning("batch item %s failed (%s); retrying it on its own", call.key, why)
+    _mark(caller, cache_key, "retried")
+    return caller.ask(
+        phase=routed.phase,
+        complexity=routed.complexity,
+        system=call.system,
+        prompt=call.prompt,
+        output=call.output,
+        cache_prefix=call.cache_prefix,
+        subject=call.subject,
+        routed=routed,
+    )
+
+
+def _mark(caller: Caller, cache_key: str, status: str) -> None:
+    with caller.ledger.transaction() as conn:
+        conn.execute(batch_items.update().where(batch_items.c.key == cache_key).values(status=status))
+
+
+def _parsed(
+    call: BatchCall,
+    text: str,
+    data: dict[str, Any] | None,
+    routed: Route,
+    usage: Usage,
+    cost: float | None,
+    *,
+    cached: bool,
+) -> Answer:
+    return Answer(
+        text=text,
+        data=data,
+        parsed=call.output.model_validate(data or {}),
+        route=routed,
+        usage=usage,
+        cost_usd=cost,
+        cached=cached,
+    )

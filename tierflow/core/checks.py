@@ -1,0 +1,40 @@
+"""Checks: named, mechanical tests of a parsed answer, run on every call with no extra model call.
+
+A phase passes its checks to `Caller.ask(checks=...)`. A failed check is recorded on the ledger row
+(`outcome = check_failed`, `checks_failed`), stated in one informed retry, and then escalated one tier up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named test of a parsed answer."""
+
+    name: str
+    """Short and stable (`quotes_verbatim`): it appears in `checks_failed`, reports and retry requests."""
+    problems: Callable[[Any], list[str]]
+    """The problems found in a parsed answer, each a short sentence; empty when the answer passes."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    check: str
+    problem: str
+
+
+def run_checks(checks: Sequence[Check], parsed: Any) -> list[Failure]:
+    """Every problem every check finds, in check order."""
+    return [Failure(c.name, p) for c in checks for p in c.problems(parsed)]
+
+
+def describe(failures: Sequence[Failure], limit: int = 5) -> str:
+    """The failures in a few lines, for a retry request and a warning callout."""
+    lines = [f"- {f.check}: {f.problem}" for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"- and {len(failures) - limit} more")
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""One config: providers, tiers, routing, budgets and vault settings, with the source of every value.
+
+Lookup order for the file: `--config PATH`, then `$TIERFLOW_CONFIG`, then `<vault>/.tierflow/config.toml`.
+The file is laid over a built-in profile (`offline` unless the file or `--profile` names another).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tierflow.core.errors import ConfigError
+
+Complexity = Literal["low", "medium", "high"]
+COMPLEXITIES: tuple[str, ...] = ("low", "medium", "high")
+ProviderKind = Literal["anthropic", "openai", "openai-compatible", "offline"]
+PROVIDER_KINDS: tuple[str, ...] = ("anthropic", "openai", "openai-compatible", "offline")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Model):
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    """Name of the environment variable that holds the key; never the key itself."""
+    api_key_secret: str | None = None
+    """Name of a Prefect Secret block to read the key from when the env var is unset."""
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    batch_discount: float = 0.5
+    """Cost multiplier for the provider's batch API."""
+
+
+class Price(_Model):
+    """USD per million tokens, for models genai-prices does not know."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+    def cost(self, usage: Any) -> Decimal:
+        per_token = Decimal(1) / Decimal(1_000_000)
+        cache_read = self.cache_read if self.cache_read is not None else self.input
+        cache_write = self.cache_write if self.cache_write is not None else self.input
+        return per_token * (
+            Decimal(str(self.input)) * usage.input_tokens
+            + Decimal(str(self.output)) * (usage.output_tokens + usage.reasoning_tokens)
+            + Decimal(str(cache_read)) * usage.cache_read_tokens
+            + Decimal(str(cache_write)) * usage.cache_write_tokens
+        )
+
+
+class TierConfig(_Model):
+    model: str
+    """`<provider>:<model-id>`; the model id may itself contain colons (`local:llama3.2:3b`)."""
+    max_output_tokens: int = Field(default=2048, gt=0)
+    price: Price | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+    """Prefect tag concurrency limit for `tier:<name>`; unset means unlimited."""
+
+    @property
+    def provider(self) -> str:
+        return self.model.split(":", 1)[0]
+
+    @property
+    def model_id(self) -> str:
+        return self.model.split(":", 1)[1]
+
+
+class VaultConfig(_Model):
+    reading_folders: tuple[str, ...] = ("Reading",)
+    reading_tags: tuple[str, ...] = ("literature",)
+    timezone: str = "UTC"
+    output_folder: str = "Concepts/Drafts"
+    runs_folder: str = "tierflow/Runs"
+    templates_folder: str = "Templates/tierflow"
+    exclude_folders: tuple[str, ...] = ("Templates",)
+    """Never selected as reading, whatever their tags (Obsidian templates carry placeholder tags)."""
+    max_note_bytes: int = 1_000_000
+    max_concepts: int = Field(default=5, ge=1, le=50)
+    """At most this many concept drafts per run."""
+
+
+class BudgetConfig(_Model):
+    usd: float | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    period: Literal["run", "day", "week", "month"] = "run"
+    flow: str | None = None
+    """Only runs of this flow count; None means every flow."""
+    phase: str | None = None
+    """Only calls of this phase count; None means every phase."""
+    policy: Literal["halt", "downgrade", "warn"] = "halt"
+    floor: str | None = None
+    """With `downgrade`: the cheapest tier to fall back to."""
+
+
+class FeedbackConfig(_Model):
+    assignment_folder: str = ""
+    draft_complexity: Complexity = "medium"
+    pseudonymise: bool | None = None
+    """None: on whenever a cloud provider is in use."""
+    prompt_caching: bool = True
+    """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
+
+
+class Settings(_Model):
+    profile: str = "offline"
+    ledger_url: str | None = None
+    providers: dict[str, ProviderConfig]
+    tiers: dict[str, TierConfig]
+    routing: dict[Complexity, str]
+    tier_order: tuple[str, ...] = ()
+    """Tiers from cheapest to dearest, for downgrades; derived from routing when empty."""
+    vault: VaultConfig = VaultConfig()
+    budgets: dict[str, BudgetConfig] = {}
+    feedback: FeedbackConfig = FeedbackConfig()
+
+
+_COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}
+PROFILES: dict[str, dict[str, Any]] = {
+    "anthropic": {
+        "providers": {"anthropic": {"kind": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}},
+        "tiers": {
+            "light": {"model": "anthropic:claude-haiku-4-5"},
+            "standard": {"model": "anthropic:claude-sonnet-4-6"},
+            "deep": {"model": "anthropic:claude-opus-4-6"},
+        },
+    },
+    "openai": {
+        "providers": {"openai": {"kind": "openai", "api_key_env": "OPENAI_API_KEY"}},
+        "tiers": {
+            "light": {"model": "openai:gpt-5-nano"},
+            "standard": {"model": "openai:gpt-5-mini"},
+            "deep": {"model": "openai:gpt-5.1"},
+        },
+    },
+    "local": {
+        "providers": {
+            "local": {"kind": "openai-compatible", "base_url": "http://localhost:11434/v1", "timeout_s": 600}
+        },
+        "tiers": {
+            "light": {"model": "local:llama3.2:3b"},
+            "standard": {"model": "local:qwen2.5:14b"},
+            "deep": {"model": "local:qwen2.5:32b"},
+        },
+    },
+    "offline": {
+        "providers": {"offline": {"kind": "offline"}},
+        "tiers": {
+            "light": {"model": "offline:extractive-light"},
+            "standard": {"model": "offline:extractive-standard"},
+            "deep": {"model": "offline:extractive-deep"},
+        },
+    },
+}
+for _profile in PROFILES.values():
+    for _name, _tokens in _COMMON_TIERS.items():
+        _profile["tiers"][_name]["max_output_tokens"] = _tokens
+    _profile["routing"] = {"low": "light", "medium": "standard", "high": "deep"}
+    _profile["tier_order"] = ["light", "standard", "deep"]
+
+_KEY_PATTERN = re.compile(r"^(sk-|sk-ant-|sk-proj-|xai-|gsk_|AIza)[A-Za-z0-9_\-]{8,}")
+_SECRET_KEY_NAMES = {"api_key", "key", "token", "secret", "password", "auth_token"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings, where they came from, and where the vault is."""
+
+    settings: Settings
+    sources: dict[str, str] = field(default_factory=dict)
+    """Dotted key -> where its value came from: `profile:<name>`, a file path, or `override`."""
+    path: Path | None = None
+    vault: Path | None = None
+
+    @property
+    def ledger_url(self) -> str:
+        if self.settings.ledger_url:
+            return self.settings.ledger_url
+        if self.vault is None:
+            raise ConfigError("no ledger: give --vault DIR, or set `ledger_url` in the config")
+        return f"sqlite:///{(self.vault / '.tierflow' / 'ledger.sqlite').resolve()}"
+
+    def tier(self, name: str) -> TierConfig:
+        try:
+            return self.settings.tiers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.settings.tiers))
+            raise ConfigError(f"unknown tier {name!r}; the config defines: {known}") from None
+
+    def provider_for(self, tier: str) -> tuple[str, ProviderConfig]:
+        name = self.tier(tier).provider
+        return name, self.settings.providers[name]
+
+    @property
+    def tier_order(self) -> tuple[str, ...]:
+        if self.settings.tier_order:
+            return self.settings.tier_order
+        ordered = [self.settings.routing[c] for c in COMPLEXITIES]
+        return tuple(dict.fromkeys(ordered))
+
+    @property
+    def uses_cloud(self) -> bool:
+        kinds = {self.provider_for(t)[1].kind for t in self.settings.routing.values()}
+        return bool(kinds & {"anthropic", "openai"})
+
+    def redacted(self) -> dict[str, tuple[Any, str]]:
+        """Flat `key -> (value, source)` for display. Holds names of env vars, never their values."""
+        flat: dict[str, Any] = {}
+        _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
+        return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
+
+
+def _source_of(key: str, sources: Mapping[str, str]) -> str:
+    while "." in key:
+        key = key.rsplit(".", 1)[0]
+        if key in sources:
+            return sources[key]
+    return "default"
+
+
+def _flatten(data: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = data
+
+
+def find_config_file(vault: Path | None, explicit: Path | None) -> Path | None:
+    """The config file to load, by the documented lookup order."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    env = os.environ.get("TIERFLOW_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"$TIERFLOW_CONFIG points to {path}, which does not exist")
+        return path
+    if vault is not None:
+        candidate = vault / ".tierflow" / "config.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    vault: Path | None = None,
+    *,
+    config_path: Path | None = None,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the effective config for a vault (or none)."""
+    path = find_config_file(vault, config_path)
+    data: dict[str, Any] = {}
+    label = "built-in"
+    if path is not None:
+        label = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}. Fix the syntax and run again.") from exc
+        _reject_inline_secrets(data, path)
+    chosen = profile or data.get("profile") or "offline"
+    if chosen not in PROFILES:
+        where = f"{path}: profile" if path and not profile else "--profile"
+        raise ConfigError(
+            f"{where}: unknown profile {chosen!r}. Choose one of: {', '.join(PROFILES)}.",
+        )
+    merged: dict[str, Any] = _deepcopy(PROFILES[chosen])
+    sources: dict[str, str] = {k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")}
+    _merge(merged, data, "", sources, label)
+    merged["profile"] = chosen
+    sources["profile"] = "--profile" if profile else (label if "profile" in data else "default")
+    if overrides:
+        _merge(merged, dict(overrides), "", sources, "override")
+    settings = _validate(merged, path)
+    return Config(settings=settings, sources=sources, path=path, vault=vault)
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any], prefix: str, sources: dict[str, str], label: str):
+    for key, value in top.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        # A tier or provider named in the file replaces the profile's entry of that name wholesale,
+        # so a switch of provider kind never inherits a stale base_url or key name.
+        replace_whole = prefix in ("tiers", "providers")
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and not replace_whole:
+            _merge(base[key], value, dotted, sources, label)
+        else:
+            base[key] = _deepcopy(dict(value) if isinstance(value, Mapping) else value)
+            sources[dotted] = label
+
+
+def _reject_inline_secrets(data: Any, path: Path, prefix: str = "") -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in _SECRET_KEY_NAMES and isinstance(value, str):
+                raise ConfigError(
+                    f"{path}: `{dotted}` holds a secret inline. Keys never go in the config: remove it, "
+                    f"export the key in an environment variable and set `{prefix or 'providers.<name>'}"
+                    ".api_key_env` to that variable's name (or `api_key_secret` to a Prefect Secret block)."
+                )
+            _reject_inline_secrets(value, path, dotted)
+    elif isinstance(data, list):
+        for item in data:
+            _reject_inline_secrets(item, path, prefix)
+    elif isinstance(data, str) and _KEY_PATTERN.match(data):
+        raise ConfigError(
+            f"{path}: `{prefix}` looks like an API key value. Put the key in an environment variable and "
+            f'name that variable instead (for example `api_key_env = "ANTHROPIC_API_KEY"`).'
+        )
+
+
+def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
+    where = str(path) if path else "built-in config"
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        fix = _fix_for(err, key)
+        raise ConfigError(f"{where}: `{key}`: {err['msg']}. {fix}") from None
+    for name, tier in settings.tiers.items():
+        if ":" not in tier.model:
+            raise ConfigError(
+                f"{where}: `tiers.{name}.model` = {tier.model!r} names no provider. "
+                f'Write it as "<provider>:<model-id>", for example "anthropic:claude-haiku-4-5".'
+            )
+        if tier.provider not in settings.providers:
+            known = ", ".join(sorted(settings.providers)) or "none"
+            raise ConfigError(
+                f"{where}: `tiers.{name}.model` uses unknown provider {tier.provider!r}. "
+                f"Add a [providers.{tier.provider}] table, or use one of: {known}."
+            )
+    for complexity, tier_name in settings.routing.items():
+        if tier_name not in settings.tiers:
+            raise ConfigError(
+                f"{where}: `routing.{complexity}` names unknown tier {tier_name!r}. "
+                f"Define [tiers.{tier_name}] or use one of: {', '.join(sorted(settings.tiers))}."
+            )
+    missing = [c for c in COMPLEXITIES if c not in settings.routing]
+    if missing:
+        raise ConfigError(f'{where}: `routing` has no tier for {", ".join(missing)}. Add `{missing[0]} = "<tier>"`.')
+    for tier_name in settings.tier_order:
+        if tier_name not in settings.tiers:
+            raise ConfigError(f"{where}: `tier_order` names unknown tier {tier_name!r}.")
+    for name, budget in settings.budgets.items():
+        if budget.floor and budget.floor not in settings.tiers:
+            raise ConfigError(f"{where}: `budgets.{name}.floor` names unknown tier {budget.floor!r}.")
+        if budget.usd is None and budget.tokens is None:
+            raise ConfigError(f"{where}: `budgets.{name}` sets neither `usd` nor `tokens`. Set one of them.")
+    return settings
+
+
+def _fix_for(err: Mapping[str, Any], key: str) -> str:
+    if err["type"] == "extra_forbidden":
+        return "Remove it or check its spelling against `tierflow config show`."
+    if err["type"] == "literal_error" and key.startswith("routing."):
+        return f"Routing keys are the complexities: {', '.join(COMPLEXITIES)}."
+    if err["type"] == "literal_error" and key.endswith(".kind"):
+        return f"A provider's kind is one of: {', '.join(PROVIDER_KINDS)}."
+    if err["type"] == "missing":
+        return "Add it."
+    return "Correct the value."

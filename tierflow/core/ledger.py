@@ -1,0 +1,380 @@
+"""The durable spend ledger: one row per model call, in SQLite by default or any SQLAlchemy URL.
+
+The schema grows by numbered migrations, so old ledgers keep working. Every write is one short
+transaction; on SQLite it is `BEGIN IMMEDIATE` under WAL, so several threads or processes can record
+(and reserve budget) at once without lost updates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tierflow.core import clock
+from tierflow.core.usage import Usage
+
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "timestamp",
+    "run_id",
+    "flow",
+    "flow_run_id",
+    "task_run_id",
+    "phase",
+    "complexity",
+    "tier",
+    "provider",
+    "model",
+    "subject",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+    "started_at",
+    "batch",
+    "batch_id",
+    "cached_result",
+    "usage_known",
+    "route_rule",
+    "downgraded_from",
+)
+"""The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
+
+metadata = sa.MetaData()
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.String(32), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("task_run_id", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("complexity", sa.String(16)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("model", sa.String(128)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_read_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_write_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_write_1h_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("started_at", sa.String(32)),
+    sa.Column("batch", sa.Boolean, nullable=False, default=False),
+    sa.Column("batch_id", sa.String(128)),
+    sa.Column("cached_result", sa.Boolean, nullable=False, default=False),
+    sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
+    sa.Column("route_rule", sa.String(256)),
+    sa.Column("downgraded_from", sa.String(64)),
+)
+
+response_cache = sa.Table(
+    "response_cache",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(192)),
+    sa.Column("text", sa.Text),
+    sa.Column("data_json", sa.Text),
+    sa.Column("created", sa.String(32)),
+)
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
+    sa.Column("kept", sa.Boolean, nullable=False, default=False),
+)
+
+batch_items = sa.Table(
+    "batch_items",
+    metadata,
+    # The request's cache key: a rerun of the same request finds its batch instead of resubmitting.
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("batch_id", sa.String(128), nullable=False, index=True),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("reservation_id", sa.Integer),
+    # `submitted`, then `done`, `retried`, `expired` or `canceled`.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+
+def _migration_1(conn: Connection) -> None:
+    for table in (calls, response_cache):
+        table.create(conn, checkfirst=True)
+
+
+def _migration_2(conn: Connection) -> None:
+    # The reservations table as version 2 defined it; later migrations alter it, never this definition.
+    sa.Table(
+        "reservations",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("created", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.String(64), index=True),
+        sa.Column("flow", sa.String(64)),
+        sa.Column("phase", sa.String(64)),
+        sa.Column("usd", sa.Float, nullable=False, default=0.0),
+        sa.Column("tokens", sa.Integer, nullable=False, default=0),
+        sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
+    ).create(conn, checkfirst=True)
+
+
+def _migration_3(conn: Connection) -> None:
+    # Reservations of calls whose usage never arrived stay charged: kept, but no longer in flight.
+    conn.exec_driver_sql("ALTER TABLE reservations ADD COLUMN kept BOOLEAN NOT NULL DEFAULT FALSE")
+
+
+def _migration_4(conn: Connection) -> None:
+    batch_items.create(conn, checkfirst=True)
+    runs.create(conn, checkfirst=True)
+
+
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+"""Append only: migration N brings a ledger from version N-1 to N."""
+
+
+@dataclass
+class CallRecord:
+    """One model call, as the ledger stores it."""
+
+    run_id: str
+    flow: str
+    phase: str
+    complexity: str
+    tier: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: float | None
+    latency_ms: float
+    subject: str = ""
+    started_at: str = ""
+    batch: bool = False
+    batch_id: str | None = None
+    cached_result: bool = False
+    route_rule: str = ""
+    downgraded_from: str | None = None
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    timestamp: str = field(default_factory=lambda: now_iso())
+
+    def row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k != "usage"}
+        usage = self.usage
+        row.update(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_known=usage.known,
+        )
+        return row
+
+
+now_iso = clock.now_iso
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _engine(url: str) -> Engine:
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see `_on_begin`).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=60000")
+        # WAL is a property of the file: set it once. Switching modes needs a lock that SQLite does not
+        # wait for, so a process joining a busy ledger must not try again (it would fail "locked").
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            _set_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: read-check-write sequences (budget reservations)
+        # cannot interleave across threads or processes.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _set_wal(cursor: Any) -> None:
+    import sqlite3
+
+    for attempt in range(200):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.05)
+
+
+class Ledger:
+    """Where every call's spend is kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self._migrate()
+
+    @classmethod
+    def for_vault(cls, vault: Path) -> Ledger:
+        return cls(f"sqlite:///{(vault / '.tierflow' / 'ledger.sqlite').resolve()}")
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+            for number, migration in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    migration(conn)
+                    conn.execute(schema_version.insert().values(version=number))
+
+    @property
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
+        """Store one call; returns its row id."""
+        if conn is not None:
+            return conn.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+        with self.transaction() as own:
+            return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+
+    def rows(
+        self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Ledger rows, oldest first, with the stable column names."""
+        query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
+        if since:
+            query = query.where(calls.c.timestamp >= since)
+        if run_id:
+            query = query.where(calls.c.run_id == run_id)
+        if flow:
+            query = query.where(calls.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
+        """Keep a run's parameters, so `tierflow resume RUN` can run it again to collect its batches."""
+        with self.transaction() as conn:
+            if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is None:
+                conn.execute(
+                    runs.insert().values(
+                        run_id=run_id, flow=flow, parameters=json.dumps(parameters, default=str), created=now_iso()
+                    )
+                )
+
+    def run_parameters(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return None if row is None else (row.flow, json.loads(row.parameters))
+
+    def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(response_cache.c.text, response_cache.c.data_json).where(response_cache.c.key == key)
+            ).first()
+        if row is None:
+            return None
+        return row.text, (json.loads(row.data_json) if row.data_json else None)
+
+    def cache_response(self, key: str, model: str, text: str, data: dict[str, Any] | None) -> None:
+        values = {
+            "key": key,
+            "model": model,
+            "text": text,
+            "data_json": json.dumps(data) if data is not None else None,
+            "created": now_iso(),
+        }
+        with self.transaction() as conn:
+            conn.execute(response_cache.delete().where(response_cache.c.key == key))
+            conn.execute(response_cache.insert().values(**values))
+
+
+GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
+
+
+def usage_of(row: dict[str, Any]) -> Usage:
+    """The Usage a ledger row recorded."""
+    return Usage(
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+        cache_write_1h_tokens=row["cache_write_1h_tokens"],
+        reasoning_tokens=row["reasoning_tokens"],
+        known=bool(row["usage_known"]),
+    )

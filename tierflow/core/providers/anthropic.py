@@ -1,0 +1,197 @@
+"""Anthropic, through the official SDK's Messages API."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import anthropic
+
+from tierflow.core.config import ProviderConfig
+from tierflow.core.errors import (
+    MalformedResponse,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+from tierflow.core.providers import BatchItemResult, Completion, Request, api_key
+from tierflow.core.usage import UNKNOWN_USAGE, Usage
+
+
+class AnthropicProvider:
+    kind = "anthropic"
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    _model = "*"
+    """The model of the call that first needed the client, so a missing key's error names it."""
+
+    @cached_property
+    def client(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            api_key=api_key(self.name, self.config, self._model),
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=self.config.max_retries,
+        )
+
+    def params(self, request: Request) -> dict[str, Any]:
+        """The Messages API parameters for a request (also the body of a batch item)."""
+        system: list[dict[str, Any]] = [{"type": "text", "text": request.system}]
+        if request.cache_prefix:
+            system.append({"type": "text", "text": request.cache_prefix, "cache_control": {"type": "ephemeral"}})
+        params: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_output_tokens,
+            "system": system,
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+        if request.schema is not None:
+            params["tools"] = [
+                {
+                    "name": request.schema_name,
+                    "description": f"Record the {request.schema_name} exactly in this structure.",
+                    "input_schema": request.schema,
+                }
+            ]
+            params["tool_choice"] = {"type": "tool", "name": request.schema_name}
+        return params
+
+    def complete(self, request: Request) -> Completion:
+        self._model = request.model
+        try:
+            message = self.client.messages.create(**self.params(request))
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, request.model) from exc
+        return self.completion(message, request)
+
+    def completion(self, message: Any, request: Request) -> Completion:
+        """Text, structured data and usage from a Message."""
+        text = "".join(block.text for block in message.content if block.type == "text")
+        data = None
+        if request.schema is not None:
+            tool_inputs = [block.input for block in message.content if block.type == "tool_use"]
+            if not tool_inputs or not isinstance(tool_inputs[0], dict):
+                raise MalformedResponse(
+                    self.name, request.model, f"asked for a {request.schema_name} tool call, got none"
+                )
+            data = tool_inputs[0]
+        return Completion(
+            text=text,
+            data=data,
+            usage=usage_from(getattr(message, "usage", None)),
+            model=message.model,
+            response_id=message.id,
+            stop_reason=message.stop_reason,
+        )
+
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        model = next(iter(requests.values())).model
+        self._model = model
+        try:
+            batch = self.client.messages.batches.create(
+                requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+            )
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, model) from exc
+        return batch.id
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        try:
+            batch = self.client.messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        return batch.processing_status == "ended", batch.processing_status
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        try:
+            entries = list(self.client.messages.batches.results(batch_id))
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        results = []
+        for entry in entries:
+            request = requests.get(entry.custom_id)
+            kind = entry.result.type
+            if kind == "succeeded" and request is not None:
+                results.append(
+                    BatchItemResult(entry.custom_id, "succeeded", self.completion(entry.result.message, request))
+                )
+            elif kind == "errored":
+                results.append(BatchItemResult(entry.custom_id, "errored", error=_detail(entry.result.error)))
+            else:
+                results.append(BatchItemResult(entry.custom_id, kind))
+        seen = {r.custom_id for r in results}
+        return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
+
+    def count_tokens(self, request: Request) -> int | None:
+        params = self.params(request)
+        params.pop("max_tokens")
+        try:
+            return self.client.messages.count_tokens(**params).input_tokens
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, request.model) from exc
+
+    def translate(self, exc: anthropic.AnthropicError, model: str) -> ProviderError:
+        """An SDK error as a tierflow error naming provider, model and cause."""
+        status = getattr(exc, "status_code", None)
+        detail = _detail(exc)
+        if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
+            env = self.config.api_key_env or "the key's environment variable"
+            return ProviderAuthError(self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}")
+        if isinstance(exc, anthropic.RateLimitError):
+            return ProviderRateLimited(
+                self.name,
+                model,
+                f"rate limited (HTTP 429) after {self.config.max_retries} retries",
+                hint="lower the tier's concurrency or raise max_retries",
+            )
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+        if isinstance(exc, anthropic.APIConnectionError):
+            return ProviderUnavailable(self.name, model, f"cannot connect ({exc})")
+        if isinstance(exc, anthropic.APIResponseValidationError):
+            return MalformedResponse(self.name, model, f"malformed response body ({detail})")
+        if isinstance(exc, anthropic.InternalServerError):
+            kind = "overloaded" if status == 529 else "server error"
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"{kind} (HTTP {status}: {detail}) after {self.config.max_retries} retries",
+                hint="try again later",
+            )
+        if isinstance(exc, anthropic.NotFoundError):
+            return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
+        return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
+
+
+def _detail(exc: Any) -> str:
+    error = getattr(exc, "error", None)
+    if error is not None and getattr(error, "message", None):
+        return str(error.message)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return str(getattr(exc, "message", "") or exc)
+
+
+def usage_from(raw: Any) -> Usage:
+    """Anthropic's usage block as disjoint kinds: `input_tokens` already excludes cache tokens."""
+    if raw is None:
+        return UNKNOWN_USAGE
+    details = getattr(raw, "output_tokens_details", None)
+    thinking = (getattr(details, "thinking_tokens", 0) or 0) if details else 0
+    creation = getattr(raw, "cache_creation", None)
+    one_hour = (getattr(creation, "ephemeral_1h_input_tokens", 0) or 0) if creation else 0
+    return Usage(
+        input_tokens=raw.input_tokens or 0,
+        output_tokens=(raw.output_tokens or 0) - thinking,
+        cache_read_tokens=raw.cache_read_input_tokens or 0,
+        cache_write_tokens=raw.cache_creation_input_tokens or 0,
+        cache_write_1h_tokens=one_hour,
+        reasoning_tokens=thinking,
+    )

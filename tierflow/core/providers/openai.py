@@ -1,0 +1,212 @@
+"""OpenAI, and any OpenAI-compatible server (Ollama, llama.cpp, vLLM), through the official SDK."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Any
+
+import openai
+
+from tierflow.core.config import ProviderConfig
+from tierflow.core.errors import (
+    MalformedResponse,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+from tierflow.core.providers import BatchItemResult, Completion, Request, api_key
+from tierflow.core.usage import UNKNOWN_USAGE, Usage
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self.kind = config.kind
+
+    _model = "*"
+    """The model of the call that first needed the client, so a missing key's error names it."""
+
+    @cached_property
+    def client(self) -> openai.OpenAI:
+        local = self.kind == "openai-compatible"
+        # Local servers ignore the key, but the SDK insists on one.
+        key = api_key(self.name, self.config, self._model, required=not local) or "not-needed"
+        return openai.OpenAI(
+            api_key=key,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=self.config.max_retries,
+        )
+
+    def params(self, request: Request) -> dict[str, Any]:
+        """Chat Completions parameters for a request (also the body of a batch item)."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
+        # The shared prefix goes first so the provider's automatic prefix cache can serve it.
+        if request.cache_prefix:
+            messages[0]["content"] = f"{request.system}\n\n{request.cache_prefix}"
+        messages.append({"role": "user", "content": request.prompt})
+        params: dict[str, Any] = {"model": request.model, "messages": messages}
+        if self.kind == "openai":
+            params["max_completion_tokens"] = request.max_output_tokens
+            if request.cache_key:
+                params["prompt_cache_key"] = request.cache_key
+        else:
+            params["max_tokens"] = request.max_output_tokens
+        if request.schema is not None:
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": False},
+            }
+        return params
+
+    def complete(self, request: Request) -> Completion:
+        self._model = request.model
+        try:
+            response = self.client.chat.completions.create(**self.params(request))
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, request.model) from exc
+        return self.completion(response, request)
+
+    def completion(self, response: Any, request: Request) -> Completion:
+        """Text, structured data and usage from a ChatCompletion."""
+        if not response.choices:
+            raise MalformedResponse(self.name, request.model, "response has no choices")
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        data = None
+        if request.schema is not None:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise MalformedResponse(
+                    self.name,
+                    request.model,
+                    f"asked for JSON {request.schema_name}, got invalid JSON ({exc})",
+                ) from None
+            if not isinstance(data, dict):
+                raise MalformedResponse(self.name, request.model, "asked for a JSON object, got another value")
+        return Completion(
+            text=text,
+            data=data,
+            usage=usage_from(response.usage),
+            model=response.model,
+            response_id=response.id,
+            stop_reason=choice.finish_reason,
+        )
+
+    def count_tokens(self, request: Request) -> int | None:
+        return None
+
+    def submit_batch(self, requests: dict[str, Request]) -> str:
+        model = next(iter(requests.values())).model
+        self._model = model
+        lines = [
+            json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": self.params(r)})
+            for cid, r in requests.items()
+        ]
+        try:
+            upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+            batch = self.client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, model) from exc
+        return batch.id
+
+    def batch_ended(self, batch_id: str) -> tuple[bool, str]:
+        try:
+            batch = self.client.batches.retrieve(batch_id)
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        return batch.status in ("completed", "failed", "expired", "cancelled"), batch.status
+
+    def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        try:
+            batch = self.client.batches.retrieve(batch_id)
+            lines = []
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    lines += self.client.files.content(file_id).text.splitlines()
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        results = []
+        for line in filter(None, (x.strip() for x in lines)):
+            item = json.loads(line)
+            cid, response, error = item.get("custom_id"), item.get("response"), item.get("error")
+            request = requests.get(cid)
+            if response and response.get("status_code") == 200 and request is not None:
+                body = openai.types.chat.ChatCompletion.model_validate(response["body"])
+                results.append(BatchItemResult(cid, "succeeded", self.completion(body, request)))
+            elif error and error.get("code") in ("batch_expired", "batch_cancelled"):
+                status = "expired" if error["code"] == "batch_expired" else "canceled"
+                results.append(BatchItemResult(cid, status, error=error.get("message", "")))
+            else:
+                detail = (error or {}).get("message") or json.dumps((response or {}).get("body", {}))[:200]
+                results.append(BatchItemResult(cid, "errored", error=detail))
+        seen = {r.custom_id for r in results}
+        return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
+
+    def translate(self, exc: openai.OpenAIError, model: str) -> ProviderError:
+        """An SDK error as a tierflow error naming provider, model and cause."""
+        status = getattr(exc, "status_code", None)
+        detail = _detail(exc)
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            env = self.config.api_key_env or "the key's environment variable"
+            return ProviderAuthError(self.name, model, f"key rejected (HTTP {status}: {detail})", hint=f"check {env}")
+        if isinstance(exc, openai.RateLimitError):
+            return ProviderRateLimited(
+                self.name,
+                model,
+                f"rate limited (HTTP 429: {detail}) after {self.config.max_retries} retries",
+                hint="lower the tier's concurrency or raise max_retries",
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+        if isinstance(exc, openai.APIConnectionError):
+            where = self.config.base_url or "api.openai.com"
+            hint = "is the local server running?" if self.kind == "openai-compatible" else ""
+            return ProviderUnavailable(self.name, model, f"cannot connect to {where}", hint=hint)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return MalformedResponse(self.name, model, f"malformed response body ({detail})")
+        if isinstance(exc, openai.InternalServerError):
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"server error (HTTP {status}: {detail}) after {self.config.max_retries} retries",
+                hint="try again later",
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
+        return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
+
+
+def _detail(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return str(getattr(exc, "message", "") or exc)
+
+
+def usage_from(raw: Any) -> Usage:
+    """OpenAI's usage as disjoint kinds: prompt_tokens includes cached, completion includes reasoning."""
+    if raw is None:
+        return UNKNOWN_USAGE
+    prompt_details = getattr(raw, "prompt_tokens_details", None)
+    cached = (getattr(prompt_details, "cached_tokens", 0) or 0) if prompt_details else 0
+    written = (getattr(prompt_details, "cache_write_tokens", 0) or 0) if prompt_details else 0
+    completion_details = getattr(raw, "completion_tokens_details", None)
+    reasoning = (getattr(completion_details, "reasoning_tokens", 0) or 0) if completion_details else 0
+    return Usage(
+        input_tokens=(raw.prompt_tokens or 0) - cached - written,
+        output_tokens=(raw.completion_tokens or 0) - reasoning,
+        cache_read_tokens=cached,
+        cache_write_tokens=written,
+        reasoning_tokens=reasoning,
+    )

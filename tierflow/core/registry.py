@@ -1,0 +1,95 @@
+"""The flows tierflow can run, by name, found through the `tierflow.flows` entry points.
+
+The CLI, the planner and the deployment helpers look flows up here, so no core module imports a flow, and
+a separate package can add its own flow by declaring an entry point:
+
+    [project.entry-points."tierflow.flows"]
+    grant-review = "my_package.grant_review:SPEC"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tierflow.core.errors import ConfigError, TierflowError
+
+GROUP = "tierflow.flows"
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """What tierflow needs to know about a flow to run, plan and schedule it."""
+
+    name: str
+    """The CLI name, which is also the Prefect flow name."""
+    flow: Any
+    """The Prefect flow object."""
+    deployment: str = "on-demand"
+    """The default deployment name for `tierflow schedule`."""
+    plan: Callable[..., Any] | None = None
+    """`plan(config, vault, *, tier, **parameters) -> Plan`, or None when the flow has no planner."""
+
+    @property
+    def entrypoint(self) -> str:
+        """A module path (`package.module.function`), so workers need the package, not a checkout."""
+        fn = self.flow.fn
+        return f"{fn.__module__}.{fn.__name__}"
+
+
+def flow_names() -> list[str]:
+    """Names of every registered flow, without importing any of them."""
+    return sorted({ep.name for ep in metadata.entry_points(group=GROUP)})
+
+
+def flow_spec(name: str) -> FlowSpec:
+    """The registered flow called `name`."""
+    found = [ep for ep in metadata.entry_points(group=GROUP) if ep.name == name]
+    if not found:
+        raise ConfigError(f"no flow named {name!r}; the flows are: {', '.join(flow_names()) or 'none'}")
+    spec = found[0].load()
+    if not isinstance(spec, FlowSpec):
+        raise ConfigError(f"the entry point {found[0].value!r} for flow {name!r} is not a tierflow FlowSpec")
+    return spec
+
+
+def check_same_install(flow_fn: Callable[..., Any], flow_name: str) -> None:
+    """Refuse to run a flow file whose installed tierflow holds a different copy of it.
+
+    A `prefect.yaml` deployment started from a checkout loads the flow from the checkout's file, but the
+    flow's tasks and the core come from the installed package. If the two copies differ, the run would mix
+    versions; this stops it at flow start with what to do.
+    """
+    try:
+        running = Path(inspect.getfile(flow_fn)).resolve()
+    except (TypeError, OSError):
+        return
+    try:
+        installed = Path(inspect.getfile(flow_spec(flow_name).flow.fn)).resolve()
+    except (TierflowError, TypeError, OSError):
+        return
+    if running == installed or _digest(running) == _digest(installed):
+        return
+    version = metadata.version("tierflow")
+    raise TierflowError(
+        f"the flow file {running} differs from the one in the installed tierflow {version} ({installed}). "
+        "Its tasks and core would come from the installed package, so the run would mix two versions. "
+        f"Install this checkout where the flow runs (pip install -e {_checkout(running)}), or run the "
+        "installed flow (entrypoint tierflow.flows...)."
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _checkout(flow_file: Path) -> Path:
+    for parent in flow_file.parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent
+    return flow_file.parent

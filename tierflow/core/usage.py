@@ -1,0 +1,126 @@
+"""The usage record of one model call, and its price."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tierflow.core.config import Price
+
+
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+"""The disjoint token kinds a call is billed for: their sum is its total, wherever a total is computed."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call, in disjoint kinds: no token is counted in two fields.
+
+    Read from the provider's own `usage` block. When a provider sends none, `known` is False and
+    the counts are zero only as placeholders: reports show such calls as unknown, never as free.
+    """
+
+    input_tokens: int = 0
+    """Prompt tokens that were neither read from nor written to a cache."""
+    output_tokens: int = 0
+    """Visible output tokens, excluding reasoning tokens."""
+    cache_read_tokens: int = 0
+    """Prompt tokens served from the provider's prompt cache."""
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's prompt cache (all TTLs)."""
+    cache_write_1h_tokens: int = 0
+    """Of `cache_write_tokens`, those written with a one-hour TTL (Anthropic); a breakdown, not extra."""
+    reasoning_tokens: int = 0
+    """Reasoning or thinking tokens, billed as output but not part of `output_tokens`."""
+    known: bool = True
+    """False when the provider returned no usage block."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All prompt tokens, cached or not."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Every token billed; the kinds are disjoint, so none is counted twice."""
+        return sum(getattr(self, kind) for kind in TOKEN_KINDS)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "known"},
+            known=self.known and other.known,
+        )
+
+    def opentelemetry_attributes(self) -> dict[str, int]:
+        """The OpenTelemetry GenAI semantic-convention names for these counts."""
+        return {
+            "gen_ai.usage.input_tokens": self.prompt_tokens,
+            "gen_ai.usage.output_tokens": self.output_tokens + self.reasoning_tokens,
+            "gen_ai.usage.cache_read.input_tokens": self.cache_read_tokens,
+            "gen_ai.usage.cache_creation.input_tokens": self.cache_write_tokens,
+            "gen_ai.usage.reasoning.output_tokens": self.reasoning_tokens,
+        }
+
+
+UNKNOWN_USAGE = Usage(known=False)
+
+PROVIDER_IDS = {"anthropic": "anthropic", "openai": "openai"}
+"""Provider kinds whose models genai-prices knows; other kinds are free unless the config prices them."""
+
+
+def price(
+    usage: Usage,
+    model: str,
+    *,
+    provider_kind: str,
+    override: Price | None = None,
+    batch_discount: float = 1.0,
+) -> Decimal | None:
+    """USD cost of `usage` on `model`, or None when no price is known.
+
+    A tier's price override wins; otherwise genai-prices prices the models of the cloud providers,
+    and models on local (`openai-compatible`) and `offline` providers cost 0.
+    `batch_discount` multiplies the whole cost (0.5 for the providers' batch APIs).
+    """
+    if override is not None:
+        cost = override.cost(usage)
+    elif provider_kind in PROVIDER_IDS:
+        cost = _genai_price(usage, model, PROVIDER_IDS[provider_kind])
+        if cost is None:
+            return None
+    else:
+        return Decimal(0)
+    return cost * Decimal(str(batch_discount))
+
+
+def _genai_price(usage: Usage, model: str, provider_id: str) -> Decimal | None:
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+
+    # genai-prices counts cache reads and writes inside input_tokens, and reasoning inside output.
+    kwargs = {
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.output_tokens + usage.reasoning_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    if usage.cache_write_1h_tokens:
+        kwargs["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if not _knows(model, provider_id):
+        return None
+    return calc_price(GenaiUsage(**kwargs), model, provider_id=provider_id).total_price
+
+
+@lru_cache(maxsize=256)
+def _knows(model: str, provider_id: str) -> bool:
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+
+    try:
+        calc_price(GenaiUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id)
+    except LookupError:
+        return False
+    return True

@@ -1,0 +1,227 @@
+"""The offline model's skills: how it answers each structured request, keyed by the output schema's name.
+
+Each skill reads the JSON in the prompt's <data> fence and answers deterministically and extractively, from
+the user's own text. `SKILLS` at the end is the whole registry; `register_skill` adds one for a flow of
+your own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+Skill = Callable[[dict[str, Any]], dict[str, Any]]
+
+MAX_CLAIMS = 8
+MAX_QUOTES = 6
+"""As many claims and quotes as the collate and draft prompts ask for (`MAX_CLAIMS`, `MAX_QUOTES` in those tasks)."""
+
+_STOP = set(
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "as",
+        "by",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "their",
+        "from",
+        "at",
+        "not",
+        "but",
+        "can",
+        "may",
+        "more",
+        "most",
+        "such",
+        "than",
+        "which",
+        "who",
+        "what",
+        "how",
+        "into",
+        "about",
+        "also",
+        "between",
+        "through",
+        "they",
+        "we",
+        "our",
+        "one",
+        "two",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "students",
+        "student",
+        "learning",
+        "feedback",
+        "p",
+        "pp",
+    ]
+)
+
+_SIGNALS = {
+    "argument": r"\b(however|argue|therefore|whereas|although|suggests|because)\b",
+    "literature": r"\(\w[^)]*\d{4}\)|\b\w+ (?:and|&) \w+ \(?\d{4}",
+    "structure": r"\b(this essay|in conclusion|firstly|finally|in summary)\b",
+    "referenc": r"\(\d{4}\)|\bet al\b|\bpp?\. \d+",
+}
+
+
+def offline_collation(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: claims are the first sentence of each quote; keywords are linked concepts, then frequent words."""
+    quotes = data.get("quotes", [])
+    claims = []
+    for q in quotes[:MAX_CLAIMS]:
+        first = re.split(r"(?<=[.!?])\s+", q["text"].strip())[0].rstrip(" ;,")
+        first = first if first.endswith((".", "!", "?")) else f"{first}."
+        claims.append({"claim": first, "quote_ids": [q["id"]]})
+    words = Counter(w for q in quotes for w in re.findall(r"[a-z][a-z-]{3,}", q["text"].lower()) if w not in _STOP)
+    linked = [c.split("/")[-1].lower() for c in data.get("linked_concepts", [])]
+    keywords = list(dict.fromkeys([*linked, *(w for w, _ in words.most_common(6))]))[:6]
+    summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations were highlighted."
+    return {"summary": summary, "claims": claims, "keywords": keywords}
+
+
+def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: a concept for each keyword that two or more sources share, most shared first."""
+    by_keyword: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in data.get("collations", []):
+        for k in c.get("keywords", []):
+            by_keyword[k].append(c)
+    shared = sorted(((k, cs) for k, cs in by_keyword.items() if len(cs) >= 2), key=lambda kv: (-len(kv[1]), kv[0]))
+    concepts = []
+    for keyword, cs in shared[:6]:
+        refs = [{"citekey": c["citekey"], "quote_id": c["quotes"][0]["id"]} for c in cs if c.get("quotes")]
+        concepts.append(
+            {
+                "name": keyword[:1].upper() + keyword[1:],
+                "summary": f"{len(cs)} of this week's sources bear on {keyword}: "
+                + ", ".join(c["citekey"] for c in cs)
+                + ".",
+                "sources": [c["citekey"] for c in cs],
+                "quote_refs": refs,
+                "tensions": [],
+            }
+        )
+    patterns = [f"{k} recurs in {len(cs)} sources" for k, cs in shared[:5]]
+    return {"patterns": patterns, "tensions": [], "concepts": concepts}
+
+
+def offline_draft(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: the summary is the concept's; the discussion strings the sources' claims; quotes are verbatim."""
+    concept = data.get("concept", {})
+    sources = data.get("sources", [])
+    paragraphs = []
+    for s in sources:
+        claims = " ".join(s.get("claims", [])[:2])
+        if claims:
+            paragraphs.append(f"{s['title']} ({s['citekey']}): {claims}")
+    quotes = [{"source": s["citekey"], "text": s["quotes"][0]} for s in sources if s.get("quotes")]
+    return {
+        "summary": concept.get("summary", ""),
+        "discussion": "\n\n".join(paragraphs),
+        "quotes": quotes[:MAX_QUOTES],
+        "open_questions": [f"How do these sources define {concept.get('name', 'this concept').lower()}?"],
+    }
+
+
+def offline_evidence(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: sentences matching each criterion's cue words; the level from how many there are."""
+    text = data.get("submission", "")
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) > 3]
+    criteria = data.get("criteria") or [
+        "Argument and critical evaluation",
+        "Use of literature",
+        "Structure and clarity",
+        "Referencing and academic conventions",
+    ]
+    levels = data.get("levels") or ["Good", "Satisfactory", "Weak"]
+    out = []
+    for criterion in criteria:
+        cue = next((v for k, v in _SIGNALS.items() if k in criterion.lower()), r"\b\w{9,}\b")
+        hits = [s for s in sentences if re.search(cue, s, re.IGNORECASE)]
+        level = levels[min(len(levels) - 1, max(0, 3 - len(hits)))] if levels else ""
+        out.append(
+            {"criterion": criterion, "quotes": hits[:2], "level": level, "note": f"{len(hits)} passages bear on this."}
+        )
+    return {"criteria": out}
+
+
+def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: criteria most students reach a good level on are strengths; the weakest are misconceptions."""
+    levels: dict[str, Counter[str]] = defaultdict(Counter)
+    for sub in data.get("submissions", []):
+        for c in sub.get("criteria", []):
+            levels[c["criterion"]][c["level"]] += 1
+    ranked = sorted(
+        levels, key=lambda k: -sum(n for lvl, n in levels[k].items() if lvl.startswith(("Excellent", "Good")))
+    )
+    strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in ranked[:2]]
+    weak = ranked[-2:][::-1]
+    misconceptions = [f"{k}: the weakest criterion across the cohort ({dict(levels[k])})." for k in weak]
+    actions = [f"Model what a strong answer looks like for '{k}' with an annotated exemplar." for k in weak]
+    return {"strengths": strengths, "misconceptions": misconceptions, "teaching_actions": actions}
+
+
+def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: each criterion's comment restates the evidence found; next steps target the weakest."""
+    evidence = {e["criterion"]: e for e in data.get("evidence", [])}
+    found = offline_evidence({"submission": data.get("submission", ""), "criteria": data.get("criteria", [])})
+    quotes_for = {c["criterion"]: c["quotes"] for c in found["criteria"]}
+    criteria = []
+    for name in data.get("criteria", []):
+        e = evidence.get(name, {})
+        quotes = quotes_for.get(name, [])[:1]
+        comment = f"Your work sits at about '{e.get('level', 'unclear')}' on this criterion. " + (
+            "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it."
+        )
+        criteria.append({"criterion": name, "level": e.get("level", ""), "comment": comment, "quotes": quotes})
+    weakest = [c["criterion"] for c in criteria if not c["quotes"]][:2] or [c["criterion"] for c in criteria][:1]
+    return {
+        "criteria": criteria,
+        "next_steps": [
+            f"Next time, work on '{w}': compare your draft with the rubric's descriptor first." for w in weakest
+        ],
+        "overall": "This draft was assembled from your own sentences by an offline model, for your lecturer to review.",
+    }
+
+
+SKILLS: dict[str, Skill] = {
+    "collationout": offline_collation,
+    "synthesisout": offline_synthesis,
+    "draftout": offline_draft,
+    "evidenceout": offline_evidence,
+    "cohortout": offline_cohort,
+    "feedbackout": offline_feedback,
+}
+"""Skill per schema name (the output model's class name, lower-cased)."""
+
+
+def register_skill(schema_name: str, skill: Skill) -> None:
+    """Teach the offline model to answer requests for `schema_name` (for flows of your own)."""
+    SKILLS[schema_name] = skill

@@ -1,0 +1,166 @@
+"""Estimate a run before it spends: every call it could make, its prompt tokens and worst-case cost.
+
+Collate prompts are rendered exactly. Synthesise and draft prompts depend on model output that does not
+exist yet, so they are rendered from the parsed quotes with the model-written parts left empty, and each
+missing part is counted at its producing tier's full `max_output_tokens`. That makes every figure an
+upper bound: the actual run costs less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tierflow.core.budget import Estimate, estimate
+from tierflow.core.calls import Caller
+from tierflow.core.config import Config
+from tierflow.core.routing import Route, route_to_tier
+from tierflow.report.spend import Spend, money, spend_by
+
+
+@dataclass
+class Plan:
+    """Every call a run could make, as estimated ledger rows: worst-case usage and cost, and the all-deep cost."""
+
+    flow: str
+    since: date | None
+    until: date | None
+    selected: int
+    skipped: list[tuple[str, str]]
+    phase_names: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[tuple[str, str, str]] = field(default_factory=list)
+    """(phase, subject, rendered prompt) for every call."""
+
+    @property
+    def phases(self) -> list[Spend]:
+        """Per-phase totals (the same aggregation as the run report's), every planned phase listed."""
+        found = {s.key: s for s in spend_by(self.rows, "phase")}
+        return [found.get(name) or Spend(name) for name in self.phase_names]
+
+    @property
+    def worst_usd(self) -> float | None:
+        costs = [p.cost_or_none for p in self.phases]
+        return None if None in costs else sum(costs)  # type: ignore[arg-type]
+
+    @property
+    def all_deep_usd(self) -> float | None:
+        costs = [p.all_deep_usd for p in self.phases]
+        return None if None in costs else sum(costs)  # type: ignore[arg-type]
+
+    def add(
+        self,
+        caller: Caller,
+        phase: str,
+        complexity: str,
+        system: str,
+        prompt: str,
+        output: type,
+        *,
+        subject: str,
+        extra_tokens: int = 0,
+        front_matter: dict | None = None,
+        note: str = "",
+    ) -> Route:
+        """Plan one call: route and render it as the run would, and price its worst case and all-deep case.
+
+        `extra_tokens` counts prompt parts that earlier phases' models will write, at their full output allowance.
+        """
+        routed, request = caller.build(
+            phase=phase,
+            complexity=complexity,
+            system=system,
+            prompt=prompt,
+            output=output,
+            front_matter=front_matter,
+            note=note,
+        )
+        est = caller.estimate(routed, request, provider_count=True)
+        est = _grown(caller.config, routed, est, extra_tokens)
+        deep_route = route_to_tier(
+            caller.config,
+            phase=phase,
+            complexity=complexity,
+            tier=caller.config.settings.routing["high"],
+            rule="all-deep",
+        )
+        deep = _grown(caller.config, deep_route, Estimate(est.prompt_tokens, 0, None), 0)
+        self.rows.append(
+            {
+                "phase": phase,
+                "tier": routed.tier,
+                "provider": routed.model_ref.split(":", 1)[0],
+                "model": routed.model_ref.split(":", 1)[1],
+                "input_tokens": est.prompt_tokens,
+                "output_tokens": est.max_output_tokens,
+                "cache_read_tokens": 0,
+                "cache_write_tokens": 0,
+                "cache_write_1h_tokens": 0,
+                "reasoning_tokens": 0,
+                "usage_known": True,
+                "cost_usd": None if est.usd is None else float(est.usd),
+                "all_deep_usd": None if deep.usd is None else float(deep.usd),
+            }
+        )
+        self.prompts.append((phase, subject, prompt))
+        return routed
+
+
+def _grown(config: Config, routed: Route, est: Estimate, extra_tokens: int) -> Estimate:
+    return estimate(config, routed, est.prompt_tokens + extra_tokens)
+
+
+def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
+    console = Console()
+    if show_prompts:
+        for phase, subject, prompt in plan.prompts:
+            console.rule(f"{phase} · {subject}")
+            console.print(prompt, markup=False, highlight=False)
+    console.print(
+        f"[bold]{plan.flow}[/] {plan.since} to {plan.until}: {plan.selected} notes selected, "
+        f"{len(plan.skipped)} skipped"
+    )
+    for path, reason in plan.skipped:
+        console.print(f"  [yellow]skipped[/] {path}: {reason}")
+    table = Table(title="Estimate (worst case: every prompt token billed, every output token used)")
+    for col in (
+        "phase",
+        "tier",
+        "model",
+        "calls",
+        "prompt tokens",
+        "max output",
+        "worst-case USD",
+        "all-deep USD",
+    ):
+        table.add_column(col, justify="right" if col not in ("phase", "tier", "model") else "left")
+    for p in plan.phases:
+        table.add_row(
+            p.key,
+            ", ".join(sorted(p.tiers)),
+            ", ".join(sorted(p.models)),
+            str(p.calls),
+            str(p.usage.prompt_tokens),
+            str(p.usage.output_tokens),
+            money(p.cost_or_none),
+            money(p.all_deep_usd),
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        str(sum(p.calls for p in plan.phases)),
+        "",
+        "",
+        money(plan.worst_usd),
+        money(plan.all_deep_usd),
+        style="bold",
+    )
+    console.print(table)
+    console.print("Nothing was sent to a model. Drafts are counted at the configured maximum number of concepts.")
+    if not show_prompts:
+        console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")

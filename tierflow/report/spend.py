@@ -1,0 +1,213 @@
+"""Spend, aggregated once: every per-phase, per-tier or per-model total that tierflow shows comes from `spend_by`.
+
+The rows are ledger rows, or, for a plan, estimated rows of the same shape (worst-case usage and cost). The run
+report, the Prefect artifacts, `tierflow spend` and `tierflow plan` all read the same `Spend` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierflow.core.config import Config
+from tierflow.core.ledger import usage_of
+from tierflow.core.routing import route
+from tierflow.core.usage import TOKEN_KINDS, Usage, price
+
+PHASE_ORDER = ("collate", "synthesise", "draft")
+
+
+@dataclass
+class Spend:
+    """The totals of a group of calls."""
+
+    key: str
+    tiers: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    calls: int = 0
+    cached: int = 0
+    """Calls answered from tierflow's answer cache (no tokens billed)."""
+    batch: int = 0
+    unknown_usage: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    """The priced calls' cost; `unpriced` counts the others, which are never taken as free."""
+    unpriced: int = 0
+    all_deep_usd: float | None = 0.0
+    """What the group would cost on the `high` complexity's tier, where the rows carry it (plans do)."""
+
+    @property
+    def tokens(self) -> int:
+        return self.usage.total_tokens
+
+    @property
+    def cost_or_none(self) -> float | None:
+        """The cost, or None when any call in the group has no known price."""
+        return None if self.unpriced else self.cost_usd
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["tier"] not in self.tiers:
+            self.tiers.append(row["tier"])
+        model = f"{row['provider']}:{row['model']}"
+        if model not in self.models:
+            self.models.append(model)
+        self.calls += 1
+        self.cached += bool(row.get("cached_result"))
+        self.batch += bool(row.get("batch"))
+        self.unknown_usage += not row.get("usage_known", True)
+        self.usage = self.usage + usage_of(row)
+        if row["cost_usd"] is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += row["cost_usd"]
+        if "all_deep_usd" in row:
+            deep = row["all_deep_usd"]
+            self.all_deep_usd = None if deep is None or self.all_deep_usd is None else self.all_deep_usd + deep
+
+    def as_row(self, by: str) -> dict[str, Any]:
+        """The group as a flat record, as `tierflow spend --by` prints it."""
+        return {
+            by: self.key,
+            "calls": self.calls,
+            **{k: getattr(self.usage, k) for k in TOKEN_KINDS},
+            "cost_usd": self.cost_usd,
+            "unpriced_calls": self.unpriced,
+        }
+
+    def table_row(self) -> dict[str, Any]:
+        """One row of the run's spend table, as the Prefect table artifact and the report show it."""
+        cost = money(self.cost_usd) + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
+        return {
+            "phase": self.key,
+            "tiers": ", ".join(self.tiers),
+            "models": ", ".join(self.models),
+            "calls": self.calls,
+            "cached": self.cached,
+            **{k: getattr(self.usage, k) for k in TOKEN_KINDS},
+            "cost": cost,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+def _key(by: str) -> Callable[[dict[str, Any]], str]:
+    if by == "day":
+        return lambda row: row["timestamp"][:10]
+    return lambda row: str(row.get(by) or "")
+
+
+def spend_by(rows: Sequence[dict[str, Any]], by: str) -> list[Spend]:
+    """Totals per value of `by` (a ledger column, or `day`); phases come in workflow order, the rest sorted."""
+    key = _key(by)
+    groups: dict[str, Spend] = {}
+    for row in rows:
+        k = key(row)
+        groups.setdefault(k, Spend(k)).add(row)
+    if by == "phase":
+        order = {name: i for i, name in enumerate(PHASE_ORDER)}
+        return sorted(groups.values(), key=lambda s: (order.get(s.key, 99), s.key))
+    return [groups[k] for k in sorted(groups)]
+
+
+def summarise(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """`spend_by` as flat records, sorted by group."""
+    return [s.as_row(by) for s in sorted(spend_by(rows, by), key=lambda s: s.key)]
+
+
+def phase_spend(rows: Sequence[dict[str, Any]]) -> list[Spend]:
+    """Per-phase totals of a run's ledger rows, in workflow order."""
+    return spend_by(rows, "phase")
+
+
+def row_tokens(row: dict[str, Any]) -> int:
+    """All tokens of one ledger row."""
+    return usage_of(row).total_tokens
+
+
+def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | None:
+    """What the run's model calls would have cost had every one gone to the `high` complexity's tier."""
+    deep = route(config, phase="*", complexity="high")
+    tier = config.tier(deep.tier)
+    total = 0.0
+    for r in rows:
+        if r["cached_result"] or not r["usage_known"]:
+            continue
+        cost = price(usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price)
+        if cost is None:
+            return None
+        total += float(cost) * (0.5 if r["batch"] else 1.0)
+    return total
+
+
+def money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def savings_text(actual: float, all_deep: float | None) -> tuple[str, str | None]:
+    if all_deep is None:
+        return "unknown", None
+    if all_deep <= 0:
+        return money(all_deep), "n/a (no priced calls)"
+    return money(all_deep), f"{(1 - actual / all_deep) * 100:.0f}%"
+
+
+OTEL_NAMES = {
+    "provider": "gen_ai.provider.name",
+    "model": "gen_ai.request.model",
+    "phase": "tierflow.phase",
+    "tier": "tierflow.tier",
+    "complexity": "tierflow.complexity",
+    "flow": "tierflow.flow",
+    "run_id": "tierflow.run_id",
+    "flow_run_id": "prefect.flow_run.id",
+    "task_run_id": "prefect.task_run.id",
+    "cost_usd": "tierflow.cost_usd",
+    "latency_ms": "tierflow.latency_ms",
+    "batch": "tierflow.batch",
+    "cached_result": "tierflow.cached_result",
+    "usage_known": "tierflow.usage_known",
+}
+
+
+def otel_record(row: dict[str, Any]) -> dict[str, Any]:
+    """One ledger row as a JSON Lines record with OpenTelemetry GenAI attribute names."""
+    attributes: dict[str, Any] = {"gen_ai.operation.name": "chat"}
+    for column, name in OTEL_NAMES.items():
+        if row.get(column) is not None:
+            attributes[name] = row[column]
+    attributes.update(usage_of(row).opentelemetry_attributes())
+    return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes}
+
+
+def spend_table(rows: Sequence[dict[str, Any]], group: str | None) -> Any:
+    """A rich Table of calls, or of totals per group."""
+    from rich.table import Table
+
+    if group is None:
+        table = Table(title=f"Ledger: {len(rows)} calls")
+        for col in ("when", "flow", "phase", "tier", "model", "in", "out", "cache r/w", "reason", "cost"):
+            table.add_column(col, justify="right" if col in ("in", "out", "reason", "cost") else "left")
+        for r in rows:
+            table.add_row(
+                r["timestamp"][:19].replace("T", " "),
+                r["flow"] or "",
+                r["phase"] or "",
+                r["tier"] or "",
+                f"{r['provider']}:{r['model']}" + (" (cached)" if r["cached_result"] else ""),
+                str(r["input_tokens"]) if r["usage_known"] else "?",
+                str(r["output_tokens"]) if r["usage_known"] else "?",
+                f"{r['cache_read_tokens']}/{r['cache_write_tokens']}",
+                str(r["reasoning_tokens"]),
+                money(r["cost_usd"]) + (" batch" if r["batch"] else ""),
+            )
+        return table
+    table = Table(title=f"Spend by {group}")
+    table.add_column(group)
+    table.add_column("calls", justify="right")
+    for k in TOKEN_KINDS:
+        table.add_column(k.replace("_tokens", "").replace("_", " "), justify="right")
+    table.add_column("cost", justify="right")
+    for s in sorted(spend_by(rows, group), key=lambda s: s.key):
+        cost = money(s.cost_usd) + (f" (+{s.unpriced} unpriced)" if s.unpriced else "")
+        table.add_row(s.key, str(s.calls), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost)
+    return table

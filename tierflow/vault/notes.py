@@ -1,0 +1,293 @@
+"""Vault I/O: read source notes, render templates, and write notes safely.
+
+Safe means: every write is atomic (temp file + rename), confined to its output folder, never touches a
+note tierflow did not write, and never overwrites a note a user has edited since tierflow wrote it.
+tierflow marks what it owns with a content hash in the front-matter (`tierflow_hash`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import frontmatter
+import yaml
+from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+from pathvalidate import sanitize_filename
+
+from tierflow.core.errors import VaultError
+from tierflow.vault.annotations import Annotation, parse_annotations
+
+HASH_KEY = "tierflow_hash"
+_OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
+_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
+
+
+def check_vault(path: Path | str) -> Path:
+    """The vault folder, resolved; a clear error when it is missing, not given, or a file."""
+    if isinstance(path, str):
+        if not path.strip():
+            raise VaultError(
+                "no vault given: pass --vault DIR (deployments: set TIERFLOW_VAULT when you run prefect deploy, "
+                "or pass -p vault=DIR)"
+            )
+        path = Path(path.strip())
+    if not path.exists():
+        raise VaultError(f"vault {path} does not exist. Give the folder that holds your notes.")
+    if not path.is_dir():
+        raise VaultError(f"vault {path} is a file, not a folder. Give the vault's folder.")
+    return path.resolve()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceNote:
+    """A literature note, parsed: its metadata, its annotations with locators, and its links."""
+
+    path: str
+    title: str
+    citekey: str
+    link: str
+    """The wikilink target Obsidian resolves to this note (its file name without `.md`)."""
+    front_matter: dict[str, Any]
+    body: str
+    annotations: tuple[Annotation, ...]
+    wikilinks: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    year: str = ""
+
+
+def read_source(vault: Path, relpath: str) -> SourceNote:
+    """Parse one literature note. Raises VaultError naming the file on anything unusable."""
+    path = vault / relpath
+    try:
+        post = frontmatter.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise VaultError(f"{relpath}: not UTF-8 text; skipped") from None
+    except yaml.YAMLError as exc:
+        raise VaultError(f"{relpath}: malformed YAML front-matter ({_first_line(exc)}); skipped") from None
+    meta = dict(post.metadata)
+    stem = Path(relpath).stem
+    citekey = str(meta.get("citekey") or _citekey_from(stem))
+    authors = meta.get("authors") or meta.get("author") or ()
+    if isinstance(authors, str):
+        authors = [authors]
+    from obsidiantools.md_utils import _get_unique_wikilinks_from_source_text
+
+    return SourceNote(
+        path=relpath,
+        title=str(meta.get("title") or stem),
+        citekey=citekey,
+        link=stem,
+        front_matter=meta,
+        body=post.content,
+        annotations=tuple(parse_annotations(post.content)),
+        wikilinks=tuple(_get_unique_wikilinks_from_source_text(_without_metadata(post.content), remove_aliases=True)),
+        authors=tuple(str(a) for a in authors),
+        year=str(meta.get("year") or ""),
+    )
+
+
+_METADATA_SECTION = re.compile(r"^#{1,6}\s+Metadata\s*$.*?(?=^#{1,6}\s|\Z)", re.MULTILINE | re.DOTALL | re.IGNORECASE)
+
+
+def _without_metadata(body: str) -> str:
+    """The body without a Readwise-style `## Metadata` section, whose links are authors, not concepts."""
+    return _METADATA_SECTION.sub("", body)
+
+
+def _citekey_from(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", stem.split(" - ")[0].lstrip("@")) or "source"
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+
+def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironment:
+    """Jinja2 templates: the vault's override folder first, then tierflow's own `templates/`."""
+    loaders = []
+    if vault is not None and (vault / override_folder).is_dir():
+        loaders.append(FileSystemLoader(str(vault / override_folder)))
+    loaders.append(FileSystemLoader(str(files("tierflow.templates"))))
+    env = SandboxedEnvironment(
+        loader=ChoiceLoader(loaders),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # Prompt data as compact JSON; only < and > are escaped, so no value can close its <data> fence.
+    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
+    return env
+
+
+def template_source(env: SandboxedEnvironment, name: str) -> str:
+    """A template's text, for cache keys: an edited template must not reuse old results."""
+    source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+    return source
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def safe_note_name(title: str, *, max_length: int = 120) -> str:
+    """A file name (without `.md`) that Obsidian and every OS accept, and that cannot leave its folder."""
+    name = unicodedata.normalize("NFC", title)
+    name = _OBSIDIAN_FORBIDDEN.sub(" ", name.replace("%%", " "))
+    name = sanitize_filename(name, replacement_text=" ", platform="universal")
+    name = " ".join(name.split()).strip(" .")
+    if name.split(".")[0].upper() in _RESERVED:
+        name = f"{name} note"
+    return (name[:max_length].rstrip(" .")) or "Untitled"
+
+
+def body_hash(front_matter: dict[str, Any], body: str) -> str:
+    """Hash of a note's content, excluding the hash itself."""
+    meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
+    text = yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False) + "\n" + body.strip()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def render_note(front_matter: dict[str, Any], body: str) -> str:
+    """Markdown with flat YAML front-matter that Obsidian's Properties view accepts, hash included."""
+    meta = {**front_matter, HASH_KEY: body_hash(front_matter, body)}
+    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+    return f"---\n{head}---\n\n{body.strip()}\n"
+
+
+WriteAction = Literal["created", "updated", "unchanged", "kept-user-edit"]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    path: str
+    """Vault-relative path actually written (or left unchanged)."""
+    action: WriteAction
+    message: str = ""
+
+
+@dataclass
+class NoteWriter:
+    """Writes notes into one folder of the vault, and nowhere else."""
+
+    vault: Path
+    folder: str
+    today: date = field(default_factory=date.today)
+
+    def __post_init__(self) -> None:
+        self.vault = self.vault.resolve()
+        self.root = (self.vault / self.folder).resolve()
+        if not self.root.is_relative_to(self.vault):
+            raise VaultError(f"output folder {self.folder!r} is outside the vault; choose a folder inside it")
+
+    def target(self, title: str) -> Path:
+        path = (self.root / f"{safe_note_name(title)}.md").resolve()
+        # Belt and braces: the sanitised name has no separators, but a symlinked folder could still escape.
+        if not path.is_relative_to(self.root):
+            raise VaultError(f"refusing to write {path}: outside {self.folder}")
+        return path
+
+    def write(
+        self, title: str, front_matter: dict[str, Any], body: str, *, compare_keys: tuple[str, ...] = ()
+    ) -> WriteResult:
+        """Create or update the note for `title`.
+
+        An existing note is replaced only if tierflow wrote it and nobody edited it since. Its content is
+        compared ignoring `compare_keys` (run ids, spend), so an unchanged draft is left untouched.
+        A user-edited note is kept byte for byte, and the new draft goes to a dated sibling.
+        """
+        path = self.target(title)
+        text = render_note(front_matter, body)
+        if path.exists():
+            state = self._ownership(path)
+            if state == "owned":
+                if _same_content(path, front_matter, body, compare_keys):
+                    return WriteResult(self._rel(path), "unchanged")
+                self._atomic_write(path, text)
+                return WriteResult(self._rel(path), "updated")
+            sibling = self._sibling(path, text)
+            if sibling is None:
+                return WriteResult(self._rel(path), "unchanged")
+            why = "you edited it since tierflow wrote it" if state == "edited" else "tierflow did not write it"
+            if sibling.exists() and _same_content(sibling, front_matter, body, compare_keys):
+                return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} kept: {why}")
+            self._atomic_write(sibling, text)
+            return WriteResult(
+                self._rel(sibling),
+                "kept-user-edit",
+                f"{self._rel(path)} kept as it is ({why}); the new draft is {self._rel(sibling)}",
+            )
+        self._atomic_write(path, text)
+        return WriteResult(self._rel(path), "created")
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.vault).as_posix()
+
+    def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign"]:
+        try:
+            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError):
+            return "foreign"
+        stored = post.metadata.get(HASH_KEY)
+        if not stored:
+            return "foreign"
+        return "owned" if stored == body_hash(dict(post.metadata), post.content) else "edited"
+
+    def _sibling(self, path: Path, text: str) -> Path | None:
+        """A dated sibling that is free, or tierflow's own unedited one; None when nothing is free."""
+        for n in range(1, 100):
+            suffix = f" (tierflow {self.today.isoformat()})" if n == 1 else f" (tierflow {self.today.isoformat()} {n})"
+            candidate = path.with_name(f"{path.stem}{suffix}.md")
+            if not candidate.exists() or self._ownership(candidate) == "owned":
+                return candidate
+        return None
+
+    def _atomic_write(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: tuple[str, ...]) -> bool:
+    try:
+        post = frontmatter.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, OSError):
+        return False
+
+    def strip(meta: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in meta.items() if k not in ignore and k != HASH_KEY}
+
+    new = frontmatter.loads(render_note(front_matter, body))
+    return strip(dict(post.metadata)) == strip(dict(new.metadata)) and post.content.strip() == new.content.strip()
