@@ -10,6 +10,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, fan_out
 from tierflow.vault.notes import SourceNote, template_env
 
@@ -99,6 +100,19 @@ def prompt(settings: RunSettings, source: SourceNote) -> tuple[str, str]:
     return system, user
 
 
+def quote_ids_exist(source: SourceNote) -> Check:
+    """Every quote id a claim cites is one of the note's quotes."""
+    known = {q.id for q in quotes_of(source)[0]}
+
+    def problems(out: CollationOut) -> list[str]:
+        unknown = sorted({i for c in out.claims for i in c.quote_ids if i not in known})
+        return (
+            [f"quote ids {unknown} are not in this note (its quotes are numbered 1 to {len(known)})"] if unknown else []
+        )
+
+    return Check("quote_ids_exist", problems)
+
+
 @task(name=PHASE, retries=0)
 def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
     """Collate one source note."""
@@ -112,6 +126,7 @@ def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
         subject=source.citekey,
         front_matter=source.front_matter,
         note=source.path,
+        checks=[quote_ids_exist(source)],
     )
     out: CollationOut = answer.parsed
     quotes, notes = quotes_of(source)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
 
+from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, fan_out
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.collate import Collation
@@ -49,6 +50,28 @@ class RunShare:
     cost_each: float | None
 
 
+def quotes_verbatim(sources: list[SourceNote]) -> Check:
+    """Every quotation is word for word in the source it names."""
+    by_key = {s.citekey: s for s in sources}
+
+    def problems(out: DraftOut) -> list[str]:
+        found = []
+        for q in out.quotes[:MAX_QUOTES]:
+            source = by_key.get(q.source)
+            if source is None:
+                found.append(f"quotation {q.text[:60]!r} names unknown source {q.source!r}")
+            elif not locate(q.text, source.body):
+                found.append(f"quotation {q.text[:60]!r} is not word for word in {q.source}; quote it exactly")
+        return found
+
+    return Check("quotes_verbatim", problems)
+
+
+def sections_present(out: DraftOut) -> list[str]:
+    """The note's required sections have text."""
+    return [f"the {name} is empty" for name in ("summary", "discussion") if not getattr(out, name).strip()]
+
+
 def prompt(settings: RunSettings, concept: Concept, collations: list[Collation]) -> tuple[str, str]:
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
@@ -84,7 +107,13 @@ def draft_concept(
     caller = caller_for(settings)
     system, user = prompt(settings, concept, collations)
     answer = caller.ask(
-        phase=PHASE, complexity=COMPLEXITY, system=system, prompt=user, output=DraftOut, subject=concept.name
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        system=system,
+        prompt=user,
+        output=DraftOut,
+        subject=concept.name,
+        checks=[quotes_verbatim(sources), Check("sections_present", sections_present)],
     )
     out: DraftOut = answer.parsed
     by_key = {s.citekey: s for s in sources}
@@ -108,11 +137,13 @@ def draft_concept(
         draft=out,
         quotes=quotes,
         sources=[by_key[c.citekey] for c in collations if c.citekey in by_key],
-        created=date.today().isoformat(),
+        created=clock.now().astimezone().date().isoformat(),
         since=share.since,
         until=share.until,
         run_id=share.run_id,
         offline=answer.route.provider_kind == "offline",
+        checks_failed=answer.checks_failed,
+        model=answer.route.model_ref,
     )
     tokens = share.tokens_each + answer.usage.total_tokens
     cost = None if share.cost_each is None or answer.cost_usd is None else round(share.cost_each + answer.cost_usd, 6)
@@ -121,13 +152,15 @@ def draft_concept(
         "tags": ["concept", "tierflow/draft"],
         "status": "draft",
         "sources": [f"[[{by_key[c].link}]]" for c in concept.sources if c in by_key],
-        "created": date.today().isoformat(),
+        "created": clock.now().astimezone().date().isoformat(),
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}"],
         "tierflow_tokens": tokens,
         "tierflow_cost_usd": cost,
         "tierflow_unverified_quotes": sum(1 for q in quotes if not q["verbatim"]),
     }
+    if answer.checks_failed:
+        front_matter["tierflow_checks_failed"] = list(answer.checks_failed)
     writer = NoteWriter(Path(settings.vault or "."), config.settings.vault.output_folder)
     return writer.write(concept.name, front_matter, body, compare_keys=SPEND_KEYS)
 

@@ -50,6 +50,21 @@ class RunSummary:
         return outcome.results
 
 
+def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Attempts that failed or escalated, and the answers kept although no tier passed their checks."""
+    retries = [r for r in rows if r["outcome"] != "ok" or r["escalated_from"]]
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        last[(r["phase"], r["subject"])] = r
+    kept = [
+        f"{r['phase']} · {r['subject'] or '-'}: kept from {r['provider']}:{r['model']} ({r['outcome']}"
+        + (f": {r['checks_failed']})" if r["checks_failed"] else ")")
+        for r in last.values()
+        if r["outcome"] == "check_failed"
+    ]
+    return retries, kept
+
+
 def artifact_key(flow: str, what: str) -> str:
     """Prefect artifact keys allow only lower-case letters, digits and dashes."""
     return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in f"{flow}-{what}".lower())
@@ -88,6 +103,7 @@ def write_run_report(
     downgrades = [
         f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}" for r in rows if r["downgraded_from"]
     ]
+    retries, kept = _closed_loop(rows)
     today = date.today().isoformat()
     earlier = _earlier_runs(caller.ledger.rows(since=today, flow=summary.flow), settings.run_id)
     env = template_env(config.vault, config.settings.vault.templates_folder)
@@ -121,6 +137,8 @@ def write_run_report(
         "pie_unit": "USD" if total_cost > 0 else "tokens",
         "budgets": budgets,
         "downgrades": downgrades,
+        "retries": retries,
+        "kept": kept,
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
         "earlier": earlier,

@@ -6,6 +6,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.collate import Collation
 from tierflow.vault.notes import template_env
@@ -37,6 +38,38 @@ class Synthesis(SynthesisOut):
     model: str
     cost_usd: float | None
     tokens: int
+    dropped: list[tuple[str, str]] = Field(default_factory=list)
+    """(concept name, why) for every concept the checks removed."""
+    checks_failed: list[str] = Field(default_factory=list)
+
+
+def concept_problems(concept: Concept, citekeys: set[str], quotes: set[tuple[str, int]]) -> list[str]:
+    """Why a proposed concept cannot be drafted; empty when it can."""
+    name = concept.name.strip() or "(unnamed)"
+    problems = []
+    if not concept.name.strip():
+        problems.append("a concept has an empty name")
+    unknown = [s for s in concept.sources if s not in citekeys]
+    if unknown:
+        problems.append(f"concept {name!r} cites unknown citekeys {unknown}")
+    if not [s for s in concept.sources if s in citekeys]:
+        problems.append(f"concept {name!r} cites none of this week's sources")
+    bad_refs = [f"{r.citekey}#{r.quote_id}" for r in concept.quote_refs if (r.citekey, r.quote_id) not in quotes]
+    if bad_refs:
+        problems.append(f"concept {name!r} cites quotes that do not exist: {', '.join(bad_refs)}")
+    return problems
+
+
+def grounded(collations: list[Collation]) -> Check:
+    """At least one concept, and every concept named and citing real citekeys and quote ids."""
+    citekeys = {c.citekey for c in collations}
+    quotes = {(c.citekey, q.id) for c in collations for q in c.quotes}
+
+    def problems(out: SynthesisOut) -> list[str]:
+        found = [p for concept in out.concepts for p in concept_problems(concept, citekeys, quotes)]
+        return found or ([] if out.concepts else ["no concepts were proposed; propose at least one"])
+
+    return Check("concepts_grounded", problems)
 
 
 def prompt(settings: RunSettings, collations: list[Collation], since: str, until: str) -> tuple[str, str]:
@@ -72,19 +105,33 @@ def synthesise(settings: RunSettings, collations: list[Collation], since: str, u
     """Find the week's patterns, tensions and candidate concepts; only sources and quotes that exist survive."""
     system, user = prompt(settings, collations, since, until)
     answer = caller_for(settings).ask(
-        phase=PHASE, complexity=COMPLEXITY, system=system, prompt=user, output=SynthesisOut, subject="week"
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        system=system,
+        prompt=user,
+        output=SynthesisOut,
+        subject="week",
+        checks=[grounded(collations)],
     )
     out: SynthesisOut = answer.parsed
     quotes = {(c.citekey, q.id) for c in collations for q in c.quotes}
     citekeys = {c.citekey for c in collations}
-    concepts = []
-    for concept in out.concepts[: caller_for(settings).config.settings.vault.max_concepts]:
+    concepts, dropped = [], []
+    # Whatever the tiers answered, only concepts grounded in this week's sources and quotes are drafted.
+    limit = caller_for(settings).config.settings.vault.max_concepts
+    for concept in out.concepts:
+        name = concept.name.strip() or "(unnamed)"
         sources = [s for s in dict.fromkeys(concept.sources) if s in citekeys]
         if not sources or not concept.name.strip():
-            continue
-        refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
-        concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs}))
+            dropped.append((name, "; ".join(concept_problems(concept, citekeys, quotes))))
+        elif len(concepts) >= limit:
+            dropped.append((name, f"more than [vault] max_concepts = {limit} concepts"))
+        else:
+            refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
+            concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs}))
     return Synthesis(
+        dropped=dropped,
+        checks_failed=list(answer.checks_failed),
         patterns=out.patterns,
         tensions=out.tensions,
         concepts=concepts,
@@ -98,7 +145,7 @@ def synthesise_week(
     settings: RunSettings, collations: list[Collation], since: str, until: str
 ) -> PhaseOutcome[Synthesis]:
     """One tagged task run over all the week's collations."""
-    return single(
+    outcome = single(
         synthesise,
         settings,
         settings,
@@ -109,3 +156,10 @@ def synthesise_week(
         complexity=COMPLEXITY,
         subject="week",
     )
+    for synthesis in outcome.results:
+        outcome.skipped += [
+            (f"concept {name}", f"dropped by synthesis checks: {why}") for name, why in synthesis.dropped
+        ]
+        if not synthesis.concepts:
+            outcome.skipped.append(("synthesis", "no concept survived the checks, so nothing was drafted"))
+    return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +11,20 @@ from tierflow.testing.double import DoubleRequest, Reply
 
 
 def schema_name(request: DoubleRequest) -> str | None:
-    """The structure a request asks for: Anthropic's forced tool, or OpenAI's json_schema name."""
+    """The structure a request asks for: Anthropic's forced tool, OpenAI's json_schema name, or the title of the
+    schema sent beside JSON mode or spelled out in the system prompt (servers without a JSON-schema mode)."""
     if request.forced_tool:
         return request.forced_tool
     fmt = request.body.get("response_format") or {}
-    return (fmt.get("json_schema") or {}).get("name")
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("name")
+    if isinstance(fmt.get("schema"), dict):
+        return str(fmt["schema"].get("title", "")).lower() or None
+    marker = "It must match this JSON schema:\n"
+    if marker in request.system:
+        schema, _ = json.JSONDecoder().raw_decode(request.system.split(marker, 1)[1])
+        return str(schema.get("title", "")).lower() or None
+    return None
 
 
 def skilled(overrides: dict[str, Any] | None = None) -> Callable[[DoubleRequest], Reply | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,19 @@ def one_phase(settings: RunSettings) -> str:
 def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path: Path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.exceptions import ObjectNotFound
 
     settings = RunSettings(vault=str(tmp_path), run_id="helper-test", flow="helper-test", profile="offline")
     assert one_phase(settings).startswith("[offline extractive model]")
     (row,) = caller_for(settings).ledger.rows()
     with get_client(sync_client=True) as client:
-        task_run = client.read_task_run(row["task_run_id"])
+        # The server records task runs in the background: under load the row can arrive a moment later.
+        for _ in range(120):
+            try:
+                task_run = client.read_task_run(row["task_run_id"])
+                break
+            except ObjectNotFound:
+                time.sleep(0.25)
         flow_run = client.read_flow_run(row["flow_run_id"])
         runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     assert set(task_run.tags) == {

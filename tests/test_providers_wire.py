@@ -286,8 +286,8 @@ def test_structured_output_via_openai_json_schema(tmp_path, monkeypatch, double)
 
 def test_malformed_structure_is_retried_once_then_fails_clearly(tmp_path, monkeypatch, double):
     double.responder = lambda r: Reply(data={"label": "x"})
-    c = caller(tmp_path, anthropic_config(double), monkeypatch)
-    with pytest.raises(MalformedResponse, match="malformed verdict twice"):
+    c = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch)
+    with pytest.raises(MalformedResponse, match="no usable verdict on any attempt"):
         ask(c, output=Verdict)
     assert len(double.model_calls()) == 2
     assert len(c.ledger.rows()) == 2  # both attempts really spent tokens, and both are recorded

@@ -184,7 +184,11 @@ def test_fabricated_quotation_is_marked_in_the_draft(anthropic_vault: Path, doub
 def test_malformed_synthesis_fails_the_phase_and_keeps_the_collations(anthropic_vault: Path, double):
     double.responder = skilled({"synthesisout": {"patterns": "not a list"}})
     failed = run(anthropic_vault)
-    assert failed.failed and "synthesise failed" in failed.failed and "malformed synthesisout twice" in failed.failed
+    assert (
+        failed.failed
+        and "synthesise failed" in failed.failed
+        and "no usable synthesisout on any attempt" in failed.failed
+    )
     assert drafts(anthropic_vault) == {}
     assert "synthesise failed" in (anthropic_vault / failed.report.path).read_text()
     spent_collate = len([c for c in double.model_calls() if c.forced_tool == "collationout"])

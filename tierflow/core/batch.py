@@ -3,8 +3,11 @@
 A batched phase submits every request that is neither answered (cached) nor already in a submitted batch,
 records each item against its request's cache key, and polls with backoff. A rerun of the same requests,
 or `tierflow resume RUN`, finds the submitted batch by those keys and collects it without resubmitting.
-Items that errored are retried one by one through the ordinary call path; expired or cancelled items are
-listed, and the next run resubmits only those.
+Every answer is judged like a direct call's (`Caller.judge`: schema and checks) and recorded with its
+outcome; an item that errored or failed goes on through the ordinary call path (`Caller.resolve`: one
+informed retry, then escalation), run directly. Expired or cancelled items are listed, and the next run
+resubmits only those. Reservations go through `Caller.reserve`, so a `downgrade` budget downgrades
+batch items as it does direct calls.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tierflow.core.calls import Answer, Caller, _cache_key
+from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
+from tierflow.core.checks import Check
 from tierflow.core.ledger import batch_items, now_iso
-from tierflow.core.providers import Request
+from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route
 from tierflow.core.usage import Usage
 
@@ -39,6 +43,7 @@ class BatchCall:
     output: type[BaseModel]
     cache_prefix: str = ""
     subject: str = ""
+    checks: tuple[Check, ...] = ()
 
 
 @dataclass
@@ -77,18 +82,23 @@ def run_batch(
         )
         cache_key = _cache_key(routed, request)
         hit = caller.reuse(routed, cache_key, call.subject)
-        if hit is not None:
-            outcome.answers[call.key] = _parsed(call, hit[0], hit[1], routed, Usage(), 0.0, cached=True)
+        cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model) if hit else None
+        verdict = (
+            caller.judge(routed, request, cached, call.output, call.checks, cost=0.0, cached=True) if cached else None
+        )
+        if verdict is not None and verdict.ok:
+            outcome.answers[call.key] = verdict.answer
         else:
             todo[cache_key] = (call, routed, request, cache_key)
     if not todo:
         return outcome
 
     submitted = _submitted(caller, list(todo))
-    fresh = {k: v for k, v in todo.items() if k not in submitted}
-    by_provider: dict[str, list[tuple[BatchCall, Route, Request, str]]] = defaultdict(list)
-    for item in fresh.values():
+    fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted])
+    by_provider: dict[str, list[tuple[BatchCall, Route, Request, str, Any]]] = defaultdict(list)
+    for item in fresh:
         by_provider[item[1].provider].append(item)
+        todo[item[3]] = item[:4]  # a downgraded item is collected for the tier it went to
     for provider_name, items in by_provider.items():
         batch_id = _submit(caller, provider_name, items, phase)
         outcome.submitted.append(batch_id)
@@ -125,26 +135,34 @@ def _submitted(caller: Caller, keys: list[str]) -> dict[str, str]:
     return {row.key: row.batch_id for row in rows}
 
 
-def _submit(caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str]], phase: str) -> str:
-    reservations = []
+def _reserve(
+    caller: Caller, items: list[tuple[BatchCall, Route, Request, str]]
+) -> list[tuple[BatchCall, Route, Request, str, Any]]:
+    """Reserve every item's worst case at batch prices; all or nothing."""
+    reserved: list[tuple[BatchCall, Route, Request, str, Any]] = []
     try:
-        for _, routed, request, _ in items:
-            reservations.append(caller.budgets.reserve([(routed, caller.estimate(routed, request, batch=True))]))
+        for call, routed, request, cache_key in items:
+            reservation, routed, request = caller.reserve(routed, request, call.subject, batch=True)
+            reserved.append((call, routed, request, cache_key, reservation))
     except BaseException:
-        for r in reservations:
-            caller.budgets.release(r.id)
+        for item in reserved:
+            caller.budgets.release(item[4].id)
         raise
+    return reserved
+
+
+def _submit(
+    caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str, Any]], phase: str
+) -> str:
     requests = {custom_id(item[0], i): item[2] for i, item in enumerate(items)}
     try:
         batch_id = caller.provider(provider_name).submit_batch(requests)
     except BaseException:
-        for r in reservations:
-            caller.budgets.release(r.id)
+        for item in items:
+            caller.budgets.release(item[4].id)
         raise
     with caller.ledger.transaction() as conn:
-        for (cid, _), (call, routed, _, cache_key), reservation in zip(
-            requests.items(), items, reservations, strict=True
-        ):
+        for cid, (call, routed, _, cache_key, reservation) in zip(requests, items, strict=True):
             conn.execute(batch_items.delete().where(batch_items.c.key == cache_key))
             conn.execute(
                 batch_items.insert().values(
@@ -157,6 +175,7 @@ def _submit(caller: Caller, provider_name: str, items: list[tuple[BatchCall, Rou
                     tier=routed.tier,
                     subject=call.subject,
                     reservation_id=reservation.id,
+                    downgraded_from=reservation.downgraded_from,
                     status="submitted",
                     created=now_iso(),
                 )
@@ -202,16 +221,29 @@ def _collect(
         if result.status == "succeeded" and result.completion is not None:
             completion = result.completion
             cost = caller._cost(routed, completion, batch=True)
-            record = caller._record(routed, completion.usage, cost, 0.0, call.subject, row.created, batch_id=batch_id)
-            caller.budgets.settle(row.reservation_id, record)
-            caller.ledger.cache_response(cache_key, routed.model_ref, completion.text, completion.data)
+            verdict = caller.judge(routed, request, completion, call.output, call.checks, cost=cost, cached=False)
+            record = caller._record(
+                routed,
+                completion.usage,
+                cost,
+                0.0,
+                call.subject,
+                row.created,
+                batch_id=batch_id,
+                downgraded_from=row.downgraded_from,
+                outcome=verdict.outcome,
+                checks_failed=verdict.checks_failed,
+            )
+            cache = CacheEntry(cache_key, routed.model_ref, completion.text, completion.data, request)
+            caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None)
             _mark(caller, cache_key, "done")
-            try:
-                outcome.answers[call.key] = _parsed(
-                    call, completion.text, completion.data, routed, completion.usage, cost, cached=False
+            outcome.answers[call.key] = (
+                verdict.answer
+                if verdict.ok
+                else caller.resolve(
+                    routed, request, output=call.output, checks=call.checks, subject=call.subject, first=verdict
                 )
-            except ValidationError:
-                outcome.answers[call.key] = _retry_alone(caller, call, routed, cache_key, "malformed structure")
+            )
         elif result.status == "errored":
             caller.budgets.release(row.reservation_id)
             outcome.answers[call.key] = _retry_alone(caller, call, routed, cache_key, result.error)
@@ -233,30 +265,10 @@ def _retry_alone(caller: Caller, call: BatchCall, routed: Route, cache_key: str,
         cache_prefix=call.cache_prefix,
         subject=call.subject,
         routed=routed,
+        checks=call.checks,
     )
 
 
 def _mark(caller: Caller, cache_key: str, status: str) -> None:
     with caller.ledger.transaction() as conn:
         conn.execute(batch_items.update().where(batch_items.c.key == cache_key).values(status=status))
-
-
-def _parsed(
-    call: BatchCall,
-    text: str,
-    data: dict[str, Any] | None,
-    routed: Route,
-    usage: Usage,
-    cost: float | None,
-    *,
-    cached: bool,
-) -> Answer:
-    return Answer(
-        text=text,
-        data=data,
-        parsed=call.output.model_validate(data or {}),
-        route=routed,
-        usage=usage,
-        cost_usd=cost,
-        cached=cached,
-    )

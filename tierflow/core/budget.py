@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -225,13 +226,14 @@ class Budgets:
                 if phase is None or b.phase in (None, phase)
             ]
 
-    def reserve(self, candidates: Sequence[tuple[Route, Estimate]]) -> Reservation:
+    def reserve(self, candidates: Sequence[tuple[Route, Estimate]], *, wait: bool = True) -> Reservation:
         """Reserve the first candidate that fits every applicable budget.
 
         `candidates` is the routed call followed by its cheaper downgrades. A candidate that would fit once
         the calls in flight settle waits for them (they usually settle far below their worst case). One
         that cannot fit even then moves on: budgets whose policy is `downgrade` let the next candidate be
-        tried, `warn` lets the call through flagged, and `halt` stops with the budget named.
+        tried, `warn` lets the call through flagged, and `halt` stops with the budget named. Without `wait`
+        (batch items, whose own reservations stay open until the batch ends) nothing waits.
         """
         deadline = time.monotonic() + self.max_wait_s
         delay = 0.01
@@ -239,7 +241,7 @@ class Budgets:
             with self.ledger.transaction() as conn:
                 _lock(conn)
                 states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
-                decision = _decide(candidates, states)
+                decision = _decide(candidates, states, wait=wait)
                 if isinstance(decision, Reservation):
                     return self._insert(conn, decision)
             if decision is _WAIT and time.monotonic() < deadline:
@@ -271,10 +273,21 @@ class Budgets:
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
-    def settle(self, reservation_id: int, call: CallRecord) -> None:
-        """Record the call and release its reservation, in one transaction."""
+    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
+        """Record the call, release its reservation and cache a passing answer, in one transaction."""
         with self.ledger.transaction() as conn:
             self.ledger.record(call, conn=conn)
+            if cache is not None:
+                self.ledger.cache_response(
+                    cache.key,
+                    cache.model,
+                    cache.text,
+                    cache.data,
+                    request=cache.request.__dict__,
+                    flow=call.flow,
+                    phase=call.phase,
+                    conn=conn,
+                )
             conn.execute(
                 reservations.update()
                 .where(reservations.c.id == reservation_id)
@@ -292,7 +305,7 @@ _WAIT = object()
 
 
 def _decide(
-    candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState]
+    candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState], *, wait: bool = True
 ) -> Reservation | object | tuple[BudgetState, Route, Estimate]:
     """Reserve a candidate, wait for calls in flight, or refuse (naming the budget)."""
     routed = candidates[0][0]
@@ -310,7 +323,7 @@ def _decide(
                 budget=forced_by if index else None,
                 warnings=tuple((s.name, s.describe()) for s in blocking),
             )
-        if all(s.fits(usd, est.tokens, settled=True) for s in hard):
+        if wait and all(s.fits(usd, est.tokens, settled=True) for s in hard):
             return _WAIT
         if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
             forced_by = forced_by or hard[0].name

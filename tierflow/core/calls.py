@@ -11,19 +11,19 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from tierflow.core import clock
-from tierflow.core.budget import Budgets, Estimate, estimate, padded
-from tierflow.core.checks import Check, run_checks
+from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
+from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
-from tierflow.core.errors import BudgetExceeded, MalformedResponse, ProviderError
+from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
-from tierflow.core.providers import Completion, Provider, Request, make_provider
+from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import Usage, price
@@ -99,6 +99,48 @@ class Answer:
     warnings: tuple[tuple[str, str], ...] = field(default=())
     checks_failed: tuple[str, ...] = ()
     """Names of the checks the answer still fails: no tier passed them, so the answer is kept with a warning."""
+    outcome: str = "ok"
+
+
+_RANK = {"refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One billed attempt at an answer, and the verdict on it."""
+
+    outcome: str
+    """`ok`, `malformed`, `check_failed`, `truncated` or `refused`."""
+    answer: Answer
+    route: Route
+    request: Request
+    failures: tuple[Failure, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def checks_failed(self) -> str | None:
+        """The failed checks' names for the ledger row, comma-separated."""
+        names = [f.check for f in self.failures] if self.outcome == "check_failed" else []
+        return ",".join(dict.fromkeys(names)) or None
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Which failed attempt to keep: a readable answer with fewer failures beats the rest."""
+        return _RANK[self.outcome], -len(self.failures)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """An answer that passed, to store under the key of the request that produced it."""
+
+    key: str
+    model: str
+    text: str
+    data: dict[str, Any] | None
+    request: Request
 
 
 class Caller:
@@ -114,6 +156,8 @@ class Caller:
         self.ledger = Ledger(self.config.ledger_url)
         self.budgets = Budgets(self.config, self.ledger, run_id=settings.run_id, flow=settings.flow)
         self._providers: dict[str, Provider] = {}
+        self._modes: dict[tuple[str, str], str] = {}
+        self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def provider(self, name: str) -> Provider:
@@ -166,7 +210,9 @@ class Caller:
         else:
             prompt_tokens = exact
         prefix = padded(count_tokens(request.cache_prefix), exact=False) if request.cache_prefix else 0
-        return estimate(self.config, routed, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
+        # The request's own output limit: a retry of a cut-off answer may ask for more than the tier's default.
+        sized = replace(routed, max_output_tokens=request.max_output_tokens)
+        return estimate(self.config, sized, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
 
     def downgrades(self, routed: Route, request: Request, *, batch: bool = False) -> list[tuple[Route, Estimate]]:
         """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
@@ -186,7 +232,7 @@ class Caller:
                 tier=tier,
                 rule=f"budget downgrade from {routed.tier}",
             )
-            cheaper_request = Request(**{**request.__dict__, "model": cheaper.model})
+            cheaper_request = replace(request, model=cheaper.model, max_output_tokens=cheaper.max_output_tokens)
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch)))
         return candidates
 
@@ -230,7 +276,7 @@ class Caller:
         routed: Route | None = None,
         checks: Sequence[Check] = (),
     ) -> Answer:
-        """Route and make one call; with `output`, validate the structure and run `checks` on it."""
+        """Route one call and close the loop on it (see `resolve`)."""
         routed, request = self.build(
             phase=phase,
             complexity=complexity,
@@ -242,52 +288,160 @@ class Caller:
             note=note,
             routed=routed,
         )
-        answer = self._call(routed, request, subject=subject)
-        if output is None:
-            return answer
-        for attempt in (1, 2):
-            try:
-                parsed = output.model_validate(answer.data or {})
-                failures = run_checks(checks, parsed)
-                if not failures or attempt == 2:
-                    return _replace(
-                        answer, parsed=parsed, checks_failed=tuple(dict.fromkeys(f.check for f in failures))
+        return self.resolve(routed, request, output=output, checks=checks, subject=subject)
+
+    def resolve(
+        self,
+        routed: Route,
+        request: Request,
+        *,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check] = (),
+        subject: str = "",
+        first: Attempt | None = None,
+    ) -> Answer:
+        """Call until an answer passes: on failure one informed retry, then one tier up, to the ceiling.
+
+        Each attempt is billed, recorded and budgeted on its own. When nothing passes, the best answer is
+        kept and returned with `checks_failed` set, so the phase can write it with a warning: nothing paid
+        for is lost. `first` is an attempt already made elsewhere (a batch item), which the loop continues.
+        """
+        ladder = self.ladder(routed)
+        best, last, number = first, first, 1 if first else 0
+        for step, tier_route in enumerate(ladder):
+            escalated_from = ladder[step - 1].tier if step else None
+            for _ in range(2 - (1 if first is not None and step == 0 else 0)):
+                if last is not None:
+                    log.warning(
+                        "%s on %s: %s answer from %s (%s); %s",
+                        routed.phase,
+                        subject or "-",
+                        last.outcome,
+                        last.route.model_ref,
+                        "; ".join(f.problem for f in last.failures[:2]),
+                        "retrying with the problem stated" if last.route.tier == tier_route.tier else "escalating",
                     )
-                answer = self._call(routed, request, subject=subject, use_cache=False)
-                continue
-            except ValidationError as exc:
-                problem = f"{exc.error_count()} field error(s), first: {exc.errors()[0]['msg']}"
-                if attempt == 2:
-                    raise MalformedResponse(
-                        routed.provider,
-                        routed.model,
-                        f"returned a malformed {request.schema_name} twice ({problem})",
-                    ) from None
-                log.warning(
-                    "%s returned a malformed %s (%s); retrying once",
-                    routed.model_ref,
-                    request.schema_name,
-                    problem,
-                )
-                answer = self._call(routed, request, subject=subject, use_cache=False)
-        raise AssertionError("unreachable")
+                sent = self._next_request(tier_route, request, last)
+                try:
+                    attempt = self._attempt(
+                        tier_route, sent, output=output, checks=checks, subject=subject,
+                        number=number + 1, escalated_from=escalated_from,
+                    )  # fmt: skip
+                except BudgetExceeded:
+                    if best is None:
+                        raise
+                    log.warning(
+                        "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
+                    )
+                    return _shown(routed, self._kept(best, request), number)
+                number += 1
+                if attempt.outcome == "ok":
+                    return _shown(routed, attempt.answer, number)
+                best = attempt if best is None or attempt.rank > best.rank else best
+                last = attempt
+            if not self.config.settings.routing.escalate:
+                break
+        assert best is not None
+        return _shown(routed, self._kept(best, request), number)
 
-    def reuse(self, routed: Route, key: str, subject: str) -> tuple[str, dict[str, Any] | None] | None:
-        """A stored answer for this request, recorded in the ledger as a zero-token cached call; else None."""
-        if not self.settings.use_cache:
-            return None
-        hit = self.ledger.cached_response(key)
-        if hit is not None:
-            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
-        return hit
+    def ladder(self, routed: Route) -> list[Route]:
+        """The routed tier, then each dearer tier up to `[routing] ceiling` (escalation's path)."""
+        order = list(self.config.tier_order)
+        ceiling = self.config.settings.routing.ceiling or self.config.settings.routing["high"]
+        if routed.tier not in order or ceiling not in order or order.index(ceiling) <= order.index(routed.tier):
+            return [routed]
+        return [routed] + [
+            route_to_tier(
+                self.config,
+                phase=routed.phase,
+                complexity=routed.complexity,
+                tier=tier,
+                rule=f"escalated from {routed.tier}",
+            )
+            for tier in order[order.index(routed.tier) + 1 : order.index(ceiling) + 1]
+        ]
 
-    def _call(self, routed: Route, request: Request, *, subject: str, use_cache: bool = True) -> Answer:
+    def _next_request(self, routed: Route, request: Request, last: Attempt | None) -> Request:
+        """The request for the next attempt: this tier's model and output limit, and what went wrong last time."""
+        limit = routed.max_output_tokens
+        prompt = request.prompt
+        if last is not None and last.route.tier == routed.tier and last.outcome == "truncated":
+            limit = min(max(limit, last.request.max_output_tokens) * 2, self.config.tier(routed.tier).output_ceiling)
+        if last is not None:
+            prompt += _retry_note(last.failures)
+        return replace(request, model=routed.model, max_output_tokens=limit, prompt=prompt)
+
+    def _attempt(
+        self,
+        routed: Route,
+        request: Request,
+        *,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+        subject: str,
+        number: int,
+        escalated_from: str | None,
+    ) -> Attempt:
+        """One call: answer cache, reservation, the provider, the verdict, and its ledger row."""
         key = _cache_key(routed, request)
-        hit = self.reuse(routed, key, subject) if use_cache else None
+        hit = self.reuse(routed, key, subject) if self.settings.use_cache else None
         if hit is not None:
-            return Answer(text=hit[0], data=hit[1], route=routed, usage=Usage(), cost_usd=0.0, cached=True)
+            cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model)
+            attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
+            if attempt.outcome == "ok":
+                return attempt  # only answers that passed are cached; the checks confirm it still does
+        reservation, routed, request = self.reserve(routed, request, subject)
+        started = now_iso()
+        t0 = time.perf_counter()
         try:
-            reservation = self.budgets.reserve(self.downgrades(routed, request))
+            completion = self._complete(routed, request)
+        except BaseException:
+            self.budgets.release(reservation.id)
+            raise
+        latency_ms = (time.perf_counter() - t0) * 1000
+        cost = self._cost(routed, completion, batch=False)
+        attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
+        record = self._record(
+            routed,
+            completion.usage,
+            cost,
+            latency_ms,
+            subject,
+            started,
+            downgraded_from=reservation.downgraded_from,
+            outcome=attempt.outcome,
+            checks_failed=attempt.checks_failed,
+            attempt=number,
+            escalated_from=escalated_from,
+        )
+        # Only an answer that passed is cached, under the request actually sent: after a downgrade, that is the
+        # cheaper tier's model and output limit, so the answer is never replayed for the tier that was asked for.
+        sent_key = _cache_key(routed, request)
+        cache = (
+            CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request) if attempt.ok else None
+        )
+        self.budgets.settle(reservation.id, record, cache=cache)
+        log.info(
+            "%s · %s · tier %s · %s · %d tokens · %s · %s",
+            routed.phase,
+            subject or "-",
+            routed.tier,
+            routed.model_ref,
+            completion.usage.total_tokens,
+            "unknown USD" if cost is None else f"${cost:.6f}",
+            attempt.outcome,
+        )
+        return replace(attempt, answer=replace(attempt.answer, warnings=reservation.warnings))
+
+    def reserve(
+        self, routed: Route, request: Request, subject: str, *, batch: bool = False
+    ) -> tuple[Reservation, Route, Request]:
+        """Reserve a call's worst case; a `downgrade` budget may move it to a cheaper tier, with its output limit.
+
+        Returns the reservation and the route and request to send. Emits the budget events automations watch.
+        """
+        try:
+            reservation = self.budgets.reserve(self.downgrades(routed, request, batch=batch), wait=not batch)
         except BudgetExceeded as exc:
             self._budget_event("tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc))
             raise
@@ -311,37 +465,151 @@ class Caller:
                 detail=f"{routed.tier} -> {reservation.route.tier}",
             )
             routed = reservation.route
-            request = Request(**{**request.__dict__, "model": routed.model})
-        started = now_iso()
-        t0 = time.perf_counter()
-        try:
-            completion = self.provider(routed.provider).complete(request)
-        except BaseException:
-            self.budgets.release(reservation.id)
-            raise
-        latency_ms = (time.perf_counter() - t0) * 1000
-        cost = self._cost(routed, completion, batch=False)
-        record = self._record(
-            routed,
-            completion.usage,
-            cost,
-            latency_ms,
-            subject,
-            started,
-            downgraded_from=reservation.downgraded_from,
-        )
-        self.budgets.settle(reservation.id, record)
-        if completion.data is not None or completion.text:
-            self.ledger.cache_response(key, routed.model_ref, completion.text, completion.data)
-        return Answer(
+            # The reservation was sized for the cheaper tier's output limit: send that limit, never more.
+            request = replace(request, model=routed.model, max_output_tokens=routed.max_output_tokens)
+        return reservation, routed, request
+
+    def judge(
+        self,
+        routed: Route,
+        request: Request,
+        completion: Completion,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+        *,
+        cost: float | None,
+        cached: bool,
+    ) -> Attempt:
+        """The verdict on one completion: ok, or truncated, refused, malformed or check_failed, with why."""
+        parsed: Any = None
+        failures: list[Failure] = []
+        cut = completion.finish == "truncated"
+        if completion.finish == "refused":
+            failures = [Failure("refused", f"the model refused: {completion.text[:200]!r}")]
+        elif output is not None and completion.problem:
+            failures = [Failure("schema", completion.problem)]
+        elif output is not None:
+            try:
+                parsed = output.model_validate(completion.data or {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "the answer"
+                failures = [Failure("schema", f"{exc.error_count()} field error(s); first at {where}: {first['msg']}")]
+            else:
+                failures = run_checks(checks, parsed)
+        elif cut:
+            failures = [Failure("truncated", "the answer was cut off")]
+        if completion.finish == "refused":
+            outcome = "refused"
+        elif cut and (parsed is None or output is None):
+            outcome = "truncated"
+            failures = [
+                Failure(
+                    "truncated",
+                    f"the answer was cut off at the output limit of {request.max_output_tokens} tokens; "
+                    "answer more briefly",
+                )
+            ]
+        elif parsed is None and output is not None:
+            outcome = "malformed"
+        elif failures:
+            outcome = "check_failed"
+        else:
+            outcome = "ok"
+        answer = Answer(
             text=completion.text,
             data=completion.data,
+            parsed=parsed,
             route=routed,
             usage=completion.usage,
             cost_usd=cost,
-            cached=False,
-            warnings=reservation.warnings,
+            cached=cached,
+            checks_failed=tuple(dict.fromkeys(f.check for f in failures)) if outcome == "check_failed" else (),
+            outcome=outcome,
         )
+        return Attempt(outcome=outcome, answer=answer, route=routed, request=request, failures=tuple(failures))
+
+    def _kept(self, best: Attempt, request: Request) -> Answer:
+        """The best failed answer, kept with its failures named; or, when none could be read, a clear error."""
+        readable = best.answer.parsed is not None if request.schema is not None else bool(best.answer.text)
+        if readable:
+            names = tuple(dict.fromkeys(f.check for f in best.failures))
+            log.warning(
+                "%s: no tier passed (%s); keeping the best answer, from %s, with a warning",
+                best.route.phase,
+                ", ".join(names),
+                best.route.model_ref,
+            )
+            return replace(best.answer, checks_failed=names)
+        tier = best.route.tier
+        if best.outcome == "truncated":
+            raise MalformedResponse(
+                best.route.provider,
+                best.route.model,
+                f"answers were cut off at the output limit ({best.request.max_output_tokens} tokens) on every "
+                f"attempt. Raise `tiers.{tier}.max_output_tokens` (and `tiers.{tier}.max_output_tokens_ceiling`) "
+                "in the config",
+            )
+        raise MalformedResponse(
+            best.route.provider,
+            best.route.model,
+            f"no usable {request.schema_name} on any attempt ({best.outcome}: "
+            f"{'; '.join(f.problem for f in best.failures[:2])}). Every attempt is in the ledger",
+        )
+
+    def _complete(self, routed: Route, request: Request) -> Completion:
+        """The provider call, in the structured-output form this server accepts (learned once, remembered)."""
+        provider = self.provider(routed.provider)
+        if request.schema is None or routed.provider_kind not in ("openai", "openai-compatible"):
+            return provider.complete(request)
+        mode = self._output_mode(routed)
+        if mode in OUTPUT_MODES:
+            return self._complete_in(provider, routed, request, OUTPUT_MODES[OUTPUT_MODES.index(mode) :], True)
+        # Unknown yet: the first call per model finds out, alone, so a server that rejects a form sees it once.
+        with self._mode_locks.setdefault((routed.provider, routed.model), threading.Lock()):
+            mode = self._output_mode(routed)
+            if mode in OUTPUT_MODES:
+                return self._complete_in(provider, routed, request, OUTPUT_MODES[OUTPUT_MODES.index(mode) :], True)
+            return self._complete_in(provider, routed, request, OUTPUT_MODES, False)
+
+    def _complete_in(
+        self, provider: Provider, routed: Route, request: Request, modes: Sequence[str], confirmed: bool
+    ) -> Completion:
+        for index, candidate in enumerate(modes):
+            try:
+                completion = provider.complete(
+                    replace(request, output_mode=candidate, mode_confirmed=confirmed and index == 0)
+                )
+            except OutputModeRejected as exc:
+                if index == len(modes) - 1:
+                    raise
+                log.warning("%s; trying %s and remembering what works", exc, modes[index + 1])
+                continue
+            if not confirmed or index:
+                self._remember_output_mode(routed, candidate)
+            return completion
+        raise AssertionError("unreachable")
+
+    def _output_mode(self, routed: Route) -> str:
+        key = (routed.provider, routed.model)
+        with self._lock:
+            if key not in self._modes:
+                self._modes[key] = self.ledger.output_mode(*key) or ""
+            return self._modes[key]
+
+    def _remember_output_mode(self, routed: Route, mode: str) -> None:
+        with self._lock:
+            self._modes[(routed.provider, routed.model)] = mode
+        self.ledger.remember_output_mode(routed.provider, routed.model, mode)
+
+    def reuse(self, routed: Route, key: str, subject: str) -> tuple[str, dict[str, Any] | None] | None:
+        """A stored answer for this request, recorded in the ledger as a zero-token cached call; else None."""
+        if not self.settings.use_cache:
+            return None
+        hit = self.ledger.cached_response(key)
+        if hit is not None:
+            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
+        return hit
 
     def _budget_event(self, event: str, budget: str, routed: Route, subject: str, *, policy: str, detail: str) -> None:
         """A Prefect event for automations (notify, pause a deployment); only inside a Prefect run."""
@@ -415,6 +683,10 @@ class Caller:
         cached: bool = False,
         batch_id: str | None = None,
         downgraded_from: str | None = None,
+        outcome: str = "ok",
+        checks_failed: str | None = None,
+        attempt: int = 1,
+        escalated_from: str | None = None,
     ) -> CallRecord:
         flow_run_id, task_run_id = prefect_run_ids()
         return CallRecord(
@@ -435,20 +707,67 @@ class Caller:
             cached_result=cached,
             route_rule=routed.rule,
             downgraded_from=downgraded_from,
+            outcome=outcome,
+            checks_failed=checks_failed,
+            attempt=attempt,
+            escalated_from=escalated_from,
             flow_run_id=flow_run_id,
             task_run_id=task_run_id,
         )
 
 
-def _replace(answer: Answer, **changes: Any) -> Answer:
-    return Answer(**{**answer.__dict__, **changes})
-
-
 def _cache_key(routed: Route, request: Request) -> str:
-    payload = json.dumps(
-        {"model": routed.model_ref, **request.__dict__}, sort_keys=True, ensure_ascii=False, default=str
-    )
+    """The answer cache's key: the request's content and model, not the wire form it was sent in."""
+    content = {k: v for k, v in request.__dict__.items() if k not in ("output_mode", "mode_confirmed")}
+    payload = json.dumps({"model": routed.model_ref, **content}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _retry_note(failures: Sequence[Failure]) -> str:
+    """What the retry request adds to the prompt: the problems, briefly (templates/prompts/call/retry.j2)."""
+    from importlib.resources import files
+
+    template = (files("tierflow.templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
+    return template.replace("{{ problems }}", describe(failures))
+
+
+def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
+    """Make the task run tell the truth when the answer did not come from the route it was tagged with.
+
+    Prefect fixes a task run's tags when it creates it, so a call that escalated, was downgraded or kept a
+    failing answer renames its task run (`[light→standard]`) and leaves a small artifact with the actual
+    tier, model, tokens, USD and outcome. Nothing is sent when the tags already tell the truth.
+    """
+    changed = answer.route.tier != tagged.tier
+    if not (changed or answer.checks_failed) or answer.cached:
+        return answer
+    flow_run_id, task_run_id = prefect_run_ids()
+    if not task_run_id:
+        return answer
+    try:
+        from prefect.artifacts import create_markdown_artifact
+        from prefect.client.orchestration import get_client
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        if changed and context is not None:
+            name = f"{context.task_run.name} [{tagged.tier}→{answer.route.tier}]"
+            with get_client(sync_client=True) as client:
+                client.set_task_run_name(context.task_run.id, name[:200])
+        cost = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+        create_markdown_artifact(
+            markdown=(
+                f"| tagged tier | actual tier | model | attempts | tokens (last) | USD (last) | outcome |\n"
+                f"|---|---|---|---|---|---|---|\n"
+                f"| {tagged.tier} | {answer.route.tier} | {answer.route.model_ref} | {attempts} | "
+                f"{answer.usage.total_tokens} | {cost} | "
+                f"{'kept, failed ' + ', '.join(answer.checks_failed) if answer.checks_failed else answer.outcome} |"
+            ),
+            description=f"{tagged.phase}: answered by {answer.route.model_ref}",
+        )
+    except Exception as exc:  # the answer matters more than its annotation in the UI
+        log.debug("could not annotate the task run: %s", exc)
+    return answer
 
 
 def prefect_run_ids() -> tuple[str | None, str | None]:

@@ -69,6 +69,12 @@ class TierConfig(_Model):
     price: Price | None = None
     concurrency: int | None = Field(default=None, ge=1)
     """Prefect tag concurrency limit for `tier:<name>`; unset means unlimited."""
+    max_output_tokens_ceiling: int | None = Field(default=None, gt=0)
+    """How far a cut-off answer's retry may raise the output limit; unset means twice `max_output_tokens`."""
+
+    @property
+    def output_ceiling(self) -> int:
+        return max(self.max_output_tokens_ceiling or 2 * self.max_output_tokens, self.max_output_tokens)
 
     @property
     def provider(self) -> str:
@@ -106,6 +112,36 @@ class BudgetConfig(_Model):
     """With `downgrade`: the cheapest tier to fall back to."""
 
 
+class RoutingConfig(_Model):
+    """Which tier each complexity goes to, and how the call path escalates when an answer fails its checks."""
+
+    low: str | None = None
+    medium: str | None = None
+    high: str | None = None
+    escalate: bool = True
+    """After a failed answer and one informed retry, try the next tier up."""
+    ceiling: str | None = None
+    """The highest tier an escalation may reach; unset means the `high` complexity's tier."""
+
+    def __getitem__(self, complexity: str) -> str:
+        tier = getattr(self, complexity, None) if complexity in COMPLEXITIES else None
+        if tier is None:
+            raise KeyError(complexity)
+        return tier
+
+    def __contains__(self, complexity: object) -> bool:
+        return complexity in COMPLEXITIES and getattr(self, str(complexity)) is not None
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(c, getattr(self, c)) for c in COMPLEXITIES if getattr(self, c) is not None]
+
+    def values(self) -> list[str]:
+        return [tier for _, tier in self.items()]
+
+
 class FeedbackConfig(_Model):
     assignment_folder: str = ""
     draft_complexity: Complexity = "medium"
@@ -120,7 +156,7 @@ class Settings(_Model):
     ledger_url: str | None = None
     providers: dict[str, ProviderConfig]
     tiers: dict[str, TierConfig]
-    routing: dict[Complexity, str]
+    routing: RoutingConfig
     tier_order: tuple[str, ...] = ()
     """Tiers from cheapest to dearest, for downgrades; derived from routing when empty."""
     vault: VaultConfig = VaultConfig()
@@ -365,6 +401,8 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
     missing = [c for c in COMPLEXITIES if c not in settings.routing]
     if missing:
         raise ConfigError(f'{where}: `routing` has no tier for {", ".join(missing)}. Add `{missing[0]} = "<tier>"`.')
+    if settings.routing.ceiling and settings.routing.ceiling not in settings.tiers:
+        raise ConfigError(f"{where}: `routing.ceiling` names unknown tier {settings.routing.ceiling!r}.")
     for tier_name in settings.tier_order:
         if tier_name not in settings.tiers:
             raise ConfigError(f"{where}: `tier_order` names unknown tier {tier_name!r}.")
@@ -377,10 +415,10 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
 
 
 def _fix_for(err: Mapping[str, Any], key: str) -> str:
+    if err["type"] == "extra_forbidden" and key.startswith("routing."):
+        return f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate` and `ceiling`."
     if err["type"] == "extra_forbidden":
         return "Remove it or check its spelling against `tierflow config show`."
-    if err["type"] == "literal_error" and key.startswith("routing."):
-        return f"Routing keys are the complexities: {', '.join(COMPLEXITIES)}."
     if err["type"] == "literal_error" and key.endswith(".kind"):
         return f"A provider's kind is one of: {', '.join(PROVIDER_KINDS)}."
     if err["type"] == "missing":

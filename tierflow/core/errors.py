@@ -47,6 +47,10 @@ class MalformedResponse(ProviderError):
     """The provider answered, but not in the shape asked for."""
 
 
+class OutputModeRejected(ProviderError):
+    """The server refused the structured-output form (`response_format`); the call path tries the next form."""
+
+
 class BudgetExceeded(TierflowError):
     """A reservation did not fit a budget whose policy is `halt`."""
 

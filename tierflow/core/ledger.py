@@ -50,6 +50,10 @@ COLUMNS: tuple[str, ...] = (
     "usage_known",
     "route_rule",
     "downgraded_from",
+    "outcome",
+    "checks_failed",
+    "attempt",
+    "escalated_from",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -85,6 +89,11 @@ calls = sa.Table(
     sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
     sa.Column("route_rule", sa.String(256)),
     sa.Column("downgraded_from", sa.String(64)),
+    # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row.
+    sa.Column("outcome", sa.String(16), nullable=False, default="ok"),
+    sa.Column("checks_failed", sa.String(256)),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("escalated_from", sa.String(64)),
 )
 
 response_cache = sa.Table(
@@ -95,6 +104,20 @@ response_cache = sa.Table(
     sa.Column("text", sa.Text),
     sa.Column("data_json", sa.Text),
     sa.Column("created", sa.String(32)),
+    # What is needed to send the request again (tier trials replay past inputs).
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("request_json", sa.Text),
+)
+
+output_modes = sa.Table(
+    "output_modes",
+    metadata,
+    # The structured-output form a provider's model accepts, learned when a server rejects another form.
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("mode", sa.String(32), nullable=False),
+    sa.Column("updated", sa.String(32)),
 )
 
 reservations = sa.Table(
@@ -127,6 +150,7 @@ batch_items = sa.Table(
     # `submitted`, then `done`, `retried`, `expired` or `canceled`.
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created", sa.String(32)),
+    sa.Column("downgraded_from", sa.String(64)),
 )
 
 runs = sa.Table(
@@ -141,9 +165,18 @@ runs = sa.Table(
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
+def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
+    """`table` as an earlier migration created it: without the columns that later migrations add."""
+    return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
+
+
+_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from")
+_CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
+
+
 def _migration_1(conn: Connection) -> None:
-    for table in (calls, response_cache):
-        table.create(conn, checkfirst=True)
+    _as_created(calls, _CALLS_ADDED_IN_5).create(conn, checkfirst=True)
+    _as_created(response_cache, _CACHE_ADDED_IN_5).create(conn, checkfirst=True)
 
 
 def _migration_2(conn: Connection) -> None:
@@ -168,11 +201,26 @@ def _migration_3(conn: Connection) -> None:
 
 
 def _migration_4(conn: Connection) -> None:
-    batch_items.create(conn, checkfirst=True)
+    _as_created(batch_items, ("downgraded_from",)).create(conn, checkfirst=True)
     runs.create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _migration_5(conn: Connection) -> None:
+    # The closed loop: every billed answer's outcome, and what the output-mode fallback learned.
+    for column in (
+        "outcome VARCHAR(16) NOT NULL DEFAULT 'ok'",
+        "checks_failed VARCHAR(256)",
+        "attempt INTEGER NOT NULL DEFAULT 1",
+        "escalated_from VARCHAR(64)",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE calls ADD COLUMN {column}")
+    for column in ("flow VARCHAR(64)", "phase VARCHAR(64)", "request_json TEXT"):
+        conn.exec_driver_sql(f"ALTER TABLE response_cache ADD COLUMN {column}")
+    conn.exec_driver_sql("ALTER TABLE batch_items ADD COLUMN downgraded_from VARCHAR(64)")
+    output_modes.create(conn, checkfirst=True)
+
+
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -197,6 +245,10 @@ class CallRecord:
     cached_result: bool = False
     route_rule: str = ""
     downgraded_from: str | None = None
+    outcome: str = "ok"
+    checks_failed: str | None = None
+    attempt: int = 1
+    escalated_from: str | None = None
     flow_run_id: str | None = None
     task_run_id: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
@@ -351,17 +403,49 @@ class Ledger:
             return None
         return row.text, (json.loads(row.data_json) if row.data_json else None)
 
-    def cache_response(self, key: str, model: str, text: str, data: dict[str, Any] | None) -> None:
+    def cache_response(
+        self,
+        key: str,
+        model: str,
+        text: str,
+        data: dict[str, Any] | None,
+        *,
+        request: dict[str, Any] | None = None,
+        flow: str | None = None,
+        phase: str | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Store an answer that passed, with what is needed to send its request again."""
         values = {
             "key": key,
             "model": model,
             "text": text,
             "data_json": json.dumps(data) if data is not None else None,
             "created": now_iso(),
+            "flow": flow,
+            "phase": phase,
+            "request_json": json.dumps(request, ensure_ascii=False, default=str) if request is not None else None,
         }
+        if conn is None:
+            with self.transaction() as own:
+                self.cache_response(key, model, text, data, request=request, flow=flow, phase=phase, conn=own)
+            return
+        conn.execute(response_cache.delete().where(response_cache.c.key == key))
+        conn.execute(response_cache.insert().values(**values))
+
+    def output_mode(self, provider: str, model: str) -> str | None:
+        """The structured-output form this provider's model is known to accept, if any was learned."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(output_modes.c.mode).where(output_modes.c.provider == provider, output_modes.c.model == model)
+            ).scalar()
+
+    def remember_output_mode(self, provider: str, model: str, mode: str) -> None:
         with self.transaction() as conn:
-            conn.execute(response_cache.delete().where(response_cache.c.key == key))
-            conn.execute(response_cache.insert().values(**values))
+            conn.execute(
+                output_modes.delete().where(output_modes.c.provider == provider, output_modes.c.model == model)
+            )
+            conn.execute(output_modes.insert().values(provider=provider, model=model, mode=mode, updated=now_iso()))
 
 
 GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")

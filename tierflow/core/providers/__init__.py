@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any, Protocol
 
 from tierflow.core.config import ProviderConfig
@@ -26,6 +30,11 @@ class Request:
     schema_name: str = "result"
     cache_key: str | None = None
     """A hint that groups requests sharing a prefix (OpenAI `prompt_cache_key`)."""
+    output_mode: str = ""
+    """How structured output goes on the wire: "" for the provider's default, or one of `OUTPUT_MODES`."""
+    mode_confirmed: bool = True
+    """False while nobody knows whether this server accepts `output_mode`: a rejection is then reported at
+    once (no SDK retries), so the fallback costs one rejected request."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,10 @@ class Completion:
     response_id: str | None = None
     stop_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    finish: str = "stop"
+    """`stop`, `truncated` (the provider stopped at the output limit) or `refused`."""
+    problem: str = ""
+    """Why a structured answer could not be read (invalid JSON, no tool call); empty when it could."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,65 @@ class Provider(Protocol):
     def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
         """Every item's outcome; items the provider lost are reported as expired."""
         ...
+
+
+OUTPUT_MODES = ("json_schema", "json_object", "prompted")
+"""The structured-output forms an OpenAI-compatible server is tried in, best first: the provider's JSON-schema
+mode, JSON mode with the schema attached (llama.cpp), then a prompt that asks for JSON, validated locally."""
+
+
+def json_instruction(schema: dict[str, Any]) -> str:
+    """The instruction that asks for JSON matching `schema`, for servers without a JSON-schema mode."""
+    template = (files("tierflow.templates") / "prompts" / "call" / "json.j2").read_text(encoding="utf-8")
+    return template.replace("{{ schema }}", json.dumps(schema, ensure_ascii=False))
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_json_object(text: str) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object in a model's text, or None and why not. A code fence around it is tolerated."""
+    fenced = _FENCE.match(text)
+    body = fenced.group(1) if fenced else text.strip()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        start, end = body.find("{"), body.rfind("}")
+        try:
+            data = json.loads(body[start : end + 1]) if 0 <= start < end else None
+        except json.JSONDecodeError:
+            data = None
+        if data is None:
+            return None, f"invalid JSON ({exc.msg} at character {exc.pos})"
+    if not isinstance(data, dict):
+        return None, f"a JSON {type(data).__name__}, not an object"
+    return data, ""
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """`schema` in the form OpenAI's `strict: true` accepts, or None where it cannot be made strict.
+
+    Strict mode wants every property required and no others allowed; a field with a default is made required
+    (the model must then write it, and validation still accepts it). Free-form maps cannot be strict.
+    """
+    strict = copy.deepcopy(schema)
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, list):
+            return all(walk(n) for n in node)
+        if not isinstance(node, dict):
+            return True
+        node.pop("default", None)
+        if node.get("type") == "object" or "properties" in node:
+            if isinstance(node.get("additionalProperties"), dict) or "properties" not in node:
+                return False
+            node["required"] = list(node["properties"])
+            node["additionalProperties"] = False
+        named = [v for k in ("properties", "$defs", "definitions") for v in (node.get(k) or {}).values()]
+        other = [v for k, v in node.items() if k not in ("properties", "$defs", "definitions", "required", "enum")]
+        return all(walk(v) for v in named + other)
+
+    return strict if walk(strict) else None
 
 
 def api_key(name: str, config: ProviderConfig, model: str, *, required: bool = True) -> str | None:

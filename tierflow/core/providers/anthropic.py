@@ -69,16 +69,15 @@ class AnthropicProvider:
         return self.completion(message, request)
 
     def completion(self, message: Any, request: Request) -> Completion:
-        """Text, structured data and usage from a Message."""
+        """Text, structured data and usage from a Message; an unreadable answer is data, not an error."""
         text = "".join(block.text for block in message.content if block.type == "text")
-        data = None
+        data, problem = None, ""
         if request.schema is not None:
             tool_inputs = [block.input for block in message.content if block.type == "tool_use"]
-            if not tool_inputs or not isinstance(tool_inputs[0], dict):
-                raise MalformedResponse(
-                    self.name, request.model, f"asked for a {request.schema_name} tool call, got none"
-                )
-            data = tool_inputs[0]
+            if tool_inputs and isinstance(tool_inputs[0], dict):
+                data = tool_inputs[0]
+            else:
+                problem = f"no {request.schema_name} tool call in the answer"
         return Completion(
             text=text,
             data=data,
@@ -86,6 +85,8 @@ class AnthropicProvider:
             model=message.model,
             response_id=message.id,
             stop_reason=message.stop_reason,
+            finish={"max_tokens": "truncated", "refusal": "refused"}.get(message.stop_reason or "", "stop"),
+            problem=problem,
         )
 
     def submit_batch(self, requests: dict[str, Request]) -> str:

@@ -11,12 +11,21 @@ import openai
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import (
     MalformedResponse,
+    OutputModeRejected,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.core.providers import BatchItemResult, Completion, Request, api_key
+from tierflow.core.providers import (
+    BatchItemResult,
+    Completion,
+    Request,
+    api_key,
+    json_instruction,
+    parse_json_object,
+    strict_schema,
+)
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
 
@@ -43,10 +52,15 @@ class OpenAIProvider:
 
     def params(self, request: Request) -> dict[str, Any]:
         """Chat Completions parameters for a request (also the body of a batch item)."""
-        messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
+        mode = request.output_mode or "json_schema"
+        system = request.system
+        if request.schema is not None and mode != "json_schema":
+            # JSON mode needs the word JSON in the prompt, and a prompted server needs the schema spelled out.
+            system += json_instruction(request.schema)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         # The shared prefix goes first so the provider's automatic prefix cache can serve it.
         if request.cache_prefix:
-            messages[0]["content"] = f"{request.system}\n\n{request.cache_prefix}"
+            messages[0]["content"] = f"{system}\n\n{request.cache_prefix}"
         messages.append({"role": "user", "content": request.prompt})
         params: dict[str, Any] = {"model": request.model, "messages": messages}
         if self.kind == "openai":
@@ -55,46 +69,63 @@ class OpenAIProvider:
                 params["prompt_cache_key"] = request.cache_key
         else:
             params["max_tokens"] = request.max_output_tokens
-        if request.schema is not None:
+        if request.schema is not None and mode == "json_schema":
+            strict = strict_schema(request.schema)
             params["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": False},
+                "json_schema": {
+                    "name": request.schema_name,
+                    "schema": strict or request.schema,
+                    "strict": bool(strict),
+                },
             }
+        elif request.schema is not None and mode == "json_object":
+            # llama.cpp's server constrains JSON mode to a schema given beside it; others ignore the extra key.
+            params["response_format"] = {"type": "json_object", "schema": request.schema}
         return params
 
     def complete(self, request: Request) -> Completion:
         self._model = request.model
+        params = self.params(request)
+        client = self.client if request.mode_confirmed else self.client.with_options(max_retries=0)
         try:
-            response = self.client.chat.completions.create(**self.params(request))
+            try:
+                response = client.chat.completions.create(**params)
+            except openai.APIStatusError as exc:
+                if request.schema is not None and _rejects_output_mode(exc, request.output_mode or "json_schema"):
+                    raise OutputModeRejected(
+                        self.name, request.model, f"rejected {request.output_mode or 'json_schema'}: {_detail(exc)}"
+                    ) from exc
+                if request.mode_confirmed or not _retryable(exc):
+                    raise
+                response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
         except openai.OpenAIError as exc:
             raise self.translate(exc, request.model) from exc
         return self.completion(response, request)
 
     def completion(self, response: Any, request: Request) -> Completion:
-        """Text, structured data and usage from a ChatCompletion."""
+        """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
+        usage = usage_from(getattr(response, "usage", None))
         if not response.choices:
-            raise MalformedResponse(self.name, request.model, "response has no choices")
+            return Completion(text="", usage=usage, model=response.model, problem="the response has no choices")
         choice = response.choices[0]
         text = choice.message.content or ""
-        data = None
+        refusal = getattr(choice.message, "refusal", None)
+        finish = {"length": "truncated", "content_filter": "refused"}.get(choice.finish_reason or "", "stop")
+        if refusal:
+            finish = "refused"
+        data, problem = None, ""
         if request.schema is not None:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise MalformedResponse(
-                    self.name,
-                    request.model,
-                    f"asked for JSON {request.schema_name}, got invalid JSON ({exc})",
-                ) from None
-            if not isinstance(data, dict):
-                raise MalformedResponse(self.name, request.model, "asked for a JSON object, got another value")
+            data, problem = parse_json_object(text) if text else (None, refusal or "an empty answer")
         return Completion(
-            text=text,
+            text=text or (refusal or ""),
             data=data,
-            usage=usage_from(response.usage),
+            usage=usage,
             model=response.model,
             response_id=response.id,
             stop_reason=choice.finish_reason,
+            finish=finish,
+            problem=problem,
         )
 
     def count_tokens(self, request: Request) -> int | None:
@@ -181,6 +212,23 @@ class OpenAIProvider:
         if isinstance(exc, openai.NotFoundError):
             return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
+
+
+def _rejects_output_mode(exc: openai.APIStatusError, mode: str) -> bool:
+    """A server's refusal of the structured-output form, as opposed to a failure of the call.
+
+    llama-cpp-python answers HTTP 500 "Input should be 'text' or 'json_object'" for `json_schema`; other servers
+    answer 400 or 422. A 5xx counts only when its body names the form, so a real outage is not mistaken for it.
+    """
+    detail = f"{_detail(exc)} {exc.body!r}".lower()
+    words = ("response_format", "json_schema", "json_object", mode)
+    if exc.status_code in (400, 422):
+        return any(w in detail for w in (*words, "format", "schema"))
+    return exc.status_code >= 500 and any(w in detail for w in words)
+
+
+def _retryable(exc: openai.APIStatusError) -> bool:
+    return exc.status_code in (408, 409, 429) or exc.status_code >= 500
 
 
 def _detail(exc: Exception) -> str:

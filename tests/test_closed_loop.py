@@ -1,0 +1,332 @@
+"""The closed loop on every call, through the real SDKs on the wire double: every billed answer is a ledger row
+with its outcome, only answers that pass are cached, a failed check gets one informed retry and then the next
+tier up, and a server that rejects `json_schema` is served through the fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import anthropic_config, openai_config, write_config
+from pydantic import BaseModel
+
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.checks import Check
+from tierflow.core.errors import BudgetExceeded, MalformedResponse
+from tierflow.core.ledger import Ledger
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+
+class Verdict(BaseModel):
+    label: str
+    score: int
+
+
+def summative_only(v: Verdict) -> list[str]:
+    return [] if v.label == "summative" else [f"label {v.label!r} is not one of the rubric's labels (summative)"]
+
+
+LABEL = Check("label_in_rubric", summative_only)
+
+
+def caller(
+    tmp_path: Path, config_text: str, monkeypatch: pytest.MonkeyPatch, *, run_id: str = "run-1", vault: str = "vault"
+) -> Caller:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-openai-key")
+    folder = tmp_path / vault
+    folder.mkdir(exist_ok=True)
+    path = write_config(folder / ".tierflow" / "config.toml", config_text)
+    return Caller(RunSettings(vault=str(folder), config_path=str(path), run_id=run_id, flow="test"))
+
+
+def config_for(provider: str, double: ProviderDouble, extra: str = "") -> str:
+    return anthropic_config(double, extra) if provider == "anthropic" else openai_config(double, extra)
+
+
+def ask(c: Caller, prompt: str = "Classify this assessment.", **kw: Any):
+    return c.ask(phase="collate", complexity="low", system="You are terse.", prompt=prompt, output=Verdict, **kw)
+
+
+def billed(double: ProviderDouble) -> dict[str, int]:
+    """Prompt and output tokens the double billed, from its own responses (errors bill nothing)."""
+    total = {"prompt": 0, "output": 0}
+    for call in double.model_calls(include_batch=True):
+        usage = (call.response or {}).get("usage") if call.status == 200 and isinstance(call.response, dict) else None
+        if not usage:
+            continue
+        if call.provider == "anthropic":
+            total["prompt"] += (
+                usage["input_tokens"]
+                + (usage.get("cache_read_input_tokens") or 0)
+                + (usage.get("cache_creation_input_tokens") or 0)
+            )
+            total["output"] += usage["output_tokens"]
+        else:
+            total["prompt"] += usage["prompt_tokens"]
+            total["output"] += usage["completion_tokens"]
+    return total
+
+
+def recorded(ledger: Ledger) -> dict[str, int]:
+    rows = ledger.rows()
+    return {
+        "prompt": sum(r["input_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in rows),
+        "output": sum(r["output_tokens"] + r["reasoning_tokens"] for r in rows),
+    }
+
+
+# Each unusable answer, in each provider's own vocabulary.
+UNUSABLE = {
+    "malformed": {
+        "anthropic": lambda r: Reply(text="I think it is summative."),  # no tool call at all
+        "openai": lambda r: Reply(text='{"label": "summative", "score": '),  # invalid JSON
+    },
+    "schema-invalid": {
+        "anthropic": lambda r: Reply(data={"label": "summative"}),
+        "openai": lambda r: Reply(data={"label": "summative", "score": "high"}),
+    },
+    "truncated": {
+        "anthropic": lambda r: Reply(data={"label": "summ"}, stop_reason="max_tokens"),
+        "openai": lambda r: Reply(text='{"label": "summative", "sco', stop_reason="length"),
+    },
+    "refused": {
+        "anthropic": lambda r: Reply(text="I can't help with that.", stop_reason="refusal"),
+        "openai": lambda r: Reply(text="", stop_reason="content_filter"),
+    },
+}
+OUTCOME = {"malformed": "malformed", "schema-invalid": "malformed", "truncated": "truncated", "refused": "refused"}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_every_unusable_answer_is_billed_into_the_ledger(tmp_path, monkeypatch, double, provider, case):
+    double.responder = UNUSABLE[case][provider]
+    c = caller(tmp_path, config_for(provider, double, "[routing]\nescalate = false\n"), monkeypatch)
+    with pytest.raises(MalformedResponse) as err:
+        ask(c)
+    rows = c.ledger.rows()
+    assert len(rows) == len(double.model_calls()) == 2  # the answer and its one informed retry, both paid for
+    assert [r["outcome"] for r in rows] == [OUTCOME[case]] * 2 and [r["attempt"] for r in rows] == [1, 2]
+    assert all(r["usage_known"] and r["output_tokens"] > 0 or case == "refused" for r in rows)
+    assert recorded(c.ledger) == billed(double)
+    if case == "truncated":
+        assert "tiers.light.max_output_tokens" in str(err.value)  # says which key to raise
+        first, second = (call.max_tokens for call in double.model_calls())
+        assert second == 2 * first  # the retry raised the output limit, up to the tier's ceiling
+    assert c.ledger.engine.connect().exec_driver_sql("SELECT COUNT(*) FROM response_cache").scalar() == 0
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_ledger_equals_billing_when_30_percent_are_malformed(tmp_path, monkeypatch, double, provider):
+    served = {"n": 0}
+
+    def flaky(request: DoubleRequest) -> Reply:
+        served["n"] += 1
+        if served["n"] % 10 in (1, 4, 7):
+            return UNUSABLE["schema-invalid"][provider](request)
+        return Reply(data={"label": "summative", "score": 3})
+
+    double.responder = flaky
+    c = caller(tmp_path, config_for(provider, double), monkeypatch)
+    for n in range(14):
+        assert ask(c, f"Assessment number {n}: classify it.").parsed.label == "summative"
+    rows = c.ledger.rows()
+    outcomes = [r["outcome"] for r in rows]
+    assert outcomes.count("malformed") >= 4 and outcomes.count("ok") == 14
+    assert recorded(c.ledger) == billed(double) and len(rows) == len(double.model_calls())
+
+
+def test_a_rerun_replays_no_malformed_answer(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "summative"})  # schema-invalid, every time
+    first = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch, run_id="r1")
+    with pytest.raises(MalformedResponse):
+        ask(first)
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    again = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch, run_id="r2")
+    answer = ask(again)
+    assert answer.parsed == Verdict(label="summative", score=2) and not answer.cached
+    second_run = [r for r in again.ledger.rows() if r["run_id"] == "r2"]
+    assert [(r["cached_result"], r["outcome"]) for r in second_run] == [(False, "ok")]
+    assert len(double.model_calls()) == 3  # two failed attempts in run 1, one fresh call in run 2
+    # A third run replays the answer that passed, and only that one.
+    third = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch, run_id="r3")
+    assert ask(third).cached and len(double.model_calls()) == 3
+
+
+def test_a_downgraded_answer_is_not_replayed_for_the_original_tier(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    tight = '[budgets.run]\nusd = 0.008\npolicy = "downgrade"\nfloor = "light"\n'
+    poor = caller(tmp_path, anthropic_config(double, tight), monkeypatch, run_id="poor")
+    low = poor.ask(phase="draft", complexity="high", system="s", prompt="Synthesise the week.", output=Verdict)
+    assert low.route.tier != "deep"
+    (row,) = poor.ledger.rows()
+    assert row["downgraded_from"] == "deep"
+    # The downgraded call was sent with its own tier's output limit, not deep's.
+    assert double.model_calls()[0].max_tokens == poor.config.tier(low.route.tier).max_output_tokens
+    rich = caller(tmp_path, anthropic_config(double), monkeypatch, run_id="rich")
+    high = rich.ask(phase="draft", complexity="high", system="s", prompt="Synthesise the week.", output=Verdict)
+    assert high.route.tier == "deep" and not high.cached
+    assert double.model_calls()[-1].model == "claude-opus-4-6"
+
+
+def test_a_failed_check_gets_one_informed_retry_then_escalates(tmp_path, monkeypatch, double):
+    def by_tier(request: DoubleRequest) -> Reply:
+        if request.model == "claude-haiku-4-5":
+            return Reply(data={"label": "formative", "score": 1})
+        return Reply(data={"label": "summative", "score": 4})
+
+    double.responder = by_tier
+    c = caller(tmp_path, anthropic_config(double), monkeypatch)
+    answer = ask(c, checks=[LABEL])
+    assert answer.parsed.label == "summative" and answer.route.tier == "standard"
+    rows = c.ledger.rows()
+    assert [(r["tier"], r["attempt"], r["outcome"], r["checks_failed"], r["escalated_from"]) for r in rows] == [
+        ("light", 1, "check_failed", "label_in_rubric", None),
+        ("light", 2, "check_failed", "label_in_rubric", None),
+        ("standard", 3, "ok", None, "light"),
+    ]
+    first, retry, escalated = double.model_calls()
+    assert "Your previous answer" not in first.last_user_text
+    assert "label_in_rubric: label 'formative' is not one of the rubric's labels" in retry.last_user_text
+    assert escalated.model == "claude-sonnet-4-6"
+    # The answer that passed is cached under the request that produced it: a rerun replays nothing that failed.
+    assert c.ledger.engine.connect().exec_driver_sql("SELECT COUNT(*) FROM response_cache").scalar() == 1
+
+
+def test_escalation_respects_a_halt_budget_and_keeps_the_best_answer(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "formative", "score": 1})
+    probe = caller(tmp_path, anthropic_config(double), monkeypatch, vault="probe")
+    routed, request = probe.build(phase="collate", complexity="low", system="You are terse.", prompt="Classify.")
+    light_worst = float(probe.estimate(routed, request).usd)
+    cap = 2.5 * light_worst  # two light attempts fit; a standard one does not
+    c = caller(tmp_path, anthropic_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'), monkeypatch)
+    answer = ask(c, "Classify.", checks=[LABEL])
+    assert answer.checks_failed == ("label_in_rubric",) and answer.parsed.label == "formative"
+    assert {call.model for call in double.model_calls()} == {"claude-haiku-4-5"}
+    assert sum(r["cost_usd"] for r in c.ledger.rows()) <= cap
+
+
+def test_the_first_call_over_budget_still_raises(tmp_path, monkeypatch, double):
+    c = caller(tmp_path, anthropic_config(double, '[budgets.run]\nusd = 0.0000001\npolicy = "halt"\n'), monkeypatch)
+    with pytest.raises(BudgetExceeded):
+        ask(c, checks=[LABEL])
+    assert double.model_calls() == []
+
+
+def test_with_escalation_off_nothing_goes_past_the_routed_tier(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "formative", "score": 1})
+    c = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch)
+    answer = ask(c, checks=[LABEL])
+    assert answer.checks_failed == ("label_in_rubric",)
+    assert [r["tier"] for r in c.ledger.rows()] == ["light", "light"]
+
+
+def test_the_ceiling_caps_escalation(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "formative", "score": 1})
+    c = caller(tmp_path, anthropic_config(double, '[routing]\nceiling = "standard"\n'), monkeypatch)
+    ask(c, checks=[LABEL])
+    assert [r["tier"] for r in c.ledger.rows()] == ["light", "light", "standard", "standard"]
+
+
+# --- structured output on servers that do not take json_schema -------------------------------------------
+
+
+def llama_cpp(request: DoubleRequest) -> Reply | None:
+    """llama-cpp-python's server: HTTP 500 for `json_schema`, JSON mode with a schema beside it works."""
+    fmt = request.body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return Reply(
+            status=500,
+            text="1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  "
+            "Input should be 'text' or 'json_object' [type=literal_error, input_value='json_schema']",
+        )
+    return None
+
+
+def strict_400(request: DoubleRequest) -> Reply | None:
+    """A server that refuses `json_schema` and JSON mode with 400, and answers plain prompts."""
+    fmt = request.body.get("response_format") or {}
+    if fmt.get("type") in ("json_schema", "json_object"):
+        return Reply(status=400, text=f"response_format type {fmt['type']!r} is not supported by this server")
+    return None
+
+
+@pytest.mark.parametrize("server", [llama_cpp, strict_400], ids=["llama-cpp-500", "rejects-with-400"])
+def test_a_server_that_rejects_json_schema_is_served_through_the_fallback(tmp_path, monkeypatch, double, server):
+    def respond(request: DoubleRequest) -> Reply:
+        return server(request) or Reply(text='```json\n{"label": "summative", "score": 3}\n```')
+
+    double.responder = respond
+    c = caller(tmp_path, openai_config(double, kind="openai-compatible"), monkeypatch)
+    for n in range(3):
+        assert ask(c, f"Classify number {n}.").parsed == Verdict(label="summative", score=3)
+    rejected = [call for call in double.model_calls() if call.status != 200]
+    assert len(rejected) == (1 if server is llama_cpp else 2)  # each refused form is tried once, never again
+    assert len(c.ledger.rows()) == 3  # rejected requests bill nothing; every answer is a row
+    # A new process (a new Caller) remembers what works, from the ledger database.
+    again = caller(tmp_path, openai_config(double, kind="openai-compatible"), monkeypatch, run_id="run-2")
+    ask(again, "Classify once more.")
+    assert len([call for call in double.model_calls() if call.status != 200]) == len(rejected)
+
+
+def test_openai_gets_a_strict_json_schema(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    c = caller(tmp_path, openai_config(double), monkeypatch)
+    ask(c)
+    fmt = double.model_calls()[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    schema = fmt["json_schema"]["schema"]
+    assert schema["additionalProperties"] is False and set(schema["required"]) == {"label", "score"}
+
+
+# --- batch mode: the same loop ---------------------------------------------------------------------------
+
+
+def batch_calls(n: int, checks: tuple[Check, ...] = ()) -> list[BatchCall]:
+    return [
+        BatchCall(
+            key=f"s{i}", system="You are terse.", prompt=f"Classify submission {i}.", output=Verdict, checks=checks
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_batch_items_are_judged_recorded_retried_and_escalated_like_direct_calls(
+    tmp_path, monkeypatch, double, provider
+):
+    def respond(request: DoubleRequest) -> Reply:
+        text = request.last_user_text
+        if "submission 0" in text:  # malformed in the batch, fine when retried with the problem stated
+            ok = "Your previous answer" in text
+            return (
+                Reply(data={"label": "summative", "score": 2}) if ok else UNUSABLE["schema-invalid"][provider](request)
+            )
+        if "submission 1" in text and request.model in ("claude-haiku-4-5", "gpt-5-nano"):
+            return Reply(data={"label": "formative", "score": 1})  # fails its check on light; passes one tier up
+        return Reply(data={"label": "summative", "score": 3})
+
+    double.responder = respond
+    c = caller(tmp_path, config_for(provider, double), monkeypatch)
+    outcome = run_batch(c, batch_calls(3, (LABEL,)), phase="collate", complexity="low", poll_interval=0.01)
+    assert {k: a.parsed.label for k, a in outcome.answers.items()} == {k: "summative" for k in ("s0", "s1", "s2")}
+    rows = c.ledger.rows()
+    assert sorted(r["outcome"] for r in rows if r["batch"]) == ["check_failed", "malformed", "ok"]
+    direct = [(r["tier"], r["attempt"], r["outcome"], r["escalated_from"]) for r in rows if not r["batch"]]
+    assert ("light", 2, "ok", None) in direct  # s0: the informed retry, run directly
+    assert ("light", 2, "check_failed", None) in direct and ("standard", 3, "ok", "light") in direct  # s1
+    assert recorded(c.ledger) == billed(double)
+
+
+def test_a_downgrade_budget_downgrades_batch_items_instead_of_halting(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    tight = '[budgets.run]\nusd = 0.02\npolicy = "downgrade"\nfloor = "light"\n'
+    c = caller(tmp_path, anthropic_config(double, tight), monkeypatch)
+    outcome = run_batch(c, batch_calls(2), phase="draft", complexity="high", poll_interval=0.01)
+    assert len(outcome.answers) == 2
+    rows = c.ledger.rows()
+    assert {r["downgraded_from"] for r in rows} == {"deep"} and all(r["tier"] != "deep" for r in rows)
+    assert sum(r["cost_usd"] for r in rows) <= 0.02

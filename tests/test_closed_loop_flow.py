@@ -1,0 +1,127 @@
+"""The closed loop in the reading-notes flow, under Prefect's test harness, on the wire double: invented
+quotations fail their check and escalate, nothing paid for is lost when no tier passes, ungrounded concepts
+are reported, and a local server without `json_schema` runs the whole flow through the fallback."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import frontmatter
+import pytest
+from conftest import anthropic_config, openai_config, write_config
+from responders import skilled
+
+from tierflow.core.ledger import Ledger
+from tierflow.flows.reading_notes import reading_notes
+from tierflow.offline import SKILLS, prompt_data
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+
+
+def configure(vault: Path, text: str) -> None:
+    existing = (vault / ".tierflow" / "config.toml").read_text()
+    write_config(vault / ".tierflow" / "config.toml", text + existing)
+
+
+def run(vault: Path):
+    return reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+
+
+def drafts(vault: Path) -> dict[str, frontmatter.Post]:
+    return {p.name: frontmatter.load(p) for p in sorted((vault / "Concepts" / "Drafts").glob("*.md"))}
+
+
+def invented_quotes(request: DoubleRequest) -> Reply:
+    data = SKILLS["draftout"](prompt_data(request.last_user_text))
+    source = data["quotes"][0]["source"] if data["quotes"] else "nobody"
+    return Reply(data={**data, "quotes": [{"source": source, "text": "Feedback is always harmful to learning."}]})
+
+
+@pytest.fixture
+def vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    configure(reading_vault, anthropic_config(double))
+    return reading_vault
+
+
+def test_invented_quotations_fail_their_check_and_the_draft_escalates(vault: Path, double: ProviderDouble):
+    def drafts_by_tier(request: DoubleRequest) -> Reply:
+        # The standard tier invents a quotation; the deep tier quotes the sources exactly.
+        if request.model == "claude-sonnet-4-6":
+            return invented_quotes(request)
+        return Reply(data=SKILLS["draftout"](prompt_data(request.last_user_text)))
+
+    double.responder = skilled({"draftout": drafts_by_tier})
+    summary = run(vault)
+    assert summary.written and not summary.failed
+    rows = [r for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if r["phase"] == "draft"]
+    failed = [r for r in rows if r["outcome"] == "check_failed"]
+    assert failed and {r["checks_failed"] for r in failed} == {"quotes_verbatim"}
+    assert {r["tier"] for r in failed} == {"standard"}
+    escalated = [r for r in rows if r["escalated_from"] == "standard"]
+    assert escalated and all(r["tier"] == "deep" and r["outcome"] == "ok" for r in escalated)
+    for post in drafts(vault).values():
+        assert "Feedback is always harmful" not in post.content
+        assert post["tierflow_unverified_quotes"] == 0 and "tierflow_checks_failed" not in post.metadata
+
+
+def test_when_no_tier_passes_the_best_draft_is_kept_with_a_warning(vault: Path, double: ProviderDouble):
+    double.responder = skilled({"draftout": invented_quotes})
+    summary = run(vault)
+    assert summary.written  # nothing paid for is lost
+    for post in drafts(vault).values():
+        assert post["tierflow_checks_failed"] == ["quotes_verbatim"]
+        assert "[!warning] This draft failed tierflow's checks: quotes_verbatim" in post.content
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    assert {r["outcome"] for r in rows if r["phase"] == "draft"} == {"check_failed"}
+    report = (vault / summary.report.path).read_text()
+    assert "quotes_verbatim" in report  # the run report lists what was kept with failed checks
+
+
+def test_ungrounded_concepts_are_dropped_and_reported(vault: Path, double: ProviderDouble):
+    def ungrounded(request: DoubleRequest) -> Reply:
+        data = SKILLS["synthesisout"](prompt_data(request.last_user_text))
+        ghost = {"name": "Ghost concept", "summary": "x", "sources": ["Nobody2099"], "quote_refs": [], "tensions": []}
+        return Reply(data={**data, "concepts": [ghost, *data["concepts"]]})
+
+    double.responder = skilled({"synthesisout": ungrounded})
+    summary = run(vault)
+    reasons = dict(summary.skipped)
+    assert "cites unknown citekeys ['Nobody2099']" in reasons["concept Ghost concept"]
+    assert "Ghost concept.md" not in drafts(vault)
+    assert "Ghost concept" in (vault / summary.report.path).read_text()
+
+
+@pytest.mark.parametrize("status", [500, 400])
+def test_a_local_server_without_json_schema_runs_the_whole_flow(
+    reading_vault: Path, double: ProviderDouble, status: int
+):
+    answer = skilled()
+
+    def local_server(request: DoubleRequest) -> Reply | None:
+        fmt = request.body.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            message = (
+                "Input should be 'text' or 'json_object' (response_format.type)"
+                if status == 500
+                else "response_format json_schema is not supported"
+            )
+            return Reply(status=status, text=message)
+        return answer(request)
+
+    double.responder = local_server
+    configure(reading_vault, openai_config(double, kind="openai-compatible"))
+    summary = run(reading_vault)
+    assert summary.written and not summary.failed and not summary.skipped
+    calls = double.model_calls()
+    rejected = {}
+    for call in calls:
+        if call.status != 200:
+            rejected[call.model] = rejected.get(call.model, 0) + 1
+    assert rejected == {"gpt-5-nano": 1, "gpt-5.1": 1, "gpt-5-mini": 1}  # once per provider and model
+    rows = Ledger.for_vault(reading_vault).rows(run_id=summary.run_id)
+    assert len(rows) == len(calls) - len(rejected) and all(r["outcome"] == "ok" for r in rows)
