@@ -211,6 +211,41 @@ def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_LEVEL_WORDS = re.compile(
+    r"\b(excellent|outstanding|exemplary|very good|good|proficient|competent|satisfactory|adequate|developing|"
+    r"emerging|beginning|weak|poor|limited|fail|pass|merit|distinction)\b",
+    re.IGNORECASE,
+)
+
+
+def offline_rubric(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: each short `Name: text` line is a criterion; levels are the level words the rubric uses.
+
+    A rubric that names no levels gets two plainly generic ones, `Meets the criterion` and `Not yet`, and the
+    notes say so: the lecturer checks every normalised rubric before a run may use it.
+    """
+    text = data.get("rubric", "")
+    criteria = []
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*+>#]+|\d+[.)])\s*", "", line).replace("**", "").strip()
+        head, sep, rest = line.partition(":")
+        if sep and head and len(head.split()) <= 6 and not _LEVEL_WORDS.fullmatch(head.strip()):
+            criteria.append({"name": head.strip(), "description": rest.strip()})
+    named = list(dict.fromkeys(m.group(1).capitalize() for m in _LEVEL_WORDS.finditer(text)))
+    generic = len(named) < 2
+    for c in criteria:
+        c["levels"] = (
+            [
+                {"name": "Meets the criterion", "descriptor": c["description"]},
+                {"name": "Not yet", "descriptor": f"Does not yet show: {c['description'].rstrip('.')}."},
+            ]
+            if generic
+            else [{"name": n} for n in named]
+        )
+    notes = "The offline model found no level names in the rubric and proposed two generic ones." if generic else ""
+    return {"title": "", "criteria": criteria, "notes": notes}
+
+
 SKILLS: dict[str, Skill] = {
     "collationout": offline_collation,
     "synthesisout": offline_synthesis,
@@ -218,6 +253,7 @@ SKILLS: dict[str, Skill] = {
     "evidenceout": offline_evidence,
     "cohortout": offline_cohort,
     "feedbackout": offline_feedback,
+    "rubricout": offline_rubric,
 }
 """Skill per schema name (the output model's class name, lower-cased)."""
 

@@ -17,6 +17,7 @@ lecturer has set `status: checked` in its front-matter.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import frontmatter
 import yaml
 from markdown_it import MarkdownIt
+from pydantic import BaseModel, Field
 
 from tierflow.core.errors import VaultError
 
@@ -186,7 +188,18 @@ def load_rubric(vault: Path, relpath: str) -> Rubric:
             f"Read it, correct anything the model got wrong, and set `status: checked` in its front-matter; "
             f"the run uses it only then.\n({failure})"
         )
+    if str(post.metadata.get("source_hash") or "") not in ("", source_hash(path)):
+        raise RubricError(
+            f"{relpath} has changed since {rel_normalised} was written from it. Run `tierflow rubric normalise "
+            f"--assignment {Path(relpath).parent.as_posix()}` again, or, if the normalised rubric is still right, "
+            f"delete its `source_hash` line."
+        )
     return parse_rubric(read_rubric_text(normalised, rel_normalised), rel_normalised)
+
+
+def source_hash(path: Path) -> str:
+    """The hash of a rubric file's bytes, kept in the normalised file to notice a later change."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def read_rubric_text(path: Path, relpath: str) -> str:
@@ -571,7 +584,7 @@ def _from_sections(body: str, relpath: str) -> tuple[list[Criterion], str, str] 
         level = _level_line(line) if current is not None else None
         if level is not None:
             current.levels.append(level)
-        elif line.strip() and not line.lstrip().startswith("|"):
+        elif line.strip() and not line.lstrip().startswith(("|", ">")):
             (current.description if current is not None and not current.levels else notes).append(line.strip())
     found = [s for s in sections if s.levels and not _CONTAINER.match(_criterion_name(s.heading)[0])]
     bands_marked = any(_bands_marker(line) is not None for line in _lines(body))
@@ -654,7 +667,8 @@ def _from_shared_bands(body: str, relpath: str) -> tuple[list[Criterion], str, s
             continue
         bullet = _BULLET.match(line)
         if not bullet:
-            notes.append(line.strip())
+            if not line.lstrip().startswith(">"):
+                notes.append(line.strip())
             continue
         content = bullet.group(1)
         bold = re.match(r"^(\*\*|__)(.+?)\1\s*(.*)$", content)
@@ -677,7 +691,7 @@ def _notes(body: str) -> str:
     return "\n".join(
         line.strip()
         for line in _lines(body)
-        if line.strip() and not line.lstrip().startswith(("|", "#")) and not _BULLET.match(line)
+        if line.strip() and not line.lstrip().startswith(("|", "#", ">")) and not _BULLET.match(line)
     )
 
 
@@ -687,3 +701,53 @@ def _first_heading(body: str) -> str:
         if m and len(m.group(1)) == 1:
             return _plain(m.group(2))
     return ""
+
+
+# --- the light tier's rewrite -----------------------------------------------------------------------------
+
+
+class LevelOut(BaseModel):
+    name: str
+    score_range: str = ""
+    """As `17-20`, `70+` or `<40`; empty when the rubric gives none."""
+    descriptor: str = ""
+
+
+class CriterionOut(BaseModel):
+    name: str
+    weight: str = ""
+    """As `25%`, `20 marks` or `40 points`; empty when the rubric gives none."""
+    description: str = ""
+    levels: list[LevelOut] = Field(default_factory=list)
+
+
+class RubricOut(BaseModel):
+    """A rubric rewritten by a model (`tierflow rubric normalise`); rendered in the canonical shape."""
+
+    title: str = ""
+    criteria: list[CriterionOut] = Field(default_factory=list)
+    notes: str = ""
+
+
+def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
+    """The model's rewrite as a Rubric; a RubricError when it has no criteria, or a criterion has no levels."""
+    criteria = tuple(
+        Criterion(
+            name=_plain(c.name),
+            weight=parse_weight(c.weight) if c.weight else None,
+            description=_plain(c.description),
+            levels=tuple(
+                Level(_plain(lvl.name), _plain(lvl.descriptor), parse_range(lvl.score_range) if lvl.score_range else None)
+                for lvl in c.levels
+                if _plain(lvl.name)
+            ),
+        )
+        for c in out.criteria
+        if _plain(c.name)
+    )
+    if not criteria or any(not c.levels for c in criteria):
+        raise RubricError(
+            f"{relpath}: the model's rewrite has no usable criteria with levels; nothing was written. "
+            "Rewrite the rubric by hand in one of the shapes `tierflow rubric show` lists."
+        )
+    return Rubric(path=relpath, title=_plain(out.title) or title, criteria=criteria, notes=out.notes.strip())
