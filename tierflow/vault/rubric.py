@@ -737,7 +737,7 @@ def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
             weight=parse_weight(c.weight) if c.weight else None,
             description=_plain(c.description),
             levels=tuple(
-                Level(_plain(lvl.name), _plain(lvl.descriptor), parse_range(lvl.score_range) if lvl.score_range else None)
+                Level(_plain(lvl.name), _plain(lvl.descriptor), parse_range(lvl.score_range or "-"))
                 for lvl in c.levels
                 if _plain(lvl.name)
             ),
