@@ -27,7 +27,9 @@ import yaml
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, Field
 
+from tierflow.core.checks import Check
 from tierflow.core.errors import VaultError
+from tierflow.vault.annotations import locate
 
 NORMALISED = "rubric.normalised.md"
 """The light tier's rewrite of an unparseable rubric, beside it; used once its front-matter says `status: checked`."""
@@ -751,3 +753,55 @@ def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
             "Rewrite the rubric by hand in one of the shapes `tierflow rubric show` lists."
         )
     return Rubric(path=relpath, title=_plain(out.title) or title, criteria=criteria, notes=out.notes.strip())
+
+
+# --- checks on answers marked against the rubric ----------------------------------------------------------
+# An answer here has `criteria`: entries with `criterion`, `level`, optionally `score`, and `quotes`.
+
+
+def coverage_problems(rubric: Rubric, parsed: object) -> list[str]:
+    """Every rubric criterion exactly once, with one of its levels and a score inside that level's range."""
+    entries = list(getattr(parsed, "criteria", []) or [])
+    problems = []
+    known = {c.name for c in rubric.criteria}
+    for name in dict.fromkeys(e.criterion for e in entries if e.criterion not in known):
+        problems.append(f"{name!r} is not a criterion of the rubric")
+    for c in rubric.criteria:
+        mine = [e for e in entries if e.criterion == c.name]
+        if not mine:
+            problems.append(f"criterion {c.name!r} is missing")
+            continue
+        if len(mine) > 1:
+            problems.append(f"criterion {c.name!r} appears {len(mine)} times; give it once")
+        entry = mine[0]
+        level = c.level(entry.level)
+        if level is None:
+            names = ", ".join(lvl.name for lvl in c.levels)
+            problems.append(f"{c.name!r}: level {entry.level!r} is not one of its levels ({names})")
+            continue
+        score = getattr(entry, "score", None)
+        if level.score is not None and score is None:
+            problems.append(f"{c.name!r}: no score; level {level.name!r} spans {level.score}")
+        elif level.score is not None and not level.score.contains(score):
+            problems.append(f"{c.name!r}: score {_num(score)} is outside level {level.name!r} ({level.score})")
+    return problems
+
+
+def rubric_coverage(rubric: Rubric) -> Check:
+    """Check: every criterion once, a level from the rubric, a score inside that level's range."""
+    return Check("rubric_coverage", lambda parsed: coverage_problems(rubric, parsed))
+
+
+def quote_problems(text: str, parsed: object) -> list[str]:
+    """Every quotation verbatim in `text` (whitespace, quote marks and `>` prefixes aside)."""
+    return [
+        f"{e.criterion!r}: quotation not found verbatim in the submission: {q[:80]!r}"
+        for e in getattr(parsed, "criteria", []) or []
+        for q in getattr(e, "quotes", []) or []
+        if not locate(q, text)
+    ]
+
+
+def quotes_verbatim(text: str) -> Check:
+    """Check: every quotation is in `text` word for word."""
+    return Check("quotes_verbatim", lambda parsed: quote_problems(text, parsed))
