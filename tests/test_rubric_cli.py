@@ -166,3 +166,18 @@ def test_show_prints_criteria_weights_levels_and_ranges(feedback_vault: Path):
     assert [(lvl["name"], lvl["range"]) for lvl in first["levels"]][:2] == [("Excellent", "70+"), ("Good", "60-69")]
     table = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
     assert "Use of literature" in table.output and "60-69" in table.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_every_flow_ends_an_expected_error_with_the_message_alone(tmp_path: Path, capfd: pytest.CaptureFixture):
+    """The reading-notes flow too: a vault that vanished before the run is a VaultError raised inside the flow."""
+    import typer
+
+    from tierflow.cli.runner import run_flow
+
+    with pytest.raises(typer.Exit) as ended:
+        run_flow("reading-notes", tmp_path / "gone", profile="offline")
+    assert ended.value.exit_code == 2
+    out, err = capfd.readouterr()
+    assert f"error: vault {tmp_path / 'gone'} does not exist" in err
+    assert "Traceback" not in out + err
