@@ -253,3 +253,28 @@ def test_score_ranges(text, low, high, exclusive):
     r = parse_range(text)
     assert (r.low, r.high, r.high_exclusive) == (low, high, exclusive)
     assert r.contains(r.typical())
+
+
+def test_levels_without_a_separator_after_their_range_and_a_grade_table_beside_headings():
+    text = """
+## Argument (60%)
+- Excellent (70+) a clear case
+- Weak (<70) description
+
+## Method (40%)
+- Excellent (70+) replicable
+- Weak (<70) unclear
+
+| Grade | Marks | Meaning |
+|---|---|---|
+| A | 70+ | Excellent |
+"""
+    rubric = parse_rubric(text)
+    assert rubric.shape == "headings" and [c.name for c in rubric.criteria] == ["Argument", "Method"]
+    assert rubric.criteria[0].levels[0].descriptor == "a clear case"
+    assert rubric.criteria[0].levels[0].score == ScoreRange(70, None)
+
+
+def test_a_repeated_criterion_is_named():
+    with pytest.raises(RubricError, match="criterion 'Argument' appears more than once"):
+        parse_rubric("## Argument\n- Good: g\n- Weak: w\n## Argument\n- Good: g\n- Weak: w\n")

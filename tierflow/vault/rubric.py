@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,11 +224,18 @@ def parse_rubric(text: str, relpath: str = "rubric.md") -> Rubric:
         raise RubricError(f"{relpath}: malformed YAML front-matter ({' '.join(str(exc).split())[:120]})") from None
     body = post.content
     title = str(post.metadata.get("title") or _first_heading(body) or Path(relpath).stem)
-    for reader in (_from_tables, _from_sections, _from_shared_bands):
-        found = reader(body, relpath)
-        if found is not None:
-            criteria, shape, notes = found
-            return Rubric(path=relpath, title=title, criteria=tuple(criteria), notes=notes, shape=shape)
+    found = _from_tables(body, relpath)
+    if found is None or len(found[0]) < 2:
+        # A one-column table beside headed criteria is more likely a grade table than the rubric itself.
+        found = _from_sections(body, relpath) or found or _from_shared_bands(body, relpath)
+    if found is not None:
+        criteria, shape, notes = found
+        repeated = [name for name, n in Counter(c.name for c in criteria).items() if n > 1]
+        if repeated:
+            raise RubricError(
+                f"{relpath}: criterion {repeated[0]!r} appears more than once; give each criterion a distinct name"
+            )
+        return Rubric(path=relpath, title=title, criteria=tuple(criteria), notes=notes, shape=shape)
     folder = str(Path(relpath).parent.as_posix())
     tried = "\n".join(f"  {i}. {s}" for i, s in enumerate(SHAPES, start=1))
     raise RubricError(
@@ -358,6 +366,7 @@ def _level_name(text: str) -> tuple[str, ScoreRange | None]:
 # --- level bullets ----------------------------------------------------------------------------------------
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.+?)\s*$")
+_RANGE_THEN_TEXT = re.compile(r"^([^()\[\]]{1,60}?)\s*[(\[]([^()\[\]]*)[)\]]\s+(\S.*)$")
 _LEADING_PAREN = re.compile(r"^[(\[]([^()\[\]]*)[)\]]\s*")
 
 
@@ -394,6 +403,9 @@ def _level_line(line: str, *, need_separator: bool = True) -> Level | None:
         head = head.rstrip().rstrip(":–—").strip()
     else:
         split = _split_head(content)
+        ranged = _RANGE_THEN_TEXT.match(content)
+        if split is None and ranged and parse_range(ranged.group(2)):
+            split = (f"{ranged.group(1)} ({ranged.group(2)})", ranged.group(3))  # `Excellent (17-20) replicable`
         if split is None:
             name, score = _level_name(content)
             if need_separator or (score is None and len(name.split()) > 3):
