@@ -278,3 +278,14 @@ def test_levels_without_a_separator_after_their_range_and_a_grade_table_beside_h
 def test_a_repeated_criterion_is_named():
     with pytest.raises(RubricError, match="criterion 'Argument' appears more than once"):
         parse_rubric("## Argument\n- Good: g\n- Weak: w\n## Argument\n- Good: g\n- Weak: w\n")
+
+
+def test_degree_classes_and_bold_lines_with_a_dashed_weight():
+    bands = parse_rubric(
+        "Criteria\n1. Knowledge (30%)\n2. Use (70%)\n\n## Grade bands\n1. First (70+): top\n2. 2:1 (60-69): good\n"
+    )
+    assert [(lvl.name, str(lvl.score)) for lvl in bands.criteria[0].levels] == [("First", "70+"), ("2:1", "60-69")]
+    bold = parse_rubric(
+        "**Knowledge** — 30 marks\n- Excellent — deep\n- Poor — thin\n\n**Use** — 70 marks\n- Good — ok\n"
+    )
+    assert [(c.name, str(c.weight)) for c in bold.criteria] == [("Knowledge", "30 marks"), ("Use", "70 marks")]

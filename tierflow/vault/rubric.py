@@ -381,8 +381,8 @@ def _split_head(content: str) -> tuple[str, str] | None:
         elif depth == 0 and (
             ch in ":–—" or (ch == "-" and 0 < i < len(content) - 1 and content[i - 1] == " " and content[i + 1] == " ")
         ):
-            if ch in "–—" and i > 0 and content[i - 1].isdigit() and content[i + 1 : i + 2].isdigit():
-                continue  # a range such as 17–20 written without parentheses
+            if i > 0 and content[i - 1].isdigit() and content[i + 1 : i + 2].isdigit():
+                continue  # a range such as 17–20, or a class such as 2:1, written without parentheses
             return content[:i], content[i + 1 :]
     return None
 
@@ -550,7 +550,7 @@ def _criteria_across(rows: list[list[str]]) -> list[Criterion]:
 # --- headings and bold lines ------------------------------------------------------------------------------
 
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
-_BOLD_LINE = re.compile(r"^\s*(\*\*|__)(.+?)\1\s*([(\[][^()\[\]]*[)\]])?\s*:?\s*$")
+_BOLD_LINE = re.compile(r"^\s*(\*\*|__)(.+?)\1\s*(.*?)\s*$")
 _CONTAINER = re.compile(
     r"^(?:the\s+)?(?:(?:marking|assessment|grading)\s+)?(?:criteria|rubric)\b"
     r"|^(?:(?:marking|grade|grading)\s+)?(?:bands?|scale)\b|^grades?\b|^(?:performance\s+)?levels?\b",
@@ -583,15 +583,26 @@ def _lines(body: str) -> list[str]:
     return out
 
 
+def _bold_line(line: str) -> str | None:
+    """`**Reflection** (40 points)`, `**Knowledge** — 30 marks` or `**Method:**` as criterion text; else None."""
+    m = _BOLD_LINE.match(line)
+    if not m:
+        return None
+    rest = m.group(3).strip(" :–—-()[]")
+    if rest and parse_weight(rest) is None:
+        return None
+    return f"{m.group(2)} ({rest})" if rest else m.group(2)
+
+
 def _from_sections(body: str, relpath: str) -> tuple[list[Criterion], str, str] | None:
     sections: list[_Section] = []
     notes: list[str] = []
     current: _Section | None = None
     for line in _lines(body):
         heading = _HEADING.match(line)
-        bold = None if heading else _BOLD_LINE.match(line)
+        bold = None if heading else _bold_line(line)
         if heading or bold:
-            text = heading.group(2) if heading else f"{bold.group(2)} {bold.group(3) or ''}".strip()
+            text = heading.group(2) if heading else bold
             current = _Section(text, "heading" if heading else "bold line")
             sections.append(current)
             continue
