@@ -289,3 +289,17 @@ def test_degree_classes_and_bold_lines_with_a_dashed_weight():
         "**Knowledge** — 30 marks\n- Excellent — deep\n- Poor — thin\n\n**Use** — 70 marks\n- Good — ok\n"
     )
     assert [(c.name, str(c.weight)) for c in bold.criteria] == [("Knowledge", "30 marks"), ("Use", "70 marks")]
+
+
+def test_the_rewrite_check_names_what_a_model_left_unusable():
+    from tierflow.vault.rubric import RubricOut, rewrite_problems
+
+    good = {"name": "A", "weight": "20 marks", "levels": [{"name": "Good", "score_range": "15-20"}]}
+    assert rewrite_problems(RubricOut.model_validate({"criteria": [good]})) == []
+    bad = RubricOut.model_validate(
+        {"criteria": [{"name": "B", "levels": []}, {**good, "levels": [{"name": "Good", "score_range": "most"}]}]}
+    )
+    assert rewrite_problems(bad) == [
+        "criterion 'B' has no levels",
+        "'A', level 'Good': range 'most' is not like `17-20`, `70+` or `<40`",
+    ]

@@ -148,6 +148,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         parse_rubric,
         read_rubric_text,
         rubric_from_out,
+        rubric_rewrite,
         source_hash,
     )
 
@@ -190,6 +191,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         prompt=env.get_template("prompts/rubric/normalise.j2").render(path=relpath, data={"rubric": body}),
         output=RubricOut,
         subject=relpath,
+        checks=[rubric_rewrite],
     )
     title = str(frontmatter.loads(text).metadata.get("title") or "Rubric")
     rubric = rubric_from_out(answer.parsed, f"{folder}/{NORMALISED}", title)

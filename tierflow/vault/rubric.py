@@ -754,6 +754,26 @@ class RubricOut(BaseModel):
     notes: str = ""
 
 
+def rewrite_problems(out: RubricOut) -> list[str]:
+    """What makes a model's rewrite unusable: no criteria, a criterion without levels, an unreadable range."""
+    problems = [] if out.criteria else ["no criteria"]
+    for c in out.criteria:
+        if not c.levels:
+            problems.append(f"criterion {c.name!r} has no levels")
+        if c.weight and parse_weight(c.weight) is None:
+            problems.append(f"criterion {c.name!r}: weight {c.weight!r} is not like `25%`, `20 marks` or `40 points`")
+        problems += [
+            f"{c.name!r}, level {lvl.name!r}: range {lvl.score_range!r} is not like `17-20`, `70+` or `<40`"
+            for lvl in c.levels
+            if lvl.score_range and parse_range(lvl.score_range) is None
+        ]
+    return problems
+
+
+rubric_rewrite = Check("rubric_rewrite", rewrite_problems)
+"""Check on `tierflow rubric normalise` answers: every criterion has levels, weights and ranges are readable."""
+
+
 def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
     """The model's rewrite as a Rubric; a RubricError when it has no criteria, or a criterion has no levels."""
     criteria = tuple(
