@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from tierflow.vault.rubric import ScoreRange
+
 Skill = Callable[[dict[str, Any]], dict[str, Any]]
 
 MAX_CLAIMS = 8
@@ -172,16 +174,10 @@ def _rubric_criteria(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _score(level: dict[str, Any]) -> float | None:
-    """The middle of a level's range, or its bound when the range is open on one side."""
-    low, high = level.get("low"), level.get("high")
-    if low is not None and high is not None:
-        middle = (low + high) / 2
-        return middle - 1 if level.get("below") and middle >= high else middle
-    if low is not None:
-        return float(low)
-    if high is not None:
-        return float(high) - 1 if level.get("below") else float(high)
-    return None
+    """A score inside a level's range (`ScoreRange.typical`), or None when the rubric gives no range."""
+    if level.get("low") is None and level.get("high") is None:
+        return None
+    return ScoreRange(level.get("low"), level.get("high"), bool(level.get("below"))).typical()
 
 
 def _sentences(text: str) -> list[str]:
