@@ -21,7 +21,9 @@ rubric_app = typer.Typer(
 
 AssignmentOpt = Annotated[
     str | None,
-    typer.Option("--assignment", "-a", help="The assignment folder (default: [feedback] assignment_folder)."),
+    typer.Option(
+        "--assignment", "-a", help="The assignment folder (default: the config's feedback.assignment_folder)."
+    ),
 ]
 PHASE = "normalise"
 COMPLEXITY = "low"
