@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
@@ -35,6 +36,19 @@ class Cohort(CohortOut):
     tokens: int
 
 
+def level_distribution(assignment: Assignment, evidence: list[Evidence]) -> list[dict[str, Any]]:
+    """Per rubric criterion, in the rubric's order: how many submissions sit at each of its levels."""
+    rows = []
+    for c in assignment.rubric.criteria:
+        counts = dict.fromkeys((lvl.name for lvl in c.levels), 0)
+        for e in evidence:
+            level = next((x.level for x in e.criteria if x.criterion == c.name), "unclear")
+            key = level if level in counts else "unclear"
+            counts[key] = counts.get(key, 0) + 1
+        rows.append({"criterion": c.name, "counts": counts})
+    return rows
+
+
 @task(name=PHASE, task_run_name="synthesise · cohort")
 def synthesise_cohort(
     settings: RunSettings, assignment: Assignment, evidence: list[Evidence], mode: str = "direct", wait: bool = True
@@ -45,14 +59,17 @@ def synthesise_cohort(
     """
     caller = caller_for(settings)
     env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
+    distribution = level_distribution(assignment, evidence)
     data = {
+        "levels": list(assignment.rubric.levels),
+        "distribution": distribution,
         "submissions": [
             {
                 "student": e.label,
                 "criteria": [{"criterion": c.criterion, "level": c.level, "quotes": c.quotes[:2]} for c in e.criteria],
             }
             for e in evidence
-        ]
+        ],
     }
     system = env.get_template("prompts/cohort/system.j2").render()
     user = env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence))
@@ -73,10 +90,16 @@ def synthesise_cohort(
         [f"Strength: {s}" for s in out.strengths]
         + [f"Misconception: {m}" for m in out.misconceptions]
         + [f"Teaching action: {a}" for a in out.teaching_actions]
+        + [
+            f"Levels for {row['criterion']}: " + ", ".join(f"{level} {n}" for level, n in row["counts"].items())
+            for row in distribution
+        ]
     )
     flagged = [s for s in assignment.submissions if s.flags]
     body = env.get_template("notes/cohort.md.j2").render(
         cohort=out,
+        distribution=distribution,
+        levels=_columns(distribution),
         assignment=assignment.folder,
         submissions=len(assignment.submissions),
         drafted=len(evidence),
@@ -105,6 +128,11 @@ def synthesise_cohort(
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,
     )
+
+
+def _columns(distribution: list[dict[str, Any]]) -> list[str]:
+    """Every level any criterion has, in the rubric's order (`unclear` last), as the table's columns."""
+    return list(dict.fromkeys(level for row in distribution for level in row["counts"]))
 
 
 def synthesise(

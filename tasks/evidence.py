@@ -7,10 +7,11 @@ after the first reads it from the provider's prompt cache. Student identities ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
@@ -18,20 +19,67 @@ from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.tasks.assignment import INJECTION, Assignment, Submission
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import template_env
+from tierflow.vault.rubric import Rubric, quotes_verbatim, rubric_coverage
 
 PHASE = "collate"
 COMPLEXITY = "low"
 
 
 class CriterionEvidence(BaseModel):
+    """One criterion's evidence, as kept between phases (plain data: it crosses task and process boundaries)."""
+
     criterion: str
     quotes: list[str] = Field(default_factory=list)
     level: str = ""
+    score: float | None = None
     note: str = ""
 
 
 class EvidenceOut(BaseModel):
     criteria: list[CriterionEvidence]
+
+
+def choices(rubric: Rubric) -> tuple[Any, Any]:
+    """`Literal` types of the rubric's criterion names and level names, for output models a provider enforces."""
+    return Literal[tuple(c.name for c in rubric.criteria)], Literal[tuple(rubric.levels)]
+
+
+@lru_cache(maxsize=16)
+def evidence_output(rubric: Rubric) -> type[EvidenceOut]:
+    """`EvidenceOut` whose criteria and levels are the rubric's own: a strict-schema provider cannot invent one."""
+    criterion, level = choices(rubric)
+    entry = create_model(
+        "CriterionEvidence",
+        __base__=CriterionEvidence,
+        criterion=(criterion, ...),
+        level=(level, ...),
+    )
+    return create_model(
+        "EvidenceOut",
+        __base__=EvidenceOut,
+        criteria=(list[entry], Field(..., min_length=1)),
+    )
+
+
+def rubric_data(rubric: Rubric) -> list[dict[str, Any]]:
+    """The rubric's criteria, weights, levels and score ranges, compactly, for a prompt's <data>."""
+    return [
+        {
+            "criterion": c.name,
+            "weight": str(c.weight) if c.weight else None,
+            "levels": [
+                {
+                    "level": lvl.name,
+                    "range": str(lvl.score) if lvl.score else None,
+                    "low": lvl.score.low if lvl.score else None,
+                    "high": lvl.score.high if lvl.score else None,
+                    "below": bool(lvl.score and lvl.score.high_exclusive),
+                }
+                for lvl in c.levels
+            ],
+        }
+        for c in rubric.criteria
+    ]
 
 
 @dataclass(frozen=True)
@@ -69,14 +117,13 @@ def prompt(settings: RunSettings, assignment: Assignment, submission: Submission
     data = {
         "student": label,
         "submission": pseudonyms.hide(submission.text),
-        "criteria": [c.name for c in assignment.rubric.criteria],
-        "levels": list(assignment.rubric.levels),
+        "criteria": rubric_data(assignment.rubric),
     }
     user = env.get_template("prompts/evidence/submission.j2").render(
         label=label,
         data=data,
         criteria=[c.name for c in assignment.rubric.criteria],
-        levels=list(assignment.rubric.levels),
+        ranged=any(lvl.score for c in assignment.rubric.criteria for lvl in c.levels),
     )
     return with_prefix(
         settings, env.get_template("prompts/evidence/system.j2").render(), shared_prefix(settings, assignment), user
@@ -90,21 +137,35 @@ def with_prefix(settings: RunSettings, system: str, prefix: str, user: str) -> t
     return system, "", f"{prefix}\n\n{user}"
 
 
+def checks(assignment: Assignment, submission: Submission) -> list:
+    """`rubric_coverage` and `quotes_verbatim` against this submission, as the prompt shows it."""
+    hidden = assignment.pseudonyms().hide(submission.text)
+    return [rubric_coverage(assignment.rubric), quotes_verbatim(hidden)]
+
+
 def evidence_from(assignment: Assignment, submission: Submission, answer: Answer) -> Evidence:
-    """Keep only quotes that are really in the submission and hold no text addressed to a model."""
+    """One entry per criterion in the rubric's order; only quotes really in the submission and not addressed
+    to a model; a level from the criterion's own levels (else `unclear`)."""
     out: EvidenceOut = answer.parsed
     hidden = assignment.pseudonyms().hide(submission.text)
-    known = {c.name for c in assignment.rubric.criteria}
-    criteria = tuple(
-        c.model_copy(
-            update={
-                "quotes": [q for q in c.quotes if locate(q, hidden) and not INJECTION.search(q)][:3],
-                "level": c.level if c.level in assignment.rubric.levels else "unclear",
-            }
+    given = {}
+    for c in out.criteria:
+        given.setdefault(c.criterion, c)
+    criteria = []
+    for rc in assignment.rubric.criteria:
+        c = given.get(rc.name)
+        if c is None:
+            continue
+        criteria.append(
+            CriterionEvidence(
+                criterion=rc.name,
+                quotes=[q for q in c.quotes if locate(q, hidden) and not INJECTION.search(q)][:3],
+                level=c.level if rc.level(c.level) else "unclear",
+                score=c.score,
+                note=c.note,
+            )
         )
-        for c in out.criteria
-        if c.criterion in known
-    )
+    criteria = tuple(criteria)
     label = assignment.pseudonyms().label.get(submission.student_id, submission.student_id)
     return Evidence(
         student_id=submission.student_id,
@@ -125,8 +186,9 @@ def collate_submission(settings: RunSettings, assignment: Assignment, submission
         system=system,
         prompt=user,
         cache_prefix=prefix,
-        output=EvidenceOut,
+        output=evidence_output(assignment.rubric),
         subject=assignment.pseudonyms().label.get(submission.student_id, submission.student_id),
+        checks=checks(assignment, submission),
     )
     return evidence_from(assignment, submission, answer)
 
@@ -139,7 +201,14 @@ def collate_batch(settings: RunSettings, assignment: Assignment, submissions: li
         system, prefix, user = prompt(settings, assignment, s)
         label = assignment.pseudonyms().label.get(s.student_id, s.student_id)
         calls.append(
-            BatchCall(key=label, system=system, prompt=user, output=EvidenceOut, cache_prefix=prefix, subject=label)
+            BatchCall(
+                key=label,
+                system=system,
+                prompt=user,
+                output=evidence_output(assignment.rubric),
+                cache_prefix=prefix,
+                subject=label,
+            )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=COMPLEXITY, wait=wait)
 

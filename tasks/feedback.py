@@ -8,28 +8,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
+from tierflow.core.checks import describe, run_checks
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.tasks.assignment import Assignment, Submission
 from tierflow.tasks.cohort import Cohort
-from tierflow.tasks.evidence import Evidence, batch_outcome, shared_prefix, with_prefix
+from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
+from tierflow.vault.rubric import Rubric, rubric_coverage
 
 PHASE = "draft"
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
 
 
+WORDS_PER_CRITERION = 80
+"""The average comment length; each criterion's budget is its share of the whole (by weight) of this times n."""
+MIN_WORDS = 30
+
+
 class CriterionFeedback(BaseModel):
     criterion: str
     level: str = ""
+    score: float | None = None
     comment: str
     quotes: list[str] = Field(default_factory=list)
 
@@ -40,12 +49,32 @@ class FeedbackOut(BaseModel):
     overall: str = ""
 
 
+@lru_cache(maxsize=16)
+def feedback_output(rubric: Rubric) -> type[FeedbackOut]:
+    """`FeedbackOut` whose criteria and levels are the rubric's own `Literal`s, for strict-schema providers."""
+    criterion, level = choices(rubric)
+    entry = create_model(
+        "CriterionFeedback", __base__=CriterionFeedback, criterion=(criterion, ...), level=(level, ...)
+    )
+    return create_model("FeedbackOut", __base__=FeedbackOut, criteria=(list[entry], Field(..., min_length=1)))
+
+
+def word_budgets(rubric: Rubric) -> dict[str, int]:
+    """Words per criterion comment, in proportion to the criterion's weight (equal without weights)."""
+    total = WORDS_PER_CRITERION * len(rubric.criteria)
+    return {name: max(MIN_WORDS, round(total * share / 5) * 5) for name, share in rubric.shares().items()}
+
+
 @dataclass(frozen=True)
 class Share:
     run_id: str
     phase_models: tuple[str, ...]
     tokens_each: int
     cost_each: float | None
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
 
 
 def complexity(settings: RunSettings) -> str:
@@ -59,18 +88,25 @@ def prompt(
     env = template_env(config.vault, config.settings.vault.templates_folder)
     pseudonyms = assignment.pseudonyms()
     label = pseudonyms.label.get(submission.student_id, submission.student_id)
+    budgets = word_budgets(assignment.rubric)
     data = {
         "student": label,
         "submission": pseudonyms.hide(submission.text),
         # Levels and reasons only: the quotes are already in the submission, sent once above.
         "evidence": [c.model_dump(exclude={"quotes"}) for c in evidence.criteria] if evidence else [],
-        "criteria": [c.name for c in assignment.rubric.criteria],
+        "criteria": [{**c, "words": budgets[c["criterion"]]} for c in rubric_data(assignment.rubric)],
     }
     return with_prefix(
         settings,
         env.get_template("prompts/feedback/system.j2").render(),
         shared_prefix(settings, assignment, cohort.text),
-        env.get_template("prompts/feedback/student.j2").render(label=label, data=data),
+        env.get_template("prompts/feedback/student.j2").render(
+            label=label,
+            data=data,
+            budgets=budgets,
+            weighted=any(c.weight for c in assignment.rubric.criteria),
+            ranged=any(lvl.score for c in assignment.rubric.criteria for lvl in c.levels),
+        ),
     )
 
 
@@ -89,20 +125,33 @@ def write_feedback(
 
     out: FeedbackOut | None = answer.parsed if answer else None
     criteria = []
+    problems = ""
     if out is not None:
         hidden = pseudonyms.hide(submission.text)
+        # The rubric's criteria in its order, named as it names them, whatever order the answer took.
+        given: dict[str, CriterionFeedback] = {}
         for c in out.criteria:
+            given.setdefault(c.criterion, c)
+        for rc in assignment.rubric.criteria:
+            c = given.get(rc.name)
+            level = rc.level(c.level) if c else None
             criteria.append(
                 {
-                    "criterion": c.criterion,
-                    "level": c.level,
-                    "comment": reveal(c.comment),
-                    "quotes": [{"text": reveal(q), "verbatim": locate(q, hidden)} for q in c.quotes],
+                    "criterion": rc.name,
+                    "missing": c is None,
+                    "level": c.level if c else "",
+                    "range": str(level.score) if level and level.score else "",
+                    "score": _num(c.score) if c and c.score is not None else "",
+                    "comment": reveal(c.comment) if c else "",
+                    "quotes": [{"text": reveal(q), "verbatim": locate(q, hidden)} for q in c.quotes] if c else [],
                 }
             )
+        # Batch answers never went through the call path's checks; direct ones may have kept a failure.
+        problems = reveal(describe(run_checks([rubric_coverage(assignment.rubric)], out)))
     body = env.get_template("notes/feedback.md.j2").render(
         student=submission,
         criteria=criteria,
+        problems=problems,
         next_steps=[reveal(s) for s in out.next_steps] if out else [],
         overall=reveal(out.overall) if out else "",
         empty=submission.empty,
@@ -129,6 +178,7 @@ def write_feedback(
         "tierflow_cost_usd": cost,
         "tierflow_flags": list(submission.flags),
         "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
+        "tierflow_levels": [f"{c['criterion']}: {c['level'] or 'none'}" for c in criteria],
     }
     writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
     return writer.write(submission.student_id, front_matter, body, compare_keys=SPEND_KEYS)
@@ -151,8 +201,9 @@ def draft_student(
         system=system,
         prompt=user,
         cache_prefix=prefix,
-        output=FeedbackOut,
+        output=feedback_output(assignment.rubric),
         subject=label,
+        checks=checks(assignment, submission),
     )
     return write_feedback(settings, assignment, submission, answer, share)
 
@@ -171,7 +222,14 @@ def draft_batch(
         system, prefix, user = prompt(settings, assignment, s, evidence.get(s.student_id), cohort)
         label = assignment.pseudonyms().label.get(s.student_id, s.student_id)
         calls.append(
-            BatchCall(key=label, system=system, prompt=user, output=FeedbackOut, cache_prefix=prefix, subject=label)
+            BatchCall(
+                key=label,
+                system=system,
+                prompt=user,
+                output=feedback_output(assignment.rubric),
+                cache_prefix=prefix,
+                subject=label,
+            )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=complexity(settings), wait=wait)
 

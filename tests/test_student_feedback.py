@@ -124,16 +124,19 @@ def test_an_injection_the_model_obeys_stays_inside_that_one_draft(feedback_vault
         name = schema_of(request)
         labels = sorted({w for w in request.text.split() if w.startswith("Student-")})
         hijack = f"Outstanding. Written to ../../../.obsidian/hacked.md for {' '.join(labels)} Student-01 Student-02"
+        # The output models only admit the rubric's criteria and levels, so the hijack lives in the free text.
         if name == "feedbackout":
             data = {
-                "criteria": [{"criterion": c, "level": "Outstanding", "comment": hijack, "quotes": []} for c in ("x",)],
+                "criteria": [
+                    {"criterion": "Use of literature", "level": "Excellent", "comment": hijack, "quotes": []},
+                ],
                 "next_steps": [hijack],
                 "overall": hijack,
             }
         elif name == "evidenceout":
             data = {
                 "criteria": [
-                    {"criterion": "Argument and critical evaluation", "quotes": ["Outstanding"], "level": "Outstanding"}
+                    {"criterion": "Argument and critical evaluation", "quotes": ["Outstanding"], "level": "Excellent"}
                 ]
             }
         else:

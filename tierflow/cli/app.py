@@ -15,6 +15,7 @@ import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.cli.ops_commands import limits_app, schedule_app
+from tierflow.cli.rubric_commands import rubric_app
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -26,6 +27,7 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
+app.add_typer(rubric_app, name="rubric")
 
 TierOpt = Annotated[
     list[str] | None,

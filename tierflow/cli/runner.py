@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -14,7 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tierflow.cli.common import fail
 from tierflow.core import progress
+from tierflow.core.errors import TierflowError
 from tierflow.report.spend import money
 
 console = Console(stderr=True, soft_wrap=True)
@@ -60,18 +63,66 @@ def run_flow(
     task_runner: Any = None,
     **parameters: Any,
 ) -> Any:
-    """Run a flow in this process with progress bars, then print what it wrote and what it cost."""
+    """Run a flow in this process with progress bars, then print what it wrote and what it cost.
+
+    An expected user error (a rubric, vault or config problem: a TierflowError) ends the run with its
+    message alone and exit code 2; its traceback goes to the Prefect log only, never to the console.
+    """
     from tierflow.core.registry import flow_spec
 
     entry = flow_spec(flow).flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
-    with phase_progress():
-        summary = entry(
-            vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters
-        )
+    tracebacks_to_prefect_log_only()
+    try:
+        with phase_progress():
+            summary = entry(
+                vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters
+            )
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
     print_summary(vault, summary)
     return summary
+
+
+class ExpectedErrorFilter(logging.Filter):
+    """Keeps a TierflowError's traceback, and Prefect's echo of its message, off the console.
+
+    The API handler sits on Prefect's flow- and task-run loggers themselves, so the Prefect log (and the UI)
+    still has every traceback; only the console handler, where records propagate to, gets this filter.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TierflowError):
+            return False
+        if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            message = record.getMessage()
+            return not any(f"{name}:" in message or f"{name}(" in message for name in _error_names())
+        return True
+
+
+def _error_names() -> set[str]:
+    names, todo = set(), [TierflowError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def tracebacks_to_prefect_log_only() -> None:
+    """Add `ExpectedErrorFilter` to Prefect's console handlers (once Prefect's logging is set up)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, ExpectedErrorFilter) for f in handler.filters
+            ):
+                handler.addFilter(ExpectedErrorFilter())
 
 
 def print_summary(vault: Path, summary: Any) -> None:

@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from tierflow.vault.rubric import ScoreRange
+
 Skill = Callable[[dict[str, Any]], dict[str, Any]]
 
 MAX_CLAIMS = 8
@@ -150,37 +152,74 @@ def offline_draft(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def offline_evidence(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: sentences matching each criterion's cue words; the level from how many there are."""
-    text = data.get("submission", "")
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) > 3]
+def _rubric_criteria(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt's criteria as dicts with their levels (best first) and ranges; plain names are accepted too."""
+    levels = data.get("levels") or ["Good", "Satisfactory", "Weak"]
     criteria = data.get("criteria") or [
         "Argument and critical evaluation",
         "Use of literature",
         "Structure and clarity",
         "Referencing and academic conventions",
     ]
-    levels = data.get("levels") or ["Good", "Satisfactory", "Weak"]
     out = []
-    for criterion in criteria:
-        cue = next((v for k, v in _SIGNALS.items() if k in criterion.lower()), r"\b\w{9,}\b")
-        hits = [s for s in sentences if re.search(cue, s, re.IGNORECASE)]
-        level = levels[min(len(levels) - 1, max(0, 3 - len(hits)))] if levels else ""
+    for c in criteria:
+        if isinstance(c, str):
+            c = {"criterion": c, "levels": [{"level": lvl} for lvl in levels]}
+        ranked = c.get("levels") or []
+        if ranked and all(lvl.get("low") is not None or lvl.get("high") is not None for lvl in ranked):
+            # Best first, whichever way round the rubric lists them.
+            ranked = sorted(ranked, key=lambda lvl: -(lvl["low"] if lvl.get("low") is not None else -1))
+        out.append({**c, "levels": ranked})
+    return out
+
+
+def _score(level: dict[str, Any]) -> float | None:
+    """A score inside a level's range (`ScoreRange.typical`), or None when the rubric gives no range."""
+    if level.get("low") is None and level.get("high") is None:
+        return None
+    return ScoreRange(level.get("low"), level.get("high"), bool(level.get("below"))).typical()
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) > 3]
+
+
+def _hits(criterion: str, sentences: list[str]) -> list[str]:
+    cue = next((v for k, v in _SIGNALS.items() if k in criterion.lower()), r"\b\w{9,}\b")
+    return [s for s in sentences if re.search(cue, s, re.IGNORECASE)]
+
+
+def offline_evidence(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: sentences matching each criterion's cue words; the level from how many there are, the score
+    from the middle of that level's range."""
+    sentences = _sentences(data.get("submission", ""))
+    out = []
+    for c in _rubric_criteria(data):
+        hits = _hits(c["criterion"], sentences)
+        levels = c["levels"]
+        level = levels[min(len(levels) - 1, max(0, 3 - len(hits)))] if levels else {}
         out.append(
-            {"criterion": criterion, "quotes": hits[:2], "level": level, "note": f"{len(hits)} passages bear on this."}
+            {
+                "criterion": c["criterion"],
+                "quotes": hits[:2],
+                "level": level.get("level", ""),
+                "score": _score(level),
+                "note": f"{len(hits)} passages bear on this.",
+            }
         )
     return {"criteria": out}
 
 
 def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: criteria most students reach a good level on are strengths; the weakest are misconceptions."""
+    """Offline: criteria whose students sit highest on the rubric's levels are strengths; the lowest, weaknesses."""
+    order = data.get("levels") or []
+    rank: dict[str, list[int]] = defaultdict(list)
     levels: dict[str, Counter[str]] = defaultdict(Counter)
     for sub in data.get("submissions", []):
         for c in sub.get("criteria", []):
             levels[c["criterion"]][c["level"]] += 1
-    ranked = sorted(
-        levels, key=lambda k: -sum(n for lvl, n in levels[k].items() if lvl.startswith(("Excellent", "Good")))
-    )
+            rank[c["criterion"]].append(order.index(c["level"]) if c["level"] in order else len(order))
+    ranked = sorted(levels, key=lambda k: sum(rank[k]) / max(1, len(rank[k])))
     strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in ranked[:2]]
     weak = ranked[-2:][::-1]
     misconceptions = [f"{k}: the weakest criterion across the cohort ({dict(levels[k])})." for k in weak]
@@ -189,18 +228,44 @@ def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: each criterion's comment restates the evidence found; next steps target the weakest."""
+    """Offline: each criterion's comment restates the evidence and the submission's own sentences on it, up to
+    the criterion's word budget (so criteria worth more get more); next steps target the weakest."""
     evidence = {e["criterion"]: e for e in data.get("evidence", [])}
-    found = offline_evidence({"submission": data.get("submission", ""), "criteria": data.get("criteria", [])})
-    quotes_for = {c["criterion"]: c["quotes"] for c in found["criteria"]}
+    sentences = _sentences(data.get("submission", ""))
     criteria = []
-    for name in data.get("criteria", []):
-        e = evidence.get(name, {})
-        quotes = quotes_for.get(name, [])[:1]
-        comment = f"Your work sits at about '{e.get('level', 'unclear')}' on this criterion. " + (
-            "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it."
+    for c in _rubric_criteria(data):
+        name = c["criterion"]
+        e = (
+            evidence.get(name)
+            or offline_evidence({"submission": data.get("submission", ""), "criteria": [c]})["criteria"][0]
         )
-        criteria.append({"criterion": name, "level": e.get("level", ""), "comment": comment, "quotes": quotes})
+        level = next((lvl for lvl in c["levels"] if lvl.get("level") == e.get("level")), None) or (
+            c["levels"][-1] if c["levels"] else {}
+        )
+        score = e.get("score") if e.get("score") is not None else _score(level)
+        hits = _hits(name, sentences)
+        quotes = hits[:1]
+        where = (
+            f" (a score of {score:g} in its range {level['range']})" if level.get("range") and score is not None else ""
+        )
+        parts = [
+            f"Your work sits at about '{level.get('level', 'unclear')}'{where} on this criterion.",
+            "For example, you wrote the passage quoted below." if quotes else "I found little direct evidence for it.",
+        ]
+        budget = int(c.get("words") or 40)
+        for sentence in hits[1:]:
+            if len(" ".join(parts).split()) + len(sentence.split()) + 4 > budget:
+                break
+            parts.append(f"You also wrote: {sentence}")
+        criteria.append(
+            {
+                "criterion": name,
+                "level": level.get("level", ""),
+                "score": score,
+                "comment": " ".join(parts),
+                "quotes": quotes,
+            }
+        )
     weakest = [c["criterion"] for c in criteria if not c["quotes"]][:2] or [c["criterion"] for c in criteria][:1]
     return {
         "criteria": criteria,
@@ -211,6 +276,41 @@ def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_LEVEL_WORDS = re.compile(
+    r"\b(excellent|outstanding|exemplary|very good|good|proficient|competent|satisfactory|adequate|developing|"
+    r"emerging|beginning|weak|poor|limited|fail|pass|merit|distinction)\b",
+    re.IGNORECASE,
+)
+
+
+def offline_rubric(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: each short `Name: text` line is a criterion; levels are the level words the rubric uses.
+
+    A rubric that names no levels gets two plainly generic ones, `Meets the criterion` and `Not yet`, and the
+    notes say so: the lecturer checks every normalised rubric before a run may use it.
+    """
+    text = data.get("rubric", "")
+    criteria = []
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*+>#]+|\d+[.)])\s*", "", line).replace("**", "").strip()
+        head, sep, rest = line.partition(":")
+        if sep and head and len(head.split()) <= 6 and not _LEVEL_WORDS.fullmatch(head.strip()):
+            criteria.append({"name": head.strip(), "description": rest.strip()})
+    named = list(dict.fromkeys(m.group(1).capitalize() for m in _LEVEL_WORDS.finditer(text)))
+    generic = len(named) < 2
+    for c in criteria:
+        c["levels"] = (
+            [
+                {"name": "Meets the criterion", "descriptor": c["description"]},
+                {"name": "Not yet", "descriptor": f"Does not yet show: {c['description'].rstrip('.')}."},
+            ]
+            if generic
+            else [{"name": n} for n in named]
+        )
+    notes = "The offline model found no level names in the rubric and proposed two generic ones." if generic else ""
+    return {"title": "", "criteria": criteria, "notes": notes}
+
+
 SKILLS: dict[str, Skill] = {
     "collationout": offline_collation,
     "synthesisout": offline_synthesis,
@@ -218,6 +318,7 @@ SKILLS: dict[str, Skill] = {
     "evidenceout": offline_evidence,
     "cohortout": offline_cohort,
     "feedbackout": offline_feedback,
+    "rubricout": offline_rubric,
 }
 """Skill per schema name (the output model's class name, lower-cased)."""
 

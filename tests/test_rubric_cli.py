@@ -1,0 +1,183 @@
+"""The rubric from the command line: a garbled one ends a run with its message alone; show and normalise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import frontmatter
+import pytest
+
+ASSIGNMENT = "Teaching/EDU7001/essay-1"
+GARBLED = "---\ntitle: rubric\n---\nMark it fairly, with care and attention to the argument.\n"
+
+
+def test_a_garbled_rubric_ends_the_run_with_the_message_alone(feedback_vault: Path, tmp_path: Path):
+    (feedback_vault / ASSIGNMENT / "rubric.md").write_text(GARBLED)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", "run", "student-feedback", "--vault", str(feedback_vault)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert f"error: {ASSIGNMENT}/rubric.md: no criteria found. Shapes tried:" in done.stderr
+    assert done.stderr.count("no criteria found") == 1, done.stderr
+    # ... while the Prefect log keeps the traceback, for whoever debugs it in the UI.
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        logged = [m for (m,) in db.execute("SELECT message FROM log")]
+    assert any("Traceback" in m and "RubricError" in m for m in logged), logged
+
+
+def test_the_console_filter_drops_expected_errors_only():
+    from tierflow.cli.runner import ExpectedErrorFilter
+    from tierflow.vault.rubric import RubricError
+
+    def record(name: str, message: str, exc: BaseException | None = None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, info)
+
+    keep = ExpectedErrorFilter().filter
+    assert not keep(record("prefect.task_runs", "Task run failed", RubricError("bad rubric")))
+    assert not keep(record("prefect.flow_runs", "Finished in state Failed('... RubricError: bad rubric')"))
+    assert keep(record("prefect.task_runs", "Task run failed", ValueError("a bug")))
+    assert keep(record("prefect.flow_runs", "Finished in state Failed('... ValueError: a bug')"))
+
+
+NORMALISED_ANSWER = {
+    "title": "Essay rubric",
+    "criteria": [
+        {
+            "name": "Argument",
+            "weight": "60%",
+            "levels": [
+                {"name": "Excellent", "score_range": "70+", "descriptor": "A clear case, weighed against others."},
+                {"name": "Weak", "score_range": "<70", "descriptor": "Mostly description."},
+            ],
+        },
+        {
+            "name": "Sources",
+            "weight": "40%",
+            "levels": [
+                {"name": "Excellent", "score_range": "70+", "descriptor": "Well chosen and accurately used."},
+                {"name": "Weak", "score_range": "<70", "descriptor": "Few or misread."},
+            ],
+        },
+    ],
+    "notes": "",
+}
+PROSE_RUBRIC = (
+    "---\ntitle: Essay rubric\n---\nWe mark the argument (60%) and the sources (40%). Excellent work (70 and "
+    "above) makes a clear case and uses well-chosen sources accurately; weaker work describes.\n"
+)
+
+
+def invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_normalise_writes_a_sibling_for_the_lecturer_and_the_run_waits_for_their_check(
+    feedback_vault: Path, double, monkeypatch: pytest.MonkeyPatch
+):
+    from conftest import anthropic_config, write_config
+    from responders import skilled
+
+    from tierflow.core.ledger import Ledger
+    from tierflow.flows.student_feedback import student_feedback
+    from tierflow.vault.rubric import RubricError
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    config = feedback_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text())
+    double.responder = skilled({"rubricout": NORMALISED_ANSWER})
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    rubric.write_text(PROSE_RUBRIC)
+    original = rubric.read_bytes()
+
+    done = invoke("rubric", "normalise", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert done.exit_code == 0, done.output
+    assert rubric.read_bytes() == original
+    normalised = feedback_vault / ASSIGNMENT / "rubric.normalised.md"
+    post = frontmatter.load(normalised)
+    assert post.metadata["status"] == "unchecked"
+    assert "## Argument (60%)" in post.content and "- Excellent (70+): A clear case" in post.content
+    (call,) = double.model_calls()
+    assert call.json["model"] == "claude-haiku-4-5"  # the light tier, through the one call path ...
+    (row,) = Ledger.for_vault(feedback_vault).rows()
+    assert row["phase"] == "normalise" and row["tier"] == "light" and row["cost_usd"] > 0  # ... priced and recorded
+
+    with pytest.raises(RubricError, match="rubric.normalised.md is not checked yet"):
+        student_feedback(vault=str(feedback_vault))
+    assert len(double.model_calls()) == 1  # refused before any spend
+
+    normalised.write_text(normalised.read_text().replace("status: unchecked", "status: checked"))
+    shown = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT, "--format", "json")
+    assert [c["name"] for c in json.loads(shown.output)["criteria"]] == ["Argument", "Sources"]
+    summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed
+    draft = (feedback_vault / ASSIGNMENT / "feedback" / "s2026001.md").read_text()
+    assert draft.index("## Argument") < draft.index("## Sources")
+    assert rubric.read_bytes() == original
+
+    again = invoke("rubric", "normalise", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert again.exit_code == 2 and "already checked" in again.output
+
+
+def test_a_changed_rubric_makes_the_checked_rewrite_stale(feedback_vault: Path):
+    from tierflow.vault.rubric import RubricError, load_rubric, source_hash
+
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    rubric.write_text(PROSE_RUBRIC)
+    normalised = rubric.with_name("rubric.normalised.md")
+    body = "## Argument\n- Good: clear.\n- Weak: unclear.\n"
+    normalised.write_text(f"---\nstatus: checked\nsource_hash: {source_hash(rubric)}\n---\n{body}")
+    assert [c.name for c in load_rubric(feedback_vault, f"{ASSIGNMENT}/rubric.md").criteria] == ["Argument"]
+    rubric.write_text(PROSE_RUBRIC + "\nAlso spelling.\n")
+    with pytest.raises(RubricError, match="has changed since"):
+        load_rubric(feedback_vault, f"{ASSIGNMENT}/rubric.md")
+
+
+def test_normalise_refuses_a_rubric_that_already_parses(feedback_vault: Path):
+    done = invoke("rubric", "normalise", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT, "-p", "offline")
+    assert done.exit_code == 2 and "already parses (4 criteria" in done.output
+    assert not (feedback_vault / ASSIGNMENT / "rubric.normalised.md").exists()
+
+
+def test_show_prints_criteria_weights_levels_and_ranges(feedback_vault: Path):
+    done = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT, "-f", "json")
+    shown = json.loads(done.output)
+    assert shown["shape"] == "table, criteria as rows"
+    first = shown["criteria"][0]
+    assert first["weight"] == "25%" and first["share"] == 0.25
+    assert [(lvl["name"], lvl["range"]) for lvl in first["levels"]][:2] == [("Excellent", "70+"), ("Good", "60-69")]
+    table = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert "Use of literature" in table.output and "60-69" in table.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_every_flow_ends_an_expected_error_with_the_message_alone(tmp_path: Path, capfd: pytest.CaptureFixture):
+    """The reading-notes flow too: a vault that vanished before the run is a VaultError raised inside the flow."""
+    import typer
+
+    from tierflow.cli.runner import run_flow
+
+    with pytest.raises(typer.Exit) as ended:
+        run_flow("reading-notes", tmp_path / "gone", profile="offline")
+    assert ended.value.exit_code == 2
+    out, err = capfd.readouterr()
+    assert f"error: vault {tmp_path / 'gone'} does not exist" in err
+    assert "Traceback" not in out + err

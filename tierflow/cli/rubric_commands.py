@@ -1,0 +1,221 @@
+"""`tierflow rubric show` and `tierflow rubric normalise`: see what tierflow read, or have the light tier rewrite it.
+
+Registered in `tierflow.cli.app` with `app.add_typer(rubric_app, name="rubric")`.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+
+rubric_app = typer.Typer(
+    help="The assignment's rubric: what tierflow reads from it, and a light-tier rewrite when it cannot.",
+    no_args_is_help=True,
+)
+
+AssignmentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--assignment", "-a", help="The assignment folder (default: the config's feedback.assignment_folder)."
+    ),
+]
+PHASE = "normalise"
+COMPLEXITY = "low"
+
+
+class ShowFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _folder(cfg, assignment: str | None) -> str:  # noqa: ANN001
+    folder = assignment or cfg.settings.feedback.assignment_folder
+    if not folder:
+        raise fail("give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder)")
+    return folder.strip("/")
+
+
+@rubric_app.command("show")
+def show(
+    assignment: AssignmentOpt = None,
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="table or json.")] = ShowFormat.table,
+) -> None:
+    """Print the parsed rubric (criteria, weights, levels, score ranges) before anything is spent."""
+    from tierflow.vault.rubric import RubricError, load_rubric
+
+    vault = vault_dir(vault, required="tierflow rubric show --assignment FOLDER") or Path(".")
+    cfg = load(vault, config, profile)
+    folder = _folder(cfg, assignment)
+    try:
+        rubric = load_rubric(vault, f"{folder}/rubric.md")
+    except RubricError as exc:
+        raise fail(str(exc)) from None
+    shares = rubric.shares()
+    if fmt is ShowFormat.json:
+        typer.echo(
+            json.dumps(
+                {
+                    "path": rubric.path,
+                    "title": rubric.title,
+                    "shape": rubric.shape,
+                    "criteria": [
+                        {
+                            "name": c.name,
+                            "weight": str(c.weight) if c.weight else None,
+                            "share": round(shares[c.name], 4),
+                            "levels": [
+                                {
+                                    "name": lvl.name,
+                                    "range": str(lvl.score) if lvl.score else None,
+                                    "low": lvl.score.low if lvl.score else None,
+                                    "high": lvl.score.high if lvl.score else None,
+                                    "descriptor": lvl.descriptor,
+                                }
+                                for lvl in c.levels
+                            ],
+                        }
+                        for c in rubric.criteria
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{escape(rubric.title)}[/]: {rubric.path}, read as {rubric.shape}", highlight=False)
+    for number, c in enumerate(rubric.criteria, start=1):
+        weight = f"{c.weight}, " if c.weight else "no weight given, "
+        table = Table(
+            title=f"{number}. {escape(c.name)} ({weight}{shares[c.name]:.0%} of the feedback)",
+            title_justify="left",
+            expand=True,
+        )
+        table.add_column("level", no_wrap=True)
+        table.add_column("range", no_wrap=True)
+        table.add_column("descriptor", ratio=1)
+        for lvl in c.levels:
+            table.add_row(escape(lvl.name), str(lvl.score) if lvl.score else "-", escape(lvl.descriptor))
+        console.print(table)
+
+
+@rubric_app.command("normalise")
+def normalise(
+    assignment: AssignmentOpt = None,
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Ask the `low` tier to rewrite an unparseable rubric.md into rubric.normalised.md, for you to check."""
+    from tierflow.core.errors import TierflowError
+
+    vault = vault_dir(vault, required="tierflow rubric normalise --assignment FOLDER")
+    cfg = load(vault, config, profile)
+    folder = _folder(cfg, assignment)
+    try:
+        written, answer = normalise_rubric(vault, folder, config=config, profile=profile)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+    typer.echo(f"{written.action}: {vault / written.path}" + (f"\n  {written.message}" if written.message else ""))
+    typer.echo(
+        f"Check it against rubric.md, correct anything that is wrong, then set `status: checked` in its "
+        f"front-matter; until then a feedback run refuses it. ({answer.route.model_ref}, {cost})"
+    )
+
+
+def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, profile: str | None = None):  # noqa: ANN201
+    """The rewrite, through `Caller.ask` (routed, budgeted, recorded), written beside the rubric."""
+    import frontmatter
+
+    from tierflow.core.calls import Caller, RunSettings, new_run_id
+    from tierflow.vault.notes import NoteWriter, template_env
+    from tierflow.vault.rubric import (
+        NORMALISED,
+        RubricError,
+        RubricOut,
+        parse_rubric,
+        read_rubric_text,
+        rubric_from_out,
+        rubric_rewrite,
+        source_hash,
+    )
+
+    relpath = f"{folder}/rubric.md"
+    path = vault / relpath
+    if not path.is_file():
+        raise RubricError(f"{relpath}: no rubric found; put the lecturer's rubric there first")
+    text = read_rubric_text(path, relpath)
+    try:
+        parsed = parse_rubric(text, relpath)
+    except RubricError:
+        parsed = None
+    if parsed is not None:
+        raise RubricError(
+            f"{relpath} already parses ({len(parsed.criteria)} criteria, read as {parsed.shape}); nothing to "
+            f"normalise. See what was read with `tierflow rubric show --assignment {folder}`."
+        )
+    target = path.with_name(NORMALISED)
+    if target.is_file():
+        status = str(frontmatter.loads(target.read_text(encoding="utf-8")).metadata.get("status") or "")
+        if status.strip().lower() == "checked":
+            raise RubricError(
+                f"{folder}/{NORMALISED} is already checked; tierflow will not replace it. "
+                "Delete it (or set `status: unchecked`) to normalise again."
+            )
+    settings = RunSettings(
+        vault=str(vault),
+        config_path=str(config) if config else None,
+        profile=profile,
+        run_id=new_run_id(),
+        flow="rubric-normalise",
+    )
+    caller = Caller(settings)
+    env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
+    body = frontmatter.loads(text).content
+    answer = caller.ask(
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        system=env.get_template("prompts/rubric/system.j2").render(),
+        prompt=env.get_template("prompts/rubric/normalise.j2").render(path=relpath, data={"rubric": body}),
+        output=RubricOut,
+        subject=relpath,
+        checks=[rubric_rewrite],
+    )
+    title = str(frontmatter.loads(text).metadata.get("title") or "Rubric")
+    rubric = rubric_from_out(answer.parsed, f"{folder}/{NORMALISED}", title)
+    markdown = rubric.as_markdown()
+    again = parse_rubric(markdown, rubric.path)  # the canonical shape always reads back; fail loudly if not
+    if again.criteria != rubric.criteria:
+        raise RubricError(f"{rubric.path}: the rewrite did not read back as written; nothing was written")
+    callout = (
+        f"> [!warning] Written by tierflow's {answer.route.tier} tier ({answer.route.model_ref}) from "
+        f"[[{Path(relpath).with_suffix('').as_posix()}|rubric.md]].\n"
+        "> Check every criterion, weight, level and range against the original, then set `status: checked`.\n\n"
+    )
+    front_matter = {
+        "title": f"{title} (normalised)",
+        "status": "unchecked",
+        "source": f"[[{Path(relpath).with_suffix('').as_posix()}]]",
+        "source_hash": source_hash(path),
+        "tierflow_run": settings.run_id,
+        "tierflow_model": answer.route.model_ref,
+        "tierflow_tokens": answer.usage.total_tokens,
+        "tierflow_cost_usd": answer.cost_usd,
+    }
+    writer = NoteWriter(vault, folder)
+    written = writer.write(Path(NORMALISED).stem, front_matter, callout + markdown)
+    return written, answer
