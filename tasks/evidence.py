@@ -208,6 +208,7 @@ def collate_batch(settings: RunSettings, assignment: Assignment, submissions: li
                 output=evidence_output(assignment.rubric),
                 cache_prefix=prefix,
                 subject=label,
+                checks=tuple(checks(assignment, s)),
             )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=COMPLEXITY, wait=wait)

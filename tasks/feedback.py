@@ -229,6 +229,7 @@ def draft_batch(
                 output=feedback_output(assignment.rubric),
                 cache_prefix=prefix,
                 subject=label,
+                checks=tuple(checks(assignment, s)),
             )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=complexity(settings), wait=wait)
