@@ -158,6 +158,7 @@ class Caller:
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._learned: dict[str, tuple[str, str]] | None = None
         self._lock = threading.Lock()
 
     def provider(self, name: str) -> Provider:
@@ -176,7 +177,17 @@ class Caller:
             overrides=self.settings.tier_overrides,
             front_matter=front_matter,
             note=note,
+            learned=self.learned() if self.config.settings.routing.mode == "adaptive" else None,
         )
+
+    def learned(self) -> dict[str, tuple[str, str]]:
+        """Adaptive routing's table for this run's flow, read from the ledger once per run and process."""
+        with self._lock:
+            if self._learned is None:
+                from tierflow.core.evidence import learned_routes
+
+                self._learned = learned_routes(self.config, self.ledger, self.settings.flow)
+            return self._learned
 
     def request(self, routed: Route, *, system: str, prompt: str, **kw: Any) -> Request:
         return Request(

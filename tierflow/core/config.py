@@ -122,6 +122,14 @@ class RoutingConfig(_Model):
     """After a failed answer and one informed retry, try the next tier up."""
     ceiling: str | None = None
     """The highest tier an escalation may reach; unset means the `high` complexity's tier."""
+    phases: dict[str, str] = {}
+    """Per-phase tiers that win over the complexity's (what `tierflow routing suggest --apply` writes)."""
+    mode: Literal["rules", "adaptive"] = "rules"
+    """`adaptive`: route each phase by the ledger's evidence where it suffices, by the rules otherwise."""
+    target: float = Field(default=0.9, gt=0, le=1)
+    """The pass rate (its lower confidence bound) a tier must reach to be suggested or learned."""
+    min_evidence: int = Field(default=20, ge=1)
+    """Observations a tier needs before its pass rate is trusted."""
 
     def __getitem__(self, complexity: str) -> str:
         tier = getattr(self, complexity, None) if complexity in COMPLEXITIES else None
@@ -401,6 +409,9 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
     missing = [c for c in COMPLEXITIES if c not in settings.routing]
     if missing:
         raise ConfigError(f'{where}: `routing` has no tier for {", ".join(missing)}. Add `{missing[0]} = "<tier>"`.')
+    for phase_name, tier_name in settings.routing.phases.items():
+        if tier_name not in settings.tiers:
+            raise ConfigError(f"{where}: `routing.phases.{phase_name}` names unknown tier {tier_name!r}.")
     if settings.routing.ceiling and settings.routing.ceiling not in settings.tiers:
         raise ConfigError(f"{where}: `routing.ceiling` names unknown tier {settings.routing.ceiling!r}.")
     for tier_name in settings.tier_order:
@@ -416,7 +427,10 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
 
 def _fix_for(err: Mapping[str, Any], key: str) -> str:
     if err["type"] == "extra_forbidden" and key.startswith("routing."):
-        return f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate` and `ceiling`."
+        return (
+            f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate`, `ceiling`, `phases`, "
+            "`mode`, `target` and `min_evidence`."
+        )
     if err["type"] == "extra_forbidden":
         return "Remove it or check its spelling against `tierflow config show`."
     if err["type"] == "literal_error" and key.endswith(".kind"):

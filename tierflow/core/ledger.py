@@ -162,6 +162,40 @@ runs = sa.Table(
     sa.Column("created", sa.String(32)),
 )
 
+signals = sa.Table(
+    "signals",
+    metadata,
+    # Quality evidence beside the calls' own outcomes: judge verdicts, human edits and ratings, shadow calls.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # judge | edit | rating | shadow
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("model", sa.String(192)),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("passed", sa.Boolean),  # None: neutral, counted nowhere
+    sa.Column("value", sa.Float),
+    sa.Column("detail", sa.String(512)),
+    sa.Column("note", sa.String(512), index=True),
+)
+
+drafts = sa.Table(
+    "drafts",
+    metadata,
+    # The text tierflow wrote, so a later scan can measure how much the person changed it.
+    sa.Column("note", sa.String(512), primary_key=True),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("tier", sa.String(64)),
+    sa.Column("model", sa.String(192)),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -220,7 +254,12 @@ def _migration_5(conn: Connection) -> None:
     output_modes.create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+def _migration_6(conn: Connection) -> None:
+    signals.create(conn, checkfirst=True)
+    drafts.create(conn, checkfirst=True)
+
+
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 

@@ -62,8 +62,10 @@ def route(
     overrides: Mapping[str, str] | None = None,
     front_matter: Mapping[str, Any] | None = None,
     note: str | None = None,
+    learned: Mapping[str, tuple[str, str]] | None = None,
 ) -> Route:
-    """Resolve a call: run/call override, then note front-matter, then the config's routing table."""
+    """Resolve a call: run/call override, then note front-matter, then learned routing (adaptive mode, where
+    the evidence suffices), then the config's per-phase tier, then its routing table by complexity."""
     if complexity not in COMPLEXITIES:
         raise ConfigError(f"unknown complexity {complexity!r}; use one of: {', '.join(COMPLEXITIES)}")
     overrides = overrides or {}
@@ -76,6 +78,11 @@ def route(
         if isinstance(pinned, str) and pinned:
             tier_name = pinned
             rule = f"front-matter:{note or '?'}"
+    if tier_name is None and learned and phase in learned:
+        tier_name, rule = learned[phase]
+    if tier_name is None and phase in config.settings.routing.phases:
+        tier_name = config.settings.routing.phases[phase]
+        rule = f"routing.phases.{phase} ({config.sources.get(f'routing.phases.{phase}', 'config')})"
     if tier_name is None:
         tier_name = config.settings.routing[complexity]  # type: ignore[index]
         source = config.sources.get(f"routing.{complexity}") or config.sources.get("routing", "default")
