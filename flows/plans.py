@@ -52,7 +52,7 @@ def plan_reading_notes(
             system,
             prompt,
             collate.CollationOut,
-            subject=source.citekey,
+            subject=source.title,
             front_matter=source.front_matter,
             note=source.path,
         )

@@ -109,7 +109,7 @@ def collate_note(settings: RunSettings, source: SourceNote) -> Collation:
         system=system,
         prompt=user,
         output=CollationOut,
-        subject=source.citekey,
+        subject=source.title,
         front_matter=source.front_matter,
         note=source.path,
     )
@@ -141,7 +141,7 @@ def collate(settings: RunSettings, sources: list[SourceNote]) -> PhaseOutcome[Co
         sources,
         phase=PHASE,
         complexity=COMPLEXITY,
-        subject=lambda s: s.citekey,
+        subject=lambda s: s.title,
         args=lambda s: (settings, s),
         front_matter=lambda s: s.front_matter,
         path=lambda s: s.path,

@@ -13,7 +13,8 @@ from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
-from tierflow.vault.notes import SourceNote, check_vault, read_source
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import SourceNote, check_vault, read_source, unique_citekeys
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
 def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], list[Skip]]:
     """Parse the selected notes; a note that cannot be parsed is skipped with its reason."""
     vault = Path(settings.vault or ".").resolve()
+    names = VaultNames.scan(vault)
     sources: list[SourceNote] = []
     skipped: list[Skip] = []
     for path in week.notes:
@@ -77,9 +79,13 @@ def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], l
         except VaultError as exc:
             skipped.append(Skip(path, str(exc).split(": ", 1)[-1]))
             continue
-        source = replace(source, wikilinks=tuple(w for w in source.wikilinks if w not in week.literature))
+        source = replace(
+            source,
+            link=names.link_for(path),
+            wikilinks=tuple(w for w in source.wikilinks if w not in week.literature),
+        )
         if not source.annotations:
             skipped.append(Skip(path, "no highlights, quotes or notes found in it"))
             continue
         sources.append(source)
-    return sources, skipped
+    return unique_citekeys(sources), skipped

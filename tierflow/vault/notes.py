@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from importlib.resources import files
 from pathlib import Path
@@ -67,7 +67,8 @@ class SourceNote:
     title: str
     citekey: str
     link: str
-    """The wikilink target Obsidian resolves to this note (its file name without `.md`)."""
+    """The wikilink target Obsidian resolves to this note alone: its file name without `.md`, or its path
+    when another file shares the name (`VaultNames.link_for`)."""
     front_matter: dict[str, Any]
     body: str
     annotations: tuple[Annotation, ...]
@@ -87,7 +88,7 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         raise VaultError(f"{relpath}: malformed YAML front-matter ({_first_line(exc)}); skipped") from None
     meta = dict(post.metadata)
     stem = Path(relpath).stem
-    citekey = str(meta.get("citekey") or _citekey_from(stem))
+    citekey = str(meta.get("citekey") or "").strip() or _citekey_from(stem)
     authors = meta.get("authors") or meta.get("author") or ()
     if isinstance(authors, str):
         authors = [authors]
@@ -116,7 +117,33 @@ def _without_metadata(body: str) -> str:
 
 
 def _citekey_from(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "", stem.split(" - ")[0].lstrip("@")) or "source"
+    """The stem's first part, letters and digits of any script kept (`@hattie2007`, `学习反馈 - 笔记`)."""
+    head = unicodedata.normalize("NFC", stem.split(" - ")[0].lstrip("@"))
+    return "".join(ch for ch in head if unicodedata.category(ch)[0] in "LMN") or "source"
+
+
+def unique_citekeys(sources: list[SourceNote]) -> list[SourceNote]:
+    """The sources, each with a citekey no other one shares (case-insensitively).
+
+    Deterministic: in path order, the first note with a key keeps it, and later ones get the first free
+    `-2`, `-3`, ... (never a key another note has of its own).
+    """
+    ordered = sorted(sources, key=lambda s: s.path)
+    taken = {s.citekey.casefold() for s in ordered}
+    owner: dict[str, str] = {}
+    for s in ordered:
+        owner.setdefault(s.citekey.casefold(), s.path)
+    out: dict[str, SourceNote] = {}
+    for source in ordered:
+        if owner[source.citekey.casefold()] == source.path:
+            out[source.path] = source
+            continue
+        n = 2
+        while f"{source.citekey}-{n}".casefold() in taken:
+            n += 1
+        taken.add(f"{source.citekey}-{n}".casefold())
+        out[source.path] = replace(source, citekey=f"{source.citekey}-{n}")
+    return [out[s.path] for s in sources]
 
 
 def _first_line(exc: Exception) -> str:
