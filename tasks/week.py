@@ -16,6 +16,9 @@ from tierflow.vault.index import VaultIndex
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import SourceNote, check_vault, read_source, unique_citekeys
 
+OWN_FOLDER = "tierflow"
+"""The vault folder where tierflow keeps what it writes about itself (run reports, trials)."""
+
 
 @dataclass(frozen=True)
 class Skip:
@@ -51,7 +54,9 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
         raise VaultError(f"--since {since} is after --until {until}")
     index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
     selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
-    excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder))
+    # Never read tierflow's own output: drafts, run reports and anything else under tierflow/.
+    own = (cfg.output_folder, cfg.runs_folder, OWN_FOLDER)
+    excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder, *own))
     literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}
     where = (
         " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags]) or "the whole vault"
