@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prefect import task
 from pydantic import BaseModel, Field
 
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.collate import Collation
-from tierflow.vault.notes import template_env
+from tierflow.tasks.week import not_reading
+from tierflow.vault.annotations import locate
+from tierflow.vault.concepts import ConceptNote, by_relevance, existing_concepts, matching, read_concept
+from tierflow.vault.index import VaultIndex
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import safe_note_name, template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
@@ -25,6 +33,8 @@ class Concept(BaseModel):
     sources: list[str]
     quote_refs: list[QuoteRef] = Field(default_factory=list)
     tensions: list[str] = Field(default_factory=list)
+    extends: str | None = None
+    """The existing note this concept adds to (its name), or null for a new concept."""
 
 
 class SynthesisOut(BaseModel):
@@ -37,11 +47,56 @@ class Synthesis(SynthesisOut):
     model: str
     cost_usd: float | None
     tokens: int
+    skipped: list[tuple[str, str]] = Field(default_factory=list)
+    """Concepts not drafted, with the reason (an existing note already cites all they would add)."""
 
 
-def prompt(settings: RunSettings, collations: list[Collation], since: str, until: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class VaultConcepts:
+    """The vault's names and its existing concept notes, the most relevant to the week first."""
+
+    names: VaultNames
+    notes: list[ConceptNote]
+    listed: list[ConceptNote]
+
+    @classmethod
+    def read(cls, settings: RunSettings, collations: list[Collation]) -> VaultConcepts:
+        config = caller_for(settings).config
+        cfg = config.settings.vault
+        vault = Path(settings.vault or ".").resolve()
+        names = VaultNames.scan(vault)
+        index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+        notes = existing_concepts(
+            vault, index, names, folders=cfg.concept_folders, tags=cfg.concept_tags, exclude=not_reading(cfg)
+        )
+        terms = [k for c in collations for k in c.keywords]
+        ranked = by_relevance(notes, terms, [c.path for c in collations])
+        return cls(names, notes, ranked[: cfg.max_listed_concepts])
+
+    def extended(self, settings: RunSettings, concept: Concept) -> ConceptNote | None:
+        """The person's note this concept adds to: one it names or matches, or any note with its name."""
+        found = matching(self.notes, concept.extends) or matching(self.notes, concept.name)
+        if found is not None:
+            return found
+        vault = Path(settings.vault or ".").resolve()
+        for path in self.names.taken(safe_note_name(concept.name)):
+            note = read_concept(vault, path, self.names)
+            if note is not None:
+                return note
+        return None
+
+
+def prompt(
+    settings: RunSettings,
+    collations: list[Collation],
+    since: str,
+    until: str,
+    known: VaultConcepts | None = None,
+) -> tuple[str, str]:
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
+    known = known or VaultConcepts.read(settings, collations)
+    keys = {c.path: c.citekey for c in collations}
     data = {
         "collations": [
             {
@@ -54,7 +109,16 @@ def prompt(settings: RunSettings, collations: list[Collation], since: str, until
                 "reader_notes": c.notes,
             }
             for c in collations
-        ]
+        ],
+        "existing_notes": [
+            {
+                "name": n.name,
+                "aliases": list(n.aliases),
+                "summary": n.summary,
+                "cites": [keys[p] for p in sorted(n.cites) if p in keys],
+            }
+            for n in known.listed
+        ],
     }
     system = env.get_template("prompts/synthesise/system.j2").render()
     user = env.get_template("prompts/synthesise/week.j2").render(
@@ -70,24 +134,39 @@ def prompt(settings: RunSettings, collations: list[Collation], since: str, until
 @task(name=PHASE, task_run_name="synthesise · week")
 def synthesise(settings: RunSettings, collations: list[Collation], since: str, until: str) -> Synthesis:
     """Find the week's patterns, tensions and candidate concepts; only sources and quotes that exist survive."""
-    system, user = prompt(settings, collations, since, until)
+    known = VaultConcepts.read(settings, collations)
+    system, user = prompt(settings, collations, since, until, known)
     answer = caller_for(settings).ask(
         phase=PHASE, complexity=COMPLEXITY, system=system, prompt=user, output=SynthesisOut, subject="week"
     )
     out: SynthesisOut = answer.parsed
-    quotes = {(c.citekey, q.id) for c in collations for q in c.quotes}
-    citekeys = {c.citekey for c in collations}
+    quotes = {(c.citekey, q.id): q.text for c in collations for q in c.quotes}
+    by_key = {c.citekey: c for c in collations}
     concepts = []
+    skipped = []
     for concept in out.concepts[: caller_for(settings).config.settings.vault.max_concepts]:
-        sources = [s for s in dict.fromkeys(concept.sources) if s in citekeys]
+        sources = [s for s in dict.fromkeys(concept.sources) if s in by_key]
         if not sources or not concept.name.strip():
             continue
         refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
-        concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs}))
+        existing = known.extended(settings, concept)
+        if existing is not None:
+            # An addition proposes only what the note does not cite yet: new sources, new quotations.
+            sources = [s for s in sources if by_key[s].path not in existing.cites]
+            refs = [
+                r for r in refs if r.citekey in sources and not locate(quotes[(r.citekey, r.quote_id)], existing.body)
+            ]
+            if not sources:
+                reason = f"[[{existing.link}]] already cites every source this week adds to it"
+                skipped.append((f"concept {concept.name}", reason))
+                continue
+        extends = existing.link if existing is not None else None
+        concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs, "extends": extends}))
     return Synthesis(
         patterns=out.patterns,
         tensions=out.tensions,
         concepts=concepts,
+        skipped=skipped,
         model=answer.route.model_ref,
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,

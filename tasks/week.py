@@ -11,6 +11,7 @@ from prefect import task
 
 from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.config import VaultConfig
 from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
 from tierflow.vault.links import VaultNames
@@ -37,6 +38,11 @@ class Week:
     """File names of every note in the reading folders: links to them are citations, not concepts."""
 
 
+def not_reading(cfg: VaultConfig) -> tuple[str, ...]:
+    """Folders never read as the person's notes: templates, excluded folders, and all of tierflow's own output."""
+    return (*cfg.exclude_folders, cfg.templates_folder, cfg.output_folder, cfg.runs_folder, OWN_FOLDER)
+
+
 def default_window(timezone: str, since: date | None, until: date | None) -> tuple[date, date]:
     """The last seven days up to today, in the vault's time zone, unless given."""
     today = clock.now().astimezone(ZoneInfo(timezone)).date()
@@ -54,9 +60,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
         raise VaultError(f"--since {since} is after --until {until}")
     index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
     selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
-    # Never read tierflow's own output: drafts, run reports and anything else under tierflow/.
-    own = (cfg.output_folder, cfg.runs_folder, OWN_FOLDER)
-    excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder, *own))
+    excluded = tuple(f"{f.strip('/')}/" for f in not_reading(cfg))
     literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}
     where = (
         " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags]) or "the whole vault"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -11,9 +12,13 @@ import pytest
 from conftest import anthropic_config, write_config
 from responders import skilled
 
+from tierflow.core.errors import VaultError
 from tierflow.flows.reading_notes import reading_notes
-from tierflow.offline import prompt_data
-from tierflow.testing.double import ProviderDouble
+from tierflow.offline import SKILLS, prompt_data
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+from tierflow.vault.annotations import locate
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import NoteWriter
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -83,3 +88,121 @@ def test_a_note_with_broken_front_matter_is_dated_by_its_date_line(vault: Path, 
     assert "malformed YAML" in reasons["Reading/bad value.md"]  # its `date:` is no date; `created:` is
     assert "Reading/broken elsewhere.md" not in reasons
     assert "Reading/broken yaml.md" in (vault / summary.report.path).read_text()
+
+
+def all_names(vault: Path) -> set[str]:
+    return {p.stem.casefold() for p in vault.rglob("*.md") if ".tierflow" not in p.parts}
+
+
+def test_no_draft_shares_a_name_with_an_existing_note_and_every_link_resolves(vault: Path, double: ProviderDouble):
+    def colliding(request: DoubleRequest) -> Reply:
+        data = SKILLS["synthesisout"](prompt_data(request.last_user_text))
+        # Names of existing notes anywhere in the vault, in another case: a home page, a template, a concept.
+        for concept, name in zip(
+            data["concepts"], ["home", "LITERATURE NOTE", "self-regulated LEARNING"], strict=False
+        ):
+            concept.update(name=name, extends=None)
+        return Reply(data=data)
+
+    before = all_names(vault)
+    double.responder = skilled({"synthesisout": colliding})
+    summary = run(vault)
+    assert len(summary.written) >= 2
+    names = VaultNames.scan(vault)
+    for w in summary.written:
+        post = frontmatter.load(vault / w.path)
+        assert Path(w.path).stem.casefold() not in before, w.path
+        assert names.taken(Path(w.path).stem, besides=w.path) == []
+        (extended,) = names.resolve(post.metadata["extends"][2:-2])  # says which note it extends
+        assert Path(extended).stem.casefold() in {"home", "literature note", "self-regulated learning"}
+        assert post.metadata["extends"] in post.content
+    for text in [(vault / w.path).read_text() for w in [*summary.written, summary.report]]:
+        assert names.problems(text) == []
+
+
+def test_the_demo_vault_gets_no_draft_named_like_an_existing_note(vault: Path, double: ProviderDouble):
+    before = all_names(vault)
+    summary = run(vault)
+    assert summary.written
+    assert not {Path(w.path).stem.casefold() for w in summary.written} & before
+
+
+def test_feedback_literacy_becomes_an_addition_that_repeats_nothing_the_note_cites(vault: Path, double):
+    existing = (vault / "Concepts" / "Feedback literacy.md").read_text()
+    summary = run(vault)
+
+    synthesis = next(c for c in double.model_calls() if c.forced_tool == "synthesisout")
+    listed = {n["name"]: n for n in prompt_data(synthesis.last_user_text)["existing_notes"]}
+    assert set(listed) == {
+        "Feedback literacy",
+        "Formative assessment",
+        "Self-regulated learning",
+        "Sustainable feedback",
+    }
+    assert listed["Feedback literacy"]["summary"].startswith("The understandings, capacities and dispositions")
+    # This week's sources the note cites (Kluger 1996 was read in October, so it is not among them).
+    assert sorted(listed["Feedback literacy"]["cites"]) == ["carless2018", "sadler1989", "winstone2017"]
+
+    additions = [w for w in summary.written if frontmatter.load(vault / w.path).metadata.get("extends")]
+    (addition,) = [w for w in additions if "Feedback literacy" in w.path]
+    assert addition.path == "Concepts/Drafts/Feedback literacy (addition).md"
+    post = frontmatter.load(vault / addition.path)
+    assert post.metadata["extends"] == "[[Feedback literacy]]" and "Adds to [[Feedback literacy]]" in post.content
+    cited = {"[[Carless2018 - The development of student feedback literacy]]",
+             "[[Winstone2017 - Supporting learners agentic engagement with feedback]]"}  # fmt: skip
+    assert post.metadata["sources"] and not cited & set(post.metadata["sources"])
+    for quote in re.findall(r"^> (?!\[!|— )(.+)$", post.content.split("## Evidence", 1)[1], flags=re.MULTILINE):
+        assert not locate(quote, existing), quote
+    assert (vault / "Concepts" / "Feedback literacy.md").read_text() == existing
+
+
+def test_a_concept_whose_sources_the_note_already_cites_is_not_drafted(vault: Path, double: ProviderDouble):
+    def rival(request: DoubleRequest) -> Reply:
+        data = prompt_data(request.last_user_text)
+        keys = {c["citekey"] for c in data["collations"]}
+        return Reply(
+            data={
+                "patterns": [],
+                "tensions": [],
+                "concepts": [
+                    # Formative assessment.md cites all three already.
+                    {"name": "Formative assessment", "summary": "x", "sources": ["black1998", "hattie2007"]},
+                    {"name": "Praise", "summary": "y", "sources": sorted(keys)[:2]},
+                ],
+            }
+        )
+
+    double.responder = skilled({"synthesisout": rival})
+    summary = run(vault)
+    reasons = dict(summary.skipped)
+    assert "already cites every source" in reasons["concept Formative assessment"]
+    assert [Path(w.path).stem for w in summary.written] == ["Praise"]
+    assert "concept Formative assessment" in (vault / summary.report.path).read_text()
+
+
+def test_a_link_that_resolves_to_no_note_is_retried_then_written_as_plain_text(vault: Path, double: ProviderDouble):
+    def dangling(request: DoubleRequest) -> Reply:
+        data = SKILLS["draftout"](prompt_data(request.last_user_text))
+        data["discussion"] += "\n\nSee [[A note nobody wrote]] and [[Sustainable feedback]]."
+        return Reply(data=data)
+
+    double.responder = skilled({"draftout": dangling})
+    summary = run(vault)
+    drafts = [c for c in double.model_calls() if c.forced_tool == "draftout"]
+    assert len(drafts) >= 2 * len(summary.written)  # the check failed, and the retry said why
+    retry = drafts[-1]
+    assert "links_resolve" in retry.text or len(drafts) > len(summary.written)
+    for w in summary.written:
+        text = (vault / w.path).read_text()
+        assert "[[A note nobody wrote]]" not in text and "A note nobody wrote" in text
+        assert "[[Sustainable feedback]]" in text
+
+
+def test_the_writer_refuses_a_dangling_link_and_never_takes_a_name(vault: Path):
+    names = VaultNames.scan(vault)
+    writer = NoteWriter(vault, "Concepts/Drafts", names=names)
+    with pytest.raises(VaultError, match=r"\[\[Nowhere\]\] links to no note"):
+        writer.write("Fine name", {"title": "Fine name"}, "See [[Nowhere]].")
+    assert not (vault / "Concepts" / "Drafts" / "Fine name.md").exists()
+    result = writer.write("HOME", {"title": "HOME"}, "See [[Home]].")
+    assert result.path == "Concepts/Drafts/HOME (2).md" and "Home.md" in result.message

@@ -91,6 +91,11 @@ class VaultConfig(_Model):
     max_note_bytes: int = 1_000_000
     max_concepts: int = Field(default=5, ge=1, le=50)
     """At most this many concept drafts per run."""
+    concept_folders: tuple[str, ...] = ("Concepts",)
+    concept_tags: tuple[str, ...] = ("concept",)
+    """Your existing concept notes: the synthesis sees them, and a concept that matches one becomes an addition."""
+    max_listed_concepts: int = Field(default=40, ge=0)
+    """At most this many existing concept notes in the synthesis prompt, the most relevant to the week first."""
 
 
 class BudgetConfig(_Model):

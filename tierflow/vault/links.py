@@ -11,9 +11,12 @@ import os
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from tierflow.core.checks import Check
 
 WIKILINK = re.compile(r"!?\[\[([^\[\]|#^\n]*)(?:[#^][^\[\]|\n]*)?(?:\|[^\[\]\n]*)?\]\]")
 """`[[target]]`, `[[target#heading]]`, `[[target|alias]]`, and embeds `![[...]]`; group 1 is the target."""
@@ -95,9 +98,25 @@ class VaultNames:
                 out.append(f"[[{target}]] is ambiguous: it matches {', '.join(found)}")
         return out
 
+    def unlink_unresolved(self, text: str) -> str:
+        """`text` with every link that does not resolve to exactly one file turned into its plain label."""
+
+        def plain(m: re.Match[str]) -> str:
+            if len(self.resolve(m.group(1))) == 1 or not m.group(1).strip():
+                return m.group(0)
+            inner = m.group(0).lstrip("!")[2:-2]
+            return inner.split("|", 1)[1] if "|" in inner else inner
+
+        return WIKILINK.sub(plain, text)
+
     def free_name(self, name: str, variants: Iterable[str]) -> str:
         """`name` if no note has it, else the first of `variants` that no note has."""
         for candidate in (name, *variants):
             if not self.taken(candidate):
                 return candidate
         raise ValueError(f"no free note name for {name!r}")
+
+
+def links_resolve(names: VaultNames, texts: Callable[[Any], Iterable[str]]) -> Check:
+    """The check `links_resolve`: every wikilink in an answer's `texts` resolves to exactly one file."""
+    return Check("links_resolve", lambda parsed: names.problems("\n".join(texts(parsed))))
