@@ -69,6 +69,8 @@ class TierConfig(_Model):
     price: Price | None = None
     concurrency: int | None = Field(default=None, ge=1)
     """Prefect tag concurrency limit for `tier:<name>`; unset means unlimited."""
+    context_window: int | None = Field(default=None, gt=0)
+    """The model's context window in tokens (prompt + answer); unset: tierflow's default for known models."""
 
     @property
     def provider(self) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 from tierflow.core.budget import Estimate, estimate
 from tierflow.core.calls import Caller
 from tierflow.core.config import Config
+from tierflow.core.context import overflow
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.report.spend import Spend, money, spend_by
 
@@ -35,6 +36,8 @@ class Plan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[tuple[str, str, str]] = field(default_factory=list)
     """(phase, subject, rendered prompt) for every call."""
+    too_long: list[tuple[str, str, str]] = field(default_factory=list)
+    """(phase, subject, why) for every call whose prompt would not fit its model's context window."""
 
     @property
     def phases(self) -> list[Spend]:
@@ -81,6 +84,9 @@ class Plan:
         )
         est = caller.estimate(routed, request, provider_count=True)
         est = _grown(caller.config, routed, est, extra_tokens)
+        problem = overflow(caller.config, routed, est.prompt_tokens)
+        if problem is not None:
+            self.too_long.append((phase, subject, problem))
         deep_route = route_to_tier(
             caller.config,
             phase=phase,
@@ -161,6 +167,8 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
         style="bold",
     )
     console.print(table)
+    for phase, subject, why in plan.too_long:
+        console.print(f"[red]does not fit[/] {phase} · {subject}: {why}", highlight=False)
     console.print("Nothing was sent to a model. Drafts are counted at the configured maximum number of concepts.")
     if not show_prompts:
         console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")
