@@ -17,18 +17,23 @@ from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.week import load_sources, select_week
 
 
-def plan_reading_notes(
-    config: Config, vault: Path, *, since: date | None, until: date | None, tier: dict[str, str] | None = None
-) -> Plan:
-    """Every call a reading-notes run over this window would make, priced at its worst case."""
-    settings = RunSettings(
+def plan_settings(config: Config, vault: Path, flow: str, tier: dict[str, str] | None) -> RunSettings:
+    """The settings of a run that is only planned: same config and routing, run id `plan`."""
+    return RunSettings(
         vault=str(vault),
         config_path=str(config.path) if config.path else None,
         profile=config.settings.profile,
         tier_overrides=tier or {},
         run_id="plan",
-        flow="reading-notes",
+        flow=flow,
     )
+
+
+def plan_reading_notes(
+    config: Config, vault: Path, *, since: date | None, until: date | None, tier: dict[str, str] | None = None
+) -> Plan:
+    """Every call a reading-notes run over this window would make, priced at its worst case."""
+    settings = plan_settings(config, vault, "reading-notes", tier)
     caller = caller_for(settings)
     week = select_week.fn(settings, since, until)
     sources, unreadable = load_sources.fn(settings, week)
@@ -122,14 +127,7 @@ def plan_student_feedback(
     evidence answer at the light tier's full output, and each feedback prompt from an empty cohort summary
     plus the deep tier's full output. `since` and `until` do not apply to an assignment.
     """
-    settings = RunSettings(
-        vault=str(vault),
-        config_path=str(config.path) if config.path else None,
-        profile=config.settings.profile,
-        tier_overrides=tier or {},
-        run_id="plan",
-        flow="student-feedback",
-    )
+    settings = plan_settings(config, vault, "student-feedback", tier)
     caller = caller_for(settings)
     work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder)
     plan = Plan(
