@@ -206,3 +206,46 @@ def test_the_writer_refuses_a_dangling_link_and_never_takes_a_name(vault: Path):
     assert not (vault / "Concepts" / "Drafts" / "Fine name.md").exists()
     result = writer.write("HOME", {"title": "HOME"}, "See [[Home]].")
     assert result.path == "Concepts/Drafts/HOME (2).md" and "Home.md" in result.message
+
+
+def test_existing_concept_notes_are_read_with_aliases_and_ranked_by_relevance(vault: Path):
+    from tierflow.vault.concepts import by_relevance, existing_concepts, first_paragraph
+    from tierflow.vault.index import VaultIndex
+
+    srl = vault / "Concepts" / "Self-regulated learning.md"
+    srl.write_text(srl.read_text().replace("tags: [concept]", "tags: [concept]\naliases: [SRL, Self-regulation]"))
+    names = VaultNames.scan(vault)
+    notes = existing_concepts(
+        vault,
+        VaultIndex(vault),
+        names,
+        folders=["Concepts"],
+        tags=["concept"],
+        exclude=["Templates", "Concepts/Drafts"],
+    )
+    by_name = {n.name: n for n in notes}
+    assert set(by_name) == {
+        "Feedback literacy",
+        "Formative assessment",
+        "Self-regulated learning",
+        "Sustainable feedback",
+    }
+    assert by_name["Self-regulated learning"].aliases == ("SRL", "Self-regulation")
+    assert by_name["Sustainable feedback"].summary.startswith("Feedback practices that build students' capacity")
+    assert "Carless & Boud, 2018" in by_name["Feedback literacy"].summary  # a link's label, not its markup
+    assert "Reading/@sadler1989.md" in by_name["Feedback literacy"].cites
+    # A name or alias among the week's keywords ranks first, then the sources a note cites, then shared words.
+    ranked = by_relevance(
+        notes, ["self-regulation", "praise"], ["Reading/Boud2013 - Rethinking models of feedback for learning.md"]
+    )
+    assert [n.name for n in ranked[:2]] == ["Self-regulated learning", "Sustainable feedback"]
+    assert first_paragraph("# Title\n\n- a list\n\n> a quote\n\n" + "word " * 100).endswith("…")
+
+
+def test_a_concept_named_by_an_alias_becomes_an_addition_to_that_note(vault: Path, double: ProviderDouble):
+    srl = vault / "Concepts" / "Self-regulated learning.md"
+    srl.write_text(srl.read_text().replace("tags: [concept]", "tags: [concept]\naliases: [Self-regulation]"))
+    summary = run(vault)
+    extends = {Path(w.path).stem: frontmatter.load(vault / w.path).metadata.get("extends") for w in summary.written}
+    assert "Self-regulation" not in extends  # no rival to the note it is an alias of
+    assert "[[Self-regulated learning]]" in extends.values()
