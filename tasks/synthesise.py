@@ -79,8 +79,9 @@ class VaultConcepts:
         if found is not None:
             return found
         vault = Path(settings.vault or ".").resolve()
+        ours = tuple(f"{f.strip('/')}/" for f in not_reading(caller_for(settings).config.settings.vault))
         for path in self.names.taken(safe_note_name(concept.name)):
-            note = read_concept(vault, path, self.names)
+            note = None if path.startswith(ours) else read_concept(vault, path, self.names, tierflow_too=False)
             if note is not None:
                 return note
         return None

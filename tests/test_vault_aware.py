@@ -249,3 +249,16 @@ def test_a_concept_named_by_an_alias_becomes_an_addition_to_that_note(vault: Pat
     extends = {Path(w.path).stem: frontmatter.load(vault / w.path).metadata.get("extends") for w in summary.written}
     assert "Self-regulation" not in extends  # no rival to the note it is an alias of
     assert "[[Self-regulated learning]]" in extends.values()
+
+
+def test_a_draft_moved_among_the_concept_notes_is_the_persons_and_gets_no_rival(vault: Path, double: ProviderDouble):
+    first = run(vault)
+    (draft,) = [w.path for w in first.written if w.path.endswith("/Self-regulation.md")]
+    promoted = vault / "Concepts" / "Self-regulation.md"
+    promoted.write_text((vault / draft).read_text().replace("status: draft", "status: evergreen"))
+    (vault / draft).unlink()
+    second = run(vault)
+    names = VaultNames.scan(vault)
+    assert names.taken("Self-regulation") == ["Concepts/Self-regulation.md"]
+    # It cites every source of that concept already: nothing to add, so no draft at all.
+    assert [w.path for w in second.written if "Self-regulation" in w.path] == []

@@ -37,14 +37,17 @@ class ConceptNote:
         return {n.casefold() for n in (self.name, *self.aliases)}
 
 
-def read_concept(vault: Path, path: str, names: VaultNames) -> ConceptNote | None:
-    """The note at `path`, or None when tierflow wrote it or it cannot be read."""
+def read_concept(vault: Path, path: str, names: VaultNames, *, tierflow_too: bool = True) -> ConceptNote | None:
+    """The note at `path`, or None when it cannot be read (or, unless `tierflow_too`, when tierflow wrote it).
+
+    A draft the person moved among their concept notes is theirs now, whatever its front-matter says.
+    """
     try:
         post = frontmatter.loads((vault / path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     meta = dict(post.metadata)
-    if any(key in meta for key in TIERFLOW_KEYS):
+    if not tierflow_too and any(key in meta for key in TIERFLOW_KEYS):
         return None
     aliases = meta.get("aliases") or meta.get("alias") or ()
     if isinstance(aliases, str):
@@ -87,14 +90,15 @@ def existing_concepts(
     tags: Sequence[str],
     exclude: Sequence[str],
 ) -> list[ConceptNote]:
-    """Every concept note the person wrote: under `folders` or tagged with `tags`, outside `exclude`."""
+    """Every concept note the person keeps: under `folders` or tagged with `tags`, outside `exclude` (where
+    tierflow's own drafts and reports are)."""
     if not folders and not tags:
         return []
     index.scan(() if tags else folders)
     prefixes = tuple(f"{f.strip('/')}/" for f in exclude)
     found = []
     for meta in index.notes():
-        if meta.by_tierflow or meta.error or meta.path.startswith(prefixes):
+        if meta.error or meta.path.startswith(prefixes):
             continue
         if any(meta.under(f) for f in folders) or any(meta.has_tag(t) for t in tags):
             note = read_concept(vault, meta.path, names)
