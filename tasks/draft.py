@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import frontmatter
+import yaml
 from prefect import task
 from pydantic import BaseModel, Field
 
@@ -143,7 +144,7 @@ def draft_names(vault: Path, folder: str, concepts: list[Concept]) -> list[tuple
 def _by_tierflow(path: Path) -> bool:
     try:
         return any(key in frontmatter.load(path).metadata for key in TIERFLOW_KEYS)
-    except Exception:  # unreadable or malformed: not provably tierflow's, so not to be replaced
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # not provably tierflow's, so not to be replaced
         return False
 
 
