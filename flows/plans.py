@@ -12,22 +12,28 @@ from pathlib import Path
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.config import Config
 from tierflow.report.plan import Plan
-from tierflow.tasks import collate, draft, synthesise
+from tierflow.tasks import cohort, collate, draft, evidence, feedback, synthesise
+from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.week import load_sources, select_week
+
+
+def plan_settings(config: Config, vault: Path, flow: str, tier: dict[str, str] | None) -> RunSettings:
+    """The settings of a run that is only planned: same config and routing, run id `plan`."""
+    return RunSettings(
+        vault=str(vault),
+        config_path=str(config.path) if config.path else None,
+        profile=config.settings.profile,
+        tier_overrides=tier or {},
+        run_id="plan",
+        flow=flow,
+    )
 
 
 def plan_reading_notes(
     config: Config, vault: Path, *, since: date | None, until: date | None, tier: dict[str, str] | None = None
 ) -> Plan:
     """Every call a reading-notes run over this window would make, priced at its worst case."""
-    settings = RunSettings(
-        vault=str(vault),
-        config_path=str(config.path) if config.path else None,
-        profile=config.settings.profile,
-        tier_overrides=tier or {},
-        run_id="plan",
-        flow="reading-notes",
-    )
+    settings = plan_settings(config, vault, "reading-notes", tier)
     caller = caller_for(settings)
     week = select_week.fn(settings, since, until)
     sources, unreadable = load_sources.fn(settings, week)
@@ -38,6 +44,7 @@ def plan_reading_notes(
         selected=len(week.notes),
         skipped=[(s.path, s.reason) for s in week.skipped + unreadable],
         phase_names=["collate", "synthesise", "draft"],
+        notes=["Drafts are counted at the configured maximum number of concepts."],
     )
     if not sources:
         return plan
@@ -52,7 +59,7 @@ def plan_reading_notes(
             system,
             prompt,
             collate.CollationOut,
-            subject=source.citekey,
+            subject=source.title,
             front_matter=source.front_matter,
             note=source.path,
         )
@@ -101,4 +108,65 @@ def plan_reading_notes(
             subject=f"concept {n + 1}",
             extra_tokens=light_outputs + deep.max_output_tokens,
         )
+    return plan
+
+
+def plan_student_feedback(
+    config: Config,
+    vault: Path,
+    *,
+    assignment: str | None = None,
+    mode: str = "direct",
+    tier: dict[str, str] | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> Plan:
+    """Every call a student-feedback run on this assignment would make, priced at its worst case.
+
+    Evidence prompts are rendered exactly. The cohort prompt is rendered from empty evidence plus every
+    evidence answer at the light tier's full output, and each feedback prompt from an empty cohort summary
+    plus the deep tier's full output. `since` and `until` do not apply to an assignment.
+    """
+    settings = plan_settings(config, vault, "student-feedback", tier)
+    caller = caller_for(settings)
+    work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder)
+    plan = Plan(
+        flow="student-feedback",
+        since=None,
+        until=None,
+        selected=len(work.submissions),
+        skipped=list(work.skipped),
+        phase_names=["collate", "synthesise", "draft"],
+        notes=["Batch mode is priced at the batch discount."] if mode == "batch" else [],
+    )
+    drafted = [s for s in work.submissions if not s.empty]  # an empty submission gets its note without a call
+    if not drafted:
+        return plan
+    batch = mode == "batch"
+    labels = work.pseudonyms().label
+    outputs: dict[str, int] = {}
+    for submission in drafted:
+        system, prefix, prompt = evidence.prompt(settings, work, submission)
+        label = labels.get(submission.student_id, submission.student_id)
+        routed = plan.add(
+            caller, "collate", evidence.COMPLEXITY, system, prompt, evidence.evidence_output(work.rubric),
+            subject=label, cache_prefix=prefix, batch=batch,
+        )  # fmt: skip
+        outputs[submission.student_id] = routed.max_output_tokens
+
+    empty = [evidence.Evidence(s.student_id, labels.get(s.student_id, s.student_id), (), "", 0, 0) for s in drafted]
+    system, prompt = cohort.prompt(settings, work, empty)
+    deep = plan.add(
+        caller, "synthesise", cohort.COMPLEXITY, system, prompt, cohort.CohortOut,
+        subject="cohort", extra_tokens=sum(outputs.values()), batch=batch,
+    )  # fmt: skip
+
+    summary = cohort.Cohort(text="", note="", model="", cost_usd=0, tokens=0)
+    for submission, found in zip(drafted, empty, strict=True):
+        system, prefix, prompt = feedback.prompt(settings, work, submission, found, summary)
+        plan.add(
+            caller, "draft", feedback.complexity(settings), system, prompt, feedback.feedback_output(work.rubric),
+            subject=found.label, cache_prefix=prefix, batch=batch,
+            extra_tokens=outputs[submission.student_id] + deep.max_output_tokens,
+        )  # fmt: skip
     return plan

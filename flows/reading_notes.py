@@ -47,6 +47,7 @@ def reading_notes(
         else []
     )
     for weekly in synthesis:
+        run.skipped += weekly.skipped
         run.written = run.absorb(
             draft(settings, weekly, collations, sources, since=str(week.since), until=str(week.until))
         )

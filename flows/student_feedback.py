@@ -6,6 +6,7 @@ from prefect import flow
 
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.registry import FlowSpec
+from tierflow.flows.plans import plan_student_feedback
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
@@ -45,4 +46,4 @@ def student_feedback(
     return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))
 
 
-SPEC = FlowSpec(FLOW, student_feedback, deployment="on-demand")
+SPEC = FlowSpec(FLOW, student_feedback, deployment="on-demand", plan=plan_student_feedback)

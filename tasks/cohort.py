@@ -49,16 +49,10 @@ def level_distribution(assignment: Assignment, evidence: list[Evidence]) -> list
     return rows
 
 
-@task(name=PHASE, task_run_name="synthesise · cohort")
-def synthesise_cohort(
-    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], mode: str = "direct", wait: bool = True
-) -> Cohort:
-    """Common strengths, misconceptions and teaching actions; written as a note for the lecturer.
-
-    In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway.
-    """
-    caller = caller_for(settings)
-    env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
+def prompt(settings: RunSettings, assignment: Assignment, evidence: list[Evidence]) -> tuple[str, str]:
+    """The system prompt and the cohort prompt: every submission's levels and a few quotes, pseudonymised."""
+    config = caller_for(settings).config
+    env = template_env(config.vault, config.settings.vault.templates_folder)
     distribution = level_distribution(assignment, evidence)
     data = {
         "levels": list(assignment.rubric.levels),
@@ -72,7 +66,21 @@ def synthesise_cohort(
         ],
     }
     system = env.get_template("prompts/cohort/system.j2").render()
-    user = env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence))
+    return system, env.get_template("prompts/cohort/cohort.j2").render(data=data, count=len(evidence))
+
+
+@task(name=PHASE, task_run_name="synthesise · cohort")
+def synthesise_cohort(
+    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], mode: str = "direct", wait: bool = True
+) -> Cohort:
+    """Common strengths, misconceptions and teaching actions; written as a note for the lecturer.
+
+    In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway.
+    """
+    caller = caller_for(settings)
+    env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
+    system, user = prompt(settings, assignment, evidence)
+    distribution = level_distribution(assignment, evidence)
     if mode == "batch":
         call = BatchCall(key="cohort", system=system, prompt=user, output=CohortOut, subject="cohort")
         result = run_batch(caller, [call], phase=PHASE, complexity=COMPLEXITY, wait=wait)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import frontmatter
+import yaml
 from prefect import task
 from pydantic import BaseModel, Field
 
@@ -16,12 +19,16 @@ from tierflow.core.phases import PhaseOutcome, fan_out
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.collate import Collation
 from tierflow.tasks.synthesise import Concept, Synthesis
+from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
-from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, template_env
+from tierflow.vault.index import TIERFLOW_KEYS
+from tierflow.vault.links import VaultNames, links_resolve
+from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, safe_note_name, template_env
 
 PHASE = "draft"
 COMPLEXITY = "medium"
 MAX_QUOTES = 6
+MAX_RELATED = 5
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
 """Front-matter that changes from run to run without the draft changing; ignored when comparing."""
 
@@ -57,10 +64,8 @@ def quotes_verbatim(sources: list[SourceNote]) -> Check:
     def problems(out: DraftOut) -> list[str]:
         found = []
         for q in out.quotes[:MAX_QUOTES]:
-            source = by_key.get(q.source)
-            if source is None:
-                found.append(f"quotation {q.text[:60]!r} names unknown source {q.source!r}")
-            elif not locate(q.text, source.body):
+            source = by_key.get(q.source)  # an unknown source is `links_resolve`'s to report
+            if source is not None and not locate(q.text, source.body):
                 found.append(f"quotation {q.text[:60]!r} is not word for word in {q.source}; quote it exactly")
         return found
 
@@ -72,7 +77,8 @@ def sections_present(out: DraftOut) -> list[str]:
     return [f"the {name} is empty" for name in ("summary", "discussion") if not getattr(out, name).strip()]
 
 
-def prompt(settings: RunSettings, concept: Concept, collations: list[Collation]) -> tuple[str, str]:
+def prompt(settings: RunSettings, concept: Concept, collations: list[Collation], already: str = "") -> tuple[str, str]:
+    """The draft prompt; `already` is the text of the note a concept adds to, whose quotations are left out."""
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
     refs = {(r.citekey, r.quote_id) for r in concept.quote_refs}
@@ -85,7 +91,11 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation])
                 "summary": c.summary,
                 "claims": [cl.claim for cl in c.claims],
                 # Quotes the synthesis picked come first; the model may quote only from these.
-                "quotes": [q.text for q in sorted(c.quotes, key=lambda q: (c.citekey, q.id) not in refs)][:MAX_QUOTES],
+                "quotes": [
+                    q.text
+                    for q in sorted(c.quotes, key=lambda q: (c.citekey, q.id) not in refs)
+                    if not (already and locate(q.text, already))
+                ][:MAX_QUOTES],
             }
             for c in collations
         ],
@@ -95,30 +105,109 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation])
     return system, user
 
 
+def draft_check(names: VaultNames, citekeys: set[str]) -> Check:
+    """`links_resolve` for a draft: its own links resolve to one note each, and every quotation is from a source."""
+    links = links_resolve(names, lambda out: [out.summary, out.discussion, *out.open_questions])
+
+    def problems(out: DraftOut) -> list[str]:
+        strangers = sorted({q.source for q in out.quotes if q.source not in citekeys})
+        known = ", ".join(sorted(citekeys))
+        return links.problems(out) + [f"quotation source {s!r} is not one of the sources ({known})" for s in strangers]
+
+    return Check(links.name, problems)
+
+
+def related_notes(
+    names: VaultNames,
+    sources: list[SourceNote],
+    leave_out: set[str],
+    folders: tuple[str, ...] = (),
+    limit: int = MAX_RELATED,
+) -> list[str]:
+    """Links to the person's notes the concept's sources link to most, except `leave_out` and `folders`."""
+    prefixes = tuple(f"{f.strip('/')}/" for f in folders)
+    counts: Counter[str] = Counter()
+    for source in sources:
+        for target in source.wikilinks:
+            found = names.resolve(target)
+            if len(found) == 1 and found[0] not in leave_out and not found[0].startswith(prefixes):
+                counts[found[0]] += 1
+    ranked = sorted(counts, key=lambda p: (-counts[p], p.casefold()))
+    return [names.link_for(p) for p in ranked[:limit]]
+
+
+def draft_names(vault: Path, folder: str, concepts: list[Concept]) -> list[tuple[Concept, str]]:
+    """Each concept (with the note it extends if its name is taken) and a draft name no note in the vault has.
+
+    A name is free when no note anywhere in the vault has it (case-insensitively), except tierflow's own
+    earlier draft at the same place, which the writer may update.
+    """
+    names = VaultNames.scan(vault)
+    used: set[str] = set()
+    out = []
+    for concept in concepts:
+        extends = concept.extends
+        for n in range(1, 100):
+            title = concept.name if n == 1 else f"{concept.name} (addition{'' if n == 2 else f' {n - 1}'})"
+            stem = safe_note_name(title)
+            here = f"{folder.strip('/')}/{stem}.md"
+            others = [p for p in names.taken(stem) if not (p == here and _by_tierflow(vault / p))]
+            if stem.casefold() in used or others:
+                extends = extends or (names.link_for(others[0]) if others else None)
+                continue
+            used.add(stem.casefold())
+            out.append((concept.model_copy(update={"extends": extends}), title))
+            break
+    return out
+
+
+def _by_tierflow(path: Path) -> bool:
+    try:
+        return any(key in frontmatter.load(path).metadata for key in TIERFLOW_KEYS)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # not provably tierflow's, so not to be replaced
+        return False
+
+
 @task(name=PHASE)
 def draft_concept(
     settings: RunSettings,
     concept: Concept,
+    title: str,
     collations: list[Collation],
     sources: list[SourceNote],
     share: RunShare,
 ) -> WriteResult:
-    """Draft one concept note, check its quotations against the sources, and write it."""
+    """Draft one concept note, check its quotations and links against the vault, and write it."""
     caller = caller_for(settings)
-    system, user = prompt(settings, concept, collations)
+    config = caller.config
+    vault = Path(settings.vault or ".").resolve()
+    names = VaultNames.scan(vault)
+    extended = names.resolve(concept.extends)[0] if concept.extends and names.resolve(concept.extends) else None
+    already = (vault / extended).read_text(encoding="utf-8") if extended else ""
+    system, user = prompt(settings, concept, collations, already)
+    by_key = {s.citekey: s for s in sources}
     answer = caller.ask(
         phase=PHASE,
         complexity=COMPLEXITY,
         system=system,
         prompt=user,
         output=DraftOut,
-        subject=concept.name,
-        checks=[quotes_verbatim(sources), Check("sections_present", sections_present)],
+        subject=title,
+        checks=[draft_check(names, set(by_key)), quotes_verbatim(sources), Check("sections_present", sections_present)],
     )
     out: DraftOut = answer.parsed
-    by_key = {s.citekey: s for s in sources}
+    # Links that still do not resolve after the retry are left as plain text, never written as links.
+    out = out.model_copy(
+        update={
+            "summary": names.unlink_unresolved(out.summary),
+            "discussion": names.unlink_unresolved(out.discussion),
+            "open_questions": [names.unlink_unresolved(q) for q in out.open_questions],
+        }
+    )
     quotes = []
     for q in out.quotes[:MAX_QUOTES]:
+        if already and locate(q.text, already):
+            continue  # the note it extends already quotes it
         source = by_key.get(q.source)
         page = None
         if source is not None:
@@ -126,33 +215,39 @@ def draft_concept(
         quotes.append(
             {
                 "text": " ".join(q.text.split()),
-                "link": source.link if source else q.source,
+                "link": source.link if source else None,
+                "source": q.source,
                 "page": page,
                 "verbatim": source is not None and locate(q.text, source.body),
             }
         )
-    config = caller.config
+    today = clock.now().astimezone().date().isoformat()
+    extends_link = names.link_for(extended) if extended else None
+    leave_out = {s.path for s in sources} | ({extended} if extended else set())
     env = template_env(config.vault, config.settings.vault.templates_folder)
     body = env.get_template("notes/concept.md.j2").render(
         draft=out,
         quotes=quotes,
         sources=[by_key[c.citekey] for c in collations if c.citekey in by_key],
-        created=clock.now().astimezone().date().isoformat(),
+        created=today,
         since=share.since,
         until=share.until,
         run_id=share.run_id,
         offline=answer.route.provider_kind == "offline",
         checks_failed=answer.checks_failed,
         model=answer.route.model_ref,
+        extends=extends_link,
+        related=related_notes(names, sources, leave_out, not_reading(config.settings.vault)),
     )
     tokens = share.tokens_each + answer.usage.total_tokens
     cost = None if share.cost_each is None or answer.cost_usd is None else round(share.cost_each + answer.cost_usd, 6)
     front_matter: dict[str, Any] = {
-        "title": concept.name,
+        "title": title,
         "tags": ["concept", "tierflow/draft"],
         "status": "draft",
+        **({"extends": f"[[{extends_link}]]"} if extends_link else {}),
         "sources": [f"[[{by_key[c].link}]]" for c in concept.sources if c in by_key],
-        "created": clock.now().astimezone().date().isoformat(),
+        "created": today,
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}"],
         "tierflow_tokens": tokens,
@@ -161,8 +256,8 @@ def draft_concept(
     }
     if answer.checks_failed:
         front_matter["tierflow_checks_failed"] = list(answer.checks_failed)
-    writer = NoteWriter(Path(settings.vault or "."), config.settings.vault.output_folder)
-    return writer.write(concept.name, front_matter, body, compare_keys=SPEND_KEYS)
+    writer = NoteWriter(vault, config.settings.vault.output_folder, names=names)
+    return writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
 
 
 def draft(
@@ -188,18 +283,22 @@ def draft(
         cost_each=None if None in costs else sum(costs) / n,
     )
     by_key = {c.citekey: c for c in collations}
+    config = caller_for(settings).config
+    concepts = draft_names(
+        Path(settings.vault or ".").resolve(), config.settings.vault.output_folder, synthesis.concepts
+    )
     return fan_out(
         draft_concept,
         settings,
-        synthesis.concepts,
+        concepts,
         phase=PHASE,
         complexity=COMPLEXITY,
-        subject=lambda c: c.name,
-        args=lambda c: (
+        subject=lambda named: named[1],
+        args=lambda named: (
             settings,
-            c,
-            [by_key[k] for k in c.sources if k in by_key],
-            [s for s in sources if s.citekey in c.sources],
+            *named,
+            [by_key[k] for k in named[0].sources if k in by_key],
+            [s for s in sources if s.citekey in named[0].sources],
             share,
         ),
     )

@@ -14,6 +14,7 @@ from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import PhaseOutcome
 from tierflow.report.spend import all_deep_cost, money, phase_spend, row_tokens, savings_text
+from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
 T = TypeVar("T")
@@ -155,7 +156,8 @@ def write_run_report(
         "tierflow_cost_usd": round(total_cost, 6),
         "tierflow_notes_written": len(summary.written),
     }
-    writer = NoteWriter(Path(settings.vault or "."), config.settings.vault.runs_folder)
+    vault = Path(settings.vault or ".").resolve()
+    writer = NoteWriter(vault, config.settings.vault.runs_folder, names=VaultNames.scan(vault))
     summary.report = writer.write(f"{today} {summary.flow}", front_matter, body)
     summary.tokens = context["total"]["tokens"]
     summary.cost_usd = total_cost

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prefect import task
 from pydantic import BaseModel, Field
 
@@ -9,7 +12,12 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.collate import Collation
-from tierflow.vault.notes import template_env
+from tierflow.tasks.week import not_reading
+from tierflow.vault.annotations import locate
+from tierflow.vault.concepts import ConceptNote, by_relevance, existing_concepts, matching, read_concept
+from tierflow.vault.index import VaultIndex
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import safe_note_name, template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
@@ -26,6 +34,8 @@ class Concept(BaseModel):
     sources: list[str]
     quote_refs: list[QuoteRef] = Field(default_factory=list)
     tensions: list[str] = Field(default_factory=list)
+    extends: str | None = None
+    """The existing note this concept adds to (its name), or null for a new concept."""
 
 
 class SynthesisOut(BaseModel):
@@ -38,8 +48,8 @@ class Synthesis(SynthesisOut):
     model: str
     cost_usd: float | None
     tokens: int
-    dropped: list[tuple[str, str]] = Field(default_factory=list)
-    """(concept name, why) for every concept the checks removed."""
+    skipped: list[tuple[str, str]] = Field(default_factory=list)
+    """Concepts not drafted, with the reason: ungrounded, over the limit, or already cited by an existing note."""
     checks_failed: list[str] = Field(default_factory=list)
 
 
@@ -72,9 +82,53 @@ def grounded(collations: list[Collation]) -> Check:
     return Check("concepts_grounded", problems)
 
 
-def prompt(settings: RunSettings, collations: list[Collation], since: str, until: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class VaultConcepts:
+    """The vault's names and its existing concept notes, the most relevant to the week first."""
+
+    names: VaultNames
+    notes: list[ConceptNote]
+    listed: list[ConceptNote]
+
+    @classmethod
+    def read(cls, settings: RunSettings, collations: list[Collation]) -> VaultConcepts:
+        config = caller_for(settings).config
+        cfg = config.settings.vault
+        vault = Path(settings.vault or ".").resolve()
+        names = VaultNames.scan(vault)
+        index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+        notes = existing_concepts(
+            vault, index, names, folders=cfg.concept_folders, tags=cfg.concept_tags, exclude=not_reading(cfg)
+        )
+        terms = [k for c in collations for k in c.keywords]
+        ranked = by_relevance(notes, terms, [c.path for c in collations])
+        return cls(names, notes, ranked[: cfg.max_listed_concepts])
+
+    def extended(self, settings: RunSettings, concept: Concept) -> ConceptNote | None:
+        """The person's note this concept adds to: one it names or matches, or any note with its name."""
+        found = matching(self.notes, concept.extends) or matching(self.notes, concept.name)
+        if found is not None:
+            return found
+        vault = Path(settings.vault or ".").resolve()
+        ours = tuple(f"{f.strip('/')}/" for f in not_reading(caller_for(settings).config.settings.vault))
+        for path in self.names.taken(safe_note_name(concept.name)):
+            note = None if path.startswith(ours) else read_concept(vault, path, self.names, tierflow_too=False)
+            if note is not None:
+                return note
+        return None
+
+
+def prompt(
+    settings: RunSettings,
+    collations: list[Collation],
+    since: str,
+    until: str,
+    known: VaultConcepts | None = None,
+) -> tuple[str, str]:
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
+    known = known or VaultConcepts.read(settings, collations)
+    keys = {c.path: c.citekey for c in collations}
     data = {
         "collations": [
             {
@@ -87,7 +141,16 @@ def prompt(settings: RunSettings, collations: list[Collation], since: str, until
                 "reader_notes": c.notes,
             }
             for c in collations
-        ]
+        ],
+        "existing_notes": [
+            {
+                "name": n.name,
+                "aliases": list(n.aliases),
+                "summary": n.summary,
+                "cites": [keys[p] for p in sorted(n.cites) if p in keys],
+            }
+            for n in known.listed
+        ],
     }
     system = env.get_template("prompts/synthesise/system.j2").render()
     user = env.get_template("prompts/synthesise/week.j2").render(
@@ -103,7 +166,8 @@ def prompt(settings: RunSettings, collations: list[Collation], since: str, until
 @task(name=PHASE, task_run_name="synthesise · week")
 def synthesise(settings: RunSettings, collations: list[Collation], since: str, until: str) -> Synthesis:
     """Find the week's patterns, tensions and candidate concepts; only sources and quotes that exist survive."""
-    system, user = prompt(settings, collations, since, until)
+    known = VaultConcepts.read(settings, collations)
+    system, user = prompt(settings, collations, since, until, known)
     answer = caller_for(settings).ask(
         phase=PHASE,
         complexity=COMPLEXITY,
@@ -114,27 +178,42 @@ def synthesise(settings: RunSettings, collations: list[Collation], since: str, u
         checks=[grounded(collations)],
     )
     out: SynthesisOut = answer.parsed
-    quotes = {(c.citekey, q.id) for c in collations for q in c.quotes}
-    citekeys = {c.citekey for c in collations}
-    concepts, dropped = [], []
+    quotes = {(c.citekey, q.id): q.text for c in collations for q in c.quotes}
+    by_key = {c.citekey: c for c in collations}
+    concepts: list[Concept] = []
+    skipped: list[tuple[str, str]] = []
     # Whatever the tiers answered, only concepts grounded in this week's sources and quotes are drafted.
     limit = caller_for(settings).config.settings.vault.max_concepts
     for concept in out.concepts:
         name = concept.name.strip() or "(unnamed)"
-        sources = [s for s in dict.fromkeys(concept.sources) if s in citekeys]
+        sources = [s for s in dict.fromkeys(concept.sources) if s in by_key]
         if not sources or not concept.name.strip():
-            dropped.append((name, "; ".join(concept_problems(concept, citekeys, quotes))))
-        elif len(concepts) >= limit:
-            dropped.append((name, f"more than [vault] max_concepts = {limit} concepts"))
-        else:
-            refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
-            concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs}))
+            why = "; ".join(concept_problems(concept, set(by_key), set(quotes)))
+            skipped.append((f"concept {name}", f"dropped by the synthesis checks: {why}"))
+            continue
+        if len(concepts) >= limit:
+            skipped.append((f"concept {name}", f"more than [vault] max_concepts = {limit} concepts"))
+            continue
+        refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
+        existing = known.extended(settings, concept)
+        if existing is not None:
+            # An addition proposes only what the note does not cite yet: new sources, new quotations.
+            sources = [s for s in sources if by_key[s].path not in existing.cites]
+            refs = [
+                r for r in refs if r.citekey in sources and not locate(quotes[(r.citekey, r.quote_id)], existing.body)
+            ]
+            if not sources:
+                reason = f"[[{existing.link}]] already cites every source this week adds to it"
+                skipped.append((f"concept {concept.name}", reason))
+                continue
+        extends = existing.link if existing is not None else None
+        concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs, "extends": extends}))
     return Synthesis(
-        dropped=dropped,
         checks_failed=list(answer.checks_failed),
         patterns=out.patterns,
         tensions=out.tensions,
         concepts=concepts,
+        skipped=skipped,
         model=answer.route.model_ref,
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,
@@ -156,10 +235,7 @@ def synthesise_week(
         complexity=COMPLEXITY,
         subject="week",
     )
-    for synthesis in outcome.results:
-        outcome.skipped += [
-            (f"concept {name}", f"dropped by synthesis checks: {why}") for name, why in synthesis.dropped
-        ]
+    for synthesis in outcome.results:  # its skipped concepts reach the run through the flow
         if not synthesis.concepts:
             outcome.skipped.append(("synthesis", "no concept survived the checks, so nothing was drafted"))
     return outcome

@@ -11,9 +11,14 @@ from prefect import task
 
 from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.config import VaultConfig
 from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
-from tierflow.vault.notes import SourceNote, check_vault, read_source
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import SourceNote, check_vault, read_source, unique_citekeys
+
+OWN_FOLDER = "tierflow"
+"""The vault folder where tierflow keeps what it writes about itself (run reports, trials)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,11 @@ class Week:
     """File names of every note in the reading folders: links to them are citations, not concepts."""
 
 
+def not_reading(cfg: VaultConfig) -> tuple[str, ...]:
+    """Folders never read as the person's notes: templates, excluded folders, and all of tierflow's own output."""
+    return (*cfg.exclude_folders, cfg.templates_folder, cfg.output_folder, cfg.runs_folder, OWN_FOLDER)
+
+
 def default_window(timezone: str, since: date | None, until: date | None) -> tuple[date, date]:
     """The last seven days up to today, in the vault's time zone, unless given."""
     today = clock.now().astimezone(ZoneInfo(timezone)).date()
@@ -50,7 +60,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
         raise VaultError(f"--since {since} is after --until {until}")
     index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
     selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
-    excluded = tuple(f"{f.strip('/')}/" for f in (*cfg.exclude_folders, cfg.templates_folder))
+    excluded = tuple(f"{f.strip('/')}/" for f in not_reading(cfg))
     literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}
     where = (
         " or ".join([f"{f}/" for f in cfg.reading_folders] + [f"#{t}" for t in cfg.reading_tags]) or "the whole vault"
@@ -69,6 +79,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
 def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], list[Skip]]:
     """Parse the selected notes; a note that cannot be parsed is skipped with its reason."""
     vault = Path(settings.vault or ".").resolve()
+    names = VaultNames.scan(vault)
     sources: list[SourceNote] = []
     skipped: list[Skip] = []
     for path in week.notes:
@@ -77,9 +88,13 @@ def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], l
         except VaultError as exc:
             skipped.append(Skip(path, str(exc).split(": ", 1)[-1]))
             continue
-        source = replace(source, wikilinks=tuple(w for w in source.wikilinks if w not in week.literature))
+        source = replace(
+            source,
+            link=names.link_for(path),
+            wikilinks=tuple(w for w in source.wikilinks if w not in week.literature),
+        )
         if not source.annotations:
             skipped.append(Skip(path, "no highlights, quotes or notes found in it"))
             continue
         sources.append(source)
-    return sources, skipped
+    return unique_citekeys(sources), skipped

@@ -316,10 +316,10 @@ def test_halt_stops_names_the_budget_keeps_notes_and_resumes_without_respending(
     calls_before = len(double.model_calls())
     configure('[budgets.drafting]\nusd = 5\nphase = "draft"\npolicy = "halt"\n')
     resumed = run_week(vault)
-    assert not resumed.halted and len(resumed.written) == 5
+    assert not resumed.halted and len(resumed.written) == len(reference.written) >= 3
     new_calls = double.model_calls()[calls_before:]
     assert {c.forced_tool for c in new_calls} == {"draftout"}
-    assert len(new_calls) == 5 - len(halted.written)
+    assert len(new_calls) == len(reference.written) - len(halted.written)
     assert all((vault / p).read_bytes() == b for p, b in kept.items())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import sys
@@ -270,8 +271,6 @@ def run(
     overrides = _tier_overrides(tier)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if dry_run:
-        if flow_name is not FlowName.reading_notes:
-            raise fail("--dry-run estimates the reading-notes flow; student-feedback has no planner yet")
         plan(
             flow_name,
             vault=vault,
@@ -281,6 +280,8 @@ def run(
             profile=profile,
             tier=tier,
             show_prompts=show_prompts,
+            assignment=assignment,
+            mode=mode,
         )
         return
     if mode not in ("direct", "batch"):
@@ -349,6 +350,12 @@ def plan(
     profile: ProfileOpt = None,
     tier: TierOpt = None,
     show_prompts: Annotated[bool, typer.Option("--show-prompts", help="Print every rendered prompt.")] = False,
+    assignment: Annotated[
+        str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="student-feedback: direct, or batch (priced at the batch discount).")] = (
+        "direct"
+    ),
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     vault = vault_dir(vault, required="tierflow plan reading-notes")
@@ -359,14 +366,19 @@ def plan(
 
     spec = flow_spec(flow_name.value)
     if spec.plan is None:
-        raise fail(f"tierflow plan estimates reading-notes; {flow_name.value} has no planner yet")
+        raise fail(f"{flow_name.value} has no planner yet")
+    if mode not in ("direct", "batch"):
+        raise fail(f"--mode {mode!r}: use direct or batch")
+    offered = {
+        "since": _parse_date(since, "--since"),
+        "until": _parse_date(until, "--until"),
+        "assignment": assignment,
+        "mode": mode,
+    }
+    accepted = inspect.signature(spec.plan).parameters
     try:
         result = spec.plan(
-            cfg,
-            vault,
-            since=_parse_date(since, "--since"),
-            until=_parse_date(until, "--until"),
-            tier=_tier_overrides(tier),
+            cfg, vault, tier=_tier_overrides(tier), **{k: v for k, v in offered.items() if k in accepted}
         )
     except TierflowError as exc:
         raise fail(str(exc)) from None

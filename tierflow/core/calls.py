@@ -21,6 +21,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
+from tierflow.core.context import check_fits
 from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
@@ -451,8 +452,11 @@ class Caller:
 
         Returns the reservation and the route and request to send. Emits the budget events automations watch.
         """
+        candidates = self.downgrades(routed, request, batch=batch)
+        # A prompt the model cannot take is refused before anything is reserved or sent.
+        check_fits(self.config, routed, candidates[0][1].prompt_tokens)
         try:
-            reservation = self.budgets.reserve(self.downgrades(routed, request, batch=batch), wait=not batch)
+            reservation = self.budgets.reserve(candidates, wait=not batch)
         except BudgetExceeded as exc:
             self._budget_event("tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc))
             raise

@@ -76,6 +76,9 @@ class TierConfig(_Model):
     def output_ceiling(self) -> int:
         return max(self.max_output_tokens_ceiling or 2 * self.max_output_tokens, self.max_output_tokens)
 
+    context_window: int | None = Field(default=None, gt=0)
+    """The model's context window in tokens (prompt + answer); unset: tierflow's default for known models."""
+
     @property
     def provider(self) -> str:
         return self.model.split(":", 1)[0]
@@ -97,6 +100,11 @@ class VaultConfig(_Model):
     max_note_bytes: int = 1_000_000
     max_concepts: int = Field(default=5, ge=1, le=50)
     """At most this many concept drafts per run."""
+    concept_folders: tuple[str, ...] = ("Concepts",)
+    concept_tags: tuple[str, ...] = ("concept",)
+    """Your existing concept notes: the synthesis sees them, and a concept that matches one becomes an addition."""
+    max_listed_concepts: int = Field(default=40, ge=0)
+    """At most this many existing concept notes in the synthesis prompt, the most relevant to the week first."""
 
 
 class BudgetConfig(_Model):

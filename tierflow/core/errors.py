@@ -43,6 +43,10 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class ContextWindowExceeded(ProviderError):
+    """A prompt and its answer would not fit the routed model's context window; nothing was sent."""
+
+
 class MalformedResponse(ProviderError):
     """The provider answered, but not in the shape asked for."""
 

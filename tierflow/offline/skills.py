@@ -86,6 +86,9 @@ _STOP = set(
     ]
 )
 
+_WORDS = re.compile(r"[^\W\d_](?:[^\W\d_]|-){3,}")
+"""Words of four letters or more, in any script."""
+
 _SIGNALS = {
     "argument": r"\b(however|argue|therefore|whereas|although|suggests|because)\b",
     "literature": r"\(\w[^)]*\d{4}\)|\b\w+ (?:and|&) \w+ \(?\d{4}",
@@ -102,7 +105,7 @@ def offline_collation(data: dict[str, Any]) -> dict[str, Any]:
         first = re.split(r"(?<=[.!?])\s+", q["text"].strip())[0].rstrip(" ;,")
         first = first if first.endswith((".", "!", "?")) else f"{first}."
         claims.append({"claim": first, "quote_ids": [q["id"]]})
-    words = Counter(w for q in quotes for w in re.findall(r"[a-z][a-z-]{3,}", q["text"].lower()) if w not in _STOP)
+    words = Counter(w for q in quotes for w in _WORDS.findall(q["text"].lower()) if w not in _STOP)
     linked = [c.split("/")[-1].lower() for c in data.get("linked_concepts", [])]
     keywords = list(dict.fromkeys([*linked, *(w for w, _ in words.most_common(6))]))[:6]
     summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations were highlighted."
@@ -116,18 +119,29 @@ def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
         for k in c.get("keywords", []):
             by_keyword[k].append(c)
     shared = sorted(((k, cs) for k, cs in by_keyword.items() if len(cs) >= 2), key=lambda kv: (-len(kv[1]), kv[0]))
+    existing = {
+        name.casefold(): note
+        for note in data.get("existing_notes", [])
+        for name in (note.get("name", ""), *note.get("aliases", []))
+    }
     concepts = []
     for keyword, cs in shared[:6]:
+        note = existing.get(keyword.casefold())
+        if note is not None:  # an addition: only the sources the existing note does not cite
+            cs = [c for c in cs if c["citekey"] not in note.get("cites", [])]
+            if not cs:
+                continue
         refs = [{"citekey": c["citekey"], "quote_id": c["quotes"][0]["id"]} for c in cs if c.get("quotes")]
         concepts.append(
             {
-                "name": keyword[:1].upper() + keyword[1:],
+                "name": note["name"] if note else keyword[:1].upper() + keyword[1:],
                 "summary": f"{len(cs)} of this week's sources bear on {keyword}: "
                 + ", ".join(c["citekey"] for c in cs)
                 + ".",
                 "sources": [c["citekey"] for c in cs],
                 "quote_refs": refs,
                 "tensions": [],
+                "extends": note["name"] if note else None,
             }
         )
     patterns = [f"{k} recurs in {len(cs)} sources" for k, cs in shared[:5]]

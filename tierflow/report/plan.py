@@ -15,10 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tierflow.core.budget import Estimate, estimate
+from tierflow.core.budget import estimate, padded
 from tierflow.core.calls import Caller
-from tierflow.core.config import Config
+from tierflow.core.context import overflow
 from tierflow.core.routing import Route, route_to_tier
+from tierflow.core.tokens import count_tokens
 from tierflow.report.spend import Spend, money, spend_by
 
 
@@ -35,6 +36,10 @@ class Plan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[tuple[str, str, str]] = field(default_factory=list)
     """(phase, subject, rendered prompt) for every call."""
+    notes: list[str] = field(default_factory=list)
+    """What the reader should know about how the estimate was made."""
+    too_long: list[tuple[str, str, str]] = field(default_factory=list)
+    """(phase, subject, why) for every call whose prompt would not fit its model's context window."""
 
     @property
     def phases(self) -> list[Spend]:
@@ -65,6 +70,8 @@ class Plan:
         extra_tokens: int = 0,
         front_matter: dict | None = None,
         note: str = "",
+        cache_prefix: str = "",
+        batch: bool = False,
     ) -> Route:
         """Plan one call: route and render it as the run would, and price its worst case and all-deep case.
 
@@ -78,9 +85,14 @@ class Plan:
             output=output,
             front_matter=front_matter,
             note=note,
+            cache_prefix=cache_prefix,
         )
-        est = caller.estimate(routed, request, provider_count=True)
-        est = _grown(caller.config, routed, est, extra_tokens)
+        est = caller.estimate(routed, request, provider_count=True, batch=batch)
+        prefix = min(padded(count_tokens(cache_prefix), exact=False), est.prompt_tokens) if cache_prefix else 0
+        est = estimate(caller.config, routed, est.prompt_tokens + extra_tokens, prefix, batch=batch)
+        problem = overflow(caller.config, routed, est.prompt_tokens)
+        if problem is not None:
+            self.too_long.append((phase, subject, problem))
         deep_route = route_to_tier(
             caller.config,
             phase=phase,
@@ -88,7 +100,7 @@ class Plan:
             tier=caller.config.settings.routing["high"],
             rule="all-deep",
         )
-        deep = _grown(caller.config, deep_route, Estimate(est.prompt_tokens, 0, None), 0)
+        deep = estimate(caller.config, deep_route, est.prompt_tokens, prefix, batch=batch)
         self.rows.append(
             {
                 "phase": phase,
@@ -110,20 +122,14 @@ class Plan:
         return routed
 
 
-def _grown(config: Config, routed: Route, est: Estimate, extra_tokens: int) -> Estimate:
-    return estimate(config, routed, est.prompt_tokens + extra_tokens)
-
-
 def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
     console = Console()
     if show_prompts:
         for phase, subject, prompt in plan.prompts:
             console.rule(f"{phase} · {subject}")
             console.print(prompt, markup=False, highlight=False)
-    console.print(
-        f"[bold]{plan.flow}[/] {plan.since} to {plan.until}: {plan.selected} notes selected, "
-        f"{len(plan.skipped)} skipped"
-    )
+    window = f" {plan.since} to {plan.until}" if plan.since else ""
+    console.print(f"[bold]{plan.flow}[/]{window}: {plan.selected} notes selected, {len(plan.skipped)} skipped")
     for path, reason in plan.skipped:
         console.print(f"  [yellow]skipped[/] {path}: {reason}")
     table = Table(title="Estimate (worst case: every prompt token billed, every output token used)")
@@ -161,6 +167,8 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
         style="bold",
     )
     console.print(table)
-    console.print("Nothing was sent to a model. Drafts are counted at the configured maximum number of concepts.")
+    for phase, subject, why in plan.too_long:
+        console.print(f"[red]does not fit[/] {phase} · {subject}: {why}", highlight=False)
+    console.print(" ".join(["Nothing was sent to a model.", *plan.notes]))
     if not show_prompts:
         console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")

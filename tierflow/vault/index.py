@@ -32,7 +32,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -49,6 +49,10 @@ _OBSIDIAN_COMMENT_RE = re.compile(r"%%.*?%%", re.DOTALL)
 _DATE_PREFIX_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
 # Core Templates `{{date}}` / Templater `<% tp.date.now() %>` left in a note that was never filled in.
 _PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}|<%.*?%>")
+# A `date:` (or `created:`) line in front-matter that YAML cannot parse as a whole.
+_DATE_LINE_RE = re.compile(r"^(?:date|created)[ \t]*:[ \t]*['\"]?([^\n]+)$", re.MULTILINE)
+TIERFLOW_KEYS = ("tierflow_hash", "tierflow_run")
+"""Front-matter keys that mark a note as tierflow's own output."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class NoteMeta:
     mtime_ns: int
     size: int
     error: str | None = None  # why the note cannot be used, e.g. "not UTF-8 text"
+    by_tierflow: bool = False  # its front-matter says tierflow wrote it (`tierflow_hash` or `tierflow_run`)
 
     @property
     def effective_date(self) -> dt.date:
@@ -207,8 +212,8 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
     stem = rel.rpartition("/")[2].rpartition(".")[0]
 
-    def bad(error: str, *, title: str = stem, tags: tuple[str, ...] = ()) -> NoteMeta:
-        return NoteMeta(rel, title, None, tags, st.st_mtime_ns, st.st_size, error)
+    def bad(error: str, *, title: str = stem, tags: tuple[str, ...] = (), date: dt.date | None = None) -> NoteMeta:
+        return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, error)
 
     if st.st_size == 0:
         return bad("empty note")
@@ -245,17 +250,24 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
             except yaml.YAMLError as exc:
                 # The YAML text starts on the `---` line; blank lines before it were stripped above.
                 detail = _yaml_problem(exc, text[: len(text) - len(stripped.lstrip())].count("\n"))
-                return bad(f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)))
+                return bad(
+                    f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)), date=_date_line(fm)
+                )
             except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 # The safe constructor raises plain exceptions for some values, e.g. ValueError for
                 # `date: 2024-13-45`; python-frontmatter would fail on the same note.
-                return bad(f"malformed YAML front-matter: invalid value ({exc})", tags=_dedupe(_inline_tags(body)))
+                return bad(
+                    f"malformed YAML front-matter: invalid value ({exc})",
+                    tags=_dedupe(_inline_tags(body)),
+                    date=_date_line(fm),
+                )
             if isinstance(loaded, dict):
                 meta = loaded
             elif loaded is not None:
                 return bad(
                     f"malformed YAML front-matter: expected key: value pairs, got {type(loaded).__name__}",
                     tags=_dedupe(_inline_tags(body)),
+                    date=_date_line(fm),
                 )
     title = meta.get("title")
     title = str(title).strip() if title is not None and str(title).strip() else stem
@@ -267,7 +279,14 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
             # A template (e.g. Templates/Literature note.md) would otherwise be selected by its tags
             # with its mtime as date.
             return bad(f"unfilled template: {key} is {value!r}", title=title, tags=tags)
-    return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size)
+    by_tierflow = any(key in meta for key in TIERFLOW_KEYS)
+    return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow)
+
+
+def _date_line(front_matter: str) -> dt.date | None:
+    """The date on a `date:` (else `created:`) line of front-matter YAML could not parse, read leniently."""
+    found = {m.group(0).split(":", 1)[0].strip(): m.group(1) for m in _DATE_LINE_RE.finditer(front_matter)}
+    return _parse_date(found.get("date", "")) or _parse_date(found.get("created", ""))
 
 
 def _tag_match(tags: Sequence[str], wanted: frozenset[str]) -> bool:
@@ -290,16 +309,17 @@ def _tag_match(tags: Sequence[str], wanted: frozenset[str]) -> bool:
 # None, tags, error]. A warm scan then builds no objects per note, and selection compares ISO date strings;
 # NoteMeta objects are made only for the notes a caller gets back.
 _Row = list[Any]
-_ROW_LENGTH = 6
+_ROW_LENGTH = 7
 
 
 def _to_row(m: NoteMeta) -> _Row:
-    return [m.mtime_ns, m.size, m.title, m.date.isoformat() if m.date else None, list(m.tags), m.error]
+    return [m.mtime_ns, m.size, m.title, m.date.isoformat() if m.date else None, list(m.tags), m.error, m.by_tierflow]
 
 
 def _from_row(path: str, row: _Row) -> NoteMeta:
-    mtime_ns, size, title, date, tags, error = row
-    return NoteMeta(path, title, dt.date.fromisoformat(date) if date else None, tuple(tags), mtime_ns, size, error)
+    mtime_ns, size, title, date, tags, error, by_tierflow = row
+    day = dt.date.fromisoformat(date) if date else None
+    return NoteMeta(path, title, day, tuple(tags), mtime_ns, size, error, by_tierflow)
 
 
 class VaultIndex:
@@ -451,9 +471,10 @@ class VaultIndex:
     def select(self, *, folders: Sequence[str], tags: Sequence[str], since: dt.date, until: dt.date) -> Selection:
         """Notes under any of `folders` OR tagged with any of `tags`, dated within [since, until].
 
-        The date is the front-matter date, else the file's modification date (local time). Tags match
-        nested tags too (`literature` selects `literature/book`). With neither folders nor tags, every
-        note in the window is selected.
+        The date is the front-matter date (read from its `date:` line when the YAML is malformed, so such a
+        note is reported as skipped in its own week), else the file's modification date (local time). Tags
+        match nested tags too (`literature` selects `literature/book`). With neither folders nor tags, every
+        note in the window is selected. A note whose front-matter says tierflow wrote it is never selected.
 
         Cost: with folders only, just those folders are walked. Tags can be on any note, so a non-empty
         `tags` walks the whole vault; warm, that is still one `stat` per note and no reads.
@@ -467,8 +488,8 @@ class VaultIndex:
         notes: list[NoteMeta] = []
         skipped: list[NoteMeta] = []
         for path, row in self._load().items():
-            if not everything and not path.startswith(prefixes) and not _tag_match(row[4], wanted):
-                continue
+            if row[6] or (not everything and not path.startswith(prefixes) and not _tag_match(row[4], wanted)):
+                continue  # tierflow's own output is never selected
             day = row[3] or dt.datetime.fromtimestamp(row[0] / 1e9).date().isoformat()
             if first <= day <= last:
                 (skipped if row[5] else notes).append(_from_row(path, row))

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from importlib.resources import files
 from pathlib import Path
@@ -27,6 +27,7 @@ from pathvalidate import sanitize_filename
 
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import Annotation, parse_annotations
+from tierflow.vault.links import VaultNames
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -67,7 +68,8 @@ class SourceNote:
     title: str
     citekey: str
     link: str
-    """The wikilink target Obsidian resolves to this note (its file name without `.md`)."""
+    """The wikilink target Obsidian resolves to this note alone: its file name without `.md`, or its path
+    when another file shares the name (`VaultNames.link_for`)."""
     front_matter: dict[str, Any]
     body: str
     annotations: tuple[Annotation, ...]
@@ -87,7 +89,7 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         raise VaultError(f"{relpath}: malformed YAML front-matter ({_first_line(exc)}); skipped") from None
     meta = dict(post.metadata)
     stem = Path(relpath).stem
-    citekey = str(meta.get("citekey") or _citekey_from(stem))
+    citekey = str(meta.get("citekey") or "").strip() or _citekey_from(stem)
     authors = meta.get("authors") or meta.get("author") or ()
     if isinstance(authors, str):
         authors = [authors]
@@ -116,7 +118,33 @@ def _without_metadata(body: str) -> str:
 
 
 def _citekey_from(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "", stem.split(" - ")[0].lstrip("@")) or "source"
+    """The stem's first part, letters and digits of any script kept (`@hattie2007`, `学习反馈 - 笔记`)."""
+    head = unicodedata.normalize("NFC", stem.split(" - ")[0].lstrip("@"))
+    return "".join(ch for ch in head if unicodedata.category(ch)[0] in "LMN") or "source"
+
+
+def unique_citekeys(sources: list[SourceNote]) -> list[SourceNote]:
+    """The sources, each with a citekey no other one shares (case-insensitively).
+
+    Deterministic: in path order, the first note with a key keeps it, and later ones get the first free
+    `-2`, `-3`, ... (never a key another note has of its own).
+    """
+    ordered = sorted(sources, key=lambda s: s.path)
+    taken = {s.citekey.casefold() for s in ordered}
+    owner: dict[str, str] = {}
+    for s in ordered:
+        owner.setdefault(s.citekey.casefold(), s.path)
+    out: dict[str, SourceNote] = {}
+    for source in ordered:
+        if owner[source.citekey.casefold()] == source.path:
+            out[source.path] = source
+            continue
+        n = 2
+        while f"{source.citekey}-{n}".casefold() in taken:
+            n += 1
+        taken.add(f"{source.citekey}-{n}".casefold())
+        out[source.path] = replace(source, citekey=f"{source.citekey}-{n}")
+    return [out[s.path] for s in sources]
 
 
 def _first_line(exc: Exception) -> str:
@@ -197,6 +225,10 @@ class NoteWriter:
     vault: Path
     folder: str
     today: date = field(default_factory=date.today)
+    names: VaultNames | None = None
+    """The vault's file names. With them, a new note never takes a name another note has anywhere in the
+    vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds must resolve to
+    exactly one file."""
 
     def __post_init__(self) -> None:
         self.vault = self.vault.resolve()
@@ -220,8 +252,9 @@ class NoteWriter:
         compared ignoring `compare_keys` (run ids, spend), so an unchanged draft is left untouched.
         A user-edited note is kept byte for byte, and the new draft goes to a dated sibling.
         """
-        path = self.target(title)
+        path, apart = self._apart(self.target(title))
         text = render_note(front_matter, body)
+        self._check_links(path, text)
         if path.exists():
             state = self._ownership(path)
             if state == "owned":
@@ -242,7 +275,32 @@ class NoteWriter:
                 f"{self._rel(path)} kept as it is ({why}); the new draft is {self._rel(sibling)}",
             )
         self._atomic_write(path, text)
-        return WriteResult(self._rel(path), "created")
+        return WriteResult(self._rel(path), "created", apart)
+
+    def _apart(self, path: Path) -> tuple[Path, str]:
+        """`path`, or the first `<name> (2).md`, `(3)`... that no other note in the vault is named like."""
+        if self.names is None:
+            return path, ""
+        others = self.names.taken(path.stem, besides=self._rel(path))
+        if not others:
+            return path, ""
+        for n in range(2, 100):
+            candidate = path.with_name(f"{path.stem} ({n}).md")
+            if not self.names.taken(candidate.stem, besides=self._rel(candidate)):
+                return candidate, f"named apart from {', '.join(others)}, which has the name {path.stem!r}"
+        raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
+
+    def _check_links(self, path: Path, text: str) -> None:
+        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written."""
+        if self.names is None:
+            return
+        self.names.add(self._rel(path))
+        problems = self.names.problems(text)
+        if problems:
+            raise VaultError(
+                f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
+                "resolve to exactly one note: rename the notes that share a name, or link them by path."
+            )
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.vault).as_posix()
@@ -262,6 +320,8 @@ class NoteWriter:
         for n in range(1, 100):
             suffix = f" (tierflow {self.today.isoformat()})" if n == 1 else f" (tierflow {self.today.isoformat()} {n})"
             candidate = path.with_name(f"{path.stem}{suffix}.md")
+            if self.names is not None and self.names.taken(candidate.stem, besides=self._rel(candidate)):
+                continue
             if not candidate.exists() or self._ownership(candidate) == "owned":
                 return candidate
         return None

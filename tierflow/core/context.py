@@ -1,0 +1,65 @@
+"""Context windows: a prompt is counted against the routed model's window before anything is sent or spent.
+
+The window comes from `[tiers.<name>] context_window`, else from `KNOWN_WINDOWS` by model id prefix. A model
+tierflow does not know, with no window in the config, is not checked (its server will say).
+"""
+
+from __future__ import annotations
+
+from tierflow.core.config import Config
+from tierflow.core.errors import ContextWindowExceeded
+from tierflow.core.routing import Route
+
+KNOWN_WINDOWS: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4", 200_000),
+    ("claude-sonnet-4", 200_000),
+    ("claude-haiku-4", 200_000),
+    ("claude-3", 200_000),
+    ("gpt-5", 400_000),
+    ("gpt-4.1", 1_047_576),
+    ("gpt-4o", 128_000),
+    ("o3", 200_000),
+    ("o4-mini", 200_000),
+    ("llama3.1", 131_072),
+    ("llama3.2", 131_072),
+    ("llama3.3", 131_072),
+    ("qwen2.5", 32_768),
+)
+"""(model id prefix, tokens of prompt plus answer), longest prefix first where two overlap."""
+
+
+def context_window(config: Config, routed: Route) -> int | None:
+    """The routed model's window: the tier's `context_window`, else the default for its model, else None."""
+    tier = config.settings.tiers.get(routed.tier)
+    if tier is not None and tier.context_window:
+        return tier.context_window
+    model = routed.model.lower()
+    known = [(prefix, size) for prefix, size in KNOWN_WINDOWS if model.startswith(prefix)]
+    return max(known, key=lambda k: len(k[0]))[1] if known else None
+
+
+def overflow(config: Config, routed: Route, prompt_tokens: int) -> str | None:
+    """Why `prompt_tokens` plus the tier's answer allowance do not fit the window, or None when they do."""
+    window = context_window(config, routed)
+    if window is None or prompt_tokens + routed.max_output_tokens <= window:
+        return None
+    return (
+        f"the {routed.phase} prompt is about {prompt_tokens:,} tokens; with {routed.max_output_tokens:,} for the "
+        f"answer it exceeds the {window:,}-token context window of {routed.model_ref} (tier {routed.tier})"
+    )
+
+
+def check_fits(config: Config, routed: Route, prompt_tokens: int) -> None:
+    """Raise before any spend when the prompt does not fit the routed model's context window."""
+    problem = overflow(config, routed, prompt_tokens)
+    if problem is not None:
+        raise ContextWindowExceeded(
+            routed.provider,
+            routed.model,
+            f"{problem}; nothing was sent",
+            hint=(
+                "Select fewer notes (--since/--until), route the phase to a tier with a larger window "
+                f"(--tier {routed.phase}=TIER), or set [tiers.{routed.tier}] context_window if this model's "
+                "window is larger."
+            ),
+        )
