@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import PhaseOutcome
+from tierflow.learn.signals import scan
 from tierflow.report.spend import all_deep_cost, money, phase_spend, row_tokens, savings_text
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
@@ -83,6 +84,8 @@ def write_run_report(
     """Write the run report note and the Prefect artifacts; returns the summary with its totals."""
     caller = caller_for(settings)
     config = caller.config
+    # The person's edits and ratings of earlier drafts become routing evidence at every run.
+    scan(Path(settings.vault or "."), caller.ledger)
     rows = caller.ledger.rows(run_id=settings.run_id)
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)

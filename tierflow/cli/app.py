@@ -16,6 +16,7 @@ import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.cli.ops_commands import limits_app, schedule_app
+from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
+app.add_typer(routing_app, name="routing")
 
 TierOpt = Annotated[
     list[str] | None,

@@ -348,6 +348,8 @@ class Caller:
                     return _shown(routed, self._kept(best, request), number)
                 number += 1
                 if attempt.outcome == "ok":
+                    if step + 1 < len(ladder) and self._explores(sent):
+                        self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
                     return _shown(routed, attempt.answer, number)
                 best = attempt if best is None or attempt.rank > best.rank else best
                 last = attempt
@@ -355,6 +357,28 @@ class Caller:
                 break
         assert best is not None
         return _shown(routed, self._kept(best, request), number)
+
+    def _explores(self, request: Request) -> bool:
+        """Adaptive mode's deterministic sample: this request's hash falls in the `explore` share."""
+        routing = self.config.settings.routing
+        if routing.mode != "adaptive" or routing.explore <= 0:
+            return False
+        return (
+            int(_cache_key(Route("", "", "", "", "", "", 0, "explore"), request)[:8], 16) / 0xFFFFFFFF < routing.explore
+        )
+
+    def _shadow(
+        self, routed: Route, request: Request, *, output: type[BaseModel] | None, checks: Sequence[Check], subject: str
+    ) -> None:
+        """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded."""
+        shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
+        try:
+            self._attempt(
+                shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
+                number=1, escalated_from=None,
+            )  # fmt: skip
+        except (BudgetExceeded, ProviderError) as exc:
+            log.info("shadow call on %s skipped: %s", routed.tier, exc)
 
     def ladder(self, routed: Route) -> list[Route]:
         """The routed tier, then each dearer tier up to `[routing] ceiling` (escalation's path)."""

@@ -138,6 +138,9 @@ class RoutingConfig(_Model):
     """The pass rate (its lower confidence bound) a tier must reach to be suggested or learned."""
     min_evidence: int = Field(default=20, ge=1)
     """Observations a tier needs before its pass rate is trusted."""
+    explore: float = Field(default=0.05, ge=0, le=1)
+    """Adaptive mode: the share of passing calls also sent, in shadow, to the next tier up (budgeted like any
+    call, judged by the same checks, recorded, never written to the vault)."""
 
     def __getitem__(self, complexity: str) -> str:
         tier = getattr(self, complexity, None) if complexity in COMPLEXITIES else None
@@ -437,7 +440,7 @@ def _fix_for(err: Mapping[str, Any], key: str) -> str:
     if err["type"] == "extra_forbidden" and key.startswith("routing."):
         return (
             f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate`, `ceiling`, `phases`, "
-            "`mode`, `target` and `min_evidence`."
+            "`mode`, `target`, `min_evidence` and `explore`."
         )
     if err["type"] == "extra_forbidden":
         return "Remove it or check its spelling against `tierflow config show`."

@@ -472,6 +472,12 @@ class Ledger:
         conn.execute(response_cache.delete().where(response_cache.c.key == key))
         conn.execute(response_cache.insert().values(**values))
 
+    def remember_draft(self, note: str, text: str, **call: Any) -> None:
+        """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
+        with self.transaction() as conn:
+            conn.execute(drafts.delete().where(drafts.c.note == note))
+            conn.execute(drafts.insert().values(note=note, text=text, created=now_iso(), **call))
+
     def output_mode(self, provider: str, model: str) -> str | None:
         """The structured-output form this provider's model is known to accept, if any was learned."""
         with self.engine.connect() as conn:
