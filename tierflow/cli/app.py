@@ -51,6 +51,7 @@ class GroupBy(StrEnum):
 class Format(StrEnum):
     table = "table"
     json = "json"
+    jsonl = "jsonl"
     csv = "csv"
     otel = "otel"
 
@@ -111,7 +112,15 @@ def spend(
     by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
     since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table; json (one JSON array); jsonl (one JSON object a line); csv; "
+            "otel (JSON Lines, OpenTelemetry GenAI attribute names).",
+        ),
+    ] = Format.table,
     budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
@@ -135,9 +144,8 @@ def spend(
     rows = ledger.rows(since=since, run_id=run)
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
     out = sys.stdout
-    if fmt is Format.json:
-        for row in rows if group is None else summarise(rows, group):
-            out.write(json.dumps(row if group is None else {"total": True, **row}) + "\n")
+    if fmt in (Format.json, Format.jsonl):
+        _write_json(rows if group is None else summarise(rows, group), fmt)
     elif fmt is Format.csv:
         data = rows if group is None else summarise(rows, group)
         fields = list(COLUMNS) if group is None else list(data[0]) if data else [group]
@@ -157,29 +165,40 @@ def spend(
         Console().print(spend_table(rows, group))
 
 
+def _write_json(records: list[dict], fmt: Format) -> None:
+    """`json`: one document, an array; `jsonl`: one object a line."""
+    if fmt is Format.json:
+        json.dump(records, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+
+
 def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     from tierflow.core.budget import Budgets
 
     states = Budgets(cfg, ledger, run_id="", flow="").states()
-    if fmt is Format.json:
-        for s in states:
-            print(
-                json.dumps(
-                    {
-                        "budget": s.name,
-                        "scope": s.scope,
-                        "policy": s.policy,
-                        "limit_usd": s.limit_usd,
-                        "spent_usd": s.spent_usd,
-                        "reserved_usd": s.reserved_usd,
-                        "remaining_usd": s.remaining_usd,
-                        "limit_tokens": s.limit_tokens,
-                        "spent_tokens": s.spent_tokens,
-                        "reserved_tokens": s.reserved_tokens,
-                        "remaining_tokens": s.remaining_tokens,
-                    }
-                )
-            )
+    if fmt in (Format.json, Format.jsonl):
+        _write_json(
+            [
+                {
+                    "budget": s.name,
+                    "scope": s.scope,
+                    "policy": s.policy,
+                    "limit_usd": s.limit_usd,
+                    "spent_usd": s.spent_usd,
+                    "reserved_usd": s.reserved_usd,
+                    "remaining_usd": s.remaining_usd,
+                    "limit_tokens": s.limit_tokens,
+                    "spent_tokens": s.spent_tokens,
+                    "reserved_tokens": s.reserved_tokens,
+                    "remaining_tokens": s.remaining_tokens,
+                }
+                for s in states
+            ],
+            fmt,
+        )
         return
     from rich.console import Console
     from rich.table import Table
