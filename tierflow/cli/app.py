@@ -160,9 +160,10 @@ def spend(
     else:
         from rich.console import Console
 
+        from tierflow.report.console import show
         from tierflow.report.spend import spend_table
 
-        Console().print(spend_table(rows, group))
+        show(Console(), spend_table(rows, group))
 
 
 def _write_json(records: list[dict], fmt: Format) -> None:
@@ -203,6 +204,8 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     if not states:
         print("No budgets are configured. Add a [budgets.<name>] table to the config.")
         return
@@ -230,7 +233,7 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 f"{s.reserved_tokens} tok",
                 f"{s.remaining_tokens} tok",
             )
-    Console().print(table)
+    show(Console(), table)
 
 
 class FlowName(StrEnum):
@@ -406,6 +409,8 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
     table = Table(title=f"tierflow config ({cfg.path or 'built-in defaults'})")
@@ -414,7 +419,7 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     table.add_column("source")
     for key, (value, source) in sorted(cfg.redacted().items()):
         table.add_row(key, json.dumps(value), source)
-    Console().print(table)
+    show(Console(), table)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tierflow.core import progress
+from tierflow.report.console import show
 from tierflow.report.spend import money
 
 console = Console(stderr=True, soft_wrap=True)
@@ -84,7 +85,7 @@ def print_summary(vault: Path, summary: Any) -> None:
             table.add_column(col, justify="right" if col in ("calls", "cached", "cost") else "left")
         for p in summary.phases:
             table.add_row(p["phase"], p["tiers"], p["models"], str(p["calls"]), str(p["cached"]), p["cost"])
-        out.print(table)
+        show(out, table)
     for w in summary.written:
         out.print(f"  [green]{w.action:>14}[/]  {vault / w.path}" + (f"\n{'':16}{w.message}" if w.message else ""))
     for path, reason in summary.skipped:

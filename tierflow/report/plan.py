@@ -19,6 +19,7 @@ from tierflow.core.budget import Estimate, estimate
 from tierflow.core.calls import Caller
 from tierflow.core.config import Config
 from tierflow.core.routing import Route, route_to_tier
+from tierflow.report.console import show
 from tierflow.report.spend import Spend, money, spend_by
 
 
@@ -160,7 +161,7 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
         money(plan.all_deep_usd),
         style="bold",
     )
-    console.print(table)
+    show(console, table)
     console.print("Nothing was sent to a model. Drafts are counted at the configured maximum number of concepts.")
     if not show_prompts:
         console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")
