@@ -283,7 +283,8 @@ def load_config(
             f"{where}: unknown profile {chosen!r}. Choose one of: {', '.join(PROFILES)}.",
         )
     merged: dict[str, Any] = _deepcopy(PROFILES[chosen])
-    sources: dict[str, str] = {k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")}
+    sources: dict[str, str] = {}
+    _record_sources(PROFILES[chosen], "", f"profile:{chosen}", sources)
     _merge(merged, data, "", sources, label)
     merged["profile"] = chosen
     sources["profile"] = "--profile" if profile else (label if "profile" in data else "default")
@@ -302,16 +303,34 @@ def _deepcopy(data: Any) -> Any:
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any], prefix: str, sources: dict[str, str], label: str):
+    """Lay `top` over `base` field by field, recording `label` as the source of every value it sets."""
     for key, value in top.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        # A tier or provider named in the file replaces the profile's entry of that name wholesale,
-        # so a switch of provider kind never inherits a stale base_url or key name.
-        replace_whole = prefix in ("tiers", "providers")
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and not replace_whole:
+        if (
+            isinstance(value, Mapping)
+            and isinstance(base.get(key), dict)
+            and not _switches_kind(prefix, base[key], value)
+        ):
             _merge(base[key], value, dotted, sources, label)
         else:
+            for stale in [k for k in sources if k == dotted or k.startswith(f"{dotted}.")]:
+                del sources[stale]
             base[key] = _deepcopy(dict(value) if isinstance(value, Mapping) else value)
-            sources[dotted] = label
+            _record_sources(value, dotted, label, sources)
+
+
+def _switches_kind(prefix: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A provider whose kind the file changes starts afresh: it must not inherit a stale base_url or key name."""
+    return prefix == "providers" and "kind" in new and new["kind"] != old.get("kind")
+
+
+def _record_sources(data: Any, prefix: str, label: str, sources: dict[str, str]) -> None:
+    """`label` as the source of each value in `data` (not of its tables, so defaults stay `default`)."""
+    if isinstance(data, Mapping) and data:
+        for key, value in data.items():
+            _record_sources(value, f"{prefix}.{key}" if prefix else str(key), label, sources)
+    else:
+        sources[prefix] = label
 
 
 def _reject_inline_secrets(data: Any, path: Path, prefix: str = "") -> None:
