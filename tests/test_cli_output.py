@@ -46,3 +46,16 @@ def test_a_piped_spend_table_shows_full_model_names(tmp_path: Path):
         assert "…" not in result.stdout
         assert ("extractive-standard" if args != ["--by", "phase"] else "ask") in result.stdout
     assert json.loads(piped(["spend", "--vault", str(vault), "--format", "json"]).stdout)[0]["tier"] == "standard"
+
+
+def test_help_keeps_config_names_in_brackets():
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    runner = CliRunner()
+    limits = runner.invoke(app, ["limits", "--help"])
+    assert limits.exit_code == 0, limits.output
+    assert "[tiers.<name>] concurrency" in " ".join(limits.output.split())
+    run = runner.invoke(app, ["run", "--help"])
+    assert "[feedback] in config" in " ".join(run.output.split())
