@@ -7,6 +7,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from tierflow.core.calls import RunSettings
+from tierflow.core.phases import label_flow_run
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_reading_notes
 from tierflow.tasks.collate import collate
@@ -34,6 +35,7 @@ def reading_notes(
         parameters={"since": since, "until": until},
     )  # fmt: skip
     week = select_week(settings, since, until)
+    label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")
     sources, unreadable = load_sources(settings, week)
     run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
     if not sources:

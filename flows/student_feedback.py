@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import label_flow_run
 from tierflow.core.registry import FlowSpec
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
@@ -32,6 +33,7 @@ def student_feedback(
         parameters={"assignment": assignment, "mode": mode},
     )  # fmt: skip
     folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
+    label_flow_run(settings, f"{FLOW} · {folder}")
     work = load_assignment(settings, folder)
     run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 

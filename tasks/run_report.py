@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
+import frontmatter
+import yaml
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.config import Config
+from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
-from tierflow.report.spend import all_deep_cost, money, phase_spend, row_tokens, savings_text
+from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total_of, with_all_deep
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
 T = TypeVar("T")
@@ -50,9 +56,17 @@ class RunSummary:
         return outcome.results
 
 
-def artifact_key(flow: str, what: str) -> str:
-    """Prefect artifact keys allow only lower-case letters, digits and dashes."""
-    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in f"{flow}-{what}".lower())
+def artifact_key(flow: str, what: str, vault: str | None = None) -> str:
+    """`<flow>-<what>`, scoped to the vault (`-<folder>-<path hash>`) so two vaults' runs never share a key.
+
+    Prefect artifact keys allow only lower-case letters, digits and dashes.
+    """
+    scope = ""
+    if vault:
+        path = Path(vault).resolve()
+        scope = f"-{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
+    key = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in f"{flow}-{what}{scope}".lower())
+    return "-".join(part for part in key.split("-") if part)
 
 
 @task(name="run report", task_run_name="report · {summary.flow}")
@@ -64,16 +78,16 @@ def write_run_report(
     until: date | None,
     selected: int,
 ) -> RunSummary:
-    """Write the run report note and the Prefect artifacts; returns the summary with its totals."""
+    """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary."""
     caller = caller_for(settings)
     config = caller.config
-    rows = caller.ledger.rows(run_id=settings.run_id)
+    rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
-    total_cost = sum(p.cost_usd for p in phases)
-    unpriced = sum(p.unpriced for p in phases)
-    all_deep, savings = savings_text(total_cost, all_deep_cost(config, rows))
-    started = clock.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    total = total_of(phases)
+    all_deep, savings = savings_text(total.cost_usd, total.all_deep_usd)
+    now = clock.now().astimezone(ZoneInfo(config.settings.vault.timezone))
+    day = now.date().isoformat()
     budgets = [
         {
             "name": b.name,
@@ -88,91 +102,139 @@ def write_run_report(
     downgrades = [
         f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}" for r in rows if r["downgraded_from"]
     ]
-    today = date.today().isoformat()
-    earlier = _earlier_runs(caller.ledger.rows(since=today, flow=summary.flow), settings.run_id)
     env = template_env(config.vault, config.settings.vault.templates_folder)
     written = [
         {"link": Path(w.path).with_suffix("").as_posix(), "action": w.action, "message": w.message}
         for w in summary.written
     ]
+    vault = Path(settings.vault or ".")
+    writer = NoteWriter(vault, config.settings.vault.runs_folder, today=now.date())
     context = {
         "flow": summary.flow,
         "run_id": settings.run_id,
-        "started": started,
-        "flow_run_url": _flow_run_url(),
+        "started": now.strftime("%Y-%m-%d %H:%M"),
+        "flow_run_url": flow_run_url(),
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
         "selected": selected,
-        "profile": config.settings.profile,
+        "providers": providers_used(config, rows),
         "total": {
-            "tokens": sum(p.tokens for p in phases),
-            "cost": money(total_cost) + (f" (+{unpriced} unpriced calls)" if unpriced else ""),
+            "tokens": total.tokens,
+            "cost": money(total.cost_usd) + (f" (+{total.unpriced} unpriced calls)" if total.unpriced else ""),
         },
         "all_deep": all_deep,
         "savings": savings,
         "halted": summary.halted or summary.failed,
         "phases": [p.table_row() for p in phases],
+        "totals": total.table_row() if phases else None,
         # Free runs (offline, local) still show where the tokens went.
-        "pie": [
-            {"phase": p.key, "value": round(p.cost_usd, 6) if total_cost > 0 else p.tokens}
-            for p in phases
-            if (p.cost_usd if total_cost > 0 else p.tokens) > 0
-        ],
-        "pie_unit": "USD" if total_cost > 0 else "tokens",
+        "shares": share_rows(phases),
+        "share_unit": "USD" if total.cost_usd > 0 else "tokens",
         "budgets": budgets,
         "downgrades": downgrades,
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
-        "earlier": earlier,
         "batches": summary.batches,
         "message": summary.message,
+        "day_index": Path(writer.target(day_index_title(day))).stem,
     }
     body = env.get_template("notes/run-report.md.j2").render(**context)
     front_matter = {
-        "title": f"{today} {summary.flow}",
+        "title": f"{summary.flow} run {settings.run_id}",
         "tags": ["tierflow/run"],
         "tierflow_run": settings.run_id,
         "tierflow_flow": summary.flow,
-        "tierflow_tokens": context["total"]["tokens"],
-        "tierflow_cost_usd": round(total_cost, 6),
+        "tierflow_day": day,
+        "tierflow_started": now.isoformat(timespec="seconds"),
+        "tierflow_tokens": total.tokens,
+        "tierflow_cost_usd": round(total.cost_usd, 6),
         "tierflow_notes_written": len(summary.written),
     }
-    writer = NoteWriter(Path(settings.vault or "."), config.settings.vault.runs_folder)
-    summary.report = writer.write(f"{today} {summary.flow}", front_matter, body)
-    summary.tokens = context["total"]["tokens"]
-    summary.cost_usd = total_cost
+    summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
+    write_day_index(writer, env, day)
+    summary.tokens = total.tokens
+    summary.cost_usd = total.cost_usd
     summary.phases = context["phases"]
     create_table_artifact(
-        key=artifact_key(summary.flow, "spend"),
-        table=[{k: v for k, v in p.items() if k != "cost"} for p in context["phases"]]
+        key=artifact_key(summary.flow, "spend", settings.vault),
+        table=[*context["phases"], *([context["totals"]] if context["totals"] else [])]
         or [{"phase": "none", "calls": 0}],
-        description=f"Spend per phase for run {settings.run_id} (USD; all-deep equivalent {all_deep}).",
+        description=f"{money(total.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
     )
     create_markdown_artifact(
-        key=artifact_key(summary.flow, "report"),
+        key=artifact_key(summary.flow, "report", settings.vault),
         markdown=body,
         description=f"tierflow run report {settings.run_id}",
     )
     return summary
 
 
-def _earlier_runs(rows: list[dict[str, Any]], current: str) -> list[dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["run_id"] == current:
-            continue
-        e = runs.setdefault(r["run_id"], {"run_id": r["run_id"], "calls": 0, "tokens": 0, "cost_usd": 0.0})
-        e["calls"] += 1
-        e["tokens"] += row_tokens(r)
-        e["cost_usd"] += r["cost_usd"] or 0.0
-    return [{**e, "cost": money(e["cost_usd"])} for e in runs.values()]
+def providers_used(config: Config, rows: list[dict[str, Any]]) -> str:
+    """The providers the run's calls went to (with their kind), or, before any call, those its routing names."""
+    names = list(dict.fromkeys(r["provider"] for r in rows)) or list(
+        dict.fromkeys(config.tier(t).provider for t in config.settings.routing.values())
+    )
+    kinds = config.settings.providers
+    return ", ".join(f"{n} ({kinds[n].kind})" if n in kinds and kinds[n].kind != n else n for n in names)
 
 
-def _flow_run_url() -> str | None:
+def report_title(writer: NoteWriter, run_id: str, flow: str, now: datetime) -> str:
+    """`<date> <flow> <HHMM> <short id>`: one note per run. A name another run's note (or a person) holds is
+    never taken; a resumed run finds its own note again."""
+    base = f"{now.date().isoformat()} {flow} {now.strftime('%H%M')} {run_id.rsplit('-', 1)[-1]}"
+    for n in range(1, 100):
+        title = base if n == 1 else f"{base} ({n})"
+        path = writer.target(title)
+        if not path.exists() or _run_of(path) == run_id:
+            return title
+    raise VaultError(f"{writer.folder}: no free name for the report of run {run_id}; tidy the folder and rerun")
+
+
+def day_index_title(day: str) -> str:
+    return f"{day} tierflow runs"
+
+
+def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
+    """The day's index note: every run report of that day in the runs folder, in the order they started."""
+    runs = []
+    for path in sorted(writer.root.glob("*.md")):
+        meta = _meta(path)
+        if meta.get("tierflow_day") == day and meta.get("tierflow_run"):
+            runs.append(
+                {
+                    "link": path.stem,
+                    "started": str(meta.get("tierflow_started", ""))[11:16],
+                    "flow": meta.get("tierflow_flow", ""),
+                    "run_id": meta["tierflow_run"],
+                    "tokens": meta.get("tierflow_tokens", 0),
+                    "cost": money(meta.get("tierflow_cost_usd")),
+                }
+            )
+    runs.sort(key=lambda r: (r["started"], r["run_id"]))
+    body = env.get_template("notes/run-index.md.j2").render(day=day, runs=runs)
+    front_matter = {"title": day_index_title(day), "tags": ["tierflow/runs"], "tierflow_day_index": day}
+    return writer.write(day_index_title(day), front_matter, body)
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    try:
+        return dict(frontmatter.loads(path.read_text(encoding="utf-8")).metadata)
+    except (UnicodeDecodeError, yaml.YAMLError, OSError):
+        return {}
+
+
+def _run_of(path: Path) -> str | None:
+    return _meta(path).get("tierflow_run")
+
+
+def flow_run_url() -> str | None:
+    """The flow run's page in the Prefect UI (`<ui>/runs/flow-run/<id>`), when a UI URL is configured."""
     try:
         from prefect.runtime import flow_run
+        from prefect.utilities.urls import url_for
 
-        url = flow_run.ui_url
+        run_id = flow_run.get_id()
+        url = url_for("flow-run", obj_id=run_id) if run_id else None
         return url if url and url.startswith("http") else None
     except Exception:  # the URL is a convenience; a report without it is still whole
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from prefect import Task
@@ -58,8 +59,34 @@ def phase_task(
     return task.with_options(
         name=f"{phase}",
         task_run_name=f"{phase} · {subject}"[:100],
-        tags=sorted(routed.tags),
+        tags=sorted(routed.tags | set(run_tags(settings))),
     )
+
+
+def run_tags(settings: RunSettings) -> list[str]:
+    """The tags that tell one tierflow run from another in the Prefect UI: vault, profile and run id."""
+    vault = Path(settings.vault).name if settings.vault else ""
+    profile = settings.profile or caller_for(settings).config.settings.profile
+    tags = [f"profile:{profile}", f"tierflow-run:{settings.run_id}"]
+    return sorted([f"vault:{vault}", *tags] if vault else tags)
+
+
+def label_flow_run(settings: RunSettings, name: str | None = None) -> None:
+    """Give the current flow run the run's tags and, once it is known, a name with the resolved window.
+
+    Prefect fixes a run's tags when the run is created from a deployment or a schedule, before tierflow knows
+    its vault, profile or run id, and names it from the raw parameters (`None to None`); both are updated here.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    tags = sorted(set(context.flow_run.tags) | set(run_tags(settings)))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, name=name, tags=tags)
 
 
 @dataclass
