@@ -6,8 +6,8 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from tierflow.core.calls import RunSettings
-from tierflow.core.phases import label_flow_run
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import attribute, label_flow_run
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_reading_notes
 from tierflow.tasks.collate import collate
@@ -28,12 +28,14 @@ def reading_notes(
     config: str | None = None,
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
+    project: str | None = None,
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
     settings = RunSettings.start(
         FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={"since": since, "until": until},
+        parameters={"since": since, "until": until, "project": project},
     )  # fmt: skip
+    settings = attribute(settings, *caller_for(settings).config.settings.vault.reading_folders, project=project)
     week = select_week(settings, since, until)
     label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")
     sources, unreadable = load_sources(settings, week)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.phases import label_flow_run
+from tierflow.core.phases import attribute, label_flow_run
 from tierflow.core.registry import FlowSpec
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
@@ -26,13 +26,15 @@ def student_feedback(
     config: str | None = None,
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
+    project: str | None = None,
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
     settings = RunSettings.start(
         FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={"assignment": assignment, "mode": mode},
+        parameters={"assignment": assignment, "mode": mode, "project": project},
     )  # fmt: skip
     folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
+    settings = attribute(settings, folder, project=project)
     label_flow_run(settings, f"{FLOW} · {folder}")
     work = load_assignment(settings, folder)
     run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))

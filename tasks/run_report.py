@@ -118,6 +118,7 @@ def write_run_report(
         "until": until.isoformat() if until else None,
         "selected": selected,
         "providers": providers_used(config, rows),
+        "project": settings.project,
         "total": {
             "tokens": total.tokens,
             "cost": money(total.cost_usd) + (f" (+{total.unpriced} unpriced calls)" if total.unpriced else ""),
@@ -144,6 +145,7 @@ def write_run_report(
         "tags": ["tierflow/run"],
         "tierflow_run": settings.run_id,
         "tierflow_flow": summary.flow,
+        "tierflow_project": settings.project or "",
         "tierflow_day": day,
         "tierflow_started": now.isoformat(timespec="seconds"),
         "tierflow_tokens": total.tokens,

@@ -47,7 +47,10 @@ class GroupBy(StrEnum):
     model = "model"
     flow = "flow"
     day = "day"
+    week = "week"
     run = "run"
+    project = "project"
+    deployment = "deployment"
 
 
 class Format(StrEnum):
@@ -114,6 +117,7 @@ def spend(
     by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
     since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Only calls charged to this project.")] = None,
     fmt: Annotated[
         Format,
         typer.Option(
@@ -125,7 +129,8 @@ def spend(
     ] = Format.table,
     budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
 ) -> None:
-    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
+    deployment."""
     from tierflow.core.ledger import COLUMNS, Ledger
     from tierflow.report.spend import summarise
 
@@ -143,7 +148,7 @@ def spend(
     if budget:
         _print_budgets(cfg, ledger, fmt)
         return
-    rows = ledger.rows(since=since, run_id=run)
+    rows = ledger.rows(since=since, run_id=run, project=project)
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
     out = sys.stdout
     if fmt in (Format.json, Format.jsonl):
@@ -285,6 +290,12 @@ def run(
         str, typer.Option("--task-runner", help="thread (default), dask, dask:N or dask:tcp://HOST:PORT.")
     ] = "thread",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project", help="Charge the run's spend to this project (default: from the config or a course code)."
+        ),
+    ] = None,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
@@ -321,7 +332,14 @@ def run(
         else {"assignment": assignment, "mode": mode, "wait": wait}
     )
     summary = run_flow(
-        flow_name.value, vault, profile=profile, config=config, tier=overrides, task_runner=runner, **kwargs
+        flow_name.value,
+        vault,
+        profile=profile,
+        config=config,
+        tier=overrides,
+        task_runner=runner,
+        project=project,
+        **kwargs,
     )
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
 

@@ -130,11 +130,21 @@ class Reservation:
 class Budgets:
     """The budgets of one config, applied to one run."""
 
-    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str, max_wait_s: float = 600) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        *,
+        run_id: str,
+        flow: str,
+        project: str | None = None,
+        max_wait_s: float = 600,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.run_id = run_id
         self.flow = flow
+        self.project = project
         self.tz = ZoneInfo(config.settings.vault.timezone)
         self.max_wait_s = max_wait_s
 
@@ -142,7 +152,7 @@ class Budgets:
         return [
             (name, b)
             for name, b in self.config.settings.budgets.items()
-            if (b.flow in (None, self.flow)) and (b.phase in (None, phase))
+            if (b.flow in (None, self.flow)) and (b.phase in (None, phase)) and (b.project in (None, self.project))
         ]
 
     def period_start(self, budget: BudgetConfig, now: datetime | None = None) -> str | None:
@@ -164,6 +174,8 @@ class Budgets:
             parts.append(f"flow {budget.flow}")
         if budget.phase:
             parts.append(f"phase {budget.phase}")
+        if budget.project:
+            parts.append(f"project {budget.project}")
         return ", ".join(parts)
 
     def state(self, conn: Connection, name: str, budget: BudgetConfig) -> BudgetState:
@@ -199,6 +211,10 @@ class Budgets:
             spent_q = spent_q.where(calls.c.phase == budget.phase)
             held_q = held_q.where(reservations.c.phase == budget.phase)
             kept_q = kept_q.where(reservations.c.phase == budget.phase)
+        if budget.project:
+            spent_q = spent_q.where(calls.c.project == budget.project)
+            held_q = held_q.where(reservations.c.project == budget.project)
+            kept_q = kept_q.where(reservations.c.project == budget.project)
         spent_usd, spent_tokens = conn.execute(spent_q).one()
         held_usd, held_tokens = conn.execute(held_q).one()
         kept_usd, kept_tokens = conn.execute(kept_q).one()
@@ -263,6 +279,7 @@ class Budgets:
                 created=now_iso(),
                 run_id=self.run_id,
                 flow=self.flow,
+                project=self.project,
                 phase=reservation.route.phase,
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,

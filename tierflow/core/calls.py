@@ -43,6 +43,10 @@ class RunSettings(BaseModel, frozen=True):
     run_id: str = ""
     flow: str = "adhoc"
     use_cache: bool = True
+    project: str | None = None
+    """The project the run's spend is attributed to (`--project`, the config's [project], a course code)."""
+    deployment: str | None = None
+    """The Prefect deployment that started the run, if one did."""
 
     def with_run(self, flow: str) -> RunSettings:
         return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
@@ -112,7 +116,9 @@ class Caller:
             profile=settings.profile,
         )
         self.ledger = Ledger(self.config.ledger_url)
-        self.budgets = Budgets(self.config, self.ledger, run_id=settings.run_id, flow=settings.flow)
+        self.budgets = Budgets(
+            self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
+        )
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
 
@@ -437,6 +443,8 @@ class Caller:
             downgraded_from=downgraded_from,
             flow_run_id=flow_run_id,
             task_run_id=task_run_id,
+            project=self.settings.project,
+            deployment=self.settings.deployment,
         )
 
 

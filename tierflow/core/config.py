@@ -101,6 +101,8 @@ class BudgetConfig(_Model):
     """Only runs of this flow count; None means every flow."""
     phase: str | None = None
     """Only calls of this phase count; None means every phase."""
+    project: str | None = None
+    """Only calls charged to this project count; None means every project."""
     policy: Literal["halt", "downgrade", "warn"] = "halt"
     floor: str | None = None
     """With `downgrade`: the cheapest tier to fall back to."""
@@ -115,6 +117,15 @@ class FeedbackConfig(_Model):
     """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
 
 
+class ProjectConfig(_Model):
+    """Which project a run's spend is charged to, unless `--project` says."""
+
+    name: str | None = None
+    """The vault's project, for runs that match no folder below and carry no course code."""
+    folders: dict[str, str] = {}
+    """Folder (vault-relative) -> project, for runs over that folder: `"Teaching/EDU7001" = "EDU7001"`."""
+
+
 class Settings(_Model):
     profile: str = "offline"
     ledger_url: str | None = None
@@ -126,6 +137,7 @@ class Settings(_Model):
     vault: VaultConfig = VaultConfig()
     budgets: dict[str, BudgetConfig] = {}
     feedback: FeedbackConfig = FeedbackConfig()
+    project: ProjectConfig = ProjectConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}
@@ -193,6 +205,27 @@ class Config:
             raise ConfigError("no ledger: give --vault DIR, or set `ledger_url` in the config")
         return f"sqlite:///{(self.vault / '.tierflow' / 'ledger.sqlite').resolve()}"
 
+    def project_for(self, *folders: str, explicit: str | None = None) -> str | None:
+        """The project a run over `folders` is charged to.
+
+        In order: `explicit` (`--project`); the `[project.folders]` entry for the deepest folder holding one
+        of `folders`; a course code among the folders' path parts (`Teaching/EDU7001/essay-1` -> `EDU7001`);
+        then `[project] name`.
+        """
+        if explicit:
+            return explicit
+        project = self.settings.project
+        for folder in folders:
+            parts = _folder_parts(folder)
+            matches = [(len(_folder_parts(k)), v) for k, v in project.folders.items() if _under(parts, k)]
+            if matches:
+                return max(matches)[1]
+        for folder in folders:
+            for part in reversed(_folder_parts(folder)):
+                if _COURSE_CODE.fullmatch(part):
+                    return part
+        return project.name
+
     def tier(self, name: str) -> TierConfig:
         try:
             return self.settings.tiers[name]
@@ -221,6 +254,19 @@ class Config:
         flat: dict[str, Any] = {}
         _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
         return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
+
+
+_COURSE_CODE = re.compile(r"[A-Z]{2,6}\d{3,5}[A-Z]?")
+"""A course code as universities write them: EDU7001, PSYC101, CS50 is too short to be sure of."""
+
+
+def _folder_parts(folder: str) -> tuple[str, ...]:
+    return tuple(p for p in folder.replace("\\", "/").split("/") if p and p != ".")
+
+
+def _under(parts: tuple[str, ...], folder: str) -> bool:
+    prefix = _folder_parts(folder)
+    return parts[: len(prefix)] == prefix
 
 
 def _source_of(key: str, sources: Mapping[str, str]) -> str:

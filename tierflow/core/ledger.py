@@ -50,6 +50,8 @@ COLUMNS: tuple[str, ...] = (
     "usage_known",
     "route_rule",
     "downgraded_from",
+    "project",
+    "deployment",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -85,6 +87,8 @@ calls = sa.Table(
     sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
     sa.Column("route_rule", sa.String(256)),
     sa.Column("downgraded_from", sa.String(64)),
+    sa.Column("project", sa.String(128), index=True),
+    sa.Column("deployment", sa.String(128)),
 )
 
 response_cache = sa.Table(
@@ -109,6 +113,7 @@ reservations = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
+    sa.Column("project", sa.String(128)),
 )
 
 batch_items = sa.Table(
@@ -172,7 +177,38 @@ def _migration_4(conn: Connection) -> None:
     runs.create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _migration_5(conn: Connection) -> None:
+    """Placeholder on the `spend` branch: the lead's migration 5 takes this number when the branches merge."""
+
+
+def _migration_6(conn: Connection) -> None:
+    """Placeholder on the `spend` branch: helper B's migration 6 takes this number when the branches merge."""
+
+
+def _migration_7(conn: Connection) -> None:
+    # Attribution: the project each call (and each budget reservation) is charged to, and the deployment.
+    # Migration 1 creates `calls` from its current definition, so a new ledger already has these columns.
+    _add_columns(conn, "calls", {"project": "VARCHAR(128)", "deployment": "VARCHAR(128)"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_project ON calls (project)")
+    _add_columns(conn, "reservations", {"project": "VARCHAR(128)"})
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+MIGRATIONS = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -199,6 +235,8 @@ class CallRecord:
     downgraded_from: str | None = None
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    project: str | None = None
+    deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
 
     def row(self) -> dict[str, Any]:
@@ -314,7 +352,12 @@ class Ledger:
             return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
 
     def rows(
-        self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
+        self,
+        *,
+        since: str | None = None,
+        run_id: str | None = None,
+        flow: str | None = None,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
         """Ledger rows, oldest first, with the stable column names."""
         query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
@@ -324,6 +367,8 @@ class Ledger:
             query = query.where(calls.c.run_id == run_id)
         if flow:
             query = query.where(calls.c.flow == flow)
+        if project:
+            query = query.where(calls.c.project == project)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -364,7 +409,7 @@ class Ledger:
             conn.execute(response_cache.insert().values(**values))
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:

@@ -64,11 +64,40 @@ def phase_task(
 
 
 def run_tags(settings: RunSettings) -> list[str]:
-    """The tags that tell one tierflow run from another in the Prefect UI: vault, profile and run id."""
-    vault = Path(settings.vault).name if settings.vault else ""
+    """The tags that tell one tierflow run from another in the Prefect UI: vault, profile, project and run id."""
     profile = settings.profile or caller_for(settings).config.settings.profile
     tags = [f"profile:{profile}", f"tierflow-run:{settings.run_id}"]
-    return sorted([f"vault:{vault}", *tags] if vault else tags)
+    if settings.vault:
+        tags.append(f"vault:{Path(settings.vault).name}")
+    if settings.project:
+        tags.append(f"project:{settings.project}")
+    return sorted(tags)
+
+
+def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:
+    """The run's settings with the project its spend is charged to, and the Prefect deployment that started it.
+
+    The project is `project` (`--project`), else the config's choice for the run's folders
+    (`Config.project_for`: `[project.folders]`, a course code in the path, `[project] name`).
+    """
+    config = caller_for(settings).config
+    return settings.model_copy(
+        update={"project": config.project_for(*folders, explicit=project), "deployment": _deployment_name()}
+    )
+
+
+def _deployment_name() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is None:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    return f"{context.flow.name}/{deployment.name}" if context.flow else deployment.name
 
 
 def label_flow_run(settings: RunSettings, name: str | None = None) -> None:
