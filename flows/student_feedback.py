@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.phases import attribute, label_flow_run
+from tierflow.core.phases import attribute, label_flow_run, run_span
 from tierflow.core.registry import FlowSpec
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
@@ -35,18 +35,21 @@ def student_feedback(
     )  # fmt: skip
     folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
     settings = attribute(settings, folder, project=project)
-    label_flow_run(settings, f"{FLOW} · {folder}")
-    work = load_assignment(settings, folder)
-    run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
+    with run_span(settings):
+        label_flow_run(settings, f"{FLOW} · {folder}")
+        work = load_assignment(settings, folder)
+        run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 
-    evidence = run.absorb(collate(settings, work, mode=mode, wait=wait))
-    cohort = (
-        run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait)) if evidence and not run.stopped else []
-    )
-    for summary in cohort:
-        run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+        evidence = run.absorb(collate(settings, work, mode=mode, wait=wait))
+        cohort = (
+            run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait))
+            if evidence and not run.stopped
+            else []
+        )
+        for summary in cohort:
+            run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
 
-    return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))
+        return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))
 
 
 SPEC = FlowSpec(FLOW, student_feedback, deployment="on-demand")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tierflow.core import clock
+from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, estimate, padded
 from tierflow.core.checks import Check, run_checks
 from tierflow.core.config import Config, load_config
@@ -284,7 +284,9 @@ class Caller:
             return None
         hit = self.ledger.cached_response(key)
         if hit is not None:
-            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
+            record = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
+            self.ledger.record(record)
+            telemetry.record_call(record, provider_kind=routed.provider_kind)
         return hit
 
     def _call(self, routed: Route, request: Request, *, subject: str, use_cache: bool = True) -> Answer:
@@ -337,6 +339,7 @@ class Caller:
             downgraded_from=reservation.downgraded_from,
         )
         self.budgets.settle(reservation.id, record)
+        telemetry.record_call(record, provider_kind=routed.provider_kind)
         if completion.data is not None or completion.text:
             self.ledger.cache_response(key, routed.model_ref, completion.text, completion.data)
         return Answer(

@@ -8,6 +8,7 @@ flow resolves `phase -> complexity -> tier -> model` before submitting, and the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -15,7 +16,8 @@ from typing import Any, Generic, TypeVar
 from prefect import Task
 from prefect.futures import as_completed
 
-from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core import telemetry
+from tierflow.core.calls import RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import prefect_progress
@@ -72,6 +74,14 @@ def run_tags(settings: RunSettings) -> list[str]:
     if settings.project:
         tags.append(f"project:{settings.project}")
     return sorted(tags)
+
+
+def run_span(settings: RunSettings) -> AbstractContextManager[None]:
+    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    flow_run_id, _ = prefect_run_ids()
+    return telemetry.flow_run_span(
+        run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
+    )
 
 
 def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:

@@ -1,0 +1,218 @@
+"""OpenTelemetry export: one span per model call, children of one span per flow run, sent over OTLP/HTTP.
+
+Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and the `otel` extra
+is installed (`pip install 'tierflow[otel]'`). The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables
+(headers, timeout, compression), so any OTLP/HTTP receiver works: an OpenTelemetry Collector, Jaeger, Phoenix,
+Langfuse.
+
+A call span carries the GenAI semantic-convention attributes (`gen_ai.usage.input_tokens` counts cached tokens
+too, as the convention says) and tierflow's own `tierflow.*` attributes: phase, tier, cost, outcome and run.
+The convention has no stable cost attribute yet, so cost is `tierflow.cost_usd`.
+
+Trace and span ids of a run are derived from its run id, so calls made in other threads or processes (Dask
+workers, a resumed run) join the same trace under the same flow-run span without passing any context around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tierflow.core.ledger import CallRecord
+
+log = logging.getLogger("tierflow")
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+SCOPE = "tierflow"
+GENAI_PROVIDERS = {"anthropic": "anthropic", "openai": "openai"}
+"""Provider kinds with a GenAI semantic-convention name; others are named by their config name."""
+
+_forced_ids: ContextVar[tuple[int, int] | None] = ContextVar("tierflow_forced_ids", default=None)
+_providers: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def endpoint() -> str | None:
+    """Where spans go, or None when export is off."""
+    return next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
+def run_trace_id(run_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"tierflow-run:{run_id}".encode()).digest()[:16], "big") or 1
+
+
+def run_span_id(run_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"tierflow-flow-span:{run_id}".encode()).digest()[:8], "big") or 1
+
+
+def _tracer() -> Any | None:
+    """The tracer for the configured endpoint, or None when export is off or the extra is missing."""
+    url = endpoint()
+    if url is None:
+        return None
+    with _lock:
+        if url in _providers:
+            provider = _providers[url]
+            return provider.get_tracer(SCOPE) if provider else None
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+        except ImportError:
+            log.warning(
+                "%s is set but the OpenTelemetry SDK is not installed: no spans are exported. "
+                "Install it with: pip install 'tierflow[otel]'",
+                next(v for v in ENDPOINT_VARIABLES if os.environ.get(v)),
+            )
+            _providers[url] = None
+            return None
+
+        class RunIds(RandomIdGenerator):
+            """Random ids, except for a flow-run span, whose ids come from its run id."""
+
+            def generate_trace_id(self) -> int:
+                forced = _forced_ids.get()
+                return forced[0] if forced else super().generate_trace_id()
+
+            def generate_span_id(self) -> int:
+                forced = _forced_ids.get()
+                return forced[1] if forced else super().generate_span_id()
+
+        provider = TracerProvider(resource=Resource.create({"service.name": "tierflow"}), id_generator=RunIds())
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        _providers[url] = provider
+        return provider.get_tracer(SCOPE)
+
+
+def flush() -> None:
+    """Send the spans still buffered (at the end of a flow run; the SDK also flushes at exit)."""
+    with _lock:
+        providers = [p for p in _providers.values() if p is not None]
+    for provider in providers:
+        provider.force_flush()
+
+
+def _parent(run_id: str) -> Any:
+    from opentelemetry import trace
+
+    context = trace.SpanContext(
+        trace_id=run_trace_id(run_id),
+        span_id=run_span_id(run_id),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(context))
+
+
+def _ns(timestamp: str) -> int | None:
+    try:
+        return int(datetime.fromisoformat(timestamp).timestamp() * 1_000_000_000)
+    except (TypeError, ValueError):
+        return None
+
+
+@contextmanager
+def flow_run_span(
+    *, run_id: str, flow: str, project: str | None = None, flow_run_id: str | None = None
+) -> Iterator[None]:
+    """The span of one flow run; every call of the run is its child. A no-op when export is off."""
+    tracer = _tracer()
+    if tracer is None:
+        yield
+        return
+    attributes = {"tierflow.run_id": run_id, "tierflow.flow": flow}
+    if project:
+        attributes["tierflow.project"] = project
+    if flow_run_id:
+        attributes["prefect.flow_run.id"] = flow_run_id
+    token = _forced_ids.set((run_trace_id(run_id), run_span_id(run_id)))
+    try:
+        span = tracer.start_span(f"flow {flow}", attributes=attributes)
+    finally:
+        _forced_ids.reset(token)
+    try:
+        yield
+    except BaseException as exc:
+        span.record_exception(exc)
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+        raise
+    finally:
+        span.end()
+        flush()
+
+
+def call_attributes(call: CallRecord, *, provider_kind: str, outcome: str | None = None) -> dict[str, Any]:
+    """A ledger record as span attributes: GenAI semantic conventions, then `tierflow.*` and `prefect.*`."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": GENAI_PROVIDERS.get(provider_kind, call.provider),
+        "gen_ai.request.model": call.model,
+        **call.usage.opentelemetry_attributes(),
+        "tierflow.provider": call.provider,
+        "tierflow.phase": call.phase,
+        "tierflow.complexity": call.complexity,
+        "tierflow.tier": call.tier,
+        "tierflow.flow": call.flow,
+        "tierflow.run_id": call.run_id,
+        "tierflow.outcome": outcome or _outcome(call),
+        "tierflow.usage_known": call.usage.known,
+        "tierflow.cached_result": call.cached_result,
+        "tierflow.batch": call.batch,
+        "tierflow.latency_ms": call.latency_ms,
+        "tierflow.route_rule": call.route_rule,
+    }
+    optional = {
+        "tierflow.cost_usd": call.cost_usd,
+        "tierflow.project": call.project,
+        "tierflow.deployment": call.deployment,
+        "tierflow.downgraded_from": call.downgraded_from,
+        "tierflow.batch_id": call.batch_id,
+        "prefect.flow_run.id": call.flow_run_id,
+        "prefect.task_run.id": call.task_run_id,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes
+
+
+def _outcome(call: CallRecord) -> str:
+    if call.cached_result:
+        return "cached"
+    if not call.usage.known:
+        return "unknown-usage"
+    return "downgraded" if call.downgraded_from else "ok"
+
+
+def record_call(call: CallRecord, *, provider_kind: str, outcome: str | None = None) -> None:
+    """Export one recorded call as a span under its run's span. Never fails the call: export is best effort."""
+    tracer = _tracer()
+    if tracer is None:
+        return
+    try:
+        span = tracer.start_span(
+            f"chat {call.model}",
+            context=_parent(call.run_id) if call.run_id else None,
+            kind=_client_kind(),
+            attributes=call_attributes(call, provider_kind=provider_kind, outcome=outcome),
+            start_time=_ns(call.started_at) or _ns(call.timestamp),
+        )
+        span.end(end_time=_ns(call.timestamp))
+    except Exception as exc:  # a broken exporter must not cost the user a paid answer
+        log.warning("OpenTelemetry: could not export the span of a %s call: %s", call.phase, exc)
+
+
+def _client_kind() -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.CLIENT
