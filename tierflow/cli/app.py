@@ -127,7 +127,13 @@ def spend(
             "otel (JSON Lines, OpenTelemetry GenAI attribute names).",
         ),
     ] = Format.table,
-    budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
+    budget: Annotated[
+        bool,
+        typer.Option(
+            "--budget",
+            help="Show each budget for its current period, with its projected end-of-period use and run-out date.",
+        ),
+    ] = False,
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
     deployment."""
@@ -184,12 +190,20 @@ def _write_json(records: list[dict], fmt: Format) -> None:
 
 
 def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
+    from zoneinfo import ZoneInfo
+
+    from tierflow.core import clock
     from tierflow.core.budget import Budgets
 
-    states = Budgets(cfg, ledger, run_id="", flow="").states()
+    now = clock.now()
+    budgets = Budgets(cfg, ledger, run_id="", flow="")
+    states = budgets.states(now=now)
+    forecasts = {f.state.name: f for f in budgets.forecasts(now)}
     if fmt in (Format.json, Format.jsonl):
-        _write_json(
-            [
+        records = []
+        for s in states:
+            f = forecasts.get(s.name)
+            records.append(
                 {
                     "budget": s.name,
                     "scope": s.scope,
@@ -202,11 +216,13 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                     "spent_tokens": s.spent_tokens,
                     "reserved_tokens": s.reserved_tokens,
                     "remaining_tokens": s.remaining_tokens,
+                    "period_end": f.period_end.isoformat() if f else None,
+                    "projected_usd": f.projected_usd if f else None,
+                    "projected_tokens": f.projected_tokens if f else None,
+                    "runs_out": f.runs_out.isoformat() if f and f.runs_out else None,
                 }
-                for s in states
-            ],
-            fmt,
-        )
+            )
+        _write_json(records, fmt)
         return
     from rich.console import Console
     from rich.table import Table
@@ -216,11 +232,21 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     if not states:
         print("No budgets are configured. Add a [budgets.<name>] table to the config.")
         return
-    table = Table(title="Budgets (current period)")
-    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining"):
+    tz = ZoneInfo(cfg.settings.vault.timezone)
+
+    def runs_out(name: str) -> str:
+        f = forecasts.get(name)
+        if f is None:
+            return "n/a (per run)"
+        return f.runs_out.astimezone(tz).strftime("%a %Y-%m-%d %H:%M") if f.runs_out else "not this period"
+
+    table = Table(title=f"Budgets (current period; projections at the rate so far, {cfg.settings.vault.timezone})")
+    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining", "projected", "runs out"):
         table.add_column(col)
     for s in states:
+        f = forecasts.get(s.name)
         if s.limit_usd is not None:
+            projected = f"${f.projected_usd:.4f}" if f and f.projected_usd is not None else "n/a"
             table.add_row(
                 s.name,
                 s.scope,
@@ -229,8 +255,11 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 f"${s.spent_usd:.4f}",
                 f"${s.reserved_usd:.4f}",
                 f"${s.remaining_usd:.4f}",
+                projected,
+                runs_out(s.name),
             )
         if s.limit_tokens is not None:
+            projected = f"{f.projected_tokens} tok" if f and f.projected_tokens is not None else "n/a"
             table.add_row(
                 s.name,
                 s.scope,
@@ -239,6 +268,8 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 f"{s.spent_tokens} tok",
                 f"{s.reserved_tokens} tok",
                 f"{s.remaining_tokens} tok",
+                projected,
+                runs_out(s.name),
             )
     show(Console(), table)
 
