@@ -15,6 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
+from tierflow.core.budget import Forecast
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.config import Config
 from tierflow.core.errors import VaultError
@@ -168,7 +169,38 @@ def write_run_report(
         markdown=body,
         description=f"tierflow run report {settings.run_id}",
     )
+    warn_of_projected_overspend(caller.budgets.forecasts(), settings)
     return summary
+
+
+PROJECTED_OVER = "tierflow.budget.projected-over"
+"""The Prefect event a run emits for each period budget its projection puts over the limit before the period ends."""
+
+
+def warn_of_projected_overspend(forecasts: list[Forecast], settings: RunSettings) -> None:
+    """Emit `tierflow.budget.projected-over` per budget whose projection crosses its limit: automations can warn."""
+    from prefect.events import emit_event
+
+    for f in forecasts:
+        if not f.over:
+            continue
+        s = f.state
+        emit_event(
+            event=PROJECTED_OVER,
+            resource={"prefect.resource.id": f"tierflow.budget.{s.name}", "prefect.resource.name": s.name},
+            related=[
+                {"prefect.resource.id": f"tierflow.run.{settings.run_id}", "prefect.resource.role": "tierflow-run"}
+            ],
+            payload={
+                "scope": s.scope,
+                "limit_usd": s.limit_usd,
+                "projected_usd": f.projected_usd,
+                "limit_tokens": s.limit_tokens,
+                "projected_tokens": f.projected_tokens,
+                "period_end": f.period_end.isoformat(),
+                "runs_out": f.runs_out.isoformat() if f.runs_out else None,
+            },
+        )
 
 
 def providers_used(config: Config, rows: list[dict[str, Any]]) -> str:
