@@ -134,6 +134,18 @@ def spend(
             help="Show each budget for its current period, with its projected end-of-period use and run-out date.",
         ),
     ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="A live dashboard, redrawn from the ledger: spend by model, phase and project this period, "
+            "budgets and calls in flight. Ctrl-C stops it.",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="With --watch: seconds between redraws.")] = 2.0,
+    period: Annotated[
+        str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
+    ] = "week",
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
     deployment."""
@@ -153,6 +165,13 @@ def spend(
         raise fail(str(exc)) from None
     if budget:
         _print_budgets(cfg, ledger, fmt)
+        return
+    if watch:
+        if period not in ("day", "week", "month"):
+            raise fail(f"--period {period!r}: use day, week or month")
+        from tierflow.report.watch import watch as live
+
+        live(cfg, ledger, interval=interval, period=period, since=since)
         return
     rows = ledger.rows(since=since, run_id=run, project=project)
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)

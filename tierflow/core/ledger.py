@@ -372,6 +372,13 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
+        columns = [reservations.c[c] for c in ("id", "created", "run_id", "flow", "phase", "project", "usd", "tokens")]
+        query = sa.select(*columns).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
         """Keep a run's parameters, so `tierflow resume RUN` can run it again to collect its batches."""
         with self.transaction() as conn:
