@@ -262,13 +262,22 @@ def _run_of(path: Path) -> str | None:
 
 
 def flow_run_url() -> str | None:
-    """The flow run's page in the Prefect UI (`<ui>/runs/flow-run/<id>`), when a UI URL is configured."""
+    """The flow run's page in the current Prefect UI, or None when no UI URL is known.
+
+    A Prefect 3.8 server serves its current UI under `<ui>/v2` (and the old one at `<ui>/`, which is where
+    `prefect.runtime.flow_run.ui_url` and `url_for` point); Prefect Cloud has one UI, at its UI URL.
+    """
     try:
         from prefect.runtime import flow_run
-        from prefect.utilities.urls import url_for
+        from prefect.settings import PREFECT_API_URL, PREFECT_CLOUD_API_URL, PREFECT_UI_URL, get_current_settings
 
         run_id = flow_run.get_id()
-        url = url_for("flow-run", obj_id=run_id) if run_id else None
-        return url if url and url.startswith("http") else None
+        base = (PREFECT_UI_URL.value() or "").rstrip("/")
+        if not run_id or not base.startswith("http"):
+            return None
+        cloud = (PREFECT_API_URL.value() or "").startswith(PREFECT_CLOUD_API_URL.value())
+        if not cloud and get_current_settings().server.ui.v2_enabled and not base.endswith("/v2"):
+            base += "/v2"
+        return f"{base}/runs/flow-run/{run_id}"
     except Exception:  # the URL is a convenience; a report without it is still whole
         return None

@@ -305,6 +305,7 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     assert mine[spend_key].description == f"{table[-1]['USD']} · all-deep {table[-1]['all-deep USD']} · saved {saved}"
     assert float(mine["reading-notes-progress"].data) == 100.0
     assert "All-deep equivalent" in mine[report_key].data
+    assert f"/v2/runs/flow-run/{flow_run_id})" in mine[report_key].data  # the current UI, not the V1 one
     assert {"vault:vault", "profile:anthropic", f"tierflow-run:{summary.run_id}"} <= set(flow_run.tags)
     assert flow_run.name == f"reading-notes · {SINCE} to {UNTIL}"
 
