@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import frontmatter
 import yaml
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
@@ -20,6 +19,7 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.config import Config
 from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
+from tierflow.core.progress import artifact_key
 from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total_of, with_all_deep
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
@@ -55,19 +55,6 @@ class RunSummary:
         self.halted = self.halted or outcome.halted
         self.failed = self.failed or outcome.failed
         return outcome.results
-
-
-def artifact_key(flow: str, what: str, vault: str | None = None) -> str:
-    """`<flow>-<what>`, scoped to the vault (`-<folder>-<path hash>`) so two vaults' runs never share a key.
-
-    Prefect artifact keys allow only lower-case letters, digits and dashes.
-    """
-    scope = ""
-    if vault:
-        path = Path(vault).resolve()
-        scope = f"-{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
-    key = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in f"{flow}-{what}{scope}".lower())
-    return "-".join(part for part in key.split("-") if part)
 
 
 @task(name="run report", task_run_name="report · {summary.flow}")
@@ -168,6 +155,15 @@ def write_run_report(
         key=artifact_key(summary.flow, "report", settings.vault),
         markdown=body,
         description=f"tierflow run report {settings.run_id}",
+    )
+    get_run_logger().info(
+        "run %s: %d calls, %d tokens, %s · all-deep %s · saved %s",
+        settings.run_id,
+        total.calls,
+        total.tokens,
+        context["total"]["cost"],
+        all_deep,
+        savings or "unknown",
     )
     warn_of_projected_overspend(caller.budgets.forecasts(), settings)
     return summary

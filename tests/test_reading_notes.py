@@ -275,15 +275,17 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from tierflow.tasks.run_report import artifact_key
+    from tierflow.core.progress import artifact_key
 
     summary = run(anthropic_vault)
     flow_run_id = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)[0]["flow_run_id"]
-    spend_key, report_key = (artifact_key("reading-notes", what, str(anthropic_vault)) for what in ("spend", "report"))
+    spend_key, report_key, progress_key = (
+        artifact_key("reading-notes", what, str(anthropic_vault)) for what in ("spend", "report", "progress")
+    )
     assert spend_key.startswith("reading-notes-spend-vault-") and spend_key != artifact_key(
         "reading-notes", "spend", str(anthropic_vault.parent / "other" / "vault")
     )
-    keys = [spend_key, report_key, "reading-notes-progress"]
+    keys = [spend_key, report_key, progress_key]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
@@ -303,7 +305,7 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     saved = table[-1]["saved"]
     assert saved.endswith("%") and int(saved[:-1]) > 0
     assert mine[spend_key].description == f"{table[-1]['USD']} · all-deep {table[-1]['all-deep USD']} · saved {saved}"
-    assert float(mine["reading-notes-progress"].data) == 100.0
+    assert float(mine[progress_key].data) == 100.0
     assert "All-deep equivalent" in mine[report_key].data
     assert f"/v2/runs/flow-run/{flow_run_id})" in mine[report_key].data  # the current UI, not the V1 one
     assert {"vault:vault", "profile:anthropic", f"tierflow-run:{summary.run_id}"} <= set(flow_run.tags)

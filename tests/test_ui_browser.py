@@ -91,7 +91,7 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
         assert expected <= names, f"task runs not recorded: {sorted(expected - names)}"
         artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run.id}
     assert flow_run.state is not None and flow_run.state.is_completed()
-    from tierflow.tasks.run_report import artifact_key
+    from tierflow.core.progress import artifact_key
 
     key = artifact_key("reading-notes", "spend", str(vault))
     assert key in artifacts
