@@ -331,7 +331,7 @@ def test_budget_automations_from_the_docs_pause_the_deployment_and_notify(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tierflow", "--run-once"],
             cwd=tmp_path, env=deployed["env"], capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        (report,) = (vault / "tierflow" / "Runs").glob("*.md")  # the run stopped, and its report says why
+        (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes *.md")  # the run stopped; its report says why
         assert "budget" in report.read_text() and not (vault / "Concepts" / "Drafts").exists()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
