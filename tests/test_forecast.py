@@ -9,11 +9,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import write_config
+from conftest import call_record, write_config
 
 from tierflow.core.budget import Budgets
 from tierflow.core.config import load_config
-from tierflow.core.ledger import CallRecord, Ledger
+from tierflow.core.ledger import Ledger
 from tierflow.core.usage import Usage
 
 CONFIG = """
@@ -29,22 +29,7 @@ usd = 1
 
 
 def spend(ledger: Ledger, when: str, usd: float, tokens: int) -> None:
-    ledger.record(
-        CallRecord(
-            run_id="r",
-            flow="reading-notes",
-            phase="collate",
-            complexity="low",
-            tier="light",
-            provider="anthropic",
-            model="claude-haiku-4-5",
-            usage=Usage(input_tokens=tokens),
-            cost_usd=usd,
-            latency_ms=1.0,
-            started_at=when,
-            timestamp=when,
-        )
-    )
+    ledger.record(call_record(usage=Usage(input_tokens=tokens), cost_usd=usd, started_at=when, timestamp=when))
 
 
 def setup(tmp_path: Path) -> tuple[Path, Budgets]:

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import call_record, write_config
 
 from tierflow.core.budget import Budgets
 from tierflow.core.config import load_config
-from tierflow.core.ledger import CallRecord, Ledger, reservations
+from tierflow.core.ledger import Ledger, reservations
 from tierflow.core.usage import Usage
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -62,20 +62,9 @@ class Terminal:
 
 
 def record(ledger: Ledger, model: str, project: str, usd: float) -> None:
+    usage = Usage(input_tokens=1000, output_tokens=200)
     ledger.record(
-        CallRecord(
-            run_id="elsewhere",
-            flow="reading-notes",
-            phase="draft",
-            complexity="medium",
-            tier="standard",
-            provider="anthropic",
-            model=model,
-            usage=Usage(input_tokens=1000, output_tokens=200),
-            cost_usd=usd,
-            latency_ms=5.0,
-            project=project,
-        )
+        call_record(run_id="elsewhere", phase="draft", model=model, usage=usage, cost_usd=usd, project=project)
     )
 
 
