@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -153,45 +153,56 @@ def flow_run_span(
         flush()
 
 
-def call_attributes(call: CallRecord, *, provider_kind: str, outcome: str | None = None) -> dict[str, Any]:
-    """A ledger record as span attributes: GenAI semantic conventions, then `tierflow.*` and `prefect.*`."""
+def attributes_of(
+    row: Mapping[str, Any], *, provider_kind: str | None = None, outcome: str | None = None
+) -> dict[str, Any]:
+    """A ledger row as OpenTelemetry attributes: the GenAI semantic conventions, then `tierflow.*` and
+    `prefect.*`. The spans and `tierflow spend --format otel` both use these names."""
+    from tierflow.core.ledger import usage_of
+
+    usage = usage_of(dict(row))
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": GENAI_PROVIDERS.get(provider_kind, call.provider),
-        "gen_ai.request.model": call.model,
-        **call.usage.opentelemetry_attributes(),
-        "tierflow.provider": call.provider,
-        "tierflow.phase": call.phase,
-        "tierflow.complexity": call.complexity,
-        "tierflow.tier": call.tier,
-        "tierflow.flow": call.flow,
-        "tierflow.run_id": call.run_id,
-        "tierflow.outcome": outcome or _outcome(call),
-        "tierflow.usage_known": call.usage.known,
-        "tierflow.cached_result": call.cached_result,
-        "tierflow.batch": call.batch,
-        "tierflow.latency_ms": call.latency_ms,
-        "tierflow.route_rule": call.route_rule,
+        "gen_ai.provider.name": GENAI_PROVIDERS.get(provider_kind or "", row["provider"]),
+        "gen_ai.request.model": row["model"],
+        **usage.opentelemetry_attributes(),
+        "tierflow.outcome": outcome or _outcome(row),
     }
-    optional = {
-        "tierflow.cost_usd": call.cost_usd,
-        "tierflow.project": call.project,
-        "tierflow.deployment": call.deployment,
-        "tierflow.downgraded_from": call.downgraded_from,
-        "tierflow.batch_id": call.batch_id,
-        "prefect.flow_run.id": call.flow_run_id,
-        "prefect.task_run.id": call.task_run_id,
-    }
-    attributes.update({k: v for k, v in optional.items() if v is not None})
+    for column, name in ROW_ATTRIBUTES.items():
+        if row.get(column) is not None:
+            attributes[name] = row[column]
     return attributes
 
 
-def _outcome(call: CallRecord) -> str:
-    if call.cached_result:
+ROW_ATTRIBUTES = {
+    "provider": "tierflow.provider",
+    "phase": "tierflow.phase",
+    "complexity": "tierflow.complexity",
+    "tier": "tierflow.tier",
+    "flow": "tierflow.flow",
+    "run_id": "tierflow.run_id",
+    "project": "tierflow.project",
+    "deployment": "tierflow.deployment",
+    "cost_usd": "tierflow.cost_usd",
+    "latency_ms": "tierflow.latency_ms",
+    "usage_known": "tierflow.usage_known",
+    "cached_result": "tierflow.cached_result",
+    "batch": "tierflow.batch",
+    "batch_id": "tierflow.batch_id",
+    "route_rule": "tierflow.route_rule",
+    "downgraded_from": "tierflow.downgraded_from",
+    "flow_run_id": "prefect.flow_run.id",
+    "task_run_id": "prefect.task_run.id",
+}
+"""Ledger columns and the attribute names they are exported under (the convention has no cost attribute yet)."""
+
+
+def _outcome(row: Mapping[str, Any]) -> str:
+    if row.get("cached_result"):
         return "cached"
-    if not call.usage.known:
+    if not row.get("usage_known", True):
         return "unknown-usage"
-    return "downgraded" if call.downgraded_from else "ok"
+    return "downgraded" if row.get("downgraded_from") else "ok"
 
 
 def record_call(call: CallRecord, *, provider_kind: str, outcome: str | None = None) -> None:
@@ -204,7 +215,7 @@ def record_call(call: CallRecord, *, provider_kind: str, outcome: str | None = N
             f"chat {call.model}",
             context=_parent(call.run_id) if call.run_id else None,
             kind=_client_kind(),
-            attributes=call_attributes(call, provider_kind=provider_kind, outcome=outcome),
+            attributes=attributes_of(call.row(), provider_kind=provider_kind, outcome=outcome),
             start_time=_ns(call.started_at) or _ns(call.timestamp),
         )
         span.end(end_time=_ns(call.timestamp))

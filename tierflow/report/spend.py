@@ -14,6 +14,7 @@ from typing import Any
 from tierflow.core.config import Config
 from tierflow.core.ledger import usage_of
 from tierflow.core.routing import route
+from tierflow.core.telemetry import attributes_of
 from tierflow.core.usage import TOKEN_KINDS, Usage, price
 
 PHASE_ORDER = ("collate", "synthesise", "draft")
@@ -213,32 +214,9 @@ def share_rows(groups: Sequence[Spend], key: str = "phase") -> list[dict[str, st
     ]
 
 
-OTEL_NAMES = {
-    "provider": "gen_ai.provider.name",
-    "model": "gen_ai.request.model",
-    "phase": "tierflow.phase",
-    "tier": "tierflow.tier",
-    "complexity": "tierflow.complexity",
-    "flow": "tierflow.flow",
-    "run_id": "tierflow.run_id",
-    "flow_run_id": "prefect.flow_run.id",
-    "task_run_id": "prefect.task_run.id",
-    "cost_usd": "tierflow.cost_usd",
-    "latency_ms": "tierflow.latency_ms",
-    "batch": "tierflow.batch",
-    "cached_result": "tierflow.cached_result",
-    "usage_known": "tierflow.usage_known",
-}
-
-
 def otel_record(row: dict[str, Any]) -> dict[str, Any]:
-    """One ledger row as a JSON Lines record with OpenTelemetry GenAI attribute names."""
-    attributes: dict[str, Any] = {"gen_ai.operation.name": "chat"}
-    for column, name in OTEL_NAMES.items():
-        if row.get(column) is not None:
-            attributes[name] = row[column]
-    attributes.update(usage_of(row).opentelemetry_attributes())
-    return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes}
+    """One ledger row as a JSON Lines record, with the attribute names of tierflow's OpenTelemetry spans."""
+    return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes_of(row)}
 
 
 def spend_table(rows: Sequence[dict[str, Any]], group: str | None) -> Any:
