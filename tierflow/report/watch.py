@@ -19,7 +19,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Budgets, BudgetState
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.ledger import Ledger
-from tierflow.report.spend import bar, money, spend_by, total_of
+from tierflow.report.spend import bar, money, spend_by, total
 
 BAR = 30
 
@@ -38,7 +38,7 @@ def _totals(rows: list[dict[str, Any]], by: str, title: str) -> Table:
     for g in groups:
         table.add_row(g.key or "(none)", str(g.calls), str(g.tokens), money(g.cost_usd))
     if groups:
-        t = total_of(groups)
+        t = total(rows)
         table.add_row("total", str(t.calls), str(t.tokens), money(t.cost_usd), style="bold")
     return table
 
