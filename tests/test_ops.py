@@ -260,6 +260,13 @@ def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[st
         finished = c.read_flow_run(run.id)
     assert finished.state is not None and finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
     assert list((vault / "Concepts" / "Drafts").glob("*.md")), "the scheduled flow wrote no concept drafts"
+    # Its spend is attributed to the deployment, and the run carries tierflow's tags.
+    from tierflow.core.ledger import Ledger
+
+    rows = [r for r in Ledger.for_vault(vault).rows() if r["flow_run_id"] == str(run.id)]
+    assert rows and {r["deployment"] for r in rows} == {"reading-notes/weekly"}
+    assert {"profile:offline", f"vault:{vault.name}"} <= set(finished.tags)
+    assert any(t.startswith("tierflow-run:") for t in finished.tags)
 
 
 def doc_block(language: str, first_line: str) -> str:
