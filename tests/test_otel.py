@@ -148,3 +148,23 @@ def test_without_an_endpoint_nothing_is_exported_and_calls_go_on(tmp_path: Path,
 
     telemetry.flush()
     assert receiver.spans == []
+
+
+def test_a_call_outside_a_flow_run_is_a_root_span_with_its_ledger_values(tmp_path: Path, receiver):
+    from tierflow.core import telemetry
+    from tierflow.core.calls import Caller, RunSettings
+
+    caller = Caller(RunSettings(vault=str(tmp_path), flow="ask", run_id="r-ask", project="thesis"))
+    caller.ask(phase="ask", complexity="high", system="Be brief.", prompt="Summarise: feedback matters.")
+    telemetry.flush()
+    (span,) = receiver.spans
+    (row,) = caller.ledger.rows()
+    a = attributes(span.attributes)
+    assert span.name == "chat extractive-deep" and not span.parent_span_id
+    assert (a["gen_ai.provider.name"], a["gen_ai.request.model"], a["tierflow.tier"]) == (
+        "offline",
+        row["model"],
+        "deep",
+    )
+    assert a["gen_ai.usage.input_tokens"] == row["input_tokens"] and a["tierflow.project"] == "thesis"
+    assert a["tierflow.outcome"] == "ok" and a["tierflow.cost_usd"] == row["cost_usd"] == 0.0

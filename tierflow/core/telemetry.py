@@ -9,8 +9,9 @@ A call span carries the GenAI semantic-convention attributes (`gen_ai.usage.inpu
 too, as the convention says) and tierflow's own `tierflow.*` attributes: phase, tier, cost, outcome and run.
 The convention has no stable cost attribute yet, so cost is `tierflow.cost_usd`.
 
-Trace and span ids of a run are derived from its run id, so calls made in other threads or processes (Dask
-workers, a resumed run) join the same trace under the same flow-run span without passing any context around.
+A run's trace id is derived from its run id, and each flow run's span id from the run id and the flow run's id,
+so calls made in other threads or processes (Dask workers) find their flow run's span without passing any
+context around, and a resumed run joins the trace of the run it resumes.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def run_trace_id(run_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"tierflow-run:{run_id}".encode()).digest()[:16], "big") or 1
 
 
-def run_span_id(run_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"tierflow-flow-span:{run_id}".encode()).digest()[:8], "big") or 1
+def run_span_id(run_id: str, flow_run_id: str | None) -> int:
+    """The span id of one flow run of a tierflow run (a resumed run is a second flow run of the same trace)."""
+    seed = f"tierflow-flow-span:{run_id}:{flow_run_id or ''}"
+    return int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") or 1
 
 
 def _tracer() -> Any | None:
@@ -102,12 +105,12 @@ def flush() -> None:
         provider.force_flush()
 
 
-def _parent(run_id: str) -> Any:
+def _parent(run_id: str, flow_run_id: str) -> Any:
     from opentelemetry import trace
 
     context = trace.SpanContext(
         trace_id=run_trace_id(run_id),
-        span_id=run_span_id(run_id),
+        span_id=run_span_id(run_id, flow_run_id),
         is_remote=True,
         trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
     )
@@ -135,7 +138,7 @@ def flow_run_span(
         attributes["tierflow.project"] = project
     if flow_run_id:
         attributes["prefect.flow_run.id"] = flow_run_id
-    token = _forced_ids.set((run_trace_id(run_id), run_span_id(run_id)))
+    token = _forced_ids.set((run_trace_id(run_id), run_span_id(run_id, flow_run_id)))
     try:
         span = tracer.start_span(f"flow {flow}", attributes=attributes)
     finally:
@@ -213,7 +216,8 @@ def record_call(call: CallRecord, *, provider_kind: str, outcome: str | None = N
     try:
         span = tracer.start_span(
             f"chat {call.model}",
-            context=_parent(call.run_id) if call.run_id else None,
+            # Inside a flow run, the call is a child of that run's span; outside one (`tierflow ask`), a root.
+            context=_parent(call.run_id, call.flow_run_id) if call.run_id and call.flow_run_id else None,
             kind=_client_kind(),
             attributes=attributes_of(call.row(), provider_kind=provider_kind, outcome=outcome),
             start_time=_ns(call.started_at) or _ns(call.timestamp),
