@@ -57,6 +57,26 @@ def feedback_vault(tmp_path: Path) -> Path:
     return target
 
 
+def call_record(**changes: object):
+    """A ledger record of one collate call on Anthropic's light tier; `changes` set any field."""
+    from tierflow.core.ledger import CallRecord
+    from tierflow.core.usage import Usage
+
+    base: dict[str, object] = dict(
+        run_id="r",
+        flow="f",
+        phase="collate",
+        complexity="low",
+        tier="light",
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        usage=Usage(input_tokens=10, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1),
+        cost_usd=0.001,
+        latency_ms=3.0,
+    )
+    return CallRecord(**{**base, **changes})
+
+
 def write_config(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

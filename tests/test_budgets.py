@@ -196,7 +196,7 @@ def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, doubl
         env=env,
         timeout=60,
     )
-    (state,) = [json.loads(line) for line in out.stdout.splitlines()]
+    (state,) = json.loads(out.stdout)
     assert state["budget"] == "monthly" and state["limit_usd"] == 5 and state["remaining_usd"] < 5
     assert state["spent_usd"] > 0 and state["reserved_usd"] == 0
     otel = subprocess.run(

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sqlalchemy as sa
+from conftest import call_record
 
 from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger
 from tierflow.core.usage import Usage
@@ -15,19 +16,8 @@ from tierflow.report.spend import summarise
 
 
 def record(n: int = 0, **kw) -> CallRecord:
-    base = dict(
-        run_id="r",
-        flow="f",
-        phase="collate",
-        complexity="low",
-        tier="light",
-        provider="anthropic",
-        model="claude-haiku-4-5",
-        usage=Usage(input_tokens=10 + n, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1),
-        cost_usd=0.001,
-        latency_ms=3.0,
-    )
-    return CallRecord(**{**base, **kw})
+    usage = Usage(input_tokens=10 + n, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1)
+    return call_record(**{"usage": usage, **kw})
 
 
 def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
@@ -73,7 +63,8 @@ def test_threads_record_concurrently_without_losing_a_row(tmp_path: Path):
 
 def test_processes_record_concurrently_into_one_ledger(tmp_path: Path):
     script = (
-        "import sys; from tests.test_ledger import record; from tierflow.core.ledger import Ledger; "
+        "import sys; sys.path.insert(0, 'tests'); from test_ledger import record; "
+        "from tierflow.core.ledger import Ledger; "
         "l = Ledger(sys.argv[1]); [l.record(record(int(sys.argv[2]) * 1000 + i)) for i in range(50)]"
     )
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"

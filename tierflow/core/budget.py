@@ -131,11 +131,21 @@ class Reservation:
 class Budgets:
     """The budgets of one config, applied to one run."""
 
-    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str, max_wait_s: float = 600) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        *,
+        run_id: str,
+        flow: str,
+        project: str | None = None,
+        max_wait_s: float = 600,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.run_id = run_id
         self.flow = flow
+        self.project = project
         self.tz = ZoneInfo(config.settings.vault.timezone)
         self.max_wait_s = max_wait_s
 
@@ -143,7 +153,7 @@ class Budgets:
         return [
             (name, b)
             for name, b in self.config.settings.budgets.items()
-            if (b.flow in (None, self.flow)) and (b.phase in (None, phase))
+            if (b.flow in (None, self.flow)) and (b.phase in (None, phase)) and (b.project in (None, self.project))
         ]
 
     def period_start(self, budget: BudgetConfig, now: datetime | None = None) -> str | None:
@@ -165,9 +175,38 @@ class Budgets:
             parts.append(f"flow {budget.flow}")
         if budget.phase:
             parts.append(f"phase {budget.phase}")
+        if budget.project:
+            parts.append(f"project {budget.project}")
         return ", ".join(parts)
 
-    def state(self, conn: Connection, name: str, budget: BudgetConfig) -> BudgetState:
+    def period_end(self, budget: BudgetConfig, now: datetime | None = None) -> datetime | None:
+        """End of the budget's current calendar period (the next period's start), in UTC; None for `run`."""
+        start = self.period_start(budget, now)
+        if start is None:
+            return None
+        day = datetime.fromisoformat(start).astimezone(self.tz).date()
+        if budget.period == "day":
+            day += timedelta(days=1)
+        elif budget.period == "week":
+            day += timedelta(days=7)
+        else:
+            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+        return datetime(day.year, day.month, day.day, tzinfo=self.tz).astimezone(UTC)
+
+    def forecasts(self, now: datetime | None = None) -> list[Forecast]:
+        """Each period budget's projected use at the end of its period, at the rate of the period so far."""
+        now = now or clock.now()
+        out = []
+        with self.ledger.transaction() as conn:
+            for name, budget in self.config.settings.budgets.items():
+                if budget.period == "run":
+                    continue
+                state = self.state(conn, name, budget, now)
+                start = datetime.fromisoformat(self.period_start(budget, now) or "")
+                out.append(forecast(state, start, self.period_end(budget, now) or now, now))
+        return out
+
+    def state(self, conn: Connection, name: str, budget: BudgetConfig, now: datetime | None = None) -> BudgetState:
         spent_q = sa.select(
             sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
             sa.func.coalesce(
@@ -183,7 +222,7 @@ class Budgets:
             sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
             sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
         ).where(reservations.c.kept.is_(True))
-        start = self.period_start(budget)
+        start = self.period_start(budget, now)
         if start is None:
             spent_q = spent_q.where(calls.c.run_id == self.run_id)
             held_q = held_q.where(reservations.c.run_id == self.run_id)
@@ -200,6 +239,10 @@ class Budgets:
             spent_q = spent_q.where(calls.c.phase == budget.phase)
             held_q = held_q.where(reservations.c.phase == budget.phase)
             kept_q = kept_q.where(reservations.c.phase == budget.phase)
+        if budget.project:
+            spent_q = spent_q.where(calls.c.project == budget.project)
+            held_q = held_q.where(reservations.c.project == budget.project)
+            kept_q = kept_q.where(reservations.c.project == budget.project)
         spent_usd, spent_tokens = conn.execute(spent_q).one()
         held_usd, held_tokens = conn.execute(held_q).one()
         kept_usd, kept_tokens = conn.execute(kept_q).one()
@@ -217,11 +260,11 @@ class Budgets:
             policy=budget.policy,
         )
 
-    def states(self, phase: str | None = None) -> list[BudgetState]:
+    def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
         with self.ledger.transaction() as conn:
             return [
-                self.state(conn, name, b)
+                self.state(conn, name, b, now)
                 for name, b in self.config.settings.budgets.items()
                 if phase is None or b.phase in (None, phase)
             ]
@@ -265,6 +308,7 @@ class Budgets:
                 created=now_iso(),
                 run_id=self.run_id,
                 flow=self.flow,
+                project=self.project,
                 phase=reservation.route.phase,
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,
@@ -298,6 +342,54 @@ class Budgets:
         """Drop a reservation whose call failed before spending."""
         with self.ledger.transaction() as conn:
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A period budget's projection: its use so far, extended at the same rate to the end of the period."""
+
+    state: BudgetState
+    period_start: datetime
+    period_end: datetime
+    now: datetime
+    projected_usd: float | None
+    projected_tokens: int | None
+    runs_out: datetime | None
+    """When the limit would be reached at the current rate, if within this period."""
+
+    @property
+    def over(self) -> bool:
+        """The projection crosses the limit before the period ends."""
+        s = self.state
+        return (self.projected_usd is not None and s.limit_usd is not None and self.projected_usd > s.limit_usd) or (
+            self.projected_tokens is not None and s.limit_tokens is not None and self.projected_tokens > s.limit_tokens
+        )
+
+
+def forecast(state: BudgetState, start: datetime, end: datetime, now: datetime) -> Forecast:
+    """Project `state` (spent plus reserved, so far) to `end` at the rate since `start`."""
+    elapsed = max((now - start).total_seconds(), 1.0)
+    left = max((end - now).total_seconds(), 0.0)
+    scale = (elapsed + left) / elapsed
+    runs_out: list[datetime] = []
+
+    def project(used: float, limit: float | None) -> float:
+        if limit is not None and used > 0:
+            if used >= limit:
+                runs_out.append(now)
+            else:
+                at = now + timedelta(seconds=(limit - used) / (used / elapsed))
+                if at < end:
+                    runs_out.append(at)
+        return used * scale
+
+    usd = project(state.spent_usd + state.reserved_usd, state.limit_usd) if state.limit_usd is not None else None
+    tokens = (
+        round(project(state.spent_tokens + state.reserved_tokens, state.limit_tokens))
+        if state.limit_tokens is not None
+        else None
+    )
+    return Forecast(state, start, end, now, usd, tokens, min(runs_out) if runs_out else None)
 
 
 _WAIT = object()

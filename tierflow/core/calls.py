@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tierflow.core import clock
+from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
@@ -44,6 +44,10 @@ class RunSettings(BaseModel, frozen=True):
     run_id: str = ""
     flow: str = "adhoc"
     use_cache: bool = True
+    project: str | None = None
+    """The project the run's spend is attributed to (`--project`, the config's [project], a course code)."""
+    deployment: str | None = None
+    """The Prefect deployment that started the run, if one did."""
 
     def with_run(self, flow: str) -> RunSettings:
         return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
@@ -155,7 +159,9 @@ class Caller:
             profile=settings.profile,
         )
         self.ledger = Ledger(self.config.ledger_url)
-        self.budgets = Budgets(self.config, self.ledger, run_id=settings.run_id, flow=settings.flow)
+        self.budgets = Budgets(
+            self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
+        )
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -457,6 +463,7 @@ class Caller:
             CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request) if attempt.ok else None
         )
         self.budgets.settle(reservation.id, record, cache=cache)
+        telemetry.record_call(record, provider_kind=routed.provider_kind)
         log.info(
             "%s · %s · tier %s · %s · %d tokens · %s · %s",
             routed.phase,
@@ -647,7 +654,9 @@ class Caller:
             return None
         hit = self.ledger.cached_response(key)
         if hit is not None:
-            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
+            record = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
+            self.ledger.record(record)
+            telemetry.record_call(record, provider_kind=routed.provider_kind)
         return hit
 
     def _budget_event(self, event: str, budget: str, routed: Route, subject: str, *, policy: str, detail: str) -> None:
@@ -752,6 +761,8 @@ class Caller:
             escalated_from=escalated_from,
             flow_run_id=flow_run_id,
             task_run_id=task_run_id,
+            project=self.settings.project,
+            deployment=self.settings.deployment,
         )
 
 

@@ -115,6 +115,8 @@ class BudgetConfig(_Model):
     """Only runs of this flow count; None means every flow."""
     phase: str | None = None
     """Only calls of this phase count; None means every phase."""
+    project: str | None = None
+    """Only calls charged to this project count; None means every project."""
     policy: Literal["halt", "downgrade", "warn"] = "halt"
     floor: str | None = None
     """With `downgrade`: the cheapest tier to fall back to."""
@@ -170,6 +172,15 @@ class FeedbackConfig(_Model):
     """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
 
 
+class ProjectConfig(_Model):
+    """Which project a run's spend is charged to, unless `--project` says."""
+
+    name: str | None = None
+    """The vault's project, for runs that match no folder below and carry no course code."""
+    folders: dict[str, str] = {}
+    """Folder (vault-relative) -> project, for runs over that folder: `"Teaching/EDU7001" = "EDU7001"`."""
+
+
 class Settings(_Model):
     profile: str = "offline"
     ledger_url: str | None = None
@@ -181,6 +192,7 @@ class Settings(_Model):
     vault: VaultConfig = VaultConfig()
     budgets: dict[str, BudgetConfig] = {}
     feedback: FeedbackConfig = FeedbackConfig()
+    project: ProjectConfig = ProjectConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}
@@ -248,6 +260,27 @@ class Config:
             raise ConfigError("no ledger: give --vault DIR, or set `ledger_url` in the config")
         return f"sqlite:///{(self.vault / '.tierflow' / 'ledger.sqlite').resolve()}"
 
+    def project_for(self, *folders: str, explicit: str | None = None) -> str | None:
+        """The project a run over `folders` is charged to.
+
+        In order: `explicit` (`--project`); the `[project.folders]` entry for the deepest folder holding one
+        of `folders`; a course code among the folders' path parts (`Teaching/EDU7001/essay-1` -> `EDU7001`);
+        then `[project] name`.
+        """
+        if explicit:
+            return explicit
+        project = self.settings.project
+        for folder in folders:
+            parts = _folder_parts(folder)
+            matches = [(len(_folder_parts(k)), v) for k, v in project.folders.items() if _under(parts, k)]
+            if matches:
+                return max(matches)[1]
+        for folder in folders:
+            for part in reversed(_folder_parts(folder)):
+                if _COURSE_CODE.fullmatch(part):
+                    return part
+        return project.name
+
     def tier(self, name: str) -> TierConfig:
         try:
             return self.settings.tiers[name]
@@ -276,6 +309,19 @@ class Config:
         flat: dict[str, Any] = {}
         _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
         return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
+
+
+_COURSE_CODE = re.compile(r"[A-Z]{2,6}\d{3,5}[A-Z]?")
+"""A course code as universities write them: EDU7001, PSYC101, CS50 is too short to be sure of."""
+
+
+def _folder_parts(folder: str) -> tuple[str, ...]:
+    return tuple(p for p in folder.replace("\\", "/").split("/") if p and p != ".")
+
+
+def _under(parts: tuple[str, ...], folder: str) -> bool:
+    prefix = _folder_parts(folder)
+    return parts[: len(prefix)] == prefix
 
 
 def _source_of(key: str, sources: Mapping[str, str]) -> str:
@@ -338,7 +384,8 @@ def load_config(
             f"{where}: unknown profile {chosen!r}. Choose one of: {', '.join(PROFILES)}.",
         )
     merged: dict[str, Any] = _deepcopy(PROFILES[chosen])
-    sources: dict[str, str] = {k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")}
+    sources: dict[str, str] = {}
+    _record_sources(PROFILES[chosen], "", f"profile:{chosen}", sources)
     _merge(merged, data, "", sources, label)
     merged["profile"] = chosen
     sources["profile"] = "--profile" if profile else (label if "profile" in data else "default")
@@ -357,16 +404,34 @@ def _deepcopy(data: Any) -> Any:
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any], prefix: str, sources: dict[str, str], label: str):
+    """Lay `top` over `base` field by field, recording `label` as the source of every value it sets."""
     for key, value in top.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        # A tier or provider named in the file replaces the profile's entry of that name wholesale,
-        # so a switch of provider kind never inherits a stale base_url or key name.
-        replace_whole = prefix in ("tiers", "providers")
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and not replace_whole:
+        if (
+            isinstance(value, Mapping)
+            and isinstance(base.get(key), dict)
+            and not _switches_kind(prefix, base[key], value)
+        ):
             _merge(base[key], value, dotted, sources, label)
         else:
+            for stale in [k for k in sources if k == dotted or k.startswith(f"{dotted}.")]:
+                del sources[stale]
             base[key] = _deepcopy(dict(value) if isinstance(value, Mapping) else value)
-            sources[dotted] = label
+            _record_sources(value, dotted, label, sources)
+
+
+def _switches_kind(prefix: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A provider whose kind the file changes starts afresh: it must not inherit a stale base_url or key name."""
+    return prefix == "providers" and "kind" in new and new["kind"] != old.get("kind")
+
+
+def _record_sources(data: Any, prefix: str, label: str, sources: dict[str, str]) -> None:
+    """`label` as the source of each value in `data` (not of its tables, so defaults stay `default`)."""
+    if isinstance(data, Mapping) and data:
+        for key, value in data.items():
+            _record_sources(value, f"{prefix}.{key}" if prefix else str(key), label, sources)
+    else:
+        sources[prefix] = label
 
 
 def _reject_inline_secrets(data: Any, path: Path, prefix: str = "") -> None:

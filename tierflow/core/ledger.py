@@ -54,6 +54,8 @@ COLUMNS: tuple[str, ...] = (
     "checks_failed",
     "attempt",
     "escalated_from",
+    "project",
+    "deployment",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -94,6 +96,8 @@ calls = sa.Table(
     sa.Column("checks_failed", sa.String(256)),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("escalated_from", sa.String(64)),
+    sa.Column("project", sa.String(128), index=True),
+    sa.Column("deployment", sa.String(128)),
 )
 
 response_cache = sa.Table(
@@ -132,6 +136,7 @@ reservations = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
+    sa.Column("project", sa.String(128)),
 )
 
 batch_items = sa.Table(
@@ -204,7 +209,8 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
     return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
 
 
-_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from")
+_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
+"""Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 
 
@@ -259,7 +265,30 @@ def _migration_6(conn: Connection) -> None:
     drafts.create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
+def _migration_7(conn: Connection) -> None:
+    # Attribution: the project each call (and each budget reservation) is charged to, and the deployment.
+    # Migration 1 creates `calls` from its current definition, so a new ledger already has these columns.
+    _add_columns(conn, "calls", {"project": "VARCHAR(128)", "deployment": "VARCHAR(128)"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_project ON calls (project)")
+    _add_columns(conn, "reservations", {"project": "VARCHAR(128)"})
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+MIGRATIONS = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -290,6 +319,8 @@ class CallRecord:
     escalated_from: str | None = None
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    project: str | None = None
+    deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
 
     def row(self) -> dict[str, Any]:
@@ -405,7 +436,12 @@ class Ledger:
             return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
 
     def rows(
-        self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
+        self,
+        *,
+        since: str | None = None,
+        run_id: str | None = None,
+        flow: str | None = None,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
         """Ledger rows, oldest first, with the stable column names."""
         query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
@@ -415,6 +451,15 @@ class Ledger:
             query = query.where(calls.c.run_id == run_id)
         if flow:
             query = query.where(calls.c.flow == flow)
+        if project:
+            query = query.where(calls.c.project == project)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
+        columns = [reservations.c[c] for c in ("id", "created", "run_id", "flow", "phase", "project", "usd", "tokens")]
+        query = sa.select(*columns).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -493,7 +538,7 @@ class Ledger:
             conn.execute(output_modes.insert().values(provider=provider, model=model, mode=mode, updated=now_iso()))
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:
