@@ -157,6 +157,16 @@ def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
             e = phase.tiers[cheaper[-1]]
             reason += f"; {e.tier} passes {e.pass_rate:.2f} (low {e.pass_rate_low:.2f}) over {e.calls} calls"
         return Suggestion(phase.flow, phase.phase, phase.complexity, current, best.tier, reason, phase.tiers)
+    now = phase.tiers.get(current)
+    above = order[order.index(current) + 1 :] if current in order else []
+    if now is not None and now.calls >= routing.min_evidence and above:
+        # The current tier demonstrably misses the target and nothing qualifies yet: one tier up cannot do worse.
+        up = above[0]
+        reason = (
+            f"move to {up}: {current} misses the target {routing.target:.2f} (pass {now.pass_rate:.2f}, low "
+            f"{now.pass_rate_low:.2f} over {now.calls} calls) and no tier has met it yet"
+        )
+        return Suggestion(phase.flow, phase.phase, phase.complexity, current, up, reason, phase.tiers)
     thin = [t for t, e in phase.tiers.items() if e.calls < routing.min_evidence]
     reason = (
         f"keep {current}: no tier meets the target {routing.target:.2f} with at least {routing.min_evidence} "
