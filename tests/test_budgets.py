@@ -24,7 +24,10 @@ PROMPT = "Summarise the argument of Sadler (1989) on closing the gap."
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_caller(vault: Path, config_text: str, *, run_id: str = "run-b") -> Caller:
+def make_caller(vault: Path, config_text: str, *, run_id: str = "run-b", ledger_url: str | None = None) -> Caller:
+    """A caller on a vault whose config is `config_text`, recording in `ledger_url` (else the vault's SQLite)."""
+    if ledger_url:
+        config_text = f"ledger_url = {json.dumps(ledger_url)}\n{config_text}"
     path = write_config(vault / ".tierflow" / "config.toml", config_text)
     return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run_id, flow="test", use_cache=False))
 
@@ -48,11 +51,13 @@ def ask(c: Caller, prompt: str = PROMPT, complexity: str = "low", phase: str = "
     return c.ask(phase=phase, complexity=complexity, system="Be brief.", prompt=prompt)
 
 
-def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, monkeypatch, double):
+def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     # Every call bills its full worst case, so exactly ten fit even after the first ones settle.
     cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
-    c = make_caller(tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'))
+    c = make_caller(
+        tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'), ledger_url=ledger_url
+    )
 
     def attempt(_: int) -> str:
         try:
@@ -69,13 +74,14 @@ def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, mon
     assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
 
 
-def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, double):
+def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
     vault = tmp_path / "shared"
     config = write_config(
         vault / ".tierflow" / "config.toml",
-        budget_config(double, f'[budgets.daily]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n'),
+        f"ledger_url = {json.dumps(ledger_url)}\n"
+        + budget_config(double, f'[budgets.daily]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n'),
     )
     script = """
 import sys, json
@@ -103,24 +109,26 @@ with ThreadPoolExecutor(16) as pool:
     ]
     made = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
     assert sum(made) == 10 and len(double.model_calls()) == 10
-    rows = Ledger.for_vault(vault).rows()
+    rows = Ledger(ledger_url).rows()
     assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
 
 
-def test_settlement_releases_the_unused_worst_case(tmp_path, monkeypatch, double):
+def test_settlement_releases_the_unused_worst_case(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     worst = one_call_worst_case(tmp_path, double)
-    c = make_caller(tmp_path / "v", budget_config(double, f"[budgets.run]\nusd = {worst * 1.5!r}\n"))
+    c = make_caller(
+        tmp_path / "v", budget_config(double, f"[budgets.run]\nusd = {worst * 1.5!r}\n"), ledger_url=ledger_url
+    )
     ask(c)
     ask(c)  # fits only because the first call settled below its worst case
     (state,) = c.budgets.states()
     assert state.reserved_usd == 0 and 0 < state.spent_usd < worst
 
 
-def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, double):
+def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, double, ledger_url):
     double.responder = lambda r: Reply(text="no usage here", usage=NO_USAGE)
     text = openai_config(double, kind="openai-compatible", extra="[budgets.run]\ntokens = 100000\n")
-    c = make_caller(tmp_path / "v", text)
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
     ask(c)
     (state,) = c.budgets.states()
     # Charged as spent at the worst case (not merely in flight: nothing waits on it).
@@ -128,18 +136,22 @@ def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, do
     assert c.ledger.rows()[0]["input_tokens"] == 0
 
 
-def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double):
+def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double, ledger_url):
     text = openai_config(double, kind="openai-compatible", extra="[budgets.none]\nusd = 0\n")
-    c = make_caller(tmp_path / "v", text)
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
     assert ask(c).cost_usd == 0.0
     text = openai_config(double, kind="openai-compatible", extra="[budgets.tight]\ntokens = 50\n")
     with pytest.raises(BudgetExceeded, match="budget 'tight'.*limit 50 tokens"):
-        ask(make_caller(tmp_path / "w", text))  # zero-cost tiers still consume token budgets
+        ask(make_caller(tmp_path / "w", text, ledger_url=ledger_url))  # zero-cost tiers still consume token budgets
 
 
-def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog):
+def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    c = make_caller(tmp_path / "v", budget_config(double, '[budgets.soft]\nusd = 0.000001\npolicy = "warn"\n'))
+    c = make_caller(
+        tmp_path / "v",
+        budget_config(double, '[budgets.soft]\nusd = 0.000001\npolicy = "warn"\n'),
+        ledger_url=ledger_url,
+    )
     with caplog.at_level("WARNING", logger="tierflow"):
         answer = ask(c)
     assert answer.warnings and answer.warnings[0][0] == "soft"
@@ -147,13 +159,13 @@ def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog):
     assert len(double.model_calls()) == 1
 
 
-def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double):
+def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     extra = (
         '[budgets.drafting]\nusd = 0.000001\nphase = "draft"\n'
         '[budgets.other-flow]\nusd = 0.000001\nflow = "student-feedback"\n'
     )
-    c = make_caller(tmp_path / "v", budget_config(double, extra))
+    c = make_caller(tmp_path / "v", budget_config(double, extra), ledger_url=ledger_url)
     ask(c, phase="collate")  # neither budget applies to a collate call of this flow
     with pytest.raises(BudgetExceeded, match="budget 'drafting' \\(per run, phase draft\\)"):
         ask(c, phase="draft", complexity="medium")
@@ -173,10 +185,12 @@ def test_periods_are_calendar_aligned_in_the_vault_time_zone(tmp_path):
     assert b.period_start(config.settings.budgets["m"], now) == "2026-10-31T13:00:00.000000+00:00"
 
 
-def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, double):
+def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     vault = tmp_path / "v"
-    c = make_caller(vault, budget_config(double, '[budgets.monthly]\nusd = 5\nperiod = "month"\n'))
+    c = make_caller(
+        vault, budget_config(double, '[budgets.monthly]\nusd = 5\nperiod = "month"\n'), ledger_url=ledger_url
+    )
     ask(c)
     env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "k"}
     out = subprocess.run(

@@ -36,8 +36,8 @@ def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
     assert (tmp_path / ".tierflow" / "ledger.sqlite").exists()
 
 
-def test_an_old_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def test_an_old_ledger_is_migrated_and_keeps_its_rows(ledger_url: str):
+    url = ledger_url
     engine = sa.create_engine(url)
     from tierflow.core.ledger import calls, response_cache, schema_version
 
@@ -53,8 +53,8 @@ def test_an_old_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path):
     assert len(ledger.rows()) == 1
 
 
-def test_rows_have_the_stable_columns_and_group_totals(tmp_path: Path):
-    ledger = Ledger.for_vault(tmp_path)
+def test_rows_have_the_stable_columns_and_group_totals(ledger_url: str):
+    ledger = Ledger(ledger_url)
     ledger.record(record(0))
     ledger.record(record(1, phase="draft", cost_usd=None))
     rows = ledger.rows()
@@ -63,20 +63,20 @@ def test_rows_have_the_stable_columns_and_group_totals(tmp_path: Path):
     assert totals["collate"]["input_tokens"] == 10 and totals["draft"]["unpriced_calls"] == 1
 
 
-def test_threads_record_concurrently_without_losing_a_row(tmp_path: Path):
-    ledger = Ledger.for_vault(tmp_path)
+def test_threads_record_concurrently_without_losing_a_row(ledger_url: str):
+    ledger = Ledger(ledger_url)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: ledger.record(record(n)), range(200)))
     rows = ledger.rows()
     assert len(rows) == 200 and sorted(r["input_tokens"] for r in rows) == list(range(10, 210))
 
 
-def test_processes_record_concurrently_into_one_ledger(tmp_path: Path):
+def test_processes_record_concurrently_into_one_ledger(ledger_url: str):
     script = (
         "import sys; from tests.test_ledger import record; from tierflow.core.ledger import Ledger; "
         "l = Ledger(sys.argv[1]); [l.record(record(int(sys.argv[2]) * 1000 + i)) for i in range(50)]"
     )
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url = ledger_url
     Ledger(url)
     repo = Path(__file__).resolve().parents[1]
     procs = [subprocess.Popen([sys.executable, "-c", script, url, str(p)], cwd=repo) for p in range(4)]

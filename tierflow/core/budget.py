@@ -274,6 +274,9 @@ class Budgets:
     def settle(self, reservation_id: int, call: CallRecord) -> None:
         """Record the call and release its reservation, in one transaction."""
         with self.ledger.transaction() as conn:
+            # Under the reservation lock: on PostgreSQL (READ COMMITTED) a reservation's separate spent and
+            # held sums could otherwise fall either side of this commit and count the call nowhere.
+            _lock(conn)
             self.ledger.record(call, conn=conn)
             conn.execute(
                 reservations.update()
@@ -284,6 +287,7 @@ class Budgets:
     def release(self, reservation_id: int) -> None:
         """Drop a reservation whose call failed before spending."""
         with self.ledger.transaction() as conn:
+            _lock(conn)
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
 
 

@@ -232,6 +232,14 @@ def _engine(url: str) -> Engine:
         return engine
 
 
+def dispose_engine(url: str) -> None:
+    """Close every pooled connection to `url` and forget its engine (before a database is dropped)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def _create_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
@@ -360,8 +368,21 @@ class Ledger:
             "created": now_iso(),
         }
         with self.transaction() as conn:
-            conn.execute(response_cache.delete().where(response_cache.c.key == key))
-            conn.execute(response_cache.insert().values(**values))
+            # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL
+            # ledger) must not collide on the key the way delete-then-insert does under READ COMMITTED.
+            conn.execute(_upsert(conn, response_cache, values, ["key"]))
+
+
+def _upsert(conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, in the connection's dialect (SQLite or PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}
+    )
 
 
 GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
