@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger
@@ -82,3 +84,35 @@ def test_processes_record_concurrently_into_one_ledger(ledger_url: str):
     procs = [subprocess.Popen([sys.executable, "-c", script, url, str(p)], cwd=repo) for p in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert len(Ledger(url).rows()) == 200
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_on_a_fresh_postgresql_ledger_migrate_it_once(postgres_server):
+    """Four processes open one empty PostgreSQL ledger at the same instant: each succeeds, each version once."""
+    from conftest import drop_postgres_database, fresh_postgres_database
+
+    script = (
+        "import sys, time; from tierflow.core.ledger import Ledger\n"
+        "start = float(sys.argv[2])\n"
+        "while time.time() < start: pass\n"
+        "print(Ledger(sys.argv[1]).version)"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    for _ in range(2):
+        url = fresh_postgres_database(postgres_server)
+        start = time.time() + 3  # all four have imported tierflow by then, and start migrating together
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url, str(start)], cwd=repo, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0]
+        assert outputs == [str(len(MIGRATIONS))] * 4
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY version")]
+        engine.dispose()
+        assert versions == list(range(1, len(MIGRATIONS) + 1))
+        drop_postgres_database(postgres_server, url)

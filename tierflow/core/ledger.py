@@ -172,6 +172,9 @@ def _migration_4(conn: Connection) -> None:
     runs.create(conn, checkfirst=True)
 
 
+MIGRATION_LOCK = 7263544500
+"""PostgreSQL advisory lock key held while a ledger is migrated (budget reservations use their own key)."""
+
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -297,6 +300,11 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
+            # One migrator at a time: SQLite's BEGIN IMMEDIATE already serialises this transaction; on
+            # PostgreSQL two workers starting on a fresh ledger would both create the tables (and both
+            # record each version) without a lock held until commit.
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
             for number, migration in enumerate(MIGRATIONS, start=1):
