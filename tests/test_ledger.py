@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger
+from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger, calls
 from tierflow.core.usage import Usage
 from tierflow.report.spend import summarise
 
@@ -41,7 +43,7 @@ def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
 def test_an_old_ledger_is_migrated_and_keeps_its_rows(ledger_url: str):
     url = ledger_url
     engine = sa.create_engine(url)
-    from tierflow.core.ledger import calls, response_cache, schema_version
+    from tierflow.core.ledger import response_cache, schema_version
 
     with engine.begin() as conn:  # a version-1 ledger, as an earlier tierflow wrote it
         schema_version.create(conn)
@@ -116,3 +118,38 @@ def test_workers_starting_at_once_on_a_fresh_postgresql_ledger_migrate_it_once(p
         engine.dispose()
         assert versions == list(range(1, len(MIGRATIONS) + 1))
         drop_postgres_database(postgres_server, url)
+
+
+def _finishes(work, seconds: float = 10.0) -> bool:
+    """Run `work` in a thread; whether it finished within `seconds` (the ledger's busy timeout is 60 s)."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def test_reads_do_not_wait_for_a_writer_on_sqlite(tmp_path: Path):
+    """`rows()` and the answer-cache lookup are plain reads: under WAL they go on while another process writes."""
+    ledger = Ledger.for_vault(tmp_path)
+    ledger.record(record(0))
+    ledger.cache_response("k", "m", "an answer", None)
+    writer = sqlite3.connect(tmp_path / ".tierflow" / "ledger.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock, mid-transaction
+    try:
+        found = {}
+        assert _finishes(lambda: found.update(rows=ledger.rows(), hit=ledger.cached_response("k")))
+        assert len(found["rows"]) == 1 and found["hit"] == ("an answer", None)
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_a_long_read_does_not_block_a_write_on_sqlite(tmp_path: Path):
+    """A long-running read (a `tierflow spend` over a big ledger) does not stall the flows recording calls."""
+    ledger = Ledger.for_vault(tmp_path)
+    ledger.record(record(0))
+    with ledger.engine.connect() as reader:
+        assert len(reader.execute(sa.select(calls)).all()) == 1  # the read transaction is open from here
+        assert _finishes(lambda: ledger.record(record(1)))
+        assert _finishes(lambda: ledger.cache_response("k", "m", "text", None))
+    assert len(ledger.rows()) == 2

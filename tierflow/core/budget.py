@@ -218,7 +218,7 @@ class Budgets:
 
     def states(self, phase: str | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
-        with self.ledger.transaction() as conn:
+        with self.ledger.reading() as conn:
             return [
                 self.state(conn, name, b)
                 for name, b in self.config.settings.budgets.items()

@@ -222,6 +222,9 @@ class CallRecord:
 now_iso = clock.now_iso
 
 
+_WRITE = "tierflow_write"
+"""Execution option that marks a connection's transaction as a write (see `Ledger.transaction`)."""
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -266,9 +269,11 @@ def _create_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front: read-check-write sequences (budget reservations)
-        # cannot interleave across threads or processes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction (`Ledger.transaction`) takes the write lock up front with IMMEDIATE, so
+        # read-check-write sequences (budget reservations) cannot interleave across threads or processes.
+        # Every other transaction is a read: a plain BEGIN, which under WAL neither waits for a writer
+        # nor holds one up, however long it runs (a `tierflow spend` over a large ledger).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
 
@@ -292,6 +297,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)
+        self._writer = self.engine.execution_options(**{_WRITE: True})
         self._migrate()
 
     @classmethod
@@ -314,12 +320,19 @@ class Ledger:
 
     @property
     def version(self) -> int:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction; on SQLite it holds the write lock from its start (`BEGIN IMMEDIATE`)."""
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: plain, so it takes no write lock."""
+        with self.engine.connect() as conn, conn.begin():
             yield conn
 
     def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
@@ -340,7 +353,7 @@ class Ledger:
             query = query.where(calls.c.run_id == run_id)
         if flow:
             query = query.where(calls.c.flow == flow)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
@@ -354,12 +367,12 @@ class Ledger:
                 )
 
     def run_parameters(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
         return None if row is None else (row.flow, json.loads(row.parameters))
 
     def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             row = conn.execute(
                 sa.select(response_cache.c.text, response_cache.c.data_json).where(response_cache.c.key == key)
             ).first()
