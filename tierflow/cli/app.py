@@ -306,21 +306,35 @@ def run(
 def resume(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the run report and ledger show it.")],
     vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
     vault = vault_dir(vault, required="tierflow resume RUN")
     from tierflow.core.ledger import Ledger
 
-    found = Ledger.for_vault(vault).run_parameters(run_id)
+    cfg = load(vault, config, profile)
+    # The run is in the configured ledger (a shared `ledger_url`, else the vault's own SQLite file).
+    found = Ledger(cfg.ledger_url).run_parameters(run_id)
     if found is None:
-        raise fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+        raise fail(
+            f"no run {run_id!r} in the ledger {_redact_url(cfg.ledger_url)}; "
+            f"`tierflow spend --vault {vault} --by run` lists runs"
+        )
     flow, parameters = found
     _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+def _redact_url(url: str) -> str:
+    """A ledger URL fit to print: any password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()
