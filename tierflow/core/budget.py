@@ -8,7 +8,11 @@ transaction. A call whose usage is unknown keeps its worst case charged.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,14 +26,22 @@ from sqlalchemy.engine import Connection
 from tierflow.core import clock
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
-from tierflow.core.ledger import CallRecord, Ledger, calls, now_iso, reservations
+from tierflow.core.ledger import CallRecord, Ledger, calls, database_seconds, now_iso, reservations
 from tierflow.core.routing import Route
 from tierflow.core.usage import TOKEN_KINDS, Usage, price
+
+log = logging.getLogger("tierflow")
+
+HOST = socket.gethostname()
+"""This machine's name, recorded as the holder of its processes' reservations."""
 
 ESTIMATE_MARGIN = 1.15
 """Headroom on offline token counts for providers whose tokenizer is not o200k."""
 ESTIMATE_OVERHEAD = 32
 """Tokens the wire format adds around the text (roles, tool definitions)."""
+BATCH_LEASE_S = 25 * 3600.0
+"""A batch request's reservation lease: the providers' 24-hour batch window and an hour's grace. Nobody
+renews it (a `--no-wait` run exits); `tierflow resume` settles it, or it lapses after the window."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class Estimate:
     max_output_tokens: int
     usd: Decimal | None
     """None when the model's price is unknown."""
+    batch: bool = False
+    """A provider batch request: its reservation is held for the batch window (`BATCH_LEASE_S`)."""
 
     @property
     def tokens(self) -> int:
@@ -64,7 +78,7 @@ def estimate(
         override=tier.price,
         batch_discount=provider.batch_discount if batch else 1.0,
     )
-    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd)
+    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd, batch=batch)
 
 
 def padded(tokens: int, *, exact: bool) -> int:
@@ -137,6 +151,10 @@ class Budgets:
         self.flow = flow
         self.tz = ZoneInfo(config.settings.vault.timezone)
         self.max_wait_s = max_wait_s
+        self.lease_s = config.settings.reservation_lease_s
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def applicable(self, phase: str) -> list[tuple[str, BudgetConfig]]:
         return [
@@ -238,6 +256,7 @@ class Budgets:
         while True:
             with self.ledger.transaction() as conn:
                 _lock(conn)
+                _release(conn, _expired(database_seconds(conn)))
                 states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
                 decision = _decide(candidates, states)
                 if isinstance(decision, Reservation):
@@ -258,6 +277,7 @@ class Budgets:
 
     def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
         est = reservation.estimate
+        now = database_seconds(conn)
         reservation_id = conn.execute(
             reservations.insert().values(
                 created=now_iso(),
@@ -267,12 +287,55 @@ class Budgets:
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,
                 open=True,
+                held_since=now,
+                lease_expires=now + (BATCH_LEASE_S if est.batch else self.lease_s),
+                holder_pid=os.getpid(),
+                holder_host=HOST,
             )
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
+    def keep_alive(self, reservation_id: int) -> None:
+        """Renew this reservation's lease while its call is in flight, until it is settled or released.
+
+        One thread per `Budgets` renews every reservation this process holds, every third of the lease.
+        If the process dies, renewal stops and the lease lapses: the next reservation attempt releases it.
+        """
+        with self._held_lock:
+            self._held.add(reservation_id)
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew, name="tierflow-lease-renewer", daemon=True)
+                self._renewer.start()
+
+    def stop_renewing(self, reservation_id: int) -> None:
+        """The call is over: its lease is no longer renewed (settling or releasing it also stops renewal)."""
+        with self._held_lock:
+            self._held.discard(reservation_id)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self.lease_s / 3)
+            with self._held_lock:
+                held = sorted(self._held)
+            if not held:
+                with self._held_lock:
+                    if not self._held:
+                        self._renewer = None
+                        return
+                continue
+            try:
+                with self.ledger.transaction() as conn:
+                    conn.execute(
+                        reservations.update()
+                        .where(reservations.c.id.in_(held), reservations.c.open.is_(True))
+                        .values(lease_expires=database_seconds(conn) + self.lease_s)
+                    )
+            except sa.exc.SQLAlchemyError as exc:  # the ledger is briefly unreachable: try again next tick
+                log.warning("could not renew %d budget reservation lease(s): %s", len(held), exc)
+
     def settle(self, reservation_id: int, call: CallRecord) -> None:
         """Record the call and release its reservation, in one transaction."""
+        self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
             # Under the reservation lock: on PostgreSQL (READ COMMITTED) a reservation's separate spent and
             # held sums could otherwise fall either side of this commit and count the call nowhere.
@@ -286,6 +349,7 @@ class Budgets:
 
     def release(self, reservation_id: int) -> None:
         """Drop a reservation whose call failed before spending."""
+        self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
             _lock(conn)
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
@@ -331,6 +395,93 @@ def _blocker(
     usd = float(est.usd) if est.usd is not None else 0.0
     state = next(s for s in states if s.policy != "warn" and not s.fits(usd, est.tokens))
     return state, candidate, est
+
+
+@dataclass(frozen=True)
+class OpenReservation:
+    """A reservation still holding budget, as `tierflow budget reservations` lists it."""
+
+    id: int
+    run_id: str
+    flow: str
+    phase: str
+    usd: float
+    tokens: int
+    created: str
+    age_s: float
+    lease_left_s: float
+    holder_pid: int | None
+    holder_host: str | None
+
+    @property
+    def expired(self) -> bool:
+        return self.lease_left_s <= 0
+
+    @property
+    def holder_gone(self) -> bool:
+        """Its holder was a process on this host that no longer exists."""
+        return self.holder_host == HOST and self.holder_pid is not None and not _process_exists(self.holder_pid)
+
+    @property
+    def stale(self) -> bool:
+        return self.expired or self.holder_gone
+
+    @property
+    def state(self) -> str:
+        return "expired" if self.expired else "holder gone" if self.holder_gone else "held"
+
+
+def open_reservations(ledger: Ledger) -> list[OpenReservation]:
+    """Every reservation still open, oldest first."""
+    with ledger.reading() as conn:
+        now = database_seconds(conn)
+        rows = conn.execute(
+            sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
+        ).all()
+    return [
+        OpenReservation(
+            id=row.id,
+            run_id=row.run_id or "",
+            flow=row.flow or "",
+            phase=row.phase or "",
+            usd=float(row.usd or 0.0),
+            tokens=int(row.tokens or 0),
+            created=row.created,
+            age_s=max(0.0, now - row.held_since) if row.held_since is not None else 0.0,
+            lease_left_s=(row.lease_expires or 0.0) - now,
+            holder_pid=row.holder_pid,
+            holder_host=row.holder_host,
+        )
+        for row in rows
+    ]
+
+
+def release_stale(ledger: Ledger) -> list[OpenReservation]:
+    """Release every reservation whose lease is over, or whose holder process on this host is gone."""
+    stale = [r for r in open_reservations(ledger) if r.stale]
+    with ledger.transaction() as conn:
+        _lock(conn)
+        gone = [r.id for r in stale if r.holder_gone]
+        _release(conn, sa.or_(_expired(database_seconds(conn)), reservations.c.id.in_(gone)))
+    return stale
+
+
+def _expired(now: float) -> sa.ColumnElement[bool]:
+    return sa.and_(reservations.c.lease_expires.is_not(None), reservations.c.lease_expires < now)
+
+
+def _release(conn: Connection, which: sa.ColumnElement[bool]) -> None:
+    conn.execute(reservations.update().where(reservations.c.open.is_(True), which).values(open=False))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _lock(conn: Connection) -> None:

@@ -314,11 +314,13 @@ class Caller:
             request = Request(**{**request.__dict__, "model": routed.model})
         started = now_iso()
         t0 = time.perf_counter()
+        self.budgets.keep_alive(reservation.id)
         try:
             completion = self.provider(routed.provider).complete(request)
         except BaseException:
             self.budgets.release(reservation.id)
             raise
+        self.budgets.stop_renewing(reservation.id)
         latency_ms = (time.perf_counter() - t0) * 1000
         cost = self._cost(routed, completion, batch=False)
         record = self._record(

@@ -118,6 +118,8 @@ class FeedbackConfig(_Model):
 class Settings(_Model):
     profile: str = "offline"
     ledger_url: str | None = None
+    reservation_lease_s: float = Field(default=60, gt=0)
+    """How long a budget reservation stays held without renewal; the process making the call renews it."""
     providers: dict[str, ProviderConfig]
     tiers: dict[str, TierConfig]
     routing: dict[Complexity, str]

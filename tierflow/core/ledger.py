@@ -109,6 +109,12 @@ reservations = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
+    # The lease (version 6): held until `lease_expires`, in seconds since the epoch by the *database's*
+    # clock, so that workers on hosts whose clocks differ agree on it. The holder renews it.
+    sa.Column("lease_expires", sa.Float),
+    sa.Column("held_since", sa.Float),
+    sa.Column("holder_pid", sa.Integer),
+    sa.Column("holder_host", sa.String(255)),
 )
 
 batch_items = sa.Table(
@@ -172,10 +178,27 @@ def _migration_4(conn: Connection) -> None:
     runs.create(conn, checkfirst=True)
 
 
+def _migration_5(conn: Connection) -> None:
+    """Placeholder: version 5 is the lead's migration on main; this branch only keeps the numbering."""
+
+
+def _migration_6(conn: Connection) -> None:
+    # Reservation leases. A reservation left open by an older tierflow has no holder that will renew it:
+    # its lease is already over, so the next reservation attempt releases it.
+    for ddl in (
+        "ADD COLUMN lease_expires FLOAT",
+        "ADD COLUMN held_since FLOAT",
+        "ADD COLUMN holder_pid INTEGER",
+        "ADD COLUMN holder_host VARCHAR(255)",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE reservations {ddl}")
+    conn.execute(reservations.update().where(reservations.c.open.is_(True)).values(lease_expires=0.0))
+
+
 MIGRATION_LOCK = 7263544500
 """PostgreSQL advisory lock key held while a ledger is migrated (budget reservations use their own key)."""
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -236,6 +259,17 @@ def _engine(url: str) -> Engine:
             engine = _create_engine(url)
             _engines[url] = engine
         return engine
+
+
+def database_seconds(conn: Connection) -> float:
+    """Now, in seconds since the epoch, by the database's clock: the one clock every worker shares.
+
+    Reservation leases are durations measured against it, never dates, so they do not depend on a host's
+    clock, time zone or `TIERFLOW_CLOCK_START`.
+    """
+    if conn.dialect.name == "postgresql":
+        return float(conn.exec_driver_sql("SELECT extract(epoch FROM clock_timestamp())").scalar())
+    return float(conn.exec_driver_sql("SELECT (julianday('now') - 2440587.5) * 86400.0").scalar())
 
 
 def dispose_engine(url: str) -> None:
