@@ -57,3 +57,75 @@ def test_resume_names_the_ledger_it_searched_without_its_password(reading_vault,
     assert "no run 'no-such-run' in the ledger postgresql+psycopg://postgres:***@" in result.output
     assert "s3cret" not in result.output
     assert not (reading_vault / ".tierflow" / "ledger.sqlite").exists()
+
+
+WORKER = """
+import json, sys
+from datetime import date
+from tierflow.flows.reading_notes import reading_notes
+summary = reading_notes(vault=sys.argv[1], since=date.fromisoformat(sys.argv[2]), until=date.fromisoformat(sys.argv[3]))
+print(json.dumps({"run_id": summary.run_id, "halted": summary.halted, "failed": summary.failed}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_workers_on_one_prefect_server_and_one_postgresql_ledger_never_overshoot_a_shared_cap(
+    reading_vault, double, monkeypatch, pg_ledger
+):
+    """Two processes run the reading-notes flow at once, for two vaults, under one daily cap: the README's set-up."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import anthropic_config
+    from prefect.settings import PREFECT_API_URL
+    from responders import skilled
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = skilled()
+    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
+    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
+    vaults = [reading_vault.parent / f"worker-{n}" for n in (1, 2)]
+    for n, vault in enumerate(vaults, start=1):
+        shutil.copytree(reading_vault, vault)
+        for note in (vault / "Reading").rglob("*.md"):  # each worker's notes are its own: no shared answers
+            note.write_text(note.read_text() + f"\n\nRead by worker {n}.\n")
+    # What one run costs, in a copy with its own ledger.
+    reference = reading_vault.parent / "reference"
+    shutil.copytree(vaults[0], reference)
+    since, until = (date.fromisoformat(d) for d in READING_WEEK)
+    alone = reading_notes(vault=str(reference), since=since, until=until)
+    one_run = sum(r["cost_usd"] for r in Ledger.for_vault(reference).rows(run_id=alone.run_id))
+
+    cap = 1.5 * one_run  # room for one run and part of another, not for both
+    for vault in vaults:
+        share_ledger(vault, pg_ledger, extra="")
+        config = vault / ".tierflow" / "config.toml"
+        config.write_text(config.read_text() + f'\n[budgets.team]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n')
+    env = {**os.environ, "ANTHROPIC_API_KEY": "k", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(vault), *READING_WEEK], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for vault in vaults
+    ]
+    outcomes = [json.loads(w.communicate(timeout=300)[0].strip().splitlines()[-1]) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert not any(o["failed"] for o in outcomes)
+    rows = Ledger(pg_ledger).rows()
+    spent = sum(r["cost_usd"] for r in rows)
+    assert {r["run_id"] for r in rows} == {o["run_id"] for o in outcomes}  # both worked, in one ledger
+    assert spent <= cap
+    # Both could not finish within the cap, so one at least was halted by it, and said so.
+    halted = [o["halted"] for o in outcomes if o["halted"]]
+    assert halted and all("budget 'team' (per day)" in h for h in halted)
+    # Both workers ran their flows on the one Prefect server.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_runs = {r["flow_run_id"] for r in rows}
+        assert len(flow_runs) == 2 and all(client.read_flow_run(f).name for f in flow_runs)
