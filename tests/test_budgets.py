@@ -373,3 +373,89 @@ def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double):
     assert not [r for r in rows if r["phase"] != "collate"]
     assert summary.written == [] and not (vault / "Concepts" / "Drafts").exists()
     assert "Stopped early" in (vault / summary.report.path).read_text()
+
+
+# --- unknown prices and tier-scoped budgets ---------------------------------------------------------------
+
+UNPRICED = "claude-unreleased-1"  # a model genai-prices does not know
+
+
+def unpriced_config(double: ProviderDouble, budgets: str) -> str:
+    return anthropic_config(double, budgets).replace("claude-haiku-4-5", UNPRICED)
+
+
+@pytest.mark.parametrize("policy", ["halt", "warn"])
+def test_a_model_with_no_known_price_is_refused_under_any_usd_budget(tmp_path, monkeypatch, double, ledger_url, policy):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    text = unpriced_config(double, f'[budgets.tiny]\nusd = 0.000001\npolicy = "{policy}"\n')
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded) as refused:
+            ask(c)
+        message = str(refused.value)
+        assert "budget 'tiny'" in message and f"tier 'light' runs anthropic:{UNPRICED}" in message
+        assert "price is not known" in message and "`[tiers.light.price]`" in message
+        assert 'unpriced = "allow"' in message and "[budgets.tiny]" in message
+    assert double.model_calls() == [] and c.ledger.rows() == []
+
+
+def test_an_unpriced_model_allowed_by_a_budget_counts_at_its_fallback_price(tmp_path, monkeypatch, double, ledger_url):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    allow = 'unpriced = "allow"\nfallback_usd_per_mtok = 2.0\n'
+    tiny = make_caller(
+        tmp_path / "t", unpriced_config(double, "[budgets.tiny]\nusd = 0.000001\n" + allow), ledger_url=ledger_url
+    )
+    with pytest.raises(BudgetExceeded, match="Raise `budgets.tiny`"):  # allowed, but its worst case does not fit
+        ask(tiny)
+    c = make_caller(
+        tmp_path / "v", unpriced_config(double, "[budgets.run]\nusd = 1\n" + allow), run_id="r2", ledger_url=ledger_url
+    )
+    for n in range(3):
+        assert ask(c, prompt=f"{PROMPT} ({n})").cost_usd is None  # the ledger still says: price unknown
+    rows = c.ledger.rows(run_id="r2")
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    (state,) = c.budgets.states()
+    assert len(rows) == 3 and state.reserved_usd == 0
+    assert state.spent_usd == pytest.approx(tokens * 2.0 / 1e6)
+
+
+def test_allowing_unpriced_models_needs_a_stated_fallback_price(tmp_path, double):
+    from tierflow.core.errors import ConfigError
+
+    path = write_config(tmp_path / "c.toml", unpriced_config(double, '[budgets.run]\nusd = 1\nunpriced = "allow"\n'))
+    with pytest.raises(ConfigError, match='`budgets.run.unpriced = "allow"` needs .* set `fallback_usd_per_mtok`'):
+        load_config(config_path=path)
+
+
+def test_a_tier_scoped_budget_counts_and_checks_only_that_tiers_calls(tmp_path, monkeypatch, double, ledger_url):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    c = make_caller(
+        tmp_path / "v",
+        budget_config(double, '[budgets.deep-pool]\ntokens = 50\ntier = "deep"\n'),
+        ledger_url=ledger_url,
+    )
+    ask(c, complexity="low")  # a light call: the deep pool neither checks nor counts it
+    (state,) = c.budgets.states()
+    assert state.scope == "per run, tier deep" and state.spent_tokens == 0
+    with pytest.raises(BudgetExceeded, match=r"budget 'deep-pool' \(per run, tier deep\).*limit 50 tokens"):
+        ask(c, complexity="high")
+    assert [r["tier"] for r in c.ledger.rows()] == ["light"]
+
+    # Under `downgrade`, the deep call moves to a tier the pool does not cover, and goes through.
+    d = make_caller(
+        tmp_path / "w",
+        budget_config(double, '[budgets.deep-pool]\ntokens = 50\ntier = "deep"\npolicy = "downgrade"\n'),
+        run_id="run-d",
+        ledger_url=ledger_url,
+    )
+    answer = ask(d, complexity="high")
+    assert answer.route.tier == "standard"
+    assert [(r["tier"], r["downgraded_from"]) for r in d.ledger.rows(run_id="run-d")] == [("standard", "deep")]
+
+
+def test_a_budget_scoped_to_an_unknown_tier_is_a_config_error(tmp_path, double):
+    from tierflow.core.errors import ConfigError
+
+    path = write_config(tmp_path / "c.toml", budget_config(double, '[budgets.x]\ntokens = 5\ntier = "deeep"\n'))
+    with pytest.raises(ConfigError, match="`budgets.x.tier` names unknown tier 'deeep'"):
+        load_config(config_path=path)

@@ -97,6 +97,21 @@ class BudgetState:
     reserved_usd: float
     reserved_tokens: int
     policy: str
+    tier: str | None = None
+    """Only calls on this tier count, and only they are checked against it."""
+    unpriced: str = "refuse"
+    fallback_usd_per_mtok: float = 0.0
+
+    def applies_to(self, route: Route) -> bool:
+        return self.tier in (None, route.tier)
+
+    def usd_of(self, est: Estimate) -> float | None:
+        """What a call's worst case costs against this budget; None: an unpriced model it refuses."""
+        if est.usd is not None:
+            return float(est.usd)
+        if self.limit_usd is None:
+            return 0.0
+        return est.tokens * self.fallback_usd_per_mtok / 1e6 if self.unpriced == "allow" else None
 
     @property
     def remaining_usd(self) -> float | None:
@@ -182,24 +197,30 @@ class Budgets:
             parts.append(f"flow {budget.flow}")
         if budget.phase:
             parts.append(f"phase {budget.phase}")
+        if budget.tier:
+            parts.append(f"tier {budget.tier}")
         return ", ".join(parts)
 
     def state(self, conn: Connection, name: str, budget: BudgetConfig) -> BudgetState:
+        # USD per token for models of unknown price, where this budget allows them (else they count 0:
+        # none runs under its USD limit, so such rows predate it or belong to other scopes).
+        fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
+        tokens = sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])
+        unpriced_call = sa.and_(calls.c.cost_usd.is_(None), calls.c.usage_known.is_(True))
         spent_q = sa.select(
-            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
-            sa.func.coalesce(
-                sa.func.sum(sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])),
-                0,
-            ),
+            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)
+            + fallback * sa.func.coalesce(sa.func.sum(sa.case((unpriced_call, tokens), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(tokens), 0),
         )
-        held_q = sa.select(
-            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
-            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
-        ).where(reservations.c.open.is_(True))
-        kept_q = sa.select(
-            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
-            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
-        ).where(reservations.c.kept.is_(True))
+        held_usd = sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0) + fallback * sa.func.coalesce(
+            sa.func.sum(sa.case((reservations.c.priced.is_(False), reservations.c.tokens), else_=0)), 0
+        )
+        held_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
+            reservations.c.open.is_(True)
+        )
+        kept_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
+            reservations.c.kept.is_(True)
+        )
         start = self.period_start(budget)
         if start is None:
             spent_q = spent_q.where(calls.c.run_id == self.run_id)
@@ -209,14 +230,11 @@ class Budgets:
             spent_q = spent_q.where(calls.c.timestamp >= start)
             held_q = held_q.where(reservations.c.created >= start)
             kept_q = kept_q.where(reservations.c.created >= start)
-        if budget.flow:
-            spent_q = spent_q.where(calls.c.flow == budget.flow)
-            held_q = held_q.where(reservations.c.flow == budget.flow)
-            kept_q = kept_q.where(reservations.c.flow == budget.flow)
-        if budget.phase:
-            spent_q = spent_q.where(calls.c.phase == budget.phase)
-            held_q = held_q.where(reservations.c.phase == budget.phase)
-            kept_q = kept_q.where(reservations.c.phase == budget.phase)
+        for key in ("flow", "phase", "tier"):
+            if getattr(budget, key):
+                spent_q = spent_q.where(calls.c[key] == getattr(budget, key))
+                held_q = held_q.where(reservations.c[key] == getattr(budget, key))
+                kept_q = kept_q.where(reservations.c[key] == getattr(budget, key))
         spent_usd, spent_tokens = conn.execute(spent_q).one()
         held_usd, held_tokens = conn.execute(held_q).one()
         kept_usd, kept_tokens = conn.execute(kept_q).one()
@@ -232,6 +250,9 @@ class Budgets:
             reserved_usd=float(held_usd),
             reserved_tokens=int(held_tokens),
             policy=budget.policy,
+            tier=budget.tier,
+            unpriced=budget.unpriced,
+            fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
         )
 
     def states(self, phase: str | None = None) -> list[BudgetState]:
@@ -266,7 +287,16 @@ class Budgets:
                 delay = min(delay * 2, 0.25)
                 continue
             state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
-            usd = float(est.usd) if est.usd is not None else 0.0
+            usd = state.usd_of(est)
+            if usd is None:
+                raise BudgetExceeded(
+                    f"{state.describe()}: tier {candidate.tier!r} runs {candidate.model_ref}, whose price is not "
+                    f"known, so this {candidate.phase} call cannot be counted against a USD budget. Price it with "
+                    f"`[tiers.{candidate.tier}.price]` (input and output USD per million tokens) in the config, "
+                    f'or set `unpriced = "allow"` and `fallback_usd_per_mtok` in [budgets.{state.name}].',
+                    budget=state.name,
+                    scope=state.scope,
+                )
             raise BudgetExceeded(
                 f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
                 f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
@@ -286,6 +316,8 @@ class Budgets:
                 phase=reservation.route.phase,
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,
+                tier=reservation.route.tier,
+                priced=est.usd is not None,
                 open=True,
                 held_since=now,
                 lease_expires=now + (BATCH_LEASE_S if est.batch else self.lease_s),
@@ -366,9 +398,11 @@ def _decide(
     routed = candidates[0][0]
     forced_by: str | None = None
     for index, (candidate, est) in enumerate(candidates):
-        usd = float(est.usd) if est.usd is not None else 0.0
-        blocking = [s for s in states if not s.fits(usd, est.tokens)]
-        hard = [s for s in blocking if s.policy != "warn"]
+        applying = [s for s in states if s.applies_to(candidate)]
+        # A model of unknown price cannot be checked against a USD limit that does not allow it.
+        unpriced = [s for s in applying if s.usd_of(est) is None]
+        blocking = unpriced or [s for s in applying if not s.fits(s.usd_of(est), est.tokens)]
+        hard = [s for s in blocking if s.policy != "warn" or s in unpriced]
         if not hard:
             return Reservation(
                 id=0,
@@ -378,7 +412,7 @@ def _decide(
                 budget=forced_by if index else None,
                 warnings=tuple((s.name, s.describe()) for s in blocking),
             )
-        if all(s.fits(usd, est.tokens, settled=True) for s in hard):
+        if not unpriced and all(s.fits(s.usd_of(est), est.tokens, settled=True) for s in hard):
             return _WAIT
         if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
             forced_by = forced_by or hard[0].name
@@ -392,8 +426,11 @@ def _blocker(
 ) -> tuple[BudgetState, Route, Estimate]:
     """The budget a call waited on in vain."""
     candidate, est = candidates[0]
-    usd = float(est.usd) if est.usd is not None else 0.0
-    state = next(s for s in states if s.policy != "warn" and not s.fits(usd, est.tokens))
+    state = next(
+        s
+        for s in states
+        if s.applies_to(candidate) and s.policy != "warn" and not s.fits(s.usd_of(est) or 0.0, est.tokens)
+    )
     return state, candidate, est
 
 

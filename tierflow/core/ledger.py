@@ -115,6 +115,10 @@ reservations = sa.Table(
     sa.Column("held_since", sa.Float),
     sa.Column("holder_pid", sa.Integer),
     sa.Column("holder_host", sa.String(255)),
+    # Also version 6: the tier the call was reserved on (for tier-scoped budgets), and whether its model
+    # has a known price (an unpriced one is counted at a budget's fallback price, if it allows any).
+    sa.Column("tier", sa.String(64)),
+    sa.Column("priced", sa.Boolean, nullable=False, default=True),
 )
 
 batch_items = sa.Table(
@@ -183,13 +187,16 @@ def _migration_5(conn: Connection) -> None:
 
 
 def _migration_6(conn: Connection) -> None:
-    # Reservation leases. A reservation left open by an older tierflow has no holder that will renew it:
-    # its lease is already over, so the next reservation attempt releases it.
+    # Reservation leases, tiers and whether their model is priced. A reservation left open by an older
+    # tierflow has no holder that will renew it: its lease is already over, so the next reservation
+    # attempt releases it.
     for ddl in (
         "ADD COLUMN lease_expires FLOAT",
         "ADD COLUMN held_since FLOAT",
         "ADD COLUMN holder_pid INTEGER",
         "ADD COLUMN holder_host VARCHAR(255)",
+        "ADD COLUMN tier VARCHAR(64)",
+        "ADD COLUMN priced BOOLEAN NOT NULL DEFAULT TRUE",
     ):
         conn.exec_driver_sql(f"ALTER TABLE reservations {ddl}")
     conn.execute(reservations.update().where(reservations.c.open.is_(True)).values(lease_expires=0.0))
