@@ -153,3 +153,26 @@ def test_a_long_read_does_not_block_a_write_on_sqlite(tmp_path: Path):
         assert _finishes(lambda: ledger.record(record(1)))
         assert _finishes(lambda: ledger.cache_response("k", "m", "text", None))
     assert len(ledger.rows()) == 2
+
+
+def test_a_reservation_left_open_by_an_older_tierflow_is_released_after_migration(ledger_url: str):
+    """Before leases (version 4) a dead process's reservation stayed open for good; now its lease is over."""
+    from tierflow.core.budget import open_reservations, release_stale
+    from tierflow.core.ledger import schema_version
+
+    engine = sa.create_engine(ledger_url)
+    with engine.begin() as conn:  # a version-4 ledger holding one open reservation
+        schema_version.create(conn)
+        for number, migration in enumerate(MIGRATIONS[:4], start=1):
+            migration(conn)
+            conn.execute(schema_version.insert().values(version=number))
+        conn.exec_driver_sql(
+            "INSERT INTO reservations (created, run_id, flow, phase, usd, tokens, open, kept) "
+            "VALUES ('2026-11-17T09:00:00+00:00', 'old', 'f', 'collate', 0.5, 900, TRUE, FALSE)"
+        )
+    engine.dispose()
+    ledger = Ledger(ledger_url)
+    assert ledger.version == len(MIGRATIONS)
+    (old,) = open_reservations(ledger)
+    assert old.run_id == "old" and old.expired and old.holder_pid is None
+    assert [r.id for r in release_stale(ledger)] == [old.id] and open_reservations(ledger) == []
