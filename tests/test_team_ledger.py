@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 from datetime import date
 from pathlib import Path
 
@@ -14,6 +16,18 @@ from tierflow.cli.app import app
 from tierflow.core.ledger import Ledger
 
 pytestmark = pytest.mark.postgres
+
+
+def readme_team_config(url: str, usd: float) -> tuple[str, str]:
+    """The README's team config, with this test's database and cap: (its top-level keys, its tables)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```toml\n(  ledger_url = \"postgresql\+psycopg://.*?)```", readme, re.S)
+    assert match, "README.md has no team set-up block starting with a PostgreSQL ledger_url"
+    text = textwrap.dedent(match.group(1))
+    documented = re.search(r'^ledger_url = "(.*)"$', text, re.M).group(1)
+    text = text.replace(documented, url).replace("usd = 20\n", f"usd = {usd!r}\n")
+    tables = text.index("\n[")
+    return text[:tables], text[tables:]
 
 
 def share_ledger(vault: Path, url: str, extra: str = "") -> Path:
@@ -102,10 +116,10 @@ def test_two_workers_on_one_prefect_server_and_one_postgresql_ledger_never_overs
     one_run = sum(r["cost_usd"] for r in Ledger.for_vault(reference).rows(run_id=alone.run_id))
 
     cap = 1.5 * one_run  # room for one run and part of another, not for both
+    top, tables = readme_team_config(pg_ledger, cap)
     for vault in vaults:
-        share_ledger(vault, pg_ledger, extra="")
         config = vault / ".tierflow" / "config.toml"
-        config.write_text(config.read_text() + f'\n[budgets.team]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n')
+        config.write_text(top + config.read_text() + tables)
     env = {**os.environ, "ANTHROPIC_API_KEY": "k", "PREFECT_API_URL": PREFECT_API_URL.value()}
     workers = [
         subprocess.Popen(
