@@ -241,8 +241,11 @@ def flow_vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.
     double.responder = skilled()
     existing = (reading_vault / ".tierflow" / "config.toml").read_text()
 
-    def configure(budgets: str) -> Path:
-        return write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double, budgets) + existing)
+    def configure(budgets: str, ledger_url: str | None = None) -> Path:
+        shared = f"ledger_url = {json.dumps(ledger_url)}\n" if ledger_url else ""
+        return write_config(
+            reading_vault / ".tierflow" / "config.toml", shared + anthropic_config(double, budgets) + existing
+        )
 
     return reading_vault, configure
 
@@ -273,13 +276,13 @@ def test_plan_brackets_the_actual_spend_of_the_same_run(flow_vault, double):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_downgrade_completes_the_run_on_cheaper_tiers_under_the_cap(flow_vault, double):
+def test_downgrade_completes_the_run_on_cheaper_tiers_under_the_cap(flow_vault, double, ledger_url):
     vault, configure = flow_vault
     cap = 0.12  # below the synthesise call's worst case on the deep tier (about $0.16)
-    configure(f'[budgets.run]\nusd = {cap}\npolicy = "downgrade"\nfloor = "light"\n')
+    configure(f'[budgets.run]\nusd = {cap}\npolicy = "downgrade"\nfloor = "light"\n', ledger_url)
     summary = run_week(vault)
     assert not summary.halted and not summary.failed and summary.written
-    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    rows = Ledger(ledger_url).rows(run_id=summary.run_id)
     downgraded = [r for r in rows if r["downgraded_from"]]
     assert downgraded and all(r["tier"] != r["downgraded_from"] for r in downgraded)
     assert any(r["phase"] == "synthesise" and r["downgraded_from"] == "deep" for r in downgraded)
@@ -363,12 +366,12 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double):
+def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double, ledger_url):
     vault, configure = flow_vault
-    configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n')
+    configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n', ledger_url)
     summary = run_week(vault)
     assert summary.halted and "budget 'collating' (per run, phase collate)" in summary.halted
-    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    rows = Ledger(ledger_url).rows(run_id=summary.run_id)
     assert 1 <= sum(r["phase"] == "collate" for r in rows) < 8
     assert not [r for r in rows if r["phase"] != "collate"]
     assert summary.written == [] and not (vault / "Concepts" / "Drafts").exists()
