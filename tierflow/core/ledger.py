@@ -1,8 +1,9 @@
 """The durable spend ledger: one row per model call, in SQLite by default or any SQLAlchemy URL.
 
-The schema grows by numbered migrations, so old ledgers keep working. Every write is one short
-transaction; on SQLite it is `BEGIN IMMEDIATE` under WAL, so several threads or processes can record
-(and reserve budget) at once without lost updates.
+The schema grows by numbered migrations, so old ledgers keep working; on PostgreSQL one process at a
+time migrates (an advisory lock). Every write is one short transaction; on SQLite it is `BEGIN
+IMMEDIATE` under WAL, so several threads or processes can record (and reserve budget) at once without
+lost updates. Reads are plain transactions: they neither wait for a writer nor hold one up.
 """
 
 from __future__ import annotations
