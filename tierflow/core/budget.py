@@ -425,13 +425,14 @@ def _blocker(
     candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState]
 ) -> tuple[BudgetState, Route, Estimate]:
     """The budget a call waited on in vain."""
-    candidate, est = candidates[0]
-    state = next(
-        s
-        for s in states
-        if s.applies_to(candidate) and s.policy != "warn" and not s.fits(s.usd_of(est) or 0.0, est.tokens)
-    )
-    return state, candidate, est
+    for candidate, est in candidates:
+        for s in states:
+            if not s.applies_to(candidate) or s.policy == "warn":
+                continue
+            usd = s.usd_of(est)
+            if usd is None or not s.fits(usd, est.tokens):
+                return s, candidate, est
+    raise AssertionError("unreachable: a call that waited was blocked by a budget")
 
 
 @dataclass(frozen=True)
@@ -471,10 +472,21 @@ class OpenReservation:
 def open_reservations(ledger: Ledger) -> list[OpenReservation]:
     """Every reservation still open, oldest first."""
     with ledger.reading() as conn:
-        now = database_seconds(conn)
-        rows = conn.execute(
-            sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
-        ).all()
+        return _open(conn)
+
+
+def release_stale(ledger: Ledger) -> list[OpenReservation]:
+    """Release every reservation whose lease is over, or whose holder process on this host is gone."""
+    with ledger.transaction() as conn:
+        _lock(conn)
+        stale = [r for r in _open(conn) if r.stale]
+        _release(conn, reservations.c.id.in_([r.id for r in stale]))
+    return stale
+
+
+def _open(conn: Connection) -> list[OpenReservation]:
+    now = database_seconds(conn)
+    rows = conn.execute(sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)).all()
     return [
         OpenReservation(
             id=row.id,
@@ -491,16 +503,6 @@ def open_reservations(ledger: Ledger) -> list[OpenReservation]:
         )
         for row in rows
     ]
-
-
-def release_stale(ledger: Ledger) -> list[OpenReservation]:
-    """Release every reservation whose lease is over, or whose holder process on this host is gone."""
-    stale = [r for r in open_reservations(ledger) if r.stale]
-    with ledger.transaction() as conn:
-        _lock(conn)
-        gone = [r.id for r in stale if r.holder_gone]
-        _release(conn, sa.or_(_expired(database_seconds(conn)), reservations.c.id.in_(gone)))
-    return stale
 
 
 def _expired(now: float) -> sa.ColumnElement[bool]:
