@@ -154,3 +154,76 @@ def test_a_live_holders_reservation_is_never_released(tmp_path, ledger_url, doub
     (row,) = [json.loads(line) for line in result.output.splitlines()]
     assert row["id"] == reservation.id and row["state"] == "held" and row["holder_pid"] == os.getpid()
     assert [r.id for r in open_reservations(c.ledger)] == [reservation.id]
+
+
+FLOW_WORKER = """
+import sys
+from datetime import date
+from tierflow.flows.reading_notes import reading_notes
+reading_notes(vault=sys.argv[1], since=date.fromisoformat(sys.argv[2]), until=date.fromisoformat(sys.argv[3]),
+              run_id=sys.argv[4])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_killed_mid_call_holds_no_budget_and_resume_pays_only_for_what_was_not_done(
+    reading_vault, double, monkeypatch
+):
+    from conftest import READING_WEEK
+    from prefect.settings import PREFECT_API_URL
+    from responders import schema_name, skilled
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    answer = skilled()
+    let_go = threading.Event()
+
+    def responder(request):
+        if schema_name(request) == "synthesisout":
+            let_go.wait(60)  # the synthesis call hangs until the process making it is killed
+        return answer(request)
+
+    double.responder = responder
+    lease = 3.0
+    config = reading_vault / ".tierflow" / "config.toml"
+    config.write_text(
+        f"reservation_lease_s = {lease}\n"
+        + anthropic_config(double, '[budgets.week]\nusd = 5\nperiod = "week"\n')
+        + config.read_text()
+    )
+    ledger = Ledger.for_vault(reading_vault)
+    run_id = "20261118-060000-killed"
+    env = {**os.environ, "ANTHROPIC_API_KEY": "k", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", FLOW_WORKER, str(reading_vault), *READING_WEEK, run_id], cwd=REPO, env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [r for r in open_reservations(ledger) if r.phase == "synthesise"]:
+            assert time.monotonic() < deadline and worker.poll() is None, "the flow never reached synthesis"
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        let_go.set()
+    killed_at = time.monotonic()
+    (held,) = open_reservations(ledger)
+    assert held.run_id == run_id and held.holder_pid == worker.pid and held.state == "holder gone"
+    collated = [c for c in double.model_calls() if schema_name(c) == "collationout"]
+    assert len(collated) == 8
+
+    # Once the lease is over, the next reservation attempt, by any process, frees the dead call's budget.
+    time.sleep(max(0.0, lease + 0.5 - (time.monotonic() - killed_at)))
+    assert [r.state for r in open_reservations(ledger)] == ["expired"]
+    calls_before = len(double.model_calls())
+    resumed = CliRunner().invoke(app, ["resume", run_id, "--vault", str(reading_vault)], catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert open_reservations(ledger) == []
+    new = [schema_name(c) for c in double.model_calls()[calls_before:]]
+    assert "collationout" not in new and new.count("synthesisout") == 1 and "draftout" in new
+    rows = ledger.rows(run_id=run_id)
+    paid = [r for r in rows if not r["cached_result"]]
+    collate = [r["cached_result"] for r in rows if r["phase"] == "collate"]
+    assert collate == [False] * 8 + [True] * 8  # collated before the kill; resumed from the answer cache
+    (state,) = Caller(RunSettings(vault=str(reading_vault), run_id=run_id, flow="reading-notes")).budgets.states()
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(sum(r["cost_usd"] for r in paid))
