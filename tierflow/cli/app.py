@@ -33,6 +33,8 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
 app.add_typer(routing_app, name="routing")
+budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
 
 TierOpt = Annotated[
     list[str] | None,
@@ -403,21 +405,118 @@ def run(
 def resume(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the run report and ledger show it.")],
     vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
     vault = vault_dir(vault, required="tierflow resume RUN")
     from tierflow.core.ledger import Ledger
 
-    found = Ledger.for_vault(vault).run_parameters(run_id)
+    cfg = load(vault, config, profile)
+    # The run is in the configured ledger (a shared `ledger_url`, else the vault's own SQLite file).
+    found = Ledger(cfg.ledger_url).run_parameters(run_id)
     if found is None:
-        raise fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+        raise fail(
+            f"no run {run_id!r} in the ledger {_redact_url(cfg.ledger_url)}; "
+            f"`tierflow spend --vault {vault} --by run` lists runs"
+        )
     flow, parameters = found
     _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+class ListFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@budget_app.command("reservations")
+def budget_reservations(
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    release_stale: Annotated[
+        bool,
+        typer.Option(
+            "--release-stale",
+            help="Release reservations whose lease is over, and at once those whose holder process on this "
+            "host no longer exists.",
+        ),
+    ] = False,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+) -> None:
+    """Show the budget reservations still open: run, phase, age, lease, holder pid and host."""
+    from tierflow.core import budget
+    from tierflow.core.ledger import Ledger
+
+    cfg = load(vault_dir(vault), config, profile)
+    try:
+        ledger = Ledger(cfg.ledger_url)
+    except Exception as exc:  # the ConfigError names the missing vault
+        raise fail(str(exc)) from None
+    released = budget.release_stale(ledger) if release_stale else []
+    rows = [_reservation_row(r, "released") for r in released]
+    rows += [_reservation_row(r, r.state) for r in budget.open_reservations(ledger)]
+    if fmt is ListFormat.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="open budget reservations" if not released else "budget reservations")
+    for column in ("id", "run", "phase", "usd", "tokens", "age", "lease left", "holder", "state"):
+        table.add_column(column, justify="right" if column in ("id", "usd", "tokens", "age", "lease left") else "left")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["run_id"],
+            row["phase"],
+            f"{row['usd']:.4f}",
+            str(row["tokens"]),
+            f"{row['age_s']:.0f}s",
+            f"{row['lease_left_s']:.0f}s",
+            f"pid {row['holder_pid']} on {row['holder_host']}",
+            row["state"],
+        )
+    console = Console()
+    console.print(table)
+    if not rows:
+        console.print("No reservation is open: no call is in flight, and none holds budget.")
+    elif released:
+        console.print(f"Released {len(released)} stale reservation(s).")
+    elif any(row["state"] != "held" for row in rows):
+        console.print(
+            "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone."
+        )
+
+
+def _reservation_row(r, state: str) -> dict:  # noqa: ANN001
+    return {
+        "id": r.id,
+        "run_id": r.run_id,
+        "flow": r.flow,
+        "phase": r.phase,
+        "usd": r.usd,
+        "tokens": r.tokens,
+        "created": r.created,
+        "age_s": round(r.age_s, 3),
+        "lease_left_s": round(r.lease_left_s, 3),
+        "holder_pid": r.holder_pid,
+        "holder_host": r.holder_host,
+        "state": state,
+    }
+
+
+def _redact_url(url: str) -> str:
+    """A ledger URL fit to print: any password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()

@@ -435,11 +435,13 @@ class Caller:
         reservation, routed, request = self.reserve(routed, request, subject)
         started = now_iso()
         t0 = time.perf_counter()
+        self.budgets.keep_alive(reservation.id)  # the lease is renewed while the call is in flight
         try:
             completion = self._complete(routed, request)
         except BaseException:
             self.budgets.release(reservation.id)
             raise
+        self.budgets.stop_renewing(reservation.id)
         latency_ms = (time.perf_counter() - t0) * 1000
         cost = self._cost(routed, completion, batch=False)
         attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)

@@ -117,6 +117,12 @@ class BudgetConfig(_Model):
     """Only calls of this phase count; None means every phase."""
     project: str | None = None
     """Only calls charged to this project count; None means every project."""
+    tier: str | None = None
+    """Only calls made on this tier count (after any downgrade); None means every tier."""
+    unpriced: Literal["refuse", "allow"] = "refuse"
+    """A model with no known price under this budget's `usd` limit: refused, or allowed and counted at
+    `fallback_usd_per_mtok` for every token (prompt and output alike)."""
+    fallback_usd_per_mtok: float | None = Field(default=None, ge=0)
     policy: Literal["halt", "downgrade", "warn"] = "halt"
     floor: str | None = None
     """With `downgrade`: the cheapest tier to fall back to."""
@@ -184,6 +190,8 @@ class ProjectConfig(_Model):
 class Settings(_Model):
     profile: str = "offline"
     ledger_url: str | None = None
+    reservation_lease_s: float = Field(default=60, gt=0)
+    """How long a budget reservation stays held without renewal; the process making the call renews it."""
     providers: dict[str, ProviderConfig]
     tiers: dict[str, TierConfig]
     routing: RoutingConfig
@@ -498,6 +506,16 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
             raise ConfigError(f"{where}: `budgets.{name}.floor` names unknown tier {budget.floor!r}.")
         if budget.usd is None and budget.tokens is None:
             raise ConfigError(f"{where}: `budgets.{name}` sets neither `usd` nor `tokens`. Set one of them.")
+        if budget.tier and budget.tier not in settings.tiers:
+            raise ConfigError(
+                f"{where}: `budgets.{name}.tier` names unknown tier {budget.tier!r}; "
+                f"the config defines: {', '.join(sorted(settings.tiers))}."
+            )
+        if budget.unpriced == "allow" and budget.fallback_usd_per_mtok is None:
+            raise ConfigError(
+                f'{where}: `budgets.{name}.unpriced = "allow"` needs the price to count unpriced models at: '
+                f"set `fallback_usd_per_mtok` (USD per million tokens) in [budgets.{name}]."
+            )
     return settings
 
 
