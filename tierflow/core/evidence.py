@@ -1,8 +1,10 @@
 """What the ledger says about each tier's quality per flow and phase: pass rates with a lower confidence bound.
 
-The evidence is every billed attempt's outcome (`ok` passes; a malformed, cut-off, refused or check-failing
-answer fails), plus the quality signals stored beside the calls: pairwise judge verdicts, shadow calls, the
-person's edits to drafts and their `tierflow_rating`. The lower bound is Wilson's score interval at 95%, so a
+The evidence is the outcome of each tier's first answer to a request (`ok` passes; a malformed, cut-off, refused
+or check-failing answer fails): the loop gives every tier two tries, and counting the informed retry's failure
+again would count one hard request twice against its tier. First tries are the odd attempt numbers (1, 3, 5:
+each tier of an escalation gets two). Shadow calls count too, and so do the quality signals stored beside the
+calls: pairwise judge verdicts, the person's edits to drafts and their `tierflow_rating`. The lower bound is Wilson's score interval at 95%, so a
 tier needs both a high pass rate and enough calls before it is trusted.
 """
 
@@ -70,7 +72,7 @@ def gather(ledger: Ledger, *, flow: str | None = None) -> list[PhaseEvidence]:
     """Evidence per (flow, phase) and tier, from every billed attempt and every stored signal."""
     query = sa.select(
         calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier, calls.c.outcome, calls.c.cost_usd
-    ).where(calls.c.cached_result.is_(False))
+    ).where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1)
     signal_query = sa.select(signals.c.flow, signals.c.phase, signals.c.tier, signals.c.passed).where(
         signals.c.passed.is_not(None)
     )
