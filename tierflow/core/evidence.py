@@ -4,8 +4,8 @@ The evidence is the outcome of each tier's first answer to a request (`ok` passe
 or check-failing answer fails): the loop gives every tier two tries, and counting the informed retry's failure
 again would count one hard request twice against its tier. First tries are the odd attempt numbers (1, 3, 5:
 each tier of an escalation gets two). Shadow calls count too, and so do the quality signals stored beside the
-calls: pairwise judge verdicts, the person's edits to drafts and their `tierflow_rating`. The lower bound is Wilson's score interval at 95%, so a
-tier needs both a high pass rate and enough calls before it is trusted.
+calls: pairwise judge verdicts, the person's edits to drafts and their `tierflow_rating`. The lower bound is
+Wilson's score interval at 95%, so a tier needs both a high pass rate and enough calls before it is trusted.
 """
 
 from __future__ import annotations
