@@ -116,7 +116,10 @@ def write_run_report(
         for w in summary.written
     ]
     vault = Path(settings.vault or ".")
-    writer = NoteWriter(vault, config.settings.vault.runs_folder, today=now.date(), names=VaultNames.scan(vault))
+    names = VaultNames.scan(vault)
+    writer = NoteWriter(vault, config.settings.vault.runs_folder, today=now.date(), names=names)
+    # The report links the day's index note, written just after it: its name is taken already.
+    names.add(writer.target(day_index_title(day)).relative_to(writer.vault.resolve()).as_posix())
     context = {
         "flow": summary.flow,
         "run_id": settings.run_id,

@@ -14,7 +14,7 @@ from conftest import READING_WEEK, write_config
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.config import load_config
 from tierflow.core.errors import BudgetExceeded
-from tierflow.core.ledger import MIGRATIONS, Ledger, calls, reservations, schema_version
+from tierflow.core.ledger import MIGRATIONS, Ledger, schema_version
 
 PROJECTS = """
 [project]
@@ -97,12 +97,10 @@ def test_a_budget_scoped_to_a_project_counts_and_stops_only_that_project(tmp_pat
 def test_a_ledger_from_before_projects_is_migrated(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
-    old = sa.MetaData()
     with engine.begin() as conn:  # a version-4 ledger: no project or deployment columns yet
         schema_version.create(conn)
-        sa.Table("calls", old, *[c.copy() for c in calls.columns if c.name not in ("project", "deployment")])
-        sa.Table("reservations", old, *[c.copy() for c in reservations.columns if c.name != "project"])
-        old.create_all(conn)
+        for migration in MIGRATIONS[:4]:
+            migration(conn)
         conn.execute(schema_version.insert().values(version=4))
     engine.dispose()
     ledger = Ledger(url)

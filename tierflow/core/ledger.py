@@ -258,16 +258,18 @@ def _migration_4(conn: Connection) -> None:
 
 def _migration_5(conn: Connection) -> None:
     # The closed loop: every billed answer's outcome, and what the output-mode fallback learned.
-    for column in (
-        "outcome VARCHAR(16) NOT NULL DEFAULT 'ok'",
-        "checks_failed VARCHAR(256)",
-        "attempt INTEGER NOT NULL DEFAULT 1",
-        "escalated_from VARCHAR(64)",
-    ):
-        conn.exec_driver_sql(f"ALTER TABLE calls ADD COLUMN {column}")
-    for column in ("flow VARCHAR(64)", "phase VARCHAR(64)", "request_json TEXT"):
-        conn.exec_driver_sql(f"ALTER TABLE response_cache ADD COLUMN {column}")
-    conn.exec_driver_sql("ALTER TABLE batch_items ADD COLUMN downgraded_from VARCHAR(64)")
+    _add_columns(
+        conn,
+        "calls",
+        {
+            "outcome": "VARCHAR(16) NOT NULL DEFAULT 'ok'",
+            "checks_failed": "VARCHAR(256)",
+            "attempt": "INTEGER NOT NULL DEFAULT 1",
+            "escalated_from": "VARCHAR(64)",
+        },
+    )
+    _add_columns(conn, "response_cache", {"flow": "VARCHAR(64)", "phase": "VARCHAR(64)", "request_json": "TEXT"})
+    _add_columns(conn, "batch_items", {"downgraded_from": "VARCHAR(64)"})
     output_modes.create(conn, checkfirst=True)
 
 
