@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LOWER = ("core", "vault", "offline", "report", "testing")
+LOWER = ("core", "vault", "offline", "report", "learn", "testing")
 """Packages under tierflow/ that must not import tierflow.flows, tierflow.tasks or tierflow.cli."""
 UPPER = ("tierflow.flows", "tierflow.tasks", "tierflow.cli")
 

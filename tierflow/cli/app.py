@@ -17,6 +17,7 @@ import typer
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.rubric_commands import rubric_app
+from tierflow.cli.trial_commands import trial
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -29,6 +30,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
+app.command("trial")(trial)
 
 TierOpt = Annotated[
     list[str] | None,

@@ -1,0 +1,1 @@
+"""Learning which tier each phase needs: quality signals, routing suggestions, trials."""
