@@ -247,16 +247,16 @@ def recorded_phases(ledger: Ledger, flow: str) -> list[str]:
 def _request_from(stored: dict[str, Any]) -> Request:
     fields = {k: v for k, v in stored.items() if k in Request.__dataclass_fields__}
     request = Request(**{**fields, "output_mode": "", "mode_confirmed": True})
-    marker = _retry_marker()
-    if marker in request.prompt:
-        request = replace(request, prompt=request.prompt.split(marker, 1)[0].rstrip("\n") + "\n")
+    note = _retry_note_head()
+    if note in request.prompt:
+        request = replace(request, prompt=request.prompt.rsplit(note, 1)[0])
     return request
 
 
-def _retry_marker() -> str:
-    """The first line of the note a retry appends to its prompt (templates/prompts/call/retry.j2)."""
+def _retry_note_head() -> str:
+    """How the note a retry appends to its prompt begins (templates/prompts/call/retry.j2, before the problems)."""
     template = (files("tierflow.templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
-    return next(line for line in template.splitlines() if line.strip())
+    return template.split("{{ problems }}", 1)[0]
 
 
 def schema_model(schema: dict[str, Any], name: str) -> type[BaseModel]:
@@ -493,11 +493,16 @@ def write_report(trial: Trial, vault: Path, config: Config) -> WriteResult:
 
 
 def create_artifact(trial: Trial) -> str:
-    """The same table as a Prefect table artifact, when a Prefect API is configured and answers; else why not."""
+    """The same table as a Prefect table artifact, when a Prefect API is configured and answers; else why not.
+
+    The artifact belongs to a one-step flow run, `tierflow-trial`, named after the trial: the calls themselves
+    run outside Prefect, so a trial needs no server, and the UI still lists every trial's table.
+    """
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
         return "no Prefect API is configured (PREFECT_API_URL), so no artifact was made; the note has the table"
+    from prefect import flow
     from prefect.artifacts import create_table_artifact
     from prefect.client.orchestration import get_client
 
@@ -506,9 +511,14 @@ def create_artifact(trial: Trial) -> str:
     if problem is not None:
         return f"the Prefect API did not answer ({problem}), so no artifact was made; the note has the table"
     key = "".join(ch if ch.isalnum() else "-" for ch in f"trial-{trial.flow}-{trial.phase}".lower())
-    create_table_artifact(
-        table=trial.table(),
-        key=key,
-        description=f"tierflow trial {trial.run_id}: {trial.flow} {trial.phase}, judged against {trial.reference}",
-    )
+
+    @flow(name="tierflow-trial", flow_run_name=f"trial · {trial.flow} {trial.phase} · {trial.run_id}")
+    def publish() -> None:
+        create_table_artifact(
+            table=trial.table(),
+            key=key,
+            description=f"tierflow trial {trial.run_id}: {trial.flow} {trial.phase}, against {trial.reference}",
+        )
+
+    publish()
     return f"Prefect table artifact {key}"
