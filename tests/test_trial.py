@@ -124,6 +124,9 @@ def test_a_judge_that_prefers_the_first_answer_shown_yields_ties_not_wins(histor
     assert len(judge_calls) == 16  # 4 requests x 2 cheaper tiers x both orders
     shown_first = [prompt_data(c.last_user_text)["answer_a"] for c in judge_calls]
     assert sum(MODELS["deep"] in a for a in shown_first) == 8  # the reference was shown first in half of them
+    # The trial's answers did not take over the recorded requests' cache entries: a next trial finds all 12.
+    code, out = trial(history, "--sample", "20", "--dry-run")
+    assert code == 0 and "12 recorded requests" in out, out
 
 
 def test_a_trial_replays_the_recorded_requests_on_each_tier_in_its_own_flow(history, double):

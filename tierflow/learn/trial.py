@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from tierflow.core import clock
-from tierflow.core.budget import estimate, padded
+from tierflow.core.budget import Budgets, estimate, padded
 from tierflow.core.calls import Answer, Caller, RunSettings, new_run_id
 from tierflow.core.config import Config, load_config
 from tierflow.core.errors import BudgetExceeded, TierflowError
-from tierflow.core.ledger import Ledger, calls, response_cache
+from tierflow.core.ledger import CallRecord, Ledger, calls, response_cache
 from tierflow.core.providers import Request
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.tokens import count_tokens
@@ -217,7 +217,20 @@ def trial_caller(
         flow=trial_flow(flow),
         use_cache=False,  # every tier answers afresh, so cost and latency are measured, not replayed
     )
-    return Caller(settings, config)
+    caller = Caller(settings, config)
+    caller.budgets = _UncachedBudgets(config, caller.ledger, run_id=settings.run_id, flow=settings.flow)
+    return caller
+
+
+class _UncachedBudgets(Budgets):
+    """A trial's answers stay out of the answer cache.
+
+    A trial sends the recorded request again, so its answer's cache key is often the recorded entry's own:
+    caching it would re-file that entry under the trial's flow, and the next trial would not find it.
+    """
+
+    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
+        super().settle(reservation_id, call, cache=None)
 
 
 def recorded_samples(ledger: Ledger, flow: str, phase: str, n: int) -> list[Sample]:
