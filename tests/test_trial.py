@@ -251,3 +251,27 @@ def test_the_report_is_also_a_prefect_table_artifact(history, double, prefect_ha
     rows = json.loads(artifact.data)
     assert [r["tier"] for r in rows] == ["light", "standard", "deep", "judge (deep)"]
     assert rows[0]["ties"] == 2 and rows[0]["calls"] == 2
+
+
+def test_requests_first_answered_on_this_machine_go_to_a_cloud_tier_only_when_asked(history, double, monkeypatch):
+    from tierflow.offline import SKILLS
+
+    monkeypatch.setitem(SKILLS, "essay", lambda data: {"title": "Offline", "body": f"On {data.get('topic')}."})
+    offline = write_config(history / "offline.toml", 'profile = "offline"\n')
+    local = Caller(RunSettings(vault=str(history), config_path=str(offline), run_id="local", flow=FLOW))
+    for i in range(3):
+        local.ask(
+            phase=PHASE,
+            complexity="medium",
+            system="You draft short essays.",
+            prompt=f"<data>{json.dumps({'topic': f'a student, Ada Lovelace, part {i}'})}</data>",
+            output=Essay,
+        )
+    double.responder = judging("first")
+    before = len(double.model_calls())
+    code, out = trial(history, "--sample", "20")
+    assert code == 2 and "answered by a local or offline model (offline:" in out and "--send-local-data" in out
+    assert len(double.model_calls()) == before and trial_rows(history) == []  # nothing was sent
+    code, out = trial(history, "--sample", "20", "--send-local-data", "--format", "json")
+    assert code == 0, out
+    assert any("Ada Lovelace" in c.last_user_text for c in double.model_calls()[before:])

@@ -35,6 +35,10 @@ def trial(
     profile: ProfileOpt = None,
     fmt: Annotated[TrialFormat, typer.Option("--format", "-f", help="table or json.")] = TrialFormat.table,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the sample and worst case; spend nothing.")] = False,
+    send_local_data: Annotated[
+        bool,
+        typer.Option("--send-local-data", help="Let requests first answered by a local model go to cloud tiers."),
+    ] = False,
 ) -> None:
     """Replay recorded requests of a phase on each tier, judge them pairwise, and write a trial report note."""
     from tierflow.cli.app import _quiet_prefect
@@ -47,7 +51,9 @@ def trial(
     names = [t.strip() for t in tiers.split(",") if t.strip()]
     try:
         caller = trial_caller(vault, flow, config_path=config, profile=profile, budget_usd=budget)
-        planned = plan_trial(caller, flow, phase, names, sample=sample, judge=judge, budget_usd=budget)
+        planned = plan_trial(
+            caller, flow, phase, names, sample=sample, judge=judge, budget_usd=budget, send_local_data=send_local_data
+        )
     except TierflowError as exc:
         raise fail(str(exc)) from None
     _print_worst_case(planned)

@@ -61,6 +61,8 @@ class Sample:
 
     id: str
     request: Request
+    origin: str = ""
+    """The `provider:model` that answered it when it was recorded."""
 
 
 @dataclass
@@ -235,17 +237,17 @@ class _UncachedBudgets(Budgets):
 
 def recorded_samples(ledger: Ledger, flow: str, phase: str, n: int) -> list[Sample]:
     """A deterministic sample of `n` distinct recorded requests of a flow's phase (ordered by content hash)."""
-    query = sa.select(response_cache.c.request_json).where(
+    query = sa.select(response_cache.c.request_json, response_cache.c.model).where(
         response_cache.c.flow == flow, response_cache.c.phase == phase, response_cache.c.request_json.is_not(None)
     )
     with ledger.engine.connect() as conn:
-        stored = [row.request_json for row in conn.execute(query)]
+        stored = [(row.request_json, row.model or "") for row in conn.execute(query)]
     found: dict[str, Sample] = {}
-    for text in stored:
+    for text, origin in stored:
         request = _request_from(json.loads(text))
         content = {k: getattr(request, k) for k in ("system", "cache_prefix", "prompt", "schema", "schema_name")}
         digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        found.setdefault(digest, Sample(digest[:10], request))
+        found.setdefault(digest, Sample(digest[:10], request, origin))
     return [found[d] for d in sorted(found)][: max(n, 0)]
 
 
@@ -301,8 +303,14 @@ def plan_trial(
     sample: int,
     judge: str | None = None,
     budget_usd: float | None = None,
+    send_local_data: bool = False,
 ) -> Trial:
-    """What a trial would do and its worst-case cost, before anything is spent."""
+    """What a trial would do and its worst-case cost, before anything is spent.
+
+    Requests first answered on a local or offline model may hold text that never left the machine (student
+    names are pseudonymised only when a cloud provider is in use): they go to a cloud tier only with
+    `send_local_data`.
+    """
     config = caller.config
     order = list(config.tier_order)
     for tier in [*tiers, *([judge] if judge else [])]:
@@ -320,6 +328,15 @@ def plan_trial(
             "that passed in earlier runs: run the flow first"
             + (f", or choose one of its recorded phases: {', '.join(known)}" if known else "")
         )
+    cloud = [t for t in dict.fromkeys([*ordered, judge or order[-1]]) if _kind(config, t) in CLOUD_KINDS]
+    local = [s for s in samples if _origin_kind(config, s.origin) not in CLOUD_KINDS]
+    if cloud and local and not send_local_data:
+        raise TrialError(
+            f"{len(local)} of the {len(samples)} sampled requests were answered by a local or offline model "
+            f"({', '.join(sorted({s.origin or 'unknown' for s in local}))}), so they may hold text that never left "
+            f"this machine, unpseudonymised; tiers {', '.join(cloud)} are on a cloud provider. Trial local tiers "
+            "only, or pass --send-local-data if these requests may go to the cloud."
+        )
     trial = Trial(
         flow=flow,
         phase=phase,
@@ -334,6 +351,19 @@ def plan_trial(
     trial.judge_result = TierResult(trial.judge, _judge_route(config, trial).model_ref)
     trial.worst_usd = _worst_case(caller, trial)
     return trial
+
+
+CLOUD_KINDS = ("anthropic", "openai")
+
+
+def _kind(config: Config, tier: str) -> str:
+    return config.provider_for(tier)[1].kind
+
+
+def _origin_kind(config: Config, origin: str) -> str:
+    """The provider kind of a recorded `provider:model`; `unknown` when the config no longer has that provider."""
+    provider = config.settings.providers.get(origin.partition(":")[0])
+    return provider.kind if provider is not None else "unknown"
 
 
 def _complexity(ledger: Ledger, flow: str, phase: str) -> str:
