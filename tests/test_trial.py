@@ -275,3 +275,19 @@ def test_requests_first_answered_on_this_machine_go_to_a_cloud_tier_only_when_as
     code, out = trial(history, "--sample", "20", "--send-local-data", "--format", "json")
     assert code == 0, out
     assert any("Ada Lovelace" in c.last_user_text for c in double.model_calls()[before:])
+
+
+def test_a_judge_without_a_readable_verdict_counts_nowhere_and_the_trial_goes_on(history, double):
+    def judge_mumbles(request: DoubleRequest) -> Reply:
+        return Reply(text="Both are fine.") if schema_name(request) == "judgeout" else answer_by_model(request)
+
+    double.responder = judge_mumbles
+    code, out = trial(history, "--sample", "2", "--format", "json")
+    assert code == 0, out
+    by_tier = {row["tier"]: row for row in json.loads(out[out.index("{") :])["tiers"]}
+    assert [by_tier[t]["unjudged"] for t in ("light", "standard")] == [2, 2]
+    assert all(by_tier[t][k] == 0 for t in ("light", "standard") for k in ("wins", "ties", "losses"))
+    assert judge_signals(history) == []
+    assert by_tier["judge (deep)"]["calls"] == 8  # each pair: the first order's answer and its retry, both billed
+    note = next((history / "tierflow" / "Trials").glob("*.md")).read_text()
+    assert "no readable verdict on 4 pairs" in note

@@ -78,6 +78,8 @@ class TierResult:
     wins: int = 0
     ties: int = 0
     losses: int = 0
+    unjudged: int = 0
+    """Pairs the judge gave no readable verdict on (both attempts malformed): counted nowhere."""
     calls: int = 0
     """Billed attempts, from the ledger."""
     cost_usd: float = 0.0
@@ -144,6 +146,7 @@ class Trial:
                     "wins": None if tier == self.reference else r.wins,
                     "ties": None if tier == self.reference else r.ties,
                     "losses": None if tier == self.reference else r.losses,
+                    "unjudged": None if tier == self.reference else r.unjudged,
                     "median_latency_ms": None if r.median_latency_ms is None else round(r.median_latency_ms, 1),
                 }
             )
@@ -161,6 +164,7 @@ class Trial:
                     "wins": None,
                     "ties": None,
                     "losses": None,
+                    "unjudged": None,
                     "median_latency_ms": None if j.median_latency_ms is None else round(j.median_latency_ms, 1),
                 }
             )
@@ -449,16 +453,22 @@ def run_trial(caller: Caller, trial: Trial) -> Trial:
             for tier in trial.tiers[:-1]:
                 if tier not in answers:
                     continue
-                verdict = judge_pair(
-                    caller,
-                    judge_route,
-                    env,
-                    task=sample.request,
-                    candidate=_shown(answers[tier]),
-                    reference=_shown(reference),
-                    subject=f"trial {sample.id}: {tier} vs {trial.reference}",
-                )
                 result = trial.results[tier]
+                try:
+                    verdict = judge_pair(
+                        caller,
+                        judge_route,
+                        env,
+                        task=sample.request,
+                        candidate=_shown(answers[tier]),
+                        reference=_shown(reference),
+                        subject=f"trial {sample.id}: {tier} vs {trial.reference}",
+                    )
+                except BudgetExceeded:
+                    raise
+                except TierflowError:
+                    result.unjudged += 1
+                    continue
                 result.wins += verdict.outcome == "win"
                 result.ties += verdict.outcome == "tie"
                 result.losses += verdict.outcome == "loss"
