@@ -82,10 +82,11 @@ def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDou
 
 
 def trial(vault: Path, *args: str, phase: str = PHASE) -> tuple[int, str]:
+    """Exit code and everything printed; with `--format json`, the standard output alone (the JSON)."""
     result = CliRunner().invoke(
         app, ["trial", FLOW, "--phase", phase, "--vault", str(vault), *args], catch_exceptions=False
     )
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "json" in args else result.output
 
 
 def judge_signals(vault: Path) -> list[dict]:
@@ -109,7 +110,7 @@ def test_a_judge_that_prefers_the_first_answer_shown_yields_ties_not_wins(histor
     double.responder = judging(prefer)
     code, out = trial(history, "--sample", "4", "--format", "json")
     assert code == 0, out
-    report = json.loads(out[out.index("{") :])
+    report = json.loads(out)
     by_tier = {row["tier"]: row for row in report["tiers"]}
     expected = {"light": light, "standard": standard}
     for tier, outcome in expected.items():
@@ -143,7 +144,7 @@ def test_a_trial_replays_the_recorded_requests_on_each_tier_in_its_own_flow(hist
     rows = trial_rows(history)
     assert {r["run_id"] for r in rows} != {"history"} and len({r["run_id"] for r in rows}) == 1
     assert {(r["phase"], r["tier"]) for r in rows} == {(PHASE, "light"), (PHASE, "deep"), ("judge", "deep")}
-    report = json.loads(out[out.index("{") :])
+    report = json.loads(out)
     by_tier = {row["tier"]: row for row in report["tiers"]}
     assert by_tier["light"]["calls"] == 12 and by_tier["light"]["check_pass_rate"] == 1.0
     assert by_tier["light"]["cost_usd"] == pytest.approx(
@@ -168,7 +169,7 @@ def test_an_answer_that_breaks_the_recorded_schema_fails_the_check(history, doub
     double.responder = light_breaks_it
     code, out = trial(history, "--sample", "2", "--format", "json")
     assert code == 0, out
-    by_tier = {row["tier"]: row for row in json.loads(out[out.index("{") :])["tiers"]}
+    by_tier = {row["tier"]: row for row in json.loads(out)["tiers"]}
     assert by_tier["light"]["check_pass_rate"] == 0.0 and by_tier["light"]["calls"] == 4  # answer + informed retry
     assert by_tier["standard"]["check_pass_rate"] == 1.0
     outcomes = {r["outcome"] for r in trial_rows(history) if r["tier"] == "light"}
@@ -211,7 +212,7 @@ def test_a_trial_never_spends_past_its_budget(history, double):
     budget = 0.12
     code, out = trial(history, "--sample", "12", "--budget", str(budget), "--format", "json")
     assert code == 3, out  # stopped early
-    report = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    report = json.loads(out)
     assert report["worst_case_usd"] > budget  # more was needed than the budget allowed
     assert report["halted"] and "budget 'trial'" in report["halted"]
     spent = sum(r["cost_usd"] for r in trial_rows(history))
@@ -240,13 +241,15 @@ def test_the_report_is_also_a_prefect_table_artifact(history, double, prefect_ha
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     double.responder = judging("first")
-    code, out = trial(history, "--sample", "2")
+    code, out = trial(history, "--sample", "2", "--format", "json")
     assert code == 0, out
-    assert "Prefect table artifact trial-essays-draft" in out
+    report = json.loads(out)
+    assert report["artifact"] == "Prefect table artifact trial-essays-draft"
     with get_client(sync_client=True) as client:
-        (artifact,) = client.read_artifacts(
+        found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["trial-essays-draft"]))
         )
+    (artifact,) = [a for a in found if report["run_id"] in (a.description or "")]  # other tests' trials share the key
     assert artifact.flow_run_id is not None  # it belongs to a `tierflow-trial` flow run, listed in the UI
     rows = json.loads(artifact.data)
     assert [r["tier"] for r in rows] == ["light", "standard", "deep", "judge (deep)"]
@@ -284,7 +287,7 @@ def test_a_judge_without_a_readable_verdict_counts_nowhere_and_the_trial_goes_on
     double.responder = judge_mumbles
     code, out = trial(history, "--sample", "2", "--format", "json")
     assert code == 0, out
-    by_tier = {row["tier"]: row for row in json.loads(out[out.index("{") :])["tiers"]}
+    by_tier = {row["tier"]: row for row in json.loads(out)["tiers"]}
     assert [by_tier[t]["unjudged"] for t in ("light", "standard")] == [2, 2]
     assert all(by_tier[t][k] == 0 for t in ("light", "standard") for k in ("wins", "ties", "losses"))
     assert judge_signals(history) == []
