@@ -6,7 +6,8 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from tierflow.core.calls import RunSettings
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.phases import attribute, label_flow_run, run_span
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_reading_notes
 from tierflow.tasks.collate import collate
@@ -27,32 +28,36 @@ def reading_notes(
     config: str | None = None,
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
+    project: str | None = None,
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
     settings = RunSettings.start(
         FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={"since": since, "until": until},
+        parameters={"since": since, "until": until, "project": project},
     )  # fmt: skip
-    week = select_week(settings, since, until)
-    sources, unreadable = load_sources(settings, week)
-    run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
-    if not sources:
-        run.message = f"no reading notes between {week.since} and {week.until} in {week.where}"
-        get_run_logger().info(run.message)
+    settings = attribute(settings, *caller_for(settings).config.settings.vault.reading_folders, project=project)
+    with run_span(settings):
+        week = select_week(settings, since, until)
+        label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")
+        sources, unreadable = load_sources(settings, week)
+        run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
+        if not sources:
+            run.message = f"no reading notes between {week.since} and {week.until} in {week.where}"
+            get_run_logger().info(run.message)
 
-    collations = run.absorb(collate(settings, sources)) if sources else []
-    synthesis = (
-        run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until)))
-        if collations and not run.stopped
-        else []
-    )
-    for weekly in synthesis:
-        run.skipped += weekly.skipped
-        run.written = run.absorb(
-            draft(settings, weekly, collations, sources, since=str(week.since), until=str(week.until))
+        collations = run.absorb(collate(settings, sources)) if sources else []
+        synthesis = (
+            run.absorb(synthesise_week(settings, collations, str(week.since), str(week.until)))
+            if collations and not run.stopped
+            else []
         )
+        for weekly in synthesis:
+            run.skipped += weekly.skipped
+            run.written = run.absorb(
+                draft(settings, weekly, collations, sources, since=str(week.since), until=str(week.until))
+            )
 
-    return write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))
+        return write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))
 
 
 SPEC = FlowSpec(FLOW, reading_notes, deployment="weekly", plan=plan_reading_notes)

@@ -64,7 +64,14 @@ def load_assignment(settings: RunSettings, folder: str) -> Assignment:
     """Read the assignment folder; a missing or unparsable rubric stops the run before any model call."""
     vault = check_vault(Path(settings.vault or "."))
     config = caller_for(settings).config
-    root = vault / folder
+    root = (vault / folder).resolve()
+    if not root.is_relative_to(vault):
+        raise VaultError(
+            f"assignment folder {folder!r} resolves to {root}, outside the vault {vault}. Give it relative to "
+            "the vault, as --assignment Teaching/EDU7001/essay-1 (or [feedback] assignment_folder): tierflow "
+            "reads and writes nothing outside the vault, whether by `..`, an absolute path or a link."
+        )
+    folder = root.relative_to(vault).as_posix()
     if not root.is_dir():
         raise VaultError(f"assignment folder {folder} does not exist in {vault}; give it with --assignment")
     rubric = load_rubric(vault, f"{folder}/rubric.md")
@@ -93,7 +100,14 @@ def _body(path: Path) -> str:
 
 
 def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple[str, str]]]:
-    root = vault / folder
+    root = (vault / folder).resolve()
+    if not root.is_relative_to(vault):
+        raise VaultError(
+            f"assignment folder {folder!r} resolves to {root}, outside the vault {vault}. Give it relative to "
+            "the vault, as --assignment Teaching/EDU7001/essay-1 (or [feedback] assignment_folder): tierflow "
+            "reads and writes nothing outside the vault, whether by `..`, an absolute path or a link."
+        )
+    folder = root.relative_to(vault).as_posix()
     if not root.is_dir():
         raise VaultError(f"{folder}: no submissions folder; put one Markdown note per student there")
     found: dict[str, list[Submission]] = {}

@@ -257,7 +257,20 @@ def draft_concept(
     if answer.checks_failed:
         front_matter["tierflow_checks_failed"] = list(answer.checks_failed)
     writer = NoteWriter(vault, config.settings.vault.output_folder, names=names)
-    return writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    result = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    if result.action != "unchanged":
+        # What was written, and by which call: a later scan measures the person's edits against it.
+        caller.ledger.remember_draft(
+            result.path,
+            frontmatter.loads(Path(settings.vault or ".").joinpath(result.path).read_text(encoding="utf-8")).content,
+            run_id=share.run_id,
+            flow=settings.flow,
+            phase=PHASE,
+            subject=title,
+            tier=answer.route.tier,
+            model=answer.route.model_ref,
+        )
+    return result
 
 
 def draft(

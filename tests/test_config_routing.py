@@ -125,3 +125,40 @@ def test_route_is_immutable():
     r = route(load_config(), phase="collate", complexity="low")
     with pytest.raises(AttributeError):
         r.tier = "deep"  # type: ignore[misc]
+
+
+def test_a_partial_tier_or_provider_table_is_laid_over_the_profile_field_by_field(tmp_path):
+    path = write_config(
+        tmp_path / "c.toml",
+        'profile = "anthropic"\n[tiers.deep]\nconcurrency = 1\n[providers.anthropic]\ntimeout_s = 30\n',
+    )
+    config = load_config(config_path=path)
+    deep = config.settings.tiers["deep"]
+    assert (deep.model, deep.max_output_tokens, deep.concurrency) == ("anthropic:claude-opus-4-6", 4096, 1)
+    anthropic = config.settings.providers["anthropic"]
+    assert (anthropic.kind, anthropic.api_key_env, anthropic.timeout_s) == ("anthropic", "ANTHROPIC_API_KEY", 30)
+    shown = config.redacted()
+    assert shown["tiers.deep.concurrency"] == (1, str(path))
+    assert shown["tiers.deep.model"] == ("anthropic:claude-opus-4-6", "profile:anthropic")
+    assert shown["providers.anthropic.timeout_s"] == (30, str(path))
+
+
+def test_a_provider_whose_kind_the_file_changes_inherits_nothing_from_the_profile(tmp_path):
+    path = write_config(
+        tmp_path / "c.toml",
+        'profile = "local"\n[providers.local]\nkind = "openai"\napi_key_env = "OPENAI_API_KEY"\n',
+    )
+    local = load_config(config_path=path).settings.providers["local"]
+    assert (local.kind, local.base_url, local.timeout_s) == ("openai", None, 120.0)
+
+
+def test_config_sources_never_credit_a_default_to_the_file(tmp_path):
+    path = write_config(tmp_path / "c.toml", '[budgets.weekly]\nusd = 5\n[vault]\ntimezone = "Europe/London"\n')
+    shown = load_config(config_path=path).redacted()
+    assert shown["budgets.weekly.usd"] == (5.0, str(path))
+    assert shown["budgets.weekly.period"] == ("run", "default")
+    assert shown["budgets.weekly.policy"] == ("halt", "default")
+    assert shown["vault.timezone"] == ("Europe/London", str(path))
+    assert shown["vault.runs_folder"] == ("tierflow/Runs", "default")
+    assert shown["providers.offline.timeout_s"] == (120.0, "default")
+    assert shown["providers.offline.kind"] == ("offline", "profile:offline")

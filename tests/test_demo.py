@@ -37,9 +37,9 @@ def test_demo_runs_keyless_and_writes_drafts_report_and_ledger(tmp_path: Path):
         assert post.metadata["status"] == "draft" and post.metadata["sources"]
         assert all(m.split(": ", 1)[1].startswith("offline:") for m in post.metadata["tierflow_phase_models"])
         assert "offline extractive model" in post.content  # labelled as the offline model's work
-    (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes.md")
+    (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes *.md")
     text = report.read_text()
-    assert "## Spend per phase" in text and "```mermaid" in text
+    assert "## Spend per phase" in text and "| **total** |" in text and "█" in text
     assert all(f"[[Concepts/Drafts/{p.stem}]]" in text for p in drafts)
 
     rows = Ledger.for_vault(vault).rows()

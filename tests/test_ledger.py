@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+from conftest import call_record
 
-from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger
+from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger, calls
 from tierflow.core.usage import Usage
 from tierflow.report.spend import summarise
 
 
 def record(n: int = 0, **kw) -> CallRecord:
-    base = dict(
-        run_id="r",
-        flow="f",
-        phase="collate",
-        complexity="low",
-        tier="light",
-        provider="anthropic",
-        model="claude-haiku-4-5",
-        usage=Usage(input_tokens=10 + n, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1),
-        cost_usd=0.001,
-        latency_ms=3.0,
-    )
-    return CallRecord(**{**base, **kw})
+    usage = Usage(input_tokens=10 + n, output_tokens=5, cache_read_tokens=2, reasoning_tokens=1)
+    return call_record(**{"usage": usage, **kw})
 
 
 def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
@@ -36,8 +30,8 @@ def test_new_ledger_is_at_the_latest_schema_version(tmp_path: Path):
     assert (tmp_path / ".tierflow" / "ledger.sqlite").exists()
 
 
-def test_an_old_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def test_an_old_ledger_is_migrated_and_keeps_its_rows(ledger_url: str):
+    url = ledger_url
     engine = sa.create_engine(url)
     from tierflow.core.ledger import schema_version
 
@@ -53,8 +47,8 @@ def test_an_old_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path):
     assert len(ledger.rows()) == 1
 
 
-def test_rows_have_the_stable_columns_and_group_totals(tmp_path: Path):
-    ledger = Ledger.for_vault(tmp_path)
+def test_rows_have_the_stable_columns_and_group_totals(ledger_url: str):
+    ledger = Ledger(ledger_url)
     ledger.record(record(0))
     ledger.record(record(1, phase="draft", cost_usd=None))
     rows = ledger.rows()
@@ -63,22 +57,113 @@ def test_rows_have_the_stable_columns_and_group_totals(tmp_path: Path):
     assert totals["collate"]["input_tokens"] == 10 and totals["draft"]["unpriced_calls"] == 1
 
 
-def test_threads_record_concurrently_without_losing_a_row(tmp_path: Path):
-    ledger = Ledger.for_vault(tmp_path)
+def test_threads_record_concurrently_without_losing_a_row(ledger_url: str):
+    ledger = Ledger(ledger_url)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: ledger.record(record(n)), range(200)))
     rows = ledger.rows()
     assert len(rows) == 200 and sorted(r["input_tokens"] for r in rows) == list(range(10, 210))
 
 
-def test_processes_record_concurrently_into_one_ledger(tmp_path: Path):
+def test_processes_record_concurrently_into_one_ledger(ledger_url: str):
     script = (
-        "import sys; from tests.test_ledger import record; from tierflow.core.ledger import Ledger; "
+        "import sys; sys.path.insert(0, 'tests'); from test_ledger import record; "
+        "from tierflow.core.ledger import Ledger; "
         "l = Ledger(sys.argv[1]); [l.record(record(int(sys.argv[2]) * 1000 + i)) for i in range(50)]"
     )
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url = ledger_url
     Ledger(url)
     repo = Path(__file__).resolve().parents[1]
     procs = [subprocess.Popen([sys.executable, "-c", script, url, str(p)], cwd=repo) for p in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert len(Ledger(url).rows()) == 200
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_on_a_fresh_postgresql_ledger_migrate_it_once(postgres_server):
+    """Four processes open one empty PostgreSQL ledger at the same instant: each succeeds, each version once."""
+    from conftest import drop_postgres_database, fresh_postgres_database
+
+    script = (
+        "import sys, time; from tierflow.core.ledger import Ledger\n"
+        "start = float(sys.argv[2])\n"
+        "while time.time() < start: pass\n"
+        "print(Ledger(sys.argv[1]).version)"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    for _ in range(2):
+        url = fresh_postgres_database(postgres_server)
+        start = time.time() + 3  # all four have imported tierflow by then, and start migrating together
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url, str(start)], cwd=repo, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0]
+        assert outputs == [str(len(MIGRATIONS))] * 4
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY version")]
+        engine.dispose()
+        assert versions == list(range(1, len(MIGRATIONS) + 1))
+        drop_postgres_database(postgres_server, url)
+
+
+def _finishes(work, seconds: float = 10.0) -> bool:
+    """Run `work` in a thread; whether it finished within `seconds` (the ledger's busy timeout is 60 s)."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def test_reads_do_not_wait_for_a_writer_on_sqlite(tmp_path: Path):
+    """`rows()` and the answer-cache lookup are plain reads: under WAL they go on while another process writes."""
+    ledger = Ledger.for_vault(tmp_path)
+    ledger.record(record(0))
+    ledger.cache_response("k", "m", "an answer", None)
+    writer = sqlite3.connect(tmp_path / ".tierflow" / "ledger.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock, mid-transaction
+    try:
+        found = {}
+        assert _finishes(lambda: found.update(rows=ledger.rows(), hit=ledger.cached_response("k")))
+        assert len(found["rows"]) == 1 and found["hit"] == ("an answer", None)
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_a_long_read_does_not_block_a_write_on_sqlite(tmp_path: Path):
+    """A long-running read (a `tierflow spend` over a big ledger) does not stall the flows recording calls."""
+    ledger = Ledger.for_vault(tmp_path)
+    ledger.record(record(0))
+    with ledger.engine.connect() as reader:
+        assert len(reader.execute(sa.select(calls)).all()) == 1  # the read transaction is open from here
+        assert _finishes(lambda: ledger.record(record(1)))
+        assert _finishes(lambda: ledger.cache_response("k", "m", "text", None))
+    assert len(ledger.rows()) == 2
+
+
+def test_a_reservation_left_open_by_an_older_tierflow_is_released_after_migration(ledger_url: str):
+    """Before leases (version 4) a dead process's reservation stayed open for good; now its lease is over."""
+    from tierflow.core.budget import open_reservations, release_stale
+    from tierflow.core.ledger import schema_version
+
+    engine = sa.create_engine(ledger_url)
+    with engine.begin() as conn:  # a version-4 ledger holding one open reservation
+        schema_version.create(conn)
+        for number, migration in enumerate(MIGRATIONS[:4], start=1):
+            migration(conn)
+            conn.execute(schema_version.insert().values(version=number))
+        conn.exec_driver_sql(
+            "INSERT INTO reservations (created, run_id, flow, phase, usd, tokens, open, kept) "
+            "VALUES ('2026-11-17T09:00:00+00:00', 'old', 'f', 'collate', 0.5, 900, TRUE, FALSE)"
+        )
+    engine.dispose()
+    ledger = Ledger(ledger_url)
+    assert ledger.version == len(MIGRATIONS)
+    (old,) = open_reservations(ledger)
+    assert old.run_id == "old" and old.expired and old.holder_pid is None
+    assert [r.id for r in release_stale(ledger)] == [old.id] and open_reservations(ledger) == []

@@ -260,6 +260,13 @@ def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[st
         finished = c.read_flow_run(run.id)
     assert finished.state is not None and finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
     assert list((vault / "Concepts" / "Drafts").glob("*.md")), "the scheduled flow wrote no concept drafts"
+    # Its spend is attributed to the deployment, and the run carries tierflow's tags.
+    from tierflow.core.ledger import Ledger
+
+    rows = [r for r in Ledger.for_vault(vault).rows() if r["flow_run_id"] == str(run.id)]
+    assert rows and {r["deployment"] for r in rows} == {"reading-notes/weekly"}
+    assert {"profile:offline", f"vault:{vault.name}"} <= set(finished.tags)
+    assert any(t.startswith("tierflow-run:") for t in finished.tags)
 
 
 def doc_block(language: str, first_line: str) -> str:
@@ -331,7 +338,7 @@ def test_budget_automations_from_the_docs_pause_the_deployment_and_notify(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tierflow", "--run-once"],
             cwd=tmp_path, env=deployed["env"], capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        (report,) = (vault / "tierflow" / "Runs").glob("*.md")  # the run stopped, and its report says why
+        (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes *.md")  # the run stopped; its report says why
         assert "budget" in report.read_text() and not (vault / "Concepts" / "Drafts").exists()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -50,6 +50,10 @@ def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path
         "complexity:low",
         "tier:light",
         "model:offline:extractive-light",
+        # and the run's own tags, which tell one vault's or run's task runs from another's
+        "profile:offline",
+        f"vault:{tmp_path.name}",
+        "tierflow-run:helper-test",
     }
     assert task_run.name == "collate · Hattie2007"
     assert str(task_run.flow_run_id) == str(flow_run.id)

@@ -93,7 +93,9 @@ def test_phases_use_their_tiers_models_on_the_wire_and_in_the_ledger(anthropic_v
     report = anthropic_vault / summary.report.path
     text = report.read_text()
     assert "| collate | light | anthropic:claude-haiku-4-5 |" in text
-    assert "All-deep equivalent" in text and "Saved" in text and "```mermaid\npie" in text
+    assert "All-deep equivalent" in text and "Saved" in text and "```mermaid" not in text
+    assert "**Providers**: anthropic" in text and "Profile" not in text
+    assert "| **total** |" in text and "█" in text
     for w in summary.written:
         assert f"[[{Path(w.path).with_suffix('').as_posix()}]]" in text
     after = snapshot(anthropic_vault)
@@ -114,6 +116,43 @@ def test_rerun_of_an_unchanged_week_spends_nothing_and_writes_no_new_notes(anthr
     assert drafts_after == {p: h for p, h in notes_before.items() if p.startswith("Concepts/Drafts/")}
     assert all(w.action == "unchanged" for w in second.written)
     assert first.run_id != second.run_id
+
+
+def test_two_runs_on_one_day_leave_two_report_notes_and_a_day_index(anthropic_vault: Path, double):
+    first = run(anthropic_vault)
+    first_text = (anthropic_vault / first.report.path).read_text()
+    second = run(anthropic_vault)  # answered from the cache: it must not replace the first run's report
+    assert first.report.path != second.report.path
+    assert (anthropic_vault / first.report.path).read_text() == first_text
+    runs_folder = anthropic_vault / "tierflow" / "Runs"
+    reports = {p.name: frontmatter.load(p) for p in runs_folder.glob("*.md") if "tierflow_run" in frontmatter.load(p)}
+    assert {post["tierflow_run"] for post in reports.values()} == {first.run_id, second.run_id}
+    for summary in (first, second):
+        post = frontmatter.load(anthropic_vault / summary.report.path)
+        day = post["tierflow_day"]
+        assert Path(summary.report.path).name.startswith(f"{day} reading-notes ")
+        assert summary.run_id.rsplit("-", 1)[-1] in summary.report.path
+        table = [line for line in post.content.splitlines() if line.startswith("| collate | light |")]
+        assert len(table) == 1 and "## Spend per phase" in post.content
+    first_calls = int(next(x for x in first_text.splitlines() if x.startswith("| collate |")).split("|")[4])
+    assert first_calls == SELECTED and first.cost_usd > 0 and second.cost_usd == 0
+    (index,) = [p for p in runs_folder.glob("*.md") if "tierflow_day_index" in frontmatter.load(p)]
+    listed = index.read_text()
+    assert f"[[{Path(first.report.path).stem}]]" in listed and f"[[{Path(second.report.path).stem}]]" in listed
+    assert f"[[{index.stem}]]" in (anthropic_vault / second.report.path).read_text()
+
+
+def test_a_report_never_takes_the_name_of_a_note_a_person_wrote(anthropic_vault: Path, double):
+    from tierflow.tasks.run_report import report_title
+    from tierflow.vault.notes import NoteWriter
+
+    writer = NoteWriter(anthropic_vault, "tierflow/Runs")
+    now = datetime(2026, 11, 18, 9, 5, tzinfo=UTC)
+    title = report_title(writer, "20261118-090500-abc123", "reading-notes", now)
+    assert title == "2026-11-18 reading-notes 0905 abc123"
+    writer.target(title).parent.mkdir(parents=True, exist_ok=True)
+    writer.target(title).write_text("my own notes on that run\n")
+    assert report_title(writer, "20261118-090500-abc123", "reading-notes", now) == f"{title} (2)"
 
 
 def test_one_new_literature_note_recollates_only_that_note(anthropic_vault: Path, double):
@@ -240,23 +279,57 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
+    from tierflow.core.progress import artifact_key
+
     summary = run(anthropic_vault)
     flow_run_id = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)[0]["flow_run_id"]
-    keys = ["reading-notes-spend", "reading-notes-report", "reading-notes-progress"]
+    spend_key, report_key, progress_key = (
+        artifact_key("reading-notes", what, str(anthropic_vault)) for what in ("spend", "report", "progress")
+    )
+    assert spend_key.startswith("reading-notes-spend-vault-") and spend_key != artifact_key(
+        "reading-notes", "spend", str(anthropic_vault.parent / "other" / "vault")
+    )
+    keys = [spend_key, report_key, progress_key]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
             sort=ArtifactSort.CREATED_DESC,
             limit=50,
         )
+        flow_run = client.read_flow_run(flow_run_id)
     mine = {a.key: a for a in artifacts if str(a.flow_run_id) == flow_run_id}
     assert set(mine) == set(keys)
-    table = mine["reading-notes-spend"].data
+    table = mine[spend_key].data
     table = json.loads(table) if isinstance(table, str) else table
-    assert [row["phase"] for row in table] == ["collate", "synthesise", "draft"]
-    assert all(row["cost_usd"] > 0 and row["input_tokens"] > 0 for row in table)
-    assert float(mine["reading-notes-progress"].data) == 100.0
-    assert "All-deep equivalent" in mine["reading-notes-report"].data
+    assert [row["phase"] for row in table] == ["collate", "synthesise", "draft", "total"]
+    assert list(table[0])[:8] == ["phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved"]
+    rows = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)
+    assert table[-1]["USD"] == f"${sum(r['cost_usd'] for r in rows):.4f}" and table[-1]["calls"] == len(rows)
+    assert all(row["USD"].startswith("$") and row["tokens"] > 0 for row in table)
+    saved = table[-1]["saved"]
+    assert saved.endswith("%") and int(saved[:-1]) > 0
+    assert mine[spend_key].description == f"{table[-1]['USD']} · all-deep {table[-1]['all-deep USD']} · saved {saved}"
+    assert float(mine[progress_key].data) == 100.0
+    assert "All-deep equivalent" in mine[report_key].data
+    assert f"/v2/runs/flow-run/{flow_run_id})" in mine[report_key].data  # the current UI, not the V1 one
+    assert {"vault:vault", "profile:anthropic", f"tierflow-run:{summary.run_id}"} <= set(flow_run.tags)
+    assert flow_run.name == f"reading-notes · {SINCE} to {UNTIL}"
+
+
+def test_a_run_without_a_window_is_named_with_the_resolved_one(anthropic_vault: Path):
+    from prefect.client.orchestration import get_client
+
+    summary = reading_notes(vault=str(anthropic_vault))
+    runs = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)
+    assert summary.message.startswith("no reading notes") or runs
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+        (flow_run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"tierflow-run:{summary.run_id}"]))
+        )
+    # The test clock starts on 2026-11-18: the default window is the seven days up to it.
+    assert flow_run.name == "reading-notes · 2026-11-12 to 2026-11-18"
 
 
 def test_an_empty_vault_parameter_is_refused_not_taken_as_the_working_directory(tmp_path: Path, monkeypatch):

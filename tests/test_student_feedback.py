@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import frontmatter
@@ -285,3 +287,24 @@ def test_offline_run_needs_no_keys(feedback_vault):
     summary = student_feedback(vault=str(feedback_vault), profile="offline")
     assert len(drafts(feedback_vault)) == SUBMITTED and not summary.failed
     assert json.dumps(summary.phases)
+
+
+def test_an_assignment_outside_the_vault_is_refused_before_anything_is_read(feedback_vault, double, keys, tmp_path):
+    from tierflow.core.errors import VaultError
+
+    configure(feedback_vault, double, "anthropic")
+    outside = tmp_path / "elsewhere" / "essay-1"
+    shutil.copytree(feedback_vault / ASSIGNMENT, outside)  # a complete assignment, but not in the vault
+    (feedback_vault / "Teaching" / "linked").symlink_to(outside, target_is_directory=True)
+    before = sorted(p.relative_to(tmp_path) for p in outside.rglob("*"))
+    for given in ("../elsewhere/essay-1", str(outside), "Teaching/linked"):
+        with pytest.raises(VaultError, match=f"resolves to {re.escape(str(outside))}, outside the vault"):
+            student_feedback(vault=str(feedback_vault), assignment=given)
+    assert double.model_calls() == []
+    assert sorted(p.relative_to(tmp_path) for p in outside.rglob("*")) == before  # no feedback written there
+
+
+def test_an_absolute_assignment_path_inside_the_vault_is_taken_as_its_vault_folder(feedback_vault):
+    given = str(feedback_vault / ASSIGNMENT)
+    summary = student_feedback(vault=str(feedback_vault), assignment=given, profile="offline")
+    assert not summary.failed and len(drafts(feedback_vault)) == SUBMITTED

@@ -91,8 +91,11 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
         assert expected <= names, f"task runs not recorded: {sorted(expected - names)}"
         artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run.id}
     assert flow_run.state is not None and flow_run.state.is_completed()
-    assert "reading-notes-spend" in artifacts
-    return {"flow_run_id": str(flow_run.id), "task_runs": sorted(expected), "spend": artifacts["reading-notes-spend"]}
+    from tierflow.core.progress import artifact_key
+
+    key = artifact_key("reading-notes", "spend", str(vault))
+    assert key in artifacts
+    return {"flow_run_id": str(flow_run.id), "task_runs": sorted(expected), "spend": artifacts[key], "spend_key": key}
 
 
 @pytest.fixture
@@ -131,7 +134,7 @@ def test_flow_run_page_shows_the_phase_task_runs_and_the_spend_table(ui_run: dic
     page.screenshot(path=str(DOCS / "flow-run.png"))
 
     page.get_by_role("tab", name="Artifacts").click()
-    card = page.get_by_text("reading-notes-spend", exact=True).first
+    card = page.get_by_text(ui_run["spend_key"], exact=True).first
     expect(card).to_be_visible()
     card.click()  # the artifact key's timeline ...
     page.get_by_role("link", name=str(ui_run["spend"].id)[:8]).click()  # ... and this run's version of it
@@ -146,7 +149,8 @@ def test_flow_run_page_shows_the_phase_task_runs_and_the_spend_table(ui_run: dic
         expect(row).to_have_count(1)
         expect(row).to_contain_text(tier)
         expect(row).to_contain_text(model)
-    for column in ("input_tokens", "output_tokens", "cost_usd"):
+    for column in ("tokens", "USD", "all-deep USD", "saved"):
         expect(table.get_by_text(column, exact=True)).to_be_visible()
+    expect(table.get_by_role("row").filter(has_text="total")).to_have_count(1)
     page.set_viewport_size({"width": 1440, "height": 640})
     page.screenshot(path=str(DOCS / "spend-artifact.png"))

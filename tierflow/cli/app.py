@@ -16,6 +16,7 @@ import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.cli.ops_commands import limits_app, schedule_app
+from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
 
@@ -24,13 +25,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help is plain text: Rich markup would swallow config names such as [vault] or [tiers.<name>].
+    rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
+app.add_typer(routing_app, name="routing")
 app.command("trial")(trial)
+budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
 
 TierOpt = Annotated[
     list[str] | None,
@@ -50,12 +56,16 @@ class GroupBy(StrEnum):
     model = "model"
     flow = "flow"
     day = "day"
+    week = "week"
     run = "run"
+    project = "project"
+    deployment = "deployment"
 
 
 class Format(StrEnum):
     table = "table"
     json = "json"
+    jsonl = "jsonl"
     csv = "csv"
     otel = "otel"
 
@@ -129,10 +139,38 @@ def spend(
     by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
     since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    budget: Annotated[bool, typer.Option("--budget", help="Show each budget for its current period.")] = False,
+    project: Annotated[str | None, typer.Option("--project", help="Only calls charged to this project.")] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table; json (one JSON array); jsonl (one JSON object a line); csv; "
+            "otel (JSON Lines, OpenTelemetry GenAI attribute names).",
+        ),
+    ] = Format.table,
+    budget: Annotated[
+        bool,
+        typer.Option(
+            "--budget",
+            help="Show each budget for its current period, with its projected end-of-period use and run-out date.",
+        ),
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="A live dashboard, redrawn from the ledger: spend by model, phase and project this period, "
+            "budgets and calls in flight. Ctrl-C stops it.",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="With --watch: seconds between redraws.")] = 2.0,
+    period: Annotated[
+        str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
+    ] = "week",
 ) -> None:
-    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow or day."""
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
+    deployment."""
     from tierflow.core.ledger import COLUMNS, Ledger
     from tierflow.report.spend import summarise
 
@@ -150,12 +188,18 @@ def spend(
     if budget:
         _print_budgets(cfg, ledger, fmt)
         return
-    rows = ledger.rows(since=since, run_id=run)
+    if watch:
+        if period not in ("day", "week", "month"):
+            raise fail(f"--period {period!r}: use day, week or month")
+        from tierflow.report.watch import watch as live
+
+        live(cfg, ledger, interval=interval, period=period, since=since)
+        return
+    rows = ledger.rows(since=since, run_id=run, project=project)
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
     out = sys.stdout
-    if fmt is Format.json:
-        for row in rows if group is None else summarise(rows, group):
-            out.write(json.dumps(row if group is None else {"total": True, **row}) + "\n")
+    if fmt in (Format.json, Format.jsonl):
+        _write_json(rows if group is None else summarise(rows, group), fmt)
     elif fmt is Format.csv:
         data = rows if group is None else summarise(rows, group)
         fields = list(COLUMNS) if group is None else list(data[0]) if data else [group]
@@ -170,46 +214,80 @@ def spend(
     else:
         from rich.console import Console
 
+        from tierflow.report.console import show
         from tierflow.report.spend import spend_table
 
-        Console().print(spend_table(rows, group))
+        show(Console(), spend_table(rows, group))
+
+
+def _write_json(records: list[dict], fmt: Format) -> None:
+    """`json`: one document, an array; `jsonl`: one object a line."""
+    if fmt is Format.json:
+        json.dump(records, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
 
 
 def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
+    from zoneinfo import ZoneInfo
+
+    from tierflow.core import clock
     from tierflow.core.budget import Budgets
 
-    states = Budgets(cfg, ledger, run_id="", flow="").states()
-    if fmt is Format.json:
+    now = clock.now()
+    budgets = Budgets(cfg, ledger, run_id="", flow="")
+    states = budgets.states(now=now)
+    forecasts = {f.state.name: f for f in budgets.forecasts(now)}
+    if fmt in (Format.json, Format.jsonl):
+        records = []
         for s in states:
-            print(
-                json.dumps(
-                    {
-                        "budget": s.name,
-                        "scope": s.scope,
-                        "policy": s.policy,
-                        "limit_usd": s.limit_usd,
-                        "spent_usd": s.spent_usd,
-                        "reserved_usd": s.reserved_usd,
-                        "remaining_usd": s.remaining_usd,
-                        "limit_tokens": s.limit_tokens,
-                        "spent_tokens": s.spent_tokens,
-                        "reserved_tokens": s.reserved_tokens,
-                        "remaining_tokens": s.remaining_tokens,
-                    }
-                )
+            f = forecasts.get(s.name)
+            records.append(
+                {
+                    "budget": s.name,
+                    "scope": s.scope,
+                    "policy": s.policy,
+                    "limit_usd": s.limit_usd,
+                    "spent_usd": s.spent_usd,
+                    "reserved_usd": s.reserved_usd,
+                    "remaining_usd": s.remaining_usd,
+                    "limit_tokens": s.limit_tokens,
+                    "spent_tokens": s.spent_tokens,
+                    "reserved_tokens": s.reserved_tokens,
+                    "remaining_tokens": s.remaining_tokens,
+                    "period_end": f.period_end.isoformat() if f else None,
+                    "projected_usd": f.projected_usd if f else None,
+                    "projected_tokens": f.projected_tokens if f else None,
+                    "runs_out": f.runs_out.isoformat() if f and f.runs_out else None,
+                }
             )
+        _write_json(records, fmt)
         return
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     if not states:
         print("No budgets are configured. Add a [budgets.<name>] table to the config.")
         return
-    table = Table(title="Budgets (current period)")
-    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining"):
+    tz = ZoneInfo(cfg.settings.vault.timezone)
+
+    def runs_out(name: str) -> str:
+        f = forecasts.get(name)
+        if f is None:
+            return "n/a (per run)"
+        return f.runs_out.astimezone(tz).strftime("%a %Y-%m-%d %H:%M") if f.runs_out else "not this period"
+
+    table = Table(title=f"Budgets (current period; projections at the rate so far, {cfg.settings.vault.timezone})")
+    for col in ("budget", "scope", "policy", "limit", "spent", "reserved", "remaining", "projected", "runs out"):
         table.add_column(col)
     for s in states:
+        f = forecasts.get(s.name)
         if s.limit_usd is not None:
+            projected = f"${f.projected_usd:.4f}" if f and f.projected_usd is not None else "n/a"
             table.add_row(
                 s.name,
                 s.scope,
@@ -218,8 +296,11 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 f"${s.spent_usd:.4f}",
                 f"${s.reserved_usd:.4f}",
                 f"${s.remaining_usd:.4f}",
+                projected,
+                runs_out(s.name),
             )
         if s.limit_tokens is not None:
+            projected = f"{f.projected_tokens} tok" if f and f.projected_tokens is not None else "n/a"
             table.add_row(
                 s.name,
                 s.scope,
@@ -228,8 +309,10 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 f"{s.spent_tokens} tok",
                 f"{s.reserved_tokens} tok",
                 f"{s.remaining_tokens} tok",
+                projected,
+                runs_out(s.name),
             )
-    Console().print(table)
+    show(Console(), table)
 
 
 class FlowName(StrEnum):
@@ -279,6 +362,12 @@ def run(
         str, typer.Option("--task-runner", help="thread (default), dask, dask:N or dask:tcp://HOST:PORT.")
     ] = "thread",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project", help="Charge the run's spend to this project (default: from the config or a course code)."
+        ),
+    ] = None,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
@@ -315,7 +404,14 @@ def run(
         else {"assignment": assignment, "mode": mode, "wait": wait}
     )
     summary = run_flow(
-        flow_name.value, vault, profile=profile, config=config, tier=overrides, task_runner=runner, **kwargs
+        flow_name.value,
+        vault,
+        profile=profile,
+        config=config,
+        tier=overrides,
+        task_runner=runner,
+        project=project,
+        **kwargs,
     )
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
 
@@ -324,21 +420,118 @@ def run(
 def resume(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the run report and ledger show it.")],
     vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
     vault = vault_dir(vault, required="tierflow resume RUN")
     from tierflow.core.ledger import Ledger
 
-    found = Ledger.for_vault(vault).run_parameters(run_id)
+    cfg = load(vault, config, profile)
+    # The run is in the configured ledger (a shared `ledger_url`, else the vault's own SQLite file).
+    found = Ledger(cfg.ledger_url).run_parameters(run_id)
     if found is None:
-        raise fail(f"no run {run_id!r} in this vault's ledger; `tierflow spend --vault {vault} --by run` lists runs")
+        raise fail(
+            f"no run {run_id!r} in the ledger {_redact_url(cfg.ledger_url)}; "
+            f"`tierflow spend --vault {vault} --by run` lists runs"
+        )
     flow, parameters = found
     _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+class ListFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@budget_app.command("reservations")
+def budget_reservations(
+    vault: VaultOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    release_stale: Annotated[
+        bool,
+        typer.Option(
+            "--release-stale",
+            help="Release reservations whose lease is over, and at once those whose holder process on this "
+            "host no longer exists.",
+        ),
+    ] = False,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+) -> None:
+    """Show the budget reservations still open: run, phase, age, lease, holder pid and host."""
+    from tierflow.core import budget
+    from tierflow.core.ledger import Ledger
+
+    cfg = load(vault_dir(vault), config, profile)
+    try:
+        ledger = Ledger(cfg.ledger_url)
+    except Exception as exc:  # the ConfigError names the missing vault
+        raise fail(str(exc)) from None
+    released = budget.release_stale(ledger) if release_stale else []
+    rows = [_reservation_row(r, "released") for r in released]
+    rows += [_reservation_row(r, r.state) for r in budget.open_reservations(ledger)]
+    if fmt is ListFormat.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="open budget reservations" if not released else "budget reservations")
+    for column in ("id", "run", "phase", "usd", "tokens", "age", "lease left", "holder", "state"):
+        table.add_column(column, justify="right" if column in ("id", "usd", "tokens", "age", "lease left") else "left")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["run_id"],
+            row["phase"],
+            f"{row['usd']:.4f}",
+            str(row["tokens"]),
+            f"{row['age_s']:.0f}s",
+            f"{row['lease_left_s']:.0f}s",
+            f"pid {row['holder_pid']} on {row['holder_host']}",
+            row["state"],
+        )
+    console = Console()
+    console.print(table)
+    if not rows:
+        console.print("No reservation is open: no call is in flight, and none holds budget.")
+    elif released:
+        console.print(f"Released {len(released)} stale reservation(s).")
+    elif any(row["state"] != "held" for row in rows):
+        console.print(
+            "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone."
+        )
+
+
+def _reservation_row(r, state: str) -> dict:  # noqa: ANN001
+    return {
+        "id": r.id,
+        "run_id": r.run_id,
+        "flow": r.flow,
+        "phase": r.phase,
+        "usd": r.usd,
+        "tokens": r.tokens,
+        "created": r.created,
+        "age_s": round(r.age_s, 3),
+        "lease_left_s": round(r.lease_left_s, 3),
+        "holder_pid": r.holder_pid,
+        "holder_host": r.holder_host,
+        "state": state,
+    }
+
+
+def _redact_url(url: str) -> str:
+    """A ledger URL fit to print: any password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()
@@ -416,6 +609,8 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
     table = Table(title=f"tierflow config ({cfg.path or 'built-in defaults'})")
@@ -424,7 +619,7 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     table.add_column("source")
     for key, (value, source) in sorted(cfg.redacted().items()):
         table.add_row(key, json.dumps(value), source)
-    Console().print(table)
+    show(Console(), table)
 
 
 def main() -> None:

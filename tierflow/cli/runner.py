@@ -18,6 +18,7 @@ from rich.table import Table
 from tierflow.cli.common import fail
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
+from tierflow.report.console import show
 from tierflow.report.spend import money
 
 console = Console(stderr=True, soft_wrap=True)
@@ -131,11 +132,12 @@ def print_summary(vault: Path, summary: Any) -> None:
         out.print(summary.message)
     if summary.phases:
         table = Table(title=f"Spend of run {summary.run_id}")
-        for col in ("phase", "tiers", "models", "calls", "cached", "cost"):
-            table.add_column(col, justify="right" if col in ("calls", "cached", "cost") else "left")
+        columns = ("phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved")
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("phase", "tier", "model") else "right")
         for p in summary.phases:
-            table.add_row(p["phase"], p["tiers"], p["models"], str(p["calls"]), str(p["cached"]), p["cost"])
-        out.print(table)
+            table.add_row(*(str(p[col]) for col in columns))
+        show(out, table)
     for w in summary.written:
         out.print(f"  [green]{w.action:>14}[/]  {vault / w.path}" + (f"\n{'':16}{w.message}" if w.message else ""))
     for path, reason in summary.skipped:

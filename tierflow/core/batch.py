@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from tierflow.core import telemetry
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.ledger import batch_items, now_iso
@@ -236,6 +237,7 @@ def _collect(
             )
             cache = CacheEntry(cache_key, routed.model_ref, completion.text, completion.data, request)
             caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None)
+            telemetry.record_call(record, provider_kind=routed.provider_kind)
             _mark(caller, cache_key, "done")
             outcome.answers[call.key] = (
                 verdict.answer

@@ -8,7 +8,11 @@ transaction. A call whose usage is unknown keeps its worst case charged.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,14 +27,22 @@ from sqlalchemy.engine import Connection
 from tierflow.core import clock
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
-from tierflow.core.ledger import CallRecord, Ledger, calls, now_iso, reservations
+from tierflow.core.ledger import CallRecord, Ledger, calls, database_seconds, now_iso, reservations
 from tierflow.core.routing import Route
 from tierflow.core.usage import TOKEN_KINDS, Usage, price
+
+log = logging.getLogger("tierflow")
+
+HOST = socket.gethostname()
+"""This machine's name, recorded as the holder of its processes' reservations."""
 
 ESTIMATE_MARGIN = 1.15
 """Headroom on offline token counts for providers whose tokenizer is not o200k."""
 ESTIMATE_OVERHEAD = 32
 """Tokens the wire format adds around the text (roles, tool definitions)."""
+BATCH_LEASE_S = 25 * 3600.0
+"""A batch request's reservation lease: the providers' 24-hour batch window and an hour's grace. Nobody
+renews it (a `--no-wait` run exits); `tierflow resume` settles it, or it lapses after the window."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class Estimate:
     max_output_tokens: int
     usd: Decimal | None
     """None when the model's price is unknown."""
+    batch: bool = False
+    """A provider batch request: its reservation is held for the batch window (`BATCH_LEASE_S`)."""
 
     @property
     def tokens(self) -> int:
@@ -65,7 +79,7 @@ def estimate(
         override=tier.price,
         batch_discount=provider.batch_discount if batch else 1.0,
     )
-    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd)
+    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd, batch=batch)
 
 
 def padded(tokens: int, *, exact: bool) -> int:
@@ -84,6 +98,21 @@ class BudgetState:
     reserved_usd: float
     reserved_tokens: int
     policy: str
+    tier: str | None = None
+    """Only calls on this tier count, and only they are checked against it."""
+    unpriced: str = "refuse"
+    fallback_usd_per_mtok: float = 0.0
+
+    def applies_to(self, route: Route) -> bool:
+        return self.tier in (None, route.tier)
+
+    def usd_of(self, est: Estimate) -> float | None:
+        """What a call's worst case costs against this budget; None: an unpriced model it refuses."""
+        if est.usd is not None:
+            return float(est.usd)
+        if self.limit_usd is None:
+            return 0.0
+        return est.tokens * self.fallback_usd_per_mtok / 1e6 if self.unpriced == "allow" else None
 
     @property
     def remaining_usd(self) -> float | None:
@@ -131,19 +160,33 @@ class Reservation:
 class Budgets:
     """The budgets of one config, applied to one run."""
 
-    def __init__(self, config: Config, ledger: Ledger, *, run_id: str, flow: str, max_wait_s: float = 600) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        *,
+        run_id: str,
+        flow: str,
+        project: str | None = None,
+        max_wait_s: float = 600,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.run_id = run_id
         self.flow = flow
+        self.project = project
         self.tz = ZoneInfo(config.settings.vault.timezone)
         self.max_wait_s = max_wait_s
+        self.lease_s = config.settings.reservation_lease_s
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def applicable(self, phase: str) -> list[tuple[str, BudgetConfig]]:
         return [
             (name, b)
             for name, b in self.config.settings.budgets.items()
-            if (b.flow in (None, self.flow)) and (b.phase in (None, phase))
+            if (b.flow in (None, self.flow)) and (b.phase in (None, phase)) and (b.project in (None, self.project))
         ]
 
     def period_start(self, budget: BudgetConfig, now: datetime | None = None) -> str | None:
@@ -165,25 +208,60 @@ class Budgets:
             parts.append(f"flow {budget.flow}")
         if budget.phase:
             parts.append(f"phase {budget.phase}")
+        if budget.project:
+            parts.append(f"project {budget.project}")
+        if budget.tier:
+            parts.append(f"tier {budget.tier}")
         return ", ".join(parts)
 
-    def state(self, conn: Connection, name: str, budget: BudgetConfig) -> BudgetState:
+    def period_end(self, budget: BudgetConfig, now: datetime | None = None) -> datetime | None:
+        """End of the budget's current calendar period (the next period's start), in UTC; None for `run`."""
+        start = self.period_start(budget, now)
+        if start is None:
+            return None
+        day = datetime.fromisoformat(start).astimezone(self.tz).date()
+        if budget.period == "day":
+            day += timedelta(days=1)
+        elif budget.period == "week":
+            day += timedelta(days=7)
+        else:
+            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+        return datetime(day.year, day.month, day.day, tzinfo=self.tz).astimezone(UTC)
+
+    def forecasts(self, now: datetime | None = None) -> list[Forecast]:
+        """Each period budget's projected use at the end of its period, at the rate of the period so far."""
+        now = now or clock.now()
+        out = []
+        with self.ledger.transaction() as conn:
+            for name, budget in self.config.settings.budgets.items():
+                if budget.period == "run":
+                    continue
+                state = self.state(conn, name, budget, now)
+                start = datetime.fromisoformat(self.period_start(budget, now) or "")
+                out.append(forecast(state, start, self.period_end(budget, now) or now, now))
+        return out
+
+    def state(self, conn: Connection, name: str, budget: BudgetConfig, now: datetime | None = None) -> BudgetState:
+        # USD per token for models of unknown price, where this budget allows them (else they count 0:
+        # none runs under its USD limit, so such rows predate it or belong to other scopes).
+        fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
+        tokens = sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])
+        unpriced_call = sa.and_(calls.c.cost_usd.is_(None), calls.c.usage_known.is_(True))
         spent_q = sa.select(
-            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
-            sa.func.coalesce(
-                sa.func.sum(sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])),
-                0,
-            ),
+            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)
+            + fallback * sa.func.coalesce(sa.func.sum(sa.case((unpriced_call, tokens), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(tokens), 0),
         )
-        held_q = sa.select(
-            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
-            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
-        ).where(reservations.c.open.is_(True))
-        kept_q = sa.select(
-            sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0),
-            sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0),
-        ).where(reservations.c.kept.is_(True))
-        start = self.period_start(budget)
+        held_usd = sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0) + fallback * sa.func.coalesce(
+            sa.func.sum(sa.case((reservations.c.priced.is_(False), reservations.c.tokens), else_=0)), 0
+        )
+        held_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
+            reservations.c.open.is_(True)
+        )
+        kept_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
+            reservations.c.kept.is_(True)
+        )
+        start = self.period_start(budget, now)
         if start is None:
             spent_q = spent_q.where(calls.c.run_id == self.run_id)
             held_q = held_q.where(reservations.c.run_id == self.run_id)
@@ -192,14 +270,11 @@ class Budgets:
             spent_q = spent_q.where(calls.c.timestamp >= start)
             held_q = held_q.where(reservations.c.created >= start)
             kept_q = kept_q.where(reservations.c.created >= start)
-        if budget.flow:
-            spent_q = spent_q.where(calls.c.flow == budget.flow)
-            held_q = held_q.where(reservations.c.flow == budget.flow)
-            kept_q = kept_q.where(reservations.c.flow == budget.flow)
-        if budget.phase:
-            spent_q = spent_q.where(calls.c.phase == budget.phase)
-            held_q = held_q.where(reservations.c.phase == budget.phase)
-            kept_q = kept_q.where(reservations.c.phase == budget.phase)
+        for key in ("flow", "phase", "tier", "project"):
+            if getattr(budget, key):
+                spent_q = spent_q.where(calls.c[key] == getattr(budget, key))
+                held_q = held_q.where(reservations.c[key] == getattr(budget, key))
+                kept_q = kept_q.where(reservations.c[key] == getattr(budget, key))
         spent_usd, spent_tokens = conn.execute(spent_q).one()
         held_usd, held_tokens = conn.execute(held_q).one()
         kept_usd, kept_tokens = conn.execute(kept_q).one()
@@ -215,13 +290,16 @@ class Budgets:
             reserved_usd=float(held_usd),
             reserved_tokens=int(held_tokens),
             policy=budget.policy,
+            tier=budget.tier,
+            unpriced=budget.unpriced,
+            fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
         )
 
-    def states(self, phase: str | None = None) -> list[BudgetState]:
+    def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
-        with self.ledger.transaction() as conn:
+        with self.ledger.reading() as conn:
             return [
-                self.state(conn, name, b)
+                self.state(conn, name, b, now)
                 for name, b in self.config.settings.budgets.items()
                 if phase is None or b.phase in (None, phase)
             ]
@@ -240,6 +318,7 @@ class Budgets:
         while True:
             with self.ledger.transaction() as conn:
                 _lock(conn)
+                _release(conn, _expired(database_seconds(conn)))
                 states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
                 decision = _decide(candidates, states, wait=wait)
                 if isinstance(decision, Reservation):
@@ -249,7 +328,16 @@ class Budgets:
                 delay = min(delay * 2, 0.25)
                 continue
             state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
-            usd = float(est.usd) if est.usd is not None else 0.0
+            usd = state.usd_of(est)
+            if usd is None:
+                raise BudgetExceeded(
+                    f"{state.describe()}: tier {candidate.tier!r} runs {candidate.model_ref}, whose price is not "
+                    f"known, so this {candidate.phase} call cannot be counted against a USD budget. Price it with "
+                    f"`[tiers.{candidate.tier}.price]` (input and output USD per million tokens) in the config, "
+                    f'or set `unpriced = "allow"` and `fallback_usd_per_mtok` in [budgets.{state.name}].',
+                    budget=state.name,
+                    scope=state.scope,
+                )
             raise BudgetExceeded(
                 f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
                 f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
@@ -260,22 +348,72 @@ class Budgets:
 
     def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
         est = reservation.estimate
+        now = database_seconds(conn)
         reservation_id = conn.execute(
             reservations.insert().values(
                 created=now_iso(),
                 run_id=self.run_id,
                 flow=self.flow,
+                project=self.project,
                 phase=reservation.route.phase,
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,
+                tier=reservation.route.tier,
+                priced=est.usd is not None,
                 open=True,
+                held_since=now,
+                lease_expires=now + (BATCH_LEASE_S if est.batch else self.lease_s),
+                holder_pid=os.getpid(),
+                holder_host=HOST,
             )
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
+    def keep_alive(self, reservation_id: int) -> None:
+        """Renew this reservation's lease while its call is in flight, until it is settled or released.
+
+        One thread per `Budgets` renews every reservation this process holds, every third of the lease.
+        If the process dies, renewal stops and the lease lapses: the next reservation attempt releases it.
+        """
+        with self._held_lock:
+            self._held.add(reservation_id)
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew, name="tierflow-lease-renewer", daemon=True)
+                self._renewer.start()
+
+    def stop_renewing(self, reservation_id: int) -> None:
+        """The call is over: its lease is no longer renewed (settling or releasing it also stops renewal)."""
+        with self._held_lock:
+            self._held.discard(reservation_id)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self.lease_s / 3)
+            with self._held_lock:
+                held = sorted(self._held)
+            if not held:
+                with self._held_lock:
+                    if not self._held:
+                        self._renewer = None
+                        return
+                continue
+            try:
+                with self.ledger.transaction() as conn:
+                    conn.execute(
+                        reservations.update()
+                        .where(reservations.c.id.in_(held), reservations.c.open.is_(True))
+                        .values(lease_expires=database_seconds(conn) + self.lease_s)
+                    )
+            except sa.exc.SQLAlchemyError as exc:  # the ledger is briefly unreachable: try again next tick
+                log.warning("could not renew %d budget reservation lease(s): %s", len(held), exc)
+
     def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
         """Record the call, release its reservation and cache a passing answer, in one transaction."""
+        self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
+            # Under the reservation lock: on PostgreSQL (READ COMMITTED) a reservation's separate spent and
+            # held sums could otherwise fall either side of this commit and count the call nowhere.
+            _lock(conn)
             self.ledger.record(call, conn=conn)
             if cache is not None:
                 self.ledger.cache_response(
@@ -296,8 +434,58 @@ class Budgets:
 
     def release(self, reservation_id: int) -> None:
         """Drop a reservation whose call failed before spending."""
+        self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
+            _lock(conn)
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A period budget's projection: its use so far, extended at the same rate to the end of the period."""
+
+    state: BudgetState
+    period_start: datetime
+    period_end: datetime
+    now: datetime
+    projected_usd: float | None
+    projected_tokens: int | None
+    runs_out: datetime | None
+    """When the limit would be reached at the current rate, if within this period."""
+
+    @property
+    def over(self) -> bool:
+        """The projection crosses the limit before the period ends."""
+        s = self.state
+        return (self.projected_usd is not None and s.limit_usd is not None and self.projected_usd > s.limit_usd) or (
+            self.projected_tokens is not None and s.limit_tokens is not None and self.projected_tokens > s.limit_tokens
+        )
+
+
+def forecast(state: BudgetState, start: datetime, end: datetime, now: datetime) -> Forecast:
+    """Project `state` (spent plus reserved, so far) to `end` at the rate since `start`."""
+    elapsed = max((now - start).total_seconds(), 1.0)
+    left = max((end - now).total_seconds(), 0.0)
+    scale = (elapsed + left) / elapsed
+    runs_out: list[datetime] = []
+
+    def project(used: float, limit: float | None) -> float:
+        if limit is not None and used > 0:
+            if used >= limit:
+                runs_out.append(now)
+            else:
+                at = now + timedelta(seconds=(limit - used) / (used / elapsed))
+                if at < end:
+                    runs_out.append(at)
+        return used * scale
+
+    usd = project(state.spent_usd + state.reserved_usd, state.limit_usd) if state.limit_usd is not None else None
+    tokens = (
+        round(project(state.spent_tokens + state.reserved_tokens, state.limit_tokens))
+        if state.limit_tokens is not None
+        else None
+    )
+    return Forecast(state, start, end, now, usd, tokens, min(runs_out) if runs_out else None)
 
 
 _WAIT = object()
@@ -311,9 +499,11 @@ def _decide(
     routed = candidates[0][0]
     forced_by: str | None = None
     for index, (candidate, est) in enumerate(candidates):
-        usd = float(est.usd) if est.usd is not None else 0.0
-        blocking = [s for s in states if not s.fits(usd, est.tokens)]
-        hard = [s for s in blocking if s.policy != "warn"]
+        applying = [s for s in states if s.applies_to(candidate)]
+        # A model of unknown price cannot be checked against a USD limit that does not allow it.
+        unpriced = [s for s in applying if s.usd_of(est) is None]
+        blocking = unpriced or [s for s in applying if not s.fits(s.usd_of(est), est.tokens)]
+        hard = [s for s in blocking if s.policy != "warn" or s in unpriced]
         if not hard:
             return Reservation(
                 id=0,
@@ -323,7 +513,7 @@ def _decide(
                 budget=forced_by if index else None,
                 warnings=tuple((s.name, s.describe()) for s in blocking),
             )
-        if wait and all(s.fits(usd, est.tokens, settled=True) for s in hard):
+        if wait and not unpriced and all(s.fits(s.usd_of(est), est.tokens, settled=True) for s in hard):
             return _WAIT
         if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
             forced_by = forced_by or hard[0].name
@@ -336,10 +526,102 @@ def _blocker(
     candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState]
 ) -> tuple[BudgetState, Route, Estimate]:
     """The budget a call waited on in vain."""
-    candidate, est = candidates[0]
-    usd = float(est.usd) if est.usd is not None else 0.0
-    state = next(s for s in states if s.policy != "warn" and not s.fits(usd, est.tokens))
-    return state, candidate, est
+    for candidate, est in candidates:
+        for s in states:
+            if not s.applies_to(candidate) or s.policy == "warn":
+                continue
+            usd = s.usd_of(est)
+            if usd is None or not s.fits(usd, est.tokens):
+                return s, candidate, est
+    raise AssertionError("unreachable: a call that waited was blocked by a budget")
+
+
+@dataclass(frozen=True)
+class OpenReservation:
+    """A reservation still holding budget, as `tierflow budget reservations` lists it."""
+
+    id: int
+    run_id: str
+    flow: str
+    phase: str
+    usd: float
+    tokens: int
+    created: str
+    age_s: float
+    lease_left_s: float
+    holder_pid: int | None
+    holder_host: str | None
+
+    @property
+    def expired(self) -> bool:
+        return self.lease_left_s <= 0
+
+    @property
+    def holder_gone(self) -> bool:
+        """Its holder was a process on this host that no longer exists."""
+        return self.holder_host == HOST and self.holder_pid is not None and not _process_exists(self.holder_pid)
+
+    @property
+    def stale(self) -> bool:
+        return self.expired or self.holder_gone
+
+    @property
+    def state(self) -> str:
+        return "expired" if self.expired else "holder gone" if self.holder_gone else "held"
+
+
+def open_reservations(ledger: Ledger) -> list[OpenReservation]:
+    """Every reservation still open, oldest first."""
+    with ledger.reading() as conn:
+        return _open(conn)
+
+
+def release_stale(ledger: Ledger) -> list[OpenReservation]:
+    """Release every reservation whose lease is over, or whose holder process on this host is gone."""
+    with ledger.transaction() as conn:
+        _lock(conn)
+        stale = [r for r in _open(conn) if r.stale]
+        _release(conn, reservations.c.id.in_([r.id for r in stale]))
+    return stale
+
+
+def _open(conn: Connection) -> list[OpenReservation]:
+    now = database_seconds(conn)
+    rows = conn.execute(sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)).all()
+    return [
+        OpenReservation(
+            id=row.id,
+            run_id=row.run_id or "",
+            flow=row.flow or "",
+            phase=row.phase or "",
+            usd=float(row.usd or 0.0),
+            tokens=int(row.tokens or 0),
+            created=row.created,
+            age_s=max(0.0, now - row.held_since) if row.held_since is not None else 0.0,
+            lease_left_s=(row.lease_expires or 0.0) - now,
+            holder_pid=row.holder_pid,
+            holder_host=row.holder_host,
+        )
+        for row in rows
+    ]
+
+
+def _expired(now: float) -> sa.ColumnElement[bool]:
+    return sa.and_(reservations.c.lease_expires.is_not(None), reservations.c.lease_expires < now)
+
+
+def _release(conn: Connection, which: sa.ColumnElement[bool]) -> None:
+    conn.execute(reservations.update().where(reservations.c.open.is_(True), which).values(open=False))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _lock(conn: Connection) -> None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tierflow.core import clock
+from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
@@ -44,6 +44,10 @@ class RunSettings(BaseModel, frozen=True):
     run_id: str = ""
     flow: str = "adhoc"
     use_cache: bool = True
+    project: str | None = None
+    """The project the run's spend is attributed to (`--project`, the config's [project], a course code)."""
+    deployment: str | None = None
+    """The Prefect deployment that started the run, if one did."""
 
     def with_run(self, flow: str) -> RunSettings:
         return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
@@ -155,7 +159,9 @@ class Caller:
             profile=settings.profile,
         )
         self.ledger = Ledger(self.config.ledger_url)
-        self.budgets = Budgets(self.config, self.ledger, run_id=settings.run_id, flow=settings.flow)
+        self.budgets = Budgets(
+            self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
+        )
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -348,6 +354,8 @@ class Caller:
                     return _shown(routed, self._kept(best, request), number)
                 number += 1
                 if attempt.outcome == "ok":
+                    if step + 1 < len(ladder) and self._explores(sent):
+                        self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
                     return _shown(routed, attempt.answer, number)
                 best = attempt if best is None or attempt.rank > best.rank else best
                 last = attempt
@@ -355,6 +363,28 @@ class Caller:
                 break
         assert best is not None
         return _shown(routed, self._kept(best, request), number)
+
+    def _explores(self, request: Request) -> bool:
+        """Adaptive mode's deterministic sample: this request's hash falls in the `explore` share."""
+        routing = self.config.settings.routing
+        if routing.mode != "adaptive" or routing.explore <= 0:
+            return False
+        return (
+            int(_cache_key(Route("", "", "", "", "", "", 0, "explore"), request)[:8], 16) / 0xFFFFFFFF < routing.explore
+        )
+
+    def _shadow(
+        self, routed: Route, request: Request, *, output: type[BaseModel] | None, checks: Sequence[Check], subject: str
+    ) -> None:
+        """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded."""
+        shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
+        try:
+            self._attempt(
+                shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
+                number=1, escalated_from=None,
+            )  # fmt: skip
+        except (BudgetExceeded, ProviderError) as exc:
+            log.info("shadow call on %s skipped: %s", routed.tier, exc)
 
     def ladder(self, routed: Route) -> list[Route]:
         """The routed tier, then each dearer tier up to `[routing] ceiling` (escalation's path)."""
@@ -405,11 +435,13 @@ class Caller:
         reservation, routed, request = self.reserve(routed, request, subject)
         started = now_iso()
         t0 = time.perf_counter()
+        self.budgets.keep_alive(reservation.id)  # the lease is renewed while the call is in flight
         try:
             completion = self._complete(routed, request)
         except BaseException:
             self.budgets.release(reservation.id)
             raise
+        self.budgets.stop_renewing(reservation.id)
         latency_ms = (time.perf_counter() - t0) * 1000
         cost = self._cost(routed, completion, batch=False)
         attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
@@ -433,6 +465,7 @@ class Caller:
             CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request) if attempt.ok else None
         )
         self.budgets.settle(reservation.id, record, cache=cache)
+        telemetry.record_call(record, provider_kind=routed.provider_kind)
         log.info(
             "%s · %s · tier %s · %s · %d tokens · %s · %s",
             routed.phase,
@@ -623,7 +656,9 @@ class Caller:
             return None
         hit = self.ledger.cached_response(key)
         if hit is not None:
-            self.ledger.record(self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True))
+            record = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
+            self.ledger.record(record)
+            telemetry.record_call(record, provider_kind=routed.provider_kind)
         return hit
 
     def _budget_event(self, event: str, budget: str, routed: Route, subject: str, *, policy: str, detail: str) -> None:
@@ -728,6 +763,8 @@ class Caller:
             escalated_from=escalated_from,
             flow_run_id=flow_run_id,
             task_run_id=task_run_id,
+            project=self.settings.project,
+            deployment=self.settings.deployment,
         )
 
 

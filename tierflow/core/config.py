@@ -115,6 +115,14 @@ class BudgetConfig(_Model):
     """Only runs of this flow count; None means every flow."""
     phase: str | None = None
     """Only calls of this phase count; None means every phase."""
+    project: str | None = None
+    """Only calls charged to this project count; None means every project."""
+    tier: str | None = None
+    """Only calls made on this tier count (after any downgrade); None means every tier."""
+    unpriced: Literal["refuse", "allow"] = "refuse"
+    """A model with no known price under this budget's `usd` limit: refused, or allowed and counted at
+    `fallback_usd_per_mtok` for every token (prompt and output alike)."""
+    fallback_usd_per_mtok: float | None = Field(default=None, ge=0)
     policy: Literal["halt", "downgrade", "warn"] = "halt"
     floor: str | None = None
     """With `downgrade`: the cheapest tier to fall back to."""
@@ -138,6 +146,9 @@ class RoutingConfig(_Model):
     """The pass rate (its lower confidence bound) a tier must reach to be suggested or learned."""
     min_evidence: int = Field(default=20, ge=1)
     """Observations a tier needs before its pass rate is trusted."""
+    explore: float = Field(default=0.05, ge=0, le=1)
+    """Adaptive mode: the share of passing calls also sent, in shadow, to the next tier up (budgeted like any
+    call, judged by the same checks, recorded, never written to the vault)."""
 
     def __getitem__(self, complexity: str) -> str:
         tier = getattr(self, complexity, None) if complexity in COMPLEXITIES else None
@@ -167,9 +178,20 @@ class FeedbackConfig(_Model):
     """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
 
 
+class ProjectConfig(_Model):
+    """Which project a run's spend is charged to, unless `--project` says."""
+
+    name: str | None = None
+    """The vault's project, for runs that match no folder below and carry no course code."""
+    folders: dict[str, str] = {}
+    """Folder (vault-relative) -> project, for runs over that folder: `"Teaching/EDU7001" = "EDU7001"`."""
+
+
 class Settings(_Model):
     profile: str = "offline"
     ledger_url: str | None = None
+    reservation_lease_s: float = Field(default=60, gt=0)
+    """How long a budget reservation stays held without renewal; the process making the call renews it."""
     providers: dict[str, ProviderConfig]
     tiers: dict[str, TierConfig]
     routing: RoutingConfig
@@ -178,6 +200,7 @@ class Settings(_Model):
     vault: VaultConfig = VaultConfig()
     budgets: dict[str, BudgetConfig] = {}
     feedback: FeedbackConfig = FeedbackConfig()
+    project: ProjectConfig = ProjectConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}
@@ -245,6 +268,27 @@ class Config:
             raise ConfigError("no ledger: give --vault DIR, or set `ledger_url` in the config")
         return f"sqlite:///{(self.vault / '.tierflow' / 'ledger.sqlite').resolve()}"
 
+    def project_for(self, *folders: str, explicit: str | None = None) -> str | None:
+        """The project a run over `folders` is charged to.
+
+        In order: `explicit` (`--project`); the `[project.folders]` entry for the deepest folder holding one
+        of `folders`; a course code among the folders' path parts (`Teaching/EDU7001/essay-1` -> `EDU7001`);
+        then `[project] name`.
+        """
+        if explicit:
+            return explicit
+        project = self.settings.project
+        for folder in folders:
+            parts = _folder_parts(folder)
+            matches = [(len(_folder_parts(k)), v) for k, v in project.folders.items() if _under(parts, k)]
+            if matches:
+                return max(matches)[1]
+        for folder in folders:
+            for part in reversed(_folder_parts(folder)):
+                if _COURSE_CODE.fullmatch(part):
+                    return part
+        return project.name
+
     def tier(self, name: str) -> TierConfig:
         try:
             return self.settings.tiers[name]
@@ -273,6 +317,19 @@ class Config:
         flat: dict[str, Any] = {}
         _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
         return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
+
+
+_COURSE_CODE = re.compile(r"[A-Z]{2,6}\d{3,5}[A-Z]?")
+"""A course code as universities write them: EDU7001, PSYC101, CS50 is too short to be sure of."""
+
+
+def _folder_parts(folder: str) -> tuple[str, ...]:
+    return tuple(p for p in folder.replace("\\", "/").split("/") if p and p != ".")
+
+
+def _under(parts: tuple[str, ...], folder: str) -> bool:
+    prefix = _folder_parts(folder)
+    return parts[: len(prefix)] == prefix
 
 
 def _source_of(key: str, sources: Mapping[str, str]) -> str:
@@ -335,7 +392,8 @@ def load_config(
             f"{where}: unknown profile {chosen!r}. Choose one of: {', '.join(PROFILES)}.",
         )
     merged: dict[str, Any] = _deepcopy(PROFILES[chosen])
-    sources: dict[str, str] = {k: f"profile:{chosen}" for k in ("providers", "tiers", "routing", "tier_order")}
+    sources: dict[str, str] = {}
+    _record_sources(PROFILES[chosen], "", f"profile:{chosen}", sources)
     _merge(merged, data, "", sources, label)
     merged["profile"] = chosen
     sources["profile"] = "--profile" if profile else (label if "profile" in data else "default")
@@ -354,16 +412,34 @@ def _deepcopy(data: Any) -> Any:
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any], prefix: str, sources: dict[str, str], label: str):
+    """Lay `top` over `base` field by field, recording `label` as the source of every value it sets."""
     for key, value in top.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        # A tier or provider named in the file replaces the profile's entry of that name wholesale,
-        # so a switch of provider kind never inherits a stale base_url or key name.
-        replace_whole = prefix in ("tiers", "providers")
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and not replace_whole:
+        if (
+            isinstance(value, Mapping)
+            and isinstance(base.get(key), dict)
+            and not _switches_kind(prefix, base[key], value)
+        ):
             _merge(base[key], value, dotted, sources, label)
         else:
+            for stale in [k for k in sources if k == dotted or k.startswith(f"{dotted}.")]:
+                del sources[stale]
             base[key] = _deepcopy(dict(value) if isinstance(value, Mapping) else value)
-            sources[dotted] = label
+            _record_sources(value, dotted, label, sources)
+
+
+def _switches_kind(prefix: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A provider whose kind the file changes starts afresh: it must not inherit a stale base_url or key name."""
+    return prefix == "providers" and "kind" in new and new["kind"] != old.get("kind")
+
+
+def _record_sources(data: Any, prefix: str, label: str, sources: dict[str, str]) -> None:
+    """`label` as the source of each value in `data` (not of its tables, so defaults stay `default`)."""
+    if isinstance(data, Mapping) and data:
+        for key, value in data.items():
+            _record_sources(value, f"{prefix}.{key}" if prefix else str(key), label, sources)
+    else:
+        sources[prefix] = label
 
 
 def _reject_inline_secrets(data: Any, path: Path, prefix: str = "") -> None:
@@ -430,6 +506,16 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
             raise ConfigError(f"{where}: `budgets.{name}.floor` names unknown tier {budget.floor!r}.")
         if budget.usd is None and budget.tokens is None:
             raise ConfigError(f"{where}: `budgets.{name}` sets neither `usd` nor `tokens`. Set one of them.")
+        if budget.tier and budget.tier not in settings.tiers:
+            raise ConfigError(
+                f"{where}: `budgets.{name}.tier` names unknown tier {budget.tier!r}; "
+                f"the config defines: {', '.join(sorted(settings.tiers))}."
+            )
+        if budget.unpriced == "allow" and budget.fallback_usd_per_mtok is None:
+            raise ConfigError(
+                f'{where}: `budgets.{name}.unpriced = "allow"` needs the price to count unpriced models at: '
+                f"set `fallback_usd_per_mtok` (USD per million tokens) in [budgets.{name}]."
+            )
     return settings
 
 
@@ -437,7 +523,7 @@ def _fix_for(err: Mapping[str, Any], key: str) -> str:
     if err["type"] == "extra_forbidden" and key.startswith("routing."):
         return (
             f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate`, `ceiling`, `phases`, "
-            "`mode`, `target` and `min_evidence`."
+            "`mode`, `target`, `min_evidence` and `explore`."
         )
     if err["type"] == "extra_forbidden":
         return "Remove it or check its spelling against `tierflow config show`."

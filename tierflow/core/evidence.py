@@ -1,9 +1,11 @@
 """What the ledger says about each tier's quality per flow and phase: pass rates with a lower confidence bound.
 
-The evidence is every billed attempt's outcome (`ok` passes; a malformed, cut-off, refused or check-failing
-answer fails), plus the quality signals stored beside the calls: pairwise judge verdicts, shadow calls, the
-person's edits to drafts and their `tierflow_rating`. The lower bound is Wilson's score interval at 95%, so a
-tier needs both a high pass rate and enough calls before it is trusted.
+The evidence is the outcome of each tier's first answer to a request (`ok` passes; a malformed, cut-off, refused
+or check-failing answer fails): the loop gives every tier two tries, and counting the informed retry's failure
+again would count one hard request twice against its tier. First tries are the odd attempt numbers (1, 3, 5:
+each tier of an escalation gets two). Shadow calls count too, and so do the quality signals stored beside the
+calls: pairwise judge verdicts, the person's edits to drafts and their `tierflow_rating`. The lower bound is
+Wilson's score interval at 95%, so a tier needs both a high pass rate and enough calls before it is trusted.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def gather(ledger: Ledger, *, flow: str | None = None) -> list[PhaseEvidence]:
     """Evidence per (flow, phase) and tier, from every billed attempt and every stored signal."""
     query = sa.select(
         calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier, calls.c.outcome, calls.c.cost_usd
-    ).where(calls.c.cached_result.is_(False))
+    ).where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1)
     signal_query = sa.select(signals.c.flow, signals.c.phase, signals.c.tier, signals.c.passed).where(
         signals.c.passed.is_not(None)
     )
@@ -157,6 +159,16 @@ def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
             e = phase.tiers[cheaper[-1]]
             reason += f"; {e.tier} passes {e.pass_rate:.2f} (low {e.pass_rate_low:.2f}) over {e.calls} calls"
         return Suggestion(phase.flow, phase.phase, phase.complexity, current, best.tier, reason, phase.tiers)
+    now = phase.tiers.get(current)
+    above = order[order.index(current) + 1 :] if current in order else []
+    if now is not None and now.calls >= routing.min_evidence and above:
+        # The current tier demonstrably misses the target and nothing qualifies yet: one tier up cannot do worse.
+        up = above[0]
+        reason = (
+            f"move to {up}: {current} misses the target {routing.target:.2f} (pass {now.pass_rate:.2f}, low "
+            f"{now.pass_rate_low:.2f} over {now.calls} calls) and no tier has met it yet"
+        )
+        return Suggestion(phase.flow, phase.phase, phase.complexity, current, up, reason, phase.tiers)
     thin = [t for t, e in phase.tiers.items() if e.calls < routing.min_evidence]
     reason = (
         f"keep {current}: no tier meets the target {routing.target:.2f} with at least {routing.min_evidence} "

@@ -1,8 +1,9 @@
 """The durable spend ledger: one row per model call, in SQLite by default or any SQLAlchemy URL.
 
-The schema grows by numbered migrations, so old ledgers keep working. Every write is one short
-transaction; on SQLite it is `BEGIN IMMEDIATE` under WAL, so several threads or processes can record
-(and reserve budget) at once without lost updates.
+The schema grows by numbered migrations, so old ledgers keep working; on PostgreSQL one process at a
+time migrates (an advisory lock). Every write is one short transaction; on SQLite it is `BEGIN
+IMMEDIATE` under WAL, so several threads or processes can record (and reserve budget) at once without
+lost updates. Reads are plain transactions: they neither wait for a writer nor hold one up.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ COLUMNS: tuple[str, ...] = (
     "checks_failed",
     "attempt",
     "escalated_from",
+    "project",
+    "deployment",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -94,6 +97,8 @@ calls = sa.Table(
     sa.Column("checks_failed", sa.String(256)),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("escalated_from", sa.String(64)),
+    sa.Column("project", sa.String(128), index=True),
+    sa.Column("deployment", sa.String(128)),
 )
 
 response_cache = sa.Table(
@@ -132,6 +137,17 @@ reservations = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
+    sa.Column("project", sa.String(128)),
+    # The lease (version 6): held until `lease_expires`, in seconds since the epoch by the *database's*
+    # clock, so that workers on hosts whose clocks differ agree on it. The holder renews it.
+    sa.Column("lease_expires", sa.Float),
+    sa.Column("held_since", sa.Float),
+    sa.Column("holder_pid", sa.Integer),
+    sa.Column("holder_host", sa.String(255)),
+    # Also version 6: the tier the call was reserved on (for tier-scoped budgets), and whether its model
+    # has a known price (an unpriced one is counted at a budget's fallback price, if it allows any).
+    sa.Column("tier", sa.String(64)),
+    sa.Column("priced", sa.Boolean, nullable=False, default=True),
 )
 
 batch_items = sa.Table(
@@ -204,7 +220,8 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
     return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
 
 
-_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from")
+_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
+"""Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 
 
@@ -259,7 +276,53 @@ def _migration_6(conn: Connection) -> None:
     drafts.create(conn, checkfirst=True)
 
 
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
+def _migration_7(conn: Connection) -> None:
+    # Attribution: the project each call (and each budget reservation) is charged to, and the deployment.
+    # Migration 1 creates `calls` from its current definition, so a new ledger already has these columns.
+    _add_columns(conn, "calls", {"project": "VARCHAR(128)", "deployment": "VARCHAR(128)"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_project ON calls (project)")
+    _add_columns(conn, "reservations", {"project": "VARCHAR(128)"})
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def _migration_8(conn: Connection) -> None:
+    # Reservation leases, tiers and whether their model is priced. A reservation left open by an older
+    # tierflow has no holder that will renew it: its lease is already over, so the next reservation
+    # attempt releases it.
+    _add_columns(
+        conn,
+        "reservations",
+        {
+            "lease_expires": "FLOAT",
+            "held_since": "FLOAT",
+            "holder_pid": "INTEGER",
+            "holder_host": "VARCHAR(255)",
+            "tier": "VARCHAR(64)",
+            "priced": "BOOLEAN NOT NULL DEFAULT TRUE",
+        },
+    )
+    conn.execute(reservations.update().where(reservations.c.open.is_(True)).values(lease_expires=0.0))
+
+
+MIGRATION_LOCK = 7263544500
+"""PostgreSQL advisory lock key held while a ledger is migrated (budget reservations use their own key)."""
+
+MIGRATIONS = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+    _migration_8,
+)
 """Append only: migration N brings a ledger from version N-1 to N."""
 
 
@@ -290,6 +353,8 @@ class CallRecord:
     escalated_from: str | None = None
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    project: str | None = None
+    deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
 
     def row(self) -> dict[str, Any]:
@@ -310,6 +375,9 @@ class CallRecord:
 now_iso = clock.now_iso
 
 
+_WRITE = "tierflow_write"
+"""Execution option that marks a connection's transaction as a write (see `Ledger.transaction`)."""
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -321,6 +389,25 @@ def _engine(url: str) -> Engine:
             engine = _create_engine(url)
             _engines[url] = engine
         return engine
+
+
+def database_seconds(conn: Connection) -> float:
+    """Now, in seconds since the epoch, by the database's clock: the one clock every worker shares.
+
+    Reservation leases are durations measured against it, never dates, so they do not depend on a host's
+    clock, time zone or `TIERFLOW_CLOCK_START`.
+    """
+    if conn.dialect.name == "postgresql":
+        return float(conn.exec_driver_sql("SELECT extract(epoch FROM clock_timestamp())").scalar())
+    return float(conn.exec_driver_sql("SELECT (julianday('now') - 2440587.5) * 86400.0").scalar())
+
+
+def dispose_engine(url: str) -> None:
+    """Close every pooled connection to `url` and forget its engine (before a database is dropped)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _create_engine(url: str) -> Engine:
@@ -346,9 +433,11 @@ def _create_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front: read-check-write sequences (budget reservations)
-        # cannot interleave across threads or processes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction (`Ledger.transaction`) takes the write lock up front with IMMEDIATE, so
+        # read-check-write sequences (budget reservations) cannot interleave across threads or processes.
+        # Every other transaction is a read: a plain BEGIN, which under WAL neither waits for a writer
+        # nor holds one up, however long it runs (a `tierflow spend` over a large ledger).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
 
@@ -372,6 +461,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)
+        self._writer = self.engine.execution_options(**{_WRITE: True})
         self._migrate()
 
     @classmethod
@@ -380,6 +470,11 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
+            # One migrator at a time: SQLite's BEGIN IMMEDIATE already serialises this transaction; on
+            # PostgreSQL two workers starting on a fresh ledger would both create the tables (and both
+            # record each version) without a lock held until commit.
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
             for number, migration in enumerate(MIGRATIONS, start=1):
@@ -389,12 +484,19 @@ class Ledger:
 
     @property
     def version(self) -> int:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction; on SQLite it holds the write lock from its start (`BEGIN IMMEDIATE`)."""
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: plain, so it takes no write lock."""
+        with self.engine.connect() as conn, conn.begin():
             yield conn
 
     def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
@@ -405,7 +507,12 @@ class Ledger:
             return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
 
     def rows(
-        self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
+        self,
+        *,
+        since: str | None = None,
+        run_id: str | None = None,
+        flow: str | None = None,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
         """Ledger rows, oldest first, with the stable column names."""
         query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
@@ -415,7 +522,16 @@ class Ledger:
             query = query.where(calls.c.run_id == run_id)
         if flow:
             query = query.where(calls.c.flow == flow)
-        with self.engine.connect() as conn:
+        if project:
+            query = query.where(calls.c.project == project)
+        with self.reading() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
+        columns = [reservations.c[c] for c in ("id", "created", "run_id", "flow", "phase", "project", "usd", "tokens")]
+        query = sa.select(*columns).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
+        with self.reading() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
@@ -429,12 +545,12 @@ class Ledger:
                 )
 
     def run_parameters(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
         return None if row is None else (row.flow, json.loads(row.parameters))
 
     def cached_response(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             row = conn.execute(
                 sa.select(response_cache.c.text, response_cache.c.data_json).where(response_cache.c.key == key)
             ).first()
@@ -469,25 +585,41 @@ class Ledger:
             with self.transaction() as own:
                 self.cache_response(key, model, text, data, request=request, flow=flow, phase=phase, conn=own)
             return
-        conn.execute(response_cache.delete().where(response_cache.c.key == key))
-        conn.execute(response_cache.insert().values(**values))
+        # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL ledger)
+        # must not collide on the key the way delete-then-insert does under READ COMMITTED.
+        conn.execute(_upsert(conn, response_cache, values, ["key"]))
+
+    def remember_draft(self, note: str, text: str, **call: Any) -> None:
+        """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
+        with self.transaction() as conn:
+            conn.execute(_upsert(conn, drafts, {"note": note, "text": text, "created": now_iso(), **call}, ["note"]))
 
     def output_mode(self, provider: str, model: str) -> str | None:
         """The structured-output form this provider's model is known to accept, if any was learned."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return conn.execute(
                 sa.select(output_modes.c.mode).where(output_modes.c.provider == provider, output_modes.c.model == model)
             ).scalar()
 
     def remember_output_mode(self, provider: str, model: str, mode: str) -> None:
         with self.transaction() as conn:
-            conn.execute(
-                output_modes.delete().where(output_modes.c.provider == provider, output_modes.c.model == model)
-            )
-            conn.execute(output_modes.insert().values(provider=provider, model=model, mode=mode, updated=now_iso()))
+            values = {"provider": provider, "model": model, "mode": mode, "updated": now_iso()}
+            conn.execute(_upsert(conn, output_modes, values, ["provider", "model"]))
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "run_id")
+def _upsert(conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, in the connection's dialect (SQLite or PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}
+    )
+
+
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:

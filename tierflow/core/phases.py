@@ -8,13 +8,16 @@ flow resolves `phase -> complexity -> tier -> model` before submitting, and the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from prefect import Task
 from prefect.futures import as_completed
 
-from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core import telemetry
+from tierflow.core.calls import RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import prefect_progress
@@ -58,8 +61,71 @@ def phase_task(
     return task.with_options(
         name=f"{phase}",
         task_run_name=f"{phase} · {subject}"[:100],
-        tags=sorted(routed.tags),
+        tags=sorted(routed.tags | set(run_tags(settings))),
     )
+
+
+def run_tags(settings: RunSettings) -> list[str]:
+    """The tags that tell one tierflow run from another in the Prefect UI: vault, profile, project and run id."""
+    profile = settings.profile or caller_for(settings).config.settings.profile
+    tags = [f"profile:{profile}", f"tierflow-run:{settings.run_id}"]
+    if settings.vault:
+        tags.append(f"vault:{Path(settings.vault).name}")
+    if settings.project:
+        tags.append(f"project:{settings.project}")
+    return sorted(tags)
+
+
+def run_span(settings: RunSettings) -> AbstractContextManager[None]:
+    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    flow_run_id, _ = prefect_run_ids()
+    return telemetry.flow_run_span(
+        run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
+    )
+
+
+def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:
+    """The run's settings with the project its spend is charged to, and the Prefect deployment that started it.
+
+    The project is `project` (`--project`), else the config's choice for the run's folders
+    (`Config.project_for`: `[project.folders]`, a course code in the path, `[project] name`).
+    """
+    config = caller_for(settings).config
+    return settings.model_copy(
+        update={"project": config.project_for(*folders, explicit=project), "deployment": _deployment_name()}
+    )
+
+
+def _deployment_name() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is None:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    return f"{context.flow.name}/{deployment.name}" if context.flow else deployment.name
+
+
+def label_flow_run(settings: RunSettings, name: str | None = None) -> None:
+    """Give the current flow run the run's tags and, once it is known, a name with the resolved window.
+
+    Prefect fixes a run's tags when the run is created from a deployment or a schedule, before tierflow knows
+    its vault, profile or run id, and names it from the raw parameters (`None to None`); both are updated here.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    tags = sorted(set(context.flow_run.tags) | set(run_tags(settings)))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, name=name, tags=tags)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 Listener = Callable[[str, int, int, str], None]
 """Called with (phase, done, total, subject)."""
@@ -32,6 +34,19 @@ def advance(phase: str, done: int, total: int, subject: str = "") -> None:
         listener(phase, done, total, subject)
 
 
+def artifact_key(flow: str, what: str, vault: str | None = None) -> str:
+    """`<flow>-<what>`, scoped to the vault (`-<folder>-<path hash>`) so two vaults' runs never share a key.
+
+    Prefect artifact keys allow only lower-case letters, digits and dashes.
+    """
+    scope = ""
+    if vault:
+        path = Path(vault).resolve()
+        scope = f"-{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
+    key = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in f"{flow}-{what}{scope}".lower())
+    return "-".join(part for part in key.split("-") if part)
+
+
 PHASES = ("collate", "synthesise", "draft")
 _artifacts: dict[str, object] = {}
 
@@ -52,8 +67,9 @@ def prefect_progress(phase: str, done: int, total: int, subject: str = "") -> No
     with _lock:
         artifact = _artifacts.get(run_id)
         if artifact is None:
+            vault = (context.parameters or {}).get("vault")
             _artifacts[run_id] = create_progress_artifact(
-                percent, key=f"{context.flow.name}-progress", description=description
+                percent, key=artifact_key(context.flow.name, "progress", vault), description=description
             )
             return
     update_progress_artifact(artifact, percent, description=description)

@@ -20,6 +20,7 @@ from tierflow.core.calls import Caller
 from tierflow.core.context import overflow
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.tokens import count_tokens
+from tierflow.report.console import show
 from tierflow.report.spend import Spend, money, spend_by
 
 
@@ -166,7 +167,7 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
         money(plan.all_deep_usd),
         style="bold",
     )
-    console.print(table)
+    show(console, table)
     for phase, subject, why in plan.too_long:
         console.print(f"[red]does not fit[/] {phase} · {subject}: {why}", highlight=False)
     console.print(" ".join(["Nothing was sent to a model.", *plan.notes]))

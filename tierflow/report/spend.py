@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tierflow.core.config import Config
 from tierflow.core.ledger import usage_of
 from tierflow.core.routing import route
+from tierflow.core.telemetry import attributes_of
 from tierflow.core.usage import TOKEN_KINDS, Usage, price
 
 PHASE_ORDER = ("collate", "synthesise", "draft")
@@ -75,24 +77,38 @@ class Spend:
             "unpriced_calls": self.unpriced,
         }
 
-    def table_row(self) -> dict[str, Any]:
-        """One row of the run's spend table, as the Prefect table artifact and the report show it."""
+    def table_row(self, key: str = "phase") -> dict[str, Any]:
+        """One row of a spend table (run report, Prefect artifact, CLI summary): identifiers, then USD first."""
         cost = money(self.cost_usd) + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
+        all_deep, saved = savings_text(self.cost_usd, self.all_deep_usd)
         return {
-            "phase": self.key,
-            "tiers": ", ".join(self.tiers),
-            "models": ", ".join(self.models),
+            key: self.key,
+            "tier": ", ".join(self.tiers),
+            "model": ", ".join(self.models),
             "calls": self.calls,
-            "cached": self.cached,
-            **{k: getattr(self.usage, k) for k in TOKEN_KINDS},
-            "cost": cost,
-            "cost_usd": round(self.cost_usd, 6),
+            "tokens": self.tokens,
+            "USD": cost,
+            "all-deep USD": all_deep,
+            "saved": saved or "unknown",
         }
+
+
+def total(rows: Sequence[dict[str, Any]]) -> Spend:
+    """All the rows as one group (the totals row), through the same aggregation as every other group."""
+    return (spend_by(rows, TOTAL) or [Spend("total")])[0]
+
+
+TOTAL = "*"
+"""`spend_by(rows, TOTAL)`: one group of every row, keyed `total`."""
 
 
 def _key(by: str) -> Callable[[dict[str, Any]], str]:
     if by == "day":
         return lambda row: row["timestamp"][:10]
+    if by == "week":
+        return lambda row: _iso_week(row["timestamp"])
+    if by == TOTAL:
+        return lambda row: "total"
     return lambda row: str(row.get(by) or "")
 
 
@@ -119,24 +135,37 @@ def phase_spend(rows: Sequence[dict[str, Any]]) -> list[Spend]:
     return spend_by(rows, "phase")
 
 
+def _iso_week(timestamp: str) -> str:
+    year, week, _ = datetime.fromisoformat(timestamp).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
 def row_tokens(row: dict[str, Any]) -> int:
     """All tokens of one ledger row."""
     return usage_of(row).total_tokens
 
 
-def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | None:
-    """What the run's model calls would have cost had every one gone to the `high` complexity's tier."""
+def with_all_deep(config: Config, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with `all_deep_usd`: its usage priced on the `high` complexity's tier (None: no price).
+
+    Answers from tierflow's cache and calls of unknown usage count as nothing, as they do in the actual cost.
+    """
     deep = route(config, phase="*", complexity="high")
     tier = config.tier(deep.tier)
-    total = 0.0
+    priced = []
     for r in rows:
         if r["cached_result"] or not r["usage_known"]:
-            continue
-        cost = price(usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price)
-        if cost is None:
-            return None
-        total += float(cost) * (0.5 if r["batch"] else 1.0)
-    return total
+            cost: float | None = 0.0
+        else:
+            found = price(usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price)
+            cost = None if found is None else float(found) * (0.5 if r["batch"] else 1.0)
+        priced.append({**r, "all_deep_usd": cost})
+    return priced
+
+
+def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | None:
+    """What the run's model calls would have cost had every one gone to the `high` complexity's tier."""
+    return total(with_all_deep(config, rows)).all_deep_usd
 
 
 def money(value: float | None) -> str:
@@ -151,32 +180,35 @@ def savings_text(actual: float, all_deep: float | None) -> tuple[str, str | None
     return money(all_deep), f"{(1 - actual / all_deep) * 100:.0f}%"
 
 
-OTEL_NAMES = {
-    "provider": "gen_ai.provider.name",
-    "model": "gen_ai.request.model",
-    "phase": "tierflow.phase",
-    "tier": "tierflow.tier",
-    "complexity": "tierflow.complexity",
-    "flow": "tierflow.flow",
-    "run_id": "tierflow.run_id",
-    "flow_run_id": "prefect.flow_run.id",
-    "task_run_id": "prefect.task_run.id",
-    "cost_usd": "tierflow.cost_usd",
-    "latency_ms": "tierflow.latency_ms",
-    "batch": "tierflow.batch",
-    "cached_result": "tierflow.cached_result",
-    "usage_known": "tierflow.usage_known",
-}
+BAR_WIDTH = 20
+
+
+def bar(share: float, width: int = BAR_WIDTH) -> str:
+    """A bar of block glyphs for a share between 0 and 1, in eighths: readable in Prefect and in Obsidian."""
+    eighths = round(max(0.0, min(1.0, share)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return "█" * full + ("" if not part else " ▏▎▍▌▋▊▉"[part])
+
+
+def share_rows(groups: Sequence[Spend], key: str = "phase") -> list[dict[str, str]]:
+    """Each group's share of the spend (of the tokens, when nothing was paid) as a bar, for a Markdown table."""
+    paid = sum(g.cost_usd for g in groups) > 0
+    values = [g.cost_usd if paid else float(g.tokens) for g in groups]
+    whole = sum(values)
+    return [
+        {
+            key: g.key,
+            "bar": bar(v / whole) if whole else "",
+            "share": f"{v / whole * 100:.0f}%" if whole else "0%",
+            "amount": money(v) if paid else f"{int(v)} tokens",
+        }
+        for g, v in zip(groups, values, strict=True)
+    ]
 
 
 def otel_record(row: dict[str, Any]) -> dict[str, Any]:
-    """One ledger row as a JSON Lines record with OpenTelemetry GenAI attribute names."""
-    attributes: dict[str, Any] = {"gen_ai.operation.name": "chat"}
-    for column, name in OTEL_NAMES.items():
-        if row.get(column) is not None:
-            attributes[name] = row[column]
-    attributes.update(usage_of(row).opentelemetry_attributes())
-    return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes}
+    """One ledger row as a JSON Lines record, with the attribute names of tierflow's OpenTelemetry spans."""
+    return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes_of(row)}
 
 
 def spend_table(rows: Sequence[dict[str, Any]], group: str | None) -> Any:

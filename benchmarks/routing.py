@@ -1,0 +1,204 @@
+"""Where learned routing lands: cost and pass rate of all-deep, the static rules, suggested and adaptive routing.
+
+A synthetic workload with known per-tier pass rates goes through the real Anthropic SDK to the local wire-level
+double, priced at list prices by genai-prices. Each item has a fixed difficulty; a tier passes the phase's check on
+an item when the difficulty is below that tier's pass rate for the phase, so a stronger tier passes every item a
+weaker one does. In one run:
+
+1. history: a training workload started on the light tier for every phase (what `tierflow trial`, or a cold start
+   on light, gives), with the cascade on and `explore = 1.0` (every passing answer is also tried one tier up, in
+   shadow), so every tier collects evidence;
+2. evaluation, on fresh items, each strategy with escalation off (routing alone decides the quality), then with the
+   cascade on: all-deep; the static rules; the rules with `tierflow routing suggest` applied; adaptive mode.
+
+Ratios are to all-deep in the same run. RouteLLM's published anchor is 85% cheaper at 95% of the strong model's
+quality (cost ratio 0.15, quality ratio 0.95).
+
+    python benchmarks/routing.py [--train 120] [--eval 120] [--format table|json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-bench-prefect-"))
+os.environ.setdefault("ANTHROPIC_API_KEY", "bench-key")
+
+from pydantic import BaseModel  # noqa: E402
+
+from tierflow.core.calls import Caller, RunSettings  # noqa: E402
+from tierflow.core.checks import Check  # noqa: E402
+from tierflow.core.config import load_config  # noqa: E402
+from tierflow.core.ledger import Ledger  # noqa: E402
+from tierflow.learn.routing import apply, suggestions  # noqa: E402
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply  # noqa: E402
+
+MODELS = {"claude-haiku-4-5": "light", "claude-sonnet-4-6": "standard", "claude-opus-4-6": "deep"}
+PHASES = {"collate": "low", "synthesise": "high", "draft": "medium"}
+PASS_RATES = {
+    "collate": {"light": 0.80, "standard": 0.98, "deep": 0.99},
+    "synthesise": {"light": 0.55, "standard": 0.98, "deep": 0.99},
+    "draft": {"light": 0.98, "standard": 0.99, "deep": 1.0},
+}
+"""The workload's truth: the share of items each tier passes, per phase. The rules table (low -> light, medium ->
+standard, high -> deep) guesses wrong on every phase: collate needs more than light, and synthesise and draft
+need less than the rules give them."""
+
+
+class Out(BaseModel):
+    ok: bool
+
+
+CHECK = Check("ok", lambda out: [] if out.ok else ["the answer is not grounded"])
+
+
+def difficulty(phase: str, item: str) -> float:
+    return int(hashlib.sha256(f"{phase}:{item}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def respond(request: DoubleRequest) -> Reply:
+    _, phase, item = request.last_user_text.split()[:3]
+    return Reply(data={"ok": difficulty(phase, item) < PASS_RATES[phase][MODELS[request.model]]})
+
+
+def config_text(double: ProviderDouble, routing: str) -> str:
+    tiers = "\n".join(
+        f'[tiers.{tier}]\nmodel = "anthropic:{model}"\nmax_output_tokens = 512' for model, tier in MODELS.items()
+    )
+    return f"""profile = "anthropic"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{double.anthropic_base_url}"
+api_key_env = "ANTHROPIC_API_KEY"
+max_retries = 0
+{tiers}
+{routing}
+"""
+
+
+def run(vault: Path, run_id: str, items: range, prefix: str) -> dict[str, float]:
+    caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="bench", use_cache=False))
+    passed = total = 0
+    for n in items:
+        for phase, complexity in PHASES.items():
+            answer = caller.ask(
+                phase=phase,
+                complexity=complexity,
+                system="Answer the item.",
+                prompt=f"item {phase} {prefix}{n} of the workload",
+                output=Out,
+                checks=[CHECK],
+            )
+            passed += answer.parsed.ok
+            total += 1
+    rows = caller.ledger.rows(run_id=run_id)
+    return {"cost_usd": sum(r["cost_usd"] or 0 for r in rows), "pass_rate": passed / total, "calls": len(rows)}
+
+
+def vault_with(folder: Path, name: str, text: str, history: Path | None = None) -> Path:
+    vault = folder / name
+    (vault / ".tierflow").mkdir(parents=True)
+    (vault / ".tierflow" / "config.toml").write_text(text)
+    if history is not None:  # adaptive routing and suggestions read the history's evidence
+        shutil.copy(history / ".tierflow" / "ledger.sqlite", vault / ".tierflow" / "ledger.sqlite")
+    return vault
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=int, default=150, help="History items per phase.")
+    parser.add_argument("--eval", type=int, default=120, help="Evaluation items per phase and strategy.")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    args = parser.parse_args()
+    logging.getLogger("tierflow").setLevel(logging.ERROR)
+
+    results = []
+    learned: dict[str, str] = {}
+    with ProviderDouble() as double, tempfile.TemporaryDirectory() as tmp:
+        double.responder = respond
+        folder = Path(tmp)
+        # The history starts every phase on the cheap tier (as `tierflow trial` or a cold start on light would),
+        # escalates what fails, and tries every passing answer one tier up in shadow.
+        training = (
+            '[routing]\nlow = "light"\nmedium = "light"\nhigh = "light"\nceiling = "deep"\n'
+            'mode = "adaptive"\nexplore = 1.0\nmin_evidence = 100000\n'
+        )
+        history = vault_with(folder, "history", config_text(double, training))
+        run(history, "history", range(args.train), "t")
+        evaluate = range(args.eval)
+        for cascade in (False, True):
+            esc = "true" if cascade else "false"
+            strategies = {
+                "all-deep": f'[routing]\nlow = "deep"\nmedium = "deep"\nhigh = "deep"\nescalate = {esc}\n',
+                "rules": f"[routing]\nescalate = {esc}\n",
+                "suggested": f"[routing]\nescalate = {esc}\n",
+                "adaptive": f'[routing]\nmode = "adaptive"\nexplore = 0.05\nescalate = {esc}\n',
+            }
+            measured = {}
+            for name, routing in strategies.items():
+                label = f"{name}-{'cascade' if cascade else 'alone'}"
+                vault = vault_with(folder, label, config_text(double, routing), history if name != "rules" else None)
+                if name == "suggested":
+                    config = load_config(vault)
+                    found = suggestions(config, Ledger(config.ledger_url), flow="bench")
+                    learned = {s.phase: s.suggested_tier for s in found}
+                    if os.environ.get("TIERFLOW_BENCH_DEBUG"):
+                        print(json.dumps([s.as_json() for s in found], indent=1))
+                    apply(vault / ".tierflow" / "config.toml", [s for s in found if s.suggested_tier != s.current_tier])
+                measured[name] = run(vault, label, evaluate, "e")
+            deep = measured["all-deep"]
+            for name, m in measured.items():
+                results.append(
+                    {
+                        "escalation": "cascade" if cascade else "off",
+                        "strategy": name,
+                        "calls": m["calls"],
+                        "cost_usd": round(m["cost_usd"], 6),
+                        "pass_rate": round(m["pass_rate"], 4),
+                        "cost_vs_all_deep": round(m["cost_usd"] / deep["cost_usd"], 4),
+                        "quality_vs_all_deep": round(m["pass_rate"] / deep["pass_rate"], 4),
+                    }
+                )
+    if args.format == "json":
+        print(json.dumps({"learned": learned, "results": results}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Routing strategies on {args.eval} items x 3 phases (history: {args.train} items)")
+    for column in (
+        "escalation",
+        "strategy",
+        "ledger rows",
+        "USD",
+        "pass rate",
+        "cost / all-deep",
+        "quality / all-deep",
+    ):
+        table.add_column(column, justify="left" if column in ("escalation", "strategy") else "right")
+    for r in results:
+        table.add_row(
+            r["escalation"],
+            r["strategy"],
+            str(r["calls"]),
+            f"${r['cost_usd']:.4f}",
+            f"{r['pass_rate']:.1%}",
+            f"{r['cost_vs_all_deep']:.2f}",
+            f"{r['quality_vs_all_deep']:.3f}",
+        )
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"Learned from the history (routing suggest): {learned}.")
+    console.print("RouteLLM's anchor: 0.15 of the strong model's cost at 0.95 of its quality.")
+
+
+if __name__ == "__main__":
+    main()

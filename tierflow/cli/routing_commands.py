@@ -1,0 +1,98 @@
+"""`tierflow routing suggest` and `tierflow routing scan`: which tier each phase really needs, from the ledger."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+
+routing_app = typer.Typer(
+    help="Routing from evidence: pass rates per flow, phase and tier, and the cheapest tier that meets the target.",
+    no_args_is_help=True,
+)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@routing_app.command("suggest")
+def suggest_command(
+    vault: VaultOpt = None,
+    flow: Annotated[str | None, typer.Option(help="Only this flow (default: every flow in the ledger).")] = None,
+    output: Annotated[Format, typer.Option("--format", help="table, or json (one array).")] = Format.table,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the changes into the vault's config as per-phase tiers.")
+    ] = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Per flow and phase: each tier's pass rate (with its 95% lower bound) and cost, and the suggested tier.
+
+    A tier is suggested when it is the cheapest whose lower bound meets `[routing] target` (default 0.9) over at
+    least `[routing] min_evidence` observations (default 20). Observations are every billed attempt's outcome,
+    pairwise judge verdicts from trials, and the person's edits and ratings of drafts.
+    """
+    vault = vault_dir(vault, required="tierflow routing suggest")
+    cfg = load(vault, config, profile)
+    from tierflow.core.ledger import Ledger
+    from tierflow.learn import routing
+    from tierflow.learn.signals import scan
+
+    ledger = Ledger(cfg.ledger_url)
+    if vault is not None:
+        scan(vault, ledger)
+    found = routing.suggestions(cfg, ledger, flow=flow)
+    if output is Format.json:
+        typer.echo(json.dumps([s.as_json() for s in found], indent=2))
+    else:
+        _table(found)
+    if apply:
+        changes = [s for s in found if s.suggested_tier != s.current_tier]
+        target = cfg.path or (vault / ".tierflow" / "config.toml" if vault else None)
+        if target is None:
+            raise fail("--apply needs a config file: give --vault DIR or --config PATH")
+        if not changes:
+            typer.echo("Nothing to apply: every phase is already on its suggested tier.", err=True)
+            return
+        diff = routing.apply(target, changes)
+        typer.echo(diff, err=True)
+        typer.echo(f"Applied {len(changes)} change(s) to {target}. Check with: tierflow config show", err=True)
+
+
+@routing_app.command("scan")
+def scan_command(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Measure the person's edits and `tierflow_rating` of every draft tierflow wrote, as routing evidence."""
+    vault = vault_dir(vault, required="tierflow routing scan")
+    cfg = load(vault, config, profile)
+    from tierflow.core.ledger import Ledger
+    from tierflow.learn.signals import scan
+
+    found = scan(vault, Ledger(cfg.ledger_url))  # type: ignore[arg-type]
+    for s in found:
+        verdict = {True: "pass", False: "fail", None: "neutral"}[s.passed]
+        typer.echo(f"{s.note}\t{s.kind}\t{s.detail}\t{verdict}")
+    typer.echo(f"{len(found)} signals from {len({s.note for s in found})} drafts.", err=True)
+
+
+def _table(found: list) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Routing suggestions (pass rate, 95% lower bound, observations, USD per call)")
+    for column in ("flow", "phase", "current", "suggested", "evidence", "reason"):
+        table.add_column(column, overflow="fold")
+    for s in found:
+        evidence = "\n".join(
+            f"{tier}: {e.pass_rate:.2f} (low {e.pass_rate_low:.2f}) n={e.calls}"
+            + (f" ${e.cost_per_call_usd:.5f}" if e.cost_per_call_usd is not None else "")
+            for tier, e in s.evidence.items()
+        )
+        table.add_row(s.flow, s.phase, s.current_tier, s.suggested_tier, evidence, s.reason)
+    # Never truncate identifiers, piped or not.
+    Console(width=max(160, Console().width)).print(table)

@@ -1,0 +1,95 @@
+"""`tierflow spend --watch`: a terminal dashboard of spend, redrawn from the ledger every few seconds.
+
+It reads only the ledger, so it shows the calls of every process and machine that shares it (SQLite under WAL,
+or PostgreSQL): spend by model, phase and project over the current period, each budget's bar (spent, reserved,
+limit), and the calls in flight (open budget reservations).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tierflow.core import clock
+from tierflow.core.budget import Budgets, BudgetState
+from tierflow.core.config import BudgetConfig, Config
+from tierflow.core.ledger import Ledger
+from tierflow.report.spend import bar, money, spend_by, total
+
+BAR = 30
+
+
+def period_start(config: Config, ledger: Ledger, period: str) -> str:
+    """The start of the current day, week or month in the vault's time zone (UTC ISO), as budgets count it."""
+    budgets = Budgets(config, ledger, run_id="", flow="")
+    return budgets.period_start(BudgetConfig(period=period, tokens=0)) or ""
+
+
+def _totals(rows: list[dict[str, Any]], by: str, title: str) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in (by, "calls", "tokens", "USD"):
+        table.add_column(col, justify="left" if col == by else "right", overflow="fold")
+    groups = sorted(spend_by(rows, by), key=lambda s: -s.cost_usd)
+    for g in groups:
+        table.add_row(g.key or "(none)", str(g.calls), str(g.tokens), money(g.cost_usd))
+    if groups:
+        t = total(rows)
+        table.add_row("total", str(t.calls), str(t.tokens), money(t.cost_usd), style="bold")
+    return table
+
+
+def _budget_line(s: BudgetState) -> Text:
+    if s.limit_usd is not None:
+        spent, held, limit = s.spent_usd, s.reserved_usd, s.limit_usd
+        figures = f"{money(spent)} spent + {money(held)} reserved of {money(limit)}"
+    else:
+        spent, held, limit = float(s.spent_tokens), float(s.reserved_tokens), float(s.limit_tokens or 0)
+        figures = f"{int(spent)} spent + {int(held)} reserved of {int(limit)} tokens"
+    used = bar(spent / limit, BAR) if limit else ""
+    reserved = "░" * round(min(held / limit, 1 - min(spent / limit, 1)) * BAR) if limit else ""
+    line = Text(f"{s.name:<16} ")
+    line.append(used, style="red" if limit and spent + held > limit else "green")
+    line.append(reserved, style="yellow")
+    line.append(" " * max(BAR - len(used) - len(reserved), 0) + f"  {figures}  ({s.scope})")
+    return line
+
+
+def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: str | None = None) -> Group:
+    """One frame of the dashboard, read fresh from the ledger."""
+    start = since or period_start(config, ledger, period)
+    rows = ledger.rows(since=start)
+    flying = ledger.in_flight()
+    budgets = Budgets(config, ledger, run_id="", flow="").states()
+    now = clock.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    parts: list[Any] = [
+        Text(
+            f"tierflow spend since {start[:16].replace('T', ' ')} UTC · {len(rows)} calls · as of {now}", style="bold"
+        ),
+        _totals(rows, "model", "By model"),
+        _totals(rows, "phase", "By phase"),
+        _totals(rows, "project", "By project"),
+    ]
+    parts.append(Text("Budgets", style="bold"))
+    parts += [_budget_line(s) for s in budgets] or [Text("  none configured")]
+    parts.append(Text(f"In flight: {len(flying)} calls", style="bold"))
+    for f in flying[:10]:
+        parts.append(Text(f"  {f['flow'] or ''} · {f['phase'] or ''} · run {f['run_id']} · up to {money(f['usd'])}"))
+    parts.append(Text("Ctrl-C to stop.", style="dim"))
+    return Group(*parts)
+
+
+def watch(config: Config, ledger: Ledger, *, interval: float = 2.0, period: str = "week", since: str | None = None):
+    """Redraw the dashboard every `interval` seconds until interrupted."""
+    console = Console()
+    try:
+        with Live(dashboard(config, ledger, period=period, since=since), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(dashboard(config, ledger, period=period, since=since), refresh=True)
+    except KeyboardInterrupt:
+        pass
