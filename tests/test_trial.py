@@ -294,3 +294,17 @@ def test_a_judge_without_a_readable_verdict_counts_nowhere_and_the_trial_goes_on
     assert by_tier["judge (deep)"]["calls"] == 8  # each pair: the first order's answer and its retry, both billed
     note = next((history / "tierflow" / "Trials").glob("*.md")).read_text()
     assert "no readable verdict on 4 pairs" in note
+
+
+def test_trial_verdicts_are_evidence_for_routing_suggest(history, double):
+    double.responder = judging(MODELS["deep"])  # every cheaper answer loses to deep's
+    code, out = trial(history, "--sample", "4")
+    assert code == 0, out
+    result = CliRunner().invoke(
+        app, ["routing", "suggest", "--vault", str(history), "--flow", FLOW, "--format", "json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    (draft,) = [s for s in json.loads(result.stdout) if s["phase"] == PHASE]
+    light = draft["evidence"]["light"]  # light never ran in the flow itself: its evidence is the 4 verdicts
+    assert (light["calls"], light["pass_rate"]) == (4, 0.0)
+    assert all(not s["flow"].startswith("trial") for s in json.loads(result.stdout))  # trial runs are apart
