@@ -18,6 +18,7 @@ from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vau
 from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
+from tierflow.cli.trial_commands import trial
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -33,6 +34,7 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
 app.add_typer(routing_app, name="routing")
+app.command("trial")(trial)
 budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 
@@ -71,9 +73,10 @@ class Format(StrEnum):
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
-    complexity: Annotated[Complexity, typer.Option(help="Routed through the config's routing table.")] = (
-        Complexity.low
-    ),
+    complexity: Annotated[
+        Complexity | None,
+        typer.Option(help="Routed through the config's routing table. Without it (or --tier), tierflow classifies."),
+    ] = None,
     tier: Annotated[str | None, typer.Option("--tier", help="Use this tier, bypassing routing.")] = None,
     phase: Annotated[str, typer.Option(help="Phase name recorded in the ledger.")] = "ask",
     system: Annotated[str, typer.Option(help="System prompt.")] = "You are a careful academic assistant.",
@@ -99,7 +102,19 @@ def ask(
     if vault is None and not cfg.settings.ledger_url:
         raise fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
     try:
-        answer = Caller(settings, cfg).ask(phase=phase, complexity=complexity.value, system=system, prompt=prompt)
+        caller = Caller(settings, cfg)
+        routed, level = None, complexity.value if complexity else "low"
+        if complexity is None:
+            from dataclasses import replace
+
+            from tierflow.learn.complexity import classify
+
+            decision = classify(prompt, caller.ledger)
+            level = decision.complexity
+            routed = caller.route(phase, level)
+            routed = replace(routed, rule=f"{decision.rule}; {routed.rule}")
+        subject = " ".join(prompt.split())[:120]
+        answer = caller.ask(phase=phase, complexity=level, system=system, prompt=prompt, routed=routed, subject=subject)
     except TierflowError as exc:
         raise fail(str(exc), 1) from None
     typer.echo(answer.text)

@@ -325,6 +325,23 @@ def offline_rubric(data: dict[str, Any]) -> dict[str, Any]:
     return {"title": "", "criteria": criteria, "notes": notes}
 
 
+def offline_judge(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: the answer that uses more of the request's own words is better; equal counts are a tie.
+
+    The rule looks at each answer on its own, so the order they are shown in cannot change the verdict.
+    """
+    request = data.get("request") or {}
+    asked = _content_words(f"{request.get('system', '')} {request.get('prompt', '')}")
+    a = len(asked & _content_words(str(data.get("answer_a", ""))))
+    b = len(asked & _content_words(str(data.get("answer_b", ""))))
+    better = "A" if a > b else "B" if b > a else "tie"
+    return {"better": better, "reason": f"[offline judge] answer A uses {a} of the request's words, answer B {b}."}
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORDS.findall(text.lower()) if w not in _STOP}
+
+
 SKILLS: dict[str, Skill] = {
     "collationout": offline_collation,
     "synthesisout": offline_synthesis,
@@ -333,6 +350,7 @@ SKILLS: dict[str, Skill] = {
     "cohortout": offline_cohort,
     "feedbackout": offline_feedback,
     "rubricout": offline_rubric,
+    "judgeout": offline_judge,
 }
 """Skill per schema name (the output model's class name, lower-cased)."""
 
