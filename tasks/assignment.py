@@ -86,7 +86,8 @@ def load_assignment(settings: RunSettings, folder: str) -> Assignment:
         exemplars=exemplars,
         submissions=submissions,
         skipped=skipped,
-        pseudonymise=config.uses_cloud if choice is None else choice,
+        # Decided by every tier a call could reach (overrides, escalation, adaptive routing), not the table alone.
+        pseudonymise=config.may_reach_cloud if choice is None else choice,
     )
 
 

@@ -276,6 +276,26 @@ def test_duplicate_student_ids_are_reported_and_neither_is_drafted(feedback_vaul
     assert "s2026003" not in drafts(feedback_vault)
 
 
+@pytest.mark.parametrize("phase", ["collate", "draft"])
+def test_a_cloud_tier_reached_only_by_an_override_still_gets_pseudonyms(feedback_vault, double, keys, phase):
+    """M3: the routing table is all local, one phase goes to a cloud tier by `--tier`: no name may leave."""
+    existing = (feedback_vault / ".tierflow" / "config.toml").read_text()
+    (feedback_vault / ".tierflow" / "config.toml").write_text(
+        f'profile = "offline"\n[providers.anthropic]\nkind = "anthropic"\nbase_url = "{double.anthropic_base_url}"\n'
+        f'api_key_env = "ANTHROPIC_API_KEY"\nmax_retries = 2\n[tiers.cloud]\nmodel = "anthropic:claude-haiku-4-5"\n'
+        + existing
+    )
+    double.responder = skilled()
+    summary = student_feedback(vault=str(feedback_vault), tier={phase: "cloud"})
+    assert not summary.failed and double.model_calls(), "the override did not reach the cloud tier"
+    names = roster(feedback_vault)
+    identities = set(names) | set(names.values()) | {p for n in names.values() for p in n.split() if len(p) > 2}
+    for request in double.requests:
+        parsed = json.dumps(request.json, ensure_ascii=False) if request.json is not None else ""
+        body = (request.raw.decode("utf-8", "replace") + parsed).casefold()
+        assert not [i for i in identities if i.casefold() in body], f"{request.path} carried a student's identity"
+
+
 def test_a_local_profile_keeps_everything_on_the_machine_without_pseudonyms(feedback_vault):
     from tierflow.core.config import load_config
 

@@ -312,6 +312,12 @@ class Config:
         kinds = {self.provider_for(t)[1].kind for t in self.settings.routing.values()}
         return bool(kinds & {"anthropic", "openai"})
 
+    @property
+    def may_reach_cloud(self) -> bool:
+        """Whether any configured tier is a cloud model: a `--tier` override, a note's pin, an escalation or a
+        learned route can only name a configured tier, so this is what privacy decisions must go by."""
+        return any(self.provider_for(t)[1].kind in ("anthropic", "openai") for t in self.settings.tiers)
+
     def redacted(self) -> dict[str, tuple[Any, str]]:
         """Flat `key -> (value, source)` for display. Holds names of env vars, never their values."""
         flat: dict[str, Any] = {}
