@@ -125,3 +125,21 @@ def test_a_local_server_without_json_schema_runs_the_whole_flow(
     assert rejected == {"gpt-5-nano": 1, "gpt-5.1": 1, "gpt-5-mini": 1}  # once per provider and model
     rows = Ledger.for_vault(reading_vault).rows(run_id=summary.run_id)
     assert len(rows) == len(calls) - len(rejected) and all(r["outcome"] == "ok" for r in rows)
+
+
+def test_a_phase_that_breaks_unexpectedly_still_gets_a_report_with_what_was_spent(
+    vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch
+):
+    import tierflow.tasks.synthesise as synthesise
+
+    def broken(*args, **kwargs):
+        raise ValueError("Input too long to encode safely")
+
+    double.responder = skilled()
+    monkeypatch.setattr(synthesise, "prompt", broken)
+    summary = run(vault)
+    assert summary.failed and "synthesise failed unexpectedly (ValueError: Input too long" in summary.failed
+    report = (vault / summary.report.path).read_text()
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    assert rows and {r["phase"] for r in rows} == {"collate"}  # the collate calls are reported, not lost
+    assert "| collate |" in report and "synthesise failed unexpectedly" in report

@@ -182,6 +182,10 @@ def fan_out(
             outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
         except (ProviderError, VaultError) as exc:
             outcome.skipped.append((name, f"{phase} failed: {exc}"))
+        except (
+            Exception
+        ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
+            outcome.skipped.append((name, f"{phase} failed unexpectedly: {type(exc).__name__}: {exc}"))
         advance(phase, done, len(items), subject(item))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
@@ -206,5 +210,10 @@ def single(
     except ProviderError as exc:
         # Earlier phases' answers are cached in the ledger: a rerun after the fix does not pay for them again.
         outcome.failed = f"{phase} failed: {exc}. Earlier phases are kept; rerun to continue from them."
+    except Exception as exc:  # the run still reports what it spent, and says what broke
+        outcome.failed = (
+            f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}). Earlier phases are kept in the ledger "
+            "and the answer cache; the traceback is in the Prefect log."
+        )
     advance(phase, 1, 1, subject)
     return outcome
