@@ -143,3 +143,33 @@ def test_a_phase_that_breaks_unexpectedly_still_gets_a_report_with_what_was_spen
     rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
     assert rows and {r["phase"] for r in rows} == {"collate"}  # the collate calls are reported, not lost
     assert "| collate |" in report and "synthesise failed unexpectedly" in report
+
+
+def test_a_flow_through_20_percent_faults_bills_nothing_twice_and_the_ledger_equals_the_billing(
+    vault: Path, double: ProviderDouble
+):
+    """One request in five fails with 429, 529 or 500 (the SDKs retry); the run completes, and the ledger's tokens
+    are exactly what the double billed, one row per billed answer."""
+    answer = skilled()
+    seen = {"n": 0}
+
+    def faulty(request: DoubleRequest) -> Reply | None:
+        seen["n"] += 1
+        if seen["n"] % 5 == 0:
+            status = (429, 529, 500)[(seen["n"] // 5) % 3]
+            return Reply(status=status, text="injected fault")
+        return answer(request)
+
+    double.responder = faulty
+    summary = run(vault)
+    assert summary.written and not summary.failed and not summary.halted
+    calls = double.model_calls()
+    billed = [c for c in calls if c.status == 200]
+    assert len(billed) < len(calls)  # faults really happened
+    rows = [r for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if not r["cached_result"]]
+    assert len(rows) == len(billed)  # no call billed twice, none missing
+    prompt = sum(c.response["usage"]["input_tokens"] + c.response["usage"]["cache_read_input_tokens"]
+                 + c.response["usage"]["cache_creation_input_tokens"] for c in billed)  # fmt: skip
+    output = sum(c.response["usage"]["output_tokens"] for c in billed)
+    assert sum(r["input_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in rows) == prompt
+    assert sum(r["output_tokens"] + r["reasoning_tokens"] for r in rows) == output
