@@ -315,10 +315,11 @@ def test_halt_stops_names_the_budget_keeps_notes_and_resumes_without_respending(
         )
         worst.append(float(probe.estimate(routed, request).usd))
     actual = [r["cost_usd"] for r in rows if r["phase"] == "draft"]
-    # Only the cheapest draft's worst case fits; once it has settled, no other draft's worst case does.
+    # Only the cheapest draft's worst case fits; once it has settled, no other draft's worst case does (and
+    # no smaller output allowance is tried: clamping has its own tests).
     cap = min(worst) + 0.5 * min(actual)
     double.reset()
-    configure(f'[budgets.drafting]\nusd = {cap}\nphase = "draft"\npolicy = "halt"\n')
+    configure(f'[budgets.drafting]\nusd = {cap}\nphase = "draft"\npolicy = "halt"\nclamp_output = false\n')
     halted = run_week(vault)
     assert halted.halted and "budget 'drafting' (per run, phase draft)" in halted.halted
     assert "Raise `budgets.drafting`" in halted.halted
@@ -462,3 +463,34 @@ def test_a_budget_scoped_to_an_unknown_tier_is_a_config_error(tmp_path, double):
     path = write_config(tmp_path / "c.toml", budget_config(double, '[budgets.x]\ntokens = 5\ntier = "deeep"\n'))
     with pytest.raises(ConfigError, match="`budgets.x.tier` names unknown tier 'deeep'"):
         load_config(config_path=path)
+
+
+def test_a_call_that_does_not_fit_at_full_output_is_sent_with_what_the_budget_affords(tmp_path, monkeypatch, double):
+    """Caps are used in full: a halt run spends at least 90% of its cap, never more, by clamping max_tokens."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    worst = one_call_worst_case(tmp_path, double)
+    double.responder = lambda r: Reply(text="ok " * 90)  # about a tenth of the 1,024-token allowance
+    cap = 10 * worst
+    c = make_caller(tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'))
+    with pytest.raises(BudgetExceeded):
+        for n in range(200):
+            ask(c, f"{PROMPT} ({n})")
+    spent = sum(r["cost_usd"] for r in c.ledger.rows())
+    assert 0.9 * cap <= spent <= cap
+    sent = [call.max_tokens for call in double.model_calls()]
+    assert sent[0] == 1024 and min(sent) < 1024 and min(sent) >= 256  # clamped, never below the floor
+
+
+def test_without_clamping_a_halt_run_stops_at_the_first_call_that_does_not_fit_in_full(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    worst = one_call_worst_case(tmp_path, double)
+    double.responder = lambda r: Reply(text="ok " * 90)
+    cap = 10 * worst
+    body = f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\nclamp_output = false\n'
+    c = make_caller(tmp_path / "v", budget_config(double, body))
+    with pytest.raises(BudgetExceeded):
+        for n in range(200):
+            ask(c, f"{PROMPT} ({n})")
+    assert {call.max_tokens for call in double.model_calls()} == {1024}
+    # It stops once a full worst case no longer fits: most of a worst case is left unused.
+    assert sum(r["cost_usd"] for r in c.ledger.rows()) < cap - 0.75 * worst

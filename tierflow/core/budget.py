@@ -55,10 +55,19 @@ class Estimate:
     """None when the model's price is unknown."""
     batch: bool = False
     """A provider batch request: its reservation is held for the batch window (`BATCH_LEASE_S`)."""
+    output_usd: Decimal | None = None
+    """Of `usd`, what the full output allowance costs (so a smaller allowance can be priced)."""
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.max_output_tokens
+
+    def clamped(self, output_tokens: int) -> Estimate:
+        """The same call with a smaller output allowance."""
+        if self.usd is None or self.output_usd is None or not self.max_output_tokens:
+            return replace(self, max_output_tokens=output_tokens)
+        saved = self.output_usd * (Decimal(self.max_output_tokens - output_tokens) / Decimal(self.max_output_tokens))
+        return replace(self, max_output_tokens=output_tokens, usd=self.usd - saved, output_usd=self.output_usd - saved)
 
 
 def estimate(
@@ -72,14 +81,17 @@ def estimate(
         cache_write_tokens=cached_prefix_tokens,
         output_tokens=route.max_output_tokens,
     )
-    usd = price(
-        usage,
-        route.model,
-        provider_kind=provider.kind,
-        override=tier.price,
-        batch_discount=provider.batch_discount if batch else 1.0,
-    )
-    return Estimate(prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd, batch=batch)
+    discount = provider.batch_discount if batch else 1.0
+    usd = price(usage, route.model, provider_kind=provider.kind, override=tier.price, batch_discount=discount)
+    prompt_usd = price(
+        replace(usage, output_tokens=0), route.model, provider_kind=provider.kind, override=tier.price,
+        batch_discount=discount,
+    )  # fmt: skip
+    output_usd = None if usd is None or prompt_usd is None else usd - prompt_usd
+    return Estimate(
+        prompt_tokens=prompt_tokens, max_output_tokens=route.max_output_tokens, usd=usd, batch=batch,
+        output_usd=output_usd,
+    )  # fmt: skip
 
 
 def padded(tokens: int, *, exact: bool) -> int:
@@ -102,6 +114,8 @@ class BudgetState:
     """Only calls on this tier count, and only they are checked against it."""
     unpriced: str = "refuse"
     fallback_usd_per_mtok: float = 0.0
+    min_output_tokens: int = 256
+    clamp: bool = True
 
     def applies_to(self, route: Route) -> bool:
         return self.tier in (None, route.tier)
@@ -125,6 +139,17 @@ class BudgetState:
         if self.limit_tokens is None:
             return None
         return self.limit_tokens - self.spent_tokens - self.reserved_tokens
+
+    def affordable_output(self, est: Estimate) -> int:
+        """The most output tokens this budget can still pay for on top of the call's prompt."""
+        afford = est.max_output_tokens
+        if self.limit_tokens is not None:
+            afford = min(afford, (self.remaining_tokens or 0) - est.prompt_tokens)
+        if self.limit_usd is not None and est.usd is not None and est.output_usd and est.max_output_tokens:
+            per_token = float(est.output_usd) / est.max_output_tokens
+            prompt_usd = float(est.usd - est.output_usd)
+            afford = min(afford, math.floor(((self.remaining_usd or 0.0) - prompt_usd) / per_token * (1 - 1e-9)))
+        return max(afford, 0)
 
     def fits(self, usd: float, tokens: int, *, settled: bool = False) -> bool:
         """Whether a call of this worst case fits; with `settled`, as if the calls in flight had cost nothing."""
@@ -290,6 +315,8 @@ class Budgets:
             reserved_usd=float(held_usd),
             reserved_tokens=int(held_tokens),
             policy=budget.policy,
+            min_output_tokens=budget.min_output_tokens,
+            clamp=budget.clamp_output,
             tier=budget.tier,
             unpriced=budget.unpriced,
             fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
@@ -515,6 +542,23 @@ def _decide(
             )
         if wait and not unpriced and all(s.fits(s.usd_of(est), est.tokens, settled=True) for s in hard):
             return _WAIT
+        # Not at the full output allowance, but with a smaller one: send what the budget affords, to a floor.
+        # A `downgrade` budget first tries the cheaper tiers whole; the last of them may still be clamped.
+        can_downgrade = all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates)
+        floor = max((s.min_output_tokens for s in hard), default=0)
+        if not can_downgrade and not unpriced and est.usd is not None and all(s.clamp for s in hard):
+            afford = min(s.affordable_output(est) for s in hard)
+            if floor <= afford < est.max_output_tokens:
+                smaller = est.clamped(afford)
+                if all(s.fits(s.usd_of(smaller) or 0.0, smaller.tokens) for s in hard):
+                    return Reservation(
+                        id=0,
+                        route=replace(candidate, max_output_tokens=afford),
+                        estimate=smaller,
+                        downgraded_from=routed.tier if index else None,
+                        budget=forced_by if index else None,
+                        warnings=tuple((s.name, s.describe()) for s in blocking if s.policy == "warn"),
+                    )
         if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
             forced_by = forced_by or hard[0].name
             continue

@@ -234,6 +234,8 @@ class Caller:
 
     def downgrades(self, routed: Route, request: Request, *, batch: bool = False) -> list[tuple[Route, Estimate]]:
         """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
+        # The routed call as it will be sent: a retry of a cut-off answer may carry more than the tier's default.
+        routed = replace(routed, max_output_tokens=request.max_output_tokens)
         candidates = [(routed, self.estimate(routed, request, batch=batch))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
@@ -496,7 +498,14 @@ class Caller:
         for budget, message in reservation.warnings:
             log.warning("budget: over %s", message)
             self._budget_event("tierflow.budget.exceeded", budget, routed, subject, policy="warn", detail=message)
-        if reservation.route is not routed:
+        if reservation.route.tier == routed.tier and reservation.route.max_output_tokens < request.max_output_tokens:
+            log.info(
+                "budget: %s call on %s sent with %d output tokens, what the budget affords (of %d)",
+                routed.phase, subject, reservation.route.max_output_tokens, request.max_output_tokens,
+            )  # fmt: skip
+            request = replace(request, max_output_tokens=reservation.route.max_output_tokens)
+            routed = reservation.route
+        elif reservation.route.tier != routed.tier:
             log.warning(
                 "budget: %s call on %s downgraded from tier %s to %s",
                 routed.phase,

@@ -124,6 +124,11 @@ class BudgetConfig(_Model):
     `fallback_usd_per_mtok` for every token (prompt and output alike)."""
     fallback_usd_per_mtok: float | None = Field(default=None, ge=0)
     policy: Literal["halt", "downgrade", "warn"] = "halt"
+    min_output_tokens: int = Field(default=256, ge=1)
+    """A call that does not fit at its tier's full output allowance is sent with what the budget affords,
+    down to this; below it, the policy decides (refuse, downgrade or warn)."""
+    clamp_output: bool = True
+    """Lower a call's output allowance to fit the budget (to `min_output_tokens`) before refusing it."""
     floor: str | None = None
     """With `downgrade`: the cheapest tier to fall back to."""
 
