@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from prefect import flow, task
+from pydantic import BaseModel
 
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.checks import Check
 from tierflow.core.phases import phase_task
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -58,3 +60,49 @@ def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path
     assert task_run.name == "collate · Hattie2007"
     assert str(task_run.flow_run_id) == str(flow_run.id)
     assert any(r.id == task_run.id for r in runs)
+
+
+class Verdict(BaseModel):
+    label: str
+
+
+@task
+def classify(settings: RunSettings, text: str) -> str:
+    only_summative = Check("label", lambda v: [] if v.label == "summative" else ["not summative"])
+    answer = caller_for(settings).ask(
+        phase="collate", complexity="low", system="s", prompt=text, output=Verdict, checks=[only_summative]
+    )
+    return answer.route.tier
+
+
+@flow
+def escalating_phase(settings: RunSettings) -> str:
+    tagged = phase_task(classify, settings, phase="collate", complexity="low", subject="essay")
+    return tagged.submit(settings, "Classify this assessment.").result()
+
+
+def test_an_escalated_call_renames_its_task_run_and_leaves_an_artifact_with_the_actual_tier(
+    tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
+):
+    """Tags are fixed when a task run is created: the run's name and an artifact say where the answer came from."""
+    from conftest import anthropic_config, write_config
+    from prefect.client.orchestration import get_client
+
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    config = write_config(tmp_path / "c.toml", anthropic_config(double))
+    double.responder = lambda r: Reply(data={"label": "formative" if r.model == "claude-haiku-4-5" else "summative"})
+    settings = RunSettings(vault=str(tmp_path), config_path=str(config), run_id="escalating", flow="helper-test")
+    assert escalating_phase(settings) == "standard"
+    row = next(r for r in caller_for(settings).ledger.rows() if r["escalated_from"])
+    with get_client(sync_client=True) as client:
+        for _ in range(120):
+            task_run = client.read_task_run(row["task_run_id"])
+            if "[light→standard]" in task_run.name:
+                break
+            time.sleep(0.25)
+        artifacts = [a for a in client.read_artifacts() if str(a.task_run_id) == row["task_run_id"]]
+    assert task_run.name == "collate · essay [light→standard]"
+    assert "tier:light" in task_run.tags  # the tags still say where it was routed
+    assert any("| light | standard | anthropic:claude-sonnet-4-6 | 3 |" in str(a.data) for a in artifacts)

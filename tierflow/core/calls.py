@@ -812,9 +812,12 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
 
         context = TaskRunContext.get()
         if changed and context is not None:
-            name = f"{context.task_run.name} [{tagged.tier}→{answer.route.tier}]"
+            name = f"{context.task_run.name} [{tagged.tier}→{answer.route.tier}]"[:200]
+            # The server takes task-run names from the engine's state events too: rename the run the engine
+            # reports, and the server's copy now.
+            context.task_run.name = name
             with get_client(sync_client=True) as client:
-                client.set_task_run_name(context.task_run.id, name[:200])
+                client.set_task_run_name(context.task_run.id, name)
         cost = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
         create_markdown_artifact(
             markdown=(
