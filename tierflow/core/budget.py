@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -239,24 +239,44 @@ class Budgets:
         delay = 0.01
         while True:
             with self.ledger.transaction() as conn:
-                _lock(conn)
-                states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
-                decision = _decide(candidates, states, wait=wait)
-                if isinstance(decision, Reservation):
-                    return self._insert(conn, decision)
-            if decision is _WAIT and time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-                continue
-            state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
-            usd = float(est.usd) if est.usd is not None else 0.0
-            raise BudgetExceeded(
-                f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
-                f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
-                f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
-                budget=state.name,
-                scope=state.scope,
-            )
+                reservation = self.reserve_in(conn, candidates, wait=wait, expired=time.monotonic() >= deadline)
+            if reservation is not None:
+                return reservation
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def reserve_in(
+        self,
+        conn: Connection,
+        candidates: Sequence[tuple[Route, Estimate]],
+        *,
+        wait: bool = True,
+        expired: bool = False,
+        claim: Callable[[Connection, Route], bool] | None = None,
+    ) -> Reservation | None:
+        """One try at `reserve`, inside the caller's write transaction: the reservation, or None to wait.
+
+        None means the call would fit once the calls in flight settle (until `expired`), or that `claim` (which
+        may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
+        """
+        _lock(conn)
+        states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
+        decision = _decide(candidates, states, wait=wait)
+        if isinstance(decision, Reservation):
+            if claim is not None and not claim(conn, decision.route):
+                return None
+            return self._insert(conn, decision)
+        if decision is _WAIT and not expired:
+            return None
+        state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
+        usd = float(est.usd) if est.usd is not None else 0.0
+        raise BudgetExceeded(
+            f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
+            f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
+            f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+            budget=state.name,
+            scope=state.scope,
+        )
 
     def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
         est = reservation.estimate
@@ -273,9 +293,19 @@ class Budgets:
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
-    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
-        """Record the call, release its reservation and cache a passing answer, in one transaction."""
+    def settle(
+        self,
+        reservation_id: int,
+        call: CallRecord,
+        *,
+        cache: Any = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Record the call, release its reservation and cache a passing answer, in one transaction (with
+        `also`, such as giving back a tier slot)."""
         with self.ledger.transaction() as conn:
+            if also is not None:
+                also(conn)
             self.ledger.record(call, conn=conn)
             if cache is not None:
                 self.ledger.cache_response(
@@ -294,9 +324,11 @@ class Budgets:
                 .values(open=False, kept=not call.usage.known)
             )
 
-    def release(self, reservation_id: int) -> None:
-        """Drop a reservation whose call failed before spending."""
+    def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
+        """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
         with self.ledger.transaction() as conn:
+            if also is not None:
+                also(conn)
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
 
 
