@@ -25,7 +25,7 @@ from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
 from tierflow.core.ledger import CallRecord, Ledger, calls, now_iso, reservations
 from tierflow.core.routing import Route
-from tierflow.core.usage import TOKEN_KINDS, Usage, price
+from tierflow.core.usage import TOKEN_KINDS, Usage, price_bound
 
 ESTIMATE_MARGIN = 1.15
 """Headroom on offline token counts for providers whose tokenizer is not o200k."""
@@ -58,7 +58,7 @@ def estimate(
         cache_write_tokens=cached_prefix_tokens,
         output_tokens=route.max_output_tokens,
     )
-    usd = price(
+    usd = price_bound(
         usage,
         route.model,
         provider_kind=provider.kind,

@@ -435,9 +435,10 @@ class Ledger:
     def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
         """Store one call; returns its row id."""
         if conn is not None:
-            return conn.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+            # One compiled statement with bound parameters: far cheaper than `.values(**row)` on every call.
+            return conn.execute(calls.insert(), call.row()).inserted_primary_key[0]
         with self.transaction() as own:
-            return own.execute(calls.insert().values(**call.row())).inserted_primary_key[0]
+            return own.execute(calls.insert(), call.row()).inserted_primary_key[0]
 
     def rows(
         self, *, since: str | None = None, run_id: str | None = None, flow: str | None = None
@@ -507,7 +508,7 @@ class Ledger:
                 self.cache_response(key, model, text, data, request=request, flow=flow, phase=phase, conn=own)
             return
         conn.execute(response_cache.delete().where(response_cache.c.key == key))
-        conn.execute(response_cache.insert().values(**values))
+        conn.execute(response_cache.insert(), values)
 
     def output_mode(self, provider: str, model: str) -> str | None:
         """The structured-output form this provider's model is known to accept, if any was learned."""

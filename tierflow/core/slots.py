@@ -73,7 +73,7 @@ class TierSlots:
         if held >= limit:
             return None
         values = {"tier": tier, "holder": self.holder, "acquired": now_iso(), "lease_until": now + self.lease_s}
-        slot = conn.execute(tier_slots.insert().values(**values)).inserted_primary_key[0]
+        slot = conn.execute(tier_slots.insert(), values).inserted_primary_key[0]
         with self._lock:
             self._held.add(slot)
             if self._renewer is None:

@@ -96,6 +96,54 @@ def price(
     return cost * Decimal(str(batch_discount))
 
 
+def price_bound(
+    usage: Usage,
+    model: str,
+    *,
+    provider_kind: str,
+    override: Price | None = None,
+    batch_discount: float = 1.0,
+) -> Decimal | None:
+    """An upper bound on `price(usage, ...)`, from per-token rates looked up once per model (a budget estimate).
+
+    A call's exact price is computed once, from its reported usage; its worst case, before the call, needs no
+    second full price calculation. The rates are probed at a million tokens of each kind, so a model priced in
+    tiers (long-context surcharges) gets its dearest tier's rates: the bound is never below the exact price.
+    """
+    if override is not None or provider_kind not in PROVIDER_IDS:
+        return price(usage, model, provider_kind=provider_kind, override=override, batch_discount=batch_discount)
+    rates = _rates(model, PROVIDER_IDS[provider_kind])
+    if rates is None:
+        return None
+    read, write_5m, write_1h, plain, out = rates
+    cost = (
+        plain * usage.input_tokens
+        + out * (usage.output_tokens + usage.reasoning_tokens)
+        + read * usage.cache_read_tokens
+        + write_5m * (usage.cache_write_tokens - usage.cache_write_1h_tokens)
+        + write_1h * usage.cache_write_1h_tokens
+    )
+    return cost * Decimal(str(batch_discount))
+
+
+@lru_cache(maxsize=256)
+def _rates(model: str, provider_id: str) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None:
+    """USD per token of cache read, cache write (5 m, 1 h), plain input and output, at their dearest tier."""
+    probe = 1_000_000
+    kinds = (
+        Usage(cache_read_tokens=probe),
+        Usage(cache_write_tokens=probe),
+        Usage(cache_write_tokens=probe, cache_write_1h_tokens=probe),
+        Usage(input_tokens=probe),
+        Usage(input_tokens=probe, output_tokens=probe),  # output's rate when the prompt is in the dearest tier
+    )
+    prices = [_genai_price(kind, model, provider_id) for kind in kinds]
+    if any(p is None for p in prices):
+        return None
+    read, write_5m, write_1h, plain, both = (p / probe for p in prices)  # type: ignore[operator]
+    return read, write_5m, write_1h, plain, both - plain
+
+
 def _genai_price(usage: Usage, model: str, provider_id: str) -> Decimal | None:
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
