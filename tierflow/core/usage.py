@@ -87,6 +87,9 @@ def price(
     """
     if override is not None:
         cost = override.cost(usage)
+    elif provider_kind in PROVIDER_IDS and _flat(model, PROVIDER_IDS[provider_kind]):
+        # A model priced per token, flat: its rates, looked up once, price the call exactly.
+        cost = _by_rates(usage, _rates(model, PROVIDER_IDS[provider_kind]))  # type: ignore[arg-type]
     elif provider_kind in PROVIDER_IDS:
         cost = _genai_price(usage, model, PROVIDER_IDS[provider_kind])
         if cost is None:
@@ -115,21 +118,33 @@ def price_bound(
     rates = _rates(model, PROVIDER_IDS[provider_kind])
     if rates is None:
         return None
+    return _by_rates(usage, rates) * Decimal(str(batch_discount))
+
+
+Rates = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]
+"""USD per token of cache read, cache write (5 m, 1 h), plain input and output."""
+
+
+def _by_rates(usage: Usage, rates: Rates) -> Decimal:
     read, write_5m, write_1h, plain, out = rates
-    cost = (
+    return (
         plain * usage.input_tokens
         + out * (usage.output_tokens + usage.reasoning_tokens)
         + read * usage.cache_read_tokens
         + write_5m * (usage.cache_write_tokens - usage.cache_write_1h_tokens)
         + write_1h * usage.cache_write_1h_tokens
     )
-    return cost * Decimal(str(batch_discount))
 
 
 @lru_cache(maxsize=256)
-def _rates(model: str, provider_id: str) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None:
-    """USD per token of cache read, cache write (5 m, 1 h), plain input and output, at their dearest tier."""
-    probe = 1_000_000
+def _flat(model: str, provider_id: str) -> bool:
+    """Whether genai-prices prices `model` at the same rates for a small call as for a huge one (no tiers)."""
+    return _knows(model, provider_id) and _rates(model, provider_id, 1_000) == _rates(model, provider_id)
+
+
+@lru_cache(maxsize=512)
+def _rates(model: str, provider_id: str, probe: int = 1_000_000) -> Rates | None:
+    """The model's rates for calls of `probe` tokens of each kind (by default its dearest tier's)."""
     kinds = (
         Usage(cache_read_tokens=probe),
         Usage(cache_write_tokens=probe),
