@@ -169,6 +169,9 @@ class FeedbackConfig(_Model):
     """None: on whenever a cloud provider is in use."""
     prompt_caching: bool = True
     """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
+    warm_up: bool = True
+    """When the prefix is long enough to be cached, send a phase's first call alone and fan out once it has
+    answered, so that the prefix is written to the provider's cache once, not by every call started at once."""
 
 
 class LimitsConfig(_Model):
