@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 
@@ -18,8 +18,10 @@ def _encoding() -> Any:
         return bpe_openai.get_encoding("o200k_base")
 
 
+@lru_cache(maxsize=1024)
 def count_tokens(text: str) -> int:
-    """Tokens in `text` under o200k; an estimate for other providers' tokenizers."""
+    """Tokens in `text` under o200k; an estimate for other providers' tokenizers. Remembered: a phase's
+    shared prefix (a rubric, a system prompt) is counted once, not once per call."""
     if not text:
         return 0
     return len(_encoding().encode(text, disallowed_special=()))
