@@ -3,7 +3,8 @@
 Starts `prefect server start` (its default SQLite database) on a free loopback port, and a local Anthropic
 wire double whose every call takes 1.0 s. Each scenario runs one Prefect flow that submits its calls as
 tagged task runs (`tier:light`), as a tierflow phase does, and measures the phase's wall time against the
-ideal (`ceil(calls / N)` seconds) and the most calls in flight at the double:
+ideal (`ceil(calls / N)` seconds), the span from the first model call's start to the last one's end (from the
+ledger) against the same ideal, and the most calls in flight at the double:
 
 - `ledger slots`: `[tiers.light] concurrency = N`, tierflow's slots around each model call (the default);
   the thread pool has room for every task.
@@ -157,6 +158,9 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
     wall = phase(settings)
     rows = Ledger.for_vault(vault).rows(run_id=settings.run_id)
     ideal = math.ceil(calls / limit) * latency
+    starts = [datetime.fromisoformat(r["started_at"]) for r in rows]
+    ends = [s + timedelta(milliseconds=r["latency_ms"]) for s, r in zip(starts, rows, strict=True)]
+    span = (max(ends) - min(starts)).total_seconds()
     return {
         "calls": calls,
         "limit": limit,
@@ -164,6 +168,9 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
         "wall_s": round(wall, 2),
         "ideal_s": ideal,
         "wall_to_ideal": round(wall / ideal, 2),
+        "calls_span_s": round(span, 2),
+        "calls_span_to_ideal": round(span / ideal, 2),
+        "not_in_calls_s": round(wall - span, 2),
         "max_in_flight": double.max_in_flight,
         "max_in_flight_ledger": most_at_once(rows),
         "rows": len(rows),
@@ -174,6 +181,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--latency", type=float, default=1.0, help="seconds each model call takes")
+    parser.add_argument("--only", default="", help="CALLS:LIMIT (e.g. 40:8) to run one scenario")
+    parser.add_argument("--mechanism", choices=MECHANISMS, action="append", help="run only these (repeatable)")
     args = parser.parse_args()
     from tierflow.testing.double import ProviderDouble
 
@@ -183,8 +192,9 @@ def main() -> None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            for calls, limit in SCENARIOS:
-                for mechanism in MECHANISMS:
+            scenarios = [tuple(map(int, args.only.split(":")))] if args.only else SCENARIOS
+            for calls, limit in scenarios:
+                for mechanism in args.mechanism or MECHANISMS:
                     result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency)
                     results.append(result)
                     if args.format == "table":
@@ -196,12 +206,13 @@ def main() -> None:
         return
     print(f"\ntier throughput on a real `prefect server start` (SQLite), calls of {args.latency:.1f} s")
     print(
-        f"{'calls':>6}{'limit':>7}  {'mechanism':<14}{'wall s':>8}{'ideal s':>9}{'wall/ideal':>12}{'max in flight':>15}"
+        f"{'calls':>6}{'limit':>7}  {'mechanism':<14}{'wall s':>8}{'ideal s':>9}{'wall/ideal':>12}"
+        f"{'calls span/ideal':>18}{'max in flight':>15}"
     )
     for r in results:
         print(
             f"{r['calls']:>6}{r['limit']:>7}  {r['mechanism']:<14}{r['wall_s']:>8.2f}{r['ideal_s']:>9.1f}"
-            f"{r['wall_to_ideal']:>11.2f}x{r['max_in_flight']:>15}"
+            f"{r['wall_to_ideal']:>11.2f}x{r['calls_span_to_ideal']:>17.2f}x{r['max_in_flight']:>15}"
         )
 
 
