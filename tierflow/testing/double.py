@@ -792,7 +792,8 @@ class ProviderDouble:
       ``cache_read_input_tokens``. ``input_tokens`` is the rest. Prefixes shorter than
       ``min_cacheable_tokens`` are never cached. Entries never expire. With ``realistic_cache``, as on the
       real API: an entry is readable only once the request that wrote it has been answered, so every
-      request that starts before then misses and pays the write too; and the minimum is the model's own
+      request that starts before then misses and pays the write too (batch items run one after another,
+      each reading what earlier items wrote: the API's best case); and the minimum is the model's own
       (``ANTHROPIC_MIN_CACHEABLE``: 4,096 tokens for Opus 4.5/4.6 and Haiku 4.5, 2,048 for Haiku 3.x,
       1,024 otherwise) unless ``min_cacheable_tokens`` is given.
     * OpenAI prompt = tools JSON + response schema JSON + for each message 3 + role + content, plus 3.
@@ -826,6 +827,8 @@ class ProviderDouble:
         self.max_in_flight = 0
         self._pending_cache: dict[int, list[bytes]] = {}
         """Cache entries written by requests still being answered (``realistic_cache``), by thread."""
+        self._answering: set[int] = set()
+        """Threads answering a generation request now (batch items are not among them)."""
         self.requests: list[DoubleRequest] = []
         self.batch_items: list[DoubleRequest] = []
         self.errors: list[BaseException] = []
@@ -1024,6 +1027,7 @@ class ProviderDouble:
             if counted:
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self._answering.add(threading.get_ident())
         try:
             answer = self._handle(request, arg)
             if counted and self.latency_s:
@@ -1033,6 +1037,7 @@ class ProviderDouble:
             with self._lock:
                 if counted:
                     self.in_flight -= 1
+                    self._answering.discard(threading.get_ident())
                 self._anthropic_cache.update(self._pending_cache.pop(threading.get_ident(), []))
 
     @staticmethod
@@ -1248,7 +1253,7 @@ class ProviderDouble:
                     continue
                 write[segments[bp].cache_ttl or "5m"] += cumulative[bp] - previous
                 previous = cumulative[bp]
-                if self.realistic_cache:  # readable once this request has been answered
+                if self.realistic_cache and threading.get_ident() in self._answering:  # readable once answered
                     self._pending_cache.setdefault(threading.get_ident(), []).append(hashes[bp])
                 else:
                     self._anthropic_cache.add(hashes[bp])
