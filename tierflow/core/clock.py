@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 _ENV = "TIERFLOW_CLOCK_START"
 _ANCHOR = "TIERFLOW_CLOCK_ANCHOR"
+_anchors: dict[str, float] = {}
 
 
 def now() -> datetime:
@@ -25,11 +26,13 @@ def now() -> datetime:
     instant = datetime.fromisoformat(start)
     if instant.tzinfo is None:
         instant = instant.replace(tzinfo=UTC)
-    anchor = os.environ.get(_ANCHOR)
-    if anchor is None or anchor.split("@", 1)[-1] != start:
-        anchor = f"{time.time()!r}@{start}"
+    anchor = os.environ.get(_ANCHOR, "")
+    if anchor.split("@", 1)[-1] != start:
+        # A start this process has not seen (or a test switched to): its own anchor, kept if it comes back.
+        anchor = f"{_anchors.setdefault(start, time.time())!r}@{start}"
         os.environ[_ANCHOR] = anchor
-    return instant.astimezone(UTC) + timedelta(seconds=time.time() - float(anchor.split("@", 1)[0]))
+    since = _anchors.setdefault(start, float(anchor.split("@", 1)[0]))
+    return instant.astimezone(UTC) + timedelta(seconds=time.time() - since)
 
 
 def epoch() -> float:
