@@ -12,6 +12,8 @@ ledger) against the same ideal, and the most calls in flight at the double:
   `tierflow limits apply`), which holds whole task runs; the thread pool has room for every task.
 - `no limit`: no tier limit; a thread pool of N workers is the only bound.
 
+Each scenario starts after `--settle` idle seconds, so that none pays for the server's work on the last.
+
     python benchmarks/tier_throughput.py [--format json] [--latency 1.0]
 """
 
@@ -181,6 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--latency", type=float, default=1.0, help="seconds each model call takes")
+    parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before each scenario")
     parser.add_argument("--only", default="", help="CALLS:LIMIT (e.g. 40:8) to run one scenario")
     parser.add_argument("--mechanism", choices=MECHANISMS, action="append", help="run only these (repeatable)")
     args = parser.parse_args()
@@ -195,6 +198,7 @@ def main() -> None:
             scenarios = [tuple(map(int, args.only.split(":")))] if args.only else SCENARIOS
             for calls, limit in scenarios:
                 for mechanism in args.mechanism or MECHANISMS:
+                    time.sleep(args.settle)  # the server's services finish the previous scenario's events first
                     result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency)
                     results.append(result)
                     if args.format == "table":
