@@ -137,6 +137,16 @@ def with_prefix(settings: RunSettings, system: str, prefix: str, user: str) -> t
     return system, "", f"{prefix}\n\n{user}"
 
 
+def warms_cache(settings: RunSettings, assignment: Assignment, submission: Submission) -> bool:
+    """Whether the collate calls share a prefix the model caches: then the first one goes alone, to write it."""
+    system, prefix, user = prompt(settings, assignment, submission)
+    _, request = caller_for(settings).build(
+        phase=PHASE, complexity=COMPLEXITY, system=system, prompt=user, cache_prefix=prefix,
+        output=evidence_output(assignment.rubric),
+    )  # fmt: skip
+    return request.cacheable and caller_for(settings).config.settings.feedback.warm_up
+
+
 def checks(assignment: Assignment, submission: Submission) -> list:
     """`rubric_coverage` and `quotes_verbatim` against this submission, as the prompt shows it."""
     hidden = assignment.pseudonyms().hide(submission.text)
@@ -227,6 +237,7 @@ def collate(settings: RunSettings, assignment: Assignment, *, mode: str, wait: b
             subject=lambda s: assignment.pseudonyms().label.get(s.student_id, s.student_id),
             args=lambda s: (settings, assignment, s),
             path=lambda s: s.path,
+            warm=warms_cache(settings, assignment, pending[0]) if pending else False,
         )
     batched = single(
         collate_batch,

@@ -184,6 +184,22 @@ def write_feedback(
     return writer.write(submission.student_id, front_matter, body, compare_keys=SPEND_KEYS)
 
 
+def warms_cache(
+    settings: RunSettings,
+    assignment: Assignment,
+    submission: Submission,
+    evidence: dict[str, Evidence],
+    cohort: Cohort,
+) -> bool:
+    """Whether the drafts share a prefix the model caches: then the first one goes alone, to write it."""
+    system, prefix, user = prompt(settings, assignment, submission, evidence.get(submission.student_id), cohort)
+    _, request = caller_for(settings).build(
+        phase=PHASE, complexity=complexity(settings), system=system, prompt=user, cache_prefix=prefix,
+        output=feedback_output(assignment.rubric),
+    )  # fmt: skip
+    return request.cacheable and caller_for(settings).config.settings.feedback.warm_up
+
+
 @task(name=PHASE)
 def draft_student(
     settings: RunSettings,
@@ -275,6 +291,7 @@ def draft(
             subject=lambda s: assignment.pseudonyms().label.get(s.student_id, s.student_id),
             args=lambda s: (settings, assignment, s, by_student.get(s.student_id), cohort, share),
             path=lambda s: s.path,
+            warm=bool(submissions) and warms_cache(settings, assignment, submissions[0], by_student, cohort),
         )
     else:
         batched = single(

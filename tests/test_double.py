@@ -156,6 +156,31 @@ def test_prefixes_below_the_minimum_are_not_cached() -> None:
             assert message.usage.input_tokens == 3 + count_tokens(LONG) + 4 + count_tokens("Q")
 
 
+def test_realistic_cache_bills_a_write_to_every_request_that_starts_before_the_first_one_answers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    system = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+    with ProviderDouble(realistic_cache=True, latency_s=0.3) as d:
+        client = claude(d)
+
+        def ask(question: str) -> anthropic.types.Message:
+            return client.messages.create(model=CLAUDE, max_tokens=50, system=system, messages=[user(question)])
+
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(ask, ["one", "two", "three", "four"]))
+        after = ask("five")
+        assert d.max_in_flight == 4
+        # As on the real API: all four started before any write landed, so each missed and wrote the prefix.
+        assert [m.usage.cache_creation_input_tokens for m in together] == [count_tokens(LONG)] * 4
+        assert after.usage.cache_read_input_tokens == count_tokens(LONG)
+        # The model's own minimum: Haiku 4.5 caches nothing under 4,096 tokens (LONG is about 2,000).
+        for question in ("six", "seven"):
+            short = client.messages.create(
+                model="claude-haiku-4-5", max_tokens=50, system=system, messages=[user(question)]
+            )
+            assert short.usage.cache_creation_input_tokens == short.usage.cache_read_input_tokens == 0
+
+
 def test_anthropic_thinking_tokens_are_reported_inside_output_tokens() -> None:
     with ProviderDouble(lambda r: Reply(text="Forty-two.", thinking_tokens=120)) as d:
         message = claude(d).messages.create(

@@ -494,6 +494,8 @@ concurrency = {standard}
 [tiers.deep]
 model = "offline:extractive-deep"
 concurrency = 2
+[limits]
+mechanism = "prefect"
 """
 
 
@@ -538,13 +540,41 @@ def test_limits_refuse_tier_names_prefect_cannot_use_and_change_nothing(server: 
     assert set(ops.BANNED_LIMIT_CHARACTERS) == set(BANNED_CHARACTERS)
     config = write_config(
         tmp_path / "bad.toml",
-        'profile = "offline"\n[tiers."deep/fast"]\nmodel = "offline:extractive-deep"\nconcurrency = 1\n',
+        'profile = "offline"\n[limits]\nmechanism = "prefect"\n[tiers."deep/fast"]\nmodel = "offline:extractive-deep"\n'
+        "concurrency = 1\n",
     )
     before = state(server)
     result = tierflow("limits", "apply", "--config", str(config))
     assert result.exit_code == 1
     assert "'deep/fast' cannot be a Prefect concurrency limit" in result.output
     assert state(server) == before
+
+
+def test_limits_under_the_ledger_mechanism_leave_prefect_alone_and_show_the_slots(api: str, tmp_path: Path):
+    """The default mechanism: tierflow's ledger slots. `apply` removes a tag limit that would throttle whole
+    task runs on top of them; `show` says which mechanism is in force and needs no Prefect server."""
+    from prefect.exceptions import ObjectNotFound
+
+    prefect_limits = write_config(tmp_path / "prefect.toml", LIMITS_CONFIG.format(standard=3))
+    assert tierflow("limits", "apply", "--config", str(prefect_limits)).exit_code == 0
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    ledger_limits = write_config(
+        vault / ".tierflow" / "config.toml", LIMITS_CONFIG.format(standard=3).replace('"prefect"', '"ledger"')
+    )
+    result = tierflow("limits", "apply", "--vault", str(vault))
+    assert result.exit_code == 0, result.output
+    assert "tier:deep: at most 2 at once, held by tierflow's ledger slots; removed the Prefect tag limit of 2" in (
+        result.output
+    )
+    with client() as c, pytest.raises(ObjectNotFound):
+        c.read_concurrency_limit_by_tag("tier:deep")
+    shown = tierflow("limits", "show", "--vault", str(vault))
+    assert shown.exit_code == 0, shown.output
+    assert 'Mechanism in force: tierflow ledger slots ([limits] mechanism = "ledger")' in shown.output
+    assert ledger_limits.is_file()
+    shown = tierflow("limits", "show", "--config", str(prefect_limits))
+    assert 'Mechanism in force: Prefect tag limits ([limits] mechanism = "prefect")' in shown.output
 
 
 def test_limits_without_a_server_explain_how_to_start_one(tmp_path: Path):
@@ -572,6 +602,8 @@ model = "anthropic:claude-sonnet-4-6"
 [tiers.deep]
 model = "anthropic:claude-opus-4-6"
 {concurrency}
+[limits]
+mechanism = "prefect"
 """
 
 

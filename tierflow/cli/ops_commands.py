@@ -242,6 +242,12 @@ def limits_apply(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
         raise fail(str(exc), 1) from None
     for change in changes:
         typer.echo(change.message)
+    if cfg.settings.limits.mechanism == "ledger":
+        typer.echo(
+            "tierflow holds these limits itself, with slots in its ledger around each model call; nothing is needed "
+            'on the Prefect server. For Prefect tag limits instead, set [limits] mechanism = "prefect".'
+        )
+        return
     typer.echo("Every flow and worker on this server now keeps to these limits; see the UI's Concurrency page.")
 
 
@@ -254,6 +260,18 @@ def limits_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
     from tierflow.cli.prefect_ops import OpsError, show_limits
 
     cfg = load(vault.resolve() if vault else None, config, profile) if (vault or config or profile) else None
+    if cfg is not None and cfg.settings.limits.mechanism == "ledger":
+        _show_ledger_slots(cfg)
+        return
+    if cfg is not None:
+        typer.echo(
+            'Mechanism in force: Prefect tag limits ([limits] mechanism = "prefect"): each limit holds whole task '
+            "runs tagged tier:<name>, on this Prefect server."
+        )
+    else:
+        typer.echo(
+            "The Prefect server's tier:* tag limits. Give --vault or --config to see which mechanism is in force."
+        )
     try:
         rows = show_limits(cfg)
     except OpsError as exc:
@@ -270,4 +288,30 @@ def limits_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
         if cfg:
             cells.append("unlimited" if r.configured is None else str(r.configured))
         table.add_row(*cells)
+    Console(width=200).print(table)
+
+
+def _show_ledger_slots(cfg: Config) -> None:
+    """`limits show` under the ledger mechanism: each tier's limit and the slots held now, from the ledger."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tierflow.core.errors import ConfigError
+    from tierflow.core.ledger import Ledger
+    from tierflow.core.slots import in_flight, limits_of
+
+    typer.echo(
+        'Mechanism in force: tierflow ledger slots ([limits] mechanism = "ledger"): each limit holds the model '
+        "calls of a tier, across every process and worker sharing this ledger."
+    )
+    try:
+        held = in_flight(Ledger(cfg.ledger_url))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    limits = limits_of(cfg)
+    table = Table(title="Tier concurrency limits")
+    for col in ("tier", "limit", "calls in flight"):
+        table.add_column(col)
+    for tier in cfg.settings.tiers:
+        table.add_row(tier, str(limits.get(tier, "unlimited")), str(held.get(tier, 0)))
     Console(width=200).print(table)

@@ -419,10 +419,14 @@ class LimitChange:
     """The limit now in force; None is unlimited."""
     before: int | None
     action: str
-    """created | updated | unchanged | removed | unlimited"""
+    """created | updated | unchanged | removed | unlimited | ledger (tierflow's slots hold it; no tag limit)"""
 
     @property
     def message(self) -> str:
+        if self.action == "ledger":
+            held = "unlimited" if self.limit is None else f"at most {self.limit} at once"
+            removed = f"; removed the Prefect tag limit of {self.before}" if self.before is not None else ""
+            return f"{self.tag}: {held}, held by tierflow's ledger slots{removed}"
         if self.action == "unlimited":
             return f"{self.tag}: unlimited (no concurrency set for [tiers.{self.tier}]; left without a limit)"
         if self.action == "removed":
@@ -441,7 +445,9 @@ def apply_limits(config: Config) -> list[LimitChange]:
     A tier with `concurrency` gets a limit of that many task runs at once, across every flow and worker on
     the server. A tier without one is unlimited: a limit left from an earlier apply is removed.
     """
-    check_tier_names(config)
+    ledger = config.settings.limits.mechanism == "ledger"
+    if not ledger:
+        check_tier_names(config)
     wanted = {name: tier.concurrency for name, tier in config.settings.tiers.items()}
     changes = []
     with prefect_client() as client:
@@ -449,6 +455,12 @@ def apply_limits(config: Config) -> list[LimitChange]:
         for tier, limit in sorted(wanted.items()):
             tag = tier_tag(tier)
             before = current.get(tag)
+            if ledger:
+                # tierflow's ledger slots hold the limit: a Prefect tag limit as well would throttle whole task runs.
+                if before is not None:
+                    client.delete_concurrency_limit_by_tag(tag)
+                changes.append(LimitChange(tier, tag, limit, before, "ledger"))
+                continue
             if limit is None:
                 if before is None:
                     changes.append(LimitChange(tier, tag, None, None, "unlimited"))

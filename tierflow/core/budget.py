@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -29,7 +29,7 @@ from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
 from tierflow.core.ledger import CallRecord, Ledger, calls, database_seconds, now_iso, reservations
 from tierflow.core.routing import Route
-from tierflow.core.usage import TOKEN_KINDS, Usage, price
+from tierflow.core.usage import TOKEN_KINDS, Usage, price_bound
 
 log = logging.getLogger("tierflow")
 
@@ -82,8 +82,8 @@ def estimate(
         output_tokens=route.max_output_tokens,
     )
     discount = provider.batch_discount if batch else 1.0
-    usd = price(usage, route.model, provider_kind=provider.kind, override=tier.price, batch_discount=discount)
-    prompt_usd = price(
+    usd = price_bound(usage, route.model, provider_kind=provider.kind, override=tier.price, batch_discount=discount)
+    prompt_usd = price_bound(
         replace(usage, output_tokens=0), route.model, provider_kind=provider.kind, override=tier.price,
         batch_discount=discount,
     )  # fmt: skip
@@ -344,34 +344,54 @@ class Budgets:
         delay = 0.01
         while True:
             with self.ledger.transaction() as conn:
-                _lock(conn)
-                _release(conn, _expired(database_seconds(conn)))
-                states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
-                decision = _decide(candidates, states, wait=wait)
-                if isinstance(decision, Reservation):
-                    return self._insert(conn, decision)
-            if decision is _WAIT and time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-                continue
-            state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
-            usd = state.usd_of(est)
-            if usd is None:
-                raise BudgetExceeded(
-                    f"{state.describe()}: tier {candidate.tier!r} runs {candidate.model_ref}, whose price is not "
-                    f"known, so this {candidate.phase} call cannot be counted against a USD budget. Price it with "
-                    f"`[tiers.{candidate.tier}.price]` (input and output USD per million tokens) in the config, "
-                    f'or set `unpriced = "allow"` and `fallback_usd_per_mtok` in [budgets.{state.name}].',
-                    budget=state.name,
-                    scope=state.scope,
-                )
+                reservation = self.reserve_in(conn, candidates, wait=wait, expired=time.monotonic() >= deadline)
+            if reservation is not None:
+                return reservation
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def reserve_in(
+        self,
+        conn: Connection,
+        candidates: Sequence[tuple[Route, Estimate]],
+        *,
+        wait: bool = True,
+        expired: bool = False,
+        claim: Callable[[Connection, Route], bool] | None = None,
+    ) -> Reservation | None:
+        """One try at `reserve`, inside the caller's write transaction: the reservation, or None to wait.
+
+        None means the call would fit once the calls in flight settle (until `expired`), or that `claim` (which
+        may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
+        """
+        _lock(conn)
+        _release(conn, _expired(database_seconds(conn)))
+        states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
+        decision = _decide(candidates, states, wait=wait)
+        if isinstance(decision, Reservation):
+            if claim is not None and not claim(conn, decision.route):
+                return None
+            return self._insert(conn, decision)
+        if decision is _WAIT and not expired:
+            return None
+        state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
+        usd = state.usd_of(est)
+        if usd is None:
             raise BudgetExceeded(
-                f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
-                f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
-                f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+                f"{state.describe()}: tier {candidate.tier!r} runs {candidate.model_ref}, whose price is not "
+                f"known, so this {candidate.phase} call cannot be counted against a USD budget. Price it with "
+                f"`[tiers.{candidate.tier}.price]` (input and output USD per million tokens) in the config, "
+                f'or set `unpriced = "allow"` and `fallback_usd_per_mtok` in [budgets.{state.name}].',
                 budget=state.name,
                 scope=state.scope,
             )
+        raise BudgetExceeded(
+            f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
+            f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
+            f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+            budget=state.name,
+            scope=state.scope,
+        )
 
     def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
         est = reservation.estimate
@@ -434,13 +454,23 @@ class Budgets:
             except sa.exc.SQLAlchemyError as exc:  # the ledger is briefly unreachable: try again next tick
                 log.warning("could not renew %d budget reservation lease(s): %s", len(held), exc)
 
-    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
-        """Record the call, release its reservation and cache a passing answer, in one transaction."""
+    def settle(
+        self,
+        reservation_id: int,
+        call: CallRecord,
+        *,
+        cache: Any = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Record the call, release its reservation and cache a passing answer, in one transaction (with
+        `also`, such as giving back a tier slot)."""
         self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
             # Under the reservation lock: on PostgreSQL (READ COMMITTED) a reservation's separate spent and
             # held sums could otherwise fall either side of this commit and count the call nowhere.
             _lock(conn)
+            if also is not None:
+                also(conn)
             self.ledger.record(call, conn=conn)
             if cache is not None:
                 self.ledger.cache_response(
@@ -459,11 +489,13 @@ class Budgets:
                 .values(open=False, kept=not call.usage.known)
             )
 
-    def release(self, reservation_id: int) -> None:
-        """Drop a reservation whose call failed before spending."""
+    def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
+        """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
         self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
             _lock(conn)
+            if also is not None:
+                also(conn)
             conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
+from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
@@ -26,6 +27,7 @@ from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRe
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
+from tierflow.core.slots import NO_SLOT, TierSlots
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import Usage, price
 
@@ -148,6 +150,23 @@ class CacheEntry:
     request: Request
 
 
+@dataclass
+class _Ticket:
+    """What the transaction before a call took: the reservation, the tier slot and the local gate."""
+
+    gate: threading.BoundedSemaphore | None
+    slot: int | None = NO_SLOT
+    reservation: Reservation = field(default=None)  # type: ignore[assignment]
+    route: Route = field(default=None)  # type: ignore[assignment]
+    request: Request = field(default=None)  # type: ignore[assignment]
+
+    def leave(self) -> None:
+        """Open the local gate again (once)."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.release()
+
+
 class Caller:
     """The call path for one run: config, providers, ledger and budgets, shared by its tasks."""
 
@@ -162,6 +181,7 @@ class Caller:
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )
+        self.slots = TierSlots(self.config, self.ledger)
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -271,14 +291,17 @@ class Caller:
     ) -> tuple[Route, Request]:
         """The route and the request a call would make; `plan` estimates these without calling."""
         routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note)
+        schema = output.model_json_schema() if output is not None else None
         return routed, self.request(
             routed,
             system=system,
             prompt=prompt,
             cache_prefix=cache_prefix,
-            schema=output.model_json_schema() if output is not None else None,
+            schema=schema,
             schema_name=output.__name__.lower() if output is not None else "result",
             cache_key=f"tierflow-{self.settings.flow}-{phase}" if cache_prefix else None,
+            # A prefix shorter than the model caches is sent unmarked: marking it would buy nothing.
+            cacheable=bool(cache_prefix) and worth_caching(self.config, routed, system, cache_prefix, schema),
         )
 
     def ask(
@@ -426,48 +449,62 @@ class Caller:
         number: int,
         escalated_from: str | None,
     ) -> Attempt:
-        """One call: answer cache, reservation, the provider, the verdict, and its ledger row."""
-        key = _cache_key(routed, request)
-        hit = self.reuse(routed, key, subject) if self.settings.use_cache else None
-        if hit is not None:
-            cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model)
+        """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
+
+        The hot path of an uncached call is two ledger transactions: one before the provider call (cache
+        lookup, budget reservation, tier slot) and one after (record, settle, cache write, slot back).
+        """
+        key = _cache_key(routed, request) if self.settings.use_cache else None
+        ticket = self._before(routed, request, key, subject)
+        if isinstance(ticket, tuple):
+            cached = Completion(text=ticket[0], data=ticket[1], usage=Usage(), model=routed.model)
             attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
             if attempt.outcome == "ok":
                 return attempt  # only answers that passed are cached; the checks confirm it still does
-        reservation, routed, request = self.reserve(routed, request, subject)
+            ticket = self._before(routed, request, None, subject)
+        assert isinstance(ticket, _Ticket)
+        reservation, routed, request = ticket.reservation, ticket.route, ticket.request
         started = now_iso()
         t0 = time.perf_counter()
         self.budgets.keep_alive(reservation.id)  # the lease is renewed while the call is in flight
         try:
             completion = self._complete(routed, request)
         except BaseException:
-            self.budgets.release(reservation.id)
+            self.budgets.release(reservation.id, also=lambda conn: self.slots.release(conn, ticket.slot))
+            ticket.leave()
             raise
         self.budgets.stop_renewing(reservation.id)
         latency_ms = (time.perf_counter() - t0) * 1000
-        cost = self._cost(routed, completion, batch=False)
-        attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
-        record = self._record(
-            routed,
-            completion.usage,
-            cost,
-            latency_ms,
-            subject,
-            started,
-            downgraded_from=reservation.downgraded_from,
-            outcome=attempt.outcome,
-            checks_failed=attempt.checks_failed,
-            attempt=number,
-            escalated_from=escalated_from,
-        )
-        # Only an answer that passed is cached, under the request actually sent: after a downgrade, that is the
-        # cheaper tier's model and output limit, so the answer is never replayed for the tier that was asked for.
-        sent_key = _cache_key(routed, request)
-        cache = (
-            CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request) if attempt.ok else None
-        )
-        self.budgets.settle(reservation.id, record, cache=cache)
-        telemetry.record_call(record, provider_kind=routed.provider_kind)
+        try:
+            cost = self._cost(routed, completion, batch=False)
+            attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
+            record = self._record(
+                routed,
+                completion.usage,
+                cost,
+                latency_ms,
+                subject,
+                started,
+                downgraded_from=reservation.downgraded_from,
+                outcome=attempt.outcome,
+                checks_failed=attempt.checks_failed,
+                attempt=number,
+                escalated_from=escalated_from,
+            )
+            # Only an answer that passed is cached, under the request actually sent: after a downgrade, that is
+            # the cheaper tier's model and output limit, so the answer is never replayed for the tier asked for.
+            sent_key = _cache_key(routed, request)
+            cache = (
+                CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request)
+                if attempt.ok
+                else None
+            )
+            self.budgets.settle(
+                reservation.id, record, cache=cache, also=lambda conn: self.slots.release(conn, ticket.slot)
+            )
+            telemetry.record_call(record, provider_kind=routed.provider_kind)
+        finally:
+            ticket.leave()
         log.info(
             "%s · %s · tier %s · %s · %d tokens · %s · %s",
             routed.phase,
@@ -479,6 +516,72 @@ class Caller:
             attempt.outcome,
         )
         return replace(attempt, answer=replace(attempt.answer, warnings=reservation.warnings))
+
+    def _before(
+        self, routed: Route, request: Request, key: str | None, subject: str
+    ) -> tuple[str, dict[str, Any] | None] | _Ticket:
+        """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
+        reservation and tier slot, taken together once both are free.
+
+        A call first passes its tier's local gate (threads of this process), then polls the ledger for a slot
+        every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
+        """
+        candidates = self.downgrades(routed, request)
+        # A prompt the model cannot take is refused before anything is reserved or sent.
+        check_fits(self.config, routed, candidates[0][1].prompt_tokens)
+        gate = self.slots.local(routed.tier)
+        if gate is not None and not gate.acquire(blocking=False):
+            if key is not None:  # every local slot is busy: an answer in the cache needs none
+                hit = self.reuse(routed, key, subject)
+                if hit is not None:
+                    return hit
+                key = None
+            gate.acquire()
+        ticket = _Ticket(gate)
+        try:
+            deadline = time.monotonic() + self.budgets.max_wait_s
+            budget_delay, slot_delay = 0.01, 0.002
+
+            def claim(conn: Any, chosen: Route) -> bool:
+                ticket.slot = self.slots.claim(conn, chosen.tier)
+                return ticket.slot is not None
+
+            while True:
+                ticket.slot = NO_SLOT
+                try:
+                    with self.ledger.transaction() as conn:
+                        if key is not None:
+                            hit = self.ledger.cached_response(key, conn=conn)
+                            if hit is not None:
+                                self.ledger.record(
+                                    self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True),
+                                    conn=conn,
+                                )
+                                ticket.leave()
+                                return hit
+                        reservation = self.budgets.reserve_in(
+                            conn, candidates, expired=time.monotonic() >= deadline, claim=claim
+                        )
+                except BudgetExceeded as exc:
+                    self._budget_event(
+                        "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
+                    )
+                    raise
+                if reservation is not None:
+                    break
+                if ticket.slot is None:  # the tier is full in another process: a slot frees soon
+                    time.sleep(slot_delay)
+                    deadline += slot_delay  # waiting for a slot is not waiting for budget
+                    slot_delay = min(slot_delay * 1.5, 0.02)
+                else:
+                    time.sleep(budget_delay)
+                    budget_delay = min(budget_delay * 2, 0.25)
+        except BaseException:
+            ticket.leave()
+            raise
+        ticket.reservation = reservation
+        ticket.route, ticket.request = self._reserved(routed, request, subject, reservation)
+        return ticket
 
     def reserve(
         self, routed: Route, request: Request, subject: str, *, batch: bool = False
@@ -495,6 +598,12 @@ class Caller:
         except BudgetExceeded as exc:
             self._budget_event("tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc))
             raise
+        return (reservation, *self._reserved(routed, request, subject, reservation))
+
+    def _reserved(
+        self, routed: Route, request: Request, subject: str, reservation: Reservation
+    ) -> tuple[Route, Request]:
+        """What a reservation means for the call: warnings and events, and a downgrade's route and request."""
         for budget, message in reservation.warnings:
             log.warning("budget: over %s", message)
             self._budget_event("tierflow.budget.exceeded", budget, routed, subject, policy="warn", detail=message)
@@ -524,7 +633,7 @@ class Caller:
             routed = reservation.route
             # The reservation was sized for the cheaper tier's output limit: send that limit, never more.
             request = replace(request, model=routed.model, max_output_tokens=routed.max_output_tokens)
-        return reservation, routed, request
+        return routed, request
 
     def judge(
         self,

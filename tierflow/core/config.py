@@ -68,7 +68,11 @@ class TierConfig(_Model):
     max_output_tokens: int = Field(default=2048, gt=0)
     price: Price | None = None
     concurrency: int | None = Field(default=None, ge=1)
-    """Prefect tag concurrency limit for `tier:<name>`; unset means unlimited."""
+    """At most this many calls of the tier in flight at once, across every process on the ledger (or, with
+    `[limits] mechanism = "prefect"`, task runs under the Prefect tag limit `tier:<name>`); unset: unlimited."""
+    min_cacheable_tokens: int | None = Field(default=None, ge=0)
+    """The shortest prefix the provider caches; a shorter one is sent without `cache_control`. Unset: the
+    default for known models (`tierflow.core.caching`)."""
     max_output_tokens_ceiling: int | None = Field(default=None, gt=0)
     """How far a cut-off answer's retry may raise the output limit; unset means twice `max_output_tokens`."""
 
@@ -181,6 +185,20 @@ class FeedbackConfig(_Model):
     """None: on whenever a cloud provider is in use."""
     prompt_caching: bool = True
     """Send the shared rubric, brief, exemplars and cohort summary as a cacheable prefix."""
+    warm_up: bool = True
+    """When the prefix is long enough to be cached, send a phase's first call alone and fan out once it has
+    answered, so that the prefix is written to the provider's cache once, not by every call started at once."""
+
+
+class LimitsConfig(_Model):
+    """How `[tiers.<name>] concurrency` is enforced."""
+
+    mechanism: Literal["ledger", "prefect"] = "ledger"
+    """`ledger`: leased slots in the ledger database, taken around the model call only, held across every
+    process sharing the ledger. `prefect`: Prefect tag limits on `tier:<name>` (`tierflow limits apply`),
+    which wrap the whole task run and suit a PostgreSQL-backed Prefect server."""
+    lease_s: float = Field(default=30.0, gt=0)
+    """How long a slot outlives a process that died holding it; live holders renew it every third of this."""
 
 
 class ProjectConfig(_Model):
@@ -206,6 +224,7 @@ class Settings(_Model):
     budgets: dict[str, BudgetConfig] = {}
     feedback: FeedbackConfig = FeedbackConfig()
     project: ProjectConfig = ProjectConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}

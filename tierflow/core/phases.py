@@ -151,11 +151,15 @@ def fan_out(
     args: Callable[[T], tuple[Any, ...]],
     front_matter: Callable[[T], Mapping[str, Any] | None] = lambda _: None,
     path: Callable[[T], str] = lambda _: "",
+    warm: bool = False,
 ) -> PhaseOutcome[R]:
     """Submit one tagged task per item and gather them as they finish.
 
     A provider failure or malformed answer skips that item with its reason and the rest go on. A budget
-    halt stops the phase: finished items are kept, unfinished ones are listed as not done.
+    halt stops the phase: finished items are kept, unfinished ones are listed as not done. With `warm` (the
+    items' prompts share a cacheable prefix), the first item runs alone and the rest fan out once it has
+    answered: the provider writes the prefix to its cache once, and every other call reads it, where
+    calls started together would each pay the cache write.
     """
     outcome: PhaseOutcome[R] = PhaseOutcome()
     futures = {}
@@ -169,7 +173,10 @@ def fan_out(
             front_matter=front_matter(item),
             note=path(item),
         )
-        futures[tagged.submit(*args(item))] = index
+        future = tagged.submit(*args(item))
+        futures[future] = index
+        if warm and index == 0 and len(items) > 1:
+            future.wait()
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
     for done, future in enumerate(as_completed(list(futures)), start=1):

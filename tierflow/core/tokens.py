@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 
@@ -24,8 +24,10 @@ safely"), so a longer text is counted in pieces cut at white space; the sum diff
 most a token per cut."""
 
 
+@lru_cache(maxsize=1024)
 def count_tokens(text: str) -> int:
-    """Tokens in `text` under o200k; an estimate for other providers' tokenizers. Any length is accepted."""
+    """Tokens in `text` under o200k; an estimate for other providers' tokenizers. Any length is accepted, and
+    the count is remembered: a phase's shared prefix (a rubric, a system prompt) is counted once."""
     if not text:
         return 0
     total, start = 0, 0

@@ -87,6 +87,9 @@ def price(
     """
     if override is not None:
         cost = override.cost(usage)
+    elif provider_kind in PROVIDER_IDS and _flat(model, PROVIDER_IDS[provider_kind]):
+        # A model priced per token, flat: its rates, looked up once, price the call exactly.
+        cost = _by_rates(usage, _rates(model, PROVIDER_IDS[provider_kind]))  # type: ignore[arg-type]
     elif provider_kind in PROVIDER_IDS:
         cost = _genai_price(usage, model, PROVIDER_IDS[provider_kind])
         if cost is None:
@@ -94,6 +97,66 @@ def price(
     else:
         return Decimal(0)
     return cost * Decimal(str(batch_discount))
+
+
+def price_bound(
+    usage: Usage,
+    model: str,
+    *,
+    provider_kind: str,
+    override: Price | None = None,
+    batch_discount: float = 1.0,
+) -> Decimal | None:
+    """An upper bound on `price(usage, ...)`, from per-token rates looked up once per model (a budget estimate).
+
+    A call's exact price is computed once, from its reported usage; its worst case, before the call, needs no
+    second full price calculation. The rates are probed at a million tokens of each kind, so a model priced in
+    tiers (long-context surcharges) gets its dearest tier's rates: the bound is never below the exact price.
+    """
+    if override is not None or provider_kind not in PROVIDER_IDS:
+        return price(usage, model, provider_kind=provider_kind, override=override, batch_discount=batch_discount)
+    rates = _rates(model, PROVIDER_IDS[provider_kind])
+    if rates is None:
+        return None
+    return _by_rates(usage, rates) * Decimal(str(batch_discount))
+
+
+Rates = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]
+"""USD per token of cache read, cache write (5 m, 1 h), plain input and output."""
+
+
+def _by_rates(usage: Usage, rates: Rates) -> Decimal:
+    read, write_5m, write_1h, plain, out = rates
+    return (
+        plain * usage.input_tokens
+        + out * (usage.output_tokens + usage.reasoning_tokens)
+        + read * usage.cache_read_tokens
+        + write_5m * (usage.cache_write_tokens - usage.cache_write_1h_tokens)
+        + write_1h * usage.cache_write_1h_tokens
+    )
+
+
+@lru_cache(maxsize=256)
+def _flat(model: str, provider_id: str) -> bool:
+    """Whether genai-prices prices `model` at the same rates for a small call as for a huge one (no tiers)."""
+    return _knows(model, provider_id) and _rates(model, provider_id, 1_000) == _rates(model, provider_id)
+
+
+@lru_cache(maxsize=512)
+def _rates(model: str, provider_id: str, probe: int = 1_000_000) -> Rates | None:
+    """The model's rates for calls of `probe` tokens of each kind (by default its dearest tier's)."""
+    kinds = (
+        Usage(cache_read_tokens=probe),
+        Usage(cache_write_tokens=probe),
+        Usage(cache_write_tokens=probe, cache_write_1h_tokens=probe),
+        Usage(input_tokens=probe),
+        Usage(input_tokens=probe, output_tokens=probe),  # output's rate when the prompt is in the dearest tier
+    )
+    prices = [_genai_price(kind, model, provider_id) for kind in kinds]
+    if any(p is None for p in prices):
+        return None
+    read, write_5m, write_1h, plain, both = (p / probe for p in prices)  # type: ignore[operator]
+    return read, write_5m, write_1h, plain, both - plain
 
 
 def _genai_price(usage: Usage, model: str, provider_id: str) -> Decimal | None:

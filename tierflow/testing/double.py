@@ -511,6 +511,14 @@ _OPENAI_FINISH = {
     "refusal": "content_filter",
 }
 _MODEL_KINDS = ("message", "chat")
+ANTHROPIC_MIN_CACHEABLE: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-6", 4096),
+    ("claude-opus-4-5", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-3-5-haiku", 2048),
+    ("claude-3-haiku", 2048),
+)
+"""Anthropic's shortest cacheable prefix per model (id prefix, tokens) where it is not 1,024."""
 _SSE = "text/event-stream; charset=utf-8"
 _JSON_KINDS = ("message", "chat", "count_tokens", "batch_create")
 _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
@@ -782,7 +790,12 @@ class ProviderDouble:
       first sight: its tokens go to ``cache_creation_input_tokens`` (5m or 1h bucket by ``ttl``). Later
       requests read the longest known prefix ending at a breakpoint or up to 20 blocks before one:
       ``cache_read_input_tokens``. ``input_tokens`` is the rest. Prefixes shorter than
-      ``min_cacheable_tokens`` are never cached. Entries never expire.
+      ``min_cacheable_tokens`` are never cached. Entries never expire. With ``realistic_cache``, as on the
+      real API: an entry is readable only once the request that wrote it has been answered, so every
+      request that starts before then misses and pays the write too (batch items run one after another,
+      each reading what earlier items wrote: the API's best case); and the minimum is the model's own
+      (``ANTHROPIC_MIN_CACHEABLE``: 4,096 tokens for Opus 4.5/4.6 and Haiku 4.5, 2,048 for Haiku 3.x,
+      1,024 otherwise) unless ``min_cacheable_tokens`` is given.
     * OpenAI prompt = tools JSON + response schema JSON + for each message 3 + role + content, plus 3.
       ``cached_tokens`` is the longest prefix shared with an earlier request for the same model and
       ``prompt_cache_key``, if >= 1024 tokens, rounded down to a multiple of 128. ``prompt_tokens``
@@ -790,6 +803,8 @@ class ProviderDouble:
     * A reply longer than ``max_tokens`` (minus hidden tokens) is cut, with ``max_tokens``/``length``.
 
     Batches end after ``batch_polls_until_done`` status GETs; the responder runs for each item then.
+    ``latency_s`` delays every generation answer, like a model thinking; ``in_flight`` and
+    ``max_in_flight`` count generation requests being answered at once.
     """
 
     def __init__(
@@ -797,13 +812,23 @@ class ProviderDouble:
         responder: Responder | None = None,
         *,
         batch_polls_until_done: int = 1,
-        min_cacheable_tokens: int = 0,
+        min_cacheable_tokens: int | None = None,
+        realistic_cache: bool = False,
+        latency_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.responder: Responder | None = responder
         self.batch_polls_until_done = batch_polls_until_done
         self.min_cacheable_tokens = min_cacheable_tokens
+        self.realistic_cache = realistic_cache
+        self.latency_s = latency_s
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._pending_cache: dict[int, list[bytes]] = {}
+        """Cache entries written by requests still being answered (``realistic_cache``), by thread."""
+        self._answering: set[int] = set()
+        """Threads answering a generation request now (batch items are not among them)."""
         self.requests: list[DoubleRequest] = []
         self.batch_items: list[DoubleRequest] = []
         self.errors: list[BaseException] = []
@@ -934,6 +959,8 @@ class ProviderDouble:
             self._expire_batches = 0
             self._anthropic_cache.clear()
             self._openai_cache.clear()
+            self._pending_cache.clear()
+            self.max_in_flight = 0
             self._batches.clear()
             self._files.clear()
 
@@ -978,7 +1005,7 @@ class ProviderDouble:
                 answer.headers["retry-after-ms"] = str(rule.retry_after_ms)
         else:
             try:
-                answer = self._handle(request, arg)
+                answer = self._handle_timed(request, arg, counted=kind in _MODEL_KINDS)
             except _HttpError as err:
                 answer = self._error(provider, err.status, err.message)
                 if not err.retry:
@@ -992,6 +1019,26 @@ class ProviderDouble:
         request.response = answer.body
         answer.headers["request-id" if provider == "anthropic" else "x-request-id"] = self._new_id("req_")
         return answer
+
+    def _handle_timed(self, request: DoubleRequest, arg: str, *, counted: bool) -> _Answer:
+        """Answer a request; a generation request is counted in flight and delayed by ``latency_s``. The
+        cache entries the request wrote become readable when it is answered."""
+        with self._lock:
+            if counted:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self._answering.add(threading.get_ident())
+        try:
+            answer = self._handle(request, arg)
+            if counted and self.latency_s:
+                time.sleep(self.latency_s)
+            return answer
+        finally:
+            with self._lock:
+                if counted:
+                    self.in_flight -= 1
+                    self._answering.discard(threading.get_ident())
+                self._anthropic_cache.update(self._pending_cache.pop(threading.get_ident(), []))
 
     @staticmethod
     def _provider_for(parts: list[str], headers: dict[str, str]) -> Provider:
@@ -1200,13 +1247,25 @@ class ProviderDouble:
             hit = max((j for j in candidates if hashes[j] in self._anthropic_cache), default=-1)
             read = cumulative[hit] if hit >= 0 else 0
             previous = read
+            minimum = self._min_cacheable(model)
             for bp in breakpoints:
-                if bp <= hit or cumulative[bp] < self.min_cacheable_tokens:
+                if bp <= hit or cumulative[bp] < minimum:
                     continue
                 write[segments[bp].cache_ttl or "5m"] += cumulative[bp] - previous
                 previous = cumulative[bp]
-                self._anthropic_cache.add(hashes[bp])
+                if self.realistic_cache and threading.get_ident() in self._answering:  # readable once answered
+                    self._pending_cache.setdefault(threading.get_ident(), []).append(hashes[bp])
+                else:
+                    self._anthropic_cache.add(hashes[bp])
         return read, write["5m"], write["1h"]
+
+    def _min_cacheable(self, model: str) -> int:
+        if self.min_cacheable_tokens is not None:
+            return self.min_cacheable_tokens
+        if not self.realistic_cache:
+            return 0
+        known = [(p, n) for p, n in ANTHROPIC_MIN_CACHEABLE if model.startswith(p)]
+        return max(known, key=lambda k: len(k[0]))[1] if known else 1024
 
     def _openai_chat(self, request: DoubleRequest, arg: str) -> _Answer:
         _require(request, "model", "messages")

@@ -30,6 +30,8 @@ class Request:
     schema_name: str = "result"
     cache_key: str | None = None
     """A hint that groups requests sharing a prefix (OpenAI `prompt_cache_key`)."""
+    cacheable: bool = True
+    """False when `cache_prefix` is shorter than the model caches: it is sent first, but not marked."""
     output_mode: str = ""
     """How structured output goes on the wire: "" for the provider's default, or one of `OUTPUT_MODES`."""
     mode_confirmed: bool = True

@@ -42,7 +42,9 @@ class AnthropicProvider:
         """The Messages API parameters for a request (also the body of a batch item)."""
         system: list[dict[str, Any]] = [{"type": "text", "text": request.system}]
         if request.cache_prefix:
-            system.append({"type": "text", "text": request.cache_prefix, "cache_control": {"type": "ephemeral"}})
+            system.append({"type": "text", "text": request.cache_prefix})
+            if request.cacheable:
+                system[-1]["cache_control"] = {"type": "ephemeral"}
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_output_tokens,

@@ -1,0 +1,224 @@
+"""Tier concurrency under load: tierflow's ledger slots, Prefect tag limits, and no limit, on a real server.
+
+Starts `prefect server start` (its default SQLite database) on a free loopback port, and a local Anthropic
+wire double whose every call takes 1.0 s. Each scenario runs one Prefect flow that submits its calls as
+tagged task runs (`tier:light`), as a tierflow phase does, and measures the phase's wall time against the
+ideal (`ceil(calls / N)` seconds), the span from the first model call's start to the last one's end (from the
+ledger) against the same ideal, and the most calls in flight at the double:
+
+- `ledger slots`: `[tiers.light] concurrency = N`, tierflow's slots around each model call (the default);
+  the thread pool has room for every task.
+- `prefect tags`: the same limit as a Prefect tag limit on `tier:light` (`[limits] mechanism = "prefect"`,
+  `tierflow limits apply`), which holds whole task runs; the thread pool has room for every task.
+- `no limit`: no tier limit; a thread pool of N workers is the only bound.
+
+Each scenario starts after `--settle` idle seconds, so that none pays for the server's work on the last.
+
+    python benchmarks/tier_throughput.py [--format json] [--latency 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HOME = Path(tempfile.mkdtemp(prefix="tierflow-bench-throughput-"))
+os.environ["PREFECT_HOME"] = str(HOME / "client")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["ANTHROPIC_API_KEY"] = "bench"
+
+SCENARIOS = ((40, 4), (40, 8), (120, 8))
+MECHANISMS = ("ledger slots", "prefect tags", "no limit")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path):
+    """A real `prefect server start` on SQLite, as a user runs it; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
+    log = (home / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start; see {home / 'server.log'}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def config_text(base_url: str, limit: int | None, mechanism: str) -> str:
+    concurrency = f"concurrency = {limit}\n" if limit else ""
+    return (
+        f'profile = "anthropic"\n[providers.anthropic]\nkind = "anthropic"\nbase_url = "{base_url}"\n'
+        'api_key_env = "ANTHROPIC_API_KEY"\nmax_retries = 0\ntimeout_s = 60\n'
+        f'[tiers.light]\nmodel = "anthropic:claude-haiku-4-5"\nmax_output_tokens = 256\n{concurrency}'
+        '[tiers.standard]\nmodel = "anthropic:claude-sonnet-4-6"\n[tiers.deep]\nmodel = "anthropic:claude-opus-4-6"\n'
+        f'[limits]\nmechanism = "{mechanism}"\n'
+    )
+
+
+def most_at_once(rows: list[dict[str, Any]]) -> int:
+    events = []
+    for r in rows:
+        start = datetime.fromisoformat(r["started_at"])
+        events += [(start, 1), (start + timedelta(milliseconds=r["latency_ms"]), -1)]
+    level = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str, latency: float) -> dict[str, Any]:
+    from prefect import flow, task
+    from prefect.concurrency.services import _no_limits_cache
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from tierflow.cli.prefect_ops import apply_limits
+    from tierflow.core.calls import RunSettings, caller_for
+    from tierflow.core.config import load_config
+    from tierflow.core.ledger import Ledger
+    from tierflow.core.phases import phase_task
+
+    vault = root / f"{mechanism.replace(' ', '-')}-{calls}-{limit}"
+    (vault / ".tierflow").mkdir(parents=True)
+    kind = {"ledger slots": "ledger", "prefect tags": "prefect", "no limit": "ledger"}[mechanism]
+    (vault / ".tierflow" / "config.toml").write_text(
+        config_text(double.anthropic_base_url, None if mechanism == "no limit" else limit, kind)
+    )
+    apply_limits(load_config(vault))  # creates, or removes, the Prefect tag limit on tier:light
+    _no_limits_cache.clear()
+    settings = RunSettings(vault=str(vault), run_id=f"bench-{vault.name}", flow="throughput", use_cache=False)
+    caller_for(settings).provider("anthropic")  # the SDK client exists before the clock starts
+
+    @task
+    def collate_call(settings, index):  # noqa: ANN001, ANN202 (unannotated: Prefect resolves annotations)
+        return (
+            caller_for(settings)
+            .ask(phase="collate", complexity="low", system="Be brief.", prompt=f"Note {index}", subject=f"n{index}")
+            .text
+        )
+
+    workers = limit if mechanism == "no limit" else calls
+
+    @flow(name="tier-throughput", task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    def phase(settings):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        futures = [
+            phase_task(collate_call, settings, phase="collate", complexity="low", subject=f"n{i}").submit(settings, i)
+            for i in range(calls)
+        ]
+        for f in futures:
+            f.result()
+        return time.perf_counter() - t0
+
+    double.reset()
+    wall = phase(settings)
+    rows = Ledger.for_vault(vault).rows(run_id=settings.run_id)
+    ideal = math.ceil(calls / limit) * latency
+    starts = [datetime.fromisoformat(r["started_at"]) for r in rows]
+    ends = [s + timedelta(milliseconds=r["latency_ms"]) for s, r in zip(starts, rows, strict=True)]
+    span = (max(ends) - min(starts)).total_seconds()
+    return {
+        "calls": calls,
+        "limit": limit,
+        "mechanism": mechanism,
+        "wall_s": round(wall, 2),
+        "ideal_s": ideal,
+        "wall_to_ideal": round(wall / ideal, 2),
+        "calls_span_s": round(span, 2),
+        "calls_span_to_ideal": round(span / ideal, 2),
+        "not_in_calls_s": round(wall - span, 2),
+        "max_in_flight": double.max_in_flight,
+        "max_in_flight_ledger": most_at_once(rows),
+        "rows": len(rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--latency", type=float, default=1.0, help="seconds each model call takes")
+    parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before each scenario")
+    parser.add_argument("--only", default="", help="CALLS:LIMIT (e.g. 40:8) to run one scenario")
+    parser.add_argument("--mechanism", choices=MECHANISMS, action="append", help="run only these (repeatable)")
+    args = parser.parse_args()
+    from tierflow.testing.double import ProviderDouble
+
+    results = []
+    with prefect_server(HOME / "server") as url, ProviderDouble(latency_s=args.latency) as double:
+        os.environ["PREFECT_API_URL"] = url
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            scenarios = [tuple(map(int, args.only.split(":")))] if args.only else SCENARIOS
+            for calls, limit in scenarios:
+                for mechanism in args.mechanism or MECHANISMS:
+                    time.sleep(args.settle)  # the server's services finish the previous scenario's events first
+                    result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency)
+                    results.append(result)
+                    if args.format == "table":
+                        print(
+                            f"  ... {calls} calls, limit {limit}, {mechanism}: {result['wall_to_ideal']}x", flush=True
+                        )
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return
+    print(f"\ntier throughput on a real `prefect server start` (SQLite), calls of {args.latency:.1f} s")
+    print(
+        f"{'calls':>6}{'limit':>7}  {'mechanism':<14}{'wall s':>8}{'ideal s':>9}{'wall/ideal':>12}"
+        f"{'calls span/ideal':>18}{'max in flight':>15}"
+    )
+    for r in results:
+        print(
+            f"{r['calls']:>6}{r['limit']:>7}  {r['mechanism']:<14}{r['wall_s']:>8.2f}{r['ideal_s']:>9.1f}"
+            f"{r['wall_to_ideal']:>11.2f}x{r['calls_span_to_ideal']:>17.2f}x{r['max_in_flight']:>15}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Tier concurrency by slots in the ledger, and the call path's two ledger transactions.
+
+`[tiers.<name>] concurrency = N` holds across every process that shares a ledger: a slot is taken in the
+transaction before the model call (with the cache lookup and the budget reservation) and given back in the one
+after it (with the call's row, its settlement and its cache entry).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import anthropic_config, write_config
+
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.ledger import Ledger, tier_slots
+from tierflow.testing.double import ProviderDouble
+
+WORKER = textwrap.dedent(
+    """
+    import sys, threading, time
+    from pathlib import Path
+    from tierflow.core.calls import Caller, RunSettings
+    from tierflow.core.tokens import count_tokens
+
+    vault, run_id, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    caller = Caller(RunSettings(vault=vault, run_id=run_id, flow="slots", use_cache=False))
+    caller.provider("anthropic")  # import the SDK and build its client before the race starts
+    count_tokens("warm the tokenizer")
+    (Path(vault) / f"ready-{run_id}").touch()
+    while not (Path(vault) / "go").exists():  # both processes start their calls together
+        time.sleep(0.005)
+    threads = [
+        threading.Thread(
+            target=caller.ask,
+            kwargs=dict(phase="collate", complexity="low", system="Be brief.", prompt=f"{run_id} {i}", subject=str(i)),
+        )
+        for i in range(calls)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    """
+)
+
+
+def most_at_once(rows: list[dict]) -> int:
+    """The most calls in flight at one instant, from the ledger's start times and latencies."""
+    events = []
+    for r in rows:
+        start = datetime.fromisoformat(r["started_at"])
+        events += [(start, 1), (start + timedelta(milliseconds=r["latency_ms"]), -1)]
+    level = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def slots_vault(tmp_path: Path, double: ProviderDouble, name: str, concurrency: str) -> Path:
+    vault = tmp_path / name
+    # `concurrency` (and any table after it) goes right under [tiers.light].
+    text = anthropic_config(double).replace(
+        "max_output_tokens = 1024\n", f"max_output_tokens = 1024\n{concurrency}\n", 1
+    )
+    write_config(vault / ".tierflow" / "config.toml", text)
+    return vault
+
+
+def run_two_processes(vault: Path, calls_each: int) -> list[dict]:
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(vault), f"p{n}", str(calls_each)]) for n in range(2)]
+    deadline = time.monotonic() + 60
+    while not all((vault / f"ready-p{n}").exists() for n in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (vault / "go").touch()
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    return Ledger.for_vault(vault).rows()
+
+
+def test_two_processes_sharing_a_ledger_never_exceed_the_tier_limit(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble(latency_s=0.25) as double:
+        # Without a limit the two processes' calls run side by side (so the checks below can fail) ...
+        free = run_two_processes(slots_vault(tmp_path, double, "free", ""), 4)
+        assert len(free) == 8 and most_at_once(free) > 4 and double.max_in_flight > 4
+        double.reset()
+        # ... with `concurrency = 2` never more than two at once, by the ledger's times and by the double's count.
+        limited = run_two_processes(slots_vault(tmp_path, double, "limited", "concurrency = 2"), 4)
+    assert len(limited) == 8 and {r["run_id"] for r in limited} == {"p0", "p1"}
+    assert most_at_once(limited) <= 2, limited
+    assert double.max_in_flight == 2
+    # The slots hand over quickly: 8 calls of 0.25 s, two at a time, take 1 s, and the ledger shows them packed.
+    starts = sorted(datetime.fromisoformat(r["started_at"]) for r in limited)
+    ends = sorted(datetime.fromisoformat(r["started_at"]) + timedelta(milliseconds=r["latency_ms"]) for r in limited)
+    assert (ends[-1] - starts[0]).total_seconds() < 0.25 * 4 * 1.5
+    with Ledger.for_vault(tmp_path / "limited").engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tier_slots)).scalar() == 0
+
+
+def test_threads_of_one_process_keep_to_the_limit(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble(latency_s=0.1) as double:
+        vault = slots_vault(tmp_path, double, "threads", "concurrency = 3")
+        caller = Caller(RunSettings(vault=str(vault), run_id="threads", flow="slots", use_cache=False))
+        threads = [
+            threading.Thread(
+                target=caller.ask,
+                kwargs=dict(phase="collate", complexity="low", system="Be brief.", prompt=f"q{i}", subject=str(i)),
+            )
+            for i in range(9)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    rows = caller.ledger.rows()
+    assert len(rows) == 9 and double.max_in_flight == 3 and most_at_once(rows) <= 3
+
+
+def test_a_slot_held_by_a_dead_process_frees_when_its_lease_lapses(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble() as double:
+        vault = slots_vault(tmp_path, double, "crash", "concurrency = 1\n[limits]\nlease_s = 1.0")
+        crash = textwrap.dedent(
+            """
+            import os, sys
+            from tierflow.core.calls import Caller, RunSettings
+            caller = Caller(RunSettings(vault=sys.argv[1], run_id="dead", flow="slots"))
+            with caller.ledger.transaction() as conn:
+                assert caller.slots.claim(conn, "light")
+            os._exit(0)  # dies holding the slot, as a killed worker would
+            """
+        )
+        subprocess.run([sys.executable, "-c", crash, str(vault)], check=True, timeout=60)
+        caller = Caller(RunSettings(vault=str(vault), run_id="alive", flow="slots", use_cache=False))
+        with caller.ledger.transaction() as conn:
+            assert caller.slots.claim(conn, "light") is None  # the dead process's lease still runs
+        t0 = time.monotonic()
+        answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="after the crash")
+        waited = time.monotonic() - t0
+    assert answer.text and 0.2 < waited < 3.0
+
+
+def test_one_uncached_call_takes_two_ledger_transactions_and_a_cached_one_takes_one(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble() as double:
+        vault = slots_vault(tmp_path, double, "lean", "concurrency = 2")
+        text = (vault / ".tierflow" / "config.toml").read_text() + "[budgets.run]\nusd = 1.0\n"
+        (vault / ".tierflow" / "config.toml").write_text(text)
+        caller = Caller(RunSettings(vault=str(vault), run_id="lean", flow="slots"))
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="warm up")  # engine, tokenizer
+        begins: list[int] = []
+        listener = lambda conn: begins.append(1)  # noqa: E731
+        sa.event.listen(caller.ledger.engine, "begin", listener)
+        try:
+            caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="one uncached call")
+            uncached = len(begins)
+            begins.clear()
+            caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="one uncached call")
+            cached = len(begins)
+        finally:
+            sa.event.remove(caller.ledger.engine, "begin", listener)
+    # Before the call: cache lookup + reservation + slot. After it: row + settlement + cache entry + slot back.
+    assert uncached == 2
+    assert cached == 1
+    rows = caller.ledger.rows()
+    assert [r["cached_result"] for r in rows] == [False, False, True]
+
+
+@pytest.mark.parametrize("mechanism", ["prefect"])
+def test_with_prefect_tag_limits_tierflow_takes_no_slots(tmp_path: Path, monkeypatch, mechanism: str):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble(latency_s=0.05) as double:
+        vault = slots_vault(tmp_path, double, "prefect", f'concurrency = 1\n[limits]\nmechanism = "{mechanism}"')
+        caller = Caller(RunSettings(vault=str(vault), run_id="p", flow="slots", use_cache=False))
+        threads = [
+            threading.Thread(
+                target=caller.ask, kwargs=dict(phase="collate", complexity="low", system="s", prompt=f"{i}")
+            )
+            for i in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # Outside a Prefect task run nothing limits these calls: the limit is Prefect's, on task runs.
+    assert caller.slots.limits == {} and double.max_in_flight > 1
