@@ -80,7 +80,9 @@ def test_spend_by_project_week_and_deployment(tmp_path: Path):
 def test_a_budget_scoped_to_a_project_counts_and_stops_only_that_project(tmp_path: Path):
     vault = tmp_path / "vault"
     config = write_config(
-        vault / ".tierflow" / "config.toml", '[budgets.edu]\ntokens = 1300\nproject = "EDU7001"\nperiod = "day"\n'
+        vault / ".tierflow" / "config.toml",
+        # Without output clamping, so the long call is refused rather than sent with what is left.
+        '[budgets.edu]\ntokens = 1300\nproject = "EDU7001"\nperiod = "day"\nclamp_output = false\n',
     )
     long_prompt = "Summarise: " + "feedback is information about the gap between work and goal. " * 30
     ask(caller(vault, "thesis", "t1", config), long_prompt)  # another project's spend does not count
