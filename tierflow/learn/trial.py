@@ -235,8 +235,8 @@ class _UncachedBudgets(Budgets):
     caching it would re-file that entry under the trial's flow, and the next trial would not find it.
     """
 
-    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None) -> None:
-        super().settle(reservation_id, call, cache=None)
+    def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None, **kw: Any) -> None:
+        super().settle(reservation_id, call, cache=None, **kw)
 
 
 def recorded_samples(ledger: Ledger, flow: str, phase: str, n: int) -> list[Sample]:
