@@ -96,13 +96,18 @@ def test_an_escalated_call_renames_its_task_run_and_leaves_an_artifact_with_the_
     settings = RunSettings(vault=str(tmp_path), config_path=str(config), run_id="escalating", flow="helper-test")
     assert escalating_phase(settings) == "standard"
     row = next(r for r in caller_for(settings).ledger.rows() if r["escalated_from"])
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
+
+    mine = ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[UUID(row["task_run_id"])]))
     with get_client(sync_client=True) as client:
-        for _ in range(120):
+        for _ in range(120):  # the server records runs and artifacts in the background
             task_run = client.read_task_run(row["task_run_id"])
-            if "[light→standard]" in task_run.name:
+            artifacts = client.read_artifacts(artifact_filter=mine)
+            if "[light→standard]" in task_run.name and artifacts:
                 break
             time.sleep(0.25)
-        artifacts = [a for a in client.read_artifacts() if str(a.task_run_id) == row["task_run_id"]]
     assert task_run.name == "collate · essay [light→standard]"
     assert "tier:light" in task_run.tags  # the tags still say where it was routed
     assert any("| light | standard | anthropic:claude-sonnet-4-6 | 3 |" in str(a.data) for a in artifacts)
