@@ -81,10 +81,10 @@ def escalating_phase(settings: RunSettings) -> str:
     return tagged.submit(settings, "Classify this assessment.").result()
 
 
-def test_an_escalated_call_renames_its_task_run_and_leaves_an_artifact_with_the_actual_tier(
+def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
     tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
 ):
-    """Tags are fixed when a task run is created: the run's name and an artifact say where the answer came from."""
+    """Tags are fixed when a task run is created: the run's name says where the answer came from."""
     from conftest import anthropic_config, write_config
     from prefect.client.orchestration import get_client
 
@@ -96,18 +96,11 @@ def test_an_escalated_call_renames_its_task_run_and_leaves_an_artifact_with_the_
     settings = RunSettings(vault=str(tmp_path), config_path=str(config), run_id="escalating", flow="helper-test")
     assert escalating_phase(settings) == "standard"
     row = next(r for r in caller_for(settings).ledger.rows() if r["escalated_from"])
-    from uuid import UUID
-
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
-
-    mine = ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[UUID(row["task_run_id"])]))
     with get_client(sync_client=True) as client:
-        for _ in range(120):  # the server records runs and artifacts in the background
+        for _ in range(120):  # the server records task runs in the background
             task_run = client.read_task_run(row["task_run_id"])
-            artifacts = client.read_artifacts(artifact_filter=mine)
-            if "[light→standard]" in task_run.name and artifacts:
+            if "[light→standard]" in task_run.name:
                 break
             time.sleep(0.25)
     assert task_run.name == "collate · essay [light→standard]"
     assert "tier:light" in task_run.tags  # the tags still say where it was routed
-    assert any("| light | standard | anthropic:claude-sonnet-4-6 | 3 |" in str(a.data) for a in artifacts)
