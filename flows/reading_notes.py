@@ -10,9 +10,9 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import attribute, label_flow_run, run_span
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_reading_notes
+from tierflow.report.run_report import RunSummary, write_run_report
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
-from tierflow.tasks.run_report import RunSummary, write_run_report
 from tierflow.tasks.synthesise import synthesise_week
 from tierflow.tasks.week import load_sources, select_week
 

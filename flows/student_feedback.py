@@ -8,11 +8,11 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import attribute, label_flow_run, run_span
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_student_feedback
+from tierflow.report.run_report import RunSummary, write_run_report
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
-from tierflow.tasks.run_report import RunSummary, write_run_report
 
 FLOW = "student-feedback"
 

@@ -96,7 +96,7 @@ def test_a_run_whose_projection_crosses_a_limit_emits_a_prefect_event(reading_va
     from prefect.events.filters import EventFilter, EventNameFilter
 
     from tierflow.flows.reading_notes import reading_notes
-    from tierflow.tasks.run_report import PROJECTED_OVER
+    from tierflow.report.run_report import PROJECTED_OVER
 
     existing = (reading_vault / ".tierflow" / "config.toml").read_text()
     # Offline calls are free: a token budget that the run's rate will cross before the month ends.

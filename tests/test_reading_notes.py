@@ -143,7 +143,7 @@ def test_two_runs_on_one_day_leave_two_report_notes_and_a_day_index(anthropic_va
 
 
 def test_a_report_never_takes_the_name_of_a_note_a_person_wrote(anthropic_vault: Path, double):
-    from tierflow.tasks.run_report import report_title
+    from tierflow.report.run_report import report_title
     from tierflow.vault.notes import NoteWriter
 
     writer = NoteWriter(anthropic_vault, "tierflow/Runs")

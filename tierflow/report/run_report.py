@@ -1,4 +1,7 @@
-"""The run report: a note in the vault, and the same spend table and summary as Prefect artifacts."""
+"""The run report: a note in the vault, and the same spend table and summary as Prefect artifacts.
+
+Any flow ends with `write_run_report` (public as `tierflow.write_run_report`), so it lives below the flows.
+"""
 
 from __future__ import annotations
 
