@@ -7,8 +7,8 @@ flow resolves `phase -> complexity -> tier -> model` before submitting, and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -224,3 +224,62 @@ def single(
         )
     advance(phase, 1, 1, subject)
     return outcome
+
+
+@contextmanager
+def begin_run(
+    flow: str,
+    *,
+    vault: str,
+    parameters: Mapping[str, Any] | None = None,
+    folders: Sequence[str] | Callable[[RunSettings], Sequence[str]] = (),
+    project: str | None = None,
+    config: str | None = None,
+    profile: str | None = None,
+    tier: dict[str, str] | None = None,
+    run_id: str | None = None,
+    name: str | Callable[[RunSettings], str] | None = None,
+) -> Iterator[RunSettings]:
+    """A flow's run, from inside its Prefect flow: the settings every phase task takes.
+
+    It starts the run (`RunSettings.start`, remembered with `parameters` for `tierflow resume`), charges it
+    to the project of `folders` (or `project`), tags and names the Prefect flow run (`name`), and wraps it
+    in the run's span. `folders` and `name` may be functions of the settings, when the config decides them.
+    """
+    settings = RunSettings.start(
+        flow, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
+        parameters={**(parameters or {}), "project": project},
+    )  # fmt: skip
+    settings = attribute(settings, *(folders(settings) if callable(folders) else folders), project=project)
+    with run_span(settings):
+        label_flow_run(settings, name(settings) if callable(name) else name)
+        yield settings
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase of a flow with its complexity: how its tasks are routed, tagged and gathered.
+
+    `Phase("collate", "low").each(task, settings, items, ...)` fans one task out per item (`fan_out`);
+    `.once(task, settings, *args, subject=...)` runs one (`single`). Both return a `PhaseOutcome`.
+    """
+
+    name: str
+    complexity: str
+
+    def each(
+        self,
+        task: Task[..., R],
+        settings: RunSettings,
+        items: Sequence[T],
+        *,
+        subject: Callable[[T], str],
+        args: Callable[[T], tuple[Any, ...]],
+        **options: Any,
+    ) -> PhaseOutcome[R]:
+        return fan_out(
+            task, settings, items, phase=self.name, complexity=self.complexity, subject=subject, args=args, **options
+        )
+
+    def once(self, task: Task[..., R], settings: RunSettings, *args: Any, subject: str) -> PhaseOutcome[R]:
+        return single(task, settings, *args, phase=self.name, complexity=self.complexity, subject=subject)

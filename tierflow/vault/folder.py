@@ -1,0 +1,136 @@
+"""A folder of notes for a flow of your own: read them (optionally within a date window), and write safely.
+
+`read_folder` reads every note under a vault folder, dated by front-matter `date` (else the file's
+modification time), with the wikilink that resolves to it alone. `writer_for` is the run's `NoteWriter` for
+an output folder: it never overwrites, renames or shadows a note a person wrote (see `notes.NoteWriter`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import frontmatter
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from tierflow.core import clock
+from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.errors import VaultError
+from tierflow.vault.index import VaultIndex
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import NoteWriter, check_vault, template_env
+
+
+@dataclass(frozen=True)
+class Note:
+    """One note of a folder, parsed."""
+
+    path: str
+    """Vault-relative POSIX path."""
+    title: str
+    """Front-matter `title`, else the file name."""
+    link: str
+    """The wikilink target that resolves to this note alone (`[[{link}]]`)."""
+    date: date
+    """Front-matter `date` (or `created`), else the file's modification day."""
+    front_matter: dict[str, Any]
+    body: str
+    by_tierflow: bool = False
+    """Its front-matter says tierflow wrote it (`tierflow_hash` or `tierflow_run`)."""
+
+    @property
+    def tags(self) -> list[str]:
+        tags = self.front_matter.get("tags") or []
+        return [str(t).lstrip("#") for t in ([tags] if isinstance(tags, str) else tags)]
+
+
+@dataclass
+class Folder:
+    """The notes `read_folder` found, in path order, and those it could not read, with why."""
+
+    folder: str
+    notes: list[Note] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.notes)
+
+    def __len__(self) -> int:
+        return len(self.notes)
+
+
+def read_folder(
+    settings: RunSettings,
+    folder: str,
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    include_tierflow: bool = False,
+) -> Folder:
+    """Every note under `folder` of the run's vault dated within [since, until] (either may be None).
+
+    Notes tierflow wrote are left out unless `include_tierflow` (a flow that reviews tierflow's own run reports
+    and drafts wants them). A folder that is missing, or lies outside the vault, is a `VaultError` naming it.
+    """
+    vault = check_vault(Path(settings.vault or "."))
+    root = (vault / folder).resolve()
+    if not root.is_relative_to(vault):
+        raise VaultError(f"{folder!r} leads out of the vault {vault}; give a folder inside it")
+    if not root.is_dir():
+        raise VaultError(f"{folder!r} is not a folder of the vault {vault}; create it or give another")
+    relative = root.relative_to(vault).as_posix()
+    relative = "" if relative == "." else relative
+    cfg = caller_for(settings).config.settings.vault
+    index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+    index.scan([relative] if relative else [])
+    names = VaultNames.scan(vault)
+    found = Folder(relative)
+    for meta in index.notes():
+        if not meta.under(relative) or (meta.by_tierflow and not include_tierflow):
+            continue
+        day = meta.effective_date
+        if (since and day < since) or (until and day > until):
+            continue
+        if meta.error:
+            found.skipped.append((meta.path, meta.error))
+            continue
+        try:
+            post = frontmatter.loads((vault / meta.path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError, OSError) as exc:
+            found.skipped.append((meta.path, f"unreadable: {' '.join(str(exc).split())[:120]}"))
+            continue
+        found.notes.append(
+            Note(
+                path=meta.path,
+                title=meta.title,
+                link=names.link_for(meta.path),
+                date=day,
+                front_matter=dict(post.metadata),
+                body=post.content,
+                by_tierflow=meta.by_tierflow,
+            )
+        )
+    return found
+
+
+def writer_for(settings: RunSettings, folder: str) -> NoteWriter:
+    """The run's safe writer for `folder` of its vault.
+
+    A new note never takes a name any note in the vault has; an existing note is replaced only if tierflow
+    wrote it and nobody has edited it since, else the new one goes to a dated sibling; every wikilink in a
+    note must resolve to exactly one file, or it is not written.
+    """
+    vault = check_vault(Path(settings.vault or "."))
+    today = clock.now().astimezone(ZoneInfo(caller_for(settings).config.settings.vault.timezone)).date()
+    return NoteWriter(vault, folder, today=today, names=VaultNames.scan(vault))
+
+
+def templates(settings: RunSettings) -> SandboxedEnvironment:
+    """The Jinja2 templates a run renders prompts and notes from: the vault's override folder
+    (`[vault] templates_folder`) first, then tierflow's own `templates/`."""
+    config = caller_for(settings).config
+    return template_env(config.vault, config.settings.vault.templates_folder)
