@@ -170,3 +170,75 @@ def plan_student_feedback(
             extra_tokens=outputs[submission.student_id] + deep.max_output_tokens,
         )  # fmt: skip
     return plan
+
+
+def plan_module_review(
+    config: Config, vault: Path, *, module: str | None = None, tier: dict[str, str] | None = None
+) -> Plan:
+    """Every call a module-review run on this module folder would make, priced at its worst case.
+
+    Collate prompts are rendered exactly. The synthesis is rendered from empty findings plus every collate
+    answer at the light tier's full output; when that does not fit the `high` tier's context window, it is
+    planned as the run would make it: one call per group, then the merge. The proposal adds the deep tier's
+    full output to an empty semester.
+    """
+    from tierflow.core.context import prompt_room
+    from tierflow.core.hierarchy import group_to_fit
+    from tierflow.core.tokens import count_tokens
+    from tierflow.tasks import module as review
+
+    settings = plan_settings(config, vault, "module-review", tier)
+    caller = caller_for(settings)
+    work = review.load_module.fn(settings, review.module_folder(settings, module))
+    plan = Plan(
+        flow="module-review",
+        since=None,
+        until=None,
+        selected=len(work.evidence) + 1,
+        skipped=list(work.skipped),
+        phase_names=["collate", "synthesise", "draft"],
+    )
+    outputs: dict[str, int] = {}
+    for unit in work.units:
+        system, prompt = review.collate_prompt(settings, unit)
+        routed = plan.add(
+            caller, "collate", review.COLLATE.complexity, system, prompt, review.UnitFindings, subject=unit.label
+        )
+        outputs[unit.label] = routed.max_output_tokens
+    if not work.units:
+        return plan
+
+    empty = [review.Part(label=u.label, findings=review.UnitFindings()) for u in work.units]
+
+    def size(group: list[review.Part]) -> int:
+        return count_tokens("\n".join(review.synthesis_prompt(settings, work.name, group))) + sum(
+            outputs.get(p.label, 0) for p in group
+        )
+
+    room = prompt_room(caller.config, caller.route("synthesise", review.SYNTHESISE.complexity))
+    groups = group_to_fit(empty, size, room, label=lambda p: p.label) if room is not None else [empty]
+    deep_outputs = 0
+    for n, group in enumerate(groups, start=1):
+        system, prompt = review.synthesis_prompt(settings, work.name, group)
+        routed = plan.add(
+            caller, "synthesise", review.SYNTHESISE.complexity, system, prompt, review.SemesterFindings,
+            subject="semester" if len(groups) == 1 else f"group {n}/{len(groups)}",
+            extra_tokens=sum(outputs.get(p.label, 0) for p in group),
+        )  # fmt: skip
+        deep_outputs += routed.max_output_tokens
+    if len(groups) > 1:
+        merged = [review.Part(label=f"group {n}", findings=review.SemesterFindings()) for n in range(len(groups))]
+        system, prompt = review.synthesis_prompt(settings, work.name, merged, merge=True)
+        routed = plan.add(
+            caller, "synthesise", review.SYNTHESISE.complexity, system, prompt, review.SemesterFindings,
+            subject="semester", extra_tokens=deep_outputs,
+        )  # fmt: skip
+        plan.notes.append(f"The semester does not fit one synthesis prompt: {len(groups)} groups, then a merge.")
+        deep_outputs = routed.max_output_tokens
+    semester = review.Part(label="semester", findings=review.SemesterFindings())
+    system, prompt = review.proposal_prompt(settings, work, semester)
+    plan.add(
+        caller, "draft", review.DRAFT.complexity, system, prompt, review.ModuleProposal,
+        subject="proposal", extra_tokens=deep_outputs,
+    )  # fmt: skip
+    return plan

@@ -318,6 +318,7 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
 class FlowName(StrEnum):
     reading_notes = "reading-notes"
     student_feedback = "student-feedback"
+    module_review = "module-review"
 
 
 def _parse_date(value: str | None, option: str) -> date | None:
@@ -338,7 +339,9 @@ def _quiet_prefect(verbose: bool) -> None:
 
 @app.command()
 def run(
-    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    flow_name: Annotated[
+        FlowName, typer.Argument(metavar="FLOW", help="reading-notes, student-feedback or module-review.")
+    ],
     vault: VaultOpt = None,
     since: Annotated[str | None, typer.Option(help="First day of the window (default: 6 days before --until).")] = None,
     until: Annotated[str | None, typer.Option(help="Last day of the window (default: today).")] = None,
@@ -355,6 +358,9 @@ def run(
     mode: Annotated[
         str, typer.Option(help="student-feedback: direct, or batch (provider batch APIs, about half price).")
     ] = "direct",
+    module: Annotated[
+        str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="batch mode: wait for the batch, or exit and resume later.")
     ] = True,
@@ -386,6 +392,7 @@ def run(
             show_prompts=show_prompts,
             assignment=assignment,
             mode=mode,
+            module=module,
         )
         return
     if mode not in ("direct", "batch"):
@@ -398,11 +405,11 @@ def run(
         runner = task_runner_for(task_runner)
     except OpsError as exc:
         raise fail(str(exc)) from None
-    kwargs = (
-        {"since": start, "until": end}
-        if flow_name is FlowName.reading_notes
-        else {"assignment": assignment, "mode": mode, "wait": wait}
-    )
+    kwargs = {
+        FlowName.reading_notes: {"since": start, "until": end},
+        FlowName.student_feedback: {"assignment": assignment, "mode": mode, "wait": wait},
+        FlowName.module_review: {"module": module},
+    }[flow_name]
     summary = run_flow(
         flow_name.value,
         vault,
@@ -550,7 +557,9 @@ def demo(
 
 @app.command()
 def plan(
-    flow_name: Annotated[FlowName, typer.Argument(metavar="FLOW", help="reading-notes or student-feedback.")],
+    flow_name: Annotated[
+        FlowName, typer.Argument(metavar="FLOW", help="reading-notes, student-feedback or module-review.")
+    ],
     vault: VaultOpt = None,
     since: Annotated[str | None, typer.Option(help="First day of the window.")] = None,
     until: Annotated[str | None, typer.Option(help="Last day of the window.")] = None,
@@ -564,6 +573,9 @@ def plan(
     mode: Annotated[str, typer.Option(help="student-feedback: direct, or batch (priced at the batch discount).")] = (
         "direct"
     ),
+    module: Annotated[
+        str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
+    ] = None,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     vault = vault_dir(vault, required="tierflow plan reading-notes")
@@ -582,6 +594,7 @@ def plan(
         "until": _parse_date(until, "--until"),
         "assignment": assignment,
         "mode": mode,
+        "module": module,
     }
     accepted = inspect.signature(spec.plan).parameters
     try:

@@ -190,6 +190,15 @@ class FeedbackConfig(_Model):
     answered, so that the prefix is written to the provider's cache once, not by every call started at once."""
 
 
+class ModuleConfig(_Model):
+    """The module-review flow's input: `[module] folder`, unless `--module` says."""
+
+    folder: str = ""
+    """The module folder (vault-relative): its descriptor, run reports, concept drafts, cohort summaries."""
+    output_folder: str = "Review"
+    """Where the revision proposal goes, inside the module folder."""
+
+
 class LimitsConfig(_Model):
     """How `[tiers.<name>] concurrency` is enforced."""
 
@@ -225,6 +234,7 @@ class Settings(_Model):
     feedback: FeedbackConfig = FeedbackConfig()
     project: ProjectConfig = ProjectConfig()
     limits: LimitsConfig = LimitsConfig()
+    module: ModuleConfig = ModuleConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}

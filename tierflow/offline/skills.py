@@ -342,6 +342,106 @@ def _content_words(text: str) -> set[str]:
     return {w for w in _WORDS.findall(text.lower()) if w not in _STOP}
 
 
+_REVIEW_CUES = {
+    "suggestions": re.compile(
+        r"\b(should|suggest\w*|would like|next time|recommend\w*|model what|add a|would suit|more time)\b", re.I
+    ),
+    "misconceptions": re.compile(
+        r"\b(misconceptions?|confus\w*|struggl\w*|misread|weak\w*|difficult\w*|without evaluating)\b", re.I
+    ),
+    "worked": re.compile(
+        r"\b(worked|effective(?:ly)?|helpful|valued|enjoyed|useful|strengths?|did well|most often at)\b", re.I
+    ),
+}
+"""Cue words per finding, in the order they are tried: a sentence that suggests a change is a suggestion,
+even when it says what worked."""
+_WIKILINK_TEXT = re.compile(r"!?\[\[([^\]|]*\|)?([^\]]*)\]\]")
+
+
+def _review_sentences(text: str) -> list[str]:
+    """A note's sentences and list items, with wikilinks as their plain labels and Markdown marks dropped."""
+    text = _WIKILINK_TEXT.sub(lambda m: m.group(2), text)
+    out = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue  # a heading names a section; it is not a finding
+        line = re.sub(r"^\s*(?:[-*+>]|\d+[.)])\s*", "", line).replace("**", "").strip()
+        if line and not line.startswith(("|", "[!")):
+            out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", line) if len(s.split()) > 3]
+    return out
+
+
+def offline_unit_findings(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline (module review, collate): each sentence of a note with a cue word for what worked, a
+    misconception or a suggested change becomes a claim citing that note."""
+    found: dict[str, list[dict[str, Any]]] = {k: [] for k in _REVIEW_CUES}
+    for note in data.get("notes", []):
+        for sentence in _review_sentences(note.get("text", "")):
+            kind = next((k for k, cue in _REVIEW_CUES.items() if cue.search(sentence)), None)
+            if kind and len(found[kind]) < MAX_CLAIMS:
+                found[kind].append({"claim": sentence, "evidence": [note["link"]]})
+    kinds = Counter(n.get("kind", "note") for n in data.get("notes", []))
+    summary = f"{data.get('part', 'This part')}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + "."
+    return {
+        "summary": summary,
+        "worked": found["worked"],
+        "misconceptions": found["misconceptions"],
+        "suggestions": found["suggestions"],
+    }
+
+
+def _merge_claims(claims: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Claims that share their content words merge (evidence united); the most cited first, then in order."""
+    merged: list[dict[str, Any]] = []
+    for c in claims:
+        words = _content_words(c.get("claim", ""))
+        same = next((m for m in merged if words and len(words & m["words"]) >= max(3, len(words) // 2)), None)
+        if same is None:
+            merged.append({"claim": c.get("claim", ""), "evidence": list(c.get("evidence", [])), "words": words})
+        else:
+            same["evidence"] = list(dict.fromkeys([*same["evidence"], *c.get("evidence", [])]))
+    ranked = sorted(enumerate(merged), key=lambda im: (-len(im[1]["evidence"]), im[0]))
+    return [{"claim": m["claim"], "evidence": m["evidence"]} for _, m in ranked[:limit]]
+
+
+def offline_semester_findings(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline (module review, synthesise): every part's claims, merged where they say the same thing, the
+    claims with the most evidence first."""
+    parts = data.get("parts", [])
+    out = {k: _merge_claims([c for p in parts for c in p.get(k, [])], MAX_CLAIMS) for k in _REVIEW_CUES}
+    recurring = sum(len(c["evidence"]) > 1 for k in out for c in out[k])
+    summary = f"{len(parts)} parts of the semester; {recurring} findings rest on more than one note."
+    return {"summary": summary, **out}
+
+
+_CHANGE_TO = {
+    "readings": re.compile(r"\b(read\w*|texts?|articles?|chapters?)\b", re.I),
+    "assessment": re.compile(r"\b(assess\w*|essays?|rubrics?|marking|deadlines?|portfolio|exemplar|grad\w*)\b", re.I),
+}
+
+
+def offline_module_proposal(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline (module review, draft): what worked and the misconceptions as found; each suggested change
+    goes to readings, assessment or teaching activities by its words."""
+    findings = data.get("findings", {})
+    out: dict[str, list[dict[str, Any]]] = {"readings": [], "assessment": [], "teaching_activities": []}
+    for c in findings.get("suggestions", []):
+        where = next((k for k, cue in _CHANGE_TO.items() if cue.search(c.get("claim", ""))), "teaching_activities")
+        out[where].append(c)
+    title = (data.get("descriptor") or {}).get("title", "the module")
+    summary = (
+        f"A revision proposal for {title}, assembled from the semester's own notes: "
+        f"{len(findings.get('worked', []))} things that worked, {len(findings.get('misconceptions', []))} "
+        f"recurring misconceptions and {len(findings.get('suggestions', []))} suggested changes."
+    )
+    return {
+        "summary": summary,
+        "what_worked": findings.get("worked", []),
+        "misconceptions": findings.get("misconceptions", []),
+        **out,
+    }
+
+
 SKILLS: dict[str, Skill] = {
     "collationout": offline_collation,
     "synthesisout": offline_synthesis,
@@ -351,6 +451,9 @@ SKILLS: dict[str, Skill] = {
     "feedbackout": offline_feedback,
     "rubricout": offline_rubric,
     "judgeout": offline_judge,
+    "unitfindings": offline_unit_findings,
+    "semesterfindings": offline_semester_findings,
+    "moduleproposal": offline_module_proposal,
 }
 """Skill per schema name (the output model's class name, lower-cased)."""
 
