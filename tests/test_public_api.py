@@ -1,0 +1,107 @@
+"""The public API (`from tierflow import ...`) and docs/your-own-flow.md, whose code runs here as written."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import frontmatter
+import pytest
+
+import tierflow
+from tierflow.core.ledger import Ledger
+from tierflow.vault.links import VaultNames
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "your-own-flow.md"
+
+
+def doc_code() -> str:
+    """The first Python block of docs/your-own-flow.md, exactly as written."""
+    return re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL).group(1)
+
+
+def test_every_public_name_exists_and_import_tierflow_stays_cheap() -> None:
+    for name in tierflow.__all__:
+        assert getattr(tierflow, name) is not None, name
+    with pytest.raises(AttributeError):
+        tierflow.no_such_name  # noqa: B018
+    heavy = "('prefect', 'anthropic', 'openai', 'sqlalchemy')"
+    probe = f"import sys, tierflow; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_public_api_lives_below_the_flows_and_tasks() -> None:
+    """tierflow/__init__.py sits in the core layers: it must not reach up into a flow, a task or the CLI."""
+    tree = ast.parse((REPO / "tierflow" / "__init__.py").read_text(encoding="utf-8"))
+    where = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "_WHERE"
+    )
+    assert set(where) == set(tierflow.__all__)
+    upward = {n: m for n, m in where.items() if m.startswith(("tierflow.flows", "tierflow.tasks", "tierflow.cli"))}
+    assert upward == {}
+
+
+def test_all_is_exactly_what_the_docs_list_and_the_docs_import_only_from_it() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    table = text.split("## The public API", 1)[1]
+    listed = {
+        name
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
+    assert listed == set(tierflow.__all__)
+    imports = [n for n in ast.walk(ast.parse(doc_code())) if isinstance(n, ast.ImportFrom)]
+    assert [n.module for n in imports] == ["tierflow"], "the doc's flow imports from tierflow alone (and stdlib json)"
+    assert {a.name for n in imports for a in n.names} <= set(tierflow.__all__)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path) -> None:
+    code = doc_code()
+    lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(lines) < 50, "the doc promises a flow in under 50 lines of code"
+    assert f"in {len(lines)} lines of code" in DOC.read_text(encoding="utf-8")
+    module_file = tmp_path / "triage_from_doc.py"
+    module_file.write_text(code, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("triage_from_doc", module_file)
+    triage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(triage)  # type: ignore[union-attr]
+
+    vault = tmp_path / "vault"
+    inbox = vault / "Inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "Long read.md").write_text("---\ntitle: Long read\n---\n\n" + "A careful argument. " * 20)
+    (inbox / "Middling.md").write_text("---\ntitle: Middling\n---\n\nA few lines on rubric design, worth a look.\n")
+    (inbox / "Stub.md").write_text("---\ntitle: Stub\n---\n\nTODO\n")
+    for n, path in enumerate(sorted(inbox.iterdir())):
+        os.utime(path, (1_763_000_000 + n, 1_763_000_000 + n))
+
+    summary = triage.reading_triage(vault=str(vault))
+
+    assert not summary.failed and not summary.halted
+    note = frontmatter.load(vault / "Triage" / "Reading triage.md")
+    sections = {s.split("\n", 1)[0]: s for s in note.content.split("\n## ")[1:]}
+    assert note.content.startswith("3 notes triaged.")
+    assert "[[Long read]]" in sections["read-now"]
+    assert "[[Middling]]" in sections["later"]
+    assert "[[Stub]]" in sections["skip"]
+    names = VaultNames.scan(vault)
+    assert names.problems(note.content) == []
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    assert sorted((r["phase"], r["complexity"], r["tier"]) for r in rows) == [
+        ("collate", "low", "light"),
+        ("collate", "low", "light"),
+        ("collate", "low", "light"),
+        ("synthesise", "high", "deep"),
+    ]
+    assert (vault / summary.report.path).is_file()
