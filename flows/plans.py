@@ -183,8 +183,7 @@ def plan_module_review(
     full output to an empty semester.
     """
     from tierflow.core.context import prompt_room
-    from tierflow.core.hierarchy import group_to_fit
-    from tierflow.core.tokens import count_tokens
+    from tierflow.core.hierarchy import GroupTooLarge, group_to_fit
     from tierflow.tasks import module as review
 
     settings = plan_settings(config, vault, "module-review", tier)
@@ -211,12 +210,14 @@ def plan_module_review(
     empty = [review.Part(label=u.label, findings=review.UnitFindings()) for u in work.units]
 
     def size(group: list[review.Part]) -> int:
-        return count_tokens("\n".join(review.synthesis_prompt(settings, work.name, group))) + sum(
-            outputs.get(p.label, 0) for p in group
-        )
+        return review.synthesis_tokens(settings, work.name, group) + sum(outputs.get(p.label, 0) for p in group)
 
     room = prompt_room(caller.config, caller.route("synthesise", review.SYNTHESISE.complexity))
-    groups = group_to_fit(empty, size, room, label=lambda p: p.label) if room is not None else [empty]
+    try:
+        groups = group_to_fit(empty, size, room, label=lambda p: p.label) if room is not None else [empty]
+    except GroupTooLarge as exc:  # at the worst case; actual collations are usually far shorter
+        groups = [[part] for part in empty]
+        plan.notes.append(f"At its worst case, {exc}; planned as one synthesis per part.")
     deep_outputs = 0
     for n, group in enumerate(groups, start=1):
         system, prompt = review.synthesis_prompt(settings, work.name, group)

@@ -318,13 +318,34 @@ def synthesis_prompt(settings: RunSettings, module: str, parts: list[Part], merg
     return env.get_template("prompts/module/system.j2").render(), prompt
 
 
+def _subject(parts: list[Part], merge: bool, whole: int) -> str:
+    if merge:
+        return f"merge of {len(parts)} results"
+    return "semester" if len(parts) == whole else f"group: {parts[0].label} to {parts[-1].label}"[:120]
+
+
+def synthesis_tokens(settings: RunSettings, module: str, parts: list[Part], merge: bool = False) -> int:
+    """The synthesis prompt's tokens as the call path counts them against the context window (system, prompt
+    and output schema, with the offline count's headroom)."""
+    caller = caller_for(settings)
+    system, prompt = synthesis_prompt(settings, module, parts, merge)
+    routed, request = caller.build(
+        phase=SYNTHESISE.name, complexity=SYNTHESISE.complexity, system=system, prompt=prompt, output=SemesterFindings
+    )
+    return caller.estimate(routed, request).prompt_tokens
+
+
 @task(name="synthesise")
-def synthesise_parts(settings: RunSettings, module: str, parts: list[Part], merge: bool = False) -> Part:
+def synthesise_parts(
+    settings: RunSettings, module: str, parts: list[Part], merge: bool = False, whole: int = 0
+) -> Part:
+    """Findings across `parts`: the semester's `whole` collated parts at once, a group of them, or (`merge`) the
+    results of several groups."""
     system, prompt = synthesis_prompt(settings, module, parts, merge)
     allowed = set().union(*(p.links() for p in parts)) if parts else set()
     answer = caller_for(settings).ask(
         phase=SYNTHESISE.name, complexity=SYNTHESISE.complexity, system=system, prompt=prompt,
-        output=SemesterFindings, subject="semester" if not merge else f"merge of {len(parts)}",
+        output=SemesterFindings, subject=_subject(parts, merge, whole),
         checks=evidence_checks(settings, allowed, SemesterFindings.claims),
     )  # fmt: skip
     return Part(
@@ -344,13 +365,15 @@ def synthesise(settings: RunSettings, module: Module, parts: list[Part]):  # noq
     caller = caller_for(settings)
     room = prompt_room(caller.config, caller.route(SYNTHESISE.name, SYNTHESISE.complexity))
 
-    def measure(group: list[Part], merge: bool = False) -> str:
-        return "\n".join(synthesis_prompt(settings, module.name, list(group), merge))
+    def measure(group: list[Part], merge: bool = False) -> int:
+        return synthesis_tokens(settings, module.name, list(group), merge)
 
+    whole = len(parts)
     return reduce_in_groups(
         settings, parts, phase=SYNTHESISE.name, complexity=SYNTHESISE.complexity, limit=room,
-        synthesise=synthesise_parts, synthesise_args=lambda group: (settings, module.name, group, False),
-        measure=measure, merge=synthesise_parts, merge_args=lambda results: (settings, module.name, results, True),
+        synthesise=synthesise_parts, synthesise_args=lambda group: (settings, module.name, group, False, whole),
+        measure=measure, merge=synthesise_parts,
+        merge_args=lambda results: (settings, module.name, results, True, whole),
         merge_measure=lambda results: measure(results, True), subject="semester", label=lambda p: p.label,
         hint="Route synthesise to a tier with a larger window, or split the module folder.",
     )  # fmt: skip
