@@ -209,3 +209,22 @@ def test_on_the_double_the_semester_is_synthesised_in_groups_and_a_bad_citation_
     assert assert_every_claim_links_existing_evidence(module_vault, proposal_note) >= 10
     report = (module_vault / summary.report.path).read_text(encoding="utf-8")
     assert re.search(r"\| synthesise \| deep \| .*claude-opus-4-6", report)
+
+
+def test_tierflow_plan_and_run_module_review_keyless_from_the_command_line(module_vault: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", "module-review", "--vault", str(module_vault)], env={"COLUMNS": "300"})
+    assert planned.exit_code == 0, planned.output
+    assert re.search(r"collate .* light .* 5 ", planned.output) and "synthesise" in planned.output
+    assert "Nothing was sent to a model." in planned.output
+
+    (module_vault / ".tierflow" / "config.toml").write_text("# no [module] folder: --module says\n")
+    missing = runner.invoke(app, ["run", "module-review", "--vault", str(module_vault)])
+    assert missing.exit_code == 2 and "--module" in missing.output
+    ran = runner.invoke(app, ["run", "module-review", "--vault", str(module_vault), "--module", MODULE])
+    assert ran.exit_code == 0, ran.output
+    assert_every_claim_links_existing_evidence(module_vault, module_vault / PROPOSAL)

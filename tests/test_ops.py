@@ -240,6 +240,23 @@ def test_prefect_deploy_all_registers_both_deployments_with_their_schedules(depl
     assert nxt is not None and (nxt.weekday(), nxt.hour, nxt.minute) == (0, 7, 0)
 
 
+def test_prefect_deploy_all_registers_the_module_review_for_the_end_of_term_and_on_demand(
+    deployed: dict[str, Any], api: str
+):
+    with client() as c:
+        term = c.read_deployment_by_name("module-review/end-of-term")
+        term_schedules = c.read_deployment_schedules(term.id)
+        anytime = c.read_deployment_by_name("module-review/on-demand")
+        anytime_schedules = c.read_deployment_schedules(anytime.id)
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in term_schedules] == [
+        ("0 7 15 12 *", "Europe/London", True)
+    ]
+    assert anytime_schedules == []
+    for d in (term, anytime):
+        assert d.entrypoint == "flows/module_review.py:module_review" and d.work_pool_name == "tierflow"
+        assert d.parameters["vault"] == str(deployed["vault"]) and d.parameters.get("module") is None
+
+
 def test_a_process_worker_runs_the_deployed_reading_notes_flow(deployed: dict[str, Any], api: str, tmp_path: Path):
     """The deployment is runnable as deployed: a `prefect worker start --pool tierflow` picks it up."""
     vault = deployed["vault"]
