@@ -436,6 +436,30 @@ def test_schedule_registers_reads_back_updates_lists_pauses_and_resumes(api: str
     assert missing.exit_code == 1 and "no deployment 'no-such-deployment'" in missing.output
 
 
+def test_schedule_module_review_at_the_end_of_term_or_on_demand(api: str, tmp_path: Path):
+    vault = tmp_path / "module-vault"
+    shutil.copytree(REPO / "vault_fixtures" / "module-review", vault)
+    result = tierflow(
+        "schedule", "module-review", "--vault", str(vault), "--module", "Teaching/EDU7001",
+        "--cron", "0 7 15 12 *", "--timezone", "Europe/London",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Registered, or updated when prefect.yaml's deployments of the same names are on this server already.
+    assert re.search(
+        r"(Registered|Updated) deployment module-review/end-of-term on schedule 0 7 15 12 \* \(Europe/London\)",
+        result.output,
+    )
+    on_demand = tierflow("schedule", "module-review", "--vault", str(vault))
+    assert on_demand.exit_code == 0, on_demand.output
+    assert re.search(r"(Registered|Updated) deployment module-review/on-demand with no schedule", on_demand.output)
+    with client() as c:
+        term = c.read_deployment_by_name("module-review/end-of-term")
+        anytime = c.read_deployment_by_name("module-review/on-demand")
+    assert term.parameters == {"vault": str(vault.resolve()), "module": "Teaching/EDU7001"}
+    assert term.entrypoint == "tierflow.flows.module_review.module_review"
+    assert anytime.parameters == {"vault": str(vault.resolve())}
+
+
 def _vault_timezone(vault: Path) -> str:
     from tierflow.core.config import load_config
 
@@ -483,7 +507,9 @@ def test_unknown_flow_is_named_with_the_flows_that_exist(server: str):
     result = tierflow("schedule", "weekly-digest", "--vault", ".")
     assert result.exit_code == 2
     said = " ".join(result.output.replace("│", " ").split())  # unwrapped from Typer's error box
-    assert "unknown flow 'weekly-digest'" in said and "these flows: reading-notes, student-feedback" in said
+    assert (
+        "unknown flow 'weekly-digest'" in said and "these flows: reading-notes, student-feedback, module-review" in said
+    )
     assert state(server) == before
 
 

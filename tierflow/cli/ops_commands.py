@@ -177,6 +177,35 @@ def schedule_student_feedback(
     )
 
 
+@schedule_app.command("module-review")
+def schedule_module_review(
+    vault: VaultOpt = None,
+    module: Annotated[
+        str | None,
+        typer.Option("--module", help="The module folder in the vault (default: [module] folder in config)."),
+    ] = None,
+    cron: CronOpt = None,
+    timezone: TimezoneOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    name: NameOpt = None,
+    pool: PoolOpt = "tierflow",
+    param: ParamOpt = None,
+) -> None:
+    """Register the module review: on demand (the default), or at the end of term with --cron "0 7 15 12 *"."""
+    from tierflow.cli.prefect_ops import FLOWS
+
+    vault = _vault(vault, "module-review")
+    cfg, parameters = _base_parameters(vault, profile, config)
+    if module:
+        parameters["module"] = module
+    parameters.update(_params(param))
+    name = name or ("end-of-term" if cron else "on-demand")
+    _register(
+        FLOWS["module-review"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
+    )
+
+
 @schedule_app.command("list")
 def schedule_list() -> None:
     """The deployments on the Prefect server, their schedules, and whether they are paused."""

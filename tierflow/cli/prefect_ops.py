@@ -63,6 +63,7 @@ class FlowTarget:
 FLOWS: dict[str, FlowTarget] = {
     "reading-notes": FlowTarget("reading-notes", "tierflow.flows.reading_notes.reading_notes", "weekly"),
     "student-feedback": FlowTarget("student-feedback", "tierflow.flows.student_feedback.student_feedback", "on-demand"),
+    "module-review": FlowTarget("module-review", "tierflow.flows.module_review.module_review", "end-of-term"),
 }
 
 
