@@ -31,6 +31,10 @@ def module_review(
     ) as settings:  # fmt: skip
         work = load_module(settings, module_folder(settings, module))
         run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
+        if not work.units:
+            run.message = (
+                f"nothing to review in {work.folder}: no run reports, concept drafts, cohort summaries or evaluations"
+            )
 
         parts = run.absorb(
             COLLATE.each(collate_unit, settings, work.units, subject=lambda u: u.label, args=lambda u: (settings, u))

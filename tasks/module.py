@@ -212,10 +212,9 @@ def load_module(settings: RunSettings, folder: str) -> Module:
         if kind == "descriptor":
             descriptors.append(note)
             continue
-        if kind == "run-report":
-            weeks_of_runs[str(note.front_matter.get("tierflow_run", ""))] = _week(
-                _day(note.front_matter.get("tierflow_day"), note.date)
-            )
+        run = str(note.front_matter.get("tierflow_run") or "")
+        if kind == "run-report" and run:
+            weeks_of_runs[run] = _week(_day(note.front_matter.get("tierflow_day"), note.date))
         sorted_notes.append((note, kind))
     if len(descriptors) != 1:
         what = "none" if not descriptors else ", ".join(n.path for n in descriptors)
@@ -226,9 +225,9 @@ def load_module(settings: RunSettings, folder: str) -> Module:
     units: dict[str, list[Evidence]] = {}
     for note, kind in sorted_notes:
         if kind == "run-report":
-            label = weeks_of_runs[str(note.front_matter.get("tierflow_run", ""))]
-        elif kind == "concept-draft":
-            run = str(note.front_matter.get("tierflow_run", ""))
+            label = _week(_day(note.front_matter.get("tierflow_day"), note.date))
+        elif kind == "concept-draft":  # in the week of the run that wrote it
+            run = str(note.front_matter.get("tierflow_run") or "")
             label = weeks_of_runs.get(run) or _week(_day(note.front_matter.get("created"), note.date))
         elif kind == "cohort-summary":
             label = f"assignment {note.front_matter.get('assignment') or note.path.rsplit('/', 1)[0]}"

@@ -228,3 +228,16 @@ def test_tierflow_plan_and_run_module_review_keyless_from_the_command_line(modul
     ran = runner.invoke(app, ["run", "module-review", "--vault", str(module_vault), "--module", MODULE])
     assert ran.exit_code == 0, ran.output
     assert_every_claim_links_existing_evidence(module_vault, module_vault / PROPOSAL)
+
+
+def test_a_module_with_nothing_to_review_says_so_and_lists_what_it_left_out(module_vault: Path) -> None:
+    for folder in ("Runs", "Concepts", "Assignments", "Evaluations"):
+        shutil.rmtree(module_vault / MODULE / folder)
+    (module_vault / MODULE / "Ideas.md").write_text("# Ideas for next year\n\nMore seminars.\n", encoding="utf-8")
+    summary = module_review(vault=str(module_vault))
+    assert "nothing to review in Teaching/EDU7001" in summary.message
+    assert (f"{MODULE}/Ideas.md", "not a run report, concept draft, cohort summary, evaluation or descriptor") in (
+        summary.skipped
+    )
+    assert Ledger.for_vault(module_vault).rows(run_id=summary.run_id) == [] and summary.written == []
+    assert not (module_vault / PROPOSAL).exists()
