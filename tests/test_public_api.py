@@ -105,3 +105,50 @@ def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path)
         ("synthesise", "high", "deep"),
     ]
     assert (vault / summary.report.path).is_file()
+
+
+def test_read_folder_reads_a_window_leaves_out_what_tierflow_wrote_and_refuses_to_leave_the_vault(
+    tmp_path: Path,
+) -> None:
+    from datetime import date
+
+    from tierflow import RunSettings, VaultError, read_folder
+
+    vault = tmp_path / "vault"
+    inbox = vault / "Inbox" / "sub"
+    inbox.mkdir(parents=True)
+    (inbox / "Dated.md").write_text("---\ntitle: A dated note\ndate: 2026-11-17\n---\n\nBody.\n")
+    (inbox / "Undated.md").write_text("No front-matter.\n")
+    os.utime(inbox / "Undated.md", (1_767_000_000, 1_767_000_000))  # 2025-12-29, outside the window
+    (inbox / "Ours.md").write_text("---\ndate: 2026-11-18\ntierflow_run: r1\n---\n\nWritten by tierflow.\n")
+    (vault / "Elsewhere.md").write_text("---\ndate: 2026-11-18\n---\n\nNot in the folder.\n")
+    settings = RunSettings(vault=str(vault), run_id="t", flow="t")
+
+    window = read_folder(settings, "Inbox", since=date(2026, 11, 16), until=date(2026, 11, 22))
+    assert [(n.path, n.title, n.link, n.date) for n in window] == [
+        ("Inbox/sub/Dated.md", "A dated note", "Dated", date(2026, 11, 17))
+    ]
+    everything = read_folder(settings, "Inbox", include_tierflow=True)
+    assert [n.path for n in everything] == ["Inbox/sub/Dated.md", "Inbox/sub/Ours.md", "Inbox/sub/Undated.md"]
+    assert [n.by_tierflow for n in everything] == [False, True, False]
+    with pytest.raises(VaultError, match="leads out of the vault"):
+        read_folder(settings, "../")
+    with pytest.raises(VaultError, match="is not a folder of the vault"):
+        read_folder(settings, "Missing")
+
+
+def test_writer_for_never_overwrites_or_shadows_a_note_a_person_wrote(tmp_path: Path) -> None:
+    from tierflow import RunSettings, writer_for
+
+    vault = tmp_path / "vault"
+    (vault / "Out").mkdir(parents=True)
+    (vault / "Notes").mkdir()
+    (vault / "Out" / "Mine.md").write_text("my words\n")
+    (vault / "Notes" / "Taken.md").write_text("another note of mine\n")
+    writer = writer_for(RunSettings(vault=str(vault), run_id="t", flow="t"), "Out")
+
+    kept = writer.write("Mine", {"title": "Mine"}, "tierflow's words")
+    assert (vault / "Out" / "Mine.md").read_text() == "my words\n"
+    assert kept.action == "kept-user-edit" and kept.path.startswith("Out/Mine (tierflow 2026-11-18")
+    apart = writer.write("Taken", {"title": "Taken"}, "tierflow's words")
+    assert apart.path == "Out/Taken (2).md", "a new note never takes a name another note has anywhere in the vault"
