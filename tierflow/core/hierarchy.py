@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from prefect import Task
+from pydantic import BaseModel
 
-from tierflow.core.calls import RunSettings
+from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import TierflowError
 from tierflow.core.phases import PhaseOutcome, fan_out, single
+from tierflow.core.routing import Route
 from tierflow.core.tokens import count_tokens
 
 T = TypeVar("T")
@@ -46,6 +48,17 @@ def tokens_of(measure: Measure[T], group: Sequence[T]) -> int:
     """`measure` of a group as tokens: a rendered prompt is counted, a count is taken as is."""
     found = measure(group)
     return count_tokens(found) if isinstance(found, str) else found
+
+
+def prompt_tokens(
+    settings: RunSettings, routed: Route, system: str, prompt: str, output: type[BaseModel] | None = None
+) -> int:
+    """The prompt tokens the call path counts against `routed`'s window for this call (its schema included)."""
+    caller = caller_for(settings)
+    _, request = caller.build(
+        phase=routed.phase, complexity=routed.complexity, system=system, prompt=prompt, output=output, routed=routed
+    )
+    return caller.estimate(routed, request).prompt_tokens
 
 
 def group_to_fit(
@@ -123,18 +136,26 @@ def reduce_in_groups(
 
     `synthesise(*synthesise_args(group))` makes one result from a group of items, `merge(*merge_args(results))`
     one result from several. The outcome holds the one final result, or says why there is none: a budget halt
-    or a failure stops the reduction where it happened, and a failed group is listed as skipped while the
-    others go on.
+    or a failure stops the reduction where it happened (an item or result too big for any group fails it, with
+    `GroupTooLarge`'s message), and a failed group is listed as skipped while the others go on.
     """
     items = list(items)
     if limit is None or tokens_of(measure, items) <= limit:
         args = synthesise_args(items)
         return single(synthesise, settings, *args, phase=phase, complexity=complexity, subject=subject)
     outcome: PhaseOutcome[R] = PhaseOutcome()
-    groups = group_to_fit(items, measure, limit, label=label, hint=hint)
+    try:
+        groups = group_to_fit(items, measure, limit, label=label, hint=hint)
+    except GroupTooLarge as exc:
+        outcome.failed = f"{phase} failed: {exc}"
+        return outcome
     results = _stage(outcome, settings, groups, synthesise, synthesise_args, phase, complexity, "group")
     while outcome.halted is None and len(results) > 1 and tokens_of(merge_measure, results) > limit:
-        merged = group_to_fit(results, merge_measure, limit, label=lambda _: "one group's result", hint=hint)
+        try:
+            merged = group_to_fit(results, merge_measure, limit, label=lambda _: "one group's result", hint=hint)
+        except GroupTooLarge as exc:
+            outcome.failed = f"{phase} failed: {exc}"
+            return outcome
         if len(merged) == len(results):
             outcome.failed = (
                 f"{phase} failed: no two of the {len(results)} group results fit one merge prompt "
