@@ -1,16 +1,18 @@
 """Tier concurrency under load: tierflow's ledger slots, Prefect tag limits, and no limit, on a real server.
 
 Starts `prefect server start` (its default SQLite database) on a free loopback port, and a local Anthropic
-wire double whose every call takes 1.0 s. Each scenario runs one Prefect flow that submits its calls as
-tagged task runs (`tier:light`), as a tierflow phase does, and measures the phase's wall time against the
-ideal (`ceil(calls / N)` seconds), the span from the first model call's start to the last one's end (from the
-ledger) against the same ideal, and the most calls in flight at the double:
+wire double whose every call takes 1.0 s. Each scenario runs one Prefect flow that fans its calls out as
+tagged task runs (`tier:light`) through `phases.fan_out`, as a tierflow phase does, and measures the phase's
+wall time against the ideal (`ceil(calls / N)` seconds), the span from the first model call's start to the
+last one's end (from the ledger) against the same ideal, and the most calls in flight at the double:
 
 - `ledger slots`: `[tiers.light] concurrency = N`, tierflow's slots around each model call (the default);
   the thread pool has room for every task.
 - `prefect tags`: the same limit as a Prefect tag limit on `tier:light` (`[limits] mechanism = "prefect"`,
   `tierflow limits apply`), which holds whole task runs; the thread pool has room for every task.
 - `no limit`: no tier limit; a thread pool of N workers is the only bound.
+- `ledger, cold`: ledger slots without warming Prefect's tag-limit answer before the fan-out
+  (`phases.warm_tag_limits`), the baseline for that step: every task run then asks the server in turn.
 
 Each scenario starts after `--settle` idle seconds, so that none pays for the server's work on the last.
 
@@ -31,7 +33,7 @@ import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["ANTHROPIC_API_KEY"] = "bench"
 
 SCENARIOS = ((40, 4), (40, 8), (120, 8))
-MECHANISMS = ("ledger slots", "prefect tags", "no limit")
+MECHANISMS = ("ledger slots", "prefect tags", "no limit", "ledger, cold")
 
 
 def free_port() -> int:
@@ -122,11 +124,13 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
     from tierflow.core.calls import RunSettings, caller_for
     from tierflow.core.config import load_config
     from tierflow.core.ledger import Ledger
-    from tierflow.core.phases import phase_task
+    from tierflow.core.phases import fan_out
 
-    vault = root / f"{mechanism.replace(' ', '-')}-{calls}-{limit}"
+    vault = root / f"{mechanism.replace(', ', '-').replace(' ', '-')}-{calls}-{limit}"
     (vault / ".tierflow").mkdir(parents=True)
-    kind = {"ledger slots": "ledger", "prefect tags": "prefect", "no limit": "ledger"}[mechanism]
+    kind = {"ledger slots": "ledger", "prefect tags": "prefect", "no limit": "ledger", "ledger, cold": "ledger"}[
+        mechanism
+    ]
     (vault / ".tierflow" / "config.toml").write_text(
         config_text(double.anthropic_base_url, None if mechanism == "no limit" else limit, kind)
     )
@@ -137,6 +141,7 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
 
     @task
     def collate_call(settings, index):  # noqa: ANN001, ANN202 (unannotated: Prefect resolves annotations)
+        entered.append(datetime.now(UTC))
         return (
             caller_for(settings)
             .ask(phase="collate", complexity="low", system="Be brief.", prompt=f"Note {index}", subject=f"n{index}")
@@ -147,22 +152,41 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
 
     @flow(name="tier-throughput", task_runner=ThreadPoolTaskRunner(max_workers=workers))
     def phase(settings):  # noqa: ANN001, ANN202
+        started.append(datetime.now(UTC))
         t0 = time.perf_counter()
-        futures = [
-            phase_task(collate_call, settings, phase="collate", complexity="low", subject=f"n{i}").submit(settings, i)
-            for i in range(calls)
-        ]
-        for f in futures:
-            f.result()
+        outcome = fan_out(
+            collate_call,
+            settings,
+            list(range(calls)),
+            phase="collate",
+            complexity="low",
+            subject=lambda i: f"n{i}",
+            args=lambda i: (settings, i),
+        )
+        assert len(outcome.results) == calls, outcome.skipped
         return time.perf_counter() - t0
 
+    import tierflow.core.phases as phases
+
+    warm = phases.warm_tag_limits
+    if mechanism == "ledger, cold":
+        phases.warm_tag_limits = lambda task, settings: None
     double.reset()
-    wall = phase(settings)
+    started: list[datetime] = []
+    entered: list[datetime] = []
+    try:
+        wall = phase(settings)
+    finally:
+        phases.warm_tag_limits = warm
     rows = Ledger.for_vault(vault).rows(run_id=settings.run_id)
     ideal = math.ceil(calls / limit) * latency
     starts = [datetime.fromisoformat(r["started_at"]) for r in rows]
     ends = [s + timedelta(milliseconds=r["latency_ms"]) for s, r in zip(starts, rows, strict=True)]
     span = (max(ends) - min(starts)).total_seconds()
+    # A freed slot's next call: for each call after the first wave, the gap from the nearest earlier end.
+    gaps = sorted(
+        min((s - e).total_seconds() for e in ends if e <= s) * 1000 for s in starts if any(e <= s for e in ends)
+    )
     return {
         "calls": calls,
         "limit": limit,
@@ -173,6 +197,9 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
         "calls_span_s": round(span, 2),
         "calls_span_to_ideal": round(span / ideal, 2),
         "not_in_calls_s": round(wall - span, 2),
+        "before_first_call_s": round((min(starts) - started[0]).total_seconds(), 2),
+        "first_task_entered_s": round((min(entered) - started[0]).total_seconds(), 2),
+        "handover_ms_median": round(gaps[len(gaps) // 2], 1) if gaps else None,
         "max_in_flight": double.max_in_flight,
         "max_in_flight_ledger": most_at_once(rows),
         "rows": len(rows),
@@ -211,12 +238,13 @@ def main() -> None:
     print(f"\ntier throughput on a real `prefect server start` (SQLite), calls of {args.latency:.1f} s")
     print(
         f"{'calls':>6}{'limit':>7}  {'mechanism':<14}{'wall s':>8}{'ideal s':>9}{'wall/ideal':>12}"
-        f"{'calls span/ideal':>18}{'max in flight':>15}"
+        f"{'calls span/ideal':>18}{'first call s':>14}{'max in flight':>15}"
     )
     for r in results:
         print(
             f"{r['calls']:>6}{r['limit']:>7}  {r['mechanism']:<14}{r['wall_s']:>8.2f}{r['ideal_s']:>9.1f}"
-            f"{r['wall_to_ideal']:>11.2f}x{r['calls_span_to_ideal']:>17.2f}x{r['max_in_flight']:>15}"
+            f"{r['wall_to_ideal']:>11.2f}x{r['calls_span_to_ideal']:>17.2f}x{r['before_first_call_s']:>14.2f}"
+            f"{r['max_in_flight']:>15}"
         )
 
 
