@@ -29,6 +29,7 @@ from tierflow import (
     caller_for,
     links_resolve,
     prompt_room,
+    prompt_tokens,
     read_folder,
     reduce_in_groups,
     task,
@@ -292,8 +293,8 @@ def collate_prompt(settings: RunSettings, unit: Unit) -> tuple[str, str]:
 @task(name="collate")
 def collate_unit(settings: RunSettings, unit: Unit) -> Part:
     system, prompt = collate_prompt(settings, unit)
-    answer = caller_for(settings).ask(
-        phase=COLLATE.name, complexity=COLLATE.complexity, system=system, prompt=prompt, output=UnitFindings,
+    answer = COLLATE.ask(
+        settings, system=system, prompt=prompt, output=UnitFindings,
         subject=unit.label, checks=evidence_checks(settings, {n.link for n in unit.notes}, UnitFindings.claims),
     )  # fmt: skip
     return Part(
@@ -324,14 +325,9 @@ def _subject(parts: list[Part], merge: bool, whole: int) -> str:
 
 
 def synthesis_tokens(settings: RunSettings, module: str, parts: list[Part], merge: bool = False) -> int:
-    """The synthesis prompt's tokens as the call path counts them against the context window (system, prompt
-    and output schema, with the offline count's headroom)."""
-    caller = caller_for(settings)
-    system, prompt = synthesis_prompt(settings, module, parts, merge)
-    routed, request = caller.build(
-        phase=SYNTHESISE.name, complexity=SYNTHESISE.complexity, system=system, prompt=prompt, output=SemesterFindings
-    )
-    return caller.estimate(routed, request).prompt_tokens
+    """The synthesis prompt's tokens as the call path counts them against the context window."""
+    routed = caller_for(settings).route(SYNTHESISE.name, SYNTHESISE.complexity)
+    return prompt_tokens(settings, routed, *synthesis_prompt(settings, module, parts, merge), SemesterFindings)
 
 
 @task(name="synthesise")
@@ -342,8 +338,8 @@ def synthesise_parts(
     results of several groups."""
     system, prompt = synthesis_prompt(settings, module, parts, merge)
     allowed = set().union(*(p.links() for p in parts)) if parts else set()
-    answer = caller_for(settings).ask(
-        phase=SYNTHESISE.name, complexity=SYNTHESISE.complexity, system=system, prompt=prompt,
+    answer = SYNTHESISE.ask(
+        settings, system=system, prompt=prompt,
         output=SemesterFindings, subject=_subject(parts, merge, whole),
         checks=evidence_checks(settings, allowed, SemesterFindings.claims),
     )  # fmt: skip
@@ -393,8 +389,8 @@ def draft_proposal(settings: RunSettings, module: Module, semester: Part) -> Wri
     """The revision proposal note, from the template: each claim with links to its evidence notes."""
     system, prompt = proposal_prompt(settings, module, semester)
     allowed = semester.links() | {module.descriptor.link}
-    answer = caller_for(settings).ask(
-        phase=DRAFT.name, complexity=DRAFT.complexity, system=system, prompt=prompt, output=ModuleProposal,
+    answer = DRAFT.ask(
+        settings, system=system, prompt=prompt, output=ModuleProposal,
         subject="proposal", checks=evidence_checks(settings, allowed, ModuleProposal.claims),
     )  # fmt: skip
     proposal: ModuleProposal = answer.parsed

@@ -5,7 +5,7 @@
 and `Field` are here too, so that a flow file needs one import line.
 
 Running a flow:   `flow`, `task`, `begin_run`, `RunSettings`, `FlowSpec`
-Phases:           `Phase`, `PhaseOutcome`, `reduce_in_groups`, `prompt_room`
+Phases:           `Phase`, `PhaseOutcome`, `reduce_in_groups`, `prompt_room`, `prompt_tokens`
 The call:         `caller_for` (`caller_for(settings).ask(...)` returns an `Answer`), `BaseModel`, `Field`,
                   `Check`, `links_resolve`
 The vault:        `read_folder` (`Folder` of `Note`s), `writer_for` (a safe `NoteWriter`, giving `WriteResult`s),
@@ -34,6 +34,7 @@ _WHERE: dict[str, str] = {
     "PhaseOutcome": "tierflow.core.phases",
     "reduce_in_groups": "tierflow.core.hierarchy",
     "prompt_room": "tierflow.core.context",
+    "prompt_tokens": "tierflow.core.hierarchy",
     "Check": "tierflow.core.checks",
     "FlowSpec": "tierflow.core.registry",
     "TierflowError": "tierflow.core.errors",

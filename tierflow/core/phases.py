@@ -17,7 +17,7 @@ from prefect import Task
 from prefect.futures import as_completed
 
 from tierflow.core import telemetry
-from tierflow.core.calls import RunSettings, caller_for, prefect_run_ids
+from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import prefect_progress
@@ -288,7 +288,8 @@ class Phase:
     """A phase of a flow with its complexity: how its tasks are routed, tagged and gathered.
 
     `Phase("collate", "low").each(task, settings, items, ...)` fans one task out per item (`fan_out`);
-    `.once(task, settings, *args, subject=...)` runs one (`single`). Both return a `PhaseOutcome`.
+    `.once(task, settings, *args, subject=...)` runs one (`single`). Both return a `PhaseOutcome`. Inside the
+    task, `.ask(settings, system=..., prompt=..., output=...)` is `Caller.ask` for this phase and complexity.
     """
 
     name: str
@@ -310,3 +311,7 @@ class Phase:
 
     def once(self, task: Task[..., R], settings: RunSettings, *args: Any, subject: str) -> PhaseOutcome[R]:
         return single(task, settings, *args, phase=self.name, complexity=self.complexity, subject=subject)
+
+    def ask(self, settings: RunSettings, **request: Any) -> Answer:
+        """One call in this phase, at its complexity: `caller_for(settings).ask(phase=..., complexity=..., ...)`."""
+        return caller_for(settings).ask(phase=self.name, complexity=self.complexity, **request)
