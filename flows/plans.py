@@ -11,6 +11,9 @@ from pathlib import Path
 
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.config import Config
+from tierflow.core.context import prompt_room
+from tierflow.core.hierarchy import GroupTooLarge, group_to_fit, prompt_tokens
+from tierflow.core.routing import Route
 from tierflow.report.plan import Plan
 from tierflow.tasks import cohort, collate, draft, evidence, feedback, synthesise
 from tierflow.tasks.assignment import load_assignment
@@ -49,7 +52,7 @@ def plan_reading_notes(
     if not sources:
         return plan
 
-    light_outputs = 0
+    outputs: dict[str, int] = {}
     for source in sources:
         system, prompt = collate.prompt(settings, source)
         routed = plan.add(
@@ -63,7 +66,8 @@ def plan_reading_notes(
             front_matter=source.front_matter,
             note=source.path,
         )
-        light_outputs += routed.max_output_tokens
+        outputs[source.path] = routed.max_output_tokens
+    light_outputs = sum(outputs.values())
 
     # Collations with their model-written parts empty; those parts are added at full output allowance.
     skeletons = [
@@ -83,17 +87,7 @@ def plan_reading_notes(
         )
         for s in sources
     ]
-    system, prompt = synthesise.prompt(settings, skeletons, str(week.since), str(week.until))
-    deep = plan.add(
-        caller,
-        "synthesise",
-        synthesise.COMPLEXITY,
-        system,
-        prompt,
-        synthesise.SynthesisOut,
-        subject="week",
-        extra_tokens=light_outputs,
-    )
+    deep = plan_synthesis(plan, settings, skeletons, outputs, str(week.since), str(week.until))
 
     everything = synthesise.Concept(name="", summary="", sources=[s.citekey for s in sources])
     system, prompt = draft.prompt(settings, everything, skeletons)
@@ -109,6 +103,80 @@ def plan_reading_notes(
             extra_tokens=light_outputs + deep.max_output_tokens,
         )
     return plan
+
+
+def plan_synthesis(
+    plan: Plan,
+    settings: RunSettings,
+    skeletons: list[collate.Collation],
+    outputs: dict[str, int],
+    since: str,
+    until: str,
+) -> Route:
+    """The week's synthesis as the run would make it: one call, or one per group of collations and the merges
+    (`synthesise_week`). `outputs` is each collation's model-written part, counted at its full allowance, and
+    each group's synthesis is counted in a merge at the deep tier's full allowance."""
+    caller = caller_for(settings)
+    routed = caller.route(synthesise.PHASE, synthesise.COMPLEXITY)
+    known = synthesise.VaultConcepts.read(settings, skeletons)
+    limit = prompt_room(caller.config, routed)
+
+    def rendered(group: list[collate.Collation]) -> tuple[str, str]:
+        return synthesise.prompt(settings, group, since, until, known.ranked_for(settings, group))
+
+    def measure(group: list[collate.Collation]) -> int:
+        extra = sum(outputs[c.path] for c in group)
+        return prompt_tokens(settings, routed, *rendered(group), synthesise.SynthesisOut) + extra
+
+    def add(group: list[collate.Collation], subject: str) -> Route:
+        extra = sum(outputs[c.path] for c in group)
+        return plan.add(
+            caller, synthesise.PHASE, synthesise.COMPLEXITY, *rendered(group), synthesise.SynthesisOut,
+            subject=subject, extra_tokens=extra,
+        )  # fmt: skip
+
+    groups = [skeletons]
+    if limit is not None and measure(skeletons) > limit:
+        try:
+            groups = group_to_fit(skeletons, measure, limit, label=lambda c: f"the collation of {c.path}")
+        except GroupTooLarge as exc:
+            plan.notes.append(f"The synthesis cannot be split to fit: {exc}")
+    if len(groups) == 1:
+        return add(skeletons, "week")
+    for n, group in enumerate(groups, start=1):
+        add(group, f"group {n}/{len(groups)}")
+    plan.notes.append(
+        f"The week's synthesis does not fit one prompt of {limit:,} tokens on {routed.model_ref}: it is planned "
+        f"in {len(groups)} groups and merged."
+    )
+
+    empty = synthesise.Synthesis(patterns=[], tensions=[], concepts=[], model="", cost_usd=0, tokens=0)
+
+    def merge_rendered(parts: list[int]) -> tuple[str, str]:
+        return synthesise.merge_prompt(settings, [empty] * len(parts), skeletons, since, until)
+
+    def merge_measure(parts: list[int]) -> int:
+        return prompt_tokens(settings, routed, *merge_rendered(parts), synthesise.MergedSynthesisOut) + sum(parts)
+
+    def add_merge(parts: list[int], subject: str) -> Route:
+        return plan.add(
+            caller, synthesise.PHASE, synthesise.COMPLEXITY, *merge_rendered(parts), synthesise.MergedSynthesisOut,
+            subject=subject, extra_tokens=sum(parts),
+        )  # fmt: skip
+
+    results = [routed.max_output_tokens] * len(groups)  # each group's synthesis at its full allowance
+    while len(results) > 1 and merge_measure(results) > limit:
+        try:
+            merged = group_to_fit(results, merge_measure, limit, label=lambda _: "one group's synthesis")
+        except GroupTooLarge:
+            break  # the run fails here, saying so; the plan flags the final merge as too long
+        if len(merged) == len(results):
+            break  # the run fails here, saying so; the plan flags the final merge as too long
+        for n, parts in enumerate(merged, start=1):
+            if len(parts) > 1:
+                add_merge(parts, f"merge {n}/{len(merged)}")
+        results = [routed.max_output_tokens if len(parts) > 1 else parts[0] for parts in merged]
+    return add_merge(results, "week")
 
 
 def plan_student_feedback(

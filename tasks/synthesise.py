@@ -1,16 +1,24 @@
-"""Synthesise (complexity `high`): one call across the week's collations finds patterns and concepts."""
+"""Synthesise (complexity `high`): one call across the week's collations finds patterns and concepts.
+
+A week whose synthesis prompt does not fit the routed model's context window is synthesised hierarchically
+(`tierflow.core.hierarchy`): the collations in groups (`synthesise · group 2/5`), then one merge of the groups'
+syntheses (`synthesise · week`). Either way the result is one `Synthesis`, grounded in the week's sources.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.checks import Check
-from tierflow.core.phases import PhaseOutcome, single
+from tierflow.core.context import prompt_room
+from tierflow.core.hierarchy import prompt_tokens, reduce_in_groups
+from tierflow.core.phases import PhaseOutcome
 from tierflow.tasks.collate import Collation
 from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
@@ -42,6 +50,10 @@ class SynthesisOut(BaseModel):
     patterns: list[str]
     tensions: list[str]
     concepts: list[Concept]
+
+
+class MergedSynthesisOut(SynthesisOut):
+    """One synthesis made from several groups' syntheses: the same fields, its own schema name."""
 
 
 class Synthesis(SynthesisOut):
@@ -100,9 +112,14 @@ class VaultConcepts:
         notes = existing_concepts(
             vault, index, names, folders=cfg.concept_folders, tags=cfg.concept_tags, exclude=not_reading(cfg)
         )
+        return cls(names, notes, []).ranked_for(settings, collations)
+
+    def ranked_for(self, settings: RunSettings, collations: list[Collation]) -> VaultConcepts:
+        """The same notes, listing the most relevant to `collations` (a group of the week) without a rescan."""
         terms = [k for c in collations for k in c.keywords]
-        ranked = by_relevance(notes, terms, [c.path for c in collations])
-        return cls(names, notes, ranked[: cfg.max_listed_concepts])
+        ranked = by_relevance(self.notes, terms, [c.path for c in collations])
+        limit = caller_for(settings).config.settings.vault.max_listed_concepts
+        return VaultConcepts(self.names, self.notes, ranked[:limit])
 
     def extended(self, settings: RunSettings, concept: Concept) -> ConceptNote | None:
         """The person's note this concept adds to: one it names or matches, or any note with its name."""
@@ -163,9 +180,40 @@ def prompt(
     return system, user
 
 
+def merge_prompt(
+    settings: RunSettings, parts: list[Synthesis], collations: list[Collation], since: str, until: str
+) -> tuple[str, str]:
+    """The prompt that merges several groups' syntheses of one week into one."""
+    config = caller_for(settings).config
+    env = template_env(config.vault, config.settings.vault.templates_folder)
+    cited = {s for part in parts for concept in part.concepts for s in concept.sources}
+    data = {
+        "groups": [
+            {
+                "patterns": part.patterns,
+                "tensions": part.tensions,
+                "concepts": [
+                    c.model_dump(include={"name", "summary", "sources", "quote_refs", "tensions", "extends"})
+                    for c in part.concepts
+                ],
+            }
+            for part in parts
+        ],
+        "sources": [{"citekey": c.citekey, "title": c.title} for c in collations if c.citekey in cited],
+    }
+    system = env.get_template("prompts/synthesise/system.j2").render()
+    user = env.get_template("prompts/synthesise/merge.j2").render(
+        groups=parts, data=data, since=since, until=until, max_concepts=config.settings.vault.max_concepts
+    )
+    return system, user
+
+
 @task(name=PHASE, task_run_name="synthesise · week")
-def synthesise(settings: RunSettings, collations: list[Collation], since: str, until: str) -> Synthesis:
-    """Find the week's patterns, tensions and candidate concepts; only sources and quotes that exist survive."""
+def synthesise(
+    settings: RunSettings, collations: list[Collation], since: str, until: str, subject: str = "week"
+) -> Synthesis:
+    """Find the week's (or a group's) patterns, tensions and candidate concepts; only sources and quotes that
+    exist survive."""
     known = VaultConcepts.read(settings, collations)
     system, user = prompt(settings, collations, since, until, known)
     answer = caller_for(settings).ask(
@@ -174,9 +222,44 @@ def synthesise(settings: RunSettings, collations: list[Collation], since: str, u
         system=system,
         prompt=user,
         output=SynthesisOut,
-        subject="week",
+        subject=subject,
         checks=[grounded(collations)],
     )
+    return _grounded_synthesis(settings, answer, collations, known)
+
+
+@task(name=PHASE, task_run_name="synthesise · merge")
+def merge(
+    settings: RunSettings, parts: list[Synthesis], collations: list[Collation], since: str, until: str
+) -> Synthesis:
+    """One synthesis from several groups' syntheses, grounded in the sources and quotes of the whole week."""
+    cited = {s for part in parts for concept in part.concepts for s in concept.sources}
+    known = VaultConcepts.read(settings, [c for c in collations if c.citekey in cited] or collations)
+    system, user = merge_prompt(settings, parts, collations, since, until)
+    answer = caller_for(settings).ask(
+        phase=PHASE,
+        complexity=COMPLEXITY,
+        system=system,
+        prompt=user,
+        output=MergedSynthesisOut,
+        subject=f"merge of {len(parts)} groups",
+        checks=[grounded(collations)],
+    )
+    merged = _grounded_synthesis(settings, answer, collations, known)
+    # What the groups dropped is still the week's to report, once.
+    earlier = [item for part in parts for item in part.skipped]
+    return merged.model_copy(
+        update={
+            "skipped": list(dict.fromkeys([*earlier, *merged.skipped])),
+            "checks_failed": sorted({*merged.checks_failed, *(c for p in parts for c in p.checks_failed)}),
+        }
+    )
+
+
+def _grounded_synthesis(
+    settings: RunSettings, answer: Answer, collations: list[Collation], known: VaultConcepts
+) -> Synthesis:
+    """The answer's concepts that cite this week's sources and quotes, as additions where a note exists."""
     out: SynthesisOut = answer.parsed
     quotes = {(c.citekey, q.id): q.text for c in collations for q in c.quotes}
     by_key = {c.citekey: c for c in collations}
@@ -223,17 +306,43 @@ def synthesise(settings: RunSettings, collations: list[Collation], since: str, u
 def synthesise_week(
     settings: RunSettings, collations: list[Collation], since: str, until: str
 ) -> PhaseOutcome[Synthesis]:
-    """One tagged task run over all the week's collations."""
-    outcome = single(
-        synthesise,
-        settings,
+    """One tagged task run over all the week's collations, or, when its prompt does not fit the routed model's
+    context window, one per group of collations and then a merge of the groups' syntheses."""
+    caller = caller_for(settings)
+    routed = caller.route(PHASE, COMPLEXITY)
+    known = cache(lambda: VaultConcepts.read(settings, collations))  # read only if a window is to be checked
+
+    def measure(group: list[Collation]) -> int:
+        system, user = prompt(settings, group, since, until, known().ranked_for(settings, group))
+        return prompt_tokens(settings, routed, system, user, SynthesisOut)
+
+    def merge_measure(parts: list[Synthesis]) -> int:
+        return prompt_tokens(
+            settings, routed, *merge_prompt(settings, parts, collations, since, until), MergedSynthesisOut
+        )
+
+    def group_subject(group: list[Collation]) -> str:
+        if len(group) == len(collations):
+            return "week"
+        return f"group of {len(group)}: {group[0].citekey} to {group[-1].citekey}"
+
+    outcome = reduce_in_groups(
         settings,
         collations,
-        since,
-        until,
         phase=PHASE,
         complexity=COMPLEXITY,
+        limit=prompt_room(caller.config, routed),
+        synthesise=synthesise,
+        synthesise_args=lambda group: (settings, group, since, until, group_subject(group)),
+        measure=measure,
+        merge=merge,
+        merge_args=lambda parts: (settings, parts, collations, since, until),
+        merge_measure=merge_measure,
         subject="week",
+        label=lambda c: f"the collation of {c.path}",
+        hint=(
+            f"Route {PHASE} to a tier with a larger window (--tier {PHASE}=TIER), or shorten that note's highlights."
+        ),
     )
     for synthesis in outcome.results:  # its skipped concepts reach the run through the flow
         if not synthesis.concepts:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tierflow.core.errors import ConfigError
 
@@ -43,22 +43,48 @@ class ProviderConfig(_Model):
 
 
 class Price(_Model):
-    """USD per million tokens, for models genai-prices does not know."""
+    """USD per million tokens, for models genai-prices does not know (or priced otherwise here).
+
+    With `premium_above`, a call whose prompt (cached tokens included) is over that many tokens pays the
+    premium rates on all its tokens, as long-context pricing does (Anthropic's 1M-token beta: 2x input,
+    1.5x output above 200K). Cache reads and writes then cost their base rate times `premium_input / input`.
+    """
 
     input: float
     output: float
     cache_read: float | None = None
     cache_write: float | None = None
+    premium_above: int | None = Field(default=None, gt=0)
+    """Prompt tokens above which the premium rates apply to the whole call."""
+    premium_input: float | None = None
+    premium_output: float | None = None
+
+    @model_validator(mode="after")
+    def _premium_complete(self) -> Price:
+        stated = [self.premium_input is not None, self.premium_output is not None]
+        if self.premium_above is None and any(stated):
+            raise ValueError("premium_input/premium_output need premium_above: the prompt tokens they start at")
+        if self.premium_above is not None and not all(stated):
+            raise ValueError("premium_above needs both premium_input and premium_output (USD per million tokens)")
+        return self
+
+    def premium(self, usage: Any) -> bool:
+        """Whether this call is priced at the premium rates."""
+        return self.premium_above is not None and usage.prompt_tokens > self.premium_above
 
     def cost(self, usage: Any) -> Decimal:
         per_token = Decimal(1) / Decimal(1_000_000)
         cache_read = self.cache_read if self.cache_read is not None else self.input
         cache_write = self.cache_write if self.cache_write is not None else self.input
+        plain, out, scale = Decimal(str(self.input)), Decimal(str(self.output)), Decimal(1)
+        if self.premium(usage):
+            scale = Decimal(str(self.premium_input)) / plain if plain else Decimal(1)
+            plain, out = Decimal(str(self.premium_input)), Decimal(str(self.premium_output))
         return per_token * (
-            Decimal(str(self.input)) * usage.input_tokens
-            + Decimal(str(self.output)) * (usage.output_tokens + usage.reasoning_tokens)
-            + Decimal(str(cache_read)) * usage.cache_read_tokens
-            + Decimal(str(cache_write)) * usage.cache_write_tokens
+            plain * usage.input_tokens
+            + out * (usage.output_tokens + usage.reasoning_tokens)
+            + Decimal(str(cache_read)) * scale * usage.cache_read_tokens
+            + Decimal(str(cache_write)) * scale * usage.cache_write_tokens
         )
 
 

@@ -38,6 +38,12 @@ def context_window(config: Config, routed: Route) -> int | None:
     return max(known, key=lambda k: len(k[0]))[1] if known else None
 
 
+def prompt_room(config: Config, routed: Route) -> int | None:
+    """The tokens a prompt may take on the routed model: its window less the answer allowance; None if unknown."""
+    window = context_window(config, routed)
+    return None if window is None else window - routed.max_output_tokens
+
+
 def overflow(config: Config, routed: Route, prompt_tokens: int) -> str | None:
     """Why `prompt_tokens` plus the tier's answer allowance do not fit the window, or None when they do."""
     window = context_window(config, routed)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING
+
+from tierflow.core import clock
 
 if TYPE_CHECKING:
     from tierflow.core.config import Price
@@ -87,9 +90,9 @@ def price(
     """
     if override is not None:
         cost = override.cost(usage)
-    elif provider_kind in PROVIDER_IDS and _flat(model, PROVIDER_IDS[provider_kind]):
+    elif provider_kind in PROVIDER_IDS and _flat(model, PROVIDER_IDS[provider_kind], _today()):
         # A model priced per token, flat: its rates, looked up once, price the call exactly.
-        cost = _by_rates(usage, _rates(model, PROVIDER_IDS[provider_kind]))  # type: ignore[arg-type]
+        cost = _by_rates(usage, _rates(model, PROVIDER_IDS[provider_kind], _today()))  # type: ignore[arg-type]
     elif provider_kind in PROVIDER_IDS:
         cost = _genai_price(usage, model, PROVIDER_IDS[provider_kind])
         if cost is None:
@@ -107,15 +110,19 @@ def price_bound(
     override: Price | None = None,
     batch_discount: float = 1.0,
 ) -> Decimal | None:
-    """An upper bound on `price(usage, ...)`, from per-token rates looked up once per model (a budget estimate).
+    """An upper bound on `price(usage, ...)` for the worst-case usage of a call not yet made (a budget estimate).
 
-    A call's exact price is computed once, from its reported usage; its worst case, before the call, needs no
-    second full price calculation. The rates are probed at a million tokens of each kind, so a model priced in
-    tiers (long-context surcharges) gets its dearest tier's rates: the bound is never below the exact price.
+    A model priced flat per token is priced from its rates, looked up once per model: its worst case needs no
+    second full price calculation. A model whose price has tiers (a long-context premium above a prompt size)
+    is priced exactly, at the tier its worst-case prompt falls in: a price only grows with the tokens, so that
+    is never below the call's exact price, and a small call is not estimated at the premium rate.
     """
     if override is not None or provider_kind not in PROVIDER_IDS:
         return price(usage, model, provider_kind=provider_kind, override=override, batch_discount=batch_discount)
-    rates = _rates(model, PROVIDER_IDS[provider_kind])
+    provider_id = PROVIDER_IDS[provider_kind]
+    if not _flat(model, provider_id, _today()):
+        return price(usage, model, provider_kind=provider_kind, batch_discount=batch_discount)
+    rates = _rates(model, provider_id, _today())
     if rates is None:
         return None
     return _by_rates(usage, rates) * Decimal(str(batch_discount))
@@ -136,15 +143,20 @@ def _by_rates(usage: Usage, rates: Rates) -> Decimal:
     )
 
 
+def _today() -> date:
+    """The day prices are looked up for: genai-prices dates its price changes; tierflow's clock says when."""
+    return clock.now().date()
+
+
 @lru_cache(maxsize=256)
-def _flat(model: str, provider_id: str) -> bool:
+def _flat(model: str, provider_id: str, day: date) -> bool:
     """Whether genai-prices prices `model` at the same rates for a small call as for a huge one (no tiers)."""
-    return _knows(model, provider_id) and _rates(model, provider_id, 1_000) == _rates(model, provider_id)
+    return _knows(model, provider_id) and _rates(model, provider_id, day, 1_000) == _rates(model, provider_id, day)
 
 
 @lru_cache(maxsize=512)
-def _rates(model: str, provider_id: str, probe: int = 1_000_000) -> Rates | None:
-    """The model's rates for calls of `probe` tokens of each kind (by default its dearest tier's)."""
+def _rates(model: str, provider_id: str, day: date, probe: int = 1_000_000) -> Rates | None:
+    """The model's rates on `day` for calls of `probe` tokens of each kind (by default its dearest tier's)."""
     kinds = (
         Usage(cache_read_tokens=probe),
         Usage(cache_write_tokens=probe),
@@ -152,14 +164,14 @@ def _rates(model: str, provider_id: str, probe: int = 1_000_000) -> Rates | None
         Usage(input_tokens=probe),
         Usage(input_tokens=probe, output_tokens=probe),  # output's rate when the prompt is in the dearest tier
     )
-    prices = [_genai_price(kind, model, provider_id) for kind in kinds]
+    prices = [_genai_price(kind, model, provider_id, day) for kind in kinds]
     if any(p is None for p in prices):
         return None
     read, write_5m, write_1h, plain, both = (p / probe for p in prices)  # type: ignore[operator]
     return read, write_5m, write_1h, plain, both - plain
 
 
-def _genai_price(usage: Usage, model: str, provider_id: str) -> Decimal | None:
+def _genai_price(usage: Usage, model: str, provider_id: str, day: date | None = None) -> Decimal | None:
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
 
@@ -174,7 +186,8 @@ def _genai_price(usage: Usage, model: str, provider_id: str) -> Decimal | None:
         kwargs["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
     if not _knows(model, provider_id):
         return None
-    return calc_price(GenaiUsage(**kwargs), model, provider_id=provider_id).total_price
+    when = datetime.combine(day or _today(), time(12), tzinfo=UTC)
+    return calc_price(GenaiUsage(**kwargs), model, provider_id=provider_id, genai_request_timestamp=when).total_price
 
 
 @lru_cache(maxsize=256)

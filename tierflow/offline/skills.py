@@ -148,6 +148,28 @@ def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
     return {"patterns": patterns, "tensions": [], "concepts": concepts}
 
 
+def offline_merged_synthesis(data: dict[str, Any]) -> dict[str, Any]:
+    """Offline: groups' concepts of the same name become one, with all their sources; the most sourced first."""
+    merged: dict[str, dict[str, Any]] = {}
+    for group in data.get("groups", []):
+        for c in group.get("concepts", []):
+            into = merged.setdefault(c["name"].casefold(), {**c, "sources": [], "quote_refs": [], "tensions": []})
+            into["extends"] = into.get("extends") or c.get("extends")
+            for key in ("sources", "quote_refs", "tensions"):
+                into[key] += [x for x in c.get(key, []) if x not in into[key]]
+    concepts = sorted(merged.values(), key=lambda c: (-len(c["sources"]), c["name"].casefold()))[:6]
+    for c in concepts:
+        c["summary"] = (
+            f"{len(c['sources'])} of this week's sources bear on {c['name'].lower()}: " + ", ".join(c["sources"]) + "."
+        )
+    groups = data.get("groups", [])
+    return {
+        "patterns": list(dict.fromkeys(p for g in groups for p in g.get("patterns", []))),
+        "tensions": list(dict.fromkeys(t for g in groups for t in g.get("tensions", []))),
+        "concepts": concepts,
+    }
+
+
 def offline_draft(data: dict[str, Any]) -> dict[str, Any]:
     """Offline: the summary is the concept's; the discussion strings the sources' claims; quotes are verbatim."""
     concept = data.get("concept", {})
@@ -345,6 +367,7 @@ def _content_words(text: str) -> set[str]:
 SKILLS: dict[str, Skill] = {
     "collationout": offline_collation,
     "synthesisout": offline_synthesis,
+    "mergedsynthesisout": offline_merged_synthesis,
     "draftout": offline_draft,
     "evidenceout": offline_evidence,
     "cohortout": offline_cohort,

@@ -1,0 +1,109 @@
+"""A week too big for the deep tier's context window is planned and synthesised in groups, then merged.
+
+Real Anthropic SDK on the wire double, flows under Prefect's test harness. The deep tier's window is made
+small (6,000 tokens) so that the fixture week's synthesis prompt does not fit it, while half the week does.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, write_config
+from responders import skilled
+
+from tierflow.core.config import load_config
+from tierflow.core.ledger import Ledger
+from tierflow.flows.plans import plan_reading_notes
+from tierflow.flows.reading_notes import reading_notes
+from tierflow.offline import prompt_data
+from tierflow.testing.double import ProviderDouble
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+WINDOW = 6000
+SYNTHESES = ("synthesisout", "mergedsynthesisout")
+
+
+@pytest.fixture
+def big_week(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    config = (
+        anthropic_config(double)
+        .replace("max_output_tokens = 4096", f"max_output_tokens = 1000\ncontext_window = {WINDOW}")
+        .replace("max_output_tokens = 1024", "max_output_tokens = 300")
+    )
+    path = reading_vault / ".tierflow" / "config.toml"
+    write_config(path, config + path.read_text())
+    double.responder = skilled()
+    return reading_vault
+
+
+def test_plan_shows_the_group_calls_and_the_merge_with_their_tokens_and_cost(big_week: Path):
+    plan = plan_reading_notes(load_config(big_week), big_week, since=SINCE, until=UNTIL)
+    synthesis = [
+        (subject, row)
+        for (phase, subject, _), row in zip(plan.prompts, plan.rows, strict=True)
+        if phase == "synthesise"
+    ]
+    assert [subject for subject, _ in synthesis] == ["group 1/2", "group 2/2", "week"]
+    assert [p for p, _, _ in plan.too_long if p == "synthesise"] == []  # one prompt over the week would not fit
+    for _, row in synthesis:
+        assert row["tier"] == "deep" and row["cost_usd"] > 0
+        assert row["input_tokens"] + row["output_tokens"] <= WINDOW
+    merge = synthesis[-1][1]
+    assert merge["input_tokens"] > 2 * 1000  # both groups' answers, at the deep tier's full allowance
+    (phase,) = [p for p in plan.phases if p.key == "synthesise"]
+    assert phase.calls == 3 and phase.cost_usd == pytest.approx(sum(r["cost_usd"] for _, r in synthesis))
+    assert any("planned in 2 groups and merged" in n for n in plan.notes)
+
+
+def test_run_synthesises_in_groups_then_merges_with_a_ledger_row_per_call(big_week: Path, double: ProviderDouble):
+    summary = reading_notes(vault=str(big_week), since=SINCE, until=UNTIL)
+    assert summary.failed is None and summary.halted is None  # a single synthesis call is refused by the window
+    calls = [c for c in double.model_calls() if c.forced_tool in SYNTHESES]
+    assert sorted(c.forced_tool for c in calls) == ["mergedsynthesisout", "synthesisout", "synthesisout"]
+
+    # The groups split the week: every collation in exactly one group prompt, none in the merge prompt.
+    groups = [prompt_data(c.last_user_text)["collations"] for c in calls if c.forced_tool == "synthesisout"]
+    citekeys = [c["citekey"] for group in groups for c in group]
+    assert len(citekeys) == len(set(citekeys)) == 8
+    (merge_call,) = [c for c in calls if c.forced_tool == "mergedsynthesisout"]
+    merged = prompt_data(merge_call.last_user_text)
+    assert len(merged["groups"]) == 2 and "collations" not in merged
+
+    rows = [r for r in Ledger.for_vault(big_week).rows(run_id=summary.run_id) if r["phase"] == "synthesise"]
+    assert len(rows) == len(calls) == 3
+    assert all(r["outcome"] == "ok" and r["tier"] == "deep" and r["cost_usd"] > 0 for r in rows)
+    assert all(r["input_tokens"] + 1000 <= WINDOW for r in rows)
+    assert len({r["task_run_id"] for r in rows}) == 3
+    assert sorted(r["subject"] for r in rows)[-1] == "merge of 2 groups"
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    names = set()
+    with get_client(sync_client=True) as client:
+        for row in rows:  # the server records task runs in the background
+            for _ in range(120):
+                try:
+                    names.add(client.read_task_run(row["task_run_id"]).name)
+                    break
+                except ObjectNotFound:
+                    time.sleep(0.25)
+    assert names == {"synthesise · group 1/2", "synthesise · group 2/2", "synthesise · week"}
+
+    # Drafts come from the merged synthesis, citing the week's literature notes.
+    assert summary.written
+    literature = {p.stem for p in (big_week / "Reading").glob("*.md")}
+    for written in summary.written:
+        text = (big_week / written.path).read_text()
+        assert "[[" in text and any(f"[[{name}]]" in text for name in literature)
+
+    # A rerun of the unchanged week reuses every answer: no call, no new synthesis row.
+    before = len(double.model_calls())
+    again = reading_notes(vault=str(big_week), since=SINCE, until=UNTIL)
+    assert again.failed is None and len(double.model_calls()) == before
