@@ -8,6 +8,7 @@ syntheses (`synthesise · week`). Either way the result is one `Synthesis`, grou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from prefect import task
@@ -309,10 +310,10 @@ def synthesise_week(
     context window, one per group of collations and then a merge of the groups' syntheses."""
     caller = caller_for(settings)
     routed = caller.route(PHASE, COMPLEXITY)
-    known = VaultConcepts.read(settings, collations)
+    known = cache(lambda: VaultConcepts.read(settings, collations))  # read only if a window is to be checked
 
     def measure(group: list[Collation]) -> int:
-        system, user = prompt(settings, group, since, until, known.ranked_for(settings, group))
+        system, user = prompt(settings, group, since, until, known().ranked_for(settings, group))
         return prompt_tokens(settings, routed, system, user, SynthesisOut)
 
     def merge_measure(parts: list[Synthesis]) -> int:

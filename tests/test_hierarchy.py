@@ -129,3 +129,8 @@ def test_reduce_synthesises_each_group_then_merges_the_results_as_phase_tasks(tm
     assert outcome.results == [210]
     merges = [v for kind, v in CALLS if kind == "merge"]
     assert merges == [(28, 77), (105, 105)]  # groups 1+2 merged, group 3 passed on as it is, then the week
+
+    CALLS.clear()
+    outcome = summing(settings, values, FRAME + 50, 100)  # no item fits alone: the phase fails, nothing is called
+    assert outcome.results == [] and CALLS == []
+    assert outcome.failed.startswith("synthesise failed: 1 alone makes a prompt of about 200 tokens")

@@ -10,6 +10,7 @@ prompt. Every call goes through the ordinary call path, so each has its ledger r
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -140,22 +141,23 @@ def reduce_in_groups(
     `GroupTooLarge`'s message), and a failed group is listed as skipped while the others go on.
     """
     items = list(items)
-    if limit is None or tokens_of(measure, items) <= limit:
+    outcome: PhaseOutcome[R] = PhaseOutcome()
+    try:  # sizing renders prompts in the flow, outside any task: its failure fails the phase, not the run
+        fits = limit is None or tokens_of(measure, items) <= limit
+        groups = [] if fits or limit is None else group_to_fit(items, measure, limit, label=label, hint=hint)
+    except Exception as exc:
+        return _failed(outcome, phase, exc)
+    if fits or limit is None:
         args = synthesise_args(items)
         return single(synthesise, settings, *args, phase=phase, complexity=complexity, subject=subject)
-    outcome: PhaseOutcome[R] = PhaseOutcome()
-    try:
-        groups = group_to_fit(items, measure, limit, label=label, hint=hint)
-    except GroupTooLarge as exc:
-        outcome.failed = f"{phase} failed: {exc}"
-        return outcome
     results = _stage(outcome, settings, groups, synthesise, synthesise_args, phase, complexity, "group")
-    while outcome.halted is None and len(results) > 1 and tokens_of(merge_measure, results) > limit:
+    while outcome.halted is None and len(results) > 1:
         try:
+            if tokens_of(merge_measure, results) <= limit:
+                break
             merged = group_to_fit(results, merge_measure, limit, label=lambda _: "one group's result", hint=hint)
-        except GroupTooLarge as exc:
-            outcome.failed = f"{phase} failed: {exc}"
-            return outcome
+        except Exception as exc:
+            return _failed(outcome, phase, exc)
         if len(merged) == len(results):
             outcome.failed = (
                 f"{phase} failed: no two of the {len(results)} group results fit one merge prompt "
@@ -175,6 +177,19 @@ def reduce_in_groups(
     outcome.results = final.results
     outcome.skipped += final.skipped
     outcome.halted, outcome.failed = final.halted, final.failed
+    return outcome
+
+
+def _failed(outcome: PhaseOutcome[R], phase: str, exc: Exception) -> PhaseOutcome[R]:
+    """The phase fails with `exc`, said as `phases.single` says it: a group too large, or a bug while sizing."""
+    if isinstance(exc, GroupTooLarge):
+        outcome.failed = f"{phase} failed: {exc}"
+        return outcome
+    logging.getLogger(__name__).error("sizing the %s prompts failed", phase, exc_info=exc)
+    outcome.failed = (
+        f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}) while sizing its prompts. Earlier phases are "
+        "kept in the ledger and the answer cache; the traceback is in the log."
+    )
     return outcome
 
 
