@@ -5,7 +5,8 @@
 and `Field` are here too, so that a flow file needs one import line.
 
 Running a flow:   `flow`, `task`, `begin_run`, `RunSettings`, `FlowSpec`
-Phases:           `Phase`, `PhaseOutcome`, `reduce_in_groups`, `prompt_room`, `prompt_tokens`
+Phases:           `Phase` (`.each`, `.once`, and `.ask` for its call), `PhaseOutcome`, `reduce_in_groups`,
+                  `prompt_room`, `prompt_tokens`
 The call:         `caller_for` (`caller_for(settings).ask(...)` returns an `Answer`), `BaseModel`, `Field`,
                   `Check`, `links_resolve`
 The vault:        `read_folder` (`Folder` of `Note`s), `writer_for` (a safe `NoteWriter`, giving `WriteResult`s),
