@@ -115,6 +115,11 @@ def test_offline_run_drafts_a_proposal_whose_every_claim_links_its_evidence(modu
     # reasoning tokens).
     assert post.metadata["tierflow_tokens"] == sum(r["input_tokens"] + r["output_tokens"] for r in rows)
 
+    # A second run over the same semester pays for nothing and leaves the proposal as it is.
+    again = module_review(vault=str(module_vault))
+    assert [w.action for w in again.written] == ["unchanged"]
+    assert all(r["cached_result"] for r in Ledger.for_vault(module_vault).rows(run_id=again.run_id))
+
 
 def _day_index(paths: dict[str, str]) -> list[str]:
     return [p for p in paths if p.endswith(" tierflow runs.md")]
