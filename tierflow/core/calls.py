@@ -579,6 +579,14 @@ class Caller:
         except BaseException:
             ticket.leave()
             raise
+        if reservation.route.tier != routed.tier:
+            # Downgraded: the ledger slot taken is the cheaper tier's. The gate of the tier asked for opens now and
+            # the call passes the cheaper tier's gate if it is free: it never waits there while holding a slot,
+            # since the ledger slot alone bounds that tier.
+            ticket.leave()
+            gate = self.slots.local(reservation.route.tier)
+            if gate is not None and gate.acquire(blocking=False):
+                ticket.gate = gate
         ticket.reservation = reservation
         ticket.route, ticket.request = self._reserved(routed, request, subject, reservation)
         return ticket
