@@ -214,11 +214,14 @@ def test_flow_run_page_shows_the_phase_task_runs_the_downgrade_and_the_spend_tab
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "flow-run.png"))
 
-    # The task run's own page: named with the tier that answered, beside the `tier:deep` tag it was created with.
+    # The task run's own page: named with the tier that answered, beside the `tier:deep` tag it was created with,
+    # and its artifact names the model that answered.
     page.get_by_text(synthesis, exact=True).first.click()
     expect(page.get_by_role("listitem").filter(has_text=synthesis).first).to_be_visible()
-    expect(page.get_by_text("Tags").first).to_be_visible()
     expect(page.get_by_role("definition").filter(has_text="tier:deep").first).to_contain_text("phase:synthesise")
+    model = {"standard": "claude-sonnet-4-6", "light": "claude-haiku-4-5"}[actual]
+    page.get_by_role("tab", name="Artifacts").click()
+    expect(page.get_by_text(f"synthesise: answered by anthropic:{model}").first).to_be_visible()
 
     page.goto(f"{base}/v2/runs/flow-run/{ui_run['flow_run_id']}")
     page.get_by_role("tab", name="Artifacts").click()
@@ -249,6 +252,7 @@ def test_flow_run_page_shows_the_phase_task_runs_the_downgrade_and_the_spend_tab
         centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         drawn = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest('td')?.innerText", centre)
         assert drawn is not None and drawn.strip() == figure, (column, drawn)
+    page.mouse.move(0, 0)  # no row highlighted under the pointer in the picture
     page.screenshot(path=str(DOCS / "spend-artifact.png"))
 
 

@@ -933,8 +933,11 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
             # The server takes task-run names from the engine's state events too: rename the run the engine
             # reports, and the server's copy now.
             context.task_run.name = name
-            with get_client(sync_client=True) as client:
-                client.set_task_run_name(context.task_run.id, name)
+            try:
+                with get_client(sync_client=True) as client:
+                    client.set_task_run_name(context.task_run.id, name)
+            except Exception as exc:  # not recorded on the server yet (404): the engine's next state event names it
+                log.debug("could not rename the task run on the server yet: %s", exc)
         cost = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
         create_markdown_artifact(
             markdown=(
