@@ -167,3 +167,23 @@ def test_a_reservation_left_open_by_an_older_tierflow_is_released_after_migratio
     (old,) = open_reservations(ledger)
     assert old.run_id == "old" and old.expired and old.holder_pid is None
     assert [r.id for r in release_stale(ledger)] == [old.id] and open_reservations(ledger) == []
+
+
+def test_the_compact_spend_row_keeps_the_money_and_shortens_the_rest():
+    from tierflow.core.usage import Usage
+    from tierflow.report.spend import Spend, compact_count
+
+    assert [compact_count(n) for n in (0, 999, 1000, 12_345, 999_949, 999_950, 4_560_000)] == [
+        "0", "999", "1.0k", "12.3k", "999.9k", "1.00M", "4.56M"
+    ]  # fmt: skip
+    phase = Spend("synthesise", ["deep", "standard"], ["anthropic:claude-opus-4-6", "anthropic:claude-sonnet-4-6"])
+    phase.calls, phase.usage, phase.cost_usd, phase.all_deep_usd = 2, Usage(input_tokens=12_345), 0.18, 0.59
+    full, compact = phase.table_row(), phase.table_row(compact=True)
+    assert (full["model"], full["tokens"]) == ("anthropic:claude-opus-4-6, anthropic:claude-sonnet-4-6", 12_345)
+    assert (compact["model"], compact["tokens"]) == ("claude-opus-4-6, claude-sonnet-4-6", "12.3k")
+    money = ("USD", "all-deep USD", "saved")
+    assert [compact[k] for k in money] == [full[k] for k in money] == ["$0.1800", "$0.5900", "69%"]
+    phase.key = "total"
+    totals = phase.table_row(compact=True)
+    assert (totals["phase"], totals["tier"], totals["model"], totals["USD"]) == ("total", "", "", "$0.1800")
+    assert phase.table_row()["tier"] == "deep, standard"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from responders import skilled
 from tierflow.core.ledger import Ledger
 from tierflow.flows.reading_notes import reading_notes
 from tierflow.offline import SKILLS, prompt_data
+from tierflow.report.spend import compact_count, row_tokens
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -305,7 +307,11 @@ def test_prefect_artifacts_tell_the_token_story(anthropic_vault: Path):
     assert list(table[0])[:8] == ["phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved"]
     rows = Ledger.for_vault(anthropic_vault).rows(run_id=summary.run_id)
     assert table[-1]["USD"] == f"${sum(r['cost_usd'] for r in rows):.4f}" and table[-1]["calls"] == len(rows)
-    assert all(row["USD"].startswith("$") and row["tokens"] > 0 for row in table)
+    assert all(row["USD"].startswith("$") for row in table)
+    # Compact for the UI's table: tokens like `12.3k`, models without their provider, no lists on the totals row.
+    assert table[-1]["tokens"] == compact_count(sum(row_tokens(r) for r in rows))
+    assert re.fullmatch(r"\d+(\.\d)?k", table[-1]["tokens"])
+    assert table[0]["model"] == "claude-haiku-4-5" and (table[-1]["tier"], table[-1]["model"]) == ("", "")
     saved = table[-1]["saved"]
     assert saved.endswith("%") and int(saved[:-1]) > 0
     assert mine[spend_key].description == f"{table[-1]['USD']} · all-deep {table[-1]['all-deep USD']} · saved {saved}"

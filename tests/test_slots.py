@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import anthropic_config, write_config
+from pydantic import BaseModel
 
 from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.checks import Check
 from tierflow.core.ledger import Ledger, tier_slots
-from tierflow.testing.double import ProviderDouble
+from tierflow.core.slots import in_flight
+from tierflow.testing.double import ProviderDouble, Reply
 
 WORKER = textwrap.dedent(
     """
@@ -240,3 +243,75 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     ours = [before for names, before in asked if f"tag:tierflow-run:warm-{warm}" in names]
     assert len(ours) == 1  # Prefect remembers a tag set without limits: one question per phase either way
     assert (ours[0] == 0) if warm else (ours[0] >= 1)
+
+
+class Verdict(BaseModel):
+    label: str
+
+
+SUMMATIVE = Check("label_in_rubric", lambda v: [] if v.label == "summative" else ["not summative"])
+
+
+def limited_caller(tmp_path: Path, double: ProviderDouble, name: str, budgets: str = "") -> Caller:
+    """A caller whose three tiers each allow one call at a time, by the ledger mechanism."""
+    text = anthropic_config(double, budgets)
+    for limit in ("1024", "2048", "4096"):
+        text = text.replace(f"max_output_tokens = {limit}\n", f"max_output_tokens = {limit}\nconcurrency = 1\n", 1)
+    vault = tmp_path / name
+    write_config(vault / ".tierflow" / "config.toml", text)
+    return Caller(RunSettings(vault=str(vault), run_id=name, flow="slots", use_cache=False))
+
+
+def held_during_calls(caller: Caller, double: ProviderDouble, answer) -> list[tuple[str, dict[str, int], set[str]]]:
+    """For each model call: its model, the ledger's slots held while it was in flight, and the tiers whose local
+    gate was shut (no other call of this process could have passed it)."""
+    seen: list[tuple[str, dict[str, int], set[str]]] = []
+
+    def responder(request):
+        shut = set()
+        for tier in ("light", "standard", "deep"):
+            gate = caller.slots.local(tier)
+            if gate.acquire(blocking=False):
+                gate.release()
+            else:
+                shut.add(tier)
+        seen.append((request.model, in_flight(caller.ledger), shut))
+        return answer(request)
+
+    double.responder = responder
+    return seen
+
+
+def test_a_downgraded_call_holds_the_slot_of_the_tier_it_runs_on_and_none_of_the_tier_asked_for(
+    tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble() as double:
+        # Deep's worst case (4,096 output tokens of Opus) does not fit $0.05; standard's does.
+        budget = '[budgets.run]\nusd = 0.05\npolicy = "downgrade"\nfloor = "light"\n'
+        caller = limited_caller(tmp_path, double, "down", budget)
+        seen = held_during_calls(caller, double, lambda r: Reply(data={"label": "summative"}))
+        answer = caller.ask(phase="draft", complexity="high", system="s", prompt="Synthesise the week.", output=Verdict)
+    assert answer.route.tier == "standard"
+    assert seen == [("claude-sonnet-4-6", {"standard": 1}, {"standard"})]
+    (row,) = caller.ledger.rows()
+    assert (row["tier"], row["downgraded_from"]) == ("standard", "deep")
+    assert in_flight(caller.ledger) == {}
+
+
+def test_an_escalated_call_holds_each_attempts_own_tier_and_gives_the_first_back(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with ProviderDouble() as double:
+        caller = limited_caller(tmp_path, double, "up")
+        label = {"claude-haiku-4-5": "formative", "claude-sonnet-4-6": "summative"}
+        seen = held_during_calls(caller, double, lambda r: Reply(data={"label": label[r.model]}))
+        answer = caller.ask(
+            phase="collate", complexity="low", system="s", prompt="Classify.", output=Verdict, checks=[SUMMATIVE]
+        )
+    assert answer.route.tier == "standard"
+    assert seen == [
+        ("claude-haiku-4-5", {"light": 1}, {"light"}),
+        ("claude-haiku-4-5", {"light": 1}, {"light"}),  # the informed retry, on the same tier
+        ("claude-sonnet-4-6", {"standard": 1}, {"standard"}),
+    ]
+    assert in_flight(caller.ledger) == {}

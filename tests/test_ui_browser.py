@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, READING_WEEK, REPO
+from conftest import FIXTURES, READING_WEEK, REPO, anthropic_config, write_config
+from prefect import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_ops import prefect_server, server_env
+
+from tierflow.testing.double import ProviderDouble
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -54,35 +58,90 @@ def chromium() -> str:
     pytest.skip(problem)
 
 
+DOWNGRADE = '[budgets.run]\nusd = 0.12\npolicy = "downgrade"\nfloor = "light"\n'
+"""A per-run cap below the synthesis call's worst case on the deep tier: it runs on a cheaper tier."""
+SCHEDULED_WINDOW = ("2026-11-12", "2026-11-18")
+"""The last seven days to the test clock's today (conftest's TIERFLOW_CLOCK_START) in the vault's time zone."""
+
+
 @pytest.fixture(scope="module")
 def ui_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A server with one finished reading-notes run on it, made by `tierflow run` in its own process."""
+    """A server with two finished reading-notes runs on it, priced on Anthropic's models (the wire double):
+    one started by `tierflow run` with a `downgrade` budget, one from a scheduled deployment without a window."""
+    from responders import skilled
+
     browser = chromium()
     root = tmp_path_factory.mktemp("ui")
     vault = root / "vault"
     shutil.copytree(FIXTURES / "reading-week", vault)
-    with prefect_server(root / "server") as url:
-        env = server_env(root / "client", PREFECT_API_URL=url)
+    config = vault / ".tierflow" / "config.toml"
+    with ProviderDouble() as double, prefect_server(root / "server") as url:
+        double.responder = skilled()
+        write_config(config, anthropic_config(double, DOWNGRADE) + config.read_text())
+        env = server_env(root / "client", PREFECT_API_URL=url, ANTHROPIC_API_KEY="test-key")
         command = [sys.executable, "-m", "tierflow.cli", "run", "reading-notes", "--vault", str(vault)]
-        command += ["--since", READING_WEEK[0], "--until", READING_WEEK[1], "--profile", "offline"]
+        command += ["--since", READING_WEEK[0], "--until", READING_WEEK[1]]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield {"url": url, "vault": vault, "browser": browser, **_recorded(url, vault)}
+        scheduled = _run_scheduled(url, vault, env)
+        yield {"url": url, "vault": vault, "browser": browser, "scheduled": scheduled, **_recorded(url, vault)}
+
+
+def _run_scheduled(url: str, vault: Path, env: dict[str, str]) -> str:
+    """A `reading-notes` deployment on a weekly cron, a run of it due now with the deployment's parameters, and
+    that run executed as a worker would (`python -m prefect.engine`): since and until are None, as on every
+    scheduled run."""
+    from prefect.states import Scheduled
+    from prefect.types.entrypoint import EntrypointType
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        deployment = reading_notes.to_deployment(
+            name="weekly",
+            cron="0 7 * * 1",
+            parameters={"vault": str(vault)},
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        deployment_id = deployment.apply()
+        with get_client(sync_client=True) as client:
+            (schedule,) = client.read_deployment_schedules(deployment_id)
+            assert schedule.active and schedule.schedule.cron == "0 7 * * 1"
+            # As the scheduler makes it: the deployment's parameters only, so since and until are None.
+            run = client.create_flow_run_from_deployment(deployment_id, state=Scheduled())
+            assert run.parameters == {"vault": str(vault)} and run.name != "reading-notes · None to None"
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect.engine", str(run.id)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return str(run.id)
 
 
 def _recorded(url: str, vault: Path) -> dict[str, Any]:
-    """The run as the API has it, once every phase call's task run has been recorded."""
-    from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """The CLI's run as the API has it, once every phase call's task run has been recorded."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
+    from tierflow.core.config import load_config
     from tierflow.core.ledger import Ledger
+    from tierflow.report.spend import all_deep_cost
 
-    rows = Ledger.for_vault(vault).rows()
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=True))
+        )
+    rows = [r for r in Ledger.for_vault(vault).rows() if r["flow_run_id"] == str(flow_run.id)]
     expected = {f"{r['phase']} · {r['subject']}"[:100] for r in rows}  # task-run names are cut at 100 characters
     assert {r["phase"] for r in rows} == {"collate", "synthesise", "draft"}
+    downgraded = [r for r in rows if r["downgraded_from"]]
+    assert any(r["phase"] == "synthesise" and r["downgraded_from"] == "deep" for r in downgraded)
+    renamed = {
+        f"{r['phase']} · {r['subject']}"[:100]: f"{r['phase']} · {r['subject']}"[:100]
+        + f" [{r['downgraded_from']}→{r['tier']}]"
+        for r in downgraded
+    }
+    expected = {renamed.get(name, name) for name in expected}
     deadline = time.monotonic() + 30
     with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        (flow_run,) = client.read_flow_runs()
         while True:
             runs = [t for t in client.read_task_runs() if t.flow_run_id == flow_run.id]
             names = {t.name for t in runs}
@@ -97,12 +156,19 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
     key = artifact_key("reading-notes", "spend", str(vault))
     assert key in artifacts
     tags = {tag for t in runs for tag in t.tags}
+    cost = sum(r["cost_usd"] for r in rows)
+    all_deep = all_deep_cost(load_config(vault), rows)
+    assert cost > 0 and all_deep is not None and all_deep > cost
     return {
         "flow_run_id": str(flow_run.id),
         "task_runs": sorted(expected),
+        "downgraded": sorted(renamed.values()),
         "tags": tags,
         "spend": artifacts[key],
         "spend_key": key,
+        "usd": f"${cost:.4f}",
+        "all_deep": f"${all_deep:.4f}",
+        "saved": f"{(1 - cost / all_deep) * 100:.0f}%",
     }
 
 
@@ -120,47 +186,87 @@ def page(ui_run: dict[str, Any]) -> Iterator[Any]:
             browser.close()
 
 
-def test_flow_run_page_shows_the_phase_task_runs_and_the_spend_table(ui_run: dict[str, Any], page: Any):
+def test_flow_run_page_shows_the_phase_task_runs_the_downgrade_and_the_spend_table(ui_run: dict[str, Any], page: Any):
     from playwright.sync_api import expect
 
     base = ui_run["url"].removesuffix("/api")
     page.goto(f"{base}/v2/runs/flow-run/{ui_run['flow_run_id']}")
-    expect(page.get_by_text("reading-notes · 2026-11-16 to 2026-11-22").first).to_be_visible()
+    expect(page.get_by_text(f"reading-notes · {READING_WEEK[0]} to {READING_WEEK[1]}").first).to_be_visible()
     expect(page.get_by_text("Completed").first).to_be_visible()
 
     page.get_by_role("tab", name="Task Runs").click()
     for name in ui_run["task_runs"]:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
     assert any(n.startswith("collate · ") for n in ui_run["task_runs"])
-    assert "synthesise · week" in ui_run["task_runs"]
     assert any(n.startswith("draft · ") for n in ui_run["task_runs"])
+    # The downgraded synthesis: created tagged `tier:deep`, its name says which tier actually answered.
+    (synthesis,) = [n for n in ui_run["downgraded"] if n.startswith("synthesise · week [deep→")]
+    assert synthesis in ui_run["task_runs"] and "synthesise · week" not in ui_run["task_runs"]
+    actual = synthesis.removeprefix("synthesise · week [deep→").removesuffix("]")
+    assert actual in ("standard", "light")
+    expect(page.get_by_text(synthesis, exact=True).first).to_be_visible()
     # Each phase's task run carries its route as tags (with the run's vault, profile and id tags the UI's list
     # folds some of them away, so they are read from the API the page draws from).
-    for tag in ("tier:light", "tier:deep", "tier:standard", "phase:synthesise", "model:offline:extractive-deep"):
+    for tag in ("tier:light", "tier:deep", "tier:standard", "phase:synthesise", "model:anthropic:claude-opus-4-6"):
         assert tag in ui_run["tags"], tag
     expect(page.get_by_text("tier:light", exact=True).first).to_be_attached()
     page.wait_for_timeout(500)  # let the run graph finish drawing before the picture
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "flow-run.png"))
 
+    # The task run's own page: named with the tier that answered, beside the `tier:deep` tag it was created with,
+    # and its artifact names the model that answered.
+    page.get_by_text(synthesis, exact=True).first.click()
+    expect(page.get_by_role("listitem").filter(has_text=synthesis).first).to_be_visible()
+    expect(page.get_by_role("definition").filter(has_text="tier:deep").first).to_contain_text("phase:synthesise")
+    model = {"standard": "claude-sonnet-4-6", "light": "claude-haiku-4-5"}[actual]
+    page.get_by_role("tab", name="Artifacts").click()
+    expect(page.get_by_text(f"synthesise: answered by anthropic:{model}").first).to_be_visible()
+
+    page.goto(f"{base}/v2/runs/flow-run/{ui_run['flow_run_id']}")
     page.get_by_role("tab", name="Artifacts").click()
     card = page.get_by_text(ui_run["spend_key"], exact=True).first
     expect(card).to_be_visible()
     card.click()  # the artifact key's timeline ...
     page.get_by_role("link", name=str(ui_run["spend"].id)[:8]).click()  # ... and this run's version of it
+    description = f"{ui_run['usd']} · all-deep {ui_run['all_deep']} · saved {ui_run['saved']}"
+    expect(page.get_by_text(description, exact=True).first).to_be_visible()
     table = page.get_by_role("table")
     expect(table).to_be_visible()
-    for phase, tier, model in (
-        ("collate", "light", "offline:extractive-light"),
-        ("synthesise", "deep", "offline:extractive-deep"),
-        ("draft", "standard", "offline:extractive-standard"),
-    ):
+    for phase, tier in (("collate", "light"), ("synthesise", actual), ("draft", "standard")):
         row = table.get_by_role("row").filter(has_text=phase)
         expect(row).to_have_count(1)
         expect(row).to_contain_text(tier)
-        expect(row).to_contain_text(model)
-    for column in ("tokens", "USD", "all-deep USD", "saved"):
-        expect(table.get_by_text(column, exact=True)).to_be_visible()
-    expect(table.get_by_role("row").filter(has_text="total")).to_have_count(1)
+    headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
+    assert headers[:8] == ["phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved"], headers
+    total = table.get_by_role("row").filter(has_text="total")
+    expect(total).to_have_count(1)
+    cells = dict(zip(headers, total.get_by_role("cell").all(), strict=False))
     page.set_viewport_size({"width": 1440, "height": 640})
+    # The money as the page draws it: the ledger's figures, in view at 1,440 px and not clipped by the table.
+    for column, figure in (("USD", ui_run["usd"]), ("all-deep USD", ui_run["all_deep"]), ("saved", ui_run["saved"])):
+        cell = cells[column]
+        assert cell.inner_text().strip() == figure, column
+        box = cell.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 1440, (column, box)
+        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        drawn = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest('td')?.innerText", centre)
+        assert drawn is not None and drawn.strip() == figure, (column, drawn)
+    page.mouse.move(0, 0)  # no row highlighted under the pointer in the picture
     page.screenshot(path=str(DOCS / "spend-artifact.png"))
+
+
+def test_a_scheduled_run_is_named_with_its_resolved_window(ui_run: dict[str, Any], page: Any):
+    from playwright.sync_api import expect
+
+    base = ui_run["url"].removesuffix("/api")
+    page.goto(f"{base}/v2/runs/flow-run/{ui_run['scheduled']}")
+    expect(page.get_by_text("Completed").first).to_be_visible()
+    since, until = SCHEDULED_WINDOW
+    name = f"reading-notes · {since} to {until}"
+    expect(page.get_by_role("listitem").filter(has_text=name).first).to_be_visible()  # the page's title
+    # Prefect's own log line from before tierflow renamed the run still quotes the template's name: the logs
+    # may say `None to None`, nothing else on the page does.
+    page.get_by_role("tab", name="Task Runs").click()
+    expect(page.get_by_text(name).first).to_be_visible()
+    expect(page.get_by_text("None to None")).to_have_count(0)

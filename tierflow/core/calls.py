@@ -579,6 +579,14 @@ class Caller:
         except BaseException:
             ticket.leave()
             raise
+        if reservation.route.tier != routed.tier:
+            # Downgraded: the ledger slot taken is the cheaper tier's. The gate of the tier asked for opens now and
+            # the call passes the cheaper tier's gate if it is free: it never waits there while holding a slot,
+            # since the ledger slot alone bounds that tier.
+            ticket.leave()
+            gate = self.slots.local(reservation.route.tier)
+            if gate is not None and gate.acquire(blocking=False):
+                ticket.gate = gate
         ticket.reservation = reservation
         ticket.route, ticket.request = self._reserved(routed, request, subject, reservation)
         return ticket
@@ -925,8 +933,11 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
             # The server takes task-run names from the engine's state events too: rename the run the engine
             # reports, and the server's copy now.
             context.task_run.name = name
-            with get_client(sync_client=True) as client:
-                client.set_task_run_name(context.task_run.id, name)
+            try:
+                with get_client(sync_client=True) as client:
+                    client.set_task_run_name(context.task_run.id, name)
+            except Exception as exc:  # not recorded on the server yet (404): the engine's next state event names it
+                log.debug("could not rename the task run on the server yet: %s", exc)
         cost = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
         create_markdown_artifact(
             markdown=(

@@ -175,7 +175,7 @@ def write_run_report(
     summary.phases = context["phases"]
     create_table_artifact(
         key=artifact_key(summary.flow, "spend", settings.vault),
-        table=[*context["phases"], *([context["totals"]] if context["totals"] else [])]
+        table=[p.table_row(compact=True) for p in [*phases, *([overall] if phases else [])]]
         or [{"phase": "none", "calls": 0}],
         description=f"{money(overall.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
     )

@@ -77,16 +77,22 @@ class Spend:
             "unpriced_calls": self.unpriced,
         }
 
-    def table_row(self, key: str = "phase") -> dict[str, Any]:
-        """One row of a spend table (run report, Prefect artifact, CLI summary): identifiers, then USD first."""
+    def table_row(self, key: str = "phase", *, compact: bool = False) -> dict[str, Any]:
+        """One row of a spend table (run report, Prefect artifact, CLI summary): identifiers, then USD first.
+
+        `compact` (the Prefect artifact, whose table does not wrap): model names without their provider, tokens
+        as `12.3k`, and no tier or model list on the totals row, so the money stays in view at 1,440 px.
+        """
         cost = money(self.cost_usd) + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
         all_deep, saved = savings_text(self.cost_usd, self.all_deep_usd)
+        models = [m.split(":", 1)[-1] for m in self.models] if compact else self.models
+        listed = not (compact and self.key == "total")
         return {
             key: self.key,
-            "tier": ", ".join(self.tiers),
-            "model": ", ".join(self.models),
+            "tier": ", ".join(self.tiers) if listed else "",
+            "model": ", ".join(models) if listed else "",
             "calls": self.calls,
-            "tokens": self.tokens,
+            "tokens": compact_count(self.tokens) if compact else self.tokens,
             "USD": cost,
             "all-deep USD": all_deep,
             "saved": saved or "unknown",
@@ -166,6 +172,15 @@ def with_all_deep(config: Config, rows: Sequence[dict[str, Any]]) -> list[dict[s
 def all_deep_cost(config: Config, rows: Sequence[dict[str, Any]]) -> float | None:
     """What the run's model calls would have cost had every one gone to the `high` complexity's tier."""
     return total(with_all_deep(config, rows)).all_deep_usd
+
+
+def compact_count(n: int) -> str:
+    """A count as a table shows it at a glance: `842`, `12.3k`, `4.56M`."""
+    if n < 1000:
+        return str(n)
+    if n < 999_950:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.2f}M"
 
 
 def money(value: float | None) -> str:
