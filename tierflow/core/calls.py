@@ -177,7 +177,7 @@ class Caller:
             config_path=Path(settings.config_path) if settings.config_path else None,
             profile=settings.profile,
         )
-        self.ledger = Ledger(self.config.ledger_url)
+        self.ledger = Ledger(self.config.ledger_url, workers=self.config.settings.run.workers)
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )

@@ -201,6 +201,14 @@ class LimitsConfig(_Model):
     """How long a slot outlives a process that died holding it; live holders renew it every third of this."""
 
 
+class RunConfig(_Model):
+    """How a run uses this machine."""
+
+    workers: int = Field(default=8, ge=1, le=256)
+    """At most this many task runs of one phase unfinished at once (model calls are mostly waiting on the
+    network, so more workers than cores is fine). The ledger's connection pool is sized to match."""
+
+
 class ProjectConfig(_Model):
     """Which project a run's spend is charged to, unless `--project` says."""
 
@@ -225,6 +233,7 @@ class Settings(_Model):
     feedback: FeedbackConfig = FeedbackConfig()
     project: ProjectConfig = ProjectConfig()
     limits: LimitsConfig = LimitsConfig()
+    run: RunConfig = RunConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tierflow.core import clock
+from tierflow.core.config import RunConfig
 from tierflow.core.usage import Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -399,16 +400,24 @@ now_iso = clock.now_iso
 _WRITE = "tierflow_write"
 """Execution option that marks a connection's transaction as a write (see `Ledger.transaction`)."""
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, int], Engine] = {}
 _engines_lock = threading.Lock()
 
+POOL_MARGIN = 4
+"""Connections beyond one per worker: the flow's own thread, the lease renewers of budgets and tier slots."""
 
-def _engine(url: str) -> Engine:
+
+def pool_size(workers: int) -> int:
+    """The ledger connections a process running `workers` task runs at once keeps open: one each, plus a margin."""
+    return workers + POOL_MARGIN
+
+
+def _engine(url: str, size: int) -> Engine:
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, size))
         if engine is None:
-            engine = _create_engine(url)
-            _engines[url] = engine
+            engine = _create_engine(url, size)
+            _engines[(url, size)] = engine
         return engine
 
 
@@ -426,18 +435,23 @@ def database_seconds(conn: Connection) -> float:
 def dispose_engine(url: str) -> None:
     """Close every pooled connection to `url` and forget its engine (before a database is dropped)."""
     with _engines_lock:
-        engine = _engines.pop(url, None)
-    if engine is not None:
+        engines = [_engines.pop(key) for key in [k for k in _engines if k[0] == url]]
+    for engine in engines:
         engine.dispose()
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, size: int) -> Engine:
+    # A pool of `size` (`pool_size(workers)`), and as many again in overflow for a burst, never the library's
+    # default 5 + 10 that a wide phase used to exhaust (`QueuePool limit of size 5 overflow 10 reached`).
+    pool = {"pool_size": size, "max_overflow": size}
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, **pool)
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
+    else:
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -479,9 +493,10 @@ def _set_wal(cursor: Any) -> None:
 class Ledger:
     """Where every call's spend is kept."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, workers: int | None = None) -> None:
+        """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool."""
         self.url = url
-        self.engine = _engine(url)
+        self.engine = _engine(url, pool_size(workers or RunConfig().workers))
         self._writer = self.engine.execution_options(**{_WRITE: True})
         self._migrate()
 
