@@ -168,6 +168,14 @@ batch_items = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created", sa.String(32)),
     sa.Column("downgraded_from", sa.String(64)),
+    # Version 10: a batch is recorded (`submitting`) before it is sent, under a key of tierflow's own that
+    # the provider also sees (metadata, or the custom ids), by a holder process, at database seconds
+    # `submitted_s`; so a crash between the provider accepting it and tierflow recording its id cannot
+    # orphan it: the next run finds it in the provider's batch list.
+    sa.Column("batch_key", sa.String(64), index=True),
+    sa.Column("holder_pid", sa.Integer),
+    sa.Column("holder_host", sa.String(255)),
+    sa.Column("submitted_s", sa.Float),
 )
 
 runs = sa.Table(
@@ -265,7 +273,7 @@ def _migration_3(conn: Connection) -> None:
 
 
 def _migration_4(conn: Connection) -> None:
-    _as_created(batch_items, ("downgraded_from",)).create(conn, checkfirst=True)
+    _as_created(batch_items, ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10)).create(conn, checkfirst=True)
     runs.create(conn, checkfirst=True)
 
 
@@ -334,6 +342,19 @@ def _migration_9(conn: Connection) -> None:
     tier_slots.create(conn, checkfirst=True)
 
 
+_BATCH_ITEMS_ADDED_IN_10 = ("batch_key", "holder_pid", "holder_host", "submitted_s")
+
+
+def _migration_10(conn: Connection) -> None:
+    # Batches recorded before they are submitted (see `batch_items`).
+    _add_columns(
+        conn,
+        "batch_items",
+        {"batch_key": "VARCHAR(64)", "holder_pid": "INTEGER", "holder_host": "VARCHAR(255)", "submitted_s": "FLOAT"},
+    )
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_batch_items_batch_key ON batch_items (batch_key)")
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -344,6 +365,7 @@ MIGRATIONS = (
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 

@@ -54,6 +54,10 @@ class Completion:
     """Why a structured answer could not be read (invalid JSON, no tool call); empty when it could."""
 
 
+BATCH_CLOCK_SKEW_S = 600.0
+"""How far a provider's clock and the ledger database's may differ when a batch is looked for by its time."""
+
+
 @dataclass(frozen=True)
 class BatchItemResult:
     """One request's outcome in a provider batch."""
@@ -77,8 +81,15 @@ class Provider(Protocol):
         """Prompt tokens by the provider's own counter, or None where it has none."""
         ...
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
-        """Submit requests (by custom id) to the provider's batch API; returns the batch id."""
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
+        """Submit requests (by custom id) to the provider's batch API, tagged with tierflow's batch `key`
+        where the API takes metadata; returns the batch id."""
+        ...
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """The id of the batch tierflow submitted as `key` at about `since_s` (seconds since the epoch), found
+        in the provider's batch list, or None if the provider never accepted it. Batch ids in `known` are
+        already accounted for and never returned."""
         ...
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ from tierflow.core.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.core.providers import BatchItemResult, Completion, Request, api_key
+from tierflow.core.providers import BATCH_CLOCK_SKEW_S, BatchItemResult, Completion, Request, api_key
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
 
@@ -91,7 +91,8 @@ class AnthropicProvider:
             problem=problem,
         )
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
+        """`key` is not sent: Message Batches take no metadata (`find_batch` matches by time and custom ids)."""
         model = next(iter(requests.values())).model
         self._model = model
         try:
@@ -101,6 +102,35 @@ class AnthropicProvider:
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, model) from exc
         return batch.id
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """Message Batches carry no metadata: the batch created from about `since_s` on with as many requests
+        as `custom_ids`, and, once it has ended, exactly those custom ids. Two such batches still running
+        cannot be told apart: that is reported, never guessed."""
+        unverified = []
+        try:
+            for batch in self.client.messages.batches.list(limit=100):
+                created = batch.created_at.timestamp()
+                if created < since_s - BATCH_CLOCK_SKEW_S:
+                    break
+                counts = batch.request_counts
+                total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+                if batch.id in known or total != len(custom_ids):
+                    continue
+                if batch.processing_status != "ended":
+                    unverified.append(batch.id)
+                elif {e.custom_id for e in self.client.messages.batches.results(batch.id)} == set(custom_ids):
+                    return batch.id
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        if len(unverified) > 1:
+            raise ProviderUnavailable(
+                self.name,
+                "batch",
+                f"batches {', '.join(unverified)} may each be tierflow's batch {key}; rerun once they have ended "
+                "to tell which",
+            )
+        return unverified[0] if unverified else None
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:

@@ -18,6 +18,7 @@ from tierflow.core.errors import (
     ProviderUnavailable,
 )
 from tierflow.core.providers import (
+    BATCH_CLOCK_SKEW_S,
     BatchItemResult,
     Completion,
     Request,
@@ -131,7 +132,7 @@ class OpenAIProvider:
     def count_tokens(self, request: Request) -> int | None:
         return None
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
         model = next(iter(requests.values())).model
         self._model = model
         lines = [
@@ -141,11 +142,26 @@ class OpenAIProvider:
         try:
             upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
             batch = self.client.batches.create(
-                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"tierflow_batch": key} if key else None,
             )
         except openai.OpenAIError as exc:
             raise self.translate(exc, model) from exc
         return batch.id
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """By the `tierflow_batch` metadata the batch was created with; newest first, back to `since_s`."""
+        try:
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < since_s - BATCH_CLOCK_SKEW_S:
+                    return None
+                if (batch.metadata or {}).get("tierflow_batch") == key and batch.id not in known:
+                    return batch.id
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        return None
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:
