@@ -93,7 +93,8 @@ calls = sa.Table(
     sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
     sa.Column("route_rule", sa.String(256)),
     sa.Column("downgraded_from", sa.String(64)),
-    # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row.
+    # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row;
+    # so does every attempt whose answer was lost (`lost`: usage unknown, its worst case as its cost).
     sa.Column("outcome", sa.String(16), nullable=False, default="ok"),
     sa.Column("checks_failed", sa.String(256)),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),

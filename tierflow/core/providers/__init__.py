@@ -6,7 +6,9 @@ import copy
 import json
 import os
 import re
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from typing import Any, Protocol
 
@@ -52,6 +54,39 @@ class Completion:
     """`stop`, `truncated` (the provider stopped at the output limit) or `refused`."""
     problem: str = ""
     """Why a structured answer could not be read (invalid JSON, no tool call); empty when it could."""
+
+
+class Attempts:
+    """HTTP attempts an SDK client sent and answers it received, counted per thread (SDK event hooks).
+
+    The SDKs retry a timed-out or reset request on their own. A provider may have processed and billed the
+    attempt whose answer was lost, so the call path records each lost attempt (`lost`) in the ledger.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def hooks(self) -> dict[str, list[Callable[[Any], None]]]:
+        return {"request": [self._sent], "response": [self._answered]}
+
+    def _sent(self, request: Any) -> None:
+        self._local.sent = getattr(self._local, "sent", 0) + 1
+
+    def _answered(self, response: Any) -> None:
+        self._local.answered = getattr(self._local, "answered", 0) + 1
+
+    def mark(self) -> tuple[int, int]:
+        return getattr(self._local, "sent", 0), getattr(self._local, "answered", 0)
+
+    def lost_since(self, mark: tuple[int, int]) -> int:
+        """Attempts sent since `mark` (in this thread) that got no answer at all."""
+        sent, answered = self.mark()
+        return max(0, (sent - mark[0]) - (answered - mark[1]))
+
+
+def with_lost_attempts(completion: Completion, lost: int) -> Completion:
+    """The completion, noting how many earlier attempts at it got no answer (`Completion.extra`)."""
+    return replace(completion, extra={**completion.extra, "lost_attempts": lost}) if lost else completion
 
 
 BATCH_CLOCK_SKEW_S = 600.0

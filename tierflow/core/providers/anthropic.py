@@ -15,7 +15,15 @@ from tierflow.core.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.core.providers import BATCH_CLOCK_SKEW_S, BatchItemResult, Completion, Request, api_key
+from tierflow.core.providers import (
+    BATCH_CLOCK_SKEW_S,
+    Attempts,
+    BatchItemResult,
+    Completion,
+    Request,
+    api_key,
+    with_lost_attempts,
+)
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
 
@@ -25,6 +33,7 @@ class AnthropicProvider:
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
+        self.attempts = Attempts()
 
     _model = "*"
     """The model of the call that first needed the client, so a missing key's error names it."""
@@ -36,6 +45,7 @@ class AnthropicProvider:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=self.config.max_retries,
+            http_client=anthropic.DefaultHttpxClient(event_hooks=self.attempts.hooks()),
         )
 
     def params(self, request: Request) -> dict[str, Any]:
@@ -64,11 +74,14 @@ class AnthropicProvider:
 
     def complete(self, request: Request) -> Completion:
         self._model = request.model
+        mark = self.attempts.mark()
         try:
             message = self.client.messages.create(**self.params(request))
         except anthropic.AnthropicError as exc:
-            raise self.translate(exc, request.model) from exc
-        return self.completion(message, request)
+            error = self.translate(exc, request.model)
+            error.lost_attempts = self.attempts.lost_since(mark)
+            raise error from exc
+        return with_lost_attempts(self.completion(message, request), self.attempts.lost_since(mark))
 
     def completion(self, message: Any, request: Request) -> Completion:
         """Text, structured data and usage from a Message; an unreadable answer is data, not an error."""

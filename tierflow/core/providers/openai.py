@@ -19,6 +19,7 @@ from tierflow.core.errors import (
 )
 from tierflow.core.providers import (
     BATCH_CLOCK_SKEW_S,
+    Attempts,
     BatchItemResult,
     Completion,
     Request,
@@ -26,6 +27,7 @@ from tierflow.core.providers import (
     json_instruction,
     parse_json_object,
     strict_schema,
+    with_lost_attempts,
 )
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
@@ -35,6 +37,7 @@ class OpenAIProvider:
         self.name = name
         self.config = config
         self.kind = config.kind
+        self.attempts = Attempts()
 
     _model = "*"
     """The model of the call that first needed the client, so a missing key's error names it."""
@@ -49,6 +52,7 @@ class OpenAIProvider:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=self.config.max_retries,
+            http_client=openai.DefaultHttpxClient(event_hooks=self.attempts.hooks()),
         )
 
     def params(self, request: Request) -> dict[str, Any]:
@@ -89,6 +93,7 @@ class OpenAIProvider:
         self._model = request.model
         params = self.params(request)
         client = self.client if request.mode_confirmed else self.client.with_options(max_retries=0)
+        mark = self.attempts.mark()
         try:
             try:
                 response = client.chat.completions.create(**params)
@@ -101,8 +106,10 @@ class OpenAIProvider:
                     raise
                 response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
         except openai.OpenAIError as exc:
-            raise self.translate(exc, request.model) from exc
-        return self.completion(response, request)
+            error = self.translate(exc, request.model)
+            error.lost_attempts = self.attempts.lost_since(mark)
+            raise error from exc
+        return with_lost_attempts(self.completion(response, request), self.attempts.lost_since(mark))
 
     def completion(self, response: Any, request: Request) -> Completion:
         """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
