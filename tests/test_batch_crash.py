@@ -114,3 +114,23 @@ def test_a_batch_recorded_but_never_sent_is_sent_on_the_next_run(feedback_vault:
     assert len([q for q in double.requests if q.kind == "batch_create"]) == 3  # collate sent now, then the rest
     assert len([q for q in double.batch_items if schema_of(q) == "evidenceout"]) == SUBMITTED - 1
     assert open_reservations(Ledger.for_vault(feedback_vault)) == []
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_whose_creation_answer_is_lost_is_found_not_created_twice(
+    provider: str, feedback_vault: Path, double: ProviderDouble
+):
+    """The provider created the batch, but its answer timed out: the SDK would send the create again (two
+    batches, billed twice); tierflow looks for it instead, and collects the one batch."""
+    configure(feedback_vault, double, provider)
+    config = feedback_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text().replace("max_retries = 2", "max_retries = 2\ntimeout_s = 1.0"))
+    double.responder = skilled()
+    double.lose_next("batch_create", delay_s=2.0)
+    summary = student_feedback(vault=str(feedback_vault), mode="batch")
+    assert not summary.failed, summary.failed
+    creates = [q for q in double.requests if q.kind == "batch_create"]
+    assert len(creates) == 3 and not creates[0].delivered  # collate (its answer lost, found), cohort, drafts
+    assert len([q for q in double.batch_items if schema_of(q) == "evidenceout"]) == SUBMITTED - 1
+    assert len(drafts(feedback_vault)) == SUBMITTED
+    assert open_reservations(Ledger.for_vault(feedback_vault)) == []

@@ -869,6 +869,7 @@ class ProviderDouble:
         self._thread: threading.Thread | None = None
         self._fail_rules: list[_FailRule] = []
         self._batch_fail_rules: list[_BatchFailRule] = []
+        self._lose_rules: list[tuple[str, str, float]] = []
         self._expire_batches = 0
         self._anthropic_cache: set[bytes] = set()
         self._openai_cache: dict[tuple[str, str], set[bytes]] = {}
@@ -959,6 +960,15 @@ class ProviderDouble:
         with self._lock:
             self._fail_rules.append(_FailRule(status, times, provider, body, retry_after_ms, kind))
 
+    def lose_next(
+        self, kind: str, *, fault: Literal["timeout", "reset"] = "timeout", delay_s: float = 5.0, times: int = 1
+    ) -> None:
+        """Process the next ``times`` requests of ``kind`` (``"batch_create"``, ``"message"``, ...) as usual,
+        then lose the answer: held ``delay_s`` past the client's timeout, or the connection closed without
+        it. The work is done (a batch is created, an answer billed); the client never hears of it."""
+        with self._lock:
+            self._lose_rules.extend([(kind, fault, delay_s)] * times)
+
     def fail_in_batch(
         self, custom_ids: Collection[str] | Callable[[str], bool], kind: BatchFailKind = "errored"
     ) -> None:
@@ -984,6 +994,7 @@ class ProviderDouble:
             self.errors.clear()
             self._fail_rules.clear()
             self._batch_fail_rules.clear()
+            self._lose_rules.clear()
             self._expire_batches = 0
             self._anthropic_cache.clear()
             self._openai_cache.clear()
@@ -1049,6 +1060,13 @@ class ProviderDouble:
             request.status, request.response = 0, None  # never processed, never billed
         if request.fault is not None:
             answer.fault, answer.delay_s = request.fault, request.fault_delay_s
+        with self._lock:
+            lose = next((r for r in self._lose_rules if r[0] == kind), None)
+            if lose is not None:
+                self._lose_rules.remove(lose)
+        if lose is not None:
+            request.fault, request.delivered = lose[1], False
+            answer.fault, answer.delay_s = lose[1], lose[2]
         answer.headers["request-id" if provider == "anthropic" else "x-request-id"] = self._new_id("req_")
         return answer
 

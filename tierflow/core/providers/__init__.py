@@ -7,14 +7,17 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import ProviderAuthError
 from tierflow.core.usage import Usage
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,21 @@ class Attempts:
 def with_lost_attempts(completion: Completion, lost: int) -> Completion:
     """The completion, noting how many earlier attempts at it got no answer (`Completion.extra`)."""
     return replace(completion, extra={**completion.extra, "lost_attempts": lost}) if lost else completion
+
+
+def create_once(create: Callable[[], T], retries: int) -> T:
+    """Create a batch: again after an error the provider answered with (429, 5xx: nothing was created), but
+    never blindly after a lost answer (a timeout, a reset), which the SDKs would retry and the provider may
+    have acted on: that error goes to the caller, which looks for the batch before sending it again."""
+    for attempt in range(retries + 1):
+        try:
+            return create()
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status is None or not (status == 429 or status >= 500) or attempt == retries:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 BATCH_CLOCK_SKEW_S = 600.0

@@ -22,6 +22,7 @@ from tierflow.core.providers import (
     Completion,
     Request,
     api_key,
+    create_once,
     with_lost_attempts,
 )
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
@@ -109,8 +110,11 @@ class AnthropicProvider:
         model = next(iter(requests.values())).model
         self._model = model
         try:
-            batch = self.client.messages.batches.create(
-                requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+            batch = create_once(
+                lambda: self.client.with_options(max_retries=0).messages.batches.create(
+                    requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+                ),
+                self.config.max_retries,
             )
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, model) from exc

@@ -24,6 +24,7 @@ from tierflow.core.providers import (
     Completion,
     Request,
     api_key,
+    create_once,
     json_instruction,
     parse_json_object,
     strict_schema,
@@ -148,11 +149,14 @@ class OpenAIProvider:
         ]
         try:
             upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
-            batch = self.client.batches.create(
-                input_file_id=upload.id,
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata={"tierflow_batch": key} if key else None,
+            batch = create_once(
+                lambda: self.client.with_options(max_retries=0).batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    metadata={"tierflow_batch": key} if key else None,
+                ),
+                self.config.max_retries,
             )
         except openai.OpenAIError as exc:
             raise self.translate(exc, model) from exc
