@@ -238,6 +238,21 @@ def _submit(
     """
     requests = {custom_id(item[0], i): item[2] for i, item in enumerate(items)}
     batch_key = uuid.uuid4().hex
+    _SENDING.add(batch_key)  # before the record exists, until its id is in: never an orphan to this process
+    try:
+        return _record_and_send(caller, provider_name, items, phase, requests, batch_key)
+    finally:
+        _SENDING.discard(batch_key)
+
+
+def _record_and_send(
+    caller: Caller,
+    provider_name: str,
+    items: list[tuple[BatchCall, Route, Request, str, Any]],
+    phase: str,
+    requests: dict[str, Request],
+    batch_key: str,
+) -> str:
     with caller.ledger.transaction() as conn:
         submitted_s = database_seconds(conn)
         for cid, (call, routed, _, cache_key, reservation) in zip(requests, items, strict=True):
@@ -262,7 +277,6 @@ def _submit(
                     submitted_s=submitted_s,
                 )
             )
-    _SENDING.add(batch_key)
     try:
         batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
     except Exception as exc:
@@ -276,8 +290,6 @@ def _submit(
         if found is None:
             raise
         return found
-    finally:
-        _SENDING.discard(batch_key)
     _accepted(caller, batch_key, batch_id)
     return batch_id
 
