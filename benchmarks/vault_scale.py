@@ -1,8 +1,16 @@
-"""How note selection scales with vault size: tierflow's VaultIndex against a full obsidiantools pass.
+"""How tierflow scales with vault size: note selection, and a whole reading-notes week.
 
 Usage:
     python benchmarks/vault_scale.py [--sizes 2000 10000] [--skip-obsidiantools]
                                      [--obsidiantools-sizes 2000] [--keep DIR]
+    python benchmarks/vault_scale.py --flow [--notes 3000] [--baseline-notes 300] [--workers 8]
+                                     [--format table|json] [--keep DIR]
+
+`--flow` builds a synthetic vault whose week holds `--notes` annotated reading notes (plus 10% other notes),
+runs `reading-notes` on it on the offline model under Prefect's test harness, each size in its own
+subprocess, and reports wall time, the run's peak memory (that process's ru_maxrss: the Prefect server runs
+in a process of its own and is not counted), peak ledger connections checked out at once (SQLAlchemy pool
+events) and the calls recorded, against a baseline week of `--baseline-notes` measured in the same run.
 
 For each size a synthetic vault is generated in a temporary folder (90% of notes in assorted folders,
 ~15% in Reading/, front matter with dates spread over a year, tags, a few wikilinks, 1-4 KB bodies). The
@@ -280,6 +288,169 @@ def measure_obsidiantools(vault: Path, n_notes: int) -> float:
     return seconds
 
 
+# --- a whole reading-notes week ------------------------------------------------------------------------
+
+
+def generate_reading_week(root: Path, n_selected: int, seed: int = 0) -> None:
+    """A vault whose week (WINDOW) holds `n_selected` annotated literature notes, plus 10% other notes."""
+    rng = random.Random(seed)
+    (root / ".obsidian").mkdir(parents=True, exist_ok=True)
+    (root / ".obsidian" / "app.json").write_text("{}\n", encoding="utf-8")
+    (root / ".tierflow").mkdir(exist_ok=True)
+    for folder in ("Reading", "Daily"):
+        (root / folder).mkdir(exist_ok=True)
+    days = (WINDOW[1] - WINDOW[0]).days + 1
+    for i in range(n_selected):
+        day = WINDOW[0] + dt.timedelta(days=i % days)
+        quotes = []
+        for q in range(rng.randint(2, 5)):
+            quote = _paragraph(rng, rng.randint(12, 30)).rstrip(".")
+            quotes.append(f'> "{quote}" (p. {rng.randint(1, 300)}) ^q{i}x{q}\n\nComment: {_paragraph(rng, 12)}\n')
+        front = [
+            f'title: "Synthetic reading {i}"',
+            f"citekey: author{i:05d}",
+            f"year: {2000 + i % 25}",
+            "tags: [literature]",
+            f"date: {day.isoformat()}",
+        ]
+        body = f"# Synthetic reading {i}\n\n{_paragraph(rng, 40)}\n\n## Annotations\n\n" + "\n".join(quotes)
+        (root / "Reading" / f"Reading {i:05d}.md").write_text(
+            "---\n" + "\n".join(front) + "\n---\n\n" + body, encoding="utf-8"
+        )
+    for i in range(n_selected // 10):
+        day = WINDOW[0] - dt.timedelta(days=1 + i % 300)
+        (root / "Daily" / f"{day.isoformat()} {i}.md").write_text(
+            f"---\ndate: {day.isoformat()}\n---\n\n{_paragraph(rng, 50)}\n", encoding="utf-8"
+        )
+    (root / ".tierflow" / "config.toml").write_text(
+        '[vault]\nreading_folders = ["Reading"]\nreading_tags = ["literature"]\n', encoding="utf-8"
+    )
+
+
+@dataclass
+class FlowResult:
+    """One reading-notes week, run in a subprocess of its own."""
+
+    notes: int
+    workers: int
+    seconds: float
+    peak_rss_mb: float
+    peak_connections: int
+    pool_size: int
+    calls: int
+    written: int
+    failed: str | None
+
+
+def run_week(vault: Path, workers: int) -> dict[str, object]:
+    """Run reading-notes on `vault` in this process (the `--_run-week` child) and measure it."""
+    import resource
+
+    import sqlalchemy as sa
+
+    from tierflow.cli import prefect_defaults
+
+    prefect_defaults()
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tierflow.core.config import load_config
+    from tierflow.core.ledger import Ledger, pool_size
+    from tierflow.flows.reading_notes import reading_notes
+
+    config = vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text(encoding="utf-8") + f"\n[run]\nworkers = {workers}\n", encoding="utf-8")
+    url = load_config(vault).ledger_url
+    out = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def checkout(*_: object) -> None:
+        with lock:
+            out["now"] += 1
+            out["peak"] = max(out["peak"], out["now"])
+
+    def checkin(*_: object) -> None:
+        with lock:
+            out["now"] -= 1
+
+    engine = Ledger(url, workers=workers).engine  # the engine the run's tasks share
+    sa.event.listen(engine, "checkout", checkout)
+    sa.event.listen(engine, "checkin", checkin)
+    with prefect_test_harness(server_startup_timeout=300):
+        t0 = time.perf_counter()
+        summary = reading_notes(vault=str(vault), since=WINDOW[0], until=WINDOW[1])
+        seconds = time.perf_counter() - t0
+    rows = Ledger(url, workers=workers).rows(run_id=summary.run_id)
+    return {
+        "notes": 0,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_connections": out["peak"],
+        "pool_size": pool_size(workers),
+        "calls": len(rows),
+        "written": len(summary.written),
+        "failed": summary.failed or summary.halted,
+    }
+
+
+def measure_week(base: Path, notes: int, workers: int) -> FlowResult:
+    import json
+    import subprocess
+
+    vault = base / f"week-{notes}"
+    if vault.exists():
+        shutil.rmtree(vault)
+    print(f"generating a week of {notes:,} reading notes in {vault} ...", file=sys.stderr)
+    generate_reading_week(vault, notes)
+    print(f"  running reading-notes on {notes:,} notes, {workers} workers ...", file=sys.stderr)
+    env = {**os.environ, "PREFECT_HOME": str(base / f"prefect-{notes}"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    done = subprocess.run(
+        [sys.executable, __file__, "--_run-week", str(vault), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    data["notes"] = notes
+    result = FlowResult(**data)
+    print(f"  {result.seconds:.1f} s, {result.peak_connections} connections at most", file=sys.stderr)
+    return result
+
+
+def report_weeks(results: list[FlowResult], fmt: str) -> None:
+    import json
+    from dataclasses import asdict
+
+    base = results[0]
+    if fmt == "json":
+        print(json.dumps({"baseline": asdict(base), "weeks": [asdict(r) for r in results]}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reading-notes on the offline model, week {WINDOW[0]}..{WINDOW[1]}")
+    for h in ("notes", "workers", "wall", "x baseline", "per note", "peak memory", "peak connections", "pool"):
+        table.add_column(h, justify="right")
+    for h in ("calls", "drafts", "failed"):
+        table.add_column(h, justify="right")
+    for r in results:
+        table.add_row(
+            f"{r.notes:,}",
+            str(r.workers),
+            _fmt(r.seconds),
+            f"{r.seconds / base.seconds:.1f}x",
+            f"{r.seconds / r.notes * 1000:.0f} ms",
+            f"{r.peak_rss_mb:,.0f} MB",
+            str(r.peak_connections),
+            str(r.pool_size),
+            f"{r.calls:,}",
+            str(r.written),
+            r.failed or "-",
+        )
+    Console(width=200).print(table)
+
+
 # --- reporting ---------------------------------------------------------------------------------------
 
 
@@ -357,9 +528,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the baseline only at these sizes (default: all)",
     )
     parser.add_argument("--keep", type=Path, help="generate vaults under DIR and keep them")
+    parser.add_argument("--flow", action="store_true", help="run a whole reading-notes week instead")
+    parser.add_argument("--notes", type=int, default=3000, help="with --flow: notes in the measured week")
+    parser.add_argument("--baseline-notes", type=int, default=300, help="with --flow: notes in the baseline week")
+    parser.add_argument("--workers", type=int, default=8, help="with --flow: [run] workers")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--_run-week", dest="run_week", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.run_week:
+        import json
+
+        print(json.dumps(run_week(args.run_week, args.workers)))
+        return 0
     base = args.keep or Path(tempfile.mkdtemp(prefix="tierflow-vault-scale-"))
+    if args.flow:
+        try:
+            weeks = [measure_week(base, n, args.workers) for n in (args.baseline_notes, args.notes)]
+        finally:
+            if args.keep is None:
+                shutil.rmtree(base, ignore_errors=True)
+        report_weeks(weeks, args.format)
+        return 0
     results: list[Result] = []
     try:
         for size in args.sizes:

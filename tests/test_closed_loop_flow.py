@@ -4,6 +4,7 @@ are reported, and a local server without `json_schema` runs the whole flow throu
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -146,30 +147,78 @@ def test_a_phase_that_breaks_unexpectedly_still_gets_a_report_with_what_was_spen
 
 
 def test_a_flow_through_20_percent_faults_bills_nothing_twice_and_the_ledger_equals_the_billing(
-    vault: Path, double: ProviderDouble
+    reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch
 ):
-    """One request in five fails with 429, 529 or 500 (the SDKs retry); the run completes, and the ledger's tokens
-    are exactly what the double billed, one row per billed answer."""
+    """One request in five fails: 429, 529, 500, a timeout or a connection reset (the SDKs retry). The run
+    completes, and every billed answer has exactly one ledger row: a delivered one with exactly the tokens the
+    double billed; one the client timed out on (the double billed it, the answer was lost) as a `lost` row
+    with usage unknown and its worst case as its cost. A reset was never processed, so the double did not
+    bill it; tierflow cannot tell, and records it as `lost` too, an upper bound rather than nothing."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    configure(reading_vault, anthropic_config(double).replace("max_retries = 2", "max_retries = 3\ntimeout_s = 1.0"))
     answer = skilled()
     seen = {"n": 0}
+    lock = threading.Lock()
 
     def faulty(request: DoubleRequest) -> Reply | None:
-        seen["n"] += 1
-        if seen["n"] % 5 == 0:
-            status = (429, 529, 500)[(seen["n"] // 5) % 3]
-            return Reply(status=status, text="injected fault")
+        with lock:
+            seen["n"] += 1
+            n = seen["n"]
+        if n % 5 == 0:
+            kind = ("timeout", "reset", 429, 529, 500)[(n // 5 - 1) % 5]
+            if isinstance(kind, str):
+                return Reply(fault=kind, delay_s=3.0, **_reply_fields(answer(request)))
+            return Reply(status=kind, text="injected fault")
         return answer(request)
 
     double.responder = faulty
-    summary = run(vault)
+    summary = run(reading_vault)
     assert summary.written and not summary.failed and not summary.halted
     calls = double.model_calls()
-    billed = [c for c in calls if c.status == 200]
-    assert len(billed) < len(calls)  # faults really happened
-    rows = [r for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if not r["cached_result"]]
-    assert len(rows) == len(billed)  # no call billed twice, none missing
+    faults = {kind: [c for c in calls if c.fault == kind] for kind in ("timeout", "reset")}
+    assert faults["timeout"] and faults["reset"]  # both faults really happened
+    assert all(c.status == 200 and not c.delivered for c in faults["timeout"])  # billed, never read
+    assert all(c.status == 0 for c in faults["reset"])  # never processed
+    delivered = [c for c in calls if c.status == 200 and c.delivered]
+    rows = [r for r in Ledger.for_vault(reading_vault).rows(run_id=summary.run_id) if not r["cached_result"]]
+    known = [r for r in rows if r["outcome"] != "lost"]
+    lost = [r for r in rows if r["outcome"] == "lost"]
+    assert len(known) == len(delivered)  # no answer recorded twice, none missing
+    assert len(lost) == len(faults["timeout"]) + len(faults["reset"])
+    assert all(not r["usage_known"] and r["input_tokens"] == 0 for r in lost)
     prompt = sum(c.response["usage"]["input_tokens"] + c.response["usage"]["cache_read_input_tokens"]
-                 + c.response["usage"]["cache_creation_input_tokens"] for c in billed)  # fmt: skip
-    output = sum(c.response["usage"]["output_tokens"] for c in billed)
-    assert sum(r["input_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in rows) == prompt
-    assert sum(r["output_tokens"] + r["reasoning_tokens"] for r in rows) == output
+                 + c.response["usage"]["cache_creation_input_tokens"] for c in delivered)  # fmt: skip
+    output = sum(c.response["usage"]["output_tokens"] for c in delivered)
+    assert sum(r["input_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in known) == prompt
+    assert sum(r["output_tokens"] + r["reasoning_tokens"] for r in known) == output
+    # What the lost answers may have cost is counted at their worst case: never less than the double billed.
+    from tierflow.core.config import load_config
+    from tierflow.core.usage import Usage, price
+
+    config = load_config(reading_vault)
+    models = {"claude-haiku-4-5": "light", "claude-sonnet-4-6": "standard", "claude-opus-4-6": "deep"}
+    for call in faults["timeout"]:
+        usage = call.response["usage"]
+        billed = price(
+            Usage(
+                input_tokens=usage["input_tokens"],
+                output_tokens=usage["output_tokens"],
+                cache_read_tokens=usage["cache_read_input_tokens"],
+                cache_write_tokens=usage["cache_creation_input_tokens"],
+            ),
+            call.model,
+            provider_kind="anthropic",
+            override=config.tier(models[call.model]).price,
+        )
+        assert any(r["model"] == call.model and r["cost_usd"] >= float(billed) for r in lost)
+
+
+def _reply_fields(reply: Reply | None) -> dict:
+    """A responder's answer as `Reply` fields, to send the same answer with a fault."""
+    if reply is None:
+        return {}
+    if isinstance(reply, str):
+        return {"text": reply}
+    if isinstance(reply, dict):
+        return {"data": reply}
+    return {"text": reply.text, "data": reply.data}

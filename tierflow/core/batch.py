@@ -1,8 +1,10 @@
 """Provider batch APIs (Anthropic Message Batches, OpenAI Batch): about half price, results within 24 h.
 
 A batched phase submits every request that is neither answered (cached) nor already in a submitted batch,
-records each item against its request's cache key, and polls with backoff. A rerun of the same requests,
-or `tierflow resume RUN`, finds the submitted batch by those keys and collects it without resubmitting.
+records each item against its request's cache key (before sending, as `submitting`, so that a crash between
+the provider accepting a batch and tierflow recording its id cannot orphan it), and polls with backoff. A
+rerun of the same requests, or `tierflow resume RUN`, finds the submitted batch by those keys and collects
+it without resubmitting.
 Every answer is judged like a direct call's (`Caller.judge`: schema and checks) and recorded with its
 outcome; an item that errored or failed goes on through the ordinary call path (`Caller.resolve`: one
 informed retry, then escalation), run directly. Expired or cancelled items are listed, and the next run
@@ -13,8 +15,10 @@ batch items as it does direct calls.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +27,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from tierflow.core import telemetry
+from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
-from tierflow.core.ledger import batch_items, now_iso
+from tierflow.core.ledger import batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route
 from tierflow.core.usage import Usage
@@ -94,8 +99,10 @@ def run_batch(
     if not todo:
         return outcome
 
-    submitted = _submitted(caller, list(todo))
-    fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted])
+    submitted, elsewhere = _submitted(caller, list(todo))
+    for cache_key in elsewhere:
+        outcome.failed[todo[cache_key][0].key] = "another process is submitting it in a batch; run again to collect it"
+    fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted and k not in elsewhere])
     by_provider: dict[str, list[tuple[BatchCall, Route, Request, str, Any]]] = defaultdict(list)
     for item in fresh:
         by_provider[item[1].provider].append(item)
@@ -125,15 +132,83 @@ def custom_id(call: BatchCall, index: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', call.key)[:48]}-{index}"
 
 
-def _submitted(caller: Caller, keys: list[str]) -> dict[str, str]:
-    """Cache key -> batch id, for requests already in a submitted batch."""
-    with caller.ledger.engine.connect() as conn:
+def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str]]:
+    """Cache key -> batch id, for requests already in a submitted batch; and the keys a live process is
+    submitting right now. A batch recorded as `submitting` by a process that is gone is looked for in the
+    provider's batch list first: found, it counts as submitted; not found, its items are sent again."""
+    with caller.ledger.reading() as conn:
         rows = conn.execute(
+            sa.select(batch_items).where(batch_items.c.key.in_(keys), batch_items.c.status.in_(SUBMITTED))
+        ).all()
+        now_s = database_seconds(conn)
+    elsewhere: set[str] = set()
+    pending: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        if row.status == "submitting":
+            pending[row.batch_key].append(row)
+    for batch_key, group in pending.items():
+        if _submitter_alive(group[0], now_s):
+            elsewhere.update(r.key for r in group)
+        else:
+            _reconcile(caller, batch_key, group)
+    with caller.ledger.reading() as conn:
+        found = conn.execute(
             sa.select(batch_items.c.key, batch_items.c.batch_id).where(
                 batch_items.c.key.in_(keys), batch_items.c.status == "submitted"
             )
         ).all()
-    return {row.key: row.batch_id for row in rows}
+    return {row.key: row.batch_id for row in found}, elsewhere
+
+
+SUBMITTED = ("submitting", "submitted")
+"""Statuses of a batch item that is (or may be) at the provider."""
+
+SUBMITTING_GRACE_S = 15 * 60.0
+"""How long a batch recorded as `submitting` by a process on another host is taken to be still on its way."""
+
+
+def _submitter_alive(row: Any, now_s: float) -> bool:
+    """Whether the process that recorded a `submitting` batch may still be submitting it."""
+    if row.holder_host == HOST and row.holder_pid == os.getpid():
+        return row.batch_key in _SENDING
+    if row.holder_host == HOST and row.holder_pid is not None:
+        return _process_exists(row.holder_pid)
+    return now_s - (row.submitted_s or 0.0) < SUBMITTING_GRACE_S
+
+
+def _reconcile(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
+    """Find an orphaned batch (recorded, then its submitter died) at the provider, and record its id; or, if
+    the provider never accepted it, forget it and free its reservations so its items are sent again."""
+    provider_name = rows[0].provider
+    with caller.ledger.reading() as conn:
+        known = {r.batch_id for r in conn.execute(sa.select(batch_items.c.batch_id).distinct()).all()}
+    found = caller.provider(provider_name).find_batch(
+        batch_key, [r.custom_id for r in rows], min(r.submitted_s or 0.0 for r in rows), known
+    )
+    if found is None:
+        log.warning("batch %s was recorded but never reached %s; its requests are sent again", batch_key, provider_name)
+        _forget(caller, batch_key, [r.reservation_id for r in rows])
+    else:
+        log.warning("found batch %s (recorded as %s before a crash) at %s", found, batch_key, provider_name)
+        _accepted(caller, batch_key, found)
+    return found
+
+
+def _forget(caller: Caller, batch_key: str, reservation_ids: list[int]) -> None:
+    with caller.ledger.transaction() as conn:
+        conn.execute(batch_items.delete().where(batch_items.c.batch_key == batch_key))
+    for reservation_id in reservation_ids:
+        if reservation_id is not None:
+            caller.budgets.release(reservation_id)
+
+
+def _accepted(caller: Caller, batch_key: str, batch_id: str) -> None:
+    with caller.ledger.transaction() as conn:
+        conn.execute(
+            batch_items.update()
+            .where(batch_items.c.batch_key == batch_key)
+            .values(batch_id=batch_id, status="submitted")
+        )
 
 
 def _reserve(
@@ -155,21 +230,38 @@ def _reserve(
 def _submit(
     caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str, Any]], phase: str
 ) -> str:
+    """Record the batch (`submitting`, under a new batch key), then send it, then record the provider's id.
+
+    If the answer to the submission is lost (a timeout, a reset connection), the provider may still have
+    accepted the batch: it is looked for before the submission counts as failed. If the process dies
+    between sending and recording, the next run finds it the same way (`_submitted`).
+    """
     requests = {custom_id(item[0], i): item[2] for i, item in enumerate(items)}
+    batch_key = uuid.uuid4().hex
+    _SENDING.add(batch_key)  # before the record exists, until its id is in: never an orphan to this process
     try:
-        batch_id = caller.provider(provider_name).submit_batch(requests)
-    except BaseException:
-        for item in items:
-            caller.budgets.release(item[4].id)
-        raise
+        return _record_and_send(caller, provider_name, items, phase, requests, batch_key)
+    finally:
+        _SENDING.discard(batch_key)
+
+
+def _record_and_send(
+    caller: Caller,
+    provider_name: str,
+    items: list[tuple[BatchCall, Route, Request, str, Any]],
+    phase: str,
+    requests: dict[str, Request],
+    batch_key: str,
+) -> str:
     with caller.ledger.transaction() as conn:
+        submitted_s = database_seconds(conn)
         for cid, (call, routed, _, cache_key, reservation) in zip(requests, items, strict=True):
             conn.execute(batch_items.delete().where(batch_items.c.key == cache_key))
             conn.execute(
                 batch_items.insert().values(
                     key=cache_key,
                     custom_id=cid,
-                    batch_id=batch_id,
+                    batch_id=f"pending-{batch_key}",
                     provider=provider_name,
                     run_id=caller.settings.run_id,
                     phase=phase,
@@ -177,11 +269,33 @@ def _submit(
                     subject=call.subject,
                     reservation_id=reservation.id,
                     downgraded_from=reservation.downgraded_from,
-                    status="submitted",
+                    status="submitting",
                     created=now_iso(),
+                    batch_key=batch_key,
+                    holder_pid=os.getpid(),
+                    holder_host=HOST,
+                    submitted_s=submitted_s,
                 )
             )
+    try:
+        batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
+    except Exception as exc:
+        with caller.ledger.reading() as conn:
+            rows = conn.execute(sa.select(batch_items).where(batch_items.c.batch_key == batch_key)).all()
+        try:
+            found = _reconcile(caller, batch_key, rows)
+        except Exception:
+            # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
+            raise exc from None
+        if found is None:
+            raise
+        return found
+    _accepted(caller, batch_key, batch_id)
     return batch_id
+
+
+_SENDING: set[str] = set()
+"""Batch keys this process is submitting now (its other threads must not take them for orphans)."""
 
 
 def _await(

@@ -10,12 +10,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Connection
 
 from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
@@ -29,7 +30,7 @@ from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request,
 from tierflow.core.routing import Route, route, route_to_tier
 from tierflow.core.slots import NO_SLOT, TierSlots
 from tierflow.core.tokens import count_tokens
-from tierflow.core.usage import Usage, price
+from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
 
 log = logging.getLogger("tierflow")
 
@@ -177,7 +178,7 @@ class Caller:
             config_path=Path(settings.config_path) if settings.config_path else None,
             profile=settings.profile,
         )
-        self.ledger = Ledger(self.config.ledger_url)
+        self.ledger = Ledger(self.config.ledger_url, workers=self.config.settings.run.workers)
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )
@@ -469,10 +470,12 @@ class Caller:
         self.budgets.keep_alive(reservation.id)  # the lease is renewed while the call is in flight
         try:
             completion = self._complete(routed, request)
-        except BaseException:
-            self.budgets.release(reservation.id, also=lambda conn: self.slots.release(conn, ticket.slot))
+        except BaseException as exc:
+            lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
+            self.budgets.release(reservation.id, also=lambda conn: (self.slots.release(conn, ticket.slot), lost(conn)))
             ticket.leave()
             raise
+        lost = self._lost(routed, reservation, subject, started, number, completion.extra.get("lost_attempts", 0))
         self.budgets.stop_renewing(reservation.id)
         latency_ms = (time.perf_counter() - t0) * 1000
         try:
@@ -500,7 +503,10 @@ class Caller:
                 else None
             )
             self.budgets.settle(
-                reservation.id, record, cache=cache, also=lambda conn: self.slots.release(conn, ticket.slot)
+                reservation.id,
+                record,
+                cache=cache,
+                also=lambda conn: (self.slots.release(conn, ticket.slot), lost(conn)),
             )
             telemetry.record_call(record, provider_kind=routed.provider_kind)
         finally:
@@ -516,6 +522,37 @@ class Caller:
             attempt.outcome,
         )
         return replace(attempt, answer=replace(attempt.answer, warnings=reservation.warnings))
+
+    def _lost(
+        self, routed: Route, reservation: Reservation, subject: str, started: str, number: int, count: int
+    ) -> Callable[[Connection], None]:
+        """What records a call's lost attempts: sent, never answered (a timeout, a reset connection).
+
+        The provider may have processed and billed each one, and its usage is unknowable: each gets a row with
+        outcome `lost`, usage unknown and the attempt's worst case as its cost, so budgets count what it may
+        have cost and `tierflow spend` shows it (as an upper bound) rather than nothing.
+        """
+        usd = reservation.estimate.usd
+        records = [
+            self._record(
+                routed,
+                UNKNOWN_USAGE,
+                None if usd is None else float(usd),
+                0.0,
+                subject,
+                started,
+                downgraded_from=reservation.downgraded_from,
+                outcome="lost",
+                attempt=number,
+            )
+            for _ in range(count)
+        ]
+
+        def record_lost(conn: Connection) -> None:
+            for record in records:
+                self.ledger.record(record, conn=conn)
+
+        return record_lost
 
     def _before(
         self, routed: Route, request: Request, key: str | None, subject: str

@@ -236,6 +236,16 @@ class LimitsConfig(_Model):
     """How long a slot outlives a process that died holding it; live holders renew it every third of this."""
 
 
+class RunConfig(_Model):
+    """How a run uses this machine."""
+
+    workers: int = Field(default=16, ge=1, le=256)
+    """At most this many task runs of one phase unfinished at once (model calls are mostly waiting on the
+    network, so more workers than cores is fine). The ledger's connection pool is sized to match. Keep it
+    above the largest tier `concurrency`: then a freed tier slot has a started task waiting for it, where
+    with workers equal to the limit each call would first wait for its task run to start."""
+
+
 class ProjectConfig(_Model):
     """Which project a run's spend is charged to, unless `--project` says."""
 
@@ -261,6 +271,7 @@ class Settings(_Model):
     project: ProjectConfig = ProjectConfig()
     limits: LimitsConfig = LimitsConfig()
     module: ModuleConfig = ModuleConfig()
+    run: RunConfig = RunConfig()
 
 
 _COMMON_TIERS = {"light": 1024, "standard": 2048, "deep": 4096}

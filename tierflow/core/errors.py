@@ -19,6 +19,8 @@ class ProviderError(TierflowError):
     """A model provider failed; names the provider, the model and the cause."""
 
     retryable = False
+    lost_attempts = 0
+    """HTTP attempts of this call whose answer never arrived (timeouts, resets): the provider may bill them."""
 
     def __init__(self, provider: str, model: str, cause: str, *, hint: str = "") -> None:
         self.provider = provider

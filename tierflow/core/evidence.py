@@ -72,7 +72,7 @@ def gather(ledger: Ledger, *, flow: str | None = None) -> list[PhaseEvidence]:
     """Evidence per (flow, phase) and tier, from every billed attempt and every stored signal."""
     query = sa.select(
         calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier, calls.c.outcome, calls.c.cost_usd
-    ).where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1)
+    ).where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1, calls.c.outcome != "lost")
     signal_query = sa.select(signals.c.flow, signals.c.phase, signals.c.tier, signals.c.passed).where(
         signals.c.passed.is_not(None)
     )

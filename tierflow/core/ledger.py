@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tierflow.core import clock
+from tierflow.core.config import RunConfig
 from tierflow.core.usage import Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -92,7 +93,8 @@ calls = sa.Table(
     sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
     sa.Column("route_rule", sa.String(256)),
     sa.Column("downgraded_from", sa.String(64)),
-    # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row.
+    # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row;
+    # so does every attempt whose answer was lost (`lost`: usage unknown, its worst case as its cost).
     sa.Column("outcome", sa.String(16), nullable=False, default="ok"),
     sa.Column("checks_failed", sa.String(256)),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
@@ -167,6 +169,14 @@ batch_items = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created", sa.String(32)),
     sa.Column("downgraded_from", sa.String(64)),
+    # Version 10: a batch is recorded (`submitting`) before it is sent, under a key of tierflow's own that
+    # the provider also sees (metadata, or the custom ids), by a holder process, at database seconds
+    # `submitted_s`; so a crash between the provider accepting it and tierflow recording its id cannot
+    # orphan it: the next run finds it in the provider's batch list.
+    sa.Column("batch_key", sa.String(64), index=True),
+    sa.Column("holder_pid", sa.Integer),
+    sa.Column("holder_host", sa.String(255)),
+    sa.Column("submitted_s", sa.Float),
 )
 
 runs = sa.Table(
@@ -264,7 +274,7 @@ def _migration_3(conn: Connection) -> None:
 
 
 def _migration_4(conn: Connection) -> None:
-    _as_created(batch_items, ("downgraded_from",)).create(conn, checkfirst=True)
+    _as_created(batch_items, ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10)).create(conn, checkfirst=True)
     runs.create(conn, checkfirst=True)
 
 
@@ -333,6 +343,19 @@ def _migration_9(conn: Connection) -> None:
     tier_slots.create(conn, checkfirst=True)
 
 
+_BATCH_ITEMS_ADDED_IN_10 = ("batch_key", "holder_pid", "holder_host", "submitted_s")
+
+
+def _migration_10(conn: Connection) -> None:
+    # Batches recorded before they are submitted (see `batch_items`).
+    _add_columns(
+        conn,
+        "batch_items",
+        {"batch_key": "VARCHAR(64)", "holder_pid": "INTEGER", "holder_host": "VARCHAR(255)", "submitted_s": "FLOAT"},
+    )
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_batch_items_batch_key ON batch_items (batch_key)")
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -343,6 +366,7 @@ MIGRATIONS = (
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -399,16 +423,24 @@ now_iso = clock.now_iso
 _WRITE = "tierflow_write"
 """Execution option that marks a connection's transaction as a write (see `Ledger.transaction`)."""
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, int], Engine] = {}
 _engines_lock = threading.Lock()
 
+POOL_MARGIN = 4
+"""Connections beyond one per worker: the flow's own thread, the lease renewers of budgets and tier slots."""
 
-def _engine(url: str) -> Engine:
+
+def pool_size(workers: int) -> int:
+    """The ledger connections a process running `workers` task runs at once keeps open: one each, plus a margin."""
+    return workers + POOL_MARGIN
+
+
+def _engine(url: str, size: int) -> Engine:
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, size))
         if engine is None:
-            engine = _create_engine(url)
-            _engines[url] = engine
+            engine = _create_engine(url, size)
+            _engines[(url, size)] = engine
         return engine
 
 
@@ -426,18 +458,23 @@ def database_seconds(conn: Connection) -> float:
 def dispose_engine(url: str) -> None:
     """Close every pooled connection to `url` and forget its engine (before a database is dropped)."""
     with _engines_lock:
-        engine = _engines.pop(url, None)
-    if engine is not None:
+        engines = [_engines.pop(key) for key in [k for k in _engines if k[0] == url]]
+    for engine in engines:
         engine.dispose()
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, size: int) -> Engine:
+    # A pool of `size` (`pool_size(workers)`), and as many again in overflow for a burst, never the library's
+    # default 5 + 10 that a wide phase used to exhaust (`QueuePool limit of size 5 overflow 10 reached`).
+    pool = {"pool_size": size, "max_overflow": size}
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, **pool)
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
+    else:
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -479,9 +516,10 @@ def _set_wal(cursor: Any) -> None:
 class Ledger:
     """Where every call's spend is kept."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, workers: int | None = None) -> None:
+        """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool."""
         self.url = url
-        self.engine = _engine(url)
+        self.engine = _engine(url, pool_size(workers or RunConfig().workers))
         self._writer = self.engine.execution_options(**{_WRITE: True})
         self._migrate()
 

@@ -7,6 +7,7 @@ flow resolves `phase -> complexity -> tier -> model` before submitting, and the 
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from prefect import Task
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture
 
 from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
@@ -178,7 +179,12 @@ def fan_out(
     path: Callable[[T], str] = lambda _: "",
     warm: bool = False,
 ) -> PhaseOutcome[R]:
-    """Submit one tagged task per item and gather them as they finish.
+    """Submit one tagged task per item, at most `[run] workers` unfinished at once, and gather them as they finish.
+
+    The bound is a sliding window here, not a smaller task runner: the worker count comes from the vault's
+    config, known only once the run has started, and it holds under any task runner (threads or Dask). A
+    week of thousands of notes therefore never has thousands of task runs competing for the ledger's
+    connections (`pool_size(workers)`, see `tierflow.core.ledger`).
 
     A provider failure or malformed answer skips that item with its reason and the rest go on. A budget
     halt stops the phase: finished items are kept, unfinished ones are listed as not done. With `warm` (the
@@ -187,30 +193,38 @@ def fan_out(
     calls started together would each pay the cache write.
     """
     outcome: PhaseOutcome[R] = PhaseOutcome()
-    futures = {}
-    for index, item in enumerate(items):
-        tagged = phase_task(
-            task,
-            settings,
-            phase=phase,
-            complexity=complexity,
-            subject=subject(item),
-            front_matter=front_matter(item),
-            note=path(item),
-        )
-        if index == 0:
-            warm_tag_limits(tagged, settings)
-        future = tagged.submit(*args(item))
-        futures[future] = index
-        if warm and index == 0 and len(items) > 1:
-            future.wait()
+    workers = caller_for(settings).config.settings.run.workers
+    finished_queue: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
+    indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        item = items[futures[future]]
+    submitted = done = 0
+    while done < len(items):
+        # Alone until the first answer when warming the cache, then up to `workers` at once.
+        window = 1 if warm and done == 0 else workers
+        while submitted < len(items) and submitted - done < window:
+            item = items[submitted]
+            tagged = phase_task(
+                task,
+                settings,
+                phase=phase,
+                complexity=complexity,
+                subject=subject(item),
+                front_matter=front_matter(item),
+                note=path(item),
+            )
+            if submitted == 0:
+                warm_tag_limits(tagged, settings)
+            future = tagged.submit(*args(item))
+            indices[future] = submitted
+            future.add_done_callback(finished_queue.put)
+            submitted += 1
+        future = finished_queue.get()
+        done += 1
+        item = items[indices[future]]
         name = path(item) or subject(item)
         try:
-            finished[futures[future]] = future.result()
+            finished[indices[future]] = future.result()
         except BudgetExceeded as exc:
             outcome.halted = outcome.halted or str(exc)
             outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))

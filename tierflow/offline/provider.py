@@ -20,6 +20,8 @@ from tierflow.core.usage import Usage
 from tierflow.offline.skills import SKILLS
 
 _BATCHES: dict[str, list[BatchItemResult]] = {}
+_KEYS: dict[str, str] = {}
+"""tierflow's batch key -> offline batch id."""
 
 DATA_PATTERN = re.compile(r"<data>\s*(.*?)\s*</data>", re.DOTALL)
 """Prompts carry their inputs as JSON inside <data> fences; the offline skills read them from there."""
@@ -67,11 +69,18 @@ class OfflineProvider:
             extra={"offline": True},
         )
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
         """The offline model answers a batch at once; results wait in memory for collection."""
         batch_id = f"offline-batch-{uuid.uuid4().hex[:12]}"
         _BATCHES[batch_id] = [BatchItemResult(cid, "succeeded", self.complete(r)) for cid, r in requests.items()]
+        if key:
+            _KEYS[key] = batch_id
         return batch_id
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """Offline batches live in this process's memory: one lost with an earlier process is gone."""
+        found = _KEYS.get(key)
+        return found if found not in known else None
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         return True, "ended"

@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.parser
 import email.policy
 import functools
@@ -38,6 +39,7 @@ import http
 import itertools
 import json
 import math
+import socket
 import threading
 import time
 import warnings
@@ -304,6 +306,11 @@ class DoubleRequest:
     """HTTP status the double answered with (for a batch item: 200, or the item's error status)."""
     response: Any = None
     """The JSON body the double answered with (None for binary bodies)."""
+    fault: str | None = None
+    """``timeout`` or ``reset``, when the responder's ``Reply`` asked for that fault (see ``Reply.fault``)."""
+    delivered: bool = True
+    """False for a ``timeout``: the answer was made and billed, but the client had given up on it."""
+    fault_delay_s: float = 0.0
 
     @property
     def body(self) -> dict[str, Any]:
@@ -442,6 +449,13 @@ class Reply:
     stop_reason: str | None = None
     """Either provider's vocabulary (``end_turn``/``stop``, ``max_tokens``/``length``, ...)."""
     model: str | None = None
+    fault: Literal["timeout", "reset"] | None = None
+    """A transport fault instead of a clean answer. ``reset``: the connection is closed at once, without a
+    response; the request is not processed and not billed (``status`` 0). ``timeout``: the answer is made and
+    billed, as a provider bills work it has done, but held ``delay_s`` before it is sent, past the client's
+    timeout, so the client never reads it (``delivered`` False). A client that retries may pay twice."""
+    delay_s: float = 5.0
+    """How long a ``timeout`` holds its answer."""
 
     @property
     def hidden_tokens(self) -> int:
@@ -594,6 +608,8 @@ class _Answer:
     raw: bytes | None = None
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -644,6 +660,14 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         answer = self.server.double._dispatch(self.command, self.path, headers, raw)
+        if answer.fault == "reset":
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if answer.fault == "timeout":
+            self.close_connection = True
+            time.sleep(answer.delay_s)  # the client has given up by now; what is written goes nowhere
         payload = answer.raw if answer.raw is not None else json.dumps(answer.body, separators=(",", ":")).encode()
         try:
             phrase = http.HTTPStatus(answer.status).phrase
@@ -657,7 +681,11 @@ class _Handler(BaseHTTPRequestHandler):
         lines.extend(f"{k}: {v}" for k, v in answer.headers.items())
         if self.close_connection:
             lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        try:
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        except OSError:
+            if answer.fault is None:
+                raise
 
 
 def _rfc3339(ts: float) -> str:
@@ -841,6 +869,7 @@ class ProviderDouble:
         self._thread: threading.Thread | None = None
         self._fail_rules: list[_FailRule] = []
         self._batch_fail_rules: list[_BatchFailRule] = []
+        self._lose_rules: list[tuple[str, str, float]] = []
         self._expire_batches = 0
         self._anthropic_cache: set[bytes] = set()
         self._openai_cache: dict[tuple[str, str], set[bytes]] = {}
@@ -931,6 +960,15 @@ class ProviderDouble:
         with self._lock:
             self._fail_rules.append(_FailRule(status, times, provider, body, retry_after_ms, kind))
 
+    def lose_next(
+        self, kind: str, *, fault: Literal["timeout", "reset"] = "timeout", delay_s: float = 5.0, times: int = 1
+    ) -> None:
+        """Process the next ``times`` requests of ``kind`` (``"batch_create"``, ``"message"``, ...) as usual,
+        then lose the answer: held ``delay_s`` past the client's timeout, or the connection closed without
+        it. The work is done (a batch is created, an answer billed); the client never hears of it."""
+        with self._lock:
+            self._lose_rules.extend([(kind, fault, delay_s)] * times)
+
     def fail_in_batch(
         self, custom_ids: Collection[str] | Callable[[str], bool], kind: BatchFailKind = "errored"
     ) -> None:
@@ -956,6 +994,7 @@ class ProviderDouble:
             self.errors.clear()
             self._fail_rules.clear()
             self._batch_fail_rules.clear()
+            self._lose_rules.clear()
             self._expire_batches = 0
             self._anthropic_cache.clear()
             self._openai_cache.clear()
@@ -1017,6 +1056,17 @@ class ProviderDouble:
                 answer.headers["x-should-retry"] = "false"
         request.status = answer.status
         request.response = answer.body
+        if request.fault == "reset":
+            request.status, request.response = 0, None  # never processed, never billed
+        if request.fault is not None:
+            answer.fault, answer.delay_s = request.fault, request.fault_delay_s
+        with self._lock:
+            lose = next((r for r in self._lose_rules if r[0] == kind), None)
+            if lose is not None:
+                self._lose_rules.remove(lose)
+        if lose is not None:
+            request.fault, request.delivered = lose[1], False
+            answer.fault, answer.delay_s = lose[1], lose[2]
         answer.headers["request-id" if provider == "anthropic" else "x-request-id"] = self._new_id("req_")
         return answer
 
@@ -1139,6 +1189,8 @@ class ProviderDouble:
             return Reply(text=result)
         if isinstance(result, dict):
             return Reply(data=result)
+        request.fault, request.delivered = result.fault, result.fault != "timeout"
+        request.fault_delay_s = result.delay_s
         return result
 
     def _anthropic_message(self, request: DoubleRequest, arg: str) -> _Answer:

@@ -6,13 +6,18 @@ import copy
 import json
 import os
 import re
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import ProviderAuthError
 from tierflow.core.usage import Usage
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,58 @@ class Completion:
     """Why a structured answer could not be read (invalid JSON, no tool call); empty when it could."""
 
 
+class Attempts:
+    """HTTP attempts an SDK client sent and answers it received, counted per thread (SDK event hooks).
+
+    The SDKs retry a timed-out or reset request on their own. A provider may have processed and billed the
+    attempt whose answer was lost, so the call path records each lost attempt (`lost`) in the ledger.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def hooks(self) -> dict[str, list[Callable[[Any], None]]]:
+        return {"request": [self._sent], "response": [self._answered]}
+
+    def _sent(self, request: Any) -> None:
+        self._local.sent = getattr(self._local, "sent", 0) + 1
+
+    def _answered(self, response: Any) -> None:
+        self._local.answered = getattr(self._local, "answered", 0) + 1
+
+    def mark(self) -> tuple[int, int]:
+        return getattr(self._local, "sent", 0), getattr(self._local, "answered", 0)
+
+    def lost_since(self, mark: tuple[int, int]) -> int:
+        """Attempts sent since `mark` (in this thread) that got no answer at all."""
+        sent, answered = self.mark()
+        return max(0, (sent - mark[0]) - (answered - mark[1]))
+
+
+def with_lost_attempts(completion: Completion, lost: int) -> Completion:
+    """The completion, noting how many earlier attempts at it got no answer (`Completion.extra`)."""
+    return replace(completion, extra={**completion.extra, "lost_attempts": lost}) if lost else completion
+
+
+def create_once(create: Callable[[], T], retries: int) -> T:
+    """Create a batch: again after an error the provider answered with (429, 5xx: nothing was created), but
+    never blindly after a lost answer (a timeout, a reset), which the SDKs would retry and the provider may
+    have acted on: that error goes to the caller, which looks for the batch before sending it again."""
+    for attempt in range(retries + 1):
+        try:
+            return create()
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status is None or not (status == 429 or status >= 500) or attempt == retries:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+BATCH_CLOCK_SKEW_S = 600.0
+"""How far a provider's clock and the ledger database's may differ when a batch is looked for by its time."""
+
+
 @dataclass(frozen=True)
 class BatchItemResult:
     """One request's outcome in a provider batch."""
@@ -77,8 +134,15 @@ class Provider(Protocol):
         """Prompt tokens by the provider's own counter, or None where it has none."""
         ...
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
-        """Submit requests (by custom id) to the provider's batch API; returns the batch id."""
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
+        """Submit requests (by custom id) to the provider's batch API, tagged with tierflow's batch `key`
+        where the API takes metadata; returns the batch id."""
+        ...
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """The id of the batch tierflow submitted as `key` at about `since_s` (seconds since the epoch), found
+        in the provider's batch list, or None if the provider never accepted it. Batch ids in `known` are
+        already accounted for and never returned."""
         ...
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:

@@ -15,7 +15,16 @@ from tierflow.core.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from tierflow.core.providers import BatchItemResult, Completion, Request, api_key
+from tierflow.core.providers import (
+    BATCH_CLOCK_SKEW_S,
+    Attempts,
+    BatchItemResult,
+    Completion,
+    Request,
+    api_key,
+    create_once,
+    with_lost_attempts,
+)
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
 
@@ -25,6 +34,7 @@ class AnthropicProvider:
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
+        self.attempts = Attempts()
 
     _model = "*"
     """The model of the call that first needed the client, so a missing key's error names it."""
@@ -36,6 +46,7 @@ class AnthropicProvider:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=self.config.max_retries,
+            http_client=anthropic.DefaultHttpxClient(event_hooks=self.attempts.hooks()),
         )
 
     def params(self, request: Request) -> dict[str, Any]:
@@ -64,11 +75,14 @@ class AnthropicProvider:
 
     def complete(self, request: Request) -> Completion:
         self._model = request.model
+        mark = self.attempts.mark()
         try:
             message = self.client.messages.create(**self.params(request))
         except anthropic.AnthropicError as exc:
-            raise self.translate(exc, request.model) from exc
-        return self.completion(message, request)
+            error = self.translate(exc, request.model)
+            error.lost_attempts = self.attempts.lost_since(mark)
+            raise error from exc
+        return with_lost_attempts(self.completion(message, request), self.attempts.lost_since(mark))
 
     def completion(self, message: Any, request: Request) -> Completion:
         """Text, structured data and usage from a Message; an unreadable answer is data, not an error."""
@@ -91,16 +105,49 @@ class AnthropicProvider:
             problem=problem,
         )
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
+        """`key` is not sent: Message Batches take no metadata (`find_batch` matches by time and custom ids)."""
         model = next(iter(requests.values())).model
         self._model = model
         try:
-            batch = self.client.messages.batches.create(
-                requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+            batch = create_once(
+                lambda: self.client.with_options(max_retries=0).messages.batches.create(
+                    requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
+                ),
+                self.config.max_retries,
             )
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, model) from exc
         return batch.id
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """Message Batches carry no metadata: the batch created from about `since_s` on with as many requests
+        as `custom_ids`, and, once it has ended, exactly those custom ids. Two such batches still running
+        cannot be told apart: that is reported, never guessed."""
+        unverified = []
+        try:
+            for batch in self.client.messages.batches.list(limit=100):
+                created = batch.created_at.timestamp()
+                if created < since_s - BATCH_CLOCK_SKEW_S:
+                    break
+                counts = batch.request_counts
+                total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+                if batch.id in known or total != len(custom_ids):
+                    continue
+                if batch.processing_status != "ended":
+                    unverified.append(batch.id)
+                elif {e.custom_id for e in self.client.messages.batches.results(batch.id)} == set(custom_ids):
+                    return batch.id
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        if len(unverified) > 1:
+            raise ProviderUnavailable(
+                self.name,
+                "batch",
+                f"batches {', '.join(unverified)} may each be tierflow's batch {key}; rerun once they have ended "
+                "to tell which",
+            )
+        return unverified[0] if unverified else None
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:

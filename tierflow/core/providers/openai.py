@@ -18,13 +18,17 @@ from tierflow.core.errors import (
     ProviderUnavailable,
 )
 from tierflow.core.providers import (
+    BATCH_CLOCK_SKEW_S,
+    Attempts,
     BatchItemResult,
     Completion,
     Request,
     api_key,
+    create_once,
     json_instruction,
     parse_json_object,
     strict_schema,
+    with_lost_attempts,
 )
 from tierflow.core.usage import UNKNOWN_USAGE, Usage
 
@@ -34,6 +38,7 @@ class OpenAIProvider:
         self.name = name
         self.config = config
         self.kind = config.kind
+        self.attempts = Attempts()
 
     _model = "*"
     """The model of the call that first needed the client, so a missing key's error names it."""
@@ -48,6 +53,7 @@ class OpenAIProvider:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=self.config.max_retries,
+            http_client=openai.DefaultHttpxClient(event_hooks=self.attempts.hooks()),
         )
 
     def params(self, request: Request) -> dict[str, Any]:
@@ -88,6 +94,7 @@ class OpenAIProvider:
         self._model = request.model
         params = self.params(request)
         client = self.client if request.mode_confirmed else self.client.with_options(max_retries=0)
+        mark = self.attempts.mark()
         try:
             try:
                 response = client.chat.completions.create(**params)
@@ -100,8 +107,10 @@ class OpenAIProvider:
                     raise
                 response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
         except openai.OpenAIError as exc:
-            raise self.translate(exc, request.model) from exc
-        return self.completion(response, request)
+            error = self.translate(exc, request.model)
+            error.lost_attempts = self.attempts.lost_since(mark)
+            raise error from exc
+        return with_lost_attempts(self.completion(response, request), self.attempts.lost_since(mark))
 
     def completion(self, response: Any, request: Request) -> Completion:
         """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
@@ -131,7 +140,7 @@ class OpenAIProvider:
     def count_tokens(self, request: Request) -> int | None:
         return None
 
-    def submit_batch(self, requests: dict[str, Request]) -> str:
+    def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
         model = next(iter(requests.values())).model
         self._model = model
         lines = [
@@ -140,12 +149,30 @@ class OpenAIProvider:
         ]
         try:
             upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
-            batch = self.client.batches.create(
-                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            batch = create_once(
+                lambda: self.client.with_options(max_retries=0).batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    metadata={"tierflow_batch": key} if key else None,
+                ),
+                self.config.max_retries,
             )
         except openai.OpenAIError as exc:
             raise self.translate(exc, model) from exc
         return batch.id
+
+    def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
+        """By the `tierflow_batch` metadata the batch was created with; newest first, back to `since_s`."""
+        try:
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < since_s - BATCH_CLOCK_SKEW_S:
+                    return None
+                if (batch.metadata or {}).get("tierflow_batch") == key and batch.id not in known:
+                    return batch.id
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "batch") from exc
+        return None
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:
