@@ -6,11 +6,11 @@ tagged task runs (`tier:light`) through `phases.fan_out`, as a tierflow phase do
 wall time against the ideal (`ceil(calls / N)` seconds), the span from the first model call's start to the
 last one's end (from the ledger) against the same ideal, and the most calls in flight at the double:
 
-- `ledger slots`: `[tiers.light] concurrency = N`, tierflow's slots around each model call (the default);
-  the thread pool has room for every task.
+- `ledger slots`: `[tiers.light] concurrency = N`, tierflow's slots around each model call (the default),
+  with the default `[run] workers` (16) task runs unfinished at once.
 - `prefect tags`: the same limit as a Prefect tag limit on `tier:light` (`[limits] mechanism = "prefect"`,
-  `tierflow limits apply`), which holds whole task runs; the thread pool has room for every task.
-- `no limit`: no tier limit; a thread pool of N workers is the only bound.
+  `tierflow limits apply`), which holds whole task runs.
+- `no limit`: no tier limit; `[run] workers = N` (and a thread pool of N) is the only bound.
 - `ledger, cold`: ledger slots without warming Prefect's tag-limit answer before the fan-out
   (`phases.warm_tag_limits`), the baseline for that step: every task run then asks the server in turn.
 
@@ -92,14 +92,15 @@ def prefect_server(home: Path):
         log.close()
 
 
-def config_text(base_url: str, limit: int | None, mechanism: str) -> str:
+def config_text(base_url: str, limit: int | None, mechanism: str, workers: int | None = None) -> str:
     concurrency = f"concurrency = {limit}\n" if limit else ""
+    run = f"[run]\nworkers = {workers}\n" if workers else ""
     return (
         f'profile = "anthropic"\n[providers.anthropic]\nkind = "anthropic"\nbase_url = "{base_url}"\n'
         'api_key_env = "ANTHROPIC_API_KEY"\nmax_retries = 0\ntimeout_s = 60\n'
         f'[tiers.light]\nmodel = "anthropic:claude-haiku-4-5"\nmax_output_tokens = 256\n{concurrency}'
         '[tiers.standard]\nmodel = "anthropic:claude-sonnet-4-6"\n[tiers.deep]\nmodel = "anthropic:claude-opus-4-6"\n'
-        f'[limits]\nmechanism = "{mechanism}"\n'
+        f'[limits]\nmechanism = "{mechanism}"\n{run}'
     )
 
 
@@ -132,7 +133,12 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
         mechanism
     ]
     (vault / ".tierflow" / "config.toml").write_text(
-        config_text(double.anthropic_base_url, None if mechanism == "no limit" else limit, kind)
+        config_text(
+            double.anthropic_base_url,
+            None if mechanism == "no limit" else limit,
+            kind,
+            workers=limit if mechanism == "no limit" else None,
+        )
     )
     apply_limits(load_config(vault))  # creates, or removes, the Prefect tag limit on tier:light
     _no_limits_cache.clear()
