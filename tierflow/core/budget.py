@@ -365,7 +365,7 @@ class Budgets:
         may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
         """
         _lock(conn)
-        _release(conn, _expired(database_seconds(conn)))
+        conn.execute(_RELEASE_EXPIRED, {"now": database_seconds(conn)})
         states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
         decision = _decide(candidates, states, wait=wait)
         if isinstance(decision, Reservation):
@@ -396,8 +396,10 @@ class Budgets:
     def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
         est = reservation.estimate
         now = database_seconds(conn)
+        # One compiled statement with bound parameters, as `Ledger.record` does: cheaper than `.values(...)`.
         reservation_id = conn.execute(
-            reservations.insert().values(
+            reservations.insert(),
+            dict(
                 created=now_iso(),
                 run_id=self.run_id,
                 flow=self.flow,
@@ -412,7 +414,7 @@ class Budgets:
                 lease_expires=now + (BATCH_LEASE_S if est.batch else self.lease_s),
                 holder_pid=os.getpid(),
                 holder_host=HOST,
-            )
+            ),
         ).inserted_primary_key[0]
         return replace(reservation, id=reservation_id)
 
@@ -483,11 +485,7 @@ class Budgets:
                     phase=call.phase,
                     conn=conn,
                 )
-            conn.execute(
-                reservations.update()
-                .where(reservations.c.id == reservation_id)
-                .values(open=False, kept=not call.usage.known)
-            )
+            conn.execute(_SETTLE, {"reservation": reservation_id, "kept": not call.usage.known})
 
     def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
         """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
@@ -682,8 +680,21 @@ def _open(conn: Connection) -> list[OpenReservation]:
     ]
 
 
-def _expired(now: float) -> sa.ColumnElement[bool]:
-    return sa.and_(reservations.c.lease_expires.is_not(None), reservations.c.lease_expires < now)
+# The two statements on every call's path, built once with bound parameters (see `Budgets._insert`).
+_RELEASE_EXPIRED = (
+    reservations.update()
+    .where(
+        reservations.c.open.is_(True),
+        reservations.c.lease_expires.is_not(None),
+        reservations.c.lease_expires < sa.bindparam("now"),
+    )
+    .values(open=False)
+)
+_SETTLE = (
+    reservations.update()
+    .where(reservations.c.id == sa.bindparam("reservation"))
+    .values(open=False, kept=sa.bindparam("kept"))
+)
 
 
 def _release(conn: Connection, which: sa.ColumnElement[bool]) -> None:

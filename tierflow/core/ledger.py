@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -610,12 +611,11 @@ class Ledger:
         return None if row is None else (row.flow, json.loads(row.parameters))
 
     def cached_response(self, key: str, *, conn: Connection | None = None) -> tuple[str, dict[str, Any] | None] | None:
-        query = sa.select(response_cache.c.text, response_cache.c.data_json).where(response_cache.c.key == key)
         if conn is not None:
-            row = conn.execute(query).first()
+            row = conn.execute(_CACHED, {"key": key}).first()
         else:
             with self.reading() as own:
-                row = own.execute(query).first()
+                row = own.execute(_CACHED, {"key": key}).first()
         if row is None:
             return None
         return row.text, (json.loads(row.data_json) if row.data_json else None)
@@ -649,12 +649,12 @@ class Ledger:
             return
         # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL ledger)
         # must not collide on the key the way delete-then-insert does under READ COMMITTED.
-        conn.execute(_upsert(conn, response_cache, values, ["key"]))
+        _upsert(conn, response_cache, values, ["key"])
 
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
         with self.transaction() as conn:
-            conn.execute(_upsert(conn, drafts, {"note": note, "text": text, "created": now_iso(), **call}, ["note"]))
+            _upsert(conn, drafts, {"note": note, "text": text, "created": now_iso(), **call}, ["note"])
 
     def output_mode(self, provider: str, model: str) -> str | None:
         """The structured-output form this provider's model is known to accept, if any was learned."""
@@ -666,18 +666,32 @@ class Ledger:
     def remember_output_mode(self, provider: str, model: str, mode: str) -> None:
         with self.transaction() as conn:
             values = {"provider": provider, "model": model, "mode": mode, "updated": now_iso()}
-            conn.execute(_upsert(conn, output_modes, values, ["provider", "model"]))
+            _upsert(conn, output_modes, values, ["provider", "model"])
+
+
+# A lookup on every call's path, built once with a bound parameter.
+_CACHED = sa.select(response_cache.c.text, response_cache.c.data_json).where(
+    response_cache.c.key == sa.bindparam("key")
+)
 
 
 def _upsert(conn: Connection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, in the connection's dialect (SQLite or PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, in the connection's dialect (SQLite or PostgreSQL), run on
+    `values`. The statement is built once per shape and takes the values as bound parameters: building it
+    around the values on every call cost more than the rest of the cache write on the hot path."""
+    statement = _upsert_statement(conn.dialect.name, table, tuple(values), tuple(keys))
+    return conn.execute(statement, values)
+
+
+@lru_cache(maxsize=64)
+def _upsert_statement(dialect: str, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).values(**values)
+    statement = insert(table)
     return statement.on_conflict_do_update(
-        index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}
+        index_elements=list(keys), set_={k: statement.excluded[k] for k in columns if k not in keys}
     )
 
 
