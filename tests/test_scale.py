@@ -83,3 +83,36 @@ def test_workers_are_configured_under_run(tmp_path: Path):
     assert load_config(tmp_path).settings.run.workers == 16
     set_workers(tmp_path, 2)
     assert load_config(tmp_path).settings.run.workers == 2
+
+
+def test_a_budget_halt_stops_the_phase_submitting_more(tmp_path: Path, prefect_harness):
+    """After a budget halt the phase sends no more task runs; the items left are listed as not done."""
+    from prefect import flow, task
+
+    from tierflow.core.calls import RunSettings
+    from tierflow.core.errors import BudgetExceeded
+    from tierflow.core.phases import fan_out
+
+    (tmp_path / ".tierflow").mkdir()
+    (tmp_path / ".tierflow" / "config.toml").write_text('profile = "offline"\n', encoding="utf-8")
+    set_workers(tmp_path, 1)
+    ran: list[int] = []
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        ran.append(index)
+        if index >= 2:
+            raise BudgetExceeded("budget 'run' is spent", budget="run")
+        return index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return fan_out(
+            item, settings, list(range(8)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    outcome = phase(RunSettings(vault=str(tmp_path), run_id="halt", flow="t", profile="offline"))
+    assert outcome.results == [0, 1] and outcome.halted == "budget 'run' is spent"
+    assert sorted(ran) == [0, 1, 2]  # one worker: nothing was submitted after the halt
+    assert [name for name, _ in outcome.skipped] == ["2", "3", "4", "5", "6", "7"]
+    assert all(reason == "not done: budget halted the collate phase" for _, reason in outcome.skipped)

@@ -199,10 +199,11 @@ def fan_out(
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
     submitted = done = 0
-    while done < len(items):
+    # Once a budget halts the phase nothing more is submitted: the items already running finish.
+    while done < submitted or (submitted < len(items) and outcome.halted is None):
         # Alone until the first answer when warming the cache, then up to `workers` at once.
         window = 1 if warm and done == 0 else workers
-        while submitted < len(items) and submitted - done < window:
+        while outcome.halted is None and submitted < len(items) and submitted - done < window:
             item = items[submitted]
             tagged = phase_task(
                 task,
@@ -235,6 +236,8 @@ def fan_out(
         ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
             outcome.skipped.append((name, f"{phase} failed unexpectedly: {type(exc).__name__}: {exc}"))
         advance(phase, done, len(items), subject(item))
+    for item in items[submitted:]:
+        outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
     return outcome
