@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.phases import attribute, label_flow_run, run_span
+from tierflow.core.phases import begin_run
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_student_feedback
 from tierflow.report.run_report import RunSummary, write_run_report
@@ -30,14 +30,16 @@ def student_feedback(
     project: str | None = None,
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
-    settings = RunSettings.start(
-        FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={"assignment": assignment, "mode": mode, "project": project},
-    )  # fmt: skip
-    folder = assignment or caller_for(settings).config.settings.feedback.assignment_folder
-    settings = attribute(settings, folder, project=project)
-    with run_span(settings):
-        label_flow_run(settings, f"{FLOW} · {folder}")
+
+    def folder_of(settings: RunSettings) -> str:
+        return assignment or caller_for(settings).config.settings.feedback.assignment_folder
+
+    with begin_run(
+        FLOW, vault=vault, parameters={"assignment": assignment, "mode": mode}, folders=lambda s: [folder_of(s)],
+        name=lambda s: f"{FLOW} · {folder_of(s)}", project=project, config=config, profile=profile, tier=tier,
+        run_id=run_id,
+    ) as settings:  # fmt: skip
+        folder = folder_of(settings)
         work = load_assignment(settings, folder)
         run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 
