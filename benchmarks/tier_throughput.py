@@ -104,18 +104,6 @@ def config_text(base_url: str, limit: int | None, mechanism: str, workers: int |
     )
 
 
-def most_at_once(rows: list[dict[str, Any]]) -> int:
-    events = []
-    for r in rows:
-        start = datetime.fromisoformat(r["started_at"])
-        events += [(start, 1), (start + timedelta(milliseconds=r["latency_ms"]), -1)]
-    level = peak = 0
-    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
 def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str, latency: float) -> dict[str, Any]:
     from prefect import flow, task
     from prefect.concurrency.services import _no_limits_cache
@@ -126,6 +114,7 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
     from tierflow.core.config import load_config
     from tierflow.core.ledger import Ledger
     from tierflow.core.phases import fan_out
+    from tierflow.testing.ledger import most_at_once
 
     vault = root / f"{mechanism.replace(', ', '-').replace(' ', '-')}-{calls}-{limit}"
     (vault / ".tierflow").mkdir(parents=True)

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from tierflow.core.checks import Check
 from tierflow.core.ledger import Ledger, tier_slots
 from tierflow.core.slots import in_flight
 from tierflow.testing.double import ProviderDouble, Reply
+from tierflow.testing.ledger import most_at_once
 
 WORKER = textwrap.dedent(
     """
@@ -53,19 +53,6 @@ WORKER = textwrap.dedent(
         t.join()
     """
 )
-
-
-def most_at_once(rows: list[dict]) -> int:
-    """The most calls in flight at one instant, from the ledger's start times and latencies."""
-    events = []
-    for r in rows:
-        start = datetime.fromisoformat(r["started_at"])
-        events += [(start, 1), (start + timedelta(milliseconds=r["latency_ms"]), -1)]
-    level = peak = 0
-    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
-        level += step
-        peak = max(peak, level)
-    return peak
 
 
 def slots_vault(tmp_path: Path, double: ProviderDouble, name: str, concurrency: str) -> Path:
