@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.engine import Connection
 
 from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
@@ -28,6 +27,7 @@ from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRe
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
+from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, TierSlots
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
@@ -110,7 +110,7 @@ class Answer:
     outcome: str = "ok"
 
 
-_RANK = {"refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
+_RANK = {"error": 0, "refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class Attempt:
     """One billed attempt at an answer, and the verdict on it."""
 
     outcome: str
-    """`ok`, `malformed`, `check_failed`, `truncated` or `refused`."""
+    """`ok`, `malformed`, `check_failed`, `truncated` or `refused`. (A ledger row may also say `error`: the
+    answer arrived and handling it raised; or `lost`: sent and never answered.)"""
     answer: Answer
     route: Route
     request: Request
@@ -149,23 +150,6 @@ class CacheEntry:
     text: str
     data: dict[str, Any] | None
     request: Request
-
-
-@dataclass
-class _Ticket:
-    """What the transaction before a call took: the reservation, the tier slot and the local gate."""
-
-    gate: threading.BoundedSemaphore | None
-    slot: int | None = NO_SLOT
-    reservation: Reservation = field(default=None)  # type: ignore[assignment]
-    route: Route = field(default=None)  # type: ignore[assignment]
-    request: Request = field(default=None)  # type: ignore[assignment]
-
-    def leave(self) -> None:
-        """Open the local gate again (once)."""
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            gate.release()
 
 
 class Caller:
@@ -456,61 +440,48 @@ class Caller:
         lookup, budget reservation, tier slot) and one after (record, settle, cache write, slot back).
         """
         key = _cache_key(routed, request) if self.settings.use_cache else None
-        ticket = self._before(routed, request, key, subject)
-        if isinstance(ticket, tuple):
-            cached = Completion(text=ticket[0], data=ticket[1], usage=Usage(), model=routed.model)
-            attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
-            if attempt.outcome == "ok":
-                return attempt  # only answers that passed are cached; the checks confirm it still does
-            ticket = self._before(routed, request, None, subject)
-        assert isinstance(ticket, _Ticket)
-        reservation, routed, request = ticket.reservation, ticket.route, ticket.request
-        started = now_iso()
-        t0 = time.perf_counter()
-        self.budgets.keep_alive(reservation.id)  # the lease is renewed while the call is in flight
-        try:
-            completion = self._complete(routed, request)
-        except BaseException as exc:
-            lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
-            self.budgets.release(reservation.id, also=lambda conn: (self.slots.release(conn, ticket.slot), lost(conn)))
-            ticket.leave()
-            raise
-        lost = self._lost(routed, reservation, subject, started, number, completion.extra.get("lost_attempts", 0))
-        self.budgets.stop_renewing(reservation.id)
-        latency_ms = (time.perf_counter() - t0) * 1000
-        try:
-            cost = self._cost(routed, completion, batch=False)
-            attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
-            record = self._record(
-                routed,
-                completion.usage,
-                cost,
-                latency_ms,
-                subject,
-                started,
-                downgraded_from=reservation.downgraded_from,
-                outcome=attempt.outcome,
-                checks_failed=attempt.checks_failed,
-                attempt=number,
-                escalated_from=escalated_from,
+        with CallScope(self.ledger, self.budgets, self.slots) as scope:
+            sending = self._before(routed, request, key, subject, scope)
+            if not isinstance(sending[0], Route):  # an answer from the cache
+                cached = Completion(text=sending[0], data=sending[1], usage=Usage(), model=routed.model)
+                attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
+                if attempt.outcome == "ok":
+                    return attempt  # only answers that passed are cached; the checks confirm it still does
+                sending = self._before(routed, request, None, subject, scope)
+            routed, request = sending  # type: ignore[assignment]
+            reservation = scope.reservation
+            assert reservation is not None
+            started = now_iso()
+            t0 = time.perf_counter()
+            scope.renew()  # the lease is renewed while the call is in flight
+            try:
+                completion = self._complete(routed, request)
+            except BaseException as exc:
+                scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
+                raise
+            latency_ms = (time.perf_counter() - t0) * 1000
+            # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in.
+            scope.answered(
+                self._record(
+                    routed, completion.usage, None, latency_ms, subject, started,
+                    downgraded_from=reservation.downgraded_from, outcome="error", attempt=number,
+                    escalated_from=escalated_from,
+                )
+            )  # fmt: skip
+            scope.lost = self._lost(
+                routed, reservation, subject, started, number, completion.extra.get("lost_attempts", 0)
             )
+            cost = self._cost(routed, completion, batch=False)
+            scope.answered(replace(scope.row, cost_usd=cost))  # type: ignore[arg-type]
+            attempt = self.judge(routed, request, completion, output, checks, cost=cost, cached=False)
             # Only an answer that passed is cached, under the request actually sent: after a downgrade, that is
             # the cheaper tier's model and output limit, so the answer is never replayed for the tier asked for.
-            sent_key = _cache_key(routed, request)
-            cache = (
-                CacheEntry(sent_key, routed.model_ref, completion.text, completion.data, request)
-                if attempt.ok
-                else None
-            )
-            self.budgets.settle(
-                reservation.id,
-                record,
-                cache=cache,
-                also=lambda conn: (self.slots.release(conn, ticket.slot), lost(conn)),
-            )
-            telemetry.record_call(record, provider_kind=routed.provider_kind)
-        finally:
-            ticket.leave()
+            cache = CacheEntry(_cache_key(routed, request), routed.model_ref, completion.text, completion.data, request)
+            verdict = replace(scope.row, outcome=attempt.outcome, checks_failed=attempt.checks_failed)  # type: ignore[arg-type]
+            scope.answered(verdict, cache=cache if attempt.ok else None)
+        record = scope.row
+        assert record is not None
+        telemetry.record_call(record, provider_kind=routed.provider_kind)
         log.info(
             "%s · %s · tier %s · %s · %d tokens · %s · %s",
             routed.phase,
@@ -525,15 +496,15 @@ class Caller:
 
     def _lost(
         self, routed: Route, reservation: Reservation, subject: str, started: str, number: int, count: int
-    ) -> Callable[[Connection], None]:
-        """What records a call's lost attempts: sent, never answered (a timeout, a reset connection).
+    ) -> list[CallRecord]:
+        """The rows of a call's lost attempts: sent, never answered (a timeout, a reset connection).
 
         The provider may have processed and billed each one, and its usage is unknowable: each gets a row with
         outcome `lost`, usage unknown and the attempt's worst case as its cost, so budgets count what it may
         have cost and `tierflow spend` shows it (as an upper bound) rather than nothing.
         """
         usd = reservation.estimate.usd
-        records = [
+        return [
             self._record(
                 routed,
                 UNKNOWN_USAGE,
@@ -548,17 +519,12 @@ class Caller:
             for _ in range(count)
         ]
 
-        def record_lost(conn: Connection) -> None:
-            for record in records:
-                self.ledger.record(record, conn=conn)
-
-        return record_lost
-
     def _before(
-        self, routed: Route, request: Request, key: str | None, subject: str
-    ) -> tuple[str, dict[str, Any] | None] | _Ticket:
+        self, routed: Route, request: Request, key: str | None, subject: str, scope: CallScope
+    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request]:
         """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
-        reservation and tier slot, taken together once both are free.
+        reservation and tier slot, taken together once both are free, into `scope`; then the route and
+        request to send.
 
         A call first passes its tier's local gate (threads of this process), then polls the ledger for a slot
         every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
@@ -567,66 +533,57 @@ class Caller:
         # A prompt the model cannot take is refused before anything is reserved or sent.
         check_fits(self.config, routed, candidates[0][1].prompt_tokens)
         gate = self.slots.local(routed.tier)
-        if gate is not None and not gate.acquire(blocking=False):
+        if not scope.pass_gate(gate, blocking=False):
             if key is not None:  # every local slot is busy: an answer in the cache needs none
                 hit = self.reuse(routed, key, subject)
                 if hit is not None:
                     return hit
                 key = None
-            gate.acquire()
-        ticket = _Ticket(gate)
-        try:
-            deadline = time.monotonic() + self.budgets.max_wait_s
-            budget_delay, slot_delay = 0.01, 0.002
-
-            def claim(conn: Any, chosen: Route) -> bool:
-                ticket.slot = self.slots.claim(conn, chosen.tier)
-                return ticket.slot is not None
-
-            while True:
-                ticket.slot = NO_SLOT
-                try:
-                    with self.ledger.transaction() as conn:
-                        if key is not None:
-                            hit = self.ledger.cached_response(key, conn=conn)
-                            if hit is not None:
-                                self.ledger.record(
-                                    self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True),
-                                    conn=conn,
-                                )
-                                ticket.leave()
-                                return hit
-                        reservation = self.budgets.reserve_in(
-                            conn, candidates, expired=time.monotonic() >= deadline, claim=claim
-                        )
-                except BudgetExceeded as exc:
-                    self._budget_event(
-                        "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
+            scope.pass_gate(gate)
+        deadline = time.monotonic() + self.budgets.max_wait_s
+        budget_delay, slot_delay = 0.01, 0.002
+        while True:
+            scope.slot = NO_SLOT
+            try:
+                with self.ledger.transaction() as conn:
+                    if key is not None:
+                        hit = self.ledger.cached_response(key, conn=conn)
+                        if hit is not None:
+                            self.ledger.record(
+                                self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True), conn=conn
+                            )
+                            scope.leave_gate()
+                            return hit
+                    reservation = self.budgets.reserve_in(
+                        conn, candidates, expired=time.monotonic() >= deadline, claim=scope.claim
                     )
-                    raise
-                if reservation is not None:
-                    break
-                if ticket.slot is None:  # the tier is full in another process: a slot frees soon
-                    time.sleep(slot_delay)
-                    deadline += slot_delay  # waiting for a slot is not waiting for budget
-                    slot_delay = min(slot_delay * 1.5, 0.02)
-                else:
-                    time.sleep(budget_delay)
-                    budget_delay = min(budget_delay * 2, 0.25)
-        except BaseException:
-            ticket.leave()
-            raise
+            except BudgetExceeded as exc:
+                self._budget_event(
+                    "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
+                )
+                raise
+            except BaseException:
+                # Rolled back: the slot was never taken.
+                self.slots.forget(scope.slot)
+                scope.slot = NO_SLOT
+                raise
+            if reservation is not None:
+                scope.reserved(reservation)
+                break
+            if scope.slot is None:  # the tier is full in another process: a slot frees soon
+                time.sleep(slot_delay)
+                deadline += slot_delay  # waiting for a slot is not waiting for budget
+                slot_delay = min(slot_delay * 1.5, 0.02)
+            else:
+                time.sleep(budget_delay)
+                budget_delay = min(budget_delay * 2, 0.25)
         if reservation.route.tier != routed.tier:
             # Downgraded: the ledger slot taken is the cheaper tier's. The gate of the tier asked for opens now and
             # the call passes the cheaper tier's gate if it is free: it never waits there while holding a slot,
             # since the ledger slot alone bounds that tier.
-            ticket.leave()
-            gate = self.slots.local(reservation.route.tier)
-            if gate is not None and gate.acquire(blocking=False):
-                ticket.gate = gate
-        ticket.reservation = reservation
-        ticket.route, ticket.request = self._reserved(routed, request, subject, reservation)
-        return ticket
+            scope.leave_gate()
+            scope.pass_gate(self.slots.local(reservation.route.tier), blocking=False)
+        return self._reserved(routed, request, subject, reservation)
 
     def reserve(
         self, routed: Route, request: Request, subject: str, *, batch: bool = False

@@ -2,13 +2,18 @@
 
 A phase passes its checks to `Caller.ask(checks=...)`. A failed check is recorded on the ledger row
 (`outcome = check_failed`, `checks_failed`), stated in one informed retry, and then escalated one tier up.
+A check that raises has failed: it is named with its exception (`quotes_verbatim raised KeyError`), so the
+paid answer it was judging is still recorded, retried and, if nothing passes, kept with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("tierflow")
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,19 @@ class Failure:
 
 
 def run_checks(checks: Sequence[Check], parsed: Any) -> list[Failure]:
-    """Every problem every check finds, in check order."""
-    return [Failure(c.name, p) for c in checks for p in c.problems(parsed)]
+    """Every problem every check finds, in check order; a check that raises fails, named with its exception."""
+    failures: list[Failure] = []
+    for check in checks:
+        try:
+            problems = check.problems(parsed)
+        except Exception as exc:  # a check's bug must not lose the paid answer it judges
+            log.warning("check %s raised %s: %s", check.name, type(exc).__name__, exc, exc_info=True)
+            failures.append(
+                Failure(f"{check.name} raised {type(exc).__name__}", f"the check could not read the answer ({exc!r})")
+            )
+            continue
+        failures += [Failure(check.name, p) for p in problems]
+    return failures
 
 
 def describe(failures: Sequence[Failure], limit: int = 5) -> str:

@@ -86,6 +86,12 @@ class TierSlots:
         if slot == NO_SLOT:
             return
         conn.execute(tier_slots.delete().where(tier_slots.c.id == slot))
+        self.forget(slot)
+
+    def forget(self, slot: int | None) -> None:
+        """Stop renewing a slot's lease (given back, or never taken because its transaction rolled back)."""
+        if not slot:
+            return
         with self._lock:
             self._held.discard(slot)
 

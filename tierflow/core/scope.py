@@ -1,0 +1,171 @@
+"""The bookkeeping around one provider call, as one scope with one exit path.
+
+A call takes several things before the provider is asked: this process's gate for the tier, a tier slot in
+the ledger, a budget reservation (with its lease renewed while the call is in flight). Once the answer has
+arrived it owes the ledger one row. `CallScope` holds each of these from the moment it is taken and gives
+every one back when the scope exits, whatever ended it: a passing answer, a check or a parser that raised, a
+Prefect timeout raised into the thread between the reservation and the call, a settle transaction that lost
+its connection. On exit it
+
+- writes the billed answer's row (whatever its outcome; `error` until a verdict replaces it), settles the
+  reservation to it, caches a passing answer, gives the slot back, and records lost attempts, in one
+  transaction; or, when no answer arrived, releases the reservation and the slot the same way;
+- retries that transaction when the database drops it, without writing the row twice;
+- stops renewing the reservation's and the slot's leases, and opens the local gate.
+
+A new check, a new outcome or a new signal added between taking and giving back cannot leave money
+unrecorded or a slot held, because nothing between them gives anything back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tierflow.core.budget import Budgets, Reservation
+from tierflow.core.ledger import CallRecord, Ledger, calls
+from tierflow.core.routing import Route
+from tierflow.core.slots import NO_SLOT, TierSlots
+
+log = logging.getLogger("tierflow")
+
+WRITE_TRIES = 4
+"""How often the closing transaction is tried when the database drops it (a lost connection, a restart)."""
+
+
+@dataclass
+class CallScope:
+    """What one provider call holds, and the one exit path that records and gives it all back."""
+
+    ledger: Ledger
+    budgets: Budgets
+    slots: TierSlots
+    gate: threading.BoundedSemaphore | None = None
+    """This process's gate for the call's tier, while it is passed."""
+    slot: Any = NO_SLOT
+    """The ledger slot taken with the reservation (`TierSlots.claim`)."""
+    reservation: Reservation | None = None
+    row: CallRecord | None = None
+    """The billed answer's row, once the answer has arrived; the verdict replaces it until the scope exits."""
+    cache: Any = None
+    """A passing answer's cache entry (`calls.CacheEntry`), written with the row."""
+    lost: list[CallRecord] = field(default_factory=list)
+    """Rows of attempts sent and never answered (the SDK's own retries), written on exit."""
+    settled: bool = False
+
+    def __enter__(self) -> CallScope:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            self.close(exc)
+        finally:
+            self.leave_gate()
+
+    # --- taking -----------------------------------------------------------------------------------
+
+    def pass_gate(self, gate: threading.BoundedSemaphore | None, *, blocking: bool = True) -> bool:
+        """Pass this process's gate of a tier (None: an unlimited tier); False when it is shut and not `blocking`."""
+        if gate is None:
+            return True
+        if not gate.acquire(blocking=blocking):
+            return False
+        self.gate = gate
+        return True
+
+    def leave_gate(self) -> None:
+        """Open the local gate again (once)."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.release()
+
+    def claim(self, conn: Connection, chosen: Route) -> bool:
+        """Take a slot of the chosen route's tier in the reservation's transaction (`Budgets.reserve_in`'s `claim`)."""
+        self.slot = self.slots.claim(conn, chosen.tier)
+        return self.slot is not None
+
+    def reserved(self, reservation: Reservation) -> None:
+        """The reservation taken, noted inside its own transaction: from its commit on, the exit gives it back."""
+        self.reservation = reservation
+
+    def renew(self) -> None:
+        """Renew the reservation's lease while the call is in flight (the exit stops it)."""
+        if self.reservation is not None:
+            self.budgets.keep_alive(self.reservation.id)
+
+    # --- the answer -------------------------------------------------------------------------------
+
+    def answered(self, row: CallRecord, *, cache: Any = None) -> None:
+        """The billed answer's row as it stands (and a passing answer's cache entry): the exit writes it."""
+        self.row, self.cache = row, cache
+
+    # --- giving back ------------------------------------------------------------------------------
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Record, settle or release, and give the slot back; idempotent."""
+        reservation, slot = self.reservation, self.slot
+        try:
+            if reservation is not None and not self.settled:
+                self._write(reservation)
+                self.settled = True
+        except Exception:
+            if exc is None:
+                raise
+            # The call's own error says more; the ledger's is logged, and the leases lapse on their own.
+            log.exception("could not record or settle a call after %s", type(exc).__name__)
+        finally:
+            if reservation is not None:
+                self.budgets.stop_renewing(reservation.id)
+            self.slots.forget(slot)
+
+    def _write(self, reservation: Reservation) -> None:
+        row, cache, lost, slot = self.row, self.cache, list(self.lost), self.slot
+
+        def also(conn: Connection) -> None:
+            self.slots.release(conn, slot)
+            for record in lost:
+                self.ledger.record(record, conn=conn)
+
+        if row is None:
+            step: Callable[[], None] = lambda: self.budgets.release(reservation.id, also=also)  # noqa: E731
+        else:
+            step = lambda: self.budgets.settle(reservation.id, row, cache=cache, also=also)  # noqa: E731
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                step()
+                return
+            except sa.exc.DBAPIError as error:
+                if attempt == WRITE_TRIES or not (error.connection_invalidated or _transient(error)):
+                    raise
+                log.warning("the ledger dropped a call's closing transaction (%s); trying again", error.orig)
+                time.sleep(0.05 * attempt)
+                if row is not None and _landed(self.ledger, row):
+                    return  # it committed before the connection went: never write the row twice
+
+
+def _transient(error: sa.exc.DBAPIError) -> bool:
+    """A failure of the connection or the database server, not of the statement."""
+    return isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def _landed(ledger: Ledger, row: CallRecord) -> bool:
+    """Whether `row` is in the ledger already (its timestamp, start and attempt identify it)."""
+    with ledger.reading() as conn:
+        found = conn.execute(
+            sa.select(calls.c.id).where(
+                calls.c.run_id == row.run_id,
+                calls.c.timestamp == row.timestamp,
+                calls.c.started_at == row.started_at,
+                calls.c.attempt == row.attempt,
+                calls.c.model == row.model,
+            )
+        ).first()
+    return found is not None
