@@ -7,11 +7,13 @@ after it (with the call's row, its settlement and its cache entry).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -302,3 +304,52 @@ def test_an_escalated_call_holds_each_attempts_own_tier_and_gives_the_first_back
         ("claude-sonnet-4-6", {"standard": 1}, {"standard"}),
     ]
     assert in_flight(caller.ledger) == {}
+
+
+def shared_slots(tmp_path: Path, double: ProviderDouble, ledger_url: str, name: str) -> Caller:
+    """A caller on `ledger_url` whose light tier allows one call at a time, on a lease far longer than the test."""
+    text = (
+        f"ledger_url = {json.dumps(ledger_url)}\n" + anthropic_config(double, "[limits]\nlease_s = 30.0\n")
+    ).replace("max_output_tokens = 1024\n", "max_output_tokens = 1024\nconcurrency = 1\n", 1)
+    vault = tmp_path / name
+    write_config(vault / ".tierflow" / "config.toml", text)
+    return Caller(RunSettings(vault=str(vault), run_id=name, flow="slots", use_cache=False))
+
+
+def slot_holders(caller: Caller) -> list[str]:
+    with caller.ledger.reading() as conn:
+        return list(conn.execute(sa.select(tier_slots.c.holder)).scalars())
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_take_a_live_slot(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    first = shared_slots(tmp_path, double, ledger_url, "first")
+    with first.ledger.transaction() as conn:
+        assert first.slots.claim(conn, "light")
+    # A second worker on the same ledger whose host clock runs 60 s ahead of the first's (and of the database's).
+    import tierflow.core.clock as clock
+
+    monkeypatch.setattr(clock, "epoch", lambda: time.time() + 60)
+    monkeypatch.setattr(clock, "now", lambda: datetime.now(UTC) + timedelta(seconds=60))
+    ahead = shared_slots(tmp_path, double, ledger_url, "ahead")
+    with ahead.ledger.transaction() as conn:
+        assert ahead.slots.claim(conn, "light") is None  # the first worker's lease runs by the database's clock
+    assert len(slot_holders(first)) == 1 and in_flight(first.ledger) == {"light": 1}
+
+
+def test_giving_back_a_lapsed_slot_never_frees_the_slot_that_replaced_it(tmp_path: Path, double, ledger_url: str):
+    first = shared_slots(tmp_path, double, ledger_url, "first")
+    second = shared_slots(tmp_path, double, ledger_url, "second")
+    with first.ledger.transaction() as conn:
+        mine = first.slots.claim(conn, "light")
+        conn.execute(tier_slots.update().values(lease_until=0.0))  # the first holder stalled past its lease
+    with second.ledger.transaction() as conn:
+        theirs = second.slots.claim(conn, "light")  # takes the lapsed slot (on SQLite, under the same row id)
+    assert theirs
+    with first.ledger.transaction() as conn:
+        first.slots.release(conn, mine)  # the first holder wakes up and gives back what it thinks it holds
+    assert len(slot_holders(second)) == 1 and in_flight(second.ledger) == {"light": 1}
+    with second.ledger.transaction() as conn:
+        second.slots.release(conn, theirs)
+    assert slot_holders(second) == []

@@ -50,8 +50,8 @@ class CallScope:
     slots: TierSlots
     gate: threading.BoundedSemaphore | None = None
     """This process's gate for the call's tier, while it is passed."""
-    slot: Any = NO_SLOT
-    """The ledger slot taken with the reservation (`TierSlots.claim`)."""
+    slot: str | None = NO_SLOT
+    """The ledger slot taken with the reservation: its holder token (`TierSlots.claim`)."""
     reservation: Reservation | None = None
     row: CallRecord | None = None
     """The billed answer's row, once the answer has arrived; the verdict replaces it until the scope exits."""

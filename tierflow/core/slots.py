@@ -4,9 +4,13 @@ that shares the ledger.
 A slot is a row in `tier_slots`. The call path takes it in the same ledger transaction as the call's budget
 reservation and gives it back in the one that records the call, so a slot covers the model call only, not the
 task around it. A process that dies holding a slot loses it when its lease lapses (`[limits] lease_s`); a live
-process renews its leases from one background thread. Threads of one process first pass a local semaphore of
-the same size, so only a call that could start now asks the database, and a waiting call polls it every few
-milliseconds: a freed slot is handed over within tens of milliseconds.
+process renews its leases from one background thread. Leases are measured by the database's clock (as budget
+reservations' are), never a host's: a worker whose clock runs ahead cannot take a live slot. Each slot is taken
+under a holder token of its own and given back by it, never by row id, which SQLite reuses.
+
+Threads of one process first pass a local semaphore of the same size, so only a call that could start now
+asks the database, and a waiting call polls it every few milliseconds: a freed slot is handed over
+within tens of milliseconds.
 
 With `[limits] mechanism = "prefect"` tierflow takes no slots: Prefect's tag limits on `tier:<name>` (applied
 by `tierflow limits apply`) hold the task runs instead.
@@ -22,12 +26,11 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tierflow.core import clock
 from tierflow.core.config import Config
-from tierflow.core.ledger import Ledger, now_iso, tier_slots
+from tierflow.core.ledger import Ledger, database_seconds, now_iso, tier_slots
 
-NO_SLOT = 0
-"""The slot id of a call on a tier without a limit (row ids start at 1)."""
+NO_SLOT = ""
+"""The slot of a call on a tier without a limit (a held slot is its holder token)."""
 
 _semaphores: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
 _semaphores_lock = threading.Lock()
@@ -47,8 +50,8 @@ class TierSlots:
         self.ledger = ledger
         self.limits = limits_of(config)
         self.lease_s = config.settings.limits.lease_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._held: set[int] = set()
+        self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}"
+        self._held: set[str] = set()
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
 
@@ -61,34 +64,36 @@ class TierSlots:
         with _semaphores_lock:
             return _semaphores.setdefault(key, threading.BoundedSemaphore(limit))
 
-    def claim(self, conn: Connection, tier: str) -> int | None:
-        """Take a slot of `tier` inside the caller's (write) transaction: its id, NO_SLOT if the tier is
+    def claim(self, conn: Connection, tier: str) -> str | None:
+        """Take a slot of `tier` inside the caller's (write) transaction: its holder token, NO_SLOT if the tier is
         unlimited, or None when every slot is held."""
         limit = self.limits.get(tier)
         if limit is None:
             return NO_SLOT
-        now = clock.epoch()
+        now = database_seconds(conn)
         conn.execute(tier_slots.delete().where(tier_slots.c.tier == tier, tier_slots.c.lease_until < now))
         held = conn.execute(sa.select(sa.func.count()).where(tier_slots.c.tier == tier)).scalar() or 0
         if held >= limit:
             return None
-        values = {"tier": tier, "holder": self.holder, "acquired": now_iso(), "lease_until": now + self.lease_s}
-        slot = conn.execute(tier_slots.insert(), values).inserted_primary_key[0]
+        token = f"{self.holder}:{uuid.uuid4().hex}"
+        values = {"tier": tier, "holder": token, "acquired": now_iso(), "lease_until": now + self.lease_s}
+        conn.execute(tier_slots.insert(), values)
         with self._lock:
-            self._held.add(slot)
+            self._held.add(token)
             if self._renewer is None:
                 self._renewer = threading.Thread(target=self._renew, name="tierflow-slot-leases", daemon=True)
                 self._renewer.start()
-        return int(slot)
+        return token
 
-    def release(self, conn: Connection, slot: int) -> None:
-        """Give a slot back inside the caller's transaction."""
-        if slot == NO_SLOT:
+    def release(self, conn: Connection, slot: str | None) -> None:
+        """Give a slot back inside the caller's transaction, by its holder token: a slot that lapsed and was
+        taken by another holder since is theirs, and stays."""
+        if not slot:
             return
-        conn.execute(tier_slots.delete().where(tier_slots.c.id == slot))
+        conn.execute(tier_slots.delete().where(tier_slots.c.holder == slot))
         self.forget(slot)
 
-    def forget(self, slot: int | None) -> None:
+    def forget(self, slot: str | None) -> None:
         """Stop renewing a slot's lease (given back, or never taken because its transaction rolled back)."""
         if not slot:
             return
@@ -107,8 +112,8 @@ class TierSlots:
                 with self.ledger.transaction() as conn:
                     conn.execute(
                         tier_slots.update()
-                        .where(tier_slots.c.id.in_(held))
-                        .values(lease_until=clock.epoch() + self.lease_s)
+                        .where(tier_slots.c.holder.in_(held))
+                        .values(lease_until=database_seconds(conn) + self.lease_s)
                     )
             except Exception:  # a busy or vanished ledger: the next round tries again
                 continue
@@ -116,10 +121,10 @@ class TierSlots:
 
 def in_flight(ledger: Ledger) -> dict[str, int]:
     """Slots held now per tier (leases that have not lapsed), for `tierflow limits show`."""
-    with ledger.engine.connect() as conn:
+    with ledger.reading() as conn:
         rows = conn.execute(
             sa.select(tier_slots.c.tier, sa.func.count())
-            .where(tier_slots.c.lease_until >= clock.epoch())
+            .where(tier_slots.c.lease_until >= database_seconds(conn))
             .group_by(tier_slots.c.tier)
         ).all()
     return {tier: int(count) for tier, count in rows}
