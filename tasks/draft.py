@@ -16,13 +16,14 @@ from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, fan_out
+from tierflow.flowkit.checks import links_resolve
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.collate import Collation
 from tierflow.tasks.synthesise import Concept, Synthesis
 from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
-from tierflow.vault.links import VaultNames, links_resolve
+from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, safe_note_name, template_env
 
 PHASE = "draft"

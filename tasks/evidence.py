@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field, create_model
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.phases import PhaseOutcome, fan_out, single
+from tierflow.flowkit.checks import quotes_verbatim, rubric_coverage
 from tierflow.tasks.assignment import INJECTION, Assignment, Submission
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import template_env
-from tierflow.vault.rubric import Rubric, quotes_verbatim, rubric_coverage
+from tierflow.vault.rubric import Rubric
 
 PHASE = "collate"
 COMPLEXITY = "low"

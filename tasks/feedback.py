@@ -19,12 +19,13 @@ from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.checks import describe, run_checks
 from tierflow.core.phases import PhaseOutcome, fan_out, single
+from tierflow.flowkit.checks import rubric_coverage
 from tierflow.tasks.assignment import Assignment, Submission
 from tierflow.tasks.cohort import Cohort
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
-from tierflow.vault.rubric import Rubric, rubric_coverage
+from tierflow.vault.rubric import Rubric
 
 PHASE = "draft"
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")

@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from responders import skilled
 
 from tierflow.core.checks import run_checks
+from tierflow.flowkit.checks import quotes_verbatim, rubric_coverage
 from tierflow.flows.student_feedback import student_feedback
 from tierflow.tasks.evidence import evidence_output
 from tierflow.tasks.feedback import feedback_output, word_budgets
-from tierflow.vault.rubric import parse_rubric, quotes_verbatim, rubric_coverage
+from tierflow.vault.rubric import parse_rubric
 
 ASSIGNMENT = "Teaching/EDU7001/essay-1"
 # A rubric in another shape than the bundled table: bold criterion lines with points, levels listed worst first.

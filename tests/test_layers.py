@@ -1,4 +1,6 @@
-"""Layers point one way: cli -> flows/tasks -> report -> core/vault/offline. The core never imports a flow or task."""
+"""Layers point one way: cli -> flows/tasks -> report/learn/flowkit -> core/vault/offline. The core never imports a
+flow or task, and core and vault never import each other: what needs both is built above them (`tierflow.flowkit`)
+and passed down."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LOWER = ("core", "vault", "offline", "report", "learn", "testing")
+LOWER = ("core", "vault", "offline", "report", "learn", "testing", "flowkit")
 """Packages under tierflow/ that must not import tierflow.flows, tierflow.tasks or tierflow.cli."""
 UPPER = ("tierflow.flows", "tierflow.tasks", "tierflow.cli")
 
@@ -43,6 +45,50 @@ def test_the_check_catches_a_deliberate_upward_import() -> None:
     offending = "def plan():\n    from tierflow.tasks import collate\n    import tierflow.flows.reading_notes\n"
     assert upward_imports(offending) == {"tierflow.tasks", "tierflow.tasks.collate", "tierflow.flows.reading_notes"}
     assert upward_imports("from tierflow.core.calls import Caller\nimport json\n") == set()
+
+
+FOUNDATION = ("tierflow.core.errors", "tierflow.core.clock", "tierflow.core.folders")
+"""Core modules that import nothing of tierflow's but errors, and that vault may use: its errors, the clock, and
+the one check of a vault folder."""
+
+
+def crossing_imports(source: str, package: str) -> set[str]:
+    """What a module of `package` (core or vault) imports from the other, the foundation aside."""
+    other = {"core": "tierflow.vault", "vault": "tierflow.core"}[package]
+    return {
+        m
+        for m in imported_modules(source)
+        if (m == other or m.startswith(other + ".")) and not m.startswith(FOUNDATION)
+    }
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for pkg in ("core", "vault") for p in (REPO / "tierflow" / pkg).rglob("*.py")),
+    ids=lambda p: p.relative_to(REPO).as_posix(),
+)
+def test_core_and_vault_never_import_each_other(path: Path) -> None:
+    package = path.relative_to(REPO / "tierflow").parts[0]
+    assert crossing_imports(path.read_text(encoding="utf-8"), package) == set(), f"{path} crosses into the other"
+
+
+def test_the_check_catches_core_and_vault_importing_each_other() -> None:
+    """The imports that once tied them: a run checking its vault with vault's helper, a vault folder reader
+    building the call path, vault modules building core's checks."""
+    assert crossing_imports("def start():\n    from tierflow.vault.notes import check_vault\n", "core") == {
+        "tierflow.vault.notes",
+        "tierflow.vault.notes.check_vault",
+    }
+    assert crossing_imports("from tierflow.core.calls import RunSettings, caller_for\n", "vault") >= {
+        "tierflow.core.calls"
+    }
+    assert crossing_imports("from tierflow.core.checks import Check\n", "vault") == {
+        "tierflow.core.checks",
+        "tierflow.core.checks.Check",
+    }
+    assert crossing_imports("import tierflow.core.calls\n", "vault") == {"tierflow.core.calls"}
+    foundation = "from tierflow.core.errors import VaultError\nfrom tierflow.core.folders import check_vault\n"
+    assert crossing_imports(foundation, "vault") == set()
 
 
 def test_every_lower_layer_package_exists() -> None:

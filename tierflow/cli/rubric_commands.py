@@ -142,6 +142,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     import frontmatter
 
     from tierflow.core.calls import Caller, RunSettings, new_run_id
+    from tierflow.flowkit.checks import rubric_rewrite
     from tierflow.vault.notes import NoteWriter, template_env
     from tierflow.vault.rubric import (
         NORMALISED,
@@ -150,7 +151,6 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         parse_rubric,
         read_rubric_text,
         rubric_from_out,
-        rubric_rewrite,
         source_hash,
     )
 

@@ -70,8 +70,8 @@ class RunSettings(BaseModel, frozen=True):
         """Settings for a new run of `flow` (or a resumed one, given its id), remembered for `tierflow resume`."""
         from prefect.context import FlowRunContext
 
+        from tierflow.core.folders import check_vault
         from tierflow.core.registry import check_same_install
-        from tierflow.vault.notes import check_vault
 
         context = FlowRunContext.get()
         if context is not None and context.flow is not None:

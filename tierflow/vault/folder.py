@@ -1,8 +1,8 @@
-"""A folder of notes for a flow of your own: read them (optionally within a date window), and write safely.
+"""A folder of notes for a flow of your own: read them, optionally within a date window.
 
-`read_folder` reads every note under a vault folder, dated by front-matter `date` (else the file's
-modification time), with the wikilink that resolves to it alone. `writer_for` is the run's `NoteWriter` for
-an output folder: it never overwrites, renames or shadows a note a person wrote (see `notes.NoteWriter`).
+`read_notes` reads every note under a vault folder, dated by front-matter `date` (else the file's
+modification time), with the wikilink that resolves to it alone. The run-aware forms a flow calls
+(`read_folder(settings, ...)`, `writer_for`, `templates`) are in `tierflow.flowkit.folder`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import frontmatter
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
 
-from tierflow.core import clock
-from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
 from tierflow.vault.links import VaultNames
-from tierflow.vault.notes import NoteWriter, check_vault, template_env
+from tierflow.vault.notes import check_vault
 
 
 @dataclass(frozen=True)
@@ -63,20 +59,21 @@ class Folder:
         return len(self.notes)
 
 
-def read_folder(
-    settings: RunSettings,
+def read_notes(
+    vault: Path,
     folder: str,
     *,
+    max_note_bytes: int,
     since: date | None = None,
     until: date | None = None,
     include_tierflow: bool = False,
 ) -> Folder:
-    """Every note under `folder` of the run's vault dated within [since, until] (either may be None).
+    """Every note under `folder` of `vault` dated within [since, until] (either may be None).
 
     Notes tierflow wrote are left out unless `include_tierflow` (a flow that reviews tierflow's own run reports
     and drafts wants them). A folder that is missing, or lies outside the vault, is a `VaultError` naming it.
     """
-    vault = check_vault(Path(settings.vault or "."))
+    vault = check_vault(vault)
     root = (vault / folder).resolve()
     if not root.is_relative_to(vault):
         raise VaultError(f"{folder!r} leads out of the vault {vault}; give a folder inside it")
@@ -84,8 +81,7 @@ def read_folder(
         raise VaultError(f"{folder!r} is not a folder of the vault {vault}; create it or give another")
     relative = root.relative_to(vault).as_posix()
     relative = "" if relative == "." else relative
-    cfg = caller_for(settings).config.settings.vault
-    index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+    index = VaultIndex(vault, max_note_bytes=max_note_bytes)
     index.scan([relative] if relative else [])
     names = VaultNames.scan(vault)
     found = Folder(relative)
@@ -115,22 +111,3 @@ def read_folder(
             )
         )
     return found
-
-
-def writer_for(settings: RunSettings, folder: str) -> NoteWriter:
-    """The run's safe writer for `folder` of its vault.
-
-    A new note never takes a name any note in the vault has; an existing note is replaced only if tierflow
-    wrote it and nobody has edited it since, else the new one goes to a dated sibling; every wikilink in a
-    note must resolve to exactly one file, or it is not written.
-    """
-    vault = check_vault(Path(settings.vault or "."))
-    today = clock.now().astimezone(ZoneInfo(caller_for(settings).config.settings.vault.timezone)).date()
-    return NoteWriter(vault, folder, today=today, names=VaultNames.scan(vault))
-
-
-def templates(settings: RunSettings) -> SandboxedEnvironment:
-    """The Jinja2 templates a run renders prompts and notes from: the vault's override folder
-    (`[vault] templates_folder`) first, then tierflow's own `templates/`."""
-    config = caller_for(settings).config
-    return template_env(config.vault, config.settings.vault.templates_folder)

@@ -11,12 +11,9 @@ import os
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from tierflow.core.checks import Check
 
 WIKILINK = re.compile(r"!?\[\[([^\[\]|#^\n]*)(?:[#^][^\[\]|\n]*)?(?:\|[^\[\]\n]*)?\]\]")
 """`[[target]]`, `[[target#heading]]`, `[[target|alias]]`, and embeds `![[...]]`; group 1 is the target."""
@@ -115,8 +112,3 @@ class VaultNames:
             if not self.taken(candidate):
                 return candidate
         raise ValueError(f"no free note name for {name!r}")
-
-
-def links_resolve(names: VaultNames, texts: Callable[[Any], Iterable[str]]) -> Check:
-    """The check `links_resolve`: every wikilink in an answer's `texts` resolves to exactly one file."""
-    return Check("links_resolve", lambda parsed: names.problems("\n".join(texts(parsed))))

@@ -26,6 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pathvalidate import sanitize_filename
 
 from tierflow.core.errors import VaultError
+from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
 from tierflow.vault.links import VaultNames
 
@@ -39,22 +40,6 @@ _RESERVED = {
     *(f"COM{i}" for i in range(1, 10)),
     *(f"LPT{i}" for i in range(1, 10)),
 }
-
-
-def check_vault(path: Path | str) -> Path:
-    """The vault folder, resolved; a clear error when it is missing, not given, or a file."""
-    if isinstance(path, str):
-        if not path.strip():
-            raise VaultError(
-                "no vault given: pass --vault DIR (deployments: set TIERFLOW_VAULT when you run prefect deploy, "
-                "or pass -p vault=DIR)"
-            )
-        path = Path(path.strip())
-    if not path.exists():
-        raise VaultError(f"vault {path} does not exist. Give the folder that holds your notes.")
-    if not path.is_dir():
-        raise VaultError(f"vault {path} is a file, not a folder. Give the vault's folder.")
-    return path.resolve()
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import yaml
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, Field
 
-from tierflow.core.checks import Check
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import locate
 
@@ -770,10 +769,6 @@ def rewrite_problems(out: RubricOut) -> list[str]:
     return problems
 
 
-rubric_rewrite = Check("rubric_rewrite", rewrite_problems)
-"""Check on `tierflow rubric normalise` answers: every criterion has levels, weights and ranges are readable."""
-
-
 def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
     """The model's rewrite as a Rubric; a RubricError when it has no criteria, or a criterion has no levels."""
     criteria = tuple(
@@ -798,7 +793,7 @@ def rubric_from_out(out: RubricOut, relpath: str, title: str) -> Rubric:
     return Rubric(path=relpath, title=_plain(out.title) or title, criteria=criteria, notes=out.notes.strip())
 
 
-# --- checks on answers marked against the rubric ----------------------------------------------------------
+# --- what checks of answers marked against the rubric find (tierflow.flowkit.checks makes them Checks) ------
 # An answer here has `criteria`: entries with `criterion`, `level`, optionally `score`, and `quotes`.
 
 
@@ -830,11 +825,6 @@ def coverage_problems(rubric: Rubric, parsed: object) -> list[str]:
     return problems
 
 
-def rubric_coverage(rubric: Rubric) -> Check:
-    """Check: every criterion once, a level from the rubric, a score inside that level's range."""
-    return Check("rubric_coverage", lambda parsed: coverage_problems(rubric, parsed))
-
-
 def quote_problems(text: str, parsed: object) -> list[str]:
     """Every quotation verbatim in `text` (whitespace, quote marks and `>` prefixes aside)."""
     return [
@@ -843,8 +833,3 @@ def quote_problems(text: str, parsed: object) -> list[str]:
         for q in getattr(e, "quotes", []) or []
         if not locate(q, text)
     ]
-
-
-def quotes_verbatim(text: str) -> Check:
-    """Check: every quotation is in `text` word for word."""
-    return Check("quotes_verbatim", lambda parsed: quote_problems(text, parsed))

@@ -1,0 +1,33 @@
+"""The checks that judge an answer against the vault: its wikilinks, a rubric, a submission's text.
+
+Each is a `core.checks.Check` around what a vault module finds (`VaultNames.problems`, `coverage_problems`,
+`quote_problems`, `rewrite_problems`), built here so that neither core nor vault imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tierflow.core.checks import Check
+from tierflow.vault.links import VaultNames
+from tierflow.vault.rubric import Rubric, coverage_problems, quote_problems, rewrite_problems
+
+
+def links_resolve(names: VaultNames, texts: Callable[[Any], Iterable[str]]) -> Check:
+    """The check `links_resolve`: every wikilink in an answer's `texts` resolves to exactly one file."""
+    return Check("links_resolve", lambda parsed: names.problems("\n".join(texts(parsed))))
+
+
+def rubric_coverage(rubric: Rubric) -> Check:
+    """Check: every criterion once, a level from the rubric, a score inside that level's range."""
+    return Check("rubric_coverage", lambda parsed: coverage_problems(rubric, parsed))
+
+
+def quotes_verbatim(text: str) -> Check:
+    """Check: every quotation is in `text` word for word."""
+    return Check("quotes_verbatim", lambda parsed: quote_problems(text, parsed))
+
+
+rubric_rewrite = Check("rubric_rewrite", rewrite_problems)
+"""Check on `tierflow rubric normalise` answers: every criterion has levels, weights and ranges are readable."""
