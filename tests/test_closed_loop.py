@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from conftest import anthropic_config, openai_config, write_config
 from pydantic import BaseModel
 
@@ -333,3 +334,75 @@ def test_a_downgrade_budget_downgrades_batch_items_instead_of_halting(tmp_path, 
     rows = c.ledger.rows()
     assert {r["downgraded_from"] for r in rows} == {"deep"} and all(r["tier"] != "deep" for r in rows)
     assert sum(r["cost_usd"] for r in rows) <= 0.02
+
+
+# --- budgets that cannot fund the next tier: escalation and shadow calls ---------------------------------------
+
+
+def light_worst_case(tmp_path: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> float:
+    probe = caller(tmp_path, anthropic_config(double), monkeypatch, vault="probe")
+    routed, request = probe.build(
+        phase="collate", complexity="low", system="You are terse.", prompt="Classify.", output=Verdict
+    )
+    return float(probe.estimate(routed, request).usd)
+
+
+def test_an_escalation_the_budget_cannot_fund_keeps_the_best_answer_and_never_goes_back(tmp_path, monkeypatch, double):
+    double.responder = lambda r: Reply(data={"label": "formative", "score": 1})  # fails its check on every tier
+    # Light's two attempts fit, and a third would; standard's worst case never does.
+    cap = 3.5 * light_worst_case(tmp_path, double, monkeypatch)
+    body = f'[budgets.run]\nusd = {cap!r}\npolicy = "downgrade"\nfloor = "light"\nclamp_output = false\n'
+    c = caller(tmp_path, anthropic_config(double, body), monkeypatch)
+    answer = ask(c, "Classify.", checks=[LABEL])
+    assert answer.checks_failed == ("label_in_rubric",) and answer.route.tier == "light"
+    rows = c.ledger.rows()
+    # The escalation is not downgraded back onto light, which had just failed: nothing more is billed.
+    assert [(r["tier"], r["attempt"], r["downgraded_from"]) for r in rows] == [("light", 1, None), ("light", 2, None)]
+    assert len(double.model_calls()) == 2
+
+
+def test_a_shadow_call_its_tier_cannot_afford_is_skipped_not_downgraded(tmp_path, monkeypatch, double):
+    from tierflow.core.evidence import gather
+    from tierflow.core.ledger import signals
+
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 3})
+    cap = 1.5 * light_worst_case(tmp_path, double, monkeypatch)  # light fits; standard's shadow call does not
+    body = (
+        f'[budgets.run]\nusd = {cap!r}\npolicy = "downgrade"\nfloor = "light"\nclamp_output = false\n'
+        '[routing]\nmode = "adaptive"\nexplore = 1.0\n'
+    )
+    c = caller(tmp_path, anthropic_config(double, body), monkeypatch)
+    answer = ask(c, "Classify.", checks=[LABEL])
+    assert answer.route.tier == "light" and not answer.checks_failed
+    (row,) = c.ledger.rows()  # one call, paid once; no shadow answer from light credited to light
+    assert (row["tier"], row["downgraded_from"]) == ("light", None) and len(double.model_calls()) == 1
+    with c.ledger.reading() as conn:
+        (skipped,) = conn.execute(sa.select(signals)).all()
+    assert (skipped.kind, skipped.tier, skipped.passed) == ("shadow", "standard", None)
+    assert skipped.detail.startswith("skipped (BudgetExceeded)")
+    (phase,) = gather(c.ledger)
+    assert {t: (e.calls, e.passed) for t, e in phase.tiers.items()} == {"light": (1, 1)}
+
+
+def test_a_downgraded_escalation_is_no_first_answer_of_the_cheaper_tier(tmp_path):
+    """A request routed to standard and downgraded to light for its first two attempts, then escalated to deep and
+    downgraded to standard: that third attempt carries the earlier failures in its prompt, so it is no first answer
+    of standard's."""
+    from conftest import call_record
+
+    from tierflow.core.evidence import gather
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    for attempt, tier, escalated, downgraded, outcome in [
+        (1, "light", None, "standard", "check_failed"),
+        (2, "light", None, "standard", "check_failed"),
+        (3, "standard", "standard", "deep", "ok"),
+        (1, "standard", None, None, "check_failed"),  # another request's first answer on standard
+    ]:
+        ledger.record(
+            call_record(
+                attempt=attempt, tier=tier, escalated_from=escalated, downgraded_from=downgraded, outcome=outcome
+            )
+        )
+    (phase,) = gather(ledger)
+    assert {t: (e.calls, e.passed) for t, e in phase.tiers.items()} == {"light": (1, 0), "standard": (1, 0)}

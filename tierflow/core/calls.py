@@ -24,7 +24,7 @@ from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
 from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
-from tierflow.core.ledger import CallRecord, Ledger, now_iso
+from tierflow.core.ledger import CallRecord, Ledger, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
 from tierflow.core.scope import CallScope
@@ -336,8 +336,12 @@ class Caller:
         """
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
+        # Tiers that failed this request and were escalated from: a budget downgrade never sends it back there.
+        failed: set[str] = set()
+        answered: set[str] = {first.route.tier} if first is not None else set()
         for step, tier_route in enumerate(ladder):
             escalated_from = ladder[step - 1].tier if step else None
+            failed |= answered
             for _ in range(2 - (1 if first is not None and step == 0 else 0)):
                 if last is not None:
                     log.warning(
@@ -353,7 +357,7 @@ class Caller:
                 try:
                     attempt = self._attempt(
                         tier_route, sent, output=output, checks=checks, subject=subject,
-                        number=number + 1, escalated_from=escalated_from,
+                        number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
                     )  # fmt: skip
                 except BudgetExceeded:
                     if best is None:
@@ -363,6 +367,7 @@ class Caller:
                     )
                     return _shown(routed, self._kept(best, request), number)
                 number += 1
+                answered.add(attempt.route.tier)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
                         self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
@@ -386,15 +391,28 @@ class Caller:
     def _shadow(
         self, routed: Route, request: Request, *, output: type[BaseModel] | None, checks: Sequence[Check], subject: str
     ) -> None:
-        """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded."""
+        """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded.
+
+        A shadow call is never downgraded: on a cheaper tier it would pay again for what was just answered and
+        credit that tier with a second first answer. One its tier cannot afford is skipped, logged, and kept as
+        a `shadow` signal with `passed` unset (evidence counts it nowhere; spend is untouched).
+        """
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
             self._attempt(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
-                number=1, escalated_from=None,
+                number=1, escalated_from=None, shadow=True,
             )  # fmt: skip
         except (BudgetExceeded, ProviderError) as exc:
             log.info("shadow call on %s skipped: %s", routed.tier, exc)
+            with self.ledger.transaction() as conn:
+                conn.execute(
+                    signals.insert().values(
+                        timestamp=now_iso(), kind="shadow", flow=self.settings.flow, phase=routed.phase,
+                        tier=routed.tier, model=routed.model_ref, run_id=self.settings.run_id, subject=subject[:256],
+                        passed=None, detail=f"skipped ({type(exc).__name__}): {exc}"[:512],
+                    )
+                )  # fmt: skip
 
     def ladder(self, routed: Route) -> list[Route]:
         """The routed tier, then each dearer tier up to `[routing] ceiling` (escalation's path)."""
@@ -433,21 +451,26 @@ class Caller:
         subject: str,
         number: int,
         escalated_from: str | None,
+        avoid: frozenset[str] = frozenset(),
+        shadow: bool = False,
     ) -> Attempt:
         """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
+
+        A `downgrade` budget may move the call to a cheaper tier, never to one in `avoid`, and never a `shadow`
+        call.
 
         The hot path of an uncached call is two ledger transactions: one before the provider call (cache
         lookup, budget reservation, tier slot) and one after (record, settle, cache write, slot back).
         """
         key = _cache_key(routed, request) if self.settings.use_cache else None
         with CallScope(self.ledger, self.budgets, self.slots) as scope:
-            sending = self._before(routed, request, key, subject, scope)
+            sending = self._before(routed, request, key, subject, scope, avoid=avoid, shadow=shadow)
             if not isinstance(sending[0], Route):  # an answer from the cache
                 cached = Completion(text=sending[0], data=sending[1], usage=Usage(), model=routed.model)
                 attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
                 if attempt.outcome == "ok":
                     return attempt  # only answers that passed are cached; the checks confirm it still does
-                sending = self._before(routed, request, None, subject, scope)
+                sending = self._before(routed, request, None, subject, scope, avoid=avoid, shadow=shadow)
             routed, request = sending  # type: ignore[assignment]
             reservation = scope.reservation
             assert reservation is not None
@@ -520,7 +543,15 @@ class Caller:
         ]
 
     def _before(
-        self, routed: Route, request: Request, key: str | None, subject: str, scope: CallScope
+        self,
+        routed: Route,
+        request: Request,
+        key: str | None,
+        subject: str,
+        scope: CallScope,
+        *,
+        avoid: frozenset[str] = frozenset(),
+        shadow: bool = False,
     ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request]:
         """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
         reservation and tier slot, taken together once both are free, into `scope`; then the route and
@@ -530,6 +561,8 @@ class Caller:
         every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
         """
         candidates = self.downgrades(routed, request)
+        # Never down to a tier that already failed this request, and a shadow call not at all.
+        candidates = [c for i, c in enumerate(candidates) if not i or (not shadow and c[0].tier not in avoid)]
         # A prompt the model cannot take is refused before anything is reserved or sent.
         check_fits(self.config, routed, candidates[0][1].prompt_tokens)
         gate = self.slots.local(routed.tier)
@@ -558,9 +591,10 @@ class Caller:
                         conn, candidates, expired=time.monotonic() >= deadline, claim=scope.claim
                     )
             except BudgetExceeded as exc:
-                self._budget_event(
-                    "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
-                )
+                if not shadow:  # a skipped shadow call halts nothing
+                    self._budget_event(
+                        "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
+                    )
                 raise
             except BaseException:
                 # Rolled back: the slot was never taken.

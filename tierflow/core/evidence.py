@@ -72,7 +72,13 @@ def gather(ledger: Ledger, *, flow: str | None = None) -> list[PhaseEvidence]:
     """Evidence per (flow, phase) and tier, from every billed attempt and every stored signal."""
     query = sa.select(
         calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier, calls.c.outcome, calls.c.cost_usd
-    ).where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1, calls.c.outcome != "lost")
+    ).where(
+        calls.c.cached_result.is_(False),
+        calls.c.attempt % 2 == 1,
+        calls.c.outcome.not_in(("lost", "error")),
+        # An escalation step a budget downgraded is no first answer of the cheaper tier.
+        sa.or_(calls.c.escalated_from.is_(None), calls.c.downgraded_from.is_(None)),
+    )
     signal_query = sa.select(signals.c.flow, signals.c.phase, signals.c.tier, signals.c.passed).where(
         signals.c.passed.is_not(None)
     )

@@ -109,9 +109,14 @@ def write_run_report(
         }
         for b in caller.budgets.states()
     ]
-    downgrades = [
-        f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}" for r in rows if r["downgraded_from"]
-    ]
+    # Once per draft and downgrade, however many of its attempts it took.
+    downgrades = list(
+        dict.fromkeys(
+            f"{r['phase']} · {r['subject']}: {r['downgraded_from']} -> {r['tier']}"
+            for r in rows
+            if r["downgraded_from"]
+        )
+    )
     retries, kept = _closed_loop(rows)
     env = template_env(config.vault, config.settings.vault.templates_folder)
     written = [
