@@ -65,3 +65,27 @@ def test_a_source_named_with_an_apostrophe_is_drafted_and_reported(tmp_path: Pat
     for target in (*(s[2:-2] for s in sources), *wikilink_targets(frontmatter.load(draft).content)):
         assert len(names.resolve(target)) == 1, target
 
+
+def test_a_week_in_chinese_and_japanese_passes_quotes_verbatim_at_the_first_attempt(tmp_path: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    def note(title: str, sentence: str) -> str:
+        return f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n相关：[[反馈]]\n\n{sentence}\n'
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "存储.md": note("存储限制", "这意味着==你的账户还没有达到存储限制==。"),
+            "学习.md": note("学习反馈", "研究表明==反馈对学习有很大的影响==，尤其是及时的反馈。"),
+            "学習.md": note("フィードバック", "研究によると、==フィードバックは学習に最も強い影響を与える==要因だ。"),
+        },
+    )
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert summary.written
+    rows = [r for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if r["phase"] == "draft"]
+    assert rows and all(r["attempt"] == 1 and not r["checks_failed"] for r in rows), rows
+    for w in summary.written:
+        post = frontmatter.load(vault / w.path)
+        assert post.metadata["tierflow_unverified_quotes"] == 0
+        assert "Not found verbatim" not in post.content
+
