@@ -89,3 +89,28 @@ def test_a_week_in_chinese_and_japanese_passes_quotes_verbatim_at_the_first_atte
         assert post.metadata["tierflow_unverified_quotes"] == 0
         assert "Not found verbatim" not in post.content
 
+
+def test_every_part_of_every_name_is_hidden_in_every_script():
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("s1", "Li Wu"),
+            Student("s2", "Do Van Anh"),
+            Student("s3", "王小明"),
+            Student("s4", "Jean-Luc O'Brien"),
+            Student("s5", "J. Ng"),
+            Student("s6", "Lê Thị Hương"),
+            Student("s7", "สมชาย ใจดี"),
+        ]
+    )
+    hidden = cohort.hide(
+        "Li wrote this; WU agreed. Do the readings, said do. 我是王小明。Jean and Luc, O'Brien. ng. J. Ng is here. "
+        "Le\u0302 Thi\u0323 Hương. 我是Li。สมชายเห็นด้วย. Lisa, Wuhan, Ngaio, Leo, Door, Anhui and Ann stay."
+    )
+    assert hidden == (
+        "Student-01 wrote this; Student-01 agreed. Student-02 the readings, said Student-02. 我是Student-03。"
+        "Student-04 and Student-04, Student-04. Student-05. Student-05 is here. Student-06. 我是Student-01。"
+        "Student-07เห็นด้วย. Lisa, Wuhan, Ngaio, Leo, Door, Anhui and Ann stay."
+    )
+    assert cohort.reveal("Student-06 wrote well.") == "Lê Thị Hương wrote well."
