@@ -46,7 +46,8 @@ def roster(vault: Path) -> dict[str, str]:
 
 
 def drafts(vault: Path) -> dict[str, frontmatter.Post]:
-    return {p.stem: frontmatter.load(p) for p in sorted((vault / FEEDBACK).glob("s*.md"))}
+    """Each student's feedback draft, by student id (`feedback/s2026001 feedback.md`)."""
+    return {p.stem.removesuffix(" feedback"): frontmatter.load(p) for p in sorted((vault / FEEDBACK).glob("s*.md"))}
 
 
 def schema_of(call: DoubleRequest) -> str | None:
@@ -399,4 +400,18 @@ def test_short_names_and_names_in_every_script_never_reach_the_wire(feedback_vau
         leaked = [p.pattern for p in patterns if p.search(body)]
         assert not leaked, f"{request.path} carried {leaked}"
     # The student's own draft names them again, locally.
-    assert frontmatter.load(feedback_vault / FEEDBACK / "s2026001.md").metadata["title"] == "Feedback: Li Wu"
+    assert drafts(feedback_vault)["s2026001"].metadata["title"] == "Feedback: Li Wu"
+
+
+def test_a_draft_an_earlier_version_named_after_the_student_id_is_moved_unless_edited(feedback_vault):
+    student_feedback(vault=str(feedback_vault), profile="offline")
+    folder = feedback_vault / FEEDBACK
+    # As an earlier tierflow named them: `feedback/<student_id>.md`, shadowing the submission.
+    for sid in ("s2026001", "s2026002"):
+        (folder / f"{sid} feedback.md").rename(folder / f"{sid}.md")
+    edited = folder / "s2026002.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nMy own comment.\n", encoding="utf-8")
+    student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not (folder / "s2026001.md").exists() and (folder / "s2026001 feedback.md").is_file()
+    assert "My own comment." in edited.read_text(encoding="utf-8")  # the person's: kept where it is
+    assert (folder / "s2026002 feedback.md").is_file()

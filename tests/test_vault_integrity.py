@@ -114,3 +114,68 @@ def test_every_part_of_every_name_is_hidden_in_every_script():
         "Student-07เห็นด้วย. Lisa, Wuhan, Ngaio, Leo, Door, Anhui and Ann stay."
     )
     assert cohort.reveal("Student-06 wrote well.") == "Lê Thị Hương wrote well."
+
+
+def name_key(path: str) -> str:
+    """What a link names a file by, folded as Obsidian folds it: a note without `.md`, any other file whole."""
+    name = path.rpartition("/")[2]
+    return (name[:-3] if name.lower().endswith(".md") else name).casefold()
+
+
+def files_of(vault: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(vault).as_posix(): p.read_bytes()
+        for p in vault.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(vault).parts)
+    }
+
+
+def test_three_flows_on_one_vault_take_no_name_and_write_only_links_that_resolve(tmp_path: Path):
+    """reading-notes, student-feedback and module-review, twice, on one vault holding all three fixtures."""
+    import shutil
+
+    from conftest import FIXTURES
+
+    from tierflow.flows.module_review import module_review
+    from tierflow.flows.reading_notes import reading_notes
+    from tierflow.flows.student_feedback import student_feedback
+
+    vault = tmp_path / "vault"
+    shutil.copytree(FIXTURES / "reading-week", vault)
+    for fixture in ("feedback-batch", "module-review"):
+        shutil.copytree(FIXTURES / fixture / "Teaching", vault / "Teaching", dirs_exist_ok=True)
+    config = vault / ".tierflow" / "config.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[feedback]\nassignment_folder = "Teaching/EDU7001/essay-1"\n[module]\nfolder = "Teaching/EDU7001"\n'
+    )
+    before = files_of(vault)
+    assert "Teaching/EDU7001/essay-1/submissions/s2026005.md" in before
+    for _ in range(2):
+        for summary in (
+            reading_notes(vault=str(vault), since=SINCE, until=UNTIL),
+            student_feedback(vault=str(vault)),
+            module_review(vault=str(vault)),
+        ):
+            assert not summary.failed and summary.written, summary.flow
+    after = files_of(vault)
+    assert {p: after[p] for p in before} == before, "a file the person had was changed"
+    new = sorted(set(after) - set(before))
+    assert any("/feedback/" in p for p in new) and any(p.startswith("Concepts/Drafts/") for p in new)
+    by_key: dict[str, list[str]] = {}
+    for path in after:
+        by_key.setdefault(name_key(path), []).append(path)
+    shadowing = {p: by_key[name_key(p)] for p in new if len(by_key[name_key(p)]) > 1}
+    assert shadowing == {}, "a new note shares its name with another file"
+
+    names = VaultNames.scan(vault)
+    for path in new:
+        if not path.endswith(".md"):
+            continue
+        post = frontmatter.load(vault / path)
+        values = [v for v in post.metadata.values() for v in (v if isinstance(v, list) else [v])]
+        text = "\n".join([*(v for v in values if isinstance(v, str)), post.content])
+        bad = {t: names.resolve(t) for t in wikilink_targets(text) if len(names.resolve(t)) != 1}
+        assert bad == {}, f"{path} links to no file or to several: {bad}"
+    cohort = next(p for p in new if p.startswith("Teaching/EDU7001/essay-1/feedback/Cohort summary"))
+    assert "[[s2026007]]" in (vault / cohort).read_text(encoding="utf-8")  # flagged: links the submission alone

@@ -226,15 +226,29 @@ class NoteWriter:
     folder: str
     today: date = field(default_factory=date.today)
     names: VaultNames | None = None
-    """The vault's file names. With them, a new note never takes a name another note has anywhere in the
-    vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds must resolve to
-    exactly one file."""
+    """The vault's file names (scanned when not given): a new note never takes a name another note has
+    anywhere in the vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds
+    must resolve to exactly one file."""
 
     def __post_init__(self) -> None:
         self.vault = self.vault.resolve()
         self.root = (self.vault / self.folder).resolve()
         if not self.root.is_relative_to(self.vault):
             raise VaultError(f"output folder {self.folder!r} is outside the vault; choose a folder inside it")
+        if self.names is None:
+            self.names = VaultNames.scan(self.vault)
+
+    def rename_own(self, old_title: str, new_title: str) -> bool:
+        """Move the note tierflow wrote as `old_title`, unedited, to `new_title` in this folder (a name an
+        earlier version chose that now shadows another note); False, and nothing moved, otherwise."""
+        old, new = self.target(old_title), self.target(new_title)
+        if old == new or not old.is_file() or new.exists() or self._ownership(old) != "owned":
+            return False
+        os.replace(old, new)
+        if self.names is not None:
+            self.names.discard(self._rel(old))
+            self.names.add(self._rel(new))
+        return True
 
     def target(self, title: str) -> Path:
         path = (self.root / f"{safe_note_name(title)}.md").resolve()
