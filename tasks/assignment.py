@@ -53,6 +53,11 @@ class Assignment:
     def feedback_folder(self) -> str:
         return f"{self.folder}/feedback"
 
+    @staticmethod
+    def feedback_title(student_id: str) -> str:
+        """The name of a student's feedback draft: never the submission's own (`s2026005`), which links mean."""
+        return f"{student_id} feedback"
+
     def pseudonyms(self) -> Pseudonyms:
         if not self.pseudonymise:
             return NoPseudonyms()

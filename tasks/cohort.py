@@ -14,6 +14,7 @@ from tierflow.core.errors import ProviderError
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
+from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, template_env
 
 PHASE = "synthesise"
@@ -104,6 +105,9 @@ def synthesise_cohort(
         ]
     )
     flagged = [s for s in assignment.submissions if s.flags]
+    vault = Path(settings.vault or ".").resolve()
+    names = VaultNames.scan(vault)
+    writer = NoteWriter(vault, assignment.feedback_folder, names=names)
     body = env.get_template("notes/cohort.md.j2").render(
         cohort=out,
         distribution=distribution,
@@ -111,7 +115,8 @@ def synthesise_cohort(
         assignment=assignment.folder,
         submissions=len(assignment.submissions),
         drafted=len(evidence),
-        flagged=[{"student_id": s.student_id, "flags": s.flags} for s in flagged],
+        # Each links its submission by the shortest name that resolves to it alone.
+        flagged=[{"student_id": s.student_id, "link": names.link_for(s.path), "flags": s.flags} for s in flagged],
         offline=answer.route.provider_kind == "offline",
     )
     front_matter = {
@@ -124,7 +129,6 @@ def synthesise_cohort(
         "tierflow_tokens": answer.usage.total_tokens,
         "tierflow_cost_usd": answer.cost_usd,
     }
-    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
     written = writer.write(
         SUMMARY_TITLE, front_matter, body, compare_keys=("tierflow_run", "tierflow_tokens", "tierflow_cost_usd")
     )

@@ -1,7 +1,8 @@
 """Draft feedback (complexity `medium`, configurable): one note per student, structured by criterion.
 
-Drafts go to `feedback/` beside `submissions/`, named by student id only, so nothing a model writes can
-choose a path. Pseudonyms are mapped back to the student's own name only in their own draft.
+Drafts go to `feedback/` beside `submissions/`, named by student id only (`s2026005 feedback.md`: never the
+submission's own name, which `[[s2026005]]` means), so nothing a model writes can choose a path. Pseudonyms
+are mapped back to the student's own name only in their own draft.
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ def write_feedback(
         if share.cost_each is None or (answer and answer.cost_usd is None)
         else round(share.cost_each + (answer.cost_usd or 0.0 if answer else 0.0), 6)
     )
+    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
+    title = assignment.feedback_title(submission.student_id)
+    # An earlier version named the draft after the student id alone, which shadows the submission: move it.
+    writer.rename_own(submission.student_id, title)
     front_matter: dict[str, Any] = {
         "title": f"Feedback: {submission.name or submission.student_id}",
         "student_id": submission.student_id,
@@ -181,8 +186,7 @@ def write_feedback(
         "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
         "tierflow_levels": [f"{c['criterion']}: {c['level'] or 'none'}" for c in criteria],
     }
-    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
-    return writer.write(submission.student_id, front_matter, body, compare_keys=SPEND_KEYS)
+    return writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
 
 
 def warms_cache(

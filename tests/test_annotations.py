@@ -397,3 +397,22 @@ def test_locate_is_strict_about_words() -> None:
     assert not locate("", body)
     assert not locate("   ", body)
     assert locate("on learning and achievement.", body)
+
+
+def test_locate_finds_quotes_in_scripts_written_without_spaces() -> None:
+    assert locate("你的账户还没有达到存储限制", "这意味着==你的账户还没有达到存储限制==。")
+    assert locate("フィードバックは学習に", "研究によると、フィードバックは学習に最も強い影響を与える。")
+    assert locate("การให้ข้อมูลย้อนกลับ", "ครูควรเน้นการให้ข้อมูลย้อนกลับที่ชัดเจน")  # Thai
+    assert locate("ຄູສອນ", "ນັກຮຽນແລະຄູສອນທຸກຄົນ")  # Lao
+    assert locate("ការសិក្សា", "និស្សិតចូលចិត្តការសិក្សានេះ")  # Khmer
+    assert locate("ကျောင်းသား", "ဆရာနှင့်ကျောင်းသားများ")  # Myanmar
+    assert locate("Python", "我们用Python写程序")  # a spaced-script word beside Han letters
+    assert not locate("你的账户还没有达到存储上限", "这意味着你的账户还没有达到存储限制。")  # a changed character
+
+
+def test_locate_keeps_word_boundaries_in_scripts_with_spaces() -> None:
+    assert not locate("cat", "Please concatenate the strings.")
+    assert not locate("cat", "The category was wrong.")
+    assert locate("cat", "The cat sat.")
+    assert not locate("связь", "Обратнаясвязь важна")  # Cyrillic keeps its boundaries
+    assert not locate("التغذية", "والتغذية الراجعة")  # so does Arabic

@@ -202,7 +202,7 @@ def test_an_answer_that_skips_a_criterion_still_gives_every_section_and_says_wha
     double.responder = skilled({"feedbackout": skip_argument})
     summary = student_feedback(vault=str(department_rubric))
     assert not summary.failed
-    draft = (department_rubric / ASSIGNMENT / "feedback" / "s2026001.md").read_text()
+    draft = (department_rubric / ASSIGNMENT / "feedback" / "s2026001 feedback.md").read_text()
     headings = re.findall(r"^## (.+)$", draft, flags=re.M)
     assert headings[:3] == CRITERIA  # the rubric's order, though the answer reversed it
     assert "No feedback was drafted for this criterion" in draft

@@ -129,7 +129,7 @@ def test_normalise_writes_a_sibling_for_the_lecturer_and_the_run_waits_for_their
     assert [c["name"] for c in json.loads(shown.output)["criteria"]] == ["Argument", "Sources"]
     summary = student_feedback(vault=str(feedback_vault))
     assert not summary.failed
-    draft = (feedback_vault / ASSIGNMENT / "feedback" / "s2026001.md").read_text()
+    draft = (feedback_vault / ASSIGNMENT / "feedback" / "s2026001 feedback.md").read_text()
     assert draft.index("## Argument") < draft.index("## Sources")
     assert rubric.read_bytes() == original
 

@@ -46,7 +46,8 @@ def roster(vault: Path) -> dict[str, str]:
 
 
 def drafts(vault: Path) -> dict[str, frontmatter.Post]:
-    return {p.stem: frontmatter.load(p) for p in sorted((vault / FEEDBACK).glob("s*.md"))}
+    """Each student's feedback draft, by student id (`feedback/s2026001 feedback.md`)."""
+    return {p.stem.removesuffix(" feedback"): frontmatter.load(p) for p in sorted((vault / FEEDBACK).glob("s*.md"))}
 
 
 def schema_of(call: DoubleRequest) -> str | None:
@@ -359,3 +360,58 @@ def test_warm_up_writes_each_shared_prefix_once_where_calls_started_together_eac
             assert sum(r["cache_read_tokens"] > 0 for r in draft) == len(draft) - 1
     assert writes[True] == 1
     assert writes[False] >= 3, writes  # the first wave of the thread pool, all started before any write landed
+
+
+SHORT_NAMES = {
+    "s2026001": "Li Wu",
+    "s2026002": "Ng Le",
+    "s2026003": "Do Minh",
+    "s2026004": "王小明",
+    "s2026010": "สมชาย ใจดี",
+}
+"""A cohort whose names are short, or written in scripts without spaces between words."""
+
+
+def test_short_names_and_names_in_every_script_never_reach_the_wire(feedback_vault, double, keys):
+    submissions = feedback_vault / ASSIGNMENT / "submissions"
+    for sid, name in SHORT_NAMES.items():
+        path = submissions / f"{sid}.md"
+        post = frontmatter.load(path)
+        post.metadata["name"] = name
+        post.content += f"\n\n{name}\n\nSigned: {name.split()[0].upper()}. Written by {name.split()[-1].lower()}.\n"
+        path.write_text(frontmatter.dumps(post), encoding="utf-8")
+    other = submissions / "s2026005.md"
+    other.write_text(
+        other.read_text(encoding="utf-8")
+        + "\nI discussed this with Li, with NG and with le, and 我和王小明同学讨论过。สมชายเห็นด้วย (Minh too).\n",
+        encoding="utf-8",
+    )
+    configure(feedback_vault, double, "anthropic")
+    double.responder = skilled()
+    summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed and double.model_calls()
+    parts = {p for name in SHORT_NAMES.values() for p in name.split()} - {"Do"}  # "do" is in tierflow's prompts
+    patterns = [
+        re.compile(rf"(?<!\w){re.escape(p)}(?!\w)" if p.isascii() else re.escape(p), re.IGNORECASE) for p in parts
+    ] + [re.compile(re.escape(sid)) for sid in SHORT_NAMES]
+    for request in double.requests:
+        parsed = json.dumps(request.json, ensure_ascii=False) if request.json is not None else ""
+        body = request.raw.decode("utf-8", "replace") + parsed
+        leaked = [p.pattern for p in patterns if p.search(body)]
+        assert not leaked, f"{request.path} carried {leaked}"
+    # The student's own draft names them again, locally.
+    assert drafts(feedback_vault)["s2026001"].metadata["title"] == "Feedback: Li Wu"
+
+
+def test_a_draft_an_earlier_version_named_after_the_student_id_is_moved_unless_edited(feedback_vault):
+    student_feedback(vault=str(feedback_vault), profile="offline")
+    folder = feedback_vault / FEEDBACK
+    # As an earlier tierflow named them: `feedback/<student_id>.md`, shadowing the submission.
+    for sid in ("s2026001", "s2026002"):
+        (folder / f"{sid} feedback.md").rename(folder / f"{sid}.md")
+    edited = folder / "s2026002.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nMy own comment.\n", encoding="utf-8")
+    student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not (folder / "s2026001.md").exists() and (folder / "s2026001 feedback.md").is_file()
+    assert "My own comment." in edited.read_text(encoding="utf-8")  # the person's: kept where it is
+    assert (folder / "s2026002 feedback.md").is_file()

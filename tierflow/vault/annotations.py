@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["Annotation", "detect_source_format", "locate", "parse_annotations"]
+__all__ = ["Annotation", "detect_source_format", "locate", "parse_annotations", "word_pattern"]
 
 Kind = Literal["highlight", "quote", "comment", "note"]
 SourceFormat = Literal["zotero", "readwise", "obsidian"]
@@ -746,20 +746,46 @@ def _normalise_for_locate(text: str) -> str:
     return " ".join(text.split())
 
 
+# Scripts written without spaces between words: a quotation from them may start or end anywhere in a run of
+# letters, so no word boundary is asked for beside them. Han (with 々 and 〇), Hiragana, Katakana (full and
+# half width), Thai, Lao, Khmer and Myanmar.
+_NO_SPACE_SCRIPTS = (
+    "\u3005\u3007\u3021-\u3029\u3038-\u303b\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
+    "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u19e0-\u19ff\u1000-\u109f\ua9e0-\ua9ff\uaa60-\uaa7f"
+)
+_NO_SPACE_RE = re.compile(f"[{_NO_SPACE_SCRIPTS}]")
+# A letter of a script that separates words with spaces: only such a letter makes a word boundary.
+_SPACED_BEFORE = f"(?<![^\\W{_NO_SPACE_SCRIPTS}])"
+_SPACED_AFTER = f"(?![^\\W{_NO_SPACE_SCRIPTS}])"
+
+
+def _needs_boundary(ch: str) -> bool:
+    return (ch.isalnum() or ch == "_") and not _NO_SPACE_RE.match(ch)
+
+
+def word_pattern(literal: str) -> str:
+    """A regex for `literal` as whole words: it may not start or end inside a word of a script that puts spaces
+    between words; beside Han, Kana, Thai, Lao, Khmer or Myanmar letters, which have no spaces, it may."""
+    if not literal:
+        return re.escape(literal)
+    return (
+        (_SPACED_BEFORE if _needs_boundary(literal[0]) else "")
+        + re.escape(literal)
+        + (_SPACED_AFTER if _needs_boundary(literal[-1]) else "")
+    )
+
+
 def locate(text: str, body: str) -> bool:
     """True if `text` appears verbatim in `body`.
 
     Lenient only about line breaks and runs of whitespace, `> ` quote prefixes, `==` and `<mark ...>`
     markup, and curly vs straight quotes; strict about everything else: case, punctuation, and word
-    boundaries (a match may not start or end inside a word).
+    boundaries in scripts that put spaces between words (a match may not start or end inside a word, so
+    "cat" is not in "concatenate"). Chinese, Japanese, Thai, Lao, Khmer and Myanmar have no spaces
+    between words: beside their letters a quotation may start or end anywhere.
     """
     needle = _normalise_for_locate(text)
     if not needle:
         return False
-    hay = _normalise_for_locate(body)
-    pattern = (
-        (r"(?<!\w)" if needle[0].isalnum() or needle[0] == "_" else "")
-        + re.escape(needle)
-        + (r"(?!\w)" if needle[-1].isalnum() or needle[-1] == "_" else "")
-    )
-    return re.search(pattern, hay) is not None
+    return re.search(word_pattern(needle), _normalise_for_locate(body)) is not None

@@ -211,15 +211,29 @@ class NoteWriter:
     folder: str
     today: date = field(default_factory=date.today)
     names: VaultNames | None = None
-    """The vault's file names. With them, a new note never takes a name another note has anywhere in the
-    vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds must resolve to
-    exactly one file."""
+    """The vault's file names (scanned when not given): a new note never takes a name another note has
+    anywhere in the vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds
+    must resolve to exactly one file."""
 
     def __post_init__(self) -> None:
         self.vault = self.vault.resolve()
         self.root = (self.vault / self.folder).resolve()
         if not self.root.is_relative_to(self.vault):
             raise VaultError(f"output folder {self.folder!r} is outside the vault; choose a folder inside it")
+        if self.names is None:
+            self.names = VaultNames.scan(self.vault)
+
+    def rename_own(self, old_title: str, new_title: str) -> bool:
+        """Move the note tierflow wrote as `old_title`, unedited, to `new_title` in this folder (a name an
+        earlier version chose that now shadows another note); False, and nothing moved, otherwise."""
+        old, new = self.target(old_title), self.target(new_title)
+        if old == new or not old.is_file() or new.exists() or self._ownership(old) != "owned":
+            return False
+        os.replace(old, new)
+        if self.names is not None:
+            self.names.discard(self._rel(old))
+            self.names.add(self._rel(new))
+        return True
 
     def target(self, title: str) -> Path:
         path = (self.root / f"{safe_note_name(title)}.md").resolve()
@@ -239,7 +253,7 @@ class NoteWriter:
         """
         path, apart = self._apart(self.target(title))
         text = render_note(front_matter, body)
-        self._check_links(path, text)
+        self._check_links(path, front_matter, body)
         if path.exists():
             state = self._ownership(path)
             if state == "owned":
@@ -275,12 +289,16 @@ class NoteWriter:
                 return candidate, f"named apart from {', '.join(others)}, which has the name {path.stem!r}"
         raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
 
-    def _check_links(self, path: Path, text: str) -> None:
-        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written."""
+    def _check_links(self, path: Path, front_matter: dict[str, Any], body: str) -> None:
+        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written.
+
+        Links are read from the front-matter's values as parsed, never from the YAML text, where quoting
+        changes them (`[[Guide d'Obsidian]]` is written `'[[Guide d''Obsidian]]'`).
+        """
         if self.names is None:
             return
         self.names.add(self._rel(path))
-        problems = self.names.problems(text)
+        problems = self.names.problems("\n".join([*_strings(front_matter), body]))
         if problems:
             raise VaultError(
                 f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
@@ -323,6 +341,17 @@ class NoteWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a front-matter value (lists and mappings walked), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: tuple[str, ...]) -> bool:

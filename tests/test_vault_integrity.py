@@ -1,0 +1,181 @@
+"""Nothing lost, doubled or shadowed: names with apostrophes, scripts without spaces, code that is not links,
+notes named apart from the students' submissions, every name part hidden, names capped in bytes, every
+unreadable note listed."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import frontmatter
+import pytest
+from conftest import write_config
+
+from tierflow.core.ledger import Ledger
+from tierflow.vault.links import VaultNames, wikilink_targets
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+OFFLINE_READING = '[vault]\nreading_folders = ["Reading"]\ntimezone = "Europe/London"\n'
+
+
+def reading_vault_with(tmp_path: Path, notes: dict[str, str]) -> Path:
+    """A small vault whose `Reading/` folder holds `notes` (name -> Markdown), dated in the week, offline model."""
+    vault = tmp_path / "vault"
+    for name, text in notes.items():
+        path = vault / "Reading" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    write_config(vault / ".tierflow" / "config.toml", OFFLINE_READING)
+    return vault
+
+
+def literature(title: str, quote: str, concept: str = "Pedagogy") -> str:
+    return (
+        f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n'
+        f"Related: [[{concept}]]\n\n> [!quote] p. 3\n> {quote}\n"
+    )
+
+
+def test_a_source_named_with_an_apostrophe_is_drafted_and_reported(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Guide d'Obsidian.md": literature("Guide d'Obsidian", "Une note par idée rend la pédagogie visible."),
+            "Freire's pedagogy.md": literature("Freire's pedagogy", "Education is the practice of freedom."),
+        },
+    )
+    ran = CliRunner().invoke(
+        app,
+        ["run", "reading-notes", "--vault", str(vault), "--since", str(SINCE), "--until", str(UNTIL)],
+        env={"COLUMNS": "300"},
+    )
+    assert ran.exit_code == 0, ran.output
+    (draft,) = (vault / "Concepts" / "Drafts").glob("*.md")
+    sources = frontmatter.load(draft).metadata["sources"]
+    assert sorted(sources) == ["[[Freire's pedagogy]]", "[[Guide d'Obsidian]]"]
+    (report,) = (vault / "tierflow" / "Runs").glob("* reading-notes *.md")
+    assert draft.stem in report.read_text(encoding="utf-8")
+    names = VaultNames.scan(vault)
+    for target in (*(s[2:-2] for s in sources), *wikilink_targets(frontmatter.load(draft).content)):
+        assert len(names.resolve(target)) == 1, target
+
+
+def test_a_week_in_chinese_and_japanese_passes_quotes_verbatim_at_the_first_attempt(tmp_path: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    def note(title: str, sentence: str) -> str:
+        return f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n相关：[[反馈]]\n\n{sentence}\n'
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "存储.md": note("存储限制", "这意味着==你的账户还没有达到存储限制==。"),
+            "学习.md": note("学习反馈", "研究表明==反馈对学习有很大的影响==，尤其是及时的反馈。"),
+            "学習.md": note("フィードバック", "研究によると、==フィードバックは学習に最も強い影響を与える==要因だ。"),
+        },
+    )
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert summary.written
+    rows = [r for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if r["phase"] == "draft"]
+    assert rows and all(r["attempt"] == 1 and not r["checks_failed"] for r in rows), rows
+    for w in summary.written:
+        post = frontmatter.load(vault / w.path)
+        assert post.metadata["tierflow_unverified_quotes"] == 0
+        assert "Not found verbatim" not in post.content
+
+
+def test_every_part_of_every_name_is_hidden_in_every_script():
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("s1", "Li Wu"),
+            Student("s2", "Do Van Anh"),
+            Student("s3", "王小明"),
+            Student("s4", "Jean-Luc O'Brien"),
+            Student("s5", "J. Ng"),
+            Student("s6", "Lê Thị Hương"),
+            Student("s7", "สมชาย ใจดี"),
+        ]
+    )
+    hidden = cohort.hide(
+        "Li wrote this; WU agreed. Do the readings, said do. 我是王小明。Jean and Luc, O'Brien. ng. J. Ng is here. "
+        "Le\u0302 Thi\u0323 Hương. 我是Li。สมชายเห็นด้วย. Lisa, Wuhan, Ngaio, Leo, Door, Anhui and Ann stay."
+    )
+    assert hidden == (
+        "Student-01 wrote this; Student-01 agreed. Student-02 the readings, said Student-02. 我是Student-03。"
+        "Student-04 and Student-04, Student-04. Student-05. Student-05 is here. Student-06. 我是Student-01。"
+        "Student-07เห็นด้วย. Lisa, Wuhan, Ngaio, Leo, Door, Anhui and Ann stay."
+    )
+    assert cohort.reveal("Student-06 wrote well.") == "Lê Thị Hương wrote well."
+
+
+def name_key(path: str) -> str:
+    """What a link names a file by, folded as Obsidian folds it: a note without `.md`, any other file whole."""
+    name = path.rpartition("/")[2]
+    return (name[:-3] if name.lower().endswith(".md") else name).casefold()
+
+
+def files_of(vault: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(vault).as_posix(): p.read_bytes()
+        for p in vault.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(vault).parts)
+    }
+
+
+def test_three_flows_on_one_vault_take_no_name_and_write_only_links_that_resolve(tmp_path: Path):
+    """reading-notes, student-feedback and module-review, twice, on one vault holding all three fixtures."""
+    import shutil
+
+    from conftest import FIXTURES
+
+    from tierflow.flows.module_review import module_review
+    from tierflow.flows.reading_notes import reading_notes
+    from tierflow.flows.student_feedback import student_feedback
+
+    vault = tmp_path / "vault"
+    shutil.copytree(FIXTURES / "reading-week", vault)
+    for fixture in ("feedback-batch", "module-review"):
+        shutil.copytree(FIXTURES / fixture / "Teaching", vault / "Teaching", dirs_exist_ok=True)
+    config = vault / ".tierflow" / "config.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[feedback]\nassignment_folder = "Teaching/EDU7001/essay-1"\n[module]\nfolder = "Teaching/EDU7001"\n'
+    )
+    before = files_of(vault)
+    assert "Teaching/EDU7001/essay-1/submissions/s2026005.md" in before
+    for _ in range(2):
+        for summary in (
+            reading_notes(vault=str(vault), since=SINCE, until=UNTIL),
+            student_feedback(vault=str(vault)),
+            module_review(vault=str(vault)),
+        ):
+            assert not summary.failed and summary.written, summary.flow
+    after = files_of(vault)
+    assert {p: after[p] for p in before} == before, "a file the person had was changed"
+    new = sorted(set(after) - set(before))
+    assert any("/feedback/" in p for p in new) and any(p.startswith("Concepts/Drafts/") for p in new)
+    by_key: dict[str, list[str]] = {}
+    for path in after:
+        by_key.setdefault(name_key(path), []).append(path)
+    shadowing = {p: by_key[name_key(p)] for p in new if len(by_key[name_key(p)]) > 1}
+    assert shadowing == {}, "a new note shares its name with another file"
+
+    names = VaultNames.scan(vault)
+    for path in new:
+        if not path.endswith(".md"):
+            continue
+        post = frontmatter.load(vault / path)
+        values = [v for v in post.metadata.values() for v in (v if isinstance(v, list) else [v])]
+        text = "\n".join([*(v for v in values if isinstance(v, str)), post.content])
+        bad = {t: names.resolve(t) for t in wikilink_targets(text) if len(names.resolve(t)) != 1}
+        assert bad == {}, f"{path} links to no file or to several: {bad}"
+    cohort = next(p for p in new if p.startswith("Teaching/EDU7001/essay-1/feedback/Cohort summary"))
+    assert "[[s2026007]]" in (vault / cohort).read_text(encoding="utf-8")  # flagged: links the submission alone
