@@ -132,6 +132,8 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         if not STUDENT_ID.match(sid):
             skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
             continue
+        # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
+        skipped += [(rel, f"not read: {why}") for why in post.metadata.get("tierflow_unreadable") or []]
         text = post.content
         embeds = re.findall(r"!\[\[([^\]]+)\]\]", text)
         for embed in embeds:
