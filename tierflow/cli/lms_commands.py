@@ -137,3 +137,131 @@ def import_submissions(
         markup=False,
     )
     sys.stdout.flush()
+
+
+class Target(StrEnum):
+    moodle_worksheet = "moodle-worksheet"
+    moodle_files = "moodle-files"
+    canvas = "canvas"
+
+
+class FileFormat(StrEnum):
+    docx = "docx"
+    pdf = "pdf"
+
+
+@export_app.command("feedback")
+def export_feedback(
+    to: Annotated[
+        Target,
+        typer.Option(
+            "--to",
+            help="moodle-worksheet: a filled copy of the grading worksheet (Grade and Feedback comments; needs "
+            "--worksheet). moodle-files: a zip for Moodle's 'Upload multiple feedback files in a zip' (the route "
+            "when the assignment uses a Moodle rubric, which switches the worksheet off). canvas: a filled copy of "
+            "the gradebook CSV (needs --gradebook) and a comments zip for Canvas's 'Re-upload submissions'.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write: the CSV (moodle-worksheet, canvas; the canvas comments zip goes beside it as "
+            "'<name> comments.zip') or the zip (moodle-files). Default: beside the file you downloaded, as "
+            "'<name> (tierflow).csv'. Never the downloaded file itself.",
+        ),
+    ] = None,
+    vault: VaultOpt = None,
+    assignment: AssignmentOpt = None,
+    worksheet: Annotated[
+        Path | None,
+        typer.Option(
+            "--worksheet",
+            help="The grading worksheet CSV downloaded from Moodle (View all submissions -> Grading action -> "
+            "Download grading worksheet). Read, never written.",
+        ),
+    ] = None,
+    gradebook: Annotated[
+        Path | None,
+        typer.Option(
+            "--gradebook",
+            help="The gradebook CSV exported from Canvas (Grades -> Export). Read, never written. Without it only "
+            "the comments zip is written.",
+        ),
+    ] = None,
+    column: Annotated[
+        str | None,
+        typer.Option(
+            "--column",
+            help="Canvas: the assignment's column, as its header names it ('Essay 2 (4512)') or by its id; needed "
+            "when the gradebook holds several assignments. The header itself is never changed.",
+        ),
+    ] = None,
+    decimals: Annotated[
+        int, typer.Option("--decimals", min=0, max=4, help="Decimal places of a mark (rounded half up).")
+    ] = 2,
+    file_format: Annotated[
+        FileFormat, typer.Option("--format", help="moodle-files: write each student's feedback as docx or pdf.")
+    ] = FileFormat.docx,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent and the marks' distribution; write nothing.")
+    ] = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Write reviewed feedback drafts as the learning platform's own import files.
+
+    Only drafts whose front-matter says `status: reviewed` are sent; the command says how many were left out
+    and why. Each mark comes from the rubric (levels' score ranges and weights); your edits to a draft win: a
+    `mark:` in its front-matter, or the level and score lines in its body as you left them. The distribution of
+    marks is shown before anything is written, and the path of every file written is printed.
+    """
+    from tierflow.core.errors import TierflowError
+    from tierflow.lms.exporter import export_feedback as run_export
+
+    vault = vault_dir(vault, required="tierflow export feedback --to TARGET") or Path(".")
+    cfg = load(vault, config, profile)
+    folder = _folder(cfg, assignment)
+    err = _console(stderr=True)
+    try:
+        with err.status("reading the reviewed drafts", spinner="dots") if err.is_terminal else _nothing():
+            result = run_export(
+                vault, folder, to.value, out=out, worksheet=worksheet, gradebook=gradebook, column=column,
+                decimals=decimals, fmt=f".{file_format.value}", dry_run=dry_run,
+            )  # fmt: skip
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    console = _console()
+    if result.distribution:
+        console.print("marks to be written:", markup=False)
+        for line in result.distribution:
+            console.print(f"  {line}", markup=False)
+    for sid in result.sent:
+        mark = result.marks.get(sid)
+        console.print(f"  {sid}: sent" + (f", mark {mark}" if mark is not None else ""), markup=False)
+    drafts = result.drafts
+    reasons = {}
+    for _, why in result.left_out:
+        key = why.split(";")[0].split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    if result.left_out:
+        summary = ", ".join(f"{n} {why}" for why, n in reasons.items())
+        err.print(f"{len(result.left_out)} draft(s) left out: {summary}", markup=False)
+        for path, why in result.left_out:
+            err.print(f"  {path}: {why}", markup=False)
+    for note in result.notes:
+        err.print(note, markup=False)
+    if dry_run:
+        err.print("dry run: nothing written", markup=False)
+    for path in result.written:
+        console.print(f"wrote {path}", markup=False)
+    if drafts is not None and not drafts.reviewed:
+        err.print("no reviewed drafts: set `status: reviewed` in the front-matter of each draft you checked")
+
+
+def _nothing():  # noqa: ANN202
+    from contextlib import nullcontext
+
+    return nullcontext()

@@ -20,6 +20,7 @@ import io
 import re
 from dataclasses import dataclass
 
+from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
 from tierflow.lms.source import Export
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
 
@@ -117,3 +118,102 @@ def read_roster(data: bytes) -> dict[str, RosterEntry]:
             continue
         out[row[1].strip()] = RosterEntry(row[1].strip(), display_name(row[0]))
     return out
+
+
+NON_ASSIGNMENT = (
+    "Current Score",
+    "Current Points",
+    "Current Grade",
+    "Final Score",
+    "Final Points",
+    "Final Grade",
+    "Override Score",
+    "Override Grade",
+    "Override Status",
+)
+"""Totals columns `gradebook_importer.rb` strips before it matches assignments (`Unposted ...` forms too)."""
+
+
+class GradebookError(ValueError):
+    """The gradebook CSV cannot be filled: not Canvas's, or the assignment column is not in it."""
+
+
+@dataclass
+class Gradebook:
+    """A downloaded gradebook CSV kept byte for byte, with one assignment's column to fill."""
+
+    bom: bool
+    header: list[str]
+    rows: list[RawRow]
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> Gradebook:
+        bom = data.startswith(b"\xef\xbb\xbf")
+        try:
+            text = (data[3:] if bom else data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GradebookError(f"{name} is not UTF-8: export the gradebook from Canvas again") from None
+        rows = split_raw(text)
+        header = [raw_value(f) for f in rows[0].fields] if rows else []
+        if len(header) < 4 or "Student" not in header[0] or "ID" not in header[1]:
+            raise GradebookError(
+                f"{name} is not a Canvas gradebook export (its header must start `Student,ID`). In Canvas: "
+                "Grades -> Export -> Export Entire Gradebook, and give that file as it came."
+            )
+        return cls(bom, header, rows)
+
+    def assignment_columns(self) -> list[tuple[int, str, str]]:
+        """(index, title, id) of every assignment column, recognised as Canvas's importer recognises them."""
+        out = []
+        for i, cell in enumerate(self.header):
+            m = TITLE_AND_ID.match(cell)
+            if m and not any(n in cell for n in NON_ASSIGNMENT):
+                out.append((i, m.group(1), m.group(2)))
+        return out
+
+    def column(self, choice: str | None) -> int:
+        columns = self.assignment_columns()
+        if choice:
+            found = [i for i, title, aid in columns if choice in (self.header[i], aid, title)]
+            if len(found) == 1:
+                return found[0]
+            raise GradebookError(
+                f"no single assignment column matches {choice!r}; the columns are: "
+                + "; ".join(self.header[i] for i, _, _ in columns)
+            )
+        if len(columns) == 1:
+            return columns[0][0]
+        raise GradebookError(
+            "the gradebook has several assignments: say which with --column, as the header names it (or its "
+            "id): " + "; ".join(self.header[i] for i, _, _ in columns)
+        )
+
+    def points_possible(self, col: int) -> float | None:
+        for row in self.rows[1:]:
+            if row.fields and POINTS_POSSIBLE in raw_value(row.fields[0]):
+                try:
+                    return float(raw_value(row.fields[col]).replace(",", "."))
+                except (ValueError, IndexError):
+                    return None
+        return None
+
+    def students(self) -> dict[str, int]:
+        """User id -> row index, leaving out the Points Possible, muted and Test Student rows."""
+        out = {}
+        for i, row in enumerate(self.rows[1:], start=1):
+            if len(row.fields) < 2:
+                continue
+            first = raw_value(row.fields[0])
+            if POINTS_POSSIBLE in first or first.strip() == TEST_STUDENT:
+                continue
+            uid = raw_value(row.fields[1]).strip()
+            if _NUMBER.match(uid):
+                out[uid] = i
+        return out
+
+    def fill(self, index: int, col: int, value: str) -> None:
+        self.rows[index].fields[col] = fputcsv_field(value)
+
+    def render(self) -> bytes:
+        text = "".join(",".join(r.fields) + r.end for r in self.rows)
+        return (b"\xef\xbb\xbf" if self.bom else b"") + text.encode("utf-8")

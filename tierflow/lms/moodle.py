@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
 from tierflow.lms.source import Entry, Export
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
 
@@ -103,64 +104,6 @@ def read_roster(data: bytes) -> dict[str, RosterEntry]:
     return out
 
 
-def fputcsv_field(value: str) -> str:
-    """One field as PHP's `fputcsv($fp, $row, ',', '"', '')` writes it: quoted when it holds a comma, a quote,
-    a space, a tab, CR or LF, with quotes doubled."""
-    if any(ch in value for ch in ',"\n\r\t '):
-        return '"' + value.replace('"', '""') + '"'
-    return value
-
-
-@dataclass
-class RawRow:
-    """A worksheet row as bytes-faithful text: each field exactly as it stands in the file, and the line end."""
-
-    fields: list[str]
-    end: str
-
-
-def split_raw(text: str) -> list[RawRow]:
-    """Split CSV text into rows of raw field text (quotes kept), so untouched cells are written back verbatim.
-
-    Only field boundaries are found here; values are read with Python's `csv` module (`raw_value`).
-    """
-    rows: list[RawRow] = []
-    fields: list[str] = []
-    start = i = 0
-    quoted = False
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if quoted:
-            if ch == '"':
-                if i + 1 < n and text[i + 1] == '"':
-                    i += 2
-                    continue
-                quoted = False
-        elif ch == '"' and i == start:
-            quoted = True
-        elif ch == ",":
-            fields.append(text[start:i])
-            start = i + 1
-        elif ch in "\r\n":
-            end = "\r\n" if text.startswith("\r\n", i) else ch
-            fields.append(text[start:i])
-            rows.append(RawRow(fields, end))
-            fields = []
-            i += len(end)
-            start = i
-            continue
-        i += 1
-    if start < n or fields:
-        fields.append(text[start:n])
-        rows.append(RawRow(fields, ""))
-    return rows
-
-
-def raw_value(raw: str) -> str:
-    return next(csv.reader([raw]))[0] if raw else ""
-
-
 class WorksheetError(ValueError):
     """The worksheet cannot be filled: not Moodle's, or its columns say the worksheet route is off."""
 
@@ -233,9 +176,11 @@ class Worksheet:
     def value(self, index: int, column: str) -> str:
         return raw_value(self.rows[index].fields[self.header.index(column)])
 
-    def fill(self, index: int, grade: str, feedback_html: str) -> None:
+    def fill(self, index: int, grade: str | None, feedback_html: str) -> None:
+        """Set the row's `Grade` (unless None) and `Feedback comments`; every other cell stays as downloaded."""
         row = self.rows[index]
-        row.fields[self.header.index(GRADE)] = fputcsv_field(grade)
+        if grade is not None:
+            row.fields[self.header.index(GRADE)] = fputcsv_field(grade)
         row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html)
 
     def render(self) -> bytes:
