@@ -113,3 +113,44 @@ def test_no_student_name_reaches_the_wire_from_an_imported_export(lms_vault, tmp
             assert not any("tierflow_unreadable" in t or "late: true" in t for t in texts)
     own = frontmatter.load(drafts(lms_vault)["1001"])
     assert own.metadata["title"] == "Feedback: Liam O'Sullivan"
+
+
+def worksheet_for(students) -> bytes:  # noqa: ANN001
+    """Moodle's grading worksheet for the cohort, as downloaded (see tests/test_lms_moodle.py)."""
+    from lms_rules import php_fputcsv
+
+    header = ["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
+              "Grade can be changed", "Last modified (submission)", "Online text", "Last modified (grade)",
+              "Feedback comments"]  # fmt: skip
+    lines = [php_fputcsv(header)]
+    for s in students:
+        lines.append(php_fputcsv([f"Participant {s.participant}", s.name, f"{s.participant}@example.ac.uk",
+                                  "Submitted for grading", "", "100.00", "Yes",
+                                  "Thursday, 19 November 2026, 10:14 PM", "", "-", ""]))  # fmt: skip
+    return b"\xef\xbb\xbf" + "".join(lines).encode()
+
+
+def test_import_run_review_export_round_trip_is_accepted_by_moodles_importer(lms_vault, tmp_path):
+    from lms_rules import moodle_feedback_zip_matches, moodle_import_worksheet
+
+    from tierflow.lms.exporter import export_feedback
+
+    import_moodle(lms_vault, tmp_path)
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    assert not summary.failed
+    reviewed = {"1001", "1002", "1003", "1007"}
+    for sid, path in drafts(lms_vault).items():
+        if sid in reviewed:  # the lecturer reads the draft and marks it reviewed
+            path.write_text(path.read_text().replace("status: draft", "status: reviewed", 1))
+    downloaded = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
+    downloaded.write_bytes(worksheet_for(cohort()))
+    result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert sorted(result.sent) == sorted(reviewed)
+    assert len([why for _, why in result.left_out if "not reviewed" in why]) == 3
+    ids = {s.participant for s in cohort()}
+    imported = moodle_import_worksheet(result.written[0].read_bytes(), participants=ids, maximum=100)
+    for sid in reviewed:
+        assert imported[sid]["grade"] == float(result.marks[sid]) and str(imported[sid]["feedback"]).startswith("<")
+    assert all(imported[sid] == {"feedback": ""} for sid in ids - reviewed)
+    files = export_feedback(lms_vault, ASSIGNMENT, "moodle-files", out=tmp_path / "files.zip")
+    assert set(moodle_feedback_zip_matches(files.written[0].read_bytes(), ids)) == reviewed
