@@ -171,3 +171,21 @@ def test_import_help_describes_every_option():
     for option in ("--vault", "--assignment", "--from", "--roster", "--config", "--profile"):
         assert option in result.stdout
     assert "Download all submissions" in result.stdout and "read-only" in result.stdout
+
+
+def test_names_from_document_metadata_are_hidden_in_prompts_too(lms_vault, tmp_path):
+    """A Word file whose author (and title line) is a name the platform never gave: pseudonymised all the same."""
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.tasks.assignment import Assignment, _submissions
+
+    own = Student("2001", "Amara Okafor", {"essay.docx": docx_bytes(["Essay by Jo Okafor-Smith.", *essay(1)],
+                                                                     author="Jo Okafor-Smith")})  # fmt: skip
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", [own, *cohort()[:2]]))
+    assert notes(lms_vault)["2001"].metadata["document_authors"] == ["Jo Okafor-Smith"]
+    submissions, _ = _submissions(lms_vault.resolve(), f"{ASSIGNMENT}/submissions")
+    pseudonyms = Assignment(ASSIGNMENT, None, "", [], submissions).pseudonyms()  # type: ignore[arg-type]
+    text = next(s for s in submissions if s.student_id == "2001").text
+    hidden = pseudonyms.hide(text)
+    assert "Jo Okafor-Smith" in text and "Okafor-Smith" not in hidden and "Amara" not in hidden
+    assert f"Essay by {pseudonyms.label['2001']}." in hidden
