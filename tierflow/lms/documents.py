@@ -117,10 +117,22 @@ def _docx(path: Path, data: bytes) -> Extracted:
     visible: list[str] = []
     hidden: list[str] = []
 
+    styles_hide: dict[tuple[str, str | None], bool] = {}  # looking a style up is slow: once per style id
+
+    def style_hides(kind: str, style_id: str | None, style: object) -> bool:
+        key = (kind, style_id)
+        if key not in styles_hide:
+            found = style() if callable(style) else style
+            styles_hide[key] = bool(found is not None and found.font.hidden)
+        return styles_hide[key]
+
     def is_hidden(run: Run, paragraph: Paragraph) -> bool:
         font = run.font
-        styles = [s for s in (run.style, paragraph.style) if s is not None]
-        if font.hidden or font.web_hidden or font.spec_vanish or any(s.font.hidden for s in styles):
+        if font.hidden or font.web_hidden or font.spec_vanish:
+            return True
+        if style_hides("run", run._r.style, lambda: run.style) or style_hides(
+            "paragraph", paragraph._p.style, lambda: paragraph.style
+        ):
             return True
         color = font.color
         if color is not None and color.type is not None and color.rgb == RGBColor(0xFF, 0xFF, 0xFF):
