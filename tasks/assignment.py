@@ -33,6 +33,8 @@ class Submission:
     path: str
     text: str
     flags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    """Other names of the student's, from their documents' metadata (`document_authors`, written by an LMS import)."""
 
     @property
     def empty(self) -> bool:
@@ -61,7 +63,30 @@ class Assignment:
     def pseudonyms(self) -> Pseudonyms:
         if not self.pseudonymise:
             return NoPseudonyms()
+        if any(s.aliases for s in self.submissions):
+            return _WithAliases(self.submissions)
         return Pseudonyms(Student(s.student_id, s.name) for s in self.submissions)
+
+
+class _WithAliases(Pseudonyms):
+    """Pseudonyms that also hide the names in students' document metadata (a docx author, a PDF /Author).
+
+    One more `Pseudonyms` per alias, over the same ids, so each gives the same labels as the roster's own.
+    """
+
+    def __init__(self, submissions: list[Submission]) -> None:
+        super().__init__(Student(s.student_id, s.name) for s in submissions)
+        depth = max(len(s.aliases) for s in submissions)
+        self._layers = [
+            Pseudonyms(Student(s.student_id, s.aliases[i] if i < len(s.aliases) else "") for s in submissions)
+            for i in range(depth)
+        ]
+
+    def hide(self, text: str) -> str:
+        # Aliases first: the roster's parts ("Okafor") would otherwise break up an alias ("Okafor-Smith").
+        for layer in self._layers:
+            text = layer.hide(text)
+        return super().hide(text)
 
 
 @task(name="load assignment", task_run_name="load · {folder}")
@@ -137,13 +162,22 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         if not STUDENT_ID.match(sid):
             skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
             continue
+        # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
+        skipped += [(rel, f"not read: {why}") for why in post.metadata.get("tierflow_unreadable") or []]
         text = post.content
         embeds = re.findall(r"!\[\[([^\]]+)\]\]", text)
         for embed in embeds:
             skipped.append((rel, f"embedded attachment {embed!r} ignored; only the note's text is read"))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
         found.setdefault(sid, []).append(
-            Submission(student_id=sid, name=str(post.metadata.get("name") or ""), path=rel, text=text, flags=flags)
+            Submission(
+                student_id=sid,
+                name=str(post.metadata.get("name") or ""),
+                path=rel,
+                text=text,
+                flags=flags,
+                aliases=tuple(str(a) for a in post.metadata.get("document_authors") or [] if str(a).strip()),
+            )
         )
     submissions = []
     for sid, subs in found.items():

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.cli.lms_commands import export_app, import_app
 from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
@@ -34,6 +35,8 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(limits_app, name="limits")
 app.add_typer(rubric_app, name="rubric")
 app.add_typer(routing_app, name="routing")
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
 app.command("trial")(trial)
 budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")

@@ -1,0 +1,120 @@
+"""Canvas out: the gradebook CSV and the "Re-upload submissions" zip, held to Canvas's own rules (tests/lms_rules.py:
+app/models/gradebook_importer.rb, Assignment.title_and_id, Assignment#infer_comment_context_from_filename)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from lms_exports import canvas_zip, cohort
+from lms_rules import canvas_import_gradebook
+from test_lms_moodle import draft_text
+
+from tierflow.lms.exporter import ExportFeedbackError, export_feedback
+from tierflow.lms.importer import import_submissions
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+ASSIGNMENTS = {"4512": "Essay 2", "4513": "Quiz 1"}
+
+
+def gradebook_bytes() -> bytes:
+    """A gradebook export as Canvas writes it (Ruby's CSV: quoted only when needed), Points Possible and Test
+    Student rows included, totals columns after the assignments."""
+    rows = [
+        ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Essay 2 (4512)", "Quiz 1 (4513)",
+         "Current Score", "Unposted Current Score", "Final Score", "Unposted Final Score"],
+        ["    Points Possible", "", "", "", "", "20", "10", "(read only)", "(read only)", "(read only)", "(read only)"],
+    ]  # fmt: skip
+    for s in cohort():
+        first, _, last = s.name.rpartition(" ")
+        rows.append([f"{last}, {first}", s.participant, f"S{s.participant}", f"u{s.participant}", "EDU7001 A",
+                     "", "7", "70", "70", "35", "35"])  # fmt: skip
+    rows.append(["Student, Test", "99999", "", "", "EDU7001 A", "", "", "", "", "", ""])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+@pytest.fixture
+def canvas_vault(tmp_path: Path) -> Path:
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")
+    import_submissions(vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()))
+    for sid in ("1001", "1002", "1003", "1004"):
+        status = "draft" if sid == "1003" else "reviewed"
+        (vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").write_text(draft_text(sid, status), encoding="utf-8")
+    return vault
+
+
+def test_the_gradebook_port_rejects_a_foreign_header_and_sees_a_renamed_column_as_new():
+    from lms_rules import CanvasRejected
+
+    with pytest.raises(CanvasRejected):
+        canvas_import_gradebook(b"Name,Number,Section\nx,1,A\n", ASSIGNMENTS)
+    renamed = gradebook_bytes().replace(b"Essay 2 (4512)", b"Essay 2 (final)", 1)
+    assert canvas_import_gradebook(renamed, ASSIGNMENTS)["new_assignments"] == ["Essay 2 (final)"]
+
+
+def test_gradebook_copy_changes_only_the_assignment_column_within_points_possible(canvas_vault, tmp_path):
+    downloaded = tmp_path / "2026-11-20T1200_Grades-EDU7001.csv"
+    downloaded.write_bytes(gradebook_bytes())
+    before = downloaded.read_bytes()
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="4512")
+    assert downloaded.read_bytes() == before
+    out = tmp_path / "2026-11-20T1200_Grades-EDU7001 (tierflow).csv"
+    assert result.written[0] == out
+    data = out.read_bytes()
+
+    parsed = canvas_import_gradebook(data, ASSIGNMENTS)
+    assert parsed["new_assignments"] == [] and set(parsed["columns"]) == {"4512", "4513"}
+    assert parsed["points"] == {"4512": "20", "4513": "10"}
+    assert sorted(result.sent) == ["1001", "1002", "1004"]
+    for sid in result.sent:
+        grade = float(parsed["grades"][sid]["4512"])
+        assert 0 <= grade <= 20 and grade == float(result.marks[sid])
+    assert parsed["grades"]["1003"]["4512"] == ""  # not reviewed
+    old = list(csv.reader(io.StringIO(before.decode())))
+    new = list(csv.reader(io.StringIO(data.decode())))
+    column = old[0].index("Essay 2 (4512)")
+    for a, b in zip(old, new, strict=True):
+        assert a[:column] + a[column + 1 :] == b[:column] + b[column + 1 :]
+    old_lines, new_lines = before.decode().split("\n"), data.decode().split("\n")
+    assert old_lines[:2] == new_lines[:2] and old_lines[-2] == new_lines[-2]  # header, points, Test Student
+    assert new_lines[-2].startswith('"Student, Test",99999')
+
+
+def test_reupload_zip_keeps_each_downloaded_name_so_canvas_matches_user_and_attachment(canvas_vault, tmp_path):
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(gradebook_bytes())
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="Essay 2 (4512)")
+    comments = tmp_path / "grades (tierflow) comments.zip"
+    assert comments in result.written
+    with zipfile.ZipFile(comments) as z:
+        names = sorted(z.namelist())
+        assert names == ["duboismartinchloé_1002_9002_Feedback essay.pdf", "osullivanliam_1001_9001_essay.docx"]
+        for name in names:
+            # infer_comment_context_from_filename: the first two all-digit parts are user id and attachment id.
+            user_id, attachment_id = [t for t in name.split("_") if t.isdigit()][:2]
+            assert user_id in result.sent and attachment_id.startswith("900")
+        pdf = z.read(names[0])
+    from pypdf import PdfReader
+
+    assert "Argument and critical evaluation" in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    # 1004 typed a text entry only: Canvas cannot match a re-upload to it, and the command says so.
+    assert any(n.startswith("1004: comment not in the re-upload zip") for n in result.notes)
+
+
+def test_several_assignments_need_a_column_and_a_wrong_one_is_named(canvas_vault, tmp_path):
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(gradebook_bytes())
+    with pytest.raises(ExportFeedbackError, match="say which with --column.*Essay 2 \\(4512\\); Quiz 1 \\(4513\\)"):
+        export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded)
+    with pytest.raises(ExportFeedbackError, match="no single assignment column matches 'Essay 3'"):
+        export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="Essay 3")

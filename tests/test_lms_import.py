@@ -1,0 +1,191 @@
+"""`tierflow import submissions`: Moodle and Canvas exports into the assignment folder the feedback flow reads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import frontmatter
+import pytest
+from lms_exports import INJECTION, canvas_zip, cohort, moodle_zip
+from typer.testing import CliRunner
+
+from tierflow.cli.app import app
+from tierflow.lms.importer import import_submissions
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+
+
+@pytest.fixture
+def lms_vault(tmp_path: Path) -> Path:
+    """The bundled feedback vault with an empty second assignment: its rubric and brief, no submissions yet."""
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    target = vault / ASSIGNMENT
+    target.mkdir(parents=True)
+    for name in ("rubric.md", "brief.md"):
+        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, target / name)
+    return vault
+
+
+def notes(vault: Path) -> dict[str, frontmatter.Post]:
+    return {p.stem: frontmatter.load(p) for p in sorted((vault / ASSIGNMENT / "submissions").glob("*.md"))}
+
+
+@pytest.mark.parametrize("layout", ["folders", "old", "flat", "blind"])
+def test_every_moodle_layout_gives_one_note_per_participant(lms_vault, tmp_path, layout):
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort(), layout=layout)
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert report.platform == "moodle"
+    got = notes(lms_vault)
+    assert set(got) == {"1001", "1002", "1003", "1004", "1005", "1006", "1007"}
+    assert all(post.metadata["student_id"] == sid for sid, post in got.items())
+    if layout == "blind":  # Moodle gives no names under blind marking, and none are invented
+        assert {post.metadata["name"] for post in got.values()} == {""}
+    else:
+        # Moodle stripped the apostrophe from the file name; the essay has it, so the recorded name does too.
+        assert got["1001"].metadata["name"] == "Liam O'Sullivan"
+        assert got["1002"].metadata["name"] == "Chloé Dubois-Martin"
+    # Two files are one submission, in a stable order, each part labelled.
+    assert "## Part 1 of 2 (.docx file)" in got["1003"].content and "## Part 2 of 2 (.odt file)" in got["1003"].content
+    assert got["1003"].content.index("survey questions") < got["1003"].content.index("Łukasik writes")
+
+
+def test_unreadable_files_are_listed_per_student_with_the_reason_and_never_stop_the_others(lms_vault, tmp_path):
+    export = moodle_zip(tmp_path / "export.zip", cohort())
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    reasons = {(sid, f): why for sid, f, why in report.unreadable}
+    assert "no text layer" in reasons[("1005", "scan.pdf")]
+    assert reasons[("1006", "onlinetext.html")] == "the online text is empty"
+    got = notes(lms_vault)
+    assert got["1005"].content == "" and got["1006"].content == ""  # the flow drafts them with no model call
+    assert got["1005"].metadata["tierflow_unreadable"] == [f"scan.pdf: {reasons[('1005', 'scan.pdf')]}"]
+    assert len(report.students) == 7
+
+
+def test_originals_are_kept_read_only_beside_the_note(lms_vault, tmp_path):
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", cohort()))
+    folder = lms_vault / ASSIGNMENT / "submissions" / "1003"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["appendix.docx", "essay.odt"]
+    for p in folder.iterdir():
+        assert not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert notes(lms_vault)["1003"].metadata["files"] == [
+        f"{ASSIGNMENT}/submissions/1003/appendix.docx",
+        f"{ASSIGNMENT}/submissions/1003/essay.odt",
+    ]
+
+
+def test_hidden_text_is_flagged_where_the_injection_check_reads_it(lms_vault, tmp_path):
+    from tierflow.tasks.assignment import INJECTION as CHECK
+
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", cohort()))
+    got = notes(lms_vault)
+    for sid in ("1004", "1007"):  # white 1-px HTML text; a hidden Word run
+        assert INJECTION in got[sid].content and "[!warning] Hidden text in the original" in got[sid].content
+        assert CHECK.search(got[sid].content)
+        assert got[sid].metadata["tierflow_hidden_text"]
+
+
+def test_late_is_a_property_and_metadata_names_stay_out_of_the_text(lms_vault, tmp_path):
+    import_submissions(lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()), platform="canvas")
+    got = notes(lms_vault)
+    assert got["1003"].metadata["late"] is True and got["1001"].metadata["late"] is False
+    assert not re.search(r"\blate\b", got["1003"].content, re.IGNORECASE)
+    assert got["1002"].metadata["document_authors"] == ["Chloé Dubois-Martin"]
+
+
+def test_reimport_adds_and_updates_by_id_never_duplicates_and_keeps_edited_notes(lms_vault, tmp_path):
+    students = cohort()
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", students[:5]))
+    edited = lms_vault / ASSIGNMENT / "submissions" / "1002.md"
+    edited.write_text(edited.read_text() + "\nLecturer's note: seen in class.\n")
+    before = edited.read_bytes()
+    draft = lms_vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.parent.mkdir()
+    draft.write_text("---\nstudent_id: '1001'\nstatus: reviewed\n---\nMy edited feedback.\n")
+    draft_before = draft.read_bytes()
+
+    students[0].files["essay.docx"] = students[6].files["essay.docx"]  # 1001 resubmitted
+    report = import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "second.zip", students))
+    actions = {s.student_id: s.action for s in report.students}
+    assert actions["1001"] == "updated" and actions["1002"] == "kept-edit" and actions["1003"] == "unchanged"
+    assert actions["1006"] == actions["1007"] == "created"
+    assert len(list((lms_vault / ASSIGNMENT / "submissions").glob("*.md"))) == 7
+    assert edited.read_bytes() == before and draft.read_bytes() == draft_before
+    assert INJECTION in notes(lms_vault)["1001"].content
+
+
+def test_canvas_names_without_the_utf8_flag_are_decoded_and_late_is_read(lms_vault, tmp_path):
+    export = canvas_zip(tmp_path / "submissions.zip", cohort(), legacy_late=True)
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert report.platform == "canvas"
+    got = notes(lms_vault)
+    assert got["1002"].metadata["downloaded_as"] == ["duboismartinchloé_1002_9002_Feedback essay.pdf"]
+    assert got["1003"].metadata["late"] is True  # `_late_`, as older Canvas wrote it
+    assert got["1004"].content.startswith("Feedback in student")  # the text entry, `<base>_text.html`
+    assert report.warnings and "--roster" in report.warnings[0]
+
+
+def test_canvas_gradebook_roster_gives_real_names(lms_vault, tmp_path):
+    gradebook = tmp_path / "gradebook.csv"
+    rows = ["Student,ID,SIS User ID,SIS Login ID,Section,Essay 2 (77)", "    Points Possible,,,,,100"]
+    rows += [f'"{s.name.rpartition(" ")[2]}, {s.name.rpartition(" ")[0]}",{s.participant},,,A,' for s in cohort()]
+    gradebook.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = import_submissions(
+        lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()), roster=gradebook
+    )
+    assert not report.warnings
+    assert notes(lms_vault)["1001"].metadata["name"] == "Liam O'Sullivan"
+
+
+def test_an_unpacked_folder_reads_like_the_zip(lms_vault, tmp_path):
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort())
+    unpacked = tmp_path / "EDU7001-Essay 2-4512"
+    with zipfile.ZipFile(export) as z:
+        z.extractall(unpacked)
+    report = import_submissions(lms_vault, ASSIGNMENT, tmp_path)  # the folder holding the unpacked folder
+    assert len(report.students) == 7 and report.platform == "moodle"
+
+
+def test_cli_import_prints_per_student_and_names_the_next_step(lms_vault, tmp_path):
+    export = moodle_zip(tmp_path / "export.zip", cohort())
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1005: created, 0 parts" in result.stdout and "not read: scan.pdf: no text layer" in result.stdout
+    assert "tierflow run student-feedback" in result.stderr
+    bad = CliRunner().invoke(app, ["import", "submissions", str(tmp_path / "nope.zip"), "--vault", str(lms_vault)])
+    assert bad.exit_code == 2 and "nope.zip does not exist" in bad.stderr
+    assert json.dumps(result.stdout)
+
+
+def test_import_help_describes_every_option():
+    result = CliRunner().invoke(app, ["import", "submissions", "--help"])
+    for option in ("--vault", "--assignment", "--from", "--roster", "--config", "--profile"):
+        assert option in result.stdout
+    assert "Download all submissions" in result.stdout and "read-only" in result.stdout
+
+
+def test_names_from_document_metadata_are_hidden_in_prompts_too(lms_vault, tmp_path):
+    """A Word file whose author (and title line) is a name the platform never gave: pseudonymised all the same."""
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.tasks.assignment import Assignment, _submissions
+
+    own = Student("2001", "Amara Okafor", {"essay.docx": docx_bytes(["Essay by Jo Okafor-Smith.", *essay(1)],
+                                                                     author="Jo Okafor-Smith")})  # fmt: skip
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", [own, *cohort()[:2]]))
+    assert notes(lms_vault)["2001"].metadata["document_authors"] == ["Jo Okafor-Smith"]
+    submissions, _ = _submissions(lms_vault.resolve(), f"{ASSIGNMENT}/submissions")
+    pseudonyms = Assignment(ASSIGNMENT, None, "", [], submissions).pseudonyms()  # type: ignore[arg-type]
+    text = next(s for s in submissions if s.student_id == "2001").text
+    hidden = pseudonyms.hide(text)
+    assert "Jo Okafor-Smith" in text and "Okafor-Smith" not in hidden and "Amara" not in hidden
+    assert f"Essay by {pseudonyms.label['2001']}." in hidden

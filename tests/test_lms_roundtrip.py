@@ -1,0 +1,156 @@
+"""End to end: a platform export -> the unchanged student-feedback flow -> reviewed drafts -> the platform's files.
+
+Keyless on the offline model, and on the wire double with the real anthropic and openai SDK clients; no name of
+any student, whole or in part, ever reaches a request the double receives.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import frontmatter
+import pytest
+from conftest import anthropic_config, openai_config, write_config
+from lms_exports import cohort, moodle_zip
+from responders import skilled
+
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.lms.importer import import_submissions
+from tierflow.testing.double import ProviderDouble
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+PARTS = re.compile(r"[\s\-'’]+")
+
+
+@pytest.fixture
+def lms_vault(tmp_path: Path) -> Path:
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT).mkdir(parents=True)
+    for name in ("rubric.md", "brief.md"):
+        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, vault / ASSIGNMENT / name)
+    return vault
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+
+
+def identities() -> set[str]:
+    """Every student's full name (as Moodle holds it and as its file names carry it) and every part of it."""
+    out: set[str] = set()
+    for s in cohort():
+        for name in (s.name, s.moodle_name):
+            out.add(name)
+            out.update(p for p in PARTS.split(name) if len(p) > 2)
+    return out
+
+
+def strings(value: object) -> list[str]:
+    """Every string inside a request's JSON (keys and values), as the model would read it."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in (str(k), *strings(v))]
+    if isinstance(value, list):
+        return [t for v in value for t in strings(v)]
+    return []
+
+
+def drafts(vault: Path) -> dict[str, Path]:
+    """Drafts by their front-matter `student_id`, whatever the files are called."""
+    out = {}
+    for path in (vault / ASSIGNMENT / "feedback").glob("*.md"):
+        sid = frontmatter.load(path).metadata.get("student_id")
+        if sid:
+            out[str(sid)] = path
+    return out
+
+
+def import_moodle(vault: Path, tmp_path: Path, layout: str = "folders") -> None:
+    report = import_submissions(
+        vault, ASSIGNMENT, moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort(), layout=layout)
+    )
+    assert len(report.students) == 7
+
+
+def test_offline_flow_runs_unchanged_on_an_imported_moodle_export(lms_vault, tmp_path):
+    import_moodle(lms_vault, tmp_path)
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    assert not summary.failed
+    got = drafts(lms_vault)
+    assert set(got) == {"1001", "1002", "1003", "1004", "1005", "1006", "1007"}
+    for sid in ("1005", "1006"):  # the scanned PDF and the empty online text: no model call, a short note
+        assert "No content submitted" in got[sid].read_text()
+    skipped = dict(summary.skipped)
+    assert "no text layer" in skipped[f"{ASSIGNMENT}/submissions/1005.md"]  # in the run report, by student
+    flagged = frontmatter.load(got["1007"]).metadata["tierflow_flags"]
+    assert flagged and "IGNORE ALL PREVIOUS INSTRUCTIONS" in flagged[0]
+
+
+@pytest.mark.parametrize(("provider", "layout"), [("anthropic", "folders"), ("openai", "flat")])
+def test_no_student_name_reaches_the_wire_from_an_imported_export(lms_vault, tmp_path, keys, provider, layout):
+    import_moodle(lms_vault, tmp_path, layout)
+    with ProviderDouble(skilled()) as double:
+        existing = (lms_vault / ".tierflow" / "config.toml").read_text()
+        text = anthropic_config(double) if provider == "anthropic" else openai_config(double)
+        write_config(lms_vault / ".tierflow" / "config.toml", text + existing)
+        summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+        assert not summary.failed, summary.failed
+        assert double.model_calls(), "no request reached the double"
+        names = identities()
+        for request in double.requests:
+            texts = strings(request.json) + [request.raw.decode("utf-8", "replace")]
+            leaked = sorted(n for n in names for t in texts if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", t, re.I))
+            assert not leaked, f"{request.path} carried {leaked}"
+            assert not any("tierflow_unreadable" in t or "late: true" in t for t in texts)
+    own = frontmatter.load(drafts(lms_vault)["1001"])
+    assert own.metadata["title"] == "Feedback: Liam O'Sullivan"
+
+
+def worksheet_for(students) -> bytes:  # noqa: ANN001
+    """Moodle's grading worksheet for the cohort, as downloaded (see tests/test_lms_moodle.py)."""
+    from lms_rules import php_fputcsv
+
+    header = ["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
+              "Grade can be changed", "Last modified (submission)", "Online text", "Last modified (grade)",
+              "Feedback comments"]  # fmt: skip
+    lines = [php_fputcsv(header)]
+    for s in students:
+        lines.append(php_fputcsv([f"Participant {s.participant}", s.name, f"{s.participant}@example.ac.uk",
+                                  "Submitted for grading", "", "100.00", "Yes",
+                                  "Thursday, 19 November 2026, 10:14 PM", "", "-", ""]))  # fmt: skip
+    return b"\xef\xbb\xbf" + "".join(lines).encode()
+
+
+def test_import_run_review_export_round_trip_is_accepted_by_moodles_importer(lms_vault, tmp_path):
+    from lms_rules import moodle_feedback_zip_matches, moodle_import_worksheet
+
+    from tierflow.lms.exporter import export_feedback
+
+    import_moodle(lms_vault, tmp_path)
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    assert not summary.failed
+    reviewed = {"1001", "1002", "1003", "1007"}
+    for sid, path in drafts(lms_vault).items():
+        if sid in reviewed:  # the lecturer reads the draft and marks it reviewed
+            path.write_text(path.read_text().replace("status: draft", "status: reviewed", 1))
+    downloaded = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
+    downloaded.write_bytes(worksheet_for(cohort()))
+    result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert sorted(result.sent) == sorted(reviewed)
+    assert len([why for _, why in result.left_out if "not reviewed" in why]) == 3
+    ids = {s.participant for s in cohort()}
+    imported = moodle_import_worksheet(result.written[0].read_bytes(), participants=ids, maximum=100)
+    for sid in reviewed:
+        assert imported[sid]["grade"] == float(result.marks[sid]) and str(imported[sid]["feedback"]).startswith("<")
+    assert all(imported[sid] == {"feedback": ""} for sid in ids - reviewed)
+    files = export_feedback(lms_vault, ASSIGNMENT, "moodle-files", out=tmp_path / "files.zip")
+    assert set(moodle_feedback_zip_matches(files.written[0].read_bytes(), ids)) == reviewed

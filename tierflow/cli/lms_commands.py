@@ -1,0 +1,267 @@
+"""`tierflow import submissions` and `tierflow export feedback`: the learning platform at both ends.
+
+Registered in `tierflow.cli.app` with `app.add_typer(import_app, name="import")` and
+`app.add_typer(export_app, name="export")`.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+
+import_app = typer.Typer(help="Bring work in from a learning platform.", no_args_is_help=True)
+export_app = typer.Typer(help="Send reviewed work back to a learning platform.", no_args_is_help=True)
+
+
+class Platform(StrEnum):
+    moodle = "moodle"
+    canvas = "canvas"
+
+
+AssignmentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--assignment",
+        "-a",
+        help="The assignment folder in the vault, as Teaching/EDU7001/essay-1 (default: the config's "
+        "feedback.assignment_folder). Its rubric.md is what the feedback flow marks against.",
+    ),
+]
+
+
+def _folder(cfg, assignment: str | None) -> str:  # noqa: ANN001
+    folder = assignment or cfg.settings.feedback.assignment_folder
+    if not folder:
+        raise fail("give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder)")
+    return folder.strip("/")
+
+
+def _console(stderr: bool = False):  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+@import_app.command("submissions")
+def import_submissions(
+    export: Annotated[
+        Path,
+        typer.Argument(
+            help="The platform's export: Moodle's `Download all submissions` zip (<course>-<assignment>-<cmid>.zip) "
+            "or Canvas's submissions.zip, or the folder either was unpacked to.",
+            show_default=False,
+        ),
+    ],
+    vault: VaultOpt = None,
+    assignment: AssignmentOpt = None,
+    platform: Annotated[
+        Platform | None,
+        typer.Option(
+            "--from",
+            help="Which platform made the export. Detected from the file names when not given.",
+        ),
+    ] = None,
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            "--roster",
+            help="The platform's grade file, for students' real names and late status: Moodle's grading "
+            "worksheet CSV (names keep their apostrophes, which Moodle strips from file names) or Canvas's "
+            "gradebook CSV (Canvas's file names only hold a squashed sortable name). Read, never written.",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Fill the assignment's submissions/ folder from a Moodle or Canvas export, one note per student.
+
+    Each student's files become one note (submissions/<platform id>.md), each file a labelled part; the files
+    as downloaded are kept read-only beside it (submissions/<platform id>/). Files that give no text (a scanned
+    PDF, an empty or corrupt file, a password, a type tierflow cannot read) are listed per student with the reason
+    and never stop the others. Run it again on a later export: students are added or updated by id, never
+    duplicated, and notes you edited are left as they are. Then run `tierflow run student-feedback`.
+    """
+    from tierflow.core.errors import TierflowError
+    from tierflow.lms.importer import import_submissions as run_import
+
+    vault = vault_dir(vault, required="tierflow import submissions EXPORT") or Path(".")
+    cfg = load(vault, config, profile)
+    folder = _folder(cfg, assignment)
+    err = _console(stderr=True)
+    results = []
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn("importing"), BarColumn(), MofNCompleteColumn(), console=err, transient=True,
+            disable=not err.is_terminal,
+        ) as progress:  # fmt: skip
+            bar = progress.add_task("import", total=None)
+
+            def tick(result, done: int, total: int) -> None:  # noqa: ANN001
+                progress.update(bar, completed=done, total=total)
+                results.append(result)
+
+            report = run_import(
+                vault, folder, export, platform=platform.value if platform else None, roster=roster, on_student=tick
+            )
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    out = _console()
+    layouts = ", ".join(report.layouts) or "no layout"
+    out.print(f"{report.platform} export ({layouts}) -> {report.folder}/submissions", markup=False)
+    for s in report.students:
+        late = " (late)" if s.late else ""
+        parts = f"{s.parts} part{'s' * (s.parts != 1)}"
+        extra = f"; hidden text in {', '.join(s.hidden)}" if s.hidden else ""
+        action = "kept as you edited it" if s.action == "kept-edit" else s.action
+        out.print(f"  {s.student_id}: {action}, {parts}{late}{extra}", markup=False)
+        for file, why in s.problems:
+            out.print(f"    not read: {file}: {why}", markup=False)
+    for entry, why in report.ignored:
+        out.print(f"  ignored {entry}: {why}", markup=False)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    counts = {a: sum(s.action == a for s in report.students) for a in ("created", "updated", "unchanged", "kept-edit")}
+    unread = len(report.unreadable)
+    err.print(
+        f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "
+        f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited; {unread} file(s) not read. "
+        f"Next: tierflow run student-feedback --vault {vault} --assignment {report.folder}",
+        markup=False,
+    )
+    sys.stdout.flush()
+
+
+class Target(StrEnum):
+    moodle_worksheet = "moodle-worksheet"
+    moodle_files = "moodle-files"
+    canvas = "canvas"
+
+
+class FileFormat(StrEnum):
+    docx = "docx"
+    pdf = "pdf"
+
+
+@export_app.command("feedback")
+def export_feedback(
+    to: Annotated[
+        Target,
+        typer.Option(
+            "--to",
+            help="moodle-worksheet: a filled copy of the grading worksheet (Grade and Feedback comments; needs "
+            "--worksheet). moodle-files: a zip for Moodle's 'Upload multiple feedback files in a zip' (the route "
+            "when the assignment uses a Moodle rubric, which switches the worksheet off). canvas: a filled copy of "
+            "the gradebook CSV (needs --gradebook) and a comments zip for Canvas's 'Re-upload submissions'.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write: the CSV (moodle-worksheet, canvas; the canvas comments zip goes beside it as "
+            "'<name> comments.zip') or the zip (moodle-files). Default: beside the file you downloaded, as "
+            "'<name> (tierflow).csv'. Never the downloaded file itself.",
+        ),
+    ] = None,
+    vault: VaultOpt = None,
+    assignment: AssignmentOpt = None,
+    worksheet: Annotated[
+        Path | None,
+        typer.Option(
+            "--worksheet",
+            help="The grading worksheet CSV downloaded from Moodle (View all submissions -> Grading action -> "
+            "Download grading worksheet). Read, never written.",
+        ),
+    ] = None,
+    gradebook: Annotated[
+        Path | None,
+        typer.Option(
+            "--gradebook",
+            help="The gradebook CSV exported from Canvas (Grades -> Export). Read, never written. Without it only "
+            "the comments zip is written.",
+        ),
+    ] = None,
+    column: Annotated[
+        str | None,
+        typer.Option(
+            "--column",
+            help="Canvas: the assignment's column, as its header names it ('Essay 2 (4512)') or by its id; needed "
+            "when the gradebook holds several assignments. The header itself is never changed.",
+        ),
+    ] = None,
+    decimals: Annotated[
+        int, typer.Option("--decimals", min=0, max=4, help="Decimal places of a mark (rounded half up).")
+    ] = 2,
+    file_format: Annotated[
+        FileFormat, typer.Option("--format", help="moodle-files: write each student's feedback as docx or pdf.")
+    ] = FileFormat.docx,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent and the marks' distribution; write nothing.")
+    ] = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Write reviewed feedback drafts as the learning platform's own import files.
+
+    Only drafts whose front-matter says `status: reviewed` are sent; the command says how many were left out
+    and why. Each mark comes from the rubric (levels' score ranges and weights); your edits to a draft win: a
+    `mark:` in its front-matter, or the level and score lines in its body as you left them. The distribution of
+    marks is shown before anything is written, and the path of every file written is printed.
+    """
+    from tierflow.core.errors import TierflowError
+    from tierflow.lms.exporter import export_feedback as run_export
+
+    vault = vault_dir(vault, required="tierflow export feedback --to TARGET") or Path(".")
+    cfg = load(vault, config, profile)
+    folder = _folder(cfg, assignment)
+    err = _console(stderr=True)
+    try:
+        with err.status("reading the reviewed drafts", spinner="dots") if err.is_terminal else _nothing():
+            result = run_export(
+                vault, folder, to.value, out=out, worksheet=worksheet, gradebook=gradebook, column=column,
+                decimals=decimals, fmt=f".{file_format.value}", dry_run=dry_run,
+            )  # fmt: skip
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    console = _console()
+    if result.distribution:
+        console.print("marks to be written:", markup=False)
+        for line in result.distribution:
+            console.print(f"  {line}", markup=False)
+    for sid in result.sent:
+        mark = result.marks.get(sid)
+        console.print(f"  {sid}: sent" + (f", mark {mark}" if mark is not None else ""), markup=False)
+    drafts = result.drafts
+    reasons = {}
+    for _, why in result.left_out:
+        key = why.split(";")[0].split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    if result.left_out:
+        summary = ", ".join(f"{n} {why}" for why, n in reasons.items())
+        err.print(f"{len(result.left_out)} draft(s) left out: {summary}", markup=False)
+        for path, why in result.left_out:
+            err.print(f"  {path}: {why}", markup=False)
+    for note in result.notes:
+        err.print(note, markup=False)
+    if dry_run:
+        err.print("dry run: nothing written", markup=False)
+    for path in result.written:
+        console.print(f"wrote {path}", markup=False)
+    if drafts is not None and not drafts.reviewed:
+        err.print("no reviewed drafts: set `status: reviewed` in the front-matter of each draft you checked")
+
+
+def _nothing():  # noqa: ANN202
+    from contextlib import nullcontext
+
+    return nullcontext()

@@ -1,0 +1,219 @@
+"""Canvas: `submissions.zip` in; the gradebook CSV and a "Re-upload submissions" zip of comments out.
+
+The rules come from Canvas's own code (instructure/canvas-lms):
+- the submissions zip is flat: `<sortable name, lowercased, non-word characters removed>[_LATE]_<user id>_
+  <attachment id>_<original name>` for uploads, `<base>_text.html` for text entries, `anon_<id>` as the base
+  under anonymous grading (older Canvas wrote `_late_`); entry names are UTF-8, often without the zip's UTF-8
+  flag (see `tierflow.lms.source`).
+- `app/models/assignment.rb` `infer_comment_context_from_filename`: a re-uploaded file is matched by the first
+  two purely numeric `_`-separated parts of its name (user id, attachment id), so it must keep its downloaded name.
+- `app/models/gradebook_importer.rb`: the header must start `Student, ID` (then `SIS User ID`, `SIS Login ID`,
+  `Section`); a row whose first cell contains `Points Possible` describes the assignments; assignment columns
+  are matched by `Assignment.title_and_id` (`/\\A(.*)\\s\\((\\d+)\\)\\z/`), so a renamed header makes a new
+  assignment. `tests/test_lms_canvas.py` ports these rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
+from tierflow.lms.source import Export
+from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
+
+PLATFORM = "canvas"
+_NUMBER = re.compile(r"^\d+$")
+_LATE = ("LATE", "late")
+TITLE_AND_ID = re.compile(r"\A(.*)\s\((\d+)\)\Z", re.S)
+"""Canvas's `Assignment.title_and_id`: how the importer recognises an assignment column."""
+POINTS_POSSIBLE = "Points Possible"
+TEST_STUDENT = "Student, Test"
+
+
+@dataclass(frozen=True)
+class CanvasName:
+    """The parts of one submissions-zip entry name."""
+
+    base: str
+    student_id: str
+    late: bool
+    attachment_id: str
+    original: str
+    text_entry: bool
+
+
+def parse_name(name: str) -> CanvasName | None:
+    """Split an entry name the way Canvas built it; None when it is not one of Canvas's."""
+    if "/" in name:
+        return None
+    tokens = name.split("_")
+    if tokens[0] == "anon" and len(tokens) > 2:
+        base, rest = f"anon_{tokens[1]}", tokens[2:]
+        student_id = base
+    else:
+        base, rest = tokens[0], tokens[1:]
+        student_id = ""
+    late = bool(rest) and rest[0] in _LATE
+    if late:
+        rest = rest[1:]
+    numbers = []
+    while rest and _NUMBER.match(rest[0]) and len(numbers) < (1 if student_id else 2) and len(rest) > 1:
+        numbers.append(rest.pop(0))
+    remainder = "_".join(rest)
+    if not student_id:
+        if not numbers:
+            return None
+        student_id = numbers.pop(0)
+    if remainder == "text.html" and not numbers:
+        return CanvasName(base, student_id, late, "", "text.html", True)
+    if not numbers or not remainder:
+        return None
+    return CanvasName(base, student_id, late, numbers[0], remainder, False)
+
+
+def matches(paths: list[str]) -> int:
+    return sum(1 for p in paths if parse_name(p) is not None)
+
+
+def read_export(export: Export) -> ReadExport:
+    """Every student's files in Canvas's flat submissions.zip."""
+    result = ReadExport(PLATFORM)
+    entries = export.entries
+    wrapped = entries and all("/" in e.path for e in entries) and len({e.path.split("/")[0] for e in entries}) == 1
+    for entry in entries:
+        name = entry.path.split("/", 1)[1] if wrapped else entry.path
+        parsed = parse_name(name)
+        if parsed is None:
+            result.ignored.append((entry.path, "not named as Canvas names submission files; skipped"))
+            continue
+        anonymous = parsed.student_id.startswith("anon_")
+        layout = "anonymous grading" if anonymous else "flat"
+        work = result.student(parsed.student_id, "" if anonymous else parsed.base, PLATFORM, layout)
+        work.late = work.late or parsed.late
+        kind = "text entry" if parsed.text_entry else "file"
+        work.files.append(PlatformFile(entry, parsed.original, kind))
+    return result
+
+
+# --- the gradebook CSV ----------------------------------------------------------------------------------
+
+
+def display_name(sortable: str) -> str:
+    """`O'Sullivan, Liam` -> `Liam O'Sullivan` (Canvas's gradebook lists students by sortable name)."""
+    last, comma, first = sortable.partition(",")
+    return f"{first.strip()} {last.strip()}".strip() if comma else sortable.strip()
+
+
+def read_roster(data: bytes) -> dict[str, RosterEntry]:
+    """User id -> real name, from a gradebook CSV export."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    if not rows or len(rows[0]) < 2 or "Student" not in rows[0][0] or "ID" not in rows[0][1]:
+        return {}
+    out = {}
+    for row in rows[1:]:
+        if len(row) < 2 or POINTS_POSSIBLE in row[0] or not _NUMBER.match(row[1].strip()):
+            continue
+        out[row[1].strip()] = RosterEntry(row[1].strip(), display_name(row[0]))
+    return out
+
+
+NON_ASSIGNMENT = (
+    "Current Score",
+    "Current Points",
+    "Current Grade",
+    "Final Score",
+    "Final Points",
+    "Final Grade",
+    "Override Score",
+    "Override Grade",
+    "Override Status",
+)
+"""Totals columns `gradebook_importer.rb` strips before it matches assignments (`Unposted ...` forms too)."""
+
+
+class GradebookError(ValueError):
+    """The gradebook CSV cannot be filled: not Canvas's, or the assignment column is not in it."""
+
+
+@dataclass
+class Gradebook:
+    """A downloaded gradebook CSV kept byte for byte, with one assignment's column to fill."""
+
+    bom: bool
+    header: list[str]
+    rows: list[RawRow]
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> Gradebook:
+        bom = data.startswith(b"\xef\xbb\xbf")
+        try:
+            text = (data[3:] if bom else data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GradebookError(f"{name} is not UTF-8: export the gradebook from Canvas again") from None
+        rows = split_raw(text)
+        header = [raw_value(f) for f in rows[0].fields] if rows else []
+        if len(header) < 4 or "Student" not in header[0] or "ID" not in header[1]:
+            raise GradebookError(
+                f"{name} is not a Canvas gradebook export (its header must start `Student,ID`). In Canvas: "
+                "Grades -> Export -> Export Entire Gradebook, and give that file as it came."
+            )
+        return cls(bom, header, rows)
+
+    def assignment_columns(self) -> list[tuple[int, str, str]]:
+        """(index, title, id) of every assignment column, recognised as Canvas's importer recognises them."""
+        out = []
+        for i, cell in enumerate(self.header):
+            m = TITLE_AND_ID.match(cell)
+            if m and not any(n in cell for n in NON_ASSIGNMENT):
+                out.append((i, m.group(1), m.group(2)))
+        return out
+
+    def column(self, choice: str | None) -> int:
+        columns = self.assignment_columns()
+        if choice:
+            found = [i for i, title, aid in columns if choice in (self.header[i], aid, title)]
+            if len(found) == 1:
+                return found[0]
+            raise GradebookError(
+                f"no single assignment column matches {choice!r}; the columns are: "
+                + "; ".join(self.header[i] for i, _, _ in columns)
+            )
+        if len(columns) == 1:
+            return columns[0][0]
+        raise GradebookError(
+            "the gradebook has several assignments: say which with --column, as the header names it (or its "
+            "id): " + "; ".join(self.header[i] for i, _, _ in columns)
+        )
+
+    def points_possible(self, col: int) -> float | None:
+        for row in self.rows[1:]:
+            if row.fields and POINTS_POSSIBLE in raw_value(row.fields[0]):
+                try:
+                    return float(raw_value(row.fields[col]).replace(",", "."))
+                except (ValueError, IndexError):
+                    return None
+        return None
+
+    def students(self) -> dict[str, int]:
+        """User id -> row index, leaving out the Points Possible, muted and Test Student rows."""
+        out = {}
+        for i, row in enumerate(self.rows[1:], start=1):
+            if len(row.fields) < 2:
+                continue
+            first = raw_value(row.fields[0])
+            if POINTS_POSSIBLE in first or first.strip() == TEST_STUDENT:
+                continue
+            uid = raw_value(row.fields[1]).strip()
+            if _NUMBER.match(uid):
+                out[uid] = i
+        return out
+
+    def fill(self, index: int, col: int, value: str) -> None:
+        self.rows[index].fields[col] = fputcsv_field(value)
+
+    def render(self) -> bytes:
+        text = "".join(",".join(r.fields) + r.end for r in self.rows)
+        return (b"\xef\xbb\xbf" if self.bom else b"") + text.encode("utf-8")

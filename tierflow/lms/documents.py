@@ -1,0 +1,299 @@
+"""Student documents to text, with maintained libraries only: one `extract(path)` for every format a platform sends.
+
+- `.docx`: python-docx. Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
+  Names: core properties `author`, `last_modified_by`.
+- `.pdf` with a text layer: pypdf. Names: document info `/Author`.
+- `.odt`: odfpy. Hidden: `text:hidden-text`, `text:hidden-paragraph`. Names: `dc:creator`, `meta:initial-creator`.
+- `.html`, `.htm`: beautifulsoup4. Hidden: `display:none`, `visibility:hidden`, `opacity:0`, font size 0-1 px,
+  white text, the `hidden` attribute. Names: `<meta name="author">`.
+- `.rtf`: striprtf. `.txt`, `.md`: UTF-8, else Windows-1252.
+
+A file that gives no text is never an error that stops an import: it comes back with `problem` set to a reason a
+lecturer can act on (no text layer, empty, corrupt, password-protected, a type tierflow cannot read).
+Hidden text is returned apart from the visible text, so the caller can flag it where the injection check sees it.
+OCR of scanned PDFs is not done: a scanned PDF is reported, so the lecturer can ask for the original.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md", ".rtf")
+"""File types turned into text; anything else is listed with a reason."""
+
+_ADVICE = {
+    ".doc": "an old Word .doc file: ask for .docx or PDF, or save it as .docx in Word",
+    ".pages": "an Apple Pages file: ask for .docx or PDF, or export it from Pages",
+    ".odp": "a presentation: ask for a PDF export",
+    ".pptx": "a presentation: ask for a PDF export",
+    ".zip": "an archive inside the submission: unpack it and import the files it holds",
+}
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+"""A compound file: what Word writes for a password-protected .docx (and for an old .doc)."""
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What one file gave: its visible text, any hidden passages, and names from its metadata."""
+
+    text: str = ""
+    hidden: tuple[str, ...] = ()
+    """Passages a reader does not see but a model would: white or 1-px HTML text, hidden Word runs."""
+    authors: tuple[str, ...] = ()
+    """Names in the document's metadata (docx author, PDF /Author): recorded locally, never in the text."""
+    problem: str = ""
+    """Why no text came out, in words a lecturer can act on; empty when the file was read."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """Things worth knowing that did not stop the reading (a fallback encoding)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def extract(path: Path) -> Extracted:
+    """The text of one student file; never raises for a bad file (see `Extracted.problem`)."""
+    suffix = path.suffix.lower()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Extracted(problem=f"could not be opened ({exc.strerror or exc})")
+    if not data.strip():
+        return Extracted(problem="empty file (nothing was submitted in it)")
+    if suffix not in READABLE:
+        why = _ADVICE.get(suffix, f"tierflow cannot read {suffix or 'files without an extension'}")
+        return Extracted(problem=f"{why}; readable types are {', '.join(READABLE)}")
+    reader = {
+        ".docx": _docx,
+        ".pdf": _pdf,
+        ".odt": _odt,
+        ".html": _html,
+        ".htm": _html,
+        ".rtf": _rtf,
+        ".txt": _plain,
+        ".md": _plain,
+    }[suffix]
+    try:
+        found = reader(path, data)
+    except Exception as exc:  # noqa: BLE001 - any library failure on a student's file is a reason, not a crash
+        return Extracted(problem=f"corrupt or unreadable {suffix} file ({type(exc).__name__}: {_first_line(exc)})")
+    if found.ok and not found.text.strip() and not found.hidden:
+        return Extracted(authors=found.authors, problem="no text in the document (is it blank?)")
+    return found
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:160]
+
+
+def _tidy(text: str) -> str:
+    """Trailing spaces gone, runs of blank lines cut to one, no blank edges."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _names(*values: object) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(" ".join(str(v).split()) for v in values if v and str(v).strip()))
+
+
+# --- Word ----------------------------------------------------------------------------------------------------
+
+
+def _docx(path: Path, data: bytes) -> Extracted:
+    if data.startswith(_OLE_MAGIC):
+        return Extracted(problem="password-protected (or an old .doc renamed .docx): ask for an unprotected copy")
+    if not zipfile.is_zipfile(path):
+        return Extracted(problem="corrupt .docx file (not a Word package): ask the student to upload it again")
+    import docx
+    from docx.shared import Pt, RGBColor
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+    from docx.text.run import Run
+
+    document = docx.Document(str(path))
+    visible: list[str] = []
+    hidden: list[str] = []
+
+    styles_hide: dict[tuple[str, str | None], bool] = {}  # looking a style up is slow: once per style id
+
+    def style_hides(kind: str, style_id: str | None, style: object) -> bool:
+        key = (kind, style_id)
+        if key not in styles_hide:
+            found = style() if callable(style) else style
+            styles_hide[key] = bool(found is not None and found.font.hidden)
+        return styles_hide[key]
+
+    def is_hidden(run: Run, paragraph: Paragraph) -> bool:
+        font = run.font
+        if font.hidden or font.web_hidden or font.spec_vanish:
+            return True
+        if style_hides("run", run._r.style, lambda: run.style) or style_hides(
+            "paragraph", paragraph._p.style, lambda: paragraph.style
+        ):
+            return True
+        color = font.color
+        if color is not None and color.type is not None and color.rgb == RGBColor(0xFF, 0xFF, 0xFF):
+            return True
+        return font.size is not None and font.size < Pt(3)
+
+    def paragraph_text(paragraph: Paragraph) -> None:
+        shown, unseen = [], []
+        for item in paragraph.iter_inner_content():
+            for run in [item] if isinstance(item, Run) else item.runs:
+                (unseen if is_hidden(run, paragraph) else shown).append(run.text)
+        visible.append("".join(shown))
+        if "".join(unseen).strip():
+            hidden.append(" ".join("".join(unseen).split()))
+
+    def walk(container: object) -> None:
+        for block in container.iter_inner_content():  # type: ignore[attr-defined]
+            if isinstance(block, Table):
+                for row in block.rows:
+                    for cell in row.cells:
+                        walk(cell)
+            else:
+                paragraph_text(block)
+
+    walk(document)
+    props = document.core_properties
+    return Extracted(
+        text=_tidy("\n\n".join(visible)), hidden=tuple(hidden), authors=_names(props.author, props.last_modified_by)
+    )
+
+
+# --- PDF -----------------------------------------------------------------------------------------------------
+
+
+def _pdf(path: Path, data: bytes) -> Extracted:
+    if b"%PDF" not in data[:1024]:
+        return Extracted(problem="corrupt .pdf file (no PDF header): ask the student to upload it again")
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
+    reader = PdfReader(str(path))
+    if reader.is_encrypted:
+        try:
+            opened = reader.decrypt("")
+        except DependencyError:
+            return Extracted(problem="encrypted with AES (install `cryptography` to read PDFs without a password)")
+        if not opened:
+            return Extracted(problem="password-protected PDF: ask the student for a copy without a password")
+    try:
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except FileNotDecryptedError:
+        return Extracted(problem="password-protected PDF: ask the student for a copy without a password")
+    info = reader.metadata
+    authors = _names(info.author) if info else ()
+    text = _tidy("\n\n".join(pages))
+    if not text:
+        return Extracted(
+            authors=authors,
+            problem="no text layer (a scanned or image-only PDF): ask for the original document, or run OCR on it",
+        )
+    return Extracted(text=text, authors=authors)
+
+
+# --- OpenDocument ----------------------------------------------------------------------------------------------
+
+
+def _odt(path: Path, data: bytes) -> Extracted:
+    if not zipfile.is_zipfile(path):
+        return Extracted(problem="corrupt .odt file (not an OpenDocument package): ask for it again")
+    from odf import dc, meta, teletype
+    from odf.namespaces import TEXTNS
+    from odf.opendocument import load
+
+    document = load(str(path))
+    visible: list[str] = []
+    hidden: list[str] = []
+    hidden_kinds = ((TEXTNS, "hidden-text"), (TEXTNS, "hidden-paragraph"))
+    block_kinds = ((TEXTNS, "p"), (TEXTNS, "h"))
+
+    def walk(node: object) -> None:
+        for child in getattr(node, "childNodes", []):
+            qname = getattr(child, "qname", None)
+            if qname in hidden_kinds:
+                words = " ".join(str(child.getAttribute("stringvalue") or teletype.extractText(child)).split())
+                if words:
+                    hidden.append(words)
+            elif qname in block_kinds:
+                visible.append(teletype.extractText(child))
+            else:
+                walk(child)
+
+    walk(document.text)
+    creators = [
+        teletype.extractText(n) for kind in (dc.Creator, meta.InitialCreator) for n in document.getElementsByType(kind)
+    ]
+    return Extracted(text=_tidy("\n\n".join(visible)), hidden=tuple(hidden), authors=_names(*creators))
+
+
+# --- HTML ----------------------------------------------------------------------------------------------------
+
+_WHITE = re.compile(r"^(?:#fff(?:fff)?|white|rgba?\(\s*255\s*,\s*255\s*,\s*255\s*(?:,\s*[\d.]+\s*)?\))$", re.I)
+_TINY = re.compile(r"^(?:0|0?\.\d+|1)(?:px|pt)?$|^0(?:\.\d+)?(?:em|rem|%)$", re.I)
+_BLOCKS = ("p", "div", "li", "tr", "br", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "section", "table")
+
+
+def _style_hides(style: str) -> bool:
+    decls = {}
+    for decl in style.split(";"):
+        if ":" in decl:
+            key, value = decl.split(":", 1)
+            decls[key.strip().lower()] = value.strip().lower().replace("!important", "").strip()
+    return (
+        decls.get("display") == "none"
+        or decls.get("visibility") == "hidden"
+        or decls.get("opacity") in ("0", "0.0")
+        or bool(_TINY.match(decls.get("font-size", "x")))
+        or bool(_WHITE.match(decls.get("color", "")))
+    )
+
+
+def _html(path: Path, data: bytes) -> Extracted:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(data, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    authors = _names(*(m.get("content") for m in soup.find_all("meta", attrs={"name": re.compile("^author$", re.I)})))
+    if soup.head is not None:
+        soup.head.decompose()
+    hidden: list[str] = []
+    for tag in soup.find_all(True):
+        if tag.decomposed:
+            continue
+        font_colour = tag.name == "font" and bool(_WHITE.match(str(tag.get("color", ""))))
+        if tag.has_attr("hidden") or _style_hides(str(tag.get("style", ""))) or font_colour:
+            words = " ".join(tag.get_text(" ").split())
+            if words:
+                hidden.append(words)
+            tag.decompose()
+    for tag in soup.find_all(_BLOCKS):
+        tag.insert_before("\n\n" if tag.name != "br" else "\n")
+        tag.insert_after("\n\n" if tag.name != "br" else "")
+    text = "\n".join(" ".join(line.split()) for line in soup.get_text("").split("\n"))
+    return Extracted(text=_tidy(text), hidden=tuple(hidden), authors=authors)
+
+
+# --- RTF and plain text ----------------------------------------------------------------------------------------
+
+
+def _rtf(path: Path, data: bytes) -> Extracted:
+    from striprtf.striprtf import rtf_to_text
+
+    if not data.lstrip().startswith(b"{\\rtf"):
+        return Extracted(problem="corrupt .rtf file (no RTF header): ask the student to upload it again")
+    return Extracted(text=_tidy(rtf_to_text(data.decode("cp1252", errors="replace"), errors="ignore")))
+
+
+def _plain(path: Path, data: bytes) -> Extracted:
+    try:
+        return Extracted(text=_tidy(data.decode("utf-8-sig")))
+    except UnicodeDecodeError:
+        return Extracted(
+            text=_tidy(data.decode("cp1252", errors="replace")), notes=("not UTF-8: read as Windows-1252",)
+        )

@@ -1,0 +1,265 @@
+"""Reviewed drafts out to the platform's own import files, written beside the lecturer's download, never into it.
+
+- `moodle-worksheet`: a filled copy of the grading worksheet (`Grade`, `Feedback comments` only).
+- `moodle-files`: a zip for "Upload multiple feedback files in a zip", one document per student in
+  `Full Name_<participant id>_assignsubmission_file/`.
+- `canvas`: a filled copy of the gradebook CSV (the assignment's column only), and a zip for "Re-upload
+  submissions", one document per student named as the student's file was downloaded.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+
+import frontmatter
+
+from tierflow.core.errors import TierflowError
+from tierflow.lms import canvas, files, moodle
+from tierflow.lms.drafts import Draft, Drafts, collect
+from tierflow.lms.marks import distribution, mark_of, number, scale_of, to_platform
+from tierflow.vault.rubric import load_rubric
+
+TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
+
+
+class ExportFeedbackError(TierflowError):
+    """The export cannot be written; the message names the file and what to do."""
+
+
+@dataclass
+class ExportResult:
+    target: str
+    written: list[Path] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    """Student ids whose feedback (and mark, where the target takes one) went into the files."""
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    distribution: list[str] = field(default_factory=list)
+    marks: dict[str, Decimal] = field(default_factory=dict)
+    drafts: Drafts | None = None
+
+
+def beside(download: Path, suffix: str) -> Path:
+    """`worksheet (tierflow).csv` next to `worksheet.csv`: a new file, never the lecturer's own."""
+    return download.with_name(f"{download.stem} (tierflow){suffix}")
+
+
+def _guard(out: Path, *downloads: Path | None) -> None:
+    for d in downloads:
+        if d is not None and out.resolve() == d.resolve():
+            raise ExportFeedbackError(
+                f"--out {out} is the file you downloaded; tierflow never writes into it. Give another path, or "
+                "leave --out out to write beside it."
+            )
+
+
+def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
+    path = vault / folder / "submissions" / f"{sid}.md"
+    return frontmatter.load(path) if path.is_file() else None
+
+
+def _title(draft: Draft, note: frontmatter.Post | None) -> str:
+    name = (note.metadata.get("name") if note else "") or draft.name
+    return f"Feedback: {name}" if name else "Feedback"
+
+
+def export_feedback(
+    vault: Path,
+    folder: str,
+    target: str,
+    *,
+    out: Path | None = None,
+    worksheet: Path | None = None,
+    gradebook: Path | None = None,
+    column: str | None = None,
+    decimals: int = 2,
+    fmt: str = ".docx",
+    dry_run: bool = False,
+) -> ExportResult:
+    vault = vault.resolve()
+    drafts = collect(vault, folder)
+    result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
+    if target == "moodle-worksheet":
+        _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run)
+    elif target == "moodle-files":
+        _moodle_files(vault, folder, drafts, result, out, fmt, dry_run)
+    elif target == "canvas":
+        _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run)
+    else:
+        raise ExportFeedbackError(f"unknown target {target!r}; give one of {', '.join(TARGETS)}")
+    return result
+
+
+def _marks(vault: Path, folder: str, drafts: Drafts):  # noqa: ANN202
+    rubric = load_rubric(vault, f"{folder}/rubric.md")
+    return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
+
+
+def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run) -> None:  # noqa: ANN001
+    if worksheet is None:
+        raise ExportFeedbackError(
+            "give the grading worksheet you downloaded from Moodle: --worksheet W.csv (assignment -> View all "
+            "submissions -> Grading action -> Download grading worksheet). If Moodle offers no worksheet, the "
+            "assignment uses an advanced grading method (a Moodle rubric or marking guide), which switches the "
+            "worksheet off: export feedback files with --to moodle-files instead."
+        )
+    try:
+        sheet = moodle.Worksheet.parse(worksheet.read_bytes(), str(worksheet))
+    except OSError as exc:
+        raise ExportFeedbackError(f"{worksheet}: cannot be read ({exc.strerror})") from None
+    except moodle.WorksheetError as exc:
+        raise ExportFeedbackError(str(exc)) from None
+    out = out or beside(worksheet, ".csv")
+    _guard(out, worksheet)
+    rubric, marks = _marks(vault, folder, drafts)
+    rows = sheet.participants()
+    values = []
+    for sid, draft in sorted(drafts.reviewed.items()):
+        index = rows.get(sid)
+        if index is None:
+            result.left_out.append((draft.path, f"no row `Participant {sid}` in {worksheet.name}"))
+            continue
+        try:
+            maximum = float(sheet.value(index, moodle.MAXIMUM).replace(",", "."))
+        except ValueError:
+            maximum = 0.0
+        mark = marks[sid]
+        grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
+        if grade is None:
+            why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
+            result.notes.append(f"{sid}: feedback sent without a grade ({why}); the Grade cell is left as it was")
+            sheet.fill(index, None, draft.html())
+        else:
+            if clamped:
+                result.notes.append(f"{sid}: mark clamped to the range 0-{maximum:g}")
+            values.append(grade)
+            result.marks[sid] = grade
+            sheet.fill(index, number(grade), draft.html())
+        result.sent.append(sid)
+    result.distribution = distribution(values, _sheet_max(sheet))
+    result.notes.append(
+        f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to each row's Maximum Grade, rounded half "
+        f"up to {decimals} decimal places. Upload promptly: Moodle skips a row whose grade changed in Moodle more "
+        "than 60 s after the worksheet's `Last modified (grade)`."
+    )
+    if not dry_run:
+        out.write_bytes(sheet.render())
+        result.written.append(out)
+
+
+def _sheet_max(sheet: moodle.Worksheet) -> float:
+    found = []
+    for index in sheet.participants().values():
+        try:
+            found.append(float(sheet.value(index, moodle.MAXIMUM).replace(",", ".")))
+        except ValueError:
+            continue
+    return max(found, default=100.0)
+
+
+def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run) -> None:  # noqa: ANN001
+    if fmt not in (".docx", ".pdf"):
+        raise ExportFeedbackError(f"Moodle feedback files are written as .docx or .pdf, not {fmt}")
+    out = out or Path.cwd() / f"{PurePosixPath(folder).name} feedback files.zip"
+    entries = []
+    for sid, draft in sorted(drafts.reviewed.items()):
+        note = _submission(vault, folder, sid)
+        if not sid.isdigit():
+            result.left_out.append((draft.path, f"student id {sid} is not a Moodle participant id"))
+            continue
+        name = str(note.metadata.get("name") or "") if note else ""
+        path = moodle.feedback_path(sid, name, f"feedback{fmt}")
+        entries.append((path, files.render(fmt, _title(draft, note), draft.student_text())))
+        result.sent.append(sid)
+    result.notes.append(
+        "In Moodle: View all submissions -> Grading action -> Upload multiple feedback files in a zip. Grades are "
+        "not in this zip: enter them in Moodle (with an advanced grading method, on its grading form)."
+    )
+    if not dry_run:
+        _write_zip(out, entries)
+        result.written.append(out)
+
+
+def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run) -> None:  # noqa: ANN001
+    entries: list[tuple[str, bytes]] = []
+    commented: list[str] = []
+    for sid, draft in sorted(drafts.reviewed.items()):
+        note = _submission(vault, folder, sid)
+        downloaded = [str(d) for d in (note.metadata.get("downloaded_as") or [])] if note else []
+        usable = [
+            d for d in downloaded if (p := canvas.parse_name(PurePosixPath(d).name)) and not p.text_entry
+            and PurePosixPath(d).suffix.lower() in files.WRITABLE
+        ]  # fmt: skip
+        if not usable:
+            why = (
+                "only a text entry, which Canvas's re-upload cannot match (it needs an attachment id): paste the "
+                "comment in SpeedGrader"
+                if downloaded
+                else "no Canvas file recorded for this student (import the submissions.zip first)"
+            )
+            result.notes.append(f"{sid}: comment not in the re-upload zip: {why}")
+            continue
+        name = PurePosixPath(usable[0]).name
+        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_text())))
+        commented.append(sid)
+    sheet = None
+    if gradebook is not None:
+        try:
+            sheet = canvas.Gradebook.parse(gradebook.read_bytes(), str(gradebook))
+            col = sheet.column(column)
+        except OSError as exc:
+            raise ExportFeedbackError(f"{gradebook}: cannot be read ({exc.strerror})") from None
+        except canvas.GradebookError as exc:
+            raise ExportFeedbackError(str(exc)) from None
+        points = sheet.points_possible(col)
+        if not points:
+            raise ExportFeedbackError(
+                f"{gradebook.name}: no `Points Possible` for {sheet.header[col]}; export the gradebook again"
+            )
+        rubric, marks = _marks(vault, folder, drafts)
+        students = sheet.students()
+        values = []
+        for sid, draft in sorted(drafts.reviewed.items()):
+            index = students.get(sid)
+            if index is None:
+                result.left_out.append((draft.path, f"no row with ID {sid} in {gradebook.name}"))
+                continue
+            grade, clamped = to_platform(marks[sid], points, decimals)
+            if grade is None:
+                result.notes.append(f"{sid}: no mark ({'; '.join(marks[sid].problems)}); cell left as it was")
+                continue
+            if clamped:
+                result.notes.append(f"{sid}: mark clamped to the range 0-{points:g}")
+            sheet.fill(index, col, number(grade))
+            values.append(grade)
+            result.marks[sid] = grade
+            result.sent.append(sid)
+        result.distribution = distribution(values, points)
+        result.notes.append(
+            f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to {points:g} points, rounded half up "
+            f"to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: Grades -> "
+            "Import."
+        )
+    else:
+        result.sent += commented
+    base = out or (beside(gradebook, ".csv") if gradebook else Path.cwd() / f"{PurePosixPath(folder).name}.csv")
+    _guard(base, gradebook)
+    if not dry_run:
+        if sheet is not None:
+            base.write_bytes(sheet.render())
+            result.written.append(base)
+        if entries:
+            comments = base.with_name(f"{base.stem} comments.zip")
+            _write_zip(comments, entries)
+            result.written.append(comments)
+            result.notes.append("In Canvas: the assignment -> Re-Upload Submissions, with the comments zip.")
+
+
+def _write_zip(path: Path, entries: list[tuple[str, bytes]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, data)

@@ -1,0 +1,133 @@
+"""Feedback as a document a student opens without Obsidian: .docx (python-docx), .pdf (fpdf2), .odt (odfpy),
+.html or plain text, from the reviewed draft's student text (Markdown headings, bullets, quotes and bold kept)."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import unicodedata
+from pathlib import Path
+
+WRITABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md")
+_FONTS = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/share/fonts/TTF/DejaVuSans.ttf"))
+
+
+def _blocks(markdown: str) -> list[tuple[str, str]]:
+    """(kind, text) per line: `heading`, `bullet`, `quote`, `para`; bold and italic markers dropped."""
+    out = []
+    for line in markdown.splitlines():
+        text = re.sub(r"(\*\*|__|\*|_)(\S(?:.*?\S)?)\1", r"\2", line).strip()
+        if not text:
+            continue
+        if text.startswith("#"):
+            out.append(("heading", text.lstrip("#").strip()))
+        elif re.match(r"^[-*+]\s+", text):
+            out.append(("bullet", re.sub(r"^[-*+]\s+", "", text)))
+        elif text.startswith(">"):
+            out.append(("quote", text.lstrip("> ").strip()))
+        else:
+            out.append(("para", text))
+    return out
+
+
+def render(suffix: str, title: str, markdown: str) -> bytes:
+    """The feedback as a `suffix` file (one of WRITABLE)."""
+    suffix = suffix.lower()
+    if suffix == ".docx":
+        return _docx(title, markdown)
+    if suffix == ".pdf":
+        return _pdf(title, markdown)
+    if suffix == ".odt":
+        return _odt(title, markdown)
+    if suffix in (".html", ".htm"):
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark").render(markdown)
+        page = f'<!DOCTYPE html><html><head><meta charset="UTF-8"><title>{html.escape(title)}</title></head>'
+        return f"{page}<body><h1>{html.escape(title)}</h1>{body}</body></html>".encode()
+    if suffix in (".txt", ".md"):
+        return f"{title}\n\n{markdown}\n".encode()
+    raise ValueError(f"cannot write feedback as {suffix}; writable: {', '.join(WRITABLE)}")
+
+
+def _docx(title: str, markdown: str) -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.core_properties.title = title
+    document.core_properties.author = "tierflow"
+    document.add_heading(title, level=1)
+    for kind, text in _blocks(markdown):
+        if kind == "heading":
+            document.add_heading(text, level=2)
+        elif kind == "bullet":
+            document.add_paragraph(text, style="List Bullet")
+        elif kind == "quote":
+            document.add_paragraph(text, style="Quote")
+        else:
+            document.add_paragraph(text)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def _pdf(title: str, markdown: str) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_title(title)
+    pdf.set_author("tierflow")
+    pdf.add_page()
+    font = next((f for f in _FONTS if f.is_file()), None)
+    if font is not None:
+        pdf.add_font("Body", fname=str(font))
+        family = "Body"
+
+        def fit(text: str) -> str:
+            return text
+    else:  # the core fonts hold Latin-1 only: other letters lose their accents rather than the file failing
+        family = "Helvetica"
+
+        def fit(text: str) -> str:
+            text = text.replace("—", "-").replace("–", "-").replace("’", "'").replace("“", '"').replace("”", '"')
+            return "".join(
+                ch if ord(ch) < 256 else unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+                for ch in text
+            )
+
+    pdf.set_font(family, size=16)
+    pdf.multi_cell(0, 9, fit(title))
+    pdf.ln(2)
+    for kind, text in _blocks(markdown):
+        pdf.set_font(family, size=13 if kind == "heading" else 11)
+        prefix = "• " if kind == "bullet" and font is not None else ("- " if kind == "bullet" else "")
+        indent = 8 if kind in ("bullet", "quote") else 0
+        pdf.set_x(pdf.l_margin + indent)
+        pdf.multi_cell(0, 6, fit(prefix + text))
+        pdf.ln(2)
+    return bytes(pdf.output())
+
+
+def _odt(title: str, markdown: str) -> bytes:
+    from odf import dc
+    from odf.opendocument import OpenDocumentText
+    from odf.text import H, List, ListItem, P
+
+    document = OpenDocumentText()
+    document.meta.addElement(dc.Title(text=title))
+    document.text.addElement(H(outlinelevel=1, text=title))
+    for kind, text in _blocks(markdown):
+        if kind == "heading":
+            document.text.addElement(H(outlinelevel=2, text=text))
+        elif kind == "bullet":
+            items = List()
+            item = ListItem()
+            item.addElement(P(text=text))
+            items.addElement(item)
+            document.text.addElement(items)
+        else:
+            document.text.addElement(P(text=text))
+    out = io.BytesIO()
+    document.write(out)
+    return out.getvalue()

@@ -1,0 +1,247 @@
+"""A platform export into the assignment folder the student-feedback flow reads: one note per student.
+
+`A/submissions/<student id>.md` holds the student's text (each file a labelled part, typed text first, then files
+by name) with front-matter the flow reads (`student_id`, `name`) and properties it never sends to a model (`late`,
+`files`, `document_authors`, `tierflow_unreadable`, `tierflow_hidden_text`). The files as downloaded are kept
+read-only in `A/submissions/<student id>/`.
+
+Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
+is replaced when the student's files changed; a note the lecturer edited is left as it is (and said so); drafts
+in `feedback/` are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import frontmatter
+import yaml
+from pathvalidate import sanitize_filename
+
+from tierflow.core.errors import VaultError
+from tierflow.lms import canvas, moodle
+from tierflow.lms.documents import Extracted, extract
+from tierflow.lms.source import Export, ExportError
+from tierflow.lms.work import ReadExport, RosterEntry, StudentWork
+from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
+
+PLATFORMS = ("moodle", "canvas")
+HIDDEN_CALLOUT = "Hidden text in the original"
+
+
+@dataclass
+class StudentResult:
+    """What the import did for one student."""
+
+    student_id: str
+    name: str
+    action: str
+    """`created`, `updated`, `unchanged`, or `kept-edit` (the lecturer edited the note: left as it is)."""
+    parts: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    """(file, reason) for every file that gave no text."""
+    hidden: list[str] = field(default_factory=list)
+    late: bool = False
+    path: str = ""
+
+
+@dataclass
+class ImportReport:
+    platform: str
+    layouts: list[str]
+    folder: str
+    students: list[StudentResult] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def unreadable(self) -> list[tuple[str, str, str]]:
+        return [(s.student_id, f, why) for s in self.students for f, why in s.problems]
+
+
+def detect(export: Export) -> str:
+    """`moodle` or `canvas`, from how the export names its files; ExportError when it is neither."""
+    paths = [e.path for e in export.entries]
+    scores = {"moodle": moodle.matches(paths), "canvas": canvas.matches(paths)}
+    best = max(scores, key=lambda k: scores[k])
+    if not scores[best]:
+        sample = ", ".join(paths[:3]) or "no files"
+        raise ExportError(
+            f"{export.path} does not look like a Moodle or Canvas submissions export ({sample}). Give the zip "
+            "as the platform downloaded it, or say which platform with --from moodle|canvas."
+        )
+    return best
+
+
+def read(export: Export, platform: str) -> ReadExport:
+    return moodle.read_export(export) if platform == "moodle" else canvas.read_export(export)
+
+
+def import_submissions(
+    vault: Path,
+    folder: str,
+    export_path: Path,
+    *,
+    platform: str | None = None,
+    roster: Path | None = None,
+    on_student: Callable[[StudentResult, int, int], None] | None = None,
+) -> ImportReport:
+    """Fill `folder/submissions/` from the export at `export_path`; see the module docstring."""
+    vault = vault.resolve()
+    root = (vault / folder).resolve()
+    if not root.is_relative_to(vault):
+        raise VaultError(f"assignment folder {folder!r} resolves to {root}, outside the vault {vault}")
+    folder = root.relative_to(vault).as_posix()
+    with Export.open(export_path) as export:
+        platform = platform or detect(export)
+        found = read(export, platform)
+        report = ImportReport(platform, sorted(found.layouts), folder, ignored=list(found.ignored))
+        names = _roster(roster, platform) if roster else {}
+        if (
+            platform == "canvas"
+            and not roster
+            and any(not s.student_id.startswith("anon_") for s in found.students.values())
+        ):
+            report.warnings.append(
+                "Canvas writes only a squashed sortable name into file names (`osullivanliam`): give the gradebook "
+                "CSV with --roster so each student's real name is recorded and hidden from every prompt."
+            )
+        total = len(found.students)
+        for done, work in enumerate(sorted(found.students.values(), key=lambda w: w.student_id), start=1):
+            entry = names.get(work.student_id)
+            if entry is not None:
+                work.name = entry.name or work.name
+                work.late = work.late or bool(entry.late)
+            result = _import_one(vault, folder, export, work)
+            report.students.append(result)
+            if on_student is not None:
+                on_student(result, done, total)
+    return report
+
+
+def _roster(path: Path, platform: str) -> dict[str, RosterEntry]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be read ({exc.strerror}); give the worksheet or gradebook CSV") from None
+    return moodle.read_roster(data) if platform == "moodle" else canvas.read_roster(data)
+
+
+def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> StudentResult:
+    subs = vault / folder / "submissions"
+    originals = subs / work.student_id
+    result = StudentResult(work.student_id, work.name, "unchanged", late=work.late)
+    kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
+    used: set[str] = set()
+    for f in work.ordered():
+        name = _unique(sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file", used)
+        target = originals / name
+        _write_readonly(target, export.read(f.entry))
+        kept.append((f.filename, target, f.kind, extract(target)))
+    for stale in originals.iterdir() if originals.is_dir() else []:
+        if stale.name not in used and stale.is_file():
+            stale.chmod(stat.S_IWUSR | stat.S_IRUSR)
+            stale.unlink()
+    readable = [(fn, p, kind, ex) for fn, p, kind, ex in kept if ex.ok]
+    for fn, _, kind, ex in kept:
+        if not ex.ok:
+            reason = "the online text is empty" if kind != "file" and "no text" in ex.problem else ex.problem
+            result.problems.append((fn, reason))
+    body = _body(readable)
+    name = _restore_name(work.name, body)
+    result.name = name
+    result.parts = len(readable)
+    result.hidden = [fn for fn, _, _, ex in readable if ex.hidden]
+    authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
+    front = {
+        "student_id": work.student_id,
+        "name": name,
+        "platform": work.platform,
+        "late": work.late,
+        "tags": ["submission", "tierflow/imported"],
+        "files": [p.relative_to(vault).as_posix() for _, p, _, _ in kept],
+        "downloaded_as": [f.entry.path for f in work.ordered()],
+        "document_authors": authors,
+        "tierflow_hidden_text": result.hidden,
+        "tierflow_unreadable": [f"{fn}: {why}" for fn, why in result.problems],
+    }
+    note = subs / f"{work.student_id}.md"
+    result.path = note.relative_to(vault).as_posix()
+    if note.exists() and _edited(note):
+        result.action = "kept-edit"
+        return result
+    written = NoteWriter(vault, f"{folder}/submissions").write(work.student_id, front, body)
+    result.action = written.action
+    return result
+
+
+def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
+    if not readable:
+        return ""
+    blocks = []
+    many = len(readable) > 1
+    for i, (_, path, kind, ex) in enumerate(readable, start=1):
+        label = kind if kind != "file" else f"{path.suffix.lower()} file"
+        if many:
+            blocks.append(f"## Part {i} of {len(readable)} ({label})\n\n{ex.text}")
+        else:
+            blocks.append(ex.text)
+        if ex.hidden:
+            lines = "\n".join(f"> {' '.join(h.split())}" for h in ex.hidden)
+            where = f"part {i} ({label})" if many else label
+            blocks.append(
+                f"> [!warning] {HIDDEN_CALLOUT}, {where}: invisible to a reader (white, 1-px or hidden text), "
+                f"visible to a model\n{lines}"
+            )
+    return "\n\n".join(blocks)
+
+
+def _restore_name(name: str, text: str) -> str:
+    """The platform's name with the characters Moodle strips put back, when the student's text has them:
+    `Liam OSullivan` becomes `Liam O'Sullivan` if the essay says so (so the name is found and hidden there)."""
+    out = []
+    for word in name.split():
+        if len(word) < 3:
+            out.append(word)
+            continue
+        pattern = "['’`]?".join(re.escape(ch) for ch in word)
+        m = re.search(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)
+        out.append(m.group(0) if m and m.group(0).casefold() != word.casefold() and word[0] == m.group(0)[0] else word)
+    return " ".join(out)
+
+
+def _edited(note: Path) -> bool:
+    """True when the note is not tierflow's as written: the lecturer edited it (or wrote it)."""
+    try:
+        post = frontmatter.loads(note.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return True
+    stored = post.metadata.get(HASH_KEY)
+    return not stored or stored != body_hash(dict(post.metadata), post.content)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate.casefold() in {u.casefold() for u in used}:
+        stem, dot, ext = name.rpartition(".")
+        candidate = f"{stem} ({n}).{ext}" if dot else f"{name} ({n})"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+def _write_readonly(path: Path, data: bytes) -> None:
+    """Write the original as downloaded and make it read-only; unchanged bytes are left alone."""
+    if path.exists():
+        if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
+            return
+        path.chmod(stat.S_IWUSR | stat.S_IRUSR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -1,0 +1,206 @@
+"""Moodle's assignment (`mod/assign`): the submissions download in, the grading worksheet and feedback files out.
+
+The rules come from Moodle's own code:
+- `mod/assign/classes/downloader.php` (4.1+) and `mod/assign/locallib.php` `download_submissions` (before 4.1):
+  each student's prefix is `clean_filename(str_replace('_', ' ', fullname) . '_' . participant id)`
+  (`Participant` under blind marking; before 4.1 with a trailing `_`); with "Download submissions in folders" on
+  (the default) each plugin's files go under `<prefix>_assignsubmission_<plugin>/`, otherwise they are flat as
+  `<prefix>_assignsubmission_<plugin>_<filename>`. `clean_filename` strips `& < > " \\` | ' : \\ /`.
+- `mod/assign/gradingtable.php`: the worksheet's columns; `Identifier` is `Participant <participant id>`.
+- `lib/csvlib.class.php` and `mod/assign/feedback/offline/importgradeslib.php` / `locallib.php`: how the
+  worksheet is read back (see `tests/test_lms_moodle.py`, which ports those rules).
+- `lib/openspout/src/Writer/CSV/Writer.php`: the worksheet is written with a UTF-8 BOM by PHP's `fputcsv`
+  (`,` and `"`, no escape character, `\\n` line ends).
+- `mod/assign/feedback/file/importziplib.php`: a feedback file is matched when a folder or file name on its
+  path splits on `_` into name, numeric participant id, `assignsubmission`, plugin.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
+from tierflow.lms.source import Entry, Export
+from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
+
+PLATFORM = "moodle"
+_ENTRY = re.compile(
+    r"^(?P<name>[^_/]*)_(?P<id>\d+)_(?P<subtype>assignsubmission)_(?P<plugin>[A-Za-z0-9]+)"
+    r"(?:(?P<old>_)?/(?P<inner>.+)|_(?P<flat>[^/]+))$"
+)
+BLIND = "Participant"
+"""The name part Moodle writes for every student under blind marking (`get_string('participant', 'assign')`)."""
+CLEANED = "&<>\"`|':\\/"
+"""What `clean_filename` removes from a name (PARAM_FILE): `Liam O'Sullivan` arrives as `Liam OSullivan`."""
+
+IDENTIFIER = "Identifier"
+GRADE = "Grade"
+MODIFIED_GRADE = "Last modified (grade)"
+MAXIMUM = "Maximum Grade"
+FEEDBACK = "Feedback comments"
+FULL_NAME = "Full name"
+STATUS = "Status"
+PARTICIPANT = "Participant "
+"""`get_string('hiddenuser', 'assign')`: the worksheet's `Identifier` is this followed by the participant id."""
+
+
+def matches(paths: list[str]) -> int:
+    """How many entry paths look like Moodle's (used to tell the platforms apart)."""
+    return sum(1 for p in paths if _ENTRY.match(p) or _ENTRY.match(p.split("/", 1)[-1]))
+
+
+def read_export(export: Export) -> ReadExport:
+    """Every student's files in a Moodle submissions download, in any of its four layouts."""
+    result = ReadExport(PLATFORM)
+    entries = export.entries
+    if entries and not any(_ENTRY.match(e.path) for e in entries):
+        # Unpacked into a folder named after the zip: look one level down.
+        entries = [Entry(e.path.split("/", 1)[1], e.size) if "/" in e.path else e for e in entries]
+        stripped = {e.path: orig for e, orig in zip(entries, export.entries, strict=True)}
+    else:
+        stripped = {e.path: e for e in entries}
+    for entry in entries:
+        m = _ENTRY.match(entry.path)
+        original = stripped[entry.path]
+        if not m:
+            result.ignored.append((original.path, "not named as Moodle names submission files; skipped"))
+            continue
+        blind = m["name"] == BLIND
+        layout = "flat" if m["flat"] else ("folders, before Moodle 4.1" if m["old"] else "folders")
+        if blind:
+            layout = f"blind marking, {layout}"
+        work = result.student(m["id"], "" if blind else m["name"].strip(), PLATFORM, layout)
+        plugin = m["plugin"]
+        filename = m["flat"] or m["inner"]
+        kind = "online text" if plugin == "onlinetext" else "file"
+        work.files.append(PlatformFile(original, filename, kind))
+    return result
+
+
+# --- the grading worksheet --------------------------------------------------------------------------------
+
+
+def read_roster(data: bytes) -> dict[str, RosterEntry]:
+    """Participant id -> the worksheet's full name (with its apostrophes) and whether Moodle says it was late."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    if not rows or IDENTIFIER not in rows[0]:
+        return {}
+    header = rows[0]
+    out = {}
+    for row in rows[1:]:
+        if len(row) != len(header):
+            continue
+        cells = dict(zip(header, row, strict=True))
+        ident = cells[IDENTIFIER]
+        if not ident.startswith(PARTICIPANT):
+            continue
+        sid = ident[len(PARTICIPANT) :].strip()
+        status = cells.get(STATUS, "")
+        out[sid] = RosterEntry(sid, cells.get(FULL_NAME, "").strip(), late=("late" in status.lower()) or None)
+    return out
+
+
+class WorksheetError(ValueError):
+    """The worksheet cannot be filled: not Moodle's, or its columns say the worksheet route is off."""
+
+
+@dataclass
+class Worksheet:
+    """A downloaded grading worksheet, kept byte for byte, with `Grade` and `Feedback comments` to fill."""
+
+    bom: bool
+    header: list[str]
+    rows: list[RawRow]
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> Worksheet:
+        bom = data.startswith(b"\xef\xbb\xbf")
+        try:
+            text = data[3:].decode("utf-8") if bom else data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WorksheetError(
+                f"{name} is not UTF-8. Download the grading worksheet again from Moodle and give it as it came "
+                "(do not open and save it in Excel first)."
+            ) from None
+        rows = split_raw(text)
+        if not rows:
+            raise WorksheetError(f"{name} is empty. Download the grading worksheet again from Moodle.")
+        header = [raw_value(f) for f in rows[0].fields]
+        missing = [c for c in (IDENTIFIER, GRADE, MODIFIED_GRADE) if c not in header]
+        if IDENTIFIER not in header:
+            raise WorksheetError(
+                f"{name} is not a Moodle grading worksheet (no `{IDENTIFIER}` column). Download it from the "
+                "assignment: View all submissions -> Grading action -> Download grading worksheet."
+            )
+        if missing:
+            raise WorksheetError(
+                f"{name} has no {', '.join(f'`{c}`' for c in missing)} column. Moodle's importer needs "
+                f"`{IDENTIFIER}`, `{GRADE}` and `{MODIFIED_GRADE}`. When the assignment uses an advanced grading "
+                "method (a Moodle rubric or marking guide), Moodle switches the grading worksheet off: give "
+                "feedback as files instead with `--to moodle-files`, and enter the rubric levels in Moodle."
+            )
+        if MAXIMUM not in header:
+            raise WorksheetError(
+                f"{name} has no `{MAXIMUM}` column: the assignment is graded on a scale, which tierflow does not "
+                "fill. Give feedback as files with `--to moodle-files`, and choose the scale items in Moodle."
+            )
+        if FEEDBACK not in header:
+            raise WorksheetError(
+                f"{name} has no `{FEEDBACK}` column: feedback comments are switched off for this assignment. "
+                "Turn on Feedback comments in the assignment's settings and download the worksheet again, or "
+                "use `--to moodle-files`."
+            )
+        for number, row in enumerate(rows[1:], start=2):
+            if len(row.fields) != len(header) and any(f.strip() for f in row.fields):
+                raise WorksheetError(
+                    f"{name}, row {number}: {len(row.fields)} fields where the header has {len(header)}. Moodle "
+                    "rejects the whole file for this; download the grading worksheet again."
+                )
+        return cls(bom, header, rows)
+
+    def participants(self) -> dict[str, int]:
+        """Participant id -> row index (into `rows`)."""
+        col = self.header.index(IDENTIFIER)
+        out = {}
+        for i, row in enumerate(self.rows[1:], start=1):
+            if len(row.fields) == len(self.header):
+                ident = raw_value(row.fields[col])
+                if ident.startswith(PARTICIPANT):
+                    out[ident[len(PARTICIPANT) :].strip()] = i
+        return out
+
+    def value(self, index: int, column: str) -> str:
+        return raw_value(self.rows[index].fields[self.header.index(column)])
+
+    def fill(self, index: int, grade: str | None, feedback_html: str) -> None:
+        """Set the row's `Grade` (unless None) and `Feedback comments`; every other cell stays as downloaded."""
+        row = self.rows[index]
+        if grade is not None:
+            row.fields[self.header.index(GRADE)] = fputcsv_field(grade)
+        row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html)
+
+    def render(self) -> bytes:
+        text = "".join(",".join(r.fields) + r.end for r in self.rows)
+        return (b"\xef\xbb\xbf" if self.bom else b"") + text.encode("utf-8")
+
+
+# --- feedback files ---------------------------------------------------------------------------------------
+
+
+def feedback_folder(student_id: str, name: str) -> str:
+    """`Full Name_<id>_assignsubmission_file`: the folder Moodle's feedback-zip importer matches to a participant.
+
+    The name part is cleaned as Moodle cleans it, with underscores made spaces (an underscore there would make
+    the importer read part of the name as the id), and `Participant` when no name is known.
+    """
+    cleaned = "".join(ch for ch in name if ch not in CLEANED and ch >= " ").replace("_", " ")
+    cleaned = " ".join(cleaned.split()) or BLIND
+    return f"{cleaned}_{student_id}_assignsubmission_file"
+
+
+def feedback_path(student_id: str, name: str, filename: str) -> str:
+    return str(PurePosixPath(feedback_folder(student_id, name)) / filename)

@@ -1,0 +1,94 @@
+"""A platform's export as a list of entries, whether the lecturer kept the zip or unpacked it into a folder.
+
+Zip entry names are decoded as the platform meant them: an entry without the zip's UTF-8 flag (bit 11) is
+read by Python as code page 437, so a UTF-8 name (`duboischloé_…`, as Canvas writes them) would turn into
+mojibake; such names are encoded back to their bytes and decoded as UTF-8 when they are valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tierflow.core.errors import TierflowError
+
+_JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+class ExportError(TierflowError):
+    """The export cannot be read at all (not a zip or folder, or not a platform's export)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the export: its path inside the export (`/`-separated, as the platform named it)."""
+
+    path: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+def entry_name(info: zipfile.ZipInfo) -> str:
+    """The entry's name as its writer meant it: UTF-8 even when the zip's UTF-8 flag is missing."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
+class Export:
+    """The entries of a zip file or a folder, and their bytes; `Export.open(path)` picks which."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+        self.entries: list[Entry] = []
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = file.relative_to(path).as_posix()
+                if not _junk(rel):
+                    self.entries.append(Entry(rel, file.stat().st_size))
+        elif zipfile.is_zipfile(path):
+            self._zip = zipfile.ZipFile(path)
+            for info in self._zip.infolist():
+                name = entry_name(info)
+                if info.is_dir() or _junk(name):
+                    continue
+                self._infos[name] = info
+                self.entries.append(Entry(name, info.file_size))
+        elif path.exists():
+            raise ExportError(
+                f"{path} is neither a zip file nor a folder. Give the zip the platform downloaded "
+                "(Moodle: Download all submissions; Canvas: Download Submissions) or the folder it was unpacked to."
+            )
+        else:
+            raise ExportError(f"{path} does not exist. Give the export zip or the folder it was unpacked to.")
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path) -> Iterator[Export]:
+        export = cls(path)
+        try:
+            yield export
+        finally:
+            if export._zip is not None:
+                export._zip.close()
+
+    def read(self, entry: Entry) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(self._infos[entry.path])
+        return (self.path / entry.path).read_bytes()
+
+
+def _junk(path: str) -> bool:
+    name = PurePosixPath(path).name
+    return path.startswith(_JUNK[0]) or name in _JUNK[1:] or name.startswith("._")
