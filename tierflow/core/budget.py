@@ -386,6 +386,7 @@ class Budgets:
         None means the call would fit once the calls in flight settle (until `expired`), or that `claim` (which
         may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
         """
+        self._track(conn)  # first: a scope new to the ledger takes the migration lock before the budget lock
         _lock(conn)
         conn.execute(_RELEASE_EXPIRED, {"now": database_seconds(conn)})
         applicable = self.applicable(candidates[0][0].phase)
