@@ -16,7 +16,7 @@ last one's end (from the ledger) against the same ideal, and the most calls in f
 
 Each scenario starts after `--settle` idle seconds, so that none pays for the server's work on the last.
 
-    python benchmarks/tier_throughput.py [--format json] [--latency 1.0]
+    python benchmarks/tier_throughput.py [--format json] [--latency 1.0] [--only 40:4] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before each scenario")
     parser.add_argument("--only", default="", help="CALLS:LIMIT (e.g. 40:8) to run one scenario")
     parser.add_argument("--mechanism", choices=MECHANISMS, action="append", help="run only these (repeatable)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every scenario this many times (each listed)")
     args = parser.parse_args()
     from tierflow.testing.double import ProviderDouble
 
@@ -218,7 +219,7 @@ def main() -> None:
 
         with temporary_settings(updates={PREFECT_API_URL: url}):
             scenarios = [tuple(map(int, args.only.split(":")))] if args.only else SCENARIOS
-            for calls, limit in scenarios:
+            for calls, limit in [scenario for _ in range(max(1, args.repeat)) for scenario in scenarios]:
                 for mechanism in args.mechanism or MECHANISMS:
                     time.sleep(args.settle)  # the server's services finish the previous scenario's events first
                     result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency)

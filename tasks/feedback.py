@@ -21,6 +21,7 @@ from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.checks import describe, run_checks
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
+from tierflow.report.spend import row_tokens
 from tierflow.tasks.assignment import Assignment, Submission
 from tierflow.tasks.cohort import Cohort
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
@@ -112,6 +113,22 @@ def prompt(
     )
 
 
+def _draft_spend(settings: RunSettings, subject: str, answer: Answer | None) -> tuple[int, float | None]:
+    """Tokens and USD of every attempt at this student's draft (retries and escalations too), from the ledger;
+    the answer's own when the ledger holds none under its subject (a batch item)."""
+    if answer is None:
+        return 0, 0.0
+    rows = [
+        r
+        for r in caller_for(settings).ledger.rows(run_id=settings.run_id)
+        if r["phase"] == PHASE and r["subject"] == subject
+    ]
+    if not rows:
+        return answer.usage.total_tokens, answer.cost_usd
+    costs = [r["cost_usd"] for r in rows]
+    return sum(row_tokens(r) for r in rows), None if None in costs else sum(costs)
+
+
 def write_feedback(
     settings: RunSettings, assignment: Assignment, submission: Submission, answer: Answer | None, share: Share
 ) -> WriteResult:
@@ -160,12 +177,9 @@ def write_feedback(
         flags=submission.flags,
         offline=bool(answer and answer.route.provider_kind == "offline"),
     )
-    tokens = share.tokens_each + (answer.usage.total_tokens if answer else 0)
-    cost = (
-        None
-        if share.cost_each is None or (answer and answer.cost_usd is None)
-        else round(share.cost_each + (answer.cost_usd or 0.0 if answer else 0.0), 6)
-    )
+    own_tokens, own_cost = _draft_spend(settings, own or submission.student_id, answer)
+    tokens = share.tokens_each + own_tokens
+    cost = None if share.cost_each is None or own_cost is None else round(share.cost_each + own_cost, 6)
     writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
     title = assignment.feedback_title(submission.student_id)
     # An earlier version named the draft after the student id alone, which shadows the submission: move it.
@@ -277,8 +291,8 @@ def draft(
             f"collate: {', '.join(sorted({e.model for e in evidence}))}",
             f"synthesise: {cohort.model}",
         ),
-        tokens_each=sum(e.tokens for e in evidence) // max(1, len(submissions))
-        + cohort.tokens // max(1, len(submissions)),
+        # Tokens and USD alike from every row of the run so far (collate and synthesis, every attempt).
+        tokens_each=sum(row_tokens(r) for r in rows) // max(1, len(submissions)),
         cost_each=None if None in costs else sum(costs) / max(1, len(submissions)),
     )
     empty = [

@@ -187,3 +187,27 @@ def test_the_compact_spend_row_keeps_the_money_and_shortens_the_rest():
     totals = phase.table_row(compact=True)
     assert (totals["phase"], totals["tier"], totals["model"], totals["USD"]) == ("total", "", "", "$0.1800")
     assert phase.table_row()["tier"] == "deep, standard"
+
+
+def test_threads_of_one_process_queue_for_the_write_lock_in_the_process_not_in_sqlite(tmp_path: Path):
+    """A thread that waits for another thread's write transaction waits on a lock that wakes it when that one
+    commits, never in SQLite's busy handler (which sleeps up to 100 ms between tries: freed tier slots sat idle)."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    begins: list[str] = []
+
+    def began(conn) -> None:  # noqa: ANN001
+        begins.append(threading.current_thread().name)
+
+    done = threading.Event()
+    sa.event.listen(ledger._writer, "begin", began, insert=True)  # before the BEGIN IMMEDIATE that waits
+    try:
+        with ledger.transaction():
+            waiter = threading.Thread(target=lambda: (ledger.record(record(1)), done.set()), name="waiter")
+            waiter.start()
+            time.sleep(0.5)  # the waiter is queued by now on any machine; what matters is where it waits
+            assert begins == ["MainThread"] and not done.is_set()
+        waiter.join(30)
+    finally:
+        sa.event.remove(ledger._writer, "begin", began)
+    assert done.is_set() and begins == ["MainThread", "waiter"]
+    assert len(ledger.rows()) == 1

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import sys
+from collections.abc import Iterable
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
@@ -175,7 +176,7 @@ def spend(
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
     deployment."""
     from tierflow.core.ledger import COLUMNS, Ledger
-    from tierflow.report.spend import summarise
+    from tierflow.report.spend import ledger_summary
 
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
@@ -198,36 +199,48 @@ def spend(
 
         live(cfg, ledger, interval=interval, period=period, since=since)
         return
-    rows = ledger.rows(since=since, run_id=run, project=project)
+    # Totals are added up by the database; rows are listed as they are read, never all held at once.
+    filters = {"since": since, "run_id": run, "project": project}
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
     out = sys.stdout
     if fmt in (Format.json, Format.jsonl):
-        _write_json(rows if group is None else summarise(rows, group), fmt)
+        _write_json(ledger.stream_rows(**filters) if group is None else ledger_summary(ledger, group, **filters), fmt)
     elif fmt is Format.csv:
-        data = rows if group is None else summarise(rows, group)
-        fields = list(COLUMNS) if group is None else list(data[0]) if data else [group]
+        data = ledger.stream_rows(**filters) if group is None else iter(ledger_summary(ledger, group, **filters))
+        first = next(data, None)
+        fields = list(COLUMNS) if group is None else list(first) if first else [group]
         writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
+        if first is not None:
+            writer.writerow(first)
         writer.writerows(data)
     elif fmt is Format.otel:
         from tierflow.report.spend import otel_record
 
-        for row in rows:
+        for row in ledger.stream_rows(**filters):
             out.write(json.dumps(otel_record(row)) + "\n")
     else:
         from rich.console import Console
 
         from tierflow.report.console import show
-        from tierflow.report.spend import spend_table
+        from tierflow.report.spend import ledger_spend, spend_table
 
-        show(Console(), spend_table(rows, group))
+        if group is None:
+            show(Console(), spend_table(ledger.rows(**filters), None))
+        else:
+            show(Console(), spend_table([], group, groups=ledger_spend(ledger, group, **filters)))
 
 
-def _write_json(records: list[dict], fmt: Format) -> None:
-    """`json`: one document, an array; `jsonl`: one object a line."""
+def _write_json(records: Iterable[dict], fmt: Format) -> None:
+    """`json`: one document, an array (written as the records come, laid out as `json.dump(indent=2)` would);
+    `jsonl`: one object a line."""
     if fmt is Format.json:
-        json.dump(records, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write("[")
+        empty = True
+        for record in records:
+            sys.stdout.write(("\n  " if empty else ",\n  ") + json.dumps(record, indent=2).replace("\n", "\n  "))
+            empty = False
+        sys.stdout.write("]\n" if empty else "\n]\n")
     else:
         for record in records:
             sys.stdout.write(json.dumps(record) + "\n")

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,9 +27,24 @@ from sqlalchemy.engine import Connection
 from tierflow.core import clock
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
-from tierflow.core.ledger import CallRecord, Ledger, calls, database_seconds, now_iso, reservations
+from tierflow.core.ledger import (
+    CallRecord,
+    Ledger,
+    Scope,
+    Spent,
+    count_spend,
+    database_seconds,
+    lock_budgets,
+    now_iso,
+    period_end,
+    period_start,
+    reservations,
+    spent_from_calls,
+    spent_total,
+    track,
+)
 from tierflow.core.routing import Route
-from tierflow.core.usage import TOKEN_KINDS, Usage, price_bound
+from tierflow.core.usage import Usage, price_bound
 
 log = logging.getLogger("tierflow")
 
@@ -206,6 +221,8 @@ class Budgets:
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+        self._tracked: dict[str, str | None] | None = None
+        """Each budget scope's `tracked_from` on this ledger, once this object has made sure it is registered."""
 
     def applicable(self, phase: str) -> list[tuple[str, BudgetConfig]]:
         return [
@@ -216,16 +233,7 @@ class Budgets:
 
     def period_start(self, budget: BudgetConfig, now: datetime | None = None) -> str | None:
         """Start of the budget's calendar period in the vault's time zone, as a UTC ISO timestamp."""
-        if budget.period == "run":
-            return None
-        local = (now or clock.now()).astimezone(self.tz)
-        day = local.date()
-        if budget.period == "week":
-            day = day - timedelta(days=day.weekday())
-        elif budget.period == "month":
-            day = date(day.year, day.month, 1)
-        start = datetime(day.year, day.month, day.day, tzinfo=self.tz)
-        return start.astimezone(UTC).isoformat(timespec="microseconds")
+        return period_start(budget.period, self.tz, now or clock.now())
 
     def scope(self, name: str, budget: BudgetConfig) -> str:
         parts = [f"per {budget.period}" if budget.period != "run" else "per run"]
@@ -242,78 +250,88 @@ class Budgets:
     def period_end(self, budget: BudgetConfig, now: datetime | None = None) -> datetime | None:
         """End of the budget's current calendar period (the next period's start), in UTC; None for `run`."""
         start = self.period_start(budget, now)
-        if start is None:
-            return None
-        day = datetime.fromisoformat(start).astimezone(self.tz).date()
-        if budget.period == "day":
-            day += timedelta(days=1)
-        elif budget.period == "week":
-            day += timedelta(days=7)
-        else:
-            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
-        return datetime(day.year, day.month, day.day, tzinfo=self.tz).astimezone(UTC)
+        return None if start is None else period_end(budget.period, self.tz, start)
+
+    def scope_of(self, budget: BudgetConfig) -> Scope:
+        """What the budget counts, as the ledger's running totals key it."""
+        return Scope(
+            period=budget.period,
+            tz=self.config.settings.vault.timezone,
+            flow=budget.flow or "",
+            phase=budget.phase or "",
+            tier=budget.tier or "",
+            project=budget.project or "",
+        )
+
+    def _track(self, conn: Connection, now: datetime | None = None) -> dict[str, str | None]:
+        """Register this config's budget scopes on the ledger (once; a new one's totals are rebuilt from the calls)."""
+        if self._tracked is not None:
+            return self._tracked
+        scopes = [self.scope_of(b) for b in self.config.settings.budgets.values()]
+        if not scopes:
+            self._tracked = {}
+            return self._tracked
+        known, registered = track(conn, scopes, now or clock.now())
+        if not registered:  # already on the ledger before this transaction: safe to remember
+            self._tracked = known
+        return known
 
     def forecasts(self, now: datetime | None = None) -> list[Forecast]:
         """Each period budget's projected use at the end of its period, at the rate of the period so far."""
         now = now or clock.now()
         out = []
         with self.ledger.transaction() as conn:
+            self._track(conn, now)
+            held = _held(conn)
             for name, budget in self.config.settings.budgets.items():
                 if budget.period == "run":
                     continue
-                state = self.state(conn, name, budget, now)
+                state = self.state(conn, name, budget, now, held=held)
                 start = datetime.fromisoformat(self.period_start(budget, now) or "")
                 out.append(forecast(state, start, self.period_end(budget, now) or now, now))
         return out
 
-    def state(self, conn: Connection, name: str, budget: BudgetConfig, now: datetime | None = None) -> BudgetState:
+    def state(
+        self,
+        conn: Connection,
+        name: str,
+        budget: BudgetConfig,
+        now: datetime | None = None,
+        *,
+        held: Sequence[Any] | None = None,
+    ) -> BudgetState:
+        """The budget's spent (the running totals: one row) and reserved (the reservations in flight) amounts.
+
+        `held`: the open reservations (`_held(conn)`), read once for every budget of a check.
+        """
         # USD per token for models of unknown price, where this budget allows them (else they count 0:
         # none runs under its USD limit, so such rows predate it or belong to other scopes).
         fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
-        tokens = sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])
-        unpriced_call = sa.and_(calls.c.cost_usd.is_(None), calls.c.usage_known.is_(True))
-        spent_q = sa.select(
-            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)
-            + fallback * sa.func.coalesce(sa.func.sum(sa.case((unpriced_call, tokens), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(tokens), 0),
-        )
-        held_usd = sa.func.coalesce(sa.func.sum(reservations.c.usd), 0.0) + fallback * sa.func.coalesce(
-            sa.func.sum(sa.case((reservations.c.priced.is_(False), reservations.c.tokens), else_=0)), 0
-        )
-        held_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
-            reservations.c.open.is_(True)
-        )
-        kept_q = sa.select(held_usd, sa.func.coalesce(sa.func.sum(reservations.c.tokens), 0)).where(
-            reservations.c.kept.is_(True)
-        )
+        scope = self.scope_of(budget)
+        tracked = self._track(conn, now)
         start = self.period_start(budget, now)
         if start is None:
-            spent_q = spent_q.where(calls.c.run_id == self.run_id)
-            held_q = held_q.where(reservations.c.run_id == self.run_id)
-            kept_q = kept_q.where(reservations.c.run_id == self.run_id)
-        else:
-            spent_q = spent_q.where(calls.c.timestamp >= start)
-            held_q = held_q.where(reservations.c.created >= start)
-            kept_q = kept_q.where(reservations.c.created >= start)
-        for key in ("flow", "phase", "tier", "project"):
-            if getattr(budget, key):
-                spent_q = spent_q.where(calls.c[key] == getattr(budget, key))
-                held_q = held_q.where(reservations.c[key] == getattr(budget, key))
-                kept_q = kept_q.where(reservations.c[key] == getattr(budget, key))
-        spent_usd, spent_tokens = conn.execute(spent_q).one()
-        held_usd, held_tokens = conn.execute(held_q).one()
-        kept_usd, kept_tokens = conn.execute(kept_q).one()
-        # A call of unknown usage stays charged at its worst case: its reservation counts as spent.
-        spent_usd, spent_tokens = spent_usd + kept_usd, spent_tokens + kept_tokens
+            spent = spent_total(conn, scope, self.run_id) if self.run_id else (0.0, 0, 0)
+        elif scope.key in tracked and tracked[scope.key] is not None and start >= (tracked[scope.key] or ""):
+            spent = spent_total(conn, scope, start)
+        else:  # a period before the totals began (a report on an earlier `now`): summed from the calls
+            end = period_end(budget.period, self.tz, start).isoformat(timespec="microseconds")
+            spent = spent_from_calls(conn, scope, start=start, end=end)
+        held_usd, held_tokens = 0.0, 0
+        for r in _held(conn) if held is None else held:
+            in_period = r.run_id == self.run_id if start is None else r.created >= start
+            if in_period and all(not getattr(scope, k) or getattr(scope, k) == getattr(r, k) for k in _FILTERS):
+                held_usd += float(r.usd or 0.0) + (0.0 if r.priced else fallback * (r.tokens or 0))
+                held_tokens += int(r.tokens or 0)
         return BudgetState(
             name=name,
             scope=self.scope(name, budget),
             limit_usd=budget.usd,
             limit_tokens=budget.tokens,
-            spent_usd=float(spent_usd),
-            spent_tokens=int(spent_tokens),
-            reserved_usd=float(held_usd),
-            reserved_tokens=int(held_tokens),
+            spent_usd=spent[0] + fallback * spent[2],
+            spent_tokens=spent[1],
+            reserved_usd=held_usd,
+            reserved_tokens=held_tokens,
             policy=budget.policy,
             min_output_tokens=budget.min_output_tokens,
             clamp=budget.clamp_output,
@@ -324,9 +342,13 @@ class Budgets:
 
     def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
+        if self._tracked is None and self.config.settings.budgets:
+            with self.ledger.transaction() as conn:
+                self._track(conn, now)
         with self.ledger.reading() as conn:
+            held = _held(conn)
             return [
-                self.state(conn, name, b, now)
+                self.state(conn, name, b, now, held=held)
                 for name, b in self.config.settings.budgets.items()
                 if phase is None or b.phase in (None, phase)
             ]
@@ -364,10 +386,13 @@ class Budgets:
         None means the call would fit once the calls in flight settle (until `expired`), or that `claim` (which
         may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
         """
+        self._track(conn)  # first: a scope new to the ledger takes the migration lock before the budget lock
         _lock(conn)
         conn.execute(_RELEASE_EXPIRED, {"now": database_seconds(conn)})
-        states = [self.state(conn, name, b) for name, b in self.applicable(candidates[0][0].phase)]
-        decision = _decide(candidates, states, wait=wait)
+        applicable = self.applicable(candidates[0][0].phase)
+        held = _held(conn) if applicable else ()
+        states = [self.state(conn, name, b, held=held) for name, b in applicable]
+        decision = decide_reservation(candidates, states, wait=wait)
         if isinstance(decision, Reservation):
             if claim is not None and not claim(conn, decision.route):
                 return None
@@ -485,7 +510,10 @@ class Budgets:
                     phase=call.phase,
                     conn=conn,
                 )
-            conn.execute(_SETTLE, {"reservation": reservation_id, "kept": not call.usage.known})
+            if call.usage.known:
+                conn.execute(_DELETE, {"reservation": reservation_id})
+            else:
+                _keep(conn, reservation_id)
 
     def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
         """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
@@ -494,7 +522,7 @@ class Budgets:
             _lock(conn)
             if also is not None:
                 also(conn)
-            conn.execute(reservations.update().where(reservations.c.id == reservation_id).values(open=False))
+            conn.execute(_DELETE, {"reservation": reservation_id})
 
 
 @dataclass(frozen=True)
@@ -545,14 +573,20 @@ def forecast(state: BudgetState, start: datetime, end: datetime, now: datetime) 
     return Forecast(state, start, end, now, usd, tokens, min(runs_out) if runs_out else None)
 
 
+_FILTERS = ("flow", "phase", "tier", "project")
+
 _WAIT = object()
 """Decision: the call would fit once the calls in flight settle."""
 
 
-def _decide(
+def decide_reservation(
     candidates: Sequence[tuple[Route, Estimate]], states: list[BudgetState], *, wait: bool = True
 ) -> Reservation | object | tuple[BudgetState, Route, Estimate]:
-    """Reserve a candidate, wait for calls in flight, or refuse (naming the budget)."""
+    """Reserve a candidate, wait for calls in flight, or refuse (naming the budget).
+
+    The one place a reservation is decided from the budgets' states: every policy (halt, downgrade, warn, clamping
+    the output) is applied here, on plain data, inside the reservation's transaction.
+    """
     routed = candidates[0][0]
     forced_by: str | None = None
     for index, (candidate, est) in enumerate(candidates):
@@ -690,11 +724,49 @@ _RELEASE_EXPIRED = (
     )
     .values(open=False)
 )
-_SETTLE = (
-    reservations.update()
-    .where(reservations.c.id == sa.bindparam("reservation"))
-    .values(open=False, kept=sa.bindparam("kept"))
-)
+_DELETE = reservations.delete().where(reservations.c.id == sa.bindparam("reservation"))
+"""A settled or released reservation is gone: the table holds the calls in flight (and the kept ones)."""
+_HELD = sa.select(
+    reservations.c.created,
+    reservations.c.run_id,
+    reservations.c.flow,
+    reservations.c.phase,
+    reservations.c.tier,
+    reservations.c.project,
+    reservations.c.usd,
+    reservations.c.tokens,
+    reservations.c.priced,
+).where(reservations.c.open.is_(True))
+_KEPT = sa.select(reservations).where(reservations.c.id == sa.bindparam("reservation"))
+_MARK_KEPT = reservations.update().where(reservations.c.id == sa.bindparam("reservation")).values(open=False, kept=True)
+
+
+def _held(conn: Connection) -> list[Any]:
+    """The reservations in flight: what every budget check counts as reserved."""
+    return conn.execute(_HELD).all()
+
+
+def _keep(conn: Connection, reservation_id: int) -> None:
+    """A call of unknown usage stays charged at its worst case: its reservation is kept, and counted as spent."""
+    row = conn.execute(_KEPT, {"reservation": reservation_id}).first()
+    if row is None or row.kept:
+        return
+    conn.execute(_MARK_KEPT, {"reservation": reservation_id})
+    tokens = int(row.tokens or 0)
+    count_spend(
+        conn,
+        Spent(
+            when=row.created,
+            run_id=row.run_id,
+            flow=row.flow,
+            phase=row.phase,
+            tier=row.tier,
+            project=row.project,
+            usd=float(row.usd or 0.0),
+            tokens=tokens,
+            unpriced_tokens=0 if row.priced else tokens,
+        ),
+    )
 
 
 def _release(conn: Connection, which: sa.ColumnElement[bool]) -> None:
@@ -713,5 +785,4 @@ def _process_exists(pid: int) -> bool:
 
 def _lock(conn: Connection) -> None:
     # SQLite already holds the write lock (BEGIN IMMEDIATE); PostgreSQL needs an explicit one.
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7263544501)")
+    lock_budgets(conn)

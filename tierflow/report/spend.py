@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from tierflow.core.config import Config
-from tierflow.core.ledger import usage_of
+from tierflow.core.ledger import Ledger, calls, usage_of
 from tierflow.core.routing import route
 from tierflow.core.telemetry import attributes_of
 from tierflow.core.usage import TOKEN_KINDS, Usage, price
@@ -44,6 +46,11 @@ class Spend:
         return self.usage.total_tokens
 
     @property
+    def billed(self) -> int:
+        """Calls sent to a provider: every call but the answers from tierflow's cache."""
+        return self.calls - self.cached
+
+    @property
     def cost_or_none(self) -> float | None:
         """The cost, or None when any call in the group has no known price."""
         return None if self.unpriced else self.cost_usd
@@ -67,11 +74,30 @@ class Spend:
             deep = row["all_deep_usd"]
             self.all_deep_usd = None if deep is None or self.all_deep_usd is None else self.all_deep_usd + deep
 
+    def add_part(self, part: Any) -> None:
+        """Add a group of rows the database added up (`ledger_spend`): one tier and model, with their sums."""
+        if part.tier not in self.tiers:
+            self.tiers.append(part.tier)
+        model = f"{part.provider}:{part.model}"
+        if model not in self.models:
+            self.models.append(model)
+        self.calls += part.calls
+        self.cached += part.cached_result or 0
+        self.batch += part.batch or 0
+        self.unknown_usage += part.unknown_usage or 0
+        self.usage = self.usage + Usage(
+            **{k: int(getattr(part, k) or 0) for k in (*TOKEN_KINDS, "cache_write_1h_tokens")},
+            known=not part.unknown_usage,
+        )
+        self.unpriced += part.unpriced or 0
+        self.cost_usd += float(part.cost_usd or 0.0)
+
     def as_row(self, by: str) -> dict[str, Any]:
         """The group as a flat record, as `tierflow spend --by` prints it."""
         return {
             by: self.key,
-            "calls": self.calls,
+            "calls": self.billed,
+            "cache_hits": self.cached,
             **{k: getattr(self.usage, k) for k in TOKEN_KINDS},
             "cost_usd": self.cost_usd,
             "unpriced_calls": self.unpriced,
@@ -136,6 +162,69 @@ def summarise(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     return [s.as_row(by) for s in sorted(spend_by(rows, by), key=lambda s: s.key)]
 
 
+_SUMMED = ("cached_result", "batch", *TOKEN_KINDS, "cache_write_1h_tokens")
+
+
+def ledger_spend(
+    ledger: Ledger,
+    by: str,
+    *,
+    since: str | None = None,
+    run_id: str | None = None,
+    project: str | None = None,
+    flow: str | None = None,
+) -> list[Spend]:
+    """`spend_by` over the ledger's rows, added up by the database (GROUP BY): the same groups and totals, in the
+    same order, without loading the rows. Weeks are added up per day and the days put into their ISO weeks here.
+    """
+    if by == "week":
+        key: Any = sa.func.substr(calls.c.timestamp, 1, 10)
+    elif by == "day":
+        key = sa.func.substr(calls.c.timestamp, 1, 10)
+    elif by == TOTAL:
+        key = sa.literal("total")
+    else:
+        key = calls.c[by]
+    unpriced = sa.case((calls.c.cost_usd.is_(None), 1), else_=0)
+    unknown = sa.case((calls.c.usage_known.is_(False), 1), else_=0)
+    query = sa.select(
+        key.label("key"),
+        calls.c.tier,
+        calls.c.provider,
+        calls.c.model,
+        sa.func.min(calls.c.id).label("first"),
+        sa.func.count().label("calls"),
+        *[sa.func.sum(sa.cast(calls.c[c], sa.Integer)).label(c) for c in _SUMMED],
+        sa.func.sum(unknown).label("unknown_usage"),
+        sa.func.sum(unpriced).label("unpriced"),
+        sa.func.sum(calls.c.cost_usd).label("cost_usd"),
+    ).group_by(key, calls.c.tier, calls.c.provider, calls.c.model)
+    for column, value in (("timestamp", since), ("run_id", run_id), ("project", project), ("flow", flow)):
+        if value:
+            query = query.where(calls.c[column] >= value if column == "timestamp" else calls.c[column] == value)
+    with ledger.reading() as conn:
+        parts = sorted(conn.execute(query).all(), key=lambda r: r.first)
+    name = _iso_week_of_day if by == "week" else (lambda k: str(k or ""))
+    groups: dict[str, Spend] = {}
+    for part in parts:
+        k = name(part.key)
+        groups.setdefault(k, Spend(k)).add_part(part)
+    if by == "phase":
+        order = {name: i for i, name in enumerate(PHASE_ORDER)}
+        return sorted(groups.values(), key=lambda s: (order.get(s.key, 99), s.key))
+    return [groups[k] for k in sorted(groups)]
+
+
+def _iso_week_of_day(day: str) -> str:
+    year, week, _ = date.fromisoformat(day).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def ledger_summary(ledger: Ledger, by: str, **filters: Any) -> list[dict[str, Any]]:
+    """`summarise` over the ledger, added up by the database (`tierflow spend --by`)."""
+    return [s.as_row(by) for s in sorted(ledger_spend(ledger, by, **filters), key=lambda s: s.key)]
+
+
 def phase_spend(rows: Sequence[dict[str, Any]]) -> list[Spend]:
     """Per-phase totals of a run's ledger rows, in workflow order."""
     return spend_by(rows, "phase")
@@ -158,13 +247,17 @@ def with_all_deep(config: Config, rows: Sequence[dict[str, Any]]) -> list[dict[s
     """
     deep = route(config, phase="*", complexity="high")
     tier = config.tier(deep.tier)
+    discount = config.provider_for(deep.tier)[1].batch_discount  # the deep tier's provider's, as configured
     priced = []
     for r in rows:
         if r["cached_result"] or not r["usage_known"]:
             cost: float | None = 0.0
         else:
-            found = price(usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price)
-            cost = None if found is None else float(found) * (0.5 if r["batch"] else 1.0)
+            found = price(
+                usage_of(r), deep.model, provider_kind=deep.provider_kind, override=tier.price,
+                batch_discount=discount if r["batch"] else 1.0,
+            )  # fmt: skip
+            cost = None if found is None else float(found)
         priced.append({**r, "all_deep_usd": cost})
     return priced
 
@@ -226,8 +319,8 @@ def otel_record(row: dict[str, Any]) -> dict[str, Any]:
     return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes_of(row)}
 
 
-def spend_table(rows: Sequence[dict[str, Any]], group: str | None) -> Any:
-    """A rich Table of calls, or of totals per group."""
+def spend_table(rows: Sequence[dict[str, Any]], group: str | None, *, groups: Sequence[Spend] | None = None) -> Any:
+    """A rich Table of calls, or of totals per group (`groups`, if already added up, else from `rows`)."""
     from rich.table import Table
 
     if group is None:
@@ -251,10 +344,11 @@ def spend_table(rows: Sequence[dict[str, Any]], group: str | None) -> Any:
     table = Table(title=f"Spend by {group}")
     table.add_column(group)
     table.add_column("calls", justify="right")
+    table.add_column("cache hits", justify="right")
     for k in TOKEN_KINDS:
         table.add_column(k.replace("_tokens", "").replace("_", " "), justify="right")
     table.add_column("cost", justify="right")
-    for s in sorted(spend_by(rows, group), key=lambda s: s.key):
+    for s in sorted(spend_by(rows, group) if groups is None else groups, key=lambda s: s.key):
         cost = money(s.cost_usd) + (f" (+{s.unpriced} unpriced)" if s.unpriced else "")
-        table.add_row(s.key, str(s.calls), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost)
+        table.add_row(s.key, str(s.billed), str(s.cached), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost)
     return table

@@ -19,7 +19,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Budgets, BudgetState
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.ledger import Ledger
-from tierflow.report.spend import bar, money, spend_by, total
+from tierflow.report.spend import TOTAL, Spend, bar, ledger_spend, money
 
 BAR = 30
 
@@ -30,16 +30,15 @@ def period_start(config: Config, ledger: Ledger, period: str) -> str:
     return budgets.period_start(BudgetConfig(period=period, tokens=0)) or ""
 
 
-def _totals(rows: list[dict[str, Any]], by: str, title: str) -> Table:
+def _totals(groups: list[Spend], whole: Spend, by: str, title: str) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for col in (by, "calls", "tokens", "USD"):
         table.add_column(col, justify="left" if col == by else "right", overflow="fold")
-    groups = sorted(spend_by(rows, by), key=lambda s: -s.cost_usd)
+    groups = sorted(groups, key=lambda s: -s.cost_usd)
     for g in groups:
         table.add_row(g.key or "(none)", str(g.calls), str(g.tokens), money(g.cost_usd))
     if groups:
-        t = total(rows)
-        table.add_row("total", str(t.calls), str(t.tokens), money(t.cost_usd), style="bold")
+        table.add_row("total", str(whole.calls), str(whole.tokens), money(whole.cost_usd), style="bold")
     return table
 
 
@@ -62,17 +61,18 @@ def _budget_line(s: BudgetState) -> Text:
 def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: str | None = None) -> Group:
     """One frame of the dashboard, read fresh from the ledger."""
     start = since or period_start(config, ledger, period)
-    rows = ledger.rows(since=start)
+    # Added up by the database: a frame costs the same on a year's ledger as on a week's.
+    whole = (ledger_spend(ledger, TOTAL, since=start) or [Spend("total")])[0]
     flying = ledger.in_flight()
     budgets = Budgets(config, ledger, run_id="", flow="").states()
     now = clock.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
     parts: list[Any] = [
         Text(
-            f"tierflow spend since {start[:16].replace('T', ' ')} UTC · {len(rows)} calls · as of {now}", style="bold"
+            f"tierflow spend since {start[:16].replace('T', ' ')} UTC · {whole.calls} calls · as of {now}", style="bold"
         ),
-        _totals(rows, "model", "By model"),
-        _totals(rows, "phase", "By phase"),
-        _totals(rows, "project", "By project"),
+        _totals(ledger_spend(ledger, "model", since=start), whole, "model", "By model"),
+        _totals(ledger_spend(ledger, "phase", since=start), whole, "phase", "By phase"),
+        _totals(ledger_spend(ledger, "project", since=start), whole, "project", "By project"),
     ]
     parts.append(Text("Budgets", style="bold"))
     parts += [_budget_line(s) for s in budgets] or [Text("  none configured")]

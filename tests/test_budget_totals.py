@@ -1,0 +1,223 @@
+"""Budget totals kept as calls settle: a check reads one row per budget, whatever the ledger holds, and agrees with
+the sums of the calls across period boundaries, config changes and a ledger written by the previous version."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import call_record, write_config
+
+from tierflow.core.budget import Budgets, Estimate
+from tierflow.core.config import load_config
+from tierflow.core.ledger import (
+    MIGRATIONS,
+    Ledger,
+    budget_scopes,
+    budget_totals,
+    calls,
+    reservations,
+    schema_version,
+    spent_from_calls,
+)
+from tierflow.core.routing import route
+from tierflow.core.usage import Usage
+
+BUDGETS = """
+[budgets.daily]
+usd = 100
+period = "day"
+[budgets.monthly]
+usd = 1000
+tokens = 100000000
+period = "month"
+[budgets.thesis]
+usd = 500
+period = "month"
+project = "thesis"
+[budgets.per-run]
+usd = 50
+"""
+
+
+def config_for(tmp_path: Path, ledger_url: str, budgets: str = BUDGETS, timezone: str = "UTC"):
+    vault = tmp_path / "vault"
+    text = f'ledger_url = {json.dumps(ledger_url)}\n[vault]\ntimezone = "{timezone}"\n{budgets}'
+    write_config(vault / ".tierflow" / "config.toml", text)
+    return load_config(vault)
+
+
+def candidates(config, *, usd: float = 0.01, tokens: int = 200):
+    routed = route(config, phase="collate", complexity="low")
+    est = Estimate(prompt_tokens=tokens // 2, max_output_tokens=tokens - tokens // 2, usd=Decimal(str(usd)))
+    return [(routed, est)]
+
+
+def from_calls(budgets: Budgets, now: datetime) -> dict[str, tuple[float, int]]:
+    """Each budget's spent USD and tokens summed from the calls and kept reservations (the old way)."""
+    out = {}
+    with budgets.ledger.reading() as conn:
+        for name, b in budgets.config.settings.budgets.items():
+            scope = budgets.scope_of(b)
+            if b.period == "run":
+                usd, tokens, _ = spent_from_calls(conn, scope, run_id=budgets.run_id)
+            else:
+                end = budgets.period_end(b, now).isoformat(timespec="microseconds")
+                usd, tokens, _ = spent_from_calls(conn, scope, start=budgets.period_start(b, now), end=end)
+            out[name] = (round(usd, 9), tokens)
+    return out
+
+
+def from_totals(budgets: Budgets, now: datetime) -> dict[str, tuple[float, int]]:
+    return {s.name: (round(s.spent_usd, 9), s.spent_tokens) for s in budgets.states(now=now)}
+
+
+def settle(budgets: Budgets, reservation, usd: float, tokens: int, **kw) -> None:
+    record = call_record(
+        run_id=budgets.run_id, project=budgets.project, usage=Usage(input_tokens=tokens), cost_usd=usd, **kw
+    )
+    budgets.settle(reservation.id, record)
+
+
+def test_totals_follow_the_calls_across_a_day_and_a_month_boundary_with_calls_in_flight(
+    tmp_path, monkeypatch, ledger_url
+):
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-30T23:59:50+00:00")
+    config = config_for(tmp_path, ledger_url)
+    ledger = Ledger(ledger_url)
+    budgets = Budgets(config, ledger, run_id="r1", flow="f", project="thesis")
+    before = datetime(2026, 11, 30, 23, 59, 55, tzinfo=UTC)
+    settle(budgets, budgets.reserve(candidates(config)), 0.004, 300)  # settled in November
+    flying = budgets.reserve(candidates(config, usd=0.02))  # in flight across midnight
+    also_flying = budgets.reserve(candidates(config, usd=0.03))
+    (daily,) = [s for s in budgets.states() if s.name == "daily"]
+    assert daily.spent_usd == pytest.approx(0.004) and daily.reserved_usd == pytest.approx(0.05)
+
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-12-01T00:00:02+00:00")  # a new day and a new month
+    after = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)
+    states = {s.name: s for s in budgets.states()}
+    # The new periods start empty; what is still in flight was reserved in the old ones, as before the totals.
+    assert states["daily"].spent_usd == 0 and states["daily"].reserved_usd == 0
+    assert states["monthly"].spent_usd == 0 and states["per-run"].reserved_usd == pytest.approx(0.05)
+    settle(budgets, flying, 0.015, 700)  # it answers in December: its spend counts there
+    settle(budgets, budgets.reserve(candidates(config)), 0.001, 100)
+    budgets.release(also_flying.id)
+    assert from_totals(budgets, after) == from_calls(budgets, after)
+    assert from_totals(budgets, before) == from_calls(budgets, before)
+    assert {n: v for n, v in from_totals(budgets, after).items()} == {
+        "daily": (0.016, 800),
+        "monthly": (0.016, 800),
+        "thesis": (0.016, 800),
+        "per-run": (0.02, 1100),
+    }
+    assert from_totals(budgets, before)["daily"] == (0.004, 300)
+
+
+def test_a_budget_check_reads_one_row_per_budget_and_never_the_calls(tmp_path, ledger_url):
+    config = config_for(tmp_path, ledger_url)
+    ledger = Ledger(ledger_url)
+    budgets = Budgets(config, ledger, run_id="r1", flow="f", project="thesis")
+    settle(budgets, budgets.reserve(candidates(config)), 0.004, 300)  # the scopes are registered
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(ledger.engine, "before_cursor_execute", seen)
+    try:
+        reservation = budgets.reserve(candidates(config))
+        settle(budgets, reservation, 0.004, 300)
+    finally:
+        sa.event.remove(ledger.engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert not [s for s in reads if " calls" in s], reads
+    assert sum("FROM budget_totals" in s for s in reads) == 4  # day, month, project, run: one row each
+
+
+def test_a_settled_reservation_leaves_the_table_and_a_kept_one_stays_charged(tmp_path, ledger_url):
+    config = config_for(tmp_path, ledger_url)
+    ledger = Ledger(ledger_url)
+    budgets = Budgets(config, ledger, run_id="r1", flow="f")
+    settle(budgets, budgets.reserve(candidates(config)), 0.004, 300)
+    budgets.release(budgets.reserve(candidates(config)).id)
+    unknown = budgets.reserve(candidates(config, usd=0.07, tokens=900))
+    budgets.settle(unknown.id, call_record(run_id="r1", usage=Usage(known=False), cost_usd=None))
+    with ledger.reading() as conn:
+        left = conn.execute(sa.select(reservations.c.usd, reservations.c.open, reservations.c.kept)).all()
+    assert [tuple(r) for r in left] == [(0.07, False, True)]  # only the kept worst case, charged
+    (daily,) = [s for s in budgets.states() if s.name == "daily"]
+    assert daily.spent_usd == pytest.approx(0.074) and daily.spent_tokens == 1200 and daily.reserved_usd == 0
+
+
+def test_a_budget_added_to_the_config_is_rebuilt_from_the_calls_then_kept(tmp_path, monkeypatch, ledger_url):
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T12:00:00+00:00")
+    ledger = Ledger(ledger_url)
+    for n, (project, usd) in enumerate([("thesis", 0.5), ("other", 0.25), ("thesis", 0.125)]):
+        ledger.record(call_record(project=project, cost_usd=usd, run_id=f"r{n}"))
+    config = config_for(tmp_path, ledger_url)
+    budgets = Budgets(config, ledger, run_id="r0", flow="f", project="thesis")
+    now = datetime(2026, 11, 18, 12, 0, 1, tzinfo=UTC)
+    assert from_totals(budgets, now) == from_calls(budgets, now)
+    assert from_totals(budgets, now)["thesis"] == (0.625, 36)
+    settle(budgets, budgets.reserve(candidates(config)), 0.25, 100)
+    assert from_totals(budgets, now)["thesis"] == (0.875, 136) == from_calls(budgets, now)["thesis"]
+    # A changed scope (the same name, another project) is a new scope: rebuilt once, then kept.
+    changed = config_for(tmp_path, ledger_url, BUDGETS.replace('project = "thesis"', 'project = "other"'))
+    other = Budgets(changed, ledger, run_id="r1", flow="f", project="other")
+    assert from_totals(other, now)["thesis"] == (0.25, 18) == from_calls(other, now)["thesis"]
+    # A budget in another time zone counts its own day.
+    tokyo = config_for(tmp_path, ledger_url, timezone="Asia/Tokyo")
+    far = Budgets(tokyo, ledger, run_id="r1", flow="f")
+    assert from_totals(far, now) == from_calls(far, now)
+
+
+def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tmp_path, ledger_url):
+    engine = sa.create_engine(ledger_url)
+    with engine.begin() as conn:  # a version-10 ledger: calls, settled and kept reservations
+        schema_version.create(conn)
+        for number, migration in enumerate(MIGRATIONS[:10], start=1):
+            migration(conn)
+            conn.execute(schema_version.insert().values(version=number))
+        for n in range(30):
+            row = call_record(
+                run_id=f"r{n % 3}",
+                project="thesis" if n % 2 else "other",
+                cost_usd=None if n == 7 else 0.01 * n,
+                timestamp=f"2026-11-{1 + n % 28:02d}T10:00:00.000000+00:00",
+            ).row()
+            conn.execute(calls.insert(), row)
+        for n, (is_open, kept) in enumerate([(False, False), (False, True), (False, False), (True, False)]):
+            conn.execute(
+                reservations.insert().values(
+                    created=f"2026-11-2{n}T10:00:00.000000+00:00", run_id="r1", flow="f", phase="collate",
+                    usd=0.5, tokens=1000, open=is_open, kept=kept, project="thesis", tier="light", priced=True,
+                    lease_expires=1e12,
+                )
+            )  # fmt: skip
+    engine.dispose()
+    config = config_for(tmp_path, ledger_url)
+    ledger = Ledger(ledger_url)
+    assert ledger.version == len(MIGRATIONS)
+    with ledger.reading() as conn:  # settled reservations are gone; the kept one and the one in flight stay
+        assert sorted(conn.execute(sa.select(reservations.c.kept, reservations.c.open)).all()) == [
+            (False, True),
+            (True, False),
+        ]
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    budgets = Budgets(config, ledger, run_id="r1", flow="f", project="thesis")
+    first = from_totals(budgets, now)
+    assert first == from_calls(budgets, now)
+    assert first["monthly"][0] == pytest.approx(sum(0.01 * n for n in range(30) if n != 7) + 0.5)
+    with ledger.transaction() as conn:  # mark the totals: a second open must not rebuild them
+        conn.execute(budget_totals.update().values(usd=budget_totals.c.usd + 1000))
+        registered = conn.execute(sa.select(budget_scopes.c.scope, budget_scopes.c.registered)).all()
+    again = Budgets(config, Ledger(ledger_url), run_id="r1", flow="f", project="thesis")
+    assert {name: usd for name, (usd, _) in from_totals(again, now).items()} == {
+        name: round(usd + 1000, 9) for name, (usd, _) in first.items()
+    }
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(budget_scopes.c.scope, budget_scopes.c.registered)).all() == registered

@@ -1,0 +1,112 @@
+"""`tierflow spend` adds up on the database: the same groups and totals as adding up the rows, without loading them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import call_record, write_config
+
+from tierflow.core.ledger import GROUPS, Ledger
+from tierflow.core.usage import Usage
+from tierflow.report.spend import ledger_summary, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fill(ledger: Ledger) -> None:
+    """Calls over eight weeks across flows, phases, tiers, models and projects: cached, batch, unpriced, unknown."""
+    tiers = [("light", "claude-haiku-4-5"), ("standard", "claude-sonnet-4-6"), ("deep", "claude-opus-4-6")]
+    for n in range(120):
+        tier, model = tiers[n % 3]
+        ledger.record(
+            call_record(
+                timestamp=f"2026-{10 + n // 60:02d}-{1 + n % 28:02d}T{n % 24:02d}:30:00.000000+00:00",
+                run_id=f"run-{n % 7}",
+                flow=("reading-notes", "student-feedback", "ask")[n % 3],
+                phase=("collate", "synthesise", "draft", "other")[n % 4],
+                tier=tier,
+                model=model,
+                project=(None, "thesis", "EDU7001", "")[n % 4],
+                deployment=("weekly" if n % 5 else None),
+                usage=Usage(known=False)
+                if n % 17 == 0
+                else Usage(input_tokens=100 + n, output_tokens=n, cache_read_tokens=n % 5, cache_write_1h_tokens=n % 3),
+                cost_usd=None if n % 13 == 0 else 0.001 * (n % 11) + 0.0001,
+                cached_result=n % 9 == 0,
+                batch=n % 6 == 0,
+            )
+        )
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    assert [{k: v for k, v in r.items() if k != "cost_usd"} for r in a] == [
+        {k: v for k, v in r.items() if k != "cost_usd"} for r in b
+    ]
+    assert [r["cost_usd"] for r in a] == pytest.approx([r["cost_usd"] for r in b], abs=1e-12)
+    return True
+
+
+@pytest.mark.parametrize("by", [*GROUPS, "week"])
+def test_every_grouping_adds_up_on_the_database_as_it_does_row_by_row(ledger_url: str, by: str):
+    ledger = Ledger(ledger_url)
+    fill(ledger)
+    assert same(ledger_summary(ledger, by), summarise(ledger.rows(), by))
+    for filters in ({"since": "2026-11-01"}, {"project": "thesis"}, {"run_id": "run-3"}):
+        assert same(ledger_summary(ledger, by, **filters), summarise(ledger.rows(**filters), by))
+
+
+def test_spend_by_phase_shows_billed_calls_and_cache_hits_apart(tmp_path: Path):
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", "")
+    ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+    ledger.record(call_record(phase="draft"))
+    ledger.record(call_record(phase="draft", usage=Usage(), cost_usd=0.0, cached_result=True))
+    env = {**os.environ, "COLUMNS": "200"}
+    run = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--by", "phase"]
+    out = subprocess.run([*run, "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    (draft,) = json.loads(out.stdout)
+    assert (draft["calls"], draft["cache_hits"]) == (1, 1)
+    table = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert "cache hits" in table
+
+
+def test_listed_rows_stream_in_the_layout_of_one_json_document(tmp_path: Path):
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", "")
+    ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+    run = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--format"]
+    empty = subprocess.run([*run, "json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert empty == "[]\n"
+    for n in range(3):
+        ledger.record(call_record(subject=f"note {n} \u00e9\n"))
+    out = subprocess.run([*run, "json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out == json.dumps(ledger.rows(), indent=2) + "\n"
+    lines = subprocess.run([*run, "jsonl"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert [json.loads(line) for line in lines.splitlines()] == ledger.rows()
+    csv = subprocess.run([*run, "csv"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert csv.startswith("id,timestamp,") and len(csv.splitlines()) == 1 + 3 * 2  # each subject holds a newline
+
+
+def test_the_all_deep_comparison_prices_batch_calls_at_the_configured_discount(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from conftest import anthropic_config
+
+    from tierflow.core.config import load_config
+    from tierflow.core.usage import price
+    from tierflow.report.spend import with_all_deep
+
+    vault = tmp_path / "vault"
+    text = anthropic_config(SimpleNamespace(anthropic_base_url="http://127.0.0.1:9"))
+    write_config(vault / ".tierflow" / "config.toml", text.replace("max_retries = 2", "batch_discount = 0.25"))
+    config = load_config(vault)
+    usage = Usage(input_tokens=10_000, output_tokens=2_000)
+    row = call_record(usage=usage, batch=True, tier="standard", model="claude-sonnet-4-6").row()
+    (priced,) = with_all_deep(config, [row])
+    full = float(price(usage, "claude-opus-4-6", provider_kind="anthropic"))
+    assert priced["all_deep_usd"] == pytest.approx(full * 0.25)
