@@ -24,7 +24,13 @@ from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
-from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
+from tierflow.core.errors import (
+    BudgetExceeded,
+    MalformedResponse,
+    ModelNotFound,
+    OutputModeRejected,
+    ProviderError,
+)
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
@@ -187,6 +193,8 @@ class Caller:
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
         self._learned: dict[str, tuple[str, str]] | None = None
+        self._retired: set[str] = set()
+        """`provider:model` refs the provider said no longer exist (HTTP 404 `model_not_found`)."""
         self._lock = threading.Lock()
 
     def provider(self, name: str) -> Provider:
@@ -367,7 +375,7 @@ class Caller:
                     )
                 sent = self._next_request(tier_route, request, last)
                 try:
-                    attempt = self._attempt(
+                    attempt = self._answer(
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from,
                     )  # fmt: skip
@@ -405,7 +413,7 @@ class Caller:
         """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded."""
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
-            self._attempt(
+            self._answer(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
                 number=1, escalated_from=None,
             )  # fmt: skip
@@ -438,6 +446,52 @@ class Caller:
         if last is not None:
             prompt += _retry_note(last.failures)
         return replace(request, model=routed.model, max_output_tokens=limit, prompt=prompt)
+
+    def _answer(self, routed: Route, request: Request, **kw: Any) -> Attempt:
+        """`_attempt`, on the tier's next fallback model while the provider says a model no longer exists."""
+        while True:
+            if routed.model_ref in self._retired:
+                routed, request = self._fall_back(routed, request, routed.model_ref)
+            try:
+                return self._attempt(routed, request, **kw)
+            except ModelNotFound as exc:
+                routed, request = self._fall_back(routed, request, f"{exc.provider}:{exc.model}", exc)
+
+    def _fall_back(
+        self, routed: Route, request: Request, retired: str, exc: ModelNotFound | None = None
+    ) -> tuple[Route, Request]:
+        """Put each tier whose model is `retired` on its next fallback, for the rest of this process (each call
+        is then routed, reserved, priced, recorded and cached as that model); or stop, naming the fix."""
+        with self._lock:
+            again = retired in self._retired  # sent to a model already known gone: a downgrade's tier, stuck
+            self._retired.add(retired)
+            tiers, stuck = dict(self.config.settings.tiers), []
+            for name, tier in tiers.items():
+                live = [f for f in tier.fallbacks if f not in self._retired]
+                if tier.model in self._retired and live:
+                    log.warning("%s is no longer served: tier %s falls back to %s", tier.model, name, live[0])
+                    tiers[name] = tier.falling_back(live[0])
+                elif tier.model in self._retired:
+                    stuck.append(name)
+            self.config = replace(self.config, settings=self.config.settings.model_copy(update={"tiers": tiers}))
+        if routed.tier in stuck or (again and stuck):
+            name = routed.tier if routed.tier in stuck else stuck[0]
+            fallbacks = self.config.tier(name).fallbacks
+            raise ModelNotFound(
+                *self.config.tier(name).model.split(":", 1),
+                f"tier {name!r} uses {self.config.tier(name).model}, which the provider no longer serves"
+                + (f" ({exc.cause})" if exc else "")
+                + (f", nor any of its fallbacks ({', '.join(fallbacks)})" if fallbacks else ""),
+                hint=f"Set [tiers.{name}] model to a current model, or name fallbacks = "
+                '["<provider>:<model-id>", ...] there; `tierflow config check` lists the models that are gone',
+            )
+        if self.config.tier(routed.tier).model == routed.model_ref:
+            return routed, request  # a downgrade's tier failed: the next reservation routes to its fallback
+        rule = f"{routed.rule}; fallback: {routed.model_ref} is gone"
+        fresh = route_to_tier(
+            self.config, phase=routed.phase, complexity=routed.complexity, tier=routed.tier, rule=rule
+        )
+        return replace(fresh, max_output_tokens=routed.max_output_tokens), replace(request, model=fresh.model)
 
     def _attempt(
         self,

@@ -875,6 +875,10 @@ class ProviderDouble:
         self._openai_cache: dict[tuple[str, str], set[bytes]] = {}
         self._batches: dict[str, _Batch] = {}
         self._files: dict[str, _File] = {}
+        self.retired: set[str] = set()
+        """Model ids answered with HTTP 404 ``model_not_found`` (each API's own body), as for a retired model."""
+        self.served: dict[str, list[str]] = {name: list(ids) for name, ids in _DEFAULT_MODELS.items()}
+        """Model ids ``GET /v1/models`` lists, per provider (retired ones left out)."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -1173,7 +1177,17 @@ class ProviderDouble:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _check_model(self, request: DoubleRequest) -> None:
+        """A retired model's answer, as each API gives it (HTTP 404, not retried by the SDKs)."""
+        model = request.model
+        if model not in self.retired:
+            return
+        if request.provider == "anthropic":
+            raise _HttpError(404, f"model: {model}", retry=False)
+        raise _HttpError(404, f"The model `{model}` does not exist or you do not have access to it.", retry=False)
+
     def _respond(self, request: DoubleRequest) -> Reply:
+        self._check_model(request)
         responder = self.responder
         if responder is None:
             return Reply()
@@ -1205,6 +1219,7 @@ class ProviderDouble:
 
     def _anthropic_count_tokens(self, request: DoubleRequest, arg: str) -> _Answer:
         _require(request, "model", "messages")
+        self._check_model(request)
         total = _A_BASE_OVERHEAD + sum(s.tokens for s in _anthropic_segments(request.body))
         return _Answer(200, {"input_tokens": total})
 
@@ -1424,17 +1439,25 @@ class ProviderDouble:
 
     # -- models --------------------------------------------------------------------------------
 
+    def _listed(self, provider: Provider) -> list[str]:
+        return [m for m in self.served.get(provider, []) if m not in self.retired]
+
     def _anthropic_models(self, request: DoubleRequest, arg: str) -> _Answer:
-        data = [_anthropic_model(m) for m in _DEFAULT_MODELS["anthropic"]]
-        return _Answer(200, {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+        data = [_anthropic_model(m) for m in self._listed("anthropic")]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return _Answer(200, {"data": data, "has_more": False, "first_id": first, "last_id": last})
 
     def _anthropic_model_get(self, request: DoubleRequest, arg: str) -> _Answer:
+        request.model = arg
+        self._check_model(request)
         return _Answer(200, _anthropic_model(arg))
 
     def _openai_models(self, request: DoubleRequest, arg: str) -> _Answer:
-        return _Answer(200, {"object": "list", "data": [_openai_model(m) for m in _DEFAULT_MODELS["openai"]]})
+        return _Answer(200, {"object": "list", "data": [_openai_model(m) for m in self._listed("openai")]})
 
     def _openai_model_get(self, request: DoubleRequest, arg: str) -> _Answer:
+        request.model = arg
+        self._check_model(request)
         return _Answer(200, _openai_model(arg))
 
     # -- Anthropic Message Batches -------------------------------------------------------------
