@@ -236,8 +236,9 @@ class Caller:
         """Worst case of a request: every prompt token billed and every output token used.
 
         Prompt tokens come from the provider's own counter when asked for and available (Anthropic's
-        count_tokens, with a key set), else from the offline o200k count with headroom. The call path
-        uses the offline count: a counting round trip before every call would cost more than it saves.
+        count_tokens, with a key set), else from the offline o200k count with headroom. The call path asks
+        for the provider's count only when the offline count could decide wrongly whether a call fits under
+        a budget cap (`_near_cap`): elsewhere a counting round trip before every call costs more than it saves.
         """
         exact = None
         provider_config = self.config.provider_for(routed.tier)[1]
@@ -265,7 +266,8 @@ class Caller:
         """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
         # The routed call as it will be sent: a retry of a cut-off answer may carry more than the tier's default.
         routed = replace(routed, max_output_tokens=request.max_output_tokens)
-        candidates = [(routed, self.estimate(routed, request, batch=batch))]
+        counted = self._near_cap(routed, request, batch=batch)
+        candidates = [(routed, self.estimate(routed, request, batch=batch, provider_count=counted))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
             return candidates
@@ -282,8 +284,30 @@ class Caller:
                 rule=f"budget downgrade from {routed.tier}",
             )
             cheaper_request = replace(request, model=cheaper.model, max_output_tokens=cheaper.max_output_tokens)
-            candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch)))
+            candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
+
+    def _near_cap(self, routed: Route, request: Request, *, batch: bool) -> bool:
+        """Whether a capped budget's remainder could be overrun by a prompt that the offline o200k count (with
+        its headroom) undercounts, so the provider's own counter must size the reservation.
+
+        Only Anthropic qualifies: its tokenizer is not o200k (CJK and emoji can take several times as many
+        tokens) and its counter is free; OpenAI's models count in o200k. The bound is the prompt's UTF-8 bytes
+        plus `FRAMING_TOKENS` (no byte-level tokenizer spends more than a token per byte): when that worst case
+        fits every capped budget that applies, the count cannot matter and no round trip is made. Without a
+        capped budget this costs nothing; with one, one ledger read.
+        """
+        if routed.provider_kind != "anthropic":
+            return False
+        capped = [(n, b) for n, b in self.budgets.applicable(routed.phase) if b.usd is not None or b.tokens is not None]
+        if not capped:
+            return False
+        schema = json.dumps(request.schema) if request.schema else ""
+        text = request.system + request.cache_prefix + request.prompt + schema
+        worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
+        with self.ledger.reading() as conn:
+            states = [self.budgets.state(conn, name, budget) for name, budget in capped]
+        return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
     def build(
         self,
@@ -1058,6 +1082,11 @@ def prefect_run_ids() -> tuple[str | None, str | None]:
     if flow_ctx is not None and flow_ctx.flow_run is not None:
         return str(flow_ctx.flow_run.id), None
     return None, None
+
+
+FRAMING_TOKENS = 512
+"""Tokens a provider may add around a prompt's text: message markers, and the system prompt Anthropic adds for
+tool use (up to 346 tokens)."""
 
 
 _callers: dict[str, Caller] = {}

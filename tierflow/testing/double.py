@@ -879,6 +879,10 @@ class ProviderDouble:
         """Model ids answered with HTTP 404 ``model_not_found`` (each API's own body), as for a retired model."""
         self.served: dict[str, list[str]] = {name: list(ids) for name, ids in _DEFAULT_MODELS.items()}
         """Model ids ``GET /v1/models`` lists, per provider (retired ones left out)."""
+        self.wide_scripts = False
+        """Count Anthropic prompts as a tokenizer that is not o200k may (Claude's is not): every character
+        outside ASCII is one token per UTF-8 byte, so CJK and emoji cost several times their o200k count, in
+        ``count_tokens`` and in the usage billed alike. (No byte-level tokenizer counts more than that.)"""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -1220,7 +1224,7 @@ class ProviderDouble:
     def _anthropic_count_tokens(self, request: DoubleRequest, arg: str) -> _Answer:
         _require(request, "model", "messages")
         self._check_model(request)
-        total = _A_BASE_OVERHEAD + sum(s.tokens for s in _anthropic_segments(request.body))
+        total = _A_BASE_OVERHEAD + sum(s.tokens for s in _anthropic_segments(request.body)) + self._wide(request)
         return _Answer(200, {"input_tokens": total})
 
     def _anthropic_message_body(self, request: DoubleRequest, reply: Reply, tier: str) -> dict[str, Any]:
@@ -1279,9 +1283,16 @@ class ProviderDouble:
             message["usage"] = self._anthropic_usage(request, max(visible, 1) + hidden, hidden, tier)
         return message
 
+    def _wide(self, request: DoubleRequest) -> int:
+        """With ``wide_scripts``: the tokens a byte-per-token count of non-ASCII text adds to its o200k count."""
+        if not self.wide_scripts:
+            return 0
+        wide = "".join(ch for ch in _prompt_text(request) if ord(ch) > 0x7F)
+        return len(wide.encode()) - count_tokens(wide)
+
     def _anthropic_usage(self, request: DoubleRequest, output: int, hidden: int, tier: str) -> dict[str, Any]:
         segments = _anthropic_segments(request.body)
-        total = _A_BASE_OVERHEAD + sum(s.tokens for s in segments)
+        total = _A_BASE_OVERHEAD + sum(s.tokens for s in segments) + self._wide(request)
         read, write_5m, write_1h = self._anthropic_cache_split(str(request.model), segments)
         usage: dict[str, Any] = {
             "input_tokens": total - read - write_5m - write_1h,
