@@ -217,6 +217,32 @@ def test_count_tokens_and_models(double: ProviderDouble) -> None:
     assert double.model_calls() == []
 
 
+def test_a_retired_model_is_answered_404_as_each_api_answers_it(double: ProviderDouble) -> None:
+    double.retired = {"claude-opus-4-0", "gpt-4-32k"}
+    double.served = {"anthropic": ["claude-opus-4-0", CLAUDE], "openai": ["gpt-4-32k", GPT]}
+    with pytest.raises(anthropic.NotFoundError) as anthropic_error:
+        claude(double).messages.create(model="claude-opus-4-0", max_tokens=20, messages=[user("hi")])
+    with pytest.raises(openai.NotFoundError) as openai_error:
+        gpt(double).chat.completions.create(model="gpt-4-32k", messages=[user("hi")])
+    with pytest.raises(anthropic.NotFoundError):
+        claude(double).messages.count_tokens(model="claude-opus-4-0", messages=[user("hi")])
+    # The bodies the real APIs send for a model that does not exist (or no longer does).
+    assert anthropic_error.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "model: claude-opus-4-0"},
+    }
+    assert openai_error.value.body == {
+        "message": "The model `gpt-4-32k` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+    assert [c.status for c in double.model_calls()] == [404, 404]  # not retried by either SDK
+    # The models lists leave retired models out.
+    assert [m.id for m in claude(double).models.list().data] == [CLAUDE]
+    assert [m.id for m in gpt(double).models.list().data] == [GPT]
+
+
 # -- OpenAI chat completions ----------------------------------------------------------------------
 
 

@@ -11,7 +11,13 @@ from conftest import anthropic_config, openai_config, write_config
 from pydantic import BaseModel
 
 from tierflow.core.calls import Caller, RunSettings
-from tierflow.core.errors import MalformedResponse, ProviderAuthError, ProviderRateLimited, ProviderUnavailable
+from tierflow.core.errors import (
+    MalformedResponse,
+    ModelNotFound,
+    ProviderAuthError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
 from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
 
 M = Decimal(1_000_000)
@@ -231,6 +237,41 @@ def test_401_names_provider_and_env_var(tmp_path, monkeypatch, double):
     assert "anthropic:claude-haiku-4-5" in str(err.value) and "ANTHROPIC_API_KEY" in str(err.value)
     assert "test-anthropic-key" not in str(err.value)
     assert len(double.model_calls()) == 1  # auth errors are not retried
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_404_for_the_model_is_model_not_found_and_other_404s_are_not(tmp_path, monkeypatch, double, provider):
+    config = anthropic_config(double) if provider == "anthropic" else openai_config(double)
+    c = caller(tmp_path, config, monkeypatch)
+    routed = c.route("collate", "low")
+    adapter = c.provider(routed.provider)
+    double.retired = {routed.model}
+    with pytest.raises(ModelNotFound) as gone:
+        ask(c)
+    assert f"{routed.provider}:{routed.model}" in str(gone.value) and "404" in str(gone.value)
+    assert isinstance(adapter.translate(_sdk_not_found(provider, routed.model), routed.model), ModelNotFound)
+    other = adapter.translate(_sdk_not_found(provider, None), routed.model)
+    assert not isinstance(other, ModelNotFound)
+
+
+def _sdk_not_found(provider: str, model: str | None):
+    """The SDK's exception for a 404, with the real body for a missing model, or a batch's 404 body."""
+    import httpx
+
+    if provider == "anthropic":
+        import anthropic
+
+        message = f"model: {model}" if model else "No batch found with id msgbatch_x"
+        body = {"type": "error", "error": {"type": "not_found_error", "message": message}}
+        response = httpx.Response(404, json=body, request=httpx.Request("POST", "https://api.anthropic.com/v1/x"))
+        return anthropic.NotFoundError(message, response=response, body=body)
+    import openai
+
+    message = f"The model `{model}` does not exist or you do not have access to it." if model else "No batch found"
+    code = "model_not_found" if model else None
+    body = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    response = httpx.Response(404, json={"error": body}, request=httpx.Request("POST", "https://api.openai.com/v1/x"))
+    return openai.NotFoundError(message, response=response, body=body)
 
 
 def test_missing_key_says_which_variable_to_set(tmp_path, monkeypatch, double):

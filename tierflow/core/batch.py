@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.ledger import batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
-from tierflow.core.routing import Route
+from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.usage import Usage
 
 log = logging.getLogger("tierflow")
@@ -117,7 +117,10 @@ def run_batch(
     for cache_key, batch_id in submitted.items():
         batches[batch_id].append(cache_key)
     for batch_id, keys in batches.items():
-        provider_name = todo[keys[0]][1].provider
+        with caller.ledger.reading() as conn:
+            provider_name = conn.execute(
+                sa.select(batch_items.c.provider).where(batch_items.c.batch_id == batch_id).limit(1)
+            ).scalar_one()
         if not _await(caller, provider_name, batch_id, wait, poll_interval, max_interval, timeout):
             outcome.pending.append(batch_id)
             for k in keys:
@@ -321,6 +324,8 @@ def _collect(
     items: dict[str, tuple[BatchCall, Route, Request, str]],
     outcome: BatchOutcome,
 ) -> None:
+    """Record every result of an ended batch, each claimed in its own settle transaction: two processes
+    collecting one batch (a run waiting on it and `tierflow resume`) record each item once."""
     with caller.ledger.engine.connect() as conn:
         rows = {
             r.custom_id: r
@@ -332,46 +337,113 @@ def _collect(
         row = rows.get(result.custom_id)
         if row is None:
             continue
-        call, routed, request, cache_key = items[row.key]
-        if result.status == "succeeded" and result.completion is not None:
-            completion = result.completion
-            cost = caller._cost(routed, completion, batch=True)
-            verdict = caller.judge(routed, request, completion, call.output, call.checks, cost=cost, cached=False)
-            record = caller._record(
-                routed,
-                completion.usage,
-                cost,
-                0.0,
-                call.subject,
-                row.created,
-                batch_id=batch_id,
-                downgraded_from=row.downgraded_from,
-                outcome=verdict.outcome,
-                checks_failed=verdict.checks_failed,
-            )
-            cache = CacheEntry(cache_key, routed.model_ref, completion.text, completion.data, request)
-            caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None)
-            telemetry.record_call(record, provider_kind=routed.provider_kind)
-            _mark(caller, cache_key, "done")
-            outcome.answers[call.key] = (
-                verdict.answer
-                if verdict.ok
-                else caller.resolve(
-                    routed, request, output=call.output, checks=call.checks, subject=call.subject, first=verdict
-                )
-            )
-        elif result.status == "errored":
-            caller.budgets.release(row.reservation_id)
-            outcome.answers[call.key] = _retry_alone(caller, call, routed, cache_key, result.error)
-        else:
-            caller.budgets.release(row.reservation_id)
-            _mark(caller, cache_key, result.status)
-            outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
+        call, routed, request, cache_key = item = _as_sent(caller, items[row.key], row)
+        answered = result.status == "succeeded" and result.completion is not None
+        status = "done" if answered else "retried" if result.status == "errored" else result.status
+        claim = _claim(cache_key, batch_id, status)
+        try:
+            if answered:
+                _settle_item(caller, batch_id, row, item, result.completion, claim, outcome)
+            elif result.status == "errored":
+                caller.budgets.release(row.reservation_id, also=claim)
+                outcome.answers[call.key] = _retry_alone(caller, call, routed, result.error)
+            else:
+                caller.budgets.release(row.reservation_id, also=claim)
+                outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
+        except _Taken:
+            log.info("batch item %s of %s was collected by another process", call.key, batch_id)
+            hit = caller.reuse(routed, cache_key, call.subject)
+            if hit is not None:
+                cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model)
+                verdict = caller.judge(routed, request, cached, call.output, call.checks, cost=0.0, cached=True)
+                if verdict.ok:
+                    outcome.answers[call.key] = verdict.answer
+                    continue
+            outcome.failed[call.key] = f"batch {batch_id} was collected by another process; run again to use it"
 
 
-def _retry_alone(caller: Caller, call: BatchCall, routed: Route, cache_key: str, why: str) -> Answer:
+def _settle_item(
+    caller: Caller,
+    batch_id: str,
+    row: Any,
+    item: tuple[BatchCall, Route, Request, str],
+    completion: Completion,
+    claim: Any,
+    outcome: BatchOutcome,
+) -> None:
+    """Judge, record, settle and cache one answered item (under its claim); a failed one goes on directly."""
+    call, routed, request, _ = item
+    cost = caller._cost(routed, completion, batch=True)
+    verdict = caller.judge(routed, request, completion, call.output, call.checks, cost=cost, cached=False)
+    record = caller._record(
+        routed,
+        completion.usage,
+        cost,
+        0.0,
+        call.subject,
+        row.created,
+        batch_id=batch_id,
+        downgraded_from=row.downgraded_from,
+        outcome=verdict.outcome,
+        checks_failed=verdict.checks_failed,
+    )
+    # Under the key of the request sent: after a downgrade, the cheaper tier's model and output limit.
+    cache = CacheEntry(_cache_key(routed, request), routed.model_ref, completion.text, completion.data, request)
+    caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None, also=claim)
+    telemetry.record_call(record, provider_kind=routed.provider_kind)
+    outcome.answers[call.key] = (
+        verdict.answer
+        if verdict.ok
+        else caller.resolve(
+            routed, request, output=call.output, checks=call.checks, subject=call.subject, first=verdict
+        )
+    )
+
+
+def _as_sent(
+    caller: Caller, item: tuple[BatchCall, Route, Request, str], row: Any
+) -> tuple[BatchCall, Route, Request, str]:
+    """The item's route and request as they were sent: a process collecting a batch another submitted (`tierflow
+    resume`) rebuilds the request of rows a `downgrade` budget moved to a cheaper tier."""
+    call, routed, request, cache_key = item
+    if row.tier == routed.tier or row.tier not in caller.config.settings.tiers:
+        return item
+    sent = route_to_tier(
+        caller.config,
+        phase=routed.phase,
+        complexity=routed.complexity,
+        tier=row.tier,
+        rule=f"budget downgrade from {row.downgraded_from or routed.tier}",
+    )
+    return call, sent, replace(request, model=sent.model, max_output_tokens=sent.max_output_tokens), cache_key
+
+
+class _Taken(Exception):
+    """Another process claimed this batch item first: it records the item, this one must not."""
+
+
+def _claim(cache_key: str, batch_id: str, status: str) -> Any:
+    """What claims a collected item inside its settle transaction: it moves the item from `submitted` to
+    `status`, and aborts the transaction (raising `_Taken`) when another process moved it first."""
+
+    def claim(conn: Any) -> None:
+        moved = conn.execute(
+            batch_items.update()
+            .where(
+                batch_items.c.key == cache_key,
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.status == "submitted",
+            )
+            .values(status=status)
+        )
+        if moved.rowcount != 1:
+            raise _Taken(cache_key)
+
+    return claim
+
+
+def _retry_alone(caller: Caller, call: BatchCall, routed: Route, why: str) -> Answer:
     log.warning("batch item %s failed (%s); retrying it on its own", call.key, why)
-    _mark(caller, cache_key, "retried")
     return caller.ask(
         phase=routed.phase,
         complexity=routed.complexity,
@@ -383,8 +455,3 @@ def _retry_alone(caller: Caller, call: BatchCall, routed: Route, cache_key: str,
         routed=routed,
         checks=call.checks,
     )
-
-
-def _mark(caller: Caller, cache_key: str, status: str) -> None:
-    with caller.ledger.transaction() as conn:
-        conn.execute(batch_items.update().where(batch_items.c.key == cache_key).values(status=status))

@@ -23,7 +23,13 @@ from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
-from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
+from tierflow.core.errors import (
+    BudgetExceeded,
+    MalformedResponse,
+    ModelNotFound,
+    OutputModeRejected,
+    ProviderError,
+)
 from tierflow.core.ledger import CallRecord, Ledger, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
@@ -171,6 +177,8 @@ class Caller:
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
         self._learned: dict[str, tuple[str, str]] | None = None
+        self._retired: set[str] = set()
+        """`provider:model` refs the provider said no longer exist (HTTP 404 `model_not_found`)."""
         self._lock = threading.Lock()
 
     def provider(self, name: str) -> Provider:
@@ -212,8 +220,9 @@ class Caller:
         """Worst case of a request: every prompt token billed and every output token used.
 
         Prompt tokens come from the provider's own counter when asked for and available (Anthropic's
-        count_tokens, with a key set), else from the offline o200k count with headroom. The call path
-        uses the offline count: a counting round trip before every call would cost more than it saves.
+        count_tokens, with a key set), else from the offline o200k count with headroom. The call path asks
+        for the provider's count only when the offline count could decide wrongly whether a call fits under
+        a budget cap (`_near_cap`): elsewhere a counting round trip before every call costs more than it saves.
         """
         exact = None
         provider_config = self.config.provider_for(routed.tier)[1]
@@ -241,7 +250,8 @@ class Caller:
         """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
         # The routed call as it will be sent: a retry of a cut-off answer may carry more than the tier's default.
         routed = replace(routed, max_output_tokens=request.max_output_tokens)
-        candidates = [(routed, self.estimate(routed, request, batch=batch))]
+        counted = self._near_cap(routed, request, batch=batch)
+        candidates = [(routed, self.estimate(routed, request, batch=batch, provider_count=counted))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
             return candidates
@@ -258,8 +268,30 @@ class Caller:
                 rule=f"budget downgrade from {routed.tier}",
             )
             cheaper_request = replace(request, model=cheaper.model, max_output_tokens=cheaper.max_output_tokens)
-            candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch)))
+            candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
+
+    def _near_cap(self, routed: Route, request: Request, *, batch: bool) -> bool:
+        """Whether a capped budget's remainder could be overrun by a prompt that the offline o200k count (with
+        its headroom) undercounts, so the provider's own counter must size the reservation.
+
+        Only Anthropic qualifies: its tokenizer is not o200k (CJK and emoji can take several times as many
+        tokens) and its counter is free; OpenAI's models count in o200k. The bound is the prompt's UTF-8 bytes
+        plus `FRAMING_TOKENS` (no byte-level tokenizer spends more than a token per byte): when that worst case
+        fits every capped budget that applies, the count cannot matter and no round trip is made. Without a
+        capped budget this costs nothing; with one, one ledger read.
+        """
+        if routed.provider_kind != "anthropic":
+            return False
+        capped = [(n, b) for n, b in self.budgets.applicable(routed.phase) if b.usd is not None or b.tokens is not None]
+        if not capped:
+            return False
+        schema = json.dumps(request.schema) if request.schema else ""
+        text = request.system + request.cache_prefix + request.prompt + schema
+        worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
+        with self.ledger.reading() as conn:
+            states = [self.budgets.state(conn, name, budget) for name, budget in capped]
+        return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
     def build(
         self,
@@ -355,7 +387,7 @@ class Caller:
                     )
                 sent = self._next_request(tier_route, request, last)
                 try:
-                    attempt = self._attempt(
+                    attempt = self._answer(
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
                     )  # fmt: skip
@@ -399,7 +431,7 @@ class Caller:
         """
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
-            self._attempt(
+            self._answer(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
                 number=1, escalated_from=None, shadow=True,
             )  # fmt: skip
@@ -440,6 +472,52 @@ class Caller:
         if last is not None:
             prompt += _retry_note(last.failures)
         return replace(request, model=routed.model, max_output_tokens=limit, prompt=prompt)
+
+    def _answer(self, routed: Route, request: Request, **kw: Any) -> Attempt:
+        """`_attempt`, on the tier's next fallback model while the provider says a model no longer exists."""
+        while True:
+            if routed.model_ref in self._retired:
+                routed, request = self._fall_back(routed, request, routed.model_ref)
+            try:
+                return self._attempt(routed, request, **kw)
+            except ModelNotFound as exc:
+                routed, request = self._fall_back(routed, request, f"{exc.provider}:{exc.model}", exc)
+
+    def _fall_back(
+        self, routed: Route, request: Request, retired: str, exc: ModelNotFound | None = None
+    ) -> tuple[Route, Request]:
+        """Put each tier whose model is `retired` on its next fallback, for the rest of this process (each call
+        is then routed, reserved, priced, recorded and cached as that model); or stop, naming the fix."""
+        with self._lock:
+            again = retired in self._retired  # sent to a model already known gone: a downgrade's tier, stuck
+            self._retired.add(retired)
+            tiers, stuck = dict(self.config.settings.tiers), []
+            for name, tier in tiers.items():
+                live = [f for f in tier.fallbacks if f not in self._retired]
+                if tier.model in self._retired and live:
+                    log.warning("%s is no longer served: tier %s falls back to %s", tier.model, name, live[0])
+                    tiers[name] = tier.falling_back(live[0])
+                elif tier.model in self._retired:
+                    stuck.append(name)
+            self.config = replace(self.config, settings=self.config.settings.model_copy(update={"tiers": tiers}))
+        if routed.tier in stuck or (again and stuck):
+            name = routed.tier if routed.tier in stuck else stuck[0]
+            fallbacks = self.config.tier(name).fallbacks
+            raise ModelNotFound(
+                *self.config.tier(name).model.split(":", 1),
+                f"tier {name!r} uses {self.config.tier(name).model}, which the provider no longer serves"
+                + (f" ({exc.cause})" if exc else "")
+                + (f", nor any of its fallbacks ({', '.join(fallbacks)})" if fallbacks else ""),
+                hint=f"Set [tiers.{name}] model to a current model, or name fallbacks = "
+                '["<provider>:<model-id>", ...] there; `tierflow config check` lists the models that are gone',
+            )
+        if self.config.tier(routed.tier).model == routed.model_ref:
+            return routed, request  # a downgrade's tier failed: the next reservation routes to its fallback
+        rule = f"{routed.rule}; fallback: {routed.model_ref} is gone"
+        fresh = route_to_tier(
+            self.config, phase=routed.phase, complexity=routed.complexity, tier=routed.tier, rule=rule
+        )
+        return replace(fresh, max_output_tokens=routed.max_output_tokens), replace(request, model=fresh.model)
 
     def _attempt(
         self,
@@ -995,6 +1073,11 @@ def prefect_run_ids() -> tuple[str | None, str | None]:
     if flow_ctx is not None and flow_ctx.flow_run is not None:
         return str(flow_ctx.flow_run.id), None
     return None, None
+
+
+FRAMING_TOKENS = 512
+"""Tokens a provider may add around a prompt's text: message markers, and the system prompt Anthropic adds for
+tool use (up to 346 tokens)."""
 
 
 _callers: dict[str, Caller] = {}

@@ -108,6 +108,16 @@ class TierConfig(_Model):
 
     context_window: int | None = Field(default=None, gt=0)
     """The model's context window in tokens (prompt + answer); unset: tierflow's default for known models."""
+    fallbacks: tuple[str, ...] = ()
+    """Models tried in order when the provider no longer serves `model` (HTTP 404 `model_not_found`), each
+    `<provider>:<model-id>` (another provider's too) and priced as itself: `price` is `model`'s alone."""
+
+    def falling_back(self, model: str) -> TierConfig:
+        """This tier with `model` (one of its fallbacks) in place of its retired model, and no settings that
+        described the retired model only."""
+        return self.model_copy(
+            update={"model": model, "price": None, "context_window": None, "min_cacheable_tokens": None}
+        )
 
     @property
     def provider(self) -> str:
@@ -561,6 +571,12 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
                 f"{where}: `tiers.{name}.model` uses unknown provider {tier.provider!r}. "
                 f"Add a [providers.{tier.provider}] table, or use one of: {known}."
             )
+        for fallback in tier.fallbacks:
+            if fallback.split(":", 1)[0] not in settings.providers or ":" not in fallback:
+                raise ConfigError(
+                    f"{where}: `tiers.{name}.fallbacks` names {fallback!r}, not a configured provider's model. "
+                    f'Write "<provider>:<model-id>" with one of: {", ".join(sorted(settings.providers))}.'
+                )
     for complexity, tier_name in settings.routing.items():
         if tier_name not in settings.tiers:
             raise ConfigError(

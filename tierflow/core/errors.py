@@ -45,6 +45,10 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class ModelNotFound(ProviderError):
+    """The provider no longer serves the model (HTTP 404 `model_not_found`): it was retired or renamed."""
+
+
 class ContextWindowExceeded(ProviderError):
     """A prompt and its answer would not fit the routed model's context window; nothing was sent."""
 

@@ -875,6 +875,14 @@ class ProviderDouble:
         self._openai_cache: dict[tuple[str, str], set[bytes]] = {}
         self._batches: dict[str, _Batch] = {}
         self._files: dict[str, _File] = {}
+        self.retired: set[str] = set()
+        """Model ids answered with HTTP 404 ``model_not_found`` (each API's own body), as for a retired model."""
+        self.served: dict[str, list[str]] = {name: list(ids) for name, ids in _DEFAULT_MODELS.items()}
+        """Model ids ``GET /v1/models`` lists, per provider (retired ones left out)."""
+        self.wide_scripts = False
+        """Count Anthropic prompts as a tokenizer that is not o200k may (Claude's is not): every character
+        outside ASCII is one token per UTF-8 byte, so CJK and emoji cost several times their o200k count, in
+        ``count_tokens`` and in the usage billed alike. (No byte-level tokenizer counts more than that.)"""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -1173,7 +1181,17 @@ class ProviderDouble:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _check_model(self, request: DoubleRequest) -> None:
+        """A retired model's answer, as each API gives it (HTTP 404, not retried by the SDKs)."""
+        model = request.model
+        if model not in self.retired:
+            return
+        if request.provider == "anthropic":
+            raise _HttpError(404, f"model: {model}", retry=False)
+        raise _HttpError(404, f"The model `{model}` does not exist or you do not have access to it.", retry=False)
+
     def _respond(self, request: DoubleRequest) -> Reply:
+        self._check_model(request)
         responder = self.responder
         if responder is None:
             return Reply()
@@ -1205,7 +1223,8 @@ class ProviderDouble:
 
     def _anthropic_count_tokens(self, request: DoubleRequest, arg: str) -> _Answer:
         _require(request, "model", "messages")
-        total = _A_BASE_OVERHEAD + sum(s.tokens for s in _anthropic_segments(request.body))
+        self._check_model(request)
+        total = _A_BASE_OVERHEAD + sum(s.tokens for s in _anthropic_segments(request.body)) + self._wide(request)
         return _Answer(200, {"input_tokens": total})
 
     def _anthropic_message_body(self, request: DoubleRequest, reply: Reply, tier: str) -> dict[str, Any]:
@@ -1264,9 +1283,16 @@ class ProviderDouble:
             message["usage"] = self._anthropic_usage(request, max(visible, 1) + hidden, hidden, tier)
         return message
 
+    def _wide(self, request: DoubleRequest) -> int:
+        """With ``wide_scripts``: the tokens a byte-per-token count of non-ASCII text adds to its o200k count."""
+        if not self.wide_scripts:
+            return 0
+        wide = "".join(ch for ch in _prompt_text(request) if ord(ch) > 0x7F)
+        return len(wide.encode()) - count_tokens(wide)
+
     def _anthropic_usage(self, request: DoubleRequest, output: int, hidden: int, tier: str) -> dict[str, Any]:
         segments = _anthropic_segments(request.body)
-        total = _A_BASE_OVERHEAD + sum(s.tokens for s in segments)
+        total = _A_BASE_OVERHEAD + sum(s.tokens for s in segments) + self._wide(request)
         read, write_5m, write_1h = self._anthropic_cache_split(str(request.model), segments)
         usage: dict[str, Any] = {
             "input_tokens": total - read - write_5m - write_1h,
@@ -1424,17 +1450,25 @@ class ProviderDouble:
 
     # -- models --------------------------------------------------------------------------------
 
+    def _listed(self, provider: Provider) -> list[str]:
+        return [m for m in self.served.get(provider, []) if m not in self.retired]
+
     def _anthropic_models(self, request: DoubleRequest, arg: str) -> _Answer:
-        data = [_anthropic_model(m) for m in _DEFAULT_MODELS["anthropic"]]
-        return _Answer(200, {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+        data = [_anthropic_model(m) for m in self._listed("anthropic")]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return _Answer(200, {"data": data, "has_more": False, "first_id": first, "last_id": last})
 
     def _anthropic_model_get(self, request: DoubleRequest, arg: str) -> _Answer:
+        request.model = arg
+        self._check_model(request)
         return _Answer(200, _anthropic_model(arg))
 
     def _openai_models(self, request: DoubleRequest, arg: str) -> _Answer:
-        return _Answer(200, {"object": "list", "data": [_openai_model(m) for m in _DEFAULT_MODELS["openai"]]})
+        return _Answer(200, {"object": "list", "data": [_openai_model(m) for m in self._listed("openai")]})
 
     def _openai_model_get(self, request: DoubleRequest, arg: str) -> _Answer:
+        request.model = arg
+        self._check_model(request)
         return _Answer(200, _openai_model(arg))
 
     # -- Anthropic Message Batches -------------------------------------------------------------

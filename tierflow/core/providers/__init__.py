@@ -154,6 +154,13 @@ class Provider(Protocol):
         ...
 
 
+def served_models(provider: Provider) -> set[str] | None:
+    """The model ids a provider serves now, asked once (the SDK's models list); None for the offline model,
+    which answers any id it is given."""
+    models = getattr(provider, "models", None)
+    return models() if models is not None else None
+
+
 OUTPUT_MODES = ("json_schema", "json_object", "prompted")
 """The structured-output forms an OpenAI-compatible server is tried in, best first: the provider's JSON-schema
 mode, JSON mode with the schema attached (llama.cpp), then a prompt that asks for JSON, validated locally."""

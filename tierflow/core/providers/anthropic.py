@@ -10,6 +10,7 @@ import anthropic
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import (
     MalformedResponse,
+    ModelNotFound,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -184,6 +185,13 @@ class AnthropicProvider:
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, request.model) from exc
 
+    def models(self) -> set[str]:
+        """The model ids the API serves now (`GET /v1/models`, every page)."""
+        try:
+            return {m.id for m in self.client.models.list(limit=1000)}
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "models") from exc
+
     def translate(self, exc: anthropic.AnthropicError, model: str) -> ProviderError:
         """An SDK error as a tierflow error naming provider, model and cause."""
         status = getattr(exc, "status_code", None)
@@ -212,6 +220,9 @@ class AnthropicProvider:
                 f"{kind} (HTTP {status}: {detail}) after {self.config.max_retries} retries",
                 hint="try again later",
             )
+        if isinstance(exc, anthropic.NotFoundError) and detail.startswith("model:"):
+            # Anthropic's answer for a retired or unknown model: not_found_error, "model: <id>".
+            return ModelNotFound(self.name, model, f"no such model (HTTP 404: {detail})")
         if isinstance(exc, anthropic.NotFoundError):
             return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")

@@ -11,6 +11,7 @@ import openai
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import (
     MalformedResponse,
+    ModelNotFound,
     OutputModeRejected,
     ProviderAuthError,
     ProviderError,
@@ -140,6 +141,13 @@ class OpenAIProvider:
     def count_tokens(self, request: Request) -> int | None:
         return None
 
+    def models(self) -> set[str]:
+        """The model ids the server serves now (`GET /v1/models`, every page)."""
+        try:
+            return {m.id for m in self.client.models.list()}
+        except openai.OpenAIError as exc:
+            raise self.translate(exc, "models") from exc
+
     def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
         model = next(iter(requests.values())).model
         self._model = model
@@ -236,9 +244,21 @@ class OpenAIProvider:
                 f"server error (HTTP {status}: {detail}) after {self.config.max_retries} retries",
                 hint="try again later",
             )
+        if isinstance(exc, openai.NotFoundError) and _model_missing(exc):
+            return ModelNotFound(self.name, model, f"no such model (HTTP 404: {detail})")
         if isinstance(exc, openai.NotFoundError):
             return ProviderError(self.name, model, f"not found (HTTP 404: {detail})", hint="check the model id")
         return ProviderError(self.name, model, f"request failed (HTTP {status}: {detail})")
+
+
+def _model_missing(exc: openai.NotFoundError) -> bool:
+    """OpenAI's answer for a retired or unknown model (code `model_not_found`); Ollama and vLLM answer 404 with
+    a message naming the model."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    if isinstance(error, dict) and error.get("code") == "model_not_found":
+        return True
+    return "model" in _detail(exc).lower()
 
 
 def _rejects_output_mode(exc: openai.APIStatusError, mode: str) -> bool:

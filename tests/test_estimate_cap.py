@@ -1,0 +1,81 @@
+"""The worst-case estimate under a budget cap: the offline o200k count with headroom is not an upper bound for
+every tokenizer (CJK and emoji take more of Claude's tokens), so when a reservation decides whether a call fits
+under a cap, Anthropic's own (free) counter sizes the prompt; with no cap near, no counting round trip is made."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from conftest import anthropic_config, write_config
+
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import BudgetExceeded
+from tierflow.core.ledger import reservations
+from tierflow.testing.double import ProviderDouble, Reply
+
+WIDE = "请总结：" + "你的账户还没有达到存储限制。" * 40 + "🙂📚✨🎓" * 60
+"""A prompt of CJK and emoji, which the double (wide_scripts) counts at a token per UTF-8 byte, as a tokenizer
+that is not o200k may."""
+
+
+@pytest.fixture
+def wide(double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> ProviderDouble:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
+    double.wide_scripts = True
+    double.responder = lambda r: Reply(text="ok")
+    return double
+
+
+def make_caller(tmp_path, double: ProviderDouble, budget: str = "", run_id: str = "run-1") -> Caller:
+    path = write_config(tmp_path / "v" / ".tierflow" / "config.toml", anthropic_config(double, budget))
+    return Caller(RunSettings(vault=str(tmp_path / "v"), config_path=str(path), run_id=run_id, use_cache=False))
+
+
+def counts(c: Caller) -> tuple[int, int, float]:
+    """The padded o200k prompt count, the provider's count, and the worst-case USD at the provider's count."""
+    routed, request = c.build(phase="collate", complexity="low", system="Be brief.", prompt=WIDE)
+    padded = c.estimate(routed, request).prompt_tokens
+    exact = c.estimate(routed, request, provider_count=True)
+    return padded, exact.prompt_tokens, float(exact.usd)
+
+
+def ask(c: Caller):
+    return c.ask(phase="collate", complexity="low", system="Be brief.", prompt=WIDE)
+
+
+def count_requests(double: ProviderDouble) -> int:
+    return sum(1 for q in double.requests if q.kind == "count_tokens")
+
+
+def test_a_prompt_the_padded_count_undercounts_is_reserved_at_the_providers_count_near_a_cap(tmp_path, wide):
+    padded, exact, usd = counts(make_caller(tmp_path / "probe", wide))
+    assert exact > padded  # the premise: o200k x 1.15 + 32 is below this tokenizer's count
+    c = make_caller(tmp_path, wide, f"[budgets.run]\nusd = {usd * 1.02!r}\n")
+    before = count_requests(wide)
+    ask(c)
+    assert count_requests(wide) == before + 1  # one free count before the call
+    with c.ledger.reading() as conn:
+        (tokens,) = conn.execute(sa.select(reservations.c.tokens)).scalars().all()
+    assert tokens == exact + c.config.tier("light").max_output_tokens
+    (row,) = c.ledger.rows()
+    assert row["input_tokens"] == exact  # the count and the bill agree: the reservation covered the prompt
+
+
+def test_a_token_cap_the_padded_count_would_overrun_refuses_the_call_before_sending(tmp_path, wide):
+    padded, exact, _ = counts(make_caller(tmp_path / "probe", wide))
+    output = 1024
+    cap = padded + output  # fits the padded estimate exactly; the prompt's real count does not fit with any output
+    assert exact + 256 > cap
+    c = make_caller(tmp_path, wide, f'[budgets.run]\ntokens = {cap}\npolicy = "halt"\n')
+    sent = len(wide.model_calls())
+    with pytest.raises(BudgetExceeded):
+        ask(c)
+    assert len(wide.model_calls()) == sent and c.ledger.rows() == []
+
+
+@pytest.mark.parametrize("budget", ["", "[budgets.month]\nusd = 100.0\nperiod = 'month'\n"])
+def test_no_counting_round_trip_without_a_cap_or_far_from_one(tmp_path, wide, budget):
+    c = make_caller(tmp_path, wide, budget)
+    ask(c)
+    ask(c)
+    assert count_requests(wide) == 0 and len(wide.model_calls()) == 2
