@@ -186,7 +186,7 @@ class Caller:
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._learned: dict[str, tuple[str, str]] | None = None
+        self._learned: dict[tuple[str, str], tuple[str, str]] | None = None
         self._lock = threading.Lock()
 
     def provider(self, name: str) -> Provider:
@@ -196,8 +196,16 @@ class Caller:
             return self._providers[name]
 
     def route(
-        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None = None, note: str = ""
+        self,
+        phase: str,
+        complexity: str,
+        *,
+        front_matter: Mapping[str, Any] | None = None,
+        note: str = "",
+        adaptive: bool = True,
     ) -> Route:
+        """`adaptive=False`: the person chose the complexity, so learned routing does not override it."""
+        adaptive = adaptive and self.config.settings.routing.mode == "adaptive"
         return route(
             self.config,
             phase=phase,
@@ -205,16 +213,18 @@ class Caller:
             overrides=self.settings.tier_overrides,
             front_matter=front_matter,
             note=note,
-            learned=self.learned() if self.config.settings.routing.mode == "adaptive" else None,
+            learned=self.learned() if adaptive else None,
         )
 
-    def learned(self) -> dict[str, tuple[str, str]]:
-        """Adaptive routing's table for this run's flow, read from the ledger once per run and process."""
+    def learned(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """Adaptive routing's table for this run's flow and project, read from the ledger once per run and process."""
         with self._lock:
             if self._learned is None:
                 from tierflow.core.evidence import learned_routes
 
-                self._learned = learned_routes(self.config, self.ledger, self.settings.flow)
+                self._learned = learned_routes(
+                    self.config, self.ledger, self.settings.flow, project=self.settings.project
+                )
             return self._learned
 
     def request(self, routed: Route, *, system: str, prompt: str, **kw: Any) -> Request:
