@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
 from tierflow.vault.links import VaultNames, links_resolve
-from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, safe_note_name, template_env
+from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_source, safe_note_name, template_env
 
 PHASE = "draft"
 COMPLEXITY = "medium"
@@ -117,6 +118,23 @@ def draft_check(names: VaultNames, citekeys: set[str]) -> Check:
     return Check(links.name, problems)
 
 
+def trial_checks(vault: Path | None, sources: list[str]) -> list[Check]:
+    """The draft's checks rebuilt from the vault as it is now, for a tier trial (`Check.rebuild`)."""
+    notes = [read_source(Path(vault or "."), path) for path in sources]
+    return draft_checks(VaultNames.scan(Path(vault or ".")), notes)
+
+
+def draft_checks(names: VaultNames, sources: list[SourceNote]) -> list[Check]:
+    """What a draft must pass, each able to be rebuilt from the vault for a trial."""
+    recipe = (f"{__name__}:trial_checks", json.dumps({"sources": [s.path for s in sources]}))
+    checks = [
+        draft_check(names, {s.citekey for s in sources}),
+        quotes_verbatim(sources),
+        Check("sections_present", sections_present),
+    ]
+    return [replace(c, rebuild=recipe) for c in checks]
+
+
 def related_notes(
     names: VaultNames,
     sources: list[SourceNote],
@@ -193,7 +211,7 @@ def draft_concept(
         prompt=user,
         output=DraftOut,
         subject=title,
-        checks=[draft_check(names, set(by_key)), quotes_verbatim(sources), Check("sections_present", sections_present)],
+        checks=draft_checks(names, sources),
     )
     out: DraftOut = answer.parsed
     # Links that still do not resolve after the retry are left as plain text, never written as links.

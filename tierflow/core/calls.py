@@ -25,7 +25,7 @@ from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
 from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
-from tierflow.core.ledger import CallRecord, Ledger, now_iso
+from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
 from tierflow.core.slots import NO_SLOT, TierSlots
@@ -364,7 +364,7 @@ class Caller:
         best, last, number = first, first, 1 if first else 0
         for step, tier_route in enumerate(ladder):
             escalated_from = ladder[step - 1].tier if step else None
-            for _ in range(2 - (1 if first is not None and step == 0 else 0)):
+            for tries in range(2 - (1 if first is not None and step == 0 else 0)):
                 if last is not None:
                     log.warning(
                         "%s on %s: %s answer from %s (%s); %s",
@@ -389,6 +389,8 @@ class Caller:
                     )
                     return _shown(routed, self._kept(best, request), number)
                 number += 1
+                if tries == 0 and not (first is not None and step == 0):  # this tier's first answer
+                    self._remember(request, attempt, checks, subject)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
                         self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
@@ -399,6 +401,37 @@ class Caller:
                 break
         assert best is not None
         return _shown(routed, self._kept(best, request), number)
+
+    def _remember(self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str) -> None:
+        """Record the request and this tier's first answer's outcome, passed or not (`Ledger.recorded_requests`).
+
+        The tier is the one that answered: after a budget downgrade, the cheaper one.
+        """
+        routed = attempt.route
+        if attempt.answer.cached:
+            return  # sent and recorded by an earlier run
+        content = {k: getattr(request, k) for k in ("system", "cache_prefix", "prompt", "schema", "schema_name")}
+        text = json.dumps([self.settings.flow, routed.phase, content], sort_keys=True, ensure_ascii=False)
+        request_key = hashlib.sha256(text.encode()).hexdigest()
+        self.ledger.remember_request(
+            RequestRecord(
+                key=hashlib.sha256(f"{request_key}:{routed.tier}".encode()).hexdigest(),
+                tier=routed.tier,
+                request_key=request_key,
+                timestamp=now_iso(),
+                run_id=self.settings.run_id,
+                flow=self.settings.flow,
+                phase=routed.phase,
+                complexity=routed.complexity,
+                project=self.settings.project,
+                subject=subject[:256],
+                model=routed.model_ref,
+                outcome=attempt.outcome,
+                checks_failed=attempt.checks_failed,
+                request_json=json.dumps(request.__dict__, ensure_ascii=False, default=str),
+                checks_json=json.dumps([{"name": c.name, "rebuild": c.rebuild} for c in checks]),
+            )
+        )
 
     def _explores(self, request: Request) -> bool:
         """Adaptive mode's deterministic sample: this request's hash falls in the `explore` share."""
@@ -415,10 +448,11 @@ class Caller:
         """The same request on the next tier up, for evidence only: recorded and judged, its answer discarded."""
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
-            self._attempt(
+            attempt = self._attempt(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
                 number=1, escalated_from=None,
             )  # fmt: skip
+            self._remember(request, attempt, checks, subject)
         except (BudgetExceeded, ProviderError) as exc:
             log.info("shadow call on %s skipped: %s", routed.tier, exc)
 
