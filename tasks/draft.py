@@ -29,6 +29,10 @@ from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_sourc
 PHASE = "draft"
 COMPLEXITY = "medium"
 MAX_QUOTES = 6
+MAX_SOURCES = 8
+"""Sources a draft's prompt carries (their claims and quotes): those the synthesis quoted from first. The note
+still lists every source of its concept; the cap keeps a draft's prompt (and the plan's estimate of it) bounded
+however many notes a week has."""
 MAX_RELATED = 5
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
 """Front-matter that changes from run to run without the draft changing; ignored when comparing."""
@@ -83,6 +87,7 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation],
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
     refs = {(r.citekey, r.quote_id) for r in concept.quote_refs}
+    collations = carried(concept, collations)
     data = {
         "concept": concept.model_dump(exclude={"quote_refs"}),
         "sources": [
@@ -104,6 +109,12 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation],
     system = env.get_template("prompts/draft/system.j2").render()
     user = env.get_template("prompts/draft/concept.j2").render(concept=concept, data=data, max_quotes=MAX_QUOTES)
     return system, user
+
+
+def carried(concept: Concept, collations: list[Collation]) -> list[Collation]:
+    """The sources a draft's prompt carries: the concept's, those the synthesis quoted first, `MAX_SOURCES` at most."""
+    quoted = {r.citekey for r in concept.quote_refs}
+    return sorted(collations, key=lambda c: c.citekey not in quoted)[:MAX_SOURCES]
 
 
 def draft_check(names: VaultNames, citekeys: set[str]) -> Check:

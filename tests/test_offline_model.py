@@ -125,3 +125,17 @@ def test_a_week_too_big_for_the_offline_window_is_synthesised_in_groups_offline(
     assert all(r["input_tokens"] + 4096 <= 32_768 for r in synthesis)
     drafts = [r for r in rows if r["phase"] == "draft"]
     assert drafts and {(r["attempt"], r["outcome"]) for r in drafts} == {(1, "ok")}
+
+
+def test_the_plan_sizes_each_draft_by_the_sources_it_carries_not_the_whole_week(reading_vault: Path):
+    from tierflow.flows.plans import plan_reading_notes
+
+    vault = big_week(reading_vault, 60)
+    plan = plan_reading_notes(load_config(vault), vault, since=SINCE, until=UNTIL)
+    planned = [row for (phase, _, _), row in zip(plan.prompts, plan.rows, strict=True) if phase == "draft"]
+    assert planned and [p for p, _, _ in plan.too_long if p == "draft"] == []  # no false "does not fit"
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    actual = [r["input_tokens"] for r in Ledger.for_vault(vault).rows(run_id=summary.run_id) if r["phase"] == "draft"]
+    assert actual and summary.failed is None
+    estimate = max(row["input_tokens"] for row in planned)
+    assert max(actual) <= estimate <= 4 * max(actual), (estimate, actual)
