@@ -14,6 +14,7 @@ from tierflow.core.config import Config
 from tierflow.core.context import prompt_room
 from tierflow.core.hierarchy import GroupTooLarge, group_to_fit, prompt_tokens
 from tierflow.core.routing import Route
+from tierflow.core.tokens import count_tokens
 from tierflow.report.plan import Plan
 from tierflow.tasks import cohort, collate, draft, evidence, feedback, synthesise
 from tierflow.tasks.assignment import load_assignment
@@ -47,7 +48,10 @@ def plan_reading_notes(
         selected=len(week.notes),
         skipped=[(s.path, s.reason) for s in week.skipped + unreadable],
         phase_names=["collate", "synthesise", "draft"],
-        notes=["Drafts are counted at the configured maximum number of concepts."],
+        notes=[
+            "Drafts are counted at the configured maximum number of concepts, each carrying the week's "
+            f"{draft.MAX_SOURCES} largest sources (a draft carries at most that many)."
+        ],
     )
     if not sources:
         return plan
@@ -67,7 +71,6 @@ def plan_reading_notes(
             note=source.path,
         )
         outputs[source.path] = routed.max_output_tokens
-    light_outputs = sum(outputs.values())
 
     # Collations with their model-written parts empty; those parts are added at full output allowance.
     skeletons = [
@@ -89,8 +92,10 @@ def plan_reading_notes(
     ]
     deep = plan_synthesis(plan, settings, skeletons, outputs, str(week.since), str(week.until))
 
-    everything = synthesise.Concept(name="", summary="", sources=[s.citekey for s in sources])
-    system, prompt = draft.prompt(settings, everything, skeletons)
+    # A draft carries its concept's sources, at most `draft.MAX_SOURCES`: each is sized with the largest that many.
+    carried = draft_sources(settings, skeletons, outputs)
+    concept = synthesise.Concept(name="", summary="", sources=[s.citekey for s in carried])
+    system, prompt = draft.prompt(settings, concept, carried)
     for n in range(config.settings.vault.max_concepts):
         plan.add(
             caller,
@@ -100,9 +105,24 @@ def plan_reading_notes(
             prompt,
             draft.DraftOut,
             subject=f"concept {n + 1}",
-            extra_tokens=light_outputs + deep.max_output_tokens,
+            extra_tokens=sum(outputs[c.path] for c in carried) + deep.max_output_tokens,
         )
     return plan
+
+
+def draft_sources(
+    settings: RunSettings, skeletons: list[collate.Collation], outputs: dict[str, int]
+) -> list[collate.Collation]:
+    """The `draft.MAX_SOURCES` collations that make the largest draft prompt: the most any one draft can carry.
+
+    Each is measured in a draft prompt of its own, its model-written parts at their full output allowance.
+    """
+
+    def size(c: collate.Collation) -> int:
+        alone = synthesise.Concept(name="", summary="", sources=[c.citekey])
+        return count_tokens(draft.prompt(settings, alone, [c])[1]) + outputs[c.path]
+
+    return sorted(skeletons, key=size, reverse=True)[: draft.MAX_SOURCES]
 
 
 def plan_synthesis(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,15 @@ from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
 from tierflow.vault.links import VaultNames
-from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, safe_note_name, template_env
+from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_source, safe_note_name, template_env
 
 PHASE = "draft"
 COMPLEXITY = "medium"
 MAX_QUOTES = 6
+MAX_SOURCES = 8
+"""Sources a draft's prompt carries (their claims and quotes): those the synthesis quoted from first. The note
+still lists every source of its concept; the cap keeps a draft's prompt (and the plan's estimate of it) bounded
+however many notes a week has."""
 MAX_RELATED = 5
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
 """Front-matter that changes from run to run without the draft changing; ignored when comparing."""
@@ -83,6 +88,7 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation],
     config = caller_for(settings).config
     env = template_env(config.vault, config.settings.vault.templates_folder)
     refs = {(r.citekey, r.quote_id) for r in concept.quote_refs}
+    collations = carried(concept, collations)
     data = {
         "concept": concept.model_dump(exclude={"quote_refs"}),
         "sources": [
@@ -106,6 +112,12 @@ def prompt(settings: RunSettings, concept: Concept, collations: list[Collation],
     return system, user
 
 
+def carried(concept: Concept, collations: list[Collation]) -> list[Collation]:
+    """The sources a draft's prompt carries: the concept's, those the synthesis quoted first, `MAX_SOURCES` at most."""
+    quoted = {r.citekey for r in concept.quote_refs}
+    return sorted(collations, key=lambda c: c.citekey not in quoted)[:MAX_SOURCES]
+
+
 def draft_check(names: VaultNames, citekeys: set[str]) -> Check:
     """`links_resolve` for a draft: its own links resolve to one note each, and every quotation is from a source."""
     links = links_resolve(names, lambda out: [out.summary, out.discussion, *out.open_questions])
@@ -116,6 +128,23 @@ def draft_check(names: VaultNames, citekeys: set[str]) -> Check:
         return links.problems(out) + [f"quotation source {s!r} is not one of the sources ({known})" for s in strangers]
 
     return Check(links.name, problems)
+
+
+def trial_checks(vault: Path | None, sources: list[str]) -> list[Check]:
+    """The draft's checks rebuilt from the vault as it is now, for a tier trial (`Check.rebuild`)."""
+    notes = [read_source(Path(vault or "."), path) for path in sources]
+    return draft_checks(VaultNames.scan(Path(vault or ".")), notes)
+
+
+def draft_checks(names: VaultNames, sources: list[SourceNote]) -> list[Check]:
+    """What a draft must pass, each able to be rebuilt from the vault for a trial."""
+    recipe = (f"{__name__}:trial_checks", json.dumps({"sources": [s.path for s in sources]}))
+    checks = [
+        draft_check(names, {s.citekey for s in sources}),
+        quotes_verbatim(sources),
+        Check("sections_present", sections_present),
+    ]
+    return [replace(c, rebuild=recipe) for c in checks]
 
 
 def related_notes(
@@ -194,7 +223,7 @@ def draft_concept(
         prompt=user,
         output=DraftOut,
         subject=title,
-        checks=[draft_check(names, set(by_key)), quotes_verbatim(sources), Check("sections_present", sections_present)],
+        checks=draft_checks(names, sources),
     )
     out: DraftOut = answer.parsed
     # Links that still do not resolve after the retry are left as plain text, never written as links.

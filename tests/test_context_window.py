@@ -44,7 +44,9 @@ def test_known_models_have_a_window_and_the_config_overrides_it(reading_vault: P
 
 
 def test_a_model_tierflow_does_not_know_is_not_checked(reading_vault: Path):
-    config, routed = deep_route(reading_vault)  # the offline model
+    path = reading_vault / ".tierflow" / "config.toml"
+    write_config(path, path.read_text() + '\n[tiers.deep]\nmodel = "offline:a-model-nobody-knows"\n')
+    config, routed = deep_route(reading_vault)
     assert context_window(config, routed) is None
     check_fits(config, routed, 10**9)
 

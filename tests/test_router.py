@@ -201,3 +201,85 @@ def test_wilson_lower_bound_matches_the_formula():
     assert wilson_low(0, 0) == 0.0
     for k, n in ((0, 10), (9, 10), (41, 41), (93, 100)):
         assert wilson_low(k, n) == pytest.approx(hand_wilson(k, n))
+
+
+ADAPTIVE = '[routing]\nmode = "adaptive"\nexplore = 0.0\n'
+
+
+def test_forty_low_asks_in_another_project_do_not_send_an_explicit_high_ask_to_light(tmp_path, monkeypatch, double):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    vault = tmp_path / "vault"
+    config = write_config(vault / ".tierflow" / "config.toml", anthropic_config(double, ADAPTIVE))
+    double.responder = lambda r: Reply(text="An answer.")
+    other = Caller(RunSettings(vault=str(vault), config_path=str(config), run_id="o", flow="ask", project="OTHER"))
+    for n in range(40):
+        other.ask(phase="ask", complexity="low", system="s", prompt=f"List item {n}.")
+    runner = CliRunner()
+
+    def ask(*args: str) -> dict:
+        result = runner.invoke(app, ["ask", "--vault", str(vault), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return Ledger.for_vault(vault).rows()[-1]
+
+    high = ask("--complexity", "high", "--project", "EDU7001", "Compare Sadler and Hattie on feedback.")
+    assert (high["tier"], high["project"], high["complexity"]) == ("deep", "EDU7001", "high")
+    assert high["route_rule"] == "routing.high (profile:anthropic)"
+    # An explicit complexity is never overridden, even where the evidence is about that very complexity.
+    low = ask("--complexity", "low", "--project", "OTHER", "List the authors.")
+    assert low["tier"] == "light" and low["route_rule"] == "routing.low (profile:anthropic)"
+    # Without --complexity the evidence of the classified complexity applies: 41 low asks passed on light.
+    classified = ask("--project", "EDU7001", "List the authors cited here.")
+    assert classified["complexity"] == "low" and "adaptive: ask on light" in classified["route_rule"]
+    # ... and an explicit --tier beats it too.
+    pinned = ask("--tier", "standard", "--project", "EDU7001", "List the drafts.")
+    assert pinned["tier"] == "standard" and pinned["route_rule"].endswith("override")
+
+
+def _observed(ledger: Ledger, project: str, tier: str, outcome: str, n: int, complexity: str = "low") -> None:
+    from tierflow.core.ledger import CallRecord
+    from tierflow.core.usage import Usage
+
+    for _ in range(n):
+        ledger.record(
+            CallRecord(
+                run_id="past", flow=FLOW, phase="draft", complexity=complexity, tier=tier, provider="anthropic",
+                model="m", usage=Usage(input_tokens=10, output_tokens=10), cost_usd=0.001, latency_ms=1.0,
+                outcome=outcome, project=project,
+            )
+        )  # fmt: skip
+
+
+def test_a_project_with_enough_evidence_of_its_own_is_routed_by_it_and_others_by_the_pool(
+    tmp_path, monkeypatch, double
+):
+    from tierflow.core.evidence import gather, learned_routes
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    config = write_config(tmp_path / "c.toml", anthropic_config(double, ADAPTIVE))
+    double.responder = lambda r: Reply(data={"ok": True})
+    ledger = Ledger.for_vault(tmp_path)
+    _observed(ledger, "EDU7001", "light", "ok", 40)  # this course's drafts pass on light
+    _observed(ledger, "OTHER", "light", "check_failed", 60)  # another course's fail there
+    _observed(ledger, "OTHER", "standard", "ok", 40)
+    _observed(ledger, "OTHER", "light", "check_failed", 30, complexity="high")  # another complexity entirely
+    settings = dict(config_path=str(config), flow=FLOW)
+
+    def routed(project: str | None, complexity: str = "low") -> tuple[str, str]:
+        caller = Caller(RunSettings(vault=str(tmp_path), run_id=f"r-{project}", project=project, **settings))
+        r = caller.route("draft", complexity)
+        return r.tier, r.rule
+
+    tier, rule = routed("EDU7001")
+    assert tier == "light" and rule.endswith("(low complexity, project EDU7001)")
+    tier, rule = routed("NEW1001")  # no evidence of its own: every project's, pooled
+    assert tier == "standard" and rule.endswith("(low complexity, all projects)")
+    assert routed("EDU7001", "medium")[1].startswith("routing.medium")  # no evidence at medium: the rules
+    assert routed("NEW1001", "high") == ("deep", "routing.high (profile:anthropic)")
+    pooled = {(e.complexity, t): e.tiers[t].calls for e in gather(ledger, flow=FLOW) for t in e.tiers}
+    assert pooled == {("low", "light"): 100, ("low", "standard"): 40, ("high", "light"): 30}
+    config_now = Caller(RunSettings(vault=str(tmp_path), **settings)).config
+    assert set(learned_routes(config_now, ledger, FLOW, project="EDU7001")) == {("draft", "low")}

@@ -308,3 +308,72 @@ def test_trial_verdicts_are_evidence_for_routing_suggest(history, double):
     light = draft["evidence"]["light"]  # light never ran in the flow itself: its evidence is the 4 verdicts
     assert (light["calls"], light["pass_rate"]) == (4, 0.0)
     assert all(not s["flow"].startswith("trial") for s in json.loads(result.stdout))  # trial runs are apart
+
+
+def essay_checks(vault: Path | None, source: str) -> list:
+    """A phase check rebuilt from the vault at trial time: the essay must quote its source's first sentence."""
+    from tierflow.core.checks import Check
+
+    sentence = (Path(vault) / source).read_text().split("---\n")[-1].strip()
+    recipe = (f"{__name__}:essay_checks", json.dumps({"source": source}))
+    quoted = Check("quotes_source", lambda out: [] if sentence in out.body else [f"quote {sentence!r}"], recipe)
+    return [quoted]
+
+
+def quoting(request: DoubleRequest) -> Reply:
+    """Deep quotes the source; every other tier does not."""
+    if schema_name(request) == "judgeout":
+        return Reply(data={"better": "tie", "reason": "equal"})
+    body = "Feedback closes a gap." if request.model == MODELS["deep"] else "Feedback is nice."
+    return Reply(data={"title": "Feedback", "body": body})
+
+
+def test_a_phase_where_nothing_passed_can_be_trialled_with_its_own_checks(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
+    vault = tmp_path / "vault"
+    (vault / "Reading").mkdir(parents=True)
+    (vault / "Reading" / "Sadler 1989.md").write_text("---\ntags: [literature]\n---\nFeedback closes a gap.\n")
+    config = write_config(
+        vault / ".tierflow" / "config.toml", anthropic_config(double, "[routing]\nescalate = false\n")
+    )
+    double.responder = lambda request: Reply(data={"title": "Feedback", "body": "Feedback is nice."})
+    caller = Caller(RunSettings(vault=str(vault), config_path=str(config), run_id="history", flow=FLOW))
+    from tierflow.core.checks import Check
+
+    checks = [*essay_checks(vault, "Reading/Sadler 1989.md"), Check("by_hand", lambda out: [])]  # no recipe
+    for i in range(3):
+        answer = caller.ask(
+            phase=PHASE, complexity="medium", system="You draft short essays.", prompt=f"Essay {i} on Sadler.",
+            output=Essay, subject=f"essay {i}", checks=checks,
+        )  # fmt: skip
+        assert answer.checks_failed == ("quotes_source",)  # kept without passing: nothing is in the answer cache
+    recorded = caller.ledger.recorded_requests(flow=FLOW, phase=PHASE)
+    assert [(r.tier, r.outcome, r.checks_failed) for r in recorded] == [
+        ("standard", "check_failed", "quotes_source")
+    ] * 3
+    assert json.loads(recorded[0].checks_json)[0]["name"] == "quotes_source"
+    double.responder = quoting
+    code, out = trial(vault, "--sample", "3", "--tiers", "light,deep", "--format", "json")
+    assert code == 0, out
+    by_tier = {row["tier"]: row for row in json.loads(out)["tiers"]}
+    # The phase's own check, rebuilt from the vault, fails light's answers and passes deep's.
+    assert by_tier["light"]["check_pass_rate"] == 0.0 and by_tier["deep"]["check_pass_rate"] == 1.0
+    assert by_tier["light"]["checks_not_run"] == "by_hand"  # named, not silently dropped
+    failed = {r["checks_failed"] for r in trial_rows(vault) if r["tier"] == "light"}
+    assert failed == {"quotes_source"}
+
+
+def test_a_trial_under_a_downgrade_budget_credits_no_cheaper_answer_to_the_tier_on_trial(history, double):
+    config = history / ".tierflow" / "config.toml"
+    budget = (
+        '[budgets.daily]\nusd = 0.02\nperiod = "day"\npolicy = "downgrade"\nfloor = "light"\nclamp_output = false\n'
+    )
+    config.write_text(config.read_text() + budget)
+    double.responder = judging("first")
+    code, out = trial(history, "--sample", "4", "--tiers", "light,deep", "--format", "json")
+    report = json.loads(out)
+    assert code == 3 and report["halted"] and "daily" in report["halted"], out  # stopped, clearly
+    rows = trial_rows(history)
+    assert all(r["downgraded_from"] is None for r in rows)  # no answer from a cheaper tier, paid or credited
+    by_tier = {row["tier"]: row for row in report["tiers"]}
+    assert by_tier["deep"]["requests"] == 0 and by_tier["deep"]["check_pass_rate"] is None

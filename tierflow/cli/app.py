@@ -86,6 +86,9 @@ def ask(
     tier: Annotated[str | None, typer.Option("--tier", help="Use this tier, bypassing routing.")] = None,
     phase: Annotated[str, typer.Option(help="Phase name recorded in the ledger.")] = "ask",
     system: Annotated[str, typer.Option(help="System prompt.")] = "You are a careful academic assistant.",
+    project: Annotated[
+        str | None, typer.Option(help="Charge the call to this project (default: the config's [project] name).")
+    ] = None,
     vault: VaultOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -104,12 +107,15 @@ def ask(
         run_id=new_run_id(),
         flow="ask",
         use_cache=False,
+        project=cfg.project_for(explicit=project),
     )
     if vault is None and not cfg.settings.ledger_url:
         raise fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
     try:
         caller = Caller(settings, cfg)
-        routed, level = None, complexity.value if complexity else "low"
+        level = complexity.value if complexity else "low"
+        # A complexity the person chose is routed by the rules: learned routing never overrides it.
+        routed = caller.route(phase, level, adaptive=False) if complexity else None
         if complexity is None:
             from dataclasses import replace
 

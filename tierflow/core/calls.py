@@ -30,7 +30,7 @@ from tierflow.core.errors import (
     OutputModeRejected,
     ProviderError,
 )
-from tierflow.core.ledger import CallRecord, Ledger, now_iso, signals
+from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, route, route_to_tier
 from tierflow.core.scope import CallScope
@@ -176,7 +176,7 @@ class Caller:
         self._providers: dict[str, Provider] = {}
         self._modes: dict[tuple[str, str], str] = {}
         self._mode_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._learned: dict[str, tuple[str, str]] | None = None
+        self._learned: dict[tuple[str, str], tuple[str, str]] | None = None
         self._retired: set[str] = set()
         """`provider:model` refs the provider said no longer exist (HTTP 404 `model_not_found`)."""
         self._lock = threading.Lock()
@@ -188,8 +188,16 @@ class Caller:
             return self._providers[name]
 
     def route(
-        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None = None, note: str = ""
+        self,
+        phase: str,
+        complexity: str,
+        *,
+        front_matter: Mapping[str, Any] | None = None,
+        note: str = "",
+        adaptive: bool = True,
     ) -> Route:
+        """`adaptive=False`: the person chose the complexity, so learned routing does not override it."""
+        adaptive = adaptive and self.config.settings.routing.mode == "adaptive"
         return route(
             self.config,
             phase=phase,
@@ -197,16 +205,18 @@ class Caller:
             overrides=self.settings.tier_overrides,
             front_matter=front_matter,
             note=note,
-            learned=self.learned() if self.config.settings.routing.mode == "adaptive" else None,
+            learned=self.learned() if adaptive else None,
         )
 
-    def learned(self) -> dict[str, tuple[str, str]]:
-        """Adaptive routing's table for this run's flow, read from the ledger once per run and process."""
+    def learned(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """Adaptive routing's table for this run's flow and project, read from the ledger once per run and process."""
         with self._lock:
             if self._learned is None:
                 from tierflow.core.evidence import learned_routes
 
-                self._learned = learned_routes(self.config, self.ledger, self.settings.flow)
+                self._learned = learned_routes(
+                    self.config, self.ledger, self.settings.flow, project=self.settings.project
+                )
             return self._learned
 
     def request(self, routed: Route, *, system: str, prompt: str, **kw: Any) -> Request:
@@ -374,7 +384,7 @@ class Caller:
         for step, tier_route in enumerate(ladder):
             escalated_from = ladder[step - 1].tier if step else None
             failed |= answered
-            for _ in range(2 - (1 if first is not None and step == 0 else 0)):
+            for tries in range(2 - (1 if first is not None and step == 0 else 0)):
                 if last is not None:
                     log.warning(
                         "%s on %s: %s answer from %s (%s); %s",
@@ -400,6 +410,8 @@ class Caller:
                     return _shown(routed, self._kept(best, request), number)
                 number += 1
                 answered.add(attempt.route.tier)
+                if tries == 0 and not (first is not None and step == 0):  # this tier's first answer
+                    self._remember(request, attempt, checks, subject)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
                         self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
@@ -410,6 +422,37 @@ class Caller:
                 break
         assert best is not None
         return _shown(routed, self._kept(best, request), number)
+
+    def _remember(self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str) -> None:
+        """Record the request and this tier's first answer's outcome, passed or not (`Ledger.recorded_requests`).
+
+        The tier is the one that answered: after a budget downgrade, the cheaper one.
+        """
+        routed = attempt.route
+        if attempt.answer.cached:
+            return  # sent and recorded by an earlier run
+        content = {k: getattr(request, k) for k in ("system", "cache_prefix", "prompt", "schema", "schema_name")}
+        text = json.dumps([self.settings.flow, routed.phase, content], sort_keys=True, ensure_ascii=False)
+        request_key = hashlib.sha256(text.encode()).hexdigest()
+        self.ledger.remember_request(
+            RequestRecord(
+                key=hashlib.sha256(f"{request_key}:{routed.tier}".encode()).hexdigest(),
+                tier=routed.tier,
+                request_key=request_key,
+                timestamp=now_iso(),
+                run_id=self.settings.run_id,
+                flow=self.settings.flow,
+                phase=routed.phase,
+                complexity=routed.complexity,
+                project=self.settings.project,
+                subject=subject[:256],
+                model=routed.model_ref,
+                outcome=attempt.outcome,
+                checks_failed=attempt.checks_failed,
+                request_json=json.dumps(request.__dict__, ensure_ascii=False, default=str),
+                checks_json=json.dumps([{"name": c.name, "rebuild": c.rebuild} for c in checks]),
+            )
+        )
 
     def _explores(self, request: Request) -> bool:
         """Adaptive mode's deterministic sample: this request's hash falls in the `explore` share."""
@@ -431,10 +474,11 @@ class Caller:
         """
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
-            self._answer(
+            attempt = self._answer(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
                 number=1, escalated_from=None, shadow=True,
             )  # fmt: skip
+            self._remember(request, attempt, checks, subject)
         except (BudgetExceeded, ProviderError) as exc:
             log.info("shadow call on %s skipped: %s", routed.tier, exc)
             with self.ledger.transaction() as conn:

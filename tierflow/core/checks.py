@@ -24,6 +24,9 @@ class Check:
     """Short and stable (`quotes_verbatim`): it appears in `checks_failed`, reports and retry requests."""
     problems: Callable[[Any], list[str]]
     """The problems found in a parsed answer, each a short sentence; empty when the answer passes."""
+    rebuild: tuple[str, str] | None = None
+    """How a tier trial builds this check again from the vault: a factory's `module:function` and its keyword
+    arguments as JSON; `function(vault, **arguments)` returns the phase's checks. None: not rebuilt in trials."""
 
 
 @dataclass(frozen=True)

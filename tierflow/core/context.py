@@ -24,6 +24,7 @@ KNOWN_WINDOWS: tuple[tuple[str, int], ...] = (
     ("llama3.2", 131_072),
     ("llama3.3", 131_072),
     ("qwen2.5", 32_768),
+    ("extractive-", 32_768),  # the offline model: as a small cloud model's, so big weeks are grouped offline too
 )
 """(model id prefix, tokens of prompt plus answer), longest prefix first where two overlap."""
 

@@ -1,4 +1,8 @@
-"""What the ledger says about each tier's quality per flow and phase: pass rates with a lower confidence bound.
+"""What the ledger says about each tier's quality per flow, phase and complexity: pass rates with a lower bound.
+
+Evidence is kept apart per complexity (forty `low` asks say nothing about a `high` one) and can be read per
+project, so that adaptive routing prefers a project's own evidence once it has enough. The database does the
+counting (GROUP BY); Python only does the arithmetic on the counts.
 
 The evidence is the outcome of each tier's first answer to a request (`ok` passes; a malformed, cut-off, refused
 or check-failing answer fails): the loop gives every tier two tries, and counting the informed retry's failure
@@ -66,54 +70,87 @@ class PhaseEvidence:
     phase: str
     complexity: str
     tiers: dict[str, TierEvidence]
+    project: str | None = None
+    """The project whose calls these are; None when every project's calls are pooled."""
 
 
-def gather(ledger: Ledger, *, flow: str | None = None) -> list[PhaseEvidence]:
-    """Evidence per (flow, phase) and tier, from every billed attempt and every stored signal."""
-    query = sa.select(
-        calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier, calls.c.outcome, calls.c.cost_usd
-    ).where(
-        calls.c.cached_result.is_(False),
-        calls.c.attempt % 2 == 1,
-        calls.c.outcome.not_in(("lost", "error")),
-        # An escalation step a budget downgraded is no first answer of the cheaper tier.
-        sa.or_(calls.c.escalated_from.is_(None), calls.c.downgraded_from.is_(None)),
+FIRST_ANSWERS = sa.and_(
+    calls.c.cached_result.is_(False),
+    calls.c.attempt % 2 == 1,
+    calls.c.outcome.not_in(("lost", "error")),
+    # An escalation step that a `downgrade` budget sent to a cheaper tier is not that tier's first answer.
+    sa.not_(sa.and_(calls.c.downgraded_from.is_not(None), calls.c.escalated_from.is_not(None))),
+)
+"""The calls that count as evidence: each tier's first answer to a request (see the module's docstring)."""
+
+
+def gather(ledger: Ledger, *, flow: str | None = None, by_project: bool = False) -> list[PhaseEvidence]:
+    """Evidence per (flow, phase, complexity) and tier, counted by the database (GROUP BY), never row by row.
+
+    Every project's calls are pooled, with the stored signals added; `by_project` gives one group per project
+    instead, from the calls alone (signals carry no project).
+    """
+    keys = [calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier]
+    if by_project:
+        keys.insert(3, calls.c.project)
+    query = (
+        sa.select(
+            *keys,
+            sa.func.count().label("n"),
+            sa.func.sum(sa.case((calls.c.outcome == "ok", 1), else_=0)).label("passed"),
+            sa.func.sum(calls.c.cost_usd).label("cost_sum"),
+            sa.func.count(calls.c.cost_usd).label("cost_n"),
+        )
+        .where(FIRST_ANSWERS)
+        .group_by(*keys)
     )
-    signal_query = sa.select(signals.c.flow, signals.c.phase, signals.c.tier, signals.c.passed).where(
-        signals.c.passed.is_not(None)
+    signal_keys = [signals.c.flow, signals.c.phase, signals.c.tier]
+    signal_query = (
+        sa.select(
+            *signal_keys,
+            sa.func.count().label("n"),
+            sa.func.sum(sa.case((signals.c.passed.is_(True), 1), else_=0)).label("passed"),
+        )
+        .where(signals.c.passed.is_not(None))
+        .group_by(*signal_keys)
     )
     if flow:
         query = query.where(calls.c.flow == flow)
         signal_query = signal_query.where(signals.c.flow == flow)
-    with ledger.engine.connect() as conn:
+    with ledger.reading() as conn:
         rows = conn.execute(query).all()
-        extra = conn.execute(signal_query).all()
+        extra = [] if by_project else conn.execute(signal_query).all()
     return summarise(rows, extra)
 
 
 def summarise(rows: Iterable[Any], extra: Iterable[Any] = ()) -> list[PhaseEvidence]:
-    """`gather`'s arithmetic, on (flow, phase, complexity, tier, outcome, cost_usd) and (flow, phase, tier, passed)."""
-    seen: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    costs: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    complexity: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    """`gather`'s arithmetic on grouped counts: (flow, phase, complexity, [project,] tier, n, passed, cost_sum,
+    cost_n) for the calls and (flow, phase, tier, n, passed) for the signals.
+
+    A signal names no complexity: it counts in each complexity its flow and phase were called at.
+    """
+    seen: dict[tuple[str, str, str, str | None, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0])
     for r in rows:
-        key = (r.flow or "", r.phase or "", r.tier or "")
-        seen[key][0] += 1
-        seen[key][1] += r.outcome == "ok"
-        if r.cost_usd is not None:
-            costs[key].append(r.cost_usd)
-        complexity[(key[0], key[1])][r.complexity or ""] += 1
+        key = (r.flow or "", r.phase or "", r.complexity or "", getattr(r, "project", None), r.tier or "")
+        counts = seen[key]
+        counts[0] += r.n
+        counts[1] += r.passed or 0
+        counts[2] += r.cost_sum or 0.0
+        counts[3] += r.cost_n or 0
+    complexities: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for f, p, c, _, _ in list(seen):
+        complexities[(f, p)].add(c)
     for s in extra:
-        key = (s.flow or "", s.phase or "", s.tier or "")
-        seen[key][0] += 1
-        seen[key][1] += bool(s.passed)
-    phases: dict[tuple[str, str], dict[str, TierEvidence]] = defaultdict(dict)
-    for (f, p, t), (n, ok) in seen.items():
-        spent = costs.get((f, p, t))
-        phases[(f, p)][t] = TierEvidence(t, n, ok, sum(spent) / len(spent) if spent else None)
+        for c in sorted(complexities.get((s.flow or "", s.phase or ""), {""})):
+            counts = seen[(s.flow or "", s.phase or "", c, None, s.tier or "")]
+            counts[0] += s.n
+            counts[1] += s.passed or 0
+    groups: dict[tuple[str, str, str, str | None], dict[str, TierEvidence]] = defaultdict(dict)
+    for (f, p, c, project, t), (n, ok, cost_sum, cost_n) in seen.items():
+        groups[(f, p, c, project)][t] = TierEvidence(t, int(n), int(ok), cost_sum / cost_n if cost_n else None)
     return [
-        PhaseEvidence(f, p, max(complexity[(f, p)], key=complexity[(f, p)].get) if complexity[(f, p)] else "", tiers)
-        for (f, p), tiers in sorted(phases.items())
+        PhaseEvidence(f, p, c, tiers, project)
+        for (f, p, c, project), tiers in sorted(groups.items(), key=lambda item: (*item[0][:3], item[0][3] or ""))
     ]
 
 
@@ -183,16 +220,33 @@ def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
     return Suggestion(phase.flow, phase.phase, phase.complexity, current, current, reason, phase.tiers)
 
 
-def learned_routes(config: Config, ledger: Ledger, flow: str) -> dict[str, tuple[str, str]]:
-    """Adaptive routing's table for one flow: phase -> (tier, why), where the evidence suffices."""
-    table: dict[str, tuple[str, str]] = {}
-    for phase in gather(ledger, flow=flow):
-        s = suggest(config, phase)
-        e = s.evidence.get(s.suggested_tier)
-        if e is not None and e.calls >= config.settings.routing.min_evidence:
-            table[phase.phase] = (
-                s.suggested_tier,
-                f"adaptive: {phase.phase} on {s.suggested_tier}, pass {e.pass_rate:.2f} "
-                f"(low {e.pass_rate_low:.2f}) over {e.calls} calls",
-            )
+def learned_routes(
+    config: Config, ledger: Ledger, flow: str, *, project: str | None = None
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """Adaptive routing's table for one flow: (phase, complexity) -> (tier, why), where the evidence suffices.
+
+    A project's own evidence decides when its suggested tier has at least `[routing] min_evidence` observations;
+    otherwise every project's evidence of that flow, phase and complexity, pooled. Two grouped reads.
+    """
+    enough = config.settings.routing.min_evidence
+    own = {
+        (e.phase, e.complexity): e
+        for e in gather(ledger, flow=flow, by_project=True)
+        if project and e.project == project
+    }
+    table: dict[tuple[str, str], tuple[str, str]] = {}
+    for pooled in gather(ledger, flow=flow):
+        key = (pooled.phase, pooled.complexity)
+        for phase, whose in ((own.get(key), f"project {project}"), (pooled, "all projects")):
+            if phase is None:
+                continue
+            s = suggest(config, phase)
+            e = s.evidence.get(s.suggested_tier)
+            if e is not None and e.calls >= enough:
+                table[key] = (
+                    s.suggested_tier,
+                    f"adaptive: {phase.phase} on {s.suggested_tier}, pass {e.pass_rate:.2f} (low "
+                    f"{e.pass_rate_low:.2f}) over {e.calls} calls ({phase.complexity or 'any'} complexity, {whose})",
+                )
+                break
     return table

@@ -268,6 +268,30 @@ budget_totals = sa.Table(
     sa.Column("unpriced_tokens", sa.BigInteger, nullable=False, default=0),
 )
 
+requests = sa.Table(
+    "requests",
+    metadata,
+    # Every request a phase sends, once per tier it reaches, with that tier's first answer's outcome: what tier
+    # trials replay (passed or not) and what a per-request router learns from. `checks` holds the phase's check
+    # names and how to rebuild them (`Check.rebuild`), so a trial runs the phase's own checks.
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("tier", sa.String(64), primary_key=True),
+    sa.Column("request_key", sa.String(64), nullable=False, index=True),
+    sa.Column("timestamp", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("complexity", sa.String(16)),
+    sa.Column("project", sa.String(128)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("model", sa.String(192)),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("checks_failed", sa.String(256)),
+    sa.Column("request_json", sa.Text, nullable=False),
+    sa.Column("checks_json", sa.Text),
+    sa.Index("ix_requests_flow_phase", "flow", "phase"),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -401,6 +425,11 @@ def _migration_11(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_project_timestamp ON calls (project, timestamp)")
 
 
+def _migration_12(conn: Connection) -> None:
+    # (helper "evidence") Every request a phase sends, passed or not (see `requests`).
+    requests.create(conn, checkfirst=True)
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -413,6 +442,7 @@ MIGRATIONS = (
     _migration_9,
     _migration_10,
     _migration_11,
+    _migration_12,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -464,6 +494,31 @@ class CallRecord:
 
 
 now_iso = clock.now_iso
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request a phase sent, on one tier, and that tier's first answer's outcome (`Ledger.recorded_requests`)."""
+
+    key: str
+    """The request's content and tier, hashed: one row per request and tier."""
+    tier: str
+    request_key: str
+    """The request's content (system, prompt, schema; flow and phase), hashed: the same on every tier."""
+    timestamp: str
+    run_id: str | None
+    flow: str | None
+    phase: str | None
+    complexity: str | None
+    project: str | None
+    subject: str | None
+    model: str | None
+    """The `provider:model` that answered."""
+    outcome: str
+    checks_failed: str | None
+    request_json: str
+    checks_json: str | None
+    """`[{"name": ..., "rebuild": [factory, arguments JSON] or null}, ...]`: the phase's checks."""
 
 
 _WRITE = "tierflow_write"
@@ -747,6 +802,30 @@ class Ledger:
         # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL ledger)
         # must not collide on the key the way delete-then-insert does under READ COMMITTED.
         _upsert(conn, response_cache, values, ["key"])
+
+    def remember_request(self, record: RequestRecord, *, conn: Connection | None = None) -> None:
+        """Keep a request a phase sent and its tier's first answer's outcome (the latest, if sent again)."""
+        if conn is None:
+            with self.transaction() as own:
+                self.remember_request(record, conn=own)
+            return
+        _upsert(conn, requests, asdict(record), ["key", "tier"])
+
+    def recorded_requests(
+        self, *, flow: str | None = None, phase: str | None = None, tier: str | None = None
+    ) -> list[RequestRecord]:
+        """Every recorded request (oldest first), one per request and tier reached, with that tier's first outcome.
+
+        The request as first sent is `json.loads(r.request_json)` (`tierflow.core.providers.Request`'s fields);
+        `r.request_key` is the same for every tier of one request; `r.outcome` is `ok` when the tier's first answer
+        passed validation and the phase's checks.
+        """
+        query = sa.select(requests).order_by(requests.c.timestamp, requests.c.key)
+        for column, value in (("flow", flow), ("phase", phase), ("tier", tier)):
+            if value is not None:
+                query = query.where(requests.c[column] == value)
+        with self.reading() as conn:
+            return [RequestRecord(**row._mapping) for row in conn.execute(query)]
 
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""

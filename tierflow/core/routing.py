@@ -62,10 +62,14 @@ def route(
     overrides: Mapping[str, str] | None = None,
     front_matter: Mapping[str, Any] | None = None,
     note: str | None = None,
-    learned: Mapping[str, tuple[str, str]] | None = None,
+    learned: Mapping[tuple[str, str], tuple[str, str]] | None = None,
 ) -> Route:
     """Resolve a call: run/call override, then note front-matter, then learned routing (adaptive mode, where
-    the evidence suffices), then the config's per-phase tier, then its routing table by complexity."""
+    the evidence suffices), then the config's per-phase tier, then its routing table by complexity.
+
+    `learned` maps (phase, complexity) to (tier, why): evidence about one complexity never routes another.
+    A caller whose complexity the person chose (`tierflow ask --complexity`) passes no `learned` table.
+    """
     if complexity not in COMPLEXITIES:
         raise ConfigError(f"unknown complexity {complexity!r}; use one of: {', '.join(COMPLEXITIES)}")
     overrides = overrides or {}
@@ -78,8 +82,8 @@ def route(
         if isinstance(pinned, str) and pinned:
             tier_name = pinned
             rule = f"front-matter:{note or '?'}"
-    if tier_name is None and learned and phase in learned:
-        tier_name, rule = learned[phase]
+    if tier_name is None and learned and (phase, complexity) in learned:
+        tier_name, rule = learned[(phase, complexity)]
     if tier_name is None and phase in config.settings.routing.phases:
         tier_name = config.settings.routing.phases[phase]
         rule = f"routing.phases.{phase} ({config.sources.get(f'routing.phases.{phase}', 'config')})"

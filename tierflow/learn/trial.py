@@ -1,25 +1,28 @@
 """Tier trials: replay a phase's recorded requests on several tiers, judged against the strongest tier's answer.
 
-Each request that once passed its checks is in the answer cache with the request that produced it
-(`response_cache.request_json`). A trial takes a deterministic sample of them (ordered by a hash of their
-content, so the same ledger always gives the same sample), sends each to every candidate tier through the one
-call path (`Caller.resolve`: budgeted, recorded, one informed retry, no escalation), and asks the judge tier
-to compare each answer with the strongest candidate tier's, in both orders (`tierflow.learn.judge`).
+Every request a phase sends is recorded, passed or not, with the phase's check names and how to rebuild them
+(`Ledger.recorded_requests`; older ledgers' passed answers in the answer cache count too). A trial takes a
+deterministic sample of them (ordered by a hash of their content, so the same ledger always gives the same
+sample), sends each to every candidate tier through the one call path (`Caller.resolve`: budgeted, recorded,
+one informed retry, no escalation), and asks the judge tier to compare each answer with the strongest
+candidate tier's, in both orders (`tierflow.learn.judge`).
 
-The mechanical check a trial can run is the answer's validity against the recorded JSON schema. The phase's
-own checks (quotes verbatim, rubric coverage, ...) need the phase's context (the source notes, the rubric),
-which the recorded request does not carry, so they are not run here; the judge compares quality instead.
+An answer passes when it is valid against the recorded JSON schema and passes the phase's own checks (quotes
+verbatim, links resolve, sections present...), rebuilt from the vault as it is now (`Check.rebuild`). A check
+that cannot be rebuilt (no recipe, or its source notes are gone) is named in the result, not run.
 
 Trial calls run under their own flow name, `trial:<flow>`, so their spend is apart from the flow's in the
-ledger, and under a `halt` budget for the trial run when `--budget` is given.
+ledger, and under a `halt` budget for the trial run when `--budget` is given. They never downgrade: a
+`downgrade` budget halts a trial instead, since a cheaper tier's answer credited to the tier on trial would
+be false evidence.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import statistics
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib.resources import files
@@ -34,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from tierflow.core import clock
 from tierflow.core.budget import Budgets, estimate, padded
 from tierflow.core.calls import Answer, Caller, RunSettings, new_run_id
+from tierflow.core.checks import Check
 from tierflow.core.config import Config, load_config
-from tierflow.core.errors import BudgetExceeded, TierflowError
+from tierflow.core.errors import BudgetExceeded, TierflowError, VaultError
 from tierflow.core.ledger import CallRecord, Ledger, calls, response_cache
 from tierflow.core.providers import Request
 from tierflow.core.routing import Route, route_to_tier
@@ -63,6 +67,8 @@ class Sample:
     request: Request
     origin: str = ""
     """The `provider:model` that answered it when it was recorded."""
+    checks: tuple[tuple[str, tuple[str, str] | None], ...] = ()
+    """The phase's checks when it was sent: (name, `Check.rebuild`)."""
 
 
 @dataclass
@@ -72,7 +78,11 @@ class TierResult:
     requests: int = 0
     """Sample requests sent to this tier."""
     passed: int = 0
-    """Answers valid against the recorded schema (the check a trial can run)."""
+    """Answers valid against the recorded schema that pass the phase's own checks."""
+    checks_not_run: list[str] = field(default_factory=list)
+    """Checks of the phase that could not be rebuilt, so were not run."""
+    downgraded: int = 0
+    """Answers a budget had a cheaper tier give: never credited to this tier."""
     unusable: int = 0
     """Requests for which no attempt gave a readable answer."""
     wins: int = 0
@@ -143,6 +153,8 @@ class Trial:
                     "cost_usd": round(r.cost_usd, 6),
                     "unpriced_calls": r.unpriced,
                     "check_pass_rate": None if r.pass_rate is None else round(r.pass_rate, 4),
+                    "checks_not_run": ", ".join(r.checks_not_run) or None,
+                    "downgraded": r.downgraded,
                     "wins": None if tier == self.reference else r.wins,
                     "ties": None if tier == self.reference else r.ties,
                     "losses": None if tier == self.reference else r.losses,
@@ -161,6 +173,8 @@ class Trial:
                     "cost_usd": round(j.cost_usd, 6),
                     "unpriced_calls": j.unpriced,
                     "check_pass_rate": None,
+                    "checks_not_run": None,
+                    "downgraded": 0,
                     "wins": None,
                     "ties": None,
                     "losses": None,
@@ -202,17 +216,18 @@ def trial_caller(
 ) -> Caller:
     """The call path for one trial run: no answer cache, no escalation, and a `halt` budget for the run."""
     overrides: dict[str, Any] = {"routing": {"escalate": False}}
+    # Trial calls never downgrade: a cheaper tier's answer would be credited to the tier on trial.
+    configured = load_config(vault, config_path=config_path, profile=profile).settings.budgets
+    overrides["budgets"] = {name: {"policy": "halt"} for name, b in configured.items() if b.policy == "downgrade"}
     if budget_usd is not None:
-        overrides["budgets"] = {
-            BUDGET_NAME: {
-                "usd": budget_usd,
-                "tokens": None,
-                "period": "run",
-                "flow": trial_flow(flow),
-                "phase": None,
-                "policy": "halt",
-                "floor": None,
-            }
+        overrides["budgets"][BUDGET_NAME] = {
+            "usd": budget_usd,
+            "tokens": None,
+            "period": "run",
+            "flow": trial_flow(flow),
+            "phase": None,
+            "policy": "halt",
+            "floor": None,
         }
     config = load_config(vault, config_path=config_path, profile=profile, overrides=overrides)
     settings = RunSettings(
@@ -240,27 +255,59 @@ class _UncachedBudgets(Budgets):
 
 
 def recorded_samples(ledger: Ledger, flow: str, phase: str, n: int) -> list[Sample]:
-    """A deterministic sample of `n` distinct recorded requests of a flow's phase (ordered by content hash)."""
+    """A deterministic sample of `n` distinct recorded requests of a flow's phase (ordered by content hash).
+
+    Every request the phase sent counts, whatever its answer's outcome; on a ledger older than that record,
+    the answer cache's passed requests.
+    """
+    stored: list[tuple[str, str, tuple[tuple[str, tuple[str, str] | None], ...]]] = [
+        (r.request_json, r.model or "", _checks_of(r.checks_json))
+        for r in ledger.recorded_requests(flow=flow, phase=phase)
+    ]
     query = sa.select(response_cache.c.request_json, response_cache.c.model).where(
         response_cache.c.flow == flow, response_cache.c.phase == phase, response_cache.c.request_json.is_not(None)
     )
-    with ledger.engine.connect() as conn:
-        stored = [(row.request_json, row.model or "") for row in conn.execute(query)]
+    with ledger.reading() as conn:
+        stored += [(row.request_json, row.model or "", ()) for row in conn.execute(query)]
     found: dict[str, Sample] = {}
-    for text, origin in stored:
+    for text, origin, checks in stored:
         request = _request_from(json.loads(text))
         content = {k: getattr(request, k) for k in ("system", "cache_prefix", "prompt", "schema", "schema_name")}
         digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        found.setdefault(digest, Sample(digest[:10], request, origin))
+        found.setdefault(digest, Sample(digest[:10], request, origin, checks))
     return [found[d] for d in sorted(found)][: max(n, 0)]
 
 
+def _checks_of(text: str | None) -> tuple[tuple[str, tuple[str, str] | None], ...]:
+    return tuple((c["name"], tuple(c["rebuild"]) if c.get("rebuild") else None) for c in json.loads(text or "[]"))
+
+
 def recorded_phases(ledger: Ledger, flow: str) -> list[str]:
+    found = {r.phase for r in ledger.recorded_requests(flow=flow) if r.phase}
     query = sa.select(response_cache.c.phase).where(
         response_cache.c.flow == flow, response_cache.c.request_json.is_not(None)
     )
-    with ledger.engine.connect() as conn:
-        return sorted({row.phase for row in conn.execute(query) if row.phase})
+    with ledger.reading() as conn:
+        found |= {row.phase for row in conn.execute(query) if row.phase}
+    return sorted(found)
+
+
+def phase_checks(vault: Path | None, sample: Sample) -> tuple[list[Check], list[str]]:
+    """The phase's checks for a sample, rebuilt from the vault as it is now; and the names of those that cannot be.
+
+    Each recipe (`Check.rebuild`) is called once; of what it builds, the checks the phase ran are kept.
+    """
+    wanted = [name for name, _ in sample.checks]
+    built: dict[str, Check] = {}
+    for recipe in dict.fromkeys(r for _, r in sample.checks if r is not None):
+        factory, arguments = recipe
+        module, _, name = factory.partition(":")
+        try:
+            made = getattr(importlib.import_module(module), name)(vault, **json.loads(arguments))
+        except (ImportError, AttributeError, VaultError, OSError):
+            continue
+        built.update({c.name: c for c in made if c.name in wanted and c.name not in built})
+    return [built[n] for n in wanted if n in built], [n for n in wanted if n not in built]
 
 
 def _request_from(stored: dict[str, Any]) -> Request:
@@ -328,8 +375,8 @@ def plan_trial(
     if not samples:
         known = recorded_phases(caller.ledger, flow)
         raise TrialError(
-            f"no recorded requests of {flow} {phase} in the ledger ({caller.ledger.url}). A trial replays answers "
-            "that passed in earlier runs: run the flow first"
+            f"no recorded requests of {flow} {phase} in the ledger ({caller.ledger.url}). A trial replays the "
+            "requests earlier runs sent: run the flow first"
             + (f", or choose one of its recorded phases: {', '.join(known)}" if known else "")
         )
     cloud = [t for t in dict.fromkeys([*ordered, judge or order[-1]]) if _kind(config, t) in CLOUD_KINDS]
@@ -371,10 +418,16 @@ def _origin_kind(config: Config, origin: str) -> str:
 
 
 def _complexity(ledger: Ledger, flow: str, phase: str) -> str:
-    query = sa.select(calls.c.complexity).where(calls.c.flow == flow, calls.c.phase == phase)
-    with ledger.engine.connect() as conn:
-        seen = Counter(row.complexity for row in conn.execute(query) if row.complexity)
-    return seen.most_common(1)[0][0] if seen else "medium"
+    """The complexity the phase was called at most often (counted by the database)."""
+    query = (
+        sa.select(calls.c.complexity)
+        .where(calls.c.flow == flow, calls.c.phase == phase, calls.c.complexity.is_not(None))
+        .group_by(calls.c.complexity)
+        .order_by(sa.func.count().desc(), calls.c.complexity)
+        .limit(1)
+    )
+    with ledger.reading() as conn:
+        return conn.execute(query).scalar() or "medium"
 
 
 def _route(config: Config, trial: Trial, tier: str) -> Route:
@@ -431,18 +484,26 @@ def run_trial(caller: Caller, trial: Trial) -> Trial:
     try:
         for sample in trial.samples:
             answers: dict[str, Answer] = {}
+            checks, not_run = phase_checks(config.vault, sample)
             for tier in order:
+                missing = trial.results[tier].checks_not_run
+                missing += [n for n in not_run if n not in missing]
                 routed = _route(config, trial, tier)
                 request = _for_tier(sample.request, routed)
                 output = schema_model(request.schema, request.schema_name) if request.schema else None
                 result = trial.results[tier]
                 try:
-                    answer = caller.resolve(routed, request, output=output, subject=f"trial {sample.id} on {tier}")
+                    answer = caller.resolve(
+                        routed, request, output=output, checks=checks, subject=f"trial {sample.id} on {tier}"
+                    )
                 except BudgetExceeded:
                     raise
                 except TierflowError:
                     result.requests += 1
                     result.unusable += 1
+                    continue
+                if answer.route.tier != tier:  # a budget downgraded it: not this tier's answer, counted nowhere
+                    result.downgraded += 1
                     continue
                 result.requests += 1
                 result.passed += answer.outcome == "ok" and not answer.checks_failed

@@ -98,18 +98,25 @@ _SIGNALS = {
 
 
 def offline_collation(data: dict[str, Any]) -> dict[str, Any]:
-    """Offline: claims are the first sentence of each quote; keywords are linked concepts, then frequent words."""
+    """Offline: claims are the first sentence of each quote, then of each of the reader's notes and callouts (citing
+    no quote); keywords are linked concepts, then frequent words."""
     quotes = data.get("quotes", [])
-    claims = []
-    for q in quotes[:MAX_CLAIMS]:
-        first = re.split(r"(?<=[.!?])\s+", q["text"].strip())[0].rstrip(" ;,")
-        first = first if first.endswith((".", "!", "?")) else f"{first}."
-        claims.append({"claim": first, "quote_ids": [q["id"]]})
-    words = Counter(w for q in quotes for w in _WORDS.findall(q["text"].lower()) if w not in _STOP)
-    linked = [c.split("/")[-1].lower() for c in data.get("linked_concepts", [])]
+    claims = [{"claim": _first_sentence(q["text"]), "quote_ids": [q["id"]]} for q in quotes[:MAX_CLAIMS]]
+    for note in data.get("reader_notes", [])[: MAX_CLAIMS - len(claims)]:
+        if first := _first_sentence(_WIKILINK_TEXT.sub(lambda m: m.group(2), note)):
+            claims.append({"claim": first, "quote_ids": []})
+    texts = [q["text"] for q in quotes] + list(data.get("reader_notes", []))
+    words = Counter(w for text in texts for w in _WORDS.findall(text.lower()) if w not in _STOP)
+    linked = [c.split("/")[-1].split("|")[0].split("#")[0].lower() for c in data.get("linked_concepts", [])]
     keywords = list(dict.fromkeys([*linked, *(w for w, _ in words.most_common(6))]))[:6]
-    summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations were highlighted."
+    summary = " ".join(c["claim"] for c in claims[:2]) or "No quotations or notes were found."
     return {"summary": summary, "claims": claims, "keywords": keywords}
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of `text`, ending in a full stop (empty for empty text)."""
+    first = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))[0].rstrip(" ;,")
+    return "" if not first else first if first.endswith((".", "!", "?")) else f"{first}."
 
 
 def offline_synthesis(data: dict[str, Any]) -> dict[str, Any]:
@@ -176,13 +183,14 @@ def offline_draft(data: dict[str, Any]) -> dict[str, Any]:
     sources = data.get("sources", [])
     paragraphs = []
     for s in sources:
-        claims = " ".join(s.get("claims", [])[:2])
-        if claims:
-            paragraphs.append(f"{s['title']} ({s['citekey']}): {claims}")
+        # The source's claims, else its summary: a discussion is never left empty while a source has text.
+        said = " ".join(s.get("claims", [])[:2]) or s.get("summary", "")
+        if said:
+            paragraphs.append(f"{s['title']} ({s['citekey']}): {said}")
     quotes = [{"source": s["citekey"], "text": s["quotes"][0]} for s in sources if s.get("quotes")]
     return {
         "summary": concept.get("summary", ""),
-        "discussion": "\n\n".join(paragraphs),
+        "discussion": "\n\n".join(paragraphs) or concept.get("summary", "") or concept.get("name", ""),
         "quotes": quotes[:MAX_QUOTES],
         "open_questions": [f"How do these sources define {concept.get('name', 'this concept').lower()}?"],
     }
