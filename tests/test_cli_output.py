@@ -17,7 +17,7 @@ def piped(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comp
     """Run tierflow with stdout a pipe, as `tierflow ... > file` or `| less` would."""
     environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [*TIERFLOW, *args], capture_output=True, text=True, timeout=180, env={**environ, **(env or {})}
+        [*TIERFLOW, *args], capture_output=True, text=True, timeout=900, env={**environ, **(env or {})}
     )
 
 

@@ -81,7 +81,7 @@ def ui_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         env = server_env(root / "client", PREFECT_API_URL=url, ANTHROPIC_API_KEY="test-key")
         command = [sys.executable, "-m", "tierflow.cli", "run", "reading-notes", "--vault", str(vault)]
         command += ["--since", READING_WEEK[0], "--until", READING_WEEK[1]]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         scheduled = _run_scheduled(url, vault, env)
         yield {"url": url, "vault": vault, "browser": browser, "scheduled": scheduled, **_recorded(url, vault)}
@@ -111,7 +111,7 @@ def _run_scheduled(url: str, vault: Path, env: dict[str, str]) -> str:
             run = client.create_flow_run_from_deployment(deployment_id, state=Scheduled())
             assert run.parameters == {"vault": str(vault)} and run.name != "reading-notes · None to None"
     done = subprocess.run(
-        [sys.executable, "-m", "prefect.engine", str(run.id)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "prefect.engine", str(run.id)], env=env, capture_output=True, text=True, timeout=1800
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return str(run.id)

@@ -641,6 +641,10 @@ def main() -> None:
     app()
 
 
+PREFECT_STARTUP_WAIT = 300
+"""Seconds tierflow waits for Prefect's temporary server to answer, unless the user's environment says otherwise."""
+
+
 def prefect_defaults() -> None:
     """Settings Prefect reads at import, for a local, keyless run; the user's own environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -652,3 +656,7 @@ def prefect_defaults() -> None:
     # the final flush complete.
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
+    # Without PREFECT_API_URL every run starts a temporary Prefect server and waits for it; Prefect's default wait
+    # (20 s) is too short for a busy machine or a first run, which migrates a new database. Waiting longer costs
+    # nothing when the server is quick; `prefect_start_errors` explains a timeout that still happens.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_WAIT))
