@@ -126,3 +126,18 @@ def test_an_unknown_vault_timezone_is_a_config_error_in_config_show_plan_and_run
         message = " ".join(result.stderr.split())
         assert "vault.timezone" in message and "'Mars/Olympus' is not a time zone name" in message, (args, message)
         assert "Europe/London" in message
+
+
+def test_every_tier_flag_is_checked_before_any_note_is_selected(tmp_path: Path):
+    """An empty vault: a run would find no notes, so only an up-front check can refuse these flags."""
+    for flag, problem in (
+        ("nophase=deep", "no phase 'nophase'; the phases are collate, synthesise, draft"),
+        ("synthesise=ultra", "no tier 'ultra' in the config; its tiers are"),
+        ("ultra", "no tier 'ultra' in the config"),
+    ):
+        for command in ("run", "plan"):
+            result = run([command, "reading-notes", "--vault", str(tmp_path), "--profile", "offline", "--tier", flag])
+            message = " ".join(result.stderr.split())
+            assert result.returncode == 2 and problem in message, (command, flag, result.stdout, message)
+    result = run(["run", "reading-notes", "--vault", str(tmp_path), "--profile", "offline", "--mode", "fast"])
+    assert result.returncode == 2 and "--mode 'fast': use direct or batch" in result.stderr

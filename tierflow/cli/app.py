@@ -10,7 +10,7 @@ import sys
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
+
+if TYPE_CHECKING:
+    from tierflow.core.config import Config
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -377,9 +380,12 @@ def run(
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
-    load(vault, config, profile)
-    overrides = _tier_overrides(tier)
+    cfg = load(vault, config, profile)
+    # Every flag is checked here, before the flow selects a single note.
+    overrides = _tier_overrides(tier, cfg)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if mode not in ("direct", "batch"):
+        raise fail(f"--mode {mode!r}: use direct or batch")
     if dry_run:
         plan(
             flow_name,
@@ -395,8 +401,6 @@ def run(
             module=module,
         )
         return
-    if mode not in ("direct", "batch"):
-        raise fail(f"--mode {mode!r}: use direct or batch")
     _quiet_prefect(verbose)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
     from tierflow.cli.runner import run_flow
@@ -599,21 +603,34 @@ def plan(
     accepted = inspect.signature(spec.plan).parameters
     try:
         result = spec.plan(
-            cfg, vault, tier=_tier_overrides(tier), **{k: v for k, v in offered.items() if k in accepted}
+            cfg, vault, tier=_tier_overrides(tier, cfg), **{k: v for k, v in offered.items() if k in accepted}
         )
     except TierflowError as exc:
         raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
 
 
-def _tier_overrides(items: list[str] | None) -> dict[str, str]:
+OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")
+"""The phases a flow's calls are made in, so the phases `--tier PHASE=TIER` can name."""
+
+
+def _tier_overrides(items: list[str] | None, cfg: Config) -> dict[str, str]:
+    """`--tier` values as `{phase: tier}`, each phase one the flows call and each tier one the config defines."""
     from tierflow.core.errors import ConfigError
     from tierflow.core.routing import parse_tier_overrides
 
     try:
-        return parse_tier_overrides(items or [])
+        overrides = parse_tier_overrides(items or [])
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    tiers = sorted(cfg.settings.tiers)
+    for phase, tier_name in overrides.items():
+        written = f"{phase}={tier_name}" if phase != "*" else tier_name
+        if phase != "*" and phase not in OVERRIDABLE_PHASES:
+            raise fail(f"--tier {written}: no phase {phase!r}; the phases are {', '.join(OVERRIDABLE_PHASES)}")
+        if tier_name not in tiers:
+            raise fail(f"--tier {written}: no tier {tier_name!r} in the config; its tiers are {', '.join(tiers)}")
+    return overrides
 
 
 @config_app.command("show")
