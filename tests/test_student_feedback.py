@@ -359,3 +359,21 @@ def test_warm_up_writes_each_shared_prefix_once_where_calls_started_together_eac
             assert sum(r["cache_read_tokens"] > 0 for r in draft) == len(draft) - 1
     assert writes[True] == 1
     assert writes[False] >= 3, writes  # the first wave of the thread pool, all started before any write landed
+
+
+def test_student_feedback_without_an_assignment_asks_for_one(feedback_vault, tmp_path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    config = write_config(tmp_path / "no-assignment.toml", 'profile = "offline"\n')
+    for command in ("run", "plan"):
+        args = [command, "student-feedback", "--vault", str(feedback_vault), "--config", str(config)]
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "give the assignment folder: --assignment FOLDER" in message, message
+        assert "no rubric found" not in message
+    from tierflow.core.errors import VaultError
+
+    with pytest.raises(VaultError, match="--assignment FOLDER"):  # a deployment's run without one says the same
+        student_feedback(vault=str(feedback_vault), config=str(config))

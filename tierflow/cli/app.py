@@ -386,6 +386,7 @@ def run(
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
+    _check_assignment(flow_name, cfg, vault, assignment)
     if dry_run:
         plan(
             flow_name,
@@ -593,6 +594,7 @@ def plan(
         raise fail(f"{flow_name.value} has no planner yet")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
+    _check_assignment(flow_name, cfg, vault, assignment)
     offered = {
         "since": _parse_date(since, "--since"),
         "until": _parse_date(until, "--until"),
@@ -608,6 +610,19 @@ def plan(
     except TierflowError as exc:
         raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
+
+
+def _check_assignment(flow_name: FlowName, cfg: Config, vault: Path, assignment: str | None) -> None:
+    """student-feedback needs an assignment folder inside the vault: from --assignment or the config."""
+    if flow_name is not FlowName.student_feedback:
+        return
+    from tierflow.core.errors import VaultError
+    from tierflow.tasks.assignment import inside_vault
+
+    try:
+        inside_vault(vault, assignment or cfg.settings.feedback.assignment_folder)
+    except VaultError as exc:
+        raise fail(str(exc)) from None
 
 
 OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")
