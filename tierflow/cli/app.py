@@ -489,8 +489,7 @@ def budget_reservations(
     rows = [_reservation_row(r, "released") for r in released]
     rows += [_reservation_row(r, r.state) for r in budget.open_reservations(ledger)]
     if fmt is ListFormat.json:
-        for row in rows:
-            print(json.dumps(row))
+        _write_json(rows, Format.json)  # one array, as `spend --format json` prints; `[]` when none is open
         return
     from rich.console import Console
     from rich.table import Table
