@@ -107,3 +107,30 @@ def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
             time.sleep(0.25)
     assert task_run.name == "collate · essay [light→standard]"
     assert "tier:light" in task_run.tags  # the tags still say where it was routed
+
+
+def recorded_task_runs(flow_run_id: str, ready) -> list:  # noqa: ANN001
+    """The flow run's task runs once `ready(runs)` holds: the server records them from events, late under load."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 600
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if ready(runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.25)
+
+
+def test_a_run_without_a_window_names_its_select_task_with_the_resolved_window(reading_vault: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    state = reading_notes(vault=str(reading_vault), profile="offline", return_state=True)
+    assert state.is_completed(), state
+    runs = recorded_task_runs(
+        str(state.state_details.flow_run_id), lambda rs: any(r.name.startswith("select") for r in rs)
+    )
+    names = [r.name for r in runs if r.name.startswith("select")]
+    # The test clock's today is 2026-11-18 (conftest), so the default window is the seven days to it.
+    assert names == ["select · 2026-11-12 to 2026-11-18"], names
