@@ -83,12 +83,14 @@ def escalating_phase(settings: RunSettings) -> str:
     return tagged.submit(settings, "Classify this assessment.").result()
 
 
-def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
+def test_an_escalated_call_renames_its_task_run_marker_first_and_shows_its_whole_spend(
     tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
 ):
-    """Tags are fixed when a task run is created: the run's name says where the answer came from."""
+    """Tags are fixed when a task run is created: the run's name says where the answer came from, and its
+    artifact gives the kept answer's cost beside the task's total over every attempt."""
     from conftest import anthropic_config, write_config
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
 
     from tierflow.testing.double import Reply
 
@@ -97,16 +99,49 @@ def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
     double.responder = lambda r: Reply(data={"label": "formative" if r.model == "claude-haiku-4-5" else "summative"})
     settings = RunSettings(vault=str(tmp_path), config_path=str(config), run_id="escalating", flow="helper-test")
     assert escalating_phase(settings) == "standard"
-    row = next(r for r in caller_for(settings).ledger.rows() if r["escalated_from"])
+    rows = caller_for(settings).ledger.rows(run_id="escalating")
+    row = next(r for r in rows if r["escalated_from"])
+    attempts = [r for r in rows if r["task_run_id"] == row["task_run_id"]]
+    assert [r["tier"] for r in attempts] == ["light", "light", "standard"]  # a retry on light, then one tier up
+    deadline = time.monotonic() + 600  # the server records task runs in the background, slowly under load
     with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 600  # the server records task runs in the background, slowly under load
         while True:
             task_run = client.read_task_run(row["task_run_id"])
-            if "[light→standard]" in task_run.name or time.monotonic() > deadline:
+            if task_run.name.startswith("[light>") or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-    assert task_run.name == "collate · essay [light→standard]"
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[row["task_run_id"]]))
+        )
+    # The marker first, in ASCII: a narrow task list that clips the end of a name still shows it.
+    assert task_run.name == "[light>standard] collate · essay"
     assert "tier:light" in task_run.tags  # the tags still say where it was routed
+    assert artifact.description == "collate: answered on standard"
+    header, _, cells = (line.strip("|").split(" | ") for line in artifact.data.splitlines())
+    shown = dict(zip([h.strip() for h in header], [c.strip() for c in cells], strict=True))
+    assert shown["model"] == "anthropic:claude-sonnet-4-6" and shown["attempts"] == "3"
+    assert shown["USD (kept answer)"] == f"${row['cost_usd']:.6f}"
+    total = sum(r["cost_usd"] for r in attempts)
+    assert total > row["cost_usd"] and shown["USD (task, all attempts)"] == f"${total:.6f} (3 calls)"
+
+
+def test_a_runs_profile_tag_names_where_its_tiers_come_from(tmp_path: Path, double):
+    from conftest import anthropic_config, write_config
+
+    from tierflow.core.phases import run_tags
+
+    no_profile_key = write_config(tmp_path / "own.toml", anthropic_config(double).replace('profile = "anthropic"', ""))
+    named = write_config(tmp_path / "named.toml", anthropic_config(double))
+    vault_only = write_config(tmp_path / "vault-only.toml", '[vault]\ntimezone = "Europe/London"\n')
+    for config, profile, tag in (
+        (no_profile_key, None, "profile:config"),  # its own Anthropic tiers: not the built-in offline profile
+        (named, None, "profile:anthropic"),
+        (vault_only, None, "profile:offline"),
+        (no_profile_key, "openai", "profile:openai"),
+    ):
+        settings = RunSettings(vault=str(tmp_path), config_path=str(config), profile=profile, run_id="p", flow="t")
+        tags = run_tags(settings)
+        assert tag in tags and sum(t.startswith("profile:") for t in tags) == 1, (config.name, tags)
 
 
 def recorded_task_runs(flow_run_id: str, ready) -> list:  # noqa: ANN001

@@ -135,8 +135,8 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
     downgraded = [r for r in rows if r["downgraded_from"]]
     assert any(r["phase"] == "synthesise" and r["downgraded_from"] == "deep" for r in downgraded)
     renamed = {
-        f"{r['phase']} · {r['subject']}"[:100]: f"{r['phase']} · {r['subject']}"[:100]
-        + f" [{r['downgraded_from']}→{r['tier']}]"
+        f"{r['phase']} · {r['subject']}"[:100]: f"[{r['downgraded_from']}>{r['tier']}] "
+        + f"{r['phase']} · {r['subject']}"[:100]
         for r in downgraded
     }
     expected = {renamed.get(name, name) for name in expected}
@@ -200,11 +200,25 @@ def test_flow_run_page_shows_the_phase_task_runs_the_downgrade_and_the_spend_tab
     assert any(n.startswith("collate · ") for n in ui_run["task_runs"])
     assert any(n.startswith("draft · ") for n in ui_run["task_runs"])
     # The downgraded synthesis: created tagged `tier:deep`, its name says which tier actually answered.
-    (synthesis,) = [n for n in ui_run["downgraded"] if n.startswith("synthesise · week [deep→")]
+    (synthesis,) = [n for n in ui_run["downgraded"] if n.startswith("[deep>") and n.endswith("] synthesise · week")]
     assert synthesis in ui_run["task_runs"] and "synthesise · week" not in ui_run["task_runs"]
-    actual = synthesis.removeprefix("synthesise · week [deep→").removesuffix("]")
+    actual = synthesis.removeprefix("[deep>").removesuffix("] synthesise · week")
     assert actual in ("standard", "light")
     expect(page.get_by_text(synthesis, exact=True).first).to_be_visible()
+    # Every downgrade marker is drawn inside the 1,440 px page, where the list clips long names at their end.
+    for name in ui_run["downgraded"]:
+        marker = name.split("] ", 1)[0] + "]"
+        cell = page.get_by_text(name, exact=True).first
+        box = cell.bounding_box()
+        assert box is not None, name
+        drawn = page.evaluate(
+            """([el, marker]) => { const r = document.createRange(); const t = el.firstChild;
+                 const i = t.textContent.indexOf(marker); r.setStart(t, i); r.setEnd(t, i + marker.length);
+                 const b = r.getBoundingClientRect(); const c = el.getBoundingClientRect();
+                 return b.width > 0 && b.right <= Math.min(c.right, 1440) + 0.5; }""",
+            [cell.element_handle(), marker],
+        )
+        assert drawn, f"{marker} is not visible in {name!r} at 1,440 px"
     # Each phase's task run carries its route as tags (with the run's vault, profile and id tags the UI's list
     # folds some of them away, so they are read from the API the page draws from).
     for tag in ("tier:light", "tier:deep", "tier:standard", "phase:synthesise", "model:anthropic:claude-opus-4-6"):
@@ -221,7 +235,10 @@ def test_flow_run_page_shows_the_phase_task_runs_the_downgrade_and_the_spend_tab
     expect(page.get_by_role("definition").filter(has_text="tier:deep").first).to_contain_text("phase:synthesise")
     model = {"standard": "claude-sonnet-4-6", "light": "claude-haiku-4-5"}[actual]
     page.get_by_role("tab", name="Artifacts").click()
-    expect(page.get_by_text(f"synthesise: answered by anthropic:{model}").first).to_be_visible()
+    expect(page.get_by_text(f"synthesise: answered on {actual}", exact=True).first).to_be_visible()
+    page.get_by_text(f"synthesise: answered on {actual}", exact=True).first.click()
+    expect(page.get_by_role("table").first).to_contain_text(f"anthropic:{model}")
+    expect(page.get_by_role("table").first).to_contain_text("USD (task, all attempts)")
 
     page.goto(f"{base}/v2/runs/flow-run/{ui_run['flow_run_id']}")
     page.get_by_role("tab", name="Artifacts").click()
