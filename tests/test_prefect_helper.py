@@ -169,3 +169,20 @@ def test_a_run_without_a_window_names_its_select_task_with_the_resolved_window(r
     names = [r.name for r in runs if r.name.startswith("select")]
     # The test clock's today is 2026-11-18 (conftest), so the default window is the seven days to it.
     assert names == ["select · 2026-11-12 to 2026-11-18"], names
+
+
+def test_a_run_without_tag_limits_logs_no_concurrency_warning(reading_vault: Path, caplog: pytest.LogCaptureFixture):
+    """No tag limit is the normal case (`[limits] mechanism = "ledger"`): nothing to warn about, per phase."""
+    import logging
+
+    from conftest import READING_WEEK
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    with caplog.at_level(logging.WARNING):
+        summary = reading_notes(
+            vault=str(reading_vault), since=READING_WEEK[0], until=READING_WEEK[1], profile="offline"
+        )
+    assert summary.phases and not summary.failed
+    noise = [r.getMessage() for r in caplog.records if "do not exist - skipping acquisition" in r.getMessage()]
+    assert noise == []

@@ -77,18 +77,20 @@ def warm_tag_limits(task: Task[..., Any], settings: RunSettings) -> None:
     from inside the fan-out, the question queued behind the server's work on the task runs' own events: the first
     model call started 2-3 s after the phase on a loaded machine, against 0.06 s when the phase asks first
     (`benchmarks/tier_throughput.py`, `ledger, cold`). Under `[limits] mechanism = "prefect"` the tags have
-    limits and nothing is remembered, so it is skipped; a failure here costs only the speed-up.
+    limits and nothing is remembered, so it is skipped; a failure here costs only the speed-up. Like the engine's
+    own check it asks quietly: Prefect's public `concurrency()` would log "Concurrency limits [...] do not exist
+    - skipping acquisition" as a WARNING on every phase of every run, though no limit is the normal case.
     """
     if caller_for(settings).config.settings.limits.mechanism != "ledger" or not task.tags:
         return
     import uuid
 
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
+    from prefect.concurrency._sync import concurrency  # the task engine's own, which can ask quietly
 
     holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
     try:  # the same names and holder kind as the task engine's check, so Prefect caches the same answer
-        with concurrency([f"tag:{tag}" for tag in task.tags], holder=holder, max_retries=0):
+        with concurrency([f"tag:{tag}" for tag in task.tags], holder=holder, max_retries=0, suppress_warnings=True):
             pass
     except Exception:  # a tag limit that is full, or no server: the task runs ask for themselves
         return
