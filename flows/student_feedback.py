@@ -13,6 +13,7 @@ from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
+from tierflow.vault.notes import WriteResult
 
 FLOW = "student-feedback"
 
@@ -51,6 +52,7 @@ def student_feedback(
         )
         for summary in cohort:
             run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+            run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too
 
         return final_state(write_run_report(settings, run, since=None, until=None, selected=len(work.submissions)))
 

@@ -377,3 +377,44 @@ def test_student_feedback_without_an_assignment_asks_for_one(feedback_vault, tmp
 
     with pytest.raises(VaultError, match="--assignment FOLDER"):  # a deployment's run without one says the same
         student_feedback(vault=str(feedback_vault), config=str(config))
+
+
+def test_the_offline_cohort_summary_reads_as_prose_is_listed_and_next_steps_skip_top_criteria(feedback_vault):
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed
+    cohort_path = f"{ASSIGNMENT}/feedback/Cohort summary.md"
+    assert cohort_path in [w.path for w in summary.written]  # under "Notes written", with the drafts
+    report = (feedback_vault / summary.report.path).read_text()
+    assert f"[[{cohort_path.removesuffix('.md')}]]" in report
+    cohort = (feedback_vault / cohort_path).read_text()
+    assert "{'" not in cohort and "':" not in cohort  # no Python dict: "9 at Good, 2 at Satisfactory"
+    assert re.search(r"\(\d+ at [A-Z][a-z]+(, \d+ at [A-Z][a-z]+)*\)", cohort), cohort
+    assert cohort.count("the weakest criterion") <= 1
+    for name, post in drafts(feedback_vault).items():
+        if post.get("status") != "draft" or "## Next steps" not in post.content:
+            continue
+        levels = dict(re.findall(r"^## (.+)\n\n\*\*Suggested level:\*\* (\w+)", post.content, re.MULTILINE))
+        steps = post.content.split("## Next steps", 1)[1].split("## Overall", 1)[0]
+        for criterion, level in levels.items():
+            if level == "Excellent":  # the rubric's top level
+                assert f"'{criterion}'" not in steps, (name, criterion, steps)
+
+
+def test_offline_next_steps_never_name_a_criterion_at_the_top_level():
+    from tierflow.offline.skills import offline_feedback
+
+    levels = [{"level": "Excellent"}, {"level": "Good"}, {"level": "Weak"}]
+    data = {
+        "criteria": [{"criterion": name, "levels": levels} for name in ("Argument", "Literature", "Structure")],
+        "evidence": [
+            {"criterion": "Argument", "level": "Excellent", "quotes": [], "score": None},
+            {"criterion": "Literature", "level": "Good", "quotes": [], "score": None},
+            {"criterion": "Structure", "level": "Weak", "quotes": [], "score": None},
+        ],
+        "submission": "An essay with no sentence about any criterion by name.",
+    }
+    steps = offline_feedback(data)["next_steps"]
+    assert [s.split("'")[1] for s in steps] == ["Structure", "Literature"]  # the lowest first; never Argument
+    data["evidence"] = [{**e, "level": "Excellent"} for e in data["evidence"]]
+    steps = " ".join(offline_feedback(data)["next_steps"])
+    assert steps and not any(name in steps for name in ("Argument", "Literature", "Structure")), steps
