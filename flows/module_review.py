@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tierflow import FlowSpec, RunSummary, begin_run, flow, write_run_report
 from tierflow.flows.plans import plan_module_review
+from tierflow.report.run_report import final_state
 from tierflow.tasks.module import COLLATE, DRAFT, collate_unit, draft_proposal, load_module, module_folder, synthesise
 
 FLOW = "module-review"
@@ -43,7 +44,7 @@ def module_review(
         for whole in semester:
             run.written = run.absorb(DRAFT.once(draft_proposal, settings, settings, work, whole, subject="proposal"))
 
-        return write_run_report(settings, run, since=None, until=None, selected=len(work.evidence) + 1)
+        return final_state(write_run_report(settings, run, since=None, until=None, selected=len(work.evidence) + 1))
 
 
 SPEC = FlowSpec(FLOW, module_review, deployment="end-of-term", plan=plan_module_review)

@@ -10,7 +10,7 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import attribute, label_flow_run, run_span
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_reading_notes
-from tierflow.report.run_report import RunSummary, write_run_report
+from tierflow.report.run_report import RunSummary, final_state, write_run_report
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
 from tierflow.tasks.synthesise import synthesise_week
@@ -57,7 +57,9 @@ def reading_notes(
                 draft(settings, weekly, collations, sources, since=str(week.since), until=str(week.until))
             )
 
-        return write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))
+        return final_state(
+            write_run_report(settings, run, since=week.since, until=week.until, selected=len(week.notes))
+        )
 
 
 SPEC = FlowSpec(FLOW, reading_notes, deployment="weekly", plan=plan_reading_notes)

@@ -8,11 +8,12 @@ from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.phases import begin_run
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_student_feedback
-from tierflow.report.run_report import RunSummary, write_run_report
+from tierflow.report.run_report import RunSummary, final_state, write_run_report
 from tierflow.tasks.assignment import load_assignment
 from tierflow.tasks.cohort import synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft
+from tierflow.vault.notes import WriteResult
 
 FLOW = "student-feedback"
 
@@ -51,8 +52,9 @@ def student_feedback(
         )
         for summary in cohort:
             run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+            run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too
 
-        return write_run_report(settings, run, since=None, until=None, selected=len(work.submissions))
+        return final_state(write_run_report(settings, run, since=None, until=None, selected=len(work.submissions)))
 
 
 SPEC = FlowSpec(FLOW, student_feedback, deployment="on-demand", plan=plan_student_feedback)

@@ -89,11 +89,14 @@ class _WithAliases(Pseudonyms):
         return super().hide(text)
 
 
-@task(name="load assignment", task_run_name="load · {folder}")
-def load_assignment(settings: RunSettings, folder: str) -> Assignment:
-    """Read the assignment folder; a missing or unparsable rubric stops the run before any model call."""
-    vault = check_vault(Path(settings.vault or "."))
-    config = caller_for(settings).config
+NO_ASSIGNMENT = "give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder in the config)"
+
+
+def inside_vault(vault: Path, folder: str | None) -> tuple[Path, str]:
+    """The assignment folder's path and its vault-relative name; a VaultError if it is unset or leads outside."""
+    if not folder or not folder.strip():
+        raise VaultError(NO_ASSIGNMENT)
+    vault = vault.resolve()
     root = (vault / folder).resolve()
     if not root.is_relative_to(vault):
         raise VaultError(
@@ -101,7 +104,15 @@ def load_assignment(settings: RunSettings, folder: str) -> Assignment:
             "the vault, as --assignment Teaching/EDU7001/essay-1 (or [feedback] assignment_folder): tierflow "
             "reads and writes nothing outside the vault, whether by `..`, an absolute path or a link."
         )
-    folder = root.relative_to(vault).as_posix()
+    return root, root.relative_to(vault).as_posix()
+
+
+@task(name="load assignment", task_run_name="load · {folder}")
+def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
+    """Read the assignment folder; a missing or unparsable rubric stops the run before any model call."""
+    vault = check_vault(Path(settings.vault or "."))
+    config = caller_for(settings).config
+    root, folder = inside_vault(vault, folder)
     if not root.is_dir():
         raise VaultError(f"assignment folder {folder} does not exist in {vault}; give it with --assignment")
     rubric = load_rubric(vault, f"{folder}/rubric.md")
@@ -131,14 +142,7 @@ def _body(path: Path) -> str:
 
 
 def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple[str, str]]]:
-    root = (vault / folder).resolve()
-    if not root.is_relative_to(vault):
-        raise VaultError(
-            f"assignment folder {folder!r} resolves to {root}, outside the vault {vault}. Give it relative to "
-            "the vault, as --assignment Teaching/EDU7001/essay-1 (or [feedback] assignment_folder): tierflow "
-            "reads and writes nothing outside the vault, whether by `..`, an absolute path or a link."
-        )
-    folder = root.relative_to(vault).as_posix()
+    root, folder = inside_vault(vault, folder)
     if not root.is_dir():
         raise VaultError(f"{folder}: no submissions folder; put one Markdown note per student there")
     found: dict[str, list[Submission]] = {}

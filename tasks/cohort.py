@@ -32,6 +32,8 @@ class Cohort(CohortOut):
     text: str
     """The summary as the draft prompts see it (pseudonymised)."""
     note: str
+    action: str = "created"
+    """What writing the note did (`created`, `updated`, `unchanged`, ...), for the run's list of notes written."""
     model: str
     cost_usd: float | None
     tokens: int
@@ -136,6 +138,7 @@ def synthesise_cohort(
         **out.model_dump(),
         text=text,
         note=written.path,
+        action=written.action,
         model=answer.route.model_ref,
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,

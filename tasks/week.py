@@ -50,7 +50,17 @@ def default_window(timezone: str, since: date | None, until: date | None) -> tup
     return since or until - timedelta(days=6), until
 
 
-@task(name="select week", task_run_name="select · {since} to {until}")
+def _select_name() -> str:
+    """`select · <since> to <until>` with the window resolved, also on a scheduled run that gives neither."""
+    from prefect.runtime import task_run
+
+    given = task_run.parameters
+    timezone = caller_for(given["settings"]).config.settings.vault.timezone
+    since, until = default_window(timezone, given.get("since"), given.get("until"))
+    return f"select · {since} to {until}"
+
+
+@task(name="select week", task_run_name=_select_name)
 def select_week(settings: RunSettings, since: date | None, until: date | None) -> Week:
     """The literature notes in the configured folders or tags whose date falls in the window."""
     vault = check_vault(Path(settings.vault or "."))

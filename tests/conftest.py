@@ -33,7 +33,7 @@ READING_WEEK = ("2026-11-16", "2026-11-22")
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # minutes, not seconds, on a busy machine
         yield
 
 

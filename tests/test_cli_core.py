@@ -17,7 +17,7 @@ TIERFLOW = [sys.executable, "-m", "tierflow.cli"]
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*TIERFLOW, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+        [*TIERFLOW, *args], capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
     )
 
 
@@ -112,6 +112,32 @@ def test_help_does_not_import_prefect_or_the_sdks():
         "heavy = [m for m in ('prefect', 'anthropic', 'openai', 'genai_prices', 'sqlalchemy') if m in sys.modules]; "
         "print(heavy)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_an_unknown_vault_timezone_is_a_config_error_in_config_show_plan_and_run(tmp_path: Path):
+    write_config(tmp_path / ".tierflow" / "config.toml", '[vault]\ntimezone = "Mars/Olympus"\n')
+    for args in (["config", "show"], ["plan", "reading-notes"], ["run", "reading-notes", "--profile", "offline"]):
+        result = run([*args, "--vault", str(tmp_path)])
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        message = " ".join(result.stderr.split())
+        assert "vault.timezone" in message and "'Mars/Olympus' is not a time zone name" in message, (args, message)
+        assert "Europe/London" in message
+
+
+def test_every_tier_flag_is_checked_before_any_note_is_selected(tmp_path: Path):
+    """An empty vault: a run would find no notes, so only an up-front check can refuse these flags."""
+    for flag, problem in (
+        ("nophase=deep", "no phase 'nophase'; the phases are collate, synthesise, draft"),
+        ("synthesise=ultra", "no tier 'ultra' in the config; its tiers are"),
+        ("ultra", "no tier 'ultra' in the config"),
+    ):
+        for command in ("run", "plan"):
+            result = run([command, "reading-notes", "--vault", str(tmp_path), "--profile", "offline", "--tier", flag])
+            message = " ".join(result.stderr.split())
+            assert result.returncode == 2 and problem in message, (command, flag, result.stdout, message)
+    result = run(["run", "reading-notes", "--vault", str(tmp_path), "--profile", "offline", "--mode", "fast"])
+    assert result.returncode == 2 and "--mode 'fast': use direct or batch" in result.stderr

@@ -17,7 +17,7 @@ def piped(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comp
     """Run tierflow with stdout a pipe, as `tierflow ... > file` or `| less` would."""
     environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [*TIERFLOW, *args], capture_output=True, text=True, timeout=180, env={**environ, **(env or {})}
+        [*TIERFLOW, *args], capture_output=True, text=True, timeout=900, env={**environ, **(env or {})}
     )
 
 
@@ -59,3 +59,15 @@ def test_help_keeps_config_names_in_brackets():
     assert "[tiers.<name>] concurrency" in " ".join(limits.output.split())
     run = runner.invoke(app, ["run", "--help"])
     assert "[feedback] in config" in " ".join(run.output.split())
+
+
+def test_budget_reservations_as_json_is_one_array_even_when_none_is_open(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    result = CliRunner().invoke(app, ["budget", "reservations", "--vault", str(vault), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == []

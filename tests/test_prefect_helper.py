@@ -38,12 +38,14 @@ def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path
     assert one_phase(settings).startswith("[offline extractive model]")
     (row,) = caller_for(settings).ledger.rows()
     with get_client(sync_client=True) as client:
-        # The server records task runs in the background: under load the row can arrive a moment later.
-        for _ in range(120):
+        # The server records task runs in the background: under load the row can arrive much later.
+        deadline = time.monotonic() + 600
+        while True:
             try:
                 task_run = client.read_task_run(row["task_run_id"])
                 break
             except ObjectNotFound:
+                assert time.monotonic() < deadline, "the server did not record the task run within 600 s"
                 time.sleep(0.25)
         flow_run = client.read_flow_run(row["flow_run_id"])
         runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
@@ -81,12 +83,14 @@ def escalating_phase(settings: RunSettings) -> str:
     return tagged.submit(settings, "Classify this assessment.").result()
 
 
-def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
+def test_an_escalated_call_renames_its_task_run_marker_first_and_shows_its_whole_spend(
     tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
 ):
-    """Tags are fixed when a task run is created: the run's name says where the answer came from."""
+    """Tags are fixed when a task run is created: the run's name says where the answer came from, and its
+    artifact gives the kept answer's cost beside the task's total over every attempt."""
     from conftest import anthropic_config, write_config
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
 
     from tierflow.testing.double import Reply
 
@@ -95,12 +99,90 @@ def test_an_escalated_call_renames_its_task_run_with_the_actual_tier(
     double.responder = lambda r: Reply(data={"label": "formative" if r.model == "claude-haiku-4-5" else "summative"})
     settings = RunSettings(vault=str(tmp_path), config_path=str(config), run_id="escalating", flow="helper-test")
     assert escalating_phase(settings) == "standard"
-    row = next(r for r in caller_for(settings).ledger.rows() if r["escalated_from"])
+    rows = caller_for(settings).ledger.rows(run_id="escalating")
+    row = next(r for r in rows if r["escalated_from"])
+    attempts = [r for r in rows if r["task_run_id"] == row["task_run_id"]]
+    assert [r["tier"] for r in attempts] == ["light", "light", "standard"]  # a retry on light, then one tier up
+    deadline = time.monotonic() + 600  # the server records task runs in the background, slowly under load
     with get_client(sync_client=True) as client:
-        for _ in range(120):  # the server records task runs in the background
+        while True:
             task_run = client.read_task_run(row["task_run_id"])
-            if "[light→standard]" in task_run.name:
+            if task_run.name.startswith("[light>") or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-    assert task_run.name == "collate · essay [light→standard]"
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[row["task_run_id"]]))
+        )
+    # The marker first, in ASCII: a narrow task list that clips the end of a name still shows it.
+    assert task_run.name == "[light>standard] collate · essay"
     assert "tier:light" in task_run.tags  # the tags still say where it was routed
+    assert artifact.description == "collate: answered on standard"
+    header, _, cells = (line.strip("|").split(" | ") for line in artifact.data.splitlines())
+    shown = dict(zip([h.strip() for h in header], [c.strip() for c in cells], strict=True))
+    assert shown["model"] == "anthropic:claude-sonnet-4-6" and shown["attempts"] == "3"
+    assert shown["USD (kept answer)"] == f"${row['cost_usd']:.6f}"
+    total = sum(r["cost_usd"] for r in attempts)
+    assert total > row["cost_usd"] and shown["USD (task, all attempts)"] == f"${total:.6f} (3 calls)"
+
+
+def test_a_runs_profile_tag_names_where_its_tiers_come_from(tmp_path: Path, double):
+    from conftest import anthropic_config, write_config
+
+    from tierflow.core.phases import run_tags
+
+    no_profile_key = write_config(tmp_path / "own.toml", anthropic_config(double).replace('profile = "anthropic"', ""))
+    named = write_config(tmp_path / "named.toml", anthropic_config(double))
+    vault_only = write_config(tmp_path / "vault-only.toml", '[vault]\ntimezone = "Europe/London"\n')
+    for config, profile, tag in (
+        (no_profile_key, None, "profile:config"),  # its own Anthropic tiers: not the built-in offline profile
+        (named, None, "profile:anthropic"),
+        (vault_only, None, "profile:offline"),
+        (no_profile_key, "openai", "profile:openai"),
+    ):
+        settings = RunSettings(vault=str(tmp_path), config_path=str(config), profile=profile, run_id="p", flow="t")
+        tags = run_tags(settings)
+        assert tag in tags and sum(t.startswith("profile:") for t in tags) == 1, (config.name, tags)
+
+
+def recorded_task_runs(flow_run_id: str, ready) -> list:  # noqa: ANN001
+    """The flow run's task runs once `ready(runs)` holds: the server records them from events, late under load."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 600
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if ready(runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.25)
+
+
+def test_a_run_without_a_window_names_its_select_task_with_the_resolved_window(reading_vault: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    state = reading_notes(vault=str(reading_vault), profile="offline", return_state=True)
+    assert state.is_completed(), state
+    runs = recorded_task_runs(
+        str(state.state_details.flow_run_id), lambda rs: any(r.name.startswith("select") for r in rs)
+    )
+    names = [r.name for r in runs if r.name.startswith("select")]
+    # The test clock's today is 2026-11-18 (conftest), so the default window is the seven days to it.
+    assert names == ["select · 2026-11-12 to 2026-11-18"], names
+
+
+def test_a_run_without_tag_limits_logs_no_concurrency_warning(reading_vault: Path, caplog: pytest.LogCaptureFixture):
+    """No tag limit is the normal case (`[limits] mechanism = "ledger"`): nothing to warn about, per phase."""
+    import logging
+
+    from conftest import READING_WEEK
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    with caplog.at_level(logging.WARNING):
+        summary = reading_notes(
+            vault=str(reading_vault), since=READING_WEEK[0], until=READING_WEEK[1], profile="offline"
+        )
+    assert summary.phases and not summary.failed
+    noise = [r.getMessage() for r in caplog.records if "do not exist - skipping acquisition" in r.getMessage()]
+    assert noise == []

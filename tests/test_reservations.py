@@ -124,7 +124,7 @@ def test_release_stale_frees_a_dead_holders_reservation_at_once(tmp_path, monkey
     cli = CliRunner()
 
     listed = cli.invoke(app, ["budget", "reservations", "--vault", vault, "--format", "json"], catch_exceptions=False)
-    (row,) = [json.loads(line) for line in listed.output.splitlines()]
+    (row,) = json.loads(listed.output)
     assert row["id"] == reservation.id and row["run_id"] == "killed" and row["phase"] == "collate"
     assert row["holder_pid"] == holder.pid and row["holder_host"] == HOST and row["state"] == "holder gone"
     assert row["lease_left_s"] > 500  # not expired: only the vanished holder makes it stale
@@ -151,7 +151,7 @@ def test_a_live_holders_reservation_is_never_released(tmp_path, ledger_url, doub
     result = CliRunner().invoke(
         app, ["budget", "reservations", "--vault", str(config.parent.parent), "--release-stale", "-f", "json"]
     )
-    (row,) = [json.loads(line) for line in result.output.splitlines()]
+    (row,) = json.loads(result.output)
     assert row["id"] == reservation.id and row["state"] == "held" and row["holder_pid"] == os.getpid()
     assert [r.id for r in open_reservations(c.ledger)] == [reservation.id]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -181,3 +182,20 @@ def test_every_flow_ends_an_expected_error_with_the_message_alone(tmp_path: Path
     out, err = capfd.readouterr()
     assert f"error: vault {tmp_path / 'gone'} does not exist" in err
     assert "Traceback" not in out + err
+
+
+def test_rubric_commands_refuse_an_assignment_outside_the_vault_as_run_does(
+    feedback_vault: Path, double, tmp_path: Path
+):
+    outside = tmp_path / "outside"
+    shutil.copytree(feedback_vault / "Teaching" / "EDU7001" / "essay-1", outside)
+    (outside / "rubric.md").write_text("A rubric nobody can parse.\n", encoding="utf-8")  # normalise would call
+    for given in ("../outside", str(outside)):
+        for command in ("show", "normalise"):
+            result = invoke(
+                "rubric", command, "--vault", str(feedback_vault), "--assignment", given, "--profile", "offline"
+            )
+            message = " ".join(result.output.split())
+            assert result.exit_code == 2, (command, given, result.output)
+            assert f"assignment folder {given!r} resolves to {outside}, outside the vault" in message, message
+    assert double.model_calls() == [] and not (outside / "rubric.normalised.md").exists()

@@ -415,3 +415,62 @@ def test_a_draft_an_earlier_version_named_after_the_student_id_is_moved_unless_e
     assert not (folder / "s2026001.md").exists() and (folder / "s2026001 feedback.md").is_file()
     assert "My own comment." in edited.read_text(encoding="utf-8")  # the person's: kept where it is
     assert (folder / "s2026002 feedback.md").is_file()
+
+
+def test_student_feedback_without_an_assignment_asks_for_one(feedback_vault, tmp_path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    config = write_config(tmp_path / "no-assignment.toml", 'profile = "offline"\n')
+    for command in ("run", "plan"):
+        args = [command, "student-feedback", "--vault", str(feedback_vault), "--config", str(config)]
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "give the assignment folder: --assignment FOLDER" in message, message
+        assert "no rubric found" not in message
+    from tierflow.core.errors import VaultError
+
+    with pytest.raises(VaultError, match="--assignment FOLDER"):  # a deployment's run without one says the same
+        student_feedback(vault=str(feedback_vault), config=str(config))
+
+
+def test_the_offline_cohort_summary_reads_as_prose_is_listed_and_next_steps_skip_top_criteria(feedback_vault):
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed
+    cohort_path = f"{ASSIGNMENT}/feedback/Cohort summary.md"
+    assert cohort_path in [w.path for w in summary.written]  # under "Notes written", with the drafts
+    report = (feedback_vault / summary.report.path).read_text()
+    assert f"[[{cohort_path.removesuffix('.md')}]]" in report
+    cohort = (feedback_vault / cohort_path).read_text()
+    assert "{'" not in cohort and "':" not in cohort  # no Python dict: "9 at Good, 2 at Satisfactory"
+    assert re.search(r"\(\d+ at [A-Z][a-z]+(, \d+ at [A-Z][a-z]+)*\)", cohort), cohort
+    assert cohort.count("the weakest criterion") <= 1
+    for name, post in drafts(feedback_vault).items():
+        if post.get("status") != "draft" or "## Next steps" not in post.content:
+            continue
+        levels = dict(re.findall(r"^## (.+)\n\n\*\*Suggested level:\*\* (\w+)", post.content, re.MULTILINE))
+        steps = post.content.split("## Next steps", 1)[1].split("## Overall", 1)[0]
+        for criterion, level in levels.items():
+            if level == "Excellent":  # the rubric's top level
+                assert f"'{criterion}'" not in steps, (name, criterion, steps)
+
+
+def test_offline_next_steps_never_name_a_criterion_at_the_top_level():
+    from tierflow.offline.skills import offline_feedback
+
+    levels = [{"level": "Excellent"}, {"level": "Good"}, {"level": "Weak"}]
+    data = {
+        "criteria": [{"criterion": name, "levels": levels} for name in ("Argument", "Literature", "Structure")],
+        "evidence": [
+            {"criterion": "Argument", "level": "Excellent", "quotes": [], "score": None},
+            {"criterion": "Literature", "level": "Good", "quotes": [], "score": None},
+            {"criterion": "Structure", "level": "Weak", "quotes": [], "score": None},
+        ],
+        "submission": "An essay with no sentence about any criterion by name.",
+    }
+    steps = offline_feedback(data)["next_steps"]
+    assert [s.split("'")[1] for s in steps] == ["Structure", "Literature"]  # the lowest first; never Argument
+    data["evidence"] = [{**e, "level": "Excellent"} for e in data["evidence"]]
+    steps = " ".join(offline_feedback(data)["next_steps"])
+    assert steps and not any(name in steps for name in ("Argument", "Literature", "Structure")), steps

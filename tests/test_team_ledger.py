@@ -127,7 +127,7 @@ def test_two_workers_on_one_prefect_server_and_one_postgresql_ledger_never_overs
         )
         for vault in vaults
     ]
-    outcomes = [json.loads(w.communicate(timeout=300)[0].strip().splitlines()[-1]) for w in workers]
+    outcomes = [json.loads(w.communicate(timeout=900)[0].strip().splitlines()[-1]) for w in workers]
     assert [w.returncode for w in workers] == [0, 0]
     assert not any(o["failed"] for o in outcomes)
     rows = Ledger(pg_ledger).rows()

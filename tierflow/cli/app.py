@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
+
+if TYPE_CHECKING:
+    from tierflow.core.config import Config
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -401,9 +404,13 @@ def run(
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
-    load(vault, config, profile)
-    overrides = _tier_overrides(tier)
+    cfg = load(vault, config, profile)
+    # Every flag is checked here, before the flow selects a single note.
+    overrides = _tier_overrides(tier, cfg)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if mode not in ("direct", "batch"):
+        raise fail(f"--mode {mode!r}: use direct or batch")
+    _check_assignment(flow_name, cfg, vault, assignment)
     if dry_run:
         plan(
             flow_name,
@@ -419,8 +426,6 @@ def run(
             module=module,
         )
         return
-    if mode not in ("direct", "batch"):
-        raise fail(f"--mode {mode!r}: use direct or batch")
     _quiet_prefect(verbose)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
     from tierflow.cli.runner import run_flow
@@ -508,8 +513,7 @@ def budget_reservations(
     rows = [_reservation_row(r, "released") for r in released]
     rows += [_reservation_row(r, r.state) for r in budget.open_reservations(ledger)]
     if fmt is ListFormat.json:
-        for row in rows:
-            print(json.dumps(row))
+        _write_json(rows, Format.json)  # one array, as `spend --format json` prints; `[]` when none is open
         return
     from rich.console import Console
     from rich.table import Table
@@ -613,6 +617,7 @@ def plan(
         raise fail(f"{flow_name.value} has no planner yet")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
+    _check_assignment(flow_name, cfg, vault, assignment)
     offered = {
         "since": _parse_date(since, "--since"),
         "until": _parse_date(until, "--until"),
@@ -623,21 +628,47 @@ def plan(
     accepted = inspect.signature(spec.plan).parameters
     try:
         result = spec.plan(
-            cfg, vault, tier=_tier_overrides(tier), **{k: v for k, v in offered.items() if k in accepted}
+            cfg, vault, tier=_tier_overrides(tier, cfg), **{k: v for k, v in offered.items() if k in accepted}
         )
     except TierflowError as exc:
         raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
 
 
-def _tier_overrides(items: list[str] | None) -> dict[str, str]:
+def _check_assignment(flow_name: FlowName, cfg: Config, vault: Path, assignment: str | None) -> None:
+    """student-feedback needs an assignment folder inside the vault: from --assignment or the config."""
+    if flow_name is not FlowName.student_feedback:
+        return
+    from tierflow.core.errors import VaultError
+    from tierflow.tasks.assignment import inside_vault
+
+    try:
+        inside_vault(vault, assignment or cfg.settings.feedback.assignment_folder)
+    except VaultError as exc:
+        raise fail(str(exc)) from None
+
+
+OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")
+"""The phases a flow's calls are made in, so the phases `--tier PHASE=TIER` can name."""
+
+
+def _tier_overrides(items: list[str] | None, cfg: Config) -> dict[str, str]:
+    """`--tier` values as `{phase: tier}`, each phase one the flows call and each tier one the config defines."""
     from tierflow.core.errors import ConfigError
     from tierflow.core.routing import parse_tier_overrides
 
     try:
-        return parse_tier_overrides(items or [])
+        overrides = parse_tier_overrides(items or [])
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    tiers = sorted(cfg.settings.tiers)
+    for phase, tier_name in overrides.items():
+        written = f"{phase}={tier_name}" if phase != "*" else tier_name
+        if phase != "*" and phase not in OVERRIDABLE_PHASES:
+            raise fail(f"--tier {written}: no phase {phase!r}; the phases are {', '.join(OVERRIDABLE_PHASES)}")
+        if tier_name not in tiers:
+            raise fail(f"--tier {written}: no tier {tier_name!r} in the config; its tiers are {', '.join(tiers)}")
+    return overrides
 
 
 @config_app.command("show")
@@ -665,6 +696,10 @@ def main() -> None:
     app()
 
 
+PREFECT_STARTUP_WAIT = 300
+"""Seconds tierflow waits for Prefect's temporary server to answer, unless the user's environment says otherwise."""
+
+
 def prefect_defaults() -> None:
     """Settings Prefect reads at import, for a local, keyless run; the user's own environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -676,3 +711,7 @@ def prefect_defaults() -> None:
     # the final flush complete.
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
+    # Without PREFECT_API_URL every run starts a temporary Prefect server and waits for it; Prefect's default wait
+    # (20 s) is too short for a busy machine or a first run, which migrates a new database. Waiting longer costs
+    # nothing when the server is quick; `prefect_start_errors` explains a timeout that still happens.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_WAIT))

@@ -34,11 +34,15 @@ class ShowFormat(StrEnum):
     json = "json"
 
 
-def _folder(cfg, assignment: str | None) -> str:  # noqa: ANN001
-    folder = assignment or cfg.settings.feedback.assignment_folder
-    if not folder:
-        raise fail("give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder)")
-    return folder.strip("/")
+def _folder(cfg, vault: Path, assignment: str | None) -> str:  # noqa: ANN001
+    """The assignment folder relative to the vault, refused as `run` and `plan` refuse it: unset, or outside."""
+    from tierflow.core.errors import VaultError
+    from tierflow.tasks.assignment import inside_vault
+
+    try:
+        return inside_vault(vault, assignment or cfg.settings.feedback.assignment_folder)[1]
+    except VaultError as exc:
+        raise fail(str(exc)) from None
 
 
 @rubric_app.command("show")
@@ -54,7 +58,7 @@ def show(
 
     vault = vault_dir(vault, required="tierflow rubric show --assignment FOLDER") or Path(".")
     cfg = load(vault, config, profile)
-    folder = _folder(cfg, assignment)
+    folder = _folder(cfg, vault, assignment)
     try:
         rubric = load_rubric(vault, f"{folder}/rubric.md")
     except RubricError as exc:
@@ -124,7 +128,7 @@ def normalise(
 
     vault = vault_dir(vault, required="tierflow rubric normalise --assignment FOLDER")
     cfg = load(vault, config, profile)
-    folder = _folder(cfg, assignment)
+    folder = _folder(cfg, vault, assignment)
     try:
         written, answer = normalise_rubric(vault, folder, config=config, profile=profile)
     except TierflowError as exc:

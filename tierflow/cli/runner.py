@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from importlib.resources import as_file, files
@@ -76,14 +77,80 @@ def run_flow(
         entry = entry.with_options(task_runner=task_runner)
     tracebacks_to_prefect_log_only()
     try:
-        with phase_progress():
+        with prefect_start_errors(), phase_progress():
             summary = entry(
                 vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters
             )
     except TierflowError as exc:
         raise fail(str(exc)) from None
+    wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
+
+
+PREFECT_DID_NOT_START = "Timed out while attempting to connect to ephemeral Prefect API server"
+"""The start of the RuntimeError Prefect raises when its temporary server does not answer in time."""
+
+
+@contextmanager
+def prefect_start_errors() -> Iterator[None]:
+    """Turn Prefect's "Timed out ... ephemeral Prefect API server" traceback into one paragraph with the fix."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if PREFECT_DID_NOT_START not in str(exc):
+            raise
+        raise fail(prefect_did_not_start_message(), code=1) from None
+
+
+def prefect_did_not_start_message() -> str:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    waited = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    return (
+        f"Prefect's temporary server did not answer within {waited} s, so nothing was run and nothing was "
+        "spent. The machine is probably busy (or this is Prefect's first start, which creates its database). "
+        "Run the command again with a longer wait, e.g. PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=900, "
+        "or start a server once with `prefect server start` and point tierflow at it: "
+        "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`."
+    )
+
+
+def wait_for_task_run_records(run_id: str | None, *, patience: float = 120.0) -> None:
+    """Wait until Prefect's temporary server has recorded the run's task runs, so that stopping it loses none.
+
+    Task runs reach the server as events, which its task-run recorder writes in batches. When the process exits,
+    Prefect stops its temporary server; a recorder still writing then is cancelled mid-write ("Error flushing N
+    events" and a CancelledError traceback on the console, and task runs missing from the UI). So, with a
+    temporary server only, this polls until every task run tagged with the run is in a final state and their
+    count holds across two polls more than a flush interval apart. A server the user runs (PREFECT_API_URL)
+    outlives the process and needs no wait; `patience` bounds the wait, after which the exit proceeds.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not run_id or PREFECT_API_URL.value():
+        return
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+    interval = 1.5  # more than PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL (1 s, `prefect_defaults`)
+    last: tuple[int, bool] | None = None
+    deadline = time.monotonic() + patience
+    try:
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                runs = client.read_task_runs(
+                    task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[f"tierflow-run:{run_id}"]))
+                )
+                seen = (len(runs), all(r.state is not None and r.state.is_final() for r in runs))
+                if seen == last and seen[1]:
+                    return
+                last = seen
+                time.sleep(interval)
+    except Exception:  # only a courtesy to the UI: the run and its ledger rows are already complete
+        return
 
 
 class ExpectedErrorFilter(logging.Filter):

@@ -1063,8 +1063,10 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
     """Make the task run tell the truth when the answer did not come from the route it was tagged with.
 
     Prefect fixes a task run's tags when it creates it, so a call that escalated, was downgraded or kept a
-    failing answer renames its task run (`[light→standard]`) and leaves a small artifact with the actual
-    tier, model, tokens, USD and outcome. Nothing is sent when the tags already tell the truth.
+    failing answer renames its task run, the marker first so that the UI's narrow task list still shows it
+    (`[light>standard] collate · essay`; ASCII, as the classic UI draws `→` as nothing), and leaves a small
+    artifact: the actual tier and model, the kept answer's tokens and USD beside the task's total over every
+    attempt (its ledger rows), and the outcome. Nothing is sent when the tags already tell the truth.
     """
     changed = answer.route.tier != tagged.tier
     if not (changed or answer.checks_failed) or answer.cached:
@@ -1079,7 +1081,7 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
 
         context = TaskRunContext.get()
         if changed and context is not None:
-            name = f"{context.task_run.name} [{tagged.tier}→{answer.route.tier}]"[:200]
+            name = f"{retier_marker(tagged.tier, answer.route.tier)} {context.task_run.name}"
             # The server takes task-run names from the engine's state events too: rename the run the engine
             # reports, and the server's copy now.
             context.task_run.name = name
@@ -1088,20 +1090,45 @@ def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
                     client.set_task_run_name(context.task_run.id, name)
             except Exception as exc:  # not recorded on the server yet (404): the engine's next state event names it
                 log.debug("could not rename the task run on the server yet: %s", exc)
-        cost = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+        spent = _task_spend(context, task_run_id)
+        kept = "unknown" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+        total = "unknown" if spent is None else f"${spent[1]:.6f} ({spent[0]} calls)"
+        outcome = "kept, failed " + ", ".join(answer.checks_failed) if answer.checks_failed else answer.outcome
         create_markdown_artifact(
             markdown=(
-                f"| tagged tier | actual tier | model | attempts | tokens (last) | USD (last) | outcome |\n"
-                f"|---|---|---|---|---|---|---|\n"
+                "| tagged tier | actual tier | model | attempts | tokens (kept answer) | USD (kept answer) "
+                "| USD (task, all attempts) | outcome |\n"
+                "|---|---|---|---|---|---|---|---|\n"
                 f"| {tagged.tier} | {answer.route.tier} | {answer.route.model_ref} | {attempts} | "
-                f"{answer.usage.total_tokens} | {cost} | "
-                f"{'kept, failed ' + ', '.join(answer.checks_failed) if answer.checks_failed else answer.outcome} |"
+                f"{answer.usage.total_tokens} | {kept} | {total} | {outcome} |"
             ),
-            description=f"{tagged.phase}: answered by {answer.route.model_ref}",
+            # Short and without `provider:model`, which the artifact card cuts; the table has the model.
+            description=(
+                f"{tagged.phase}: kept a failing answer"
+                if answer.checks_failed
+                else f"{tagged.phase}: answered on {answer.route.tier}"
+            ),
         )
     except Exception as exc:  # the answer matters more than its annotation in the UI
         log.debug("could not annotate the task run: %s", exc)
     return answer
+
+
+def retier_marker(tagged: str, actual: str) -> str:
+    """`[deep>standard]`: the tier a task run was tagged with, and the tier whose answer it kept."""
+    return f"[{tagged}>{actual}]"
+
+
+def _task_spend(context: Any, task_run_id: str) -> tuple[int, float] | None:
+    """The calls this task run has billed so far and their USD, from the ledger rows that carry its id.
+
+    The ledger is the run's (its `RunSettings` is the phase task's `settings` parameter); None if unknown.
+    """
+    settings = (context.parameters or {}).get("settings") if context is not None else None
+    if not isinstance(settings, RunSettings):
+        return None
+    rows = [r for r in caller_for(settings).ledger.rows(run_id=settings.run_id) if r["task_run_id"] == task_run_id]
+    return len(rows), sum(r["cost_usd"] or 0.0 for r in rows)
 
 
 def prefect_run_ids() -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tierflow.core.errors import ConfigError
 
@@ -132,6 +132,7 @@ class VaultConfig(_Model):
     reading_folders: tuple[str, ...] = ("Reading",)
     reading_tags: tuple[str, ...] = ("literature",)
     timezone: str = "UTC"
+    """An IANA time zone name: the vault's days and weeks (run windows, budget periods) are counted in it."""
     output_folder: str = "Concepts/Drafts"
     runs_folder: str = "tierflow/Runs"
     templates_folder: str = "Templates/tierflow"
@@ -145,6 +146,19 @@ class VaultConfig(_Model):
     """Your existing concept notes: the synthesis sees them, and a concept that matches one becomes an addition."""
     max_listed_concepts: int = Field(default=40, ge=0)
     """At most this many existing concept notes in the synthesis prompt, the most relevant to the week first."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{name!r} is not a time zone name; use an IANA name such as Europe/London, America/New_York or UTC"
+            ) from None
+        return name
 
 
 class BudgetConfig(_Model):

@@ -2,7 +2,10 @@
 
 Prefect sets a task run's tags when it creates the run; afterwards only the run's name can change. So the
 flow resolves `phase -> complexity -> tier -> model` before submitting, and the task run carries
-`phase:`, `complexity:`, `tier:` and `model:` from its first state on.
+`phase:`, `complexity:`, `tier:` and `model:` from its first state on. These tags name the ROUTE: the tier
+the call was sent to first, whose `tier:` concurrency limit it held. When another tier answered (an
+escalation, a budget downgrade) the task run's name starts with `[routed>actual]` and its artifact names the
+actual tier and model (`tierflow.core.calls._shown`); filter on the name, not the tags, for the answering tier.
 """
 
 from __future__ import annotations
@@ -74,18 +77,20 @@ def warm_tag_limits(task: Task[..., Any], settings: RunSettings) -> None:
     from inside the fan-out, the question queued behind the server's work on the task runs' own events: the first
     model call started 2-3 s after the phase on a loaded machine, against 0.06 s when the phase asks first
     (`benchmarks/tier_throughput.py`, `ledger, cold`). Under `[limits] mechanism = "prefect"` the tags have
-    limits and nothing is remembered, so it is skipped; a failure here costs only the speed-up.
+    limits and nothing is remembered, so it is skipped; a failure here costs only the speed-up. Like the engine's
+    own check it asks quietly: Prefect's public `concurrency()` would log "Concurrency limits [...] do not exist
+    - skipping acquisition" as a WARNING on every phase of every run, though no limit is the normal case.
     """
     if caller_for(settings).config.settings.limits.mechanism != "ledger" or not task.tags:
         return
     import uuid
 
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
+    from prefect.concurrency._sync import concurrency  # the task engine's own, which can ask quietly
 
     holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
     try:  # the same names and holder kind as the task engine's check, so Prefect caches the same answer
-        with concurrency([f"tag:{tag}" for tag in task.tags], holder=holder, max_retries=0):
+        with concurrency([f"tag:{tag}" for tag in task.tags], holder=holder, max_retries=0, suppress_warnings=True):
             pass
     except Exception:  # a tag limit that is full, or no server: the task runs ask for themselves
         return
@@ -93,13 +98,26 @@ def warm_tag_limits(task: Task[..., Any], settings: RunSettings) -> None:
 
 def run_tags(settings: RunSettings) -> list[str]:
     """The tags that tell one tierflow run from another in the Prefect UI: vault, profile, project and run id."""
-    profile = settings.profile or caller_for(settings).config.settings.profile
-    tags = [f"profile:{profile}", f"tierflow-run:{settings.run_id}"]
+    tags = [f"profile:{run_profile(settings)}", f"tierflow-run:{settings.run_id}"]
     if settings.vault:
         tags.append(f"vault:{Path(settings.vault).name}")
     if settings.project:
         tags.append(f"project:{settings.project}")
     return sorted(tags)
+
+
+def run_profile(settings: RunSettings) -> str:
+    """The profile a run's tiers come from: `--profile`, else the config's `profile =`, else `config` when the
+    config file defines tiers or providers of its own over the built-in (offline) profile."""
+    if settings.profile:
+        return settings.profile
+    config = caller_for(settings).config
+    own = str(config.path) if config.path else None
+    if config.sources.get("profile") == "default" and any(
+        key.startswith(("tiers.", "providers.")) and source == own for key, source in config.sources.items()
+    ):
+        return "config"
+    return config.settings.profile
 
 
 def run_span(settings: RunSettings) -> AbstractContextManager[None]:

@@ -263,10 +263,20 @@ def offline_cohort(data: dict[str, Any]) -> dict[str, Any]:
         for c in sub.get("criteria", []):
             levels[c["criterion"]][c["level"]] += 1
             rank[c["criterion"]].append(order.index(c["level"]) if c["level"] in order else len(order))
-    ranked = sorted(levels, key=lambda k: sum(rank[k]) / max(1, len(rank[k])))
-    strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in ranked[:2]]
-    weak = ranked[-2:][::-1]
-    misconceptions = [f"{k}: the weakest criterion across the cohort ({dict(levels[k])})." for k in weak]
+    mean = {k: sum(rank[k]) / max(1, len(rank[k])) for k in levels}
+    ranked = sorted(levels, key=lambda k: mean[k])
+    strong = ranked[: min(2, (len(ranked) + 1) // 2)]
+    # The lowest-placed criteria, worst first, that are neither a strength nor all at the rubric's top level.
+    weak = [k for k in reversed(ranked) if k not in strong and mean[k] > 0][:2]
+
+    def spread(k: str) -> str:
+        """`9 at Good, 2 at Satisfactory`: the criterion's students per level, in the rubric's order."""
+        place = {name: i for i, name in enumerate(order)}
+        return ", ".join(f"{n} at {lvl}" for lvl, n in sorted(levels[k].items(), key=lambda x: place.get(x[0], 99)))
+
+    strengths = [f"{k}: most often at {levels[k].most_common(1)[0][0]}." for k in strong]
+    standing = ("the weakest criterion across the cohort", "the second weakest criterion")
+    misconceptions = [f"{k}: {standing[i]} ({spread(k)})." for i, k in enumerate(weak)]
     actions = [f"Model what a strong answer looks like for '{k}' with an annotated exemplar." for k in weak]
     return {"strengths": strengths, "misconceptions": misconceptions, "teaching_actions": actions}
 
@@ -310,12 +320,19 @@ def offline_feedback(data: dict[str, Any]) -> dict[str, Any]:
                 "quotes": quotes,
             }
         )
-    weakest = [c["criterion"] for c in criteria if not c["quotes"]][:2] or [c["criterion"] for c in criteria][:1]
+    # Next steps target the criteria placed lowest (levels are best first), never one already at the top level.
+    place = {
+        c["criterion"]: next((i for i, lvl in enumerate(r["levels"]) if lvl.get("level") == c["level"]), 0)
+        for c, r in zip(criteria, _rubric_criteria(data), strict=True)
+    }
+    weakest = sorted((c for c in criteria if place[c["criterion"]] > 0), key=lambda c: -place[c["criterion"]])[:2]
+    steps = [
+        f"Next time, work on '{c['criterion']}': compare your draft with the rubric's descriptor first."
+        for c in weakest
+    ] or ["Every criterion sits at the rubric's top level: keep to the approach this draft takes."]
     return {
         "criteria": criteria,
-        "next_steps": [
-            f"Next time, work on '{w}': compare your draft with the rubric's descriptor first." for w in weakest
-        ],
+        "next_steps": steps,
         "overall": "This draft was assembled from your own sentences by an offline model, for your lecturer to review.",
     }
 

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
 from tierflow.core.budget import Forecast
-from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.calls import _RANK, RunSettings, caller_for
 from tierflow.core.config import Config
 from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
@@ -47,6 +47,8 @@ class RunSummary:
     phases: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     batches: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    """Answers kept although no tier passed their checks (`phase · subject: ...`): the run needs review."""
 
     @property
     def stopped(self) -> bool:
@@ -63,18 +65,47 @@ class RunSummary:
 
 
 def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Attempts that failed or escalated, and the answers kept although no tier passed their checks."""
+    """Attempts that failed or escalated, and the answers kept although no tier passed their checks.
+
+    A call's attempts are its task run's rows for one phase and subject. Shadow calls (a tier tried beside a
+    passing answer, `route_rule` `shadow: ...`) never answer. When no attempt passed, the answer kept is the
+    best-ranked one, the first among equals, as `Caller.resolve` keeps it (`Attempt.rank`).
+    """
     retries = [r for r in rows if r["outcome"] != "ok" or r["escalated_from"]]
-    last: dict[tuple[str, str], dict[str, Any]] = {}
+    calls: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        last[(r["phase"], r["subject"])] = r
-    kept = [
-        f"{r['phase']} · {r['subject'] or '-'}: kept from {r['provider']}:{r['model']} ({r['outcome']}"
-        + (f": {r['checks_failed']})" if r["checks_failed"] else ")")
-        for r in last.values()
-        if r["outcome"] == "check_failed"
-    ]
+        if not str(r["route_rule"] or "").startswith("shadow:"):
+            calls.setdefault((r["task_run_id"], r["phase"], r["subject"]), []).append(r)
+    kept = []
+    for attempts in calls.values():
+        if any(r["outcome"] == "ok" for r in attempts):
+            continue
+        best = max(attempts, key=lambda r: (_RANK.get(r["outcome"], 0), -len(_names(r["checks_failed"])), -r["id"]))
+        if best["outcome"] != "check_failed":
+            continue  # unreadable on every attempt: the call failed, nothing was kept
+        kept.append(
+            f"{best['phase']} · {best['subject'] or '-'}: kept from {best['provider']}:{best['model']} "
+            f"({best['outcome']}: {best['checks_failed']})"
+        )
     return retries, kept
+
+
+def _names(checks_failed: str | None) -> list[str]:
+    return [n for n in (checks_failed or "").split(",") if n]
+
+
+def final_state(summary: RunSummary) -> Any:
+    """What a flow returns: its summary, in a Completed state named "Needs review" when answers were kept
+    although no tier passed their checks, so the runs list says so (the caller still gets the summary)."""
+    if not summary.kept:
+        return summary
+    from prefect.states import Completed
+
+    return Completed(
+        name="Needs review",
+        message=f"{len(summary.kept)} answer(s) kept although no tier passed their checks; see the run report",
+        data=summary,
+    )
 
 
 @task(name="run report", task_run_name="report · {summary.flow}")
@@ -118,6 +149,7 @@ def write_run_report(
         )
     )
     retries, kept = _closed_loop(rows)
+    summary.kept = kept
     env = template_env(config.vault, config.settings.vault.templates_folder)
     written = [
         {"link": Path(w.path).with_suffix("").as_posix(), "action": w.action, "message": w.message}

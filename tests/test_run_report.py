@@ -1,0 +1,84 @@
+"""The run report and the flow run's final state say truthfully what a run kept and what it needs."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import frontmatter
+import pytest
+from conftest import anthropic_config, write_config
+from responders import skilled
+
+from tierflow.core.ledger import Ledger
+from tierflow.flows.reading_notes import reading_notes
+from tierflow.offline import SKILLS, prompt_data
+from tierflow.report.run_report import _closed_loop
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+SINCE, UNTIL = date(2026, 11, 16), date(2026, 11, 22)
+
+
+def row(id: int, tier: str, model: str, outcome: str, checks: str | None = None, rule: str = "table", **more):  # noqa: A002
+    return {
+        "id": id, "task_run_id": "t1", "phase": "draft", "subject": "Feedback", "tier": tier,
+        "provider": "anthropic", "model": model, "outcome": outcome, "checks_failed": checks,
+        "route_rule": rule, "escalated_from": None, **more,
+    }  # fmt: skip
+
+
+def test_kept_names_the_answer_kept_not_the_last_attempt():
+    rows = [
+        row(1, "standard", "claude-sonnet-4-6", "check_failed", "quotes_verbatim"),
+        row(2, "standard", "claude-sonnet-4-6", "check_failed", "quotes_verbatim,sources_resolve"),
+        row(3, "deep", "claude-opus-4-6", "check_failed", "quotes_verbatim", escalated_from="standard"),
+        row(4, "deep", "claude-opus-4-6", "malformed"),
+    ]
+    _, kept = _closed_loop(rows)
+    # Fewest failures, the first among equals: the first attempt, as the call path keeps it.
+    assert kept == ["draft · Feedback: kept from anthropic:claude-sonnet-4-6 (check_failed: quotes_verbatim)"]
+
+
+def test_a_failed_shadow_call_is_never_listed_as_an_answer_kept():
+    rows = [
+        row(1, "standard", "claude-sonnet-4-6", "ok"),
+        row(2, "deep", "claude-opus-4-6", "check_failed", "quotes_verbatim", rule="shadow: explore deep for draft"),
+    ]
+    assert _closed_loop(rows)[1] == []
+
+
+def invented_quotes(request: DoubleRequest) -> Reply:
+    data = SKILLS["draftout"](prompt_data(request.last_user_text))
+    source = data["quotes"][0]["source"] if data["quotes"] else "nobody"
+    return Reply(data={**data, "quotes": [{"source": source, "text": "Feedback is always harmful to learning."}]})
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_kept_failing_answers_ends_needs_review_and_its_report_says_which(
+    reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    config = reading_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text() + '\n[project]\nname = "EDU7001"\n')
+    double.responder = skilled({"draftout": invented_quotes})
+    state = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, return_state=True)
+    assert state.is_completed() and state.name == "Needs review", state
+    summary = state.result()
+    assert summary.kept and summary.written
+    report = (reading_vault / summary.report.path).read_text()
+    lines = report.splitlines()
+    # One bullet each: the providers/project line and the spend line are not run together.
+    assert any(line.startswith("- ") and line.endswith("**Project**: EDU7001") for line in lines), report[:600]
+    assert any(line.startswith("- **Spend**: ") for line in lines), report[:600]
+    rows = Ledger.for_vault(reading_vault).rows(run_id=summary.run_id)
+    for path in (reading_vault / "Concepts" / "Drafts").glob("*.md"):
+        post = frontmatter.load(path)
+        (model,) = [m.split(": ", 1)[1] for m in post["tierflow_phase_models"] if m.startswith("draft: ")]
+        assert any(f": kept from {model} (check_failed" in line for line in lines), (model, report)
+    assert {r["model"] for r in rows if r["phase"] == "draft"} > {model.split(":", 1)[1]}  # other attempts too
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_passed_every_check_ends_plain_completed(reading_vault: Path):
+    state = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline", return_state=True)
+    assert state.is_completed() and state.name == "Completed" and not state.result().kept
