@@ -299,7 +299,8 @@ class Caller:
         schema = json.dumps(request.schema) if request.schema else ""
         text = request.system + request.cache_prefix + request.prompt + schema
         worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
-        with self.ledger.reading() as conn:
+        # A write transaction: the first budget check of a process may register the config's budget scopes.
+        with self.ledger.transaction() as conn:
             states = [self.budgets.state(conn, name, budget) for name, budget in capped]
         return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
