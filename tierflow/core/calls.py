@@ -262,11 +262,16 @@ class Caller:
         sized = replace(routed, max_output_tokens=request.max_output_tokens)
         return estimate(self.config, sized, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
 
-    def downgrades(self, routed: Route, request: Request, *, batch: bool = False) -> list[tuple[Route, Estimate]]:
-        """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
+    def downgrades(
+        self, routed: Route, request: Request, *, batch: bool = False, count: bool | None = None
+    ) -> list[tuple[Route, Estimate]]:
+        """The routed call, then each cheaper tier down to the tightest `downgrade` floor.
+
+        `count`: size prompts with the provider's counter (True), the offline count (False), or as `_near_cap`
+        decides (None)."""
         # The routed call as it will be sent: a retry of a cut-off answer may carry more than the tier's default.
         routed = replace(routed, max_output_tokens=request.max_output_tokens)
-        counted = self._near_cap(routed, request, batch=batch)
+        counted = self._near_cap(routed, request, batch=batch) if count is None else count
         candidates = [(routed, self.estimate(routed, request, batch=batch, provider_count=counted))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
@@ -287,7 +292,7 @@ class Caller:
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
 
-    def _near_cap(self, routed: Route, request: Request, *, batch: bool) -> bool:
+    def _near_cap(self, routed: Route, request: Request, *, batch: bool, conn: Connection | None = None) -> bool:
         """Whether a capped budget's remainder could be overrun by a prompt that the offline o200k count (with
         its headroom) undercounts, so the provider's own counter must size the reservation.
 
@@ -295,7 +300,7 @@ class Caller:
         tokens) and its counter is free; OpenAI's models count in o200k. The bound is the prompt's UTF-8 bytes
         plus `FRAMING_TOKENS` (no byte-level tokenizer spends more than a token per byte): when that worst case
         fits every capped budget that applies, the count cannot matter and no round trip is made. Without a
-        capped budget this costs nothing; with one, one ledger read.
+        capped budget this costs nothing; with one, a read of its state (inside `conn`'s transaction if given).
         """
         if routed.provider_kind != "anthropic":
             return False
@@ -305,7 +310,10 @@ class Caller:
         schema = json.dumps(request.schema) if request.schema else ""
         text = request.system + request.cache_prefix + request.prompt + schema
         worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
-        with self.ledger.reading() as conn:
+        if conn is None:
+            with self.ledger.reading() as own:
+                states = [self.budgets.state(own, name, budget) for name, budget in capped]
+        else:
             states = [self.budgets.state(conn, name, budget) for name, budget in capped]
         return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
@@ -641,7 +649,8 @@ class Caller:
         A call first passes its tier's local gate (threads of this process), then polls the ledger for a slot
         every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
         """
-        candidates = self.downgrades(routed, request)
+        # Sized by the offline count; the reservation's own transaction says whether a cap is near (`claim`).
+        candidates = self.downgrades(routed, request, count=False)
         # A prompt the model cannot take is refused before anything is reserved or sent.
         check_fits(self.config, routed, candidates[0][1].prompt_tokens)
         gate = self.slots.local(routed.tier)
@@ -657,7 +666,12 @@ class Caller:
             deadline = time.monotonic() + self.budgets.max_wait_s
             budget_delay, slot_delay = 0.01, 0.002
 
+            recount = [False, False]  # asked for, done: near a cap, the provider's counter sizes the prompt
+
             def claim(conn: Any, chosen: Route) -> bool:
+                if not recount[1] and self._near_cap(chosen, request, batch=False, conn=conn):
+                    recount[0] = True
+                    return False
                 ticket.slot = self.slots.claim(conn, chosen.tier)
                 return ticket.slot is not None
 
@@ -684,6 +698,9 @@ class Caller:
                     raise
                 if reservation is not None:
                     break
+                if recount[0] and not recount[1]:
+                    candidates, recount[1] = self.downgrades(routed, request, count=True), True
+                    continue
                 if ticket.slot is None:  # the tier is full in another process: a slot frees soon
                     time.sleep(slot_delay)
                     deadline += slot_delay  # waiting for a slot is not waiting for budget
