@@ -180,3 +180,9 @@ def test_batch_items_on_a_retired_model_are_answered_by_the_fallback(tmp_path, d
     run_batch(c, [BatchCall(key="s9", system="Be brief.", prompt="Summarise 9.", output=Summary)], phase="synthesise",
               complexity="high", poll_interval=0.01)  # fmt: skip
     assert double.batch_items[-1].model == "claude-opus-4-1" and double.batch_items[-1].status == 200
+
+
+def test_config_check_on_the_offline_profile_asks_no_provider(tmp_path):
+    result = CliRunner().invoke(app, ["config", "check", "--profile", "offline"])
+    assert result.exit_code == 0, result.output
+    assert "configured models exist and have a price" in result.output
