@@ -95,6 +95,87 @@ def test_a_batch_collected_by_two_processes_at_once_records_each_item_once(tmp_p
         assert open_reservations(Ledger(ledger_url)) == []
 
 
+RESUME_IN_ANOTHER_PROCESS = """
+import sys, time
+from pathlib import Path
+from pydantic import BaseModel
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.providers.{module} import {cls} as Provider
+
+mine, theirs = Path(sys.argv[3]), Path(sys.argv[4])
+original = Provider.batch_results
+
+def held(self, *args, **kwargs):  # both processes have found the batch ended before either collects it
+    mine.touch()
+    deadline = time.monotonic() + 300
+    while not theirs.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return original(self, *args, **kwargs)
+
+Provider.batch_results = held
+
+class Verdict(BaseModel):
+    label: str
+    score: int
+
+caller = Caller(RunSettings(vault=sys.argv[1], config_path=sys.argv[2], run_id="run-1", flow="test"))
+calls = [
+    BatchCall(key=f"s{{i}}", subject=f"s{{i}}", system="You are terse.", prompt=f"Classify {{i}}.", output=Verdict)
+    for i in range(3)
+]
+outcome = run_batch(caller, calls, phase="collate", complexity="low", poll_interval=0.01)
+print(",".join(sorted(outcome.answers)), ",".join(sorted(outcome.failed)))
+"""
+
+ADAPTERS = {"anthropic": ("anthropic", "AnthropicProvider"), "openai": ("openai", "OpenAIProvider")}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_run_waiting_on_its_batch_and_a_resume_in_another_process_record_each_item_once(
+    tmp_path, monkeypatch, ledger_url, provider
+):
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    with ProviderDouble(lambda r: Reply(data={"label": "summative", "score": 2}), batch_polls_until_done=3) as double:
+        text = f"ledger_url = {json.dumps(ledger_url)}\n{config_for(provider, double)}"
+        waiting = make_caller(tmp_path / "run", text)
+        assert run_batch(waiting, calls(3), phase="collate", complexity="low", wait=False).pending
+        mine, theirs = tmp_path / "run-collecting", tmp_path / "resume-collecting"
+        adapter = waiting.provider(provider)
+        original = adapter.batch_results
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            mine.touch()
+            deadline = time.monotonic() + 300
+            while not theirs.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return original(*args, **kwargs)
+
+        adapter.batch_results = held  # type: ignore[method-assign]
+        module, cls = ADAPTERS[provider]
+        resume_config = write_config(tmp_path / "resume" / ".tierflow" / "config.toml", text)
+        resume = subprocess.Popen(
+            [sys.executable, "-c", RESUME_IN_ANOTHER_PROCESS.format(module=module, cls=cls), str(tmp_path / "resume"),
+             str(resume_config), str(theirs), str(mine)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        outcome = run_batch(waiting, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+        out, _ = resume.communicate(timeout=300)
+        assert resume.returncode == 0
+        assert out.split() == ["s0,s1,s2"]  # the resume has every answer, and nothing failed
+        assert sorted(outcome.answers) == ["s0", "s1", "s2"] and not outcome.failed
+
+        assert len(double.batch_items) == 3
+        rows = [r for r in Ledger(ledger_url).rows() if not r["cached_result"]]
+        assert Counter(r["subject"] for r in rows) == {"s0": 1, "s1": 1, "s2": 1}
+        assert open_reservations(Ledger(ledger_url)) == []
+
+
 TIGHT = '[budgets.run]\nusd = 0.02\npolicy = "downgrade"\nfloor = "light"\n'
 
 

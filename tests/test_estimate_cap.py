@@ -79,3 +79,25 @@ def test_no_counting_round_trip_without_a_cap_or_far_from_one(tmp_path, wide, bu
     ask(c)
     ask(c)
     assert count_requests(wide) == 0 and len(wide.model_calls()) == 2
+
+
+def test_a_batch_item_near_a_cap_is_reserved_at_the_providers_count(tmp_path, wide):
+    from pydantic import BaseModel
+
+    from tierflow.core.batch import BatchCall, run_batch
+
+    class Summary(BaseModel):
+        text: str
+
+    wide.responder = lambda r: Reply(data={"text": "a summary"})
+    probe = make_caller(tmp_path / "probe", wide)
+    routed, request = probe.build(phase="collate", complexity="low", system="Be brief.", prompt=WIDE, output=Summary)
+    padded = probe.estimate(routed, request, batch=True).prompt_tokens
+    exact = probe.estimate(routed, request, provider_count=True, batch=True)
+    assert exact.prompt_tokens > padded
+    c = make_caller(tmp_path, wide, f"[budgets.run]\nusd = {float(exact.usd) * 1.02!r}\n")
+    call = BatchCall(key="s0", system="Be brief.", prompt=WIDE, output=Summary)
+    assert run_batch(c, [call], phase="collate", complexity="low", poll_interval=0.01).answers["s0"]
+    with c.ledger.reading() as conn:
+        (tokens,) = conn.execute(sa.select(reservations.c.tokens)).scalars().all()
+    assert tokens == exact.prompt_tokens + c.config.tier("light").max_output_tokens

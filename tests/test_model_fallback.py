@@ -158,3 +158,31 @@ def test_config_check_names_a_model_without_a_price(tmp_path, double, keys):
     priced = two_providers(double, "[tiers.deep.price]\ninput = 3.0\noutput = 15.0\n", model="claude-house-blend")
     code, output = config_check(write_config(tmp_path / "priced.toml", priced))
     assert code == 0, output
+
+
+def test_batch_items_on_a_retired_model_are_answered_by_the_fallback(tmp_path, double, keys):
+    from pydantic import BaseModel
+
+    from tierflow.core.batch import BatchCall, run_batch
+
+    class Summary(BaseModel):
+        text: str
+
+    double.retired = {"claude-opus-4-6"}
+    c = make_caller(tmp_path / "v", two_providers(double, 'fallbacks = ["anthropic:claude-opus-4-1"]\n'))
+    calls = [BatchCall(key=f"s{i}", system="Be brief.", prompt=f"Summarise {i}.", output=Summary) for i in range(2)]
+    outcome = run_batch(c, calls, phase="synthesise", complexity="high", poll_interval=0.01)
+    assert {a.route.model_ref for a in outcome.answers.values()} == {"anthropic:claude-opus-4-1"}
+    assert [q.status for q in double.batch_items] == [404, 404]  # the batch's items: the model was gone
+    rows = c.ledger.rows()
+    assert [(r["model"], r["batch"]) for r in rows] == [("claude-opus-4-1", False)] * 2  # retried alone, once each
+    # The next batch goes to the fallback at once.
+    run_batch(c, [BatchCall(key="s9", system="Be brief.", prompt="Summarise 9.", output=Summary)], phase="synthesise",
+              complexity="high", poll_interval=0.01)  # fmt: skip
+    assert double.batch_items[-1].model == "claude-opus-4-1" and double.batch_items[-1].status == 200
+
+
+def test_config_check_on_the_offline_profile_asks_no_provider(tmp_path):
+    result = CliRunner().invoke(app, ["config", "check", "--profile", "offline"])
+    assert result.exit_code == 0, result.output
+    assert "configured models exist and have a price" in result.output

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Connection
 
 from tierflow.core import clock, telemetry
 from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
@@ -256,11 +257,16 @@ class Caller:
         sized = replace(routed, max_output_tokens=request.max_output_tokens)
         return estimate(self.config, sized, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
 
-    def downgrades(self, routed: Route, request: Request, *, batch: bool = False) -> list[tuple[Route, Estimate]]:
-        """The routed call, then each cheaper tier down to the tightest `downgrade` floor."""
+    def downgrades(
+        self, routed: Route, request: Request, *, batch: bool = False, count: bool | None = None
+    ) -> list[tuple[Route, Estimate]]:
+        """The routed call, then each cheaper tier down to the tightest `downgrade` floor.
+
+        `count`: size prompts with the provider's counter (True), the offline count (False), or as `_near_cap`
+        decides (None)."""
         # The routed call as it will be sent: a retry of a cut-off answer may carry more than the tier's default.
         routed = replace(routed, max_output_tokens=request.max_output_tokens)
-        counted = self._near_cap(routed, request, batch=batch)
+        counted = self._near_cap(routed, request, batch=batch) if count is None else count
         candidates = [(routed, self.estimate(routed, request, batch=batch, provider_count=counted))]
         floors = [b.floor for _, b in self.budgets.applicable(routed.phase) if b.policy == "downgrade"]
         if not floors:
@@ -281,7 +287,7 @@ class Caller:
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
 
-    def _near_cap(self, routed: Route, request: Request, *, batch: bool) -> bool:
+    def _near_cap(self, routed: Route, request: Request, *, batch: bool, conn: Connection | None = None) -> bool:
         """Whether a capped budget's remainder could be overrun by a prompt that the offline o200k count (with
         its headroom) undercounts, so the provider's own counter must size the reservation.
 
@@ -289,7 +295,7 @@ class Caller:
         tokens) and its counter is free; OpenAI's models count in o200k. The bound is the prompt's UTF-8 bytes
         plus `FRAMING_TOKENS` (no byte-level tokenizer spends more than a token per byte): when that worst case
         fits every capped budget that applies, the count cannot matter and no round trip is made. Without a
-        capped budget this costs nothing; with one, one ledger read.
+        capped budget this costs nothing; with one, a read of its state (inside `conn`'s transaction if given).
         """
         if routed.provider_kind != "anthropic":
             return False
@@ -299,8 +305,11 @@ class Caller:
         schema = json.dumps(request.schema) if request.schema else ""
         text = request.system + request.cache_prefix + request.prompt + schema
         worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
-        # A write transaction: the first budget check of a process may register the config's budget scopes.
-        with self.ledger.transaction() as conn:
+        if conn is None:
+            # A write transaction: the first budget check of a process may register the config's budget scopes.
+            with self.ledger.transaction() as own:
+                states = [self.budgets.state(own, name, budget) for name, budget in capped]
+        else:
             states = [self.budgets.state(conn, name, budget) for name, budget in capped]
         return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
@@ -683,9 +692,13 @@ class Caller:
         A call first passes its tier's local gate (threads of this process), then polls the ledger for a slot
         every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
         """
-        candidates = self.downgrades(routed, request)
-        # Never down to a tier that already failed this request, and a shadow call not at all.
-        candidates = [c for i, c in enumerate(candidates) if not i or (not shadow and c[0].tier not in avoid)]
+
+        def allowed(candidates: list[tuple[Route, Estimate]]) -> list[tuple[Route, Estimate]]:
+            # Never down to a tier that already failed this request, and a shadow call not at all.
+            return [c for i, c in enumerate(candidates) if not i or (not shadow and c[0].tier not in avoid)]
+
+        # Sized by the offline count; the reservation's own transaction says whether a cap is near (`claim`).
+        candidates = allowed(self.downgrades(routed, request, count=False))
         # A prompt the model cannot take is refused before anything is reserved or sent.
         check_fits(self.config, routed, candidates[0][1].prompt_tokens)
         gate = self.slots.local(routed.tier)
@@ -698,6 +711,14 @@ class Caller:
             scope.pass_gate(gate)
         deadline = time.monotonic() + self.budgets.max_wait_s
         budget_delay, slot_delay = 0.01, 0.002
+        recount = [False, False]  # asked for, done: near a cap, the provider's counter sizes the prompt
+
+        def claim(conn: Connection, chosen: Route) -> bool:
+            if not recount[1] and self._near_cap(chosen, request, batch=False, conn=conn):
+                recount[0] = True
+                return False
+            return scope.claim(conn, chosen)
+
         while True:
             scope.slot = NO_SLOT
             try:
@@ -711,7 +732,7 @@ class Caller:
                             scope.leave_gate()
                             return hit
                     reservation = self.budgets.reserve_in(
-                        conn, candidates, expired=time.monotonic() >= deadline, claim=scope.claim
+                        conn, candidates, expired=time.monotonic() >= deadline, claim=claim
                     )
             except BudgetExceeded as exc:
                 if not shadow:  # a skipped shadow call halts nothing
@@ -727,6 +748,9 @@ class Caller:
             if reservation is not None:
                 scope.reserved(reservation)
                 break
+            if recount[0] and not recount[1]:
+                candidates, recount[1] = allowed(self.downgrades(routed, request, count=True)), True
+                continue
             if scope.slot is None:  # the tier is full in another process: a slot frees soon
                 time.sleep(slot_delay)
                 deadline += slot_delay  # waiting for a slot is not waiting for budget
