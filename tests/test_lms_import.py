@@ -129,6 +129,10 @@ def test_canvas_names_without_the_utf8_flag_are_decoded_and_late_is_read(lms_vau
     assert got["1002"].metadata["downloaded_as"] == ["duboismartinchloé_1002_9002_Feedback essay.pdf"]
     assert got["1003"].metadata["late"] is True  # `_late_`, as older Canvas wrote it
     assert got["1004"].content.startswith("Feedback in student")  # the text entry, `<base>_text.html`
+    # No roster: the squashed `osullivanliam` is matched to the name as the essay or the file's author writes it.
+    assert got["1001"].metadata["name"] == "Liam O'Sullivan"
+    assert got["1002"].metadata["name"] == "Chloé Dubois-Martin"
+    assert got["1007"].metadata["name"] == "zhaomeilin"  # written nowhere in her work: nothing to hide either
     assert report.warnings and "--roster" in report.warnings[0]
 
 
