@@ -150,11 +150,12 @@ def test_canvas_gradebook_roster_gives_real_names(lms_vault, tmp_path):
 
 def test_an_unpacked_folder_reads_like_the_zip(lms_vault, tmp_path):
     export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort())
-    unpacked = tmp_path / "EDU7001-Essay 2-4512"
+    downloads = tmp_path / "Downloads"
     with zipfile.ZipFile(export) as z:
-        z.extractall(unpacked)
-    report = import_submissions(lms_vault, ASSIGNMENT, tmp_path)  # the folder holding the unpacked folder
-    assert len(report.students) == 7 and report.platform == "moodle"
+        z.extractall(downloads / "EDU7001-Essay 2-4512")
+    for given in (downloads / "EDU7001-Essay 2-4512", downloads):  # the unpacked folder, or the one holding it
+        report = import_submissions(lms_vault, ASSIGNMENT, given)
+        assert len(report.students) == 7 and report.platform == "moodle" and not report.ignored
 
 
 def test_cli_import_prints_per_student_and_names_the_next_step(lms_vault, tmp_path):
