@@ -194,3 +194,16 @@ def test_names_from_document_metadata_are_hidden_in_prompts_too(lms_vault, tmp_p
     hidden = pseudonyms.hide(text)
     assert "Jo Okafor-Smith" in text and "Okafor-Smith" not in hidden and "Amara" not in hidden
     assert f"Essay by {pseudonyms.label['2001']}." in hidden
+
+
+def test_moodle_worksheet_roster_gives_real_names_and_moodles_late_status(lms_vault, tmp_path):
+    from test_lms_moodle import worksheet_bytes
+
+    roster = tmp_path / "worksheet.csv"
+    roster.write_bytes(worksheet_bytes())
+    export = moodle_zip(tmp_path / "export.zip", cohort(), layout="flat")
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=roster)
+    got = notes(lms_vault)
+    assert got["1003"].metadata["late"] is True and got["1002"].metadata["late"] is False  # "... submitted late"
+    assert got["1004"].metadata["name"] == "Kofi Mensah"
+    assert roster.read_bytes() == worksheet_bytes()  # read, never written
