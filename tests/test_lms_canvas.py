@@ -118,3 +118,21 @@ def test_several_assignments_need_a_column_and_a_wrong_one_is_named(canvas_vault
         export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded)
     with pytest.raises(ExportFeedbackError, match="no single assignment column matches 'Essay 3'"):
         export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="Essay 3")
+
+
+def test_cli_canvas_export_prints_both_paths_and_never_touches_the_download(canvas_vault, tmp_path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(gradebook_bytes())
+    args = ["export", "feedback", "--to", "canvas", "--vault", str(canvas_vault), "-a", ASSIGNMENT]
+    result = CliRunner().invoke(app, [*args, "--gradebook", str(downloaded), "--column", "4512"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'grades (tierflow).csv'}" in result.stdout
+    assert f"wrote {tmp_path / 'grades (tierflow) comments.zip'}" in result.stdout
+    assert "marks to be written:" in result.stdout and "1 draft(s) left out: 1 not reviewed" in result.stderr
+    assert downloaded.read_bytes() == gradebook_bytes()
+    same = CliRunner().invoke(app, [*args, "--gradebook", str(downloaded), "--column", "4512", "-o", str(downloaded)])
+    assert same.exit_code == 2 and "never writes into it" in same.stderr

@@ -129,6 +129,10 @@ def test_canvas_names_without_the_utf8_flag_are_decoded_and_late_is_read(lms_vau
     assert got["1002"].metadata["downloaded_as"] == ["duboismartinchloé_1002_9002_Feedback essay.pdf"]
     assert got["1003"].metadata["late"] is True  # `_late_`, as older Canvas wrote it
     assert got["1004"].content.startswith("Feedback in student")  # the text entry, `<base>_text.html`
+    # No roster: the squashed `osullivanliam` is matched to the name as the essay or the file's author writes it.
+    assert got["1001"].metadata["name"] == "Liam O'Sullivan"
+    assert got["1002"].metadata["name"] == "Chloé Dubois-Martin"
+    assert got["1007"].metadata["name"] == "zhaomeilin"  # written nowhere in her work: nothing to hide either
     assert report.warnings and "--roster" in report.warnings[0]
 
 
@@ -146,11 +150,12 @@ def test_canvas_gradebook_roster_gives_real_names(lms_vault, tmp_path):
 
 def test_an_unpacked_folder_reads_like_the_zip(lms_vault, tmp_path):
     export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort())
-    unpacked = tmp_path / "EDU7001-Essay 2-4512"
+    downloads = tmp_path / "Downloads"
     with zipfile.ZipFile(export) as z:
-        z.extractall(unpacked)
-    report = import_submissions(lms_vault, ASSIGNMENT, tmp_path)  # the folder holding the unpacked folder
-    assert len(report.students) == 7 and report.platform == "moodle"
+        z.extractall(downloads / "EDU7001-Essay 2-4512")
+    for given in (downloads / "EDU7001-Essay 2-4512", downloads):  # the unpacked folder, or the one holding it
+        report = import_submissions(lms_vault, ASSIGNMENT, given)
+        assert len(report.students) == 7 and report.platform == "moodle" and not report.ignored
 
 
 def test_cli_import_prints_per_student_and_names_the_next_step(lms_vault, tmp_path):
@@ -189,3 +194,16 @@ def test_names_from_document_metadata_are_hidden_in_prompts_too(lms_vault, tmp_p
     hidden = pseudonyms.hide(text)
     assert "Jo Okafor-Smith" in text and "Okafor-Smith" not in hidden and "Amara" not in hidden
     assert f"Essay by {pseudonyms.label['2001']}." in hidden
+
+
+def test_moodle_worksheet_roster_gives_real_names_and_moodles_late_status(lms_vault, tmp_path):
+    from test_lms_moodle import worksheet_bytes
+
+    roster = tmp_path / "worksheet.csv"
+    roster.write_bytes(worksheet_bytes())
+    export = moodle_zip(tmp_path / "export.zip", cohort(), layout="flat")
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=roster)
+    got = notes(lms_vault)
+    assert got["1003"].metadata["late"] is True and got["1002"].metadata["late"] is False  # "... submitted late"
+    assert got["1004"].metadata["name"] == "Kofi Mensah"
+    assert roster.read_bytes() == worksheet_bytes()  # read, never written

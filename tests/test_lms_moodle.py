@@ -138,6 +138,8 @@ def test_filled_worksheet_changes_only_grade_and_feedback_and_moodle_imports_eve
     downloaded = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
     downloaded.write_bytes(worksheet_bytes())
     before = downloaded.read_bytes()
+    quoted = graded_vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    quoted.write_text(quoted.read_text() + '\n> You wrote "<script>alert(1)</script>".\n')
     result = export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
     assert downloaded.read_bytes() == before  # the lecturer's file is never written
     out = tmp_path / "Grades-EDU7001-Essay 2-4512 (tierflow).csv"
@@ -157,6 +159,8 @@ def test_filled_worksheet_changes_only_grade_and_feedback_and_moodle_imports_eve
         feedback = str(imported[sid]["feedback"])
         assert feedback.startswith("<h2>") and "\n" not in feedback and "<br>" in feedback
         assert "[!info]" not in feedback and "Draft feedback by tierflow" not in feedback
+        assert "<script>" not in feedback and not feedback.endswith("<br>")
+    assert "&lt;script&gt;" in str(imported["1001"]["feedback"])  # a quoted student's markup stays text
     assert imported["1004"] == {"feedback": ""}  # not reviewed: its row is as downloaded
     # Every other cell, the row order and the quoting: byte for byte.
     old_lines = before.decode("utf-8-sig").split("\n")

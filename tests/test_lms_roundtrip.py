@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import frontmatter
 import pytest
 from conftest import anthropic_config, openai_config, write_config
-from lms_exports import cohort, moodle_zip
+from lms_exports import canvas_base, canvas_zip, cohort, moodle_zip
 from responders import skilled
 
 from tierflow.flows.student_feedback import student_feedback
@@ -47,6 +48,7 @@ def identities() -> set[str]:
     """Every student's full name (as Moodle holds it and as its file names carry it) and every part of it."""
     out: set[str] = set()
     for s in cohort():
+        out.add(canvas_base(s.name))  # Canvas's squashed sortable name
         for name in (s.name, s.moodle_name):
             out.add(name)
             out.update(p for p in PARTS.split(name) if len(p) > 2)
@@ -75,14 +77,17 @@ def drafts(vault: Path) -> dict[str, Path]:
 
 
 def import_moodle(vault: Path, tmp_path: Path, layout: str = "folders") -> None:
-    report = import_submissions(
-        vault, ASSIGNMENT, moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort(), layout=layout)
-    )
+    if layout == "canvas":
+        export = canvas_zip(tmp_path / "submissions.zip", cohort())
+    else:
+        export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort(), layout=layout)
+    report = import_submissions(vault, ASSIGNMENT, export)
     assert len(report.students) == 7
 
 
-def test_offline_flow_runs_unchanged_on_an_imported_moodle_export(lms_vault, tmp_path):
-    import_moodle(lms_vault, tmp_path)
+@pytest.mark.parametrize("layout", ["folders", "canvas"])
+def test_offline_flow_runs_unchanged_on_an_imported_export(lms_vault, tmp_path, layout):
+    import_moodle(lms_vault, tmp_path, layout)
     summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
     assert not summary.failed
     got = drafts(lms_vault)
@@ -95,7 +100,7 @@ def test_offline_flow_runs_unchanged_on_an_imported_moodle_export(lms_vault, tmp
     assert flagged and "IGNORE ALL PREVIOUS INSTRUCTIONS" in flagged[0]
 
 
-@pytest.mark.parametrize(("provider", "layout"), [("anthropic", "folders"), ("openai", "flat")])
+@pytest.mark.parametrize(("provider", "layout"), [("anthropic", "folders"), ("openai", "canvas")])
 def test_no_student_name_reaches_the_wire_from_an_imported_export(lms_vault, tmp_path, keys, provider, layout):
     import_moodle(lms_vault, tmp_path, layout)
     with ProviderDouble(skilled()) as double:
@@ -154,3 +159,7 @@ def test_import_run_review_export_round_trip_is_accepted_by_moodles_importer(lms
     assert all(imported[sid] == {"feedback": ""} for sid in ids - reviewed)
     files = export_feedback(lms_vault, ASSIGNMENT, "moodle-files", out=tmp_path / "files.zip")
     assert set(moodle_feedback_zip_matches(files.written[0].read_bytes(), ids)) == reviewed
+    # importziplib.php is_file_modified: a file byte-identical to the student's own submission is not imported.
+    originals = {p.read_bytes() for p in (lms_vault / ASSIGNMENT / "submissions").rglob("*") if p.is_file()}
+    with zipfile.ZipFile(files.written[0]) as z:
+        assert all(z.read(n) not in originals for n in z.namelist())

@@ -94,7 +94,6 @@ def import_submissions(
     cfg = load(vault, config, profile)
     folder = _folder(cfg, assignment)
     err = _console(stderr=True)
-    results = []
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -106,7 +105,6 @@ def import_submissions(
 
             def tick(result, done: int, total: int) -> None:  # noqa: ANN001
                 progress.update(bar, completed=done, total=total)
-                results.append(result)
 
             report = run_import(
                 vault, folder, export, platform=platform.value if platform else None, roster=roster, on_student=tick

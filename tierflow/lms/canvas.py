@@ -98,6 +98,29 @@ def read_export(export: Export) -> ReadExport:
     return result
 
 
+def squash(sortable: str) -> str:
+    """Canvas's zip base for a sortable name: lowercased, non-word characters removed (`O'Sullivan, Liam` ->
+    `osullivanliam`)."""
+    return re.sub(r"\W", "", sortable).lower()
+
+
+def name_from(base: str, texts: list[str]) -> str:
+    """The student's name as written in `texts` (document authors first, then the text) whose sortable form
+    squashes to the zip's `base`; empty when none does. Two to four words are tried, split every way."""
+    words_re = re.compile(r"[^\W\d_][\w'’.-]*")
+    for text in texts:
+        words = words_re.findall(text[:20000])
+        for size in (2, 3, 4):
+            for i in range(len(words) - size + 1):
+                window = words[i : i + size]
+                if not window[0][0].isupper():
+                    continue
+                for k in range(1, size):
+                    if squash(" ".join(window[k:]) + ", " + " ".join(window[:k])) == base:
+                        return " ".join(w.rstrip(".") for w in window)
+    return ""
+
+
 # --- the gradebook CSV ----------------------------------------------------------------------------------
 
 

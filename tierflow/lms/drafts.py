@@ -48,8 +48,8 @@ class Draft:
 
     def html(self) -> str:
         """The student text as HTML on one line (Moodle stores feedback comments as HTML)."""
-        rendered = MarkdownIt("commonmark").render(self.student_text())
-        return re.sub(r">\s*\n\s*<", "><", rendered).replace("\n", "<br>").strip()
+        rendered = MarkdownIt("commonmark", {"html": False}).render(self.student_text())
+        return re.sub(r">\s*\n\s*<", "><", rendered.strip()).replace("\n", "<br>")
 
 
 @dataclass

@@ -43,7 +43,7 @@ def render(suffix: str, title: str, markdown: str) -> bytes:
     if suffix in (".html", ".htm"):
         from markdown_it import MarkdownIt
 
-        body = MarkdownIt("commonmark").render(markdown)
+        body = MarkdownIt("commonmark", {"html": False}).render(markdown)
         page = f'<!DOCTYPE html><html><head><meta charset="UTF-8"><title>{html.escape(title)}</title></head>'
         return f"{page}<body><h1>{html.escape(title)}</h1>{body}</body></html>".encode()
     if suffix in (".txt", ".md"):

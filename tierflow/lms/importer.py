@@ -154,11 +154,14 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
             reason = "the online text is empty" if kind != "file" and "no text" in ex.problem else ex.problem
             result.problems.append((fn, reason))
     body = _body(readable)
-    name = _restore_name(work.name, body)
+    authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
+    if work.platform == "canvas" and work.name and " " not in work.name:
+        name = canvas.name_from(work.name, [*authors, body]) or work.name
+    else:
+        name = _restore_name(work.name, body)
     result.name = name
     result.parts = len(readable)
     result.hidden = [fn for fn, _, _, ex in readable if ex.hidden]
-    authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
     front = {
         "student_id": work.student_id,
         "name": name,
