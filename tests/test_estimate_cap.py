@@ -5,12 +5,10 @@ under a cap, Anthropic's own (free) counter sizes the prompt; with no cap near, 
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 from conftest import anthropic_config, write_config
 
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.errors import BudgetExceeded
-from tierflow.core.ledger import reservations
 from tierflow.testing.double import ProviderDouble, Reply
 
 WIDE = "请总结：" + "你的账户还没有达到存储限制。" * 40 + "🙂📚✨🎓" * 60
@@ -43,6 +41,22 @@ def ask(c: Caller):
     return c.ask(phase="collate", complexity="low", system="Be brief.", prompt=WIDE)
 
 
+def reserved_tokens(c: Caller) -> dict[int, int]:
+    """Every reservation the caller takes, by id, with its tokens (settled reservations leave the ledger)."""
+    seen: dict[int, int] = {}
+    for name in ("reserve_in", "reserve"):
+        real = getattr(c.budgets, name)
+
+        def spy(*args, _real=real, **kwargs):
+            taken = _real(*args, **kwargs)
+            if taken is not None:
+                seen[taken.id] = taken.estimate.tokens
+            return taken
+
+        setattr(c.budgets, name, spy)
+    return seen
+
+
 def count_requests(double: ProviderDouble) -> int:
     return sum(1 for q in double.requests if q.kind == "count_tokens")
 
@@ -51,11 +65,11 @@ def test_a_prompt_the_padded_count_undercounts_is_reserved_at_the_providers_coun
     padded, exact, usd = counts(make_caller(tmp_path / "probe", wide))
     assert exact > padded  # the premise: o200k x 1.15 + 32 is below this tokenizer's count
     c = make_caller(tmp_path, wide, f"[budgets.run]\nusd = {usd * 1.02!r}\n")
+    taken = reserved_tokens(c)
     before = count_requests(wide)
     ask(c)
     assert count_requests(wide) == before + 1  # one free count before the call
-    with c.ledger.reading() as conn:
-        (tokens,) = conn.execute(sa.select(reservations.c.tokens)).scalars().all()
+    (tokens,) = taken.values()
     assert tokens == exact + c.config.tier("light").max_output_tokens
     (row,) = c.ledger.rows()
     assert row["input_tokens"] == exact  # the count and the bill agree: the reservation covered the prompt
@@ -97,7 +111,7 @@ def test_a_batch_item_near_a_cap_is_reserved_at_the_providers_count(tmp_path, wi
     assert exact.prompt_tokens > padded
     c = make_caller(tmp_path, wide, f"[budgets.run]\nusd = {float(exact.usd) * 1.02!r}\n")
     call = BatchCall(key="s0", system="Be brief.", prompt=WIDE, output=Summary)
+    taken = reserved_tokens(c)
     assert run_batch(c, [call], phase="collate", complexity="low", poll_interval=0.01).answers["s0"]
-    with c.ledger.reading() as conn:
-        (tokens,) = conn.execute(sa.select(reservations.c.tokens)).scalars().all()
+    (tokens,) = taken.values()
     assert tokens == exact.prompt_tokens + c.config.tier("light").max_output_tokens
