@@ -179,3 +179,56 @@ def test_three_flows_on_one_vault_take_no_name_and_write_only_links_that_resolve
         assert bad == {}, f"{path} links to no file or to several: {bad}"
     cohort = next(p for p in new if p.startswith("Teaching/EDU7001/essay-1/feedback/Cohort summary"))
     assert "[[s2026007]]" in (vault / cohort).read_text(encoding="utf-8")  # flagged: links the submission alone
+
+
+SYNTAX_EXAMPLES = """How to link: write `[[Link]]`, or embed with ``![[Figure 1.png]]``.
+
+```markdown
+[[Three laws of motion]] and ==a highlight in a fence==
+```
+
+    [[Indented example]] ==indented==
+
+> Quoted `[[Quoted code]]`, and a real [[Feedback literacy|link]].
+> ~~~
+> [[Quoted fence]]
+> ~~~
+
+- ==a real highlight== beside `==code, not a highlight==`
+"""
+
+
+def test_links_and_highlights_written_as_code_are_not_read():
+    from tierflow.vault.annotations import parse_annotations
+    from tierflow.vault.links import note_links
+
+    assert wikilink_targets(SYNTAX_EXAMPLES) == ["Feedback literacy"]
+    assert note_links(SYNTAX_EXAMPLES) == ["Feedback literacy"]
+    names = VaultNames()
+    assert names.problems(SYNTAX_EXAMPLES) == ["[[Feedback literacy]] links to no note in the vault"]
+    unlinked = names.unlink_unresolved(SYNTAX_EXAMPLES)
+    assert unlinked == SYNTAX_EXAMPLES.replace("[[Feedback literacy|link]]", "link")  # code left as written
+    highlights = [a.text for a in parse_annotations(SYNTAX_EXAMPLES) if a.kind == "highlight"]
+    assert highlights == ["a real highlight"]
+
+
+def test_syntax_examples_in_code_become_no_concepts(tmp_path: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    def note(title: str, quote: str) -> str:
+        head = f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n'
+        return f"{head}{SYNTAX_EXAMPLES}\n> [!quote] p. 3\n> {quote}\n"
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Guide one.md": note("Obsidian guide one", "Pedagogy shapes every lesson."),
+            "Guide two.md": note("Obsidian guide two", "Pedagogy changes slowly."),
+        },
+    )
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    drafted = {Path(w.path).stem.casefold() for w in summary.written}
+    assert drafted, "the real shared link or word makes a concept"
+    examples = {"link", "figure 1.png", "three laws of motion", "indented example", "quoted code", "quoted fence"}
+    assert not drafted & examples, drafted
+

@@ -27,7 +27,7 @@ from pathvalidate import sanitize_filename
 
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import Annotation, parse_annotations
-from tierflow.vault.links import VaultNames
+from tierflow.vault.links import VaultNames, note_links
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -93,8 +93,6 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
     authors = meta.get("authors") or meta.get("author") or ()
     if isinstance(authors, str):
         authors = [authors]
-    from obsidiantools.md_utils import _get_unique_wikilinks_from_source_text
-
     return SourceNote(
         path=relpath,
         title=str(meta.get("title") or stem),
@@ -103,7 +101,7 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         front_matter=meta,
         body=post.content,
         annotations=tuple(parse_annotations(post.content)),
-        wikilinks=tuple(_get_unique_wikilinks_from_source_text(_without_metadata(post.content), remove_aliases=True)),
+        wikilinks=tuple(note_links(_without_metadata(post.content))),
         authors=tuple(str(a) for a in authors),
         year=str(meta.get("year") or ""),
     )
