@@ -232,3 +232,32 @@ def test_syntax_examples_in_code_become_no_concepts(tmp_path: Path):
     examples = {"link", "figure 1.png", "three laws of motion", "indented example", "quoted code", "quoted fence"}
     assert not drafted & examples, drafted
 
+
+def test_a_long_title_in_any_script_gets_a_name_of_at_most_255_bytes_however_it_is_named_apart(tmp_path: Path):
+    from tierflow.vault.notes import NoteWriter, safe_note_name
+
+    vault = tmp_path / "vault"
+    for title in ("学习反馈" * 25, "フィードバック" * 15, "é" * 150, "Ω" * 99 + "🙂" * 30):
+        stem = safe_note_name(title)
+        assert len(f"{stem}.md".encode()) <= 255 and stem.encode("utf-8").decode("utf-8") == stem
+        # A note of that name elsewhere, and one the person edited where the draft goes: named apart, then dated.
+        (vault / "Elsewhere").mkdir(parents=True, exist_ok=True)
+        (vault / "Elsewhere" / f"{stem}.md").write_text("the person's\n", encoding="utf-8")
+        first = NoteWriter(vault, "Drafts").write(title, {"title": title}, "first")
+        assert first.action == "created" and first.path.endswith(" (2).md")
+        edited = vault / first.path
+        edited.write_text(edited.read_text(encoding="utf-8") + "\nmy edit\n", encoding="utf-8")
+        second = NoteWriter(vault, "Drafts").write(title, {"title": title}, "second")
+        assert second.action == "kept-user-edit" and "(tierflow " in second.path
+        for path in (first.path, second.path):
+            assert len(Path(path).name.encode()) <= 255 and (vault / path).is_file()
+    addition = safe_note_name("学习反馈" * 25 + " (addition)")
+    assert addition.endswith(" (addition)") and addition.startswith("学习反馈") and len(addition.encode()) <= 255 - 33
+
+
+def test_bidirectional_controls_are_removed_from_names():
+    from tierflow.vault.notes import safe_note_name
+
+    assert safe_note_name("invoice\u202efdp.md") == "invoicefdp.md"
+    assert safe_note_name("\u2066Report\u2069 \u200eof\u200f week\u061c") == "Report of week"
+
