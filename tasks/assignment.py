@@ -33,6 +33,8 @@ class Submission:
     path: str
     text: str
     flags: tuple[str, ...] = ()
+    not_read: tuple[str, ...] = ()
+    """Attachments the note embeds (`![[diagram.png]]`): only the note's text is read, and its draft says so."""
 
     @property
     def empty(self) -> bool:
@@ -138,12 +140,18 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
             continue
         text = post.content
-        embeds = re.findall(r"!\[\[([^\]]+)\]\]", text)
-        for embed in embeds:
-            skipped.append((rel, f"embedded attachment {embed!r} ignored; only the note's text is read"))
+        # Drafted from its text: what was not read is told with the draft, not listed as skipped.
+        embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
         found.setdefault(sid, []).append(
-            Submission(student_id=sid, name=str(post.metadata.get("name") or ""), path=rel, text=text, flags=flags)
+            Submission(
+                student_id=sid,
+                name=str(post.metadata.get("name") or ""),
+                path=rel,
+                text=text,
+                flags=flags,
+                not_read=embeds,
+            )
         )
     submissions = []
     for sid, subs in found.items():

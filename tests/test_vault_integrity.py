@@ -261,3 +261,48 @@ def test_bidirectional_controls_are_removed_from_names():
     assert safe_note_name("invoice\u202efdp.md") == "invoicefdp.md"
     assert safe_note_name("\u2066Report\u2069 \u200eof\u200f week\u061c") == "Report of week"
 
+
+def test_a_note_that_cannot_be_read_is_listed_in_the_run_of_its_date_and_no_other(tmp_path: Path):
+    import os
+    from datetime import datetime
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Freire one.md": literature("Freire one", "Education is the practice of freedom."),
+            "Freire two.md": literature("Freire two", "Pedagogy is dialogue."),
+        },
+    )
+    latin1 = vault / "Reading" / "Latin1 note.md"
+    latin1.write_bytes("---\ndate: 2026-11-18\ntags: [literature]\n---\nCaf\xe9 cr\xe8me\n".encode("latin-1"))
+    october = datetime(2026, 10, 7, 12, 0).timestamp()
+    os.utime(latin1, (october, october))  # its file time lies in another week than its date
+    week = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert "not UTF-8" in dict(week.skipped)["Reading/Latin1 note.md"]
+    assert "Reading/Latin1 note.md" in (vault / week.report.path).read_text(encoding="utf-8")
+    other = reading_notes(vault=str(vault), since=date(2026, 10, 5), until=date(2026, 10, 11))
+    assert "Reading/Latin1 note.md" not in dict(other.skipped)
+
+
+def test_a_submission_with_an_embedded_attachment_is_drafted_and_listed_once_as_such(tmp_path: Path):
+    import shutil
+
+    from conftest import FIXTURES
+
+    from tierflow.flows.student_feedback import student_feedback
+
+    vault = tmp_path / "vault"
+    shutil.copytree(FIXTURES / "feedback-batch", vault)
+    summary = student_feedback(vault=str(vault), profile="offline")
+    submission = "Teaching/EDU7001/essay-1/submissions/s2026010.md"
+    assert submission not in dict(summary.skipped)
+    (drafted,) = [w for w in summary.written if "s2026010" in w.path]
+    assert "essay1-diagram.png" in drafted.message and "not read" in drafted.message
+    assert frontmatter.load(vault / drafted.path).metadata["tierflow_not_read"] == ["essay1-diagram.png"]
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert [line for line in report.splitlines() if "essay1-diagram.png" in line] == [
+        line for line in report.splitlines() if "s2026010" in line
+    ]
+    assert len([line for line in report.splitlines() if "s2026010" in line]) == 1
