@@ -35,6 +35,8 @@ class Submission:
     flags: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     """Other names of the student's, from their documents' metadata (`document_authors`, written by an LMS import)."""
+    not_read: tuple[str, ...] = ()
+    """Attachments the note embeds (`![[diagram.png]]`): only the note's text is read, and its draft says so."""
 
     @property
     def empty(self) -> bool:
@@ -169,9 +171,8 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
         skipped += [(rel, f"not read: {why}") for why in post.metadata.get("tierflow_unreadable") or []]
         text = post.content
-        embeds = re.findall(r"!\[\[([^\]]+)\]\]", text)
-        for embed in embeds:
-            skipped.append((rel, f"embedded attachment {embed!r} ignored; only the note's text is read"))
+        # Drafted from its text: what was not read is told with the draft, not listed as skipped.
+        embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
         found.setdefault(sid, []).append(
             Submission(
@@ -181,6 +182,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
                 text=text,
                 flags=flags,
                 aliases=tuple(str(a) for a in post.metadata.get("document_authors") or [] if str(a).strip()),
+                not_read=embeds,
             )
         )
     submissions = []

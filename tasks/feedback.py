@@ -7,7 +7,7 @@ are mapped back to the student's own name only in their own draft.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -200,7 +200,14 @@ def write_feedback(
         "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
         "tierflow_levels": [f"{c['criterion']}: {c['level'] or 'none'}" for c in criteria],
     }
-    return writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    if submission.not_read:
+        front_matter["tierflow_not_read"] = list(submission.not_read)
+    written = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    if not submission.not_read:
+        return written
+    embedded = ", ".join(repr(e) for e in submission.not_read)
+    told = f"drafted from the note's text alone: the embedded {embedded} was not read"
+    return replace(written, message="; ".join(m for m in (written.message, told) if m))
 
 
 def warms_cache(

@@ -171,6 +171,8 @@ def _kind(note: Note) -> str | None:
         return "cohort-summary"
     if "module/evaluation" in tags or str(fm.get("type", "")).lower() == "evaluation":
         return "evaluation"
+    if fm.get("student_id") or "feedback" in tags:
+        return None  # a student's feedback draft: it names the student, and no module review sends it anywhere
     if "concept" in tags or "tierflow/draft" in tags:
         return "concept-draft"
     return None

@@ -288,3 +288,17 @@ def test_missing_vault_raises_and_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError):
         VaultIndex(tmp_path).scan(["../outside"])
+
+
+def test_a_note_that_is_not_utf8_is_dated_by_its_front_matter_in_every_window(tmp_path: Path) -> None:
+    latin1 = "---\ndate: 2026-11-18\ntags: [literature]\n---\nCaf\xe9 cr\xe8me\n".encode("latin-1")
+    write(tmp_path, "R/Latin1 note.md", latin1, mtime=LONG_AGO)  # its file time says another week
+    write(tmp_path, "Elsewhere/Latin1 tagged.md", latin1, mtime=LONG_AGO)  # found by its tag alone
+    write(tmp_path, "R/Latin1 undated.md", "Caf\xe9\n".encode("latin-1"), mtime=IN_WEEK)  # dated by file time
+    for _ in range(2):  # cold, then from the cache
+        sel = select(tmp_path, folders=["R"], tags=["literature"])
+        assert paths(sel.skipped) == ["Elsewhere/Latin1 tagged.md", "R/Latin1 note.md", "R/Latin1 undated.md"]
+        assert all(n.error and n.error.startswith("not UTF-8 text") for n in sel.skipped)
+        index = VaultIndex(tmp_path)
+        ago = index.select(folders=["R"], tags=[], since=LONG_AGO.date(), until=LONG_AGO.date())
+        assert paths(ago.skipped) == []  # the week of its file time is not its week

@@ -158,6 +158,9 @@ def test_three_flows_on_one_vault_take_no_name_and_write_only_links_that_resolve
             module_review(vault=str(vault)),
         ):
             assert not summary.failed and summary.written, summary.flow
+        # The module folder holds the assignment: the students' feedback drafts are left out of the review.
+        left_out = {p for p, _ in summary.skipped}
+        assert {p for p in files_of(vault) if "/feedback/s20" in p} <= left_out
     after = files_of(vault)
     assert {p: after[p] for p in before} == before, "a file the person had was changed"
     new = sorted(set(after) - set(before))
@@ -179,3 +182,130 @@ def test_three_flows_on_one_vault_take_no_name_and_write_only_links_that_resolve
         assert bad == {}, f"{path} links to no file or to several: {bad}"
     cohort = next(p for p in new if p.startswith("Teaching/EDU7001/essay-1/feedback/Cohort summary"))
     assert "[[s2026007]]" in (vault / cohort).read_text(encoding="utf-8")  # flagged: links the submission alone
+
+
+SYNTAX_EXAMPLES = """How to link: write `[[Link]]`, or embed with ``![[Figure 1.png]]``.
+
+```markdown
+[[Three laws of motion]] and ==a highlight in a fence==
+```
+
+    [[Indented example]] ==indented==
+
+> Quoted `[[Quoted code]]`, and a real [[Feedback literacy|link]].
+> ~~~
+> [[Quoted fence]]
+> ~~~
+
+- ==a real highlight== beside `==code, not a highlight==`
+"""
+
+
+def test_links_and_highlights_written_as_code_are_not_read():
+    from tierflow.vault.annotations import parse_annotations
+    from tierflow.vault.links import note_links
+
+    assert wikilink_targets(SYNTAX_EXAMPLES) == ["Feedback literacy"]
+    assert note_links(SYNTAX_EXAMPLES) == ["Feedback literacy"]
+    names = VaultNames()
+    assert names.problems(SYNTAX_EXAMPLES) == ["[[Feedback literacy]] links to no note in the vault"]
+    unlinked = names.unlink_unresolved(SYNTAX_EXAMPLES)
+    assert unlinked == SYNTAX_EXAMPLES.replace("[[Feedback literacy|link]]", "link")  # code left as written
+    highlights = [a.text for a in parse_annotations(SYNTAX_EXAMPLES) if a.kind == "highlight"]
+    assert highlights == ["a real highlight"]
+
+
+def test_syntax_examples_in_code_become_no_concepts(tmp_path: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    def note(title: str, quote: str) -> str:
+        head = f'---\ntitle: "{title}"\ndate: 2026-11-18\ntags: [literature]\n---\n'
+        return f"{head}{SYNTAX_EXAMPLES}\n> [!quote] p. 3\n> {quote}\n"
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Guide one.md": note("Obsidian guide one", "Pedagogy shapes every lesson."),
+            "Guide two.md": note("Obsidian guide two", "Pedagogy changes slowly."),
+        },
+    )
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    drafted = {Path(w.path).stem.casefold() for w in summary.written}
+    assert drafted, "the real shared link or word makes a concept"
+    examples = {"link", "figure 1.png", "three laws of motion", "indented example", "quoted code", "quoted fence"}
+    assert not drafted & examples, drafted
+
+
+def test_a_long_title_in_any_script_gets_a_name_of_at_most_255_bytes_however_it_is_named_apart(tmp_path: Path):
+    from tierflow.vault.notes import NoteWriter, safe_note_name
+
+    vault = tmp_path / "vault"
+    for title in ("学习反馈" * 25, "フィードバック" * 15, "é" * 150, "Ω" * 99 + "🙂" * 30):
+        stem = safe_note_name(title)
+        assert len(f"{stem}.md".encode()) <= 255 and stem.encode("utf-8").decode("utf-8") == stem
+        # A note of that name elsewhere, and one the person edited where the draft goes: named apart, then dated.
+        (vault / "Elsewhere").mkdir(parents=True, exist_ok=True)
+        (vault / "Elsewhere" / f"{stem}.md").write_text("the person's\n", encoding="utf-8")
+        first = NoteWriter(vault, "Drafts").write(title, {"title": title}, "first")
+        assert first.action == "created" and first.path.endswith(" (2).md")
+        edited = vault / first.path
+        edited.write_text(edited.read_text(encoding="utf-8") + "\nmy edit\n", encoding="utf-8")
+        second = NoteWriter(vault, "Drafts").write(title, {"title": title}, "second")
+        assert second.action == "kept-user-edit" and "(tierflow " in second.path
+        for path in (first.path, second.path):
+            assert len(Path(path).name.encode()) <= 255 and (vault / path).is_file()
+    addition = safe_note_name("学习反馈" * 25 + " (addition)")
+    assert addition.endswith(" (addition)") and addition.startswith("学习反馈") and len(addition.encode()) <= 255 - 33
+
+
+def test_bidirectional_controls_are_removed_from_names():
+    from tierflow.vault.notes import safe_note_name
+
+    assert safe_note_name("invoice\u202efdp.md") == "invoicefdp.md"
+    assert safe_note_name("\u2066Report\u2069 \u200eof\u200f week\u061c") == "Report of week"
+
+
+def test_a_note_that_cannot_be_read_is_listed_in_the_run_of_its_date_and_no_other(tmp_path: Path):
+    import os
+    from datetime import datetime
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            "Freire one.md": literature("Freire one", "Education is the practice of freedom."),
+            "Freire two.md": literature("Freire two", "Pedagogy is dialogue."),
+        },
+    )
+    latin1 = vault / "Reading" / "Latin1 note.md"
+    latin1.write_bytes("---\ndate: 2026-11-18\ntags: [literature]\n---\nCaf\xe9 cr\xe8me\n".encode("latin-1"))
+    october = datetime(2026, 10, 7, 12, 0).timestamp()
+    os.utime(latin1, (october, october))  # its file time lies in another week than its date
+    week = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert "not UTF-8" in dict(week.skipped)["Reading/Latin1 note.md"]
+    assert "Reading/Latin1 note.md" in (vault / week.report.path).read_text(encoding="utf-8")
+    other = reading_notes(vault=str(vault), since=date(2026, 10, 5), until=date(2026, 10, 11))
+    assert "Reading/Latin1 note.md" not in dict(other.skipped)
+
+
+def test_a_submission_with_an_embedded_attachment_is_drafted_and_listed_once_as_such(tmp_path: Path):
+    import shutil
+
+    from conftest import FIXTURES
+
+    from tierflow.flows.student_feedback import student_feedback
+
+    vault = tmp_path / "vault"
+    shutil.copytree(FIXTURES / "feedback-batch", vault)
+    summary = student_feedback(vault=str(vault), profile="offline")
+    submission = "Teaching/EDU7001/essay-1/submissions/s2026010.md"
+    assert submission not in dict(summary.skipped)
+    (drafted,) = [w for w in summary.written if "s2026010" in w.path]
+    assert "essay1-diagram.png" in drafted.message and "not read" in drafted.message
+    assert frontmatter.load(vault / drafted.path).metadata["tierflow_not_read"] == ["essay1-diagram.png"]
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert [line for line in report.splitlines() if "essay1-diagram.png" in line] == [
+        line for line in report.splitlines() if "s2026010" in line
+    ]
+    assert len([line for line in report.splitlines() if "s2026010" in line]) == 1

@@ -24,7 +24,15 @@ from urllib.parse import parse_qs, urlsplit
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["Annotation", "detect_source_format", "locate", "parse_annotations", "word_pattern"]
+__all__ = [
+    "Annotation",
+    "detect_source_format",
+    "locate",
+    "mask_code_spans",
+    "parse_annotations",
+    "without_code",
+    "word_pattern",
+]
 
 Kind = Literal["highlight", "quote", "comment", "note"]
 SourceFormat = Literal["zotero", "readwise", "obsidian"]
@@ -316,7 +324,7 @@ def _color(text: str) -> str | None:
     return None
 
 
-def _mask_code(text: str) -> str:
+def mask_code_spans(text: str) -> str:
     """Blank out code spans (same length, newlines kept) so markup inside them is not read.
 
     A span runs from a backtick string to the next one of the same length (CommonMark). Done by pairing
@@ -343,6 +351,33 @@ def _mask_code(text: str) -> str:
         done, i = end, j + 1
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+_NEWLINE = re.compile(r"(\r\n?|\n)")
+
+
+def without_code(text: str) -> str:
+    """`text` with its code blanked out (same length, line breaks kept), so that `[[x]]` or `==x==` written
+    as an example inside code is not read as a link or a highlight.
+
+    Fenced and indented code blocks are found in markdown-it-py's syntax tree (in quotes and lists too); code
+    spans inside each other block by CommonMark's backtick rule, since the tree keeps no inline offsets.
+    """
+    if "`" not in text and "~~~" not in text and "    " not in text and "\t" not in text:
+        return text
+    pieces = _NEWLINE.split(text)
+    lines, breaks = pieces[0::2], pieces[1::2]
+    for token in _MD.parse(text):
+        if token.map is None:
+            continue
+        start, end = token.map
+        if token.type in ("fence", "code_block"):
+            for i in range(start, min(end, len(lines))):
+                lines[i] = " " * len(lines[i])
+        elif token.type == "inline" and "`" in token.content:
+            block = "\n".join(lines[start:end])
+            lines[start:end] = mask_code_spans(block).split("\n")
+    return "".join(line + brk for line, brk in zip(lines, [*breaks, ""], strict=True))
 
 
 def _inline_text(node: SyntaxTreeNode) -> str:
@@ -444,7 +479,7 @@ class _Parser:
 
     def inline_highlights(self, content: str, line: int) -> None:
         """`==x==` anywhere in reader text is a highlight of its own."""
-        masked = _mask_code(content)
+        masked = mask_code_spans(content)
         pos = 0
         for m in _EQ_HL_RE.finditer(masked):
             line += masked.count("\n", pos, m.start())  # counted incrementally: linear in the paragraph
@@ -498,7 +533,7 @@ class _Parser:
         raw_text, block_id = _pop_block_id(raw_text)
         block_id = block_id or comment_block
         cit = _split_citation(raw_text)
-        masked = _mask_code(raw_text)
+        masked = mask_code_spans(raw_text)
         if kind != "note" and (
             _MARK_OPEN_RE.search(masked) or _EQ_HL_RE.fullmatch(_strip_surrounding_quotes(cit.text.strip()))
         ):
@@ -576,7 +611,7 @@ class _Parser:
             self.headings = [h for h in self.headings if h[0] <= 6] + [(7, label)]
             return
         lines = _lines_of(content, line)
-        if _is_cited(_mask_code(content)):
+        if _is_cited(mask_code_spans(content)):
             kind: Kind = "highlight" if section == "highlights" else "quote"
             self.emit_source(self.source_annotation(lines, kind=kind), lines, line)
         elif section == "notes":
@@ -660,7 +695,7 @@ class _Parser:
         section = self.section
         self.attach_to = None
 
-        if _is_cited(_mask_code(content)) or section in ("highlights", "quotes"):
+        if _is_cited(mask_code_spans(content)) or section in ("highlights", "quotes"):
             # Readwise: `- Note: ...` sub-bullets are the reader's comment, `- Tags: ...` are dropped.
             comments: list[str] = []
             comment_line: int | None = None

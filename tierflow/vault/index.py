@@ -32,7 +32,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -230,7 +230,10 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return bad(f"not UTF-8 text (invalid byte at offset {exc.start})")
+        # Still dated (and tagged) by its front-matter, read leniently, so that it is listed as skipped in
+        # the window its date falls in, and in no other.
+        date, tags = _lenient_meta(data.decode("utf-8-sig", "replace"))
+        return bad(f"not UTF-8 text (invalid byte at offset {exc.start})", date=date, tags=tags)
     if not text.strip():
         return bad("empty note")
     text = text.replace("\r\n", "\n")
@@ -281,6 +284,25 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
             return bad(f"unfilled template: {key} is {value!r}", title=title, tags=tags)
     by_tierflow = any(key in meta for key in TIERFLOW_KEYS)
     return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow)
+
+
+def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
+    """Date and tags of a note that cannot be used as it is (undecodable bytes replaced): from its front-matter
+    if YAML reads it, else from its `date:` line; inline tags too."""
+    stripped = text.replace("\r\n", "\n").strip()
+    if not _YAML.detect(stripped):
+        return None, _dedupe(_inline_tags(stripped))
+    try:
+        fm, body = _YAML.split(stripped)
+    except ValueError:
+        return None, _dedupe(_inline_tags(stripped))
+    try:
+        meta = yaml.load(fm, Loader=_LOADER)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        meta = None
+    meta = meta if isinstance(meta, dict) else {}
+    date = _parse_date(meta.get("date")) or _parse_date(meta.get("created")) or _date_line(fm)
+    return date, _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
 
 
 def _date_line(front_matter: str) -> dt.date | None:

@@ -29,8 +29,24 @@ def _key(path: str) -> str:
 
 
 def wikilink_targets(text: str) -> list[str]:
-    """The target of every wikilink in `text`, in order (links to a heading in the same note are left out)."""
-    return [m.group(1).strip() for m in WIKILINK.finditer(text) if m.group(1).strip()]
+    """The target of every wikilink in `text`, in order, outside code (links to a heading in the same note are
+    left out)."""
+    from tierflow.vault.annotations import without_code  # here, not above: keeps the import block stable
+
+    return [m.group(1).strip() for m in WIKILINK.finditer(without_code(text)) if m.group(1).strip()]
+
+
+def note_links(text: str) -> list[str]:
+    """Each note `text` links to, once, in order: wikilinks outside code, not embeds, without `.md`, an alias
+    or a heading (`[[Note#Part|shown]]` -> `Note`)."""
+    from tierflow.vault.annotations import without_code
+
+    out = []
+    for m in WIKILINK.finditer(without_code(text)):
+        target = m.group(1).replace("\\", "").strip().removesuffix(".md")
+        if target and not m.group(0).startswith("!") and not target.endswith(".canvas"):
+            out.append(target)
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -96,15 +112,23 @@ class VaultNames:
         return out
 
     def unlink_unresolved(self, text: str) -> str:
-        """`text` with every link that does not resolve to exactly one file turned into its plain label."""
+        """`text` with every link that does not resolve to exactly one file turned into its plain label (code is
+        left as it is)."""
 
         def plain(m: re.Match[str]) -> str:
             if len(self.resolve(m.group(1))) == 1 or not m.group(1).strip():
-                return m.group(0)
-            inner = m.group(0).lstrip("!")[2:-2]
+                return text[m.start() : m.end()]
+            inner = text[m.start() : m.end()].lstrip("!")[2:-2]
             return inner.split("|", 1)[1] if "|" in inner else inner
 
-        return WIKILINK.sub(plain, text)
+        from tierflow.vault.annotations import without_code
+
+        code_free = without_code(text)
+        out, done = [], 0
+        for m in WIKILINK.finditer(code_free):
+            out += [text[done : m.start()], plain(m)]
+            done = m.end()
+        return "".join([*out, text[done:]])
 
     def free_name(self, name: str, variants: Iterable[str]) -> str:
         """`name` if no note has it, else the first of `variants` that no note has."""

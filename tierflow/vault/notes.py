@@ -28,7 +28,7 @@ from pathvalidate import sanitize_filename
 from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
-from tierflow.vault.links import VaultNames
+from tierflow.vault.links import VaultNames, note_links
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -78,8 +78,6 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
     authors = meta.get("authors") or meta.get("author") or ()
     if isinstance(authors, str):
         authors = [authors]
-    from obsidiantools.md_utils import _get_unique_wikilinks_from_source_text
-
     return SourceNote(
         path=relpath,
         title=str(meta.get("title") or stem),
@@ -88,7 +86,7 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         front_matter=meta,
         body=post.content,
         annotations=tuple(parse_annotations(post.content)),
-        wikilinks=tuple(_get_unique_wikilinks_from_source_text(_without_metadata(post.content), remove_aliases=True)),
+        wikilinks=tuple(note_links(_without_metadata(post.content))),
         authors=tuple(str(a) for a in authors),
         year=str(meta.get("year") or ""),
     )
@@ -167,15 +165,40 @@ def template_source(env: SandboxedEnvironment, name: str) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def safe_note_name(title: str, *, max_length: int = 120) -> str:
-    """A file name (without `.md`) that Obsidian and every OS accept, and that cannot leave its folder."""
-    name = unicodedata.normalize("NFC", title)
-    name = _OBSIDIAN_FORBIDDEN.sub(" ", name.replace("%%", " "))
+NAME_BYTES = 255
+"""The longest file name most file systems take, in UTF-8 bytes."""
+_ROOM_BYTES = len(".md") + len(" (99)") + len(" (tierflow 2026-11-18 99)")
+"""Room kept for what the writer may add to a name: a number that names it apart, a dated sibling, `.md`."""
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_TAIL = re.compile(r" \([^()]{1,40}\)$")
+"""A trailing ` (addition)`, ` (2)` or ` (tierflow 2026-11-18)`: kept whole when a long name is cut."""
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` of at most `limit` UTF-8 bytes, never cut inside a character."""
+    return text.encode("utf-8")[: max(0, limit)].decode("utf-8", "ignore")
+
+
+def safe_note_name(title: str, *, max_length: int = 120, max_bytes: int = NAME_BYTES - _ROOM_BYTES) -> str:
+    """A file name (without `.md`) that Obsidian and every OS accept, and that cannot leave its folder.
+
+    At most `max_length` characters and `max_bytes` UTF-8 bytes, so that with `.md` and the writer's own
+    additions it stays within 255 bytes; a trailing ` (addition)` or ` (2)` is kept whole when the title
+    is cut. Bidirectional control characters, which can make a name read as another, are removed.
+    """
+    name = _BIDI_CONTROLS.sub("", unicodedata.normalize("NFC", title))
+    name = " ".join(_OBSIDIAN_FORBIDDEN.sub(" ", name.replace("%%", " ")).split())
+    tail = _TAIL.search(name)
+    keep = tail.group(0) if tail and tail.start() > 0 else ""
+    if len(name) > max_length or len(name.encode("utf-8")) > max_bytes:
+        head = name[: len(name) - len(keep)][: max_length - len(keep)]
+        name = _cut_bytes(head, max_bytes - len(keep.encode("utf-8"))).rstrip(" .") + keep
+    # Cut first: pathvalidate would cut at 255 bytes itself, tail and all.
     name = sanitize_filename(name, replacement_text=" ", platform="universal")
     name = " ".join(name.split()).strip(" .")
     if name.split(".")[0].upper() in _RESERVED:
         name = f"{name} note"
-    return (name[:max_length].rstrip(" .")) or "Untitled"
+    return name or "Untitled"
 
 
 def body_hash(front_matter: dict[str, Any], body: str) -> str:
