@@ -47,6 +47,9 @@ class RunSettings(BaseModel, frozen=True):
     run_id: str = ""
     flow: str = "adhoc"
     use_cache: bool = True
+    retry_failed: bool = False
+    """Pay again for requests whose answer an earlier run kept without passing (`tierflow run --retry-failed`);
+    otherwise an unchanged rerun reuses the kept answer, with its warning."""
     project: str | None = None
     """The project the run's spend is attributed to (`--project`, the config's [project], a course code)."""
     deployment: str | None = None
@@ -66,6 +69,7 @@ class RunSettings(BaseModel, frozen=True):
         tier: dict[str, str] | None,
         run_id: str | None,
         parameters: dict[str, Any],
+        retry_failed: bool = False,
     ) -> RunSettings:
         """Settings for a new run of `flow` (or a resumed one, given its id), remembered for `tierflow resume`."""
         from prefect.context import FlowRunContext
@@ -82,6 +86,7 @@ class RunSettings(BaseModel, frozen=True):
             profile=profile,
             tier_overrides=tier or {},
             run_id=run_id or "",
+            retry_failed=retry_failed,
         ).with_run(flow)
         caller_for(settings).ledger.remember_run(
             settings.run_id, flow, {**parameters, "profile": profile, "config": config, "tier": tier or {}}
@@ -332,8 +337,70 @@ class Caller:
 
         Each attempt is billed, recorded and budgeted on its own. When nothing passes, the best answer is
         kept and returned with `checks_failed` set, so the phase can write it with a warning: nothing paid
-        for is lost. `first` is an attempt already made elsewhere (a batch item), which the loop continues.
+        for is lost. A kept answer is remembered for its request (as kept, never as validated): an unchanged
+        rerun reuses it, warning and all, as a cached call, unless the run pays again on purpose
+        (`retry_failed`). `first` is an attempt already made elsewhere (a batch item), which the loop continues.
         """
+        kept_key = _kept_key(routed, request)
+        if first is None and self.settings.use_cache and not self.settings.retry_failed:
+            reused = self._reuse_kept(routed, kept_key, output, subject)
+            if reused is not None:
+                return reused
+        answer = self._resolve(routed, request, output=output, checks=checks, subject=subject, first=first)
+        if answer.checks_failed:
+            self.ledger.remember_kept(
+                kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
+                checks_failed=",".join(answer.checks_failed), flow=self.settings.flow, phase=routed.phase,
+            )  # fmt: skip
+        elif self.settings.retry_failed:
+            self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
+        return answer
+
+    def _reuse_kept(self, routed: Route, key: str, output: type[BaseModel] | None, subject: str) -> Answer | None:
+        """The answer an earlier run kept for this request, recorded as a cached call; None if there is none, or
+        it no longer reads (the output model changed) or its tier now runs another model."""
+        hit = self.ledger.kept_response(key)
+        if hit is None or hit["tier"] not in self.config.settings.tiers:
+            return None
+        kept = routed if hit["tier"] == routed.tier else route_to_tier(
+            self.config, phase=routed.phase, complexity=routed.complexity, tier=hit["tier"],
+            rule=f"kept answer of {hit['tier']}",
+        )  # fmt: skip
+        if kept.model_ref != hit["model"]:
+            return None
+        parsed: Any = None
+        if output is not None:
+            try:
+                parsed = output.model_validate(hit["data"] or {})
+            except ValidationError:
+                return None
+        names = tuple(n for n in (hit["checks_failed"] or "").split(",") if n)
+        log.warning(
+            "%s on %s: reusing the answer an earlier run kept although it failed %s (tierflow run --retry-failed "
+            "pays again)",
+            routed.phase, subject or "-", ", ".join(names),
+        )  # fmt: skip
+        record = self._record(
+            kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome="check_failed",
+            checks_failed=",".join(names) or None,
+        )  # fmt: skip
+        self.ledger.record(record)
+        telemetry.record_call(record, provider_kind=kept.provider_kind)
+        return Answer(
+            text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
+            parsed=parsed, checks_failed=names, outcome="check_failed",
+        )  # fmt: skip
+
+    def _resolve(
+        self,
+        routed: Route,
+        request: Request,
+        *,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+        subject: str,
+        first: Attempt | None,
+    ) -> Answer:
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
         # Tiers that failed this request and were escalated from: a budget downgrade never sends it back there.
@@ -927,6 +994,11 @@ def _cache_key(routed: Route, request: Request) -> str:
     content = {k: v for k, v in request.__dict__.items() if k not in ("output_mode", "mode_confirmed")}
     payload = json.dumps({"model": routed.model_ref, **content}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _kept_key(routed: Route, request: Request) -> str:
+    """Where a request's kept answer is remembered in the answer cache: apart from the key of any answer that passed."""
+    return hashlib.sha256(f"kept:{_cache_key(routed, request)}".encode()).hexdigest()
 
 
 def _retry_note(failures: Sequence[Failure]) -> str:

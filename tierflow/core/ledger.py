@@ -116,6 +116,11 @@ response_cache = sa.Table(
     sa.Column("flow", sa.String(64)),
     sa.Column("phase", sa.String(64)),
     sa.Column("request_json", sa.Text),
+    # A kept answer (no tier passed its checks), remembered for its request so an unchanged rerun reuses it
+    # rather than paying again; never served as validated (see `Ledger.remember_kept`).
+    sa.Column("kept", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("checks_failed", sa.String(256)),
+    sa.Column("tier", sa.String(64)),
 )
 
 output_modes = sa.Table(
@@ -246,11 +251,12 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
 _CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
 """Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
+_CACHE_ADDED_FOR_KEPT = ("kept", "checks_failed", "tier")
 
 
 def _migration_1(conn: Connection) -> None:
     _as_created(calls, _CALLS_ADDED_IN_5).create(conn, checkfirst=True)
-    _as_created(response_cache, _CACHE_ADDED_IN_5).create(conn, checkfirst=True)
+    _as_created(response_cache, _CACHE_ADDED_IN_5 + _CACHE_ADDED_FOR_KEPT).create(conn, checkfirst=True)
 
 
 def _migration_2(conn: Connection) -> None:
@@ -357,6 +363,15 @@ def _migration_10(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_batch_items_batch_key ON batch_items (batch_key)")
 
 
+def _migration_kept_answers(conn: Connection) -> None:
+    # Answers kept without passing, remembered (as kept, not validated) so an unchanged rerun does not pay again.
+    _add_columns(
+        conn,
+        "response_cache",
+        {"kept": "BOOLEAN NOT NULL DEFAULT FALSE", "checks_failed": "VARCHAR(256)", "tier": "VARCHAR(64)"},
+    )
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -368,6 +383,7 @@ MIGRATIONS = (
     _migration_8,
     _migration_9,
     _migration_10,
+    _migration_kept_answers,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -650,6 +666,36 @@ class Ledger:
         # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL ledger)
         # must not collide on the key the way delete-then-insert does under READ COMMITTED.
         _upsert(conn, response_cache, values, ["key"])
+
+    def remember_kept(
+        self, key: str, *, model: str, tier: str, text: str, data: dict[str, Any] | None, checks_failed: str,
+        flow: str, phase: str,
+    ) -> None:  # fmt: skip
+        """Remember an answer kept although no tier passed, for its request: as kept, never as validated."""
+        values = {
+            "key": key, "model": model, "tier": tier, "text": text,
+            "data_json": json.dumps(data) if data is not None else None, "created": now_iso(), "flow": flow,
+            "phase": phase, "request_json": None, "kept": True, "checks_failed": checks_failed,
+        }  # fmt: skip
+        with self.transaction() as conn:
+            _upsert(conn, response_cache, values, ["key"])
+
+    def kept_response(self, key: str) -> dict[str, Any] | None:
+        """The kept answer remembered for a request: model, tier, text, data and the checks it failed."""
+        query = sa.select(
+            response_cache.c.model, response_cache.c.tier, response_cache.c.text, response_cache.c.data_json,
+            response_cache.c.checks_failed,
+        ).where(response_cache.c.key == key, response_cache.c.kept.is_(True))  # fmt: skip
+        with self.reading() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return {**row._mapping, "data": json.loads(row.data_json) if row.data_json else None}
+
+    def forget_kept(self, key: str) -> None:
+        """Drop a request's kept answer (a later run resolved it again)."""
+        with self.transaction() as conn:
+            conn.execute(response_cache.delete().where(response_cache.c.key == key, response_cache.c.kept.is_(True)))
 
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
