@@ -129,6 +129,8 @@ class Attempt:
     route: Route
     request: Request
     failures: tuple[Failure, ...] = ()
+    kept: bool = False
+    """The answer an earlier run kept for this request, replayed from the cache (nothing billed)."""
 
     @property
     def ok(self) -> bool:
@@ -342,11 +344,13 @@ class Caller:
         (`retry_failed`). `first` is an attempt already made elsewhere (a batch item), which the loop continues.
         """
         kept_key = _kept_key(routed, request)
-        if first is None and self.settings.use_cache and not self.settings.retry_failed:
-            reused = self._reuse_kept(routed, kept_key, output, subject)
-            if reused is not None:
-                return reused
-        answer = self._resolve(routed, request, output=output, checks=checks, subject=subject, first=first)
+        reuse = first is None and self.settings.use_cache and not self.settings.retry_failed
+        answer = self._resolve(
+            routed, request, output=output, checks=checks, subject=subject, first=first,
+            kept_key=kept_key if reuse else None,
+        )  # fmt: skip
+        if answer.cached:
+            return answer  # replayed: a passing answer, or the one an earlier run kept
         if answer.checks_failed:
             self.ledger.remember_kept(
                 kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
@@ -356,11 +360,12 @@ class Caller:
             self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
         return answer
 
-    def _reuse_kept(self, routed: Route, key: str, output: type[BaseModel] | None, subject: str) -> Answer | None:
-        """The answer an earlier run kept for this request, recorded as a cached call; None if there is none, or
-        it no longer reads (the output model changed) or its tier now runs another model."""
-        hit = self.ledger.kept_response(key)
-        if hit is None or hit["tier"] not in self.config.settings.tiers:
+    def _kept_answer(
+        self, routed: Route, hit: Mapping[str, Any], output: type[BaseModel] | None, subject: str
+    ) -> tuple[Answer, CallRecord] | None:
+        """An earlier run's kept answer for this request, and its row as a cached call; None if it no longer
+        reads (the output model changed) or its tier now runs another model."""
+        if hit["tier"] not in self.config.settings.tiers:
             return None
         kept = routed if hit["tier"] == routed.tier else route_to_tier(
             self.config, phase=routed.phase, complexity=routed.complexity, tier=hit["tier"],
@@ -384,12 +389,11 @@ class Caller:
             kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome="check_failed",
             checks_failed=",".join(names) or None,
         )  # fmt: skip
-        self.ledger.record(record)
-        telemetry.record_call(record, provider_kind=kept.provider_kind)
-        return Answer(
+        answer = Answer(
             text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
             parsed=parsed, checks_failed=names, outcome="check_failed",
         )  # fmt: skip
+        return answer, record
 
     def _resolve(
         self,
@@ -400,6 +404,7 @@ class Caller:
         checks: Sequence[Check],
         subject: str,
         first: Attempt | None,
+        kept_key: str | None,
     ) -> Answer:
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
@@ -425,6 +430,7 @@ class Caller:
                     attempt = self._attempt(
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
+                        kept_key=kept_key if number == 0 else None,
                     )  # fmt: skip
                 except BudgetExceeded:
                     if best is None:
@@ -433,6 +439,8 @@ class Caller:
                         "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
                     )
                     return _shown(routed, self._kept(best, request), number)
+                if attempt.kept:
+                    return attempt.answer  # an earlier run's kept answer to this unchanged request
                 number += 1
                 answered.add(attempt.route.tier)
                 if attempt.outcome == "ok":
@@ -520,6 +528,7 @@ class Caller:
         escalated_from: str | None,
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
+        kept_key: str | None = None,
     ) -> Attempt:
         """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
 
@@ -531,7 +540,11 @@ class Caller:
         """
         key = _cache_key(routed, request) if self.settings.use_cache else None
         with CallScope(self.ledger, self.budgets, self.slots) as scope:
-            sending = self._before(routed, request, key, subject, scope, avoid=avoid, shadow=shadow)
+            sending = self._before(
+                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, output=output
+            )
+            if isinstance(sending, Answer):
+                return Attempt("check_failed", sending, sending.route, request, kept=True)
             if not isinstance(sending[0], Route):  # an answer from the cache
                 cached = Completion(text=sending[0], data=sending[1], usage=Usage(), model=routed.model)
                 attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
@@ -619,7 +632,9 @@ class Caller:
         *,
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
-    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request]:
+        kept_key: str | None = None,
+        output: type[BaseModel] | None = None,
+    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request] | Answer:
         """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
         reservation and tier slot, taken together once both are free, into `scope`; then the route and
         request to send.
@@ -654,6 +669,13 @@ class Caller:
                             )
                             scope.leave_gate()
                             return hit
+                    if kept_key is not None:  # an earlier run kept an answer to this request: no call at all
+                        found = self.ledger.kept_response(kept_key, conn=conn)
+                        kept = self._kept_answer(routed, found, output, subject) if found is not None else None
+                        if kept is not None:
+                            self.ledger.record(kept[1], conn=conn)
+                            scope.leave_gate()
+                            return kept[0]
                     reservation = self.budgets.reserve_in(
                         conn, candidates, expired=time.monotonic() >= deadline, claim=scope.claim
                     )

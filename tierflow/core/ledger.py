@@ -680,14 +680,17 @@ class Ledger:
         with self.transaction() as conn:
             _upsert(conn, response_cache, values, ["key"])
 
-    def kept_response(self, key: str) -> dict[str, Any] | None:
+    def kept_response(self, key: str, *, conn: Connection | None = None) -> dict[str, Any] | None:
         """The kept answer remembered for a request: model, tier, text, data and the checks it failed."""
         query = sa.select(
             response_cache.c.model, response_cache.c.tier, response_cache.c.text, response_cache.c.data_json,
             response_cache.c.checks_failed,
         ).where(response_cache.c.key == key, response_cache.c.kept.is_(True))  # fmt: skip
-        with self.reading() as conn:
+        if conn is not None:
             row = conn.execute(query).first()
+        else:
+            with self.reading() as own:
+                row = own.execute(query).first()
         if row is None:
             return None
         return {**row._mapping, "data": json.loads(row.data_json) if row.data_json else None}
