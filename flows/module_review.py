@@ -23,12 +23,13 @@ def module_review(
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
     project: str | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Review a module's semester and draft its revision proposal into the module folder, for the team."""
     with begin_run(
         FLOW, vault=vault, parameters={"module": module}, folders=lambda s: [module_folder(s, module)],
         name=lambda s: f"{FLOW} · {module_folder(s, module)}", project=project, config=config, profile=profile,
-        tier=tier, run_id=run_id,
+        tier=tier, run_id=run_id, retry_failed=retry_failed,
     ) as settings:  # fmt: skip
         work = load_module(settings, module_folder(settings, module))
         run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))

@@ -29,11 +29,12 @@ def reading_notes(
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
     project: str | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Collate the week's reading, synthesise it, and draft concept notes into the vault."""
     settings = RunSettings.start(
         FLOW, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={"since": since, "until": until, "project": project},
+        parameters={"since": since, "until": until, "project": project}, retry_failed=retry_failed,
     )  # fmt: skip
     settings = attribute(settings, *caller_for(settings).config.settings.vault.reading_folders, project=project)
     with run_span(settings):

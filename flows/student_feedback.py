@@ -29,6 +29,7 @@ def student_feedback(
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
     project: str | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
 
@@ -38,7 +39,7 @@ def student_feedback(
     with begin_run(
         FLOW, vault=vault, parameters={"assignment": assignment, "mode": mode}, folders=lambda s: [folder_of(s)],
         name=lambda s: f"{FLOW} · {folder_of(s)}", project=project, config=config, profile=profile, tier=tier,
-        run_id=run_id,
+        run_id=run_id, retry_failed=retry_failed,
     ) as settings:  # fmt: skip
         folder = folder_of(settings)
         work = load_assignment(settings, folder)

@@ -14,9 +14,9 @@ from conftest import anthropic_config, write_config
 from prefect._internal.concurrency.cancellation import CancelledError
 from pydantic import BaseModel, field_validator
 
+from tierflow import Check
 from tierflow.core.budget import open_reservations
 from tierflow.core.calls import Caller, RunSettings
-from tierflow.core.checks import Check
 from tierflow.core.ledger import tier_slots
 from tierflow.testing.double import ProviderDouble, Reply
 

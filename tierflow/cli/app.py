@@ -401,6 +401,13 @@ def run(
             "--project", help="Charge the run's spend to this project (default: from the config or a course code)."
         ),
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Pay again for answers an earlier run kept although they failed their checks (a rerun reuses them).",
+        ),
+    ] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
@@ -447,6 +454,7 @@ def run(
         tier=overrides,
         task_runner=runner,
         project=project,
+        retry_failed=retry_failed,
         **kwargs,
     )
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)

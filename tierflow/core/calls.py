@@ -54,6 +54,9 @@ class RunSettings(BaseModel, frozen=True):
     run_id: str = ""
     flow: str = "adhoc"
     use_cache: bool = True
+    retry_failed: bool = False
+    """Pay again for requests whose answer an earlier run kept without passing (`tierflow run --retry-failed`);
+    otherwise an unchanged rerun reuses the kept answer, with its warning."""
     project: str | None = None
     """The project the run's spend is attributed to (`--project`, the config's [project], a course code)."""
     deployment: str | None = None
@@ -73,6 +76,7 @@ class RunSettings(BaseModel, frozen=True):
         tier: dict[str, str] | None,
         run_id: str | None,
         parameters: dict[str, Any],
+        retry_failed: bool = False,
     ) -> RunSettings:
         """Settings for a new run of `flow` (or a resumed one, given its id), remembered for `tierflow resume`."""
         from prefect.context import FlowRunContext
@@ -89,6 +93,7 @@ class RunSettings(BaseModel, frozen=True):
             profile=profile,
             tier_overrides=tier or {},
             run_id=run_id or "",
+            retry_failed=retry_failed,
         ).with_run(flow)
         caller_for(settings).ledger.remember_run(
             settings.run_id, flow, {**parameters, "profile": profile, "config": config, "tier": tier or {}}
@@ -131,6 +136,8 @@ class Attempt:
     route: Route
     request: Request
     failures: tuple[Failure, ...] = ()
+    kept: bool = False
+    """The answer an earlier run kept for this request, replayed from the cache (nothing billed)."""
 
     @property
     def ok(self) -> bool:
@@ -384,8 +391,73 @@ class Caller:
 
         Each attempt is billed, recorded and budgeted on its own. When nothing passes, the best answer is
         kept and returned with `checks_failed` set, so the phase can write it with a warning: nothing paid
-        for is lost. `first` is an attempt already made elsewhere (a batch item), which the loop continues.
+        for is lost. A kept answer is remembered for its request (as kept, never as validated): an unchanged
+        rerun reuses it, warning and all, as a cached call, unless the run pays again on purpose
+        (`retry_failed`). `first` is an attempt already made elsewhere (a batch item), which the loop continues.
         """
+        kept_key = _kept_key(routed, request)
+        reuse = first is None and self.settings.use_cache and not self.settings.retry_failed
+        answer = self._resolve(
+            routed, request, output=output, checks=checks, subject=subject, first=first,
+            kept_key=kept_key if reuse else None,
+        )  # fmt: skip
+        if answer.cached:
+            return answer  # replayed: a passing answer, or the one an earlier run kept
+        if answer.checks_failed:
+            self.ledger.remember_kept(
+                kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
+                checks_failed=",".join(answer.checks_failed), flow=self.settings.flow, phase=routed.phase,
+            )  # fmt: skip
+        elif self.settings.retry_failed:
+            self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
+        return answer
+
+    def _kept_answer(
+        self, routed: Route, hit: Mapping[str, Any], output: type[BaseModel] | None, subject: str
+    ) -> tuple[Answer, CallRecord] | None:
+        """An earlier run's kept answer for this request, and its row as a cached call; None if it no longer
+        reads (the output model changed) or its tier now runs another model."""
+        if hit["tier"] not in self.config.settings.tiers:
+            return None
+        kept = routed if hit["tier"] == routed.tier else route_to_tier(
+            self.config, phase=routed.phase, complexity=routed.complexity, tier=hit["tier"],
+            rule=f"kept answer of {hit['tier']}",
+        )  # fmt: skip
+        if kept.model_ref != hit["model"]:
+            return None
+        parsed: Any = None
+        if output is not None:
+            try:
+                parsed = output.model_validate(hit["data"] or {})
+            except ValidationError:
+                return None
+        names = tuple(n for n in (hit["checks_failed"] or "").split(",") if n)
+        log.warning(
+            "%s on %s: reusing the answer an earlier run kept although it failed %s (tierflow run --retry-failed "
+            "pays again)",
+            routed.phase, subject or "-", ", ".join(names),
+        )  # fmt: skip
+        record = self._record(
+            kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome="check_failed",
+            checks_failed=",".join(names) or None,
+        )  # fmt: skip
+        answer = Answer(
+            text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
+            parsed=parsed, checks_failed=names, outcome="check_failed",
+        )  # fmt: skip
+        return answer, record
+
+    def _resolve(
+        self,
+        routed: Route,
+        request: Request,
+        *,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+        subject: str,
+        first: Attempt | None,
+        kept_key: str | None,
+    ) -> Answer:
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
         # Tiers that failed this request and were escalated from: a budget downgrade never sends it back there.
@@ -410,6 +482,7 @@ class Caller:
                     attempt = self._answer(
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
+                        kept_key=kept_key if number == 0 else None,
                     )  # fmt: skip
                 except BudgetExceeded:
                     if best is None:
@@ -418,6 +491,8 @@ class Caller:
                         "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
                     )
                     return _shown(routed, self._kept(best, request), number)
+                if attempt.kept:
+                    return attempt.answer  # an earlier run's kept answer to this unchanged request
                 number += 1
                 answered.add(attempt.route.tier)
                 if tries == 0 and not (first is not None and step == 0):  # this tier's first answer
@@ -585,6 +660,7 @@ class Caller:
         escalated_from: str | None,
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
+        kept_key: str | None = None,
     ) -> Attempt:
         """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
 
@@ -596,7 +672,11 @@ class Caller:
         """
         key = _cache_key(routed, request) if self.settings.use_cache else None
         with CallScope(self.ledger, self.budgets, self.slots) as scope:
-            sending = self._before(routed, request, key, subject, scope, avoid=avoid, shadow=shadow)
+            sending = self._before(
+                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, output=output
+            )
+            if isinstance(sending, Answer):
+                return Attempt("check_failed", sending, sending.route, request, kept=True)
             if not isinstance(sending[0], Route):  # an answer from the cache
                 cached = Completion(text=sending[0], data=sending[1], usage=Usage(), model=routed.model)
                 attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
@@ -684,7 +764,9 @@ class Caller:
         *,
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
-    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request]:
+        kept_key: str | None = None,
+        output: type[BaseModel] | None = None,
+    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request] | Answer:
         """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
         reservation and tier slot, taken together once both are free, into `scope`; then the route and
         request to send.
@@ -731,6 +813,13 @@ class Caller:
                             )
                             scope.leave_gate()
                             return hit
+                    if kept_key is not None:  # an earlier run kept an answer to this request: no call at all
+                        found = self.ledger.kept_response(kept_key, conn=conn)
+                        kept = self._kept_answer(routed, found, output, subject) if found is not None else None
+                        if kept is not None:
+                            self.ledger.record(kept[1], conn=conn)
+                            scope.leave_gate()
+                            return kept[0]
                     reservation = self.budgets.reserve_in(
                         conn, candidates, expired=time.monotonic() >= deadline, claim=claim
                     )
@@ -1074,6 +1163,11 @@ def _cache_key(routed: Route, request: Request) -> str:
     content = {k: v for k, v in request.__dict__.items() if k not in ("output_mode", "mode_confirmed")}
     payload = json.dumps({"model": routed.model_ref, **content}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _kept_key(routed: Route, request: Request) -> str:
+    """Where a request's kept answer is remembered in the answer cache: apart from the key of any answer that passed."""
+    return hashlib.sha256(f"kept:{_cache_key(routed, request)}".encode()).hexdigest()
 
 
 def _retry_note(failures: Sequence[Failure]) -> str:

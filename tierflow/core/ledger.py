@@ -118,6 +118,11 @@ response_cache = sa.Table(
     sa.Column("flow", sa.String(64)),
     sa.Column("phase", sa.String(64)),
     sa.Column("request_json", sa.Text),
+    # A kept answer (no tier passed its checks), remembered for its request so an unchanged rerun reuses it
+    # rather than paying again; never served as validated (see `Ledger.remember_kept`).
+    sa.Column("kept", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("checks_failed", sa.String(256)),
+    sa.Column("tier", sa.String(64)),
 )
 
 output_modes = sa.Table(
@@ -303,11 +308,12 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
 _CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
 """Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
+_CACHE_ADDED_FOR_KEPT = ("kept", "checks_failed", "tier")
 
 
 def _migration_1(conn: Connection) -> None:
     _as_created(calls, _CALLS_ADDED_IN_5).create(conn, checkfirst=True)
-    _as_created(response_cache, _CACHE_ADDED_IN_5).create(conn, checkfirst=True)
+    _as_created(response_cache, _CACHE_ADDED_IN_5 + _CACHE_ADDED_FOR_KEPT).create(conn, checkfirst=True)
 
 
 def _migration_2(conn: Connection) -> None:
@@ -430,6 +436,15 @@ def _migration_12(conn: Connection) -> None:
     requests.create(conn, checkfirst=True)
 
 
+def _migration_13(conn: Connection) -> None:
+    # Answers kept without passing, remembered (as kept, not validated) so an unchanged rerun does not pay again.
+    _add_columns(
+        conn,
+        "response_cache",
+        {"kept": "BOOLEAN NOT NULL DEFAULT FALSE", "checks_failed": "VARCHAR(256)", "tier": "VARCHAR(64)"},
+    )
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -443,6 +458,7 @@ MIGRATIONS = (
     _migration_10,
     _migration_11,
     _migration_12,
+    _migration_13,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -826,6 +842,39 @@ class Ledger:
                 query = query.where(requests.c[column] == value)
         with self.reading() as conn:
             return [RequestRecord(**row._mapping) for row in conn.execute(query)]
+
+    def remember_kept(
+        self, key: str, *, model: str, tier: str, text: str, data: dict[str, Any] | None, checks_failed: str,
+        flow: str, phase: str,
+    ) -> None:  # fmt: skip
+        """Remember an answer kept although no tier passed, for its request: as kept, never as validated."""
+        values = {
+            "key": key, "model": model, "tier": tier, "text": text,
+            "data_json": json.dumps(data) if data is not None else None, "created": now_iso(), "flow": flow,
+            "phase": phase, "request_json": None, "kept": True, "checks_failed": checks_failed,
+        }  # fmt: skip
+        with self.transaction() as conn:
+            _upsert(conn, response_cache, values, ["key"])
+
+    def kept_response(self, key: str, *, conn: Connection | None = None) -> dict[str, Any] | None:
+        """The kept answer remembered for a request: model, tier, text, data and the checks it failed."""
+        query = sa.select(
+            response_cache.c.model, response_cache.c.tier, response_cache.c.text, response_cache.c.data_json,
+            response_cache.c.checks_failed,
+        ).where(response_cache.c.key == key, response_cache.c.kept.is_(True))  # fmt: skip
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.reading() as own:
+                row = own.execute(query).first()
+        if row is None:
+            return None
+        return {**row._mapping, "data": json.loads(row.data_json) if row.data_json else None}
+
+    def forget_kept(self, key: str) -> None:
+        """Drop a request's kept answer (a later run resolved it again)."""
+        with self.transaction() as conn:
+            conn.execute(response_cache.delete().where(response_cache.c.key == key, response_cache.c.kept.is_(True)))
 
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""

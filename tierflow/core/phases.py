@@ -301,6 +301,7 @@ def begin_run(
     tier: dict[str, str] | None = None,
     run_id: str | None = None,
     name: str | Callable[[RunSettings], str] | None = None,
+    retry_failed: bool = False,
 ) -> Iterator[RunSettings]:
     """A flow's run, from inside its Prefect flow: the settings every phase task takes.
 
@@ -310,7 +311,7 @@ def begin_run(
     """
     settings = RunSettings.start(
         flow, vault=vault, config=config, profile=profile, tier=tier, run_id=run_id,
-        parameters={**(parameters or {}), "project": project},
+        parameters={**(parameters or {}), "project": project}, retry_failed=retry_failed,
     )  # fmt: skip
     settings = attribute(settings, *(folders(settings) if callable(folders) else folders), project=project)
     with run_span(settings):

@@ -1,0 +1,99 @@
+"""A rerun of unchanged inputs pays nothing, also when an answer was kept without passing its checks: the kept
+answer is remembered for its request (as kept, never as validated) and reused with its warning, unless the run
+pays again on purpose (`--retry-failed`). All three flows on their fixtures, on the offline model and on the wire
+double (real SDK) with answers that fail their checks."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, READING_WEEK, anthropic_config, write_config
+from responders import schema_name
+
+from tierflow.core.ledger import Ledger
+from tierflow.flows.module_review import module_review
+from tierflow.flows.reading_notes import reading_notes
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.offline import SKILLS, prompt_data
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FLOWS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "reading-notes": (
+        "reading-week",
+        lambda vault, **kw: reading_notes(vault=str(vault), since=READING_WEEK[0], until=READING_WEEK[1], **kw),
+    ),
+    "student-feedback": ("feedback-batch", lambda vault, **kw: student_feedback(vault=str(vault), **kw)),
+    "module-review": ("module-review", lambda vault, **kw: module_review(vault=str(vault), **kw)),
+}
+
+
+def failing_checks(request: DoubleRequest) -> Reply | None:
+    """The offline skills' answer, with what each flow's checks refuse: an invented quotation or evidence."""
+    name = schema_name(request)
+    if name is None:
+        return None
+    data = SKILLS[name](prompt_data(request.last_user_text))
+    if name == "draftout" and data.get("quotes"):
+        data["quotes"].append({"source": data["quotes"][0]["source"], "text": "Feedback always improves learning."})
+    elif name == "moduleproposal":
+        data["what_worked"].append({"claim": "Everything went well.", "evidence": ["Invented note"]})
+    elif data.get("criteria") and isinstance(data["criteria"][0].get("quotes"), list):
+        data["criteria"][0]["quotes"].append("A sentence nobody wrote in any submission.")
+    return Reply(data=data)
+
+
+def prepared(tmp_path: Path, fixture: str, model: str, double: ProviderDouble, monkeypatch) -> Path:
+    vault = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, vault)
+    if model == "double":
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        config = vault / ".tierflow" / "config.toml"
+        write_config(config, anthropic_config(double) + config.read_text(encoding="utf-8"))
+        double.responder = failing_checks
+    return vault
+
+
+def billed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not r["cached_result"]]
+
+
+@pytest.mark.parametrize("model", ["offline", "double"])
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_an_unchanged_rerun_pays_nothing_for_answers_kept_without_passing(
+    tmp_path: Path, monkeypatch, double: ProviderDouble, flow: str, model: str
+):
+    fixture, run = FLOWS[flow]
+    vault = prepared(tmp_path, fixture, model, double, monkeypatch)
+    first = run(vault)
+    ledger = Ledger.for_vault(vault)
+    kept_first = {r["subject"] for r in ledger.rows(run_id=first.run_id) if r["outcome"] == "check_failed"}
+    if model == "double":
+        assert kept_first, "the double's answers should fail their checks"
+    calls = len(double.model_calls())
+
+    second = run(vault)
+    rows = ledger.rows(run_id=second.run_id)
+    assert rows and billed(rows) == [], [(r["phase"], r["subject"], r["outcome"]) for r in billed(rows)]
+    assert len(double.model_calls()) == calls
+    # A kept answer comes back with the checks it failed: its draft keeps its warning.
+    kept_again = [r for r in rows if r["outcome"] == "check_failed"]
+    assert all(r["checks_failed"] for r in kept_again)
+    if model == "double":
+        assert kept_again
+
+
+def test_retry_failed_pays_again_on_purpose(tmp_path: Path, monkeypatch, double: ProviderDouble):
+    fixture, run = FLOWS["reading-notes"]
+    vault = prepared(tmp_path, fixture, "double", double, monkeypatch)
+    run(vault)
+    calls = len(double.model_calls())
+    again = run(vault, retry_failed=True)
+    paid = billed(Ledger.for_vault(vault).rows(run_id=again.run_id))
+    assert paid and all(r["phase"] == "draft" for r in paid)  # only what was kept is paid for again
+    assert len(double.model_calls()) == calls + len(paid)
