@@ -116,7 +116,12 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
     from tierflow.core.phases import fan_out
     from tierflow.testing.ledger import most_at_once
 
-    vault = root / f"{mechanism.replace(', ', '-').replace(' ', '-')}-{calls}-{limit}"
+    name = f"{mechanism.replace(', ', '-').replace(' ', '-')}-{calls}-{limit}"
+    vault = root / name
+    for again in range(2, 1000):  # a repeated scenario (`--repeat`) gets a fresh vault and ledger
+        if not vault.exists():
+            break
+        vault = root / f"{name}-{again}"
     (vault / ".tierflow").mkdir(parents=True)
     kind = {"ledger slots": "ledger", "prefect tags": "prefect", "no limit": "ledger", "ledger, cold": "ledger"}[
         mechanism

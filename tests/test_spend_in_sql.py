@@ -110,3 +110,14 @@ def test_the_all_deep_comparison_prices_batch_calls_at_the_configured_discount(t
     (priced,) = with_all_deep(config, [row])
     full = float(price(usage, "claude-opus-4-6", provider_kind="anthropic"))
     assert priced["all_deep_usd"] == pytest.approx(full * 0.25)
+
+
+def test_a_streamed_record_is_laid_out_as_json_dump_with_indent_lays_it_out():
+    from tierflow.cli.app import _indented
+
+    record = {
+        "id": 10**20, "cost_usd": 0.1 + 0.2, "none": None, "yes": True, "no": False, "zero": -0.0,
+        "inf": float("inf"), "nan": float("nan"), "text": 'é "quoted"\n\t\u2028 \U0001f600', "empty": "",
+    }  # fmt: skip
+    assert _indented(record) == json.dumps(record, indent=2).replace("\n", "\n  ")
+    assert _indented({}) == json.dumps({}, indent=2)

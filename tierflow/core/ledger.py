@@ -754,7 +754,7 @@ class Ledger:
         with self.engine.connect() as conn, conn.begin():
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
             for row in result:
-                yield dict(row._mapping)
+                yield dict(zip(COLUMNS, row, strict=True))
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
