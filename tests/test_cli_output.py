@@ -71,3 +71,27 @@ def test_budget_reservations_as_json_is_one_array_even_when_none_is_open(tmp_pat
     result = CliRunner().invoke(app, ["budget", "reservations", "--vault", str(vault), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == []
+
+
+def test_config_names_in_run_messages_reach_the_console(reading_vault: Path):
+    """A skip reason that names `[vault] max_concepts` is printed with its brackets, not read as Rich markup."""
+    config = reading_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text() + "max_concepts = 1\n", encoding="utf-8")  # inside [vault]
+    since, until = READING_WEEK
+    result = piped(
+        [
+            "run",
+            "reading-notes",
+            "--vault",
+            str(reading_vault),
+            "--since",
+            since,
+            "--until",
+            until,
+            "--profile",
+            "offline",
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = " ".join((result.stdout + result.stderr).split())
+    assert "more than [vault] max_concepts = 1 concepts" in console, console[-3000:]

@@ -126,6 +126,9 @@ def api(server: str) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     _no_limits_cache.clear()
+    # Events buffered for another server (the session's test harness, say) go there now, and the next events
+    # worker is started for this one: a worker keeps the API URL it started with.
+    drain_prefect_workers()
     with temporary_settings(updates={PREFECT_API_URL: server}):
         yield server
         drain_prefect_workers()

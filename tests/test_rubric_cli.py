@@ -27,7 +27,7 @@ def test_a_garbled_rubric_ends_the_run_with_the_message_alone(feedback_vault: Pa
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout

@@ -174,8 +174,10 @@ def _recorded(url: str, vault: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def page(ui_run: dict[str, Any]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # `expect` waits 5 s by default, not the page's timeout: a busy machine draws the task list later than that.
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=ui_run["browser"], args=CHROMIUM_ARGS)
         try:

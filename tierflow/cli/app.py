@@ -438,6 +438,7 @@ def run(
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
+    _quiet_prefect(verbose)  # before anything imports Prefect, which reads its logging settings at import
     cfg = load(vault, config, profile)
     # Every flag is checked here, before the flow selects a single note.
     overrides = _tier_overrides(tier, cfg)
@@ -460,7 +461,6 @@ def run(
             module=module,
         )
         return
-    _quiet_prefect(verbose)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
     from tierflow.cli.runner import run_flow
 

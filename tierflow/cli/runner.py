@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -196,7 +197,7 @@ def tracebacks_to_prefect_log_only() -> None:
 def print_summary(vault: Path, summary: Any) -> None:
     out = Console(soft_wrap=True)
     if summary.message:
-        out.print(summary.message)
+        out.print(escape(summary.message))
     if summary.phases:
         table = Table(title=f"Spend of run {summary.run_id}")
         columns = ("phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved")
@@ -206,18 +207,21 @@ def print_summary(vault: Path, summary: Any) -> None:
             table.add_row(*(str(p[col]) for col in columns))
         show(out, table)
     for w in summary.written:
-        out.print(f"  [green]{w.action:>14}[/]  {vault / w.path}" + (f"\n{'':16}{w.message}" if w.message else ""))
+        out.print(
+            f"  [green]{w.action:>14}[/]  {escape(str(vault / w.path))}"
+            + (f"\n{'':16}{escape(w.message)}" if w.message else "")
+        )
     for path, reason in summary.skipped:
-        out.print(f"  [yellow]{'skipped':>14}[/]  {path}: {reason}")
+        out.print(f"  [yellow]{'skipped':>14}[/]  {escape(path)}: {escape(reason)}")
     if summary.report is not None:
-        out.print(f"  [cyan]{'run report':>14}[/]  {vault / summary.report.path}")
+        out.print(f"  [cyan]{'run report':>14}[/]  {escape(str(vault / summary.report.path))}")
     out.print(f"Total: {summary.tokens} tokens, {money(summary.cost_usd)}.")
     for batch in getattr(summary, "batches", []):
-        out.print(f"  [cyan]{'batch':>14}[/]  {batch}")
+        out.print(f"  [cyan]{'batch':>14}[/]  {escape(batch)}")
     if summary.halted:
-        console.print(f"[bold red]stopped early:[/] {summary.halted}")
+        console.print(f"[bold red]stopped early:[/] {escape(summary.halted)}")
     if summary.failed:
-        console.print(f"[bold red]failed:[/] {summary.failed}")
+        console.print(f"[bold red]failed:[/] {escape(summary.failed)}")
 
 
 def copy_demo_vault(folder: Path | None) -> Path:
@@ -232,7 +236,7 @@ def copy_demo_vault(folder: Path | None) -> Path:
 
 def run_demo(folder: Path | None) -> Path:
     vault = copy_demo_vault(folder)
-    console.print(f"Demo vault: [bold]{vault}[/] (a copy of vault_fixtures/reading-week)")
+    console.print(f"Demo vault: [bold]{escape(str(vault))}[/] (a copy of vault_fixtures/reading-week)")
     console.print("Model: tierflow's offline extractive model, so no keys and no network. Output is labelled as such.")
     run_flow("reading-notes", vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
     console.print(

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tierflow.core.budget import estimate, padded
@@ -132,7 +133,7 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
     window = f" {plan.since} to {plan.until}" if plan.since else ""
     console.print(f"[bold]{plan.flow}[/]{window}: {plan.selected} notes selected, {len(plan.skipped)} skipped")
     for path, reason in plan.skipped:
-        console.print(f"  [yellow]skipped[/] {path}: {reason}")
+        console.print(f"  [yellow]skipped[/] {escape(path)}: {escape(reason)}")
     table = Table(title="Estimate (worst case: every prompt token billed, every output token used)")
     for col in (
         "phase",
@@ -169,7 +170,7 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
     )
     show(console, table)
     for phase, subject, why in plan.too_long:
-        console.print(f"[red]does not fit[/] {phase} · {subject}: {why}", highlight=False)
-    console.print(" ".join(["Nothing was sent to a model.", *plan.notes]))
+        console.print(f"[red]does not fit[/] {escape(f'{phase} · {subject}: {why}')}", highlight=False)
+    console.print(escape(" ".join(["Nothing was sent to a model.", *plan.notes])))
     if not show_prompts:
         console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")
