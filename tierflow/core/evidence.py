@@ -215,14 +215,14 @@ def learned_routes(
     """Adaptive routing's table for one flow: (phase, complexity) -> (tier, why), where the evidence suffices.
 
     A project's own evidence decides when its suggested tier has at least `[routing] min_evidence` observations;
-    otherwise every project's evidence of that flow, phase and complexity, pooled. Two grouped reads.
+    otherwise every project's evidence of that flow, phase and complexity, pooled. One or two grouped reads.
     """
     enough = config.settings.routing.min_evidence
-    own = {
-        (e.phase, e.complexity): e
-        for e in gather(ledger, flow=flow, by_project=True)
-        if project and e.project == project
-    }
+    own = (
+        {(e.phase, e.complexity): e for e in gather(ledger, flow=flow, by_project=True) if e.project == project}
+        if project
+        else {}
+    )
     table: dict[tuple[str, str], tuple[str, str]] = {}
     for pooled in gather(ledger, flow=flow):
         key = (pooled.phase, pooled.complexity)
