@@ -283,3 +283,50 @@ def test_a_project_with_enough_evidence_of_its_own_is_routed_by_it_and_others_by
     assert pooled == {("low", "light"): 100, ("low", "standard"): 40, ("high", "light"): 30}
     config_now = Caller(RunSettings(vault=str(tmp_path), **settings)).config
     assert set(learned_routes(config_now, ledger, FLOW, project="EDU7001")) == {("draft", "low")}
+
+
+def test_evidence_is_counted_by_the_database_as_calls_are_recorded_and_for_an_older_ledger_once(ledger_url):
+    from conftest import call_record
+
+    from tierflow.core.evidence import gather
+    from tierflow.core.ledger import MIGRATIONS
+
+    ledger = Ledger(ledger_url)
+    records = [
+        call_record(project="EDU7001"),
+        call_record(project="EDU7001", outcome="check_failed", cost_usd=None),
+        call_record(project=None, tier="standard"),
+        call_record(project="EDU7001", attempt=2, outcome="ok"),  # an informed retry: not a first answer
+        call_record(project="EDU7001", cached_result=True),  # replayed, not billed
+        call_record(project="EDU7001", outcome="lost"),
+        call_record(project="EDU7001", attempt=3, escalated_from="light", downgraded_from="standard"),
+        call_record(project="EDU7001", complexity="high", attempt=3, escalated_from="light", tier="standard"),
+    ]
+    for record in records:
+        ledger.record(record)
+
+    def counted() -> dict:
+        return {
+            (e.complexity, e.project, t): (v.calls, v.passed, v.cost_per_call_usd)
+            for by_project in (False, True)
+            for e in gather(ledger, flow="f", by_project=by_project)
+            for t, v in e.tiers.items()
+        }
+
+    expected = {
+        ("low", None, "light"): (2, 1, pytest.approx(0.001)),
+        ("low", None, "standard"): (1, 1, pytest.approx(0.001)),
+        ("high", None, "standard"): (1, 1, pytest.approx(0.001)),
+        ("low", "EDU7001", "light"): (2, 1, pytest.approx(0.001)),  # the unpriced answer counts, not in the mean
+        ("high", "EDU7001", "standard"): (1, 1, pytest.approx(0.001)),
+    }
+    assert counted() == expected
+    # A ledger written before the counts existed is counted once, from its calls, when it is next opened.
+    with ledger.transaction() as conn:
+        conn.exec_driver_sql(f"DELETE FROM schema_version WHERE version = {len(MIGRATIONS)}")
+        conn.exec_driver_sql("DELETE FROM evidence_totals")
+    assert counted() == {}
+    assert Ledger(ledger_url).version == len(MIGRATIONS)
+    assert counted() == expected
+    ledger.record(call_record(project="EDU7001"))  # and counted on as calls are recorded
+    assert counted()[("low", "EDU7001", "light")] == (3, 2, pytest.approx(0.001))

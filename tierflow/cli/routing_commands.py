@@ -85,7 +85,7 @@ def _table(found: list) -> None:  # noqa: ANN001
     from rich.table import Table
 
     table = Table(title="Routing suggestions (pass rate, 95% lower bound, observations, USD per call)")
-    for column in ("flow", "phase", "current", "suggested", "evidence", "reason"):
+    for column in ("flow", "phase", "complexity", "current", "suggested", "evidence", "reason"):
         table.add_column(column, overflow="fold")
     for s in found:
         evidence = "\n".join(
@@ -93,6 +93,6 @@ def _table(found: list) -> None:  # noqa: ANN001
             + (f" ${e.cost_per_call_usd:.5f}" if e.cost_per_call_usd is not None else "")
             for tier, e in s.evidence.items()
         )
-        table.add_row(s.flow, s.phase, s.current_tier, s.suggested_tier, evidence, s.reason)
+        table.add_row(s.flow, s.phase, s.complexity, s.current_tier, s.suggested_tier, evidence, s.reason)
     # Never truncate identifiers, piped or not.
     Console(width=max(160, Console().width)).print(table)

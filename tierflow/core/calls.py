@@ -483,6 +483,8 @@ class Caller:
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
                         kept_key=kept_key if number == 0 else None,
+                        # This tier's first answer: the request is recorded with its outcome.
+                        original=request if tries == 0 and not (first is not None and step == 0) else None,
                     )  # fmt: skip
                 except BudgetExceeded:
                     if best is None:
@@ -495,8 +497,6 @@ class Caller:
                     return attempt.answer  # an earlier run's kept answer to this unchanged request
                 number += 1
                 answered.add(attempt.route.tier)
-                if tries == 0 and not (first is not None and step == 0):  # this tier's first answer
-                    self._remember(request, attempt, checks, subject)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
                         self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
@@ -508,35 +508,33 @@ class Caller:
         assert best is not None
         return _shown(routed, self._kept(best, request), number)
 
-    def _remember(self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str) -> None:
-        """Record the request and this tier's first answer's outcome, passed or not (`Ledger.recorded_requests`).
+    def _request_record(
+        self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str
+    ) -> RequestRecord:
+        """The request and this tier's first answer's outcome, passed or not (`Ledger.recorded_requests`).
 
         The tier is the one that answered: after a budget downgrade, the cheaper one.
         """
         routed = attempt.route
-        if attempt.answer.cached:
-            return  # sent and recorded by an earlier run
         content = {k: getattr(request, k) for k in ("system", "cache_prefix", "prompt", "schema", "schema_name")}
         text = json.dumps([self.settings.flow, routed.phase, content], sort_keys=True, ensure_ascii=False)
         request_key = hashlib.sha256(text.encode()).hexdigest()
-        self.ledger.remember_request(
-            RequestRecord(
-                key=hashlib.sha256(f"{request_key}:{routed.tier}".encode()).hexdigest(),
-                tier=routed.tier,
-                request_key=request_key,
-                timestamp=now_iso(),
-                run_id=self.settings.run_id,
-                flow=self.settings.flow,
-                phase=routed.phase,
-                complexity=routed.complexity,
-                project=self.settings.project,
-                subject=subject[:256],
-                model=routed.model_ref,
-                outcome=attempt.outcome,
-                checks_failed=attempt.checks_failed,
-                request_json=json.dumps(request.__dict__, ensure_ascii=False, default=str),
-                checks_json=json.dumps([{"name": c.name, "rebuild": c.rebuild} for c in checks]),
-            )
+        return RequestRecord(
+            key=hashlib.sha256(f"{request_key}:{routed.tier}".encode()).hexdigest(),
+            tier=routed.tier,
+            request_key=request_key,
+            timestamp=now_iso(),
+            run_id=self.settings.run_id,
+            flow=self.settings.flow,
+            phase=routed.phase,
+            complexity=routed.complexity,
+            project=self.settings.project,
+            subject=subject[:256],
+            model=routed.model_ref,
+            outcome=attempt.outcome,
+            checks_failed=attempt.checks_failed,
+            request_json=json.dumps(request.__dict__, ensure_ascii=False, default=str),
+            checks_json=json.dumps([{"name": c.name, "rebuild": c.rebuild} for c in checks]),
         )
 
     def _explores(self, request: Request) -> bool:
@@ -559,11 +557,10 @@ class Caller:
         """
         shadow = replace(routed, rule=f"shadow: explore {routed.tier} for {routed.phase}")
         try:
-            attempt = self._answer(
+            self._answer(
                 shadow, self._next_request(shadow, request, None), output=output, checks=checks, subject=subject,
-                number=1, escalated_from=None, shadow=True,
+                number=1, escalated_from=None, shadow=True, original=request,
             )  # fmt: skip
-            self._remember(request, attempt, checks, subject)
         except (BudgetExceeded, ProviderError) as exc:
             log.info("shadow call on %s skipped: %s", routed.tier, exc)
             with self.ledger.transaction() as conn:
@@ -661,11 +658,13 @@ class Caller:
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
         kept_key: str | None = None,
+        original: Request | None = None,
     ) -> Attempt:
         """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
 
         A `downgrade` budget may move the call to a cheaper tier, never to one in `avoid`, and never a `shadow`
-        call.
+        call. `original`: the request as the phase sent it, recorded with this answer's outcome in the same
+        transaction (a tier's first answer to it; `Ledger.recorded_requests`).
 
         The hot path of an uncached call is two ledger transactions: one before the provider call (cache
         lookup, budget reservation, tier slot) and one after (record, settle, cache write, slot back).
@@ -713,7 +712,8 @@ class Caller:
             # the cheaper tier's model and output limit, so the answer is never replayed for the tier asked for.
             cache = CacheEntry(_cache_key(routed, request), routed.model_ref, completion.text, completion.data, request)
             verdict = replace(scope.row, outcome=attempt.outcome, checks_failed=attempt.checks_failed)  # type: ignore[arg-type]
-            scope.answered(verdict, cache=cache if attempt.ok else None)
+            sent_as = None if original is None else self._request_record(original, attempt, checks, subject)
+            scope.answered(verdict, cache=cache if attempt.ok else None, request=sent_as)
         record = scope.row
         assert record is not None
         telemetry.record_call(record, provider_kind=routed.provider_kind)

@@ -2,7 +2,8 @@
 
 Evidence is kept apart per complexity (forty `low` asks say nothing about a `high` one) and can be read per
 project, so that adaptive routing prefers a project's own evidence once it has enough. The database does the
-counting (GROUP BY); Python only does the arithmetic on the counts.
+counting: each call recorded is added to `evidence_totals` by a trigger (`ledger._migration_evidence_totals`, which
+also says which calls count), and a read groups those few rows; Python only does the arithmetic on the counts.
 
 The evidence is the outcome of each tier's first answer to a request (`ok` passes; a malformed, cut-off, refused
 or check-failing answer fails): the loop gives every tier two tries, and counting the informed retry's failure
@@ -23,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tierflow.core.config import Config
-from tierflow.core.ledger import Ledger, calls, signals
+from tierflow.core.ledger import Ledger, evidence_totals, signals
 
 Z = 1.96
 """Two-sided 95%."""
@@ -74,36 +75,24 @@ class PhaseEvidence:
     """The project whose calls these are; None when every project's calls are pooled."""
 
 
-FIRST_ANSWERS = sa.and_(
-    calls.c.cached_result.is_(False),
-    calls.c.attempt % 2 == 1,
-    calls.c.outcome.not_in(("lost", "error")),
-    # An escalation step that a `downgrade` budget sent to a cheaper tier is not that tier's first answer.
-    sa.not_(sa.and_(calls.c.downgraded_from.is_not(None), calls.c.escalated_from.is_not(None))),
-)
-"""The calls that count as evidence: each tier's first answer to a request (see the module's docstring)."""
-
-
 def gather(ledger: Ledger, *, flow: str | None = None, by_project: bool = False) -> list[PhaseEvidence]:
-    """Evidence per (flow, phase, complexity) and tier, counted by the database (GROUP BY), never row by row.
+    """Evidence per (flow, phase, complexity) and tier, from the counts kept as calls are recorded.
 
     Every project's calls are pooled, with the stored signals added; `by_project` gives one group per project
-    instead, from the calls alone (signals carry no project).
+    instead, from the calls alone (signals carry no project). Both are GROUP BY reads of a few rows
+    (`ledger.evidence_totals`, kept by the database as each call is recorded), whatever the ledger's size.
     """
-    keys = [calls.c.flow, calls.c.phase, calls.c.complexity, calls.c.tier]
+    t = evidence_totals
+    keys = [t.c.flow, t.c.phase, t.c.complexity, t.c.tier]
     if by_project:
-        keys.insert(3, calls.c.project)
-    query = (
-        sa.select(
-            *keys,
-            sa.func.count().label("n"),
-            sa.func.sum(sa.case((calls.c.outcome == "ok", 1), else_=0)).label("passed"),
-            sa.func.sum(calls.c.cost_usd).label("cost_sum"),
-            sa.func.count(calls.c.cost_usd).label("cost_n"),
-        )
-        .where(FIRST_ANSWERS)
-        .group_by(*keys)
-    )
+        keys.insert(3, t.c.project)
+    query = sa.select(
+        *keys,
+        sa.func.sum(t.c.n).label("n"),
+        sa.func.sum(t.c.passed).label("passed"),
+        sa.func.sum(t.c.cost_sum).label("cost_sum"),
+        sa.func.sum(t.c.cost_n).label("cost_n"),
+    ).group_by(*keys)
     signal_keys = [signals.c.flow, signals.c.phase, signals.c.tier]
     signal_query = (
         sa.select(
@@ -115,7 +104,7 @@ def gather(ledger: Ledger, *, flow: str | None = None, by_project: bool = False)
         .group_by(*signal_keys)
     )
     if flow:
-        query = query.where(calls.c.flow == flow)
+        query = query.where(t.c.flow == flow)
         signal_query = signal_query.where(signals.c.flow == flow)
     with ledger.reading() as conn:
         rows = conn.execute(query).all()
@@ -131,7 +120,7 @@ def summarise(rows: Iterable[Any], extra: Iterable[Any] = ()) -> list[PhaseEvide
     """
     seen: dict[tuple[str, str, str, str | None, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0])
     for r in rows:
-        key = (r.flow or "", r.phase or "", r.complexity or "", getattr(r, "project", None), r.tier or "")
+        key = (r.flow or "", r.phase or "", r.complexity or "", getattr(r, "project", None) or None, r.tier or "")
         counts = seen[key]
         counts[0] += r.n
         counts[1] += r.passed or 0
@@ -226,14 +215,14 @@ def learned_routes(
     """Adaptive routing's table for one flow: (phase, complexity) -> (tier, why), where the evidence suffices.
 
     A project's own evidence decides when its suggested tier has at least `[routing] min_evidence` observations;
-    otherwise every project's evidence of that flow, phase and complexity, pooled. Two grouped reads.
+    otherwise every project's evidence of that flow, phase and complexity, pooled. One or two grouped reads.
     """
     enough = config.settings.routing.min_evidence
-    own = {
-        (e.phase, e.complexity): e
-        for e in gather(ledger, flow=flow, by_project=True)
-        if project and e.project == project
-    }
+    own = (
+        {(e.phase, e.complexity): e for e in gather(ledger, flow=flow, by_project=True) if e.project == project}
+        if project
+        else {}
+    )
     table: dict[tuple[str, str], tuple[str, str]] = {}
     for pooled in gather(ledger, flow=flow):
         key = (pooled.phase, pooled.complexity)

@@ -297,6 +297,24 @@ requests = sa.Table(
     sa.Index("ix_requests_flow_phase", "flow", "phase"),
 )
 
+evidence_totals = sa.Table(
+    "evidence_totals",
+    metadata,
+    # Routing evidence, counted as calls are recorded (a trigger on `calls`, see `_migration_evidence_totals`):
+    # per flow, phase, complexity, project and tier, each tier's first answers (`tierflow.core.evidence`), how
+    # many passed, and their cost. Adaptive routing and `routing suggest` read these few rows, never the calls.
+    # A missing value is stored as '' (a primary key cannot hold NULL).
+    sa.Column("flow", sa.String(64), primary_key=True),
+    sa.Column("phase", sa.String(64), primary_key=True),
+    sa.Column("complexity", sa.String(16), primary_key=True),
+    sa.Column("project", sa.String(128), primary_key=True),
+    sa.Column("tier", sa.String(64), primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False, default=0),
+    sa.Column("passed", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_sum", sa.Float, nullable=False, default=0.0),
+    sa.Column("cost_n", sa.Integer, nullable=False, default=0),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -445,6 +463,62 @@ def _migration_13(conn: Connection) -> None:
     )
 
 
+_FIRST_ANSWER = (
+    "{row}.cached_result = {false} AND {row}.attempt {mod} 2 = 1 AND {row}.outcome NOT IN ('lost', 'error') "
+    "AND NOT ({row}.downgraded_from IS NOT NULL AND {row}.escalated_from IS NOT NULL)"
+)
+"""Which calls are routing evidence: each tier's first answer to a request, billed, neither lost nor failed in
+tierflow's own handling (`error`), and not an escalation step a budget downgraded (`tierflow.core.evidence` says
+why)."""
+_EVIDENCE_KEYS = "flow, phase, complexity, project, tier"
+_EVIDENCE_VALUES = (
+    "COALESCE({row}.flow, ''), COALESCE({row}.phase, ''), COALESCE({row}.complexity, ''), "
+    "COALESCE({row}.project, ''), COALESCE({row}.tier, '')"
+)
+_EVIDENCE_ADD = (
+    "n = evidence_totals.n + excluded.n, passed = evidence_totals.passed + excluded.passed, "
+    "cost_sum = evidence_totals.cost_sum + excluded.cost_sum, cost_n = evidence_totals.cost_n + excluded.cost_n"
+)
+
+
+def _migration_14(conn: Connection) -> None:
+    # (helper "evidence") Routing evidence kept as grouped counts by a trigger on `calls`, filled once from the
+    # calls already recorded; the trigger counts every call recorded from then on, in its own transaction.
+    evidence_totals.create(conn, checkfirst=True)
+    postgres = conn.dialect.name == "postgresql"
+    false = "FALSE" if postgres else "0"
+    mod = "%%" if postgres else "%"  # psycopg reads a lone % as a parameter
+    conn.exec_driver_sql("DELETE FROM evidence_totals")
+    conn.exec_driver_sql(
+        f"INSERT INTO evidence_totals ({_EVIDENCE_KEYS}, n, passed, cost_sum, cost_n) "
+        f"SELECT {_EVIDENCE_VALUES.format(row='calls')}, COUNT(*), SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), "
+        "COALESCE(SUM(cost_usd), 0), COUNT(cost_usd) FROM calls "
+        f"WHERE {_FIRST_ANSWER.format(row='calls', false=false, mod=mod)} GROUP BY 1, 2, 3, 4, 5"
+    )
+    upsert = (
+        f"INSERT INTO evidence_totals ({_EVIDENCE_KEYS}, n, passed, cost_sum, cost_n) "
+        f"VALUES ({_EVIDENCE_VALUES.format(row='NEW')}, 1, CASE WHEN NEW.outcome = 'ok' THEN 1 ELSE 0 END, "
+        "COALESCE(NEW.cost_usd, 0), CASE WHEN NEW.cost_usd IS NULL THEN 0 ELSE 1 END) "
+        f"ON CONFLICT ({_EVIDENCE_KEYS}) DO UPDATE SET {_EVIDENCE_ADD}"
+    )
+    when = _FIRST_ANSWER.format(row="NEW", false=false, mod=mod)
+    if postgres:
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION tierflow_count_evidence() RETURNS trigger AS $$ BEGIN "
+            f"IF {when} THEN {upsert}; END IF; RETURN NULL; END $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql("DROP TRIGGER IF EXISTS calls_count_evidence ON calls")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER calls_count_evidence AFTER INSERT ON calls FOR EACH ROW "
+            "EXECUTE FUNCTION tierflow_count_evidence()"
+        )
+    else:
+        conn.exec_driver_sql("DROP TRIGGER IF EXISTS calls_count_evidence")
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER calls_count_evidence AFTER INSERT ON calls WHEN {when} BEGIN {upsert}; END"
+        )
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -459,6 +533,7 @@ MIGRATIONS = (
     _migration_11,
     _migration_12,
     _migration_13,
+    _migration_14,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 

@@ -57,6 +57,8 @@ class CallScope:
     """The billed answer's row, once the answer has arrived; the verdict replaces it until the scope exits."""
     cache: Any = None
     """A passing answer's cache entry (`calls.CacheEntry`), written with the row."""
+    request: Any = None
+    """The request as the phase sent it, with this answer's outcome (`ledger.RequestRecord`), written with the row."""
     lost: list[CallRecord] = field(default_factory=list)
     """Rows of attempts sent and never answered (the SDK's own retries), written on exit."""
     settled: bool = False
@@ -103,9 +105,10 @@ class CallScope:
 
     # --- the answer -------------------------------------------------------------------------------
 
-    def answered(self, row: CallRecord, *, cache: Any = None) -> None:
-        """The billed answer's row as it stands (and a passing answer's cache entry): the exit writes it."""
-        self.row, self.cache = row, cache
+    def answered(self, row: CallRecord, *, cache: Any = None, request: Any = None) -> None:
+        """The billed answer's row as it stands (a passing answer's cache entry, the request recorded with its
+        outcome): the exit writes them."""
+        self.row, self.cache, self.request = row, cache, request
 
     # --- giving back ------------------------------------------------------------------------------
 
@@ -127,12 +130,14 @@ class CallScope:
             self.slots.forget(slot)
 
     def _write(self, reservation: Reservation) -> None:
-        row, cache, lost, slot = self.row, self.cache, list(self.lost), self.slot
+        row, cache, lost, slot, request = self.row, self.cache, list(self.lost), self.slot, self.request
 
         def also(conn: Connection) -> None:
             self.slots.release(conn, slot)
             for record in lost:
                 self.ledger.record(record, conn=conn)
+            if row is not None and request is not None:
+                self.ledger.remember_request(request, conn=conn)
 
         if row is None:
             step: Callable[[], None] = lambda: self.budgets.release(reservation.id, also=also)  # noqa: E731

@@ -18,7 +18,10 @@ from tierflow.core.ledger import Ledger
 
 
 def suggestions(config: Config, ledger: Ledger, *, flow: str | None = None) -> list[Suggestion]:
-    """One suggestion per flow and phase the ledger has seen (trial runs excluded)."""
+    """One suggestion per flow, phase and complexity the ledger has seen, every project pooled (trials excluded).
+
+    The counts are read grouped from the database (`evidence.gather`), never row by row.
+    """
     return [suggest(config, phase) for phase in gather(ledger, flow=flow) if not phase.flow.startswith("trial")]
 
 

@@ -40,7 +40,7 @@ from tierflow.core.calls import Answer, Caller, RunSettings, new_run_id
 from tierflow.core.checks import Check
 from tierflow.core.config import Config, load_config
 from tierflow.core.errors import BudgetExceeded, TierflowError, VaultError
-from tierflow.core.ledger import CallRecord, Ledger, calls, response_cache
+from tierflow.core.ledger import CallRecord, Ledger, evidence_totals, response_cache
 from tierflow.core.providers import Request
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.tokens import count_tokens
@@ -418,12 +418,13 @@ def _origin_kind(config: Config, origin: str) -> str:
 
 
 def _complexity(ledger: Ledger, flow: str, phase: str) -> str:
-    """The complexity the phase was called at most often (counted by the database)."""
+    """The complexity the phase was called at most often (from the evidence counts, not the calls)."""
+    t = evidence_totals
     query = (
-        sa.select(calls.c.complexity)
-        .where(calls.c.flow == flow, calls.c.phase == phase, calls.c.complexity.is_not(None))
-        .group_by(calls.c.complexity)
-        .order_by(sa.func.count().desc(), calls.c.complexity)
+        sa.select(t.c.complexity)
+        .where(t.c.flow == flow, t.c.phase == phase, t.c.complexity != "")
+        .group_by(t.c.complexity)
+        .order_by(sa.func.sum(t.c.n).desc(), t.c.complexity)
         .limit(1)
     )
     with ledger.reading() as conn:
