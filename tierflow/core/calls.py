@@ -27,7 +27,7 @@ from tierflow.core.context import check_fits
 from tierflow.core.errors import BudgetExceeded, MalformedResponse, OutputModeRejected, ProviderError
 from tierflow.core.ledger import CallRecord, Ledger, now_iso
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
-from tierflow.core.routing import Route, route, route_to_tier
+from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.slots import NO_SLOT, TierSlots
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
@@ -196,17 +196,58 @@ class Caller:
             return self._providers[name]
 
     def route(
-        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None = None, note: str = ""
+        self,
+        phase: str,
+        complexity: str,
+        *,
+        front_matter: Mapping[str, Any] | None = None,
+        note: str = "",
+        prompt: str = "",
     ) -> Route:
-        return route(
+        mode = self.config.settings.routing.mode
+        value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
+        if mode == "request":
+            routed = self._route_request(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
+        else:
+            routed = route(
+                self.config,
+                phase=phase,
+                complexity=complexity,
+                overrides=self.settings.tier_overrides,
+                front_matter=front_matter,
+                note=note,
+                learned=self.learned() if mode == "adaptive" else None,
+            )
+        return replace(routed, value=value)
+
+    def _route_request(
+        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None, note: str, prompt: str
+    ) -> Route:
+        """`[routing] mode = "request"`: the installed per-request router's tier for this request; while it
+        cannot tell (cold start), the phase's evidence as in adaptive mode, then the rules, and `rule` says which."""
+        value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
+        router = request_router()
+        decided = None
+        if router is not None:
+            decided = router(
+                self.config, self.ledger, flow=self.settings.flow, phase=phase, complexity=complexity,
+                text=prompt, value=value,
+            )  # fmt: skip
+        if decided is None and phase in self.learned():
+            tier, why = self.learned()[phase]
+            decided = (tier, f"request: cold start, phase evidence; {why}")
+        routed = route(
             self.config,
             phase=phase,
             complexity=complexity,
             overrides=self.settings.tier_overrides,
             front_matter=front_matter,
             note=note,
-            learned=self.learned() if self.config.settings.routing.mode == "adaptive" else None,
+            learned={phase: decided} if decided is not None else None,
         )
+        if decided is None and routed.rule.startswith("routing."):
+            routed = replace(routed, rule=f"request: cold start, rules; {routed.rule}")
+        return routed
 
     def learned(self) -> dict[str, tuple[str, str]]:
         """Adaptive routing's table for this run's flow, read from the ledger once per run and process."""
@@ -273,6 +314,7 @@ class Caller:
                 tier=tier,
                 rule=f"budget downgrade from {routed.tier}",
             )
+            cheaper = replace(cheaper, value=routed.value)
             cheaper_request = replace(request, model=cheaper.model, max_output_tokens=cheaper.max_output_tokens)
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch)))
         return candidates
@@ -291,7 +333,7 @@ class Caller:
         routed: Route | None = None,
     ) -> tuple[Route, Request]:
         """The route and the request a call would make; `plan` estimates these without calling."""
-        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note)
+        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
         schema = output.model_json_schema() if output is not None else None
         return routed, self.request(
             routed,
@@ -419,12 +461,15 @@ class Caller:
         if routed.tier not in order or ceiling not in order or order.index(ceiling) <= order.index(routed.tier):
             return [routed]
         return [routed] + [
-            route_to_tier(
-                self.config,
-                phase=routed.phase,
-                complexity=routed.complexity,
-                tier=tier,
-                rule=f"escalated from {routed.tier}",
+            replace(
+                route_to_tier(
+                    self.config,
+                    phase=routed.phase,
+                    complexity=routed.complexity,
+                    tier=tier,
+                    rule=f"escalated from {routed.tier}",
+                ),
+                value=routed.value,
             )
             for tier in order[order.index(routed.tier) + 1 : order.index(ceiling) + 1]
         ]
@@ -494,6 +539,7 @@ class Caller:
                 attempt=number,
                 escalated_from=escalated_from,
             )
+            record.request_id, asked = request_identity(self.settings.flow, routed.phase, request)
             # Only an answer that passed is cached, under the request actually sent: after a downgrade, that is
             # the cheaper tier's model and output limit, so the answer is never replayed for the tier asked for.
             sent_key = _cache_key(routed, request)
@@ -506,7 +552,13 @@ class Caller:
                 reservation.id,
                 record,
                 cache=cache,
-                also=lambda conn: (self.slots.release(conn, ticket.slot), lost(conn)),
+                also=lambda conn: (
+                    self.slots.release(conn, ticket.slot),
+                    lost(conn),
+                    self.ledger.remember_request(
+                        record.request_id, asked, flow=record.flow, phase=record.phase, conn=conn
+                    ),
+                ),
             )
             telemetry.record_call(record, provider_kind=routed.provider_kind)
         finally:
@@ -936,6 +988,18 @@ def _cache_key(routed: Route, request: Request) -> str:
     content = {k: v for k, v in request.__dict__.items() if k not in ("output_mode", "mode_confirmed")}
     payload = json.dumps({"model": routed.model_ref, **content}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def request_identity(flow: str, phase: str, request: Request) -> tuple[str, str]:
+    """A request's id and text as the per-request router sees them: the prompt as the phase first sent it
+    (a retry's note taken off), the same for every tier's answer to it."""
+    text = request.prompt.split(_RETRY_MARK, 1)[0]
+    payload = json.dumps([flow, phase, request.system, request.cache_prefix, text], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest(), text
+
+
+_RETRY_MARK = "\n\nYour previous answer to this request could not be used:"
+"""The start of templates/prompts/call/retry.j2, which a retry appends to the prompt."""
 
 
 def _retry_note(failures: Sequence[Failure]) -> str:

@@ -102,6 +102,8 @@ calls = sa.Table(
     sa.Column("escalated_from", sa.String(64)),
     sa.Column("project", sa.String(128), index=True),
     sa.Column("deployment", sa.String(128)),
+    # Version 11: which request this answer was to (`requests`), so a router can learn per request.
+    sa.Column("request_id", sa.String(64), index=True),
 )
 
 response_cache = sa.Table(
@@ -235,6 +237,18 @@ tier_slots = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
+requests = sa.Table(
+    "requests",
+    metadata,
+    # Version 11: the text of each request a phase sent, once, under an id that every tier's answer to it shares
+    # (the first prompt, without the model or a retry's note), for the per-request router (tierflow.learn).
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -243,7 +257,7 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
     return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
 
 
-_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
+_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment", "request_id")
 """Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 
@@ -357,6 +371,13 @@ def _migration_10(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_batch_items_batch_key ON batch_items (batch_key)")
 
 
+def _migration_request_router(conn: Connection) -> None:
+    # Per-request routing (issue 22): each answer's request id, and each request's text once.
+    _add_columns(conn, "calls", {"request_id": "VARCHAR(64)"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_request_id ON calls (request_id)")
+    requests.create(conn, checkfirst=True)
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -368,6 +389,7 @@ MIGRATIONS = (
     _migration_8,
     _migration_9,
     _migration_10,
+    _migration_request_router,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -402,6 +424,7 @@ class CallRecord:
     project: str | None = None
     deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
+    request_id: str | None = None
 
     def row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k != "usage"}
@@ -650,6 +673,11 @@ class Ledger:
         # An upsert: two calls storing the same answer at once (threads, or workers on one PostgreSQL ledger)
         # must not collide on the key the way delete-then-insert does under READ COMMITTED.
         _upsert(conn, response_cache, values, ["key"])
+
+    def remember_request(self, request_id: str, text: str, *, flow: str, phase: str, conn: Connection) -> None:
+        """Keep a request's text once, under the id its answers carry (`calls.request_id`)."""
+        values = {"request_id": request_id, "flow": flow, "phase": phase, "text": text, "created": now_iso()}
+        _upsert(conn, requests, values, ["request_id"])
 
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
