@@ -219,6 +219,10 @@ def test_a_shared_budget_near_its_cap_downgrades_low_value_work_and_keeps_high_v
     assert deep_tokens <= cap  # never overshoots
     rows = c.ledger.rows(run_id=c.settings.run_id)
     assert [r["downgraded_from"] for r in rows][0] == "deep"
+    # `tierflow spend --by value`: spend per value class (the earlier row predates values: the default, 1).
+    from tierflow.report.spend import spend_by
+
+    assert {s.key: s.calls for s in spend_by(c.ledger.rows(), "value")} == {"value 0.5": 1, "value 1": 1, "value 5": 4}
 
 
 def _app():

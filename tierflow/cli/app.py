@@ -60,6 +60,7 @@ class GroupBy(StrEnum):
     run = "run"
     project = "project"
     deployment = "deployment"
+    value = "value"
 
 
 class Format(StrEnum):

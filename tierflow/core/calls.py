@@ -980,6 +980,7 @@ class Caller:
             task_run_id=task_run_id,
             project=self.settings.project,
             deployment=self.settings.deployment,
+            value=routed.value,
         )
 
 

@@ -59,6 +59,7 @@ COLUMNS: tuple[str, ...] = (
     "escalated_from",
     "project",
     "deployment",
+    "value",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -104,6 +105,7 @@ calls = sa.Table(
     sa.Column("deployment", sa.String(128)),
     # Version 11: which request this answer was to (`requests`), so a router can learn per request.
     sa.Column("request_id", sa.String(64), index=True),
+    sa.Column("value", sa.Float),  # the request's value (0.5-5; tierflow.core.routing.value_of), version 11
 )
 
 response_cache = sa.Table(
@@ -257,7 +259,16 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
     return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
 
 
-_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment", "request_id")
+_CALLS_ADDED_IN_5 = (
+    "outcome",
+    "checks_failed",
+    "attempt",
+    "escalated_from",
+    "project",
+    "deployment",
+    "request_id",
+    "value",
+)
 """Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 
@@ -373,7 +384,7 @@ def _migration_10(conn: Connection) -> None:
 
 def _migration_request_router(conn: Connection) -> None:
     # Per-request routing (issue 22): each answer's request id, and each request's text once.
-    _add_columns(conn, "calls", {"request_id": "VARCHAR(64)"})
+    _add_columns(conn, "calls", {"request_id": "VARCHAR(64)", "value": "FLOAT"})
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_request_id ON calls (request_id)")
     requests.create(conn, checkfirst=True)
 
@@ -425,6 +436,7 @@ class CallRecord:
     deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
     request_id: str | None = None
+    value: float | None = None
 
     def row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k != "usage"}
@@ -723,7 +735,7 @@ def _upsert_statement(dialect: str, table: sa.Table, columns: tuple[str, ...], k
     )
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment")
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment", "value")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:
