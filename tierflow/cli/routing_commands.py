@@ -109,9 +109,7 @@ def fit_command(
         for tier, t in found["tiers"].items():
             typer.echo(f"  {tier}: {t['first_answers']} first answers, pass {t['pass_rate']:.2f}")
         for pair, g in found["gains"].items():
-            typer.echo(
-                f"  {pair}: {g['failed_below']} failed below and answered above, rescued {g['rescued_rate']:.2f}"
-            )
+            typer.echo(f"  {pair}: {g['pairs']} requests answered on both ({g['kind']}), rate {g['rate']:.2f}")
         for row in found["phases"]:
             typer.echo(
                 f"  {row['phase']} · {row['tier']}: {row['first_answers']} first answers, pass {row['pass_rate']:.2f}"

@@ -5,9 +5,10 @@ request text the ledger kept (`calls.request_id` -> `requests`). Features: hashe
 the request, its size, script, structure (lines, list items, sources, digits and symbols), and its flow, phase
 and complexity. Per tier a logistic regression, calibrated (sigmoid, cross-validated) once there is enough
 evidence; recent answers weigh more (half-life `HALF_LIFE_DAYS`), so a drifting workload is followed. Where the
-same request has first answers on two neighbouring tiers and the cheaper one failed (escalations, shadow calls,
-trials), a second model learns whether the dearer tier rescues it, so that P(this tier fails and the next passes)
-= P(fails) x P(next passes | this one failed): where the dearer tier actually adds something.
+same request has first answers on two neighbouring tiers, a second model learns where the dearer tier actually adds
+something, P(this tier fails and the next passes): directly, when those pairs are a sample of the workload (shadow
+calls, trials, a recorded history of both); as P(fails) x P(next passes | this one failed) when they come from
+escalations alone (which all failed below).
 
 A request goes to the cheapest tier that *suffices* with probability >= its target: `suffices = 1 - P(tier fails
 and the next passes)` where the pair model exists, else P(tier passes). The target is `target_for(base,
@@ -54,6 +55,9 @@ REFIT_MIN = 50
 CHECK_EVERY_S = 60.0
 """How often a running process looks for new outcomes (a count query), at most."""
 CALIBRATE_MIN = 20
+JOINT_SHARE = 0.2
+"""When at least this share of the requests answered on two neighbouring tiers passed on the cheaper one, the
+pairs are a sample of the workload, not escalations alone: the gain is learnt directly."""
 """Observations per class a tier needs before its probabilities are calibrated by cross-validation."""
 MODEL_FILE = "router.pkl"
 FORMAT = 1
@@ -201,6 +205,9 @@ class TierModel:
     model: Any = None
     """A fitted classifier with `predict_proba`, or None: too little evidence of both kinds, use `pass_rate`."""
     calibrated: bool = False
+    kind: str = "pass"
+    """`pass`: P(passes); for a pair of tiers, `rescue`: P(next passes | this one failed), or `joint`:
+    P(this one fails and the next passes)."""
 
 
 @dataclass
@@ -241,8 +248,8 @@ class RequestRouter:
         m = self.gains.get((tier, above))
         if m is None:
             return None
-        rescue = np.full(X.shape[0], m.pass_rate) if m.model is None else m.model.predict_proba(X)[:, 1]
-        return (1 - self.pass_probability(tier, X)) * rescue
+        p = np.full(X.shape[0], m.pass_rate) if m.model is None else m.model.predict_proba(X)[:, 1]
+        return p if m.kind == "joint" else (1 - self.pass_probability(tier, X)) * p
 
     def suffices(self, tier: str, above: str | None, X: Any) -> np.ndarray:
         """P(this tier's answer is as good as the next tier's would be): 1 - P(it fails and the next passes)
@@ -297,16 +304,22 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
     gains: dict[tuple[str, str], TierModel] = {}
     present = [t for t in order if t in by_tier]
     for lower, upper in zip(present, present[1:], strict=False):
-        failed = {o.request_id: o for o in by_tier[lower] if not o.passed}
-        pairs = [(failed[o.request_id], o) for o in by_tier[upper] if o.request_id in failed]
+        low = {o.request_id: o for o in by_tier[lower]}
+        both = [(low[o.request_id], o) for o in by_tier[upper] if o.request_id in low]
+        joint = len(both) >= REFIT_MIN and sum(a.passed for a, _ in both) >= JOINT_SHARE * len(both)
+        # Pairs from escalations alone all failed below: learn the rescue rate given a failure. Pairs sampled
+        # whatever the cheaper tier did (shadow calls, trials, a history of both): learn the gain itself.
+        pairs = both if joint else [(a, b) for a, b in both if not a.passed]
         if not pairs:
             continue
-        y = np.array([b.passed for _, b in pairs], dtype=int)
+        y = np.array([(not a.passed) and b.passed if joint else b.passed for a, b in pairs], dtype=int)
         model, calibrated = None, False
         if 0 < y.sum() < len(y):
             X = features([(a.flow, a.phase, a.complexity, _routed_text(a.flow, a.text)) for a, _ in pairs])
             model, calibrated = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
-        gains[(lower, upper)] = TierModel(f"{lower}->{upper}", len(pairs), float(y.mean()), model, calibrated)
+        gains[(lower, upper)] = TierModel(
+            f"{lower}->{upper}", len(pairs), float(y.mean()), model, calibrated, "joint" if joint else "rescue"
+        )
     phases: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for o in observed:
         cell = phases[f"{o.flow}/{o.phase}"][o.tier]
@@ -444,12 +457,10 @@ def decide(
         return Decision(None, f"request: fewer than {routing.min_requests} first answers per tier", target, value, {})
     X = router.rows(flow, phase, complexity, [text])
     probabilities: dict[str, float] = {}
-    for tier in known:
+    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests"
+    for tier in known:  # cheapest first, and no further than needed: each tier's models cost scoring time
         above = order[order.index(tier) + 1] if order.index(tier) + 1 < len(order) else None
         probabilities[tier] = float(router.suffices(tier, above if above in known else None, X)[0])
-    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests"
-    shown = ", ".join(f"P({t})={p:.2f}" for t, p in probabilities.items())
-    for tier in known:
         if probabilities[tier] >= target:
             return Decision(
                 tier,
@@ -458,6 +469,7 @@ def decide(
                 value,
                 probabilities,
             )
+    shown = ", ".join(f"P({t})={p:.2f}" for t, p in probabilities.items())
     if known == order:
         best = max(known, key=lambda t: (probabilities[t], order.index(t)))
         return Decision(
@@ -502,7 +514,7 @@ def describe(router: RequestRouter) -> dict[str, Any]:
             for t, m in router.tiers.items()
         },
         "gains": {
-            f"{a}->{b}": {"failed_below": m.observations, "rescued_rate": round(m.pass_rate, 4)}
+            f"{a}->{b}": {"kind": m.kind, "pairs": m.observations, "rate": round(m.pass_rate, 4)}
             for (a, b), m in router.gains.items()
         },
         "phases": per_phase(router),
