@@ -273,10 +273,14 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
     class has `CALIBRATE_MIN` examples."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
 
     base = LogisticRegression(C=1.0, max_iter=300, solver="liblinear", random_state=seed)
     if min(int(y.sum()), int(len(y) - y.sum())) >= CALIBRATE_MIN:
-        model = CalibratedClassifierCV(base, method="sigmoid", cv=3, ensemble=False)
+        # Shuffled folds: the ledger's order groups requests by run and phase, and unshuffled folds would fit the
+        # calibration on phases the fold's model never saw (a sigmoid that can even invert the ranking).
+        folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+        model = CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=False)
         model.fit(X, y, sample_weight=w)
         return model, True
     return base.fit(X, y, sample_weight=w), False
