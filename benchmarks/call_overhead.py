@@ -8,6 +8,7 @@ and answer cache in a second, durable under SQLite WAL); and, with `--vs litellm
 median time in the same run.
 
     python benchmarks/call_overhead.py [-n 1000] [--vs litellm] [--format json]
+    python benchmarks/call_overhead.py --router [-n 1000]   # the per-request router's scoring, per call
 
 LiteLLM is in the `bench` extra: `pip install -e '.[bench]'`.
 """
@@ -128,12 +129,55 @@ def table(result: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def router_scoring(n: int) -> dict[str, float]:
+    """What `[routing] mode = "request"` adds to a call: the per-request router's decision (features, per-tier
+    probabilities, the cheapest tier meeting the target), timed alone on a router fitted from 2,000 answers."""
+    from tierflow.core.config import load_config
+    from tierflow.learn.request_router import Observation, decide, fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.toml"
+        path.write_text("[routing]\nmin_requests = 10\n")
+        config = load_config(config_path=path)
+    words = PROMPT.split()
+    observed = [
+        Observation(
+            f"r{i}",
+            "bench",
+            "collate",
+            "low",
+            tier,
+            f"{i} " + " ".join(words[i % 7 :]),
+            (i % 5 > 0) or tier != "light",
+            "",
+        )
+        for i in range(1000)
+        for tier in ("light", "standard")
+    ]
+    router = fit(observed, ["light", "standard", "deep"])
+    samples = []
+    for i in range(max(n, 200)):
+        text = f"{PROMPT} item {i}"
+        t0 = time.perf_counter()
+        decide(config, router, flow="bench", phase="collate", complexity="low", text=text)
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {
+        "request_router_score_ms_median": round(statistics.median(samples), 3),
+        "request_router_score_ms_p95": round(samples[int(0.95 * len(samples))], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=1000, help="rounds (each calls every path once; at least 200)")
     parser.add_argument("--vs", choices=["litellm"], default=None, help="also measure LiteLLM")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--router", action="store_true", help="only time the per-request router's decision")
     args = parser.parse_args()
+    if args.router:
+        print(json.dumps(router_scoring(args.n), indent=2))
+        return
     os.environ["ANTHROPIC_API_KEY"] = "bench"
     with ProviderDouble() as double, tempfile.TemporaryDirectory() as tmp:
         vault = Path(tmp)

@@ -70,6 +70,7 @@ class GroupBy(StrEnum):
     run = "run"
     project = "project"
     deployment = "deployment"
+    value = "value"
 
 
 class Format(StrEnum):

@@ -1,4 +1,4 @@
-"""`tierflow routing suggest` and `tierflow routing scan`: which tier each phase really needs, from the ledger."""
+"""`tierflow routing suggest`, `scan`, `fit` and `explain`: which tier each phase (and each request) needs."""
 
 from __future__ import annotations
 
@@ -78,6 +78,82 @@ def scan_command(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
         verdict = {True: "pass", False: "fail", None: "neutral"}[s.passed]
         typer.echo(f"{s.note}\t{s.kind}\t{s.detail}\t{verdict}")
     typer.echo(f"{len(found)} signals from {len({s.note for s in found})} drafts.", err=True)
+
+
+@routing_app.command("fit")
+def fit_command(
+    vault: VaultOpt = None,
+    output: Annotated[Format, typer.Option("--format", help="table, or json.")] = Format.table,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Fit the per-request router (`[routing] mode = "request"`) from the ledger's first answers, now.
+
+    It also refits itself as outcomes arrive; this shows what it learned: per tier and per phase, the first
+    answers it was fitted on and their pass rate.
+    """
+    vault = vault_dir(vault, required="tierflow routing fit")
+    cfg = load(vault, config, profile)
+    from tierflow.core.ledger import Ledger
+    from tierflow.learn import request_router
+
+    router = request_router.refit(cfg, Ledger(cfg.ledger_url))
+    request_router.forget()
+    found = request_router.describe(router)
+    if output is Format.json:
+        typer.echo(json.dumps(found, indent=2))
+    else:
+        typer.echo(
+            f"Fitted {found['fitted_at']} over {found['requests']} requests ({found['first_answers']} first answers)"
+        )
+        for tier, t in found["tiers"].items():
+            typer.echo(f"  {tier}: {t['first_answers']} first answers, pass {t['pass_rate']:.2f}")
+        for pair, g in found["gains"].items():
+            typer.echo(f"  {pair}: {g['pairs']} requests answered on both ({g['kind']}), rate {g['rate']:.2f}")
+        for row in found["phases"]:
+            typer.echo(
+                f"  {row['phase']} · {row['tier']}: {row['first_answers']} first answers, pass {row['pass_rate']:.2f}"
+            )
+    typer.echo(f"Saved to {request_router.model_path(cfg)}", err=True)
+
+
+@routing_app.command("explain")
+def explain_command(
+    request: Annotated[str, typer.Argument(help="A request id (or a unique prefix) from the ledger's `request_id`.")],
+    vault: VaultOpt = None,
+    output: Annotated[Format, typer.Option("--format", help="table, or json.")] = Format.table,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Why a request went where it went: the rule each answer was given, and what the router predicts for it now."""
+    vault = vault_dir(vault, required="tierflow routing explain")
+    cfg = load(vault, config, profile)
+    from tierflow.core.ledger import Ledger
+    from tierflow.core.routing import value_of
+    from tierflow.learn import request_router
+
+    ledger = Ledger(cfg.ledger_url)
+    found = request_router.stored_request(ledger, request)
+    if found is None:
+        raise fail(f"no single request with id {request!r} in the ledger: give more of the id")
+    value = value_of(cfg, flow=found["flow"] or "", phase=found["phase"] or "")
+    decision = request_router.decide(
+        cfg, request_router.current(cfg, ledger), flow=found["flow"] or "", phase=found["phase"] or "",
+        complexity=found["complexity"] or "medium", text=found["text"], value=value,
+    )  # fmt: skip
+    result = {
+        **{k: found[k] for k in ("request_id", "flow", "phase", "complexity", "answers")},
+        "text": found["text"][:500],
+        "now": {"tier": decision.tier, "rule": decision.rule, "target": round(decision.target, 4),
+                "value": decision.value, "p_suffices": {t: round(p, 4) for t, p in decision.probabilities.items()}},
+    }  # fmt: skip
+    if output is Format.json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    typer.echo(f"{found['flow']} · {found['phase']} · request {found['request_id'][:12]}")
+    for a in found["answers"]:
+        typer.echo(f"  answered on {a['tier']} (attempt {a['attempt']}, {a['outcome']}): {a['route_rule']}")
+    typer.echo(f"  now: {decision.tier or '(phase evidence or the rules)'}: {decision.rule}")
 
 
 def _table(found: list) -> None:  # noqa: ANN001

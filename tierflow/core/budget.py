@@ -166,13 +166,20 @@ class BudgetState:
             afford = min(afford, math.floor(((self.remaining_usd or 0.0) - prompt_usd) / per_token * (1 - 1e-9)))
         return max(afford, 0)
 
-    def fits(self, usd: float, tokens: int, *, settled: bool = False) -> bool:
-        """Whether a call of this worst case fits; with `settled`, as if the calls in flight had cost nothing."""
+    def fits(self, usd: float, tokens: int, *, settled: bool = False, value: float = 1.0) -> bool:
+        """Whether a call of this worst case fits; with `settled`, as if the calls in flight had cost nothing.
+        Work of `value` below 1 fits only below the share of the limit `value_allows` leaves it."""
         eps = 1e-12
         held_usd, held_tokens = (0.0, 0) if settled else (self.reserved_usd, self.reserved_tokens)
         if self.limit_usd is not None and self.spent_usd + held_usd + usd > self.limit_usd + eps:
             return False
-        return not (self.limit_tokens is not None and self.spent_tokens + held_tokens + tokens > self.limit_tokens)
+        if self.limit_tokens is not None and self.spent_tokens + held_tokens + tokens > self.limit_tokens:
+            return False
+        if self.limit_usd is not None and not value_allows(value, self.spent_usd + held_usd + usd, self.limit_usd):
+            return False
+        return self.limit_tokens is None or value_allows(
+            value, self.spent_tokens + held_tokens + tokens, self.limit_tokens
+        )
 
     def describe(self) -> str:
         parts = []
@@ -575,6 +582,17 @@ def forecast(state: BudgetState, start: datetime, end: datetime, now: datetime) 
 
 _FILTERS = ("flow", "phase", "tier", "project")
 
+VALUE_RESERVE = 0.2
+"""The share of every budget's limit kept for work of value 1 and above (`value_allows`)."""
+
+
+def value_allows(value: float, used: float, cap: float) -> bool:
+    """Whether work of this `value` may bring a budget's use (spent, held and this call's worst case) to `used`:
+    value below 1 only up to `1 - VALUE_RESERVE` (80%) of the `cap`, so that it is downgraded or deferred first
+    as the budget nears its cap; value 1 and above up to the cap itself (as without values)."""
+    return used <= cap * (1.0 if value >= 1 else 1 - VALUE_RESERVE) + 1e-12
+
+
 _WAIT = object()
 """Decision: the call would fit once the calls in flight settle."""
 
@@ -593,7 +611,7 @@ def decide_reservation(
         applying = [s for s in states if s.applies_to(candidate)]
         # A model of unknown price cannot be checked against a USD limit that does not allow it.
         unpriced = [s for s in applying if s.usd_of(est) is None]
-        blocking = unpriced or [s for s in applying if not s.fits(s.usd_of(est), est.tokens)]
+        blocking = unpriced or [s for s in applying if not s.fits(s.usd_of(est), est.tokens, value=candidate.value)]
         hard = [s for s in blocking if s.policy != "warn" or s in unpriced]
         if not hard:
             return Reservation(
@@ -604,7 +622,11 @@ def decide_reservation(
                 budget=forced_by if index else None,
                 warnings=tuple((s.name, s.describe()) for s in blocking),
             )
-        if wait and not unpriced and all(s.fits(s.usd_of(est), est.tokens, settled=True) for s in hard):
+        if (
+            wait
+            and not unpriced
+            and all(s.fits(s.usd_of(est), est.tokens, settled=True, value=candidate.value) for s in hard)
+        ):
             return _WAIT
         # Not at the full output allowance, but with a smaller one: send what the budget affords, to a floor.
         # A `downgrade` budget first tries the cheaper tiers whole; the last of them may still be clamped.
@@ -614,7 +636,7 @@ def decide_reservation(
             afford = min(s.affordable_output(est) for s in hard)
             if floor <= afford < est.max_output_tokens:
                 smaller = est.clamped(afford)
-                if all(s.fits(s.usd_of(smaller) or 0.0, smaller.tokens) for s in hard):
+                if all(s.fits(s.usd_of(smaller) or 0.0, smaller.tokens, value=candidate.value) for s in hard):
                     return Reservation(
                         id=0,
                         route=replace(candidate, max_output_tokens=afford),

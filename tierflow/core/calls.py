@@ -33,7 +33,7 @@ from tierflow.core.errors import (
 )
 from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
-from tierflow.core.routing import Route, route, route_to_tier
+from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, TierSlots
 from tierflow.core.tokens import count_tokens
@@ -203,18 +203,54 @@ class Caller:
         front_matter: Mapping[str, Any] | None = None,
         note: str = "",
         adaptive: bool = True,
+        prompt: str = "",
     ) -> Route:
-        """`adaptive=False`: the person chose the complexity, so learned routing does not override it."""
-        adaptive = adaptive and self.config.settings.routing.mode == "adaptive"
-        return route(
+        """`adaptive=False`: the person chose the complexity, so learned routing (adaptive or per request) does not
+        override it."""
+        mode = self.config.settings.routing.mode
+        value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
+        if mode == "request" and adaptive:
+            routed = self._route_request(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
+        else:
+            routed = route(
+                self.config,
+                phase=phase,
+                complexity=complexity,
+                overrides=self.settings.tier_overrides,
+                front_matter=front_matter,
+                note=note,
+                learned=self.learned() if adaptive and mode == "adaptive" else None,
+            )
+        return replace(routed, value=value)
+
+    def _route_request(
+        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None, note: str, prompt: str
+    ) -> Route:
+        """`[routing] mode = "request"`: the installed per-request router's tier for this request; while it
+        cannot tell (cold start), the phase's evidence as in adaptive mode, then the rules, and `rule` says which."""
+        value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
+        router = request_router()
+        decided = None
+        if router is not None:
+            decided = router(
+                self.config, self.ledger, flow=self.settings.flow, phase=phase, complexity=complexity,
+                text=prompt, value=value,
+            )  # fmt: skip
+        if decided is None and (phase, complexity) in self.learned():
+            tier, why = self.learned()[(phase, complexity)]
+            decided = (tier, f"request: cold start, phase evidence; {why}")
+        routed = route(
             self.config,
             phase=phase,
             complexity=complexity,
             overrides=self.settings.tier_overrides,
             front_matter=front_matter,
             note=note,
-            learned=self.learned() if adaptive else None,
+            learned={(phase, complexity): decided} if decided is not None else None,
         )
+        if decided is None and routed.rule.startswith("routing."):
+            routed = replace(routed, rule=f"request: cold start, rules; {routed.rule}")
+        return routed
 
     def learned(self) -> dict[tuple[str, str], tuple[str, str]]:
         """Adaptive routing's table for this run's flow and project, read from the ledger once per run and process."""
@@ -290,6 +326,7 @@ class Caller:
                 tier=tier,
                 rule=f"budget downgrade from {routed.tier}",
             )
+            cheaper = replace(cheaper, value=routed.value)
             cheaper_request = replace(request, model=cheaper.model, max_output_tokens=cheaper.max_output_tokens)
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
@@ -334,7 +371,7 @@ class Caller:
         routed: Route | None = None,
     ) -> tuple[Route, Request]:
         """The route and the request a call would make; `plan` estimates these without calling."""
-        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note)
+        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
         schema = output.model_json_schema() if output is not None else None
         return routed, self.request(
             routed,
@@ -579,12 +616,15 @@ class Caller:
         if routed.tier not in order or ceiling not in order or order.index(ceiling) <= order.index(routed.tier):
             return [routed]
         return [routed] + [
-            route_to_tier(
-                self.config,
-                phase=routed.phase,
-                complexity=routed.complexity,
-                tier=tier,
-                rule=f"escalated from {routed.tier}",
+            replace(
+                route_to_tier(
+                    self.config,
+                    phase=routed.phase,
+                    complexity=routed.complexity,
+                    tier=tier,
+                    rule=f"escalated from {routed.tier}",
+                ),
+                value=routed.value,
             )
             for tier in order[order.index(routed.tier) + 1 : order.index(ceiling) + 1]
         ]
@@ -713,7 +753,8 @@ class Caller:
             cache = CacheEntry(_cache_key(routed, request), routed.model_ref, completion.text, completion.data, request)
             verdict = replace(scope.row, outcome=attempt.outcome, checks_failed=attempt.checks_failed)  # type: ignore[arg-type]
             sent_as = None if original is None else self._request_record(original, attempt, checks, subject)
-            scope.answered(verdict, cache=cache if attempt.ok else None, request=sent_as)
+            verdict.request_id, asked = request_identity(self.settings.flow, routed.phase, request)
+            scope.answered(verdict, cache=cache if attempt.ok else None, request=sent_as, text=asked)
         record = scope.row
         assert record is not None
         telemetry.record_call(record, provider_kind=routed.provider_kind)
@@ -1155,6 +1196,7 @@ class Caller:
             task_run_id=task_run_id,
             project=self.settings.project,
             deployment=self.settings.deployment,
+            value=routed.value,
         )
 
 
@@ -1168,6 +1210,18 @@ def _cache_key(routed: Route, request: Request) -> str:
 def _kept_key(routed: Route, request: Request) -> str:
     """Where a request's kept answer is remembered in the answer cache: apart from the key of any answer that passed."""
     return hashlib.sha256(f"kept:{_cache_key(routed, request)}".encode()).hexdigest()
+
+
+def request_identity(flow: str, phase: str, request: Request) -> tuple[str, str]:
+    """A request's id and text as the per-request router sees them: the prompt as the phase first sent it
+    (a retry's note taken off), the same for every tier's answer to it."""
+    text = request.prompt.split(_RETRY_MARK, 1)[0]
+    payload = json.dumps([flow, phase, request.system, request.cache_prefix, text], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest(), text
+
+
+_RETRY_MARK = "\n\nYour previous answer to this request could not be used:"
+"""The start of templates/prompts/call/retry.j2, which a retry appends to the prompt."""
 
 
 def _retry_note(failures: Sequence[Failure]) -> str:

@@ -199,8 +199,16 @@ class RoutingConfig(_Model):
     """The highest tier an escalation may reach; unset means the `high` complexity's tier."""
     phases: dict[str, str] = {}
     """Per-phase tiers that win over the complexity's (what `tierflow routing suggest --apply` writes)."""
-    mode: Literal["rules", "adaptive"] = "rules"
-    """`adaptive`: route each phase by the ledger's evidence where it suffices, by the rules otherwise."""
+    mode: Literal["rules", "adaptive", "request"] = "rules"
+    """`adaptive`: route each phase by the ledger's evidence where it suffices, by the rules otherwise.
+    `request`: route each request by its predicted pass probability per tier (tierflow.learn.request_router),
+    falling back to the phase's evidence, then the rules, while the router has too little evidence."""
+    value: float = Field(default=1.0, ge=0.5, le=5)
+    """How much a good answer is worth (0.5 routine to 5 critical): raises the target, `target_for(value)`."""
+    value_by: dict[str, float] = {}
+    """Per flow, phase or `flow.phase`: its value (a note's `tierflow_value` front-matter wins over these)."""
+    min_requests: int = Field(default=200, ge=1)
+    """Request mode: first answers a tier needs in the ledger before the per-request router is used for it."""
     target: float = Field(default=0.9, gt=0, le=1)
     """The pass rate (its lower confidence bound) a tier must reach to be suggested or learned."""
     min_evidence: int = Field(default=20, ge=1)
@@ -630,7 +638,7 @@ def _fix_for(err: Mapping[str, Any], key: str) -> str:
     if err["type"] == "extra_forbidden" and key.startswith("routing."):
         return (
             f"Routing keys are the complexities ({', '.join(COMPLEXITIES)}), `escalate`, `ceiling`, `phases`, "
-            "`mode`, `target`, `min_evidence` and `explore`."
+            "`mode`, `target`, `min_evidence`, `explore`, `value`, `value_by` and `min_requests`."
         )
     if err["type"] == "extra_forbidden":
         return "Remove it or check its spelling against `tierflow config show`."

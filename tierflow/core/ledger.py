@@ -61,6 +61,7 @@ COLUMNS: tuple[str, ...] = (
     "escalated_from",
     "project",
     "deployment",
+    "value",
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
@@ -104,6 +105,9 @@ calls = sa.Table(
     sa.Column("escalated_from", sa.String(64)),
     sa.Column("project", sa.String(128), index=True),
     sa.Column("deployment", sa.String(128)),
+    # Version 11: which request this answer was to (`requests`), so a router can learn per request.
+    sa.Column("request_id", sa.String(64), index=True),
+    sa.Column("value", sa.Float),  # the request's value (0.5-5; tierflow.core.routing.value_of), version 11
 )
 
 response_cache = sa.Table(
@@ -315,6 +319,18 @@ evidence_totals = sa.Table(
     sa.Column("cost_n", sa.Integer, nullable=False, default=0),
 )
 
+request_texts = sa.Table(
+    "request_texts",
+    metadata,
+    # Version 15: the text of each request a phase sent, once, under an id that every tier's answer to it shares
+    # (the first prompt, without the model or a retry's note), for the per-request router (tierflow.learn).
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("phase", sa.String(64)),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32)),
+)
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -323,7 +339,16 @@ def _as_created(table: sa.Table, later: tuple[str, ...]) -> sa.Table:
     return sa.Table(table.name, sa.MetaData(), *[c._copy() for c in table.columns if c.name not in later])
 
 
-_CALLS_ADDED_IN_5 = ("outcome", "checks_failed", "attempt", "escalated_from", "project", "deployment")
+_CALLS_ADDED_IN_5 = (
+    "outcome",
+    "checks_failed",
+    "attempt",
+    "escalated_from",
+    "project",
+    "deployment",
+    "request_id",
+    "value",
+)
 """Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 _CACHE_ADDED_FOR_KEPT = ("kept", "checks_failed", "tier")
@@ -519,6 +544,13 @@ def _migration_14(conn: Connection) -> None:
         )
 
 
+def _migration_15(conn: Connection) -> None:
+    # Per-request routing (issue 22): each answer's request id, and each request's text once.
+    _add_columns(conn, "calls", {"request_id": "VARCHAR(64)", "value": "FLOAT"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_calls_request_id ON calls (request_id)")
+    request_texts.create(conn, checkfirst=True)
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -534,6 +566,7 @@ MIGRATIONS = (
     _migration_12,
     _migration_13,
     _migration_14,
+    _migration_15,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -568,6 +601,8 @@ class CallRecord:
     project: str | None = None
     deployment: str | None = None
     timestamp: str = field(default_factory=lambda: now_iso())
+    request_id: str | None = None
+    value: float | None = None
 
     def row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k != "usage"}
@@ -951,6 +986,11 @@ class Ledger:
         with self.transaction() as conn:
             conn.execute(response_cache.delete().where(response_cache.c.key == key, response_cache.c.kept.is_(True)))
 
+    def remember_request_text(self, request_id: str, text: str, *, flow: str, phase: str, conn: Connection) -> None:
+        """Keep a request's text once, under the id its answers carry (`calls.request_id`)."""
+        values = {"request_id": request_id, "flow": flow, "phase": phase, "text": text, "created": now_iso()}
+        _upsert(conn, request_texts, values, ["request_id"])
+
     def remember_draft(self, note: str, text: str, **call: Any) -> None:
         """Keep the text a draft was written with, and the call that produced it, for the edit signal."""
         with self.transaction() as conn:
@@ -995,7 +1035,7 @@ def _upsert_statement(dialect: str, table: sa.Table, columns: tuple[str, ...], k
     )
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment")
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment", "value")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:

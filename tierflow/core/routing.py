@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ class Route:
     max_output_tokens: int
     rule: str
     """`override`, `front-matter:<note>`, or `routing.<complexity> (<config source>)`."""
+    value: float = 1.0
+    """The request's value (0.5-5, `value_of`): its quality target, and its priority in shared budgets."""
 
     @property
     def model_ref(self) -> str:
@@ -108,3 +110,57 @@ def route_to_tier(config: Config, *, phase: str, complexity: str, tier: str, rul
         max_output_tokens=tier_config.max_output_tokens,
         rule=rule,
     )
+
+
+# Per-request routing and value (issue 22). The router itself lives in tierflow.learn.request_router, which
+# installs itself here (`use_request_router`): the core never imports learn.
+
+VALUE_KEY = "tierflow_value"
+"""A note (or an assignment's brief) may set its value: `tierflow_value: 5`."""
+VALUE_MIN, VALUE_MAX = 0.5, 5.0
+
+
+def value_of(config: Config, *, flow: str, phase: str, front_matter: Mapping[str, Any] | None = None) -> float:
+    """A request's value: the note's `tierflow_value`, else `[routing.value_by]` for `flow.phase`, the phase or
+    the flow, else `[routing] value` (the project's, 1 by default); clamped to 0.5-5."""
+    raw: Any = (front_matter or {}).get(VALUE_KEY)
+    values = config.settings.routing.value_by
+    if raw is None:
+        raw = next((values[k] for k in (f"{flow}.{phase}", phase, flow) if k in values), None)
+    try:
+        value = float(raw) if raw is not None else config.settings.routing.value
+    except (TypeError, ValueError):
+        value = config.settings.routing.value
+    return min(VALUE_MAX, max(VALUE_MIN, value))
+
+
+def target_for(base: float, value: float) -> float:
+    """The pass probability a request of this value must reach: the failure allowed shrinks by the value,
+    `1 - (1 - base) / value` (base 0.9: value 0.5 -> 0.80, 1 -> 0.90, 2 -> 0.95, 5 -> 0.98)."""
+    return 1 - (1 - base) / min(VALUE_MAX, max(VALUE_MIN, value))
+
+
+RequestRouter = Callable[..., "tuple[str, str] | None"]
+"""`(config, ledger, *, flow, phase, complexity, text, value) -> (tier, why)`, or None where it cannot tell."""
+
+_request_router: list[RequestRouter] = []
+
+
+def use_request_router(router: RequestRouter | None) -> None:
+    """Install the per-request router that `[routing] mode = "request"` consults (None removes it)."""
+    _request_router[:] = [router] if router is not None else []
+
+
+REQUEST_ROUTER_MODULE = "tierflow.learn.request_router"
+"""Imported by name when request mode needs a router and none is installed: it installs itself."""
+
+
+def request_router() -> RequestRouter | None:
+    if not _request_router:
+        import importlib
+
+        try:
+            importlib.import_module(REQUEST_ROUTER_MODULE)
+        except ImportError:  # scikit-learn missing: request mode falls back to phase evidence, then the rules
+            return None
+    return _request_router[0] if _request_router else None

@@ -59,6 +59,8 @@ class CallScope:
     """A passing answer's cache entry (`calls.CacheEntry`), written with the row."""
     request: Any = None
     """The request as the phase sent it, with this answer's outcome (`ledger.RequestRecord`), written with the row."""
+    text: str | None = None
+    """The request's text as the per-request router sees it, kept once under the row's `request_id`."""
     lost: list[CallRecord] = field(default_factory=list)
     """Rows of attempts sent and never answered (the SDK's own retries), written on exit."""
     settled: bool = False
@@ -105,10 +107,12 @@ class CallScope:
 
     # --- the answer -------------------------------------------------------------------------------
 
-    def answered(self, row: CallRecord, *, cache: Any = None, request: Any = None) -> None:
+    def answered(self, row: CallRecord, *, cache: Any = None, request: Any = None, text: str | None = None) -> None:
         """The billed answer's row as it stands (a passing answer's cache entry, the request recorded with its
-        outcome): the exit writes them."""
+        outcome, the request's text for the per-request router): the exit writes them."""
         self.row, self.cache, self.request = row, cache, request
+        if text is not None:
+            self.text = text
 
     # --- giving back ------------------------------------------------------------------------------
 
@@ -130,7 +134,14 @@ class CallScope:
             self.slots.forget(slot)
 
     def _write(self, reservation: Reservation) -> None:
-        row, cache, lost, slot, request = self.row, self.cache, list(self.lost), self.slot, self.request
+        row, cache, lost, slot, request, text = (
+            self.row,
+            self.cache,
+            list(self.lost),
+            self.slot,
+            self.request,
+            self.text,
+        )
 
         def also(conn: Connection) -> None:
             self.slots.release(conn, slot)
@@ -138,6 +149,8 @@ class CallScope:
                 self.ledger.record(record, conn=conn)
             if row is not None and request is not None:
                 self.ledger.remember_request(request, conn=conn)
+            if row is not None and row.request_id and text is not None:
+                self.ledger.remember_request_text(row.request_id, text, flow=row.flow, phase=row.phase, conn=conn)
 
         if row is None:
             step: Callable[[], None] = lambda: self.budgets.release(reservation.id, also=also)  # noqa: E731

@@ -141,6 +141,8 @@ def _key(by: str) -> Callable[[dict[str, Any]], str]:
         return lambda row: _iso_week(row["timestamp"])
     if by == TOTAL:
         return lambda row: "total"
+    if by == "value":  # the value class; rows from before values were recorded count at the default, 1
+        return lambda row: f"value {row.get('value') or 1:g}"
     return lambda row: str(row.get(by) or "")
 
 

@@ -1,0 +1,218 @@
+"""The per-request router against RouteLLM, on RouteLLM's own public MMLU results (../shared/data/routing/).
+
+Three modes:
+
+    # fit from a history, score prompts: {"<id>": P(light suffices)}
+    python benchmarks/routing_public.py --history H.csv --prompts P.csv --out scores.json
+    # RouteLLM's metrics, as its evals/evaluate.py and evals/benchmarks.py compute them
+    python benchmarks/routing_public.py --evaluate --scores scores.json --labels L.csv --format json
+    # make the splits from mmlu_public.csv and run both steps, for both settings and a few seeds
+    python benchmarks/routing_public.py --experiment new-subjects own-history --seeds 0 1 2 [--data CSV]
+
+`--history` writes each row of H.csv (`subject, prompt, weak_correct, strong_correct`) into a fresh tierflow ledger
+as two past first answers to one request (flow `mmlu`, phase = the subject, weak = tier `light`, strong = tier
+`deep`, outcome `ok` or `check_failed`) through the ledger's own recording functions (`Ledger.record`,
+`Ledger.remember_request`, `request_identity`) - the rows the call path writes - then fits the router from that
+ledger with `tierflow.learn.request_router` exactly as `tierflow routing fit` does, and scores every row of P.csv
+(`id, subject, prompt`). It reads nothing else. The score is the router's P(light suffices) = 1 - P(light fails
+and deep passes): the probability that the light answer is as good as the deep one.
+
+`--evaluate` follows RouteLLM: the strong model is called when the score says light will fail (RouteLLM's score is
+"strong needed", so its score is 1 - ours); thresholds are the 11 edges of `pandas.qcut(strong_needed, 10,
+retbins=True)`, at each prompts at or above it go strong (above it, for the last edge); CPT(x%) is
+`numpy.interp(weak + x (strong - weak), accuracies, strong shares)` over the points sorted by strong share; APGR
+is the trapezoid area of accuracy over strong share (0-1) less the weak model's, divided by (strong - weak).
+`strong_share_at_95pct_quality` is the strong share at which accuracy reaches 95% of the strong model's (by the
+same interpolation). Accuracies are in percent, as RouteLLM prints them.
+
+Settings: `new-subjects` fits on two thirds of the subjects and scores the other third (subjects it never saw);
+`own-history` fits on a random half of each subject's questions and scores the other half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tierflow.core.calls import request_identity
+from tierflow.core.ledger import CallRecord, Ledger
+from tierflow.core.providers import Request
+from tierflow.core.usage import Usage
+from tierflow.learn import request_router
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing" / "mmlu_public.csv"
+if not DATA.exists():
+    DATA = Path("/work/shared/data/routing/mmlu_public.csv")
+FLOW = "mmlu"
+TIERS = ("light", "standard", "deep")
+ROUTELLM_BEST = {"cpt50": 35.40, "cpt80": 70.31, "apgr": 0.603}
+
+
+def record_history(ledger: Ledger, history: pd.DataFrame) -> None:
+    """Each row as two first answers (light = weak, deep = strong) to one request, as the call path records them."""
+    with ledger.transaction() as conn:
+        for row in history.itertuples(index=False):
+            request = Request(model="", system="", prompt=row.prompt, max_output_tokens=0)
+            request_id, text = request_identity(FLOW, row.subject, request)
+            ledger.remember_request_text(request_id, text, flow=FLOW, phase=row.subject, conn=conn)
+            for tier, correct in (("light", row.weak_correct), ("deep", row.strong_correct)):
+                ledger.record(
+                    CallRecord(
+                        run_id="history", flow=FLOW, phase=row.subject, complexity="medium", tier=tier,
+                        provider="routellm", model=tier, usage=Usage(), cost_usd=None, latency_ms=0.0,
+                        subject=row.subject, outcome="ok" if int(correct) else "check_failed",
+                        request_id=request_id,
+                    ),
+                    conn=conn,
+                )  # fmt: skip
+
+
+def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[str, float], float]:
+    """A fresh ledger from `history`, the router fitted from it, and P(light suffices) for each prompt."""
+    with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
+        ledger = Ledger(f"sqlite:///{Path(tmp) / 'ledger.sqlite'}")
+        record_history(ledger, history)
+        t0 = time.perf_counter()
+        router = request_router.fit(request_router.observations(ledger), TIERS)
+        fit_s = time.perf_counter() - t0
+    rows = [(FLOW, str(s), "medium", str(p)) for s, p in zip(prompts["subject"], prompts["prompt"], strict=True)]
+    scores = request_router.scores(router, rows, "light", "deep")
+    return {str(i): s for i, s in zip(prompts["id"], scores, strict=True)}, fit_s
+
+
+def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 10) -> dict[str, float]:
+    """RouteLLM's MMLU metrics for a router whose score is P(light suffices)."""
+    data = labels.assign(id=labels["id"].astype(str)).set_index("id")
+    strong_needed = pd.Series([1 - scores[i] for i in data.index], index=data.index)
+    weak = data["weak_correct"].astype(int).to_numpy()
+    strong = data["strong_correct"].astype(int).to_numpy()
+    _, thresholds = pd.qcut(strong_needed, num_results, retbins=True)
+    points = []
+    for i, threshold in enumerate(thresholds):
+        selection = (strong_needed >= threshold if i != len(thresholds) - 1 else strong_needed > threshold).to_numpy()
+        results = np.where(selection, strong, weak)
+        points.append((selection.sum() / len(selection) * 100, results.sum() / len(results) * 100))
+    curve = pd.DataFrame(points, columns=["strong_percentage", "accuracy"]).sort_values(by=["strong_percentage"])
+    weak_acc, strong_acc = weak.mean() * 100, strong.mean() * 100
+
+    def share_at(accuracy: float) -> float:
+        return float(np.interp(accuracy, curve["accuracy"], curve["strong_percentage"]))
+
+    x = curve["strong_percentage"] / 100
+    auc = np.trapezoid(curve["accuracy"], x)
+    weak_auc = np.trapezoid(np.full(len(curve), weak_acc), x)
+    strong_auc = np.trapezoid(np.full(len(curve), strong_acc), x)
+    oracle = np.where((weak == 0) & (strong == 1), strong, weak)
+    return {
+        "cpt50": round(share_at(0.5 * (strong_acc - weak_acc) + weak_acc), 2),
+        "cpt80": round(share_at(0.8 * (strong_acc - weak_acc) + weak_acc), 2),
+        "apgr": round(float((auc - weak_auc) / (strong_auc - weak_auc)), 4),
+        "strong_share_at_95pct_quality": round(share_at(0.95 * strong_acc), 2),
+        "weak_accuracy": round(float(weak_acc), 2),
+        "strong_accuracy": round(float(strong_acc), 2),
+        "oracle_accuracy": round(float(oracle.mean() * 100), 2),
+        "oracle_strong_share": round(float(((weak == 0) & (strong == 1)).mean() * 100), 2),
+        "prompts": len(data),
+    }
+
+
+def split(data: pd.DataFrame, setting: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    if setting == "new-subjects":
+        subjects = np.array(sorted(data["subject"].unique()))
+        rng.shuffle(subjects)
+        held = set(subjects[: len(subjects) // 3])
+        test = data["subject"].isin(held).to_numpy()
+    elif setting == "own-history":
+        test = np.zeros(len(data), dtype=bool)
+        for _, index in data.groupby("subject").indices.items():
+            chosen = rng.permutation(index)[: len(index) // 2]
+            test[chosen] = True
+    else:
+        raise SystemExit(f"unknown setting {setting!r}: use new-subjects or own-history")
+    return data[~test], data[test]
+
+
+def experiment(data_path: Path, settings: list[str], seeds: list[int], workdir: Path) -> dict[str, object]:
+    """For each setting and seed: H/P/L files, then both steps through the files, as a user would run them."""
+    data = pd.read_csv(data_path)
+    data.insert(0, "id", [f"q{i}" for i in range(len(data))])
+    out: dict[str, object] = {"data": str(data_path), "seeds": seeds, "routellm_best": ROUTELLM_BEST}
+    for setting in settings:
+        runs = []
+        for seed in seeds:
+            history, test = split(data, setting, seed)
+            base = workdir / f"{setting}-{seed}"
+            h, p, lab, s = (base.with_name(f"{base.name}-{n}") for n in ("H.csv", "P.csv", "L.csv", "scores.json"))
+            history[["subject", "prompt", "weak_correct", "strong_correct"]].to_csv(h, index=False)
+            test[["id", "subject", "prompt"]].to_csv(p, index=False)
+            test[["id", "weak_correct", "strong_correct"]].to_csv(lab, index=False)
+            scores, fit_s = fit_and_score(pd.read_csv(h), pd.read_csv(p))
+            s.write_text(json.dumps(scores))
+            metrics = evaluate(json.loads(s.read_text()), pd.read_csv(lab))
+            runs.append(
+                {"seed": seed, "history": len(history), "scored": len(test), "fit_s": round(fit_s, 1), **metrics}
+            )
+            print(f"{setting} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+        keys = ("cpt50", "cpt80", "apgr", "strong_share_at_95pct_quality")
+        out[setting] = {"runs": runs, "mean": {k: round(float(np.mean([r[k] for r in runs])), 4) for k in keys}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--history", type=Path)
+    parser.add_argument("--prompts", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument("--scores", type=Path)
+    parser.add_argument("--labels", type=Path)
+    parser.add_argument("--format", choices=("json", "table"), default="table")
+    parser.add_argument("--experiment", nargs="+", choices=("new-subjects", "own-history"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--workdir", type=Path, help="keep the split files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.experiment:
+        seeds = [args.seed] if args.seed is not None else args.seeds
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            result = experiment(args.data, args.experiment, seeds, args.workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
+                result = experiment(args.data, args.experiment, seeds, Path(tmp))
+        _show(result, args.format)
+        return 0
+    if args.evaluate:
+        if not (args.scores and args.labels):
+            parser.error("--evaluate needs --scores and --labels")
+        _show(evaluate(json.loads(args.scores.read_text()), pd.read_csv(args.labels)), args.format)
+        return 0
+    if not (args.history and args.prompts and args.out):
+        parser.error("give --history, --prompts and --out; or --evaluate; or --experiment")
+    scores, _ = fit_and_score(pd.read_csv(args.history), pd.read_csv(args.prompts))
+    args.out.write_text(json.dumps(scores))
+    print(f"{len(scores)} scores written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _show(result: dict[str, object], form: str) -> None:
+    if form == "json":
+        print(json.dumps(result, indent=2))
+        return
+    writer = csv.writer(sys.stdout, delimiter="\t")
+    for key, value in result.items():
+        writer.writerow([key, json.dumps(value) if isinstance(value, (dict, list)) else value])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

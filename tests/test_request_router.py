@@ -1,0 +1,231 @@
+"""Per-request routing (`[routing] mode = "request"`), request values and value priority in shared budgets, and
+fairness in feedback routing: through the real Anthropic SDK on the wire double, with a real SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, write_config
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.checks import Check
+from tierflow.core.config import load_config
+from tierflow.core.ledger import CallRecord
+from tierflow.core.routing import target_for, value_of
+from tierflow.core.usage import Usage
+from tierflow.learn import request_router
+from tierflow.learn.request_router import Observation, decide, fit
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+EASY_WORDS = ["photosynthesis", "light", "leaf", "water", "sugar", "plant", "energy", "green", "cell", "sun"]
+HARD_WORDS = ["Verdichtung", "Annotation", "Quellenkritik", "Hermeneutik", "Diskursanalyse", "Epistemologie", "Kontext"]
+
+
+class Out(BaseModel):
+    ok: bool
+
+
+CHECK = Check("grounded", lambda out: [] if out.ok else ["the answer is not grounded"])
+
+
+def easy(i: int) -> str:
+    rnd = random.Random(i)
+    return f"Highlight {i}: " + " ".join(rnd.choice(EASY_WORDS) for _ in range(8)) + "."
+
+
+def hard(i: int) -> str:
+    rnd = random.Random(1000 + i)
+    lines = [f"- Quelle {k}: " + " ".join(rnd.choice(HARD_WORDS) for _ in range(12)) for k in range(6)]
+    return f"Annotation {i}, dicht und lang:\n" + "\n".join(lines)
+
+
+def light_fails_hard(r: DoubleRequest) -> Reply:
+    """The light model cannot ground the dense annotations; every dearer model can."""
+    return Reply(data={"ok": not (r.model == "claude-haiku-4-5" and "Annotation" in r.text)})
+
+
+def caller(vault: Path, double: ProviderDouble, routing: str, *, flow: str = "reading-notes") -> Caller:
+    path = write_config(vault / ".tierflow" / "config.toml", anthropic_config(double, routing))
+    return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=f"run-{routing[:20]}", flow=flow))
+
+
+def ask(c: Caller, prompt: str, **kw):
+    return c.ask(phase="collate", complexity="low", system="Collate.", prompt=prompt, output=Out, checks=[CHECK], **kw)
+
+
+REQUEST_MODE = '[routing]\nmode = "request"\nmin_requests = 20\nmin_evidence = 1000\n'
+
+
+@pytest.fixture(autouse=True)
+def _fresh_router():
+    request_router.forget()
+    yield
+    request_router.forget()
+
+
+def test_two_requests_of_one_phase_go_to_different_tiers_once_there_is_evidence(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = light_fails_hard
+    vault = tmp_path / "vault"
+    vault.mkdir()
+
+    # No evidence: the rules decide (collate is `low` -> light), and the rule says so.
+    cold = caller(vault, double, REQUEST_MODE)
+    first = ask(cold, easy(-1))
+    assert first.route.tier == "light"
+    assert first.route.rule.startswith("request: cold start, rules; routing.low")
+    assert cold.route("collate", "low", prompt=hard(-1)).tier == "light"  # the rules cannot tell them apart
+
+    # History: the cascade on the rules' tier; hard requests fail on light and escalate to standard.
+    history = caller(vault, double, '[routing]\nmode = "rules"\n')
+    for i in range(40):
+        ask(history, easy(i))
+        ask(history, hard(i))
+    rows = history.ledger.rows(run_id=history.settings.run_id)
+    assert {(r["tier"], r["outcome"]) for r in rows} == {("light", "ok"), ("light", "check_failed"), ("standard", "ok")}
+
+    fitted = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault), "--format", "json"])
+    assert fitted.exit_code == 0, fitted.output
+    learned = json.loads(fitted.stdout)
+    assert learned["tiers"]["light"]["first_answers"] == 81 and learned["tiers"]["standard"]["first_answers"] == 40
+
+    request_router.forget()
+    warm = caller(vault, double, REQUEST_MODE)
+    to_easy, to_hard = warm.route("collate", "low", prompt=easy(500)), warm.route("collate", "low", prompt=hard(500))
+    assert (to_easy.tier, to_hard.tier) == ("light", "standard")
+    assert to_easy.rule.startswith("request: P(light)=") and "≥ 0.90 (value 1)" in to_easy.rule
+    assert to_hard.rule.startswith("request: P(standard)=") and "over 81 requests" in to_hard.rule
+    answer = ask(warm, hard(501))
+    assert answer.route.tier == "standard" and answer.outcome == "ok"  # no failed light attempt first
+
+    # `explain` shows the rule its answer was given and what the router says now.
+    with warm.ledger.reading() as conn:
+        request_id = conn.exec_driver_sql("SELECT request_id FROM calls ORDER BY id DESC LIMIT 1").scalar()
+    explained = CliRunner().invoke(
+        _app(), ["routing", "explain", request_id[:16], "--vault", str(vault), "--format", "json"]
+    )
+    assert explained.exit_code == 0, explained.output
+    why = json.loads(explained.stdout)
+    assert why["now"]["tier"] == "standard" and why["answers"][0]["route_rule"].startswith("request: P(standard)=")
+
+
+def test_every_attempt_records_its_request_once_under_one_id(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = light_fails_hard
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    c = caller(vault, double, "")
+    ask(c, hard(7))
+    rows = c.ledger.rows()
+    assert [(r["tier"], r["attempt"]) for r in rows] == [("light", 1), ("light", 2), ("standard", 3)]
+    with c.ledger.reading() as conn:
+        ids = [r[0] for r in conn.exec_driver_sql("SELECT request_id FROM calls ORDER BY id")]
+        texts = [r[0] for r in conn.exec_driver_sql("SELECT text FROM requests")]
+    assert len(set(ids)) == 1 and ids[0] and texts == [hard(7)]  # the retry's note is not part of the request
+    observed = request_router.observations(c.ledger)
+    assert [(o.tier, o.passed) for o in observed] == [("light", False), ("standard", True)]
+
+
+def test_value_raises_the_quality_target(tmp_path):
+    assert [round(target_for(0.9, v), 3) for v in (0.5, 1, 2, 5)] == [0.8, 0.9, 0.95, 0.98]
+    path = write_config(
+        tmp_path / "c.toml",
+        '[routing]\nvalue = 2\n[routing.value_by]\ndraft = 5\n"reading-notes.collate" = 0.5\n',
+    )
+    config = load_config(config_path=path)
+    assert value_of(config, flow="reading-notes", phase="synthesise") == 2  # the project's
+    assert value_of(config, flow="reading-notes", phase="collate") == 0.5  # flow.phase
+    assert value_of(config, flow="student-feedback", phase="draft") == 5  # the phase's
+    assert value_of(config, flow="x", phase="draft", front_matter={"tierflow_value": 0.5}) == 0.5  # the note's
+    assert value_of(config, flow="x", phase="y", front_matter={"tierflow_value": 50}) == 5  # clamped
+
+
+def test_a_higher_value_sends_the_same_request_to_a_dearer_tier(tmp_path):
+    config = load_config(config_path=write_config(tmp_path / "c.toml", "[routing]\nmin_requests = 5\n"))
+    observed = [
+        Observation(
+            f"r{i}",
+            "f",
+            "p",
+            "low",
+            "light",
+            f"note {i} " + ("alpha" if i % 4 else "beta"),
+            bool(i % 4 and i % 10 != 3),
+            "",
+        )
+        for i in range(200)
+    ] + [Observation(f"r{i}", "f", "p", "low", "standard", f"note {i}", True, "") for i in range(200)]
+    router = fit(observed, ["light", "standard", "deep"])
+    low = decide(config, router, flow="f", phase="p", complexity="low", text="note 9 alpha", value=0.5)
+    high = decide(config, router, flow="f", phase="p", complexity="low", text="note 9 alpha", value=5)
+    assert 0.8 <= low.probabilities["light"] < 0.98
+    assert (low.tier, high.tier) == ("light", "standard") and "(value 5)" in high.rule
+
+
+def test_feedback_routing_never_depends_on_who_the_student_is(tmp_path):
+    """Two submissions differing only in the student's name are routed alike in the feedback flow, even by a
+    router whose history links a name to failures; in another flow the same history would tell them apart."""
+    config = load_config(config_path=write_config(tmp_path / "c.toml", "[routing]\nmin_requests = 5\n"))
+    texts = {name: f"Essay by {name}: the argument is clear and well sourced." for name in ("Aisha", "Bob")}
+
+    def history(flow: str) -> list[Observation]:
+        out = []
+        for i in range(120):
+            name = "Aisha" if i % 2 else "Bob"
+            out.append(Observation(f"{flow}{i}", flow, "draft", "medium", "light", texts[name], name == "Bob", ""))
+            out.append(Observation(f"{flow}{i}", flow, "draft", "medium", "standard", texts[name], True, ""))
+        return out
+
+    for flow, alike in (("student-feedback", True), ("other", False)):
+        router = fit(history(flow), ["light", "standard", "deep"])
+        routed = [decide(config, router, flow=flow, phase="draft", complexity="medium", text=texts[n]) for n in texts]
+        assert (routed[0].tier == routed[1].tier and routed[0].probabilities == routed[1].probabilities) is alike
+
+
+def test_a_shared_budget_near_its_cap_downgrades_low_value_work_and_keeps_high_value_on_its_tier(
+    tmp_path, monkeypatch, double
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    cap = 100_000
+    pool = f'[budgets.deep-pool]\ntokens = {cap}\ntier = "deep"\nperiod = "month"\npolicy = "downgrade"\n'
+    c = caller(vault, double, pool)
+    # Earlier runs have used 82% of the shared deep pool.
+    c.ledger.record(
+        CallRecord(
+            run_id="earlier", flow="reading-notes", phase="synthesise", complexity="high", tier="deep",
+            provider="anthropic", model="claude-opus-4-6", usage=Usage(input_tokens=int(0.82 * cap)),
+            cost_usd=0.0, latency_ms=1.0,
+        )
+    )  # fmt: skip
+
+    def synthesise(value: float):
+        return c.ask(
+            phase="synthesise", complexity="high", system="Synthesise.", prompt="Weigh the week's sources.",
+            front_matter={"tierflow_value": value}, note="Week 3",
+        )  # fmt: skip
+
+    routine = synthesise(0.5)
+    assert routine.route.tier == "standard"  # above 80% of the cap, value-0.5 work yields first
+    critical = [synthesise(5) for _ in range(4)]
+    assert critical[0].route.tier == "deep"  # value-5 work keeps its tier in the reserved share
+    deep_tokens = sum(r["input_tokens"] + r["output_tokens"] for r in c.ledger.rows() if r["tier"] == "deep")
+    assert deep_tokens <= cap  # never overshoots
+    rows = c.ledger.rows(run_id=c.settings.run_id)
+    assert [r["downgraded_from"] for r in rows][0] == "deep"
+    # `tierflow spend --by value`: spend per value class (the earlier row predates values: the default, 1).
+    from tierflow.report.spend import spend_by
+
+    assert {s.key: s.calls for s in spend_by(c.ledger.rows(), "value")} == {"value 0.5": 1, "value 1": 1, "value 5": 4}
+
+
+def _app():
+    from tierflow.cli.app import app
+
+    return app

@@ -1,0 +1,558 @@
+"""Route each request, not each phase: per tier, the probability that its first answer to *this* request passes.
+
+Fitted from the ledger: every first answer (odd attempt, not from the cache, not lost; shadow calls included) whose
+request text the ledger kept (`calls.request_id` -> `request_texts`). Features: hashed word and character n-grams of
+the request, its size, script, structure (lines, list items, sources, digits and symbols), and its flow, phase
+and complexity. Per tier a logistic regression, calibrated (sigmoid, cross-validated) once there is enough
+evidence; recent answers weigh more (half-life `HALF_LIFE_DAYS`), so a drifting workload is followed. Where the
+same request has first answers on two neighbouring tiers, a second model learns where the dearer tier actually adds
+something, P(this tier fails and the next passes): directly, when those pairs are a sample of the workload (shadow
+calls, trials, a recorded history of both); as P(fails) x P(next passes | this one failed) when they come from
+escalations alone (which all failed below).
+
+A request goes to the cheapest tier that *suffices* with probability >= its target: `suffices = 1 - P(tier fails
+and the next passes)` where the pair model exists, else P(tier passes). The target is `target_for(base,
+value)` (tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow,
+phase and complexity only, never on their text: every student of one assignment gets the same rule.
+
+The model is kept beside the ledger (`router.pkl`), refitted by `tierflow routing fit` and on its own when
+`REFIT_SHARE` more first answers have arrived since it was fitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import pickle
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from tierflow.core import clock
+from tierflow.core.config import Config
+from tierflow.core.ledger import Ledger, calls, request_texts
+from tierflow.core.routing import target_for, use_request_router
+
+log = logging.getLogger(__name__)
+
+FAIR_FLOWS = frozenset({"student-feedback"})
+"""Flows whose requests are routed without their text (one rule for every student of an assignment)."""
+HALF_LIFE_DAYS = 30.0
+"""An answer this many days old weighs half as much as one from today."""
+REFIT_SHARE = 0.2
+"""Refit on its own once this share of new first answers (at least `REFIT_MIN`) has arrived."""
+REFIT_MIN = 50
+CHECK_EVERY_S = 60.0
+"""How often a running process looks for new outcomes (a count query), at most."""
+CALIBRATE_MIN = 20
+JOINT_SHARE = 0.2
+"""When at least this share of the requests answered on two neighbouring tiers passed on the cheaper one, the
+pairs are a sample of the workload, not escalations alone: the gain is learnt directly."""
+"""Observations per class a tier needs before its probabilities are calibrated by cross-validation."""
+MODEL_FILE = "router.pkl"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One first answer to a request, and whether it passed."""
+
+    request_id: str
+    flow: str
+    phase: str
+    complexity: str
+    tier: str
+    text: str
+    passed: bool
+    timestamp: str
+
+
+def observations(ledger: Ledger, *, flow: str | None = None) -> list[Observation]:
+    """The router's training data: every first answer whose request text the ledger kept, oldest first.
+
+    This is the one place that reads it, so that a richer record of requests can replace it here alone.
+    First answers are the odd attempt numbers (each tier of an escalation gets two tries), as in
+    `tierflow.core.evidence`; cached and lost answers are not evidence.
+    """
+    query = (
+        sa.select(
+            calls.c.request_id,
+            calls.c.flow,
+            calls.c.phase,
+            calls.c.complexity,
+            calls.c.tier,
+            calls.c.outcome,
+            calls.c.timestamp,
+            request_texts.c.text,
+        )
+        .join(request_texts, request_texts.c.request_id == calls.c.request_id)
+        .where(calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1, calls.c.outcome.not_in(("lost", "error")))
+        .order_by(calls.c.id)
+    )
+    if flow:
+        query = query.where(calls.c.flow == flow)
+    with ledger.reading() as conn:
+        rows = conn.execute(query).all()
+    return [
+        Observation(
+            r.request_id,
+            r.flow or "",
+            r.phase or "",
+            r.complexity or "",
+            r.tier or "",
+            r.text or "",
+            r.outcome == "ok",
+            r.timestamp or "",
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+def first_answers(ledger: Ledger) -> int:
+    """How many first answers with a kept request the ledger holds (what decides a refit)."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(calls)
+        .where(calls.c.request_id.is_not(None), calls.c.cached_result.is_(False), calls.c.attempt % 2 == 1)
+    )
+    with ledger.reading() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
+# Features ------------------------------------------------------------------------------------------------------
+
+_ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|[A-Za-z][.)])\s+", re.M)
+_SOURCE = re.compile(r"\[\[|https?://|\bdoi:|^#+ ", re.M | re.I)
+_MATH = re.compile(r"[=+*/^<>√∑∫π±×÷%$]|\\frac|\d+\s*[-+*/]\s*\d+")
+
+
+def _shape(text: str) -> list[float]:
+    """Size, script and structure: what hashed n-grams do not see directly."""
+    n = max(len(text), 1)
+    lines = text.count("\n") + 1
+    words = len(text.split())
+    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    return [
+        math.log1p(len(text)),
+        math.log1p(words),
+        math.log1p(lines),
+        math.log1p(len(_ITEM.findall(text))),
+        math.log1p(len(_SOURCE.findall(text))),
+        sum(ch.isdigit() for ch in text) / n,
+        len(_MATH.findall(text)) / max(words, 1),
+        non_ascii / n,
+        sum(ch.isupper() for ch in text) / n,
+        text.count("?") / max(lines, 1),
+        (sum(len(w) for w in text.split()) / max(words, 1)) / 10,
+    ]
+
+
+class Features:
+    """Request -> sparse feature row. Stateless (hashing), so a fitted model scores any new request."""
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.words = HashingVectorizer(
+            n_features=2**18, ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True
+        )
+        self.chars = HashingVectorizer(
+            n_features=2**18, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False, norm="l2"
+        )
+        self.context = HashingVectorizer(
+            n_features=2**12, analyzer=_tokens, alternate_sign=False, norm=None, lowercase=False
+        )
+
+    def __call__(self, rows: Sequence[tuple[str, str, str, str]]) -> Any:
+        """`rows`: (flow, phase, complexity, text)."""
+        from scipy.sparse import csr_matrix, hstack
+
+        texts = [t for _, _, _, t in rows]
+        shape = csr_matrix(np.array([_shape(t) for t in texts], dtype=float).reshape(len(rows), -1))
+        return hstack(
+            [self.words.transform(texts), self.chars.transform(texts), self.context.transform(rows), shape]
+        ).tocsr()
+
+
+def _tokens(row: tuple[str, str, str, str]) -> list[str]:
+    flow, phase, complexity, _ = row
+    return [f"flow={flow}", f"phase={phase}", f"fp={flow}/{phase}", f"complexity={complexity}"]
+
+
+def _routed_text(flow: str, text: str) -> str:
+    """What the router reads of a request: nothing of a fair flow's (every student alike)."""
+    return "" if flow in FAIR_FLOWS else text
+
+
+# The model -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TierModel:
+    tier: str
+    observations: int
+    pass_rate: float
+    model: Any = None
+    """A fitted classifier with `predict_proba`, or None: too little evidence of both kinds, use `pass_rate`."""
+    calibrated: bool = False
+    kind: str = "pass"
+    """`pass`: P(passes); for a pair of tiers, `rescue`: P(next passes | this one failed), or `joint`:
+    P(this one fails and the next passes)."""
+
+
+@dataclass
+class RequestRouter:
+    """Per-tier pass models (and neighbouring-tier gain models), fitted from a ledger at one moment."""
+
+    fitted_at: str
+    requests: int
+    """Distinct requests seen."""
+    answers: int
+    """First answers used (what a refit compares against)."""
+    tiers: dict[str, TierModel]
+    gains: dict[tuple[str, str], TierModel] = field(default_factory=dict)
+    """(tier, next tier) -> P(next passes | tier failed), over requests answered on both where the tier failed:
+    what escalations collect without bias (every escalated request failed below)."""
+    phases: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
+    """`flow/phase` -> tier -> (first answers, pass rate): what it learned per phase."""
+    format: int = FORMAT
+
+    def _features(self) -> Features:
+        features = getattr(self, "_cached_features", None)
+        if features is None:
+            features = Features()
+            self._cached_features = features
+        return features
+
+    def rows(self, flow: str, phase: str, complexity: str, texts: Sequence[str]) -> Any:
+        return self._features()([(flow, phase, complexity, _routed_text(flow, t)) for t in texts])
+
+    def pass_probability(self, tier: str, X: Any) -> np.ndarray:
+        m = self.tiers[tier]
+        if m.model is None:
+            return np.full(X.shape[0], m.pass_rate)
+        return m.model.predict_proba(X)[:, 1]
+
+    def gain_probability(self, tier: str, above: str, X: Any) -> np.ndarray | None:
+        """P(this tier fails and the next passes) = P(fails) x P(next passes | this one failed)."""
+        m = self.gains.get((tier, above))
+        if m is None:
+            return None
+        p = np.full(X.shape[0], m.pass_rate) if m.model is None else m.model.predict_proba(X)[:, 1]
+        return p if m.kind == "joint" else (1 - self.pass_probability(tier, X)) * p
+
+    def suffices(self, tier: str, above: str | None, X: Any) -> np.ndarray:
+        """P(this tier's answer is as good as the next tier's would be): 1 - P(it fails and the next passes)
+        where the pair model exists, else P(it passes)."""
+        gain = self.gain_probability(tier, above, X) if above else None
+        return 1 - gain if gain is not None else self.pass_probability(tier, X)
+
+
+def _weights(timestamps: Sequence[str], now: datetime) -> np.ndarray:
+    ages = []
+    for ts in timestamps:
+        try:
+            ages.append(max((now - datetime.fromisoformat(ts)).total_seconds() / 86400, 0.0))
+        except ValueError:
+            ages.append(0.0)
+    return np.power(0.5, np.asarray(ages, dtype=float) / HALF_LIFE_DAYS)
+
+
+def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple[Any, bool]:
+    """A logistic regression on the hashed features; sigmoid-calibrated by 3-fold cross-validation when each
+    class has `CALIBRATE_MIN` examples."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    base = LogisticRegression(C=1.0, max_iter=300, solver="liblinear", random_state=seed)
+    if min(int(y.sum()), int(len(y) - y.sum())) >= CALIBRATE_MIN:
+        # Shuffled folds: the ledger's order groups requests by run and phase, and unshuffled folds would fit the
+        # calibration on phases the fold's model never saw (a sigmoid that can even invert the ranking).
+        folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+        model = CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=False)
+        model.fit(X, y, sample_weight=w)
+        return model, True
+    return base.fit(X, y, sample_weight=w), False
+
+
+def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: datetime | None = None) -> RequestRouter:
+    """Fit the router from first answers (see `observations`)."""
+    now = now or clock.now()
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=clock.now().tzinfo)
+    features = Features()
+    order = [t for t in tier_order] + sorted({o.tier for o in observed} - set(tier_order))
+    by_tier: dict[str, list[Observation]] = defaultdict(list)
+    for o in observed:
+        by_tier[o.tier].append(o)
+    tiers: dict[str, TierModel] = {}
+    for tier, seen in by_tier.items():
+        y = np.array([o.passed for o in seen], dtype=int)
+        rate = float(y.mean())
+        model, calibrated = None, False
+        if 0 < y.sum() < len(y):
+            X = features([(o.flow, o.phase, o.complexity, _routed_text(o.flow, o.text)) for o in seen])
+            model, calibrated = _classifier(X, y, _weights([o.timestamp for o in seen], now))
+        tiers[tier] = TierModel(tier, len(seen), rate, model, calibrated)
+    gains: dict[tuple[str, str], TierModel] = {}
+    present = [t for t in order if t in by_tier]
+    for lower, upper in zip(present, present[1:], strict=False):
+        low = {o.request_id: o for o in by_tier[lower]}
+        both = [(low[o.request_id], o) for o in by_tier[upper] if o.request_id in low]
+        joint = len(both) >= REFIT_MIN and sum(a.passed for a, _ in both) >= JOINT_SHARE * len(both)
+        # Pairs from escalations alone all failed below: learn the rescue rate given a failure. Pairs sampled
+        # whatever the cheaper tier did (shadow calls, trials, a history of both): learn the gain itself.
+        pairs = both if joint else [(a, b) for a, b in both if not a.passed]
+        if not pairs:
+            continue
+        y = np.array([(not a.passed) and b.passed if joint else b.passed for a, b in pairs], dtype=int)
+        model, calibrated = None, False
+        if 0 < y.sum() < len(y):
+            X = features([(a.flow, a.phase, a.complexity, _routed_text(a.flow, a.text)) for a, _ in pairs])
+            model, calibrated = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
+        gains[(lower, upper)] = TierModel(
+            f"{lower}->{upper}", len(pairs), float(y.mean()), model, calibrated, "joint" if joint else "rescue"
+        )
+    phases: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for o in observed:
+        cell = phases[f"{o.flow}/{o.phase}"][o.tier]
+        cell[0] += 1
+        cell[1] += o.passed
+    router = RequestRouter(
+        fitted_at=now.isoformat(timespec="seconds"),
+        requests=len({o.request_id for o in observed}),
+        answers=len(observed),
+        tiers=tiers,
+        gains=gains,
+        phases={p: {t: (n, ok / n) for t, (n, ok) in cells.items()} for p, cells in phases.items()},
+    )
+    router._cached_features = features
+    return router
+
+
+# Persistence and refits ----------------------------------------------------------------------------------------
+
+
+def model_path(config: Config) -> Path:
+    """Beside the ledger: `<vault>/.tierflow/router.pkl`, or the SQLite ledger's folder."""
+    url = config.ledger_url
+    if url.startswith("sqlite:///") and not url.endswith(":memory:"):
+        return Path(url.removeprefix("sqlite:///")).parent / MODEL_FILE
+    if config.vault is not None:
+        return config.vault / ".tierflow" / MODEL_FILE
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "tierflow" / f"router-{digest}.pkl"
+
+
+def save(router: RequestRouter, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = getattr(router, "_cached_features", None)
+    if features is not None:
+        del router._cached_features
+    tmp = path.with_suffix(".tmp")
+    try:
+        with tmp.open("wb") as fh:
+            pickle.dump(router, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    finally:
+        if features is not None:
+            router._cached_features = features
+
+
+def load(path: Path) -> RequestRouter | None:
+    """The saved router, or None (absent, unreadable or of another format)."""
+    try:
+        with path.open("rb") as fh:
+            router = pickle.load(fh)  # noqa: S301 -- written by this module, beside the user's own ledger
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError):
+        return None
+    return router if isinstance(router, RequestRouter) and router.format == FORMAT else None
+
+
+def refit(config: Config, ledger: Ledger) -> RequestRouter:
+    """Fit from the whole ledger and save beside it (`tierflow routing fit`)."""
+    router = fit(observations(ledger), list(config.tier_order))
+    save(router, model_path(config))
+    return router
+
+
+@dataclass
+class _Held:
+    router: RequestRouter | None
+    checked: float
+
+
+_held: dict[str, _Held] = {}
+_held_lock = threading.Lock()
+
+
+def current(config: Config, ledger: Ledger) -> RequestRouter | None:
+    """The router for this ledger, loaded once per process; refitted on its own when enough new first
+    answers have arrived (checked at most every `CHECK_EVERY_S`), fitted first when none is saved but the
+    ledger has enough evidence."""
+    path = model_path(config)
+    key = str(path)
+    with _held_lock:
+        held = _held.get(key)
+        if held is not None and time.monotonic() - held.checked < CHECK_EVERY_S:
+            return held.router
+        router = held.router if held is not None else load(path)
+        seen = first_answers(ledger)
+        known = router.answers if router is not None else 0
+        if seen >= REFIT_MIN and seen - known >= max(REFIT_MIN, REFIT_SHARE * known):
+            try:
+                router = refit(config, ledger)
+            except Exception as exc:  # routing goes on with the old model (or the cold start)
+                log.warning("could not refit the request router: %s", exc)
+        _held[key] = _Held(router, time.monotonic())
+        return router
+
+
+def forget() -> None:
+    """Drop routers held by this process (tests; after `tierflow routing fit` in another process)."""
+    with _held_lock:
+        _held.clear()
+
+
+# Routing -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: str | None
+    """None: the router cannot tell (too little evidence); the phase's evidence or the rules decide."""
+    rule: str
+    target: float
+    value: float
+    probabilities: dict[str, float]
+    """tier -> P(suffices) for this request, cheapest first."""
+
+
+def decide(
+    config: Config,
+    router: RequestRouter | None,
+    *,
+    flow: str,
+    phase: str,
+    complexity: str,
+    text: str,
+    value: float = 1.0,
+) -> Decision:
+    """The cheapest tier whose P(suffices) meets `target_for(routing.target, value)`, among tiers with at least
+    `[routing] min_requests` first answers; when none does and every tier is known, the most likely one."""
+    routing = config.settings.routing
+    target = target_for(routing.target, value)
+    if router is None:
+        return Decision(None, "request: no model yet", target, value, {})
+    order = [t for t in config.tier_order if t in config.settings.tiers]
+    known = [t for t in order if t in router.tiers and router.tiers[t].observations >= routing.min_requests]
+    if not known:
+        return Decision(None, f"request: fewer than {routing.min_requests} first answers per tier", target, value, {})
+    X = router.rows(flow, phase, complexity, [text])
+    probabilities: dict[str, float] = {}
+    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests"
+    for tier in known:  # cheapest first, and no further than needed: each tier's models cost scoring time
+        above = order[order.index(tier) + 1] if order.index(tier) + 1 < len(order) else None
+        probabilities[tier] = float(router.suffices(tier, above if above in known else None, X)[0])
+        if probabilities[tier] >= target:
+            return Decision(
+                tier,
+                f"request: P({tier})={probabilities[tier]:.2f} ≥ {target:.2f} (value {value:g}); {basis}",
+                target,
+                value,
+                probabilities,
+            )
+    shown = ", ".join(f"P({t})={p:.2f}" for t, p in probabilities.items())
+    if known == order:
+        best = max(known, key=lambda t: (probabilities[t], order.index(t)))
+        return Decision(
+            best, f"request: no tier reaches {target:.2f} (value {value:g}): {shown}; {best} likeliest; {basis}",
+            target, value, probabilities,
+        )  # fmt: skip
+    return Decision(None, f"request: no known tier reaches {target:.2f}: {shown}", target, value, probabilities)
+
+
+def request_route(
+    config: Config, ledger: Ledger, *, flow: str, phase: str, complexity: str, text: str, value: float = 1.0
+) -> tuple[str, str] | None:
+    """The hook `[routing] mode = "request"` calls (tierflow.core.routing.use_request_router)."""
+    decision = decide(
+        config, current(config, ledger), flow=flow, phase=phase, complexity=complexity, text=text, value=value
+    )
+    return None if decision.tier is None else (decision.tier, decision.rule)
+
+
+use_request_router(request_route)
+
+
+# What it learned -----------------------------------------------------------------------------------------------
+
+
+def per_phase(router: RequestRouter) -> list[dict[str, Any]]:
+    """Per flow/phase and tier: first answers and pass rate the router was fitted on."""
+    return [
+        {"phase": phase, "tier": tier, "first_answers": n, "pass_rate": round(rate, 4)}
+        for phase, cells in sorted(router.phases.items())
+        for tier, (n, rate) in sorted(cells.items())
+    ]
+
+
+def describe(router: RequestRouter) -> dict[str, Any]:
+    return {
+        "fitted_at": router.fitted_at,
+        "requests": router.requests,
+        "first_answers": router.answers,
+        "tiers": {
+            t: {"first_answers": m.observations, "pass_rate": round(m.pass_rate, 4), "calibrated": m.calibrated}
+            for t, m in router.tiers.items()
+        },
+        "gains": {
+            f"{a}->{b}": {"kind": m.kind, "pairs": m.observations, "rate": round(m.pass_rate, 4)}
+            for (a, b), m in router.gains.items()
+        },
+        "phases": per_phase(router),
+    }
+
+
+def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
+    """A kept request by id (or a unique prefix of it), with the route rules its answers were given."""
+    with ledger.reading() as conn:
+        found = conn.execute(
+            sa.select(request_texts).where(request_texts.c.request_id.like(f"{request}%")).limit(2)
+        ).all()
+        if len(found) != 1:
+            return None
+        row = found[0]
+        answers = conn.execute(
+            sa.select(calls.c.tier, calls.c.attempt, calls.c.outcome, calls.c.route_rule, calls.c.complexity)
+            .where(calls.c.request_id == row.request_id)
+            .order_by(calls.c.id)
+        ).all()
+    return {
+        "request_id": row.request_id,
+        "flow": row.flow,
+        "phase": row.phase,
+        "text": row.text,
+        "complexity": answers[0].complexity if answers else "",
+        "answers": [dict(a._mapping) for a in answers],
+    }
+
+
+def scores(
+    router: RequestRouter, rows: Iterable[tuple[str, str, str, str]], tier: str, above: str | None
+) -> list[float]:
+    """P(`tier` suffices) for many (flow, phase, complexity, text) rows at once (benchmarks)."""
+    rows = list(rows)
+    X = router._features()([(f, p, c, _routed_text(f, t)) for f, p, c, t in rows])
+    return [float(v) for v in router.suffices(tier, above, X)]
