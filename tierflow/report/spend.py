@@ -206,7 +206,12 @@ def ledger_spend(
             query = query.where(calls.c[column] >= value if column == "timestamp" else calls.c[column] == value)
     with ledger.reading() as conn:
         parts = sorted(conn.execute(query).all(), key=lambda r: r.first)
-    name = _iso_week_of_day if by == "week" else (lambda k: str(k or ""))
+    if by == "week":
+        name: Callable[[Any], str] = _iso_week_of_day
+    elif by == "value":  # the value class, as `_key` names it; rows from before values were recorded count as 1
+        name = lambda k: f"value {k or 1:g}"  # noqa: E731
+    else:
+        name = lambda k: str(k or "")  # noqa: E731
     groups: dict[str, Spend] = {}
     for part in parts:
         k = name(part.key)
