@@ -97,7 +97,9 @@ def all_names(vault: Path) -> set[str]:
 def test_no_draft_shares_a_name_with_an_existing_note_and_every_link_resolves(vault: Path, double: ProviderDouble):
     def colliding(request: DoubleRequest) -> Reply:
         data = SKILLS["synthesisout"](prompt_data(request.last_user_text))
-        # Names of existing notes anywhere in the vault, in another case: a home page, a template, a concept.
+        # Three concepts, each named after an existing note anywhere in the vault, in another case: a home page, a
+        # template, a concept.
+        data["concepts"] = data["concepts"][:3]
         for concept, name in zip(
             data["concepts"], ["home", "LITERATURE NOTE", "self-regulated LEARNING"], strict=False
         ):
