@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from pathlib import Path
 
@@ -26,14 +25,18 @@ def test_each_drafts_tokens_and_usd_count_every_attempt(feedback_vault: Path, do
     existing = (feedback_vault / ".tierflow" / "config.toml").read_text()
     write_config(feedback_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
     answer = skilled()
-    counter, lock = itertools.count(), threading.Lock()
+    seen, lock = set(), threading.Lock()
 
-    def every_other_draft_malformed(request):
+    def first_attempt_malformed(request):
+        # Each draft's first answer is malformed and its retry passes, however the threads interleave (a draft
+        # whose every attempt failed would be written by no one, and its spend would be in no note).
+        asked = request.last_user_text.split("Your previous answer to this request could not be used:")[0].rstrip()
         with lock:
-            n = next(counter)
-        return Reply(text="not the feedback asked for") if n % 2 == 0 else answer(request)
+            first = asked not in seen
+            seen.add(asked)
+        return Reply(text="not the feedback asked for") if first else answer(request)
 
-    double.responder = skilled({"feedbackout": every_other_draft_malformed})
+    double.responder = skilled({"feedbackout": first_attempt_malformed})
     summary = student_feedback(vault=str(feedback_vault))
     rows = Ledger.for_vault(feedback_vault).rows(run_id=summary.run_id)
     assert sum(r["phase"] == "draft" and r["outcome"] != "ok" for r in rows) > 0  # some drafts took retries
