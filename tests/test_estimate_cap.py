@@ -4,6 +4,8 @@ under a cap, Anthropic's own (free) counter sizes the prompt; with no cap near, 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from conftest import anthropic_config, write_config
 
@@ -115,3 +117,34 @@ def test_a_batch_item_near_a_cap_is_reserved_at_the_providers_count(tmp_path, wi
     assert run_batch(c, [call], phase="collate", complexity="low", poll_interval=0.01).answers["s0"]
     (tokens,) = taken.values()
     assert tokens == exact.prompt_tokens + c.config.tier("light").max_output_tokens
+
+
+def test_the_worst_case_at_the_providers_count_prices_every_token_the_cache_writes(tmp_path, double, monkeypatch):
+    """Anthropic writes everything before the cache breakpoint (tools, system, prefix) at the cache-write rate, so
+    a worst case sized by the exact count, with no headroom left, must price all of it so, not the prefix alone."""
+    from pydantic import BaseModel
+
+    from tierflow.core.ledger import usage_of
+    from tierflow.core.usage import price
+
+    class Summary(BaseModel):
+        text: str
+        points: list[str]
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
+    double.responder = lambda r: Reply(data={"text": "a summary", "points": ["one"]})
+    c = make_caller(tmp_path, double)
+    system = "You collate reading notes for a lecturer. " * 120  # a long system prompt, written to the cache too
+    routed, request = c.build(
+        phase="collate", complexity="low", system=system, prompt="Collate this week.", output=Summary,
+        cache_prefix="Rubric and week context. " * 800,
+    )  # fmt: skip
+    assert request.cacheable
+    worst = c.estimate(routed, request, provider_count=True)
+    c.resolve(routed, request, output=Summary)
+    (row,) = c.ledger.rows()
+    assert row["cache_write_tokens"] > 0  # the double wrote the prefix, and what came before it, to the cache
+    paid_for_prompt = price(
+        replace(usage_of(row), output_tokens=0), routed.model, provider_kind="anthropic", override=None
+    )
+    assert float(paid_for_prompt) <= float(worst.usd - worst.output_usd) + 1e-9

@@ -295,7 +295,14 @@ class Caller:
             prompt_tokens = padded(counted, exact=routed.provider_kind == "offline")
         else:
             prompt_tokens = exact
-        prefix = padded(count_tokens(request.cache_prefix), exact=False) if request.cache_prefix else 0
+        # Everything before the cache breakpoint is written to the cache at the write rate: the tools (the output
+        # schema), the system prompt and the prefix, not the prefix alone.
+        cached = (
+            count_tokens(request.system)
+            + count_tokens(request.cache_prefix)
+            + (count_tokens(json.dumps(request.schema)) if request.schema else 0)
+        )
+        prefix = padded(cached, exact=False) if request.cache_prefix else 0
         # The request's own output limit: a retry of a cut-off answer may ask for more than the tier's default.
         sized = replace(routed, max_output_tokens=request.max_output_tokens)
         return estimate(self.config, sized, prompt_tokens, min(prefix, prompt_tokens), batch=batch)
