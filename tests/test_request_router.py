@@ -125,7 +125,7 @@ def test_every_attempt_records_its_request_once_under_one_id(tmp_path, monkeypat
     assert [(r["tier"], r["attempt"]) for r in rows] == [("light", 1), ("light", 2), ("standard", 3)]
     with c.ledger.reading() as conn:
         ids = [r[0] for r in conn.exec_driver_sql("SELECT request_id FROM calls ORDER BY id")]
-        texts = [r[0] for r in conn.exec_driver_sql("SELECT text FROM requests")]
+        texts = [r[0] for r in conn.exec_driver_sql("SELECT text FROM request_texts")]
     assert len(set(ids)) == 1 and ids[0] and texts == [hard(7)]  # the retry's note is not part of the request
     observed = request_router.observations(c.ledger)
     assert [(o.tier, o.passed) for o in observed] == [("light", False), ("standard", True)]
