@@ -1,20 +1,26 @@
-"""Where learned routing lands: cost and pass rate of all-deep, the static rules, suggested and adaptive routing.
+"""Where learned routing lands: cost and pass rate of all-deep, the static rules, suggested, adaptive and
+per-request routing.
 
 A synthetic workload with known per-tier pass rates goes through the real Anthropic SDK to the local wire-level
-double, priced at list prices by genai-prices. Each item has a fixed difficulty; a tier passes the phase's check on
-an item when the difficulty is below that tier's pass rate for the phase, so a stronger tier passes every item a
-weaker one does. In one run:
+double, priced at list prices by genai-prices. Items within a phase differ in how hard they are: an easy item is a
+few short English highlights; a hard one is long, draws on several sources and is not in English (German, French or
+Greek). The double's pass rates depend on the item's kind and the tier (`PASS_RATES`): the light tier fails most
+hard items and passes nearly every easy one. Each item also has a fixed draw; a tier passes the check on an item
+when the draw is below its pass rate for the item's kind, so a stronger tier passes every item a weaker one does.
+Phase routing (rules, suggested, adaptive) can only pick one tier per phase; request routing (`mode = "request"`,
+its model fitted on the history, as `tierflow routing fit` does) picks one per item. In one run:
 
 1. history: a training workload started on the light tier for every phase (what `tierflow trial`, or a cold start
    on light, gives), with the cascade on and `explore = 1.0` (every passing answer is also tried one tier up, in
    shadow), so every tier collects evidence;
 2. evaluation, on fresh items, each strategy with escalation off (routing alone decides the quality), then with the
-   cascade on: all-deep; the static rules; the rules with `tierflow routing suggest` applied; adaptive mode.
+   cascade on: all-deep; the static rules; the rules with `tierflow routing suggest` applied; adaptive mode;
+   request mode.
 
 Ratios are to all-deep in the same run. RouteLLM's published anchor is 85% cheaper at 95% of the strong model's
 quality (cost ratio 0.15, quality ratio 0.95).
 
-    python benchmarks/routing.py [--train 120] [--eval 120] [--format table|json]
+    python benchmarks/routing.py [--train 150] [--eval 120] [--format table|json]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-bench-prefect-"))
@@ -38,19 +45,29 @@ from tierflow.core.calls import Caller, RunSettings  # noqa: E402
 from tierflow.core.checks import Check  # noqa: E402
 from tierflow.core.config import load_config  # noqa: E402
 from tierflow.core.ledger import Ledger  # noqa: E402
+from tierflow.learn import request_router  # noqa: E402
 from tierflow.learn.routing import apply, suggestions  # noqa: E402
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply  # noqa: E402
 
 MODELS = {"claude-haiku-4-5": "light", "claude-sonnet-4-6": "standard", "claude-opus-4-6": "deep"}
 PHASES = {"collate": "low", "synthesise": "high", "draft": "medium"}
 PASS_RATES = {
-    "collate": {"light": 0.80, "standard": 0.98, "deep": 0.99},
-    "synthesise": {"light": 0.55, "standard": 0.98, "deep": 0.99},
-    "draft": {"light": 0.98, "standard": 0.99, "deep": 1.0},
+    "easy": {"light": 0.97, "standard": 0.99, "deep": 1.0},
+    "hard": {"light": 0.15, "standard": 0.85, "deep": 0.99},
 }
-"""The workload's truth: the share of items each tier passes, per phase. The rules table (low -> light, medium ->
-standard, high -> deep) guesses wrong on every phase: collate needs more than light, and synthesise and draft
-need less than the rules give them."""
+"""The workload's truth: the share of items of each kind that each tier passes."""
+HARD_SHARE = {"collate": 0.4, "synthesise": 0.6, "draft": 0.25}
+"""The share of hard items per phase. Per phase, light then passes 64% of collate, 48% of synthesise and 77% of
+draft items: no single tier per phase is both cheap and good, while per item the light tier suffices for the easy
+ones. The rules table (low -> light, medium -> standard, high -> deep) fits none of the phases."""
+FOREIGN = {
+    "de": "Die Quelle beschreibt ausführlich, wie die Lehrkräfte die Rückmeldungen über mehrere Wochen auswerteten, "
+    "und vergleicht die Ergebnisse mit zwei früheren Untersuchungen aus anderen Bundesländern.",
+    "fr": "La source décrit en détail comment les enseignants ont analysé les retours pendant plusieurs semaines, "
+    "et compare les résultats avec deux études antérieures menées dans d'autres académies.",
+    "el": "Η πηγή περιγράφει αναλυτικά πώς οι εκπαιδευτικοί ανέλυσαν τις απαντήσεις επί αρκετές εβδομάδες "
+    "και συγκρίνει τα αποτελέσματα με δύο προηγούμενες μελέτες από άλλες περιφέρειες.",
+}
 
 
 class Out(BaseModel):
@@ -61,12 +78,35 @@ CHECK = Check("ok", lambda out: [] if out.ok else ["the answer is not grounded"]
 
 
 def difficulty(phase: str, item: str) -> float:
-    return int(hashlib.sha256(f"{phase}:{item}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    """The item's fixed draw in [0, 1]: a tier passes it when the draw is below its pass rate."""
+    return _unit(f"{phase}:{item}")
+
+
+def _unit(key: str) -> float:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def kind(phase: str, item: str) -> str:
+    return "hard" if _unit(f"kind:{phase}:{item}") < HARD_SHARE[phase] else "easy"
+
+
+def item_text(phase: str, item: str) -> str:
+    """The request: a few short English highlights (easy), or several long sources in another language (hard)."""
+    head = f"item {phase} {item} of the workload"
+    if kind(phase, item) == "easy":
+        count = 2 + int(_unit(f"n:{item}") * 3)
+        return (
+            head + "\n" + "\n".join(f"- Highlight {n}: the author states the main claim clearly." for n in range(count))
+        )
+    language = sorted(FOREIGN)[int(_unit(f"lang:{item}") * len(FOREIGN))]
+    sources = 3 + int(_unit(f"n:{item}") * 4)
+    return head + "\n" + "\n\n".join(f"Source {n + 1}:\n" + " ".join([FOREIGN[language]] * 3) for n in range(sources))
 
 
 def respond(request: DoubleRequest) -> Reply:
     _, phase, item = request.last_user_text.split()[:3]
-    return Reply(data={"ok": difficulty(phase, item) < PASS_RATES[phase][MODELS[request.model]]})
+    rate = PASS_RATES[kind(phase, item)][MODELS[request.model]]
+    return Reply(data={"ok": difficulty(phase, item) < rate})
 
 
 def config_text(double: ProviderDouble, routing: str) -> str:
@@ -84,7 +124,7 @@ max_retries = 0
 """
 
 
-def run(vault: Path, run_id: str, items: range, prefix: str) -> dict[str, float]:
+def run(vault: Path, run_id: str, items: range, prefix: str) -> dict[str, Any]:
     caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="bench", use_cache=False))
     passed = total = 0
     for n in items:
@@ -93,14 +133,27 @@ def run(vault: Path, run_id: str, items: range, prefix: str) -> dict[str, float]
                 phase=phase,
                 complexity=complexity,
                 system="Answer the item.",
-                prompt=f"item {phase} {prefix}{n} of the workload",
+                prompt=item_text(phase, f"{prefix}{n}"),
+                subject=f"{phase} {prefix}{n}",
                 output=Out,
                 checks=[CHECK],
             )
             passed += answer.parsed.ok
             total += 1
     rows = caller.ledger.rows(run_id=run_id)
-    return {"cost_usd": sum(r["cost_usd"] or 0 for r in rows), "pass_rate": passed / total, "calls": len(rows)}
+    first: dict[str, dict[str, int]] = {"easy": {}, "hard": {}}  # per item kind, the tier each item was routed to
+    seen: set[str] = set()
+    for r in rows:  # oldest first: an item's first row is its routed first answer
+        if r["subject"] not in seen:
+            seen.add(r["subject"])
+            tiers = first[kind(*r["subject"].split())]
+            tiers[r["tier"]] = tiers.get(r["tier"], 0) + 1
+    return {
+        "cost_usd": sum(r["cost_usd"] or 0 for r in rows),
+        "pass_rate": passed / total,
+        "calls": len(rows),
+        "first_tier": first,
+    }
 
 
 def vault_with(folder: Path, name: str, text: str, history: Path | None = None) -> Path:
@@ -116,12 +169,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=150, help="History items per phase.")
     parser.add_argument("--eval", type=int, default=120, help="Evaluation items per phase and strategy.")
+    parser.add_argument("--min-requests", type=int, default=40, help="`[routing] min_requests` for request mode.")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     args = parser.parse_args()
     logging.getLogger("tierflow").setLevel(logging.ERROR)
 
     results = []
     learned: dict[str, str] = {}
+    evidence: dict[str, int] = {}
     with ProviderDouble() as double, tempfile.TemporaryDirectory() as tmp:
         double.responder = respond
         folder = Path(tmp)
@@ -141,6 +196,7 @@ def main() -> None:
                 "rules": f"[routing]\nescalate = {esc}\n",
                 "suggested": f"[routing]\nescalate = {esc}\n",
                 "adaptive": f'[routing]\nmode = "adaptive"\nexplore = 0.05\nescalate = {esc}\n',
+                "request": f'[routing]\nmode = "request"\nmin_requests = {args.min_requests}\nescalate = {esc}\n',
             }
             measured = {}
             for name, routing in strategies.items():
@@ -153,6 +209,11 @@ def main() -> None:
                     if os.environ.get("TIERFLOW_BENCH_DEBUG"):
                         print(json.dumps([s.as_json() for s in found], indent=1))
                     apply(vault / ".tierflow" / "config.toml", [s for s in found if s.suggested_tier != s.current_tier])
+                if name == "request":  # fitted on the history, as `tierflow routing fit` does
+                    config = load_config(vault)
+                    fitted = request_router.refit(config, Ledger(config.ledger_url))
+                    request_router.forget()
+                    evidence = {t: m.observations for t, m in fitted.tiers.items()}
                 measured[name] = run(vault, label, evaluate, "e")
             deep = measured["all-deep"]
             for name, m in measured.items():
@@ -165,10 +226,11 @@ def main() -> None:
                         "pass_rate": round(m["pass_rate"], 4),
                         "cost_vs_all_deep": round(m["cost_usd"] / deep["cost_usd"], 4),
                         "quality_vs_all_deep": round(m["pass_rate"] / deep["pass_rate"], 4),
+                        "first_tier": m["first_tier"],
                     }
                 )
     if args.format == "json":
-        print(json.dumps({"learned": learned, "results": results}, indent=2))
+        print(json.dumps({"learned": learned, "request_evidence": evidence, "results": results}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -182,6 +244,8 @@ def main() -> None:
         "pass rate",
         "cost / all-deep",
         "quality / all-deep",
+        "easy items: first tier",
+        "hard items: first tier",
     ):
         table.add_column(column, justify="left" if column in ("escalation", "strategy") else "right")
     for r in results:
@@ -193,11 +257,18 @@ def main() -> None:
             f"{r['pass_rate']:.1%}",
             f"{r['cost_vs_all_deep']:.2f}",
             f"{r['quality_vs_all_deep']:.3f}",
+            _tiers(r["first_tier"]["easy"]),
+            _tiers(r["first_tier"]["hard"]),
         )
-    console = Console(width=140)
+    console = Console(width=180)
     console.print(table)
     console.print(f"Learned from the history (routing suggest): {learned}.")
+    console.print(f"Request router's first answers per tier (fitted on the history): {evidence}.")
     console.print("RouteLLM's anchor: 0.15 of the strong model's cost at 0.95 of its quality.")
+
+
+def _tiers(counts: dict[str, int]) -> str:
+    return " ".join(f"{t[0]}{counts[t]}" for t in ("light", "standard", "deep") if counts.get(t))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_student_feedback
 from tierflow.report.run_report import RunSummary, final_state, write_run_report
 from tierflow.tasks.assignment import load_assignment
-from tierflow.tasks.cohort import synthesise
+from tierflow.tasks.cohort import add_draft_tiers, synthesise
 from tierflow.tasks.evidence import collate
-from tierflow.tasks.feedback import draft
+from tierflow.tasks.feedback import draft, draft_tiers
 from tierflow.vault.notes import WriteResult
 
 FLOW = "student-feedback"
@@ -53,6 +53,8 @@ def student_feedback(
         )
         for summary in cohort:
             run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+            # The summary is written before the drafts (they quote it): the tier each was written on comes after.
+            summary = add_draft_tiers(settings, work, evidence, summary, draft_tiers(settings, work))
             run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too
 
         return final_state(write_run_report(settings, run, since=None, until=None, selected=len(work.submissions)))

@@ -15,7 +15,7 @@ from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
 from tierflow.vault.links import VaultNames
-from tierflow.vault.notes import NoteWriter, template_env
+from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
@@ -37,6 +37,15 @@ class Cohort(CohortOut):
     model: str
     cost_usd: float | None
     tokens: int
+    offline: bool = False
+
+
+class DraftTier(BaseModel):
+    """The tier and model one student's feedback draft was answered on (its last billed attempt)."""
+
+    student_id: str
+    tier: str
+    model: str
 
 
 def level_distribution(assignment: Assignment, evidence: list[Evidence]) -> list[dict[str, Any]]:
@@ -81,7 +90,6 @@ def synthesise_cohort(
     In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway.
     """
     caller = caller_for(settings)
-    env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
     system, user = prompt(settings, assignment, evidence)
     distribution = level_distribution(assignment, evidence)
     if mode == "batch":
@@ -106,10 +114,44 @@ def synthesise_cohort(
             for row in distribution
         ]
     )
+    offline = answer.route.provider_kind == "offline"
+    written = write_summary(
+        settings, assignment, evidence, out, model=answer.route.model_ref, tokens=answer.usage.total_tokens,
+        cost_usd=answer.cost_usd, offline=offline,
+    )  # fmt: skip
+    return Cohort(
+        **out.model_dump(),
+        text=text,
+        note=written.path,
+        action=written.action,
+        model=answer.route.model_ref,
+        cost_usd=answer.cost_usd,
+        tokens=answer.usage.total_tokens,
+        offline=offline,
+    )
+
+
+def write_summary(
+    settings: RunSettings,
+    assignment: Assignment,
+    evidence: list[Evidence],
+    out: CohortOut,
+    *,
+    model: str,
+    tokens: int,
+    cost_usd: float | None,
+    offline: bool,
+    drafts: list[DraftTier] | None = None,
+) -> WriteResult:
+    """Render and write the summary note; `drafts` (known once the drafts are written) adds the tier table."""
+    config = caller_for(settings).config
+    env = template_env(config.vault, config.settings.vault.templates_folder)
+    distribution = level_distribution(assignment, evidence)
     flagged = [s for s in assignment.submissions if s.flags]
     vault = Path(settings.vault or ".").resolve()
     names = VaultNames.scan(vault)
     writer = NoteWriter(vault, assignment.feedback_folder, names=names)
+    by_id = {s.student_id: s for s in assignment.submissions}
     body = env.get_template("notes/cohort.md.j2").render(
         cohort=out,
         distribution=distribution,
@@ -119,7 +161,17 @@ def synthesise_cohort(
         drafted=len(evidence),
         # Each links its submission by the shortest name that resolves to it alone.
         flagged=[{"student_id": s.student_id, "link": names.link_for(s.path), "flags": s.flags} for s in flagged],
-        offline=answer.route.provider_kind == "offline",
+        drafts=[
+            {
+                "student_id": d.student_id,
+                "link": names.link_for(by_id[d.student_id].path),
+                "tier": d.tier,
+                "model": d.model,
+            }
+            for d in drafts or []
+            if d.student_id in by_id
+        ],  # fmt: skip
+        offline=offline,
     )
     front_matter = {
         "title": f"{SUMMARY_TITLE}: {assignment.folder}",
@@ -127,22 +179,31 @@ def synthesise_cohort(
         "status": "draft",
         "assignment": assignment.folder,
         "tierflow_run": settings.run_id,
-        "tierflow_phase_models": [f"synthesise: {answer.route.model_ref}"],
-        "tierflow_tokens": answer.usage.total_tokens,
-        "tierflow_cost_usd": answer.cost_usd,
+        "tierflow_phase_models": [f"synthesise: {model}"],
+        "tierflow_tokens": tokens,
+        "tierflow_cost_usd": cost_usd,
     }
-    written = writer.write(
+    return writer.write(
         SUMMARY_TITLE, front_matter, body, compare_keys=("tierflow_run", "tierflow_tokens", "tierflow_cost_usd")
     )
-    return Cohort(
-        **out.model_dump(),
-        text=text,
-        note=written.path,
-        action=written.action,
-        model=answer.route.model_ref,
-        cost_usd=answer.cost_usd,
-        tokens=answer.usage.total_tokens,
-    )
+
+
+def add_draft_tiers(
+    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], cohort: Cohort, drafts: list[DraftTier]
+) -> Cohort:
+    """Rewrite the summary, written before the drafts, with the tier and model each draft was answered on.
+
+    The run's list of notes keeps the first write's action (`created` stays `created`) unless that left it unchanged.
+    """
+    if not drafts:
+        return cohort
+    out = CohortOut(**cohort.model_dump(include=set(CohortOut.model_fields)))
+    written = write_summary(
+        settings, assignment, evidence, out, model=cohort.model, tokens=cohort.tokens, cost_usd=cohort.cost_usd,
+        offline=cohort.offline, drafts=drafts,
+    )  # fmt: skip
+    action = written.action if cohort.action == "unchanged" else cohort.action
+    return cohort.model_copy(update={"note": written.path, "action": action})
 
 
 def _columns(distribution: list[dict[str, Any]]) -> list[str]:

@@ -23,7 +23,7 @@ from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.assignment import Assignment, Submission
-from tierflow.tasks.cohort import Cohort
+from tierflow.tasks.cohort import Cohort, DraftTier
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
@@ -127,6 +127,22 @@ def _draft_spend(settings: RunSettings, subject: str, answer: Answer | None) -> 
         return answer.usage.total_tokens, answer.cost_usd
     costs = [r["cost_usd"] for r in rows]
     return sum(row_tokens(r) for r in rows), None if None in costs else sum(costs)
+
+
+def draft_tiers(settings: RunSettings, assignment: Assignment) -> list[DraftTier]:
+    """Per drafted student, in submission order: the tier and model of the last billed attempt at their draft,
+    from this run's ledger rows of phase `draft` under their pseudonym."""
+    label = assignment.pseudonyms().label
+    last: dict[str, dict[str, Any]] = {}
+    for r in caller_for(settings).ledger.rows(run_id=settings.run_id):
+        if r["phase"] == PHASE and r["subject"]:
+            last[r["subject"]] = r
+    out = []
+    for s in assignment.submissions:
+        row = last.get(label.get(s.student_id, s.student_id))
+        if row is not None:
+            out.append(DraftTier(student_id=s.student_id, tier=row["tier"] or "-", model=row["model"] or "-"))
+    return out
 
 
 def write_feedback(

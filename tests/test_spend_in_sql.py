@@ -44,10 +44,12 @@ def fill(ledger: Ledger) -> None:
 
 
 def same(a: list[dict], b: list[dict]) -> bool:
-    assert [{k: v for k, v in r.items() if k != "cost_usd"} for r in a] == [
-        {k: v for k, v in r.items() if k != "cost_usd"} for r in b
+    money = ("cost_usd", "usd_per_value_weighted_call")
+    assert [{k: v for k, v in r.items() if k not in money} for r in a] == [
+        {k: v for k, v in r.items() if k not in money} for r in b
     ]
-    assert [r["cost_usd"] for r in a] == pytest.approx([r["cost_usd"] for r in b], abs=1e-12)
+    for key in money:
+        assert [r.get(key) for r in a] == pytest.approx([r.get(key) for r in b], abs=1e-12)
     return True
 
 
@@ -73,6 +75,35 @@ def test_spend_by_phase_shows_billed_calls_and_cache_hits_apart(tmp_path: Path):
     assert (draft["calls"], draft["cache_hits"]) == (1, 1)
     table = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
     assert "cache hits" in table
+
+
+def test_spend_by_value_shows_usd_and_usd_per_value_weighted_call_in_every_format(tmp_path: Path):
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", "")
+    ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+    for value, cost, n in ((0.5, 0.01, 4), (1.0, 0.03, 2), (5.0, 0.2, 3)):
+        for _ in range(n):
+            ledger.record(call_record(value=value, cost_usd=cost))
+    ledger.record(call_record(value=5.0, usage=Usage(), cost_usd=0.0, cached_result=True))  # not a billed call
+    # Cost per value-weighted call: the class's USD over Σ value of its billed calls.
+    expected = {"value 0.5": (0.04, 0.04 / 2), "value 1": (0.06, 0.06 / 2), "value 5": (0.6, 0.6 / 15)}
+    env = {**os.environ, "COLUMNS": "250"}
+    run = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--by", "value", "--format"]
+    out = subprocess.run([*run, "json"], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    got = {r["value"]: (r["cost_usd"], r["usd_per_value_weighted_call"]) for r in json.loads(out)}
+    assert got == {k: pytest.approx(v) for k, v in expected.items()}
+    table = subprocess.run([*run, "csv"], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    import csv
+
+    rows = {r["value"]: r for r in csv.DictReader(table.splitlines())}
+    assert {k: float(r["usd_per_value_weighted_call"]) for k, r in rows.items()} == pytest.approx(
+        {k: v[1] for k, v in expected.items()}
+    )
+    shown = subprocess.run(run[:-1], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert "USD per value-weighted call" in shown
+    for key, (usd, per) in expected.items():
+        line = next(line for line in shown.splitlines() if key + " " in line)
+        assert f"${usd:.4f}" in line and f"${per:.4f}" in line, line
 
 
 def test_listed_rows_stream_in_the_layout_of_one_json_document(tmp_path: Path):

@@ -474,3 +474,57 @@ def test_offline_next_steps_never_name_a_criterion_at_the_top_level():
     data["evidence"] = [{**e, "level": "Excellent"} for e in data["evidence"]]
     steps = " ".join(offline_feedback(data)["next_steps"])
     assert steps and not any(name in steps for name in ("Argument", "Literature", "Structure")), steps
+
+
+def test_the_cohort_summary_shows_the_tier_and_model_each_draft_was_written_on(feedback_vault):
+    """The summary is written before the drafts; once they are written it lists each one's tier and model."""
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed
+    cohort = (feedback_vault / FEEDBACK / "Cohort summary.md").read_text()
+    assert "## Tier each draft was written on" in cohort
+    table = cohort.split("## Tier each draft was written on", 1)[1]
+    rows = dict(re.findall(r"^- \[\[[^\]]*?(s\d{7})\]\]: (\S+ \(.+\))$", table, re.MULTILINE))
+    from tierflow.core.config import load_config
+
+    ledger = Ledger(load_config(feedback_vault, profile="offline").ledger_url)
+    answered = [r for r in ledger.rows(run_id=summary.run_id) if r["phase"] == "draft"]
+    assert answered
+    drafted = {sid for sid, post in drafts(feedback_vault).items() if sid != EMPTY}
+    assert set(rows) == drafted  # every drafted student once; the empty submission had no call
+    for sid, post in drafts(feedback_vault).items():
+        if sid == EMPTY:
+            continue
+        model = next(m for m in post.metadata["tierflow_phase_models"] if m.startswith("draft: ")).removeprefix(
+            "draft: "
+        )
+        tier, shown = rows[sid].removesuffix(")").split(" (", 1)
+        assert model.endswith(shown), (sid, model, shown)
+        assert tier in {r["tier"] for r in answered}
+    # The summary is listed once under the notes written, as created in this run.
+    listed = [w for w in summary.written if w.path.endswith("Cohort summary.md")]
+    assert [w.action for w in listed] == ["created"]
+    report = (feedback_vault / summary.report.path).read_text()
+    assert "Spend per value class" not in report  # every call of this run had the default value
+
+
+def test_the_run_report_shows_spend_per_value_class_when_values_differ(feedback_vault, double, keys):
+    configure(feedback_vault, double, "anthropic", "[routing.value_by]\ndraft = 5\n")
+    double.responder = skilled()
+    summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed
+    from tierflow.core.config import load_config
+
+    rows = Ledger(load_config(feedback_vault).ledger_url).rows(run_id=summary.run_id)
+    assert {r["value"] for r in rows} == {1.0, 5.0}
+    report = (feedback_vault / summary.report.path).read_text()
+    assert "### Spend per value class" in report
+    section = report.split("### Spend per value class", 1)[1].split("\n## ", 1)[0]
+    for value in (1.0, 5.0):
+        billed = [r for r in rows if r["value"] == value and not r["cached_result"]]
+        usd = sum(r["cost_usd"] for r in billed)
+        assert usd > 0
+        line = next(line for line in section.splitlines() if line.startswith(f"| value {value:g} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4] == f"${usd:.4f}"
+        assert cells[5] == f"{value * len(billed):g}"
+        assert cells[6] == f"${usd / (value * len(billed)):.4f}"

@@ -24,7 +24,7 @@ from tierflow.core.errors import VaultError
 from tierflow.core.phases import PhaseOutcome
 from tierflow.core.progress import artifact_key
 from tierflow.learn.signals import scan
-from tierflow.report.spend import money, phase_spend, savings_text, share_rows, total, with_all_deep
+from tierflow.report.spend import money, phase_spend, savings_text, share_rows, spend_by, total, with_all_deep
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 
@@ -126,6 +126,7 @@ def write_run_report(
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
     overall = total(rows)
+    values = spend_by(rows, "value")
     all_deep, savings = savings_text(overall.cost_usd, overall.all_deep_usd)
     now = clock.now().astimezone(ZoneInfo(config.settings.vault.timezone))
     day = now.date().isoformat()
@@ -182,6 +183,13 @@ def write_run_report(
         # Free runs (offline, local) still show where the tokens went.
         "shares": share_rows(phases),
         "share_unit": "USD" if overall.cost_usd > 0 else "tokens",
+        # Spend per value class, only when the run's calls were of more than one value.
+        "values": [
+            {**v.table_row("value"), "per_value": money(v.usd_per_value_unit), "weighted": f"{v.value_units:g}"}
+            for v in values
+        ]
+        if len(values) > 1
+        else [],
         "budgets": budgets,
         "downgrades": downgrades,
         "retries": retries,

@@ -40,6 +40,13 @@ class Spend:
     unpriced: int = 0
     all_deep_usd: float | None = 0.0
     """What the group would cost on the `high` complexity's tier, where the rows carry it (plans do)."""
+    value_units: float = 0.0
+    """The billed calls, each weighted by its value (0.5-5; 1 for rows from before values were recorded)."""
+
+    @property
+    def usd_per_value_unit(self) -> float | None:
+        """USD per value-weighted billed call: cost / Σ(value of each billed call); None if unpriced or empty."""
+        return None if self.unpriced or not self.value_units else self.cost_usd / self.value_units
 
     @property
     def tokens(self) -> int:
@@ -63,6 +70,7 @@ class Spend:
             self.models.append(model)
         self.calls += 1
         self.cached += bool(row.get("cached_result"))
+        self.value_units += 0.0 if row.get("cached_result") else float(row.get("value") or 1)
         self.batch += bool(row.get("batch"))
         self.unknown_usage += not row.get("usage_known", True)
         self.usage = self.usage + usage_of(row)
@@ -91,10 +99,11 @@ class Spend:
         )
         self.unpriced += part.unpriced or 0
         self.cost_usd += float(part.cost_usd or 0.0)
+        self.value_units += float(part.value_units or 0.0)
 
     def as_row(self, by: str) -> dict[str, Any]:
-        """The group as a flat record, as `tierflow spend --by` prints it."""
-        return {
+        """The group as a flat record, as `tierflow spend --by` prints it; by value, with the cost per unit."""
+        row = {
             by: self.key,
             "calls": self.billed,
             "cache_hits": self.cached,
@@ -102,6 +111,10 @@ class Spend:
             "cost_usd": self.cost_usd,
             "unpriced_calls": self.unpriced,
         }
+        if by == "value":
+            row["value_weighted_calls"] = self.value_units
+            row[PER_VALUE] = self.usd_per_value_unit
+        return row
 
     def table_row(self, key: str = "phase", *, compact: bool = False) -> dict[str, Any]:
         """One row of a spend table (run report, Prefect artifact, CLI summary): identifiers, then USD first.
@@ -129,6 +142,9 @@ def total(rows: Sequence[dict[str, Any]]) -> Spend:
     """All the rows as one group (the totals row), through the same aggregation as every other group."""
     return (spend_by(rows, TOTAL) or [Spend("total")])[0]
 
+
+PER_VALUE = "usd_per_value_weighted_call"
+"""The cost per unit of value: a group's USD over its billed calls each weighted by its value (Σ value)."""
 
 TOTAL = "*"
 """`spend_by(rows, TOTAL)`: one group of every row, keyed `total`."""
@@ -189,6 +205,7 @@ def ledger_spend(
         key = calls.c[by]
     unpriced = sa.case((calls.c.cost_usd.is_(None), 1), else_=0)
     unknown = sa.case((calls.c.usage_known.is_(False), 1), else_=0)
+    billed = sa.case((calls.c.cached_result.is_(True), 0.0), else_=sa.func.coalesce(calls.c.value, 1.0))
     query = sa.select(
         key.label("key"),
         calls.c.tier,
@@ -200,6 +217,7 @@ def ledger_spend(
         sa.func.sum(unknown).label("unknown_usage"),
         sa.func.sum(unpriced).label("unpriced"),
         sa.func.sum(calls.c.cost_usd).label("cost_usd"),
+        sa.func.sum(billed).label("value_units"),
     ).group_by(key, calls.c.tier, calls.c.provider, calls.c.model)
     for column, value in (("timestamp", since), ("run_id", run_id), ("project", project), ("flow", flow)):
         if value:
@@ -355,7 +373,10 @@ def spend_table(rows: Sequence[dict[str, Any]], group: str | None, *, groups: Se
     for k in TOKEN_KINDS:
         table.add_column(k.replace("_tokens", "").replace("_", " "), justify="right")
     table.add_column("cost", justify="right")
+    if group == "value":
+        table.add_column("USD per value-weighted call", justify="right")
     for s in sorted(spend_by(rows, group) if groups is None else groups, key=lambda s: s.key):
         cost = money(s.cost_usd) + (f" (+{s.unpriced} unpriced)" if s.unpriced else "")
-        table.add_row(s.key, str(s.billed), str(s.cached), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost)
+        per = [money(s.usd_per_value_unit)] if group == "value" else []
+        table.add_row(s.key, str(s.billed), str(s.cached), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost, *per)
     return table
