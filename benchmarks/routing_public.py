@@ -49,8 +49,6 @@ from tierflow.core.usage import Usage
 from tierflow.learn import request_router
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing" / "mmlu_public.csv"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/routing/mmlu_public.csv")
 FLOW = "mmlu"
 TIERS = ("light", "standard", "deep")
 ROUTELLM_BEST = {"cpt50": 35.40, "cpt80": 70.31, "apgr": 0.603}
