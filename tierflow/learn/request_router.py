@@ -59,6 +59,9 @@ JOINT_SHARE = 0.2
 """When at least this share of the requests answered on two neighbouring tiers passed on the cheaper one, the
 pairs are a sample of the workload, not escalations alone: the gain is learnt directly."""
 """Observations per class a tier needs before its probabilities are calibrated by cross-validation."""
+REGULARISATION = 0.1
+"""The logistic regressions' C. On RouteLLM's MMLU data, grouped 3-fold cross-validation by phase inside a history
+(never the scored split) put C from 0.1 to 1 within 0.01 APGR of each other; 0.1 fits three times faster than 1."""
 MODEL_FILE = "router.pkl"
 FORMAT = 1
 
@@ -133,6 +136,7 @@ def first_answers(ledger: Ledger) -> int:
 
 _ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|[A-Za-z][.)])\s+", re.M)
 _SOURCE = re.compile(r"\[\[|https?://|\bdoi:|^#+ ", re.M | re.I)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MATH = re.compile(r"[=+*/^<>√∑∫π±×÷%$]|\\frac|\d+\s*[-+*/]\s*\d+")
 
 
@@ -140,20 +144,20 @@ def _shape(text: str) -> list[float]:
     """Size, script and structure: what hashed n-grams do not see directly."""
     n = max(len(text), 1)
     lines = text.count("\n") + 1
-    words = len(text.split())
-    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    split = text.split()
+    words = len(split)
     return [
         math.log1p(len(text)),
         math.log1p(words),
         math.log1p(lines),
         math.log1p(len(_ITEM.findall(text))),
         math.log1p(len(_SOURCE.findall(text))),
-        sum(ch.isdigit() for ch in text) / n,
+        sum(map(str.isdigit, text)) / n,
         len(_MATH.findall(text)) / max(words, 1),
-        non_ascii / n,
-        sum(ch.isupper() for ch in text) / n,
+        len(_NON_ASCII.findall(text)) / n,
+        sum(map(str.isupper, text)) / n,
         text.count("?") / max(lines, 1),
-        (sum(len(w) for w in text.split()) / max(words, 1)) / 10,
+        (sum(map(len, split)) / max(words, 1)) / 10,
     ]
 
 
@@ -275,7 +279,7 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    base = LogisticRegression(C=1.0, max_iter=300, solver="liblinear", random_state=seed)
+    base = LogisticRegression(C=REGULARISATION, max_iter=300, solver="liblinear", random_state=seed)
     if min(int(y.sum()), int(len(y) - y.sum())) >= CALIBRATE_MIN:
         # Shuffled folds: the ledger's order groups requests by run and phase, and unshuffled folds would fit the
         # calibration on phases the fold's model never saw (a sigmoid that can even invert the ranking).
@@ -286,12 +290,24 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
     return base.fit(X, y, sample_weight=w), False
 
 
+def _key(o: Observation) -> tuple[str, str, str, str]:
+    """What the features read of an observation: (flow, phase, complexity, routed text)."""
+    return (o.flow, o.phase, o.complexity, _routed_text(o.flow, o.text))
+
+
 def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: datetime | None = None) -> RequestRouter:
     """Fit the router from first answers (see `observations`)."""
     now = now or clock.now()
     if now.tzinfo is None:
         now = now.replace(tzinfo=clock.now().tzinfo)
     features = Features()
+    # Each distinct request is vectorised once; every tier's and pair's model takes its rows of one matrix.
+    keys = [_key(o) for o in observed]
+    index: dict[tuple[str, str, str, str], int] = {}
+    for key in keys:
+        index.setdefault(key, len(index))
+    matrix = features(list(index)) if index else None
+    row_of = {id(o): index[k] for o, k in zip(observed, keys, strict=True)}
     order = [t for t in tier_order] + sorted({o.tier for o in observed} - set(tier_order))
     by_tier: dict[str, list[Observation]] = defaultdict(list)
     for o in observed:
@@ -302,7 +318,7 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
         rate = float(y.mean())
         model, calibrated = None, False
         if 0 < y.sum() < len(y):
-            X = features([(o.flow, o.phase, o.complexity, _routed_text(o.flow, o.text)) for o in seen])
+            X = matrix[[row_of[id(o)] for o in seen]]
             model, calibrated = _classifier(X, y, _weights([o.timestamp for o in seen], now))
         tiers[tier] = TierModel(tier, len(seen), rate, model, calibrated)
     gains: dict[tuple[str, str], TierModel] = {}
@@ -319,7 +335,7 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
         y = np.array([(not a.passed) and b.passed if joint else b.passed for a, b in pairs], dtype=int)
         model, calibrated = None, False
         if 0 < y.sum() < len(y):
-            X = features([(a.flow, a.phase, a.complexity, _routed_text(a.flow, a.text)) for a, _ in pairs])
+            X = matrix[[row_of[id(a)] for a, _ in pairs]]
             model, calibrated = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
         gains[(lower, upper)] = TierModel(
             f"{lower}->{upper}", len(pairs), float(y.mean()), model, calibrated, "joint" if joint else "rescue"
