@@ -213,6 +213,9 @@ class TierModel:
     """`pass`: P(passes); for a pair of tiers, `rescue`: P(next passes | this one failed), or `joint`:
     P(this one fails and the next passes)."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_members"}  # a cache of `model`, not saved
+
 
 @dataclass
 class RequestRouter:
@@ -245,14 +248,14 @@ class RequestRouter:
         m = self.tiers[tier]
         if m.model is None:
             return np.full(X.shape[0], m.pass_rate)
-        return m.model.predict_proba(X)[:, 1]
+        return _positive(m, X)
 
     def gain_probability(self, tier: str, above: str, X: Any) -> np.ndarray | None:
         """P(this tier fails and the next passes) = P(fails) x P(next passes | this one failed)."""
         m = self.gains.get((tier, above))
         if m is None:
             return None
-        p = np.full(X.shape[0], m.pass_rate) if m.model is None else m.model.predict_proba(X)[:, 1]
+        p = np.full(X.shape[0], m.pass_rate) if m.model is None else _positive(m, X)
         return p if m.kind == "joint" else (1 - self.pass_probability(tier, X)) * p
 
     def suffices(self, tier: str, above: str | None, X: Any) -> np.ndarray:
@@ -260,6 +263,39 @@ class RequestRouter:
         where the pair model exists, else P(it passes)."""
         gain = self.gain_probability(tier, above, X) if above else None
         return 1 - gain if gain is not None else self.pass_probability(tier, X)
+
+
+def _linear(model: Any) -> list[tuple[np.ndarray, float, float | None, float | None]]:
+    """A fitted model as (coefficients, intercept, sigmoid a, sigmoid b) per member: a logistic regression, or the
+    members of a sigmoid-calibrated ensemble (`_classifier`)."""
+    members = getattr(model, "calibrated_classifiers_", None)
+    if members is None:
+        return [(model.coef_.ravel(), float(model.intercept_[0]), None, None)]
+    return [
+        (
+            c.estimator.coef_.ravel(),
+            float(c.estimator.intercept_[0]),
+            float(c.calibrators[0].a_),
+            float(c.calibrators[0].b_),
+        )
+        for c in members
+    ]
+
+
+def _positive(m: TierModel, X: Any) -> np.ndarray:
+    """P(class 1) as `m.model.predict_proba(X)[:, 1]` computes it, without scikit-learn's per-call validation
+    (most of a single request's scoring time)."""
+    from scipy.special import expit
+
+    members = getattr(m, "_members", None)
+    if members is None:
+        members = _linear(m.model)
+        m._members = members
+    total = np.zeros(X.shape[0])
+    for coef, intercept, a, b in members:
+        f = np.asarray(X @ coef).ravel() + intercept
+        total += expit(f) if a is None else np.clip(expit(-(a * f + b)), 0.0, 1.0)
+    return total / len(members)
 
 
 def _weights(timestamps: Sequence[str], now: datetime) -> np.ndarray:
