@@ -8,6 +8,8 @@ Three modes:
     python benchmarks/routing_public.py --evaluate --scores scores.json --labels L.csv --format json
     # make the splits from mmlu_public.csv and run both steps, for both settings and a few seeds
     python benchmarks/routing_public.py --experiment new-subjects own-history --seeds 0 1 2 [--data CSV]
+    # ... with the issue's plain baseline (LR on hashed n-grams predicting weak-correct) on the same splits
+    python benchmarks/routing_public.py --experiment new-subjects own-history --seeds 0 1 2 --baseline
 
 `--history` writes each row of H.csv (`subject, prompt, weak_correct, strong_correct`) into a fresh tierflow ledger
 as two past first answers to one request (flow `mmlu`, phase = the subject, weak = tier `light`, strong = tier
@@ -86,6 +88,25 @@ def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[st
     return {str(i): s for i, s in zip(prompts["id"], scores, strict=True)}, fit_s
 
 
+def baseline_scores(history: pd.DataFrame, prompts: pd.DataFrame) -> dict[str, float]:
+    """The issue's yardstick, outside tierflow: one logistic regression on hashed word (1-2) and character (3-5)
+    n-grams of the prompt, predicting only whether the weak model is right; the score is P(weak right)."""
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    words = HashingVectorizer(n_features=2**18, ngram_range=(1, 2), alternate_sign=False)
+    chars = HashingVectorizer(n_features=2**18, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False)
+
+    def matrix(texts: pd.Series) -> object:
+        return hstack([words.transform(texts.astype(str)), chars.transform(texts.astype(str))]).tocsr()
+
+    model = LogisticRegression(C=1.0, solver="liblinear", max_iter=300)
+    model.fit(matrix(history["prompt"]), history["weak_correct"].astype(int).to_numpy())
+    scores = model.predict_proba(matrix(prompts["prompt"]))[:, 1]
+    return {str(i): float(s) for i, s in zip(prompts["id"], scores, strict=True)}
+
+
 def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 10) -> dict[str, float]:
     """RouteLLM's MMLU metrics for a router whose score is P(light suffices)."""
     data = labels.assign(id=labels["id"].astype(str)).set_index("id")
@@ -139,7 +160,9 @@ def split(data: pd.DataFrame, setting: str, seed: int) -> tuple[pd.DataFrame, pd
     return data[~test], data[test]
 
 
-def experiment(data_path: Path, settings: list[str], seeds: list[int], workdir: Path) -> dict[str, object]:
+def experiment(
+    data_path: Path, settings: list[str], seeds: list[int], workdir: Path, *, baseline: bool = False
+) -> dict[str, object]:
     """For each setting and seed: H/P/L files, then both steps through the files, as a user would run them."""
     data = pd.read_csv(data_path)
     data.insert(0, "id", [f"q{i}" for i in range(len(data))])
@@ -159,9 +182,14 @@ def experiment(data_path: Path, settings: list[str], seeds: list[int], workdir: 
             runs.append(
                 {"seed": seed, "history": len(history), "scored": len(test), "fit_s": round(fit_s, 1), **metrics}
             )
+            if baseline:
+                runs[-1]["baseline"] = evaluate(baseline_scores(pd.read_csv(h), pd.read_csv(p)), pd.read_csv(lab))
             print(f"{setting} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         keys = ("cpt50", "cpt80", "apgr", "strong_share_at_95pct_quality")
         out[setting] = {"runs": runs, "mean": {k: round(float(np.mean([r[k] for r in runs])), 4) for k in keys}}
+        if baseline:
+            means = {k: round(float(np.mean([r["baseline"][k] for r in runs])), 4) for k in keys}
+            out[setting]["baseline_mean"] = means
     return out
 
 
@@ -178,16 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--baseline", action="store_true", help="also score the issue's plain LR predicting weak-correct, same splits"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the split files here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.experiment:
         seeds = [args.seed] if args.seed is not None else args.seeds
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            result = experiment(args.data, args.experiment, seeds, args.workdir)
+            result = experiment(args.data, args.experiment, seeds, args.workdir, baseline=args.baseline)
         else:
             with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
-                result = experiment(args.data, args.experiment, seeds, Path(tmp))
+                result = experiment(args.data, args.experiment, seeds, Path(tmp), baseline=args.baseline)
         _show(result, args.format)
         return 0
     if args.evaluate:

@@ -229,3 +229,37 @@ def _app():
     from tierflow.cli.app import app
 
     return app
+
+
+def test_router_scores_as_its_fitted_models_predict(tmp_path):
+    """The direct scoring path (coefficients and sigmoids) gives the fitted models' own probabilities, calibrated
+    or not, and survives a save and load."""
+    import numpy as np
+
+    observed = [
+        Observation(
+            f"r{i}",
+            "f",
+            f"p{i % 3}",
+            "low",
+            tier,
+            f"item {i} " + f"word{i % 17} " * (i % 5 + 1),
+            (i % 3 > 0) if tier == "light" else (i % 7 > 0),
+            "",
+        )  # fmt: skip
+        for i in range(300)
+        for tier in ("light", "deep")
+    ]
+    router = fit(observed, ["light", "deep"])
+    path = tmp_path / "router.pkl"
+    request_router.save(router, path)
+    loaded = request_router.load(path)
+    X = router.rows("f", "p1", "low", ["item 5 word5", "something else", "word3 word3 word3"])
+    models = [*router.tiers.values(), *router.gains.values()]
+    assert any(m.calibrated for m in models) and all(m.model is not None for m in models)
+    for r in (router, loaded):
+        for tier in ("light", "deep"):
+            expected = r.tiers[tier].model.predict_proba(X)[:, 1]
+            assert np.allclose(r.pass_probability(tier, X), expected, atol=1e-12)
+        gain = r.gains[("light", "deep")]
+        assert np.allclose(r.gain_probability("light", "deep", X), gain.model.predict_proba(X)[:, 1], atol=1e-12)
