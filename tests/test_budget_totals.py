@@ -189,7 +189,8 @@ def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tm
                 cost_usd=None if n == 7 else 0.01 * n,
                 timestamp=f"2026-11-{1 + n % 28:02d}T10:00:00.000000+00:00",
             ).row()
-            conn.execute(calls.insert(), row)
+            # Only the columns a version-10 ledger has (later migrations add the request router's).
+            conn.execute(calls.insert(), {k: v for k, v in row.items() if k not in ("request_id", "value")})
         for n, (is_open, kept) in enumerate([(False, False), (False, True), (False, False), (True, False)]):
             conn.execute(
                 reservations.insert().values(
