@@ -206,6 +206,29 @@ def test_max_tokens_cuts_the_reply() -> None:
     assert completion.usage is not None and completion.usage.completion_tokens == 7
 
 
+def test_max_tokens_cuts_a_tool_call_too() -> None:
+    """Never more output than max_tokens, even inside a tool call: a budget that lowers max_tokens to what it can
+    afford is billed at most that."""
+    schema = Paper.model_json_schema()
+    long_paper = {"title": "t " * 200, "year": 2001, "authors": [{"name": "A"}, {"name": "B"}], "level": "low",
+                  "tags": [], "score": None}  # fmt: skip
+    tool = {"name": "record_paper", "description": "Record a paper.", "input_schema": schema}
+    function = {"type": "function", "function": {"name": "record_paper", "parameters": schema}}
+    with ProviderDouble(lambda r: Reply(data=long_paper)) as d:
+        message = claude(d).messages.create(
+            model=CLAUDE, max_tokens=20, tools=[tool], tool_choice={"type": "tool", "name": "record_paper"},
+            messages=[user("Extract the paper")],
+        )  # fmt: skip
+        completion = gpt(d).chat.completions.create(
+            model=GPT, max_completion_tokens=20, tools=[function],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "record_paper"}}, messages=[user("Extract")],
+        )  # fmt: skip
+    assert message.stop_reason == "max_tokens"
+    assert message.usage.output_tokens == 20
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 20
+
+
 def test_count_tokens_and_models(double: ProviderDouble) -> None:
     client = claude(double)
     counted = client.messages.count_tokens(model=CLAUDE, system="Be brief.", messages=[user("Hello there")])

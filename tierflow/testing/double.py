@@ -1263,9 +1263,14 @@ class ProviderDouble:
             visible += tokens
         if want_structured and target is not None:
             data = reply.data if reply.data is not None else example_from_schema(request.tool_schema(target))
-            content.append({"type": "tool_use", "id": self._new_id("toolu_"), "name": target, "input": data})
-            visible += count_tokens(json.dumps(data))
+            tokens, budget = count_tokens(json.dumps(data)), (request.max_tokens or 1 << 30) - hidden - visible
             stop_reason = "tool_use"
+            if tokens > budget:
+                # As the API does when max_tokens falls inside a tool call: billed up to the limit, the input cut
+                # short (here, to nothing), stop_reason max_tokens. Never more output than max_tokens.
+                data, tokens, stop_reason = {}, max(budget, 0), "max_tokens"
+            content.append({"type": "tool_use", "id": self._new_id("toolu_"), "name": target, "input": data})
+            visible += tokens
         if reply.stop_reason:
             stop_reason = _ANTHROPIC_STOP.get(reply.stop_reason, reply.stop_reason)
         message: dict[str, Any] = {
@@ -1385,6 +1390,10 @@ class ProviderDouble:
         if want_structured and target is not None:
             data = reply.data if reply.data is not None else example_from_schema(request.tool_schema(target))
             arguments = json.dumps(data)
+            tokens, budget = count_tokens(arguments), (request.max_tokens or 1 << 30) - hidden - visible
+            cut = tokens > budget
+            if cut:  # the arguments end where max tokens did, as the API cuts them, with finish_reason "length"
+                arguments, tokens = _truncate_to_tokens(arguments, budget), max(budget, 0)
             tool_calls = [
                 {
                     "id": self._new_id("call_"),
@@ -1392,9 +1401,9 @@ class ProviderDouble:
                     "function": {"name": target, "arguments": arguments},
                 }
             ]
-            visible += count_tokens(arguments)
+            visible += tokens
             # OpenAI reports "stop" when tool_choice names a function, "tool_calls" otherwise.
-            finish = "stop" if named else "tool_calls"
+            finish = "length" if cut else ("stop" if named else "tool_calls")
         if reply.stop_reason:
             finish = _OPENAI_FINISH.get(reply.stop_reason, reply.stop_reason)
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
