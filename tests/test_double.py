@@ -21,7 +21,15 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, Field
 
-from tierflow.testing import NO_USAGE, DoubleRequest, ProviderDouble, Reply, count_tokens, example_from_schema
+from tierflow.testing import (
+    NO_USAGE,
+    DoubleRequest,
+    ProviderDouble,
+    Reply,
+    Together,
+    count_tokens,
+    example_from_schema,
+)
 
 CLAUDE = "claude-sonnet-4-6"
 GPT = "gpt-4o-mini"
@@ -160,7 +168,7 @@ def test_realistic_cache_bills_a_write_to_every_request_that_starts_before_the_f
     from concurrent.futures import ThreadPoolExecutor
 
     system = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
-    with ProviderDouble(realistic_cache=True, latency_s=0.3) as d:
+    with ProviderDouble(realistic_cache=True, hold=Together(4)) as d:
         client = claude(d)
 
         def ask(question: str) -> anthropic.types.Message:
@@ -500,6 +508,26 @@ def test_provider_filter_and_custom_body(double: ProviderDouble) -> None:
     with pytest.raises(anthropic.InternalServerError):
         claude(double).with_options(max_retries=0).messages.create(model=CLAUDE, max_tokens=20, messages=[user("hi")])
     assert double.requests[-1].response == body
+
+
+def test_together_holds_answers_until_all_have_arrived_and_says_so_when_they_never_do() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    held = Together(2, match=lambda r: r.last_user_text != "free")
+    with ProviderDouble(hold=held) as d:
+        client = gpt(d)
+        client.chat.completions.create(model=GPT, messages=[user("free")])  # not matched: not held
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda q: client.chat.completions.create(model=GPT, messages=[user(q)]), ["a", "b"]))
+        client.chat.completions.create(model=GPT, messages=[user("after")])  # the first two were held; not this
+        assert d.max_in_flight == 2 and held.seen == 2
+    with (
+        pytest.raises(RuntimeError) as raised,
+        ProviderDouble(hold=Together(2, timeout_s=0.2)) as d,
+        pytest.raises(openai.InternalServerError),
+    ):
+        gpt(d).chat.completions.create(model=GPT, messages=[user("alone")])
+    assert "only 1 of 2 requests arrived within 0.2 s" in str(raised.value.__cause__)
 
 
 def test_invalid_request_is_rejected(double: ProviderDouble) -> None:

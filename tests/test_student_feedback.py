@@ -10,11 +10,11 @@ from pathlib import Path
 import frontmatter
 import pytest
 from conftest import anthropic_config, openai_config, write_config
-from responders import skilled
+from responders import schema_name, skilled
 
 from tierflow.core.ledger import Ledger
 from tierflow.flows.student_feedback import student_feedback
-from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply, Together
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -346,7 +346,12 @@ def test_warm_up_writes_each_shared_prefix_once_where_calls_started_together_eac
     for warm in (False, True):
         vault = feedback_vault.parent / f"warm-{warm}"
         shutil.copytree(feedback_vault, vault)
-        with ProviderDouble(skilled(), realistic_cache=True, latency_s=0.3) as double:
+        # Without warm-up the first three drafts are answered together, as the thread pool's first wave is
+        # when the model takes longer than the machine does to start them (on a busy machine, a fixed delay
+        # was not always long enough). With it, one draft goes alone, and nothing is held: the delay is there so
+        # that, were warm-up ignored, the drafts would overlap and write more than once.
+        together = Together(3, match=lambda r: schema_name(r) == "feedbackout") if not warm else None
+        with ProviderDouble(skilled(), realistic_cache=True, latency_s=0.3, hold=together) as double:
             configure(vault, double, "anthropic")
             config = vault / ".tierflow" / "config.toml"
             config.write_text(config.read_text() + f"warm_up = {str(warm).lower()}\n")  # under [feedback]

@@ -59,6 +59,7 @@ __all__ = [
     "ProviderDouble",
     "Reply",
     "Responder",
+    "Together",
     "count_tokens",
     "default_text",
     "example_from_schema",
@@ -467,6 +468,36 @@ Responder = Callable[[DoubleRequest], Reply | str | dict[str, Any] | None]
 (text reply), a ``dict`` (structured ``data``) or ``None`` (default reply)."""
 
 
+class Together:
+    """A ``ProviderDouble(hold=...)`` that answers the first ``n`` requests ``match`` accepts only once all ``n``
+    have been answered: until then none of them is sent and none of their cache entries lands, so they overlap
+    however slowly the client sends them. Later requests pass straight through.
+
+    If ``n`` never arrive within ``timeout_s`` (the client runs fewer at once than the test assumes), the
+    waiting requests fail with a message saying so, and the double re-raises it when the test leaves it."""
+
+    def __init__(self, n: int, match: Callable[[DoubleRequest], bool] = lambda r: True, timeout_s: float = 120.0):
+        self.n = n
+        self.match = match
+        self.timeout_s = timeout_s
+        self.seen = 0
+        self._lock = threading.Lock()
+        self._barrier = threading.Barrier(n, timeout=timeout_s)
+
+    def __call__(self, request: DoubleRequest) -> None:
+        with self._lock:
+            if not self.match(request) or self.seen >= self.n:
+                return
+            self.seen += 1
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            raise AssertionError(
+                f"Together: only {self.seen} of {self.n} requests arrived within {self.timeout_s:g} s, so they "
+                "cannot overlap; the client runs fewer at once than the test assumes"
+            ) from None
+
+
 def default_text(request: DoubleRequest) -> str:
     """The default reply text: ``"Reply to "`` plus the first 8 words of the last user message."""
     words = request.last_user_text.split()[:8]
@@ -832,7 +863,9 @@ class ProviderDouble:
 
     Batches end after ``batch_polls_until_done`` status GETs; the responder runs for each item then.
     ``latency_s`` delays every generation answer, like a model thinking; ``in_flight`` and
-    ``max_in_flight`` count generation requests being answered at once.
+    ``max_in_flight`` count generation requests being answered at once. ``hold`` is called with each
+    generation request once it is answered, before the answer is sent and its cache entries land: a test
+    makes requests overlap with it (see ``Together``) instead of hoping a delay is long enough.
     """
 
     def __init__(
@@ -843,6 +876,7 @@ class ProviderDouble:
         min_cacheable_tokens: int | None = None,
         realistic_cache: bool = False,
         latency_s: float = 0.0,
+        hold: Callable[[DoubleRequest], None] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -851,6 +885,7 @@ class ProviderDouble:
         self.min_cacheable_tokens = min_cacheable_tokens
         self.realistic_cache = realistic_cache
         self.latency_s = latency_s
+        self.hold = hold
         self.in_flight = 0
         self.max_in_flight = 0
         self._pending_cache: dict[int, list[bytes]] = {}
@@ -1090,6 +1125,8 @@ class ProviderDouble:
             answer = self._handle(request, arg)
             if counted and self.latency_s:
                 time.sleep(self.latency_s)
+            if counted and self.hold is not None:
+                self.hold(request)
             return answer
         finally:
             with self._lock:
