@@ -108,7 +108,7 @@ def test_a_run_whose_projection_crosses_a_limit_emits_a_prefect_event(reading_va
     assert summary.tokens > 0
     events = []
     with get_client(sync_client=True) as client:
-        for _ in range(60):
+        for _ in range(600):  # up to 300 s: the server records events in the background
             events = client.read_events(
                 filter=EventFilter(event=EventNameFilter(name=[PROJECTED_OVER])), limit=50
             ).events

@@ -367,7 +367,7 @@ def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path,
     flow_run_id = next(r["flow_run_id"] for r in Ledger.for_vault(reading_vault).rows(run_id=summary.run_id))
     APILogHandler().flush()  # run logs reach the API in the background
     with get_client(sync_client=True) as client:
-        for _ in range(40):
+        for _ in range(1200):  # up to 300 s: the server records logs in the background
             logs = client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
                 limit=200,

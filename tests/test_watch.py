@@ -52,7 +52,7 @@ class Terminal:
     def screen(self) -> str:
         return ANSI.sub("", b"".join(self.chunks).decode("utf-8", "replace"))
 
-    def wait_for(self, text: str, timeout: float = 60) -> str:
+    def wait_for(self, text: str, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.screen:
