@@ -193,8 +193,12 @@ def test_a_failed_check_gets_one_informed_retry_then_escalates(tmp_path, monkeyp
     assert "Your previous answer" not in first.last_user_text
     assert "label_in_rubric: label 'formative' is not one of the rubric's labels" in retry.last_user_text
     assert escalated.model == "claude-sonnet-4-6"
-    # The answer that passed is cached under the request that produced it: a rerun replays nothing that failed.
-    assert c.ledger.engine.connect().exec_driver_sql("SELECT COUNT(*) FROM response_cache").scalar() == 1
+    # The answer that passed is cached under the request that produced it, and remembered for the original
+    # request (so an unchanged rerun, which sends that first, replays it); nothing that failed is kept.
+    stored = c.ledger.engine.connect().exec_driver_sql("SELECT tier, kept, checks_failed FROM response_cache")
+    assert sorted((tuple(r) for r in stored), key=lambda r: r[1]) == [(None, False, None), ("standard", True, "")]
+    again = ask(caller(tmp_path, anthropic_config(double), monkeypatch), checks=[LABEL])
+    assert again.cached and again.parsed.label == "summative" and len(double.model_calls()) == 3
 
 
 def test_escalation_respects_a_halt_budget_and_keeps_the_best_answer(tmp_path, monkeypatch, double):

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from conftest import FIXTURES, READING_WEEK, anthropic_config, write_config
+from pydantic import BaseModel
 from responders import schema_name
 
+from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.ledger import Ledger
 from tierflow.flows.module_review import module_review
 from tierflow.flows.reading_notes import reading_notes
@@ -97,3 +99,32 @@ def test_retry_failed_pays_again_on_purpose(tmp_path: Path, monkeypatch, double:
     paid = billed(Ledger.for_vault(vault).rows(run_id=again.run_id))
     assert paid and all(r["phase"] == "draft" for r in paid)  # only what was kept is paid for again
     assert len(double.model_calls()) == calls + len(paid)
+
+
+class Summary(BaseModel):
+    text: str
+
+
+def test_an_answer_that_passed_only_on_a_retry_is_replayed_by_an_unchanged_rerun(tmp_path: Path, monkeypatch):
+    """The first answer is cut off at the tier's output limit; the retry, with the limit doubled, passes. Its
+    answer is cached under the retry's request, which a rerun never sends first: it is remembered for the
+    original request too, so the rerun pays nothing and replays it as passing."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    long = {"text": " ".join(f"point {n}" for n in range(30))}  # about 70 tokens of tool input
+    with ProviderDouble(lambda request: Reply(data=long)) as double:
+        vault = tmp_path / "vault"
+        config = anthropic_config(double).replace("max_output_tokens = 1024", "max_output_tokens = 48", 1)
+        write_config(vault / ".tierflow" / "config.toml", config)
+
+        def ask(run_id: str) -> Any:
+            caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="kept"))
+            return caller.ask(phase="collate", complexity="low", system="Summarise.", prompt="the week", output=Summary)
+
+        first = ask("first")
+        assert [c.response["stop_reason"] for c in double.model_calls()] == ["max_tokens", "tool_use"]
+        assert first.outcome == "ok" and first.parsed == Summary(**long) and not first.cached
+        second = ask("second")
+        assert len(double.model_calls()) == 2  # nothing sent
+    assert second.cached and second.outcome == "ok" and not second.checks_failed and second.parsed == first.parsed
+    (row,) = Ledger.for_vault(vault).rows(run_id="second")
+    assert row["cached_result"] and row["outcome"] == "ok" and row["cost_usd"] == 0 and row["tier"] == "light"

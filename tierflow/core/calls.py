@@ -437,17 +437,20 @@ class Caller:
         kept and returned with `checks_failed` set, so the phase can write it with a warning: nothing paid
         for is lost. A kept answer is remembered for its request (as kept, never as validated): an unchanged
         rerun reuses it, warning and all, as a cached call, unless the run pays again on purpose
-        (`retry_failed`). `first` is an attempt already made elsewhere (a batch item), which the loop continues.
+        (`retry_failed`). An answer that passed only on a retry or a dearer tier is remembered for the request
+        the same way (with no failed checks): the passing answer is cached under the request that got it, which
+        an unchanged rerun never sends first, so without this the rerun would pay for the first attempt again.
+        `first` is an attempt already made elsewhere (a batch item), which the loop continues.
         """
         kept_key = _kept_key(routed, request)
         reuse = first is None and self.settings.use_cache and not self.settings.retry_failed
-        answer = self._resolve(
+        answer, attempts = self._resolve(
             routed, request, output=output, checks=checks, subject=subject, first=first,
             kept_key=kept_key if reuse else None,
         )  # fmt: skip
         if answer.cached:
             return answer  # replayed: a passing answer, or the one an earlier run kept
-        if answer.checks_failed:
+        if answer.checks_failed or (attempts > 1 and reuse):
             self.ledger.remember_kept(
                 kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
                 checks_failed=",".join(answer.checks_failed), flow=self.settings.flow, phase=routed.phase,
@@ -460,7 +463,8 @@ class Caller:
         self, routed: Route, hit: Mapping[str, Any], output: type[BaseModel] | None, subject: str
     ) -> tuple[Answer, CallRecord] | None:
         """An earlier run's kept answer for this request, and its row as a cached call; None if it no longer
-        reads (the output model changed) or its tier now runs another model."""
+        reads (the output model changed) or its tier now runs another model. One with no failed checks passed
+        on a retry or a dearer tier, and is replayed as passing."""
         if hit["tier"] not in self.config.settings.tiers:
             return None
         kept = routed if hit["tier"] == routed.tier else route_to_tier(
@@ -476,18 +480,20 @@ class Caller:
             except ValidationError:
                 return None
         names = tuple(n for n in (hit["checks_failed"] or "").split(",") if n)
-        log.warning(
-            "%s on %s: reusing the answer an earlier run kept although it failed %s (tierflow run --retry-failed "
-            "pays again)",
-            routed.phase, subject or "-", ", ".join(names),
-        )  # fmt: skip
+        if names:
+            log.warning(
+                "%s on %s: reusing the answer an earlier run kept although it failed %s (tierflow run "
+                "--retry-failed pays again)",
+                routed.phase, subject or "-", ", ".join(names),
+            )  # fmt: skip
+        outcome = "check_failed" if names else "ok"
         record = self._record(
-            kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome="check_failed",
+            kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome=outcome,
             checks_failed=",".join(names) or None,
         )  # fmt: skip
         answer = Answer(
             text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
-            parsed=parsed, checks_failed=names, outcome="check_failed",
+            parsed=parsed, checks_failed=names, outcome=outcome,
         )  # fmt: skip
         return answer, record
 
@@ -501,7 +507,8 @@ class Caller:
         subject: str,
         first: Attempt | None,
         kept_key: str | None,
-    ) -> Answer:
+    ) -> tuple[Answer, int]:
+        """The answer, and how many attempts this call made for it (a replayed answer: 0)."""
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
         # Tiers that failed this request and were escalated from: a budget downgrade never sends it back there.
@@ -536,21 +543,21 @@ class Caller:
                     log.warning(
                         "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
                     )
-                    return _shown(routed, self._kept(best, request), number)
+                    return _shown(routed, self._kept(best, request), number), number
                 if attempt.kept:
-                    return attempt.answer  # an earlier run's kept answer to this unchanged request
+                    return attempt.answer, 0  # an earlier run's kept answer to this unchanged request
                 number += 1
                 answered.add(attempt.route.tier)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
                         self._shadow(ladder[step + 1], request, output=output, checks=checks, subject=subject)
-                    return _shown(routed, attempt.answer, number)
+                    return _shown(routed, attempt.answer, number), number
                 best = attempt if best is None or attempt.rank > best.rank else best
                 last = attempt
             if not self.config.settings.routing.escalate:
                 break
         assert best is not None
-        return _shown(routed, self._kept(best, request), number)
+        return _shown(routed, self._kept(best, request), number), number
 
     def _request_record(
         self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str

@@ -957,7 +957,8 @@ class Ledger:
         self, key: str, *, model: str, tier: str, text: str, data: dict[str, Any] | None, checks_failed: str,
         flow: str, phase: str,
     ) -> None:  # fmt: skip
-        """Remember an answer kept although no tier passed, for its request: as kept, never as validated."""
+        """Remember the answer a request ended with, for that request: one kept although no tier passed (as
+        kept, never as validated), or one that passed only on a retry or a dearer tier (no `checks_failed`)."""
         values = {
             "key": key, "model": model, "tier": tier, "text": text,
             "data_json": json.dumps(data) if data is not None else None, "created": now_iso(), "flow": flow,
