@@ -8,6 +8,9 @@ edit ratio, 0 untouched to 1 rewritten) and one `rating` signal (from the `tierf
 What passes: an edit ratio of at most `EDIT_PASS` (light copy-editing); a rating of `good`, 4 or 5. An edit
 ratio above `EDIT_FAIL`, or a rating of `bad`, 1 or 2, fails. Between them, a signal is kept but counts neither
 way.
+
+Each signal names the request (`request_id`) and tier of the answer the draft was written from, as the draft was
+remembered, so the per-request router learns from it (`tierflow.learn.labels`).
 """
 
 from __future__ import annotations
@@ -97,5 +100,6 @@ def _store(ledger: Ledger, row: Any, found: list[Signal]) -> None:
                     value=s.value,
                     detail=s.detail,
                     note=row.note,
+                    request_id=row.request_id,
                 )
             )
