@@ -22,7 +22,6 @@ from tierflow.core.checks import Check
 from tierflow.core.ledger import Ledger, calls, drafts, schema_version, signals
 from tierflow.core.routing import route_to_tier
 from tierflow.learn import request_router
-from tierflow.learn.labels import Label, Signal, label
 from tierflow.learn.signals import scan
 from tierflow.testing.double import Reply
 
@@ -69,6 +68,8 @@ def _app():
 
 
 def test_label_rule_a_human_edit_outranks_a_check_pass_and_a_good_rating_a_judges_loss():
+    from tierflow.learn.labels import Label, Signal, label
+
     edit_fail, edit_pass = Signal("edit", False, "r", "t"), Signal("edit", True, "r", "t")
     good, bad = Signal("rating", True, "r", "t"), Signal("rating", False, "r", "t")
     win, loss = Signal("judge", True, "t", "t"), Signal("judge", False, "t", "t")
