@@ -6,7 +6,6 @@ real SQLite and PostgreSQL ledgers."""
 from __future__ import annotations
 
 import json
-import random
 from datetime import date
 from pathlib import Path
 
@@ -14,37 +13,17 @@ import frontmatter
 import pytest
 import sqlalchemy as sa
 from conftest import anthropic_config, call_record, write_config
-from pydantic import BaseModel
+from test_request_router import CHECK, Out
+from test_request_router import easy as plain
+from test_request_router import hard as dense
 from typer.testing import CliRunner
 
 from tierflow.core.calls import Caller, RunSettings
-from tierflow.core.checks import Check
 from tierflow.core.ledger import Ledger, calls, drafts, schema_version, signals
 from tierflow.core.routing import route_to_tier
 from tierflow.learn import request_router
 from tierflow.learn.signals import scan
 from tierflow.testing.double import Reply
-
-PLAIN = ["photosynthesis", "light", "leaf", "water", "sugar", "plant", "energy", "green", "cell", "sun"]
-DENSE = ["Verdichtung", "Annotation", "Quellenkritik", "Hermeneutik", "Diskursanalyse", "Epistemologie", "Kontext"]
-
-
-class Out(BaseModel):
-    ok: bool
-
-
-CHECK = Check("grounded", lambda out: [] if out.ok else ["the answer is not grounded"])
-
-
-def plain(i: int) -> str:
-    rnd = random.Random(i)
-    return f"Highlight {i}: " + " ".join(rnd.choice(PLAIN) for _ in range(8)) + "."
-
-
-def dense(i: int) -> str:
-    rnd = random.Random(1000 + i)
-    lines = [f"- Quelle {k}: " + " ".join(rnd.choice(DENSE) for _ in range(12)) for k in range(6)]
-    return f"Annotation {i}, dicht und lang:\n" + "\n".join(lines)
 
 
 @pytest.fixture(autouse=True)
