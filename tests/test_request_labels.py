@@ -57,6 +57,8 @@ def test_label_rule_a_human_edit_outranks_a_check_pass_and_a_good_rating_a_judge
     assert label(True, [win, edit_fail]) == Label(False, "edit", 2)  # ... and a judge's win
     assert label(True, [loss]) == Label(False, "judge", 1)  # a judge's loss outranks the checks
     assert label(True, [loss, good]) == Label(True, "rating", 2)  # a good rating outranks a judge's loss
+    assert label(True, [loss, edit_pass]) == Label(False, "judge", 2)  # ... a note nobody changed does not
+    assert label(True, [edit_pass]) == Label(True, "edit", 1)
     assert label(True, [edit_fail, good]).passed is False  # within a rank, a fail outweighs a pass
     assert label(True, [edit_pass, bad]).passed is False
     assert label(False, [edit_pass, good, win]) == Label(False, "checks", 3)  # a pass never overturns a failed check

@@ -78,6 +78,13 @@ def scan_command(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
         verdict = {True: "pass", False: "fail", None: "neutral"}[s.passed]
         typer.echo(f"{s.note}\t{s.kind}\t{s.detail}\t{verdict}")
     typer.echo(f"{len(found)} signals from {len({s.note for s in found})} drafts.", err=True)
+    linked = sum(s.request_id is not None and s.passed is not None for s in found)
+    if linked:
+        typer.echo(
+            f"{linked} of them judge a known request's answer: the request router learns them at its next fit "
+            "(tierflow routing fit).",
+            err=True,
+        )
 
 
 @routing_app.command("fit")

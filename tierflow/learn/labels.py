@@ -21,9 +21,7 @@ from sqlalchemy.engine import Connection
 
 from tierflow.core.ledger import signals
 
-RANK = {"edit": 2, "rating": 2, "judge": 1}
-"""Who outranks whom: the person (edit, rating) over a judge's verdict, and both over the checks (rank 0)."""
-KINDS = tuple(RANK)
+KINDS = ("edit", "rating", "judge")
 
 
 @dataclass(frozen=True)
@@ -65,27 +63,31 @@ class Label:
 def label(checks_passed: bool, found: Sequence[Signal]) -> Label:
     """Whether a tier's first answer to a request passed, from its checks and the signals that judge it.
 
-    - The strongest source with a verdict decides: the person (a substantial edit of the note, above
-      `tierflow.learn.signals.EDIT_FAIL`, or a bad rating says it did not pass; a note left as written or lightly
-      edited, or a good rating, says it passed), then a judge's verdict (a loss to the reference tier's answer fails;
-      a win or a tie passes), then the phase's checks. So a human edit outranks a check pass and a judge's win, and a
-      good rating outranks a judge's loss.
+    - The strongest evidence with a verdict decides (`rank`): the person's judgement (a substantial edit of the
+      note, above `tierflow.learn.signals.EDIT_FAIL`, or a bad rating, says it did not pass; a good rating says it
+      passed), then a judge's verdict (a loss to the reference tier's answer fails; a win or a tie passes), then a
+      note left as written or lightly edited (at most `EDIT_PASS`: it passed), then the phase's checks. So a human
+      edit outranks a check pass and a judge's win, a good rating outranks a judge's loss, and a note nobody
+      changed outranks nothing but the checks' pass (it may simply be unread).
     - Within one rank a fail outweighs a pass: a rewritten note rated good did not pass (the rating rates the
       rewrite), and of two judge verdicts one loss is enough.
     - A pass never turns a failed check into a pass: the checks judged that first answer itself, while a signal
-      judges the answer that was kept (after a failed check, a retry's or another tier's), and a note nobody
-      edited may simply be unread.
+      judges the answer that was kept (after a failed check, a retry's or another tier's).
     - Neutral signals (an edit between the thresholds, a rating of 3, a skipped shadow call) count nowhere.
     """
-    if not found:
-        return Label(checks_passed, "checks")
-    top = max(RANK[s.kind] for s in found)
-    strongest = [s for s in found if RANK[s.kind] == top]
-    failed = [s for s in strongest if not s.passed]
-    decider = failed[0] if failed else strongest[0]
-    if not checks_passed:
-        return Label(False, "checks", len(found))
+    if not found or not checks_passed:
+        return Label(checks_passed, "checks", len(found))
+    top = max(rank(s) for s in found)
+    strongest = [s for s in found if rank(s) == top]
+    decider = next((s for s in strongest if not s.passed), strongest[0])
     return Label(decider.passed, decider.kind, len(found))
+
+
+def rank(signal: Signal) -> int:
+    """How strong a signal's verdict is (`label`): 3 the person's edit or rating, 2 a judge's, 1 an untouched note."""
+    if signal.kind == "judge":
+        return 2
+    return 1 if signal.kind == "edit" and signal.passed else 3
 
 
 def linked(conn: Connection, answers: Iterable[Answered]) -> dict[int, list[Signal]]:

@@ -97,7 +97,8 @@ def labelled(ledger: Ledger, *, flow: str | None = None) -> tuple[list[Observati
     answers it labelled, and under `overturned` those whose checks passed and a signal failed.
 
     The rule is `tierflow.learn.labels.label`: the person's edit or rating outranks a judge's verdict, which
-    outranks the checks; within a rank a fail outweighs a pass; a pass never overturns a failed check.
+    outranks a note left as written, which outranks the checks; within a rank a fail outweighs a pass; a pass never
+    overturns a failed check.
     """
     query = (
         sa.select(

@@ -36,6 +36,8 @@ class Signal:
     passed: bool | None
     value: float | None
     detail: str
+    request_id: str | None = None
+    """The request the draft's answer was to (None: a draft remembered before requests were linked)."""
 
 
 def edit_ratio(written: str, now: str) -> float:
@@ -71,11 +73,11 @@ def scan(vault: Path, ledger: Ledger) -> list[Signal]:
             continue  # moved, deleted or unreadable: nothing to measure
         ratio = edit_ratio(row.text, post.content)
         passed = True if ratio <= EDIT_PASS else False if ratio > EDIT_FAIL else None
-        signals_for_note = [Signal("edit", row.note, passed, ratio, f"edit ratio {ratio:.2f}")]
+        signals_for_note = [Signal("edit", row.note, passed, ratio, f"edit ratio {ratio:.2f}", row.request_id)]
         rating = post.metadata.get("tierflow_rating")
         if rating is not None:
             signals_for_note.append(
-                Signal("rating", row.note, rating_passed(rating), None, f"tierflow_rating: {rating}")
+                Signal("rating", row.note, rating_passed(rating), None, f"tierflow_rating: {rating}", row.request_id)
             )
         _store(ledger, row, signals_for_note)
         found += signals_for_note
@@ -100,6 +102,6 @@ def _store(ledger: Ledger, row: Any, found: list[Signal]) -> None:
                     value=s.value,
                     detail=s.detail,
                     note=row.note,
-                    request_id=row.request_id,
+                    request_id=s.request_id,
                 )
             )
