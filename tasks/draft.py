@@ -299,6 +299,7 @@ def draft_concept(
             subject=title,
             tier=answer.route.tier,
             model=answer.route.model_ref,
+            request_id=answer.request_id,
         )
     return result
 

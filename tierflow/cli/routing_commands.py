@@ -78,6 +78,13 @@ def scan_command(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
         verdict = {True: "pass", False: "fail", None: "neutral"}[s.passed]
         typer.echo(f"{s.note}\t{s.kind}\t{s.detail}\t{verdict}")
     typer.echo(f"{len(found)} signals from {len({s.note for s in found})} drafts.", err=True)
+    linked = sum(s.request_id is not None and s.passed is not None for s in found)
+    if linked:
+        typer.echo(
+            f"{linked} of them judge a known request's answer: the request router learns them at its next fit "
+            "(tierflow routing fit).",
+            err=True,
+        )
 
 
 @routing_app.command("fit")
@@ -110,6 +117,8 @@ def fit_command(
             typer.echo(f"  {tier}: {t['first_answers']} first answers, pass {t['pass_rate']:.2f}")
         for pair, g in found["gains"].items():
             typer.echo(f"  {pair}: {g['pairs']} requests answered on both ({g['kind']}), rate {g['rate']:.2f}")
+        if found["signal_labels"]:
+            typer.echo(f"  labelled by signals: {found['signal_labels']}")
         for row in found["phases"]:
             typer.echo(
                 f"  {row['phase']} · {row['tier']}: {row['first_answers']} first answers, pass {row['pass_rate']:.2f}"
@@ -142,7 +151,7 @@ def explain_command(
         complexity=found["complexity"] or "medium", text=found["text"], value=value,
     )  # fmt: skip
     result = {
-        **{k: found[k] for k in ("request_id", "flow", "phase", "complexity", "answers")},
+        **{k: found[k] for k in ("request_id", "flow", "phase", "complexity", "answers", "signals")},
         "text": found["text"][:500],
         "now": {"tier": decision.tier, "rule": decision.rule, "target": round(decision.target, 4),
                 "value": decision.value, "p_suffices": {t: round(p, 4) for t, p in decision.probabilities.items()}},
@@ -153,6 +162,9 @@ def explain_command(
     typer.echo(f"{found['flow']} · {found['phase']} · request {found['request_id'][:12]}")
     for a in found["answers"]:
         typer.echo(f"  answered on {a['tier']} (attempt {a['attempt']}, {a['outcome']}): {a['route_rule']}")
+    for s in found["signals"]:
+        verdict = {True: "pass", False: "fail", None: "neutral"}[s["passed"]]
+        typer.echo(f"  {s['kind']} of the {s['tier']} answer: {verdict} ({s['detail']})")
     typer.echo(f"  now: {decision.tier or '(phase evidence or the rules)'}: {decision.rule}")
 
 

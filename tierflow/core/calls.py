@@ -120,6 +120,9 @@ class Answer:
     checks_failed: tuple[str, ...] = ()
     """Names of the checks the answer still fails: no tier passed them, so the answer is kept with a warning."""
     outcome: str = "ok"
+    request_id: str | None = None
+    """The request this answers (`calls.request_id`, the same on every tier): what a judge verdict, an edit or a
+    rating of this answer is linked to (`signals.request_id`)."""
 
 
 _RANK = {"error": 0, "refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
@@ -448,6 +451,7 @@ class Caller:
             routed, request, output=output, checks=checks, subject=subject, first=first,
             kept_key=kept_key if reuse else None,
         )  # fmt: skip
+        answer = replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
         if answer.cached:
             return answer  # replayed: a passing answer, or the one an earlier run kept
         if answer.checks_failed or (attempts > 1 and reuse):

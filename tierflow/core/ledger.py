@@ -9,6 +9,7 @@ lost updates. Reads are plain transactions: they neither wait for a writer nor h
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -217,6 +218,10 @@ signals = sa.Table(
     sa.Column("value", sa.Float),
     sa.Column("detail", sa.String(512)),
     sa.Column("note", sa.String(512), index=True),
+    # Version 16: the request (`calls.request_id`) whose answer on `tier` this signal judges, so the per-request
+    # router learns from it (tierflow.learn.labels); None for signals that judge no one answer (a skipped shadow
+    # call) or whose link could not be recovered.
+    sa.Column("request_id", sa.String(64), index=True),
 )
 
 drafts = sa.Table(
@@ -232,6 +237,7 @@ drafts = sa.Table(
     sa.Column("model", sa.String(192)),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("created", sa.String(32)),
+    sa.Column("request_id", sa.String(64)),  # version 16: the request the draft's answer was to
 )
 
 tier_slots = sa.Table(
@@ -403,8 +409,8 @@ def _migration_5(conn: Connection) -> None:
 
 
 def _migration_6(conn: Connection) -> None:
-    signals.create(conn, checkfirst=True)
-    drafts.create(conn, checkfirst=True)
+    _as_created(signals, ("request_id",)).create(conn, checkfirst=True)
+    _as_created(drafts, ("request_id",)).create(conn, checkfirst=True)
 
 
 def _migration_7(conn: Connection) -> None:
@@ -551,6 +557,77 @@ def _migration_15(conn: Connection) -> None:
     request_texts.create(conn, checkfirst=True)
 
 
+def _migration_16(conn: Connection) -> None:
+    # (helper "signals") Judge verdicts, edits and ratings linked to the request and tier of the answer they judge,
+    # so the per-request router learns from them; links recovered for the rows already stored where the ledger
+    # can tell (`recover_signal_links`).
+    _add_columns(conn, "signals", {"request_id": "VARCHAR(64)"})
+    _add_columns(conn, "drafts", {"request_id": "VARCHAR(64)"})
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_signals_request_id ON signals (request_id)")
+    recover_signal_links(conn)
+
+
+def _answered(conn: Connection, *, run_id: str | None, phase: str | None, tier: str | None, subject: str) -> str | None:
+    """The request id of the answers a run gave on a tier to the one request with this subject, if exactly one."""
+    if not run_id:
+        return None
+    found = conn.execute(
+        sa.select(calls.c.request_id)
+        .where(
+            calls.c.run_id == run_id,
+            calls.c.phase == phase,
+            calls.c.tier == tier,
+            calls.c.subject == subject[:256],
+            calls.c.request_id.is_not(None),
+        )
+        .distinct()
+        .limit(2)
+    ).all()
+    return found[0][0] if len(found) == 1 else None
+
+
+_TRIAL_SUBJECT = re.compile(r"^trial (\S+) against ")
+"""A judge signal's subject (`tierflow.learn.trial`): `trial <sample> against <reference tier>`; the candidate's
+calls in the trial run have the subject `trial <sample> on <tier>`."""
+
+
+def recover_signal_links(conn: Connection) -> int:
+    """Link stored drafts and signals to the request their answer was to, where the ledger can tell; returns how
+    many rows it linked.
+
+    A draft (and its `edit` and `rating` signals) names its run, phase, tier and subject (the note's title), and the
+    draft call has the same subject: the run's one request of that phase, tier and subject is it. A `judge` signal
+    names the trial run, phase and candidate tier, and its subject the sample, which the candidate's calls name.
+    Nothing is linked when the calls carry no request id (recorded before version 15), when the draft's answer came
+    from the answer cache (a cached row has no request id) or when the run had two requests of that subject.
+    """
+    linked = 0
+    for d in conn.execute(sa.select(drafts).where(drafts.c.request_id.is_(None))).all():
+        found = _answered(conn, run_id=d.run_id, phase=d.phase, tier=d.tier, subject=d.subject or "")
+        if found:
+            conn.execute(drafts.update().where(drafts.c.note == d.note).values(request_id=found))
+            linked += 1
+    waiting = sa.select(signals).where(signals.c.request_id.is_(None), signals.c.kind.in_(("edit", "rating", "judge")))
+    draft_of = {d.note: d for d in conn.execute(sa.select(drafts).where(drafts.c.request_id.is_not(None))).all()}
+    for s in conn.execute(waiting).all():
+        found = None
+        if s.kind == "judge":
+            sample = _TRIAL_SUBJECT.match(s.subject or "")
+            if sample:
+                subject = f"trial {sample.group(1)} on {s.tier}"
+                found = _answered(conn, run_id=s.run_id, phase=s.phase, tier=s.tier, subject=subject)
+        else:
+            d = draft_of.get(s.note or "")
+            if d is not None and (d.run_id, d.tier) == (s.run_id, s.tier):
+                found = d.request_id
+            else:
+                found = _answered(conn, run_id=s.run_id, phase=s.phase, tier=s.tier, subject=s.subject or "")
+        if found:
+            conn.execute(signals.update().where(signals.c.id == s.id).values(request_id=found))
+            linked += 1
+    return linked
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -567,6 +644,7 @@ MIGRATIONS = (
     _migration_13,
     _migration_14,
     _migration_15,
+    _migration_16,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 

@@ -113,8 +113,10 @@ def store_verdict(
     model: str,
     run_id: str,
     subject: str,
+    request_id: str | None = None,
 ) -> None:
-    """One `judge` signal for the candidate tier on the judged flow and phase (what `routing suggest` reads)."""
+    """One `judge` signal for the candidate tier on the judged flow and phase (what `routing suggest` reads), linked
+    to the request the candidate's answer was to (`Answer.request_id`; what the per-request router reads)."""
     with ledger.transaction() as conn:
         conn.execute(
             signals.insert().values(
@@ -129,5 +131,6 @@ def store_verdict(
                 passed=verdict.passed,
                 value={"win": 1.0, "tie": 0.5, "loss": 0.0}[verdict.outcome],
                 detail=verdict.detail[:512],
+                request_id=request_id,
             )
         )

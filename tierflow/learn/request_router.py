@@ -40,8 +40,9 @@ import sqlalchemy as sa
 
 from tierflow.core import clock
 from tierflow.core.config import Config
-from tierflow.core.ledger import Ledger, calls, request_texts
+from tierflow.core.ledger import Ledger, calls, request_texts, signals
 from tierflow.core.routing import target_for, use_request_router
+from tierflow.learn.labels import Answered, labels
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,24 @@ def observations(ledger: Ledger, *, flow: str | None = None) -> list[Observation
 
     This is the one place that reads it, so that a richer record of requests can replace it here alone.
     First answers are the odd attempt numbers (each tier of an escalation gets two tries), as in
-    `tierflow.core.evidence`; cached and lost answers are not evidence.
+    `tierflow.core.evidence`; cached and lost answers are not evidence. Whether one passed is its label
+    (`labelled`): the phase's checks, unless a judge verdict, an edit or a rating of that answer says otherwise.
+    """
+    return labelled(ledger, flow=flow)[0]
+
+
+def labelled(ledger: Ledger, *, flow: str | None = None) -> tuple[list[Observation], dict[str, int]]:
+    """`observations`, and how their labels were decided: per source (`judge`, `edit`, `rating`), the first
+    answers it labelled, and under `overturned` those whose checks passed and a signal failed.
+
+    The rule is `tierflow.learn.labels.label`: the person's edit or rating outranks a judge's verdict, which
+    outranks a note left as written, which outranks the checks; within a rank a fail outweighs a pass; a pass never
+    overturns a failed check.
     """
     query = (
         sa.select(
+            calls.c.id,
+            calls.c.run_id,
             calls.c.request_id,
             calls.c.flow,
             calls.c.phase,
@@ -106,7 +121,16 @@ def observations(ledger: Ledger, *, flow: str | None = None) -> list[Observation
         query = query.where(calls.c.flow == flow)
     with ledger.reading() as conn:
         rows = conn.execute(query).all()
-    return [
+        answered = [
+            Answered(r.id, r.request_id, r.tier or "", r.run_id, r.timestamp or "", r.outcome == "ok") for r in rows
+        ]
+        decided = labels(conn, answered)
+    counts: dict[str, int] = defaultdict(int)
+    for found in decided.values():
+        if found.source != "checks":
+            counts[found.source] += 1
+            counts["overturned"] += found.overturned
+    observed = [
         Observation(
             r.request_id,
             r.flow or "",
@@ -114,11 +138,12 @@ def observations(ledger: Ledger, *, flow: str | None = None) -> list[Observation
             r.complexity or "",
             r.tier or "",
             r.text or "",
-            r.outcome == "ok",
+            decided[r.id].passed,
             r.timestamp or "",
         )  # fmt: skip
         for r in rows
     ]
+    return observed, dict(counts)
 
 
 def first_answers(ledger: Ledger) -> int:
@@ -233,6 +258,9 @@ class RequestRouter:
     phases: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
     """`flow/phase` -> tier -> (first answers, pass rate): what it learned per phase."""
     format: int = FORMAT
+    labels: dict[str, int] = field(default_factory=dict)
+    """First answers labelled by a signal rather than their checks, per source (`judge`, `edit`, `rating`), and
+    `overturned`: those that passed their checks and a signal failed (`labelled`)."""
 
     def _features(self) -> Features:
         features = getattr(self, "_cached_features", None)
@@ -435,7 +463,9 @@ def load(path: Path) -> RequestRouter | None:
 
 def refit(config: Config, ledger: Ledger) -> RequestRouter:
     """Fit from the whole ledger and save beside it (`tierflow routing fit`)."""
-    router = fit(observations(ledger), list(config.tier_order))
+    observed, by_source = labelled(ledger)
+    router = fit(observed, list(config.tier_order))
+    router.labels = by_source
     save(router, model_path(config))
     return router
 
@@ -514,7 +544,7 @@ def decide(
         return Decision(None, f"request: fewer than {routing.min_requests} first answers per tier", target, value, {})
     X = router.rows(flow, phase, complexity, [text])
     probabilities: dict[str, float] = {}
-    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests"
+    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests{_signal_basis(router)}"
     for tier in known:  # cheapest first, and no further than needed: each tier's models cost scoring time
         above = order[order.index(tier) + 1] if order.index(tier) + 1 < len(order) else None
         probabilities[tier] = float(router.suffices(tier, above if above in known else None, X)[0])
@@ -534,6 +564,15 @@ def decide(
             target, value, probabilities,
         )  # fmt: skip
     return Decision(None, f"request: no known tier reaches {target:.2f}: {shown}", target, value, probabilities)
+
+
+def _signal_basis(router: RequestRouter) -> str:
+    """What the judge, edit and rating signals added to the model, for `route_rule`."""
+    found = getattr(router, "labels", None) or {}  # a model saved before labels were counted has none
+    n = sum(v for k, v in found.items() if k != "overturned")
+    if not n:
+        return ""
+    return f", {n} answers labelled by judge, edit or rating signals ({found.get('overturned', 0)} failed by them)"
 
 
 def request_route(
@@ -575,6 +614,7 @@ def describe(router: RequestRouter) -> dict[str, Any]:
             for (a, b), m in router.gains.items()
         },
         "phases": per_phase(router),
+        "signal_labels": dict(getattr(router, "labels", None) or {}),
     }
 
 
@@ -592,6 +632,11 @@ def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
             .where(calls.c.request_id == row.request_id)
             .order_by(calls.c.id)
         ).all()
+        judged = conn.execute(
+            sa.select(signals.c.kind, signals.c.tier, signals.c.passed, signals.c.detail, signals.c.run_id)
+            .where(signals.c.request_id == row.request_id)
+            .order_by(signals.c.id)
+        ).all()
     return {
         "request_id": row.request_id,
         "flow": row.flow,
@@ -599,6 +644,7 @@ def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
         "text": row.text,
         "complexity": answers[0].complexity if answers else "",
         "answers": [dict(a._mapping) for a in answers],
+        "signals": [dict(s._mapping) for s in judged],
     }
 
 

@@ -8,6 +8,9 @@ edit ratio, 0 untouched to 1 rewritten) and one `rating` signal (from the `tierf
 What passes: an edit ratio of at most `EDIT_PASS` (light copy-editing); a rating of `good`, 4 or 5. An edit
 ratio above `EDIT_FAIL`, or a rating of `bad`, 1 or 2, fails. Between them, a signal is kept but counts neither
 way.
+
+Each signal names the request (`request_id`) and tier of the answer the draft was written from, as the draft was
+remembered, so the per-request router learns from it (`tierflow.learn.labels`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Signal:
     passed: bool | None
     value: float | None
     detail: str
+    request_id: str | None = None
+    """The request the draft's answer was to (None: a draft remembered before requests were linked)."""
 
 
 def edit_ratio(written: str, now: str) -> float:
@@ -68,11 +73,11 @@ def scan(vault: Path, ledger: Ledger) -> list[Signal]:
             continue  # moved, deleted or unreadable: nothing to measure
         ratio = edit_ratio(row.text, post.content)
         passed = True if ratio <= EDIT_PASS else False if ratio > EDIT_FAIL else None
-        signals_for_note = [Signal("edit", row.note, passed, ratio, f"edit ratio {ratio:.2f}")]
+        signals_for_note = [Signal("edit", row.note, passed, ratio, f"edit ratio {ratio:.2f}", row.request_id)]
         rating = post.metadata.get("tierflow_rating")
         if rating is not None:
             signals_for_note.append(
-                Signal("rating", row.note, rating_passed(rating), None, f"tierflow_rating: {rating}")
+                Signal("rating", row.note, rating_passed(rating), None, f"tierflow_rating: {rating}", row.request_id)
             )
         _store(ledger, row, signals_for_note)
         found += signals_for_note
@@ -97,5 +102,6 @@ def _store(ledger: Ledger, row: Any, found: list[Signal]) -> None:
                     value=s.value,
                     detail=s.detail,
                     note=row.note,
+                    request_id=s.request_id,
                 )
             )

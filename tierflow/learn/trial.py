@@ -543,6 +543,7 @@ def run_trial(caller: Caller, trial: Trial) -> Trial:
                     model=answers[tier].route.model_ref,
                     run_id=trial.run_id,
                     subject=f"trial {sample.id} against {trial.reference}",
+                    request_id=answers[tier].request_id,
                 )
     except BudgetExceeded as exc:
         trial.halted = f"stopped at the budget: {exc}"
