@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -45,6 +46,163 @@ os.environ["ANTHROPIC_API_KEY"] = "bench"
 
 SCENARIOS = ((40, 4), (40, 8), (120, 8))
 MECHANISMS = ("ledger slots", "prefect tags", "no limit", "ledger, cold")
+
+
+class HandoffTrace:
+    """When each slot was given back and when the next call took it, by wrapping tierflow's own call path.
+
+    Per call (one thread runs one call at a time): when it asked for and passed this process's gate, how often it
+    tried to claim a ledger slot (each try is one `CallScope.claim`: one poll), when the write transaction that
+    took the slot was entered and committed, when the provider call ran (`Caller._complete`), and when the
+    transaction that gave the slot back committed. Every ledger write transaction is timed too. The same wrapping
+    works on any tierflow whose call path has these names, so a base commit is measured by the same script.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, float]] = []
+        self.writes: list[float] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _call(self) -> dict[str, float]:
+        call = getattr(self._local, "call", None)
+        if call is None:
+            call = self._local.call = {"polls": 0}
+            with self._lock:
+                self.calls.append(call)
+        return call
+
+    def install(self) -> None:
+        from tierflow.core.calls import Caller
+        from tierflow.core.ledger import Ledger
+        from tierflow.core.scope import CallScope
+        from tierflow.core.slots import TierSlots
+
+        trace, clock = self, time.perf_counter
+        pass_gate, leave_gate, claim = CallScope.pass_gate, CallScope.leave_gate, CallScope.claim
+        release, transaction, complete = TierSlots.release, Ledger.transaction, Caller._complete
+
+        def traced_pass_gate(scope, gate, *, blocking=True):  # noqa: ANN001, ANN202
+            if gate is None or scope.gate is not None:
+                return pass_gate(scope, gate, blocking=blocking)
+            call = trace._call()
+            call.setdefault("gate_asked", clock())
+            passed = pass_gate(scope, gate, blocking=blocking)
+            if passed:
+                call["gate_passed"] = clock()
+            return passed
+
+        def traced_leave_gate(scope):  # noqa: ANN001, ANN202
+            had = scope.gate is not None
+            leave_gate(scope)
+            call = getattr(trace._local, "call", None)
+            if had and call is not None and "released" in call:
+                call["gate_left"] = clock()
+                trace._local.call = None  # this thread's next call is a new one
+
+        def traced_claim(scope, conn, chosen):  # noqa: ANN001, ANN202
+            call = trace._call()
+            call["polls"] += 1
+            call["tx_entered"] = trace._local.tx_entered
+            taken = claim(scope, conn, chosen)
+            if taken and scope.slot:
+                trace._local.pending = "claimed"
+            return taken
+
+        def traced_release(slots, conn, slot):  # noqa: ANN001, ANN202
+            release(slots, conn, slot)
+            if slot:
+                trace._local.pending = "released"
+
+        @contextmanager
+        def traced_transaction(ledger):  # noqa: ANN001, ANN202
+            trace._local.pending = None
+            asked = clock()
+            with transaction(ledger) as conn:
+                trace._local.tx_entered = entered = clock()
+                yield conn
+            done = clock()
+            with trace._lock:
+                trace.writes.append(done)
+            pending, trace._local.pending = getattr(trace._local, "pending", None), None
+            if pending is not None:
+                trace._call()[pending] = done
+            if pending == "released":
+                trace._call().update(release_asked=asked, release_entered=entered)
+
+        def traced_complete(caller, routed, request):  # noqa: ANN001, ANN202
+            call = trace._call()
+            call["sent"] = clock()
+            try:
+                return complete(caller, routed, request)
+            finally:
+                call["answered"] = clock()
+
+        CallScope.pass_gate, CallScope.leave_gate, CallScope.claim = traced_pass_gate, traced_leave_gate, traced_claim
+        TierSlots.release, Ledger.transaction, Caller._complete = traced_release, traced_transaction, traced_complete
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls, self.writes = [], []
+
+    def handoffs(self, limit: int, latency: float) -> dict[str, Any]:
+        """Each freed slot's idle gap (its giving back committed -> the next call's taking committed), split into
+        where the time went, and what each call spent inside its slot but outside the provider call."""
+        done = [c for c in self.calls if "claimed" in c and "released" in c]
+        claims = sorted(done, key=lambda c: c["claimed"])
+        releases = sorted(done, key=lambda c: c["released"])
+        writes = sorted(self.writes)
+        parts: dict[str, list[float]] = {k: [] for k in ("idle", "no_waiter", "gate", "write_queue", "reserve_tx")}
+        between: list[int] = []
+        for k in range(limit, len(claims)):  # the k-th slot taken needs the (k - limit)-th given back
+            taker, freed = claims[k], releases[k - limit]["released"]
+            end = taker["claimed"]
+
+            def at(key: str, start: float = freed, end: float = end, taker: dict = taker) -> float:
+                return min(max(taker.get(key, start), start), end)
+
+            asked, passed, entered = at("gate_asked"), at("gate_passed"), at("tx_entered")
+            parts["idle"].append(end - freed)
+            parts["no_waiter"].append(asked - freed)
+            parts["gate"].append(passed - asked)
+            parts["write_queue"].append(entered - passed)
+            parts["reserve_tx"].append(end - entered)
+            between.append(sum(1 for w in writes if freed < w < end))
+        inside_before = [c["sent"] - c["claimed"] for c in done if "sent" in c]
+        answered = [c for c in done if "answered" in c and "release_asked" in c]
+        inside_after = [c["released"] - c["answered"] for c in answered]
+        before_settle = [c["release_asked"] - c["answered"] for c in answered]
+        settle_queue = [c["release_entered"] - c["release_asked"] for c in answered]
+        settle_tx = [c["released"] - c["release_entered"] for c in answered]
+        beyond = [c["answered"] - c["sent"] - latency for c in done if "sent" in c and "answered" in c]
+        polls = [c["polls"] for c in done]
+
+        def ms(values: list[float]) -> dict[str, float | None]:
+            values = sorted(values)
+            if not values:
+                return {"median": None, "p90": None, "max": None}
+            pick = lambda q: round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)  # noqa: E731
+            return {"median": pick(0.5), "p90": pick(0.9), "max": round(values[-1] * 1000, 1)}
+
+        return {
+            "handoffs": len(parts["idle"]),
+            "idle_s_total": round(sum(parts["idle"]), 2),
+            **{f"{name}_ms": ms(values) for name, values in parts.items()},
+            "writes_between": {
+                "median": sorted(between)[len(between) // 2] if between else None,
+                "max": max(between, default=None),
+            },
+            "polls_per_call": {
+                "median": sorted(polls)[len(polls) // 2] if polls else None,
+                "max": max(polls, default=None),
+            },
+            "in_slot_before_call_ms": ms(inside_before),
+            "in_slot_after_call_ms": ms(inside_after),
+            "verdict_and_row_ms": ms(before_settle),
+            "settle_write_queue_ms": ms(settle_queue),
+            "settle_tx_ms": ms(settle_tx),
+            "provider_call_beyond_latency_ms": ms(beyond),
+        }
 
 
 def free_port() -> int:
@@ -104,7 +262,9 @@ def config_text(base_url: str, limit: int | None, mechanism: str, workers: int |
     )
 
 
-def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str, latency: float) -> dict[str, Any]:
+def run_scenario(
+    double: Any, root: Path, calls: int, limit: int, mechanism: str, latency: float, trace: HandoffTrace
+) -> dict[str, Any]:
     from prefect import flow, task
     from prefect.concurrency.services import _no_limits_cache
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -172,6 +332,7 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
     if mechanism == "ledger, cold":
         phases.warm_tag_limits = lambda task, settings: None
     double.reset()
+    trace.reset()
     started: list[datetime] = []
     entered: list[datetime] = []
     try:
@@ -203,7 +364,37 @@ def run_scenario(double: Any, root: Path, calls: int, limit: int, mechanism: str
         "max_in_flight": double.max_in_flight,
         "max_in_flight_ledger": most_at_once(rows),
         "rows": len(rows),
+        "handoff": trace.handoffs(limit, latency) if mechanism != "prefect tags" else None,
     }
+
+
+def handoff_text(h: dict[str, Any]) -> str:
+    """Where a freed slot's idle time went, as lines under a scenario's result."""
+
+    def row(name: str, key: str) -> str:
+        v = h[key]
+        return f"      {name:<34}{v['median']!s:>9}{v['p90']!s:>9}{v['max']!s:>9}"
+
+    return "\n".join(
+        [
+            f"      {h['handoffs']} hand-offs, slots idle {h['idle_s_total']} s in all;"
+            f" ms{'median':>27}{'p90':>9}{'max':>9}",
+            row("idle gap (given back -> taken)", "idle_ms"),
+            row("  no call waiting yet", "no_waiter_ms"),
+            row("  at the local gate", "gate_ms"),
+            row("  queued for the ledger write", "write_queue_ms"),
+            row("  the reservation transaction", "reserve_tx_ms"),
+            row("in slot before the call", "in_slot_before_call_ms"),
+            row("in slot after the answer", "in_slot_after_call_ms"),
+            row("  verdict, row, telemetry", "verdict_and_row_ms"),
+            row("  queued for the settle write", "settle_write_queue_ms"),
+            row("  the settle transaction", "settle_tx_ms"),
+            row("provider call beyond its latency", "provider_call_beyond_latency_ms"),
+            f"      ledger writes between give-back and take: median {h['writes_between']['median']},"
+            f" max {h['writes_between']['max']}; claim tries per call (polls): median"
+            f" {h['polls_per_call']['median']}, max {h['polls_per_call']['max']}",
+        ]
+    )
 
 
 def main() -> None:
@@ -218,6 +409,8 @@ def main() -> None:
     from tierflow.testing.double import ProviderDouble
 
     results = []
+    trace = HandoffTrace()
+    trace.install()
     with prefect_server(HOME / "server") as url, ProviderDouble(latency_s=args.latency) as double:
         os.environ["PREFECT_API_URL"] = url
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -227,12 +420,16 @@ def main() -> None:
             for calls, limit in [scenario for _ in range(max(1, args.repeat)) for scenario in scenarios]:
                 for mechanism in args.mechanism or MECHANISMS:
                     time.sleep(args.settle)  # the server's services finish the previous scenario's events first
-                    result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency)
+                    result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency, trace)
                     results.append(result)
                     if args.format == "table":
                         print(
-                            f"  ... {calls} calls, limit {limit}, {mechanism}: {result['wall_to_ideal']}x", flush=True
+                            f"  ... {calls} calls, limit {limit}, {mechanism}: {result['wall_to_ideal']}x"
+                            f" (calls span {result['calls_span_to_ideal']}x)",
+                            flush=True,
                         )
+                        if result["handoff"]:
+                            print(handoff_text(result["handoff"]), flush=True)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return
