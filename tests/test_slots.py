@@ -357,3 +357,46 @@ def test_giving_back_a_lapsed_slot_never_frees_the_slot_that_replaced_it(tmp_pat
     with second.ledger.transaction() as conn:
         second.slots.release(conn, theirs)
     assert slot_holders(second) == []
+
+
+def test_a_call_waiting_for_a_slot_tries_again_the_moment_this_process_gives_one_back(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    """A call past its tier's gate whose slot is held (here by this process, outside the gate, as a downgraded
+    call's slot is) is woken when the slot's give-back commits, not at its next poll: with polls an hour apart
+    it still takes the slot on its very next try."""
+    import tierflow.core.calls as calls_module
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setattr(calls_module, "POLL_S", (3600.0, 3600.0))
+    caller = shared_slots(tmp_path, double, ledger_url, "waiter")
+    claim = caller.slots.claim
+    tries: list[tuple[str, bool]] = []
+    refused = threading.Event()
+
+    def counted(conn, tier):  # noqa: ANN001, ANN202
+        token = claim(conn, tier)
+        tries.append((threading.current_thread().name, token is not None))
+        if token is None:
+            refused.set()
+        return token
+
+    monkeypatch.setattr(caller.slots, "claim", counted)
+    with caller.ledger.transaction() as conn:
+        held = claim(conn, "light")
+    assert held
+    answers = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(caller.ask(phase="collate", complexity="low", system="s", prompt="after you")),
+        name="waiter",
+        daemon=True,
+    )
+    waiter.start()
+    assert refused.wait(60)  # the waiter found the tier full and waits
+    with caller.ledger.transaction() as conn:
+        caller.slots.release(conn, held)
+    caller.slots.forget(held)  # the give-back has committed: this is what wakes the waiter
+    waiter.join(120)  # a guard against a hang only: without the wake-up the waiter would sleep for an hour
+    assert not waiter.is_alive() and answers[0].text
+    assert tries == [("waiter", False), ("waiter", True)]
+    assert [r["run_id"] for r in caller.ledger.rows()] == ["waiter"] and slot_holders(caller) == []
