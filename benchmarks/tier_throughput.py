@@ -61,6 +61,8 @@ class HandoffTrace:
     def __init__(self) -> None:
         self.calls: list[dict[str, float]] = []
         self.writes: list[float] = []
+        self.tag_questions: list[float] = []
+        """How long each question to the Prefect server about the task runs' tag limits took."""
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -138,12 +140,25 @@ class HandoffTrace:
             finally:
                 call["answered"] = clock()
 
+        from prefect.client.orchestration import PrefectClient
+
+        ask = PrefectClient.increment_concurrency_slots_with_lease
+
+        async def traced_ask(client, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            t0 = clock()
+            try:
+                return await ask(client, *args, **kwargs)
+            finally:
+                with trace._lock:
+                    trace.tag_questions.append(clock() - t0)
+
+        PrefectClient.increment_concurrency_slots_with_lease = traced_ask
         CallScope.pass_gate, CallScope.leave_gate, CallScope.claim = traced_pass_gate, traced_leave_gate, traced_claim
         TierSlots.release, Ledger.transaction, Caller._complete = traced_release, traced_transaction, traced_complete
 
     def reset(self) -> None:
         with self._lock:
-            self.calls, self.writes = [], []
+            self.calls, self.writes, self.tag_questions = [], [], []
 
     def handoffs(self, limit: int, latency: float) -> dict[str, Any]:
         """Each freed slot's idle gap (its giving back committed -> the next call's taking committed), split into
@@ -174,7 +189,8 @@ class HandoffTrace:
         before_settle = [c["release_asked"] - c["answered"] for c in answered]
         settle_queue = [c["release_entered"] - c["release_asked"] for c in answered]
         settle_tx = [c["released"] - c["release_entered"] for c in answered]
-        beyond = [c["answered"] - c["sent"] - latency for c in done if "sent" in c and "answered" in c]
+        beyond = [c["answered"] - c["sent"] - latency for c in claims[limit:] if "sent" in c and "answered" in c]
+        first_wave = [c["answered"] - c["sent"] - latency for c in claims[:limit] if "sent" in c and "answered" in c]
         polls = [c["polls"] for c in done]
 
         def ms(values: list[float]) -> dict[str, float | None]:
@@ -202,6 +218,9 @@ class HandoffTrace:
             "settle_write_queue_ms": ms(settle_queue),
             "settle_tx_ms": ms(settle_tx),
             "provider_call_beyond_latency_ms": ms(beyond),
+            "first_wave_beyond_latency_ms": ms(first_wave),
+            "tag_limit_questions": len(self.tag_questions),
+            "tag_limit_question_ms": ms(self.tag_questions),
         }
 
 
@@ -390,6 +409,9 @@ def handoff_text(h: dict[str, Any]) -> str:
             row("  queued for the settle write", "settle_write_queue_ms"),
             row("  the settle transaction", "settle_tx_ms"),
             row("provider call beyond its latency", "provider_call_beyond_latency_ms"),
+            row("  the same, first wave", "first_wave_beyond_latency_ms"),
+            f"      questions to the Prefect server about tag limits: {h['tag_limit_questions']},"
+            f" ms median {h['tag_limit_question_ms']['median']}, max {h['tag_limit_question_ms']['max']}",
             f"      ledger writes between give-back and take: median {h['writes_between']['median']},"
             f" max {h['writes_between']['max']}; claim tries per call (polls): median"
             f" {h['polls_per_call']['median']}, max {h['polls_per_call']['max']}",

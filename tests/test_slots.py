@@ -400,3 +400,45 @@ def test_a_call_waiting_for_a_slot_tries_again_the_moment_this_process_gives_one
     assert not waiter.is_alive() and answers[0].text
     assert tries == [("waiter", False), ("waiter", True)]
     assert [r["run_id"] for r in caller.ledger.rows()] == ["waiter"] and slot_holders(caller) == []
+
+
+def test_an_answered_calls_slot_goes_to_the_next_call_before_its_verdict_and_settlement(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    """With one slot, the second call is sent while the first call's check still runs: the first call handed its
+    slot over when its answer arrived, where it used to give it back only in the transaction that settles it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    caller = shared_slots(tmp_path, double, ledger_url, "handover")
+    sent = {"first": threading.Event(), "second": threading.Event()}
+    order: list[str] = []
+
+    def responder(request):  # noqa: ANN001, ANN202
+        name = "second" if "second" in request.text else "first"
+        order.append(f"{name} sent")
+        sent[name].set()
+        return Reply(data={"label": "summative"})
+
+    def waits_for_the_second(verdict: Verdict) -> list[str]:
+        # Only the first call's check waits. The guard only keeps a regression from hanging: without the
+        # hand-over the second call could not be sent before this check returns, and the order below fails.
+        if threading.current_thread().name == "first" and sent["second"].wait(60):
+            order.append("first's check returns")
+        return []
+
+    double.responder = responder
+    check = Check("waits_for_the_second", waits_for_the_second)
+
+    def ask(prompt: str) -> None:
+        caller.ask(phase="collate", complexity="low", system="s", prompt=prompt, output=Verdict, checks=[check])
+
+    first = threading.Thread(target=ask, args=("first",), name="first", daemon=True)
+    first.start()
+    assert sent["first"].wait(60)
+    second = threading.Thread(target=ask, args=("second",), name="second", daemon=True)
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert order == ["first sent", "second sent", "first's check returns"]
+    rows = caller.ledger.rows()
+    assert double.max_in_flight == 1 and len(rows) == 2 and most_at_once(rows) <= 1
+    assert slot_holders(caller) == [] and in_flight(caller.ledger) == {}

@@ -741,6 +741,7 @@ class Caller:
                 scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
                 raise
             latency_ms = (time.perf_counter() - t0) * 1000
+            scope.called()  # the slot goes to the next call now, not after the verdict and the settlement
             # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in.
             scope.answered(
                 self._record(

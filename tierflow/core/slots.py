@@ -8,6 +8,12 @@ process renews its leases from one background thread. Leases are measured by the
 reservations' are), never a host's: a worker whose clock runs ahead cannot take a live slot. Each slot is taken
 under a holder token of its own and given back by it, never by row id, which SQLite reuses.
 
+A call whose answer has arrived hands its slot over at once: it opens its gate and leaves the slot's row,
+still held under its token, for the next call of this process to take (`hand_over`). That call re-labels the row
+with a token of its own in its reservation's transaction, so a freed slot does not wait for the answered call's
+verdict and settlement (a transaction that queues behind other calls' writes). An answered call whose slot no
+one took gives it back with its settlement, as before; nothing is ever in flight beyond the rows counted.
+
 Threads of one process first pass a local semaphore of the same size, so only a call that could start now
 asks the database. A call past the gate whose slot is held elsewhere waits for one of two things: a slot given
 back by this process (announced the moment its transaction has committed, so the waiter tries at once), or its
@@ -62,6 +68,8 @@ class _GivenBack:
 
 
 _given_back: dict[str, _GivenBack] = {}
+_spares: dict[tuple[str, str], list[str]] = {}
+"""Per ledger and tier: the tokens of slots whose call has answered and that no other call has taken yet."""
 
 
 def limits_of(config: Config) -> dict[str, int]:
@@ -103,13 +111,23 @@ class TierSlots:
         if limit is None:
             return NO_SLOT
         now = database_seconds(conn)
-        conn.execute(tier_slots.delete().where(tier_slots.c.tier == tier, tier_slots.c.lease_until < now))
-        held = conn.execute(sa.select(sa.func.count()).where(tier_slots.c.tier == tier)).scalar() or 0
-        if held >= limit:
-            return None
         token = f"{self.holder}:{uuid.uuid4().hex}"
-        values = {"tier": tier, "holder": token, "acquired": now_iso(), "lease_until": now + self.lease_s}
-        conn.execute(tier_slots.insert(), values)
+        values = {"acquired": now_iso(), "lease_until": now + self.lease_s}
+        spare = self._take_spare(tier)
+        # An answered call's slot, re-labelled as ours; none if it lapsed or its settlement gave it back first.
+        taken = (
+            spare is not None
+            and (
+                conn.execute(tier_slots.update().where(tier_slots.c.holder == spare).values(holder=token, **values))
+            ).rowcount
+            == 1
+        )
+        if not taken:
+            conn.execute(tier_slots.delete().where(tier_slots.c.tier == tier, tier_slots.c.lease_until < now))
+            held = conn.execute(sa.select(sa.func.count()).where(tier_slots.c.tier == tier)).scalar() or 0
+            if held >= limit:
+                return None
+            conn.execute(tier_slots.insert(), {"tier": tier, "holder": token, **values})
         with self._lock:
             self._held.add(token)
             if self._renewer is None:
@@ -117,13 +135,35 @@ class TierSlots:
                 self._renewer.start()
         return token
 
+    def hand_over(self, tier: str, slot: str | None) -> None:
+        """The call holding `slot` has its answer: the next call of this process to claim a slot of `tier` takes
+        this one (its row stays, held under `slot`, until that call re-labels it or `release` deletes it)."""
+        if not slot or tier not in self.limits:
+            return
+        with _semaphores_lock:
+            _spares.setdefault((self.ledger.url, tier), []).append(slot)
+        self._given_back.announce()  # a call already past its gate may take it
+
+    def _take_spare(self, tier: str) -> str | None:
+        with _semaphores_lock:
+            spares = _spares.get((self.ledger.url, tier))
+            return spares.pop(0) if spares else None
+
+    def _keep(self, slot: str) -> None:
+        """No other call may take `slot` from now on (its holder gives it back, or has stopped using it)."""
+        with _semaphores_lock:
+            for spares in _spares.values():
+                if slot in spares:
+                    spares.remove(slot)
+
     def release(self, conn: Connection, slot: str | None) -> None:
         """Give a slot back inside the caller's transaction, by its holder token: a slot that lapsed and was
         taken by another holder since is theirs, and stays. Once the transaction has ended, `forget(slot)` wakes
         this process's calls waiting for a slot."""
         if not slot:
             return
-        conn.execute(tier_slots.delete().where(tier_slots.c.holder == slot))
+        self._keep(slot)
+        conn.execute(tier_slots.delete().where(tier_slots.c.holder == slot))  # nothing, if another call took it
         with self._lock:
             self._held.discard(slot)
             self._returned.add(slot)
@@ -134,6 +174,7 @@ class TierSlots:
         rolled back finds no slot and waits again)."""
         if not slot:
             return
+        self._keep(slot)
         with self._lock:
             self._held.discard(slot)
             returned = slot in self._returned
