@@ -95,11 +95,9 @@ class HandoffTrace:
             return passed
 
         def traced_leave_gate(scope):  # noqa: ANN001, ANN202
-            had = scope.gate is not None
             leave_gate(scope)
             call = getattr(trace._local, "call", None)
-            if had and call is not None and "released" in call:
-                call["gate_left"] = clock()
+            if call is not None and "released" in call:
                 trace._local.call = None  # this thread's next call is a new one
 
         def traced_claim(scope, conn, chosen):  # noqa: ANN001, ANN202
@@ -154,6 +152,16 @@ class HandoffTrace:
 
         PrefectClient.increment_concurrency_slots_with_lease = traced_ask
         CallScope.pass_gate, CallScope.leave_gate, CallScope.claim = traced_pass_gate, traced_leave_gate, traced_claim
+        called = getattr(CallScope, "called", None)  # the hand-over at the answer, where the call path has one
+        if called is not None:
+
+            def traced_called(scope):  # noqa: ANN001, ANN202
+                handed = scope.slot
+                called(scope)
+                if handed:
+                    trace._call()["handed"] = clock()
+
+            CallScope.called = traced_called
         TierSlots.release, Ledger.transaction, Caller._complete = traced_release, traced_transaction, traced_complete
 
     def reset(self) -> None:
@@ -161,28 +169,37 @@ class HandoffTrace:
             self.calls, self.writes, self.tag_questions = [], [], []
 
     def handoffs(self, limit: int, latency: float) -> dict[str, Any]:
-        """Each freed slot's idle gap (its giving back committed -> the next call's taking committed), split into
-        where the time went, and what each call spent inside its slot but outside the provider call."""
-        done = [c for c in self.calls if "claimed" in c and "released" in c]
+        """Each freed slot's idle gap, from the answer of the call that held it to the commit of the next call's
+        claim, split into where the time went; and what each call spent inside its slot around the provider call.
+
+        A slot is free for the next call once its holder gives it back in the ledger (its settlement committed),
+        or, where the call path hands an answered call's slot over (`CallScope.called`), from that moment.
+        """
+        done = [c for c in self.calls if "claimed" in c and "released" in c and "answered" in c]
+        for c in done:
+            c["free"] = min(c.get("handed", c["released"]), c["released"])
         claims = sorted(done, key=lambda c: c["claimed"])
-        releases = sorted(done, key=lambda c: c["released"])
+        frees = sorted(done, key=lambda c: c["free"])
         writes = sorted(self.writes)
-        parts: dict[str, list[float]] = {k: [] for k in ("idle", "no_waiter", "gate", "write_queue", "reserve_tx")}
+        names = ("idle", "until_free", "no_waiter", "gate", "write_queue", "reserve_tx")
+        parts: dict[str, list[float]] = {k: [] for k in names}
         between: list[int] = []
-        for k in range(limit, len(claims)):  # the k-th slot taken needs the (k - limit)-th given back
-            taker, freed = claims[k], releases[k - limit]["released"]
-            end = taker["claimed"]
+        for k in range(limit, len(claims)):  # the k-th slot taken needs the (k - limit)-th freed
+            taker, giver = claims[k], frees[k - limit]
+            start, end = giver["answered"], taker["claimed"]
+            freed = min(max(giver["free"], start), end)
 
             def at(key: str, start: float = freed, end: float = end, taker: dict = taker) -> float:
                 return min(max(taker.get(key, start), start), end)
 
             asked, passed, entered = at("gate_asked"), at("gate_passed"), at("tx_entered")
-            parts["idle"].append(end - freed)
+            parts["idle"].append(end - start)
+            parts["until_free"].append(freed - start)
             parts["no_waiter"].append(asked - freed)
             parts["gate"].append(passed - asked)
             parts["write_queue"].append(entered - passed)
             parts["reserve_tx"].append(end - entered)
-            between.append(sum(1 for w in writes if freed < w < end))
+            between.append(sum(1 for w in writes if start < w < end))
         inside_before = [c["sent"] - c["claimed"] for c in done if "sent" in c]
         answered = [c for c in done if "answered" in c and "release_asked" in c]
         inside_after = [c["released"] - c["answered"] for c in answered]
@@ -398,13 +415,14 @@ def handoff_text(h: dict[str, Any]) -> str:
         [
             f"      {h['handoffs']} hand-offs, slots idle {h['idle_s_total']} s in all;"
             f" ms{'median':>27}{'p90':>9}{'max':>9}",
-            row("idle gap (given back -> taken)", "idle_ms"),
+            row("idle gap (answer -> next claim)", "idle_ms"),
+            row("  until the slot is free", "until_free_ms"),
             row("  no call waiting yet", "no_waiter_ms"),
             row("  at the local gate", "gate_ms"),
             row("  queued for the ledger write", "write_queue_ms"),
             row("  the reservation transaction", "reserve_tx_ms"),
             row("in slot before the call", "in_slot_before_call_ms"),
-            row("in slot after the answer", "in_slot_after_call_ms"),
+            row("answer -> given back in the ledger", "in_slot_after_call_ms"),
             row("  verdict, row, telemetry", "verdict_and_row_ms"),
             row("  queued for the settle write", "settle_write_queue_ms"),
             row("  the settle transaction", "settle_tx_ms"),

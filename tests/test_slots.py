@@ -220,6 +220,7 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     monkeypatch.setattr(ThreadPoolTaskRunner, "submit", counted_submit)
     if not warm:  # the baseline: shows that the order below is the phase's doing
         monkeypatch.setattr(phases, "warm_tag_limits", lambda task, settings: None)
+    monkeypatch.setattr(phases, "TAG_ANSWER_REFRESH_S", 3600.0)  # the refresh has a test of its own
 
     @task
     def item(index):  # noqa: ANN001, ANN202
@@ -236,6 +237,45 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     ours = [before for names, before in asked if f"tag:tierflow-run:warm-{warm}" in names]
     assert len(ours) == 1  # Prefect remembers a tag set without limits: one question per phase either way
     assert (ours[0] == 0) if warm else (ours[0] >= 1)
+
+
+def test_a_long_phase_asks_prefect_again_before_its_tag_answer_lapses(tmp_path: Path, monkeypatch, prefect_harness):
+    """Prefect remembers a tag set without limits for five seconds; a task run starting after that asks the server
+    itself and waits (2-7 s on a loaded machine, while the tier's slots sat idle). The fan-out asks again in the
+    background while it runs. Here the task runs wait until it has asked twice more, which it does only while
+    the phase runs."""
+    from prefect import flow, task
+    from prefect.client.orchestration import PrefectClient
+
+    import tierflow.core.phases as phases
+
+    monkeypatch.setattr(phases, "TAG_ANSWER_REFRESH_S", 0.05)
+    asked: list[str] = []
+    again = threading.Event()
+    ask = PrefectClient.increment_concurrency_slots_with_lease
+
+    async def counted(self, names, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if "tag:tierflow-run:refresh" in names:
+            asked.append(threading.current_thread().name)
+            if len(asked) >= 3:
+                again.set()
+        return await ask(self, names, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counted)
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return again.wait(120) and index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    settings = RunSettings(vault=str(tmp_path), run_id="refresh", flow="slots", profile="offline")
+    assert phase(settings).results == [0, 1, 2]
+    assert again.is_set() and len(asked) >= 3
 
 
 class Verdict(BaseModel):
