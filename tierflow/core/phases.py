@@ -99,14 +99,18 @@ def warm_tag_limits(task: Task[..., Any], settings: RunSettings) -> None:
 
 
 TAG_ANSWER_REFRESH_S = 2.0
-"""How often a fan-out asks Prefect again about its task runs' tags while it runs. Prefect remembers a tag set
-without limits for five seconds; a task run that starts once the answer has lapsed asks the server itself and
-waits, and on a loaded machine that answer took 2-7 s while the phase's started task runs ran out and its tier
-slots sat idle (`benchmarks/tier_throughput.py`: "no call waiting yet", "questions to the Prefect server")."""
+"""How often a fan-out asks the Prefect server again about its task runs' tags while it runs."""
 
 
 class TagAnswers:
-    """Keeps Prefect's answer about a fan-out's tag sets fresh from one background thread until `stop`."""
+    """Keeps Prefect's answer about a fan-out's tag sets fresh from one background thread until `stop`.
+
+    Prefect's task engine remembers a tag set without limits for five seconds; a task run that starts once the
+    answer has lapsed asks the server itself and waits. On a loaded machine that answer took 2-7 s, the phase's
+    started task runs ran out meanwhile and its tier slots sat idle (`benchmarks/tier_throughput.py`: "no call
+    waiting yet", "questions to the Prefect server"). So while the fan-out runs, this asks the server every
+    `TAG_ANSWER_REFRESH_S`, past the remembered answer, and remembers a "no limits" answer as the engine does.
+    """
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
@@ -115,7 +119,7 @@ class TagAnswers:
         self._thread: threading.Thread | None = None
 
     def add(self, task: Task[..., Any]) -> None:
-        """Ask about `task`'s tags now if they are new to this fan-out, and keep the answer fresh."""
+        """Ask about `task`'s tags now if they are new to this fan-out (`warm_tag_limits`), and keep them fresh."""
         key = frozenset(task.tags)
         if key in self.tasks:
             return
@@ -131,10 +135,36 @@ class TagAnswers:
     def _refresh(self) -> None:
         while not self._stop.wait(TAG_ANSWER_REFRESH_S):
             for task in list(self.tasks.values()):
-                warm_tag_limits(task, self.settings)
+                if task.tags:
+                    _ask_again(sorted(task.tags))
 
     def stop(self) -> None:
         self._stop.set()  # not joined: a slow answer must not hold the phase
+
+
+def _ask_again(tags: list[str]) -> None:
+    """Ask the server whether `tags` have limits, past Prefect's remembered answer, and remember "none" for the
+    task engine (its own cache, under the key it reads); a limit that exists gets its slot back at once."""
+    import uuid
+
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.concurrency import services
+
+        names = [f"tag:{tag}" for tag in tags]
+        holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
+        with get_client(sync_client=True) as client:
+            answer = client.increment_concurrency_slots_with_lease(
+                names=names, slots=1, mode="concurrency", lease_duration=60, holder=holder
+            ).json()
+            if answer.get("limits"):
+                client.release_concurrency_slots_with_lease(answer["lease_id"])
+                return
+        with services._cache_lock:
+            services._no_limits_cache[frozenset(names)] = True
+    except Exception:  # a full limit, no server, another Prefect: the task runs ask for themselves
+        return
 
 
 def run_tags(settings: RunSettings) -> list[str]:
