@@ -62,7 +62,9 @@ class HandoffTrace:
         self.calls: list[dict[str, float]] = []
         self.writes: list[float] = []
         self.tag_questions: list[float] = []
-        """How long each question to the Prefect server about the task runs' tag limits took."""
+        """How long each question to the Prefect server about the task runs' tag limits took (the task engine's,
+        and the fan-out's first); `tag_refreshes`: the fan-out's questions while it runs, where it asks them."""
+        self.tag_refreshes: list[float] = []
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -138,7 +140,7 @@ class HandoffTrace:
             finally:
                 call["answered"] = clock()
 
-        from prefect.client.orchestration import PrefectClient
+        from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 
         ask = PrefectClient.increment_concurrency_slots_with_lease
 
@@ -151,6 +153,17 @@ class HandoffTrace:
                     trace.tag_questions.append(clock() - t0)
 
         PrefectClient.increment_concurrency_slots_with_lease = traced_ask
+        ask_sync = SyncPrefectClient.increment_concurrency_slots_with_lease
+
+        def traced_ask_sync(client, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            t0 = clock()
+            try:
+                return ask_sync(client, *args, **kwargs)
+            finally:
+                with trace._lock:
+                    trace.tag_refreshes.append(clock() - t0)
+
+        SyncPrefectClient.increment_concurrency_slots_with_lease = traced_ask_sync
         CallScope.pass_gate, CallScope.leave_gate, CallScope.claim = traced_pass_gate, traced_leave_gate, traced_claim
         called = getattr(CallScope, "called", None)  # the hand-over at the answer, where the call path has one
         if called is not None:
@@ -166,7 +179,7 @@ class HandoffTrace:
 
     def reset(self) -> None:
         with self._lock:
-            self.calls, self.writes, self.tag_questions = [], [], []
+            self.calls, self.writes, self.tag_questions, self.tag_refreshes = [], [], [], []
 
     def handoffs(self, limit: int, latency: float) -> dict[str, Any]:
         """Each freed slot's idle gap, from the answer of the call that held it to the commit of the next call's
@@ -238,6 +251,7 @@ class HandoffTrace:
             "first_wave_beyond_latency_ms": ms(first_wave),
             "tag_limit_questions": len(self.tag_questions),
             "tag_limit_question_ms": ms(self.tag_questions),
+            "tag_limit_refreshes": len(self.tag_refreshes),
         }
 
 
@@ -429,7 +443,8 @@ def handoff_text(h: dict[str, Any]) -> str:
             row("provider call beyond its latency", "provider_call_beyond_latency_ms"),
             row("  the same, first wave", "first_wave_beyond_latency_ms"),
             f"      questions to the Prefect server about tag limits: {h['tag_limit_questions']},"
-            f" ms median {h['tag_limit_question_ms']['median']}, max {h['tag_limit_question_ms']['max']}",
+            f" ms median {h['tag_limit_question_ms']['median']}, max {h['tag_limit_question_ms']['max']};"
+            f" refreshed in the background {h.get('tag_limit_refreshes', 0)} times",
             f"      ledger writes between give-back and take: median {h['writes_between']['median']},"
             f" max {h['writes_between']['max']}; claim tries per call (polls): median"
             f" {h['polls_per_call']['median']}, max {h['polls_per_call']['max']}",
