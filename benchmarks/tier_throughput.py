@@ -12,9 +12,18 @@ last one's end (from the ledger) against the same ideal, and the most calls in f
   `tierflow limits apply`), which holds whole task runs.
 - `no limit`: no tier limit; `[run] workers = N` (and a thread pool of N) is the only bound.
 - `ledger, cold`: ledger slots without warming Prefect's tag-limit answer before the fan-out
-  (`phases.warm_tag_limits`), the baseline for that step: every task run then asks the server in turn.
+  (`phases.warm_tag_limits`) or keeping it fresh while it runs (`phases.TagAnswers`), the baseline for those
+  steps: every task run then asks the server in turn.
 
 Each scenario starts after `--settle` idle seconds, so that none pays for the server's work on the last.
+
+Under each scenario (`handoff` in `--format json`) it shows where the slots' idle time went, from wrapping
+tierflow's own call path (`HandoffTrace`, which measures an older commit the same way): for each freed slot,
+from the answer of the call that held it to the commit of the next call's claim, split into the time until
+the slot was free, with no started task run waiting, at the local gate, queued for the ledger write, and in
+the reservation transaction (median, 90th percentile, max); the time each call held its slot outside the
+provider call; the ledger writes in between; claim tries per call; and the questions to the Prefect server
+about tag limits.
 
     python benchmarks/tier_throughput.py [--format json] [--latency 1.0] [--only 40:4] [--repeat 5]
 """
@@ -378,9 +387,10 @@ def run_scenario(
 
     import tierflow.core.phases as phases
 
-    warm = phases.warm_tag_limits
+    warm, again = phases.warm_tag_limits, getattr(phases, "_ask_again", None)
     if mechanism == "ledger, cold":
         phases.warm_tag_limits = lambda task, settings: None
+        phases._ask_again = lambda tags: None  # nor kept fresh while the phase runs
     double.reset()
     trace.reset()
     started: list[datetime] = []
@@ -389,6 +399,8 @@ def run_scenario(
         wall = phase(settings)
     finally:
         phases.warm_tag_limits = warm
+        if again is not None:
+            phases._ask_again = again
     rows = Ledger.for_vault(vault).rows(run_id=settings.run_id)
     ideal = math.ceil(calls / limit) * latency
     starts = [datetime.fromisoformat(r["started_at"]) for r in rows]
