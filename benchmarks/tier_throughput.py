@@ -322,7 +322,14 @@ def config_text(base_url: str, limit: int | None, mechanism: str, workers: int |
 
 
 def run_scenario(
-    double: Any, root: Path, calls: int, limit: int, mechanism: str, latency: float, trace: HandoffTrace
+    double: Any,
+    root: Path,
+    calls: int,
+    limit: int,
+    mechanism: str,
+    latency: float,
+    trace: HandoffTrace,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     from prefect import flow, task
     from prefect.concurrency.services import _no_limits_cache
@@ -350,7 +357,7 @@ def run_scenario(
             double.anthropic_base_url,
             None if mechanism == "no limit" else limit,
             kind,
-            workers=limit if mechanism == "no limit" else None,
+            workers=limit if mechanism == "no limit" else workers,
         )
     )
     apply_limits(load_config(vault))  # creates, or removes, the Prefect tag limit on tier:light
@@ -367,9 +374,9 @@ def run_scenario(
             .text
         )
 
-    workers = limit if mechanism == "no limit" else calls
+    threads = limit if mechanism == "no limit" else calls
 
-    @flow(name="tier-throughput", task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    @flow(name="tier-throughput", task_runner=ThreadPoolTaskRunner(max_workers=threads))
     def phase(settings):  # noqa: ANN001, ANN202
         started.append(datetime.now(UTC))
         t0 = time.perf_counter()
@@ -472,6 +479,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="CALLS:LIMIT (e.g. 40:8) to run one scenario")
     parser.add_argument("--mechanism", choices=MECHANISMS, action="append", help="run only these (repeatable)")
     parser.add_argument("--repeat", type=int, default=1, help="run every scenario this many times (each listed)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="`[run] workers` for the ledger scenarios (default: the config's)"
+    )
     args = parser.parse_args()
     from tierflow.testing.double import ProviderDouble
 
@@ -487,7 +497,9 @@ def main() -> None:
             for calls, limit in [scenario for _ in range(max(1, args.repeat)) for scenario in scenarios]:
                 for mechanism in args.mechanism or MECHANISMS:
                     time.sleep(args.settle)  # the server's services finish the previous scenario's events first
-                    result = run_scenario(double, HOME / "vaults", calls, limit, mechanism, args.latency, trace)
+                    result = run_scenario(
+                        double, HOME / "vaults", calls, limit, mechanism, args.latency, trace, args.workers
+                    )
                     results.append(result)
                     if args.format == "table":
                         print(
