@@ -220,6 +220,7 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     monkeypatch.setattr(ThreadPoolTaskRunner, "submit", counted_submit)
     if not warm:  # the baseline: shows that the order below is the phase's doing
         monkeypatch.setattr(phases, "warm_tag_limits", lambda task, settings: None)
+    monkeypatch.setattr(phases, "TAG_ANSWER_REFRESH_S", 3600.0)  # the refresh has a test of its own
 
     @task
     def item(index):  # noqa: ANN001, ANN202
@@ -236,6 +237,58 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     ours = [before for names, before in asked if f"tag:tierflow-run:warm-{warm}" in names]
     assert len(ours) == 1  # Prefect remembers a tag set without limits: one question per phase either way
     assert (ours[0] == 0) if warm else (ours[0] >= 1)
+
+
+def test_a_long_phase_asks_prefect_again_before_its_tag_answer_lapses(tmp_path: Path, monkeypatch, prefect_harness):
+    """Prefect remembers a tag set without limits for five seconds; a task run starting after that asks the server
+    itself and waits (2-7 s on a loaded machine, while the tier's slots sat idle). The fan-out asks again in the
+    background while Prefect still remembers the answer, so it never lapses. Here the task runs wait until it has
+    asked twice more."""
+    from prefect import flow, task
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.concurrency.services import _no_limits_cache
+
+    import tierflow.core.phases as phases
+
+    monkeypatch.setattr(phases, "TAG_ANSWER_REFRESH_S", 0.05)
+    asked: list[bool] = []  # for each question about the phase's tags: whether Prefect still remembered the answer
+    again = threading.Event()
+
+    def noted(names) -> None:  # noqa: ANN001
+        if "tag:tierflow-run:refresh" in names:
+            asked.append(frozenset(names) in _no_limits_cache)
+            if sum(asked) >= 2:
+                again.set()
+
+    ask, ask_sync = (
+        PrefectClient.increment_concurrency_slots_with_lease,
+        SyncPrefectClient.increment_concurrency_slots_with_lease,
+    )
+
+    async def counted(self, names, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        noted(names)
+        return await ask(self, names, *args, **kwargs)
+
+    def counted_sync(self, names, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        noted(names)
+        return ask_sync(self, names, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counted)
+    monkeypatch.setattr(SyncPrefectClient, "increment_concurrency_slots_with_lease", counted_sync)
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return again.wait(120) and index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    settings = RunSettings(vault=str(tmp_path), run_id="refresh", flow="slots", profile="offline")
+    assert phase(settings).results == [0, 1, 2]
+    assert asked[0] is False and sum(asked) >= 2  # the first question before any answer, then refreshes
 
 
 class Verdict(BaseModel):
@@ -357,3 +410,88 @@ def test_giving_back_a_lapsed_slot_never_frees_the_slot_that_replaced_it(tmp_pat
     with second.ledger.transaction() as conn:
         second.slots.release(conn, theirs)
     assert slot_holders(second) == []
+
+
+def test_a_call_waiting_for_a_slot_tries_again_the_moment_this_process_gives_one_back(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    """A call past its tier's gate whose slot is held (here by this process, outside the gate, as a downgraded
+    call's slot is) is woken when the slot's give-back commits, not at its next poll: with polls an hour apart
+    it still takes the slot on its very next try."""
+    import tierflow.core.calls as calls_module
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setattr(calls_module, "POLL_S", (3600.0, 3600.0))
+    caller = shared_slots(tmp_path, double, ledger_url, "waiter")
+    claim = caller.slots.claim
+    tries: list[tuple[str, bool]] = []
+    refused = threading.Event()
+
+    def counted(conn, tier):  # noqa: ANN001, ANN202
+        token = claim(conn, tier)
+        tries.append((threading.current_thread().name, token is not None))
+        if token is None:
+            refused.set()
+        return token
+
+    monkeypatch.setattr(caller.slots, "claim", counted)
+    with caller.ledger.transaction() as conn:
+        held = claim(conn, "light")
+    assert held
+    answers = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(caller.ask(phase="collate", complexity="low", system="s", prompt="after you")),
+        name="waiter",
+        daemon=True,
+    )
+    waiter.start()
+    assert refused.wait(60)  # the waiter found the tier full and waits
+    with caller.ledger.transaction() as conn:
+        caller.slots.release(conn, held)
+    caller.slots.forget(held)  # the give-back has committed: this is what wakes the waiter
+    waiter.join(120)  # a guard against a hang only: without the wake-up the waiter would sleep for an hour
+    assert not waiter.is_alive() and answers[0].text
+    assert tries == [("waiter", False), ("waiter", True)]
+    assert [r["run_id"] for r in caller.ledger.rows()] == ["waiter"] and slot_holders(caller) == []
+
+
+def test_an_answered_calls_slot_goes_to_the_next_call_before_its_verdict_and_settlement(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    """With one slot, the second call is sent while the first call's check still runs: the first call handed its
+    slot over when its answer arrived, where it used to give it back only in the transaction that settles it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    caller = shared_slots(tmp_path, double, ledger_url, "handover")
+    sent = {"first": threading.Event(), "second": threading.Event()}
+    order: list[str] = []
+
+    def responder(request):  # noqa: ANN001, ANN202
+        name = "second" if "second" in request.text else "first"
+        order.append(f"{name} sent")
+        sent[name].set()
+        return Reply(data={"label": "summative"})
+
+    def waits_for_the_second(verdict: Verdict) -> list[str]:
+        # Only the first call's check waits. The guard only keeps a regression from hanging: without the
+        # hand-over the second call could not be sent before this check returns, and the order below fails.
+        if threading.current_thread().name == "first" and sent["second"].wait(60):
+            order.append("first's check returns")
+        return []
+
+    double.responder = responder
+    check = Check("waits_for_the_second", waits_for_the_second)
+
+    def ask(prompt: str) -> None:
+        caller.ask(phase="collate", complexity="low", system="s", prompt=prompt, output=Verdict, checks=[check])
+
+    first = threading.Thread(target=ask, args=("first",), name="first", daemon=True)
+    first.start()
+    assert sent["first"].wait(60)
+    second = threading.Thread(target=ask, args=("second",), name="second", daemon=True)
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert order == ["first sent", "second sent", "first's check returns"]
+    rows = caller.ledger.rows()
+    assert double.max_in_flight == 1 and len(rows) == 2 and most_at_once(rows) <= 1
+    assert slot_holders(caller) == [] and in_flight(caller.ledger) == {}

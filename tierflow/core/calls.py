@@ -35,7 +35,7 @@ from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, sig
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
-from tierflow.core.slots import NO_SLOT, TierSlots
+from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
 
@@ -752,6 +752,7 @@ class Caller:
                 scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
                 raise
             latency_ms = (time.perf_counter() - t0) * 1000
+            scope.called()  # the slot goes to the next call now, not after the verdict and the settlement
             # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in.
             scope.answered(
                 self._record(
@@ -830,8 +831,9 @@ class Caller:
         reservation and tier slot, taken together once both are free, into `scope`; then the route and
         request to send.
 
-        A call first passes its tier's local gate (threads of this process), then polls the ledger for a slot
-        every few milliseconds; a call waiting on its budget backs off as `Budgets.reserve` does.
+        A call first passes its tier's local gate (threads of this process). A call whose slot is held elsewhere
+        tries again the moment this process gives a slot back, or at its next poll (`slots.POLL_S`) for one given
+        back by another process; a call waiting on its budget backs off as `Budgets.reserve` does.
         """
 
         def allowed(candidates: list[tuple[Route, Estimate]]) -> list[tuple[Route, Estimate]]:
@@ -851,7 +853,7 @@ class Caller:
                 key = None
             scope.pass_gate(gate)
         deadline = time.monotonic() + self.budgets.max_wait_s
-        budget_delay, slot_delay = 0.01, 0.002
+        budget_delay, slot_delay = 0.01, POLL_S[0]
         recount = [False, False]  # asked for, done: near a cap, the provider's counter sizes the prompt
 
         def claim(conn: Connection, chosen: Route) -> bool:
@@ -862,6 +864,7 @@ class Caller:
 
         while True:
             scope.slot = NO_SLOT
+            given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait below
             try:
                 with self.ledger.transaction() as conn:
                     if key is not None:
@@ -899,10 +902,10 @@ class Caller:
             if recount[0] and not recount[1]:
                 candidates, recount[1] = allowed(self.downgrades(routed, request, count=True)), True
                 continue
-            if scope.slot is None:  # the tier is full in another process: a slot frees soon
-                time.sleep(slot_delay)
+            if scope.slot is None:  # the tier is full: woken by a slot this process gives back, or poll again
+                self.slots.wait(given_back, slot_delay)
                 deadline += slot_delay  # waiting for a slot is not waiting for budget
-                slot_delay = min(slot_delay * 1.5, 0.02)
+                slot_delay = min(slot_delay * 1.5, POLL_S[1])
             else:
                 time.sleep(budget_delay)
                 budget_delay = min(budget_delay * 2, 0.25)

@@ -10,7 +10,9 @@ actual tier and model (`tierflow.core.calls._shown`); filter on the name, not th
 
 from __future__ import annotations
 
+import contextvars
 import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -93,6 +95,75 @@ def warm_tag_limits(task: Task[..., Any], settings: RunSettings) -> None:
         with concurrency([f"tag:{tag}" for tag in task.tags], holder=holder, max_retries=0, suppress_warnings=True):
             pass
     except Exception:  # a tag limit that is full, or no server: the task runs ask for themselves
+        return
+
+
+TAG_ANSWER_REFRESH_S = 2.0
+"""How often a fan-out asks the Prefect server again about its task runs' tags while it runs."""
+
+
+class TagAnswers:
+    """Keeps Prefect's answer about a fan-out's tag sets fresh from one background thread until `stop`.
+
+    Prefect's task engine remembers a tag set without limits for five seconds; a task run that starts once the
+    answer has lapsed asks the server itself and waits. On a loaded machine that answer took 2-7 s, the phase's
+    started task runs ran out meanwhile and its tier slots sat idle (`benchmarks/tier_throughput.py`: "no call
+    waiting yet", "questions to the Prefect server"). So while the fan-out runs, this asks the server every
+    `TAG_ANSWER_REFRESH_S`, past the remembered answer, and remembers a "no limits" answer as the engine does.
+    """
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.tasks: dict[frozenset[str], Task[..., Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, task: Task[..., Any]) -> None:
+        """Ask about `task`'s tags now if they are new to this fan-out (`warm_tag_limits`), and keep them fresh."""
+        key = frozenset(task.tags)
+        if key in self.tasks:
+            return
+        warm_tag_limits(task, self.settings)
+        self.tasks[key] = task
+        if self._thread is None and caller_for(self.settings).config.settings.limits.mechanism == "ledger":
+            context = contextvars.copy_context()  # the flow's Prefect settings and client
+            self._thread = threading.Thread(
+                target=context.run, args=(self._refresh,), name="tierflow-tag-answers", daemon=True
+            )
+            self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(TAG_ANSWER_REFRESH_S):
+            for task in list(self.tasks.values()):
+                if task.tags:
+                    _ask_again(sorted(task.tags))
+
+    def stop(self) -> None:
+        self._stop.set()  # not joined: a slow answer must not hold the phase
+
+
+def _ask_again(tags: list[str]) -> None:
+    """Ask the server whether `tags` have limits, past Prefect's remembered answer, and remember "none" for the
+    task engine (its own cache, under the key it reads); a limit that exists gets its slot back at once."""
+    import uuid
+
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.concurrency import services
+
+        names = [f"tag:{tag}" for tag in tags]
+        holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
+        with get_client(sync_client=True) as client:
+            answer = client.increment_concurrency_slots_with_lease(
+                names=names, slots=1, mode="concurrency", lease_duration=60, holder=holder
+            ).json()
+            if answer.get("limits"):
+                client.release_concurrency_slots_with_lease(answer["lease_id"])
+                return
+        with services._cache_lock:
+            services._no_limits_cache[frozenset(names)] = True
+    except Exception:  # a full limit, no server, another Prefect: the task runs ask for themselves
         return
 
 
@@ -217,43 +288,46 @@ def fan_out(
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
     submitted = done = 0
-    # Once a budget halts the phase nothing more is submitted: the items already running finish.
-    while done < submitted or (submitted < len(items) and outcome.halted is None):
-        # Alone until the first answer when warming the cache, then up to `workers` at once.
-        window = 1 if warm and done == 0 else workers
-        while outcome.halted is None and submitted < len(items) and submitted - done < window:
-            item = items[submitted]
-            tagged = phase_task(
-                task,
-                settings,
-                phase=phase,
-                complexity=complexity,
-                subject=subject(item),
-                front_matter=front_matter(item),
-                note=path(item),
-            )
-            if submitted == 0:
-                warm_tag_limits(tagged, settings)
-            future = tagged.submit(*args(item))
-            indices[future] = submitted
-            future.add_done_callback(finished_queue.put)
-            submitted += 1
-        future = finished_queue.get()
-        done += 1
-        item = items[indices[future]]
-        name = path(item) or subject(item)
-        try:
-            finished[indices[future]] = future.result()
-        except BudgetExceeded as exc:
-            outcome.halted = outcome.halted or str(exc)
-            outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
-        except (ProviderError, VaultError) as exc:
-            outcome.skipped.append((name, f"{phase} failed: {exc}"))
-        except (
-            Exception
-        ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
-            outcome.skipped.append((name, f"{phase} failed unexpectedly: {type(exc).__name__}: {exc}"))
-        advance(phase, done, len(items), subject(item))
+    answers = TagAnswers(settings)
+    try:
+        # Once a budget halts the phase nothing more is submitted: the items already running finish.
+        while done < submitted or (submitted < len(items) and outcome.halted is None):
+            # Alone until the first answer when warming the cache, then up to `workers` at once.
+            window = 1 if warm and done == 0 else workers
+            while outcome.halted is None and submitted < len(items) and submitted - done < window:
+                item = items[submitted]
+                tagged = phase_task(
+                    task,
+                    settings,
+                    phase=phase,
+                    complexity=complexity,
+                    subject=subject(item),
+                    front_matter=front_matter(item),
+                    note=path(item),
+                )
+                answers.add(tagged)  # asks before the first task run of each tag set, and keeps it fresh
+                future = tagged.submit(*args(item))
+                indices[future] = submitted
+                future.add_done_callback(finished_queue.put)
+                submitted += 1
+            future = finished_queue.get()
+            done += 1
+            item = items[indices[future]]
+            name = path(item) or subject(item)
+            try:
+                finished[indices[future]] = future.result()
+            except BudgetExceeded as exc:
+                outcome.halted = outcome.halted or str(exc)
+                outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
+            except (ProviderError, VaultError) as exc:
+                outcome.skipped.append((name, f"{phase} failed: {exc}"))
+            except (
+                Exception
+            ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
+                outcome.skipped.append((name, f"{phase} failed unexpectedly: {type(exc).__name__}: {exc}"))
+            advance(phase, done, len(items), subject(item))
+    finally:
+        answers.stop()
     for item in items[submitted:]:
         outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.

@@ -13,6 +13,9 @@ its connection. On exit it
 - retries that transaction when the database drops it, without writing the row twice;
 - stops renewing the reservation's and the slot's leases, and opens the local gate.
 
+Once the answer has arrived (`called`), the slot is handed to the next call of this process and the gate opens
+before the verdict and the settlement; the exit then gives back only a slot that no call took.
+
 A new check, a new outcome or a new signal added between taking and giving back cannot leave money
 unrecorded or a slot held, because nothing between them gives anything back.
 """
@@ -52,6 +55,8 @@ class CallScope:
     """This process's gate for the call's tier, while it is passed."""
     slot: str | None = NO_SLOT
     """The ledger slot taken with the reservation: its holder token (`TierSlots.claim`)."""
+    slot_tier: str = ""
+    """The tier of `slot`."""
     reservation: Reservation | None = None
     row: CallRecord | None = None
     """The billed answer's row, once the answer has arrived; the verdict replaces it until the scope exits."""
@@ -93,8 +98,15 @@ class CallScope:
 
     def claim(self, conn: Connection, chosen: Route) -> bool:
         """Take a slot of the chosen route's tier in the reservation's transaction (`Budgets.reserve_in`'s `claim`)."""
-        self.slot = self.slots.claim(conn, chosen.tier)
+        self.slot, self.slot_tier = self.slots.claim(conn, chosen.tier), chosen.tier
         return self.slot is not None
+
+    def called(self) -> None:
+        """The model call has answered: hand the slot to this process's next call and open the local gate now,
+        not after the verdict and the settlement (`TierSlots.hand_over`); the exit gives the slot back if no call
+        took it."""
+        self.slots.hand_over(self.slot_tier, self.slot)
+        self.leave_gate()
 
     def reserved(self, reservation: Reservation) -> None:
         """The reservation taken, noted inside its own transaction: from its commit on, the exit gives it back."""

@@ -8,9 +8,17 @@ process renews its leases from one background thread. Leases are measured by the
 reservations' are), never a host's: a worker whose clock runs ahead cannot take a live slot. Each slot is taken
 under a holder token of its own and given back by it, never by row id, which SQLite reuses.
 
+A call whose answer has arrived hands its slot over at once: it opens its gate and leaves the slot's row,
+still held under its token, for the next call of this process to take (`hand_over`). That call re-labels the row
+with a token of its own in its reservation's transaction, so a freed slot does not wait for the answered call's
+verdict and settlement (a transaction that queues behind other calls' writes). An answered call whose slot no
+one took gives it back with its settlement, as before; nothing is ever in flight beyond the rows counted.
+
 Threads of one process first pass a local semaphore of the same size, so only a call that could start now
-asks the database, and a waiting call polls it every few milliseconds: a freed slot is handed over
-within tens of milliseconds.
+asks the database. A call past the gate whose slot is held elsewhere waits for one of two things: a slot given
+back by this process (announced the moment its transaction has committed, so the waiter tries at once), or its
+next poll of the database, which is how it sees a slot given back by another process (every `POLL_S[0]`
+seconds at first, backing off to `POLL_S[1]`).
 
 With `[limits] mechanism = "prefect"` tierflow takes no slots: Prefect's tag limits on `tier:<name>` (applied
 by `tierflow limits apply`) hold the task runs instead.
@@ -32,8 +40,36 @@ from tierflow.core.ledger import Ledger, database_seconds, now_iso, tier_slots
 NO_SLOT = ""
 """The slot of a call on a tier without a limit (a held slot is its holder token)."""
 
+POLL_S = (0.002, 0.02)
+"""A call waiting for a slot held by another process polls the ledger after this long at first, then at most this
+long (each wait 1.5 times the last)."""
+
 _semaphores: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
 _semaphores_lock = threading.Lock()
+
+
+class _GivenBack:
+    """Slots this process has given back on one ledger: a count that a waiting call reads before it tries to claim,
+    and a condition that wakes it when the count moves, so a slot given back between its try and its wait is
+    never missed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.condition = threading.Condition()
+
+    def announce(self) -> None:
+        with self.condition:
+            self.count += 1
+            self.condition.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        with self.condition:
+            return self.condition.wait_for(lambda: self.count != seen, timeout)
+
+
+_given_back: dict[str, _GivenBack] = {}
+_spares: dict[tuple[str, str], list[str]] = {}
+"""Per ledger and tier: the tokens of slots whose call has answered and that no other call has taken yet."""
 
 
 def limits_of(config: Config) -> dict[str, int]:
@@ -52,7 +88,11 @@ class TierSlots:
         self.lease_s = config.settings.limits.lease_s
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}"
         self._held: set[str] = set()
+        self._returned: set[str] = set()
+        """Slots given back in a transaction that has not been announced yet (`forget` announces it)."""
         self._lock = threading.Lock()
+        with _semaphores_lock:
+            self._given_back = _given_back.setdefault(ledger.url, _GivenBack())
         self._renewer: threading.Thread | None = None
 
     def local(self, tier: str) -> threading.BoundedSemaphore | None:
@@ -71,13 +111,23 @@ class TierSlots:
         if limit is None:
             return NO_SLOT
         now = database_seconds(conn)
-        conn.execute(tier_slots.delete().where(tier_slots.c.tier == tier, tier_slots.c.lease_until < now))
-        held = conn.execute(sa.select(sa.func.count()).where(tier_slots.c.tier == tier)).scalar() or 0
-        if held >= limit:
-            return None
         token = f"{self.holder}:{uuid.uuid4().hex}"
-        values = {"tier": tier, "holder": token, "acquired": now_iso(), "lease_until": now + self.lease_s}
-        conn.execute(tier_slots.insert(), values)
+        values = {"acquired": now_iso(), "lease_until": now + self.lease_s}
+        spare = self._take_spare(tier)
+        # An answered call's slot, re-labelled as ours; none if it lapsed or its settlement gave it back first.
+        taken = (
+            spare is not None
+            and (
+                conn.execute(tier_slots.update().where(tier_slots.c.holder == spare).values(holder=token, **values))
+            ).rowcount
+            == 1
+        )
+        if not taken:
+            conn.execute(tier_slots.delete().where(tier_slots.c.tier == tier, tier_slots.c.lease_until < now))
+            held = conn.execute(sa.select(sa.func.count()).where(tier_slots.c.tier == tier)).scalar() or 0
+            if held >= limit:
+                return None
+            conn.execute(tier_slots.insert(), {"tier": tier, "holder": token, **values})
         with self._lock:
             self._held.add(token)
             if self._renewer is None:
@@ -85,20 +135,61 @@ class TierSlots:
                 self._renewer.start()
         return token
 
+    def hand_over(self, tier: str, slot: str | None) -> None:
+        """The call holding `slot` has its answer: the next call of this process to claim a slot of `tier` takes
+        this one (its row stays, held under `slot`, until that call re-labels it or `release` deletes it)."""
+        if not slot or tier not in self.limits:
+            return
+        with _semaphores_lock:
+            _spares.setdefault((self.ledger.url, tier), []).append(slot)
+        self._given_back.announce()  # a call already past its gate may take it
+
+    def _take_spare(self, tier: str) -> str | None:
+        with _semaphores_lock:
+            spares = _spares.get((self.ledger.url, tier))
+            return spares.pop(0) if spares else None
+
+    def _keep(self, slot: str) -> None:
+        """No other call may take `slot` from now on (its holder gives it back, or has stopped using it)."""
+        with _semaphores_lock:
+            for spares in _spares.values():
+                if slot in spares:
+                    spares.remove(slot)
+
     def release(self, conn: Connection, slot: str | None) -> None:
         """Give a slot back inside the caller's transaction, by its holder token: a slot that lapsed and was
-        taken by another holder since is theirs, and stays."""
+        taken by another holder since is theirs, and stays. Once the transaction has ended, `forget(slot)` wakes
+        this process's calls waiting for a slot."""
         if not slot:
             return
-        conn.execute(tier_slots.delete().where(tier_slots.c.holder == slot))
-        self.forget(slot)
-
-    def forget(self, slot: str | None) -> None:
-        """Stop renewing a slot's lease (given back, or never taken because its transaction rolled back)."""
-        if not slot:
-            return
+        self._keep(slot)
+        conn.execute(tier_slots.delete().where(tier_slots.c.holder == slot))  # nothing, if another call took it
         with self._lock:
             self._held.discard(slot)
+            self._returned.add(slot)
+
+    def forget(self, slot: str | None) -> None:
+        """After the transaction that took or gave back `slot` has ended: stop renewing its lease, and if it was
+        given back, wake this process's calls waiting for a slot on this ledger (a woken call whose give-back
+        rolled back finds no slot and waits again)."""
+        if not slot:
+            return
+        self._keep(slot)
+        with self._lock:
+            self._held.discard(slot)
+            returned = slot in self._returned
+            self._returned.discard(slot)
+        if returned:
+            self._given_back.announce()
+
+    def given_back(self) -> int:
+        """How many slots this process has given back on this ledger: read before a claim, for `wait`."""
+        return self._given_back.count
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Wait until this process gives a slot back on this ledger after `given_back()` read `seen`, or for
+        `timeout` seconds (a slot given back by another process is seen only by polling); True when woken."""
+        return self._given_back.wait(seen, timeout)
 
     def _renew(self) -> None:
         """Extend the leases of the slots this process holds, every third of a lease, for as long as it lives."""
