@@ -59,13 +59,13 @@ CHECK_EVERY_S = 60.0
 CALIBRATE_MIN = 20
 JOINT_SHARE = 0.2
 """When at least this share of the requests answered on two neighbouring tiers passed on the cheaper one, the
-pairs are a sample of the workload, not escalations alone: the gain is learnt directly."""
+pairs are a sample of the workload, not escalations alone: the gain is the difference of the two pass models."""
 """Observations per class a tier needs before its probabilities are calibrated by cross-validation."""
 REGULARISATION = 0.1
 """The logistic regressions' C. On RouteLLM's MMLU data, grouped 3-fold cross-validation by phase inside a history
 (never the scored split) put C from 0.1 to 1 within 0.01 APGR of each other; 0.1 fits three times faster than 1."""
 GAIN_SMOOTHING = 0.01
-"""Width of the smooth maximum that floors a `difference` gain at 0 (it stays above max(d, 0) by at most half)."""
+"""Width of the smooth maximum that floors a `difference` gain at 0 (above max(d, 0) by at most half the width)."""
 MODEL_FILE = "router.pkl"
 FORMAT = 2
 
@@ -268,8 +268,8 @@ class RequestRouter:
     def gain_probability(self, tier: str, above: str, X: Any) -> np.ndarray | None:
         """P(this tier fails and the next passes).
 
-        `difference` (both tiers answered a sample of the workload): P(next passes) - P(this passes), the
-        probability when the dearer tier passes whatever the cheaper one passes, and never below it in any case;
+        `difference` (both tiers answered a sample of the workload): P(next passes) - P(this passes), exact when
+        the dearer tier passes every request the cheaper one passes and a lower bound otherwise;
         floored at 0 by a smooth maximum (width `GAIN_SMOOTHING`), so that requests stay ordered by the expected
         gain where the dearer tier is not expected to add anything. `rescue` (escalations alone):
         P(fails) x P(next passes | this one failed)."""
@@ -398,18 +398,17 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
         low = {o.request_id: o for o in by_tier[lower]}
         both = [(low[o.request_id], o) for o in by_tier[upper] if o.request_id in low]
         joint = len(both) >= REFIT_MIN and sum(a.passed for a, _ in both) >= JOINT_SHARE * len(both)
-        if not joint:
-            # Pairs from escalations alone all failed below: the dearer tier's pass model saw only requests the
-            # cheaper one failed, so learn the rescue rate given a failure.
-            pairs = [(a, b) for a, b in both if not a.passed]
-        if not both or (not joint and not pairs):
-            continue
         if joint:
             # Both tiers answered a sample of the workload: each pass model is unbiased, and the gain is their
             # difference (see `RequestRouter.gain_probability`); no third model. The rate shown is the observed
             # share of requests the cheaper tier failed and the dearer one passed.
             rate = sum((not a.passed) and b.passed for a, b in both) / len(both)
             gains[(lower, upper)] = TierModel(f"{lower}->{upper}", len(both), rate, kind="difference")
+            continue
+        # Pairs from escalations alone all failed below: the dearer tier's pass model saw only requests the cheaper
+        # one failed, so learn the rescue rate given a failure.
+        pairs = [(a, b) for a, b in both if not a.passed]
+        if not pairs:
             continue
         y = np.array([b.passed for _, b in pairs], dtype=int)
         model, calibrated = None, False
