@@ -17,7 +17,9 @@ as two past first answers to one request (flow `mmlu`, phase = the subject, weak
 `Ledger.remember_request`, `request_identity`) - the rows the call path writes - then fits the router from that
 ledger with `tierflow.learn.request_router` exactly as `tierflow routing fit` does, and scores every row of P.csv
 (`id, subject, prompt`). It reads nothing else. The score is the router's P(light suffices) = 1 - P(light fails
-and deep passes): the probability that the light answer is as good as the deep one.
+and deep passes): the probability that the light answer is as good as the deep one. With a history of both tiers
+for every request the router estimates P(light fails and deep passes) as P(deep passes) - P(light passes), floored
+smoothly at 0 (`RequestRouter.gain_probability`), so the scores order the prompts by that expected gain.
 
 `--evaluate` follows RouteLLM: the strong model is called when the score says light will fail (RouteLLM's score is
 "strong needed", so its score is 1 - ours); thresholds are the 11 edges of `pandas.qcut(strong_needed, 10,

@@ -231,35 +231,59 @@ def _app():
     return app
 
 
+def _observed(n: int, *, escalations_only: bool = False) -> list[Observation]:
+    """First answers on light and deep to `n` requests: both tiers for every request, or deep only where light
+    failed (escalations)."""
+    rows = []
+    for i in range(n):
+        text = f"item {i} " + f"word{i % 17} " * (i % 5 + 1) + f"topic{i % 41} detail{i % 29}"
+        light = i % 3 > 0
+        rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "light", text, light, ""))
+        if not (escalations_only and light):
+            rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "deep", text, i % 7 > 0, ""))
+    return rows
+
+
 def test_router_scores_as_its_fitted_models_predict(tmp_path):
-    """The direct scoring path (coefficients and sigmoids) gives the fitted models' own probabilities, calibrated
-    or not, and survives a save and load."""
+    """The direct scoring path (stored coefficients and sigmoids) gives the fitted models' own probabilities,
+    calibrated or not, and survives a save and load; with a sampled history of both tiers the gain is the
+    difference of their pass probabilities, with escalations alone the rescue model's."""
     import numpy as np
 
-    observed = [
-        Observation(
-            f"r{i}",
-            "f",
-            f"p{i % 3}",
-            "low",
-            tier,
-            f"item {i} " + f"word{i % 17} " * (i % 5 + 1),
-            (i % 3 > 0) if tier == "light" else (i % 7 > 0),
-            "",
-        )  # fmt: skip
-        for i in range(300)
-        for tier in ("light", "deep")
-    ]
-    router = fit(observed, ["light", "deep"])
+    texts = ["item 5 word5", "something else", "word3 word3 word3"]
+    for escalations_only in (False, True):
+        router = fit(_observed(300, escalations_only=escalations_only), ["light", "deep"])
+        path = tmp_path / "router.pkl"
+        request_router.save(router, path)
+        loaded = request_router.load(path)
+        X = router.rows("f", "p1", "low", texts)
+        models = [*router.tiers.values(), *router.gains.values()]
+        assert any(m.calibrated for m in models)
+        gain = router.gains[("light", "deep")]
+        assert gain.kind == ("rescue" if escalations_only else "difference")
+        for r in (router, loaded):
+            for tier in ("light", "deep"):
+                expected = router.tiers[tier].fitted.predict_proba(X)[:, 1]
+                assert np.allclose(r.pass_probability(tier, X), expected, atol=1e-6)
+            light, deep = (router.tiers[t].fitted.predict_proba(X)[:, 1] for t in ("light", "deep"))
+            if escalations_only:
+                expected = (1 - light) * gain.fitted.predict_proba(X)[:, 1]
+            else:
+                expected = np.maximum(deep - light, 0)
+            assert np.allclose(r.gain_probability("light", "deep", X), expected, atol=request_router.GAIN_SMOOTHING)
+            assert np.allclose(r.suffices("light", "deep", X), 1 - r.gain_probability("light", "deep", X))
+
+
+def test_saved_router_stores_only_the_features_its_requests_have(tmp_path):
+    """The saved model holds coefficients for the feature columns its requests use, not the whole hashed space:
+    its size is bounded by those columns times the stored models, whatever the hash space."""
+    router = fit(_observed(300), ["light", "deep"])
     path = tmp_path / "router.pkl"
     request_router.save(router, path)
-    loaded = request_router.load(path)
-    X = router.rows("f", "p1", "low", ["item 5 word5", "something else", "word3 word3 word3"])
-    models = [*router.tiers.values(), *router.gains.values()]
-    assert any(m.calibrated for m in models) and all(m.model is not None for m in models)
-    for r in (router, loaded):
-        for tier in ("light", "deep"):
-            expected = r.tiers[tier].model.predict_proba(X)[:, 1]
-            assert np.allclose(r.pass_probability(tier, X), expected, atol=1e-12)
-        gain = r.gains[("light", "deep")]
-        assert np.allclose(r.gain_probability("light", "deep", X), gain.model.predict_proba(X)[:, 1], atol=1e-12)
+    members = sum(len(m.members or []) for m in [*router.tiers.values(), *router.gains.values()])
+    used = len(router.support)
+    width = router.rows("f", "p", "low", ["x"]).shape[1]
+    assert members >= 2 and 0 < used < width / 20
+    # 4 bytes per column index and per coefficient of each member (float32), and a little for the rest.
+    assert path.stat().st_size <= 4 * used * (1 + members) + 20_000
+    assert request_router.load(path).support.tolist() == router.support.tolist()

@@ -1,0 +1,60 @@
+"""benchmarks/routing_public.py: the router fitted from a history written into a fresh ledger, scored on prompts
+it never saw, and RouteLLM's metrics over those scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pandas as pd
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_public.py"
+_spec = importlib.util.spec_from_file_location("routing_public", _PATH)
+routing_public = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(routing_public)
+
+# Three kinds of question: the weak model fails and the strong one passes (a strong call pays), both fail (a
+# strong call is wasted), both pass.
+KINDS = {
+    "gain": (["integral", "derivative", "limit", "series", "matrix"], 0, 1),
+    "hopeless": (["quaternion", "homology", "sheaf", "functor", "manifold"], 0, 0),
+    "easy": (["capital", "river", "colour", "animal", "city"], 1, 1),
+}
+
+
+def _rows(n: int, seed: int, subject_of) -> pd.DataFrame:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = list(KINDS)[i % 3]
+        words, weak, strong = KINDS[kind]
+        prompt = "Which of the following " + " ".join(rnd.choice(words) for _ in range(6)) + f" {i}?\nA. 1\nB. 2"
+        rows.append({"id": f"q{i}", "kind": kind, "subject": subject_of(kind, i), "prompt": prompt,
+                     "weak_correct": weak, "strong_correct": strong})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_public_benchmark_sends_strong_calls_where_the_strong_model_adds_something():
+    """Prompts where the weak model fails and the strong one passes score lowest P(light suffices); prompts both
+    fail score no lower than those both pass (a strong call there adds nothing), though the weak model fails them."""
+    history = _rows(240, 0, lambda kind, i: f"s{i % 4}")
+    prompts = _rows(60, 1, lambda kind, i: "unseen")
+    scores, _ = routing_public.fit_and_score(history, prompts[["id", "subject", "prompt"]])
+    by_kind = prompts.assign(score=prompts["id"].map(scores)).groupby("kind")["score"]
+    assert by_kind.max()["gain"] < by_kind.min()["hopeless"]
+    assert by_kind.max()["gain"] < by_kind.min()["easy"]
+    metrics = routing_public.evaluate(scores, prompts)
+    # The oracle's order: the strong model's accuracy with a third of the calls, an APGR of 1 - 1/6 over deciles.
+    assert metrics["apgr"] > 0.8 and metrics["cpt80"] < 34
+
+
+def test_evaluate_gives_random_order_about_half_the_gap():
+    """RouteLLM's APGR over scores that ignore the prompt is about 0.5, and CPT(50%) about 50%."""
+    rnd = random.Random(3)
+    labels = pd.DataFrame(
+        [{"id": f"q{i}", "weak_correct": int(rnd.random() < 0.6), "strong_correct": int(rnd.random() < 0.8)}
+         for i in range(4000)]
+    )  # fmt: skip
+    metrics = routing_public.evaluate({f"q{i}": rnd.random() for i in range(4000)}, labels)
+    assert abs(metrics["apgr"] - 0.5) < 0.08 and abs(metrics["cpt50"] - 50) < 10
