@@ -144,3 +144,33 @@ def test_spend_format_json_lists_every_call_from_the_command_line(tmp_path: Path
     for fmt, text in (("json", "[]\n"), ("jsonl", "")):
         result = CliRunner().invoke(app, ["spend", "--vault", str(empty), "--format", fmt])
         assert result.exit_code == 0 and result.stdout == text
+
+
+def test_plain_rows_are_written_by_the_database_and_only_odd_ones_by_json(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    """A row of printable ASCII without quotes or backslashes is never read again for `json` to write it."""
+    import tierflow.core.ledger as ledger_module
+
+    ledger = Ledger(ledger_url)
+    fill(ledger)
+    reread: list[int] = []
+    real = ledger_module._as_python_writes
+
+    def counting(conn, texts, indent):  # noqa: ANN001, ANN202
+        out = real(conn, texts, indent)
+        reread.append(len(texts))
+        return out
+
+    monkeypatch.setattr(ledger_module, "_as_python_writes", counting)
+    plain = {"since": "2026-11-01", "project": "EDU7001"}  # fill's rows with project EDU7001 hold odd strings too
+    with ledger.transaction() as conn:
+        conn.execute(
+            calls.update().where(calls.c.project == "EDU7001").values(phase="draft", subject="note 1", deployment=None)
+        )
+    for fmt in (Format.json, Format.jsonl):
+        reread.clear()
+        assert from_database(ledger, fmt, capsys, 1, **plain) == per_row(ledger, fmt, capsys, **plain)
+        assert reread == []
+        assert from_database(ledger, fmt, capsys, 1) == per_row(ledger, fmt, capsys)
+        assert len(reread) > 30  # the rows holding a quote, a backslash, a control character, DEL or non-ASCII

@@ -1412,8 +1412,9 @@ def _listing_sql(dialect: str, indent: bool) -> tuple[list[str], str]:
     form.append(last)
     items.append(f"printf('{''.join(form)}', {', '.join(args)})" if args else f"'{''.join(form)}'")
     if strings:
-        # Written as they are: printable ASCII but '"' (0x22) and '\' (0x5c).
-        mark = f"printf('{'%s' * len(strings)}', {', '.join(strings)}) GLOB '*[^]-~ -!#-[]*'"
+        # Written as they are: printable ASCII but '"' (0x22) and '\\' (0x5c). In SQLite's GLOB, a ']' first in a
+        # set is itself and cannot start a range.
+        mark = f"printf('{'%s' * len(strings)}', {', '.join(strings)}) GLOB '*[^]^-~ -!#-[]*'"
         items[0] = f"CASE WHEN {mark} THEN char(1) ELSE '' END || {items[0]}"
     return items, "%s" * len(items)
 
