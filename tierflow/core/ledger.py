@@ -552,6 +552,15 @@ def _migration_15(conn: Connection) -> None:
     request_texts.create(conn, checkfirst=True)
 
 
+def _migration_16(conn: Connection) -> None:
+    # (helper "growth", issue 23) `tierflow spend --by week|day` groups by (day, tier, provider, model): with this
+    # index the database reads the calls in that order instead of sorting a million rows in a temporary B-tree
+    # (on SQLite 2.0 s -> 0.9 s of CPU on a 1M-row ledger). `ledger_spend` writes the day as this very expression.
+    conn.exec_driver_sql(
+        'CREATE INDEX IF NOT EXISTS ix_calls_day_model ON calls (substr("timestamp", 1, 10), tier, provider, model)'
+    )
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -568,6 +577,7 @@ MIGRATIONS = (
     _migration_13,
     _migration_14,
     _migration_15,
+    _migration_16,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
