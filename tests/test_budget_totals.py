@@ -222,3 +222,36 @@ def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tm
     }
     with ledger.reading() as conn:
         assert conn.execute(sa.select(budget_scopes.c.scope, budget_scopes.c.registered)).all() == registered
+
+
+def test_a_budgeted_call_reads_the_reservations_in_flight_once_per_check(tmp_path, monkeypatch, ledger_url):
+    """Three capped budgets: the reservation's check and the prompt-size check (`Caller._near_cap`) each read the
+    reservations in flight once, not once per budget (issue 23: three budgets added 1.5 ms over none)."""
+    from conftest import anthropic_config
+
+    from tierflow.core.calls import Caller, RunSettings
+    from tierflow.testing.double import ProviderDouble
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    with ProviderDouble() as double:
+        vault = tmp_path / "vault"
+        text = f"ledger_url = {json.dumps(ledger_url)}\n" + anthropic_config(
+            double, BUDGETS.replace("[budgets.per-run]\nusd = 50\n", "")
+        )
+        write_config(vault / ".tierflow" / "config.toml", text)
+        caller = Caller(RunSettings(vault=str(vault), run_id="r1", flow="f", project="thesis", use_cache=False))
+        caller.ask(phase="collate", complexity="low", system="Be terse.", prompt="first")  # registers the scopes
+        ledger = Ledger(ledger_url)
+        statements: list[str] = []
+
+        def seen(conn, cursor, statement, *args):
+            statements.append(statement)
+
+        sa.event.listen(ledger.engine, "before_cursor_execute", seen)
+        try:
+            caller.ask(phase="collate", complexity="low", system="Be terse.", prompt="second")
+        finally:
+            sa.event.remove(ledger.engine, "before_cursor_execute", seen)
+    held = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM reservations" in s]
+    assert len(held) == 2, held
+    assert sum("FROM budget_totals" in s for s in statements if s.lstrip().upper().startswith("SELECT")) == 6

@@ -216,8 +216,10 @@ def spend(
     filters = {"since": since, "run_id": run, "project": project}
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
     out = sys.stdout
-    if fmt in (Format.json, Format.jsonl):
-        _write_json(ledger.stream_rows(**filters) if group is None else ledger_summary(ledger, group, **filters), fmt)
+    if fmt in (Format.json, Format.jsonl) and group is None:
+        _write_json_text(ledger.stream_json(indent=fmt is Format.json, **filters), fmt)
+    elif fmt in (Format.json, Format.jsonl):
+        _write_json(ledger_summary(ledger, group, **filters), fmt)
     elif fmt is Format.csv:
         data = ledger.stream_rows(**filters) if group is None else iter(ledger_summary(ledger, group, **filters))
         first = next(data, None)
@@ -257,6 +259,21 @@ def _write_json(records: Iterable[dict], fmt: Format) -> None:
     else:
         for record in records:
             sys.stdout.write(json.dumps(record) + "\n")
+
+
+def _write_json_text(pieces: Iterable[str], fmt: Format) -> None:
+    """`_write_json` for records already written as JSON text (`Ledger.stream_json`), a piece of many at a time."""
+    out = sys.stdout
+    if fmt is Format.json:
+        out.write("[")
+        empty = True
+        for piece in pieces:
+            out.write(("\n  " if empty else ",\n  ") + piece)
+            empty = False
+        out.write("]\n" if empty else "\n]\n")
+    else:
+        for piece in pieces:
+            out.write(piece + "\n")
 
 
 _json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]

@@ -347,6 +347,11 @@ class Budgets:
             fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
         )
 
+    def states_in(self, conn: Connection, budgets: Sequence[tuple[str, BudgetConfig]]) -> list[BudgetState]:
+        """`state` of each of `budgets` inside `conn`'s transaction, the reservations in flight read once."""
+        held = _held(conn)
+        return [self.state(conn, name, budget, held=held) for name, budget in budgets]
+
     def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
         if self._tracked is None and self.config.settings.budgets:

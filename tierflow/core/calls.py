@@ -362,9 +362,9 @@ class Caller:
         if conn is None:
             # A write transaction: the first budget check of a process may register the config's budget scopes.
             with self.ledger.transaction() as own:
-                states = [self.budgets.state(own, name, budget) for name, budget in capped]
+                states = self.budgets.states_in(own, capped)
         else:
-            states = [self.budgets.state(conn, name, budget) for name, budget in capped]
+            states = self.budgets.states_in(conn, capped)
         return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
     def build(
