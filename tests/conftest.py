@@ -189,3 +189,29 @@ model = "openai:gpt-5-mini"
 model = "openai:gpt-5.1"
 {extra}
 """
+
+
+def recorded_task_run(client: object, task_run_id: object, until: object = None, timeout_s: float = 600) -> object:
+    """The task run as the Prefect server has recorded it, once it exists and `until(task_run)` holds.
+
+    The server records task runs from the engine's events, in the background: a task run appears first under
+    the name the engine generated (`collate-569`) and its `task_run_name` arrives in a later event, both late
+    on a busy machine."""
+    import time
+
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    task_run = None
+    while time.monotonic() < deadline:
+        try:
+            task_run = client.read_task_run(task_run_id)  # type: ignore[attr-defined]
+        except ObjectNotFound:
+            task_run = None
+        if task_run is not None and (until is None or until(task_run)):  # type: ignore[operator]
+            return task_run
+        time.sleep(0.25)
+    seen = "not recorded at all" if task_run is None else f"recorded as {task_run.name!r}"
+    raise AssertionError(
+        f"the Prefect server did not record task run {task_run_id} as expected within {timeout_s:g} s ({seen})"
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import READING_WEEK, write_config
+from conftest import READING_WEEK, recorded_task_run, write_config
 
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.config import load_config
@@ -124,7 +124,7 @@ def test_a_feedback_run_is_charged_to_the_assignments_course_and_tagged_with_it(
     assert rows and {r["project"] for r in rows} == {"EDU7001"}
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(rows[0]["flow_run_id"])
-        task_run = client.read_task_run(next(r["task_run_id"] for r in rows if r["task_run_id"]))
+        task_run = recorded_task_run(client, next(r["task_run_id"] for r in rows if r["task_run_id"]))
     assert "project:EDU7001" in flow_run.tags and "project:EDU7001" in task_run.tags
     assert "Project**: EDU7001" in (feedback_vault / summary.report.path).read_text()
 

@@ -6,12 +6,11 @@ small (6,000 tokens) so that the fixture week's synthesis prompt does not fit it
 
 from __future__ import annotations
 
-import time
 from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, recorded_task_run, write_config
 from responders import skilled
 
 from tierflow.core.config import load_config
@@ -83,17 +82,12 @@ def test_run_synthesises_in_groups_then_merges_with_a_ledger_row_per_call(big_we
     assert sorted(r["subject"] for r in rows)[-1] == "merge of 2 groups"
 
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
-    names = set()
-    with get_client(sync_client=True) as client:
-        for row in rows:  # the server records task runs in the background
-            for _ in range(1200):  # up to 300 s on a busy machine
-                try:
-                    names.add(client.read_task_run(row["task_run_id"]).name)
-                    break
-                except ObjectNotFound:
-                    time.sleep(0.25)
+    with get_client(sync_client=True) as client:  # the server records task runs, then their names, in the background
+        names = {
+            recorded_task_run(client, row["task_run_id"], until=lambda t: t.name.startswith("synthesise · ")).name
+            for row in rows
+        }
     assert names == {"synthesise · group 1/2", "synthesise · group 2/2", "synthesise · week"}
 
     # Drafts come from the merged synthesis, citing the week's literature notes.

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import recorded_task_run
 from prefect import flow, task
 from pydantic import BaseModel
 
@@ -32,21 +33,13 @@ def one_phase(settings: RunSettings) -> str:
 def test_task_run_carries_route_tags_and_ledger_row_carries_its_run_ids(tmp_path: Path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort
-    from prefect.exceptions import ObjectNotFound
 
     settings = RunSettings(vault=str(tmp_path), run_id="helper-test", flow="helper-test", profile="offline")
     assert one_phase(settings).startswith("[offline extractive model]")
     (row,) = caller_for(settings).ledger.rows()
     with get_client(sync_client=True) as client:
-        # The server records task runs in the background: under load the row can arrive much later.
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                task_run = client.read_task_run(row["task_run_id"])
-                break
-            except ObjectNotFound:
-                assert time.monotonic() < deadline, "the server did not record the task run within 600 s"
-                time.sleep(0.25)
+        # The server records the task run, then its name, in the background: late under load.
+        task_run = recorded_task_run(client, row["task_run_id"], until=lambda t: t.name == "collate · Hattie2007")
         flow_run = client.read_flow_run(row["flow_run_id"])
         runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     assert set(task_run.tags) == {
