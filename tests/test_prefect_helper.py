@@ -157,8 +157,8 @@ def test_a_run_without_a_window_names_its_select_task_with_the_resolved_window(r
     state = reading_notes(vault=str(reading_vault), profile="offline", return_state=True)
     assert state.is_completed(), state
     runs = recorded_task_runs(
-        str(state.state_details.flow_run_id), lambda rs: any(r.name.startswith("select") for r in rs)
-    )
+        str(state.state_details.flow_run_id), lambda rs: any(r.name.startswith("select · ") for r in rs)
+    )  # not just "select": the engine's generated name (`select-123`) is recorded before the task_run_name
     names = [r.name for r in runs if r.name.startswith("select")]
     # The test clock's today is 2026-11-18 (conftest), so the default window is the seven days to it.
     assert names == ["select · 2026-11-12 to 2026-11-18"], names
