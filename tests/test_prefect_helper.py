@@ -96,13 +96,8 @@ def test_an_escalated_call_renames_its_task_run_marker_first_and_shows_its_whole
     row = next(r for r in rows if r["escalated_from"])
     attempts = [r for r in rows if r["task_run_id"] == row["task_run_id"]]
     assert [r["tier"] for r in attempts] == ["light", "light", "standard"]  # a retry on light, then one tier up
-    deadline = time.monotonic() + 600  # the server records task runs in the background, slowly under load
-    with get_client(sync_client=True) as client:
-        while True:
-            task_run = client.read_task_run(row["task_run_id"])
-            if task_run.name.startswith("[light>") or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
+    with get_client(sync_client=True) as client:  # the server records the task run, then its names, late under load
+        task_run = recorded_task_run(client, row["task_run_id"], until=lambda t: t.name.startswith("[light>"))
         (artifact,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[row["task_run_id"]]))
         )
