@@ -215,3 +215,18 @@ def recorded_task_run(client: object, task_run_id: object, until: object = None,
     raise AssertionError(
         f"the Prefect server did not record task run {task_run_id} as expected within {timeout_s:g} s ({seen})"
     )
+
+
+def run_reading_week_on_double(reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The reading-notes flow over the fixture week, on Anthropic's wire double answering as the offline skills."""
+    from datetime import date
+
+    from responders import skilled
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
+    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
+    double.responder = skilled()
+    return reading_notes(vault=str(reading_vault), since=date(2026, 11, 16), until=date(2026, 11, 22))

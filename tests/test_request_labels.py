@@ -6,13 +6,12 @@ real SQLite and PostgreSQL ledgers."""
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 
 import frontmatter
 import pytest
 import sqlalchemy as sa
-from conftest import anthropic_config, call_record, write_config
+from conftest import anthropic_config, call_record, run_reading_week_on_double, write_config
 from test_request_router import CHECK, Out
 from test_request_router import easy as plain
 from test_request_router import hard as dense
@@ -67,15 +66,7 @@ def test_label_rule_a_human_edit_outranks_a_check_pass_and_a_good_rating_a_judge
 def test_a_first_answer_that_passed_its_checks_is_learned_as_a_fail_once_the_lecturer_rewrote_its_note(
     tmp_path, monkeypatch, double, reading_vault, prefect_harness
 ):
-    from responders import skilled
-
-    from tierflow.flows.reading_notes import reading_notes
-
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
-    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
-    double.responder = skilled()
-    summary = reading_notes(vault=str(reading_vault), since=date(2026, 11, 16), until=date(2026, 11, 22))
+    summary = run_reading_week_on_double(reading_vault, double, monkeypatch)
     rewritten_path, kept_path, *_ = sorted(w.path for w in summary.written)
     ledger = Ledger.for_vault(reading_vault)
 

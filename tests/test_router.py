@@ -7,12 +7,11 @@ import json
 import math
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import frontmatter
 import pytest
-from conftest import REPO, anthropic_config, write_config
+from conftest import REPO, anthropic_config, run_reading_week_on_double, write_config
 from pydantic import BaseModel
 
 from tierflow.core.calls import Caller, RunSettings
@@ -155,15 +154,7 @@ def test_adaptive_explores_the_next_tier_in_shadow(tmp_path, monkeypatch, double
 def test_an_edited_draft_and_a_bad_rating_become_failures_of_the_calls_that_wrote_it(
     tmp_path, monkeypatch, double, reading_vault, prefect_harness
 ):
-    from responders import skilled
-
-    from tierflow.flows.reading_notes import reading_notes
-
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    existing = (reading_vault / ".tierflow" / "config.toml").read_text()
-    write_config(reading_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
-    double.responder = skilled()
-    summary = reading_notes(vault=str(reading_vault), since=date(2026, 11, 16), until=date(2026, 11, 22))
+    summary = run_reading_week_on_double(reading_vault, double, monkeypatch)
     first, second, *_ = sorted(w.path for w in summary.written)
     rewritten = frontmatter.load(reading_vault / first)
     rewritten.content = "My own view, entirely rewritten: feedback is a dialogue, not a transmission."
