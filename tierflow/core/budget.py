@@ -40,7 +40,7 @@ from tierflow.core.ledger import (
     period_start,
     reservations,
     spent_from_calls,
-    spent_total,
+    spent_totals,
     track,
 )
 from tierflow.core.routing import Route
@@ -286,17 +286,18 @@ class Budgets:
     def forecasts(self, now: datetime | None = None) -> list[Forecast]:
         """Each period budget's projected use at the end of its period, at the rate of the period so far."""
         now = now or clock.now()
-        out = []
+        periodic = [(name, b) for name, b in self.config.settings.budgets.items() if b.period != "run"]
         with self.ledger.transaction() as conn:
-            self._track(conn, now)
-            held = _held(conn)
-            for name, budget in self.config.settings.budgets.items():
-                if budget.period == "run":
-                    continue
-                state = self.state(conn, name, budget, now, held=held)
-                start = datetime.fromisoformat(self.period_start(budget, now) or "")
-                out.append(forecast(state, start, self.period_end(budget, now) or now, now))
-        return out
+            states = self.states_in(conn, periodic, now)
+        return [
+            forecast(
+                state,
+                datetime.fromisoformat(self.period_start(budget, now) or ""),
+                self.period_end(budget, now) or now,
+                now,
+            )
+            for state, (_, budget) in zip(states, periodic, strict=True)
+        ]
 
     def state(
         self,
@@ -311,46 +312,69 @@ class Budgets:
 
         `held`: the open reservations (`_held(conn)`), read once for every budget of a check.
         """
-        # USD per token for models of unknown price, where this budget allows them (else they count 0:
-        # none runs under its USD limit, so such rows predate it or belong to other scopes).
-        fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
-        scope = self.scope_of(budget)
-        tracked = self._track(conn, now)
-        start = self.period_start(budget, now)
-        if start is None:
-            spent = spent_total(conn, scope, self.run_id) if self.run_id else (0.0, 0, 0)
-        elif scope.key in tracked and tracked[scope.key] is not None and start >= (tracked[scope.key] or ""):
-            spent = spent_total(conn, scope, start)
-        else:  # a period before the totals began (a report on an earlier `now`): summed from the calls
-            end = period_end(budget.period, self.tz, start).isoformat(timespec="microseconds")
-            spent = spent_from_calls(conn, scope, start=start, end=end)
-        held_usd, held_tokens = 0.0, 0
-        for r in _held(conn) if held is None else held:
-            in_period = r.run_id == self.run_id if start is None else r.created >= start
-            if in_period and all(not getattr(scope, k) or getattr(scope, k) == getattr(r, k) for k in _FILTERS):
-                held_usd += float(r.usd or 0.0) + (0.0 if r.priced else fallback * (r.tokens or 0))
-                held_tokens += int(r.tokens or 0)
-        return BudgetState(
-            name=name,
-            scope=self.scope(name, budget),
-            limit_usd=budget.usd,
-            limit_tokens=budget.tokens,
-            spent_usd=spent[0] + fallback * spent[2],
-            spent_tokens=spent[1],
-            reserved_usd=held_usd,
-            reserved_tokens=held_tokens,
-            policy=budget.policy,
-            min_output_tokens=budget.min_output_tokens,
-            clamp=budget.clamp_output,
-            tier=budget.tier,
-            unpriced=budget.unpriced,
-            fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
-        )
+        return self.states_in(conn, [(name, budget)], now, held=held)[0]
 
-    def states_in(self, conn: Connection, budgets: Sequence[tuple[str, BudgetConfig]]) -> list[BudgetState]:
-        """`state` of each of `budgets` inside `conn`'s transaction, the reservations in flight read once."""
-        held = _held(conn)
-        return [self.state(conn, name, budget, held=held) for name, budget in budgets]
+    def states_in(
+        self,
+        conn: Connection,
+        budgets: Sequence[tuple[str, BudgetConfig]],
+        now: datetime | None = None,
+        *,
+        held: Sequence[Any] | None = None,
+    ) -> list[BudgetState]:
+        """`state` of each of `budgets` inside `conn`'s transaction: the reservations in flight read once (unless
+        given as `held`), and every budget's running total in one statement."""
+        tracked = self._track(conn, now)
+        held = _held(conn) if held is None else held
+        # Each budget's spent amount: from the running totals (all read in one statement below), or summed from the
+        # calls for a period before the totals began (a report on an earlier `now`), or none (a run budget, no run).
+        wanted: list[tuple[Scope, str]] = []
+        plans = []
+        for name, budget in budgets:
+            scope = self.scope_of(budget)
+            start = self.period_start(budget, now)
+            period = self.run_id if start is None else start
+            fixed: tuple[float, int, int] | None = None
+            if start is None and not self.run_id:
+                fixed = (0.0, 0, 0)
+            elif start is not None and not (tracked.get(scope.key) is not None and start >= (tracked[scope.key] or "")):
+                end = period_end(budget.period, self.tz, start).isoformat(timespec="microseconds")
+                fixed = spent_from_calls(conn, scope, start=start, end=end)
+            else:
+                wanted.append((scope, period or ""))
+            plans.append((name, budget, scope, start, fixed))
+        totals = iter(spent_totals(conn, wanted))
+        out = []
+        for name, budget, scope, start, fixed in plans:
+            spent = next(totals) if fixed is None else fixed
+            # USD per token for models of unknown price, where this budget allows them (else they count 0:
+            # none runs under its USD limit, so such rows predate it or belong to other scopes).
+            fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
+            held_usd, held_tokens = 0.0, 0
+            for r in held:
+                in_period = r.run_id == self.run_id if start is None else r.created >= start
+                if in_period and all(not getattr(scope, k) or getattr(scope, k) == getattr(r, k) for k in _FILTERS):
+                    held_usd += float(r.usd or 0.0) + (0.0 if r.priced else fallback * (r.tokens or 0))
+                    held_tokens += int(r.tokens or 0)
+            out.append(
+                BudgetState(
+                    name=name,
+                    scope=self.scope(name, budget),
+                    limit_usd=budget.usd,
+                    limit_tokens=budget.tokens,
+                    spent_usd=spent[0] + fallback * spent[2],
+                    spent_tokens=spent[1],
+                    reserved_usd=held_usd,
+                    reserved_tokens=held_tokens,
+                    policy=budget.policy,
+                    min_output_tokens=budget.min_output_tokens,
+                    clamp=budget.clamp_output,
+                    tier=budget.tier,
+                    unpriced=budget.unpriced,
+                    fallback_usd_per_mtok=budget.fallback_usd_per_mtok or 0.0,
+                )
+            )
+        return out
 
     def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
@@ -358,12 +382,8 @@ class Budgets:
             with self.ledger.transaction() as conn:
                 self._track(conn, now)
         with self.ledger.reading() as conn:
-            held = _held(conn)
-            return [
-                self.state(conn, name, b, now, held=held)
-                for name, b in self.config.settings.budgets.items()
-                if phase is None or b.phase in (None, phase)
-            ]
+            budgets = self.config.settings.budgets.items()
+            return self.states_in(conn, [(n, b) for n, b in budgets if phase is None or b.phase in (None, phase)], now)
 
     def reserve(self, candidates: Sequence[tuple[Route, Estimate]], *, wait: bool = True) -> Reservation:
         """Reserve the first candidate that fits every applicable budget.
@@ -391,24 +411,25 @@ class Budgets:
         *,
         wait: bool = True,
         expired: bool = False,
-        claim: Callable[[Connection, Route], bool] | None = None,
+        claim: Callable[[Connection, Route, Sequence[BudgetState]], bool] | None = None,
     ) -> Reservation | None:
         """One try at `reserve`, inside the caller's write transaction: the reservation, or None to wait.
 
         None means the call would fit once the calls in flight settle (until `expired`), or that `claim` (which
-        may take something else in the same transaction, such as a tier slot, for the chosen route) said no.
+        may take something else in the same transaction, such as a tier slot, for the chosen route, and is given
+        the budget states this try read) said no.
         """
         self._track(conn)  # first: a scope new to the ledger takes the migration lock before the budget lock
         _lock(conn)
-        conn.execute(_RELEASE_EXPIRED, {"now": database_seconds(conn)})
+        db_now = database_seconds(conn)
+        conn.execute(_RELEASE_EXPIRED, {"now": db_now})
         applicable = self.applicable(candidates[0][0].phase)
-        held = _held(conn) if applicable else ()
-        states = [self.state(conn, name, b, held=held) for name, b in applicable]
+        states = self.states_in(conn, applicable) if applicable else []
         decision = decide_reservation(candidates, states, wait=wait)
         if isinstance(decision, Reservation):
-            if claim is not None and not claim(conn, decision.route):
+            if claim is not None and not claim(conn, decision.route, states):
                 return None
-            return self._insert(conn, decision)
+            return self._insert(conn, decision, db_now)
         if decision is _WAIT and not expired:
             return None
         state, candidate, est = decision if decision is not _WAIT else _blocker(candidates, states)
@@ -430,9 +451,9 @@ class Budgets:
             scope=state.scope,
         )
 
-    def _insert(self, conn: Connection, reservation: Reservation) -> Reservation:
+    def _insert(self, conn: Connection, reservation: Reservation, now: float) -> Reservation:
+        """Insert the reservation, its lease measured from `now` (`database_seconds`, read in this transaction)."""
         est = reservation.estimate
-        now = database_seconds(conn)
         # One compiled statement with bound parameters, as `Ledger.record` does: cheaper than `.values(...)`.
         reservation_id = conn.execute(
             reservations.insert(),

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
 from tierflow.core import clock, telemetry
-from tierflow.core.budget import Budgets, Estimate, Reservation, estimate, padded
+from tierflow.core.budget import Budgets, BudgetState, Estimate, Reservation, estimate, padded
 from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
@@ -341,7 +341,9 @@ class Caller:
             candidates.append((cheaper, self.estimate(cheaper, cheaper_request, batch=batch, provider_count=counted)))
         return candidates
 
-    def _near_cap(self, routed: Route, request: Request, *, batch: bool, conn: Connection | None = None) -> bool:
+    def _near_cap(
+        self, routed: Route, request: Request, *, batch: bool, states: Sequence[BudgetState] | None = None
+    ) -> bool:
         """Whether a capped budget's remainder could be overrun by a prompt that the offline o200k count (with
         its headroom) undercounts, so the provider's own counter must size the reservation.
 
@@ -349,7 +351,8 @@ class Caller:
         tokens) and its counter is free; OpenAI's models count in o200k. The bound is the prompt's UTF-8 bytes
         plus `FRAMING_TOKENS` (no byte-level tokenizer spends more than a token per byte): when that worst case
         fits every capped budget that applies, the count cannot matter and no round trip is made. Without a
-        capped budget this costs nothing; with one, a read of its state (inside `conn`'s transaction if given).
+        capped budget this costs nothing; with one, a read of its state, unless `states` (those a reservation's
+        transaction has just read, `Budgets.reserve_in`'s `claim`) are given.
         """
         if routed.provider_kind != "anthropic":
             return False
@@ -359,12 +362,13 @@ class Caller:
         schema = json.dumps(request.schema) if request.schema else ""
         text = request.system + request.cache_prefix + request.prompt + schema
         worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
-        if conn is None:
+        if states is None:
             # A write transaction: the first budget check of a process may register the config's budget scopes.
             with self.ledger.transaction() as own:
                 states = self.budgets.states_in(own, capped)
         else:
-            states = self.budgets.states_in(conn, capped)
+            names = {name for name, _ in capped}
+            states = [s for s in states if s.name in names]
         return not all(s.fits(s.usd_of(worst) or 0.0, worst.tokens) for s in states if s.applies_to(routed))
 
     def build(
@@ -856,8 +860,8 @@ class Caller:
         budget_delay, slot_delay = 0.01, POLL_S[0]
         recount = [False, False]  # asked for, done: near a cap, the provider's counter sizes the prompt
 
-        def claim(conn: Connection, chosen: Route) -> bool:
-            if not recount[1] and self._near_cap(chosen, request, batch=False, conn=conn):
+        def claim(conn: Connection, chosen: Route, states: Sequence[BudgetState]) -> bool:
+            if not recount[1] and self._near_cap(chosen, request, batch=False, states=states):
                 recount[0] = True
                 return False
             return scope.claim(conn, chosen)

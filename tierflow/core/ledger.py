@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -1285,9 +1285,9 @@ def totals_key(scope: str, period: str) -> str:
 
 
 _SCOPES = sa.select(budget_scopes)
-_TOTALS = sa.select(budget_totals.c.usd, budget_totals.c.tokens, budget_totals.c.unpriced_tokens).where(
-    budget_totals.c.key == sa.bindparam("key")
-)
+_TOTALS = sa.select(
+    budget_totals.c.key, budget_totals.c.usd, budget_totals.c.tokens, budget_totals.c.unpriced_tokens
+).where(budget_totals.c.key.in_(sa.bindparam("keys", expanding=True)))
 
 
 def count_spend(conn: Connection, spent: Spent) -> None:
@@ -1329,10 +1329,17 @@ def _add_statement(dialect: str) -> Any:
     )
 
 
-def spent_total(conn: Connection, scope: Scope, period: str) -> tuple[float, int, int]:
-    """(USD, tokens, unpriced tokens) the scope's running totals hold for `period` (a period start or a run id)."""
-    row = conn.execute(_TOTALS, {"key": totals_key(scope.key, period)}).first()
-    return (0.0, 0, 0) if row is None else (float(row.usd), int(row.tokens), int(row.unpriced_tokens))
+def spent_totals(conn: Connection, wanted: Sequence[tuple[Scope, str]]) -> list[tuple[float, int, int]]:
+    """(USD, tokens, unpriced tokens) the running totals hold for each (scope, period) of `wanted` (a period start
+    or a run id), read in one statement: a budget check costs one round trip however many budgets apply."""
+    keys = [totals_key(scope.key, period) for scope, period in wanted]
+    if not keys:
+        return []
+    found = {row.key: row for row in conn.execute(_TOTALS, {"keys": sorted(set(keys))})}
+    return [
+        (float(row.usd), int(row.tokens), int(row.unpriced_tokens)) if (row := found.get(key)) else (0.0, 0, 0)
+        for key in keys
+    ]
 
 
 def spent_from_calls(
