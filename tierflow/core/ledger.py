@@ -1202,7 +1202,12 @@ def lock_budgets(conn: Connection) -> None:
     """Serialise budget checks and the writes they read: SQLite's `BEGIN IMMEDIATE` already does; PostgreSQL
     takes a transaction-scoped advisory lock."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({BUDGET_LOCK})")
+        # Once per transaction: a settlement takes it and then records the call, whose totals would ask again
+        # (each a round trip).
+        transaction = conn.get_transaction()
+        if conn.info.get("tierflow_budget_lock") is not transaction:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({BUDGET_LOCK})")
+            conn.info["tierflow_budget_lock"] = transaction
 
 
 def period_start(period: str, tz: ZoneInfo, now: datetime) -> str | None:
