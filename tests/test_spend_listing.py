@@ -3,6 +3,8 @@ per-row encoding (`json.dumps` of each row's dict) wrote, for every kind of valu
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import random
@@ -174,3 +176,38 @@ def test_plain_rows_are_written_by_the_database_and_only_odd_ones_by_json(
         assert reread == []
         assert from_database(ledger, fmt, capsys, 1) == per_row(ledger, fmt, capsys)
         assert len(reread) > 30  # the rows holding a quote, a backslash, a control character, DEL or non-ASCII
+
+
+def test_spend_lists_the_newest_calls_in_a_table_and_says_how_many_matched(tmp_path: Path):
+    """A year's ledger is not printed whole by a bare `tierflow spend`: the table lists the newest 50 calls and says
+    how many there are; `--last N` chooses N for every format (0: every call), and cannot be mixed with `--by`."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", "")
+    ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+    fill(ledger, 120)
+    rows = ledger.rows()
+    runner = CliRunner()
+
+    def spend(*args: str) -> str:
+        result = runner.invoke(app, ["spend", "--vault", str(vault), *args], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    table = spend()
+    assert "the newest 50 of 120 calls" in table and "--last N lists more" in table
+    assert table.count("2026-11-") == 50 and "2026-11-08 23:00:00" in table  # the newest row is there
+    assert spend("--last", "0").count("2026-11-") == 120 and "of 120" not in spend("--last", "0")
+    assert spend("--last", "500").count("2026-11-") == 120
+    assert [json.loads(line)["id"] for line in spend("--last", "3", "--format", "jsonl").splitlines()] == [
+        r["id"] for r in rows[-3:]
+    ]
+    assert [r["id"] for r in json.loads(spend("--last", "2", "--format", "json"))] == [r["id"] for r in rows[-2:]]
+    assert spend("--last", "2", "--format", "jsonl") == "".join(json.dumps(r) + "\n" for r in rows[-2:])
+    assert spend("--last", "2", "--project", "thesis", "--format", "jsonl") == "".join(
+        json.dumps(r) + "\n" for r in [r for r in rows if r["project"] == "thesis"][-2:]
+    )
+    listed = list(csv.DictReader(io.StringIO(spend("--last", "4", "--format", "csv"))))
+    assert [int(r["id"]) for r in listed] == [r["id"] for r in rows[-4:]]
+    assert len(spend("--format", "jsonl").splitlines()) == 120  # machine formats list every call by default
+    mixed = runner.invoke(app, ["spend", "--vault", str(vault), "--last", "3", "--by", "tier"])
+    assert mixed.exit_code != 0 and "--last lists calls; --by adds them up" in mixed.output

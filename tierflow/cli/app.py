@@ -48,6 +48,9 @@ app.command("trial")(trial)
 budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 
+TABLE_LAST = 50
+"""Calls `tierflow spend` lists as a table by default: the newest, as a terminal can show them (`--last 0`: all)."""
+
 TierOpt = Annotated[
     list[str] | None,
     typer.Option("--tier", "-t", help="Override a phase's tier, as PHASE=TIER (repeatable)."),
@@ -181,6 +184,17 @@ def spend(
             "budgets and calls in flight. Ctrl-C stops it.",
         ),
     ] = False,
+    last: Annotated[
+        int | None,
+        typer.Option(
+            "--last",
+            min=0,
+            metavar="N",
+            help="List only the newest N calls (default: 50 in the table, every call in json, jsonl, csv and "
+            "otel); 0 lists every call.",
+            show_default=False,
+        ),
+    ] = None,
     interval: Annotated[float, typer.Option("--interval", help="With --watch: seconds between redraws.")] = 2.0,
     period: Annotated[
         str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
@@ -215,13 +229,22 @@ def spend(
     # Totals are added up by the database; rows are listed as they are read, never all held at once.
     filters = {"since": since, "run_id": run, "project": project}
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
+    if group is not None and last is not None:
+        raise fail("--last lists calls; --by adds them up. Use one of them.")
+    if last == 0:
+        last = None
+    elif last is None and fmt is Format.table and group is None:
+        last = TABLE_LAST
     out = sys.stdout
     if fmt in (Format.json, Format.jsonl) and group is None:
-        _write_json_text(ledger.stream_json(indent=fmt is Format.json, **filters), fmt)
+        _write_json_text(ledger.stream_json(indent=fmt is Format.json, last=last, **filters), fmt)
     elif fmt in (Format.json, Format.jsonl):
         _write_json(ledger_summary(ledger, group, **filters), fmt)
     elif fmt is Format.csv:
-        data = ledger.stream_rows(**filters) if group is None else iter(ledger_summary(ledger, group, **filters))
+        if group is None:
+            data = ledger.stream_rows(last=last, **filters)
+        else:
+            data = iter(ledger_summary(ledger, group, **filters))
         first = next(data, None)
         fields = list(COLUMNS) if group is None else list(first) if first else [group]
         writer = csv.DictWriter(out, fieldnames=fields)
@@ -232,7 +255,7 @@ def spend(
     elif fmt is Format.otel:
         from tierflow.report.spend import otel_record
 
-        for row in ledger.stream_rows(**filters):
+        for row in ledger.stream_rows(last=last, **filters):
             out.write(json.dumps(otel_record(row)) + "\n")
     else:
         from rich.console import Console
@@ -241,7 +264,9 @@ def spend(
         from tierflow.report.spend import ledger_spend, spend_table
 
         if group is None:
-            show(Console(), spend_table(ledger.rows(**filters), None))
+            rows = ledger.rows(last=last, **filters)
+            shown = len(rows) if last is None or len(rows) < last else ledger.count_calls(**filters)
+            show(Console(), spend_table(rows, None, of=shown))
         else:
             show(Console(), spend_table([], group, groups=ledger_spend(ledger, group, **filters)))
 

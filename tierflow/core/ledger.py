@@ -926,9 +926,10 @@ class Ledger:
         run_id: str | None = None,
         flow: str | None = None,
         project: str | None = None,
+        last: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Ledger rows, oldest first, with the stable column names."""
-        return list(self.stream_rows(since=since, run_id=run_id, flow=flow, project=project))
+        """Ledger rows, oldest first, with the stable column names; with `last`, only the newest `last` of them."""
+        return list(self.stream_rows(since=since, run_id=run_id, flow=flow, project=project, last=last))
 
     def stream_rows(
         self,
@@ -938,21 +939,33 @@ class Ledger:
         flow: str | None = None,
         project: str | None = None,
         batch: int = 2000,
+        last: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """`rows`, one at a time, fetched `batch` at a time: a listing of a large ledger never holds it whole."""
-        query = sa.select(*[calls.c[name] for name in COLUMNS]).order_by(calls.c.id)
-        if since:
-            query = query.where(calls.c.timestamp >= since)
-        if run_id:
-            query = query.where(calls.c.run_id == run_id)
-        if flow:
-            query = query.where(calls.c.flow == flow)
-        if project:
-            query = query.where(calls.c.project == project)
+        query = sa.select(*[calls.c[name] for name in COLUMNS]).where(*_call_filters(since, run_id, flow, project))
+        if last is not None:
+            # The newest `last` by id (the primary key, read backwards), then oldest first like every listing.
+            newest = query.order_by(calls.c.id.desc()).limit(last).subquery()
+            query = sa.select(*[newest.c[name] for name in COLUMNS]).order_by(newest.c.id)
+        else:
+            query = query.order_by(calls.c.id)
         with self.engine.connect() as conn, conn.begin():
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
             for row in result:
                 yield dict(zip(COLUMNS, row, strict=True))
+
+    def count_calls(
+        self,
+        *,
+        since: str | None = None,
+        run_id: str | None = None,
+        flow: str | None = None,
+        project: str | None = None,
+    ) -> int:
+        """How many calls `rows` would list (counted on the database)."""
+        query = sa.select(sa.func.count()).select_from(calls).where(*_call_filters(since, run_id, flow, project))
+        with self.reading() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def stream_json(
         self,
@@ -963,10 +976,11 @@ class Ledger:
         flow: str | None = None,
         project: str | None = None,
         batch: int = 20_000,
+        last: int | None = None,
     ) -> Iterator[str]:
         """`stream_rows` as JSON text, character for character as `json.dumps(row)` writes each row (`indent=False`),
         or as an element of `json.dumps(rows, indent=2)` (`indent=True`); each piece is up to `batch` rows joined by
-        the separator that goes between them (`"\\n"`, or `",\\n  "`).
+        the separator that goes between them (`"\\n"`, or `",\\n  "`); with `last`, only the newest `last` rows.
 
         The database writes each row's text (SQLite leaves the floats to Python, whose `repr` is JSON's), read
         through the driver's cursor `batch` rows at a time: no dict, no encoder call per row. A row with a character
@@ -980,11 +994,10 @@ class Ledger:
                 where.append(f'"{column}" {op} {mark}')
                 params.append(value)
         items, template = _listing_sql(dialect, indent)
-        sql = (
-            f"SELECT {', '.join(items)} FROM calls"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
-            + " ORDER BY id"
-        )
+        conditions = f" WHERE {' AND '.join(where)}" if where else ""
+        if last is not None:  # the newest `last` ids that match, read backwards along the primary key
+            conditions = f" WHERE id IN (SELECT id FROM calls{conditions} ORDER BY id DESC LIMIT {int(last)})"
+        sql = f"SELECT {', '.join(items)} FROM calls{conditions} ORDER BY id"
         between = ",\n  " if indent else "\n"
         with self.engine.connect() as conn, conn.begin():
             raw = conn.connection.driver_connection
@@ -1452,6 +1465,22 @@ def _rebuild(conn: Connection, scope: Scope, tracked_from: str | None) -> None:
         if end > last:
             return
         start = end
+
+
+def _call_filters(
+    since: str | None, run_id: str | None, flow: str | None, project: str | None
+) -> list[sa.ColumnElement[bool]]:
+    """The conditions of a listing's filters (`Ledger.rows`): calls on or after `since`, of a run, flow or project."""
+    conditions = []
+    if since:
+        conditions.append(calls.c.timestamp >= since)
+    if run_id:
+        conditions.append(calls.c.run_id == run_id)
+    if flow:
+        conditions.append(calls.c.flow == flow)
+    if project:
+        conditions.append(calls.c.project == project)
+    return conditions
 
 
 def _listing_sql(dialect: str, indent: bool) -> tuple[list[str], str]:

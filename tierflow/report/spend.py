@@ -357,12 +357,26 @@ def otel_record(row: dict[str, Any]) -> dict[str, Any]:
     return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes_of(row)}
 
 
-def spend_table(rows: Sequence[dict[str, Any]], group: str | None, *, groups: Sequence[Spend] | None = None) -> Any:
-    """A rich Table of calls, or of totals per group (`groups`, if already added up, else from `rows`)."""
+def spend_table(
+    rows: Sequence[dict[str, Any]],
+    group: str | None,
+    *,
+    groups: Sequence[Spend] | None = None,
+    of: int | None = None,
+) -> Any:
+    """A rich Table of calls, or of totals per group (`groups`, if already added up, else from `rows`).
+
+    `of`: how many calls matched, when `rows` are only the newest of them."""
     from rich.table import Table
 
     if group is None:
-        table = Table(title=f"Ledger: {len(rows)} calls")
+        if of is not None and of > len(rows):
+            table = Table(
+                title=f"Ledger: the newest {len(rows):,} of {of:,} calls",
+                caption="--last N lists more (0: every call); --by day, phase, project ... totals them",
+            )
+        else:
+            table = Table(title=f"Ledger: {len(rows)} calls")
         for col in ("when", "flow", "phase", "tier", "model", "in", "out", "cache r/w", "reason", "cost"):
             table.add_column(col, justify="right" if col in ("in", "out", "reason", "cost") else "left")
         for r in rows:
