@@ -14,7 +14,7 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -26,7 +26,7 @@ from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
-from tierflow.core.progress import prefect_progress
+from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
 
 R = TypeVar("R")
@@ -191,12 +191,18 @@ def run_profile(settings: RunSettings) -> str:
     return config.settings.profile
 
 
-def run_span(settings: RunSettings) -> AbstractContextManager[None]:
-    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+@contextmanager
+def run_span(settings: RunSettings) -> Iterator[None]:
+    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set). At its end
+    the run's progress artifact, sent in the background while the phases ran, has reached Prefect."""
     flow_run_id, _ = prefect_run_ids()
-    return telemetry.flow_run_span(
+    with telemetry.flow_run_span(
         run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
-    )
+    ):
+        try:
+            yield
+        finally:
+            flush_progress()
 
 
 def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:

@@ -1,0 +1,64 @@
+"""A fanned-out phase's own work between its task runs: what it asks of the Prefect server, and what it waits for."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from tierflow.core.calls import RunSettings
+
+
+def test_a_phase_never_waits_for_its_progress_artifact_and_the_run_ends_once_it_is_sent(
+    tmp_path: Path, monkeypatch, prefect_harness
+):
+    """The progress artifact is sent from a background thread, newest first: while the server is slow to answer
+    (here it answers nothing until the phase has finished), the phase submits and gathers its task runs, and the
+    updates that pile up meanwhile become one. The run's end (`run_span`) waits until the last one is sent."""
+    import prefect.artifacts as artifacts
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    import tierflow.core.phases as phases
+
+    finished = threading.Event()
+    sent: list[str] = []
+
+    def held(send):  # noqa: ANN001, ANN202
+        def after_the_phase(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not finished.wait(30):  # the phase itself waits on this send: it never finishes
+                raise AssertionError("the phase waited for its progress artifact")
+            sent.append(kwargs["description"])
+            return send(*args, **kwargs)
+
+        return after_the_phase
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", held(artifacts.create_progress_artifact))
+    monkeypatch.setattr(artifacts, "update_progress_artifact", held(artifacts.update_progress_artifact))
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        from prefect.context import FlowRunContext
+
+        with phases.run_span(settings):
+            outcome = phases.fan_out(
+                item, settings, list(range(4)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+            )
+            finished.set()
+        return outcome, FlowRunContext.get().flow_run.id
+
+    settings = RunSettings(vault=str(tmp_path), run_id="progress", flow="phases", profile="offline")
+    outcome, flow_run_id = phase(settings)
+    assert outcome.results == [0, 1, 2, 3]
+    # The first (0 of 4) was held until the phase finished; the four updates queued meanwhile went as the last one.
+    assert len(sent) == 2 and sent[0] == "collate: 0/4" and sent[1].startswith("collate: 4/4 ")
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert artifact.type == "progress" and float(artifact.data) == round(100 / 3, 1)
+    assert artifact.description == sent[1]
