@@ -866,7 +866,8 @@ class Caller:
             scope.slot = NO_SLOT
             given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait below
             try:
-                with self.ledger.transaction() as conn:
+                # Urgent: ahead of the settlements of calls that have answered (`ledger.WriterGate`).
+                with self.ledger.transaction(urgent=True) as conn:
                     if key is not None:
                         hit = self.ledger.cached_response(key, conn=conn)
                         if hit is not None:
