@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+from conftest import anthropic_config, write_config
+
 from tierflow.core.calls import RunSettings
 
 
@@ -62,3 +65,48 @@ def test_a_phase_never_waits_for_its_progress_artifact_and_the_run_ends_once_it_
         )
     assert artifact.type == "progress" and float(artifact.data) == round(100 / 3, 1)
     assert artifact.description == sent[1]
+
+
+@pytest.mark.parametrize(("mechanism", "started"), [("ledger", 6), ("prefect", 2)])
+def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
+    tmp_path: Path, double, prefect_harness, mechanism: str, started: int
+):
+    """With `[run] workers = 2` and a tier `concurrency` of 3 held by ledger slots, a phase keeps 6 task runs
+    unfinished: one in flight per slot and the next one waiting for it. Under Prefect's tag limits (which hold
+    whole task runs) `workers` alone bounds it."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+
+    text = anthropic_config(double, f'[limits]\nmechanism = "{mechanism}"\n[run]\nworkers = 2\n')
+    write_config(
+        tmp_path / ".tierflow" / "config.toml",
+        text.replace("max_output_tokens = 1024\n", "max_output_tokens = 1024\nconcurrency = 3\n", 1),
+    )
+    together = threading.Barrier(started, timeout=60)  # the first `started` items finish only once all have started
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            if index < started:
+                together.wait()
+            return index
+        finally:
+            with lock:
+                running[0] -= 1
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(9)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    settings = RunSettings(vault=str(tmp_path), run_id=f"started-{mechanism}", flow="phases")
+    outcome = phase(settings)
+    assert outcome.results == list(range(9)) and not outcome.skipped
+    assert running[1] == started

@@ -35,7 +35,7 @@ from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, sig
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
-from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots
+from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
 
@@ -179,7 +179,8 @@ class Caller:
             config_path=Path(settings.config_path) if settings.config_path else None,
             profile=settings.profile,
         )
-        self.ledger = Ledger(self.config.ledger_url, workers=self.config.settings.run.workers)
+        # Pooled for the task runs a phase keeps unfinished at once, which tier limits may raise above `workers`.
+        self.ledger = Ledger(self.config.ledger_url, workers=started_task_runs(self.config))
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )

@@ -28,6 +28,7 @@ from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
+from tierflow.core.slots import started_task_runs
 
 R = TypeVar("R")
 
@@ -274,7 +275,8 @@ def fan_out(
     path: Callable[[T], str] = lambda _: "",
     warm: bool = False,
 ) -> PhaseOutcome[R]:
-    """Submit one tagged task per item, at most `[run] workers` unfinished at once, and gather them as they finish.
+    """Submit one tagged task per item, at most `[run] workers` unfinished at once (at least twice the largest
+    ledger-enforced tier `concurrency`: `slots.started_task_runs`), and gather them as they finish.
 
     The bound is a sliding window here, not a smaller task runner: the worker count comes from the vault's
     config, known only once the run has started, and it holds under any task runner (threads or Dask). A
@@ -288,7 +290,7 @@ def fan_out(
     calls started together would each pay the cache write.
     """
     outcome: PhaseOutcome[R] = PhaseOutcome()
-    workers = caller_for(settings).config.settings.run.workers
+    workers = started_task_runs(caller_for(settings).config)
     finished_queue: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
