@@ -110,3 +110,42 @@ def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
     outcome = phase(settings)
     assert outcome.results == list(range(9)) and not outcome.skipped
     assert running[1] == started
+
+
+def test_a_phase_warms_its_first_calls_route_ahead_of_them(tmp_path: Path, double, monkeypatch, prefect_harness):
+    """Before its task runs start, a phase has the process load the tokenizer and prices and build the SDK client
+    of its first item's route, in the background (`Caller.warm`); without an API key that is left to the call."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+    from tierflow.core.calls import Caller, caller_for
+
+    write_config(tmp_path / ".tierflow" / "config.toml", anthropic_config(double))
+    settings = RunSettings(vault=str(tmp_path), run_id="warm-route", flow="phases")
+    caller_for(settings).warm(caller_for(settings).route("collate", "low"))  # no key: no client, no error
+    assert "client" not in vars(caller_for(settings).provider("anthropic"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    warmed: list[tuple[str, str]] = []
+    done = threading.Event()
+    warm = Caller.warm
+
+    def noted(caller, routed):  # noqa: ANN001, ANN202
+        warm(caller, routed)
+        warmed.append((routed.phase, routed.tier))
+        done.set()
+
+    monkeypatch.setattr(Caller, "warm", noted)
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    assert phase(settings).results == [0, 1, 2]
+    assert done.wait(60)  # a guard against a hang only
+    assert warmed == [("collate", "light")] and "client" in vars(caller_for(settings).provider("anthropic"))

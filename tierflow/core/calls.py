@@ -199,6 +199,26 @@ class Caller:
                 self._providers[name] = make_provider(name, self.config.settings.providers[name])
             return self._providers[name]
 
+    def warm(self, routed: Route) -> None:
+        """Do this process's one-off work for calls on `routed` ahead of them: load the tokenizer and the model's
+        prices, and build the provider's SDK client (importing its HTTP stack).
+
+        Left to the first calls, a phase's first wave did it in every thread at once, under one import lock,
+        while Prefect started the phase's task runs: the first call was sent 0.8 s after its task run started
+        in a fresh process, against 0.02 s once warm (`benchmarks/tier_throughput.py`). A failure here (no API
+        key, no price) is the first call's to report."""
+        try:
+            count_tokens("warm")
+            price(
+                Usage(input_tokens=1, output_tokens=1),
+                routed.model,
+                provider_kind=routed.provider_kind,
+                override=self.config.tier(routed.tier).price,
+            )
+            getattr(self.provider(routed.provider), "client", None)
+        except Exception:
+            return
+
     def route(
         self,
         phase: str,

@@ -295,6 +295,11 @@ def fan_out(
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
+    if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
+        route_first = lambda: phase_route(  # noqa: E731
+            settings, phase=phase, complexity=complexity, front_matter=front_matter(items[0]), note=path(items[0])
+        )
+        threading.Thread(target=_warm, args=(settings, route_first), name="tierflow-warm", daemon=True).start()
     submitted = done = 0
     answers = TagAnswers(settings)
     try:
@@ -341,6 +346,13 @@ def fan_out(
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
     return outcome
+
+
+def _warm(settings: RunSettings, route_first: Callable[[], Route]) -> None:
+    try:
+        caller_for(settings).warm(route_first())
+    except Exception:  # a route that fails fails its item's task run, with its own error
+        return
 
 
 def single(
