@@ -592,3 +592,26 @@ def test_the_next_calls_claim_goes_ahead_of_the_answered_calls_settlement(
     assert after[0] == ("second", True) and ("first", False) in after
     rows = caller.ledger.rows()
     assert len(rows) == 2 and double.max_in_flight == 1 and slot_holders(caller) == []
+
+
+def test_a_sqlite_ledger_checkpoints_its_log_in_the_background_not_inside_a_write(tmp_path: Path, monkeypatch):
+    """SQLite's own checkpoint runs inside the commit that takes the log past 1000 pages, and this process's other
+    writers (the next call's claim among them) queue behind it. Here no connection checkpoints on commit, and a
+    background thread checkpoints every `CHECKPOINT_EVERY` writes."""
+    import tierflow.core.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_EVERY", 2)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    with ledger.reading() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    background = ledger_module.checkpointer(ledger.url, ledger.engine)
+    before = background.done
+    for n in range(4):
+        with ledger.transaction() as conn:
+            conn.execute(tier_slots.insert(), {"tier": "light", "holder": f"h{n}", "acquired": "", "lease_until": 0.0})
+    deadline = time.monotonic() + 60  # a guard against a hang only
+    while background.done == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tier_slots)).scalar() == 4
