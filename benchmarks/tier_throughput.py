@@ -126,10 +126,10 @@ class HandoffTrace:
                 trace._local.pending = "released"
 
         @contextmanager
-        def traced_transaction(ledger):  # noqa: ANN001, ANN202
+        def traced_transaction(ledger, **options):  # noqa: ANN001, ANN003, ANN202
             trace._local.pending = None
             asked = clock()
-            with transaction(ledger) as conn:
+            with transaction(ledger, **options) as conn:
                 trace._local.tx_entered = entered = clock()
                 yield conn
             done = clock()

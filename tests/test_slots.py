@@ -495,3 +495,123 @@ def test_an_answered_calls_slot_goes_to_the_next_call_before_its_verdict_and_set
     rows = caller.ledger.rows()
     assert double.max_in_flight == 1 and len(rows) == 2 and most_at_once(rows) <= 1
     assert slot_holders(caller) == [] and in_flight(caller.ledger) == {}
+
+
+def test_waiting_for_the_ledger_an_urgent_transaction_goes_ahead_of_the_ordinary_ones():
+    """This process's SQLite writers queue at one gate, in arrival order, except that an urgent one (the
+    transaction before a model call) goes ahead of every ordinary one waiting (settlements, lease renewals)."""
+    from tierflow.core.ledger import WriterGate
+
+    gate = WriterGate()
+    order: list[str] = []
+
+    def write(name: str, urgent: bool) -> threading.Thread:
+        def body() -> None:
+            with gate.held(urgent=urgent):
+                order.append(name)
+
+        thread = threading.Thread(target=body, daemon=True)
+        thread.start()
+        return thread
+
+    def until(waiting: tuple[int, int]) -> None:
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+        while gate.waiting() != waiting:
+            assert time.monotonic() < deadline, gate.waiting()
+            time.sleep(0.001)
+
+    with gate.held():
+        with gate.held():  # the holder may enter again
+            pass
+        threads = [write("settle 1", False)]
+        until((0, 1))
+        threads.append(write("settle 2", False))
+        until((0, 2))
+        threads.append(write("claim 1", True))
+        until((1, 2))
+        threads.append(write("claim 2", True))
+        until((2, 2))
+    for thread in threads:
+        thread.join(60)
+    assert order == ["claim 1", "claim 2", "settle 1", "settle 2"] and gate.waiting() == (0, 0)
+    with gate.held():  # free again
+        assert order
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+def test_the_next_calls_claim_goes_ahead_of_the_answered_calls_settlement(
+    tmp_path: Path, monkeypatch, double, ledger_url: str
+):
+    """With one slot, the call waiting for it and the call that has just answered both queue for the ledger: the
+    waiting call's reservation and claim go first, so the freed slot does not sit idle behind the settlement."""
+    from contextlib import contextmanager
+
+    from tierflow.core.ledger import writer_gate
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    caller = shared_slots(tmp_path, double, ledger_url, "urgent")
+    entered: list[tuple[str, bool]] = []
+    transaction = Ledger.transaction
+
+    @contextmanager
+    def noted(ledger, **options):  # noqa: ANN001, ANN003, ANN202
+        with transaction(ledger, **options) as conn:
+            entered.append((threading.current_thread().name, options.get("urgent", False)))
+            yield conn
+
+    monkeypatch.setattr(Ledger, "transaction", noted)
+    sent, answer = threading.Event(), threading.Event()
+
+    def responder(request):  # noqa: ANN001, ANN202
+        if "first" in request.text:
+            sent.set()
+            assert answer.wait(60)
+        return Reply(text="ok")
+
+    double.responder = responder
+
+    def ask(prompt: str) -> None:
+        caller.ask(phase="collate", complexity="low", system="s", prompt=prompt)
+
+    first = threading.Thread(target=ask, args=("first",), name="first", daemon=True)
+    first.start()
+    assert sent.wait(60)
+    second = threading.Thread(target=ask, args=("second",), name="second", daemon=True)
+    second.start()  # it waits for the slot at this process's gate
+    gate = writer_gate(caller.ledger.url)
+    with gate.held():  # the ledger is busy: both transactions queue behind this
+        answer.set()
+        deadline = time.monotonic() + 60  # a guard against a hang only
+        while gate.waiting()[0] < 1 or gate.waiting()[1] < 1:
+            assert time.monotonic() < deadline, gate.waiting()
+            time.sleep(0.001)
+        mark = len(entered)
+    first.join(60)
+    second.join(60)
+    after = entered[mark:]
+    assert after[0] == ("second", True) and ("first", False) in after
+    rows = caller.ledger.rows()
+    assert len(rows) == 2 and double.max_in_flight == 1 and slot_holders(caller) == []
+
+
+def test_a_sqlite_ledger_checkpoints_its_log_in_the_background_not_inside_a_write(tmp_path: Path, monkeypatch):
+    """SQLite's own checkpoint runs inside the commit that takes the log past 1000 pages, and this process's other
+    writers (the next call's claim among them) queue behind it. Here no connection checkpoints on commit, and a
+    background thread checkpoints every `CHECKPOINT_EVERY` writes."""
+    import tierflow.core.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_EVERY", 2)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    with ledger.reading() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    background = ledger_module.checkpointer(ledger.url, ledger.engine)
+    before = background.done
+    for n in range(4):
+        with ledger.transaction() as conn:
+            conn.execute(tier_slots.insert(), {"tier": "light", "holder": f"h{n}", "acquired": "", "lease_until": 0.0})
+    deadline = time.monotonic() + 60  # a guard against a hang only
+    while background.done == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tier_slots)).scalar() == 4

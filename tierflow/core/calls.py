@@ -35,7 +35,7 @@ from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, sig
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
 from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
-from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots
+from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
 from tierflow.core.tokens import count_tokens
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price
 
@@ -179,7 +179,8 @@ class Caller:
             config_path=Path(settings.config_path) if settings.config_path else None,
             profile=settings.profile,
         )
-        self.ledger = Ledger(self.config.ledger_url, workers=self.config.settings.run.workers)
+        # Pooled for the task runs a phase keeps unfinished at once, which tier limits may raise above `workers`.
+        self.ledger = Ledger(self.config.ledger_url, workers=started_task_runs(self.config))
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )
@@ -197,6 +198,26 @@ class Caller:
             if name not in self._providers:
                 self._providers[name] = make_provider(name, self.config.settings.providers[name])
             return self._providers[name]
+
+    def warm(self, routed: Route) -> None:
+        """Do this process's one-off work for calls on `routed` ahead of them: load the tokenizer and the model's
+        prices, and build the provider's SDK client (importing its HTTP stack).
+
+        Left to the first calls, a phase's first wave did it in every thread at once, under one import lock,
+        while Prefect started the phase's task runs: the first call was sent 0.8 s after its task run started
+        in a fresh process, against 0.02 s once warm (`benchmarks/tier_throughput.py`). A failure here (no API
+        key, no price) is the first call's to report."""
+        try:
+            count_tokens("warm")
+            price(
+                Usage(input_tokens=1, output_tokens=1),
+                routed.model,
+                provider_kind=routed.provider_kind,
+                override=self.config.tier(routed.tier).price,
+            )
+            getattr(self.provider(routed.provider), "client", None)
+        except Exception:
+            return
 
     def route(
         self,
@@ -870,7 +891,8 @@ class Caller:
             scope.slot = NO_SLOT
             given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait below
             try:
-                with self.ledger.transaction() as conn:
+                # Urgent: ahead of the settlements of calls that have answered (`ledger.WriterGate`).
+                with self.ledger.transaction(urgent=True) as conn:
                     if key is not None:
                         hit = self.ledger.cached_response(key, conn=conn)
                         if hit is not None:

@@ -273,9 +273,10 @@ class RunConfig(_Model):
 
     workers: int = Field(default=16, ge=1, le=256)
     """At most this many task runs of one phase unfinished at once (model calls are mostly waiting on the
-    network, so more workers than cores is fine). The ledger's connection pool is sized to match. Keep it
-    above the largest tier `concurrency`: then a freed tier slot has a started task waiting for it, where
-    with workers equal to the limit each call would first wait for its task run to start."""
+    network, so more workers than cores is fine). The ledger's connection pool is sized to match. A phase
+    keeps at least twice the largest tier `concurrency` (ledger mechanism) unfinished, up to 256, whatever
+    this says: one call in flight per slot and the next one started and waiting for it, so a freed slot never
+    waits for Prefect to finish a task run and start the next (`slots.started_task_runs`)."""
 
 
 class ProjectConfig(_Model):

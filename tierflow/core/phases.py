@@ -14,7 +14,7 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -26,8 +26,9 @@ from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
 from tierflow.core.progress import advance as _advance
-from tierflow.core.progress import prefect_progress
+from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
+from tierflow.core.slots import started_task_runs
 
 R = TypeVar("R")
 
@@ -191,12 +192,18 @@ def run_profile(settings: RunSettings) -> str:
     return config.settings.profile
 
 
-def run_span(settings: RunSettings) -> AbstractContextManager[None]:
-    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+@contextmanager
+def run_span(settings: RunSettings) -> Iterator[None]:
+    """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set). At its end
+    the run's progress artifact, sent in the background while the phases ran, has reached Prefect."""
     flow_run_id, _ = prefect_run_ids()
-    return telemetry.flow_run_span(
+    with telemetry.flow_run_span(
         run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
-    )
+    ):
+        try:
+            yield
+        finally:
+            flush_progress()
 
 
 def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:
@@ -268,7 +275,8 @@ def fan_out(
     path: Callable[[T], str] = lambda _: "",
     warm: bool = False,
 ) -> PhaseOutcome[R]:
-    """Submit one tagged task per item, at most `[run] workers` unfinished at once, and gather them as they finish.
+    """Submit one tagged task per item, at most `[run] workers` unfinished at once (at least twice the largest
+    ledger-enforced tier `concurrency`: `slots.started_task_runs`), and gather them as they finish.
 
     The bound is a sliding window here, not a smaller task runner: the worker count comes from the vault's
     config, known only once the run has started, and it holds under any task runner (threads or Dask). A
@@ -282,11 +290,16 @@ def fan_out(
     calls started together would each pay the cache write.
     """
     outcome: PhaseOutcome[R] = PhaseOutcome()
-    workers = caller_for(settings).config.settings.run.workers
+    workers = started_task_runs(caller_for(settings).config)
     finished_queue: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     advance(phase, 0, len(items))
+    if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
+        route_first = lambda: phase_route(  # noqa: E731
+            settings, phase=phase, complexity=complexity, front_matter=front_matter(items[0]), note=path(items[0])
+        )
+        threading.Thread(target=_warm, args=(settings, route_first), name="tierflow-warm", daemon=True).start()
     submitted = done = 0
     answers = TagAnswers(settings)
     try:
@@ -333,6 +346,13 @@ def fan_out(
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
     return outcome
+
+
+def _warm(settings: RunSettings, route_first: Callable[[], Route]) -> None:
+    try:
+        caller_for(settings).warm(route_first())
+    except Exception:  # a route that fails fails its item's task run, with its own error
+        return
 
 
 def single(

@@ -79,6 +79,21 @@ def limits_of(config: Config) -> dict[str, int]:
     return {name: tier.concurrency for name, tier in config.settings.tiers.items() if tier.concurrency}
 
 
+STARTED_CAP = 256
+"""The most task runs of one phase `started_task_runs` keeps unfinished at once (the largest `[run] workers`)."""
+
+
+def started_task_runs(config: Config) -> int:
+    """How many task runs of one phase may be unfinished at once (`phases.fan_out`): `[run] workers`, and at
+    least twice the largest tier `concurrency` enforced by ledger slots, up to `STARTED_CAP`.
+
+    Twice: one call in flight per slot and the next one started and waiting for it, so a freed slot never waits
+    for Prefect to finish a task run and start the next (with workers equal to the limit, every call did).
+    """
+    workers = config.settings.run.workers
+    return max(workers, min(2 * max(limits_of(config).values(), default=0), STARTED_CAP))
+
+
 class TierSlots:
     """The slots of one config's limited tiers, on one ledger, for one process."""
 

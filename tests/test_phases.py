@@ -1,0 +1,151 @@
+"""A fanned-out phase's own work between its task runs: what it asks of the Prefect server, and what it waits for."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, write_config
+
+from tierflow.core.calls import RunSettings
+
+
+def test_a_phase_never_waits_for_its_progress_artifact_and_the_run_ends_once_it_is_sent(
+    tmp_path: Path, monkeypatch, prefect_harness
+):
+    """The progress artifact is sent from a background thread, newest first: while the server is slow to answer
+    (here it answers nothing until the phase has finished), the phase submits and gathers its task runs, and the
+    updates that pile up meanwhile become one. The run's end (`run_span`) waits until the last one is sent."""
+    import prefect.artifacts as artifacts
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    import tierflow.core.phases as phases
+
+    finished = threading.Event()
+    sent: list[str] = []
+
+    def held(send):  # noqa: ANN001, ANN202
+        def after_the_phase(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not finished.wait(30):  # the phase itself waits on this send: it never finishes
+                raise AssertionError("the phase waited for its progress artifact")
+            sent.append(kwargs["description"])
+            return send(*args, **kwargs)
+
+        return after_the_phase
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", held(artifacts.create_progress_artifact))
+    monkeypatch.setattr(artifacts, "update_progress_artifact", held(artifacts.update_progress_artifact))
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        from prefect.context import FlowRunContext
+
+        with phases.run_span(settings):
+            outcome = phases.fan_out(
+                item, settings, list(range(4)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+            )
+            finished.set()
+        return outcome, FlowRunContext.get().flow_run.id
+
+    settings = RunSettings(vault=str(tmp_path), run_id="progress", flow="phases", profile="offline")
+    outcome, flow_run_id = phase(settings)
+    assert outcome.results == [0, 1, 2, 3]
+    # The first (0 of 4) was held until the phase finished; the four updates queued meanwhile went as the last one.
+    assert len(sent) == 2 and sent[0] == "collate: 0/4" and sent[1].startswith("collate: 4/4 ")
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert artifact.type == "progress" and float(artifact.data) == round(100 / 3, 1)
+    assert artifact.description == sent[1]
+
+
+@pytest.mark.parametrize(("mechanism", "started"), [("ledger", 6), ("prefect", 2)])
+def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
+    tmp_path: Path, double, prefect_harness, mechanism: str, started: int
+):
+    """With `[run] workers = 2` and a tier `concurrency` of 3 held by ledger slots, a phase keeps 6 task runs
+    unfinished: one in flight per slot and the next one waiting for it. Under Prefect's tag limits (which hold
+    whole task runs) `workers` alone bounds it."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+
+    text = anthropic_config(double, f'[limits]\nmechanism = "{mechanism}"\n[run]\nworkers = 2\n')
+    write_config(
+        tmp_path / ".tierflow" / "config.toml",
+        text.replace("max_output_tokens = 1024\n", "max_output_tokens = 1024\nconcurrency = 3\n", 1),
+    )
+    together = threading.Barrier(started, timeout=60)  # the first `started` items finish only once all have started
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            if index < started:
+                together.wait()
+            return index
+        finally:
+            with lock:
+                running[0] -= 1
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(9)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    settings = RunSettings(vault=str(tmp_path), run_id=f"started-{mechanism}", flow="phases")
+    outcome = phase(settings)
+    assert outcome.results == list(range(9)) and not outcome.skipped
+    assert running[1] == started
+
+
+def test_a_phase_warms_its_first_calls_route_ahead_of_them(tmp_path: Path, double, monkeypatch, prefect_harness):
+    """Before its task runs start, a phase has the process load the tokenizer and prices and build the SDK client
+    of its first item's route, in the background (`Caller.warm`); without an API key that is left to the call."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+    from tierflow.core.calls import Caller, caller_for
+
+    write_config(tmp_path / ".tierflow" / "config.toml", anthropic_config(double))
+    settings = RunSettings(vault=str(tmp_path), run_id="warm-route", flow="phases")
+    caller_for(settings).warm(caller_for(settings).route("collate", "low"))  # no key: no client, no error
+    assert "client" not in vars(caller_for(settings).provider("anthropic"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    warmed: list[tuple[str, str]] = []
+    done = threading.Event()
+    warm = Caller.warm
+
+    def noted(caller, routed):  # noqa: ANN001, ANN202
+        warm(caller, routed)
+        warmed.append((routed.phase, routed.tier))
+        done.set()
+
+    monkeypatch.setattr(Caller, "warm", noted)
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        return index
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    assert phase(settings).results == [0, 1, 2]
+    assert done.wait(60)  # a guard against a hang only
+    assert warmed == [("collate", "light")] and "client" in vars(caller_for(settings).provider("anthropic"))
