@@ -217,6 +217,23 @@ def test_escalation_respects_a_halt_budget_and_keeps_the_best_answer(tmp_path, m
     assert sum(r["cost_usd"] for r in c.ledger.rows()) <= cap
 
 
+def test_an_unreadable_answer_with_no_budget_left_to_retry_halts_on_the_budget(tmp_path, monkeypatch, double):
+    """A cut-off answer the budget leaves no room to retry stops the call on the budget, and says so: the fix is
+    the budget, not the tier's output limit. The paid, cut-off answer is in the ledger."""
+    double.responder = UNUSABLE["truncated"]["anthropic"]
+    probe = caller(tmp_path, anthropic_config(double), monkeypatch, vault="probe")
+    routed, request = probe.build(phase="collate", complexity="low", system="You are terse.", prompt="Classify.")
+    cap = 1.5 * float(probe.estimate(routed, request).usd)  # one light attempt fits, its retry does not
+    body = f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\nclamp_output = false\n'
+    c = caller(tmp_path, anthropic_config(double, body), monkeypatch)
+    with pytest.raises(BudgetExceeded, match=r"budget 'run' \(per run\)") as err:
+        ask(c, "Classify.", checks=[LABEL])
+    assert "the only answer was cut off" in str(err.value) and "Raise `budgets.run`" in str(err.value)
+    (row,) = c.ledger.rows()
+    assert row["outcome"] == "truncated" and row["output_tokens"] > 0
+    assert recorded(c.ledger) == billed(double)
+
+
 def test_the_first_call_over_budget_still_raises(tmp_path, monkeypatch, double):
     c = caller(tmp_path, anthropic_config(double, '[budgets.run]\nusd = 0.0000001\npolicy = "halt"\n'), monkeypatch)
     with pytest.raises(BudgetExceeded):

@@ -566,9 +566,18 @@ class Caller:
                         # This tier's first answer: the request is recorded with its outcome.
                         original=request if tries == 0 and not (first is not None and step == 0) else None,
                     )  # fmt: skip
-                except BudgetExceeded:
+                except BudgetExceeded as exc:
                     if best is None:
                         raise
+                    if not _readable(best, request):
+                        # Nothing usable was paid for, and the budget is what stops a retry: say so, with its fix,
+                        # rather than blame the answer (a clamped output limit may be why it was cut off).
+                        raise BudgetExceeded(
+                            f"{routed.phase} on {subject or '-'}: the only answer was {_unusable(best)}, and there "
+                            f"is no budget left to retry: {exc}",
+                            budget=exc.budget,
+                            scope=exc.scope,
+                        ) from exc
                     log.warning(
                         "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
                     )
@@ -1057,8 +1066,7 @@ class Caller:
 
     def _kept(self, best: Attempt, request: Request) -> Answer:
         """The best failed answer, kept with its failures named; or, when none could be read, a clear error."""
-        readable = best.answer.parsed is not None if request.schema is not None else bool(best.answer.text)
-        if readable:
+        if _readable(best, request):
             names = tuple(dict.fromkeys(f.check for f in best.failures))
             log.warning(
                 "%s: no tier passed (%s); keeping the best answer, from %s, with a warning",
@@ -1277,6 +1285,18 @@ def _retry_note(failures: Sequence[Failure]) -> str:
 
     template = (files("tierflow.templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
     return template.replace("{{ problems }}", describe(failures))
+
+
+def _readable(attempt: Attempt, request: Request) -> bool:
+    """Whether a failed attempt still has an answer to keep: parsed output when a schema was asked for, else text."""
+    return attempt.answer.parsed is not None if request.schema is not None else bool(attempt.answer.text)
+
+
+def _unusable(attempt: Attempt) -> str:
+    """What was wrong with an attempt that left nothing to keep, in a few words for an error message."""
+    if attempt.outcome == "truncated":
+        return f"cut off at its output limit of {attempt.request.max_output_tokens} tokens"
+    return f"{attempt.outcome} ({'; '.join(f.problem for f in attempt.failures[:2])})"
 
 
 def _shown(tagged: Route, answer: Answer, attempts: int) -> Answer:
