@@ -22,6 +22,7 @@ STRINGS = [
     "",
     'a "quoted" word',
     "back\\slash\\",
+    "C:\\new\\table \\u00e9",  # backslashes that read as valid JSON escapes
     "tab\there, newline\nthere, return\r, bell\x07, unit\x1f, start\x01",
     "delete\x7f",
     "café, 東京, emoji 😀",
