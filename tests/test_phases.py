@@ -65,6 +65,10 @@ def test_a_phase_never_waits_for_its_progress_artifact_and_the_run_ends_once_it_
         )
     assert artifact.type == "progress" and float(artifact.data) == round(100 / 3, 1)
     assert artifact.description == sent[1]
+    # Once sent, the run's sender and the context it held are let go: a long-lived worker keeps none per run.
+    from tierflow.core import progress
+
+    assert str(flow_run_id) not in progress._senders
 
 
 @pytest.mark.parametrize(("mechanism", "started"), [("ledger", 6), ("prefect", 2)])

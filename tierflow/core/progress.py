@@ -142,13 +142,14 @@ def prefect_progress(phase: str, done: int, total: int, subject: str = "") -> No
 
 
 def flush_progress(timeout: float = FLUSH_S) -> None:
-    """At the end of a flow run: wait until its progress artifact has reached the Prefect server."""
+    """At the end of a flow run: wait until its progress artifact has reached the Prefect server, and let go of
+    the run's sender (a long-lived worker runs many flows; each sender holds its run's whole context)."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         return
     with _lock:
-        sender = _senders.get(str(context.flow_run.id))
+        sender = _senders.pop(str(context.flow_run.id), None)
     if sender is not None and not sender.flush(timeout):
         log.warning("the run's progress did not reach Prefect within %.0f s", timeout)
