@@ -346,6 +346,45 @@ def test_batch_items_are_judged_recorded_retried_and_escalated_like_direct_calls
     assert recorded(c.ledger) == billed(double)
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_an_unchanged_batch_rerun_replays_what_the_first_run_kept_and_pays_for_nothing(
+    tmp_path, monkeypatch, double, provider
+):
+    """Items whose answer passed only on a retry or a dearer tier, or was kept failing, are replayed by an unchanged
+    rerun as a direct call would replay them: no batch, no model call, the kept answer's warning and all."""
+
+    def respond(request: DoubleRequest) -> Reply:
+        text = request.last_user_text
+        if "submission 0" in text and "Your previous answer" not in text:
+            return UNUSABLE["schema-invalid"][provider](request)  # passes on its informed retry
+        if "submission 1" in text and request.model in ("claude-haiku-4-5", "gpt-5-nano"):
+            return Reply(data={"label": "formative", "score": 1})  # passes one tier up
+        if "submission 2" in text:
+            return Reply(data={"label": "formative", "score": 1})  # fails on every tier: kept with a warning
+        return Reply(data={"label": "summative", "score": 3})
+
+    double.responder = respond
+    extra = '[routing]\nceiling = "standard"\n'
+    first = run_batch(
+        caller(tmp_path, config_for(provider, double, extra), monkeypatch, run_id="run-1"),
+        batch_calls(4, (LABEL,)), phase="collate", complexity="low", poll_interval=0.01,
+    )  # fmt: skip
+    assert first.answers["s2"].checks_failed == ("label_in_rubric",)
+    paid = len(double.model_calls(include_batch=True))
+
+    again = caller(tmp_path, config_for(provider, double, extra), monkeypatch, run_id="run-2")
+    second = run_batch(again, batch_calls(4, (LABEL,)), phase="collate", complexity="low", poll_interval=0.01)
+    assert len(double.model_calls(include_batch=True)) == paid and second.submitted == [] and not second.failed
+    assert {k: (a.parsed, a.checks_failed) for k, a in second.answers.items()} == {
+        k: (a.parsed, a.checks_failed) for k, a in first.answers.items()
+    }
+    assert all(a.cached for a in second.answers.values())
+    assert second.answers["s1"].route.tier == "standard"  # replayed as the tier that answered
+    rerun = [r for r in again.ledger.rows() if r["run_id"] == "run-2"]
+    assert len(rerun) == 4 and all(r["cached_result"] and r["cost_usd"] == 0 for r in rerun)
+    assert sorted(r["outcome"] for r in rerun) == ["check_failed", "ok", "ok", "ok"]
+
+
 def test_a_downgrade_budget_downgrades_batch_items_instead_of_halting(tmp_path, monkeypatch, double):
     double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
     tight = '[budgets.run]\nusd = 0.02\npolicy = "downgrade"\nfloor = "light"\n'

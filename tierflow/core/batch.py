@@ -1,6 +1,7 @@
 """Provider batch APIs (Anthropic Message Batches, OpenAI Batch): about half price, results within 24 h.
 
-A batched phase submits every request that is neither answered (cached) nor already in a submitted batch,
+A batched phase submits every request that is neither answered (cached, or kept by an earlier run as a
+direct call's would be: `Caller.replay_kept`) nor already in a submitted batch,
 records each item against its request's cache key (before sending, as `submitting`, so that a crash between
 the provider accepting a batch and tierflow recording its id cannot orphan it), and polls with backoff. A
 rerun of the same requests, or `tierflow resume RUN`, finds the submitted batch by those keys and collects
@@ -94,6 +95,8 @@ def run_batch(
         )
         if verdict is not None and verdict.ok:
             outcome.answers[call.key] = verdict.answer
+        elif (kept := caller.replay_kept(routed, request, call.output, call.subject)) is not None:
+            outcome.answers[call.key] = kept  # passed on a retry or a dearer tier, or kept failing, in an earlier run
         else:
             todo[cache_key] = (call, routed, request, cache_key)
     if not todo:

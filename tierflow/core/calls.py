@@ -479,7 +479,8 @@ class Caller:
         answer = replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
         if answer.cached:
             return answer  # replayed: a passing answer, or the one an earlier run kept
-        if answer.checks_failed or (attempts > 1 and reuse):
+        # A batch item (`first`) is remembered too, so that a rerun's pre-submit look-up (`replay_kept`) finds it.
+        if answer.checks_failed or (attempts > 1 and self.settings.use_cache):
             self.ledger.remember_kept(
                 kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
                 checks_failed=",".join(answer.checks_failed), flow=self.settings.flow, phase=routed.phase,
@@ -487,6 +488,23 @@ class Caller:
         elif self.settings.retry_failed:
             self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
         return answer
+
+    def replay_kept(
+        self, routed: Route, request: Request, output: type[BaseModel] | None, subject: str
+    ) -> Answer | None:
+        """An earlier run's kept answer for this request (one that passed only on a retry or a dearer tier, or
+        failed on every tier), recorded as a cached call, as `resolve` replays it before a call; None when there
+        is none or the run pays again (`retry_failed`, no cache). A batch looks here before it submits."""
+        if not self.settings.use_cache or self.settings.retry_failed:
+            return None
+        found = self.ledger.kept_response(_kept_key(routed, request))
+        kept = self._kept_answer(routed, found, output, subject) if found is not None else None
+        if kept is None:
+            return None
+        answer, record = kept
+        self.ledger.record(record)
+        telemetry.record_call(record, provider_kind=answer.route.provider_kind)
+        return replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
 
     def _kept_answer(
         self, routed: Route, hit: Mapping[str, Any], output: type[BaseModel] | None, subject: str
