@@ -211,3 +211,33 @@ def test_threads_of_one_process_queue_for_the_write_lock_in_the_process_not_in_s
         sa.event.remove(ledger._writer, "begin", began)
     assert done.is_set() and begins == ["MainThread", "waiter"]
     assert len(ledger.rows()) == 1
+
+
+def test_a_nul_character_in_an_answer_or_a_subject_never_loses_the_billed_call(
+    ledger_url: str, tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
+):
+    """PostgreSQL's text cannot hold NUL. A model's answer (and so the answer cache) or a subject with one is stored
+    with U+FFFD in its place, on either database, in the transaction that records the call: nothing billed is lost."""
+    import json
+
+    from conftest import anthropic_config, write_config
+
+    from tierflow.core.calls import Caller, RunSettings
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(text="before\x00after")
+    shared = f"ledger_url = {json.dumps(ledger_url)}\n"
+    config = write_config(tmp_path / "v" / ".tierflow" / "config.toml", shared + anthropic_config(double))
+    settings = RunSettings(vault=str(tmp_path / "v"), config_path=str(config), run_id="nul", flow="test")
+
+    def ask() -> object:
+        return Caller(settings).ask(phase="draft", complexity="low", system="s", prompt="Write.", subject="a\x00title")
+
+    answer = ask()
+    assert answer.text == "before\x00after"  # the flow gets the model's own text
+    (row,) = Ledger(ledger_url).rows(run_id="nul")
+    assert row["subject"] == "a\ufffdtitle" and row["output_tokens"] > 0
+    again = ask()
+    assert again.cached and again.text == "before\ufffdafter"
+    assert len(double.model_calls()) == 1

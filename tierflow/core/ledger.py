@@ -66,23 +66,43 @@ COLUMNS: tuple[str, ...] = (
 )
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
+
+class _NulSafe:
+    """Stores a string's NUL characters as U+FFFD. PostgreSQL's text cannot hold NUL, and a model's answer or a
+    note's title may; the row that records a billed call must never fail on one (SQLite stores the same, so both
+    databases read back alike)."""
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
+class String(_NulSafe, sa.TypeDecorator[str]):
+    impl = sa.String
+    cache_ok = True
+
+
+class Text(_NulSafe, sa.TypeDecorator[str]):
+    impl = sa.Text
+    cache_ok = True
+
+
 metadata = sa.MetaData()
 
 calls = sa.Table(
     "calls",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("timestamp", sa.String(32), nullable=False, index=True),
-    sa.Column("run_id", sa.String(64), index=True),
-    sa.Column("flow", sa.String(64)),
-    sa.Column("flow_run_id", sa.String(64)),
-    sa.Column("task_run_id", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("complexity", sa.String(16)),
-    sa.Column("tier", sa.String(64)),
-    sa.Column("provider", sa.String(64)),
-    sa.Column("model", sa.String(128)),
-    sa.Column("subject", sa.String(256)),
+    sa.Column("timestamp", String(32), nullable=False, index=True),
+    sa.Column("run_id", String(64), index=True),
+    sa.Column("flow", String(64)),
+    sa.Column("flow_run_id", String(64)),
+    sa.Column("task_run_id", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("complexity", String(16)),
+    sa.Column("tier", String(64)),
+    sa.Column("provider", String(64)),
+    sa.Column("model", String(128)),
+    sa.Column("subject", String(256)),
     sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("cache_read_tokens", sa.Integer, nullable=False, default=0),
@@ -91,77 +111,77 @@ calls = sa.Table(
     sa.Column("reasoning_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("latency_ms", sa.Float),
-    sa.Column("started_at", sa.String(32)),
+    sa.Column("started_at", String(32)),
     sa.Column("batch", sa.Boolean, nullable=False, default=False),
-    sa.Column("batch_id", sa.String(128)),
+    sa.Column("batch_id", String(128)),
     sa.Column("cached_result", sa.Boolean, nullable=False, default=False),
     sa.Column("usage_known", sa.Boolean, nullable=False, default=True),
-    sa.Column("route_rule", sa.String(256)),
-    sa.Column("downgraded_from", sa.String(64)),
+    sa.Column("route_rule", String(256)),
+    sa.Column("downgraded_from", String(64)),
     # What the answer was: ok, malformed, check_failed, truncated or refused. Every billed answer has a row;
     # so does every attempt whose answer was lost (`lost`: usage unknown, its worst case as its cost).
-    sa.Column("outcome", sa.String(16), nullable=False, default="ok"),
-    sa.Column("checks_failed", sa.String(256)),
+    sa.Column("outcome", String(16), nullable=False, default="ok"),
+    sa.Column("checks_failed", String(256)),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
-    sa.Column("escalated_from", sa.String(64)),
-    sa.Column("project", sa.String(128), index=True),
-    sa.Column("deployment", sa.String(128)),
+    sa.Column("escalated_from", String(64)),
+    sa.Column("project", String(128), index=True),
+    sa.Column("deployment", String(128)),
     # Version 11: which request this answer was to (`requests`), so a router can learn per request.
-    sa.Column("request_id", sa.String(64), index=True),
+    sa.Column("request_id", String(64), index=True),
     sa.Column("value", sa.Float),  # the request's value (0.5-5; tierflow.core.routing.value_of), version 11
 )
 
 response_cache = sa.Table(
     "response_cache",
     metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(192)),
-    sa.Column("text", sa.Text),
-    sa.Column("data_json", sa.Text),
-    sa.Column("created", sa.String(32)),
+    sa.Column("key", String(64), primary_key=True),
+    sa.Column("model", String(192)),
+    sa.Column("text", Text),
+    sa.Column("data_json", Text),
+    sa.Column("created", String(32)),
     # What is needed to send the request again (tier trials replay past inputs).
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("request_json", sa.Text),
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("request_json", Text),
     # A kept answer (no tier passed its checks), remembered for its request so an unchanged rerun reuses it
     # rather than paying again; never served as validated (see `Ledger.remember_kept`).
     sa.Column("kept", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
-    sa.Column("checks_failed", sa.String(256)),
-    sa.Column("tier", sa.String(64)),
+    sa.Column("checks_failed", String(256)),
+    sa.Column("tier", String(64)),
 )
 
 output_modes = sa.Table(
     "output_modes",
     metadata,
     # The structured-output form a provider's model accepts, learned when a server rejects another form.
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(128), primary_key=True),
-    sa.Column("mode", sa.String(32), nullable=False),
-    sa.Column("updated", sa.String(32)),
+    sa.Column("provider", String(64), primary_key=True),
+    sa.Column("model", String(128), primary_key=True),
+    sa.Column("mode", String(32), nullable=False),
+    sa.Column("updated", String(32)),
 )
 
 reservations = sa.Table(
     "reservations",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("created", sa.String(32), nullable=False),
-    sa.Column("run_id", sa.String(64), index=True),
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
+    sa.Column("created", String(32), nullable=False),
+    sa.Column("run_id", String(64), index=True),
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
     sa.Column("usd", sa.Float, nullable=False, default=0.0),
     sa.Column("tokens", sa.Integer, nullable=False, default=0),
     sa.Column("open", sa.Boolean, nullable=False, default=True, index=True),
     sa.Column("kept", sa.Boolean, nullable=False, default=False),
-    sa.Column("project", sa.String(128)),
+    sa.Column("project", String(128)),
     # The lease (version 6): held until `lease_expires`, in seconds since the epoch by the *database's*
     # clock, so that workers on hosts whose clocks differ agree on it. The holder renews it.
     sa.Column("lease_expires", sa.Float),
     sa.Column("held_since", sa.Float),
     sa.Column("holder_pid", sa.Integer),
-    sa.Column("holder_host", sa.String(255)),
+    sa.Column("holder_host", String(255)),
     # Also version 6: the tier the call was reserved on (for tier-scoped budgets), and whether its model
     # has a known price (an unpriced one is counted at a budget's fallback price, if it allows any).
-    sa.Column("tier", sa.String(64)),
+    sa.Column("tier", String(64)),
     sa.Column("priced", sa.Boolean, nullable=False, default=True),
 )
 
@@ -169,36 +189,36 @@ batch_items = sa.Table(
     "batch_items",
     metadata,
     # The request's cache key: a rerun of the same request finds its batch instead of resubmitting.
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("custom_id", sa.String(64), nullable=False),
-    sa.Column("batch_id", sa.String(128), nullable=False, index=True),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("tier", sa.String(64)),
-    sa.Column("subject", sa.String(256)),
+    sa.Column("key", String(64), primary_key=True),
+    sa.Column("custom_id", String(64), nullable=False),
+    sa.Column("batch_id", String(128), nullable=False, index=True),
+    sa.Column("provider", String(64), nullable=False),
+    sa.Column("run_id", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("tier", String(64)),
+    sa.Column("subject", String(256)),
     sa.Column("reservation_id", sa.Integer),
     # `submitted`, then `done`, `retried`, `expired` or `canceled`.
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created", sa.String(32)),
-    sa.Column("downgraded_from", sa.String(64)),
+    sa.Column("status", String(16), nullable=False),
+    sa.Column("created", String(32)),
+    sa.Column("downgraded_from", String(64)),
     # Version 10: a batch is recorded (`submitting`) before it is sent, under a key of tierflow's own that
     # the provider also sees (metadata, or the custom ids), by a holder process, at database seconds
     # `submitted_s`; so a crash between the provider accepting it and tierflow recording its id cannot
     # orphan it: the next run finds it in the provider's batch list.
-    sa.Column("batch_key", sa.String(64), index=True),
+    sa.Column("batch_key", String(64), index=True),
     sa.Column("holder_pid", sa.Integer),
-    sa.Column("holder_host", sa.String(255)),
+    sa.Column("holder_host", String(255)),
     sa.Column("submitted_s", sa.Float),
 )
 
 runs = sa.Table(
     "runs",
     metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("flow", sa.String(64), nullable=False),
-    sa.Column("parameters", sa.Text, nullable=False),
-    sa.Column("created", sa.String(32)),
+    sa.Column("run_id", String(64), primary_key=True),
+    sa.Column("flow", String(64), nullable=False),
+    sa.Column("parameters", Text, nullable=False),
+    sa.Column("created", String(32)),
 )
 
 signals = sa.Table(
@@ -206,38 +226,38 @@ signals = sa.Table(
     metadata,
     # Quality evidence beside the calls' own outcomes: judge verdicts, human edits and ratings, shadow calls.
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("timestamp", sa.String(32), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),  # judge | edit | rating | shadow
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("tier", sa.String(64)),
-    sa.Column("model", sa.String(192)),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("subject", sa.String(256)),
+    sa.Column("timestamp", String(32), nullable=False),
+    sa.Column("kind", String(16), nullable=False),  # judge | edit | rating | shadow
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("tier", String(64)),
+    sa.Column("model", String(192)),
+    sa.Column("run_id", String(64)),
+    sa.Column("subject", String(256)),
     sa.Column("passed", sa.Boolean),  # None: neutral, counted nowhere
     sa.Column("value", sa.Float),
-    sa.Column("detail", sa.String(512)),
-    sa.Column("note", sa.String(512), index=True),
+    sa.Column("detail", String(512)),
+    sa.Column("note", String(512), index=True),
     # Version 16: the request (`calls.request_id`) whose answer on `tier` this signal judges, so the per-request
     # router learns from it (tierflow.learn.labels); None for signals that judge no one answer (a skipped shadow
     # call) or whose link could not be recovered.
-    sa.Column("request_id", sa.String(64), index=True),
+    sa.Column("request_id", String(64), index=True),
 )
 
 drafts = sa.Table(
     "drafts",
     metadata,
     # The text tierflow wrote, so a later scan can measure how much the person changed it.
-    sa.Column("note", sa.String(512), primary_key=True),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("subject", sa.String(256)),
-    sa.Column("tier", sa.String(64)),
-    sa.Column("model", sa.String(192)),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("created", sa.String(32)),
-    sa.Column("request_id", sa.String(64)),  # version 16: the request the draft's answer was to
+    sa.Column("note", String(512), primary_key=True),
+    sa.Column("run_id", String(64)),
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("subject", String(256)),
+    sa.Column("tier", String(64)),
+    sa.Column("model", String(192)),
+    sa.Column("text", Text, nullable=False),
+    sa.Column("created", String(32)),
+    sa.Column("request_id", String(64)),  # version 16: the request the draft's answer was to
 )
 
 tier_slots = sa.Table(
@@ -246,9 +266,9 @@ tier_slots = sa.Table(
     # One row per model call in flight on a tier with `concurrency`: held by a process until released, or until
     # its lease (seconds since the epoch, renewed while the call runs) lapses because the process died.
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tier", sa.String(64), nullable=False, index=True),
-    sa.Column("holder", sa.String(128), nullable=False),
-    sa.Column("acquired", sa.String(32), nullable=False),
+    sa.Column("tier", String(64), nullable=False, index=True),
+    sa.Column("holder", String(128), nullable=False),
+    sa.Column("acquired", String(32), nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
@@ -258,17 +278,17 @@ budget_scopes = sa.Table(
     # Version 11: every budget scope (period, time zone and filters) some config has named on this ledger. Each call
     # recorded and each reservation kept adds to the running totals of every scope it falls in, whichever process
     # records it, so a budget check reads one row per budget instead of summing the calls.
-    sa.Column("scope", sa.String(512), primary_key=True),
-    sa.Column("period", sa.String(8), nullable=False),  # run | day | week | month
-    sa.Column("tz", sa.String(64), nullable=False),
-    sa.Column("flow", sa.String(64), nullable=False),
-    sa.Column("phase", sa.String(64), nullable=False),
-    sa.Column("tier", sa.String(64), nullable=False),
-    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("scope", String(512), primary_key=True),
+    sa.Column("period", String(8), nullable=False),  # run | day | week | month
+    sa.Column("tz", String(64), nullable=False),
+    sa.Column("flow", String(64), nullable=False),
+    sa.Column("phase", String(64), nullable=False),
+    sa.Column("tier", String(64), nullable=False),
+    sa.Column("project", String(128), nullable=False),
     # The start of the first period whose totals are complete (rebuilt from the calls when the scope was first
     # named); an earlier period is summed from the calls. None for `run` scopes (every run is rebuilt).
-    sa.Column("tracked_from", sa.String(32)),
-    sa.Column("registered", sa.String(32)),
+    sa.Column("tracked_from", String(32)),
+    sa.Column("registered", String(32)),
 )
 
 budget_totals = sa.Table(
@@ -277,7 +297,7 @@ budget_totals = sa.Table(
     # Version 11: one row per budget scope and period (a period's UTC start, or a run id): what the calls and the
     # kept reservations in it spent. `unpriced_tokens`: tokens of calls of unknown price, which a budget that
     # allows them counts at its fallback price.
-    sa.Column("key", sa.String(700), primary_key=True),  # scope, a newline, the period
+    sa.Column("key", String(700), primary_key=True),  # scope, a newline, the period
     sa.Column("usd", sa.Float, nullable=False, default=0.0),
     sa.Column("tokens", sa.BigInteger, nullable=False, default=0),
     sa.Column("unpriced_tokens", sa.BigInteger, nullable=False, default=0),
@@ -289,21 +309,21 @@ requests = sa.Table(
     # Every request a phase sends, once per tier it reaches, with that tier's first answer's outcome: what tier
     # trials replay (passed or not) and what a per-request router learns from. `checks` holds the phase's check
     # names and how to rebuild them (`Check.rebuild`), so a trial runs the phase's own checks.
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("tier", sa.String(64), primary_key=True),
-    sa.Column("request_key", sa.String(64), nullable=False, index=True),
-    sa.Column("timestamp", sa.String(32), nullable=False),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("complexity", sa.String(16)),
-    sa.Column("project", sa.String(128)),
-    sa.Column("subject", sa.String(256)),
-    sa.Column("model", sa.String(192)),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("checks_failed", sa.String(256)),
-    sa.Column("request_json", sa.Text, nullable=False),
-    sa.Column("checks_json", sa.Text),
+    sa.Column("key", String(64), primary_key=True),
+    sa.Column("tier", String(64), primary_key=True),
+    sa.Column("request_key", String(64), nullable=False, index=True),
+    sa.Column("timestamp", String(32), nullable=False),
+    sa.Column("run_id", String(64)),
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("complexity", String(16)),
+    sa.Column("project", String(128)),
+    sa.Column("subject", String(256)),
+    sa.Column("model", String(192)),
+    sa.Column("outcome", String(16), nullable=False),
+    sa.Column("checks_failed", String(256)),
+    sa.Column("request_json", Text, nullable=False),
+    sa.Column("checks_json", Text),
     sa.Index("ix_requests_flow_phase", "flow", "phase"),
 )
 
@@ -314,11 +334,11 @@ evidence_totals = sa.Table(
     # per flow, phase, complexity, project and tier, each tier's first answers (`tierflow.core.evidence`), how
     # many passed, and their cost. Adaptive routing and `routing suggest` read these few rows, never the calls.
     # A missing value is stored as '' (a primary key cannot hold NULL).
-    sa.Column("flow", sa.String(64), primary_key=True),
-    sa.Column("phase", sa.String(64), primary_key=True),
-    sa.Column("complexity", sa.String(16), primary_key=True),
-    sa.Column("project", sa.String(128), primary_key=True),
-    sa.Column("tier", sa.String(64), primary_key=True),
+    sa.Column("flow", String(64), primary_key=True),
+    sa.Column("phase", String(64), primary_key=True),
+    sa.Column("complexity", String(16), primary_key=True),
+    sa.Column("project", String(128), primary_key=True),
+    sa.Column("tier", String(64), primary_key=True),
     sa.Column("n", sa.Integer, nullable=False, default=0),
     sa.Column("passed", sa.Integer, nullable=False, default=0),
     sa.Column("cost_sum", sa.Float, nullable=False, default=0.0),
@@ -330,11 +350,11 @@ request_texts = sa.Table(
     metadata,
     # Version 15: the text of each request a phase sent, once, under an id that every tier's answer to it shares
     # (the first prompt, without the model or a retry's note), for the per-request router (tierflow.learn).
-    sa.Column("request_id", sa.String(64), primary_key=True),
-    sa.Column("flow", sa.String(64)),
-    sa.Column("phase", sa.String(64)),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("created", sa.String(32)),
+    sa.Column("request_id", String(64), primary_key=True),
+    sa.Column("flow", String(64)),
+    sa.Column("phase", String(64)),
+    sa.Column("text", Text, nullable=False),
+    sa.Column("created", String(32)),
 )
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
