@@ -241,3 +241,35 @@ def test_a_nul_character_in_an_answer_or_a_subject_never_loses_the_billed_call(
     again = ask()
     assert again.cached and again.text == "before\ufffdafter"
     assert len(double.model_calls()) == 1
+
+
+def test_values_longer_than_their_column_never_lose_the_billed_call(
+    ledger_url: str, tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
+):
+    """PostgreSQL refuses a value longer than its VARCHAR column; SQLite keeps it. A user's own flow, phase or
+    project name, or a local server's model path, past its column's length is stored clipped to it, on either
+    database, and the billed call is recorded."""
+    import json
+
+    from conftest import anthropic_config, write_config
+
+    from tierflow.core.calls import Caller, RunSettings
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(text="ok")
+    shared = f"ledger_url = {json.dumps(ledger_url)}\n"
+    config = write_config(tmp_path / "v" / ".tierflow" / "config.toml", shared + anthropic_config(double))
+    flow, phase, project = "f" * 100, "p" * 100, "EDU7001 " + "x" * 200
+    settings = RunSettings(
+        vault=str(tmp_path / "v"), config_path=str(config), run_id="long", flow=flow, project=project
+    )
+    Caller(settings).ask(phase=phase, complexity="low", system="s", prompt="Write.", subject="s" * 400)
+    (row,) = Ledger(ledger_url).rows(run_id="long")
+    assert (row["flow"], row["phase"], row["project"], row["subject"]) == (
+        flow[:64],
+        phase[:64],
+        project[:128],
+        "s" * 256,
+    )
+    assert row["output_tokens"] > 0

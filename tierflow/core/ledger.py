@@ -67,21 +67,32 @@ COLUMNS: tuple[str, ...] = (
 """The ledger's stable column names, as `tierflow spend --format json|csv` emits them."""
 
 
-class _NulSafe:
-    """Stores a string's NUL characters as U+FFFD. PostgreSQL's text cannot hold NUL, and a model's answer or a
-    note's title may; the row that records a billed call must never fail on one (SQLite stores the same, so both
-    databases read back alike)."""
+class _Stored:
+    """A string as the ledger stores it, alike on both databases: NUL as U+FFFD (PostgreSQL's text cannot hold
+    NUL, and a model's answer or a note's title may), and clipped to its column's length (PostgreSQL refuses a
+    longer one, SQLite keeps it; a user's own flow or project name, or a local server's model path, may be
+    longer). The row that records a billed call must never fail on its strings."""
+
+    length: int | None = None
 
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
-        return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+        if not isinstance(value, str):
+            return value
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        return value[: self.length] if self.length is not None and len(value) > self.length else value
 
 
-class String(_NulSafe, sa.TypeDecorator[str]):
+class String(_Stored, sa.TypeDecorator[str]):
     impl = sa.String
     cache_ok = True
 
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__(length)
+        self.length = length
 
-class Text(_NulSafe, sa.TypeDecorator[str]):
+
+class Text(_Stored, sa.TypeDecorator[str]):
     impl = sa.Text
     cache_ok = True
 
