@@ -213,7 +213,7 @@ def test_threads_of_one_process_queue_for_the_write_lock_in_the_process_not_in_s
     assert len(ledger.rows()) == 1
 
 
-def test_a_nul_character_in_an_answer_or_a_subject_never_loses_the_billed_call(
+def test_a_nul_or_a_lone_surrogate_in_an_answer_or_a_subject_never_loses_the_billed_call(
     ledger_url: str, tmp_path: Path, double, monkeypatch: pytest.MonkeyPatch
 ):
     """PostgreSQL's text cannot hold NUL. A model's answer (and so the answer cache) or a subject with one is stored
@@ -241,6 +241,11 @@ def test_a_nul_character_in_an_answer_or_a_subject_never_loses_the_billed_call(
     again = ask()
     assert again.cached and again.text == "before\ufffdafter"
     assert len(double.model_calls()) == 1
+    # A file name that is not UTF-8 (as Python reads one: a lone surrogate) is stored the same way.
+    named = Caller(settings.model_copy(update={"run_id": "latin-1"}))
+    named.ask(phase="draft", complexity="low", system="s", prompt="Write again.", subject="caf\udce9.docx")
+    (row,) = Ledger(ledger_url).rows(run_id="latin-1")
+    assert row["subject"] == "caf\ufffd.docx" and row["output_tokens"] > 0
 
 
 def test_values_longer_than_their_column_never_lose_the_billed_call(

@@ -69,9 +69,11 @@ COLUMNS: tuple[str, ...] = (
 
 class _Stored:
     """A string as the ledger stores it, alike on both databases: NUL as U+FFFD (PostgreSQL's text cannot hold
-    NUL, and a model's answer or a note's title may), and clipped to its column's length (PostgreSQL refuses a
-    longer one, SQLite keeps it; a user's own flow or project name, or a local server's model path, may be
-    longer). The row that records a billed call must never fail on its strings."""
+    NUL, and a model's answer or a note's title may); a lone surrogate as U+FFFD (no UTF-8 can hold one, and a
+    file name that is not UTF-8 reads as one: a submission unpacked from an old zip); and clipped to its
+    column's length (PostgreSQL refuses a longer one, SQLite keeps it; a user's own flow or project name, or a
+    local server's model path, may be longer). The row that records a billed call must never fail on its
+    strings."""
 
     length: int | None = None
 
@@ -80,7 +82,15 @@ class _Stored:
             return value
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = _SURROGATE.sub("\ufffd", value)
         return value[: self.length] if self.length is not None and len(value) > self.length else value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class String(_Stored, sa.TypeDecorator[str]):
