@@ -385,6 +385,30 @@ def test_an_unchanged_batch_rerun_replays_what_the_first_run_kept_and_pays_for_n
     assert sorted(r["outcome"] for r in rerun) == ["check_failed", "ok", "ok", "ok"]
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_item_that_cannot_be_resolved_fails_alone_and_every_other_answer_is_recorded(
+    tmp_path, monkeypatch, double, provider
+):
+    """The first item's answer is unusable in the batch and on its retry: that item fails, with why, and the
+    batch's other answers (already paid for) are still recorded, judged and returned in this run."""
+
+    def respond(request: DoubleRequest) -> Reply:
+        if "submission 0" in request.last_user_text:
+            return UNUSABLE["malformed"][provider](request)
+        return Reply(data={"label": "summative", "score": 3})
+
+    double.responder = respond
+    c = caller(tmp_path, config_for(provider, double, "[routing]\nescalate = false\n"), monkeypatch)
+    outcome = run_batch(c, batch_calls(3, (LABEL,)), phase="collate", complexity="low", poll_interval=0.01)
+    assert sorted(outcome.answers) == ["s1", "s2"] and list(outcome.failed) == ["s0"]
+    assert "no usable" in outcome.failed["s0"] and "Every attempt is in the ledger" in outcome.failed["s0"]
+    rows = c.ledger.rows()
+    assert sorted((r["batch"], r["outcome"]) for r in rows) == [
+        (False, "malformed"), (True, "malformed"), (True, "ok"), (True, "ok")
+    ]  # fmt: skip
+    assert recorded(c.ledger) == billed(double)
+
+
 def test_a_downgrade_budget_downgrades_batch_items_instead_of_halting(tmp_path, monkeypatch, double):
     double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
     tight = '[budgets.run]\nusd = 0.02\npolicy = "downgrade"\nfloor = "light"\n'

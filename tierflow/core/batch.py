@@ -31,6 +31,7 @@ from tierflow.core import telemetry
 from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
+from tierflow.core.errors import TierflowError
 from tierflow.core.ledger import batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
@@ -363,6 +364,11 @@ def _collect(
                     outcome.answers[call.key] = verdict.answer
                     continue
             outcome.failed[call.key] = f"batch {batch_id} was collected by another process; run again to use it"
+        except TierflowError as exc:
+            # This item alone: its retry or escalation found no usable answer, or no budget for one. The batch's
+            # other answers are paid for already, so they are still recorded and returned.
+            log.warning("batch item %s of %s has no answer: %s", call.key, batch_id, exc)
+            outcome.failed[call.key] = str(exc)
 
 
 def _settle_item(
