@@ -497,22 +497,27 @@ class Caller:
         is none or the run pays again (`retry_failed`, no cache). A batch looks here before it submits."""
         if not self.settings.use_cache or self.settings.retry_failed:
             return None
-        found = self.ledger.kept_response(_kept_key(routed, request))
-        kept = self._kept_answer(routed, found, output, subject) if found is not None else None
+        kept = self._kept_answer(routed, _kept_key(routed, request), output, subject)
         if kept is None:
             return None
         answer, record = kept
-        self.ledger.record(record)
         telemetry.record_call(record, provider_kind=answer.route.provider_kind)
         return replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
 
     def _kept_answer(
-        self, routed: Route, hit: Mapping[str, Any], output: type[BaseModel] | None, subject: str
+        self,
+        routed: Route,
+        key: str,
+        output: type[BaseModel] | None,
+        subject: str,
+        *,
+        conn: Connection | None = None,
     ) -> tuple[Answer, CallRecord] | None:
-        """An earlier run's kept answer for this request, and its row as a cached call; None if it no longer
-        reads (the output model changed) or its tier now runs another model. One with no failed checks passed
-        on a retry or a dearer tier, and is replayed as passing."""
-        if hit["tier"] not in self.config.settings.tiers:
+        """An earlier run's kept answer under `key` (`_kept_key`), and its row as a cached call, recorded in the
+        ledger; None if there is none, it no longer reads (the output model changed) or its tier now runs another
+        model. One with no failed checks passed on a retry or a dearer tier, and is replayed as passing."""
+        hit = self.ledger.kept_response(key, conn=conn)
+        if hit is None or hit["tier"] not in self.config.settings.tiers:
             return None
         kept = routed if hit["tier"] == routed.tier else route_to_tier(
             self.config, phase=routed.phase, complexity=routed.complexity, tier=hit["tier"],
@@ -542,6 +547,7 @@ class Caller:
             text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
             parsed=parsed, checks_failed=names, outcome=outcome,
         )  # fmt: skip
+        self.ledger.record(record, conn=conn)
         return answer, record
 
     def _resolve(
@@ -929,10 +935,8 @@ class Caller:
                             scope.leave_gate()
                             return hit
                     if kept_key is not None:  # an earlier run kept an answer to this request: no call at all
-                        found = self.ledger.kept_response(kept_key, conn=conn)
-                        kept = self._kept_answer(routed, found, output, subject) if found is not None else None
+                        kept = self._kept_answer(routed, kept_key, output, subject, conn=conn)
                         if kept is not None:
-                            self.ledger.record(kept[1], conn=conn)
                             scope.leave_gate()
                             return kept[0]
                     reservation = self.budgets.reserve_in(

@@ -75,7 +75,7 @@ class _Stored:
     local server's model path, may be longer). The row that records a billed call must never fail on its
     strings."""
 
-    length: int | None = None
+    impl: sa.String
 
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
         if not isinstance(value, str):
@@ -87,7 +87,8 @@ class _Stored:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 value = _SURROGATE.sub("\ufffd", value)
-        return value[: self.length] if self.length is not None and len(value) > self.length else value
+        length = self.impl.length
+        return value[:length] if length is not None and len(value) > length else value
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -96,10 +97,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class String(_Stored, sa.TypeDecorator[str]):
     impl = sa.String
     cache_ok = True
-
-    def __init__(self, length: int | None = None) -> None:
-        super().__init__(length)
-        self.length = length
 
 
 class Text(_Stored, sa.TypeDecorator[str]):
