@@ -142,6 +142,21 @@ def call_record(**changes: object):
     return CallRecord(**{**base, **changes})
 
 
+def fan_out_flow(item: object, count: int) -> object:
+    """A Prefect flow `phase(settings)` that fans `item` out over `range(count)` as a `collate`/`low` phase."""
+    from prefect import flow
+
+    import tierflow.core.phases as phases
+
+    @flow
+    def phase(settings):  # noqa: ANN001, ANN202
+        return phases.fan_out(
+            item, settings, list(range(count)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+
+    return phase
+
+
 def write_config(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, fan_out_flow, write_config
 
 from tierflow.core.calls import RunSettings
 
@@ -78,9 +78,7 @@ def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
     """With `[run] workers = 2` and a tier `concurrency` of 3 held by ledger slots, a phase keeps 6 task runs
     unfinished: one in flight per slot and the next one waiting for it. Under Prefect's tag limits (which hold
     whole task runs) `workers` alone bounds it."""
-    from prefect import flow, task
-
-    import tierflow.core.phases as phases
+    from prefect import task
 
     text = anthropic_config(double, f'[limits]\nmechanism = "{mechanism}"\n[run]\nworkers = 2\n')
     write_config(
@@ -104,11 +102,7 @@ def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
             with lock:
                 running[0] -= 1
 
-    @flow
-    def phase(settings):  # noqa: ANN001, ANN202
-        return phases.fan_out(
-            item, settings, list(range(9)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
-        )
+    phase = fan_out_flow(item, 9)
 
     settings = RunSettings(vault=str(tmp_path), run_id=f"started-{mechanism}", flow="phases")
     outcome = phase(settings)
@@ -119,9 +113,8 @@ def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
 def test_a_phase_warms_its_first_calls_route_ahead_of_them(tmp_path: Path, double, monkeypatch, prefect_harness):
     """Before its task runs start, a phase has the process load the tokenizer and prices and build the SDK client
     of its first item's route, in the background (`Caller.warm`); without an API key that is left to the call."""
-    from prefect import flow, task
+    from prefect import task
 
-    import tierflow.core.phases as phases
     from tierflow.core.calls import Caller, caller_for
 
     write_config(tmp_path / ".tierflow" / "config.toml", anthropic_config(double))
@@ -144,11 +137,7 @@ def test_a_phase_warms_its_first_calls_route_ahead_of_them(tmp_path: Path, doubl
     def item(index):  # noqa: ANN001, ANN202
         return index
 
-    @flow
-    def phase(settings):  # noqa: ANN001, ANN202
-        return phases.fan_out(
-            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
-        )
+    phase = fan_out_flow(item, 3)
 
     assert phase(settings).results == [0, 1, 2]
     assert done.wait(60)  # a guard against a hang only

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, fan_out_flow, write_config
 from pydantic import BaseModel
 
 from tierflow.core.calls import Caller, RunSettings
@@ -197,7 +197,7 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     """Prefect asks the server whether a task run's tags have a concurrency limit before the run starts, and
     every task run of a phase waits on that one answer. A phase asks first, before the server is busy taking
     its task runs' events (on a loaded machine the first call started 0.06 s after the phase, against 2-3 s)."""
-    from prefect import flow, task
+    from prefect import task
     from prefect.client.orchestration import PrefectClient
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -226,11 +226,7 @@ def test_a_phase_asks_prefect_about_its_tags_before_its_task_runs_start(
     def item(index):  # noqa: ANN001, ANN202
         return index
 
-    @flow
-    def phase(settings):  # noqa: ANN001, ANN202
-        return phases.fan_out(
-            item, settings, list(range(12)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
-        )
+    phase = fan_out_flow(item, 12)
 
     settings = RunSettings(vault=str(tmp_path), run_id=f"warm-{warm}", flow="slots", profile="offline")
     assert phase(settings).results == list(range(12))
@@ -244,7 +240,7 @@ def test_a_long_phase_asks_prefect_again_before_its_tag_answer_lapses(tmp_path: 
     itself and waits (2-7 s on a loaded machine, while the tier's slots sat idle). The fan-out asks again in the
     background while Prefect still remembers the answer, so it never lapses. Here the task runs wait until it has
     asked twice more."""
-    from prefect import flow, task
+    from prefect import task
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
     from prefect.concurrency.services import _no_limits_cache
 
@@ -280,11 +276,7 @@ def test_a_long_phase_asks_prefect_again_before_its_tag_answer_lapses(tmp_path: 
     def item(index):  # noqa: ANN001, ANN202
         return again.wait(120) and index
 
-    @flow
-    def phase(settings):  # noqa: ANN001, ANN202
-        return phases.fan_out(
-            item, settings, list(range(3)), phase="collate", complexity="low", subject=str, args=lambda i: (i,)
-        )
+    phase = fan_out_flow(item, 3)
 
     settings = RunSettings(vault=str(tmp_path), run_id="refresh", flow="slots", profile="offline")
     assert phase(settings).results == [0, 1, 2]
