@@ -65,30 +65,7 @@ class Assignment:
     def pseudonyms(self) -> Pseudonyms:
         if not self.pseudonymise:
             return NoPseudonyms()
-        if any(s.aliases for s in self.submissions):
-            return _WithAliases(self.submissions)
-        return Pseudonyms(Student(s.student_id, s.name) for s in self.submissions)
-
-
-class _WithAliases(Pseudonyms):
-    """Pseudonyms that also hide the names in students' document metadata (a docx author, a PDF /Author).
-
-    One more `Pseudonyms` per alias, over the same ids, so each gives the same labels as the roster's own.
-    """
-
-    def __init__(self, submissions: list[Submission]) -> None:
-        super().__init__(Student(s.student_id, s.name) for s in submissions)
-        depth = max(len(s.aliases) for s in submissions)
-        self._layers = [
-            Pseudonyms(Student(s.student_id, s.aliases[i] if i < len(s.aliases) else "") for s in submissions)
-            for i in range(depth)
-        ]
-
-    def hide(self, text: str) -> str:
-        # Aliases first: the roster's parts ("Okafor") would otherwise break up an alias ("Okafor-Smith").
-        for layer in self._layers:
-            text = layer.hide(text)
-        return super().hide(text)
+        return Pseudonyms(Student(s.student_id, s.name, aliases=s.aliases) for s in self.submissions)
 
 
 NO_ASSIGNMENT = "give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder in the config)"

@@ -150,7 +150,7 @@ def write_summary(
     flagged = [s for s in assignment.submissions if s.flags]
     vault = Path(settings.vault or ".").resolve()
     names = VaultNames.scan(vault)
-    writer = NoteWriter(vault, assignment.feedback_folder, names=names)
+    writer = NoteWriter(vault, assignment.feedback_folder, today=config.today(), names=names)
     by_id = {s.student_id: s for s in assignment.submissions}
     body = env.get_template("notes/cohort.md.j2").render(
         cohort=out,

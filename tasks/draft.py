@@ -13,7 +13,6 @@ import yaml
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.checks import Check
 from tierflow.core.phases import PhaseOutcome, fan_out
@@ -251,7 +250,7 @@ def draft_concept(
                 "verbatim": source is not None and locate(q.text, source.body),
             }
         )
-    today = clock.now().astimezone().date().isoformat()
+    today = config.today().isoformat()
     extends_link = names.link_for(extended) if extended else None
     leave_out = {s.path for s in sources} | ({extended} if extended else set())
     env = template_env(config.vault, config.settings.vault.templates_folder)
@@ -286,7 +285,7 @@ def draft_concept(
     }
     if answer.checks_failed:
         front_matter["tierflow_checks_failed"] = list(answer.checks_failed)
-    writer = NoteWriter(vault, config.settings.vault.output_folder, names=names)
+    writer = NoteWriter(vault, config.settings.vault.output_folder, today=config.today(), names=names)
     result = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
     if result.action != "unchanged":
         # What was written, and by which call: a later scan measures the person's edits against it.

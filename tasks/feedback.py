@@ -8,7 +8,6 @@ are mapped back to the student's own name only in their own draft.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -153,16 +152,21 @@ def write_feedback(
     env = template_env(config.vault, config.settings.vault.templates_folder)
     pseudonyms = assignment.pseudonyms()
     own = pseudonyms.label.get(submission.student_id)
+    hidden = pseudonyms.hidden(submission.text)
 
     def reveal(text: str) -> str:
-        # Only this student's own label becomes their name; a model cannot leak classmates' names here.
-        return text.replace(own, submission.name or submission.student_id) if own else text
+        # Only this student's own label becomes their name (or what they wrote where the model quotes them); a
+        # model cannot leak classmates' names here.
+        return pseudonyms.restore_label(text, hidden, own, submission.name or submission.student_id) if own else text
+
+    def quoted(text: str) -> str:
+        # A quotation as the student wrote it: the hidden text's labels may stand for a name, a word or an id.
+        return pseudonyms.restore(text, hidden) or reveal(text)
 
     out: FeedbackOut | None = answer.parsed if answer else None
     criteria = []
     problems = ""
     if out is not None:
-        hidden = pseudonyms.hide(submission.text)
         # The rubric's criteria in its order, named as it names them, whatever order the answer took.
         given: dict[str, CriterionFeedback] = {}
         for c in out.criteria:
@@ -178,7 +182,7 @@ def write_feedback(
                     "range": str(level.score) if level and level.score else "",
                     "score": _num(c.score) if c and c.score is not None else "",
                     "comment": reveal(c.comment) if c else "",
-                    "quotes": [{"text": reveal(q), "verbatim": locate(q, hidden)} for q in c.quotes] if c else [],
+                    "quotes": [{"text": quoted(q), "verbatim": locate(q, hidden.text)} for q in c.quotes] if c else [],
                 }
             )
         # Batch answers never went through the call path's checks; direct ones may have kept a failure.
@@ -196,7 +200,7 @@ def write_feedback(
     own_tokens, own_cost = _draft_spend(settings, own or submission.student_id, answer)
     tokens = share.tokens_each + own_tokens
     cost = None if share.cost_each is None or own_cost is None else round(share.cost_each + own_cost, 6)
-    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder)
+    writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder, today=config.today())
     title = assignment.feedback_title(submission.student_id)
     # An earlier version named the draft after the student id alone, which shadows the submission: move it.
     writer.rename_own(submission.student_id, title)
@@ -207,7 +211,7 @@ def write_feedback(
         "status": "draft",
         "assignment": assignment.folder,
         "submission": f"[[{Path(submission.path).with_suffix('').as_posix()}]]",
-        "created": date.today().isoformat(),
+        "created": config.today().isoformat(),
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}" if answer else "draft: none"],
         "tierflow_tokens": tokens,

@@ -37,6 +37,23 @@ def test_every_public_name_exists_and_import_tierflow_stays_cheap() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_no_public_name_is_taken_by_a_subpackage_once_that_is_imported() -> None:
+    """Importing `tierflow.X` sets the attribute X of `tierflow` to that module: a public name X would then be the
+    module, as `templates` was once the call path had read a prompt from the package `tierflow.templates`, for a
+    flow imported after that."""
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    children = {p.split(".")[1] for p in packages if p.count(".") == 1}
+    assert "flows" in children and not children & set(tierflow.__all__), children & set(tierflow.__all__)
+    probe = (
+        "from importlib.resources import files; [files(f'tierflow.{c}') for c in " + repr(sorted(children)) + "]; "
+        "from tierflow import templates; print(callable(templates))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
 def test_the_public_api_lives_below_the_flows_and_tasks() -> None:
     """tierflow/__init__.py sits in the core layers: it must not reach up into a flow, a task or the CLI."""
     tree = ast.parse((REPO / "tierflow" / "__init__.py").read_text(encoding="utf-8"))

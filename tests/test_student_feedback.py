@@ -304,6 +304,40 @@ def test_a_cloud_tier_reached_only_by_an_override_still_gets_pseudonyms(feedback
         assert not [i for i in identities if i.casefold() in body], f"{request.path} carried a student's identity"
 
 
+@pytest.mark.parametrize(
+    ("base_url", "remote"),
+    [
+        ("https://api.together.xyz/v1", True),
+        ("http://10.1.2.3:8000/v1", True),  # a university's vLLM: another machine on the network
+        (None, True),  # the SDK then goes to $OPENAI_BASE_URL or api.openai.com
+        ("http://localhost:11434/v1", False),
+        ("http://127.0.0.1:8080/v1", False),
+        ("http://[::1]:8000/v1", False),
+    ],
+)
+def test_an_openai_compatible_server_off_this_machine_gets_pseudonyms(feedback_vault, base_url, remote):
+    """OpenRouter, Together or a department's vLLM speak the local servers' protocol: only a loopback address
+    keeps the text on the machine. The prompts `tierflow plan --show-prompts` renders carry no identity."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    url = "" if base_url is None else f'base_url = "{base_url}"\n'
+    config = feedback_vault / ".tierflow" / "config.toml"
+    config.write_text(
+        config.read_text()
+        + f'\n[providers.hosted]\nkind = "openai-compatible"\n{url}'
+        + "".join(f'[tiers.{t}]\nmodel = "hosted:llama-3.3-70b"\n' for t in ("light", "standard", "deep"))
+    )
+    result = CliRunner().invoke(app, ["plan", "student-feedback", "--vault", str(feedback_vault), "--show-prompts"])
+    assert result.exit_code == 0, result.output
+    names = roster(feedback_vault)
+    # The plan's own lines about skipped files name them: they stay on the screen, not in a prompt.
+    prompts = "\n".join(line for line in result.output.splitlines() if not line.lstrip().startswith("skipped "))
+    shown = [i for i in (*names, *names.values()) if i in prompts]
+    assert (not shown) if remote else shown, shown
+
+
 def test_a_local_profile_keeps_everything_on_the_machine_without_pseudonyms(feedback_vault):
     from tierflow.core.config import load_config
 
@@ -315,6 +349,17 @@ def test_offline_run_needs_no_keys(feedback_vault):
     summary = student_feedback(vault=str(feedback_vault), profile="offline")
     assert len(drafts(feedback_vault)) == SUBMITTED and not summary.failed
     assert json.dumps(summary.phases)
+
+
+def test_a_draft_is_dated_by_the_vaults_time_zone_not_the_machines(feedback_vault, monkeypatch):
+    """17:43 UTC on 18 November is already the 19th in Kiritimati (UTC+14), whatever zone the machine is in."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T17:43:00+00:00")
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    config = feedback_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text() + '\n[vault]\ntimezone = "Pacific/Kiritimati"\n')
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed
+    assert {str(post.metadata["created"]) for post in drafts(feedback_vault).values()} == {"2026-11-19"}
 
 
 def test_an_assignment_outside_the_vault_is_refused_before_anything_is_read(feedback_vault, double, keys, tmp_path):

@@ -309,3 +309,61 @@ def test_a_submission_with_an_embedded_attachment_is_drafted_and_listed_once_as_
         line for line in report.splitlines() if "s2026010" in line
     ]
     assert len([line for line in report.splitlines() if "s2026010" in line]) == 1
+
+
+def test_a_name_typed_without_its_accents_an_email_and_a_student_number_are_hidden_too():
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("s1", "Siobhán Müller", also=("siobhan.mueller@example.ac.uk", "20231234")),
+            Student("s2", "Zoë Łukasz"),
+        ]
+    )
+    hidden = cohort.hide(
+        "Essay by Siobhan Mueller (siobhan.mueller@example.ac.uk), student number 20231234. SIOBHAN and Muller "
+        "agreed with Zoe Lukasz; Müllers, 202312345 and Siobhanna stay."
+    )
+    assert hidden == (
+        "Essay by Student-01 (Student-01), student number Student-01. Student-01 and Student-01 agreed with "
+        "Student-02; Müllers, 202312345 and Siobhanna stay."
+    )
+
+
+def test_a_short_numeric_id_is_not_taken_for_a_year_and_quotations_come_back_as_the_student_wrote_them():
+    """A Moodle participant 2007 must not turn "Timperley (2007)" into a name; a student called Will Hope has
+    "I will" hidden, and a draft quoting the hidden text gets the student's own words back, not their name."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("2007", "Alan Turing"), Student("72012", "Will Hope")])
+    text = "Hattie and Timperley (2007) found it. In this essay I will discuss hope. Will Hope, 72012."
+    hidden = cohort.hidden(text)
+    assert hidden.text == (
+        "Hattie and Timperley (2007) found it. In this essay I Student-02 discuss Student-02. Student-02, Student-02."
+    )
+    assert cohort.restore("I Student-02 discuss Student-02.", hidden) == "I will discuss hope."
+    assert cohort.restore("Student-02, Student-02", hidden) == "Will Hope, 72012"
+    assert cohort.restore("ssay I Stud", hidden) == "ssay I will"  # a label cut by an end is taken whole
+    assert cohort.restore("I Student-02 argue", hidden) is None  # not in the text: the caller says so
+    comment = 'You write "In this essay I Student-02 discuss", which sets out the aim. Well done, Student-02.'
+    assert cohort.restore_label(comment, hidden, "Student-02", "Will Hope") == (
+        'You write "In this essay I will discuss", which sets out the aim. Well done, Will Hope.'
+    )
+
+
+def test_a_written_note_has_the_mode_any_new_file_gets_and_a_rewrite_keeps_its_mode(tmp_path: Path):
+    """Not mkstemp's 0600: a synced or shared vault, or a publishing tool running as another user, reads it."""
+    import os
+    import stat
+
+    from tierflow.vault.notes import NoteWriter
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    vault = tmp_path / "vault"
+    written = NoteWriter(vault, "Drafts").write("Mode", {"title": "Mode"}, "first")
+    path = vault / written.path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    path.chmod(0o640)
+    rewritten = NoteWriter(vault, "Drafts").write("Mode", {"title": "Mode"}, "second")
+    assert rewritten.action == "updated" and stat.S_IMODE(path.stat().st_mode) == 0o640

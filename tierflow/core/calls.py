@@ -1305,7 +1305,7 @@ def _retry_note(failures: Sequence[Failure]) -> str:
     """What the retry request adds to the prompt: the problems, briefly (templates/prompts/call/retry.j2)."""
     from importlib.resources import files
 
-    template = (files("tierflow.templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
+    template = (files("tierflow._templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
     return template.replace("{{ problems }}", describe(failures))
 
 

@@ -6,17 +6,22 @@ The file is laid over a built-in profile (`offline` unless the file or `--profil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tierflow.core import clock
 from tierflow.core.errors import ConfigError
 
 Complexity = Literal["low", "medium", "high"]
@@ -40,6 +45,18 @@ class ProviderConfig(_Model):
     max_retries: int = 4
     batch_discount: float = 0.5
     """Cost multiplier for the provider's batch API."""
+
+    @property
+    def leaves_machine(self) -> bool:
+        """Whether calls to this provider leave this machine, which is what pseudonymisation goes by: a cloud kind
+        always (its `base_url` may be a proxy); an OpenAI-compatible server unless its `base_url` is a loopback
+        address. OpenRouter, Together or a university's vLLM speak the same protocol from another machine, and an
+        unset `base_url` sends the SDK to `$OPENAI_BASE_URL` or api.openai.com."""
+        if self.kind == "offline":
+            return False
+        if self.kind != "openai-compatible" or not self.base_url:
+            return True
+        return not _loopback(self.base_url)
 
 
 class Price(_Model):
@@ -404,6 +421,10 @@ class Config:
         name = self.tier(tier).provider
         return name, self.settings.providers[name]
 
+    def today(self) -> date:
+        """Today in the vault's time zone (`[vault] timezone`), by tierflow's clock: the day a note is dated."""
+        return clock.now().astimezone(ZoneInfo(self.settings.vault.timezone)).date()
+
     @property
     def tier_order(self) -> tuple[str, ...]:
         if self.settings.tier_order:
@@ -413,20 +434,31 @@ class Config:
 
     @property
     def uses_cloud(self) -> bool:
-        kinds = {self.provider_for(t)[1].kind for t in self.settings.routing.values()}
-        return bool(kinds & {"anthropic", "openai"})
+        """Whether the routing table sends any complexity off this machine (`ProviderConfig.leaves_machine`)."""
+        return any(self.provider_for(t)[1].leaves_machine for t in self.settings.routing.values())
 
     @property
     def may_reach_cloud(self) -> bool:
-        """Whether any configured tier is a cloud model: a `--tier` override, a note's pin, an escalation or a
-        learned route can only name a configured tier, so this is what privacy decisions must go by."""
-        return any(self.provider_for(t)[1].kind in ("anthropic", "openai") for t in self.settings.tiers)
+        """Whether any configured tier's calls leave this machine: a `--tier` override, a note's pin, an escalation
+        or a learned route can only name a configured tier, so this is what privacy decisions must go by."""
+        return any(self.provider_for(t)[1].leaves_machine for t in self.settings.tiers)
 
     def redacted(self) -> dict[str, tuple[Any, str]]:
         """Flat `key -> (value, source)` for display. Holds names of env vars, never their values."""
         flat: dict[str, Any] = {}
         _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
         return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
+
+
+def _loopback(url: str) -> bool:
+    """Whether a URL's host is this machine: `localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _COURSE_CODE = re.compile(r"[A-Z]{2,6}\d{3,5}[A-Z]?")

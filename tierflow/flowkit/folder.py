@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from tierflow.core import clock
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.vault.folder import Folder, read_notes
 from tierflow.vault.links import VaultNames
@@ -52,8 +50,7 @@ def writer_for(settings: RunSettings, folder: str) -> NoteWriter:
     note must resolve to exactly one file, or it is not written.
     """
     vault = check_vault(Path(settings.vault or "."))
-    today = clock.now().astimezone(ZoneInfo(caller_for(settings).config.settings.vault.timezone)).date()
-    return NoteWriter(vault, folder, today=today, names=VaultNames.scan(vault))
+    return NoteWriter(vault, folder, today=caller_for(settings).config.today(), names=VaultNames.scan(vault))
 
 
 def templates(settings: RunSettings) -> SandboxedEnvironment:

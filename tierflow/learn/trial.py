@@ -28,7 +28,6 @@ from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import jsonschema
 import sqlalchemy as sa
@@ -321,7 +320,7 @@ def _request_from(stored: dict[str, Any]) -> Request:
 
 def _retry_note_head() -> str:
     """How the note a retry appends to its prompt begins (templates/prompts/call/retry.j2, before the problems)."""
-    template = (files("tierflow.templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
+    template = (files("tierflow._templates") / "prompts" / "call" / "retry.j2").read_text(encoding="utf-8")
     return template.split("{{ problems }}", 1)[0]
 
 
@@ -379,8 +378,8 @@ def plan_trial(
             "requests earlier runs sent: run the flow first"
             + (f", or choose one of its recorded phases: {', '.join(known)}" if known else "")
         )
-    cloud = [t for t in dict.fromkeys([*ordered, judge or order[-1]]) if _kind(config, t) in CLOUD_KINDS]
-    local = [s for s in samples if _origin_kind(config, s.origin) not in CLOUD_KINDS]
+    cloud = [t for t in dict.fromkeys([*ordered, judge or order[-1]]) if config.provider_for(t)[1].leaves_machine]
+    local = [s for s in samples if not _origin_left_machine(config, s.origin)]
     if cloud and local and not send_local_data:
         raise TrialError(
             f"{len(local)} of the {len(samples)} sampled requests were answered by a local or offline model "
@@ -404,17 +403,11 @@ def plan_trial(
     return trial
 
 
-CLOUD_KINDS = ("anthropic", "openai")
-
-
-def _kind(config: Config, tier: str) -> str:
-    return config.provider_for(tier)[1].kind
-
-
-def _origin_kind(config: Config, origin: str) -> str:
-    """The provider kind of a recorded `provider:model`; `unknown` when the config no longer has that provider."""
+def _origin_left_machine(config: Config, origin: str) -> bool:
+    """Whether a recorded `provider:model` answer came from off this machine; False (so: treated as local text)
+    when the config no longer has that provider."""
     provider = config.settings.providers.get(origin.partition(":")[0])
-    return provider.kind if provider is not None else "unknown"
+    return provider is not None and provider.leaves_machine
 
 
 def _complexity(ledger: Ledger, flow: str, phase: str) -> str:
@@ -580,7 +573,7 @@ def _measure(ledger: Ledger, trial: Trial) -> None:
 
 
 def note_date(config: Config) -> str:
-    return clock.now().astimezone(ZoneInfo(config.settings.vault.timezone)).date().isoformat()
+    return config.today().isoformat()
 
 
 def write_report(trial: Trial, vault: Path, config: Config) -> WriteResult:

@@ -142,7 +142,7 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     loaders = []
     if vault is not None and (vault / override_folder).is_dir():
         loaders.append(FileSystemLoader(str(vault / override_folder)))
-    loaders.append(FileSystemLoader(str(files("tierflow.templates"))))
+    loaders.append(FileSystemLoader(str(files("tierflow._templates"))))
     env = SandboxedEnvironment(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
@@ -356,6 +356,9 @@ class NoteWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600; a note gets the mode any new file gets here (a synced or shared vault,
+            # a publishing tool running as another user), or keeps the mode of the note it replaces.
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
                 handle.write(text)
                 handle.flush()
@@ -364,6 +367,15 @@ class NoteWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 def _strings(value: Any) -> list[str]:

@@ -26,24 +26,78 @@ def name_parts(name: str) -> list[str]:
     return list(dict.fromkeys(parts))
 
 
+_TRANSLITERATED = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"})
+_UNDECOMPOSED = str.maketrans("øØłŁđĐıħĦŧŦ", "oOlLdDihHtT")
+_SHORT_NUMBER = re.compile(r"\d{1,4}")
+
+
+def fold(text: str) -> str:
+    """`text` with each accented letter as its base letter ("Siobhán Müller" -> "Siobhan Muller"), one character
+    for one, so that a match in the folded text is at the same place in the text."""
+    out = []
+    for ch in text.translate(_UNDECOMPOSED):
+        parts = unicodedata.normalize("NFD", ch)
+        base = parts[0]
+        # Only a letter plus combining marks folds; a character that decomposes otherwise stays itself.
+        out.append(base if len(parts) > 1 and all(unicodedata.combining(c) for c in parts[1:]) else ch)
+    return "".join(out)
+
+
+def spellings(name: str) -> list[str]:
+    """The ways a name is typed where the keyboard lacks its letters: as written, and German-style
+    ("Müller" -> "Mueller"); `fold` covers the rest ("Muller")."""
+    return list(dict.fromkeys([name, name.translate(_TRANSLITERATED)]))
+
+
 @dataclass(frozen=True)
 class Student:
     student_id: str
     name: str = ""
+    aliases: tuple[str, ...] = ()
+    """Other names the student's files carry (a docx author, a PDF /Author)."""
+    also: tuple[str, ...] = ()
+    """Other things that identify the student, hidden where they stand whole: an email address, a student number."""
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Text with the roster hidden, and where each replacement stands in it and in the text (NFC-normalised)."""
+
+    text: str
+    source: str
+    spans: list[tuple[int, int, int, int]]
+    """(start, end) in `text`, then (start, end) in `source`, for each replacement, in order."""
+
+    def source_of(self, start: int, end: int) -> str:
+        """The source text behind `text[start:end]`; a replacement cut by either end is taken whole."""
+        lo = hi = None
+        shift = 0  # source minus text offset, after the replacements passed so far
+        for hs, he, ss, se in self.spans:
+            if lo is None and start < he:
+                lo = ss if start > hs else start + shift
+            if end <= hs:
+                break
+            hi = se if end < he else None
+            shift = se - he
+        lo = start + shift if lo is None else lo
+        return self.source[lo : (end + shift if hi is None else hi)]
 
 
 class Pseudonyms:
     """Maps each student to `Student-NN` (by sorted id, so the same cohort always gets the same labels).
 
-    `hide` replaces every roster id, full name and name part in text bound for a model; `reveal` maps the
-    labels back when a note is written locally.
+    `hide` replaces every roster id, full name, name part, alias and other identifier (`Student.also`) in text
+    bound for a model; `reveal` maps the labels back when a note is written locally, and `restore` gives back
+    the student's own words where a model quotes the hidden text.
 
-    Every part of every name is replaced, however short ("Li", "Wu", "Ng", "Le", "Do"), case-insensitively
-    and in every script: on word boundaries where the script puts spaces between words, and as the exact
-    substring in scripts that do not (a Chinese or Japanese name written without spaces). Privacy wins over
-    prose: a part that is also a common word is replaced wherever it stands as a word, so "Do the readings"
-    reaches the model as "Student-03 the readings" when a student is called Do. Only a lone initial ("J." of
-    "J. Smith") is not replaced on its own: it names nobody, and replacing it would replace "a" and "I".
+    Every part of every name is replaced, however short ("Li", "Wu", "Ng", "Le", "Do"), case-insensitively,
+    with or without its accents ("Siobhan Mueller" for "Siobhán Müller"), and in every script: on word boundaries
+    where the script puts spaces between words, and as the exact substring in scripts that do not (a Chinese or
+    Japanese name written without spaces). Privacy wins over prose: a part that is also a common word is replaced
+    wherever it stands as a word, so "Do the readings" reaches the model as "Student-03 the readings" when a
+    student is called Do. Not replaced on their own: a lone initial ("J." of "J. Smith"), which names nobody and
+    would replace "a" and "I"; and an id of one to four digits (a Moodle participant 2007), a platform's record
+    number that would otherwise replace the years and page numbers of the text, while a student never writes it.
     """
 
     def __init__(self, students: Iterable[Student]) -> None:
@@ -51,28 +105,47 @@ class Pseudonyms:
         width = max(2, len(str(len(roster))))
         self.label = {s.student_id: f"Student-{i:0{width}d}" for i, s in enumerate(roster, start=1)}
         self.students = {s.student_id: s for s in roster}
-        replacements: dict[str, tuple[str, str]] = {}  # casefolded -> (text as written, label)
+        replacements: dict[str, str] = {}  # folded and casefolded -> label
         for s in roster:
-            label = self.label[s.student_id]
-            for text in (s.student_id, *name_parts(s.name)):
-                replacements.setdefault(text.casefold(), (text, label))
+            ids = [] if _SHORT_NUMBER.fullmatch(s.student_id) else [s.student_id]
+            # Aliases first: the roster's parts ("Okafor") would otherwise take the first claim on an alias's.
+            names = [p for n in (*s.aliases, s.name) for p in name_parts(n)]
+            for text in (*ids, *(v for n in names for v in spellings(n)), *s.also):
+                if text.strip():
+                    replacements.setdefault(fold(text.strip()).casefold(), self.label[s.student_id])
         # Longest first, so a full name is replaced before its parts; one group per text, named by its index.
-        ordered = sorted(replacements.values(), key=lambda pair: len(pair[0]), reverse=True)
-        self._texts = [text for text, _ in ordered]
-        self._labels = [label for _, label in ordered]
+        ordered = sorted(replacements, key=len, reverse=True)
+        self._labels = [replacements[t] for t in ordered]
         self._hide = (
-            re.compile("|".join(f"(?P<n{i}>{word_pattern(t)})" for i, t in enumerate(self._texts)), re.IGNORECASE)
-            if self._texts
+            re.compile("|".join(f"(?P<n{i}>{word_pattern(t)})" for i, t in enumerate(ordered)), re.IGNORECASE)
+            if ordered
             else None
         )
         self._reveal = {label: sid for sid, label in self.label.items()}
 
+    def hidden(self, text: str) -> Hidden:
+        """`hide`, with where each replacement stands."""
+        source = unicodedata.normalize("NFC", text)
+        if self._hide is None:
+            return Hidden(source, source, [])
+        out: list[str] = []
+        spans: list[tuple[int, int, int, int]] = []
+        at = length = 0
+        for m in self._hide.finditer(fold(source)):
+            label = self._labels[int(str(m.lastgroup)[1:])]
+            out.append(source[at : m.start()])
+            length += m.start() - at
+            spans.append((length, length + len(label), m.start(), m.end()))
+            out.append(label)
+            length += len(label)
+            at = m.end()
+        out.append(source[at:])
+        return Hidden("".join(out), source, spans)
+
     def hide(self, text: str) -> str:
         """`text` (NFC-normalised, so that a name typed with combining accents is found) with every id, name
         and name part of the roster replaced by the student's label."""
-        if self._hide is None:
-            return text
-        return self._hide.sub(lambda m: self._labels[int(str(m.lastgroup)[1:])], unicodedata.normalize("NFC", text))
+        return self.hidden(text).text
 
     def reveal(self, text: str, *, by: str = "name") -> str:
         """Labels back to names (or ids, with `by="id"`) for the local note."""
@@ -85,6 +158,34 @@ class Pseudonyms:
             return student.name if by == "name" and student.name else sid
 
         return re.sub(r"Student-\d+", back, text)
+
+    def restore(self, answer: str, source: Hidden) -> str | None:
+        """A model's quotation of the hidden text as the student wrote it ("I Student-08 discuss" -> "I will
+        discuss", for a Will Hope): None if `answer` is not in the hidden text as it stands."""
+        at = source.text.find(answer) if answer else -1
+        return None if at < 0 else source.source_of(at, at + len(answer))
+
+    def restore_label(self, answer: str, source: Hidden, label: str, name: str) -> str:
+        """`answer` with each `label` in it as the student wrote that place, where the text around it quotes the
+        hidden text (the place sharing most of it; 4 characters at least); elsewhere `name`."""
+        places = [(hs, he, ss, se) for hs, he, ss, se in source.spans if source.text[hs:he] == label]
+
+        def shared(a: int, b: int, hs: int, he: int) -> int:
+            n = 0
+            while n < a and n < hs and answer[a - n - 1] == source.text[hs - n - 1]:
+                n += 1
+            m = 0
+            while b + m < len(answer) and he + m < len(source.text) and answer[b + m] == source.text[he + m]:
+                m += 1
+            return n + m
+
+        def back(match: re.Match[str]) -> str:
+            scored = [(shared(*match.span(), hs, he), ss, se) for hs, he, ss, se in places]
+            best = max((score for score, _, _ in scored), default=0)
+            found = {source.source[ss:se] for score, ss, se in scored if score == best}
+            return found.pop() if best >= 4 and len(found) == 1 else name
+
+        return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
 
 
 class NoPseudonyms(Pseudonyms):

@@ -168,7 +168,7 @@ mode, JSON mode with the schema attached (llama.cpp), then a prompt that asks fo
 
 def json_instruction(schema: dict[str, Any]) -> str:
     """The instruction that asks for JSON matching `schema`, for servers without a JSON-schema mode."""
-    template = (files("tierflow.templates") / "prompts" / "call" / "json.j2").read_text(encoding="utf-8")
+    template = (files("tierflow._templates") / "prompts" / "call" / "json.j2").read_text(encoding="utf-8")
     return template.replace("{{ schema }}", json.dumps(schema, ensure_ascii=False))
 
 
