@@ -111,6 +111,26 @@ def test_reupload_zip_keeps_each_downloaded_name_so_canvas_matches_user_and_atta
     assert any(n.startswith("1004: comment not in the re-upload zip") for n in result.notes)
 
 
+def test_a_submitted_doc_is_named_as_a_file_tierflow_cannot_write_into_not_a_text_entry(tmp_path):
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")
+    students = cohort()
+    students[0].files = {"essay.doc": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 600}  # Word 97-2003
+    import_submissions(vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", students))
+    for sid in ("1001", "1004"):
+        (vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").write_text(draft_text(sid), encoding="utf-8")
+    result = export_feedback(vault, ASSIGNMENT, "canvas", out=tmp_path / "grades.csv")
+
+    (doc,) = [n for n in result.notes if n.startswith("1001: comment not in the re-upload zip")]
+    assert "osullivanliam_1001_9001_essay.doc" in doc and "cannot write" in doc and "SpeedGrader" in doc
+    assert "text entry" not in doc
+    (text,) = [n for n in result.notes if n.startswith("1004: comment not in the re-upload zip")]
+    assert "text entry" in text
+    assert not (tmp_path / "grades comments.zip").exists()  # nothing else to re-upload
+
+
 def test_several_assignments_need_a_column_and_a_wrong_one_is_named(canvas_vault, tmp_path):
     downloaded = tmp_path / "grades.csv"
     downloaded.write_bytes(gradebook_bytes())

@@ -188,21 +188,13 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
     commented: list[str] = []
     for sid, draft in sorted(drafts.reviewed.items()):
         note = _submission(vault, folder, sid)
-        downloaded = [str(d) for d in (note.metadata.get("downloaded_as") or [])] if note else []
-        usable = [
-            d for d in downloaded if (p := canvas.parse_name(PurePosixPath(d).name)) and not p.text_entry
-            and PurePosixPath(d).suffix.lower() in files.WRITABLE
-        ]  # fmt: skip
+        downloaded = [PurePosixPath(str(d)).name for d in (note.metadata.get("downloaded_as") or [])] if note else []
+        attached = [d for d in downloaded if (p := canvas.parse_name(d)) and not p.text_entry]
+        usable = [d for d in attached if PurePosixPath(d).suffix.lower() in files.WRITABLE]
         if not usable:
-            why = (
-                "only a text entry, which Canvas's re-upload cannot match (it needs an attachment id): paste the "
-                "comment in SpeedGrader"
-                if downloaded
-                else "no Canvas file recorded for this student (import the submissions.zip first)"
-            )
-            result.notes.append(f"{sid}: comment not in the re-upload zip: {why}")
+            result.notes.append(f"{sid}: comment not in the re-upload zip: {_why_not_reuploaded(downloaded, attached)}")
             continue
-        name = PurePosixPath(usable[0]).name
+        name = usable[0]
         entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_text())))
         commented.append(sid)
     sheet = None
@@ -256,6 +248,28 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             _write_zip(comments, entries)
             result.written.append(comments)
             result.notes.append("In Canvas: the assignment -> Re-Upload Submissions, with the comments zip.")
+
+
+def _why_not_reuploaded(downloaded: list[str], attached: list[str]) -> str:
+    """Why a student's comment cannot go into the re-upload zip, and what the lecturer can do instead."""
+    if attached:
+        what = "file ({}) is a type" if len(attached) == 1 else "files ({}) are types"
+        return (
+            f"the submitted {what.format(', '.join(attached))} tierflow cannot write feedback into (it writes "
+            f"{', '.join(files.WRITABLE)}), and Canvas names a re-uploaded comment file after the submitted one: "
+            "paste the comment in SpeedGrader"
+        )
+    if any((p := canvas.parse_name(d)) and p.text_entry for d in downloaded):
+        return (
+            "only a text entry, which Canvas's re-upload cannot match (it needs an attachment id): paste the "
+            "comment in SpeedGrader"
+        )
+    if downloaded:
+        return (
+            f"no file named as Canvas names its downloads ({', '.join(downloaded)}), so Canvas's re-upload cannot "
+            "match it to the submission: paste the comment in SpeedGrader"
+        )
+    return "no Canvas file recorded for this student (import the submissions.zip first)"
 
 
 def _write_zip(path: Path, entries: list[tuple[str, bytes]]) -> None:
