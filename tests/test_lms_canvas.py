@@ -131,6 +131,18 @@ def test_a_submitted_doc_is_named_as_a_file_tierflow_cannot_write_into_not_a_tex
     assert not (tmp_path / "grades comments.zip").exists()  # nothing else to re-upload
 
 
+def test_gradebook_students_with_a_submission_but_no_draft_are_named_and_their_cells_kept(canvas_vault, tmp_path):
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(gradebook_bytes().replace(b"EDU7001 A,,7", b"EDU7001 A,12.5,7"))
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="4512")
+
+    assert [sid for sid, _ in result.untouched] == ["1005", "1006", "1007"]  # imported, never drafted
+    assert all("no feedback draft" in why for _, why in result.untouched)
+    assert result.no_submission == []  # the Test Student is no student
+    grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
+    assert all(grades[sid]["4512"] == "12.5" for sid in ("1005", "1006", "1007"))
+
+
 def test_several_assignments_need_a_column_and_a_wrong_one_is_named(canvas_vault, tmp_path):
     downloaded = tmp_path / "grades.csv"
     downloaded.write_bytes(gradebook_bytes())

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from lms_exports import cohort, moodle_zip
 from lms_rules import (
     MOODLE_DATE,
     MoodleGrade,
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 from tierflow.cli.app import app
 from tierflow.lms.drafts import collect
 from tierflow.lms.exporter import ExportFeedbackError, export_feedback
+from tierflow.lms.importer import import_submissions
 from tierflow.lms.marks import mark_of, scale_of
 from tierflow.vault.rubric import load_rubric
 
@@ -177,6 +179,35 @@ def test_filled_worksheet_changes_only_grade_and_feedback_and_moodle_imports_eve
     assert "Submitted for grading\nAssignment was submitted 2 hours late" in data.decode("utf-8")
     assert php_fputcsv(new_rows[1]).encode() in data  # each row as PHP's fputcsv writes it
     assert [p for p, why in result.left_out if "not reviewed" in why] == [f"{ASSIGNMENT}/feedback/1004 feedback.md"]
+
+
+def test_worksheet_students_without_a_draft_are_named_and_their_rows_stay_as_downloaded(graded_vault, tmp_path):
+    chloe = [s for s in cohort() if s.participant == "1002"]
+    import_submissions(graded_vault, ASSIGNMENT, moodle_zip(tmp_path / "submissions.zip", chloe))
+    for sid in ("1002", "1003"):  # 1002's draft deleted (or its drafting failed); 1003 has no submission either
+        (graded_vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").unlink()
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(worksheet_bytes())
+    before = downloaded.read_bytes()
+    result = export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+
+    assert result.sent == ["1001"]
+    ((sid, why),) = result.untouched
+    assert sid == "1002" and "no feedback draft" in why and "left as it was" in why
+    assert result.no_submission == ["1003"]
+    import csv
+
+    data = (tmp_path / "worksheet (tierflow).csv").read_bytes()
+    old_rows = list(csv.reader(io.StringIO(before.decode("utf-8-sig"))))
+    new_rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    for i in (2, 3):  # 1002, 1003: byte for byte as downloaded
+        assert new_rows[i] == old_rows[i] and php_fputcsv(old_rows[i]).encode() in data
+    assert new_rows[1] != old_rows[1]
+
+    args = ["export", "feedback", "--vault", str(graded_vault), "-a", ASSIGNMENT, "--to", "moodle-worksheet"]
+    dry = CliRunner().invoke(app, [*args, "--worksheet", str(downloaded), "--dry-run"])
+    assert "1 student(s) in worksheet.csv left as they were:\n  1002: no feedback draft" in dry.stderr
+    assert "1 student(s) in worksheet.csv with no submission note in the vault, left as they were: 1003" in dry.stderr
 
 
 def test_marks_come_from_the_rubric_and_the_lecturers_edits_win(graded_vault):

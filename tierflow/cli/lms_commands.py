@@ -249,6 +249,18 @@ def export_feedback(
         err.print(f"{len(result.left_out)} draft(s) left out: {summary}", markup=False)
         for path, why in result.left_out:
             err.print(f"  {path}: {why}", markup=False)
+    downloaded = (worksheet or gradebook or Path()).name
+    if result.untouched:
+        err.print(f"{len(result.untouched)} student(s) in {downloaded} left as they were:", markup=False)
+        for sid, why in result.untouched:
+            err.print(f"  {sid}: {why}", markup=False)
+    if result.no_submission:
+        shown = ", ".join(result.no_submission[:20]) + (", ..." if len(result.no_submission) > 20 else "")
+        err.print(
+            f"{len(result.no_submission)} student(s) in {downloaded} with no submission note in the vault, left as "
+            f"they were: {shown}",
+            markup=False,
+        )
     for note in result.notes:
         err.print(note, markup=False)
     if dry_run:

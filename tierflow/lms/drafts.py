@@ -57,6 +57,8 @@ class Drafts:
     reviewed: dict[str, Draft] = field(default_factory=dict)
     left_out: list[tuple[str, str]] = field(default_factory=list)
     """(draft path, why) for every draft not exported."""
+    students: set[str] = field(default_factory=set)
+    """Every student with a draft, reviewed or not."""
 
     def why_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -81,6 +83,7 @@ def collect(vault: Path, folder: str) -> Drafts:
         sid = str(post.metadata.get("student_id") or "").strip()
         if not sid:
             continue  # the cohort summary and other notes: not a student's draft
+        out.students.add(sid)
         status = str(post.metadata.get("status") or "").strip().lower()
         if status != REVIEWED:
             out.left_out.append((rel, f"not reviewed (status: {status or 'none'}); set `status: reviewed` to send it"))

@@ -36,6 +36,10 @@ class ExportResult:
     sent: list[str] = field(default_factory=list)
     """Student ids whose feedback (and mark, where the target takes one) went into the files."""
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    untouched: list[tuple[str, str]] = field(default_factory=list)
+    """(student id, why) for students of the worksheet or gradebook with a submission note but no draft at all."""
+    no_submission: list[str] = field(default_factory=list)
+    """Students of the worksheet or gradebook with no submission note in the vault."""
     notes: list[str] = field(default_factory=list)
     distribution: list[str] = field(default_factory=list)
     marks: dict[str, Decimal] = field(default_factory=dict)
@@ -139,6 +143,7 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
             result.marks[sid] = grade
             sheet.fill(index, number(grade), draft.html())
         result.sent.append(sid)
+    _without_drafts(vault, folder, drafts, rows, result)
     result.distribution = distribution(values, _sheet_max(sheet))
     result.notes.append(
         f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to each row's Maximum Grade, rounded half "
@@ -148,6 +153,23 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
     if not dry_run:
         out.write_bytes(sheet.render())
         result.written.append(out)
+
+
+def _without_drafts(vault: Path, folder: str, drafts: Drafts, rows: dict[str, int], result: ExportResult) -> None:
+    """The file's students that no draft speaks for: their rows are never filled, so they stay as downloaded."""
+    for sid in sorted(rows):
+        if sid in drafts.students:
+            continue  # sent, or its draft is listed among the left-out ones
+        if (vault / folder / "submissions" / f"{sid}.md").is_file():
+            result.untouched.append(
+                (
+                    sid,
+                    f"no feedback draft (no note with `student_id: {sid}` under feedback/: deleted, or its drafting "
+                    "failed; see the run report); its row is left as it was",
+                )
+            )
+        else:
+            result.no_submission.append(sid)
 
 
 def _sheet_max(sheet: moodle.Worksheet) -> float:
@@ -229,6 +251,7 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             values.append(grade)
             result.marks[sid] = grade
             result.sent.append(sid)
+        _without_drafts(vault, folder, drafts, students, result)
         result.distribution = distribution(values, points)
         result.notes.append(
             f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to {points:g} points, rounded half up "
