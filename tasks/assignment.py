@@ -98,6 +98,7 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
     brief = _body(root / "brief.md")
     exemplars = [_body(p) for p in sorted((root / "exemplars").glob("*.md"))] if (root / "exemplars").is_dir() else []
     submissions, skipped = _submissions(vault, f"{folder}/submissions")
+    skipped += [(rubric.path, f"used, with a warning: {warning}") for warning in rubric.warnings]
     choice = config.settings.feedback.pseudonymise
     return Assignment(
         folder=folder,

@@ -153,6 +153,16 @@ def department_rubric(feedback_vault: Path) -> Path:
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_run_on_percentage_weights_that_add_up_to_110_reports_how_they_were_scaled(feedback_vault: Path):
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    rubric.write_text(rubric.read_text().replace("| 25% |", "| 30% |", 2))  # 30+30+25+25
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed
+    (reason,) = [why for path, why in summary.skipped if path == f"{ASSIGNMENT}/rubric.md"]
+    assert reason.startswith("used, with a warning:") and "add up to 110%, not 100%" in reason
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_offline_drafts_carry_the_rubrics_criteria_levels_and_scores(department_rubric: Path):
     summary = student_feedback(vault=str(department_rubric), profile="offline")
     assert not summary.failed

@@ -171,6 +171,25 @@ def test_each_shape_with_shared_bands_parses_to_the_same_rubric(shape):
     assert rubric.shares() == pytest.approx({"Argument": 0.6, "Method": 0.4})
 
 
+OVER_100 = """
+| Criterion | Weight | Excellent (70+) | Good (60-69) | Fail (<60) |
+| --- | --- | --- | --- | --- |
+| Argument | 50% | a | b | c |
+| Literature | 30% | a | b | c |
+| Structure | 30% | a | b | c |
+"""
+
+
+def test_percentage_weights_that_do_not_add_up_to_100_are_scaled_and_the_rubric_says_so():
+    rubric = parse_rubric(OVER_100, "course/rubric.md")
+    assert rubric.shares() == pytest.approx({"Argument": 50 / 110, "Literature": 30 / 110, "Structure": 30 / 110})
+    (warning,) = rubric.warnings
+    assert "add up to 110%, not 100%" in warning and "scaled" in warning
+    assert "Argument 45.5%, Literature 27.3%, Structure 27.3%" in warning
+    assert parse_rubric(OVER_100.replace("| 30% |", "| 25% |"), "course/rubric.md").warnings == ()
+    assert parse_rubric(POINTS_SHAPES["table, criteria as rows"]).warnings == ()  # marks add up to the total
+
+
 def test_shapes_are_named_for_rubric_show():
     shapes = {parse_rubric(text).shape for text in [*POINTS_SHAPES.values(), *BANDS_SHAPES.values()]}
     assert shapes == {

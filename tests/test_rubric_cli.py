@@ -169,6 +169,19 @@ def test_show_prints_criteria_weights_levels_and_ranges(feedback_vault: Path):
     assert "Use of literature" in table.output and "60-69" in table.output
 
 
+def test_show_warns_when_percentage_weights_miss_100_and_still_shows_the_scaled_shares(feedback_vault: Path):
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    text = rubric.read_text()
+    rubric.write_text(text.replace("| 25% |", "| 30% |", 2).replace("| 25% |", "| 20% |", 1))  # 30+30+20+25
+    table = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert table.exit_code == 0
+    assert "weights add up to 105%, not 100%" in table.stderr and "scaled" in table.stderr
+    assert "29% of the feedback" in table.stdout
+    done = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT, "-f", "json")
+    (warning,) = json.loads(done.stdout)["warnings"]
+    assert "105%" in warning
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_every_flow_ends_an_expected_error_with_the_message_alone(tmp_path: Path, capfd: pytest.CaptureFixture):
     """The reading-notes flow too: a vault that vanished before the run is a VaultError raised inside the flow."""

@@ -71,6 +71,7 @@ def show(
                     "path": rubric.path,
                     "title": rubric.title,
                     "shape": rubric.shape,
+                    "warnings": list(rubric.warnings),
                     "criteria": [
                         {
                             "name": c.name,
@@ -114,6 +115,8 @@ def show(
         for lvl in c.levels:
             table.add_row(escape(lvl.name), str(lvl.score) if lvl.score else "-", escape(lvl.descriptor))
         console.print(table)
+    for warning in rubric.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @rubric_app.command("normalise")

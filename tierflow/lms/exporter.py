@@ -97,8 +97,9 @@ def export_feedback(
     return result
 
 
-def _marks(vault: Path, folder: str, drafts: Drafts):  # noqa: ANN202
+def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # noqa: ANN202
     rubric = load_rubric(vault, f"{folder}/rubric.md")
+    result.notes += [f"{rubric.path}: {warning}" for warning in rubric.warnings]
     return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
 
 
@@ -118,7 +119,7 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
         raise ExportFeedbackError(str(exc)) from None
     out = out or beside(worksheet, ".csv")
     _guard(out, worksheet)
-    rubric, marks = _marks(vault, folder, drafts)
+    rubric, marks = _marks(vault, folder, drafts, result)
     rows = sheet.participants()
     values = []
     for sid, draft in sorted(drafts.reviewed.items()):
@@ -233,7 +234,7 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             raise ExportFeedbackError(
                 f"{gradebook.name}: no `Points Possible` for {sheet.header[col]}; export the gradebook again"
             )
-        rubric, marks = _marks(vault, folder, drafts)
+        rubric, marks = _marks(vault, folder, drafts, result)
         students = sheet.students()
         values = []
         for sid, draft in sorted(drafts.reviewed.items()):

@@ -150,6 +150,21 @@ class Rubric:
         total = sum(w or 0 for w in weights)
         return {c.name: (w or 0) / total for c, w in zip(self.criteria, weights, strict=True)}
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What tierflow had to assume to use the rubric: percentage weights that do not add up to 100."""
+        weights = [c.weight for c in self.criteria]
+        if not weights or not all(w and w.unit == "%" for w in weights):
+            return ()
+        total = sum(w.value for w in weights if w)
+        if abs(total - 100) <= 0.5:
+            return ()
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in self.shares().items())
+        return (
+            f"the criteria's weights add up to {_num(total)}%, not 100%; each was scaled by "
+            f"100/{_num(total)}, so they count as {shares}. Correct the weights if that is not what you meant.",
+        )
+
     def as_markdown(self) -> str:
         """The canonical shape: `## Criterion (weight)` headings with `- Level (range): descriptor` bullets."""
         lines = [f"# {self.title}"]
