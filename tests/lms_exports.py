@@ -229,3 +229,22 @@ def without_utf8_flag(data: bytes) -> bytes:
         n, m, k = struct.unpack_from("<HHH", data, pos + 28)
         pos += 46 + n + m + k
     return bytes(out)
+
+
+def damaged(path: Path, entry: str) -> Path:
+    """The zip at `path` with one byte flipped inside `entry`'s data (as a bad download or disk leaves it); the
+    entry is stored uncompressed, so the flip always shows as a bad CRC-32 whatever the bytes were."""
+    import struct
+
+    with zipfile.ZipFile(path) as z:
+        files = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in files:
+            z.writestr(info, data, zipfile.ZIP_STORED if info.filename == entry else zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(entry)
+    out = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", out, info.header_offset + 26)  # the entry's local header
+    out[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(out))
+    return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
-from lms_exports import INJECTION, canvas_zip, cohort, moodle_zip
+from lms_exports import INJECTION, canvas_zip, cohort, damaged, moodle_zip
 from typer.testing import CliRunner
 
 from tierflow.cli.app import app
@@ -207,3 +207,27 @@ def test_moodle_worksheet_roster_gives_real_names_and_moodles_late_status(lms_va
     assert got["1003"].metadata["late"] is True and got["1002"].metadata["late"] is False  # "... submitted late"
     assert got["1004"].metadata["name"] == "Kofi Mensah"
     assert roster.read_bytes() == worksheet_bytes()  # read, never written
+
+
+def test_a_file_damaged_inside_the_zip_is_not_read_and_the_others_import(lms_vault, tmp_path):
+    students = cohort()
+    export = moodle_zip(tmp_path / "export.zip", students)
+    damaged(export, "Liam OSullivan_1001_assignsubmission_file/essay.docx")  # one byte flipped in Liam's essay
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 0, result.output
+    assert set(notes(lms_vault)) == {s.participant for s in students}
+    line = next(line for line in result.stdout.splitlines() if "not read: essay.docx" in line and "1001" in line)
+    assert "download the export again" in line and "Bad CRC-32" in line
+    kept = lms_vault / ASSIGNMENT / "submissions" / "1001" / "essay.docx"
+    assert not kept.exists()
+    assert notes(lms_vault)["1001"].metadata["tierflow_unreadable"] == [line.split("not read: ", 1)[1]]
+    assert "essay.docx" in notes(lms_vault)["1007"].metadata["files"][0]
+
+    # A whole export later, then a damaged one again: what the whole one gave stays.
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "whole.zip", students))
+    before = (lms_vault / ASSIGNMENT / "submissions" / "1001.md").read_bytes(), kept.read_bytes()
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert report.unreadable[0][:2] == ("1001", "essay.docx")
+    assert ((lms_vault / ASSIGNMENT / "submissions" / "1001.md").read_bytes(), kept.read_bytes()) == before

@@ -27,8 +27,8 @@ from pathvalidate import sanitize_filename
 from tierflow.core.errors import VaultError
 from tierflow.lms import canvas, moodle
 from tierflow.lms.documents import Extracted, extract
-from tierflow.lms.source import Export, ExportError
-from tierflow.lms.work import ReadExport, RosterEntry, StudentWork
+from tierflow.lms.source import EntryError, Export, ExportError
+from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
 
 PLATFORMS = ("moodle", "canvas")
@@ -137,12 +137,23 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
     subs = vault / folder / "submissions"
     originals = subs / work.student_id
     result = StudentResult(work.student_id, work.name, "unchanged", late=work.late)
+    note = subs / f"{work.student_id}.md"
+    result.path = note.relative_to(vault).as_posix()
+    # Every file is read from the export before anything of the student's is written.
+    given: list[tuple[PlatformFile, bytes]] = []
+    for f in work.ordered():
+        try:
+            given.append((f, export.read(f.entry)))
+        except EntryError as exc:
+            result.problems.append((f.filename, str(exc)))
+    if result.problems and note.exists():
+        return result  # what an earlier export gave stays until the whole of this one can be read
     kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
     used: set[str] = set()
-    for f in work.ordered():
+    for f, data in given:
         name = _unique(sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file", used)
         target = originals / name
-        _write_readonly(target, export.read(f.entry))
+        _write_readonly(target, data)
         kept.append((f.filename, target, f.kind, extract(target)))
     for stale in originals.iterdir() if originals.is_dir() else []:
         if stale.name not in used and stale.is_file():
@@ -174,8 +185,6 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
         "tierflow_hidden_text": result.hidden,
         "tierflow_unreadable": [f"{fn}: {why}" for fn, why in result.problems],
     }
-    note = subs / f"{work.student_id}.md"
-    result.path = note.relative_to(vault).as_posix()
     if note.exists() and _edited(note):
         result.action = "kept-edit"
         return result

@@ -8,6 +8,7 @@ mojibake; such names are encoded back to their bytes and decoded as UTF-8 when t
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 class ExportError(TierflowError):
     """The export cannot be read at all (not a zip or folder, or not a platform's export)."""
+
+
+class EntryError(ExportError):
+    """One file of the export cannot be read (damaged inside the zip, gone from the folder); the others can."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,22 @@ class Export:
                 export._zip.close()
 
     def read(self, entry: Entry) -> bytes:
+        """The entry's bytes; EntryError, naming the entry and the fix, when they cannot be read."""
         if self._zip is not None:
-            return self._zip.read(self._infos[entry.path])
-        return (self.path / entry.path).read_bytes()
+            info = self._infos[entry.path]
+            try:
+                return self._zip.read(info)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a bad CRC, a broken or cut-off stream
+                why = str(exc).replace(f" for file {info.filename!r}", "")
+                raise EntryError(
+                    f"damaged inside {self.path.name} ({entry.path}: {why}): download the export again"
+                ) from None
+        try:
+            return (self.path / entry.path).read_bytes()
+        except OSError as exc:
+            raise EntryError(
+                f"cannot be read in {self.path} ({entry.path}: {exc.strerror}): unpack or download the export again"
+            ) from None
 
 
 def _junk(path: str) -> bool:
