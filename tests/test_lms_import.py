@@ -231,3 +231,22 @@ def test_a_file_damaged_inside_the_zip_is_not_read_and_the_others_import(lms_vau
     report = import_submissions(lms_vault, ASSIGNMENT, export)
     assert report.unreadable[0][:2] == ("1001", "essay.docx")
     assert ((lms_vault / ASSIGNMENT / "submissions" / "1001.md").read_bytes(), kept.read_bytes()) == before
+
+
+def test_reimport_deletes_only_the_files_it_imported_itself(lms_vault, tmp_path):
+    students = cohort()
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", students))
+    folder = lms_vault / ASSIGNMENT / "submissions" / "1003"
+    mine = folder / "my-annotations.txt"
+    mine.write_text("Check the survey sample size.\n")
+
+    del students[2].files["appendix.docx"]  # 1003 resubmitted without the appendix
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "second.zip", students))
+    assert sorted(p.name for p in folder.iterdir()) == ["essay.odt", "my-annotations.txt"]
+    assert mine.read_text() == "Check the survey sample size.\n"
+
+    students[2].files["my-annotations.txt"] = b"The student's own file of that name."  # nor is it overwritten
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "third.zip", students))
+    assert mine.read_text() == "Check the survey sample size.\n"
+    assert (folder / "my-annotations (2).txt").read_bytes() == b"The student's own file of that name."
+    assert f"{ASSIGNMENT}/submissions/1003/my-annotations (2).txt" in notes(lms_vault)["1003"].metadata["files"]

@@ -12,7 +12,6 @@ in `feedback/` are never touched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -146,17 +145,18 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
             given.append((f, export.read(f.entry)))
         except EntryError as exc:
             result.problems.append((f.filename, str(exc)))
+    listed = _listed(vault, note, originals)
+    placed = _place(given, originals, listed)
     if result.problems and note.exists():
         return result  # what an earlier export gave stays until the whole of this one can be read
     kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
-    used: set[str] = set()
-    for f, data in given:
-        name = _unique(sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file", used)
-        target = originals / name
+    for f, data, target in placed:
         _write_readonly(target, data)
         kept.append((f.filename, target, f.kind, extract(target)))
-    for stale in originals.iterdir() if originals.is_dir() else []:
-        if stale.name not in used and stale.is_file():
+    # Only files tierflow put there itself go: anything the lecturer added to the folder stays.
+    for name in listed - {t.name for _, _, t in placed}:
+        stale = originals / name
+        if stale.is_file() and not stale.is_symlink():
             stale.chmod(stat.S_IWUSR | stat.S_IRUSR)
             stale.unlink()
     readable = [(fn, p, kind, ex) for fn, p, kind, ex in kept if ex.ok]
@@ -191,6 +191,38 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
     written = NoteWriter(vault, f"{folder}/submissions").write(work.student_id, front, body)
     result.action = written.action
     return result
+
+
+def _listed(vault: Path, note: Path, originals: Path) -> set[str]:
+    """The names of the files in `originals` that the student's note lists under `files:` (none when it has none
+    or its front-matter cannot be read): what an earlier import put there."""
+    try:
+        files = frontmatter.loads(note.read_text(encoding="utf-8")).metadata.get("files")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return set()
+    if not isinstance(files, list):
+        return set()
+    return {(vault / str(p)).name for p in files if (vault / str(p)).parent == originals}
+
+
+def _place(
+    given: list[tuple[PlatformFile, bytes]], originals: Path, listed: set[str]
+) -> list[tuple[PlatformFile, bytes, Path]]:
+    """Where each file of the export goes in `originals`: its own name made safe, unless a file there that tierflow
+    did not list holds other bytes (the lecturer's, or one an earlier note still lists): then `name (2).ext`."""
+    used: set[str] = set()
+    placed = []
+    for f, data in given:
+        base = sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file"
+        name = _unique(base, used)
+        while name not in listed and (originals / name).exists() and not _holds(originals / name, data):
+            name = _unique(base, used)
+        placed.append((f, data, originals / name))
+    return placed
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    return path.is_file() and path.read_bytes() == data
 
 
 def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
@@ -251,7 +283,7 @@ def _unique(name: str, used: set[str]) -> str:
 def _write_readonly(path: Path, data: bytes) -> None:
     """Write the original as downloaded and make it read-only; unchanged bytes are left alone."""
     if path.exists():
-        if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
+        if _holds(path, data):
             return
         path.chmod(stat.S_IWUSR | stat.S_IRUSR)
     path.parent.mkdir(parents=True, exist_ok=True)
