@@ -209,6 +209,42 @@ def test_moodle_worksheet_roster_gives_real_names_and_moodles_late_status(lms_va
     assert roster.read_bytes() == worksheet_bytes()  # read, never written
 
 
+def test_a_resubmission_over_an_edited_note_touches_nothing_and_is_a_warning(lms_vault, tmp_path):
+    from lms_exports import Student, docx_bytes, essay, pdf_bytes
+
+    first = Student("2002", "Zoë Müller", {"Müller essay.pdf": pdf_bytes(essay(2, "Zoe Mueller, EDU7001."))})
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", [first]))
+    subs = lms_vault / ASSIGNMENT / "submissions"
+    note = subs / "2002.md"
+    note.write_text(note.read_text() + "\nLecturer: strong opening, weak conclusion.\n")
+    before = {p.relative_to(subs).as_posix(): p.read_bytes() for p in subs.rglob("*") if p.is_file()}
+
+    again = Student("2002", "Zoë Müller", {"Müller essay v2.docx": docx_bytes(essay(3, "Zoe Mueller, v2."))})
+    export = moodle_zip(tmp_path / "second.zip", [again])
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 0, result.output
+    # The note and the files it lists are as they were: no new file beside them, the original not deleted.
+    assert {p.relative_to(subs).as_posix(): p.read_bytes() for p in subs.rglob("*") if p.is_file()} == before
+    assert "2002: kept as you edited it" in result.stdout
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+    for told in ("2002.md", "new submission", "Müller essay v2.docx", "Müller essay.pdf", "import again"):
+        assert told in warning
+    assert "1 with a new submission NOT imported" in result.stderr
+    # Nothing new since the edit: no warning.
+    report = import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first-again.zip", [first]))
+    assert report.students[0].action == "kept-edit" and not report.warnings
+
+    # As the warning says: the edited note moved out of submissions/, the new submission comes in beside it.
+    aside = lms_vault / ASSIGNMENT / "2002 my edits.md"
+    note.rename(aside)
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert report.students[0].action == "created" and not report.warnings
+    assert notes(lms_vault)["2002"].metadata["files"] == [f"{ASSIGNMENT}/submissions/2002/Müller essay v2.docx"]
+    assert (subs / "2002" / "Müller essay.pdf").read_bytes() == before["2002/Müller essay.pdf"]  # the moved note's
+
+
 def test_a_file_damaged_inside_the_zip_is_not_read_and_the_others_import(lms_vault, tmp_path):
     students = cohort()
     export = moodle_zip(tmp_path / "export.zip", students)

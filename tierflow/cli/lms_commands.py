@@ -85,7 +85,8 @@ def import_submissions(
     as downloaded are kept read-only beside it (submissions/<platform id>/). Files that give no text (a scanned
     PDF, an empty or corrupt file, a password, a type tierflow cannot read) are listed per student with the reason
     and never stop the others. Run it again on a later export: students are added or updated by id, never
-    duplicated, and notes you edited are left as they are. Then run `tierflow run student-feedback`.
+    duplicated, and notes you edited are left as they are, with their files (a new submission for one is named in
+    a warning, not imported). Then run `tierflow run student-feedback`.
     """
     from tierflow.core.errors import TierflowError
     from tierflow.lms.importer import import_submissions as run_import
@@ -118,8 +119,11 @@ def import_submissions(
         late = " (late)" if s.late else ""
         parts = f"{s.parts} part{'s' * (s.parts != 1)}"
         extra = f"; hidden text in {', '.join(s.hidden)}" if s.hidden else ""
-        action = "kept as you edited it" if s.action == "kept-edit" else s.action
-        out.print(f"  {s.student_id}: {action}, {parts}{late}{extra}", markup=False)
+        if s.action == "kept-edit":  # nothing of the export was taken: its parts are not the note's
+            new = "; a new submission was NOT imported (see the warning)" if s.warning else ""
+            out.print(f"  {s.student_id}: kept as you edited it{late}{new}", markup=False)
+        else:
+            out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}", markup=False)
         for file, why in s.problems:
             out.print(f"    not read: {file}: {why}", markup=False)
     for entry, why in report.ignored:
@@ -128,9 +132,11 @@ def import_submissions(
         err.print(f"warning: {warning}", markup=False)
     counts = {a: sum(s.action == a for s in report.students) for a in ("created", "updated", "unchanged", "kept-edit")}
     unread = len(report.unreadable)
+    resubmitted = sum(bool(s.warning) for s in report.students)
+    not_taken = f" ({resubmitted} with a new submission NOT imported)" if resubmitted else ""
     err.print(
         f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "
-        f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited; {unread} file(s) not read. "
+        f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited{not_taken}; {unread} file(s) not read. "
         f"Next: tierflow run student-feedback --vault {vault} --assignment {report.folder}",
         markup=False,
     )

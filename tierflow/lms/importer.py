@@ -6,8 +6,9 @@ by name) with front-matter the flow reads (`student_id`, `name`) and properties 
 read-only in `A/submissions/<student id>/`.
 
 Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
-is replaced when the student's files changed; a note the lecturer edited is left as it is (and said so); drafts
-in `feedback/` are never touched.
+is replaced when the student's files changed; a note the lecturer edited is left as it is with its files (and said
+so, with a warning when a new submission was not taken); drafts in `feedback/` are never touched. Only files the
+note lists are ever replaced or deleted in `A/submissions/<student id>/`: anything else there is the lecturer's.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class StudentResult:
     hidden: list[str] = field(default_factory=list)
     late: bool = False
     path: str = ""
+    warning: str = ""
+    """Set when a new submission was not imported because the lecturer edited the note: what came, what to do."""
 
 
 @dataclass
@@ -119,6 +122,8 @@ def import_submissions(
                 work.late = work.late or bool(entry.late)
             result = _import_one(vault, folder, export, work)
             report.students.append(result)
+            if result.warning:
+                report.warnings.append(result.warning)
             if on_student is not None:
                 on_student(result, done, total)
     return report
@@ -147,6 +152,12 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
             result.problems.append((f.filename, str(exc)))
     listed = _listed(vault, note, originals)
     placed = _place(given, originals, listed)
+    if note.exists() and _edited(note):
+        # The lecturer's note and the files it lists stay exactly as they are, even when the student resubmitted.
+        result.action = "kept-edit"
+        if {t.name for _, _, t in placed} != listed or any(not _holds(t, data) for _, data, t in placed):
+            result.warning = _resubmitted(vault, note, originals, [f.filename for f, _ in given], listed)
+        return result
     if result.problems and note.exists():
         return result  # what an earlier export gave stays until the whole of this one can be read
     kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
@@ -185,9 +196,6 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
         "tierflow_hidden_text": result.hidden,
         "tierflow_unreadable": [f"{fn}: {why}" for fn, why in result.problems],
     }
-    if note.exists() and _edited(note):
-        result.action = "kept-edit"
-        return result
     written = NoteWriter(vault, f"{folder}/submissions").write(work.student_id, front, body)
     result.action = written.action
     return result
@@ -223,6 +231,18 @@ def _place(
 
 def _holds(path: Path, data: bytes) -> bool:
     return path.is_file() and path.read_bytes() == data
+
+
+def _resubmitted(vault: Path, note: Path, originals: Path, files: list[str], listed: set[str]) -> str:
+    """The warning for a new submission not taken over an edited note: what came, what was kept, what to do."""
+    kept = ", ".join(sorted(listed)) or "none"
+    folder = originals.relative_to(vault).as_posix()
+    return (
+        f"{note.relative_to(vault).as_posix()}: a new submission arrived ({', '.join(files) or 'no files'}) and was "
+        f"NOT imported, because you edited this note: it is kept as it is, with the files it lists in {folder}/ "
+        f"({kept}), so feedback would still be drafted on the old submission. To take the new one, rename the note "
+        "and move it out of submissions/ (your edits stay in it), then import again and copy your edits across."
+    )
 
 
 def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
