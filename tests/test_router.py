@@ -16,8 +16,12 @@ from pydantic import BaseModel
 
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.checks import Check
-from tierflow.core.evidence import wilson_low
+from tierflow.core.config import load_config
+from tierflow.core.errors import ConfigError
+from tierflow.core.evidence import Suggestion, wilson_low
 from tierflow.core.ledger import Ledger
+from tierflow.core.routing import route
+from tierflow.learn import routing
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 FLOW = "reading-notes"
@@ -322,3 +326,28 @@ def test_evidence_is_counted_by_the_database_as_calls_are_recorded_and_for_an_ol
     assert counted() == expected
     ledger.record(call_record(project="EDU7001"))  # and counted on as calls are recorded
     assert counted()[("low", "EDU7001", "light")] == (3, 2, pytest.approx(0.001))
+
+
+def change(phase: str, current: str, suggested: str, complexity: str = "low", flow: str = FLOW) -> Suggestion:
+    return Suggestion(flow, phase, complexity, current, suggested, f"move to {suggested}: evidence", {})
+
+
+def test_apply_quotes_a_phase_name_that_is_not_a_bare_toml_key(tmp_path):
+    path = write_config(tmp_path / "config.toml", 'profile = "offline"\n')
+    routing.apply(path, [change("lit review", "standard", "deep"), change('say "hi"\\', "light", "standard")])
+    config = load_config(config_path=path)
+    assert config.settings.routing.phases == {"lit review": "deep", 'say "hi"\\': "standard"}
+    assert route(config, phase="lit review", complexity="medium").tier == "deep"
+    # Applying again replaces the phase's line, whatever its quoting, and keeps the rest.
+    routing.apply(path, [change("lit review", "deep", "light")])
+    assert load_config(config_path=path).settings.routing.phases == {"lit review": "light", 'say "hi"\\': "standard"}
+    assert path.read_text().count("lit review") == 1
+
+
+def test_apply_leaves_the_file_alone_when_the_edit_would_not_be_valid(tmp_path):
+    before = 'profile = "offline"\n[routing]\nphases = { draft = "deep" }\n'
+    path = write_config(tmp_path / "config.toml", before)
+    with pytest.raises(ConfigError, match="not changed"):
+        routing.apply(path, [change("draft", "deep", "light")])
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary file left behind

@@ -8,11 +8,16 @@ date, and returns the diff so the person sees it first.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import tempfile
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 from tierflow.core import clock
 from tierflow.core.config import Config
+from tierflow.core.errors import ConfigError
 from tierflow.core.evidence import Suggestion, gather, suggest
 from tierflow.core.ledger import Ledger
 
@@ -26,22 +31,72 @@ def suggestions(config: Config, ledger: Ledger, *, flow: str | None = None) -> l
 
 
 def apply(path: Path, changes: list[Suggestion]) -> str:
-    """Write each change as `[routing.phases] <phase> = "<tier>"`; returns the unified diff (empty: no change)."""
+    """Write each change as `[routing.phases] <phase> = "<tier>"`; returns the unified diff (empty: no change).
+
+    The new text is parsed, and checked to hold every
+    change, before it replaces the file (atomically); a text that would not parse is never written.
+    """
+    tiers: dict[str, str] = {}
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for s in changes:
+        tiers[s.phase] = s.suggested_tier
+        reasons[s.phase].append(s.reason)
     before = path.read_text(encoding="utf-8") if path.exists() else ""
     text = before
     today = clock.now().date().isoformat()
-    for s in changes:
-        comment = f"# tierflow routing suggest --apply, {today}: {s.reason}"
-        line = f'{s.phase} = "{s.suggested_tier}"'
-        text = _set_phase(text, s.phase, comment, line)
+    for phase, tier in tiers.items():
+        comment = f"# tierflow routing suggest --apply, {today}: {' / '.join(reasons[phase])}"
+        line = f"{toml_key(phase)} = {toml_string(tier)}"
+        text = _set_phase(text, phase, _one_line(comment), line)
     if text == before:
         return ""
+    _check(path, text, tiers)
     diff = "".join(
         difflib.unified_diff(before.splitlines(True), text.splitlines(True), str(path), f"{path} (suggested)")
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    _write_atomic(path, text)
     return diff
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(key: str) -> str:
+    """`key` as a TOML key: bare when only letters, digits, `_` and `-`, else a basic (quoted) string."""
+    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
+
+
+def toml_string(value: str) -> str:
+    """`value` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+    out = []
+    for ch in value:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _one_line(comment: str) -> str:
+    """A comment stays one line: TOML comments may hold no control character but tab."""
+    return "".join(ch if ch == "\t" or (ord(ch) >= 0x20 and ord(ch) != 0x7F) else " " for ch in comment)
+
+
+def _key_of(line: str) -> str | None:
+    """The key a `key = value` line sets (any quoting), or None when the line is not one on its own."""
+    if not line.strip() or line.lstrip().startswith(("#", "[")):
+        return None
+    try:
+        parsed = tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return None
+    if len(parsed) != 1:
+        return None
+    (key,) = parsed
+    return key if not isinstance(parsed[key], dict) else None
 
 
 def _set_phase(text: str, phase: str, comment: str, line: str) -> str:
@@ -52,8 +107,42 @@ def _set_phase(text: str, phase: str, comment: str, line: str) -> str:
     start = header.end() + 1
     following = re.search(r"^\[", text[start:], flags=re.M)
     end = start + following.start() if following else len(text)
-    table = text[start:end]
-    key = re.compile(rf"^(# tierflow routing suggest[^\n]*\n)?{re.escape(phase)}\s*=.*\n?", flags=re.M)
-    table = key.sub("", table)
-    table = f"{comment}\n{line}\n" + table
+    kept: list[str] = []
+    for old in text[start:end].splitlines(True):
+        if _key_of(old) == phase:
+            if kept and kept[-1].startswith("# tierflow routing suggest"):
+                kept.pop()
+            continue
+        kept.append(old)
+    table = f"{comment}\n{line}\n" + "".join(kept)
     return text[:start] + table + text[end:]
+
+
+def _check(path: Path, text: str, tiers: dict[str, str]) -> None:
+    """The new text parses as TOML and sets each phase's tier, or nothing is written."""
+    try:
+        phases = tomllib.loads(text).get("routing", {}).get("phases", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not changed, the edit would not be valid TOML ({exc})") from exc
+    wrong = [phase for phase, tier in tiers.items() if not isinstance(phases, dict) or phases.get(phase) != tier]
+    if wrong:
+        raise ConfigError(
+            f"{path}: not changed, the edit would not set routing.phases for {', '.join(map(repr, wrong))} "
+            "(is `routing.phases` written in another form? Set it under a `[routing.phases]` table)"
+        )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
