@@ -351,3 +351,27 @@ def test_apply_leaves_the_file_alone_when_the_edit_would_not_be_valid(tmp_path):
         routing.apply(path, [change("draft", "deep", "light")])
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary file left behind
+
+
+def test_plan_refuses_a_phase_whose_complexities_want_different_tiers_and_applies_one_that_agrees():
+    found = [
+        change("x", "deep", "light", complexity="high"),
+        change("x", "light", "standard", complexity="low"),
+        change("draft", "light", "standard", complexity="low"),
+        change("draft", "standard", "standard", complexity="medium"),
+        change("collate", "light", "light"),
+    ]
+    changes, refused = routing.plan(found)
+    assert [(s.phase, s.complexity) for s in changes] == [("draft", "low")]
+    assert [(r.suggestion.phase, r.suggestion.complexity) for r in refused] == [("x", "high"), ("x", "low")]
+    assert "high: deep -> light" in refused[0].reason and "low: light -> standard" in refused[0].reason
+    # A keep counts too: moving collate at low would also move it at high, where the evidence says keep deep.
+    _, refused = routing.plan([change("collate", "light", "standard"), change("collate", "deep", "deep", "high")])
+    assert "keep deep" in refused[0].reason
+
+
+def test_apply_refuses_changes_that_disagree_on_one_phase(tmp_path):
+    path = write_config(tmp_path / "config.toml", 'profile = "offline"\n')
+    with pytest.raises(ConfigError, match="disagree"):
+        routing.apply(path, [change("x", "deep", "light", "high"), change("x", "light", "standard", "low")])
+    assert path.read_text() == 'profile = "offline"\n'

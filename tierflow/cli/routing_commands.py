@@ -53,14 +53,22 @@ def suggest_command(
     else:
         _table(found)
     if apply:
-        changes = [s for s in found if s.suggested_tier != s.current_tier]
+        changes, refused = routing.plan(found)
         target = cfg.path or (vault / ".tierflow" / "config.toml" if vault else None)
         if target is None:
             raise fail("--apply needs a config file: give --vault DIR or --config PATH")
+        for reason in dict.fromkeys(r.reason for r in refused):  # one line per phase, not per suggestion
+            typer.echo(reason, err=True)
         if not changes:
-            typer.echo("Nothing to apply: every phase is already on its suggested tier.", err=True)
+            done = "every phase is already on its suggested tier" if not refused else "no change could be written"
+            typer.echo(f"Nothing applied: {done}.", err=True)
             return
-        diff = routing.apply(target, changes)
+        from tierflow.core.errors import ConfigError
+
+        try:
+            diff = routing.apply(target, changes)
+        except ConfigError as exc:
+            raise fail(str(exc)) from exc
         typer.echo(diff, err=True)
         typer.echo(f"Applied {len(changes)} change(s) to {target}. Check with: tierflow config show", err=True)
 

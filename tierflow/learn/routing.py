@@ -3,6 +3,10 @@
 The evidence and the rule are `tierflow.core.evidence` (the same table adaptive routing uses). Applying writes a
 per-phase tier into the vault's config under `[routing.phases]`, with a comment that gives the evidence and the
 date, and returns the diff so the person sees it first.
+
+`[routing.phases]` holds one tier per phase, for every flow and complexity, while a suggestion is made per flow,
+phase and complexity. So a phase is written only when all of its suggestions agree on one tier (`plan`); where they
+disagree, writing any one of them would route the others against their own evidence, and the change is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 import tempfile
 import tomllib
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from tierflow.core import clock
@@ -30,16 +35,60 @@ def suggestions(config: Config, ledger: Ledger, *, flow: str | None = None) -> l
     return [suggest(config, phase) for phase in gather(ledger, flow=flow) if not phase.flow.startswith("trial")]
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A change `--apply` will not write, and why."""
+
+    suggestion: Suggestion
+    reason: str
+
+
+def plan(found: list[Suggestion]) -> tuple[list[Suggestion], list[Refusal]]:
+    """The changes among `found` that `[routing.phases]` can hold, and those refused.
+
+    A phase's change is applied only when every suggestion for that phase (each flow and complexity, those that
+    keep their tier included) names the same tier; otherwise each of its changes is refused, saying which disagree.
+    """
+    by_phase: dict[str, list[Suggestion]] = defaultdict(list)
+    for s in found:
+        by_phase[s.phase].append(s)
+    changes: list[Suggestion] = []
+    refused: list[Refusal] = []
+    for phase, group in by_phase.items():
+        wanted = [s for s in group if s.suggested_tier != s.current_tier]
+        if not wanted:
+            continue
+        if len({s.suggested_tier for s in group}) == 1:
+            changes.extend(wanted)
+            continue
+        each = "; ".join(
+            f"{s.flow} {s.complexity or 'any'}: {s.current_tier} -> {s.suggested_tier}"
+            if s.suggested_tier != s.current_tier
+            else f"{s.flow} {s.complexity or 'any'}: keep {s.current_tier}"
+            for s in group
+        )
+        why = (
+            f"not applied: [routing.phases] holds one tier for phase {phase!r} in every flow and complexity, "
+            f"and its suggestions disagree ({each})"
+        )
+        refused.extend(Refusal(s, why) for s in wanted)
+    return changes, refused
+
+
 def apply(path: Path, changes: list[Suggestion]) -> str:
     """Write each change as `[routing.phases] <phase> = "<tier>"`; returns the unified diff (empty: no change).
 
-    The new text is parsed, and checked to hold every
+    Changes to one phase must agree on its tier (see `plan`). The new text is parsed, and checked to hold every
     change, before it replaces the file (atomically); a text that would not parse is never written.
     """
     tiers: dict[str, str] = {}
     reasons: dict[str, list[str]] = defaultdict(list)
     for s in changes:
-        tiers[s.phase] = s.suggested_tier
+        if tiers.setdefault(s.phase, s.suggested_tier) != s.suggested_tier:
+            raise ConfigError(
+                f"routing.phases.{s.phase}: the changes disagree ({tiers[s.phase]} and {s.suggested_tier}); "
+                "[routing.phases] holds one tier per phase"
+            )
         reasons[s.phase].append(s.reason)
     before = path.read_text(encoding="utf-8") if path.exists() else ""
     text = before
