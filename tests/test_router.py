@@ -18,7 +18,7 @@ from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.checks import Check
 from tierflow.core.config import load_config
 from tierflow.core.errors import ConfigError
-from tierflow.core.evidence import Suggestion, wilson_low
+from tierflow.core.evidence import PhaseEvidence, Suggestion, TierEvidence, suggest, wilson_high, wilson_low
 from tierflow.core.ledger import Ledger
 from tierflow.core.routing import route
 from tierflow.learn import routing
@@ -375,3 +375,35 @@ def test_apply_refuses_changes_that_disagree_on_one_phase(tmp_path):
     with pytest.raises(ConfigError, match="disagree"):
         routing.apply(path, [change("x", "deep", "light", "high"), change("x", "light", "standard", "low")])
     assert path.read_text() == 'profile = "offline"\n'
+
+
+def evidence(tiers: dict[str, tuple[int, int]], complexity: str = "medium") -> PhaseEvidence:
+    """One phase's evidence: tier -> (passed, calls)."""
+    found = {t: TierEvidence(t, n, k, None) for t, (k, n) in tiers.items()}
+    return PhaseEvidence(FLOW, "draft", complexity, found)
+
+
+def test_suggest_keeps_a_tier_that_passed_every_call_and_says_how_many_more_calls_would_tell():
+    config = load_config(profile="offline")  # medium -> standard; target 0.9 over at least 20
+    s = suggest(config, evidence({"standard": (25, 25)}))
+    assert s.suggested_tier == "standard"
+    # 25 of 25 has the lower bound 0.87; n of n reaches 0.9 from n = 35 (n / (n + 1.96^2) >= 0.9).
+    assert "not enough evidence yet" in s.reason and "about 10 more calls" in s.reason
+    assert suggest(config, evidence({"standard": (35, 35)})).reason.startswith("keep standard: pass 1.00")
+
+
+def test_suggest_moves_up_only_when_even_the_upper_bound_misses_the_target():
+    config = load_config(profile="offline")
+    assert suggest(config, evidence({"standard": (22, 25)})).suggested_tier == "standard"  # 0.88: high 0.96
+    s = suggest(config, evidence({"standard": (15, 30)}))
+    assert s.suggested_tier == "deep" and s.reason.startswith("move to deep: standard misses the target 0.90")
+    assert wilson_high(15, 30) < 0.9 <= wilson_high(22, 25)
+    # At the top there is nowhere to go: it is kept, saying so.
+    top = suggest(config, evidence({"deep": (15, 30)}, complexity="high"))
+    assert top.suggested_tier == "deep" and "no tier is above it" in top.reason
+
+
+def test_wilson_upper_bound_mirrors_the_lower_one():
+    assert wilson_high(0, 0) == 1.0
+    for k, n in ((0, 10), (9, 10), (41, 41), (93, 100)):
+        assert wilson_high(k, n) == pytest.approx(1 - hand_wilson(n - k, n))

@@ -30,7 +30,7 @@ Z = 1.96
 """Two-sided 95%."""
 
 
-def wilson_low(passed: int, n: int, z: float = Z) -> float:
+def wilson_low(passed: float, n: int, z: float = Z) -> float:
     """The lower end of Wilson's score interval for `passed` successes in `n` trials (0 when n is 0)."""
     if n == 0:
         return 0.0
@@ -38,6 +38,28 @@ def wilson_low(passed: int, n: int, z: float = Z) -> float:
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - margin) / (1 + z * z / n))
+
+
+def wilson_high(passed: float, n: int, z: float = Z) -> float:
+    """The upper end of Wilson's score interval for `passed` successes in `n` trials (1 when n is 0)."""
+    if n == 0:
+        return 1.0
+    p = passed / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + margin) / (1 + z * z / n))
+
+
+def calls_to_decide(passed: int, n: int, target: float, limit: int = 100_000) -> int | None:
+    """How many more calls, at the pass rate seen so far, would show whether a tier meets `target`: until its
+    lower bound reaches the target, or its upper bound falls below it. 0 when it already shows; None when the
+    rate is too close to the target for `limit` more calls to tell."""
+    rate = passed / n if n else 0.0
+    for more in range(limit + 1):
+        m = n + more
+        if m and (wilson_low(rate * m, m) >= target or wilson_high(rate * m, m) < target):
+            return more
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,11 +78,16 @@ class TierEvidence:
     def pass_rate_low(self) -> float:
         return wilson_low(self.passed, self.calls)
 
+    @property
+    def pass_rate_high(self) -> float:
+        return wilson_high(self.passed, self.calls)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "pass_rate": round(self.pass_rate, 4),
             "pass_rate_low": round(self.pass_rate_low, 4),
+            "pass_rate_high": round(self.pass_rate_high, 4),
             "cost_per_call_usd": None if self.cost_per_call_usd is None else round(self.cost_per_call_usd, 6),
         }
 
@@ -166,7 +193,10 @@ class Suggestion:
 
 
 def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
-    """The cheapest tier whose lower bound meets `[routing] target` on at least `[routing] min_evidence`."""
+    """The cheapest tier whose lower bound meets `[routing] target` on at least `[routing] min_evidence`.
+
+    When none does, the current tier is moved one up only when the evidence shows it misses the target (even its
+    upper bound is below it); otherwise it is kept, saying how many more calls would tell."""
     routing = config.settings.routing
     current = routing.phases.get(phase.phase) or (
         routing[phase.complexity] if phase.complexity in routing else routing["low"]
@@ -193,14 +223,25 @@ def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
         return Suggestion(phase.flow, phase.phase, phase.complexity, current, best.tier, reason, phase.tiers)
     now = phase.tiers.get(current)
     above = order[order.index(current) + 1 :] if current in order else []
-    if now is not None and now.calls >= routing.min_evidence and above:
-        # The current tier demonstrably misses the target and nothing qualifies yet: one tier up cannot do worse.
-        up = above[0]
-        reason = (
-            f"move to {up}: {current} misses the target {routing.target:.2f} (pass {now.pass_rate:.2f}, low "
-            f"{now.pass_rate_low:.2f} over {now.calls} calls) and no tier has met it yet"
+    if now is not None and now.calls >= routing.min_evidence:
+        seen = (
+            f"pass {now.pass_rate:.2f} (low {now.pass_rate_low:.2f}, high {now.pass_rate_high:.2f}) over "
+            f"{now.calls} calls"
         )
-        return Suggestion(phase.flow, phase.phase, phase.complexity, current, up, reason, phase.tiers)
+        if now.pass_rate_high < routing.target and above:
+            # Even its upper bound is below the target, and nothing qualifies yet: one tier up cannot do worse.
+            up = above[0]
+            reason = f"move to {up}: {current} misses the target {routing.target:.2f} ({seen}) and no tier has met it"
+            return Suggestion(phase.flow, phase.phase, phase.complexity, current, up, reason, phase.tiers)
+        if now.pass_rate_high < routing.target:
+            reason = f"keep {current}: it misses the target {routing.target:.2f} ({seen}) but no tier is above it"
+            return Suggestion(phase.flow, phase.phase, phase.complexity, current, current, reason, phase.tiers)
+        more = calls_to_decide(now.passed, now.calls, routing.target)
+        reason = (
+            f"keep {current}: not enough evidence yet, {seen} neither meets the target {routing.target:.2f} nor "
+            "shows that it misses it" + (f"; about {more} more calls at this pass rate would tell" if more else "")
+        )
+        return Suggestion(phase.flow, phase.phase, phase.complexity, current, current, reason, phase.tiers)
     thin = [t for t, e in phase.tiers.items() if e.calls < routing.min_evidence]
     reason = (
         f"keep {current}: no tier meets the target {routing.target:.2f} with at least {routing.min_evidence} "
