@@ -168,3 +168,33 @@ def test_a_call_outside_a_flow_run_is_a_root_span_with_its_ledger_values(tmp_pat
     )
     assert a["gen_ai.usage.input_tokens"] == row["input_tokens"] and a["tierflow.project"] == "thesis"
     assert a["tierflow.outcome"] == "ok" and a["tierflow.cost_usd"] == row["cost_usd"] == 0.0
+
+
+def test_a_failed_answer_exports_the_ledgers_outcome_and_unknown_usage_exports_no_token_counts(
+    tmp_path: Path, receiver
+):
+    from conftest import call_record
+
+    from tierflow.core import telemetry
+    from tierflow.core.usage import UNKNOWN_USAGE
+    from tierflow.report.spend import otel_record
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    calls = [
+        call_record(phase="p1", outcome="truncated"),
+        call_record(phase="p2", outcome="lost", usage=UNKNOWN_USAGE, cost_usd=None),
+        call_record(phase="p3", usage=UNKNOWN_USAGE, cost_usd=None),
+        call_record(phase="p4", downgraded_from="standard"),
+    ]
+    for call in calls:
+        ledger.record(call)
+        telemetry.record_call(call, provider_kind="anthropic")
+    telemetry.flush()
+    exported = [otel_record(row)["attributes"] for row in ledger.rows()]
+    spans = sorted((attributes(s.attributes) for s in receiver.spans), key=lambda a: a["tierflow.phase"])
+    for found in (sorted(exported, key=lambda a: a["tierflow.phase"]), spans):
+        assert [a["tierflow.outcome"] for a in found] == ["truncated", "lost", "unknown-usage", "downgraded"]
+        assert found[0]["gen_ai.usage.input_tokens"] == 12 and found[0]["gen_ai.usage.output_tokens"] == 6
+        for unknown in found[1:3]:  # unknown is not zero: the counts are left out
+            assert [name for name in unknown if name.startswith("gen_ai.usage.")] == []
+            assert unknown["tierflow.usage_known"] in (False, 0)

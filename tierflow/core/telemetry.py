@@ -160,7 +160,10 @@ def attributes_of(
     row: Mapping[str, Any], *, provider_kind: str | None = None, outcome: str | None = None
 ) -> dict[str, Any]:
     """A ledger row as OpenTelemetry attributes: the GenAI semantic conventions, then `tierflow.*` and
-    `prefect.*`. The spans and `tierflow spend --format otel` both use these names."""
+    `prefect.*`. The spans and `tierflow spend --format otel` both use these names.
+
+    A call whose usage is unknown (a lost connection: billed, but never told how much) carries no
+    `gen_ai.usage.*` attribute at all, not zeros: an absent count is unknown, a zero would be a claim."""
     from tierflow.core.ledger import usage_of
 
     usage = usage_of(dict(row))
@@ -168,7 +171,7 @@ def attributes_of(
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": GENAI_PROVIDERS.get(provider_kind or "", row["provider"]),
         "gen_ai.request.model": row["model"],
-        **usage.opentelemetry_attributes(),
+        **(usage.opentelemetry_attributes() if usage.known else {}),
         "tierflow.outcome": outcome or _outcome(row),
     }
     for column, name in ROW_ATTRIBUTES.items():
@@ -201,8 +204,12 @@ ROW_ATTRIBUTES = {
 
 
 def _outcome(row: Mapping[str, Any]) -> str:
+    """`cached`; else the ledger's outcome when the answer was not `ok` (`truncated`, `lost`, `malformed`, ...);
+    else `unknown-usage`, `downgraded` or `ok`."""
     if row.get("cached_result"):
         return "cached"
+    if row.get("outcome") not in (None, "", "ok"):
+        return str(row["outcome"])
     if not row.get("usage_known", True):
         return "unknown-usage"
     return "downgraded" if row.get("downgraded_from") else "ok"
