@@ -52,10 +52,19 @@ from tierflow.core.providers import Request
 from tierflow.core.usage import Usage
 from tierflow.learn import request_router
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing" / "mmlu_public.csv"
+DATA_NAME = Path("shared") / "data" / "routing" / "mmlu_public.csv"
+"""Beside the repository (../shared/...), looked for in each folder above it, so that a git worktree finds it too."""
+DATA = next(
+    (folder / DATA_NAME for folder in Path(__file__).resolve().parents[1:] if (folder / DATA_NAME).is_file()),
+    Path(__file__).resolve().parents[2] / DATA_NAME,
+)
 FLOW = "mmlu"
 TIERS = ("light", "standard", "deep")
 ROUTELLM_BEST = {"cpt50": 35.40, "cpt80": 70.31, "apgr": 0.603}
+
+
+class BenchmarkError(Exception):
+    """Input the benchmark cannot use, said plainly (main prints it and exits 2)."""
 
 
 def record_history(ledger: Ledger, history: pd.DataFrame) -> None:
@@ -79,12 +88,17 @@ def record_history(ledger: Ledger, history: pd.DataFrame) -> None:
 
 def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[str, float], float]:
     """A fresh ledger from `history`, the router fitted from it, and P(light suffices) for each prompt."""
+    if history.empty:
+        raise BenchmarkError("the history has no rows: there is nothing to fit the router on")
     with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
         ledger = Ledger(f"sqlite:///{Path(tmp) / 'ledger.sqlite'}")
         record_history(ledger, history)
         t0 = time.perf_counter()
         router = request_router.fit(request_router.observations(ledger), TIERS)
         fit_s = time.perf_counter() - t0
+    missing = [t for t in ("light", "deep") if t not in router.tiers]
+    if missing:
+        raise BenchmarkError(f"the router learned nothing about {' and '.join(missing)} from the history")
     rows = [(FLOW, str(s), "medium", str(p)) for s, p in zip(prompts["subject"], prompts["prompt"], strict=True)]
     scores = request_router.scores(router, rows, "light", "deep")
     return {str(i): s for i, s in zip(prompts["id"], scores, strict=True)}, fit_s
@@ -115,7 +129,15 @@ def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 
     strong_needed = pd.Series([1 - scores[i] for i in data.index], index=data.index)
     weak = data["weak_correct"].astype(int).to_numpy()
     strong = data["strong_correct"].astype(int).to_numpy()
-    _, thresholds = pd.qcut(strong_needed, num_results, retbins=True)
+    try:
+        _, thresholds = pd.qcut(strong_needed, num_results, retbins=True)
+    except ValueError as exc:  # "Bin edges must be unique"
+        distinct = strong_needed.nunique()
+        raise BenchmarkError(
+            f"the scores take {distinct} distinct value(s) over {len(strong_needed)} prompts, too few for "
+            f"{num_results} quantile thresholds: they hardly order the prompts, so there is no curve to measure "
+            "(a history in which every answer passed, or every answer failed, gives every prompt one score)"
+        ) from exc
     points = []
     for i, threshold in enumerate(thresholds):
         selection = (strong_needed >= threshold if i != len(thresholds) - 1 else strong_needed > threshold).to_numpy()
@@ -132,10 +154,11 @@ def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 
     weak_auc = np.trapezoid(np.full(len(curve), weak_acc), x)
     strong_auc = np.trapezoid(np.full(len(curve), strong_acc), x)
     oracle = np.where((weak == 0) & (strong == 1), strong, weak)
-    return {
-        "cpt50": round(share_at(0.5 * (strong_acc - weak_acc) + weak_acc), 2),
-        "cpt80": round(share_at(0.8 * (strong_acc - weak_acc) + weak_acc), 2),
-        "apgr": round(float((auc - weak_auc) / (strong_auc - weak_auc)), 4),
+    gap = strong_acc != weak_acc
+    metrics = {
+        "cpt50": round(share_at(0.5 * (strong_acc - weak_acc) + weak_acc), 2) if gap else None,
+        "cpt80": round(share_at(0.8 * (strong_acc - weak_acc) + weak_acc), 2) if gap else None,
+        "apgr": round(float((auc - weak_auc) / (strong_auc - weak_auc)), 4) if gap else None,
         "strong_share_at_95pct_quality": round(share_at(0.95 * strong_acc), 2),
         "weak_accuracy": round(float(weak_acc), 2),
         "strong_accuracy": round(float(strong_acc), 2),
@@ -143,6 +166,18 @@ def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 
         "oracle_strong_share": round(float(((weak == 0) & (strong == 1)).mean() * 100), 2),
         "prompts": len(data),
     }
+    if not gap:
+        metrics["note"] = (
+            f"cpt50, cpt80 and apgr are null: the weak and strong models are equally accurate on these labels "
+            f"({weak_acc:.2f}%), so there is no gap for routing to recover"
+        )
+    return metrics
+
+
+def mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are defined (None when none is)."""
+    defined = [v for v in values if v is not None]
+    return round(float(np.mean(defined)), 4) if defined else None
 
 
 def split(data: pd.DataFrame, setting: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +201,7 @@ def experiment(
     data_path: Path, settings: list[str], seeds: list[int], workdir: Path, *, baseline: bool = False
 ) -> dict[str, object]:
     """For each setting and seed: H/P/L files, then both steps through the files, as a user would run them."""
-    data = pd.read_csv(data_path)
+    data = read_csv(data_path, "--data")
     data.insert(0, "id", [f"q{i}" for i in range(len(data))])
     out: dict[str, object] = {"data": str(data_path), "seeds": seeds, "routellm_best": ROUTELLM_BEST}
     for setting in settings:
@@ -188,14 +223,33 @@ def experiment(
                 runs[-1]["baseline"] = evaluate(baseline_scores(pd.read_csv(h), pd.read_csv(p)), pd.read_csv(lab))
             print(f"{setting} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         keys = ("cpt50", "cpt80", "apgr", "strong_share_at_95pct_quality")
-        out[setting] = {"runs": runs, "mean": {k: round(float(np.mean([r[k] for r in runs])), 4) for k in keys}}
+        out[setting] = {"runs": runs, "mean": {k: mean([r[k] for r in runs]) for k in keys}}
         if baseline:
-            means = {k: round(float(np.mean([r["baseline"][k] for r in runs])), 4) for k in keys}
+            means = {k: mean([r["baseline"][k] for r in runs]) for k in keys}
             out[setting]["baseline_mean"] = means
     return out
 
 
+def read_csv(path: Path, option: str) -> pd.DataFrame:
+    if not path.is_file():
+        hint = (
+            " (the default: ../shared/data/routing/ beside the repository or a folder above it)"
+            if (option == "--data" and path == DATA)
+            else ""
+        )
+        raise BenchmarkError(f"{path}: no such file{hint}. Give the CSV with {option} PATH.")
+    return pd.read_csv(path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--history", type=Path)
     parser.add_argument("--prompts", type=Path)
@@ -226,19 +280,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         if not (args.scores and args.labels):
             parser.error("--evaluate needs --scores and --labels")
-        _show(evaluate(json.loads(args.scores.read_text()), pd.read_csv(args.labels)), args.format)
+        if not args.scores.is_file():
+            raise BenchmarkError(f"{args.scores}: no such file. Give the scores with --scores PATH.")
+        _show(evaluate(json.loads(args.scores.read_text()), read_csv(args.labels, "--labels")), args.format)
         return 0
     if not (args.history and args.prompts and args.out):
         parser.error("give --history, --prompts and --out; or --evaluate; or --experiment")
-    scores, _ = fit_and_score(pd.read_csv(args.history), pd.read_csv(args.prompts))
+    scores, _ = fit_and_score(read_csv(args.history, "--history"), read_csv(args.prompts, "--prompts"))
     args.out.write_text(json.dumps(scores))
     print(f"{len(scores)} scores written to {args.out}", file=sys.stderr)
+    if len(set(scores.values())) == 1:
+        print(
+            "warning: every prompt has the same score: the history does not tell the prompts apart (every answer "
+            "passed, or every answer failed, on each tier), so --evaluate has no order to measure",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _show(result: dict[str, object], form: str) -> None:
     if form == "json":
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, allow_nan=False))  # NaN is not JSON: evaluate says null, and why
         return
     writer = csv.writer(sys.stdout, delimiter="\t")
     for key, value in result.items():

@@ -4,10 +4,12 @@ it never saw, and RouteLLM's metrics over those scores."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_public.py"
 _spec = importlib.util.spec_from_file_location("routing_public", _PATH)
@@ -58,3 +60,50 @@ def test_evaluate_gives_random_order_about_half_the_gap():
     )  # fmt: skip
     metrics = routing_public.evaluate({f"q{i}": rnd.random() for i in range(4000)}, labels)
     assert abs(metrics["apgr"] - 0.5) < 0.08 and abs(metrics["cpt50"] - 50) < 10
+
+
+def test_the_default_data_is_found_above_a_worktree_and_a_missing_file_is_named_with_the_option(tmp_path, capsys):
+    data = tmp_path / "shared" / "data" / "routing" / "mmlu_public.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("subject,prompt,weak_correct,strong_correct\n")
+    copy = tmp_path / "wt" / "fix" / "benchmarks" / "routing_public.py"  # a worktree two folders below
+    copy.parent.mkdir(parents=True)
+    copy.write_text(_PATH.read_text())
+    spec = importlib.util.spec_from_file_location("routing_public_in_a_worktree", copy)
+    moved = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(moved)
+    assert data == moved.DATA
+
+    missing = tmp_path / "nowhere.csv"
+    assert routing_public.main(["--experiment", "own-history", "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err and "--data PATH" in err
+
+
+def test_an_empty_history_and_a_one_class_history_are_refused_with_a_reason(tmp_path):
+    prompts = _rows(30, 1, lambda kind, i: "unseen")[["id", "subject", "prompt"]]
+    empty = pd.DataFrame(columns=["subject", "prompt", "weak_correct", "strong_correct"])
+    with pytest.raises(routing_public.BenchmarkError, match="no rows"):
+        routing_public.fit_and_score(empty, prompts)
+    # Every answer passed on both tiers: the router cannot tell the prompts apart, so there is no curve.
+    passed = _rows(60, 0, lambda kind, i: f"s{i % 4}").assign(weak_correct=1, strong_correct=1)
+    scores, _ = routing_public.fit_and_score(passed, prompts)
+    assert len(set(scores.values())) == 1
+    labels = _rows(30, 1, lambda kind, i: "unseen")
+    with pytest.raises(routing_public.BenchmarkError, match="1 distinct value"):
+        routing_public.evaluate(scores, labels)
+
+
+def test_labels_without_a_gap_give_null_metrics_that_say_why_and_valid_json(tmp_path, capsys):
+    rnd = random.Random(5)
+    labels = pd.DataFrame([{"id": f"q{i}", "weak_correct": i % 2, "strong_correct": i % 2} for i in range(200)])
+    (tmp_path / "L.csv").write_text(labels.to_csv(index=False))
+    (tmp_path / "s.json").write_text(json.dumps({f"q{i}": rnd.random() for i in range(200)}))
+    args = ["--evaluate", "--scores", str(tmp_path / "s.json"), "--labels", str(tmp_path / "L.csv"), "--format", "json"]
+    assert routing_public.main(args) == 0
+
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    metrics = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    assert metrics["apgr"] is None and metrics["cpt50"] is None and "no gap" in metrics["note"]
