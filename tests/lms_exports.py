@@ -3,6 +3,7 @@ platforms make them: .docx with python-docx, .pdf with fpdf2 (and pypdf to encry
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from dataclasses import dataclass, field
@@ -157,6 +158,15 @@ def cohort() -> list[Student]:
         Student("1006", "Ravi Patel", online=onlinetext("")),
         Student("1007", "Mei-Lin Zhao", {"essay.docx": docx_bytes(essay(5), hidden=INJECTION)}),
     ]
+
+
+def excel_resaved(data: bytes, *, delimiter: str = ";", encoding: str = "utf-8-sig") -> bytes:
+    """A platform's CSV opened in Excel and saved again: European Excel's `;`, or Windows' "CSV" in cp1252 (a
+    character cp1252 lacks becomes `?`); fields quoted only where needed, CRLF line ends."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows(rows)
+    return out.getvalue().encode(encoding, errors="replace")
 
 
 def moodle_zip(path: Path, students: list[Student], *, layout: str = "folders") -> Path:

@@ -61,14 +61,18 @@ def moodle_import_worksheet(
     participants: set[str],
     maximum: float,
     existing: dict[str, MoodleGrade] | None = None,
+    encoding: str = "UTF-8",
+    separator: str = "comma",
 ) -> dict[str, dict[str, object]]:
-    """Participant id -> what the upload changes (`grade`, `feedback`), as Moodle would import `data`."""
+    """Participant id -> what the upload changes (`grade`, `feedback`), as Moodle would import `data` with the
+    upload form's (uploadgradesform.php) `encoding` and `separator` (csv_import_reader::get_delimiter_list)."""
     existing = existing or {}
     # csv_import_reader::load_csv_content: to UTF-8, BOM trimmed, \r\n? -> \n, trimmed, then fgetcsv per row.
-    text = data.decode("utf-8")
+    text = data.decode(encoding)
     text = text.removeprefix("\ufeff")
     text = re.sub(r"\r\n?", "\n", text).strip()
-    rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    delimiter = {"comma": ",", "semicolon": ";", "colon": ":", "tab": "\t"}[separator]
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
     if not rows:
         raise MoodleRejected("csvemptyfile")
     header = rows[0]

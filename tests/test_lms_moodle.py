@@ -247,6 +247,28 @@ def test_a_blind_marking_worksheet_is_filled_by_participant_id(graded_vault, tmp
     assert all("grade" in imported[sid] for sid in ("1001", "1002", "1003"))
 
 
+def test_a_worksheet_saved_again_by_excel_is_filled_in_its_own_encoding_and_separator(graded_vault, tmp_path):
+    from lms_exports import excel_resaved
+
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(excel_resaved(worksheet_bytes(), delimiter=";", encoding="cp1252"))
+    before = downloaded.read_bytes()
+    result = export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert any("Windows-1252, ;-separated" in note for note in result.notes)
+    data = result.written[0].read_bytes()
+    imported = moodle_import_worksheet(
+        data, participants={s for s, _ in STUDENTS}, maximum=100, encoding="WINDOWS-1252", separator="semicolon"
+    )
+    assert set(result.sent) == {"1001", "1002", "1003"}
+    for sid in result.sent:
+        assert imported[sid]["grade"] == float(result.marks[sid]) and str(imported[sid]["feedback"]).startswith("<")
+    # The rows tierflow did not fill (the header, 1004 not reviewed) are the lecturer's bytes, line ends and all.
+    assert data.split(b"\r\n")[0] == before.split(b"\r\n")[0]
+    assert [r for r in data.split(b"\r\n") if b"Participant 1004" in r] == [
+        r for r in before.split(b"\r\n") if b"Participant 1004" in r
+    ]
+
+
 @pytest.mark.parametrize("fmt", [".docx", ".pdf"])
 def test_feedback_files_zip_is_matched_by_moodles_zip_importer(graded_vault, tmp_path, fmt):
     out = tmp_path / "feedback.zip"

@@ -11,16 +11,27 @@ The rules come from Canvas's own code (instructure/canvas-lms):
   `Section`); a row whose first cell contains `Points Possible` describes the assignments; assignment columns
   are matched by `Assignment.title_and_id` (`/\\A(.*)\\s\\((\\d+)\\)\\z/`), so a renamed header makes a new
   assignment. `tests/test_lms_canvas.py` ports these rules.
+- A gradebook the lecturer saved again in Excel (`;`, or Windows-1252) is read as Excel wrote it, and a filled
+  copy keeps the file's own encoding and delimiter (`tierflow.lms.cells`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 
-from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
+from tierflow.lms.cells import (
+    CsvEncodingError,
+    Dialect,
+    RawRow,
+    found,
+    fputcsv_field,
+    raw_value,
+    read_csv,
+    render,
+    rows_of,
+    split_raw,
+)
 from tierflow.lms.source import Export
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
 
@@ -30,6 +41,8 @@ _LATE = ("LATE", "late")
 TITLE_AND_ID = re.compile(r"\A(.*)\s\((\d+)\)\Z", re.S)
 """Canvas's `Assignment.title_and_id`: how the importer recognises an assignment column."""
 POINTS_POSSIBLE = "Points Possible"
+SIS_COLUMNS = ("SIS User ID", "SIS Login ID")
+"""The institution's ids for a student, hidden from every prompt like the name."""
 TEST_STUDENT = "Student, Test"
 
 
@@ -130,16 +143,32 @@ def display_name(sortable: str) -> str:
     return f"{first.strip()} {last.strip()}".strip() if comma else sortable.strip()
 
 
-def read_roster(data: bytes) -> dict[str, RosterEntry]:
-    """User id -> real name, from a gradebook CSV export."""
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    if not rows or len(rows[0]) < 2 or "Student" not in rows[0][0] or "ID" not in rows[0][1]:
-        return {}
+def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
+    """User id -> real name and SIS ids, from a gradebook CSV export. A GradebookError when it names no student
+    (not a gradebook, or no rows)."""
+    try:
+        rows = rows_of(data)
+    except CsvEncodingError as exc:
+        raise GradebookError(f"{name} {exc}") from None
+    header = rows[0] if rows else []
+    if len(header) < 2 or "Student" not in header[0] or "ID" not in header[1]:
+        raise GradebookError(
+            f"{name} is not a Canvas gradebook export: tierflow looked for a header starting `Student`, `ID` "
+            f"(then {', '.join(f'`{c}`' for c in SIS_COLUMNS)}) and found {found(header)}. In Canvas: Grades -> "
+            "Export -> Export Entire Gradebook, and give that file."
+        )
+    sis = [header.index(c) for c in SIS_COLUMNS if c in header]
     out = {}
     for row in rows[1:]:
         if len(row) < 2 or POINTS_POSSIBLE in row[0] or not _NUMBER.match(row[1].strip()):
             continue
-        out[row[1].strip()] = RosterEntry(row[1].strip(), display_name(row[0]))
+        ids = tuple(row[i].strip() for i in sis if i < len(row) and row[i].strip())
+        out[row[1].strip()] = RosterEntry(row[1].strip(), display_name(row[0]), sis_ids=ids)
+    if not out:
+        raise GradebookError(
+            f"{name} has the gradebook's header but no student rows (a numeric `ID`): export the entire gradebook "
+            "again from Canvas."
+        )
     return out
 
 
@@ -165,25 +194,25 @@ class GradebookError(ValueError):
 class Gradebook:
     """A downloaded gradebook CSV kept byte for byte, with one assignment's column to fill."""
 
-    bom: bool
+    dialect: Dialect
+    """The file's own encoding and delimiter, which the filled copy keeps."""
     header: list[str]
     rows: list[RawRow]
 
     @classmethod
     def parse(cls, data: bytes, name: str) -> Gradebook:
-        bom = data.startswith(b"\xef\xbb\xbf")
         try:
-            text = (data[3:] if bom else data).decode("utf-8")
-        except UnicodeDecodeError:
-            raise GradebookError(f"{name} is not UTF-8: export the gradebook from Canvas again") from None
-        rows = split_raw(text)
-        header = [raw_value(f) for f in rows[0].fields] if rows else []
+            text, dialect = read_csv(data)
+        except CsvEncodingError as exc:
+            raise GradebookError(f"{name} {exc}") from None
+        rows = split_raw(text, dialect.delimiter)
+        header = [raw_value(f, dialect.delimiter) for f in rows[0].fields] if rows else []
         if len(header) < 4 or "Student" not in header[0] or "ID" not in header[1]:
             raise GradebookError(
                 f"{name} is not a Canvas gradebook export (its header must start `Student,ID`). In Canvas: "
                 "Grades -> Export -> Export Entire Gradebook, and give that file as it came."
             )
-        return cls(bom, header, rows)
+        return cls(dialect, header, rows)
 
     def assignment_columns(self) -> list[tuple[int, str, str]]:
         """(index, title, id) of every assignment column, recognised as Canvas's importer recognises them."""
@@ -213,9 +242,9 @@ class Gradebook:
 
     def points_possible(self, col: int) -> float | None:
         for row in self.rows[1:]:
-            if row.fields and POINTS_POSSIBLE in raw_value(row.fields[0]):
+            if row.fields and POINTS_POSSIBLE in self._value(row, 0):
                 try:
-                    return float(raw_value(row.fields[col]).replace(",", "."))
+                    return float(self._value(row, col).replace(",", "."))
                 except (ValueError, IndexError):
                     return None
         return None
@@ -226,17 +255,19 @@ class Gradebook:
         for i, row in enumerate(self.rows[1:], start=1):
             if len(row.fields) < 2:
                 continue
-            first = raw_value(row.fields[0])
+            first = self._value(row, 0)
             if POINTS_POSSIBLE in first or first.strip() == TEST_STUDENT:
                 continue
-            uid = raw_value(row.fields[1]).strip()
+            uid = self._value(row, 1).strip()
             if _NUMBER.match(uid):
                 out[uid] = i
         return out
 
+    def _value(self, row: RawRow, col: int) -> str:
+        return raw_value(row.fields[col], self.dialect.delimiter)
+
     def fill(self, index: int, col: int, value: str) -> None:
-        self.rows[index].fields[col] = fputcsv_field(value)
+        self.rows[index].fields[col] = fputcsv_field(value, self.dialect.delimiter)
 
     def render(self) -> bytes:
-        text = "".join(",".join(r.fields) + r.end for r in self.rows)
-        return (b"\xef\xbb\xbf" if self.bom else b"") + text.encode("utf-8")
+        return render(self.rows, self.dialect)

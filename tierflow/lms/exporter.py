@@ -18,6 +18,7 @@ import frontmatter
 
 from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
+from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect
 from tierflow.lms.marks import distribution, mark_of, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
@@ -151,6 +152,11 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
         f"up to {decimals} decimal places. Upload promptly: Moodle skips a row whose grade changed in Moodle more "
         "than 60 s after the worksheet's `Last modified (grade)`."
     )
+    if _resaved(sheet.dialect):
+        result.notes.append(
+            f"{worksheet.name} was saved again after download ({sheet.dialect.described}); the filled copy is "
+            "written the same way: choose that encoding and separator in Moodle's Upload grading worksheet form."
+        )
     if not dry_run:
         out.write_bytes(sheet.render())
         result.written.append(out)
@@ -171,6 +177,11 @@ def _without_drafts(vault: Path, folder: str, drafts: Drafts, rows: dict[str, in
             )
         else:
             result.no_submission.append(sid)
+
+
+def _resaved(dialect: Dialect) -> bool:
+    """True when a worksheet or gradebook is no longer as the platform wrote it (UTF-8, comma-separated)."""
+    return (dialect.encoding, dialect.delimiter) != ("utf-8", ",")
 
 
 def _sheet_max(sheet: moodle.Worksheet) -> float:
@@ -254,6 +265,11 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             result.sent.append(sid)
         _without_drafts(vault, folder, drafts, students, result)
         result.distribution = distribution(values, points)
+        if _resaved(sheet.dialect):
+            result.notes.append(
+                f"{gradebook.name} was saved again after export ({sheet.dialect.described}); the filled copy is "
+                "written the same way."
+            )
         result.notes.append(
             f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to {points:g} points, rounded half up "
             f"to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: Grades -> "

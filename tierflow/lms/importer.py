@@ -134,7 +134,7 @@ def _roster(path: Path, platform: str) -> dict[str, RosterEntry]:
         data = path.read_bytes()
     except OSError as exc:
         raise ExportError(f"{path}: cannot be read ({exc.strerror}); give the worksheet or gradebook CSV") from None
-    return moodle.read_roster(data) if platform == "moodle" else canvas.read_roster(data)
+    return moodle.read_roster(data, str(path)) if platform == "moodle" else canvas.read_roster(data, str(path))
 
 
 def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> StudentResult:

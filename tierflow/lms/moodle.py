@@ -10,20 +10,31 @@ The rules come from Moodle's own code:
 - `lib/csvlib.class.php` and `mod/assign/feedback/offline/importgradeslib.php` / `locallib.php`: how the
   worksheet is read back (see `tests/test_lms_moodle.py`, which ports those rules).
 - `lib/openspout/src/Writer/CSV/Writer.php`: the worksheet is written with a UTF-8 BOM by PHP's `fputcsv`
-  (`,` and `"`, no escape character, `\\n` line ends).
+  (`,` and `"`, no escape character, `\\n` line ends). A lecturer may have saved it again in Excel (`;`, or
+  Windows-1252): the upload form (`mod/assign/feedback/offline/uploadgradesform.php`) asks for the encoding and
+  separator, so a filled copy keeps the file's own.
 - `mod/assign/feedback/file/importziplib.php`: a feedback file is matched when a folder or file name on its
   path splits on `_` into name, numeric participant id, `assignsubmission`, plugin.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from tierflow.lms.cells import RawRow, fputcsv_field, raw_value, split_raw
+from tierflow.lms.cells import (
+    CsvEncodingError,
+    Dialect,
+    RawRow,
+    found,
+    fputcsv_field,
+    raw_value,
+    read_csv,
+    render,
+    rows_of,
+    split_raw,
+)
 from tierflow.lms.source import Entry, Export
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
 
@@ -43,6 +54,9 @@ MODIFIED_GRADE = "Last modified (grade)"
 MAXIMUM = "Maximum Grade"
 FEEDBACK = "Feedback comments"
 FULL_NAME = "Full name"
+EMAIL = "Email address"
+ID_NUMBER = "ID number"
+"""Identity columns (`$CFG->showuseridentity`) the worksheet may hold: hidden from every prompt with the name."""
 STATUS = "Status"
 PARTICIPANT = "Participant "
 """`get_string('hiddenuser', 'assign')`: the worksheet's `Identifier` is this followed by the participant id."""
@@ -84,12 +98,20 @@ def read_export(export: Export) -> ReadExport:
 # --- the grading worksheet --------------------------------------------------------------------------------
 
 
-def read_roster(data: bytes) -> dict[str, RosterEntry]:
-    """Participant id -> the worksheet's full name (with its apostrophes) and whether Moodle says it was late."""
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    if not rows or IDENTIFIER not in rows[0]:
-        return {}
-    header = rows[0]
+def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
+    """Participant id -> the worksheet's full name (with its apostrophes), email and ID number, and whether Moodle
+    says it was late. A WorksheetError when it names no participant (not a worksheet, or no rows)."""
+    try:
+        rows = rows_of(data)
+    except CsvEncodingError as exc:
+        raise WorksheetError(f"{name} {exc}") from None
+    header = rows[0] if rows else []
+    if IDENTIFIER not in header:
+        raise WorksheetError(
+            f"{name} is not a Moodle grading worksheet: tierflow looked for a `{IDENTIFIER}` column (with "
+            f"`{FULL_NAME}`, `{STATUS}`) and found {found(header)}. Download it from the assignment: View all "
+            "submissions -> Grading action -> Download grading worksheet."
+        )
     out = {}
     for row in rows[1:]:
         if len(row) != len(header):
@@ -100,7 +122,18 @@ def read_roster(data: bytes) -> dict[str, RosterEntry]:
             continue
         sid = ident[len(PARTICIPANT) :].strip()
         status = cells.get(STATUS, "")
-        out[sid] = RosterEntry(sid, cells.get(FULL_NAME, "").strip(), late=("late" in status.lower()) or None)
+        out[sid] = RosterEntry(
+            sid,
+            cells.get(FULL_NAME, "").strip(),
+            late=("late" in status.lower()) or None,
+            email=cells.get(EMAIL, "").strip(),
+            sis_ids=tuple(i for i in [cells.get(ID_NUMBER, "").strip()] if i),
+        )
+    if not out:
+        raise WorksheetError(
+            f"{name} has the worksheet's columns but no student rows (`{PARTICIPANT}<id>` in `{IDENTIFIER}`): "
+            "download the grading worksheet again, with all participants shown."
+        )
     return out
 
 
@@ -112,24 +145,21 @@ class WorksheetError(ValueError):
 class Worksheet:
     """A downloaded grading worksheet, kept byte for byte, with `Grade` and `Feedback comments` to fill."""
 
-    bom: bool
+    dialect: Dialect
+    """The file's own encoding and delimiter, which the filled copy keeps."""
     header: list[str]
     rows: list[RawRow]
 
     @classmethod
     def parse(cls, data: bytes, name: str) -> Worksheet:
-        bom = data.startswith(b"\xef\xbb\xbf")
         try:
-            text = data[3:].decode("utf-8") if bom else data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WorksheetError(
-                f"{name} is not UTF-8. Download the grading worksheet again from Moodle and give it as it came "
-                "(do not open and save it in Excel first)."
-            ) from None
-        rows = split_raw(text)
+            text, dialect = read_csv(data)
+        except CsvEncodingError as exc:
+            raise WorksheetError(f"{name} {exc}") from None
+        rows = split_raw(text, dialect.delimiter)
         if not rows:
             raise WorksheetError(f"{name} is empty. Download the grading worksheet again from Moodle.")
-        header = [raw_value(f) for f in rows[0].fields]
+        header = [raw_value(f, dialect.delimiter) for f in rows[0].fields]
         missing = [c for c in (IDENTIFIER, GRADE, MODIFIED_GRADE) if c not in header]
         if IDENTIFIER not in header:
             raise WorksheetError(
@@ -160,7 +190,7 @@ class Worksheet:
                     f"{name}, row {number}: {len(row.fields)} fields where the header has {len(header)}. Moodle "
                     "rejects the whole file for this; download the grading worksheet again."
                 )
-        return cls(bom, header, rows)
+        return cls(dialect, header, rows)
 
     def participants(self) -> dict[str, int]:
         """Participant id -> row index (into `rows`)."""
@@ -168,24 +198,23 @@ class Worksheet:
         out = {}
         for i, row in enumerate(self.rows[1:], start=1):
             if len(row.fields) == len(self.header):
-                ident = raw_value(row.fields[col])
+                ident = raw_value(row.fields[col], self.dialect.delimiter)
                 if ident.startswith(PARTICIPANT):
                     out[ident[len(PARTICIPANT) :].strip()] = i
         return out
 
     def value(self, index: int, column: str) -> str:
-        return raw_value(self.rows[index].fields[self.header.index(column)])
+        return raw_value(self.rows[index].fields[self.header.index(column)], self.dialect.delimiter)
 
     def fill(self, index: int, grade: str | None, feedback_html: str) -> None:
         """Set the row's `Grade` (unless None) and `Feedback comments`; every other cell stays as downloaded."""
         row = self.rows[index]
         if grade is not None:
-            row.fields[self.header.index(GRADE)] = fputcsv_field(grade)
-        row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html)
+            row.fields[self.header.index(GRADE)] = fputcsv_field(grade, self.dialect.delimiter)
+        row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html, self.dialect.delimiter)
 
     def render(self) -> bytes:
-        text = "".join(",".join(r.fields) + r.end for r in self.rows)
-        return (b"\xef\xbb\xbf" if self.bom else b"") + text.encode("utf-8")
+        return render(self.rows, self.dialect)
 
 
 # --- feedback files ---------------------------------------------------------------------------------------

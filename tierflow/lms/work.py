@@ -57,8 +57,13 @@ class ReadExport:
 
 @dataclass(frozen=True)
 class RosterEntry:
-    """A student as the platform's grade file lists them: real name (apostrophes kept) and late status."""
+    """A student as the platform's grade file lists them: real name (apostrophes kept), late status, and the
+    identifiers the file shows, which are hidden from every prompt like the name."""
 
     student_id: str
     name: str
     late: bool | None = None
+    email: str = ""
+    """Moodle's `Email address`."""
+    sis_ids: tuple[str, ...] = ()
+    """The institution's ids for the student: Moodle's `ID number`, Canvas's `SIS User ID` and `SIS Login ID`."""
