@@ -11,7 +11,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
-from lms_exports import INJECTION, canvas_zip, cohort, damaged, moodle_zip
+from lms_exports import INJECTION, canvas_zip, cohort, damaged, excel_resaved, moodle_zip
 from typer.testing import CliRunner
 
 from tierflow.cli.app import app
@@ -286,3 +286,61 @@ def test_reimport_deletes_only_the_files_it_imported_itself(lms_vault, tmp_path)
     assert mine.read_text() == "Check the survey sample size.\n"
     assert (folder / "my-annotations (2).txt").read_bytes() == b"The student's own file of that name."
     assert f"{ASSIGNMENT}/submissions/1003/my-annotations (2).txt" in notes(lms_vault)["1003"].metadata["files"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "delimiter", "encoding"),
+    [("canvas", ";", "utf-8-sig"), ("canvas", "\t", "cp1252"), ("moodle", ";", "utf-8-sig"), ("moodle", ",", "cp1252")],
+)
+def test_a_roster_saved_again_by_excel_is_read_as_excel_wrote_it(lms_vault, tmp_path, platform, delimiter, encoding):
+    from test_lms_canvas import gradebook_bytes
+    from test_lms_moodle import worksheet_bytes
+
+    roster = tmp_path / "roster.csv"
+    downloaded = gradebook_bytes() if platform == "canvas" else worksheet_bytes()
+    roster.write_bytes(excel_resaved(downloaded, delimiter=delimiter, encoding=encoding))
+    zipped = canvas_zip if platform == "canvas" else moodle_zip
+    import_submissions(lms_vault, ASSIGNMENT, zipped(tmp_path / "export.zip", cohort()), roster=roster)
+    got = notes(lms_vault)
+    assert got["1002"].metadata["name"] == "Chloé Dubois-Martin"
+    if platform == "canvas":
+        assert got["1007"].metadata["name"] == "Mei-Lin Zhao"  # written nowhere in her work: only the roster has it
+        assert got["1007"].metadata["sis_ids"] == ["S1007", "u1007"]
+    else:
+        assert got["1003"].metadata["late"] is True  # only the worksheet's Status says so
+        assert got["1001"].metadata["email"] == "1001@example.ac.uk"
+
+
+@pytest.mark.parametrize(
+    ("platform", "roster", "looked_for", "found"),
+    [
+        ("moodle", "Name;Mark\nLiam;60\n", "`Identifier`", "`Name`, `Mark`"),
+        ("canvas", "Name,Mark\nLiam,60\n", "`Student`, `ID`", "`Name`, `Mark`"),
+        ("canvas", "Student,ID,SIS User ID,SIS Login ID,Section\n    Points Possible,,,,\n", "", "no student rows"),
+    ],
+)
+def test_a_roster_that_names_no_student_stops_the_import_and_says_what_it_found(
+    lms_vault, tmp_path, platform, roster, looked_for, found
+):
+    given = tmp_path / "marks.csv"
+    given.write_text(roster, encoding="utf-8")
+    zipped = canvas_zip if platform == "canvas" else moodle_zip
+    export = zipped(tmp_path / "export.zip", cohort())
+    args = ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT, "--roster", str(given)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert "marks.csv" in said and looked_for in said and found in said and "Traceback" not in said
+    assert not (lms_vault / ASSIGNMENT / "submissions").exists()  # nothing imported
+
+
+def test_a_roster_in_neither_utf8_nor_cp1252_is_refused_by_name(lms_vault, tmp_path):
+    from test_lms_moodle import worksheet_bytes
+
+    given = tmp_path / "worksheet.csv"
+    given.write_bytes(worksheet_bytes().decode("utf-8-sig").encode("utf-16"))  # Excel's "Unicode Text"
+    args = ["import", "submissions", str(moodle_zip(tmp_path / "export.zip", cohort())), "--vault", str(lms_vault)]
+    result = CliRunner().invoke(app, [*args, "-a", ASSIGNMENT, "--roster", str(given)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert "worksheet.csv" in said and "UTF-8" in said and "Windows-1252" in said

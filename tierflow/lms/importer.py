@@ -1,8 +1,9 @@
 """A platform export into the assignment folder the student-feedback flow reads: one note per student.
 
 `A/submissions/<student id>.md` holds the student's text (each file a labelled part, typed text first, then files
-by name) with front-matter the flow reads (`student_id`, `name`) and properties it never sends to a model (`late`,
-`files`, `document_authors`, `tierflow_unreadable`, `tierflow_hidden_text`). The files as downloaded are kept
+by name) with front-matter the flow reads (`student_id`, `name`, and from a roster `email` and `sis_ids`, which it
+hides like the name) and properties it never sends to a model (`late`, `files`, `document_authors`,
+`tierflow_unreadable`, `tierflow_hidden_text`). The files as downloaded are kept
 read-only in `A/submissions/<student id>/`.
 
 Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
@@ -120,7 +121,7 @@ def import_submissions(
             if entry is not None:
                 work.name = entry.name or work.name
                 work.late = work.late or bool(entry.late)
-            result = _import_one(vault, folder, export, work)
+            result = _import_one(vault, folder, export, work, entry)
             report.students.append(result)
             if result.warning:
                 report.warnings.append(result.warning)
@@ -130,14 +131,21 @@ def import_submissions(
 
 
 def _roster(path: Path, platform: str) -> dict[str, RosterEntry]:
+    """The roster's students; an ExportError (before any note is written) when it names none."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ExportError(f"{path}: cannot be read ({exc.strerror}); give the worksheet or gradebook CSV") from None
-    return moodle.read_roster(data, str(path)) if platform == "moodle" else canvas.read_roster(data, str(path))
+    try:
+        return moodle.read_roster(data, str(path)) if platform == "moodle" else canvas.read_roster(data, str(path))
+    except (moodle.WorksheetError, canvas.GradebookError) as exc:
+        # Without it, names (and emails, ids) the lecturer meant to hide would reach the model: stop, don't guess.
+        raise ExportError(f"--roster {exc}") from None
 
 
-def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> StudentResult:
+def _import_one(
+    vault: Path, folder: str, export: Export, work: StudentWork, entry: RosterEntry | None = None
+) -> StudentResult:
     subs = vault / folder / "submissions"
     originals = subs / work.student_id
     result = StudentResult(work.student_id, work.name, "unchanged", late=work.late)
@@ -187,6 +195,8 @@ def _import_one(vault: Path, folder: str, export: Export, work: StudentWork) -> 
     front = {
         "student_id": work.student_id,
         "name": name,
+        **({"email": entry.email} if entry and entry.email else {}),
+        **({"sis_ids": list(entry.sis_ids)} if entry and entry.sis_ids else {}),
         "platform": work.platform,
         "late": work.late,
         "tags": ["submission", "tierflow/imported"],
