@@ -37,6 +37,8 @@ class Submission:
     """Other names of the student's, from their documents' metadata (`document_authors`, written by an LMS import)."""
     not_read: tuple[str, ...] = ()
     """Attachments the note embeds (`![[diagram.png]]`): only the note's text is read, and its draft says so."""
+    also: tuple[str, ...] = ()
+    """The student's email and institution ids (`email`, `sis_ids`, written by an LMS import with a roster)."""
 
     @property
     def empty(self) -> bool:
@@ -65,7 +67,7 @@ class Assignment:
     def pseudonyms(self) -> Pseudonyms:
         if not self.pseudonymise:
             return NoPseudonyms()
-        return Pseudonyms(Student(s.student_id, s.name, aliases=s.aliases) for s in self.submissions)
+        return Pseudonyms(Student(s.student_id, s.name, aliases=s.aliases, also=s.also) for s in self.submissions)
 
 
 NO_ASSIGNMENT = "give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder in the config)"
@@ -161,6 +163,11 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
                 flags=flags,
                 aliases=tuple(str(a) for a in post.metadata.get("document_authors") or [] if str(a).strip()),
                 not_read=embeds,
+                also=tuple(
+                    str(v).strip()
+                    for v in [post.metadata.get("email"), *(post.metadata.get("sis_ids") or [])]
+                    if v and str(v).strip()
+                ),
             )
         )
     submissions = []

@@ -120,6 +120,40 @@ def test_no_student_name_reaches_the_wire_from_an_imported_export(lms_vault, tmp
     assert own.metadata["title"] == "Feedback: Liam O'Sullivan"
 
 
+@pytest.mark.parametrize(
+    ("platform", "line", "secrets"),
+    [
+        ("moodle", "Liam O'Sullivan, s1001@students.example.ac.uk", ["s1001@students.example.ac.uk"]),
+        ("canvas", "Liam O'Sullivan, student S1001 (login u1001)", ["S1001", "u1001"]),
+    ],
+)
+def test_roster_emails_and_student_numbers_never_reach_the_wire(lms_vault, tmp_path, keys, platform, line, secrets):
+    from lms_exports import docx_bytes, essay
+    from test_lms_canvas import gradebook_bytes
+
+    students = cohort()
+    students[0].files = {"essay.docx": docx_bytes(essay(1, line))}
+    roster = tmp_path / "roster.csv"
+    if platform == "canvas":
+        roster.write_bytes(gradebook_bytes())
+        export = canvas_zip(tmp_path / "submissions.zip", students)
+    else:
+        roster.write_bytes(worksheet_for(students).replace(b"1001@example.ac.uk", secrets[0].encode()))
+        export = moodle_zip(tmp_path / "export.zip", students)
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=roster)
+    with ProviderDouble(skilled()) as double:
+        existing = (lms_vault / ".tierflow" / "config.toml").read_text()
+        write_config(lms_vault / ".tierflow" / "config.toml", anthropic_config(double) + existing)
+        summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+        assert not summary.failed, summary.failed
+        essays = [r for r in double.model_calls() if any("Feedback is routinely" in t for t in strings(r.json))]
+        assert essays, "the student's essay reached no request"
+        for request in double.requests:
+            texts = strings(request.json) + [request.raw.decode("utf-8", "replace")]
+            leaked = sorted({s for s in secrets for t in texts if s.casefold() in t.casefold()})
+            assert not leaked, f"{request.path} carried {leaked}"
+
+
 def worksheet_for(students) -> bytes:  # noqa: ANN001
     """Moodle's grading worksheet for the cohort, as downloaded (see tests/test_lms_moodle.py)."""
     from lms_rules import php_fputcsv
