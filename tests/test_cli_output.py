@@ -95,3 +95,26 @@ def test_config_names_in_run_messages_reach_the_console(reading_vault: Path):
     assert result.returncode == 0, result.stdout + result.stderr
     console = " ".join((result.stdout + result.stderr).split())
     assert "more than [vault] max_concepts = 1 concepts" in console, console[-3000:]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly_and_successfully(tmp_path: Path):
+    """`tierflow spend --format jsonl | head -1`: the rest of the output has nowhere to go; no traceback, no
+    message, exit 0, whatever the format and however much was left to write."""
+    from conftest import call_record
+
+    from tierflow.core.ledger import Ledger
+
+    vault = tmp_path / "vault"
+    (vault / ".tierflow").mkdir(parents=True)
+    ledger = Ledger.for_vault(vault)
+    with ledger.transaction() as conn:
+        for i in range(3000):  # far more than a pipe holds (64 KiB)
+            ledger.record(call_record(subject=f"note {i}"), conn=conn)
+    for fmt in ("json", "jsonl", "csv", "otel", "table"):
+        args = [*TIERFLOW, "spend", "--vault", str(vault), "--format", fmt, "--last", "0"]
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdout is not None and proc.stdout.read(100)
+            proc.stdout.close()  # as `head -c 100` does once it has its bytes
+            err = proc.stderr.read() if proc.stderr else b""
+            assert proc.wait(timeout=600) == 0, (fmt, err)
+        assert not err.strip(), (fmt, err)

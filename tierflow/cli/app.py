@@ -771,7 +771,15 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
 def main() -> None:
     # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
     prefect_defaults()
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        # Click ends a command whose reader closed the pipe (`tierflow spend | head`) with exit 1 and no message,
+        # after making stdout quiet (a PacifyFlushWrapper, of the click typer bundles); the reader chose to stop,
+        # as it may with any Unix filter: not a failure.
+        if exc.code == 1 and type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+            raise SystemExit(0) from None
+        raise
 
 
 PREFECT_STARTUP_WAIT = 300
