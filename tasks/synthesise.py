@@ -267,7 +267,7 @@ def _grounded_synthesis(
     skipped: list[tuple[str, str]] = []
     # Whatever the tiers answered, only concepts grounded in this week's sources and quotes are drafted.
     limit = caller_for(settings).config.settings.vault.max_concepts
-    for concept in out.concepts:
+    for concept in same_named_as_one(out.concepts):
         name = concept.name.strip() or "(unnamed)"
         sources = [s for s in dict.fromkeys(concept.sources) if s in by_key]
         if not sources or not concept.name.strip():
@@ -301,6 +301,26 @@ def _grounded_synthesis(
         cost_usd=answer.cost_usd,
         tokens=answer.usage.total_tokens,
     )
+
+
+def same_named_as_one(concepts: list[Concept]) -> list[Concept]:
+    """One concept per name (case and spacing aside), in first-named order: a merge of groups' syntheses may name
+    one concept twice, and two drafts of one note, or one drafted and one skipped, would contradict each other."""
+    merged: dict[str, Concept] = {}
+    for c in concepts:
+        key = " ".join(c.name.split()).casefold() or f"unnamed {len(merged)}"  # dropped later, each with its why
+        first = merged.get(key)
+        if first is None:
+            merged[key] = c
+            continue
+        merged[key] = first.model_copy(
+            update={
+                "sources": list(dict.fromkeys([*first.sources, *c.sources])),
+                "quote_refs": list({(r.citekey, r.quote_id): r for r in [*first.quote_refs, *c.quote_refs]}.values()),
+                "tensions": list(dict.fromkeys([*first.tensions, *c.tensions])),
+            }
+        )
+    return list(merged.values())
 
 
 def synthesise_week(

@@ -101,3 +101,22 @@ def test_run_synthesises_in_groups_then_merges_with_a_ledger_row_per_call(big_we
     before = len(double.model_calls())
     again = reading_notes(vault=str(big_week), since=SINCE, until=UNTIL)
     assert again.failed is None and len(double.model_calls()) == before
+
+
+def test_a_concept_named_twice_by_a_merge_is_one_concept_with_both_groups_sources():
+    """A 300-note week drafted `Judgement` and also skipped `Judgement` past max_concepts, losing its second
+    group's 46 sources."""
+    from tierflow.tasks.synthesise import Concept, QuoteRef, same_named_as_one
+
+    def concept(name: str, sources: list[str], quote: int) -> Concept:
+        return Concept(
+            name=name, summary=name, sources=sources, quote_refs=[QuoteRef(citekey=sources[0], quote_id=quote)]
+        )
+
+    merged = same_named_as_one(
+        [concept("Judgement", ["a", "b"], 1), concept("Dialogue", ["c"], 1), concept(" judgement ", ["b", "d"], 2)]
+    )
+    assert [c.name for c in merged] == ["Judgement", "Dialogue"]
+    assert merged[0].sources == ["a", "b", "d"]
+    assert [(r.citekey, r.quote_id) for r in merged[0].quote_refs] == [("a", 1), ("b", 2)]
+    assert len(same_named_as_one([concept("", ["a"], 1), concept(" ", ["b"], 1)])) == 2  # each dropped with its why
