@@ -142,3 +142,30 @@ def test_a_phase_warms_its_first_calls_route_ahead_of_them(tmp_path: Path, doubl
     assert phase(settings).results == [0, 1, 2]
     assert done.wait(60)  # a guard against a hang only
     assert warmed == [("collate", "light")] and "client" in vars(caller_for(settings).provider("anthropic"))
+
+
+def test_a_phase_whose_every_item_fails_at_the_provider_fails_the_run_and_one_answer_keeps_it_going(
+    tmp_path: Path, prefect_harness
+):
+    """An outage (every call a 529) must not end as a successful run that wrote nothing: a scheduled run's exit
+    code is all that tells. One item answered is a partial week, as before: the others are skipped with why."""
+    from prefect import task
+
+    from tierflow.core.errors import ProviderError
+
+    @task
+    def outage(index):  # noqa: ANN001, ANN202
+        raise ProviderError("anthropic", "claude-haiku-4-5", "HTTP 529 overloaded")
+
+    @task
+    def one_answers(index):  # noqa: ANN001, ANN202
+        if index:
+            raise ProviderError("anthropic", "claude-haiku-4-5", "HTTP 529 overloaded")
+        return index
+
+    settings = RunSettings(vault=str(tmp_path), run_id="outage", flow="phases", profile="offline")
+    down = fan_out_flow(outage, 3)(settings)
+    assert not down.results and len(down.skipped) == 3
+    assert down.failed and "no item got an answer" in down.failed and "529" in down.failed
+    partial = fan_out_flow(one_answers, 3)(settings)
+    assert partial.results == [0] and len(partial.skipped) == 2 and partial.failed is None

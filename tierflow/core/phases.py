@@ -294,6 +294,7 @@ def fan_out(
     finished_queue: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
+    unanswered: list[str] = []  # the provider's errors, one per item that got none
     advance(phase, 0, len(items))
     if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
         route_first = lambda: phase_route(  # noqa: E731
@@ -334,6 +335,8 @@ def fan_out(
                 outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
             except (ProviderError, VaultError) as exc:
                 outcome.skipped.append((name, f"{phase} failed: {exc}"))
+                if isinstance(exc, ProviderError):
+                    unanswered.append(str(exc))
             except (
                 Exception
             ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
@@ -345,6 +348,12 @@ def fan_out(
         outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
+    if unanswered and not outcome.results and not outcome.halted:
+        # An outage, not a bad item: the run fails (exit 3) so that a scheduled run's failure is seen.
+        outcome.failed = (
+            f"{phase} failed: no item got an answer; {len(unanswered)} of {len(items)} failed at the provider "
+            f"(the first: {unanswered[0]}). Rerun once it answers: finished answers are reused, not paid again."
+        )
     return outcome
 
 
