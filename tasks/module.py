@@ -148,8 +148,13 @@ class Module:
 
 
 def module_folder(settings: RunSettings, module: str | None) -> str:
-    """`--module`, else `[module] folder`; an error that says how to set it when neither is given."""
-    folder = (module or caller_for(settings).config.settings.module.folder).strip().strip("/")
+    """`--module`, else `[module] folder`, relative to the vault (an absolute path inside the vault is taken
+    relative to it; a leading `/` means the vault's root); an error that says how to set it when neither is given."""
+    folder = (module or caller_for(settings).config.settings.module.folder).strip()
+    vault = Path(settings.vault or ".").resolve()
+    if folder.startswith("/") and Path(folder).resolve().is_relative_to(vault):
+        folder = Path(folder).resolve().relative_to(vault).as_posix()
+    folder = folder.strip("/")
     if not folder:
         raise VaultError(
             "no module folder: pass --module FOLDER (relative to the vault), or set [module] folder in the "

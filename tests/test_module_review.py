@@ -230,7 +230,10 @@ def test_tierflow_plan_and_run_module_review_keyless_from_the_command_line(modul
     (module_vault / ".tierflow" / "config.toml").write_text("# no [module] folder: --module says\n")
     missing = runner.invoke(app, ["run", "module-review", "--vault", str(module_vault)])
     assert missing.exit_code == 2 and "--module" in missing.output
-    ran = runner.invoke(app, ["run", "module-review", "--vault", str(module_vault), "--module", MODULE])
+    # An absolute path inside the vault, as a shell's completion gives it: taken relative to the vault.
+    ran = runner.invoke(
+        app, ["run", "module-review", "--vault", str(module_vault), "--module", str(module_vault / MODULE)]
+    )
     assert ran.exit_code == 0, ran.output
     assert_every_claim_links_existing_evidence(module_vault, module_vault / PROPOSAL)
 
