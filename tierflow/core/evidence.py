@@ -30,24 +30,24 @@ Z = 1.96
 """Two-sided 95%."""
 
 
-def wilson_low(passed: float, n: int, z: float = Z) -> float:
-    """The lower end of Wilson's score interval for `passed` successes in `n` trials (0 when n is 0)."""
+def wilson(passed: float, n: int, z: float = Z) -> tuple[float, float]:
+    """Wilson's score interval for `passed` successes in `n` trials: (0, 1) when n is 0."""
     if n == 0:
-        return 0.0
+        return 0.0, 1.0
     p = passed / n
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - margin) / (1 + z * z / n))
+    return max(0.0, (centre - margin) / (1 + z * z / n)), min(1.0, (centre + margin) / (1 + z * z / n))
+
+
+def wilson_low(passed: float, n: int, z: float = Z) -> float:
+    """The lower end of `wilson`."""
+    return wilson(passed, n, z)[0]
 
 
 def wilson_high(passed: float, n: int, z: float = Z) -> float:
-    """The upper end of Wilson's score interval for `passed` successes in `n` trials (1 when n is 0)."""
-    if n == 0:
-        return 1.0
-    p = passed / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + margin) / (1 + z * z / n))
+    """The upper end of `wilson`."""
+    return wilson(passed, n, z)[1]
 
 
 def calls_to_decide(passed: int, n: int, target: float, limit: int = 100_000) -> int | None:
