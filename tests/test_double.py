@@ -6,6 +6,7 @@ SDK's pydantic models instead of being constructed leniently.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -490,6 +491,27 @@ def test_retries_run_out(double: ProviderDouble) -> None:
     with pytest.raises(openai.InternalServerError):
         gpt(double).chat.completions.create(model=GPT, messages=[user("hi")])
     assert [c.status for c in double.model_calls()] == [503, 503, 503]
+
+
+def test_a_cut_answer_promises_its_whole_body_sends_half_and_is_billed() -> None:
+    """``cut``: 200 and the full Content-Length, half the body, then the connection closes. Both SDKs retry it;
+    the double made (and billed) every answer, and none was delivered."""
+    with ProviderDouble(lambda r: Reply(text="cut short " * 20, fault="cut")) as d:
+        wire = http.client.HTTPConnection("127.0.0.1", d.port)
+        body = json.dumps({"model": CLAUDE, "max_tokens": 20, "messages": [user("hi")]})
+        wire.request("POST", "/v1/messages", body=body, headers={"Content-Type": "application/json"})
+        response = wire.getresponse()
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            response.read()
+        assert response.status == 200
+        assert len(cut.value.partial) == int(response.headers["Content-Length"]) // 2
+        with pytest.raises(anthropic.APIConnectionError):
+            claude(d).messages.create(model=CLAUDE, max_tokens=20, messages=[user("hi")])
+        with pytest.raises(openai.APIConnectionError):
+            gpt(d).chat.completions.create(model=GPT, messages=[user("hi")])
+        calls = d.model_calls()
+        assert len(calls) == 1 + 3 + 3  # the raw request, then each SDK's first attempt and two retries
+        assert all(c.status == 200 and c.fault == "cut" and not c.delivered and c.response["usage"] for c in calls)
 
 
 def test_401_raises_authentication_error_without_retry(double: ProviderDouble) -> None:

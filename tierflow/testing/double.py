@@ -308,9 +308,9 @@ class DoubleRequest:
     response: Any = None
     """The JSON body the double answered with (None for binary bodies)."""
     fault: str | None = None
-    """``timeout`` or ``reset``, when the responder's ``Reply`` asked for that fault (see ``Reply.fault``)."""
+    """``timeout``, ``reset`` or ``cut``, when the responder's ``Reply`` asked for that fault (see ``Reply.fault``)."""
     delivered: bool = True
-    """False for a ``timeout``: the answer was made and billed, but the client had given up on it."""
+    """False for a ``timeout`` or a ``cut``: the answer was made and billed, but the client never read it whole."""
     fault_delay_s: float = 0.0
 
     @property
@@ -432,6 +432,10 @@ class DoubleRequest:
         return None
 
 
+Fault = Literal["timeout", "reset", "cut"]
+"""The transport faults the double can inject (see ``Reply.fault``)."""
+
+
 @dataclass
 class Reply:
     """What the responder wants the "model" to answer. Unset fields get realistic defaults."""
@@ -450,11 +454,13 @@ class Reply:
     stop_reason: str | None = None
     """Either provider's vocabulary (``end_turn``/``stop``, ``max_tokens``/``length``, ...)."""
     model: str | None = None
-    fault: Literal["timeout", "reset"] | None = None
+    fault: Fault | None = None
     """A transport fault instead of a clean answer. ``reset``: the connection is closed at once, without a
     response; the request is not processed and not billed (``status`` 0). ``timeout``: the answer is made and
     billed, as a provider bills work it has done, but held ``delay_s`` before it is sent, past the client's
-    timeout, so the client never reads it (``delivered`` False). A client that retries may pay twice."""
+    timeout, so the client never reads it (``delivered`` False). ``cut``: the answer is made and billed, and
+    sent as 200 with its full Content-Length, but the connection is closed after half of its body (``delivered``
+    False). A client that retries may pay twice."""
     delay_s: float = 5.0
     """How long a ``timeout`` holds its answer."""
 
@@ -712,11 +718,17 @@ class _Handler(BaseHTTPRequestHandler):
         lines.extend(f"{k}: {v}" for k, v in answer.headers.items())
         if self.close_connection:
             lines.append("Connection: close")
+        if answer.fault == "cut":
+            payload = payload[: len(payload) // 2]  # after a Content-Length that promised all of it
         try:
             self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         except OSError:
             if answer.fault is None:
                 raise
+        if answer.fault == "cut":
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
 
 def _rfc3339(ts: float) -> str:
@@ -1003,12 +1015,11 @@ class ProviderDouble:
         with self._lock:
             self._fail_rules.append(_FailRule(status, times, provider, body, retry_after_ms, kind))
 
-    def lose_next(
-        self, kind: str, *, fault: Literal["timeout", "reset"] = "timeout", delay_s: float = 5.0, times: int = 1
-    ) -> None:
+    def lose_next(self, kind: str, *, fault: Fault = "timeout", delay_s: float = 5.0, times: int = 1) -> None:
         """Process the next ``times`` requests of ``kind`` (``"batch_create"``, ``"message"``, ...) as usual,
-        then lose the answer: held ``delay_s`` past the client's timeout, or the connection closed without
-        it. The work is done (a batch is created, an answer billed); the client never hears of it."""
+        then lose the answer: held ``delay_s`` past the client's timeout, the connection closed without it,
+        or closed halfway through it. The work is done (a batch is created, an answer billed); the client never
+        hears of it."""
         with self._lock:
             self._lose_rules.extend([(kind, fault, delay_s)] * times)
 
@@ -1244,7 +1255,7 @@ class ProviderDouble:
             return Reply(text=result)
         if isinstance(result, dict):
             return Reply(data=result)
-        request.fault, request.delivered = result.fault, result.fault != "timeout"
+        request.fault, request.delivered = result.fault, result.fault not in ("timeout", "cut")
         request.fault_delay_s = result.delay_s
         return result
 
