@@ -304,6 +304,27 @@ max_retries = 0
     server.close()
 
 
+@pytest.mark.parametrize("config", [anthropic_config, openai_config], ids=["anthropic", "openai"])
+def test_an_answer_cut_off_mid_body_is_billed_as_lost_at_its_worst_case(tmp_path, monkeypatch, double, config):
+    """Each attempt is answered 200 and billed, and the connection closes halfway through the body (the SDK
+    retries twice). No answer arrived whole, so each attempt is a `lost` row charged at the call's worst case,
+    and the error says the answer was cut off, not that the provider could not be reached."""
+    double.responder = lambda r: Reply(text="never read whole", fault="cut")
+    c = caller(tmp_path, config(double, '[budgets.daily]\nusd = 1\nperiod = "day"\n'), monkeypatch)
+    routed, request = c.build(phase="collate", complexity="low", system="You are terse.", prompt="Define cut.")
+    worst = float(c.estimate(routed, request).usd)
+    with pytest.raises(ProviderUnavailable, match="the answer was cut off mid-transfer") as error:
+        ask(c, "Define cut.")
+    assert "cannot connect" not in str(error.value)
+    sent = double.model_calls()
+    assert len(sent) == 3 and all(s.status == 200 and s.response["usage"] and not s.delivered for s in sent)
+    rows = c.ledger.rows()
+    assert [r["outcome"] for r in rows] == ["lost"] * 3
+    assert all(not r["usage_known"] and r["cost_usd"] == pytest.approx(worst) for r in rows)
+    (state,) = c.budgets.states()
+    assert state.spent_usd == pytest.approx(3 * worst) and state.reserved_usd == 0
+
+
 class Verdict(BaseModel):
     label: str
     score: int

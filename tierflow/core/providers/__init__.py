@@ -8,8 +8,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cache
 from importlib.resources import files
 from typing import Any, Protocol, TypeVar
 
@@ -60,31 +61,71 @@ class Completion:
 
 
 class Attempts:
-    """HTTP attempts an SDK client sent and answers it received, counted per thread (SDK event hooks).
+    """HTTP attempts an SDK client sent and answers it received whole, counted per thread (SDK event hooks).
 
-    The SDKs retry a timed-out or reset request on their own. A provider may have processed and billed the
-    attempt whose answer was lost, so the call path records each lost attempt (`lost`) in the ledger.
+    The SDKs retry a timed-out, reset or cut-off request on their own. A provider may have processed and billed
+    the attempt whose answer was lost, so the call path records each lost attempt (`lost`) in the ledger. An
+    answer counts once its last byte has arrived, not at its headers (when the `response` hook fires): one cut
+    off mid-body was billed all the same.
     """
 
     def __init__(self) -> None:
         self._local = threading.local()
 
     def hooks(self) -> dict[str, list[Callable[[Any], None]]]:
-        return {"request": [self._sent], "response": [self._answered]}
+        return {"request": [self._sent], "response": [self._receiving]}
 
     def _sent(self, request: Any) -> None:
         self._local.sent = getattr(self._local, "sent", 0) + 1
+        self._local.cut = ""
 
-    def _answered(self, response: Any) -> None:
+    def _receiving(self, response: Any) -> None:
+        response.stream = _whole_body_stream(type(response.stream))(response.stream, self._answered, self._cut)
+
+    def _answered(self) -> None:
         self._local.answered = getattr(self._local, "answered", 0) + 1
+
+    def _cut(self, error: Exception) -> None:
+        self._local.cut = str(error)
 
     def mark(self) -> tuple[int, int]:
         return getattr(self._local, "sent", 0), getattr(self._local, "answered", 0)
 
     def lost_since(self, mark: tuple[int, int]) -> int:
-        """Attempts sent since `mark` (in this thread) that got no answer at all."""
+        """Attempts sent since `mark` (in this thread) whose answer never arrived whole."""
         sent, answered = self.mark()
         return max(0, (sent - mark[0]) - (answered - mark[1]))
+
+    def cut_off(self) -> str:
+        """Why the answer to this thread's latest attempt stopped mid-body; empty when it did not."""
+        return getattr(self._local, "cut", "")
+
+
+@cache
+def _whole_body_stream(stream_type: type) -> type:
+    """A response body that calls `whole()` once its last byte is read, or `cut(error)` if reading it fails.
+
+    httpx insists that a body be one of its `SyncByteStream`s: the base is taken from the body it wraps, so it is
+    whichever httpx the SDKs send with.
+    """
+    (base,) = [b for b in stream_type.__mro__ if b.__name__ == "SyncByteStream"]
+
+    class WholeBody(base):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: Any, whole: Callable[[], None], cut: Callable[[Exception], None]) -> None:
+            self.stream, self.whole, self.cut = stream, whole, cut
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                yield from self.stream
+            except Exception as exc:
+                self.cut(exc)
+                raise
+            self.whole()
+
+        def close(self) -> None:
+            self.stream.close()
+
+    return WholeBody
 
 
 def with_lost_attempts(completion: Completion, lost: int) -> Completion:

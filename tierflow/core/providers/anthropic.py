@@ -208,6 +208,8 @@ class AnthropicProvider:
             )
         if isinstance(exc, anthropic.APITimeoutError):
             return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+        if isinstance(exc, anthropic.APIConnectionError) and (cut := self.attempts.cut_off()):
+            return ProviderUnavailable(self.name, model, f"the answer was cut off mid-transfer ({cut})")
         if isinstance(exc, anthropic.APIConnectionError):
             return ProviderUnavailable(self.name, model, f"cannot connect ({exc})")
         if isinstance(exc, anthropic.APIResponseValidationError):

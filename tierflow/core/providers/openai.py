@@ -231,6 +231,8 @@ class OpenAIProvider:
             )
         if isinstance(exc, openai.APITimeoutError):
             return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+        if isinstance(exc, openai.APIConnectionError) and (cut := self.attempts.cut_off()):
+            return ProviderUnavailable(self.name, model, f"the answer was cut off mid-transfer ({cut})")
         if isinstance(exc, openai.APIConnectionError):
             where = self.config.base_url or "api.openai.com"
             hint = "is the local server running?" if self.kind == "openai-compatible" else ""
