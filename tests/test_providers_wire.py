@@ -18,6 +18,7 @@ from tierflow.core.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
+from tierflow.core.usage import TOKEN_KINDS
 from tierflow.testing.double import NO_USAGE, ProviderDouble, Reply
 
 M = Decimal(1_000_000)
@@ -49,6 +50,12 @@ def only_row(c: Caller) -> dict:
 
 def ask(c: Caller, prompt: str = "What is formative assessment?", **kw):
     return c.ask(phase="collate", complexity="low", system="You are terse.", prompt=prompt, **kw)
+
+
+def worst_usd(c: Caller, prompt: str = "What is formative assessment?") -> float:
+    """The worst-case USD of `ask(c, prompt)`: what a budget charges for it while its usage is unknown."""
+    routed, request = c.build(phase="collate", complexity="low", system="You are terse.", prompt=prompt)
+    return float(c.estimate(routed, request).usd)
 
 
 def test_anthropic_plain_usage_and_cost(tmp_path, monkeypatch, double):
@@ -171,6 +178,84 @@ def test_missing_usage_block_is_unknown_not_zero(tmp_path, monkeypatch, double, 
     assert row["usage_known"] is False or row["usage_known"] == 0
     assert row["cost_usd"] is None
     assert "no usage block" in caplog.text
+
+
+HALT_BUDGET = '[budgets.daily]\nusd = 0.10\nperiod = "day"\npolicy = "halt"\n'
+OA = {"prompt_tokens": 10, "completion_tokens": 40}
+AN = {"input_tokens": 20, "output_tokens": 50}
+
+
+@pytest.mark.parametrize(
+    ("provider", "usage", "field"),
+    [
+        (
+            "openai",
+            {**OA, "prompt_tokens_details": {"cached_tokens": 2_000_000}},
+            "prompt_tokens_details.cached_tokens",
+        ),
+        ("openai", {**OA, "completion_tokens_details": {"reasoning_tokens": 41}}, "reasoning_tokens"),
+        ("openai", {**OA, "prompt_tokens": -5}, "prompt_tokens"),
+        ("openai", {**OA, "prompt_tokens": 10.5}, "prompt_tokens"),
+        ("openai", {**OA, "prompt_tokens": None, "total_tokens": None}, "prompt_tokens"),
+        ("openai", {**OA, "completion_tokens": None}, "completion_tokens"),
+        ("openai", {"completion_tokens": 40}, "prompt_tokens"),
+        ("anthropic", {**AN, "input_tokens": None}, "input_tokens"),
+        ("anthropic", {**AN, "output_tokens": None}, "output_tokens"),
+        ("anthropic", {**AN, "input_tokens": -1}, "input_tokens"),
+        ("anthropic", {**AN, "output_tokens": 50.5}, "output_tokens"),
+        ("anthropic", {**AN, "cache_read_input_tokens": -7}, "cache_read_input_tokens"),
+        ("anthropic", {**AN, "output_tokens_details": {"thinking_tokens": 60}}, "thinking_tokens"),
+        (
+            "anthropic",
+            {**AN, "cache_creation_input_tokens": 100, "cache_creation": {"ephemeral_1h_input_tokens": 150}},
+            "cache_creation.ephemeral_1h_input_tokens",
+        ),
+    ],
+)
+def test_impossible_or_missing_usage_counts_are_unknown_usage_never_zero_or_a_credit(
+    tmp_path, monkeypatch, double, caplog, provider, usage, field
+):
+    """A required count (input, output) that is missing or null, a count that is not a non-negative integer, or
+    one that makes another negative (more cached tokens than prompt tokens) cannot be priced: the call is
+    recorded as unknown usage, with a warning naming the provider and the field, and its budget stays charged at
+    its worst case. Read as written, the first would cost less than nothing and credit the budget."""
+    double.responder = lambda r: Reply(text="ok", usage=usage)
+    config = anthropic_config if provider == "anthropic" else openai_config
+    c = caller(tmp_path, config(double, HALT_BUDGET), monkeypatch)
+    worst = worst_usd(c)
+    with caplog.at_level(logging.WARNING, logger="tierflow"):
+        ask(c)
+    row = only_row(c)
+    assert not row["usage_known"] and row["cost_usd"] is None
+    assert all(row[kind] == 0 for kind in TOKEN_KINDS)
+    assert f"{provider}: unusable usage block" in caplog.text and field in caplog.text
+    (state,) = c.budgets.states()
+    assert state.spent_usd == pytest.approx(worst) and state.reserved_usd == 0
+
+
+@pytest.mark.parametrize(
+    ("provider", "usage"),
+    [
+        ("openai", {**OA, "prompt_tokens_details": {"cached_tokens": None}, "completion_tokens_details": None}),
+        (
+            "anthropic",
+            {**AN, "cache_read_input_tokens": None, "cache_creation_input_tokens": None, "cache_creation": None},
+        ),
+    ],
+)
+def test_null_optional_counts_are_zero_and_the_usage_stays_known(
+    tmp_path, monkeypatch, double, caplog, provider, usage
+):
+    double.responder = lambda r: Reply(text="ok", usage=usage)
+    config = anthropic_config if provider == "anthropic" else openai_config
+    c = caller(tmp_path, config(double), monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tierflow"):
+        ask(c)
+    row = only_row(c)
+    wire = tuple(usage.values())[:2]
+    assert row["usage_known"] and (row["input_tokens"], row["output_tokens"]) == wire and row["cost_usd"] > 0
+    assert sum(row[kind] for kind in TOKEN_KINDS) == sum(wire)
+    assert "unusable usage" not in caplog.text
 
 
 def test_unknown_model_price_is_null_with_a_warning(tmp_path, monkeypatch, double, caplog):
@@ -311,8 +396,7 @@ def test_an_answer_cut_off_mid_body_is_billed_as_lost_at_its_worst_case(tmp_path
     and the error says the answer was cut off, not that the provider could not be reached."""
     double.responder = lambda r: Reply(text="never read whole", fault="cut")
     c = caller(tmp_path, config(double, '[budgets.daily]\nusd = 1\nperiod = "day"\n'), monkeypatch)
-    routed, request = c.build(phase="collate", complexity="low", system="You are terse.", prompt="Define cut.")
-    worst = float(c.estimate(routed, request).usd)
+    worst = worst_usd(c, "Define cut.")
     with pytest.raises(ProviderUnavailable, match="the answer was cut off mid-transfer") as error:
         ask(c, "Define cut.")
     assert "cannot connect" not in str(error.value)

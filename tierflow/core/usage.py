@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tierflow.core import clock
 
 if TYPE_CHECKING:
     from tierflow.core.config import Price
 
+log = logging.getLogger("tierflow")
 
 TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 """The disjoint token kinds a call is billed for: their sum is its total, wherever a total is computed."""
@@ -69,6 +72,47 @@ class Usage:
 
 
 UNKNOWN_USAGE = Usage(known=False)
+
+
+def reported_usage(provider: str, raw: Any, wire: Mapping[str, tuple[str, ...]]) -> Usage:
+    """A provider's usage block as `Usage`, read as `wire` says: each kind is the first field named less the others
+    (a dotted name reaches into a nested object); optional counts (cache, reasoning) missing or null are 0.
+
+    Unknown usage when there is no block, or when it cannot be priced: the input or output count is missing, a
+    count is not a non-negative integer, or a kind would fall below zero (more cached tokens than prompt tokens).
+    Such a call is charged at its worst case, never at 0 or less, and a warning names the field.
+    """
+    if raw is None:
+        return UNKNOWN_USAGE
+    required = {wire["input_tokens"][0], wire["output_tokens"][0]}
+    counts: dict[str, int] = {}
+    for name in dict.fromkeys(name for names in wire.values() for name in names):
+        value: Any = raw
+        for part in name.split("."):
+            value = getattr(value, part, None)
+        if value is None and name not in required:
+            value = 0
+        if type(value) is not int or value < 0:
+            return _unusable(provider, f"{name} is {'missing or null' if value is None else repr(value)}")
+        counts[name] = value
+    differences = [(whole, parts) for whole, *parts in wire.values()]
+    if "cache_write_1h_tokens" in wire:  # a breakdown of the cache writes, so never more than all of them
+        differences.append((wire["cache_write_tokens"][0], list(wire["cache_write_1h_tokens"])))
+    for whole, parts in differences:
+        subtracted = sum(counts[part] for part in parts)
+        if subtracted > counts[whole]:
+            return _unusable(provider, f"{' + '.join(parts)} ({subtracted}) is more than {whole} ({counts[whole]})")
+    return Usage(
+        **{kind: counts[whole] - sum(counts[part] for part in parts) for kind, (whole, *parts) in wire.items()}
+    )
+
+
+def _unusable(provider: str, why: str) -> Usage:
+    log.warning(
+        "%s: unusable usage block (%s): recorded as unknown usage (not zero), charged at its worst case", provider, why
+    )
+    return UNKNOWN_USAGE
+
 
 PROVIDER_IDS = {"anthropic": "anthropic", "openai": "openai"}
 """Provider kinds whose models genai-prices knows; other kinds are free unless the config prices them."""

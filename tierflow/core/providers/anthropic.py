@@ -26,7 +26,7 @@ from tierflow.core.providers import (
     create_once,
     with_lost_attempts,
 )
-from tierflow.core.usage import UNKNOWN_USAGE, Usage
+from tierflow.core.usage import reported_usage
 
 
 class AnthropicProvider:
@@ -98,7 +98,7 @@ class AnthropicProvider:
         return Completion(
             text=text,
             data=data,
-            usage=usage_from(getattr(message, "usage", None)),
+            usage=reported_usage(self.name, getattr(message, "usage", None), USAGE_FIELDS),
             model=message.model,
             response_id=message.id,
             stop_reason=message.stop_reason,
@@ -242,19 +242,12 @@ def _detail(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
-def usage_from(raw: Any) -> Usage:
-    """Anthropic's usage block as disjoint kinds: `input_tokens` already excludes cache tokens."""
-    if raw is None:
-        return UNKNOWN_USAGE
-    details = getattr(raw, "output_tokens_details", None)
-    thinking = (getattr(details, "thinking_tokens", 0) or 0) if details else 0
-    creation = getattr(raw, "cache_creation", None)
-    one_hour = (getattr(creation, "ephemeral_1h_input_tokens", 0) or 0) if creation else 0
-    return Usage(
-        input_tokens=raw.input_tokens or 0,
-        output_tokens=(raw.output_tokens or 0) - thinking,
-        cache_read_tokens=raw.cache_read_input_tokens or 0,
-        cache_write_tokens=raw.cache_creation_input_tokens or 0,
-        cache_write_1h_tokens=one_hour,
-        reasoning_tokens=thinking,
-    )
+USAGE_FIELDS = {
+    "input_tokens": ("input_tokens",),  # already excludes cache tokens
+    "output_tokens": ("output_tokens", "output_tokens_details.thinking_tokens"),
+    "cache_read_tokens": ("cache_read_input_tokens",),
+    "cache_write_tokens": ("cache_creation_input_tokens",),
+    "cache_write_1h_tokens": ("cache_creation.ephemeral_1h_input_tokens",),
+    "reasoning_tokens": ("output_tokens_details.thinking_tokens",),
+}
+"""Anthropic's usage block as disjoint kinds (`reported_usage`): `output_tokens` includes thinking tokens."""

@@ -31,7 +31,7 @@ from tierflow.core.providers import (
     strict_schema,
     with_lost_attempts,
 )
-from tierflow.core.usage import UNKNOWN_USAGE, Usage
+from tierflow.core.usage import reported_usage
 
 
 class OpenAIProvider:
@@ -115,7 +115,7 @@ class OpenAIProvider:
 
     def completion(self, response: Any, request: Request) -> Completion:
         """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
-        usage = usage_from(getattr(response, "usage", None))
+        usage = reported_usage(self.name, getattr(response, "usage", None), USAGE_FIELDS)
         if not response.choices:
             return Completion(text="", usage=usage, model=response.model, problem="the response has no choices")
         choice = response.choices[0]
@@ -291,19 +291,15 @@ def _detail(exc: Exception) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
-def usage_from(raw: Any) -> Usage:
-    """OpenAI's usage as disjoint kinds: prompt_tokens includes cached, completion includes reasoning."""
-    if raw is None:
-        return UNKNOWN_USAGE
-    prompt_details = getattr(raw, "prompt_tokens_details", None)
-    cached = (getattr(prompt_details, "cached_tokens", 0) or 0) if prompt_details else 0
-    written = (getattr(prompt_details, "cache_write_tokens", 0) or 0) if prompt_details else 0
-    completion_details = getattr(raw, "completion_tokens_details", None)
-    reasoning = (getattr(completion_details, "reasoning_tokens", 0) or 0) if completion_details else 0
-    return Usage(
-        input_tokens=(raw.prompt_tokens or 0) - cached - written,
-        output_tokens=(raw.completion_tokens or 0) - reasoning,
-        cache_read_tokens=cached,
-        cache_write_tokens=written,
-        reasoning_tokens=reasoning,
-    )
+USAGE_FIELDS = {
+    "input_tokens": (
+        "prompt_tokens",
+        "prompt_tokens_details.cached_tokens",
+        "prompt_tokens_details.cache_write_tokens",
+    ),
+    "output_tokens": ("completion_tokens", "completion_tokens_details.reasoning_tokens"),
+    "cache_read_tokens": ("prompt_tokens_details.cached_tokens",),
+    "cache_write_tokens": ("prompt_tokens_details.cache_write_tokens",),
+    "reasoning_tokens": ("completion_tokens_details.reasoning_tokens",),
+}
+"""OpenAI's usage as disjoint kinds (`reported_usage`): prompt_tokens includes cached, completion includes reasoning."""
