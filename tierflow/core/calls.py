@@ -1206,7 +1206,7 @@ class Caller:
     def _cost(self, routed: Route, completion: Completion, *, batch: bool) -> float | None:
         if not completion.usage.known:
             log.warning(
-                "%s returned no usage block: recorded as unknown usage (not zero) and its budget reservation "
+                "%s returned no usable usage block: recorded as unknown usage (not zero) and its budget reservation "
                 "stays charged at the worst case",
                 routed.model_ref,
             )

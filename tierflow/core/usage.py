@@ -42,7 +42,7 @@ class Usage:
     reasoning_tokens: int = 0
     """Reasoning or thinking tokens, billed as output but not part of `output_tokens`."""
     known: bool = True
-    """False when the provider returned no usage block."""
+    """False when the provider returned no usage block, or one that cannot be right (`reported_usage`)."""
 
     @property
     def prompt_tokens(self) -> int:
