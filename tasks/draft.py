@@ -267,6 +267,7 @@ def draft_concept(
         model=answer.route.model_ref,
         extends=extends_link,
         related=related_notes(names, sources, leave_out, not_reading(config.settings.vault)),
+        link=names.link,
     )
     tokens = share.tokens_each + answer.usage.total_tokens
     cost = None if share.cost_each is None or answer.cost_usd is None else round(share.cost_each + answer.cost_usd, 6)
@@ -274,8 +275,8 @@ def draft_concept(
         "title": title,
         "tags": ["concept", "tierflow/draft"],
         "status": "draft",
-        **({"extends": f"[[{extends_link}]]"} if extends_link else {}),
-        "sources": [f"[[{by_key[c].link}]]" for c in concept.sources if c in by_key],
+        **({"extends": names.link(extends_link)} if extends_link else {}),
+        "sources": [names.link(by_key[c].link) for c in concept.sources if c in by_key],
         "created": today,
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}"],

@@ -55,14 +55,19 @@ class Claim(BaseModel):
     @field_validator("evidence", mode="before")
     @classmethod
     def _targets(cls, value: Any) -> Any:
-        """`[[link]]`, `[[link|alias]]` and `link` all mean the note `link`."""
+        """`[[link]]`, `[[link|alias]]` and `link` all mean the note `link`; a link that is a path with `.md`
+        (a name no wikilink can hold, `#` or `|` and all) is taken whole."""
         if not isinstance(value, list):
             return value
         out = []
         for v in value:
             text = str(v).strip()
+            inner = text.removeprefix("!")[2:-2] if text.removeprefix("!").startswith("[[") else ""
             match = _LINK.match(text)
-            out.append(match.group(1).strip() if match else text)
+            if text.endswith("]]") and inner.lower().endswith(".md"):
+                out.append(inner)
+            else:
+                out.append(match.group(1).strip() if match else text)
         return list(dict.fromkeys(out))
 
 
@@ -230,8 +235,11 @@ def load_module(settings: RunSettings, folder: str) -> Module:
             f"{folder}: a module folder needs exactly one module descriptor note (front-matter "
             f"`type: module-descriptor` or the tag module/descriptor); found {what}"
         )
+    names = VaultNames.scan(Path(settings.vault or "."))
     units: dict[str, list[Evidence]] = {}
     for note, kind in sorted_notes:
+        if why := names.unlinkable(note.path):
+            skipped.append((note.path, f"read, and its name {why}"))
         if kind == "run-report":
             label = _week(_day(note.front_matter.get("tierflow_day"), note.date))
         elif kind == "concept-draft":  # in the week of the run that wrote it
@@ -259,7 +267,8 @@ def load_module(settings: RunSettings, folder: str) -> Module:
 
 def evidence_checks(settings: RunSettings, allowed: set[str], claims: Any) -> list[Check]:
     """`links_resolve` on every claim's evidence, and `evidence_cited`: each claim cites at least one note,
-    and only notes of its own input."""
+    and only notes of its own input. A note of the input is checked as the proposal writes it: a link that
+    resolves, or its name as plain text when no link can name it alone, never a problem for the model."""
     names = VaultNames.scan(Path(settings.vault or "."))
 
     def problems(parsed: Any) -> list[str]:
@@ -270,7 +279,10 @@ def evidence_checks(settings: RunSettings, allowed: set[str], claims: Any) -> li
             out += [f"{e!r} is not one of the notes given" for e in c.evidence if e not in allowed]
         return out
 
-    resolve = links_resolve(names, lambda parsed: [f"[[{e}]]" for c in claims(parsed) for e in c.evidence])
+    def written(link: str) -> str:  # a link tierflow gave is written as `draft_proposal` writes it
+        return names.link(link) if link in allowed else f"[[{link}]]"
+
+    resolve = links_resolve(names, lambda parsed: [written(e) for c in claims(parsed) for e in c.evidence])
     return [resolve, Check("evidence_cited", problems)]
 
 
@@ -407,7 +419,7 @@ def draft_proposal(settings: RunSettings, module: Module, semester: Part) -> Wri
     for key, heading in SECTIONS:
         items = []
         for c in getattr(proposal, key):
-            links = [e for e in c.evidence if e in allowed and len(names.resolve(e)) == 1]
+            links = [e for e in c.evidence if e in allowed]
             if not links:
                 dropped.append(c.claim)
                 continue
@@ -435,6 +447,7 @@ def draft_proposal(settings: RunSettings, module: Module, semester: Part) -> Wri
                 {"link": link, "kind": by_link[link].kind, "unit": by_link[link].unit}
                 for link in sorted(cited & set(by_link))
             ],
+            link=names.link,
         )
     )
     front_matter = {
@@ -442,8 +455,8 @@ def draft_proposal(settings: RunSettings, module: Module, semester: Part) -> Wri
         "tags": ["module/proposal", "tierflow/draft"],
         "status": "draft",
         "module": module.name,
-        "descriptor": f"[[{module.descriptor.link}]]",
-        "evidence": [f"[[{link}]]" for link in sorted(cited)],
+        "descriptor": names.link(module.descriptor.link),
+        "evidence": [names.link(link) for link in sorted(cited)],
         "tierflow_run": settings.run_id,
         "tierflow_phase_models": [f"synthesise: {semester.model}", f"draft: {answer.route.model_ref}"],
         "tierflow_tokens": semester.tokens + answer.usage.total_tokens,

@@ -286,7 +286,7 @@ def _grounded_synthesis(
                 r for r in refs if r.citekey in sources and not locate(quotes[(r.citekey, r.quote_id)], existing.body)
             ]
             if not sources:
-                reason = f"[[{existing.link}]] already cites every source this week adds to it"
+                reason = f"{known.names.link(existing.link)} already cites every source this week adds to it"
                 skipped.append((f"concept {concept.name}", reason))
                 continue
         extends = existing.link if existing is not None else None

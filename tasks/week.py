@@ -106,5 +106,7 @@ def load_sources(settings: RunSettings, week: Week) -> tuple[list[SourceNote], l
         if not source.annotations:
             skipped.append(Skip(path, "no highlights, quotes or notes found in it"))
             continue
+        if why := names.unlinkable(path):
+            skipped.append(Skip(path, f"read, and its name {why}"))
         sources.append(source)
     return unique_citekeys(sources), skipped

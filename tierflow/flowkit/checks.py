@@ -15,7 +15,8 @@ from tierflow.vault.rubric import Rubric, coverage_problems, quote_problems, rew
 
 
 def links_resolve(names: VaultNames, texts: Callable[[Any], Iterable[str]]) -> Check:
-    """The check `links_resolve`: every wikilink in an answer's `texts` resolves to exactly one file."""
+    """The check `links_resolve`: every link in an answer's `texts` (wikilinks, and Markdown links to notes)
+    resolves to exactly one file."""
     return Check("links_resolve", lambda parsed: names.problems("\n".join(texts(parsed))))
 
 

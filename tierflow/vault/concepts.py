@@ -11,7 +11,7 @@ import frontmatter
 import yaml
 
 from tierflow.vault.index import TIERFLOW_KEYS, VaultIndex
-from tierflow.vault.links import WIKILINK, VaultNames, wikilink_targets
+from tierflow.vault.links import WIKILINK, VaultNames, link_targets
 
 SUMMARY_CHARS = 200
 _WORD = re.compile(r"\w+")
@@ -52,7 +52,7 @@ def read_concept(vault: Path, path: str, names: VaultNames, *, tierflow_too: boo
     aliases = meta.get("aliases") or meta.get("alias") or ()
     if isinstance(aliases, str):
         aliases = [aliases]
-    cites = frozenset(p for t in wikilink_targets(post.content) for p in names.resolve(t)[:1] if p != path)
+    cites = frozenset(p for t in link_targets(post.content) for p in names.resolve(t)[:1] if p != path)
     return ConceptNote(
         path=path,
         name=Path(path).stem,

@@ -30,7 +30,8 @@ class Note:
     title: str
     """Front-matter `title`, else the file name."""
     link: str
-    """The wikilink target that resolves to this note alone (`[[{link}]]`)."""
+    """The link target that resolves to this note alone (`VaultNames.link_for`); `VaultNames.link` writes it
+    as a wikilink, or a Markdown link when no wikilink can hold the name."""
     date: date
     """Front-matter `date` (or `created`), else the file's modification day."""
     front_matter: dict[str, Any]

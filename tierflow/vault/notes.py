@@ -53,8 +53,9 @@ class SourceNote:
     title: str
     citekey: str
     link: str
-    """The wikilink target Obsidian resolves to this note alone: its file name without `.md`, or its path
-    when another file shares the name (`VaultNames.link_for`)."""
+    """The link target Obsidian resolves to this note alone (`VaultNames.link_for`), written by
+    `VaultNames.link`: its file name without `.md`, its path when another file shares the name, or its path
+    with `.md` (a Markdown link) when no wikilink can hold the name."""
     front_matter: dict[str, Any]
     body: str
     annotations: tuple[Annotation, ...]
@@ -313,7 +314,8 @@ class NoteWriter:
         raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
 
     def _check_links(self, path: Path, front_matter: dict[str, Any], body: str) -> None:
-        """The final guard: a note whose wikilinks do not each resolve to exactly one file is not written.
+        """The final guard: a note whose links (wikilinks, and Markdown links to notes) do not each resolve to
+        exactly one file is not written.
 
         Links are read from the front-matter's values as parsed, never from the YAML text, where quoting
         changes them (`[[Guide d'Obsidian]]` is written `'[[Guide d''Obsidian]]'`).
