@@ -367,3 +367,82 @@ def test_a_written_note_has_the_mode_any_new_file_gets_and_a_rewrite_keeps_its_m
     path.chmod(0o640)
     rewritten = NoteWriter(vault, "Drafts").write("Mode", {"title": "Mode"}, "second")
     assert rewritten.action == "updated" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+ODD_NAMES = {
+    "Note #1 on feedback.md": "Reading/Note #1 on feedback.md",
+    "trailing space .md": "Reading/trailing space .md",
+    "A|B feedback.md": "Reading/A|B feedback.md",
+}
+"""File names a wikilink cannot hold: `#`, `|`, `^` and brackets end its target, and an end space is trimmed."""
+CLASHES = ("case note.md", "Case Note.md", "Caf\u00e9 th\u00e9orie.md", "Cafe\u0301 the\u0301orie.md")
+"""Pairs that differ only in case or Unicode form (NFC, NFD): no link names either alone."""
+
+
+def test_a_name_no_wikilink_can_hold_gets_a_markdown_link_that_resolves_to_it_alone():
+    from tierflow.vault.links import link_targets
+
+    names = VaultNames()
+    odd = [*ODD_NAMES.values(), "Reading/Brackets [[x]] and ^block.md", "Concepts/Rubric use #3 (week 3).md"]
+    for path in [*odd, "Reading/Plain.md"]:
+        names.add(path)
+    assert names.link_for("Reading/Plain.md") == "Plain"
+    assert names.link("Plain") == "[[Plain]]"
+    assert names.link(names.link_for("Reading/Note #1 on feedback.md")) == (
+        "[Note #1 on feedback](Reading/Note%20%231%20on%20feedback.md)"
+    )
+    assert names.link(names.link_for("Reading/A|B feedback.md")) == r"[A\|B feedback](Reading/A%7CB%20feedback.md)"
+    for path in odd:
+        written = names.link(names.link_for(path))
+        assert not written.startswith("[["), written
+        assert [names.resolve(t) for t in link_targets(written)] == [[path]], written
+        assert names.problems(written) == [] and names.unlinkable(path) == ""
+    assert names.resolve("Reading/trailing space .md") == ["Reading/trailing space .md"]
+    assert names.problems("[gone](Reading/Gone%20%231.md) and [web](https://example.org/a.md)") == [
+        "[gone](Reading/Gone%20%231.md) links to no note in the vault"
+    ]
+    assert names.unlink_unresolved(r"see [gone \[1\]](Reading/Gone.md)") == "see gone [1]"
+
+
+def test_names_that_differ_only_in_case_or_unicode_form_are_written_as_plain_text_with_the_fix():
+    names = VaultNames()
+    for name in CLASHES:
+        names.add(f"Reading/{name}")
+    for name in CLASHES:
+        path = f"Reading/{name}"
+        written = names.link(names.link_for(path))
+        assert "[" not in written and names.problems(written) == [], written
+        assert "rename one of them" in names.unlinkable(path)
+
+
+def test_a_week_holding_names_no_wikilink_can_hold_is_drafted_and_reported_with_links_to_each_note_alone(
+    tmp_path: Path,
+):
+    from tierflow.flows.reading_notes import reading_notes
+    from tierflow.vault.links import link_targets
+
+    quote = "Feedback literacy grows through peer review."
+    vault = reading_vault_with(
+        tmp_path,
+        {
+            **{name: literature(name.removesuffix(".md"), quote) for name in ODD_NAMES},
+            **{name: literature(f"Clash {i}", quote) for i, name in enumerate(CLASHES)},
+            "Plain.md": literature("Plain", quote),
+        },
+    )
+    summary = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert not summary.failed and summary.written and summary.report is not None
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    for name in CLASHES:
+        assert f"Reading/{name}" in report and "rename one of them" in dict(summary.skipped)[f"Reading/{name}"]
+    names = VaultNames.scan(vault)
+    linked: set[str] = set()
+    for w in summary.written:
+        post = frontmatter.load(vault / w.path)
+        values = [v for v in post.metadata.values() for v in (v if isinstance(v, list) else [v])]
+        text = "\n".join([*(v for v in values if isinstance(v, str)), post.content])
+        found = {t: names.resolve(t) for t in link_targets(text)}
+        assert all(len(paths) == 1 for paths in found.values()), found
+        linked |= {paths[0] for paths in found.values()}
+    assert set(ODD_NAMES.values()) | {"Reading/Plain.md"} <= linked
+    assert not linked & {f"Reading/{name}" for name in CLASHES}
