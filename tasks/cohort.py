@@ -153,6 +153,7 @@ def write_summary(
     writer = NoteWriter(vault, assignment.feedback_folder, today=config.today(), names=names)
     by_id = {s.student_id: s for s in assignment.submissions}
     body = env.get_template("notes/cohort.md.j2").render(
+        link=names.link,
         cohort=out,
         distribution=distribution,
         levels=_columns(distribution),

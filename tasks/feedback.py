@@ -210,7 +210,7 @@ def write_feedback(
         "tags": ["feedback", "tierflow/draft"],
         "status": "draft",
         "assignment": assignment.folder,
-        "submission": f"[[{Path(submission.path).with_suffix('').as_posix()}]]",
+        "submission": writer.names.link(writer.names.link_for(submission.path)) if writer.names else submission.path,
         "created": config.today().isoformat(),
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}" if answer else "draft: none"],

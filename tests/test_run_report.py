@@ -82,3 +82,23 @@ def test_a_run_that_kept_failing_answers_ends_needs_review_and_its_report_says_w
 def test_a_run_that_passed_every_check_ends_plain_completed(reading_vault: Path):
     state = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline", return_state=True)
     assert state.is_completed() and state.name == "Completed" and not state.result().kept
+
+
+def test_a_reason_that_quotes_a_broken_link_is_reported_as_text_and_the_report_is_written(
+    tmp_path: Path, prefect_harness
+):
+    """A note not written because a link did not resolve says so in the report: quoting that link as a link would
+    stop the report itself, the one record of the run."""
+    from tierflow.core.calls import RunSettings
+    from tierflow.report.run_report import RunSummary, write_run_report
+
+    vault = tmp_path / "vault"
+    (vault / "Reading").mkdir(parents=True)
+    (vault / "Reading" / "Source.md").write_text("# Source\n", encoding="utf-8")
+    settings = RunSettings(vault=str(vault), run_id="broken-link", flow="reading-notes", profile="offline")
+    why = "draft failed: Drafts/Idea.md was not written: [[Reading/Gone]] links to no note in the vault"
+    summary = RunSummary("broken-link", "reading-notes", skipped=[("Reading/Source.md", why)])
+    write_run_report(settings, summary, since=None, until=None, selected=1)
+    assert summary.report is not None
+    text = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert "was not written: Reading/Gone links to no note" in text and "[[Reading/Gone]]" not in text

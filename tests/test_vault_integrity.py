@@ -446,3 +446,25 @@ def test_a_week_holding_names_no_wikilink_can_hold_is_drafted_and_reported_with_
         linked |= {paths[0] for paths in found.values()}
     assert set(ODD_NAMES.values()) | {"Reading/Plain.md"} <= linked
     assert not linked & {f"Reading/{name}" for name in CLASHES}
+
+
+def test_the_cohort_summary_links_a_submission_whose_name_no_wikilink_can_hold(feedback_vault: Path):
+    from tierflow.flows.student_feedback import student_feedback
+    from tierflow.vault.links import link_targets
+
+    submissions = feedback_vault / "Teaching" / "EDU7001" / "essay-1" / "submissions"
+    (submissions / "s2026001.md").rename(submissions / "s2026001 #1 final.md")
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not summary.failed, summary.failed
+    names = VaultNames.scan(feedback_vault)
+    (cohort,) = [w for w in summary.written if "cohort" in w.path.casefold()]
+    text = (feedback_vault / cohort.path).read_text(encoding="utf-8")
+    found = {t: names.resolve(t) for t in link_targets(text)}
+    assert all(len(paths) == 1 for paths in found.values()), found
+    assert "Teaching/EDU7001/essay-1/submissions/s2026001 #1 final.md" in {p for ps in found.values() for p in ps}
+    # The student's draft links back to the submission too, and the run's report was written.
+    draft = frontmatter.load(feedback_vault / "Teaching/EDU7001/essay-1/feedback/s2026001 feedback.md")
+    assert [names.resolve(t) for t in link_targets(draft.metadata["submission"])] == [
+        ["Teaching/EDU7001/essay-1/submissions/s2026001 #1 final.md"]
+    ]
+    assert summary.report is not None

@@ -200,7 +200,9 @@ def write_run_report(
         "message": summary.message,
         "day_index": Path(writer.target(day_index_title(day))).stem,
     }
-    body = env.get_template("notes/run-report.md.j2").render(**context)
+    # The reasons and messages quote errors, which may quote a link that does not resolve (the reason a note was
+    # not written): as text, so that the report, the one record of the run, is always written.
+    body = names.unlink_unresolved(env.get_template("notes/run-report.md.j2").render(**context))
     front_matter = {
         "title": f"{summary.flow} run {settings.run_id}",
         "tags": ["tierflow/run"],

@@ -327,7 +327,8 @@ class NoteWriter:
         if problems:
             raise VaultError(
                 f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
-                "resolve to exactly one note: rename the notes that share a name, or link them by path."
+                "resolve to exactly one note: rename the notes that share a name. If tierflow wrote the link itself, "
+                "that is a bug in tierflow: please report it with the notes' names."
             )
 
     def _rel(self, path: Path) -> str:
