@@ -148,3 +148,38 @@ def test_the_worst_case_at_the_providers_count_prices_every_token_the_cache_writ
         replace(usage_of(row), output_tokens=0), routed.model, provider_kind="anthropic", override=None
     )
     assert float(paid_for_prompt) <= float(worst.usd - worst.output_usd) + 1e-9
+
+
+def test_near_a_cap_with_the_count_failing_the_prompt_is_sized_by_its_byte_bound(tmp_path, wide):
+    """The padded o200k count is no upper bound for Claude's tokenizer: when count_tokens fails, a call that
+    fits only at that count is refused, not sent past the cap."""
+    padded, exact, _ = counts(make_caller(tmp_path / "probe", wide))
+    cap = padded + 1024  # fits the padded estimate exactly; the prompt's real count does not fit with any output
+    assert exact + 256 > cap
+    c = make_caller(tmp_path, wide, f'[budgets.run]\ntokens = {cap}\npolicy = "halt"\n')
+    wide.fail_next(500, times=10, kind="count_tokens")
+    sent = len(wide.model_calls())
+    with pytest.raises(BudgetExceeded):
+        ask(c)
+    assert count_requests(wide) > 0  # the count was tried, and failed
+    assert len(wide.model_calls()) == sent and c.ledger.rows() == []
+
+
+def test_the_count_uses_a_key_from_a_prefect_secret_block(tmp_path, wide, monkeypatch, prefect_harness):
+    from prefect.blocks.system import Secret
+
+    Secret(value="test-anthropic-key").save("tierflow-test-anthropic", overwrite=True)
+    padded, exact, usd = counts(make_caller(tmp_path / "probe", wide))
+    assert exact > padded
+    monkeypatch.delenv("ANTHROPIC_API_KEY")  # the key is in the Secret block only
+    config = anthropic_config(wide, f"[budgets.run]\nusd = {usd * 1.02!r}\n").replace(
+        'api_key_env = "ANTHROPIC_API_KEY"', 'api_key_secret = "tierflow-test-anthropic"'
+    )
+    path = write_config(tmp_path / "v" / ".tierflow" / "config.toml", config)
+    c = Caller(RunSettings(vault=str(tmp_path / "v"), config_path=str(path), run_id="run-1", use_cache=False))
+    taken = reserved_tokens(c)
+    before = count_requests(wide)
+    ask(c)
+    assert count_requests(wide) == before + 1
+    (tokens,) = taken.values()
+    assert tokens == exact + c.config.tier("light").max_output_tokens

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from tierflow.core.errors import (
     ProviderError,
 )
 from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, signals
-from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, make_provider
+from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, api_key, make_provider
 from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
@@ -298,18 +297,24 @@ class Caller:
         """Worst case of a request: every prompt token billed and every output token used.
 
         Prompt tokens come from the provider's own counter when asked for and available (Anthropic's
-        count_tokens, with a key set), else from the offline o200k count with headroom. The call path asks
-        for the provider's count only when the offline count could decide wrongly whether a call fits under
-        a budget cap (`_near_cap`): elsewhere a counting round trip before every call costs more than it saves.
+        count_tokens, with the key the call itself would use), else from the offline o200k count with headroom.
+        The call path asks for the provider's count only when the offline count could decide wrongly whether a
+        call fits under a budget cap (`_near_cap`): elsewhere a counting round trip before every call costs more
+        than it saves. Asked for but unavailable (no key, the endpoint failing), the count is the prompt's
+        byte-level bound (`_byte_bound`): the padded o200k count is no upper bound for Claude's tokenizer.
         """
         exact = None
-        provider_config = self.config.provider_for(routed.tier)[1]
-        if provider_count and routed.provider_kind == "anthropic" and os.environ.get(provider_config.api_key_env or ""):
+        counting = provider_count and routed.provider_kind == "anthropic"
+        if counting:
             try:
-                exact = self.provider(routed.provider).count_tokens(request)
+                # The key the call would use: its env var, else its Prefect Secret block. Without one, no count.
+                if api_key(routed.provider, self.config.provider_for(routed.tier)[1], routed.model, required=False):
+                    exact = self.provider(routed.provider).count_tokens(request)
             except ProviderError:
                 exact = None
-        if exact is None:
+        if exact is None and counting:
+            prompt_tokens = _byte_bound(request)
+        elif exact is None:
             counted = (
                 count_tokens(request.system)
                 + count_tokens(request.cache_prefix)
@@ -380,9 +385,7 @@ class Caller:
         capped = [(n, b) for n, b in self.budgets.applicable(routed.phase) if b.usd is not None or b.tokens is not None]
         if not capped:
             return False
-        schema = json.dumps(request.schema) if request.schema else ""
-        text = request.system + request.cache_prefix + request.prompt + schema
-        worst = estimate(self.config, routed, len(text.encode()) + FRAMING_TOKENS, batch=batch)
+        worst = estimate(self.config, routed, _byte_bound(request), batch=batch)
         if states is None:
             # A write transaction: the first budget check of a process may register the config's budget scopes.
             with self.ledger.transaction() as own:
@@ -1411,6 +1414,14 @@ def prefect_run_ids() -> tuple[str | None, str | None]:
 FRAMING_TOKENS = 512
 """Tokens a provider may add around a prompt's text: message markers, and the system prompt Anthropic adds for
 tool use (up to 346 tokens)."""
+
+
+def _byte_bound(request: Request) -> int:
+    """Prompt tokens no tokenizer exceeds: the prompt's UTF-8 bytes (no byte-level tokenizer spends more than a
+    token per byte) plus `FRAMING_TOKENS`."""
+    schema = json.dumps(request.schema) if request.schema else ""
+    text = request.system + request.cache_prefix + request.prompt + schema
+    return len(text.encode()) + FRAMING_TOKENS
 
 
 _callers: dict[str, Caller] = {}
