@@ -212,3 +212,17 @@ def test_spend_lists_the_newest_calls_in_a_table_and_says_how_many_matched(tmp_p
     assert len(spend("--format", "jsonl").splitlines()) == 120  # machine formats list every call by default
     mixed = runner.invoke(app, ["spend", "--vault", str(vault), "--last", "3", "--by", "tier"])
     assert mixed.exit_code != 0 and "--last lists calls; --by adds them up" in mixed.output
+
+
+@pytest.mark.parametrize("since", ["2026-11-20", "20261120", "2026-W47-5"])
+def test_spend_since_takes_any_iso_date_form_as_that_day(tmp_path: Path, since: str):
+    """`--since` accepts what `date.fromisoformat` reads; a compact or week date means the same day."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", "")
+    ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+    fill(ledger, 60)
+    expected = json.loads(json.dumps(ledger.rows(since="2026-11-20")))
+    assert expected  # fill's rows reach 2026-11-28
+    result = CliRunner().invoke(app, ["spend", "--vault", str(vault), "--format", "json", "--since", since])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == expected

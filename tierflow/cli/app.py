@@ -207,11 +207,10 @@ def spend(
 
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
-    if since:
-        try:
-            date.fromisoformat(since)
-        except ValueError:
-            raise fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD") from None
+    # Compared with the ledger's ISO timestamps as text: a compact or week date (`20261204`, `2026-W49-1`) is
+    # written as YYYY-MM-DD first.
+    day = _parse_date(since, "--since")
+    since = day.isoformat() if day else None
     try:
         ledger = Ledger(cfg.ledger_url)
     except Exception as exc:  # the ConfigError names the missing vault
