@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import openai_config, write_config
+from conftest import anthropic_config, openai_config, write_config
 
 from tierflow.testing.double import Reply
 
@@ -64,6 +64,23 @@ def test_ask_against_a_local_openai_compatible_server_records_the_double_usage(t
     csv_out = run(["spend", "--vault", str(vault), "--format", "csv"]).stdout.splitlines()
     assert csv_out[0].startswith("id,timestamp,run_id,flow,flow_run_id,task_run_id,phase")
     assert config.exists()
+
+
+def test_ask_reports_what_the_whole_ask_spent_not_only_the_kept_answer(tmp_path: Path, double):
+    """A cut-off answer is retried: both calls are billed, and the line says so beside the kept answer's cost."""
+    replies = iter([Reply(text="Feedback closes", stop_reason="max_tokens"), Reply(text="Feedback closes the gap.")])
+    double.responder = lambda r: next(replies)
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", anthropic_config(double))
+    result = run(
+        ["ask", "--vault", str(vault), "--tier", "standard", "What does feedback do?"], {"ANTHROPIC_API_KEY": "k"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Feedback closes the gap."
+    rows = json.loads(run(["spend", "--vault", str(vault), "--format", "json"]).stdout)
+    assert len(rows) == 2 and len(double.model_calls()) == 2
+    kept = rows[-1]["cost_usd"]
+    assert f"; this answer ${kept:.6f}; this ask ${sum(r['cost_usd'] for r in rows):.6f} over 2 calls" in result.stderr
 
 
 def test_ask_offline_needs_no_keys(tmp_path: Path):

@@ -104,6 +104,7 @@ def ask(
     """Route one prompt to a tier, print the answer, and record the call in the ledger."""
     from tierflow.core.calls import Caller, RunSettings, new_run_id
     from tierflow.core.errors import TierflowError
+    from tierflow.report.spend import ledger_total
 
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
@@ -140,6 +141,10 @@ def ask(
     typer.echo(answer.text)
     u = answer.usage
     cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"
+    # What the ask spent: a retry of a cut-off answer, a check's escalation and a downgrade are billed calls too.
+    spent = ledger_total(caller.ledger, run_id=settings.run_id)
+    spent_usd = "unknown cost" if spent.cost_or_none is None else f"${spent.cost_usd:.6f}"
+    calls = f"{spent.billed} call" + ("" if spent.billed == 1 else "s")
     usage = (
         "unknown usage"
         if not u.known
@@ -148,7 +153,11 @@ def ask(
             f"{u.cache_write_tokens} cache-write, {u.reasoning_tokens} reasoning"
         )
     )
-    typer.echo(f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; {cost}", err=True)
+    typer.echo(
+        f"[{answer.route.tier} -> {answer.route.model_ref} via {answer.route.rule}] {usage}; "
+        f"this answer {cost}; this ask {spent_usd} over {calls}",
+        err=True,
+    )
 
 
 @app.command()

@@ -214,6 +214,11 @@ def ledger_spend(
     return [groups[k] for k in sorted(groups)]
 
 
+def ledger_total(ledger: Ledger, **filters: Any) -> Spend:
+    """Every call matching `filters` (`ledger_spend`'s) as one group, added up by the database."""
+    return (ledger_spend(ledger, TOTAL, **filters) or [Spend("total")])[0]
+
+
 def spend_query(
     by: str,
     *,

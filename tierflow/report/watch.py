@@ -19,7 +19,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Budgets, BudgetState
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.ledger import Ledger
-from tierflow.report.spend import TOTAL, Spend, bar, ledger_spend, money
+from tierflow.report.spend import Spend, bar, ledger_spend, ledger_total, money
 
 BAR = 30
 
@@ -62,7 +62,7 @@ def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: st
     """One frame of the dashboard, read fresh from the ledger."""
     start = since or period_start(config, ledger, period)
     # Added up by the database: a frame costs the same on a year's ledger as on a week's.
-    whole = (ledger_spend(ledger, TOTAL, since=start) or [Spend("total")])[0]
+    whole = ledger_total(ledger, since=start)
     flying = ledger.in_flight()
     budgets = Budgets(config, ledger, run_id="", flow="").states()
     now = clock.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
