@@ -83,6 +83,18 @@ def test_ask_reports_what_the_whole_ask_spent_not_only_the_kept_answer(tmp_path:
     assert f"; this answer ${kept:.6f}; this ask ${sum(r['cost_usd'] for r in rows):.6f} over 2 calls" in result.stderr
 
 
+def test_ask_sends_a_prompt_with_bytes_that_are_not_utf8_as_u_fffd(tmp_path: Path, double):
+    double.responder = lambda r: Reply(text="Feedback is information about a gap.")
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", anthropic_config(double))
+    prompt = os.fsdecode(b"Define \xff\xfe caf\xe9")  # as Python reads such an argument: lone surrogates
+    result = run(["ask", "--vault", str(vault), "--tier", "standard", prompt], {"ANTHROPIC_API_KEY": "k"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "the prompt is not UTF-8 text (first at byte 7)" in " ".join(result.stderr.split())
+    (sent,) = double.model_calls()
+    assert "Define \ufffd\ufffd caf\ufffd" in sent.text
+
+
 def test_ask_offline_needs_no_keys(tmp_path: Path):
     result = run(["ask", "--profile", "offline", "--vault", str(tmp_path), "Summarise: Feedback matters."])
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, argument_text, fail, load, vault_dir
 from tierflow.cli.config_commands import config_check
 from tierflow.cli.lms_commands import export_app, import_app
 from tierflow.cli.ops_commands import limits_app, schedule_app
@@ -108,6 +108,7 @@ def ask(
 
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
+    prompt, system = argument_text(prompt, "the prompt"), argument_text(system, "--system")
     settings = RunSettings(
         vault=str(vault) if vault else None,
         config_path=str(config) if config else None,

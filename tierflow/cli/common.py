@@ -29,6 +29,35 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def argument_text(value: str, option: str) -> str:
+    """A command-line argument as text to send: bytes that are not UTF-8 (which Python reads from argv as lone
+    surrogates, and no request can carry) become U+FFFD, with a warning naming the first one's byte offset."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    from rich.console import Console
+    from rich.markup import escape
+
+    try:
+        raw = value.encode("utf-8", "surrogateescape")  # the argument's own bytes, as argv held them
+    except UnicodeEncodeError:  # a surrogate argv never makes: each is one replaced character
+        raw = value.encode("utf-8", "surrogatepass")
+    try:
+        return raw.decode("utf-8")  # escaped bytes that make UTF-8 after all
+    except UnicodeDecodeError as exc:
+        where = exc.start
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold yellow]warning:[/] {escape(option)} is not UTF-8 text (first at byte {where}); "
+        "such bytes are sent as U+FFFD",
+        highlight=False,
+    )
+    return raw.decode("utf-8", "replace")
+
+
 def vault_dir(vault: Path | None, *, required: str = "") -> Path | None:
     """The vault folder, resolved; a clear error when it is missing or a file, or absent but `required`."""
     if vault is None:
