@@ -159,6 +159,27 @@ def test_warn_policy_proceeds_and_flags(tmp_path, monkeypatch, double, caplog, l
     assert len(double.model_calls()) == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "complexity", "fix", "not_offered"),
+    [
+        ('policy = "halt"', "medium", 'or set policy = "downgrade".', "floor"),
+        ('policy = "halt"', "low", "or lower the tier's max_output_tokens.", "policy"),  # no cheaper tier
+        ('policy = "downgrade"\nfloor = "standard"', "high", "or lower its floor (now 'standard').", "policy"),
+        ('policy = "downgrade"\nfloor = "light"', "high", "or lower the tier's max_output_tokens.", "policy"),
+    ],
+)
+def test_a_refusal_offers_only_the_fixes_that_apply(tmp_path, monkeypatch, double, body, complexity, fix, not_offered):
+    """A budget already `downgrade` is not told to downgrade; a call on the cheapest tier has nowhere to go."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    c = make_caller(tmp_path / "v", budget_config(double, f"[budgets.tiny]\nusd = 0.000001\n{body}\n"))
+    with pytest.raises(BudgetExceeded) as refused:
+        ask(c, complexity=complexity)
+    message = str(refused.value)
+    assert "Raise `budgets.tiny` in the config" in message and message.endswith(fix)
+    assert not_offered not in message.split("at worst.")[1]
+    assert double.model_calls() == []
+
+
 def test_phase_and_flow_scopes_only_count_their_calls(tmp_path, monkeypatch, double, ledger_url):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     extra = (

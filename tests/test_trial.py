@@ -215,6 +215,9 @@ def test_a_trial_never_spends_past_its_budget(history, double):
     report = json.loads(out)
     assert report["worst_case_usd"] > budget  # more was needed than the budget allowed
     assert report["halted"] and "budget 'trial'" in report["halted"]
+    # The trial's budget is its --budget flag, and a trial never downgrades: the message says so.
+    assert "Give a larger --budget" in report["halted"]
+    assert "budgets.trial" not in report["halted"] and "downgrade" not in report["halted"]
     spent = sum(r["cost_usd"] for r in trial_rows(history))
     assert 0 < spent <= budget
     assert report["spent_usd"] == pytest.approx(spent, abs=1e-6)
@@ -373,6 +376,7 @@ def test_a_trial_under_a_downgrade_budget_credits_no_cheaper_answer_to_the_tier_
     code, out = trial(history, "--sample", "4", "--tiers", "light,deep", "--format", "json")
     report = json.loads(out)
     assert code == 3 and report["halted"] and "daily" in report["halted"], out  # stopped, clearly
+    assert "a trial call never downgrades" in report["halted"] and 'set policy = "downgrade"' not in report["halted"]
     rows = trial_rows(history)
     assert all(r["downgraded_from"] is None for r in rows)  # no answer from a cheaper tier, paid or credited
     by_tier = {row["tier"]: row for row in report["tiers"]}

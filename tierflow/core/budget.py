@@ -445,11 +445,22 @@ class Budgets:
             )
         raise BudgetExceeded(
             f"{state.describe()}; this {candidate.phase} call on tier {candidate.tier!r} needs "
-            f"${usd:.4f} / {est.tokens} tokens at worst. Raise `budgets.{state.name}` in the "
-            f'config, lower the tier\'s max_output_tokens, or set policy = "downgrade".',
+            f"${usd:.4f} / {est.tokens} tokens at worst. {self.remedy(state, candidate)}.",
             budget=state.name,
             scope=state.scope,
         )
+
+    def remedy(self, state: BudgetState, refused: Route) -> str:
+        """What would let a call `state` refused through: a larger limit, a smaller output allowance, and a
+        cheaper tier only where one is left to go to (a `downgrade` budget already went down to its floor)."""
+        fixes = [f"Raise `budgets.{state.name}` in the config", "lower the tier's max_output_tokens"]
+        order = list(self.config.tier_order)
+        cheaper = refused.tier in order and order.index(refused.tier) > 0
+        if cheaper and state.policy != "downgrade":
+            fixes.append('set policy = "downgrade"')
+        elif cheaper and refused.tier == getattr(self.config.settings.budgets.get(state.name), "floor", None):
+            fixes.append(f"lower its floor (now {refused.tier!r})")
+        return ", ".join(fixes[:-1]) + ", or " + fixes[-1]
 
     def _insert(self, conn: Connection, reservation: Reservation, now: float) -> Reservation:
         """Insert the reservation, its lease measured from `now` (`database_seconds`, read in this transaction)."""

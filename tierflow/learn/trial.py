@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from tierflow.core import clock
-from tierflow.core.budget import Budgets, estimate, padded
+from tierflow.core.budget import Budgets, BudgetState, estimate, padded
 from tierflow.core.calls import Answer, Caller, RunSettings, new_run_id
 from tierflow.core.checks import Check
 from tierflow.core.config import Config, load_config
@@ -238,12 +238,12 @@ def trial_caller(
         use_cache=False,  # every tier answers afresh, so cost and latency are measured, not replayed
     )
     caller = Caller(settings, config)
-    caller.budgets = _UncachedBudgets(config, caller.ledger, run_id=settings.run_id, flow=settings.flow)
+    caller.budgets = _TrialBudgets(config, caller.ledger, run_id=settings.run_id, flow=settings.flow)
     return caller
 
 
-class _UncachedBudgets(Budgets):
-    """A trial's answers stay out of the answer cache.
+class _TrialBudgets(Budgets):
+    """A trial's budgets: its answers stay out of the answer cache, and a refusal names what a trial can change.
 
     A trial sends the recorded request again, so its answer's cache key is often the recorded entry's own:
     caching it would re-file that entry under the trial's flow, and the next trial would not find it.
@@ -251,6 +251,15 @@ class _UncachedBudgets(Budgets):
 
     def settle(self, reservation_id: int, call: CallRecord, *, cache: Any = None, **kw: Any) -> None:
         super().settle(reservation_id, call, cache=None, **kw)
+
+    def remedy(self, state: BudgetState, refused: Route) -> str:
+        """The trial's own budget is its `--budget`; no budget downgrades a trial call, whatever its policy."""
+        if state.name == BUDGET_NAME:
+            return "Give a larger --budget, or a smaller --sample or fewer --tiers"
+        return (
+            f"Raise `budgets.{state.name}` in the config or lower the tier's max_output_tokens "
+            "(a trial call never downgrades, whatever the budget's policy)"
+        )
 
 
 def recorded_samples(ledger: Ledger, flow: str, phase: str, n: int) -> list[Sample]:
