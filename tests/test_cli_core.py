@@ -95,6 +95,38 @@ def test_ask_sends_a_prompt_with_bytes_that_are_not_utf8_as_u_fffd(tmp_path: Pat
     assert "Define \ufffd\ufffd caf\ufffd" in sent.text
 
 
+def test_a_ledger_file_that_is_not_a_database_is_one_line_naming_it_and_the_fix(tmp_path: Path, double):
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", anthropic_config(double))
+    damaged = vault / ".tierflow" / "ledger.sqlite"
+    damaged.write_bytes(bytes(range(256)) * 20)  # not SQLite's header: no tierflow ledger
+    for args in (
+        ["ask", "--tier", "standard", "Define feedback."],
+        ["routing", "suggest"],
+        ["routing", "fit"],
+        ["spend"],
+    ):
+        result = run([*args, "--vault", str(vault)], {"ANTHROPIC_API_KEY": "k"})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (args, result.stderr)
+        message = " ".join(result.stderr.split())
+        assert len(result.stderr.strip().splitlines()) <= 2, (args, result.stderr)  # one line, however wrapped
+        assert str(damaged) in message and "not a tierflow ledger or is damaged. Move it aside" in message, args
+    assert double.model_calls() == []
+
+
+def test_an_unreachable_ledger_server_is_one_line_naming_it_without_its_password(tmp_path: Path, double):
+    vault = tmp_path / "vault"
+    url = "postgresql+psycopg://tierflow:hunter2-secret@127.0.0.1:1/tierflow"  # port 1: refused at once
+    write_config(vault / ".tierflow" / "config.toml", f'ledger_url = "{url}"\n' + anthropic_config(double))
+    for args in (["ask", "--tier", "standard", "Define feedback."], ["spend"]):
+        result = run([*args, "--vault", str(vault)], {"ANTHROPIC_API_KEY": "k"})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (args, result.stderr)
+        message = " ".join(result.stderr.split())
+        assert "postgresql+psycopg://tierflow:***@127.0.0.1:1/tierflow" in message, args
+        assert "hunter2" not in message and "check that its server is up and ledger_url is right" in message, args
+    assert double.model_calls() == []
+
+
 def test_ask_offline_needs_no_keys(tmp_path: Path):
     result = run(["ask", "--profile", "offline", "--vault", str(tmp_path), "Summarise: Feedback matters."])
     assert result.returncode == 0, result.stderr

@@ -23,6 +23,7 @@ from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
+from tierflow.core.errors import ConfigError, LedgerError
 
 if TYPE_CHECKING:
     from tierflow.core.config import Config
@@ -223,7 +224,7 @@ def spend(
     since = day.isoformat() if day else None
     try:
         ledger = Ledger(cfg.ledger_url)
-    except Exception as exc:  # the ConfigError names the missing vault
+    except ConfigError as exc:  # it names the missing vault; a ledger that cannot be opened is `main`'s to report
         raise fail(str(exc)) from None
     if budget:
         _print_budgets(cfg, ledger, fmt)
@@ -594,7 +595,7 @@ def budget_reservations(
     cfg = load(vault_dir(vault), config, profile)
     try:
         ledger = Ledger(cfg.ledger_url)
-    except Exception as exc:  # the ConfigError names the missing vault
+    except ConfigError as exc:  # it names the missing vault; a ledger that cannot be opened is `main`'s to report
         raise fail(str(exc)) from None
     released = budget.release_stale(ledger) if release_stale else []
     rows = [_reservation_row(r, "released") for r in released]
@@ -741,7 +742,6 @@ OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")
 
 def _tier_overrides(items: list[str] | None, cfg: Config) -> dict[str, str]:
     """`--tier` values as `{phase: tier}`, each phase one the flows call and each tier one the config defines."""
-    from tierflow.core.errors import ConfigError
     from tierflow.core.routing import parse_tier_overrides
 
     try:
@@ -782,6 +782,9 @@ def main() -> None:
     prefect_defaults()
     try:
         app()
+    except LedgerError as exc:  # whichever command opened the ledger: one line naming it and the fix
+        fail(str(exc), 1)
+        sys.exit(1)
     except SystemExit as exc:
         # Click ends a command whose reader closed the pipe (`tierflow spend | head`) with exit 1 and no message,
         # after making stdout quiet (a PacifyFlushWrapper, of the click typer bundles); the reader chose to stop,

@@ -15,6 +15,10 @@ class VaultError(TierflowError):
     """The vault or a note in it cannot be used."""
 
 
+class LedgerError(TierflowError):
+    """The ledger's database cannot be opened or read; names the ledger (file, or URL without its password)."""
+
+
 class ProviderError(TierflowError):
     """A model provider failed; names the provider, the model and the cause."""
 

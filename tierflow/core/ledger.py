@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tierflow.core import clock
 from tierflow.core.config import RunConfig
+from tierflow.core.errors import LedgerError
 from tierflow.core.usage import TOKEN_KINDS, Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -1001,18 +1002,39 @@ def _set_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
+def unopenable(url: str, exc: Exception) -> str:
+    """Why the ledger at `url` cannot be used, naming it (a file, or the URL with its password masked) and the fix."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:  # not printed: an unparsable URL may hold a password
+        return f"ledger_url is not a database URL ({cause}): write it as sqlite:///PATH or postgresql://HOST/DB"
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if isinstance(exc, sa.exc.OperationalError):  # cannot open or write it: the folder, permissions, a lock
+            return f"the ledger {parsed.database} cannot be opened ({cause}): check that its folder is writable"
+        return (
+            f"the ledger {parsed.database} cannot be read ({cause}): the file is not a tierflow ledger or is "
+            "damaged. Move it aside (tierflow starts a new ledger there) or set ledger_url to another"
+        )
+    where = parsed.render_as_string(hide_password=True)
+    return f"the ledger at {where} cannot be used ({cause}): check that its server is up and ledger_url is right"
+
+
 class Ledger:
     """Where every call's spend is kept."""
 
     def __init__(self, url: str, *, workers: int | None = None) -> None:
         """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool."""
         self.url = url
-        self.engine = _engine(url, pool_size(workers or RunConfig().workers))
-        self._writer = self.engine.execution_options(**{_WRITE: True})
-        path = url.split("///", 1)[-1]
-        self._file = url.startswith("sqlite") and bool(path) and path != ":memory:"
-        """A SQLite file, whose write-ahead log `_Checkpointer` checkpoints."""
-        self._migrate()
+        try:
+            self.engine = _engine(url, pool_size(workers or RunConfig().workers))
+            self._writer = self.engine.execution_options(**{_WRITE: True})
+            path = url.split("///", 1)[-1]
+            self._file = url.startswith("sqlite") and bool(path) and path != ":memory:"
+            """A SQLite file, whose write-ahead log `_Checkpointer` checkpoints."""
+            self._migrate()
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.DBAPIError) as exc:
+            raise LedgerError(unopenable(url, exc)) from exc
 
     @classmethod
     def for_vault(cls, vault: Path) -> Ledger:
