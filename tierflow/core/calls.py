@@ -292,7 +292,13 @@ class Caller:
         )
 
     def estimate(
-        self, routed: Route, request: Request, *, provider_count: bool = False, batch: bool = False
+        self,
+        routed: Route,
+        request: Request,
+        *,
+        provider_count: bool = False,
+        batch: bool = False,
+        uncounted_bound: bool = True,
     ) -> Estimate:
         """Worst case of a request: every prompt token billed and every output token used.
 
@@ -301,7 +307,8 @@ class Caller:
         The call path asks for the provider's count only when the offline count could decide wrongly whether a
         call fits under a budget cap (`_near_cap`): elsewhere a counting round trip before every call costs more
         than it saves. Asked for but unavailable (no key, the endpoint failing), the count is the prompt's
-        byte-level bound (`_byte_bound`): the padded o200k count is no upper bound for Claude's tokenizer.
+        byte-level bound (`_byte_bound`), since the padded o200k count is no upper bound for Claude's tokenizer
+        and a budget checks against this; `uncounted_bound=False` (a plan's estimate) keeps the padded count.
         """
         exact = None
         counting = provider_count and routed.provider_kind == "anthropic"
@@ -312,7 +319,7 @@ class Caller:
                     exact = self.provider(routed.provider).count_tokens(request)
             except ProviderError:
                 exact = None
-        if exact is None and counting:
+        if exact is None and counting and uncounted_bound:
             prompt_tokens = _byte_bound(request)
         elif exact is None:
             counted = (

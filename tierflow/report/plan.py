@@ -89,7 +89,8 @@ class Plan:
             note=note,
             cache_prefix=cache_prefix,
         )
-        est = caller.estimate(routed, request, provider_count=True, batch=batch)
+        # Without Anthropic's count (no key), the padded o200k count: a byte-level bound would overstate a plan.
+        est = caller.estimate(routed, request, provider_count=True, batch=batch, uncounted_bound=False)
         prefix = min(padded(count_tokens(cache_prefix), exact=False), est.prompt_tokens) if cache_prefix else 0
         est = estimate(caller.config, routed, est.prompt_tokens + extra_tokens, prefix, batch=batch)
         problem = overflow(caller.config, routed, est.prompt_tokens)
