@@ -460,7 +460,7 @@ class Budgets:
             fixes.append('set policy = "downgrade"')
         elif cheaper and refused.tier == getattr(self.config.settings.budgets.get(state.name), "floor", None):
             fixes.append(f"lower its floor (now {refused.tier!r})")
-        return ", ".join(fixes[:-1]) + ", or " + fixes[-1]
+        return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 2 else " or ") + fixes[-1]
 
     def _insert(self, conn: Connection, reservation: Reservation, now: float) -> Reservation:
         """Insert the reservation, its lease measured from `now` (`database_seconds`, read in this transaction)."""
