@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tierflow.cli import temporary_server
 from tierflow.cli.common import fail
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
@@ -78,10 +79,16 @@ def run_flow(
         entry = entry.with_options(task_runner=task_runner)
     tracebacks_to_prefect_log_only()
     try:
-        with prefect_start_errors(), phase_progress():
-            summary = entry(
-                vault=str(vault), profile=profile, config=str(config) if config else None, tier=tier or {}, **parameters
-            )
+        with prefect_start_errors():
+            temporary_server.start()
+            with phase_progress():
+                summary = entry(
+                    vault=str(vault),
+                    profile=profile,
+                    config=str(config) if config else None,
+                    tier=tier or {},
+                    **parameters,
+                )
     except TierflowError as exc:
         raise fail(str(exc)) from None
     wait_for_task_run_records(summary.run_id)
