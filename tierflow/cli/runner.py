@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -12,13 +16,14 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tierflow.cli import temporary_server
-from tierflow.cli.common import fail
+from tierflow.cli.common import fail, load
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
 from tierflow.report.console import show
@@ -72,14 +77,16 @@ def run_flow(
     An expected user error (a rubric, vault or config problem: a TierflowError) ends the run with its
     message alone and exit code 2; its traceback goes to the Prefect log only, never to the console.
     """
+    from tierflow.core.calls import new_run_id
     from tierflow.core.registry import flow_spec
 
     entry = flow_spec(flow).flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
+    run_id = parameters.pop("run_id", None) or new_run_id()  # chosen here, so that an interrupt can name it
     tracebacks_to_prefect_log_only()
     try:
-        with prefect_start_errors():
+        with stopped_by_interrupt(), prefect_start_errors():
             temporary_server.start()
             with phase_progress():
                 summary = entry(
@@ -87,13 +94,82 @@ def run_flow(
                     profile=profile,
                     config=str(config) if config else None,
                     tier=tier or {},
+                    run_id=run_id,
                     **parameters,
                 )
     except TierflowError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
+        raise typer.Exit(INTERRUPTED) from None
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
+
+
+INTERRUPTED = 130
+"""The exit code of a run stopped by Ctrl-C: 128 + SIGINT, as shells report it."""
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""Signals that stop a run as Ctrl-C does, so its calls settle and the temporary server is stopped too."""
+
+
+@contextmanager
+def stopped_by_interrupt() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, or a closed terminal) raises KeyboardInterrupt in the run; a second Ctrl-C ends it at once.
+
+    The first interrupt lets the calls in flight finish, settle and release their reservations, and lets the
+    flow run's crash reach Prefect; that takes seconds. The second does not wait: it stops the temporary server
+    and exits with 130, and the reservations of calls then still in flight are left to lapse (their holder is
+    gone: `tierflow budget reservations --release-stale` releases them at once). Outside the main thread,
+    where no signal handler can be set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    def again(signum: int, frame: Any) -> None:
+        os.write(2, b"\ninterrupted again: stopping at once.\n")
+        temporary_server.kill()
+        os._exit(INTERRUPTED)
+
+    signals = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, first)
+    try:
+        yield
+    except KeyboardInterrupt:
+        # The process is on its way out (the task runner, Prefect's event delivery, the server's stop): a second
+        # Ctrl-C while it goes still ends it at once.
+        signal.signal(signal.SIGINT, again)
+        raise
+    else:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, profile: str | None) -> str:
+    """What an interrupted run did, and how to go on with it: `tierflow resume`, when the run had started."""
+    from tierflow.core.ledger import Ledger
+
+    try:
+        started = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).run_parameters(run_id)
+    except Exception:  # the message matters more than this check: say how to resume
+        started = True
+    if started is None:
+        return f"interrupted before run {run_id} started: nothing was run and nothing was spent."
+    options = "".join(
+        f" --{name} {shlex.quote(str(value))}" for name, value in (("config", config), ("profile", profile)) if value
+    )
+    return (
+        f"interrupted: run {run_id} stopped. `tierflow resume {run_id} --vault {shlex.quote(str(vault))}{options}` "
+        "continues it without paying again for the answers it already has."
+    )
 
 
 PREFECT_DID_NOT_START = "Timed out while attempting to connect to ephemeral Prefect API server"
