@@ -1,0 +1,92 @@
+"""Ctrl-C stops a run: promptly, naming the run and how to resume it, with no budget reserved and no server left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from conftest import READING_WEEK, anthropic_config, write_config
+from responders import skilled
+from test_scale import widen
+
+from tierflow.core.budget import open_reservations
+from tierflow.core.ledger import Ledger
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def processes_marked(mark: str) -> list[int]:
+    """The processes whose environment holds `mark` (Linux's /proc; elsewhere none are found)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_ctrl_c_mid_run_stops_it_promptly_names_the_run_and_leaves_nothing_reserved_or_running(
+    reading_vault, double, tmp_path
+):
+    """The terminal sends Ctrl-C to tierflow's whole process group, which held Prefect's temporary server too:
+    the server stopped, and tierflow spent minutes failing to deliver its queued events to it."""
+    answer = skilled()
+
+    def responder(request):
+        time.sleep(1.0)  # answers take a second, so calls are in flight when Ctrl-C comes
+        return answer(request)
+
+    double.responder = responder
+    widen(reading_vault, 60)
+    config = reading_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text())
+    mark = f"tierflow-interrupt-test-{uuid.uuid4().hex}"
+    env = {**os.environ, "ANTHROPIC_API_KEY": "k", "TIERFLOW_TEST_MARK": mark}
+    env.pop("PREFECT_API_URL", None)  # Prefect's temporary server, as a user without a server of their own has
+    console = tmp_path / "console.txt"
+    with console.open("w") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "tierflow.cli", "run", "reading-notes", "--vault", str(reading_vault)]
+            + ["--since", READING_WEEK[0], "--until", READING_WEEK[1]],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job has
+        )
+    ledger = Ledger.for_vault(reading_vault)
+    try:
+        deadline = time.monotonic() + 900  # a first start of Prefect's server on a busy machine takes minutes
+        while not ledger.rows():
+            assert run.poll() is None, console.read_text()
+            assert time.monotonic() < deadline, "no call was recorded"
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            code = run.wait(timeout=60)  # seconds at most; generous for a busy 2-core machine
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 60 s after Ctrl-C:\n{console.read_text()[-3000:]}") from None
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        for pid in processes_marked(mark):  # a temporary server left behind by a failure
+            os.kill(pid, signal.SIGKILL)
+    took = time.monotonic() - interrupted
+    text = console.read_text()
+    assert code == 130, text
+    (run_id,) = {row["run_id"] for row in ledger.rows()}
+    resume = f"`tierflow resume {run_id} --vault {reading_vault.resolve()}`"
+    assert f"interrupted: run {run_id} stopped. {resume} continues it" in text, text
+    assert open_reservations(ledger) == []
+    assert len([r for r in ledger.rows() if r["phase"] == "collate"]) < 68, "the run was not interrupted"
+    assert processes_marked(mark) == [], "Prefect's temporary server outlived tierflow"
+    assert took < 60
