@@ -86,6 +86,7 @@ def test_ctrl_c_mid_run_stops_it_promptly_names_the_run_and_leaves_nothing_reser
     (run_id,) = {row["run_id"] for row in ledger.rows()}
     resume = f"`tierflow resume {run_id} --vault {reading_vault.resolve()}`"
     assert f"interrupted: run {run_id} stopped. {resume} continues it" in text, text
+    assert "Crash detected" not in text and "Traceback" not in text, text  # tierflow's one line says it
     assert open_reservations(ledger) == []
     assert len([r for r in ledger.rows() if r["phase"] == "collate"]) < 68, "the run was not interrupted"
     assert processes_marked(mark) == [], "Prefect's temporary server outlived tierflow"

@@ -237,8 +237,13 @@ def wait_for_task_run_records(run_id: str | None, *, patience: float = 120.0) ->
         return
 
 
+STOPPED_BY_SIGNAL = ("Execution was aborted by an interrupt signal.", "Execution was aborted by a termination signal.")
+"""The crash messages of Prefect's runs stopped by Ctrl-C or SIGTERM (`prefect.states.exception_to_crashed_state`)."""
+
+
 class ExpectedErrorFilter(logging.Filter):
-    """Keeps a TierflowError's traceback, and Prefect's echo of its message, off the console.
+    """Keeps a TierflowError's traceback, and Prefect's echo of its message, off the console; and Prefect's
+    "Crash detected!" for a run stopped by Ctrl-C, which tierflow reports in one line of its own.
 
     The API handler sits on Prefect's flow- and task-run loggers themselves, so the Prefect log (and the UI)
     still has every traceback; only the console handler, where records propagate to, gets this filter.
@@ -249,6 +254,8 @@ class ExpectedErrorFilter(logging.Filter):
             return False
         if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             message = record.getMessage()
+            if message.endswith(STOPPED_BY_SIGNAL):
+                return False
             return not any(f"{name}:" in message or f"{name}(" in message for name in _error_names())
         return True
 
