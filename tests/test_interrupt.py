@@ -91,3 +91,21 @@ def test_ctrl_c_mid_run_stops_it_promptly_names_the_run_and_leaves_nothing_reser
     assert len([r for r in ledger.rows() if r["phase"] == "collate"]) < 68, "the run was not interrupted"
     assert processes_marked(mark) == [], "Prefect's temporary server outlived tierflow"
     assert took < 60
+
+
+def test_a_run_that_ends_otherwise_leaves_the_signal_handlers_as_they_were():
+    """In-process callers (the tests, a notebook) keep their own Ctrl-C after a run, however it ended."""
+    import typer
+
+    from tierflow.cli.runner import STOP_SIGNALS, stopped_by_interrupt
+
+    signals = (signal.SIGINT, *STOP_SIGNALS)
+    before = [signal.getsignal(s) for s in signals]
+    with stopped_by_interrupt():
+        assert [signal.getsignal(s) for s in signals] != before
+    try:
+        with stopped_by_interrupt():
+            raise typer.Exit(2)  # a TierflowError's exit
+    except typer.Exit:
+        pass
+    assert [signal.getsignal(s) for s in signals] == before

@@ -145,10 +145,10 @@ def stopped_by_interrupt() -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         # The process is on its way out (the task runner, Prefect's event delivery, the server's stop): a second
-        # Ctrl-C while it goes still ends it at once.
-        signal.signal(signal.SIGINT, again)
+        # signal while it goes ends it at once.
+        previous = dict.fromkeys(signals, again)
         raise
-    else:
+    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
