@@ -344,3 +344,44 @@ def test_a_roster_in_neither_utf8_nor_cp1252_is_refused_by_name(lms_vault, tmp_p
     assert result.exit_code == 2, result.output
     said = " ".join(result.stderr.split())
     assert "worksheet.csv" in said and "UTF-8" in said and "Windows-1252" in said
+
+
+def test_a_name_excel_broke_saving_the_roster_as_windows_1252_is_taken_from_the_export_and_said(lms_vault, tmp_path):
+    """Windows' "CSV" keeps no Ł: the worksheet says `Anne-Marie ?ukasik`, which would hide nothing of her name."""
+    from test_lms_moodle import worksheet_bytes
+
+    roster = tmp_path / "roster.csv"
+    roster.write_bytes(excel_resaved(worksheet_bytes(), delimiter=",", encoding="cp1252"))
+    export = moodle_zip(tmp_path / "export.zip", cohort())
+    args = ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT, "--roster", str(roster)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    got = notes(lms_vault)
+    assert got["1003"].metadata["name"] == "Anne-Marie Łukasik"
+    assert got["1002"].metadata["name"] == "Chloé Dubois-Martin"  # Windows-1252 holds é: the roster's, as ever
+    said = " ".join(result.stderr.split())
+    assert "1003" in said and "CSV UTF-8" in said
+
+
+def test_students_a_canvas_roster_does_not_list_are_named_in_a_warning(lms_vault, tmp_path):
+    from test_lms_canvas import gradebook_bytes
+
+    roster = tmp_path / "gradebook.csv"
+    roster.write_bytes(b"\n".join(line for line in gradebook_bytes().split(b"\n") if b",1002," not in line))
+    report = import_submissions(lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "export.zip", cohort()), roster=roster)
+    (warning,) = [w for w in report.warnings if "does not list" in w]
+    assert "1002" in warning and "1001" not in warning and "squashed" in warning
+
+
+def test_an_edited_note_whose_file_arrives_damaged_is_not_taken_for_a_new_submission(lms_vault, tmp_path):
+    students = cohort()
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", students))
+    note = lms_vault / ASSIGNMENT / "submissions" / "1001.md"
+    note.write_text(note.read_text() + "\nLecturer: check the references.\n")
+    export = damaged(
+        moodle_zip(tmp_path / "again.zip", students), "Liam OSullivan_1001_assignsubmission_file/essay.docx"
+    )
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    (liam,) = [s for s in report.students if s.student_id == "1001"]
+    assert liam.action == "kept-edit" and not liam.warning and liam.problems
+    assert not [w for w in report.warnings if "new submission" in w]

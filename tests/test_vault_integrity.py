@@ -468,3 +468,40 @@ def test_the_cohort_summary_links_a_submission_whose_name_no_wikilink_can_hold(f
         ["Teaching/EDU7001/essay-1/submissions/s2026001 #1 final.md"]
     ]
     assert summary.report is not None
+
+
+def test_names_in_handles_addresses_and_numbers_without_their_prefix_are_hidden():
+    """What a second look found on the wire: `_`-joined and run-together names, an apostrophe dropped as Moodle's
+    file names drop it, a student number without its letter."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("s1", "Zoë Müller", also=("Z20231234",)),
+            Student("s2", "Anna van der Berg"),
+            Student("s3", "Siobhán O’Brien"),
+        ]
+    )
+    hidden = cohort.hide(
+        "zoe_mueller@web.de, github.com/zoe_mueller, zoemueller.de, number 20231234; "
+        "https://annavanderberg.nl and anna_vanderberg@gmail.com; Siobhan OBrien. Keep: muellerian, 2023."
+    )
+    for gone in ("zoe", "mueller", "20231234", "annavanderberg", "vanderberg", "OBrien", "Siobhan"):
+        assert gone not in hidden.replace("muellerian", ""), (gone, hidden)
+    assert "muellerian" in hidden and "2023." in hidden
+
+
+def test_a_sentence_about_the_student_that_shares_a_word_with_the_essay_gets_their_name():
+    """Mark Young's essay says "teachers mark work too late for young learners"; a draft's "Student-01 works hard"
+    is about the student, not a quotation of "mark work"."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", "Mark Young")])
+    hidden = cohort.hidden("Too often teachers mark work too late for young learners to act on it.")
+    assert (
+        cohort.restore_label("Student-01 works hard.", hidden, "Student-01", "Mark Young") == "Mark Young works hard."
+    )
+    quoted = 'You write that "teachers Student-01 work too late", which is well argued.'
+    assert cohort.restore_label(quoted, hidden, "Student-01", "Mark Young") == (
+        'You write that "teachers mark work too late", which is well argued.'
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,11 +115,16 @@ def import_submissions(
                 "Canvas writes only a squashed sortable name into file names (`osullivanliam`): give the gradebook "
                 "CSV with --roster so each student's real name is recorded and hidden from every prompt."
             )
+        if roster:
+            report.warnings += _roster_gaps(roster, platform, names, found.students.values())
         total = len(found.students)
         for done, work in enumerate(sorted(found.students.values(), key=lambda w: w.student_id), start=1):
             entry = names.get(work.student_id)
             if entry is not None:
-                work.name = entry.name or work.name
+                # A `?` is a letter Excel could not keep when it saved the roster as Windows-1252 (`?lker I??k`):
+                # the export's own spelling, where it has one (Moodle's), is the student's name.
+                lost = "?" in entry.name and work.platform == "moodle" and "?" not in work.name
+                work.name = work.name if lost or not entry.name else entry.name
                 work.late = work.late or bool(entry.late)
             result = _import_one(vault, folder, export, work, entry)
             report.students.append(result)
@@ -128,6 +133,30 @@ def import_submissions(
             if on_student is not None:
                 on_student(result, done, total)
     return report
+
+
+def _roster_gaps(
+    path: Path, platform: str, names: dict[str, RosterEntry], students: Iterable[StudentWork]
+) -> list[str]:
+    """Warnings for what the roster cannot give: students it does not list, and names Excel broke."""
+    out = []
+    missing = sorted(w.student_id for w in students if w.student_id not in names and w.student_id[:5] != "anon_")
+    if missing:
+        out.append(
+            f"--roster {path.name} does not list {len(missing)} student(s) of the export ({', '.join(missing[:20])}"
+            f"{', ...' if len(missing) > 20 else ''}): their names are only what the platform wrote into file names"
+            + (", squashed (`carterben`), so their first names may reach a model" if platform == "canvas" else "")
+            + ". Download the roster again, for every student of the assignment."
+        )
+    broken = sorted(sid for sid, e in names.items() if "?" in e.name)
+    if broken:
+        out.append(
+            f"--roster {path.name}: the names of {', '.join(broken[:20])} have `?` where Excel, saving as "
+            "Windows-1252, dropped letters it could not hold"
+            + (" (the export's spelling is used instead)" if platform == "moodle" else "")
+            + ". Save the file as 'CSV UTF-8' and import again."
+        )
+    return out
 
 
 def _roster(path: Path, platform: str) -> dict[str, RosterEntry]:
@@ -163,7 +192,9 @@ def _import_one(
     if note.exists() and _edited(note):
         # The lecturer's note and the files it lists stay exactly as they are, even when the student resubmitted.
         result.action = "kept-edit"
-        if {t.name for _, _, t in placed} != listed or any(not _holds(t, data) for _, data, t in placed):
+        # A file that could not be read is reported as such; it is no sign of a new submission.
+        changed = {t.name for _, _, t in placed} != listed or any(not _holds(t, data) for _, data, t in placed)
+        if changed and not result.problems:
             result.warning = _resubmitted(vault, note, originals, [f.filename for f, _ in given], listed)
         return result
     if result.problems and note.exists():
@@ -187,6 +218,8 @@ def _import_one(
     authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
     if work.platform == "canvas" and work.name and " " not in work.name:
         name = canvas.name_from(work.name, [*authors, body]) or work.name
+    elif entry is not None and entry.name and "?" not in entry.name:
+        name = work.name  # the roster's spelling: the essay's (`İLKER IŞIK`) is not the name
     else:
         name = _restore_name(work.name, body)
     result.name = name

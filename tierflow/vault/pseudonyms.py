@@ -43,10 +43,30 @@ def fold(text: str) -> str:
     return "".join(out)
 
 
+_JOINERS = re.compile(r"[\s'\u2019\-]+")
+
+
 def spellings(name: str) -> list[str]:
-    """The ways a name is typed where the keyboard lacks its letters: as written, and German-style
-    ("Müller" -> "Mueller"); `fold` covers the rest ("Muller")."""
-    return list(dict.fromkeys([name, name.translate(_TRANSLITERATED)]))
+    """The ways a name is typed where the keyboard lacks its letters or a handle has no spaces: as written,
+    German-style ("Müller" -> "Mueller"; `fold` covers "Muller"), without its apostrophes ("OBrien", as Moodle's
+    file names have it), and run together ("zoemueller", "annavanderberg" in a web address or email)."""
+    forms = [name, name.translate(_TRANSLITERATED)]
+    joined = []
+    for form in forms:
+        words = [w for w in _JOINERS.split(form) if w]
+        # Every run of two or more of its words, run together: "annavanderberg", and "vanderberg" alone.
+        joined += ["".join(words[i:j]) for i in range(len(words)) for j in range(i + 2, len(words) + 1)]
+        joined += [_JOINERS.sub("", form)] if len(words) == 1 and form != _JOINERS.sub("", form) else []
+    return list(dict.fromkeys(f for f in [*forms, *joined] if f))
+
+
+_PREFIXED_NUMBER = re.compile(r"[A-Za-z]{1,3}(\d{6,})")
+
+
+def identifier_forms(text: str) -> list[str]:
+    """An identifier as given, and a student number without its letter prefix ("Z20231234" -> "20231234")."""
+    bare = _PREFIXED_NUMBER.fullmatch(text.strip())
+    return [text, bare.group(1)] if bare else [text]
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,11 @@ class Hidden:
         return self.source[lo : (end + shift if hi is None else hi)]
 
 
+QUOTED_CONTEXT = 12
+"""Characters around a label that a model's text must share with the hidden text to count as quoting it: fewer
+(" works", " learns") is a sentence about the student that happens to share a word with the essay."""
+
+
 class Pseudonyms:
     """Maps each student to `Student-NN` (by sorted id, so the same cohort always gets the same labels).
 
@@ -110,7 +135,8 @@ class Pseudonyms:
             ids = [] if _SHORT_NUMBER.fullmatch(s.student_id) else [s.student_id]
             # Aliases first: the roster's parts ("Okafor") would otherwise take the first claim on an alias's.
             names = [p for n in (*s.aliases, s.name) for p in name_parts(n)]
-            for text in (*ids, *(v for n in names for v in spellings(n)), *s.also):
+            also = [f for a in s.also for f in identifier_forms(a)]
+            for text in (*ids, *(v for n in names for v in spellings(n)), *also):
                 if text.strip():
                     replacements.setdefault(fold(text.strip()).casefold(), self.label[s.student_id])
         # Longest first, so a full name is replaced before its parts; one group per text, named by its index.
@@ -131,7 +157,8 @@ class Pseudonyms:
         out: list[str] = []
         spans: list[tuple[int, int, int, int]] = []
         at = length = 0
-        for m in self._hide.finditer(fold(source)):
+        # `_` joins words in handles and file names (`zoe_mueller@`): a boundary here, one character for one.
+        for m in self._hide.finditer(fold(source).replace("_", " ")):
             label = self._labels[int(str(m.lastgroup)[1:])]
             out.append(source[at : m.start()])
             length += m.start() - at
@@ -167,7 +194,7 @@ class Pseudonyms:
 
     def restore_label(self, answer: str, source: Hidden, label: str, name: str) -> str:
         """`answer` with each `label` in it as the student wrote that place, where the text around it quotes the
-        hidden text (the place sharing most of it; 4 characters at least); elsewhere `name`."""
+        hidden text (the place sharing most of it, `QUOTED_CONTEXT` characters at least); elsewhere `name`."""
         places = [(hs, he, ss, se) for hs, he, ss, se in source.spans if source.text[hs:he] == label]
 
         def shared(a: int, b: int, hs: int, he: int) -> int:
@@ -183,7 +210,7 @@ class Pseudonyms:
             scored = [(shared(*match.span(), hs, he), ss, se) for hs, he, ss, se in places]
             best = max((score for score, _, _ in scored), default=0)
             found = {source.source[ss:se] for score, ss, se in scored if score == best}
-            return found.pop() if best >= 4 and len(found) == 1 else name
+            return found.pop() if best >= QUOTED_CONTEXT and len(found) == 1 else name
 
         return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
 
