@@ -177,7 +177,7 @@ def test_missing_usage_block_is_unknown_not_zero(tmp_path, monkeypatch, double, 
     row = only_row(c)
     assert row["usage_known"] is False or row["usage_known"] == 0
     assert row["cost_usd"] is None
-    assert "no usage block" in caplog.text
+    assert "no usable usage block" in caplog.text
 
 
 HALT_BUDGET = '[budgets.daily]\nusd = 0.10\nperiod = "day"\npolicy = "halt"\n'
@@ -462,3 +462,28 @@ def _anthropic_usage(inp: int, out: int, *, cache_write: int = 0, cache_read: in
 
 def test_double_records_its_usage_for_assertions(double: ProviderDouble):
     assert double.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("body", [b"", b"null", b"{}"], ids=["empty", "null", "object"])
+@pytest.mark.parametrize("config", [anthropic_config, openai_config], ids=["anthropic", "openai"])
+def test_a_200_whose_body_is_no_answer_is_billed_at_its_worst_case_and_retried_never_a_traceback(
+    tmp_path, monkeypatch, double, config, body
+):
+    """A broken gateway answers 200 with an empty body, `null` or `{}`: the SDK cannot read it, but the request
+    was processed and may be billed. Each such reply is a row of unknown usage at the worst case, the closed loop
+    retries it, and the call ends in the call path's own error, not the SDK's JSON or shape error."""
+    from tierflow.core.errors import TierflowError
+
+    double.responder = lambda r: Reply(body=body)
+    c = caller(tmp_path, config(double, '[budgets.daily]\nusd = 1\nperiod = "day"\n'), monkeypatch)
+    worst = worst_usd(c, "Define empty.")
+    with pytest.raises(TierflowError) as error:
+        ask(c, "Define empty.")
+    assert "could not be read" in str(error.value) or "no choices" in str(error.value), error.value
+    sent = double.model_calls()
+    rows = c.ledger.rows()
+    assert len(rows) == len(sent) >= 2  # every reply recorded, and at least one retry
+    # Unknown, never $0: each row's cost is unknown and its reservation stays charged at the worst case.
+    assert all(not r["usage_known"] and r["cost_usd"] is None for r in rows)
+    (state,) = c.budgets.states()
+    assert state.reserved_usd == 0 and state.spent_usd >= worst

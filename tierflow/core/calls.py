@@ -1053,7 +1053,8 @@ class Caller:
         cut = completion.finish == "truncated"
         if completion.finish == "refused":
             failures = [Failure("refused", f"the model refused: {completion.text[:200]!r}")]
-        elif output is not None and completion.problem:
+        elif completion.problem and (output is not None or not completion.text):
+            # A text request's answer fails too when nothing of it could be read (an empty or unreadable reply).
             failures = [Failure("schema", completion.problem)]
         elif output is not None:
             try:

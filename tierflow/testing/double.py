@@ -463,6 +463,9 @@ class Reply:
     False). A client that retries may pay twice."""
     delay_s: float = 5.0
     """How long a ``timeout`` holds its answer."""
+    body: bytes | None = None
+    """A 200 whose body is these bytes verbatim, not the provider's JSON (``b""``, ``b"null"``, ``b"{}"``): the
+    request is processed and billed, as a broken gateway or proxy answers."""
 
     @property
     def hidden_tokens(self) -> int:
@@ -1265,6 +1268,8 @@ class ProviderDouble:
         if reply.status >= 400:
             return self._error("anthropic", reply.status, reply.text)
         message = self._anthropic_message_body(request, reply, "standard")
+        if reply.body is not None:
+            return _Answer(200, message, raw=reply.body)
         if request.stream:
             return _Answer(200, message, raw=_anthropic_sse(message), content_type=_SSE)
         return _Answer(200, message)
@@ -1404,6 +1409,8 @@ class ProviderDouble:
         if reply.status >= 400:
             return self._error("openai", reply.status, reply.text)
         completion = self._openai_completion_body(request, reply)
+        if reply.body is not None:
+            return _Answer(200, completion, raw=reply.body)
         if request.stream:
             options = request.body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import threading
@@ -17,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 from tierflow.core.config import ProviderConfig
 from tierflow.core.errors import ProviderAuthError
 from tierflow.core.usage import Usage
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -91,6 +94,10 @@ class Attempts:
     def mark(self) -> tuple[int, int]:
         return getattr(self._local, "sent", 0), getattr(self._local, "answered", 0)
 
+    def answered_since(self, mark: tuple[int, int]) -> int:
+        """Answers received whole since `mark` (in this thread)."""
+        return self.mark()[1] - mark[1]
+
     def lost_since(self, mark: tuple[int, int]) -> int:
         """Attempts sent since `mark` (in this thread) whose answer never arrived whole."""
         sent, answered = self.mark()
@@ -126,6 +133,22 @@ def _whole_body_stream(stream_type: type) -> type:
             self.stream.close()
 
     return WholeBody
+
+
+UNREADABLE_REPLY = (ValueError, TypeError, AttributeError, KeyError)
+"""What an SDK raises reading a 200 answer that is not one (an empty body, `null`, `{}`): JSON and shape errors."""
+
+
+def unreadable_reply(provider: str, model: str, exc: Exception) -> Completion:
+    """A 200 answer the SDK could not read: the provider may have billed it, so it is an answer of unknown usage
+    (recorded, and charged at its worst case) whose problem the closed loop retries, never an uncaught error."""
+    log.warning("%s answered %s with a reply that cannot be read (%s: %s)", provider, model, type(exc).__name__, exc)
+    return Completion(
+        text="",
+        usage=Usage(known=False),
+        model=model,
+        problem=f"the provider's reply could not be read ({type(exc).__name__}: {exc})",
+    )
 
 
 def with_lost_attempts(completion: Completion, lost: int) -> Completion:

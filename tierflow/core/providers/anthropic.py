@@ -18,12 +18,14 @@ from tierflow.core.errors import (
 )
 from tierflow.core.providers import (
     BATCH_CLOCK_SKEW_S,
+    UNREADABLE_REPLY,
     Attempts,
     BatchItemResult,
     Completion,
     Request,
     api_key,
     create_once,
+    unreadable_reply,
     with_lost_attempts,
 )
 from tierflow.core.usage import reported_usage
@@ -79,11 +81,16 @@ class AnthropicProvider:
         mark = self.attempts.mark()
         try:
             message = self.client.messages.create(**self.params(request))
+            completion = self.completion(message, request)
         except anthropic.AnthropicError as exc:
             error = self.translate(exc, request.model)
             error.lost_attempts = self.attempts.lost_since(mark)
             raise error from exc
-        return with_lost_attempts(self.completion(message, request), self.attempts.lost_since(mark))
+        except UNREADABLE_REPLY as exc:
+            if not self.attempts.answered_since(mark):
+                raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
+            completion = unreadable_reply(self.name, request.model, exc)
+        return with_lost_attempts(completion, self.attempts.lost_since(mark))
 
     def completion(self, message: Any, request: Request) -> Completion:
         """Text, structured data and usage from a Message; an unreadable answer is data, not an error."""

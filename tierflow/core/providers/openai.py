@@ -20,6 +20,7 @@ from tierflow.core.errors import (
 )
 from tierflow.core.providers import (
     BATCH_CLOCK_SKEW_S,
+    UNREADABLE_REPLY,
     Attempts,
     BatchItemResult,
     Completion,
@@ -29,6 +30,7 @@ from tierflow.core.providers import (
     json_instruction,
     parse_json_object,
     strict_schema,
+    unreadable_reply,
     with_lost_attempts,
 )
 from tierflow.core.usage import reported_usage
@@ -107,11 +109,16 @@ class OpenAIProvider:
                 if request.mode_confirmed or not _retryable(exc):
                     raise
                 response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
+            completion = self.completion(response, request)
         except openai.OpenAIError as exc:
             error = self.translate(exc, request.model)
             error.lost_attempts = self.attempts.lost_since(mark)
             raise error from exc
-        return with_lost_attempts(self.completion(response, request), self.attempts.lost_since(mark))
+        except UNREADABLE_REPLY as exc:
+            if not self.attempts.answered_since(mark):
+                raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
+            completion = unreadable_reply(self.name, request.model, exc)
+        return with_lost_attempts(completion, self.attempts.lost_since(mark))
 
     def completion(self, response: Any, request: Request) -> Completion:
         """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
