@@ -109,3 +109,63 @@ def test_a_run_that_ends_otherwise_leaves_the_signal_handlers_as_they_were():
     except typer.Exit:
         pass
     assert [signal.getsignal(s) for s in signals] == before
+
+
+def test_a_second_interrupt_stops_at_once_and_still_names_the_run_and_its_resume():
+    """Two quick Ctrl-Cs: the first one's line may never be printed, so the second says which run and how to go
+    on, and that calls then in flight were stopped unrecorded."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, time\n"
+        "from tierflow.cli.runner import stopped_by_interrupt\n"
+        "try:\n"
+        "    with stopped_by_interrupt('run R1: `tierflow resume R1 --vault v` continues it'):\n"
+        "        os.kill(os.getpid(), signal.SIGINT); time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(60)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted again" in done.stderr and "tierflow resume R1 --vault v" in done.stderr
+    assert "unrecorded" in done.stderr
+
+
+def test_the_temporary_server_stops_when_tierflow_is_killed_outright(tmp_path):
+    """SIGKILL (or `timeout -s KILL`, a cancelled CI job) gives tierflow no chance to stop the server, which, out
+    of tierflow's process group since it must not hear Ctrl-C, a group kill does not reach either. Linux stops it."""
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    script = (
+        "import sys, time\n"
+        "from tierflow.cli.app import prefect_defaults\n"
+        "prefect_defaults()\n"
+        "from tierflow.cli import temporary_server\n"
+        "server = temporary_server.start()\n"
+        "print(server.server_process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env) as holder:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()  # once the server answers: Prefect waits up to 300 s for it
+        assert line.strip().isdigit(), f"no server started: {line!r}"
+        server = int(line)
+        os.kill(server, 0)  # running
+        holder.kill()
+        holder.wait(timeout=60)
+    deadline = time.monotonic() + 120  # a guard against a server that never stops, not a measure of speed
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{server}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return  # stopped, waiting only for init to reap it
+        time.sleep(0.5)
+    os.kill(server, signal.SIGKILL)
+    raise AssertionError("the temporary Prefect server outlived tierflow by 2 minutes")

@@ -86,7 +86,8 @@ def run_flow(
     run_id = parameters.pop("run_id", None) or new_run_id()  # chosen here, so that an interrupt can name it
     tracebacks_to_prefect_log_only()
     try:
-        with stopped_by_interrupt(), prefect_start_errors():
+        resume = resume_command(run_id, vault, config=config, profile=profile)
+        with stopped_by_interrupt(f"run {run_id}: `{resume}` continues it"), prefect_start_errors():
             temporary_server.start()
             with phase_progress():
                 summary = entry(
@@ -115,7 +116,7 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if 
 
 
 @contextmanager
-def stopped_by_interrupt() -> Iterator[None]:
+def stopped_by_interrupt(resume: str = "") -> Iterator[None]:
     """Ctrl-C (or SIGTERM, or a closed terminal) raises KeyboardInterrupt in the run; a second Ctrl-C ends it at once.
 
     The first interrupt lets the calls in flight finish, settle and release their reservations, and lets the
@@ -133,7 +134,10 @@ def stopped_by_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
     def again(signum: int, frame: Any) -> None:
-        os.write(2, b"\ninterrupted again: stopping at once.\n")
+        # Said here, since the first interrupt's line may not have been printed yet; answers in flight now were
+        # perhaps paid for and are not recorded, so the line says so.
+        told = f"; {resume}. Calls in flight were stopped unrecorded: the provider may bill them" if resume else ""
+        os.write(2, f"\ninterrupted again: stopping at once{told}.\n".encode())
         temporary_server.kill()
         os._exit(INTERRUPTED)
 
@@ -163,13 +167,18 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
         started = True
     if started is None:
         return f"interrupted before run {run_id} started: nothing was run and nothing was spent."
+    return (
+        f"interrupted: run {run_id} stopped. `{resume_command(run_id, vault, config=config, profile=profile)}` "
+        "continues it without paying again for the answers it already has."
+    )
+
+
+def resume_command(run_id: str, vault: Path, *, config: Path | str | None, profile: str | None) -> str:
+    """The `tierflow resume` command line that continues a run."""
     options = "".join(
         f" --{name} {shlex.quote(str(value))}" for name, value in (("config", config), ("profile", profile)) if value
     )
-    return (
-        f"interrupted: run {run_id} stopped. `tierflow resume {run_id} --vault {shlex.quote(str(vault))}{options}` "
-        "continues it without paying again for the answers it already has."
-    )
+    return f"tierflow resume {run_id} --vault {shlex.quote(str(vault))}{options}"
 
 
 PREFECT_DID_NOT_START = "Timed out while attempting to connect to ephemeral Prefect API server"

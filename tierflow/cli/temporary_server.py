@@ -9,7 +9,11 @@ hears no Ctrl-C: the run's crash and its last events reach it, and Prefect's exi
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
+import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -63,4 +67,20 @@ class _OwnSession:
         return getattr(self._module, name)
 
     def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802
-        return self._module.Popen(*args, start_new_session=True, **kwargs)
+        return self._module.Popen(*args, start_new_session=True, preexec_fn=_dies_with_parent(), **kwargs)
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """On Linux, what makes the server get SIGTERM when tierflow dies without stopping it (SIGKILL, `timeout -s
+    KILL`, a CI job cancelled): out of tierflow's process group, a group kill no longer reaches it. Elsewhere None.
+
+    Linux sends it when the thread that started the server ends: `start` runs in the main thread, the last to end.
+    The function is looked up before the fork, so the child runs no more than one C call before it execs."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
