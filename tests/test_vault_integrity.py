@@ -505,3 +505,13 @@ def test_a_sentence_about_the_student_that_shares_a_word_with_the_essay_gets_the
     assert cohort.restore_label(quoted, hidden, "Student-01", "Mark Young") == (
         'You write that "teachers mark work too late", which is well argued.'
     )
+
+
+def test_a_title_written_as_text_never_becomes_a_link(tmp_path: Path):
+    """A note titled `[[x]]`, listed under a concept's sources, must not link whatever note is called x."""
+    from tierflow.vault.links import link_targets
+    from tierflow.vault.notes import template_env
+
+    env = template_env(tmp_path, "no templates here")
+    line = env.from_string("- {{ link }}: {{ title | text }}").render(link="[[Plain]]", title="Brackets [[x]] ]]")
+    assert link_targets(line) == ["Plain"] and "[[x]]" not in line and "x" in line

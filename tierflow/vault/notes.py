@@ -154,6 +154,8 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     # Prompt data as compact JSON; only < and > are escaped, so no value can close its <data> fence.
     env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
+    # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
+    env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
     return env
 
 
