@@ -489,6 +489,9 @@ def test_names_in_handles_addresses_and_numbers_without_their_prefix_are_hidden(
     for gone in ("zoe", "mueller", "20231234", "annavanderberg", "vanderberg", "OBrien", "Siobhan"):
         assert gone not in hidden.replace("muellerian", ""), (gone, hidden)
     assert "muellerian" in hidden and "2023." in hidden
+    assert Pseudonyms([Student("s4", "Jana Straße")]).hide("Straße, Strasse, STRASSE, Straßenbahn") == (
+        "Student-01, Student-01, Student-01, Straßenbahn"
+    )
 
 
 def test_a_sentence_about_the_student_that_shares_a_word_with_the_essay_gets_their_name():

@@ -804,11 +804,17 @@ def word_pattern(literal: str) -> str:
     between words; beside Han, Kana, Thai, Lao, Khmer or Myanmar letters, which have no spaces, it may."""
     if not literal:
         return re.escape(literal)
-    return (
-        (_SPACED_BEFORE if _needs_boundary(literal[0]) else "")
-        + re.escape(literal)
-        + (_SPACED_AFTER if _needs_boundary(literal[-1]) else "")
-    )
+    return boundary_before(literal[0]) + re.escape(literal) + boundary_after(literal[-1])
+
+
+def boundary_before(first: str) -> str:
+    """The lookbehind a text starting with `first` needs not to start inside a word (`word_pattern`)."""
+    return _SPACED_BEFORE if _needs_boundary(first) else ""
+
+
+def boundary_after(last: str) -> str:
+    """The lookahead a text ending with `last` needs not to end inside a word (`word_pattern`)."""
+    return _SPACED_AFTER if _needs_boundary(last) else ""
 
 
 def locate(text: str, body: str) -> bool:

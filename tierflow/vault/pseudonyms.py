@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tierflow.vault.annotations import word_pattern
+from tierflow.vault.annotations import boundary_after, boundary_before
 
 _PART_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb]+")
 _INITIAL = re.compile(r"^\w\.?$")
@@ -130,7 +130,7 @@ class Pseudonyms:
         width = max(2, len(str(len(roster))))
         self.label = {s.student_id: f"Student-{i:0{width}d}" for i, s in enumerate(roster, start=1)}
         self.students = {s.student_id: s for s in roster}
-        replacements: dict[str, str] = {}  # folded and casefolded -> label
+        replacements: dict[str, str] = {}  # folded and lower-cased -> label
         for s in roster:
             ids = [] if _SHORT_NUMBER.fullmatch(s.student_id) else [s.student_id]
             # Aliases first: the roster's parts ("Okafor") would otherwise take the first claim on an alias's.
@@ -138,15 +138,10 @@ class Pseudonyms:
             also = [f for a in s.also for f in identifier_forms(a)]
             for text in (*ids, *(v for n in names for v in spellings(n)), *also):
                 if text.strip():
-                    replacements.setdefault(fold(text.strip()).casefold(), self.label[s.student_id])
-        # Longest first, so a full name is replaced before its parts; one group per text, named by its index.
-        ordered = sorted(replacements, key=len, reverse=True)
-        self._labels = [replacements[t] for t in ordered]
-        self._hide = (
-            re.compile("|".join(f"(?P<n{i}>{word_pattern(t)})" for i, t in enumerate(ordered)), re.IGNORECASE)
-            if ordered
-            else None
-        )
+                    # lower(), not casefold(): "ß" stays one character, as it is in the text matched.
+                    replacements.setdefault(fold(text.strip()).lower(), self.label[s.student_id])
+        self._labels = replacements
+        self._hide = re.compile(_trie(replacements)) if replacements else None
         self._reveal = {label: sid for sid, label in self.label.items()}
 
     def hidden(self, text: str) -> Hidden:
@@ -158,8 +153,8 @@ class Pseudonyms:
         spans: list[tuple[int, int, int, int]] = []
         at = length = 0
         # `_` joins words in handles and file names (`zoe_mueller@`): a boundary here, one character for one.
-        for m in self._hide.finditer(fold(source).replace("_", " ")):
-            label = self._labels[int(str(m.lastgroup)[1:])]
+        for m in self._hide.finditer(_lowered(fold(source).replace("_", " "))):
+            label = self._labels[m.group()]
             out.append(source[at : m.start()])
             length += m.start() - at
             spans.append((length, length + len(label), m.start(), m.end()))
@@ -213,6 +208,35 @@ class Pseudonyms:
             return found.pop() if best >= QUOTED_CONTEXT and len(found) == 1 else name
 
         return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
+
+
+def _trie(texts: Iterable[str]) -> str:
+    """One regex for every text, as `word_pattern` bounds each, factored by shared prefixes: an alternation of
+    thousands of names (a cohort's names, parts and spellings) was tried one by one at every character of the
+    text, 20 s and more for one essay of a 300-student module. At each point the longer texts are tried first,
+    so a full name wins over its parts, as when the texts were ordered longest first. The texts are grouped by
+    the boundaries their first and last characters want, so each lookaround is written once per group."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for text in texts:
+        node = groups.setdefault((boundary_before(text[0]), boundary_after(text[-1])), {})
+        for ch in text:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def pattern(node: dict[str, dict]) -> str:
+        branches = [re.escape(ch) + pattern(child) for ch, child in node.items() if ch]
+        if "" in node:
+            branches.append("")  # a text ends here: tried after every longer one
+        return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+
+    return "|".join(before + pattern(trie) + after for (before, after), trie in groups.items())
+
+
+def _lowered(text: str) -> str:
+    """`text.lower()`, one character for one (the texts to hide are lower-cased alike), so that positions in it are
+    positions in `text`: a character whose lower case is longer ("İ", which `fold` has already made "I") stays."""
+    low = text.lower()
+    return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
 class NoPseudonyms(Pseudonyms):
