@@ -56,7 +56,6 @@ def spellings(name: str) -> list[str]:
         words = [w for w in _JOINERS.split(form) if w]
         # Every run of two or more of its words, run together: "annavanderberg", and "vanderberg" alone.
         joined += ["".join(words[i:j]) for i in range(len(words)) for j in range(i + 2, len(words) + 1)]
-        joined += [_JOINERS.sub("", form)] if len(words) == 1 and form != _JOINERS.sub("", form) else []
     return list(dict.fromkeys(f for f in [*forms, *joined] if f))
 
 
