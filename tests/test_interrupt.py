@@ -132,6 +132,26 @@ def test_a_second_interrupt_stops_at_once_and_still_names_the_run_and_its_resume
     assert "unrecorded" in done.stderr
 
 
+def test_a_run_stopped_by_sigterm_exits_143_as_schedulers_expect():
+    """systemd, cron wrappers and `kill` send SIGTERM; their logs tell a stop from a crash by 128 + the signal's
+    number. tierflow exited 130 (Ctrl-C's) whatever the signal."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from tierflow.cli.runner import interrupted_code, stopped_by_interrupt\n"
+        "try:\n"
+        "    with stopped_by_interrupt('run R1: `tierflow resume R1 --vault v` continues it'):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    if sys.argv[1] == 'twice':\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+        "    sys.exit(interrupted_code())\n"
+    )
+    for times in ("once", "twice"):
+        done = subprocess.run([sys.executable, "-c", script, times], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 143, (times, done.stderr)
+    assert "interrupted again" in done.stderr
+
+
 def test_the_temporary_server_stops_when_tierflow_is_killed_outright(tmp_path):
     """SIGKILL (or `timeout -s KILL`, a cancelled CI job) gives tierflow no chance to stop the server, which, out
     of tierflow's process group since it must not hear Ctrl-C, a group kill does not reach either. Linux stops it."""

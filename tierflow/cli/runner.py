@@ -102,7 +102,7 @@ def run_flow(
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
-        raise typer.Exit(INTERRUPTED) from None
+        raise typer.Exit(interrupted_code()) from None
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
@@ -110,6 +110,15 @@ def run_flow(
 
 INTERRUPTED = 130
 """The exit code of a run stopped by Ctrl-C: 128 + SIGINT, as shells report it."""
+
+_stopped_by: list[int] = []  # the signals that stopped a run in this process, newest last
+
+
+def interrupted_code() -> int:
+    """The exit code of a run stopped by a signal: 128 + its number, as shells report it (130 for Ctrl-C, 143 for
+    SIGTERM from a scheduler or `kill`, 129 for a closed terminal)."""
+    return 128 + _stopped_by[-1] if _stopped_by else INTERRUPTED
+
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 """Signals that stop a run as Ctrl-C does, so its calls settle and the temporary server is stopped too."""
@@ -121,15 +130,16 @@ def stopped_by_interrupt(resume: str = "") -> Iterator[None]:
 
     The first interrupt lets the calls in flight finish, settle and release their reservations, and lets the
     flow run's crash reach Prefect; that takes seconds. The second does not wait: it stops the temporary server
-    and exits with 130, and the reservations of calls then still in flight are left to lapse (their holder is
-    gone: `tierflow budget reservations --release-stale` releases them at once). Outside the main thread,
-    where no signal handler can be set, nothing changes.
+    and exits with 128 + the signal's number, and the reservations of calls then still in flight are left to
+    lapse (their holder is gone: `tierflow budget reservations --release-stale` releases them at once). Outside
+    the main thread, where no signal handler can be set, nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def first(signum: int, frame: Any) -> None:
+        _stopped_by.append(signum)
         signal.signal(signal.SIGINT, again)
         raise KeyboardInterrupt
 
@@ -139,7 +149,7 @@ def stopped_by_interrupt(resume: str = "") -> Iterator[None]:
         told = f"; {resume}. Calls in flight were stopped unrecorded: the provider may bill them" if resume else ""
         os.write(2, f"\ninterrupted again: stopping at once{told}.\n".encode())
         temporary_server.kill()
-        os._exit(INTERRUPTED)
+        os._exit(128 + signum)
 
     signals = (signal.SIGINT, *STOP_SIGNALS)
     previous = {sig: signal.getsignal(sig) for sig in signals}
