@@ -21,6 +21,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tierflow.vault.pseudonyms import placeholder_author
+
 READABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md", ".rtf")
 """File types turned into text; anything else is listed with a reason."""
 
@@ -96,7 +98,9 @@ def _tidy(text: str) -> str:
 
 
 def _names(*values: object) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(" ".join(str(v).split()) for v in values if v and str(v).strip()))
+    """The distinct names among a document's author fields, a placeholder such as "Microsoft Office User" left out."""
+    names = (" ".join(str(v).split()) for v in values if v and str(v).strip())
+    return tuple(dict.fromkeys(n for n in names if not placeholder_author(n)))
 
 
 # --- Word ----------------------------------------------------------------------------------------------------

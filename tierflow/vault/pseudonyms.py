@@ -59,6 +59,22 @@ def spellings(name: str) -> list[str]:
     return list(dict.fromkeys(f for f in [*forms, *joined] if f))
 
 
+_PLACEHOLDER_AUTHOR = re.compile(
+    r"(microsoft( office| word)?|office|windows|apple|mac|macbook|google docs|libreoffice|openoffice|pages|"
+    r"hp( inc\.?)?|dell|lenovo|asus|acer|toshiba|samsung|pc|home|my|the)?\s*"
+    r"(users?|owners?|admin(istrator)?|authors?|guest|unknown|student|default|account|pc|laptop|computer)?"
+    r"|tierflow|python-docx|reportlab|fpdf\d?|pypdf|word|microsoft|canvas|moodle|anonymous|none|null|n/?a",
+    re.IGNORECASE,
+)
+
+
+def placeholder_author(name: str) -> bool:
+    """A document's author that names no person: what Word, an operating system or a laptop's maker puts there
+    ("Microsoft Office User", "Windows User", "Owner", "HP Inc."). Hidden as a name, its words ("Office",
+    "User", "Owner") would be replaced wherever the student wrote them."""
+    return _PLACEHOLDER_AUTHOR.fullmatch(" ".join(name.split())) is not None
+
+
 _PREFIXED_NUMBER = re.compile(r"[A-Za-z]{1,3}(\d{6,})")
 
 
@@ -73,7 +89,7 @@ class Student:
     student_id: str
     name: str = ""
     aliases: tuple[str, ...] = ()
-    """Other names the student's files carry (a docx author, a PDF /Author)."""
+    """Other names the student's files carry (a docx author, a PDF /Author); a `placeholder_author` is not one."""
     also: tuple[str, ...] = ()
     """Other things that identify the student, hidden where they stand whole: an email address, a student number."""
 
@@ -117,7 +133,8 @@ class Pseudonyms:
     Every part of every name is replaced, however short ("Li", "Wu", "Ng", "Le", "Do"), case-insensitively,
     with or without its accents ("Siobhan Mueller" for "Siobhán Müller"), and in every script: on word boundaries
     where the script puts spaces between words, and as the exact substring in scripts that do not (a Chinese or
-    Japanese name written without spaces). Privacy wins over prose: a part that is also a common word is replaced
+    Japanese name written without spaces), and with a German possessive "s" where it is capitalised ("Müllers
+    Analyse"). Privacy wins over prose: a part that is also a common word is replaced
     wherever it stands as a word, so "Do the readings" reaches the model as "Student-03 the readings" when a
     student is called Do. Not replaced on their own: a lone initial ("J." of "J. Smith"), which names nobody and
     would replace "a" and "I"; and an id of one to four digits (a Moodle participant 2007), a platform's record
@@ -130,15 +147,24 @@ class Pseudonyms:
         self.label = {s.student_id: f"Student-{i:0{width}d}" for i, s in enumerate(roster, start=1)}
         self.students = {s.student_id: s for s in roster}
         replacements: dict[str, str] = {}  # folded and lower-cased -> label
+        genitives: dict[str, str] = {}
         for s in roster:
             ids = [] if _SHORT_NUMBER.fullmatch(s.student_id) else [s.student_id]
             # Aliases first: the roster's parts ("Okafor") would otherwise take the first claim on an alias's.
-            names = [p for n in (*s.aliases, s.name) for p in name_parts(n)]
+            aliases = [a for a in s.aliases if not placeholder_author(a)]
+            names = [p for n in (*aliases, s.name) for p in name_parts(n)]
             also = [f for a in s.also for f in identifier_forms(a)]
-            for text in (*ids, *(v for n in names for v in spellings(n)), *also):
+            forms = [v for n in names for v in spellings(n)]
+            for text in (*ids, *forms, *also):
                 if text.strip():
                     # lower(), not casefold(): "ß" stays one character, as it is in the text matched.
                     replacements.setdefault(fold(text.strip()).lower(), self.label[s.student_id])
+            genitives.update((g, self.label[s.student_id]) for g in map(_genitive, forms) if g)
+        # German (and a hurried English) possessive: "Müllers Analyse", "Annas Beitrag". Only as a capitalised
+        # word (`hidden` checks), since "marks", "hopes" and "wills" are words where a Mark, Hope or Will studies.
+        self._genitive = {g for g in genitives if g not in replacements}
+        for g in self._genitive:
+            replacements[g] = genitives[g]
         self._labels = replacements
         self._hide = re.compile(_trie(replacements)) if replacements else None
         self._reveal = {label: sid for sid, label in self.label.items()}
@@ -153,6 +179,8 @@ class Pseudonyms:
         at = length = 0
         # `_` joins words in handles and file names (`zoe_mueller@`): a boundary here, one character for one.
         for m in self._hide.finditer(_lowered(fold(source).replace("_", " "))):
+            if m.group() in self._genitive and not source[m.start()].isupper():
+                continue
             label = self._labels[m.group()]
             out.append(source[at : m.start()])
             length += m.start() - at
@@ -207,6 +235,15 @@ class Pseudonyms:
             return found.pop() if best >= QUOTED_CONTEXT and len(found) == 1 else name
 
         return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
+
+
+def _genitive(form: str) -> str | None:
+    """A one-word name form with the possessive "s" of German ("Müller" -> "müllers"), folded and lower-cased;
+    None for a name that takes none ("Hans", "Marx", "Götz") or is not one word of letters."""
+    key = fold(form.strip()).lower()
+    if len(key) < 3 or not key.isalpha() or key[-1] in "sxzß":
+        return None
+    return key + "s"
 
 
 def _trie(texts: Iterable[str]) -> str:
