@@ -61,8 +61,11 @@ def spellings(name: str) -> list[str]:
 
 _PLACEHOLDER_AUTHOR = re.compile(
     r"(microsoft( office| word)?|office|windows|apple|mac|macbook|google docs|libreoffice|openoffice|pages|"
-    r"hp( inc\.?)?|dell|lenovo|asus|acer|toshiba|samsung|pc|home|my|the)?\s*"
-    r"(users?|owners?|admin(istrator)?|authors?|guest|unknown|student|default|account|pc|laptop|computer)?"
+    r"hp( inc\.?)?|dell|lenovo|asus|acer|toshiba|samsung|pc|home|my|the|lab|library|school|college|university)?"
+    r"[\s-]*(users?|owners?|admin(istrator)?|authors?|guest|unknown|students?|default|account|pc|laptop|computer|"
+    # The same words in the languages whose Windows and Office most often write them.
+    r"benutzer|besitzer|studierende[r]?|utilisateur|propriétaire|étudiant|usuario|estudiante|utente|studente|"
+    r"gebruiker|eigenaar|användare|bruker|käyttäjä|użytkownik)?"
     r"|tierflow|python-docx|reportlab|fpdf\d?|pypdf|word|microsoft|canvas|moodle|anonymous|none|null|n/?a",
     re.IGNORECASE,
 )
