@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import frontmatter
 import yaml
 from prefect import task
 
@@ -15,6 +14,7 @@ from tierflow.core.errors import VaultError
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
+from tierflow.vault.text import hide_comments, load_note
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INJECTION = re.compile(
@@ -118,7 +118,7 @@ def _body(path: Path) -> str:
     if not path.is_file():
         return ""
     try:
-        return frontmatter.loads(path.read_text(encoding="utf-8")).content.strip()
+        return hide_comments(load_note(path).content).strip()
     except (UnicodeDecodeError, yaml.YAMLError):
         return ""
 
@@ -137,7 +137,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             skipped.append((rel, "attachment ignored: only Markdown submissions are read"))
             continue
         try:
-            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+            post = load_note(path)
         except UnicodeDecodeError:
             skipped.append((rel, "not UTF-8 text; skipped"))
             continue
@@ -150,7 +150,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             continue
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
         skipped += [(rel, f"not read: {why}") for why in post.metadata.get("tierflow_unreadable") or []]
-        text = post.content
+        text = hide_comments(post.content)  # Obsidian hides comments: never sent to a model
         # Drafted from its text: what was not read is told with the draft, not listed as skipped.
         embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))

@@ -25,6 +25,7 @@ from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_source, safe_note_name, template_env
+from tierflow.vault.text import load_note, read_note_text
 
 PHASE = "draft"
 COMPLEXITY = "medium"
@@ -212,7 +213,7 @@ def draft_concept(
     vault = Path(settings.vault or ".").resolve()
     names = VaultNames.scan(vault)
     extended = names.resolve(concept.extends)[0] if concept.extends and names.resolve(concept.extends) else None
-    already = (vault / extended).read_text(encoding="utf-8") if extended else ""
+    already = read_note_text(vault / extended) if extended else ""
     system, user = prompt(settings, concept, collations, already)
     by_key = {s.citekey: s for s in sources}
     answer = caller.ask(
@@ -292,7 +293,7 @@ def draft_concept(
         # What was written, and by which call: a later scan measures the person's edits against it.
         caller.ledger.remember_draft(
             result.path,
-            frontmatter.loads(Path(settings.vault or ".").joinpath(result.path).read_text(encoding="utf-8")).content,
+            load_note(Path(settings.vault or ".").joinpath(result.path)).content,
             run_id=share.run_id,
             flow=settings.flow,
             phase=PHASE,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.vault.text import load_note
 
 rubric_app = typer.Typer(
     help="The assignment's rubric: what tierflow reads from it, and a light-tier rewrite when it cannot.",
@@ -177,7 +178,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         )
     target = path.with_name(NORMALISED)
     if target.is_file():
-        status = str(frontmatter.loads(target.read_text(encoding="utf-8")).metadata.get("status") or "")
+        status = str(load_note(target).metadata.get("status") or "")
         if status.strip().lower() == "checked":
             raise RubricError(
                 f"{folder}/{NORMALISED} is already checked; tierflow will not replace it. "

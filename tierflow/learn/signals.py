@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import sqlalchemy as sa
 
 from tierflow.core.ledger import Ledger, drafts, now_iso, signals
+from tierflow.vault.text import load_note
 
 EDIT_PASS = 0.2
 EDIT_FAIL = 0.5
@@ -68,7 +68,7 @@ def scan(vault: Path, ledger: Ledger) -> list[Signal]:
     for row in remembered:
         path = vault / row.note
         try:
-            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+            post = load_note(path)
         except (OSError, UnicodeDecodeError, ValueError):
             continue  # moved, deleted or unreadable: nothing to measure
         ratio = edit_ratio(row.text, post.content)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-import frontmatter
 import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,6 +26,7 @@ from tierflow.learn.signals import scan
 from tierflow.report.spend import money, phase_spend, savings_text, share_rows, spend_by, total, with_all_deep
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
+from tierflow.vault.text import load_note
 
 T = TypeVar("T")
 
@@ -323,7 +323,7 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
 
 def _meta(path: Path) -> dict[str, Any]:
     try:
-        return dict(frontmatter.loads(path.read_text(encoding="utf-8")).metadata)
+        return dict(load_note(path).metadata)
     except (UnicodeDecodeError, yaml.YAMLError, OSError):
         return {}
 

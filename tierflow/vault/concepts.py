@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import frontmatter
 import yaml
 
 from tierflow.vault.index import TIERFLOW_KEYS, VaultIndex
 from tierflow.vault.links import WIKILINK, VaultNames, link_targets
+from tierflow.vault.text import hide_comments, load_note
 
 SUMMARY_CHARS = 200
 _WORD = re.compile(r"\w+")
@@ -43,24 +43,25 @@ def read_concept(vault: Path, path: str, names: VaultNames, *, tierflow_too: boo
     A draft the person moved among their concept notes is theirs now, whatever its front-matter says.
     """
     try:
-        post = frontmatter.loads((vault / path).read_text(encoding="utf-8"))
+        post = load_note(vault / path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     meta = dict(post.metadata)
+    body = hide_comments(post.content)  # Obsidian hides comments: private remarks never reach a prompt
     if not tierflow_too and any(key in meta for key in TIERFLOW_KEYS):
         return None
     aliases = meta.get("aliases") or meta.get("alias") or ()
     if isinstance(aliases, str):
         aliases = [aliases]
-    cites = frozenset(p for t in link_targets(post.content) for p in names.resolve(t)[:1] if p != path)
+    cites = frozenset(p for t in link_targets(body) for p in names.resolve(t)[:1] if p != path)
     return ConceptNote(
         path=path,
         name=Path(path).stem,
         link=names.link_for(path),
         aliases=tuple(str(a) for a in aliases if a),
-        summary=first_paragraph(post.content),
+        summary=first_paragraph(body),
         cites=cites,
-        body=post.content,
+        body=body,
     )
 
 

@@ -12,13 +12,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import yaml
 
 from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import check_vault
+from tierflow.vault.text import hide_comments, load_note
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def read_notes(
             found.skipped.append((meta.path, meta.error))
             continue
         try:
-            post = frontmatter.loads((vault / meta.path).read_text(encoding="utf-8"))
+            post = load_note(vault / meta.path)
         except (UnicodeDecodeError, yaml.YAMLError, OSError) as exc:
             found.skipped.append((meta.path, f"unreadable: {' '.join(str(exc).split())[:120]}"))
             continue
@@ -107,7 +107,7 @@ def read_notes(
                 link=names.link_for(meta.path),
                 date=day,
                 front_matter=dict(post.metadata),
-                body=post.content,
+                body=hide_comments(post.content),  # Obsidian hides comments: never sent to a model
                 by_tierflow=meta.by_tierflow,
             )
         )

@@ -29,6 +29,7 @@ from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
 from tierflow.vault.links import VaultNames, note_links
+from tierflow.vault.text import hide_comments, load_note
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -68,12 +69,13 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
     """Parse one literature note. Raises VaultError naming the file on anything unusable."""
     path = vault / relpath
     try:
-        post = frontmatter.loads(path.read_text(encoding="utf-8"))
+        post = load_note(path)
     except UnicodeDecodeError:
         raise VaultError(f"{relpath}: not UTF-8 text; skipped") from None
     except yaml.YAMLError as exc:
         raise VaultError(f"{relpath}: malformed YAML front-matter ({_first_line(exc)}); skipped") from None
     meta = dict(post.metadata)
+    body = hide_comments(post.content)  # Obsidian hides comments: private remarks never reach a prompt
     stem = Path(relpath).stem
     citekey = str(meta.get("citekey") or "").strip() or _citekey_from(stem)
     authors = meta.get("authors") or meta.get("author") or ()
@@ -85,9 +87,9 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
         citekey=citekey,
         link=stem,
         front_matter=meta,
-        body=post.content,
-        annotations=tuple(parse_annotations(post.content)),
-        wikilinks=tuple(note_links(_without_metadata(post.content))),
+        body=body,
+        annotations=tuple(parse_annotations(body)),
+        wikilinks=tuple(note_links(_without_metadata(body))),
         authors=tuple(str(a) for a in authors),
         year=str(meta.get("year") or ""),
     )
@@ -338,7 +340,7 @@ class NoteWriter:
 
     def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign"]:
         try:
-            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+            post = load_note(path)
         except (UnicodeDecodeError, yaml.YAMLError):
             return "foreign"
         stored = post.metadata.get(HASH_KEY)
@@ -396,7 +398,7 @@ def _strings(value: Any) -> list[str]:
 
 def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: tuple[str, ...]) -> bool:
     try:
-        post = frontmatter.loads(path.read_text(encoding="utf-8"))
+        post = load_note(path)
     except (UnicodeDecodeError, yaml.YAMLError, OSError):
         return False
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import locate
+from tierflow.vault.text import hide_comments, read_note_text
 
 NORMALISED = "rubric.normalised.md"
 """The light tier's rewrite of an unparseable rubric, beside it; used once its front-matter says `status: checked`."""
@@ -221,7 +222,8 @@ def source_hash(path: Path) -> str:
 
 def read_rubric_text(path: Path, relpath: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        # Obsidian hides comments: a marker's private remarks never reach a prompt.
+        text = hide_comments(read_note_text(path))
         frontmatter.loads(text)
     except UnicodeDecodeError:
         raise RubricError(f"{relpath}: not UTF-8 text") from None

@@ -1,0 +1,105 @@
+"""Reading notes as Obsidian shows them: comments never reach a prompt, and a byte-order mark hides nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.assignment import _body, _submissions
+from tasks.collate import quotes_of
+from tierflow.vault.concepts import read_concept
+from tierflow.vault.folder import read_notes
+from tierflow.vault.links import VaultNames
+from tierflow.vault.notes import read_source
+from tierflow.vault.rubric import read_rubric_text
+from tierflow.vault.text import hide_comments
+
+BOM = "\ufeff"
+
+LITERATURE = """---
+title: Carless on dialogue
+citekey: carless2013
+date: 2026-11-18
+tags: [literature]
+---
+> ==Dialogic feedback involves interactive exchanges.== (p. 90) %%PRIVATE in a quote%%
+
+> ==Second highlight.== (p. 91)
+> Comment: useful. <!-- PRIVATE html -->
+
+## My notes
+
+- Useful for week 4 seminar. %%PRIVATE: ask HoD about student 2201945%%
+- See [[Dialogue]] %%and [[PRIVATE link]]%%
+
+%%
+PRIVATE-BLOCK: salary details 52,000
+%%
+
+`%%kept in code%%`
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def prompt_text(source: object) -> str:
+    """Everything of a source note the collate prompt carries: quotes with their comments, the reader's notes,
+    the linked concepts."""
+    quotes, notes = quotes_of(source)  # type: ignore[arg-type]
+    return repr([q.model_dump() for q in quotes]) + repr(notes) + repr(source.wikilinks)  # type: ignore[attr-defined]
+
+
+def test_hide_comments_removes_inline_block_unclosed_and_html_comments_but_not_code() -> None:
+    assert hide_comments("a %%x%% b") == "a  b"
+    assert hide_comments("a\n%%\nx\ny\n%%\nb") == "a\n\n\n\n\nb"  # line breaks kept: line numbers hold
+    assert hide_comments("a <!-- x --> b") == "a  b"
+    assert hide_comments("a %% to the end\nof the note") == "a \n"
+    assert hide_comments("`%%code%%` and\n```\n%%fence%%\n```\n") == "`%%code%%` and\n```\n%%fence%%\n```\n"
+    assert hide_comments("no comment") == "no comment"
+
+
+def test_a_literature_notes_comments_never_reach_the_collate_prompt(tmp_path: Path) -> None:
+    write(tmp_path / "Reading/Carless2013.md", LITERATURE)
+    source = read_source(tmp_path, "Reading/Carless2013.md")
+    sent = prompt_text(source)
+    assert "PRIVATE" not in sent
+    assert "PRIVATE" not in source.body
+    assert "Useful for week 4 seminar." in sent and "useful." in sent
+    assert "%%kept in code%%" in source.body
+    assert list(source.wikilinks) == ["Dialogue"]
+
+
+def test_concept_folder_and_assignment_notes_are_read_without_comments(tmp_path: Path) -> None:
+    write(tmp_path / "Concepts/Dialogue.md", "---\ntags: [concept]\n---\nDialogue is %%PRIVATE%% talk.\n")
+    write(tmp_path / "Module/Week 1.md", "---\ndate: 2026-11-18\n---\nA run. %%PRIVATE%%\n")
+    write(tmp_path / "A/brief.md", "Write an essay. <!-- PRIVATE -->\n")
+    write(tmp_path / "A/submissions/s1.md", "---\nstudent_id: s1\n---\nMy essay. %%PRIVATE%%\n")
+    write(tmp_path / "A/rubric.md", "| Criterion | Good |\n|---|---|\n| Argument %%PRIVATE%% | clear |\n")
+    concept = read_concept(tmp_path, "Concepts/Dialogue.md", VaultNames.scan(tmp_path))
+    assert concept is not None and "PRIVATE" not in concept.body + concept.summary
+    (note,) = read_notes(tmp_path, "Module", max_note_bytes=100_000).notes
+    assert "PRIVATE" not in note.body
+    assert "PRIVATE" not in _body(tmp_path / "A/brief.md")
+    (submission,), _ = _submissions(tmp_path, "A/submissions")
+    assert "PRIVATE" not in submission.text
+    assert "PRIVATE" not in read_rubric_text(tmp_path / "A/rubric.md", "A/rubric.md")
+
+
+def test_a_byte_order_mark_hides_no_front_matter(tmp_path: Path) -> None:
+    windows = LITERATURE.replace("\n", "\r\n").replace("citekey: carless2013", "citekey: winkey2020")
+    write(tmp_path / "Reading/Windows note.md", BOM + windows)
+    source = read_source(tmp_path, "Reading/Windows note.md")
+    assert (source.citekey, source.title) == ("winkey2020", "Carless on dialogue")
+    assert "citekey" not in source.body
+    write(tmp_path / "Concepts/Dialogue.md", BOM + "---\naliases: [Talk]\n---\nDialogue is talk.\n")
+    concept = read_concept(tmp_path, "Concepts/Dialogue.md", VaultNames.scan(tmp_path))
+    assert concept is not None and concept.aliases == ("Talk",)
+    write(tmp_path / "Module/Descriptor.md", BOM + "---\ntype: module-descriptor\n---\nEDU7001.\n")
+    (note,) = read_notes(tmp_path, "Module", max_note_bytes=100_000).notes
+    assert note.front_matter == {"type": "module-descriptor"}
+    write(tmp_path / "A/submissions/s1.md", BOM + "---\nstudent_id: s1\n---\nMy essay.\n")
+    (submission,), skipped = _submissions(tmp_path, "A/submissions")
+    assert submission.student_id == "s1" and not skipped
