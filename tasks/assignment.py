@@ -14,7 +14,7 @@ from tierflow.core.errors import VaultError
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
-from tierflow.vault.text import hide_comments, load_note
+from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list, property_text
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INJECTION = re.compile(
@@ -144,12 +144,20 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         except yaml.YAMLError as exc:
             skipped.append((rel, f"malformed YAML front-matter ({' '.join(str(exc).split())[:100]}); skipped"))
             continue
-        sid = str(post.metadata.get("student_id") or "").strip()
+        meta = dict(post.metadata)
+        try:
+            sid = property_text(meta, "student_id")
+            name = property_text(meta, "name")
+            unreadable, authors = property_list(meta, "tierflow_unreadable"), property_list(meta, "document_authors")
+            also = [property_text(meta, "email"), *property_list(meta, "sis_ids")]
+        except PropertyError as exc:
+            skipped.append((rel, f"{exc}; skipped"))
+            continue
         if not STUDENT_ID.match(sid):
             skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
             continue
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
-        skipped += [(rel, f"not read: {why}") for why in post.metadata.get("tierflow_unreadable") or []]
+        skipped += [(rel, f"not read: {why}") for why in unreadable]
         text = hide_comments(post.content)  # Obsidian hides comments: never sent to a model
         # Drafted from its text: what was not read is told with the draft, not listed as skipped.
         embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
@@ -157,17 +165,13 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         found.setdefault(sid, []).append(
             Submission(
                 student_id=sid,
-                name=str(post.metadata.get("name") or ""),
+                name=name,
                 path=rel,
                 text=text,
                 flags=flags,
-                aliases=tuple(str(a) for a in post.metadata.get("document_authors") or [] if str(a).strip()),
+                aliases=tuple(authors),
                 not_read=embeds,
-                also=tuple(
-                    str(v).strip()
-                    for v in [post.metadata.get("email"), *(post.metadata.get("sis_ids") or [])]
-                    if v and str(v).strip()
-                ),
+                also=tuple(v for v in also if v),
             )
         )
     submissions = []

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tasks.assignment import _body, _submissions
 from tasks.collate import quotes_of
+from tierflow.core.errors import VaultError
 from tierflow.vault.concepts import read_concept
 from tierflow.vault.folder import read_notes
 from tierflow.vault.links import VaultNames
@@ -103,3 +106,35 @@ def test_a_byte_order_mark_hides_no_front_matter(tmp_path: Path) -> None:
     write(tmp_path / "A/submissions/s1.md", BOM + "---\nstudent_id: s1\n---\nMy essay.\n")
     (submission,), skipped = _submissions(tmp_path, "A/submissions")
     assert submission.student_id == "s1" and not skipped
+
+
+def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_the_note(tmp_path: Path) -> None:
+    head = "---\ntitle: 1989\ncitekey: 2020\nauthors: 1989\nyear: 2020\ntags: literature\n---\n> ==Fine.== (p. 3)\n"
+    write(tmp_path / "Reading/Odd.md", head)
+    source = read_source(tmp_path, "Reading/Odd.md")
+    assert (source.title, source.citekey, source.authors, source.year) == ("1989", "2020", ("1989",), "2020")
+    write(tmp_path / "Reading/Wiki.md", "---\nauthors: [[Jane Doe]]\ntitle: [[Paper]]\n---\nx\n")
+    source = read_source(tmp_path, "Reading/Wiki.md")
+    assert (source.authors, source.title) == (("Jane Doe",), "Paper")
+    write(tmp_path / "Reading/Null.md", "---\nauthors:\ntitle:\ncitekey:\n---\nx\n")
+    assert read_source(tmp_path, "Reading/Null.md").authors == ()
+    write(tmp_path / "Reading/Mapped.md", "---\nauthors:\n  - {given: Jane, family: Doe}\n---\nx\n")
+    with pytest.raises(VaultError, match=r"Reading/Mapped.md: property 'authors' holds a mapping; write it as a list"):
+        read_source(tmp_path, "Reading/Mapped.md")
+    write(tmp_path / "Reading/Titles.md", "---\ntitle: [A, B]\n---\nx\n")
+    with pytest.raises(VaultError, match=r"property 'title' holds list values; write one value"):
+        read_source(tmp_path, "Reading/Titles.md")
+    names = VaultNames.scan(tmp_path)
+    for aliases, expected in (("1989", ("1989",)), ("{a: 1}", ()), ("", ()), ("[x, 2, null]", ("x", "2"))):
+        write(tmp_path / "Concepts/Year.md", f"---\naliases: {aliases}\ntags: 7\n---\nThe year.\n")
+        concept = read_concept(tmp_path, "Concepts/Year.md", names)
+        assert concept is not None and concept.aliases == expected
+    (note,) = read_notes(tmp_path, "Concepts", max_note_bytes=100_000).notes
+    assert note.tags == ["7"]
+    write(tmp_path / "A/submissions/s1.md", "---\nstudent_id: 2201945\nsis_ids: 42\ndocument_authors: 1\n---\nEssay.\n")
+    write(tmp_path / "A/submissions/s2.md", "---\nstudent_id: s2\nname: {first: Jane}\n---\nEssay.\n")
+    (submission,), skipped = _submissions(tmp_path, "A/submissions")
+    assert (submission.student_id, submission.also, submission.aliases) == ("2201945", ("42",), ("1",))
+    assert skipped == [
+        ("A/submissions/s2.md", "property 'name' holds dict values; write one value (name: text); skipped")
+    ]

@@ -11,7 +11,7 @@ import yaml
 
 from tierflow.vault.index import TIERFLOW_KEYS, VaultIndex
 from tierflow.vault.links import WIKILINK, VaultNames, link_targets
-from tierflow.vault.text import hide_comments, load_note
+from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list
 
 SUMMARY_CHARS = 200
 _WORD = re.compile(r"\w+")
@@ -50,15 +50,17 @@ def read_concept(vault: Path, path: str, names: VaultNames, *, tierflow_too: boo
     body = hide_comments(post.content)  # Obsidian hides comments: private remarks never reach a prompt
     if not tierflow_too and any(key in meta for key in TIERFLOW_KEYS):
         return None
-    aliases = meta.get("aliases") or meta.get("alias") or ()
-    if isinstance(aliases, str):
-        aliases = [aliases]
+    try:
+        aliases = property_list(meta, "aliases" if meta.get("aliases") else "alias")
+    except PropertyError:
+        # A mapping is no name: the note is still the person's concept, known by its file name.
+        aliases = []
     cites = frozenset(p for t in link_targets(body) for p in names.resolve(t)[:1] if p != path)
     return ConceptNote(
         path=path,
         name=Path(path).stem,
         link=names.link_for(path),
-        aliases=tuple(str(a) for a in aliases if a),
+        aliases=tuple(aliases),
         summary=first_paragraph(body),
         cites=cites,
         body=body,

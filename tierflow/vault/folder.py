@@ -18,7 +18,7 @@ from tierflow.core.errors import VaultError
 from tierflow.vault.index import VaultIndex
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import check_vault
-from tierflow.vault.text import hide_comments, load_note
+from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,11 @@ class Note:
 
     @property
     def tags(self) -> list[str]:
-        tags = self.front_matter.get("tags") or []
-        return [str(t).lstrip("#") for t in ([tags] if isinstance(tags, str) else tags)]
+        try:
+            tags = property_list(self.front_matter, "tags")
+        except PropertyError:
+            return []  # a mapping holds no tag
+        return [t.lstrip("#") for t in tags]
 
 
 @dataclass

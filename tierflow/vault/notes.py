@@ -29,7 +29,7 @@ from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
 from tierflow.vault.links import VaultNames, note_links
-from tierflow.vault.text import hide_comments, load_note
+from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list, property_text
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -77,21 +77,24 @@ def read_source(vault: Path, relpath: str) -> SourceNote:
     meta = dict(post.metadata)
     body = hide_comments(post.content)  # Obsidian hides comments: private remarks never reach a prompt
     stem = Path(relpath).stem
-    citekey = str(meta.get("citekey") or "").strip() or _citekey_from(stem)
-    authors = meta.get("authors") or meta.get("author") or ()
-    if isinstance(authors, str):
-        authors = [authors]
+    try:
+        citekey = property_text(meta, "citekey") or _citekey_from(stem)
+        authors = property_list(meta, "authors" if meta.get("authors") else "author")
+        title = property_text(meta, "title") or stem
+        year = property_text(meta, "year")
+    except PropertyError as exc:
+        raise VaultError(f"{relpath}: {exc}; skipped") from None
     return SourceNote(
         path=relpath,
-        title=str(meta.get("title") or stem),
+        title=title,
         citekey=citekey,
         link=stem,
         front_matter=meta,
         body=body,
         annotations=tuple(parse_annotations(body)),
         wikilinks=tuple(note_links(_without_metadata(body))),
-        authors=tuple(str(a) for a in authors),
-        year=str(meta.get("year") or ""),
+        authors=tuple(authors),
+        year=year,
     )
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import frontmatter
 
 from tierflow.vault.annotations import without_code
 
-__all__ = ["hide_comments", "load_note", "read_note_text"]
+__all__ = ["PropertyError", "hide_comments", "load_note", "property_list", "property_text", "read_note_text"]
 
 # An unclosed comment runs to the end of the note, as it does in Obsidian (and HTML): better to send less
 # than to send a private remark.
@@ -51,3 +52,45 @@ def hide_comments(text: str) -> str:
         done = m.end()
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+class PropertyError(ValueError):
+    """A front-matter property whose value cannot mean what tierflow reads it for (a mapping for a name)."""
+
+
+def property_list(meta: dict[str, Any], key: str) -> list[str]:
+    """A list-valued front-matter property (`aliases`, `authors`, `tags`) as strings, read as Obsidian reads it.
+
+    A single value (`aliases: 1989`, `authors: Jane Doe`) is a one-item list, nested lists (an unquoted
+    `[[wikilink]]`) are flattened and empty items dropped. A mapping among the values has no name to read:
+    `PropertyError` says which property and how to write it.
+    """
+    out: list[str] = []
+    stack: list[Any] = [meta.get(key)]
+    while stack:
+        value = stack.pop(0)
+        if value is None or value == "":
+            continue
+        if isinstance(value, dict):
+            raise PropertyError(f"property '{key}' holds a mapping; write it as a list of names ({key}: [A, B])")
+        if isinstance(value, list | tuple | set):
+            stack[:0] = list(value)
+            continue
+        out.append(str(value).strip())
+    return [v for v in out if v]
+
+
+def property_text(meta: dict[str, Any], key: str) -> str:
+    """A one-value front-matter property (`title`, `citekey`, `year`) as text, "" when missing.
+
+    A number or date is its text; a one-item list (`title: [[Feedback]]` read by YAML) is that item.
+    Anything else, a mapping or several values, is a `PropertyError` saying how to write it.
+    """
+    value = meta.get(key)
+    if isinstance(value, list | tuple) and len(value) <= 1:
+        items = property_list(meta, key)
+        if len(items) <= 1:
+            return items[0] if items else ""
+    if isinstance(value, dict | list | tuple | set):
+        raise PropertyError(f"property '{key}' holds {type(value).__name__} values; write one value ({key}: text)")
+    return "" if value is None else str(value).strip()
