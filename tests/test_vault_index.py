@@ -124,7 +124,7 @@ def test_date_window_uses_front_matter_then_mtime(tmp_path: Path) -> None:
     write(tmp_path, "R/wikidate.md", note('"[[2026-11-21]]"'), mtime=LONG_AGO)
     write(tmp_path, "R/mtime-in.md", note(), mtime=IN_WEEK)  # no date: file mtime
     write(tmp_path, "R/mtime-out.md", note(), mtime=LONG_AGO)
-    write(tmp_path, "R/junk-date.md", note("someday"), mtime=IN_WEEK)  # unparsable: falls back to mtime
+    write(tmp_path, "R/junk-date.md", note("someday"), mtime=IN_WEEK)  # not understood: skipped, in its mtime's week
 
     sel = select(tmp_path, folders=["R"])
 
@@ -133,7 +133,6 @@ def test_date_window_uses_front_matter_then_mtime(tmp_path: Path) -> None:
         "R/datetime.md",
         "R/fm-edge.md",
         "R/fm-in.md",
-        "R/junk-date.md",
         "R/mtime-in.md",
         "R/wikidate.md",
     ]
@@ -141,6 +140,35 @@ def test_date_window_uses_front_matter_then_mtime(tmp_path: Path) -> None:
     assert dates["R/created.md"] == dt.date(2026, 11, 20)
     assert dates["R/datetime.md"] == dt.date(2026, 11, 19)
     assert dates["R/mtime-in.md"] is None
+    assert [(n.path, n.error) for n in sel.skipped] == [
+        ("R/junk-date.md", "date 'someday' not understood; write YYYY-MM-DD")
+    ]
+
+
+def test_a_date_in_another_form_is_read_when_unambiguous_and_never_silently_replaced_by_the_mtime(
+    tmp_path: Path,
+) -> None:
+    for name, value in [
+        ("dots", "22.11.2026"),
+        ("wikilink", "[[2026-11-22]]"),  # YAML reads it as a list in a list
+        ("quoted-wikilink", '"[[2026-11-22]]"'),
+        ("minutes", "2026-11-22T10:00"),
+    ]:
+        write(tmp_path, f"R/{name}.md", note(value), mtime=LONG_AGO)
+    write(tmp_path, "R/us.md", note("11/22/2026"), mtime=IN_WEEK)
+    write(tmp_path, "R/us-elsewhere.md", note("11/22/2026"), mtime=LONG_AGO)
+    write(tmp_path, "R/both.md", note("11/22/2026", created="2026-11-18"), mtime=LONG_AGO)
+    write(tmp_path, "R/number.md", note("2026"), mtime=IN_WEEK)
+
+    sel = select(tmp_path, folders=["R"])
+
+    assert {n.path: n.date for n in sel.notes} == {
+        f"R/{name}.md": dt.date(2026, 11, 22) for name in ("dots", "minutes", "quoted-wikilink", "wikilink")
+    }
+    assert [(n.path, n.error) for n in sel.skipped] == [
+        ("R/number.md", "date '2026' not understood; write YYYY-MM-DD"),
+        ("R/us.md", "date '11/22/2026' not understood; write YYYY-MM-DD"),
+    ]
 
 
 def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -47,6 +47,9 @@ _FENCE_RE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[^\n]*$", re.MULTIL
 _CODE_SPAN_RE = re.compile(r"`[^`\n]*`")
 _OBSIDIAN_COMMENT_RE = re.compile(r"%%.*?%%", re.DOTALL)
 _DATE_PREFIX_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
+# Day first with dots (22.11.2026), as German, Dutch, Scandinavian and Slavic locales write it; unambiguous, since
+# no locale writes month.day.year. Slashes (11/22/2026, 22/11/2026) are read either way round and never guessed.
+_DOTTED_DATE_RE = re.compile(r"(?<![\d.])(\d{1,2})\.(\d{1,2})\.(\d{4})(?![\d.])")
 # Core Templates `{{date}}` / Templater `<% tp.date.now() %>` left in a note that was never filled in.
 _PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}|<%.*?%>")
 # A `date:` (or `created:`) line in front-matter that YAML cannot parse as a whole.
@@ -126,19 +129,37 @@ def _human_bytes(n: int) -> str:
 
 
 def _parse_date(value: object) -> dt.date | None:
-    """Lenient date: a YAML date/datetime, an ISO string (time part ignored), or "[[2024-03-05]]"."""
+    """Lenient date: a YAML date/datetime, an ISO string (time part ignored), "[[2024-03-05]]" quoted or not (YAML
+    reads an unquoted wikilink as a nested list), or day-first with dots ("05.03.2024")."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
+    if isinstance(value, list) and len(value) == 1:
+        return _parse_date(value[0])
     if isinstance(value, str):
         m = _DATE_PREFIX_RE.search(value)
-        if m:
-            try:
+        day_first = _DOTTED_DATE_RE.search(value) if m is None else None
+        try:
+            if m:
                 return dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-            except ValueError:
-                return None
+            if day_first:
+                return dt.date(int(day_first.group(3)), int(day_first.group(2)), int(day_first.group(1)))
+        except ValueError:
+            return None
     return None
+
+
+def _date_problem(meta: dict[str, Any]) -> str | None:
+    """Why the note's `date` (or, without one, `created`) cannot be read, or None: a note is never silently dated by
+    its file's modification time when it gives a date tierflow does not understand."""
+    key = "date" if meta.get("date") not in (None, "") else "created"
+    value = meta.get(key)
+    if value in (None, "") or _parse_date(value) is not None:
+        return None
+    shown = value[0] if isinstance(value, list) and len(value) == 1 else value
+    shown = f"[[{shown[0]}]]" if isinstance(shown, list) and len(shown) == 1 else shown
+    return f"{key} '{shown}' not understood; write YYYY-MM-DD"
 
 
 def _fm_tags(value: object) -> list[str]:
@@ -282,6 +303,8 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
             # A template (e.g. Templates/Literature note.md) would otherwise be selected by its tags
             # with its mtime as date.
             return bad(f"unfilled template: {key} is {value!r}", title=title, tags=tags)
+    if problem := _date_problem(meta):  # a `created` day is no reason to ignore a `date` not understood
+        return bad(problem, title=title, tags=tags)
     by_tierflow = any(key in meta for key in TIERFLOW_KEYS)
     return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow)
 
