@@ -68,7 +68,7 @@ def select_week(settings: RunSettings, since: date | None, until: date | None) -
     since, until = default_window(cfg.timezone, since, until)
     if since > until:
         raise VaultError(f"--since {since} is after --until {until}")
-    index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes)
+    index = VaultIndex(vault, max_note_bytes=cfg.max_note_bytes, tz=ZoneInfo(cfg.timezone))
     selection = index.select(folders=cfg.reading_folders, tags=cfg.reading_tags, since=since, until=until)
     excluded = tuple(f"{f.strip('/')}/" for f in not_reading(cfg))
     literature = {PurePosixPath(n.path).stem for n in index.notes() if any(n.under(f) for f in cfg.reading_folders)}

@@ -9,10 +9,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tierflow.vault import index as vault_index
+from tierflow.vault.folder import read_notes
 from tierflow.vault.index import NoteMeta, Selection, VaultIndex
 
 WEEK = (dt.date(2026, 11, 16), dt.date(2026, 11, 22))
@@ -330,3 +332,21 @@ def test_a_note_that_is_not_utf8_is_dated_by_its_front_matter_in_every_window(tm
         index = VaultIndex(tmp_path)
         ago = index.select(folders=["R"], tags=[], since=LONG_AGO.date(), until=LONG_AGO.date())
         assert paths(ago.skipped) == []  # the week of its file time is not its week
+
+
+def test_an_undated_note_is_dated_by_its_modification_day_in_the_vaults_time_zone(tmp_path: Path) -> None:
+    # Monday 23 November 09:00 in Auckland is still Sunday 22 November (20:00) in UTC and in London.
+    edited = dt.datetime(2026, 11, 22, 20, 0, tzinfo=dt.UTC)
+    write(tmp_path, "R/undated.md", note(), mtime=edited)
+    write(tmp_path, "R/dated.md", note("2026-11-22"), mtime=edited)
+    for zone, week, expected in [
+        ("Pacific/Auckland", (dt.date(2026, 11, 23), dt.date(2026, 11, 29)), ["R/undated.md"]),
+        ("Pacific/Auckland", WEEK, ["R/dated.md"]),
+        ("Europe/London", WEEK, ["R/dated.md", "R/undated.md"]),
+    ]:
+        index = VaultIndex(tmp_path, tz=ZoneInfo(zone))
+        assert paths(index.select(folders=["R"], tags=(), since=week[0], until=week[1]).notes) == expected
+        found = read_notes(tmp_path, "R", max_note_bytes=100_000, since=week[0], until=week[1], timezone=zone)
+        assert [n.path for n in found.notes] == expected
+    (meta,) = [m for m in index.notes() if m.path == "R/undated.md"]
+    assert meta.day_in(ZoneInfo("Pacific/Auckland")) == dt.date(2026, 11, 23)

@@ -39,6 +39,7 @@ def read_folder(
         since=since,
         until=until,
         include_tierflow=include_tierflow,
+        timezone=caller_for(settings).config.settings.vault.timezone,
     )
 
 

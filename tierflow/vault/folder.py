@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -71,13 +72,16 @@ def read_notes(
     since: date | None = None,
     until: date | None = None,
     include_tierflow: bool = False,
+    timezone: str | None = None,
 ) -> Folder:
     """Every note under `folder` of `vault` dated within [since, until] (either may be None).
 
     Notes tierflow wrote are left out unless `include_tierflow` (a flow that reviews tierflow's own run reports
     and drafts wants them). A folder that is missing, or lies outside the vault, is a `VaultError` naming it.
+    An undated note is dated by its file's modification day in `timezone` (the vault's; None: the machine's).
     """
     vault = check_vault(vault)
+    tz = ZoneInfo(timezone) if timezone else None
     root = (vault / folder).resolve()
     if not root.is_relative_to(vault):
         raise VaultError(f"{folder!r} leads out of the vault {vault}; give a folder inside it")
@@ -92,7 +96,7 @@ def read_notes(
     for meta in index.notes():
         if not meta.under(relative) or (meta.by_tierflow and not include_tierflow):
             continue
-        day = meta.effective_date
+        day = meta.day_in(tz)
         if (since and day < since) or (until and day > until):
             continue
         if meta.error:

@@ -73,8 +73,13 @@ class NoteMeta:
 
     @property
     def effective_date(self) -> dt.date:
-        """Front-matter date, else the file's modification date in local time."""
-        return self.date or dt.datetime.fromtimestamp(self.mtime_ns / 1e9).date()
+        """Front-matter date, else the file's modification date in the machine's time zone (`day_in` for the
+        vault's)."""
+        return self.day_in(None)
+
+    def day_in(self, tz: dt.tzinfo | None) -> dt.date:
+        """Front-matter date, else the day of the file's modification in `tz` (None: the machine's time zone)."""
+        return self.date or mtime_day(self.mtime_ns, tz)
 
     def has_tag(self, tag: str) -> bool:
         """True if the note has `tag` or a tag nested under it (`literature` matches `literature/book`)."""
@@ -84,6 +89,11 @@ class NoteMeta:
         """True if the note lies in `folder` or below it (whole path segments; "" is the vault root)."""
         prefix = _norm_folder(folder)
         return not prefix or self.path.startswith(prefix + "/")
+
+
+def mtime_day(mtime_ns: int, tz: dt.tzinfo | None) -> dt.date:
+    """The day a file was modified, in `tz` (None: the machine's time zone)."""
+    return dt.datetime.fromtimestamp(mtime_ns / 1e9, tz).date()
 
 
 @dataclass(frozen=True)
@@ -376,8 +386,18 @@ class VaultIndex:
     replaced atomically.
     """
 
-    def __init__(self, vault: Path, *, cache_path: Path | None = None, max_note_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        vault: Path,
+        *,
+        cache_path: Path | None = None,
+        max_note_bytes: int = 1_000_000,
+        tz: dt.tzinfo | None = None,
+    ) -> None:
         self.vault = Path(vault)
+        self.tz = tz
+        """The vault's time zone (`[vault] timezone`), in which an undated note's modification day is taken; None:
+        the machine's."""
         self.cache_path = Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
         self.max_note_bytes = max_note_bytes
         self._entries: dict[str, _Row] | None = None  # loaded lazily from the cache
@@ -517,7 +537,7 @@ class VaultIndex:
         """Notes under any of `folders` OR tagged with any of `tags`, dated within [since, until].
 
         The date is the front-matter date (read from its `date:` line when the YAML is malformed, so such a
-        note is reported as skipped in its own week), else the file's modification date (local time). Tags
+        note is reported as skipped in its own week), else the file's modification date in the index's `tz`. Tags
         match nested tags too (`literature` selects `literature/book`). With neither folders nor tags, every
         note in the window is selected. A note whose front-matter says tierflow wrote it is never selected.
 
@@ -535,7 +555,7 @@ class VaultIndex:
         for path, row in self._load().items():
             if row[6] or (not everything and not path.startswith(prefixes) and not _tag_match(row[4], wanted)):
                 continue  # tierflow's own output is never selected
-            day = row[3] or dt.datetime.fromtimestamp(row[0] / 1e9).date().isoformat()
+            day = row[3] or mtime_day(row[0], self.tz).isoformat()
             if first <= day <= last:
                 (skipped if row[5] else notes).append(_from_row(path, row))
         notes.sort(key=lambda m: m.path)
