@@ -23,7 +23,7 @@ from tierflow.tasks.synthesise import Concept, Synthesis
 from tierflow.tasks.week import not_reading
 from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
-from tierflow.vault.links import VaultNames
+from tierflow.vault.links import VaultNames, same_path
 from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_source, safe_note_name, template_env
 from tierflow.vault.text import load_note, read_note_text
 
@@ -181,7 +181,7 @@ def draft_names(vault: Path, folder: str, concepts: list[Concept]) -> list[tuple
             title = concept.name if n == 1 else f"{concept.name} (addition{'' if n == 2 else f' {n - 1}'})"
             stem = safe_note_name(title)
             here = f"{folder.strip('/')}/{stem}.md"
-            others = [p for p in names.taken(stem) if not (p == here and _by_tierflow(vault / p))]
+            others = [p for p in names.taken(stem) if not (same_path(p, here) and _by_tierflow(vault / p))]
             if stem.casefold() in used or others:
                 extends = extends or (names.link_for(others[0]) if others else None)
                 continue

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from tasks.assignment import _body, _submissions
 from tasks.collate import quotes_of
+from tasks.draft import draft_names
+from tasks.synthesise import Concept
 from tierflow.core.errors import VaultError
 from tierflow.vault.concepts import read_concept
 from tierflow.vault.folder import read_notes
 from tierflow.vault.links import VaultNames
-from tierflow.vault.notes import read_source
+from tierflow.vault.notes import NoteWriter, read_source
 from tierflow.vault.rubric import read_rubric_text
 from tierflow.vault.text import hide_comments
 
@@ -138,3 +142,23 @@ def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_
     assert skipped == [
         ("A/submissions/s2.md", "property 'name' holds dict values; write one value (name: text); skipped")
     ]
+
+
+def test_a_draft_renamed_to_decomposed_letters_is_still_tierflows_own(tmp_path: Path) -> None:
+    """A Mac or a sync tool stores `Évaluation.md` as `E` + a combining accent (NFD); tierflow names it in NFC."""
+    writer = NoteWriter(tmp_path, "Concepts/Drafts", today=date(2026, 11, 18))
+    first = writer.write("Évaluation", {"status": "draft"}, "Body.")
+    assert first.action == "created"
+    drafts = tmp_path / "Concepts/Drafts"
+    nfc = drafts / "Évaluation.md"
+    nfd = drafts / unicodedata.normalize("NFD", "Évaluation.md")
+    nfc.rename(nfd)
+    names = VaultNames.scan(tmp_path)
+    (on_disk,) = names.taken("Évaluation")
+    assert names.taken("Évaluation", besides="Concepts/Drafts/Évaluation.md") == []
+    concept = Concept(name="Évaluation", summary="s", sources=["a"])
+    assert draft_names(tmp_path, "Concepts/Drafts", [concept]) == [(concept, "Évaluation")]
+    again = NoteWriter(tmp_path, "Concepts/Drafts", today=date(2026, 11, 18))
+    result = again.write("Évaluation", {"status": "draft"}, "Body, changed.")
+    assert (result.action, result.path) == ("updated", on_disk)
+    assert [p.name for p in drafts.iterdir()] == [nfd.name]

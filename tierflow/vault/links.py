@@ -35,6 +35,12 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFC", text).casefold()
 
 
+def same_path(a: str, b: str) -> bool:
+    """Whether two vault paths name the same file however their letters are composed: a Mac or a sync tool
+    stores `É` decomposed (NFD), tierflow composes it (NFC)."""
+    return unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+
+
 def _key(path: str) -> str:
     """What a link names a file by: a note without `.md`, any other file with its extension."""
     return _fold(path[:-3] if path.lower().endswith(".md") else path)
@@ -145,7 +151,7 @@ class VaultNames:
 
     def taken(self, name: str, *, besides: str | None = None) -> list[str]:
         """Notes anywhere in the vault that a note called `name` would share its name with."""
-        return sorted(p for p in self._by_name.get(_key(name), set()) if p != besides)
+        return sorted(p for p in self._by_name.get(_key(name), set()) if besides is None or not same_path(p, besides))
 
     def link_for(self, path: str) -> str:
         """The shortest link target that resolves to `path` and nothing else: its name, else its path, else

@@ -267,7 +267,7 @@ class NoteWriter:
         return True
 
     def target(self, title: str) -> Path:
-        path = (self.root / f"{safe_note_name(title)}.md").resolve()
+        path = _as_on_disk((self.root / f"{safe_note_name(title)}.md").resolve())
         # Belt and braces: the sanitised name has no separators, but a symlinked folder could still escape.
         if not path.is_relative_to(self.root):
             raise VaultError(f"refusing to write {path}: outside {self.folder}")
@@ -377,6 +377,18 @@ class NoteWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _as_on_disk(path: Path) -> Path:
+    """`path`, or the file already in its folder whose name differs only in how its letters are composed (a Mac or
+    a sync tool renamed `É` to its decomposed NFD form): tierflow's own note, to be found and updated, not doubled."""
+    if path.name.isascii() or path.exists() or not path.parent.is_dir():
+        return path  # only letters beyond ASCII have two forms
+    wanted = unicodedata.normalize("NFC", path.name)
+    for entry in os.scandir(path.parent):
+        if entry.name != path.name and unicodedata.normalize("NFC", entry.name) == wanted:
+            return path.with_name(entry.name)
+    return path
 
 
 def _umask() -> int:
