@@ -15,8 +15,69 @@ import frontmatter
 import yaml
 from markdown_it import MarkdownIt
 
+from tierflow.vault.annotations import CALLOUT_HEAD, without_code
+
 REVIEWED = "reviewed"
-_CALLOUT = re.compile(r"^>\s*\[!\w+\]")
+TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
+    ("info", "Draft feedback by tierflow"),
+    ("warning", "This submission contains text addressed to an AI model"),
+    ("warning", "Check this draft against the rubric"),
+    ("warning", "No feedback was drafted for this criterion"),
+    ("warning", "Not found verbatim in the submission"),
+)
+"""The callouts `templates/notes/feedback.md.j2` writes for the lecturer: (type, how the title starts)."""
+_COMMENT = re.compile(r"%%.*?(?:%%|\Z)|<!--.*?(?:-->|\Z)", re.S)
+_GONE = "\0"
+
+
+def is_notice(kind: str, title: str) -> bool:
+    """Whether a callout is one of tierflow's notices to the lecturer (never the lecturer's own)."""
+    return any(kind.casefold() == k and title.strip().startswith(t) for k, t in TIERFLOW_NOTICES)
+
+
+def without_comments(text: str) -> str:
+    """`text` without Obsidian comments (`%% ... %%`) and HTML comments (`<!-- ... -->`), inline or over several
+    lines; `%%` and `<!--` inside code spans and code blocks are kept. A comment never closed hides the rest of
+    the note, as in Obsidian's reading view."""
+    if "%%" not in text and "<!--" not in text:
+        return text
+    chars = list(text)
+    for m in _COMMENT.finditer(without_code(text)):  # same length and lines as `text`, code blanked
+        for i in range(*m.span()):
+            if chars[i] != "\n":
+                chars[i] = _GONE
+    out = []
+    for line in "".join(chars).split("\n"):
+        if _GONE not in line:
+            out.append(line)
+            continue
+        kept = line.replace(_GONE, "")
+        if kept.strip():  # a line that held only a comment goes whole, so it splits no paragraph
+            out.append(kept.rstrip() if line.rstrip().endswith(_GONE) else kept)
+    return "\n".join(out)
+
+
+def _readable_callouts(text: str) -> str:
+    """tierflow's notices left out; every other callout as a quote under its title in bold, since no export target
+    shows Obsidian's `[!type]` (a callout with no title is titled by its type, as Obsidian shows it)."""
+    out: list[str] = []
+    keep: bool | None = None  # inside a callout: keep its lines, or not; None outside one
+    for line, masked in zip(text.split("\n"), without_code(text).split("\n"), strict=True):
+        quoted = masked.lstrip().startswith(">")
+        head = CALLOUT_HEAD.match(masked.lstrip()[1:].strip()) if quoted else None
+        if head:
+            kind, _, title = head.groups()
+            keep = not is_notice(kind, title)
+            if keep:
+                out.append(f"> **{title.strip() or kind.capitalize()}**")
+            continue
+        if keep is not None and quoted:
+            if keep:
+                out.append(line)
+            continue
+        keep = None
+        out.append(line)
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -33,18 +94,10 @@ class Draft:
         return title.removeprefix("Feedback: ").strip() if title.startswith("Feedback: ") else ""
 
     def student_text(self) -> str:
-        """The body as the student should read it: tierflow's notes to the lecturer (callouts) left out."""
-        out: list[str] = []
-        skipping = False
-        for line in self.body.splitlines():
-            if _CALLOUT.match(line):
-                skipping = True
-                continue
-            if skipping and line.startswith(">"):
-                continue
-            skipping = False
-            out.append(line)
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
+        """The body as the student should read it: as Obsidian shows it (comments hidden), without tierflow's
+        notices to the lecturer, the lecturer's own callouts kept."""
+        text = _readable_callouts(without_comments(self.body))
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
 
     def html(self) -> str:
         """The student text as HTML on one line (Moodle stores feedback comments as HTML)."""

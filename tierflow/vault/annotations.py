@@ -25,6 +25,7 @@ from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
 __all__ = [
+    "CALLOUT_HEAD",
     "Annotation",
     "detect_source_format",
     "locate",
@@ -91,7 +92,8 @@ _AUTHOR_YEAR_RE = re.compile(r"\b(?:1[5-9]|20)\d\d[a-z]?\b")
 _COMMENT_PREFIX_RE = re.compile(r"^(?:\*\*|__)?(?:comments?|notes?)(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*", re.IGNORECASE)
 _DASH_COMMENT_RE = re.compile(r"^[\u2014\u2013]\s+")
 _TAGS_PREFIX_RE = re.compile(r"^(?:\*\*|__)?tags?(?:\*\*|__)?\s*:", re.IGNORECASE)
-_CALLOUT_RE = re.compile(r"^\[!([^\]|\s]+)(?:\|([^\]]*))?\][+-]?[ \t]*(.*)$")
+CALLOUT_HEAD = re.compile(r"^\[!([^\]|\s]+)(?:\|([^\]]*))?\][+-]?[ \t]*(.*)$")
+"""A callout's first line after its `>`: type, metadata (`[!quote|yellow]`), title (`[!tip]- Title`)."""
 _TITLE_QUOTE_RE = re.compile(r"^\s*(?:[\"\u201c\u201e]|<mark\b|==)", re.IGNORECASE)
 _HEADING_RE = re.compile(r"^ {0,3}#{1,6}[ \t]+highlights\b", re.IGNORECASE | re.MULTILINE)
 _READWISE_LINK_RE = re.compile(r"\[view highlight\]\(|readwise\.io", re.IGNORECASE)
@@ -637,7 +639,7 @@ class _Parser:
         children = list(node.children)
         if children and children[0].type == "paragraph":
             head, _, rest = _inline_text(children[0]).partition("\n")
-            m = _CALLOUT_RE.match(head.strip())
+            m = CALLOUT_HEAD.match(head.strip())
             if m:
                 self.callout(node, m.group(1).casefold(), m.group(2), m.group(3), rest)
                 return

@@ -1,0 +1,121 @@
+"""What a reviewed draft sends to the student: the lecturer's private comments never, tierflow's notices to the
+lecturer never, the lecturer's own callouts always, in every export target."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from test_lms_moodle import draft_text
+
+from tierflow.lms.drafts import Draft
+from tierflow.lms.exporter import export_feedback
+
+REPO = Path(__file__).resolve().parents[1]
+PRIVATE = ("borderline", "moderator", "second marker", "private")
+REVIEWED = """## Argument
+
+**Suggested level:** Good · **suggested score:** 65
+
+A clear argument. %% borderline - discuss with moderator %%
+
+<!-- private: second marker disagreed -->
+%%
+private: compare with last year's
+script before release
+%%
+The conclusion follows.
+
+> [!tip] Next time
+> Start each paragraph with your claim.
+
+> [!warning] Not found verbatim in the submission: check this quotation.
+
+Use `%%d` in the format string, and keep `<!-- x -->` out of your HTML.
+
+```python
+print("%% %d" % 5)  # <!-- kept -->
+```
+"""
+
+
+def test_comments_are_stripped_and_the_lecturers_callouts_kept_as_readable_html():
+    html = Draft("1", "x", {}, REVIEWED).html()
+    assert not any(word in html for word in PRIVATE)
+    assert "<!--" not in html.replace("&lt;!-- x --&gt;", "").replace("&lt;!-- kept --&gt;", "")
+    assert "<p>A clear argument.</p>" in html
+    assert "The conclusion follows." in html
+    assert "<blockquote><p><strong>Next time</strong><br>Start each paragraph with your claim.</p></blockquote>" in html
+    assert "[!tip]" not in html and "Not found verbatim" not in html
+    # Inside code, `%%` and `<!--` are what the lecturer wrote, not comments.
+    assert "<code>%%d</code>" in html and "<code>&lt;!-- x --&gt;</code>" in html
+    assert "print(&quot;%% %d&quot; % 5)  # &lt;!-- kept --&gt;" in html
+
+
+def test_a_comment_left_open_hides_the_rest_as_obsidian_does():
+    text = Draft("1", "x", {}, "Good work.\n\n%% not for the student\n\nstill hidden").student_text()
+    assert text == "Good work."
+    assert Draft("1", "x", {}, "Fine. <!-- hidden\nhidden too").student_text() == "Fine."
+
+
+def test_a_callout_without_a_title_is_titled_by_its_type_as_obsidian_shows_it():
+    text = Draft("1", "x", {}, "> [!note]-\n> Read chapter 3.").student_text()
+    assert text == "> **Note**\n> Read chapter 3."
+
+
+def test_every_callout_tierflows_feedback_template_writes_is_a_notice():
+    from tierflow.lms.drafts import TIERFLOW_NOTICES, is_notice
+
+    template = (REPO / "templates" / "notes" / "feedback.md.j2").read_text(encoding="utf-8")
+    heads = re.findall(r"^> \[!(\w+)\] (.+)$", template, re.M)
+    assert len(heads) == len(TIERFLOW_NOTICES)
+    for kind, title in heads:
+        assert is_notice(kind, re.sub(r"\{\{.*?\}\}", "x", title)), title
+    assert not is_notice("tip", "Next time") and not is_notice("warning", "Check your references")
+
+
+@pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
+def test_no_export_target_sends_a_comment(tmp_path, target):
+    import shutil
+
+    from lms_exports import canvas_zip, cohort, moodle_zip
+    from test_lms_canvas import gradebook_bytes
+    from test_lms_moodle import worksheet_bytes
+
+    from tierflow.lms.importer import import_submissions
+
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    assignment = "Teaching/EDU7001/essay-2"
+    (vault / assignment / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / assignment / "rubric.md")
+    students = cohort()[:1]
+    make = canvas_zip if target == "canvas" else moodle_zip
+    import_submissions(vault, assignment, make(tmp_path / "submissions.zip", students))
+    draft = draft_text("1001").replace("## Next steps", "%% borderline - discuss with moderator %%\n\n## Next steps")
+    draft = draft.replace("A sound essay.", "A sound essay. <!-- private: second marker disagreed -->")
+    (vault / assignment / "feedback" / "1001 feedback.md").write_text(draft, encoding="utf-8")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    if target == "moodle-worksheet":
+        (downloads / "w.csv").write_bytes(worksheet_bytes())
+        result = export_feedback(vault, assignment, target, worksheet=downloads / "w.csv")
+        sent = result.written[0].read_text(encoding="utf-8-sig")
+    else:
+        if target == "canvas":
+            (downloads / "g.csv").write_bytes(gradebook_bytes())
+            result = export_feedback(vault, assignment, target, gradebook=downloads / "g.csv", column="4512")
+        else:
+            result = export_feedback(vault, assignment, target, out=downloads / "files.zip")
+        import docx
+
+        (archive,) = [p for p in result.written if p.suffix == ".zip"]
+        with zipfile.ZipFile(archive) as z:
+            (name,) = z.namelist()
+            sent = "\n".join(p.text for p in docx.Document(io.BytesIO(z.read(name))).paragraphs)
+    assert result.sent == ["1001"]
+    assert "A sound essay." in sent
+    assert not any(word in sent for word in PRIVATE), sent
