@@ -148,9 +148,9 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
     _without_drafts(vault, folder, drafts, rows, result)
     result.distribution = distribution(values, _sheet_max(sheet))
     result.notes.append(
-        f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to each row's Maximum Grade, rounded half "
-        f"up to {decimals} decimal places. Upload promptly: Moodle skips a row whose grade changed in Moodle more "
-        "than 60 s after the worksheet's `Last modified (grade)`."
+        f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}) scaled to each row's Maximum Grade, "
+        f"rounded half up to {decimals} decimal places. Upload promptly: Moodle skips a row whose grade changed in "
+        "Moodle more than 60 s after the worksheet's `Last modified (grade)`."
     )
     if _resaved(sheet.dialect):
         result.notes.append(
@@ -271,9 +271,9 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
                 "written the same way."
             )
         result.notes.append(
-            f"marks on the rubric's scale (out of {scale_of(rubric):g}) scaled to {points:g} points, rounded half up "
-            f"to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: Grades -> "
-            "Import."
+            f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}) scaled to {points:g} points, rounded "
+            f"half up to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: "
+            "Grades -> Import."
         )
     else:
         result.sent += commented

@@ -11,17 +11,20 @@ out of the sum of the weights; otherwise it is the weighted mean of the criterio
 without weights) out of the highest score a level allows (100 for open ranges such as `70+`).
 
 To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canvas's points possible), rounded half
-up to `decimals` places (2 by default), and never above the maximum or below 0 (a clamped mark is reported).
+up to `decimals` places (2 by default), and never above the maximum or below 0 (a clamped mark is reported). All of it
+in exact fractions of the numbers as written: a float sum makes 39.5 `39.49999999999999`, which rounds down.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
+from fractions import Fraction
+from math import floor
 
 from tierflow.lms.drafts import Draft
-from tierflow.vault.rubric import Criterion, Rubric
+from tierflow.vault.rubric import Criterion, Rubric, exact
 
 _LEVEL = re.compile(r"(?:suggested\s+)?level\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<level>[^(\n·*]+)", re.I)
 _SCORE = re.compile(r"(?:suggested\s+)?score\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<score>-?\d+(?:[.,]\d+)?)", re.I)
@@ -30,18 +33,18 @@ _SCORE = re.compile(r"(?:suggested\s+)?score\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P
 @dataclass
 class Mark:
     student_id: str
-    value: float | None
+    value: Fraction | None
     """On the rubric's scale; None when it cannot be worked out (see `problems`)."""
-    scale: float
+    scale: Fraction
     source: str = ""
     """`your mark` (front-matter), or `criteria` (from the levels and scores)."""
     problems: list[str] = field(default_factory=list)
 
 
-def scale_of(rubric: Rubric) -> float:
+def scale_of(rubric: Rubric) -> Fraction:
     """The most a submission can score on this rubric (see the module docstring)."""
     if _marks_weighted(rubric):
-        return sum(c.weight.value for c in rubric.criteria if c.weight)
+        return sum((exact(c.weight.value) for c in rubric.criteria if c.weight), Fraction(0))
     return max(_criterion_max(c) for c in rubric.criteria)
 
 
@@ -49,11 +52,11 @@ def _marks_weighted(rubric: Rubric) -> bool:
     return all(c.weight and c.weight.unit in ("marks", "points") for c in rubric.criteria)
 
 
-def _criterion_max(criterion: Criterion) -> float:
-    highs = [lvl.score.high for lvl in criterion.levels if lvl.score and lvl.score.high is not None]
+def _criterion_max(criterion: Criterion) -> Fraction:
+    highs = [exact(lvl.score.high) for lvl in criterion.levels if lvl.score and lvl.score.high is not None]
     opens = any(lvl.score and lvl.score.high is None for lvl in criterion.levels)
     if opens or not highs:
-        return 100.0
+        return Fraction(100)
     return max(highs)
 
 
@@ -75,15 +78,15 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
     own = draft.metadata.get("mark")
     if own not in (None, ""):
         try:
-            return Mark(draft.student_id, float(str(own).replace(",", ".")), scale, "your mark")
-        except ValueError:
+            return Mark(draft.student_id, exact(own), scale, "your mark")
+        except (ValueError, ZeroDivisionError):
             return Mark(draft.student_id, None, scale, problems=[f"`mark: {own}` in the front-matter is not a number"])
     sections = _sections(draft.body)
     suggested = {}
     for item in draft.metadata.get("tierflow_levels") or []:
         name, _, level = str(item).rpartition(": ")
         suggested[name] = level
-    scores: dict[str, float] = {}
+    scores: dict[str, Fraction] = {}
     problems = []
     for c in rubric.criteria:
         text = sections.get(c.name, "")
@@ -91,7 +94,7 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
         score_m = _SCORE.search(text)
         level_name = level_m.group("level").strip() if level_m else suggested.get(c.name, "")
         if score_m:
-            scores[c.name] = float(score_m.group("score").replace(",", "."))
+            scores[c.name] = exact(score_m.group("score"))
             continue
         level = c.level(level_name) or next(
             (lvl for lvl in c.levels if lvl.name.casefold() == level_name.casefold()), None
@@ -102,13 +105,14 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
                 + ("has no score range" if level else "is not one of the rubric's")
             )
             continue
-        scores[c.name] = level.score.typical()
+        scores[c.name] = level.score.exact_typical()
     if problems:
         return Mark(draft.student_id, None, scale, "criteria", problems)
     if _marks_weighted(rubric):
-        value = sum(scores.values())
+        value = sum(scores.values(), Fraction(0))
     else:
-        value = sum(rubric.shares()[name] * score for name, score in scores.items())
+        shares = rubric.exact_shares()
+        value = sum((shares[name] * score for name, score in scores.items()), Fraction(0))
     return Mark(draft.student_id, value, scale, "criteria")
 
 
@@ -116,10 +120,19 @@ def to_platform(mark: Mark, maximum: float, decimals: int = 2) -> tuple[Decimal 
     """The mark on the platform's scale, rounded half up; and whether it had to be clamped to [0, maximum]."""
     if mark.value is None or mark.scale <= 0:
         return None, False
-    raw = Decimal(str(mark.value)) / Decimal(str(mark.scale)) * Decimal(str(maximum))
-    rounded = raw.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
-    clamped = min(max(rounded, Decimal(0)), Decimal(str(maximum)).quantize(Decimal(1).scaleb(-decimals)))
+    top = exact(maximum)
+    raw = mark.value / mark.scale * top
+    rounded = half_up(raw, decimals)
+    # The maximum cut down to `decimals` places, so a clamped mark is never above it.
+    highest = Decimal(floor(top * 10**decimals)).scaleb(-decimals)
+    clamped = min(max(rounded, Decimal(0)), highest)
     return clamped, clamped != rounded
+
+
+def half_up(value: Fraction, decimals: int) -> Decimal:
+    """`value` rounded to `decimals` places, a half away from zero (Decimal's ROUND_HALF_UP), exactly."""
+    steps = floor(abs(value) * 10**decimals + Fraction(1, 2))
+    return Decimal(steps if value >= 0 else -steps).scaleb(-decimals)
 
 
 def number(value: Decimal) -> str:

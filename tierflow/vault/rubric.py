@@ -21,6 +21,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import frontmatter
@@ -73,12 +74,18 @@ class ScoreRange:
 
     def typical(self) -> float:
         """A score inside the range: its midpoint, or its bound when it is open on one side."""
-        if self.low is not None and self.high is not None:
-            middle = (self.low + self.high) / 2
-            return middle - 1 if self.high_exclusive and middle >= self.high else middle
-        if self.low is not None:
-            return self.low
-        return max(0.0, (self.high or 0) - 1)
+        return float(self.exact_typical())
+
+    def exact_typical(self) -> Fraction:
+        """`typical` as an exact fraction of the bounds as the rubric writes them, for marks rounded exactly."""
+        low = None if self.low is None else exact(self.low)
+        high = None if self.high is None else exact(self.high)
+        if low is not None and high is not None:
+            middle = (low + high) / 2
+            return middle - 1 if self.high_exclusive and middle >= high else middle
+        if low is not None:
+            return low
+        return max(Fraction(0), (high or 0) - 1)
 
     def __str__(self) -> str:
         unit = "%" if self.unit == "%" else (f" {self.unit}" if self.unit else "")
@@ -145,9 +152,13 @@ class Rubric:
 
     def shares(self) -> dict[str, float]:
         """Each criterion's share of the whole, from its weight; equal shares when the rubric gives no weights."""
-        weights = [c.weight.value if c.weight else None for c in self.criteria]
+        return {name: float(share) for name, share in self.exact_shares().items()}
+
+    def exact_shares(self) -> dict[str, Fraction]:
+        """`shares` as exact fractions of the weights as the rubric writes them, for marks rounded exactly."""
+        weights = [exact(c.weight.value) if c.weight else None for c in self.criteria]
         if any(w is None for w in weights) or not sum(w or 0 for w in weights):
-            return {c.name: 1 / len(self.criteria) for c in self.criteria}
+            return {c.name: Fraction(1, len(self.criteria)) for c in self.criteria}
         total = sum(w or 0 for w in weights)
         return {c.name: (w or 0) / total for c, w in zip(self.criteria, weights, strict=True)}
 
@@ -267,6 +278,15 @@ def parse_rubric(text: str, relpath: str = "rubric.md") -> Rubric:
 _NUM = r"\d+(?:\.\d+)?"
 _DASH = r"\s*(?:-|–|—|to)\s*"
 _UNIT = r"(?:%|percent|marks?|points?|pts?\.?)"
+
+
+def exact(value: float | int | str) -> Fraction:
+    """A number as the text it was read from means it: `0.35` is 35/100, not the float nearest to it (a float
+    from a rubric or a draft prints back as the text it was parsed from)."""
+    text = str(value).strip().replace(",", ".")
+    if "/" in text:  # Fraction would read `1/2`; a mark or weight is written as a decimal number
+        raise ValueError(f"not a decimal number: {value!r}")
+    return Fraction(text)
 
 
 def _num(value: float) -> str:

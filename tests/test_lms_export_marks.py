@@ -1,0 +1,74 @@
+"""Marks to the platform rounded half up on the exact mark, never on a float's error (`39.49999999999999`)."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from fractions import Fraction
+from math import floor
+
+import pytest
+
+from tierflow.lms.drafts import Draft
+from tierflow.lms.marks import mark_of, to_platform
+from tierflow.vault.rubric import parse_rubric
+
+LEVELS = "| Excellent (70+) | Good (60-69) | Satisfactory (50-59) | Weak (40-49) | Fail (<40) |"
+WEIGHTED = parse_rubric(
+    "| Criterion | Weight " + LEVELS + "\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    "| Argument | 35% | a | b | c | d | e |\n| Literature | 35% | a | b | c | d | e |\n"
+    "| Structure | 30% | a | b | c | d | e |\n"
+)
+MARKS = parse_rubric(
+    "## Method (20 marks)\n\n- Excellent (17-20): x\n- Good (10-16.5): y\n\n"
+    "## Analysis (30 marks)\n\n- Excellent (25-30): x\n- Good (10-24.5): y\n"
+)
+
+
+def draft(rubric, scores: list[object]) -> Draft:  # noqa: ANN001
+    body = "".join(
+        f"## {c.name}\n\n**Suggested level:** Good · **suggested score:** {s}\n\nText.\n\n"
+        for c, s in zip(rubric.criteria, scores, strict=True)
+    )
+    return Draft("1", "x", {}, body)
+
+
+def half_up(value: Fraction, decimals: int) -> Decimal:
+    """Round half up on exact fractions: the reference the export is held to."""
+    scaled = value * 10**decimals
+    return Decimal(floor(scaled + Fraction(1, 2))).scaleb(-decimals)
+
+
+def test_an_exact_half_rounds_up():
+    mark = mark_of(WEIGHTED, draft(WEIGHTED, [23, 53, 43]))  # 0.35*23 + 0.35*53 + 0.3*43 = 39.5 exactly
+    assert mark.value == Fraction(79, 2)
+    assert to_platform(mark, 100, 0) == (Decimal(40), False)
+    mark = mark_of(WEIGHTED, draft(WEIGHTED, [50, 51, 50]))  # 50.35 of 100 -> 5.035 of 10
+    assert to_platform(mark, 10, 2) == (Decimal("5.04"), False)
+
+
+def test_a_midpoint_of_a_level_and_a_mark_in_the_front_matter_are_exact_too():
+    body = "## Method\n\n**Suggested level:** Good\n\n## Analysis\n\n**Suggested level:** Good\n"
+    mark = mark_of(MARKS, Draft("1", "x", {}, body))  # 13.25 + 17.25 of 50
+    assert mark.value == Fraction(61, 2) and mark.scale == 50
+    assert to_platform(mark, 7, 1) == (Decimal("4.3"), False)  # 30.5 / 50 * 7 = 4.27
+    own = mark_of(MARKS, Draft("1", "x", {"mark": "0.1"}, body))
+    assert own.value == Fraction(1, 10)
+    assert to_platform(own, 0.3, 3) == (Decimal("0.001"), False)  # 0.1 / 50 * 0.3 = 0.0006
+
+
+@pytest.mark.parametrize("rubric", [WEIGHTED, MARKS], ids=["weighted", "marks"])
+def test_every_mark_is_rounded_as_exact_arithmetic_rounds_it(rubric):
+    shares = [Fraction(35, 100), Fraction(35, 100), Fraction(30, 100)] if rubric is WEIGHTED else None
+    scale = 100 if rubric is WEIGHTED else 50
+    tops = [100, 100, 100] if rubric is WEIGHTED else [20, 30]
+    rng = random.Random(20261120)
+    for _ in range(4000):
+        # Integers, and halves: the scores a lecturer types and a level's midpoint.
+        scores = [Fraction(rng.randint(0, 2 * top), 2) if rng.random() < 0.3 else rng.randint(0, top) for top in tops]
+        maximum = rng.choice([100, 10, 20, 15, 40])
+        decimals = rng.choice([0, 1, 2])
+        exact = sum(s * w for s, w in zip(scores, shares, strict=True)) if shares else sum(scores)
+        shown = [str(float(s)) if isinstance(s, Fraction) else str(s) for s in scores]
+        grade, clamped = to_platform(mark_of(rubric, draft(rubric, shown)), maximum, decimals)
+        assert (grade, clamped) == (half_up(Fraction(exact) / scale * maximum, decimals), False), (scores, maximum)
