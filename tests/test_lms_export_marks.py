@@ -72,3 +72,11 @@ def test_every_mark_is_rounded_as_exact_arithmetic_rounds_it(rubric):
         shown = [str(float(s)) if isinstance(s, Fraction) else str(s) for s in scores]
         grade, clamped = to_platform(mark_of(rubric, draft(rubric, shown)), maximum, decimals)
         assert (grade, clamped) == (half_up(Fraction(exact) / scale * maximum, decimals), False), (scores, maximum)
+
+
+def test_a_score_in_a_comment_is_not_the_mark():
+    body = (
+        "## Method\n\n%% first read: **suggested score:** 9 %%\n**Suggested level:** Good · **suggested score:** 15\n\n"
+        "## Analysis\n\n<!-- **suggested score:** 12 -->\n**Suggested level:** Good · **suggested score:** 20\n"
+    )
+    assert mark_of(MARKS, Draft("1", "x", {}, body)).value == 35

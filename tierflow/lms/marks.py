@@ -4,6 +4,7 @@ Where the mark comes from, first found wins:
 1. `mark:` in the draft's front-matter: the lecturer's own mark, on the rubric's scale (see below), taken as it is.
 2. Each criterion's section in the draft body as it stands now, edited or not: `**Suggested level:** Good` and
    `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range.
+   Comments (`%% ... %%`, `<!-- ... -->`) are left out, as Obsidian hides them.
 3. The draft's `tierflow_levels` front-matter (the model's suggestion), for a criterion whose section lost its level.
 
 The rubric's scale: when every criterion is weighted in marks or points, the mark is the sum of the criterion scores
@@ -23,7 +24,7 @@ from decimal import Decimal
 from fractions import Fraction
 from math import floor
 
-from tierflow.lms.drafts import Draft
+from tierflow.lms.drafts import Draft, without_comments
 from tierflow.vault.rubric import Criterion, Rubric, exact
 
 _LEVEL = re.compile(r"(?:suggested\s+)?level\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<level>[^(\n·*]+)", re.I)
@@ -81,7 +82,7 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
             return Mark(draft.student_id, exact(own), scale, "your mark")
         except (ValueError, ZeroDivisionError):
             return Mark(draft.student_id, None, scale, problems=[f"`mark: {own}` in the front-matter is not a number"])
-    sections = _sections(draft.body)
+    sections = _sections(without_comments(draft.body))  # a score in a comment is the lecturer's aside
     suggested = {}
     for item in draft.metadata.get("tierflow_levels") or []:
         name, _, level = str(item).rpartition(": ")
