@@ -385,3 +385,69 @@ def test_an_edited_note_whose_file_arrives_damaged_is_not_taken_for_a_new_submis
     (liam,) = [s for s in report.students if s.student_id == "1001"]
     assert liam.action == "kept-edit" and not liam.warning and liam.problems
     assert not [w for w in report.warnings if "new submission" in w]
+
+
+def team_worksheet() -> bytes:
+    """A worksheet whose participant 17 is Zoe Adams (the id a team's group happens to share), and Liam."""
+    from lms_rules import php_fputcsv
+    from test_lms_moodle import HEADER
+
+    rows = [HEADER]
+    for sid, name in (("17", "Zoë Adams"), ("1001", "Liam O'Sullivan")):
+        rows.append([f"Participant {sid}", name, f"{sid}@example.ac.uk", "Submitted", "", "100.00", "Yes", "-", "",
+                     "-", ""])  # fmt: skip
+    return b"\xef\xbb\xbf" + "".join(php_fputcsv(r) for r in rows).encode()
+
+
+def team_zip(path: Path) -> Path:
+    """A team assignment's download: folders named after the group and its group id, `Default group` for students
+    in no group; and one individual's folder."""
+    from lms_exports import docx_bytes, essay
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("Team Alpha_17_assignsubmission_file/report.docx", docx_bytes(essay(1)))
+        z.writestr("Team Alpha_17_assignsubmission_onlinetext/onlinetext.html", b"<p>Our plan.</p>")
+        z.writestr("Default group_assignsubmission_file/report.docx", docx_bytes(essay(2)))
+        z.writestr("Liam OSullivan_1001_assignsubmission_file/essay.docx", docx_bytes(essay(3)))
+    return path
+
+
+def test_a_team_submission_is_never_filed_under_the_participant_its_group_id_matches(lms_vault, tmp_path):
+    roster = tmp_path / "worksheet.csv"
+    roster.write_bytes(team_worksheet())
+    report = import_submissions(lms_vault, ASSIGNMENT, team_zip(tmp_path / "export.zip"), roster=roster)
+    assert [s.student_id for s in report.students] == ["1001"]  # Liam's own folder: his, as ever
+    assert set(notes(lms_vault)) == {"1001"}
+    ignored = dict(report.ignored)
+    for folder in ("Team Alpha_17_assignsubmission_file/", "Team Alpha_17_assignsubmission_onlinetext/"):
+        why = ignored[folder]
+        assert "`Team Alpha`" in why and "participant 17" in why and "Zoë Adams" in why
+        assert "team submission" in why and "Download submissions in folders" in why
+    why = ignored["Default group_assignsubmission_file/"]
+    assert "team submission" in why and "not named as Moodle names" not in why
+
+
+def test_default_group_is_a_team_submission_without_a_roster_too(lms_vault, tmp_path):
+    report = import_submissions(lms_vault, ASSIGNMENT, team_zip(tmp_path / "export.zip"))
+    why = dict(report.ignored)["Default group_assignsubmission_file/"]
+    assert "team submission" in why and "Download submissions in folders" in why
+
+
+@pytest.mark.parametrize(
+    ("in_file", "in_roster", "same"),
+    [
+        ("Zoë Adams", "Zoë Adams", True),
+        ("Adams Zoë", "Zoë Adams", True),  # Moodle's "Last First" name display
+        ("Zoe Adams", "Zoë Adams", True),
+        ("Liam OSullivan", "Liam O'Sullivan", True),  # clean_filename strips the apostrophe
+        ("Anne-Marie Łukasik", "Anne-Marie ?ukasik", True),  # Excel's Windows-1252 lost the Ł
+        ("Jo Ann Lee", "Jo_Ann Lee", True),
+        ("Team Alpha", "Zoë Adams", False),
+        ("Zoë Adams", "Zoë Adamson", False),
+        ("Zoë", "Zoë Adams", False),
+    ],
+)
+def test_a_moodle_file_name_is_the_rosters_name_however_moodle_wrote_it(in_file, in_roster, same):
+    from tierflow.lms.moodle import same_name
+
+    assert same_name(in_file, in_roster) is same

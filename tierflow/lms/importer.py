@@ -115,6 +115,8 @@ def import_submissions(
                 "Canvas writes only a squashed sortable name into file names (`osullivanliam`): give the gradebook "
                 "CSV with --roster so each student's real name is recorded and hidden from every prompt."
             )
+        if roster and platform == "moodle":
+            report.ignored += moodle.team_folders(found, names, roster.name)
         if roster:
             report.warnings += _roster_gaps(roster, platform, names, found.students.values())
         total = len(found.students)

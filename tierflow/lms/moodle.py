@@ -15,11 +15,15 @@ The rules come from Moodle's own code:
   separator, so a filled copy keeps the file's own.
 - `mod/assign/feedback/file/importziplib.php`: a feedback file is matched when a folder or file name on its
   path splits on `_` into name, numeric participant id, `assignsubmission`, plugin.
+- `mod/assign/classes/downloader.php` `get_student_prefix`: a team (group) assignment names each submission after
+  the group and its *group* id (`Team Alpha_17_...`), or `Default group` with no id for students in no group; a
+  group id is no participant id, so such folders are never imported as a student's (see `team_folders`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -37,6 +41,7 @@ from tierflow.lms.cells import (
 )
 from tierflow.lms.source import Entry, Export
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry
+from tierflow.vault.pseudonyms import fold
 
 PLATFORM = "moodle"
 _ENTRY = re.compile(
@@ -47,6 +52,15 @@ BLIND = "Participant"
 """The name part Moodle writes for every student under blind marking (`get_string('participant', 'assign')`)."""
 CLEANED = "&<>\"`|':\\/"
 """What `clean_filename` removes from a name (PARAM_FILE): `Liam O'Sullivan` arrives as `Liam OSullivan`."""
+DEFAULT_GROUP = "Default group"
+"""`get_string('defaultteam', 'assign')`: a team assignment's folder for the students in no group."""
+_DEFAULT_GROUP_ENTRY = re.compile(rf"^{DEFAULT_GROUP}_assignsubmission_[A-Za-z0-9]+")
+_FOLDER = re.compile(r"^[^/]*?_assignsubmission_[A-Za-z0-9]+")
+TEAM_ADVICE = (
+    "tierflow marks individual submissions: download them with 'Download submissions in folders' from an "
+    "individual (not group) assignment, or give each member's own files in a folder named as Moodle names an "
+    "individual's (`Full Name_<participant id>_assignsubmission_file/`)"
+)
 
 IDENTIFIER = "Identifier"
 GRADE = "Grade"
@@ -77,9 +91,13 @@ def read_export(export: Export) -> ReadExport:
         stripped = {e.path: orig for e, orig in zip(entries, export.entries, strict=True)}
     else:
         stripped = {e.path: e for e in entries}
+    teams: list[str] = []
     for entry in entries:
         m = _ENTRY.match(entry.path)
         original = stripped[entry.path]
+        if (m and m["name"] == DEFAULT_GROUP) or _DEFAULT_GROUP_ENTRY.match(entry.path):
+            teams.append(folder_of(original.path))
+            continue
         if not m:
             result.ignored.append((original.path, "not named as Moodle names submission files; skipped"))
             continue
@@ -92,7 +110,69 @@ def read_export(export: Export) -> ReadExport:
         filename = m["flat"] or m["inner"]
         kind = "online text" if plugin == "onlinetext" else "file"
         work.files.append(PlatformFile(original, filename, kind))
+    result.ignored += [
+        (
+            folder,
+            f"`{DEFAULT_GROUP}` is where Moodle puts a team assignment's students who are in no group: this is a "
+            f"team submission, not one student's; not imported. {TEAM_ADVICE}.",
+        )
+        for folder in dict.fromkeys(teams)
+    ]
     return result
+
+
+def folder_of(path: str) -> str:
+    """The submission folder (`Name_<id>_assignsubmission_file/`) an entry lies in, or the flat entry's name."""
+    parts = path.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if _FOLDER.match(part):
+            return "/".join(parts[: i + 1]) + "/"
+    return path
+
+
+def clean_name(name: str) -> str:
+    """A full name as Moodle writes it into a file name: `clean_filename`'s characters removed, `_` as a space."""
+    return "".join(ch for ch in name if ch not in CLEANED and ch >= " ").replace("_", " ")
+
+
+def same_name(in_file: str, in_roster: str) -> bool:
+    """Whether the name in a submission's file name is the roster's name for that participant: as Moodle cleans it,
+    accents folded, case and word order aside (Moodle may show "Last First"), and a `?` in the roster standing
+    for any one letter (Excel, saving as Windows-1252, writes `?` for a letter it cannot hold)."""
+
+    def words(name: str) -> list[str]:
+        return sorted(fold(unicodedata.normalize("NFC", name)).casefold().split())
+
+    found, listed = words(clean_name(in_file)), words(clean_name(in_roster))
+    if len(found) != len(listed):
+        return False
+    for word in listed:
+        pattern = re.compile(re.escape(word).replace(r"\?", "."))
+        match = next((w for w in found if pattern.fullmatch(w)), None)
+        if match is None:
+            return False
+        found.remove(match)
+    return True
+
+
+def team_folders(found: ReadExport, roster: dict[str, RosterEntry], roster_name: str) -> list[tuple[str, str]]:
+    """Take out of `found` every student whose file name is not the roster's name for that id, and say why for each
+    folder: a team submission carries its group's id, which may be any participant's (their mark would go to
+    that student), or the export and the roster are of different assignments."""
+    out = []
+    for sid, work in list(found.students.items()):
+        entry = roster.get(sid)
+        if entry is None or not entry.name or not work.name or same_name(work.name, entry.name):
+            continue  # not in the roster, blind marking (no names), or the same person
+        del found.students[sid]
+        why = (
+            f"named `{work.name}`, but participant {sid} in {roster_name} is `{entry.name}`: this looks like a team "
+            "submission (Moodle names those after the group and its group id, which is no participant id), or the "
+            f"export and {roster_name} are of different assignments; not imported, so no student gets this "
+            f"submission's mark. {TEAM_ADVICE}."
+        )
+        out += [(folder, why) for folder in dict.fromkeys(folder_of(f.entry.path) for f in work.files)]
+    return out
 
 
 # --- the grading worksheet --------------------------------------------------------------------------------
@@ -226,8 +306,7 @@ def feedback_folder(student_id: str, name: str) -> str:
     The name part is cleaned as Moodle cleans it, with underscores made spaces (an underscore there would make
     the importer read part of the name as the id), and `Participant` when no name is known.
     """
-    cleaned = "".join(ch for ch in name if ch not in CLEANED and ch >= " ").replace("_", " ")
-    cleaned = " ".join(cleaned.split()) or BLIND
+    cleaned = " ".join(clean_name(name).split()) or BLIND
     return f"{cleaned}_{student_id}_assignsubmission_file"
 
 
