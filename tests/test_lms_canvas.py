@@ -168,3 +168,41 @@ def test_cli_canvas_export_prints_both_paths_and_never_touches_the_download(canv
     assert downloaded.read_bytes() == gradebook_bytes()
     same = CliRunner().invoke(app, [*args, "--gradebook", str(downloaded), "--column", "4512", "-o", str(downloaded)])
     assert same.exit_code == 2 and "never writes into it" in same.stderr
+
+
+@pytest.mark.parametrize("target", ["moodle-files", "moodle-worksheet"])
+def test_notes_imported_from_canvas_are_refused_for_moodle_by_name(canvas_vault, tmp_path, target):
+    """Canvas user ids are all digits too: Moodle would give the feedback to the participant with that id."""
+    from test_lms_moodle import worksheet_bytes
+
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_bytes())  # its participants 1001-1004 share the Canvas ids
+    result = export_feedback(canvas_vault, ASSIGNMENT, target, out=tmp_path / "out", worksheet=worksheet)
+    assert result.sent == [] and result.marks == {}
+    refused = {path: why for path, why in result.left_out if "imported from canvas" in why}
+    assert sorted(refused) == [f"{ASSIGNMENT}/feedback/{sid} feedback.md" for sid in ("1001", "1002", "1004")]
+    why = refused[f"{ASSIGNMENT}/feedback/1001 feedback.md"]
+    assert f"{ASSIGNMENT}/submissions/1001.md" in why and "--to canvas" in why
+    if target == "moodle-files":
+        with zipfile.ZipFile(tmp_path / "out") as z:
+            assert z.namelist() == []
+
+
+def test_notes_imported_from_moodle_are_refused_for_canvas(tmp_path):
+    from lms_exports import moodle_zip
+    from test_lms_moodle import draft_text
+
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")
+    import_submissions(vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", cohort()))
+    (vault / ASSIGNMENT / "feedback" / "1001 feedback.md").write_text(draft_text("1001"), encoding="utf-8")
+    gradebook = tmp_path / "grades.csv"
+    gradebook.write_bytes(gradebook_bytes())
+    result = export_feedback(vault, ASSIGNMENT, "canvas", gradebook=gradebook, column="4512")
+    assert result.sent == []
+    ((path, why),) = result.left_out
+    assert "imported from moodle" in why and "--to moodle-worksheet" in why
+    grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
+    assert grades["1001"]["4512"] == ""

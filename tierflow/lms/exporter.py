@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
@@ -87,6 +87,8 @@ def export_feedback(
     vault = vault.resolve()
     drafts = collect(vault, folder)
     result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
+    if target in TARGETS:
+        drafts = _of_platform(vault, folder, drafts, "canvas" if target == "canvas" else "moodle", result)
     if target == "moodle-worksheet":
         _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run)
     elif target == "moodle-files":
@@ -96,6 +98,32 @@ def export_feedback(
     else:
         raise ExportFeedbackError(f"unknown target {target!r}; give one of {', '.join(TARGETS)}")
     return result
+
+
+def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result: ExportResult) -> Drafts:
+    """The reviewed drafts whose submission came from `platform` (or says no platform: a note written by hand).
+
+    Both platforms' ids are all digits: a Canvas user id sent to Moodle, or a Moodle participant id to Canvas,
+    would give the feedback and mark to whichever student has that id there.
+    """
+    keep = {}
+    for sid, draft in drafts.reviewed.items():
+        note = _submission(vault, folder, sid)
+        came = str(note.metadata.get("platform") or "").strip().lower() if note else ""
+        if came in ("", platform):
+            keep[sid] = draft
+            continue
+        targets = "--to canvas" if came == "canvas" else "--to moodle-worksheet or --to moodle-files"
+        result.left_out.append(
+            (
+                draft.path,
+                f"imported from {came}, not {platform} ({folder}/submissions/{sid}.md has `platform: {came}`); "
+                f"{sid} is no {platform.capitalize()} id for this student, and {platform.capitalize()} would give "
+                f"the feedback to whoever has that id there. Export it with {targets}, or import this assignment's "
+                f"{platform.capitalize()} download into {folder}.",
+            )
+        )
+    return replace(drafts, reviewed=keep)
 
 
 def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # noqa: ANN202
