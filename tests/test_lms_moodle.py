@@ -323,3 +323,36 @@ def test_cli_export_shows_the_distribution_counts_left_out_drafts_and_prints_the
     help_text = CliRunner().invoke(app, ["export", "feedback", "--help"]).stdout
     for option in ("--to", "--out", "--worksheet", "--gradebook", "--column", "--decimals", "--format", "--dry-run"):
         assert option in help_text
+
+
+GERMAN = ["ID", "Vollständiger Name", "E-Mail-Adresse", "Status", "Bewertung", "Bestwertung",
+          "Bewertung kann geändert werden", "Zuletzt geändert (Abgabe)", "Online-Texteingabe",
+          "Zuletzt geändert (Bewertung)", "Feedback als Kommentar"]  # fmt: skip
+
+
+def german_worksheet() -> bytes:
+    """The grading worksheet a Moodle set to German writes: the same columns, named in German, and
+    `get_string('hiddenuser')` = `Teilnehmer/in` (no space) before each participant id."""
+    lines = [php_fputcsv(GERMAN)]
+    for sid, name in STUDENTS:
+        row = [f"Teilnehmer/in{sid}", name, f"{sid}@example.ac.uk", "Zur Bewertung abgegeben", "", "100,00", "Ja",
+               "Donnerstag, 19. November 2026, 22:14", "", "-", ""]  # fmt: skip
+        lines.append(php_fputcsv(row))
+    return b"\xef\xbb\xbf" + "".join(lines).encode("utf-8")
+
+
+def test_a_worksheet_in_another_language_says_to_download_it_in_english(graded_vault, tmp_path):
+    downloaded = tmp_path / "Bewertungen.csv"
+    downloaded.write_bytes(german_worksheet())
+    with pytest.raises(ExportFeedbackError) as caught:
+        export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    said = str(caught.value)
+    assert "Bewertungen.csv" in said and "Teilnehmer/in1001" in said and "not in English" in said
+    assert "user menu > Language" in said and "upload it back in English" in said
+    assert "Download it from the assignment" not in said
+    from tierflow.lms.source import ExportError
+
+    with pytest.raises(ExportError) as caught:
+        import_submissions(graded_vault, ASSIGNMENT, moodle_zip(tmp_path / "e.zip", cohort()), roster=downloaded)
+    assert "user menu > Language" in str(caught.value)
+    assert not (graded_vault / ASSIGNMENT / "submissions").exists()

@@ -74,6 +74,25 @@ ID_NUMBER = "ID number"
 STATUS = "Status"
 PARTICIPANT = "Participant "
 """`get_string('hiddenuser', 'assign')`: the worksheet's `Identifier` is this followed by the participant id."""
+_LOCALIZED_ID = re.compile(r"^(?P<word>\D*[^\d\s])\s?\d+$")
+"""`Teilnehmer/in2001`: another language's `hiddenuser` before the participant id."""
+
+
+def _not_english(name: str, header: list[str], first_column: list[str]) -> WorksheetError | None:
+    """The error for a worksheet Moodle wrote in another language: laid out as the worksheet is (the identifier
+    first, one word and the participant id in every row), with other column names. Moodle's upload reads the
+    identifiers back in the language of whoever uploads it, so the fix is English both ways, not a translation."""
+    values = [v.strip() for v in first_column if v.strip()]
+    words = {m["word"] for v in values if (m := _LOCALIZED_ID.match(v))}
+    if len(header) < 4 or not values or len(words) != 1 or not all(_LOCALIZED_ID.match(v) for v in values):
+        return None
+    return WorksheetError(
+        f"{name} looks like a Moodle grading worksheet, but not in English (its first column is `{header[0]}`, "
+        f"not `{IDENTIFIER}`, and its rows `{values[0]}`, not `{PARTICIPANT}<id>`): tierflow reads Moodle's "
+        "English worksheet. Switch your Moodle language to English (user menu > Language > English) before "
+        "downloading the grading worksheet, and upload it back in English too: Moodle reads the identifiers in "
+        "the language of the person uploading."
+    )
 
 
 def matches(paths: list[str]) -> int:
@@ -187,6 +206,9 @@ def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
         raise WorksheetError(f"{name} {exc}") from None
     header = rows[0] if rows else []
     if IDENTIFIER not in header:
+        foreign = _not_english(name, header, [r[0] for r in rows[1:] if r])
+        if foreign:
+            raise foreign
         raise WorksheetError(
             f"{name} is not a Moodle grading worksheet: tierflow looked for a `{IDENTIFIER}` column (with "
             f"`{FULL_NAME}`, `{STATUS}`) and found {found(header)}. Download it from the assignment: View all "
@@ -242,6 +264,10 @@ class Worksheet:
         header = [raw_value(f, dialect.delimiter) for f in rows[0].fields]
         missing = [c for c in (IDENTIFIER, GRADE, MODIFIED_GRADE) if c not in header]
         if IDENTIFIER not in header:
+            first = [raw_value(r.fields[0], dialect.delimiter) for r in rows[1:] if r.fields]
+            foreign = _not_english(name, header, first)
+            if foreign:
+                raise foreign
             raise WorksheetError(
                 f"{name} is not a Moodle grading worksheet (no `{IDENTIFIER}` column). Download it from the "
                 "assignment: View all submissions -> Grading action -> Download grading worksheet."
