@@ -460,7 +460,10 @@ def run(
     ] = False,
     show_prompts: Annotated[bool, typer.Option("--show-prompts", help="With --dry-run: print every prompt.")] = False,
     assignment: Annotated[
-        str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
+        str | None,
+        typer.Option(
+            "--assignment", "-a", help="student-feedback: the assignment folder (default: [feedback] in config)."
+        ),
     ] = None,
     mode: Annotated[
         str, typer.Option(help="student-feedback: direct, or batch (provider batch APIs, about half price).")
@@ -684,7 +687,10 @@ def plan(
     tier: TierOpt = None,
     show_prompts: Annotated[bool, typer.Option("--show-prompts", help="Print every rendered prompt.")] = False,
     assignment: Annotated[
-        str | None, typer.Option(help="student-feedback: the assignment folder (default: [feedback] in config).")
+        str | None,
+        typer.Option(
+            "--assignment", "-a", help="student-feedback: the assignment folder (default: [feedback] in config)."
+        ),
     ] = None,
     mode: Annotated[str, typer.Option(help="student-feedback: direct, or batch (priced at the batch discount).")] = (
         "direct"

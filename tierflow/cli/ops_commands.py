@@ -150,7 +150,7 @@ def schedule_student_feedback(
     vault: VaultOpt = None,
     assignment: Annotated[
         str | None,
-        typer.Option("--assignment", help="The assignment folder in the vault (default: [feedback] in config)."),
+        typer.Option("--assignment", "-a", help="The assignment folder in the vault (default: [feedback] in config)."),
     ] = None,
     mode: Annotated[str, typer.Option("--mode", help="direct, or batch (the providers' batch APIs).")] = "direct",
     cron: CronOpt = None,
