@@ -174,7 +174,8 @@ def export_feedback(
             "-o",
             help="Where to write: the CSV (moodle-worksheet, canvas; the canvas comments zip goes beside it as "
             "'<name> comments.zip') or the zip (moodle-files). Default: beside the file you downloaded, as "
-            "'<name> (tierflow).csv'. Never the downloaded file itself.",
+            "'<name> (tierflow).csv'. Never the downloaded file itself, nor an earlier export: when the file exists, "
+            "'<name> (tierflow <date>).csv' is written beside it.",
         ),
     ] = None,
     vault: VaultOpt = None,
@@ -233,7 +234,7 @@ def export_feedback(
         with err.status("reading the reviewed drafts", spinner="dots") if err.is_terminal else _nothing():
             result = run_export(
                 vault, folder, to.value, out=out, worksheet=worksheet, gradebook=gradebook, column=column,
-                decimals=decimals, fmt=f".{file_format.value}", dry_run=dry_run,
+                decimals=decimals, fmt=f".{file_format.value}", dry_run=dry_run, today=cfg.today(),
             )  # fmt: skip
     except TierflowError as exc:
         raise fail(str(exc)) from None

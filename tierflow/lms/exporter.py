@@ -1,4 +1,6 @@
-"""Reviewed drafts out to the platform's own import files, written beside the lecturer's download, never into it.
+"""Reviewed drafts out to the platform's own import files, written beside the lecturer's download, never into it,
+and never over an earlier export (which the lecturer may have edited or uploaded): a second export is dated,
+`worksheet (tierflow 2026-11-20).csv`, as a vault note written beside the lecturer's is.
 
 - `moodle-worksheet`: a filled copy of the grading worksheet (`Grade`, `Feedback comments` only).
 - `moodle-files`: a zip for "Upload multiple feedback files in a zip", one document per student in
@@ -9,8 +11,11 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import date
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
@@ -52,6 +57,32 @@ def beside(download: Path, suffix: str) -> Path:
     return download.with_name(f"{download.stem} (tierflow){suffix}")
 
 
+def _dated(path: Path, today: date) -> Iterator[Path]:
+    """`path`, then ` (tierflow <date>)`, ` (tierflow <date> 2)`, ... beside it (as `NoteWriter` dates a sibling)."""
+    yield path
+    stem = path.stem.removesuffix(" (tierflow)")
+    for n in range(1, 100):
+        yield path.with_name(f"{stem} (tierflow {today.isoformat()}{f' {n}' if n > 1 else ''}){path.suffix}")
+
+
+def _unused(path: Path, today: date, result: ExportResult, companion: str = "") -> Path:
+    """The first of `_dated(path)` that exists neither itself nor with its `companion` file (`<stem><companion>`,
+    the canvas comments zip); said in a note when it is not `path`."""
+    for candidate in _dated(path, today):
+        pair = candidate.with_name(f"{candidate.stem}{companion}") if companion else None
+        if not candidate.exists() and not (pair and pair.exists()):
+            break
+    else:
+        raise ExportFeedbackError(f"{path} and 99 dated files beside it exist; give another --out")
+    if candidate != path:
+        taken = path if path.exists() else path.with_name(f"{path.stem}{companion}")
+        result.notes.append(
+            f"{taken} exists (an earlier export, which you may have edited or uploaded) and is left as it is: this "
+            f"export goes to {candidate}"
+        )
+    return candidate
+
+
 def _guard(out: Path, *downloads: Path | None) -> None:
     for d in downloads:
         if d is not None and out.resolve() == d.resolve():
@@ -83,18 +114,22 @@ def export_feedback(
     decimals: int = 2,
     fmt: str = ".docx",
     dry_run: bool = False,
+    today: date | None = None,
 ) -> ExportResult:
+    """Write the reviewed drafts of `folder` for `target` (see the module docstring); `today` dates a second
+    export's file names."""
     vault = vault.resolve()
+    today = today or date.today()
     drafts = collect(vault, folder)
     result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
     if target in TARGETS:
         drafts = _of_platform(vault, folder, drafts, "canvas" if target == "canvas" else "moodle", result)
     if target == "moodle-worksheet":
-        _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run)
+        _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today)
     elif target == "moodle-files":
-        _moodle_files(vault, folder, drafts, result, out, fmt, dry_run)
+        _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today)
     elif target == "canvas":
-        _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run)
+        _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today)
     else:
         raise ExportFeedbackError(f"unknown target {target!r}; give one of {', '.join(TARGETS)}")
     return result
@@ -132,7 +167,7 @@ def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # n
     return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
 
 
-def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run) -> None:  # noqa: ANN001
+def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today) -> None:  # noqa: ANN001
     if worksheet is None:
         raise ExportFeedbackError(
             "give the grading worksheet you downloaded from Moodle: --worksheet W.csv (assignment -> View all "
@@ -148,6 +183,7 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
         raise ExportFeedbackError(str(exc)) from None
     out = out or beside(worksheet, ".csv")
     _guard(out, worksheet)
+    out = _unused(out, today, result)
     rubric, marks = _marks(vault, folder, drafts, result)
     rows = sheet.participants()
     values = []
@@ -186,7 +222,7 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
             "written the same way: choose that encoding and separator in Moodle's Upload grading worksheet form."
         )
     if not dry_run:
-        out.write_bytes(sheet.render())
+        _write(out, sheet.render())
         result.written.append(out)
 
 
@@ -222,10 +258,10 @@ def _sheet_max(sheet: moodle.Worksheet) -> float:
     return max(found, default=100.0)
 
 
-def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run) -> None:  # noqa: ANN001
+def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> None:  # noqa: ANN001
     if fmt not in (".docx", ".pdf"):
         raise ExportFeedbackError(f"Moodle feedback files are written as .docx or .pdf, not {fmt}")
-    out = out or Path.cwd() / f"{PurePosixPath(folder).name} feedback files.zip"
+    out = _unused(out or Path.cwd() / f"{PurePosixPath(folder).name} feedback files.zip", today, result)
     entries = []
     for sid, draft in sorted(drafts.reviewed.items()):
         note = _submission(vault, folder, sid)
@@ -245,7 +281,7 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run) -> None:  # 
         result.written.append(out)
 
 
-def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run) -> None:  # noqa: ANN001
+def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today) -> None:  # noqa: ANN001
     entries: list[tuple[str, bytes]] = []
     commented: list[str] = []
     for sid, draft in sorted(drafts.reviewed.items()):
@@ -307,9 +343,10 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
         result.sent += commented
     base = out or (beside(gradebook, ".csv") if gradebook else Path.cwd() / f"{PurePosixPath(folder).name}.csv")
     _guard(base, gradebook)
+    base = _unused(base, today, result, companion=" comments.zip")
     if not dry_run:
         if sheet is not None:
-            base.write_bytes(sheet.render())
+            _write(base, sheet.render())
             result.written.append(base)
         if entries:
             comments = base.with_name(f"{base.stem} comments.zip")
@@ -340,8 +377,19 @@ def _why_not_reuploaded(downloaded: list[str], attached: list[str]) -> str:
     return "no Canvas file recorded for this student (import the submissions.zip first)"
 
 
-def _write_zip(path: Path, entries: list[tuple[str, bytes]]) -> None:
+def _write(path: Path, data: bytes) -> None:
+    """A new file only (`_unused` chose a free name; one made since is not overwritten either)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    try:
+        with path.open("xb") as handle:
+            handle.write(data)
+    except FileExistsError:
+        raise ExportFeedbackError(f"{path} was made by something else during the export; run it again") from None
+
+
+def _write_zip(path: Path, entries: list[tuple[str, bytes]]) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in entries:
             z.writestr(name, data)
+    _write(path, buffer.getvalue())
