@@ -16,6 +16,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
+from tierflow.vault.text import COMMENT
 
 REVIEWED = "reviewed"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
@@ -26,7 +27,6 @@ TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
     ("warning", "Not found verbatim in the submission"),
 )
 """The callouts `templates/notes/feedback.md.j2` writes for the lecturer: (type, how the title starts)."""
-_COMMENT = re.compile(r"%%.*?(?:%%|\Z)|<!--.*?(?:-->|\Z)", re.S)
 _GONE = "\0"
 
 
@@ -38,11 +38,12 @@ def is_notice(kind: str, title: str) -> bool:
 def without_comments(text: str) -> str:
     """`text` without Obsidian comments (`%% ... %%`) and HTML comments (`<!-- ... -->`), inline or over several
     lines; `%%` and `<!--` inside code spans and code blocks are kept. A comment never closed hides the rest of
-    the note, as in Obsidian's reading view."""
+    the note, as in Obsidian's reading view. Unlike `hide_comments` (for prompts, which keeps the note's line
+    numbers), a line that held only a comment goes whole, so that it splits no paragraph sent to a student."""
     if "%%" not in text and "<!--" not in text:
         return text
     chars = list(text)
-    for m in _COMMENT.finditer(without_code(text)):  # same length and lines as `text`, code blanked
+    for m in COMMENT.finditer(without_code(text)):  # same length and lines as `text`, code blanked
         for i in range(*m.span()):
             if chars[i] != "\n":
                 chars[i] = _GONE

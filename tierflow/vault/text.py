@@ -16,11 +16,11 @@ import frontmatter
 
 from tierflow.vault.annotations import without_code
 
-__all__ = ["PropertyError", "hide_comments", "load_note", "property_list", "property_text", "read_note_text"]
+__all__ = ["COMMENT", "PropertyError", "hide_comments", "load_note", "property_list", "property_text", "read_note_text"]
 
 # An unclosed comment runs to the end of the note, as it does in Obsidian (and HTML): better to send less
 # than to send a private remark.
-_COMMENT_RE = re.compile(r"%%.*?(?:%%|\Z)|<!--.*?(?:-->|\Z)", re.DOTALL)
+COMMENT = re.compile(r"%%.*?(?:%%|\Z)|<!--.*?(?:-->|\Z)", re.DOTALL)
 
 
 def read_note_text(path: Path) -> str:
@@ -47,7 +47,7 @@ def hide_comments(text: str) -> str:
     masked = without_code(text)  # same length: offsets found in it are offsets in `text`
     pieces: list[str] = []
     done = 0
-    for m in _COMMENT_RE.finditer(masked):
+    for m in COMMENT.finditer(masked):
         pieces += [text[done : m.start()], "\n" * text.count("\n", m.start(), m.end())]
         done = m.end()
     pieces.append(text[done:])
