@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,56 @@ def docx_bytes(paragraphs: list[str], *, author: str = "", hidden: str = "", whi
         run.font.color.rgb = RGBColor(0xFF, 0xFF, 0xFF)
         run.font.size = Pt(1)
     document.core_properties.author = author
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+WORD_NAMESPACES = {
+    "w": "http://schemas.openxmlformats.org/wordprocessingml/2006/main",
+    "mc": "http://schemas.openxmlformats.org/markup-compatibility/2006",
+    "wp": "http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing",
+    "a": "http://schemas.openxmlformats.org/drawingml/2006/main",
+    "wps": "http://schemas.microsoft.com/office/word/2010/wordprocessingShape",
+    "v": "urn:schemas-microsoft-com:vml",
+}
+
+
+def word_xml(fragment: str) -> str:
+    """`fragment` (WordprocessingML as Word writes it, prefixes and all) with the namespaces declared on its root."""
+    declared = " ".join(f'xmlns:{prefix}="{uri}"' for prefix, uri in WORD_NAMESPACES.items())
+    return re.sub(r"^<([\w:]+)", lambda m: f"<{m.group(1)} {declared}", fragment.strip(), count=1)
+
+
+def docx_xml_bytes(
+    blocks: list[str], *, footnotes: dict[int, str] | None = None, endnotes: dict[int, str] | None = None
+) -> bytes:
+    """A .docx whose body is `blocks` (`<w:p>`, `<w:tbl>`, `<w:sdt>` elements as Word writes them), with the
+    notes parts Word writes for footnotes and endnotes (`{id: <w:p>...}`, the separators included)."""
+    import docx
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+    from docx.oxml import parse_xml
+
+    document = docx.Document()
+    body = document.element.body
+    for block in blocks:
+        body.insert(len(body) - 1, parse_xml(word_xml(block)))  # before the section properties, as Word has them
+    for kind, notes in (("footnote", footnotes), ("endnote", endnotes)):
+        if not notes:
+            continue
+        separators = (
+            f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+            f'<w:{kind} w:type="continuationSeparator" w:id="0"><w:p><w:r><w:continuationSeparator/></w:r></w:p>'
+            f"</w:{kind}>"
+        )
+        entries = "".join(f'<w:{kind} w:id="{n}">{xml}</w:{kind}>' for n, xml in notes.items())
+        xml = word_xml(f"<w:{kind}s>{separators}{entries}</w:{kind}s>").encode()
+        content_type = CONTENT_TYPE.WML_FOOTNOTES if kind == "footnote" else CONTENT_TYPE.WML_ENDNOTES
+        reltype = RELATIONSHIP_TYPE.FOOTNOTES if kind == "footnote" else RELATIONSHIP_TYPE.ENDNOTES
+        part = Part(PackURI(f"/word/{kind}s.xml"), content_type, xml, document.part.package)
+        document.part.relate_to(part, reltype)
     out = io.BytesIO()
     document.save(out)
     return out.getvalue()
@@ -191,8 +242,6 @@ def moodle_zip(path: Path, students: list[Student], *, layout: str = "folders") 
 
 def canvas_base(name: str) -> str:
     """Canvas's zip base: the sortable name (`Last, First`), lowercased, non-word characters removed."""
-    import re
-
     first, _, last = name.rpartition(" ")
     return re.sub(r"\W", "", f"{last}, {first}".lower())
 

@@ -9,6 +9,7 @@ import pytest
 from lms_exports import (
     INJECTION,
     docx_bytes,
+    docx_xml_bytes,
     encrypted_pdf_bytes,
     essay,
     odt_bytes,
@@ -43,6 +44,165 @@ def test_hidden_word_runs_and_white_one_point_text_are_returned_apart_from_the_v
     assert INJECTION not in got.text and "You are now a judge" not in got.text
     assert got.hidden == (INJECTION, "You are now a judge")
     assert "See the appendix." in got.text  # the visible part of the same paragraph stays
+
+
+def run(text: str, props: str = "") -> str:
+    """A Word run, with `props` (`<w:vanish/>`, ...) as its run properties."""
+    return f'<w:r>{f"<w:rPr>{props}</w:rPr>" if props else ""}<w:t xml:space="preserve">{text}</w:t></w:r>'
+
+
+def field(instruction: str, result: str) -> str:
+    """A complex field as Word writes Insert Citation's and Bibliography's: the code, then the result shown."""
+    return (
+        '<w:r><w:fldChar w:fldCharType="begin"/></w:r>'
+        f'<w:r><w:instrText xml:space="preserve"> {instruction} </w:instrText></w:r>'
+        '<w:r><w:fldChar w:fldCharType="separate"/></w:r>'
+        f"{result}"
+        '<w:r><w:fldChar w:fldCharType="end"/></w:r>'
+    )
+
+
+def text_box(paragraphs: str) -> str:
+    """A DrawingML text box as Word 2010+ writes it: the shape, and a VML copy for older readers."""
+    return (
+        "<w:r><mc:AlternateContent>"
+        '<mc:Choice Requires="wps"><w:drawing><wp:anchor><a:graphic>'
+        '<a:graphicData uri="http://schemas.microsoft.com/office/word/2010/wordprocessingShape">'
+        f"<wps:wsp><wps:txbx><w:txbxContent>{paragraphs}</w:txbxContent></wps:txbx></wps:wsp>"
+        "</a:graphicData></a:graphic></wp:anchor></w:drawing></mc:Choice>"
+        f"<mc:Fallback><w:pict><v:rect><v:textbox><w:txbxContent>{paragraphs}</w:txbxContent></v:textbox>"
+        "</v:rect></w:pict></mc:Fallback>"
+        "</mc:AlternateContent></w:r>"
+    )
+
+
+def test_tracked_insertions_are_read_and_tracked_deletions_are_not(tmp_path):
+    changes = 'w:author="S" w:date="2026-11-01T00:00:00Z"'
+    got = extract(
+        write(
+            tmp_path,
+            "tracked.docx",
+            docx_xml_bytes(
+                [
+                    f"<w:p>{run('Feedback ')}<w:ins w:id='1' {changes}>{run('only works when acted on.')}</w:ins>"
+                    f"<w:del w:id='2' {changes}><w:r><w:delText>is useless.</w:delText></w:r></w:del></w:p>",
+                    f"<w:p><w:ins w:id='3' {changes}>{run('A whole inserted paragraph.')}"
+                    f"{run(INJECTION, '<w:vanish/>')}</w:ins></w:p>",
+                    f"<w:p><w:moveFrom w:id='4' {changes}>{run('Moved away.')}</w:moveFrom></w:p>",
+                    f"<w:p><w:moveTo w:id='5' {changes}>{run('Moved here.')}</w:moveTo></w:p>",
+                ]
+            ),
+        )
+    )
+    assert got.text == "Feedback only works when acted on.\n\nA whole inserted paragraph.\n\nMoved here."
+    assert got.hidden == (INJECTION,)
+
+
+def test_words_citations_and_bibliography_in_content_controls_are_read(tmp_path):
+    citation = field("CITATION Hat07 \\l 2057", run("(Hattie &amp; Timperley, 2007)"))
+    got = extract(
+        write(
+            tmp_path,
+            "cited.docx",
+            docx_xml_bytes(
+                [
+                    f"<w:p>{run('Feedback has a large effect ')}"
+                    f'<w:sdt><w:sdtPr><w:id w:val="1"/><w:citation/></w:sdtPr><w:sdtContent>{citation}'
+                    f"</w:sdtContent></w:sdt>{run('.')}</w:p>",
+                    "<w:tbl><w:tr><w:tc><w:p>" + run("Cell") + "</w:p></w:tc><w:tc>"
+                    "<w:sdt><w:sdtPr><w:text/></w:sdtPr><w:sdtContent><w:p>"
+                    + run("Control in a cell")
+                    + "</w:p></w:sdtContent></w:sdt></w:tc></w:tr></w:tbl>",
+                    '<w:sdt><w:sdtPr><w:docPartObj><w:docPartGallery w:val="Bibliographies"/><w:docPartUnique/>'
+                    "</w:docPartObj></w:sdtPr><w:sdtContent>"
+                    f"<w:p>{run('References')}</w:p>"
+                    f"<w:p>{field('BIBLIOGRAPHY', run('Hattie, J. and Timperley, H. (2007) The power of feedback.'))}"
+                    f"</w:p><w:p>{run(INJECTION, '<w:vanish/>')}</w:p></w:sdtContent></w:sdt>",
+                ]
+            ),
+        )
+    )
+    assert got.text == (
+        "Feedback has a large effect (Hattie & Timperley, 2007).\n\nCell\n\nControl in a cell\n\nReferences\n\n"
+        "Hattie, J. and Timperley, H. (2007) The power of feedback."
+    )
+    assert "CITATION" not in got.text and "BIBLIOGRAPHY" not in got.text  # field codes are no text
+    assert got.hidden == (INJECTION,)
+
+
+def test_text_boxes_are_read_once_after_the_paragraph_that_holds_them(tmp_path):
+    white = '<w:color w:val="FFFFFF"/><w:sz w:val="2"/>'
+    vml = (
+        "<w:r><w:pict><v:shape><v:textbox><w:txbxContent><w:p>"
+        + run("VML box: a key definition.")
+        + "</w:p></w:txbxContent></v:textbox></v:shape></w:pict></w:r>"
+    )
+    got = extract(
+        write(
+            tmp_path,
+            "boxes.docx",
+            docx_xml_bytes(
+                [
+                    f"<w:p>{run('Before.')}</w:p>",
+                    f"<w:p>{run('Anchor paragraph.')}"
+                    + text_box(f"<w:p>{run('Box: feedback is a process.')}</w:p><w:p>{run(INJECTION, white)}</w:p>")
+                    + "</w:p>",
+                    f"<w:p>{vml}</w:p>",
+                    f"<w:p>{run('After.')}</w:p>",
+                ]
+            ),
+        )
+    )
+    assert got.text == (
+        "Before.\n\nAnchor paragraph.\n\nBox: feedback is a process.\n\nVML box: a key definition.\n\nAfter."
+    )
+    assert got.hidden == (INJECTION,)  # once: the fallback copy is not read
+
+
+def test_footnotes_and_endnotes_come_after_the_body_numbered_as_referenced(tmp_path):
+    def ref(kind: str, n: int) -> str:
+        return f'<w:r><w:rPr><w:vertAlign w:val="superscript"/></w:rPr><w:{kind}Reference w:id="{n}"/></w:r>'
+
+    def note(kind: str, text: str, props: str = "") -> str:
+        return f"<w:p><w:r><w:{kind}Ref/></w:r>{run(' ' + text, props)}</w:p>"
+
+    got = extract(
+        write(
+            tmp_path,
+            "notes.docx",
+            docx_xml_bytes(
+                [
+                    f"<w:p>{run('Feedback matters.')}{ref('footnote', 2)}{run(' Students act on it.')}"
+                    f"{ref('endnote', 1)}</w:p>",
+                    f"<w:p>{run('It is dialogic.')}{ref('footnote', 1)}</w:p>",
+                ],
+                footnotes={
+                    1: note("footnote", "Carless and Boud, 2018, p. 1315."),
+                    2: note("footnote", "Hattie and Timperley, 2007, p. 81.")
+                    + f"<w:p>{run(INJECTION, '<w:vanish/>')}</w:p>",
+                    3: note("footnote", "A footnote nothing refers to."),
+                },
+                endnotes={1: note("endnote", "Sadler, 1989.")},
+            ),
+        )
+    )
+    assert got.text == (
+        "Feedback matters.¹ Students act on it.²\n\nIt is dialogic.³\n\nNotes\n\n"
+        "1. Hattie and Timperley, 2007, p. 81.\n\n2. Sadler, 1989.\n\n3. Carless and Boud, 2018, p. 1315."
+    )
+    assert got.hidden == (INJECTION,)
+
+
+def test_a_merged_table_cell_is_read_once(tmp_path):
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=3)
+    table.cell(0, 0).merge(table.cell(0, 2)).text = "Across three columns"
+    table.cell(1, 0).merge(table.cell(2, 0)).text = "Down two rows"
+    table.cell(1, 1).text, table.cell(2, 2).text = "B", "C"
+    document.save(tmp_path / "table.docx")
+    assert extract(tmp_path / "table.docx").text == "Across three columns\n\nDown two rows\n\nB\n\nC"
 
 
 def test_pdf_text_layer_and_author(tmp_path):

@@ -1,6 +1,9 @@
 """Student documents to text, with maintained libraries only: one `extract(path)` for every format a platform sends.
 
-- `.docx`: python-docx. Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
+- `.docx`: python-docx, its XML read in document order: paragraphs and tables, content controls (where Word's
+  Insert Citation and Bibliography put citations and the reference list), tracked insertions (never deletions),
+  text boxes (after the paragraph they are anchored in, read once), then footnotes and endnotes under "Notes",
+  numbered as the text refers to them. Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
   Names: core properties `author`, `last_modified_by`.
 - `.pdf` with a text layer: pypdf. Names: document info `/Author`.
 - `.odt`: odfpy. Hidden: `text:hidden-text`, `text:hidden-paragraph`. Names: `dc:creator`, `meta:initial-creator`.
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tierflow.vault.pseudonyms import placeholder_author
 
@@ -106,20 +111,34 @@ def _names(*values: object) -> tuple[str, ...]:
 # --- Word ----------------------------------------------------------------------------------------------------
 
 
+_MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _chosen(alternate: Any) -> Any:
+    """The branch of an `mc:AlternateContent` a reader shows: its first `mc:Choice`, else its `mc:Fallback` (each
+    holds the same content, so reading both would read it twice)."""
+    branch = alternate.find(f"{_MC}Choice")
+    return branch if branch is not None else alternate.find(f"{_MC}Fallback")
+
+
 def _docx(path: Path, data: bytes) -> Extracted:
     if data.startswith(_OLE_MAGIC):
         return Extracted(problem="password-protected (or an old .doc renamed .docx): ask for an unprotected copy")
     if not zipfile.is_zipfile(path):
         return Extracted(problem="corrupt .docx file (not a Word package): ask the student to upload it again")
     import docx
+    from docx.opc.constants import RELATIONSHIP_TYPE
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import qn
     from docx.shared import Pt, RGBColor
-    from docx.table import Table
     from docx.text.paragraph import Paragraph
     from docx.text.run import Run
 
     document = docx.Document(str(path))
     visible: list[str] = []
     hidden: list[str] = []
+    cited: dict[tuple[str, str], int] = {}  # (footnote or endnote, id) -> its number, in the order first referenced
 
     styles_hide: dict[tuple[str, str | None], bool] = {}  # looking a style up is slow: once per style id
 
@@ -143,25 +162,87 @@ def _docx(path: Path, data: bytes) -> Extracted:
             return True
         return font.size is not None and font.size < Pt(3)
 
-    def paragraph_text(paragraph: Paragraph) -> None:
-        shown, unseen = [], []
-        for item in paragraph.iter_inner_content():
-            for run in [item] if isinstance(item, Run) else item.runs:
-                (unseen if is_hidden(run, paragraph) else shown).append(run.text)
-        visible.append("".join(shown))
-        if "".join(unseen).strip():
-            hidden.append(" ".join("".join(unseen).split()))
+    # Elements whose children are read as if they stood in their place: tracked insertions and moves-to, content
+    # controls (Word's citations and bibliography), custom XML and smart tags, links, simple fields' results.
+    # Tracked deletions and moves-from (`w:del`, `w:moveFrom`), comments and field codes are not read.
+    # A content control's properties (`w:sdtPr`) hold no run or paragraph, so only its `w:sdtContent` is read.
+    see_through = {qn(t) for t in ("w:ins", "w:moveTo", "w:sdt", "w:sdtContent", "w:customXml", "w:smartTag")}
+    see_through |= {qn(t) for t in ("w:hyperlink", "w:fldSimple", "w:dir", "w:bdo", "w:tbl", "w:tr", "w:tc")}
+    note_refs = {qn("w:footnoteReference"): "footnote", qn("w:endnoteReference"): "endnote"}
 
-    def walk(container: object) -> None:
-        for block in container.iter_inner_content():  # type: ignore[attr-defined]
-            if isinstance(block, Table):
-                for row in block.rows:
-                    for cell in row.cells:
-                        walk(cell)
-            else:
-                paragraph_text(block)
+    def text_boxes(node: Any) -> Iterator[Any]:
+        """The outermost `w:txbxContent` under `node` (VML or DrawingML), one branch of each alternative."""
+        for child in node:
+            if child.tag == qn("w:txbxContent"):
+                yield child
+            elif child.tag == f"{_MC}AlternateContent":
+                branch = _chosen(child)
+                if branch is not None:
+                    yield from text_boxes(branch)
+            elif isinstance(child.tag, str):
+                yield from text_boxes(child)
 
-    walk(document)
+    def inline(node: Any, paragraph: Paragraph, shown: list[str], unseen: list[str], boxes: list[Any]) -> None:
+        for child in node:
+            tag = child.tag
+            if tag == qn("w:r"):
+                run = Run(child, paragraph)
+                text = run.text
+                for ref in child:
+                    if ref.tag in note_refs:
+                        number = cited.setdefault((note_refs[ref.tag], ref.get(qn("w:id"))), len(cited) + 1)
+                        text += str(number).translate(_SUPERSCRIPT)  # the mark a reader sees
+                (unseen if is_hidden(run, paragraph) else shown).append(text)
+                boxes.extend(text_boxes(child))
+            elif tag == f"{_MC}AlternateContent":
+                branch = _chosen(child)
+                inline([] if branch is None else branch, paragraph, shown, unseen, boxes)
+            elif tag in see_through:
+                inline(child, paragraph, shown, unseen, boxes)
+
+    def blocks(node: Any) -> None:
+        """Paragraphs in document order; a text box's paragraphs come after the paragraph it is anchored in."""
+        for child in node:
+            tag = child.tag
+            if tag == qn("w:p"):
+                paragraph = Paragraph(child, document)
+                shown: list[str] = []
+                unseen: list[str] = []
+                boxes: list[Any] = []
+                inline(child, paragraph, shown, unseen, boxes)
+                visible.append("".join(shown))
+                if "".join(unseen).strip():
+                    hidden.append(" ".join("".join(unseen).split()))
+                for box in boxes:
+                    blocks(box)
+            elif tag == f"{_MC}AlternateContent":
+                branch = _chosen(child)
+                blocks([] if branch is None else branch)
+            elif tag in see_through:  # a table's rows and cells, a content control around paragraphs or cells
+                blocks(child)
+
+    blocks(document.element.body)
+    # Footnotes and endnotes, as a reader finds them after the text: in the order the text refers to them.
+    parts = {
+        kind: parse_xml(rel.target_part.blob)
+        for rel in document.part.rels.values()
+        if not rel.is_external
+        for kind, reltype in (("footnote", RELATIONSHIP_TYPE.FOOTNOTES), ("endnote", RELATIONSHIP_TYPE.ENDNOTES))
+        if rel.reltype == reltype
+    }
+    notes = {
+        (kind, note.get(qn("w:id"))): note
+        for kind, part in parts.items()
+        for note in part.iterchildren(qn(f"w:{kind}"))
+    }
+    numbered = [(number, notes[key]) for key, number in list(cited.items()) if key in notes]
+    if numbered:
+        visible.append("Notes")
+    for number, note in numbered:
+        first = len(visible)
+        blocks(note)
+        if len(visible) > first:
+            visible[first] = f"{number}. {visible[first].lstrip()}"
     props = document.core_properties
     return Extracted(
         text=_tidy("\n\n".join(visible)), hidden=tuple(hidden), authors=_names(props.author, props.last_modified_by)
