@@ -6,7 +6,10 @@
   numbered as the text refers to them. Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
   Names: core properties `author`, `last_modified_by`.
 - `.pdf` with a text layer: pypdf. Names: document info `/Author`.
-- `.odt`: odfpy. Hidden: `text:hidden-text`, `text:hidden-paragraph`. Names: `dc:creator`, `meta:initial-creator`.
+- `.odt`: odfpy, read in document order: tracked insertions (never deletions), frames and text boxes (after the
+  paragraph they are anchored in), then notes under "Notes"; comments are left out. Hidden: `text:hidden-text`,
+  `text:hidden-paragraph`, character and paragraph styles that are hidden (`text:display="none"`), white or under
+  3 pt. Names: `dc:creator`, `meta:initial-creator`.
 - `.html`, `.htm`: beautifulsoup4. Hidden: `display:none`, `visibility:hidden`, `opacity:0`, font size 0-1 px,
   white text, the `hidden` attribute. Names: `<meta name="author">`.
 - `.rtf`: striprtf. `.txt`, `.md`: UTF-8, else Windows-1252.
@@ -284,32 +287,133 @@ def _pdf(path: Path, data: bytes) -> Extracted:
 # --- OpenDocument ----------------------------------------------------------------------------------------------
 
 
+_ODT_TINY = re.compile(r"^(\d*\.?\d+)pt$")
+
+
+def _odt_hiding_styles(document: Any) -> set[tuple[str, str]]:
+    """(family, name) of the styles whose text a reader does not see: `text:display="none"` (LibreOffice's
+    Hidden), white, or under 3 pt; a style inherits what its parent style sets."""
+    from odf.namespaces import FONS, STYLENS, TEXTNS
+    from odf.style import Style
+
+    found: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+    for root in (document.styles, document.automaticstyles):
+        for style in root.getElementsByType(Style):
+            family, name = style.getAttrNS(STYLENS, "family") or "", style.getAttrNS(STYLENS, "name") or ""
+            props: dict[str, str] = {}
+            for child in style.childNodes:
+                if child.qname == (STYLENS, "text-properties"):
+                    for key, ns, local in (
+                        ("display", TEXTNS, "display"),
+                        ("color", FONS, "color"),
+                        ("size", FONS, "font-size"),
+                    ):
+                        value = child.getAttrNS(ns, local)
+                        if value:
+                            props[key] = value.strip().lower()
+            found[(family, name)] = (style.getAttrNS(STYLENS, "parent-style-name") or "", props)
+
+    def resolved(key: tuple[str, str], seen: frozenset[tuple[str, str]] = frozenset()) -> dict[str, str]:
+        if key not in found or key in seen:
+            return {}
+        parent, props = found[key]
+        return {**(resolved((key[0], parent), seen | {key}) if parent else {}), **props}
+
+    hiding = set()
+    for key in found:
+        props = resolved(key)
+        tiny = _ODT_TINY.match(props.get("size", ""))
+        if props.get("display") == "none" or props.get("color") in ("#ffffff", "#fff") or (tiny and float(tiny[1]) < 3):
+            hiding.add(key)
+    return hiding
+
+
 def _odt(path: Path, data: bytes) -> Extracted:
     if not zipfile.is_zipfile(path):
         return Extracted(problem="corrupt .odt file (not an OpenDocument package): ask for it again")
     from odf import dc, meta, teletype
-    from odf.namespaces import TEXTNS
+    from odf.element import Node
+    from odf.namespaces import DRAWNS, OFFICENS, TEXTNS
     from odf.opendocument import load
+    from odf.text import NoteBody
 
     document = load(str(path))
     visible: list[str] = []
     hidden: list[str] = []
-    hidden_kinds = ((TEXTNS, "hidden-text"), (TEXTNS, "hidden-paragraph"))
-    block_kinds = ((TEXTNS, "p"), (TEXTNS, "h"))
+    notes: list[Any] = []  # note bodies, in the order the text cites them
+    hiding = _odt_hiding_styles(document)
+    # Not the text: tracked deletions (kept apart in `text:tracked-changes`; insertions are in the flow), comments
+    # (with their author's name), a note's own mark (numbered here instead).
+    left_out = {
+        (TEXTNS, "tracked-changes"),
+        (OFFICENS, "annotation"),
+        (OFFICENS, "annotation-end"),
+        (TEXTNS, "note-citation"),
+    }
+    whitespace = {(TEXTNS, "line-break"): "\n", (TEXTNS, "tab"): "\t"}
+    paragraph_kinds = ((TEXTNS, "p"), (TEXTNS, "h"))
 
-    def walk(node: object) -> None:
-        for child in getattr(node, "childNodes", []):
+    def styled(node: Any, family: str) -> bool:
+        return (family, str(node.getAttrNS(TEXTNS, "style-name") or "")) in hiding
+
+    def inline(node: Any, shown: list[str], unseen: list[str], boxes: list[Any]) -> bool:
+        """Collect `node`'s text where it stands; True when it hides its whole paragraph (`text:hidden-paragraph`)."""
+        hides_paragraph = False
+        for child in node.childNodes:
+            if child.nodeType == Node.TEXT_NODE:
+                shown.append(child.data)
+                continue
+            qname = child.qname
+            if qname in left_out:
+                continue
+            if qname in whitespace:
+                shown.append(whitespace[qname])
+            elif qname == (TEXTNS, "s"):
+                shown.append(" " * int(child.getAttrNS(TEXTNS, "c") or 1))
+            elif qname == (TEXTNS, "hidden-text"):
+                unseen.append(str(child.getAttrNS(TEXTNS, "string-value") or teletype.extractText(child)))
+            elif qname == (TEXTNS, "hidden-paragraph"):
+                hides_paragraph = True
+            elif qname == (TEXTNS, "note"):
+                notes.extend(child.getElementsByType(NoteBody)[:1])
+                shown.append(str(len(notes)).translate(_SUPERSCRIPT))  # the mark a reader sees
+            elif qname[0] == DRAWNS:
+                boxes.append(child)  # a frame, text box or shape anchored here: read after the paragraph
+            elif qname == (TEXTNS, "span") and styled(child, "text"):
+                hides_paragraph |= inline(child, unseen, unseen, boxes)
+            else:  # links, fields, ruby: their text where they stand
+                hides_paragraph |= inline(child, shown, unseen, boxes)
+        return hides_paragraph
+
+    def blocks(node: Any) -> None:
+        """Paragraphs and headings in document order; a frame's paragraphs after the paragraph it is anchored in."""
+        for child in node.childNodes:
             qname = getattr(child, "qname", None)
-            if qname in hidden_kinds:
-                words = " ".join(str(child.getAttribute("stringvalue") or teletype.extractText(child)).split())
+            if qname in left_out:
+                continue
+            if qname in paragraph_kinds:
+                shown: list[str] = []
+                unseen: list[str] = []
+                boxes: list[Any] = []
+                if inline(child, shown, unseen, boxes) or styled(child, "paragraph"):
+                    unseen, shown = shown + unseen, []
+                visible.append("".join(shown))
+                words = " ".join("".join(unseen).split())
                 if words:
                     hidden.append(words)
-            elif qname in block_kinds:
-                visible.append(teletype.extractText(child))
+                for box in boxes:
+                    blocks(box)
             else:
-                walk(child)
+                blocks(child)
 
-    walk(document.text)
+    blocks(document.text)
+    if notes:
+        visible.append("Notes")
+    for number, body in enumerate(notes, start=1):
+        first = len(visible)
+        blocks(body)
+        if len(visible) > first:
+            visible[first] = f"{number}. {visible[first].lstrip()}"
     creators = [
         teletype.extractText(n) for kind in (dc.Creator, meta.InitialCreator) for n in document.getElementsByType(kind)
     ]
