@@ -21,6 +21,18 @@ from lms_exports import (
 from tierflow.lms.documents import extract
 
 
+def package_bytes(members: dict[str, str]) -> bytes:
+    """A zip package holding `members`, as an Office or OpenDocument file is one."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as package:
+        for name, text in members.items():
+            package.writestr(name, text)
+    return out.getvalue()
+
+
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(data)
@@ -375,6 +387,11 @@ def test_html_hides_nothing_from_the_check_white_one_pixel_text_comes_back_as_hi
         ("essay.doc", b"\xd0\xcf\x11\xe0 old word", "old Word .doc"),
         ("blank.odt", odt_bytes([]), ""),
         ("notes.rtf", b"plain words, no RTF header", "corrupt"),
+        (
+            "essay.docx",
+            package_bytes({"ppt/presentation.xml": "<p:presentation/>"}),
+            "a PowerPoint .pptx file saved as .docx: a presentation",
+        ),
     ],
 )
 def test_a_file_that_gives_no_text_says_why_and_never_raises(tmp_path, name, data, reason):
@@ -383,6 +400,31 @@ def test_a_file_that_gives_no_text_says_why_and_never_raises(tmp_path, name, dat
         assert got.ok and got.text == "Appendix"
         return
     assert not got.ok and reason in got.problem, got.problem
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "kind", "said"),
+    [
+        ("essay.docx", pdf_bytes(essay(3)), ".pdf", "a PDF"),
+        ("essay", docx_bytes(essay(1)), ".docx", "a Word .docx"),
+        ("essay.pdf", odt_bytes(essay(5)), ".odt", "an OpenDocument .odt"),
+        ("essay.odt", docx_bytes(essay(1)), ".docx", "a Word .docx"),
+        ("essay.txt", pdf_bytes(essay(3)), ".pdf", "a PDF"),
+    ],
+)
+def test_a_file_with_the_wrong_extension_or_none_is_read_as_what_it_holds_and_said(tmp_path, name, data, kind, said):
+    got = extract(write(tmp_path, name, data))
+    assert got.ok, got.problem
+    assert got.kind == kind and "feedback" in got.text.lower()
+    saved = f"as .{name.rpartition('.')[2]}" if "." in name else "without an extension"
+    wrong = "wrong" if "." in name else "missing"
+    assert got.notes == (f"{said} file saved {saved}: read as {kind} (the file extension was {wrong})",)
+
+
+def test_a_file_whose_extension_is_right_has_no_note_and_its_kind(tmp_path):
+    got = extract(write(tmp_path, "essay.docx", docx_bytes(essay(1))))
+    assert got.kind == ".docx" and got.notes == ()
+    assert extract(write(tmp_path, "notes.htm", onlinetext("<p>Hi</p>"))).kind == ".htm"
 
 
 def test_rtf_txt_and_markdown(tmp_path):

@@ -269,6 +269,24 @@ def test_a_file_damaged_inside_the_zip_is_not_read_and_the_others_import(lms_vau
     assert ((lms_vault / ASSIGNMENT / "submissions" / "1001.md").read_bytes(), kept.read_bytes()) == before
 
 
+def test_a_file_with_the_wrong_extension_or_none_is_imported_as_what_it_holds_and_the_report_says_so(
+    lms_vault, tmp_path
+):
+    from lms_exports import Student, docx_bytes, essay, pdf_bytes
+
+    student = Student("3001", "Noor Haddad", {"essay.docx": pdf_bytes(essay(2)), "appendix": docx_bytes(essay(3))})
+    export = moodle_zip(tmp_path / "export.zip", [student])
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3001: created, 2 parts" in result.stdout and "not read" not in result.stdout
+    assert "note: essay.docx: a PDF file saved as .docx: read as .pdf (the file extension was wrong)" in result.stdout
+    assert "note: appendix: a Word .docx file saved without an extension: read as .docx" in result.stdout
+    body = notes(lms_vault)["3001"].content
+    assert "## Part 1 of 2 (.docx file)" in body and "## Part 2 of 2 (.pdf file)" in body
+
+
 def test_reimport_deletes_only_the_files_it_imported_itself(lms_vault, tmp_path):
     students = cohort()
     import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", students))

@@ -126,6 +126,8 @@ def import_submissions(
             out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}", markup=False)
         for file, why in s.problems:
             out.print(f"    not read: {file}: {why}", markup=False)
+        for file, note in s.notes:
+            out.print(f"    note: {file}: {note}", markup=False)
     for entry, why in report.ignored:
         out.print(f"  ignored {entry}: {why}", markup=False)
     for warning in report.warnings:

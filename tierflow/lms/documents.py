@@ -14,6 +14,8 @@
   white text, the `hidden` attribute. Names: `<meta name="author">`.
 - `.rtf`: striprtf. `.txt`, `.md`: UTF-8, else Windows-1252.
 
+A file is read as the type its content is (a PDF header, a Word or OpenDocument package, an RTF header) when that
+differs from its extension or it has none, with a note saying so (`Extracted.notes`, `Extracted.kind`).
 A file that gives no text is never an error that stops an import: it comes back with `problem` set to a reason a
 lecturer can act on (no text layer, empty, corrupt, password-protected, a type tierflow cannot read).
 Hidden text is returned apart from the visible text, so the caller can flag it where the injection check sees it.
@@ -22,10 +24,11 @@ OCR of scanned PDFs is not done: a scanned PDF is reported, so the lecturer can 
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,23 @@ _ADVICE = {
 }
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 """A compound file: what Word writes for a password-protected .docx (and for an old .doc)."""
+_KINDS = {
+    ".pdf": "a PDF",
+    ".docx": "a Word .docx",
+    ".odt": "an OpenDocument .odt",
+    ".rtf": "an RTF",
+    ".pptx": "a PowerPoint .pptx",
+    ".odp": "an OpenDocument .odp",
+}
+"""What `_sniff` can tell from a file's content, as a note names it."""
+_PACKAGES = (
+    ("word/document.xml", ".docx"),
+    ("ppt/presentation.xml", ".pptx"),
+)
+_OPENDOCUMENT = {
+    b"application/vnd.oasis.opendocument.text": ".odt",
+    b"application/vnd.oasis.opendocument.presentation": ".odp",
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,9 @@ class Extracted:
     problem: str = ""
     """Why no text came out, in words a lecturer can act on; empty when the file was read."""
     notes: tuple[str, ...] = field(default_factory=tuple)
-    """Things worth knowing that did not stop the reading (a fallback encoding)."""
+    """Things worth knowing that did not stop the reading (a fallback encoding, a wrong extension)."""
+    kind: str = ""
+    """The type the file was read as (`.pdf`): its content's, where that differs from its extension."""
 
     @property
     def ok(self) -> bool:
@@ -65,7 +87,8 @@ class Extracted:
 
 
 def extract(path: Path) -> Extracted:
-    """The text of one student file; never raises for a bad file (see `Extracted.problem`)."""
+    """The text of one student file, read as the type its content is (whatever its extension says); never raises
+    for a bad file (see `Extracted.problem`)."""
     suffix = path.suffix.lower()
     try:
         data = path.read_bytes()
@@ -73,6 +96,39 @@ def extract(path: Path) -> Extracted:
         return Extracted(problem=f"could not be opened ({exc.strerror or exc})")
     if not data.strip():
         return Extracted(problem="empty file (nothing was submitted in it)")
+    sniffed = _sniff(data)
+    if sniffed and sniffed != suffix:
+        what = f"{_KINDS[sniffed]} file saved {f'as {suffix}' if suffix else 'without an extension'}"
+        found = _read(path, data, sniffed)
+        if not found.ok:
+            return replace(found, problem=f"{what}: {found.problem}")
+        note = f"{what}: read as {sniffed} (the file extension was {'wrong' if suffix else 'missing'})"
+        return replace(found, notes=(note, *found.notes))
+    return _read(path, data, suffix)
+
+
+def _sniff(data: bytes) -> str:
+    """The type `data` holds, from its content (`.pdf`, `.docx`, `.odt`, ...; see `_KINDS`), or "" when the content
+    does not say (plain text, HTML, an old .doc or a password-protected .docx, a damaged file)."""
+    if data.lstrip().startswith(b"%PDF-"):  # at the start: text that quotes a header is no PDF
+        return ".pdf"
+    if data.lstrip().startswith(b"{\\rtf"):
+        return ".rtf"
+    if not data.startswith(b"PK"):
+        return ""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            names = set(package.namelist())
+            mimetype = package.read("mimetype").strip() if "mimetype" in names else b""
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, NotImplementedError):
+        return ""
+    if "content.xml" in names and mimetype in _OPENDOCUMENT:
+        return _OPENDOCUMENT[mimetype]
+    return next((kind for member, kind in _PACKAGES if member in names), "")
+
+
+def _read(path: Path, data: bytes, suffix: str) -> Extracted:
+    """`data` read as a `suffix` file."""
     if suffix not in READABLE:
         why = _ADVICE.get(suffix, f"tierflow cannot read {suffix or 'files without an extension'}")
         return Extracted(problem=f"{why}; readable types are {', '.join(READABLE)}")
@@ -92,7 +148,7 @@ def extract(path: Path) -> Extracted:
         return Extracted(problem=f"corrupt or unreadable {suffix} file ({type(exc).__name__}: {_first_line(exc)})")
     if found.ok and not found.text.strip() and not found.hidden:
         return Extracted(authors=found.authors, problem="no text in the document (is it blank?)")
-    return found
+    return replace(found, kind=suffix)
 
 
 def _first_line(exc: Exception) -> str:

@@ -47,6 +47,8 @@ class StudentResult:
     parts: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) for every file that gave no text."""
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    """(file, note) for what is worth knowing about a file that was read (a wrong extension, a fallback encoding)."""
     hidden: list[str] = field(default_factory=list)
     late: bool = False
     path: str = ""
@@ -212,6 +214,7 @@ def _import_one(
             stale.chmod(stat.S_IWUSR | stat.S_IRUSR)
             stale.unlink()
     readable = [(fn, p, kind, ex) for fn, p, kind, ex in kept if ex.ok]
+    result.notes = [(fn, note) for fn, _, _, ex in readable for note in ex.notes]
     for fn, _, kind, ex in kept:
         if not ex.ok:
             reason = "the online text is empty" if kind != "file" and "no text" in ex.problem else ex.problem
@@ -296,7 +299,7 @@ def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
     blocks = []
     many = len(readable) > 1
     for i, (_, path, kind, ex) in enumerate(readable, start=1):
-        label = kind if kind != "file" else f"{path.suffix.lower()} file"
+        label = kind if kind != "file" else f"{ex.kind or path.suffix.lower()} file"  # what it was read as
         if many:
             blocks.append(f"## Part {i} of {len(readable)} ({label})\n\n{ex.text}")
         else:
