@@ -10,7 +10,7 @@ import yaml
 from prefect import task
 
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.errors import VaultError
+from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
@@ -39,6 +39,8 @@ class Submission:
     """Attachments the note embeds (`![[diagram.png]]`): only the note's text is read, and its draft says so."""
     also: tuple[str, ...] = ()
     """The student's email and institution ids (`email`, `sis_ids`, written by an LMS import with a roster)."""
+    files: tuple[str, ...] = ()
+    """The vault paths of the files the note's text was read from (`files`, written by an LMS import)."""
 
     @property
     def empty(self) -> bool:
@@ -68,6 +70,41 @@ class Assignment:
         if not self.pseudonymise:
             return NoPseudonyms()
         return Pseudonyms(Student(s.student_id, s.name, aliases=s.aliases, also=s.also) for s in self.submissions)
+
+
+def too_long(vault: Path, submission: Submission, exc: ContextWindowExceeded) -> ContextWindowExceeded:
+    """`exc` with advice for one student's submission too long for the model's window: the note, the files that
+    make most of it (when an import recorded them), and what to do. Selecting fewer notes is no remedy here."""
+    from tierflow.lms.documents import extract
+
+    total = len(submission.text)
+    sizes = []
+    for rel in submission.files:
+        path = vault / rel
+        if path.is_file() and path.resolve().is_relative_to(vault.resolve()):
+            text = extract(path).text
+            if text and text[:200] in submission.text:  # still in the note: the lecturer may have cut it already
+                sizes.append((len(text), path.name))
+    sizes.sort(reverse=True)
+    # The largest file, and any other that gives a quarter of the note.
+    largest = [(size, name) for n, (size, name) in enumerate(sizes) if not n or size * 4 >= total]
+    if largest:
+        listed = ", ".join(f"{name} ({size:,} of its {total:,} characters)" for size, name in largest)
+        source = f"; the largest file in it is {listed}" if len(largest) == 1 else f"; its largest files are {listed}"
+        cut = f"cut {' and '.join(name for _, name in largest)} from its text, or whatever else need not be marked"
+    else:
+        source = f" ({total:,} characters)"
+        cut = "cut from its text what need not be marked (an appendix, data, a copy of a source)"
+    phase = exc.phase or "the"
+    hint = (
+        f"{submission.path} is one student's submission, too long for one prompt{source}. Trim the note: {cut}; "
+        "the next run reads the note as you left it, and importing again keeps a note you edited. Or route the "
+        f"{phase} phase to a tier with a larger context window (--tier {exc.phase or 'PHASE'}=TIER), or set "
+        f"[tiers.{exc.tier or 'TIER'}] context_window if this model's window is larger."
+    )
+    error = ContextWindowExceeded(exc.provider, exc.model, exc.cause, hint=hint)
+    error.phase, error.tier = exc.phase, exc.tier
+    return error
 
 
 NO_ASSIGNMENT = "give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder in the config)"
@@ -150,6 +187,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             name = property_text(meta, "name")
             unreadable, authors = property_list(meta, "tierflow_unreadable"), property_list(meta, "document_authors")
             also = [property_text(meta, "email"), *property_list(meta, "sis_ids")]
+            files = property_list(meta, "files")
         except PropertyError as exc:
             skipped.append((rel, f"{exc}; skipped"))
             continue
@@ -172,6 +210,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
                 aliases=tuple(authors),
                 not_read=embeds,
                 also=tuple(v for v in also if v),
+                files=tuple(files),
             )
         )
     submissions = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import task
@@ -15,9 +16,10 @@ from pydantic import BaseModel, Field, create_model
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
+from tierflow.core.errors import ContextWindowExceeded
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import quotes_verbatim, rubric_coverage
-from tierflow.tasks.assignment import INJECTION, Assignment, Submission
+from tierflow.tasks.assignment import INJECTION, Assignment, Submission, too_long
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import template_env
 from tierflow.vault.rubric import Rubric
@@ -191,16 +193,19 @@ def evidence_from(assignment: Assignment, submission: Submission, answer: Answer
 @task(name=PHASE)
 def collate_submission(settings: RunSettings, assignment: Assignment, submission: Submission) -> Evidence:
     system, prefix, user = prompt(settings, assignment, submission)
-    answer = caller_for(settings).ask(
-        phase=PHASE,
-        complexity=COMPLEXITY,
-        system=system,
-        prompt=user,
-        cache_prefix=prefix,
-        output=evidence_output(assignment.rubric),
-        subject=assignment.pseudonyms().label.get(submission.student_id, submission.student_id),
-        checks=checks(assignment, submission),
-    )
+    try:
+        answer = caller_for(settings).ask(
+            phase=PHASE,
+            complexity=COMPLEXITY,
+            system=system,
+            prompt=user,
+            cache_prefix=prefix,
+            output=evidence_output(assignment.rubric),
+            subject=assignment.pseudonyms().label.get(submission.student_id, submission.student_id),
+            checks=checks(assignment, submission),
+        )
+    except ContextWindowExceeded as exc:
+        raise too_long(Path(settings.vault or "."), submission, exc) from None
     return evidence_from(assignment, submission, answer)
 
 

@@ -18,10 +18,11 @@ from pydantic import BaseModel, Field, create_model
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.checks import describe, run_checks
+from tierflow.core.errors import ContextWindowExceeded
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
 from tierflow.report.spend import row_tokens
-from tierflow.tasks.assignment import Assignment, Submission
+from tierflow.tasks.assignment import Assignment, Submission, too_long
 from tierflow.tasks.cohort import Cohort, DraftTier
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
@@ -257,16 +258,19 @@ def draft_student(
 ) -> WriteResult:
     system, prefix, user = prompt(settings, assignment, submission, evidence, cohort)
     label = assignment.pseudonyms().label.get(submission.student_id, submission.student_id)
-    answer = caller_for(settings).ask(
-        phase=PHASE,
-        complexity=complexity(settings),
-        system=system,
-        prompt=user,
-        cache_prefix=prefix,
-        output=feedback_output(assignment.rubric),
-        subject=label,
-        checks=checks(assignment, submission),
-    )
+    try:
+        answer = caller_for(settings).ask(
+            phase=PHASE,
+            complexity=complexity(settings),
+            system=system,
+            prompt=user,
+            cache_prefix=prefix,
+            output=feedback_output(assignment.rubric),
+            subject=label,
+            checks=checks(assignment, submission),
+        )
+    except ContextWindowExceeded as exc:  # the draft's prompt holds the whole submission too
+        raise too_long(Path(settings.vault or "."), submission, exc) from None
     return write_feedback(settings, assignment, submission, answer, share)
 
 

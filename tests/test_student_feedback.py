@@ -578,3 +578,35 @@ def test_the_run_report_shows_spend_per_value_class_when_values_differ(feedback_
         assert cells[4] == f"${usd:.4f}"
         assert cells[5] == f"{value * len(billed):g}"
         assert cells[6] == f"${usd / (value * len(billed)):.4f}"
+
+
+@pytest.mark.parametrize(("phase", "tier"), [("collate", "light"), ("draft", "standard")])
+def test_one_submission_too_long_for_the_window_names_its_note_and_largest_file_not_the_week(
+    feedback_vault, phase, tier
+):
+    """An import's note whose appendix makes it too long: the advice is about that note, not selecting notes."""
+    from lms_exports import docx_bytes
+
+    if phase == "draft":  # collate's tier takes it; the draft's, which holds the submission too, does not
+        config = feedback_vault / ".tierflow" / "config.toml"
+        config.write_text(config.read_text() + "\n[tiers.light]\ncontext_window = 400000\n")
+
+    submissions = feedback_vault / ASSIGNMENT / "submissions"
+    post = frontmatter.load(submissions / "s2026001.md")
+    folder = submissions / "s2026001"
+    folder.mkdir()
+    appendix = "".join(f"Survey response {n}: I read the comments once and then filed them.\n" for n in range(6000))
+    (folder / "essay.docx").write_bytes(docx_bytes(post.content.split("\n\n")))
+    (folder / "appendix.txt").write_text(appendix, encoding="utf-8")
+    post.metadata["files"] = [f"{ASSIGNMENT}/submissions/s2026001/{name}" for name in ("appendix.txt", "essay.docx")]
+    post.content = f"## Part 1 of 2 (.txt file)\n\n{appendix}\n\n## Part 2 of 2 (.docx file)\n\n{post.content}"
+    (submissions / "s2026001.md").write_text(frontmatter.dumps(post), encoding="utf-8")
+
+    summary = student_feedback(vault=str(feedback_vault), profile="offline")
+    why = dict(summary.skipped)[f"{ASSIGNMENT}/submissions/s2026001.md"]
+    assert why.startswith(f"{phase} failed: ") and f"(tier {tier})" in why
+    assert "Select fewer notes" not in why and "--since" not in why
+    assert f"{ASSIGNMENT}/submissions/s2026001.md is one student's submission, too long for one prompt" in why
+    assert f"the largest file in it is appendix.txt ({len(appendix.strip()):,} of its " in why
+    assert "Trim the note: cut appendix.txt from its text" in why and f"--tier {phase}=TIER" in why
+    assert len(drafts(feedback_vault)) == SUBMITTED - 1  # the others are drafted

@@ -60,7 +60,7 @@ def check_fits(config: Config, routed: Route, prompt_tokens: int) -> None:
     """Raise before any spend when the prompt does not fit the routed model's context window."""
     problem = overflow(config, routed, prompt_tokens)
     if problem is not None:
-        raise ContextWindowExceeded(
+        error = ContextWindowExceeded(
             routed.provider,
             routed.model,
             f"{problem}; nothing was sent",
@@ -70,3 +70,5 @@ def check_fits(config: Config, routed: Route, prompt_tokens: int) -> None:
                 "window is larger."
             ),
         )
+        error.phase, error.tier = routed.phase, routed.tier
+        raise error

@@ -56,6 +56,10 @@ class ModelNotFound(ProviderError):
 class ContextWindowExceeded(ProviderError):
     """A prompt and its answer would not fit the routed model's context window; nothing was sent."""
 
+    phase = ""
+    tier = ""
+    """The phase and the tier it was routed to: a flow that knows why its prompt is long gives its own hint."""
+
 
 class MalformedResponse(ProviderError):
     """The provider answered, but not in the shape asked for."""
