@@ -287,6 +287,19 @@ def test_a_file_with_the_wrong_extension_or_none_is_imported_as_what_it_holds_an
     assert "## Part 1 of 2 (.docx file)" in body and "## Part 2 of 2 (.pdf file)" in body
 
 
+def test_a_submission_far_longer_than_a_prompt_is_warned_of_at_import_naming_its_largest_file(lms_vault, tmp_path):
+    from lms_exports import Student, docx_bytes, essay
+
+    appendix = "".join(f"Survey response {n}: I read the comments once and then filed them.\n" for n in range(4000))
+    big = Student("5001", "Sam Lee", {"essay.docx": docx_bytes(essay(6)), "appendix.txt": appendix.encode()})
+    report = import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", [big, *cohort()]))
+    long = [w for w in report.warnings if "characters of text" in w]
+    assert len(long) == 1, report.warnings
+    note = notes(lms_vault)["5001"].content
+    assert long[0].startswith(f"{ASSIGNMENT}/submissions/5001.md: {len(note):,} characters of text, ")
+    assert f"{len(appendix.strip()):,} of them from appendix.txt" in long[0] and "trim the note" in long[0]
+
+
 def test_reimport_deletes_only_the_files_it_imported_itself(lms_vault, tmp_path):
     students = cohort()
     import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", students))

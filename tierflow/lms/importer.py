@@ -34,6 +34,9 @@ from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
+LONG_SUBMISSION = 200_000
+"""Characters of text above which one student's note is warned of: some 50,000 tokens, more than a small model's
+whole context window and a quarter of a large one's, where an essay is a few thousand words."""
 
 
 @dataclass
@@ -54,6 +57,10 @@ class StudentResult:
     path: str = ""
     warning: str = ""
     """Set when a new submission was not imported because the lecturer edited the note: what came, what to do."""
+    characters: int = 0
+    """The length of the note's text, as written."""
+    sizes: list[tuple[str, int]] = field(default_factory=list)
+    """(file, characters of text it gave) for every file read."""
 
 
 @dataclass
@@ -136,7 +143,27 @@ def import_submissions(
                 report.warnings.append(result.warning)
             if on_student is not None:
                 on_student(result, done, total)
+    report.warnings += _long(report.students)
     return report
+
+
+def _long(students: list[StudentResult]) -> list[str]:
+    """A warning for each note whose text is over `LONG_SUBMISSION` characters, naming its largest file: found
+    at import, not when the feedback run's prompt does not fit its model."""
+    lengths = sorted(s.characters for s in students if s.characters)
+    median = lengths[len(lengths) // 2] if lengths else 0
+    out = []
+    for s in students:
+        if s.characters <= LONG_SUBMISSION:
+            continue
+        name, size = max(s.sizes, key=lambda f: f[1])
+        rest = f"; the median of this import's notes is {median:,}" if len(lengths) > 2 else ""
+        out.append(
+            f"{s.path}: {s.characters:,} characters of text, {size:,} of them from {name}{rest}. It may not fit one "
+            f"prompt of `tierflow run student-feedback`: trim the note (cut {name}'s part from it, or whatever else "
+            "need not be marked) before you run it; importing again keeps a note you edited."
+        )
+    return out
 
 
 def _roster_gaps(
@@ -229,6 +256,8 @@ def _import_one(
         name = _restore_name(work.name, body)
     result.name = name
     result.parts = len(readable)
+    result.characters = len(body)
+    result.sizes = [(fn, len(ex.text)) for fn, _, _, ex in readable]
     result.hidden = [fn for fn, _, _, ex in readable if ex.hidden]
     front = {
         "student_id": work.student_id,
