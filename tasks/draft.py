@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ however many notes a week has."""
 MAX_RELATED = 5
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
 """Front-matter that changes from run to run without the draft changing; ignored when comparing."""
+_CALLOUT_WINDOW = re.compile(r"read between (\d{4}-\d{2}-\d{2}) and (\d{4}-\d{2}-\d{2})")
+"""The window as the draft's info callout names it: all a draft written before `tierflow_since` says of it."""
 
 
 class DraftQuote(BaseModel):
@@ -191,6 +195,19 @@ def draft_names(vault: Path, folder: str, concepts: list[Concept]) -> list[tuple
     return out
 
 
+def draft_window(front_matter: dict[str, Any], body: str) -> str | None:
+    """The reading window a concept draft was written for (`tierflow_since` to `tierflow_until`), or None.
+
+    A draft is another week's output, paid for and maybe not yet reviewed: only a rerun of its own window may
+    replace it (`NoteWriter.write`'s `scope`). A draft from before the window was recorded is read by its callout.
+    """
+    since, until = front_matter.get("tierflow_since"), front_matter.get("tierflow_until")
+    if since and until:
+        return f"{since} to {until}"
+    found = _CALLOUT_WINDOW.search(body)
+    return f"{found[1]} to {found[2]}" if found else None
+
+
 def _by_tierflow(path: Path) -> bool:
     try:
         return any(key in frontmatter.load(path).metadata for key in TIERFLOW_KEYS)
@@ -280,6 +297,8 @@ def draft_concept(
         "sources": [names.link(by_key[c].link) for c in concept.sources if c in by_key],
         "created": today,
         "tierflow_run": share.run_id,
+        "tierflow_since": share.since,
+        "tierflow_until": share.until,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}"],
         "tierflow_tokens": tokens,
         "tierflow_cost_usd": cost,
@@ -288,7 +307,15 @@ def draft_concept(
     if answer.checks_failed:
         front_matter["tierflow_checks_failed"] = list(answer.checks_failed)
     writer = NoteWriter(vault, config.settings.vault.output_folder, today=config.today(), names=names)
-    result = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    # A draft of another window is kept; this one is written beside it, named for its window's first day.
+    result = writer.write(
+        title,
+        front_matter,
+        body,
+        compare_keys=SPEND_KEYS,
+        scope=draft_window,
+        dated=date.fromisoformat(share.since),
+    )
     if result.action != "unchanged":
         # What was written, and by which call: a later scan measures the person's edits against it.
         caller.ledger.remember_draft(

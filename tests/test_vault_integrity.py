@@ -536,3 +536,93 @@ def test_a_title_written_as_text_never_becomes_a_link(tmp_path: Path):
     env = template_env(tmp_path, "no templates here")
     line = env.from_string("- {{ link }}: {{ title | text }}").render(link="[[Plain]]", title="Brackets [[x]] ]]")
     assert link_targets(line) == ["Plain"] and "[[x]]" not in line and "x" in line
+
+
+def dated_literature(name: str, day: str) -> str:
+    return (
+        f'---\ntitle: "Paper {name}"\ncitekey: paper{name}\ndate: {day}\ntags: [literature]\n---\n\n'
+        f"Related: [[Moderation]]\n\n> ==Sentence {name} about zorbl{name} quixt{name}.== (p. 3)\n"
+    )
+
+
+def test_a_later_weeks_draft_of_the_same_concept_is_written_beside_the_earlier_weeks_which_is_kept(tmp_path: Path):
+    from tierflow.flows.reading_notes import reading_notes
+
+    days = {"A": "2026-11-18", "B": "2026-11-19", "C": "2026-11-25", "D": "2026-11-26"}
+    vault = reading_vault_with(tmp_path, {f"Paper {n}.md": dated_literature(n, d) for n, d in days.items()})
+    later = date(2026, 11, 23), date(2026, 11, 29)
+    first = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    earlier = vault / "Concepts" / "Drafts" / "Moderation.md"
+    kept = earlier.read_bytes()
+
+    second = reading_notes(vault=str(vault), since=later[0], until=later[1])
+    assert earlier.read_bytes() == kept, "week 47's draft, unreviewed and paid for, was replaced"
+    (written,) = [w for w in second.written if w.path.startswith("Concepts/Drafts/Moderation")]
+    assert (written.path, written.action) == ("Concepts/Drafts/Moderation (tierflow 2026-11-23).md", "created")
+    assert written.message.startswith("Concepts/Drafts/Moderation.md kept as it is")
+    assert "2026-11-16 to 2026-11-22" in written.message
+    post = frontmatter.load(vault / written.path)
+    assert post["sources"] == ["[[Paper C]]", "[[Paper D]]"] and post["tierflow_run"] == second.run_id
+    report = (vault / second.report.path).read_text(encoding="utf-8")
+    assert f"[[Concepts/Drafts/Moderation (tierflow 2026-11-23)]] (created): {written.message}" in report
+    assert frontmatter.load(earlier)["tierflow_run"] == first.run_id
+    assert (frontmatter.load(earlier)["tierflow_since"], post["tierflow_since"]) == (str(SINCE), "2026-11-23")
+
+    # A rerun of either window finds its own draft again: nothing is replaced, nothing is added.
+    before = sorted(p.name for p in earlier.parent.glob("*.md"))
+    again = reading_notes(vault=str(vault), since=later[0], until=later[1])
+    assert {w.path: w.action for w in again.written}[written.path] == "unchanged"
+    rerun = reading_notes(vault=str(vault), since=SINCE, until=UNTIL)
+    assert {w.path: w.action for w in rerun.written}["Concepts/Drafts/Moderation.md"] == "unchanged"
+    assert sorted(p.name for p in earlier.parent.glob("*.md")) == before and earlier.read_bytes() == kept
+
+
+def test_a_draft_of_another_scope_is_kept_and_only_its_own_scope_replaces_it(tmp_path: Path):
+    from tierflow.vault.notes import NoteWriter
+
+    vault = tmp_path / "vault"
+    vault.mkdir()
+
+    def window(meta: dict, body: str) -> str | None:
+        return meta.get("window")
+
+    def write(scope: str, body: str, day: date):
+        writer = NoteWriter(vault, "Drafts", today=date(2026, 12, 4))
+        return writer.write("Moderation", {"title": "Moderation", "window": scope}, body, scope=window, dated=day)
+
+    first = write("w47", "week 47", SINCE)
+    week47 = (vault / first.path).read_bytes()
+    second = write("w48", "week 48", date(2026, 11, 23))
+    assert (vault / first.path).read_bytes() == week47
+    assert (second.path, second.action) == ("Drafts/Moderation (tierflow 2026-11-23).md", "created")
+    assert "tierflow wrote it for w47, not w48" in second.message
+    assert write("w48", "week 48, revised", date(2026, 11, 23)).action == "updated"
+    # An overlapping window starting the same day is a third scope: it takes the next free name.
+    third = write("w48b", "days 23 to 25", date(2026, 11, 23))
+    assert third.path == "Drafts/Moderation (tierflow 2026-11-23 2).md" and third.action == "created"
+    assert "week 48, revised" in (vault / second.path).read_text(encoding="utf-8")
+    rerun = write("w47", "week 47, rerun", SINCE)
+    assert (rerun.path, rerun.action) == (first.path, "updated")
+
+
+def test_a_note_created_meanwhile_by_another_run_or_a_person_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two runs (or a run and a person) creating one name at once: the one that comes second writes beside it."""
+    from tierflow.vault.notes import NoteWriter
+
+    vault = tmp_path / "vault"
+    target = vault / "Drafts" / "Moderation.md"
+    writer = NoteWriter(vault, "Drafts")
+    write = NoteWriter._atomic_write
+
+    def raced(self: NoteWriter, path: Path, text: str, **kw: bool) -> None:
+        if path == target and not path.exists():  # after the writer looked, before it wrote
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("written at the same moment by someone else\n", encoding="utf-8")
+        write(self, path, text, **kw)
+
+    monkeypatch.setattr(NoteWriter, "_atomic_write", raced)
+    result = writer.write("Moderation", {"title": "Moderation"}, "tierflow's draft")
+    assert target.read_text(encoding="utf-8") == "written at the same moment by someone else\n"
+    assert result.path != "Drafts/Moderation.md" and "tierflow's draft" in (vault / result.path).read_text()

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from importlib.resources import files
@@ -225,6 +226,13 @@ def render_note(front_matter: dict[str, Any], body: str) -> str:
 
 WriteAction = Literal["created", "updated", "unchanged", "kept-user-edit"]
 
+Scope = Callable[[dict[str, Any], str], str | None]
+"""What a note was written for, read from its front-matter and body (a concept draft's reading window), as text
+the run report can show; None when a note does not say. tierflow replaces its own note only for the same scope."""
+
+_RACES = 5
+"""How often `NoteWriter.write` looks again when another run creates the file it was about to create."""
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -274,38 +282,75 @@ class NoteWriter:
         return path
 
     def write(
-        self, title: str, front_matter: dict[str, Any], body: str, *, compare_keys: tuple[str, ...] = ()
+        self,
+        title: str,
+        front_matter: dict[str, Any],
+        body: str,
+        *,
+        compare_keys: tuple[str, ...] = (),
+        scope: Scope | None = None,
+        dated: date | None = None,
     ) -> WriteResult:
         """Create or update the note for `title`.
 
-        An existing note is replaced only if tierflow wrote it and nobody edited it since. Its content is
-        compared ignoring `compare_keys` (run ids, spend), so an unchanged draft is left untouched.
-        A user-edited note is kept byte for byte, and the new draft goes to a dated sibling.
+        An existing note is replaced only if tierflow wrote it, nobody edited it since and, with `scope`, it was
+        written for the same scope (a concept draft's reading window). Its content is compared ignoring
+        `compare_keys` (run ids, spend), so an unchanged draft is left untouched. A user-edited note, or one
+        of another scope, is kept byte for byte, and the new note goes to a sibling dated `dated` (default:
+        today). A note is only ever created where no file is, so runs writing at once never replace each
+        other's new notes.
         """
         path, apart = self._apart(self.target(title))
         text = render_note(front_matter, body)
         self._check_links(path, front_matter, body)
-        if path.exists():
-            state = self._ownership(path)
-            if state == "owned":
-                if _same_content(path, front_matter, body, compare_keys):
-                    return WriteResult(self._rel(path), "unchanged")
-                self._atomic_write(path, text)
-                return WriteResult(self._rel(path), "updated")
-            sibling = self._sibling(path, text)
-            if sibling is None:
+        mine = scope(front_matter, body) if scope is not None else None
+        for _ in range(_RACES):
+            try:
+                return self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated)
+            except FileExistsError:
+                continue  # another run created that file since we looked: look again
+        raise VaultError(f"{self._rel(path)}: other runs kept creating notes of that name; run again")
+
+    def _write(
+        self,
+        path: Path,
+        apart: str,
+        text: str,
+        front_matter: dict[str, Any],
+        body: str,
+        compare_keys: tuple[str, ...],
+        scope: Scope | None,
+        mine: str | None,
+        dated: date | None,
+    ) -> WriteResult:
+        """One attempt of `write`; FileExistsError when a file it was about to create appeared meanwhile."""
+        if not path.exists():
+            self._atomic_write(path, text, create=True)
+            return WriteResult(self._rel(path), "created", apart)
+        state = self._ownership(path)
+        theirs = _scope_of(path, scope) if state == "owned" and scope is not None else mine
+        if state == "owned" and theirs == mine:
+            if _same_content(path, front_matter, body, compare_keys):
                 return WriteResult(self._rel(path), "unchanged")
+            self._atomic_write(path, text)
+            return WriteResult(self._rel(path), "updated")
+        sibling = self._sibling(path, scope, mine, dated or self.today)
+        if sibling is None:
+            return WriteResult(self._rel(path), "unchanged")
+        if state == "owned":
+            why = f"tierflow wrote it for {theirs or 'another run'}, not {mine}"
+        else:
             why = "you edited it since tierflow wrote it" if state == "edited" else "tierflow did not write it"
-            if sibling.exists() and _same_content(sibling, front_matter, body, compare_keys):
-                return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} kept: {why}")
-            self._atomic_write(sibling, text)
-            return WriteResult(
-                self._rel(sibling),
-                "kept-user-edit",
-                f"{self._rel(path)} kept as it is ({why}); the new draft is {self._rel(sibling)}",
-            )
-        self._atomic_write(path, text)
-        return WriteResult(self._rel(path), "created", apart)
+        if sibling.exists() and _same_content(sibling, front_matter, body, compare_keys):
+            return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} kept: {why}")
+        message = f"{self._rel(path)} kept as it is ({why}); the new draft is {self._rel(sibling)}"
+        if state == "owned":
+            # Nobody's edit is involved: the new note is created (or, on a rerun, updated) beside the other one.
+            action: WriteAction = "updated" if sibling.exists() else "created"
+            self._atomic_write(sibling, text, create=action == "created")
+            return WriteResult(self._rel(sibling), action, message)
+        self._atomic_write(sibling, text, create=not sibling.exists())
+        return WriteResult(self._rel(sibling), "kept-user-edit", message)
 
     def _apart(self, path: Path) -> tuple[Path, str]:
         """`path`, or the first `<name> (2).md`, `(3)`... that no other note in the vault is named like."""
@@ -351,18 +396,21 @@ class NoteWriter:
             return "foreign"
         return "owned" if stored == body_hash(dict(post.metadata), post.content) else "edited"
 
-    def _sibling(self, path: Path, text: str) -> Path | None:
-        """A dated sibling that is free, or tierflow's own unedited one; None when nothing is free."""
+    def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date) -> Path | None:
+        """A dated sibling that is free, or tierflow's own unedited one of the same scope; None when nothing is."""
         for n in range(1, 100):
-            suffix = f" (tierflow {self.today.isoformat()})" if n == 1 else f" (tierflow {self.today.isoformat()} {n})"
+            suffix = f" (tierflow {day.isoformat()})" if n == 1 else f" (tierflow {day.isoformat()} {n})"
             candidate = path.with_name(f"{path.stem}{suffix}.md")
             if self.names is not None and self.names.taken(candidate.stem, besides=self._rel(candidate)):
                 continue
-            if not candidate.exists() or self._ownership(candidate) == "owned":
+            if not candidate.exists():
+                return candidate
+            if self._ownership(candidate) == "owned" and (scope is None or _scope_of(candidate, scope) == mine):
                 return candidate
         return None
 
-    def _atomic_write(self, path: Path, text: str) -> None:
+    def _atomic_write(self, path: Path, text: str, *, create: bool = False) -> None:
+        """Write `text` to `path` whole or not at all; `create`: only where no file is (FileExistsError if one is)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
         try:
@@ -373,7 +421,10 @@ class NoteWriter:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if create:
+                _create(Path(tmp), path)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -389,6 +440,21 @@ def _as_on_disk(path: Path) -> Path:
         if entry.name != path.name and unicodedata.normalize("NFC", entry.name) == wanted:
             return path.with_name(entry.name)
     return path
+
+
+def _create(tmp: Path, path: Path) -> None:
+    """Move the written `tmp` to `path` only if no file is there: a hard link fails if one is, where `os.replace`
+    would replace a note another run has just created. Where hard links are not supported, an empty file is
+    claimed exclusively first (another run reads it as not tierflow's, and writes beside it)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE))
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def _umask() -> int:
@@ -409,6 +475,14 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+def _scope_of(path: Path, scope: Scope) -> str | None:
+    try:
+        post = load_note(path)
+    except (UnicodeDecodeError, yaml.YAMLError, OSError):
+        return None
+    return scope(dict(post.metadata), post.content)
 
 
 def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: tuple[str, ...]) -> bool:
