@@ -29,6 +29,8 @@ from tierflow.vault.notes import safe_note_name, template_env
 
 PHASE = "synthesise"
 COMPLEXITY = "high"
+SKIPPED_CONCEPT = "concept "
+"""How a skipped concept is labelled (`concept <name>`) in a synthesis's `skipped`."""
 
 
 class QuoteRef(BaseModel):
@@ -246,8 +248,8 @@ def merge(
         checks=[grounded(collations)],
     )
     merged = _grounded_synthesis(settings, answer, collations, known)
-    # What the groups dropped is still the week's to report, once.
-    earlier = [item for part in parts for item in part.skipped]
+    # What the groups dropped is still the week's to report, once, unless the merge drafts it after all.
+    earlier = not_drafted([item for part in parts for item in part.skipped], merged.concepts)
     return merged.model_copy(
         update={
             "skipped": list(dict.fromkeys([*earlier, *merged.skipped])),
@@ -272,10 +274,10 @@ def _grounded_synthesis(
         sources = [s for s in dict.fromkeys(concept.sources) if s in by_key]
         if not sources or not concept.name.strip():
             why = "; ".join(concept_problems(concept, set(by_key), set(quotes)))
-            skipped.append((f"concept {name}", f"dropped by the synthesis checks: {why}"))
+            skipped.append((f"{SKIPPED_CONCEPT}{name}", f"dropped by the synthesis checks: {why}"))
             continue
         if len(concepts) >= limit:
-            skipped.append((f"concept {name}", f"more than [vault] max_concepts = {limit} concepts"))
+            skipped.append((f"{SKIPPED_CONCEPT}{name}", f"more than [vault] max_concepts = {limit} concepts"))
             continue
         refs = [r for r in concept.quote_refs if (r.citekey, r.quote_id) in quotes]
         existing = known.extended(settings, concept)
@@ -287,7 +289,7 @@ def _grounded_synthesis(
             ]
             if not sources:
                 reason = f"{known.names.link(existing.link)} already cites every source this week adds to it"
-                skipped.append((f"concept {concept.name}", reason))
+                skipped.append((f"{SKIPPED_CONCEPT}{concept.name}", reason))
                 continue
         extends = existing.link if existing is not None else None
         concepts.append(concept.model_copy(update={"sources": sources, "quote_refs": refs, "extends": extends}))
@@ -303,12 +305,28 @@ def _grounded_synthesis(
     )
 
 
+def not_drafted(skipped: list[tuple[str, str]], concepts: list[Concept]) -> list[tuple[str, str]]:
+    """The skipped items but those about one of `concepts` (by name, case and spacing aside): a group's synthesis
+    may skip a concept (over `max_concepts`, say) that the merge of the groups drafts."""
+    drafted = {_name_key(c.name) for c in concepts}
+    return [
+        (what, why)
+        for what, why in skipped
+        if not (what.startswith(SKIPPED_CONCEPT) and _name_key(what.removeprefix(SKIPPED_CONCEPT)) in drafted)
+    ]
+
+
+def _name_key(name: str) -> str:
+    """A concept's name as `same_named_as_one` compares it: case and spacing aside."""
+    return " ".join(name.split()).casefold()
+
+
 def same_named_as_one(concepts: list[Concept]) -> list[Concept]:
     """One concept per name (case and spacing aside), in first-named order: a merge of groups' syntheses may name
     one concept twice, and two drafts of one note, or one drafted and one skipped, would contradict each other."""
     merged: dict[str, Concept] = {}
     for c in concepts:
-        key = " ".join(c.name.split()).casefold() or f"unnamed {len(merged)}"  # dropped later, each with its why
+        key = _name_key(c.name) or f"unnamed {len(merged)}"  # dropped later, each with its why
         first = merged.get(key)
         if first is None:
             merged[key] = c

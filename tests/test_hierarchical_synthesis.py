@@ -120,3 +120,53 @@ def test_a_concept_named_twice_by_a_merge_is_one_concept_with_both_groups_source
     assert merged[0].sources == ["a", "b", "d"]
     assert [(r.citekey, r.quote_id) for r in merged[0].quote_refs] == [("a", 1), ("b", 2)]
     assert len(same_named_as_one([concept("", ["a"], 1), concept(" ", ["b"], 1)])) == 2  # each dropped with its why
+
+
+def test_a_concept_one_group_skipped_for_max_concepts_and_the_merge_drafted_is_not_reported_as_skipped(
+    tmp_path: Path,
+):
+    """A 300-note week's report listed `Rubrics` as skipped (more than max_concepts) beside its draft: the second
+    group had reached its limit, the first group and the merge drafted it."""
+    from tierflow.core.calls import RunSettings
+    from tierflow.tasks.collate import Collation, Quote
+    from tierflow.tasks.synthesise import Concept, QuoteRef, Synthesis, merge
+
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[vault]\nreading_folders = ["Reading"]\n')
+    settings = RunSettings(vault=str(vault), run_id="merge-skips", flow="reading-notes", profile="offline")
+    collations = [
+        Collation(
+            path=f"Reading/{key}.md", link=key, citekey=key, title=key, quotes=[Quote(id=1, text=f"{key} says so.")],
+            notes=[], summary=key, claims=[], keywords=[], model="offline:extractive-light", cost_usd=0, tokens=0,
+        )
+        for key in ("a", "b", "c")
+    ]  # fmt: skip
+
+    def concept(name: str, key: str) -> Concept:
+        return Concept(name=name, summary=name, sources=[key], quote_refs=[QuoteRef(citekey=key, quote_id=1)])
+
+    def part(concepts: list[Concept], skipped: list[tuple[str, str]]) -> Synthesis:
+        return Synthesis(patterns=[], tensions=[], concepts=concepts, skipped=skipped, model="m", cost_usd=0, tokens=0)
+
+    over = "more than [vault] max_concepts = 1 concepts"
+    parts = [
+        part([concept("Rubrics", "a")], []),
+        part([concept("Grading", "b")], [("concept Rubrics", over), ("concept Timeliness", over)]),
+    ]
+    merged = merge.fn(settings, parts, collations, str(SINCE), str(UNTIL))
+    assert {c.name for c in merged.concepts} == {"Rubrics", "Grading"}
+    assert merged.skipped == [("concept Timeliness", over)]
+
+
+def test_a_concept_a_group_skipped_but_the_merge_drafts_is_not_reported_as_skipped():
+    """A 300-note week's report said `Rubrics` was skipped for max_concepts, and listed its draft as written."""
+    from tierflow.tasks.synthesise import Concept, not_drafted
+
+    skipped = [
+        ("concept Rubrics", "more than [vault] max_concepts = 5 concepts"),
+        ("concept  grading", "dropped by the synthesis checks: concept 'grading' cites none of this week's sources"),
+        ("concept Timeliness", "more than [vault] max_concepts = 5 concepts"),
+        ("Reading/Broken.md", "malformed YAML front-matter; skipped"),
+    ]
+    drafted = [Concept(name=n, summary=n, sources=["a"]) for n in ("rubrics", "Grading", "Dialogue")]
+    assert not_drafted(skipped, drafted) == skipped[2:]
