@@ -102,3 +102,35 @@ def test_a_reason_that_quotes_a_broken_link_is_reported_as_text_and_the_report_i
     assert summary.report is not None
     text = (vault / summary.report.path).read_text(encoding="utf-8")
     assert "was not written: Reading/Gone links to no note" in text and "[[Reading/Gone]]" not in text
+
+
+def phase_table(report: str) -> dict[str, dict[str, str]]:
+    """The report's spend-per-phase table: phase -> column -> cell."""
+    table = report.split("## Spend per phase", 1)[1].split("\n| phase |", 1)[1]
+    lines = ("| phase |" + table).split("\n\n", 1)[0].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip(" *") for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_unchanged_rerun_reports_cache_hits_apart_from_calls_as_tierflow_spend_does(reading_vault: Path):
+    """An unchanged rerun's report said `calls 12 / 1 / 5` with 0 tokens; `tierflow spend --by run`: calls 0."""
+    from tierflow.report.spend import ledger_summary
+
+    first = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline")
+    second = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline")
+    ledger = Ledger.for_vault(reading_vault)
+    for summary in (second, first):
+        table = phase_table((reading_vault / summary.report.path).read_text(encoding="utf-8"))
+        spend = {r["phase"]: r for r in ledger_summary(ledger, "phase", run_id=summary.run_id)}
+        assert set(table) == {*spend, "total"}
+        for phase, row in spend.items():
+            assert table[phase]["calls"] == str(row["calls"]), (phase, table[phase], row)
+            assert table[phase]["cache hits"] == str(row["cache_hits"])
+        (whole,) = ledger_summary(ledger, "run_id", run_id=summary.run_id)  # `tierflow spend --by run`
+        total = table["total"]
+        assert (total["calls"], total["cache hits"]) == (str(whole["calls"]), str(whole["cache_hits"]))
+        assert [p["calls"] for p in summary.phases] == [spend[p["phase"]]["calls"] for p in summary.phases]
+        if summary is second:  # the rerun: every answer from the cache
+            assert whole["calls"] == 0 and whole["cache_hits"] > 0

@@ -309,7 +309,7 @@ def print_summary(vault: Path, summary: Any) -> None:
         out.print(escape(summary.message))
     if summary.phases:
         table = Table(title=f"Spend of run {summary.run_id}")
-        columns = ("phase", "tier", "model", "calls", "tokens", "USD", "all-deep USD", "saved")
+        columns = ("phase", "tier", "model", "calls", "cache hits", "tokens", "USD", "all-deep USD", "saved")
         for col in columns:
             table.add_column(col, justify="left" if col in ("phase", "tier", "model") else "right")
         for p in summary.phases:

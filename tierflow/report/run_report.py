@@ -232,9 +232,10 @@ def write_run_report(
         description=f"tierflow run report {settings.run_id}",
     )
     get_run_logger().info(
-        "run %s: %d calls, %d tokens, %s · all-deep %s · saved %s",
+        "run %s: %d calls, %d cache hits, %d tokens, %s · all-deep %s · saved %s",
         settings.run_id,
-        overall.calls,
+        overall.billed,
+        overall.cached,
         overall.tokens,
         context["total"]["cost"],
         all_deep,

@@ -119,6 +119,8 @@ class Spend:
     def table_row(self, key: str = "phase", *, compact: bool = False) -> dict[str, Any]:
         """One row of a spend table (run report, Prefect artifact, CLI summary): identifiers, then USD first.
 
+        `calls` are the billed calls and `cache hits` the answers from tierflow's cache, as `tierflow spend` shows
+        them (`as_row`); the cache hits come last, so a table that stops at `saved` still shows the money.
         `compact` (the Prefect artifact, whose table does not wrap): model names without their provider, tokens
         as `12.3k`, and no tier or model list on the totals row, so the money stays in view at 1,440 px.
         """
@@ -130,11 +132,12 @@ class Spend:
             key: self.key,
             "tier": ", ".join(self.tiers) if listed else "",
             "model": ", ".join(models) if listed else "",
-            "calls": self.calls,
+            "calls": self.billed,
             "tokens": compact_count(self.tokens) if compact else self.tokens,
             "USD": cost,
             "all-deep USD": all_deep,
             "saved": saved or "unknown",
+            "cache hits": self.cached,
         }
 
 
