@@ -325,14 +325,14 @@ class NoteWriter:
     ) -> WriteResult:
         """One attempt of `write`; FileExistsError when a file it was about to create appeared meanwhile."""
         if not path.exists():
-            self._atomic_write(path, text, create=True)
+            write_atomically(path, text, create=True)
             return WriteResult(self._rel(path), "created", apart)
         state = self._ownership(path)
         theirs = _scope_of(path, scope) if state == "owned" and scope is not None else mine
         if state == "owned" and theirs == mine:
             if _same_content(path, front_matter, body, compare_keys):
                 return WriteResult(self._rel(path), "unchanged")
-            self._atomic_write(path, text)
+            write_atomically(path, text)
             return WriteResult(self._rel(path), "updated")
         sibling = self._sibling(path, scope, mine, dated or self.today)
         if sibling is None:
@@ -347,9 +347,9 @@ class NoteWriter:
         if state == "owned":
             # Nobody's edit is involved: the new note is created (or, on a rerun, updated) beside the other one.
             action: WriteAction = "updated" if sibling.exists() else "created"
-            self._atomic_write(sibling, text, create=action == "created")
+            write_atomically(sibling, text, create=action == "created")
             return WriteResult(self._rel(sibling), action, message)
-        self._atomic_write(sibling, text, create=not sibling.exists())
+        write_atomically(sibling, text, create=not sibling.exists())
         return WriteResult(self._rel(sibling), "kept-user-edit", message)
 
     def _apart(self, path: Path) -> tuple[Path, str]:
@@ -409,25 +409,28 @@ class NoteWriter:
                 return candidate
         return None
 
-    def _atomic_write(self, path: Path, text: str, *, create: bool = False) -> None:
-        """Write `text` to `path` whole or not at all; `create`: only where no file is (FileExistsError if one is)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
-        try:
-            # mkstemp makes the file 0600; a note gets the mode any new file gets here (a synced or shared vault,
-            # a publishing tool running as another user), or keeps the mode of the note it replaces.
-            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if create:
-                _create(Path(tmp), path)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+def write_atomically(path: Path, text: str, *, create: bool = False) -> None:
+    """Write `text` (UTF-8, `\\n` line ends) to `path` through a temporary file beside it: a reader, or a crash
+    halfway, sees the old file or the new one, never half of it. `create`: only where no file is (FileExistsError
+    if one is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
+    try:
+        # mkstemp makes the file 0600; a note gets the mode any new file gets here (a synced or shared vault,
+        # a publishing tool running as another user), or keeps the mode of the note it replaces.
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if create:
+            _create(Path(tmp), path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _as_on_disk(path: Path) -> Path:
