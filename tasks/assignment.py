@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +12,13 @@ from prefect import task
 
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import ContextWindowExceeded, VaultError
+from tierflow.lms.roster import ROSTER_FILE, read_kept
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
 from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list, property_text
 
+log = logging.getLogger("tierflow")
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INJECTION = re.compile(
     r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) instructions"
@@ -56,6 +59,8 @@ class Assignment:
     submissions: list[Submission]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pseudonymise: bool = True
+    roster: list[Student] = field(default_factory=list)
+    """Everyone the kept roster (`roster.csv`, written by an import with `--roster`) names, submitters or not."""
 
     @property
     def feedback_folder(self) -> str:
@@ -67,9 +72,28 @@ class Assignment:
         return f"{student_id} feedback"
 
     def pseudonyms(self) -> Pseudonyms:
+        """Labels for every submitter and everyone on the kept roster: an essay may name a classmate who handed
+        nothing in. A student in both is one student, hidden under every name and id either gives."""
         if not self.pseudonymise:
             return NoPseudonyms()
-        return Pseudonyms(Student(s.student_id, s.name, aliases=s.aliases, also=s.also) for s in self.submissions)
+        students = {s.student_id: Student(s.student_id, s.name, s.aliases, s.also) for s in self.submissions}
+        for kept in self.roster:
+            students[kept.student_id] = _joined(students.get(kept.student_id), kept)
+        return Pseudonyms(students.values())
+
+
+def _joined(own: Student | None, kept: Student) -> Student:
+    """A submitter as their note and the kept roster give them: the note's name (the lecturer may have corrected
+    it), the roster's as another name where it differs, and every alias and id of both."""
+    if own is None:
+        return kept
+    other = (kept.name,) if kept.name and kept.name != own.name else ()
+    return Student(
+        own.student_id,
+        own.name or kept.name,
+        aliases=tuple(dict.fromkeys((*own.aliases, *other, *kept.aliases))),
+        also=tuple(dict.fromkeys((*own.also, *kept.also))),
+    )
 
 
 def too_long(vault: Path, submission: Submission, exc: ContextWindowExceeded) -> ContextWindowExceeded:
@@ -138,6 +162,15 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
     exemplars = [_body(p) for p in sorted((root / "exemplars").glob("*.md"))] if (root / "exemplars").is_dir() else []
     submissions, skipped = _submissions(vault, f"{folder}/submissions")
     skipped += [(rubric.path, f"used, with a warning: {warning}") for warning in rubric.warnings]
+    kept = read_kept(root)  # one that cannot be read stops the run: the names in it would go unhidden
+    roster_path = f"{folder}/{ROSTER_FILE}"
+    if kept is not None:
+        skipped += [(roster_path, f"used, with a warning: {problem}") for problem in kept.problems]
+    elif any(s.also for s in submissions):
+        # Emails and institution ids come into a note from a roster only: this folder was imported with one
+        # before imports kept it, so classmates on it who handed nothing in are unknown here.
+        skipped.append((roster_path, NOT_KEPT))
+        log.warning("%s: %s", folder, NOT_KEPT)
     choice = config.settings.feedback.pseudonymise
     return Assignment(
         folder=folder,
@@ -148,7 +181,15 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
         skipped=skipped,
         # Decided by every tier a call could reach (overrides, escalation, adaptive routing), not the table alone.
         pseudonymise=config.may_reach_cloud if choice is None else choice,
+        roster=kept.students if kept is not None else [],
     )
+
+
+NOT_KEPT = (
+    "not found, although the submissions were imported with a --roster (their notes hold emails or ids): "
+    "classmates on that roster who submitted nothing are not hidden where an essay names them. Import the "
+    "submissions again with --roster (tierflow import submissions EXPORT --roster FILE) to keep it here."
+)
 
 
 def _body(path: Path) -> str:

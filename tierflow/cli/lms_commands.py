@@ -73,7 +73,9 @@ def import_submissions(
             "--roster",
             help="The platform's grade file, for students' real names and late status: Moodle's grading "
             "worksheet CSV (names keep their apostrophes, which Moodle strips from file names) or Canvas's "
-            "gradebook CSV (Canvas's file names only hold a squashed sortable name). Read, never written.",
+            "gradebook CSV (Canvas's file names only hold a squashed sortable name). Read, never written; its "
+            "students, those who submitted nothing too, are kept in the assignment folder's roster.csv and hidden "
+            "from every prompt.",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -130,6 +132,12 @@ def import_submissions(
             out.print(f"    note: {file}: {note}", markup=False)
     for entry, why in report.ignored:
         out.print(f"  ignored {entry}: {why}", markup=False)
+    if report.roster:
+        out.print(
+            f"roster kept in {report.roster}: {report.roster_rows} students ({report.roster_added} new), hidden from "
+            "every prompt whether they submitted or not",
+            markup=False,
+        )
     for warning in report.warnings:
         err.print(f"warning: {warning}", markup=False)
     counts = {a: sum(s.action == a for s in report.students) for a in ("created", "updated", "unchanged", "kept-edit")}

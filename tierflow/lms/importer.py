@@ -4,7 +4,8 @@
 by name) with front-matter the flow reads (`student_id`, `name`, and from a roster `email` and `sis_ids`, which it
 hides like the name) and properties it never sends to a model (`late`, `files`, `document_authors`,
 `tierflow_unreadable`, `tierflow_hidden_text`). The files as downloaded are kept
-read-only in `A/submissions/<student id>/`.
+read-only in `A/submissions/<student id>/`. A `--roster` is kept whole in `A/roster.csv` (`tierflow.lms.roster`),
+students who submitted nothing included, so that the flow hides them too where an essay names them.
 
 Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
 is replaced when the student's files changed; a note the lecturer edited is left as it is with its files (and said
@@ -18,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import frontmatter
@@ -27,6 +28,7 @@ from pathvalidate import sanitize_filename
 
 from tierflow.core.errors import VaultError
 from tierflow.lms import canvas, moodle
+from tierflow.lms import roster as kept_roster
 from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
@@ -71,6 +73,10 @@ class ImportReport:
     students: list[StudentResult] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    roster: str = ""
+    """The kept roster's path in the vault, when a `--roster` was given."""
+    roster_added: int = 0
+    roster_rows: int = 0
 
     @property
     def unreadable(self) -> list[tuple[str, str, str]]:
@@ -128,6 +134,10 @@ def import_submissions(
             report.ignored += moodle.team_folders(found, names, roster.name)
         if roster:
             report.warnings += _roster_gaps(roster, platform, names, found.students.values())
+            # Before any note: the whole roster, non-submitters too, is what the flow hides (an unreadable
+            # roster.csv stops here, with nothing written).
+            report.roster_added, report.roster_rows = kept_roster.keep(root, _to_keep(names, found, platform))
+            report.roster = f"{folder}/{kept_roster.ROSTER_FILE}"
         total = len(found.students)
         for done, work in enumerate(sorted(found.students.values(), key=lambda w: w.student_id), start=1):
             entry = names.get(work.student_id)
@@ -187,6 +197,21 @@ def _roster_gaps(
             + (" (the export's spelling is used instead)" if platform == "moodle" else "")
             + ". Save the file as 'CSV UTF-8' and import again."
         )
+    return out
+
+
+def _to_keep(names: dict[str, RosterEntry], found: ReadExport, platform: str) -> list[RosterEntry]:
+    """The roster's students as `roster.csv` keeps them, by id: a name Excel broke (`?lker I??k`) in the spelling
+    of Moodle's file names when the student submitted; Canvas's Test Student (its Student View user) left out,
+    since "Test" and "Student" would be hidden wherever an essay uses the words."""
+    out = []
+    for sid, entry in sorted(names.items()):
+        if platform == "canvas" and entry.name == canvas.display_name(canvas.TEST_STUDENT):
+            continue
+        work = found.students.get(sid)
+        if "?" in entry.name and work is not None and work.platform == "moodle" and work.name and "?" not in work.name:
+            entry = replace(entry, name=work.name)
+        out.append(entry)
     return out
 
 

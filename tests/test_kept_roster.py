@@ -1,0 +1,219 @@
+"""The roster an import is given is kept in the assignment folder (`roster.csv`): every student on it is hidden from
+the prompts, whether they handed anything in or not."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, write_config
+from lms_exports import Student, docx_bytes, essay, moodle_zip, onlinetext
+from lms_rules import php_fputcsv
+from responders import skilled
+
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.lms.cells import rows_of
+from tierflow.lms.importer import import_submissions
+from tierflow.testing.double import ProviderDouble
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+WORKSHEET_HEADER = ["Identifier", "Full name", "Email address", "ID number", "Status", "Grade", "Feedback comments"]
+PRIYA = ("2004", "Priya Sharma", "priya.sharma@example.ac.uk", "Z20239944")
+"""On the roster, handed in nothing; named in both essays."""
+
+
+@pytest.fixture
+def lms_vault(tmp_path: Path) -> Path:
+    """The bundled feedback vault with an empty second assignment: its rubric and brief, no submissions yet."""
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    target = vault / ASSIGNMENT
+    target.mkdir(parents=True)
+    for name in ("rubric.md", "brief.md"):
+        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, target / name)
+    return vault
+
+
+def submitters() -> list[Student]:
+    return [
+        Student("2001", "Ben Carter", {"essay.docx": docx_bytes(essay(1, "I planned this essay with Priya Sharma."))}),
+        Student(
+            "2002",
+            "Aisha Khan",
+            online=onlinetext("".join(f"<p>{p}</p>" for p in essay(2, "My friend Priya read a draft (Z20239944)."))),
+        ),
+    ]
+
+
+def worksheet(path: Path, extra: list[tuple[str, str, str, str]] = ()) -> Path:
+    """A Moodle grading worksheet listing the two submitters and Priya, who submitted nothing."""
+    rows = [
+        ("2001", "Ben Carter", "ben.carter@example.ac.uk", "Z20231001", "Submitted for grading"),
+        ("2002", "Aisha Khan", "aisha.khan@example.ac.uk", "Z20231002", "Submitted for grading"),
+        (*PRIYA, "No submission"),
+        *[(*e, "No submission") for e in extra],
+    ]
+    lines = [php_fputcsv(WORKSHEET_HEADER)]
+    for sid, name, email, number, status in rows:
+        lines.append(php_fputcsv([f"Participant {sid}", name, email, number, status, "", ""]))
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(lines).encode("utf-8"))
+    return path
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+
+
+def configure(vault: Path, double: ProviderDouble) -> None:
+    config = vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text())
+
+
+def bodies(double: ProviderDouble) -> list[str]:
+    """Every request's raw body, and its parsed JSON with non-ASCII unescaped, case-folded."""
+    out = []
+    for request in double.requests:
+        parsed = json.dumps(request.json, ensure_ascii=False) if request.json is not None else ""
+        out.append((request.raw.decode("utf-8", "replace") + parsed).casefold())
+    return out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_classmate_on_the_roster_who_submitted_nothing_never_reaches_the_model(lms_vault, tmp_path, double, keys):
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed and double.model_calls()
+    sent = bodies(double)
+    for identity in ("Priya", "Sharma", PRIYA[2], PRIYA[3], "20239944", "Ben", "Carter", "Aisha", "Khan"):
+        leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+
+
+def load(vault: Path, double: ProviderDouble):  # noqa: ANN201
+    """The assignment as the flow loads it, with cloud tiers configured (so pseudonymisation is on)."""
+    from tierflow.core.calls import RunSettings
+    from tierflow.tasks.assignment import load_assignment
+
+    configure(vault, double)
+    return load_assignment.fn(RunSettings(vault=str(vault), run_id="r", flow="student-feedback"), ASSIGNMENT)
+
+
+def rows(vault: Path) -> list[dict[str, str]]:
+    """The kept roster's rows, read as Excel would (its delimiter, `,` or `;`)."""
+    header, *lines = rows_of((vault / ASSIGNMENT / "roster.csv").read_bytes())
+    return [dict(zip(header, line, strict=True)) for line in lines]
+
+
+def test_the_import_keeps_the_whole_roster_and_every_student_on_it_is_hidden_and_revealed(lms_vault, tmp_path, double):
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    report = import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    assert report.roster == f"{ASSIGNMENT}/roster.csv" and report.roster_rows == 3
+    kept = {r["student_id"]: r for r in rows(lms_vault)}
+    assert set(kept) == {"2001", "2002", "2004"}  # the whole roster: Priya handed nothing in
+    assert (kept["2004"]["name"], kept["2004"]["email"], kept["2004"]["ids"]) == PRIYA[1:]
+
+    work = load(lms_vault, double)
+    assert {s.student_id for s in work.submissions} == {"2001", "2002"}
+    pseudonyms = work.pseudonyms()
+    label = pseudonyms.label["2004"]
+    hidden = pseudonyms.hide(f"I planned it with Priya Sharma ({PRIYA[2]}, {PRIYA[3]}); my friend Priya read it.")
+    assert not any(i in hidden for i in ("Priya", "Sharma", "priya", "20239944"))
+    assert hidden.count(label) == 4
+    # ... and a label back to the name in a local note, a non-submitter's as a submitter's.
+    assert pseudonyms.reveal(f"{label} read a draft.") == "Priya Sharma read a draft."
+    assert pseudonyms.reveal(f"{pseudonyms.label['2001']} wrote it.") == "Ben Carter wrote it."
+
+
+def test_importing_again_merges_into_the_kept_roster_and_loses_nothing_written_there(lms_vault, tmp_path, double):
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    # The lecturer, in Excel: a column of their own, a nickname, a corrected name, a guest the roster lacks.
+    edited = [["student_id", "name", "email", "ids", "other_names", "notes"]]
+    for r in rows(lms_vault):
+        name = "Benjamin Carter" if r["student_id"] == "2001" else r["name"]
+        other = "Pri" if r["student_id"] == "2004" else r["other_names"]
+        notes = "extension to Friday" if r["student_id"] == "2004" else ""
+        edited.append([r["student_id"], name, r["email"], r["ids"], other, notes])
+    edited.append(["9001", "Sam O'Neill", "", "", "", "visiting student, not on Moodle"])
+    out = io.StringIO()
+    csv.writer(out, delimiter=";", lineterminator="\r\n").writerows(edited)
+    path.write_bytes(out.getvalue().encode("utf-8-sig"))
+
+    # A later worksheet: a new student, and Priya's address changed.
+    later = worksheet(tmp_path / "later.csv", extra=[("2005", "Tomás Ruiz", "tomas.ruiz@example.ac.uk", "Z20231005")])
+    later.write_bytes(later.read_bytes().replace(PRIYA[2].encode(), b"p.sharma@example.ac.uk"))
+    report = import_submissions(lms_vault, ASSIGNMENT, export, roster=later)
+    assert report.roster_added == 1 and report.roster_rows == 5
+
+    kept = {r["student_id"]: r for r in rows(lms_vault)}
+    assert list(kept) == ["2001", "2002", "2004", "9001", "2005"]  # the rows' order, the new one last
+    assert kept["9001"]["name"] == "Sam O'Neill" and kept["9001"]["notes"] == "visiting student, not on Moodle"
+    assert kept["2004"]["notes"] == "extension to Friday" and kept["2004"]["other_names"] == "Pri"
+    assert kept["2004"]["email"] == f"p.sharma@example.ac.uk; {PRIYA[2]}"
+    assert kept["2001"]["name"] == "Ben Carter" and kept["2001"]["other_names"] == "Benjamin Carter"
+    assert kept["2005"]["name"] == "Tomás Ruiz"
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf") and b";" in path.read_bytes().splitlines()[0]
+
+    pseudonyms = load(lms_vault, double).pseudonyms()
+    hidden = pseudonyms.hide("Benjamin, Pri, Sam O'Neill, Tomas Ruiz, p.sharma@example.ac.uk and priya.sharma@.")
+    assert not any(n in hidden for n in ("Benjamin", "Pri,", "Sam", "Neill", "Tomas", "Ruiz", "sharma")), hidden
+
+
+def test_a_kept_roster_that_cannot_be_read_stops_the_import_and_the_run(lms_vault, tmp_path, double):
+    from tierflow.core.errors import VaultError
+
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    path.write_text("Name,Email\nPriya Sharma,priya.sharma@example.ac.uk\n", encoding="utf-8")
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    with pytest.raises(VaultError, match="roster.csv has no `student_id` column"):
+        import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    assert not (lms_vault / ASSIGNMENT / "submissions").exists()  # nothing written, the file as it was
+    assert path.read_text(encoding="utf-8").startswith("Name,Email")
+
+    import_submissions(lms_vault, ASSIGNMENT, export)  # without --roster the file is not touched ...
+    with pytest.raises(VaultError, match="roster.csv has no `student_id` column"):
+        load(lms_vault, double)  # ... and the run stops before any call: the names in it would go unhidden
+
+
+def test_a_folder_imported_with_a_roster_before_it_was_kept_still_runs_and_says_to_import_again(
+    lms_vault, tmp_path, double, caplog
+):
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    (lms_vault / ASSIGNMENT / "roster.csv").unlink(missing_ok=True)  # as an import before this change left the folder
+    with caplog.at_level("WARNING", logger="tierflow"):
+        work = load(lms_vault, double)
+    assert {s.student_id for s in work.submissions} == {"2001", "2002"} and not work.roster
+    told = dict(work.skipped)[f"{ASSIGNMENT}/roster.csv"]
+    assert "imported with a --roster" in told and "--roster FILE" in told and "import" in caplog.text.lower()
+    assert "Ben" not in work.pseudonyms().hide("Ben Carter")  # the submitters are hidden as before
+
+    # Imported without a roster: nothing to keep, nothing said.
+    shutil.rmtree(lms_vault / ASSIGNMENT / "submissions")
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    assert f"{ASSIGNMENT}/roster.csv" not in dict(load(lms_vault, double).skipped)
+
+
+def test_canvas_test_student_is_not_kept(lms_vault, tmp_path, double):
+    """The gradebook lists Canvas's Student View user as `Student, Test`: kept, "test" and "student" would be
+    hidden wherever an essay uses the words."""
+    from lms_exports import canvas_zip, cohort
+    from test_lms_canvas import gradebook_bytes
+
+    gradebook = tmp_path / "gradebook.csv"
+    gradebook.write_bytes(gradebook_bytes())
+    import_submissions(lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()[:2]), roster=gradebook)
+    kept = {r["student_id"]: r for r in rows(lms_vault)}
+    assert "99999" not in kept and len(kept) == len(cohort())  # the five who submitted nothing are kept
+    hidden = load(lms_vault, double).pseudonyms().hide("A test of what a student learns; Kofi Mensah helped.")
+    assert hidden.startswith("A test of what a student learns;") and "Kofi" not in hidden
