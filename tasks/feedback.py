@@ -155,10 +155,17 @@ def write_feedback(
     own = pseudonyms.label.get(submission.student_id)
     hidden = pseudonyms.hidden(submission.text)
 
+    # The people this student's own text names (a classmate, one who handed nothing in), by label: what the
+    # student wrote there. Only these labels and the student's own become names; a model cannot leak the name
+    # of anyone the student did not write about.
+    named = {label: name for label, name in hidden.written().items() if label != own}
+
     def reveal(text: str) -> str:
-        # Only this student's own label becomes their name (or what they wrote where the model quotes them); a
-        # model cannot leak classmates' names here.
-        return pseudonyms.restore_label(text, hidden, own, submission.name or submission.student_id) if own else text
+        if own:
+            text = pseudonyms.restore_label(text, hidden, own, submission.name or submission.student_id)
+        for label, name in named.items():
+            text = pseudonyms.restore_label(text, hidden, label, name)
+        return text
 
     def quoted(text: str) -> str:
         # A quotation as the student wrote it: the hidden text's labels may stand for a name, a word or an id.

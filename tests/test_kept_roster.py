@@ -18,7 +18,8 @@ from responders import skilled
 from tierflow.flows.student_feedback import student_feedback
 from tierflow.lms.cells import rows_of
 from tierflow.lms.importer import import_submissions
-from tierflow.testing.double import ProviderDouble
+from tierflow.offline import SKILLS, prompt_data
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "Teaching/EDU7001/essay-2"
@@ -217,3 +218,32 @@ def test_canvas_test_student_is_not_kept(lms_vault, tmp_path, double):
     assert "99999" not in kept and len(kept) == len(cohort())  # the five who submitted nothing are kept
     hidden = load(lms_vault, double).pseudonyms().hide("A test of what a student learns; Kofi Mensah helped.")
     assert hidden.startswith("A test of what a student learns;") and "Kofi" not in hidden
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_label_for_someone_the_student_named_comes_back_in_their_draft_as_the_student_wrote_it(
+    lms_vault, tmp_path, double, keys
+):
+    """Labels by sorted id: Ben 2001 is Student-01, Aisha 2002 Student-02, Priya 2004 (no submission) Student-03."""
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    configure(lms_vault, double)
+
+    def naming(request: DoubleRequest) -> Reply:
+        answer = SKILLS["feedbackout"](prompt_data(request.last_user_text))
+        # A comment naming Priya by her label, and Student-02 (Aisha), whom only Aisha's own essay names.
+        answer["overall"] += " Your planning with Student-03 shows. Compare Student-02."
+        return Reply(data=answer)
+
+    double.responder = skilled({"feedbackout": naming})
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed
+    feedback = lms_vault / ASSIGNMENT / "feedback"
+    ben = (feedback / "2001 feedback.md").read_text(encoding="utf-8")
+    aisha = (feedback / "2002 feedback.md").read_text(encoding="utf-8")
+    # Ben wrote "Priya Sharma", Aisha "Priya" (and her id, which is no name): each gets back what they wrote.
+    assert "Your planning with Priya Sharma shows." in ben
+    assert "Your planning with Priya shows." in aisha
+    # Ben's essay names no Aisha: her label stays a label in his draft; in her own draft it is her name.
+    assert "Compare Student-02." in ben and "Aisha" not in ben
+    assert "Compare Aisha Khan." in aisha

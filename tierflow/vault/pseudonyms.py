@@ -120,6 +120,20 @@ class Hidden:
         lo = start + shift if lo is None else lo
         return self.source[lo : (end + shift if hi is None else hi)]
 
+    def written(self) -> dict[str, str]:
+        """Each label in `text`, and the longest name it replaced there (an id or email only where it replaced
+        nothing else): the person as the writer named them."""
+
+        def rank(source: str) -> tuple[bool, int]:
+            return not any(ch.isdigit() or ch == "@" for ch in source), len(source)
+
+        out: dict[str, str] = {}
+        for hs, he, ss, se in self.spans:
+            label, source = self.text[hs:he], self.source[ss:se]
+            if label not in out or rank(source) > rank(out[label]):
+                out[label] = source
+        return out
+
 
 QUOTED_CONTEXT = 12
 """Characters around a label that a model's text must share with the hidden text to count as quoting it: fewer
