@@ -9,7 +9,7 @@ from tierflow.core.phases import begin_run
 from tierflow.core.registry import FlowSpec
 from tierflow.flows.plans import plan_student_feedback
 from tierflow.report.run_report import RunSummary, final_state, write_run_report
-from tierflow.tasks.assignment import load_assignment
+from tierflow.tasks.assignment import load_assignment, unhidden_note
 from tierflow.tasks.cohort import add_draft_tiers, synthesise
 from tierflow.tasks.evidence import collate
 from tierflow.tasks.feedback import draft, draft_tiers
@@ -57,6 +57,7 @@ def student_feedback(
             summary = add_draft_tiers(settings, work, evidence, summary, draft_tiers(settings, work))
             run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too
 
+        run.message = unhidden_note(settings, work)
         return final_state(write_run_report(settings, run, since=None, until=None, selected=len(work.submissions)))
 
 

@@ -172,6 +172,12 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
         skipped.append((roster_path, NOT_KEPT))
         log.warning("%s: %s", folder, NOT_KEPT)
     choice = config.settings.feedback.pseudonymise
+    if choice is False and config.may_reach_cloud:
+        log.warning(
+            "%s: students' names, emails and ids are NOT hidden from the models: they go as written to %s, "
+            "because `[feedback] pseudonymise = false` in the vault config. Remove that line to hide them.",
+            folder, ", ".join(config.cloud_providers),
+        )  # fmt: skip
     return Assignment(
         folder=folder,
         rubric=rubric,
@@ -182,6 +188,26 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
         # Decided by every tier a call could reach (overrides, escalation, adaptive routing), not the table alone.
         pseudonymise=config.may_reach_cloud if choice is None else choice,
         roster=kept.students if kept is not None else [],
+    )
+
+
+def unhidden_note(settings: RunSettings, assignment: Assignment) -> str:
+    """The run report's line when `[feedback] pseudonymise = false` let names reach a provider off this machine:
+    which providers this run's calls went to (from its ledger rows), or could go to when none is recorded yet (a
+    batch still running). Empty when names were hidden or every tier is local."""
+    caller = caller_for(settings)
+    config = caller.config
+    if assignment.pseudonymise or not config.may_reach_cloud:
+        return ""
+    why = "because `[feedback] pseudonymise = false` in the vault config (remove it to hide them)"
+    providers = config.settings.providers
+    called = dict.fromkeys(r["provider"] for r in caller.ledger.rows(run_id=settings.run_id))
+    sent = [p for p in called if p in providers and providers[p].leaves_machine]
+    if sent:
+        return f"**Student data**: names, emails and ids were sent unhidden to {', '.join(sent)}, {why}."
+    return (
+        f"**Student data**: names, emails and ids are not hidden, {why}; no call off this machine is recorded for "
+        f"this run yet, and its tiers on {', '.join(config.cloud_providers)} would receive them."
     )
 
 

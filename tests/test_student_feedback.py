@@ -123,6 +123,34 @@ def test_no_student_name_or_id_leaves_the_machine(feedback_vault, double, keys):
     assert notes["s2026001"].metadata["title"] == "Feedback: Amara Okafor"
 
 
+def test_pseudonymise_false_with_a_cloud_tier_is_warned_at_the_start_and_said_in_the_run_report(
+    feedback_vault, double, keys, caplog
+):
+    """The switch does what it says (names go as written), and never silently."""
+    config = feedback_vault / ".tierflow" / "config.toml"
+    offline = config.read_text() + "pseudonymise = false\n"  # under the fixture's [feedback]
+    configure(feedback_vault, double, "anthropic")
+    config.write_text(config.read_text() + "pseudonymise = false\n")
+    double.responder = skilled()
+    with caplog.at_level("WARNING", logger="tierflow"):
+        summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed
+    assert any(b"s2026001" in q.raw for q in double.requests)  # the student id, where a label would stand
+    started = [r.getMessage() for r in caplog.records if "pseudonymise = false" in r.getMessage()]
+    assert len(started) == 1 and "NOT hidden" in started[0] and "to anthropic" in started[0]
+    said = "names, emails and ids were sent unhidden to anthropic, because `[feedback] pseudonymise = false`"
+    assert said in summary.message
+    assert said in (feedback_vault / summary.report.path).read_text()
+
+    # Every tier on this machine: nothing leaves it, nothing to warn of.
+    caplog.clear()
+    config.write_text(offline)
+    with caplog.at_level("WARNING", logger="tierflow"):
+        summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed and summary.message == "" and "pseudonymise" not in caplog.text
+    assert "Student data" not in (feedback_vault / summary.report.path).read_text()
+
+
 def test_an_injection_the_model_obeys_stays_inside_that_one_draft(feedback_vault, double, keys):
     """A double that obeys instructions written in submissions: the harm is limited to one draft's text."""
     configure(feedback_vault, double, "anthropic")

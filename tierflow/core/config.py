@@ -441,7 +441,12 @@ class Config:
     def may_reach_cloud(self) -> bool:
         """Whether any configured tier's calls leave this machine: a `--tier` override, a note's pin, an escalation
         or a learned route can only name a configured tier, so this is what privacy decisions must go by."""
-        return any(self.provider_for(t)[1].leaves_machine for t in self.settings.tiers)
+        return bool(self.cloud_providers)
+
+    @property
+    def cloud_providers(self) -> list[str]:
+        """The providers, each once, of the configured tiers whose calls leave this machine (`may_reach_cloud`)."""
+        return list(dict.fromkeys(name for name, p in map(self.provider_for, self.settings.tiers) if p.leaves_machine))
 
     def redacted(self) -> dict[str, tuple[Any, str]]:
         """Flat `key -> (value, source)` for display. Holds names of env vars, never their values."""
