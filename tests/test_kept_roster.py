@@ -247,3 +247,18 @@ def test_a_label_for_someone_the_student_named_comes_back_in_their_draft_as_the_
     # Ben's essay names no Aisha: her label stays a label in his draft; in her own draft it is her name.
     assert "Compare Student-02." in ben and "Aisha" not in ben
     assert "Compare Aisha Khan." in aisha
+
+
+def test_the_import_command_says_where_the_roster_is_kept(lms_vault, tmp_path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    args = ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    result = CliRunner().invoke(app, [*args, "--roster", str(worksheet(tmp_path / "worksheet.csv"))])
+    assert result.exit_code == 0, result.output
+    assert f"roster kept in {ASSIGNMENT}/roster.csv: 3 students (3 new)" in result.stdout
+    result = CliRunner().invoke(app, args)  # without --roster: no roster said, the kept one untouched
+    assert result.exit_code == 0 and "roster kept" not in result.stdout
+    assert len(rows(lms_vault)) == 3
