@@ -122,6 +122,22 @@ def feedback_vault(tmp_path: Path) -> Path:
     return target
 
 
+LMS_ASSIGNMENT = "Teaching/EDU7001/essay-2"
+"""The empty second assignment of `lms_vault`, where the LMS tests import."""
+
+
+@pytest.fixture
+def lms_vault(tmp_path: Path) -> Path:
+    """The bundled feedback vault with an empty second assignment: its rubric and brief, no submissions yet."""
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    target = vault / LMS_ASSIGNMENT
+    target.mkdir(parents=True)
+    for name in ("rubric.md", "brief.md"):
+        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, target / name)
+    return vault
+
+
 def call_record(**changes: object):
     """A ledger record of one collate call on Anthropic's light tier; `changes` set any field."""
     from tierflow.core.ledger import CallRecord

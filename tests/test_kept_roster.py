@@ -28,18 +28,6 @@ PRIYA = ("2004", "Priya Sharma", "priya.sharma@example.ac.uk", "Z20239944")
 """On the roster, handed in nothing; named in both essays."""
 
 
-@pytest.fixture
-def lms_vault(tmp_path: Path) -> Path:
-    """The bundled feedback vault with an empty second assignment: its rubric and brief, no submissions yet."""
-    vault = tmp_path / "vault"
-    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
-    target = vault / ASSIGNMENT
-    target.mkdir(parents=True)
-    for name in ("rubric.md", "brief.md"):
-        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, target / name)
-    return vault
-
-
 def submitters() -> list[Student]:
     return [
         Student("2001", "Ben Carter", {"essay.docx": docx_bytes(essay(1, "I planned this essay with Priya Sharma."))}),

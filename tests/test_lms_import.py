@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -19,18 +18,6 @@ from tierflow.lms.importer import import_submissions
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "Teaching/EDU7001/essay-2"
-
-
-@pytest.fixture
-def lms_vault(tmp_path: Path) -> Path:
-    """The bundled feedback vault with an empty second assignment: its rubric and brief, no submissions yet."""
-    vault = tmp_path / "vault"
-    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
-    target = vault / ASSIGNMENT
-    target.mkdir(parents=True)
-    for name in ("rubric.md", "brief.md"):
-        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, target / name)
-    return vault
 
 
 def notes(vault: Path) -> dict[str, frontmatter.Post]:

@@ -7,7 +7,6 @@ any student, whole or in part, ever reaches a request the double receives.
 from __future__ import annotations
 
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "Teaching/EDU7001/essay-2"
 PARTS = re.compile(r"[\s\-'’]+")
-
-
-@pytest.fixture
-def lms_vault(tmp_path: Path) -> Path:
-    vault = tmp_path / "vault"
-    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
-    (vault / ASSIGNMENT).mkdir(parents=True)
-    for name in ("rubric.md", "brief.md"):
-        shutil.copy(vault / "Teaching/EDU7001/essay-1" / name, vault / ASSIGNMENT / name)
-    return vault
 
 
 @pytest.fixture
