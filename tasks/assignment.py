@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -79,7 +80,14 @@ class Assignment:
         students = {s.student_id: Student(s.student_id, s.name, s.aliases, s.also) for s in self.submissions}
         for kept in self.roster:
             students[kept.student_id] = _joined(students.get(kept.student_id), kept)
-        return Pseudonyms(students.values())
+        return _pseudonyms(tuple(students.values()))
+
+
+@lru_cache(maxsize=8)
+def _pseudonyms(students: tuple[Student, ...]) -> Pseudonyms:
+    """One `Pseudonyms` per cohort, not one per call: each task of each submission asks for them, and a
+    300-student roster's matcher takes a tenth of a second to build."""
+    return Pseudonyms(students)
 
 
 def _joined(own: Student | None, kept: Student) -> Student:

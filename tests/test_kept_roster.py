@@ -250,3 +250,17 @@ def test_the_import_command_says_where_the_roster_is_kept(lms_vault, tmp_path):
     result = CliRunner().invoke(app, args)  # without --roster: no roster said, the kept one untouched
     assert result.exit_code == 0 and "roster kept" not in result.stdout
     assert len(rows(lms_vault)) == 3
+
+
+def test_a_cohorts_pseudonyms_are_built_once_not_for_every_task_of_every_submission():
+    """Each task of each submission asks for them; a 300-student roster's matcher takes a tenth of a second."""
+    from tasks.assignment import Assignment, Submission
+    from tierflow.vault.pseudonyms import Student
+
+    submissions = [Submission(f"s{i}", f"Student Number{i}", f"a/s{i}.md", "text") for i in range(300)]
+    roster = [Student(f"r{i}", f"Roster Person{i}") for i in range(300)]
+    first = Assignment("a", None, "", [], submissions, roster=roster)  # type: ignore[arg-type]
+    again = Assignment("a", None, "", [], list(submissions), roster=list(roster))  # type: ignore[arg-type]
+    assert first.pseudonyms() is first.pseudonyms() is again.pseudonyms()
+    label = first.pseudonyms().label
+    assert first.pseudonyms().hide("Roster Person7 and Number12") == f"{label['r7']} and {label['s12']}"
