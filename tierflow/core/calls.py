@@ -817,6 +817,9 @@ class Caller:
             try:
                 completion = self._complete(routed, request)
             except BaseException as exc:
+                # A provider's error or an interrupt (Ctrl-C, a Prefect timeout or cancellation) alike: the attempts
+                # it had sent and got no answer to (`providers.interrupted`) are `lost` rows, written on the scope's
+                # exit as the reservation is released. One interrupted before it was sent leaves none.
                 scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
                 raise
             latency_ms = (time.perf_counter() - t0) * 1000

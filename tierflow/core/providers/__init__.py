@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -149,6 +150,21 @@ def unreadable_reply(provider: str, model: str, exc: Exception) -> Completion:
         model=model,
         problem=f"the provider's reply could not be read ({type(exc).__name__}: {exc})",
     )
+
+
+def interrupted(exc: BaseException, lost: int) -> None:
+    """Note on whatever ended a call mid-flight (Ctrl-C, SystemExit, a Prefect timeout or cancellation, an
+    asyncio cancellation, a bug) how many of its attempts were sent and never answered whole, as a provider's own
+    errors carry it (`lost_attempts`): the call path records each as `lost`, since the provider did the work and
+    may bill it. An attempt not yet sent is not counted: nothing was billed.
+
+    Sent means that httpx's `request` event hook has fired (`Attempts`): the SDKs give no later hook, and that
+    one fires just before the request is handed to the connection. So an attempt interrupted while it was still
+    connecting or writing is counted too: an upper bound, as every lost answer is. Never raises: the interrupt
+    is what the caller must see."""
+    if getattr(exc, "lost_attempts", None) is None:
+        with contextlib.suppress(Exception):
+            exc.lost_attempts = lost  # type: ignore[attr-defined]
 
 
 def with_lost_attempts(completion: Completion, lost: int) -> Completion:

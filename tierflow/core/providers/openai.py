@@ -27,6 +27,7 @@ from tierflow.core.providers import (
     Request,
     api_key,
     create_once,
+    interrupted,
     json_instruction,
     parse_json_object,
     strict_schema,
@@ -118,6 +119,9 @@ class OpenAIProvider:
             if not self.attempts.answered_since(mark):
                 raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
             completion = unreadable_reply(self.name, request.model, exc)
+        except BaseException as exc:
+            interrupted(exc, self.attempts.lost_since(mark))
+            raise
         return with_lost_attempts(completion, self.attempts.lost_since(mark))
 
     def completion(self, response: Any, request: Request) -> Completion:
