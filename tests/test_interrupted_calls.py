@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import anthropic_config, openai_config, write_config
+from conftest import anthropic_config, call_record, openai_config, write_config
 
 from tierflow.core.budget import open_reservations
 from tierflow.core.calls import Caller, RunSettings, caller_for
+from tierflow.core.ledger import Ledger
 from tierflow.testing.double import DoubleRequest, ProviderDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +80,57 @@ def test_a_prefect_task_timed_out_mid_call_leaves_a_lost_row_and_nothing_reserve
     assert row["outcome"] == "lost" and not row["usage_known"] and row["cost_usd"] > 0, row
     assert row["task_run_id"], "recorded inside the task run"
     assert open_reservations(ledger) == []
+
+
+def test_ctrl_c_on_ask_mid_call_says_so_exits_130_and_leaves_a_lost_row(tmp_path, double):
+    vault = vault_on(tmp_path, double)
+    release = held(double)
+    env = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
+    ask = subprocess.Popen(
+        [sys.executable, "-m", "tierflow.cli", "ask", "Hello.", "--tier", "light", "--vault", str(vault)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + GUARD_S
+        while not double.model_calls():  # the request is at the provider: the call is in flight
+            assert ask.poll() is None, ask.communicate()
+            assert time.monotonic() < deadline, "the request never arrived"
+            time.sleep(0.05)
+        ask.send_signal(signal.SIGINT)
+        out, err = ask.communicate(timeout=GUARD_S)
+    finally:
+        release.set()
+        if ask.poll() is None:
+            ask.kill()
+            ask.wait()
+    assert ask.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "recorded as lost" in lines[0], err
+    assert "Traceback" not in err and out == ""
+    ledger = Ledger.for_vault(vault)
+    (row,) = ledger.rows()
+    assert row["outcome"] == "lost" and row["flow"] == "ask" and row["cost_usd"] > 0, row
+    assert f"${row['cost_usd']:.6f}" in lines[0]
+    assert open_reservations(ledger) == []
+
+
+def test_the_ask_interrupt_line_says_whether_the_call_was_sent(tmp_path):
+    from tierflow.cli.runner import interrupted_ask_message
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert "before the call was sent" in interrupted_ask_message(ledger, "r")
+    assert "before the call was sent" in interrupted_ask_message(None, "r")
+    ledger.record(call_record(run_id="r", outcome="lost", cost_usd=0.25, attempt=1))  # an earlier attempt's
+    ledger.record(call_record(run_id="r", outcome="malformed", attempt=1))
+    assert "before the call was sent" in interrupted_ask_message(ledger, "r")
+    for _ in range(2):  # the attempt in flight, sent twice (the SDK retried a timeout)
+        ledger.record(call_record(run_id="r", outcome="lost", cost_usd=0.5, attempt=2))
+    said = interrupted_ask_message(ledger, "r")
+    assert "recorded as lost (2 attempts), at its worst case of $1.000000" in said, said
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])

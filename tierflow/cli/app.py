@@ -103,6 +103,9 @@ def ask(
     profile: ProfileOpt = None,
 ) -> None:
     """Route one prompt to a tier, print the answer, and record the call in the ledger."""
+    from rich.markup import escape
+
+    from tierflow.cli.runner import console, interrupted_ask_message, interrupted_code, stopped_by_interrupt
     from tierflow.core.calls import Caller, RunSettings, new_run_id
     from tierflow.core.errors import TierflowError
     from tierflow.report.spend import ledger_total
@@ -122,24 +125,33 @@ def ask(
     )
     if vault is None and not cfg.settings.ledger_url:
         raise fail("no ledger to record the call in: give --vault DIR, or set ledger_url in a --config file.")
+    caller = None
     try:
-        caller = Caller(settings, cfg)
-        level = complexity.value if complexity else "low"
-        # A complexity the person chose is routed by the rules: learned routing never overrides it.
-        routed = caller.route(phase, level, adaptive=False) if complexity else None
-        if complexity is None:
-            from dataclasses import replace
+        # A second Ctrl-C, while the interrupted call is being recorded, stops at once.
+        with stopped_by_interrupt():
+            caller = Caller(settings, cfg)
+            level = complexity.value if complexity else "low"
+            # A complexity the person chose is routed by the rules: learned routing never overrides it.
+            routed = caller.route(phase, level, adaptive=False) if complexity else None
+            if complexity is None:
+                from dataclasses import replace
 
-            from tierflow.learn.complexity import classify
+                from tierflow.learn.complexity import classify
 
-            decision = classify(prompt, caller.ledger)
-            level = decision.complexity
-            routed = caller.route(phase, level)
-            routed = replace(routed, rule=f"{decision.rule}; {routed.rule}")
-        subject = " ".join(prompt.split())[:120]
-        answer = caller.ask(phase=phase, complexity=level, system=system, prompt=prompt, routed=routed, subject=subject)
+                decision = classify(prompt, caller.ledger)
+                level = decision.complexity
+                routed = caller.route(phase, level)
+                routed = replace(routed, rule=f"{decision.rule}; {routed.rule}")
+            subject = " ".join(prompt.split())[:120]
+            answer = caller.ask(
+                phase=phase, complexity=level, system=system, prompt=prompt, routed=routed, subject=subject
+            )
     except TierflowError as exc:
         raise fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        said = interrupted_ask_message(caller.ledger if caller else None, settings.run_id)
+        console.print(f"[bold yellow]{escape(said)}")
+        raise typer.Exit(interrupted_code()) from None
     typer.echo(answer.text)
     u = answer.usage
     cost = "unknown cost" if answer.cost_usd is None else f"${answer.cost_usd:.6f}"

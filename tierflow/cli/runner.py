@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import date
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from tierflow.cli import temporary_server
 from tierflow.cli.common import fail, load
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
+
+if TYPE_CHECKING:
+    from tierflow.core.ledger import Ledger
 from tierflow.report.console import show
 from tierflow.report.spend import money
 
@@ -180,6 +183,26 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
     return (
         f"interrupted: run {run_id} stopped. `{resume_command(run_id, vault, config=config, profile=profile)}` "
         "continues it without paying again for the answers it already has."
+    )
+
+
+def interrupted_ask_message(ledger: Ledger | None, run_id: str) -> str:
+    """What an interrupted `tierflow ask` left: the call it had in flight, if it was sent, recorded as `lost` at
+    its worst case (the provider may bill it), or nothing spent."""
+    try:
+        rows = ledger.rows(run_id=run_id) if ledger is not None else []
+    except Exception:  # the message matters more than the ledger's own error
+        return "interrupted: the call in flight, if it was sent, is recorded as lost (the provider may bill it)."
+    # The rows of the attempt in flight: each of its SDK retries that got no answer is one.
+    lost = [r for r in rows if r["outcome"] == "lost" and r["attempt"] == rows[-1]["attempt"]] if rows else []
+    if not lost or rows[-1]["outcome"] != "lost":
+        return "interrupted before the call was sent: it is not recorded and costs nothing."
+    usd = None if any(r["cost_usd"] is None for r in lost) else sum(r["cost_usd"] for r in lost)
+    worst = "unknown cost" if usd is None else f"${usd:.6f}"
+    attempts = "" if len(lost) == 1 else f" ({len(lost)} attempts)"
+    return (
+        f"interrupted: the call in flight is recorded as lost{attempts}, at its worst case of {worst}, since the "
+        "provider may bill it."
     )
 
 
