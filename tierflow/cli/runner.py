@@ -26,11 +26,11 @@ from tierflow.cli import temporary_server
 from tierflow.cli.common import fail, load
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
+from tierflow.report.console import show
+from tierflow.report.spend import money
 
 if TYPE_CHECKING:
     from tierflow.core.ledger import Ledger
-from tierflow.report.console import show
-from tierflow.report.spend import money
 
 console = Console(stderr=True, soft_wrap=True)
 
