@@ -4,6 +4,7 @@ the sums of the calls across period boundaries, config changes and a ledger writ
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -260,3 +261,67 @@ def test_a_budgeted_call_reads_the_reservations_in_flight_and_the_totals_once(tm
     held = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM reservations" in s]
     assert len(held) == 1, held
     assert sum("FROM budget_totals" in s for s in statements if s.lstrip().upper().startswith("SELECT")) == 1
+
+
+SHARED_SCOPE = """
+[budgets.hard]
+usd = 1
+period = "month"
+[budgets.soft]
+usd = 0.5
+period = "month"
+policy = "warn"
+[budgets.a]
+usd = 1
+[budgets.b]
+tokens = 100000
+"""
+
+
+def test_two_budgets_of_one_scope_share_its_running_total(tmp_path, monkeypatch, ledger_url):
+    """A hard and a soft limit on the same period (and a USD and a token limit per run) register their scope once
+    and read the one total: the first call used to fail on the scope's primary key."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T12:00:00+00:00")
+    config = config_for(tmp_path, ledger_url, SHARED_SCOPE)
+    ledger = Ledger(ledger_url)
+    ledger.record(call_record(run_id="r0", cost_usd=0.25))  # before the budgets: rebuilt into the shared total
+    budgets = Budgets(config, ledger, run_id="r1", flow="f")
+    settle(budgets, budgets.reserve(candidates(config)), 0.125, 300)
+    now = datetime(2026, 11, 18, 12, 0, 1, tzinfo=UTC)
+    assert from_totals(budgets, now) == from_calls(budgets, now)
+    assert from_totals(budgets, now) == {
+        "hard": (0.375, 318),
+        "soft": (0.375, 318),
+        "a": (0.125, 300),
+        "b": (0.125, 300),
+    }
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(budget_scopes)).scalar() == 2
+
+
+def test_two_processes_first_naming_a_shared_scope_register_it_once(tmp_path, ledger_url):
+    """Two workers (threads, each with its own ledger engine) reach a new ledger's budgets at the same moment:
+    each scope is registered once, and both calls are counted."""
+    config = config_for(tmp_path, ledger_url, SHARED_SCOPE)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(run_id: str) -> None:
+        try:
+            budgets = Budgets(config, Ledger(ledger_url), run_id=run_id, flow="f")
+            start.wait()
+            settle(budgets, budgets.reserve(candidates(config)), 0.125, 300)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"r{n}",)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    ledger = Ledger(ledger_url)
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(budget_scopes)).scalar() == 2
+    (hard,) = [s for s in Budgets(config, ledger, run_id="r0", flow="f").states() if s.name == "hard"]
+    assert (round(hard.spent_usd, 9), hard.spent_tokens) == (0.25, 600)

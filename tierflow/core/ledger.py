@@ -1597,7 +1597,8 @@ def track(conn: Connection, scopes: list[Scope], now: datetime) -> tuple[dict[st
     locks, so no reservation or settlement runs between it and the scope's registration.
     """
     known = {row.scope: row.tracked_from for row in conn.execute(_SCOPES)}
-    missing = [s for s in scopes if s.key not in known]
+    # Budgets may share a scope (a hard and a `warn` limit on one month): each scope is one row and one total.
+    missing = list({s.key: s for s in scopes if s.key not in known}.values())
     if not missing:
         return known, False
     if conn.dialect.name == "postgresql":
