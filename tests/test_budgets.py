@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -515,3 +516,46 @@ def test_without_clamping_a_halt_run_stops_at_the_first_call_that_does_not_fit_i
     assert {call.max_tokens for call in double.model_calls()} == {1024}
     # It stops once a full worst case no longer fits: most of a worst case is left unused.
     assert sum(r["cost_usd"] for r in c.ledger.rows()) < cap - 0.75 * worst
+
+
+def test_a_call_that_fits_only_clamped_waits_for_the_calls_in_flight(tmp_path, monkeypatch, double, ledger_url):
+    """Under a cap smaller than one full worst case, a second call in parallel cannot fit even clamped while the
+    first holds the cap; it waits for the first to settle, then is sent with what the budget affords (it used to
+    be refused at once, though the same calls one after the other both ran)."""
+    from tierflow.core import budget as budget_module
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    worst = one_call_worst_case(tmp_path, double)
+    in_flight, let_go, decided = threading.Event(), threading.Event(), threading.Event()
+
+    def responder(request):
+        if "(first)" in request.last_user_text:
+            in_flight.set()
+            let_go.wait(60)
+        return Reply(text="ok")
+
+    double.responder = responder
+    decide = budget_module.decide_reservation
+
+    def watched(candidates, states, **kw):  # tells the test once a call has been decided with the first in flight
+        decision = decide(candidates, states, **kw)
+        if in_flight.is_set() and any(s.reserved_usd for s in states):
+            decided.set()
+        return decision
+
+    monkeypatch.setattr(budget_module, "decide_reservation", watched)
+    cap = 0.6 * worst  # one call, clamped to about 60% of its output allowance, takes the whole cap
+    c = make_caller(
+        tmp_path / "v", budget_config(double, f'[budgets.run]\nusd = {cap!r}\npolicy = "halt"\n'), ledger_url=ledger_url
+    )
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ask, c, f"{PROMPT} (first)")
+        assert in_flight.wait(60)
+        second = pool.submit(ask, c, f"{PROMPT} (second)")
+        assert decided.wait(60)  # the second call has seen the first's reservation
+        let_go.set()
+        answers = [first.result(60), second.result(60)]
+    assert [a.text for a in answers] == ["ok", "ok"]
+    sent = [call.max_tokens for call in double.model_calls()]
+    assert len(sent) == 2 and all(256 <= n < 1024 for n in sent)
+    assert sum(r["cost_usd"] for r in c.ledger.rows()) <= cap

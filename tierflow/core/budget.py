@@ -155,15 +155,18 @@ class BudgetState:
             return None
         return self.limit_tokens - self.spent_tokens - self.reserved_tokens
 
-    def affordable_output(self, est: Estimate) -> int:
-        """The most output tokens this budget can still pay for on top of the call's prompt."""
+    def affordable_output(self, est: Estimate, *, settled: bool = False) -> int:
+        """The most output tokens this budget can still pay for on top of the call's prompt; with `settled`, as if
+        the calls in flight had cost nothing."""
         afford = est.max_output_tokens
         if self.limit_tokens is not None:
-            afford = min(afford, (self.remaining_tokens or 0) - est.prompt_tokens)
+            remaining_tokens = self.limit_tokens - self.spent_tokens if settled else self.remaining_tokens or 0
+            afford = min(afford, remaining_tokens - est.prompt_tokens)
         if self.limit_usd is not None and est.usd is not None and est.output_usd and est.max_output_tokens:
             per_token = float(est.output_usd) / est.max_output_tokens
             prompt_usd = float(est.usd - est.output_usd)
-            afford = min(afford, math.floor(((self.remaining_usd or 0.0) - prompt_usd) / per_token * (1 - 1e-9)))
+            remaining_usd = self.limit_usd - self.spent_usd if settled else self.remaining_usd or 0.0
+            afford = min(afford, math.floor((remaining_usd - prompt_usd) / per_token * (1 - 1e-9)))
         return max(afford, 0)
 
     def fits(self, usd: float, tokens: int, *, settled: bool = False, value: float = 1.0) -> bool:
@@ -682,6 +685,15 @@ def decide_reservation(
                         budget=forced_by if index else None,
                         warnings=tuple((s.name, s.describe()) for s in blocking if s.policy == "warn"),
                     )
+            # Not even clamped to the floor now, but once the calls in flight settle: wait for them, then send
+            # what the budget affords then (refused only once nothing in flight could make room).
+            later = min(s.affordable_output(est, settled=True) for s in hard)
+            if wait and floor <= later:
+                smaller = est.clamped(later)
+                if all(
+                    s.fits(s.usd_of(smaller) or 0.0, smaller.tokens, settled=True, value=candidate.value) for s in hard
+                ):
+                    return _WAIT
         if all(s.policy == "downgrade" for s in hard) and index + 1 < len(candidates):
             forced_by = forced_by or hard[0].name
             continue
