@@ -142,6 +142,45 @@ def test_release_stale_frees_a_dead_holders_reservation_at_once(tmp_path, monkey
     assert ask(c).text == "ok"
 
 
+def test_release_stale_records_a_dead_holders_sent_call_as_lost_at_its_worst_case(
+    tmp_path, monkeypatch, slow_double, ledger_url
+):
+    """The provider has the request of a call whose holder was killed, and may bill it: releasing the reservation
+    keeps it counted, as a `lost` row at its worst case (as a timeout's), and says so."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    cap = 10 * one_call_worst_case(tmp_path, slow_double)
+    config = shared_vault(tmp_path, slow_double, ledger_url, lease_s=600, cap=cap)
+    ledger = Ledger(ledger_url)
+    holder = start_holder(config)
+    try:
+        reservation = held_by(ledger, holder.pid)
+        deadline = time.monotonic() + 60
+        while not slow_double.model_calls():  # sent: the double holds it until the test lets it go
+            assert time.monotonic() < deadline, "the holder never sent its call"
+            time.sleep(0.05)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    vault = str(config.parent.parent)
+    released = CliRunner().invoke(
+        app, ["budget", "reservations", "--vault", vault, "--release-stale"], catch_exceptions=False
+    )
+    assert released.exit_code == 0 and "Released 1 stale reservation(s)" in released.output
+    assert "1 call sent before its holder stopped is recorded as lost" in released.output
+    (row,) = ledger.rows(run_id="killed")
+    assert (row["outcome"], row["flow"], row["phase"], row["tier"], row["project"]) == (
+        "lost",
+        "test",
+        "collate",
+        "light",
+        None,
+    )
+    assert row["model"] == slow_double.model_calls()[0].model and row["complexity"] == "low"
+    assert row["cost_usd"] == pytest.approx(reservation.usd) and not row["usage_known"]
+    (state,) = caller(config).budgets.states()
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(reservation.usd)
+
+
 def test_a_live_holders_reservation_is_never_released(tmp_path, ledger_url, double):
     """--release-stale leaves a reservation whose holder lives and whose lease runs."""
     config = shared_vault(tmp_path, double, ledger_url, lease_s=600, cap=1.0)

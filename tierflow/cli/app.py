@@ -642,6 +642,19 @@ def budget_reservations(
         console.print("No reservation is open: no call is in flight, and none holds budget.")
     elif released:
         console.print(f"Released {len(released)} stale reservation(s).")
+        lost = [r for r in released if r.lost]
+        if lost:
+            one = len(lost) == 1
+            calls = (
+                "1 call sent before its holder stopped is"
+                if one
+                else f"{len(lost)} calls sent before their holder stopped are"
+            )
+            its, it = ("its", "it") if one else ("their", "them")
+            console.print(
+                f"{calls} recorded as lost at {its} worst case (${sum(r.usd for r in lost):.4f}): the provider may "
+                f"bill {it}, so budgets keep counting {it} (`tierflow spend` lists {it})."
+            )
     elif any(row["state"] != "held" for row in rows):
         console.print(
             "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone."
@@ -662,6 +675,7 @@ def _reservation_row(r, state: str) -> dict:  # noqa: ANN001
         "holder_pid": r.holder_pid,
         "holder_host": r.holder_host,
         "state": state,
+        "recorded_lost": r.lost,  # released, and recorded as a lost call at its worst case
     }
 
 

@@ -35,6 +35,7 @@ from tierflow.core.ledger import (
     count_spend,
     database_seconds,
     lock_budgets,
+    lost_call,
     now_iso,
     period_end,
     period_start,
@@ -44,7 +45,7 @@ from tierflow.core.ledger import (
     track,
 )
 from tierflow.core.routing import Route
-from tierflow.core.usage import Usage, price_bound
+from tierflow.core.usage import UNKNOWN_USAGE, Usage, price_bound
 
 log = logging.getLogger("tierflow")
 
@@ -480,6 +481,10 @@ class Budgets:
                 usd=float(est.usd) if est.usd is not None else 0.0,
                 tokens=est.tokens,
                 tier=reservation.route.tier,
+                provider=reservation.route.provider,
+                model=reservation.route.model,
+                complexity=reservation.route.complexity,
+                batch=est.batch,
                 priced=est.usd is not None,
                 open=True,
                 held_since=now,
@@ -730,6 +735,16 @@ class OpenReservation:
     lease_left_s: float
     holder_pid: int | None
     holder_host: str | None
+    project: str | None = None
+    tier: str = ""
+    provider: str = ""
+    model: str = ""
+    complexity: str = ""
+    priced: bool = True
+    batch: bool = False
+    """A provider batch item's: never sent on its own, so never recorded as a lost call."""
+    lost: bool = False
+    """Released, and recorded as a lost call at its worst case (`release_stale`)."""
 
     @property
     def expired(self) -> bool:
@@ -756,12 +771,38 @@ def open_reservations(ledger: Ledger) -> list[OpenReservation]:
 
 
 def release_stale(ledger: Ledger) -> list[OpenReservation]:
-    """Release every reservation whose lease is over, or whose holder process on this host is gone."""
+    """Release every reservation whose lease is over, or whose holder process on this host is gone.
+
+    A call's reservation is recorded as a `lost` call at its worst case (`lost_call`) in the same transaction: its
+    request may have reached the provider, which bills it, so its budgets keep counting it (`lost` set on it)."""
     with ledger.transaction() as conn:
         _lock(conn)
-        stale = [r for r in _open(conn) if r.stale]
+        stale = [replace(r, lost=not r.batch) for r in _open(conn) if r.stale]
         _release(conn, reservations.c.id.in_([r.id for r in stale]))
+        for r in stale:
+            if r.lost:
+                ledger.record(_lost_call(r), conn=conn)
     return stale
+
+
+def _lost_call(r: OpenReservation) -> CallRecord:
+    """The call a released reservation stood for, sent when it was reserved and never answered."""
+    call = CallRecord(
+        run_id=r.run_id,
+        flow=r.flow,
+        phase=r.phase,
+        complexity=r.complexity,
+        tier=r.tier,
+        provider=r.provider,
+        model=r.model,
+        usage=UNKNOWN_USAGE,
+        cost_usd=None,
+        latency_ms=0.0,
+        started_at=r.created,
+        project=r.project,
+        timestamp=r.created,  # counted in the period it was reserved (and held) in
+    )
+    return lost_call(call, r.usd if r.priced else None)
 
 
 def _open(conn: Connection) -> list[OpenReservation]:
@@ -780,6 +821,13 @@ def _open(conn: Connection) -> list[OpenReservation]:
             lease_left_s=(row.lease_expires or 0.0) - now,
             holder_pid=row.holder_pid,
             holder_host=row.holder_host,
+            project=row.project,
+            tier=row.tier or "",
+            provider=row.provider or "",
+            model=row.model or "",
+            complexity=row.complexity or "",
+            priced=bool(row.priced),
+            batch=bool(row.batch),
         )
         for row in rows
     ]

@@ -30,7 +30,7 @@ from tierflow.core.errors import (
     OutputModeRejected,
     ProviderError,
 )
-from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, now_iso, signals
+from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, lost_call, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, api_key, make_provider
 from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
@@ -863,27 +863,14 @@ class Caller:
     def _lost(
         self, routed: Route, reservation: Reservation, subject: str, started: str, number: int, count: int
     ) -> list[CallRecord]:
-        """The rows of a call's lost attempts: sent, never answered (a timeout, a reset connection).
-
-        The provider may have processed and billed each one, and its usage is unknowable: each gets a row with
-        outcome `lost`, usage unknown and the attempt's worst case as its cost, so budgets count what it may
-        have cost and `tierflow spend` shows it (as an upper bound) rather than nothing.
-        """
+        """The rows of a call's lost attempts: sent, never answered (a timeout, a reset connection); each
+        at the attempt's worst case (`lost_call`)."""
         usd = reservation.estimate.usd
-        return [
-            self._record(
-                routed,
-                UNKNOWN_USAGE,
-                None if usd is None else float(usd),
-                0.0,
-                subject,
-                started,
-                downgraded_from=reservation.downgraded_from,
-                outcome="lost",
-                attempt=number,
-            )
-            for _ in range(count)
-        ]
+        record = self._record(
+            routed, UNKNOWN_USAGE, None, 0.0, subject, started, downgraded_from=reservation.downgraded_from,
+            attempt=number,
+        )  # fmt: skip
+        return [lost_call(record, None if usd is None else float(usd)) for _ in range(count)]
 
     def _before(
         self,

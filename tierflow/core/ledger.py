@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from tierflow.core import clock
 from tierflow.core.config import RunConfig
 from tierflow.core.errors import LedgerError
-from tierflow.core.usage import TOKEN_KINDS, Usage
+from tierflow.core.usage import TOKEN_KINDS, UNKNOWN_USAGE, Usage
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -202,6 +202,12 @@ reservations = sa.Table(
     # has a known price (an unpriced one is counted at a budget's fallback price, if it allows any).
     sa.Column("tier", String(64)),
     sa.Column("priced", sa.Boolean, nullable=False, default=True),
+    # Version 18: the call's route, so a reservation released with its holder gone can be recorded as the call
+    # it was (`lost`); and whether it is a provider batch item's (recorded by the batch's collection instead).
+    sa.Column("provider", String(64)),
+    sa.Column("model", String(128)),
+    sa.Column("complexity", String(16)),
+    sa.Column("batch", sa.Boolean, nullable=False, server_default=sa.false()),  # the migration's default
 )
 
 batch_items = sa.Table(
@@ -676,6 +682,20 @@ def _migration_17(conn: Connection) -> None:
     )
 
 
+def _migration_18(conn: Connection) -> None:
+    # A reservation's route and whether it is a batch item's (see `reservations`).
+    _add_columns(
+        conn,
+        "reservations",
+        {
+            "provider": "VARCHAR(64)",
+            "model": "VARCHAR(128)",
+            "complexity": "VARCHAR(16)",
+            "batch": "BOOLEAN NOT NULL DEFAULT FALSE",
+        },
+    )
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -694,6 +714,7 @@ MIGRATIONS = (
     _migration_15,
     _migration_16,
     _migration_17,
+    _migration_18,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -747,6 +768,16 @@ class CallRecord:
 
 
 now_iso = clock.now_iso
+
+
+def lost_call(call: CallRecord, worst_usd: float | None) -> CallRecord:
+    """`call` as sent and never answered (a timeout, a reset connection, its process killed mid-call).
+
+    The provider may have processed and billed it, and its usage is unknowable: it is recorded with outcome
+    `lost`, usage unknown and its worst case as its cost, so budgets count what it may have cost and
+    `tierflow spend` shows it (as an upper bound) rather than nothing.
+    """
+    return replace(call, usage=UNKNOWN_USAGE, cost_usd=worst_usd, latency_ms=0.0, outcome="lost")
 
 
 @dataclass(frozen=True)
