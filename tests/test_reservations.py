@@ -195,6 +195,67 @@ def test_a_live_holders_reservation_is_never_released(tmp_path, ledger_url, doub
     assert [r.id for r in open_reservations(c.ledger)] == [reservation.id]
 
 
+BATCH_HOLDER = """
+import sys
+from pydantic import BaseModel
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Caller, RunSettings
+
+class Verdict(BaseModel):
+    label: str
+
+c = Caller(RunSettings(vault=sys.argv[1], config_path=sys.argv[2], run_id="batched", flow="test"))
+calls = [BatchCall(key=f"s{i}", subject=f"s{i}", system="Be brief.", prompt=f"Classify {i}.", output=Verdict)
+         for i in range(2)]
+assert run_batch(c, calls, phase="collate", complexity="low", wait=False).pending
+"""
+
+
+def test_release_stale_keeps_a_pending_batchs_reservations_and_names_its_run(tmp_path, monkeypatch, double, ledger_url):
+    """A `--no-wait` batch run exits with its batch at the provider: its reservations (holder gone) stay held until
+    the batch is collected, and the listing names the run to resume instead of offering to release them."""
+    from pydantic import BaseModel
+
+    from tierflow.core.batch import BatchCall, run_batch
+
+    class Verdict(BaseModel):
+        label: str
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "formative"})
+    double.batch_polls_until_done = 3  # still running when the submitting run exits
+    config = shared_vault(tmp_path, double, ledger_url, lease_s=600, cap=1.0)
+    vault = str(config.parent.parent)
+    subprocess.run(
+        [sys.executable, "-c", BATCH_HOLDER, vault, str(config)],
+        cwd=REPO,
+        env={**os.environ, "ANTHROPIC_API_KEY": "k"},
+        check=True,
+        timeout=180,
+    )
+    ledger = Ledger(ledger_url)
+    held = open_reservations(ledger)
+    assert len(held) == 2 and {r.state for r in held} == {"batch pending"}
+    cli = CliRunner()
+
+    released = cli.invoke(app, ["budget", "reservations", "--vault", vault, "--release-stale", "-f", "json"])
+    assert {(row["run_id"], row["state"]) for row in json.loads(released.output)} == {("batched", "batch pending")}
+    assert [r.id for r in open_reservations(ledger)] == [r.id for r in held]
+    table = cli.invoke(app, ["budget", "reservations", "--vault", vault], env={"COLUMNS": "200"})
+    assert "batch pending at the provider: `tierflow resume batched` collects it" in table.output
+    assert "--release-stale" not in table.output
+
+    c = Caller(RunSettings(vault=vault, config_path=str(config), run_id="batched", flow="test"))
+    calls = [
+        BatchCall(key=f"s{i}", subject=f"s{i}", system="Be brief.", prompt=f"Classify {i}.", output=Verdict)
+        for i in range(2)
+    ]
+    collected = run_batch(c, calls, phase="collate", complexity="low", poll_interval=0.01)
+    assert sorted(collected.answers) == ["s0", "s1"] and not collected.submitted  # collected, not sent again
+    assert open_reservations(ledger) == []
+    assert [r["outcome"] for r in ledger.rows(run_id="batched")] == ["ok", "ok"]
+
+
 FLOW_WORKER = """
 import sys
 from datetime import date

@@ -598,7 +598,8 @@ def budget_reservations(
         typer.Option(
             "--release-stale",
             help="Release reservations whose lease is over, and at once those whose holder process on this "
-            "host no longer exists.",
+            "host no longer exists (a call's is recorded as lost at its worst case); never those of a batch "
+            "pending at the provider (`tierflow resume RUN` collects it).",
         ),
     ] = False,
     fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
@@ -655,10 +656,13 @@ def budget_reservations(
                 f"{calls} recorded as lost at {its} worst case (${sum(r.usd for r in lost):.4f}): the provider may "
                 f"bill {it}, so budgets keep counting {it} (`tierflow spend` lists {it})."
             )
-    elif any(row["state"] != "held" for row in rows):
+    elif any(row["state"] in ("expired", "holder gone") for row in rows):
         console.print(
             "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone."
         )
+    # A submitted batch outlives the process that sent it: the provider bills it, and collecting it settles these.
+    for run_id in dict.fromkeys(row["run_id"] for row in rows if row["state"] == "batch pending"):
+        console.print(f"Run {run_id}: batch pending at the provider: `tierflow resume {run_id}` collects it.")
 
 
 def _reservation_row(r, state: str) -> dict:  # noqa: ANN001

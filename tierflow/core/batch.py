@@ -32,7 +32,7 @@ from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.errors import TierflowError
-from tierflow.core.ledger import batch_items, database_seconds, now_iso
+from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.usage import Usage
@@ -166,9 +166,6 @@ def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str
         ).all()
     return {row.key: row.batch_id for row in found}, elsewhere
 
-
-SUBMITTED = ("submitting", "submitted")
-"""Statuses of a batch item that is (or may be) at the provider."""
 
 SUBMITTING_GRACE_S = 15 * 60.0
 """How long a batch recorded as `submitting` by a process on another host is taken to be still on its way."""

@@ -28,10 +28,12 @@ from tierflow.core import clock
 from tierflow.core.config import BudgetConfig, Config
 from tierflow.core.errors import BudgetExceeded
 from tierflow.core.ledger import (
+    SUBMITTED,
     CallRecord,
     Ledger,
     Scope,
     Spent,
+    batch_items,
     count_spend,
     database_seconds,
     lock_budgets,
@@ -745,6 +747,9 @@ class OpenReservation:
     """A provider batch item's: never sent on its own, so never recorded as a lost call."""
     lost: bool = False
     """Released, and recorded as a lost call at its worst case (`release_stale`)."""
+    batch_pending: bool = False
+    """An item of a batch submitted to the provider (or on its way): held until the batch is collected
+    (`tierflow resume RUN`, or a rerun) whether or not the process that submitted it lives on."""
 
     @property
     def expired(self) -> bool:
@@ -757,10 +762,12 @@ class OpenReservation:
 
     @property
     def stale(self) -> bool:
-        return self.expired or self.holder_gone
+        return not self.batch_pending and (self.expired or self.holder_gone)
 
     @property
     def state(self) -> str:
+        if self.batch_pending:
+            return "batch pending"
         return "expired" if self.expired else "holder gone" if self.holder_gone else "held"
 
 
@@ -808,6 +815,18 @@ def _lost_call(r: OpenReservation) -> CallRecord:
 def _open(conn: Connection) -> list[OpenReservation]:
     now = database_seconds(conn)
     rows = conn.execute(sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)).all()
+    # A reservation a batch item names is a batch's (also one made before reservations recorded `batch`).
+    items = (
+        conn.execute(
+            sa.select(batch_items.c.reservation_id, batch_items.c.status).where(
+                batch_items.c.reservation_id.in_([row.id for row in rows])
+            )
+        ).all()
+        if rows
+        else []
+    )
+    pending = {item.reservation_id for item in items if item.status in SUBMITTED}
+    batched = {item.reservation_id for item in items}
     return [
         OpenReservation(
             id=row.id,
@@ -827,7 +846,8 @@ def _open(conn: Connection) -> list[OpenReservation]:
             model=row.model or "",
             complexity=row.complexity or "",
             priced=bool(row.priced),
-            batch=bool(row.batch),
+            batch=bool(row.batch) or row.id in batched,
+            batch_pending=row.id in pending,
         )
         for row in rows
     ]

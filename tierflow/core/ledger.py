@@ -237,6 +237,9 @@ batch_items = sa.Table(
     sa.Column("submitted_s", sa.Float),
 )
 
+SUBMITTED = ("submitting", "submitted")
+"""Statuses of a batch item that is (or may be) at the provider."""
+
 runs = sa.Table(
     "runs",
     metadata,
