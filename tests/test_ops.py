@@ -513,7 +513,7 @@ def test_unknown_flow_is_named_with_the_flows_that_exist(server: str):
     assert result.exit_code == 2
     said = " ".join(result.output.replace("│", " ").split())  # unwrapped from Typer's error box
     assert (
-        "unknown flow 'weekly-digest'" in said and "these flows: reading-notes, student-feedback, module-review" in said
+        "unknown flow 'weekly-digest'" in said and "these flows: module-review, reading-notes, student-feedback" in said
     )
     assert state(server) == before
 

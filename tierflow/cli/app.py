@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, argument_text, fail, load, vault_dir
 from tierflow.cli.config_commands import config_check
@@ -434,10 +435,37 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     show(Console(), table)
 
 
-class FlowName(StrEnum):
-    reading_notes = "reading-notes"
-    student_feedback = "student-feedback"
-    module_review = "module-review"
+def _registered_flow(value: str) -> str:
+    """The FLOW argument: a flow registered under the `tierflow.flows` entry points, built in or a package's."""
+    from tierflow.core.registry import flow_names
+
+    names = flow_names()
+    if value not in names:
+        raise typer.BadParameter(f"{value!r} is not a registered flow; the flows are: {', '.join(names) or 'none'}.")
+    return value
+
+
+class _FlowCommand(TyperCommand):
+    """A command taking FLOW, whose help lists the registered flows when it is shown (not at every start)."""
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:  # type: ignore[override]
+        from tierflow.core.registry import flow_names
+
+        for param in self.params:
+            if param.name == "flow_name":
+                param.help = f"A registered flow: {', '.join(flow_names())}."  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)  # type: ignore[arg-type]
+
+
+FlowArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="FLOW",
+        help="A registered flow (the tierflow.flows entry points).",
+        callback=_registered_flow,
+        show_default=False,
+    ),
+]
 
 
 def _parse_date(value: str | None, option: str) -> date | None:
@@ -456,11 +484,9 @@ def _quiet_prefect(verbose: bool) -> None:
             os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
 
 
-@app.command()
+@app.command(cls=_FlowCommand)
 def run(
-    flow_name: Annotated[
-        FlowName, typer.Argument(metavar="FLOW", help="reading-notes, student-feedback or module-review.")
-    ],
+    flow_name: FlowArg,
     vault: VaultOpt = None,
     since: Annotated[str | None, typer.Option(help="First day of the window (default: 6 days before --until).")] = None,
     until: Annotated[str | None, typer.Option(help="Last day of the window (default: today).")] = None,
@@ -536,13 +562,16 @@ def run(
         runner = task_runner_for(task_runner)
     except OpsError as exc:
         raise fail(str(exc)) from None
-    kwargs = {
-        FlowName.reading_notes: {"since": start, "until": end},
-        FlowName.student_feedback: {"assignment": assignment, "mode": mode, "wait": wait},
-        FlowName.module_review: {"module": module},
-    }[flow_name]
+    built_in = {
+        "reading-notes": {"since": start, "until": end},
+        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait},
+        "module-review": {"module": module},
+    }
+    # A flow of another package gets whichever of these its function takes (`run_flow` keeps only those).
+    offered = {"since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module}
+    kwargs = built_in.get(flow_name, offered)
     summary = run_flow(
-        flow_name.value,
+        flow_name,
         vault,
         profile=profile,
         config=config,
@@ -704,11 +733,9 @@ def demo(
     run_demo(folder)
 
 
-@app.command()
+@app.command(cls=_FlowCommand)
 def plan(
-    flow_name: Annotated[
-        FlowName, typer.Argument(metavar="FLOW", help="reading-notes, student-feedback or module-review.")
-    ],
+    flow_name: FlowArg,
     vault: VaultOpt = None,
     since: Annotated[str | None, typer.Option(help="First day of the window.")] = None,
     until: Annotated[str | None, typer.Option(help="Last day of the window.")] = None,
@@ -736,9 +763,12 @@ def plan(
     from tierflow.core.registry import flow_spec
     from tierflow.report.plan import print_plan
 
-    spec = flow_spec(flow_name.value)
+    try:
+        spec = flow_spec(flow_name)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
     if spec.plan is None:
-        raise fail(f"{flow_name.value} has no planner yet")
+        raise fail(f"the {flow_name} flow has no planner: its FlowSpec gives no plan=")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
     _check_assignment(flow_name, cfg, vault, assignment)
@@ -759,9 +789,9 @@ def plan(
     print_plan(result, show_prompts=show_prompts)
 
 
-def _check_assignment(flow_name: FlowName, cfg: Config, vault: Path, assignment: str | None) -> None:
+def _check_assignment(flow_name: str, cfg: Config, vault: Path, assignment: str | None) -> None:
     """student-feedback needs an assignment folder inside the vault: from --assignment or the config."""
-    if flow_name is not FlowName.student_feedback:
+    if flow_name != "student-feedback":
         return
     from tierflow.core.errors import VaultError
     from tierflow.tasks.assignment import inside_vault

@@ -25,20 +25,29 @@ class _ScheduleGroup(TyperGroup):
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
-            from tierflow.cli.prefect_ops import FLOWS
+            from tierflow.core.registry import flow_names
 
+            names = flow_names()
+            if args[0] in names:  # a flow another package registered: the generic command, given its name
+                return super().resolve_command(ctx, [REGISTERED, *args])
             ctx.fail(
-                f"unknown flow {args[0]!r}. tierflow schedules these flows: {', '.join(FLOWS)}. "
+                f"unknown flow {args[0]!r}. tierflow schedules these flows: {', '.join(names)}. "
                 "Other commands: list, pause NAME, resume NAME."
             )
         return super().resolve_command(ctx, args)
+
+
+REGISTERED = "registered-flow"
+"""The hidden command that schedules a flow with no command of its own: `tierflow schedule FLOW ...`."""
 
 
 schedule_app = typer.Typer(
     cls=_ScheduleGroup,
     help=(
         "Run flows on a schedule: Prefect deployments on a process work pool, against the Prefect server in "
-        "PREFECT_API_URL. A worker runs them: prefect worker start --pool tierflow."
+        "PREFECT_API_URL. A worker runs them: prefect worker start --pool tierflow. A flow another package "
+        "registers (tierflow.flows entry points) is scheduled by its name too: tierflow schedule FLOW --vault DIR "
+        "[--cron ...] [--param NAME=VALUE]."
     ),
     no_args_is_help=True,
 )
@@ -204,6 +213,32 @@ def schedule_module_review(
     _register(
         FLOWS["module-review"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
     )
+
+
+@schedule_app.command(REGISTERED, hidden=True)
+def schedule_registered_flow(
+    flow_name: Annotated[str, typer.Argument(metavar="FLOW", help="A registered flow.")],
+    vault: VaultOpt = None,
+    cron: CronOpt = None,
+    timezone: TimezoneOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    name: NameOpt = None,
+    pool: PoolOpt = "tierflow",
+    param: ParamOpt = None,
+) -> None:
+    """Register a flow another package registered: on demand (the default), or on a schedule with --cron."""
+    from tierflow.cli.prefect_ops import flow_target
+    from tierflow.core.errors import TierflowError
+
+    vault = _vault(vault, flow_name)
+    try:
+        target = flow_target(flow_name)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    cfg, parameters = _base_parameters(vault, profile, config)
+    parameters.update(_params(param))
+    _register(target, parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
 @schedule_app.command("list")

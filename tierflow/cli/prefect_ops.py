@@ -67,6 +67,16 @@ FLOWS: dict[str, FlowTarget] = {
 }
 
 
+def flow_target(name: str) -> FlowTarget:
+    """The schedulable flow called `name`: a built-in one, or one a package registered (`tierflow.flows`)."""
+    if name in FLOWS:
+        return FLOWS[name]
+    from tierflow.core.registry import flow_spec
+
+    spec = flow_spec(name)
+    return FlowTarget(spec.name, spec.entrypoint, spec.deployment)
+
+
 # --- the Prefect API -----------------------------------------------------------------------------
 
 
@@ -151,6 +161,8 @@ def load_flow(target: FlowTarget) -> Flow[..., Any]:
     """The flow object behind `target`; OpsError when this install does not have it."""
     from prefect import Flow
 
+    from tierflow.core.registry import flow_names
+
     where = target.entrypoint
     try:
         if ":" in where:
@@ -164,7 +176,7 @@ def load_flow(target: FlowTarget) -> Flow[..., Any]:
         raise OpsError(
             f"the {target.name} flow is not in this install of tierflow ({where}: {_reason(exc)}). "
             "Update tierflow, or check the flow's name: tierflow schedules "
-            f"{', '.join(FLOWS)}."
+            f"{', '.join(flow_names())}."
         ) from None
     if not isinstance(flow, Flow):
         raise OpsError(f"{where} is not a Prefect flow.")

@@ -83,27 +83,40 @@ def run_flow(
     from tierflow.core.calls import new_run_id
     from tierflow.core.registry import flow_spec
 
-    entry = flow_spec(flow).flow
+    try:
+        spec = flow_spec(flow)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    entry = spec.flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
-    run_id = parameters.pop("run_id", None) or new_run_id()  # chosen here, so that an interrupt can name it
+    # Chosen here, so that an interrupt can name it; a flow that takes no run id chooses its own.
+    run_id = (parameters.pop("run_id", None) or new_run_id()) if spec.takes("run_id") else None
+    chosen = {"profile": profile, "config": str(config) if config else None, "tier": tier or {}}
+    for name, value in chosen.items():
+        if value and not spec.takes(name):  # the run would silently use another config than the one asked for
+            raise fail(
+                f"the {flow} flow takes no {name!r} parameter, so --{name} cannot reach it; "
+                f"it takes: {', '.join(spec.parameter_names())}"
+            )
+    # Each flow gets only the parameters its function takes: a flow of another package may take fewer.
+    arguments = spec.accepted({"vault": str(vault), **chosen, "run_id": run_id, **parameters})
     tracebacks_to_prefect_log_only()
     try:
-        resume = resume_command(run_id, vault, config=config, profile=profile)
-        with stopped_by_interrupt(f"run {run_id}: `{resume}` continues it"), prefect_start_errors():
+        if run_id is None:
+            resume = f"the {flow} flow takes no run_id, so `tierflow resume` cannot continue its runs"
+        else:
+            resume = f"run {run_id}: `{resume_command(run_id, vault, config=config, profile=profile)}` continues it"
+        with stopped_by_interrupt(resume), prefect_start_errors():
             temporary_server.start()
             with phase_progress():
-                summary = entry(
-                    vault=str(vault),
-                    profile=profile,
-                    config=str(config) if config else None,
-                    tier=tier or {},
-                    run_id=run_id,
-                    **parameters,
-                )
+                summary = entry(**arguments)
     except TierflowError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
+        if run_id is None:
+            console.print(f"[bold yellow]interrupted: the run stopped; {escape(resume)}.")
+            raise typer.Exit(interrupted_code()) from None
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
         raise typer.Exit(interrupted_code()) from None
     wait_for_task_run_records(summary.run_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +40,27 @@ class FlowSpec:
         """A module path (`package.module.function`), so workers need the package, not a checkout."""
         fn = self.flow.fn
         return f"{fn.__module__}.{fn.__name__}"
+
+    def takes(self, parameter: str) -> bool:
+        """Whether the flow's function takes `parameter` (any name, when it takes **kwargs)."""
+        accepted = _parameters(self.flow.fn)
+        return accepted is None or parameter in accepted
+
+    def accepted(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The `parameters` the flow's function takes: all of them when it takes **kwargs."""
+        return {name: value for name, value in parameters.items() if self.takes(name)}
+
+    def parameter_names(self) -> list[str]:
+        """The names of the flow's parameters, as its signature lists them (without *args and **kwargs)."""
+        return list(_parameters(self.flow.fn) or ())
+
+
+def _parameters(fn: Callable[..., Any]) -> list[str] | None:
+    """The keyword parameters `fn` takes, or None when it takes **kwargs (any keyword)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def flow_names() -> list[str]:

@@ -1,0 +1,90 @@
+"""A flow registered as docs/your-own-flow.md says (a `tierflow.flows` entry point) works by name in the CLI."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import frontmatter
+import pytest
+from test_public_api import doc_code
+from typer.testing import CliRunner
+
+from tierflow.cli.app import app
+from tierflow.core.ledger import Ledger
+
+MODULE = "tierflow_doc_triage"
+
+
+def install(site: Path, module: str, code: str, entry_points: str) -> None:
+    """A module and its distribution's metadata in `site`: what `pip install` of a package would leave there."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(code, encoding="utf-8")
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[tierflow.flows]\n{entry_points}\n", encoding="utf-8")
+
+
+@pytest.fixture
+def registered_triage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The doc's reading-triage flow, registered with the doc's entry point, on sys.path for this test only."""
+    install(tmp_path / "site", MODULE, doc_code(), f"reading-triage = {MODULE}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # also clears importlib's caches
+    yield "reading-triage"
+    sys.modules.pop(MODULE, None)
+
+
+def triage_vault(root: Path) -> Path:
+    inbox = root / "vault" / "Inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "Long read.md").write_text("---\ntitle: Long read\n---\n\n" + "A careful argument. " * 20)
+    (inbox / "Stub.md").write_text("---\ntitle: Stub\n---\n\nTODO\n")
+    return root / "vault"
+
+
+def said(result: object) -> str:
+    return " ".join(result.output.replace("│", " ").split())  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_registered_flow_runs_by_name(registered_triage: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", registered_triage, "--vault", str(vault)])
+    assert result.exit_code == 0, result.output
+    note = frontmatter.load(vault / "Triage" / "Reading triage.md")
+    run_id = note["tierflow_run"]
+    assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # two triages and the summary
+
+
+def test_a_registered_flow_is_planned_and_listed_by_name(registered_triage: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    plan = CliRunner().invoke(app, ["plan", registered_triage, "--vault", str(vault)])
+    assert plan.exit_code == 2
+    assert "the reading-triage flow has no planner" in said(plan), plan.output  # not "Invalid value for 'FLOW'"
+    for command in ("run", "plan"):
+        help_text = said(CliRunner().invoke(app, [command, "--help"]))
+        assert "A registered flow: module-review, reading-notes, reading-triage, student-feedback." in help_text
+    unknown = CliRunner().invoke(app, ["run", "reading-trage", "--vault", str(vault)])
+    assert unknown.exit_code == 2
+    assert "'reading-trage' is not a registered flow; the flows are: module-review, reading-notes, reading-triage" in (
+        said(unknown)
+    )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_registered_flow_is_scheduled_by_name(registered_triage: str, tmp_path: Path) -> None:
+    from prefect import get_client
+
+    vault = triage_vault(tmp_path)
+    refused = CliRunner().invoke(app, ["schedule", registered_triage, "--vault", str(vault), "--param", "colour=red"])
+    assert refused.exit_code == 1
+    assert "the reading-triage flow takes no parameter 'colour'; it takes: folder, vault" in said(refused)
+    result = CliRunner().invoke(app, ["schedule", registered_triage, "--vault", str(vault), "--cron", "0 7 * * MON"])
+    assert result.exit_code == 0, result.output
+    assert "deployment reading-triage/on-demand on schedule" in said(result)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("reading-triage/on-demand")
+    assert deployment.entrypoint == f"{MODULE}.reading_triage"
+    assert deployment.parameters == {"vault": str(vault.resolve())}
