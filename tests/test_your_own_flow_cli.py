@@ -88,3 +88,53 @@ def test_a_registered_flow_is_scheduled_by_name(registered_triage: str, tmp_path
         deployment = client.read_deployment_by_name("reading-triage/on-demand")
     assert deployment.entrypoint == f"{MODULE}.reading_triage"
     assert deployment.parameters == {"vault": str(vault.resolve())}
+
+
+def resumable(code: str) -> str:
+    """The doc's flow, given the parameters docs/your-own-flow.md says make a flow resumable."""
+    signature = 'def reading_triage(vault: str, folder: str = "Inbox") -> RunSummary:'
+    start = 'begin_run("reading-triage", vault=vault, parameters={"folder": folder}, folders=[folder])'
+    assert signature in code and start in code
+    return code.replace(
+        signature,
+        'def reading_triage(vault: str, folder: str = "Inbox", profile: str | None = None, run_id: str | None = None)'
+        " -> RunSummary:",
+    ).replace(start, start[:-1] + ", profile=profile, run_id=run_id)")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_resume_of_a_flow_that_takes_no_run_id_says_it_cannot_continue_the_run(
+    registered_triage: str, tmp_path: Path
+) -> None:
+    vault = triage_vault(tmp_path)
+    assert CliRunner().invoke(app, ["run", registered_triage, "--vault", str(vault)]).exit_code == 0
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    result = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"run {run_id} is of the reading-triage flow, whose function takes no run_id, so `tierflow resume` cannot "
+        "continue that run." in said(result)
+    )
+    assert len(Ledger.for_vault(vault).rows()) == 3  # nothing ran again
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_resume_passes_a_flow_only_the_parameters_it_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = f"{MODULE}_resumable"
+    install(tmp_path / "site", module, resumable(doc_code()), f"reading-triage = {module}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    try:
+        vault = triage_vault(tmp_path)
+        first = CliRunner().invoke(app, ["run", "reading-triage", "--vault", str(vault), "--profile", "offline"])
+        assert first.exit_code == 0, first.output
+        run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+        # The run remembered vault, folder, project, profile, config and tier; the flow takes no config or tier.
+        result = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault)])
+        assert result.exit_code == 0, result.output
+        rows = Ledger.for_vault(vault).rows(run_id=run_id)
+        assert len(rows) == 6 and sum(bool(r["cached_result"]) for r in rows) == 3  # the resume paid for nothing
+        refused = CliRunner().invoke(app, ["run", "reading-triage", "--vault", str(vault), "--tier", "deep"])
+        assert refused.exit_code == 2
+        assert "the reading-triage flow takes no 'tier' parameter, so --tier cannot reach it" in said(refused)
+    finally:
+        sys.modules.pop(module, None)

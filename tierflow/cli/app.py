@@ -605,6 +605,20 @@ def resume(
             f"`tierflow spend --vault {vault} --by run` lists runs"
         )
     flow, parameters = found
+    from tierflow.core.errors import TierflowError
+    from tierflow.core.registry import flow_spec
+
+    try:
+        spec = flow_spec(flow)
+    except TierflowError as exc:
+        raise fail(f"run {run_id} is of the {flow} flow, which cannot be loaded: {exc}") from None
+    if not spec.takes("run_id"):  # it would start a new run under a new id, not continue this one
+        raise fail(
+            f"run {run_id} is of the {flow} flow, whose function takes no run_id, so `tierflow resume` cannot "
+            f"continue that run. `tierflow run {flow} --vault {vault}` runs it again and reuses, at no cost, every "
+            "answer the earlier run cached. To make the flow resumable, give it a `run_id: str | None = None` "
+            "parameter and pass it to begin_run (docs/your-own-flow.md)."
+        )
     _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
