@@ -118,3 +118,48 @@ def test_a_run_whose_projection_crosses_a_limit_emits_a_prefect_event(reading_va
     (mine,) = [e for e in events if any(r.id == f"tierflow.run.{summary.run_id}" for r in e.related)]
     assert mine.resource.id == "tierflow.budget.monthly" and mine.payload["projected_tokens"] > 30000
     assert mine.payload["runs_out"].startswith("2026-11-")
+
+
+def test_spend_budget_writes_csv_with_the_json_fields_and_refuses_otel(tmp_path: Path):
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault, _ = setup(tmp_path)
+    args = ["spend", "--vault", str(vault), "--budget", "--format"]
+    as_json = CliRunner().invoke(app, [*args, "json"])
+    as_csv = CliRunner().invoke(app, [*args, "csv"])
+    assert as_json.exit_code == 0 and as_csv.exit_code == 0, as_csv.output
+    records = json.loads(as_json.stdout)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [list(r) for r in rows] == [list(r) for r in records]
+    moving = ("projected_usd", "runs_out")  # the clock runs on between the two commands
+
+    def steady(row: dict) -> dict:
+        return {k: "" if v is None else str(v) for k, v in row.items() if k not in moving}
+
+    assert [steady(r) for r in rows] == [steady(r) for r in records]
+    otel = CliRunner().invoke(app, [*args, "otel"])
+    assert otel.exit_code == 2 and otel.stdout == ""
+    assert "--budget cannot be combined with --format otel" in " ".join(otel.output.split())
+
+
+def test_spend_refuses_options_that_would_be_ignored_naming_both(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault, _ = setup(tmp_path)
+    for extra, both in (
+        (["--budget", "--by", "phase"], "--budget cannot be combined with --by phase"),
+        (["--budget", "--last", "5"], "--budget cannot be combined with --last 5"),
+        (["--budget", "--watch"], "--budget cannot be combined with --watch"),
+        (["--watch", "--by", "model"], "--watch cannot be combined with --by model"),
+        (["--watch", "--format", "json"], "--watch cannot be combined with --format json"),
+    ):
+        result = CliRunner().invoke(app, ["spend", "--vault", str(vault), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert both in " ".join(result.output.split()), result.output

@@ -229,6 +229,7 @@ def spend(
     from tierflow.core.ledger import COLUMNS, Ledger
     from tierflow.report.spend import ledger_summary
 
+    _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt)
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
     # Compared with the ledger's ISO timestamps as text: a compact or week date (`20261204`, `2026-W49-1`) is
@@ -294,6 +295,34 @@ def spend(
             show(Console(), spend_table([], group, groups=ledger_spend(ledger, group, **filters)))
 
 
+def _check_spend_options(*, budget: bool, watch: bool, by: GroupBy | None, last: int | None, fmt: Format) -> None:
+    """Options that show different things cannot be combined: one of them would be silently ignored."""
+    given = {
+        "--budget": budget,
+        "--watch": watch,
+        f"--by {by.value if by else ''}": by is not None,
+        f"--last {last}": last is not None,
+    }
+    shown = [option for option, on in given.items() if on]
+    for mode in ("--budget", "--watch"):
+        others = [option for option in shown if option != mode]
+        if mode in shown and others:
+            raise fail(f"{mode} cannot be combined with {others[0]}: {mode} shows {SHOWS[mode]}. Use one of them.")
+    if watch and fmt is not Format.table:
+        raise fail(f"--watch cannot be combined with --format {fmt.value}: --watch is a live table on the console.")
+    if budget and fmt is Format.otel:
+        raise fail(
+            "--budget cannot be combined with --format otel: otel writes calls as OpenTelemetry spans, and a "
+            "budget is not a call. Use --format table, json, jsonl or csv."
+        )
+
+
+SHOWS = {
+    "--budget": "each budget's current period, not calls",
+    "--watch": "a live dashboard of its own",
+}
+
+
 def _write_json(records: Iterable[dict], fmt: Format) -> None:
     """`json`: one document, an array (written as the records come, laid out as `json.dump(indent=2)` would);
     `jsonl`: one object a line."""
@@ -350,6 +379,14 @@ def _indented(record: dict) -> str:
     return "{\n    " + body + "\n  }"
 
 
+BUDGET_FIELDS = (
+    "budget", "scope", "policy", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd",
+    "limit_tokens", "spent_tokens", "reserved_tokens", "remaining_tokens",
+    "period_end", "projected_usd", "projected_tokens", "runs_out",
+)  # fmt: skip
+"""The fields of `tierflow spend --budget` in json, jsonl and csv, in their order."""
+
+
 def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     from zoneinfo import ZoneInfo
 
@@ -360,7 +397,7 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
     budgets = Budgets(cfg, ledger, run_id="", flow="")
     states = budgets.states(now=now)
     forecasts = {f.state.name: f for f in budgets.forecasts(now)}
-    if fmt in (Format.json, Format.jsonl):
+    if fmt in (Format.json, Format.jsonl, Format.csv):
         records = []
         for s in states:
             f = forecasts.get(s.name)
@@ -383,7 +420,12 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                     "runs_out": f.runs_out.isoformat() if f and f.runs_out else None,
                 }
             )
-        _write_json(records, fmt)
+        if fmt is Format.csv:
+            writer = csv.DictWriter(sys.stdout, fieldnames=BUDGET_FIELDS)  # the header even when there is none
+            writer.writeheader()
+            writer.writerows(records)
+        else:
+            _write_json(records, fmt)
         return
     from rich.console import Console
     from rich.table import Table
