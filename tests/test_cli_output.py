@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import READING_WEEK
 
 TIERFLOW = [sys.executable, "-m", "tierflow.cli"]
@@ -118,3 +119,31 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_and_successfully(tmp
             err = proc.stderr.read() if proc.stderr else b""
             assert proc.wait(timeout=600) == 0, (fmt, err)
         assert not err.strip(), (fmt, err)
+
+
+def test_budget_reservations_never_cut_a_run_id_or_a_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """At 80 columns, in a pipe and in a terminal, every run id and state is printed whole."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+    from tierflow.core import budget
+
+    run_ids = ["20261118-060000-ab12cd", "20261118-061500-ef34ab"]
+    held = [
+        budget.OpenReservation(n, run_id, "student-feedback", "synthesise", 0.123456, 120000,
+                               "2026-11-18T06:00:00+00:00", 3600.0, -1200.0, 123456, "marking-host.example.org")
+        for n, run_id in enumerate(run_ids, start=1)
+    ]  # fmt: skip
+    monkeypatch.setattr(budget, "open_reservations", lambda ledger: held)
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    for env in ({"COLUMNS": "80"}, {"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}):
+        result = CliRunner().invoke(app, ["budget", "reservations", "--vault", str(vault)], env=env)
+        assert result.exit_code == 0, result.output
+        text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+        for run_id in run_ids:
+            assert run_id in text, (env, text)
+        assert len(re.findall(r"│ expired +│", text)) == 2, (env, text)
+        assert "…" not in text, (env, text)  # nothing cut; a long host name may fold onto a second line

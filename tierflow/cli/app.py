@@ -707,9 +707,17 @@ def budget_reservations(
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     table = Table(title="open budget reservations" if not released else "budget reservations")
     for column in ("id", "run", "phase", "usd", "tokens", "age", "lease left", "holder", "state"):
-        table.add_column(column, justify="right" if column in ("id", "usd", "tokens", "age", "lease left") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("id", "usd", "tokens", "age", "lease left") else "left",
+            # Names are never cut: to fit a narrow terminal the other columns wrap, or `show` prints wider.
+            no_wrap=column in ("id", "run", "phase", "state"),
+            overflow="fold",
+        )
     for row in rows:
         table.add_row(
             str(row["id"]),
@@ -723,7 +731,7 @@ def budget_reservations(
             row["state"],
         )
     console = Console()
-    console.print(table)
+    show(console, table)  # ids and states whole, in a pipe and in a narrow terminal
     if not rows:
         console.print("No reservation is open: no call is in flight, and none holds budget.")
     elif released:
