@@ -128,6 +128,9 @@ def test_resume_passes_a_flow_only_the_parameters_it_takes(tmp_path: Path, monke
         first = CliRunner().invoke(app, ["run", "reading-triage", "--vault", str(vault), "--profile", "offline"])
         assert first.exit_code == 0, first.output
         run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+        # The run's id and how to resume it come first, on stderr, so a run that dies leaves them behind.
+        started = f"starting run {run_id}: `tierflow resume {run_id} --vault {vault.resolve()} --profile offline`"
+        assert first.stderr.startswith(started + " continues it if it stops\n"), first.stderr
         # The run remembered vault, folder, project, profile, config and tier; the flow takes no config or tier.
         result = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault)])
         assert result.exit_code == 0, result.output
