@@ -170,3 +170,20 @@ def test_writer_for_never_overwrites_or_shadows_a_note_a_person_wrote(tmp_path: 
     assert kept.action == "kept-user-edit" and kept.path.startswith("Out/Mine (tierflow 2026-11-18")
     apart = writer.write("Taken", {"title": "Taken"}, "tierflow's words")
     assert apart.path == "Out/Taken (2).md", "a new note never takes a name another note has anywhere in the vault"
+
+
+def test_a_missing_template_is_a_tierflow_error_naming_the_folders_searched(tmp_path: Path) -> None:
+    from jinja2 import TemplateNotFound
+
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    env = tierflow.templates(tierflow.RunSettings(vault=str(vault), run_id="t", flow="mine"))
+    for name, hint in (("notes/nope.md.j2", "Check the name."), ("notes/run-reprt.md.j2", "'notes/run-report.md.j2'")):
+        with pytest.raises(tierflow.TierflowError) as caught:
+            env.get_template(name)
+        said = str(caught.value)
+        assert f"no template {name!r}" in said and hint in said, said
+        assert f"{vault / 'Templates' / 'tierflow'}/ (the vault's overrides" in said
+        assert f"tierflow's bundled templates ({REPO / 'templates'}/)" in said
+        assert "copy it into the vault's override folder" in said
+        assert isinstance(caught.value, TemplateNotFound)  # code catching Jinja2's own error still does

@@ -7,6 +7,7 @@ tierflow marks what it owns with a content hash in the front-matter (`tierflow_h
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import frontmatter
 import yaml
-from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 from pathvalidate import sanitize_filename
 
@@ -144,13 +145,50 @@ def _first_line(exc: Exception) -> str:
 # --- templates -----------------------------------------------------------------------------------
 
 
+class TemplateMissing(VaultError, TemplateNotFound):
+    """A template in neither the vault's override folder nor tierflow's bundled templates; still a TemplateNotFound,
+    for code that catches Jinja2's own error."""
+
+    def __init__(self, name: str, message: str) -> None:
+        TemplateNotFound.__init__(self, name, message)
+
+
+class _Templates(SandboxedEnvironment):
+    """A template environment whose missing template is a `TemplateMissing` naming the folders searched."""
+
+    searched: tuple[Path | None, Path]
+    """The vault's override folder (whether or not it exists), and the bundled templates."""
+
+    def get_template(self, name: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_template(name, *args, **kwargs)
+        except TemplateNotFound as exc:
+            if isinstance(exc, TemplateMissing) or not isinstance(name, str):
+                raise
+            raise self.missing(name) from None
+
+    def missing(self, name: str) -> TemplateMissing:
+        override, bundled = self.searched
+        known = self.list_templates()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)  # a typo, not any template
+        where = f"{override}/ (the vault's overrides, [vault] templates_folder) nor in " if override else ""
+        return TemplateMissing(
+            name,
+            f"no template {name!r}: it is neither in {where}tierflow's bundled templates ({bundled}/). "
+            + (f"Did you mean {close[0]!r}? " if close else "Check the name. ")
+            + "To change a bundled template, copy it into the vault's override folder under the same name and edit "
+            "the copy.",
+        )
+
+
 def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironment:
     """Jinja2 templates: the vault's override folder first, then tierflow's own `templates/`."""
     loaders = []
     if vault is not None and (vault / override_folder).is_dir():
         loaders.append(FileSystemLoader(str(vault / override_folder)))
-    loaders.append(FileSystemLoader(str(files("tierflow._templates"))))
-    env = SandboxedEnvironment(
+    bundled = Path(str(files("tierflow._templates")))
+    loaders.append(FileSystemLoader(str(bundled)))
+    env = _Templates(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -162,12 +200,18 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
     # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
+    env.searched = (vault / override_folder if vault is not None else None, bundled)
     return env
 
 
 def template_source(env: SandboxedEnvironment, name: str) -> str:
     """A template's text, for cache keys: an edited template must not reuse old results."""
-    source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+    try:
+        source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+    except TemplateNotFound:
+        if isinstance(env, _Templates):
+            raise env.missing(name) from None
+        raise
     return source
 
 
