@@ -609,20 +609,21 @@ def test_a_note_created_meanwhile_by_another_run_or_a_person_is_never_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Two runs (or a run and a person) creating one name at once: the one that comes second writes beside it."""
+    from tierflow.vault import notes
     from tierflow.vault.notes import NoteWriter
 
     vault = tmp_path / "vault"
     target = vault / "Drafts" / "Moderation.md"
     writer = NoteWriter(vault, "Drafts")
-    write = NoteWriter._atomic_write
+    write = notes.write_atomically
 
-    def raced(self: NoteWriter, path: Path, text: str, **kw: bool) -> None:
+    def raced(path: Path, text: str, **kw: bool) -> None:
         if path == target and not path.exists():  # after the writer looked, before it wrote
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("written at the same moment by someone else\n", encoding="utf-8")
-        write(self, path, text, **kw)
+        write(path, text, **kw)
 
-    monkeypatch.setattr(NoteWriter, "_atomic_write", raced)
+    monkeypatch.setattr(notes, "write_atomically", raced)
     result = writer.write("Moderation", {"title": "Moderation"}, "tierflow's draft")
     assert target.read_text(encoding="utf-8") == "written at the same moment by someone else\n"
     assert result.path != "Drafts/Moderation.md" and "tierflow's draft" in (vault / result.path).read_text()
