@@ -186,3 +186,21 @@ def test_config_check_on_the_offline_profile_asks_no_provider(tmp_path):
     result = CliRunner().invoke(app, ["config", "check", "--profile", "offline"])
     assert result.exit_code == 0, result.output
     assert "configured models exist and have a price" in result.output
+
+
+def test_config_check_warns_of_a_budget_whose_flow_or_phase_no_flow_has(tmp_path):
+    """`phase = "colate"` or `flow = "reading-note"` made a budget that never applied, without a word."""
+    budgets = (
+        '[budgets.typo]\nusd = 1\nphase = "colate"\nflow = "reading-note"\n'
+        '[budgets.mine]\nusd = 1\nphase = "triage"\n'
+        '[budgets.right]\nusd = 1\nphase = "synthesise"\nflow = "student-feedback"\n'
+    )
+    path = write_config(tmp_path / "config.toml", budgets)
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(path), "--profile", "offline"])
+    assert result.exit_code == 0, result.output  # warnings: a phase of the user's own flow is allowed
+    warned = [line for line in result.output.splitlines() if line.startswith("budgets.")]
+    assert len(warned) == 3, result.output
+    assert any("phase 'colate'" in line and "did you mean 'collate'" in line for line in warned)
+    assert any("flow 'reading-note'" in line and "did you mean 'reading-notes'" in line for line in warned)
+    assert any(line.startswith("budgets.mine: phase 'triage'") for line in warned)
+    assert not any("budgets.right" in line for line in warned)

@@ -54,6 +54,33 @@ def check_models(config: Config) -> list[ModelCheck]:
     return checks
 
 
+BUILT_IN_PHASES = ("collate", "synthesise", "draft", "ask")
+"""The phases of tierflow's own flows and of `tierflow ask` (whose `--phase` may name others)."""
+
+
+def budget_scope_warnings(config: Config) -> list[str]:
+    """A line for each budget whose `flow` or `phase` is no flow or phase tierflow knows: a typo ("colate",
+    "reading-note") makes a budget that never applies, silently. A user's own flow run from Python, or an ask's
+    own `--phase`, may be meant: these are warnings, not errors."""
+    import difflib
+
+    from tierflow.core.registry import flow_names
+
+    flows = [*flow_names(), "ask"]
+    lines = []
+    for name, budget in config.settings.budgets.items():
+        for key, value, known in (("flow", budget.flow, flows), ("phase", budget.phase, BUILT_IN_PHASES)):
+            if value is None or value in known:
+                continue
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(
+                f"budgets.{name}: {key} {value!r} is none of tierflow's {key}s ({', '.join(known)}): {hint}"
+                f"as written, the budget counts only calls whose {key} is exactly {value!r}."
+            )
+    return lines
+
+
 def config_check(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Ask each configured provider once for the models it serves, and list every configured model or fallback
     that no longer exists or has no price. Exit code 1 when any does."""
@@ -68,6 +95,8 @@ def config_check(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
     except ProviderError as exc:
         raise fail(f"could not list the models: {exc}") from None
     console = Console(soft_wrap=True, highlight=False)
+    for line in budget_scope_warnings(cfg):
+        console.print(f"[yellow]{escape(line)}[/]")
     bad = [c for c in checks if c.problems]
     for c in checks:
         verdict = "[red]" + escape("; ".join(c.problems)) + "[/]" if c.problems else "[green]ok[/]"
