@@ -105,8 +105,11 @@ def test_a_call_killed_mid_flight_holds_no_budget_past_its_lease(tmp_path, monke
     waited = time.monotonic() - killed_at
     assert answer.text == "ok" and waited < lease + 10  # not the 15 s it may wait: the lapsed lease freed it
     assert open_reservations(ledger) == []
+    # The dead call's request had reached the provider, which may bill it: the lapse records it as lost, at its
+    # worst case, and the budget counts it.
     rows = ledger.rows()
-    assert [r["run_id"] for r in rows] == ["next"] and sum(r["cost_usd"] for r in rows) <= cap
+    assert [(r["run_id"], r["outcome"]) for r in rows] == [("killed", "lost"), ("next", "ok")]
+    assert rows[0]["cost_usd"] == pytest.approx(first.usd) and sum(r["cost_usd"] for r in rows) <= cap
 
 
 def test_release_stale_frees_a_dead_holders_reservation_at_once(tmp_path, monkeypatch, slow_double, ledger_url):
@@ -325,5 +328,7 @@ def test_a_flow_killed_mid_call_holds_no_budget_and_resume_pays_only_for_what_wa
     paid = [r for r in rows if not r["cached_result"]]
     collate = [r["cached_result"] for r in rows if r["phase"] == "collate"]
     assert collate == [False] * 8 + [True] * 8  # collated before the kill; resumed from the answer cache
+    # The killed synthesis call had been sent: its lapsed lease recorded it as lost, at its worst case.
+    assert [r["outcome"] for r in rows if r["phase"] == "synthesise"] == ["lost", "ok"]
     (state,) = Caller(RunSettings(vault=str(reading_vault), run_id=run_id, flow="reading-notes")).budgets.states()
     assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(sum(r["cost_usd"] for r in paid))

@@ -428,7 +428,8 @@ class Budgets:
         self._track(conn)  # first: a scope new to the ledger takes the migration lock before the budget lock
         _lock(conn)
         db_now = database_seconds(conn)
-        conn.execute(_RELEASE_EXPIRED, {"now": db_now})
+        if lapsed := conn.execute(_RELEASE_EXPIRED, {"now": db_now}).scalars().all():
+            _record_lost(self.ledger, conn, _open(conn, reservations.c.id.in_(lapsed)))
         applicable = self.applicable(candidates[0][0].phase)
         states = self.states_in(conn, applicable) if applicable else []
         decision = decide_reservation(candidates, states, wait=wait)
@@ -784,12 +785,19 @@ def release_stale(ledger: Ledger) -> list[OpenReservation]:
     request may have reached the provider, which bills it, so its budgets keep counting it (`lost` set on it)."""
     with ledger.transaction() as conn:
         _lock(conn)
-        stale = [replace(r, lost=not r.batch) for r in _open(conn) if r.stale]
+        stale = [r for r in _open(conn) if r.stale]
         _release(conn, reservations.c.id.in_([r.id for r in stale]))
-        for r in stale:
-            if r.lost:
-                ledger.record(_lost_call(r), conn=conn)
-    return stale
+        return _record_lost(ledger, conn, stale)
+
+
+def _record_lost(ledger: Ledger, conn: Connection, released: list[OpenReservation]) -> list[OpenReservation]:
+    """Each released call's reservation as a `lost` call at its worst case, `lost` set on it; a batch's is not
+    (the batch lives on at the provider, and is recorded when it is collected)."""
+    released = [replace(r, lost=not r.batch) for r in released]
+    for r in released:
+        if r.lost:
+            ledger.record(_lost_call(r), conn=conn)
+    return released
 
 
 def _lost_call(r: OpenReservation) -> CallRecord:
@@ -812,9 +820,11 @@ def _lost_call(r: OpenReservation) -> CallRecord:
     return lost_call(call, r.usd if r.priced else None)
 
 
-def _open(conn: Connection) -> list[OpenReservation]:
+def _open(conn: Connection, which: sa.ColumnElement[bool] | None = None) -> list[OpenReservation]:
+    """The reservations still open (or those `which` picks), oldest first."""
     now = database_seconds(conn)
-    rows = conn.execute(sa.select(reservations).where(reservations.c.open.is_(True)).order_by(reservations.c.id)).all()
+    which = reservations.c.open.is_(True) if which is None else which
+    rows = conn.execute(sa.select(reservations).where(which).order_by(reservations.c.id)).all()
     # A reservation a batch item names is a batch's (also one made before reservations recorded `batch`).
     items = (
         conn.execute(
@@ -862,7 +872,9 @@ _RELEASE_EXPIRED = (
         reservations.c.lease_expires < sa.bindparam("now"),
     )
     .values(open=False)
+    .returning(reservations.c.id)
 )
+"""A lease that lapsed is a call whose holder died (or froze) mid-call: released here, recorded as `lost`."""
 _DELETE = reservations.delete().where(reservations.c.id == sa.bindparam("reservation"))
 """A settled or released reservation is gone: the table holds the calls in flight (and the kept ones)."""
 _HELD = sa.select(
