@@ -395,8 +395,11 @@ def test_an_answer_cut_off_mid_body_is_billed_as_lost_at_its_worst_case(tmp_path
     retries twice). No answer arrived whole, so each attempt is a `lost` row charged at the call's worst case,
     and the error says the answer was cut off, not that the provider could not be reached."""
     double.responder = lambda r: Reply(text="never read whole", fault="cut")
-    c = caller(tmp_path, config(double, '[budgets.daily]\nusd = 1\nperiod = "day"\n'), monkeypatch)
+    budgets = '[budgets.daily]\nusd = 1\nperiod = "day"\n[budgets.tokens]\ntokens = 1000000\nperiod = "day"\n'
+    c = caller(tmp_path, config(double, budgets), monkeypatch)
     worst = worst_usd(c, "Define cut.")
+    routed, request = c.build(phase="collate", complexity="low", system="You are terse.", prompt="Define cut.")
+    worst_tokens = c.estimate(routed, request).tokens
     with pytest.raises(ProviderUnavailable, match="the answer was cut off mid-transfer") as error:
         ask(c, "Define cut.")
     assert "cannot connect" not in str(error.value)
@@ -405,8 +408,10 @@ def test_an_answer_cut_off_mid_body_is_billed_as_lost_at_its_worst_case(tmp_path
     rows = c.ledger.rows()
     assert [r["outcome"] for r in rows] == ["lost"] * 3
     assert all(not r["usage_known"] and r["cost_usd"] == pytest.approx(worst) for r in rows)
-    (state,) = c.budgets.states()
-    assert state.spent_usd == pytest.approx(3 * worst) and state.reserved_usd == 0
+    daily, tokens = c.budgets.states()
+    assert daily.spent_usd == pytest.approx(3 * worst) and daily.reserved_usd == 0
+    # A token budget counts each lost attempt at its worst-case tokens too (it counted none: a token cap overshot).
+    assert tokens.spent_tokens == 3 * worst_tokens and tokens.reserved_tokens == 0
 
 
 class Verdict(BaseModel):

@@ -817,7 +817,7 @@ def _lost_call(r: OpenReservation) -> CallRecord:
         project=r.project,
         timestamp=r.created,  # counted in the period it was reserved (and held) in
     )
-    return lost_call(call, r.usd if r.priced else None)
+    return lost_call(call, r.usd if r.priced else None, r.tokens)
 
 
 def _open(conn: Connection, which: sa.ColumnElement[bool] | None = None) -> list[OpenReservation]:

@@ -870,7 +870,8 @@ class Caller:
             routed, UNKNOWN_USAGE, None, 0.0, subject, started, downgraded_from=reservation.downgraded_from,
             attempt=number,
         )  # fmt: skip
-        return [lost_call(record, None if usd is None else float(usd)) for _ in range(count)]
+        tokens = reservation.estimate.tokens
+        return [lost_call(record, None if usd is None else float(usd), tokens) for _ in range(count)]
 
     def _before(
         self,

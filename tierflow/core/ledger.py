@@ -754,9 +754,12 @@ class CallRecord:
     timestamp: str = field(default_factory=lambda: now_iso())
     request_id: str | None = None
     value: float | None = None
+    worst_tokens: int | None = None
+    """A call of unknown usage (`lost`): the tokens its reservation held, counted against token budgets in place
+    of the usage nobody knows. Not a column: the row says `usage_known = false`."""
 
     def row(self) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(self).items() if k != "usage"}
+        row = {k: v for k, v in asdict(self).items() if k not in ("usage", "worst_tokens")}
         usage = self.usage
         row.update(
             input_tokens=usage.input_tokens,
@@ -773,14 +776,16 @@ class CallRecord:
 now_iso = clock.now_iso
 
 
-def lost_call(call: CallRecord, worst_usd: float | None) -> CallRecord:
+def lost_call(call: CallRecord, worst_usd: float | None, worst_tokens: int | None = None) -> CallRecord:
     """`call` as sent and never answered (a timeout, a reset connection, its process killed mid-call).
 
     The provider may have processed and billed it, and its usage is unknowable: it is recorded with outcome
-    `lost`, usage unknown and its worst case as its cost, so budgets count what it may have cost and
-    `tierflow spend` shows it (as an upper bound) rather than nothing.
+    `lost`, usage unknown and its worst case as its cost (and, for token budgets, its worst-case tokens), so
+    budgets count what it may have cost and `tierflow spend` shows it (as an upper bound) rather than nothing.
     """
-    return replace(call, usage=UNKNOWN_USAGE, cost_usd=worst_usd, latency_ms=0.0, outcome="lost")
+    return replace(
+        call, usage=UNKNOWN_USAGE, cost_usd=worst_usd, latency_ms=0.0, outcome="lost", worst_tokens=worst_tokens
+    )
 
 
 @dataclass(frozen=True)
@@ -1128,6 +1133,8 @@ class Ledger:
         # One compiled statement with bound parameters: far cheaper than `.values(**row)` on every call.
         row_id = conn.execute(calls.insert(), row).inserted_primary_key[0]
         tokens = sum(row[kind] for kind in TOKEN_KINDS)
+        if not row["usage_known"] and call.worst_tokens:
+            tokens = call.worst_tokens
         usd = row["cost_usd"]
         count_spend(
             conn,
@@ -1140,7 +1147,7 @@ class Ledger:
                 project=row["project"],
                 usd=usd or 0.0,
                 tokens=tokens,
-                unpriced_tokens=tokens if usd is None and row["usage_known"] else 0,
+                unpriced_tokens=tokens if usd is None and (row["usage_known"] or call.worst_tokens) else 0,
             ),
         )
         return row_id
