@@ -332,3 +332,54 @@ def test_a_flow_killed_mid_call_holds_no_budget_and_resume_pays_only_for_what_wa
     assert [r["outcome"] for r in rows if r["phase"] == "synthesise"] == ["lost", "ok"]
     (state,) = Caller(RunSettings(vault=str(reading_vault), run_id=run_id, flow="reading-notes")).budgets.states()
     assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(sum(r["cost_usd"] for r in paid))
+
+
+def test_a_paused_holder_whose_call_was_recorded_lost_is_billed_once_when_its_answer_comes(
+    tmp_path, monkeypatch, double, ledger_url
+):
+    """A suspended laptop or SIGSTOP: the holder's lease lapses, its call is released and recorded as lost; then
+    the process wakes up, the answer arrives and is settled. The lost row goes: one row, one cost, per call."""
+    import sqlalchemy as sa
+
+    from tierflow.core.budget import release_stale
+    from tierflow.core.ledger import reservations
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    let_go = threading.Event()
+
+    def responder(request):
+        if "Take your time." in request.last_user_text:
+            let_go.wait(120)
+        return Reply(text="ok")
+
+    double.responder = responder
+    cap = 10 * one_call_worst_case(tmp_path, double)
+    config = shared_vault(tmp_path, double, ledger_url, lease_s=600, cap=cap)
+    ledger = Ledger(ledger_url)
+    holder = start_holder(config)
+    try:
+        reservation = held_by(ledger, holder.pid)
+        deadline = time.monotonic() + 60
+        while not double.model_calls():
+            assert time.monotonic() < deadline, "the holder never sent its call"
+            time.sleep(0.05)
+        holder.send_signal(signal.SIGSTOP)
+        with ledger.engine.begin() as conn:  # its lease over, as after a long pause
+            conn.execute(sa.update(reservations).values(lease_expires=0.0))
+        (released,) = release_stale(ledger)
+        assert released.id == reservation.id and released.lost
+        assert [r["outcome"] for r in ledger.rows(run_id="killed")] == ["lost"]
+        holder.send_signal(signal.SIGCONT)
+        let_go.set()
+        assert holder.wait(120) == 0
+    finally:
+        let_go.set()
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGCONT)
+            holder.kill()
+            holder.wait(30)
+    (row,) = ledger.rows(run_id="killed")
+    assert row["outcome"] == "ok" and row["usage_known"]
+    (state,) = caller(config).budgets.states()
+    next_cost = sum(r["cost_usd"] for r in ledger.rows(run_id="next"))
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(row["cost_usd"] + next_cost)

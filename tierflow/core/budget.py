@@ -34,6 +34,7 @@ from tierflow.core.ledger import (
     Scope,
     Spent,
     batch_items,
+    calls,
     count_spend,
     database_seconds,
     lock_budgets,
@@ -553,6 +554,10 @@ class Budgets:
             _lock(conn)
             if also is not None:
                 also(conn)
+            # Its reservation, read as it goes (usage known) or as it is kept (unknown): one statement either way.
+            statement = _DELETE_RETURNING if call.usage.known else _KEPT
+            held = conn.execute(statement, {"reservation": reservation_id}).first()
+            _unrecord_lost(conn, held)
             self.ledger.record(call, conn=conn)
             if cache is not None:
                 self.ledger.cache_response(
@@ -565,10 +570,8 @@ class Budgets:
                     phase=call.phase,
                     conn=conn,
                 )
-            if call.usage.known:
-                conn.execute(_DELETE, {"reservation": reservation_id})
-            else:
-                _keep(conn, reservation_id)
+            if not call.usage.known:
+                _keep(conn, held)
 
     def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
         """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
@@ -820,6 +823,44 @@ def _lost_call(r: OpenReservation) -> CallRecord:
     return lost_call(call, r.usd if r.priced else None, r.tokens)
 
 
+def _unrecord_lost(conn: Connection, r: Any) -> None:
+    """A call whose reservation `r` was released as `lost` (its lease lapsed, or `--release-stale` took it) while
+    its holder lived on, paused (a suspended laptop, SIGSTOP): its answer has come after all, so the lost row
+    written in its place goes, and its worst case leaves the totals. Else the call would be billed twice."""
+    if r is None or r.open or r.kept or r.batch:
+        return  # still open (or kept, or a batch's): nothing was recorded in its place
+    lost = conn.execute(
+        sa.select(calls.c.id, calls.c.cost_usd)
+        .where(
+            calls.c.outcome == "lost",
+            calls.c.timestamp == r.created,  # `_lost_call` dates it when the reservation was made
+            calls.c.run_id == r.run_id,
+            calls.c.phase == r.phase,
+            calls.c.tier == r.tier,
+        )
+        .order_by(calls.c.id.desc())
+        .limit(1)
+    ).first()
+    if lost is None:
+        return
+    conn.execute(calls.delete().where(calls.c.id == lost.id))
+    tokens = int(r.tokens or 0)
+    count_spend(
+        conn,
+        Spent(
+            when=r.created,
+            run_id=r.run_id,
+            flow=r.flow,
+            phase=r.phase,
+            tier=r.tier,
+            project=r.project,
+            usd=-(lost.cost_usd or 0.0),
+            tokens=-tokens,
+            unpriced_tokens=-tokens if lost.cost_usd is None else 0,
+        ),
+    )
+
+
 def _open(conn: Connection, which: sa.ColumnElement[bool] | None = None) -> list[OpenReservation]:
     """The reservations still open (or those `which` picks), oldest first."""
     now = database_seconds(conn)
@@ -877,6 +918,7 @@ _RELEASE_EXPIRED = (
 """A lease that lapsed is a call whose holder died (or froze) mid-call: released here, recorded as `lost`."""
 _DELETE = reservations.delete().where(reservations.c.id == sa.bindparam("reservation"))
 """A settled or released reservation is gone: the table holds the calls in flight (and the kept ones)."""
+_DELETE_RETURNING = _DELETE.returning(*reservations.c)
 _HELD = sa.select(
     reservations.c.created,
     reservations.c.run_id,
@@ -897,12 +939,12 @@ def _held(conn: Connection) -> list[Any]:
     return conn.execute(_HELD).all()
 
 
-def _keep(conn: Connection, reservation_id: int) -> None:
-    """A call of unknown usage stays charged at its worst case: its reservation is kept, and counted as spent."""
-    row = conn.execute(_KEPT, {"reservation": reservation_id}).first()
+def _keep(conn: Connection, row: Any) -> None:
+    """A call of unknown usage stays charged at its worst case: its reservation `row` is kept, and counted as
+    spent."""
     if row is None or row.kept:
         return
-    conn.execute(_MARK_KEPT, {"reservation": reservation_id})
+    conn.execute(_MARK_KEPT, {"reservation": row.id})
     tokens = int(row.tokens or 0)
     count_spend(
         conn,
