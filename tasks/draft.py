@@ -10,7 +10,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import yaml
 from prefect import task
 from pydantic import BaseModel, Field
@@ -210,7 +209,7 @@ def draft_window(front_matter: dict[str, Any], body: str) -> str | None:
 
 def _by_tierflow(path: Path) -> bool:
     try:
-        return any(key in frontmatter.load(path).metadata for key in TIERFLOW_KEYS)
+        return any(key in load_note(path).metadata for key in TIERFLOW_KEYS)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # not provably tierflow's, so not to be replaced
         return False
 

@@ -232,6 +232,20 @@ def test_a_resubmission_over_an_edited_note_touches_nothing_and_is_a_warning(lms
     assert (subs / "2002" / "Müller essay.pdf").read_bytes() == before["2002/Müller essay.pdf"]  # the moved note's
 
 
+def test_an_edited_note_saved_with_a_bom_is_read_for_the_files_it_lists(lms_vault, tmp_path):
+    """Notepad saves a note with a byte-order mark: its front-matter still says which files it lists, so the same
+    export imported again is no new submission."""
+    from lms_exports import Student, essay, pdf_bytes
+
+    first = Student("2002", "Zoë Müller", {"Müller essay.pdf": pdf_bytes(essay(2, "Zoe Mueller, EDU7001."))})
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", [first]))
+    note = lms_vault / ASSIGNMENT / "submissions" / "2002.md"
+    edited = note.read_text(encoding="utf-8") + "\nLecturer: strong opening.\n"
+    note.write_bytes(b"\xef\xbb\xbf" + edited.encode("utf-8"))
+    report = import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "again.zip", [first]))
+    assert report.students[0].action == "kept-edit" and not report.warnings
+
+
 def test_a_file_damaged_inside_the_zip_is_not_read_and_the_others_import(lms_vault, tmp_path):
     students = cohort()
     export = moodle_zip(tmp_path / "export.zip", students)

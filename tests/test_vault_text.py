@@ -10,7 +10,7 @@ import pytest
 
 from tasks.assignment import _body, _submissions
 from tasks.collate import quotes_of
-from tasks.draft import draft_names
+from tasks.draft import _by_tierflow, draft_names
 from tasks.synthesise import Concept
 from tierflow.core.errors import VaultError
 from tierflow.vault.concepts import read_concept
@@ -110,6 +110,8 @@ def test_a_byte_order_mark_hides_no_front_matter(tmp_path: Path) -> None:
     write(tmp_path / "A/submissions/s1.md", BOM + "---\nstudent_id: s1\n---\nMy essay.\n")
     (submission,), skipped = _submissions(tmp_path, "A/submissions")
     assert submission.student_id == "s1" and not skipped
+    write(tmp_path / "Concepts/Drafted.md", BOM + "---\ntierflow_run: r1\n---\nA draft.\n")
+    assert _by_tierflow(tmp_path / "Concepts/Drafted.md")  # tierflow's own draft, saved again in Notepad
 
 
 def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_the_note(tmp_path: Path) -> None:

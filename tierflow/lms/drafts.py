@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import yaml
 from markdown_it import MarkdownIt
 
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
-from tierflow.vault.text import COMMENT
+from tierflow.vault.text import COMMENT, load_note
 
 REVIEWED = "reviewed"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
@@ -130,7 +129,7 @@ def collect(vault: Path, folder: str) -> Drafts:
     for path in sorted(root.rglob("*.md")) if root.is_dir() else []:
         rel = path.relative_to(vault).as_posix()
         try:
-            post = frontmatter.loads(path.read_text(encoding="utf-8"))
+            post = load_note(path)  # with or without a BOM, as Obsidian reads it
         except (UnicodeDecodeError, yaml.YAMLError):
             out.left_out.append((rel, "unreadable front-matter; fix the YAML between the --- lines"))
             continue

@@ -27,6 +27,7 @@ from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect
 from tierflow.lms.marks import distribution, mark_of, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
+from tierflow.vault.text import load_note
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -94,7 +95,7 @@ def _guard(out: Path, *downloads: Path | None) -> None:
 
 def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
     path = vault / folder / "submissions" / f"{sid}.md"
-    return frontmatter.load(path) if path.is_file() else None
+    return load_note(path) if path.is_file() else None
 
 
 def _title(draft: Draft, note: frontmatter.Post | None) -> str:

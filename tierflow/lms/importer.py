@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import frontmatter
 import yaml
 from pathvalidate import sanitize_filename
 
@@ -33,6 +32,7 @@ from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
+from tierflow.vault.text import load_note
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
@@ -307,7 +307,7 @@ def _listed(vault: Path, note: Path, originals: Path) -> set[str]:
     """The names of the files in `originals` that the student's note lists under `files:` (none when it has none
     or its front-matter cannot be read): what an earlier import put there."""
     try:
-        files = frontmatter.loads(note.read_text(encoding="utf-8")).metadata.get("files")
+        files = load_note(note).metadata.get("files")
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return set()
     if not isinstance(files, list):
@@ -385,7 +385,7 @@ def _restore_name(name: str, text: str) -> str:
 def _edited(note: Path) -> bool:
     """True when the note is not tierflow's as written: the lecturer edited it (or wrote it)."""
     try:
-        post = frontmatter.loads(note.read_text(encoding="utf-8"))
+        post = load_note(note)
     except (UnicodeDecodeError, yaml.YAMLError):
         return True
     stored = post.metadata.get(HASH_KEY)
