@@ -15,7 +15,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
-from tierflow.vault.text import COMMENT, load_note
+from tierflow.vault.text import COMMENT, load_note, read_note_text, yaml_problem
 
 REVIEWED = "reviewed"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
@@ -130,8 +130,12 @@ def collect(vault: Path, folder: str) -> Drafts:
         rel = path.relative_to(vault).as_posix()
         try:
             post = load_note(path)  # with or without a BOM, as Obsidian reads it
-        except (UnicodeDecodeError, yaml.YAMLError):
-            out.left_out.append((rel, "unreadable front-matter; fix the YAML between the --- lines"))
+        except UnicodeDecodeError:
+            out.left_out.append((rel, "not UTF-8 text; save it as UTF-8"))
+            continue
+        except yaml.YAMLError as exc:
+            problem = yaml_problem(exc, read_note_text(path))
+            out.left_out.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
             continue
         sid = str(post.metadata.get("student_id") or "").strip()
         if not sid:

@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 import frontmatter
+import yaml
 
 from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
@@ -27,7 +28,7 @@ from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect
 from tierflow.lms.marks import distribution, mark_of, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
-from tierflow.vault.text import load_note
+from tierflow.vault.text import load_note, read_note_text, yaml_problem
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -93,9 +94,28 @@ def _guard(out: Path, *downloads: Path | None) -> None:
             )
 
 
+class UnreadableNote(ExportFeedbackError):
+    """A student's submission note cannot be read; the message says why and what to fix."""
+
+
 def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
+    """The student's submission note, None when there is none; an `UnreadableNote` when it cannot be read."""
     path = vault / folder / "submissions" / f"{sid}.md"
-    return load_note(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    rel = path.relative_to(vault).as_posix()
+    try:
+        return load_note(path)
+    except UnicodeDecodeError:
+        raise UnreadableNote(
+            f"its submission note is not UTF-8 text ({rel}); save it as UTF-8 and export again"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise UnreadableNote(
+            f"malformed YAML front-matter in its submission note ({rel}: {yaml_problem(exc, read_note_text(path))}); "
+            'fix the YAML between the --- lines (a value holding ": " needs quotes: name: "Ben: Carter") and '
+            "export again"
+        ) from None
 
 
 def _title(draft: Draft, note: frontmatter.Post | None) -> str:
@@ -137,14 +157,20 @@ def export_feedback(
 
 
 def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result: ExportResult) -> Drafts:
-    """The reviewed drafts whose submission came from `platform` (or says no platform: a note written by hand).
+    """The reviewed drafts whose submission came from `platform` (or says no platform: a note written by hand), and
+    can be read: a draft whose submission note cannot be read is left out, with the reason.
 
     Both platforms' ids are all digits: a Canvas user id sent to Moodle, or a Moodle participant id to Canvas,
     would give the feedback and mark to whichever student has that id there.
     """
     keep = {}
     for sid, draft in drafts.reviewed.items():
-        note = _submission(vault, folder, sid)
+        try:
+            note = _submission(vault, folder, sid)
+        except UnreadableNote as exc:
+            # Its platform cannot be checked: neither its feedback nor its mark goes, the others do.
+            result.left_out.append((draft.path, str(exc)))
+            continue
         came = str(note.metadata.get("platform") or "").strip().lower() if note else ""
         if came in ("", platform):
             keep[sid] = draft

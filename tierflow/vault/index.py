@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from frontmatter.default_handlers import YAMLHandler
 
+from tierflow.vault.text import yaml_problem
+
 __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 
 log = logging.getLogger(__name__)
@@ -221,24 +223,6 @@ def _dedupe(tags: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _yaml_problem(exc: yaml.YAMLError, line_offset: int) -> str:
-    """One-line description of a YAML error, with line numbers counted in the note file."""
-
-    def where(mark: Any) -> str:
-        return f"line {mark.line + 1 + line_offset}, column {mark.column + 1}"
-
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if not problem or mark is None:
-        return str(exc).replace("\n", " ")
-    detail = f"{problem} at {where(mark)}"
-    context = getattr(exc, "context", None)
-    context_mark = getattr(exc, "context_mark", None)
-    if context and context_mark is not None:
-        detail += f" ({context} started at {where(context_mark)})"
-    return detail
-
-
 def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_bytes: int) -> NoteMeta:
     """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
     stem = rel.rpartition("/")[2].rpartition(".")[0]
@@ -283,7 +267,7 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 loaded = yaml.load(fm, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
             except yaml.YAMLError as exc:
                 # The YAML text starts on the `---` line; blank lines before it were stripped above.
-                detail = _yaml_problem(exc, text[: len(text) - len(stripped.lstrip())].count("\n"))
+                detail = yaml_problem(exc, text)
                 return bad(
                     f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)), date=_date_line(fm)
                 )

@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import frontmatter
+import yaml
 
 from tierflow.vault.annotations import without_code
 
-__all__ = ["COMMENT", "PropertyError", "hide_comments", "load_note", "property_list", "property_text", "read_note_text"]
+__all__ = [
+    "COMMENT",
+    "PropertyError",
+    "hide_comments",
+    "load_note",
+    "property_list",
+    "property_text",
+    "read_note_text",
+    "yaml_problem",
+]
 
 # An unclosed comment runs to the end of the note, as it does in Obsidian (and HTML): better to send less
 # than to send a private remark.
@@ -34,6 +44,29 @@ def read_note_text(path: Path) -> str:
 def load_note(path: Path) -> frontmatter.Post:
     """A note's front-matter and body (python-frontmatter), read by `read_note_text`."""
     return frontmatter.loads(read_note_text(path))
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str = "") -> str:
+    """One line for a front-matter YAML error, with its line and column counted in the note `text` it came from.
+
+    python-frontmatter parses the note stripped of its leading blank lines, so the parser counts from the first
+    non-blank line; those blank lines are added back.
+    """
+    offset = text[: len(text) - len(text.lstrip())].count("\n")
+
+    def where(mark: Any) -> str:
+        return f"line {mark.line + 1 + offset}, column {mark.column + 1}"
+
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(exc).split())
+    detail = f"{problem} at {where(mark)}"
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        detail += f" ({context} started at {where(context_mark)})"
+    return detail
 
 
 def hide_comments(text: str) -> str:
