@@ -10,7 +10,7 @@ from math import floor
 import pytest
 
 from tierflow.lms.drafts import Draft
-from tierflow.lms.marks import mark_of, to_platform
+from tierflow.lms.marks import mark_of, marking, to_platform
 from tierflow.vault.rubric import parse_rubric
 
 LEVELS = "| Excellent (70+) | Good (60-69) | Satisfactory (50-59) | Weak (40-49) | Fail (<40) |"
@@ -80,3 +80,39 @@ def test_a_score_in_a_comment_is_not_the_mark():
         "## Analysis\n\n<!-- **suggested score:** 12 -->\n**Suggested level:** Good · **suggested score:** 20\n"
     )
     assert mark_of(MARKS, Draft("1", "x", {}, body)).value == 35
+
+
+BANDS = "Grade bands: First (70-100), Upper second (60-69), Lower second (50-59), Third (40-49), Fail (0-39)\n"
+MARKS_AND_BANDS = parse_rubric(
+    "# Essay rubric\n- Argument (40 marks)\n- Literature (30 marks)\n- Structure (30 marks)\n\n" + BANDS
+)
+
+
+def test_criteria_in_marks_with_percentage_bands_take_each_score_as_a_percentage_of_their_marks():
+    body = "".join(f"## {c.name}\n**Suggested level:** Upper second\n" for c in MARKS_AND_BANDS.criteria)
+    mark = mark_of(MARKS_AND_BANDS, Draft("1", "x", {}, body))
+    assert (mark.value, mark.scale, mark.problems) == (Fraction(129, 2), 100, [])  # 64.5% of each: 64.5 of 100
+    assert to_platform(mark, 100, 2) == (Decimal("64.50"), False)
+    scored = draft(MARKS_AND_BANDS, [65, 72, 55])
+    scored = Draft("1", "x", {}, scored.body.replace("Good", "Upper second", 1).replace("Good", "First", 1))
+    scored = Draft("1", "x", {}, scored.body.replace("Good", "Lower second"))
+    assert mark_of(MARKS_AND_BANDS, scored).value == Fraction(641, 10)  # 26 + 21.6 + 16.5
+    assert "score/100" in marking(MARKS_AND_BANDS).how and not marking(MARKS_AND_BANDS).problem
+    assert "in marks" in marking(MARKS).how and not marking(MARKS).problem  # levels up to each criterion's marks
+
+
+@pytest.mark.parametrize(
+    ("levels", "told"),
+    [
+        ("- Excellent (17+): x\n- Good (10-16): y\n", "17-20"),  # marks, or percentages from 17?
+        ("- Excellent (30-50): x\n- Good (10-29): y\n", "up to 50"),  # above 20 marks, yet not out of 100
+    ],
+    ids=["open-top", "past-the-marks"],
+)
+def test_criteria_in_marks_whose_levels_read_two_ways_are_refused_with_what_to_write(levels, told):
+    rubric = parse_rubric(f"## Method (20 marks)\n\n{levels}\n## Analysis (30 marks)\n\n- Excellent (25-30): x\n")
+    problem = marking(rubric).problem
+    assert "'Method'" in problem and "20 marks" in problem and told in problem
+    body = "## Method\n\n**Suggested level:** Good\n\n## Analysis\n\n**Suggested level:** Excellent\n"
+    mark = mark_of(rubric, Draft("1", "x", {}, body))
+    assert mark.value is None and mark.problems == [problem]

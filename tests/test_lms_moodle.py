@@ -225,6 +225,18 @@ def test_marks_come_from_the_rubric_and_the_lecturers_edits_win(graded_vault):
     assert own.value == 81.5 and own.source == "your mark"
 
 
+def test_a_rubric_whose_marks_read_two_ways_stops_the_export_before_anything_is_written(graded_vault, tmp_path):
+    (graded_vault / ASSIGNMENT / "rubric.md").write_text(
+        "## Argument and critical evaluation (20 marks)\n\n- Excellent (17+): x\n- Good (10-16): y\n\n"
+        "## Use of literature (20 marks)\n\n- Excellent (17-20): x\n- Good (10-16): y\n"
+    )
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(worksheet_bytes())
+    with pytest.raises(ExportFeedbackError, match=r"no marks can be worked out.*'Argument and critical evaluation'"):
+        export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert not list(tmp_path.glob("*(tierflow*"))
+
+
 def test_advanced_grading_switches_the_worksheet_off_and_the_error_offers_feedback_files(graded_vault, tmp_path):
     downloaded = tmp_path / "worksheet.csv"
     downloaded.write_bytes(worksheet_bytes(advanced=True))

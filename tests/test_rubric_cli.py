@@ -212,3 +212,21 @@ def test_rubric_commands_refuse_an_assignment_outside_the_vault_as_run_does(
             assert result.exit_code == 2, (command, given, result.output)
             assert f"assignment folder {given!r} resolves to {outside}, outside the vault" in message, message
     assert double.model_calls() == [] and not (outside / "rubric.normalised.md").exists()
+
+
+def test_show_says_how_marks_are_worked_out_and_refuses_marks_read_two_ways(feedback_vault: Path):
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    args = ("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert "marks: the weighted mean of the criteria's scores (weights as shares), out of 100" in invoke(*args).stdout
+    rubric.write_text(
+        "- Argument (40 marks)\n- Literature (30 marks)\n- Structure (30 marks)\n\n"
+        "Grade bands: First (70-100), Upper second (60-69), Lower second (50-59), Third (40-49), Fail (0-39)\n"
+    )
+    shown = invoke(*args)
+    assert shown.exit_code == 0 and "Argument score/100 x 40" in shown.stdout and "out of 100" in shown.stdout
+    marks = json.loads(invoke(*args, "-f", "json").stdout)["marks"]
+    assert marks["out_of"] == 100 and "score/100 x 40" in marks["how"] and marks["problem"] == ""
+    rubric.write_text("## Argument (20 marks)\n\n- Excellent (17+): x\n- Good (10-16): y\n")
+    refused = invoke(*args)
+    assert "no marks can be worked out" in refused.stderr and "17-20 for marks" in refused.stderr
+    assert "17+" in json.loads(invoke(*args, "-f", "json").stdout)["marks"]["problem"]

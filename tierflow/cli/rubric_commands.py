@@ -55,6 +55,7 @@ def show(
     fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="table or json.")] = ShowFormat.table,
 ) -> None:
     """Print the parsed rubric (criteria, weights, levels, score ranges) before anything is spent."""
+    from tierflow.lms.marks import marking
     from tierflow.vault.rubric import RubricError, load_rubric
 
     vault = vault_dir(vault, required="tierflow rubric show --assignment FOLDER") or Path(".")
@@ -65,6 +66,7 @@ def show(
     except RubricError as exc:
         raise fail(str(exc)) from None
     shares = rubric.shares()
+    marks = marking(rubric)
     if fmt is ShowFormat.json:
         typer.echo(
             json.dumps(
@@ -73,6 +75,12 @@ def show(
                     "title": rubric.title,
                     "shape": rubric.shape,
                     "warnings": list(rubric.warnings),
+                    "marks": {
+                        "how": marks.how,
+                        "out_of": float(marks.scale),
+                        "warnings": list(marks.warnings),
+                        "problem": marks.problem,
+                    },
                     "criteria": [
                         {
                             "name": c.name,
@@ -116,8 +124,11 @@ def show(
         for lvl in c.levels:
             table.add_row(escape(lvl.name), str(lvl.score) if lvl.score else "-", escape(lvl.descriptor))
         console.print(table)
-    for warning in rubric.warnings:
+    typer.echo(f"marks: {marks.how}")  # one line, unwrapped: it is read whole
+    for warning in (*rubric.warnings, *marks.warnings):
         typer.echo(f"warning: {warning}", err=True)
+    if marks.problem:
+        typer.echo(f"error: no marks can be worked out from this rubric (export refuses it): {marks.problem}", err=True)
 
 
 @rubric_app.command("normalise")

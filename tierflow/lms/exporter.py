@@ -26,7 +26,7 @@ from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
 from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect
-from tierflow.lms.marks import distribution, mark_of, number, scale_of, to_platform
+from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
 from tierflow.vault.text import load_note, read_note_text, yaml_problem
 
@@ -189,8 +189,17 @@ def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result
 
 
 def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # noqa: ANN202
+    """The rubric and each reviewed draft's mark; an ExportFeedbackError, before anything is written, when the
+    rubric's marks can be read two ways."""
     rubric = load_rubric(vault, f"{folder}/rubric.md")
-    result.notes += [f"{rubric.path}: {warning}" for warning in rubric.warnings]
+    how = marking(rubric)
+    if how.problem:
+        raise ExportFeedbackError(
+            f"{rubric.path}: no marks can be worked out from it, so none are exported: {how.problem} "
+            f"Check the reading with `tierflow rubric show --assignment {folder}`."
+        )
+    result.notes += [f"{rubric.path}: {warning}" for warning in (*rubric.warnings, *how.warnings)]
+    result.notes.append(f"marks: {how.how}")
     return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
 
 

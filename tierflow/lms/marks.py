@@ -7,9 +7,13 @@ Where the mark comes from, first found wins:
    Comments (`%% ... %%`, `<!-- ... -->`) are left out, as Obsidian hides them.
 3. The draft's `tierflow_levels` front-matter (the model's suggestion), for a criterion whose section lost its level.
 
-The rubric's scale: when every criterion is weighted in marks or points, the mark is the sum of the criterion scores
-out of the sum of the weights; otherwise it is the weighted mean of the criterion scores (weights as shares, equal
-without weights) out of the highest score a level allows (100 for open ranges such as `70+`).
+The rubric's scale (`marking`): when every criterion is weighted in marks or points, the mark is the sum of the
+criteria's marks out of the sum of their marks. A criterion's score is in marks when its levels' ranges reach at most
+its marks (`Method (20 marks)`, `Excellent (17-20)`); it is a percentage of its marks (score/100 x marks) when they
+are on a 0-100 scale (shared grade bands `First (70-100)` or `70+` beside `Argument (40 marks)`). A criterion whose
+levels read both ways (`17+` in a 20-mark criterion: marks, or percentages from 17?) or neither (up to 50 in a
+20-mark one) is refused with what to write. Otherwise the mark is the weighted mean of the criterion scores (weights as
+shares, equal without weights) out of the highest score a level allows (100 for open ranges such as `70+`).
 
 To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canvas's points possible), rounded half
 up to `decimals` places (2 by default), and never above the maximum or below 0 (a clamped mark is reported). All of it
@@ -42,11 +46,98 @@ class Mark:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Marking:
+    """How a rubric's criterion scores make a mark (see the module docstring)."""
+
+    scale: Fraction
+    """The most a submission can score."""
+    factors: dict[str, Fraction]
+    """By criterion name: what one point of its score adds to the mark."""
+    how: str
+    """One line for the lecturer: how the mark is worked out."""
+    warnings: tuple[str, ...] = ()
+    problem: str = ""
+    """Why no mark can be worked out from this rubric; empty when one can."""
+
+
+def marking(rubric: Rubric) -> Marking:
+    """How marks are worked out on this rubric, or why they cannot be (see the module docstring)."""
+    if not _marks_weighted(rubric):
+        scale = max(_criterion_max(c) for c in rubric.criteria)
+        weights = "weights as shares" if all(c.weight for c in rubric.criteria) else "equal weights"
+        how = f"the weighted mean of the criteria's scores ({weights}), out of {_text(scale)}"
+        return Marking(scale, rubric.exact_shares(), how)
+    factors, parts, warnings, problems = {}, [], [], []
+    for c in rubric.criteria:
+        worth = exact(c.weight.value)
+        reading, note = _reading(c, worth)
+        if reading == "percent":
+            factors[c.name] = worth / 100
+            parts.append(f"{c.name} score/100 x {_text(worth)}")
+        elif reading == "marks":
+            factors[c.name] = Fraction(1)
+            parts.append(f"{c.name} score in marks (up to {_text(worth)})")
+            warnings += [note] if note else []
+        else:
+            problems.append(note)
+    scale = sum((exact(c.weight.value) for c in rubric.criteria if c.weight), Fraction(0))
+    how = f"the sum of the criteria's marks, out of {_text(scale)}: {'; '.join(parts)}"
+    return Marking(scale, factors, how, tuple(warnings), " ".join(problems))
+
+
+def _reading(criterion: Criterion, worth: Fraction) -> tuple[str, str]:
+    """Whether a criterion worth `worth` marks is scored in `marks` or as a `percent` of them, with a warning; or
+    `""` with why it cannot be told."""
+    ranges = [lvl.score for lvl in criterion.levels if lvl.score]
+    unit = f"{_text(worth)} {criterion.weight.unit if criterion.weight else 'marks'}"
+    if not ranges or worth == 100:
+        return "marks", ""  # no ranges to read, or both readings are the same
+    units = {r.unit for r in ranges}
+    if "%" in units:
+        return "percent", ""
+    top = max((exact(r.high) for r in ranges if r.high is not None), default=Fraction(0))
+    opens = [exact(r.low) for r in ranges if r.high is None and r.low is not None]
+    name = repr(criterion.name)
+    if units & {"marks", "points"}:
+        if top > worth or any(low > worth for low in opens):
+            return (
+                "",
+                f"{name} is worth {unit}, but its levels' ranges go past {_text(worth)}: correct the one or the other.",
+            )
+        return "marks", ""
+    if opens:
+        low = min(opens)
+        if low >= worth and top <= 100:
+            return "percent", ""  # scores past the criterion's marks can only be percentages
+        return "", (
+            f"{name} is worth {unit} and its top level is open ({_text(low)}+): its scores may be marks (up to "
+            f"{_text(worth)}) or percentages (up to 100). Close the range: {_text(low)}-{_text(worth)} for marks, or "
+            f"{_text(low)}-100 for percentages."
+        )
+    if top == 100:
+        return "percent", ""
+    if top > worth:
+        return "", (
+            f"{name} is worth {unit}, but its levels' scores go up to {_text(top)}: neither marks (up to "
+            f"{_text(worth)}) nor percentages (up to 100). Give its levels ranges in marks up to {_text(worth)}, or "
+            "percentages up to 100."
+        )
+    if top < worth:
+        return "marks", (
+            f"{name}: its levels' scores go up to {_text(top)} of its {unit}; a score counts as that many marks, so "
+            f"no submission gets more than {_text(top)} for it."
+        )
+    return "marks", ""
+
+
+def _text(value: Fraction) -> str:
+    return number(Decimal(value.numerator) / Decimal(value.denominator))
+
+
 def scale_of(rubric: Rubric) -> Fraction:
     """The most a submission can score on this rubric (see the module docstring)."""
-    if _marks_weighted(rubric):
-        return sum((exact(c.weight.value) for c in rubric.criteria if c.weight), Fraction(0))
-    return max(_criterion_max(c) for c in rubric.criteria)
+    return marking(rubric).scale
 
 
 def _marks_weighted(rubric: Rubric) -> bool:
@@ -75,13 +166,16 @@ def _sections(body: str) -> dict[str, str]:
 
 
 def mark_of(rubric: Rubric, draft: Draft) -> Mark:
-    scale = scale_of(rubric)
+    how = marking(rubric)
+    scale = how.scale
     own = draft.metadata.get("mark")
     if own not in (None, ""):
         try:
             return Mark(draft.student_id, exact(own), scale, "your mark")
         except (ValueError, ZeroDivisionError):
             return Mark(draft.student_id, None, scale, problems=[f"`mark: {own}` in the front-matter is not a number"])
+    if how.problem:
+        return Mark(draft.student_id, None, scale, "criteria", [how.problem])
     sections = _sections(without_comments(draft.body))  # a score in a comment is the lecturer's aside
     suggested = {}
     for item in draft.metadata.get("tierflow_levels") or []:
@@ -109,11 +203,7 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
         scores[c.name] = level.score.exact_typical()
     if problems:
         return Mark(draft.student_id, None, scale, "criteria", problems)
-    if _marks_weighted(rubric):
-        value = sum(scores.values(), Fraction(0))
-    else:
-        shares = rubric.exact_shares()
-        value = sum((shares[name] * score for name, score in scores.items()), Fraction(0))
+    value = sum((how.factors[name] * score for name, score in scores.items()), Fraction(0))
     return Mark(draft.student_id, value, scale, "criteria")
 
 
