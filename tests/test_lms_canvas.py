@@ -206,3 +206,16 @@ def test_notes_imported_from_moodle_are_refused_for_canvas(tmp_path):
     assert "imported from moodle" in why and "--to moodle-worksheet" in why
     grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
     assert grades["1001"]["4512"] == ""
+
+
+def test_a_level_changed_without_its_score_leaves_that_students_cell_as_it_was(canvas_vault, tmp_path):
+    path = canvas_vault / ASSIGNMENT / "feedback" / "1002 feedback.md"
+    path.write_text(path.read_text().replace("**Suggested level:** Excellent", "**Suggested level:** Fail", 1))
+    gradebook = tmp_path / "grades.csv"
+    gradebook.write_bytes(gradebook_bytes())
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=gradebook, column="4512")
+    assert "1002" not in result.marks and "1002" not in result.sent and "1001" in result.marks
+    (note,) = [n for n in result.notes if n.startswith("1002 (")]
+    assert "'Argument and critical evaluation': score 75 is outside level 'Fail' (<40)" in note
+    grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
+    assert grades["1002"]["4512"] == ""

@@ -26,11 +26,13 @@ MARKS = parse_rubric(
 
 
 def draft(rubric, scores: list[object]) -> Draft:  # noqa: ANN001
-    body = "".join(
-        f"## {c.name}\n\n**Suggested level:** Good · **suggested score:** {s}\n\nText.\n\n"
-        for c, s in zip(rubric.criteria, scores, strict=True)
-    )
-    return Draft("1", "x", {}, body)
+    """Each criterion at the level its score lies in (no level line for a score between two levels' ranges)."""
+    sections = []
+    for c, s in zip(rubric.criteria, scores, strict=True):
+        level = next((lvl.name for lvl in c.levels if lvl.score and lvl.score.contains(float(s))), None)
+        line = f"**Suggested level:** {level} · **suggested score:** {s}" if level else f"**Suggested score:** {s}"
+        sections.append(f"## {c.name}\n\n{line}\n\nText.\n\n")
+    return Draft("1", "x", {}, "".join(sections))
 
 
 def half_up(value: Fraction, decimals: int) -> Decimal:
@@ -93,10 +95,7 @@ def test_criteria_in_marks_with_percentage_bands_take_each_score_as_a_percentage
     mark = mark_of(MARKS_AND_BANDS, Draft("1", "x", {}, body))
     assert (mark.value, mark.scale, mark.problems) == (Fraction(129, 2), 100, [])  # 64.5% of each: 64.5 of 100
     assert to_platform(mark, 100, 2) == (Decimal("64.50"), False)
-    scored = draft(MARKS_AND_BANDS, [65, 72, 55])
-    scored = Draft("1", "x", {}, scored.body.replace("Good", "Upper second", 1).replace("Good", "First", 1))
-    scored = Draft("1", "x", {}, scored.body.replace("Good", "Lower second"))
-    assert mark_of(MARKS_AND_BANDS, scored).value == Fraction(641, 10)  # 26 + 21.6 + 16.5
+    assert mark_of(MARKS_AND_BANDS, draft(MARKS_AND_BANDS, [65, 72, 55])).value == Fraction(641, 10)  # 26+21.6+16.5
     assert "score/100" in marking(MARKS_AND_BANDS).how and not marking(MARKS_AND_BANDS).problem
     assert "in marks" in marking(MARKS).how and not marking(MARKS).problem  # levels up to each criterion's marks
 
@@ -116,3 +115,22 @@ def test_criteria_in_marks_whose_levels_read_two_ways_are_refused_with_what_to_w
     body = "## Method\n\n**Suggested level:** Good\n\n## Analysis\n\n**Suggested level:** Excellent\n"
     mark = mark_of(rubric, Draft("1", "x", {}, body))
     assert mark.value is None and mark.problems == [problem]
+
+
+def test_a_score_outside_its_levels_range_gives_no_mark_and_names_the_criterion():
+    """The lecturer changed the level and not the score (or the other way round): which one they meant is a guess."""
+    body = (
+        "## Method\n\n**Suggested level:** Good (10-16.5) · **suggested score:** 19\n\n"
+        "## Analysis\n\n**Suggested level:** Good · **suggested score:** 20\n"
+    )
+    mark = mark_of(MARKS, Draft("1", "x", {}, body))
+    assert mark.value is None
+    (problem,) = mark.problems
+    assert "'Method'" in problem and "19" in problem and "'Good' (10-16.5)" in problem
+    assert "change the level or the score" in problem
+    level_only = body.replace("Good (10-16.5) · **suggested score:** 19", "Excellent · **suggested score:** 15")
+    assert mark_of(MARKS, Draft("1", "x", {}, level_only)).value is None
+    agreed = body.replace("suggested score:** 19", "suggested score:** 16.5")
+    assert mark_of(MARKS, Draft("1", "x", {}, agreed)).value == Fraction(73, 2)
+    no_level = "## Method\n\n**Suggested score:** 19\n\n## Analysis\n\n**Score:** 20\n"  # the score alone stands
+    assert mark_of(MARKS, Draft("1", "x", {"tierflow_levels": ["Method: Good"]}, no_level)).value == 39

@@ -216,7 +216,8 @@ def test_marks_come_from_the_rubric_and_the_lecturers_edits_win(graded_vault):
     drafts = collect(graded_vault, ASSIGNMENT)
     assert mark_of(rubric, drafts.reviewed["1001"]).value == pytest.approx((65 + 72 + 65 + 72) / 4)
     path = graded_vault / ASSIGNMENT / "feedback" / "1002 feedback.md"
-    path.write_text(path.read_text().replace("**suggested score:** 75", "**suggested score:** 40", 1))
+    edited = path.read_text().replace("Excellent · **suggested score:** 75", "Weak · **suggested score:** 40", 1)
+    path.write_text(edited)
     assert mark_of(rubric, collect(graded_vault, ASSIGNMENT).reviewed["1002"]).value == pytest.approx(
         (40 + 64 + 75 + 64) / 4
     )
@@ -235,6 +236,23 @@ def test_a_rubric_whose_marks_read_two_ways_stops_the_export_before_anything_is_
     with pytest.raises(ExportFeedbackError, match=r"no marks can be worked out.*'Argument and critical evaluation'"):
         export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
     assert not list(tmp_path.glob("*(tierflow*"))
+
+
+def test_a_level_changed_without_its_score_keeps_that_students_mark_out_and_says_so(graded_vault, tmp_path):
+    path = graded_vault / ASSIGNMENT / "feedback" / "1002 feedback.md"
+    edited = path.read_text().replace("**Suggested level:** Excellent", "**Suggested level:** Fail", 1)
+    path.write_text(edited)  # the level changed, the score (75) not
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(worksheet_bytes())
+    result = export_feedback(graded_vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert "1002" not in result.marks and {"1001", "1003"} <= set(result.marks)
+    (note,) = [n for n in result.notes if n.startswith("1002")]
+    assert "Chloé Dubois-Martin" in note and "'Argument and critical evaluation'" in note
+    assert "score 75 is outside level 'Fail' (<40)" in note and "Grade cell is left as it was" in note
+    imported = moodle_import_worksheet(
+        result.written[0].read_bytes(), participants={sid for sid, _ in STUDENTS}, maximum=100
+    )
+    assert "grade" not in imported["1002"]
 
 
 def test_advanced_grading_switches_the_worksheet_off_and_the_error_offers_feedback_files(graded_vault, tmp_path):

@@ -118,6 +118,11 @@ def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
         ) from None
 
 
+def _who(sid: str, draft: Draft) -> str:
+    """`1002 (Chloé Dubois-Martin)`: the id, and the name the draft's title gives."""
+    return f"{sid} ({draft.name})" if draft.name else sid
+
+
 def _title(draft: Draft, note: frontmatter.Post | None) -> str:
     name = (note.metadata.get("name") if note else "") or draft.name
     return f"Feedback: {name}" if name else "Feedback"
@@ -236,7 +241,9 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
         grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
         if grade is None:
             why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
-            result.notes.append(f"{sid}: feedback sent without a grade ({why}); the Grade cell is left as it was")
+            result.notes.append(
+                f"{_who(sid, draft)}: feedback sent without a grade ({why}); the Grade cell is left as it was"
+            )
             sheet.fill(index, None, draft.html())
         else:
             if clamped:
@@ -355,7 +362,8 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
                 continue
             grade, clamped = to_platform(marks[sid], points, decimals)
             if grade is None:
-                result.notes.append(f"{sid}: no mark ({'; '.join(marks[sid].problems)}); cell left as it was")
+                why = "; ".join(marks[sid].problems)
+                result.notes.append(f"{_who(sid, draft)}: no mark ({why}); cell left as it was")
                 continue
             if clamped:
                 result.notes.append(f"{sid}: mark clamped to the range 0-{points:g}")

@@ -3,7 +3,8 @@
 Where the mark comes from, first found wins:
 1. `mark:` in the draft's front-matter: the lecturer's own mark, on the rubric's scale (see below), taken as it is.
 2. Each criterion's section in the draft body as it stands now, edited or not: `**Suggested level:** Good` and
-   `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range.
+   `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range;
+   a score outside its level's range gives no mark (which of the two was meant is a guess) and says so.
    Comments (`%% ... %%`, `<!-- ... -->`) are left out, as Obsidian hides them.
 3. The draft's `tierflow_levels` front-matter (the model's suggestion), for a criterion whose section lost its level.
 
@@ -188,12 +189,20 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
         level_m = _LEVEL.search(text)
         score_m = _SCORE.search(text)
         level_name = level_m.group("level").strip() if level_m else suggested.get(c.name, "")
-        if score_m:
-            scores[c.name] = exact(score_m.group("score"))
-            continue
         level = c.level(level_name) or next(
             (lvl for lvl in c.levels if lvl.name.casefold() == level_name.casefold()), None
         )
+        if score_m:
+            score = exact(score_m.group("score"))
+            # A level and score that disagree are an edit half made: which one was meant is a guess, so no mark.
+            if level_m and level and level.score and not level.score.contains(score):
+                problems.append(
+                    f"{c.name!r}: score {score_m.group('score')} is outside level {level.name!r} ({level.score}); "
+                    "change the level or the score so they agree"
+                )
+                continue
+            scores[c.name] = score
+            continue
         if level is None or level.score is None:
             problems.append(
                 f"{c.name!r}: no score, and level {level_name or 'none'!r} "
