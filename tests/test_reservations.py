@@ -244,8 +244,10 @@ def test_release_stale_keeps_a_pending_batchs_reservations_and_names_its_run(tmp
     released = cli.invoke(app, ["budget", "reservations", "--vault", vault, "--release-stale", "-f", "json"])
     assert {(row["run_id"], row["state"]) for row in json.loads(released.output)} == {("batched", "batch pending")}
     assert [r.id for r in open_reservations(ledger)] == [r.id for r in held]
-    table = cli.invoke(app, ["budget", "reservations", "--vault", vault], env={"COLUMNS": "200"})
-    assert "batch pending at the provider: `tierflow resume batched` collects it" in table.output
+    table = cli.invoke(app, ["budget", "reservations", "--vault", vault], env={"COLUMNS": "80"})
+    # The whole command, --vault included, on one line however narrow the terminal: one a user can paste.
+    resume = f"tierflow resume batched --vault {Path(vault).resolve()}"
+    assert f"batch pending at the provider: `{resume}` collects it" in table.output
     assert "--release-stale" not in table.output
 
     c = Caller(RunSettings(vault=vault, config_path=str(config), run_id="batched", flow="test"))

@@ -56,6 +56,9 @@ def test_a_registered_flow_runs_by_name(registered_triage: str, tmp_path: Path) 
     note = frontmatter.load(vault / "Triage" / "Reading triage.md")
     run_id = note["tierflow_run"]
     assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # two triages and the summary
+    # Its flow takes no run_id: the line at the start says it in one sentence (it read "starting the ... flow takes").
+    starting = "starting a run of reading-triage (its flow takes no run_id, so `tierflow resume` cannot continue it)"
+    assert starting in said(result)
 
 
 def test_a_registered_flow_is_planned_and_listed_by_name(registered_triage: str, tmp_path: Path) -> None:

@@ -751,11 +751,16 @@ def budget_reservations(
             )
     elif any(row["state"] in ("expired", "holder gone") for row in rows):
         console.print(
-            "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone."
+            "`tierflow budget reservations --release-stale` releases the expired ones and those whose holder is gone.",
+            soft_wrap=True,
         )
     # A submitted batch outlives the process that sent it: the provider bills it, and collecting it settles these.
+    from tierflow.cli.runner import resume_command
+
     for run_id in dict.fromkeys(row["run_id"] for row in rows if row["state"] == "batch pending"):
-        console.print(f"Run {run_id}: batch pending at the provider: `tierflow resume {run_id}` collects it.")
+        resume = resume_command(run_id, vault_dir(vault), config=config, profile=profile)
+        # soft_wrap: a command split over two lines in a pipe is not one a user can paste.
+        console.print(f"Run {run_id}: batch pending at the provider: `{resume}` collects it.", soft_wrap=True)
 
 
 def _reservation_row(r, state: str) -> dict:  # noqa: ANN001

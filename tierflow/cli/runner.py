@@ -105,11 +105,13 @@ def run_flow(
     try:
         if run_id is None:
             resume = f"the {flow} flow takes no run_id, so `tierflow resume` cannot continue its runs"
+            starting = f"starting a run of {flow} (its flow takes no run_id, so `tierflow resume` cannot continue it)"
         else:
             resume = f"run {run_id}: `{resume_command(run_id, vault, config=config, profile=profile)}` continues it"
+            starting = f"starting {resume} if it stops"
         # Said before the run, on stderr: a run that is killed or crashes (or a batch run, silent for minutes, in a
         # pipe) still leaves its id and how to resume it on screen or in the log.
-        console.print(escape(f"starting {resume}" if run_id is None else f"starting {resume} if it stops"))
+        console.print(escape(starting))
         with stopped_by_interrupt(resume), prefect_start_errors():
             temporary_server.start()
             with phase_progress():
