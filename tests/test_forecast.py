@@ -159,6 +159,9 @@ def test_spend_refuses_options_that_would_be_ignored_naming_both(tmp_path: Path)
         (["--budget", "--watch"], "--budget cannot be combined with --watch"),
         (["--watch", "--by", "model"], "--watch cannot be combined with --by model"),
         (["--watch", "--format", "json"], "--watch cannot be combined with --format json"),
+        (["--budget", "--run", "r1"], "--budget cannot be combined with --run"),
+        (["--budget", "--project", "EDU7001"], "--budget cannot be combined with --project"),
+        (["--budget", "--since", "2026-11-01"], "--budget cannot be combined with --since"),
     ):
         result = CliRunner().invoke(app, ["spend", "--vault", str(vault), *extra])
         assert result.exit_code == 2, (extra, result.output)

@@ -229,7 +229,7 @@ def spend(
     from tierflow.core.ledger import COLUMNS, Ledger
     from tierflow.report.spend import ledger_summary
 
-    _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt)
+    _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt, since=since, run=run, project=project)
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
     # Compared with the ledger's ISO timestamps as text: a compact or week date (`20261204`, `2026-W49-1`) is
@@ -295,7 +295,17 @@ def spend(
             show(Console(), spend_table([], group, groups=ledger_spend(ledger, group, **filters)))
 
 
-def _check_spend_options(*, budget: bool, watch: bool, by: GroupBy | None, last: int | None, fmt: Format) -> None:
+def _check_spend_options(
+    *,
+    budget: bool,
+    watch: bool,
+    by: GroupBy | None,
+    last: int | None,
+    fmt: Format,
+    since: str | None = None,
+    run: str | None = None,
+    project: str | None = None,
+) -> None:
     """Options that show different things cannot be combined: one of them would be silently ignored."""
     given = {
         "--budget": budget,
@@ -308,6 +318,13 @@ def _check_spend_options(*, budget: bool, watch: bool, by: GroupBy | None, last:
         others = [option for option in shown if option != mode]
         if mode in shown and others:
             raise fail(f"{mode} cannot be combined with {others[0]}: {mode} shows {SHOWS[mode]}. Use one of them.")
+    filters = [f"--{name}" for name, value in (("since", since), ("run", run), ("project", project)) if value]
+    if budget and filters:
+        raise fail(
+            f"--budget cannot be combined with {filters[0]}: --budget shows each budget's current period, whichever "
+            f"calls it counts, and {filters[0]} picks calls. Use one of them (with `--by phase`, {filters[0]} adds up "
+            "the calls it picks)."
+        )
     if watch and fmt is not Format.table:
         raise fail(f"--watch cannot be combined with --format {fmt.value}: --watch is a live table on the console.")
     if budget and fmt is Format.otel:
