@@ -627,3 +627,17 @@ def test_a_note_created_meanwhile_by_another_run_or_a_person_is_never_replaced(
     result = writer.write("Moderation", {"title": "Moderation"}, "tierflow's draft")
     assert target.read_text(encoding="utf-8") == "written at the same moment by someone else\n"
     assert result.path != "Drafts/Moderation.md" and "tierflow's draft" in (vault / result.path).read_text()
+
+
+def test_a_name_right_before_a_footnote_mark_or_other_numeric_sign_is_hidden():
+    """Word's and LibreOffice's footnote marks, read as superscript digits, stood glued to the name before them
+    ("Sharma²"): the mark counted as a letter of the word, so the name went to the model as written."""
+    from tierflow.vault.annotations import locate
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("2004", "Priya Sharma")])
+    assert cohort.hide("Sharma² and Priya³, Priya₁, ²Sharma, Priya①, Sharma½, Priya\u20dd.") == (
+        "Student-01² and Student-01³, Student-01₁, ²Student-01, Student-01①, Student-01½, Student-01\u20dd."
+    )
+    assert cohort.hide("Priyanka, Sharmas2, Priya2") == "Priyanka, Sharmas2, Priya2"  # letters and digits still bind
+    assert locate("feedback matters", "Feedback matters. Indeed feedback matters¹ most.")

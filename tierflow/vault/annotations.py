@@ -16,6 +16,7 @@ inline details (locators, block ids, ``<mark>`` tags, ``==x==``) are picked out 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -792,18 +793,37 @@ _NO_SPACE_SCRIPTS = (
     "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u19e0-\u19ff\u1000-\u109f\ua9e0-\ua9ff\uaa60-\uaa7f"
 )
 _NO_SPACE_RE = re.compile(f"[{_NO_SPACE_SCRIPTS}]")
-# A letter of a script that separates words with spaces: only such a letter makes a word boundary.
-_SPACED_BEFORE = f"(?<![^\\W{_NO_SPACE_SCRIPTS}])"
-_SPACED_AFTER = f"(?![^\\W{_NO_SPACE_SCRIPTS}])"
+
+
+def _signs() -> str:
+    """A character class body of the numeric signs (Unicode category No: superscript and subscript digits, circled
+    numbers, fractions) and combining enclosing marks (Me): `\\w` takes the signs for letters, yet they end a word,
+    as a footnote mark glued to a name does ("Sharma²"). All of them lie below U+20000, so only that is scanned."""
+    found = [c for c in range(0x20000) if unicodedata.category(chr(c)) in ("No", "Me")]
+    ranges: list[list[int]] = []
+    for c in found:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "") for a, b in ranges)
+
+
+_SIGNS = _signs()
+# A letter or digit of a script that separates words with spaces: only such a character makes a word boundary.
+_SPACED_BEFORE = f"(?<![^\\W{_NO_SPACE_SCRIPTS}{_SIGNS}])"
+_SPACED_AFTER = f"(?![^\\W{_NO_SPACE_SCRIPTS}{_SIGNS}])"
+_SIGN_RE = re.compile(f"[{_SIGNS}]")
 
 
 def _needs_boundary(ch: str) -> bool:
-    return (ch.isalnum() or ch == "_") and not _NO_SPACE_RE.match(ch)
+    return (ch.isalnum() or ch == "_") and not _NO_SPACE_RE.match(ch) and not _SIGN_RE.match(ch)
 
 
 def word_pattern(literal: str) -> str:
     """A regex for `literal` as whole words: it may not start or end inside a word of a script that puts spaces
-    between words; beside Han, Kana, Thai, Lao, Khmer or Myanmar letters, which have no spaces, it may."""
+    between words; beside Han, Kana, Thai, Lao, Khmer or Myanmar letters, which have no spaces, it may. A numeric
+    sign (a footnote mark "²", "₁", "①") is no part of a word."""
     if not literal:
         return re.escape(literal)
     return boundary_before(literal[0]) + re.escape(literal) + boundary_after(literal[-1])
