@@ -171,7 +171,9 @@ def test_text_boxes_are_read_once_after_the_paragraph_that_holds_them(tmp_path):
     assert got.hidden == (INJECTION,)  # once: the fallback copy is not read
 
 
-def test_footnotes_and_endnotes_come_after_the_body_numbered_as_referenced(tmp_path):
+def test_footnotes_and_endnotes_come_after_the_body_numbered_as_referenced_as_obsidian_footnotes(tmp_path):
+    """`[^1]` marks, not the superscript digits a reader sees: "Sharma¹" made the name another word."""
+
     def ref(kind: str, n: int) -> str:
         return f'<w:r><w:rPr><w:vertAlign w:val="superscript"/></w:rPr><w:{kind}Reference w:id="{n}"/></w:r>'
 
@@ -189,7 +191,7 @@ def test_footnotes_and_endnotes_come_after_the_body_numbered_as_referenced(tmp_p
                     f"<w:p>{run('It is dialogic.')}{ref('footnote', 1)}</w:p>",
                 ],
                 footnotes={
-                    1: note("footnote", "Carless and Boud, 2018, p. 1315."),
+                    1: note("footnote", "Carless and Boud, 2018, p. 1315.") + f"<w:p>{run('See also Sadler.')}</w:p>",
                     2: note("footnote", "Hattie and Timperley, 2007, p. 81.")
                     + f"<w:p>{run(INJECTION, '<w:vanish/>')}</w:p>",
                     3: note("footnote", "A footnote nothing refers to."),
@@ -199,8 +201,9 @@ def test_footnotes_and_endnotes_come_after_the_body_numbered_as_referenced(tmp_p
         )
     )
     assert got.text == (
-        "Feedback matters.¹ Students act on it.²\n\nIt is dialogic.³\n\nNotes\n\n"
-        "1. Hattie and Timperley, 2007, p. 81.\n\n2. Sadler, 1989.\n\n3. Carless and Boud, 2018, p. 1315."
+        "Feedback matters.[^1] Students act on it.[^2]\n\nIt is dialogic.[^3]\n\nNotes\n\n"
+        "[^1]: Hattie and Timperley, 2007, p. 81.\n\n[^2]: Sadler, 1989.\n\n"
+        "[^3]: Carless and Boud, 2018, p. 1315.\n\n    See also Sadler."
     )
     assert got.hidden == (INJECTION,)
 
@@ -315,8 +318,8 @@ def test_odt_text_boxes_and_notes_are_read_as_a_reader_sees_them_and_comments_ar
     anchor.addText(" Its end.")
     got = extract(write(tmp_path, "boxes.odt", odt_document_bytes(cited, anchor, P(text="After."))))
     assert got.text == (
-        "Feedback matters.¹ Students act on it.²\n\nAnchor paragraph. Its end.\n\nBox: feedback is a process.\n\n"
-        "After.\n\nNotes\n\n1. Hattie and Timperley, 2007, p. 81.\n\n2. Sadler, 1989."
+        "Feedback matters.[^1] Students act on it.[^2]\n\nAnchor paragraph. Its end.\n\nBox: feedback is a process."
+        "\n\nAfter.\n\nNotes\n\n[^1]: Hattie and Timperley, 2007, p. 81.\n\n[^2]: Sadler, 1989."
     )
 
 

@@ -483,3 +483,37 @@ def test_a_moodle_file_name_is_the_rosters_name_however_moodle_wrote_it(in_file,
     from tierflow.lms.moodle import same_name
 
     assert same_name(in_file, in_roster) is same
+
+
+def test_footnotes_of_two_files_are_two_obsidian_footnotes_each_and_the_name_before_a_mark_is_hidden(
+    lms_vault, tmp_path
+):
+    """Each file numbers its notes from 1: the second part's are labelled by the part, or Obsidian would take both
+    `[^1]` for one footnote. The classmate named right before a mark is hidden in the text sent."""
+    from lms_exports import Student, docx_xml_bytes
+
+    from tierflow.tasks.assignment import _submissions
+    from tierflow.vault.pseudonyms import Pseudonyms
+    from tierflow.vault.pseudonyms import Student as Person
+
+    def run(text: str) -> str:
+        return f'<w:r><w:t xml:space="preserve">{text}</w:t></w:r>'
+
+    def cited(text: str, note: str) -> bytes:
+        ref = '<w:r><w:rPr><w:vertAlign w:val="superscript"/></w:rPr><w:footnoteReference w:id="1"/></w:r>'
+        return docx_xml_bytes(
+            [f"<w:p>{run(text)}{ref}{run('.')}</w:p>"],
+            footnotes={1: f"<w:p><w:r><w:footnoteRef/></w:r>{run(' ' + note)}</w:p>"},
+        )
+
+    files = {
+        "a.docx": cited("I planned this essay with Priya Sharma", "Personal communication, 2026."),
+        "b.docx": cited("As Sharma put it", "Seminar notes."),
+    }
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "e.zip", [Student("2001", "Ben Carter", files)]))
+    body = notes(lms_vault)["2001"].content
+    assert "Priya Sharma[^1]." in body and "[^1]: Personal communication, 2026." in body
+    assert "As Sharma put it[^2-1]." in body and "[^2-1]: Seminar notes." in body
+    (submission,) = _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0]
+    sent = Pseudonyms([Person("2001", "Ben Carter"), Person("2004", "Priya Sharma")]).hide(submission.text)
+    assert "Sharma" not in sent and "Priya" not in sent

@@ -3,13 +3,14 @@
 - `.docx`: python-docx, its XML read in document order: paragraphs and tables, content controls (where Word's
   Insert Citation and Bibliography put citations and the reference list), tracked insertions (never deletions),
   text boxes (after the paragraph they are anchored in, read once), then footnotes and endnotes under "Notes",
-  numbered as the text refers to them. Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
+  numbered as the text refers to them, as Obsidian footnotes (`[^1]` in the text, `[^1]: ...` under "Notes").
+  Hidden: runs with `w:vanish` (or web-hidden), white runs, runs under 3 pt.
   Names: core properties `author`, `last_modified_by`.
 - `.pdf` with a text layer: pypdf. Names: document info `/Author`.
 - `.odt`: odfpy, read in document order: tracked insertions (never deletions), frames and text boxes (after the
-  paragraph they are anchored in), then notes under "Notes"; comments are left out. Hidden: `text:hidden-text`,
-  `text:hidden-paragraph`, character and paragraph styles that are hidden (`text:display="none"`), white or under
-  3 pt. Names: `dc:creator`, `meta:initial-creator`.
+  paragraph they are anchored in), then notes under "Notes" as Obsidian footnotes; comments are left out. Hidden:
+  `text:hidden-text`, `text:hidden-paragraph`, character and paragraph styles that are hidden
+  (`text:display="none"`), white or under 3 pt. Names: `dc:creator`, `meta:initial-creator`.
 - `.html`, `.htm`: beautifulsoup4. Hidden: `display:none`, `visibility:hidden`, `opacity:0`, font size 0-1 px,
   white text, the `hidden` attribute. Names: `<meta name="author">`.
 - `.rtf`: striprtf. `.txt`, `.md`: UTF-8, else Windows-1252.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -171,7 +173,21 @@ def _names(*values: object) -> tuple[str, ...]:
 
 
 _MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
-_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _mark(number: int) -> str:
+    """A note's mark in the text: an Obsidian footnote, not the superscript digit a reader sees, which stood glued
+    to the word before it ("Sharma¹") and made it another word."""
+    return f"[^{number}]"
+
+
+def _footnote(number: int, paragraphs: list[str]) -> list[str]:
+    """A note's paragraphs as the definition of footnote `number`: the first after `[^number]: `, the others
+    indented under it, as Obsidian reads a footnote of several paragraphs. None when the note has no text."""
+    shown = [p.strip() for p in paragraphs if p.strip()]
+    if not shown:
+        return []
+    return [f"{_mark(number)}: {shown[0]}", *(textwrap.indent(p, "    ") for p in shown[1:])]
 
 
 def _chosen(alternate: Any) -> Any:
@@ -250,7 +266,7 @@ def _docx(path: Path, data: bytes) -> Extracted:
                 for ref in child:
                     if ref.tag in note_refs:
                         number = cited.setdefault((note_refs[ref.tag], ref.get(qn("w:id"))), len(cited) + 1)
-                        text += str(number).translate(_SUPERSCRIPT)  # the mark a reader sees
+                        text += _mark(number)
                 (unseen if is_hidden(run, paragraph) else shown).append(text)
                 boxes.extend(text_boxes(child))
             elif tag == f"{_MC}AlternateContent":
@@ -300,8 +316,7 @@ def _docx(path: Path, data: bytes) -> Extracted:
     for number, note in numbered:
         first = len(visible)
         blocks(note)
-        if len(visible) > first:
-            visible[first] = f"{number}. {visible[first].lstrip()}"
+        visible[first:] = _footnote(number, visible[first:])
     props = document.core_properties
     return Extracted(
         text=_tidy("\n\n".join(visible)), hidden=tuple(hidden), authors=_names(props.author, props.last_modified_by)
@@ -432,7 +447,7 @@ def _odt(path: Path, data: bytes) -> Extracted:
                 hides_paragraph = True
             elif qname == (TEXTNS, "note"):
                 notes.extend(child.getElementsByType(NoteBody)[:1])
-                shown.append(str(len(notes)).translate(_SUPERSCRIPT))  # the mark a reader sees
+                shown.append(_mark(len(notes)))
             elif qname[0] == DRAWNS:
                 boxes.append(child)  # a frame, text box or shape anchored here: read after the paragraph
             elif qname == (TEXTNS, "span") and styled(child, "text"):
@@ -468,8 +483,7 @@ def _odt(path: Path, data: bytes) -> Extracted:
     for number, body in enumerate(notes, start=1):
         first = len(visible)
         blocks(body)
-        if len(visible) > first:
-            visible[first] = f"{number}. {visible[first].lstrip()}"
+        visible[first:] = _footnote(number, visible[first:])
     creators = [
         teletype.extractText(n) for kind in (dc.Creator, meta.InitialCreator) for n in document.getElementsByType(kind)
     ]

@@ -347,6 +347,10 @@ def _resubmitted(vault: Path, note: Path, originals: Path, files: list[str], lis
     )
 
 
+_FOOTNOTE = re.compile(r"\[\^(\d+)\]")
+"""A footnote's label, as `tierflow.lms.documents` writes a note's mark and definition."""
+
+
 def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
     if not readable:
         return ""
@@ -355,7 +359,10 @@ def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
     for i, (_, path, kind, ex) in enumerate(readable, start=1):
         label = kind if kind != "file" else f"{ex.kind or path.suffix.lower()} file"  # what it was read as
         if many:
-            blocks.append(f"## Part {i} of {len(readable)} ({label})\n\n{ex.text}")
+            # Footnotes are numbered per file: from the second part on, labelled by the part too (`[^2-1]`), since
+            # Obsidian takes two `[^1]` in one note for one footnote.
+            text = _FOOTNOTE.sub(rf"[^{i}-\1]", ex.text) if i > 1 else ex.text
+            blocks.append(f"## Part {i} of {len(readable)} ({label})\n\n{text}")
         else:
             blocks.append(ex.text)
         if ex.hidden:
