@@ -170,10 +170,13 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
     exemplars = [_body(p) for p in sorted((root / "exemplars").glob("*.md"))] if (root / "exemplars").is_dir() else []
     submissions, skipped = _submissions(vault, f"{folder}/submissions")
     skipped += [(rubric.path, f"used, with a warning: {warning}") for warning in rubric.warnings]
-    kept = read_kept(root)  # one that cannot be read stops the run: the names in it would go unhidden
+    # One that cannot be read stops the run: the names in it would go unhidden.
+    kept = read_kept(root, {s.student_id: (s.name, *s.aliases) for s in submissions})
     roster_path = f"{folder}/{ROSTER_FILE}"
     if kept is not None:
         skipped += [(roster_path, f"used, with a warning: {problem}") for problem in kept.problems]
+        for problem in kept.problems:  # names it holds may go unhidden: said in the run's log too
+            log.warning("%s: %s", roster_path, problem)
     elif any(s.also for s in submissions):
         # Emails and institution ids come into a note from a roster only: this folder was imported with one
         # before imports kept it, so classmates on it who handed nothing in are unknown here.

@@ -264,3 +264,52 @@ def test_a_cohorts_pseudonyms_are_built_once_not_for_every_task_of_every_submiss
     assert first.pseudonyms() is first.pseudonyms() is again.pseudonyms()
     label = first.pseudonyms().label
     assert first.pseudonyms().hide("Roster Person7 and Number12") == f"{label['r7']} and {label['s12']}"
+
+
+def test_a_kept_roster_excel_saved_as_windows_1252_is_warned_of_and_what_is_left_of_each_name_is_hidden(
+    lms_vault, tmp_path, double, caplog
+):
+    """Excel's "CSV (Comma delimited)" writes `?` for the letters Windows-1252 lacks: `?ukasik` matches no essay's
+    "Łukasik", so the lecturer is told, and the rest of the name, the email and the id are still hidden."""
+    classmates = [
+        ("2005", "Wojciech Łukasik", "w.lukasik@example.ac.uk", "Z20235555"),
+        ("2006", "Şule Yılmaz", "s.yilmaz@example.ac.uk", "Z20236666"),
+    ]
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    roster = worksheet(tmp_path / "worksheet.csv", extra=classmates)
+    report = import_submissions(lms_vault, ASSIGNMENT, export, roster=roster)
+    assert not [w for w in report.warnings if "?" in w]  # the worksheet itself was whole
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows([[*line, ""] for line in lines])
+    path.write_bytes(out.getvalue().encode("cp1252", errors="replace"))  # Excel: Save As "CSV (Comma delimited)"
+
+    with caplog.at_level("WARNING", logger="tierflow"):
+        work = load(lms_vault, double)
+    told = dict(work.skipped)[f"{ASSIGNMENT}/roster.csv"]
+    assert "2005 (Wojciech ?ukasik)" in told and "2006 (?ule Y?lmaz)" in told and "CSV UTF-8" in told
+    assert "--roster" in told and "2005 (Wojciech ?ukasik)" in caplog.text
+    hidden = work.pseudonyms().hide("With Wojciech (w.lukasik@example.ac.uk, Z20236666) and s.yilmaz@example.ac.uk.")
+    assert not any(i in hidden for i in ("Wojciech", "lukasik", "20236666", "yilmaz")), hidden
+
+    # A whole spelling in the row (a name the lecturer typed again, or the import's other_names) explains the `?`.
+    fixed = path.read_bytes().decode("cp1252").replace("Wojciech ?ukasik,", "Wojciech Łukasik,")
+    fixed = fixed.replace("Z20236666,", "Z20236666,Şule Yılmaz")
+    path.write_bytes(fixed.encode("utf-8-sig"))
+    assert f"{ASSIGNMENT}/roster.csv" not in dict(load(lms_vault, double).skipped)
+
+
+def test_a_submitters_name_excel_broke_in_the_kept_roster_is_hidden_as_their_note_spells_it_and_not_warned_of(
+    lms_vault, tmp_path, double
+):
+    student = Student("2005", "Łukasz Nowak", {"essay.docx": docx_bytes(essay(3))})
+    export = moodle_zip(tmp_path / "export.zip", [*submitters(), student])
+    roster = worksheet(tmp_path / "worksheet.csv", extra=[("2005", "Łukasz Nowak", "l.nowak@example.ac.uk", "Z5")])
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=roster)
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    path.write_bytes(path.read_text(encoding="utf-8-sig").encode("cp1252", errors="replace"))
+    assert "?ukasz Nowak" in path.read_bytes().decode("cp1252")
+    work = load(lms_vault, double)
+    assert f"{ASSIGNMENT}/roster.csv" not in dict(work.skipped)
+    assert "Łukasz" not in work.pseudonyms().hide("Thanks to Łukasz and Lukasz Nowak.")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,26 +112,59 @@ def _read(path: Path) -> _Table | None:
     return table
 
 
-def read_kept(folder: Path) -> KeptRoster | None:
-    """The kept roster of the assignment folder; None when it has none. A RosterFileError when it cannot be read."""
+_BROKEN = re.compile(r"\w\?|\?\w")
+"""A `?` beside a letter: one Excel could not keep, saving the file as "CSV (Comma delimited)" (Windows-1252)."""
+
+
+def _explained(broken: str, names: Iterable[str]) -> bool:
+    """Whether one of `names`, whole, is `broken` with its `?` put back (`Şule Yılmaz` for `?ule Y?lmaz`)."""
+    pattern = re.compile(".".join(re.escape(piece) for piece in broken.split("?")), re.IGNORECASE)
+    return any("?" not in n and pattern.fullmatch(n) for n in names)
+
+
+def _lost_letters(sid: str, names: list[str], known: Iterable[str]) -> list[str]:
+    """`sid (name)` for each of a row's names with letters Excel lost that no whole name, in the row or `known`
+    elsewhere, gives back."""
+    whole = [*names, *known]
+    return [f"{sid} ({n})" for n in names if _BROKEN.search(n) and not _explained(n, whole)]
+
+
+def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) -> KeptRoster | None:
+    """The kept roster of the assignment folder; None when it has none. A RosterFileError when it cannot be read.
+
+    A name with `?` for letters (the file saved again in Excel as Windows-1252) is a problem: those words are no
+    longer found in an essay; the rest of the name, the emails and the ids still are. Not when `known` (names by
+    student id, a submission note's) spells it whole: that spelling is hidden."""
+    known = known or {}
     path = folder / ROSTER_FILE
     table = _read(path)
     if table is None:
         return None
     kept = KeptRoster(path)
+    broken: list[str] = []
     for row in table.rows:
         sid = table.get(row, "student_id").strip()
         if not sid:
             shown = ", ".join(c.strip() for c in row if c.strip())
             kept.problems.append(f"a row without a student_id ({shown}) is not hidden: give it one")
             continue
+        name, others = table.get(row, "name").strip(), _values(table.get(row, "other_names"))
+        broken += _lost_letters(sid, [n for n in (name, *others) if n], known.get(sid, ()))
         kept.students.append(
             Student(
                 sid,
-                table.get(row, "name").strip(),
-                aliases=tuple(_values(table.get(row, "other_names"))),
+                name,
+                aliases=tuple(others),
                 also=tuple(_values(table.get(row, "email")) + _values(table.get(row, "ids"))),
             )
+        )
+    if broken:
+        kept.problems.append(
+            f"the names of {', '.join(broken[:20])}{', ...' if len(broken) > 20 else ''} have `?` where Excel, "
+            'saving the file as Windows-1252 ("CSV (Comma delimited)"), dropped letters it could not hold: '
+            "an essay's spelling of those words is not hidden (the rest of each name, the emails and ids are). "
+            f'Type the names again in {ROSTER_FILE} and save it as "CSV UTF-8 (Comma delimited)", or import the '
+            "submissions again with --roster"
         )
     return kept
 
