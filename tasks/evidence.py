@@ -102,7 +102,9 @@ def shared_prefix(settings: RunSettings, assignment: Assignment, cohort: str = "
     env = template_env(config.vault, config.settings.vault.templates_folder)
     pseudonyms = assignment.pseudonyms()
     return env.get_template("prompts/feedback/shared.j2").render(
-        rubric=assignment.rubric.as_markdown(),
+        # Lecturer's text names students too ("like Priya Sharma's exemplar"): hidden as the essays are, the same
+        # for every student, so the prefix stays one cacheable block.
+        rubric=assignment.rubric.as_markdown(pseudonyms.hide),
         brief=pseudonyms.hide(assignment.brief),
         exemplars=[pseudonyms.hide(e) for e in assignment.exemplars],
         cohort=cohort,

@@ -313,3 +313,27 @@ def test_a_submitters_name_excel_broke_in_the_kept_roster_is_hidden_as_their_not
     work = load(lms_vault, double)
     assert f"{ASSIGNMENT}/roster.csv" not in dict(work.skipped)
     assert "Łukasz" not in work.pseudonyms().hide("Thanks to Łukasz and Lukasz Nowak.")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_student_named_in_the_rubric_or_brief_is_hidden_there_and_every_prompt_shares_one_prefix(
+    lms_vault, tmp_path, double, keys
+):
+    """The lecturer's own text names students too ("Like Priya Sharma's exemplar"): the rubric went as written."""
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    rubric = lms_vault / ASSIGNMENT / "rubric.md"
+    rubric.write_text(rubric.read_text().replace("Sustains a clear", "Like Priya Sharma's exemplar, sustains a clear"))
+    brief = lms_vault / ASSIGNMENT / "brief.md"
+    brief.write_text(brief.read_text() + "\nAsk Ben Carter (ben.carter@example.ac.uk) for the data set.\n")
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed
+    sent = bodies(double)
+    for identity in ("Priya", "Sharma", "Ben", "Carter", "ben.carter@"):
+        leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+    priya = "student-03"  # by sorted id: 2001, 2002, 2004
+    prefixed = [b for b in sent if "sustains a clear" in b]
+    assert len(prefixed) >= 4 and all(f"like {priya}'s exemplar, sustains a clear" in b for b in prefixed)

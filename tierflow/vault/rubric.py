@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -177,16 +178,19 @@ class Rubric:
             f"100/{_num(total)}, so they count as {shares}. Correct the weights if that is not what you meant.",
         )
 
-    def as_markdown(self) -> str:
-        """The canonical shape: `## Criterion (weight)` headings with `- Level (range): descriptor` bullets."""
-        lines = [f"# {self.title}"]
+    def as_markdown(self, prose: Callable[[str], str] = str) -> str:
+        """The canonical shape: `## Criterion (weight)` headings with `- Level (range): descriptor` bullets.
+
+        `prose` is applied to the title, descriptions, descriptors and notes (`Pseudonyms.hide` for a prompt), not
+        to criterion and level names, which a model is asked to give back exactly as the rubric names them."""
+        lines = [f"# {prose(self.title)}"]
         for c in self.criteria:
             lines.append(f"\n## {c.name}" + (f" ({c.weight})" if c.weight else ""))
             if c.description:
-                lines.append(f"\n{c.description}\n")
-            lines += [f"- {lvl.label}: {lvl.descriptor}".rstrip() for lvl in c.levels]
+                lines.append(f"\n{prose(c.description)}\n")
+            lines += [f"- {lvl.label}: {prose(lvl.descriptor)}".rstrip() for lvl in c.levels]
         if self.notes:
-            lines.append(f"\n{self.notes}")
+            lines.append(f"\n{prose(self.notes)}")
         return "\n".join(lines) + "\n"
 
 
