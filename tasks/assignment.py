@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import task
@@ -77,10 +78,33 @@ class Assignment:
         nothing in. A student in both is one student, hidden under every name and id either gives."""
         if not self.pseudonymise:
             return NoPseudonyms()
-        students = {s.student_id: Student(s.student_id, s.name, s.aliases, s.also) for s in self.submissions}
-        for kept in self.roster:
-            students[kept.student_id] = _joined(students.get(kept.student_id), kept)
-        return _pseudonyms(tuple(students.values()))
+        return cohort_pseudonyms(self.submissions, self.roster)
+
+
+def cohort_pseudonyms(submissions: list[Submission], roster: list[Student]) -> Pseudonyms:
+    """Labels for every submitter and everyone on the kept roster (`Assignment.pseudonyms`)."""
+    students = {s.student_id: Student(s.student_id, s.name, s.aliases, s.also) for s in submissions}
+    for kept in roster:
+        students[kept.student_id] = _joined(students.get(kept.student_id), kept)
+    return _pseudonyms(tuple(students.values()))
+
+
+def folder_pseudonyms(vault: Path, folder: str, config: Any) -> Pseudonyms:
+    """The pseudonyms a run of the assignment folder would use (its submission notes and kept roster), for a prompt
+    sent outside a run (`tierflow rubric normalise`); none when `config` keeps names (`pseudonymise`)."""
+    if not pseudonymise(config):
+        return NoPseudonyms()
+    root, folder = inside_vault(vault, folder)
+    submissions = _submissions(vault, f"{folder}/submissions")[0] if (root / "submissions").is_dir() else []
+    kept = read_kept(root, {s.student_id: (s.name, *s.aliases) for s in submissions})
+    return cohort_pseudonyms(submissions, kept.students if kept is not None else [])
+
+
+def pseudonymise(config: Any) -> bool:
+    """Whether names are hidden: by every tier a call could reach (overrides, escalation, adaptive routing), not the
+    table alone, unless `[feedback] pseudonymise` says otherwise."""
+    choice = config.settings.feedback.pseudonymise
+    return config.may_reach_cloud if choice is None else choice
 
 
 @lru_cache(maxsize=8)
@@ -196,8 +220,7 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
         exemplars=exemplars,
         submissions=submissions,
         skipped=skipped,
-        # Decided by every tier a call could reach (overrides, escalation, adaptive routing), not the table alone.
-        pseudonymise=config.may_reach_cloud if choice is None else choice,
+        pseudonymise=pseudonymise(config),
         roster=kept.students if kept is not None else [],
     )
 

@@ -230,3 +230,27 @@ def test_show_says_how_marks_are_worked_out_and_refuses_marks_read_two_ways(feed
     refused = invoke(*args)
     assert "no marks can be worked out" in refused.stderr and "17-20 for marks" in refused.stderr
     assert "17+" in json.loads(invoke(*args, "-f", "json").stdout)["marks"]["problem"]
+
+
+def test_normalise_sends_the_rubric_with_the_students_it_names_hidden_and_writes_their_names_back(
+    feedback_vault: Path, double, monkeypatch: pytest.MonkeyPatch
+):
+    from conftest import anthropic_config, write_config
+    from responders import skilled
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    config = feedback_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text())
+    answer = json.loads(json.dumps(NORMALISED_ANSWER))
+    answer["criteria"][0]["levels"][0]["descriptor"] = "A clear case, as in Student-01's exemplar."
+    double.responder = skilled({"rubricout": answer})
+    rubric = feedback_vault / ASSIGNMENT / "rubric.md"
+    rubric.write_text(PROSE_RUBRIC.replace("makes a clear case", "makes a clear case (see Amara Okafor's essay)"))
+
+    done = invoke("rubric", "normalise", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert done.exit_code == 0, done.output
+    (call,) = double.model_calls()
+    sent = call.raw.decode() + json.dumps(call.json, ensure_ascii=False)
+    assert "Amara" not in sent and "Okafor" not in sent and "(see Student-01's essay)" in sent
+    normalised = (feedback_vault / ASSIGNMENT / "rubric.normalised.md").read_text()
+    assert "A clear case, as in Amara Okafor's exemplar." in normalised

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -162,6 +162,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
 
     from tierflow.core.calls import Caller, RunSettings, new_run_id
     from tierflow.flowkit.checks import rubric_rewrite
+    from tierflow.tasks.assignment import folder_pseudonyms
     from tierflow.vault.notes import NoteWriter, template_env
     from tierflow.vault.rubric import (
         NORMALISED,
@@ -204,7 +205,9 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     )
     caller = Caller(settings)
     env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
-    body = frontmatter.loads(text).content
+    # A rubric names students too ("like Priya Sharma's exemplar"): hidden as in a run, and given back in the file.
+    pseudonyms = folder_pseudonyms(vault, folder, caller.config)
+    body = pseudonyms.hide(frontmatter.loads(text).content)
     answer = caller.ask(
         phase=PHASE,
         complexity=COMPLEXITY,
@@ -215,7 +218,8 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         checks=[rubric_rewrite],
     )
     title = str(frontmatter.loads(text).metadata.get("title") or "Rubric")
-    rubric = rubric_from_out(answer.parsed, f"{folder}/{NORMALISED}", title)
+    out = RubricOut.model_validate(_revealed(answer.parsed.model_dump(), pseudonyms))
+    rubric = rubric_from_out(out, f"{folder}/{NORMALISED}", title)
     markdown = rubric.as_markdown()
     again = parse_rubric(markdown, rubric.path)  # the canonical shape always reads back; fail loudly if not
     if again.criteria != rubric.criteria:
@@ -238,3 +242,14 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     writer = NoteWriter(vault, folder)
     written = writer.write(Path(NORMALISED).stem, front_matter, callout + markdown)
     return written, answer
+
+
+def _revealed(value: Any, pseudonyms: Any) -> Any:
+    """`value` (a model's answer as plain data) with every pseudonym in its texts back to the student's name."""
+    if isinstance(value, str):
+        return pseudonyms.reveal(value)
+    if isinstance(value, list):
+        return [_revealed(v, pseudonyms) for v in value]
+    if isinstance(value, dict):
+        return {k: _revealed(v, pseudonyms) for k, v in value.items()}
+    return value
