@@ -18,7 +18,16 @@ from tierflow.lms.roster import ROSTER_FILE, read_kept
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
-from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list, property_text
+from tierflow.vault.text import (
+    PropertyError,
+    escape_comments,
+    hide_comments,
+    load_note,
+    property_list,
+    property_text,
+    unclosed_comment,
+    unescape_comments,
+)
 
 log = logging.getLogger("tierflow")
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -261,6 +270,24 @@ def _body(path: Path) -> str:
         return ""
 
 
+def _cut_short(rel: str, body: str) -> list[tuple[str, str]]:
+    """A warning when a comment never closed hides more than half of a submission: a `%%` or `<!--` the student
+    typed, in a note an import wrote before it escaped them, takes the rest of the essay from every prompt."""
+    start = unclosed_comment(body)
+    if start is None or (len(body) - start) * 2 <= len(body.strip()):
+        return []
+    line = body.count("\n", 0, start) + 1
+    opener = body[start : start + 2] if body.startswith("%%", start) else "<!--"
+    why = (
+        f"used, with a warning: `{opener}` on line {line} of its text is never closed, so Obsidian and tierflow "
+        f"take the rest as a comment: {len(body) - start:,} of its {len(body):,} characters are not sent to the "
+        f"model. If the student typed it, write it as `{escape_comments(opener)}` (Obsidian shows it as "
+        f"`{opener}`), or import the submissions again"
+    )
+    log.warning("%s: %s", rel, why)
+    return [(rel, why)]
+
+
 def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple[str, str]]]:
     root, folder = inside_vault(vault, folder)
     if not root.is_dir():
@@ -297,7 +324,10 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             continue
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
         skipped += [(rel, f"not read: {why}") for why in unreadable]
-        text = hide_comments(post.content)  # Obsidian hides comments: never sent to a model
+        # Obsidian hides comments: never sent to a model. Then the `%%` and `<!--` an import wrote as entities
+        # (the student's own) are the characters again.
+        text = unescape_comments(hide_comments(post.content))
+        skipped += _cut_short(rel, post.content)
         # Drafted from its text: what was not read is told with the draft, not listed as skipped.
         embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))

@@ -517,3 +517,42 @@ def test_footnotes_of_two_files_are_two_obsidian_footnotes_each_and_the_name_bef
     (submission,) = _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0]
     sent = Pseudonyms([Person("2001", "Ben Carter"), Person("2004", "Priya Sharma")]).hide(submission.text)
     assert "Sharma" not in sent and "Priya" not in sent
+
+
+def test_a_comment_mark_the_student_typed_is_shown_as_written_and_sent_as_written_with_the_rest(lms_vault, tmp_path):
+    """ "40%%" in a Word file started an Obsidian comment that never closed: the rest of the essay was hidden from
+    the lecturer in Obsidian and from every prompt."""
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.tasks.assignment import _submissions
+    from tierflow.vault.text import hide_comments
+
+    paras = essay(1)
+    paras[1:1] = ["Completion rose from 40%% to 65% (see Table 2).", "In HTML a comment starts with <!-- and ends."]
+    export = moodle_zip(tmp_path / "e.zip", [Student("2001", "Ben Carter", {"essay.docx": docx_bytes(paras)})])
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    body = notes(lms_vault)["2001"].content
+    assert "%%" not in body and "<!--" not in body and hide_comments(body) == body
+    assert "40%&#37; to 65%" in body and "with &lt;!-- and ends" in body  # Obsidian shows "40%%", "<!--"
+    (submission,), skipped = _submissions(lms_vault, f"{ASSIGNMENT}/submissions")
+    assert submission.text == "\n\n".join(paras) and not skipped
+
+
+def test_a_note_an_older_import_wrote_with_an_unclosed_comment_is_named_in_a_warning(lms_vault, tmp_path, caplog):
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.tasks.assignment import _submissions
+
+    paras = essay(1)
+    export = moodle_zip(tmp_path / "e.zip", [Student("2001", "Ben Carter", {"essay.docx": docx_bytes(paras)})])
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    note = lms_vault / ASSIGNMENT / "submissions" / "2001.md"
+    note.write_text(note.read_text().replace(paras[0], "Completion rose from 40%% to 65%. " + paras[0]))
+    with caplog.at_level("WARNING", logger="tierflow"):
+        (submission,), skipped = _submissions(lms_vault, f"{ASSIGNMENT}/submissions")
+    told = dict(skipped)[f"{ASSIGNMENT}/submissions/2001.md"]
+    assert "`%%` on line 1 of its text is never closed" in told and "%&#37;" in told
+    assert "2001.md" in caplog.text and submission.text.startswith("Completion rose from 40")
+
+    note.write_text(note.read_text().replace(" 40%% ", " 40% ") + "\n%% my remark: check the data\n")
+    assert not _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[1]  # a short remark at the end: no warning

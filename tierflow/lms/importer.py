@@ -32,7 +32,7 @@ from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
-from tierflow.vault.text import load_note
+from tierflow.vault.text import escape_comments, load_note
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
@@ -358,15 +358,18 @@ def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
     many = len(readable) > 1
     for i, (_, path, kind, ex) in enumerate(readable, start=1):
         label = kind if kind != "file" else f"{ex.kind or path.suffix.lower()} file"  # what it was read as
+        # A `%%` or `<!--` the student typed would start a comment, hiding the rest of the essay from reader and
+        # model: written so that Obsidian shows it and the prompt gets it back (`unescape_comments`).
+        text = escape_comments(ex.text)
         if many:
             # Footnotes are numbered per file: from the second part on, labelled by the part too (`[^2-1]`), since
             # Obsidian takes two `[^1]` in one note for one footnote.
-            text = _FOOTNOTE.sub(rf"[^{i}-\1]", ex.text) if i > 1 else ex.text
+            text = _FOOTNOTE.sub(rf"[^{i}-\1]", text) if i > 1 else text
             blocks.append(f"## Part {i} of {len(readable)} ({label})\n\n{text}")
         else:
-            blocks.append(ex.text)
+            blocks.append(text)
         if ex.hidden:
-            lines = "\n".join(f"> {' '.join(h.split())}" for h in ex.hidden)
+            lines = "\n".join(f"> {escape_comments(' '.join(h.split()))}" for h in ex.hidden)
             where = f"part {i} ({label})" if many else label
             blocks.append(
                 f"> [!warning] {HIDDEN_CALLOUT}, {where}: invisible to a reader (white, 1-px or hidden text), "

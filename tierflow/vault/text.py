@@ -20,12 +20,15 @@ from tierflow.vault.annotations import without_code
 __all__ = [
     "COMMENT",
     "PropertyError",
+    "escape_comments",
     "hide_comments",
     "load_note",
     "property_list",
     "property_text",
     "read_note_text",
     "yaml_problem",
+    "unclosed_comment",
+    "unescape_comments",
 ]
 
 # An unclosed comment runs to the end of the note, as it does in Obsidian (and HTML): better to send less
@@ -85,6 +88,37 @@ def hide_comments(text: str) -> str:
         done = m.end()
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+# Someone else's text written into a note (a student's essay) with what would start a comment as HTML entities,
+# which Obsidian shows as the characters: "40%%" stays "40%%" on screen and hides nothing after it.
+_ESCAPES = {"%%": "%&#37;", "<!--": "&lt;!--"}
+_OPENER = re.compile("|".join(map(re.escape, _ESCAPES)))
+_ESCAPED = re.compile("|".join(map(re.escape, _ESCAPES.values())))
+_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
+
+
+def escape_comments(text: str) -> str:
+    """`text` for a note, shown by Obsidian as written: every `%%` as `%&#37;` and every `<!--` as `&lt;!--`, so
+    that no comment starts in it (code spans too: there Obsidian shows the entity, but none of it is hidden)."""
+    return _OPENER.sub(lambda m: _ESCAPES[m.group()], text)
+
+
+def unescape_comments(text: str) -> str:
+    """`escape_comments` undone: the writer's own characters, for a prompt, once `hide_comments` has run."""
+    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], text)
+
+
+def unclosed_comment(text: str) -> int | None:
+    """Where a comment that is never closed starts in `text` (outside code), hiding the rest; None if none does."""
+    if "%%" not in text and "<!--" not in text:
+        return None
+    last = next(reversed(list(COMMENT.finditer(without_code(text)))), None)
+    if last is None or last.end() < len(text):
+        return None
+    found = last.group()
+    closed = found[2:].endswith("%%") if found.startswith("%%") else found[4:].endswith("-->")
+    return None if closed else last.start()
 
 
 class PropertyError(ValueError):
