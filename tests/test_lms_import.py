@@ -441,6 +441,7 @@ def team_zip(path: Path) -> Path:
         z.writestr("Team Alpha_17_assignsubmission_onlinetext/onlinetext.html", b"<p>Our plan.</p>")
         z.writestr("Default group_assignsubmission_file/report.docx", docx_bytes(essay(2)))
         z.writestr("Liam OSullivan_1001_assignsubmission_file/essay.docx", docx_bytes(essay(3)))
+        z.writestr("Team Beta_4242_assignsubmission_file/report.docx", docx_bytes(essay(4)))  # no participant's id
     return path
 
 
@@ -457,6 +458,10 @@ def test_a_team_submission_is_never_filed_under_the_participant_its_group_id_mat
         assert "team submission" in why and "Download submissions in folders" in why
     why = ignored["Default group_assignsubmission_file/"]
     assert "team submission" in why and "not named as Moodle names" not in why
+    # A group id no participant has, under a name no student on the roster has: a team too, not a new student.
+    why = ignored["Team Beta_4242_assignsubmission_file/"]
+    assert "`Team Beta`" in why and "no participant 4242" in why and "team submission" in why
+    assert not [w for w in report.warnings if "does not list" in w]
 
 
 def test_default_group_is_a_team_submission_without_a_roster_too(lms_vault, tmp_path):

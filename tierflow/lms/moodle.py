@@ -175,21 +175,36 @@ def same_name(in_file: str, in_roster: str) -> bool:
 
 
 def team_folders(found: ReadExport, roster: dict[str, RosterEntry], roster_name: str) -> list[tuple[str, str]]:
-    """Take out of `found` every student whose file name is not the roster's name for that id, and say why for each
-    folder: a team submission carries its group's id, which may be any participant's (their mark would go to
-    that student), or the export and the roster are of different assignments."""
+    """Take out of `found` every student whose file name is not the roster's name for that id, or whose id the
+    roster lacks under a name no student on it has, and say why for each folder: a team submission carries its
+    group's id, which may be any participant's (their mark would go to that student) or none, or the export and
+    the roster are of different assignments."""
     out = []
+    names = [e.name for e in roster.values() if e.name]
     for sid, work in list(found.students.items()):
         entry = roster.get(sid)
-        if entry is None or not entry.name or not work.name or same_name(work.name, entry.name):
-            continue  # not in the roster, blind marking (no names), or the same person
+        if not work.name:
+            continue  # blind marking: no names to tell by
+        if entry is None:
+            # A group id that is no participant's: a team, unless a student of that name is on the roster.
+            if not names or any(same_name(work.name, n) for n in names):
+                continue
+            why = (
+                f"named `{work.name}`, but {roster_name} has no participant {sid} and no student of that name: this "
+                "looks like a team submission (Moodle names those after the group and its group id, which is no "
+                f"participant id); not imported. If it is a student who joined after {roster_name} was downloaded, "
+                f"download the worksheet again and import with it. {TEAM_ADVICE}."
+            )
+        elif not entry.name or same_name(work.name, entry.name):
+            continue  # the same person, or the roster gives no name
+        else:
+            why = (
+                f"named `{work.name}`, but participant {sid} in {roster_name} is `{entry.name}`: this looks like a "
+                "team submission (Moodle names those after the group and its group id, which is no participant id), "
+                f"or the export and {roster_name} are of different assignments; not imported, so no student gets "
+                f"this submission's mark. {TEAM_ADVICE}."
+            )
         del found.students[sid]
-        why = (
-            f"named `{work.name}`, but participant {sid} in {roster_name} is `{entry.name}`: this looks like a team "
-            "submission (Moodle names those after the group and its group id, which is no participant id), or the "
-            f"export and {roster_name} are of different assignments; not imported, so no student gets this "
-            f"submission's mark. {TEAM_ADVICE}."
-        )
         out += [(folder, why) for folder in dict.fromkeys(folder_of(f.entry.path) for f in work.files)]
     return out
 
