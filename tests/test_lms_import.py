@@ -479,7 +479,13 @@ def test_default_group_is_a_team_submission_without_a_roster_too(lms_vault, tmp_
         ("Liam OSullivan", "Liam O'Sullivan", True),  # clean_filename strips the apostrophe
         ("Anne-Marie Łukasik", "Anne-Marie ?ukasik", True),  # Excel's Windows-1252 lost the Ł
         ("Jo Ann Lee", "Jo_Ann Lee", True),
+        # A hyphen for a space, or none, on one side only: real students were skipped as "team submissions".
+        ("Jose Maria Garcia-Lopez", "José María García López", True),
+        ("Anne Marie Lukasik", "Anne-Marie Łukasik", True),
+        ("Annemarie Lukasik", "Anne-Marie Łukasik", True),
+        ("OBrien Siobhan", "Siobhán O’Brien", True),
         ("Team Alpha", "Zoë Adams", False),
+        ("Team Alpha Zoë", "Zoë Adams", False),
         ("Zoë Adams", "Zoë Adamson", False),
         ("Zoë", "Zoë Adams", False),
     ],

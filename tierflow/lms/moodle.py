@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -154,17 +155,38 @@ def clean_name(name: str) -> str:
     return "".join(ch for ch in name if ch not in CLEANED and ch >= " ").replace("_", " ")
 
 
+_NAME_JOINERS = re.compile(r"[\s\-\u2010-\u2015'\u2019.]+")
+
+
+def _joined_runs(words: list[str]) -> Iterator[list[str]]:
+    """Every way of joining neighbouring `words` into runs: ["o", "brien", "x"] -> ["obrienx"], ["o", "brienx"]..."""
+    for cuts in range(1 << max(len(words) - 1, 0)):
+        runs, current = [], words[0] if words else ""
+        for i, word in enumerate(words[1:]):
+            if cuts >> i & 1:
+                runs.append(current)
+                current = word
+            else:
+                current += word
+        yield [*runs, current]
+
+
 def same_name(in_file: str, in_roster: str) -> bool:
     """Whether the name in a submission's file name is the roster's name for that participant: as Moodle cleans it,
-    accents folded, case and word order aside (Moodle may show "Last First"), and a `?` in the roster standing
+    accents folded, case and word order aside (Moodle may show "Last First"), a hyphen or apostrophe as a space
+    or as nothing ("Garcia-Lopez" for "García López", "OBrien" for "O'Brien"), and a `?` in the roster standing
     for any one letter (Excel, saving as Windows-1252, writes `?` for a letter it cannot hold)."""
 
     def words(name: str) -> list[str]:
-        return sorted(fold(unicodedata.normalize("NFC", name)).casefold().split())
+        return [w for w in _NAME_JOINERS.split(fold(unicodedata.normalize("NFC", name)).casefold()) if w]
 
-    found, listed = words(clean_name(in_file)), words(clean_name(in_roster))
+    found, listed = sorted(words(clean_name(in_file))), sorted(words(clean_name(in_roster)))
     if len(found) != len(listed):
-        return False
+        # Words run together on one side ("OBrien", "Annemarie"): the longer side's words, joined in runs, give
+        # the shorter side's.
+        short, long = (found, words(clean_name(in_roster))) if len(found) < len(listed) else (listed, words(
+            clean_name(in_file)))  # fmt: skip
+        return any(sorted(runs) == short for runs in _joined_runs(long))
     for word in listed:
         pattern = re.compile(re.escape(word).replace(r"\?", "."))
         match = next((w for w in found if pattern.fullmatch(w)), None)
