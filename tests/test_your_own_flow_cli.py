@@ -144,3 +144,14 @@ def test_resume_passes_a_flow_only_the_parameters_it_takes(tmp_path: Path, monke
         assert "the reading-triage flow takes no 'tier' parameter, so --tier cannot reach it" in said(refused)
     finally:
         sys.modules.pop(module, None)
+
+
+def test_run_refuses_an_option_the_flow_does_not_take(registered_triage: str, tmp_path: Path) -> None:
+    """`--project` reached no flow that takes none (its spend went to no project), and `--since` no
+    student-feedback run, without a word."""
+    vault = triage_vault(tmp_path)
+    for flow, option in ((registered_triage, ["--project", "EDU9"]), ("student-feedback", ["--since", "2026-11-01"])):
+        result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), *option, "--dry-run"])
+        assert result.exit_code == 2, result.output
+        name = option[0].lstrip("-")
+        assert f"the {flow} flow takes no {name!r} parameter, so {option[0]} would be ignored" in said(result)

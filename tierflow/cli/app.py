@@ -598,6 +598,19 @@ def run(
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
+    _check_flow_options(
+        flow_name,
+        {
+            "since": ("--since", since),
+            "until": ("--until", until),
+            "assignment": ("--assignment", assignment),
+            "mode": ("--mode", None if mode == "direct" else mode),
+            "wait": ("--no-wait", None if wait else False),
+            "module": ("--module", module),
+            "project": ("--project", project),
+            "retry_failed": ("--retry-failed", retry_failed or None),
+        },
+    )
     _check_assignment(flow_name, cfg, vault, assignment)
     if dry_run:
         plan(
@@ -641,6 +654,24 @@ def run(
         **kwargs,
     )
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+
+
+def _check_flow_options(flow_name: str, given: dict[str, tuple[str, object]]) -> None:
+    """Refuse an option the flow's function does not take: it would be dropped without a word (`--since` for
+    student-feedback, `--project` for a flow of another package that takes none)."""
+    from tierflow.core.errors import TierflowError
+    from tierflow.core.registry import flow_spec
+
+    try:
+        spec = flow_spec(flow_name)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    for parameter, (option, value) in given.items():
+        if value is not None and not spec.takes(parameter):
+            raise fail(
+                f"the {flow_name} flow takes no {parameter!r} parameter, so {option} would be ignored; "
+                f"it takes: {', '.join(spec.parameter_names())}"
+            )
 
 
 @app.command()
