@@ -119,3 +119,39 @@ def test_no_export_target_sends_a_comment(tmp_path, target):
     assert result.sent == ["1001"]
     assert "A sound essay." in sent
     assert not any(word in sent for word in PRIVATE), sent
+
+
+def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_reach_the_student_as_written():
+    """A student typed "from 40%% to 65%"; a model quoting it wrote `%%` into the draft, where it started a
+    comment that hid the rest of the draft in Obsidian and in what was exported to the student."""
+    from types import SimpleNamespace
+
+    from tierflow.vault.notes import template_env
+    from tierflow.vault.text import hide_comments, unclosed_comment
+
+    criterion = {
+        "criterion": "Argument",
+        "missing": False,
+        "level": "Good",
+        "range": "60-69",
+        "score": 65,
+        "comment": "You show completion rose from 40%% to 65%, and you explain the <!-- markup.",
+        "quotes": [{"text": "Completion rose from 40%% to 65%", "verbatim": True}],
+    }
+    body = (
+        template_env(None, "Templates/tierflow")
+        .get_template("notes/feedback.md.j2")
+        .render(
+            student=SimpleNamespace(student_id="2001", name="Ben Carter", path="s/2001.md", not_read=(), empty=False),
+            criteria=[criterion],
+            problems="",
+            next_steps=["Keep the 40%% figure."],
+            overall="A careful essay; the end matters.",
+            empty=False,
+            flags=(),
+            offline=False,
+        )
+    )
+    assert unclosed_comment(body) is None and "the end matters" in hide_comments(body)
+    sent = Draft("2001", "x", {}, body).student_text()
+    assert "rose from 40%% to 65%" in sent and "the <!-- markup" in sent and "the end matters" in sent

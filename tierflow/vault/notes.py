@@ -31,7 +31,14 @@ from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
 from tierflow.vault.links import VaultNames, note_links
-from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list, property_text
+from tierflow.vault.text import (
+    PropertyError,
+    escape_comments,
+    hide_comments,
+    load_note,
+    property_list,
+    property_text,
+)
 
 HASH_KEY = "tierflow_hash"
 _OBSIDIAN_FORBIDDEN = re.compile(r"[#|^:\[\]\\/<>\"*?%]+")
@@ -200,6 +207,9 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
     # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
+    # A student's `%%` or `<!--`, quoted back by a model, shown as written: else it starts a comment that hides
+    # the rest of the draft, in Obsidian and in what is exported to the student.
+    env.filters["shown"] = lambda v: escape_comments(str(v))
     env.searched = (vault / override_folder if vault is not None else None, bundled)
     return env
 
