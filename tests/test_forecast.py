@@ -136,7 +136,7 @@ def test_spend_budget_writes_csv_with_the_json_fields_and_refuses_otel(tmp_path:
     records = json.loads(as_json.stdout)
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [list(r) for r in rows] == [list(r) for r in records]
-    moving = ("projected_usd", "runs_out")  # the clock runs on between the two commands
+    moving = ("projected_usd", "projected_tokens", "runs_out")  # the clock runs on between the two commands
 
     def steady(row: dict) -> dict:
         return {k: "" if v is None else str(v) for k, v in row.items() if k not in moving}
