@@ -845,20 +845,7 @@ def _unrecord_lost(conn: Connection, r: Any) -> None:
         return
     conn.execute(calls.delete().where(calls.c.id == lost.id))
     tokens = int(r.tokens or 0)
-    count_spend(
-        conn,
-        Spent(
-            when=r.created,
-            run_id=r.run_id,
-            flow=r.flow,
-            phase=r.phase,
-            tier=r.tier,
-            project=r.project,
-            usd=-(lost.cost_usd or 0.0),
-            tokens=-tokens,
-            unpriced_tokens=-tokens if lost.cost_usd is None else 0,
-        ),
-    )
+    count_spend(conn, _spent(r, -(lost.cost_usd or 0.0), -tokens, -tokens if lost.cost_usd is None else 0))
 
 
 def _open(conn: Connection, which: sa.ColumnElement[bool] | None = None) -> list[OpenReservation]:
@@ -946,19 +933,22 @@ def _keep(conn: Connection, row: Any) -> None:
         return
     conn.execute(_MARK_KEPT, {"reservation": row.id})
     tokens = int(row.tokens or 0)
-    count_spend(
-        conn,
-        Spent(
-            when=row.created,
-            run_id=row.run_id,
-            flow=row.flow,
-            phase=row.phase,
-            tier=row.tier,
-            project=row.project,
-            usd=float(row.usd or 0.0),
-            tokens=tokens,
-            unpriced_tokens=0 if row.priced else tokens,
-        ),
+    count_spend(conn, _spent(row, float(row.usd or 0.0), tokens, 0 if row.priced else tokens))
+
+
+def _spent(r: Any, usd: float, tokens: int, unpriced_tokens: int) -> Spent:
+    """An addition to the budget totals in a reservation row's scope (its run, flow, phase, tier, project),
+    dated when it was reserved."""
+    return Spent(
+        when=r.created,
+        run_id=r.run_id,
+        flow=r.flow,
+        phase=r.phase,
+        tier=r.tier,
+        project=r.project,
+        usd=usd,
+        tokens=tokens,
+        unpriced_tokens=unpriced_tokens,
     )
 
 
