@@ -17,7 +17,7 @@ from importlib.resources import files
 from typing import Any, Protocol, TypeVar
 
 from tierflow.core.config import ProviderConfig
-from tierflow.core.errors import ProviderAuthError
+from tierflow.core.errors import ProviderAuthError, ProviderError
 from tierflow.core.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,38 @@ class Attempts:
     def cut_off(self) -> str:
         """Why the answer to this thread's latest attempt stopped mid-body; empty when it did not."""
         return getattr(self._local, "cut", "")
+
+    def complete(
+        self,
+        send: Callable[[], Completion],
+        *,
+        provider: str,
+        model: str,
+        sdk_error: type[Exception],
+        translate: Callable[[Any, str], ProviderError],
+    ) -> Completion:
+        """One call through an SDK (`send`: the request and the reading of its answer), with its attempts accounted
+        for as the call path needs them, the same for every provider:
+
+        - an SDK error becomes tierflow's (`translate`), noting the attempts sent and never answered whole;
+        - a 200 answer the SDK cannot read is an answer of unknown usage (`unreadable_reply`), not an error;
+        - whatever else ends the call (Ctrl-C, a timeout, a bug) notes its lost attempts (`interrupted`);
+        - an answer notes the attempts before it that got none (`with_lost_attempts`)."""
+        mark = self.mark()
+        try:
+            completion = send()
+        except sdk_error as exc:
+            error = translate(exc, model)
+            error.lost_attempts = self.lost_since(mark)
+            raise error from exc
+        except UNREADABLE_REPLY as exc:
+            if not self.answered_since(mark):
+                raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
+            completion = unreadable_reply(provider, model, exc)
+        except BaseException as exc:
+            interrupted(exc, self.lost_since(mark))
+            raise
+        return with_lost_attempts(completion, self.lost_since(mark))
 
 
 @cache

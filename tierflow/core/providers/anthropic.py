@@ -18,16 +18,12 @@ from tierflow.core.errors import (
 )
 from tierflow.core.providers import (
     BATCH_CLOCK_SKEW_S,
-    UNREADABLE_REPLY,
     Attempts,
     BatchItemResult,
     Completion,
     Request,
     api_key,
     create_once,
-    interrupted,
-    unreadable_reply,
-    with_lost_attempts,
 )
 from tierflow.core.usage import reported_usage
 
@@ -79,22 +75,13 @@ class AnthropicProvider:
 
     def complete(self, request: Request) -> Completion:
         self._model = request.model
-        mark = self.attempts.mark()
-        try:
-            message = self.client.messages.create(**self.params(request))
-            completion = self.completion(message, request)
-        except anthropic.AnthropicError as exc:
-            error = self.translate(exc, request.model)
-            error.lost_attempts = self.attempts.lost_since(mark)
-            raise error from exc
-        except UNREADABLE_REPLY as exc:
-            if not self.attempts.answered_since(mark):
-                raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
-            completion = unreadable_reply(self.name, request.model, exc)
-        except BaseException as exc:
-            interrupted(exc, self.attempts.lost_since(mark))
-            raise
-        return with_lost_attempts(completion, self.attempts.lost_since(mark))
+        return self.attempts.complete(
+            lambda: self.completion(self.client.messages.create(**self.params(request)), request),
+            provider=self.name,
+            model=request.model,
+            sdk_error=anthropic.AnthropicError,
+            translate=self.translate,
+        )
 
     def completion(self, message: Any, request: Request) -> Completion:
         """Text, structured data and usage from a Message; an unreadable answer is data, not an error."""

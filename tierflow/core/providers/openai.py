@@ -20,19 +20,15 @@ from tierflow.core.errors import (
 )
 from tierflow.core.providers import (
     BATCH_CLOCK_SKEW_S,
-    UNREADABLE_REPLY,
     Attempts,
     BatchItemResult,
     Completion,
     Request,
     api_key,
     create_once,
-    interrupted,
     json_instruction,
     parse_json_object,
     strict_schema,
-    unreadable_reply,
-    with_lost_attempts,
 )
 from tierflow.core.usage import reported_usage
 
@@ -98,8 +94,8 @@ class OpenAIProvider:
         self._model = request.model
         params = self.params(request)
         client = self.client if request.mode_confirmed else self.client.with_options(max_retries=0)
-        mark = self.attempts.mark()
-        try:
+
+        def send() -> Completion:
             try:
                 response = client.chat.completions.create(**params)
             except openai.APIStatusError as exc:
@@ -110,19 +106,11 @@ class OpenAIProvider:
                 if request.mode_confirmed or not _retryable(exc):
                     raise
                 response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
-            completion = self.completion(response, request)
-        except openai.OpenAIError as exc:
-            error = self.translate(exc, request.model)
-            error.lost_attempts = self.attempts.lost_since(mark)
-            raise error from exc
-        except UNREADABLE_REPLY as exc:
-            if not self.attempts.answered_since(mark):
-                raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
-            completion = unreadable_reply(self.name, request.model, exc)
-        except BaseException as exc:
-            interrupted(exc, self.attempts.lost_since(mark))
-            raise
-        return with_lost_attempts(completion, self.attempts.lost_since(mark))
+            return self.completion(response, request)
+
+        return self.attempts.complete(
+            send, provider=self.name, model=request.model, sdk_error=openai.OpenAIError, translate=self.translate
+        )
 
     def completion(self, response: Any, request: Request) -> Completion:
         """Text, structured data and usage from a ChatCompletion; an unreadable answer is data, not an error."""
