@@ -1,5 +1,5 @@
-"""`tierflow spend --format json|jsonl` lists calls as text the database writes: character for character what the
-per-row encoding (`json.dumps` of each row's dict) wrote, for every kind of value a ledger column holds."""
+"""`tierflow spend --format json|jsonl` lists calls as text the database writes, one compact JSON object a call: the
+values of the ledger's rows for every kind of value a column holds, in order, in pieces written by two connections."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import io
 import json
 import math
 import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write_config
 from typer.testing import CliRunner
 
-from tierflow.cli.app import Format, _write_json, _write_json_text, app
+from tierflow.cli.app import Format, _write_json_text, app
 from tierflow.core.ledger import Ledger, calls
 
 STRINGS = [
@@ -96,42 +98,97 @@ def fill(ledger: Ledger, n: int = 120) -> None:
         conn.execute(calls.insert(), rows)
 
 
-def per_row(ledger: Ledger, fmt: Format, capsys: pytest.CaptureFixture[str], **filters: str) -> str:
-    """The listing as `tierflow spend` wrote it before: each row's dict through `json`."""
+def listed(ledger: Ledger, fmt: Format, capsys: pytest.CaptureFixture[str], **options: Any) -> str:
     capsys.readouterr()
-    _write_json(ledger.stream_rows(**filters), fmt)
+    between = ",\n" if fmt is Format.json else "\n"
+    _write_json_text(ledger.stream_json(between=between, **options), fmt)
     return capsys.readouterr().out
 
 
-def from_database(ledger: Ledger, fmt: Format, capsys: pytest.CaptureFixture[str], batch: int, **filters: str) -> str:
-    capsys.readouterr()
-    _write_json_text(ledger.stream_json(indent=fmt is Format.json, batch=batch, **filters), fmt)
-    return capsys.readouterr().out
+def as_listed(value: Any, dialect: str) -> Any:
+    """A row's value as the listing reads back: SQLite writes a float with 15 significant digits."""
+    if isinstance(value, float) and math.isfinite(value) and dialect == "sqlite":
+        return float(f"{value:.15g}")
+    return value
+
+
+def expected(ledger: Ledger, **filters: Any) -> list[dict[str, Any]]:
+    dialect = ledger.engine.dialect.name
+    return [{k: as_listed(v, dialect) for k, v in row.items()} for row in ledger.rows(**filters)]
+
+
+def calls_of(text: str, fmt: Format) -> list[dict[str, Any]]:
+    """The calls of a listing, checking its shape: `jsonl` a call a line; `json` an array with a call a line."""
+    lines = text.splitlines()
+    if fmt is Format.json:
+        assert text.endswith("\n") and lines[0] in ("[", "[]")
+        assert json.loads(text) == [json.loads(line.rstrip(",")) for line in lines[1:-1]]
+        return json.loads(text)
+    return [json.loads(line) for line in lines]
 
 
 @pytest.mark.parametrize("fmt", [Format.json, Format.jsonl])
-def test_the_database_writes_the_listing_as_the_per_row_encoding_did(
+def test_the_database_lists_every_call_with_its_values(
     ledger_url: str, fmt: Format, capsys: pytest.CaptureFixture[str]
 ):
     ledger = Ledger(ledger_url)
     fill(ledger)
-    expected = per_row(ledger, fmt, capsys)
-    assert expected.count("\n") >= 120  # the ledger is not empty
-    # Pieces of 7 rows: some pieces all plain, some with a row the database cannot write as json does.
-    for batch in (7, 1000):
-        assert from_database(ledger, fmt, capsys, batch) == expected
+    everything = expected(ledger)
+    assert len(everything) == 120
+    # Pieces of 1 and 7 ids (many pieces, in flight on two connections at once) and one piece of all.
+    for batch in (1, 7, 1000):
+        for workers in (1, 2):
+            assert calls_of(listed(ledger, fmt, capsys, batch=batch, workers=workers), fmt) == everything
     for filters in ({"since": "2026-11-20"}, {"project": "é"}, {"run_id": "run-3"}, {"project": "none such"}):
-        assert from_database(ledger, fmt, capsys, 7, **filters) == per_row(ledger, fmt, capsys, **filters)
+        assert calls_of(listed(ledger, fmt, capsys, batch=7, **filters), fmt) == expected(ledger, **filters)
+    newest = calls_of(listed(ledger, fmt, capsys, batch=7, last=9, project="thesis"), fmt)
+    assert newest == expected(ledger, project="thesis")[-9:]
 
 
-def test_json_listing_is_one_array_as_json_dump_with_indent_writes_it(
+def test_floats_booleans_infinities_and_text_read_back_as_the_ledger_holds_them(
     ledger_url: str, capsys: pytest.CaptureFixture[str]
 ):
     ledger = Ledger(ledger_url)
-    fill(ledger, 40)
-    rows = ledger.rows()
-    assert from_database(ledger, Format.json, capsys, 7) == json.dumps(rows, indent=2) + "\n"
-    assert from_database(ledger, Format.jsonl, capsys, 7) == "".join(json.dumps(r) + "\n" for r in rows)
+    fill(ledger, 60)
+    rows = calls_of(listed(ledger, Format.jsonl, capsys), Format.jsonl)
+    exact = ledger.engine.dialect.name == "postgresql"
+    for got, row in zip(rows, ledger.rows(), strict=True):
+        assert list(got) == list(row)  # every column, in the ledger's order
+        for key, value in row.items():
+            if isinstance(value, float) and math.isfinite(value):
+                assert got[key] == value if exact else math.isclose(got[key], value, rel_tol=1e-14), (key, value)
+            else:
+                assert got[key] == value and type(got[key]) is type(value), (key, value)
+    text = listed(ledger, Format.jsonl, capsys)
+    assert "Infinity" not in text and "9e999" in text  # JSON's own numbers, which `json.loads` reads as inf
+
+
+def test_non_ascii_text_is_escaped_when_the_output_cannot_take_it(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    ledger = Ledger(ledger_url)
+    fill(ledger, 30)
+    utf8 = listed(ledger, Format.jsonl, capsys)
+    assert "東京" in utf8  # UTF-8, as JSON is exchanged
+    out = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", newline="")
+    monkeypatch.setattr("sys.stdout", out)
+    _write_json_text(ledger.stream_json(), Format.jsonl)
+    out.flush()
+    text = out.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
+    assert "\\u6771\\u4eac" in text and "\\ud83d\\ude00" in text
+    assert calls_of(text, Format.jsonl) == calls_of(utf8, Format.jsonl)
+
+
+def test_a_listing_stopped_early_leaves_no_connection_working(ledger_url: str):
+    """`tierflow spend --format jsonl | head` closes the listing after its first piece: the pieces written ahead
+    are dropped and the listing's threads end."""
+    ledger = Ledger(ledger_url)
+    fill(ledger, 120)
+    pieces = ledger.stream_json(batch=2, workers=2)
+    first = next(pieces)
+    assert [json.loads(line)["id"] for line in first.splitlines()] == [1, 2]
+    pieces.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("tierflow-listing")]
 
 
 def test_spend_format_json_lists_every_call_from_the_command_line(tmp_path: Path):
@@ -141,42 +198,12 @@ def test_spend_format_json_lists_every_call_from_the_command_line(tmp_path: Path
     fill(ledger, 30)
     result = CliRunner().invoke(app, ["spend", "--vault", str(vault), "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == json.loads(json.dumps(ledger.rows()))
+    assert calls_of(result.stdout, Format.json) == expected(ledger)
     empty = tmp_path / "empty"
     write_config(empty / ".tierflow" / "config.toml", "")
     for fmt, text in (("json", "[]\n"), ("jsonl", "")):
         result = CliRunner().invoke(app, ["spend", "--vault", str(empty), "--format", fmt])
         assert result.exit_code == 0 and result.stdout == text
-
-
-def test_plain_rows_are_written_by_the_database_and_only_odd_ones_by_json(
-    ledger_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-):
-    """A row of printable ASCII without quotes or backslashes is never read again for `json` to write it."""
-    import tierflow.core.ledger as ledger_module
-
-    ledger = Ledger(ledger_url)
-    fill(ledger)
-    reread: list[int] = []
-    real = ledger_module._as_python_writes
-
-    def counting(conn, texts, indent):  # noqa: ANN001, ANN202
-        out = real(conn, texts, indent)
-        reread.append(len(texts))
-        return out
-
-    monkeypatch.setattr(ledger_module, "_as_python_writes", counting)
-    plain = {"since": "2026-11-01", "project": "EDU7001"}  # fill's rows with project EDU7001 hold odd strings too
-    with ledger.transaction() as conn:
-        conn.execute(
-            calls.update().where(calls.c.project == "EDU7001").values(phase="draft", subject="note 1", deployment=None)
-        )
-    for fmt in (Format.json, Format.jsonl):
-        reread.clear()
-        assert from_database(ledger, fmt, capsys, 1, **plain) == per_row(ledger, fmt, capsys, **plain)
-        assert reread == []
-        assert from_database(ledger, fmt, capsys, 1) == per_row(ledger, fmt, capsys)
-        assert len(reread) > 30  # the rows holding a quote, a backslash, a control character, DEL or non-ASCII
 
 
 def test_spend_lists_the_newest_calls_in_a_table_and_says_how_many_matched(tmp_path: Path):
@@ -203,9 +230,10 @@ def test_spend_lists_the_newest_calls_in_a_table_and_says_how_many_matched(tmp_p
         r["id"] for r in rows[-3:]
     ]
     assert [r["id"] for r in json.loads(spend("--last", "2", "--format", "json"))] == [r["id"] for r in rows[-2:]]
-    assert spend("--last", "2", "--format", "jsonl") == "".join(json.dumps(r) + "\n" for r in rows[-2:])
-    assert spend("--last", "2", "--project", "thesis", "--format", "jsonl") == "".join(
-        json.dumps(r) + "\n" for r in [r for r in rows if r["project"] == "thesis"][-2:]
+    assert calls_of(spend("--last", "2", "--format", "jsonl"), Format.jsonl) == expected(ledger)[-2:]
+    assert (
+        calls_of(spend("--last", "2", "--project", "thesis", "--format", "jsonl"), Format.jsonl)
+        == expected(ledger, project="thesis")[-2:]
     )
     listed = list(csv.DictReader(io.StringIO(spend("--last", "4", "--format", "csv"))))
     assert [int(r["id"]) for r in listed] == [r["id"] for r in rows[-4:]]
@@ -221,8 +249,7 @@ def test_spend_since_takes_any_iso_date_form_as_that_day(tmp_path: Path, since: 
     write_config(vault / ".tierflow" / "config.toml", "")
     ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
     fill(ledger, 60)
-    expected = json.loads(json.dumps(ledger.rows(since="2026-11-20")))
-    assert expected  # fill's rows reach 2026-11-28
+    assert expected(ledger, since="2026-11-20")  # fill's rows reach 2026-11-28
     result = CliRunner().invoke(app, ["spend", "--vault", str(vault), "--format", "json", "--since", since])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == expected
+    assert calls_of(result.stdout, Format.json) == expected(ledger, since="2026-11-20")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import inspect
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable
 from datetime import date
@@ -261,7 +263,7 @@ def spend(
         last = TABLE_LAST
     out = sys.stdout
     if fmt in (Format.json, Format.jsonl) and group is None:
-        _write_json_text(ledger.stream_json(indent=fmt is Format.json, last=last, **filters), fmt)
+        _write_json_text(ledger.stream_json(between=_BETWEEN[fmt], last=last, **filters), fmt)
     elif fmt in (Format.json, Format.jsonl):
         _write_json(ledger_summary(ledger, group, **filters), fmt)
     elif fmt is Format.csv:
@@ -355,19 +357,35 @@ def _write_json(records: Iterable[dict], fmt: Format) -> None:
             sys.stdout.write(json.dumps(record) + "\n")
 
 
+_BETWEEN = {Format.json: ",\n", Format.jsonl: "\n"}
+"""What goes between two calls of a listing (`Ledger.stream_json`): in `json`, one call a line of the array."""
+
+
 def _write_json_text(pieces: Iterable[str], fmt: Format) -> None:
-    """`_write_json` for records already written as JSON text (`Ledger.stream_json`), a piece of many at a time."""
+    """A listing of calls already written as JSON text (`Ledger.stream_json`), a piece of many at a time: `json`
+    as one array with a call on each line, `jsonl` as a call a line. Text is written as UTF-8, as JSON is
+    exchanged, or with `\\u` escapes where the output is not UTF-8 (a console's code page)."""
     out = sys.stdout
+    if codecs.lookup(getattr(out, "encoding", None) or "utf-8").name != "utf-8":
+        pieces = (piece if piece.isascii() else _NON_ASCII.sub(_escaped, piece) for piece in pieces)
     if fmt is Format.json:
         out.write("[")
         empty = True
         for piece in pieces:
-            out.write(("\n  " if empty else ",\n  ") + piece)
+            out.write(("\n" if empty else ",\n") + piece)
             empty = False
         out.write("]\n" if empty else "\n]\n")
     else:
         for piece in pieces:
             out.write(piece + "\n")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _escaped(run: re.Match[str]) -> str:
+    """Non-ASCII characters as JSON's `\\u` escapes: they only stand inside a listing's strings."""
+    return json.encoder.encode_basestring_ascii(run.group())[1:-1]  # type: ignore[attr-defined]
 
 
 _json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]

@@ -12,7 +12,9 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -1059,6 +1061,10 @@ def unopenable(url: str, exc: Exception) -> str:
     return f"the ledger at {where} cannot be used ({cause}): check that its server is up and ledger_url is right"
 
 
+LISTING_WORKERS = 2
+"""Connections that write a listing's rows at once (`Ledger.stream_json`)."""
+
+
 class Ledger:
     """Where every call's spend is kept."""
 
@@ -1203,52 +1209,68 @@ class Ledger:
     def stream_json(
         self,
         *,
-        indent: bool,
+        between: str = "\n",
         since: str | None = None,
         run_id: str | None = None,
         flow: str | None = None,
         project: str | None = None,
         batch: int = 20_000,
         last: int | None = None,
+        workers: int = LISTING_WORKERS,
     ) -> Iterator[str]:
-        """`stream_rows` as JSON text, character for character as `json.dumps(row)` writes each row (`indent=False`),
-        or as an element of `json.dumps(rows, indent=2)` (`indent=True`); each piece is up to `batch` rows joined by
-        the separator that goes between them (`"\\n"`, or `",\\n  "`); with `last`, only the newest `last` rows.
+        """The calls `stream_rows` lists, oldest first, each as one compact JSON object (`_row_json`), in pieces of
+        up to `batch` ids joined by `between`; with `last`, only the newest `last`.
 
-        The database writes each row's text (SQLite leaves the floats to Python, whose `repr` is JSON's), read
-        through the driver's cursor `batch` rows at a time: no dict, no encoder call per row. A row with a character
-        the database leaves as it is and `json.dumps` escapes (non-ASCII, DEL) is re-encoded by `json`."""
+        The database writes each row's text, so Python holds one string a row, never a dict. `workers` connections
+        write the pieces at once, in order, a few pieces ahead of the reader (memory stays flat): the database does
+        its work outside Python's lock. Each piece is read in a transaction of its own; the ids are fixed when the
+        listing starts, so a call recorded while it runs is left for the next listing."""
+        filters = _call_filters(since, run_id, flow, project)
+        ids = sa.select(calls.c.id).where(*filters)
+        if last is not None:
+            ids = ids.order_by(calls.c.id.desc()).limit(last)
+        chosen = ids.subquery()
+        with self.reading() as conn:
+            low, high = conn.execute(sa.select(sa.func.min(chosen.c.id), sa.func.max(chosen.c.id))).one()
+        if low is None:
+            return
         dialect = self.engine.dialect.name
         mark = "%s" if dialect == "postgresql" else "?"
-        where, params = [], []
+        where, params = [f'"id" >= {mark}', f'"id" <= {mark}'], []
         for column, value in (("timestamp", since), ("run_id", run_id), ("flow", flow), ("project", project)):
             if value:
-                op = ">=" if column == "timestamp" else "="
-                where.append(f'"{column}" {op} {mark}')
+                where.append(f'"{column}" {">=" if column == "timestamp" else "="} {mark}')
                 params.append(value)
-        items, template = _listing_sql(dialect, indent)
-        conditions = f" WHERE {' AND '.join(where)}" if where else ""
-        if last is not None:  # the newest `last` ids that match, read backwards along the primary key
-            conditions = f" WHERE id IN (SELECT id FROM calls{conditions} ORDER BY id DESC LIMIT {int(last)})"
-        sql = f"SELECT {', '.join(items)} FROM calls{conditions} ORDER BY id"
-        between = ",\n  " if indent else "\n"
-        with self.engine.connect() as conn, conn.begin():
-            raw = conn.connection.driver_connection
-            if dialect == "postgresql":
-                conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")  # the shortest text that reads back exact
-                cursor = raw.cursor(name="tierflow_listing")  # type: ignore[union-attr]
-            else:
-                cursor = raw.cursor()  # type: ignore[union-attr]
+        sql = _row_json(dialect).format(where=" AND ".join(where))
+
+        def piece(first: int) -> str:
+            with self.engine.connect() as conn, conn.begin():
+                if dialect == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")  # the shortest text that reads back exact
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(sql, [first, min(first + batch - 1, high), *params])
+                    return between.join([text for (text,) in cursor.fetchall()])
+                finally:
+                    cursor.close()
+
+        starts = range(low, high + 1, batch)
+        if workers <= 1 or self.engine.url.database in (None, "", ":memory:"):  # one in-memory database a connection
+            yield from filter(None, map(piece, starts))
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="tierflow-listing") as pool:
+            ahead: deque[Future[str]] = deque()
             try:
-                cursor.execute(sql, params)
-                while rows := cursor.fetchmany(batch):
-                    texts = list(map(template.__mod__, rows))
-                    text = between.join(texts)
-                    if "\x01" in text or not text.isascii() or "\x7f" in text:
-                        text = between.join(_as_python_writes(conn, texts, indent))
-                    yield text
-            finally:
-                cursor.close()
+                for first in starts:
+                    ahead.append(pool.submit(piece, first))
+                    if len(ahead) > 2 * workers and (text := ahead.popleft().result()):
+                        yield text
+                while ahead:
+                    if text := ahead.popleft().result():
+                        yield text
+            finally:  # a reader that stops early (`| head`) leaves nothing running
+                for future in ahead:
+                    future.cancel()
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
@@ -1717,88 +1739,36 @@ def _call_filters(
     return conditions
 
 
-def _listing_sql(dialect: str, indent: bool) -> tuple[list[str], str]:
-    """How the database writes a `calls` row as JSON text for `Ledger.stream_json`: the select list and the `%`
-    template its values fill. Keys, separators, numbers, booleans and nulls are written as `json.dumps` writes them.
+def _row_json(dialect: str) -> str:
+    """The statement that writes each call matching `{where}` as one compact JSON object, by id, its keys in
+    `COLUMNS` order; the infinities as JSON numbers (`9e999`, which `json.loads` reads as `inf`).
 
-    Strings: PostgreSQL's `to_json` escapes as `json` does but for non-ASCII and DEL (which `stream_json` checks in
-    Python). SQLite's `json_quote` is several times slower than the rest of a row together, so there a string goes
-    between quotes as it is, and a row whose strings hold anything JSON escapes (a quote, a backslash, a control
-    character, DEL, non-ASCII) starts with a \x01 mark, from one scan of them all. SQLite writes the row with one
-    `printf` (a chain of `||` copies the growing text at every step). Floats: PostgreSQL's float8 text is the
-    shortest that reads back exact, as Python's repr; SQLite's has 15 digits, so there each float column comes
-    back on its own for Python's `str` (its `repr`, as `json` writes it)."""
-    postgres = dialect == "postgresql"
-    first, between, last = ("{\n    ", ",\n    ", "\n  }") if indent else ("{", ", ", "}")
-    items: list[str] = []
-    text: list[str] = []  # PostgreSQL: the pieces of one `||` chain
-    form: list[str] = []  # SQLite: a printf format and its arguments
-    args: list[str] = []
-    strings: list[str] = []
-    for i, name in enumerate(COLUMNS):
-        column, quoted = calls.c[name], f'"{name}"'
-        key = (first if i == 0 else between) + json.dumps(name) + ": "
-        if isinstance(column.type, sa.Boolean):
-            value = f"CASE WHEN {quoted} IS NULL THEN 'null' WHEN {quoted} THEN 'true' ELSE 'false' END"
-        elif isinstance(column.type, sa.Integer):
-            value = f"COALESCE(CAST({quoted} AS TEXT), 'null')"
-        elif isinstance(column.type, sa.Float) and postgres:
-            # Python adds ".0" to a whole number and writes 1e15 <= |x| < 1e16 in positional notation.
+    SQLite's `json_object` writes a float with 15 significant digits (`%!.15g`, the most that every float shows
+    as written: 0.1 + 0.2 is listed as 0.3); PostgreSQL's `row_to_json` (with `extra_float_digits` at 1) the
+    shortest text that reads back exact, as Python does. `csv` lists Python's own."""
+    if dialect == "postgresql":
+        items = []
+        for name in COLUMNS:
+            quoted = f'"{name}"'
+            if isinstance(calls.c[name].type, sa.Float):
+                items.append(
+                    f"CASE WHEN {quoted} = 'Infinity' THEN '9e999'::json WHEN {quoted} = '-Infinity' THEN "
+                    f"'-9e999'::json WHEN {quoted} = 'NaN' THEN NULL ELSE to_json({quoted}) END AS {quoted}"
+                )
+            else:
+                items.append(quoted)
+        select = f"SELECT {', '.join(items)} FROM calls WHERE {{where}}"
+        return f"SELECT row_to_json(r)::text FROM ({select}) r ORDER BY r.id"
+    pairs = []
+    for name in COLUMNS:
+        quoted = f'"{name}"'
+        value = quoted
+        if isinstance(calls.c[name].type, sa.Boolean):  # kept as 0 and 1
+            value = f"CASE WHEN {quoted} THEN json('true') WHEN NOT {quoted} THEN json('false') END"
+        elif isinstance(calls.c[name].type, sa.Float):  # `json_object` would write an infinity as `Inf`
             value = (
-                f"CASE WHEN {quoted} IS NULL THEN 'null'"
-                f" WHEN {quoted} = trunc({quoted}) AND abs({quoted}) < 1e15 THEN {quoted}::text || '.0'"
-                f" WHEN abs({quoted}) >= 1e15 AND abs({quoted}) < 1e16 THEN ({quoted}::text)::numeric::text"
-                f" || CASE WHEN {quoted} = trunc({quoted}) THEN '.0' ELSE '' END"
-                f" ELSE {quoted}::text END"
+                f"CASE WHEN {quoted} - {quoted} = 0.0 THEN {quoted} WHEN {quoted} > 0 THEN json('9e999')"
+                f" WHEN {quoted} < 0 THEN json('-9e999') END"
             )
-        elif isinstance(column.type, sa.Float):
-            form.append(key.replace("%", "%%"))
-            items.append(f"printf('{''.join(form)}', {', '.join(args)})" if args else f"'{''.join(form)}'")
-            form.clear()
-            args.clear()
-            # A REAL comes back as a float; NULL and the infinities as JSON's text for them.
-            items.append(
-                f"CASE WHEN {quoted} - {quoted} = 0.0 THEN {quoted} WHEN {quoted} > 0 THEN 'Infinity'"
-                f" WHEN {quoted} < 0 THEN '-Infinity' ELSE 'null' END"
-            )
-            continue
-        elif postgres:
-            value = f"COALESCE(to_json({quoted})::text, 'null')"
-        else:
-            value = f"""COALESCE('"' || {quoted} || '"', 'null')"""
-            strings.append(quoted)
-        text += [f"'{key}'", value]
-        form.append(key.replace("%", "%%") + "%s")
-        args.append(value)
-    if postgres:
-        return [" || ".join([*text, f"'{last}'"])], "%s"
-    form.append(last)
-    items.append(f"printf('{''.join(form)}', {', '.join(args)})" if args else f"'{''.join(form)}'")
-    if strings:
-        # Written as they are unless one holds a quote or a control character (neither is valid inside a JSON
-        # string) or a backslash (an escape, valid or not: made a control character here); DEL and non-ASCII are
-        # checked in Python. `json_valid` scans in C: a GLOB over a character class cost 12 µs a row, three times
-        # the rest of the row.
-        joined = f"printf('{'%s' * len(strings)}', {', '.join(strings)})"
-        mark = f"""NOT json_valid('"' || replace({joined}, char(92), char(1)) || '"')"""
-        items[0] = f"CASE WHEN {mark} THEN char(1) ELSE '' END || {items[0]}"
-    return items, "%s" * len(items)
-
-
-_LISTED_ID = re.compile(r'"id": (\d+)')
-
-
-def _as_python_writes(conn: Connection, texts: list[str], indent: bool) -> list[str]:
-    """A listing's rows whose text the database could not write as `json.dumps` does (see `_listing_sql`): read
-    again by id and written by `json`, as `tierflow spend` wrote every row before."""
-    odd = {i: int(_LISTED_ID.search(t).group(1)) for i, t in enumerate(texts) if _needs_python(t)}  # type: ignore[union-attr]
-    query = sa.select(*[calls.c[name] for name in COLUMNS]).where(calls.c.id.in_(list(odd.values())))
-    records = {row[0]: dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(query)}
-    for i, row_id in odd.items():
-        record = records[row_id]
-        texts[i] = json.dumps(record, indent=2).replace("\n", "\n  ") if indent else json.dumps(record)
-    return texts
-
-
-def _needs_python(text: str) -> bool:
-    return text.startswith("\x01") or not text.isascii() or "\x7f" in text
+        pairs.append(f"'{name}', {value}")
+    return f"SELECT json_object({', '.join(pairs)}) FROM calls WHERE {{where}} ORDER BY id"
