@@ -451,6 +451,9 @@ class Reply:
     """Hidden reasoning tokens; either field works for either provider (the larger one is used)."""
     status: int = 200
     """A status >= 400 answers with that provider-shaped error (message = ``text``)."""
+    code: str | None = None
+    """With a status >= 400, OpenAI's error ``code`` where the status alone does not give it
+    (``context_length_exceeded`` for a 400); Anthropic's errors carry none."""
     stop_reason: str | None = None
     """Either provider's vocabulary (``end_turn``/``stop``, ``max_tokens``/``length``, ...)."""
     model: str | None = None
@@ -1224,10 +1227,15 @@ class ProviderDouble:
     # -- errors --------------------------------------------------------------------------------
 
     def _error(
-        self, provider: Provider, status: int, message: str | None, body: dict[str, Any] | None = None
+        self,
+        provider: Provider,
+        status: int,
+        message: str | None,
+        body: dict[str, Any] | None = None,
+        code: str | None = None,
     ) -> _Answer:
         if body is None:
-            body = _error_body(provider, status, message)
+            body = _error_body(provider, status, message, code)
         return _Answer(status, body)
 
     # -- generation ----------------------------------------------------------------------------
@@ -1407,7 +1415,7 @@ class ProviderDouble:
         _require(request, "model", "messages")
         reply = self._respond(request)
         if reply.status >= 400:
-            return self._error("openai", reply.status, reply.text)
+            return self._error("openai", reply.status, reply.text, code=reply.code)
         completion = self._openai_completion_body(request, reply)
         if reply.body is not None:
             return _Answer(200, completion, raw=reply.body)
@@ -1786,7 +1794,7 @@ class ProviderDouble:
         except _HttpError as err:
             reply, status, message = Reply(), err.status, err.message
         if status >= 400:
-            error = _error_body("openai", status, message)
+            error = _error_body("openai", status, message, reply.code)
             item.status, item.response = status, error
             response = {"status_code": status, "request_id": self._new_id("req_"), "body": error}
             return False, {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
@@ -1969,13 +1977,13 @@ def _prompt_text(request: DoubleRequest) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _error_body(provider: Provider, status: int, message: str | None) -> dict[str, Any]:
+def _error_body(provider: Provider, status: int, message: str | None, code: str | None = None) -> dict[str, Any]:
     text = message or _DEFAULT_MESSAGES.get(status, f"Error {status}.")
     if provider == "anthropic":
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": text}}
-    kind, code = _OPENAI_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
-    return {"error": {"message": text, "type": kind, "param": None, "code": code}}
+    kind, default = _OPENAI_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return {"error": {"message": text, "type": kind, "param": None, "code": code or default}}
 
 
 def _pieces(text: str, count: int = 3) -> list[str]:
