@@ -139,7 +139,8 @@ def _joined(own: Student | None, kept: Student) -> Student:
 
 def too_long(vault: Path, submission: Submission, exc: ContextWindowExceeded) -> ContextWindowExceeded:
     """`exc` with advice for one student's submission too long for the model's window: the note, the files that
-    make most of it (when an import recorded them), and what to do. Selecting fewer notes is no remedy here."""
+    make most of it (when an import recorded them), and what to do. Selecting fewer notes is no remedy here.
+    Direct and batch runs alike: refused before sending (`context.check_fits`)."""
     from tierflow.lms.documents import extract
 
     total = len(submission.text)

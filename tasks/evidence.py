@@ -258,13 +258,19 @@ def collate(settings: RunSettings, assignment: Assignment, *, mode: str, wait: b
         complexity=COMPLEXITY,
         subject="batch",
     )
-    return batch_outcome(batched, assignment, pending, lambda s, a: evidence_from(assignment, s, a))
+    return batch_outcome(settings, PHASE, batched, assignment, pending, lambda s, a: evidence_from(assignment, s, a))
 
 
 def batch_outcome(
-    batched: PhaseOutcome[Any], assignment: Assignment, submissions: list[Submission], convert
-) -> PhaseOutcome:  # noqa: ANN001
-    """A batch's answers as a phase outcome; unanswered submissions are listed with the reason."""
+    settings: RunSettings,
+    phase: str,
+    batched: PhaseOutcome[Any],
+    assignment: Assignment,
+    submissions: list[Submission],
+    convert,  # noqa: ANN001
+) -> PhaseOutcome:
+    """A batch's answers as a phase outcome; unanswered submissions are listed with the reason. One too long for
+    the model is listed in a direct run's words (`too_long`, as `fan_out` lists a failed item)."""
     outcome: PhaseOutcome = PhaseOutcome(halted=batched.halted, failed=batched.failed)
     if not batched.results:
         return outcome
@@ -274,6 +280,9 @@ def batch_outcome(
         key = labels.get(s.student_id, s.student_id)
         if key in result.answers:
             outcome.results.append(convert(s, result.answers[key]))
+        elif key in result.too_long:
+            why = too_long(Path(settings.vault or "."), s, result.too_long[key])
+            outcome.skipped.append((s.path, f"{phase} failed: {why}"))
         else:
             outcome.skipped.append((s.path, result.failed.get(key, "no answer in the batch")))
     outcome.batches = list(dict.fromkeys(result.submitted + result.pending))

@@ -365,7 +365,12 @@ def draft(
             subject="batch",
         )
         outcome = batch_outcome(
-            batched, assignment, submissions, lambda s, a: write_feedback(settings, assignment, s, a, share)
+            settings,
+            PHASE,
+            batched,
+            assignment,
+            submissions,
+            lambda s, a: write_feedback(settings, assignment, s, a, share),
         )
     outcome.results = empty + outcome.results
     return outcome

@@ -10,7 +10,9 @@ Every answer is judged like a direct call's (`Caller.judge`: schema and checks) 
 outcome; an item that errored or failed goes on through the ordinary call path (`Caller.resolve`: one
 informed retry, then escalation), run directly. Expired or cancelled items are listed, and the next run
 resubmits only those. Reservations go through `Caller.reserve`, so a `downgrade` budget downgrades
-batch items as it does direct calls.
+batch items as it does direct calls, and a prompt too long for its model is refused there as a direct call's is
+(`context.check_fits`): that item alone is left out of the batch, with its error (`BatchOutcome.too_long`), and
+the others are sent.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tierflow.core import telemetry
 from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
-from tierflow.core.errors import TierflowError
+from tierflow.core.errors import ContextWindowExceeded, TierflowError
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
@@ -63,6 +65,9 @@ class BatchOutcome:
     """Batch ids still running when the caller chose not to wait."""
     submitted: list[str] = field(default_factory=list)
     """Batch ids this call submitted."""
+    too_long: dict[str, ContextWindowExceeded] = field(default_factory=dict)
+    """key -> why its prompt does not fit the model's context window: never sent. Each is in `failed` too; a flow
+    that knows why the prompt is long explains it."""
 
 
 def run_batch(
@@ -106,7 +111,7 @@ def run_batch(
     submitted, elsewhere = _submitted(caller, list(todo))
     for cache_key in elsewhere:
         outcome.failed[todo[cache_key][0].key] = "another process is submitting it in a batch; run again to collect it"
-    fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted and k not in elsewhere])
+    fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted and k not in elsewhere], outcome)
     by_provider: dict[str, list[tuple[BatchCall, Route, Request, str, Any]]] = defaultdict(list)
     for item in fresh:
         by_provider[item[1].provider].append(item)
@@ -216,13 +221,19 @@ def _accepted(caller: Caller, batch_key: str, batch_id: str) -> None:
 
 
 def _reserve(
-    caller: Caller, items: list[tuple[BatchCall, Route, Request, str]]
+    caller: Caller, items: list[tuple[BatchCall, Route, Request, str]], outcome: BatchOutcome
 ) -> list[tuple[BatchCall, Route, Request, str, Any]]:
-    """Reserve every item's worst case at batch prices; all or nothing."""
+    """Reserve every item's worst case at batch prices; all or nothing, but for an item whose prompt does not fit
+    its model's window: that one is left out (in `outcome`), as a direct call is refused alone."""
     reserved: list[tuple[BatchCall, Route, Request, str, Any]] = []
     try:
         for call, routed, request, cache_key in items:
-            reservation, routed, request = caller.reserve(routed, request, call.subject, batch=True)
+            try:
+                reservation, routed, request = caller.reserve(routed, request, call.subject, batch=True)
+            except ContextWindowExceeded as exc:
+                log.warning("%s: %s is left out of the batch: %s", routed.phase, call.key, exc)
+                outcome.too_long[call.key], outcome.failed[call.key] = exc, str(exc)
+                continue
             reserved.append((call, routed, request, cache_key, reservation))
     except BaseException:
         for item in reserved:

@@ -1,0 +1,104 @@
+"""One student's submission too long for the model, in batch mode: that student is reported as in direct mode, the
+rest of the cohort is batched, collected and drafted, and nothing is reserved or billed for what was not sent."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, openai_config, write_config
+from lms_exports import Student, docx_bytes, essay, moodle_zip
+from responders import schema_name, skilled
+
+from tierflow.core.budget import open_reservations
+from tierflow.core.ledger import Ledger
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.lms.importer import import_submissions
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+LONG = f"{ASSIGNMENT}/submissions/3002.md"
+SURVEY = "survey-data.txt"
+SURVEY_LINE = "Survey response"
+WINDOW = 16_000
+"""The collate tier's context window here: an essay is some 700 tokens, the long note some 85,000."""
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+
+
+def three_submissions(vault: Path, tmp_path: Path) -> None:
+    """Three students imported from Moodle; the second handed in their survey's raw data beside the essay."""
+    survey = "".join(f"{SURVEY_LINE} {n}: I read the comments once and then filed them.\n" for n in range(6000))
+    students = [
+        Student("3001", "Ben Carter", {"essay.docx": docx_bytes(essay(1))}),
+        Student("3002", "Aisha Khan", {"essay.docx": docx_bytes(essay(2)), SURVEY: survey.encode()}),
+        Student("3003", "Kofi Mensah", {"essay.docx": docx_bytes(essay(3))}),
+    ]
+    import_submissions(vault, ASSIGNMENT, moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", students))
+
+
+def configure(vault: Path, double: ProviderDouble, provider: str, window: int | None = None) -> None:
+    text = anthropic_config(double) if provider == "anthropic" else openai_config(double)
+    if window is not None:  # on the collate phase's tier (complexity low: `light`)
+        text = text.replace("[tiers.light]\n", f"[tiers.light]\ncontext_window = {window}\n", 1)
+    config = vault / ".tierflow" / "config.toml"
+    write_config(config, text + config.read_text())
+
+
+def drafted(vault: Path) -> set[str]:
+    return {p.stem.removesuffix(" feedback") for p in (vault / ASSIGNMENT / "feedback").glob("3*.md")}
+
+
+def batch_rows(vault: Path, run_id: str) -> list[dict]:
+    return [r for r in Ledger.for_vault(vault).rows(run_id=run_id) if r["batch"]]
+
+
+def test_a_submission_too_long_for_the_window_is_left_out_of_the_batch_and_named_as_in_direct_mode(
+    lms_vault, tmp_path, double, keys
+):
+    three_submissions(lms_vault, tmp_path)
+    configure(lms_vault, double, "anthropic", WINDOW)
+    direct_vault = tmp_path / "direct"
+    shutil.copytree(lms_vault, direct_vault)
+    double.responder = skilled()
+    direct = student_feedback(vault=str(direct_vault), assignment=ASSIGNMENT, mode="direct")
+    told = dict(direct.skipped)[LONG]
+    assert f"{LONG} is one student's submission, too long for one prompt" in told
+    assert f"the largest file in it is {SURVEY} (" in told and f"Trim the note: cut {SURVEY}" in told
+
+    double.reset()
+    ledger = Ledger.for_vault(lms_vault)
+    held: list[list[tuple[str, str]]] = []  # the reservations open while the provider works on a batch
+
+    def responder(request: DoubleRequest) -> Reply | None:
+        if request.in_batch:
+            held.append([(r.phase, r.run_id) for r in open_reservations(ledger)])
+        return skilled()(request)
+
+    double.responder = responder
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+
+    assert not summary.failed and not summary.halted, summary.failed
+    # The same words as a direct run: the note, its largest file, and what to do.
+    assert dict(summary.skipped)[LONG] == told
+    report = (lms_vault / summary.report.path).read_text()
+    assert LONG in report and f"cut {SURVEY}" in report
+    assert drafted(lms_vault) == {"3001", "3003"}
+    # Never sent, so never billed: no request carries the survey, and each batch holds only the others.
+    assert not [q for q in double.requests + double.batch_items if SURVEY_LINE in q.text]
+    collated = [q for q in double.batch_items if schema_name(q) == "evidenceout"]
+    assert len(collated) == 2 and {q.batch_id for q in collated} == {summary.batches[0]}
+    assert len([q for q in double.batch_items if schema_name(q) == "feedbackout"]) == 2
+    # Reserved only for what was sent: two collate items while the collate batch was at the provider.
+    first = held[0]
+    assert sorted(first) == [("collate", summary.run_id)] * 2
+    assert open_reservations(ledger) == []
+    rows = batch_rows(lms_vault, summary.run_id)
+    assert sorted(r["phase"] for r in rows) == ["collate", "collate", "draft", "draft", "synthesise"]
