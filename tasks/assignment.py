@@ -140,7 +140,7 @@ def _joined(own: Student | None, kept: Student) -> Student:
 def too_long(vault: Path, submission: Submission, exc: ContextWindowExceeded) -> ContextWindowExceeded:
     """`exc` with advice for one student's submission too long for the model's window: the note, the files that
     make most of it (when an import recorded them), and what to do. Selecting fewer notes is no remedy here.
-    Direct and batch runs alike: refused before sending (`context.check_fits`)."""
+    Direct and batch runs alike: refused before sending (`context.check_fits`), or by the provider."""
     from tierflow.lms.documents import extract
 
     total = len(submission.text)
@@ -162,14 +162,16 @@ def too_long(vault: Path, submission: Submission, exc: ContextWindowExceeded) ->
         source = f" ({total:,} characters)"
         cut = "cut from its text what need not be marked (an appendix, data, a copy of a source)"
     phase = exc.phase or "the"
+    window = f", or set [tiers.{exc.tier or 'TIER'}] context_window if this model's window is larger"
+    if exc.by_provider:  # the provider said what the model's window is: no setting makes it larger
+        window = ""
     hint = (
         f"{submission.path} is one student's submission, too long for one prompt{source}. Trim the note: {cut}; "
         "the next run reads the note as you left it, and importing again keeps a note you edited. Or route the "
-        f"{phase} phase to a tier with a larger context window (--tier {exc.phase or 'PHASE'}=TIER), or set "
-        f"[tiers.{exc.tier or 'TIER'}] context_window if this model's window is larger."
+        f"{phase} phase to a tier with a larger context window (--tier {exc.phase or 'PHASE'}=TIER){window}."
     )
     error = ContextWindowExceeded(exc.provider, exc.model, exc.cause, hint=hint)
-    error.phase, error.tier = exc.phase, exc.tier
+    error.phase, error.tier, error.by_provider = exc.phase, exc.tier, exc.by_provider
     return error
 
 

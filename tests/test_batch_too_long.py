@@ -102,3 +102,50 @@ def test_a_submission_too_long_for_the_window_is_left_out_of_the_batch_and_named
     assert open_reservations(ledger) == []
     rows = batch_rows(lms_vault, summary.run_id)
     assert sorted(r["phase"] for r in rows) == ["collate", "collate", "draft", "draft", "synthesise"]
+
+
+REFUSALS = {
+    "anthropic": Reply(status=400, text="prompt is too long: 212431 tokens > 200000 maximum"),
+    "openai": Reply(
+        status=400,
+        text="This model's maximum context length is 400000 tokens. However, your messages resulted in 412431 "
+        "tokens. Please reduce the length of the messages.",
+        code="context_length_exceeded",
+    ),
+}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_item_the_provider_refuses_as_too_long_names_the_note_and_the_others_are_drafted(
+    provider, lms_vault, tmp_path, double, keys
+):
+    """The prompt fits by tierflow's count but not by the provider's: its batch result is an error for that one
+    request (Anthropic `errored`, OpenAI a line of the error file), which no retry can mend."""
+    three_submissions(lms_vault, tmp_path)
+    configure(lms_vault, double, provider)
+    answer = skilled()
+
+    def responder(request: DoubleRequest) -> Reply | None:
+        return REFUSALS[provider] if SURVEY_LINE in request.text else answer(request)
+
+    double.responder = responder
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+
+    assert not summary.failed and not summary.halted, summary.failed
+    why = dict(summary.skipped)[LONG]
+    assert why.startswith("collate failed: ") and "context window" in why
+    assert REFUSALS[provider].text.rstrip(".") in why  # the provider's own words
+    assert f"{LONG} is one student's submission, too long for one prompt" in why
+    assert f"the largest file in it is {SURVEY} (" in why and f"Trim the note: cut {SURVEY}" in why
+    assert drafted(lms_vault) == {"3001", "3003"}
+    # Sent once, in the batch: resending the same prompt alone would be refused the same way.
+    assert len([q for q in double.requests + double.batch_items if SURVEY_LINE in q.text]) == 1
+    assert not [q for q in double.requests if q.kind in ("message", "chat")]
+    # Every answer the provider billed is in the ledger, with its tokens; the refused request billed nothing.
+    billed = [q for q in double.batch_items if q.status == 200]
+    rows = batch_rows(lms_vault, summary.run_id)
+    assert len(rows) == len(billed) == 5  # collate 2, synthesise 1, draft 2
+    usage = [q.response["usage"] for q in billed]
+    output = "output_tokens" if provider == "anthropic" else "completion_tokens"
+    assert sum(r["output_tokens"] for r in rows) == sum(u[output] for u in usage)
+    assert open_reservations(Ledger.for_vault(lms_vault)) == []

@@ -12,7 +12,7 @@ informed retry, then escalation), run directly. Expired or cancelled items are l
 resubmits only those. Reservations go through `Caller.reserve`, so a `downgrade` budget downgrades
 batch items as it does direct calls, and a prompt too long for its model is refused there as a direct call's is
 (`context.check_fits`): that item alone is left out of the batch, with its error (`BatchOutcome.too_long`), and
-the others are sent.
+the others are sent. An item the provider refuses as too long is not retried: it would be refused again.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tierflow.core import telemetry
 from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
+from tierflow.core.context import refused
 from tierflow.core.errors import ContextWindowExceeded, TierflowError
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, now_iso
 from tierflow.core.providers import Completion, Request
@@ -66,8 +67,8 @@ class BatchOutcome:
     submitted: list[str] = field(default_factory=list)
     """Batch ids this call submitted."""
     too_long: dict[str, ContextWindowExceeded] = field(default_factory=dict)
-    """key -> why its prompt does not fit the model's context window: never sent. Each is in `failed` too; a flow
-    that knows why the prompt is long explains it."""
+    """key -> why its prompt does not fit the model's context window: never sent (tierflow's count), or refused by
+    the provider (its count). Each is in `failed` too; a flow that knows why the prompt is long explains it."""
 
 
 def run_batch(
@@ -351,11 +352,19 @@ def _collect(
             continue
         call, routed, request, cache_key = item = _as_sent(caller, items[row.key], row)
         answered = result.status == "succeeded" and result.completion is not None
-        status = "done" if answered else "retried" if result.status == "errored" else result.status
+        too_long = result.status == "errored" and result.too_long
+        status = "done" if answered else "refused" if too_long else result.status
+        status = "retried" if status == "errored" else status
         claim = _claim(cache_key, batch_id, status)
         try:
             if answered:
                 _settle_item(caller, batch_id, row, item, result.completion, claim, outcome)
+            elif too_long:
+                # Refused unbilled, and sent alone it would be refused again: this item has no answer.
+                caller.budgets.release(row.reservation_id, also=claim)
+                error = refused(routed, result.error)
+                log.warning("batch item %s of %s has no answer: %s", call.key, batch_id, error)
+                outcome.too_long[call.key], outcome.failed[call.key] = error, str(error)
             elif result.status == "errored":
                 caller.budgets.release(row.reservation_id, also=claim)
                 outcome.answers[call.key] = _retry_alone(caller, call, routed, result.error)

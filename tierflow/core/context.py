@@ -1,7 +1,8 @@
 """Context windows: a prompt is counted against the routed model's window before anything is sent or spent.
 
 The window comes from `[tiers.<name>] context_window`, else from `KNOWN_WINDOWS` by model id prefix. A model
-tierflow does not know, with no window in the config, is not checked (its server will say).
+tierflow does not know, with no window in the config, is not checked (its server will say). A provider's refusal of
+one request as too long (a batch item's error: `refused`) is the same error, so a flow explains both alike.
 """
 
 from __future__ import annotations
@@ -60,15 +61,30 @@ def check_fits(config: Config, routed: Route, prompt_tokens: int) -> None:
     """Raise before any spend when the prompt does not fit the routed model's context window."""
     problem = overflow(config, routed, prompt_tokens)
     if problem is not None:
-        error = ContextWindowExceeded(
-            routed.provider,
-            routed.model,
+        raise _exceeded(
+            routed,
             f"{problem}; nothing was sent",
-            hint=(
-                "Select fewer notes (--since/--until), route the phase to a tier with a larger window "
-                f"(--tier {routed.phase}=TIER), or set [tiers.{routed.tier}] context_window if this model's "
-                "window is larger."
-            ),
+            "Select fewer notes (--since/--until), route the phase to a tier with a larger window "
+            f"(--tier {routed.phase}=TIER), or set [tiers.{routed.tier}] context_window if this model's "
+            "window is larger.",
         )
-        error.phase, error.tier = routed.phase, routed.tier
-        raise error
+
+
+def refused(routed: Route, detail: str) -> ContextWindowExceeded:
+    """The provider's refusal of one request as too long for the model (`detail`, its own words), as the error
+    `check_fits` raises: tierflow's count put the prompt inside the window, the provider's did not."""
+    error = _exceeded(
+        routed,
+        f"the provider refused the {routed.phase} prompt as too long for the context window of {routed.model_ref} "
+        f"(tier {routed.tier}), saying {detail.strip().rstrip('.')!r}; nothing was billed",
+        f"Select fewer notes (--since/--until), or route the phase to a tier with a larger window "
+        f"(--tier {routed.phase}=TIER).",
+    )
+    error.by_provider = True
+    return error
+
+
+def _exceeded(routed: Route, cause: str, hint: str) -> ContextWindowExceeded:
+    error = ContextWindowExceeded(routed.provider, routed.model, cause, hint=hint)
+    error.phase, error.tier = routed.phase, routed.tier
+    return error

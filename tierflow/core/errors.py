@@ -54,11 +54,14 @@ class ModelNotFound(ProviderError):
 
 
 class ContextWindowExceeded(ProviderError):
-    """A prompt and its answer would not fit the routed model's context window; nothing was sent."""
+    """A prompt and its answer would not fit the routed model's context window: by tierflow's count, and nothing was
+    sent; or by the provider's, which refused the request (a batch item's error) and billed nothing."""
 
     phase = ""
     tier = ""
     """The phase and the tier it was routed to: a flow that knows why its prompt is long gives its own hint."""
+    by_provider = False
+    """The provider refused it: the model's window is what the provider says, whatever the config sets."""
 
 
 class MalformedResponse(ProviderError):

@@ -225,7 +225,7 @@ batch_items = sa.Table(
     sa.Column("tier", String(64)),
     sa.Column("subject", String(256)),
     sa.Column("reservation_id", sa.Integer),
-    # `submitted`, then `done`, `retried`, `expired` or `canceled`.
+    # `submitted`, then `done`, `retried`, `refused` (too long for the model), `expired` or `canceled`.
     sa.Column("status", String(16), nullable=False),
     sa.Column("created", String(32)),
     sa.Column("downgraded_from", String(64)),

@@ -232,6 +232,10 @@ class BatchItemResult:
     """`succeeded`, `errored`, `expired` or `canceled`."""
     completion: Completion | None = None
     error: str = ""
+    too_long: bool = False
+    """The provider refused the request as longer than the model's context window (Anthropic's
+    `invalid_request_error` "prompt is too long", OpenAI's `context_length_exceeded`): sent again, it is refused
+    again."""
 
 
 class Provider(Protocol):

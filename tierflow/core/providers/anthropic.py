@@ -169,7 +169,11 @@ class AnthropicProvider:
                     BatchItemResult(entry.custom_id, "succeeded", self.completion(entry.result.message, request))
                 )
             elif kind == "errored":
-                results.append(BatchItemResult(entry.custom_id, "errored", error=_detail(entry.result.error)))
+                detail = _detail(entry.result.error)
+                error_type = getattr(getattr(entry.result.error, "error", None), "type", "")
+                # Anthropic's refusal of a prompt longer than the model's window: "prompt is too long: N tokens > M".
+                too_long = error_type == "invalid_request_error" and detail.startswith("prompt is too long")
+                results.append(BatchItemResult(entry.custom_id, "errored", error=detail, too_long=too_long))
             else:
                 results.append(BatchItemResult(entry.custom_id, kind))
         seen = {r.custom_id for r in results}

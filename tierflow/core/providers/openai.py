@@ -209,8 +209,14 @@ class OpenAIProvider:
                 status = "expired" if error["code"] == "batch_expired" else "canceled"
                 results.append(BatchItemResult(cid, status, error=error.get("message", "")))
             else:
-                detail = (error or {}).get("message") or json.dumps((response or {}).get("body", {}))[:200]
-                results.append(BatchItemResult(cid, "errored", error=detail))
+                # A request the provider refused: its error file's line holds the response, whose body is the error
+                # a direct call would have been answered with (code `context_length_exceeded`: too long).
+                body = (response or {}).get("body")
+                failure = body.get("error") if isinstance(body, dict) else None
+                failure = failure if isinstance(failure, dict) else {}
+                detail = (error or {}).get("message") or failure.get("message") or json.dumps(body or {})[:200]
+                too_long = "context_length_exceeded" in ((error or {}).get("code"), failure.get("code"))
+                results.append(BatchItemResult(cid, "errored", error=detail, too_long=too_long))
         seen = {r.custom_id for r in results}
         return results + [BatchItemResult(cid, "expired") for cid in requests if cid not in seen]
 
