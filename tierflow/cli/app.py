@@ -368,16 +368,19 @@ def _write_json_text(pieces: Iterable[str], fmt: Format) -> None:
     out = sys.stdout
     if codecs.lookup(getattr(out, "encoding", None) or "utf-8").name != "utf-8":
         pieces = (piece if piece.isascii() else _NON_ASCII.sub(_escaped, piece) for piece in pieces)
+    # A piece is megabytes: written as it is, never copied to add a separator.
     if fmt is Format.json:
         out.write("[")
         empty = True
         for piece in pieces:
-            out.write(("\n" if empty else ",\n") + piece)
+            out.write("\n" if empty else ",\n")
+            out.write(piece)
             empty = False
         out.write("]\n" if empty else "\n]\n")
     else:
         for piece in pieces:
-            out.write(piece + "\n")
+            out.write(piece)
+            out.write("\n")
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
