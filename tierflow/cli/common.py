@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -56,6 +57,21 @@ def argument_text(value: str, option: str) -> str:
         highlight=False,
     )
     return raw.decode("utf-8", "replace")
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """`--param NAME=VALUE` values as `{name: value}`: VALUE is read as JSON when it is JSON (`3` an int, `true` a
+    bool, `["a"]` a list), else kept as text."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw
+    return params
 
 
 def vault_dir(vault: Path | None, *, required: str = "") -> Path | None:

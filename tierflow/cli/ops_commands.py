@@ -6,14 +6,13 @@ Registered in `tierflow.cli.app` with `app.add_typer(schedule_app, name="schedul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, parse_params, vault_dir
 
 if TYPE_CHECKING:
     from tierflow.cli.prefect_ops import FlowTarget
@@ -87,19 +86,6 @@ def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> t
     return cfg, parameters
 
 
-def _params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
-    return params
-
-
 def _register(
     target: FlowTarget,
     *,
@@ -148,7 +134,7 @@ def schedule_reading_notes(
 
     vault = _vault(vault, "reading-notes")
     cfg, parameters = _base_parameters(vault, profile, config)
-    parameters.update(_params(param))
+    parameters.update(parse_params(param))
     _register(
         FLOWS["reading-notes"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
     )
@@ -180,7 +166,7 @@ def schedule_student_feedback(
     parameters["mode"] = mode
     if assignment:
         parameters["assignment"] = assignment
-    parameters.update(_params(param))
+    parameters.update(parse_params(param))
     _register(
         FLOWS["student-feedback"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
     )
@@ -208,7 +194,7 @@ def schedule_module_review(
     cfg, parameters = _base_parameters(vault, profile, config)
     if module:
         parameters["module"] = module
-    parameters.update(_params(param))
+    parameters.update(parse_params(param))
     name = name or ("end-of-term" if cron else "on-demand")
     _register(
         FLOWS["module-review"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
@@ -237,7 +223,7 @@ def schedule_registered_flow(
     except TierflowError as exc:
         raise fail(str(exc)) from None
     cfg, parameters = _base_parameters(vault, profile, config)
-    parameters.update(_params(param))
+    parameters.update(parse_params(param))
     _register(target, parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 

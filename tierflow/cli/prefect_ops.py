@@ -6,6 +6,7 @@ functions, so importing this module (and so `tierflow --help`) stays fast.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -193,11 +194,13 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         for name, p in signature.parameters.items()
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
-    unknown = sorted(set(parameters) - accepted)
+    any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [] if any_name else sorted(set(parameters) - accepted)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
         raise OpsError(
             f"the {flow.name} flow takes no parameter {', '.join(map(repr, unknown))}; "
-            f"it takes: {', '.join(sorted(accepted))}."
+            f"it takes: {', '.join(sorted(accepted))}." + (f" Did you mean {close[0]!r}?" if close else "")
         )
     missing = [
         name
@@ -211,7 +214,9 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
     try:
         flow.validate_parameters(dict(parameters))
     except ParameterTypeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip()) or _reason(exc)
+        # Prefect's message is a heading, then a line `- NAME: what the value should be` per bad parameter.
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = "; ".join(lines) or _reason(exc)
         raise OpsError(f"bad parameter for the {flow.name} flow: {detail}") from None
     finally:
         quiet.disabled = was_disabled
