@@ -155,3 +155,89 @@ def test_run_refuses_an_option_the_flow_does_not_take(registered_triage: str, tm
         assert result.exit_code == 2, result.output
         name = option[0].lstrip("-")
         assert f"the {flow} flow takes no {name!r} parameter, so {option[0]} would be ignored" in said(result)
+
+
+def with_n(code: str) -> str:
+    """The doc's flow with a parameter of its own, `n: int`, that its run remembers, and a planner that counts it."""
+    signature = 'def reading_triage(vault: str, folder: str = "Inbox") -> RunSummary:'
+    start = 'begin_run("reading-triage", vault=vault, parameters={"folder": folder}, folders=[folder])'
+    spec = 'SPEC = FlowSpec("reading-triage", reading_triage)'
+    assert signature in code and start in code and spec in code
+    planner = (
+        "def plan_triage(config, vault, *, tier=None, n: int = 2):\n"
+        "    from tierflow import Plan\n\n"
+        '    return Plan(flow="reading-triage", since=None, until=None, selected=n, skipped=[], phase_names=[])\n\n\n'
+    )
+    return (
+        code.replace(signature, signature.replace(") ->", ", n: int = 2) ->"))
+        .replace(start, start.replace('{"folder": folder}', '{"folder": folder, "n": n}'))
+        .replace(spec, planner + 'SPEC = FlowSpec("reading-triage", reading_triage, plan=plan_triage)')
+    )
+
+
+@pytest.fixture
+def triage_with_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    module = f"{MODULE}_with_n"
+    install(tmp_path / "site", module, with_n(doc_code()), f"reading-triage = {module}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield "reading-triage"
+    sys.modules.pop(module, None)
+
+
+def flow_runs(flow: str) -> int:
+    """How many runs of `flow` Prefect's (test) server has."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow]))))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_passes_a_flow_its_own_parameters_with_param(triage_with_n: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", triage_with_n, "--vault", str(vault), "--param", "n=3"])
+    assert result.exit_code == 0, result.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    _, parameters = Ledger.for_vault(vault).run_parameters(run_id)
+    assert parameters["n"] == 3 and type(parameters["n"]) is int  # parsed as `tierflow schedule --param` parses it
+    assert parameters["folder"] == "Inbox"
+    help_text = said(CliRunner().invoke(app, ["run", "--help"]))
+    assert "--param" in help_text and "NAME=VALUE" in help_text
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_refuses_a_param_the_flow_cannot_take_before_any_run_starts(triage_with_n: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    before = flow_runs(triage_with_n)
+
+    def refused(*param: str) -> str:
+        result = CliRunner().invoke(app, ["run", triage_with_n, "--vault", str(vault), *param])
+        assert result.exit_code == 2, result.output
+        assert "starting" not in result.output
+        return said(result)
+
+    unknown = refused("--param", "fodler=Reading")
+    assert "flow takes no parameter 'fodler'; it takes: folder, n, vault. Did you mean 'folder'?" in unknown
+    assert "Did you mean" not in refused("--param", "colour=red")
+    bad = refused("--param", "n=three")
+    assert "bad parameter for the reading-triage flow: n: Input should be a valid integer" in bad
+    duplicate = refused("--param", f"vault={vault}")
+    assert "--param vault: --vault gives the flow's 'vault' parameter; use --vault, not --param" in duplicate
+    assert "--param run_id" in refused("--param", "run_id=abc")
+    assert "write it as NAME=VALUE" in refused("--param", "n")
+    assert flow_runs(triage_with_n) == before  # no flow run was started, not even one that failed at once
+    assert not (vault / "Triage").exists()
+
+
+def test_plan_and_dry_run_pass_a_flow_its_own_parameters(triage_with_n: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    for command in (["plan"], ["run", "--dry-run"]):
+        result = CliRunner().invoke(app, [*command, triage_with_n, "--vault", str(vault), "--param", "n=3"])
+        assert result.exit_code == 0, result.output
+        assert "reading-triage: 3 notes selected" in said(result)  # the planner got n=3
+        bad = CliRunner().invoke(app, [*command, triage_with_n, "--vault", str(vault), "--param", "n=three"])
+        assert bad.exit_code == 2
+        assert "bad parameter for the reading-triage flow: n: Input should be a valid integer" in said(bad)
+    help_text = said(CliRunner().invoke(app, ["plan", "--help"]))
+    assert "--param" in help_text

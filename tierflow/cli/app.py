@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand
 
-from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, argument_text, fail, load, vault_dir
+from tierflow.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
+    VaultOpt,
+    argument_text,
+    fail,
+    load,
+    parse_params,
+    vault_dir,
+)
 from tierflow.cli.config_commands import config_check
 from tierflow.cli.lms_commands import export_app, import_app
 from tierflow.cli.ops_commands import limits_app, schedule_app
@@ -58,6 +67,18 @@ TABLE_LAST = 50
 TierOpt = Annotated[
     list[str] | None,
     typer.Option("--tier", "-t", help="Override a phase's tier, as PHASE=TIER (repeatable)."),
+]
+
+FlowParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        metavar="NAME=VALUE",
+        help="A parameter of the flow's own, one no option here gives (a registered flow's, such as "
+        '--param folder=Reading); VALUE is read as JSON when it is JSON (3, true, ["a"]), else as text, as '
+        "`tierflow schedule --param` reads it. Repeatable. A name the flow does not take, a parameter an option "
+        "gives (--param vault=...) or a value its signature refuses is an error.",
+    ),
 ]
 
 
@@ -609,31 +630,51 @@ def run(
             help="Pay again for answers an earlier run kept although they failed their checks (a rerun reuses them).",
         ),
     ] = False,
+    param: FlowParamOpt = None,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
     _quiet_prefect(verbose)  # before anything imports Prefect, which reads its logging settings at import
     cfg = load(vault, config, profile)
-    # Every flag is checked here, before the flow selects a single note.
+    # Every flag is checked before the flow selects a single note: these here, the rest against the flow's
+    # signature by `flow_call`.
     overrides = _tier_overrides(tier, cfg)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
-    _check_flow_options(
-        flow_name,
-        {
-            "since": ("--since", since),
-            "until": ("--until", until),
-            "assignment": ("--assignment", assignment),
-            "mode": ("--mode", None if mode == "direct" else mode),
-            "wait": ("--no-wait", None if wait else False),
-            "module": ("--module", module),
-            "project": ("--project", project),
-            "retry_failed": ("--retry-failed", retry_failed or None),
-        },
-    )
-    _check_assignment(flow_name, cfg, vault, assignment)
+    from tierflow.cli.runner import flow_call, run_flow
+
+    built_in = {
+        "reading-notes": {"since": start, "until": end},
+        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait},
+        "module-review": {"module": module},
+    }
+    # A flow of another package gets whichever of these its function takes (`run_flow` keeps only those).
+    offered = {"since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module}
+    # What `run_flow` checks against the flow, with each option as the user wrote it (None: not set), so that one
+    # the flow does not take is refused, not dropped without a word (`--since` for student-feedback).
+    options = {
+        "since": ("--since", since),
+        "until": ("--until", until),
+        "assignment": ("--assignment", assignment),
+        "mode": ("--mode", None if mode == "direct" else mode),
+        "wait": ("--no-wait", None if wait else False),
+        "module": ("--module", module),
+        "project": ("--project", project),
+        "retry_failed": ("--retry-failed", retry_failed or None),
+    }
+    call = {
+        "profile": profile,
+        "config": config,
+        "tier": overrides,
+        "options": options,
+        "params": parse_params(param),
+        "project": project,
+        "retry_failed": retry_failed,
+        **built_in.get(flow_name, offered),
+    }
     if dry_run:
+        flow_call(flow_name, vault, **call)  # the run's own check: a dry run refuses what the run would
         plan(
             flow_name,
             vault=vault,
@@ -646,53 +687,18 @@ def run(
             assignment=assignment,
             mode=mode,
             module=module,
+            param=param,
         )
         return
+    _check_assignment(flow_name, cfg, vault, assignment)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
-    from tierflow.cli.runner import run_flow
 
     try:
         runner = task_runner_for(task_runner)
     except OpsError as exc:
         raise fail(str(exc)) from None
-    built_in = {
-        "reading-notes": {"since": start, "until": end},
-        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait},
-        "module-review": {"module": module},
-    }
-    # A flow of another package gets whichever of these its function takes (`run_flow` keeps only those).
-    offered = {"since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module}
-    kwargs = built_in.get(flow_name, offered)
-    summary = run_flow(
-        flow_name,
-        vault,
-        profile=profile,
-        config=config,
-        tier=overrides,
-        task_runner=runner,
-        project=project,
-        retry_failed=retry_failed,
-        **kwargs,
-    )
+    summary = run_flow(flow_name, vault, task_runner=runner, **call)
     raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
-
-
-def _check_flow_options(flow_name: str, given: dict[str, tuple[str, object]]) -> None:
-    """Refuse an option the flow's function does not take: it would be dropped without a word (`--since` for
-    student-feedback, `--project` for a flow of another package that takes none)."""
-    from tierflow.core.errors import TierflowError
-    from tierflow.core.registry import flow_spec
-
-    try:
-        spec = flow_spec(flow_name)
-    except TierflowError as exc:
-        raise fail(str(exc)) from None
-    for parameter, (option, value) in given.items():
-        if value is not None and not spec.takes(parameter):
-            raise fail(
-                f"the {flow_name} flow takes no {parameter!r} parameter, so {option} would be ignored; "
-                f"it takes: {', '.join(spec.parameter_names())}"
-            )
 
 
 @app.command()
@@ -893,6 +899,7 @@ def plan(
     module: Annotated[
         str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
     ] = None,
+    param: FlowParamOpt = None,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     vault = vault_dir(vault, required="tierflow plan reading-notes")
@@ -917,10 +924,29 @@ def plan(
         "mode": mode,
         "module": module,
     }
+    params = parse_params(param)
+    if params:
+        from tierflow.cli.runner import flow_call
+
+        # Checked as `tierflow run` checks them (a parameter the flow takes, of its type, that no option gives);
+        # the options here only price the run, so one the flow does not take is not refused.
+        options = {name: (f"--{name}", None) for name in ("since", "until", "assignment", "mode", "module")}
+        flow_call(flow_name, vault, options=options, params=params, **offered)
     accepted = inspect.signature(spec.plan).parameters
+    any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    for name in params:
+        if name not in accepted and not any_name:  # the estimate would be of another run than the one asked for
+            raise fail(
+                f"the {flow_name} flow's planner takes no {name!r} parameter, so its estimate cannot follow "
+                f"--param {name}; it takes: {', '.join(n for n, p in accepted.items() if p.kind is p.KEYWORD_ONLY)}"
+            )
     try:
         result = spec.plan(
-            cfg, vault, tier=_tier_overrides(tier, cfg), **{k: v for k, v in offered.items() if k in accepted}
+            cfg,
+            vault,
+            tier=_tier_overrides(tier, cfg),
+            **{k: v for k, v in offered.items() if k in accepted},
+            **params,
         )
     except TierflowError as exc:
         raise fail(str(exc)) from None

@@ -9,7 +9,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
 from importlib.resources import as_file, files
@@ -31,6 +31,7 @@ from tierflow.report.spend import money
 
 if TYPE_CHECKING:
     from tierflow.core.ledger import Ledger
+    from tierflow.core.registry import FlowSpec
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -65,6 +66,10 @@ def phase_progress():  # noqa: ANN201
             remove()
 
 
+SETTINGS = ("profile", "config", "tier")
+"""The options `run_flow` takes itself: which config and tiers the run uses."""
+
+
 def run_flow(
     flow: str,
     vault: Path,
@@ -73,34 +78,23 @@ def run_flow(
     config: Path | str | None = None,
     tier: dict[str, str] | None = None,
     task_runner: Any = None,
+    options: Mapping[str, tuple[str, object]] | None = None,
+    params: Mapping[str, Any] | None = None,
     **parameters: Any,
 ) -> Any:
     """Run a flow in this process with progress bars, then print what it wrote and what it cost.
 
+    `options` and `params` are what the command line asked for beyond the settings (`flow_call`); a call the
+    flow cannot take as asked is refused before any run starts.
     An expected user error (a rubric, vault or config problem: a TierflowError) ends the run with its
     message alone and exit code 2; its traceback goes to the Prefect log only, never to the console.
     """
-    from tierflow.core.calls import new_run_id
-    from tierflow.core.registry import flow_spec
-
-    try:
-        spec = flow_spec(flow)
-    except TierflowError as exc:
-        raise fail(str(exc)) from None
+    spec, arguments, run_id = flow_call(
+        flow, vault, profile=profile, config=config, tier=tier, options=options, params=params, **parameters
+    )
     entry = spec.flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
-    # Chosen here, so that an interrupt can name it; a flow that takes no run id chooses its own.
-    run_id = (parameters.pop("run_id", None) or new_run_id()) if spec.takes("run_id") else None
-    chosen = {"profile": profile, "config": str(config) if config else None, "tier": tier or {}}
-    for name, value in chosen.items():
-        if value and not spec.takes(name):  # the run would silently use another config than the one asked for
-            raise fail(
-                f"the {flow} flow takes no {name!r} parameter, so --{name} cannot reach it; "
-                f"it takes: {', '.join(spec.parameter_names())}"
-            )
-    # Each flow gets only the parameters its function takes: a flow of another package may take fewer.
-    arguments = spec.accepted({"vault": str(vault), **chosen, "run_id": run_id, **parameters})
     tracebacks_to_prefect_log_only()
     try:
         if run_id is None:
@@ -127,6 +121,63 @@ def run_flow(
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
+
+
+def flow_call(
+    flow: str,
+    vault: Path,
+    *,
+    profile: str | None = None,
+    config: Path | str | None = None,
+    tier: dict[str, str] | None = None,
+    options: Mapping[str, tuple[str, object]] | None = None,
+    params: Mapping[str, Any] | None = None,
+    **parameters: Any,
+) -> tuple[FlowSpec, dict[str, Any], str | None]:
+    """The flow, the arguments its function gets, and the run's id (None when the flow takes no run_id).
+
+    Refused with exit code 2, before any flow run starts: an option the user set (`options`: parameter name to
+    the option as written and its value, None when not set; and --profile, --config, --tier) that the flow does
+    not take, since the run would not use it; a `params` entry (`--param NAME=VALUE`) that names a parameter an
+    option gives, or one the flow does not take; and arguments Prefect's validation of the flow's signature
+    refuses (a value of the wrong type, a required parameter missing).
+    """
+    from tierflow.cli.prefect_ops import OpsError, check_parameters
+    from tierflow.core.calls import new_run_id
+    from tierflow.core.registry import flow_spec
+
+    try:
+        spec = flow_spec(flow)
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
+    settings = {"profile": profile or None, "config": str(config) if config else None, "tier": tier or None}
+    given = {**(options or {}), **{name: (f"--{name}", value) for name, value in settings.items()}}
+    params = dict(params or {})
+    for name in params:
+        if name == "run_id":
+            raise fail("--param run_id: a run's id is tierflow's to choose; `tierflow resume RUN` continues a run")
+        if name == "vault" or name in given:
+            option = "--vault" if name == "vault" else given[name][0]
+            raise fail(f"--param {name}: {option} gives the flow's {name!r} parameter; use {option}, not --param")
+    for name, (option, value) in given.items():
+        if value is not None and not spec.takes(name):
+            # A setting that cannot reach the flow means the run would use another config than the one asked for.
+            effect = "cannot reach it" if name in SETTINGS else "would be ignored"
+            raise fail(
+                f"the {flow} flow takes no {name!r} parameter, so {option} {effect}; "
+                f"it takes: {', '.join(spec.parameter_names())}"
+            )
+    # Chosen here, so that an interrupt can name it; a flow that takes no run id chooses its own.
+    run_id = (parameters.pop("run_id", None) or new_run_id()) if spec.takes("run_id") else None
+    # Each flow gets only the parameters its function takes: a flow of another package may take fewer. A --param
+    # is passed as given, so that one the flow does not take is refused, not dropped.
+    offered = {"vault": str(vault), **settings, "tier": tier or {}, "run_id": run_id, **parameters}
+    arguments = {**spec.accepted(offered), **params}
+    try:
+        check_parameters(spec.flow, arguments)
+    except OpsError as exc:
+        raise fail(str(exc)) from None
+    return spec, arguments, run_id
 
 
 INTERRUPTED = 130
