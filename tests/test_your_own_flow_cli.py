@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,46 @@ def test_plan_and_dry_run_pass_a_flow_its_own_parameters(triage_with_n: str, tmp
         assert "bad parameter for the reading-triage flow: n: Input should be a valid integer" in said(bad)
     help_text = said(CliRunner().invoke(app, ["plan", "--help"]))
     assert "--param" in help_text
+
+
+OPTIONS_FLOW = """
+import json
+from pathlib import Path
+
+from prefect import flow
+
+from tierflow import FlowSpec
+
+
+@flow(name="options-seen")
+def options_seen(vault: str, mode: str = "summary", module: str = "Teaching/EDU7001", wait: bool = False,
+                 since: str | None = None) -> None:
+    Path(vault, "seen.json").write_text(json.dumps({"mode": mode, "module": module, "wait": wait, "since": since}))
+
+
+SPEC = FlowSpec(name="options-seen", flow=options_seen)
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_keeps_its_own_defaults_for_options_the_user_did_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tierflow run` passes a flow of another package only the options the user gave: `--mode`'s default
+    `direct` or `--wait` never replaces the flow's own `mode` or `wait`."""
+    install(tmp_path / "site", "tierflow_options_seen", OPTIONS_FLOW, "options-seen = tierflow_options_seen:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    vault = triage_vault(tmp_path)
+    try:
+        for args, seen in (
+            ([], {"mode": "summary", "module": "Teaching/EDU7001", "wait": False, "since": None}),
+            (["--mode", "batch", "--no-wait", "--module", "M"], {"mode": "batch", "module": "M", "wait": False}),
+        ):
+            result = CliRunner().invoke(app, ["run", "options-seen", "--vault", str(vault), *args])
+            assert result.exit_code == 0, result.output
+            got = json.loads((vault / "seen.json").read_text())
+            assert {k: got[k] for k in seen} == seen, args
+            # It returns nothing: it ran all the same, and the CLI says where its calls are.
+            assert "the options-seen flow returned NoneType, not a RunSummary" in said(result)
+    finally:
+        sys.modules.pop("tierflow_options_seen", None)

@@ -649,7 +649,8 @@ def run(
         "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait},
         "module-review": {"module": module},
     }
-    # A flow of another package gets whichever of these its function takes (`run_flow` keeps only those).
+    # A flow of another package gets those of these the user set and its function takes (`run_flow` keeps only
+    # those): an option left at tierflow's default never replaces the flow's own default.
     offered = {"since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module}
     # What `run_flow` checks against the flow, with each option as the user wrote it (None: not set), so that one
     # the flow does not take is refused, not dropped without a word (`--since` for student-feedback).
@@ -671,7 +672,7 @@ def run(
         "params": parse_params(param),
         "project": project,
         "retry_failed": retry_failed,
-        **built_in.get(flow_name, offered),
+        **built_in.get(flow_name, {name: offered[name] for name in offered if options[name][1] is not None}),
     }
     if dry_run:
         flow_call(flow_name, vault, **call)  # the run's own check: a dry run refuses what the run would
@@ -698,7 +699,7 @@ def run(
     except OpsError as exc:
         raise fail(str(exc)) from None
     summary = run_flow(flow_name, vault, task_runner=runner, **call)
-    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+    raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
 
 
 @app.command()
@@ -740,7 +741,7 @@ def resume(
     from tierflow.cli.runner import run_flow
 
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
-    raise typer.Exit(0 if not (summary.halted or summary.failed) else 3)
+    raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
 
 
 class ListFormat(StrEnum):

@@ -82,7 +82,8 @@ def run_flow(
     params: Mapping[str, Any] | None = None,
     **parameters: Any,
 ) -> Any:
-    """Run a flow in this process with progress bars, then print what it wrote and what it cost.
+    """Run a flow in this process with progress bars, then print what it wrote and what it cost; returns its
+    RunSummary, or None when the flow returned something else (a flow of another package may return nothing).
 
     `options` and `params` are what the command line asked for beyond the settings (`flow_call`); a call the
     flow cannot take as asked is refused before any run starts.
@@ -118,6 +119,15 @@ def run_flow(
             raise typer.Exit(interrupted_code()) from None
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
         raise typer.Exit(interrupted_code()) from None
+    from tierflow.report.run_report import RunSummary
+
+    if not isinstance(summary, RunSummary):
+        # A flow of another package may return nothing: it ran, and its calls are in the ledger all the same.
+        console.print(
+            f"the {flow} flow returned {type(summary).__name__}, not a RunSummary, so there is no summary to show; "
+            f"`tierflow spend --vault {shlex.quote(str(vault))} --last 20` lists its calls."
+        )
+        return None
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
