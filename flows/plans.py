@@ -217,7 +217,7 @@ def plan_student_feedback(
     """
     settings = plan_settings(config, vault, "student-feedback", tier)
     caller = caller_for(settings)
-    work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder)
+    work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder, keep=False)
     plan = Plan(
         flow="student-feedback",
         since=None,

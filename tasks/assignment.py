@@ -15,6 +15,7 @@ from prefect import task
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.lms.roster import ROSTER_FILE, read_kept
+from tierflow.vault.labels import keep_labels
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
 from tierflow.vault.rubric import Rubric, load_rubric
@@ -72,6 +73,8 @@ class Assignment:
     pseudonymise: bool = True
     roster: list[Student] = field(default_factory=list)
     """Everyone the kept roster (`roster.csv`, written by an import with `--roster`) names, submitters or not."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Every label the folder has given, by student id (`pseudonyms.csv`, `keep_labels`); empty: by sorted id."""
 
     @property
     def feedback_folder(self) -> str:
@@ -87,15 +90,25 @@ class Assignment:
         nothing in. A student in both is one student, hidden under every name and id either gives."""
         if not self.pseudonymise:
             return NoPseudonyms()
-        return cohort_pseudonyms(self.submissions, self.roster)
+        return cohort_pseudonyms(self.submissions, self.roster, self.labels)
 
 
-def cohort_pseudonyms(submissions: list[Submission], roster: list[Student]) -> Pseudonyms:
-    """Labels for every submitter and everyone on the kept roster (`Assignment.pseudonyms`)."""
+def cohort_pseudonyms(
+    submissions: list[Submission], roster: list[Student], labels: dict[str, str] | None = None
+) -> Pseudonyms:
+    """Labels for every submitter and everyone on the kept roster (`Assignment.pseudonyms`), `labels` kept."""
     students = {s.student_id: Student(s.student_id, s.name, s.aliases, s.also) for s in submissions}
     for kept in roster:
         students[kept.student_id] = _joined(students.get(kept.student_id), kept)
-    return _pseudonyms(tuple(students.values()))
+    return _pseudonyms(tuple(students.values()), tuple((labels or {}).items()))
+
+
+def cohort_labels(
+    root: Path, submissions: list[Submission], roster: list[Student], *, write: bool = True
+) -> dict[str, str]:
+    """The folder's kept labels, with one for each submitter and roster student who has none yet, kept before
+    any prompt holds it (`keep_labels`): a label never moves to another student, whoever is imported later."""
+    return keep_labels(root, [s.student_id for s in (*submissions, *roster)], write=write)
 
 
 def folder_pseudonyms(vault: Path, folder: str, config: Any) -> Pseudonyms:
@@ -106,7 +119,8 @@ def folder_pseudonyms(vault: Path, folder: str, config: Any) -> Pseudonyms:
     root, folder = inside_vault(vault, folder)
     submissions = _submissions(vault, f"{folder}/submissions")[0] if (root / "submissions").is_dir() else []
     kept = read_kept(root, {s.student_id: (s.name, *s.aliases) for s in submissions})
-    return cohort_pseudonyms(submissions, kept.students if kept is not None else [])
+    roster = kept.students if kept is not None else []
+    return cohort_pseudonyms(submissions, roster, cohort_labels(root, submissions, roster))
 
 
 def pseudonymise(config: Any) -> bool:
@@ -117,10 +131,10 @@ def pseudonymise(config: Any) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _pseudonyms(students: tuple[Student, ...]) -> Pseudonyms:
+def _pseudonyms(students: tuple[Student, ...], labels: tuple[tuple[str, str], ...]) -> Pseudonyms:
     """One `Pseudonyms` per cohort, not one per call: each task of each submission asks for them, and a
     300-student roster's matcher takes a tenth of a second to build."""
-    return Pseudonyms(students)
+    return Pseudonyms(students, dict(labels))
 
 
 def _joined(own: Student | None, kept: Student) -> Student:
@@ -194,8 +208,9 @@ def inside_vault(vault: Path, folder: str | None) -> tuple[Path, str]:
 
 
 @task(name="load assignment", task_run_name="load · {folder}")
-def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
-    """Read the assignment folder; a missing or unparsable rubric stops the run before any model call."""
+def load_assignment(settings: RunSettings, folder: str | None, keep: bool = True) -> Assignment:
+    """Read the assignment folder; a missing or unparsable rubric stops the run before any model call. The
+    students' labels are kept in the folder (`keep_labels`) unless `keep` is false (a plan writes nothing)."""
     vault = check_vault(Path(settings.vault or "."))
     config = caller_for(settings).config
     root, folder = inside_vault(vault, folder)
@@ -225,6 +240,8 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
             "because `[feedback] pseudonymise = false` in the vault config. Remove that line to hide them.",
             folder, ", ".join(config.cloud_providers),
         )  # fmt: skip
+    roster = kept.students if kept is not None else []
+    hidden = pseudonymise(config)
     return Assignment(
         folder=folder,
         rubric=rubric,
@@ -232,8 +249,10 @@ def load_assignment(settings: RunSettings, folder: str | None) -> Assignment:
         exemplars=exemplars,
         submissions=submissions,
         skipped=skipped,
-        pseudonymise=pseudonymise(config),
-        roster=kept.students if kept is not None else [],
+        pseudonymise=hidden,
+        roster=roster,
+        # Names sent as written need no labels: none are given, and none kept until names are hidden.
+        labels=cohort_labels(root, submissions, roster, write=keep) if hidden else {},
     )
 
 

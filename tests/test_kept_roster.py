@@ -337,3 +337,142 @@ def test_a_student_named_in_the_rubric_or_brief_is_hidden_there_and_every_prompt
     priya = "student-03"  # by sorted id: 2001, 2002, 2004
     prefixed = [b for b in sent if "sustains a clear" in b]
     assert len(prefixed) >= 4 and all(f"like {priya}'s exemplar, sustains a clear" in b for b in prefixed)
+
+
+ZOE = ("1999", "Zoe Able", "zoe.able@example.ac.uk", "Z20231999")
+"""A late addition to the roster whose id sorts before everyone's: numbered afresh, every label would move."""
+
+
+def kept_labels(vault: Path) -> dict[str, str]:
+    """The assignment's kept labels (`pseudonyms.csv`), by student id."""
+    with (vault / ASSIGNMENT / "pseudonyms.csv").open(encoding="utf-8") as handle:
+        return {r["student_id"]: r["label"] for r in csv.DictReader(handle)}
+
+
+def test_a_reimport_adding_a_student_whose_id_sorts_first_keeps_every_label(lms_vault, tmp_path, double):
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    assert not (lms_vault / ASSIGNMENT / "pseudonyms.csv").exists()  # an import gives no labels; a run does
+    before = load(lms_vault, double).pseudonyms().label
+    # The first run numbers the cohort by sorted id, as runs always did, and keeps the labels.
+    assert before == {"2001": "Student-01", "2002": "Student-02", "2004": "Student-03"} == kept_labels(lms_vault)
+
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "later.csv", extra=[ZOE]))
+    work = load(lms_vault, double)
+    after = work.pseudonyms().label
+    assert {sid: after[sid] for sid in before} == before  # Zoe, sorting first, moved nobody's label
+    assert after["1999"] == "Student-04" and kept_labels(lms_vault)["1999"] == "Student-04"
+    assert work.pseudonyms().hide("Zoe Able and Priya Sharma") == "Student-04 and Student-03"
+    assert work.pseudonyms().reveal("Student-03 and Student-04") == "Priya Sharma and Zoe Able"
+
+
+def test_a_student_who_leaves_keeps_their_label_and_no_one_else_is_given_it(lms_vault, tmp_path, double):
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    load(lms_vault, double)
+    # Priya (Student-03) taken off the kept roster by hand; Zoe arrives later.
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("2004")) + "\n")
+    assert "2004" not in load(lms_vault, double).pseudonyms().label
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "later.csv", extra=[ZOE]))
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("2004")) + "\n")
+    label = load(lms_vault, double).pseudonyms().label
+    assert label == {"1999": "Student-04", "2001": "Student-01", "2002": "Student-02"}
+    assert kept_labels(lms_vault)["2004"] == "Student-03"  # kept: a label in last week's notes still means her
+
+
+def test_submitters_only_labels_are_kept_and_a_late_submitter_sorting_first_moves_no_one(lms_vault, tmp_path, double):
+    """Without --roster the cohort is the submitters: a late submission is imported on its own, later."""
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", submitters()))
+    assert load(lms_vault, double).pseudonyms().label == {"2001": "Student-01", "2002": "Student-02"}
+    late = Student("1998", "Kofi Mensah", {"essay.docx": docx_bytes(essay(3))})
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "late.zip", [*submitters(), late]))
+    work = load(lms_vault, double)
+    assert {s.student_id for s in work.submissions} == {"1998", "2001", "2002"} and not work.roster
+    assert work.pseudonyms().label == {"1998": "Student-03", "2001": "Student-01", "2002": "Student-02"}
+    assert not (lms_vault / ASSIGNMENT / "roster.csv").exists()  # the labels' file is not a roster
+
+
+def test_a_plan_or_a_run_that_hides_no_names_keeps_no_labels(lms_vault, tmp_path, double):
+    from tierflow.core.calls import RunSettings
+    from tierflow.tasks.assignment import load_assignment
+
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+    configure(lms_vault, double)
+    settings = RunSettings(vault=str(lms_vault), run_id="r", flow="student-feedback")
+    planned = load_assignment.fn(settings, ASSIGNMENT, keep=False).pseudonyms().label
+    assert not (lms_vault / ASSIGNMENT / "pseudonyms.csv").exists()  # a plan writes nothing
+    assert load_assignment.fn(settings, ASSIGNMENT).pseudonyms().label == planned  # as the plan showed them
+    assert kept_labels(lms_vault) == planned
+
+    (lms_vault / ASSIGNMENT / "pseudonyms.csv").unlink()
+    config = lms_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text() + "pseudonymise = false\n")  # under the fixture's [feedback]
+    work = load_assignment.fn(settings.model_copy(update={"run_id": "r2"}), ASSIGNMENT)  # a new run reads it
+    assert not work.pseudonymise and not work.labels and not (lms_vault / ASSIGNMENT / "pseudonyms.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("student_id,label\n2001,Student-01\n2002,Student-01\n", "Student-01 is given to two students"),
+        ("student_id,label\n2001,Student-01\n2001,Student-02\n", "student 2001 has two labels"),
+        ("student_id,label\n2001,Ben\n", "no label"),
+        ("id,name\n2001,Student-01\n", "has no `student_id` and `label` columns"),
+    ],
+)
+def test_kept_labels_that_cannot_be_trusted_stop_the_run_before_any_call(lms_vault, tmp_path, double, text, problem):
+    from tierflow.core.errors import VaultError
+
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", submitters()))
+    (lms_vault / ASSIGNMENT / "pseudonyms.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(VaultError, match=problem):
+        load(lms_vault, double)
+    assert (lms_vault / ASSIGNMENT / "pseudonyms.csv").read_text(encoding="utf-8") == text  # left as it was
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_batch_pending_across_a_reimport_is_collected_and_each_answer_revealed_as_its_own_student(
+    lms_vault, tmp_path, keys
+):
+    """The drafts go to the provider as a batch; before it ends, a re-import adds Zoe, whose id sorts first.
+    Numbered afresh, Ben would be Student-02 (Aisha's label in the batch), Aisha Student-03 (Priya's): the resume
+    no longer found the batch it waited for and paid for every phase again, under the moved labels."""
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv"))
+
+    def naming(request: DoubleRequest) -> Reply:
+        data = prompt_data(request.last_user_text)
+        answer = SKILLS["feedbackout"](data)
+        # The student by their label, and Priya by hers when the batch was submitted (both essays name her).
+        answer["overall"] += f" {data['student']} argues clearly. Your planning with Student-03 shows."
+        return Reply(data=answer)
+
+    with ProviderDouble(skilled({"feedbackout": naming}), batch_polls_until_done=2) as double:
+        configure(lms_vault, double)
+
+        def created() -> int:
+            return sum(1 for q in double.requests if q.kind == "batch_create")
+
+        run = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", wait=False)
+        for _ in range(3):  # collate, then the cohort, then the drafts: each batch still running when submitted
+            if created() == 3:
+                break
+            run = student_feedback(
+                vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", wait=False, run_id=run.run_id
+            )
+        assert created() == 3 and "still running" in (run.failed or "")
+        feedback = lms_vault / ASSIGNMENT / "feedback"
+        assert not list(feedback.glob("* feedback.md"))  # the drafts' batch is at the provider
+
+        import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "later.csv", extra=[ZOE]))
+        done = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", run_id=run.run_id)
+        assert not done.failed, done.failed
+        assert created() == 3  # the waiting batch was collected, nothing sent again
+
+    ben = (feedback / "2001 feedback.md").read_text(encoding="utf-8")
+    aisha = (feedback / "2002 feedback.md").read_text(encoding="utf-8")
+    assert "Ben Carter argues clearly. Your planning with Priya Sharma shows." in ben and "Aisha" not in ben
+    assert "Aisha Khan argues clearly. Your planning with Priya shows." in aisha and "Ben" not in aisha
+    assert "Zoe" not in ben + aisha

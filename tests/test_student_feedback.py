@@ -201,6 +201,7 @@ def test_an_injection_the_model_obeys_stays_inside_that_one_draft(feedback_vault
     assert not (feedback_vault / ".obsidian" / "hacked.md").exists()
     written = {p for p in feedback_vault.rglob("*") if p.is_file()} - set(before)
     allowed = {feedback_vault / FEEDBACK, feedback_vault / "tierflow" / "Runs", feedback_vault / ".tierflow"}
+    allowed.add(feedback_vault / ASSIGNMENT / "pseudonyms.csv")  # the students' labels, kept by the run
     assert all(any(p.is_relative_to(a) for a in allowed) for p in written), written
     assert all(p.read_bytes() == b for p, b in before.items() if ".tierflow" not in p.parts)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from tierflow.vault.annotations import boundary_after, boundary_before
@@ -140,8 +140,40 @@ QUOTED_CONTEXT = 12
 (" works", " learns") is a sentence about the student that happens to share a word with the essay."""
 
 
+LABEL = re.compile(r"Student-(\d+)")
+"""A label as `numbered` writes it, and as `Pseudonyms.reveal` finds it in a model's text."""
+
+
+def numbered(student_ids: Iterable[str], kept: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A label for each student id: the one `kept` gives it, else the next number after every number `kept` holds,
+    in sorted-id order and as wide as `kept`'s labels were first written (`Student-007` stays three digits), so no
+    label moves or goes to another student while the cohort grows or shrinks. Without `kept`, the cohort numbered
+    by sorted id from `Student-01` (three digits from 100 students on)."""
+    ids = sorted(set(student_ids))
+    kept = kept or {}
+    numbers = []
+    for sid, label in kept.items():
+        found = LABEL.fullmatch(label)
+        if found is None:
+            raise ValueError(f"{sid}: {label!r} is not a label (Student- and a number)")
+        numbers.append((len(found.group(1)), int(found.group(1))))
+    if len({n for _, n in numbers}) < len(numbers):
+        raise ValueError(f"two students have one label: {sorted(kept.values())}")
+    width = min(w for w, _ in numbers) if numbers else max(2, len(str(len(ids))))
+    after = max((n for _, n in numbers), default=0)
+    out = {}
+    for sid in ids:
+        if sid in kept:
+            out[sid] = kept[sid]
+        else:
+            after += 1
+            out[sid] = f"Student-{after:0{width}d}"
+    return out
+
+
 class Pseudonyms:
-    """Maps each student to `Student-NN` (by sorted id, so the same cohort always gets the same labels).
+    """Maps each student to `Student-NN`: the label `labels` keeps for them, else numbered by sorted id after the
+    kept ones (`numbered`), so the same cohort always gets the same labels, and a kept label never moves.
 
     `hide` replaces every roster id, full name, name part, alias and other identifier (`Student.also`) in text
     bound for a model; `reveal` maps the labels back when a note is written locally, and `restore` gives back
@@ -158,10 +190,12 @@ class Pseudonyms:
     number that would otherwise replace the years and page numbers of the text, while a student never writes it.
     """
 
-    def __init__(self, students: Iterable[Student]) -> None:
+    def __init__(self, students: Iterable[Student], labels: Mapping[str, str] | None = None) -> None:
+        """`labels`: the labels already given, by student id (`tierflow.vault.labels.keep_labels` keeps an
+        assignment's), students no longer in `students` too, whose numbers are never given to another."""
         roster = sorted({s.student_id: s for s in students}.values(), key=lambda s: s.student_id)
-        width = max(2, len(str(len(roster))))
-        self.label = {s.student_id: f"Student-{i:0{width}d}" for i, s in enumerate(roster, start=1)}
+        given = numbered([s.student_id for s in roster], labels)
+        self.label = {s.student_id: given[s.student_id] for s in roster}
         self.students = {s.student_id: s for s in roster}
         replacements: dict[str, str] = {}  # folded and lower-cased -> label
         genitives: dict[str, str] = {}
@@ -223,7 +257,7 @@ class Pseudonyms:
             student = self.students[sid]
             return student.name if by == "name" and student.name else sid
 
-        return re.sub(r"Student-\d+", back, text)
+        return LABEL.sub(back, text)
 
     def restore(self, answer: str, source: Hidden) -> str | None:
         """A model's quotation of the hidden text as the student wrote it ("I Student-08 discuss" -> "I will
