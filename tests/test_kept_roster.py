@@ -254,7 +254,7 @@ def test_the_import_command_says_where_the_roster_is_kept(lms_vault, tmp_path):
 
 def test_a_cohorts_pseudonyms_are_built_once_not_for_every_task_of_every_submission():
     """Each task of each submission asks for them; a 300-student roster's matcher takes a tenth of a second."""
-    from tasks.assignment import Assignment, Submission
+    from tierflow.tasks.assignment import Assignment, Submission
     from tierflow.vault.pseudonyms import Student
 
     submissions = [Submission(f"s{i}", f"Student Number{i}", f"a/s{i}.md", "text") for i in range(300)]

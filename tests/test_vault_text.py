@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.assignment import _body, _submissions
-from tasks.collate import quotes_of
-from tasks.draft import _by_tierflow, draft_names
-from tasks.synthesise import Concept
 from tierflow.core.errors import VaultError
+from tierflow.tasks.assignment import _body, _submissions
+from tierflow.tasks.collate import quotes_of
+from tierflow.tasks.draft import _by_tierflow, draft_names
+from tierflow.tasks.synthesise import Concept
 from tierflow.vault.concepts import read_concept
 from tierflow.vault.folder import read_notes
 from tierflow.vault.links import VaultNames
