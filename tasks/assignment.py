@@ -28,6 +28,7 @@ from tierflow.vault.text import (
     property_text,
     unclosed_comment,
     unescape_comments,
+    unescape_links,
 )
 
 log = logging.getLogger("tierflow")
@@ -346,12 +347,14 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             continue
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
         skipped += [(rel, f"not read: {why}") for why in unreadable]
-        # Obsidian hides comments: never sent to a model. Then the `%%` and `<!--` an import wrote as entities
-        # (the student's own) are the characters again.
-        text = unescape_comments(hide_comments(post.content))
+        # Obsidian hides comments: never sent to a model. Then the `%%`, `<!--`, `[[` and `](` an import wrote as
+        # entities (the student's own) are the characters again.
+        shown = hide_comments(post.content)
+        text = unescape_links(unescape_comments(shown))
         skipped += _cut_short(rel, post.content)
-        # Drafted from its text: what was not read is told with the draft, not listed as skipped.
-        embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", text)))
+        # Drafted from its text: what was not read is told with the draft, not listed as skipped. An embed is one
+        # Obsidian shows: not a `![[img.png]]` the student typed, which the import wrote as text.
+        embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", shown)))
         flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
         found.setdefault(sid, []).append(
             Submission(

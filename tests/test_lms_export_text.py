@@ -155,3 +155,45 @@ def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_re
     assert unclosed_comment(body) is None and "the end matters" in hide_comments(body)
     sent = Draft("2001", "x", {}, body).student_text()
     assert "rose from 40%% to 65%" in sent and "the <!-- markup" in sent and "the end matters" in sent
+
+
+def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the_student_as_written(tmp_path):
+    """A student wrote R's `df[["age"]]`: a model quoting it wrote a link to no note into the draft, which the
+    writer refuses, so the student got no draft."""
+    from types import SimpleNamespace
+
+    from tierflow.vault.links import link_targets
+    from tierflow.vault.notes import NoteWriter, template_env
+
+    code = 'df[["age"]]'
+    criterion = {
+        "criterion": "Method",
+        "missing": False,
+        "level": "Good",
+        "range": "60-69",
+        "score": 65,
+        "comment": f"You select the column with {code}; see your [appendix](appendix.md).",
+        "quotes": [{"text": f"I selected the column with {code} and then x[[1]]", "verbatim": True}],
+    }
+    body = (
+        template_env(None, "Templates/tierflow")
+        .get_template("notes/feedback.md.j2")
+        .render(
+            student=SimpleNamespace(student_id="2001", name="Ben Carter", path="s/2001.md", not_read=(), empty=False),
+            criteria=[criterion],
+            problems="",
+            next_steps=["Keep ![[img.png]] out of the text."],
+            overall="A careful lab report.",
+            empty=False,
+            flags=(),
+            offline=False,
+        )
+    )
+    assert link_targets(body) == []
+    (tmp_path / "vault").mkdir()
+    assert NoteWriter(tmp_path / "vault", "feedback").write("2001 feedback", {"student_id": "2001"}, body).action == (
+        "created"
+    )
+    sent = Draft("2001", "x", {}, body).student_text()
+    assert f"column with {code}; see your [appendix](appendix.md)" in sent and "and then x[[1]]" in sent
+    assert "Keep ![[img.png]] out" in sent

@@ -567,3 +567,114 @@ def test_a_note_an_older_import_wrote_with_an_unclosed_comment_is_named_in_a_war
 
     note.write_text(note.read_text().replace(" 40%% ", " 40% ") + "\n%% my remark: check the data\n")
     assert not _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[1]  # a short remark at the end: no warning
+
+
+R_CODE = 'In R I selected the column with df[["age"]] and then x[[1]], as the manual shows [[1]].'
+
+
+def link_marks_export(tmp_path: Path, trigger: str) -> tuple[Path, str, str]:
+    """An export of three students, the middle one typing what Obsidian reads as a link (`trigger`), and that
+    student's id and typed text."""
+    from lms_exports import Student, docx_bytes, essay, onlinetext
+
+    before, after = Student("2001", "Ann Able", {"lab3.docx": docx_bytes(essay(1))}), None
+    after = Student("2003", "Cat Cole", {"lab3.docx": docx_bytes(essay(3))})
+    if trigger == "r-code":
+        typed = R_CODE
+        middle = Student("2002", "Ben Bold", {"lab3.docx": docx_bytes([*essay(2), typed])})
+        return moodle_zip(tmp_path / "STAT101-Lab 3-77.zip", [before, middle, after]), "2002", typed
+    if trigger == "embed":
+        typed = "My chart is below. ![[img.png]]"
+        middle = Student("2002", "Ben Bold", online=onlinetext(f"<p>{essay(2)[0]}</p><p>{typed}</p>"))
+        return moodle_zip(tmp_path / "STAT101-Lab 3-77.zip", [before, middle, after]), "2002", typed
+    typed = "The raw counts are in the [appendix](appendix.md), and the method in [[Method]]."
+    middle = Student("102", "Jane Doe", {"essay.md": f"# Essay\n\n{essay(2)[0]}\n\n{typed}\n".encode()})
+    before.participant, after.participant = "101", "103"
+    return canvas_zip(tmp_path / "submissions.zip", [before, middle, after]), "102", typed
+
+
+@pytest.mark.parametrize("trigger", ["r-code", "embed", "markdown-link"])
+def test_link_marks_a_student_typed_are_shown_as_typed_and_sent_as_typed_and_stop_no_import(
+    lms_vault, tmp_path, trigger
+):
+    """`df[["age"]]`, `![[img.png]]` or `[appendix](appendix.md)` in a student's text made the note a link to no
+    note: the writer refused it, and the import stopped there (exit 2), the students after it never imported."""
+    from tierflow.tasks.assignment import _submissions
+    from tierflow.vault.links import VaultNames, link_targets
+
+    export, sid, typed = link_marks_export(tmp_path, trigger)
+    report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert [(s.student_id, s.action) for s in report.students][1:] == [(sid, "created"), (str(int(sid) + 1), "created")]
+    body = notes(lms_vault)[sid].content
+    # Obsidian shows `[[` and `](` as typed (`&#91;`, `&#40;`) and makes no link of them.
+    assert link_targets(body) == [] and VaultNames.scan(lms_vault).problems(body) == []
+    assert "[&#91;" in body or "]&#40;" in body
+    (submission,) = [s for s in _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0] if s.student_id == sid]
+    assert typed in submission.text  # the model gets what the student typed
+    assert submission.not_read == ()  # a typed `![[img.png]]` is no attachment of the note's
+
+
+def test_link_marks_inside_code_are_left_as_typed(lms_vault, tmp_path):
+    """In a code block Obsidian makes no link and shows an entity as its characters: the code stays as typed."""
+    from lms_exports import Student
+
+    from tierflow.tasks.assignment import _submissions
+
+    code = '```r\nages <- df[["age"]]\n```'
+    text = f"# Lab 3\n\nI selected the column:\n\n{code}\n\nand then used x[[1]] in the text.\n"
+    export = canvas_zip(tmp_path / "submissions.zip", [Student("102", "Jane Doe", {"lab.md": text.encode()})])
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    body = notes(lms_vault)["102"].content
+    assert code in body and "x[&#91;1]]" in body
+    (submission,), _ = _submissions(lms_vault, f"{ASSIGNMENT}/submissions")
+    assert code in submission.text and "x[[1]]" in submission.text
+
+
+def blocked_export(lms_vault: Path, tmp_path: Path, why: str = "in the way") -> Path:
+    """A Moodle export of three students, the middle one's import failing: a file is in the way of its folder of
+    originals, or its file's name holds what Obsidian reads as a link."""
+    from lms_exports import Student, docx_bytes, essay
+
+    students = [Student(sid, name, {"lab3.docx": docx_bytes(essay(n))}) for n, (sid, name) in
+                enumerate([("2001", "Ann Able"), ("2002", "Ben Bold"), ("2003", "Cat Cole")], start=1)]  # fmt: skip
+    if why == "in the way":
+        submissions = lms_vault / ASSIGNMENT / "submissions"
+        submissions.mkdir()
+        (submissions / "2002").write_text("the lecturer's file, where tierflow keeps 2002's originals")
+    else:
+        students[1].files = {"Lab [[1]].docx": docx_bytes(essay(2))}
+    return moodle_zip(tmp_path / "STAT101-Lab 3-77.zip", students)
+
+
+@pytest.mark.parametrize(
+    "why, told",
+    [
+        ("in the way", f"{ASSIGNMENT}/submissions/2002: File exists"),
+        ("file name", "[[1]] links to no note in the vault), from a file name"),
+    ],
+)
+def test_a_student_whose_note_cannot_be_written_is_reported_and_the_students_after_are_imported(
+    lms_vault, tmp_path, why, told
+):
+    """One student's failure stopped the whole import there (exit 2): the students after it were never imported,
+    and a rerun stopped at the same student."""
+    export = blocked_export(lms_vault, tmp_path, why)
+    for _ in range(2):  # and again: the students imported are unchanged, the failed one named again
+        report = import_submissions(lms_vault, ASSIGNMENT, export)
+        assert [s.student_id for s in report.students] == ["2001", "2002", "2003"]
+        assert report.students[1].action == "failed"
+        (failed,) = report.failed
+        assert failed.error.startswith(f"{ASSIGNMENT}/submissions/2002.md was not imported: ")
+        assert told in failed.error and "import again" in failed.error
+        assert set(notes(lms_vault)) == {"2001", "2003"}
+    assert [s.action for s in report.students] == ["unchanged", "failed", "unchanged"]
+
+
+def test_cli_import_names_a_failed_student_goes_on_and_exits_non_zero(lms_vault, tmp_path):
+    export = blocked_export(lms_vault, tmp_path)
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 1, result.output
+    assert "2002: NOT imported" in result.stdout and "2003: created" in result.stdout
+    assert "1 NOT imported" in result.stderr and "2001: created" in result.stdout

@@ -88,7 +88,8 @@ def import_submissions(
     PDF, an empty or corrupt file, a password, a type tierflow cannot read) are listed per student with the reason
     and never stop the others. Run it again on a later export: students are added or updated by id, never
     duplicated, and notes you edited are left as they are, with their files (a new submission for one is named in
-    a warning, not imported). Then run `tierflow run student-feedback`.
+    a warning, not imported). A student whose note cannot be written is named with the reason and what to do,
+    the others are imported, and the command exits 1. Then run `tierflow run student-feedback`.
     """
     from tierflow.core.errors import TierflowError
     from tierflow.lms.importer import import_submissions as run_import
@@ -121,6 +122,9 @@ def import_submissions(
         late = " (late)" if s.late else ""
         parts = f"{s.parts} part{'s' * (s.parts != 1)}"
         extra = f"; hidden text in {', '.join(s.hidden)}" if s.hidden else ""
+        if s.action == "failed":
+            out.print(f"  {s.student_id}: NOT imported: {s.error}", markup=False)
+            continue
         if s.action == "kept-edit":  # nothing of the export was taken: its parts are not the note's
             new = "; a new submission was NOT imported (see the warning)" if s.warning else ""
             out.print(f"  {s.student_id}: kept as you edited it{late}{new}", markup=False)
@@ -144,13 +148,16 @@ def import_submissions(
     unread = len(report.unreadable)
     resubmitted = sum(bool(s.warning) for s in report.students)
     not_taken = f" ({resubmitted} with a new submission NOT imported)" if resubmitted else ""
+    failed = f", {len(report.failed)} NOT imported (see above)" if report.failed else ""
     err.print(
         f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "
-        f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited{not_taken}; {unread} file(s) not read. "
-        f"Next: tierflow run student-feedback --vault {vault} --assignment {report.folder}",
+        f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited{not_taken}{failed}; {unread} file(s) "
+        f"not read. Next: tierflow run student-feedback --vault {vault} --assignment {report.folder}",
         markup=False,
     )
     sys.stdout.flush()
+    if report.failed:
+        raise typer.Exit(1)  # the others were imported, but not every student: a script must not take it for done
 
 
 class Target(StrEnum):

@@ -15,7 +15,14 @@ import yaml
 from markdown_it import MarkdownIt
 
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
-from tierflow.vault.text import COMMENT, load_note, read_note_text, unescape_comments, yaml_problem
+from tierflow.vault.text import (
+    COMMENT,
+    load_note,
+    read_note_text,
+    unescape_comments,
+    unescape_links,
+    yaml_problem,
+)
 
 REVIEWED = "reviewed"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
@@ -96,8 +103,9 @@ class Draft:
     def student_text(self) -> str:
         """The body as the student should read it: as Obsidian shows it (comments hidden), without tierflow's
         notices to the lecturer, the lecturer's own callouts kept."""
-        # The student's own `%%` and `<!--`, escaped in the note so that no comment starts, as they wrote them.
-        text = unescape_comments(_readable_callouts(without_comments(self.body)))
+        # The student's own `%%`, `<!--`, `[[` and `](`, escaped in the note so that no comment or link starts, as
+        # they wrote them.
+        text = unescape_links(unescape_comments(_readable_callouts(without_comments(self.body))))
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
     def html(self) -> str:

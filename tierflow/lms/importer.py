@@ -31,8 +31,8 @@ from tierflow.lms import roster as kept_roster
 from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
-from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
-from tierflow.vault.text import escape_comments, load_note
+from tierflow.vault.notes import HASH_KEY, LinkError, NoteWriter, body_hash
+from tierflow.vault.text import escape_comments, escape_links, load_note
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
@@ -48,7 +48,8 @@ class StudentResult:
     student_id: str
     name: str
     action: str
-    """`created`, `updated`, `unchanged`, or `kept-edit` (the lecturer edited the note: left as it is)."""
+    """`created`, `updated`, `unchanged`, `kept-edit` (the lecturer edited the note: left as it is), or `failed`
+    (not imported: `error` says why)."""
     parts: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) for every file that gave no text."""
@@ -63,6 +64,8 @@ class StudentResult:
     """The length of the note's text, as written."""
     sizes: list[tuple[str, int]] = field(default_factory=list)
     """(file, characters of text it gave) for every file read."""
+    error: str = ""
+    """Why the student was not imported (action `failed`), naming the file and what to do."""
 
 
 @dataclass
@@ -81,6 +84,11 @@ class ImportReport:
     @property
     def unreadable(self) -> list[tuple[str, str, str]]:
         return [(s.student_id, f, why) for s in self.students for f, why in s.problems]
+
+    @property
+    def failed(self) -> list[StudentResult]:
+        """The students not imported, each with its `error`."""
+        return [s for s in self.students if s.action == "failed"]
 
 
 def detect(export: Export) -> str:
@@ -147,7 +155,10 @@ def import_submissions(
                 lost = "?" in entry.name and work.platform == "moodle" and "?" not in work.name
                 work.name = work.name if lost or not entry.name else entry.name
                 work.late = work.late or bool(entry.late)
-            result = _import_one(vault, folder, export, work, entry)
+            try:
+                result = _import_one(vault, folder, export, work, entry)
+            except Exception as exc:  # one student's failure is that student's: the others are still imported
+                result = _failed(vault, folder, work, exc)
             report.students.append(result)
             if result.warning:
                 report.warnings.append(result.warning)
@@ -155,6 +166,32 @@ def import_submissions(
                 on_student(result, done, total)
     report.warnings += _long(report.students)
     return report
+
+
+def _failed(vault: Path, folder: str, work: StudentWork, exc: Exception) -> StudentResult:
+    """The result for a student whose import stopped at `exc`: what failed, on which file, and what to do."""
+    note = f"{folder}/submissions/{work.student_id}.md"
+    result = StudentResult(work.student_id, work.name, "failed", late=work.late, path=note)
+    if isinstance(exc, OSError):
+        where = Path(exc.filename) if exc.filename else vault / note
+        shown = where.relative_to(vault).as_posix() if where.is_relative_to(vault) else str(where)
+        why = f"{shown}: {exc.strerror or exc}"
+        fix = f"check {shown} (a file in the way of the student's folder, its permissions, a full disk)"
+    elif isinstance(exc, LinkError):
+        # The text is written as shown text (`_body`): what is left is a property the export gave, such as a file
+        # named `Lab [[1]].docx`, which Obsidian would read as a link.
+        why = f"its properties would hold a link ({'; '.join(exc.problems)}), from a file name or document author"
+        fix = "unpack the export, rename that file in it, and give the folder instead of the zip"
+    elif isinstance(exc, VaultError):
+        why, fix = str(exc), "fix what it names"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+        fix = "if it persists, that is a bug in tierflow: please report it with this message"
+    result.error = (
+        f"{note} was not imported: {why}. The other students were; {fix}, then import again (those imported "
+        "are left as they are)."
+    )
+    return result
 
 
 def _long(students: list[StudentResult]) -> list[str]:
@@ -375,7 +412,10 @@ def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
                 f"> [!warning] {HIDDEN_CALLOUT}, {where}: invisible to a reader (white, 1-px or hidden text), "
                 f"visible to a model\n{lines}"
             )
-    return "\n\n".join(blocks)
+    # Likewise a `[[` or `](` the student typed (R's `df[["age"]]`, `![[img.png]]` typed into Moodle, a Markdown
+    # file's `[appendix](appendix.md)`) would be a link to no note, which Obsidian would create on a click and
+    # the writer refuses: written as shown text, and the prompt gets it back (`unescape_links`).
+    return escape_links("\n\n".join(blocks))
 
 
 def _restore_name(name: str, text: str) -> str:

@@ -34,6 +34,7 @@ from tierflow.vault.links import VaultNames, note_links
 from tierflow.vault.text import (
     PropertyError,
     escape_comments,
+    escape_links,
     hide_comments,
     load_note,
     property_list,
@@ -152,6 +153,14 @@ def _first_line(exc: Exception) -> str:
 # --- templates -----------------------------------------------------------------------------------
 
 
+class LinkError(VaultError):
+    """A note not written because a link in it does not resolve to exactly one file; `problems` says which."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class TemplateMissing(VaultError, TemplateNotFound):
     """A template in neither the vault's override folder nor tierflow's bundled templates; still a TemplateNotFound,
     for code that catches Jinja2's own error."""
@@ -208,8 +217,9 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
     # A student's `%%` or `<!--`, quoted back by a model, shown as written: else it starts a comment that hides
-    # the rest of the draft, in Obsidian and in what is exported to the student.
-    env.filters["shown"] = lambda v: escape_comments(str(v))
+    # the rest of the draft, in Obsidian and in what is exported to the student. Likewise `[[` and `](` (R's
+    # `df[["age"]]`), else a link to no note, which the writer refuses.
+    env.filters["shown"] = lambda v: escape_links(escape_comments(str(v)))
     env.searched = (vault / override_folder if vault is not None else None, bundled)
     return env
 
@@ -431,10 +441,11 @@ class NoteWriter:
         self.names.add(self._rel(path))
         problems = self.names.problems("\n".join([*_strings(front_matter), body]))
         if problems:
-            raise VaultError(
+            raise LinkError(
                 f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
                 "resolve to exactly one note: rename the notes that share a name. If tierflow wrote the link itself, "
-                "that is a bug in tierflow: please report it with the notes' names."
+                "that is a bug in tierflow: please report it with the notes' names.",
+                problems,
             )
 
     def _rel(self, path: Path) -> str:

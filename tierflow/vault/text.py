@@ -21,6 +21,7 @@ __all__ = [
     "COMMENT",
     "PropertyError",
     "escape_comments",
+    "escape_links",
     "hide_comments",
     "load_note",
     "property_list",
@@ -29,6 +30,7 @@ __all__ = [
     "yaml_problem",
     "unclosed_comment",
     "unescape_comments",
+    "unescape_links",
 ]
 
 # An unclosed comment runs to the end of the note, as it does in Obsidian (and HTML): better to send less
@@ -107,6 +109,35 @@ def escape_comments(text: str) -> str:
 def unescape_comments(text: str) -> str:
     """`escape_comments` undone: the writer's own characters, for a prompt, once `hide_comments` has run."""
     return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], text)
+
+
+# Likewise what would start a link: `[[` (a wikilink, `![[...]]` an embed) and `](` (a Markdown link) to anything but
+# a web address. Obsidian shows `[&#91;` as `[[` and `]&#40;` as `](`, and links nothing.
+_LINK_ESCAPES = {"[[": "[&#91;", "](": "]&#40;"}
+_LINK_OPENER = re.compile(r"\[\[|\]\((?![A-Za-z][A-Za-z0-9+.-]*:)")
+_LINK_ESCAPED = re.compile("|".join(map(re.escape, _LINK_ESCAPES.values())))
+_LINK_UNESCAPES = {v: k for k, v in _LINK_ESCAPES.items()}
+
+
+def escape_links(text: str) -> str:
+    """`text` for a note, shown by Obsidian as written and linking nothing: every `[[` as `[&#91;` and every `](`
+    not followed by a web address's scheme as `]&#40;`, outside code (where Obsidian makes no link and would show
+    the entity itself)."""
+    if "[[" not in text and "](" not in text:
+        return text
+    masked = without_code(text)  # same length: offsets found in it are offsets in `text`
+    pieces: list[str] = []
+    done = 0
+    for m in _LINK_OPENER.finditer(masked):
+        pieces += [text[done : m.start()], _LINK_ESCAPES[m.group()[:2]]]
+        done = m.end()
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def unescape_links(text: str) -> str:
+    """`escape_links` undone: the writer's own characters, for a prompt or for the student."""
+    return _LINK_ESCAPED.sub(lambda m: _LINK_UNESCAPES[m.group()], text)
 
 
 def unclosed_comment(text: str) -> int | None:
