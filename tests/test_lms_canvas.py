@@ -219,3 +219,62 @@ def test_a_level_changed_without_its_score_leaves_that_students_cell_as_it_was(c
     assert "'Argument and critical evaluation': score 75 is outside level 'Fail' (<40)" in note
     grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
     assert grades["1002"]["4512"] == ""
+
+
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("osullivanliam_1001_9001_essay.docx", ("osullivanliam", "1001", False, "9001", "essay.docx", False)),
+        (
+            "osullivanliam_LATE_1001_9001_my_essay_v2.docx",
+            ("osullivanliam", "1001", True, "9001", "my_essay_v2.docx", False),
+        ),
+        ("smithjane_late_103_9003_essay-1.docx", ("smithjane", "103", True, "9003", "essay-1.docx", False)),
+        ("smithjane_103_9003_2026_report.docx", ("smithjane", "103", False, "9003", "2026_report.docx", False)),
+        ("brownt_105_text.html", ("brownt", "105", False, "", "text.html", True)),
+        ("anon_x7Kq2_9004_essay.docx", ("anon_x7Kq2", "anon_x7Kq2", False, "9004", "essay.docx", False)),
+        ("anon_x7Kq2_text.html", ("anon_x7Kq2", "anon_x7Kq2", False, "", "text.html", True)),
+        # Canvas keeps `_` in the sortable name (`Doe_Smith, Jane`): the ids are still the first two numeric parts.
+        ("doe_smithjane_102_9002_essay.docx", ("doe_smithjane", "102", False, "9002", "essay.docx", False)),
+        ("doe_smithjane_LATE_102_9002_essay.docx", ("doe_smithjane", "102", True, "9002", "essay.docx", False)),
+        ("doe_smith_jane_102_text.html", ("doe_smith_jane", "102", False, "", "text.html", True)),
+        ("101_9008_essay.docx", None),  # no name
+        ("101_9008_9009_essay.docx", None),
+        ("osullivanliam_1001_essay.docx", None),  # no attachment id
+        ("notes.docx", None),
+        ("folder/osullivanliam_1001_9001_essay.docx", None),
+    ],
+)
+def test_submission_file_names_are_split_as_canvas_reads_them_back(name, parsed):
+    from tierflow.lms.canvas import parse_name
+
+    got = parse_name(name)
+    assert (got and (got.base, got.student_id, got.late, got.attachment_id, got.original, got.text_entry)) == parsed
+    if parsed and not parsed[5] and not parsed[0].startswith("anon_"):
+        # Canvas's re-upload reads the first two all-digit parts as user id and attachment id.
+        assert [t for t in name.split("_") if t.isdigit()][:2] == [parsed[1], parsed[3]]
+
+
+def test_a_student_whose_sortable_name_has_an_underscore_is_imported_and_exported(tmp_path):
+    """`Doe_Smith, Jane` came as `doe_smithjane_102_9002_essay.docx`: ignored at import as not named as Canvas names
+    files, then reported at export as a student with no submission."""
+    from lms_exports import Student, docx_bytes, essay
+
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")
+    students = cohort()[:1] + [Student("1002", "Jane Doe_Smith", {"essay.docx": docx_bytes(essay(2))})]
+    export = canvas_zip(tmp_path / "submissions.zip", students)
+    with zipfile.ZipFile(export) as z:
+        assert "doe_smithjane_1002_9002_essay.docx" in [i.filename.encode("cp437").decode() for i in z.infolist()]
+    report = import_submissions(vault, ASSIGNMENT, export)
+    assert not report.ignored and [s.student_id for s in report.students] == ["1001", "1002"]
+    for sid in ("1001", "1002"):
+        (vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").write_text(draft_text(sid), encoding="utf-8")
+    gradebook = tmp_path / "grades.csv"
+    gradebook.write_bytes(gradebook_bytes().replace(b"Dubois-Martin, Chlo\xc3\xa9", b"Doe_Smith, Jane"))
+    result = export_feedback(vault, ASSIGNMENT, "canvas", gradebook=gradebook, column="4512")
+    assert "1002" in result.sent and "1002" not in result.no_submission
+    with zipfile.ZipFile(tmp_path / "grades (tierflow) comments.zip") as z:
+        assert "doe_smithjane_1002_9002_essay.docx" in z.namelist()

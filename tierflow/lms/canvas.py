@@ -3,8 +3,9 @@
 The rules come from Canvas's own code (instructure/canvas-lms):
 - the submissions zip is flat: `<sortable name, lowercased, non-word characters removed>[_LATE]_<user id>_
   <attachment id>_<original name>` for uploads, `<base>_text.html` for text entries, `anon_<id>` as the base
-  under anonymous grading (older Canvas wrote `_late_`); entry names are UTF-8, often without the zip's UTF-8
-  flag (see `tierflow.lms.source`).
+  under anonymous grading (older Canvas wrote `_late_`); `_` is a word character, so a name may hold it
+  (`Doe_Smith, Jane` -> `doe_smithjane`); entry names are UTF-8, often without the zip's UTF-8 flag (see
+  `tierflow.lms.source`).
 - `app/models/assignment.rb` `infer_comment_context_from_filename`: a re-uploaded file is matched by the first
   two purely numeric `_`-separated parts of its name (user id, attachment id), so it must keep its downloaded name.
 - `app/models/gradebook_importer.rb`: the header must start `Student, ID` (then `SIS User ID`, `SIS Login ID`,
@@ -59,32 +60,36 @@ class CanvasName:
 
 
 def parse_name(name: str) -> CanvasName | None:
-    """Split an entry name the way Canvas built it; None when it is not one of Canvas's."""
+    """Split an entry name the way Canvas built it; None when it is not one of Canvas's.
+
+    The ids are found as Canvas's re-upload finds them (`infer_comment_context_from_filename`): the first two
+    purely numeric `_`-separated parts, user id then attachment id. What comes before them is the name, which may
+    hold `_` itself (Canvas keeps it: `Doe_Smith, Jane` is `doe_smithjane`), then `LATE` or `late`.
+    """
     if "/" in name:
         return None
     tokens = name.split("_")
     if tokens[0] == "anon" and len(tokens) > 2:
         base, rest = f"anon_{tokens[1]}", tokens[2:]
-        student_id = base
-    else:
-        base, rest = tokens[0], tokens[1:]
-        student_id = ""
-    late = bool(rest) and rest[0] in _LATE
-    if late:
-        rest = rest[1:]
-    numbers = []
-    while rest and _NUMBER.match(rest[0]) and len(numbers) < (1 if student_id else 2) and len(rest) > 1:
-        numbers.append(rest.pop(0))
-    remainder = "_".join(rest)
-    if not student_id:
-        if not numbers:
-            return None
-        student_id = numbers.pop(0)
-    if remainder == "text.html" and not numbers:
-        return CanvasName(base, student_id, late, "", "text.html", True)
-    if not numbers or not remainder:
+        late = rest[0] in _LATE and len(rest) > 1
+        rest = rest[1:] if late else rest
+        if len(rest) > 1 and _NUMBER.match(rest[0]):
+            return CanvasName(base, base, late, rest[0], "_".join(rest[1:]), False)
+        if rest == ["text.html"]:
+            return CanvasName(base, base, late, "", "text.html", True)
         return None
-    return CanvasName(base, student_id, late, numbers[0], remainder, False)
+    # The user id: the first numeric part after a name, never the last part (the file's own name).
+    at = next((i for i in range(1, len(tokens) - 1) if _NUMBER.match(tokens[i])), None)
+    if at is None or _NUMBER.match(tokens[0]):
+        return None  # no name before the ids, or none that Canvas's re-upload would not read as the user id
+    head, student_id, rest = tokens[:at], tokens[at], tokens[at + 1 :]
+    late = len(head) > 1 and head[-1] in _LATE
+    base = "_".join(head[:-1] if late else head)
+    if rest == ["text.html"]:
+        return CanvasName(base, student_id, late, "", "text.html", True)
+    if len(rest) < 2 or not _NUMBER.match(rest[0]):
+        return None
+    return CanvasName(base, student_id, late, rest[0], "_".join(rest[1:]), False)
 
 
 def matches(paths: list[str]) -> int:
