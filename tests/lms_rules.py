@@ -152,20 +152,54 @@ class CanvasRejected(Exception):
     pass
 
 
+def canvas_delimiter(text: str) -> str:
+    """`identify_delimiter`: `;` when the first three lines each split into the same number of fields by it, more
+    than by `,` (a line that does not parse counts as no agreement); else `,`. No other delimiter is tried."""
+    lines = text.splitlines(keepends=True)[:3]
+    counts = {}
+    for separator in (";", ","):
+        counts[separator] = 0
+        try:
+            sizes = {len(next(csv.reader([line], delimiter=separator, strict=True), [])) for line in lines}
+        except csv.Error:  # Ruby's CSV::MalformedCSVError
+            continue
+        if len(sizes) == 1:
+            counts[separator] = sizes.pop()
+    return ";" if counts[";"] > counts[","] else ","
+
+
 def canvas_import_gradebook(data: bytes, assignments: dict[str, str]) -> dict[str, object]:
     """What Canvas's gradebook importer reads from `data`: assignments found by `Title (id)`, points possible,
-    and each student's grades. `assignments` is Canvas's own id -> title; a header naming an unknown id or a
-    changed title with no id creates a new assignment (reported under `new_assignments`)."""
+    and each student's grades by user id. `assignments` is Canvas's own id -> title; a header naming an unknown id
+    or a changed title with no id creates a new assignment (reported under `new_assignments`). Both of the
+    exporter's layouts are read: `Student, ID` and, with first and last names shown apart, `LastName, FirstName,
+    ID` (`allow_student_last_first_names?` on)."""
     text = data.decode("utf-8").removeprefix("\ufeff")
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and not re.fullmatch(r"[;, ]+", ",".join(r))]
+    separator = canvas_delimiter(text)  # csv_stream
+    rows = [
+        r
+        for r in csv.reader(io.StringIO(text), delimiter=separator)
+        if r and not re.fullmatch(r"[;, ]+", separator.join(r))
+    ]
     header = rows[0]
-    # header?: row_has_student_headers? and the last student column includes "Section".
-    if not (len(header) > 3 and "Student" in header[0] and "ID" in header[1]):
+    # header?: row_has_student_headers?, then update_column_count, and the last student column includes "Section".
+    if not (
+        (len(header) > 3 and "Student" in header[0] and "ID" in header[1])
+        or (len(header) > 4 and "LastName" in header[0] and "FirstName" in header[1] and "ID" in header[2])
+    ):
         raise CanvasRejected("Invalid header row")
-    student_columns = 3
-    if re.search(r"SIS\s+User\s+ID", header[2]) and re.search(r"SIS\s+Login\s+ID", header[3]):
-        student_columns += 2
-    if "Section" not in header[student_columns - 1]:
+    first_last = header[0] == "LastName" and header[1] == "FirstName"
+    names = 4 if first_last else 3  # the name(s), the user id, the section
+    student_columns = names
+
+    def cell(i: int) -> str:  # Ruby's row[i]: nil past the end
+        return header[i] if i < len(header) else ""
+
+    if re.search(r"SIS\s+Login\s+ID", cell(names - 1)):
+        student_columns += 1
+    elif re.search(r"SIS\s+User\s+ID", cell(names - 1)) and re.search(r"SIS\s+Login\s+ID", cell(names)):
+        student_columns += 2 + (1 if re.search(r"Integration\s+ID", cell(names + 1)) else 0)
+    if "Section" not in cell(student_columns - 1):
         raise CanvasRejected("Invalid header row")
     non_assignment = re.compile(
         "Current Score|Current Points|Current Grade|Final Score|Final Points|Final Grade|Override Score|"
@@ -191,5 +225,5 @@ def canvas_import_gradebook(data: bytes, assignments: dict[str, str]) -> dict[st
             continue
         if all(re.fullmatch(r"\s*(Muted|Manual Posting.*)?\s*", c, re.I) for c in row):
             continue
-        grades[row[1]] = {aid: row[i].strip() for aid, i in columns.items()}
+        grades[row[2] if first_last else row[1]] = {aid: row[i].strip() for aid, i in columns.items()}
     return {"points": points, "grades": grades, "new_assignments": new, "columns": columns}

@@ -9,6 +9,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import frontmatter
 import pytest
 from lms_exports import canvas_zip, cohort
 from lms_rules import canvas_import_gradebook
@@ -278,3 +279,86 @@ def test_a_student_whose_sortable_name_has_an_underscore_is_imported_and_exporte
     assert "1002" in result.sent and "1002" not in result.no_submission
     with zipfile.ZipFile(tmp_path / "grades (tierflow) comments.zip") as z:
         assert "doe_smithjane_1002_9002_essay.docx" in z.namelist()
+
+
+def split_gradebook_bytes() -> bytes:
+    """`gradebook_bytes` as Canvas exports it with "show first and last names separately": `LastName`,
+    `FirstName`, then `ID` and the rest."""
+    rows = list(csv.reader(io.StringIO(gradebook_bytes().decode())))
+    out = [["LastName", "FirstName", *rows[0][1:]], [rows[1][0], "", *rows[1][1:]]]
+    for row in rows[2:]:
+        last, _, first = row[0].partition(", ")
+        out.append([last, first, *row[1:]])
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(out)
+    return text.getvalue().encode("utf-8")
+
+
+def test_a_gradebook_with_first_and_last_names_apart_is_a_roster(lms_vault, tmp_path):
+    """Canvas's importer takes `LastName,FirstName,ID,...`; tierflow refused it as "not a Canvas gradebook export",
+    and would have read the first name as the user id."""
+    from tierflow.lms.roster import read_kept
+
+    data = split_gradebook_bytes()
+    assert set(canvas_import_gradebook(data, ASSIGNMENTS)["grades"]) >= {"1001", "1007"}  # Canvas reads it
+    roster = tmp_path / "grades.csv"
+    roster.write_bytes(data)
+    report = import_submissions(
+        lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()), roster=roster
+    )
+    assert not report.warnings
+    got = {p.stem: frontmatter.load(p).metadata for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md")}
+    assert got["1001"]["name"] == "Liam O'Sullivan" and got["1001"]["sis_ids"] == ["S1001", "u1001"]
+    assert got["1002"]["name"] == "Chloé Dubois-Martin"
+    kept = read_kept(lms_vault / ASSIGNMENT)
+    assert sorted(s.student_id for s in kept.students) == sorted(s.participant for s in cohort())  # no Test Student
+
+
+def test_a_gradebook_with_first_and_last_names_apart_is_filled_in_its_own_layout(canvas_vault, tmp_path):
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(split_gradebook_bytes())
+    before = downloaded.read_bytes()
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="4512")
+    data = (tmp_path / "grades (tierflow).csv").read_bytes()
+    parsed = canvas_import_gradebook(data, ASSIGNMENTS)
+    assert sorted(result.sent) == ["1001", "1002", "1004"] and result.no_submission == []
+    for sid in result.sent:
+        assert float(parsed["grades"][sid]["4512"]) == float(result.marks[sid])
+    old = list(csv.reader(io.StringIO(before.decode())))
+    new = list(csv.reader(io.StringIO(data.decode())))
+    column = old[0].index("Essay 2 (4512)")
+    assert old[0] == new[0] and new[0][:3] == ["LastName", "FirstName", "ID"]
+    for a, b in zip(old, new, strict=True):
+        assert a[:column] + a[column + 1 :] == b[:column] + b[column + 1 :]
+
+
+@pytest.mark.parametrize("delimiter, written", [("\t", ","), (";", ";"), (",", ",")])
+def test_a_gradebook_saved_again_is_written_back_with_a_separator_canvas_reads(
+    canvas_vault, tmp_path, delimiter, written
+):
+    """Canvas's importer tells `;` from `,` and tries nothing else: a tab-separated gradebook (Excel's "Text (Tab
+    delimited)") was filled "the same way", and Canvas refused the copy."""
+    from lms_exports import excel_resaved
+    from lms_rules import CanvasRejected
+
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(excel_resaved(gradebook_bytes(), delimiter=delimiter))
+    if delimiter == "\t":
+        with pytest.raises(CanvasRejected):
+            canvas_import_gradebook(downloaded.read_bytes(), ASSIGNMENTS)
+    result = export_feedback(canvas_vault, ASSIGNMENT, "canvas", gradebook=downloaded, column="4512")
+    data = (tmp_path / "grades (tierflow).csv").read_bytes()
+    parsed = canvas_import_gradebook(data, ASSIGNMENTS)
+    assert parsed["new_assignments"] == [] and parsed["points"] == {"4512": "20", "4513": "10"}
+    for sid in result.sent:
+        assert float(parsed["grades"][sid]["4512"]) == float(result.marks[sid])
+    assert parsed["grades"]["1001"]["4513"] == "7"
+    text = data.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text), delimiter=written))
+    assert rows[0][:2] == ["Student", "ID"] and rows[-1][:2] == ["Student, Test", "99999"]
+    assert text.splitlines()[0].count(written) == len(rows[0]) - 1
+    (told,) = [n for n in result.notes if "saved again" in n] or [""]
+    if delimiter == "\t":
+        assert "tab-separated" in told and "Canvas" in told and "written `,`-separated" in told
+    elif delimiter == ";":
+        assert "UTF-8, ;-separated" in told and "written the same way" in told

@@ -8,18 +8,20 @@ The rules come from Canvas's own code (instructure/canvas-lms):
   `tierflow.lms.source`).
 - `app/models/assignment.rb` `infer_comment_context_from_filename`: a re-uploaded file is matched by the first
   two purely numeric `_`-separated parts of its name (user id, attachment id), so it must keep its downloaded name.
-- `app/models/gradebook_importer.rb`: the header must start `Student, ID` (then `SIS User ID`, `SIS Login ID`,
-  `Section`); a row whose first cell contains `Points Possible` describes the assignments; assignment columns
-  are matched by `Assignment.title_and_id` (`/\\A(.*)\\s\\((\\d+)\\)\\z/`), so a renamed header makes a new
-  assignment. `tests/test_lms_canvas.py` ports these rules.
-- A gradebook the lecturer saved again in Excel (`;`, or Windows-1252) is read as Excel wrote it, and a filled
-  copy keeps the file's own encoding and delimiter (`tierflow.lms.cells`).
+- `app/models/gradebook_importer.rb`: the header must start `Student, ID`, or `LastName, FirstName, ID` when the
+  gradebook was exported with first and last names apart (then `SIS User ID`, `SIS Login ID`, `Section`); a row
+  whose first cell contains `Points Possible` describes the assignments; assignment columns are matched by
+  `Assignment.title_and_id` (`/\\A(.*)\\s\\((\\d+)\\)\\z/`), so a renamed header makes a new assignment; the
+  delimiter is `;` or `,` (`identify_delimiter`), nothing else. `tests/lms_rules.py` ports these rules.
+- A gradebook the lecturer saved again in Excel (`;`, tab, or Windows-1252) is read as Excel wrote it, and a
+  filled copy keeps the file's own layout, encoding and delimiter (`tierflow.lms.cells`), but for tab, which
+  Canvas cannot read: it is written `,`-separated.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tierflow.lms.cells import (
     CsvEncodingError,
@@ -148,27 +150,60 @@ def display_name(sortable: str) -> str:
     return f"{first.strip()} {last.strip()}".strip() if comma else sortable.strip()
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a gradebook holds each student's name and user id, found by its header as Canvas's importer finds
+    them (`row_has_student_headers?`, `update_column_count`): `Student`, `ID` (the sortable name), or `LastName`,
+    `FirstName`, `ID`, as Canvas exports it with "show first and last names separately"."""
+
+    user_id: int
+    names: tuple[int, ...]
+    """The `Student` column, or the `LastName` and `FirstName` columns."""
+
+    @classmethod
+    def of(cls, header: list[str]) -> Layout | None:
+        """The header's layout; None when it is neither of Canvas's."""
+        cells = [h.strip() for h in header]
+        if len(cells) > 2 and cells[0] == "LastName" and cells[1] == "FirstName" and "ID" in cells[2]:
+            return cls(2, (0, 1))
+        if len(cells) > 1 and "Student" in cells[0] and "ID" in cells[1]:
+            return cls(1, (0,))
+        return None
+
+    def sortable(self, values: list[str]) -> str:
+        """The row's student as a sortable name (`O'Sullivan, Liam`), whichever layout holds it."""
+        parts = [values[i].strip() if i < len(values) else "" for i in self.names]
+        return ", ".join(parts) if len(parts) > 1 else parts[0]
+
+
+GRADEBOOK_HEADERS = "`Student`, `ID` (or `LastName`, `FirstName`, `ID`)"
+
+
 def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
-    """User id -> real name and SIS ids, from a gradebook CSV export. A GradebookError when it names no student
-    (not a gradebook, or no rows)."""
+    """User id -> real name and SIS ids, from a gradebook CSV export in either layout. A GradebookError when it names
+    no student (not a gradebook, or no rows)."""
     try:
         rows = rows_of(data)
     except CsvEncodingError as exc:
         raise GradebookError(f"{name} {exc}") from None
     header = rows[0] if rows else []
-    if len(header) < 2 or "Student" not in header[0] or "ID" not in header[1]:
+    layout = Layout.of(header)
+    if layout is None:
         raise GradebookError(
-            f"{name} is not a Canvas gradebook export: tierflow looked for a header starting `Student`, `ID` "
+            f"{name} is not a Canvas gradebook export: tierflow looked for a header starting {GRADEBOOK_HEADERS} "
             f"(then {', '.join(f'`{c}`' for c in SIS_COLUMNS)}) and found {found(header)}. In Canvas: Grades -> "
             "Export -> Export Entire Gradebook, and give that file."
         )
     sis = [header.index(c) for c in SIS_COLUMNS if c in header]
     out = {}
     for row in rows[1:]:
-        if len(row) < 2 or POINTS_POSSIBLE in row[0] or not _NUMBER.match(row[1].strip()):
+        if len(row) <= layout.user_id or POINTS_POSSIBLE in row[0]:
+            continue
+        uid = row[layout.user_id].strip()
+        if not _NUMBER.match(uid):
             continue
         ids = tuple(row[i].strip() for i in sis if i < len(row) and row[i].strip())
-        out[row[1].strip()] = RosterEntry(row[1].strip(), display_name(row[0]), sis_ids=ids)
+        out[uid] = RosterEntry(uid, display_name(layout.sortable(row)), sis_ids=ids)
     if not out:
         raise GradebookError(
             f"{name} has the gradebook's header but no student rows (a numeric `ID`): export the entire gradebook "
@@ -195,29 +230,42 @@ class GradebookError(ValueError):
     """The gradebook CSV cannot be filled: not Canvas's, or the assignment column is not in it."""
 
 
+CANVAS_DELIMITERS = (",", ";")
+"""The delimiters Canvas's importer tells apart (`GradebookImporter#identify_delimiter`); it tries no other."""
+
+
 @dataclass
 class Gradebook:
     """A downloaded gradebook CSV kept byte for byte, with one assignment's column to fill."""
 
     dialect: Dialect
-    """The file's own encoding and delimiter, which the filled copy keeps."""
+    """How the filled copy is written: the file's own encoding and delimiter, but `,` for a delimiter Canvas's
+    importer does not read (tab)."""
     header: list[str]
     rows: list[RawRow]
+    layout: Layout
+    downloaded: Dialect
+    """How the file itself was saved."""
 
     @classmethod
     def parse(cls, data: bytes, name: str) -> Gradebook:
         try:
-            text, dialect = read_csv(data)
+            text, downloaded = read_csv(data)
         except CsvEncodingError as exc:
             raise GradebookError(f"{name} {exc}") from None
-        rows = split_raw(text, dialect.delimiter)
-        header = [raw_value(f, dialect.delimiter) for f in rows[0].fields] if rows else []
-        if len(header) < 4 or "Student" not in header[0] or "ID" not in header[1]:
+        rows = split_raw(text, downloaded.delimiter)
+        header = [raw_value(f, downloaded.delimiter) for f in rows[0].fields] if rows else []
+        layout = Layout.of(header)
+        if layout is None or len(header) < 4:
             raise GradebookError(
-                f"{name} is not a Canvas gradebook export (its header must start `Student,ID`). In Canvas: "
+                f"{name} is not a Canvas gradebook export (its header must start {GRADEBOOK_HEADERS}). In Canvas: "
                 "Grades -> Export -> Export Entire Gradebook, and give that file as it came."
             )
-        return cls(dialect, header, rows)
+        dialect = downloaded
+        if downloaded.delimiter not in CANVAS_DELIMITERS:
+            dialect = replace(downloaded, delimiter=",")
+            rows = [RawRow([_refield(f, downloaded.delimiter) for f in r.fields], r.end) for r in rows]
+        return cls(dialect, header, rows, layout, downloaded)
 
     def assignment_columns(self) -> list[tuple[int, str, str]]:
         """(index, title, id) of every assignment column, recognised as Canvas's importer recognises them."""
@@ -258,12 +306,12 @@ class Gradebook:
         """User id -> row index, leaving out the Points Possible, muted and Test Student rows."""
         out = {}
         for i, row in enumerate(self.rows[1:], start=1):
-            if len(row.fields) < 2:
+            if len(row.fields) <= self.layout.user_id:
                 continue
-            first = self._value(row, 0)
-            if POINTS_POSSIBLE in first or first.strip() == TEST_STUDENT:
+            values = [self._value(row, c) for c in range(len(row.fields))]
+            if POINTS_POSSIBLE in values[0] or self.layout.sortable(values) == TEST_STUDENT:
                 continue
-            uid = self._value(row, 1).strip()
+            uid = values[self.layout.user_id].strip()
             if _NUMBER.match(uid):
                 out[uid] = i
         return out
@@ -276,3 +324,15 @@ class Gradebook:
 
     def render(self) -> bytes:
         return render(self.rows, self.dialect)
+
+
+def _refield(raw: str, delimiter: str) -> str:
+    """A field of a file separated by `delimiter` as it must stand in a `,`-separated one: as it was, unless its
+    value holds a `,`, a quote or a line break outside quotes, which Ruby's CSV (Canvas's importer) would split or
+    refuse; then quoted, as Ruby writes it."""
+    if raw.startswith('"'):
+        return raw  # quoted: the same text whatever the delimiter
+    value = raw_value(raw, delimiter)
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return raw

@@ -373,7 +373,13 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             result.sent.append(sid)
         _without_drafts(vault, folder, drafts, students, result)
         result.distribution = distribution(values, points)
-        if _resaved(sheet.dialect):
+        if sheet.dialect != sheet.downloaded:
+            result.notes.append(
+                f"{gradebook.name} was saved again after export ({sheet.downloaded.described}); Canvas's Grades -> "
+                f"Import reads only `,`- or `;`-separated files, so the filled copy is written `,`-separated "
+                f"({sheet.dialect.described})."
+            )
+        elif _resaved(sheet.dialect):
             result.notes.append(
                 f"{gradebook.name} was saved again after export ({sheet.dialect.described}); the filled copy is "
                 "written the same way."
