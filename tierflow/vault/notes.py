@@ -475,17 +475,18 @@ class NoteWriter:
         return None
 
 
-def write_atomically(path: Path, text: str, *, create: bool = False) -> None:
-    """Write `text` (UTF-8, `\\n` line ends) to `path` through a temporary file beside it: a reader, or a crash
-    halfway, sees the old file or the new one, never half of it. `create`: only where no file is (FileExistsError
-    if one is)."""
+def write_atomically(path: Path, text: str | bytes, *, create: bool = False) -> None:
+    """Write `text` (UTF-8, `\\n` line ends; bytes as they are) to `path` through a temporary file beside it: a
+    reader, or a crash halfway, sees the old file or the new one, never half of it. `create`: only where no file is
+    (FileExistsError if one is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tierflow-", suffix=".tmp")
     try:
         # mkstemp makes the file 0600; a note gets the mode any new file gets here (a synced or shared vault,
         # a publishing tool running as another user), or keeps the mode of the note it replaces.
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
