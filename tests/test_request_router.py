@@ -253,7 +253,7 @@ def test_router_scores_as_its_fitted_models_predict(tmp_path):
     texts = ["item 5 word5", "something else", "word3 word3 word3"]
     for escalations_only in (False, True):
         router = fit(_observed(300, escalations_only=escalations_only), ["light", "deep"])
-        path = tmp_path / "router.pkl"
+        path = tmp_path / request_router.MODEL_FILE
         request_router.save(router, path)
         loaded = request_router.load(path)
         X = router.rows("f", "p1", "low", texts)
@@ -278,7 +278,7 @@ def test_saved_router_stores_only_the_features_its_requests_have(tmp_path):
     """The saved model holds coefficients for the feature columns its requests use, not the whole hashed space:
     its size is bounded by those columns times the stored models, whatever the hash space."""
     router = fit(_observed(300), ["light", "deep"])
-    path = tmp_path / "router.pkl"
+    path = tmp_path / request_router.MODEL_FILE
     request_router.save(router, path)
     members = sum(len(m.members or []) for m in [*router.tiers.values(), *router.gains.values()])
     used = len(router.support)

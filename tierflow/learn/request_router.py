@@ -17,16 +17,17 @@ and the next passes)` where the pair model exists, else P(tier passes). The targ
 value)` (tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow,
 phase and complexity only, never on their text: every student of one assignment gets the same rule.
 
-The model is kept beside the ledger (`router.pkl`), refitted by `tierflow routing fit` and on its own when
-`REFIT_SHARE` more first answers have arrived since it was fitted.
+The model is kept beside the ledger (`router.model`: a JSON header and the coefficients as plain numbers, never
+code), refitted by `tierflow routing fit` and on its own when `REFIT_SHARE` more first answers have arrived since
+it was fitted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
-import pickle
 import re
 import threading
 import time
@@ -67,7 +68,7 @@ REGULARISATION = 0.1
 (never the scored split) put C from 0.1 to 1 within 0.01 APGR of each other; 0.1 fits three times faster than 1."""
 GAIN_SMOOTHING = 0.01
 """Width of the smooth maximum that floors a `difference` gain at 0 (above max(d, 0) by at most half the width)."""
-MODEL_FILE = "router.pkl"
+MODEL_FILE = "router.model"
 FORMAT = 2
 
 
@@ -205,6 +206,8 @@ class Features:
         self.context = HashingVectorizer(
             n_features=2**12, analyzer=_tokens, alternate_sign=False, norm=None, lowercase=False
         )
+        self.width = self.words.n_features + self.chars.n_features + self.context.n_features + len(_shape(""))
+        """Columns of a feature row (what a stored model's columns must lie below)."""
 
     def __call__(self, rows: Sequence[tuple[str, str, str, str]]) -> Any:
         """`rows`: (flow, phase, complexity, text)."""
@@ -469,39 +472,188 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
 
 
 def model_path(config: Config) -> Path:
-    """Beside the ledger: `<vault>/.tierflow/router.pkl`, or the SQLite ledger's folder."""
+    """Beside the ledger: `<vault>/.tierflow/router.model`, or the SQLite ledger's folder."""
     url = config.ledger_url
     if url.startswith("sqlite:///") and not url.endswith(":memory:"):
         return Path(url.removeprefix("sqlite:///")).parent / MODEL_FILE
     if config.vault is not None:
         return config.vault / ".tierflow" / MODEL_FILE
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return Path.home() / ".cache" / "tierflow" / f"router-{digest}.pkl"
+    return Path.home() / ".cache" / "tierflow" / f"router-{digest}.model"
+
+
+_MAGIC = b"tierflow request router\n"
+"""A model file: this line; the SHA-256 of the rest, in hex, on a line; the header (JSON) on a line; then the
+`support` (little-endian int32) and each member's coefficients over it (little-endian float32), tiers first, then
+gains, in the header's order. Nothing in it is code: a file from anyone is at worst refused."""
+
+
+class _Invalid(ValueError):
+    """Not a whole router of this format: damaged, written by another version, or not a model at all."""
 
 
 def save(router: RequestRouter, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features = getattr(router, "_cached_features", None)
-    if features is not None:
-        del router._cached_features
-    tmp = path.with_suffix(".tmp")
-    try:
-        with tmp.open("wb") as fh:
-            pickle.dump(router, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
-    finally:
-        if features is not None:
-            router._cached_features = features
+    """Write `router` to `path` through a temporary file beside it, renamed into place: a reader sees the old model
+    or the new one whole, however many processes save at once."""
+    from tierflow.vault.notes import write_atomically
+
+    write_atomically(path, _encode(router))
+
+
+def _encode(router: RequestRouter) -> bytes:
+    arrays = [np.asarray(router.support, dtype="<i4").tobytes()]
+
+    def entry(m: TierModel) -> dict[str, Any]:
+        members = None
+        if m.members is not None:
+            members = []
+            for values, intercept, a, b in m.members:
+                arrays.append(np.asarray(values, dtype="<f4").tobytes())
+                members.append([intercept, a, b])
+        kept = {"tier": m.tier, "observations": m.observations, "pass_rate": m.pass_rate}
+        return {**kept, "members": members, "calibrated": m.calibrated, "kind": m.kind}
+
+    header = {
+        "format": router.format,
+        "fitted_at": router.fitted_at,
+        "requests": router.requests,
+        "answers": router.answers,
+        "columns": len(router.support),
+        "tiers": {name: entry(m) for name, m in router.tiers.items()},
+        "gains": [[lower, upper, entry(m)] for (lower, upper), m in router.gains.items()],
+        "phases": router.phases,
+        "labels": router.labels,
+    }
+    body = json.dumps(header, ensure_ascii=False).encode() + b"\n" + b"".join(arrays)
+    return _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def _need(ok: bool, why: str) -> None:
+    if not ok:
+        raise _Invalid(why)
+
+
+def _count(value: Any, what: str) -> int:
+    _need(type(value) is int and value >= 0, f"{what} is not a count")
+    return value
+
+
+def _real(value: Any, what: str) -> float:
+    _need(type(value) in (int, float) and math.isfinite(value), f"{what} is not a number")
+    return float(value)
+
+
+def _share(value: Any, what: str) -> float:
+    _need(0 <= _real(value, what) <= 1, f"{what} is not between 0 and 1")
+    return float(value)
+
+
+def _decode(data: bytes, width: int) -> RequestRouter:
+    """The router a model file holds, checked whole: its checksum, format, tiers, and every array's length and
+    columns (below `width`, the features' columns), so that what loads can score any request."""
+    _need(data.startswith(_MAGIC), "not a tierflow request router model")
+    digest, _, body = data[len(_MAGIC) :].partition(b"\n")
+    _need(digest == hashlib.sha256(body).hexdigest().encode(), "damaged (its checksum does not match)")
+    text, _, payload = body.partition(b"\n")
+    header = json.loads(text)
+    _need(isinstance(header, dict), "no header")
+    _need(header.get("format") == FORMAT, f"format {header.get('format')!r}, where this tierflow reads {FORMAT}")
+    columns = _count(header.get("columns"), "columns")
+    tiers, gains = header.get("tiers"), header.get("gains")
+    _need(isinstance(tiers, dict) and isinstance(gains, list), "no tiers")
+    stored = [(name, entry, ("pass",)) for name, entry in tiers.items()]
+    pairs: list[tuple[str, str]] = []
+    for gain in gains:
+        _need(isinstance(gain, list) and len(gain) == 3, "a gain is not a pair of tiers")
+        lower, upper, entry = gain
+        _need(isinstance(lower, str) and isinstance(upper, str), "a gain is not a pair of tiers")
+        _need(lower in tiers and upper in tiers and lower != upper, f"a gain over unknown tiers {lower}->{upper}")
+        pairs.append((lower, upper))
+        stored.append((f"{lower}->{upper}", entry, ("rescue", "difference")))
+    entries = [e if isinstance(e, dict) and isinstance(e.get("members"), list) else {} for _, e, _ in stored]
+    _need(
+        len(payload) == 4 * columns * (1 + sum(len(e["members"]) for e in entries if e)),
+        "its coefficients are not as long as its header says",
+    )
+    support = np.frombuffer(payload, dtype="<i4", count=columns).astype(np.int32)
+    _need(
+        columns == 0 or (support[0] >= 0 and support[-1] < width and bool(np.all(np.diff(support) > 0))),
+        f"its feature columns are not ascending below {width}",
+    )
+    offset = 4 * columns
+    models: list[TierModel] = []
+    for name, entry, kinds in stored:
+        _need(bool(name) and isinstance(entry, dict) and entry.get("tier") == name, f"{name!r} holds another model")
+        _need(entry.get("kind") in kinds, f"{name}: kind {entry.get('kind')!r}")
+        _need(type(entry.get("calibrated")) is bool, f"{name}: calibrated")
+        members: list[Member] | None = None
+        if entry.get("members") is not None:
+            found = entry["members"]
+            _need(isinstance(found, list) and bool(found) and entry["kind"] != "difference", f"{name}: members")
+            members = []
+            for member in found:
+                _need(isinstance(member, list) and len(member) == 3, f"{name}: a member is not (intercept, a, b)")
+                intercept, a, b = member
+                _need((a is None) == (b is None), f"{name}: a calibration without both a and b")
+                values = np.frombuffer(payload, dtype="<f4", count=columns, offset=offset).astype(np.float32)
+                offset += 4 * columns
+                _need(bool(np.all(np.isfinite(values))), f"{name}: coefficients that are not numbers")
+                calibration = (None, None) if a is None else (_real(a, f"{name}: a"), _real(b, f"{name}: b"))
+                members.append((values, _real(intercept, f"{name}: intercept"), *calibration))
+        observations = _count(entry.get("observations"), f"{name}: observations")
+        rate = _share(entry.get("pass_rate"), f"{name}: pass rate")
+        models.append(TierModel(name, observations, rate, members, entry["calibrated"], entry["kind"]))
+    phases: dict[str, dict[str, tuple[int, float]]] = {}
+    found_phases = header.get("phases")
+    _need(isinstance(found_phases, dict), "no phases")
+    for phase, cells in found_phases.items():
+        _need(isinstance(cells, dict), f"phase {phase}")
+        phases[phase] = {}
+        for tier, cell in cells.items():
+            _need(isinstance(cell, list) and len(cell) == 2, f"phase {phase}, tier {tier}")
+            phases[phase][tier] = (_count(cell[0], f"{phase}: answers"), _share(cell[1], f"{phase}: pass rate"))
+    labels_found = header.get("labels")
+    _need(isinstance(labels_found, dict), "no labels")
+    _need(isinstance(header.get("fitted_at"), str), "no fitting time")
+    return RequestRouter(
+        fitted_at=header["fitted_at"],
+        requests=_count(header.get("requests"), "requests"),
+        answers=_count(header.get("answers"), "answers"),
+        tiers={m.tier: m for m in models[: len(tiers)]},
+        gains=dict(zip(pairs, models[len(tiers) :], strict=True)),
+        phases=phases,
+        support=support,
+        format=FORMAT,
+        labels={k: _count(v, f"labels: {k}") for k, v in labels_found.items()},
+    )
 
 
 def load(path: Path) -> RequestRouter | None:
-    """The saved router, or None (absent, unreadable or of another format)."""
+    """The saved router, or None: absent, or not a whole model of this format (a warning names the file and
+    `tierflow routing fit`; the call path then routes as at a cold start). A pickle an earlier tierflow saved
+    (`router.pkl`) is never opened."""
+    fix = "run `tierflow routing fit` to fit a new one (the router also refits itself as answers arrive)"
     try:
-        with path.open("rb") as fh:
-            router = pickle.load(fh)  # noqa: S301 -- written by this module, beside the user's own ledger
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError):
+        data = path.read_bytes()
+    except FileNotFoundError:
+        legacy = path.with_suffix(".pkl")  # where earlier versions kept it (`router.pkl`)
+        if legacy != path and legacy.exists():
+            log.warning(
+                "ignored %s: a request router saved as a pickle is never loaded (it could run code); %s", legacy, fix
+            )
         return None
-    return router if isinstance(router, RequestRouter) and router.format == FORMAT else None
+    except OSError as exc:
+        log.warning("could not read the request router model %s (%s); %s", path, exc, fix)
+        return None
+    try:
+        features = Features()
+        router = _decode(data, features.width)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError) as exc:
+        # Every way a file can be wrong ends here: whatever is in the vault, a call goes on.
+        log.warning("ignored the request router model %s: %s; %s", path, exc, fix)
+        return None
+    router._cached_features = features
+    return router
 
 
 def refit(config: Config, ledger: Ledger) -> RequestRouter:
