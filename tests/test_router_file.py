@@ -1,5 +1,6 @@
 """The per-request router's saved model (`.tierflow/router.model`): a file that cannot run code, written whole by
-any number of processes at once, and refused with a warning when damaged."""
+any number of processes at once, refused with a warning when damaged, and picked up by a running process once
+another one saved a newer model."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from test_request_router import REQUEST_MODE, _app, _observed, ask, caller, ligh
 from typer.testing import CliRunner
 
 from tierflow.core.config import load_config
+from tierflow.core.ledger import Ledger
 from tierflow.learn import request_router
 from tierflow.learn.request_router import RequestRouter, decide, fit
 
@@ -260,3 +262,20 @@ def test_a_call_with_a_damaged_model_routes_by_the_rules(tmp_path, monkeypatch, 
     request_router.save(_tampered(fitted, "columns beyond the features"), request_router.model_path(c.config))
     answer = ask(c, "Highlight 1: light leaf water.")
     assert answer.outcome == "ok" and answer.route.rule.startswith("request: cold start, rules")
+
+
+def test_a_running_process_picks_up_a_model_saved_later(tmp_path, monkeypatch, fitted):
+    """`current` loaded the model once per process: a `tierflow routing fit` run elsewhere was never seen."""
+    vault = tmp_path / "vault"
+    config = load_config(vault, config_path=write_config(vault / ".tierflow" / "config.toml", REQUEST_MODE))
+    ledger = Ledger(config.ledger_url)
+    path = request_router.model_path(config)
+    monkeypatch.setattr(request_router, "CHECK_EVERY_S", 0.0)  # look at the file on every call
+    older = dataclasses.replace(fitted, answers=fitted.answers - 1, fitted_at="2020-01-01T00:00:00+00:00")
+    request_router.save(older, path)
+    assert request_router.current(config, ledger).answers == older.answers
+    newer = fitted
+    request_router.save(newer, path)  # as another process would
+    held = request_router.current(config, ledger)
+    assert held.answers == newer.answers and _probabilities(held) == _probabilities(newer)
+    assert request_router.current(config, ledger) is held  # unchanged file: not read again

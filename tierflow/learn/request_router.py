@@ -19,7 +19,7 @@ phase and complexity only, never on their text: every student of one assignment 
 
 The model is kept beside the ledger (`router.model`: a JSON header and the coefficients as plain numbers, never
 code), refitted by `tierflow routing fit` and on its own when `REFIT_SHARE` more first answers have arrived since
-it was fitted.
+it was fitted; a process holding it reads it again once another has saved a newer one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -669,6 +670,18 @@ def refit(config: Config, ledger: Ledger) -> RequestRouter:
 class _Held:
     router: RequestRouter | None
     checked: float
+    stamp: tuple[int, int, int] | None = None
+    """The model file as it was read (`_stamp`); None: there was none."""
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """The model file's inode, modification time and size: each save renames a new file into place, so another
+    process's save changes them."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 _held: dict[str, _Held] = {}
@@ -676,29 +689,31 @@ _held_lock = threading.Lock()
 
 
 def current(config: Config, ledger: Ledger) -> RequestRouter | None:
-    """The router for this ledger, loaded once per process; refitted on its own when enough new first
-    answers have arrived (checked at most every `CHECK_EVERY_S`), fitted first when none is saved but the
-    ledger has enough evidence."""
+    """The router for this ledger, loaded once per process and again once another process saved a newer one;
+    refitted on its own when enough new first answers have arrived (both checked at most every `CHECK_EVERY_S`),
+    fitted first when none is saved but the ledger has enough evidence."""
     path = model_path(config)
     key = str(path)
     with _held_lock:
         held = _held.get(key)
         if held is not None and time.monotonic() - held.checked < CHECK_EVERY_S:
             return held.router
-        router = held.router if held is not None else load(path)
+        stamp = _stamp(path)  # before reading: a save in between is seen as a change at the next check
+        router = held.router if held is not None and held.stamp == stamp else load(path)
         seen = first_answers(ledger)
         known = router.answers if router is not None else 0
         if seen >= REFIT_MIN and seen - known >= max(REFIT_MIN, REFIT_SHARE * known):
             try:
                 router = refit(config, ledger)
+                stamp = _stamp(path)
             except Exception as exc:  # routing goes on with the old model (or the cold start)
                 log.warning("could not refit the request router: %s", exc)
-        _held[key] = _Held(router, time.monotonic())
+        _held[key] = _Held(router, time.monotonic(), stamp)
         return router
 
 
 def forget() -> None:
-    """Drop routers held by this process (tests; after `tierflow routing fit` in another process)."""
+    """Drop routers held by this process (tests; after `tierflow routing fit` in this process)."""
     with _held_lock:
         _held.clear()
 
