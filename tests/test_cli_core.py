@@ -178,6 +178,35 @@ def test_help_does_not_import_prefect_or_the_sdks():
     assert result.stdout.strip() == "[]"
 
 
+IN_PROCESS_TWICE = """
+import io, logging, sys
+from typer.testing import CliRunner
+from tierflow.cli.app import app
+
+for _ in range(2):  # the first command imports Prefect, under the runner's stderr
+    result = CliRunner().invoke(app, ["plan", "reading-notes", "--vault", sys.argv[1], "--profile", "offline"])
+    assert result.exit_code == 0, result.output
+    assert "prefect.main" in sys.modules
+later = io.StringIO()
+sys.stderr = later
+logging.getLogger("prefect").warning("a Prefect line after both commands")
+sys.stderr = sys.__stderr__
+print(later.getvalue())
+"""
+
+
+def test_a_command_invoked_twice_in_one_process_leaves_prefect_logging_on_a_live_stream(tmp_path: Path):
+    """`tierflow` invoked in-process (a custom flow, a notebook): Prefect, imported by the first command, builds its
+    log handlers on that invocation's stderr, closed when it returns. Its later lines go to the stderr of the moment,
+    never to the closed one ("--- Logging error --- ... I/O operation on closed file")."""
+    result = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS_TWICE, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stdout and "closed file" not in result.stdout, result.stdout
+    assert "a Prefect line after both commands" in result.stdout
+
+
 def test_an_unknown_vault_timezone_is_a_config_error_in_config_show_plan_and_run(tmp_path: Path):
     write_config(tmp_path / ".tierflow" / "config.toml", '[vault]\ntimezone = "Mars/Olympus"\n')
     for args in (["config", "show"], ["plan", "reading-notes"], ["run", "reading-notes", "--profile", "offline"]):

@@ -27,6 +27,7 @@ from tierflow.cli.common import (
     fail,
     load,
     parse_params,
+    prefect_logs_follow_sys_streams,
     vault_dir,
 )
 from tierflow.cli.config_commands import config_check
@@ -60,6 +61,13 @@ app.add_typer(export_app, name="export")
 app.command("trial")(trial)
 budget_app = typer.Typer(help="Budget reservations held in the ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
+
+
+@app.callback()
+def _every_command(ctx: typer.Context) -> None:
+    # Run twice in one process, a command must not log to the first one's stderr, closed when it returned.
+    ctx.call_on_close(prefect_logs_follow_sys_streams)
+
 
 TABLE_LAST = 50
 """Calls `tierflow spend` lists as a table by default: the newest, as a terminal can show them (`--last 0`: all)."""

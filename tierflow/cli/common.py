@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,6 +30,46 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+class _CurrentStream:
+    """Whichever stream `sys.stderr` (or `sys.stdout`) is at the moment it is written to."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(getattr(sys, self._name), attribute)
+
+
+CURRENT_STDERR = _CurrentStream("stderr")
+CURRENT_STDOUT = _CurrentStream("stdout")
+
+
+def prefect_logs_follow_sys_streams() -> None:
+    """Point Prefect's console log handlers at whatever `sys.stderr` (`sys.stdout`) is when each line is written.
+
+    Prefect builds its handlers when it is first imported, on the `sys.stderr` of that moment, and a command imports
+    it lazily: invoked in-process (a custom flow, a notebook, a test's CliRunner), that is the invocation's own
+    stream, closed once it returns, and every later Prefect line (the next command's too) would go to a closed file.
+    Called as each command ends; does nothing when Prefect's logging is not set up (most commands never import it).
+    """
+    configuration = sys.modules.get("prefect.logging.configuration")
+    if configuration is None or not getattr(configuration, "PROCESS_LOGGING_CONFIG", None):
+        return
+    current = {id(sys.stdout): CURRENT_STDOUT, id(sys.stderr): CURRENT_STDERR}
+    loggers = [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):  # a placeholder (a dotted name's parent) has none
+            if not isinstance(handler, logging.StreamHandler) or not type(handler).__module__.startswith("prefect."):
+                continue
+            follow = current.get(id(handler.stream))
+            if follow is None:
+                continue
+            handler.setStream(follow)  # type: ignore[arg-type]
+            console = getattr(handler, "console", None)  # PrefectConsoleHandler writes through a rich Console
+            if console is not None:
+                console.file = follow
 
 
 def argument_text(value: str, option: str) -> str:
