@@ -180,6 +180,62 @@ def test_a_budget_added_to_the_config_is_rebuilt_from_the_calls_then_kept(tmp_pa
     assert from_totals(far, now) == from_calls(far, now)
 
 
+UNPRICED_OK = '[budgets.unpriced-ok]\nusd = 100\nperiod = "month"\nunpriced = "allow"\nfallback_usd_per_mtok = 10\n'
+"""A budget that counts the tokens of calls of unknown price at a fallback price (`spent_tokens` does not show them)."""
+
+
+def narrowed(budgets: str, line: str) -> str:
+    """`budgets` with `line` (a filter every test call passes) in each budget: new scopes, rebuilt from the calls."""
+    return "".join(part + (f"{line}\n" if part.startswith("[budgets.") else "") for part in budgets.splitlines(True))
+
+
+def test_a_lost_calls_worst_case_tokens_count_alike_in_live_and_rebuilt_totals(tmp_path, monkeypatch, ledger_url):
+    """A call sent and never answered counts at its worst case: its USD and, for token budgets, its tokens. Totals
+    rebuilt from the calls (a budget added or changed) count its tokens as the live ones did, and when its answer
+    comes after all (`_unrecord_lost`) both lose them. `tierflow spend` still shows its tokens as unknown."""
+    from tierflow.core.budget import release_stale
+    from tierflow.core.ledger import COLUMNS, lost_call
+
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T12:00:00+00:00")
+    config = config_for(tmp_path, ledger_url, BUDGETS + UNPRICED_OK)
+    ledger = Ledger(ledger_url)
+    budgets = Budgets(config, ledger, run_id="r1", flow="f", project="thesis")
+    settle(budgets, budgets.reserve(candidates(config)), 0.004, 300)
+    # A holder frozen mid-call: its lease lapses and its call is recorded lost at its worst case.
+    frozen = budgets.reserve(candidates(config, usd=0.07, tokens=900))
+    with ledger.transaction() as conn:
+        conn.execute(reservations.update().values(lease_expires=0.0))
+    (released,) = release_stale(ledger)
+    assert released.id == frozen.id and released.lost
+    # An attempt on a model of unknown price that was never answered (a timeout): its worst case is tokens only.
+    ledger.record(lost_call(call_record(run_id="r1", project="thesis"), None, 500))
+    now = datetime(2026, 11, 18, 12, 0, 1, tzinfo=UTC)
+    live = from_totals(budgets, now)
+    assert live["monthly"] == (0.074, 1700) and live["per-run"] == (0.074, 1700)
+    assert live["unpriced-ok"][0] == pytest.approx(0.074 + 500 * 10 / 1e6)
+    rebuilt = Budgets(
+        config_for(tmp_path, ledger_url, narrowed(BUDGETS + UNPRICED_OK, 'flow = "f"')),
+        ledger, run_id="r1", flow="f", project="thesis",
+    )  # fmt: skip
+    assert from_totals(rebuilt, now) == live
+    assert from_calls(budgets, now)["monthly"] == live["monthly"]  # a period before the totals: summed the same way
+    # Reports: the lost rows' tokens stay unknown (their USD is the worst case, as before), not billed tokens.
+    lost = [r for r in ledger.rows() if r["outcome"] == "lost"]
+    assert [(r["usage_known"], r["input_tokens"], r["output_tokens"]) for r in lost] == [(False, 0, 0)] * 2
+    assert all(tuple(r) == COLUMNS for r in lost)
+
+    # The frozen holder wakes and its answer comes: the lost row gives way, its worst case leaves the totals.
+    settle(budgets, frozen, 0.02, 700)
+    live = from_totals(budgets, now)
+    assert live["monthly"] == (0.024, 1500)
+    again = Budgets(
+        config_for(tmp_path, ledger_url, narrowed(BUDGETS + UNPRICED_OK, 'phase = "collate"')),
+        ledger, run_id="r1", flow="f", project="thesis",
+    )  # fmt: skip
+    assert from_totals(again, now) == live and from_totals(rebuilt, now) == live
+    assert from_calls(budgets, now)["monthly"] == live["monthly"]
+
+
 def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tmp_path, ledger_url):
     engine = sa.create_engine(ledger_url)
     with engine.begin() as conn:  # a version-10 ledger: calls, settled and kept reservations
@@ -194,8 +250,9 @@ def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tm
                 cost_usd=None if n == 7 else 0.01 * n,
                 timestamp=f"2026-11-{1 + n % 28:02d}T10:00:00.000000+00:00",
             ).row()
-            # Only the columns a version-10 ledger has (later migrations add the request router's).
-            conn.execute(calls.insert(), {k: v for k, v in row.items() if k not in ("request_id", "value")})
+            # Only the columns a version-10 ledger has (later migrations add the request router's, worst cases).
+            later = ("request_id", "value", "worst_tokens")
+            conn.execute(calls.insert(), {k: v for k, v in row.items() if k not in later})
         for n, (is_open, kept) in enumerate([(False, False), (False, True), (False, False), (True, False)]):
             conn.execute(
                 reservations.insert().values(
@@ -227,6 +284,48 @@ def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tm
     }
     with ledger.reading() as conn:
         assert conn.execute(sa.select(budget_scopes.c.scope, budget_scopes.c.registered)).all() == registered
+
+
+def test_a_ledger_holding_lost_calls_migrates_to_storing_their_worst_case_tokens_once(ledger_url):
+    """Four workers open a version-18 ledger at once: each succeeds and each version is recorded once (under the
+    migration lock on PostgreSQL). The lost call already there keeps its row; one recorded now stores its worst
+    case."""
+    from tierflow.core.ledger import lost_call
+
+    engine = sa.create_engine(ledger_url)
+    with engine.begin() as conn:
+        schema_version.create(conn)
+        for number, migration in enumerate(MIGRATIONS[:18], start=1):
+            migration(conn)
+            conn.execute(schema_version.insert().values(version=number))
+        row = lost_call(call_record(run_id="r1"), 0.07, 900).row()
+        conn.execute(calls.insert(), {k: v for k, v in row.items() if k != "worst_tokens"})
+    engine.dispose()
+    start = threading.Barrier(4)
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            start.wait()
+            versions.append(Ledger(ledger_url).version)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert versions == [len(MIGRATIONS)] * 4 and len(MIGRATIONS) == 19
+    ledger = Ledger(ledger_url)
+    ledger.record(lost_call(call_record(run_id="r2"), 0.07, 900))
+    with ledger.reading() as conn:
+        recorded = conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()
+        assert list(recorded) == list(range(1, 20))
+        lost = conn.execute(sa.select(calls.c.run_id, calls.c.outcome, calls.c.worst_tokens).order_by(calls.c.id))
+        assert [tuple(r) for r in lost] == [("r1", "lost", None), ("r2", "lost", 900)]
 
 
 def test_a_budgeted_call_reads_the_reservations_in_flight_and_the_totals_once(tmp_path, monkeypatch, ledger_url):

@@ -826,11 +826,12 @@ def _lost_call(r: OpenReservation) -> CallRecord:
 def _unrecord_lost(conn: Connection, r: Any) -> None:
     """A call whose reservation `r` was released as `lost` (its lease lapsed, or `--release-stale` took it) while
     its holder lived on, paused (a suspended laptop, SIGSTOP): its answer has come after all, so the lost row
-    written in its place goes, and its worst case leaves the totals. Else the call would be billed twice."""
+    written in its place goes, and its worst case (USD and tokens, as `Ledger.record` counted them) leaves the
+    totals. Else the call would be billed twice."""
     if r is None or r.open or r.kept or r.batch:
         return  # still open (or kept, or a batch's): nothing was recorded in its place
     lost = conn.execute(
-        sa.select(calls.c.id, calls.c.cost_usd)
+        sa.select(calls.c.id, calls.c.cost_usd, calls.c.worst_tokens)
         .where(
             calls.c.outcome == "lost",
             calls.c.timestamp == r.created,  # `_lost_call` dates it when the reservation was made
@@ -844,7 +845,8 @@ def _unrecord_lost(conn: Connection, r: Any) -> None:
     if lost is None:
         return
     conn.execute(calls.delete().where(calls.c.id == lost.id))
-    tokens = int(r.tokens or 0)
+    # A row recorded before the ledger stored worst cases (version 19) was counted at its reservation's tokens.
+    tokens = int(lost.worst_tokens if lost.worst_tokens is not None else r.tokens or 0)
     count_spend(conn, _spent(r, -(lost.cost_usd or 0.0), -tokens, -tokens if lost.cost_usd is None else 0))
 
 

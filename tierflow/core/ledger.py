@@ -150,6 +150,10 @@ calls = sa.Table(
     # Version 11: which request this answer was to (`requests`), so a router can learn per request.
     sa.Column("request_id", String(64), index=True),
     sa.Column("value", sa.Float),  # the request's value (0.5-5; tierflow.core.routing.value_of), version 11
+    # Version 19: a `lost` call's worst-case tokens (`CallRecord.worst_tokens`), counted by token budgets in place of
+    # its unknown usage, so totals rebuilt from the calls count it as the live ones did. Not a stable column: its
+    # tokens stay unknown in `tierflow spend`, as its usage is.
+    sa.Column("worst_tokens", sa.Integer),
 )
 
 response_cache = sa.Table(
@@ -404,8 +408,9 @@ _CALLS_ADDED_IN_5 = (
     "deployment",
     "request_id",
     "value",
+    "worst_tokens",
 )
-"""Columns of `calls` that migrations after the first add (5, and 7 for attribution)."""
+"""Columns of `calls` that migrations after the first add (5; 7 for attribution, 15, 19)."""
 _CACHE_ADDED_IN_5 = ("flow", "phase", "request_json")
 _CACHE_ADDED_FOR_KEPT = ("kept", "checks_failed", "tier")
 
@@ -701,6 +706,12 @@ def _migration_18(conn: Connection) -> None:
     )
 
 
+def _migration_19(conn: Connection) -> None:
+    # A lost call's worst-case tokens (see `calls`). Rows recorded before have none: a rebuild counts them as 0
+    # tokens, as it always did; the totals already kept count them.
+    _add_columns(conn, "calls", {"worst_tokens": "INTEGER"})
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -720,6 +731,7 @@ MIGRATIONS = (
     _migration_16,
     _migration_17,
     _migration_18,
+    _migration_19,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
@@ -758,10 +770,11 @@ class CallRecord:
     value: float | None = None
     worst_tokens: int | None = None
     """A call of unknown usage (`lost`): the tokens its reservation held, counted against token budgets in place
-    of the usage nobody knows. Not a column: the row says `usage_known = false`."""
+    of the usage nobody knows (the `worst_tokens` column, outside the stable `COLUMNS`: the row's tokens are
+    unknown, `usage_known = false`)."""
 
     def row(self) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(self).items() if k not in ("usage", "worst_tokens")}
+        row = {k: v for k, v in asdict(self).items() if k != "usage"}
         usage = self.usage
         row.update(
             input_tokens=usage.input_tokens,
@@ -1620,8 +1633,11 @@ def spent_from_calls(
 ) -> tuple[float, int, int]:
     """(USD, tokens, unpriced tokens) summed from the calls and the kept reservations: a run's, or those at or
     after `start` and before `end`. What the running totals hold, computed the slow way (rebuilds, old periods)."""
-    tokens = sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])
-    unpriced_call = sa.and_(calls.c.cost_usd.is_(None), calls.c.usage_known.is_(True))
+    # A call's tokens as `Ledger.record` counts them: its usage, or a lost call's worst case.
+    worst = sa.and_(calls.c.usage_known.is_(False), calls.c.worst_tokens > 0)
+    used = sum((calls.c[kind] for kind in TOKEN_KINDS[1:]), calls.c[TOKEN_KINDS[0]])
+    tokens = sa.case((worst, calls.c.worst_tokens), else_=used)
+    unpriced_call = sa.and_(calls.c.cost_usd.is_(None), sa.or_(calls.c.usage_known.is_(True), worst))
     spent_q = sa.select(
         sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
         sa.func.coalesce(sa.func.sum(tokens), 0),
