@@ -287,3 +287,169 @@ def test_saved_router_stores_only_the_features_its_requests_have(tmp_path):
     # 4 bytes per column index and per coefficient of each member (float32), and a little for the rest.
     assert path.stat().st_size <= 4 * used * (1 + members) + 20_000
     assert request_router.load(path).support.tolist() == router.support.tolist()
+
+
+def feedback_light_fails(r: DoubleRequest) -> Reply:
+    """Light fails 60% of feedback drafts (by the student's number); every other answer passes."""
+    if "Feedback draft for student" in r.text and r.model == "claude-haiku-4-5":
+        return Reply(data={"ok": int(r.text.split("student s")[1].split()[0]) % 5 < 2})
+    return Reply(data={"ok": True})
+
+
+def run_caller(vault: Path, double: ProviderDouble, routing: str, *, flow: str, run: str) -> Caller:
+    path = write_config(vault / ".tierflow" / "config.toml", anthropic_config(double, routing))
+    return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run, flow=flow))
+
+
+def test_one_feedback_run_routes_every_student_by_one_rule_though_a_refit_lands_midway(tmp_path, monkeypatch, double):
+    """A router fitted on reading notes only knows no tier for student feedback: the rules route every student,
+    and the rule says why. A refit due halfway through the cohort (checked at every call here) is fitted in the
+    background and is taken up by the next run, never by the students still to come in this one."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setattr(request_router, "CHECK_EVERY_S", 0.0)
+    double.responder = feedback_light_fails
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    history = run_caller(vault, double, '[routing]\nmode = "rules"\n', flow="reading-notes", run="history")
+    for i in range(25):  # light answers (and passes) every collate request, standard every draft, deep synthesis
+        for phase, complexity in (("collate", "low"), ("draft", "medium"), ("synthesise", "high")):
+            history.ask(phase=phase, complexity=complexity, system="S.", prompt=easy(i), output=Out, checks=[CHECK])
+    fitted = request_router.refit(history.config, history.ledger)
+    request_router.forget()
+    assert fitted.tiers["light"].observations == 25 and fitted.tiers["light"].pass_rate == 1.0
+
+    routing = '[routing]\nmode = "request"\nmin_requests = 20\n'
+    feedback = run_caller(vault, double, routing, flow="student-feedback", run="fb-run")
+    for n in range(120):
+        text = f"Feedback draft for student s{n} on the essay. Rubric: argument, sources, structure."
+        feedback.ask(
+            phase="draft", complexity="medium", system="Feedback.", prompt=text, output=Out, checks=[CHECK],
+            subject=f"s{n}",
+        )  # fmt: skip
+        if n == 60:  # the refit that came due at the 50th student has finished before the cohort has
+            request_router.settle()
+            newer = request_router.current(feedback.config, feedback.ledger)
+            assert newer is not None and newer.answers > fitted.answers and "student-feedback/draft" in newer.phases
+    first = {}
+    for r in feedback.ledger.rows(run_id="fb-run"):
+        first.setdefault(r["subject"], (r["tier"], r["route_rule"]))
+    assert len(first) == 120
+    assert len(set(first.values())) == 1, {v: sum(1 for x in first.values() if x == v) for v in set(first.values())}
+    tier, rule = first["s0"]
+    assert tier == "standard"  # routing.medium: light, which never answered a student, is not chosen
+    assert rule.startswith("request: no tier has 20 first answers for student-feedback/draft")
+    assert "over 75 requests" in rule and "; rules; routing.medium (" in rule
+
+    # The next run is given the refitted router, which has seen this run's students on standard.
+    request_router.settle()
+    following = run_caller(vault, double, routing, flow="student-feedback", run="fb-run-2")
+    routed = following.route("draft", "medium", prompt="Feedback draft for student s500 on the essay.")
+    assert routed.tier == "standard" and routed.rule.startswith("request: P(standard)=")
+
+
+def test_routing_decisions_never_wait_for_a_refit(tmp_path, monkeypatch, double):
+    """With a refit due (a ledger with enough first answers and no router yet), the run's first decision starts
+    the fit in the background; eight concurrent decisions all return while it is still fitting, and only one fit
+    runs although every decision looked."""
+    import threading
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setattr(request_router, "CHECK_EVERY_S", 0.0)
+    double.responder = light_fails_hard
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    history = run_caller(vault, double, '[routing]\nmode = "rules"\n', flow="reading-notes", run="history")
+    for i in range(request_router.REFIT_MIN + 10):
+        ask(history, easy(i))
+
+    started, release, finished, decided = (threading.Event() for _ in range(4))
+    fits = []
+    real_refit = request_router.refit
+
+    def slow_refit(config, ledger):  # noqa: ANN001, ANN202
+        fits.append(threading.current_thread().name)
+        started.set()
+        release.wait(300)  # a failsafe only: the test releases it
+        try:
+            return real_refit(config, ledger)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(request_router, "refit", slow_refit)
+    c = run_caller(vault, double, REQUEST_MODE, flow="reading-notes", run="r")
+    routes = []
+    lock = threading.Lock()
+
+    def decide_one(i: int) -> None:
+        routed = c.route("collate", "low", prompt=easy(1000 + i))
+        with lock:
+            routes.append(routed)
+            if len(routes) == 9:
+                decided.set()
+
+    threads = [threading.Thread(target=decide_one, args=(i,)) for i in range(9)]
+    try:
+        threads[0].start()
+        assert started.wait(60), "the first decision of the run did not start a fit"
+        for t in threads[1:]:
+            t.start()
+        # A failsafe: on a routing path that waits for the fit, the decisions would wait here until released.
+        assert decided.wait(60), "decisions waited for the fit"
+        assert not finished.is_set()
+        assert {r.rule for r in routes} == {"request: cold start, rules; routing.low (profile:anthropic)"}
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    request_router.settle()
+    assert finished.is_set() and len(fits) == 1 and fits[0] != threading.current_thread().name
+
+    # The run keeps the router it started with (none); the next run is given the fitted one.
+    assert c.route("collate", "low", prompt=easy(2000)).rule.startswith("request: cold start")
+    later = run_caller(vault, double, REQUEST_MODE, flow="reading-notes", run="r2")
+    assert later.route("collate", "low", prompt=easy(2000)).rule.startswith("request: P(light)=")
+
+
+def _light_and_deep(n: int) -> list[Observation]:
+    """Both tiers' first answers to `n` requests of reading-notes/collate: light fails every dense annotation,
+    deep passes half of them; both pass every plain highlight."""
+    rows = []
+    for i in range(n):
+        dense = i % 3 == 0
+        text = hard(i) if dense else easy(i)
+        rows.append(Observation(f"r{i}", "reading-notes", "collate", "low", "light", text, not dense, ""))
+        rows.append(Observation(f"r{i}", "reading-notes", "collate", "low", "deep", text, not dense or i % 2 == 0, ""))
+    return rows
+
+
+def test_a_router_fitted_on_light_and_deep_compares_light_with_deep(tmp_path):
+    """Tiers light, standard and deep; the router knows light and deep. Light suffices where deep would add
+    nothing: decide uses the light->deep gain model (as the benchmark's scores do), not light's pass model alone."""
+    config = load_config(config_path=write_config(tmp_path / "c.toml", "[routing]\nmin_requests = 20\n"))
+    router = fit(_light_and_deep(300), ["light", "standard", "deep"])
+    assert router.gains[("light", "deep")].kind == "difference" and "standard" not in router.tiers
+    text = easy(900)
+    decision = decide(config, router, flow="reading-notes", phase="collate", complexity="low", text=text)
+    score = request_router.scores(router, [("reading-notes", "collate", "low", text)], "light", "deep")[0]
+    alone = float(router.pass_probability("light", router.rows("reading-notes", "collate", "low", [text]))[0])
+    assert decision.probabilities["light"] == pytest.approx(score) and abs(score - alone) > 1e-3
+    assert decision.tier == "light"
+
+
+def test_when_no_known_tier_reaches_the_target_the_rule_says_so_not_cold_start(tmp_path, monkeypatch, double):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    c = run_caller(vault, double, REQUEST_MODE, flow="reading-notes", run="r")
+    request_router.save(fit(_light_and_deep(300), list(c.config.tier_order)), request_router.model_path(c.config))
+    routed = c.route("collate", "low", prompt=hard(900))
+    assert routed.tier == "light"  # the rules' tier for low
+    assert routed.rule.startswith("request: no known tier reaches 0.90 (value 1): P(light)=")
+    assert "model of" in routed.rule and "over 300 requests" in routed.rule
+    assert "; rules; routing.low (" in routed.rule and "cold start" not in routed.rule
+    decision = decide(
+        c.config, request_router.current(c.config, c.ledger), flow="reading-notes", phase="collate",
+        complexity="low", text=hard(900),
+    )  # fmt: skip
+    # what `tierflow routing explain` shows
+    assert decision.tier is None and decision.rule == routed.rule.split("; rules; ")[0]

@@ -32,7 +32,7 @@ from tierflow.core.errors import (
 )
 from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, lost_call, now_iso, signals
 from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, api_key, make_provider
-from tierflow.core.routing import Route, request_router, route, route_to_tier, value_of
+from tierflow.core.routing import COLD_START, Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
 from tierflow.core.tokens import count_tokens
@@ -250,18 +250,23 @@ class Caller:
         self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None, note: str, prompt: str
     ) -> Route:
         """`[routing] mode = "request"`: the installed per-request router's tier for this request; while it
-        cannot tell (cold start), the phase's evidence as in adaptive mode, then the rules, and `rule` says which."""
+        cannot tell (cold start, or no tier it knows for this flow and phase reaches the target), the phase's
+        evidence as in adaptive mode, then the rules, and `rule` says which and why."""
         value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
         router = request_router()
         decided = None
+        undecided = COLD_START  # why the router did not decide
         if router is not None:
             decided = router(
                 self.config, self.ledger, flow=self.settings.flow, phase=phase, complexity=complexity,
-                text=prompt, value=value,
+                text=prompt, value=value, run_id=self.settings.run_id,
             )  # fmt: skip
+            if decided is not None and decided[0] is None:
+                undecided, decided = decided[1], None
+        joint = ", " if undecided == COLD_START else "; "
         if decided is None and (phase, complexity) in self.learned():
             tier, why = self.learned()[(phase, complexity)]
-            decided = (tier, f"request: cold start, phase evidence; {why}")
+            decided = (tier, f"{undecided}{joint}phase evidence; {why}")
         routed = route(
             self.config,
             phase=phase,
@@ -272,7 +277,7 @@ class Caller:
             learned={(phase, complexity): decided} if decided is not None else None,
         )
         if decided is None and routed.rule.startswith("routing."):
-            routed = replace(routed, rule=f"request: cold start, rules; {routed.rule}")
+            routed = replace(routed, rule=f"{undecided}{joint}rules; {routed.rule}")
         return routed
 
     def learned(self) -> dict[tuple[str, str], tuple[str, str]]:

@@ -140,8 +140,12 @@ def target_for(base: float, value: float) -> float:
     return 1 - (1 - base) / min(VALUE_MAX, max(VALUE_MIN, value))
 
 
-RequestRouter = Callable[..., "tuple[str, str] | None"]
-"""`(config, ledger, *, flow, phase, complexity, text, value) -> (tier, why)`, or None where it cannot tell."""
+RequestRouter = Callable[..., "tuple[str | None, str] | None"]
+"""`(config, ledger, *, flow, phase, complexity, text, value, run_id) -> (tier, why)`: tier None (or no answer at
+all) where it cannot tell, `why` then saying why not."""
+
+COLD_START = "request: cold start"
+"""Request mode's rule while no router is installed or fitted (`request: cold start, rules; routing.low ...`)."""
 
 _request_router: list[RequestRouter] = []
 

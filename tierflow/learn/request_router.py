@@ -13,13 +13,15 @@ cross-validation inside the history put the difference well ahead of a model of 
 against 0.49 on subjects held out of the fold; benchmarks/routing_public.py).
 
 A request goes to the cheapest tier that *suffices* with probability >= its target: `suffices = 1 - P(tier fails
-and the next passes)` where the pair model exists, else P(tier passes). The target is `target_for(base,
+and the next passes)` where the pair model exists, else P(tier passes), among the tiers with `min_requests` first
+answers of the request's flow and phase ("the next" is the next of those). The target is `target_for(base,
 value)` (tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow,
 phase and complexity only, never on their text: every student of one assignment gets the same rule.
 
 The model is kept beside the ledger (`router.model`: a JSON header and the coefficients as plain numbers, never
-code), refitted by `tierflow routing fit` and on its own when `REFIT_SHARE` more first answers have arrived since
-it was fitted; a process holding it reads it again once another has saved a newer one.
+code), refitted by `tierflow routing fit` and, in the background, when `REFIT_SHARE` more first answers have
+arrived since it was fitted; a process holding it reads it again once another has saved a newer one. A run is
+decided by one router, the one its process held at the run's first routed call (`current`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import os
 import re
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,7 +47,7 @@ import sqlalchemy as sa
 from tierflow.core import clock
 from tierflow.core.config import Config
 from tierflow.core.ledger import Ledger, calls, request_texts, signals
-from tierflow.core.routing import target_for, use_request_router
+from tierflow.core.routing import COLD_START, target_for, use_request_router
 from tierflow.learn.labels import Answered, labels
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ REFIT_SHARE = 0.2
 """Refit on its own once this share of new first answers (at least `REFIT_MIN`) has arrived."""
 REFIT_MIN = 50
 CHECK_EVERY_S = 60.0
-"""How often a running process looks for new outcomes (a count query), at most."""
+"""How often a running process looks for new first answers (a count query), at most."""
 CALIBRATE_MIN = 20
 JOINT_SHARE = 0.2
 """When at least this share of the requests answered on two neighbouring tiers passed on the cheaper one, the
@@ -666,12 +668,25 @@ def refit(config: Config, ledger: Ledger) -> RequestRouter:
     return router
 
 
+RUNS_HELD = 256
+"""Runs whose router a process remembers (the oldest run is forgotten first; a run forgotten and routed again is
+given the newest router)."""
+
+
 @dataclass
 class _Held:
+    """One ledger's routers in this process."""
+
     router: RequestRouter | None
+    """The newest: what a run routing its first request now is given."""
     checked: float
+    """When (monotonic) this process last looked at the model file and the ledger's first answers."""
     stamp: tuple[int, int, int] | None = None
     """The model file as it was read (`_stamp`); None: there was none."""
+    runs: OrderedDict[str, RequestRouter | None] = field(default_factory=OrderedDict)
+    """Run id -> the router the run was given at its first routed call, kept for the whole run."""
+    fitting: threading.Thread | None = None
+    """The background refit under way, if any (one at a time)."""
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -688,32 +703,88 @@ _held: dict[str, _Held] = {}
 _held_lock = threading.Lock()
 
 
-def current(config: Config, ledger: Ledger) -> RequestRouter | None:
-    """The router for this ledger, loaded once per process and again once another process saved a newer one;
-    refitted on its own when enough new first answers have arrived (both checked at most every `CHECK_EVERY_S`),
-    fitted first when none is saved but the ledger has enough evidence."""
+def current(config: Config, ledger: Ledger, *, run_id: str | None = None) -> RequestRouter | None:
+    """The router that decides for run `run_id`: the one this process held when the run routed its first request,
+    kept for the whole run, so that every request of a run (every student of a cohort) is decided by the same
+    model. Without a run id, the newest one held (`tierflow routing explain`).
+
+    The saved router is loaded once per process, and again once another process saved a newer one. Routing never
+    fits: at most every `CHECK_EVERY_S`, a call looks at the model file and, in a run, counts the ledger's first
+    answers; once `REFIT_SHARE` more have arrived (or enough with none saved), it starts a refit in a background
+    thread, one at a time. A newer model, read or refitted, is given to the runs that start after it."""
     path = model_path(config)
     key = str(path)
     with _held_lock:
         held = _held.get(key)
-        if held is not None and time.monotonic() - held.checked < CHECK_EVERY_S:
-            return held.router
-        stamp = _stamp(path)  # before reading: a save in between is seen as a change at the next check
-        router = held.router if held is not None and held.stamp == stamp else load(path)
+        if held is None:
+            stamp = _stamp(path)  # before reading: a save in between is seen as a change at the next look
+            held = _held[key] = _Held(load(path), -math.inf, stamp)
+        look = time.monotonic() - held.checked >= CHECK_EVERY_S
+        if look:
+            held.checked = time.monotonic()
+            stamp = _stamp(path)
+            if stamp != held.stamp:  # another process saved a model
+                held.router, held.stamp = load(path), stamp
+        if not run_id:
+            router = held.router
+        else:
+            if run_id not in held.runs:
+                held.runs[run_id] = held.router
+                while len(held.runs) > RUNS_HELD:
+                    held.runs.popitem(last=False)
+            held.runs.move_to_end(run_id)
+            router = held.runs[run_id]
+        count = look and bool(run_id) and held.fitting is None
+    if count:
+        _refit_if_due(config, ledger, key, held)
+    return router
+
+
+def _refit_if_due(config: Config, ledger: Ledger, key: str, held: _Held) -> None:
+    """Start a background refit when enough new first answers have arrived since the newest router's fit."""
+    try:
         seen = first_answers(ledger)
-        known = router.answers if router is not None else 0
-        if seen >= REFIT_MIN and seen - known >= max(REFIT_MIN, REFIT_SHARE * known):
-            try:
-                router = refit(config, ledger)
-                stamp = _stamp(path)
-            except Exception as exc:  # routing goes on with the old model (or the cold start)
-                log.warning("could not refit the request router: %s", exc)
-        _held[key] = _Held(router, time.monotonic(), stamp)
-        return router
+    except Exception as exc:  # routing goes on with the router it has
+        log.warning("could not count the request router's first answers: %s", exc)
+        return
+    with _held_lock:
+        known = held.router.answers if held.router is not None else 0
+        due = seen >= REFIT_MIN and seen - known >= max(REFIT_MIN, REFIT_SHARE * known)
+        if not due or held.fitting is not None or _held.get(key) is not held:
+            return
+        held.fitting = threading.Thread(
+            target=_refit_in_background, args=(config, ledger, held), name="tierflow-router-refit", daemon=True
+        )
+        held.fitting.start()
+
+
+def _refit_in_background(config: Config, ledger: Ledger, held: _Held) -> None:
+    router = None
+    try:
+        router = refit(config, ledger)
+    except Exception as exc:  # routing goes on with the old model (or the cold start)
+        log.warning("could not refit the request router: %s", exc)
+    finally:
+        stamp = _stamp(model_path(config))
+        with _held_lock:
+            if router is not None:
+                held.router, held.stamp = router, stamp
+            held.fitting = None
+
+
+def settle() -> None:
+    """Wait for this process's background refits to finish (tests; a process that wants its refit saved before
+    it exits)."""
+    with _held_lock:
+        fitting = [h.fitting for h in _held.values() if h.fitting is not None]
+    for thread in fitting:
+        thread.join()
 
 
 def forget() -> None:
-    """Drop routers held by this process (tests; after `tierflow routing fit` in this process)."""
+    """Drop routers held by this process, after any refit under way has finished (tests; after `tierflow routing
+    fit` in this process). Runs under way are given the newest router at their next call."""
+    settle()
     with _held_lock:
         _held.clear()
 
@@ -724,7 +795,8 @@ def forget() -> None:
 @dataclass(frozen=True)
 class Decision:
     tier: str | None
-    """None: the router cannot tell (too little evidence); the phase's evidence or the rules decide."""
+    """None: the router cannot tell (none fitted, no tier known for the request's flow and phase, or no known tier
+    reaches the target, as `rule` says); the phase's evidence or the rules decide."""
     rule: str
     target: float
     value: float
@@ -742,22 +814,32 @@ def decide(
     text: str,
     value: float = 1.0,
 ) -> Decision:
-    """The cheapest tier whose P(suffices) meets `target_for(routing.target, value)`, among tiers with at least
-    `[routing] min_requests` first answers; when none does and every tier is known, the most likely one."""
+    """The cheapest tier whose P(suffices) meets `target_for(routing.target, value)`, among the tiers known for this
+    request: those with at least `[routing] min_requests` first answers of its flow and phase. A tier's P(suffices)
+    compares it with the next tier known for the request. When none meets the target and every tier is known, the
+    most likely one; else None, and `rule` says why."""
     routing = config.settings.routing
     target = target_for(routing.target, value)
     if router is None:
-        return Decision(None, "request: no model yet", target, value, {})
+        return Decision(None, COLD_START, target, value, {})
     order = [t for t in config.tier_order if t in config.settings.tiers]
-    known = [t for t in order if t in router.tiers and router.tiers[t].observations >= routing.min_requests]
+    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests{_signal_basis(router)}"
+    # Known per flow and phase: a tier's model says nothing about a phase it never answered (light, having only
+    # ever passed reading-notes collation, would be "certain" to pass every student's feedback).
+    answered = router.phases.get(f"{flow}/{phase}", {})
+    known = [t for t in order if t in router.tiers and answered.get(t, (0, 0.0))[0] >= routing.min_requests]
     if not known:
-        return Decision(None, f"request: fewer than {routing.min_requests} first answers per tier", target, value, {})
+        return Decision(
+            None, f"request: no tier has {routing.min_requests} first answers for {flow}/{phase} ({basis})",
+            target, value, {},
+        )  # fmt: skip
     X = router.rows(flow, phase, complexity, [text])
     probabilities: dict[str, float] = {}
-    basis = f"model of {router.fitted_at[:10]} over {router.requests} requests{_signal_basis(router)}"
-    for tier in known:  # cheapest first, and no further than needed: each tier's models cost scoring time
-        above = order[order.index(tier) + 1] if order.index(tier) + 1 < len(order) else None
-        probabilities[tier] = float(router.suffices(tier, above if above in known else None, X)[0])
+    for i, tier in enumerate(known):  # cheapest first, and no further than needed: each tier's models cost time
+        # Compared with the next tier the router knows here, not the next configured one: with light, standard
+        # and deep configured and standard never answered, light is weighed against deep.
+        above = known[i + 1] if i + 1 < len(known) else None
+        probabilities[tier] = float(router.suffices(tier, above, X)[0])
         if probabilities[tier] >= target:
             return Decision(
                 tier,
@@ -773,7 +855,10 @@ def decide(
             best, f"request: no tier reaches {target:.2f} (value {value:g}): {shown}; {best} likeliest; {basis}",
             target, value, probabilities,
         )  # fmt: skip
-    return Decision(None, f"request: no known tier reaches {target:.2f}: {shown}", target, value, probabilities)
+    return Decision(
+        None, f"request: no known tier reaches {target:.2f} (value {value:g}): {shown}; {basis}",
+        target, value, probabilities,
+    )  # fmt: skip
 
 
 def _signal_basis(router: RequestRouter) -> str:
@@ -786,13 +871,21 @@ def _signal_basis(router: RequestRouter) -> str:
 
 
 def request_route(
-    config: Config, ledger: Ledger, *, flow: str, phase: str, complexity: str, text: str, value: float = 1.0
-) -> tuple[str, str] | None:
-    """The hook `[routing] mode = "request"` calls (tierflow.core.routing.use_request_router)."""
-    decision = decide(
-        config, current(config, ledger), flow=flow, phase=phase, complexity=complexity, text=text, value=value
-    )
-    return None if decision.tier is None else (decision.tier, decision.rule)
+    config: Config,
+    ledger: Ledger,
+    *,
+    flow: str,
+    phase: str,
+    complexity: str,
+    text: str,
+    value: float = 1.0,
+    run_id: str = "",
+) -> tuple[str | None, str]:
+    """The hook `[routing] mode = "request"` calls (tierflow.core.routing.use_request_router): the tier, or None
+    where the router cannot tell, and why."""
+    router = current(config, ledger, run_id=run_id or None)
+    decision = decide(config, router, flow=flow, phase=phase, complexity=complexity, text=text, value=value)
+    return decision.tier, decision.rule
 
 
 use_request_router(request_route)
