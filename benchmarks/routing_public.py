@@ -30,7 +30,8 @@ is the trapezoid area of accuracy over strong share (0-1) less the weak model's,
 same interpolation). Accuracies are in percent, as RouteLLM prints them.
 
 Settings: `new-subjects` fits on two thirds of the subjects and scores the other third (subjects it never saw);
-`own-history` fits on a random half of each subject's questions and scores the other half.
+`own-history` fits on a random half of each subject's questions and scores the other half. In both, and in
+`--history`/`--prompts`, a history question whose text is also scored is dropped (`without_scored`).
 """
 
 from __future__ import annotations
@@ -86,8 +87,21 @@ def record_history(ledger: Ledger, history: pd.DataFrame) -> None:
                 )  # fmt: skip
 
 
+def without_scored(history: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    """The history less every question whose text is also scored. MMLU repeats some questions word for word (27
+    rows of the public file repeat an earlier row's text; 14-17 fall across each own-history split): fitted on a
+    scored question's own labels, the router would be scored on what it was told."""
+    scored = set(prompts["prompt"].astype(str))
+    return history[~history["prompt"].astype(str).isin(scored)]
+
+
 def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[str, float], float]:
-    """A fresh ledger from `history`, the router fitted from it, and P(light suffices) for each prompt."""
+    """A fresh ledger from `history` (less any scored question, `without_scored`), the router fitted from it, and
+    P(light suffices) for each prompt."""
+    kept = without_scored(history, prompts)
+    if len(kept) < len(history):
+        print(f"{len(history) - len(kept)} history rows dropped: their text is scored", file=sys.stderr)
+    history = kept
     if history.empty:
         raise BenchmarkError("the history has no rows: there is nothing to fit the router on")
     with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
@@ -208,6 +222,8 @@ def experiment(
         runs = []
         for seed in seeds:
             history, test = split(data, setting, seed)
+            whole = len(history)
+            history = without_scored(history, test)
             base = workdir / f"{setting}-{seed}"
             h, p, lab, s = (base.with_name(f"{base.name}-{n}") for n in ("H.csv", "P.csv", "L.csv", "scores.json"))
             history[["subject", "prompt", "weak_correct", "strong_correct"]].to_csv(h, index=False)
@@ -217,7 +233,14 @@ def experiment(
             s.write_text(json.dumps(scores))
             metrics = evaluate(json.loads(s.read_text()), pd.read_csv(lab))
             runs.append(
-                {"seed": seed, "history": len(history), "scored": len(test), "fit_s": round(fit_s, 1), **metrics}
+                {
+                    "seed": seed,
+                    "history": len(history),
+                    "dropped_from_history": whole - len(history),
+                    "scored": len(test),
+                    "fit_s": round(fit_s, 1),
+                    **metrics,
+                }
             )
             if baseline:
                 runs[-1]["baseline"] = evaluate(baseline_scores(pd.read_csv(h), pd.read_csv(p)), pd.read_csv(lab))

@@ -107,3 +107,24 @@ def test_labels_without_a_gap_give_null_metrics_that_say_why_and_valid_json(tmp_
 
     metrics = json.loads(capsys.readouterr().out, parse_constant=no_nan)
     assert metrics["apgr"] is None and metrics["cpt50"] is None and "no gap" in metrics["note"]
+
+
+def test_no_scored_question_is_in_the_history_the_router_is_fitted_on(tmp_path, monkeypatch):
+    """MMLU repeats some questions word for word; a question whose text is scored is dropped from the history, so
+    the router is never scored on a question it was fitted on (in the split files, and from a given history)."""
+    rows = _rows(240, 0, lambda kind, i: f"s{i % 4}").drop(columns=["id", "kind"])
+    data = pd.concat([rows, rows.iloc[:40]], ignore_index=True)  # 40 questions twice, as in the public file
+    path = tmp_path / "data.csv"
+    data.to_csv(path, index=False)
+    result = routing_public.experiment(path, ["own-history"], [0], tmp_path)
+    history, scored = (pd.read_csv(tmp_path / f"own-history-0-{n}.csv") for n in ("H", "P"))
+    assert not set(history["prompt"]) & set(scored["prompt"])
+    run = result["own-history"]["runs"][0]
+    assert run["dropped_from_history"] > 0 and run["history"] == len(history) == 140 - run["dropped_from_history"]
+
+    fitted_on = []
+    real = routing_public.record_history
+    monkeypatch.setattr(routing_public, "record_history", lambda ledger, h: (fitted_on.append(h), real(ledger, h)))
+    prompts = rows.iloc[:10].assign(id=[f"p{i}" for i in range(10)])[["id", "subject", "prompt"]]
+    routing_public.fit_and_score(rows, prompts)
+    assert len(fitted_on[0]) == len(rows) - 10 and not set(fitted_on[0]["prompt"]) & set(prompts["prompt"])
