@@ -3,6 +3,7 @@ fairness in feedback routing: through the real Anthropic SDK on the wire double,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.checks import Check
 from tierflow.core.config import load_config
-from tierflow.core.ledger import CallRecord
+from tierflow.core.ledger import CallRecord, Ledger
 from tierflow.core.routing import target_for, value_of
 from tierflow.core.usage import Usage
 from tierflow.learn import request_router
@@ -453,3 +454,20 @@ def test_when_no_known_tier_reaches_the_target_the_rule_says_so_not_cold_start(t
     )  # fmt: skip
     # what `tierflow routing explain` shows
     assert decision.tier is None and decision.rule == routed.rule.split("; rules; ")[0]
+
+
+def test_a_model_another_process_saves_midrun_is_given_to_the_next_run(tmp_path, monkeypatch):
+    """Another process's save is read for the runs that start after it; a run under way keeps its router."""
+    vault = tmp_path / "vault"
+    config = load_config(vault, config_path=write_config(vault / ".tierflow" / "config.toml", REQUEST_MODE))
+    ledger = Ledger(config.ledger_url)
+    path = request_router.model_path(config)
+    monkeypatch.setattr(request_router, "CHECK_EVERY_S", 0.0)  # look at the file on every call
+    newer = fit(_observed(120), ["light", "deep"])
+    older = dataclasses.replace(newer, answers=newer.answers - 1, fitted_at="2020-01-01T00:00:00+00:00")
+    request_router.save(older, path)
+    assert request_router.current(config, ledger, run_id="a").fitted_at == older.fitted_at
+    request_router.save(newer, path)  # as `tierflow routing fit` in another process would
+    assert request_router.current(config, ledger, run_id="a").fitted_at == older.fitted_at  # run a keeps its own
+    assert request_router.current(config, ledger, run_id="b").fitted_at == newer.fitted_at
+    assert request_router.current(config, ledger).fitted_at == newer.fitted_at
