@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,104 @@ def test_budget_reservations_never_cut_a_run_id_or_a_state(tmp_path: Path, monke
             assert run_id in text, (env, text)
         assert len(re.findall(r"│ expired +│", text)) == 2, (env, text)
         assert "…" not in text, (env, text)  # nothing cut; a long host name may fold onto a second line
+
+
+NARROW = 60
+"""The tester's terminal: `stty cols 60`."""
+
+
+def narrow_ledger(tmp_path: Path) -> list[dict[str, object]]:
+    """A vault whose ledger has three calls on three tiers, the models differing only after `anthropic:claude-`;
+    returns their rows."""
+    from conftest import call_record
+
+    from tierflow.core.ledger import Ledger
+    from tierflow.core.usage import Usage
+
+    vault = tmp_path / "vault"
+    (vault / ".tierflow").mkdir(parents=True)
+    ledger = Ledger.for_vault(vault)
+    ledger.record(call_record())  # collate, light, claude-haiku-4-5, $0.0010
+    ledger.record(
+        call_record(phase="synthesise", tier="standard", model="claude-sonnet-4-6", cost_usd=0.0065,
+                    usage=Usage(input_tokens=1234, output_tokens=567))
+    )  # fmt: skip
+    ledger.record(
+        call_record(phase="draft", tier="deep", model="claude-opus-4-6", cost_usd=0.0421,
+                    usage=Usage(input_tokens=12345, output_tokens=5678, reasoning_tokens=2048))
+    )  # fmt: skip
+    return ledger.rows()
+
+
+NARROW_TERMINAL = {"COLUMNS": str(NARROW), "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+"""A 60-column terminal, as rich sees one: `TTY_COMPATIBLE` makes it treat captured output as a terminal."""
+
+MODELS = ("anthropic:claude-haiku-4-5", "anthropic:claude-sonnet-4-6", "anthropic:claude-opus-4-6")
+AMOUNTS = ("$0.0010", "$0.0065", "$0.0421")
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def assert_whole_and_within(text: str, *expected: str) -> None:
+    """Every expected name and amount is printed whole, nothing is cut, and no line is wider than the terminal."""
+    for item in expected:
+        assert item in text, (item, text)
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= NARROW, text
+
+
+def narrow_spend(tmp_path: Path, *args: str) -> str:
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    result = CliRunner().invoke(app, ["spend", "--vault", str(tmp_path / "vault"), *args], env=NARROW_TERMINAL)
+    assert result.exit_code == 0, result.output
+    return plain(result.output)
+
+
+def test_spend_in_a_narrow_terminal_keeps_amounts_models_tiers_and_phases_whole(tmp_path: Path):
+    narrow_ledger(tmp_path)
+    for by, names in (
+        ("phase", ("collate", "synthesise", "draft")),
+        ("tier", ("light", "standard", "deep")),
+        ("model", tuple(m.split(":")[1] for m in MODELS)),  # the ledger's model column, without its provider
+    ):
+        assert_whole_and_within(narrow_spend(tmp_path, "--by", by), *AMOUNTS, *names)
+    assert_whole_and_within(narrow_spend(tmp_path, "--last", "3"), *AMOUNTS, *MODELS, "synthesise", "standard")
+
+
+def test_a_spend_table_too_wide_for_the_terminal_leaves_out_token_columns_and_says_which(tmp_path: Path):
+    narrow_ledger(tmp_path)
+    text = narrow_spend(tmp_path, "--by", "phase")
+    assert "│ synthesise │" in text and "$0.0065 │" in text, text  # still a table, a line per phase
+    assert "not shown at this width: reasoning" in " ".join(text.split()), text
+
+
+def test_the_run_summary_in_a_narrow_terminal_names_each_model_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from tierflow.cli.runner import print_summary
+    from tierflow.report.run_report import RunSummary
+    from tierflow.report.spend import spend_by
+
+    rows = [{**r, "all_deep_usd": 0.05} for r in narrow_ledger(tmp_path)]
+    summary = RunSummary(run_id="20261118-060000-ab12cd", flow="reading-notes", tokens=21483, cost_usd=0.0496)
+    summary.phases = [p.table_row() for p in spend_by(rows, "phase")]
+    for name, value in NARROW_TERMINAL.items():
+        monkeypatch.setenv(name, value)
+    print_summary(tmp_path / "vault", summary)
+    text = plain(capsys.readouterr().out)
+    assert_whole_and_within(text, *MODELS, *AMOUNTS, "synthesise", "standard", "light", "deep")
+
+
+def test_a_narrow_terminal_changes_nothing_in_a_pipe(tmp_path: Path):
+    """Piped, the listing is printed whole, a line per call, at the width its content needs."""
+    narrow_ledger(tmp_path)
+    result = piped(["spend", "--vault", str(tmp_path / "vault"), "--last", "3"], env={"COLUMNS": str(NARROW)})
+    assert result.returncode == 0, result.stderr
+    calls = [line for line in result.stdout.splitlines() if "anthropic:claude-" in line]
+    assert len(calls) == 3 and all(line.count("$0.0") == 1 for line in calls), result.stdout
+    assert "reason" in result.stdout and "cache r/w" in result.stdout and "…" not in result.stdout

@@ -316,14 +316,15 @@ def spend(
         from rich.console import Console
 
         from tierflow.report.console import show
-        from tierflow.report.spend import ledger_spend, spend_table
+        from tierflow.report.spend import SPEND_OPTIONAL, ledger_spend, spend_table
 
         if group is None:
             rows = ledger.rows(last=last, **filters)
             shown = len(rows) if last is None or len(rows) < last else ledger.count_calls(**filters)
-            show(Console(), spend_table(rows, None, of=shown))
+            show(Console(), spend_table(rows, None, of=shown), optional=SPEND_OPTIONAL)
         else:
-            show(Console(), spend_table([], group, groups=ledger_spend(ledger, group, **filters)))
+            table = spend_table([], group, groups=ledger_spend(ledger, group, **filters))
+            show(Console(), table, optional=SPEND_OPTIONAL)
 
 
 def _check_spend_options(
@@ -798,9 +799,10 @@ def budget_reservations(
         table.add_column(
             column,
             justify="right" if column in ("id", "usd", "tokens", "age", "lease left") else "left",
-            # Names are never cut: to fit a narrow terminal the other columns wrap, or `show` prints wider.
+            # Nothing is cut: `show` keeps each word whole, and to fit a narrow terminal it folds the holder (a long
+            # host name) or leaves the counts out.
             no_wrap=column in ("id", "run", "phase", "state"),
-            overflow="fold",
+            overflow="fold" if column == "holder" else "ellipsis",
         )
     for row in rows:
         table.add_row(
@@ -815,7 +817,8 @@ def budget_reservations(
             row["state"],
         )
     console = Console()
-    show(console, table)  # ids and states whole, in a pipe and in a narrow terminal
+    # Ids and states whole, in a pipe and in a narrow terminal.
+    show(console, table, optional=("age", "tokens", "lease left", "holder"))
     if not rows:
         console.print("No reservation is open: no call is in flight, and none holds budget.")
     elif released:

@@ -416,7 +416,8 @@ def print_summary(vault: Path, summary: Any) -> None:
             table.add_column(col, justify="left" if col in ("phase", "tier", "model") else "right")
         for p in summary.phases:
             table.add_row(*(str(p[col]) for col in columns))
-        show(out, table)
+        # The tiers, models and money stay whole: a narrow terminal loses the counts first.
+        show(out, table, optional=("cache hits", "calls", "tokens", "all-deep USD", "saved"))
     for w in summary.written:
         out.print(
             f"  [green]{w.action:>14}[/]  {escape(str(vault / w.path))}"

@@ -169,7 +169,8 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
         money(plan.all_deep_usd),
         style="bold",
     )
-    show(console, table)
+    # A narrow terminal loses the token counts first; the tiers, models and worst case stay whole.
+    show(console, table, optional=("max output", "prompt tokens", "calls", "all-deep USD"))
     for phase, subject, why in plan.too_long:
         console.print(f"[red]does not fit[/] {escape(f'{phase} · {subject}: {why}')}", highlight=False)
     console.print(escape(" ".join(["Nothing was sent to a model.", *plan.notes])))

@@ -365,6 +365,14 @@ def otel_record(row: dict[str, Any]) -> dict[str, Any]:
     return {"timestamp": row["timestamp"], "name": f"chat {row['model']}", "attributes": attributes_of(row)}
 
 
+SPEND_OPTIONAL = (
+    *("reason", "cache r/w", "flow", "out", "in", "when"),  # the listing's
+    *("reasoning", "cache write", "cache read", "cache hits", "output", "input", "calls"),  # the totals'
+)
+"""The columns of `spend_table` that a narrow terminal may leave out (`console.show`), first named first: the
+identifiers (phase, tier, model, any group) and the money stay."""
+
+
 def spend_table(
     rows: Sequence[dict[str, Any]],
     group: str | None,
@@ -386,7 +394,12 @@ def spend_table(
         else:
             table = Table(title=f"Ledger: {len(rows)} calls")
         for col in ("when", "flow", "phase", "tier", "model", "in", "out", "cache r/w", "reason", "cost"):
-            table.add_column(col, justify="right" if col in ("in", "out", "reason", "cost") else "left")
+            # Names and money on one line each, whatever the terminal's width (`console.show`).
+            table.add_column(
+                col,
+                justify="right" if col in ("in", "out", "reason", "cost") else "left",
+                no_wrap=col in ("phase", "tier", "model", "cost"),
+            )
         for r in rows:
             table.add_row(
                 r["timestamp"][:19].replace("T", " "),
@@ -402,12 +415,12 @@ def spend_table(
             )
         return table
     table = Table(title=f"Spend by {group}")
-    table.add_column(group)
+    table.add_column(group, no_wrap=True)
     table.add_column("calls", justify="right")
     table.add_column("cache hits", justify="right")
     for k in TOKEN_KINDS:
         table.add_column(k.replace("_tokens", "").replace("_", " "), justify="right")
-    table.add_column("cost", justify="right")
+    table.add_column("cost", justify="right", no_wrap=True)
     if group == "value":
         table.add_column("USD per value-weighted call", justify="right")
     for s in sorted(spend_by(rows, group) if groups is None else groups, key=lambda s: s.key):
