@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,64 @@ def test_watch_redraws_while_another_process_records_calls(tmp_path: Path, ledge
         if term.proc.poll() is None:
             term.proc.kill()
         os.close(term.master)
+
+
+SYDNEY = '[vault]\ntimezone = "Australia/Sydney"\n[budgets.weekly]\nusd = 1\nperiod = "week"\n'
+NOW = datetime(2026, 12, 5, 2, 32, 21, tzinfo=UTC)
+"""The injected clock: Saturday 5 December 2026, 13:32:21 in Sydney (AEDT, UTC+11), the night before in the machine's
+zone that these tests set (America/Los_Angeles)."""
+
+
+@pytest.fixture
+def frame_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, Ledger]]:
+    """A vault in Sydney, tierflow's clock at `NOW`, and the machine in another zone; its config and ledger."""
+    from tierflow.core import clock
+
+    monkeypatch.setattr(clock, "now", lambda: NOW)
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", SYDNEY)
+    config = load_config(vault)
+    try:
+        yield config, Ledger(config.ledger_url)
+    finally:
+        monkeypatch.undo()
+        time.tzset()  # the machine's own zone again for the tests after this one
+
+
+def screen_of(frame: object, rows: int = 24) -> list[str]:
+    """The first `rows` lines of a frame, as an 80 x `rows` terminal shows them (Live crops the rest)."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=80, height=rows, force_terminal=True, color_system=None).print(frame)
+    return out.getvalue().splitlines()[:rows]
+
+
+def test_the_watch_header_gives_since_and_as_of_in_the_vault_time_zone_and_says_which(frame_setup):
+    from tierflow.report.watch import dashboard
+
+    config, ledger = frame_setup
+    header, budgets = screen_of(dashboard(config, ledger, period="week"))[:2]
+    # The week began on Monday 30 November at midnight in Sydney (13:00 UTC on the Sunday).
+    assert "since 2026-11-30 00:00 AEDT" in header, header
+    assert "as of 2026-12-05 13:32:21 AEDT" in header, header
+    assert "Australia/Sydney" in budgets, budgets
+
+
+def test_the_budgets_show_in_a_24_row_terminal_however_many_models_phases_and_projects(frame_setup):
+    from tierflow.report.watch import dashboard
+
+    config, ledger = frame_setup
+    for n, model in enumerate(("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6")):
+        for phase, project in (("collate", "EDU7001"), ("synthesise", "thesis"), ("draft", "EDU8002")):
+            ledger.record(
+                call_record(model=model, phase=phase, project=project, cost_usd=0.05 * (n + 1),
+                            timestamp=NOW.isoformat(timespec="microseconds"))
+            )  # fmt: skip
+    screen = screen_of(dashboard(config, ledger, period="week"))
+    assert any(line.startswith("weekly ") for line in screen), "\n".join(screen)
+    assert "$0.9000 spent + $0.0000 reserved of $1.0000" in " ".join(" ".join(screen).split()), "\n".join(screen)

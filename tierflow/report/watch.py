@@ -1,14 +1,16 @@
 """`tierflow spend --watch`: a terminal dashboard of spend, redrawn from the ledger every few seconds.
 
 It reads only the ledger, so it shows the calls of every process and machine that shares it (SQLite under WAL,
-or PostgreSQL): spend by model, phase and project over the current period, each budget's bar (spent, reserved,
-limit), and the calls in flight (open budget reservations).
+or PostgreSQL): each budget's bar (spent, reserved, limit), the calls in flight (open budget reservations), and
+spend by model, phase and project over the current period. Times are in the vault's time zone.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -58,28 +60,42 @@ def _budget_line(s: BudgetState) -> Text:
     return line
 
 
+def _header(config: Config, start: str, calls: int) -> Text:
+    """The frame's first line: the period's start and the time of the frame, both in the vault's time zone (in
+    which budgets count their periods), each with the zone's abbreviation."""
+    zone = ZoneInfo(config.settings.vault.timezone)
+    begun = datetime.fromisoformat(start)
+    if begun.tzinfo is None:  # a `--since` day, compared with the ledger's UTC timestamps
+        begun = begun.replace(tzinfo=UTC)
+    since = begun.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    now = clock.now().astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    return Text(f"Spend: {calls} calls since {since} · as of {now}", style="bold")
+
+
 def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: str | None = None) -> Group:
-    """One frame of the dashboard, read fresh from the ledger."""
+    """One frame of the dashboard, read fresh from the ledger: the budgets and the calls in flight first, so that
+    a short terminal, which shows a frame's first lines only, still shows them; then the spend by model, phase
+    and project."""
     start = since or period_start(config, ledger, period)
     # Added up by the database: a frame costs the same on a year's ledger as on a week's.
     whole = ledger_total(ledger, since=start)
     flying = ledger.in_flight()
     budgets = Budgets(config, ledger, run_id="", flow="").states()
-    now = clock.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    zone = config.settings.vault.timezone
     parts: list[Any] = [
-        Text(
-            f"tierflow spend since {start[:16].replace('T', ' ')} UTC · {whole.calls} calls · as of {now}", style="bold"
-        ),
-        _totals(ledger_spend(ledger, "model", since=start), whole, "model", "By model"),
-        _totals(ledger_spend(ledger, "phase", since=start), whole, "phase", "By phase"),
-        _totals(ledger_spend(ledger, "project", since=start), whole, "project", "By project"),
+        _header(config, start, whole.calls),
+        Text(f"Budgets (periods and times in {zone}, the vault's time zone)", style="bold"),
     ]
-    parts.append(Text("Budgets", style="bold"))
     parts += [_budget_line(s) for s in budgets] or [Text("  none configured")]
     parts.append(Text(f"In flight: {len(flying)} calls", style="bold"))
     for f in flying[:10]:
         parts.append(Text(f"  {f['flow'] or ''} · {f['phase'] or ''} · run {f['run_id']} · up to {money(f['usd'])}"))
-    parts.append(Text("Ctrl-C to stop.", style="dim"))
+    parts += [
+        _totals(ledger_spend(ledger, "model", since=start), whole, "model", "By model"),
+        _totals(ledger_spend(ledger, "phase", since=start), whole, "phase", "By phase"),
+        _totals(ledger_spend(ledger, "project", since=start), whole, "project", "By project"),
+        Text("Ctrl-C to stop.", style="dim"),
+    ]
     return Group(*parts)
 
 
