@@ -17,6 +17,11 @@ os.environ["TIERFLOW_CLOCK_START"] = "2026-11-18T06:00:00+00:00"
 from tierflow.cli import prefect_defaults  # noqa: E402
 
 prefect_defaults()
+# Prefect binds its console log handlers to sys.stderr when `prefect.main` is first imported: here, on the
+# session's own stream, never on a test's `capsys` stream, which is closed when that test ends (every later Prefect
+# log line then failed with "I/O operation on closed file", depending on which test imported Prefect first).
+import prefect.main  # noqa: E402, F401
+
 for _key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "TIERFLOW_CONFIG"):
     os.environ.pop(_key, None)
 
