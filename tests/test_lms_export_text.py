@@ -197,3 +197,91 @@ def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the
     sent = Draft("2001", "x", {}, body).student_text()
     assert f"column with {code}; see your [appendix](appendix.md)" in sent and "and then x[[1]]" in sent
     assert "Keep ![[img.png]] out" in sent
+
+
+def no_content_draft(*, before_the_notice: bool = False, written: str = "") -> str:
+    """A reviewed draft of Zoë Hart's (1005) scanned PDF, which gave no text: as the feedback template writes it now,
+    or as it wrote it before its words to the lecturer were a notice (a heading and a paragraph)."""
+    from types import SimpleNamespace
+
+    from tierflow.vault.notes import template_env
+
+    if before_the_notice:
+        body = (
+            "> [!info] Draft feedback by tierflow, for the lecturer to review before release\n> Structured.\n\n"
+            "## No content submitted\n\nThe submission for Zoë Hart has no text, so no feedback was drafted and no "
+            "model was called. Check whether the work was submitted elsewhere.\n"
+        )
+    else:
+        body = (
+            template_env(None, "Templates/tierflow")
+            .get_template("notes/feedback.md.j2")
+            .render(
+                student=SimpleNamespace(student_id="1005", name="Zoë Hart", path="s/1005.md", not_read=(), empty=True),
+                criteria=[],
+                problems="",
+                next_steps=[],
+                overall="",
+                empty=True,
+                flags=(),
+                offline=False,
+            )
+        )
+    front = '---\ntitle: "Feedback: Zoë Hart"\nstudent_id: "1005"\nstatus: reviewed\ntierflow_levels: []\n---\n\n'
+    return front + body + written
+
+
+def test_tierflows_words_on_a_submission_with_no_text_are_a_notice_to_the_lecturer():
+    for legacy in (False, True):
+        text = no_content_draft(before_the_notice=legacy)
+        assert "has no text" in text
+        assert Draft("1005", "x", {}, text.split("---\n", 2)[2]).student_text() == ""
+    own = no_content_draft(written="\nYour essay reached me by email: see the comments in it.\n").split("---\n", 2)[2]
+    assert Draft("1005", "x", {}, own).student_text() == "Your essay reached me by email: see the comments in it."
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
+@pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
+def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_named_once(tmp_path, target, legacy):
+    import shutil
+
+    from lms_exports import canvas_zip, cohort, moodle_zip
+    from test_lms_canvas import gradebook_bytes
+    from test_lms_roundtrip import worksheet_for
+
+    from tierflow.lms.importer import import_submissions
+
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    assignment = "Teaching/EDU7001/essay-2"
+    (vault / assignment / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / assignment / "rubric.md")
+    make = canvas_zip if target == "canvas" else moodle_zip
+    import_submissions(vault, assignment, make(tmp_path / "submissions.zip", cohort()))
+    (vault / assignment / "feedback" / "1001 feedback.md").write_text(draft_text("1001"), encoding="utf-8")
+    empty = vault / assignment / "feedback" / "1005 feedback.md"
+    empty.write_text(no_content_draft(before_the_notice=legacy), encoding="utf-8")
+    downloaded = tmp_path / "downloaded.csv"
+    downloaded.write_bytes(gradebook_bytes() if target == "canvas" else worksheet_for(cohort()))
+    given = {"gradebook": downloaded, "column": "4512"} if target == "canvas" else {"worksheet": downloaded}
+    if target == "moodle-files":
+        result = export_feedback(vault, assignment, target, out=tmp_path / "out.zip")
+    else:
+        result = export_feedback(vault, assignment, target, **given)
+
+    assert result.sent == ["1001"] and "1005" not in result.marks
+    (why,) = [why for path, why in result.left_out if path == f"{assignment}/feedback/1005 feedback.md"]
+    assert why.startswith("no feedback to send: no text was read; 1005 (Zoë Hart)")
+    assert "scan.pdf: no text layer" in why and "no mark" in why
+    said = "\n".join(result.notes)
+    assert "1005" not in said and "level 'none'" not in said  # named once, with no explanation per criterion
+    for path in result.written:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as z:
+                (name,) = z.namelist()  # Moodle's folder names the participant id, Canvas's the sortable name
+                assert "_1001_" in name or name.startswith("osullivanliam_1001_")
+        else:
+            before = downloaded.read_bytes().decode("utf-8-sig").splitlines()
+            after = path.read_bytes().decode("utf-8-sig").splitlines()
+            (row,) = [i for i, line in enumerate(before) if "1005" in line]
+            assert after[row] == before[row]  # 1005 as downloaded

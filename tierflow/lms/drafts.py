@@ -27,6 +27,7 @@ from tierflow.vault.text import (
 REVIEWED = "reviewed"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
     ("info", "Draft feedback by tierflow"),
+    ("warning", "No content submitted"),
     ("warning", "This submission contains text addressed to an AI model"),
     ("warning", "Check this draft against the rubric"),
     ("warning", "No feedback was drafted for this criterion"),
@@ -34,6 +35,12 @@ TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
 )
 """The callouts `templates/notes/feedback.md.j2` writes for the lecturer: (type, how the title starts)."""
 _GONE = "\0"
+_OLD_NO_CONTENT = re.compile(
+    r"^## No content submitted[ \t]*\n\s*The submission for [^\n]*? has no text, so no feedback was drafted and no "
+    r"model was called\. Check whether the work was submitted elsewhere\.[ \t]*$",
+    re.M,
+)
+"""What drafts of an empty submission said before it was a notice (a heading and a paragraph): the lecturer's."""
 
 
 def is_notice(kind: str, title: str) -> bool:
@@ -105,7 +112,8 @@ class Draft:
         notices to the lecturer, the lecturer's own callouts kept."""
         # The student's own `%%`, `<!--`, `[[` and `](`, escaped in the note so that no comment or link starts, as
         # they wrote them.
-        text = unescape_links(unescape_comments(_readable_callouts(without_comments(self.body))))
+        body = _OLD_NO_CONTENT.sub("", self.body)
+        text = unescape_links(unescape_comments(_readable_callouts(without_comments(body))))
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
     def html(self) -> str:

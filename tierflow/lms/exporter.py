@@ -12,6 +12,7 @@ and never over an earlier export (which the lecturer may have edited or uploaded
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect
 from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
-from tierflow.vault.text import load_note, read_note_text, yaml_problem
+from tierflow.vault.text import load_note, note_text, read_note_text, yaml_problem
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -178,7 +179,10 @@ def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result
             continue
         came = str(note.metadata.get("platform") or "").strip().lower() if note else ""
         if came in ("", platform):
-            keep[sid] = draft
+            if draft.student_text():
+                keep[sid] = draft
+            else:
+                result.left_out.append((draft.path, _no_text(draft, note, folder)))
             continue
         targets = "--to canvas" if came == "canvas" else "--to moodle-worksheet or --to moodle-files"
         result.left_out.append(
@@ -191,6 +195,28 @@ def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result
             )
         )
     return replace(drafts, reviewed=keep)
+
+
+def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
+    """Why a reviewed draft with nothing for the student (tierflow's notice on a submission with no text, or
+    comments alone) is not sent: its mark neither, since no feedback backs it."""
+    who = _who(draft.student_id, draft)
+    if note is not None and not note_text(note.content).strip():
+        files = []
+        for entry in note.metadata.get("tierflow_unreadable") or []:
+            # The import's reason cut to its first clause: the import said the whole of it, with what to do.
+            name, _, why = str(entry).partition(": ")
+            files.append(f"{name}: {re.split(r'[;:(]', why)[0].strip()}")
+        because = f" ({'; '.join(files)})" if files else ""
+        return (
+            f"no feedback to send: no text was read; {who}: {folder}/submissions/{draft.student_id}.md has no "
+            f"text{because}, so the draft holds only tierflow's notice to you, and nothing (no mark either) is sent. "
+            "Check whether the work was submitted elsewhere; feedback you write in the draft is sent."
+        )
+    return (
+        f"no feedback to send: the draft holds nothing for the student; {who}: only tierflow's notices and "
+        "comments, which are never sent. Write the feedback in it to send it and its mark."
+    )
 
 
 def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # noqa: ANN202

@@ -24,6 +24,7 @@ __all__ = [
     "escape_links",
     "hide_comments",
     "load_note",
+    "note_text",
     "property_list",
     "property_text",
     "read_note_text",
@@ -138,6 +139,12 @@ def escape_links(text: str) -> str:
 def unescape_links(text: str) -> str:
     """`escape_links` undone: the writer's own characters, for a prompt or for the student."""
     return _LINK_ESCAPED.sub(lambda m: _LINK_UNESCAPES[m.group()], text)
+
+
+def note_text(body: str) -> str:
+    """A note's body as a run reads it: comments hidden, and the `%%`, `<!--`, `[[` and `](` an import escaped (a
+    student's own) the characters again."""
+    return unescape_links(unescape_comments(hide_comments(body)))
 
 
 def unclosed_comment(text: str) -> int | None:
