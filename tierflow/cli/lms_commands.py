@@ -230,6 +230,15 @@ def export_feedback(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be sent and the marks' distribution; write nothing.")
     ] = False,
+    replace_existing: Annotated[
+        bool,
+        typer.Option(
+            "--replace-existing",
+            help="Write the reviewed drafts' grades and feedback over those the downloaded worksheet or gradebook "
+            "already holds (a second marker's Feedback comments, a moderated Grade, a Canvas score, or EX: a mark "
+            "over EX un-excuses the student). Without it those students are left as they are, and named.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -238,7 +247,8 @@ def export_feedback(
     Only drafts whose front-matter says `status: reviewed` are sent; the command says how many were left out
     and why. Each mark comes from the rubric (levels' score ranges and weights); your edits to a draft win: a
     `mark:` in its front-matter, or the level and score lines in its body as you left them. The distribution of
-    marks is shown before anything is written, and the path of every file written is printed.
+    marks is shown before anything is written, and the path of every file written is printed. A grade or feedback
+    already in the downloaded file is never overwritten unless you say so (--replace-existing).
     """
     from tierflow.core.errors import TierflowError
     from tierflow.lms.exporter import export_feedback as run_export
@@ -252,6 +262,7 @@ def export_feedback(
             result = run_export(
                 vault, folder, to.value, out=out, worksheet=worksheet, gradebook=gradebook, column=column,
                 decimals=decimals, fmt=f".{file_format.value}", dry_run=dry_run, today=cfg.today(),
+                replace_existing=replace_existing,
             )  # fmt: skip
     except TierflowError as exc:
         raise fail(str(exc)) from None
@@ -274,6 +285,15 @@ def export_feedback(
         for path, why in result.left_out:
             err.print(f"  {path}: {why}", markup=False)
     downloaded = (worksheet or gradebook or Path()).name
+    if result.kept_existing:
+        err.print(
+            f"{len(result.kept_existing)} student(s) already graded or commented in {downloaded}, left as they are "
+            "(nothing of their drafts is sent); to write the reviewed drafts over them, export again with "
+            "--replace-existing:",
+            markup=False,
+        )
+        for student, held in result.kept_existing:
+            err.print(f"  {student}: {held}", markup=False)
     if result.untouched:
         err.print(f"{len(result.untouched)} student(s) in {downloaded} left as they were:", markup=False)
         for sid, why in result.untouched:

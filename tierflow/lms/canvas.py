@@ -316,6 +316,11 @@ class Gradebook:
                 out[uid] = i
         return out
 
+    def value(self, index: int, col: int) -> str:
+        """The value of row `index`'s cell in column `col`, as downloaded (empty when the row is short)."""
+        row = self.rows[index]
+        return self._value(row, col) if col < len(row.fields) else ""
+
     def _value(self, row: RawRow, col: int) -> str:
         return raw_value(row.fields[col], self.dialect.delimiter)
 

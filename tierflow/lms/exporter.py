@@ -7,10 +7,17 @@ and never over an earlier export (which the lecturer may have edited or uploaded
   `Full Name_<participant id>_assignsubmission_file/`.
 - `canvas`: a filled copy of the gradebook CSV (the assignment's column only), and a zip for "Re-upload
   submissions", one document per student named as the student's file was downloaded.
+
+What is already in the downloaded file stays, unless `replace_existing`: a student whose worksheet row holds a
+Grade or Feedback comments, or whose gradebook cell holds a score or `EX` (excused), other than this export's, is
+left as downloaded and named (both platforms' importers apply any changed value: a second marker's comments or a
+moderated grade would be overwritten, and a number over `EX` un-excuses the student). A reviewed draft holding
+nothing for the student (a submission with no text) is not sent.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import zipfile
@@ -49,6 +56,8 @@ class ExportResult:
     """(student id, why) for students of the worksheet or gradebook with a submission note but no draft at all."""
     no_submission: list[str] = field(default_factory=list)
     """Students of the worksheet or gradebook with no submission note in the vault."""
+    kept_existing: list[tuple[str, str]] = field(default_factory=list)
+    """(student, what the downloaded file holds) for students whose grade or feedback there is left as it is."""
     notes: list[str] = field(default_factory=list)
     distribution: list[str] = field(default_factory=list)
     marks: dict[str, Decimal] = field(default_factory=dict)
@@ -142,9 +151,10 @@ def export_feedback(
     fmt: str = ".docx",
     dry_run: bool = False,
     today: date | None = None,
+    replace_existing: bool = False,
 ) -> ExportResult:
     """Write the reviewed drafts of `folder` for `target` (see the module docstring); `today` dates a second
-    export's file names."""
+    export's file names; `replace_existing` overwrites the grades and feedback the downloaded file already holds."""
     vault = vault.resolve()
     today = today or date.today()
     drafts = collect(vault, folder)
@@ -152,11 +162,11 @@ def export_feedback(
     if target in TARGETS:
         drafts = _of_platform(vault, folder, drafts, "canvas" if target == "canvas" else "moodle", result)
     if target == "moodle-worksheet":
-        _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today)
+        _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today, replace_existing)
     elif target == "moodle-files":
         _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today)
     elif target == "canvas":
-        _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today)
+        _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today, replace_existing)
     else:
         raise ExportFeedbackError(f"unknown target {target!r}; give one of {', '.join(TARGETS)}")
     return result
@@ -234,7 +244,9 @@ def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # n
     return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
 
 
-def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today) -> None:  # noqa: ANN001
+def _moodle_worksheet(  # noqa: ANN001
+    vault, folder, drafts, result, worksheet, out, decimals, dry_run, today, replace_existing
+) -> None:
     if worksheet is None:
         raise ExportFeedbackError(
             "give the grading worksheet you downloaded from Moodle: --worksheet W.csv (assignment -> View all "
@@ -265,6 +277,10 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
             maximum = 0.0
         mark = marks[sid]
         grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
+        held = _held_moodle(sheet, index, grade, draft.html())
+        if held and not replace_existing:
+            result.kept_existing.append((_who(sid, draft), held))
+            continue
         if grade is None:
             why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
             result.notes.append(
@@ -293,6 +309,32 @@ def _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, d
     if not dry_run:
         _write(out, sheet.render())
         result.written.append(out)
+
+
+def _held_moodle(sheet: moodle.Worksheet, index: int, grade: Decimal | None, feedback: str) -> str:
+    """What the row's Grade and Feedback comments already hold, where it is not what this export would write (a
+    second marker's comments, a moderated grade); empty when the row is free to fill."""
+    held = []
+    existing = sheet.value(index, moodle.GRADE).strip()
+    if existing not in ("", "-") and not _same_number(existing, grade):
+        held.append(f"Grade {existing}")
+    comments = sheet.value(index, moodle.FEEDBACK)
+    if _plain(comments) and comments.strip() != feedback:
+        held.append(f"Feedback comments {_plain(comments, 80)!r}")
+    return ", ".join(held)
+
+
+def _same_number(cell: str, value: Decimal | None) -> bool:
+    try:
+        return value is not None and Decimal(cell.replace(",", ".")) == value
+    except ArithmeticError:  # decimal.InvalidOperation: `EX`, a letter grade
+        return False
+
+
+def _plain(cell: str, limit: int = 0) -> str:
+    """An HTML cell's text on one line (Moodle's editor leaves `<p><br></p>` in an emptied box): what is in it."""
+    text = " ".join(html.unescape(re.sub(r"<[^>]*>", " ", cell)).split())
+    return text[: limit - 3] + "..." if limit and len(text) > limit else text
 
 
 def _without_drafts(vault: Path, folder: str, drafts: Drafts, rows: dict[str, int], result: ExportResult) -> None:
@@ -350,21 +392,11 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
         result.written.append(out)
 
 
-def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today) -> None:  # noqa: ANN001
-    entries: list[tuple[str, bytes]] = []
-    commented: list[str] = []
-    for sid, draft in sorted(drafts.reviewed.items()):
-        note = _submission(vault, folder, sid)
-        downloaded = [PurePosixPath(str(d)).name for d in (note.metadata.get("downloaded_as") or [])] if note else []
-        attached = [d for d in downloaded if (p := canvas.parse_name(d)) and not p.text_entry]
-        usable = [d for d in attached if PurePosixPath(d).suffix.lower() in files.WRITABLE]
-        if not usable:
-            result.notes.append(f"{sid}: comment not in the re-upload zip: {_why_not_reuploaded(downloaded, attached)}")
-            continue
-        name = usable[0]
-        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_text())))
-        commented.append(sid)
+def _canvas(  # noqa: ANN001
+    vault, folder, drafts, result, gradebook, out, column, decimals, dry_run, today, replace_existing
+) -> None:
     sheet = None
+    held: set[str] = set()
     if gradebook is not None:
         try:
             sheet = canvas.Gradebook.parse(gradebook.read_bytes(), str(gradebook))
@@ -387,6 +419,14 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
                 result.left_out.append((draft.path, f"no row with ID {sid} in {gradebook.name}"))
                 continue
             grade, clamped = to_platform(marks[sid], points, decimals)
+            existing = sheet.value(index, col).strip()
+            if existing and not _same_number(existing, grade) and not replace_existing:
+                # Its comment stays out of the re-upload zip too: it would speak for a mark the student never gets.
+                held.add(sid)
+                excused = existing.upper() == "EX"
+                held_what = "EX (excused): a mark would un-excuse the student" if excused else f"score {existing}"
+                result.kept_existing.append((_who(sid, draft), held_what))
+                continue
             if grade is None:
                 why = "; ".join(marks[sid].problems)
                 result.notes.append(f"{_who(sid, draft)}: no mark ({why}); cell left as it was")
@@ -415,7 +455,22 @@ def _canvas(vault, folder, drafts, result, gradebook, out, column, decimals, dry
             f"half up to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: "
             "Grades -> Import."
         )
-    else:
+    entries: list[tuple[str, bytes]] = []
+    commented: list[str] = []
+    for sid, draft in sorted(drafts.reviewed.items()):
+        if sid in held:
+            continue
+        note = _submission(vault, folder, sid)
+        downloaded = [PurePosixPath(str(d)).name for d in (note.metadata.get("downloaded_as") or [])] if note else []
+        attached = [d for d in downloaded if (p := canvas.parse_name(d)) and not p.text_entry]
+        usable = [d for d in attached if PurePosixPath(d).suffix.lower() in files.WRITABLE]
+        if not usable:
+            result.notes.append(f"{sid}: comment not in the re-upload zip: {_why_not_reuploaded(downloaded, attached)}")
+            continue
+        name = usable[0]
+        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_text())))
+        commented.append(sid)
+    if sheet is None:
         result.sent += commented
     base = out or (beside(gradebook, ".csv") if gradebook else Path.cwd() / f"{PurePosixPath(folder).name}.csv")
     _guard(base, gradebook)
