@@ -30,14 +30,17 @@ def student_feedback(
     run_id: str | None = None,
     project: str | None = None,
     retry_failed: bool = False,
+    redraft_all: bool = False,
 ) -> RunSummary:
-    """Draft one feedback note per submission, and a cohort summary, for the lecturer to review."""
+    """Draft one feedback note per submission, and a cohort summary, for the lecturer to review. A student with a
+    draft for their submission as it is now is not drafted again, unless `redraft_all`."""
 
     def folder_of(settings: RunSettings) -> str:
         return assignment or caller_for(settings).config.settings.feedback.assignment_folder
 
     with begin_run(
-        FLOW, vault=vault, parameters={"assignment": assignment, "mode": mode}, folders=lambda s: [folder_of(s)],
+        FLOW, vault=vault, parameters={"assignment": assignment, "mode": mode, "redraft_all": redraft_all},
+        folders=lambda s: [folder_of(s)],
         name=lambda s: f"{FLOW} · {folder_of(s)}", project=project, config=config, profile=profile, tier=tier,
         run_id=run_id, retry_failed=retry_failed,
     ) as settings:  # fmt: skip
@@ -52,7 +55,9 @@ def student_feedback(
             else []
         )
         for summary in cohort:
-            run.written = run.absorb(draft(settings, work, evidence, summary, mode=mode, wait=wait))
+            run.written = run.absorb(
+                draft(settings, work, evidence, summary, mode=mode, wait=wait, redraft_all=redraft_all)
+            )
             # The summary is written before the drafts (they quote it): the tier each was written on comes after.
             summary = add_draft_tiers(settings, work, evidence, summary, draft_tiers(settings, work))
             run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too

@@ -24,11 +24,11 @@ from tierflow.vault.text import (
     escape_comments,
     hide_comments,
     load_note,
+    note_text,
     property_list,
     property_text,
+    text_version,
     unclosed_comment,
-    unescape_comments,
-    unescape_links,
 )
 
 log = logging.getLogger("tierflow")
@@ -61,6 +61,11 @@ class Submission:
     @property
     def empty(self) -> bool:
         return not self.text.strip()
+
+    @property
+    def version(self) -> str:
+        """Which version of the submission this is (`text_version` of its text): recorded in its draft."""
+        return text_version(self.text)
 
 
 @dataclass
@@ -350,7 +355,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         # Obsidian hides comments: never sent to a model. Then the `%%`, `<!--`, `[[` and `](` an import wrote as
         # entities (the student's own) are the characters again.
         shown = hide_comments(post.content)
-        text = unescape_links(unescape_comments(shown))
+        text = note_text(post.content)
         skipped += _cut_short(rel, post.content)
         # Drafted from its text: what was not read is told with the draft, not listed as skipped. An embed is one
         # Obsidian shows: not a `![[img.png]]` the student typed, which the import wrote as text.

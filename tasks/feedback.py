@@ -3,6 +3,11 @@
 Drafts go to `feedback/` beside `submissions/`, named by student id only (`s2026005 feedback.md`: never the
 submission's own name, which `[[s2026005]]` means), so nothing a model writes can choose a path. Pseudonyms
 are mapped back to the student's own name only in their own draft.
+
+Each draft records the version of the submission it was written for (`tierflow.lms.drafts.VERSION_KEY`). A run
+drafts only the students with no draft for their submission as it is now (new, or resubmitted since), unless
+asked to draft them all again (`redraft_all`): a lecturer's reviewed draft of an unchanged submission gets no
+dated copy beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tierflow.core.checks import describe, run_checks
 from tierflow.core.errors import ContextWindowExceeded
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
+from tierflow.lms.drafts import VERSION_KEY, Draft, scan
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.assignment import Assignment, Submission, too_long
 from tierflow.tasks.cohort import Cohort, DraftTier
@@ -219,6 +225,7 @@ def write_feedback(
         "status": "draft",
         "assignment": assignment.folder,
         "submission": writer.names.link(writer.names.link_for(submission.path)) if writer.names else submission.path,
+        VERSION_KEY: submission.version,
         "created": config.today().isoformat(),
         "tierflow_run": share.run_id,
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}" if answer else "draft: none"],
@@ -316,12 +323,16 @@ def draft(
     *,
     mode: str,
     wait: bool = True,
+    redraft_all: bool = False,
 ) -> PhaseOutcome[WriteResult]:
-    """Every student's draft; empty submissions get theirs without a model call."""
+    """Every student's draft, but for those with a draft for their submission as it is now (all of them with
+    `redraft_all`); empty submissions get theirs without a model call."""
     caller = caller_for(settings)
     rows = caller.ledger.rows(run_id=settings.run_id)
     by_student = {e.student_id: e for e in evidence}
-    submissions = [s for s in assignment.submissions if not s.empty and s.student_id in by_student]
+    drafted, skipped = ({}, []) if redraft_all else already_drafted(Path(settings.vault or "."), assignment)
+    todo = [s for s in assignment.submissions if s.student_id not in drafted]
+    submissions = [s for s in todo if not s.empty and s.student_id in by_student]
     costs = [r["cost_usd"] for r in rows]
     share = Share(
         run_id=settings.run_id,
@@ -333,11 +344,7 @@ def draft(
         tokens_each=sum(row_tokens(r) for r in rows) // max(1, len(submissions)),
         cost_each=None if None in costs else sum(costs) / max(1, len(submissions)),
     )
-    empty = [
-        write_feedback(settings, assignment, s, None, Share(settings.run_id, (), 0, 0.0))
-        for s in assignment.submissions
-        if s.empty
-    ]
+    empty = [write_feedback(settings, assignment, s, None, Share(settings.run_id, (), 0, 0.0)) for s in todo if s.empty]
     if mode != "batch":
         outcome = fan_out(
             draft_student,
@@ -373,4 +380,44 @@ def draft(
             lambda s, a: write_feedback(settings, assignment, s, a, share),
         )
     outcome.results = empty + outcome.results
+    outcome.skipped += skipped
     return outcome
+
+
+def already_drafted(vault: Path, assignment: Assignment) -> tuple[dict[str, Draft], list[tuple[str, str]]]:
+    """Each student's draft written for their submission as it is now (reviewed or not), and what the run report
+    says of the students not drafted again. A draft that records no version (written before tierflow recorded
+    one) counts as written for the current submission, and is said so once. A draft named as an earlier tierflow
+    named it (`<student id>.md`, the submission's own name) is not counted: it is moved, or written beside."""
+    current = {s.student_id: s.version for s in assignment.submissions}
+    found: dict[str, Draft] = {}
+    for d in scan(vault, assignment.folder)[0]:
+        if d.student_id not in current or Path(d.path).stem == d.student_id or not d.written_for(current[d.student_id]):
+            continue
+        if d.student_id not in found or (d.version and not found[d.student_id].version):
+            found[d.student_id] = d  # one that records the version wins over one that records none
+    if not found:
+        return found, []
+    folder = assignment.feedback_folder
+    ids = sorted(found)
+    shown = ", ".join(ids[:20]) + (", ..." if len(ids) > 20 else "")
+    skipped = [
+        (
+            folder,
+            f"{len(ids)} student(s) already have a draft for their submission as it is now, so they are not drafted "
+            f"again: {shown}. Only new and changed submissions are drafted; run with --redraft-all to draft every "
+            "student again.",
+        )
+    ]
+    legacy = sorted(d.path for d in found.values() if not d.version)
+    if legacy:
+        listed = ", ".join(legacy[:10]) + (", ..." if len(legacy) > 10 else "")
+        skipped.append(
+            (
+                folder,
+                f"{len(legacy)} of these draft(s) record no submission version (written before tierflow recorded "
+                f"one), so they are taken as written for the submission as it is now: {listed}. If a student "
+                "resubmitted since, run with --redraft-all, or move that draft out of feedback/ and run again.",
+            )
+        )
+    return found, skipped

@@ -640,6 +640,14 @@ def run(
         ),
     ] = False,
     param: FlowParamOpt = None,
+    redraft_all: Annotated[
+        bool,
+        typer.Option(
+            "--redraft-all",
+            help="student-feedback: draft every student again. Without it a rerun drafts only the students with no "
+            "draft for their submission as it is now (new ones, and those who resubmitted since).",
+        ),
+    ] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
     vault = vault_dir(vault, required="tierflow run reading-notes")
@@ -655,12 +663,15 @@ def run(
 
     built_in = {
         "reading-notes": {"since": start, "until": end},
-        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait},
+        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait, "redraft_all": redraft_all},
         "module-review": {"module": module},
     }
     # A flow of another package gets those of these the user set and its function takes (`run_flow` keeps only
     # those): an option left at tierflow's default never replaces the flow's own default.
-    offered = {"since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module}
+    offered = {
+        "since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module,
+        "redraft_all": redraft_all,
+    }  # fmt: skip
     # What `run_flow` checks against the flow, with each option as the user wrote it (None: not set), so that one
     # the flow does not take is refused, not dropped without a word (`--since` for student-feedback).
     options = {
@@ -672,6 +683,7 @@ def run(
         "module": ("--module", module),
         "project": ("--project", project),
         "retry_failed": ("--retry-failed", retry_failed or None),
+        "redraft_all": ("--redraft-all", redraft_all or None),
     }
     call = {
         "profile": profile,

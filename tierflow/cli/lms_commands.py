@@ -129,7 +129,8 @@ def import_submissions(
             new = "; a new submission was NOT imported (see the warning)" if s.warning else ""
             out.print(f"  {s.student_id}: kept as you edited it{late}{new}", markup=False)
         else:
-            out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}", markup=False)
+            stale = "; your reviewed draft is now out of date (see the warning)" if s.outdated else ""
+            out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}{stale}", markup=False)
         for file, why in s.problems:
             out.print(f"    not read: {file}: {why}", markup=False)
         for file, note in s.notes:
@@ -248,7 +249,8 @@ def export_feedback(
     and why. Each mark comes from the rubric (levels' score ranges and weights); your edits to a draft win: a
     `mark:` in its front-matter, or the level and score lines in its body as you left them. The distribution of
     marks is shown before anything is written, and the path of every file written is printed. A grade or feedback
-    already in the downloaded file is never overwritten unless you say so (--replace-existing).
+    already in the downloaded file is never overwritten unless you say so (--replace-existing); a draft written for
+    an earlier submission than the one imported now is never sent.
     """
     from tierflow.core.errors import TierflowError
     from tierflow.lms.exporter import export_feedback as run_export

@@ -2,11 +2,17 @@
 
 A draft is exported only when its front-matter says `status: reviewed` (the lecturer sets it). Drafts are the
 notes under `<assignment>/feedback/` with a `student_id` in their front-matter, whatever they are called.
+
+A draft records which version of the submission it was written for (`tierflow_submission_hash`, the
+`text_version` of the submission note's text): one written for an earlier version (the student resubmitted, and a
+later import replaced the note) is never sent. A draft written before tierflow recorded versions is taken as
+written for the current one.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ from tierflow.vault.text import (
 )
 
 REVIEWED = "reviewed"
+VERSION_KEY = "tierflow_submission_hash"
+"""The draft's front-matter key for the version of the submission it was written for."""
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
     ("info", "Draft feedback by tierflow"),
     ("warning", "No content submitted"),
@@ -103,6 +111,20 @@ class Draft:
     body: str
 
     @property
+    def version(self) -> str:
+        """The version of the submission it was written for; empty when it records none."""
+        return str(self.metadata.get(VERSION_KEY) or "").strip()
+
+    @property
+    def reviewed(self) -> bool:
+        return str(self.metadata.get("status") or "").strip().lower() == REVIEWED
+
+    def written_for(self, version: str | None) -> bool:
+        """Whether it was written for this version of the submission; True when either is not known (a draft
+        written before tierflow recorded versions, a submission note that cannot be read)."""
+        return not version or not self.version or self.version == version
+
+    @property
     def name(self) -> str:
         title = str(self.metadata.get("title") or "")
         return title.removeprefix("Feedback: ").strip() if title.startswith("Feedback: ") else ""
@@ -129,6 +151,10 @@ class Drafts:
     """(draft path, why) for every draft not exported."""
     students: set[str] = field(default_factory=set)
     """Every student with a draft, reviewed or not."""
+    outdated: list[Draft] = field(default_factory=list)
+    """Reviewed drafts written for an earlier version of the submission (also in `left_out`)."""
+    unversioned: list[Draft] = field(default_factory=list)
+    """Reviewed drafts in `reviewed` that record no version although the submission's is known."""
 
     def why_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -138,35 +164,80 @@ class Drafts:
         return counts
 
 
-def collect(vault: Path, folder: str) -> Drafts:
-    """Every draft under `folder/feedback/`: the reviewed ones by student id, the others with the reason."""
-    out = Drafts()
+def scan(vault: Path, folder: str) -> tuple[list[Draft], list[tuple[str, str]]]:
+    """Every draft under `folder/feedback/`, reviewed or not, by path; and (path, why) for the notes that cannot
+    be read."""
+    drafts: list[Draft] = []
+    unreadable: list[tuple[str, str]] = []
     root = vault / folder / "feedback"
-    candidates: dict[str, list[Draft]] = {}
     for path in sorted(root.rglob("*.md")) if root.is_dir() else []:
         rel = path.relative_to(vault).as_posix()
         try:
             post = load_note(path)  # with or without a BOM, as Obsidian reads it
         except UnicodeDecodeError:
-            out.left_out.append((rel, "not UTF-8 text; save it as UTF-8"))
+            unreadable.append((rel, "not UTF-8 text; save it as UTF-8"))
             continue
         except yaml.YAMLError as exc:
             problem = yaml_problem(exc, read_note_text(path))
-            out.left_out.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
+            unreadable.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
             continue
         sid = str(post.metadata.get("student_id") or "").strip()
-        if not sid:
-            continue  # the cohort summary and other notes: not a student's draft
-        out.students.add(sid)
-        status = str(post.metadata.get("status") or "").strip().lower()
-        if status != REVIEWED:
-            out.left_out.append((rel, f"not reviewed (status: {status or 'none'}); set `status: reviewed` to send it"))
+        if sid:  # else the cohort summary or another note: not a student's draft
+            drafts.append(Draft(sid, rel, dict(post.metadata), post.content))
+    return drafts, unreadable
+
+
+def collect(vault: Path, folder: str, version_of: Callable[[str], str | None] | None = None) -> Drafts:
+    """Every draft under `folder/feedback/`: the reviewed ones by student id, the others with the reason.
+
+    `version_of(student id)` is the version of the student's submission now (None when not known): a reviewed
+    draft written for another one is left out, so that the draft for the current one, once reviewed, is the one.
+    """
+    found, unreadable = scan(vault, folder)
+    out = Drafts(left_out=unreadable)
+    candidates: dict[str, list[Draft]] = {}
+    for draft in found:
+        out.students.add(draft.student_id)
+        if not draft.reviewed:
+            status = str(draft.metadata.get("status") or "").strip().lower()
+            why = f"not reviewed (status: {status or 'none'}); set `status: reviewed` to send it"
+            out.left_out.append((draft.path, why))
             continue
-        candidates.setdefault(sid, []).append(Draft(sid, rel, dict(post.metadata), post.content))
-    for sid, found in candidates.items():
-        if len(found) > 1:
-            paths = ", ".join(d.path for d in found)
-            out.left_out += [(d.path, f"two reviewed drafts for student {sid} ({paths}); keep one") for d in found]
+        current = version_of(draft.student_id) if version_of else None
+        if not draft.written_for(current):
+            out.outdated.append(draft)
+            newer = [d.path for d in found if d.student_id == draft.student_id and d.version == current]
+            out.left_out.append((draft.path, _outdated(draft, folder, newer)))
             continue
-        out.reviewed[sid] = found[0]
+        candidates.setdefault(draft.student_id, []).append(draft)
+    for sid, drafts in candidates.items():
+        if len(drafts) > 1:
+            paths = ", ".join(d.path for d in drafts)
+            out.left_out += [(d.path, f"two reviewed drafts for student {sid} ({paths}); keep one") for d in drafts]
+            continue
+        out.reviewed[sid] = drafts[0]
+        if not drafts[0].version and version_of and version_of(sid):
+            out.unversioned.append(drafts[0])
     return out
+
+
+def who(draft: Draft) -> str:
+    """`1002 (Chloé Dubois-Martin)`: the student id, and the name the draft's title gives."""
+    return f"{draft.student_id} ({draft.name})" if draft.name else draft.student_id
+
+
+def _outdated(draft: Draft, folder: str, newer: list[str]) -> str:
+    """Why a reviewed draft written for an earlier version of the submission is not sent, and what to do."""
+    note = f"{folder}/submissions/{draft.student_id}.md"
+    if newer:
+        todo = f"review the draft for the current one ({', '.join(newer)}) and set `status: reviewed` in it"
+    else:
+        todo = (
+            f"draft the current one (`tierflow run student-feedback --assignment {folder}` drafts only new and "
+            "changed submissions), review that draft and set `status: reviewed` in it"
+        )
+    return (
+        f"written for an earlier version of the submission; {who(draft)}: {note} has changed since this draft was "
+        f"written (a new submission was imported, or the note was edited), so neither its mark nor its feedback is "
+        f"sent. {todo[0].upper()}{todo[1:]}; this draft is kept as it is (delete it once you no longer need it)."
+    )

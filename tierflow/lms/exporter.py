@@ -11,8 +11,9 @@ and never over an earlier export (which the lecturer may have edited or uploaded
 What is already in the downloaded file stays, unless `replace_existing`: a student whose worksheet row holds a
 Grade or Feedback comments, or whose gradebook cell holds a score or `EX` (excused), other than this export's, is
 left as downloaded and named (both platforms' importers apply any changed value: a second marker's comments or a
-moderated grade would be overwritten, and a number over `EX` un-excuses the student). A reviewed draft holding
-nothing for the student (a submission with no text) is not sent.
+moderated grade would be overwritten, and a number over `EX` un-excuses the student). A reviewed draft written for
+an earlier version of the submission (`tierflow.lms.drafts`), or holding nothing for the student (a submission with
+no text), is not sent.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ import yaml
 from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
 from tierflow.lms.cells import Dialect
-from tierflow.lms.drafts import Draft, Drafts, collect
+from tierflow.lms.drafts import Draft, Drafts, collect, who
 from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
-from tierflow.vault.text import load_note, note_text, read_note_text, yaml_problem
+from tierflow.vault.text import load_note, note_text, read_note_text, text_version, yaml_problem
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -128,11 +129,6 @@ def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
         ) from None
 
 
-def _who(sid: str, draft: Draft) -> str:
-    """`1002 (Chloé Dubois-Martin)`: the id, and the name the draft's title gives."""
-    return f"{sid} ({draft.name})" if draft.name else sid
-
-
 def _title(draft: Draft, note: frontmatter.Post | None) -> str:
     name = (note.metadata.get("name") if note else "") or draft.name
     return f"Feedback: {name}" if name else "Feedback"
@@ -157,10 +153,11 @@ def export_feedback(
     export's file names; `replace_existing` overwrites the grades and feedback the downloaded file already holds."""
     vault = vault.resolve()
     today = today or date.today()
-    drafts = collect(vault, folder)
+    drafts = collect(vault, folder, version_of=lambda sid: _version(vault, folder, sid))
     result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
     if target in TARGETS:
         drafts = _of_platform(vault, folder, drafts, "canvas" if target == "canvas" else "moodle", result)
+        _unversioned(drafts, folder, result)
     if target == "moodle-worksheet":
         _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today, replace_existing)
     elif target == "moodle-files":
@@ -207,10 +204,31 @@ def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result
     return replace(drafts, reviewed=keep)
 
 
+def _version(vault: Path, folder: str, sid: str) -> str | None:
+    """The version of the student's submission now; None when there is no note, or it cannot be read (then the
+    draft is left out for that, by `_of_platform`)."""
+    try:
+        note = _submission(vault, folder, sid)
+    except UnreadableNote:
+        return None
+    return text_version(note_text(note.content)) if note is not None else None
+
+
+def _unversioned(drafts: Drafts, folder: str, result: ExportResult) -> None:
+    """Said once: the reviewed drafts to be sent that record no version of the submission, taken as current."""
+    old = sorted(d.path for d in drafts.unversioned if drafts.reviewed.get(d.student_id) is d)
+    if old:
+        result.notes.append(
+            f"{len(old)} reviewed draft(s) record no version of the submission they were written for (drafted before "
+            f"tierflow recorded it), so each is taken as written for the submission as it is now: {', '.join(old)}. "
+            "If a student has resubmitted since, draft again (`tierflow run student-feedback --assignment "
+            f"{folder} --redraft-all`, or move that draft out of feedback/ and run it) and review the new draft."
+        )
+
+
 def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
     """Why a reviewed draft with nothing for the student (tierflow's notice on a submission with no text, or
     comments alone) is not sent: its mark neither, since no feedback backs it."""
-    who = _who(draft.student_id, draft)
     if note is not None and not note_text(note.content).strip():
         files = []
         for entry in note.metadata.get("tierflow_unreadable") or []:
@@ -219,12 +237,12 @@ def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
             files.append(f"{name}: {re.split(r'[;:(]', why)[0].strip()}")
         because = f" ({'; '.join(files)})" if files else ""
         return (
-            f"no feedback to send: no text was read; {who}: {folder}/submissions/{draft.student_id}.md has no "
+            f"no feedback to send: no text was read; {who(draft)}: {folder}/submissions/{draft.student_id}.md has no "
             f"text{because}, so the draft holds only tierflow's notice to you, and nothing (no mark either) is sent. "
             "Check whether the work was submitted elsewhere; feedback you write in the draft is sent."
         )
     return (
-        f"no feedback to send: the draft holds nothing for the student; {who}: only tierflow's notices and "
+        f"no feedback to send: the draft holds nothing for the student; {who(draft)}: only tierflow's notices and "
         "comments, which are never sent. Write the feedback in it to send it and its mark."
     )
 
@@ -279,12 +297,12 @@ def _moodle_worksheet(  # noqa: ANN001
         grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
         held = _held_moodle(sheet, index, grade, draft.html())
         if held and not replace_existing:
-            result.kept_existing.append((_who(sid, draft), held))
+            result.kept_existing.append((who(draft), held))
             continue
         if grade is None:
             why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
             result.notes.append(
-                f"{_who(sid, draft)}: feedback sent without a grade ({why}); the Grade cell is left as it was"
+                f"{who(draft)}: feedback sent without a grade ({why}); the Grade cell is left as it was"
             )
             sheet.fill(index, None, draft.html())
         else:
@@ -425,11 +443,11 @@ def _canvas(  # noqa: ANN001
                 held.add(sid)
                 excused = existing.upper() == "EX"
                 held_what = "EX (excused): a mark would un-excuse the student" if excused else f"score {existing}"
-                result.kept_existing.append((_who(sid, draft), held_what))
+                result.kept_existing.append((who(draft), held_what))
                 continue
             if grade is None:
                 why = "; ".join(marks[sid].problems)
-                result.notes.append(f"{_who(sid, draft)}: no mark ({why}); cell left as it was")
+                result.notes.append(f"{who(draft)}: no mark ({why}); cell left as it was")
                 continue
             if clamped:
                 result.notes.append(f"{sid}: mark clamped to the range 0-{points:g}")

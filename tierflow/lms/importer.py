@@ -9,8 +9,9 @@ students who submitted nothing included, so that the flow hides them too where a
 
 Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
 is replaced when the student's files changed; a note the lecturer edited is left as it is with its files (and said
-so, with a warning when a new submission was not taken); drafts in `feedback/` are never touched. Only files the
-note lists are ever replaced or deleted in `A/submissions/<student id>/`: anything else there is the lecturer's.
+so, with a warning when a new submission was not taken); drafts in `feedback/` are never touched, but a reviewed
+one written for the submission this import replaced is named in a warning (the export will not send it). Only files
+the note lists are ever replaced or deleted in `A/submissions/<student id>/`: anything else there is the lecturer's.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from tierflow.core.errors import VaultError
 from tierflow.lms import canvas, moodle
 from tierflow.lms import roster as kept_roster
 from tierflow.lms.documents import Extracted, extract
+from tierflow.lms.drafts import collect
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.notes import HASH_KEY, LinkError, NoteWriter, body_hash
-from tierflow.vault.text import escape_comments, escape_links, load_note
+from tierflow.vault.text import escape_comments, escape_links, load_note, note_text, text_version
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
@@ -66,6 +68,8 @@ class StudentResult:
     """(file, characters of text it gave) for every file read."""
     error: str = ""
     """Why the student was not imported (action `failed`), naming the file and what to do."""
+    outdated: list[str] = field(default_factory=list)
+    """The student's reviewed drafts written for the submission this import replaced (said in a warning)."""
 
 
 @dataclass
@@ -165,6 +169,7 @@ def import_submissions(
             if on_student is not None:
                 on_student(result, done, total)
     report.warnings += _long(report.students)
+    report.warnings += _outdated_drafts(vault, folder, report.students)
     return report
 
 
@@ -192,6 +197,44 @@ def _failed(vault: Path, folder: str, work: StudentWork, exc: Exception) -> Stud
         "are left as they are)."
     )
     return result
+
+
+def _outdated_drafts(vault: Path, folder: str, students: list[StudentResult]) -> list[str]:
+    """A warning for each reviewed draft written for a submission this import replaced: the export will not send
+    it (or, drafted before tierflow recorded versions, cannot tell it is out of date), so the lecturer learns it now,
+    not when the marks are due."""
+    changed: dict[str, str] = {}
+    for s in students:
+        if s.action in ("created", "updated"):
+            try:
+                changed[s.student_id] = text_version(note_text(load_note(vault / s.path).content))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+    if not changed:
+        return []
+    drafts = collect(vault, folder, version_of=changed.get)
+    by_id = {s.student_id: s for s in students}
+    run = f"`tierflow run student-feedback --assignment {folder}`"
+    out = []
+    for d in drafts.outdated:
+        by_id[d.student_id].outdated.append(d.path)
+        out.append(
+            f"{d.student_id} ({by_id[d.student_id].name}): a new submission was imported, and your reviewed draft "
+            f"{d.path} was written for the earlier one, so it will not be exported (neither its mark nor its "
+            f"feedback). Run {run} (it drafts only new and changed submissions), review the new draft and set "
+            "`status: reviewed` in it."
+        )
+    for d in drafts.unversioned:
+        if by_id[d.student_id].action != "updated":
+            continue  # a note created anew: whether the draft is of the same submission cannot be told
+        by_id[d.student_id].outdated.append(d.path)
+        out.append(
+            f"{d.student_id} ({by_id[d.student_id].name}): a new submission was imported, and your reviewed draft "
+            f"{d.path} was written before it. That draft records no version of the submission (drafted before "
+            "tierflow recorded it), so the export cannot tell it is out of date and WOULD send it: move it out of "
+            f"feedback/ (or set its `status:` to anything but reviewed), then run {run} and review the new draft."
+        )
+    return out
 
 
 def _long(students: list[StudentResult]) -> list[str]:

@@ -8,6 +8,7 @@ can reach a prompt.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "property_list",
     "property_text",
     "read_note_text",
+    "text_version",
     "yaml_problem",
     "unclosed_comment",
     "unescape_comments",
@@ -145,6 +147,13 @@ def note_text(body: str) -> str:
     """A note's body as a run reads it: comments hidden, and the `%%`, `<!--`, `[[` and `](` an import escaped (a
     student's own) the characters again."""
     return unescape_links(unescape_comments(hide_comments(body)))
+
+
+def text_version(text: str) -> str:
+    """A short hash of a text as a reader takes it, whitespace runs counting as one space: what a feedback draft
+    records of the submission it was written for, so that a new submission (or an edited note) is told from the
+    one drafted, and an editor's line ends or trailing spaces are not."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
 
 
 def unclosed_comment(text: str) -> int | None:

@@ -1,0 +1,161 @@
+"""A student resubmits after the lecturer reviewed their draft: the old draft's mark and feedback are never sent,
+the import says whose reviewed draft is now out of date, and a rerun drafts only that student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import frontmatter
+import pytest
+from lms_exports import cohort, docx_bytes, essay, moodle_zip
+from test_lms_moodle import draft_text
+from test_lms_roundtrip import worksheet_for
+from typer.testing import CliRunner
+
+from tierflow.cli.app import app
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.lms.drafts import VERSION_KEY
+from tierflow.lms.exporter import export_feedback
+from tierflow.lms.importer import import_submissions
+from tierflow.vault.text import load_note, note_text, text_version
+
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+
+
+def drafts(vault: Path) -> dict[str, list[Path]]:
+    """Every draft by its front-matter `student_id`, whatever the files are called."""
+    out: dict[str, list[Path]] = {}
+    for path in sorted((vault / ASSIGNMENT / "feedback").glob("*.md")):
+        sid = frontmatter.load(path).metadata.get("student_id")
+        if sid:
+            out.setdefault(str(sid), []).append(path)
+    return out
+
+
+def review(path: Path) -> None:
+    """What the lecturer does once they have read a draft."""
+    path.write_text(path.read_text(encoding="utf-8").replace("status: draft", "status: reviewed", 1), encoding="utf-8")
+
+
+def resubmitted() -> list:  # noqa: ANN001
+    """The cohort, with Liam (1001) having handed in a new essay since the first download."""
+    students = cohort()
+    students[0].files = {"essay.docx": docx_bytes(essay(14, "Essay by Liam O'Sullivan, resubmitted."))}
+    return students
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_resubmission_is_drafted_alone_and_the_old_reviewed_draft_is_never_exported(lms_vault, tmp_path):
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", cohort()))
+    first = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    assert not first.failed
+    for (path,) in drafts(lms_vault).values():
+        assert frontmatter.load(path).metadata[VERSION_KEY]  # which submission it was written for
+        review(path)
+    old = lms_vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    # An unchanged student's draft written before tierflow recorded versions: taken as current, said once.
+    legacy = lms_vault / ASSIGNMENT / "feedback" / "1002 feedback.md"
+    legacy.write_text(
+        "".join(line for line in legacy.read_text(encoding="utf-8").splitlines(True) if VERSION_KEY not in line),
+        encoding="utf-8",
+    )
+
+    report = import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "second.zip", resubmitted()))
+    assert {s.student_id: s.action for s in report.students}["1001"] == "updated"
+    assert [s.student_id for s in report.students if s.outdated] == ["1001"]
+    (warning,) = [w for w in report.warnings if "reviewed draft" in w]
+    assert warning.startswith("1001 (Liam O'Sullivan): a new submission was imported")
+    assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in warning and "will not be exported" in warning
+
+    second = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    assert not second.failed
+    redrafted = [w for w in second.written if "/feedback/" in w.path and "Cohort summary" not in w.path]
+    assert [Path(w.path).name for w in redrafted] == [Path(redrafted[0].path).name]
+    assert Path(redrafted[0].path).name.startswith("1001 feedback (tierflow ")  # beside the reviewed one
+    skipped = [why for _, why in second.skipped]
+    assert any(w.startswith("6 student(s) already have a draft") and "--redraft-all" in w for w in skipped)
+    (said,) = [w for w in skipped if "record no submission version" in w]
+    assert f"{ASSIGNMENT}/feedback/1002 feedback.md" in said
+    assert {sid: len(paths) for sid, paths in drafts(lms_vault).items()} == {
+        "1001": 2, "1002": 1, "1003": 1, "1004": 1, "1005": 1, "1006": 1, "1007": 1
+    }  # fmt: skip
+
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_for(cohort()))
+    result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet, dry_run=True)
+    assert "1001" not in result.sent and "1001" not in result.marks
+    left_out = dict(result.left_out)
+    why = left_out[f"{ASSIGNMENT}/feedback/1001 feedback.md"]
+    assert why.startswith("written for an earlier version of the submission; 1001 (Liam O'Sullivan)")
+    assert redrafted[0].path in why  # the draft to review instead
+    (once,) = [n for n in result.notes if "record no version" in n]
+    assert f"{ASSIGNMENT}/feedback/1002 feedback.md" in once
+    assert sorted(result.sent) == ["1002", "1003", "1004", "1007"]
+
+    review(lms_vault / redrafted[0].path)  # the lecturer reviews the new draft: it is the one sent
+    result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet, dry_run=True)
+    assert "1001" in result.sent and "1001" in result.marks
+    assert [p for p, why in result.left_out if "earlier version" in why] == [old.relative_to(lms_vault).as_posix()]
+
+    again = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline", redraft_all=True)
+    written = [w for w in again.written if "/feedback/" in w.path and "Cohort summary" not in w.path]
+    assert len(written) == 7  # asked for: every student drafted again
+
+
+def imported(tmp_path: Path, *, versioned: bool) -> Path:
+    """A vault whose essay-2 submissions came from Moodle, with a reviewed draft for 1001-1003; `versioned`: the
+    drafts record the submission they were written for, as drafts written now do."""
+    import shutil
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")
+    import_submissions(vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", cohort()[:3]))
+    for sid in ("1001", "1002", "1003"):
+        text = draft_text(sid)
+        if versioned:
+            version = text_version(note_text(load_note(vault / ASSIGNMENT / "submissions" / f"{sid}.md").content))
+            text = text.replace("status: reviewed\n", f"status: reviewed\n{VERSION_KEY}: {version}\n", 1)
+        (vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").write_text(text, encoding="utf-8")
+    return vault
+
+
+def test_drafts_written_before_versions_were_recorded_are_exported_and_said_once(tmp_path):
+    vault = imported(tmp_path, versioned=False)
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_for(cohort()))
+    result = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet, dry_run=True)
+    assert result.sent == ["1001", "1002", "1003"]
+    (said,) = [n for n in result.notes if "record no version" in n]
+    assert all(f"{ASSIGNMENT}/feedback/{sid} feedback.md" in said for sid in ("1001", "1002", "1003"))
+
+    # A new submission over such a draft: the import knows the draft is older, the export cannot tell.
+    report = import_submissions(vault, ASSIGNMENT, moodle_zip(tmp_path / "second.zip", resubmitted()[:3]))
+    (warning,) = [w for w in report.warnings if "reviewed draft" in w]
+    assert warning.startswith("1001 (Liam O'Sullivan)") and "WOULD send it" in warning and "move it out" in warning
+
+
+def test_reimport_names_the_student_whose_reviewed_draft_is_out_of_date_and_the_export_refuses_it(tmp_path):
+    vault = imported(tmp_path, versioned=True)
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_for(cohort()))
+    assert export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet, dry_run=True).sent == [
+        "1001", "1002", "1003"
+    ]  # fmt: skip
+
+    args = ["import", "submissions", str(moodle_zip(tmp_path / "second.zip", resubmitted()[:3]))]
+    shown = CliRunner().invoke(app, [*args, "--vault", str(vault), "-a", ASSIGNMENT])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated, 1 part; your reviewed draft is now out of date (see the warning)" in shown.stdout
+    assert "1002: unchanged" in shown.stdout and "out of date" not in shown.stdout.split("1002:")[1]
+    assert f"warning: 1001 (Liam O'Sullivan): a new submission was imported, and your reviewed draft {ASSIGNMENT}" in (
+        shown.stderr
+    )
+
+    args = ["export", "feedback", "--vault", str(vault), "-a", ASSIGNMENT, "--to", "moodle-worksheet"]
+    sent = CliRunner().invoke(app, [*args, "--worksheet", str(worksheet), "--dry-run"])
+    assert sent.exit_code == 0, sent.output
+    assert "1001: sent" not in sent.stdout and "1002: sent" in sent.stdout and "1003: sent" in sent.stdout
+    assert "1 written for an earlier version of the submission" in sent.stderr
+    assert "tierflow run student-feedback --assignment" in sent.stderr
