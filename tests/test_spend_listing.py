@@ -7,8 +7,9 @@ import csv
 import io
 import json
 import math
+import os
 import random
-import threading
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from tierflow.cli.app import Format, _write_json_text, app
+from tierflow.core.errors import LedgerError
 from tierflow.core.ledger import Ledger, calls
 
 STRINGS = [
@@ -137,8 +139,8 @@ def test_the_database_lists_every_call_with_its_values(
     assert len(everything) == 120
     # Pieces of 1 and 7 ids (many pieces, in flight on two connections at once) and one piece of all.
     for batch in (1, 7, 1000):
-        for workers in (1, 2):
-            assert calls_of(listed(ledger, fmt, capsys, batch=batch, workers=workers), fmt) == everything
+        for processes in (1, 2, 3):
+            assert calls_of(listed(ledger, fmt, capsys, batch=batch, processes=processes), fmt) == everything
     for filters in ({"since": "2026-11-20"}, {"project": "é"}, {"run_id": "run-3"}, {"project": "none such"}):
         assert calls_of(listed(ledger, fmt, capsys, batch=7, **filters), fmt) == expected(ledger, **filters)
     newest = calls_of(listed(ledger, fmt, capsys, batch=7, last=9, project="thesis"), fmt)
@@ -179,16 +181,45 @@ def test_non_ascii_text_is_escaped_when_the_output_cannot_take_it(
     assert calls_of(text, Format.jsonl) == calls_of(utf8, Format.jsonl)
 
 
-def test_a_listing_stopped_early_leaves_no_connection_working(ledger_url: str):
-    """`tierflow spend --format jsonl | head` closes the listing after its first piece: the pieces written ahead
-    are dropped and the listing's threads end."""
+def children() -> set[int]:
+    """This process's child processes (Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="listings are written by forked processes on Linux only")
+def test_a_listing_stopped_early_leaves_no_process_behind(ledger_url: str):
+    """`tierflow spend --format jsonl | head` closes the listing after its first piece: the processes writing
+    pieces ahead see their reader go, end, and are waited for."""
     ledger = Ledger(ledger_url)
     fill(ledger, 120)
-    pieces = ledger.stream_json(batch=2, workers=2)
+    before = children()
+    pieces = ledger.stream_json(batch=2, processes=3)
     first = next(pieces)
     assert [json.loads(line)["id"] for line in first.splitlines()] == [1, 2]
+    assert len(children() - before) == 3
     pieces.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("tierflow-listing")]
+    assert children() - before == set()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="listings are written by forked processes on Linux only")
+def test_a_listing_that_fails_in_a_writer_process_says_why(ledger_url: str, monkeypatch: pytest.MonkeyPatch):
+    import tierflow.core.ledger as ledger_module
+
+    ledger = Ledger(ledger_url)
+    fill(ledger, 20)
+    monkeypatch.setattr(ledger_module, "_row_json", lambda dialect: "SELECT no_such_column FROM calls WHERE {where}")
+    before = children()
+    with pytest.raises(LedgerError, match="the listing could not be read from the ledger: .*no_such_column"):
+        list(ledger.stream_json(batch=5, processes=2))
+    assert children() - before == set()
 
 
 def test_spend_format_json_lists_every_call_from_the_command_line(tmp_path: Path):

@@ -257,7 +257,7 @@ def spend(
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
     deployment."""
-    from tierflow.core.ledger import COLUMNS, Ledger
+    from tierflow.core.ledger import COLUMNS, LISTING_PROCESSES, Ledger
     from tierflow.report.spend import ledger_summary
 
     _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt, since=since, run=run, project=project)
@@ -292,7 +292,9 @@ def spend(
         last = TABLE_LAST
     out = sys.stdout
     if fmt in (Format.json, Format.jsonl) and group is None:
-        _write_json_text(ledger.stream_json(between=_BETWEEN[fmt], last=last, **filters), fmt)
+        _write_json_text(
+            ledger.stream_json(between=_BETWEEN[fmt], last=last, processes=LISTING_PROCESSES, **filters), fmt
+        )
     elif fmt in (Format.json, Format.jsonl):
         _write_json(ledger_summary(ledger, group, **filters), fmt)
     elif fmt is Format.csv:
