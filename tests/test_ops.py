@@ -122,6 +122,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def api(server: str) -> Iterator[str]:
     """This process's Prefect settings point at the module's server for the test."""
+    with pointed_at(server):
+        yield server
+
+
+@contextmanager
+def pointed_at(url: str) -> Iterator[None]:
+    """This process's Prefect settings point at the server of API `url` inside the block."""
     from prefect.concurrency.services import _no_limits_cache
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -129,8 +136,8 @@ def api(server: str) -> Iterator[str]:
     # Events buffered for another server (the session's test harness, say) go there now, and the next events
     # worker is started for this one: a worker keeps the API URL it started with.
     drain_prefect_workers()
-    with temporary_settings(updates={PREFECT_API_URL: server}):
-        yield server
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
         drain_prefect_workers()
     _no_limits_cache.clear()
 
@@ -465,6 +472,30 @@ def test_schedule_module_review_at_the_end_of_term_or_on_demand(api: str, tmp_pa
     assert anytime.parameters == {"vault": str(vault.resolve())}
 
 
+def test_schedule_on_a_fresh_server_where_no_flow_has_run_creates_the_flows(reading_vault: Path, tmp_path: Path):
+    """On a new server the flows are not known yet (they are only once a run or a deployment creates them)."""
+    feedback_vault = tmp_path / "feedback-vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", feedback_vault)
+    with prefect_server(tmp_path / "fresh-server") as url, pointed_at(url):
+        assert state(url)["flows"] == []
+        weekly = tierflow("schedule", "reading-notes", "--vault", str(reading_vault), "--profile", "offline")
+        assert weekly.exit_code == 0, weekly.output
+        assert "Registered deployment reading-notes/weekly on schedule 0 7 * * MON (Europe/London)" in weekly.output
+        # A scheduled student-feedback run is not named on-demand: `--name` left out, it is `scheduled`.
+        feedback = tierflow(
+            "schedule", "student-feedback", "--vault", str(feedback_vault), "--cron", "0 6 21 11 *",
+            "--timezone", "Europe/London",
+        )  # fmt: skip
+        assert feedback.exit_code == 0, feedback.output
+        assert "Registered deployment student-feedback/scheduled on schedule 0 6 21 11 *" in feedback.output
+        anytime = tierflow("schedule", "student-feedback", "--vault", str(feedback_vault))
+        assert anytime.exit_code == 0, anytime.output
+        assert "Registered deployment student-feedback/on-demand with no schedule" in anytime.output
+        after = state(url)
+    assert after["flows"] == ["reading-notes", "student-feedback"]
+    assert [d[0] for d in after["deployments"]] == ["on-demand", "scheduled", "weekly"]
+
+
 def _vault_timezone(vault: Path) -> str:
     from tierflow.core.config import load_config
 
@@ -499,7 +530,8 @@ def test_bad_schedule_input_says_why_and_registers_nothing(
     )
     with settings:
         result = tierflow(*command, *args)
-    assert result.exit_code != 0
+    # A wrong option is a usage error (2); a server that is not there is not (1).
+    assert result.exit_code == (1 if api_url in (None, "closed") else 2), result.output
     assert message in result.output
     assert "Traceback" not in result.output
     if api_url is None or api_url == "closed":

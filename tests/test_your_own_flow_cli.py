@@ -82,16 +82,26 @@ def test_a_registered_flow_is_scheduled_by_name(registered_triage: str, tmp_path
     from prefect import get_client
 
     vault = triage_vault(tmp_path)
+    help_text = CliRunner().invoke(app, ["schedule", registered_triage, "--help"])
+    assert help_text.exit_code == 0, help_text.output
+    assert "Usage: root schedule reading-triage [OPTIONS]" in said(help_text)  # not `registered-flow [OPTIONS] FLOW`
+    assert "Register the reading-triage flow" in said(help_text) and "registered-flow" not in help_text.output
+    # A parameter the flow does not take is a usage error (2), as `tierflow run --param` says it.
     refused = CliRunner().invoke(app, ["schedule", registered_triage, "--vault", str(vault), "--param", "colour=red"])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "the reading-triage flow takes no parameter 'colour'; it takes: folder, vault" in said(refused)
+    # On a schedule its deployment is not called on-demand.
     result = CliRunner().invoke(app, ["schedule", registered_triage, "--vault", str(vault), "--cron", "0 7 * * MON"])
     assert result.exit_code == 0, result.output
-    assert "deployment reading-triage/on-demand on schedule" in said(result)
+    assert "deployment reading-triage/scheduled on schedule" in said(result)
+    anytime = CliRunner().invoke(app, ["schedule", registered_triage, "--vault", str(vault)])
+    assert anytime.exit_code == 0, anytime.output
+    assert "deployment reading-triage/on-demand with no schedule" in said(anytime)
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("reading-triage/on-demand")
+        deployment = client.read_deployment_by_name("reading-triage/scheduled")
+        on_demand = client.read_deployment_by_name("reading-triage/on-demand")
     assert deployment.entrypoint == f"{MODULE}.reading_triage"
-    assert deployment.parameters == {"vault": str(vault.resolve())}
+    assert deployment.parameters == on_demand.parameters == {"vault": str(vault.resolve())}
 
 
 def resumable(code: str) -> str:

@@ -6,6 +6,8 @@ Registered in `tierflow.cli.app` with `app.add_typer(schedule_app, name="schedul
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,12 +30,26 @@ class _ScheduleGroup(TyperGroup):
 
             names = flow_names()
             if args[0] in names:  # a flow another package registered: the generic command, given its name
-                return super().resolve_command(ctx, [REGISTERED, *args])
+                return args[0], self._flow_command(args[0]), args[1:]
             ctx.fail(
                 f"unknown flow {args[0]!r}. tierflow schedules these flows: {', '.join(names)}. "
                 "Other commands: list, pause NAME, resume NAME."
             )
         return super().resolve_command(ctx, args)
+
+    def _flow_command(self, flow: str) -> Any:
+        """The hidden generic command as `flow`'s own: its help and usage name the flow, and it takes no FLOW."""
+        base = self.commands[REGISTERED]
+        command = copy.copy(base)
+        command.name = flow
+        command.hidden = False
+        command.params = [p for p in base.params if p.name != "flow_name"]
+        command.callback = functools.partial(base.callback, flow_name=flow)  # type: ignore[arg-type]
+        command.help = (
+            f"Register the {flow} flow (a flow another package registered): on demand (the default), or on a "
+            "schedule with --cron."
+        )
+        return command
 
 
 REGISTERED = "registered-flow"
@@ -63,7 +79,14 @@ TimezoneOpt = Annotated[
     str | None,
     typer.Option("--timezone", help="IANA time zone of the schedule (default: the vault's [vault] timezone)."),
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Deployment name (default: the flow's usual one).")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Deployment name (default: reading-notes' weekly, end-of-term for a scheduled module-review; else "
+        "on-demand, or scheduled with --cron).",
+    ),
+]
 PoolOpt = Annotated[str, typer.Option("--pool", help="Process work pool; created if missing.")]
 ParamOpt = Annotated[
     list[str] | None,
@@ -96,7 +119,7 @@ def _register(
     name: str | None,
     pool: str,
 ) -> None:
-    from tierflow.cli.prefect_ops import OpsError, register
+    from tierflow.cli.prefect_ops import OpsError, OpsUsageError, register
 
     try:
         done = register(
@@ -108,7 +131,8 @@ def _register(
             pool=pool,
         )
     except OpsError as exc:
-        raise fail(str(exc), 1) from None
+        # A wrong parameter, cron expression, time zone or name is a usage error (2), as `tierflow run` says it.
+        raise fail(str(exc), 2 if isinstance(exc, OpsUsageError) else 1) from None
     verb = "Registered" if done.created else "Updated"
     when = f"on schedule {done.schedule}" if done.schedule else "with no schedule (runs on demand)"
     typer.echo(f"{verb} deployment {done.deployment} {when}, on work pool {done.pool!r}.")
@@ -195,7 +219,6 @@ def schedule_module_review(
     if module:
         parameters["module"] = module
     parameters.update(parse_params(param))
-    name = name or ("end-of-term" if cron else "on-demand")
     _register(
         FLOWS["module-review"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
     )

@@ -50,6 +50,10 @@ class OpsError(TierflowError):
     """A Prefect operation cannot be done; says why and what to do, and nothing was changed."""
 
 
+class OpsUsageError(OpsError):
+    """The command's own input is wrong (a parameter, cron expression, time zone or name): a usage error."""
+
+
 @dataclass(frozen=True)
 class FlowTarget:
     """A flow tierflow can schedule: its CLI name (also its Prefect flow name) and where its code is."""
@@ -59,12 +63,27 @@ class FlowTarget:
     """A module path (`package.module.function`), so workers need the package, not a checkout."""
     deployment: str
     """The default deployment name."""
+    scheduled_deployment: str | None = None
+    """The default name of a deployment with a schedule; None: `deployment`, unless that is `on-demand`."""
 
+    def default_name(self, scheduled: bool) -> str:
+        """The deployment's name when `--name` is not given: one on a schedule is never called `on-demand`."""
+        if not scheduled:
+            return self.deployment
+        if self.scheduled_deployment:
+            return self.scheduled_deployment
+        return SCHEDULED if self.deployment == ON_DEMAND else self.deployment
+
+
+ON_DEMAND = "on-demand"
+SCHEDULED = "scheduled"
 
 FLOWS: dict[str, FlowTarget] = {
     "reading-notes": FlowTarget("reading-notes", "tierflow.flows.reading_notes.reading_notes", "weekly"),
-    "student-feedback": FlowTarget("student-feedback", "tierflow.flows.student_feedback.student_feedback", "on-demand"),
-    "module-review": FlowTarget("module-review", "tierflow.flows.module_review.module_review", "end-of-term"),
+    "student-feedback": FlowTarget("student-feedback", "tierflow.flows.student_feedback.student_feedback", ON_DEMAND),
+    "module-review": FlowTarget(
+        "module-review", "tierflow.flows.module_review.module_review", ON_DEMAND, scheduled_deployment="end-of-term"
+    ),
 }
 
 
@@ -124,7 +143,7 @@ def cron_schedule(cron: str, timezone: str) -> CronSchedule:
         return CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
         detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise OpsError(
+        raise OpsUsageError(
             f"--cron {cron!r} is not a cron expression Prefect accepts ({detail}). Write five fields, "
             'minute hour day-of-month month day-of-week: "0 7 * * MON" is Mondays at 07:00.'
         ) from None
@@ -136,7 +155,7 @@ def check_timezone(timezone: str) -> str:
         return timezone
     folded = {name.casefold(): name for name in zoneinfo.available_timezones()}
     hint = f" Did you mean {folded[timezone.casefold()]}?" if timezone.casefold() in folded else ""
-    raise OpsError(
+    raise OpsUsageError(
         f"--timezone {timezone!r} is not a time zone name.{hint} Use an IANA name such as Europe/London, "
         "America/New_York or UTC."
     )
@@ -198,7 +217,7 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
     unknown = [] if any_name else sorted(set(parameters) - accepted)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
-        raise OpsError(
+        raise OpsUsageError(
             f"the {flow.name} flow takes no parameter {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(sorted(accepted))}." + (f" Did you mean {close[0]!r}?" if close else "")
         )
@@ -208,7 +227,9 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         if name in accepted and p.default is inspect.Parameter.empty and name not in parameters
     ]
     if missing:
-        raise OpsError(f"the {flow.name} flow needs {', '.join(map(repr, missing))}: give it with --param NAME=VALUE.")
+        raise OpsUsageError(
+            f"the {flow.name} flow needs {', '.join(map(repr, missing))}: give it with --param NAME=VALUE."
+        )
     quiet = logging.getLogger("prefect.flows")
     was_disabled, quiet.disabled = quiet.disabled, True  # Prefect logs the failure too; say it once
     try:
@@ -217,7 +238,7 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         # Prefect's message is a heading, then a line `- NAME: what the value should be` per bad parameter.
         lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:] if line.strip()]
         detail = "; ".join(lines) or _reason(exc)
-        raise OpsError(f"bad parameter for the {flow.name} flow: {detail}") from None
+        raise OpsUsageError(f"bad parameter for the {flow.name} flow: {detail}") from None
     finally:
         quiet.disabled = was_disabled
 
@@ -252,9 +273,9 @@ def register(
     Everything that can be checked is checked before anything is written: the schedule, the flow, its
     parameters, the API. If a write fails part-way, what this call created is removed again.
     """
-    name = name or target.deployment
+    name = name or target.default_name(scheduled=bool(cron))
     if not name.strip() or any(ch in name for ch in BANNED_LIMIT_CHARACTERS):
-        raise OpsError(f"--name {name!r}: a deployment name needs at least one character and none of / % & > <.")
+        raise OpsUsageError(f"--name {name!r}: a deployment name needs at least one character and none of / % & > <.")
     schedule = cron_schedule(cron, timezone) if cron else None
     flow = load_flow(target)
     check_parameters(flow, parameters)
@@ -268,9 +289,8 @@ def register(
         flow_id = None
         flow_created = False
         try:
-            try:
-                flow_id = client.read_flow_by_name(flow.name).id
-            except ObjectNotFound:
+            flow_id = _flow_id(client, flow.name)
+            if flow_id is None:  # a server where the flow has never run nor been deployed
                 flow_id = client.create_flow_from_name(flow.name)
                 flow_created = True
             try:
@@ -311,6 +331,21 @@ def register(
         pool_created=pool_created,
         schedule=describe_schedule(cron, timezone) if cron else None,
     )
+
+
+def _flow_id(client: SyncPrefectClient, name: str) -> Any:
+    """The id of the flow called `name` on the server, or None when the server has no such flow."""
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        return client.read_flow_by_name(name).id
+    except ObjectNotFound:
+        return None
+    except PrefectHTTPStatusError as exc:
+        # Prefect 3's sync client raises its HTTP error on a 404 here, not ObjectNotFound as for deployments.
+        if exc.response.status_code == 404:
+            return None
+        raise
 
 
 def ensure_pool(client: SyncPrefectClient, pool: str) -> bool:

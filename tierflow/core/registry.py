@@ -31,7 +31,7 @@ class FlowSpec:
     flow: Any
     """The Prefect flow object."""
     deployment: str = "on-demand"
-    """The default deployment name for `tierflow schedule`."""
+    """The default deployment name for `tierflow schedule`; `on-demand` becomes `scheduled` with `--cron`."""
     plan: Callable[..., Any] | None = None
     """`plan(config, vault, *, tier, **parameters) -> Plan`, or None when the flow has no planner."""
 
