@@ -169,3 +169,31 @@ def test_a_phase_whose_every_item_fails_at_the_provider_fails_the_run_and_one_an
     assert down.failed and "no item got an answer" in down.failed and "529" in down.failed
     partial = fan_out_flow(one_answers, 3)(settings)
     assert partial.results == [0] and len(partial.skipped) == 2 and partial.failed is None
+
+
+def test_a_phase_whose_every_item_fails_for_any_reason_fails_the_run(tmp_path: Path, prefect_harness):
+    """Not only an outage: a bug in a task, or a template that no longer renders, that fails every item must not
+    end as a successful run that wrote nothing. The phase fails (exit 3) and says why, with the first error."""
+    from prefect import task
+
+    from tierflow.core.errors import VaultError
+
+    @task
+    def bug(index):  # noqa: ANN001, ANN202
+        raise KeyError("claims")
+
+    @task
+    def mixed(index):  # noqa: ANN001, ANN202
+        if index:
+            raise ValueError("a value nobody foresaw")
+        raise VaultError("a note that cannot be read")
+
+    settings = RunSettings(vault=str(tmp_path), run_id="bug", flow="phases", profile="offline")
+    broken = fan_out_flow(bug, 3)(settings)
+    assert not broken.results and len(broken.skipped) == 3 and broken.halted is None
+    assert broken.failed and "collate failed: no item finished; all 3 failed" in broken.failed
+    assert "(the first: KeyError: 'claims')" in broken.failed
+    both = fan_out_flow(mixed, 2)(settings)
+    assert both.failed and "all 2 failed (the first: a note that cannot be read)" in both.failed
+    none = fan_out_flow(bug, 0)(settings)  # no items is an empty phase, not a failed one
+    assert none.failed is None and not none.skipped

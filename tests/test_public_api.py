@@ -83,18 +83,18 @@ def test_all_is_exactly_what_the_docs_list_and_the_docs_import_only_from_it() ->
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path) -> None:
-    code = doc_code()
-    lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert len(lines) < 50, "the doc promises a flow in under 50 lines of code"
-    assert len(code.splitlines()) < 50, "under 50 lines even counting blank lines and comments"
-    assert f"in {len(lines)} lines of code" in DOC.read_text(encoding="utf-8")
+def doc_module(tmp_path: Path) -> object:
+    """The doc's flow code, as written, imported as a module of its own."""
     module_file = tmp_path / "triage_from_doc.py"
-    module_file.write_text(code, encoding="utf-8")
+    module_file.write_text(doc_code(), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("triage_from_doc", module_file)
     triage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(triage)  # type: ignore[union-attr]
+    return triage
 
+
+def inbox_vault(tmp_path: Path) -> Path:
+    """A vault with three notes in `Inbox/`, of three lengths (so three decisions), their times pinned."""
     vault = tmp_path / "vault"
     inbox = vault / "Inbox"
     inbox.mkdir(parents=True)
@@ -103,6 +103,17 @@ def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path)
     (inbox / "Stub.md").write_text("---\ntitle: Stub\n---\n\nTODO\n")
     for n, path in enumerate(sorted(inbox.iterdir())):
         os.utime(path, (1_763_000_000 + n, 1_763_000_000 + n))
+    return vault
+
+
+def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path) -> None:
+    code = doc_code()
+    lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(lines) < 50, "the doc promises a flow in under 50 lines of code"
+    assert len(code.splitlines()) < 50, "under 50 lines even counting blank lines and comments"
+    assert f"in {len(lines)} lines of code" in DOC.read_text(encoding="utf-8")
+    triage = doc_module(tmp_path)
+    vault = inbox_vault(tmp_path)
 
     summary = triage.reading_triage(vault=str(vault))
 
@@ -123,6 +134,32 @@ def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path)
         ("synthesise", "high", "deep"),
     ]
     assert (vault / summary.report.path).is_file()
+
+
+def test_the_doc_flow_pays_for_no_summary_when_every_triage_fails(tmp_path: Path) -> None:
+    """A bug after the triage's answer fails every item: the phase fails and the doc's flow, as tierflow's own
+    flows do, starts no summary of nothing. The report says why."""
+    from prefect import task
+
+    triage = doc_module(tmp_path)
+    answer = triage.triage.fn
+
+    @task
+    def triage_then_a_bug(settings, note):  # noqa: ANN001, ANN202
+        answer(settings, note)  # the answer is paid for, then the task's own code fails
+        raise KeyError("decision")
+
+    triage.triage = triage_then_a_bug
+    vault = inbox_vault(tmp_path)
+    summary = triage.reading_triage(vault=str(vault))
+
+    assert summary.failed and "collate failed: no item finished; all 3 failed (the first: KeyError: 'decision')" in (
+        summary.failed
+    )
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    assert sorted(r["phase"] for r in rows) == ["collate", "collate", "collate"]  # no synthesise
+    assert not (vault / "Triage").exists()
+    assert "all 3 failed" in (vault / summary.report.path).read_text(encoding="utf-8")
 
 
 def test_read_folder_reads_a_window_leaves_out_what_tierflow_wrote_and_refuses_to_leave_the_vault(

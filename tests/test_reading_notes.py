@@ -386,3 +386,29 @@ def test_the_api_key_reaches_no_note_ledger_log_or_artifact(reading_vault: Path,
     assert all(secret not in log.message for log in logs)
     assert all(secret not in str(a.data) for a in artifacts)
     assert secret not in json.dumps(flow_run.parameters, default=str)
+
+
+def test_a_prompt_template_that_fails_for_every_note_fails_the_run_and_says_why(reading_vault: Path):
+    """A vault's own prompt template with a typo fails every collation: the run must not exit 0 as if the week had
+    been read, nor go on to the later phases; the report says which variable is undefined."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    template = reading_vault / "Templates" / "tierflow" / "prompts" / "collate" / "note.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("x {{ dta }}\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        app,
+        ["run", "reading-notes", "--vault", str(reading_vault), "--since", str(SINCE), "--until", str(UNTIL)],
+        env={"COLUMNS": "300"},
+    )
+    assert result.exit_code == 3, result.output
+    said = " ".join(result.output.split())
+    first = "(the first: UndefinedError: 'dta' is undefined)"
+    assert f"collate failed: no item finished; all {SELECTED} failed {first}" in said
+    (report,) = (reading_vault / "tierflow" / "Runs").glob("* reading-notes *.md")
+    text = report.read_text(encoding="utf-8")
+    assert "Stopped early" in text and "all 8 failed (the first: UndefinedError: 'dta' is undefined)" in text
+    assert Ledger.for_vault(reading_vault).rows() == []  # no collation answered, so no later phase ran
+    assert drafts(reading_vault) == {}

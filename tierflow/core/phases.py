@@ -283,8 +283,9 @@ def fan_out(
     week of thousands of notes therefore never has thousands of task runs competing for the ledger's
     connections (`pool_size(workers)`, see `tierflow.core.ledger`).
 
-    A provider failure or malformed answer skips that item with its reason and the rest go on. A budget
-    halt stops the phase: finished items are kept, unfinished ones are listed as not done. With `warm` (the
+    A provider failure or malformed answer skips that item with its reason and the rest go on; when no item
+    finishes, for whatever reason, the phase fails (`failed`: the run exits 3 and no later phase should start). A
+    budget halt stops the phase: finished items are kept, unfinished ones are listed as not done. With `warm` (the
     items' prompts share a cacheable prefix), the first item runs alone and the rest fan out once it has
     answered: the provider writes the prefix to its cache once, and every other call reads it, where
     calls started together would each pay the cache write.
@@ -295,6 +296,7 @@ def fan_out(
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     unanswered: list[str] = []  # the provider's errors, one per item that got none
+    errors: dict[int, str] = {}  # why each failed item failed, by its place in `items`
     advance(phase, 0, len(items))
     if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
         route_first = lambda: phase_route(  # noqa: E731
@@ -335,12 +337,14 @@ def fan_out(
                 outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
             except (ProviderError, VaultError) as exc:
                 outcome.skipped.append((name, f"{phase} failed: {exc}"))
+                errors[indices[future]] = str(exc)
                 if isinstance(exc, ProviderError):
                     unanswered.append(str(exc))
             except (
                 Exception
             ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
                 outcome.skipped.append((name, f"{phase} failed unexpectedly: {type(exc).__name__}: {exc}"))
+                errors[indices[future]] = f"{type(exc).__name__}: {exc}"
             advance(phase, done, len(items), subject(item))
     finally:
         answers.stop()
@@ -348,12 +352,19 @@ def fan_out(
         outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
-    if unanswered and not outcome.results and not outcome.halted:
-        # An outage, not a bad item: the run fails (exit 3) so that a scheduled run's failure is seen.
-        outcome.failed = (
-            f"{phase} failed: no item got an answer; {len(unanswered)} of {len(items)} failed at the provider "
-            f"(the first: {unanswered[0]}). Rerun once it answers: finished answers are reused, not paid again."
-        )
+    if errors and not outcome.results and not outcome.halted:
+        # Nothing to go on with: the run fails (exit 3) so that a scheduled run's failure is seen, and the flow
+        # starts no later phase on empty input (`RunSummary.stopped`).
+        if len(unanswered) == len(errors):  # an outage, not a bad item
+            outcome.failed = (
+                f"{phase} failed: no item got an answer; {len(unanswered)} of {len(items)} failed at the provider "
+                f"(the first: {unanswered[0]}). Rerun once it answers: finished answers are reused, not paid again."
+            )
+        else:  # a bug, a template that no longer renders, notes that cannot be written: the same for every item
+            outcome.failed = (
+                f"{phase} failed: no item finished; all {len(errors)} failed (the first: {errors[min(errors)]}). "
+                "Each item's reason is under Skipped. Fix the cause and rerun: answers already paid for are reused."
+            )
     return outcome
 
 
