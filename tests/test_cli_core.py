@@ -218,6 +218,19 @@ def test_an_unknown_vault_timezone_is_a_config_error_in_config_show_plan_and_run
         assert "Europe/London" in message
 
 
+def test_plan_with_a_template_typo_names_the_template_and_the_variable_without_a_traceback(reading_vault: Path):
+    template = reading_vault / "Templates" / "tierflow" / "prompts" / "collate" / "note.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("<data>{{ dta | tojson }}</data>\n", encoding="utf-8")
+    week = ["--since", "2026-11-16", "--until", "2026-11-22"]
+    result = run(["plan", "reading-notes", "--vault", str(reading_vault), *week])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"error: the template {template}, line 1, does not render: 'dta' is undefined" in message, message
+    assert "Did you mean 'data'?" in message, message
+
+
 def test_every_tier_flag_is_checked_before_any_note_is_selected(tmp_path: Path):
     """An empty vault: a run would find no notes, so only an up-front check can refuse these flags."""
     for flag, problem in (

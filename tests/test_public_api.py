@@ -224,3 +224,37 @@ def test_a_missing_template_is_a_tierflow_error_naming_the_folders_searched(tmp_
         assert f"tierflow's bundled templates ({REPO / 'templates'}/)" in said
         assert "copy it into the vault's override folder" in said
         assert isinstance(caught.value, TemplateNotFound)  # code catching Jinja2's own error still does
+
+
+def test_a_template_typo_names_the_variable_and_the_template_file_even_through_tojson(tmp_path: Path) -> None:
+    """Every bundled prompt passes its data through `tojson`: a typo there must name the variable (it said "Object
+    of type StrictUndefined is not JSON serializable"), the template file and its line, and the names it was given."""
+    from jinja2 import TemplateError
+
+    vault = tmp_path / "vault"
+    override = vault / "Templates" / "tierflow" / "prompts" / "mine.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text("<data>\n{{ dta | tojson }}\n</data>\n", encoding="utf-8")
+    env = tierflow.templates(tierflow.RunSettings(vault=str(vault), run_id="t", flow="mine"))
+    for template, given in (("prompts/mine.j2", {"data": {"a": 1}}), ("prompts/mine.j2", {})):
+        with pytest.raises(tierflow.TierflowError) as caught:
+            env.get_template(template).render(**given)
+        said = str(caught.value)
+        assert f"the template {override}, line 2, does not render: 'dta' is undefined" in said, said
+        assert ("Did you mean 'data'?" in said) == bool(given), said
+        assert "It overrides tierflow's own prompts/mine.j2" not in said  # tierflow has none of that name
+        assert isinstance(caught.value, TemplateError)  # code catching Jinja2's own error still does
+    # Inside a value too: an undefined variable in a dict or list is named, not "not JSON serializable".
+    with pytest.raises(tierflow.TierflowError, match="'dta' is undefined"):
+        env.from_string("{{ {'notes': [dta]} | tojson }}").render()
+    with pytest.raises(TypeError, match="not JSON serializable"):  # a value JSON cannot hold is still refused
+        env.from_string("{{ x | tojson }}").render(x=object())
+    # A vault's override of a bundled template says so, and how to go back to tierflow's own.
+    collate = vault / "Templates" / "tierflow" / "prompts" / "collate" / "note.j2"
+    collate.parent.mkdir(parents=True)
+    collate.write_text("x {{ source.titel | tojson }}\n", encoding="utf-8")
+    with pytest.raises(tierflow.TierflowError) as caught:
+        env.get_template("prompts/collate/note.j2").render(source={"title": "A"}, data={}, max_claims=3)
+    said = str(caught.value)
+    assert f"the template {collate}, line 1, does not render: 'dict object' has no attribute 'titel'" in said, said
+    assert "It overrides tierflow's own prompts/collate/note.j2: correct it, or delete it to use tierflow's." in said

@@ -362,7 +362,8 @@ def fan_out(
             )
         else:  # a bug, a template that no longer renders, notes that cannot be written: the same for every item
             outcome.failed = (
-                f"{phase} failed: no item finished; all {len(errors)} failed (the first: {errors[min(errors)]}). "
+                f"{phase} failed: no item finished; all {len(errors)} failed "
+                f"(the first: {errors[min(errors)].rstrip('.')}). "
                 "Each item's reason is under Skipped. Fix the cause and rerun: answers already paid for are reused."
             )
     return outcome

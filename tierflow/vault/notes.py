@@ -23,7 +23,16 @@ from typing import Any, Literal
 
 import frontmatter
 import yaml
-from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import (
+    ChoiceLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    Undefined,
+)
 from jinja2.sandbox import SandboxedEnvironment
 from pathvalidate import sanitize_filename
 
@@ -169,9 +178,79 @@ class TemplateMissing(VaultError, TemplateNotFound):
         TemplateNotFound.__init__(self, name, message)
 
 
-class _Templates(SandboxedEnvironment):
-    """A template environment whose missing template is a `TemplateMissing` naming the folders searched."""
+class TemplateFailed(VaultError, TemplateError):
+    """A template that does not render (an undefined variable, a syntax error), naming its file and line; still a
+    Jinja2 TemplateError, for code that catches Jinja2's own error."""
 
+    def __init__(self, message: str) -> None:
+        TemplateError.__init__(self, message)
+
+
+_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+
+
+class _Template(Template):
+    """A template whose failure to render is a `TemplateFailed` naming the template file, the line and the names
+    it was given."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        try:
+            return super().render(*args, **kwargs)
+        except TemplateFailed:
+            raise
+        except TemplateError as exc:
+            given = sorted(dict(*args, **kwargs))
+            raise failed_template(exc, self.environment, self.filename or self.name, given) from exc
+
+
+def failed_template(
+    exc: TemplateError, env: Any, filename: str | None, given: list[str] | None = None
+) -> TemplateFailed:
+    """`exc` as a `TemplateFailed`: the template file and line where it happened (Jinja2 rewrites a render's
+    traceback so that a template's frames carry its file name and line), why, and what to do."""
+    where, line = filename or "<string>", getattr(exc, "lineno", None)
+    if isinstance(exc, TemplateSyntaxError) and exc.filename:
+        where = exc.filename
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost template frame: an included template's, when the error is there
+        if "__jinja_exception__" in tb.tb_frame.f_globals:
+            where, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        tb = tb.tb_next
+    reason = exc.message or type(exc).__name__
+    text = f"the template {where}" + (f", line {line}," if line else "") + f" does not render: {reason}."
+    undefined = _UNDEFINED.match(reason)
+    if undefined and given:
+        close = difflib.get_close_matches(undefined.group(1), given, n=1)
+        text += f" {'Did you mean ' + repr(close[0]) + '? ' if close else ''}It is given: {', '.join(given)}."
+    override, bundled = getattr(env, "searched", (None, None))
+    if override is not None and bundled is not None and Path(where).is_relative_to(override):
+        name = Path(where).relative_to(override).as_posix()
+        if (bundled / name).is_file():
+            text += f" It overrides tierflow's own {name}: correct it, or delete it to use tierflow's."
+        else:
+            text += " It is in the vault's override folder: correct it there."
+    return TemplateFailed(text)
+
+
+def _json_default(value: Any) -> Any:
+    """`tojson` of an undefined variable raises Jinja2's error naming it, not "StrictUndefined is not JSON
+    serializable"; any other value JSON cannot hold is refused as `json.dumps` refuses it."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # documented Jinja2 API: raises the UndefinedError with its hint
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _tojson(value: Any) -> str:
+    """Prompt data as compact JSON; only < and > are escaped, so no value can close its <data> fence."""
+    text = json.dumps(value, ensure_ascii=False, default=_json_default)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+class _Templates(SandboxedEnvironment):
+    """A template environment whose missing template is a `TemplateMissing` naming the folders searched, and whose
+    template that does not compile or render is a `TemplateFailed` naming its file and line."""
+
+    template_class = _Template
     searched: tuple[Path | None, Path]
     """The vault's override folder (whether or not it exists), and the bundled templates."""
 
@@ -182,6 +261,8 @@ class _Templates(SandboxedEnvironment):
             if isinstance(exc, TemplateMissing) or not isinstance(name, str):
                 raise
             raise self.missing(name) from None
+        except TemplateSyntaxError as exc:
+            raise failed_template(exc, self, exc.filename or str(name)) from exc
 
     def missing(self, name: str) -> TemplateMissing:
         override, bundled = self.searched
@@ -211,8 +292,7 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    # Prompt data as compact JSON; only < and > are escaped, so no value can close its <data> fence.
-    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    env.filters["tojson"] = _tojson
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
     # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
