@@ -162,6 +162,32 @@ def test_the_doc_flow_pays_for_no_summary_when_every_triage_fails(tmp_path: Path
     assert "all 3 failed" in (vault / summary.report.path).read_text(encoding="utf-8")
 
 
+def test_the_doc_flow_writes_a_models_link_to_no_note_as_text_and_reports_it(tmp_path: Path) -> None:
+    """The summary a model wrote links a note nobody wrote: the note is written with that link as text and the run
+    ends with its report, which says so; before, the whole run died after every phase was paid, with no report."""
+    from prefect import task
+
+    triage = doc_module(tmp_path)
+    answer = triage.summarise.fn
+
+    @task
+    def summary_with_a_dangling_link(settings, verdicts):  # noqa: ANN001, ANN202
+        return answer(settings, verdicts) + " See [[Nonexistent note]]."
+
+    triage.summarise = summary_with_a_dangling_link
+    vault = inbox_vault(tmp_path)
+    summary = triage.reading_triage(vault=str(vault))
+
+    assert not summary.failed and not summary.halted
+    note = frontmatter.load(vault / "Triage" / "Reading triage.md")
+    assert "See Nonexistent note." in note.content and "[[Nonexistent note]]" not in note.content
+    assert "[[Long read]]" in note.content  # the links that resolve stay links
+    (written,) = summary.written
+    assert written.message == "written as plain text, not as links: [[Nonexistent note]] links to no note in the vault"
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert "Nonexistent note links to no note in the vault" in report
+
+
 def test_read_folder_reads_a_window_leaves_out_what_tierflow_wrote_and_refuses_to_leave_the_vault(
     tmp_path: Path,
 ) -> None:
@@ -207,6 +233,54 @@ def test_writer_for_never_overwrites_or_shadows_a_note_a_person_wrote(tmp_path: 
     assert kept.action == "kept-user-edit" and kept.path.startswith("Out/Mine (tierflow 2026-11-18")
     apart = writer.write("Taken", {"title": "Taken"}, "tierflow's words")
     assert apart.path == "Out/Taken (2).md", "a new note never takes a name another note has anywhere in the vault"
+
+
+def test_writer_for_writes_a_link_to_no_single_note_as_text_and_says_so(tmp_path: Path) -> None:
+    """A model's `[[link]]` to a note that does not exist (or to two notes of one name) is written as its text, with
+    a warning in the result (the console and the run report show it), not refused after the run has paid."""
+    from tierflow import RunSettings, writer_for
+
+    vault = tmp_path / "vault"
+    for folder in ("Notes", "Notes/2025", "Out"):
+        (vault / folder).mkdir(parents=True, exist_ok=True)
+    (vault / "Notes" / "Real.md").write_text("a note\n")
+    (vault / "Notes" / "Twin.md").write_text("one\n")
+    (vault / "Notes" / "2025" / "Twin.md").write_text("two\n")
+    writer = writer_for(RunSettings(vault=str(vault), run_id="t", flow="t"), "Out")
+
+    body = "See [[Real]], [[Nonexistent note|a note]], [[Twin]] and `[[In code]]`."
+    result = writer.write("Digest", {"title": "Digest", "related": ["[[Nowhere]]", "[[Real]]"]}, body)
+    post = frontmatter.load(vault / "Out" / "Digest.md")
+    assert result.action == "created" and post.content == "See [[Real]], a note, Twin and `[[In code]]`."
+    assert post["related"] == ["Nowhere", "[[Real]]"]
+    assert result.message == (
+        "written as plain text, not as links: [[Nowhere]] links to no note in the vault; [[Nonexistent note]] links "
+        "to no note in the vault; [[Twin]] is ambiguous: it matches Notes/2025/Twin.md, Notes/Twin.md"
+    )
+    assert VaultNames.scan(vault).problems((vault / "Out" / "Digest.md").read_text()) == []
+
+
+def test_the_writers_refusal_says_what_is_wrong_with_each_link_and_what_to_do(tmp_path: Path) -> None:
+    """tierflow's own flows write with the final guard on: a link to no note is not "notes that share a name"."""
+    from tierflow import NoteWriter, VaultError
+
+    vault = tmp_path / "vault"
+    for folder in ("Notes/2025", "Out"):
+        (vault / folder).mkdir(parents=True, exist_ok=True)
+    (vault / "Notes" / "Twin.md").write_text("one\n")
+    (vault / "Notes" / "2025" / "Twin.md").write_text("two\n")
+    writer = NoteWriter(vault, "Out", names=VaultNames.scan(vault))
+    with pytest.raises(VaultError) as dangling:
+        writer.write("Digest", {"title": "Digest"}, "See [[Nonexistent note]].")
+    said = str(dangling.value)
+    assert "Out/Digest.md was not written: [[Nonexistent note]] links to no note in the vault" in said, said
+    assert "create that note, or write the name without [[ ]]" in said and "share a name" not in said, said
+    with pytest.raises(VaultError) as ambiguous:
+        writer.write("Digest", {"title": "Digest"}, "See [[Twin]].")
+    said = str(ambiguous.value)
+    assert "[[Twin]] is ambiguous: it matches Notes/2025/Twin.md, Notes/Twin.md" in said
+    assert "rename the notes that share a name, or link one by its path" in said and "create that note" not in said
+    assert not (vault / "Out" / "Digest.md").exists()
 
 
 def test_a_missing_template_is_a_tierflow_error_naming_the_folders_searched(tmp_path: Path) -> None:

@@ -47,11 +47,14 @@ def writer_for(settings: RunSettings, folder: str) -> NoteWriter:
     """The run's safe writer for `folder` of its vault.
 
     A new note never takes a name any note in the vault has; an existing note is replaced only if tierflow
-    wrote it and nobody has edited it since, else the new one goes to a dated sibling; every wikilink in a
-    note must resolve to exactly one file, or it is not written.
+    wrote it and nobody has edited it since, else the new one goes to a dated sibling; a link that does not
+    resolve to exactly one file (a model's `[[link]]` to a note nobody wrote) is written as its text, and the
+    `WriteResult`'s message, shown on the console and in the run report, names it.
     """
     vault = check_vault(Path(settings.vault or "."))
-    return NoteWriter(vault, folder, today=caller_for(settings).config.today(), names=VaultNames.scan(vault))
+    today = caller_for(settings).config.today()
+    # A model's text is the flow's to write: refusing the note would lose what the run paid for.
+    return NoteWriter(vault, folder, today=today, names=VaultNames.scan(vault), unresolved="text")
 
 
 def templates(settings: RunSettings) -> SandboxedEnvironment:

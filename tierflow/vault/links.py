@@ -27,6 +27,8 @@ WIKILINK = re.compile(r"!?\[\[([^\[\]|#^\n]*)(?:[#^][^\[\]|\n]*)?(?:\|[^\[\]\n]*
 MARKDOWN_LINK = re.compile(r"!?\[((?:\\.|[^\[\]\\\n])*)\]\(([^()\s]+)\)")
 """`[label](Folder/Note%20name.md)`: group 1 is the label, group 2 the link's URL."""
 
+NO_NOTE = "links to no note in the vault"
+"""How `VaultNames.problems` ends the problem of a link whose target no file has."""
 _NOT_IN_WIKILINK = re.compile(r"[#^|\[\]\n]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -194,7 +196,7 @@ class VaultNames:
         for shown, target in dict.fromkeys(_links(text)):
             found = self.resolve(target)
             if not found:
-                out.append(f"{shown} links to no note in the vault")
+                out.append(f"{shown} {NO_NOTE}")
             elif len(found) > 1:
                 out.append(f"{shown} is ambiguous: it matches {', '.join(found)}")
         return out

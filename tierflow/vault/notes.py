@@ -39,7 +39,7 @@ from pathvalidate import sanitize_filename
 from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
-from tierflow.vault.links import VaultNames, note_links
+from tierflow.vault.links import NO_NOTE, VaultNames, note_links
 from tierflow.vault.text import (
     PropertyError,
     escape_comments,
@@ -397,6 +397,10 @@ class NoteWriter:
     """The vault's file names (scanned when not given): a new note never takes a name another note has
     anywhere in the vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds
     must resolve to exactly one file."""
+    unresolved: Literal["refuse", "text"] = "refuse"
+    """A link that does not resolve to exactly one file: "refuse" the note (the final guard of tierflow's own
+    flows, which write such links as text before they write), or write it as its "text", saying so in the
+    `WriteResult`'s message (`writer_for`: a flow of your own writing a model's text)."""
 
     def __post_init__(self) -> None:
         self.vault = self.vault.resolve()
@@ -445,14 +449,18 @@ class NoteWriter:
         other's new notes.
         """
         path, apart = self._apart(self.target(title))
+        warning = ""
+        if self.unresolved == "text":
+            front_matter, body, warning = self._unlink(path, front_matter, body)
         text = render_note(front_matter, body)
         self._check_links(path, front_matter, body)
         mine = scope(front_matter, body) if scope is not None else None
         for _ in range(_RACES):
             try:
-                return self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated)
+                result = self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated)
             except FileExistsError:
                 continue  # another run created that file since we looked: look again
+            return replace(result, message="; ".join(m for m in (result.message, warning) if m))
         raise VaultError(f"{self._rel(path)}: other runs kept creating notes of that name; run again")
 
     def _write(
@@ -509,6 +517,22 @@ class NoteWriter:
                 return candidate, f"named apart from {', '.join(others)}, which has the name {path.stem!r}"
         raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
 
+    def _unlink(self, path: Path, front_matter: dict[str, Any], body: str) -> tuple[dict[str, Any], str, str]:
+        """The front-matter and body with each link that does not resolve to exactly one file written as its
+        text (code is left as it is), and a warning naming those links; "" when there were none."""
+        if self.names is None:
+            return front_matter, body, ""
+        self.names.add(self._rel(path))  # a note may link to itself
+        problems = self.names.problems("\n".join([*_strings(front_matter), body]))
+        if not problems:
+            return front_matter, body, ""
+        unlinked = _map_strings(front_matter, self.names.unlink_unresolved)
+        return (
+            unlinked,
+            self.names.unlink_unresolved(body),
+            f"written as plain text, not as links: {'; '.join(problems)}",
+        )
+
     def _check_links(self, path: Path, front_matter: dict[str, Any], body: str) -> None:
         """The final guard: a note whose links (wikilinks, and Markdown links to notes) do not each resolve to
         exactly one file is not written.
@@ -520,13 +544,20 @@ class NoteWriter:
             return
         self.names.add(self._rel(path))
         problems = self.names.problems("\n".join([*_strings(front_matter), body]))
-        if problems:
-            raise LinkError(
-                f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link tierflow writes must "
-                "resolve to exactly one note: rename the notes that share a name. If tierflow wrote the link itself, "
-                "that is a bug in tierflow: please report it with the notes' names.",
-                problems,
-            )
+        if not problems:
+            return
+        fixes = []
+        if any(p.endswith(NO_NOTE) for p in problems):
+            fixes.append("for a link to no note, create that note, or write the name without [[ ]]")
+        if any(not p.endswith(NO_NOTE) for p in problems):
+            fixes.append("for an ambiguous link, rename the notes that share a name, or link one by its path")
+        raise LinkError(
+            f"{self._rel(path)} was not written: {'; '.join(problems)}. Every link in a note tierflow writes must "
+            f"lead to exactly one note: {'; '.join(fixes)}. A flow of your own can have such links written as "
+            "plain text instead (writer_for does). If one of tierflow's flows wrote the link, that is a bug in "
+            "tierflow: please report it with the notes' names.",
+            problems,
+        )
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.vault).as_posix()
@@ -613,6 +644,17 @@ def _umask() -> int:
 
 
 _NEW_FILE_MODE = 0o666 & ~_umask()
+
+
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """`value` with `change` applied to every string inside it (lists and mappings walked)."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_map_strings(v, change) for v in value)
+    return value
 
 
 def _strings(value: Any) -> list[str]:
