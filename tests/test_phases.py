@@ -197,3 +197,41 @@ def test_a_phase_whose_every_item_fails_for_any_reason_fails_the_run(tmp_path: P
     assert both.failed and "all 2 failed (the first: a note that cannot be read)" in both.failed
     none = fan_out_flow(bug, 0)(settings)  # no items is an empty phase, not a failed one
     assert none.failed is None and not none.skipped
+
+
+def test_once_a_phase_has_failed_no_later_phase_of_the_run_starts(tmp_path: Path, prefect_harness):
+    """A flow of your own that does not check `run.stopped` still pays for no phase on nothing: after a phase
+    failed, a later `.once` or `.each` of that flow run returns at once with the same stop, its task never run.
+    Another flow run (a resumed run is one) of the same run id starts afresh."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+
+    ran: list[str] = []
+
+    @task
+    def bug(index):  # noqa: ANN001, ANN202
+        raise KeyError("claims")
+
+    @task
+    def later(name):  # noqa: ANN001, ANN202
+        ran.append(name)
+        return name
+
+    @flow
+    def three_phases(settings, fail: bool):  # noqa: ANN001, ANN202
+        first = phases.fan_out(
+            bug if fail else later, settings, ["a"], phase="collate", complexity="low", subject=str, args=lambda i: (i,)
+        )
+        second = phases.single(later, settings, "synthesis", phase="synthesise", complexity="high", subject="week")
+        third = phases.Phase("draft", "medium").each(later, settings, ["x", "y"], subject=str, args=lambda i: (i,))
+        return first, second, third
+
+    settings = RunSettings(vault=str(tmp_path), run_id="stops", flow="phases", profile="offline")
+    first, second, third = three_phases(settings, True)
+    assert first.failed and second.failed == third.failed == first.failed and ran == []
+    assert not second.results and not third.results
+    assert second.skipped == [("synthesise", "not started: the collate phase failed")]
+    assert third.skipped == [("draft", "not started: the collate phase failed")]
+    first, second, third = three_phases(settings, False)  # the same run id, a new flow run
+    assert first.failed is None and second.results == ["synthesis"] and third.results == ["x", "y"]

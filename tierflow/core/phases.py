@@ -262,6 +262,45 @@ class PhaseOutcome(Generic[R]):
     """Provider batch ids this phase submitted or is waiting on."""
 
 
+@dataclass(frozen=True)
+class _Stop:
+    phase: str
+    halted: str | None
+    failed: str | None
+
+
+_stops: dict[tuple[str, str], _Stop] = {}
+"""The first phase that failed or that a budget halted, per run id and Prefect flow run, in this process."""
+_stops_lock = threading.Lock()
+
+
+def _stop_key(settings: RunSettings) -> tuple[str, str] | None:
+    """The flow run a phase belongs to: a resumed run (a new flow run of the same run id) starts afresh."""
+    flow_run_id, _ = prefect_run_ids()
+    return (settings.run_id, flow_run_id) if flow_run_id else None
+
+
+def _stopped(settings: RunSettings, phase: str) -> PhaseOutcome[Any] | None:
+    """The outcome of a phase that is not started because an earlier phase of its flow run stopped the run;
+    None when none did. A flow need not check `RunSummary.stopped` to pay for no phase on nothing."""
+    key = _stop_key(settings)
+    with _stops_lock:
+        stop = _stops.get(key) if key else None
+    if stop is None:
+        return None
+    why = f"the {stop.phase} phase failed" if stop.failed else f"a budget halted the {stop.phase} phase"
+    return PhaseOutcome(skipped=[(phase, f"not started: {why}")], halted=stop.halted, failed=stop.failed)
+
+
+def _remember(settings: RunSettings, phase: str, outcome: PhaseOutcome[R]) -> PhaseOutcome[R]:
+    """`outcome`, remembered as its flow run's stop when it failed or was halted (the first one only)."""
+    key = _stop_key(settings)
+    if key and (outcome.failed or outcome.halted):
+        with _stops_lock:
+            _stops.setdefault(key, _Stop(phase, outcome.halted, outcome.failed))
+    return outcome
+
+
 def fan_out(
     task: Task[..., R],
     settings: RunSettings,
@@ -284,12 +323,16 @@ def fan_out(
     connections (`pool_size(workers)`, see `tierflow.core.ledger`).
 
     A provider failure or malformed answer skips that item with its reason and the rest go on; when no item
-    finishes, for whatever reason, the phase fails (`failed`: the run exits 3 and no later phase should start). A
-    budget halt stops the phase: finished items are kept, unfinished ones are listed as not done. With `warm` (the
+    finishes, for whatever reason, the phase fails (`failed`: the run exits 3). A budget halt stops the phase:
+    finished items are kept, unfinished ones are listed as not done. After either, no later phase of the flow run
+    starts (`_stopped`). With `warm` (the
     items' prompts share a cacheable prefix), the first item runs alone and the rest fan out once it has
     answered: the provider writes the prefix to its cache once, and every other call reads it, where
     calls started together would each pay the cache write.
     """
+    stopped = _stopped(settings, phase)
+    if stopped is not None:
+        return stopped
     outcome: PhaseOutcome[R] = PhaseOutcome()
     workers = started_task_runs(caller_for(settings).config)
     finished_queue: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
@@ -366,7 +409,7 @@ def fan_out(
                 f"(the first: {errors[min(errors)].rstrip('.')}). "
                 "Each item's reason is under Skipped. Fix the cause and rerun: answers already paid for are reused."
             )
-    return outcome
+    return _remember(settings, phase, outcome)
 
 
 def _warm(settings: RunSettings, route_first: Callable[[], Route]) -> None:
@@ -385,6 +428,9 @@ def single(
     subject: str,
 ) -> PhaseOutcome[R]:
     """Run one tagged phase task; a failure fails the phase with its cause, and the run goes on to report."""
+    stopped = _stopped(settings, phase)
+    if stopped is not None:
+        return stopped
     outcome: PhaseOutcome[R] = PhaseOutcome()
     advance(phase, 0, 1)
     try:
@@ -400,7 +446,7 @@ def single(
             "and the answer cache; the traceback is in the Prefect log."
         )
     advance(phase, 1, 1, subject)
-    return outcome
+    return _remember(settings, phase, outcome)
 
 
 @contextmanager
