@@ -290,4 +290,11 @@ def batch_outcome(
         outcome.failed = outcome.failed or (
             f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
         )
+    elif submissions and not outcome.results and not outcome.halted:
+        # As `fan_out` says it of a direct run: nothing to go on with, so the run fails (exit 3) and stops here.
+        first = outcome.skipped[0][1].rstrip(".") if outcome.skipped else "no answer in the batch"
+        outcome.failed = outcome.failed or (
+            f"{phase} failed: no submission got an answer; all {len(submissions)} failed (the first: {first}). "
+            "Each submission's reason is under Skipped. Fix the cause and rerun: answers already paid for are reused."
+        )
     return outcome

@@ -276,6 +276,22 @@ def test_expired_batch_lists_the_submissions_and_a_rerun_resubmits_only_those(fe
     assert len(drafts(feedback_vault)) == SUBMITTED
 
 
+def test_a_batch_where_no_submission_got_an_answer_fails_the_run(feedback_vault, double, keys):
+    """As in a direct run: every item of the phase lost (here the whole batch expired) fails the phase, so the run
+    exits 3 and says why instead of ending as a success that wrote nothing; no cohort summary is paid for."""
+    configure(feedback_vault, double, "anthropic")
+    double.responder = skilled()
+    double.expire_next_batch()
+    summary = student_feedback(vault=str(feedback_vault), mode="batch")
+    assert (
+        summary.failed and f"collate failed: no submission got an answer; all {SUBMITTED - 1} failed" in summary.failed
+    )
+    assert "expired" in summary.failed
+    creates = [q for q in double.requests if q.kind == "batch_create"]
+    assert len(creates) == 1 and drafts(feedback_vault) == {}  # the collate batch only: no cohort, no drafts
+    assert "no submission got an answer" in (feedback_vault / summary.report.path).read_text()
+
+
 def test_a_failed_item_inside_a_batch_is_retried_on_its_own(feedback_vault, double, keys):
     configure(feedback_vault, double, "openai")
     double.responder = skilled()
