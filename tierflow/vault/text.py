@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,17 @@ def hide_comments(text: str) -> str:
     """
     if "%%" not in text and "<!--" not in text:
         return text
-    masked = without_code(text)  # same length: offsets found in it are offsets in `text`
+    return _outside_code(text, COMMENT, lambda m: "\n" * text.count("\n", m.start(), m.end()))
+
+
+def _outside_code(text: str, pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str]) -> str:
+    """`text` with each match of `pattern` outside code replaced by `replace(match)`: the pattern is matched in
+    `without_code(text)`, of the same length, so a match's offsets are offsets in `text`."""
+    masked = without_code(text)
     pieces: list[str] = []
     done = 0
-    for m in COMMENT.finditer(masked):
-        pieces += [text[done : m.start()], "\n" * text.count("\n", m.start(), m.end())]
+    for m in pattern.finditer(masked):
+        pieces += [text[done : m.start()], replace(m)]
         done = m.end()
     pieces.append(text[done:])
     return "".join(pieces)
@@ -128,14 +135,7 @@ def escape_links(text: str) -> str:
     the entity itself)."""
     if "[[" not in text and "](" not in text:
         return text
-    masked = without_code(text)  # same length: offsets found in it are offsets in `text`
-    pieces: list[str] = []
-    done = 0
-    for m in _LINK_OPENER.finditer(masked):
-        pieces += [text[done : m.start()], _LINK_ESCAPES[m.group()[:2]]]
-        done = m.end()
-    pieces.append(text[done:])
-    return "".join(pieces)
+    return _outside_code(text, _LINK_OPENER, lambda m: _LINK_ESCAPES[m.group()[:2]])
 
 
 def unescape_links(text: str) -> str:
