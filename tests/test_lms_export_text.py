@@ -121,12 +121,33 @@ def test_no_export_target_sends_a_comment(tmp_path, target):
     assert not any(word in sent for word in PRIVATE), sent
 
 
-def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_reach_the_student_as_written():
-    """A student typed "from 40%% to 65%"; a model quoting it wrote `%%` into the draft, where it started a
-    comment that hid the rest of the draft in Obsidian and in what was exported to the student."""
+def feedback_body(student_id: str, name: str, *, criteria: list, next_steps: list, overall: str, empty=False) -> str:
+    """A draft's body as tierflow's feedback template writes it (the bundled template, no vault override)."""
     from types import SimpleNamespace
 
     from tierflow.vault.notes import template_env
+
+    student = SimpleNamespace(student_id=student_id, name=name, path=f"s/{student_id}.md", not_read=(), empty=empty)
+    return (
+        template_env(None, "Templates/tierflow")
+        .get_template("notes/feedback.md.j2")
+        .render(
+            student=student,
+            criteria=criteria,
+            problems="",
+            next_steps=next_steps,
+            overall=overall,
+            empty=empty,
+            flags=(),
+            offline=False,
+        )
+    )
+
+
+def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_reach_the_student_as_written():
+    """A student typed "from 40%% to 65%"; a model quoting it wrote `%%` into the draft, where it started a
+    comment that hid the rest of the draft in Obsidian and in what was exported to the student."""
+
     from tierflow.vault.text import hide_comments, unclosed_comment
 
     criterion = {
@@ -138,20 +159,10 @@ def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_re
         "comment": "You show completion rose from 40%% to 65%, and you explain the <!-- markup.",
         "quotes": [{"text": "Completion rose from 40%% to 65%", "verbatim": True}],
     }
-    body = (
-        template_env(None, "Templates/tierflow")
-        .get_template("notes/feedback.md.j2")
-        .render(
-            student=SimpleNamespace(student_id="2001", name="Ben Carter", path="s/2001.md", not_read=(), empty=False),
-            criteria=[criterion],
-            problems="",
-            next_steps=["Keep the 40%% figure."],
-            overall="A careful essay; the end matters.",
-            empty=False,
-            flags=(),
-            offline=False,
-        )
-    )
+    body = feedback_body(
+        "2001", "Ben Carter", criteria=[criterion], next_steps=["Keep the 40%% figure."],
+        overall="A careful essay; the end matters.",
+    )  # fmt: skip
     assert unclosed_comment(body) is None and "the end matters" in hide_comments(body)
     sent = Draft("2001", "x", {}, body).student_text()
     assert "rose from 40%% to 65%" in sent and "the <!-- markup" in sent and "the end matters" in sent
@@ -160,10 +171,9 @@ def test_a_students_comment_marks_quoted_back_in_a_draft_start_no_comment_and_re
 def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the_student_as_written(tmp_path):
     """A student wrote R's `df[["age"]]`: a model quoting it wrote a link to no note into the draft, which the
     writer refuses, so the student got no draft."""
-    from types import SimpleNamespace
 
     from tierflow.vault.links import link_targets
-    from tierflow.vault.notes import NoteWriter, template_env
+    from tierflow.vault.notes import NoteWriter
 
     code = 'df[["age"]]'
     criterion = {
@@ -175,20 +185,10 @@ def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the
         "comment": f"You select the column with {code}; see your [appendix](appendix.md).",
         "quotes": [{"text": f"I selected the column with {code} and then x[[1]]", "verbatim": True}],
     }
-    body = (
-        template_env(None, "Templates/tierflow")
-        .get_template("notes/feedback.md.j2")
-        .render(
-            student=SimpleNamespace(student_id="2001", name="Ben Carter", path="s/2001.md", not_read=(), empty=False),
-            criteria=[criterion],
-            problems="",
-            next_steps=["Keep ![[img.png]] out of the text."],
-            overall="A careful lab report.",
-            empty=False,
-            flags=(),
-            offline=False,
-        )
-    )
+    body = feedback_body(
+        "2001", "Ben Carter", criteria=[criterion], next_steps=["Keep ![[img.png]] out of the text."],
+        overall="A careful lab report.",
+    )  # fmt: skip
     assert link_targets(body) == []
     (tmp_path / "vault").mkdir()
     assert NoteWriter(tmp_path / "vault", "feedback").write("2001 feedback", {"student_id": "2001"}, body).action == (
@@ -202,9 +202,6 @@ def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the
 def no_content_draft(*, before_the_notice: bool = False, written: str = "") -> str:
     """A reviewed draft of Zoë Hart's (1005) scanned PDF, which gave no text: as the feedback template writes it now,
     or as it wrote it before its words to the lecturer were a notice (a heading and a paragraph)."""
-    from types import SimpleNamespace
-
-    from tierflow.vault.notes import template_env
 
     if before_the_notice:
         body = (
@@ -213,20 +210,7 @@ def no_content_draft(*, before_the_notice: bool = False, written: str = "") -> s
             "model was called. Check whether the work was submitted elsewhere.\n"
         )
     else:
-        body = (
-            template_env(None, "Templates/tierflow")
-            .get_template("notes/feedback.md.j2")
-            .render(
-                student=SimpleNamespace(student_id="1005", name="Zoë Hart", path="s/1005.md", not_read=(), empty=True),
-                criteria=[],
-                problems="",
-                next_steps=[],
-                overall="",
-                empty=True,
-                flags=(),
-                offline=False,
-            )
-        )
+        body = feedback_body("1005", "Zoë Hart", criteria=[], next_steps=[], overall="", empty=True)
     front = '---\ntitle: "Feedback: Zoë Hart"\nstudent_id: "1005"\nstatus: reviewed\ntierflow_levels: []\n---\n\n'
     return front + body + written
 
