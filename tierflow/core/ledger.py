@@ -1252,21 +1252,19 @@ class Ledger:
         if low is None:
             return
         dialect = self.engine.dialect.name
-        mark = "%s" if dialect == "postgresql" else "?"
-        where, params = [f'"id" >= {mark}', f'"id" <= {mark}'], []
-        for column, value in (("timestamp", since), ("run_id", run_id), ("flow", flow), ("project", project)):
-            if value:
-                where.append(f'"{column}" {">=" if column == "timestamp" else "="} {mark}')
-                params.append(value)
-        sql = _row_json(dialect).format(where=" AND ".join(where))
+        # The listing's own filters, compiled once for the driver's cursor: the pieces are read through it.
+        piece_of = [calls.c.id >= sa.bindparam("first"), calls.c.id <= sa.bindparam("last")]
+        where = sa.and_(*piece_of, *filters).compile(dialect=self.engine.dialect)
+        sql = _row_json(dialect).format(where=where.string)
 
         def piece(first: int) -> str:
+            params = where.construct_params({"first": first, "last": min(first + batch - 1, high)})
             with self.engine.connect() as conn, conn.begin():
                 if dialect == "postgresql":
                     conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")  # the shortest text that reads back exact
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
                 try:
-                    cursor.execute(sql, [first, min(first + batch - 1, high), *params])
+                    cursor.execute(sql, params if where.positiontup is None else [params[k] for k in where.positiontup])
                     return between.join([text for (text,) in cursor.fetchall()])
                 finally:
                     cursor.close()
