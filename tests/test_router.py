@@ -403,6 +403,17 @@ def test_suggest_moves_up_only_when_even_the_upper_bound_misses_the_target():
     assert top.suggested_tier == "deep" and "no tier is above it" in top.reason
 
 
+def test_a_bound_is_never_shown_on_the_other_side_of_the_target_than_it_is():
+    config = load_config(profile="offline")  # target 0.9
+    # 142 of 150 has the lower bound 0.898: shown as 0.90 it read as meeting the target it misses.
+    assert 0.89 < wilson_low(142, 150) < 0.9
+    s = suggest(config, evidence({"standard": (142, 150), "deep": (59, 59)}))
+    assert s.suggested_tier == "deep" and "standard passes 0.95 (low 0.89)" in s.reason
+    # 22 of 25: the upper bound is above the target, and is not shown below it.
+    kept = suggest(config, evidence({"standard": (22, 25)}))
+    assert f"high {math.ceil(wilson_high(22, 25) * 100) / 100:.2f}" in kept.reason
+
+
 def test_wilson_upper_bound_mirrors_the_lower_one():
     assert wilson_high(0, 0) == 1.0
     for k, n in ((0, 10), (9, 10), (41, 41), (93, 100)):

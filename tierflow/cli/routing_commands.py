@@ -180,12 +180,14 @@ def _table(found: list) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.core.evidence import shown_low
+
     table = Table(title="Routing suggestions (pass rate, 95% lower bound, observations, USD per call)")
     for column in ("flow", "phase", "complexity", "current", "suggested", "evidence", "reason"):
         table.add_column(column, overflow="fold")
     for s in found:
         evidence = "\n".join(
-            f"{tier}: {e.pass_rate:.2f} (low {e.pass_rate_low:.2f}) n={e.calls}"
+            f"{tier}: {e.pass_rate:.2f} (low {shown_low(e.pass_rate_low)}) n={e.calls}"
             + (f" ${e.cost_per_call_usd:.5f}" if e.cost_per_call_usd is not None else "")
             for tier, e in s.evidence.items()
         )

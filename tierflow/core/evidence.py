@@ -192,6 +192,18 @@ class Suggestion:
         }
 
 
+def shown_low(bound: float) -> str:
+    """A lower bound as shown: rounded down to two decimals, so that one below the target never reads as meeting it
+    (0.898 is 0.89, not 0.90)."""
+    return f"{math.floor(bound * 100 + 1e-9) / 100:.2f}"
+
+
+def shown_high(bound: float) -> str:
+    """An upper bound as shown: rounded up to two decimals, so that one at or above the target never reads as
+    missing it."""
+    return f"{math.ceil(bound * 100 - 1e-9) / 100:.2f}"
+
+
 def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
     """The cheapest tier whose lower bound meets `[routing] target` on at least `[routing] min_evidence`.
 
@@ -213,20 +225,20 @@ def suggest(config: Config, phase: PhaseEvidence) -> Suggestion:
         best = qualified[0]
         verb = "keep" if best.tier == current else "move to"
         reason = (
-            f"{verb} {best.tier}: pass {best.pass_rate:.2f} (low {best.pass_rate_low:.2f}) over {best.calls} calls "
-            f"meets the target {routing.target:.2f}"
+            f"{verb} {best.tier}: pass {best.pass_rate:.2f} (low {shown_low(best.pass_rate_low)}) over "
+            f"{best.calls} calls meets the target {routing.target:.2f}"
         )
         cheaper = [t for t in order[: order.index(best.tier)] if t in phase.tiers]
         if cheaper:
             e = phase.tiers[cheaper[-1]]
-            reason += f"; {e.tier} passes {e.pass_rate:.2f} (low {e.pass_rate_low:.2f}) over {e.calls} calls"
+            reason += f"; {e.tier} passes {e.pass_rate:.2f} (low {shown_low(e.pass_rate_low)}) over {e.calls} calls"
         return Suggestion(phase.flow, phase.phase, phase.complexity, current, best.tier, reason, phase.tiers)
     now = phase.tiers.get(current)
     above = order[order.index(current) + 1 :] if current in order else []
     if now is not None and now.calls >= routing.min_evidence:
         seen = (
-            f"pass {now.pass_rate:.2f} (low {now.pass_rate_low:.2f}, high {now.pass_rate_high:.2f}) over "
-            f"{now.calls} calls"
+            f"pass {now.pass_rate:.2f} (low {shown_low(now.pass_rate_low)}, "
+            f"high {shown_high(now.pass_rate_high)}) over {now.calls} calls"
         )
         if now.pass_rate_high < routing.target and above:
             # Even its upper bound is below the target, and nothing qualifies yet: one tier up cannot do worse.
@@ -276,7 +288,8 @@ def learned_routes(
                 table[key] = (
                     s.suggested_tier,
                     f"adaptive: {phase.phase} on {s.suggested_tier}, pass {e.pass_rate:.2f} (low "
-                    f"{e.pass_rate_low:.2f}) over {e.calls} calls ({phase.complexity or 'any'} complexity, {whose})",
+                    f"{shown_low(e.pass_rate_low)}) over {e.calls} calls "
+                    f"({phase.complexity or 'any'} complexity, {whose})",
                 )
                 break
     return table
