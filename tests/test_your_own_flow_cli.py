@@ -232,7 +232,8 @@ def test_run_refuses_a_param_the_flow_cannot_take_before_any_run_starts(triage_w
     assert "flow takes no parameter 'fodler'; it takes: folder, n, vault. Did you mean 'folder'?" in unknown
     assert "Did you mean" not in refused("--param", "colour=red")
     bad = refused("--param", "n=three")
-    assert "bad parameter for the reading-triage flow: n: Input should be a valid integer" in bad
+    assert "bad parameter for the reading-triage flow: n takes int, not 'three' (Input should be a valid integer" in bad
+    assert "for example --param n=2" in bad
     duplicate = refused("--param", f"vault={vault}")
     assert "--param vault: --vault gives the flow's 'vault' parameter; use --vault, not --param" in duplicate
     assert "--param run_id" in refused("--param", "run_id=abc")
@@ -249,7 +250,7 @@ def test_plan_and_dry_run_pass_a_flow_its_own_parameters(triage_with_n: str, tmp
         assert "reading-triage: 3 notes selected" in said(result)  # the planner got n=3
         bad = CliRunner().invoke(app, [*command, triage_with_n, "--vault", str(vault), "--param", "n=three"])
         assert bad.exit_code == 2
-        assert "bad parameter for the reading-triage flow: n: Input should be a valid integer" in said(bad)
+        assert "bad parameter for the reading-triage flow: n takes int, not 'three'" in said(bad)
     help_text = said(CliRunner().invoke(app, ["plan", "--help"]))
     assert "--param" in help_text
 
@@ -295,3 +296,100 @@ def test_a_flow_keeps_its_own_defaults_for_options_the_user_did_not_set(
             assert "the options-seen flow returned NoneType, not a RunSummary" in said(result)
     finally:
         sys.modules.pop("tierflow_options_seen", None)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_param_digits_reach_a_str_parameter_as_typed(registered_triage: str, tmp_path: Path) -> None:
+    """`--param folder=2024` was read as JSON, the int 2024, which the doc flow's `folder: str` refused."""
+    from prefect import get_client
+
+    vault = triage_vault(tmp_path)
+    (vault / "Inbox").rename(vault / "2024")
+    result = CliRunner().invoke(app, ["run", registered_triage, "--vault", str(vault), "--param", "folder=2024"])
+    assert result.exit_code == 0, result.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    _, parameters = Ledger.for_vault(vault).run_parameters(run_id)
+    assert parameters["folder"] == "2024"
+    assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # the two notes of 2024/ and the summary
+    schedule = ["schedule", registered_triage, "--vault", str(vault), "--param", "folder=2024"]
+    scheduled = CliRunner().invoke(app, schedule)
+    assert scheduled.exit_code == 0, scheduled.output
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("reading-triage/on-demand")
+    assert deployment.parameters == {"vault": str(vault.resolve()), "folder": "2024"}
+
+
+TYPED_FLOW = """
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+from prefect import flow
+
+from tierflow import FlowSpec
+
+
+@flow(name="params-seen")
+def params_seen(vault: str, folder: str = "Inbox", label: str | None = None, where: Path | None = None, n: int = 1,
+                ratio: float = 0.5, flag: bool = True, day: date | None = None, tags: list[str] | None = None,
+                sizes: dict[str, int] | None = None, extra=None) -> None:
+    seen = {"folder": folder, "label": label, "where": where, "n": n, "ratio": ratio, "flag": flag, "day": day,
+            "tags": tags, "sizes": sizes, "extra": extra}
+    types = {k: "Path" if isinstance(v, Path) else type(v).__name__ for k, v in seen.items()}
+    Path(vault, "seen.json").write_text(json.dumps({"types": types, "values": seen}, default=str))
+
+
+SPEC = FlowSpec(name="params-seen", flow=params_seen)
+"""
+
+
+@pytest.fixture
+def params_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A flow of another package whose parameters have the types a `--param` may be read as."""
+    install(tmp_path / "site", "tierflow_params_seen", TYPED_FLOW, "params-seen = tierflow_params_seen:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield "params-seen"
+    sys.modules.pop("tierflow_params_seen", None)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_param_is_read_as_the_flows_signature_types_it(params_seen: str, tmp_path: Path) -> None:
+    vault = triage_vault(tmp_path)
+    given = {
+        "folder": "2024", "label": "007", "where": "2024", "n": "3", "ratio": "1", "flag": "false",
+        "day": "2026-11-16", "tags": '["a", "b"]', "sizes": '{"a": 1}', "extra": "3",
+    }  # fmt: skip
+    params = [arg for name, value in given.items() for arg in ("--param", f"{name}={value}")]
+    result = CliRunner().invoke(app, ["run", params_seen, "--vault", str(vault), *params])
+    assert result.exit_code == 0, result.output
+    seen = json.loads((vault / "seen.json").read_text())
+    assert seen["types"] == {
+        "folder": "str", "label": "str", "where": "Path", "n": "int", "ratio": "float", "flag": "bool",
+        "day": "date", "tags": "list", "sizes": "dict", "extra": "int",  # no type: JSON when it is JSON
+    }  # fmt: skip
+    assert seen["values"] == {
+        "folder": "2024", "label": "007", "where": "2024", "n": 3, "ratio": 1.0, "flag": False, "day": "2026-11-16",
+        "tags": ["a", "b"], "sizes": {"a": 1}, "extra": 3,
+    }  # fmt: skip
+    before = flow_runs(params_seen)
+
+    def refused(param: str) -> str:
+        result = CliRunner().invoke(app, ["run", params_seen, "--vault", str(vault), "--param", param])
+        assert result.exit_code == 2, result.output
+        return said(result)
+
+    # Each refusal names the parameter, its type, and a value that type takes: its default, else one its schema fits.
+    n = refused("n=three")
+    assert "bad parameter for the params-seen flow: n takes int, not 'three' (Input should be a valid integer" in n
+    assert "for example --param n=1" in n
+    tags = refused("tags=a")
+    assert "tags takes list[str] | None, not 'a' (Input should be a valid list)" in tags
+    assert """for example --param 'tags=["example"]'""" in tags
+    day = refused("day=soon")
+    assert "day takes datetime.date | None, not 'soon'" in day and "for example --param day=2024-01-01" in day
+    sizes = refused('sizes={"a": "lots"}')  # JSON, so the reason is what is wrong inside it
+    assert 'sizes takes dict[str, int] | None, not \'{"a": "lots"}\' (a: Input should be a valid integer' in sizes
+    assert "Did you mean 'flag'?" in refused("flags=true")
+    assert flow_runs(params_seen) == before  # none of them started a run

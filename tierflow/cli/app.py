@@ -83,9 +83,10 @@ FlowParamOpt = Annotated[
         "--param",
         metavar="NAME=VALUE",
         help="A parameter of the flow's own, one no option here gives (a registered flow's, such as "
-        '--param folder=Reading); VALUE is read as JSON when it is JSON (3, true, ["a"]), else as text, as '
-        "`tierflow schedule --param` reads it. Repeatable. A name the flow does not take, a parameter an option "
-        "gives (--param vault=...) or a value its signature refuses is an error.",
+        "--param folder=Reading); VALUE is read as the flow's signature types the parameter: as typed for a str "
+        "(folder=2024 is the text 2024), parsed for an int, bool, date, list or dict (n=3, day=2026-11-16, "
+        'tags=["a"]), as `tierflow schedule --param` reads it. Repeatable. A name the flow does not take, a '
+        "parameter an option gives (--param vault=...) or a value its type refuses is an error.",
     ),
 ]
 
@@ -957,7 +958,8 @@ def plan(
         # Checked as `tierflow run` checks them (a parameter the flow takes, of its type, that no option gives);
         # the options here only price the run, so one the flow does not take is not refused.
         options = {name: (f"--{name}", None) for name in ("since", "until", "assignment", "mode", "module")}
-        flow_call(flow_name, vault, options=options, params=params, **offered)
+        _, arguments, _ = flow_call(flow_name, vault, options=options, params=params, **offered)
+        params = {name: arguments[name] for name in params}  # as the flow's signature reads them: `n=3` the int 3
     accepted = inspect.signature(spec.plan).parameters
     any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     for name in params:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -101,18 +100,14 @@ def argument_text(value: str, option: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """`--param NAME=VALUE` values as `{name: value}`: VALUE is read as JSON when it is JSON (`3` an int, `true` a
-    bool, `["a"]` a list), else kept as text."""
-    params: dict[str, Any] = {}
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """`--param NAME=VALUE` values as `{name: text}`; the flow's signature says what each text is (`read_params`)."""
+    params: dict[str, str] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
+        params[key.strip()] = raw
     return params
 
 

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, parse_params, vault_dir
+from tierflow.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
+    VaultOpt,
+    fail,
+    load,
+    parse_params,
+    vault_dir,
+)
 
 if TYPE_CHECKING:
     from tierflow.cli.prefect_ops import FlowTarget
@@ -90,7 +98,12 @@ NameOpt = Annotated[
 PoolOpt = Annotated[str, typer.Option("--pool", help="Process work pool; created if missing.")]
 ParamOpt = Annotated[
     list[str] | None,
-    typer.Option("--param", help="Another flow parameter, as NAME=VALUE; VALUE may be JSON (repeatable)."),
+    typer.Option(
+        "--param",
+        metavar="NAME=VALUE",
+        help="Another flow parameter, repeatable; VALUE is read as the flow's signature types it, as `tierflow run "
+        "--param` reads it (folder=2024 the text for a str, n=3 the int for an int, tags='[\"a\"]' for a list).",
+    ),
 ]
 
 
@@ -111,9 +124,10 @@ def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> t
 
 def _register(
     target: FlowTarget,
-    *,
     parameters: dict[str, Any],
+    params: dict[str, str],
     cfg: Config,
+    *,
     cron: str | None,
     timezone: str | None,
     name: str | None,
@@ -125,6 +139,7 @@ def _register(
         done = register(
             target,
             parameters=parameters,
+            params=params,
             name=name,
             cron=cron,
             timezone=timezone or cfg.settings.vault.timezone,
@@ -157,11 +172,9 @@ def schedule_reading_notes(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "reading-notes")
+    params = parse_params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
-    parameters.update(parse_params(param))
-    _register(
-        FLOWS["reading-notes"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
-    )
+    _register(FLOWS["reading-notes"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
 @schedule_app.command("student-feedback")
@@ -186,14 +199,12 @@ def schedule_student_feedback(
     vault = _vault(vault, "student-feedback")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
+    params = parse_params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
     parameters["mode"] = mode
     if assignment:
         parameters["assignment"] = assignment
-    parameters.update(parse_params(param))
-    _register(
-        FLOWS["student-feedback"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
-    )
+    _register(FLOWS["student-feedback"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
 @schedule_app.command("module-review")
@@ -215,13 +226,11 @@ def schedule_module_review(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "module-review")
+    params = parse_params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
     if module:
         parameters["module"] = module
-    parameters.update(parse_params(param))
-    _register(
-        FLOWS["module-review"], parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool
-    )
+    _register(FLOWS["module-review"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
 @schedule_app.command(REGISTERED, hidden=True)
@@ -245,9 +254,9 @@ def schedule_registered_flow(
         target = flow_target(flow_name)
     except TierflowError as exc:
         raise fail(str(exc)) from None
+    params = parse_params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
-    parameters.update(parse_params(param))
-    _register(target, parameters=parameters, cfg=cfg, cron=cron, timezone=timezone, name=name, pool=pool)
+    _register(target, parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
 @schedule_app.command("list")

@@ -9,17 +9,20 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import logging
+import shlex
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from tierflow.core.errors import TierflowError
 
 if TYPE_CHECKING:
+    import pydantic
     from prefect import Flow
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.schedules import CronSchedule
@@ -243,6 +246,81 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         quiet.disabled = was_disabled
 
 
+def read_params(flow: Flow[..., Any], texts: Mapping[str, str]) -> dict[str, Any]:
+    """`--param NAME=VALUE` texts as the flow's signature types them: `folder=2024` is the text "2024" for a
+    `folder: str` and the int 2024 for a `folder: int`.
+
+    Each text is validated by pydantic against its parameter's type, as Prefect validates a flow's parameters: as
+    typed first (a `str`, `Path` or `str | None` keeps it; "3" is 3 for an `int`, "2026-11-16" a date for a
+    `date`, "false" False for a `bool`), then read as JSON (`["a"]` for a `list[str]`, `{"a": 1}` for a `dict`).
+    A parameter with no type or `Any`, and a name the signature lacks (`check_parameters` refuses it), gets the
+    JSON value when the text is JSON, else the text. A text its type refuses is an OpsUsageError naming the
+    parameter, its type and an example.
+    """
+    import pydantic
+
+    signature = inspect.signature(flow.fn)
+    try:
+        hints = get_type_hints(flow.fn, include_extras=True)
+    except Exception:  # an annotation that cannot be resolved here: Prefect's own validation judges the value
+        hints = {}
+    named = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    values: dict[str, Any] = {}
+    for name, text in texts.items():
+        p = signature.parameters.get(name)
+        annotation = hints.get(name, Any) if p is not None and p.kind not in named else Any
+        if annotation is Any:
+            values[name] = _json_or_text(text)
+            continue
+        # The parameter alone, validated as Prefect's model of the whole signature validates it.
+        field = pydantic.create_model(
+            "Param", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True), value=(annotation, ...)
+        )
+        try:
+            values[name] = field.model_validate({"value": text}).value
+            continue
+        except pydantic.ValidationError as exc:
+            refused = exc
+        try:
+            values[name] = field.model_validate({"value": json.loads(text)}).value
+            continue
+        except json.JSONDecodeError:
+            pass
+        except pydantic.ValidationError as exc:
+            refused = exc  # the text is JSON, so what is wrong with it as JSON is the reason to give
+        raise OpsUsageError(_param_refused(flow, name, annotation, text, refused))
+    return values
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _param_refused(flow: Flow[..., Any], name: str, annotation: Any, text: str, exc: pydantic.ValidationError) -> str:
+    """Why a `--param` text is refused: the parameter, its type, pydantic's reason, and a value the type takes (the
+    parameter's default, else an instance of Prefect's schema of it)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from tierflow.testing.double import example_from_schema
+
+    reason = "; ".join(
+        (".".join(map(str, e["loc"][1:])) + ": " if len(e["loc"]) > 1 else "") + e["msg"] for e in exc.errors()
+    )
+    schema = parameter_schema(flow).model_dump(mode="json")
+    prop = schema.get("properties", {}).get(name, {})
+    example = prop.get("default")
+    if example is None:
+        example = example_from_schema(prop, schema)
+    shown = example if isinstance(example, str) else json.dumps(example)
+    return (
+        f"bad parameter for the {flow.name} flow: {name} takes {inspect.formatannotation(annotation)}, not "
+        f"{text!r} ({reason}); for example --param {shlex.quote(f'{name}={shown}')}"
+    )
+
+
 @dataclass(frozen=True)
 class Registration:
     """What `register` did."""
@@ -262,6 +340,7 @@ def register(
     target: FlowTarget,
     *,
     parameters: Mapping[str, Any],
+    params: Mapping[str, str] | None = None,
     name: str | None = None,
     cron: str | None = None,
     timezone: str = "UTC",
@@ -270,6 +349,7 @@ def register(
 ) -> Registration:
     """Create or update a deployment of `target` on a process work pool, with an optional cron schedule.
 
+    `params` are `--param` texts, read as the flow's signature types them (`read_params`), beside `parameters`.
     Everything that can be checked is checked before anything is written: the schedule, the flow, its
     parameters, the API. If a write fails part-way, what this call created is removed again.
     """
@@ -278,6 +358,8 @@ def register(
         raise OpsUsageError(f"--name {name!r}: a deployment name needs at least one character and none of / % & > <.")
     schedule = cron_schedule(cron, timezone) if cron else None
     flow = load_flow(target)
+    # A deployment keeps its parameters as JSON: a `--param` day=2026-11-16 read as a date is kept as its text.
+    parameters = {**parameters, **flow.serialize_parameters(read_params(flow, params or {}))}
     check_parameters(flow, parameters)
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.exceptions import ObjectNotFound

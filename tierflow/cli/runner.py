@@ -79,7 +79,7 @@ def run_flow(
     tier: dict[str, str] | None = None,
     task_runner: Any = None,
     options: Mapping[str, tuple[str, object]] | None = None,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, str] | None = None,
     **parameters: Any,
 ) -> Any:
     """Run a flow in this process with progress bars, then print what it wrote and what it cost; returns its
@@ -141,18 +141,19 @@ def flow_call(
     config: Path | str | None = None,
     tier: dict[str, str] | None = None,
     options: Mapping[str, tuple[str, object]] | None = None,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, str] | None = None,
     **parameters: Any,
 ) -> tuple[FlowSpec, dict[str, Any], str | None]:
     """The flow, the arguments its function gets, and the run's id (None when the flow takes no run_id).
 
     Refused with exit code 2, before any flow run starts: an option the user set (`options`: parameter name to
     the option as written and its value, None when not set; and --profile, --config, --tier) that the flow does
-    not take, since the run would not use it; a `params` entry (`--param NAME=VALUE`) that names a parameter an
-    option gives, or one the flow does not take; and arguments Prefect's validation of the flow's signature
-    refuses (a value of the wrong type, a required parameter missing).
+    not take, since the run would not use it; a `params` entry (`--param NAME=VALUE`, as text) that names a
+    parameter an option gives, one the flow does not take, or a text its type refuses (`read_params` reads each as
+    the flow's signature types it); and arguments Prefect's validation of the flow's signature refuses (a value of
+    the wrong type, a required parameter missing).
     """
-    from tierflow.cli.prefect_ops import OpsError, check_parameters
+    from tierflow.cli.prefect_ops import OpsError, check_parameters, read_params
     from tierflow.core.calls import new_run_id
     from tierflow.core.registry import flow_spec
 
@@ -162,8 +163,7 @@ def flow_call(
         raise fail(str(exc)) from None
     settings = {"profile": profile or None, "config": str(config) if config else None, "tier": tier or None}
     given = {**(options or {}), **{name: (f"--{name}", value) for name, value in settings.items()}}
-    params = dict(params or {})
-    for name in params:
+    for name in params or {}:
         if name == "run_id":
             raise fail("--param run_id: a run's id is tierflow's to choose; `tierflow resume RUN` continues a run")
         if name == "vault" or name in given:
@@ -180,10 +180,10 @@ def flow_call(
     # Chosen here, so that an interrupt can name it; a flow that takes no run id chooses its own.
     run_id = (parameters.pop("run_id", None) or new_run_id()) if spec.takes("run_id") else None
     # Each flow gets only the parameters its function takes: a flow of another package may take fewer. A --param
-    # is passed as given, so that one the flow does not take is refused, not dropped.
+    # is passed all the same, so that one the flow does not take is refused, not dropped.
     offered = {"vault": str(vault), **settings, "tier": tier or {}, "run_id": run_id, **parameters}
-    arguments = {**spec.accepted(offered), **params}
     try:
+        arguments = {**spec.accepted(offered), **read_params(spec.flow, params or {})}
         check_parameters(spec.flow, arguments)
     except OpsError as exc:
         raise fail(str(exc)) from None
