@@ -393,3 +393,35 @@ def test_param_is_read_as_the_flows_signature_types_it(params_seen: str, tmp_pat
     assert 'sizes takes dict[str, int] | None, not \'{"a": "lots"}\' (a: Input should be a valid integer' in sizes
     assert "Did you mean 'flag'?" in refused("flags=true")
     assert flow_runs(params_seen) == before  # none of them started a run
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_schedule_refuses_a_param_an_option_gives_as_run_does(registered_triage: str, tmp_path: Path) -> None:
+    """`tierflow schedule FLOW --param vault=X` registered a deployment over vault X, not the one --vault gave."""
+    from prefect import get_client
+
+    vault = triage_vault(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+
+    def deployments() -> list[tuple[str, object]]:
+        with get_client(sync_client=True) as client:
+            return sorted((str(d.id), d.updated) for d in client.read_deployments())
+
+    before = deployments()
+
+    def refused(*args: str) -> str:
+        result = CliRunner().invoke(app, ["schedule", *args])
+        assert result.exit_code == 2, result.output
+        return said(result)
+
+    use_vault = "--param vault: --vault gives the flow's 'vault' parameter; use --vault, not --param"
+    assert use_vault in refused(registered_triage, "--vault", str(vault), "--param", f"vault={other}")
+    assert use_vault in refused("reading-notes", "--vault", str(vault), "--param", f"vault={other}")
+    use_mode = "--param mode: --mode gives the flow's 'mode' parameter; use --mode, not --param"
+    assert use_mode in refused("student-feedback", "--vault", str(vault), "--param", "mode=batch")
+    assert "--param module: --module gives" in refused("module-review", "--vault", str(vault), "--param", "module=M")
+    assert "--param run_id: a run's id is tierflow's to choose" in refused(
+        registered_triage, "--vault", str(vault), "--param", "run_id=abc"
+    )
+    assert deployments() == before  # nothing was registered or updated

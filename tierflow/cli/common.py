@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -109,6 +110,17 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
             raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
         params[key.strip()] = raw
     return params
+
+
+def refuse_option_params(params: Mapping[str, object], options: Mapping[str, str]) -> None:
+    """Exit 2 on a `--param` that names a parameter the command sets itself: the run's id, or one an option gives
+    (`options`: the parameter's name to the option, such as `{"vault": "--vault"}`)."""
+    for name in params:
+        if name == "run_id":
+            raise fail("--param run_id: a run's id is tierflow's to choose; `tierflow resume RUN` continues a run")
+        if name in options:
+            option = options[name]
+            raise fail(f"--param {name}: {option} gives the flow's {name!r} parameter; use {option}, not --param")
 
 
 def vault_dir(vault: Path | None, *, required: str = "") -> Path | None:

@@ -21,6 +21,7 @@ from tierflow.cli.common import (
     fail,
     load,
     parse_params,
+    refuse_option_params,
     vault_dir,
 )
 
@@ -122,6 +123,14 @@ def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> t
     return cfg, parameters
 
 
+def _params(param: list[str] | None, *options: str) -> dict[str, str]:
+    """The `--param` texts, refused (exit 2) as `tierflow run` refuses them when one names a parameter that
+    --vault, --profile, --config or another of the command's `options` gives."""
+    params = parse_params(param)
+    refuse_option_params(params, {o.removeprefix("--"): o for o in ("--vault", "--profile", "--config", *options)})
+    return params
+
+
 def _register(
     target: FlowTarget,
     parameters: dict[str, Any],
@@ -172,7 +181,7 @@ def schedule_reading_notes(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "reading-notes")
-    params = parse_params(param)
+    params = _params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
     _register(FLOWS["reading-notes"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
@@ -199,7 +208,7 @@ def schedule_student_feedback(
     vault = _vault(vault, "student-feedback")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
-    params = parse_params(param)
+    params = _params(param, "--mode", "--assignment")
     cfg, parameters = _base_parameters(vault, profile, config)
     parameters["mode"] = mode
     if assignment:
@@ -226,7 +235,7 @@ def schedule_module_review(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "module-review")
-    params = parse_params(param)
+    params = _params(param, "--module")
     cfg, parameters = _base_parameters(vault, profile, config)
     if module:
         parameters["module"] = module
@@ -254,7 +263,7 @@ def schedule_registered_flow(
         target = flow_target(flow_name)
     except TierflowError as exc:
         raise fail(str(exc)) from None
-    params = parse_params(param)
+    params = _params(param)
     cfg, parameters = _base_parameters(vault, profile, config)
     _register(target, parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tierflow.cli import temporary_server
-from tierflow.cli.common import fail, load
+from tierflow.cli.common import fail, load, refuse_option_params
 from tierflow.core import progress
 from tierflow.core.errors import TierflowError
 from tierflow.report.console import show
@@ -163,12 +163,7 @@ def flow_call(
         raise fail(str(exc)) from None
     settings = {"profile": profile or None, "config": str(config) if config else None, "tier": tier or None}
     given = {**(options or {}), **{name: (f"--{name}", value) for name, value in settings.items()}}
-    for name in params or {}:
-        if name == "run_id":
-            raise fail("--param run_id: a run's id is tierflow's to choose; `tierflow resume RUN` continues a run")
-        if name == "vault" or name in given:
-            option = "--vault" if name == "vault" else given[name][0]
-            raise fail(f"--param {name}: {option} gives the flow's {name!r} parameter; use {option}, not --param")
+    refuse_option_params(params or {}, {name: option for name, (option, _) in given.items()} | {"vault": "--vault"})
     for name, (option, value) in given.items():
         if value is not None and not spec.takes(name):
             # A setting that cannot reach the flow means the run would use another config than the one asked for.
