@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-class TierflowError(Exception):
+
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
+    """An exception as `PicklableError` pickled it: its message and fields as they were, its `__init__` not run."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    vars(error).update(fields)
+    return error
+
+
+class PicklableError:
+    """Mixed into an exception whose `__init__` takes other parameters than its message: pickled, it keeps its
+    message (`args`) and its fields (`hint`, `phase`, ...). Python's own pickling calls `cls(*args)` again, which
+    such an `__init__` refuses, or, given the finished message as its one parameter, wraps a second time. Prefect
+    pickles a task's exception to bring it back from a Dask worker or a process pool, and to persist it."""
+
+    args: tuple[Any, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, vars(self))
+
+
+class TierflowError(PicklableError, Exception):
     """Base of every error tierflow reports to a user."""
 
 

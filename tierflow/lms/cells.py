@@ -11,12 +11,14 @@ import csv
 import io
 from dataclasses import dataclass
 
+from tierflow.core.errors import PicklableError
+
 DELIMITERS = (",", ";", "\t")
 """The platforms write `,`; Excel saves `;` where the decimal separator is a comma, and tab as "Text (Tab
 delimited)"."""
 
 
-class CsvEncodingError(ValueError):
+class CsvEncodingError(PicklableError, ValueError):
     """The file is neither UTF-8 nor Windows-1252 text; the message follows the file's name."""
 
     def __init__(self, what: str) -> None:

@@ -52,6 +52,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
+from tierflow.core.errors import PicklableError
+
 __all__ = [
     "NO_USAGE",
     "DoubleRequest",
@@ -1956,7 +1958,7 @@ class ProviderDouble:
         }
 
 
-class _HttpError(Exception):
+class _HttpError(PicklableError, Exception):
     def __init__(self, status: int, message: str, *, retry: bool = True) -> None:
         super().__init__(message)
         self.status = status
