@@ -143,6 +143,17 @@ def lms_vault(tmp_path: Path) -> Path:
     return vault
 
 
+def ledger_at(conn: object, version: int) -> None:
+    """Make the ledger tables as tierflow's schema `version` had them (migrations 1 to `version`, each recorded): a
+    ledger an earlier tierflow wrote, for a migration test."""
+    from tierflow.core.ledger import MIGRATIONS, schema_version
+
+    schema_version.create(conn)
+    for number, migration in enumerate(MIGRATIONS[:version], start=1):
+        migration(conn)
+        conn.execute(schema_version.insert().values(version=number))
+
+
 def call_record(**changes: object):
     """A ledger record of one collate call on Anthropic's light tier; `changes` set any field."""
     from tierflow.core.ledger import CallRecord

@@ -3,6 +3,7 @@ rest of the cohort is batched, collected and drafted, and nothing is reserved or
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -148,4 +149,49 @@ def test_a_batch_item_the_provider_refuses_as_too_long_names_the_note_and_the_ot
     usage = [q.response["usage"] for q in billed]
     output = "output_tokens" if provider == "anthropic" else "completion_tokens"
     assert sum(r["output_tokens"] for r in rows) == sum(u[output] for u in usage)
+    assert open_reservations(Ledger.for_vault(lms_vault)) == []
+
+
+def survey_sent(double: ProviderDouble) -> int:
+    """How many requests (direct or batch items) the provider has received with the survey in them."""
+    return len([q for q in double.requests + double.batch_items if SURVEY_LINE in q.text])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_refused_item_is_not_sent_again_until_its_note_changes(provider, lms_vault, tmp_path, double, keys):
+    """A rerun (plain, or --retry-failed) would send the same refused prompt again, to be refused again and billed
+    where the provider bills refusals: it is reported in the same words without being sent, until the lecturer
+    trims the note."""
+    three_submissions(lms_vault, tmp_path)
+    configure(lms_vault, double, provider)
+    answer = skilled()
+    last_line = f"{SURVEY_LINE} 5999:"
+
+    def responder(request: DoubleRequest) -> Reply | None:
+        return REFUSALS[provider] if last_line in request.text else answer(request)
+
+    double.responder = responder
+    first = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+    assert survey_sent(double) == 1
+    told = dict(first.skipped)[LONG]
+    assert f"Trim the note: cut {SURVEY}" in told and REFUSALS[provider].text.rstrip(".") in told
+
+    for retry_failed in (False, True):
+        again = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", retry_failed=retry_failed)
+        assert not again.failed and not again.halted, again.failed
+        assert survey_sent(double) == 1  # not sent again
+        assert dict(again.skipped)[LONG] == told
+        assert drafted(lms_vault) == {"3001", "3003"}
+
+    # The lecturer trims the survey to its first hundred responses: the note's text is new, so it is sent.
+    note = lms_vault / LONG
+    text = note.read_text()
+    note.write_text(re.sub(rf"{SURVEY_LINE} \d{{3,}}:[^\n]*\n", "", text))
+    assert last_line not in note.read_text() and f"{SURVEY_LINE} 99:" in note.read_text()
+    trimmed = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+    assert not trimmed.failed and not trimmed.halted, trimmed.failed
+    assert survey_sent(double) == 3  # collated, then drafted
+    assert LONG not in dict(trimmed.skipped)
+    assert drafted(lms_vault) == {"3001", "3002", "3003"}
     assert open_reservations(Ledger.for_vault(lms_vault)) == []

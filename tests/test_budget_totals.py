@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import call_record, write_config
+from conftest import call_record, ledger_at, write_config
 
 from tierflow.core.budget import Budgets, Estimate
 from tierflow.core.config import load_config
@@ -239,10 +239,7 @@ def test_a_lost_calls_worst_case_tokens_count_alike_in_live_and_rebuilt_totals(t
 def test_a_ledger_written_by_the_previous_version_migrates_to_the_totals_once(tmp_path, ledger_url):
     engine = sa.create_engine(ledger_url)
     with engine.begin() as conn:  # a version-10 ledger: calls, settled and kept reservations
-        schema_version.create(conn)
-        for number, migration in enumerate(MIGRATIONS[:10], start=1):
-            migration(conn)
-            conn.execute(schema_version.insert().values(version=number))
+        ledger_at(conn, 10)
         for n in range(30):
             row = call_record(
                 run_id=f"r{n % 3}",
@@ -294,10 +291,7 @@ def test_a_ledger_holding_lost_calls_migrates_to_storing_their_worst_case_tokens
 
     engine = sa.create_engine(ledger_url)
     with engine.begin() as conn:
-        schema_version.create(conn)
-        for number, migration in enumerate(MIGRATIONS[:18], start=1):
-            migration(conn)
-            conn.execute(schema_version.insert().values(version=number))
+        ledger_at(conn, 18)
         row = lost_call(call_record(run_id="r1"), 0.07, 900).row()
         conn.execute(calls.insert(), {k: v for k, v in row.items() if k != "worst_tokens"})
     engine.dispose()
@@ -318,12 +312,12 @@ def test_a_ledger_holding_lost_calls_migrates_to_storing_their_worst_case_tokens
     for t in threads:
         t.join()
     assert not errors, errors
-    assert versions == [len(MIGRATIONS)] * 4 and len(MIGRATIONS) == 19
+    assert versions == [len(MIGRATIONS)] * 4 and len(MIGRATIONS) >= 19
     ledger = Ledger(ledger_url)
     ledger.record(lost_call(call_record(run_id="r2"), 0.07, 900))
     with ledger.reading() as conn:
         recorded = conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()
-        assert list(recorded) == list(range(1, 20))
+        assert list(recorded) == list(range(1, len(MIGRATIONS) + 1))
         lost = conn.execute(sa.select(calls.c.run_id, calls.c.outcome, calls.c.worst_tokens).order_by(calls.c.id))
         assert [tuple(r) for r in lost] == [("r1", "lost", None), ("r2", "lost", 900)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import call_record
+from conftest import call_record, ledger_at
 
 from tierflow.core.ledger import COLUMNS, MIGRATIONS, CallRecord, Ledger, calls
 from tierflow.core.usage import Usage
@@ -45,6 +45,25 @@ def test_an_old_ledger_is_migrated_and_keeps_its_rows(ledger_url: str):
     ledger = Ledger(url)
     assert ledger.version == len(MIGRATIONS)
     assert len(ledger.rows()) == 1
+
+
+def test_a_ledger_from_before_refusals_were_kept_keeps_its_batch_items_with_no_error(ledger_url: str):
+    """Version 20 keeps a refused batch item's error; an item refused before has none, so it is sent once more."""
+    from tierflow.core.ledger import batch_items
+
+    engine = sa.create_engine(ledger_url)
+    with engine.begin() as conn:
+        ledger_at(conn, 19)
+        v19 = sa.Table("batch_items", sa.MetaData(), autoload_with=conn)
+        assert "error" not in v19.c
+        conn.execute(v19.insert().values(key="k", custom_id="c", batch_id="b", provider="anthropic", status="refused"))
+    engine.dispose()
+    ledger = Ledger(ledger_url)
+    assert ledger.version == len(MIGRATIONS)
+    with ledger.reading() as conn:
+        assert conn.execute(sa.select(batch_items.c.key, batch_items.c.status, batch_items.c.error)).all() == [
+            ("k", "refused", None)
+        ]
 
 
 def test_rows_have_the_stable_columns_and_group_totals(ledger_url: str):

@@ -12,7 +12,9 @@ informed retry, then escalation), run directly. Expired or cancelled items are l
 resubmits only those. Reservations go through `Caller.reserve`, so a `downgrade` budget downgrades
 batch items as it does direct calls, and a prompt too long for its model is refused there as a direct call's is
 (`context.check_fits`): that item alone is left out of the batch, with its error (`BatchOutcome.too_long`), and
-the others are sent. An item the provider refuses as too long is not retried: it would be refused again.
+the others are sent. An item the provider refuses as too long is not retried: it would be refused again. Nor is
+it sent by a later run (`--retry-failed` too) while its request is the same, model and prompt: that run reports the
+same refusal (`_refused_before`), until the prompt changes (the note is trimmed) or the phase goes to another tier.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def run_batch(
             outcome.answers[call.key] = kept  # passed on a retry or a dearer tier, or kept failing, in an earlier run
         else:
             todo[cache_key] = (call, routed, request, cache_key)
+    for cache_key, error in _refused_before(caller, todo).items():
+        call = todo.pop(cache_key)[0]
+        outcome.too_long[call.key], outcome.failed[call.key] = error, str(error)
     if not todo:
         return outcome
 
@@ -143,6 +148,28 @@ def run_batch(
 def custom_id(call: BatchCall, index: int) -> str:
     """Providers accept `^[a-zA-Z0-9_-]{1,64}$`."""
     return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', call.key)[:48]}-{index}"
+
+
+def _refused_before(
+    caller: Caller, todo: dict[str, tuple[BatchCall, Route, Request, str]]
+) -> dict[str, ContextWindowExceeded]:
+    """Cache key -> the provider's refusal, for the requests it refused as too long when an earlier run sent them on
+    the tier they are routed to now: sent again, each would be refused again (and billed, by a provider that bills
+    refusals). The key covers the model and the whole prompt, so a trimmed note, or another tier, is sent."""
+    with caller.ledger.reading() as conn:
+        rows = conn.execute(
+            sa.select(batch_items.c.key, batch_items.c.tier, batch_items.c.error).where(
+                batch_items.c.key.in_(list(todo)), batch_items.c.status == "refused", batch_items.c.error.is_not(None)
+            )
+        ).all()
+    found: dict[str, ContextWindowExceeded] = {}
+    for row in rows:
+        call, routed, _, _ = todo[row.key]
+        if row.tier != routed.tier:
+            continue  # refused on the tier a `downgrade` budget sent it to, which this run may not
+        found[row.key] = refused(routed, row.error)
+        log.warning("%s: %s is not sent again, unchanged since refused: %s", routed.phase, call.key, found[row.key])
+    return found
 
 
 def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str]]:
@@ -355,7 +382,8 @@ def _collect(
         too_long = result.status == "errored" and result.too_long
         status = "done" if answered else "refused" if too_long else result.status
         status = "retried" if status == "errored" else status
-        claim = _claim(cache_key, batch_id, status)
+        # A refusal is kept in the provider's words (`_refused_before`): a rerun of this request reports it again.
+        claim = _claim(cache_key, batch_id, status, error=result.error if too_long else None)
         try:
             if answered:
                 _settle_item(caller, batch_id, row, item, result.completion, claim, outcome)
@@ -448,9 +476,10 @@ class _Taken(Exception):
     """Another process claimed this batch item first: it records the item, this one must not."""
 
 
-def _claim(cache_key: str, batch_id: str, status: str) -> Any:
+def _claim(cache_key: str, batch_id: str, status: str, *, error: str | None = None) -> Any:
     """What claims a collected item inside its settle transaction: it moves the item from `submitted` to
-    `status`, and aborts the transaction (raising `_Taken`) when another process moved it first."""
+    `status` (with its `error`), and aborts the transaction (raising `_Taken`) when another process moved it
+    first."""
 
     def claim(conn: Any) -> None:
         moved = conn.execute(
@@ -460,7 +489,7 @@ def _claim(cache_key: str, batch_id: str, status: str) -> Any:
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.status == "submitted",
             )
-            .values(status=status)
+            .values(status=status, error=error)
         )
         if moved.rowcount != 1:
             raise _Taken(cache_key)

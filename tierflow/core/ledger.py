@@ -241,6 +241,9 @@ batch_items = sa.Table(
     sa.Column("holder_pid", sa.Integer),
     sa.Column("holder_host", String(255)),
     sa.Column("submitted_s", sa.Float),
+    # Version 20: a `refused` item's error, in the provider's words: a rerun that would send the same request
+    # (same model, same prompt) reports it again in the same words instead of sending it to be refused again.
+    sa.Column("error", Text),
 )
 
 SUBMITTED = ("submitting", "submitted")
@@ -442,7 +445,7 @@ def _migration_3(conn: Connection) -> None:
 
 
 def _migration_4(conn: Connection) -> None:
-    _as_created(batch_items, ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10)).create(conn, checkfirst=True)
+    _as_created(batch_items, ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10, "error")).create(conn, checkfirst=True)
     runs.create(conn, checkfirst=True)
 
 
@@ -712,6 +715,12 @@ def _migration_19(conn: Connection) -> None:
     _add_columns(conn, "calls", {"worst_tokens": "INTEGER"})
 
 
+def _migration_20(conn: Connection) -> None:
+    # A refused batch item's error (see `batch_items`). Items refused before have none: the next run sends them once
+    # more, as it always did, and remembers the refusal then.
+    _add_columns(conn, "batch_items", {"error": "TEXT"})
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -732,6 +741,7 @@ MIGRATIONS = (
     _migration_17,
     _migration_18,
     _migration_19,
+    _migration_20,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 
