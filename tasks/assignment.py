@@ -29,6 +29,7 @@ from tierflow.vault.text import (
     property_text,
     text_version,
     unclosed_comment,
+    unescape_links,
 )
 
 log = logging.getLogger("tierflow")
@@ -341,7 +342,9 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         try:
             sid = property_text(meta, "student_id")
             name = property_text(meta, "name")
-            unreadable, authors = property_list(meta, "tierflow_unreadable"), property_list(meta, "document_authors")
+            # A file's name and a document's author as the import wrote them: link marks as shown text.
+            unreadable = [unescape_links(u) for u in property_list(meta, "tierflow_unreadable")]
+            authors = [unescape_links(a) for a in property_list(meta, "document_authors")]
             also = [property_text(meta, "email"), *property_list(meta, "sis_ids")]
             files = property_list(meta, "files")
         except PropertyError as exc:

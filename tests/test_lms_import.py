@@ -6,7 +6,7 @@ import json
 import re
 import stat
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import frontmatter
 import pytest
@@ -630,35 +630,114 @@ def test_link_marks_inside_code_are_left_as_typed(lms_vault, tmp_path):
     assert code in submission.text and "x[[1]]" in submission.text
 
 
-def blocked_export(lms_vault: Path, tmp_path: Path, why: str = "in the way") -> Path:
+LINKED_AUTHOR = "Jane [[X]]"
+LINKED_FILES = ("essay [[draft]].docx", "essay [[draft]].pdf")
+
+
+@pytest.mark.parametrize("platform", ["moodle", "canvas"])
+def test_link_marks_in_a_file_name_or_a_documents_author_are_imported_as_text_and_the_file_is_found(
+    lms_vault, tmp_path, platform
+):
+    """A file named `essay [[draft]].docx`, or a Word or PDF document whose author is `Jane [[X]]`, put a link to no
+    note into the note's properties: the writer refused the note, so that student was not imported (exit 1)."""
+    from lms_exports import docx_bytes, essay, pdf_bytes
+    from test_lms_canvas import gradebook_bytes
+    from test_lms_moodle import draft_text
+
+    from tierflow.lms.exporter import export_feedback
+    from tierflow.tasks.assignment import _submissions
+    from tierflow.vault.links import VaultNames, link_targets, wikilink_can_name
+    from tierflow.vault.text import unescape_links
+
+    students = cohort()[:2]
+    students[1].files = {
+        LINKED_FILES[0]: docx_bytes(essay(2), author=LINKED_AUTHOR),
+        LINKED_FILES[1]: pdf_bytes(essay(3), author=LINKED_AUTHOR),
+    }
+    make = moodle_zip if platform == "moodle" else canvas_zip
+    export = make(tmp_path / "submissions.zip", students)
+    for action in ("created", "unchanged"):  # and again: the same note, the same files, nothing doubled
+        report = import_submissions(lms_vault, ASSIGNMENT, export)
+        assert not report.failed, report.failed[0].error
+        assert [(s.student_id, s.action) for s in report.students] == [("1001", action), ("1002", action)]
+
+    written = (lms_vault / ASSIGNMENT / "submissions" / "1002.md").read_text(encoding="utf-8")
+    assert "[[" not in written and link_targets(written) == []  # Obsidian shows no link, in properties or text
+    meta = notes(lms_vault)["1002"].metadata
+    # The originals are kept under names a link can hold, and the note's `files:` leads to each, byte for byte.
+    names = VaultNames.scan(lms_vault)
+    assert sorted(PurePosixPath(p).name for p in meta["files"]) == ["essay draft.docx", "essay draft.pdf"]
+    for path in meta["files"]:
+        assert wikilink_can_name(path) and names.resolve(path) == [path]
+    assert sorted((lms_vault / p).read_bytes() for p in meta["files"]) == sorted(students[1].files.values())
+    assert sorted(p.name for p in (lms_vault / ASSIGNMENT / "submissions" / "1002").iterdir()) == [
+        "essay draft.docx", "essay draft.pdf"
+    ]  # fmt: skip
+    # What the student and the platform wrote is kept as written, read back as written.
+    assert [unescape_links(a) for a in meta["document_authors"]] == [LINKED_AUTHOR]
+    downloaded = [unescape_links(d) for d in meta["downloaded_as"]]
+    assert sorted(PurePosixPath(d).name.rpartition("_")[2] if platform == "canvas" else PurePosixPath(d).name
+                  for d in downloaded) == sorted(LINKED_FILES)  # fmt: skip
+    (submission,) = [s for s in _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0] if s.student_id == "1002"]
+    assert LINKED_AUTHOR in submission.aliases and submission.files == tuple(meta["files"])
+    if platform == "canvas":
+        # The comment goes back under the name Canvas gave the file, link marks and all, so Canvas matches it.
+        (lms_vault / ASSIGNMENT / "feedback").mkdir()
+        (lms_vault / ASSIGNMENT / "feedback" / "1002 feedback.md").write_text(draft_text("1002"), encoding="utf-8")
+        gradebook = tmp_path / "grades.csv"
+        gradebook.write_bytes(gradebook_bytes())
+        export_feedback(lms_vault, ASSIGNMENT, "canvas", gradebook=gradebook, column="4512")
+        with zipfile.ZipFile(tmp_path / "grades (tierflow) comments.zip") as z:
+            assert z.namelist() == [PurePosixPath(downloaded[0]).name]
+        assert downloaded[0].endswith(f"_{LINKED_FILES[0]}")
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_file_an_earlier_import_kept_under_its_own_name_is_no_new_submission(lms_vault, tmp_path, edited):
+    """A file name with `#` is now kept without it (`Lab 3.docx`); an earlier import kept `Lab #3.docx`. The same
+    submission imported again is unchanged, and a note the lecturer edited gets no warning of a new submission."""
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.vault.notes import HASH_KEY, render_note
+
+    export = moodle_zip(tmp_path / "export.zip", [Student("2001", "Ann Able", {"Lab #3.docx": docx_bytes(essay(1))})])
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    originals = lms_vault / ASSIGNMENT / "submissions" / "2001"
+    assert [p.name for p in originals.iterdir()] == ["Lab 3.docx"]
+    # The folder and note as the earlier import left them.
+    (originals / "Lab 3.docx").rename(originals / "Lab #3.docx")
+    note = lms_vault / ASSIGNMENT / "submissions" / "2001.md"
+    post = frontmatter.load(note)
+    meta = {k: v for k, v in post.metadata.items() if k != HASH_KEY}
+    meta["files"] = [f"{ASSIGNMENT}/submissions/2001/Lab #3.docx"]
+    note.write_text(render_note(meta, post.content + ("\n\nSeen in class." if edited else "")), encoding="utf-8")
+    if edited:
+        note.write_text(note.read_text(encoding="utf-8").replace("Seen in class.", "Seen in class, twice."))
+    before = note.read_bytes()
+
+    (result,) = import_submissions(lms_vault, ASSIGNMENT, export).students
+    assert (result.action, result.warning) == ("kept-edit" if edited else "unchanged", "")
+    assert note.read_bytes() == before and [p.name for p in originals.iterdir()] == ["Lab #3.docx"]
+
+
+def blocked_export(lms_vault: Path, tmp_path: Path) -> Path:
     """A Moodle export of three students, the middle one's import failing: a file is in the way of its folder of
-    originals, or its file's name holds what Obsidian reads as a link."""
+    originals."""
     from lms_exports import Student, docx_bytes, essay
 
     students = [Student(sid, name, {"lab3.docx": docx_bytes(essay(n))}) for n, (sid, name) in
                 enumerate([("2001", "Ann Able"), ("2002", "Ben Bold"), ("2003", "Cat Cole")], start=1)]  # fmt: skip
-    if why == "in the way":
-        submissions = lms_vault / ASSIGNMENT / "submissions"
-        submissions.mkdir()
-        (submissions / "2002").write_text("the lecturer's file, where tierflow keeps 2002's originals")
-    else:
-        students[1].files = {"Lab [[1]].docx": docx_bytes(essay(2))}
+    submissions = lms_vault / ASSIGNMENT / "submissions"
+    submissions.mkdir()
+    (submissions / "2002").write_text("the lecturer's file, where tierflow keeps 2002's originals")
     return moodle_zip(tmp_path / "STAT101-Lab 3-77.zip", students)
 
 
-@pytest.mark.parametrize(
-    "why, told",
-    [
-        ("in the way", f"{ASSIGNMENT}/submissions/2002: File exists"),
-        ("file name", "[[1]] links to no note in the vault), from a file name"),
-    ],
-)
-def test_a_student_whose_note_cannot_be_written_is_reported_and_the_students_after_are_imported(
-    lms_vault, tmp_path, why, told
-):
+def test_a_student_whose_note_cannot_be_written_is_reported_and_the_students_after_are_imported(lms_vault, tmp_path):
     """One student's failure stopped the whole import there (exit 2): the students after it were never imported,
     and a rerun stopped at the same student."""
-    export = blocked_export(lms_vault, tmp_path, why)
+    told = f"{ASSIGNMENT}/submissions/2002: File exists"
+    export = blocked_export(lms_vault, tmp_path)
     for _ in range(2):  # and again: the students imported are unchanged, the failed one named again
         report = import_submissions(lms_vault, ASSIGNMENT, export)
         assert [s.student_id for s in report.students] == ["2001", "2002", "2003"]

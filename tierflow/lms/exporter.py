@@ -37,7 +37,7 @@ from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect, who
 from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
 from tierflow.vault.rubric import load_rubric
-from tierflow.vault.text import load_note, note_text, read_note_text, text_version, yaml_problem
+from tierflow.vault.text import load_note, note_text, read_note_text, text_version, unescape_links, yaml_problem
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -233,7 +233,7 @@ def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
         files = []
         for entry in note.metadata.get("tierflow_unreadable") or []:
             # The import's reason cut to its first clause: the import said the whole of it, with what to do.
-            name, _, why = str(entry).partition(": ")
+            name, _, why = unescape_links(str(entry)).partition(": ")
             files.append(f"{name}: {re.split(r'[;:(]', why)[0].strip()}")
         because = f" ({'; '.join(files)})" if files else ""
         return (
@@ -479,7 +479,9 @@ def _canvas(  # noqa: ANN001
         if sid in held:
             continue
         note = _submission(vault, folder, sid)
-        downloaded = [PurePosixPath(str(d)).name for d in (note.metadata.get("downloaded_as") or [])] if note else []
+        # The names as Canvas gave them (link marks the import wrote as shown text are the characters again).
+        given = (note.metadata.get("downloaded_as") or []) if note else []
+        downloaded = [PurePosixPath(unescape_links(str(d))).name for d in given]
         attached = [d for d in downloaded if (p := canvas.parse_name(d)) and not p.text_entry]
         usable = [d for d in attached if PurePosixPath(d).suffix.lower() in files.WRITABLE]
         if not usable:

@@ -33,8 +33,16 @@ from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.drafts import collect
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
-from tierflow.vault.notes import HASH_KEY, LinkError, NoteWriter, body_hash
-from tierflow.vault.text import escape_comments, escape_links, load_note, note_text, text_version
+from tierflow.vault.links import wikilink_can_name
+from tierflow.vault.notes import HASH_KEY, LinkError, NoteWriter, body_hash, safe_note_name
+from tierflow.vault.text import (
+    escape_comments,
+    escape_links,
+    escape_property_links,
+    load_note,
+    note_text,
+    text_version,
+)
 
 PLATFORMS = ("moodle", "canvas")
 HIDDEN_CALLOUT = "Hidden text in the original"
@@ -183,10 +191,10 @@ def _failed(vault: Path, folder: str, work: StudentWork, exc: Exception) -> Stud
         why = f"{shown}: {exc.strerror or exc}"
         fix = f"check {shown} (a file in the way of the student's folder, its permissions, a full disk)"
     elif isinstance(exc, LinkError):
-        # The text is written as shown text (`_body`): what is left is a property the export gave, such as a file
-        # named `Lab [[1]].docx`, which Obsidian would read as a link.
-        why = f"its properties would hold a link ({'; '.join(exc.problems)}), from a file name or document author"
-        fix = "unpack the export, rename that file in it, and give the folder instead of the zip"
+        # The text, file names and document authors are written as shown text (`_body`, `escape_property_links`):
+        # what is left is the student's name or email, as the export or the roster gives it.
+        why = f"its properties would hold a link ({'; '.join(exc.problems)}), from the student's name or email"
+        fix = "correct that student's name in the roster (--roster) or the export"
     elif isinstance(exc, VaultError):
         why, fix = str(exc), "fix what it names"
     else:
@@ -373,10 +381,12 @@ def _import_one(
         "late": work.late,
         "tags": ["submission", "tierflow/imported"],
         "files": [p.relative_to(vault).as_posix() for _, p, _, _ in kept],
-        "downloaded_as": [f.entry.path for f in work.ordered()],
-        "document_authors": authors,
-        "tierflow_hidden_text": result.hidden,
-        "tierflow_unreadable": [f"{fn}: {why}" for fn, why in result.problems],
+        # What the student and the platform named (`essay [[draft]].pdf`, an author `Jane [[X]]`) as shown text, not
+        # a link to no note, which Obsidian would show and the writer refuses; read back with `unescape_links`.
+        "downloaded_as": [escape_property_links(f.entry.path) for f in work.ordered()],
+        "document_authors": [escape_property_links(a) for a in authors],
+        "tierflow_hidden_text": [escape_property_links(fn) for fn in result.hidden],
+        "tierflow_unreadable": [escape_property_links(f"{fn}: {why}") for fn, why in result.problems],
     }
     written = NoteWriter(vault, f"{folder}/submissions").write(work.student_id, front, body)
     result.action = written.action
@@ -404,11 +414,24 @@ def _place(
     placed = []
     for f, data in given:
         base = sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file"
+        # A name an earlier import kept (`Lab #3.docx`) stays, so an unchanged submission is not taken for a new one.
+        base = base if base in listed else _linkable(base)
         name = _unique(base, used)
         while name not in listed and (originals / name).exists() and not _holds(originals / name, data):
             name = _unique(base, used)
         placed.append((f, data, originals / name))
     return placed
+
+
+def _linkable(name: str) -> str:
+    """`name`, or where a link could not hold it (`essay [[draft]].pdf`, `Lab #3.docx`: `[`, `]`, `#`, `^` and `|`
+    end a wikilink's target) the name without those marks (`essay draft.pdf`), as tierflow names a note: so that the
+    note's `files:` holds no link mark and the original can be linked like any file in the vault."""
+    if wikilink_can_name(name):
+        return name
+    stem, dot, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    ext = "".join(ch for ch in ext if ch not in "[]#^|")
+    return f"{safe_note_name(stem)}{dot if ext else ''}{ext}"
 
 
 def _holds(path: Path, data: bytes) -> bool:

@@ -24,6 +24,7 @@ __all__ = [
     "PropertyError",
     "escape_comments",
     "escape_links",
+    "escape_property_links",
     "hide_comments",
     "load_note",
     "note_text",
@@ -122,20 +123,29 @@ def unescape_comments(text: str) -> str:
 
 
 # Likewise what would start a link: `[[` (a wikilink, `![[...]]` an embed) and `](` (a Markdown link) to anything but
-# a web address. Obsidian shows `[&#91;` as `[[` and `]&#40;` as `](`, and links nothing.
+# a web address. Obsidian shows `[&#91;` as `[[` and `]&#40;` as `](`, and links nothing; so does any CommonMark
+# renderer (the HTML a platform is sent), which reads an entity as the character and never as a link's mark.
 _LINK_ESCAPES = {"[[": "[&#91;", "](": "]&#40;"}
 _LINK_OPENER = re.compile(r"\[\[|\]\((?![A-Za-z][A-Za-z0-9+.-]*:)")
+_ANY_LINK_OPENER = re.compile(r"\[\[|\]\(")
 _LINK_ESCAPED = re.compile("|".join(map(re.escape, _LINK_ESCAPES.values())))
 _LINK_UNESCAPES = {v: k for k, v in _LINK_ESCAPES.items()}
 
 
-def escape_links(text: str) -> str:
+def escape_links(text: str, *, web: bool = False) -> str:
     """`text` for a note, shown by Obsidian as written and linking nothing: every `[[` as `[&#91;` and every `](`
     not followed by a web address's scheme as `]&#40;`, outside code (where Obsidian makes no link and would show
-    the entity itself)."""
+    the entity itself). `web`: a `](` before a web address too, for text that must reach its reader as typed (a
+    draft the student is sent), not as a link someone else wrote."""
     if "[[" not in text and "](" not in text:
         return text
-    return _outside_code(text, _LINK_OPENER, lambda m: _LINK_ESCAPES[m.group()[:2]])
+    return _outside_code(text, _ANY_LINK_OPENER if web else _LINK_OPENER, lambda m: _LINK_ESCAPES[m.group()[:2]])
+
+
+def escape_property_links(value: str) -> str:
+    """A front-matter value from outside (a file's name, a document's author) as `escape_links` writes text, but
+    everywhere in it: a property has no code, and Obsidian links a `[[...]]` in its value wherever it stands."""
+    return _LINK_OPENER.sub(lambda m: _LINK_ESCAPES[m.group()[:2]], value)
 
 
 def unescape_links(text: str) -> str:
