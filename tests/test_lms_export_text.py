@@ -269,3 +269,66 @@ def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_name
             after = path.read_bytes().decode("utf-8-sig").splitlines()
             (row,) = [i for i, line in enumerate(before) if "1005" in line]
             assert after[row] == before[row]  # 1005 as downloaded
+
+
+STUDENT_LINKS = "I describe my [method](method.md) and the [survey site](https://survey.example.org/q)."
+LECTURERS_LINK = "https://uni.example.ac.uk/writing"
+
+
+@pytest.mark.parametrize("target", ["moodle-worksheet", "canvas"])
+def test_a_students_markdown_links_quoted_in_a_draft_reach_the_student_as_typed_not_as_links(tmp_path, target):
+    """A student's `[method](method.md)`, quoted back in a draft, went to Moodle's feedback comments as
+    `<a href="method.md">`, a link Moodle resolves against its own page, and their `[survey site](https://...)` as a
+    link in the feedback they never typed as one. A link the lecturer adds while reviewing stays a link."""
+    import csv
+    import shutil
+
+    from lms_exports import canvas_zip, cohort, moodle_zip, onlinetext
+    from test_lms_canvas import gradebook_bytes
+    from test_lms_moodle import LEVELS
+    from test_lms_roundtrip import worksheet_for
+
+    from tierflow.lms.importer import import_submissions
+
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    assignment = "Teaching/EDU7001/essay-2"
+    (vault / assignment / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / assignment / "rubric.md")
+    students = cohort()[:1]
+    students[0].files = {"essay.html": onlinetext(f"<p>Essay by Liam O'Sullivan.</p><p>{STUDENT_LINKS}</p>")}
+    make = canvas_zip if target == "canvas" else moodle_zip
+    import_submissions(vault, assignment, make(tmp_path / "submissions.zip", students))
+    a_level, a_score, b_level, b_score = LEVELS["1001"]
+    criteria = [
+        {"criterion": name, "missing": False, "level": level, "range": "", "score": score, "quotes": [],
+         "comment": f"A comment on {name.lower()}."}
+        for name, level, score in (
+            ("Argument and critical evaluation", a_level, a_score), ("Use of literature", b_level, b_score),
+            ("Structure and clarity", a_level, a_score), ("Referencing and academic conventions", b_level, b_score),
+        )
+    ]  # fmt: skip
+    criteria[0]["quotes"] = [{"text": STUDENT_LINKS, "verbatim": True}]
+    criteria[0]["comment"] = "You point the reader to your [method](method.md) section."
+    body = feedback_body("1001", "Liam O'Sullivan", criteria=criteria, next_steps=["Cite the survey."], overall="Good.")
+    body += f"\nRead [the writing guide]({LECTURERS_LINK}) before the next essay.\n"  # the lecturer's, on review
+    front = '---\ntitle: "Feedback: Liam O\'Sullivan"\nstudent_id: "1001"\nstatus: reviewed\n---\n\n'
+    (vault / assignment / "feedback" / "1001 feedback.md").write_text(front + body, encoding="utf-8")
+
+    downloaded = tmp_path / "downloaded.csv"
+    if target == "moodle-worksheet":
+        downloaded.write_bytes(worksheet_for(students))
+        result = export_feedback(vault, assignment, target, worksheet=downloaded)
+        (row,) = csv.DictReader(io.StringIO(result.written[0].read_text(encoding="utf-8-sig")))
+        sent = row["Feedback comments"]
+    else:
+        downloaded.write_bytes(gradebook_bytes())
+        result = export_feedback(vault, assignment, target, gradebook=downloaded, column="4512")
+        with zipfile.ZipFile(tmp_path / "downloaded (tierflow) comments.zip") as z:
+            (name,) = z.namelist()
+            assert name.endswith("_essay.html")
+            sent = z.read(name).decode()
+    assert result.sent == ["1001"]
+    assert "I describe my [method](method.md) and the [survey site](https://survey.example.org/q)." in sent
+    assert "your [method](method.md) section" in sent
+    assert re.findall(r'<a href="([^"]*)"', sent) == [LECTURERS_LINK], sent

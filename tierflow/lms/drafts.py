@@ -129,18 +129,25 @@ class Draft:
         title = str(self.metadata.get("title") or "")
         return title.removeprefix("Feedback: ").strip() if title.startswith("Feedback: ") else ""
 
-    def student_text(self) -> str:
-        """The body as the student should read it: as Obsidian shows it (comments hidden), without tierflow's
-        notices to the lecturer, the lecturer's own callouts kept."""
-        # The student's own `%%`, `<!--`, `[[` and `](`, escaped in the note so that no comment or link starts, as
-        # they wrote them.
+    def student_markdown(self) -> str:
+        """The body as the student should read it, as Markdown: as Obsidian shows it (comments hidden), without
+        tierflow's notices to the lecturer, the lecturer's own callouts kept. The `[[` and `](` someone else typed
+        (the student's, quoted back) stay escaped (`[&#91;`, `]&#40;`), which Markdown shows as typed and never
+        makes a link of; `student_text` has them as the characters."""
+        # The student's own `%%` and `<!--`, escaped in the note so that no comment starts, as they wrote them.
         body = _OLD_NO_CONTENT.sub("", self.body)
-        text = unescape_links(unescape_comments(_readable_callouts(without_comments(body))))
+        text = unescape_comments(_readable_callouts(without_comments(body)))
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
+    def student_text(self) -> str:
+        """`student_markdown` as plain text: the student's own `[[` and `](` as they wrote them."""
+        return unescape_links(self.student_markdown())
+
     def html(self) -> str:
-        """The student text as HTML on one line (Moodle stores feedback comments as HTML)."""
-        rendered = MarkdownIt("commonmark", {"html": False}).render(self.student_text())
+        """The student text as HTML on one line (Moodle stores feedback comments as HTML). A link the student
+        typed, quoted back, is their text as typed: not a link (`[method](method.md)` would be one Moodle resolves
+        against its own page)."""
+        rendered = MarkdownIt("commonmark", {"html": False}).render(self.student_markdown())
         return re.sub(r">\s*\n\s*<", "><", rendered.strip()).replace("\n", "<br>")
 
 

@@ -399,7 +399,7 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
             continue
         name = str(note.metadata.get("name") or "") if note else ""
         path = moodle.feedback_path(sid, name, f"feedback{fmt}")
-        entries.append((path, files.render(fmt, _title(draft, note), draft.student_text())))
+        entries.append((path, files.render(fmt, _title(draft, note), draft.student_markdown())))
         result.sent.append(sid)
     result.notes.append(
         "In Moodle: View all submissions -> Grading action -> Upload multiple feedback files in a zip. Grades are "
@@ -488,7 +488,7 @@ def _canvas(  # noqa: ANN001
             result.notes.append(f"{sid}: comment not in the re-upload zip: {_why_not_reuploaded(downloaded, attached)}")
             continue
         name = usable[0]
-        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_text())))
+        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_markdown())))
         commented.append(sid)
     if sheet is None:
         result.sent += commented

@@ -9,6 +9,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from tierflow.vault.text import unescape_links
+
 WRITABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md")
 _FONTS = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/share/fonts/TTF/DejaVuSans.ttf"))
 
@@ -32,20 +34,22 @@ def _blocks(markdown: str) -> list[tuple[str, str]]:
 
 
 def render(suffix: str, title: str, markdown: str) -> bytes:
-    """The feedback as a `suffix` file (one of WRITABLE)."""
+    """The feedback as a `suffix` file (one of WRITABLE), from a draft's `student_markdown`: the `[[` and `](` the
+    student typed, still escaped there, are shown as typed (never a link in an HTML file)."""
     suffix = suffix.lower()
-    if suffix == ".docx":
-        return _docx(title, markdown)
-    if suffix == ".pdf":
-        return _pdf(title, markdown)
-    if suffix == ".odt":
-        return _odt(title, markdown)
     if suffix in (".html", ".htm"):
         from markdown_it import MarkdownIt
 
         body = MarkdownIt("commonmark", {"html": False}).render(markdown)
         page = f'<!DOCTYPE html><html><head><meta charset="UTF-8"><title>{html.escape(title)}</title></head>'
         return f"{page}<body><h1>{html.escape(title)}</h1>{body}</body></html>".encode()
+    markdown = unescape_links(markdown)  # text, not Markdown rendered: the characters as the student typed them
+    if suffix == ".docx":
+        return _docx(title, markdown)
+    if suffix == ".pdf":
+        return _pdf(title, markdown)
+    if suffix == ".odt":
+        return _odt(title, markdown)
     if suffix in (".txt", ".md"):
         return f"{title}\n\n{markdown}\n".encode()
     raise ValueError(f"cannot write feedback as {suffix}; writable: {', '.join(WRITABLE)}")

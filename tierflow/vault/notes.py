@@ -298,8 +298,9 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
     # A student's `%%` or `<!--`, quoted back by a model, shown as written: else it starts a comment that hides
     # the rest of the draft, in Obsidian and in what is exported to the student. Likewise `[[` and `](` (R's
-    # `df[["age"]]`), else a link to no note, which the writer refuses.
-    env.filters["shown"] = lambda v: escape_links(escape_comments(str(v)))
+    # `df[["age"]]`), else a link to no note, which the writer refuses; and a `](` before a web address, since a
+    # student's `[site](https://...)` is their text, to reach them as typed, not a link in their feedback.
+    env.filters["shown"] = lambda v: escape_links(escape_comments(str(v)), web=True)
     env.searched = (vault / override_folder if vault is not None else None, bundled)
     return env
 
