@@ -208,25 +208,37 @@ def plan_student_feedback(
     tier: dict[str, str] | None = None,
     since: date | None = None,
     until: date | None = None,
+    redraft_all: bool = False,
 ) -> Plan:
     """Every call a student-feedback run on this assignment would make, priced at its worst case.
 
     Evidence prompts are rendered exactly. The cohort prompt is rendered from empty evidence plus every
     evidence answer at the light tier's full output, and each feedback prompt from an empty cohort summary
-    plus the deep tier's full output. `since` and `until` do not apply to an assignment.
+    plus the deep tier's full output. As the run does, every submission is collated, but only the students with
+    no draft for their submission as it is now are drafted (all of them with `redraft_all`); the others are
+    listed as skipped, in the run report's words. `since` and `until` do not apply to an assignment.
     """
     settings = plan_settings(config, vault, "student-feedback", tier)
     caller = caller_for(settings)
     work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder, keep=False)
+    current, unchanged = ({}, []) if redraft_all else feedback.already_drafted(vault, work)
     plan = Plan(
         flow="student-feedback",
         since=None,
         until=None,
         selected=len(work.submissions),
-        skipped=list(work.skipped),
+        skipped=[*work.skipped, *unchanged],
         phase_names=["collate", "synthesise", "draft"],
         notes=["Batch mode is priced at the batch discount."] if mode == "batch" else [],
     )
+    if current:
+        todo = [s for s in work.submissions if s.student_id not in current]
+        blank = sum(s.empty for s in todo)
+        plan.notes.append(
+            f"Drafts are priced for {len(todo) - blank} of the {len(work.submissions)} students: {len(current)} are "
+            "unchanged since their draft and are not drafted again (--redraft-all drafts and prices every student)"
+            + (f"; {blank} with no text get theirs without a call." if blank else ".")
+        )
     drafted = [s for s in work.submissions if not s.empty]  # an empty submission gets its note without a call
     if not drafted:
         return plan
@@ -251,6 +263,8 @@ def plan_student_feedback(
 
     summary = cohort.Cohort(text="", note="", model="", cost_usd=0, tokens=0)
     for submission, found in zip(drafted, empty, strict=True):
+        if submission.student_id in current:
+            continue  # its draft is for the submission as it is now: the run does not draft it again
         system, prefix, prompt = feedback.prompt(settings, work, submission, found, summary)
         plan.add(
             caller, "draft", feedback.complexity(settings), system, prompt, feedback.feedback_output(work.rubric),

@@ -159,3 +159,44 @@ def test_reimport_names_the_student_whose_reviewed_draft_is_out_of_date_and_the_
     assert "1001: sent" not in sent.stdout and "1002: sent" in sent.stdout and "1003: sent" in sent.stdout
     assert "1 written for an earlier version of the submission" in sent.stderr
     assert "tierflow run student-feedback --assignment" in sent.stderr
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_estimate_of_a_rerun_prices_only_the_students_it_drafts_and_says_how_many_are_unchanged(
+    lms_vault, tmp_path
+):
+    """`plan` and `run --dry-run` priced a draft for every student, where the rerun drafts only the one who
+    resubmitted: the estimate was several times the spend, and said nothing of the students left as they are."""
+    from tierflow.core.config import load_config
+    from tierflow.core.ledger import Ledger
+    from tierflow.flows.plans import plan_student_feedback
+
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "first.zip", cohort()))
+    assert not student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline").failed
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "second.zip", resubmitted()))
+    config = load_config(lms_vault, profile="offline")
+
+    def calls(**given: bool) -> dict[str, int]:
+        plan = plan_student_feedback(config, lms_vault, assignment=ASSIGNMENT, **given)
+        return {p.key: p.calls for p in plan.phases}
+
+    # 1005 and 1006 gave no text (no call); of the other five, only 1001 resubmitted.
+    planned = calls()
+    assert planned == {"collate": 5, "synthesise": 1, "draft": 1}
+    assert calls(redraft_all=True) == {"collate": 5, "synthesise": 1, "draft": 5}
+
+    base = ["--vault", str(lms_vault), "--assignment", ASSIGNMENT, "--profile", "offline"]
+    for args in (["plan", "student-feedback", *base], ["run", "student-feedback", *base, "--dry-run"]):
+        shown = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert "6 student(s) already have a draft for their submission as it is now" in shown.stdout, args
+        assert "Drafts are priced for 1 of the 7 students: 6 are unchanged since their draft" in shown.stdout
+        again = CliRunner().invoke(app, [*args, "--redraft-all"], env={"COLUMNS": "200"})
+        assert again.exit_code == 0, again.output
+        assert "already have a draft" not in again.stdout and "unchanged since their draft" not in again.stdout
+
+    # The run drafts whom the estimate priced (one student, however many tiers its answer went through).
+    rerun = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, profile="offline")
+    rows = Ledger.for_vault(lms_vault).rows(run_id=rerun.run_id)
+    assert len({r["subject"] for r in rows if r["phase"] == "draft"}) == planned["draft"]
+    assert calls()["draft"] == 0  # and now every student has a draft for their submission as it is

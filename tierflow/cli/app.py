@@ -713,6 +713,7 @@ def run(
             mode=mode,
             module=module,
             param=param,
+            redraft_all=redraft_all,
         )
         return
     _check_assignment(flow_name, cfg, vault, assignment)
@@ -927,6 +928,15 @@ def plan(
         str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
     ] = None,
     param: FlowParamOpt = None,
+    redraft_all: Annotated[
+        bool,
+        typer.Option(
+            "--redraft-all",
+            help="student-feedback: price a draft for every student, as `run --redraft-all` drafts them. Without "
+            "it only the students the run would draft are priced: those with no draft for their submission as it "
+            "is now.",
+        ),
+    ] = False,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     vault = vault_dir(vault, required="tierflow plan reading-notes")
@@ -950,6 +960,7 @@ def plan(
         "assignment": assignment,
         "mode": mode,
         "module": module,
+        "redraft_all": redraft_all,
     }
     params = parse_params(param)
     if params:
@@ -958,6 +969,7 @@ def plan(
         # Checked as `tierflow run` checks them (a parameter the flow takes, of its type, that no option gives);
         # the options here only price the run, so one the flow does not take is not refused.
         options = {name: (f"--{name}", None) for name in ("since", "until", "assignment", "mode", "module")}
+        options["redraft_all"] = ("--redraft-all", None)
         _, arguments, _ = flow_call(flow_name, vault, options=options, params=params, **offered)
         params = {name: arguments[name] for name in params}  # as the flow's signature reads them: `n=3` the int 3
     accepted = inspect.signature(spec.plan).parameters
