@@ -276,13 +276,15 @@ LECTURERS_LINK = "https://uni.example.ac.uk/writing"
 
 
 @pytest.mark.parametrize("target", ["moodle-worksheet", "canvas"])
-def test_a_students_markdown_links_quoted_in_a_draft_reach_the_student_as_typed_not_as_links(tmp_path, target):
+def test_a_students_markdown_links_quoted_in_a_draft_reach_the_student_as_typed_not_as_links(
+    lms_vault, tmp_path, target
+):
     """A student's `[method](method.md)`, quoted back in a draft, went to Moodle's feedback comments as
     `<a href="method.md">`, a link Moodle resolves against its own page, and their `[survey site](https://...)` as a
     link in the feedback they never typed as one. A link the lecturer adds while reviewing stays a link."""
     import csv
-    import shutil
 
+    from conftest import LMS_ASSIGNMENT as assignment
     from lms_exports import canvas_zip, cohort, moodle_zip, onlinetext
     from test_lms_canvas import gradebook_bytes
     from test_lms_moodle import LEVELS
@@ -290,11 +292,8 @@ def test_a_students_markdown_links_quoted_in_a_draft_reach_the_student_as_typed_
 
     from tierflow.lms.importer import import_submissions
 
-    vault = tmp_path / "vault"
-    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
-    assignment = "Teaching/EDU7001/essay-2"
-    (vault / assignment / "feedback").mkdir(parents=True)
-    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / assignment / "rubric.md")
+    vault = lms_vault
+    (vault / assignment / "feedback").mkdir()
     students = cohort()[:1]
     students[0].files = {"essay.html": onlinetext(f"<p>Essay by Liam O'Sullivan.</p><p>{STUDENT_LINKS}</p>")}
     make = canvas_zip if target == "canvas" else moodle_zip
