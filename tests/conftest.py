@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Prefect reads settings at import: keep its home, telemetry and logs out of the user's machine.
@@ -172,6 +172,17 @@ def call_record(**changes: object):
         latency_ms=3.0,
     )
     return CallRecord(**{**base, **changes})
+
+
+def stopped(call: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """The RunSummary of a run that a budget halted or a phase failed: its flow run ends Failed, so calling the flow
+    raises RunStopped, which carries the summary."""
+    from tierflow.report.run_report import RunStopped
+
+    with pytest.raises(RunStopped) as raised:
+        call(*args, **kwargs)
+    assert str(raised.value) == (raised.value.summary.halted or raised.value.summary.failed)
+    return raised.value.summary
 
 
 def fan_out_flow(item: object, count: int) -> object:

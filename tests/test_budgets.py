@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from conftest import READING_WEEK, anthropic_config, openai_config, write_config
+from conftest import READING_WEEK, anthropic_config, openai_config, stopped, write_config
 
 from tierflow.core.budget import Budgets
 from tierflow.core.calls import Caller, RunSettings
@@ -342,7 +342,7 @@ def test_halt_stops_names_the_budget_keeps_notes_and_resumes_without_respending(
     cap = min(worst) + 0.5 * min(actual)
     double.reset()
     configure(f'[budgets.drafting]\nusd = {cap}\nphase = "draft"\npolicy = "halt"\nclamp_output = false\n')
-    halted = run_week(vault)
+    halted = stopped(run_week, vault)
     assert halted.halted and "budget 'drafting' (per run, phase draft)" in halted.halted
     assert "Raise `budgets.drafting`" in halted.halted
     assert len(halted.written) == 1
@@ -372,7 +372,7 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
 
     vault, configure = flow_vault
     configure('[budgets.tiny]\nusd = 0.0001\npolicy = "halt"\n')
-    summary = run_week(vault)
+    summary = stopped(run_week, vault)
     assert summary.halted and "budget 'tiny'" in summary.halted
     events = []
     with get_client(sync_client=True) as client:
@@ -392,7 +392,7 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
 def test_a_halt_during_collate_stops_before_synthesis(flow_vault, double, ledger_url):
     vault, configure = flow_vault
     configure('[budgets.collating]\ntokens = 5000\nphase = "collate"\npolicy = "halt"\n', ledger_url)
-    summary = run_week(vault)
+    summary = stopped(run_week, vault)
     assert summary.halted and "budget 'collating' (per run, phase collate)" in summary.halted
     rows = Ledger(ledger_url).rows(run_id=summary.run_id)
     assert 1 <= sum(r["phase"] == "collate" for r in rows) < 8

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
-from conftest import anthropic_config, openai_config, write_config
+from conftest import anthropic_config, openai_config, stopped, write_config
 from responders import skilled
 
 from tierflow.core.ledger import Ledger
@@ -138,7 +138,7 @@ def test_a_phase_that_breaks_unexpectedly_still_gets_a_report_with_what_was_spen
 
     double.responder = skilled()
     monkeypatch.setattr(synthesise, "prompt", broken)
-    summary = run(vault)
+    summary = stopped(run, vault)
     assert summary.failed and "synthesise failed unexpectedly (ValueError: Input too long" in summary.failed
     report = (vault / summary.report.path).read_text()
     rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)

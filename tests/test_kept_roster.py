@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, stopped, write_config
 from lms_exports import Student, docx_bytes, essay, moodle_zip, onlinetext
 from lms_rules import php_fputcsv
 from responders import skilled
@@ -455,12 +455,17 @@ def test_a_batch_pending_across_a_reimport_is_collected_and_each_answer_revealed
         def created() -> int:
             return sum(1 for q in double.requests if q.kind == "batch_create")
 
-        run = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", wait=False)
+        run = stopped(student_feedback, vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", wait=False)
         for _ in range(3):  # collate, then the cohort, then the drafts: each batch still running when submitted
             if created() == 3:
                 break
-            run = student_feedback(
-                vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch", wait=False, run_id=run.run_id
+            run = stopped(
+                student_feedback,
+                vault=str(lms_vault),
+                assignment=ASSIGNMENT,
+                mode="batch",
+                wait=False,
+                run_id=run.run_id,
             )
         assert created() == 3 and "still running" in (run.failed or "")
         feedback = lms_vault / ASSIGNMENT / "feedback"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
+from conftest import stopped
 
 import tierflow
 from tierflow.core.ledger import Ledger
@@ -151,7 +152,7 @@ def test_the_doc_flow_pays_for_no_summary_when_every_triage_fails(tmp_path: Path
 
     triage.triage = triage_then_a_bug
     vault = inbox_vault(tmp_path)
-    summary = triage.reading_triage(vault=str(vault))
+    summary = stopped(triage.reading_triage, vault=str(vault))  # its flow run is Failed, with the summary
 
     assert summary.failed and "collate failed: no item finished; all 3 failed (the first: KeyError: 'decision')" in (
         summary.failed

@@ -13,7 +13,7 @@ from typing import Any
 
 import frontmatter
 import pytest
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, stopped, write_config
 from responders import skilled
 
 from tierflow.core.ledger import Ledger
@@ -224,7 +224,7 @@ def test_fabricated_quotation_is_marked_in_the_draft(anthropic_vault: Path, doub
 
 def test_malformed_synthesis_fails_the_phase_and_keeps_the_collations(anthropic_vault: Path, double):
     double.responder = skilled({"synthesisout": {"patterns": "not a list"}})
-    failed = run(anthropic_vault)
+    failed = stopped(run, anthropic_vault)
     assert (
         failed.failed
         and "synthesise failed" in failed.failed

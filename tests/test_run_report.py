@@ -134,3 +134,39 @@ def test_an_unchanged_rerun_reports_cache_hits_apart_from_calls_as_tierflow_spen
         assert [p["calls"] for p in summary.phases] == [spend[p["phase"]]["calls"] for p in summary.phases]
         if summary is second:  # the rerun: every answer from the cache
             assert whole["calls"] == 0 and whole["cache_hits"] > 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_whose_phase_failed_ends_failed_in_prefect_with_its_reason_and_summary(
+    reading_vault: Path, double: ProviderDouble, monkeypatch: pytest.MonkeyPatch
+):
+    """A scheduled run whose synthesis failed on every attempt stopped early (`tierflow run` exits 3), but its flow
+    run ended Completed: green in the Prefect UI. It ends Failed, saying why, after its report is written, and a
+    caller still gets its summary."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    config = reading_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text())
+    double.responder = skilled({"synthesisout": {"patterns": "not a list"}})
+    state = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, return_state=True)
+
+    assert state.is_failed(), state
+    from tierflow.report.run_report import RunStopped
+
+    assert state.message.startswith("synthesise failed") and "no usable synthesisout" in state.message
+    stopped = state.result(raise_on_failure=False)
+    assert isinstance(stopped, RunStopped) and str(stopped) == state.message
+    summary = stopped.summary
+    assert summary.failed == state.message and summary.phases  # the report's spend is in it
+    assert "synthesise failed" in (reading_vault / summary.report.path).read_text(encoding="utf-8")
+    rows = Ledger.for_vault(reading_vault).rows(run_id=summary.run_id)
+    assert {r["phase"] for r in rows} == {"collate", "synthesise"}  # every attempt paid for is in the ledger
+    with get_client(sync_client=True) as client:  # what the UI shows
+        recorded = client.read_flow_run(state.state_details.flow_run_id).state
+    assert recorded.type == StateType.FAILED and recorded.message == state.message
+    # Called from Python, the flow raises its reason, a TierflowError that carries the summary.
+    with pytest.raises(RunStopped, match="^synthesise failed") as raised:
+        reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL)
+    assert raised.value.summary.failed and raised.value.summary.report is not None

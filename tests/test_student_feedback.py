@@ -9,7 +9,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
-from conftest import anthropic_config, openai_config, write_config
+from conftest import anthropic_config, openai_config, stopped, write_config
 from responders import schema_name, skilled
 
 from tierflow.core.ledger import Ledger
@@ -236,7 +236,7 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
 def test_interrupted_batch_run_resumes_without_resubmitting(feedback_vault, keys):
     with ProviderDouble(skilled(), batch_polls_until_done=3) as double:
         configure(feedback_vault, double, "anthropic")
-        first = student_feedback(vault=str(feedback_vault), mode="batch", wait=False)
+        first = stopped(student_feedback, vault=str(feedback_vault), mode="batch", wait=False)
         assert first.failed and "still running" in first.failed and len(first.batches) == 1
         assert drafts(feedback_vault) == {}
         creates = [q for q in double.requests if q.kind == "batch_create"]
@@ -282,7 +282,7 @@ def test_a_batch_where_no_submission_got_an_answer_fails_the_run(feedback_vault,
     configure(feedback_vault, double, "anthropic")
     double.responder = skilled()
     double.expire_next_batch()
-    summary = student_feedback(vault=str(feedback_vault), mode="batch")
+    summary = stopped(student_feedback, vault=str(feedback_vault), mode="batch")
     assert (
         summary.failed and f"collate failed: no submission got an answer; all {SUBMITTED - 1} failed" in summary.failed
     )

@@ -77,7 +77,12 @@ WORKER = """
 import json, sys
 from datetime import date
 from tierflow.flows.reading_notes import reading_notes
-summary = reading_notes(vault=sys.argv[1], since=date.fromisoformat(sys.argv[2]), until=date.fromisoformat(sys.argv[3]))
+from tierflow.report.run_report import RunStopped
+since, until = date.fromisoformat(sys.argv[2]), date.fromisoformat(sys.argv[3])
+try:
+    summary = reading_notes(vault=sys.argv[1], since=since, until=until)
+except RunStopped as stopped:  # a budget halted it: its flow run is Failed
+    summary = stopped.summary
 print(json.dumps({"run_id": summary.run_id, "halted": summary.halted, "failed": summary.failed}))
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import frontmatter
@@ -425,3 +425,53 @@ def test_schedule_refuses_a_param_an_option_gives_as_run_does(registered_triage:
         registered_triage, "--vault", str(vault), "--param", "run_id=abc"
     )
     assert deployments() == before  # nothing was registered or updated
+
+
+@pytest.fixture
+def triage_as(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """Registers a variant of the doc's flow's code as the `reading-triage` flow, for this test only."""
+    module = f"{MODULE}_variant"
+
+    def register(code: str) -> str:
+        install(tmp_path / "site", module, code, f"reading-triage = {module}:SPEC")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        return "reading-triage"
+
+    yield register
+    sys.modules.pop(module, None)
+
+
+def replaced(code: str, old: str, new: str) -> str:
+    assert old in code, old
+    return code.replace(old, new)
+
+
+def flow_run_state(vault: Path) -> object:
+    """The final state Prefect's server recorded for the flow run of the vault's (one) run: what the UI shows."""
+    from prefect import get_client
+
+    (flow_run_id,) = {r["flow_run_id"] for r in Ledger.for_vault(vault).rows()}
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_whose_phase_failed_exits_3_with_its_report_and_ends_failed_in_prefect(
+    triage_as: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A scheduled run of it would have shown Completed in the Prefect UI, as if the week had been triaged."""
+    from prefect.client.schemas.objects import StateType
+
+    answer = '    return {"link": note.link, "decision": verdict.decision, "reason": verdict.reason}'
+    flow = triage_as(replaced(doc_code(), answer, '    raise KeyError("decision")'))  # a bug after a paid answer
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault)])
+
+    assert result.exit_code == 3, result.output
+    why = "collate failed: no item finished; all 2 failed (the first: KeyError: 'decision')"
+    assert f"failed: {why}" in said(result)
+    (report,) = (vault / "tierflow" / "Runs").glob("* reading-triage *.md")
+    assert why in " ".join(report.read_text(encoding="utf-8").split())
+    assert len(Ledger.for_vault(vault).rows(run_id=frontmatter.load(report)["tierflow_run"])) == 2
+    state = flow_run_state(vault)
+    assert state.type == StateType.FAILED and state.message.startswith(why), state

@@ -11,7 +11,7 @@ The call:         `caller_for` (`caller_for(settings).ask(...)` returns an `Answ
                   `Check`, `links_resolve`
 The vault:        `read_folder` (`Folder` of `Note`s), `writer_for` (a safe `NoteWriter`, giving `WriteResult`s),
                   `VaultNames`, `templates`
-The run report:   `RunSummary`, `write_run_report`
+The run report:   `RunSummary`, `write_run_report`, `final_state` (what the flow returns), `RunStopped`
 Planning:         `Plan`
 The offline model: `register_skill`
 Errors:           `TierflowError`, `VaultError`
@@ -51,6 +51,8 @@ _WHERE: dict[str, str] = {
     "links_resolve": "tierflow.flowkit.checks",
     "RunSummary": "tierflow.report.run_report",
     "write_run_report": "tierflow.report.run_report",
+    "final_state": "tierflow.report.run_report",
+    "RunStopped": "tierflow.report.run_report",
     "Plan": "tierflow.report.plan",
     "register_skill": "tierflow.offline.skills",
 }

@@ -87,8 +87,10 @@ def run_flow(
 
     `options` and `params` are what the command line asked for beyond the settings (`flow_call`); a call the
     flow cannot take as asked is refused before any run starts.
-    An expected user error (a rubric, vault or config problem: a TierflowError) ends the run with its
-    message alone and exit code 2; its traceback goes to the Prefect log only, never to the console.
+    A run that a budget halted or whose phase failed ends Failed in Prefect (`final_state`): its summary is
+    printed here all the same (the caller exits 3). An expected user error (a rubric, vault or config problem: a
+    TierflowError) ends the run with its message alone and exit code 2; its traceback goes to the Prefect log only,
+    never to the console.
     """
     spec, arguments, run_id = flow_call(
         flow, vault, profile=profile, config=config, tier=tier, options=options, params=params, **parameters
@@ -97,6 +99,8 @@ def run_flow(
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
     tracebacks_to_prefect_log_only()
+    from tierflow.report.run_report import RunStopped, RunSummary
+
     try:
         if run_id is None:
             resume = f"the {flow} flow takes no run_id, so `tierflow resume` cannot continue its runs"
@@ -111,6 +115,10 @@ def run_flow(
             temporary_server.start()
             with phase_progress():
                 summary = entry(**arguments)
+    except RunStopped as exc:
+        # A budget halted the run or a phase failed: its flow run is Failed in Prefect, and here it is a stopped run
+        # like any other, with its summary and report (exit 3).
+        summary = exc.summary
     except TierflowError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -119,8 +127,6 @@ def run_flow(
             raise typer.Exit(interrupted_code()) from None
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
         raise typer.Exit(interrupted_code()) from None
-    from tierflow.report.run_report import RunSummary
-
     if not isinstance(summary, RunSummary):
         # A flow of another package may return nothing: it ran, and its calls are in the ledger all the same.
         console.print(

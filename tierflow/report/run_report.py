@@ -19,7 +19,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Forecast
 from tierflow.core.calls import _RANK, RunSettings, caller_for
 from tierflow.core.config import Config
-from tierflow.core.errors import VaultError
+from tierflow.core.errors import TierflowError, VaultError
 from tierflow.core.phases import PhaseOutcome
 from tierflow.core.progress import artifact_key
 from tierflow.learn.signals import scan
@@ -94,13 +94,33 @@ def _names(checks_failed: str | None) -> list[str]:
     return [n for n in (checks_failed or "").split(",") if n]
 
 
+class RunStopped(TierflowError):
+    """A run that a budget halted or a phase failed: its message is the reason and `.summary` the RunSummary,
+    report included. It is the data of the flow run's Failed state (`final_state`), so calling such a flow from
+    Python raises it."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        self.summary = summary
+        self.run_id = summary.run_id
+        super().__init__(summary.halted or summary.failed or "the run stopped")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect persists a state's data when results are persisted: rebuilt from the summary, not the message.
+        return (type(self), (self.summary,))
+
+
 def final_state(summary: RunSummary) -> Any:
-    """What a flow returns: its summary, in a Completed state named "Needs review" when answers were kept
-    although no tier passed their checks, so the runs list says so (the caller still gets the summary)."""
+    """What a flow returns, so that the Prefect UI shows how its run ended: a Failed state whose message is the reason
+    when a budget halted the run or a phase failed (its data a `RunStopped` carrying the summary); a Completed
+    state named "Needs review" when answers were kept although no tier passed their checks (the caller still gets
+    the summary); else the summary."""
+    from prefect.states import Completed, Failed
+
+    if summary.stopped:
+        stopped = RunStopped(summary)
+        return Failed(message=str(stopped), data=stopped)
     if not summary.kept:
         return summary
-    from prefect.states import Completed
-
     return Completed(
         name="Needs review",
         message=f"{len(summary.kept)} answer(s) kept although no tier passed their checks; see the run report",
