@@ -475,3 +475,37 @@ def test_a_flow_whose_phase_failed_exits_3_with_its_report_and_ends_failed_in_pr
     assert len(Ledger.for_vault(vault).rows(run_id=frontmatter.load(report)["tierflow_run"])) == 2
     state = flow_run_state(vault)
     assert state.type == StateType.FAILED and state.message.startswith(why), state
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_tierflow_error_in_a_flows_own_code_after_its_calls_exits_3_and_says_where_they_are(
+    triage_as: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A VaultError raised by the flow's body, not by a phase task (here: writing outside the vault, after every
+    call was paid), ended the run with the usage-error code 2, and not a word of the run or its calls."""
+    flow = triage_as(replaced(doc_code(), 'writer_for(settings, "Triage")', 'writer_for(settings, "../Triage")'))
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault)], env={"COLUMNS": "300"})
+
+    assert result.exit_code == 3, result.output
+    (run_id,) = {r["run_id"] for r in Ledger.for_vault(vault).rows()}
+    assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # two triages and the summary
+    assert "error: output folder '../Triage' is outside the vault; choose a folder inside it" in said(result)
+    assert f"run {run_id} stopped: its 3 calls ($0.0000) are in the ledger" in said(result)
+    assert f"`tierflow spend --vault {vault} --run {run_id}` lists them" in said(result)
+    # The flow takes no run_id: it cannot be resumed, but a new run reuses the answers paid for.
+    assert f"`tierflow run reading-triage --vault {vault}` runs it again" in said(result)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_tierflow_error_before_a_flow_made_any_call_stays_a_usage_error(
+    triage_as: Callable[[str], str], tmp_path: Path
+) -> None:
+    flow = triage_as(resumable(doc_code()))
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--param", "folder=Nowhere"])
+
+    assert result.exit_code == 2, result.output
+    assert f"error: 'Nowhere' is not a folder of the vault {vault.resolve()}; create it or give another" in said(result)
+    assert Ledger.for_vault(vault).rows() == [] and "in the ledger" not in said(result)

@@ -89,8 +89,8 @@ def run_flow(
     flow cannot take as asked is refused before any run starts.
     A run that a budget halted or whose phase failed ends Failed in Prefect (`final_state`): its summary is
     printed here all the same (the caller exits 3). An expected user error (a rubric, vault or config problem: a
-    TierflowError) ends the run with its message alone and exit code 2; its traceback goes to the Prefect log only,
-    never to the console.
+    TierflowError) ends the run with its message, and exit code 2, or 3 once the run has made calls
+    (`error_ended_run`); its traceback goes to the Prefect log only, never to the console.
     """
     spec, arguments, run_id = flow_call(
         flow, vault, profile=profile, config=config, tier=tier, options=options, params=params, **parameters
@@ -120,7 +120,7 @@ def run_flow(
         # like any other, with its summary and report (exit 3).
         summary = exc.summary
     except TierflowError as exc:
-        raise fail(str(exc)) from None
+        raise error_ended_run(exc, flow, vault, run_id, config=config, profile=profile) from None
     except KeyboardInterrupt:
         if run_id is None:
             console.print(f"[bold yellow]interrupted: the run stopped; {escape(resume)}.")
@@ -264,6 +264,50 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
         f"interrupted: run {run_id} stopped. `{resume_command(run_id, vault, config=config, profile=profile)}` "
         "continues it without paying again for the answers it already has."
     )
+
+
+def error_ended_run(
+    error: TierflowError,
+    flow: str,
+    vault: Path,
+    run_id: str | None,
+    *,
+    config: Path | str | None,
+    profile: str | None,
+) -> typer.Exit:
+    """Say why an error raised in a flow's own code (not in a phase task) ended its run, and return the exit.
+
+    Before the run made any call it is a usage error (a folder that is not there, a config problem): the message
+    alone, exit code 2. Once it made calls, they are paid for and in the ledger: the run failed (exit code 3),
+    and a second line says where its calls are and how to go on without paying for them again.
+    `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it).
+    """
+    from tierflow.core.ledger import Ledger
+    from tierflow.report.spend import total
+
+    run = error.run_id or run_id
+    try:
+        rows = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).rows(run_id=run) if run else []
+    except Exception:  # the error's own message matters more than this look-up
+        rows = []
+    if not rows:
+        return fail(str(error))
+    ended = fail(str(error), code=3)
+    where = shlex.quote(str(vault))
+    again = (
+        f"`{resume_command(run, vault, config=config, profile=profile)}` continues it without paying again for "
+        "the answers it already has"
+        if run_id is not None
+        else f"`tierflow run {flow} --vault {where}` runs it again (with the same options) and reuses, at no cost, "
+        "every answer this run cached"
+    )
+    console.print(
+        escape(
+            f"run {run} stopped: its {len(rows)} calls ({money(total(rows).cost_usd)}) are in the ledger; "
+            f"`tierflow spend --vault {where} --run {run}` lists them. Once that is fixed, {again}."
+        )
+    )
+    return ended
 
 
 def interrupted_ask_message(ledger: Ledger | None, run_id: str) -> str:

@@ -28,6 +28,9 @@ class PicklableError:
 class TierflowError(PicklableError, Exception):
     """Base of every error tierflow reports to a user."""
 
+    run_id: str | None = None
+    """The run this error ended, when it was raised inside one (`run_span` sets it): its calls are in the ledger."""
+
 
 class ConfigError(TierflowError):
     """The config is missing, malformed, or inconsistent."""

@@ -24,7 +24,7 @@ from prefect.futures import PrefectFuture
 
 from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
-from tierflow.core.errors import BudgetExceeded, ProviderError, VaultError
+from tierflow.core.errors import BudgetExceeded, ProviderError, TierflowError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
@@ -195,13 +195,18 @@ def run_profile(settings: RunSettings) -> str:
 @contextmanager
 def run_span(settings: RunSettings) -> Iterator[None]:
     """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set). At its end
-    the run's progress artifact, sent in the background while the phases ran, has reached Prefect."""
+    the run's progress artifact, sent in the background while the phases ran, has reached Prefect. A TierflowError
+    that leaves it names the run (`TierflowError.run_id`)."""
     flow_run_id, _ = prefect_run_ids()
     with telemetry.flow_run_span(
         run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
     ):
         try:
             yield
+        except TierflowError as exc:
+            # The run it ended, for the CLI to say where its calls are: a flow may choose its own run id.
+            exc.run_id = exc.run_id or settings.run_id
+            raise
         finally:
             flush_progress()
 
