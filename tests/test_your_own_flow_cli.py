@@ -478,12 +478,14 @@ def test_a_flow_whose_phase_failed_exits_3_with_its_report_and_ends_failed_in_pr
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("takes_run_id", [False, True], ids=["own-run-id", "resumable"])
 def test_a_tierflow_error_in_a_flows_own_code_after_its_calls_exits_3_and_says_where_they_are(
-    triage_as: Callable[[str], str], tmp_path: Path
+    triage_as: Callable[[str], str], tmp_path: Path, takes_run_id: bool
 ) -> None:
     """A VaultError raised by the flow's body, not by a phase task (here: writing outside the vault, after every
     call was paid), ended the run with the usage-error code 2, and not a word of the run or its calls."""
-    flow = triage_as(replaced(doc_code(), 'writer_for(settings, "Triage")', 'writer_for(settings, "../Triage")'))
+    code = resumable(doc_code()) if takes_run_id else doc_code()
+    flow = triage_as(replaced(code, 'writer_for(settings, "Triage")', 'writer_for(settings, "../Triage")'))
     vault = triage_vault(tmp_path)
     result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault)], env={"COLUMNS": "300"})
 
@@ -493,8 +495,10 @@ def test_a_tierflow_error_in_a_flows_own_code_after_its_calls_exits_3_and_says_w
     assert "error: output folder '../Triage' is outside the vault; choose a folder inside it" in said(result)
     assert f"run {run_id} stopped: its 3 calls ($0.0000) are in the ledger" in said(result)
     assert f"`tierflow spend --vault {vault} --run {run_id}` lists them" in said(result)
-    # The flow takes no run_id: it cannot be resumed, but a new run reuses the answers paid for.
-    assert f"`tierflow run reading-triage --vault {vault}` runs it again" in said(result)
+    if takes_run_id:
+        assert f"`tierflow resume {run_id} --vault {vault}` continues it without paying again" in said(result)
+    else:  # it cannot be resumed, but a new run reuses the answers paid for
+        assert f"`tierflow run reading-triage --vault {vault}` runs it again" in said(result)
     assert "Traceback" not in result.output
 
 
