@@ -147,6 +147,7 @@ def router_scoring(n: int) -> dict[str, float]:
             "collate",
             "low",
             tier,
+            f"offline:extractive-{tier}",  # the built-in profile's model for the tier, as `decide` maps it
             f"{i} " + " ".join(words[i % 7 :]),
             (i % 5 > 0) or tier != "light",
             "",

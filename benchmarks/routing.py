@@ -225,7 +225,8 @@ def main() -> None:
                     config = load_config(vault)
                     fitted = request_router.refit(config, Ledger(config.ledger_url))
                     request_router.forget()
-                    evidence = {t: m.observations for t, m in fitted.tiers.items()}
+                    tiers = request_router.describe(fitted, config)["tiers"]
+                    evidence = {t: found["first_answers"] for t, found in tiers.items() if found["first_answers"]}
                 measured[name] = run(vault, label, evaluate, "e")
             deep = measured["all-deep"]
             for name, m in measured.items():

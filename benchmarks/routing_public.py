@@ -110,11 +110,13 @@ def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[st
         t0 = time.perf_counter()
         router = request_router.fit(request_router.observations(ledger), TIERS)
         fit_s = time.perf_counter() - t0
-    missing = [t for t in ("light", "deep") if t not in router.tiers]
+    # The history's answers are recorded as provider `routellm`, model = the tier (`record_history`).
+    light, deep = (f"routellm:{t}" for t in ("light", "deep"))
+    missing = [t for t, model in (("light", light), ("deep", deep)) if model not in router.models]
     if missing:
         raise BenchmarkError(f"the router learned nothing about {' and '.join(missing)} from the history")
     rows = [(FLOW, str(s), "medium", str(p)) for s, p in zip(prompts["subject"], prompts["prompt"], strict=True)]
-    scores = request_router.scores(router, rows, "light", "deep")
+    scores = request_router.scores(router, rows, light, deep)
     return {str(i): s for i, s in zip(prompts["id"], scores, strict=True)}, fit_s
 
 

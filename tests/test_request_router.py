@@ -60,6 +60,14 @@ def ask(c: Caller, prompt: str, **kw):
 
 
 REQUEST_MODE = '[routing]\nmode = "request"\nmin_requests = 20\nmin_evidence = 1000\n'
+OFFLINE = {t: f"offline:extractive-{t}" for t in ("light", "standard", "deep")}
+"""The models the built-in (offline) profile puts each tier on: whose answers an observation records."""
+ANTHROPIC = {
+    "light": "anthropic:claude-haiku-4-5",
+    "standard": "anthropic:claude-sonnet-4-6",
+    "deep": "anthropic:claude-opus-4-6",
+}
+"""The models `anthropic_config` puts each tier on."""
 
 
 @pytest.fixture(autouse=True)
@@ -155,12 +163,16 @@ def test_a_higher_value_sends_the_same_request_to_a_dearer_tier(tmp_path):
             "p",
             "low",
             "light",
+            OFFLINE["light"],
             f"note {i} " + ("alpha" if i % 4 else "beta"),
             bool(i % 4 and i % 10 != 3),
             "",
         )
         for i in range(200)
-    ] + [Observation(f"r{i}", "f", "p", "low", "standard", f"note {i}", True, "") for i in range(200)]
+    ] + [
+        Observation(f"r{i}", "f", "p", "low", "standard", OFFLINE["standard"], f"note {i}", True, "")
+        for i in range(200)
+    ]
     router = fit(observed, ["light", "standard", "deep"])
     low = decide(config, router, flow="f", phase="p", complexity="low", text="note 9 alpha", value=0.5)
     high = decide(config, router, flow="f", phase="p", complexity="low", text="note 9 alpha", value=5)
@@ -178,8 +190,10 @@ def test_feedback_routing_never_depends_on_who_the_student_is(tmp_path):
         out = []
         for i in range(120):
             name = "Aisha" if i % 2 else "Bob"
-            out.append(Observation(f"{flow}{i}", flow, "draft", "medium", "light", texts[name], name == "Bob", ""))
-            out.append(Observation(f"{flow}{i}", flow, "draft", "medium", "standard", texts[name], True, ""))
+            for tier, passed in (("light", name == "Bob"), ("standard", True)):
+                out.append(
+                    Observation(f"{flow}{i}", flow, "draft", "medium", tier, OFFLINE[tier], texts[name], passed, "")
+                )
         return out
 
     for flow, alike in (("student-feedback", True), ("other", False)):
@@ -232,6 +246,9 @@ def _app():
     return app
 
 
+LIGHT, DEEP = OFFLINE["light"], OFFLINE["deep"]
+
+
 def _observed(n: int, *, escalations_only: bool = False) -> list[Observation]:
     """First answers on light and deep to `n` requests: both tiers for every request, or deep only where light
     failed (escalations)."""
@@ -239,9 +256,9 @@ def _observed(n: int, *, escalations_only: bool = False) -> list[Observation]:
     for i in range(n):
         text = f"item {i} " + f"word{i % 17} " * (i % 5 + 1) + f"topic{i % 41} detail{i % 29}"
         light = i % 3 > 0
-        rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "light", text, light, ""))
+        rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "light", LIGHT, text, light, ""))
         if not (escalations_only and light):
-            rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "deep", text, i % 7 > 0, ""))
+            rows.append(Observation(f"r{i}", "f", f"p{i % 3}", "low", "deep", DEEP, text, i % 7 > 0, ""))
     return rows
 
 
@@ -258,21 +275,21 @@ def test_router_scores_as_its_fitted_models_predict(tmp_path):
         request_router.save(router, path)
         loaded = request_router.load(path)
         X = router.rows("f", "p1", "low", texts)
-        models = [*router.tiers.values(), *router.gains.values()]
+        models = [*router.models.values(), *router.gains.values()]
         assert any(m.calibrated for m in models)
-        gain = router.gains[("light", "deep")]
+        gain = router.gains[(LIGHT, DEEP)]
         assert gain.kind == ("rescue" if escalations_only else "difference")
         for r in (router, loaded):
-            for tier in ("light", "deep"):
-                expected = router.tiers[tier].fitted.predict_proba(X)[:, 1]
-                assert np.allclose(r.pass_probability(tier, X), expected, atol=1e-6)
-            light, deep = (router.tiers[t].fitted.predict_proba(X)[:, 1] for t in ("light", "deep"))
+            for model in (LIGHT, DEEP):
+                expected = router.models[model].fitted.predict_proba(X)[:, 1]
+                assert np.allclose(r.pass_probability(model, X), expected, atol=1e-6)
+            light, deep = (router.models[m].fitted.predict_proba(X)[:, 1] for m in (LIGHT, DEEP))
             if escalations_only:
                 expected = (1 - light) * gain.fitted.predict_proba(X)[:, 1]
             else:
                 expected = np.maximum(deep - light, 0)
-            assert np.allclose(r.gain_probability("light", "deep", X), expected, atol=request_router.GAIN_SMOOTHING)
-            assert np.allclose(r.suffices("light", "deep", X), 1 - r.gain_probability("light", "deep", X))
+            assert np.allclose(r.gain_probability(LIGHT, DEEP, X), expected, atol=request_router.GAIN_SMOOTHING)
+            assert np.allclose(r.suffices(LIGHT, DEEP, X), 1 - r.gain_probability(LIGHT, DEEP, X))
 
 
 def test_saved_router_stores_only_the_features_its_requests_have(tmp_path):
@@ -281,7 +298,7 @@ def test_saved_router_stores_only_the_features_its_requests_have(tmp_path):
     router = fit(_observed(300), ["light", "deep"])
     path = tmp_path / request_router.MODEL_FILE
     request_router.save(router, path)
-    members = sum(len(m.members or []) for m in [*router.tiers.values(), *router.gains.values()])
+    members = sum(len(m.members or []) for m in [*router.models.values(), *router.gains.values()])
     used = len(router.support)
     width = router.rows("f", "p", "low", ["x"]).shape[1]
     assert members >= 2 and 0 < used < width / 20
@@ -317,7 +334,8 @@ def test_one_feedback_run_routes_every_student_by_one_rule_though_a_refit_lands_
             history.ask(phase=phase, complexity=complexity, system="S.", prompt=easy(i), output=Out, checks=[CHECK])
     fitted = request_router.refit(history.config, history.ledger)
     request_router.forget()
-    assert fitted.tiers["light"].observations == 25 and fitted.tiers["light"].pass_rate == 1.0
+    light = fitted.models[ANTHROPIC["light"]]
+    assert light.observations == 25 and light.pass_rate == 1.0
 
     routing = '[routing]\nmode = "request"\nmin_requests = 20\n'
     feedback = run_caller(vault, double, routing, flow="student-feedback", run="fb-run")
@@ -338,7 +356,7 @@ def test_one_feedback_run_routes_every_student_by_one_rule_though_a_refit_lands_
     assert len(set(first.values())) == 1, {v: sum(1 for x in first.values() if x == v) for v in set(first.values())}
     tier, rule = first["s0"]
     assert tier == "standard"  # routing.medium: light, which never answered a student, is not chosen
-    assert rule.startswith("request: no tier has 20 first answers for student-feedback/draft")
+    assert rule.startswith("request: no tier's model has 20 first answers for student-feedback/draft")
     assert "over 75 requests" in rule and "; rules; routing.medium (" in rule
 
     # The next run is given the refitted router, which has seen this run's students on standard.
@@ -411,15 +429,15 @@ def test_routing_decisions_never_wait_for_a_refit(tmp_path, monkeypatch, double)
     assert later.route("collate", "low", prompt=easy(2000)).rule.startswith("request: P(light)=")
 
 
-def _light_and_deep(n: int) -> list[Observation]:
+def _light_and_deep(n: int, models: dict[str, str] = OFFLINE) -> list[Observation]:
     """Both tiers' first answers to `n` requests of reading-notes/collate: light fails every dense annotation,
-    deep passes half of them; both pass every plain highlight."""
+    deep passes half of them; both pass every plain highlight. `models`: the model each tier is on."""
     rows = []
     for i in range(n):
         dense = i % 3 == 0
         text = hard(i) if dense else easy(i)
-        rows.append(Observation(f"r{i}", "reading-notes", "collate", "low", "light", text, not dense, ""))
-        rows.append(Observation(f"r{i}", "reading-notes", "collate", "low", "deep", text, not dense or i % 2 == 0, ""))
+        for tier, passed in (("light", not dense), ("deep", not dense or i % 2 == 0)):
+            rows.append(Observation(f"r{i}", "reading-notes", "collate", "low", tier, models[tier], text, passed, ""))
     return rows
 
 
@@ -428,11 +446,11 @@ def test_a_router_fitted_on_light_and_deep_compares_light_with_deep(tmp_path):
     nothing: decide uses the light->deep gain model (as the benchmark's scores do), not light's pass model alone."""
     config = load_config(config_path=write_config(tmp_path / "c.toml", "[routing]\nmin_requests = 20\n"))
     router = fit(_light_and_deep(300), ["light", "standard", "deep"])
-    assert router.gains[("light", "deep")].kind == "difference" and "standard" not in router.tiers
+    assert router.gains[(LIGHT, DEEP)].kind == "difference" and OFFLINE["standard"] not in router.models
     text = easy(900)
     decision = decide(config, router, flow="reading-notes", phase="collate", complexity="low", text=text)
-    score = request_router.scores(router, [("reading-notes", "collate", "low", text)], "light", "deep")[0]
-    alone = float(router.pass_probability("light", router.rows("reading-notes", "collate", "low", [text]))[0])
+    score = request_router.scores(router, [("reading-notes", "collate", "low", text)], LIGHT, DEEP)[0]
+    alone = float(router.pass_probability(LIGHT, router.rows("reading-notes", "collate", "low", [text]))[0])
     assert decision.probabilities["light"] == pytest.approx(score) and abs(score - alone) > 1e-3
     assert decision.tier == "light"
 
@@ -442,7 +460,8 @@ def test_when_no_known_tier_reaches_the_target_the_rule_says_so_not_cold_start(t
     vault = tmp_path / "vault"
     vault.mkdir()
     c = run_caller(vault, double, REQUEST_MODE, flow="reading-notes", run="r")
-    request_router.save(fit(_light_and_deep(300), list(c.config.tier_order)), request_router.model_path(c.config))
+    router = fit(_light_and_deep(300, ANTHROPIC), list(c.config.tier_order))
+    request_router.save(router, request_router.model_path(c.config))
     routed = c.route("collate", "low", prompt=hard(900))
     assert routed.tier == "light"  # the rules' tier for low
     assert routed.rule.startswith("request: no known tier reaches 0.90 (value 1): P(light)=")

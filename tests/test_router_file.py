@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_config
-from test_request_router import REQUEST_MODE, _app, _observed, ask, caller, light_fails_hard
+from test_request_router import DEEP, LIGHT, REQUEST_MODE, _app, _observed, ask, caller, light_fails_hard
 from typer.testing import CliRunner
 
 from tierflow.core.config import load_config
@@ -54,7 +54,7 @@ class _RunsCode:
 
 def _probabilities(router: RequestRouter) -> list[list[float]]:
     X = router.rows("f", "p1", "low", TEXTS)
-    found = [router.pass_probability(t, X).tolist() for t in router.tiers]
+    found = [router.pass_probability(m, X).tolist() for m in router.models]
     found += [router.suffices(a, b, X).tolist() for a, b in router.gains]
     return found
 
@@ -106,9 +106,9 @@ def test_a_saved_router_decides_exactly_as_before_saving(tmp_path, fitted, escal
         mine, theirs = getattr(router, f.name), getattr(loaded, f.name)
         if isinstance(mine, np.ndarray):
             assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), f.name
-        elif f.name not in ("tiers", "gains"):
+        elif f.name not in ("models", "gains"):
             assert mine == theirs, f.name
-    for name in ("tiers", "gains"):
+    for name in ("models", "gains"):
         mine, theirs = getattr(router, name), getattr(loaded, name)
         assert list(mine) == list(theirs)
         for key, m in mine.items():
@@ -207,24 +207,24 @@ def test_a_damaged_model_file_loads_as_none_with_a_warning(tmp_path, fitted, cap
 
 def _tampered(router: RequestRouter, how: str) -> RequestRouter:
     """A well-formed file of a model that cannot be scored: what a bug or another program could write."""
-    changed = dataclasses.replace(router, tiers=dict(router.tiers), gains=dict(router.gains))
-    light = router.tiers["light"]
+    changed = dataclasses.replace(router, models=dict(router.models), gains=dict(router.gains))
+    light = router.models[LIGHT]
     if how == "columns beyond the features":
         changed.support = router.support + np.int32(2**30)
     elif how == "columns out of order":
         changed.support = router.support[::-1].copy()
     elif how == "coefficients of another length":
         values, *rest = light.members[0]
-        changed.tiers["light"] = dataclasses.replace(light, members=[(values[:-1], *rest)])
-    elif how == "a gain over an unknown tier":
-        changed.gains[("light", "nowhere")] = next(iter(router.gains.values()))
-    elif how == "a tier filed under another name":
-        changed.tiers["deep"] = light
+        changed.models[LIGHT] = dataclasses.replace(light, members=[(values[:-1], *rest)])
+    elif how == "a gain over an unknown model":
+        changed.gains[(LIGHT, "nowhere")] = next(iter(router.gains.values()))
+    elif how == "a model filed under another name":
+        changed.models[DEEP] = light
     elif how == "a rate above 1":
-        changed.tiers["light"] = dataclasses.replace(light, pass_rate=1.5)
+        changed.models[LIGHT] = dataclasses.replace(light, pass_rate=1.5)
     elif how == "an intercept that is not a number":
         values, _, a, b = light.members[0]
-        changed.tiers["light"] = dataclasses.replace(light, members=[(values, float("nan"), a, b)])
+        changed.models[LIGHT] = dataclasses.replace(light, members=[(values, float("nan"), a, b)])
     elif how == "another format":
         changed.format = router.format + 1
     return changed
@@ -236,8 +236,8 @@ def _tampered(router: RequestRouter, how: str) -> RequestRouter:
         "columns beyond the features",
         "columns out of order",
         "coefficients of another length",
-        "a gain over an unknown tier",
-        "a tier filed under another name",
+        "a gain over an unknown model",
+        "a model filed under another name",
         "a rate above 1",
         "an intercept that is not a number",
         "another format",

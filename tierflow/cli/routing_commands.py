@@ -104,17 +104,18 @@ def fit_command(
 ) -> None:
     """Fit the per-request router (`[routing] mode = "request"`) from the ledger's first answers, now.
 
-    It also refits itself as outcomes arrive; this shows what it learned: per tier and per phase, the first
-    answers it was fitted on and their pass rate.
+    It also refits itself as outcomes arrive; this shows what it learned: per model (the tiers on it now), per tier
+    and per phase, the first answers it was fitted on and their pass rate.
     """
     vault = vault_dir(vault, required="tierflow routing fit")
     cfg = load(vault, config, profile)
     from tierflow.core.ledger import Ledger
     from tierflow.learn import request_router
 
+    path = request_router.model_path(cfg)
     router = request_router.refit(cfg, Ledger(cfg.ledger_url))
     request_router.forget()
-    found = request_router.describe(router)
+    found = request_router.describe(router, cfg)
     if output is Format.json:
         typer.echo(json.dumps(found, indent=2))
     else:
@@ -122,16 +123,23 @@ def fit_command(
             f"Fitted {found['fitted_at']} over {found['requests']} requests ({found['first_answers']} first answers)"
         )
         for tier, t in found["tiers"].items():
-            typer.echo(f"  {tier}: {t['first_answers']} first answers, pass {t['pass_rate']:.2f}")
+            learned = "no first answers yet" if t["pass_rate"] is None else _answers(t)
+            typer.echo(f"  {tier} ({t['model']}): {learned}")
+        for model, m in found["models"].items():
+            if not m["tiers"]:
+                typer.echo(f"  {model} (on no tier now): {_answers(m)}")
         for pair, g in found["gains"].items():
-            typer.echo(f"  {pair}: {g['pairs']} requests answered on both ({g['kind']}), rate {g['rate']:.2f}")
+            typer.echo(f"  {pair}: {g['pairs']} requests answered by both ({g['kind']}), rate {g['rate']:.2f}")
         if found["signal_labels"]:
             typer.echo(f"  labelled by signals: {found['signal_labels']}")
         for row in found["phases"]:
-            typer.echo(
-                f"  {row['phase']} · {row['tier']}: {row['first_answers']} first answers, pass {row['pass_rate']:.2f}"
-            )
-    typer.echo(f"Saved to {request_router.model_path(cfg)}", err=True)
+            on = f" ({', '.join(row['tiers'])})" if row["tiers"] else ""
+            typer.echo(f"  {row['phase']} · {row['model']}{on}: {_answers(row)}")
+    typer.echo(f"Saved to {path}", err=True)
+
+
+def _answers(found: dict) -> str:
+    return f"{found['first_answers']} first answers, pass {found['pass_rate']:.2f}"
 
 
 @routing_app.command("explain")
@@ -169,7 +177,8 @@ def explain_command(
         return
     typer.echo(f"{found['flow']} · {found['phase']} · request {found['request_id'][:12]}")
     for a in found["answers"]:
-        typer.echo(f"  answered on {a['tier']} (attempt {a['attempt']}, {a['outcome']}): {a['route_rule']}")
+        answered = f"{a['provider']}:{a['model']}, attempt {a['attempt']}, {a['outcome']}"
+        typer.echo(f"  answered on {a['tier']} ({answered}): {a['route_rule']}")
     for s in found["signals"]:
         verdict = {True: "pass", False: "fail", None: "neutral"}[s["passed"]]
         typer.echo(f"  {s['kind']} of the {s['tier']} answer: {verdict} ({s['detail']})")

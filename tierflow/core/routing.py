@@ -86,14 +86,19 @@ def route(
             rule = f"front-matter:{note or '?'}"
     if tier_name is None and learned and (phase, complexity) in learned:
         tier_name, rule = learned[(phase, complexity)]
-    if tier_name is None and phase in config.settings.routing.phases:
-        tier_name = config.settings.routing.phases[phase]
-        rule = f"routing.phases.{phase} ({config.sources.get(f'routing.phases.{phase}', 'config')})"
     if tier_name is None:
-        tier_name = config.settings.routing[complexity]  # type: ignore[index]
-        source = config.sources.get(f"routing.{complexity}") or config.sources.get("routing", "default")
-        rule = f"routing.{complexity} ({source})"
+        tier_name, rule = rules_tier(config, phase=phase, complexity=complexity)
     return route_to_tier(config, phase=phase, complexity=complexity, tier=tier_name, rule=rule)
+
+
+def rules_tier(config: Config, *, phase: str, complexity: str) -> tuple[str, str]:
+    """The tier the config's rules give a call, and the rule: the phase's `[routing.phases]` tier, else the
+    routing table's tier for its complexity."""
+    if phase in config.settings.routing.phases:
+        source = config.sources.get(f"routing.phases.{phase}", "config")
+        return config.settings.routing.phases[phase], f"routing.phases.{phase} ({source})"
+    source = config.sources.get(f"routing.{complexity}") or config.sources.get("routing", "default")
+    return config.settings.routing[complexity], f"routing.{complexity} ({source})"  # type: ignore[index]
 
 
 def route_to_tier(config: Config, *, phase: str, complexity: str, tier: str, rule: str) -> Route:

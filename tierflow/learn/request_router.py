@@ -1,22 +1,26 @@
 """Route each request, not each phase: per tier, the probability that its first answer to *this* request passes.
 
 Fitted from the ledger: every first answer (odd attempt, not from the cache, not lost; shadow calls included) whose
-request text the ledger kept (`calls.request_id` -> `request_texts`). Features: hashed word and character n-grams of
-the request, its size, script, structure (lines, list items, sources, digits and symbols), and its flow, phase
-and complexity. Per tier a logistic regression, calibrated (sigmoid, cross-validated) once there is enough
-evidence; recent answers weigh more (half-life `HALF_LIFE_DAYS`), so a drifting workload is followed. Where the
-same request has first answers on two neighbouring tiers, the router estimates where the dearer tier actually adds
-something, P(this tier fails and the next passes): as P(next passes) - P(this passes) when those pairs are a sample
-of the workload (shadow calls, trials, a recorded history of both); as P(fails) x P(next passes | this one failed),
-a second model, when they come from escalations alone (which all failed below). On RouteLLM's MMLU data, grouped
-cross-validation inside the history put the difference well ahead of a model of the joint event itself (APGR 0.63
-against 0.49 on subjects held out of the fold; benchmarks/routing_public.py).
+request text the ledger kept (`calls.request_id` -> `request_texts`). The evidence is the model's that answered
+(`provider:model`, as the ledger recorded it), not the tier's name: a tier is judged by the record of the model the
+config puts it on now, and a tier repointed at another model is unknown until that model has answered. Features:
+hashed word and character n-grams of the request, its size, script, structure (lines, list items, sources, digits
+and symbols), and its flow, phase and complexity. Per model a logistic regression, calibrated (sigmoid,
+cross-validated) once there is enough evidence; recent answers weigh more (half-life `HALF_LIFE_DAYS`), so a
+drifting workload is followed. Where the same request has first answers from models on two neighbouring tiers, the
+router estimates where the dearer one actually adds something, P(this one fails and the next passes): as P(next
+passes) - P(this passes) when those pairs are a sample of the workload (shadow calls, trials, a recorded history
+of both); as P(fails) x P(next passes | this one failed), a second model, when they come from escalations alone
+(which all failed below). On RouteLLM's MMLU data, grouped cross-validation inside the history put the difference
+well ahead of a model of the joint event itself (APGR 0.63 against 0.49 on subjects held out of the fold;
+benchmarks/routing_public.py).
 
 A request goes to the cheapest tier that *suffices* with probability >= its target: `suffices = 1 - P(tier fails
-and the next passes)` where the pair model exists, else P(tier passes), among the tiers with `min_requests` first
-answers of the request's flow and phase ("the next" is the next of those). The target is `target_for(base,
-value)` (tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow,
-phase and complexity only, never on their text: every student of one assignment gets the same rule.
+and the next passes)` where the pair model exists, else P(tier passes), among the tiers whose model has
+`min_requests` first answers of the request's flow and phase ("the next" is the next of those), never passing over
+a tier it cannot judge on the way up from the rules' tier. The target is `target_for(base, value)`
+(tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow, phase and
+complexity only, never on their text: every student of one assignment gets the same rule.
 
 The model is kept beside the ledger (`router.model`: a JSON header and the coefficients as plain numbers, never
 code), refitted by `tierflow routing fit` and, in the background, when `REFIT_SHARE` more first answers have
@@ -35,7 +39,7 @@ import re
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +51,7 @@ import sqlalchemy as sa
 from tierflow.core import clock
 from tierflow.core.config import Config
 from tierflow.core.ledger import Ledger, calls, request_texts, signals
-from tierflow.core.routing import COLD_START, target_for, use_request_router
+from tierflow.core.routing import COLD_START, rules_tier, target_for, use_request_router
 from tierflow.learn.labels import Answered, labels
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,8 @@ REGULARISATION = 0.1
 GAIN_SMOOTHING = 0.01
 """Width of the smooth maximum that floors a `difference` gain at 0 (above max(d, 0) by at most half the width)."""
 MODEL_FILE = "router.model"
-FORMAT = 2
+FORMAT = 3
+"""3: keyed by the model that answered (`provider:model`); 2 was keyed by the tier's name."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class Observation:
     phase: str
     complexity: str
     tier: str
+    """The tier the answer was asked of (what it was routed as then)."""
+    model: str
+    """`provider:model` that answered: what the router's evidence is kept under."""
     text: str
     passed: bool
     timestamp: str
@@ -94,8 +102,10 @@ def observations(ledger: Ledger, *, flow: str | None = None) -> list[Observation
 
     This is the one place that reads it, so that a richer record of requests can replace it here alone.
     First answers are the odd attempt numbers (each tier of an escalation gets two tries), as in
-    `tierflow.core.evidence`; cached and lost answers are not evidence. Whether one passed is its label
-    (`labelled`): the phase's checks, unless a judge verdict, an edit or a rating of that answer says otherwise.
+    `tierflow.core.evidence`; cached and lost answers are not evidence, nor is a row that names no model. Whether
+    one passed is its label (`labelled`): the phase's checks, unless a judge verdict, an edit or a rating of that
+    answer says otherwise. Each is the evidence of the model that answered (`provider:model`, as the ledger
+    recorded it), whichever tier it was asked as.
     """
     return labelled(ledger, flow=flow)[0]
 
@@ -117,6 +127,8 @@ def labelled(ledger: Ledger, *, flow: str | None = None) -> tuple[list[Observati
             calls.c.phase,
             calls.c.complexity,
             calls.c.tier,
+            calls.c.provider,
+            calls.c.model,
             calls.c.outcome,
             calls.c.timestamp,
             request_texts.c.text,
@@ -145,11 +157,13 @@ def labelled(ledger: Ledger, *, flow: str | None = None) -> tuple[list[Observati
             r.phase or "",
             r.complexity or "",
             r.tier or "",
+            f"{r.provider or ''}:{r.model}",
             r.text or "",
             decided[r.id].passed,
             r.timestamp or "",
         )  # fmt: skip
         for r in rows
+        if r.model
     ]
     return observed, dict(counts)
 
@@ -242,8 +256,9 @@ calibration's a and b (None: an uncalibrated logistic regression)."""
 
 
 @dataclass
-class TierModel:
-    tier: str
+class PassModel:
+    name: str
+    """The model (`provider:model`) whose answers it learned, or `lower->upper` for a pair of models."""
     observations: int
     pass_rate: float
     members: list[Member] | None = None
@@ -251,8 +266,8 @@ class TierModel:
     `pass_rate`."""
     calibrated: bool = False
     kind: str = "pass"
-    """`pass`: P(passes); for a pair of tiers, `rescue`: P(next passes | this one failed) (a model of its own),
-    or `difference`: the gain from the two tiers' pass models (no model of its own)."""
+    """`pass`: P(passes); for a pair of models, `rescue`: P(the dearer passes | the cheaper failed) (a model of its
+    own), or `difference`: the gain from the two models' pass models (no model of its own)."""
     fitted: Any = field(default=None, repr=False, compare=False)
     """The scikit-learn estimator `members` came from, in the process that fitted it only (never saved)."""
 
@@ -263,18 +278,22 @@ class TierModel:
 
 @dataclass
 class RequestRouter:
-    """Per-tier pass models (and neighbouring-tier gain models), fitted from a ledger at one moment."""
+    """Per-model pass models (and gain models for pairs of models on neighbouring tiers), fitted from a ledger at
+    one moment. Everything is keyed by the model that answered (`provider:model`), never by a tier's name:
+    `decide` maps each tier to its model through the config's routing table at the time of the decision."""
 
     fitted_at: str
     requests: int
     """Distinct requests seen."""
     answers: int
     """First answers used (what a refit compares against)."""
-    tiers: dict[str, TierModel]
-    gains: dict[tuple[str, str], TierModel] = field(default_factory=dict)
-    """(tier, next tier) -> how P(tier fails and the next passes) is estimated (`TierModel.kind`)."""
+    models: dict[str, PassModel]
+    """`provider:model` -> its pass model."""
+    gains: dict[tuple[str, str], PassModel] = field(default_factory=dict)
+    """(cheaper model, dearer model) -> how P(the cheaper fails and the dearer passes) is estimated
+    (`PassModel.kind`)."""
     phases: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
-    """`flow/phase` -> tier -> (first answers, pass rate): what it learned per phase."""
+    """`flow/phase` -> model -> (first answers, pass rate): what it learned per phase."""
     support: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     """The feature columns that occur in the requests it was fitted on, ascending: every other coefficient is 0,
     so the models store their coefficients over these columns only."""
@@ -293,36 +312,36 @@ class RequestRouter:
     def rows(self, flow: str, phase: str, complexity: str, texts: Sequence[str]) -> Any:
         return self._features()([(flow, phase, complexity, _routed_text(flow, t)) for t in texts])
 
-    def pass_probability(self, tier: str, X: Any) -> np.ndarray:
-        m = self.tiers[tier]
+    def pass_probability(self, model: str, X: Any) -> np.ndarray:
+        m = self.models[model]
         if m.members is None:
             return np.full(X.shape[0], m.pass_rate)
         return self._positive(m, X)
 
-    def gain_probability(self, tier: str, above: str, X: Any) -> np.ndarray | None:
-        """P(this tier fails and the next passes).
+    def gain_probability(self, model: str, above: str, X: Any) -> np.ndarray | None:
+        """P(this model fails and the dearer one, `above`, passes).
 
-        `difference` (both tiers answered a sample of the workload): P(next passes) - P(this passes), exact when
-        the dearer tier passes every request the cheaper one passes and a lower bound otherwise;
+        `difference` (both answered a sample of the workload): P(dearer passes) - P(this passes), exact when
+        the dearer model passes every request the cheaper one passes and a lower bound otherwise;
         floored at 0 by a smooth maximum (width `GAIN_SMOOTHING`), so that requests stay ordered by the expected
-        gain where the dearer tier is not expected to add anything. `rescue` (escalations alone):
-        P(fails) x P(next passes | this one failed)."""
-        m = self.gains.get((tier, above))
+        gain where the dearer model is not expected to add anything. `rescue` (escalations alone):
+        P(fails) x P(dearer passes | this one failed). None: no model of this pair."""
+        m = self.gains.get((model, above))
         if m is None:
             return None
         if m.kind == "difference":
-            d = self.pass_probability(above, X) - self.pass_probability(tier, X)
+            d = self.pass_probability(above, X) - self.pass_probability(model, X)
             return np.clip(0.5 * (d + np.sqrt(d * d + GAIN_SMOOTHING**2)), 0.0, 1.0)
         p = np.full(X.shape[0], m.pass_rate) if m.members is None else self._positive(m, X)
-        return (1 - self.pass_probability(tier, X)) * p
+        return (1 - self.pass_probability(model, X)) * p
 
-    def suffices(self, tier: str, above: str | None, X: Any) -> np.ndarray:
-        """P(this tier's answer is as good as the next tier's would be): 1 - P(it fails and the next passes)
+    def suffices(self, model: str, above: str | None, X: Any) -> np.ndarray:
+        """P(this model's answer is as good as the dearer one's would be): 1 - P(it fails and the dearer passes)
         where the pair model exists, else P(it passes)."""
-        gain = self.gain_probability(tier, above, X) if above else None
-        return 1 - gain if gain is not None else self.pass_probability(tier, X)
+        gain = self.gain_probability(model, above, X) if above else None
+        return 1 - gain if gain is not None else self.pass_probability(model, X)
 
-    def _positive(self, m: TierModel, X: Any) -> np.ndarray:
+    def _positive(self, m: PassModel, X: Any) -> np.ndarray:
         """P(class 1) as the fitted estimator's `predict_proba(X)[:, 1]` computes it (to float32 coefficients),
         without scikit-learn's per-call validation (most of a single request's scoring time)."""
         from scipy.special import expit
@@ -396,13 +415,38 @@ def _key(o: Observation) -> tuple[str, str, str, str]:
     return (o.flow, o.phase, o.complexity, _routed_text(o.flow, o.text))
 
 
-def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: datetime | None = None) -> RequestRouter:
-    """Fit the router from first answers (see `observations`)."""
+def places(
+    observed: Sequence[Observation], tier_order: Sequence[str], tiers: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Each answering model's place among the tiers, cheapest first: the tier it is on now (`tiers`: tier ->
+    `provider:model`, the config's routing table; the cheaper of two), else the tier it last answered as. Tiers
+    outside `tier_order` come after it, by name. The gains learned are those of models on neighbouring places."""
+    names = list(tier_order) + sorted({o.tier for o in observed} - set(tier_order))
+    place = {t: i for i, t in enumerate(names)}
+    found: dict[str, int] = {}
+    for o in observed:  # oldest first: the tier a model last answered as wins
+        found[o.model] = place[o.tier]
+    now: dict[str, int] = {}
+    for tier, model in (tiers or {}).items():
+        if tier in place:
+            now[model] = min(now.get(model, place[tier]), place[tier])
+    return {model: now.get(model, at) for model, at in found.items()}
+
+
+def fit(
+    observed: Sequence[Observation],
+    tier_order: Sequence[str],
+    *,
+    tiers: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> RequestRouter:
+    """Fit the router from first answers (see `observations`): a pass model per model that answered, and a gain
+    model per pair of models on neighbouring tiers (`places`; `tiers`: tier -> its model now)."""
     now = now or clock.now()
     if now.tzinfo is None:
         now = now.replace(tzinfo=clock.now().tzinfo)
     features = Features()
-    # Each distinct request is vectorised once; every tier's and pair's model takes its rows of one matrix.
+    # Each distinct request is vectorised once; every model's and pair's fit takes its rows of one matrix.
     keys = [_key(o) for o in observed]
     index: dict[tuple[str, str, str, str], int] = {}
     for key in keys:
@@ -413,34 +457,39 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
         np.flatnonzero(np.diff(matrix.tocsc().indptr)).astype(np.int32) if matrix is not None
         else np.zeros(0, dtype=np.int32)
     )  # fmt: skip
-    order = [t for t in tier_order] + sorted({o.tier for o in observed} - set(tier_order))
-    by_tier: dict[str, list[Observation]] = defaultdict(list)
+    by_model: dict[str, list[Observation]] = defaultdict(list)
     for o in observed:
-        by_tier[o.tier].append(o)
-    tiers: dict[str, TierModel] = {}
-    for tier, seen in by_tier.items():
+        by_model[o.model].append(o)
+    models: dict[str, PassModel] = {}
+    for name, seen in by_model.items():
         y = np.array([o.passed for o in seen], dtype=int)
         rate = float(y.mean())
         model, calibrated = None, False
         if 0 < y.sum() < len(y):
             X = matrix[[row_of[id(o)] for o in seen]]
             model, calibrated = _classifier(X, y, _weights([o.timestamp for o in seen], now))
-        tiers[tier] = TierModel(tier, len(seen), rate, _stored(model, support), calibrated, fitted=model)
-    gains: dict[tuple[str, str], TierModel] = {}
-    present = [t for t in order if t in by_tier]
-    for lower, upper in zip(present, present[1:], strict=False):
-        low = {o.request_id: o for o in by_tier[lower]}
-        both = [(low[o.request_id], o) for o in by_tier[upper] if o.request_id in low]
+        models[name] = PassModel(name, len(seen), rate, _stored(model, support), calibrated, fitted=model)
+    gains: dict[tuple[str, str], PassModel] = {}
+    at = places(observed, tier_order, tiers)
+    on: dict[int, list[str]] = defaultdict(list)
+    for name in sorted(by_model):
+        on[at[name]].append(name)
+    filled = sorted(on)
+    # A tier repointed at another model has two models on its place: each is paired with each model of the next.
+    neighbours = [(a, b) for low, high in zip(filled, filled[1:], strict=False) for a in on[low] for b in on[high]]
+    for lower, upper in neighbours:
+        low = {o.request_id: o for o in by_model[lower]}
+        both = [(low[o.request_id], o) for o in by_model[upper] if o.request_id in low]
         joint = len(both) >= REFIT_MIN and sum(a.passed for a, _ in both) >= JOINT_SHARE * len(both)
         if joint:
-            # Both tiers answered a sample of the workload: each pass model is unbiased, and the gain is their
+            # Both models answered a sample of the workload: each pass model is unbiased, and the gain is their
             # difference (see `RequestRouter.gain_probability`); no third model. The rate shown is the observed
-            # share of requests the cheaper tier failed and the dearer one passed.
+            # share of requests the cheaper model failed and the dearer one passed.
             rate = sum((not a.passed) and b.passed for a, b in both) / len(both)
-            gains[(lower, upper)] = TierModel(f"{lower}->{upper}", len(both), rate, kind="difference")
+            gains[(lower, upper)] = PassModel(f"{lower}->{upper}", len(both), rate, kind="difference")
             continue
-        # Pairs from escalations alone all failed below: the dearer tier's pass model saw only requests the cheaper
-        # one failed, so learn the rescue rate given a failure.
+        # Pairs from escalations alone all failed below: the dearer model's pass model saw only requests the
+        # cheaper one failed, so learn the rescue rate given a failure.
         pairs = [(a, b) for a, b in both if not a.passed]
         if not pairs:
             continue
@@ -449,22 +498,22 @@ def fit(observed: Sequence[Observation], tier_order: Sequence[str], *, now: date
         if 0 < y.sum() < len(y):
             X = matrix[[row_of[id(a)] for a, _ in pairs]]
             model, calibrated = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
-        gains[(lower, upper)] = TierModel(
+        gains[(lower, upper)] = PassModel(
             f"{lower}->{upper}", len(pairs), float(y.mean()), _stored(model, support), calibrated, "rescue",
             fitted=model,
         )  # fmt: skip
     phases: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for o in observed:
-        cell = phases[f"{o.flow}/{o.phase}"][o.tier]
+        cell = phases[f"{o.flow}/{o.phase}"][o.model]
         cell[0] += 1
         cell[1] += o.passed
     router = RequestRouter(
         fitted_at=now.isoformat(timespec="seconds"),
         requests=len({o.request_id for o in observed}),
         answers=len(observed),
-        tiers=tiers,
+        models=models,
         gains=gains,
-        phases={p: {t: (n, ok / n) for t, (n, ok) in cells.items()} for p, cells in phases.items()},
+        phases={p: {m: (n, ok / n) for m, (n, ok) in cells.items()} for p, cells in phases.items()},
         support=support,
     )
     router._cached_features = features
@@ -487,7 +536,7 @@ def model_path(config: Config) -> Path:
 
 _MAGIC = b"tierflow request router\n"
 """A model file: this line; the SHA-256 of the rest, in hex, on a line; the header (JSON) on a line; then the
-`support` (little-endian int32) and each member's coefficients over it (little-endian float32), tiers first, then
+`support` (little-endian int32) and each member's coefficients over it (little-endian float32), models first, then
 gains, in the header's order. Nothing in it is code: a file from anyone is at worst refused."""
 
 
@@ -506,14 +555,14 @@ def save(router: RequestRouter, path: Path) -> None:
 def _encode(router: RequestRouter) -> bytes:
     arrays = [np.asarray(router.support, dtype="<i4").tobytes()]
 
-    def entry(m: TierModel) -> dict[str, Any]:
+    def entry(m: PassModel) -> dict[str, Any]:
         members = None
         if m.members is not None:
             members = []
             for values, intercept, a, b in m.members:
                 arrays.append(np.asarray(values, dtype="<f4").tobytes())
                 members.append([intercept, a, b])
-        kept = {"tier": m.tier, "observations": m.observations, "pass_rate": m.pass_rate}
+        kept = {"name": m.name, "observations": m.observations, "pass_rate": m.pass_rate}
         return {**kept, "members": members, "calibrated": m.calibrated, "kind": m.kind}
 
     header = {
@@ -522,7 +571,7 @@ def _encode(router: RequestRouter) -> bytes:
         "requests": router.requests,
         "answers": router.answers,
         "columns": len(router.support),
-        "tiers": {name: entry(m) for name, m in router.tiers.items()},
+        "models": {name: entry(m) for name, m in router.models.items()},
         "gains": [[lower, upper, entry(m)] for (lower, upper), m in router.gains.items()],
         "phases": router.phases,
         "labels": router.labels,
@@ -552,7 +601,7 @@ def _share(value: Any, what: str) -> float:
 
 
 def _decode(data: bytes, width: int) -> RequestRouter:
-    """The router a model file holds, checked whole: its checksum, format, tiers, and every array's length and
+    """The router a model file holds, checked whole: its checksum, format, models, and every array's length and
     columns (below `width`, the features' columns), so that what loads can score any request."""
     _need(data.startswith(_MAGIC), "not a tierflow request router model")
     digest, _, body = data[len(_MAGIC) :].partition(b"\n")
@@ -562,15 +611,18 @@ def _decode(data: bytes, width: int) -> RequestRouter:
     _need(isinstance(header, dict), "no header")
     _need(header.get("format") == FORMAT, f"format {header.get('format')!r}, where this tierflow reads {FORMAT}")
     columns = _count(header.get("columns"), "columns")
-    tiers, gains = header.get("tiers"), header.get("gains")
-    _need(isinstance(tiers, dict) and isinstance(gains, list), "no tiers")
-    stored = [(name, entry, ("pass",)) for name, entry in tiers.items()]
+    found_models, gains = header.get("models"), header.get("gains")
+    _need(isinstance(found_models, dict) and isinstance(gains, list), "no models")
+    stored = [(name, entry, ("pass",)) for name, entry in found_models.items()]
     pairs: list[tuple[str, str]] = []
     for gain in gains:
-        _need(isinstance(gain, list) and len(gain) == 3, "a gain is not a pair of tiers")
+        _need(isinstance(gain, list) and len(gain) == 3, "a gain is not a pair of models")
         lower, upper, entry = gain
-        _need(isinstance(lower, str) and isinstance(upper, str), "a gain is not a pair of tiers")
-        _need(lower in tiers and upper in tiers and lower != upper, f"a gain over unknown tiers {lower}->{upper}")
+        _need(isinstance(lower, str) and isinstance(upper, str), "a gain is not a pair of models")
+        _need(
+            lower in found_models and upper in found_models and lower != upper,
+            f"a gain over unknown models {lower}->{upper}",
+        )
         pairs.append((lower, upper))
         stored.append((f"{lower}->{upper}", entry, ("rescue", "difference")))
     entries = [e if isinstance(e, dict) and isinstance(e.get("members"), list) else {} for _, e, _ in stored]
@@ -584,9 +636,9 @@ def _decode(data: bytes, width: int) -> RequestRouter:
         f"its feature columns are not ascending below {width}",
     )
     offset = 4 * columns
-    models: list[TierModel] = []
+    models: list[PassModel] = []
     for name, entry, kinds in stored:
-        _need(bool(name) and isinstance(entry, dict) and entry.get("tier") == name, f"{name!r} holds another model")
+        _need(bool(name) and isinstance(entry, dict) and entry.get("name") == name, f"{name!r} holds another model")
         _need(entry.get("kind") in kinds, f"{name}: kind {entry.get('kind')!r}")
         _need(type(entry.get("calibrated")) is bool, f"{name}: calibrated")
         members: list[Member] | None = None
@@ -605,16 +657,16 @@ def _decode(data: bytes, width: int) -> RequestRouter:
                 members.append((values, _real(intercept, f"{name}: intercept"), *calibration))
         observations = _count(entry.get("observations"), f"{name}: observations")
         rate = _share(entry.get("pass_rate"), f"{name}: pass rate")
-        models.append(TierModel(name, observations, rate, members, entry["calibrated"], entry["kind"]))
+        models.append(PassModel(name, observations, rate, members, entry["calibrated"], entry["kind"]))
     phases: dict[str, dict[str, tuple[int, float]]] = {}
     found_phases = header.get("phases")
     _need(isinstance(found_phases, dict), "no phases")
     for phase, cells in found_phases.items():
         _need(isinstance(cells, dict), f"phase {phase}")
         phases[phase] = {}
-        for tier, cell in cells.items():
-            _need(isinstance(cell, list) and len(cell) == 2, f"phase {phase}, tier {tier}")
-            phases[phase][tier] = (_count(cell[0], f"{phase}: answers"), _share(cell[1], f"{phase}: pass rate"))
+        for model, cell in cells.items():
+            _need(isinstance(cell, list) and len(cell) == 2, f"phase {phase}, model {model}")
+            phases[phase][model] = (_count(cell[0], f"{phase}: answers"), _share(cell[1], f"{phase}: pass rate"))
     labels_found = header.get("labels")
     _need(isinstance(labels_found, dict), "no labels")
     _need(isinstance(header.get("fitted_at"), str), "no fitting time")
@@ -622,8 +674,8 @@ def _decode(data: bytes, width: int) -> RequestRouter:
         fitted_at=header["fitted_at"],
         requests=_count(header.get("requests"), "requests"),
         answers=_count(header.get("answers"), "answers"),
-        tiers={m.tier: m for m in models[: len(tiers)]},
-        gains=dict(zip(pairs, models[len(tiers) :], strict=True)),
+        models={m.name: m for m in models[: len(found_models)]},
+        gains=dict(zip(pairs, models[len(found_models) :], strict=True)),
         phases=phases,
         support=support,
         format=FORMAT,
@@ -662,7 +714,8 @@ def load(path: Path) -> RequestRouter | None:
 def refit(config: Config, ledger: Ledger) -> RequestRouter:
     """Fit from the whole ledger and save beside it (`tierflow routing fit`)."""
     observed, by_source = labelled(ledger)
-    router = fit(observed, list(config.tier_order))
+    tiers = {name: tier.model for name, tier in config.settings.tiers.items()}
+    router = fit(observed, list(config.tier_order), tiers=tiers)
     router.labels = by_source
     save(router, model_path(config))
     return router
@@ -815,50 +868,63 @@ def decide(
     value: float = 1.0,
 ) -> Decision:
     """The cheapest tier whose P(suffices) meets `target_for(routing.target, value)`, among the tiers known for this
-    request: those with at least `[routing] min_requests` first answers of its flow and phase. A tier's P(suffices)
-    compares it with the next tier known for the request. When none meets the target and every tier is known, the
-    most likely one; else None, and `rule` says why."""
+    request: those whose model (`provider:model`, as the config has it now) has at least `[routing] min_requests`
+    first answers of its flow and phase. A tier's P(suffices) compares it with the next tier known for the
+    request. When none meets the target and every tier is known, the most likely one; else None, and `rule` says
+    why. Nor does it pass over a tier it cannot judge on the way up from the rules' tier (a tier repointed at a
+    model with no answers yet): then None, and the rules route, so that the model gathers its evidence."""
     routing = config.settings.routing
     target = target_for(routing.target, value)
     if router is None:
         return Decision(None, COLD_START, target, value, {})
     order = [t for t in config.tier_order if t in config.settings.tiers]
+    # The evidence is the models': a tier is judged by the record of the model it is on now, whatever tier that
+    # model answered as before, and a tier repointed at a model the router has not seen is unknown.
+    model = {t: config.tier(t).model for t in order}
     basis = f"model of {router.fitted_at[:10]} over {router.requests} requests{_signal_basis(router)}"
-    # Known per flow and phase: a tier's model says nothing about a phase it never answered (light, having only
-    # ever passed reading-notes collation, would be "certain" to pass every student's feedback).
+    # Known per flow and phase: a model says nothing about a phase it never answered (light, having only ever
+    # passed reading-notes collation, would be "certain" to pass every student's feedback).
     answered = router.phases.get(f"{flow}/{phase}", {})
-    known = [t for t in order if t in router.tiers and answered.get(t, (0, 0.0))[0] >= routing.min_requests]
+    count = {t: answered.get(model[t], (0, 0.0))[0] if model[t] in router.models else 0 for t in order}
+    known = [t for t in order if count[t] >= routing.min_requests]
     if not known:
         return Decision(
-            None, f"request: no tier has {routing.min_requests} first answers for {flow}/{phase} ({basis})",
+            None, f"request: no tier's model has {routing.min_requests} first answers for {flow}/{phase} ({basis})",
             target, value, {},
         )  # fmt: skip
     X = router.rows(flow, phase, complexity, [text])
     probabilities: dict[str, float] = {}
+    chosen = None
     for i, tier in enumerate(known):  # cheapest first, and no further than needed: each tier's models cost time
         # Compared with the next tier the router knows here, not the next configured one: with light, standard
         # and deep configured and standard never answered, light is weighed against deep.
-        above = known[i + 1] if i + 1 < len(known) else None
-        probabilities[tier] = float(router.suffices(tier, above, X)[0])
+        above = model[known[i + 1]] if i + 1 < len(known) else None
+        probabilities[tier] = float(router.suffices(model[tier], above, X)[0])
         if probabilities[tier] >= target:
-            return Decision(
-                tier,
-                f"request: P({tier})={probabilities[tier]:.2f} ≥ {target:.2f} (value {value:g}); {basis}",
-                target,
-                value,
-                probabilities,
-            )
+            chosen = tier
+            rule = f"request: P({tier})={probabilities[tier]:.2f} ≥ {target:.2f} (value {value:g}); {basis}"
+            break
     shown = ", ".join(f"P({t})={p:.2f}" for t, p in probabilities.items())
-    if known == order:
-        best = max(known, key=lambda t: (probabilities[t], order.index(t)))
+    if chosen is None and known == order:
+        chosen = max(known, key=lambda t: (probabilities[t], order.index(t)))
+        rule = f"request: no tier reaches {target:.2f} (value {value:g}): {shown}; {chosen} likeliest; {basis}"
+    if chosen is None:
         return Decision(
-            best, f"request: no tier reaches {target:.2f} (value {value:g}): {shown}; {best} likeliest; {basis}",
+            None, f"request: no known tier reaches {target:.2f} (value {value:g}): {shown}; {basis}",
             target, value, probabilities,
         )  # fmt: skip
-    return Decision(
-        None, f"request: no known tier reaches {target:.2f} (value {value:g}): {shown}; {basis}",
-        target, value, probabilities,
-    )  # fmt: skip
+    rules, _ = rules_tier(config, phase=phase, complexity=complexity)
+    if rules in order:
+        unjudged = [t for t in order[order.index(rules) : order.index(chosen)] if t not in known]
+        if unjudged:
+            t = unjudged[0]
+            return Decision(
+                None,
+                f"request: {t} is {model[t]}, with {count[t]} first answers for {flow}/{phase} (fewer than "
+                f"{routing.min_requests}): a tier the router cannot judge is not passed over ({basis})",
+                target, value, probabilities,
+            )  # fmt: skip
+    return Decision(chosen, rule, target, value, probabilities)
 
 
 def _signal_basis(router: RequestRouter) -> str:
@@ -894,29 +960,50 @@ use_request_router(request_route)
 # What it learned -----------------------------------------------------------------------------------------------
 
 
-def per_phase(router: RequestRouter) -> list[dict[str, Any]]:
-    """Per flow/phase and tier: first answers and pass rate the router was fitted on."""
+def _tiers_on(config: Config) -> dict[str, str]:
+    """Tier -> the model (`provider:model`) it is on now, cheapest tier first."""
+    return {t: config.tier(t).model for t in config.tier_order if t in config.settings.tiers}
+
+
+def per_phase(router: RequestRouter, config: Config) -> list[dict[str, Any]]:
+    """Per flow/phase and model: first answers and pass rate the router was fitted on, and the tiers on that model
+    now."""
+    on = _tiers_on(config)
     return [
-        {"phase": phase, "tier": tier, "first_answers": n, "pass_rate": round(rate, 4)}
+        {
+            "phase": phase,
+            "model": model,
+            "tiers": [t for t, m in on.items() if m == model],
+            "first_answers": n,
+            "pass_rate": round(rate, 4),
+        }  # fmt: skip
         for phase, cells in sorted(router.phases.items())
-        for tier, (n, rate) in sorted(cells.items())
+        for model, (n, rate) in sorted(cells.items())
     ]
 
 
-def describe(router: RequestRouter) -> dict[str, Any]:
+def describe(router: RequestRouter, config: Config) -> dict[str, Any]:
+    """What the router learned, per model and per tier as the config maps tiers to models now (a tier on a model
+    without answers: 0 first answers, no pass rate)."""
+    on = _tiers_on(config)
+
+    def learned(name: str) -> dict[str, Any]:
+        m = router.models.get(name)
+        if m is None:
+            return {"first_answers": 0, "pass_rate": None, "calibrated": False}
+        return {"first_answers": m.observations, "pass_rate": round(m.pass_rate, 4), "calibrated": m.calibrated}
+
     return {
         "fitted_at": router.fitted_at,
         "requests": router.requests,
         "first_answers": router.answers,
-        "tiers": {
-            t: {"first_answers": m.observations, "pass_rate": round(m.pass_rate, 4), "calibrated": m.calibrated}
-            for t, m in router.tiers.items()
-        },
+        "tiers": {t: {"model": model, **learned(model)} for t, model in on.items()},
+        "models": {name: {"tiers": [t for t, m in on.items() if m == name], **learned(name)} for name in router.models},
         "gains": {
             f"{a}->{b}": {"kind": m.kind, "pairs": m.observations, "rate": round(m.pass_rate, 4)}
             for (a, b), m in router.gains.items()
         },
-        "phases": per_phase(router),
+        "phases": per_phase(router, config),
         "signal_labels": dict(getattr(router, "labels", None) or {}),
     }
 
@@ -931,7 +1018,15 @@ def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
             return None
         row = found[0]
         answers = conn.execute(
-            sa.select(calls.c.tier, calls.c.attempt, calls.c.outcome, calls.c.route_rule, calls.c.complexity)
+            sa.select(
+                calls.c.tier,
+                calls.c.provider,
+                calls.c.model,
+                calls.c.attempt,
+                calls.c.outcome,
+                calls.c.route_rule,
+                calls.c.complexity,
+            )
             .where(calls.c.request_id == row.request_id)
             .order_by(calls.c.id)
         ).all()
@@ -952,9 +1047,10 @@ def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
 
 
 def scores(
-    router: RequestRouter, rows: Iterable[tuple[str, str, str, str]], tier: str, above: str | None
+    router: RequestRouter, rows: Iterable[tuple[str, str, str, str]], model: str, above: str | None
 ) -> list[float]:
-    """P(`tier` suffices) for many (flow, phase, complexity, text) rows at once (benchmarks)."""
+    """P(`model` suffices, against the dearer model `above`) for many (flow, phase, complexity, text) rows at once
+    (benchmarks)."""
     rows = list(rows)
     X = router._features()([(f, p, c, _routed_text(f, t)) for f, p, c, t in rows])
-    return [float(v) for v in router.suffices(tier, above, X)]
+    return [float(v) for v in router.suffices(model, above, X)]
