@@ -20,6 +20,7 @@ from conftest import write_config
 from test_request_router import DEEP, LIGHT, REQUEST_MODE, _app, _observed, ask, caller, light_fails_hard
 from typer.testing import CliRunner
 
+from tierflow.core.calls import Caller
 from tierflow.core.config import load_config
 from tierflow.core.ledger import Ledger
 from tierflow.learn import request_router
@@ -59,17 +60,23 @@ def _probabilities(router: RequestRouter) -> list[list[float]]:
     return found
 
 
-def test_a_pickle_in_the_vault_runs_nothing_on_a_call_or_on_explain(tmp_path, monkeypatch, double, caplog):
-    """A vault shared with others held `router.pkl`, unpickled on the next call in request mode and by
-    `tierflow routing explain`: whoever could write to the vault could run code as whoever routed a call."""
+def _request_mode_vault(tmp_path: Path, monkeypatch, double) -> tuple[Path, Caller]:  # noqa: ANN001
+    """A vault in request mode on the double (light fails the dense annotations), with its model's folder made."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     double.responder = light_fails_hard
     vault = tmp_path / "vault"
     vault.mkdir()
-    marker = tmp_path / "ran"
     c = caller(vault, double, REQUEST_MODE)
+    request_router.model_path(c.config).parent.mkdir(parents=True, exist_ok=True)
+    return vault, c
+
+
+def test_a_pickle_in_the_vault_runs_nothing_on_a_call_or_on_explain(tmp_path, monkeypatch, double, caplog):
+    """A vault shared with others held `router.pkl`, unpickled on the next call in request mode and by
+    `tierflow routing explain`: whoever could write to the vault could run code as whoever routed a call."""
+    vault, c = _request_mode_vault(tmp_path, monkeypatch, double)
+    marker = tmp_path / "ran"
     model = request_router.model_path(c.config)
-    model.parent.mkdir(parents=True, exist_ok=True)
     for planted in (model.with_name("router.pkl"), model):
         planted.write_bytes(pickle.dumps(_RunsCode(marker)))
         request_router.forget()
@@ -89,6 +96,33 @@ def test_a_pickle_in_the_vault_runs_nothing_on_a_call_or_on_explain(tmp_path, mo
     source = Path(request_router.__file__).read_text(encoding="utf-8")
     imported = {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
     assert "pickle" not in imported and "joblib" not in imported
+
+
+def test_an_old_pickle_is_named_once_and_routing_fit_removes_it(tmp_path, monkeypatch, double, caplog):
+    """A `router.pkl` from before `router.model` stayed in the vault for good, and with it the hazard (a synced
+    vault carries it to every machine, where an older tierflow would unpickle it); every process that loaded the
+    router warned again, and the warning told the person to delete it by hand. A process now says once what to
+    do, and `tierflow routing fit` (as every refit) removes it and says so."""
+    vault, c = _request_mode_vault(tmp_path, monkeypatch, double)
+    marker = tmp_path / "ran"
+    legacy = request_router.model_path(c.config).with_name("router.pkl")
+    legacy.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with caplog.at_level(logging.WARNING, logger=request_router.__name__):
+        for i in range(3):  # each load of the router, as each run of a long-lived worker would
+            request_router.forget()
+            assert ask(c, f"Highlight {i}: light leaf water.").route.rule.startswith("request: cold start")
+    said = [r.getMessage() for r in caplog.records if "router.pkl" in r.getMessage()]
+    assert len(said) == 1, said
+    assert str(legacy) in said[0] and "tierflow routing fit" in said[0] and "removes it" in said[0]
+    assert legacy.exists()  # a call only reads: it leaves the vault's files alone
+
+    fitted = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault)])
+    assert fitted.exit_code == 0, fitted.output
+    assert not legacy.exists() and request_router.model_path(c.config).exists()
+    assert f"Removed {legacy}" in fitted.stderr
+    assert not marker.exists()
+    again = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault)])
+    assert again.exit_code == 0 and "Removed" not in again.stderr
 
 
 @pytest.mark.parametrize("escalations_only", [False, True])

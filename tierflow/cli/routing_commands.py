@@ -105,7 +105,8 @@ def fit_command(
     """Fit the per-request router (`[routing] mode = "request"`) from the ledger's first answers, now.
 
     It also refits itself as outcomes arrive; this shows what it learned: per model (the tiers on it now), per tier
-    and per phase, the first answers it was fitted on and their pass rate.
+    and per phase, the first answers it was fitted on and their pass rate. It removes a `router.pkl` an earlier
+    tierflow left beside the model, and says so.
     """
     vault = vault_dir(vault, required="tierflow routing fit")
     cfg = load(vault, config, profile)
@@ -113,6 +114,13 @@ def fit_command(
     from tierflow.learn import request_router
 
     path = request_router.model_path(cfg)
+    removed = request_router.retire_pickle(path)
+    if removed is not None:
+        typer.echo(
+            f"Removed {removed}: a request router an earlier tierflow saved as a pickle (never loaded: a pickle can "
+            f"run code); {path.name} replaces it.",
+            err=True,
+        )
     router = request_router.refit(cfg, Ledger(cfg.ledger_url))
     request_router.forget()
     found = request_router.describe(router, cfg)

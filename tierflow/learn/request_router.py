@@ -686,15 +686,20 @@ def _decode(data: bytes, width: int) -> RequestRouter:
 def load(path: Path) -> RequestRouter | None:
     """The saved router, or None: absent, or not a whole model of this format (a warning names the file and
     `tierflow routing fit`; the call path then routes as at a cold start). A pickle an earlier tierflow saved
-    (`router.pkl`) is never opened."""
+    (`router.pkl`) is never opened; while it is the only file there, the first load in a process says what to do
+    with it (`tierflow routing fit`, and the router's own refits, remove it: `retire_pickle`)."""
     fix = "run `tierflow routing fit` to fit a new one (the router also refits itself as answers arrive)"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        legacy = path.with_suffix(".pkl")  # where earlier versions kept it (`router.pkl`)
-        if legacy != path and legacy.exists():
+        legacy = legacy_path(path)
+        if legacy != path and str(legacy) not in _told and legacy.exists():
+            _told.add(str(legacy))
             log.warning(
-                "ignored %s: a request router saved as a pickle is never loaded (it could run code); %s", legacy, fix
+                "ignored %s: a request router an earlier tierflow saved as a pickle is never loaded (a pickle can "
+                "run code, and an earlier tierflow on a machine this vault is synced to would still load it); "
+                "delete it, or run `tierflow routing fit`, which removes it (as does the router's next refit)",
+                legacy,
             )
         return None
     except OSError as exc:
@@ -711,13 +716,44 @@ def load(path: Path) -> RequestRouter | None:
     return router
 
 
+_told: set[str] = set()
+"""The pickles this process has named (`load` says so once per process, not at every load)."""
+
+
+def legacy_path(path: Path) -> Path:
+    """Where tierflow kept the model at `path` before `router.model`: `router.pkl` beside it."""
+    return path.with_suffix(".pkl")
+
+
+def retire_pickle(path: Path) -> Path | None:
+    """Remove the pickle an earlier tierflow saved beside the model at `path` (`legacy_path`): never loaded here,
+    but a hazard in a synced or shared vault, where an earlier tierflow would unpickle it. The path removed, or
+    None (there was none, or it could not be removed: a warning says so)."""
+    legacy = legacy_path(path)
+    if legacy == path:
+        return None
+    try:
+        legacy.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("could not remove %s (%s): delete it, it is a request router saved as a pickle", legacy, exc)
+        return None
+    return legacy
+
+
 def refit(config: Config, ledger: Ledger) -> RequestRouter:
-    """Fit from the whole ledger and save beside it (`tierflow routing fit`)."""
+    """Fit from the whole ledger and save beside it (`tierflow routing fit`); remove the pickle an earlier tierflow
+    left there (`retire_pickle`)."""
     observed, by_source = labelled(ledger)
     tiers = {name: tier.model for name, tier in config.settings.tiers.items()}
     router = fit(observed, list(config.tier_order), tiers=tiers)
     router.labels = by_source
-    save(router, model_path(config))
+    path = model_path(config)
+    save(router, path)
+    removed = retire_pickle(path)
+    if removed is not None:
+        log.warning("removed %s: a request router an earlier tierflow saved as a pickle; %s replaces it", removed, path)
     return router
 
 
