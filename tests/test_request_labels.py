@@ -5,6 +5,7 @@ real SQLite and PostgreSQL ledgers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -208,11 +209,16 @@ def test_the_lecturers_rewrites_send_a_near_identical_request_to_the_deeper_tier
     assert why["now"]["tier"] == "standard" and "30 failed by them" in why["now"]["rule"]
 
 
+_RUNS = itertools.count()
+
+
 def routed(vault: Path, path: Path, ledger_url: str, double, text: str) -> tuple[str, str]:
-    """The tier and rule `[routing] mode = "request"` gives `text` now (the config goes back to the rules after)."""
+    """The tier and rule `[routing] mode = "request"` gives `text` now, in a run of its own (a run keeps the router
+    of its first routed call); the config goes back to the rules after."""
     write_config(path, f"ledger_url = {json.dumps(ledger_url)}\n" + anthropic_config(double, REQUEST_MODE))
     try:
-        c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="warm", flow="reading-notes"))
+        run_id = f"warm-{next(_RUNS)}"
+        c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run_id, flow="reading-notes"))
         chosen = c.route("collate", "low", prompt=text)
         return chosen.tier, chosen.rule
     finally:

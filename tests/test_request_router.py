@@ -104,7 +104,7 @@ def test_two_requests_of_one_phase_go_to_different_tiers_once_there_is_evidence(
     assert learned["tiers"]["light"]["first_answers"] == 81 and learned["tiers"]["standard"]["first_answers"] == 40
 
     request_router.forget()
-    warm = caller(vault, double, REQUEST_MODE)
+    warm = run_caller(vault, double, REQUEST_MODE, flow="reading-notes", run="warm")  # a new run: the newest model
     to_easy, to_hard = warm.route("collate", "low", prompt=easy(500)), warm.route("collate", "low", prompt=hard(500))
     assert (to_easy.tier, to_hard.tier) == ("light", "standard")
     assert to_easy.rule.startswith("request: P(light)=") and "≥ 0.90 (value 1)" in to_easy.rule

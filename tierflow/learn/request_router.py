@@ -25,11 +25,13 @@ complexity only, never on their text: every student of one assignment gets the s
 The model is kept beside the ledger (`router.model`: a JSON header and the coefficients as plain numbers, never
 code), refitted by `tierflow routing fit` and, in the background, when `REFIT_SHARE` more first answers have
 arrived since it was fitted; a process holding it reads it again once another has saved a newer one. A run is
-decided by one router, the one its process held at the run's first routed call (`current`).
+decided by one router, the one its first routed call used in whichever process: that call pins the model's
+checksum for the run beside the model, and keeps the model by its checksum for the run's other processes (`current`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -757,9 +759,162 @@ def refit(config: Config, ledger: Ledger) -> RequestRouter:
     return router
 
 
+# One run, one router -------------------------------------------------------------------------------------------
+# A run's first routed call pins the model it used, by checksum, in a small file beside the model (one per run,
+# created only where none is: the first process wins); the model itself is kept under its checksum. A later
+# process of the run (a batch resumed elsewhere, a worker of a run spread over several) loads that same model.
+
 RUNS_HELD = 256
-"""Runs whose router a process remembers (the oldest run is forgotten first; a run forgotten and routed again is
-given the newest router)."""
+"""Runs whose router a process holds in memory (the oldest run is dropped first; routed again, it reads its pin)."""
+RUNS_PINNED = 256
+"""Runs whose model is remembered on disk: those pinned most recently (a run forgotten and routed again is pinned
+afresh, to the newest model)."""
+MODELS_KEPT = 8
+"""Models kept by checksum for the runs pinned to them, at most: those of the runs pinned most recently. A refit
+comes once a fifth more answers have arrived, so a run outlives its model only across many refits."""
+_CHECKSUM = re.compile(r"[0-9a-f]{64}")
+
+
+def checksum(router: RequestRouter) -> str:
+    """The SHA-256 the router's model file carries (`save`): which model a run was routed with."""
+    found = getattr(router, "_checksum", None)
+    if found is None:
+        found = _encode(router)[len(_MAGIC) :].partition(b"\n")[0].decode()
+        router._checksum = found
+    return found
+
+
+def kept_models(path: Path) -> Path:
+    """The folder beside the model at `path` where models are kept by checksum for the runs pinned to them."""
+    return path.with_name(f"{path.stem}-models")
+
+
+def pinned_runs(path: Path) -> Path:
+    """The folder beside the model at `path` with one small file per run: the checksum of the model it is routed
+    with (null: the cold start), and when it was pinned."""
+    return path.with_name(f"{path.stem}-runs")
+
+
+def _pin_file(path: Path, run_id: str) -> Path:
+    return pinned_runs(path) / f"{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
+
+
+def _read_pin(pin: Path) -> dict[str, Any] | None:
+    """A run's pin, or None where it has none; ValueError where the file is not a pin."""
+    try:
+        text = pin.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    found = json.loads(text)
+    model = found.get("model", "") if isinstance(found, dict) else ""
+    if model is not None and not (isinstance(model, str) and _CHECKSUM.fullmatch(model)):
+        raise ValueError(f"{pin} does not name a model by its checksum")
+    return found
+
+
+def _pinned(path: Path, run_id: str, newest: RequestRouter | None) -> RequestRouter | None:
+    """The router run `run_id` is routed with: the one its first routed call used, in whichever process; where
+    the run has none pinned yet, `newest`, pinned now. A pinned model no longer kept is replaced by `newest`, and
+    a warning says so."""
+    from tierflow.vault.notes import write_atomically
+
+    pin = _pin_file(path, run_id)
+    try:
+        found = _read_pin(pin)
+        if found is None:
+            mine = None if newest is None else checksum(newest)
+            try:
+                kept = newest is not None and _keep(path, newest)
+                pinned = {"run": run_id, "model": mine, "pinned": clock.now_iso()}
+                write_atomically(pin, json.dumps(pinned, ensure_ascii=False), create=True)
+            except FileExistsError:  # another process (or thread) pinned the run first: its model decides
+                found = _read_pin(pin)
+            else:
+                _prune(path, models=kept)
+                return newest
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "could not read or pin the request router of run %s in %s (%s): routing it with the newest model, "
+            "which another process of the run may not use", run_id, pinned_runs(path), exc,
+        )  # fmt: skip
+        return newest
+    if found is None:  # pruned in between: the run is pinned longest ago
+        return newest
+    want = found.get("model")
+    if want is None:
+        return None
+    if newest is not None and checksum(newest) == want:
+        return newest
+    stored = kept_models(path) / f"{want}.model"
+    router = load(stored) if stored.exists() else None
+    if router is None or checksum(router) != want:
+        log.warning(
+            "run %s was first routed with the request router %s, which is no longer kept (%s): its remaining "
+            "requests are routed with the newest model", run_id, want[:12], stored,
+        )  # fmt: skip
+        return newest
+    return router
+
+
+def _keep(path: Path, router: RequestRouter) -> bool:
+    """Keep `router` by its checksum for the runs pinned to it; whether it was not kept already. While the model
+    file at `path` is this model, the kept one is a hard link to it: no second copy on disk until a refit replaces
+    the model file (a save renames a new file into place, so the kept link goes on holding this one)."""
+    from tierflow.vault.notes import write_atomically
+
+    digest = checksum(router)
+    stored = kept_models(path) / f"{digest}.model"
+    if stored.exists():
+        return False
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    linked = stored.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        os.link(path, linked)
+        if _file_checksum(linked) == digest:  # checked on the link: the model file may have been replaced since
+            os.replace(linked, stored)
+            return True
+    except OSError:  # no model file, or no hard links here: a copy
+        pass
+    finally:
+        linked.unlink(missing_ok=True)
+    write_atomically(stored, _encode(router))
+    return True
+
+
+def _file_checksum(path: Path) -> str | None:
+    """The checksum a model file carries (not checked against its contents: `load` does that)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_MAGIC) + 65)
+    return head[len(_MAGIC) : -1].decode("ascii", "replace") if head.startswith(_MAGIC) else None
+
+
+def _prune(path: Path, *, models: bool) -> None:
+    """Forget the runs pinned longest ago beyond `RUNS_PINNED`; and, after a model was newly kept (`models`), every
+    kept model beyond `MODELS_KEPT` of those the remembered runs were pinned to, most recently pinned first."""
+    names = list(pinned_runs(path).glob("*.json"))
+    if len(names) <= RUNS_PINNED and not models:
+        return
+    pins: list[tuple[str, str, str | None, Path]] = []
+    for pin in names:
+        try:
+            found = _read_pin(pin) or {}
+        except (OSError, ValueError):
+            found = {}  # not a pin: forgotten first
+        pins.append((str(found.get("pinned", "")), pin.name, found.get("model"), pin))
+    pins.sort(reverse=True)
+    for *_, pin in pins[RUNS_PINNED:]:
+        with contextlib.suppress(OSError):
+            pin.unlink()
+    if not models:
+        return
+    keep: list[str] = []
+    for _, _, model, _ in pins[:RUNS_PINNED]:
+        if model is not None and model not in keep and len(keep) < MODELS_KEPT:
+            keep.append(model)
+    for stored in kept_models(path).glob("*.model"):
+        if stored.stem not in keep:
+            with contextlib.suppress(OSError):
+                stored.unlink()
 
 
 @dataclass
@@ -767,13 +922,13 @@ class _Held:
     """One ledger's routers in this process."""
 
     router: RequestRouter | None
-    """The newest: what a run routing its first request now is given."""
+    """The newest: what a run routing its first request now is given, unless another process pinned it first."""
     checked: float
     """When (monotonic) this process last looked at the model file and the ledger's first answers."""
     stamp: tuple[int, int, int] | None = None
     """The model file as it was read (`_stamp`); None: there was none."""
     runs: OrderedDict[str, RequestRouter | None] = field(default_factory=OrderedDict)
-    """Run id -> the router the run was given at its first routed call, kept for the whole run."""
+    """Run id -> the router the run is routed with (`_pinned`), kept for the whole run."""
     fitting: threading.Thread | None = None
     """The background refit under way, if any (one at a time)."""
 
@@ -793,9 +948,9 @@ _held_lock = threading.Lock()
 
 
 def current(config: Config, ledger: Ledger, *, run_id: str | None = None) -> RequestRouter | None:
-    """The router that decides for run `run_id`: the one this process held when the run routed its first request,
-    kept for the whole run, so that every request of a run (every student of a cohort) is decided by the same
-    model. Without a run id, the newest one held (`tierflow routing explain`).
+    """The router that decides for run `run_id`: the one the run's first routed request was decided by, in this
+    process or another (`_pinned`), kept for the whole run, so that every request of a run (every student of a
+    cohort) is decided by the same model. Without a run id, the newest one held (`tierflow routing explain`).
 
     The saved router is loaded once per process, and again once another process saved a newer one. Routing never
     fits: at most every `CHECK_EVERY_S`, a call looks at the model file and, in a run, counts the ledger's first
@@ -814,16 +969,19 @@ def current(config: Config, ledger: Ledger, *, run_id: str | None = None) -> Req
             stamp = _stamp(path)
             if stamp != held.stamp:  # another process saved a model
                 held.router, held.stamp = load(path), stamp
-        if not run_id:
-            router = held.router
-        else:
-            if run_id not in held.runs:
-                held.runs[run_id] = held.router
-                while len(held.runs) > RUNS_HELD:
-                    held.runs.popitem(last=False)
+        router = newest = held.router
+        first = bool(run_id) and run_id not in held.runs
+        if run_id and not first:
             held.runs.move_to_end(run_id)
             router = held.runs[run_id]
         count = look and bool(run_id) and held.fitting is None
+    if first and run_id:
+        found = _pinned(path, run_id, newest)  # files: outside the lock, which every routed call takes
+        with _held_lock:
+            router = held.runs.setdefault(run_id, found)  # a thread of this process may have pinned it first
+            held.runs.move_to_end(run_id)
+            while len(held.runs) > RUNS_HELD:
+                held.runs.popitem(last=False)
     if count:
         _refit_if_due(config, ledger, key, held)
     return router
@@ -872,7 +1030,7 @@ def settle() -> None:
 
 def forget() -> None:
     """Drop routers held by this process, after any refit under way has finished (tests; after `tierflow routing
-    fit` in this process). Runs under way are given the newest router at their next call."""
+    fit` in this process). Runs under way read their pin again at their next call (`_pinned`)."""
     settle()
     with _held_lock:
         _held.clear()
