@@ -574,13 +574,19 @@ class Budgets:
                 _keep(conn, held)
 
     def release(self, reservation_id: int, *, also: Callable[[Connection], None] | None = None) -> None:
-        """Drop a reservation whose call failed before spending (with `also`, in the same transaction)."""
+        """Drop a reservation whose call ended without an answer (with `also`, such as recording its lost attempts,
+        in the same transaction).
+
+        The holder knows what was sent, so if its lease lapsed and its call was recorded lost meanwhile, that row
+        goes (`_unrecord_lost`), as when an answer is settled: the holder's own lost attempts, or nothing when
+        none was sent, count instead."""
         self.stop_renewing(reservation_id)
         with self.ledger.transaction() as conn:
             _lock(conn)
             if also is not None:
                 also(conn)
-            conn.execute(_DELETE, {"reservation": reservation_id})
+            # Read as it goes (DELETE ... RETURNING): no extra round trip on the usual path, where it is open.
+            _unrecord_lost(conn, conn.execute(_DELETE_RETURNING, {"reservation": reservation_id}).first())
 
 
 @dataclass(frozen=True)
@@ -825,16 +831,20 @@ def _lost_call(r: OpenReservation) -> CallRecord:
 
 def _unrecord_lost(conn: Connection, r: Any) -> None:
     """A call whose reservation `r` was released as `lost` (its lease lapsed, or `--release-stale` took it) while
-    its holder lived on, paused (a suspended laptop, SIGSTOP): its answer has come after all, so the lost row
-    written in its place goes, and its worst case (USD and tokens, as `Ledger.record` counted them) leaves the
-    totals. Else the call would be billed twice."""
+    its holder lived on, paused (a suspended laptop, SIGSTOP): the holder has woken and ended the call after all
+    (settled its answer, or released it with its own lost attempts, or none), so the lost row written in its
+    place goes, and its worst case (USD and tokens, as `Ledger.record` counted them) leaves the totals. Else the
+    call would be counted twice, or charged when nothing was sent."""
     if r is None or r.open or r.kept or r.batch:
         return  # still open (or kept, or a batch's): nothing was recorded in its place
     lost = conn.execute(
         sa.select(calls.c.id, calls.c.cost_usd, calls.c.worst_tokens)
         .where(
             calls.c.outcome == "lost",
-            calls.c.timestamp == r.created,  # `_lost_call` dates it when the reservation was made
+            # `_lost_call` dates it, and its start, when the reservation was made: never one of the holder's own
+            # lost attempts, written in the same transaction (sent, and dated, after the reservation).
+            calls.c.timestamp == r.created,
+            calls.c.started_at == r.created,
             calls.c.run_id == r.run_id,
             calls.c.phase == r.phase,
             calls.c.tier == r.tier,
