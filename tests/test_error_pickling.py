@@ -13,8 +13,17 @@ from typing import Any
 
 import pytest
 
+from tierflow.report.run_report import RunSummary
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES: dict[str, Any] = {"str": "a {name}", "int": 7, "float": 1.5, "bool": True, "list[str]": ["a {name}"]}
+SAMPLES: dict[str, Any] = {
+    "str": "a {name}",
+    "int": 7,
+    "float": 1.5,
+    "bool": True,
+    "list[str]": ["a {name}"],
+    "RunSummary": RunSummary("run-1", "reading-notes", failed="collate failed: the provider is down"),
+}
 """A value for each parameter annotation an exception's `__init__` takes (`{name}`: the parameter's)."""
 
 
