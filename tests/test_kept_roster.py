@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -313,6 +314,58 @@ def test_a_submitters_name_excel_broke_in_the_kept_roster_is_hidden_as_their_not
     work = load(lms_vault, double)
     assert f"{ASSIGNMENT}/roster.csv" not in dict(work.skipped)
     assert "Łukasz" not in work.pseudonyms().hide("Thanks to Łukasz and Lukasz Nowak.")
+
+
+BROKEN_CLASSMATES = [
+    ("2006", "Şule Yılmaz", "s.yilmaz@example.ac.uk", "Z20236666"),
+    ("2007", "Nguyễn Văn An", "an.nguyen@example.ac.uk", "Z20237777"),
+    ("2008", "Zeynep Ilgın-Şahin", "z.ilgin@example.ac.uk", "Z20238888"),
+    ("2009", "Paweł Nowak", "p.nowak@example.ac.uk", "Z20239999"),
+    ("2010", "Đỗ Mai", "mai.do@example.ac.uk", "Z20230010"),
+]
+"""Classmates who handed nothing in, each with letters Windows-1252 lacks: Turkish (ş, ı), Vietnamese (ễ, ă), a
+`?` right after a hyphen (Ilg?n-?ahin), one right before a space (Pawe? Nowak), and a part all `?` (`?? Mai`)."""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_names_excel_broke_in_the_kept_roster_never_reach_the_model_however_the_essay_spells_them(
+    lms_vault, tmp_path, double, keys
+):
+    """`?ule Y?lmaz` in the kept roster: each `?` stands for the letter Excel lost, so "Şule Yılmaz" in an essay,
+    typed with or without its accents, precomposed or with combining marks, is hidden like any other name."""
+    nfd = unicodedata.normalize("NFD", "Nguyễn Văn An")
+    cohort = [
+        Student(
+            "2001",
+            "Ben Carter",
+            {"essay.docx": docx_bytes(essay(1, "I worked with Şule Yılmaz and Zeynep Ilgın-Şahin on the survey."))},
+        ),
+        Student(
+            "2002",
+            "Aisha Khan",
+            online=onlinetext(
+                "".join(
+                    f"<p>{p}</p>"
+                    for p in essay(2, f"Thanks to {nfd} for the data, Paweł for the charts, Đỗ Mai and Sule Yilmaz.")
+                )
+            ),
+        ),
+    ]
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort)
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv", BROKEN_CLASSMATES))
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    path.write_bytes(path.read_text(encoding="utf-8-sig").encode("cp1252", errors="replace"))  # Excel, Windows-1252
+    assert "?ule Y?lmaz" in path.read_bytes().decode("cp1252")
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed and double.model_calls()
+
+    sent = [unicodedata.normalize("NFC", body) for body in bodies(double)]
+    names = ("Şule", "Yılmaz", "Sule", "Yilmaz", "Nguyễn", "Nguyen", "Văn", "Ilgın", "Şahin", "Paweł", "Đỗ")
+    for identity in names:
+        leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -641,3 +641,60 @@ def test_a_name_right_before_a_footnote_mark_or_other_numeric_sign_is_hidden():
     )
     assert cohort.hide("Priyanka, Sharmas2, Priya2") == "Priyanka, Sharmas2, Priya2"  # letters and digits still bind
     assert locate("feedback matters", "Feedback matters. Indeed feedback matters¹ most.")
+
+
+def test_a_name_excel_broke_in_the_roster_is_hidden_as_the_essay_writes_it_accents_or_not():
+    """A roster saved in Excel as Windows-1252 has `?` for the letters it lacks: "Şule Yılmaz" reached the model
+    as written, and "Nguyễn Văn An" as "Nguyễn Văn Student-02". Each `?` is one letter, with its combining marks."""
+    import unicodedata
+
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("1001", "?ule Y?lmaz"),
+            Student("1002", "Nguy?n V?n An"),
+            Student("1003", "Zeynep Ilg?n-?ahin"),  # a `?` right after a hyphen
+            Student("1004", "Pawe? Nowak"),  # ... and right before a space
+            Student("1005", "Tr??ng Th? Mai"),
+        ]
+    )
+    nfd = unicodedata.normalize("NFD", "Nguyễn Văn An")
+    assert nfd != "Nguyễn Văn An"
+    hidden = cohort.hide(
+        f"I worked with Şule Yılmaz; thanks to Nguyễn Văn An and {nfd}. Nguyen Van An, Sule Yilmaz, YILMAZ and "
+        "Yilmaz² agreed with Zeynep Ilgın-Şahin (Ilgin-Sahin, Şahin), Paweł Nowak, Pawel, Trương Thị Mai, Truong "
+        "Thi Mai and Trương; suleyilmaz@example.com, nguyen_van_an."
+    )
+    assert hidden == (
+        "I worked with Student-01; thanks to Student-02 and Student-02. Student-02, Student-01, Student-01 and "
+        "Student-01² agreed with Student-03 (Student-03, Student-03), Student-04, Student-04, Student-05, Student-05 "
+        "and Student-05; Student-01@example.com, Student-02."
+    )
+    assert cohort.reveal("Student-01 wrote it.") == "?ule Y?lmaz wrote it."  # the roster's name, as it holds it
+
+
+def test_a_name_excel_broke_hides_no_ordinary_word_the_lost_letters_could_make():
+    """A `?` is never an ASCII letter Excel lost (every Windows code page holds ASCII): so `??` (Đỗ) and `H?` (Hồ)
+    hide "Đỗ" and "Hồ", but no "of" or "he"; a short part stands for an ASCII letter nowhere (`?ule` would hide
+    "rule", `Th?` "The"), a longer one, or a whole name capitalised, does; a lone `?` is left out, as "J." is."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("1", "?"),
+            Student("2", "?? ??"),
+            Student("3", "H? Th?"),
+            Student("4", "?ule Y?lmaz"),
+            Student("5", "Tr??ng Th?"),
+        ]
+    )
+    ordinary = (
+        "I saw a cat: he is ok, so we go to it. The rule, They said, is in the mule. Trying the survey, we ran; "
+        "à la carte, é, Ho, Hi, He, Sule."
+    )
+    assert cohort.hide(ordinary) == ordinary
+    assert cohort.hide("Đỗ, Hồ Thị, Şule, Yilmaz, Sule Yilmaz, Trương Thị, Truong Thi.") == (
+        "Student-02, Student-03, Student-04, Student-04, Student-04, Student-05, Student-05."
+    )
+    assert cohort.hide("Ho Thi, Ho thi") == "Ho Thi, Ho thi"  # `H? Th?` keeps too few letters to be more than Hồ Thị

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 
 from tierflow.vault.annotations import boundary_after, boundary_before
 
 _PART_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb]+")
-_INITIAL = re.compile(r"^\w\.?$")
+_INITIAL = re.compile(r"^[\w?]\.?$")  # "J.", and a lone `?`, a letter a roster lost
 
 
 def name_parts(name: str) -> list[str]:
     """The full name, each space-separated part, and the pieces of a hyphenated or apostrophised part
-    ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"), NFC-normalised, lone initials left out."""
+    ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"), NFC-normalised, lone initials (and a lone `?`) left out."""
     name = " ".join(unicodedata.normalize("NFC", name).split())
     if not name:
         return []
@@ -188,6 +189,14 @@ class Pseudonyms:
     student is called Do. Not replaced on their own: a lone initial ("J." of "J. Smith"), which names nobody and
     would replace "a" and "I"; and an id of one to four digits (a Moodle participant 2007), a platform's record
     number that would otherwise replace the years and page numbers of the text, while a student never writes it.
+
+    A `?` in a name is a letter a roster lost (Excel, saving it as Windows-1252, writes `?` for "ş", "ı", "ł", "ễ"):
+    it stands for one letter, with any combining marks, precomposed or not. Every Windows code page holds ASCII, so
+    a letter outside ASCII always fits; an ASCII one (the name typed without its accents) only where the letters
+    kept make the word a name (`_lost_letters_fit`): "Yilmaz" for `Y?lmaz`, "Sule Yilmaz" for `?ule Y?lmaz`,
+    "Truong Thi" (capitalised) for `Tr??ng Th?`; not "Sule" for `?ule` alone, which would hide "rule", nor "Thi"
+    for `Th?`, which would hide "the". So `??` (Đỗ) hides no English word, and a lone `?` is left out, as a lone
+    initial is.
     """
 
     def __init__(self, students: Iterable[Student], labels: Mapping[str, str] | None = None) -> None:
@@ -217,30 +226,98 @@ class Pseudonyms:
         for g in self._genitive:
             replacements[g] = genitives[g]
         self._labels = replacements
-        self._hide = re.compile(_trie(replacements)) if replacements else None
+        whole = [key for key in replacements if LOST not in key]
+        self._hide = re.compile(_trie(whole)) if whole else None
+        # A roster name with `?` for lost letters (Excel's Windows-1252) is found apart, on `_marked` text; where
+        # one is, each broken name starting with that letter, or with `?`, is tried for the longest (`_broken_at`).
+        # A genitive ("?ules") fits as its name does: its "s" is no letter kept.
+        broken = {
+            key: _lost_letters_fit(key[:-1] if key in self._genitive else key)
+            for key in replacements
+            if LOST in key and not _INITIAL.match(key)
+        }
+        self._broken = re.compile(_broken_pattern(broken)) if broken else None
+        self._broken_fits = broken
+        self._broken_rank = {key: i for i, key in enumerate(broken)}
+        self._broken_from: dict[str, list[str]] = {}  # by first character, in roster order
+        for key in broken:
+            self._broken_from.setdefault(key[0], []).append(key)
+        self._broken_body: dict[str, re.Pattern[str]] = {}  # compiled as first needed
         self._reveal = {label: sid for sid, label in self.label.items()}
 
     def hidden(self, text: str) -> Hidden:
         """`hide`, with where each replacement stands."""
         source = unicodedata.normalize("NFC", text)
-        if self._hide is None:
+        if self._hide is None and self._broken is None:
             return Hidden(source, source, [])
         out: list[str] = []
         spans: list[tuple[int, int, int, int]] = []
         at = length = 0
-        # `_` joins words in handles and file names (`zoe_mueller@`): a boundary here, one character for one.
-        for m in self._hide.finditer(_lowered(fold(source).replace("_", " "))):
-            if m.group() in self._genitive and not source[m.start()].isupper():
+        for start, end, key in self._found(source):
+            if key in self._genitive and not source[start].isupper():
                 continue
-            label = self._labels[m.group()]
-            out.append(source[at : m.start()])
-            length += m.start() - at
-            spans.append((length, length + len(label), m.start(), m.end()))
+            label = self._labels[key]
+            out.append(source[at:start])
+            length += start - at
+            spans.append((length, length + len(label), start, end))
             out.append(label)
             length += len(label)
-            at = m.end()
+            at = end
         out.append(source[at:])
         return Hidden("".join(out), source, spans)
+
+    def _found(self, source: str) -> Iterator[tuple[int, int, str]]:
+        """Each place in `source` (NFC) a name stands, in order and none overlapping, as (start, end, its key): the
+        leftmost, and of those the longest; a name as the roster spells it before a broken one (`?`) as long."""
+        # `_` joins words in handles and file names (`zoe_mueller@`): a boundary here, one character for one.
+        folded = _lowered(fold(source).replace("_", " "))
+        if self._broken is None:
+            for m in self._hide.finditer(folded) if self._hide is not None else ():
+                yield m.start(), m.end(), m.group()
+            return
+        marked = _marked(source)
+
+        # From `at` on; a search from `at` still sees the text before it for its lookbehinds.
+        def next_whole(at: int) -> tuple[int, int, str] | None:
+            found = self._hide.search(folded, at) if self._hide is not None else None
+            return None if found is None else (found.start(), found.end(), found.group())
+
+        def next_broken(at: int) -> tuple[int, int, str] | None:
+            found = self._broken.search(marked, at) if self._broken is not None else None
+            return None if found is None else self._broken_at(marked, folded, found.start())
+
+        whole, broken = next_whole(0), next_broken(0)
+        while whole or broken:
+            first = min((f for f in (whole, broken) if f), key=lambda f: (f[0], -f[1]))  # `whole` when as long
+            yield first
+            if whole and whole[0] < first[1]:
+                whole = next_whole(first[1])
+            if broken and broken[0] < first[1]:
+                broken = next_broken(first[1])
+
+    def _broken_at(self, marked: str, folded: str, start: int) -> tuple[int, int, str]:
+        """The longest broken name at `start`, where `_broken` found one, as (start, end, key); of those as long,
+        the first in roster order. A `?` fits where another name's letter does, so `_broken`'s alternatives no
+        longer give the longest first ("Tr??ng" before "Tr??ng Th?")."""
+        likely = sorted(
+            {*self._broken_from.get(LOST, []), *self._broken_from.get(folded[start], [])},
+            key=self._broken_rank.__getitem__,
+        )
+        best: tuple[int, int, str] | None = None
+        for quick in (True, False):  # `_may_stand` first; every name, should it ever leave out the one found
+            for key in likely:
+                if quick and not _may_stand(key, marked, start):
+                    continue
+                body = self._broken_body.get(key)
+                if body is None:
+                    body = self._broken_body[key] = re.compile(_broken_body(key, self._broken_fits[key]))
+                found = _edge(_before(key[0])).match(marked, start) and body.match(marked, start)
+                longer = found and (best is None or found.end() > best[1])
+                if longer and _edge(_after(key[-1])).match(marked, found.end()):
+                    best = (start, found.end(), key)
+            if best is not None:
+                return best
+        raise AssertionError(f"no broken name at {marked[start : start + 40]!r}")  # `_broken` is made of these
 
     def hide(self, text: str) -> str:
         """`text` (NFC-normalised, so that a name typed with combining accents is found) with every id, name
@@ -292,31 +369,39 @@ def _genitive(form: str) -> str | None:
     """A one-word name form with the possessive "s" of German ("Müller" -> "müllers"), folded and lower-cased;
     None for a name that takes none ("Hans", "Marx", "Götz") or is not one word of letters."""
     key = fold(form.strip()).lower()
-    if len(key) < 3 or not key.isalpha() or key[-1] in "sxzß":
+    if len(key) < 3 or not key.replace(LOST, "a").isalpha() or key[-1] in "sxzß":
         return None
     return key + "s"
 
 
-def _trie(texts: Iterable[str]) -> str:
+def _trie(
+    texts: Iterable[str],
+    char: Callable[[str], str] = re.escape,
+    lead: str = "",
+    edges: tuple[Callable[[str], str], Callable[[str], str]] = (boundary_before, boundary_after),
+) -> str:
     """One regex for every text, as `word_pattern` bounds each, factored by shared prefixes: an alternation of
     thousands of names (a cohort's names, parts and spellings) was tried one by one at every character of the
     text, 20 s and more for one essay of a 300-student module. At each point the longer texts are tried first,
     so a full name wins over its parts, as when the texts were ordered longest first. The texts are grouped by
-    the boundaries their first and last characters want, so each lookaround is written once per group."""
+    the boundaries their first and last characters want (`edges`), so each lookaround is written once per group.
+    `char` is the regex of one character (`_broken_char` for a broken name's); `lead`, a lookahead every text must
+    meet."""
+    before, after = edges
     groups: dict[tuple[str, str], dict[str, dict]] = {}
     for text in texts:
-        node = groups.setdefault((boundary_before(text[0]), boundary_after(text[-1])), {})
+        node = groups.setdefault((before(text[0]), after(text[-1])), {})
         for ch in text:
             node = node.setdefault(ch, {})
         node[""] = {}
 
     def pattern(node: dict[str, dict]) -> str:
-        branches = [re.escape(ch) + pattern(child) for ch, child in node.items() if ch]
+        branches = [char(ch) + pattern(child) for ch, child in node.items() if ch]
         if "" in node:
             branches.append("")  # a text ends here: tried after every longer one
         return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
 
-    return "|".join(before + pattern(trie) + after for (before, after), trie in groups.items())
+    return "|".join(start + lead + pattern(trie) + end for (start, end), trie in groups.items())
 
 
 def _lowered(text: str) -> str:
@@ -324,6 +409,144 @@ def _lowered(text: str) -> str:
     positions in `text`: a character whose lower case is longer ("İ", which `fold` has already made "I") stays."""
     low = text.lower()
     return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+LOST = "?"
+"""What Excel writes in a roster for a letter the code page it saves in lacks (Windows-1252: ş, ı, ł, ễ, ă)."""
+
+_ANY, _TITLE, _OUTSIDE_ASCII = "any letter", "any letter, every word capitalised", "a letter outside ASCII"
+_OUTSIDE = "\x80-\x99"
+"""In `_marked` text, a letter outside ASCII that folds to an ASCII one, a to z: C1 control characters, which no
+text holds, and which keep every character class of a broken name in Latin-1, quick for `re` to compile."""
+_CAPITAL = "(?![a-z])"
+"""A word written capitalised (or starting with a letter outside ASCII, whose case `_marked` does not keep)."""
+_MARK = "\u0300"
+"""Every combining mark, in `_marked` text."""
+
+
+def _outside(letter: str) -> str:
+    """How `_marked` writes a letter outside ASCII that folds to `letter` (a to z)."""
+    return chr(0x80 + ord(letter) - ord("a"))
+
+
+def _before(first: str) -> str:
+    """The lookbehind a name starting with `first` needs (`boundary_before`; `_OUTSIDE` letters are letters too).
+    A `?` may stand for a letter of any script: then no letter or digit of any script (Han and Thai too, where
+    every place would otherwise do) may stand before it; `_marked` text has no numeric signs."""
+    if first == LOST:
+        return f"(?<![\\w{_OUTSIDE}])"
+    before = boundary_before(first)
+    return f"{before}(?<![{_OUTSIDE}])" if before else ""
+
+
+def _after(last: str) -> str:
+    """The lookahead a name ending with `last` needs (as `_before`)."""
+    if last == LOST:
+        return f"(?![\\w{_OUTSIDE}])"
+    after = boundary_after(last)
+    return f"{after}(?![{_OUTSIDE}])" if after else ""
+
+
+@cache
+def _edge(lookaround: str) -> re.Pattern[str]:
+    return re.compile(lookaround)
+
+
+def _lost_letters_fit(key: str) -> str:
+    """What each `?` of `key` (a broken name, folded and lower-cased) stands for besides a letter outside ASCII,
+    which always fits (Excel loses no ASCII letter). Any letter, so that the name typed without its accents is
+    found too, where the word keeps at least four letters and more than twice as many as it lost ("y?lmaz",
+    "nguy?n", "?ule y?lmaz"); where a name of two or more words keeps four, any letter only with every word
+    capitalised ("Truong Thi" for "tr??ng th?", not "trying the"); else nothing more: "?ule" is not "rule" nor
+    "Sule", "th?" not "The" nor "Thi", "??" (Đỗ) no English word."""
+    kept, lost = sum(c.isalpha() for c in key), key.count(LOST)
+    if kept >= 4 and kept > 2 * lost:
+        return _ANY
+    return _TITLE if kept >= 4 and " " in key else _OUTSIDE_ASCII
+
+
+@cache
+def _broken_char(fits: str) -> Callable[[str], str]:
+    """The regex of one character of a broken name, on `_marked` text: a `?` one letter as `fits` says (`_TITLE`
+    any letter, after a space a capitalised word), with its combining marks; a letter kept, in either case, typed
+    with or without its accent."""
+    if fits == _OUTSIDE_ASCII:  # a letter outside ASCII, or an ASCII one with marks NFC cannot join to it
+        lost = rf"(?:[^\W\d_a-zA-Z]|[{_OUTSIDE}]){_MARK}*|[a-zA-Z]{_MARK}+"
+    else:
+        lost = rf"(?:[^\W\d_]|[{_OUTSIDE}]){_MARK}*"
+
+    def char(ch: str) -> str:
+        if ch == LOST:
+            return f"(?:{lost})"
+        if "a" <= ch <= "z":
+            return f"[{ch}{ch.upper()}{_outside(ch)}]"
+        if ch in " -" and fits == _TITLE:
+            return re.escape(ch) + _CAPITAL
+        return _MARK if unicodedata.category(ch) in ("Mn", "Mc") else re.escape(ch)
+
+    return char
+
+
+def _broken_pattern(fits: dict[str, str]) -> str:
+    """One regex, on `_marked` text, for where any broken name stands, each `?` as `fits` (`_lost_letters_fit`)
+    says for it (`_broken_at` finds which, and the longest)."""
+    keys, edges = list(fits), (_before, _after)
+    tries = (
+        _trie([key for key in keys if fits[key] == _ANY], _broken_char(_ANY), edges=edges),
+        _trie([key for key in keys if fits[key] == _TITLE], _broken_char(_TITLE), _CAPITAL, edges),
+        _trie([key for key in keys if fits[key] != _ANY], _broken_char(_OUTSIDE_ASCII), edges=edges),
+    )
+    return "|".join(trie for trie in tries if trie)
+
+
+def _broken_body(key: str, fits: str) -> str:
+    """The regex `_broken_pattern` matches one broken name by, without the lookarounds at its ends."""
+    outside = "".join(map(_broken_char(_OUTSIDE_ASCII), key))
+    if fits == _OUTSIDE_ASCII:
+        return outside
+    anywhere = "".join(map(_broken_char(fits), key))
+    return anywhere if fits == _ANY else f"{_CAPITAL}{anywhere}|{outside}"
+
+
+def _may_stand(key: str, marked: str, start: int) -> bool:
+    """Whether broken name `key` may stand at `start` of `marked`, its letters kept there and a letter (with its
+    marks) for each `?`: quick, to spare compiling the regex (`_broken_body`) of every name that cannot."""
+    at = start
+    for ch in key:
+        if at >= len(marked):
+            return False
+        got = marked[at]
+        if ch == LOST:
+            if not ((got.isalnum() and not got.isdecimal()) or "\x80" <= got <= "\x99"):  # as `[^\W\d_]`
+                return False
+            at += 1
+            while at < len(marked) and marked[at] == _MARK:
+                at += 1
+            continue
+        if got != ch and got.lower() != ch and got != (_outside(ch) if "a" <= ch <= "z" else _MARK):
+            return False
+        at += 1
+    return True
+
+
+def _marked(source: str) -> str:
+    """`source` folded as `hidden` matches it, one character for one, but with the case of its ASCII letters kept
+    and each letter outside ASCII that folds to one inside written `_outside` ("Şule" -> "\\x92ule"): what a broken
+    name's `?` fits depends on both. Every combining mark is `_MARK`, and a numeric sign a space (it ends a word,
+    "Yılmaz²", as `boundary_after` has it), so that a `?` is a small regex."""
+    out = []
+    for ch, folded in zip(source, fold(source).replace("_", " "), strict=True):
+        kind = unicodedata.category(folded)
+        if folded.isascii() and folded.isalpha():
+            out.append(folded if ch.isascii() else _outside(folded.lower()))
+        elif kind in ("Mn", "Mc"):
+            out.append(_MARK)
+        elif kind in ("No", "Me"):
+            out.append(" ")
+        else:
+            low = folded.lower()
+            out.append(low if len(low) == 1 else folded)
+    return "".join(out)
 
 
 class NoPseudonyms(Pseudonyms):
