@@ -112,8 +112,9 @@ def _read(path: Path) -> _Table | None:
     return table
 
 
-_BROKEN = re.compile(r"\w\?|\?\w")
-"""A `?` beside a letter: one Excel could not keep, saving the file as "CSV (Comma delimited)" (Windows-1252)."""
+_BROKEN = re.compile(r"[\w?]\?|\?\w")
+"""A `?` beside a letter or another `?` (`?? Mai` for Đỗ Mai): one Excel could not keep, saving the file as "CSV
+(Comma delimited)" (Windows-1252)."""
 
 
 def _explained(broken: str, names: Iterable[str]) -> bool:
@@ -132,9 +133,10 @@ def _lost_letters(sid: str, names: list[str], known: Iterable[str]) -> list[str]
 def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) -> KeptRoster | None:
     """The kept roster of the assignment folder; None when it has none. A RosterFileError when it cannot be read.
 
-    A name with `?` for letters (the file saved again in Excel as Windows-1252) is a problem: those words are no
-    longer found in an essay; the rest of the name, the emails and the ids still are. Not when `known` (names by
-    student id, a submission note's) spells it whole: that spelling is hidden."""
+    A name with `?` for letters (the file saved again in Excel as Windows-1252) is a problem: each `?` is hidden as
+    whichever letter it may have been (`tierflow.vault.pseudonyms.Pseudonyms`), so a short part typed without its
+    accents ("Sule" for `?ule`) is not found, and words of the name's shape are hidden too. Not when `known` (names
+    by student id, a submission note's) spells it whole: that spelling is hidden."""
     known = known or {}
     path = folder / ROSTER_FILE
     table = _read(path)
@@ -161,8 +163,10 @@ def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) ->
     if broken:
         kept.problems.append(
             f"the names of {', '.join(broken[:20])}{', ...' if len(broken) > 20 else ''} have `?` where Excel, "
-            'saving the file as Windows-1252 ("CSV (Comma delimited)"), dropped letters it could not hold: '
-            "an essay's spelling of those words is not hidden (the rest of each name, the emails and ids are). "
+            'saving the file as Windows-1252 ("CSV (Comma delimited)"), dropped letters it could not hold. Each `?` '
+            "is hidden as any letter outside ASCII, and as an ASCII one only in a longer word or a whole name "
+            '("Sule Yilmaz" for `?ule Y?lmaz`): a short part typed without its accents ("Sule") is not hidden, and '
+            "other words of that shape may be. "
             f'Type the names again in {ROSTER_FILE} and save it as "CSV UTF-8 (Comma delimited)", or import the '
             "submissions again with --roster"
         )
