@@ -235,3 +235,78 @@ def test_once_a_phase_has_failed_no_later_phase_of_the_run_starts(tmp_path: Path
     assert third.skipped == [("draft", "not started: the collate phase failed")]
     first, second, third = three_phases(settings, False)  # the same run id, a new flow run
     assert first.failed is None and second.results == ["synthesis"] and third.results == ["x", "y"]
+
+
+def test_a_prefect_retry_of_the_flow_runs_its_phases_again(tmp_path: Path, prefect_harness):
+    """A flow of your own with `@flow(retries=1)` whose phase fails on the first attempt (the provider is down)
+    and that raises so that Prefect retries it: the retry is the same flow run, its next attempt, and its phases
+    run again; one stopped attempt does not stop the next."""
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+
+    import tierflow.core.phases as phases
+    from tierflow.core.errors import ProviderError
+
+    attempts: list[int] = []
+    drafted: list[str] = []
+
+    @task
+    def collate(index):  # noqa: ANN001, ANN202
+        attempts.append(index)
+        if len(attempts) == 1:  # down for the flow's first attempt only
+            raise ProviderError("anthropic", "claude-haiku-4-5", "overloaded (529)")
+        return index
+
+    @task
+    def draft(name):  # noqa: ANN001, ANN202
+        drafted.append(name)
+        return name
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def retried(settings):  # noqa: ANN001, ANN202
+        first = phases.fan_out(collate, settings, [1], phase="collate", complexity="low", subject=str,
+                               args=lambda i: (i,))  # fmt: skip
+        if first.failed:
+            raise RuntimeError(first.failed)  # let Prefect retry the flow
+        second = phases.single(draft, settings, "x", phase="draft", complexity="medium", subject="x")
+        return first, second, FlowRunContext.get().flow_run.run_count
+
+    settings = RunSettings(vault=str(tmp_path), run_id="retried", flow="phases", profile="offline")
+    first, second, run_count = retried(settings)
+    assert run_count == 2 and attempts == [1, 1]
+    assert first.results == [1] and first.failed is None and not first.skipped
+    assert second.results == ["x"] and drafted == ["x"]
+    # The first attempt's stop was let go when the second began: nothing of this flow run is remembered.
+    assert not [key for key in phases._stops if key[0] == "retried"]
+
+
+def test_a_long_lived_worker_keeps_no_stop_of_a_finished_run(tmp_path: Path, monkeypatch, prefect_harness):
+    """A worker (`prefect serve`) runs flow after flow in one process: the stop a failed phase leaves is let go
+    when its run ends (`run_span`, which `begin_run` opens), and a flow of your own that never opens one leaves at
+    most `MAX_STOPS`, the newest."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+
+    @task
+    def bug(index):  # noqa: ANN001, ANN202
+        raise KeyError("claims")
+
+    @flow
+    def spanned(settings):  # noqa: ANN001, ANN202
+        with phases.run_span(settings):
+            return phases.fan_out(bug, settings, [1], phase="collate", complexity="low", subject=str,
+                                  args=lambda i: (i,))  # fmt: skip
+
+    for n in range(3):
+        outcome = spanned(RunSettings(vault=str(tmp_path), run_id=f"spanned-{n}", flow="phases", profile="offline"))
+        assert outcome.failed
+    assert not [key for key in phases._stops if key[0].startswith("spanned-")]
+
+    monkeypatch.setattr(phases, "MAX_STOPS", 2)
+    for n in range(3):
+        outcome = fan_out_flow(bug, 1)(
+            RunSettings(vault=str(tmp_path), run_id=f"bare-{n}", flow="phases", profile="offline")
+        )
+        assert outcome.failed
+    assert len(phases._stops) <= 2 and [key[0] for key in phases._stops][-1] == "bare-2"

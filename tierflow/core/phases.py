@@ -195,8 +195,8 @@ def run_profile(settings: RunSettings) -> str:
 @contextmanager
 def run_span(settings: RunSettings) -> Iterator[None]:
     """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set). At its end
-    the run's progress artifact, sent in the background while the phases ran, has reached Prefect. A TierflowError
-    that leaves it names the run (`TierflowError.run_id`)."""
+    the run's progress artifact, sent in the background while the phases ran, has reached Prefect, and the stop its
+    phases remembered is let go (`_stopped`). A TierflowError that leaves it names the run (`TierflowError.run_id`)."""
     flow_run_id, _ = prefect_run_ids()
     with telemetry.flow_run_span(
         run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
@@ -209,6 +209,7 @@ def run_span(settings: RunSettings) -> Iterator[None]:
             raise
         finally:
             flush_progress()
+            _forget_stops()
 
 
 def attribute(settings: RunSettings, *folders: str, project: str | None = None) -> RunSettings:
@@ -274,23 +275,44 @@ class _Stop:
     failed: str | None
 
 
-_stops: dict[tuple[str, str], _Stop] = {}
-"""The first phase that failed or that a budget halted, per run id and Prefect flow run, in this process."""
+_stops: dict[tuple[str, str, int], _Stop] = {}
+"""The first phase that failed or that a budget halted, per run id and attempt of a Prefect flow run, in this
+process, oldest first."""
 _stops_lock = threading.Lock()
+MAX_STOPS = 256
+"""The stops a process remembers at most: a long-lived worker (`prefect serve`) runs flows of your own that need not
+end in `run_span`, which lets go of its own; past this many the oldest are dropped."""
 
 
-def _stop_key(settings: RunSettings) -> tuple[str, str] | None:
-    """The flow run a phase belongs to: a resumed run (a new flow run of the same run id) starts afresh."""
-    flow_run_id, _ = prefect_run_ids()
-    return (settings.run_id, flow_run_id) if flow_run_id else None
+def _stop_key(settings: RunSettings) -> tuple[str, str, int] | None:
+    """The attempt of the flow run a phase belongs to. A resumed run (a new flow run of the same run id) starts
+    afresh, and so does a Prefect retry of the flow run (`@flow(retries=...)`): the same flow run, its next
+    attempt (`run_count`)."""
+    flow_run_id, attempt = _flow_attempt()
+    return (settings.run_id, flow_run_id, attempt) if flow_run_id else None
+
+
+def _flow_attempt() -> tuple[str | None, int]:
+    """The current Prefect flow run's id and attempt (`FlowRunContext.flow_run.run_count`: 1, then 2 on the first
+    retry); the attempt is 0 where only a task run's context tells the flow run."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return str(context.flow_run.id), context.flow_run.run_count
+    return prefect_run_ids()[0], 0
 
 
 def _stopped(settings: RunSettings, phase: str) -> PhaseOutcome[Any] | None:
     """The outcome of a phase that is not started because an earlier phase of its flow run stopped the run;
     None when none did. A flow need not check `RunSummary.stopped` to pay for no phase on nothing."""
     key = _stop_key(settings)
+    if key is None:
+        return None
     with _stops_lock:
-        stop = _stops.get(key) if key else None
+        for earlier in [k for k in _stops if k[1] == key[1] and k[2] < key[2]]:
+            del _stops[earlier]  # an earlier attempt's: this retry never looks at it again
+        stop = _stops.get(key)
     if stop is None:
         return None
     why = f"the {stop.phase} phase failed" if stop.failed else f"a budget halted the {stop.phase} phase"
@@ -298,12 +320,24 @@ def _stopped(settings: RunSettings, phase: str) -> PhaseOutcome[Any] | None:
 
 
 def _remember(settings: RunSettings, phase: str, outcome: PhaseOutcome[R]) -> PhaseOutcome[R]:
-    """`outcome`, remembered as its flow run's stop when it failed or was halted (the first one only)."""
+    """`outcome`, remembered as its flow run attempt's stop when it failed or was halted (the first one only)."""
     key = _stop_key(settings)
     if key and (outcome.failed or outcome.halted):
         with _stops_lock:
             _stops.setdefault(key, _Stop(phase, outcome.halted, outcome.failed))
+            while len(_stops) > MAX_STOPS:
+                del _stops[next(iter(_stops))]
     return outcome
+
+
+def _forget_stops() -> None:
+    """At the end of a flow run: let go of its stops (every attempt's), which nothing reads any more."""
+    flow_run_id, _ = _flow_attempt()
+    if not flow_run_id:
+        return
+    with _stops_lock:
+        for key in [k for k in _stops if k[1] == flow_run_id]:
+            del _stops[key]
 
 
 def fan_out(
