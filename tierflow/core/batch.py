@@ -57,6 +57,9 @@ class BatchCall:
     cache_prefix: str = ""
     subject: str = ""
     checks: tuple[Check, ...] = ()
+    retry_failed: bool | None = None
+    """Pay again for an answer an earlier run kept without passing, for this request alone (None: as the run's
+    settings say; `Caller.resolve`)."""
 
 
 @dataclass
@@ -104,7 +107,9 @@ def run_batch(
         )
         if verdict is not None and verdict.ok:
             outcome.answers[call.key] = verdict.answer
-        elif (kept := caller.replay_kept(routed, request, call.output, call.subject)) is not None:
+        elif (
+            kept := caller.replay_kept(routed, request, call.output, call.subject, retry_failed=call.retry_failed)
+        ) is not None:
             outcome.answers[call.key] = kept  # passed on a retry or a dearer tier, or kept failing, in an earlier run
         else:
             todo[cache_key] = (call, routed, request, cache_key)
@@ -449,7 +454,13 @@ def _settle_item(
         verdict.answer
         if verdict.ok
         else caller.resolve(
-            routed, request, output=call.output, checks=call.checks, subject=call.subject, first=verdict
+            routed,
+            request,
+            output=call.output,
+            checks=call.checks,
+            subject=call.subject,
+            first=verdict,
+            retry_failed=call.retry_failed,
         )
     )
 

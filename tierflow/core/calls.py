@@ -449,6 +449,7 @@ class Caller:
         note: str = "",
         routed: Route | None = None,
         checks: Sequence[Check] = (),
+        retry_failed: bool | None = None,
     ) -> Answer:
         """Route one call and close the loop on it (see `resolve`)."""
         routed, request = self.build(
@@ -462,7 +463,7 @@ class Caller:
             note=note,
             routed=routed,
         )
-        return self.resolve(routed, request, output=output, checks=checks, subject=subject)
+        return self.resolve(routed, request, output=output, checks=checks, subject=subject, retry_failed=retry_failed)
 
     def resolve(
         self,
@@ -473,6 +474,7 @@ class Caller:
         checks: Sequence[Check] = (),
         subject: str = "",
         first: Attempt | None = None,
+        retry_failed: bool | None = None,
     ) -> Answer:
         """Call until an answer passes: on failure one informed retry, then one tier up, to the ceiling.
 
@@ -483,10 +485,13 @@ class Caller:
         (`retry_failed`). An answer that passed only on a retry or a dearer tier is remembered for the request
         the same way (with no failed checks): the passing answer is cached under the request that got it, which
         an unchanged rerun never sends first, so without this the rerun would pay for the first attempt again.
-        `first` is an attempt already made elsewhere (a batch item), which the loop continues.
+        `first` is an attempt already made elsewhere (a batch item), which the loop continues. `retry_failed`
+        decides for this request alone (None: as the run's settings say): a flow pays again only for the kept
+        answers of the work it redoes.
         """
         kept_key = _kept_key(routed, request)
-        reuse = first is None and self.settings.use_cache and not self.settings.retry_failed
+        retry = self.settings.retry_failed if retry_failed is None else retry_failed
+        reuse = first is None and self.settings.use_cache and not retry
         answer, attempts = self._resolve(
             routed, request, output=output, checks=checks, subject=subject, first=first,
             kept_key=kept_key if reuse else None,
@@ -500,17 +505,25 @@ class Caller:
                 kept_key, model=answer.route.model_ref, tier=answer.route.tier, text=answer.text, data=answer.data,
                 checks_failed=",".join(answer.checks_failed), flow=self.settings.flow, phase=routed.phase,
             )  # fmt: skip
-        elif self.settings.retry_failed:
+        elif retry:
             self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
         return answer
 
     def replay_kept(
-        self, routed: Route, request: Request, output: type[BaseModel] | None, subject: str
+        self,
+        routed: Route,
+        request: Request,
+        output: type[BaseModel] | None,
+        subject: str,
+        *,
+        retry_failed: bool | None = None,
     ) -> Answer | None:
         """An earlier run's kept answer for this request (one that passed only on a retry or a dearer tier, or
         failed on every tier), recorded as a cached call, as `resolve` replays it before a call; None when there
-        is none or the run pays again (`retry_failed`, no cache). A batch looks here before it submits."""
-        if not self.settings.use_cache or self.settings.retry_failed:
+        is none or the run pays again (`retry_failed`, for this request or else the run's; no cache). A batch looks
+        here before it submits."""
+        retry = self.settings.retry_failed if retry_failed is None else retry_failed
+        if not self.settings.use_cache or retry:
             return None
         kept = self._kept_answer(routed, _kept_key(routed, request), output, subject)
         if kept is None:
