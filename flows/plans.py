@@ -209,19 +209,21 @@ def plan_student_feedback(
     since: date | None = None,
     until: date | None = None,
     redraft_all: bool = False,
+    retry_failed: bool = False,
 ) -> Plan:
     """Every call a student-feedback run on this assignment would make, priced at its worst case.
 
     Evidence prompts are rendered exactly. The cohort prompt is rendered from empty evidence plus every
     evidence answer at the light tier's full output, and each feedback prompt from an empty cohort summary
     plus the deep tier's full output. As the run does, every submission is collated, but only the students with
-    no draft for their submission as it is now are drafted (all of them with `redraft_all`); the others are
-    listed as skipped, in the run report's words. `since` and `until` do not apply to an assignment.
+    no draft for their submission as it is now are drafted (all of them with `redraft_all`; with `retry_failed`,
+    those whose draft failed its checks and is unedited too); the others are listed as skipped, in the run
+    report's words. `since` and `until` do not apply to an assignment.
     """
     settings = plan_settings(config, vault, "student-feedback", tier)
     caller = caller_for(settings)
     work = load_assignment.fn(settings, assignment or config.settings.feedback.assignment_folder, keep=False)
-    current, unchanged = ({}, []) if redraft_all else feedback.already_drafted(vault, work)
+    current, unchanged = ({}, []) if redraft_all else feedback.already_drafted(vault, work, retry_failed=retry_failed)
     plan = Plan(
         flow="student-feedback",
         since=None,
@@ -231,13 +233,16 @@ def plan_student_feedback(
         phase_names=["collate", "synthesise", "draft"],
         notes=["Batch mode is priced at the batch discount."] if mode == "batch" else [],
     )
-    if current:
+    # With --retry-failed: the drafts drafted again because they failed their checks (the others are `current`).
+    again = len(feedback.already_drafted(vault, work)[0]) - len(current) if retry_failed and not redraft_all else 0
+    if current or again:
         todo = [s for s in work.submissions if s.student_id not in current]
         blank = sum(s.empty for s in todo)
         plan.notes.append(
-            f"Drafts are priced for {len(todo) - blank} of the {len(work.submissions)} students: {len(current)} are "
-            "unchanged since their draft and are not drafted again (--redraft-all drafts and prices every student)"
-            + (f"; {blank} with no text get theirs without a call." if blank else ".")
+            f"Drafts are priced for {len(todo) - blank} of the {len(work.submissions)} students"
+            + (f", {again} of them because their draft failed its checks (--retry-failed)" if again else "")
+            + f": {len(current)} are unchanged since their draft and are not drafted again (--redraft-all drafts "
+            "and prices every student)" + (f"; {blank} with no text get theirs without a call." if blank else ".")
         )
     drafted = [s for s in work.submissions if not s.empty]  # an empty submission gets its note without a call
     if not drafted:

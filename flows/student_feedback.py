@@ -12,7 +12,7 @@ from tierflow.report.run_report import RunSummary, final_state, write_run_report
 from tierflow.tasks.assignment import load_assignment, unhidden_note
 from tierflow.tasks.cohort import add_draft_tiers, synthesise
 from tierflow.tasks.evidence import collate
-from tierflow.tasks.feedback import draft, draft_tiers
+from tierflow.tasks.feedback import draft, draft_tiers, drafting
 from tierflow.vault.notes import WriteResult
 
 FLOW = "student-feedback"
@@ -33,7 +33,8 @@ def student_feedback(
     redraft_all: bool = False,
 ) -> RunSummary:
     """Draft one feedback note per submission, and a cohort summary, for the lecturer to review. A student with a
-    draft for their submission as it is now is not drafted again, unless `redraft_all`."""
+    draft for their submission as it is now is not drafted again, unless `redraft_all`, or `retry_failed` and the
+    draft failed its checks (and nobody has edited it since)."""
 
     def folder_of(settings: RunSettings) -> str:
         return assignment or caller_for(settings).config.settings.feedback.assignment_folder
@@ -48,7 +49,9 @@ def student_feedback(
         work = load_assignment(settings, folder)
         run = RunSummary(settings.run_id, FLOW, skipped=list(work.skipped))
 
-        evidence = run.absorb(collate(settings, work, mode=mode, wait=wait))
+        # `--retry-failed` pays again only for the evidence of the students the run drafts.
+        todo = drafting(settings, work, redraft_all=redraft_all)
+        evidence = run.absorb(collate(settings, work, mode=mode, wait=wait, drafting=todo))
         cohort = (
             run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait))
             if evidence and not run.stopped

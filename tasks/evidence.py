@@ -6,6 +6,7 @@ after the first reads it from the provider's prompt cache. Student identities ar
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -192,8 +193,19 @@ def evidence_from(assignment: Assignment, submission: Submission, answer: Answer
     )
 
 
+def retries(settings: RunSettings, submission: Submission, drafting: Collection[str] | None) -> bool | None:
+    """Whether this submission's evidence is asked again when an earlier run kept it without passing: with
+    `--retry-failed`, only for the students the run drafts (`drafting`), since nothing else reads a student's
+    evidence again but the cohort summary, which the kept one serves as well; None: as the run's settings say."""
+    if drafting is None or not settings.retry_failed:
+        return None
+    return submission.student_id in drafting
+
+
 @task(name=PHASE)
-def collate_submission(settings: RunSettings, assignment: Assignment, submission: Submission) -> Evidence:
+def collate_submission(
+    settings: RunSettings, assignment: Assignment, submission: Submission, retry_failed: bool | None = None
+) -> Evidence:
     system, prefix, user = prompt(settings, assignment, submission)
     try:
         answer = caller_for(settings).ask(
@@ -205,6 +217,7 @@ def collate_submission(settings: RunSettings, assignment: Assignment, submission
             output=evidence_output(assignment.rubric),
             subject=assignment.pseudonyms().label.get(submission.student_id, submission.student_id),
             checks=checks(assignment, submission),
+            retry_failed=retry_failed,
         )
     except ContextWindowExceeded as exc:
         raise too_long(Path(settings.vault or "."), submission, exc) from None
@@ -212,7 +225,13 @@ def collate_submission(settings: RunSettings, assignment: Assignment, submission
 
 
 @task(name=f"{PHASE} batch")
-def collate_batch(settings: RunSettings, assignment: Assignment, submissions: list[Submission], wait: bool) -> Any:
+def collate_batch(
+    settings: RunSettings,
+    assignment: Assignment,
+    submissions: list[Submission],
+    wait: bool,
+    drafting: Collection[str] | None = None,
+) -> Any:
     """Every submission through the provider's batch API; a rerun collects a submitted batch."""
     calls = []
     for s in submissions:
@@ -227,13 +246,23 @@ def collate_batch(settings: RunSettings, assignment: Assignment, submissions: li
                 cache_prefix=prefix,
                 subject=label,
                 checks=tuple(checks(assignment, s)),
+                retry_failed=retries(settings, s, drafting),
             )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=COMPLEXITY, wait=wait)
 
 
-def collate(settings: RunSettings, assignment: Assignment, *, mode: str, wait: bool = True) -> PhaseOutcome[Evidence]:
-    """Evidence for every non-empty submission, one task run each, or one batch."""
+def collate(
+    settings: RunSettings,
+    assignment: Assignment,
+    *,
+    mode: str,
+    wait: bool = True,
+    drafting: Collection[str] | None = None,
+) -> PhaseOutcome[Evidence]:
+    """Evidence for every non-empty submission, one task run each, or one batch. With `--retry-failed`, the kept
+    evidence of the students the run drafts (`drafting`, `tierflow.tasks.feedback.drafting`) is asked again, and
+    the others' reused; with `drafting` None, everyone's is asked again."""
     pending = [s for s in assignment.submissions if not s.empty]
     if mode != "batch":
         return fan_out(
@@ -243,7 +272,7 @@ def collate(settings: RunSettings, assignment: Assignment, *, mode: str, wait: b
             phase=PHASE,
             complexity=COMPLEXITY,
             subject=lambda s: assignment.pseudonyms().label.get(s.student_id, s.student_id),
-            args=lambda s: (settings, assignment, s),
+            args=lambda s: (settings, assignment, s, retries(settings, s, drafting)),
             path=lambda s: s.path,
             warm=warms_cache(settings, assignment, pending[0]) if pending else False,
         )
@@ -254,6 +283,7 @@ def collate(settings: RunSettings, assignment: Assignment, *, mode: str, wait: b
         assignment,
         pending,
         wait,
+        drafting,
         phase=PHASE,
         complexity=COMPLEXITY,
         subject="batch",

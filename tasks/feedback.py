@@ -4,10 +4,12 @@ Drafts go to `feedback/` beside `submissions/`, named by student id only (`s2026
 submission's own name, which `[[s2026005]]` means), so nothing a model writes can choose a path. Pseudonyms
 are mapped back to the student's own name only in their own draft.
 
-Each draft records the version of the submission it was written for (`tierflow.lms.drafts.VERSION_KEY`). A run
-drafts only the students with no draft for their submission as it is now (new, or resubmitted since), unless
-asked to draft them all again (`redraft_all`): a lecturer's reviewed draft of an unchanged submission gets no
-dated copy beside it.
+Each draft records the version of the submission it was written for (`tierflow.lms.drafts.VERSION_KEY`), and the
+checks its answer failed when no tier passed them (`CHECKS_KEY`). A run drafts only the students with no draft for
+their submission as it is now (new, or resubmitted since), unless asked to draft them all again (`redraft_all`): a
+lecturer's reviewed draft of an unchanged submission gets no dated copy beside it. A run that pays again for kept
+answers (`--retry-failed`) also drafts again the students whose draft failed its checks, unless someone has edited
+that draft since.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tierflow.core.checks import describe, run_checks
 from tierflow.core.errors import ContextWindowExceeded
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
-from tierflow.lms.drafts import VERSION_KEY, Draft, scan
+from tierflow.lms.drafts import CHECKS_KEY, VERSION_KEY, Draft, scan
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.assignment import Assignment, Submission, too_long
 from tierflow.tasks.cohort import Cohort, DraftTier
@@ -235,6 +237,8 @@ def write_feedback(
         "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
         "tierflow_levels": [f"{c['criterion']}: {c['level'] or 'none'}" for c in criteria],
     }
+    if answer and answer.checks_failed:  # kept although no tier passed: `--retry-failed` drafts it again
+        front_matter[CHECKS_KEY] = list(answer.checks_failed)
     if submission.not_read:
         front_matter["tierflow_not_read"] = list(submission.not_read)
     written = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
@@ -325,12 +329,11 @@ def draft(
     wait: bool = True,
     redraft_all: bool = False,
 ) -> PhaseOutcome[WriteResult]:
-    """Every student's draft, but for those with a draft for their submission as it is now (all of them with
-    `redraft_all`); empty submissions get theirs without a model call."""
+    """The draft of every student `drafting` names; empty submissions get theirs without a model call."""
     caller = caller_for(settings)
     rows = caller.ledger.rows(run_id=settings.run_id)
     by_student = {e.student_id: e for e in evidence}
-    drafted, skipped = ({}, []) if redraft_all else already_drafted(Path(settings.vault or "."), assignment)
+    drafted, skipped = ({}, []) if redraft_all else current_drafts(settings, assignment)
     todo = [s for s in assignment.submissions if s.student_id not in drafted]
     submissions = [s for s in todo if not s.empty and s.student_id in by_student]
     costs = [r["cost_usd"] for r in rows]
@@ -384,40 +387,71 @@ def draft(
     return outcome
 
 
-def already_drafted(vault: Path, assignment: Assignment) -> tuple[dict[str, Draft], list[tuple[str, str]]]:
+def drafting(settings: RunSettings, assignment: Assignment, *, redraft_all: bool = False) -> set[str]:
+    """The ids of the students this run drafts: those with no draft for their submission as it is now, and, paying
+    again for kept answers (`retry_failed`), those whose draft failed its checks and is as tierflow wrote it; every
+    student with `redraft_all`. Their evidence alone is paid for again (`tierflow.tasks.evidence.collate`)."""
+    drafted = {} if redraft_all else current_drafts(settings, assignment)[0]
+    return {s.student_id for s in assignment.submissions if s.student_id not in drafted}
+
+
+def current_drafts(settings: RunSettings, assignment: Assignment) -> tuple[dict[str, Draft], list[tuple[str, str]]]:
+    """`already_drafted` for this run: with `retry_failed`, a draft kept although it failed its checks is not."""
+    return already_drafted(Path(settings.vault or "."), assignment, retry_failed=settings.retry_failed)
+
+
+def already_drafted(
+    vault: Path, assignment: Assignment, *, retry_failed: bool = False
+) -> tuple[dict[str, Draft], list[tuple[str, str]]]:
     """Each student's draft written for their submission as it is now (reviewed or not), and what the run report
     says of the students not drafted again. A draft that records no version (written before tierflow recorded
     one) counts as written for the current submission, and is said so once. A draft named as an earlier tierflow
-    named it (`<student id>.md`, the submission's own name) is not counted: it is moved, or written beside."""
+    named it (`<student id>.md`, the submission's own name) is not counted: it is moved, or written beside.
+
+    With `retry_failed` (`--retry-failed`) a draft whose answer failed its checks (`Draft.checks_failed`) is not
+    counted either, so that it is drafted again, unless someone has edited it since tierflow wrote it: a person's
+    edits are never drafted over, and the report says which were left."""
     current = {s.student_id: s.version for s in assignment.submissions}
     found: dict[str, Draft] = {}
+    failed: dict[str, Draft] = {}
     for d in scan(vault, assignment.folder)[0]:
         if d.student_id not in current or Path(d.path).stem == d.student_id or not d.written_for(current[d.student_id]):
             continue
         if d.student_id not in found or (d.version and not found[d.student_id].version):
             found[d.student_id] = d  # one that records the version wins over one that records none
+    if retry_failed:
+        failed = {sid: d for sid, d in found.items() if d.checks_failed}
+        found = {sid: d for sid, d in found.items() if sid not in failed or not d.as_written}
     if not found:
         return found, []
     folder = assignment.feedback_folder
     ids = sorted(found)
     shown = ", ".join(ids[:20]) + (", ..." if len(ids) > 20 else "")
+    which = "new and changed submissions" + (", and drafts that failed their checks," if retry_failed else "")
     skipped = [
         (
             folder,
             f"{len(ids)} student(s) already have a draft for their submission as it is now, so they are not drafted "
-            f"again: {shown}. Only new and changed submissions are drafted; run with --redraft-all to draft every "
-            "student again.",
+            f"again: {shown}. Only {which} are drafted; run with --redraft-all to draft every student again.",
         )
     ]
+    edited = sorted(d.path for sid, d in failed.items() if sid in found)
     legacy = sorted(d.path for d in found.values() if not d.version)
-    if legacy:
-        listed = ", ".join(legacy[:10]) + (", ..." if len(legacy) > 10 else "")
-        skipped.append(
-            (
-                folder,
-                f"{len(legacy)} of these draft(s) record no submission version (written before tierflow recorded "
-                f"one), so they are taken as written for the submission as it is now: {listed}. If a student "
-                "resubmitted since, run with --redraft-all, or move that draft out of feedback/ and run again.",
-            )
-        )
+    for paths, why in (
+        (
+            edited,
+            "failed their checks but were edited since tierflow wrote them, so --retry-failed leaves them as they "
+            "are: {}. To have one drafted again, move it out of feedback/ and run again (--redraft-all writes every "
+            "new draft beside an edited one).",
+        ),
+        (
+            legacy,
+            "record no submission version (written before tierflow recorded one), so they are taken as written for "
+            "the submission as it is now: {}. If a student resubmitted since, run with --redraft-all, or move that "
+            "draft out of feedback/ and run again.",
+        ),
+    ):
+        if paths:
+            listed = ", ".join(paths[:10]) + (", ..." if len(paths) > 10 else "")
+            skipped.append((folder, f"{len(paths)} of these draft(s) {why.format(listed)}"))
     return found, skipped

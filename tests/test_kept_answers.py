@@ -128,3 +128,78 @@ def test_an_answer_that_passed_only_on_a_retry_is_replayed_by_an_unchanged_rerun
     assert second.cached and second.outcome == "ok" and not second.checks_failed and second.parsed == first.parsed
     (row,) = Ledger.for_vault(vault).rows(run_id="second")
     assert row["cached_result"] and row["outcome"] == "ok" and row["cost_usd"] == 0 and row["tier"] == "light"
+
+
+@pytest.mark.parametrize("mode", ["direct", "batch"])
+def test_student_feedback_retry_failed_drafts_again_only_the_failed_drafts_nobody_edited(
+    tmp_path: Path, monkeypatch, double: ProviderDouble, mode: str
+):
+    """The drafts of the first run fail their checks and are kept with a warning; the lecturer edits one of them.
+    `--retry-failed` drafts the others again and pays for their evidence again (kept too), but nothing for the
+    edited draft, which stays byte for byte, nor for a student whose draft passed; a draft written before drafts
+    recorded their failed checks is known by its unverified quotation. The plan prices the same drafts."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+    from tierflow.core.config import load_config
+    from tierflow.flows.plans import plan_settings, plan_student_feedback
+    from tierflow.lms.drafts import scan
+    from tierflow.tasks.assignment import load_assignment
+    from tierflow.vault.notes import HASH_KEY, render_note
+    from tierflow.vault.text import load_note
+
+    fixture, run = FLOWS["student-feedback"]
+    vault = prepared(tmp_path, fixture, "double", double, monkeypatch)
+    folder = "Teaching/EDU7001/essay-1"
+    checks_key = "tierflow_checks_failed"  # the draft's front-matter, as the README names it
+    run(vault, mode=mode)
+    drafts = {d.student_id: d for d in scan(vault, folder)[0]}
+    failed = sorted(sid for sid, d in drafts.items() if d.metadata.get(checks_key))
+    assert len(failed) >= 3 and all(drafts[sid].metadata[checks_key] == ["quotes_verbatim"] for sid in failed)
+    passed = set(drafts) - set(failed)  # the empty submission's note at least
+    assert passed
+
+    edited, legacy = failed[0], failed[1]
+    edited_note = vault / drafts[edited].path
+    edited_note.write_text(edited_note.read_text(encoding="utf-8") + "\nMy own comment on the argument.\n")
+    before = edited_note.read_bytes()
+    # As tierflow wrote drafts before they recorded the checks that failed: the warnings alone, and its own hash.
+    legacy_note = vault / drafts[legacy].path
+    post = load_note(legacy_note)
+    meta = {k: v for k, v in post.metadata.items() if k not in (checks_key, HASH_KEY)}
+    legacy_note.write_text(render_note(meta, post.content), encoding="utf-8")
+
+    config = load_config(vault)
+    plan = plan_student_feedback(config, vault, mode=mode, retry_failed=True)
+    labels = load_assignment.fn(plan_settings(config, vault, fixture, None), folder, keep=False).pseudonyms().label
+    priced = {subject for phase, subject, _ in plan.prompts if phase == "draft"}
+    calls = len(double.model_calls(include_batch=True))
+    again = run(vault, mode=mode, retry_failed=True)
+    rows = Ledger.for_vault(vault).rows(run_id=again.run_id)
+    paid = billed(rows)
+    assert len(double.model_calls(include_batch=True)) == calls + len(paid)  # each billed row one the double answered
+
+    drafted = {r["subject"] for r in paid if r["phase"] == "draft"}
+    redrafted = set(failed) - {edited}
+    assert drafted == {labels[sid] for sid in redrafted} and priced == drafted
+    # Evidence is paid for again only for the students drafted again: their kept evidence failed its checks too.
+    assert {r["subject"] for r in paid if r["phase"] == "collate"} == drafted
+    # The others' kept evidence is reused, free, for the cohort summary: the edited draft's student's too.
+    assert labels[edited] in {r["subject"] for r in rows if r["phase"] == "collate" and r["cached_result"]}
+    assert {r["phase"] for r in paid} <= {"collate", "draft"}
+    assert edited_note.read_bytes() == before
+    why = [w for _, w in again.skipped if "edited since tierflow wrote them" in w]
+    assert len(why) == 1 and drafts[edited].path in why[0] and "--retry-failed leaves them as they are" in why[0]
+    left = next(w for _, w in again.skipped if "already have a draft" in w)
+    assert all(sid in left for sid in passed | {edited})
+
+    # `tierflow plan` and `run --dry-run` with --retry-failed price the drafts a run would write again now: those
+    # that failed again (no answer of the double passes), never the edited one.
+    failed_now = {d.student_id for d in scan(vault, folder)[0] if d.checks_failed and d.as_written}
+    assert failed_now == redrafted
+    for args in (["plan", "student-feedback"], ["run", "student-feedback", "--dry-run"]):
+        shown = CliRunner().invoke(app, [*args, "--vault", str(vault), "--retry-failed"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert f", {len(redrafted)} of them because their draft failed its checks (--retry-failed)" in shown.stdout
+        plain = CliRunner().invoke(app, [*args, "--vault", str(vault)], env={"COLUMNS": "200"})
+        assert "failed its checks" not in plain.stdout

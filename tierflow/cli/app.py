@@ -714,6 +714,7 @@ def run(
             module=module,
             param=param,
             redraft_all=redraft_all,
+            retry_failed=retry_failed,
         )
         return
     _check_assignment(flow_name, cfg, vault, assignment)
@@ -937,6 +938,14 @@ def plan(
             "is now.",
         ),
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Price the run as `run --retry-failed` makes it: student-feedback drafts again the students whose "
+            "draft failed its checks (unless you edited it).",
+        ),
+    ] = False,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
     vault = vault_dir(vault, required="tierflow plan reading-notes")
@@ -961,6 +970,7 @@ def plan(
         "mode": mode,
         "module": module,
         "redraft_all": redraft_all,
+        "retry_failed": retry_failed,
     }
     params = parse_params(param)
     if params:
@@ -970,6 +980,7 @@ def plan(
         # the options here only price the run, so one the flow does not take is not refused.
         options = {name: (f"--{name}", None) for name in ("since", "until", "assignment", "mode", "module")}
         options["redraft_all"] = ("--redraft-all", None)
+        options["retry_failed"] = ("--retry-failed", None)
         _, arguments, _ = flow_call(flow_name, vault, options=options, params=params, **offered)
         params = {name: arguments[name] for name in params}  # as the flow's signature reads them: `n=3` the int 3
     accepted = inspect.signature(spec.plan).parameters

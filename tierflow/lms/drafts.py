@@ -21,6 +21,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
+from tierflow.vault.notes import as_written
 from tierflow.vault.text import (
     COMMENT,
     load_note,
@@ -33,11 +34,14 @@ from tierflow.vault.text import (
 REVIEWED = "reviewed"
 VERSION_KEY = "tierflow_submission_hash"
 """The draft's front-matter key for the version of the submission it was written for."""
+CHECKS_KEY = "tierflow_checks_failed"
+"""The draft's front-matter key for the checks its answer failed on every tier (kept with a warning)."""
+RUBRIC_NOTICE = "Check this draft against the rubric"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
     ("info", "Draft feedback by tierflow"),
     ("warning", "No content submitted"),
     ("warning", "This submission contains text addressed to an AI model"),
-    ("warning", "Check this draft against the rubric"),
+    ("warning", RUBRIC_NOTICE),
     ("warning", "No feedback was drafted for this criterion"),
     ("warning", "Not found verbatim in the submission"),
 )
@@ -118,6 +122,32 @@ class Draft:
     @property
     def reviewed(self) -> bool:
         return str(self.metadata.get("status") or "").strip().lower() == REVIEWED
+
+    @property
+    def as_written(self) -> bool:
+        """Whether it is as tierflow wrote it: nobody has edited it since (setting `status: reviewed` is an edit)."""
+        return as_written(self.metadata, self.body)
+
+    @property
+    def checks_failed(self) -> list[str]:
+        """The checks the answer it was written from failed on every tier (it was kept with a warning); [] when the
+        answer passed. A draft written before drafts recorded them (`CHECKS_KEY`) tells them by what it shows the
+        lecturer: a quotation not found verbatim (`tierflow_unverified_quotes`), the rubric warning."""
+        recorded = self.metadata.get(CHECKS_KEY)
+        if recorded:
+            return [str(c) for c in recorded] if isinstance(recorded, list) else [str(recorded)]
+        shown = []
+        try:
+            if int(self.metadata.get("tierflow_unverified_quotes") or 0) > 0:
+                shown.append("quotes_verbatim")
+        except (TypeError, ValueError):
+            pass
+        for line in without_code(self.body).split("\n"):
+            head = CALLOUT_HEAD.match(line.lstrip()[1:].strip()) if line.lstrip().startswith(">") else None
+            if head and head.group(1).casefold() == "warning" and head.group(3).strip().startswith(RUBRIC_NOTICE):
+                shown.append("rubric_coverage")
+                break
+        return shown
 
     def written_for(self, version: str | None) -> bool:
         """Whether it was written for this version of the submission; True when either is not known (a draft

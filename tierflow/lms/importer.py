@@ -34,7 +34,7 @@ from tierflow.lms.drafts import collect
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.links import wikilink_can_name
-from tierflow.vault.notes import HASH_KEY, LinkError, NoteWriter, body_hash, safe_note_name
+from tierflow.vault.notes import LinkError, NoteWriter, as_written, safe_note_name
 from tierflow.vault.text import (
     escape_comments,
     escape_links,
@@ -504,8 +504,7 @@ def _edited(note: Path) -> bool:
         post = load_note(note)
     except (UnicodeDecodeError, yaml.YAMLError):
         return True
-    stored = post.metadata.get(HASH_KEY)
-    return not stored or stored != body_hash(dict(post.metadata), post.content)
+    return not as_written(dict(post.metadata), post.content)
 
 
 def _unique(name: str, used: set[str]) -> str:

@@ -362,6 +362,13 @@ def body_hash(front_matter: dict[str, Any], body: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def as_written(front_matter: dict[str, Any], body: str) -> bool:
+    """Whether a note read back (its front-matter and body) is as tierflow wrote it: it carries tierflow's hash,
+    and nobody has edited it since (the hash still matches)."""
+    stored = front_matter.get(HASH_KEY)
+    return bool(stored) and stored == body_hash(front_matter, body)
+
+
 def render_note(front_matter: dict[str, Any], body: str) -> str:
     """Markdown with flat YAML front-matter that Obsidian's Properties view accepts, hash included."""
     meta = {**front_matter, HASH_KEY: body_hash(front_matter, body)}
@@ -568,10 +575,9 @@ class NoteWriter:
             post = load_note(path)
         except (UnicodeDecodeError, yaml.YAMLError):
             return "foreign"
-        stored = post.metadata.get(HASH_KEY)
-        if not stored:
+        if not post.metadata.get(HASH_KEY):
             return "foreign"
-        return "owned" if stored == body_hash(dict(post.metadata), post.content) else "edited"
+        return "owned" if as_written(dict(post.metadata), post.content) else "edited"
 
     def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date) -> Path | None:
         """A dated sibling that is free, or tierflow's own unedited one of the same scope; None when nothing is."""
