@@ -269,7 +269,8 @@ def spend(
     day = _parse_date(since, "--since")
     since = day.isoformat() if day else None
     try:
-        ledger = Ledger(cfg.ledger_url)
+        # Reading only: a ledger shared read-only (a read-only folder, mount or database role) is reported all the same.
+        ledger = Ledger(cfg.ledger_url, reading=True)
     except ConfigError as exc:  # it names the missing vault; a ledger that cannot be opened is `main`'s to report
         raise fail(str(exc)) from None
     if budget:
@@ -797,7 +798,7 @@ def budget_reservations(
 
     cfg = load(vault_dir(vault), config, profile)
     try:
-        ledger = Ledger(cfg.ledger_url)
+        ledger = Ledger(cfg.ledger_url, reading=not release_stale)
     except ConfigError as exc:  # it names the missing vault; a ledger that cannot be opened is `main`'s to report
         raise fail(str(exc)) from None
     released = budget.release_stale(ledger) if release_stale else []

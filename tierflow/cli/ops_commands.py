@@ -396,7 +396,7 @@ def _show_ledger_slots(cfg: Config) -> None:
         "calls of a tier, across every process and worker sharing this ledger."
     )
     try:
-        held = in_flight(Ledger(cfg.ledger_url))
+        held = in_flight(Ledger(cfg.ledger_url, reading=True))
     except ConfigError as exc:
         raise fail(str(exc)) from None
     limits = limits_of(cfg)

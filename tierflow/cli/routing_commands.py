@@ -44,9 +44,15 @@ def suggest_command(
     from tierflow.learn import routing
     from tierflow.learn.signals import scan
 
-    ledger = Ledger(cfg.ledger_url)
-    if vault is not None:
+    ledger = Ledger(cfg.ledger_url, reading=True)
+    if vault is not None and ledger.writable:
         scan(vault, ledger)
+    elif vault is not None:
+        typer.echo(
+            "The ledger is read-only here: drafts' edits and ratings count as of the last `tierflow routing scan` "
+            "by someone who can write it.",
+            err=True,
+        )
     found = routing.suggestions(cfg, ledger, flow=flow)
     if output is Format.json:
         typer.echo(json.dumps([s.as_json() for s in found], indent=2))
@@ -121,7 +127,14 @@ def fit_command(
             f"run code); {path.name} replaces it.",
             err=True,
         )
-    router = request_router.refit(cfg, Ledger(cfg.ledger_url))
+    try:
+        router = request_router.refit(cfg, Ledger(cfg.ledger_url, reading=True))
+    except OSError as exc:  # the model is saved beside the ledger: a folder shared read-only
+        raise fail(
+            f"cannot save the request router to {path} ({exc.strerror or exc}): `tierflow routing fit` saves it "
+            f"beside the ledger; run it with write access to {path.parent}",
+            1,
+        ) from None
     request_router.forget()
     found = request_router.describe(router, cfg)
     if output is Format.json:
@@ -165,7 +178,7 @@ def explain_command(
     from tierflow.core.routing import value_of
     from tierflow.learn import request_router
 
-    ledger = Ledger(cfg.ledger_url)
+    ledger = Ledger(cfg.ledger_url, reading=True)
     found = request_router.stored_request(ledger, request)
     if found is None:
         raise fail(f"no single request with id {request!r} in the ledger: give more of the id")

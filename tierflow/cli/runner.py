@@ -95,6 +95,7 @@ def run_flow(
     spec, arguments, run_id = flow_call(
         flow, vault, profile=profile, config=config, tier=tier, options=options, params=params, **parameters
     )
+    _check_ledger(vault, config, profile)
     entry = spec.flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
@@ -137,6 +138,17 @@ def run_flow(
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
     return summary
+
+
+def _check_ledger(vault: Path, config: Path | str | None, profile: str | None) -> None:
+    """Open the ledger the run records in, before any run starts: one that cannot be used (read-only here, a server
+    that is down) ends the command with one line naming it and the fix, not a run that fails at its first call."""
+    from tierflow.core.ledger import Ledger
+
+    try:
+        Ledger(load(vault, Path(config) if config else None, profile).ledger_url)
+    except TierflowError as exc:
+        raise fail(str(exc), 1) from None
 
 
 def flow_call(
@@ -255,7 +267,8 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
     from tierflow.core.ledger import Ledger
 
     try:
-        started = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).run_parameters(run_id)
+        cfg = load(vault, Path(config) if config else None, profile)
+        started = Ledger(cfg.ledger_url, reading=True).run_parameters(run_id)
     except Exception:  # the message matters more than this check: say how to resume
         started = True
     if started is None:

@@ -46,6 +46,7 @@ from tierflow.core.ledger import (
     spent_from_calls,
     spent_totals,
     track,
+    tracked_scopes,
 )
 from tierflow.core.routing import Route
 from tierflow.core.usage import UNKNOWN_USAGE, Usage, price_bound
@@ -285,6 +286,10 @@ class Budgets:
         if not scopes:
             self._tracked = {}
             return self._tracked
+        if not self.ledger.writable:
+            # A report on a ledger this user may only read registers nothing: the scopes other processes registered
+            # are read from their running totals, the others are summed from the calls (`states_in`).
+            return tracked_scopes(conn)
         known, registered = track(conn, scopes, now or clock.now())
         if not registered:  # already on the ledger before this transaction: safe to remember
             self._tracked = known
@@ -294,7 +299,8 @@ class Budgets:
         """Each period budget's projected use at the end of its period, at the rate of the period so far."""
         now = now or clock.now()
         periodic = [(name, b) for name, b in self.config.settings.budgets.items() if b.period != "run"]
-        with self.ledger.transaction() as conn:
+        # A write transaction: a scope new to the ledger is registered (`_track`), unless the ledger is read-only.
+        with self.ledger.transaction() if self.ledger.writable else self.ledger.reading() as conn:
             states = self.states_in(conn, periodic, now)
         return [
             forecast(
@@ -385,7 +391,7 @@ class Budgets:
 
     def states(self, phase: str | None = None, now: datetime | None = None) -> list[BudgetState]:
         """Every budget's state now (for reports)."""
-        if self._tracked is None and self.config.settings.budgets:
+        if self._tracked is None and self.config.settings.budgets and self.ledger.writable:
             with self.ledger.transaction() as conn:
                 self._track(conn, now)
         with self.ledger.reading() as conn:

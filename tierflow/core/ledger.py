@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from tierflow.core import clock
 from tierflow.core.config import RunConfig
 from tierflow.core.errors import LedgerError
+from tierflow.core.folders import unwritable
 from tierflow.core.usage import TOKEN_KINDS, UNKNOWN_USAGE, Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -1084,6 +1085,126 @@ def unopenable(url: str, exc: Exception) -> str:
     return f"the ledger at {where} cannot be used ({cause}): check that its server is up and ledger_url is right"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ledger URL; None for another database or an in-memory one."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _shown(url: str) -> str:
+    """The ledger as a message names it: its file, or its URL with the password hidden."""
+    file = sqlite_file(url)
+    return str(file) if file is not None else sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def read_only_reason(file: Path) -> str | None:
+    """Why this user cannot write the SQLite ledger `file` (or make it), or None when they can.
+
+    Asked of the file system before SQLite is: SQLite quietly opens a file it cannot write read-only, and a WAL
+    ledger then fails on its first read where it cannot make its -shm file beside it."""
+    if file.exists() and not os.access(file, os.W_OK):
+        return unwritable(file.parent) or "its file is read-only to you"
+    return unwritable(file.parent)  # SQLite makes its -wal and -shm files beside the ledger
+
+
+def cannot_record(where: str, why: str, *, server: bool = False) -> str:
+    """The one line that refuses a command that records in a ledger its user may only read (`server`: a database
+    server's, which its role's privileges make read-only; else a SQLite file)."""
+    fix = (
+        "run it as a database role that may write (INSERT, UPDATE and DELETE on the ledger's tables)"
+        if server
+        else "run it with write access to the ledger file and its folder"
+    )
+    return (
+        f"the ledger {where} is read-only here ({why}), and this command records in it: {fix}, or set ledger_url "
+        "to a ledger you can write"
+    )
+
+
+def needs_migration(where: str, current: int, why: str) -> str:
+    """The one line that refuses to read a ledger its user cannot bring to this tierflow's schema."""
+    if current == 0:
+        return (
+            f"the ledger {where} holds no tierflow tables, and it is read-only here ({why}): check --vault or "
+            "ledger_url (a SQLite ledger copied without its -wal file may look empty)"
+        )
+    return (
+        f"the ledger {where} is at schema version {current} and this tierflow reads version {len(MIGRATIONS)}; it is "
+        f"read-only here ({why}), so it cannot be updated: someone with write access must open it once with this "
+        "tierflow (any command, such as `tierflow spend`), or read it with the tierflow that wrote it"
+    )
+
+
+def _schema_version(conn: Connection) -> int:
+    """The ledger's schema version: the last migration recorded, 0 for a database without tierflow's tables."""
+    if not sa.inspect(conn).has_table(schema_version.name):
+        return 0
+    return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+
+
+def _role_may_write(conn: Connection) -> bool:
+    """Whether this PostgreSQL role may record in the ledger (or, on a new database, create its tables)."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT COALESCE(has_table_privilege(to_regclass('calls'), 'INSERT'), "
+            "has_schema_privilege(current_schema(), 'CREATE'))"
+        ).scalar()
+    )
+
+
+def _read_only_engine(url: str, file: Path) -> Engine:
+    """The engine that reads the SQLite ledger `file` for a user who cannot write it (`_read_only_connection`).
+
+    Not pooled: each read opens a connection of its own, chosen for the files beside the ledger at that moment
+    (a writer may have opened it since: `tierflow spend --watch` then reads through its log)."""
+    with _engines_lock:
+        engine = _engines.get((url, 0))  # 0: no pool size, the read-only engine
+        if engine is None:
+            engine = sa.create_engine(url, creator=lambda: _read_only_connection(file), poolclass=sa.pool.NullPool)
+            sa.event.listen(engine, "connect", _on_read_only_connect)
+            sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+            _engines[(url, 0)] = engine
+        return engine
+
+
+def _read_only_connection(file: Path) -> Any:
+    """A connection that reads the SQLite ledger `file` and writes nothing, in it or beside it.
+
+    A ledger a writer has open (or left with changes not yet in its file) has a -wal and a -shm file beside it:
+    it is read through them (`mode=ro`), as SQLite keeps its readers consistent with its writers. Without them no
+    writer has it open and the file holds every call: it is read as it is (`immutable`), since SQLite cannot
+    otherwise read a WAL ledger where it may not make its -shm file. (A writer that opens it meanwhile writes to
+    its own log, not the file, until a checkpoint, every 64 write transactions.) A -wal file with changes but no
+    -shm (copied without it) is refused: a report would miss those calls."""
+    import sqlite3
+
+    wal, shm = Path(f"{file}-wal"), Path(f"{file}-shm")
+    try:
+        changes = wal.stat().st_size > 0
+    except OSError:  # none, or gone as its writer closed
+        changes = False
+    if changes and not shm.exists():
+        raise LedgerError(
+            f"the ledger {file} cannot be read here: its latest calls are in {wal.name}, which SQLite cannot read "
+            f"without the {shm.name} file beside it. Copy the ledger with both files, or have its owner open it once "
+            "with write access (any tierflow command), which writes them into the ledger file"
+        )
+    query = "mode=ro" if wal.exists() and shm.exists() else "immutable=1"
+    return sqlite3.connect(f"{file.absolute().as_uri()}?{query}", uri=True, timeout=60, check_same_thread=False)
+
+
+def _on_read_only_connect(dbapi_connection: Any, _record: Any) -> None:
+    # As `_create_engine`'s connections: SQLAlchemy begins transactions (a plain BEGIN). `query_only`: should
+    # anything try to write, SQLite refuses it before it reaches the file.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA query_only=1")
+    cursor.close()
+
+
 LISTING_PROCESSES = 2
 """Processes that write `tierflow spend --format json|jsonl` (`Ledger.stream_json`): a million calls in 2.1 s
 against 3.7 s in one, on this project's 2-core machine; two threads took 4.4 s."""
@@ -1092,24 +1213,75 @@ against 3.7 s in one, on this project's 2-core machine; two threads took 4.4 s."
 class Ledger:
     """Where every call's spend is kept."""
 
-    def __init__(self, url: str, *, workers: int | None = None) -> None:
-        """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool."""
+    def __init__(self, url: str, *, workers: int | None = None, reading: bool = False) -> None:
+        """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool.
+
+        `reading`: the caller only reads it (a report). A ledger its user cannot write (a SQLite file or folder
+        without write permission, a read-only mount, a PostgreSQL role that may only SELECT) is then opened
+        read-only, never migrated nor written (`writable` is False and `transaction` refuses), and must be at this
+        tierflow's schema. Without `reading`, such a ledger is refused at once: a LedgerError naming it and the fix.
+        """
         self.url = url
+        self.writable = True
+        """False: opened read-only for a report (`reading`); every write transaction is refused."""
+        self._why_read_only = ""
         try:
+            file = sqlite_file(url)
+            self._file = file is not None
+            """A SQLite file, whose write-ahead log `_Checkpointer` checkpoints."""
+            why = None if file is None else read_only_reason(file)
+            if file is not None and why is not None:
+                if not file.exists():
+                    raise LedgerError(f"there is no ledger at {file}, and none can be made there ({why})")
+                if not reading:
+                    raise LedgerError(cannot_record(str(file), why))
+                self._open_read_only(file, why)
+                return
             self.engine = _engine(url, pool_size(workers or RunConfig().workers))
             self._writer = self.engine.execution_options(**{_WRITE: True})
-            path = url.split("///", 1)[-1]
-            self._file = url.startswith("sqlite") and bool(path) and path != ":memory:"
-            """A SQLite file, whose write-ahead log `_Checkpointer` checkpoints."""
-            self._migrate()
+            try:
+                self._migrate(reading=reading)
+            except sa.exc.OperationalError as exc:
+                # Writable by its permissions, yet SQLite may not write it (a synced or network folder, a -wal
+                # file of another user's): a report reads it read-only all the same.
+                if file is None or "readonly" not in str(exc.orig).replace("-", ""):
+                    raise
+                if not reading:
+                    raise LedgerError(cannot_record(str(file), "SQLite may not write it here")) from exc
+                self._open_read_only(file, "SQLite may not write it here")
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.DBAPIError) as exc:
             raise LedgerError(unopenable(url, exc)) from exc
 
     @classmethod
-    def for_vault(cls, vault: Path) -> Ledger:
-        return cls(f"sqlite:///{(vault / '.tierflow' / 'ledger.sqlite').resolve()}")
+    def for_vault(cls, vault: Path, *, reading: bool = False) -> Ledger:
+        return cls(f"sqlite:///{(vault / '.tierflow' / 'ledger.sqlite').resolve()}", reading=reading)
 
-    def _migrate(self) -> None:
+    def _open_read_only(self, file: Path, why: str) -> None:
+        """Read the SQLite ledger at `file`, which this user cannot write: only if it is at this tierflow's schema."""
+        self.engine = _read_only_engine(self.url, file)
+        self.writable, self._why_read_only = False, why
+        with self.reading() as conn:
+            current = _schema_version(conn)
+        if current < len(MIGRATIONS):
+            raise LedgerError(needs_migration(str(file), current, why))
+
+    def _migrate(self, *, reading: bool = False) -> None:
+        """Bring the ledger to this tierflow's schema. Most opens find it there: they read its version and write
+        nothing (no write lock, no advisory lock), so a report never waits for a writer's transaction to open it."""
+        with self.reading() as conn:
+            current = _schema_version(conn)
+            may_write = conn.dialect.name != "postgresql" or _role_may_write(conn)
+        where = _shown(self.url)
+        if not may_write:
+            why = "its database role may only read it"
+            if current < len(MIGRATIONS):
+                raise LedgerError(needs_migration(where, current, why))
+            if not reading:
+                raise LedgerError(cannot_record(where, why, server=True))
+            self.writable, self._why_read_only = False, why
+            return
+        if current >= len(MIGRATIONS):
+            return
         with self.transaction() as conn:
             # One migrator at a time: SQLite's BEGIN IMMEDIATE already serialises this transaction; on
             # PostgreSQL two workers starting on a fresh ledger would both create the tables (and both
@@ -1138,6 +1310,9 @@ class Ledger:
         wait behind 4 ms writes was 7 ms, its 90th percentile 110 ms). Other processes still wait in SQLite.
         An `urgent` transaction (the one before a model call) goes ahead of the ordinary ones queued there.
         """
+        if not self.writable:
+            server = self.engine.dialect.name != "sqlite"
+            raise LedgerError(cannot_record(_shown(self.url), self._why_read_only, server=server))
         gate = writer_gate(self.url) if self.engine.dialect.name == "sqlite" else None
         if gate is None:
             with self._writer.begin() as conn:
@@ -1686,6 +1861,11 @@ def spent_from_calls(
     return float(a[0]) + float(b[0]), int(a[1]) + int(b[1]), int(a[2]) + int(b[2])
 
 
+def tracked_scopes(conn: Connection) -> dict[str, str | None]:
+    """Every budget scope registered on the ledger, with its `tracked_from` (see `track`)."""
+    return {row.scope: row.tracked_from for row in conn.execute(_SCOPES)}
+
+
 def track(conn: Connection, scopes: list[Scope], now: datetime) -> tuple[dict[str, str | None], bool]:
     """Make sure every scope is registered, rebuilding the totals of a new one from the calls; returns each scope's
     `tracked_from` (the first period start whose totals are complete; None for run scopes), and whether this
@@ -1694,7 +1874,7 @@ def track(conn: Connection, scopes: list[Scope], now: datetime) -> tuple[dict[st
     Call it in a write transaction. The rebuild happens once per scope and ledger, under the migration and budget
     locks, so no reservation or settlement runs between it and the scope's registration.
     """
-    known = {row.scope: row.tracked_from for row in conn.execute(_SCOPES)}
+    known = tracked_scopes(conn)
     # Budgets may share a scope (a hard and a `warn` limit on one month): each scope is one row and one total.
     missing = list({s.key: s for s in scopes if s.key not in known}.values())
     if not missing:
@@ -1702,7 +1882,7 @@ def track(conn: Connection, scopes: list[Scope], now: datetime) -> tuple[dict[st
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     lock_budgets(conn)
-    known = {row.scope: row.tracked_from for row in conn.execute(_SCOPES)}  # another process may have done it
+    known = tracked_scopes(conn)  # another process may have done it
     for scope in [s for s in missing if s.key not in known]:
         tracked_from = scope.period_of(now, None)
         _rebuild(conn, scope, tracked_from)

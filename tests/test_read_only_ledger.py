@@ -1,0 +1,325 @@
+"""A ledger its user may only read (a head of department's or an auditor's copy): reports read it, never write it;
+commands that record in it say so in one line.
+
+File permissions do not bind root, and these tests may run as root: there each command runs without any capability
+(`setpriv`), so that a file of mode 0444 in a folder of mode 0555 is read-only to it as to any user. Nothing is
+patched: the commands meet the same file system checks and SQLite behaviour a user meets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import call_record, ledger_at, write_config
+
+from tierflow.core.ledger import Ledger, dispose_engine
+
+TIERFLOW = [sys.executable, "-m", "tierflow.cli"]
+REQUEST = "5f0c2a9e" * 8
+BUDGET = """
+[budgets.weekly]
+period = "week"
+usd = 5.0
+"""
+COSTS = (0.25, 0.5, 1.0)
+
+
+def as_reader() -> list[str]:
+    """The prefix that makes file permissions bind a command: none for a user; for root, who may write any file,
+    `setpriv` dropping every capability (root then meets a file's owner permissions, as its owner would)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    drop = [setpriv or "setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if setpriv is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and setpriv cannot drop root's capabilities: permissions would not bind")
+    return drop
+
+
+def run(args: list[str], reader: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*reader, *TIERFLOW, *args], capture_output=True, text=True, timeout=900)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with one line (however the console wrapped it) and no traceback; returns it, unwrapped."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("error:") == 1, result.stderr
+    return " ".join(result.stderr.split())
+
+
+def record_calls(vault: Path, ledger: Ledger | None = None) -> Ledger:
+    """Three priced calls of one request (answered, checked, escalated) and a draft of the vault, recorded in the
+    vault's ledger (or `ledger`)."""
+    ledger = ledger or Ledger.for_vault(vault)
+    with ledger.transaction() as conn:
+        ledger.remember_request_text(REQUEST, "Summarise the reading.", flow="reading-notes", phase="draft", conn=conn)
+    for attempt, (cost, tier) in enumerate(zip(COSTS, ("light", "standard", "deep"), strict=True), start=1):
+        ledger.record(
+            call_record(
+                flow="reading-notes", phase="draft", tier=tier, cost_usd=cost, request_id=REQUEST, attempt=attempt,
+                timestamp=f"2026-11-17T1{attempt}:00:00+00:00", subject="Feedback",
+            )
+        )  # fmt: skip
+    ledger.remember_draft("Concepts/Drafts/Feedback.md", "Feedback closes the gap.", run_id="r", flow="reading-notes",
+                          phase="draft", tier="deep", request_id=REQUEST)  # fmt: skip
+    note = vault / "Concepts" / "Drafts" / "Feedback.md"
+    note.parent.mkdir(parents=True)
+    note.write_text("Feedback closes the gap, the person wrote.\n", encoding="utf-8")
+    return ledger
+
+
+def make_read_only(folder: Path) -> None:
+    for path in folder.iterdir():
+        path.chmod(0o444)
+    folder.chmod(0o555)
+
+
+@pytest.fixture
+def shared_vault(tmp_path: Path) -> Iterator[Path]:
+    """A vault whose ledger (at the current schema, every call in its file) its user may only read: the file 0444,
+    its folder 0555, as a department shares it."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", 'profile = "offline"\n' + BUDGET)
+    ledger = record_calls(vault)
+    dispose_engine(ledger.url)  # its last connection closed: SQLite writes its log into the file and removes it
+    folder = vault / ".tierflow"
+    assert not (folder / "ledger.sqlite-wal").exists()
+    make_read_only(folder)
+    yield vault
+    folder.chmod(0o755)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_every_report_reads_a_ledger_its_user_may_only_read_and_writes_nothing(shared_vault: Path):
+    reader = as_reader()
+    folder = shared_vault / ".tierflow"
+    before = snapshot(folder)
+    v = ["--vault", str(shared_vault)]
+
+    table = run(["spend", *v], reader)
+    assert table.returncode == 0, table.stderr
+    assert "Ledger: 3 calls" in table.stdout
+    week = run(["spend", "--by", "week", *v], reader)
+    assert week.returncode == 0 and "2026-W47" in week.stdout, week.stderr
+    listed = run(["spend", "--format", "json", *v], reader)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["cost_usd"] for row in json.loads(listed.stdout)] == list(COSTS)
+    lines = run(["spend", "--format", "jsonl", "--by", "tier", *v], reader)
+    assert lines.returncode == 0, lines.stderr
+    assert {json.loads(line)["tier"] for line in lines.stdout.splitlines()} == {"light", "standard", "deep"}
+    csv = run(["spend", "--format", "csv", *v], reader)
+    assert csv.returncode == 0 and len(csv.stdout.splitlines()) == 4, csv.stderr
+
+    # The budget's scope was never registered on this ledger: its spend is summed from the calls instead.
+    budgets = run(["spend", "--budget", "--format", "json", *v], reader)
+    assert budgets.returncode == 0, budgets.stderr
+    (weekly,) = json.loads(budgets.stdout)
+    assert weekly["budget"] == "weekly" and weekly["spent_usd"] == pytest.approx(sum(COSTS))
+    assert weekly["projected_usd"] is not None
+    shown = run(["spend", "--budget", *v], reader)
+    assert shown.returncode == 0 and "$1.7500" in shown.stdout, shown.stderr
+
+    suggested = run(["routing", "suggest", "--format", "json", *v], reader)
+    assert suggested.returncode == 0, suggested.stderr
+    assert {(s["flow"], s["phase"]) for s in json.loads(suggested.stdout)} == {("reading-notes", "draft")}
+    assert "read-only here" in suggested.stderr  # the drafts' edits are not scanned into it
+    explained = run(["routing", "explain", REQUEST[:10], "--format", "json", *v], reader)
+    assert explained.returncode == 0, explained.stderr
+    answers = json.loads(explained.stdout)["answers"]
+    assert [a["tier"] for a in answers] == ["light", "standard", "deep"]
+
+    assert snapshot(folder) == before  # nothing written, and no -wal or -shm file made beside it
+
+
+def test_a_read_only_ledger_file_in_a_folder_its_reader_may_write_is_read_without_a_file_made_beside_it(
+    tmp_path: Path,
+):
+    """SQLite made a -wal and a -shm file beside it, of the ledger's mode and its reader's: a later writer could not
+    use them."""
+    reader = as_reader()
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", 'profile = "offline"\n' + BUDGET)
+    dispose_engine(record_calls(vault).url)
+    folder = vault / ".tierflow"
+    (folder / "ledger.sqlite").chmod(0o444)
+    before = snapshot(folder)
+    listed = run(["spend", "--format", "json", "--vault", str(vault)], reader)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["cost_usd"] for row in json.loads(listed.stdout)] == list(COSTS)
+    budgets = run(["spend", "--budget", "--format", "json", "--vault", str(vault)], reader)
+    assert budgets.returncode == 0 and json.loads(budgets.stdout)[0]["spent_usd"] == pytest.approx(sum(COSTS))
+    message = one_line(run(["ask", "Define feedback.", "--vault", str(vault)], reader))
+    assert "read-only here (its file is read-only to you), and this command records in it" in message
+    assert snapshot(folder) == before
+
+
+def test_a_report_reads_the_calls_a_writer_still_holds_in_its_log(tmp_path: Path):
+    """The ledger's writer has it open (or stopped without closing it): its latest calls are in the -wal file
+    beside it, which a reader must read through, not skip."""
+    reader = as_reader()
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", 'profile = "offline"\n')
+    ledger = record_calls(vault)  # open: its calls are in its log, not yet in the file
+    folder = vault / ".tierflow"
+    assert (folder / "ledger.sqlite-wal").stat().st_size > 0 and (folder / "ledger.sqlite-shm").exists()
+    make_read_only(folder)
+    try:
+        listed = run(["spend", "--format", "json", "--vault", str(vault)], reader)
+        assert listed.returncode == 0, listed.stderr
+        assert [row["cost_usd"] for row in json.loads(listed.stdout)] == list(COSTS)
+    finally:
+        folder.chmod(0o755)
+        dispose_engine(ledger.url)
+
+
+def test_a_read_only_ledger_that_cannot_be_read_whole_says_why_in_one_line(tmp_path: Path):
+    reader = as_reader()
+    older, copied = tmp_path / "older", tmp_path / "copied"
+    # A ledger an older tierflow wrote (schema 19): it would need a migration, which its reader cannot run.
+    file = older / ".tierflow" / "ledger.sqlite"
+    write_config(older / ".tierflow" / "config.toml", 'profile = "offline"\n')
+    engine = sa.create_engine(f"sqlite:///{file}")
+    with engine.begin() as conn:
+        ledger_at(conn, 19)
+    engine.dispose()
+    # A ledger copied with its -wal file but not its -shm: SQLite cannot read the calls in the log without it.
+    write_config(copied / ".tierflow" / "config.toml", 'profile = "offline"\n')
+    ledger = record_calls(copied)
+    log = copied / ".tierflow" / "ledger.sqlite-wal"
+    kept = log.read_bytes()
+    dispose_engine(ledger.url)
+    log.write_bytes(kept)  # as the writer left it, with its calls; its -shm file was not copied
+    for vault in (older, copied):
+        make_read_only(vault / ".tierflow")
+    try:
+        message = one_line(run(["spend", "--vault", str(older)], reader))
+        assert f"the ledger {file} is at schema version 19 and this tierflow reads version" in message
+        assert f"read-only here (the folder {file.parent} is read-only to you)" in message
+        assert "someone with write access must open it once with this tierflow" in message
+        message = one_line(run(["spend", "--by", "week", "--vault", str(copied)], reader))
+        assert "its latest calls are in ledger.sqlite-wal, which SQLite cannot read without the ledger.sqlite-shm" in (
+            message
+        )
+    finally:
+        for vault in (older, copied):
+            (vault / ".tierflow").chmod(0o755)
+
+
+def test_commands_that_record_refuse_a_read_only_ledger_in_one_line_naming_it_and_the_fix(shared_vault: Path):
+    reader = as_reader()
+    file = shared_vault / ".tierflow" / "ledger.sqlite"
+    before = snapshot(file.parent)
+    v = ["--vault", str(shared_vault)]
+    for args in (
+        ["ask", "Define feedback."],
+        ["run", "reading-notes", "--since", "2026-11-16", "--until", "2026-11-22"],
+        ["resume", "20261117-100000-abcdef"],
+        ["routing", "scan"],
+        ["budget", "reservations", "--release-stale"],
+    ):
+        result = run([*args, *v], reader)
+        message = one_line(result)
+        where = f"the ledger {file} is read-only here (the folder {file.parent} is read-only to you)"
+        assert f"{where}, and this command records in it" in message, args
+        assert "run it with write access to the ledger file and its folder" in message, args
+        assert "starting run" not in result.stderr, args  # refused before any run starts
+    message = one_line(run(["routing", "fit", *v], reader))  # it saves the router beside the ledger
+    assert f"cannot save the request router to {file.parent / 'router.model'}" in message
+    assert f"run it with write access to {file.parent}" in message
+    assert snapshot(file.parent) == before
+
+
+def test_opening_a_ledger_at_the_current_schema_writes_nothing_so_it_never_waits_for_a_writer(tmp_path: Path):
+    """Opening the ledger checked its schema in a write transaction: a report waited for every writer's
+    transaction, up to a minute, before it read anything."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(url).record(call_record())
+    dispose_engine(url)
+    import sqlite3
+
+    writer = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's write transaction, held
+    opened: list[object] = []
+
+    def open_and_read() -> None:
+        try:
+            opened.append(len(Ledger(url).rows()))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            opened.append(exc)
+
+    thread = threading.Thread(target=open_and_read, daemon=True)
+    thread.start()
+    thread.join(timeout=45)  # opening takes milliseconds; the write lock's wait took 60 s
+    waited = thread.is_alive()
+    writer.execute("ROLLBACK")
+    writer.close()
+    thread.join()
+    dispose_engine(url)
+    assert not waited and opened == [1]
+
+
+@pytest.mark.postgres
+def test_a_postgresql_role_that_may_only_select_reads_reports_and_is_refused_writes(postgres_server, tmp_path: Path):
+    import uuid
+
+    from conftest import drop_postgres_database, fresh_postgres_database, postgres_url
+
+    url = fresh_postgres_database(postgres_server)
+    role = "reader_" + uuid.uuid4().hex[:8]
+    name = sa.engine.make_url(url).database
+    vault = tmp_path / "vault"
+    try:
+        writer = record_calls(vault, Ledger(url))
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            conn.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{name}" TO "{role}"')
+            conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+            conn.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        admin.dispose()
+        reading_url = url.replace("://postgres:@", f"://{role}:@", 1)
+        assert reading_url != url
+        config = f'ledger_url = {json.dumps(reading_url)}\nprofile = "offline"\n{BUDGET}'
+        write_config(vault / ".tierflow" / "config.toml", config)
+        v = ["--vault", str(vault)]
+
+        listed = run(["spend", "--format", "json", *v], [])
+        assert listed.returncode == 0, listed.stderr
+        assert [row["cost_usd"] for row in json.loads(listed.stdout)] == list(COSTS)
+        # A budget scope no one registered: summed from the calls, never registered by the reader.
+        budgets = run(["spend", "--budget", "--format", "json", *v], [])
+        assert budgets.returncode == 0, budgets.stderr
+        assert json.loads(budgets.stdout)[0]["spent_usd"] == pytest.approx(sum(COSTS))
+        suggested = run(["routing", "suggest", "--format", "json", *v], [])
+        assert suggested.returncode == 0, suggested.stderr
+        assert json.loads(suggested.stdout)[0]["phase"] == "draft"
+        explained = run(["routing", "explain", REQUEST[:10], "--format", "json", *v], [])
+        assert explained.returncode == 0 and json.loads(explained.stdout)["request_id"] == REQUEST, explained.stderr
+
+        message = one_line(run(["ask", "Define feedback.", *v], []))
+        assert f"the ledger postgresql+psycopg://{role}:***@" in message
+        assert "is read-only here (its database role may only read it), and this command records in it" in message
+        assert "run it as a database role that may write" in message
+        with writer.reading() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM budget_scopes")).scalar() == 0
+            assert conn.execute(sa.text("SELECT count(*) FROM signals")).scalar() == 0
+            assert conn.execute(sa.text("SELECT count(*) FROM calls")).scalar() == len(COSTS)
+    finally:
+        drop_postgres_database(postgres_server, url)
+        admin = sa.create_engine(postgres_url(postgres_server, "postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
