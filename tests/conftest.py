@@ -154,6 +154,21 @@ def ledger_at(conn: object, version: int) -> None:
         conn.execute(schema_version.insert().values(version=number))
 
 
+def as_reader() -> list[str]:
+    """The prefix that makes file permissions bind a command run in a subprocess: none for a user; for root, who may
+    write any file, `setpriv` dropping every capability (root then meets a file's owner permissions, as its owner
+    would: a file of mode 0444 in a folder of mode 0555 is read-only to it). Skips the test where neither works."""
+    if os.geteuid() != 0:
+        return []
+    import subprocess
+
+    setpriv = shutil.which("setpriv")
+    drop = [setpriv or "setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if setpriv is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and setpriv cannot drop root's capabilities: permissions would not bind")
+    return drop
+
+
 def call_record(**changes: object):
     """A ledger record of one collate call on Anthropic's light tier; `changes` set any field."""
     from tierflow.core.ledger import CallRecord

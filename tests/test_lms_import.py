@@ -757,3 +757,32 @@ def test_cli_import_names_a_failed_student_goes_on_and_exits_non_zero(lms_vault,
     assert result.exit_code == 1, result.output
     assert "2002: NOT imported" in result.stdout and "2003: created" in result.stdout
     assert "1 NOT imported" in result.stderr and "2001: created" in result.stdout
+
+
+def test_import_into_a_folder_shared_read_only_is_one_line_naming_it(lms_vault, tmp_path):
+    """Each student was refused on its own line (the same reason seven times), then `Next: tierflow run ...`."""
+    import subprocess
+    import sys
+
+    from conftest import as_reader
+
+    reader = as_reader()
+    export = moodle_zip(tmp_path / "export.zip", cohort())
+    folder = lms_vault / ASSIGNMENT
+    before = sorted(p.name for p in folder.iterdir())
+    folder.chmod(0o555)
+    try:
+        result = subprocess.run(
+            [*reader, sys.executable, "-m", "tierflow.cli", "import", "submissions", str(export), "--vault",
+             str(lms_vault), "-a", ASSIGNMENT],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert message == (
+        f"error: cannot import into {ASSIGNMENT}/submissions: the folder {folder.resolve()} is read-only to you. "
+        "Import with write access to the vault"
+    )
+    assert result.stdout == "" and sorted(p.name for p in folder.iterdir()) == before

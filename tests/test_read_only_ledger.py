@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import call_record, ledger_at, write_config
+from conftest import as_reader, call_record, ledger_at, write_config
 
 from tierflow.core.ledger import Ledger, dispose_engine
 
@@ -32,18 +30,6 @@ period = "week"
 usd = 5.0
 """
 COSTS = (0.25, 0.5, 1.0)
-
-
-def as_reader() -> list[str]:
-    """The prefix that makes file permissions bind a command: none for a user; for root, who may write any file,
-    `setpriv` dropping every capability (root then meets a file's owner permissions, as its owner would)."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    drop = [setpriv or "setpriv", "--bounding-set=-all", "--inh-caps=-all"]
-    if setpriv is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
-        pytest.skip("running as root, and setpriv cannot drop root's capabilities: permissions would not bind")
-    return drop
 
 
 def run(args: list[str], reader: list[str]) -> subprocess.CompletedProcess[str]:

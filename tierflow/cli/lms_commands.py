@@ -97,6 +97,12 @@ def import_submissions(
     vault = vault_dir(vault, required="tierflow import submissions EXPORT") or Path(".")
     cfg = load(vault, config, profile)
     folder = _folder(cfg, assignment)
+    from tierflow.core.folders import unwritable
+
+    # A vault shared read-only: one line, not one failure per student.
+    why = unwritable(vault / folder / "submissions")
+    if why is not None:
+        raise fail(f"cannot import into {folder}/submissions: {why}. Import with write access to the vault", 1)
     err = _console(stderr=True)
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
