@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -309,3 +310,23 @@ def test_a_postgresql_role_that_may_only_select_reads_reports_and_is_refused_wri
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
         admin.dispose()
+
+
+def test_a_ledger_file_copied_alone_after_a_command_holds_every_call_it_recorded(tmp_path: Path):
+    """The command left its calls in ledger.sqlite-wal (its connections were never closed, so SQLite never wrote
+    the log into the file): a ledger.sqlite shared or copied alone had no tables at all."""
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    asked = run(["ask", "--profile", "offline", "--vault", str(vault), "Summarise: feedback matters."], [])
+    assert asked.returncode == 0, asked.stderr
+    folder = vault / ".tierflow"
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"]
+    copy = tmp_path / "copy" / "ledger.sqlite"
+    copy.parent.mkdir()
+    shutil.copy(folder / "ledger.sqlite", copy)
+    import sqlite3
+
+    alone = sqlite3.connect(f"{copy.as_uri()}?immutable=1", uri=True)  # the file as it is, nothing beside it
+    tables = {name for (name,) in alone.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "calls" in tables and alone.execute("SELECT phase FROM calls").fetchall() == [("ask",)]
+    alone.close()

@@ -8,6 +8,7 @@ lost updates. Reads are plain transactions: they neither wait for a writer nor h
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -952,6 +953,19 @@ def dispose_engine(url: str) -> None:
         engines = [_engines.pop(key) for key in [k for k in _engines if k[0] == url]]
     for engine in engines:
         engine.dispose()
+
+
+def _close_ledgers() -> None:
+    """At exit: close this process's pooled ledger connections. SQLite's last close then writes the write-ahead log
+    into the ledger file and removes it; left open, the calls of a short command or a run stayed in the -wal file
+    alone, and a ledger.sqlite copied or shared without it was missing them (or empty)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.dispose()
+
+
+atexit.register(_close_ledgers)
 
 
 def _create_engine(url: str, size: int) -> Engine:
