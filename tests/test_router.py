@@ -119,6 +119,37 @@ def test_apply_writes_a_per_phase_tier_that_config_show_attributes_to_the_file(t
     assert {s["phase"]: s["current_tier"] for s in json.loads(again.stdout)}["draft"] == "standard"
 
 
+def test_apply_on_a_vault_shared_read_only_shows_the_suggestions_then_says_it_cannot_write_in_one_line(
+    tmp_path, monkeypatch, double
+):
+    from conftest import as_reader
+
+    from tierflow.core.ledger import dispose_engine
+
+    vault = history(tmp_path, double, monkeypatch)
+    dispose_engine(Ledger.for_vault(vault).url)
+    folder = vault / ".tierflow"
+    for path in folder.iterdir():
+        path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        command = [sys.executable, "-m", "tierflow.cli", "routing", "suggest", "--apply", "--vault", str(vault)]
+        applied = subprocess.run(
+            [*as_reader(), *command], capture_output=True, text=True, cwd=REPO, timeout=120,
+            env={**__import__("os").environ, "COLUMNS": "400"},
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert applied.returncode == 1 and "Traceback" not in applied.stderr, applied.stderr
+    assert "draft" in applied.stdout and "standard" in applied.stdout  # the suggestions, read from the ledger
+    error = " ".join(applied.stderr[applied.stderr.index("error:") :].split())
+    assert error == (
+        f"error: cannot write {folder / 'config.toml'} (Permission denied): run --apply with write access to it and "
+        "its folder"
+    )
+    assert "[routing.phases]" not in (folder / "config.toml").read_text()
+
+
 def test_adaptive_routing_routes_by_evidence_and_says_why(tmp_path, monkeypatch, double):
     vault = history(tmp_path, double, monkeypatch, '[routing]\nmode = "adaptive"\nexplore = 0.0\n')
     config = vault / ".tierflow" / "config.toml"

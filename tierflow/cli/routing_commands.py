@@ -75,6 +75,10 @@ def suggest_command(
             diff = routing.apply(target, changes)
         except ConfigError as exc:
             raise fail(str(exc)) from exc
+        except OSError as exc:  # a vault shared read-only
+            raise fail(
+                f"cannot write {target} ({exc.strerror or exc}): run --apply with write access to it and its folder", 1
+            ) from None
         typer.echo(diff, err=True)
         typer.echo(f"Applied {len(changes)} change(s) to {target}. Check with: tierflow config show", err=True)
 
