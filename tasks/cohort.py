@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.errors import ProviderError
+from tierflow.core.errors import BatchPending, ProviderError
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
@@ -95,6 +95,10 @@ def synthesise_cohort(
     if mode == "batch":
         call = BatchCall(key="cohort", system=system, prompt=user, output=CohortOut, subject="cohort")
         result = run_batch(caller, [call], phase=PHASE, complexity=COMPLEXITY, wait=wait)
+        if "cohort" not in result.answers and result.pending and not wait:
+            raise BatchPending(
+                f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
+            )
         if "cohort" not in result.answers:
             raise ProviderError(
                 "batch", ", ".join(result.submitted + result.pending) or "-", result.failed.get("cohort", "no answer")

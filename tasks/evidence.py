@@ -288,7 +288,9 @@ def collate(
         complexity=COMPLEXITY,
         subject="batch",
     )
-    return batch_outcome(settings, PHASE, batched, assignment, pending, lambda s, a: evidence_from(assignment, s, a))
+    return batch_outcome(
+        settings, PHASE, batched, assignment, pending, lambda s, a: evidence_from(assignment, s, a), wait=wait
+    )
 
 
 def batch_outcome(
@@ -298,9 +300,12 @@ def batch_outcome(
     assignment: Assignment,
     submissions: list[Submission],
     convert,  # noqa: ANN001
+    *,
+    wait: bool,
 ) -> PhaseOutcome:
     """A batch's answers as a phase outcome; unanswered submissions are listed with the reason. One too long for
-    the model is listed in a direct run's words (`too_long`, as `fan_out` lists a failed item)."""
+    the model is listed in a direct run's words (`too_long`, as `fan_out` lists a failed item). A batch still
+    running is pending when the run chose not to `wait`, and fails the phase when it outlived the wait."""
     outcome: PhaseOutcome = PhaseOutcome(halted=batched.halted, failed=batched.failed)
     if not batched.results:
         return outcome
@@ -317,9 +322,11 @@ def batch_outcome(
             outcome.skipped.append((s.path, result.failed.get(key, "no answer in the batch")))
     outcome.batches = list(dict.fromkeys(result.submitted + result.pending))
     if result.pending:
-        outcome.failed = outcome.failed or (
-            f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
-        )
+        running = f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
+        if wait:
+            outcome.failed = outcome.failed or f"{phase} failed: {running} (it outlived the wait)"
+        else:
+            outcome.pending = running
     elif submissions and not outcome.results and not outcome.halted:
         # As `fan_out` says it of a direct run: nothing to go on with, so the run fails (exit 3) and stops here.
         first = outcome.skipped[0][1].rstrip(".") if outcome.skipped else "no answer in the batch"

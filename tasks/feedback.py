@@ -381,6 +381,7 @@ def draft(
             assignment,
             submissions,
             lambda s, a: write_feedback(settings, assignment, s, a, share),
+            wait=wait,
         )
     outcome.results = empty + outcome.results
     outcome.skipped += skipped

@@ -236,8 +236,8 @@ def test_batch_mode_prices_at_batch_rates_and_records_the_batch(provider, feedba
 def test_interrupted_batch_run_resumes_without_resubmitting(feedback_vault, keys):
     with ProviderDouble(skilled(), batch_polls_until_done=3) as double:
         configure(feedback_vault, double, "anthropic")
-        first = stopped(student_feedback, vault=str(feedback_vault), mode="batch", wait=False)
-        assert first.failed and "still running" in first.failed and len(first.batches) == 1
+        first = student_feedback(vault=str(feedback_vault), mode="batch", wait=False)
+        assert first.pending and "still running" in first.pending and len(first.batches) == 1 and not first.failed
         assert drafts(feedback_vault) == {}
         creates = [q for q in double.requests if q.kind == "batch_create"]
         assert len(creates) == 1
@@ -249,6 +249,31 @@ def test_interrupted_batch_run_resumes_without_resubmitting(feedback_vault, keys
         collate_items = [q for q in double.batch_items if schema_of(q) == "evidenceout"]
         assert len(collate_items) == SUBMITTED - 1
         assert len(drafts(feedback_vault)) == SUBMITTED
+
+
+def test_a_no_wait_batch_run_is_pending_not_failed_in_prefect_and_at_the_command_line(feedback_vault, keys):
+    """`--no-wait` submits and exits, as asked: a scheduled run of it shows Completed ("Batch pending") in the
+    Prefect UI, not Failed; `tierflow run` exits 0 and says how to collect it; later phases start nothing."""
+    from prefect import get_client
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    with ProviderDouble(skilled(), batch_polls_until_done=3) as double:
+        configure(feedback_vault, double, "anthropic")
+        args = ["run", "student-feedback", "--vault", str(feedback_vault), "--mode", "batch", "--no-wait"]
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "batch pending:" in result.output and "tierflow resume" in result.output
+        assert "failed:" not in result.output
+        assert [q.kind for q in double.requests].count("batch_create") == 1  # the cohort waits for the collate batch
+
+    with get_client(sync_client=True) as client:  # the batch's calls are recorded when it is collected
+        (flow_run,) = [r for r in client.read_flow_runs() if r.parameters.get("vault") == str(feedback_vault)]
+    state = flow_run.state
+    assert state.is_completed() and state.name == "Batch pending" and "still running" in state.message
+    (report,) = (feedback_vault / "tierflow" / "Runs").glob("*student-feedback*.md")
+    assert "Batch pending" in report.read_text() and "Stopped early" not in report.read_text()
 
 
 def test_expired_batch_lists_the_submissions_and_a_rerun_resubmits_only_those(feedback_vault, double, keys):

@@ -492,6 +492,8 @@ def print_summary(vault: Path, summary: Any) -> None:
         console.print(f"[bold red]stopped early:[/] {escape(summary.halted)}")
     if summary.failed:
         console.print(f"[bold red]failed:[/] {escape(summary.failed)}")
+    if summary.pending:
+        console.print(f"[bold yellow]batch pending:[/] {escape(summary.pending)}")
 
 
 def copy_demo_vault(folder: Path | None) -> Path:

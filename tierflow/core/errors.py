@@ -97,6 +97,11 @@ class OutputModeRejected(ProviderError):
     """The server refused the structured-output form (`response_format`); the call path tries the next form."""
 
 
+class BatchPending(TierflowError):
+    """A provider batch is still running, as the run chose (`wait=False`, `--no-wait`): the phase is not failed,
+    and `tierflow resume RUN` collects it."""
+
+
 class BudgetExceeded(TierflowError):
     """A reservation did not fit a budget whose policy is `halt`."""
 

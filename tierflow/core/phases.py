@@ -24,7 +24,7 @@ from prefect.futures import PrefectFuture
 
 from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
-from tierflow.core.errors import BudgetExceeded, ProviderError, TierflowError, VaultError
+from tierflow.core.errors import BatchPending, BudgetExceeded, ProviderError, TierflowError, VaultError
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
@@ -266,6 +266,9 @@ class PhaseOutcome(Generic[R]):
     failed: str | None = None
     batches: list[str] = field(default_factory=list)
     """Provider batch ids this phase submitted or is waiting on."""
+    pending: str | None = None
+    """Its batch is still running, as the run chose (`--no-wait`): no failure, but later phases wait for
+    `tierflow resume RUN`, which collects it."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,7 @@ class _Stop:
     phase: str
     halted: str | None
     failed: str | None
+    pending: str | None = None
 
 
 _stops: dict[tuple[str, str, int], _Stop] = {}
@@ -315,16 +319,23 @@ def _stopped(settings: RunSettings, phase: str) -> PhaseOutcome[Any] | None:
         stop = _stops.get(key)
     if stop is None:
         return None
-    why = f"the {stop.phase} phase failed" if stop.failed else f"a budget halted the {stop.phase} phase"
-    return PhaseOutcome(skipped=[(phase, f"not started: {why}")], halted=stop.halted, failed=stop.failed)
+    if stop.failed:
+        why = f"the {stop.phase} phase failed"
+    elif stop.halted:
+        why = f"a budget halted the {stop.phase} phase"
+    else:
+        why = f"the {stop.phase} phase's batch is still running; `tierflow resume RUN` goes on once it is collected"
+    return PhaseOutcome(
+        skipped=[(phase, f"not started: {why}")], halted=stop.halted, failed=stop.failed, pending=stop.pending
+    )
 
 
 def _remember(settings: RunSettings, phase: str, outcome: PhaseOutcome[R]) -> PhaseOutcome[R]:
     """`outcome`, remembered as its flow run attempt's stop when it failed or was halted (the first one only)."""
     key = _stop_key(settings)
-    if key and (outcome.failed or outcome.halted):
+    if key and (outcome.failed or outcome.halted or outcome.pending):
         with _stops_lock:
-            _stops.setdefault(key, _Stop(phase, outcome.halted, outcome.failed))
+            _stops.setdefault(key, _Stop(phase, outcome.halted, outcome.failed, outcome.pending))
             while len(_stops) > MAX_STOPS:
                 del _stops[next(iter(_stops))]
     return outcome
@@ -476,6 +487,8 @@ def single(
         outcome.results.append(phase_task(task, settings, phase=phase, complexity=complexity, subject=subject)(*args))
     except BudgetExceeded as exc:
         outcome.halted = str(exc)
+    except BatchPending as exc:
+        outcome.pending = str(exc)
     except ProviderError as exc:
         # Earlier phases' answers are cached in the ledger: a rerun after the fix does not pay for them again.
         outcome.failed = f"{phase} failed: {exc}. Earlier phases are kept; rerun to continue from them."

@@ -49,11 +49,13 @@ class RunSummary:
     batches: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     """Answers kept although no tier passed their checks (`phase · subject: ...`): the run needs review."""
+    pending: str | None = None
+    """A phase's batch is still running, as the run chose (`--no-wait`): `tierflow resume RUN` goes on."""
 
     @property
     def stopped(self) -> bool:
-        """A budget halted the run or a phase failed: later phases must not start."""
-        return bool(self.halted or self.failed)
+        """A budget halted the run, a phase failed or its batch is still running: later phases must not start."""
+        return bool(self.halted or self.failed or self.pending)
 
     def absorb(self, outcome: PhaseOutcome[T]) -> list[T]:
         """Take a phase's skips and stops into the run; returns what it finished."""
@@ -61,6 +63,7 @@ class RunSummary:
         self.batches += [b for b in outcome.batches if b not in self.batches]
         self.halted = self.halted or outcome.halted
         self.failed = self.failed or outcome.failed
+        self.pending = self.pending or outcome.pending
         return outcome.results
 
 
@@ -113,12 +116,15 @@ def final_state(summary: RunSummary) -> Any:
     """What a flow returns, so that the Prefect UI shows how its run ended: a Failed state whose message is the reason
     when a budget halted the run or a phase failed (its data a `RunStopped` carrying the summary); a Completed
     state named "Needs review" when answers were kept although no tier passed their checks (the caller still gets
-    the summary); else the summary."""
+    the summary); a Completed state named "Batch pending" when a batch is still running as the run chose
+    (`--no-wait`); else the summary."""
     from prefect.states import Completed, Failed
 
-    if summary.stopped:
+    if summary.halted or summary.failed:
         stopped = RunStopped(summary)
         return Failed(message=str(stopped), data=stopped)
+    if summary.pending:
+        return Completed(name="Batch pending", message=summary.pending, data=summary)
     if not summary.kept:
         return summary
     return Completed(
@@ -198,6 +204,7 @@ def write_run_report(
         "all_deep": all_deep,
         "savings": savings,
         "halted": summary.halted or summary.failed,
+        "pending": summary.pending,
         "phases": [p.table_row() for p in phases],
         "totals": overall.table_row() if phases else None,
         # Free runs (offline, local) still show where the tokens went.
