@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import anthropic_config, write_config
+from conftest import READING_WEEK, anthropic_config, write_config
 from pydantic import BaseModel
 from responders import schema_name
 from typer.testing import CliRunner
@@ -381,3 +381,48 @@ def test_a_trial_under_a_downgrade_budget_credits_no_cheaper_answer_to_the_tier_
     assert all(r["downgraded_from"] is None for r in rows)  # no answer from a cheaper tier, paid or credited
     by_tier = {row["tier"]: row for row in report["tiers"]}
     assert by_tier["deep"]["requests"] == 0 and by_tier["deep"]["check_pass_rate"] is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_draft_phase_of_reading_notes_is_trialled_with_its_own_checks(reading_vault: Path, caplog):
+    """README's Trials example on the demo week: the draft checks read each answer's quotations, not raise."""
+    from datetime import date
+
+    from tierflow.flows.reading_notes import reading_notes
+
+    since, until = (date.fromisoformat(d) for d in READING_WEEK)
+    reading_notes(vault=str(reading_vault), since=since, until=until, profile="offline")
+
+    def draft_trial() -> tuple[dict[str, dict], list[str]]:
+        """Each candidate tier's row, and the draft calls' failed checks, of one trial."""
+        result = CliRunner().invoke(
+            app,
+            ["trial", "reading-notes", "--phase", "draft", "--tiers", "light,standard,deep", "--sample", "10"]
+            + ["--budget", "0.50", "--vault", str(reading_vault), "--profile", "offline", "--format", "json"],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        calls = Ledger.for_vault(reading_vault).rows(run_id=report["run_id"])
+        failed = [r["checks_failed"] or "" for r in calls if r["phase"] == "draft"]
+        return {row["tier"]: row for row in report["tiers"] if row["tier"] in MODELS}, failed
+
+    caplog.set_level("WARNING", logger="tierflow")
+    # The offline drafts passed every check in the run: they pass them in the trial too, each at the first call.
+    tiers, failed = draft_trial()
+    assert set(tiers) == set(MODELS)
+    for tier, row in tiers.items():
+        assert (row["requests"], row["calls"], row["check_pass_rate"]) == (4, 4, 1.0), (tier, row)
+    assert failed == [""] * 12
+    # Sadler's note rewritten since: the drafts drawn from it no longer quote it word for word, and the check says so.
+    sadler = reading_vault / "Reading" / "@sadler1989.md"
+    head, _, _ = sadler.read_text().partition("\n---\n")
+    sadler.write_text(head + "\n---\nRewritten since the run.\n")
+    recorded = Ledger.for_vault(reading_vault).recorded_requests(flow="reading-notes", phase="draft")
+    drawn = [any("@sadler1989.md" in json.dumps(c["rebuild"]) for c in json.loads(r.checks_json)) for r in recorded]
+    assert len(drawn) == 4 and 0 < sum(drawn) < 4
+    tiers, failed = draft_trial()
+    for tier, row in tiers.items():
+        assert row["check_pass_rate"] == (4 - sum(drawn)) / 4, (tier, row)
+    assert {f for f in failed if f} == {"quotes_verbatim"}  # named by the check, never `... raised`
+    assert not [r.getMessage() for r in caplog.records if " raised " in r.getMessage()]
