@@ -15,7 +15,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.checks import Check
+from tierflow.core.checks import Check, reading_as
 from tierflow.core.phases import PhaseOutcome, fan_out
 from tierflow.flowkit.checks import links_resolve
 from tierflow.report.spend import row_tokens
@@ -134,9 +134,12 @@ def draft_check(names: VaultNames, citekeys: set[str]) -> Check:
 
 
 def trial_checks(vault: Path | None, sources: list[str]) -> list[Check]:
-    """The draft's checks rebuilt from the vault as it is now, for a tier trial (`Check.rebuild`)."""
+    """The draft's checks rebuilt from the vault as it is now, for a tier trial (`Check.rebuild`).
+
+    They read the trial's answer as a `DraftOut`, as the draft phase gives it to them: its quotations are objects.
+    """
     notes = [read_source(Path(vault or "."), path) for path in sources]
-    return draft_checks(VaultNames.scan(Path(vault or ".")), notes)
+    return reading_as(DraftOut, draft_checks(VaultNames.scan(Path(vault or ".")), notes))
 
 
 def draft_checks(names: VaultNames, sources: list[SourceNote]) -> list[Check]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from pydantic import BaseModel
 
 log = logging.getLogger("tierflow")
 
@@ -26,7 +28,27 @@ class Check:
     """The problems found in a parsed answer, each a short sentence; empty when the answer passes."""
     rebuild: tuple[str, str] | None = None
     """How a tier trial builds this check again from the vault: a factory's `module:function` and its keyword
-    arguments as JSON; `function(vault, **arguments)` returns the phase's checks. None: not rebuilt in trials."""
+    arguments as JSON; `function(vault, **arguments)` returns the phase's checks. None: not rebuilt in trials.
+    A trial's answer is validated against the recorded JSON schema only, so its nested objects are plain dicts:
+    a factory whose checks read nested fields returns them through `reading_as` with the phase's output model."""
+
+
+def reading_as(model: type[BaseModel], checks: Sequence[Check]) -> list[Check]:
+    """The checks, each given the answer as `model` parses it, as the phase's own call gives it to them.
+
+    A tier trial parses answers against the recorded JSON schema (`tierflow.learn.trial.schema_model`), with
+    nested objects left as dicts; a check written for the phase's model reads them as attributes.
+    """
+
+    def reads(check: Check) -> Check:
+        def problems(answer: Any) -> list[str]:
+            if not isinstance(answer, model):
+                answer = model.model_validate(answer.model_dump() if isinstance(answer, BaseModel) else answer)
+            return check.problems(answer)
+
+        return replace(check, problems=problems)
+
+    return [reads(c) for c in checks]
 
 
 @dataclass(frozen=True)
