@@ -79,6 +79,35 @@ def test_hidden_text_is_flagged_where_the_injection_check_reads_it(lms_vault, tm
         assert got[sid].metadata["tierflow_hidden_text"]
 
 
+def test_hidden_text_and_its_notice_are_not_the_text_a_run_sends_or_checks_quotes_against(lms_vault, tmp_path):
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.flowkit.checks import quotes_verbatim
+    from tierflow.lms.exporter import _version
+    from tierflow.tasks.assignment import _submissions
+
+    students = [
+        Student("1001", "Liam O'Sullivan", {"essay.docx": docx_bytes(essay(1), hidden=INJECTION)}),
+        Student("1002", "Chloé Dubois-Martin", {"essay.docx": docx_bytes([], white=INJECTION)}),  # nothing visible
+    ]
+    import_submissions(lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", students))
+    got = {s.student_id: s for s in _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0]}
+    text = got["1001"].text
+    assert "See the appendix." in text and INJECTION not in text and "Hidden text" not in text
+    assert any("hidden in the original" in f and "IGNORE ALL PREVIOUS INSTRUCTIONS" in f for f in got["1001"].flags)
+    assert got["1002"].empty and got["1002"].flags  # no model call for a file that hid all it held
+    # A draft records the version the export reads of the note, notice and all.
+    assert got["1001"].version == _version(lms_vault, ASSIGNMENT, "1001")
+
+    class Quoted:
+        def __init__(self, quote: str) -> None:
+            self.criteria = [type("E", (), {"criterion": "Argument", "quotes": [quote]})()]
+
+    check = quotes_verbatim(text)
+    assert not check.problems(Quoted("See the appendix."))
+    assert check.problems(Quoted("Hidden text in the original"))
+
+
 def test_late_is_a_property_and_metadata_names_stay_out_of_the_text(lms_vault, tmp_path):
     import_submissions(lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()), platform="canvas")
     got = notes(lms_vault)
