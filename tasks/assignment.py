@@ -14,6 +14,7 @@ from prefect import task
 
 from tierflow.core.calls import RunSettings, caller_for
 from tierflow.core.errors import ContextWindowExceeded, VaultError
+from tierflow.lms.notices import split_notices
 from tierflow.lms.roster import ROSTER_FILE, read_kept
 from tierflow.vault.labels import keep_labels
 from tierflow.vault.notes import check_vault
@@ -58,6 +59,9 @@ class Submission:
     """The student's email and institution ids (`email`, `sis_ids`, written by an LMS import with a roster)."""
     files: tuple[str, ...] = ()
     """The vault paths of the files the note's text was read from (`files`, written by an LMS import)."""
+    note_version: str = ""
+    """`text_version` of the note's whole text, the import's notices to the lecturer included (as the import and
+    the export take it); empty: that of `text`."""
 
     @property
     def empty(self) -> bool:
@@ -65,8 +69,8 @@ class Submission:
 
     @property
     def version(self) -> str:
-        """Which version of the submission this is (`text_version` of its text): recorded in its draft."""
-        return text_version(self.text)
+        """Which version of the submission this is (`text_version` of the note's text): recorded in its draft."""
+        return self.note_version or text_version(self.text)
 
 
 @dataclass
@@ -357,13 +361,20 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         skipped += [(rel, f"not read: {why}") for why in unreadable]
         # Obsidian hides comments: never sent to a model. Then the `%%`, `<!--`, `[[` and `](` an import wrote as
         # entities (the student's own) are the characters again.
-        shown = hide_comments(post.content)
-        text = note_text(post.content)
+        # The import's notice of text hidden in a file is the lecturer's, and so is that text, which no reader of
+        # the file sees: neither is sent, so a quotation is checked against what the model was sent. The injection
+        # check reads the hidden text too, so the draft flags it.
+        own, unseen = split_notices(post.content)
+        shown = hide_comments(own)
+        text = note_text(own)
         skipped += _cut_short(rel, post.content)
         # Drafted from its text: what was not read is told with the draft, not listed as skipped. An embed is one
         # Obsidian shows: not a `![[img.png]]` the student typed, which the import wrote as text.
         embeds = tuple(dict.fromkeys(re.findall(r"!\[\[([^\]]+)\]\]", shown)))
-        flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text))
+        flags = tuple(f"possible prompt injection: {m.group(0)!r}" for m in INJECTION.finditer(text)) + tuple(
+            f"possible prompt injection in text hidden in the original (not sent to the model): {m.group(0)!r}"
+            for m in INJECTION.finditer(note_text("\n".join(unseen)))
+        )
         found.setdefault(sid, []).append(
             Submission(
                 student_id=sid,
@@ -375,6 +386,7 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
                 not_read=embeds,
                 also=tuple(v for v in also if v),
                 files=tuple(files),
+                note_version=text_version(note_text(post.content)),
             )
         )
     submissions = []

@@ -36,6 +36,7 @@ from tierflow.lms import canvas, files, moodle
 from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect, who
 from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
+from tierflow.lms.notices import split_notices
 from tierflow.vault.rubric import load_rubric
 from tierflow.vault.text import load_note, note_text, read_note_text, text_version, unescape_links, yaml_problem
 
@@ -229,7 +230,8 @@ def _unversioned(drafts: Drafts, folder: str, result: ExportResult) -> None:
 def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
     """Why a reviewed draft with nothing for the student (tierflow's notice on a submission with no text, or
     comments alone) is not sent: its mark neither, since no feedback backs it."""
-    if note is not None and not note_text(note.content).strip():
+    # The import's notice of hidden text is the lecturer's: a file that hid all it held gave no text to mark.
+    if note is not None and not note_text(split_notices(note.content)[0]).strip():
         files = []
         for entry in note.metadata.get("tierflow_unreadable") or []:
             # The import's reason cut to its first clause: the import said the whole of it, with what to do.

@@ -31,6 +31,7 @@ from tierflow.lms import canvas, moodle
 from tierflow.lms import roster as kept_roster
 from tierflow.lms.documents import Extracted, extract
 from tierflow.lms.drafts import collect
+from tierflow.lms.notices import HIDDEN_CALLOUT
 from tierflow.lms.source import EntryError, Export, ExportError
 from tierflow.lms.work import PlatformFile, ReadExport, RosterEntry, StudentWork
 from tierflow.vault.links import wikilink_can_name
@@ -45,7 +46,6 @@ from tierflow.vault.text import (
 )
 
 PLATFORMS = ("moodle", "canvas")
-HIDDEN_CALLOUT = "Hidden text in the original"
 LONG_SUBMISSION = 200_000
 """Characters of text above which one student's note is warned of: some 50,000 tokens, more than a small model's
 whole context window and a quarter of a large one's, where an essay is a few thousand words."""
