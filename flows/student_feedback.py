@@ -52,8 +52,9 @@ def student_feedback(
         # `--retry-failed` pays again only for the evidence of the students the run drafts.
         todo = drafting(settings, work, redraft_all=redraft_all)
         evidence = run.absorb(collate(settings, work, mode=mode, wait=wait, drafting=todo))
+        # The tier table lists every student's current draft, whichever run wrote it: a rerun drafts only some.
         cohort = (
-            run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait))
+            run.absorb(synthesise(settings, work, evidence, mode=mode, wait=wait, drafts=draft_tiers(settings, work)))
             if evidence and not run.stopped
             else []
         )

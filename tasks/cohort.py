@@ -41,11 +41,13 @@ class Cohort(CohortOut):
 
 
 class DraftTier(BaseModel):
-    """The tier and model one student's feedback draft was answered on (its last billed attempt)."""
+    """The tier and model one student's current feedback draft was answered on (its last billed attempt)."""
 
     student_id: str
     tier: str
     model: str
+    this_run: bool = False
+    """Whether this run wrote the draft (an earlier run wrote the drafts of students it did not draft again)."""
 
 
 def level_distribution(assignment: Assignment, evidence: list[Evidence]) -> list[dict[str, Any]]:
@@ -83,11 +85,17 @@ def prompt(settings: RunSettings, assignment: Assignment, evidence: list[Evidenc
 
 @task(name=PHASE, task_run_name="synthesise · cohort")
 def synthesise_cohort(
-    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], mode: str = "direct", wait: bool = True
+    settings: RunSettings,
+    assignment: Assignment,
+    evidence: list[Evidence],
+    mode: str = "direct",
+    wait: bool = True,
+    drafts: list[DraftTier] | None = None,
 ) -> Cohort:
     """Common strengths, misconceptions and teaching actions; written as a note for the lecturer.
 
-    In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway.
+    In batch mode the one cohort call goes through the batch API too: the run is asynchronous anyway. `drafts`, the
+    students' current drafts before this run drafts any, keeps the tier table until `add_draft_tiers` rewrites it.
     """
     caller = caller_for(settings)
     system, user = prompt(settings, assignment, evidence)
@@ -121,7 +129,7 @@ def synthesise_cohort(
     offline = answer.route.provider_kind == "offline"
     written = write_summary(
         settings, assignment, evidence, out, model=answer.route.model_ref, tokens=answer.usage.total_tokens,
-        cost_usd=answer.cost_usd, offline=offline,
+        cost_usd=answer.cost_usd, offline=offline, drafts=drafts,
     )  # fmt: skip
     return Cohort(
         **out.model_dump(),
@@ -172,6 +180,7 @@ def write_summary(
                 "link": names.link_for(by_id[d.student_id].path),
                 "tier": d.tier,
                 "model": d.model,
+                "this_run": d.this_run,
             }
             for d in drafts or []
             if d.student_id in by_id
@@ -196,7 +205,8 @@ def write_summary(
 def add_draft_tiers(
     settings: RunSettings, assignment: Assignment, evidence: list[Evidence], cohort: Cohort, drafts: list[DraftTier]
 ) -> Cohort:
-    """Rewrite the summary, written before the drafts, with the tier and model each draft was answered on.
+    """Rewrite the summary, written before the drafts, with the tier and model each current draft was answered on
+    (`tierflow.tasks.feedback.draft_tiers`: this run's and the earlier runs' alike).
 
     The run's list of notes keeps the first write's action (`created` stays `created`) unless that left it unchanged.
     """
@@ -217,7 +227,13 @@ def _columns(distribution: list[dict[str, Any]]) -> list[str]:
 
 
 def synthesise(
-    settings: RunSettings, assignment: Assignment, evidence: list[Evidence], *, mode: str = "direct", wait: bool = True
+    settings: RunSettings,
+    assignment: Assignment,
+    evidence: list[Evidence],
+    *,
+    mode: str = "direct",
+    wait: bool = True,
+    drafts: list[DraftTier] | None = None,
 ) -> PhaseOutcome[Cohort]:
     return single(
         synthesise_cohort,
@@ -227,6 +243,7 @@ def synthesise(
         evidence,
         mode,
         wait,
+        drafts,
         phase=PHASE,
         complexity=COMPLEXITY,
         subject="cohort",

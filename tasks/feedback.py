@@ -138,19 +138,52 @@ def _draft_spend(settings: RunSettings, subject: str, answer: Answer | None) -> 
 
 
 def draft_tiers(settings: RunSettings, assignment: Assignment) -> list[DraftTier]:
-    """Per drafted student, in submission order: the tier and model of the last billed attempt at their draft,
-    from this run's ledger rows of phase `draft` under their pseudonym."""
+    """Per student with a current draft (this run's, or an earlier run's written for their submission as it is
+    now), in submission order: the tier and model of the last billed attempt at that draft, from the ledger rows of
+    phase `draft` of the run that wrote it (its `tierflow_run`) under the student's pseudonym; the model its
+    front-matter records, tier `-`, when the ledger holds none. A draft written without a model call (an empty
+    submission's) is not listed."""
     label = assignment.pseudonyms().label
-    last: dict[str, dict[str, Any]] = {}
-    for r in caller_for(settings).ledger.rows(run_id=settings.run_id):
-        if r["phase"] == PHASE and r["subject"]:
-            last[r["subject"]] = r
+    ledger = caller_for(settings).ledger
+    by_run: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def last_rows(run_id: str) -> dict[str, dict[str, Any]]:
+        if run_id not in by_run:
+            last: dict[str, dict[str, Any]] = {}
+            for r in ledger.rows(run_id=run_id) if run_id else []:
+                if r["phase"] == PHASE and r["subject"]:
+                    last[r["subject"]] = r
+            by_run[run_id] = last
+        return by_run[run_id]
+
+    current = already_drafted(Path(settings.vault or "."), assignment)[0]
     out = []
     for s in assignment.submissions:
-        row = last.get(label.get(s.student_id, s.student_id))
+        subject = label.get(s.student_id, s.student_id)
+        # This run's attempt first: `--redraft-all` may write a new draft beside an edited one, both current.
+        row = last_rows(settings.run_id).get(subject)
+        run_id = settings.run_id
+        if row is None and s.student_id in current:
+            run_id = str(current[s.student_id].metadata.get("tierflow_run") or "")
+            row = last_rows(run_id).get(subject)
         if row is not None:
-            out.append(DraftTier(student_id=s.student_id, tier=row["tier"] or "-", model=row["model"] or "-"))
+            tier, model = row["tier"] or "-", row["model"] or "-"
+        elif s.student_id in current and (model := _draft_model(current[s.student_id])):
+            tier = "-"
+        else:
+            continue
+        out.append(DraftTier(student_id=s.student_id, tier=tier, model=model, this_run=run_id == settings.run_id))
     return out
+
+
+def _draft_model(draft: Draft) -> str:
+    """The model a draft's front-matter says answered it (`draft: anthropic:claude-sonnet-4-6` in
+    `tierflow_phase_models`), as the ledger names it (without the provider); "" for none (an empty submission)."""
+    for entry in draft.metadata.get("tierflow_phase_models") or []:
+        ref = str(entry).removeprefix("draft: ") if str(entry).startswith("draft: ") else ""
+        if ref and ref != "none":
+            return ref.split(":", 1)[-1]
+    return ""
 
 
 def write_feedback(

@@ -602,8 +602,8 @@ def test_the_cohort_summary_shows_the_tier_and_model_each_draft_was_written_on(f
     assert not summary.failed
     cohort = (feedback_vault / FEEDBACK / "Cohort summary.md").read_text()
     assert "## Tier each draft was written on" in cohort
-    table = cohort.split("## Tier each draft was written on", 1)[1]
-    rows = dict(re.findall(r"^- \[\[[^\]]*?(s\d{7})\]\]: (\S+ \(.+\))$", table, re.MULTILINE))
+    rows = {sid: shown.removesuffix(", drafted in this run") for sid, shown in tier_rows(cohort).items()}
+    assert all(shown.endswith(", drafted in this run") for shown in tier_rows(cohort).values())
     from tierflow.core.config import load_config
 
     ledger = Ledger(load_config(feedback_vault, profile="offline").ledger_url)
@@ -625,6 +625,40 @@ def test_the_cohort_summary_shows_the_tier_and_model_each_draft_was_written_on(f
     assert [w.action for w in listed] == ["created"]
     report = (feedback_vault / summary.report.path).read_text()
     assert "Spend per value class" not in report  # every call of this run had the default value
+
+
+def tier_rows(cohort: str) -> dict[str, str]:
+    """The rows of the cohort summary's "Tier each draft was written on", by student id (`{}` without it):
+    `standard (extractive-standard)`, followed by `, drafted in this run` for this run's drafts."""
+    if "## Tier each draft was written on" not in cohort:
+        return {}
+    table = cohort.split("## Tier each draft was written on", 1)[1]
+    return dict(re.findall(r"^- \[\[[^\]]*?(s\d{7})\]\]: (\S+ \(.+\)(?:, drafted in this run)?)$", table, re.MULTILINE))
+
+
+def test_a_rerun_keeps_every_students_tier_in_the_cohort_summary(feedback_vault):
+    """A rerun drafts only the resubmitted student (here on another tier), and one with nobody to draft drafts
+    nobody: the summary still lists every student with a draft, on the tier of the draft they have now."""
+    cohort_note = feedback_vault / FEEDBACK / "Cohort summary.md"
+    first = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not first.failed
+    everyone = {sid for sid in drafts(feedback_vault) if sid != EMPTY}
+    assert tier_rows(cohort_note.read_text()) == dict.fromkeys(
+        everyone, "standard (extractive-standard), drafted in this run"
+    )
+
+    submission = feedback_vault / ASSIGNMENT / "submissions" / "s2026003.md"
+    submission.write_text(submission.read_text() + "\n\nA paragraph added on resubmission, on assessment.\n")
+    second = student_feedback(vault=str(feedback_vault), profile="offline", tier={"draft": "deep"})
+    assert not second.failed
+    assert [w.path for w in second.written if "Cohort summary" not in w.path] == [f"{FEEDBACK}/s2026003 feedback.md"]
+    earlier = dict.fromkeys(everyone - {"s2026003"}, "standard (extractive-standard)")
+    assert tier_rows(cohort_note.read_text()) == {**earlier, "s2026003": "deep (extractive-deep), drafted in this run"}
+
+    third = student_feedback(vault=str(feedback_vault), profile="offline")
+    assert not third.failed
+    assert not [w for w in third.written if "Cohort summary" not in w.path]  # nobody drafted
+    assert tier_rows(cohort_note.read_text()) == {**earlier, "s2026003": "deep (extractive-deep)"}
 
 
 def test_the_run_report_shows_spend_per_value_class_when_values_differ(feedback_vault, double, keys):
