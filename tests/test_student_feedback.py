@@ -638,27 +638,38 @@ def tier_rows(cohort: str) -> dict[str, str]:
 
 def test_a_rerun_keeps_every_students_tier_in_the_cohort_summary(feedback_vault):
     """A rerun drafts only the resubmitted student (here on another tier), and one with nobody to draft drafts
-    nobody: the summary still lists every student with a draft, on the tier of the draft they have now."""
+    nobody: the summary still lists every student with a draft, on the tier of the draft they have now, and marks
+    those drafted in this run."""
     cohort_note = feedback_vault / FEEDBACK / "Cohort summary.md"
+
+    def tiers() -> dict[str, str]:
+        return {
+            sid: row.removesuffix(", drafted in this run") for sid, row in tier_rows(cohort_note.read_text()).items()
+        }
+
+    def drafted_now() -> set[str]:
+        return {sid for sid, row in tier_rows(cohort_note.read_text()).items() if row.endswith(", drafted in this run")}
+
     first = student_feedback(vault=str(feedback_vault), profile="offline")
     assert not first.failed
     everyone = {sid for sid in drafts(feedback_vault) if sid != EMPTY}
-    assert tier_rows(cohort_note.read_text()) == dict.fromkeys(
-        everyone, "standard (extractive-standard), drafted in this run"
-    )
+    assert tiers() == dict.fromkeys(everyone, "standard (extractive-standard)")
+    marked = [drafted_now()]
 
     submission = feedback_vault / ASSIGNMENT / "submissions" / "s2026003.md"
     submission.write_text(submission.read_text() + "\n\nA paragraph added on resubmission, on assessment.\n")
     second = student_feedback(vault=str(feedback_vault), profile="offline", tier={"draft": "deep"})
     assert not second.failed
     assert [w.path for w in second.written if "Cohort summary" not in w.path] == [f"{FEEDBACK}/s2026003 feedback.md"]
-    earlier = dict.fromkeys(everyone - {"s2026003"}, "standard (extractive-standard)")
-    assert tier_rows(cohort_note.read_text()) == {**earlier, "s2026003": "deep (extractive-deep), drafted in this run"}
+    now = {**dict.fromkeys(everyone, "standard (extractive-standard)"), "s2026003": "deep (extractive-deep)"}
+    assert tiers() == now  # the earlier run's students keep their rows
+    marked.append(drafted_now())
 
     third = student_feedback(vault=str(feedback_vault), profile="offline")
     assert not third.failed
     assert not [w for w in third.written if "Cohort summary" not in w.path]  # nobody drafted
-    assert tier_rows(cohort_note.read_text()) == {**earlier, "s2026003": "deep (extractive-deep)"}
+    assert tiers() == now  # and the section is still there
+    assert [*marked, drafted_now()] == [everyone, {"s2026003"}, set()]  # the drafts each run wrote are marked
 
 
 def test_the_run_report_shows_spend_per_value_class_when_values_differ(feedback_vault, double, keys):
