@@ -143,8 +143,13 @@ def run_flow(
 def _check_ledger(vault: Path, config: Path | str | None, profile: str | None) -> None:
     """Open the ledger the run records in, before any run starts: one that cannot be used (read-only here, a server
     that is down) ends the command with one line naming it and the fix, not a run that fails at its first call."""
+    from tierflow.core.folders import check_vault
     from tierflow.core.ledger import Ledger
 
+    try:
+        check_vault(vault)  # a vault that is gone is named as such, not made again by opening its ledger
+    except TierflowError as exc:
+        raise fail(str(exc)) from None
     try:
         Ledger(load(vault, Path(config) if config else None, profile).ledger_url)
     except TierflowError as exc:
