@@ -494,7 +494,7 @@ def test_a_tierflow_error_in_a_flows_own_code_after_its_calls_exits_3_and_says_w
     assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # two triages and the summary
     assert "error: output folder '../Triage' is outside the vault; choose a folder inside it" in said(result)
     assert f"run {run_id} stopped: its 3 calls ($0.0000) are in the ledger" in said(result)
-    assert f"`tierflow spend --vault {vault} --run {run_id}` lists them" in said(result)
+    assert f"`tierflow spend --run {run_id} --vault {vault}` lists them" in said(result)
     if takes_run_id:
         assert f"`tierflow resume {run_id} --vault {vault}` continues it without paying again" in said(result)
     else:  # it cannot be resumed, but a new run reuses the answers paid for

@@ -10,11 +10,11 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -40,6 +40,7 @@ from tierflow.core.errors import ConfigError, LedgerError
 
 if TYPE_CHECKING:
     from tierflow.core.config import Config
+    from tierflow.core.registry import FlowSpec
 
 app = typer.Typer(
     help="Tier-routed Prefect flows for academic knowledge work, with exact token spend.",
@@ -654,7 +655,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a flow over a vault, with a progress display per phase; ends with what was written and its cost."""
-    vault = vault_dir(vault, required="tierflow run reading-notes")
+    vault = vault_dir(vault, required=f"tierflow run {flow_name}")
     _quiet_prefect(verbose)  # before anything imports Prefect, which reads its logging settings at import
     cfg = load(vault, config, profile)
     # Every flag is checked before the flow selects a single note: these here, the rest against the flow's
@@ -738,7 +739,8 @@ def resume(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
-    vault = vault_dir(vault, required="tierflow resume RUN")
+    vault = vault_dir(vault, required=f"tierflow resume {run_id}")
+    from tierflow.core.commands import tierflow_command
     from tierflow.core.ledger import Ledger
 
     cfg = load(vault, config, profile)
@@ -747,7 +749,7 @@ def resume(
     if found is None:
         raise fail(
             f"no run {run_id!r} in the ledger {_redact_url(cfg.ledger_url)}; "
-            f"`tierflow spend --vault {vault} --by run` lists runs"
+            f"`{tierflow_command('spend', '--by', 'run', vault=vault, config=config, profile=profile)}` lists runs"
         )
     flow, parameters = found
     from tierflow.core.errors import TierflowError
@@ -758,9 +760,10 @@ def resume(
     except TierflowError as exc:
         raise fail(f"run {run_id} is of the {flow} flow, which cannot be loaded: {exc}") from None
     if not spec.takes("run_id"):  # it would start a new run under a new id, not continue this one
+        again = _rerun_of(spec, flow, vault, parameters, config=config, profile=profile)
         raise fail(
             f"run {run_id} is of the {flow} flow, whose function takes no run_id, so `tierflow resume` cannot "
-            f"continue that run. `tierflow run {flow} --vault {vault}` runs it again and reuses, at no cost, every "
+            f"continue that run. `{again}` runs it again and reuses, at no cost, every "
             "answer the earlier run cached. To make the flow resumable, give it a `run_id: str | None = None` "
             "parameter and pass it to begin_run (docs/your-own-flow.md)."
         )
@@ -769,6 +772,52 @@ def resume(
 
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
+
+
+RUN_OPTIONS = {
+    "since": "--since", "until": "--until", "assignment": "--assignment", "mode": "--mode", "wait": "--no-wait",
+    "module": "--module", "project": "--project", "retry_failed": "--retry-failed", "redraft_all": "--redraft-all",
+}  # fmt: skip
+"""The flow parameters `tierflow run` gives from an option of its own, and that option."""
+
+
+def _rerun_of(
+    spec: FlowSpec,
+    flow: str,
+    vault: Path,
+    parameters: Mapping[str, Any],
+    *,
+    config: Path | None,
+    profile: str | None,
+) -> str:
+    """The `tierflow run` command line that runs an earlier run again, from the parameters the ledger remembered
+    for it: those its flow takes and that differ from the flow's defaults, each as its option or a `--param`."""
+    from tierflow.cli.runner import rerun_command
+
+    function = getattr(spec.flow, "fn", spec.flow)
+    signature = inspect.signature(function).parameters
+    defaults = {name: p.default for name, p in signature.items() if p.default is not p.empty}
+    options: dict[str, tuple[str, object]] = {}
+    params: dict[str, object] = {}
+    for name, value in parameters.items():
+        if name in ("vault", "config", "profile", "tier", "run_id") or not spec.takes(name) or value is None:
+            continue
+        if name in defaults and defaults[name] == value:
+            continue
+        if name in RUN_OPTIONS:
+            options[name] = (RUN_OPTIONS[name], value if name != "wait" else (None if value else False))
+        else:
+            params[name] = value if isinstance(value, str) else json.dumps(value)
+    # `tierflow run` refuses --config, --profile and --tier to a flow that does not take them.
+    return rerun_command(
+        flow,
+        vault,
+        config=(parameters.get("config") or config) if spec.takes("config") else None,
+        profile=(parameters.get("profile") or profile) if spec.takes("profile") else None,
+        tier=parameters.get("tier") if spec.takes("tier") else None,
+        options=options,
+        params=params,
+    )
 
 
 class ListFormat(StrEnum):
@@ -949,7 +998,7 @@ def plan(
     ] = False,
 ) -> None:
     """Estimate a run before it spends: calls, tokens and worst-case USD per phase, and the all-deep equivalent."""
-    vault = vault_dir(vault, required="tierflow plan reading-notes")
+    vault = vault_dir(vault, required=f"tierflow plan {flow_name}")
     cfg = load(vault, config, profile)
     from tierflow.core.errors import TierflowError
     from tierflow.core.registry import flow_spec

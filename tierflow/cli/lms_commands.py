@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.core.commands import tierflow_command
 
 import_app = typer.Typer(help="Bring work in from a learning platform.", no_args_is_help=True)
 export_app = typer.Typer(help="Send reviewed work back to a learning platform.", no_args_is_help=True)
@@ -159,7 +160,7 @@ def import_submissions(
     err.print(
         f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "
         f"{counts['unchanged']} unchanged, {counts['kept-edit']} kept as edited{not_taken}{failed}; {unread} file(s) "
-        f"not read. Next: tierflow run student-feedback --vault {vault} --assignment {report.folder}",
+        f"not read. Next: {tierflow_command('run', 'student-feedback', '--assignment', report.folder, vault=vault)}",
         markup=False,
     )
     sys.stdout.flush()

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.core.commands import tierflow_command
 from tierflow.vault.text import load_note
 
 rubric_app = typer.Typer(
@@ -184,9 +185,10 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     except RubricError:
         parsed = None
     if parsed is not None:
+        show = tierflow_command("rubric", "show", "--assignment", folder, vault=vault, config=config, profile=profile)
         raise RubricError(
             f"{relpath} already parses ({len(parsed.criteria)} criteria, read as {parsed.shape}); nothing to "
-            f"normalise. See what was read with `tierflow rubric show --assignment {folder}`."
+            f"normalise. See what was read with `{show}`."
         )
     target = path.with_name(NORMALISED)
     if target.is_file():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import signal
 import tempfile
@@ -25,6 +24,7 @@ from rich.table import Table
 from tierflow.cli import temporary_server
 from tierflow.cli.common import fail, load, refuse_option_params
 from tierflow.core import progress
+from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import TierflowError
 from tierflow.report.console import show
 from tierflow.report.spend import money
@@ -121,7 +121,8 @@ def run_flow(
         # like any other, with its summary and report (exit 3).
         summary = exc.summary
     except TierflowError as exc:
-        raise error_ended_run(exc, flow, vault, run_id, config=config, profile=profile) from None
+        again = rerun_command(flow, vault, config=config, profile=profile, tier=tier, options=options, params=params)
+        raise error_ended_run(exc, flow, vault, run_id, config=config, profile=profile, rerun=again) from None
     except KeyboardInterrupt:
         if run_id is None:
             console.print(f"[bold yellow]interrupted: the run stopped; {escape(resume)}.")
@@ -132,7 +133,7 @@ def run_flow(
         # A flow of another package may return nothing: it ran, and its calls are in the ledger all the same.
         console.print(
             f"the {flow} flow returned {type(summary).__name__}, not a RunSummary, so there is no summary to show; "
-            f"`tierflow spend --vault {shlex.quote(str(vault))} --last 20` lists its calls."
+            f"`{tierflow_command('spend', '--last', 20, vault=vault, config=config, profile=profile)}` lists its calls."
         )
         return None
     wait_for_task_run_records(summary.run_id)
@@ -292,13 +293,15 @@ def error_ended_run(
     *,
     config: Path | str | None,
     profile: str | None,
+    rerun: str | None = None,
 ) -> typer.Exit:
     """Say why an error raised in a flow's own code (not in a phase task) ended its run, and return the exit.
 
     Before the run made any call it is a usage error (a folder that is not there, a config problem): the message
     alone, exit code 2. Once it made calls, they are paid for and in the ledger: the run failed (exit code 3),
     and a second line says where its calls are and how to go on without paying for them again.
-    `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it).
+    `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it); `rerun` is
+    the command line that runs it again with the same options (`rerun_command`).
     """
     from tierflow.core.ledger import Ledger
     from tierflow.report.spend import total
@@ -311,18 +314,18 @@ def error_ended_run(
     if not rows:
         return fail(str(error))
     ended = fail(str(error), code=3)
-    where = shlex.quote(str(vault))
+    rerun = rerun or tierflow_command("run", flow, vault=vault, config=config, profile=profile)
     again = (
         f"`{resume_command(run, vault, config=config, profile=profile)}` continues it without paying again for "
         "the answers it already has"
         if run_id is not None
-        else f"`tierflow run {flow} --vault {where}` runs it again (with the same options) and reuses, at no cost, "
-        "every answer this run cached"
+        else f"`{rerun}` runs it again and reuses, at no cost, every answer this run cached"
     )
+    spend = tierflow_command("spend", "--run", run, vault=vault, config=config, profile=profile)
     console.print(
         escape(
             f"run {run} stopped: its {len(rows)} calls ({money(total(rows).cost_usd)}) are in the ledger; "
-            f"`tierflow spend --vault {where} --run {run}` lists them. Once that is fixed, {again}."
+            f"`{spend}` lists them. Once that is fixed, {again}."
         )
     )
     return ended
@@ -348,12 +351,31 @@ def interrupted_ask_message(ledger: Ledger | None, run_id: str) -> str:
     )
 
 
+def rerun_command(
+    flow: str,
+    vault: Path,
+    *,
+    config: Path | str | None = None,
+    profile: str | None = None,
+    tier: Mapping[str, str] | None = None,
+    options: Mapping[str, tuple[str, object]] | None = None,
+    params: Mapping[str, object] | None = None,
+) -> str:
+    """The `tierflow run` command line that runs `flow` again as asked: the options the user set (`options`, as
+    `run_flow` takes them: a flag alone when its value is a bool), each `--tier` and each `--param`."""
+    words: list[object] = ["run", flow]
+    for option, value in (options or {}).values():
+        if value is None:
+            continue
+        words += [option] if isinstance(value, bool) else [option, value]
+    for phase, tier_name in (tier or {}).items():
+        words += ["--tier", tier_name if phase == "*" else f"{phase}={tier_name}"]
+    return tierflow_command(*words, vault=vault, config=config, profile=profile, params=params)
+
+
 def resume_command(run_id: str, vault: Path, *, config: Path | str | None, profile: str | None) -> str:
     """The `tierflow resume` command line that continues a run."""
-    options = "".join(
-        f" --{name} {shlex.quote(str(value))}" for name, value in (("config", config), ("profile", profile)) if value
-    )
-    return f"tierflow resume {run_id} --vault {shlex.quote(str(vault))}{options}"
+    return tierflow_command("resume", run_id, vault=vault, config=config, profile=profile)
 
 
 PREFECT_DID_NOT_START = "Timed out while attempting to connect to ephemeral Prefect API server"

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from markdown_it import MarkdownIt
 
+from tierflow.core.commands import tierflow_command
 from tierflow.vault.annotations import CALLOUT_HEAD, without_code
 from tierflow.vault.notes import as_written
 from tierflow.vault.text import (
@@ -244,7 +245,7 @@ def collect(vault: Path, folder: str, version_of: Callable[[str], str | None] | 
         if not draft.written_for(current):
             out.outdated.append(draft)
             newer = [d.path for d in found if d.student_id == draft.student_id and d.version == current]
-            out.left_out.append((draft.path, _outdated(draft, folder, newer)))
+            out.left_out.append((draft.path, _outdated(vault, draft, folder, newer)))
             continue
         candidates.setdefault(draft.student_id, []).append(draft)
     for sid, drafts in candidates.items():
@@ -263,15 +264,16 @@ def who(draft: Draft) -> str:
     return f"{draft.student_id} ({draft.name})" if draft.name else draft.student_id
 
 
-def _outdated(draft: Draft, folder: str, newer: list[str]) -> str:
+def _outdated(vault: Path, draft: Draft, folder: str, newer: list[str]) -> str:
     """Why a reviewed draft written for an earlier version of the submission is not sent, and what to do."""
     note = f"{folder}/submissions/{draft.student_id}.md"
     if newer:
         todo = f"review the draft for the current one ({', '.join(newer)}) and set `status: reviewed` in it"
     else:
+        run = tierflow_command("run", "student-feedback", "--assignment", folder, vault=vault)
         todo = (
-            f"draft the current one (`tierflow run student-feedback --assignment {folder}` drafts only new and "
-            "changed submissions), review that draft and set `status: reviewed` in it"
+            f"draft the current one (`{run}` drafts only new and changed submissions), review that draft and set "
+            "`status: reviewed` in it"
         )
     return (
         f"written for an earlier version of the submission; {who(draft)}: {note} has changed since this draft was "

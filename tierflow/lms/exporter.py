@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 import frontmatter
 import yaml
 
+from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
 from tierflow.lms.cells import Dialect
@@ -158,7 +159,7 @@ def export_feedback(
     result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
     if target in TARGETS:
         drafts = _of_platform(vault, folder, drafts, "canvas" if target == "canvas" else "moodle", result)
-        _unversioned(drafts, folder, result)
+        _unversioned(vault, drafts, folder, result)
     if target == "moodle-worksheet":
         _moodle_worksheet(vault, folder, drafts, result, worksheet, out, decimals, dry_run, today, replace_existing)
     elif target == "moodle-files":
@@ -215,15 +216,16 @@ def _version(vault: Path, folder: str, sid: str) -> str | None:
     return text_version(note_text(note.content)) if note is not None else None
 
 
-def _unversioned(drafts: Drafts, folder: str, result: ExportResult) -> None:
+def _unversioned(vault: Path, drafts: Drafts, folder: str, result: ExportResult) -> None:
     """Said once: the reviewed drafts to be sent that record no version of the submission, taken as current."""
     old = sorted(d.path for d in drafts.unversioned if drafts.reviewed.get(d.student_id) is d)
     if old:
+        again = tierflow_command("run", "student-feedback", "--assignment", folder, "--redraft-all", vault=vault)
         result.notes.append(
             f"{len(old)} reviewed draft(s) record no version of the submission they were written for (drafted before "
             f"tierflow recorded it), so each is taken as written for the submission as it is now: {', '.join(old)}. "
-            "If a student has resubmitted since, draft again (`tierflow run student-feedback --assignment "
-            f"{folder} --redraft-all`, or move that draft out of feedback/ and run it) and review the new draft."
+            f"If a student has resubmitted since, draft again (`{again}`, or move that draft out of feedback/ and "
+            "run it) and review the new draft."
         )
 
 
@@ -257,7 +259,7 @@ def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # n
     if how.problem:
         raise ExportFeedbackError(
             f"{rubric.path}: no marks can be worked out from it, so none are exported: {how.problem} "
-            f"Check the reading with `tierflow rubric show --assignment {folder}`."
+            f"Check the reading with `{tierflow_command('rubric', 'show', '--assignment', folder, vault=vault)}`."
         )
     result.notes += [f"{rubric.path}: {warning}" for warning in (*rubric.warnings, *how.warnings)]
     result.notes.append(f"marks: {how.how}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from pathvalidate import sanitize_filename
 
+from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import VaultError
 from tierflow.lms import canvas, moodle
 from tierflow.lms import roster as kept_roster
@@ -222,7 +223,7 @@ def _outdated_drafts(vault: Path, folder: str, students: list[StudentResult]) ->
         return []
     drafts = collect(vault, folder, version_of=changed.get)
     by_id = {s.student_id: s for s in students}
-    run = f"`tierflow run student-feedback --assignment {folder}`"
+    run = f"`{tierflow_command('run', 'student-feedback', '--assignment', folder, vault=vault)}`"
     out = []
     for d in drafts.outdated:
         by_id[d.student_id].outdated.append(d.path)

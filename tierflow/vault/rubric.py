@@ -30,6 +30,7 @@ import yaml
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, Field
 
+from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import locate
 from tierflow.vault.text import hide_comments, read_note_text
@@ -207,12 +208,13 @@ def load_rubric(vault: Path, relpath: str) -> Rubric:
             f"{relpath}: no rubric found. Put the marking rubric there (a Markdown table or headed sections)."
         )
     try:
-        return parse_rubric(read_rubric_text(path, relpath), relpath)
+        return parse_rubric(read_rubric_text(path, relpath), relpath, vault=vault)
     except RubricError as unparsed:
         if not normalised.is_file():
             raise
         failure = unparsed
     rel_normalised = str(Path(relpath).with_name(NORMALISED).as_posix())
+    folder = Path(relpath).parent.as_posix()
     post = frontmatter.loads(read_rubric_text(normalised, rel_normalised))
     status = str(post.metadata.get("status") or "").strip().lower()
     if status != "checked":
@@ -223,8 +225,9 @@ def load_rubric(vault: Path, relpath: str) -> Rubric:
         )
     if str(post.metadata.get("source_hash") or "") not in ("", source_hash(path)):
         raise RubricError(
-            f"{relpath} has changed since {rel_normalised} was written from it. Run `tierflow rubric normalise "
-            f"--assignment {Path(relpath).parent.as_posix()}` again, or, if the normalised rubric is still right, "
+            f"{relpath} has changed since {rel_normalised} was written from it. Run "
+            f"`{tierflow_command('rubric', 'normalise', '--assignment', folder, vault=vault)}` "
+            "again, or, if the normalised rubric is still right, "
             f"delete its `source_hash` line."
         )
     return parse_rubric(read_rubric_text(normalised, rel_normalised), rel_normalised)
@@ -247,8 +250,9 @@ def read_rubric_text(path: Path, relpath: str) -> str:
     return text
 
 
-def parse_rubric(text: str, relpath: str = "rubric.md") -> Rubric:
-    """Parse a rubric's Markdown (front-matter allowed) in any of `SHAPES`; a RubricError lists them otherwise."""
+def parse_rubric(text: str, relpath: str = "rubric.md", *, vault: Path | None = None) -> Rubric:
+    """Parse a rubric's Markdown (front-matter allowed) in any of `SHAPES`; a RubricError lists them otherwise, and
+    the `tierflow rubric normalise` command (for the `vault` it is in, when given) that rewrites it."""
     try:
         post = frontmatter.loads(text)
     except yaml.YAMLError as exc:
@@ -268,11 +272,12 @@ def parse_rubric(text: str, relpath: str = "rubric.md") -> Rubric:
             )
         return Rubric(path=relpath, title=title, criteria=tuple(criteria), notes=notes, shape=shape)
     folder = str(Path(relpath).parent.as_posix())
+    normalise = tierflow_command("rubric", "normalise", "--assignment", folder, vault=vault)
     tried = "\n".join(f"  {i}. {s}" for i, s in enumerate(SHAPES, start=1))
     raise RubricError(
         f"{relpath}: no criteria found. Shapes tried:\n{tried}\n"
         f"Headings, bold lines and shared bands need {LEVEL_BULLETS}. Rewrite the rubric in one of these shapes, "
-        f"or run `tierflow rubric normalise --assignment {folder}` to have the light tier rewrite it into "
+        f"or run `{normalise}` to have the light tier rewrite it into "
         f"{NORMALISED} for you to check."
     )
 
