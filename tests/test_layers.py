@@ -47,9 +47,9 @@ def test_the_check_catches_a_deliberate_upward_import() -> None:
     assert upward_imports("from tierflow.core.calls import Caller\nimport json\n") == set()
 
 
-FOUNDATION = ("tierflow.core.errors", "tierflow.core.clock", "tierflow.core.folders")
-"""Core modules that import nothing of tierflow's but errors, and that vault may use: its errors, the clock, and
-the one check of a vault folder."""
+FOUNDATION = ("tierflow.core.errors", "tierflow.core.clock", "tierflow.core.folders", "tierflow.core.commands")
+"""Core modules that import nothing of tierflow's but errors, and that vault may use: its errors, the clock, the
+one check of a vault folder, and the `tierflow ...` command lines messages print."""
 
 
 def crossing_imports(source: str, package: str) -> set[str]:

@@ -1,4 +1,6 @@
-"""The `tierflow` command lines that messages tell the user to run: each runnable as printed, from any folder."""
+"""The `tierflow` command lines that messages tell the user to run: each runnable as printed, from any folder.
+
+Imports nothing of tierflow's, so that every layer (vault's rubric errors too) can print them."""
 
 from __future__ import annotations
 
