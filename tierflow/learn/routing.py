@@ -12,9 +12,7 @@ disagree, writing any one of them would route the others against their own evide
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import tempfile
 import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from tierflow.core.config import Config
 from tierflow.core.errors import ConfigError
 from tierflow.core.evidence import Suggestion, gather, suggest
 from tierflow.core.ledger import Ledger
+from tierflow.vault.notes import write_atomically
 
 
 def suggestions(config: Config, ledger: Ledger, *, flow: str | None = None) -> list[Suggestion]:
@@ -103,7 +102,7 @@ def apply(path: Path, changes: list[Suggestion]) -> str:
     diff = "".join(
         difflib.unified_diff(before.splitlines(True), text.splitlines(True), str(path), f"{path} (suggested)")
     )
-    _write_atomic(path, text)
+    write_atomically(path, text)
     return diff
 
 
@@ -179,19 +178,3 @@ def _check(path: Path, text: str, tiers: dict[str, str]) -> None:
             f"{path}: not changed, the edit would not set routing.phases for {', '.join(map(repr, wrong))} "
             "(is `routing.phases` written in another form? Set it under a `[routing.phases]` table)"
         )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
