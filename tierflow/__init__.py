@@ -8,7 +8,7 @@ Running a flow:   `flow`, `task`, `begin_run`, `RunSettings`, `FlowSpec`
 Phases:           `Phase` (`.each`, `.once`, and `.ask` for its call), `PhaseOutcome`, `reduce_in_groups`,
                   `prompt_room`, `prompt_tokens`
 The call:         `caller_for` (`caller_for(settings).ask(...)` returns an `Answer`), `BaseModel`, `Field`,
-                  `Check`, `links_resolve`
+                  `Check`, `links_resolve`, `reading_as` (a rebuilt check reads the answer as your model)
 The vault:        `read_folder` (`Folder` of `Note`s), `writer_for` (a safe `NoteWriter`, giving `WriteResult`s),
                   `VaultNames`, `templates`
 The run report:   `RunSummary`, `write_run_report`, `final_state` (what the flow returns), `RunStopped`
@@ -37,6 +37,7 @@ _WHERE: dict[str, str] = {
     "prompt_room": "tierflow.core.context",
     "prompt_tokens": "tierflow.core.hierarchy",
     "Check": "tierflow.core.checks",
+    "reading_as": "tierflow.core.checks",
     "FlowSpec": "tierflow.core.registry",
     "TierflowError": "tierflow.core.errors",
     "VaultError": "tierflow.core.errors",
