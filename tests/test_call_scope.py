@@ -17,6 +17,7 @@ from pydantic import BaseModel, field_validator
 from tierflow import Check
 from tierflow.core.budget import open_reservations
 from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import ProviderError
 from tierflow.core.ledger import tier_slots
 from tierflow.testing.double import ProviderDouble, Reply
 
@@ -135,6 +136,32 @@ def test_a_settle_whose_connection_drops_once_is_tried_again_and_the_row_lands(
     assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
     [after] = in_thread(lambda: ask(caller, "The next call on the tier."))
     assert after.text
+
+
+def test_a_release_that_commits_before_its_connection_drops_records_its_lost_attempts_once(
+    tmp_path, monkeypatch, double, ledger_url
+):
+    """The call failed after sending three attempts (billed, never read whole). Its closing transaction, which
+    records them and drops the reservation, commits, and then the connection drops before the acknowledgement: the
+    retry finds them in the ledger and writes nothing twice."""
+    double.responder = lambda r: Reply(text="cut", fault="cut")
+    caller = scoped_caller(tmp_path, double, monkeypatch, concurrency=1, ledger_url=ledger_url)
+    release = caller.budgets.release
+    dropped: list[int] = []
+
+    def committed_then_dropped(reservation_id: int, **kw) -> None:  # noqa: ANN003
+        release(reservation_id, **kw)
+        if not dropped:
+            dropped.append(reservation_id)
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(caller.budgets, "release", committed_then_dropped)
+    with pytest.raises(ProviderError):
+        ask(caller, "Summarise.")
+    assert dropped
+    rows = caller.ledger.rows()
+    assert [r["outcome"] for r in rows] == ["lost"] * len(double.model_calls()) == ["lost"] * 3
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
 
 
 def test_a_timeout_raised_between_the_reservation_and_the_call_leaks_nothing(tmp_path, monkeypatch, double):

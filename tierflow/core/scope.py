@@ -177,8 +177,10 @@ class CallScope:
                     raise
                 log.warning("the ledger dropped a call's closing transaction (%s); trying again", error.orig)
                 time.sleep(0.05 * attempt)
-                if row is not None and _landed(self.ledger, row):
-                    return  # it committed before the connection went: never write the row twice
+                # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
+                written = row if row is not None else next(iter(lost), None)
+                if written is not None and _landed(self.ledger, written):
+                    return  # it committed before the connection went: never write its rows twice
 
 
 def _transient(error: sa.exc.DBAPIError) -> bool:
