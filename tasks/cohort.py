@@ -105,7 +105,7 @@ def synthesise_cohort(
         result = run_batch(caller, [call], phase=PHASE, complexity=COMPLEXITY, wait=wait)
         if "cohort" not in result.answers and result.pending and not wait:
             raise BatchPending(
-                f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
+                f"batch {', '.join(result.pending)} still running; collect it later with `{settings.resume_command()}`"
             )
         if "cohort" not in result.answers:
             raise ProviderError(

@@ -322,7 +322,9 @@ def batch_outcome(
             outcome.skipped.append((s.path, result.failed.get(key, "no answer in the batch")))
     outcome.batches = list(dict.fromkeys(result.submitted + result.pending))
     if result.pending:
-        running = f"batch {', '.join(result.pending)} still running; collect it later with `tierflow resume RUN`"
+        running = (
+            f"batch {', '.join(result.pending)} still running; collect it later with `{settings.resume_command()}`"
+        )
         if wait:
             outcome.failed = outcome.failed or f"{phase} failed: {running} (it outlived the wait)"
         else:

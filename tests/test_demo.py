@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from tierflow.core.ledger import Ledger
 
 
 def test_demo_runs_keyless_and_writes_drafts_report_and_ledger(tmp_path: Path):
-    vault = tmp_path / "demo"
+    vault = tmp_path / "my demo"  # a space in the path, as in "Documents/Teaching notes"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a machine that has never run Prefect
     env.pop("PREFECT_API_URL", None)
@@ -29,6 +31,14 @@ def test_demo_runs_keyless_and_writes_drafts_report_and_ledger(tmp_path: Path):
     for noise in ("Traceback", "Error flushing", "CancelledError", "ERROR"):
         assert noise not in console, f"{noise!r} on the console:\n{console}"
     assert "offline extractive model" in console and "Concepts/Drafts" in console
+    # The spend command it prints runs as printed, from another folder.
+    (printed,) = re.findall(r"The spend ledger: (.+)", console)
+    words = shlex.split(printed)
+    assert words[:2] == ["tierflow", "spend"], printed
+    spend = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", *words[1:]], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert spend.returncode == 0 and "collate" in spend.stdout, spend.stdout + spend.stderr
 
     drafts = sorted((vault / "Concepts" / "Drafts").glob("*.md"))
     assert len(drafts) >= 3

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +113,18 @@ def test_apply_writes_a_per_phase_tier_that_config_show_attributes_to_the_file(t
     assert '+draft = "standard"' in applied.stderr  # the diff is shown
     text = (vault / ".tierflow" / "config.toml").read_text()
     assert "[routing.phases]" in text and "# tierflow routing suggest --apply, 2026-11-18: move to standard" in text
-    shown = cli("config", "show", vault=vault)
+    # The check it prints runs as printed from any folder: it names the vault.
+    (printed,) = re.findall(r"Check with: (.+)", applied.stderr)
+    words = shlex.split(printed)
+    assert words[:3] == ["tierflow", "config", "show"], printed
+    shown = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", *words[1:]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**__import__("os").environ, "COLUMNS": "400"},
+    )
     line = next(x for x in shown.stdout.splitlines() if "routing.phases.draft" in x)
     assert "standard" in line and "config.toml" in line
     # The next draft call goes to standard, and its ledger row says which rule sent it there.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -266,6 +267,8 @@ def test_a_no_wait_batch_run_is_pending_not_failed_in_prefect_and_at_the_command
         assert result.exit_code == 0, result.output
         assert "batch pending:" in result.output and "tierflow resume" in result.output
         assert "failed:" not in result.output
+        pending = next(line for line in result.output.splitlines() if "batch pending:" in line)
+        assert_runnable_resume(pending, feedback_vault)
         assert [q.kind for q in double.requests].count("batch_create") == 1  # the cohort waits for the collate batch
 
     with get_client(sync_client=True) as client:  # the batch's calls are recorded when it is collected
@@ -274,6 +277,17 @@ def test_a_no_wait_batch_run_is_pending_not_failed_in_prefect_and_at_the_command
     assert state.is_completed() and state.name == "Batch pending" and "still running" in state.message
     (report,) = (feedback_vault / "tierflow" / "Runs").glob("*student-feedback*.md")
     assert "Batch pending" in report.read_text() and "Stopped early" not in report.read_text()
+    assert_runnable_resume(report.read_text(), feedback_vault)
+
+
+def assert_runnable_resume(text: str, vault: Path) -> None:
+    """Every `tierflow resume` command quoted in `text` names a run and the vault, as it must be typed."""
+    commands = re.findall(r"`(tierflow resume [^`]*)`", text)
+    assert commands, text
+    for command in commands:
+        words = shlex.split(command)
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", words[2]), command  # a run id, not a placeholder
+        assert Path(words[words.index("--vault") + 1]) == vault.resolve(), command
 
 
 def test_expired_batch_lists_the_submissions_and_a_rerun_resubmits_only_those(feedback_vault, double, keys):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.core.commands import tierflow_command
 
 routing_app = typer.Typer(
     help="Routing from evidence: pass rates per flow, phase and tier, and the cheapest tier that meets the target.",
@@ -80,7 +81,8 @@ def suggest_command(
                 f"cannot write {target} ({exc.strerror or exc}): run --apply with write access to it and its folder", 1
             ) from None
         typer.echo(diff, err=True)
-        typer.echo(f"Applied {len(changes)} change(s) to {target}. Check with: tierflow config show", err=True)
+        check = tierflow_command("config", "show", vault=vault, config=config, profile=profile)
+        typer.echo(f"Applied {len(changes)} change(s) to {target}. Check with: {check}", err=True)
 
 
 @routing_app.command("scan")

@@ -539,7 +539,8 @@ def run_demo(folder: Path | None) -> Path:
     console.print("Model: tierflow's offline extractive model, so no keys and no network. Output is labelled as such.")
     run_flow("reading-notes", vault, since=DEMO_WEEK[0], until=DEMO_WEEK[1], profile="offline")
     console.print(
-        f"\nOpen [bold]{vault}[/] in Obsidian and look in Concepts/Drafts/ and tierflow/Runs/.\n"
-        f"The spend ledger: tierflow spend --vault {vault} --by phase"
+        f"\nOpen [bold]{escape(str(vault))}[/] in Obsidian and look in Concepts/Drafts/ and tierflow/Runs/.\n"
+        f"The spend ledger: {escape(tierflow_command('spend', '--by', 'phase', vault=vault))}",
+        soft_wrap=True,
     )
     return vault

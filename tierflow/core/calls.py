@@ -61,6 +61,12 @@ class RunSettings(BaseModel, frozen=True):
     deployment: str | None = None
     """The Prefect deployment that started the run, if one did."""
 
+    def resume_command(self) -> str:
+        """The `tierflow resume` command line that continues this run, runnable as printed."""
+        from tierflow.core.commands import tierflow_command
+
+        return tierflow_command("resume", self.run_id, vault=self.vault, config=self.config_path, profile=self.profile)
+
     def with_run(self, flow: str) -> RunSettings:
         return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
 

@@ -324,7 +324,10 @@ def _stopped(settings: RunSettings, phase: str) -> PhaseOutcome[Any] | None:
     elif stop.halted:
         why = f"a budget halted the {stop.phase} phase"
     else:
-        why = f"the {stop.phase} phase's batch is still running; `tierflow resume RUN` goes on once it is collected"
+        why = (
+            f"the {stop.phase} phase's batch is still running; `{settings.resume_command()}` goes on once it is "
+            "collected"
+        )
     return PhaseOutcome(
         skipped=[(phase, f"not started: {why}")], halted=stop.halted, failed=stop.failed, pending=stop.pending
     )
