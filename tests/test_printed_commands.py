@@ -161,3 +161,33 @@ def test_the_missing_vault_error_names_your_own_flow(stopping_triage: Path, else
     done = CliRunner().invoke(app, ["plan", "reading-triage"])
     assert done.exit_code == 2
     assert "give the vault: tierflow plan reading-triage --vault DIR" in said(done)
+
+
+def test_a_run_with_a_relative_config_resumes_on_that_config_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config offline.toml`, typed relative to where the run started: the run's `tierflow resume` line, pasted
+    in another folder that has a file of that name of its own, continues on the config the run ran on."""
+    from tierflow.cli.runner import DEMO_WEEK, copy_demo_vault
+    from tierflow.core.ledger import Ledger
+
+    vault = copy_demo_vault(tmp_path / "My Vault")
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "offline.toml").write_text('profile = "offline"\n')
+    monkeypatch.chdir(started)
+    since, until = (d.isoformat() for d in DEMO_WEEK)
+    args = ["run", "reading-notes", "--vault", str(vault), "--config", "offline.toml", "--since", since]
+    done = CliRunner().invoke(app, [*args, "--until", until])
+    assert done.exit_code == 0, done.output
+    resume = printed(said(done), "tierflow resume")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "offline.toml").write_text('profile = "no-such-profile"\n')  # another config of the same name
+    monkeypatch.chdir(elsewhere)
+    resumed = CliRunner().invoke(app, resume)
+    assert resumed.exit_code == 0, resumed.output
+    (run_id,) = {r["run_id"] for r in Ledger.for_vault(vault).rows()}
+    _, parameters = Ledger.for_vault(vault).run_parameters(run_id)
+    assert parameters["config"] == str(started / "offline.toml")
+    assert {r["provider"] for r in Ledger.for_vault(vault).rows()} == {"offline"}

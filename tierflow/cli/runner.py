@@ -185,7 +185,12 @@ def flow_call(
         spec = flow_spec(flow)
     except TierflowError as exc:
         raise fail(str(exc)) from None
-    settings = {"profile": profile or None, "config": str(config) if config else None, "tier": tier or None}
+    # The config as a full path: the ledger keeps it for `tierflow resume`, which may run in another folder.
+    settings = {
+        "profile": profile or None,
+        "config": str(Path(config).resolve()) if config else None,
+        "tier": tier or None,
+    }
     given = {**(options or {}), **{name: (f"--{name}", value) for name, value in settings.items()}}
     refuse_option_params(params or {}, {name: option for name, (option, _) in given.items()} | {"vault": "--vault"})
     for name, (option, value) in given.items():
