@@ -188,3 +188,36 @@ def test_the_budgets_show_in_a_24_row_terminal_however_many_models_phases_and_pr
     screen = screen_of(dashboard(config, ledger, period="week"))
     assert any(line.startswith("weekly ") for line in screen), "\n".join(screen)
     assert "$0.9000 spent + $0.0000 reserved of $1.0000" in " ".join(" ".join(screen).split()), "\n".join(screen)
+
+
+def test_watch_into_a_pipe_prints_each_redraw_as_it_comes(tmp_path: Path):
+    """`tierflow spend --watch | tee spend.log`: every redraw reaches the pipe whole while the watch runs (Live
+    printed one frame, at Ctrl-C, and nothing at all when the watch was ended by SIGTERM)."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    ledger = Ledger(load_config(vault).ledger_url)
+    args = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--watch", "--interval", "0.2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+
+    def wait_for(text: str, frames: int = 1) -> None:
+        deadline = time.monotonic() + 300  # a guard against a hung watch, never a measure of speed
+        while sum(text in line for line in list(lines)) < frames:
+            assert proc.poll() is None, "".join(lines) + proc.stderr.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"{text!r} never reached the pipe:\n{''.join(lines)}"
+            time.sleep(0.05)
+
+    try:
+        wait_for("In flight: 0 calls")
+        record(ledger, "claude-sonnet-4-6", "EDU7001", 0.25)
+        wait_for("claude-sonnet-4-6")
+        wait_for("In flight: 0 calls", frames=3)  # it goes on redrawing
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=60)
+    assert "\x1b[" not in "".join(lines)  # plain text in a pipe, no terminal codes

@@ -103,6 +103,14 @@ def watch(config: Config, ledger: Ledger, *, interval: float = 2.0, period: str 
     """Redraw the dashboard every `interval` seconds until interrupted."""
     console = Console()
     try:
+        if not console.is_terminal:
+            # A pipe or a file (`| tee spend.log`): each redraw printed whole and flushed as it comes, not one
+            # frame when the watch ends (Live's way off a terminal), which a SIGTERM never reaches.
+            while True:
+                console.print(dashboard(config, ledger, period=period, since=since))
+                console.print()
+                console.file.flush()
+                time.sleep(interval)
         with Live(dashboard(config, ledger, period=period, since=since), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
