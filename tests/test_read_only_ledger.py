@@ -127,6 +127,10 @@ def test_every_report_reads_a_ledger_its_user_may_only_read_and_writes_nothing(s
     assert explained.returncode == 0, explained.stderr
     answers = json.loads(explained.stdout)["answers"]
     assert [a["tier"] for a in answers] == ["light", "standard", "deep"]
+    by_note = run(["routing", "explain", "Feedback", "--format", "json", *v], reader)  # the draft written from it
+    assert by_note.returncode == 0 and json.loads(by_note.stdout)["request_id"] == REQUEST, by_note.stderr
+    listed = run(["routing", "explain", "--run", "r", *v], reader)
+    assert listed.returncode == 0 and listed.stdout.startswith(REQUEST[:12] + "\t"), listed.stderr
 
     assert snapshot(folder) == before  # nothing written, and no -wal or -shm file made beside it
 
@@ -295,6 +299,13 @@ def test_a_postgresql_role_that_may_only_select_reads_reports_and_is_refused_wri
         assert json.loads(suggested.stdout)[0]["phase"] == "draft"
         explained = run(["routing", "explain", REQUEST[:10], "--format", "json", *v], [])
         assert explained.returncode == 0 and json.loads(explained.stdout)["request_id"] == REQUEST, explained.stderr
+        by_note = run(["routing", "explain", "Concepts/Drafts/Feedback.md", "--format", "json", *v], [])
+        assert by_note.returncode == 0 and json.loads(by_note.stdout)["request_id"] == REQUEST, by_note.stderr
+        listed = run(["routing", "explain", "--run", "r", "--format", "json", *v], [])
+        assert listed.returncode == 0, listed.stderr
+        assert [(r["request_id"], r["tiers"], r["note"]) for r in json.loads(listed.stdout)] == [
+            (REQUEST, ["light", "standard", "deep"], "Concepts/Drafts/Feedback.md")
+        ]
 
         message = one_line(run(["ask", "Define feedback.", *v], []))
         assert f"the ledger postgresql+psycopg://{role}:***@" in message

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.core.commands import tierflow_command
+
+if TYPE_CHECKING:
+    from tierflow.core.config import Config
+    from tierflow.core.ledger import Ledger
+    from tierflow.learn.lookup import Found, Request
 
 routing_app = typer.Typer(
     help="Routing from evidence: pass rates per flow, phase and tier, and the cheapest tier that meets the target.",
@@ -171,30 +178,92 @@ def _answers(found: dict) -> str:
 
 @routing_app.command("explain")
 def explain_command(
-    request: Annotated[str, typer.Argument(help="A request id (or a unique prefix) from the ledger's `request_id`.")],
+    request: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="REQUEST|NOTE",
+            help="A request id, or the start of one as --run lists it; or a draft note: its path (in the vault, or "
+            "from here) or its name, as a link names it.",
+            show_default=False,
+        ),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="List this run's requests, one a line, to pick one: id, flow, phase, subject, the tiers that "
+            "answered it, the last answer's outcome, the draft note written from it. A note's run is its "
+            "`tierflow_run`; `tierflow spend --by run` lists the runs.",
+            show_default=False,
+        ),
+    ] = None,
     vault: VaultOpt = None,
     output: Annotated[Format, typer.Option("--format", help="table, or json.")] = Format.table,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Why a request went where it went: the rule each answer was given, and what the router predicts for it now."""
+    """Why a request went where it went: the rule each answer was given, and what the router predicts for it now.
+
+    Name the request by the draft note written from its answer (a concept draft or a student's feedback draft:
+    `Concepts/Drafts/Feedback.md`, or `Feedback` as a link names it), or by its id; `--run RUN` lists a run's
+    requests with their ids.
+    """
     vault = vault_dir(vault, required="tierflow routing explain")
     cfg = load(vault, config, profile)
+    from tierflow.core.commands import tierflow_command
     from tierflow.core.ledger import Ledger
+    from tierflow.learn import lookup, request_router
+
+    def command(*words: str) -> str:
+        return tierflow_command(*words, vault=vault, config=config, profile=profile)
+
+    ledger = Ledger(cfg.ledger_url, reading=True)
+    if run is not None and request is not None:
+        raise fail("give a request (or a draft note), or --run RUN to list a run's requests: not both")
+    if run is not None:
+        _list_run(ledger, run, output, command)
+        return
+    if request is None:
+        raise fail(f"give a draft note or a request id, or --run RUN: {_where_to_look(ledger, command)}")
+    assert vault is not None  # required above
+    found = lookup.find(ledger, vault, request)
+    if len(found.request_ids) > 1:
+        if found.matching > 1:
+            said = f"{found.matching} requests have an id starting with {request!r}: give more of it"
+        else:  # a note and an id, or a note whose run sent two requests under its subject
+            said = f"{request!r} may mean {len(found.request_ids)} requests: give one's id"
+        if found.matching > len(found.request_ids):
+            said += f" (the first {len(found.request_ids)} are listed)"
+        _listed_failure(
+            f"{said}; each is listed by an id that tells it apart:", lookup.describe(ledger, found.request_ids)
+        )
+    if not found.request_ids:
+        raise fail(_missed(request, found, vault, ledger, command))
+    found_request = request_router.stored_request(ledger, found.request_ids[0])
+    if found_request is None:  # a draft's request whose text the ledger does not keep (recorded before version 15)
+        raise fail(
+            f"the ledger keeps no text for request {found.request_ids[0][: lookup.SHORT]}, which {found.note} was "
+            f"written from: {_where_to_look(ledger, command, found.run_id)}"
+        )
+    # Given an id, the draft written from it is named all the same (the concept drafts the ledger remembers).
+    note = found.note or next((r.note for r in lookup.describe(ledger, found.request_ids)), None)
+    _explain(cfg, ledger, found_request, note, output)
+
+
+def _explain(cfg: Config, ledger: Ledger, found: dict, note: str | None, output: Format) -> None:
+    """Print why the request went where it went, and where the router would send it now."""
     from tierflow.core.routing import value_of
     from tierflow.learn import request_router
 
-    ledger = Ledger(cfg.ledger_url, reading=True)
-    found = request_router.stored_request(ledger, request)
-    if found is None:
-        raise fail(f"no single request with id {request!r} in the ledger: give more of the id")
     value = value_of(cfg, flow=found["flow"] or "", phase=found["phase"] or "")
     decision = request_router.decide(
         cfg, request_router.current(cfg, ledger), flow=found["flow"] or "", phase=found["phase"] or "",
         complexity=found["complexity"] or "medium", text=found["text"], value=value,
     )  # fmt: skip
     result = {
-        **{k: found[k] for k in ("request_id", "flow", "phase", "complexity", "answers", "signals")},
+        **{k: found[k] for k in ("request_id", "flow", "phase", "complexity")},
+        "note": note,
+        **{k: found[k] for k in ("answers", "signals")},
         "text": found["text"][:500],
         "now": {"tier": decision.tier, "rule": decision.rule, "target": round(decision.target, 4),
                 "value": decision.value, "p_suffices": {t: round(p, 4) for t, p in decision.probabilities.items()}},
@@ -202,7 +271,8 @@ def explain_command(
     if output is Format.json:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
-    typer.echo(f"{found['flow']} · {found['phase']} · request {found['request_id'][:12]}")
+    written = f" · {note}" if note else ""
+    typer.echo(f"{found['flow']} · {found['phase']} · request {found['request_id'][:12]}{written}")
     for a in found["answers"]:
         answered = f"{a['provider']}:{a['model']}, attempt {a['attempt']}, {a['outcome']}"
         typer.echo(f"  answered on {a['tier']} ({answered}): {a['route_rule']}")
@@ -210,6 +280,94 @@ def explain_command(
         verdict = {True: "pass", False: "fail", None: "neutral"}[s["passed"]]
         typer.echo(f"  {s['kind']} of the {s['tier']} answer: {verdict} ({s['detail']})")
     typer.echo(f"  now: {decision.tier or '(phase evidence or the rules)'}: {decision.rule}")
+
+
+def _list_run(ledger: Ledger, run: str, output: Format, command: Callable[..., str]) -> None:
+    """`explain --run RUN`: the run's requests on stdout, one a line (or a JSON array); what they are on stderr."""
+    from tierflow.learn import lookup
+
+    found, unnamed = lookup.requests_of_run(ledger, run)
+    unnamed_note = (
+        f"{unnamed} of its calls name no request (answers replayed from the answer cache or collected from a "
+        "provider batch, attempts whose answer was lost, calls recorded before requests were kept): there is "
+        "nothing to explain for them"
+    )
+    if not found and unnamed:
+        raise fail(f"run {run}: {unnamed_note}; {_where_to_look(ledger, command)}")
+    if not found:
+        raise fail(f"no call of run {run!r} is in the ledger: `{command('spend', '--by', 'run')}` lists the runs")
+    if output is Format.json:
+        typer.echo(json.dumps([r.as_json() for r in found], indent=2, ensure_ascii=False))
+    else:
+        for r in found:
+            typer.echo(r.line())
+    typer.echo(
+        f"{len(found)} requests of run {run} (id, flow, phase, subject, tiers that answered, outcome, draft note); "
+        f"`{command('routing', 'explain', found[0].request_id[: lookup.SHORT])}` explains the first.",
+        err=True,
+    )
+    if unnamed:
+        typer.echo(f"{unnamed_note[0].upper()}{unnamed_note[1:]}.", err=True)
+
+
+def _listed_failure(message: str, found: list[Request]) -> NoReturn:
+    """Fail with `message`, then the requests it means on stderr, each by the shortest id that tells it apart."""
+    from tierflow.learn.lookup import SHORT
+
+    width = SHORT
+    while len({r.request_id[:width] for r in found}) < len(found):
+        width += 1
+    ended = fail(message)
+    for r in found:
+        typer.echo(r.line(width), err=True)
+    raise ended
+
+
+def _missed(words: str, found: Found, vault: Path, ledger: Ledger, command: Callable[..., str]) -> str:
+    """What was looked for and not found, and the command that lists the requests to pick from."""
+    if found.outside:
+        return f"{words} is outside the vault {vault}: give a note in it, or a request id"
+    if found.notes:
+        shown = ", ".join(found.notes[:5]) + (", ..." if len(found.notes) > 5 else "")
+        return f"{words!r} names {len(found.notes)} notes ({shown}): give the one you mean by its path in the vault"
+    from tierflow.learn.lookup import has_run
+
+    if found.note is None and has_run(ledger, words):
+        return f"{words} is a run: `{command('routing', 'explain', '--run', words)}` lists its requests"
+    if found.note is None:
+        hexadecimal = all(c in "0123456789abcdefABCDEF" for c in words) and words
+        what = (f"no request id starts with {words!r}, and " if hexadecimal else "") + (
+            f"no draft note {words!r} is in the ledger or the vault"
+        )
+    elif found.unlinked:
+        what = (
+            f"the ledger remembers the draft {found.note} but not the request it was written from (an earlier "
+            "tierflow's draft, whose request could not be recovered)"
+        )
+    elif not found.written_by_tierflow or found.run_id is None:
+        what = f"{found.note} is not a draft a run wrote: its front-matter has no `tierflow_run`"
+    else:
+        what = (
+            f"run {found.run_id} wrote {found.note}, but no `draft` request of that run is named after it (by its "
+            "title, or its student): a run's report or summary comes from many requests, and an answer replayed "
+            "from the answer cache or collected from a provider batch names none"
+        )
+    return f"{what}: {_where_to_look(ledger, command, found.run_id)}"
+
+
+def _where_to_look(ledger: Ledger, command: Callable[..., str], run: str | None = None) -> str:
+    """The commands that list the requests to pick from: the run's, else the newest run's and every run."""
+    from tierflow.learn.lookup import newest_run
+
+    if run:
+        return f"`{command('routing', 'explain', '--run', run)}` lists that run's requests"
+    newest = newest_run(ledger)
+    if newest is None:
+        return "the ledger holds no request yet (each request a run sends is kept from the ledger's version 15 on)"
+    return (
+        f"`{command('routing', 'explain', '--run', newest)}` lists the requests of the last run that sent any, and "
+        f"`{command('spend', '--by', 'run')}` lists every run"
+    )
 
 
 def _table(found: list) -> None:  # noqa: ANN001
