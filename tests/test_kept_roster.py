@@ -372,6 +372,49 @@ def test_names_excel_broke_in_the_kept_roster_never_reach_the_model_however_the_
     assert "CSV UTF-8" in told and "--roster" in told
 
 
+GERMAN_CLASSMATES = [
+    ("2011", "Jürgen Müller", "j.mueller@example.ac.uk", "Z20231111"),
+    ("2012", "Gerhard Schröder", "g.schroeder@example.ac.uk", "Z20231212"),
+    ("2013", "Johann Strauß", "j.strauss@example.ac.uk", "Z20231313"),
+]
+"""Classmates whose names an essay types with two letters for one ("Mueller", "Schroeder", "Strauss")."""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("saved", ["utf-8-sig", "cp1251"], ids=["whole", "broken"])
+def test_a_name_typed_with_two_letters_for_one_never_reaches_the_model_whole_roster_or_broken(
+    lms_vault, tmp_path, double, keys, saved
+):
+    """An essay's "Interview with Juergen Mueller." reached the model as written once Excel, on a Windows whose code
+    page lacks "ü" (Windows-1251, Cyrillic), had saved the kept roster as `J?rgen M?ller`; saved whole, it was
+    hidden."""
+    line = "Interview with Juergen Mueller. As Mueller argues, and Schroeder and Strauss, the issue is due."
+    cohort = [
+        Student("2001", "Ben Carter", {"essay.docx": docx_bytes(essay(1, line))}),
+        Student(
+            "2002", "Aisha Khan", online=onlinetext(f"<p>{essay(2, 'Does aesthetics matter? Ask Mueller.')[0]}</p>")
+        ),
+    ]
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort)
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv", GERMAN_CLASSMATES))
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    path.write_bytes(path.read_text(encoding="utf-8-sig").encode(saved, errors="replace"))  # Excel, Save As
+    assert ("J?rgen M?ller" in path.read_bytes().decode("cp1252")) == (saved == "cp1251")
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed and double.model_calls()
+
+    sent = bodies(double)
+    for identity in ("Juergen", "Mueller", "Schroeder", "Strauss", "Jürgen", "Müller"):
+        leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+    assert any("interview with student-" in body and "the issue is due" in body for body in sent)
+    assert any("does aesthetics matter? ask student-" in body for body in sent)
+    told = dict(summary.skipped).get(f"{ASSIGNMENT}/roster.csv", "")
+    assert ("2011 (J?rgen M?ller)" in told and '"Juergen Mueller"' in told) == (saved == "cp1251")
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_student_named_in_the_rubric_or_brief_is_hidden_there_and_every_prompt_shares_one_prefix(
     lms_vault, tmp_path, double, keys

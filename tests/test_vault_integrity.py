@@ -698,3 +698,65 @@ def test_a_name_excel_broke_hides_no_ordinary_word_the_lost_letters_could_make()
         "Student-02, Student-03, Student-04, Student-04, Student-04, Student-05, Student-05."
     )
     assert cohort.hide("Ho Thi, Ho thi") == "Ho Thi, Ho thi"  # `H? Th?` keeps too few letters to be more than Hồ Thị
+
+
+TRANSLITERATED = [
+    ("1", "Jürgen Müller"),
+    ("2", "Gerhard Schröder"),
+    ("3", "Anna Bäcker"),
+    ("4", "Johann Strauß"),
+    ("5", "Søren Kjær"),
+    ("6", "Åsa Ågren"),
+]
+"""Names whose usual ASCII spelling writes one letter as two: ü ue, ö oe, ä ae, ß ss, ø oe, æ ae, å aa."""
+
+AS_TYPED = (
+    "Interview with Juergen Mueller. As Mueller argues, MUELLER and Mueller's data; Muellers Analyse. Schroeder, "
+    "Gerhard Schroeder, Anna Baecker, Johann Strauss, Soeren Kjaer, Aasa Aagren, Aagren; and Jurgen Muller."
+)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["whole", "broken"])
+def test_a_name_typed_with_two_letters_for_one_is_hidden_whether_the_roster_is_whole_or_excel_broke_it(broken):
+    """A keyboard without "ü" types "Müller" as "Mueller": hidden from a whole roster, the same text reached the
+    model as written when Excel, saving in a code page without "ü", had written `J?rgen M?ller` in the roster."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    # Excel's "CSV (Comma delimited)" on a Windows whose code page is Cyrillic (Windows-1251): no ü, ß, ø, æ or å.
+    roster = [
+        (sid, name.encode("cp1251", errors="replace").decode() if broken else name) for sid, name in TRANSLITERATED
+    ]
+    assert not broken or roster[0][1] == "J?rgen M?ller" and roster[4][1] == "S?ren Kj?r"
+    cohort = Pseudonyms([Student(sid, name) for sid, name in roster])
+    assert cohort.hide(AS_TYPED) == (
+        "Interview with Student-01. As Student-01 argues, Student-01 and Student-01's data; Student-01 Analyse. "
+        "Student-02, Student-02, Student-03, Student-04, Student-05, Student-06, Student-06; and Student-01."
+    )
+
+
+def test_a_lost_letter_taken_for_two_hides_no_ordinary_word():
+    """A `?` stands for "ue", "oe", "ae", "ss" or "aa" only where it may stand for an ASCII letter (a longer word, or
+    a whole name): `D?` (Dư), `Th?`, `Gro?` (Groß), `Bu?` (Buß) and `?sa` (Åsa) hide no "due", "the", "gross", "buss"
+    or "aasa", and no name takes a word that merely holds those letters ("issue", "aesthetics", "does")."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms(
+        [
+            Student("1", "J?rgen M?ller"),
+            Student("2", "D? Th?"),
+            Student("3", "Karl Gro?"),
+            Student("4", "Lena Bu?"),
+            Student("5", "?sa ?gren"),
+            Student("6", "Tr??ng Th?"),
+            Student("7", "?"),
+        ]
+    )
+    ordinary = (
+        "The essay is due; does the issue of aesthetics matter? Due, Does, Doe, Dues, Thee, Thoe, The, the gross "
+        "margin, a Gross sum, Buss, the bus, Aasa, Asa, Aesa, Assa, Ss, Ue, Oe, Ae, Aa; a blue shoe goes; Trueing "
+        "the, Trying the, Mueller-Lyer illusion, Muellerian; Soeren Kierkegaard."
+    )
+    assert cohort.hide(ordinary) == ordinary.replace("Mueller-Lyer", "Student-01-Lyer")
+    assert cohort.hide("Dư Thị, Karl Gross, Lena Buss, Aasa Aagren, Truong Thi, Trương Thị.") == (
+        "Student-02, Student-03, Student-04, Student-05, Student-06, Student-06."
+    )
