@@ -133,8 +133,9 @@ def _lost_letters(sid: str, names: list[str], known: Iterable[str]) -> list[str]
 def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) -> KeptRoster | None:
     """The kept roster of the assignment folder; None when it has none. A RosterFileError when it cannot be read.
 
-    A name with `?` for letters (the file saved again in Excel as Windows-1252) is a problem: each `?` is hidden as
-    whichever letter it may have been (`tierflow.vault.pseudonyms.Pseudonyms`), so a short part typed without its
+    A name with `?` for letters (the file saved again in Excel as Windows-1252, or another code page) is a problem:
+    each `?` is hidden as whichever letter it may have been, or the two typed for it ("Mueller" for `M?ller`), only
+    where the letters kept make a name (`tierflow.vault.pseudonyms.Pseudonyms`), so a short part typed without its
     accents ("Sule" for `?ule`) is not found, and words of the name's shape are hidden too. Not when `known` (names
     by student id, a submission note's) spells it whole: that spelling is hidden."""
     known = known or {}
@@ -163,10 +164,12 @@ def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) ->
     if broken:
         kept.problems.append(
             f"the names of {', '.join(broken[:20])}{', ...' if len(broken) > 20 else ''} have `?` where Excel, "
-            'saving the file as Windows-1252 ("CSV (Comma delimited)"), dropped letters it could not hold. Each `?` '
-            "is hidden as any letter outside ASCII, and as an ASCII one only in a longer word or a whole name "
-            '("Sule Yilmaz" for `?ule Y?lmaz`): a short part typed without its accents ("Sule") is not hidden, and '
-            "other words of that shape may be. "
+            'saving the file as "CSV (Comma delimited)" (Windows-1252, or the code page of your Windows), dropped '
+            "letters it could not hold. Each `?` is hidden as any letter outside ASCII, and as an ASCII letter, or "
+            'the two typed for one ("ue" for "ü", "ss" for "ß", "aa" for "å"), only where the letters kept make a '
+            'name of it ("Sule Yilmaz" for `?ule Y?lmaz`, "Juergen Mueller" for `J?rgen M?ller`): a short part '
+            'typed without its accents ("Sule" of `?ule Y?lmaz`, "Do" of `?? Mai`) is not hidden, and other words '
+            "of that shape may be. "
             f'Type the names again in {ROSTER_FILE} and save it as "CSV UTF-8 (Comma delimited)", or import the '
             "submissions again with --roster"
         )

@@ -27,7 +27,11 @@ def name_parts(name: str) -> list[str]:
     return list(dict.fromkeys(parts))
 
 
-_TRANSLITERATED = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"})
+_TRANSLITERATED = str.maketrans(
+    {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"}
+    # Danish and Norwegian ("Søren Kjær" -> "Soeren Kjaer", "Åsa" -> "Aasa").
+    | {"ø": "oe", "Ø": "Oe", "æ": "ae", "Æ": "Ae", "å": "aa", "Å": "Aa"}
+)
 _UNDECOMPOSED = str.maketrans("øØłŁđĐıħĦŧŦ", "oOlLdDihHtT")
 _SHORT_NUMBER = re.compile(r"\d{1,4}")
 
@@ -49,8 +53,9 @@ _JOINERS = re.compile(r"[\s'\u2019\-]+")
 
 def spellings(name: str) -> list[str]:
     """The ways a name is typed where the keyboard lacks its letters or a handle has no spaces: as written,
-    German-style ("Müller" -> "Mueller"; `fold` covers "Muller"), without its apostrophes ("OBrien", as Moodle's
-    file names have it), and run together ("zoemueller", "annavanderberg" in a web address or email)."""
+    German- or Danish-style ("Müller" -> "Mueller", "Søren" -> "Soeren"; `fold` covers "Muller"), without its
+    apostrophes ("OBrien", as Moodle's file names have it), and run together ("zoemueller", "annavanderberg" in a
+    web address or email)."""
     forms = [name, name.translate(_TRANSLITERATED)]
     joined = []
     for form in forms:
@@ -190,13 +195,14 @@ class Pseudonyms:
     would replace "a" and "I"; and an id of one to four digits (a Moodle participant 2007), a platform's record
     number that would otherwise replace the years and page numbers of the text, while a student never writes it.
 
-    A `?` in a name is a letter a roster lost (Excel, saving it as Windows-1252, writes `?` for "ş", "ı", "ł", "ễ"):
-    it stands for one letter, with any combining marks, precomposed or not. Every Windows code page holds ASCII, so
-    a letter outside ASCII always fits; an ASCII one (the name typed without its accents) only where the letters
-    kept make the word a name (`_lost_letters_fit`): "Yilmaz" for `Y?lmaz`, "Sule Yilmaz" for `?ule Y?lmaz`,
-    "Truong Thi" (capitalised) for `Tr??ng Th?`; not "Sule" for `?ule` alone, which would hide "rule", nor "Thi"
-    for `Th?`, which would hide "the". So `??` (Đỗ) hides no English word, and a lone `?` is left out, as a lone
-    initial is.
+    A `?` in a name is a letter a roster lost (Excel, saving it as Windows-1252, writes `?` for "ş", "ı", "ł", "ễ";
+    in another code page, for "ü" or "ø" too): it stands for one letter, with any combining marks, precomposed or
+    not. Every Windows code page holds ASCII, so a letter outside ASCII always fits; the name typed without its
+    accents, an ASCII letter or the two a keyboard types for one ("ae", "oe", "ue", "ss", "aa": "Mueller" for
+    `M?ller`), only where the letters kept make the word a name (`_lost_letters_fit`): "Yilmaz" for `Y?lmaz`,
+    "Sule Yilmaz" for `?ule Y?lmaz`, "Juergen Mueller" for `J?rgen M?ller`, "Truong Thi" (capitalised) for
+    `Tr??ng Th?`; not "Sule" for `?ule` alone, which would hide "rule", nor "Thi" for `Th?`, which would hide "the",
+    nor "Gross" for `Gro?`. So `??` (Đỗ) hides no English word, and a lone `?` is left out, as a lone initial is.
     """
 
     def __init__(self, students: Iterable[Student], labels: Mapping[str, str] | None = None) -> None:
@@ -310,10 +316,13 @@ class Pseudonyms:
                     continue
                 body = self._broken_body.get(key)
                 if body is None:
-                    body = self._broken_body[key] = re.compile(_broken_body(key, self._broken_fits[key]))
+                    # The end's lookahead inside, so that a `?` that may be one letter or two ("Strau?" for
+                    # "Strauss") is tried as each until the name ends where a word does.
+                    ending = _after(key[-1])
+                    body = re.compile(f"(?:{_broken_body(key, self._broken_fits[key])}){ending}")
+                    self._broken_body[key] = body
                 found = _edge(_before(key[0])).match(marked, start) and body.match(marked, start)
-                longer = found and (best is None or found.end() > best[1])
-                if longer and _edge(_after(key[-1])).match(marked, found.end()):
+                if found and (best is None or found.end() > best[1]):
                     best = (start, found.end(), key)
             if best is not None:
                 return best
@@ -454,26 +463,33 @@ def _edge(lookaround: str) -> re.Pattern[str]:
 
 def _lost_letters_fit(key: str) -> str:
     """What each `?` of `key` (a broken name, folded and lower-cased) stands for besides a letter outside ASCII,
-    which always fits (Excel loses no ASCII letter). Any letter, so that the name typed without its accents is
-    found too, where the word keeps at least four letters and more than twice as many as it lost ("y?lmaz",
-    "nguy?n", "?ule y?lmaz"); where a name of two or more words keeps four, any letter only with every word
-    capitalised ("Truong Thi" for "tr??ng th?", not "trying the"); else nothing more: "?ule" is not "rule" nor
-    "Sule", "th?" not "The" nor "Thi", "??" (Đỗ) no English word."""
+    which always fits (Excel loses no ASCII letter). Any letter, or the two a keyboard types for one
+    (`_TWO_FOR_ONE`), so that the name typed without its accents is found too, where the word keeps at least four
+    letters and more than twice as many as it lost ("y?lmaz", "nguy?n", "?ule y?lmaz", "m?ller" as "mueller");
+    where a name of two or more words keeps four, any letter (or two) only with every word capitalised ("Truong
+    Thi" for "tr??ng th?", not "trying the"); else nothing more: "?ule" is not "rule" nor "Sule", "th?" not "The"
+    nor "Thi", "gro?" not "gross", "??" (Đỗ) no English word."""
     kept, lost = sum(c.isalpha() for c in key), key.count(LOST)
     if kept >= 4 and kept > 2 * lost:
         return _ANY
     return _TITLE if kept >= 4 and " " in key else _OUTSIDE_ASCII
 
 
+_TWO_FOR_ONE = ("ae", "oe", "ue", "ss", "aa")
+"""How a name is typed where the keyboard lacks a letter: "ä", "æ" as "ae"; "ö", "ø" as "oe"; "ü" as "ue"; "ß" as
+"ss"; "å" as "aa" (`_TRANSLITERATED` spells a whole roster's names so)."""
+_TWO_LETTERS = "|".join(f"[{a}{a.upper()}][{b}{b.upper()}]" for a, b in _TWO_FOR_ONE)
+
+
 @cache
 def _broken_char(fits: str) -> Callable[[str], str]:
     """The regex of one character of a broken name, on `_marked` text: a `?` one letter as `fits` says (`_TITLE`
-    any letter, after a space a capitalised word), with its combining marks; a letter kept, in either case, typed
-    with or without its accent."""
+    any letter, after a space a capitalised word), with its combining marks, or where it may be an ASCII letter,
+    the two of `_TWO_FOR_ONE` too, tried first; a letter kept, in either case, typed with or without its accent."""
     if fits == _OUTSIDE_ASCII:  # a letter outside ASCII, or an ASCII one with marks NFC cannot join to it
         lost = rf"(?:[^\W\d_a-zA-Z]|[{_OUTSIDE}]){_MARK}*|[a-zA-Z]{_MARK}+"
     else:
-        lost = rf"(?:[^\W\d_]|[{_OUTSIDE}]){_MARK}*"
+        lost = rf"{_TWO_LETTERS}|(?:[^\W\d_]|[{_OUTSIDE}]){_MARK}*"
 
     def char(ch: str) -> str:
         if ch == LOST:
@@ -510,22 +526,29 @@ def _broken_body(key: str, fits: str) -> str:
 
 def _may_stand(key: str, marked: str, start: int) -> bool:
     """Whether broken name `key` may stand at `start` of `marked`, its letters kept there and a letter (with its
-    marks) for each `?`: quick, to spare compiling the regex (`_broken_body`) of every name that cannot."""
-    at = start
+    marks), or two of `_TWO_FOR_ONE`, for each `?`: quick, to spare compiling the regex (`_broken_body`) of every
+    name that cannot."""
+    places = {start}  # where the rest of `key` may start: a `?` taken as one letter or as two
     for ch in key:
-        if at >= len(marked):
-            return False
-        got = marked[at]
-        if ch == LOST:
-            if not ((got.isalnum() and not got.isdecimal()) or "\x80" <= got <= "\x99"):  # as `[^\W\d_]`
-                return False
-            at += 1
-            while at < len(marked) and marked[at] == _MARK:
+        after = set()
+        for at in places:
+            if at >= len(marked):
+                continue
+            got = marked[at]
+            if ch == LOST:
+                if not ((got.isalnum() and not got.isdecimal()) or "\x80" <= got <= "\x99"):  # as `[^\W\d_]`
+                    continue
+                if marked[at : at + 2].lower() in _TWO_FOR_ONE:
+                    after.add(at + 2)
                 at += 1
-            continue
-        if got != ch and got.lower() != ch and got != (_outside(ch) if "a" <= ch <= "z" else _MARK):
+                while at < len(marked) and marked[at] == _MARK:
+                    at += 1
+                after.add(at)
+            elif got == ch or got.lower() == ch or got == (_outside(ch) if "a" <= ch <= "z" else _MARK):
+                after.add(at + 1)
+        if not after:
             return False
-        at += 1
+        places = after
     return True
 
 
