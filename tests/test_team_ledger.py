@@ -63,6 +63,32 @@ def test_resume_finds_the_run_in_the_shared_ledger_and_leaves_no_sqlite_in_the_v
     assert not (reading_vault / ".tierflow" / "ledger.sqlite").exists()
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_teammate_resumes_a_run_on_their_own_copy_of_the_team_config(reading_vault, pg_ledger, tmp_path):
+    """The run remembers the --config its starter gave, a path on their machine; `tierflow resume RUN --config
+    MINE --profile P` runs on the config and profile given, in the ledger it found the run in."""
+    team = f"ledger_url = {json.dumps(pg_ledger)}\n" + (reading_vault / ".tierflow" / "config.toml").read_text()
+    alice = write_config(tmp_path / "alice" / "team.toml", team)
+    bob = write_config(tmp_path / "bob" / "team.toml", team)
+    week = ["--since", READING_WEEK[0], "--until", READING_WEEK[1]]
+    mine = ["--vault", str(reading_vault), "--profile", "offline"]
+    first = CliRunner().invoke(app, ["run", "reading-notes", *mine, *week, "--config", str(alice)])
+    assert first.exit_code == 0, first.output
+    (run_id,) = {r["run_id"] for r in Ledger(pg_ledger).rows()}
+    made = len(Ledger(pg_ledger).rows(run_id=run_id))
+    (alice.parent / "team.toml").unlink()  # Alice's copy is on her machine, not on Bob's
+
+    result = CliRunner().invoke(app, ["resume", run_id, *mine, "--config", str(bob)], catch_exceptions=False)
+    # It was `error: config file .../alice/team.toml does not exist` (exit 2): the run was found in the ledger of
+    # Bob's config, then run on the config the ledger remembered.
+    assert result.exit_code == 0, result.output
+    rows = Ledger(pg_ledger).rows(run_id=run_id)
+    # Resumed in the shared ledger, on the same models: every answer reused from its cache, nothing paid twice.
+    assert len(rows) == 2 * made and all(r["cached_result"] for r in rows[made:])
+    assert [r["model"] for r in rows[made:]] == [r["model"] for r in rows[:made]]
+    assert not (reading_vault / ".tierflow" / "ledger.sqlite").exists()
+
+
 def test_resume_names_the_ledger_it_searched_without_its_password(reading_vault, pg_ledger):
     url = pg_ledger.replace("postgres:@", "postgres:s3cret@")
     share_ledger(reading_vault, url)

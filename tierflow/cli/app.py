@@ -770,6 +770,10 @@ def resume(
     _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
+    # Run with the --config and --profile given here, as `tierflow run` does: the run was found in their ledger.
+    # Those the run remembered are kept only when none is given: a remembered --config is a path where the run
+    # started (a teammate's copy of a shared ledger's config, or a file since moved).
+    parameters |= {"config": config or parameters.get("config"), "profile": profile or parameters.get("profile")}
     summary = run_flow(flow, vault, run_id=run_id, **parameters)
     raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
 
