@@ -657,13 +657,45 @@ def test_limits_under_the_ledger_mechanism_leave_prefect_alone_and_show_the_slot
     assert 'Mechanism in force: Prefect tag limits ([limits] mechanism = "prefect")' in shown.output
 
 
-def test_limits_without_a_server_explain_how_to_start_one(tmp_path: Path):
+def test_prefect_limits_without_a_server_explain_how_to_start_one(tmp_path: Path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    config = write_config(tmp_path / "prefect.toml", LIMITS_CONFIG.format(standard=3))
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        result = tierflow("limits", "apply")
+        result = tierflow("limits", "apply", "--config", str(config))
     assert result.exit_code == 1
     assert "no Prefect server is configured" in result.output and "prefect server start" in result.output
+
+
+@pytest.mark.parametrize("api_url", [None, "closed"], ids=["no-server", "unreachable"])
+def test_ledger_limits_apply_without_a_server_says_the_ledger_holds_them(
+    reading_vault: Path, api_url: str | None
+) -> None:
+    """The default mechanism needs no Prefect server: `apply` says which limits the ledger's slots hold, and that
+    no server was looked at for a tag limit left from before; it was `error: no Prefect server ...` (exit 1)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = f"http://127.0.0.1:{free_port()}/api" if api_url else None
+    config = reading_vault / ".tierflow" / "config.toml"  # no [limits]: the ledger mechanism, by default
+    write_config(config, config.read_text() + "\n[tiers.deep]\nconcurrency = 2\n")
+    settings = (
+        temporary_settings(updates={PREFECT_API_URL: url})
+        if url
+        else temporary_settings(restore_defaults={PREFECT_API_URL})
+    )
+    with settings:
+        result = tierflow("limits", "apply", "--vault", str(reading_vault))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "tier:deep: at most 2 at once, held by tierflow's ledger slots" in said
+    assert "tier:light: unlimited, held by tierflow's ledger slots" in said
+    assert "nothing is needed on the Prefect server" in said
+    unseen = "No tier: tag limit left on a Prefect server was looked for: "
+    if url is None:
+        assert unseen + "no Prefect server is configured (PREFECT_API_URL is not set)." in said
+    else:
+        assert unseen + f"the Prefect API at {url} is not reachable (" in said
+        assert f"Once it is up, `tierflow limits apply --vault {reading_vault.resolve()}` removes any" in said
 
 
 # --- the limit holds: four tier:deep calls under concurrency = 1 -----------------------------------

@@ -24,6 +24,7 @@ from tierflow.cli.common import (
     refuse_option_params,
     vault_dir,
 )
+from tierflow.core.commands import tierflow_command
 
 if TYPE_CHECKING:
     from tierflow.cli.prefect_ops import FlowTarget
@@ -321,23 +322,42 @@ def schedule_resume(
 
 @limits_app.command("apply")
 def limits_apply(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
-    """Create or update a Prefect concurrency limit on tag tier:<name> for each tier with `concurrency`."""
-    from tierflow.cli.prefect_ops import OpsError, apply_limits
+    """Create or update a Prefect concurrency limit on tag tier:<name> for each tier with `concurrency`.
+
+    Under the ledger mechanism (the default) tierflow's slots hold the limits: this lists them, and removes the
+    tier:<name> tag limits left on a reachable Prefect server; no server is needed."""
+    from tierflow.cli.prefect_ops import NoServer, OpsError, apply_limits, ledger_limits
 
     if vault is not None and not vault.is_dir():
         raise fail(f"vault {vault} is not a folder. Give the folder that holds your notes.")
     cfg = load(vault.resolve() if vault else None, config, profile)
+    ledger = cfg.settings.limits.mechanism == "ledger"
+    unseen: NoServer | None = None
     try:
         changes = apply_limits(cfg)
+    except NoServer as exc:
+        if not ledger:
+            raise fail(str(exc), 1) from None
+        # The ledger's slots need no server; one only lost the tag limits left on it, and there is none to reach.
+        changes, unseen = ledger_limits(cfg), exc
     except OpsError as exc:
         raise fail(str(exc), 1) from None
     for change in changes:
         typer.echo(change.message)
-    if cfg.settings.limits.mechanism == "ledger":
+    if ledger:
         typer.echo(
             "tierflow holds these limits itself, with slots in its ledger around each model call; nothing is needed "
             'on the Prefect server. For Prefect tag limits instead, set [limits] mechanism = "prefect".'
         )
+        if unseen is not None:
+            said = f"No tier: tag limit left on a Prefect server was looked for: {unseen.reason}."
+            if unseen.url is not None:
+                again = tierflow_command("limits", "apply", vault=vault, config=config, profile=profile)
+                said += (
+                    f' Once it is up, `{again}` removes any: one left from mechanism = "prefect" would hold whole '
+                    "task runs on top of the slots."
+                )
+            typer.echo(said)
         return
     typer.echo("Every flow and worker on this server now keeps to these limits; see the UI's Concurrency page.")
 

@@ -42,8 +42,9 @@ START_A_SERVER = (
     "Start one in another terminal with `prefect server start`, then point tierflow at it: "
     "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export PREFECT_API_URL)."
 )
+NOT_CONFIGURED = "no Prefect server is configured (PREFECT_API_URL is not set)"
 NO_SERVER = (
-    "no Prefect server is configured (PREFECT_API_URL is not set). Schedules and limits need a running "
+    f"{NOT_CONFIGURED}. Schedules and limits need a running "
     "server: without one, Prefect starts a temporary server for each run and stops it afterwards, so a "
     "schedule would never fire and a limit would hold for nothing. " + START_A_SERVER
 )
@@ -55,6 +56,18 @@ class OpsError(TierflowError):
 
 class OpsUsageError(OpsError):
     """The command's own input is wrong (a parameter, cron expression, time zone or name): a usage error."""
+
+
+class NoServer(OpsError):
+    """No Prefect server to talk to: none is configured (`url` None), or the configured one does not answer.
+
+    `reason` says which in a clause of its own (`NOT_CONFIGURED`, or "the Prefect API at URL is not reachable
+    (...)"), for a command that can do without a server."""
+
+    def __init__(self, message: str, *, url: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -115,15 +128,17 @@ def prefect_client() -> Iterator[SyncPrefectClient]:
     """A client for the configured, reachable Prefect API; OpsError, plainly worded, when there is none."""
     url = api_url()
     if not url:
-        raise OpsError(NO_SERVER)
+        raise NoServer(NO_SERVER, url=None, reason=NOT_CONFIGURED)
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
         if problem is not None:
-            raise OpsError(
-                f"the Prefect API at {url} is not reachable ({_reason(problem)}). Is `prefect server start` "
-                f"running there? Nothing was changed. {START_A_SERVER}"
+            reason = f"the Prefect API at {url} is not reachable ({_reason(problem)})"
+            raise NoServer(
+                f"{reason}. Is `prefect server start` running there? Nothing was changed. {START_A_SERVER}",
+                url=url,
+                reason=reason,
             )
         yield client
 
@@ -578,7 +593,9 @@ def apply_limits(config: Config) -> list[LimitChange]:
     """Make the server's `tier:<name>` task-run concurrency limits match the config's tier concurrency.
 
     A tier with `concurrency` gets a limit of that many task runs at once, across every flow and worker on
-    the server. A tier without one is unlimited: a limit left from an earlier apply is removed.
+    the server. A tier without one is unlimited: a limit left from an earlier apply is removed. Under the ledger
+    mechanism every `tier:` limit is removed (`ledger_limits` says what holds them without a server). NoServer
+    when there is no server to reach, and nothing was changed.
     """
     ledger = config.settings.limits.mechanism == "ledger"
     if not ledger:
@@ -608,6 +625,15 @@ def apply_limits(config: Config) -> list[LimitChange]:
             action = "created" if before is None else "unchanged" if before == limit else "updated"
             changes.append(LimitChange(tier, tag, limit, before, action))
     return changes
+
+
+def ledger_limits(config: Config) -> list[LimitChange]:
+    """Each tier's limit as tierflow's ledger slots hold it (the ledger mechanism), with no Prefect server looked
+    at for a `tier:` tag limit to remove."""
+    return [
+        LimitChange(name, tier_tag(name), tier.concurrency, None, "ledger")
+        for name, tier in sorted(config.settings.tiers.items())
+    ]
 
 
 @dataclass(frozen=True)
