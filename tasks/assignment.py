@@ -13,6 +13,7 @@ import yaml
 from prefect import task
 
 from tierflow.core.calls import RunSettings, caller_for
+from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.lms.notices import split_notices
 from tierflow.lms.roster import ROSTER_FILE, read_kept
@@ -218,15 +219,39 @@ def inside_vault(vault: Path, folder: str | None) -> tuple[Path, str]:
     return root, root.relative_to(vault).as_posix()
 
 
+def existing_assignment(vault: Path, folder: str | None) -> tuple[Path, str]:
+    """`inside_vault`, and a VaultError when the folder is not there: it names the path looked for, the folders
+    beside it, and the import that fills it."""
+    root, folder = inside_vault(vault, folder)
+    if not root.is_dir():
+        vault = vault.resolve()
+        command = tierflow_command("import", "submissions", "EXPORT", "--assignment", folder, vault=vault)
+        raise VaultError(
+            f"assignment folder {folder} does not exist in {vault} (looked for {root}). {_folders_beside(vault, root)}"
+            f" Give an assignment folder that is there with --assignment, or import this one's submissions from a"
+            f" Moodle or Canvas export: `{command}`."
+        )
+    return root, folder
+
+
+def _folders_beside(vault: Path, root: Path) -> str:
+    """The folders in the nearest folder above `root` that exists, as a sentence: where a mistyped name is."""
+    parent = root.parent
+    while parent != vault and not parent.is_dir():
+        parent = parent.parent
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    where = "The vault" if parent == vault else parent.relative_to(vault).as_posix()
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return f"{where} holds: {shown}." if names else f"{where} holds no folders."
+
+
 @task(name="load assignment", task_run_name="load · {folder}")
 def load_assignment(settings: RunSettings, folder: str | None, keep: bool = True) -> Assignment:
     """Read the assignment folder; a missing or unparsable rubric stops the run before any model call. The
     students' labels are kept in the folder (`keep_labels`) unless `keep` is false (a plan writes nothing)."""
     vault = check_vault(Path(settings.vault or "."))
     config = caller_for(settings).config
-    root, folder = inside_vault(vault, folder)
-    if not root.is_dir():
-        raise VaultError(f"assignment folder {folder} does not exist in {vault}; give it with --assignment")
+    root, folder = existing_assignment(vault, folder)
     rubric = load_rubric(vault, f"{folder}/rubric.md")
     brief = _body(root / "brief.md")
     exemplars = [_body(p) for p in sorted((root / "exemplars").glob("*.md"))] if (root / "exemplars").is_dir() else []

@@ -496,6 +496,51 @@ def test_schedule_on_a_fresh_server_where_no_flow_has_run_creates_the_flows(read
     assert [d[0] for d in after["deployments"]] == ["on-demand", "scheduled", "weekly"]
 
 
+@pytest.mark.parametrize(
+    ("assignment", "config", "args", "looked_for"),
+    [
+        ("Teaching/EDU7001/essay-9", None, (), "Teaching/EDU7001/essay-9"),
+        (None, "Teaching/EDU7001/essay-9", ("--cron", "0 6 21 11 *"), "Teaching/EDU7001/essay-9"),
+        (None, None, ("--cron", "0 6 21 11 *"), None),
+    ],
+    ids=["given", "from-config", "none-on-a-schedule"],
+)
+def test_schedule_student_feedback_refuses_an_assignment_folder_not_in_the_vault(
+    server: str,
+    api: str,
+    feedback_vault: Path,
+    assignment: str | None,
+    config: str | None,
+    args: tuple[str, ...],
+    looked_for: str | None,
+) -> None:
+    """Refused at once, as `tierflow run` refuses it, not when the worker runs the deployment days later."""
+    settings = feedback_vault / ".tierflow" / "config.toml"
+    write_config(settings, f"[feedback]\nassignment_folder = {json.dumps(config)}\n" if config else "")
+    before = state(server)
+    given = ("--assignment", assignment) if assignment else ()
+    result = tierflow("schedule", "student-feedback", "--vault", str(feedback_vault), *given, *args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    if looked_for is None:  # a scheduled run would have no assignment to read
+        assert "give the assignment folder: --assignment FOLDER (or set [feedback] assignment_folder" in said
+    else:
+        vault = feedback_vault.resolve()
+        assert f"assignment folder {looked_for} does not exist in {vault} (looked for {vault / looked_for})" in said
+        assert "Teaching/EDU7001 holds: essay-1." in said
+        imports = f"tierflow import submissions EXPORT --assignment {looked_for} --vault {vault}"
+        assert f"import this one's submissions from a Moodle or Canvas export: `{imports}`." in said
+    assert state(server) == before, "a refused `tierflow schedule` registered something"
+
+
+def test_schedule_student_feedback_on_demand_needs_no_assignment_folder_yet(api: str, feedback_vault: Path) -> None:
+    """Each run of an on-demand deployment may be given its assignment (`-p assignment=...`)."""
+    write_config(feedback_vault / ".tierflow" / "config.toml", "")
+    result = tierflow("schedule", "student-feedback", "--vault", str(feedback_vault), "--name", "any-assignment")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"(Registered|Updated) deployment student-feedback/any-assignment with no schedule", result.output)
+
+
 def _vault_timezone(vault: Path) -> str:
     from tierflow.core.config import load_config
 

@@ -88,6 +88,25 @@ def test_the_feedback_run_that_import_and_export_suggest_after_a_resubmission_ru
     assert len(drafted) == 2, drafted  # the reviewed draft for the old submission, and one for the new
 
 
+def test_a_run_of_an_assignment_folder_not_in_the_vault_is_refused_at_once_with_the_import_that_fills_it(
+    feedback_vault: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    vault = feedback_vault.rename(tmp_path / "My Vault")
+    missing = "Teaching/EDU7001/essay-9"
+    refused = CliRunner().invoke(app, ["run", "student-feedback", "--vault", str(vault), "--assignment", missing])
+    assert refused.exit_code == 2, refused.output
+    assert "starting run" not in refused.output  # refused before any run (or Prefect server) started
+    message = said(refused)
+    assert f"assignment folder {missing} does not exist in {vault.resolve()}" in message
+    assert "Teaching/EDU7001 holds: essay-1." in message  # the folder beside it, which was meant
+    command = printed(message, "tierflow import submissions")
+    assert command[:3] == ["import", "submissions", "EXPORT"]
+    command[2] = str(moodle_zip(tmp_path / "export.zip", resubmitted()[:2]))
+    done = CliRunner().invoke(app, command)
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (vault / missing / "submissions").glob("*.md")) == ["1001.md", "1002.md"]
+
+
 @pytest.mark.parametrize("command", ["run", "plan"])
 def test_the_missing_vault_error_names_the_flow_asked_for(command: str, elsewhere: Path) -> None:
     done = CliRunner().invoke(app, [command, "student-feedback"])

@@ -24,6 +24,7 @@ from tierflow.cli.common import (
     ProfileOpt,
     VaultOpt,
     argument_text,
+    check_assignment,
     fail,
     load,
     parse_params,
@@ -719,7 +720,7 @@ def run(
             retry_failed=retry_failed,
         )
         return
-    _check_assignment(flow_name, cfg, vault, assignment)
+    check_assignment(flow_name, cfg, vault, assignment)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
 
     try:
@@ -1016,7 +1017,7 @@ def plan(
         raise fail(f"the {flow_name} flow has no planner: its FlowSpec gives no plan=")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
-    _check_assignment(flow_name, cfg, vault, assignment)
+    check_assignment(flow_name, cfg, vault, assignment)
     offered = {
         "since": _parse_date(since, "--since"),
         "until": _parse_date(until, "--until"),
@@ -1056,19 +1057,6 @@ def plan(
     except TierflowError as exc:
         raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
-
-
-def _check_assignment(flow_name: str, cfg: Config, vault: Path, assignment: str | None) -> None:
-    """student-feedback needs an assignment folder inside the vault: from --assignment or the config."""
-    if flow_name != "student-feedback":
-        return
-    from tierflow.core.errors import VaultError
-    from tierflow.tasks.assignment import inside_vault
-
-    try:
-        inside_vault(vault, assignment or cfg.settings.feedback.assignment_folder)
-    except VaultError as exc:
-        raise fail(str(exc)) from None
 
 
 OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")

@@ -144,3 +144,17 @@ def load(vault: Path | None, config: Path | None, profile: str | None) -> Config
         return load_config(vault, config_path=config, profile=profile)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+def check_assignment(flow_name: str, cfg: Config, vault: Path, assignment: str | None) -> None:
+    """student-feedback reads an assignment folder of the vault, from --assignment or the config: one unset, leading
+    outside the vault or not there is refused (exit 2) before a run or a deployment, as the flow itself refuses it."""
+    if flow_name != "student-feedback":
+        return
+    from tierflow.core.errors import VaultError
+    from tierflow.tasks.assignment import existing_assignment
+
+    try:
+        existing_assignment(vault, assignment or cfg.settings.feedback.assignment_folder)
+    except VaultError as exc:
+        raise fail(str(exc)) from None

@@ -18,6 +18,7 @@ from tierflow.cli.common import (
     ConfigOpt,
     ProfileOpt,
     VaultOpt,
+    check_assignment,
     fail,
     load,
     parse_params,
@@ -211,6 +212,10 @@ def schedule_student_feedback(
         raise fail(f"--mode {mode!r}: use direct or batch")
     params = _params(param, "--mode", "--assignment")
     cfg, parameters = _base_parameters(vault, profile, config)
+    if assignment or cfg.settings.feedback.assignment_folder or cron:
+        # The folder its runs read, refused now as `tierflow run` refuses it, not when a worker runs it days later.
+        # Without one an on-demand deployment is still of use: each run may be given its assignment.
+        check_assignment("student-feedback", cfg, vault, assignment)
     parameters["mode"] = mode
     if assignment:
         parameters["assignment"] = assignment
