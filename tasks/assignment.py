@@ -370,8 +370,9 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
         meta = dict(post.metadata)
         try:
             sid = property_text(meta, "student_id")
-            name = property_text(meta, "name")
-            # A file's name and a document's author as the import wrote them: link marks as shown text.
+            # The student's name, a file's name and a document's author as the import wrote them: link marks as
+            # shown text (`Jane [&#91;X]]`), read back as written, so the name is hidden wherever it stands.
+            name = unescape_links(property_text(meta, "name"))
             unreadable = [unescape_links(u) for u in property_list(meta, "tierflow_unreadable")]
             authors = [unescape_links(a) for a in property_list(meta, "document_authors")]
             also = [property_text(meta, "email"), *property_list(meta, "sis_ids")]

@@ -36,6 +36,7 @@ from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, ru
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import NoteWriter, WriteResult, template_env
 from tierflow.vault.rubric import Rubric
+from tierflow.vault.text import escape_property_links
 
 PHASE = "draft"
 SPEND_KEYS = ("created", "tierflow_run", "tierflow_phase_models", "tierflow_tokens", "tierflow_cost_usd")
@@ -254,7 +255,9 @@ def write_feedback(
     # An earlier version named the draft after the student id alone, which shadows the submission: move it.
     writer.rename_own(submission.student_id, title)
     front_matter: dict[str, Any] = {
-        "title": f"Feedback: {submission.name or submission.student_id}",
+        # A name with `[[` (`Jane [[X]]`) as shown text: a link to no note, which the writer refuses (the export
+        # reads it back, `Draft.name`).
+        "title": f"Feedback: {escape_property_links(submission.name or submission.student_id)}",
         "student_id": submission.student_id,
         "tags": ["feedback", "tierflow/draft"],
         "status": "draft",

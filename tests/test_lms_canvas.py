@@ -11,7 +11,7 @@ from pathlib import Path
 
 import frontmatter
 import pytest
-from lms_exports import canvas_zip, cohort
+from lms_exports import Student, canvas_zip, cohort
 from lms_rules import canvas_import_gradebook
 from test_lms_moodle import draft_text
 
@@ -23,15 +23,15 @@ ASSIGNMENT = "Teaching/EDU7001/essay-2"
 ASSIGNMENTS = {"4512": "Essay 2", "4513": "Quiz 1"}
 
 
-def gradebook_bytes() -> bytes:
+def gradebook_bytes(students: list[Student] | None = None) -> bytes:
     """A gradebook export as Canvas writes it (Ruby's CSV: quoted only when needed), Points Possible and Test
-    Student rows included, totals columns after the assignments."""
+    Student rows included, totals columns after the assignments; of `students`, else the cohort."""
     rows = [
         ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Essay 2 (4512)", "Quiz 1 (4513)",
          "Current Score", "Unposted Current Score", "Final Score", "Unposted Final Score"],
         ["    Points Possible", "", "", "", "", "20", "10", "(read only)", "(read only)", "(read only)", "(read only)"],
     ]  # fmt: skip
-    for s in cohort():
+    for s in cohort() if students is None else students:
         first, _, last = s.name.rpartition(" ")
         rows.append([f"{last}, {first}", s.participant, f"S{s.participant}", f"u{s.participant}", "EDU7001 A",
                      "", "7", "70", "70", "35", "35"])  # fmt: skip

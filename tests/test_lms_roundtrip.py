@@ -230,3 +230,77 @@ def test_hidden_text_notice_is_for_the_lecturer_and_never_reaches_the_model(lms_
     assert draft.metadata["tierflow_unverified_quotes"] == 0 and "tierflow_checks_failed" not in draft.metadata
     assert real in draft.content
     assert any("IGNORE ALL PREVIOUS INSTRUCTIONS" in f for f in draft.metadata["tierflow_flags"])
+
+
+LINKED_NAME = "Jane [[Okafor]]"
+"""A student's name with what Obsidian reads as a link, as a roster or a Moodle folder may give it."""
+
+
+@pytest.mark.parametrize(("platform", "provider"), [("moodle", "anthropic"), ("canvas", "openai")])
+def test_a_student_named_with_link_marks_is_imported_hidden_drafted_and_exported(
+    lms_vault, tmp_path, keys, platform, provider
+):
+    """A student named `Jane [[Okafor]]` (Moodle's folder `Jane [[Okafor]]_1008_assignsubmission_file_`, or the
+    Canvas gradebook's `[[Okafor]], Jane`) was not imported: the note writer refused the link to no note in her
+    name. She is imported, her name (`Okafor` too) never reaches the model, her draft is a valid note, and her
+    mark is exported like anyone's."""
+    from lms_exports import Student, docx_bytes, essay
+    from lms_rules import canvas_import_gradebook, moodle_import_worksheet
+    from test_lms_canvas import ASSIGNMENTS, gradebook_bytes
+
+    from tierflow.lms.exporter import export_feedback
+    from tierflow.tasks.assignment import _submissions
+    from tierflow.vault.links import VaultNames, link_targets
+
+    jane = Student("1008", LINKED_NAME, {"essay.docx": docx_bytes(essay(6, "Okafor, J. (2026), EDU7001."))})
+    students = [*cohort()[:2], jane]
+    roster = tmp_path / "grades.csv"
+    if platform == "canvas":  # Canvas's file names hold `okaforjane`: the gradebook gives her name
+        roster.write_bytes(gradebook_bytes(students))
+        report = import_submissions(lms_vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", students),
+                                    roster=roster)  # fmt: skip
+    else:
+        export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", students, layout="old")
+        with zipfile.ZipFile(export) as z:
+            assert f"{LINKED_NAME}_1008_assignsubmission_file_/essay.docx" in z.namelist()
+        report = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert not report.failed, report.failed[0].error
+    assert [(s.student_id, s.action) for s in report.students][-1] == ("1008", "created")
+    note = (lms_vault / ASSIGNMENT / "submissions" / "1008.md").read_text(encoding="utf-8")
+    assert link_targets(note) == []  # Obsidian shows her name as written and links nothing
+    (own,) = [s for s in _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0] if s.student_id == "1008"]
+    assert own.name == LINKED_NAME
+
+    with ProviderDouble(skilled()) as double:
+        existing = (lms_vault / ".tierflow" / "config.toml").read_text()
+        text = anthropic_config(double) if provider == "anthropic" else openai_config(double)
+        write_config(lms_vault / ".tierflow" / "config.toml", text + existing)
+        summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+        assert not summary.failed, summary.failed
+        essays = [r for r in double.model_calls() if any("EDU7001" in t for t in strings(r.json))]
+        assert essays, "her essay reached no request"
+        for request in double.requests:
+            texts = strings(request.json) + [request.raw.decode("utf-8", "replace")]
+            leaked = sorted({n for n in ("Jane", "Okafor") for t in texts if re.search(rf"\b{n}\b", t, re.I)})
+            assert not leaked, f"{request.path} carried {leaked}"
+
+    path = drafts(lms_vault)["1008"]
+    draft = path.read_text(encoding="utf-8")
+    names = VaultNames.scan(lms_vault)
+    assert [names.resolve(t) for t in link_targets(draft)] == [[f"{ASSIGNMENT}/submissions/1008.md"]]
+    for p in drafts(lms_vault).values():  # the lecturer reviews every draft
+        p.write_text(p.read_text(encoding="utf-8").replace("status: draft", "status: reviewed", 1), encoding="utf-8")
+
+    if platform == "canvas":
+        result = export_feedback(lms_vault, ASSIGNMENT, "canvas", gradebook=roster, column="4512")
+        grades = canvas_import_gradebook(result.written[0].read_bytes(), ASSIGNMENTS)["grades"]
+        assert float(grades["1008"]["4512"]) == float(result.marks["1008"])
+    else:
+        worksheet = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
+        worksheet.write_bytes(worksheet_for(students))
+        result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet)
+        imported = moodle_import_worksheet(result.written[0].read_bytes(), participants={"1001", "1002", "1008"},
+                                           maximum=100)  # fmt: skip
+        assert imported["1008"]["grade"] == float(result.marks["1008"])
+    assert sorted(result.sent) == ["1001", "1002", "1008"] and result.marks["1008"]
+    assert result.drafts.reviewed["1008"].name == LINKED_NAME  # the draft's title, read back as written

@@ -157,7 +157,8 @@ class Draft:
 
     @property
     def name(self) -> str:
-        title = str(self.metadata.get("title") or "")
+        # Written as shown text where it holds a link mark (`Jane [&#91;X]]`): the name as written.
+        title = unescape_links(str(self.metadata.get("title") or ""))
         return title.removeprefix("Feedback: ").strip() if title.startswith("Feedback: ") else ""
 
     def student_markdown(self) -> str:

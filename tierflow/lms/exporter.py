@@ -131,8 +131,14 @@ def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
         ) from None
 
 
+def _name(note: frontmatter.Post | None) -> str:
+    """The student's name as their submission note holds it, link marks the import wrote as shown text (`Jane
+    [&#91;X]]`) the characters again; "" without a note."""
+    return unescape_links(str(note.metadata.get("name") or "")) if note else ""
+
+
 def _title(draft: Draft, note: frontmatter.Post | None) -> str:
-    name = (note.metadata.get("name") if note else "") or draft.name
+    name = _name(note) or draft.name
     return f"Feedback: {name}" if name else "Feedback"
 
 
@@ -401,8 +407,7 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
         if not sid.isdigit():
             result.left_out.append((draft.path, f"student id {sid} is not a Moodle participant id"))
             continue
-        name = str(note.metadata.get("name") or "") if note else ""
-        path = moodle.feedback_path(sid, name, f"feedback{fmt}")
+        path = moodle.feedback_path(sid, _name(note), f"feedback{fmt}")
         entries.append((path, files.render(fmt, _title(draft, note), draft.student_markdown())))
         result.sent.append(sid)
     result.notes.append(

@@ -192,10 +192,10 @@ def _failed(vault: Path, folder: str, work: StudentWork, exc: Exception) -> Stud
         why = f"{shown}: {exc.strerror or exc}"
         fix = f"check {shown} (a file in the way of the student's folder, its permissions, a full disk)"
     elif isinstance(exc, LinkError):
-        # The text, file names and document authors are written as shown text (`_body`, `escape_property_links`):
-        # what is left is the student's name or email, as the export or the roster gives it.
-        why = f"its properties would hold a link ({'; '.join(exc.problems)}), from the student's name or email"
-        fix = "correct that student's name in the roster (--roster) or the export"
+        # The text, the student's name, file names and document authors are written as shown text (`_body`,
+        # `escape_property_links`): what is left is the student's email or ids, as the roster gives them.
+        why = f"its properties would hold a link ({'; '.join(exc.problems)}), from the student's email or ids"
+        fix = "correct that student's email or ids in the roster (--roster)"
     elif isinstance(exc, VaultError):
         why, fix = str(exc), "fix what it names"
     else:
@@ -375,7 +375,9 @@ def _import_one(
     result.hidden = [fn for fn, _, _, ex in readable if ex.hidden]
     front = {
         "student_id": work.student_id,
-        "name": name,
+        # The student's name as the export or roster gives it (`Jane [[X]]`): as shown text, like the file names
+        # below, read back with `unescape_links`.
+        "name": escape_property_links(name),
         **({"email": entry.email} if entry and entry.email else {}),
         **({"sis_ids": list(entry.sis_ids)} if entry and entry.sis_ids else {}),
         "platform": work.platform,

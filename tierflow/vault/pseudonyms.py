@@ -10,13 +10,15 @@ from functools import cache
 
 from tierflow.vault.annotations import boundary_after, boundary_before
 
-_PART_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb]+")
+# Brackets too: a roster's `Jane [[Okafor]]` or `Wei (David) Zhang` has a name inside them, found on its own.
+_PART_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb()\[\]]+")
 _INITIAL = re.compile(r"^[\w?]\.?$")  # "J.", and a lone `?`, a letter a roster lost
 
 
 def name_parts(name: str) -> list[str]:
-    """The full name, each space-separated part, and the pieces of a hyphenated or apostrophised part
-    ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"), NFC-normalised, lone initials (and a lone `?`) left out."""
+    """The full name, each space-separated part, and the pieces of a hyphenated, apostrophised or bracketed part
+    ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"; "[[Okafor]]", "(David)" -> "Okafor", "David"),
+    NFC-normalised, lone initials (and a lone `?`) left out."""
     name = " ".join(unicodedata.normalize("NFC", name).split())
     if not name:
         return []
