@@ -12,7 +12,7 @@ import pytest
 from test_lms_moodle import draft_text
 
 from tierflow.lms.drafts import Draft
-from tierflow.lms.exporter import export_feedback
+from tierflow.lms.exporter import ExportResult, export_feedback
 
 REPO = Path(__file__).resolve().parents[1]
 PRIVATE = ("borderline", "moderator", "second marker", "private")
@@ -199,9 +199,10 @@ def test_a_students_link_marks_quoted_back_in_a_draft_make_no_link_and_reach_the
     assert "Keep ![[img.png]] out" in sent
 
 
-def no_content_draft(*, before_the_notice: bool = False, written: str = "") -> str:
+def no_content_draft(*, before_the_notice: bool = False, written: str = "", mark: str = "") -> str:
     """A reviewed draft of Zoë Hart's (1005) scanned PDF, which gave no text: as the feedback template writes it now,
-    or as it wrote it before its words to the lecturer were a notice (a heading and a paragraph)."""
+    or as it wrote it before its words to the lecturer were a notice (a heading and a paragraph); with the `mark`
+    the lecturer set in its front-matter."""
 
     if before_the_notice:
         body = (
@@ -211,7 +212,8 @@ def no_content_draft(*, before_the_notice: bool = False, written: str = "") -> s
         )
     else:
         body = feedback_body("1005", "Zoë Hart", criteria=[], next_steps=[], overall="", empty=True)
-    front = '---\ntitle: "Feedback: Zoë Hart"\nstudent_id: "1005"\nstatus: reviewed\ntierflow_levels: []\n---\n\n'
+    own = f"mark: {mark}\n" if mark else ""
+    front = f'---\ntitle: "Feedback: Zoë Hart"\nstudent_id: "1005"\nstatus: reviewed\n{own}tierflow_levels: []\n---\n\n'
     return front + body + written
 
 
@@ -224,9 +226,12 @@ def test_tierflows_words_on_a_submission_with_no_text_are_a_notice_to_the_lectur
     assert Draft("1005", "x", {}, own).student_text() == "Your essay reached me by email: see the comments in it."
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
-@pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
-def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_named_once(tmp_path, target, legacy):
+NO_TEXT = "Teaching/EDU7001/essay-2"
+
+
+def export_no_content(tmp_path: Path, target: str, draft: str) -> tuple[ExportResult, Path]:
+    """The cohort imported for `target`, 1001's draft and 1005's `draft` (of a submission with no text) reviewed,
+    exported to `target` (`moodle-files` into `out.zip`); the result and the worksheet or gradebook downloaded."""
     import shutil
 
     from lms_exports import canvas_zip, cohort, moodle_zip
@@ -237,24 +242,26 @@ def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_name
 
     vault = tmp_path / "vault"
     shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
-    assignment = "Teaching/EDU7001/essay-2"
-    (vault / assignment / "feedback").mkdir(parents=True)
-    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / assignment / "rubric.md")
+    (vault / NO_TEXT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / NO_TEXT / "rubric.md")
     make = canvas_zip if target == "canvas" else moodle_zip
-    import_submissions(vault, assignment, make(tmp_path / "submissions.zip", cohort()))
-    (vault / assignment / "feedback" / "1001 feedback.md").write_text(draft_text("1001"), encoding="utf-8")
-    empty = vault / assignment / "feedback" / "1005 feedback.md"
-    empty.write_text(no_content_draft(before_the_notice=legacy), encoding="utf-8")
+    import_submissions(vault, NO_TEXT, make(tmp_path / "submissions.zip", cohort()))
+    (vault / NO_TEXT / "feedback" / "1001 feedback.md").write_text(draft_text("1001"), encoding="utf-8")
+    (vault / NO_TEXT / "feedback" / "1005 feedback.md").write_text(draft, encoding="utf-8")
     downloaded = tmp_path / "downloaded.csv"
     downloaded.write_bytes(gradebook_bytes() if target == "canvas" else worksheet_for(cohort()))
-    given = {"gradebook": downloaded, "column": "4512"} if target == "canvas" else {"worksheet": downloaded}
     if target == "moodle-files":
-        result = export_feedback(vault, assignment, target, out=tmp_path / "out.zip")
-    else:
-        result = export_feedback(vault, assignment, target, **given)
+        return export_feedback(vault, NO_TEXT, target, out=tmp_path / "out.zip"), downloaded
+    given = {"gradebook": downloaded, "column": "4512"} if target == "canvas" else {"worksheet": downloaded}
+    return export_feedback(vault, NO_TEXT, target, **given), downloaded
 
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
+@pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
+def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_named_once(tmp_path, target, legacy):
+    result, downloaded = export_no_content(tmp_path, target, no_content_draft(before_the_notice=legacy))
     assert result.sent == ["1001"] and "1005" not in result.marks
-    (why,) = [why for path, why in result.left_out if path == f"{assignment}/feedback/1005 feedback.md"]
+    (why,) = [why for path, why in result.left_out if path == f"{NO_TEXT}/feedback/1005 feedback.md"]
     assert why.startswith("no feedback to send: no text was read; 1005 (Zoë Hart)")
     assert "scan.pdf: no text layer" in why and "no mark" in why
     said = "\n".join(result.notes)
@@ -269,6 +276,40 @@ def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_name
             after = path.read_bytes().decode("utf-8-sig").splitlines()
             (row,) = [i for i, line in enumerate(before) if "1005" in line]
             assert after[row] == before[row]  # 1005 as downloaded
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
+@pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
+def test_a_mark_set_in_a_reviewed_draft_of_a_submission_with_no_text_is_exported_as_written(tmp_path, target, legacy):
+    """A lecturer gives `mark: 0` to a student whose submission gave no text (a scanned PDF): the draft holds only
+    tierflow's notice, and the export dropped the mark with it ("no mark either is sent"). A mark a person set goes
+    as written, 0 too, and nothing else of the draft: the Feedback comments cell stays as it was, Canvas gets no
+    comment file, and the feedback-files zip (which holds no grades) names the draft and where its mark goes."""
+    from lms_exports import cohort
+    from lms_rules import canvas_import_gradebook, moodle_import_worksheet
+    from test_lms_canvas import ASSIGNMENTS
+
+    result, _ = export_no_content(tmp_path, target, no_content_draft(before_the_notice=legacy, mark="0"))
+    if target == "moodle-files":
+        assert result.sent == ["1001"] and "1005" not in result.marks
+        (why,) = [why for path, why in result.left_out if path == f"{NO_TEXT}/feedback/1005 feedback.md"]
+        assert "`mark: 0`" in why and "--to moodle-worksheet" in why
+        with zipfile.ZipFile(tmp_path / "out.zip") as z:
+            assert [n for n in z.namelist() if "_1005_" in n] == []
+        return
+    if target == "canvas":
+        grades = canvas_import_gradebook(result.written[0].read_bytes(), ASSIGNMENTS)["grades"]
+        assert grades["1005"]["4512"] == "0" and float(grades["1001"]["4512"]) > 0
+        with zipfile.ZipFile(result.written[1]) as z:
+            assert not [n for n in z.namelist() if "_1005_" in n]  # no comment file with nothing in it
+    else:
+        imported = moodle_import_worksheet(result.written[0].read_bytes(), participants={s.participant for s in
+                                           cohort()}, maximum=100)  # fmt: skip
+        assert imported["1005"] == {"grade": 0.0, "feedback": ""}  # the comments cell as downloaded
+        assert imported["1001"]["grade"] > 0
+    assert sorted(result.sent) == ["1001", "1005"] and result.marks["1005"] == 0
+    assert not [why for path, why in result.left_out if path.endswith("1005 feedback.md")]
+    assert any(n.startswith("1005 (Zoë Hart): `mark: 0` sent alone") for n in result.notes), result.notes
 
 
 STUDENT_LINKS = "I describe my [method](method.md) and the [survey site](https://survey.example.org/q)."

@@ -156,6 +156,11 @@ class Draft:
         return not version or not self.version or self.version == version
 
     @property
+    def own_mark(self) -> bool:
+        """Whether the front-matter holds a `mark:`, 0 included: a person's, since tierflow never writes one."""
+        return self.metadata.get("mark") not in (None, "")
+
+    @property
     def name(self) -> str:
         # Written as shown text where it holds a link mark (`Jane [&#91;X]]`): the name as written.
         title = unescape_links(str(self.metadata.get("title") or ""))

@@ -194,7 +194,8 @@ def _of_platform(vault: Path, folder: str, drafts: Drafts, platform: str, result
             continue
         came = str(note.metadata.get("platform") or "").strip().lower() if note else ""
         if came in ("", platform):
-            if draft.student_text():
+            # A mark the lecturer set (`mark: 0` for work never handed in) is theirs to send, feedback or none.
+            if draft.student_text() or draft.own_mark:
                 keep[sid] = draft
             else:
                 result.left_out.append((draft.path, _no_text(draft, note, folder)))
@@ -249,11 +250,24 @@ def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
         return (
             f"no feedback to send: no text was read; {who(draft)}: {folder}/submissions/{draft.student_id}.md has no "
             f"text{because}, so the draft holds only tierflow's notice to you, and nothing (no mark either) is sent. "
-            "Check whether the work was submitted elsewhere; feedback you write in the draft is sent."
+            "Check whether the work was submitted elsewhere; feedback you write in the draft is sent, and so is a "
+            "`mark:` you set in its front-matter (`mark: 0` too)."
         )
     return (
         f"no feedback to send: the draft holds nothing for the student; {who(draft)}: only tierflow's notices and "
-        "comments, which are never sent. Write the feedback in it to send it and its mark."
+        "comments, which are never sent. Write the feedback in it to send it and its mark, or set `mark:` in its "
+        "front-matter to send a mark alone."
+    )
+
+
+def _mark_alone(draft: Draft) -> str:
+    """Why a reviewed draft that holds a mark and no feedback for the student (`_of_platform` keeps it) sends its
+    mark alone; empty for a draft with feedback."""
+    if draft.student_text():
+        return ""
+    return (
+        f"`mark: {draft.metadata.get('mark')}` sent alone: the draft holds no feedback for the student (only "
+        "tierflow's notices and comments)"
     )
 
 
@@ -305,22 +319,29 @@ def _moodle_worksheet(  # noqa: ANN001
             maximum = 0.0
         mark = marks[sid]
         grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
-        held = _held_moodle(sheet, index, grade, draft.html())
+        alone = _mark_alone(draft)
+        feedback = None if alone else draft.html()  # a mark alone leaves the Feedback comments cell as it was
+        held = _held_moodle(sheet, index, grade, feedback)
         if held and not replace_existing:
             result.kept_existing.append((who(draft), held))
             continue
         if grade is None:
             why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
+            if alone:
+                result.left_out.append((draft.path, f"no feedback to send and no grade ({why}); {who(draft)}"))
+                continue
             result.notes.append(
                 f"{who(draft)}: feedback sent without a grade ({why}); the Grade cell is left as it was"
             )
-            sheet.fill(index, None, draft.html())
+            sheet.fill(index, None, feedback)
         else:
             if clamped:
                 result.notes.append(f"{sid}: mark clamped to the range 0-{maximum:g}")
+            if alone:
+                result.notes.append(f"{who(draft)}: {alone}; the Feedback comments cell is left as it was")
             values.append(grade)
             result.marks[sid] = grade
-            sheet.fill(index, number(grade), draft.html())
+            sheet.fill(index, number(grade), feedback)
         result.sent.append(sid)
     _without_drafts(vault, folder, drafts, rows, result)
     result.distribution = distribution(values, _sheet_max(sheet))
@@ -339,15 +360,16 @@ def _moodle_worksheet(  # noqa: ANN001
         result.written.append(out)
 
 
-def _held_moodle(sheet: moodle.Worksheet, index: int, grade: Decimal | None, feedback: str) -> str:
+def _held_moodle(sheet: moodle.Worksheet, index: int, grade: Decimal | None, feedback: str | None) -> str:
     """What the row's Grade and Feedback comments already hold, where it is not what this export would write (a
-    second marker's comments, a moderated grade); empty when the row is free to fill."""
+    second marker's comments, a moderated grade); empty when the row is free to fill. `feedback` None: the
+    comments are not written, so whatever they hold stays."""
     held = []
     existing = sheet.value(index, moodle.GRADE).strip()
     if existing not in ("", "-") and not _same_number(existing, grade):
         held.append(f"Grade {existing}")
     comments = sheet.value(index, moodle.FEEDBACK)
-    if _plain(comments) and comments.strip() != feedback:
+    if feedback is not None and _plain(comments) and comments.strip() != feedback:
         held.append(f"Feedback comments {_plain(comments, 80)!r}")
     return ", ".join(held)
 
@@ -407,6 +429,15 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
         if not sid.isdigit():
             result.left_out.append((draft.path, f"student id {sid} is not a Moodle participant id"))
             continue
+        if _mark_alone(draft):
+            result.left_out.append(
+                (
+                    draft.path,
+                    f"no feedback file to send, only `mark: {draft.metadata.get('mark')}`, and this zip holds no "
+                    "grades: send the mark with --to moodle-worksheet",
+                )
+            )
+            continue
         path = moodle.feedback_path(sid, _name(note), f"feedback{fmt}")
         entries.append((path, files.render(fmt, _title(draft, note), draft.student_markdown())))
         result.sent.append(sid)
@@ -460,6 +491,8 @@ def _canvas(  # noqa: ANN001
                 continue
             if clamped:
                 result.notes.append(f"{sid}: mark clamped to the range 0-{points:g}")
+            if alone := _mark_alone(draft):
+                result.notes.append(f"{who(draft)}: {alone}; no comment is uploaded")
             sheet.fill(index, col, number(grade))
             values.append(grade)
             result.marks[sid] = grade
@@ -486,6 +519,16 @@ def _canvas(  # noqa: ANN001
     commented: list[str] = []
     for sid, draft in sorted(drafts.reviewed.items()):
         if sid in held:
+            continue
+        if _mark_alone(draft):  # no comment to upload: its mark goes in the gradebook CSV alone
+            if sheet is None:
+                result.left_out.append(
+                    (
+                        draft.path,
+                        f"no feedback to send, only `mark: {draft.metadata.get('mark')}`, and a mark goes only in the "
+                        "gradebook CSV: give the gradebook you downloaded from Canvas with --gradebook",
+                    )
+                )
             continue
         note = _submission(vault, folder, sid)
         # The names as Canvas gave them (link marks the import wrote as shown text are the characters again).

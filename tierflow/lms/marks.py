@@ -170,7 +170,7 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
     how = marking(rubric)
     scale = how.scale
     own = draft.metadata.get("mark")
-    if own not in (None, ""):
+    if draft.own_mark:
         try:
             return Mark(draft.student_id, exact(own), scale, "your mark")
         except (ValueError, ZeroDivisionError):

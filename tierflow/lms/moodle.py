@@ -349,12 +349,13 @@ class Worksheet:
     def value(self, index: int, column: str) -> str:
         return raw_value(self.rows[index].fields[self.header.index(column)], self.dialect.delimiter)
 
-    def fill(self, index: int, grade: str | None, feedback_html: str) -> None:
-        """Set the row's `Grade` (unless None) and `Feedback comments`; every other cell stays as downloaded."""
+    def fill(self, index: int, grade: str | None, feedback_html: str | None) -> None:
+        """Set the row's `Grade` and `Feedback comments`, each unless None; every other cell stays as downloaded."""
         row = self.rows[index]
         if grade is not None:
             row.fields[self.header.index(GRADE)] = fputcsv_field(grade, self.dialect.delimiter)
-        row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html, self.dialect.delimiter)
+        if feedback_html is not None:
+            row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html, self.dialect.delimiter)
 
     def render(self) -> bytes:
         return render(self.rows, self.dialect)
