@@ -243,8 +243,8 @@ def test_a_student_named_with_link_marks_is_imported_hidden_drafted_and_exported
     """A student named `Jane [[Okafor]]` (Moodle's folder `Jane [[Okafor]]_1008_assignsubmission_file_`, or the
     Canvas gradebook's `[[Okafor]], Jane`) was not imported: the note writer refused the link to no note in her
     name. She is imported, her name (`Okafor` too) never reaches the model, her draft is a valid note, and her
-    mark is exported like anyone's."""
-    from lms_exports import Student, docx_bytes, essay
+    mark is exported like anyone's; so is Sam [[Ng]]'s `mark: 0`, who typed nothing."""
+    from lms_exports import Student, docx_bytes, essay, onlinetext
     from lms_rules import canvas_import_gradebook, moodle_import_worksheet
     from test_lms_canvas import ASSIGNMENTS, gradebook_bytes
 
@@ -253,7 +253,7 @@ def test_a_student_named_with_link_marks_is_imported_hidden_drafted_and_exported
     from tierflow.vault.links import VaultNames, link_targets
 
     jane = Student("1008", LINKED_NAME, {"essay.docx": docx_bytes(essay(6, "Okafor, J. (2026), EDU7001."))})
-    students = [*cohort()[:2], jane]
+    students = [*cohort()[:2], jane, Student("1009", "Sam [[Ng]]", online=onlinetext(""))]
     roster = tmp_path / "grades.csv"
     if platform == "canvas":  # Canvas's file names hold `okaforjane`: the gradebook gives her name
         roster.write_bytes(gradebook_bytes(students))
@@ -265,7 +265,7 @@ def test_a_student_named_with_link_marks_is_imported_hidden_drafted_and_exported
             assert f"{LINKED_NAME}_1008_assignsubmission_file_/essay.docx" in z.namelist()
         report = import_submissions(lms_vault, ASSIGNMENT, export)
     assert not report.failed, report.failed[0].error
-    assert [(s.student_id, s.action) for s in report.students][-1] == ("1008", "created")
+    assert [(s.student_id, s.action) for s in report.students][-2:] == [("1008", "created"), ("1009", "created")]
     note = (lms_vault / ASSIGNMENT / "submissions" / "1008.md").read_text(encoding="utf-8")
     assert link_targets(note) == []  # Obsidian shows her name as written and links nothing
     (own,) = [s for s in _submissions(lms_vault, f"{ASSIGNMENT}/submissions")[0] if s.student_id == "1008"]
@@ -288,19 +288,23 @@ def test_a_student_named_with_link_marks_is_imported_hidden_drafted_and_exported
     draft = path.read_text(encoding="utf-8")
     names = VaultNames.scan(lms_vault)
     assert [names.resolve(t) for t in link_targets(draft)] == [[f"{ASSIGNMENT}/submissions/1008.md"]]
-    for p in drafts(lms_vault).values():  # the lecturer reviews every draft
-        p.write_text(p.read_text(encoding="utf-8").replace("status: draft", "status: reviewed", 1), encoding="utf-8")
+    empty = drafts(lms_vault)["1009"].read_text(encoding="utf-8")  # no content: the notice names him
+    assert "No content submitted" in empty and "Sam [&#91;Ng]]" in empty
+    assert [names.resolve(t) for t in link_targets(empty)] == [[f"{ASSIGNMENT}/submissions/1009.md"]]
+    for sid, p in drafts(lms_vault).items():  # the lecturer reviews every draft, and gives Sam 0
+        mark = "\nmark: 0" if sid == "1009" else ""
+        p.write_text(p.read_text(encoding="utf-8").replace("status: draft", f"status: reviewed{mark}", 1))
 
     if platform == "canvas":
         result = export_feedback(lms_vault, ASSIGNMENT, "canvas", gradebook=roster, column="4512")
         grades = canvas_import_gradebook(result.written[0].read_bytes(), ASSIGNMENTS)["grades"]
-        assert float(grades["1008"]["4512"]) == float(result.marks["1008"])
+        assert float(grades["1008"]["4512"]) == float(result.marks["1008"]) and grades["1009"]["4512"] == "0"
     else:
         worksheet = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
         worksheet.write_bytes(worksheet_for(students))
         result = export_feedback(lms_vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet)
-        imported = moodle_import_worksheet(result.written[0].read_bytes(), participants={"1001", "1002", "1008"},
-                                           maximum=100)  # fmt: skip
-        assert imported["1008"]["grade"] == float(result.marks["1008"])
-    assert sorted(result.sent) == ["1001", "1002", "1008"] and result.marks["1008"]
+        ids = {s.participant for s in students}
+        imported = moodle_import_worksheet(result.written[0].read_bytes(), participants=ids, maximum=100)
+        assert imported["1008"]["grade"] == float(result.marks["1008"]) and imported["1009"]["grade"] == 0
+    assert sorted(result.sent) == ["1001", "1002", "1008", "1009"] and result.marks["1008"]
     assert result.drafts.reviewed["1008"].name == LINKED_NAME  # the draft's title, read back as written
