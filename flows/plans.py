@@ -17,7 +17,7 @@ from tierflow.core.routing import Route
 from tierflow.core.tokens import count_tokens
 from tierflow.report.plan import Plan
 from tierflow.tasks import cohort, collate, draft, evidence, feedback, synthesise
-from tierflow.tasks.assignment import load_assignment
+from tierflow.tasks.assignment import load_assignment, too_long
 from tierflow.tasks.week import load_sources, select_week
 
 
@@ -218,7 +218,9 @@ def plan_student_feedback(
     plus the deep tier's full output. As the run does, every submission is collated, but only the students with
     no draft for their submission as it is now are drafted (all of them with `redraft_all`; with `retry_failed`,
     those whose draft failed its checks and is unedited too); the others are listed as skipped, in the run
-    report's words. `since` and `until` do not apply to an assignment.
+    report's words. In batch mode a student whose evidence request the provider refused as too long in an earlier
+    run is neither collated nor drafted, as a batch run does not send it again (`Plan.refused`), and is listed as
+    skipped, in the run's words. `since` and `until` do not apply to an assignment.
     """
     settings = plan_settings(config, vault, "student-feedback", tier)
     caller = caller_for(settings)
@@ -235,29 +237,50 @@ def plan_student_feedback(
     )
     # With --retry-failed: the drafts drafted again because they failed their checks (the others are `current`).
     again = len(feedback.already_drafted(vault, work)[0]) - len(current) if retry_failed and not redraft_all else 0
-    if current or again:
-        todo = [s for s in work.submissions if s.student_id not in current]
-        blank = sum(s.empty for s in todo)
-        plan.notes.append(
-            f"Drafts are priced for {len(todo) - blank} of the {len(work.submissions)} students"
-            + (f", {again} of them because their draft failed its checks (--retry-failed)" if again else "")
-            + f": {len(current)} are unchanged since their draft and are not drafted again (--redraft-all drafts "
-            "and prices every student)" + (f"; {blank} with no text get theirs without a call." if blank else ".")
-        )
     drafted = [s for s in work.submissions if not s.empty]  # an empty submission gets its note without a call
-    if not drafted:
-        return plan
     batch = mode == "batch"
     labels = work.pseudonyms().label
     outputs: dict[str, int] = {}
+    refused: set[str] = set()
     for submission in drafted:
         system, prefix, prompt = evidence.prompt(settings, work, submission)
         label = labels.get(submission.student_id, submission.student_id)
+        output = evidence.evidence_output(work.rubric)
+        if batch and (
+            error := plan.refused_before(
+                caller, "collate", evidence.COMPLEXITY, system, prompt, output, subject=label, cache_prefix=prefix
+            )
+        ):
+            # A batch run does not send it again, so the student is neither collated nor drafted: in its words.
+            plan.skipped.append((submission.path, f"collate failed: {too_long(vault, submission, error)}"))
+            refused.add(submission.student_id)
+            continue
         routed = plan.add(
-            caller, "collate", evidence.COMPLEXITY, system, prompt, evidence.evidence_output(work.rubric),
-            subject=label, cache_prefix=prefix, batch=batch,
+            caller, "collate", evidence.COMPLEXITY, system, prompt, output, subject=label, cache_prefix=prefix,
+            batch=batch,
         )  # fmt: skip
         outputs[submission.student_id] = routed.max_output_tokens
+    drafted = [s for s in drafted if s.student_id not in refused]
+    if current or again or refused:
+        todo = [s for s in work.submissions if s.student_id not in current and s.student_id not in refused]
+        blank = sum(s.empty for s in todo)
+        unchanged_note = (
+            f"{len(current)} are unchanged since their draft and are not drafted again (--redraft-all drafts and "
+            "prices every student)"
+        )
+        refused_note = (
+            f"{len(refused)} whose request a batch run does not send again (see skipped) "
+            f"{'is' if len(refused) == 1 else 'are'} not drafted"
+        )
+        plan.notes.append(
+            f"Drafts are priced for {len(todo) - blank} of the {len(work.submissions)} students"
+            + (f", {again} of them because their draft failed its checks (--retry-failed)" if again else "")
+            + ": "
+            + "; ".join([*([unchanged_note] if current else []), *([refused_note] if refused else [])])
+            + (f"; {blank} with no text get theirs without a call." if blank else ".")
+        )
+    if not drafted:
+        return plan
 
     empty = [evidence.Evidence(s.student_id, labels.get(s.student_id, s.student_id), (), "", 0, 0) for s in drafted]
     system, prompt = cohort.prompt(settings, work, empty)

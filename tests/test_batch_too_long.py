@@ -11,11 +11,16 @@ import pytest
 from conftest import anthropic_config, openai_config, write_config
 from lms_exports import Student, docx_bytes, essay, moodle_zip
 from responders import schema_name, skilled
+from typer.testing import CliRunner
 
+from tierflow.cli.app import app
 from tierflow.core.budget import open_reservations
+from tierflow.core.config import load_config
 from tierflow.core.ledger import Ledger
+from tierflow.flows.plans import plan_student_feedback
 from tierflow.flows.student_feedback import student_feedback
 from tierflow.lms.importer import import_submissions
+from tierflow.report.plan import Plan
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -195,3 +200,52 @@ def test_a_refused_item_is_not_sent_again_until_its_note_changes(provider, lms_v
     assert LONG not in dict(trimmed.skipped)
     assert drafted(lms_vault) == {"3001", "3002", "3003"}
     assert open_reservations(Ledger.for_vault(lms_vault)) == []
+
+
+def priced(plan: Plan) -> list[tuple[str, int]]:
+    return [(p.key, p.calls) for p in plan.phases]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_plan_leaves_out_a_refused_item_a_batch_run_would_not_send_again(
+    provider, lms_vault, tmp_path, double, keys
+):
+    """After the provider refused 3002's collate request as too long, a batch rerun does not send it (nor draft 3002),
+    but `tierflow plan` and `run --dry-run` priced both. They price what the run sends, and say what they left out,
+    why, and how to have it sent: trim the note, or route the phase to another tier. A direct run sends it (the
+    memory is of a batch item's refusal), so a direct plan still prices it."""
+    three_submissions(lms_vault, tmp_path)
+    configure(lms_vault, double, provider)
+    answer = skilled()
+    double.responder = lambda r: REFUSALS[provider] if SURVEY_LINE in r.text else answer(r)
+    first = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+    told = dict(first.skipped)[LONG]
+    assert REFUSALS[provider].text.rstrip(".") in told and drafted(lms_vault) == {"3001", "3003"}
+    double.reset()
+
+    config = load_config(lms_vault)
+    plan = plan_student_feedback(config, lms_vault, assignment=ASSIGNMENT, mode="batch")
+    # 3002 is neither collated nor drafted; 3001 and 3003 are collated (priced at worst, as always) and not drafted.
+    assert priced(plan) == [("collate", 2), ("synthesise", 1), ("draft", 0)]
+    assert plan.prompts and not [p for _, _, p in plan.prompts if SURVEY_LINE in p]
+    ((phase, subject, why),) = plan.refused
+    assert (phase, subject) == ("collate", "Student-02") and REFUSALS[provider].text.rstrip(".") in why
+    assert dict(plan.skipped)[LONG] == told  # in the run's words, naming the file to cut
+    assert priced(plan_student_feedback(config, lms_vault, assignment=ASSIGNMENT)) == [
+        ("collate", 3), ("synthesise", 1), ("draft", 1)
+    ]  # fmt: skip
+    # The run it priced: 3002 not sent, not drafted.
+    again = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT, mode="batch")
+    assert survey_sent(double) == 0 and dict(again.skipped)[LONG] == told and drafted(lms_vault) == {"3001", "3003"}
+
+    for command in (["plan", "student-feedback"], ["run", "student-feedback", "--dry-run"]):
+        args = [*command, "--vault", str(lms_vault), "--assignment", ASSIGNMENT, "--mode", "batch"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())
+        assert "left out: 1 batch request (collate · Student-02), which the provider refused as too long" in said
+        assert "a batch run does not send it again while it is unchanged, so it is not priced" in said
+        assert "Trim the note it is made of (see skipped), or route the phase to a tier" in said
+        assert "(--tier collate=TIER), and it is sent, and priced" in said
+        assert "1 whose request a batch run does not send again (see skipped) is not drafted" in said
+    assert double.model_calls() == [] and survey_sent(double) == 0

@@ -159,22 +159,41 @@ def _refused_before(
     caller: Caller, todo: dict[str, tuple[BatchCall, Route, Request, str]]
 ) -> dict[str, ContextWindowExceeded]:
     """Cache key -> the provider's refusal, for the requests it refused as too long when an earlier run sent them on
-    the tier they are routed to now: sent again, each would be refused again (and billed, by a provider that bills
+    the tier they are routed to now (`remembered_refusals`): sent again, each would be refused again."""
+    found = remembered_refusals(caller, {key: routed for key, (_, routed, _, _) in todo.items()})
+    for key, error in found.items():
+        call, routed, _, _ = todo[key]
+        log.warning("%s: %s is not sent again, unchanged since refused: %s", routed.phase, call.key, error)
+    return found
+
+
+def remembered_refusals(caller: Caller, routes: dict[str, Route]) -> dict[str, ContextWindowExceeded]:
+    """Cache key -> the provider's refusal, for each request (by its cache key, with the route it takes now) that
+    the provider refused as too long when an earlier run sent it in a batch on that tier: a batch does not send it
+    again (and a plan does not price it), since it would be refused again (and billed, by a provider that bills
     refusals). The key covers the model and the whole prompt, so a trimmed note, or another tier, is sent."""
+    if not routes:
+        return {}
     with caller.ledger.reading() as conn:
         rows = conn.execute(
             sa.select(batch_items.c.key, batch_items.c.tier, batch_items.c.error).where(
-                batch_items.c.key.in_(list(todo)), batch_items.c.status == "refused", batch_items.c.error.is_not(None)
+                batch_items.c.key.in_(list(routes)), batch_items.c.status == "refused", batch_items.c.error.is_not(None)
             )
         ).all()
     found: dict[str, ContextWindowExceeded] = {}
     for row in rows:
-        call, routed, _, _ = todo[row.key]
+        routed = routes[row.key]
         if row.tier != routed.tier:
             continue  # refused on the tier a `downgrade` budget sent it to, which this run may not
         found[row.key] = refused(routed, row.error)
-        log.warning("%s: %s is not sent again, unchanged since refused: %s", routed.phase, call.key, found[row.key])
     return found
+
+
+def refused_before(caller: Caller, routed: Route, request: Request) -> ContextWindowExceeded | None:
+    """The provider's refusal of `request` as too long on the tier `routed` takes, remembered from an earlier run's
+    batch (`remembered_refusals`); None when a batch would send it."""
+    key = _cache_key(routed, request)
+    return remembered_refusals(caller, {key: routed}).get(key)
 
 
 def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str]]:

@@ -16,9 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tierflow.core.batch import refused_before
 from tierflow.core.budget import estimate, padded
 from tierflow.core.calls import Caller
 from tierflow.core.context import overflow
+from tierflow.core.errors import ContextWindowExceeded
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.tokens import count_tokens
 from tierflow.report.console import show
@@ -42,6 +44,9 @@ class Plan:
     """What the reader should know about how the estimate was made."""
     too_long: list[tuple[str, str, str]] = field(default_factory=list)
     """(phase, subject, why) for every call whose prompt would not fit its model's context window."""
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
+    """(phase, subject, why) for every batch call left out unpriced: the provider refused it as too long in an
+    earlier run, and a batch run does not send it again while it is unchanged (`refused_before`)."""
 
     @property
     def phases(self) -> list[Spend]:
@@ -58,6 +63,29 @@ class Plan:
     def all_deep_usd(self) -> float | None:
         costs = [p.all_deep_usd for p in self.phases]
         return None if None in costs else sum(costs)  # type: ignore[arg-type]
+
+    def refused_before(
+        self,
+        caller: Caller,
+        phase: str,
+        complexity: str,
+        system: str,
+        prompt: str,
+        output: type,
+        *,
+        subject: str,
+        cache_prefix: str = "",
+    ) -> ContextWindowExceeded | None:
+        """The provider's refusal of this batch call as too long in an earlier run, on the tier it is routed to now
+        (`tierflow.core.batch.refused_before`): a batch run does not send it, so it is recorded in `refused` and must
+        not be priced. None when a batch run would send it."""
+        routed, request = caller.build(
+            phase=phase, complexity=complexity, system=system, prompt=prompt, output=output, cache_prefix=cache_prefix
+        )
+        error = refused_before(caller, routed, request)
+        if error is not None:
+            self.refused.append((phase, subject, str(error)))
+        return error
 
     def add(
         self,
@@ -173,6 +201,23 @@ def print_plan(plan: Plan, *, show_prompts: bool = False) -> None:
     show(console, table, optional=("max output", "prompt tokens", "calls", "all-deep USD"))
     for phase, subject, why in plan.too_long:
         console.print(f"[red]does not fit[/] {escape(f'{phase} · {subject}: {why}')}", highlight=False)
+    if plan.refused:
+        console.print(f"[yellow]left out[/]: {escape(refused_note(plan.refused))}", highlight=False)
     console.print(escape(" ".join(["Nothing was sent to a model.", *plan.notes])))
     if not show_prompts:
         console.print(f"{len(plan.prompts)} prompts were rendered; add --show-prompts to print them.")
+
+
+def refused_note(refused: list[tuple[str, str, str]]) -> str:
+    """What a plan says of the batch calls it left out (`Plan.refused`): how many, which, why, and what makes them
+    go: a trimmed prompt, or another tier."""
+    one = len(refused) == 1
+    which = ", ".join(f"{phase} · {subject}" for phase, subject, _ in refused)
+    tiers = " or ".join(f"--tier {phase}=TIER" for phase in dict.fromkeys(phase for phase, _, _ in refused))
+    it, is_ = ("it", "it is") if one else ("them", "each is")
+    return (
+        f"{len(refused)} batch request{'' if one else 's'} ({which}), which the provider refused as too long in an "
+        f"earlier run: a batch run does not send {it} again while {is_} unchanged, so {'it is' if one else 'they are'} "
+        f"not priced. Trim the note {is_} made of (see skipped), or route the phase to a tier with a larger context "
+        f"window ({tiers}), and {'it is' if one else 'they are'} sent, and priced."
+    )
