@@ -310,3 +310,67 @@ def test_a_long_lived_worker_keeps_no_stop_of_a_finished_run(tmp_path: Path, mon
         )
         assert outcome.failed
     assert len(phases._stops) <= 2 and [key[0] for key in phases._stops][-1] == "bare-2"
+
+
+def test_answers_cut_off_at_a_configured_output_limit_name_the_limits_tried_and_the_key_not_an_outage(
+    tmp_path: Path, double, monkeypatch, prefect_harness
+):
+    """`tiers.light.max_output_tokens = 64` with its ceiling 128, and a JSON answer longer than both: the first
+    answer is cut off at 64, its retry at 128 (the ledger and the double show both). The error names both limits
+    and the keys, and says a rerun with the config unchanged is cut off the same way; the failed phase does not
+    call it a provider outage to wait out."""
+    from prefect import task
+    from pydantic import BaseModel
+
+    from tierflow.core.calls import caller_for
+    from tierflow.core.errors import ProviderError
+    from tierflow.core.ledger import Ledger
+    from tierflow.testing.double import Reply
+
+    class Summary(BaseModel):
+        text: str
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    double.responder = lambda request: Reply(data={"text": " ".join(f"point {n}" for n in range(200))})
+    config = anthropic_config(double, "[routing]\nescalate = false\n").replace(
+        "max_output_tokens = 1024", "max_output_tokens = 64\nmax_output_tokens_ceiling = 128", 1
+    )
+    write_config(tmp_path / ".tierflow" / "config.toml", config)
+    settings = RunSettings(vault=str(tmp_path), run_id="cut-off", flow="phases")
+    errors: list[str] = []
+
+    @task
+    def summarise(index):  # noqa: ANN001, ANN202
+        try:
+            return caller_for(settings).ask(
+                phase="collate", complexity="low", system="Summarise.", prompt=f"note {index}", output=Summary
+            )
+        except ProviderError as exc:
+            errors.append(str(exc))
+            raise
+
+    outcome = fan_out_flow(summarise, 1)(settings)
+    assert [call.max_tokens for call in double.model_calls()] == [64, 128]
+    rows = Ledger.for_vault(tmp_path).rows(run_id="cut-off")
+    assert [(r["attempt"], r["outcome"]) for r in rows] == [(1, "truncated"), (2, "truncated")]
+    (error,) = errors
+    assert "(64 tokens) on every attempt" not in error
+    assert "light: 64, then 128 tokens" in error
+    assert "`tiers.light.max_output_tokens` (64)" in error and "`tiers.light.max_output_tokens_ceiling` (128)" in error
+    assert "a rerun with the config unchanged is cut off the same way" in error
+    assert outcome.failed and not outcome.results
+    assert "failed at the provider" not in outcome.failed and "Rerun once it answers" not in outcome.failed
+    assert "cut off at the output limit" in outcome.failed and "tiers.light.max_output_tokens" in outcome.failed
+    assert "rerun with the config unchanged is cut off the same way" in outcome.failed
+
+    from prefect import flow
+
+    import tierflow.core.phases as phases
+
+    @flow
+    def once(settings):  # noqa: ANN001, ANN202
+        return phases.single(summarise, settings, 0, phase="synthesise", complexity="low", subject="week")
+
+    alone = once(RunSettings(vault=str(tmp_path), run_id="cut-off-once", flow="phases"))
+    assert alone.failed and "light: 64, then 128 tokens" in alone.failed
+    assert "once the limit is raised, a rerun continues from them" in alone.failed

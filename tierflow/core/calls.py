@@ -27,6 +27,7 @@ from tierflow.core.errors import (
     BudgetExceeded,
     MalformedResponse,
     ModelNotFound,
+    OutputLimitReached,
     OutputModeRejected,
     ProviderError,
 )
@@ -598,6 +599,7 @@ class Caller:
         """The answer, and how many attempts this call made for it (a replayed answer: 0)."""
         ladder = self.ladder(routed)
         best, last, number = first, first, 1 if first else 0
+        tried: list[Attempt] = [first] if first is not None else []  # every billed attempt, for `_kept`'s error
         # Tiers that failed this request and were escalated from: a budget downgrade never sends it back there.
         failed: set[str] = set()
         answered: set[str] = {first.route.tier} if first is not None else set()
@@ -639,10 +641,11 @@ class Caller:
                     log.warning(
                         "%s on %s: no budget left to retry or escalate; keeping the best answer", routed.phase, subject
                     )
-                    return _shown(routed, self._kept(best, request), number), number
+                    return _shown(routed, self._kept(best, request, tried), number), number
                 if attempt.kept:
                     return attempt.answer, 0  # an earlier run's kept answer to this unchanged request
                 number += 1
+                tried.append(attempt)
                 answered.add(attempt.route.tier)
                 if attempt.outcome == "ok":
                     if step + 1 < len(ladder) and self._explores(sent):
@@ -653,7 +656,7 @@ class Caller:
             if not self.config.settings.routing.escalate:
                 break
         assert best is not None
-        return _shown(routed, self._kept(best, request), number), number
+        return _shown(routed, self._kept(best, request, tried), number), number
 
     def _request_record(
         self, request: Request, attempt: Attempt, checks: Sequence[Check], subject: str
@@ -1112,8 +1115,10 @@ class Caller:
         )
         return Attempt(outcome=outcome, answer=answer, route=routed, request=request, failures=tuple(failures))
 
-    def _kept(self, best: Attempt, request: Request) -> Answer:
-        """The best failed answer, kept with its failures named; or, when none could be read, a clear error."""
+    def _kept(self, best: Attempt, request: Request, tried: Sequence[Attempt] = ()) -> Answer:
+        """The best failed answer, kept with its failures named; or, when none could be read, a clear error.
+
+        `tried`: every attempt of the call, whose output limits a cut-off answer's error names."""
         if _readable(best, request):
             names = tuple(dict.fromkeys(f.check for f in best.failures))
             log.warning(
@@ -1123,20 +1128,44 @@ class Caller:
                 best.route.model_ref,
             )
             return replace(best.answer, checks_failed=names)
-        tier = best.route.tier
         if best.outcome == "truncated":
-            raise MalformedResponse(
-                best.route.provider,
-                best.route.model,
-                f"answers were cut off at the output limit ({best.request.max_output_tokens} tokens) on every "
-                f"attempt. Raise `tiers.{tier}.max_output_tokens` (and `tiers.{tier}.max_output_tokens_ceiling`) "
-                "in the config",
-            )
+            raise OutputLimitReached(best.route.provider, best.route.model, self._cut_off(tried or (best,)))
         raise MalformedResponse(
             best.route.provider,
             best.route.model,
             f"no usable {request.schema_name} on any attempt ({best.outcome}: "
             f"{'; '.join(f.problem for f in best.failures[:2])}). Every attempt is in the ledger",
+        )
+
+    def _cut_off(self, tried: Sequence[Attempt]) -> str:
+        """Why a call's answers were all unusable when the best of them was cut off: the output limits each tier
+        was sent with, and the config keys that set them."""
+        cut = [a for a in tried if a.outcome == "truncated"]
+        limits: dict[str, list[int]] = {}
+        for attempt in cut:
+            limits.setdefault(attempt.route.tier, []).append(attempt.request.max_output_tokens)
+        every = "every attempt" if len(cut) == len(tried) else f"{len(cut)} of {len(tried)} attempts"
+        sent = "; ".join(f"{tier}: {', then '.join(map(str, sizes))} tokens" for tier, sizes in limits.items())
+        keys, clamped = [], []
+        for tier, sizes in limits.items():
+            config = self.config.tier(tier)
+            ceiling = config.max_output_tokens_ceiling
+            keys.append(
+                f"`tiers.{tier}.max_output_tokens` ({config.max_output_tokens}) and "
+                f"`tiers.{tier}.max_output_tokens_ceiling` ({ceiling if ceiling else 'unset: twice that'})"
+            )
+            if min(sizes) < config.max_output_tokens:
+                clamped.append(tier)
+        # A budget that clamps the output limit sends less than the config says: raising the key alone may not do.
+        budget = (
+            f"; a budget sent {', '.join(clamped)} less than its limit (what it could afford): raise that budget too"
+            if clamped
+            else ""
+        )
+        return (
+            f"answers were cut off at the output limit on {every} ({sent}). It is the config's limit, not a provider "
+            f"fault: raise {' or '.join(keys)} in the config{budget}; a rerun with the config unchanged is cut off "
+            "the same way"
         )
 
     def _complete(self, routed: Route, request: Request) -> Completion:

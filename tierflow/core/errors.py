@@ -93,6 +93,11 @@ class MalformedResponse(ProviderError):
     """The provider answered, but not in the shape asked for."""
 
 
+class OutputLimitReached(MalformedResponse):
+    """Every answer was cut off at its tier's output limit: a limit of the config, not a provider fault, so a rerun
+    with the config unchanged is cut off the same way."""
+
+
 class OutputModeRejected(ProviderError):
     """The server refused the structured-output form (`response_format`); the call path tries the next form."""
 

@@ -24,7 +24,14 @@ from prefect.futures import PrefectFuture
 
 from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
-from tierflow.core.errors import BatchPending, BudgetExceeded, ProviderError, TierflowError, VaultError
+from tierflow.core.errors import (
+    BatchPending,
+    BudgetExceeded,
+    OutputLimitReached,
+    ProviderError,
+    TierflowError,
+    VaultError,
+)
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import flush_progress, prefect_progress
 from tierflow.core.routing import Route
@@ -392,6 +399,7 @@ def fan_out(
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     unanswered: list[str] = []  # the provider's errors, one per item that got none
+    cut_off: list[str] = []  # items whose every answer was cut off at the config's output limit
     errors: dict[int, str] = {}  # why each failed item failed, by its place in `items`
     advance(phase, 0, len(items))
     if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
@@ -434,7 +442,9 @@ def fan_out(
             except (ProviderError, VaultError) as exc:
                 outcome.skipped.append((name, f"{phase} failed: {exc}"))
                 errors[indices[future]] = str(exc)
-                if isinstance(exc, ProviderError):
+                if isinstance(exc, OutputLimitReached):
+                    cut_off.append(str(exc))
+                elif isinstance(exc, ProviderError):
                     unanswered.append(str(exc))
             except (
                 Exception
@@ -455,6 +465,12 @@ def fan_out(
             outcome.failed = (
                 f"{phase} failed: no item got an answer; {len(unanswered)} of {len(items)} failed at the provider "
                 f"(the first: {unanswered[0]}). Rerun once it answers: finished answers are reused, not paid again."
+            )
+        elif len(cut_off) == len(errors):  # the config's output limit: waiting for the provider would not help
+            # The error names the limits tried, the keys to raise, and that a rerun alone is cut off again.
+            outcome.failed = (
+                f"{phase} failed: no item finished; the answers for {len(cut_off)} of {len(items)} were cut off at "
+                f"the config's output limit (the first: {cut_off[0].rstrip('.')})."
             )
         else:  # a bug, a template that no longer renders, notes that cannot be written: the same for every item
             outcome.failed = (
@@ -492,6 +508,10 @@ def single(
         outcome.halted = str(exc)
     except BatchPending as exc:
         outcome.pending = str(exc)
+    except OutputLimitReached as exc:  # the config's limit, which its error names: a rerun alone meets it again
+        outcome.failed = (
+            f"{phase} failed: {exc}. Earlier phases are kept; once the limit is raised, a rerun continues from them."
+        )
     except ProviderError as exc:
         # Earlier phases' answers are cached in the ledger: a rerun after the fix does not pay for them again.
         outcome.failed = f"{phase} failed: {exc}. Earlier phases are kept; rerun to continue from them."
