@@ -71,6 +71,75 @@ def test_a_phase_never_waits_for_its_progress_artifact_and_the_run_ends_once_it_
     assert str(flow_run_id) not in progress._senders
 
 
+def test_the_progress_artifact_of_a_phase_a_budget_halted_counts_the_items_that_finished(
+    tmp_path: Path, prefect_harness
+):
+    """Ten items are submitted together; six finish and four meet the budget's halt. The progress artifact ends
+    on the six that finished and says the budget halted the phase, not on ten of ten; a phase that finished
+    every item ends as before."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.context import FlowRunContext
+
+    import tierflow.core.phases as phases
+    from tierflow.core.calls import caller_for
+    from tierflow.core.errors import BudgetExceeded, ProviderError
+    from tierflow.core.slots import started_task_runs
+
+    failing: set[int] = set()
+
+    @task
+    def item(index):  # noqa: ANN001, ANN202
+        if index >= 6:
+            raise BudgetExceeded("budget 'run' (per run): $0.0100 spent", budget="run", scope="run")
+        if index in failing:
+            raise ProviderError("anthropic", "claude-haiku-4-5", "HTTP 529 overloaded")
+        return index
+
+    @flow
+    def phase(settings, count):  # noqa: ANN001, ANN202
+        with phases.run_span(settings):
+            outcome = phases.fan_out(
+                item, settings, list(range(count)), phase="collate", complexity="low", subject=lambda i: f"note {i}",
+                args=lambda i: (i,),
+            )  # fmt: skip
+        return outcome, FlowRunContext.get().flow_run.id
+
+    def progress(flow_run_id):  # noqa: ANN001, ANN202
+        with get_client(sync_client=True) as client:
+            (artifact,) = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(like_="progress")
+                )
+            )
+        return artifact
+
+    settings = RunSettings(vault=str(tmp_path), run_id="halted-progress", flow="phases", profile="offline")
+    assert started_task_runs(caller_for(settings).config) >= 10  # all ten are submitted before any halts
+    outcome, flow_run_id = phase(settings, 10)
+    assert outcome.halted and outcome.results == list(range(6))
+    artifact = progress(flow_run_id)
+    assert artifact.description == "collate: 6/10, halted by budget"
+    assert float(artifact.data) == round(100 * 0.6 / 3, 1)
+
+    outcome, flow_run_id = phase(RunSettings(vault=str(tmp_path), run_id="whole", flow="phases", profile="offline"), 6)
+    assert not outcome.halted and progress(flow_run_id).description.startswith("collate: 6/6 (note ")
+
+    failing.update({1, 2})  # items that fail count as failed, not done
+    outcome, flow_run_id = phase(RunSettings(vault=str(tmp_path), run_id="some", flow="phases", profile="offline"), 6)
+    assert outcome.results == [0, 3, 4, 5] and progress(flow_run_id).description == "collate: 4/6, 2 failed"
+
+    @flow
+    def once(settings):  # noqa: ANN001, ANN202
+        with phases.run_span(settings):
+            outcome = phases.single(item, settings, 7, phase="synthesise", complexity="high", subject="week")
+        return outcome, FlowRunContext.get().flow_run.id
+
+    outcome, flow_run_id = once(RunSettings(vault=str(tmp_path), run_id="once", flow="phases", profile="offline"))
+    assert outcome.halted and progress(flow_run_id).description == "synthesise: 0/1, halted by budget"
+
+
 @pytest.mark.parametrize(("mechanism", "started"), [("ledger", 6), ("prefect", 2)])
 def test_a_phase_keeps_the_next_call_of_every_tier_slot_started_and_waiting(
     tmp_path: Path, double, prefect_harness, mechanism: str, started: int

@@ -40,10 +40,11 @@ from tierflow.core.slots import started_task_runs
 R = TypeVar("R")
 
 
-def advance(phase: str, done: int, total: int, subject: str = "") -> None:
-    """Tell the CLI's progress bars and the flow run's Prefect progress artifact."""
-    _advance(phase, done, total, subject)
-    prefect_progress(phase, done, total, subject)
+def advance(phase: str, done: int, total: int, subject: str = "", *, note: str = "") -> None:
+    """Tell the CLI's progress bars and the flow run's Prefect progress artifact; `note`: why a phase ended
+    short of its total (the CLI's bar shows it where it shows the subject)."""
+    _advance(phase, done, total, subject or note)
+    prefect_progress(phase, done, total, subject, note=note)
 
 
 T = TypeVar("T")
@@ -361,6 +362,20 @@ def _forget_stops() -> None:
             del _stops[key]
 
 
+def _ended_short(phase: str, total: int, outcome: PhaseOutcome[Any], failed: int) -> None:
+    """A phase's last progress when not every item finished: the items that did, and why the others did not.
+
+    Items are counted as they are gathered, failed and halted ones too; left at that, a phase a budget halted
+    ended on `10/10`."""
+    why = [f"{failed} failed"] if failed else []
+    if outcome.halted:
+        why.append("halted by budget")
+    elif outcome.pending:
+        why.append("waiting for its batch")
+    if why:
+        advance(phase, len(outcome.results), total, note=", ".join(why))
+
+
 def fan_out(
     task: Task[..., R],
     settings: RunSettings,
@@ -458,6 +473,7 @@ def fan_out(
         outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
+    _ended_short(phase, len(items), outcome, len(errors))
     if errors and not outcome.results and not outcome.halted:
         # Nothing to go on with: the run fails (exit 3) so that a scheduled run's failure is seen, and the flow
         # starts no later phase on empty input (`RunSummary.stopped`).
@@ -520,7 +536,10 @@ def single(
             f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}). Earlier phases are kept in the ledger "
             "and the answer cache; the traceback is in the Prefect log."
         )
-    advance(phase, 1, 1, subject)
+    if outcome.results:
+        advance(phase, 1, 1, subject)
+    else:
+        _ended_short(phase, 1, outcome, 1 if outcome.failed else 0)
     return _remember(settings, phase, outcome)
 
 

@@ -119,8 +119,10 @@ class _ProgressSender:
 _senders: dict[str, _ProgressSender] = {}
 
 
-def prefect_progress(phase: str, done: int, total: int, subject: str = "") -> None:
-    """Keep the flow run's progress artifact (Prefect UI, Artifacts tab) in step with its phases.
+def prefect_progress(phase: str, done: int, total: int, subject: str = "", *, note: str = "") -> None:
+    """Keep the flow run's progress artifact (Prefect UI, Artifacts tab) in step with its phases: `collate: 3/10
+    (<subject>)`, and at the end of a phase that did not finish every item, `note` (`collate: 6/10, halted by
+    budget`).
 
     It returns at once: the artifact is sent from a background thread (`_ProgressSender`), and the run's end
     waits for it (`flush_progress`)."""
@@ -132,7 +134,7 @@ def prefect_progress(phase: str, done: int, total: int, subject: str = "") -> No
     share = (done / total) if total else 1.0
     percent = round(100 * (PHASES.index(phase) + share) / len(PHASES), 1)
     run_id = str(context.flow_run.id)
-    description = f"{phase}: {done}/{total}" + (f" ({subject})" if subject else "")
+    description = f"{phase}: {done}/{total}" + (f" ({subject})" if subject else "") + (f", {note}" if note else "")
     with _lock:
         sender = _senders.get(run_id)
         if sender is None:
