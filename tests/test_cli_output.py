@@ -249,3 +249,67 @@ def test_a_narrow_terminal_changes_nothing_in_a_pipe(tmp_path: Path):
     calls = [line for line in result.stdout.splitlines() if "anthropic:claude-" in line]
     assert len(calls) == 3 and all(line.count("$0.0") == 1 for line in calls), result.stdout
     assert "reason" in result.stdout and "cache r/w" in result.stdout and "…" not in result.stdout
+
+
+SUBJECTS = ["東京の授業", "emoji 😀 note", "café"]
+
+
+def spend_in(tmp_path: Path, args: list[str], *, encoding: str, to_file: bool) -> bytes:
+    """`tierflow spend ARGS` with stdout in `encoding` (PYTHONIOENCODING, as a Windows code page gives it), into a
+    new file (`> calls.csv`) or a pipe; its stdout's bytes."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environ["PYTHONIOENCODING"] = encoding
+    command = [*TIERFLOW, "spend", "--vault", str(tmp_path / "vault"), *args]
+    if not to_file:
+        result = subprocess.run(command, capture_output=True, timeout=900, env=environ)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+        return result.stdout
+    target = tmp_path / "out.csv"
+    with target.open("wb") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, timeout=900, env=environ)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+    return target.read_bytes()
+
+
+def ledger_with_subjects(tmp_path: Path) -> None:
+    from conftest import call_record
+
+    from tierflow.core.ledger import Ledger
+
+    (tmp_path / "vault" / ".tierflow").mkdir(parents=True)
+    ledger = Ledger.for_vault(tmp_path / "vault")
+    for subject in SUBJECTS:
+        ledger.record(call_record(subject=subject, project="café" if subject == "café" else "研究 😀"))
+
+
+def test_spend_csv_is_utf8_whatever_the_consoles_code_page(tmp_path: Path):
+    """`tierflow spend --format csv > calls.csv` where the console's code page is Windows-1252: UTF-8 all the same,
+    every subject whole, with a BOM so that Excel reads it as UTF-8 (it reads a file without one in the code page);
+    to a pipe, and on a UTF-8 console, UTF-8 without a BOM, as before. Rows end in CRLF, never CR CR LF."""
+    import csv
+    import io
+
+    ledger_with_subjects(tmp_path)
+    listing = ["--format", "csv", "--last", "3"]
+    to_file = spend_in(tmp_path, listing, encoding="cp1252", to_file=True)
+    assert to_file.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(io.StringIO(to_file.decode("utf-8-sig"), newline="")))
+    assert [r["subject"] for r in rows] == SUBJECTS and [r["project"] for r in rows] == ["研究 😀"] * 2 + ["café"]
+    assert b"\r\r\n" not in to_file and to_file.count(b"\r\n") == 4
+    piped_out = spend_in(tmp_path, listing, encoding="cp1252", to_file=False)
+    assert piped_out == to_file[3:]  # the same UTF-8, no BOM
+    assert spend_in(tmp_path, listing, encoding="utf-8", to_file=True) == to_file[3:]
+    grouped = spend_in(tmp_path, ["--format", "csv", "--by", "project"], encoding="cp1252", to_file=True)
+    by_project = {r["project"]: r["calls"] for r in csv.DictReader(io.StringIO(grouped.decode("utf-8-sig")))}
+    assert by_project == {"研究 😀": "2", "café": "1"}
+
+
+def test_a_spend_table_prints_on_a_code_page_that_lacks_its_characters(tmp_path: Path):
+    """`tierflow spend --by project` on Windows-1252: what the code page cannot hold prints as `?`, the rest
+    (`café`) as itself, and the table keeps its columns lined up; no UnicodeEncodeError."""
+    ledger_with_subjects(tmp_path)
+    for args, shown in ((["--by", "project"], ("?? ?", "café")), (["--by", "phase"], ("collate",))):
+        text = spend_in(tmp_path, args, encoding="cp1252", to_file=False).decode("cp1252")
+        assert all(s in text for s in shown), text
+        lines = [line for line in text.splitlines() if line.startswith(("|", "+"))]
+        assert lines and len({len(line) for line in lines}) == 1, text

@@ -25,6 +25,7 @@ from tierflow.cli.common import (
     VaultOpt,
     argument_text,
     check_assignment,
+    csv_stdout,
     fail,
     load,
     parse_params,
@@ -308,7 +309,7 @@ def spend(
             data = iter(ledger_summary(ledger, group, **filters))
         first = next(data, None)
         fields = list(COLUMNS) if group is None else list(first) if first else [group]
-        writer = csv.DictWriter(out, fieldnames=fields)
+        writer = csv.DictWriter(csv_stdout(), fieldnames=fields)
         writer.writeheader()
         if first is not None:
             writer.writerow(first)
@@ -495,7 +496,7 @@ def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
                 }
             )
         if fmt is Format.csv:
-            writer = csv.DictWriter(sys.stdout, fieldnames=BUDGET_FIELDS)  # the header even when there is none
+            writer = csv.DictWriter(csv_stdout(), fieldnames=BUDGET_FIELDS)  # the header even when there is none
             writer.writeheader()
             writer.writerows(records)
         else:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
+import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +73,45 @@ def prefect_logs_follow_sys_streams() -> None:
             console = getattr(handler, "console", None)  # PrefectConsoleHandler writes through a rich Console
             if console is not None:
                 console.file = follow
+
+
+class _Utf8Writer:
+    """Text written to a binary stream as UTF-8, as it comes; the stream is never closed or taken over."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text.encode("utf-8"))
+        return len(text)
+
+
+def csv_stdout() -> Any:
+    """Where a command writes CSV: stdout as UTF-8 whatever its encoding (a console's code page would stop at the
+    first character it lacks), and with the rows' CRLF as the csv module wrote them (Windows' text mode would make
+    them CR CR LF).
+
+    Into a new file from a console whose code page is not UTF-8 (Windows' `> calls.csv`), the file starts with a
+    UTF-8 BOM: Excel reads a CSV file without one in that code page, and pandas and Excel both read it with one.
+    To a pipe, or where the output is UTF-8 already, there is none: a reader there expects plain UTF-8, and a BOM
+    would become part of its first column's name (Python's `csv` with `utf-8`, `cut`, `awk`)."""
+    out = sys.stdout
+    binary = getattr(out, "buffer", None)
+    if binary is None:  # a text-only stream (a test's StringIO): it takes the text as it is
+        return out
+    out.flush()  # anything already printed goes first
+    if codecs.lookup(getattr(out, "encoding", None) or "utf-8").name != "utf-8" and _new_file(out):
+        binary.write(codecs.BOM_UTF8)
+    return _Utf8Writer(binary)
+
+
+def _new_file(stream: Any) -> bool:
+    """Whether `stream` writes to a regular file that is still empty (`>`; not `>>` onto an existing one)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
 
 
 def argument_text(value: str, option: str) -> str:

@@ -8,10 +8,14 @@ cutting that word (`$0.00…`, `anthropic:claud…`). `show` chooses the widths 
 between words (or, when it folds, anywhere), never cut one. When even that is too wide, the columns the caller
 names as optional are left out, first named first, and the caption says which; when that is not enough either,
 each row is printed as a block of `column: value` lines.
+
+Where the output's encoding cannot hold a character (a Windows code page, in a file or a pipe), a table's text
+shows it as `?` before it is measured, so the table prints, lined up, instead of ending the command.
 """
 
 from __future__ import annotations
 
+import codecs
 import copy
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,6 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
+from rich.text import Text
 
 UNBOUNDED = 100_000
 
@@ -28,6 +33,8 @@ def show(console: Console, renderable: Any, *, optional: Sequence[str] = ()) -> 
     """Print `renderable`; outside a terminal, at the full width of its content; in a terminal, a table at the
     terminal's width with every word whole, leaving out the `optional` columns (by header, first named first)
     only as far as it must, else as one block per row."""
+    if isinstance(renderable, Table) and codecs.lookup(console.encoding).name != "utf-8":
+        renderable = _encodable(renderable, console.encoding)
     if not console.is_terminal:
         measured = Measurement.get(console, console.options.update_width(UNBOUNDED), renderable)
         width = console.width
@@ -57,6 +64,28 @@ def show(console: Console, renderable: Any, *, optional: Sequence[str] = ()) -> 
             console.print(fitted)
             return
     _print_blocks(console, renderable)
+
+
+def _encodable(table: Table, encoding: str) -> Table:
+    """A copy of `table` whose title, caption, headers and cells hold only what `encoding` can write: any other
+    character becomes `?` (one for one, so a `Text` keeps its styles), and the columns are measured as printed."""
+
+    def held(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.encode(encoding, "replace").decode(encoding)
+        if isinstance(value, Text):
+            text = value.copy()
+            text.plain = held(value.plain)
+            return text
+        return value  # another renderable (a nested table, a progress bar): printed as it is
+
+    encodable = copy.copy(table)
+    encodable.title, encodable.caption = held(table.title), held(table.caption)
+    encodable.columns = [
+        replace(c, header=held(c.header), footer=held(c.footer), _cells=[held(cell) for cell in c._cells])
+        for c in table.columns
+    ]
+    return encodable
 
 
 def _with_columns(table: Table, columns: list[Column]) -> Table:
