@@ -18,6 +18,7 @@ from tierflow.report.run_report import RunSummary
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES: dict[str, Any] = {
     "str": "a {name}",
+    "str | None": "a {name}",
     "int": 7,
     "float": 1.5,
     "bool": True,
