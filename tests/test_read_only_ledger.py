@@ -341,3 +341,184 @@ def test_a_ledger_file_copied_alone_after_a_command_holds_every_call_it_recorded
     tables = {name for (name,) in alone.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "calls" in tables and alone.execute("SELECT phase FROM calls").fetchall() == [("ask",)]
     alone.close()
+
+
+WRITER = """
+import sys
+from tierflow.core.ledger import CallRecord, Ledger
+from tierflow.core.usage import Usage
+
+ledger = Ledger(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    usage = Usage(input_tokens=10, output_tokens=5)
+    ledger.record(CallRecord(run_id="later", flow="f", phase="draft", complexity="low", tier="light",
+                             provider="anthropic", model="claude-haiku-4-5", usage=usage, cost_usd=0.001,
+                             latency_ms=3.0, subject=f"later {i}"))
+"""
+"""A lecturer's process with write access: records calls and exits. Its ledger connection's last close writes its
+log into the ledger file (a checkpoint) and removes the -wal and -shm files."""
+
+
+def write_later(url: str, count: int) -> None:
+    """`count` calls recorded by a writer process (`WRITER`), which has exited when this returns."""
+    done = subprocess.run([sys.executable, "-c", WRITER, url, str(count)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def large_shared_vault(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A vault whose ledger holds enough calls that a listing of them outgrows a pipe, read-only to its reader (file
+    0444, folder 0555) and with no writer: every call in the file, no -wal or -shm beside it. Yields the vault and
+    how many calls it holds."""
+    from tierflow.core.ledger import calls
+
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", 'profile = "offline"\n')
+    ledger = Ledger.for_vault(vault)
+    row = call_record().row()
+    count = 20_000
+    with ledger.transaction() as conn:
+        conn.execute(calls.insert(), [dict(row, subject=f"call {i}") for i in range(count)])
+    dispose_engine(ledger.url)
+    folder = vault / ".tierflow"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.toml", "ledger.sqlite"]
+    make_read_only(folder)
+    yield vault, count
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_listing_of_a_read_only_ledger_lists_the_calls_at_its_start_while_a_writer_records_and_exits(
+    large_shared_vault: tuple[Path, int], fmt: str
+):
+    """The listing read the ledger file `immutable` (no writer had it open) on one connection for as long as its
+    output took to be read: a writer's calls written into the file meanwhile were listed, or it failed halfway with
+    `database disk image is malformed`."""
+    vault, count = large_shared_vault
+    listing = subprocess.Popen(
+        [*as_reader(), *TIERFLOW, "spend", "--format", fmt, "--last", "0", "--vault", str(vault)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Its first call is out, and it cannot end before its reader (here) has read the rest: it is listing.
+        first = listing.stdout.readline() + listing.stdout.readline()
+        write_later(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}", 30)
+        rest = listing.stdout.read()
+        assert listing.wait(timeout=600) == 0, listing.stderr.read()
+    finally:
+        if listing.poll() is None:
+            listing.kill()
+    text = first + rest
+    if fmt == "csv":
+        import csv
+        import io
+
+        ids = [int(row["id"]) for row in csv.DictReader(io.StringIO(text))]
+    else:
+        ids = [row["id"] for row in json.loads(text)]
+    assert ids == list(range(1, count + 1))  # every call at its start, once, and none recorded after
+
+
+READER = """
+import json
+import sys
+
+import sqlalchemy as sa
+
+from tierflow.core.errors import LedgerError
+from tierflow.core.ledger import Ledger, calls
+
+ledger = Ledger(sys.argv[1], reading=True)
+waited = []
+
+
+def listed(conn):
+    rows = conn.execute(sa.select(calls.c.id).order_by(calls.c.id))
+    ids = [next(rows).id for _ in range(100)]
+    if not waited:
+        waited.append(True)
+        print("reading", flush=True)
+        sys.stdin.readline()  # the writer has recorded its calls and exited
+    return ids + [row.id for row in rows]
+
+
+try:
+    if sys.argv[2] == "reading":
+        with ledger.reading() as conn:
+            ids = listed(conn)
+    else:
+        ids = ledger.read(listed)
+    print(json.dumps(ids))
+except LedgerError as exc:
+    print(f"refused: {exc}")
+"""
+"""A report of one's own on a ledger one may only read: it lists the calls' ids in one read transaction (`reading`, or
+`read`, which reads again if need be), and waits halfway the first time until told to go on."""
+
+
+def test_a_read_of_a_read_only_ledger_that_a_writer_writes_under_it_is_refused_never_wrong(
+    large_shared_vault: tuple[Path, int],
+):
+    """SQLite reads a ledger no writer has open `immutable` (it cannot make the -shm file that readers and writers
+    share): a writer's checkpoint into the file under the read went unseen, and the read returned calls of no single
+    moment, or failed with `database disk image is malformed`."""
+    vault, count = large_shared_vault
+    said = read_while_a_writer_writes(vault, "reading")
+    assert said.startswith("refused: the ledger ") and "was written while it was read" in said
+    assert said.rstrip().endswith("Run it again.")
+
+
+def test_ledger_read_reads_again_when_a_writer_writes_under_it(large_shared_vault: tuple[Path, int]):
+    vault, count = large_shared_vault
+    assert json.loads(read_while_a_writer_writes(vault, "read")) == list(range(1, count + 31))
+
+
+def read_while_a_writer_writes(vault: Path, how: str) -> str:
+    """What `READER` says when a writer process records 30 calls and exits halfway through its read."""
+    url = f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}"
+    reader = subprocess.Popen(
+        [*as_reader(), sys.executable, "-c", READER, url, how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline() == "reading\n", reader.stderr.read()
+        write_later(url, 30)
+        reader.stdin.write("go on\n")
+        reader.stdin.close()
+        said = reader.stdout.read()
+        assert reader.wait(timeout=600) == 0, reader.stderr.read()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    return said
+
+
+def test_spend_watch_on_a_read_only_ledger_shows_the_calls_a_writer_records_after_it_started(shared_vault: Path):
+    """Started when no writer had the ledger open (it reads the file `immutable`), it shows the calls a writer records
+    later: while the writer has it open (read through its log) and after it has closed it (in the file)."""
+    import os
+
+    from test_watch import Terminal
+
+    folder = shared_vault / ".tierflow"
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "60"}
+    args = [*as_reader(), *TIERFLOW, "spend", "--vault", str(shared_vault), "--watch", "--interval", "0.3"]
+    term = Terminal(args, env)
+    try:
+        term.wait_for("Spend: 3 calls")
+        assert sorted(p.name for p in folder.iterdir()) == ["config.toml", "ledger.sqlite"]
+        writer = Ledger.for_vault(shared_vault)  # a writer that keeps it open
+        writer.record(call_record(model="claude-sonnet-4-6", cost_usd=0.25))
+        term.wait_for("claude-sonnet-4-6")
+        term.wait_for("Spend: 4 calls")
+        dispose_engine(writer.url)  # the writer closes it
+        write_later(writer.url, 2)  # and one that opens it, records and exits between two refreshes, or during one
+        term.wait_for("Spend: 6 calls")
+        term.interrupt()
+    finally:
+        term.close()

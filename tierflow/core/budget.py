@@ -300,8 +300,11 @@ class Budgets:
         now = now or clock.now()
         periodic = [(name, b) for name, b in self.config.settings.budgets.items() if b.period != "run"]
         # A write transaction: a scope new to the ledger is registered (`_track`), unless the ledger is read-only.
-        with self.ledger.transaction() if self.ledger.writable else self.ledger.reading() as conn:
-            states = self.states_in(conn, periodic, now)
+        if self.ledger.writable:
+            with self.ledger.transaction() as conn:
+                states = self.states_in(conn, periodic, now)
+        else:
+            states = self.ledger.read(lambda conn: self.states_in(conn, periodic, now))
         return [
             forecast(
                 state,
@@ -394,9 +397,8 @@ class Budgets:
         if self._tracked is None and self.config.settings.budgets and self.ledger.writable:
             with self.ledger.transaction() as conn:
                 self._track(conn, now)
-        with self.ledger.reading() as conn:
-            budgets = self.config.settings.budgets.items()
-            return self.states_in(conn, [(n, b) for n, b in budgets if phase is None or b.phase in (None, phase)], now)
+        budgets = [(n, b) for n, b in self.config.settings.budgets.items() if phase is None or b.phase in (None, phase)]
+        return self.ledger.read(lambda conn: self.states_in(conn, budgets, now))
 
     def reserve(self, candidates: Sequence[tuple[Route, Estimate]], *, wait: bool = True) -> Reservation:
         """Reserve the first candidate that fits every applicable budget.

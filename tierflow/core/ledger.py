@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -1183,30 +1184,98 @@ def _read_only_engine(url: str, file: Path) -> Engine:
         return engine
 
 
-def _read_only_connection(file: Path) -> Any:
+class LedgerChanged(LedgerError):
+    """A writer wrote into a SQLite ledger file while a user who cannot write it read it `immutable`
+    (`_read_only_connection`): what was read may mix two moments, so it is not used. `Ledger.read` reads again."""
+
+
+def _file_state(file: Path) -> tuple[int, ...] | None:
+    """The ledger file's inode, size, and modification and change times: a writer's checkpoint into it changes them."""
+    try:
+        found = file.stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+def _beside(file: Path) -> tuple[bool, bool, bool]:
+    """Whether the ledger's -wal file is there, whether it holds changes, and whether its -shm file is there."""
+    try:
+        changes = Path(f"{file}-wal").stat().st_size > 0
+        wal = True
+    except OSError:  # none, or gone as its writer closed
+        changes = wal = False
+    return wal, changes, Path(f"{file}-shm").exists()
+
+
+class _ReadOnlySQLite(sqlite3.Connection):
+    """A connection of `_read_only_connection`. `file_state` is the ledger file's `_file_state` when it was opened
+    `immutable`, else None."""
+
+    file: Path
+    file_state: tuple[int, ...] | None = None
+
+    def written_since_opened(self) -> bool:
+        """Whether a writer may have written into the ledger file since this `immutable` connection opened it."""
+        return self.file_state is not None and _file_state(self.file) != self.file_state
+
+
+READ_ONLY_OPENS = 20
+"""Tries at opening a SQLite ledger read-only while its writers' -wal and -shm files come and go
+(`_read_only_connection`)."""
+
+
+def _read_only_connection(file: Path) -> _ReadOnlySQLite:
     """A connection that reads the SQLite ledger `file` and writes nothing, in it or beside it.
 
     A ledger a writer has open (or left with changes not yet in its file) has a -wal and a -shm file beside it:
-    it is read through them (`mode=ro`), as SQLite keeps its readers consistent with its writers. Without them no
-    writer has it open and the file holds every call: it is read as it is (`immutable`), since SQLite cannot
-    otherwise read a WAL ledger where it may not make its -shm file. (A writer that opens it meanwhile writes to
-    its own log, not the file, until a checkpoint, every 64 write transactions.) A -wal file with changes but no
-    -shm (copied without it) is refused: a report would miss those calls."""
-    import sqlite3
+    it is read through them (`mode=ro`), and SQLite keeps this reader's snapshot from its writers' checkpoints as
+    it does any reader's (https://www.sqlite.org/wal.html#readonly). Without them no writer has it open and the file
+    holds every call, but SQLite can then read a WAL ledger only as `immutable`: it may not make the -shm file, and
+    without one it can neither open the log nor tell a writer it is reading (`mode=ro`, `nolock`, the `unix-excl` and
+    `unix-none` VFSes and `locking_mode=EXCLUSIVE` all fail on a read-only folder). A writer that opens the ledger
+    meanwhile writes to its own log; only its checkpoints (every 64 write transactions, and as it closes) write into
+    the file under an `immutable` reader, which SQLite does not notice. So such a connection remembers the file's
+    state (`_ReadOnlySQLite.file_state`), and `Ledger.reading` refuses what it read if the file changed meanwhile.
 
-    wal, shm = Path(f"{file}-wal"), Path(f"{file}-shm")
-    try:
-        changes = wal.stat().st_size > 0
-    except OSError:  # none, or gone as its writer closed
-        changes = False
-    if changes and not shm.exists():
-        raise LedgerError(
-            f"the ledger {file} cannot be read here: its latest calls are in {wal.name}, which SQLite cannot read "
-            f"without the {shm.name} file beside it. Copy the ledger with both files, or have its owner open it once "
-            "with write access (any tierflow command), which writes them into the ledger file"
-        )
-    query = "mode=ro" if wal.exists() and shm.exists() else "immutable=1"
-    return sqlite3.connect(f"{file.absolute().as_uri()}?{query}", uri=True, timeout=60, check_same_thread=False)
+    The files beside the ledger change as writers open and close it (one removes its -shm file just before its -wal
+    file): a connection that finds them changed under it as it first reads is opened again. A -wal file with changes
+    but no -shm (copied without it) is refused: a report would miss those calls."""
+    for attempt in range(READ_ONLY_OPENS):
+        last = attempt == READ_ONLY_OPENS - 1
+        state, beside = _file_state(file), _beside(file)
+        wal, changes, shm = beside
+        if changes and not shm:
+            if not last:
+                time.sleep(0.01)
+                continue
+            raise LedgerError(
+                f"the ledger {file} cannot be read here: its latest calls are in {file.name}-wal, which SQLite cannot "
+                f"read without the {file.name}-shm file beside it. Copy the ledger with both files, or have its owner "
+                "open it once with write access (any tierflow command), which writes them into the ledger file"
+            )
+        immutable = not (wal and shm)
+        query = "immutable=1" if immutable else "mode=ro"
+        conn: _ReadOnlySQLite | None = None
+        try:
+            conn = sqlite3.connect(
+                f"{file.absolute().as_uri()}?{query}",
+                uri=True,
+                timeout=60,
+                check_same_thread=False,
+                factory=_ReadOnlySQLite,
+            )
+            conn.file, conn.file_state = file, state if immutable else None
+            # A first read: `mode=ro` opens the -wal and -shm files here, and then holds the ledger's shared lock,
+            # so that its last writer leaves them in place until this connection closes.
+            conn.execute("PRAGMA schema_version").fetchone()
+            return conn
+        except sqlite3.Error:
+            if conn is not None:
+                conn.close()
+            if last or (_file_state(file), _beside(file)) == (state, beside):
+                raise  # not a writer opening or closing it: the error is the ledger's
+    raise AssertionError("unreachable")
 
 
 def _on_read_only_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -1218,6 +1287,11 @@ def _on_read_only_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA query_only=1")
     cursor.close()
 
+
+REREADS = 5
+"""Reads `Ledger.read` makes while writers write into a SQLite ledger read `immutable` under them."""
+
+_T = TypeVar("_T")
 
 LISTING_PROCESSES = 2
 """Processes that write `tierflow spend --format json|jsonl` (`Ledger.stream_json`): a million calls in 2.1 s
@@ -1274,8 +1348,7 @@ class Ledger:
         """Read the SQLite ledger at `file`, which this user cannot write: only if it is at this tierflow's schema."""
         self.engine = _read_only_engine(self.url, file)
         self.writable, self._why_read_only = False, why
-        with self.reading() as conn:
-            current = _schema_version(conn)
+        current = self.read(_schema_version)
         if current < len(MIGRATIONS):
             raise LedgerError(needs_migration(str(file), current, why))
 
@@ -1339,9 +1412,43 @@ class Ledger:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A read-only transaction: plain, so it takes no write lock."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read-only transaction: plain, so it takes no write lock.
+
+        On a SQLite ledger its user may only read, opened `immutable` as no writer had it open
+        (`_read_only_connection`), it raises LedgerChanged if a writer wrote into the file before it ended: what
+        was read may be wrong. `read` reads again instead."""
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            watched = isinstance(raw, _ReadOnlySQLite) and raw.file_state is not None
+            try:
+                with conn.begin():
+                    yield conn
+            except (sa.exc.DBAPIError, sqlite3.Error) as exc:  # `database disk image is malformed`, mid-checkpoint
+                if watched and raw.written_since_opened():
+                    raise LedgerChanged(self._changed()) from exc
+                raise
+            if watched and raw.written_since_opened():
+                raise LedgerChanged(self._changed())
+
+    def _changed(self) -> str:
+        return (
+            f"the ledger {_shown(self.url)} was written while it was read, so what was read may be wrong: a writer "
+            "opened it meanwhile, and a reader that writes nothing beside the ledger has no -shm file, through which "
+            "SQLite keeps a writer from changing what its readers read. Run it again."
+        )
+
+    def read(self, read: Callable[[Connection], _T]) -> _T:
+        """`read(conn)` in a read transaction of its own (`reading`), made again should a writer write into a
+        SQLite ledger read `immutable` under it (`LedgerChanged`): by then the writer has it open, and the next
+        read goes through its log, or has closed it, and the file holds every call."""
+        for attempt in range(REREADS):
+            try:
+                with self.reading() as conn:
+                    return read(conn)
+            except LedgerChanged:
+                if attempt == REREADS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
         """Store one call, and add it to the running totals of the budget scopes it falls in; returns its row id."""
@@ -1381,7 +1488,14 @@ class Ledger:
         last: int | None = None,
     ) -> list[dict[str, Any]]:
         """Ledger rows, oldest first, with the stable column names; with `last`, only the newest `last` of them."""
-        return list(self.stream_rows(since=since, run_id=run_id, flow=flow, project=project, last=last))
+        query = sa.select(*[calls.c[name] for name in COLUMNS]).where(*_call_filters(since, run_id, flow, project))
+        if last is not None:
+            # The newest `last` by id (the primary key, read backwards), then oldest first like every listing.
+            newest = query.order_by(calls.c.id.desc()).limit(last).subquery()
+            query = sa.select(*[newest.c[name] for name in COLUMNS]).order_by(newest.c.id)
+        else:
+            query = query.order_by(calls.c.id)
+        return self.read(lambda conn: [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(query)])
 
     def stream_rows(
         self,
@@ -1393,18 +1507,38 @@ class Ledger:
         batch: int = 2000,
         last: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """`rows`, one at a time, fetched `batch` at a time: a listing of a large ledger never holds it whole."""
-        query = sa.select(*[calls.c[name] for name in COLUMNS]).where(*_call_filters(since, run_id, flow, project))
-        if last is not None:
-            # The newest `last` by id (the primary key, read backwards), then oldest first like every listing.
-            newest = query.order_by(calls.c.id.desc()).limit(last).subquery()
-            query = sa.select(*[newest.c[name] for name in COLUMNS]).order_by(newest.c.id)
-        else:
-            query = query.order_by(calls.c.id)
-        with self.engine.connect() as conn, conn.begin():
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
-            for row in result:
+        """`rows`, one at a time, read `batch` ids at a time: a listing of a large ledger never holds it whole.
+
+        As in `stream_json`, the ids are fixed when the listing starts and each piece is read in a transaction of
+        its own, never held open while the listing's reader takes its time: under one held for the whole listing
+        (`tierflow spend --format csv | less`), a SQLite ledger its user may only read, read `immutable`, could be
+        written by a writer's checkpoint, and the listing failed halfway (`_read_only_connection`)."""
+        filters = _call_filters(since, run_id, flow, project)
+        bounds = self._id_bounds(filters, last)
+        if bounds is None:
+            return
+        low, high = bounds
+        piece_of = calls.c.id.between(sa.bindparam("first"), sa.bindparam("last"))
+        query = sa.select(*[calls.c[name] for name in COLUMNS]).where(piece_of, *filters).order_by(calls.c.id)
+
+        def piece(first: int) -> list[sa.Row[Any]]:
+            params = {"first": first, "last": min(first + batch - 1, high)}
+            return self.read(lambda conn: list(conn.execute(query, params).all()))
+
+        for first in range(low, high + 1, batch):
+            for row in piece(first):
                 yield dict(zip(COLUMNS, row, strict=True))
+
+    def _id_bounds(self, filters: list[sa.ColumnElement[bool]], last: int | None) -> tuple[int, int] | None:
+        """The lowest and highest id of the calls a listing with these filters (and `last`) lists now; None if none."""
+        ids = sa.select(calls.c.id).where(*filters)
+        if last is not None:
+            ids = ids.order_by(calls.c.id.desc()).limit(last)
+        chosen = ids.subquery()
+        low, high = self.read(
+            lambda conn: conn.execute(sa.select(sa.func.min(chosen.c.id), sa.func.max(chosen.c.id))).one()
+        )
+        return None if low is None else (low, high)
 
     def count_calls(
         self,
@@ -1416,8 +1550,7 @@ class Ledger:
     ) -> int:
         """How many calls `rows` would list (counted on the database)."""
         query = sa.select(sa.func.count()).select_from(calls).where(*_call_filters(since, run_id, flow, project))
-        with self.reading() as conn:
-            return int(conn.execute(query).scalar() or 0)
+        return int(self.read(lambda conn: conn.execute(query).scalar()) or 0)
 
     def stream_json(
         self,
@@ -1442,14 +1575,10 @@ class Ledger:
         piece is read in a transaction of its own; the ids are fixed when the listing starts, so a call recorded
         while it runs is left for the next listing."""
         filters = _call_filters(since, run_id, flow, project)
-        ids = sa.select(calls.c.id).where(*filters)
-        if last is not None:
-            ids = ids.order_by(calls.c.id.desc()).limit(last)
-        chosen = ids.subquery()
-        with self.reading() as conn:
-            low, high = conn.execute(sa.select(sa.func.min(chosen.c.id), sa.func.max(chosen.c.id))).one()
-        if low is None:
+        bounds = self._id_bounds(filters, last)
+        if bounds is None:
             return
+        low, high = bounds
         dialect = self.engine.dialect.name
         # The listing's own filters, compiled once for the driver's cursor: the pieces are read through it.
         piece_of = [calls.c.id >= sa.bindparam("first"), calls.c.id <= sa.bindparam("last")]
@@ -1458,7 +1587,8 @@ class Ledger:
 
         def piece(first: int) -> str:
             params = where.construct_params({"first": first, "last": min(first + batch - 1, high)})
-            with self.engine.connect() as conn, conn.begin():
+
+            def read(conn: Connection) -> str:
                 if dialect == "postgresql":
                     conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")  # the shortest text that reads back exact
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -1467,6 +1597,8 @@ class Ledger:
                     return between.join([text for (text,) in cursor.fetchall()])
                 finally:
                     cursor.close()
+
+            return self.read(read)
 
         starts = list(range(low, high + 1, batch))
         processes = min(processes, len(starts))
@@ -1497,8 +1629,7 @@ class Ledger:
         """Budget reservations still open: the calls in flight now, in any process sharing this ledger."""
         columns = [reservations.c[c] for c in ("id", "created", "run_id", "flow", "phase", "project", "usd", "tokens")]
         query = sa.select(*columns).where(reservations.c.open.is_(True)).order_by(reservations.c.id)
-        with self.reading() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+        return self.read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
 
     def remember_run(self, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
         """Keep a run's parameters, so `tierflow resume RUN` can run it again to collect its batches."""

@@ -199,8 +199,7 @@ def ledger_spend(
     same order, without loading the rows. Weeks are added up per day and the days put into their ISO weeks here.
     """
     query = spend_query(by, since=since, run_id=run_id, project=project, flow=flow)
-    with ledger.reading() as conn:
-        parts = sorted(conn.execute(query).all(), key=lambda r: r.first)
+    parts = sorted(ledger.read(lambda conn: conn.execute(query).all()), key=lambda r: r.first)
     if by == "week":
         name: Callable[[Any], str] = _iso_week_of_day
     elif by == "value":  # the value class, as `_key` names it; rows from before values were recorded count as 1

@@ -20,7 +20,7 @@ from rich.text import Text
 from tierflow.core import clock
 from tierflow.core.budget import Budgets, BudgetState
 from tierflow.core.config import BudgetConfig, Config
-from tierflow.core.ledger import Ledger
+from tierflow.core.ledger import Ledger, LedgerChanged
 from tierflow.report.spend import Spend, bar, ledger_spend, ledger_total, money
 
 BAR = 30
@@ -114,6 +114,10 @@ def watch(config: Config, ledger: Ledger, *, interval: float = 2.0, period: str 
         with Live(dashboard(config, ledger, period=period, since=since), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(dashboard(config, ledger, period=period, since=since), refresh=True)
+                try:
+                    frame = dashboard(config, ledger, period=period, since=since)
+                except LedgerChanged:  # written under each of its reads (`Ledger.read`): the next refresh reads again
+                    continue
+                live.update(frame, refresh=True)
     except KeyboardInterrupt:
         pass
