@@ -99,6 +99,15 @@ def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: st
     return Group(*parts)
 
 
+def _fresh(config: Config, ledger: Ledger, period: str, since: str | None) -> Group | None:
+    """The next frame; None if writers wrote into a read-only SQLite ledger under each try of one of its reads
+    (`Ledger.read`), which the next refresh reads again."""
+    try:
+        return dashboard(config, ledger, period=period, since=since)
+    except LedgerChanged:
+        return None
+
+
 def watch(config: Config, ledger: Ledger, *, interval: float = 2.0, period: str = "week", since: str | None = None):
     """Redraw the dashboard every `interval` seconds until interrupted."""
     console = Console()
@@ -107,17 +116,15 @@ def watch(config: Config, ledger: Ledger, *, interval: float = 2.0, period: str 
             # A pipe or a file (`| tee spend.log`): each redraw printed whole and flushed as it comes, not one
             # frame when the watch ends (Live's way off a terminal), which a SIGTERM never reaches.
             while True:
-                console.print(dashboard(config, ledger, period=period, since=since))
-                console.print()
-                console.file.flush()
+                if (frame := _fresh(config, ledger, period, since)) is not None:
+                    console.print(frame)
+                    console.print()
+                    console.file.flush()
                 time.sleep(interval)
         with Live(dashboard(config, ledger, period=period, since=since), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                try:
-                    frame = dashboard(config, ledger, period=period, since=since)
-                except LedgerChanged:  # written under each of its reads (`Ledger.read`): the next refresh reads again
-                    continue
-                live.update(frame, refresh=True)
+                if (frame := _fresh(config, ledger, period, since)) is not None:
+                    live.update(frame, refresh=True)
     except KeyboardInterrupt:
         pass
