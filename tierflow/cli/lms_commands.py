@@ -233,7 +233,12 @@ def export_feedback(
         int, typer.Option("--decimals", min=0, max=4, help="Decimal places of a mark (rounded half up).")
     ] = 2,
     file_format: Annotated[
-        FileFormat, typer.Option("--format", help="moodle-files: write each student's feedback as docx or pdf.")
+        FileFormat,
+        typer.Option(
+            "--format",
+            help="moodle-files: write each student's feedback as docx or pdf. With pdf, a student whose feedback "
+            "holds characters the PDF font cannot draw (Chinese, Japanese, Korean) gets docx, and is named.",
+        ),
     ] = FileFormat.docx,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be sent and the marks' distribution; write nothing.")

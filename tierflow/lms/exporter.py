@@ -438,8 +438,20 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
                 )
             )
             continue
-        path = moodle.feedback_path(sid, _name(note), f"feedback{fmt}")
-        entries.append((path, files.render(fmt, _title(draft, note), draft.student_markdown())))
+        title, markdown = _title(draft, note), draft.student_markdown()
+        try:
+            entries.append(
+                (moodle.feedback_path(sid, _name(note), f"feedback{fmt}"), files.render(fmt, title, markdown))
+            )
+        except files.Undrawable as exc:
+            # Moodle keeps the file's own name, so a .docx (whose text the reader's fonts draw) can stand in.
+            entries.append(
+                (moodle.feedback_path(sid, _name(note), "feedback.docx"), files.render(".docx", title, markdown))
+            )
+            result.notes.append(
+                f"{who(draft)}: feedback.docx, not {fmt}: {exc}, which a {fmt} file would lose; Word and "
+                "LibreOffice draw them with the student's own fonts"
+            )
         result.sent.append(sid)
     result.notes.append(
         "In Moodle: View all submissions -> Grading action -> Upload multiple feedback files in a zip. Grades are "
@@ -539,8 +551,11 @@ def _canvas(  # noqa: ANN001
         if not usable:
             result.notes.append(f"{sid}: comment not in the re-upload zip: {_why_not_reuploaded(downloaded, attached)}")
             continue
-        name = usable[0]
-        entries.append((name, files.render(PurePosixPath(name).suffix, _title(draft, note), draft.student_markdown())))
+        entry = _comment_file(usable, _title(draft, note), draft.student_markdown())
+        if isinstance(entry, str):
+            result.notes.append(f"{sid}: comment not in the re-upload zip: {entry}")
+            continue
+        entries.append(entry)
         commented.append(sid)
     if sheet is None:
         result.sent += commented
@@ -556,6 +571,21 @@ def _canvas(  # noqa: ANN001
             _write_zip(comments, entries)
             result.written.append(comments)
             result.notes.append("In Canvas: the assignment -> Re-Upload Submissions, with the comments zip.")
+
+
+def _comment_file(usable: list[str], title: str, markdown: str) -> tuple[str, bytes] | str:
+    """The comment file, named as the first submitted file it can be written as; why none, when a PDF would lose
+    characters (Canvas shows a re-uploaded file under the submitted one's name, so a .pdf cannot hold a .docx)."""
+    refused = []
+    for name in usable:
+        try:
+            return name, files.render(PurePosixPath(name).suffix, title, markdown)
+        except files.Undrawable as exc:
+            refused.append(f"{exc}, which {name} would lose")
+    return (
+        f"{'; '.join(refused)}, and Canvas names a re-uploaded comment file after the submitted one, so it cannot "
+        "go as a .docx: paste the comment in SpeedGrader"
+    )
 
 
 def _why_not_reuploaded(downloaded: list[str], attached: list[str]) -> str:

@@ -1,5 +1,10 @@
 """Feedback as a document a student opens without Obsidian: .docx (python-docx), .pdf (fpdf2), .odt (odfpy),
-.html or plain text, from the reviewed draft's student text (Markdown headings, bullets, quotes and bold kept)."""
+.html or plain text, from the reviewed draft's student text (Markdown headings, bullets, quotes and bold kept).
+
+A PDF embeds its font, and the one used here (DejaVu Sans, or Helvetica where it is missing) has no Chinese,
+Japanese or Korean glyphs: fpdf2 drops a character its font cannot draw. `render` refuses such a PDF (`Undrawable`,
+naming the characters) rather than lose them; a .docx or .odt holds the text and the reader's fonts draw it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,24 @@ from tierflow.vault.text import unescape_links
 
 WRITABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md")
 _FONTS = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/share/fonts/TTF/DejaVuSans.ttf"))
+_SHOWN = 10
+
+
+class Undrawable(ValueError):
+    """A PDF would lose `characters` (each once, in order of appearance): its font has no glyph for them."""
+
+    def __init__(self, characters: str, font: str) -> None:
+        self.characters = characters
+        self.font = font
+        shown = ", ".join(characters[:_SHOWN]) + (
+            f" and {len(characters) - _SHOWN} more" if len(characters) > _SHOWN else ""
+        )
+        super().__init__(f"the PDF font ({font}) cannot draw {shown}")
+
+
+def _invisible(ch: str) -> bool:
+    """A character nothing shows for (a zero-width space or joiner, a variation selector): not lost when dropped."""
+    return unicodedata.category(ch) == "Cf" or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF
 
 
 def _blocks(markdown: str) -> list[tuple[str, str]]:
@@ -84,9 +107,15 @@ def _pdf(title: str, markdown: str) -> bytes:
     pdf.set_author("tierflow")
     pdf.add_page()
     font = next((f for f in _FONTS if f.is_file()), None)
+    title = unicodedata.normalize("NFC", title)  # a letter and its combining accent as the one glyph fonts have
+    blocks = [(kind, unicodedata.normalize("NFC", text)) for kind, text in _blocks(markdown)]
+    shown = title + "".join(text for _, text in blocks)
     if font is not None:
         pdf.add_font("Body", fname=str(font))
         family = "Body"
+        cmap = pdf.fonts["body"].cmap
+        # fpdf2 drops a character its font has no glyph for, with a logged warning only: refuse before that.
+        _refuse([ch for ch in shown if ord(ch) not in cmap], "DejaVu Sans")
 
         def fit(text: str) -> str:
             return text
@@ -100,10 +129,12 @@ def _pdf(title: str, markdown: str) -> bytes:
                 for ch in text
             )
 
+        _refuse([ch for ch in shown if not fit(ch) and not ch.isspace()], "Helvetica, Latin-1 only")
+
     pdf.set_font(family, size=16)
     pdf.multi_cell(0, 9, fit(title))
     pdf.ln(2)
-    for kind, text in _blocks(markdown):
+    for kind, text in blocks:
         pdf.set_font(family, size=13 if kind == "heading" else 11)
         prefix = "• " if kind == "bullet" and font is not None else ("- " if kind == "bullet" else "")
         indent = 8 if kind in ("bullet", "quote") else 0
@@ -111,6 +142,13 @@ def _pdf(title: str, markdown: str) -> bytes:
         pdf.multi_cell(0, 6, fit(prefix + text))
         pdf.ln(2)
     return bytes(pdf.output())
+
+
+def _refuse(lost: list[str], font: str) -> None:
+    """An `Undrawable` for the visible characters of `lost`, if any."""
+    shown = "".join(dict.fromkeys(ch for ch in lost if not _invisible(ch)))
+    if shown:
+        raise Undrawable(shown, font)
 
 
 def _odt(title: str, markdown: str) -> bytes:
