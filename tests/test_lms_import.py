@@ -815,3 +815,29 @@ def test_import_into_a_folder_shared_read_only_is_one_line_naming_it(lms_vault, 
         "Import with write access to the vault"
     )
     assert result.stdout == "" and sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("platform", ["moodle", "canvas"])
+def test_a_half_downloaded_export_is_named_as_damaged_or_incomplete_with_download_it_again(
+    lms_vault, tmp_path, platform
+):
+    export = (moodle_zip if platform == "moodle" else canvas_zip)(tmp_path / "export.zip", cohort())
+    whole = export.read_bytes()
+    args = ["--vault", str(lms_vault), "-a", ASSIGNMENT]
+    listing = whole.rindex(b"PK\x01\x02", 0, whole.rindex(b"PK\x05\x06"))  # the last entry of the zip's listing
+    broken = whole[:listing] + b"\0" * 4 + whole[listing + 4 :]  # the list of files there, but broken
+    # `head -c 50000`, a download stopped halfway, its last bytes missing, its list of files broken
+    for data in (whole[:50_000], whole[: len(whole) // 2], whole[:-10], broken):
+        assert len(data) < len(whole) or data != whole
+        truncated = tmp_path / "t.zip"
+        truncated.write_bytes(data)
+        result = CliRunner().invoke(app, ["import", "submissions", str(truncated), *args])
+        said = " ".join(result.stderr.split())
+        assert result.exit_code == 2, result.output
+        assert f"{truncated} is damaged or incomplete" in said and "download it again" in said.lower(), said
+        assert "neither a zip file nor a folder" not in said
+    assert not (lms_vault / ASSIGNMENT / "submissions").exists()  # nothing imported from it
+    other = tmp_path / "notes.txt"
+    other.write_text("not an export")
+    result = CliRunner().invoke(app, ["import", "submissions", str(other), *args])
+    assert result.exit_code == 2 and "neither a zip file nor a folder" in " ".join(result.stderr.split())

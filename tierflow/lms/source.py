@@ -63,13 +63,18 @@ class Export:
                 if not _junk(rel):
                     self.entries.append(Entry(rel, file.stat().st_size))
         elif zipfile.is_zipfile(path):
-            self._zip = zipfile.ZipFile(path)
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, EOFError) as exc:  # its table of contents is there but broken
+                raise ExportError(_incomplete(path, str(exc))) from None
             for info in self._zip.infolist():
                 name = entry_name(info)
                 if info.is_dir() or _junk(name):
                     continue
                 self._infos[name] = info
                 self.entries.append(Entry(name, info.file_size))
+        elif _zip_start(path):
+            raise ExportError(_incomplete(path, "its end, the zip's list of files, is missing"))
         elif path.exists():
             raise ExportError(
                 f"{path} is neither a zip file nor a folder. Give the zip the platform downloaded "
@@ -105,6 +110,24 @@ class Export:
             raise EntryError(
                 f"cannot be read in {self.path} ({entry.path}: {exc.strerror}): unpack or download the export again"
             ) from None
+
+
+def _zip_start(path: Path) -> bool:
+    """True when `path` is a file that begins as a zip does (a file's header, or an empty zip's end record)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+    except OSError:
+        return False
+
+
+def _incomplete(path: Path, why: str) -> str:
+    """A zip cut short or broken, most often a download that stopped partway: what to do about it."""
+    return (
+        f"{path} is damaged or incomplete ({why}; {path.stat().st_size:,} bytes): most often a download that "
+        "stopped partway. Download it again (Moodle: Download all submissions; Canvas: Download Submissions), "
+        "let the download finish, and give the new zip."
+    )
 
 
 def _junk(path: str) -> bool:
