@@ -18,7 +18,7 @@ from test_lms_moodle import GRADED_AT, STUDENTS, draft_text, worksheet_bytes
 from typer.testing import CliRunner
 
 from tierflow.cli.app import app
-from tierflow.lms.exporter import export_feedback
+from tierflow.lms.exporter import ExportFeedbackError, export_feedback
 from tierflow.lms.importer import import_submissions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,3 +147,49 @@ def test_canvas_ex_and_an_existing_score_stay_unless_replace_existing(tmp_path):
     assert shown.exit_code == 0, shown.output
     assert "  1001 (Liam O'Sullivan): EX (excused): a mark would un-excuse the student" in shown.stderr
     assert "--replace-existing" in shown.stderr
+
+
+def decimal_comma_worksheet(grades: dict[str, str]) -> bytes:
+    """The worksheet saved again by a decimal-comma Excel: `;`, Windows-1252, CRLF, `100,00`, and `grades`."""
+    from lms_exports import excel_resaved
+
+    cells = {sid: {"Maximum Grade": "100,00"} for sid, _ in STUDENTS}
+    for sid, grade in grades.items():
+        cells[sid] |= {"Grade": grade, "Last modified (grade)": "Friday, 20 November 2026, 9:30 AM"}
+    return excel_resaved(worksheet_holding(cells), delimiter=";", encoding="cp1252")
+
+
+def test_a_decimal_comma_worksheet_leaves_every_held_grade_as_moodle_holds_it(tmp_path):
+    """Moodle's upload reads `64,75` as 64: a held grade written back as downloaded would be lowered."""
+    vault = vault_with_drafts(tmp_path, ("1001", "1002", "1003"))
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(decimal_comma_worksheet({"1002": "64,75", "1004": "58,00"}))
+    result = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert result.sent == ["1001", "1003"]
+    assert dict(result.kept_existing) == {"1002 (Chloé Dubois-Martin)": "Grade 64,75"}
+    held = {"1002": MoodleGrade(64.75, GRADED_AT), "1004": MoodleGrade(58.0, GRADED_AT)}
+    imported = moodle_import_worksheet(
+        result.written[0].read_bytes(),
+        participants={sid for sid, _ in STUDENTS},
+        maximum=100,
+        existing=held,
+        encoding="WINDOWS-1252",
+        separator="semicolon",
+    )
+    assert "grade" not in imported["1002"] and "grade" not in imported["1004"]  # Moodle leaves both as they are
+    for sid in result.sent:
+        assert imported[sid]["grade"] == float(result.marks[sid])
+    assert any("`.` as the decimal point" in n and "1002 (64,75 as 64.75)" in n for n in result.notes)
+
+
+def test_a_grade_cell_moodle_would_misread_stops_the_export_naming_the_row(tmp_path):
+    vault = vault_with_drafts(tmp_path, ("1001",))
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(decimal_comma_worksheet({"1002": "1.064,75"}))
+    try:
+        export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    except ExportFeedbackError as exc:
+        assert "Participant 1002" in str(exc) and "1.064,75" in str(exc)
+    else:
+        raise AssertionError("exported a worksheet Moodle would read another grade from")
+    assert list(tmp_path.glob("worksheet (tierflow*")) == []

@@ -2,7 +2,8 @@
 and never over an earlier export (which the lecturer may have edited or uploaded): a second export is dated,
 `worksheet (tierflow 2026-11-20).csv`, as a vault note written beside the lecturer's is.
 
-- `moodle-worksheet`: a filled copy of the grading worksheet (`Grade`, `Feedback comments` only).
+- `moodle-worksheet`: a filled copy of the grading worksheet (`Grade`, `Feedback comments` only; every row's
+  decimal-comma `Grade` written with `.`, which is all Moodle's upload reads: `moodle.Worksheet.decimal_points`).
 - `moodle-files`: a zip for "Upload multiple feedback files in a zip", one document per student in
   `Full Name_<participant id>_assignsubmission_file/`.
 - `canvas`: a filled copy of the gradebook CSV (the assignment's column only), and a zip for "Re-upload
@@ -343,6 +344,16 @@ def _moodle_worksheet(  # noqa: ANN001
             result.marks[sid] = grade
             sheet.fill(index, number(grade), feedback)
         result.sent.append(sid)
+    try:
+        points = sheet.decimal_points()
+    except moodle.WorksheetError as exc:
+        raise ExportFeedbackError(f"{worksheet.name}: {exc}") from None
+    if points:
+        result.notes.append(
+            "Grade cells written with `.` as the decimal point, so Moodle's upload reads each grade as it stands "
+            "(it would read `64,75` as 64, changing a held grade): "
+            + ", ".join(f"{sid} ({cell} as {written})" for sid, cell, written in points)
+        )
     _without_drafts(vault, folder, drafts, rows, result)
     result.distribution = distribution(values, _sheet_max(sheet))
     result.notes.append(

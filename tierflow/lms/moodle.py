@@ -75,6 +75,8 @@ ID_NUMBER = "ID number"
 STATUS = "Status"
 PARTICIPANT = "Participant "
 """`get_string('hiddenuser', 'assign')`: the worksheet's `Identifier` is this followed by the participant id."""
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)?")
+"""A Grade cell read one way only: digits, with `.` or `,` (a decimal-comma Excel's) as the decimal point."""
 _LOCALIZED_ID = re.compile(r"^(?P<word>\D*[^\d\s])\s?\d+$")
 """`Teilnehmer/in2001`: another language's `hiddenuser` before the participant id."""
 
@@ -356,6 +358,34 @@ class Worksheet:
             row.fields[self.header.index(GRADE)] = fputcsv_field(grade, self.dialect.delimiter)
         if feedback_html is not None:
             row.fields[self.header.index(FEEDBACK)] = fputcsv_field(feedback_html, self.dialect.delimiter)
+
+    def decimal_points(self) -> list[tuple[str, str, str]]:
+        """Write every participant's numeric `Grade` with `.` as the decimal point (`64,75` as `64.75`), and return
+        (participant id, cell as it was, as written) for each cell changed.
+
+        Moodle's upload reads a grade with PHP's `(float)` after `unformat_float`, which knows only `.`: `64,75`
+        (a decimal-comma Excel's) would be read as 64 and change a held grade. A WorksheetError names the rows whose
+        Grade is no plain number (`1.064,75`, `B+`), which Moodle would read as another one.
+        """
+        changed, unclear = [], []
+        for sid, index in self.participants().items():
+            cell = self.value(index, GRADE).strip()
+            if cell in ("", "-"):
+                continue
+            if not _PLAIN_NUMBER.fullmatch(cell):
+                unclear.append(f"{PARTICIPANT}{sid} ({cell})")
+            elif "," in cell:
+                written = cell.replace(",", ".")
+                self.fill(index, written, None)
+                changed.append((sid, cell, written))
+        if unclear:
+            raise WorksheetError(
+                f"the `{GRADE}` of {', '.join(unclear)} is not a plain number, which Moodle's upload would read as "
+                "another grade (it reads only the leading digits and a `.`: `1.064,75` as 1.064, a letter as 0), "
+                "changing it: write it as a number with `.` or `,` as the decimal point and no thousands separator "
+                "(`64.75`), or empty it, and export again. Nothing was written."
+            )
+        return changed
 
     def render(self) -> bytes:
         return render(self.rows, self.dialect)
