@@ -193,3 +193,16 @@ def test_a_grade_cell_moodle_would_misread_stops_the_export_naming_the_row(tmp_p
     else:
         raise AssertionError("exported a worksheet Moodle would read another grade from")
     assert list(tmp_path.glob("worksheet (tierflow*")) == []
+
+
+def test_a_level_left_without_a_score_in_a_band_open_at_the_top_names_student_criterion_and_level(tmp_path):
+    """The fixture rubric's `Excellent (70+)` gives no top: 70, 85 or 100 would be a guess, so no grade is sent."""
+    vault = vault_with_drafts(tmp_path, ("1002",))
+    path = vault / ASSIGNMENT / "feedback" / "1002 feedback.md"
+    path.write_text(path.read_text().replace(" · **suggested score:** 75", "", 1), encoding="utf-8")
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(worksheet_bytes())
+    result = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded, dry_run=True)
+    assert result.sent == ["1002"] and result.marks == {}
+    (note,) = [n for n in result.notes if n.startswith("1002 (Chloé Dubois-Martin): feedback sent without a grade")]
+    assert "'Argument and critical evaluation'" in note and "'Excellent' (70+)" in note and "give a score" in note

@@ -134,3 +134,33 @@ def test_a_score_outside_its_levels_range_gives_no_mark_and_names_the_criterion(
     assert mark_of(MARKS, Draft("1", "x", {}, agreed)).value == Fraction(73, 2)
     no_level = "## Method\n\n**Suggested score:** 19\n\n## Analysis\n\n**Score:** 20\n"  # the score alone stands
     assert mark_of(MARKS, Draft("1", "x", {"tierflow_levels": ["Method: Good"]}, no_level)).value == 39
+
+
+def levels_only(rubric, levels: list[str]) -> Draft:  # noqa: ANN001
+    """A reviewed draft whose every criterion has its level and no score (the lecturer deleted it)."""
+    body = "".join(
+        f"## {c.name}\n\n**Suggested level:** {lvl}\n\nText.\n\n"
+        for c, lvl in zip(rubric.criteria, levels, strict=True)
+    )
+    return Draft("1", "x", {}, body)
+
+
+def test_a_level_without_a_score_in_an_open_band_counts_as_the_middle_of_the_range_the_rubric_closes():
+    """`Fail (<40)` runs from 0; `First (70+)` in a criterion scored in percentages of its marks runs to 100."""
+    rubric = parse_rubric(
+        "## Argument (40 marks)\n\n- First (70+): x\n- Pass (40-69): y\n- Fail (<40): z\n\n"
+        "## Method (20 marks)\n\n- Excellent (17-20): x\n- Good (8-16.5): y\n- Fail (<8): z\n"
+    )
+    mark = mark_of(rubric, levels_only(rubric, ["First", "Fail"]))
+    assert mark.problems == [] and mark.value == Fraction(85, 100) * 40 + 4  # 85% of 40, and 4 of 20 (0-8)
+    failed = mark_of(WEIGHTED, levels_only(WEIGHTED, ["Fail", "Fail", "Fail"]))
+    assert failed.value == 20  # the middle of 0-40, not 39 (nearly a Weak)
+
+
+def test_a_level_without_a_score_in_a_band_the_rubric_leaves_open_gives_no_mark_and_says_to_give_a_score():
+    """`Excellent (70+)` on a rubric that names no top: 70, 85 or 100 would each be a guess."""
+    mark = mark_of(WEIGHTED, levels_only(WEIGHTED, ["Excellent", "Good", "Fail"]))
+    assert mark.value is None
+    assert len(mark.problems) == 1
+    assert "'Argument'" in mark.problems[0] and "'Excellent' (70+)" in mark.problems[0]
+    assert "give a score" in mark.problems[0]

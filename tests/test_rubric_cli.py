@@ -169,6 +169,17 @@ def test_show_prints_criteria_weights_levels_and_ranges(feedback_vault: Path):
     assert "Use of literature" in table.output and "60-69" in table.output
 
 
+def test_show_says_what_each_level_counts_as_without_a_score(feedback_vault: Path):
+    """`Fail (<40)` counts as 20 (from 0); `Excellent (70+)` on a rubric that gives no top counts as nothing."""
+    done = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT, "-f", "json")
+    levels = {lvl["name"]: lvl for lvl in json.loads(done.output)["criteria"][0]["levels"]}
+    assert levels["Fail"]["without_score"] == 20 and levels["Good"]["without_score"] == 64.5
+    assert levels["Excellent"]["without_score"] is None
+    table = invoke("rubric", "show", "--vault", str(feedback_vault), "--assignment", ASSIGNMENT)
+    assert "without a score" in table.stdout and "no mark: give a score" in table.stdout
+    assert "A level without a score counts as the middle of its range" in table.stdout
+
+
 def test_show_warns_when_percentage_weights_miss_100_and_still_shows_the_scaled_shares(feedback_vault: Path):
     rubric = feedback_vault / ASSIGNMENT / "rubric.md"
     text = rubric.read_text()

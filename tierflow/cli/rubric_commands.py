@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,7 +57,7 @@ def show(
     fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="table or json.")] = ShowFormat.table,
 ) -> None:
     """Print the parsed rubric (criteria, weights, levels, score ranges) before anything is spent."""
-    from tierflow.lms.marks import marking
+    from tierflow.lms.marks import WITHOUT_SCORE, counts_as, marking, without_score
     from tierflow.vault.rubric import RubricError, load_rubric
 
     vault = vault_dir(vault, required="tierflow rubric show --assignment FOLDER") or Path(".")
@@ -93,6 +94,7 @@ def show(
                                     "range": str(lvl.score) if lvl.score else None,
                                     "low": lvl.score.low if lvl.score else None,
                                     "high": lvl.score.high if lvl.score else None,
+                                    "without_score": _float(counts_as(c, lvl, marks)),
                                     "descriptor": lvl.descriptor,
                                 }
                                 for lvl in c.levels
@@ -121,15 +123,26 @@ def show(
         )
         table.add_column("level", no_wrap=True)
         table.add_column("range", no_wrap=True)
+        table.add_column("without a score", no_wrap=True)
         table.add_column("descriptor", ratio=1)
         for lvl in c.levels:
-            table.add_row(escape(lvl.name), str(lvl.score) if lvl.score else "-", escape(lvl.descriptor))
+            table.add_row(
+                escape(lvl.name),
+                str(lvl.score) if lvl.score else "-",
+                without_score(c, lvl, marks),
+                escape(lvl.descriptor),
+            )
         console.print(table)
+    typer.echo(WITHOUT_SCORE)
     typer.echo(f"marks: {marks.how}")  # one line, unwrapped: it is read whole
     for warning in (*rubric.warnings, *marks.warnings):
         typer.echo(f"warning: {warning}", err=True)
     if marks.problem:
         typer.echo(f"error: no marks can be worked out from this rubric (export refuses it): {marks.problem}", err=True)
+
+
+def _float(value: Fraction | None) -> float | None:
+    return None if value is None else float(value)
 
 
 @rubric_app.command("normalise")

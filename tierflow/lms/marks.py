@@ -3,7 +3,10 @@
 Where the mark comes from, first found wins:
 1. `mark:` in the draft's front-matter: the lecturer's own mark, on the rubric's scale (see below), taken as it is.
 2. Each criterion's section in the draft body as it stands now, edited or not: `**Suggested level:** Good` and
-   `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range;
+   `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range
+   (`counts_as`), an open band closed by the scale's bounds: 0 below (`<40` counts as 20), and above, the criterion's
+   marks, or 100 for percentages; a band open at a top the rubric does not give (`70+`, no `%`, no marks) gives no
+   mark, and says to give a score;
    a score outside its level's range gives no mark (which of the two was meant is a guess) and says so.
    Comments (`%% ... %%`, `<!-- ... -->`) are left out, as Obsidian hides them.
 3. The draft's `tierflow_levels` front-matter (the model's suggestion), for a criterion whose section lost its level.
@@ -30,7 +33,7 @@ from fractions import Fraction
 from math import floor
 
 from tierflow.lms.drafts import Draft, without_comments
-from tierflow.vault.rubric import Criterion, Rubric, exact
+from tierflow.vault.rubric import Criterion, Level, Rubric, exact
 
 _LEVEL = re.compile(r"(?:suggested\s+)?level\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<level>[^(\n·*]+)", re.I)
 _SCORE = re.compile(r"(?:suggested\s+)?score\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<score>-?\d+(?:[.,]\d+)?)", re.I)
@@ -60,6 +63,9 @@ class Marking:
     warnings: tuple[str, ...] = ()
     problem: str = ""
     """Why no mark can be worked out from this rubric; empty when one can."""
+    tops: dict[str, Fraction | None] = field(default_factory=dict)
+    """By criterion name: the highest score its scale allows, as the rubric gives it (its marks, or 100 for
+    percentages); None when the rubric does not say (`Excellent (70+)` and no `%`). Closes an open top band."""
 
 
 def marking(rubric: Rubric) -> Marking:
@@ -68,11 +74,13 @@ def marking(rubric: Rubric) -> Marking:
         scale = max(_criterion_max(c) for c in rubric.criteria)
         weights = "weights as shares" if all(c.weight for c in rubric.criteria) else "equal weights"
         how = f"the weighted mean of the criteria's scores ({weights}), out of {_text(scale)}"
-        return Marking(scale, rubric.exact_shares(), how)
+        return Marking(scale, rubric.exact_shares(), how, tops={c.name: _given_top(c) for c in rubric.criteria})
     factors, parts, warnings, problems = {}, [], [], []
+    tops: dict[str, Fraction | None] = {}
     for c in rubric.criteria:
         worth = exact(c.weight.value)
         reading, note = _reading(c, worth)
+        tops[c.name] = Fraction(100) if reading == "percent" else worth
         if reading == "percent":
             factors[c.name] = worth / 100
             parts.append(f"{c.name} score/100 x {_text(worth)}")
@@ -84,7 +92,33 @@ def marking(rubric: Rubric) -> Marking:
             problems.append(note)
     scale = sum((exact(c.weight.value) for c in rubric.criteria if c.weight), Fraction(0))
     how = f"the sum of the criteria's marks, out of {_text(scale)}: {'; '.join(parts)}"
-    return Marking(scale, factors, how, tuple(warnings), " ".join(problems))
+    return Marking(scale, factors, how, tuple(warnings), " ".join(problems), tops)
+
+
+def _given_top(criterion: Criterion) -> Fraction | None:
+    """The top of a criterion's scale where the rubric gives one without marks: 100 for percentages (`70%+`)."""
+    return Fraction(100) if any(lvl.score and lvl.score.unit == "%" for lvl in criterion.levels) else None
+
+
+def counts_as(criterion: Criterion, level: Level, how: Marking) -> Fraction | None:
+    """What `level` counts as in a draft that gives it no score: the middle of its range, an open band closed by
+    the scale's bounds (0, and the criterion's top in `how.tops`): `<40` counts as 20. None when the level has no
+    range, or its range is open at a top the rubric does not give: any score there would be a guess."""
+    return level.score.middle(how.tops.get(criterion.name)) if level.score else None
+
+
+def without_score(criterion: Criterion, level: Level, how: Marking) -> str:
+    """What a level without a score counts as, in a few words (`rubric show`): `20`, or `no mark: give a score`."""
+    value = counts_as(criterion, level, how)
+    return _text(value) if value is not None else "no mark: give a score"
+
+
+WITHOUT_SCORE = (
+    "A level without a score counts as the middle of its range, an open band closed by the scale's bounds (0, and "
+    "the criterion's marks, or 100 for percentages); `no mark`: the band is open at a top the rubric does not give "
+    "(`70+` with no `%` and no marks), so the draft needs a score there, or `mark:` in its front-matter."
+)
+"""Said under `rubric show`'s levels: how its `without a score` column is worked out."""
 
 
 def _reading(criterion: Criterion, worth: Fraction) -> tuple[str, str]:
@@ -209,7 +243,15 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
                 + ("has no score range" if level else "is not one of the rubric's")
             )
             continue
-        scores[c.name] = level.score.exact_typical()
+        middle = counts_as(c, level, how)
+        if middle is None:
+            problems.append(
+                f"{c.name!r}: no score, and level {level.name!r} ({level.score}) is open at the top, which the rubric "
+                "gives no bound for, so its middle would be a guess: give a score (`**suggested score:** N`) in "
+                "that section, or `mark:` in the front-matter"
+            )
+            continue
+        scores[c.name] = middle
     if problems:
         return Mark(draft.student_id, None, scale, "criteria", problems)
     value = sum((how.factors[name] * score for name, score in scores.items()), Fraction(0))

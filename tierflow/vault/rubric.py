@@ -79,7 +79,8 @@ class ScoreRange:
         return float(self.exact_typical())
 
     def exact_typical(self) -> Fraction:
-        """`typical` as an exact fraction of the bounds as the rubric writes them, for marks rounded exactly."""
+        """`typical` as an exact fraction of the bounds as the rubric writes them (a score to suggest; a level
+        without a score counts as `middle`, not this)."""
         low = None if self.low is None else exact(self.low)
         high = None if self.high is None else exact(self.high)
         if low is not None and high is not None:
@@ -88,6 +89,15 @@ class ScoreRange:
         if low is not None:
             return low
         return max(Fraction(0), (high or 0) - 1)
+
+    def middle(self, top: Fraction | None, floor: Fraction = Fraction(0)) -> Fraction | None:
+        """The middle of the range, an open side closed by the scale's bound (`<40` from `floor`, `70+` up to
+        `top`); None when it is open at the top and `top` is None: no middle can be told without a guess."""
+        low = floor if self.low is None else exact(self.low)
+        if self.high is None:
+            return None if top is None else (low + top) / 2
+        high = exact(self.high)
+        return (low + high) / 2 if low <= high else None
 
     def __str__(self) -> str:
         unit = "%" if self.unit == "%" else (f" {self.unit}" if self.unit else "")
