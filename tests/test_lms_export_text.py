@@ -279,6 +279,20 @@ def test_a_reviewed_draft_of_a_submission_with_no_text_sends_nothing_and_is_name
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
+@pytest.mark.parametrize("target", ["moodle-worksheet", "canvas"])
+def test_feedback_written_into_a_draft_of_a_submission_with_no_text_and_no_mark_says_once_why_no_mark(
+    tmp_path, target, legacy
+):
+    """Not once per criterion ("level 'none' is not one of the rubric's"): the draft has no criteria to score."""
+    written = "\nYour essay reached me by email: see the comments in it.\n"
+    result, _ = export_no_content(tmp_path, target, no_content_draft(before_the_notice=legacy, written=written))
+    assert "1005" not in result.marks
+    (said,) = [n for n in result.notes if n.startswith("1005 ")]
+    assert "no text was read from the submission; add `mark:` to the draft's front-matter to give one" in said
+    assert "level 'none'" not in "\n".join(result.notes)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["notice", "before-the-notice"])
 @pytest.mark.parametrize("target", ["moodle-worksheet", "moodle-files", "canvas"])
 def test_a_mark_set_in_a_reviewed_draft_of_a_submission_with_no_text_is_exported_as_written(tmp_path, target, legacy):
     """A lecturer gives `mark: 0` to a student whose submission gave no text (a scanned PDF): the draft holds only

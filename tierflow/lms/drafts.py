@@ -38,9 +38,10 @@ VERSION_KEY = "tierflow_submission_hash"
 CHECKS_KEY = "tierflow_checks_failed"
 """The draft's front-matter key for the checks its answer failed on every tier (kept with a warning)."""
 RUBRIC_NOTICE = "Check this draft against the rubric"
+NO_CONTENT = "No content submitted"
 TIERFLOW_NOTICES: tuple[tuple[str, str], ...] = (
     ("info", "Draft feedback by tierflow"),
-    ("warning", "No content submitted"),
+    ("warning", NO_CONTENT),
     ("warning", "This submission contains text addressed to an AI model"),
     ("warning", RUBRIC_NOTICE),
     ("warning", "No feedback was drafted for this criterion"),
@@ -165,6 +166,18 @@ class Draft:
         # Written as shown text where it holds a link mark (`Jane [&#91;X]]`): the name as written.
         title = unescape_links(str(self.metadata.get("title") or ""))
         return title.removeprefix("Feedback: ").strip() if title.startswith("Feedback: ") else ""
+
+    @property
+    def of_no_text(self) -> bool:
+        """Whether it holds tierflow's "No content submitted" notice (or the heading it wrote before): drafted for a
+        submission that gave no text, so it has no criteria to score."""
+        if _OLD_NO_CONTENT.search(self.body):
+            return True
+        for line in without_code(self.body).split("\n"):
+            head = CALLOUT_HEAD.match(line.lstrip()[1:].strip()) if line.lstrip().startswith(">") else None
+            if head and is_notice(head.group(1), head.group(3)) and head.group(3).strip().startswith(NO_CONTENT):
+                return True
+        return False
 
     def student_markdown(self) -> str:
         """The body as the student should read it, as Markdown: as Obsidian shows it (comments hidden), without

@@ -39,6 +39,10 @@ _LEVEL = re.compile(r"(?:suggested\s+)?level\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P
 _SCORE = re.compile(r"(?:suggested\s+)?score\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<score>-?\d+(?:[.,]\d+)?)", re.I)
 
 
+NO_TEXT = "no text was read from the submission; add `mark:` to the draft's front-matter to give one"
+"""Why a reviewed draft of a submission that gave no text has no mark (it has no criteria to score)."""
+
+
 @dataclass
 class Mark:
     student_id: str
@@ -212,6 +216,9 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
     if how.problem:
         return Mark(draft.student_id, None, scale, "criteria", [how.problem])
     sections = _sections(without_comments(draft.body))  # a score in a comment is the lecturer's aside
+    if draft.of_no_text and not any(c.name in sections for c in rubric.criteria):
+        # No criterion was drafted (nor written in since): one reason, not one per criterion.
+        return Mark(draft.student_id, None, scale, "criteria", [NO_TEXT])
     suggested = {}
     for item in draft.metadata.get("tierflow_levels") or []:
         name, _, level = str(item).rpartition(": ")
