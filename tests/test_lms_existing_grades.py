@@ -206,3 +206,19 @@ def test_a_level_left_without_a_score_in_a_band_open_at_the_top_names_student_cr
     assert result.sent == ["1002"] and result.marks == {}
     (note,) = [n for n in result.notes if n.startswith("1002 (Chloé Dubois-Martin): feedback sent without a grade")]
     assert "'Argument and critical evaluation'" in note and "'Excellent' (70+)" in note and "give a score" in note
+
+
+def test_a_windows_1252_worksheet_holding_this_exports_own_character_references_is_filled_again(tmp_path):
+    """Windows-1252 has no 王: the export wrote `&#29579;`, which Moodle shows as 王; read back, it is tierflow's."""
+    from lms_exports import excel_resaved
+
+    vault = vault_with_drafts(tmp_path, ("1001", "1002"))
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(draft.read_text(encoding="utf-8") + "\n王芳 and I read it together: 很好.\n", encoding="utf-8")
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(excel_resaved(worksheet_bytes(), delimiter=";", encoding="cp1252"))
+    first = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=downloaded)
+    assert b"&#29579;&#33459;" in first.written[0].read_bytes()
+    again = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=first.written[0], out=tmp_path / "2.csv")
+    assert again.sent == first.sent == ["1001", "1002"] and not again.kept_existing
+    assert (tmp_path / "2.csv").read_bytes() == first.written[0].read_bytes()

@@ -380,7 +380,8 @@ def _held_moodle(sheet: moodle.Worksheet, index: int, grade: Decimal | None, fee
     if existing not in ("", "-") and not _same_number(existing, grade):
         held.append(f"Grade {existing}")
     comments = sheet.value(index, moodle.FEEDBACK)
-    if feedback is not None and _plain(comments) and comments.strip() != feedback:
+    # Compared as Moodle shows them: an export in an encoding without 王 wrote it `&#29579;` (`Dialect.encode`).
+    if feedback is not None and _plain(comments) and html.unescape(comments.strip()) != html.unescape(feedback):
         held.append(f"Feedback comments {_plain(comments, 80)!r}")
     return ", ".join(held)
 
