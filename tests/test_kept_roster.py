@@ -170,7 +170,15 @@ def test_a_kept_roster_that_cannot_be_read_stops_the_import_and_the_run(lms_vaul
     assert not (lms_vault / ASSIGNMENT / "submissions").exists()  # nothing written, the file as it was
     assert path.read_text(encoding="utf-8").startswith("Name,Email")
 
-    import_submissions(lms_vault, ASSIGNMENT, export)  # without --roster the file is not touched ...
+    # Without --roster too (it names the students from the kept file): nothing written, the file as it was ...
+    with pytest.raises(VaultError, match="roster.csv has no `student_id` column"):
+        import_submissions(lms_vault, ASSIGNMENT, export)
+    assert not (lms_vault / ASSIGNMENT / "submissions").exists()
+    assert path.read_text(encoding="utf-8").startswith("Name,Email")
+    data = path.read_bytes()
+    path.unlink()
+    import_submissions(lms_vault, ASSIGNMENT, export)
+    path.write_bytes(data)  # the file put back after an import
     with pytest.raises(VaultError, match="roster.csv has no `student_id` column"):
         load(lms_vault, double)  # ... and the run stops before any call: the names in it would go unhidden
 

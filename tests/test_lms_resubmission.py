@@ -200,3 +200,55 @@ def test_the_estimate_of_a_rerun_prices_only_the_students_it_drafts_and_says_how
     rows = Ledger.for_vault(lms_vault).rows(run_id=rerun.run_id)
     assert len({r["subject"] for r in rows if r["phase"] == "draft"}) == planned["draft"]
     assert calls()["draft"] == 0  # and now every student has a draft for their submission as it is
+
+
+def team_folder(export: Path) -> Path:
+    """`export` with a team's folder added, named after its group and group id (17: no participant's)."""
+    import zipfile
+
+    with zipfile.ZipFile(export, "a") as z:
+        z.writestr("Team Alpha_17_assignsubmission_file/report.docx", docx_bytes(essay(6)))
+    return export
+
+
+def test_a_moodle_reimport_without_roster_keeps_the_rosters_names_emails_and_team_refusal(lms_vault, tmp_path):
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_for(cohort()))
+    first = import_submissions(
+        lms_vault, ASSIGNMENT, team_folder(moodle_zip(tmp_path / "first.zip", cohort())), roster=worksheet
+    )
+    assert "Team Alpha_17_assignsubmission_file/" in dict(first.ignored)
+    before = {p.stem: p.read_text(encoding="utf-8") for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md")}
+    # Later: Liam resubmitted; the lecturer downloads the submissions again, but not the worksheet.
+    later = import_submissions(lms_vault, ASSIGNMENT, team_folder(moodle_zip(tmp_path / "later.zip", resubmitted())))
+    assert {s.student_id: s.action for s in later.students} == {
+        **{s.participant: "unchanged" for s in cohort()},
+        "1001": "updated",
+    }
+    assert "Team Alpha_17_assignsubmission_file/" in dict(later.ignored)  # still a team's, not participant 17's
+    assert not (lms_vault / ASSIGNMENT / "submissions" / "17.md").exists()
+    after = {p.stem: p.read_text(encoding="utf-8") for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md")}
+    assert set(after) == set(before)
+    assert all(after[sid] == before[sid] for sid in after if sid != "1001")
+    liam = frontmatter.loads(after["1001"]).metadata
+    assert liam["name"] == "Liam O'Sullivan" and liam["email"] == "1001@example.ac.uk"
+
+
+def test_a_canvas_reimport_without_roster_keeps_the_gradebooks_names_and_sis_ids(lms_vault, tmp_path):
+    from lms_exports import canvas_zip
+    from test_lms_canvas import gradebook_bytes
+
+    gradebook = tmp_path / "Grades-EDU7001.csv"
+    gradebook.write_bytes(gradebook_bytes())
+    export = canvas_zip(tmp_path / "submissions.zip", cohort())
+    base = ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    assert CliRunner().invoke(app, [*base, "--roster", str(gradebook)]).exit_code == 0
+    before = {p.stem: p.read_text(encoding="utf-8") for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md")}
+    again = CliRunner().invoke(app, base)  # the same zip, later, without --roster
+    assert again.exit_code == 0, again.output
+    assert "7 students: 0 new, 0 updated, 7 unchanged" in again.stderr
+    assert "give the gradebook CSV with --roster" not in again.stderr  # the kept roster.csv has every name
+    after = {p.stem: p.read_text(encoding="utf-8") for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md")}
+    assert after == before
+    kofi = frontmatter.loads(after["1004"]).metadata
+    assert kofi["name"] == "Kofi Mensah" and kofi["sis_ids"] == ["S1004", "u1004"]

@@ -76,7 +76,7 @@ def import_submissions(
             "worksheet CSV (names keep their apostrophes, which Moodle strips from file names) or Canvas's "
             "gradebook CSV (Canvas's file names only hold a squashed sortable name). Read, never written; its "
             "students, those who submitted nothing too, are kept in the assignment folder's roster.csv and hidden "
-            "from every prompt.",
+            "from every prompt. Not needed again on a later import: without it, the kept roster.csv names them.",
         ),
     ] = None,
     config: ConfigOpt = None,

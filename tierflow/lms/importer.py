@@ -5,7 +5,8 @@ by name) with front-matter the flow reads (`student_id`, `name`, and from a rost
 hides like the name) and properties it never sends to a model (`late`, `files`, `document_authors`,
 `tierflow_unreadable`, `tierflow_hidden_text`). The files as downloaded are kept
 read-only in `A/submissions/<student id>/`. A `--roster` is kept whole in `A/roster.csv` (`tierflow.lms.roster`),
-students who submitted nothing included, so that the flow hides them too where an essay names them.
+students who submitted nothing included, so that the flow hides them too where an essay names them. An import
+without `--roster` names the students from that kept file, as the roster it kept them from would.
 
 Re-importing a later export adds and updates by id and never duplicates: a note tierflow wrote and nobody edited
 is replaced when the student's files changed; a note the lecturer edited is left as it is with its files (and said
@@ -142,17 +143,24 @@ def import_submissions(
         found = read(export, platform)
         report = ImportReport(platform, sorted(found.layouts), folder, ignored=list(found.ignored))
         names = _roster(roster, platform) if roster else {}
+        # What an earlier `--roster` gave, kept in roster.csv: a re-import without one names its students from it,
+        # so it records (and hides) the same names, emails and ids, and refuses the same team folders.
+        kept = kept_roster.entries(root)
         if (
             platform == "canvas"
             and not roster
+            and not kept
             and any(not s.student_id.startswith("anon_") for s in found.students.values())
         ):
             report.warnings.append(
                 "Canvas writes only a squashed sortable name into file names (`osullivanliam`): give the gradebook "
                 "CSV with --roster so each student's real name is recorded and hidden from every prompt."
             )
-        if roster and platform == "moodle":
-            report.ignored += moodle.team_folders(found, names, roster.name)
+        if platform == "moodle" and (roster or kept):
+            label = roster.name if roster else f"the kept {folder}/{kept_roster.ROSTER_FILE}"
+            report.ignored += moodle.team_folders(found, names if roster else kept, label)
+        if kept and not roster:
+            report.warnings += _kept_gaps(f"{folder}/{kept_roster.ROSTER_FILE}", platform, kept, found)
         if roster:
             report.warnings += _roster_gaps(roster, platform, names, found.students.values())
             # Before any note: the whole roster, non-submitters too, is what the flow hides (an unreadable
@@ -161,7 +169,7 @@ def import_submissions(
             report.roster = f"{folder}/{kept_roster.ROSTER_FILE}"
         total = len(found.students)
         for done, work in enumerate(sorted(found.students.values(), key=lambda w: w.student_id), start=1):
-            entry = names.get(work.student_id)
+            entry = _entry(names.get(work.student_id), kept.get(work.student_id))
             if entry is not None:
                 # A `?` is a letter Excel could not keep when it saved the roster as Windows-1252 (`?lker I??k`):
                 # the export's own spelling, where it has one (Moodle's), is the student's name.
@@ -287,6 +295,29 @@ def _roster_gaps(
             + ". Save the file as 'CSV UTF-8' and import again."
         )
     return out
+
+
+def _entry(given: RosterEntry | None, kept: RosterEntry | None) -> RosterEntry | None:
+    """The student as the `--roster` lists them, with what the kept roster has where it gives nothing (a roster
+    without the student, or an empty email or ids): what a roster once gave is never dropped from a note."""
+    if given is None or kept is None:
+        return given or kept
+    return replace(
+        given, name=given.name or kept.name, email=given.email or kept.email, sis_ids=given.sis_ids or kept.sis_ids
+    )
+
+
+def _kept_gaps(path: str, platform: str, kept: dict[str, RosterEntry], found: ReadExport) -> list[str]:
+    """A warning naming the students of the export the kept roster does not list, imported without `--roster`."""
+    missing = sorted(sid for sid in found.students if sid not in kept and not sid.startswith("anon_"))
+    if not missing:
+        return []
+    return [
+        f"{path} does not list {len(missing)} student(s) of the export ({', '.join(missing[:20])}"
+        f"{', ...' if len(missing) > 20 else ''}): their names are only what the platform wrote into file names"
+        + (", squashed (`carterben`), so their first names may reach a model" if platform == "canvas" else "")
+        + ". Download the roster again and import with --roster, for every student of the assignment."
+    ]
 
 
 def _to_keep(names: dict[str, RosterEntry], found: ReadExport, platform: str) -> list[RosterEntry]:

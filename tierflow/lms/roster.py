@@ -176,6 +176,28 @@ def read_kept(folder: Path, known: Mapping[str, Iterable[str]] | None = None) ->
     return kept
 
 
+def entries(folder: Path) -> dict[str, RosterEntry]:
+    """The kept roster's students as the import takes a `--roster`'s, by student id: the name, the first email
+    (the platform's latest) and the ids; empty when the folder keeps none. A RosterFileError when it cannot be read.
+
+    An import without `--roster` names its students from these, so a re-import records what the roster gave."""
+    table = _read(folder / ROSTER_FILE)
+    if table is None:
+        return {}
+    out: dict[str, RosterEntry] = {}
+    for row in table.rows:
+        sid = table.get(row, "student_id").strip()
+        if sid and sid not in out:
+            emails = _values(table.get(row, "email"))
+            out[sid] = RosterEntry(
+                sid,
+                table.get(row, "name").strip(),
+                email=emails[0] if emails else "",
+                sis_ids=tuple(_values(table.get(row, "ids"))),
+            )
+    return out
+
+
 def _same(a: str, b: str) -> bool:
     return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
