@@ -841,3 +841,21 @@ def test_a_half_downloaded_export_is_named_as_damaged_or_incomplete_with_downloa
     other.write_text("not an export")
     result = CliRunner().invoke(app, ["import", "submissions", str(other), *args])
     assert result.exit_code == 2 and "neither a zip file nor a folder" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("zipped", [moodle_zip, canvas_zip])
+def test_a_name_the_essay_writes_in_capitals_is_recorded_in_the_names_own_case_and_hidden_as_written(
+    lms_vault, tmp_path, zipped
+):
+    """No roster: Moodle's file name lacks the apostrophe, Canvas's is squashed; the essay heads itself in capitals."""
+    from lms_exports import Student, docx_bytes, essay
+
+    from tierflow.tasks.assignment import Assignment, _submissions
+
+    own = Student("3001", "Siobhán O'Brien", {"essay.docx": docx_bytes(essay(1, "SIOBHÁN O’BRIEN"))})
+    import_submissions(lms_vault, ASSIGNMENT, zipped(tmp_path / "export.zip", [own, *cohort()[:2]]))
+    assert notes(lms_vault)["3001"].metadata["name"] == "Siobhán O’Brien"
+    submissions, _ = _submissions(lms_vault.resolve(), f"{ASSIGNMENT}/submissions")
+    pseudonyms = Assignment(ASSIGNMENT, None, "", [], submissions).pseudonyms()  # type: ignore[arg-type]
+    text = next(s for s in submissions if s.student_id == "3001").text
+    assert text.startswith("SIOBHÁN O’BRIEN") and pseudonyms.hide(text).startswith(pseudonyms.label["3001"])

@@ -126,7 +126,8 @@ def squash(sortable: str) -> str:
 
 def name_from(base: str, texts: list[str]) -> str:
     """The student's name as written in `texts` (document authors first, then the text) whose sortable form
-    squashes to the zip's `base`; empty when none does. Two to four words are tried, split every way."""
+    squashes to the zip's `base`, a word in capitals in title case; empty when none does. Two to four words are
+    tried, split every way."""
     words_re = re.compile(r"[^\W\d_][\w'’.-]*")
     for text in texts:
         words = words_re.findall(text[:20000])
@@ -137,8 +138,14 @@ def name_from(base: str, texts: list[str]) -> str:
                     continue
                 for k in range(1, size):
                     if squash(" ".join(window[k:]) + ", " + " ".join(window[:k])) == base:
-                        return " ".join(w.rstrip(".") for w in window)
+                        return " ".join(_cased(w.rstrip(".")) for w in window)
     return ""
+
+
+def _cased(word: str) -> str:
+    """A word of a name as a name is spelt: in title case when written in capitals (`O’BRIEN` -> `O’Brien`, as an
+    essay's heading or a form may write it), else as written (`McDonald`, `de`)."""
+    return word.title() if len(word) > 1 and word.isupper() else word
 
 
 # --- the gradebook CSV ----------------------------------------------------------------------------------

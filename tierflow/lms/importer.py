@@ -520,7 +520,8 @@ def _body(readable: list[tuple[str, Path, str, Extracted]]) -> str:
 
 def _restore_name(name: str, text: str) -> str:
     """The platform's name with the characters Moodle strips put back, when the student's text has them:
-    `Liam OSullivan` becomes `Liam O'Sullivan` if the essay says so (so the name is found and hidden there)."""
+    `Liam OSullivan` becomes `Liam O'Sullivan` if the essay says so (so the name is found and hidden there). The
+    letters stay the platform's, in its case: an essay headed `LIAM O'SULLIVAN` gives `Liam O'Sullivan` too."""
     out = []
     for word in name.split():
         if len(word) < 3:
@@ -528,7 +529,11 @@ def _restore_name(name: str, text: str) -> str:
             continue
         pattern = "['’`]?".join(re.escape(ch) for ch in word)
         m = re.search(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE)
-        out.append(m.group(0) if m and m.group(0).casefold() != word.casefold() and word[0] == m.group(0)[0] else word)
+        if m and m.group(0).casefold() != word.casefold() and word[0] == m.group(0)[0]:
+            letters = iter(word)  # the match is the word's letters, one for one, with apostrophes between
+            out.append("".join(ch if ch in "'’`" else next(letters) for ch in m.group(0)))
+        else:
+            out.append(word)
     return " ".join(out)
 
 
