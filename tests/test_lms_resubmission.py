@@ -252,3 +252,19 @@ def test_a_canvas_reimport_without_roster_keeps_the_gradebooks_names_and_sis_ids
     assert after == before
     kofi = frontmatter.loads(after["1004"]).metadata
     assert kofi["name"] == "Kofi Mensah" and kofi["sis_ids"] == ["S1004", "u1004"]
+
+
+def test_a_later_roster_without_a_student_drops_none_of_what_the_kept_roster_gives_them(lms_vault, tmp_path):
+    from lms_exports import canvas_zip
+    from test_lms_canvas import gradebook_bytes
+
+    export = canvas_zip(tmp_path / "submissions.zip", cohort())
+    full, later = tmp_path / "Grades-EDU7001.csv", tmp_path / "Grades-EDU7001 (1).csv"
+    full.write_bytes(gradebook_bytes())
+    later.write_bytes(gradebook_bytes([s for s in cohort() if s.participant != "1007"]))  # Mei-Lin has left
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=full)
+    report = import_submissions(lms_vault, ASSIGNMENT, export, roster=later)
+    assert {s.action for s in report.students} == {"unchanged"}
+    meilin = frontmatter.load(lms_vault / ASSIGNMENT / "submissions" / "1007.md").metadata
+    assert meilin["name"] == "Mei-Lin Zhao" and meilin["sis_ids"] == ["S1007", "u1007"]
+    assert not [w for w in report.warnings if "does not list" in w]  # the kept roster.csv still names her

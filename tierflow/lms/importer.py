@@ -162,7 +162,7 @@ def import_submissions(
         if kept and not roster:
             report.warnings += _kept_gaps(f"{folder}/{kept_roster.ROSTER_FILE}", platform, kept, found)
         if roster:
-            report.warnings += _roster_gaps(roster, platform, names, found.students.values())
+            report.warnings += _roster_gaps(roster, platform, names, found.students.values(), kept)
             # Before any note: the whole roster, non-submitters too, is what the flow hides (an unreadable
             # roster.csv stops here, with nothing written).
             report.roster_added, report.roster_rows = kept_roster.keep(root, _to_keep(names, found, platform))
@@ -274,11 +274,17 @@ def _long(students: list[StudentResult]) -> list[str]:
 
 
 def _roster_gaps(
-    path: Path, platform: str, names: dict[str, RosterEntry], students: Iterable[StudentWork]
+    path: Path,
+    platform: str,
+    names: dict[str, RosterEntry],
+    students: Iterable[StudentWork],
+    kept: dict[str, RosterEntry],
 ) -> list[str]:
-    """Warnings for what the roster cannot give: students it does not list, and names Excel broke."""
+    """Warnings for what the roster cannot give: students neither it nor the `kept` roster lists, and names Excel
+    broke."""
     out = []
-    missing = sorted(w.student_id for w in students if w.student_id not in names and w.student_id[:5] != "anon_")
+    listed = names.keys() | kept.keys()
+    missing = sorted(w.student_id for w in students if w.student_id not in listed and w.student_id[:5] != "anon_")
     if missing:
         out.append(
             f"--roster {path.name} does not list {len(missing)} student(s) of the export ({', '.join(missing[:20])}"
