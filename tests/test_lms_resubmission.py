@@ -268,3 +268,15 @@ def test_a_later_roster_without_a_student_drops_none_of_what_the_kept_roster_giv
     meilin = frontmatter.load(lms_vault / ASSIGNMENT / "submissions" / "1007.md").metadata
     assert meilin["name"] == "Mei-Lin Zhao" and meilin["sis_ids"] == ["S1007", "u1007"]
     assert not [w for w in report.warnings if "does not list" in w]  # the kept roster.csv still names her
+
+
+def test_a_moodle_reimport_without_the_worksheet_keeps_the_late_it_said(lms_vault, tmp_path):
+    from test_lms_moodle import worksheet_bytes
+
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(worksheet_bytes())  # 1003: "Assignment was submitted 2 hours late"
+    export = moodle_zip(tmp_path / "export.zip", cohort()[:4])
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet)
+    report = import_submissions(lms_vault, ASSIGNMENT, export)  # Moodle's file names do not say who was late
+    assert {s.action for s in report.students} == {"unchanged"}
+    assert frontmatter.load(lms_vault / ASSIGNMENT / "submissions" / "1003.md").metadata["late"] is True

@@ -170,6 +170,9 @@ def import_submissions(
         total = len(found.students)
         for done, work in enumerate(sorted(found.students.values(), key=lambda w: w.student_id), start=1):
             entry = _entry(names.get(work.student_id), kept.get(work.student_id))
+            if platform == "moodle" and work.student_id not in names:
+                # Only the worksheet says who was late (roster.csv keeps no status): what it said stays.
+                work.late = work.late or _was_late(root / "submissions" / f"{work.student_id}.md")
             if entry is not None:
                 # A `?` is a letter Excel could not keep when it saved the roster as Windows-1252 (`?lker I??k`):
                 # the export's own spelling, where it has one (Moodle's), is the student's name.
@@ -311,6 +314,14 @@ def _entry(given: RosterEntry | None, kept: RosterEntry | None) -> RosterEntry |
     return replace(
         given, name=given.name or kept.name, email=given.email or kept.email, sis_ids=given.sis_ids or kept.sis_ids
     )
+
+
+def _was_late(note: Path) -> bool:
+    """Whether the student's note, as an earlier import wrote it, says `late: true`."""
+    try:
+        return load_note(note).metadata.get("late") is True
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
 
 
 def _kept_gaps(path: str, platform: str, kept: dict[str, RosterEntry], found: ReadExport) -> list[str]:
