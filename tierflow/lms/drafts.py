@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import frontmatter
 import yaml
 from markdown_it import MarkdownIt
 
@@ -25,7 +26,6 @@ from tierflow.vault.annotations import CALLOUT_HEAD, without_code
 from tierflow.vault.notes import as_written
 from tierflow.vault.text import (
     COMMENT,
-    load_note,
     read_note_text,
     unescape_comments,
     unescape_links,
@@ -115,6 +115,9 @@ class Draft:
     """Vault-relative."""
     metadata: dict[str, Any]
     body: str
+    text: str | None = None
+    """The note's whole text as read, which `as_written` checks (`None`: only a hash an earlier version wrote can
+    say it is as written)."""
 
     @property
     def version(self) -> str:
@@ -128,7 +131,7 @@ class Draft:
     @property
     def as_written(self) -> bool:
         """Whether it is as tierflow wrote it: nobody has edited it since (setting `status: reviewed` is an edit)."""
-        return as_written(self.metadata, self.body)
+        return as_written(self.metadata, self.body, self.text)
 
     @property
     def checks_failed(self) -> list[str]:
@@ -230,17 +233,18 @@ def scan(vault: Path, folder: str) -> tuple[list[Draft], list[tuple[str, str]]]:
     for path in sorted(root.rglob("*.md")) if root.is_dir() else []:
         rel = path.relative_to(vault).as_posix()
         try:
-            post = load_note(path)  # with or without a BOM, as Obsidian reads it
+            text = read_note_text(path)  # with or without a BOM, as Obsidian reads it
+            post = frontmatter.loads(text)
         except UnicodeDecodeError:
             unreadable.append((rel, "not UTF-8 text; save it as UTF-8"))
             continue
         except yaml.YAMLError as exc:
-            problem = yaml_problem(exc, read_note_text(path))
+            problem = yaml_problem(exc, text)
             unreadable.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
             continue
         sid = str(post.metadata.get("student_id") or "").strip()
         if sid:  # else the cohort summary or another note: not a student's draft
-            drafts.append(Draft(sid, rel, dict(post.metadata), post.content))
+            drafts.append(Draft(sid, rel, dict(post.metadata), post.content, text))
     return drafts, unreadable
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import frontmatter
 import yaml
 from pathvalidate import sanitize_filename
 
@@ -44,6 +45,7 @@ from tierflow.vault.text import (
     escape_property_links,
     load_note,
     note_text,
+    read_note_text,
     text_version,
 )
 
@@ -557,10 +559,11 @@ def _restore_name(name: str, text: str) -> str:
 def _edited(note: Path) -> bool:
     """True when the note is not tierflow's as written: the lecturer edited it (or wrote it)."""
     try:
-        post = load_note(note)
+        text = read_note_text(note)
+        post = frontmatter.loads(text)
     except (UnicodeDecodeError, yaml.YAMLError):
         return True
-    return not as_written(dict(post.metadata), post.content)
+    return not as_written(dict(post.metadata), post.content, text)
 
 
 def _unique(name: str, used: set[str]) -> str:

@@ -48,6 +48,7 @@ from tierflow.vault.text import (
     load_note,
     property_list,
     property_text,
+    read_note_text,
 )
 
 HASH_KEY = "tierflow_hash"
@@ -356,24 +357,63 @@ def safe_note_name(title: str, *, max_length: int = 120, max_bytes: int = NAME_B
 
 
 def body_hash(front_matter: dict[str, Any], body: str) -> str:
-    """Hash of a note's content, excluding the hash itself."""
+    """The hash tierflow wrote before it hashed a note's text: of the parsed front-matter and the body, so blind to a
+    YAML comment or any change of formatting. `as_written` still accepts it where it matches, so that a note an
+    earlier version wrote, unedited, is still updated (and then carries a hash of its text)."""
     meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
     text = yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False) + "\n" + body.strip()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def as_written(front_matter: dict[str, Any], body: str) -> bool:
-    """Whether a note read back (its front-matter and body) is as tierflow wrote it: it carries tierflow's hash,
-    and nobody has edited it since (the hash still matches)."""
+_TEXT_HASH = "v2-"
+"""How a hash of the note's whole text starts (`render_note`); an older `body_hash` is 16 hex digits alone."""
+_HASH_LINE = re.compile(rf"{HASH_KEY}: ({_TEXT_HASH}[0-9a-f]{{16}})\n")
+
+
+def _text_hash(unhashed: str) -> str:
+    return _TEXT_HASH + hashlib.sha256(unhashed.encode()).hexdigest()[:16]
+
+
+def _without_hash(text: str) -> tuple[str, str] | None:
+    """The note's text without its hash line, and the hash that line holds; None when the front-matter does not end
+    with a line of tierflow's text hash (`render_note` writes it last)."""
+    text = text.replace("\r\n", "\n")  # a sync tool's line ends are no one's edit
+    end = text.find("\n---\n", 3) if text.startswith("---\n") else -1
+    if end < 0:
+        return None
+    start = text.rfind("\n", 0, end) + 1  # the front-matter's last line
+    found = _HASH_LINE.fullmatch(text, start, end + 1) if start >= 4 else None
+    if found is None:
+        return None
+    return text[:start] + text[end + 1 :], found.group(1)
+
+
+def as_written(front_matter: dict[str, Any], body: str, text: str | None = None) -> bool:
+    """Whether a note read back is as tierflow wrote it: it carries tierflow's hash, and nobody has edited it since.
+
+    `text` is the note's whole text as read (`read_note_text`): any change to it, a YAML comment or a property's
+    formatting included, is an edit. A hash an earlier version wrote (`body_hash`, of the parsed front-matter and
+    body) is checked against those; a note with a hash of its text, given no `text`, is taken as edited.
+    """
     stored = front_matter.get(HASH_KEY)
-    return bool(stored) and stored == body_hash(front_matter, body)
+    if not stored:
+        return False
+    if not str(stored).startswith(_TEXT_HASH):
+        return stored == body_hash(front_matter, body)
+    unhashed = _without_hash(text) if text is not None else None
+    return unhashed is not None and unhashed[1] == stored and _text_hash(unhashed[0]) == stored
 
 
 def render_note(front_matter: dict[str, Any], body: str) -> str:
-    """Markdown with flat YAML front-matter that Obsidian's Properties view accepts, hash included."""
-    meta = {**front_matter, HASH_KEY: body_hash(front_matter, body)}
-    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
-    return f"---\n{head}---\n\n{body.strip()}\n"
+    """Markdown with flat YAML front-matter that Obsidian's Properties view accepts, ending with tierflow's hash of
+    the note's text (all of it but the hash's own line)."""
+    meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
+    head = ""  # no `{}` line: the hash line alone is the front-matter
+    if meta:
+        head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+    tail = f"---\n\n{body.strip()}\n"
+    stamp = _text_hash(f"---\n{head}{tail}")
+    return f"---\n{head}{HASH_KEY}: {stamp}\n{tail}"
 
 
 WriteAction = Literal["created", "updated", "unchanged", "kept-user-edit"]
@@ -572,12 +612,13 @@ class NoteWriter:
 
     def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign"]:
         try:
-            post = load_note(path)
+            text = read_note_text(path)
+            post = frontmatter.loads(text)
         except (UnicodeDecodeError, yaml.YAMLError):
             return "foreign"
         if not post.metadata.get(HASH_KEY):
             return "foreign"
-        return "owned" if as_written(dict(post.metadata), post.content) else "edited"
+        return "owned" if as_written(dict(post.metadata), post.content, text) else "edited"
 
     def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date) -> Path | None:
         """A dated sibling that is free, or tierflow's own unedited one of the same scope; None when nothing is."""
