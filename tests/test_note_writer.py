@@ -7,8 +7,10 @@ from datetime import date
 from pathlib import Path
 
 import frontmatter
+import pytest
 import yaml
 
+from tierflow import begin_run, flow, task, writer_for
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import HASH_KEY, NoteWriter, body_hash
 
@@ -25,6 +27,77 @@ def verdict(vault: Path, abstract: str, decision: str):  # noqa: ANN201
     return writer(vault).write(
         f"{abstract} verdict", {"abstract": abstract, "decision": decision}, f"{abstract}: {decision}."
     )
+
+
+def decisions(vault: Path) -> dict[str, tuple[str, str]]:
+    """Each verdict note's path, by the abstract it is for: (path, decision)."""
+    out = {}
+    for path in sorted((vault / FOLDER).glob("*.md")):
+        post = frontmatter.load(path)
+        assert post["abstract"] not in out, f"two notes for {post['abstract']}"
+        out[post["abstract"]] = (path.relative_to(vault).as_posix(), post["decision"])
+    return out
+
+
+def test_two_names_that_clean_up_to_one_file_name_get_a_note_each_and_a_rerun_updates_each_in_place(tmp_path: Path):
+    vault = tmp_path / "vault"
+    vault.mkdir()
+
+    first = verdict(vault, "Peer review ^2", "accept")
+    second = verdict(vault, "Peer review 2", "reject")
+
+    assert (first.path, first.action) == (f"{FOLDER}/Peer review 2 verdict.md", "created")
+    assert (second.path, second.action) == (f"{FOLDER}/Peer review 2 verdict (2).md", "created")
+    assert "named apart from Programme/Verdicts/Peer review 2 verdict.md" in second.message
+    assert decisions(vault) == {"Peer review ^2": (first.path, "accept"), "Peer review 2": (second.path, "reject")}
+
+    # A rerun, in either order, finds each note again: no third note, each updated with its own decision.
+    again = [verdict(vault, "Peer review 2", "reject, revised"), verdict(vault, "Peer review ^2", "accept, revised")]
+    assert [(r.path, r.action) for r in again] == [(second.path, "updated"), (first.path, "updated")]
+    assert decisions(vault) == {
+        "Peer review ^2": (first.path, "accept, revised"),
+        "Peer review 2": (second.path, "reject, revised"),
+    }
+    assert verdict(vault, "Peer review ^2", "accept, revised").action == "unchanged"
+
+
+@task
+def write_verdict(settings, abstract: str, decision: str):  # noqa: ANN001, ANN201
+    """One task per abstract, calling `writer_for` itself."""
+    return writer_for(settings, FOLDER).write(
+        f"{abstract} verdict", {"abstract": abstract, "decision": decision}, f"{abstract}: {decision}."
+    )
+
+
+@flow(name="verdicts")
+def verdicts_flow(vault: str, verdicts: dict[str, str]) -> list:
+    with begin_run("verdicts", vault=vault, folders=[FOLDER]) as settings:
+        futures = [write_verdict.submit(settings, a, d) for a, d in verdicts.items()]
+        return [f.result() for f in futures]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flows_tasks_writing_two_names_that_clean_up_to_one_file_name_keep_both_notes_run_after_run(tmp_path: Path):
+    vault = tmp_path / "vault"
+    vault.mkdir()
+
+    written = verdicts_flow(str(vault), {"Peer review ^2": "accept", "Peer review 2": "reject"})
+
+    assert sorted(r.action for r in written) == ["created", "created"]
+    found = decisions(vault)
+    assert sorted(p for p, _ in found.values()) == [
+        f"{FOLDER}/Peer review 2 verdict (2).md",
+        f"{FOLDER}/Peer review 2 verdict.md",
+    ]
+    assert {a: d for a, (_, d) in found.items()} == {"Peer review ^2": "accept", "Peer review 2": "reject"}
+
+    rerun = verdicts_flow(str(vault), {"Peer review ^2": "reject", "Peer review 2": "accept"})
+
+    assert sorted(r.action for r in rerun) == ["updated", "updated"]
+    assert decisions(vault) == {
+        "Peer review ^2": (found["Peer review ^2"][0], "reject"),
+        "Peer review 2": (found["Peer review 2"][0], "accept"),
+    }
 
 
 def old_style_note(path: Path, front_matter: dict, body: str) -> None:
@@ -77,3 +150,38 @@ def test_an_earlier_versions_note_a_person_edited_is_kept():
     assert as_written(stamped, "Peer review: accept.")
     assert not as_written(stamped, "Peer review: accept. My note.")
     assert not as_written({**stamped, "decision": "reject"}, "Peer review: accept.")
+
+
+def test_a_note_an_earlier_version_wrote_for_one_of_two_names_is_updated_for_one_and_the_other_is_named_apart(
+    tmp_path: Path,
+):
+    """An earlier version recorded no name, and left the note of whichever name it wrote last: the first name
+    that updates it makes it its own, and the other name gets a note of its own, found again by the next run."""
+    vault = tmp_path / "vault"
+    note = vault / FOLDER / "Peer review 2 verdict.md"
+    old_style_note(note, {"abstract": "Peer review 2", "decision": "reject"}, "Peer review 2: reject.")
+
+    first = verdict(vault, "Peer review ^2", "accept")
+    second = verdict(vault, "Peer review 2", "reject")
+
+    assert (first.path, first.action) == (f"{FOLDER}/Peer review 2 verdict.md", "updated")
+    assert (second.path, second.action) == (f"{FOLDER}/Peer review 2 verdict (2).md", "created")
+    assert decisions(vault) == {"Peer review ^2": (first.path, "accept"), "Peer review 2": (second.path, "reject")}
+    assert [verdict(vault, a, d).action for a, d in [("Peer review 2", "reject"), ("Peer review ^2", "accept")]] == [
+        "unchanged",
+        "unchanged",
+    ]
+
+
+def test_a_note_moved_to_its_new_name_is_found_there_by_the_next_write(tmp_path: Path):
+    """`rename_own` (a feedback draft an earlier version named after the student id) keeps the note tierflow's for
+    its new name: the next write updates it in place."""
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    writer(vault).write("s2026001", {"abstract": "s2026001", "decision": "accept"}, "s2026001: accept.")
+
+    assert writer(vault).rename_own("s2026001", "s2026001 verdict")
+    moved = verdict(vault, "s2026001", "reject")
+
+    assert (moved.path, moved.action) == (f"{FOLDER}/s2026001 verdict.md", "updated")
+    assert [p.name for p in (vault / FOLDER).iterdir()] == ["s2026001 verdict.md"]

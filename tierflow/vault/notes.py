@@ -2,7 +2,8 @@
 
 Safe means: every write is atomic (temp file + rename), confined to its output folder, never touches a
 note tierflow did not write, and never overwrites a note a user has edited since tierflow wrote it.
-tierflow marks what it owns with a content hash in the front-matter (`tierflow_hash`).
+tierflow marks what it owns with a hash of the note's text in the front-matter (`tierflow_hash`), which also records
+a digest of the name the note was written for: two names that make one file name get a note each.
 """
 
 from __future__ import annotations
@@ -367,16 +368,29 @@ def body_hash(front_matter: dict[str, Any], body: str) -> str:
 
 _TEXT_HASH = "v2-"
 """How a hash of the note's whole text starts (`render_note`); an older `body_hash` is 16 hex digits alone."""
-_HASH_LINE = re.compile(rf"{HASH_KEY}: ({_TEXT_HASH}[0-9a-f]{{16}})\n")
+_STAMP = re.compile(rf"({_TEXT_HASH}[0-9a-f]{{16}})(?:-([0-9a-f]{{8}}))?")
+"""tierflow's hash of the note's text, then the digest of the name the note was written for (`render_note`)."""
+_HASH_LINE = re.compile(rf"{HASH_KEY}: ({_STAMP.pattern})\n")
 
 
-def _text_hash(unhashed: str) -> str:
-    return _TEXT_HASH + hashlib.sha256(unhashed.encode()).hexdigest()[:16]
+def _name_digest(name: str) -> str:
+    return hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:8]
 
 
-def _without_hash(text: str) -> tuple[str, str] | None:
-    """The note's text without its hash line, and the hash that line holds; None when the front-matter does not end
-    with a line of tierflow's text hash (`render_note` writes it last)."""
+def _text_hash(before: str, after: str) -> str:
+    return _TEXT_HASH + hashlib.sha256((before + after).encode()).hexdigest()[:16]
+
+
+def _hashed(before: str, after: str, name: str | None) -> str:
+    """The note `before` + `after` with tierflow's hash line between them: the hash of that text, then the digest
+    of `name`, when given."""
+    stamp = _text_hash(before, after) + (f"-{_name_digest(name)}" if name is not None else "")
+    return f"{before}{HASH_KEY}: {stamp}\n{after}"
+
+
+def _split_hash(text: str) -> tuple[str, str, str] | None:
+    """The note's text before its hash line, after it, and the hash that line holds; None when the front-matter does
+    not end with a line of tierflow's text hash (`render_note` writes it last)."""
     text = text.replace("\r\n", "\n")  # a sync tool's line ends are no one's edit
     end = text.find("\n---\n", 3) if text.startswith("---\n") else -1
     if end < 0:
@@ -385,7 +399,7 @@ def _without_hash(text: str) -> tuple[str, str] | None:
     found = _HASH_LINE.fullmatch(text, start, end + 1) if start >= 4 else None
     if found is None:
         return None
-    return text[:start] + text[end + 1 :], found.group(1)
+    return text[:start], text[end + 1 :], found.group(1)
 
 
 def as_written(front_matter: dict[str, Any], body: str, text: str | None = None) -> bool:
@@ -400,20 +414,41 @@ def as_written(front_matter: dict[str, Any], body: str, text: str | None = None)
         return False
     if not str(stored).startswith(_TEXT_HASH):
         return stored == body_hash(front_matter, body)
-    unhashed = _without_hash(text) if text is not None else None
-    return unhashed is not None and unhashed[1] == stored and _text_hash(unhashed[0]) == stored
+    split = _split_hash(text) if text is not None else None
+    if split is None or split[2] != stored:
+        return False
+    before, after, stamp = split
+    return stamp.startswith(_text_hash(before, after))  # the name's digest, when there is one, follows
 
 
-def render_note(front_matter: dict[str, Any], body: str) -> str:
+def render_note(front_matter: dict[str, Any], body: str, *, name: str | None = None) -> str:
     """Markdown with flat YAML front-matter that Obsidian's Properties view accepts, ending with tierflow's hash of
-    the note's text (all of it but the hash's own line)."""
+    the note's text (all of it but the hash's own line) and, given `name`, a digest of the name the note is
+    written for (`NoteWriter.write`'s title, before it is made a file name)."""
     meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
     head = ""  # no `{}` line: the hash line alone is the front-matter
     if meta:
         head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
-    tail = f"---\n\n{body.strip()}\n"
-    stamp = _text_hash(f"---\n{head}{tail}")
-    return f"---\n{head}{HASH_KEY}: {stamp}\n{tail}"
+    return _hashed(f"---\n{head}", f"---\n\n{body.strip()}\n", name)
+
+
+def _asked_for(path: Path) -> str | None:
+    """The digest of the name tierflow wrote the note at `path` for; None when it records none (a person's note, one an
+    earlier version wrote, one that cannot be read)."""
+    try:
+        text = read_note_text(path)
+    except (OSError, UnicodeDecodeError):
+        return None
+    split = _split_hash(text)
+    if split is not None:  # read from the text: even a note whose YAML a person broke still says it
+        stamp: Any = split[2]
+    else:
+        try:
+            stamp = frontmatter.loads(text).metadata.get(HASH_KEY)
+        except yaml.YAMLError:
+            return None
+    found = _STAMP.fullmatch(str(stamp or ""))
+    return found[2] if found else None
 
 
 WriteAction = Literal["created", "updated", "unchanged", "kept-user-edit"]
@@ -464,7 +499,17 @@ class NoteWriter:
         old, new = self.target(old_title), self.target(new_title)
         if old == new or not old.is_file() or new.exists() or self._ownership(old) != "owned":
             return False
-        os.replace(old, new)
+        if _asked_for(old) not in (None, _name_digest(old_title), _name_digest(new_title)):
+            return False  # tierflow's note for another name that makes the same file name
+        split = _split_hash(read_note_text(old))
+        if split is None:  # a hash an earlier version wrote, which records no name: moved as it is
+            os.replace(old, new)
+        else:  # its hash now records the name it is written for, else the next write would name it apart
+            try:
+                write_atomically(new, _hashed(split[0], split[1], new_title), create=True)
+            except FileExistsError:
+                return False
+            old.unlink()
         if self.names is not None:
             self.names.discard(self._rel(old))
             self.names.add(self._rel(new))
@@ -489,27 +534,31 @@ class NoteWriter:
     ) -> WriteResult:
         """Create or update the note for `title`.
 
-        An existing note is replaced only if tierflow wrote it, nobody edited it since and, with `scope`, it was
-        written for the same scope (a concept draft's reading window). Its content is compared ignoring
-        `compare_keys` (run ids, spend), so an unchanged draft is left untouched. A user-edited note, or one
-        of another scope, is kept byte for byte, and the new note goes to a sibling dated `dated` (default:
-        today). A note is only ever created where no file is, so runs writing at once never replace each
-        other's new notes.
+        An existing note is replaced only if tierflow wrote it for the same `title`, nobody edited it since and,
+        with `scope`, it was written for the same scope (a concept draft's reading window). Its content is
+        compared ignoring `compare_keys` (run ids, spend), so an unchanged draft is left untouched. A user-edited
+        note, or one of another scope, is kept byte for byte, and the new note goes to a sibling dated `dated`
+        (default: today). A note tierflow wrote for another title that makes the same file name (`Peer review ^2`
+        and `Peer review 2`), in this run or another, is kept, and this one is named apart from it, as from a
+        note of that name elsewhere in the vault. A note is only ever created where no file is, so runs writing
+        at once never replace each other's new notes.
         """
-        path, apart = self._apart(self.target(title))
-        warning = ""
-        if self.unresolved == "text":
-            front_matter, body, warning = self._unlink(path, front_matter, body)
-        text = render_note(front_matter, body)
-        self._check_links(path, front_matter, body)
-        mine = scope(front_matter, body) if scope is not None else None
+        asked = front_matter, body
         for _ in range(_RACES):
+            path, apart = self._place(title)
+            warning = ""
+            front_matter, body = asked
+            if self.unresolved == "text":
+                front_matter, body, warning = self._unlink(path, front_matter, body)
+            text = render_note(front_matter, body, name=title)
+            self._check_links(path, front_matter, body)
+            mine = scope(front_matter, body) if scope is not None else None
             try:
-                result = self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated)
+                result = self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated, title)
             except FileExistsError:
                 continue  # another run created that file since we looked: look again
             return replace(result, message="; ".join(m for m in (result.message, warning) if m))
-        raise VaultError(f"{self._rel(path)}: other runs kept creating notes of that name; run again")
+        raise VaultError(f"{self._rel(self.target(title))}: other runs kept creating notes of that name; run again")
 
     def _write(
         self,
@@ -522,11 +571,14 @@ class NoteWriter:
         scope: Scope | None,
         mine: str | None,
         dated: date | None,
+        title: str,
     ) -> WriteResult:
         """One attempt of `write`; FileExistsError when a file it was about to create appeared meanwhile."""
         if not path.exists():
             write_atomically(path, text, create=True)
             return WriteResult(self._rel(path), "created", apart)
+        if _asked_for(path) not in (None, _name_digest(title)):
+            raise FileExistsError(path)  # another title's note since `_place` looked (it was an earlier version's)
         state = self._ownership(path)
         theirs = _scope_of(path, scope) if state == "owned" and scope is not None else mine
         if state == "owned" and theirs == mine:
@@ -534,7 +586,7 @@ class NoteWriter:
                 return WriteResult(self._rel(path), "unchanged")
             write_atomically(path, text)
             return WriteResult(self._rel(path), "updated")
-        sibling = self._sibling(path, scope, mine, dated or self.today)
+        sibling = self._sibling(path, scope, mine, dated or self.today, title)
         if sibling is None:
             return WriteResult(self._rel(path), "unchanged")
         if state == "owned":
@@ -552,18 +604,26 @@ class NoteWriter:
         write_atomically(sibling, text, create=not sibling.exists())
         return WriteResult(self._rel(sibling), "kept-user-edit", message)
 
-    def _apart(self, path: Path) -> tuple[Path, str]:
-        """`path`, or the first `<name> (2).md`, `(3)`... that no other note in the vault is named like."""
-        if self.names is None:
-            return path, ""
-        others = self.names.taken(path.stem, besides=self._rel(path))
-        if not others:
+    def _place(self, title: str) -> tuple[Path, str]:
+        """Where the note for `title` goes, and why it was named apart ("" when it was not): its own name, or the
+        first `<name> (2).md`, `(3)`... that no other note in the vault is named like, and where no note is that
+        tierflow wrote for another title making the same file name."""
+        path = self.target(title)
+        others = self.names.taken(path.stem, besides=self._rel(path)) if self.names is not None else []
+        mine = _name_digest(title)
+        theirs = _asked_for(path) not in (None, mine)
+        if not others and not theirs:
             return path, ""
         for n in range(2, 100):
             candidate = path.with_name(f"{path.stem} ({n}).md")
-            if not self.names.taken(candidate.stem, besides=self._rel(candidate)):
-                return candidate, f"named apart from {', '.join(others)}, which has the name {path.stem!r}"
-        raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others)}")
+            if self.names is not None and self.names.taken(candidate.stem, besides=self._rel(candidate)):
+                continue
+            if _asked_for(candidate) in (None, mine):
+                why = [f"{', '.join(others)}, which has the name {path.stem!r}"] if others else []
+                if theirs:
+                    why.append(f"{self._rel(path)}, which tierflow wrote for another name that makes that file name")
+                return candidate, f"named apart from {' and from '.join(why)}"
+        raise VaultError(f"no free name for {path.stem!r}: rename some of {', '.join(others) or self._rel(path)}")
 
     def _unlink(self, path: Path, front_matter: dict[str, Any], body: str) -> tuple[dict[str, Any], str, str]:
         """The front-matter and body with each link that does not resolve to exactly one file written as its
@@ -620,8 +680,9 @@ class NoteWriter:
             return "foreign"
         return "owned" if as_written(dict(post.metadata), post.content, text) else "edited"
 
-    def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date) -> Path | None:
-        """A dated sibling that is free, or tierflow's own unedited one of the same scope; None when nothing is."""
+    def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date, title: str) -> Path | None:
+        """A dated sibling that is free, or tierflow's own unedited one for `title` of the same scope; None when
+        nothing is."""
         for n in range(1, 100):
             suffix = f" (tierflow {day.isoformat()})" if n == 1 else f" (tierflow {day.isoformat()} {n})"
             candidate = path.with_name(f"{path.stem}{suffix}.md")
@@ -629,7 +690,11 @@ class NoteWriter:
                 continue
             if not candidate.exists():
                 return candidate
-            if self._ownership(candidate) == "owned" and (scope is None or _scope_of(candidate, scope) == mine):
+            if (
+                self._ownership(candidate) == "owned"
+                and _asked_for(candidate) in (None, _name_digest(title))
+                and (scope is None or _scope_of(candidate, scope) == mine)
+            ):
                 return candidate
         return None
 
