@@ -152,6 +152,23 @@ def test_an_earlier_versions_note_a_person_edited_is_kept():
     assert not as_written({**stamped, "decision": "reject"}, "Peer review: accept.")
 
 
+def test_a_note_whose_front_matter_an_edit_broke_is_kept_and_the_message_says_it_does_not_parse(tmp_path: Path):
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    first = verdict(vault, "Peer review", "accept")
+    note = vault / first.path
+    broken = note.read_text(encoding="utf-8").replace("decision: accept", "decision: [accept")
+    note.write_text(broken, encoding="utf-8")
+
+    rerun = verdict(vault, "Peer review", "reject")
+
+    assert note.read_text(encoding="utf-8") == broken
+    assert rerun.action == "kept-user-edit" and rerun.path.endswith("(tierflow 2026-11-18).md")
+    assert "tierflow did not write it" not in rerun.message
+    assert rerun.message.startswith(f"{first.path} kept as it is: its front-matter does not parse (")
+    assert "line 4" in rerun.message and "edited" in rerun.message
+
+
 def test_a_note_an_earlier_version_wrote_for_one_of_two_names_is_updated_for_one_and_the_other_is_named_apart(
     tmp_path: Path,
 ):

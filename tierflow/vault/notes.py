@@ -50,6 +50,7 @@ from tierflow.vault.text import (
     property_list,
     property_text,
     read_note_text,
+    yaml_problem,
 )
 
 HASH_KEY = "tierflow_hash"
@@ -590,12 +591,16 @@ class NoteWriter:
         if sibling is None:
             return WriteResult(self._rel(path), "unchanged")
         if state == "owned":
-            why = f"tierflow wrote it for {theirs or 'another run'}, not {mine}"
+            kept = f"kept as it is (tierflow wrote it for {theirs or 'another run'}, not {mine})"
+        elif state == "unparsed":
+            # Most often tierflow's own note, after an edit that broke its YAML: not said to be someone else's.
+            kept = f"kept as it is: its front-matter does not parse ({_yaml_problem(path)}); you may have edited it"
         else:
             why = "you edited it since tierflow wrote it" if state == "edited" else "tierflow did not write it"
+            kept = f"kept as it is ({why})"
         if sibling.exists() and _same_content(sibling, front_matter, body, compare_keys):
-            return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} kept: {why}")
-        message = f"{self._rel(path)} kept as it is ({why}); the new draft is {self._rel(sibling)}"
+            return WriteResult(self._rel(sibling), "unchanged", f"{self._rel(path)} {kept}")
+        message = f"{self._rel(path)} {kept}; the new draft is {self._rel(sibling)}"
         if state == "owned":
             # Nobody's edit is involved: the new note is created (or, on a rerun, updated) beside the other one.
             action: WriteAction = "updated" if sibling.exists() else "created"
@@ -670,12 +675,16 @@ class NoteWriter:
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.vault).as_posix()
 
-    def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign"]:
+    def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign", "unparsed"]:
+        """Whether tierflow wrote the note and nobody edited it since ("owned"), or they did ("edited"), or tierflow
+        did not write it ("foreign"); "unparsed" when its front-matter does not parse, which cannot say."""
         try:
             text = read_note_text(path)
             post = frontmatter.loads(text)
-        except (UnicodeDecodeError, yaml.YAMLError):
+        except UnicodeDecodeError:
             return "foreign"
+        except yaml.YAMLError:
+            return "unparsed"
         if not post.metadata.get(HASH_KEY):
             return "foreign"
         return "owned" if as_written(dict(post.metadata), post.content, text) else "edited"
@@ -779,6 +788,18 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+def _yaml_problem(path: Path) -> str:
+    """Why the front-matter of the note at `path` does not parse, with the line and column (`yaml_problem`)."""
+    try:
+        text = read_note_text(path)
+        frontmatter.loads(text)
+    except yaml.YAMLError as exc:
+        return yaml_problem(exc, text)
+    except (OSError, UnicodeDecodeError) as exc:
+        return _first_line(exc)
+    return "it parses now"  # a person corrected it meanwhile
 
 
 def _scope_of(path: Path, scope: Scope) -> str | None:
