@@ -115,6 +115,10 @@ def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path)
     assert f"in {len(lines)} lines of code" in DOC.read_text(encoding="utf-8")
     triage = doc_module(tmp_path)
     vault = inbox_vault(tmp_path)
+    # A name no wikilink can hold: `[[Inbox/C# in CS1 #teaching.md]]` would link a heading of `Inbox/C`.
+    hashes = vault / "Inbox" / "C# in CS1 #teaching.md"
+    hashes.write_text("---\ntitle: C# in CS1\n---\n\nWhy we teach C# first, for the #teaching group.\n")
+    os.utime(hashes, (1_763_000_010, 1_763_000_010))
 
     summary = triage.reading_triage(vault=str(vault))
 
@@ -126,9 +130,12 @@ def test_the_doc_flow_runs_as_written_and_writes_its_triage_note(tmp_path: Path)
     assert "[[Middling]]" in sections["later"]
     assert "[[Stub]]" in sections["skip"]
     names = VaultNames.scan(vault)
+    assert "- [C# in CS1 #teaching](Inbox/C%23%20in%20CS1%20%23teaching.md): " in sections["later"]
     assert names.problems(note.content) == []
+    assert [w.message for w in summary.written] == [""]  # every link written as a link
     rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
     assert sorted((r["phase"], r["complexity"], r["tier"]) for r in rows) == [
+        ("collate", "low", "light"),
         ("collate", "low", "light"),
         ("collate", "low", "light"),
         ("collate", "low", "light"),

@@ -117,7 +117,7 @@ class VaultNames:
     _by_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     @classmethod
-    def scan(cls, vault: Path) -> VaultNames:
+    def scan(cls, vault: Path | str) -> VaultNames:
         names = cls()
         root = str(vault)
         for folder, dirs, files in os.walk(root):
