@@ -380,6 +380,30 @@ def test_names_excel_broke_in_the_kept_roster_never_reach_the_model_however_the_
     assert "CSV UTF-8" in told and "--roster" in told
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_classmates_nickname_in_quotes_on_the_roster_never_reaches_the_model(lms_vault, tmp_path, double, keys):
+    """A worksheet's `Robert "Bob" Smith`: an essay's "Bob helped me" reached the model as written, the quoted part
+    being kept whole (`"Bob"`) rather than split into the name "Bob"."""
+    bob = ("2005", 'Robert "Bob" Smith', "r.smith@example.ac.uk", "Z20235555")
+    cohort = [
+        Student("2001", "Ben Carter", {"essay.docx": docx_bytes(essay(1, "Bob helped me plan this essay."))}),
+        Student("2002", "Aisha Khan", online=onlinetext(f"<p>{essay(2, 'I thank bob for the data.')[0]}</p>")),
+    ]
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort)
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv", [bob]))
+    assert {r["name"] for r in rows(lms_vault)} >= {bob[1]}
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed and double.model_calls()
+
+    sent = bodies(double)
+    for identity in ("Bob", "Robert", "Smith"):
+        leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+    assert any("student-" in body and "helped me plan this essay" in body for body in sent)
+
+
 GERMAN_CLASSMATES = [
     ("2011", "Jürgen Müller", "j.mueller@example.ac.uk", "Z20231111"),
     ("2012", "Gerhard Schröder", "g.schroeder@example.ac.uk", "Z20231212"),

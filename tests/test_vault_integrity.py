@@ -760,3 +760,32 @@ def test_a_lost_letter_taken_for_two_hides_no_ordinary_word():
     assert cohort.hide("Dư Thị, Karl Gross, Lena Buss, Aasa Aagren, Truong Thi, Trương Thị.") == (
         "Student-02, Student-03, Student-04, Student-05, Student-06, Student-06."
     )
+
+
+@pytest.mark.parametrize(
+    "nicknamed",
+    [
+        'Robert "Bob" Smith',
+        "Robert 'Bob' Smith",
+        "Robert \u201cBob\u201d Smith",
+        "Robert \u2018Bob\u2019 Smith",
+        "Robert \u201eBob\u201c Smith",
+        "Robert (Bob) Smith",
+    ],
+    ids=["straight-double", "straight-single", "curly-double", "curly-single", "low-double", "parentheses"],
+)
+def test_a_nickname_in_quotes_or_parentheses_on_the_roster_is_hidden_on_its_own(nicknamed: str):
+    """A roster's `Robert "Bob" Smith`: an essay's "Bob" alone reached the model, the quoted part being kept whole
+    (`"Bob"`); an apostrophe inside a name (O'Brien) still joins its parts as before."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", nicknamed), Student("s2", "Liam O'Brien")])
+    hidden = cohort.hide(
+        f"Bob and I met Robert. BOB's notes; {nicknamed} agreed, as did O'Brien, Brien and Liam. "
+        "Bobby, a bobsleigh, Robertson and Smithy stay."
+    )
+    assert hidden == (
+        "Student-01 and I met Student-01. Student-01's notes; Student-01 agreed, as did Student-02, Student-02 and "
+        "Student-02. Bobby, a bobsleigh, Robertson and Smithy stay."
+    )
+    assert cohort.reveal("Student-01 wrote well.") == f"{nicknamed} wrote well."

@@ -10,15 +10,19 @@ from functools import cache
 
 from tierflow.vault.annotations import boundary_after, boundary_before
 
-# Brackets too: a roster's `Jane [[Okafor]]` or `Wei (David) Zhang` has a name inside them, found on its own.
-_PART_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb()\[\]]+")
+# Brackets and quotes too: a roster's `Jane [[Okafor]]`, `Wei (David) Zhang` or `Robert "Bob" Smith` has a name
+# inside them, found on its own. Quotes straight and curly, single and double, low (German „Bob“) and guillemets.
+_PART_SEPARATORS = re.compile(
+    r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb()\[\]"
+    r'"\u2018\u201a\u201b\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a]+'
+)
 _INITIAL = re.compile(r"^[\w?]\.?$")  # "J.", and a lone `?`, a letter a roster lost
 
 
 def name_parts(name: str) -> list[str]:
-    """The full name, each space-separated part, and the pieces of a hyphenated, apostrophised or bracketed part
-    ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"; "[[Okafor]]", "(David)" -> "Okafor", "David"),
-    NFC-normalised, lone initials (and a lone `?`) left out."""
+    """The full name, each space-separated part, and the pieces of a hyphenated, apostrophised, bracketed or quoted
+    part ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"; "[[Okafor]]", "(David)", `"Bob"`, "“Bob”" -> "Okafor",
+    "David", "Bob"), NFC-normalised, lone initials (and a lone `?`) left out."""
     name = " ".join(unicodedata.normalize("NFC", name).split())
     if not name:
         return []
