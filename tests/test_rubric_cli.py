@@ -138,6 +138,49 @@ def test_normalise_writes_a_sibling_for_the_lecturer_and_the_run_waits_for_their
     assert again.exit_code == 2 and "already checked" in again.output
 
 
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("folder", "written"),
+    [
+        ("Teaching/C# 101/essay-1", "[rubric.md](Teaching/C%23%20101/essay-1/rubric.md)"),
+        (
+            "Teaching/Week ^2 | [[drafts]]/essay-1",
+            "[rubric.md](Teaching/Week%20%5E2%20%7C%20%5B%5Bdrafts%5D%5D/essay-1/rubric.md)",
+        ),
+        (ASSIGNMENT, f"[[{ASSIGNMENT}/rubric|rubric.md]]"),
+    ],
+    ids=["hash", "caret-pipe-brackets", "plain"],
+)
+def test_normalise_links_the_original_rubric_from_any_assignment_folder(
+    feedback_vault: Path, double, monkeypatch: pytest.MonkeyPatch, folder: str, written: str
+):
+    """An assignment folder `Teaching/C# 101/essay-1`: the rewrite's `[[Teaching/C# 101/essay-1/rubric|rubric.md]]`
+    was read by Obsidian as a link to a heading of a note `Teaching/C`, which no file is, and tierflow's own check
+    refused the note; a `^`, `|` or `[[` in the path broke it the same way."""
+    from conftest import anthropic_config, write_config
+    from responders import skilled
+
+    from tierflow.vault.links import VaultNames, link_targets
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    if folder != ASSIGNMENT:
+        (feedback_vault / folder).parent.mkdir(parents=True)
+        (feedback_vault / ASSIGNMENT).rename(feedback_vault / folder)
+    config = feedback_vault / ".tierflow" / "config.toml"
+    write_config(config, anthropic_config(double) + config.read_text().replace(ASSIGNMENT, folder))
+    double.responder = skilled({"rubricout": NORMALISED_ANSWER})
+    (feedback_vault / folder / "rubric.md").write_text(PROSE_RUBRIC)
+
+    done = invoke("rubric", "normalise", "--vault", str(feedback_vault), "--assignment", folder)
+    assert done.exit_code == 0, done.output
+    post = frontmatter.load(feedback_vault / folder / "rubric.normalised.md")
+    names = VaultNames.scan(feedback_vault)
+    for text in (post.content.split("\n", 1)[0], post.metadata["source"]):
+        assert names.problems(text) == [], text
+        assert [names.resolve(t) for t in link_targets(text)] == [[f"{folder}/rubric.md"]], text
+    assert written in post.content
+
+
 def test_a_changed_rubric_makes_the_checked_rewrite_stale(feedback_vault: Path):
     from tierflow.vault.rubric import RubricError, load_rubric, source_hash
 

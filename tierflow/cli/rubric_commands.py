@@ -177,6 +177,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     from tierflow.core.calls import Caller, RunSettings, new_run_id
     from tierflow.flowkit.checks import rubric_rewrite
     from tierflow.tasks.assignment import folder_pseudonyms
+    from tierflow.vault.links import VaultNames, wikilink_can_name
     from tierflow.vault.notes import NoteWriter, template_env
     from tierflow.vault.rubric import (
         NORMALISED,
@@ -239,22 +240,27 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     again = parse_rubric(markdown, rubric.path)  # the canonical shape always reads back; fail loudly if not
     if again.criteria != rubric.criteria:
         raise RubricError(f"{rubric.path}: the rewrite did not read back as written; nothing was written")
+    writer = NoteWriter(vault, folder)
+    names = writer.names or VaultNames.scan(vault)
+    # By its whole path, not its name alone: every assignment has a rubric.md. A path no wikilink can hold
+    # (`Teaching/C# 101`: Obsidian reads `#` as a heading) becomes a Markdown link (`VaultNames.link`).
+    original = Path(relpath).as_posix()
+    original = original.removesuffix(".md") if wikilink_can_name(original) else original
     callout = (
         f"> [!warning] Written by tierflow's {answer.route.tier} tier ({answer.route.model_ref}) from "
-        f"[[{Path(relpath).with_suffix('').as_posix()}|rubric.md]].\n"
+        f"{names.link(original, 'rubric.md')}.\n"
         "> Check every criterion, weight, level and range against the original, then set `status: checked`.\n\n"
     )
     front_matter = {
         "title": f"{title} (normalised)",
         "status": "unchecked",
-        "source": f"[[{Path(relpath).with_suffix('').as_posix()}]]",
+        "source": names.link(original),
         "source_hash": source_hash(path),
         "tierflow_run": settings.run_id,
         "tierflow_model": answer.route.model_ref,
         "tierflow_tokens": answer.usage.total_tokens,
         "tierflow_cost_usd": answer.cost_usd,
     }
-    writer = NoteWriter(vault, folder)
     written = writer.write(Path(NORMALISED).stem, front_matter, callout + markdown)
     return written, answer
 
