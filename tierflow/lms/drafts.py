@@ -231,6 +231,8 @@ def scan(vault: Path, folder: str) -> tuple[list[Draft], list[tuple[str, str]]]:
     unreadable: list[tuple[str, str]] = []
     root = vault / folder / "feedback"
     for path in sorted(root.rglob("*.md")) if root.is_dir() else []:
+        if not path.is_file():  # a folder named like a note (`s2026001 feedback.md/`) is no draft
+            continue
         rel = path.relative_to(vault).as_posix()
         try:
             text = read_note_text(path)  # with or without a BOM, as Obsidian reads it
