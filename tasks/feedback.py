@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, create_model
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
 from tierflow.core.checks import describe, run_checks
-from tierflow.core.errors import ContextWindowExceeded
+from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import rubric_coverage
 from tierflow.lms.drafts import CHECKS_KEY, VERSION_KEY, Draft, scan
@@ -252,8 +252,6 @@ def write_feedback(
     cost = None if share.cost_each is None or own_cost is None else round(share.cost_each + own_cost, 6)
     writer = NoteWriter(Path(settings.vault or "."), assignment.feedback_folder, today=config.today())
     title = assignment.feedback_title(submission.student_id)
-    # An earlier version named the draft after the student id alone, which shadows the submission: move it.
-    writer.rename_own(submission.student_id, title)
     front_matter: dict[str, Any] = {
         # A name with `[[` (`Jane [[X]]`) as shown text: a link to no note, which the writer refuses (the export
         # reads it back, `Draft.name`).
@@ -277,12 +275,31 @@ def write_feedback(
         front_matter[CHECKS_KEY] = list(answer.checks_failed)
     if submission.not_read:
         front_matter["tierflow_not_read"] = list(submission.not_read)
-    written = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    try:
+        # An earlier version named the draft after the student id alone, which shadows the submission: move it.
+        writer.rename_own(submission.student_id, title)
+        written = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
+    except (OSError, VaultError) as exc:
+        raise not_written(writer, title, exc) from None
     if not submission.not_read:
         return written
     embedded = ", ".join(repr(e) for e in submission.not_read)
     told = f"drafted from the note's text alone: the embedded {embedded} was not read"
     return replace(written, message="; ".join(m for m in (written.message, told) if m))
+
+
+def not_written(writer: NoteWriter, title: str, exc: OSError | VaultError) -> VaultError:
+    """Why a student's draft was not written, naming the note, the cause and the fix: the student is skipped with
+    it (`fan_out`, `batch_outcome`, `draft`) and the others' drafts are written."""
+    note = f"{writer.folder}/{writer.target(title).name}"
+    if isinstance(exc, OSError):
+        # `exc.filename` is absolute; the note's vault path is what the lecturer looks for.
+        why = f"{note} could not be written ({exc.strerror or type(exc).__name__})"
+        fix = f"check {note}: a folder of that name in the way, a folder you cannot write to, a full disk"
+    else:
+        why = str(exc).rstrip(".") if note in str(exc) else f"{note} was not written: {str(exc).rstrip('.')}"
+        fix = "fix what it names"
+    return VaultError(f"{why}. The student has no draft; {fix}, then run again: the answer already paid for is reused.")
 
 
 def warms_cache(
@@ -383,7 +400,14 @@ def draft(
         tokens_each=sum(row_tokens(r) for r in rows) // max(1, len(submissions)),
         cost_each=None if None in costs else sum(costs) / max(1, len(submissions)),
     )
-    empty = [write_feedback(settings, assignment, s, None, Share(settings.run_id, (), 0, 0.0)) for s in todo if s.empty]
+    empty: list[WriteResult] = []
+    for s in todo:
+        if not s.empty:
+            continue
+        try:
+            empty.append(write_feedback(settings, assignment, s, None, Share(settings.run_id, (), 0, 0.0)))
+        except VaultError as exc:  # as `fan_out` skips a draft that was not written: the others go on
+            skipped.append((s.path, f"{PHASE} failed: {exc}"))
     if mode != "batch":
         outcome = fan_out(
             draft_student,
