@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, create_model
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
-from tierflow.core.errors import ContextWindowExceeded
+from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.core.phases import PhaseOutcome, fan_out, single
 from tierflow.flowkit.checks import quotes_verbatim, rubric_coverage
 from tierflow.tasks.assignment import INJECTION, Assignment, Submission, too_long
@@ -314,7 +314,10 @@ def batch_outcome(
     for s in submissions:
         key = labels.get(s.student_id, s.student_id)
         if key in result.answers:
-            outcome.results.append(convert(s, result.answers[key]))
+            try:
+                outcome.results.append(convert(s, result.answers[key]))
+            except VaultError as exc:  # its note was not written (`not_written`): the others' are
+                outcome.skipped.append((s.path, f"{phase} failed: {exc}"))
         elif key in result.too_long:
             why = too_long(Path(settings.vault or "."), s, result.too_long[key])
             outcome.skipped.append((s.path, f"{phase} failed: {why}"))

@@ -73,3 +73,39 @@ def test_a_no_content_note_that_cannot_be_written_skips_that_student_and_the_oth
     assert_skipped_with_note_cause_and_fix(feedback_vault, summary, EMPTY, how)
     drafted = written(feedback_vault)
     assert len(drafted) == SUBMITTED - 1 and EMPTY not in drafted
+
+
+@pytest.mark.parametrize("mode", ["direct", "batch"])
+@pytest.mark.parametrize("how", sorted(CAUSES))
+def test_a_draft_that_cannot_be_written_is_skipped_and_the_rerun_pays_nothing_more(
+    feedback_vault, double, monkeypatch, how, mode
+):
+    configure(feedback_vault, double, "anthropic")
+    double.responder = skilled()
+    mend = break_note(feedback_vault, "s2026001", how, monkeypatch)
+    summary = student_feedback(vault=str(feedback_vault), mode=mode)
+    assert not summary.failed and not summary.halted
+    assert_skipped_with_note_cause_and_fix(feedback_vault, summary, "s2026001", how)
+    assert not any(r.path == f"{FEEDBACK}/s2026001 feedback.md" for r in summary.written)
+
+    mend()
+    paid = len(double.model_calls(include_batch=True))
+    rerun = student_feedback(vault=str(feedback_vault), mode=mode)
+    assert not rerun.failed and not any("draft failed" in why for _, why in rerun.skipped), rerun.skipped
+    assert len(drafts(feedback_vault)) == SUBMITTED
+    assert double.model_calls(include_batch=True)[paid:] == []  # every answer came from the cache
+
+
+def test_the_console_names_a_draft_that_was_not_written(feedback_vault, double):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    configure(feedback_vault, double, "anthropic")
+    double.responder = skilled()
+    (feedback_vault / FEEDBACK / "s2026001 feedback.md").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["run", "student-feedback", "--vault", str(feedback_vault)])
+    assert result.exit_code == 0, result.output  # as a run with skipped items ends
+    shown = " ".join(result.output.split())  # the console wraps long lines
+    said = f"skipped {SUBMISSIONS}/s2026001.md: draft failed: {FEEDBACK}/s2026001 feedback.md could not be written"
+    assert f"{said} (Is a directory)" in shown, result.output
