@@ -612,3 +612,28 @@ def test_a_batch_pending_across_a_reimport_is_collected_and_each_answer_revealed
     assert "Ben Carter argues clearly. Your planning with Priya Sharma shows." in ben and "Aisha" not in ben
     assert "Aisha Khan argues clearly. Your planning with Priya shows." in aisha and "Ben" not in aisha
     assert "Zoe" not in ben + aisha
+
+
+@pytest.mark.parametrize(
+    ("saved", "name"), [("cp1251", "Иван Петров"), ("cp1253", "Γιώργος Νίκας")], ids=["cyrillic", "greek"]
+)
+def test_a_kept_roster_excel_saved_in_another_code_page_stops_the_run_before_any_call(
+    lms_vault, tmp_path, double, saved, name
+):
+    """Excel's "CSV" on a Cyrillic or Greek Windows writes the names in that code page, which reads as Windows-1252
+    without an error but garbled (Иван as Èâàí): no essay's "Иван" would match, and the name would reach the model.
+    The roster is refused, naming the file and the fix; a Windows-1252 roster of accented names still reads."""
+    from tierflow.core.errors import VaultError
+
+    export = moodle_zip(tmp_path / "export.zip", submitters())
+    classmate = [("2005", name, "classmate@example.ac.uk", "Z5")]
+    import_submissions(lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv", extra=classmate))
+    path = lms_vault / ASSIGNMENT / "roster.csv"
+    whole = path.read_text(encoding="utf-8-sig")
+    path.write_bytes(whole.encode(saved))  # Excel: Save As "CSV (Comma delimited)" on that Windows
+    with pytest.raises(VaultError, match=r"roster\.csv.*another Windows code page.*CSV UTF-8"):
+        load(lms_vault, double)
+    assert double.model_calls() == []
+
+    path.write_bytes(whole.replace(name, "Zoë Åsa Ågren").encode("cp1252"))
+    assert "Ågren" not in load(lms_vault, double).pseudonyms().hide("Thanks to Zoë Åsa Ågren.")

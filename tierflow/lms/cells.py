@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 
 from tierflow.core.errors import PicklableError
@@ -16,6 +17,11 @@ from tierflow.core.errors import PicklableError
 DELIMITERS = (",", ";", "\t")
 """The platforms write `,`; Excel saves `;` where the decimal separator is a comma, and tab as "Text (Tab
 delimited)"."""
+
+
+_OTHER_CODE_PAGE = re.compile(r"(?<![^\W\d_])[À-ÖØ-öø-ÿ]{3,}(?![^\W\d_])")
+"""A word of three or more letters, every one of them accented (`Èâàí`): no language Windows-1252 writes has one,
+but a Cyrillic, Greek, Hebrew or Arabic file Excel saved in its own Windows code page reads so as Windows-1252."""
 
 
 class CsvEncodingError(PicklableError, ValueError):
@@ -56,7 +62,8 @@ def read_csv(data: bytes) -> tuple[str, Dialect]:
     """The text of a CSV file as the platform wrote it or Excel saved it again, and how it was saved.
 
     UTF-8 (with or without a BOM) is tried first, then Windows-1252, which Excel's plain "CSV" is on Windows;
-    nothing else is guessed (a NUL byte, as UTF-16 has, is refused). The delimiter is whichever of `,` `;` and tab
+    nothing else is guessed (a NUL byte, as UTF-16 has, is refused, and so is a file that reads as Windows-1252
+    with words no language it writes has: another code page's). The delimiter is whichever of `,` `;` and tab
     the header line holds most of outside quotes (`,` when none).
     """
     bom = data.startswith(b"\xef\xbb\xbf")
@@ -69,6 +76,13 @@ def read_csv(data: bytes) -> tuple[str, Dialect]:
             text, encoding = data.decode("cp1252"), "cp1252"
         except UnicodeDecodeError:
             raise CsvEncodingError("neither UTF-8 nor Windows-1252") from None
+        # Read as Windows-1252, such a file's names are garbled (Иван as Èâàí): they would match no essay, and a
+        # student's name would reach the model unhidden. Refused, as a file in no encoding tierflow reads.
+        if garbled := _OTHER_CODE_PAGE.search(text):
+            raise CsvEncodingError(
+                f"saved in another Windows code page than Windows-1252 (read as Windows-1252 it has {garbled.group()!r}"
+                ': Excel\'s "CSV" on a Cyrillic, Greek, Hebrew or Arabic Windows)'
+            ) from None
     header: list[str] = []
     quoted = False
     for ch in text:
