@@ -34,7 +34,7 @@ from tierflow.tasks.assignment import Assignment, Submission, too_long
 from tierflow.tasks.cohort import Cohort, DraftTier
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
-from tierflow.vault.notes import NoteWriter, WriteResult, template_env
+from tierflow.vault.notes import RUN_AGAIN, NoteNotWritten, NoteWriter, WriteResult, template_env
 from tierflow.vault.rubric import Rubric
 from tierflow.vault.text import escape_property_links
 
@@ -279,7 +279,7 @@ def write_feedback(
         # An earlier version named the draft after the student id alone, which shadows the submission: move it.
         writer.rename_own(submission.student_id, title)
         written = writer.write(title, front_matter, body, compare_keys=SPEND_KEYS)
-    except (OSError, VaultError) as exc:
+    except VaultError as exc:  # a folder in the way, a full disk (`NoteNotWritten`), a link to no note
         raise not_written(writer, title, exc) from None
     if not submission.not_read:
         return written
@@ -288,18 +288,15 @@ def write_feedback(
     return replace(written, message="; ".join(m for m in (written.message, told) if m))
 
 
-def not_written(writer: NoteWriter, title: str, exc: OSError | VaultError) -> VaultError:
+def not_written(writer: NoteWriter, title: str, exc: VaultError) -> VaultError:
     """Why a student's draft was not written, naming the note, the cause and the fix: the student is skipped with
-    it (`fan_out`, `batch_outcome`, `draft`) and the others' drafts are written."""
+    it (`fan_out`, `batch_outcome`, `draft`) and the others' drafts are written. A note the file system refused is
+    the writer's own `NoteNotWritten`, which says all that; another refusal of the writer gets the note's name."""
+    if isinstance(exc, NoteNotWritten):
+        return exc
     note = f"{writer.folder}/{writer.target(title).name}"
-    if isinstance(exc, OSError):
-        # `exc.filename` is absolute; the note's vault path is what the lecturer looks for.
-        why = f"{note} could not be written ({exc.strerror or type(exc).__name__})"
-        fix = f"check {note}: a folder of that name in the way, a folder you cannot write to, a full disk"
-    else:
-        why = str(exc).rstrip(".") if note in str(exc) else f"{note} was not written: {str(exc).rstrip('.')}"
-        fix = "fix what it names"
-    return VaultError(f"{why}. The student has no draft; {fix}, then run again: the answer already paid for is reused.")
+    why = str(exc).rstrip(".") if note in str(exc) else f"{note} was not written: {str(exc).rstrip('.')}"
+    return VaultError(f"{why}. The student has no draft; fix what it names, {RUN_AGAIN}.")
 
 
 def warms_cache(

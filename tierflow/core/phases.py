@@ -531,6 +531,9 @@ def single(
     except ProviderError as exc:
         # Earlier phases' answers are cached in the ledger: a rerun after the fix does not pay for them again.
         outcome.failed = f"{phase} failed: {exc}. Earlier phases are kept; rerun to continue from them."
+    except VaultError as exc:  # its note was not written (`NoteNotWritten`), the cause and fix named: as `fan_out`
+        outcome.skipped.append((subject, f"{phase} failed: {exc}"))
+        outcome.failed = f"{phase} failed: {exc}"
     except Exception as exc:  # the run still reports what it spent, and says what broke
         outcome.failed = (
             f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}). Earlier phases are kept in the ledger "

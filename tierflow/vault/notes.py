@@ -461,6 +461,21 @@ the run report can show; None when a note does not say. tierflow replaces its ow
 _RACES = 5
 """How often `NoteWriter.write` looks again when another run creates the file it was about to create."""
 
+RUN_AGAIN = "then run again: the answer already paid for is reused"
+"""How a note that was not written ends: its flow's answers are cached, so the rerun after the fix pays nothing."""
+
+
+class NoteNotWritten(VaultError):
+    """A note the file system would not take (a folder of its name in the way, a folder that cannot be written to,
+    a full disk): names the note by its vault path, the cause and the fix, so that a flow skips that item with it."""
+
+    def __init__(self, note: str, cause: str) -> None:
+        self.note, self.cause = note, cause
+        super().__init__(
+            f"{note} could not be written ({cause}); check {note}: a folder of that name in the way, a folder you "
+            f"cannot write to, a full disk; {RUN_AGAIN}."
+        )
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -502,15 +517,18 @@ class NoteWriter:
             return False
         if _asked_for(old) not in (None, _name_digest(old_title), _name_digest(new_title)):
             return False  # tierflow's note for another name that makes the same file name
-        split = _split_hash(read_note_text(old))
-        if split is None:  # a hash an earlier version wrote, which records no name: moved as it is
-            os.replace(old, new)
-        else:  # its hash now records the name it is written for, else the next write would name it apart
-            try:
-                write_atomically(new, _hashed(split[0], split[1], new_title), create=True)
-            except FileExistsError:
-                return False
-            old.unlink()
+        try:
+            split = _split_hash(read_note_text(old))
+            if split is None:  # a hash an earlier version wrote, which records no name: moved as it is
+                os.replace(old, new)
+            else:  # its hash now records the name it is written for, else the next write would name it apart
+                try:
+                    write_atomically(new, _hashed(split[0], split[1], new_title), create=True)
+                except FileExistsError:
+                    return False
+                old.unlink()
+        except OSError as exc:
+            raise self._refused(new, exc) from None
         if self.names is not None:
             self.names.discard(self._rel(old))
             self.names.add(self._rel(new))
@@ -556,8 +574,12 @@ class NoteWriter:
             mine = scope(front_matter, body) if scope is not None else None
             try:
                 result = self._write(path, apart, text, front_matter, body, compare_keys, scope, mine, dated, title)
-            except FileExistsError:
-                continue  # another run created that file since we looked: look again
+            except FileExistsError as exc:
+                if path.parent.is_dir():
+                    continue  # another run created that file since we looked: look again
+                raise self._refused(path, exc) from None  # a file in the way of the folder
+            except OSError as exc:
+                raise self._refused(path, exc) from None
             return replace(result, message="; ".join(m for m in (result.message, warning) if m))
         raise VaultError(f"{self._rel(self.target(title))}: other runs kept creating notes of that name; run again")
 
@@ -674,6 +696,16 @@ class NoteWriter:
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.vault).as_posix()
+
+    def _refused(self, path: Path, exc: OSError) -> NoteNotWritten:
+        """`exc`, from writing the note at `path`, as a `NoteNotWritten`: the note that failed (a dated sibling,
+        when that was being written) by its vault path, never the machine's absolute one, and the cause."""
+        failed = Path(exc.filename) if isinstance(exc.filename, str) else path
+        note = failed if failed.suffix == ".md" and failed.is_relative_to(self.root) else path
+        cause = exc.strerror or type(exc).__name__
+        if failed != note and failed.is_relative_to(self.vault) and not failed.name.startswith(".tierflow-"):
+            cause += f": {self._rel(failed)}"  # what is in the way: a file where the note's folder should be
+        return NoteNotWritten(self._rel(note), cause)
 
     def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign", "unparsed"]:
         """Whether tierflow wrote the note and nobody edited it since ("owned"), or they did ("edited"), or tierflow
