@@ -14,6 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+from tierflow.core.errors import PicklableError
 from tierflow.vault.text import unescape_links
 
 WRITABLE = (".docx", ".pdf", ".odt", ".html", ".htm", ".txt", ".md")
@@ -21,7 +22,7 @@ _FONTS = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/sh
 _SHOWN = 10
 
 
-class Undrawable(ValueError):
+class Undrawable(PicklableError, ValueError):
     """A PDF would lose `characters` (each once, in order of appearance): its font has no glyph for them."""
 
     def __init__(self, characters: str, font: str) -> None:
