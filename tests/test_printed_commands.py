@@ -176,6 +176,51 @@ def test_the_rerun_resume_suggests_for_a_flow_without_run_id_keeps_its_params(
     assert again == ["run", "reading-triage", "--vault", str(vault.resolve()), "--param", "folder=Reading"]
 
 
+def taking_config(code: str) -> str:
+    """The doc's flow, taking a `config` (still no run_id) and running on it."""
+    signature = 'def reading_triage(vault: str, folder: str = "Inbox") -> RunSummary:'
+    begin = 'parameters={"folder": folder}, folders=[folder])'
+    assert signature in code and begin in code
+    code = code.replace(signature, signature.replace(") ->", ", config: str | None = None) ->"))
+    return code.replace(begin, begin[:-1] + ", config=config)")
+
+
+@pytest.fixture
+def config_triage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The doc's reading-triage flow taking a config (and no run_id), registered, and a vault with Reading/."""
+    module = "tierflow_doc_triage_config"
+    install(tmp_path / "site", module, taking_config(doc_code()), f"reading-triage = {module}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    reading = tmp_path / "My Vault" / "Reading"
+    reading.mkdir(parents=True)
+    (reading / "Long read.md").write_text("---\ntitle: Long read\n---\n\n" + "A careful argument. " * 20)
+    yield tmp_path / "My Vault"
+    sys.modules.pop(module, None)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_rerun_resume_suggests_for_a_flow_without_run_id_takes_the_config_given_to_resume(
+    config_triage: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    """As `tierflow resume` itself runs on the --config given to it, so does the `tierflow run` line it prints: the
+    config the run remembered is a path where it started (a teammate's copy, or a file since moved)."""
+    vault = config_triage
+    theirs, mine = tmp_path / "theirs.toml", tmp_path / "mine.toml"
+    theirs.write_text('profile = "offline"\n')
+    mine.write_text('profile = "offline"\n')
+    args = ["run", "reading-triage", "--vault", str(vault), "--config", str(theirs), "--param", "folder=Reading"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    theirs.unlink()  # the file the run started on is gone
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    refused = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault), "--config", str(mine)])
+    assert refused.exit_code == 2 and "cannot continue that run" in said(refused), refused.output
+    again = printed(said(refused), "tierflow run reading-triage")
+    assert again[again.index("--config") + 1] == str(mine), again
+    rerun = CliRunner().invoke(app, again)
+    assert rerun.exit_code == 0, rerun.output  # it was `config file ... theirs.toml does not exist` (exit 2)
+
+
 def test_the_missing_vault_error_names_your_own_flow(stopping_triage: Path, elsewhere: Path) -> None:
     done = CliRunner().invoke(app, ["plan", "reading-triage"])
     assert done.exit_code == 2

@@ -797,7 +797,8 @@ def _rerun_of(
     profile: str | None,
 ) -> str:
     """The `tierflow run` command line that runs an earlier run again, from the parameters the ledger remembered
-    for it: those its flow takes and that differ from the flow's defaults, each as its option or a `--param`."""
+    for it: those its flow takes and that differ from the flow's defaults, each as its option or a `--param`;
+    `config` and `profile` (those given to `resume`) over the ones it remembered."""
     from tierflow.cli.runner import rerun_command
 
     function = getattr(spec.flow, "fn", spec.flow)
@@ -814,12 +815,14 @@ def _rerun_of(
             options[name] = (RUN_OPTIONS[name], value if name != "wait" else (None if value else False))
         else:
             params[name] = value if isinstance(value, str) else json.dumps(value)
-    # `tierflow run` refuses --config, --profile and --tier to a flow that does not take them.
+    # `tierflow run` refuses --config, --profile and --tier to a flow that does not take them. The --config and
+    # --profile given to `resume` win, as they do for the run `resume` continues: a remembered --config is a path
+    # where the run started (a teammate's copy of a shared ledger's config, or a file since moved).
     return rerun_command(
         flow,
         vault,
-        config=(parameters.get("config") or config) if spec.takes("config") else None,
-        profile=(parameters.get("profile") or profile) if spec.takes("profile") else None,
+        config=(config or parameters.get("config")) if spec.takes("config") else None,
+        profile=(profile or parameters.get("profile")) if spec.takes("profile") else None,
         tier=parameters.get("tier") if spec.takes("tier") else None,
         options=options,
         params=params,
