@@ -17,6 +17,7 @@ from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.lms.notices import split_notices
 from tierflow.lms.roster import ROSTER_FILE, read_kept
+from tierflow.vault.folder import folders_beside
 from tierflow.vault.labels import keep_labels
 from tierflow.vault.notes import check_vault
 from tierflow.vault.pseudonyms import NoPseudonyms, Pseudonyms, Student
@@ -227,22 +228,11 @@ def existing_assignment(vault: Path, folder: str | None) -> tuple[Path, str]:
         vault = vault.resolve()
         command = tierflow_command("import", "submissions", "EXPORT", "--assignment", folder, vault=vault)
         raise VaultError(
-            f"assignment folder {folder} does not exist in {vault} (looked for {root}). {_folders_beside(vault, root)}"
+            f"assignment folder {folder} does not exist in {vault} (looked for {root}). {folders_beside(vault, root)}"
             f" Give an assignment folder that is there with --assignment, or import this one's submissions from a"
             f" Moodle or Canvas export: `{command}`."
         )
     return root, folder
-
-
-def _folders_beside(vault: Path, root: Path) -> str:
-    """The folders in the nearest folder above `root` that exists, as a sentence: where a mistyped name is."""
-    parent = root.parent
-    while parent != vault and not parent.is_dir():
-        parent = parent.parent
-    names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-    where = "The vault" if parent == vault else parent.relative_to(vault).as_posix()
-    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-    return f"{where} holds: {shown}." if names else f"{where} holds no folders."
 
 
 @task(name="load assignment", task_run_name="load · {folder}")

@@ -153,10 +153,15 @@ class Module:
 
 
 def module_folder(settings: RunSettings, module: str | None) -> str:
-    """`--module`, else `[module] folder`, relative to the vault (an absolute path inside the vault is taken
-    relative to it; a leading `/` means the vault's root); an error that says how to set it when neither is given."""
-    folder = (module or caller_for(settings).config.settings.module.folder).strip()
-    vault = Path(settings.vault or ".").resolve()
+    """`--module`, else `[module] folder`, relative to the vault (`module_path`)."""
+    return module_path(Path(settings.vault or "."), module or caller_for(settings).config.settings.module.folder)
+
+
+def module_path(vault: Path, folder: str) -> str:
+    """The module folder `folder`, relative to `vault` (an absolute path inside the vault is taken relative to it;
+    a leading `/` means the vault's root); an error that says how to set it when none is given."""
+    folder = folder.strip()
+    vault = vault.resolve()
     if folder.startswith("/") and Path(folder).resolve().is_relative_to(vault):
         folder = Path(folder).resolve().relative_to(vault).as_posix()
     folder = folder.strip("/")

@@ -238,6 +238,27 @@ def test_tierflow_plan_and_run_module_review_keyless_from_the_command_line(modul
     assert_every_claim_links_existing_evidence(module_vault, module_vault / PROPOSAL)
 
 
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_module_folder_not_in_the_vault_is_refused_at_once_naming_the_folders_beside_it(
+    module_vault: Path, command: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    missing = "Teaching/EDU7099"
+    args = [command, "module-review", "--vault", str(module_vault), "--module", missing]
+    refused = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert refused.exit_code == 2, refused.output
+    assert "starting run" not in refused.output  # refused before any run (or Prefect server) started
+    said = " ".join(refused.output.split())
+    vault = module_vault.resolve()
+    assert f"'{missing}' is not a folder of the vault {vault} (looked for {vault / missing})" in said
+    assert "Teaching holds: EDU7001." in said  # the folder beside it, which was meant
+    assert "Give a module folder that is there with --module FOLDER" in said
+    assert Ledger.for_vault(module_vault).rows() == []
+
+
 def test_a_module_with_nothing_to_review_says_so_and_lists_what_it_left_out(module_vault: Path) -> None:
     for folder in ("Runs", "Concepts", "Assignments", "Evaluations"):
         shutil.rmtree(module_vault / MODULE / folder)

@@ -511,5 +511,6 @@ def test_a_tierflow_error_before_a_flow_made_any_call_stays_a_usage_error(
     result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--param", "folder=Nowhere"])
 
     assert result.exit_code == 2, result.output
-    assert f"error: 'Nowhere' is not a folder of the vault {vault.resolve()}; create it or give another" in said(result)
+    missing = f"'Nowhere' is not a folder of the vault {vault.resolve()} (looked for {vault.resolve() / 'Nowhere'})"
+    assert f"error: {missing}. The vault holds: Inbox. Create it or give another." in said(result)
     assert Ledger.for_vault(vault).rows() == [] and "in the ledger" not in said(result)

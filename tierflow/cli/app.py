@@ -25,6 +25,7 @@ from tierflow.cli.common import (
     VaultOpt,
     argument_text,
     check_assignment,
+    check_module,
     csv_stdout,
     fail,
     load,
@@ -722,6 +723,7 @@ def run(
         )
         return
     check_assignment(flow_name, cfg, vault, assignment)
+    check_module(flow_name, cfg, vault, module)
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
 
     try:
@@ -1022,6 +1024,7 @@ def plan(
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
     check_assignment(flow_name, cfg, vault, assignment)
+    check_module(flow_name, cfg, vault, module)
     offered = {
         "since": _parse_date(since, "--since"),
         "until": _parse_date(until, "--until"),

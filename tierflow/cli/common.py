@@ -200,3 +200,24 @@ def check_assignment(flow_name: str, cfg: Config, vault: Path, assignment: str |
         existing_assignment(vault, assignment or cfg.settings.feedback.assignment_folder)
     except VaultError as exc:
         raise fail(str(exc)) from None
+
+
+MISSING_MODULE = (
+    "Give a module folder that is there with --module FOLDER (relative to the vault), or set [module] folder in "
+    "the vault's .tierflow/config.toml."
+)
+
+
+def check_module(flow_name: str, cfg: Config, vault: Path, module: str | None) -> None:
+    """module-review reads a module folder of the vault, from --module or the config: one unset, leading outside
+    the vault or not there is refused (exit 2) before a run or a deployment, with the check the flow's read makes."""
+    if flow_name != "module-review":
+        return
+    from tierflow.core.errors import VaultError
+    from tierflow.tasks.module import module_path
+    from tierflow.vault.folder import vault_folder
+
+    try:
+        vault_folder(vault, module_path(vault, module or cfg.settings.module.folder), fix=MISSING_MODULE)
+    except VaultError as exc:
+        raise fail(str(exc)) from None

@@ -19,6 +19,7 @@ from tierflow.cli.common import (
     ProfileOpt,
     VaultOpt,
     check_assignment,
+    check_module,
     fail,
     load,
     parse_params,
@@ -243,6 +244,10 @@ def schedule_module_review(
     vault = _vault(vault, "module-review")
     params = _params(param, "--module")
     cfg, parameters = _base_parameters(vault, profile, config)
+    if module or cfg.settings.module.folder or cron:
+        # The folder its runs read, refused now as `tierflow run` refuses it, not when a worker runs it days later.
+        # Without one an on-demand deployment is still of use: each run may be given its module.
+        check_module("module-review", cfg, vault, module)
     if module:
         parameters["module"] = module
     _register(FLOWS["module-review"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)

@@ -64,6 +64,31 @@ class Folder:
         return len(self.notes)
 
 
+def vault_folder(vault: Path, folder: str, *, fix: str = "Create it or give another.") -> tuple[Path, str]:
+    """`folder`'s path and its vault-relative name ("" for the vault itself); a VaultError if it leads out of the
+    vault, or is not there: that one names the path looked for and the folders beside it, then says `fix`."""
+    vault = vault.resolve()
+    root = (vault / folder).resolve()
+    if not root.is_relative_to(vault):
+        raise VaultError(f"{folder!r} leads out of the vault {vault}; give a folder inside it")
+    if not root.is_dir():
+        beside = folders_beside(vault, root)
+        raise VaultError(f"{folder!r} is not a folder of the vault {vault} (looked for {root}). {beside} {fix}")
+    relative = root.relative_to(vault).as_posix()
+    return root, "" if relative == "." else relative
+
+
+def folders_beside(vault: Path, root: Path) -> str:
+    """The folders in the nearest folder above `root` that exists, as a sentence: where a mistyped name is."""
+    parent = root.parent
+    while parent != vault and not parent.is_dir():
+        parent = parent.parent
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    where = "The vault" if parent == vault else parent.relative_to(vault).as_posix()
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return f"{where} holds: {shown}." if names else f"{where} holds no folders."
+
+
 def read_notes(
     vault: Path,
     folder: str,
@@ -82,13 +107,7 @@ def read_notes(
     """
     vault = check_vault(vault)
     tz = ZoneInfo(timezone) if timezone else None
-    root = (vault / folder).resolve()
-    if not root.is_relative_to(vault):
-        raise VaultError(f"{folder!r} leads out of the vault {vault}; give a folder inside it")
-    if not root.is_dir():
-        raise VaultError(f"{folder!r} is not a folder of the vault {vault}; create it or give another")
-    relative = root.relative_to(vault).as_posix()
-    relative = "" if relative == "." else relative
+    _, relative = vault_folder(vault, folder)
     index = VaultIndex(vault, max_note_bytes=max_note_bytes)
     index.scan([relative] if relative else [])
     names = VaultNames.scan(vault)
