@@ -541,6 +541,53 @@ def test_schedule_student_feedback_on_demand_needs_no_assignment_folder_yet(api:
     assert re.search(r"(Registered|Updated) deployment student-feedback/any-assignment with no schedule", result.output)
 
 
+@pytest.mark.parametrize(
+    ("module", "config", "args", "looked_for"),
+    [
+        ("Teaching/EDU7099", None, (), "Teaching/EDU7099"),
+        (None, "Teaching/EDU7099", ("--cron", "0 7 15 12 *"), "Teaching/EDU7099"),
+        (None, None, ("--cron", "0 7 15 12 *"), None),
+    ],
+    ids=["given", "from-config", "none-on-a-schedule"],
+)
+def test_schedule_module_review_refuses_a_module_folder_not_in_the_vault(
+    server: str,
+    api: str,
+    tmp_path: Path,
+    module: str | None,
+    config: str | None,
+    args: tuple[str, ...],
+    looked_for: str | None,
+) -> None:
+    """Refused at once, as `tierflow run` refuses it, not when the worker runs the deployment at the end of term."""
+    vault = tmp_path / "module-vault"
+    shutil.copytree(REPO / "vault_fixtures" / "module-review", vault)
+    write_config(vault / ".tierflow" / "config.toml", f"[module]\nfolder = {json.dumps(config)}\n" if config else "")
+    before = state(server)
+    given = ("--module", module) if module else ()
+    result = tierflow("schedule", "module-review", "--vault", str(vault), *given, *args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    if looked_for is None:  # a scheduled run would have no module to read
+        assert "no module folder: pass --module FOLDER (relative to the vault), or set [module] folder" in said
+    else:
+        vault = vault.resolve()
+        assert f"'{looked_for}' is not a folder of the vault {vault} (looked for {vault / looked_for})" in said
+        assert "Teaching holds: EDU7001." in said
+        assert "Give a module folder that is there with --module FOLDER" in said
+    assert state(server) == before, "a refused `tierflow schedule` registered something"
+
+
+def test_schedule_module_review_on_demand_needs_no_module_folder_yet(api: str, tmp_path: Path) -> None:
+    """Each run of an on-demand deployment may be given its module (`-p module=...`)."""
+    vault = tmp_path / "module-vault"
+    shutil.copytree(REPO / "vault_fixtures" / "module-review", vault)
+    write_config(vault / ".tierflow" / "config.toml", "")
+    result = tierflow("schedule", "module-review", "--vault", str(vault), "--name", "any-module")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"(Registered|Updated) deployment module-review/any-module with no schedule", result.output)
+
+
 def _vault_timezone(vault: Path) -> str:
     from tierflow.core.config import load_config
 
