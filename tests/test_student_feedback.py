@@ -256,6 +256,7 @@ def test_a_no_wait_batch_run_is_pending_not_failed_in_prefect_and_at_the_command
     """`--no-wait` submits and exits, as asked: a scheduled run of it shows Completed ("Batch pending") in the
     Prefect UI, not Failed; `tierflow run` exits 0 and says how to collect it; later phases start nothing."""
     from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from typer.testing import CliRunner
 
     from tierflow.cli.app import app
@@ -271,8 +272,13 @@ def test_a_no_wait_batch_run_is_pending_not_failed_in_prefect_and_at_the_command
         assert_runnable_resume(pending, feedback_vault)
         assert [q.kind for q in double.requests].count("batch_create") == 1  # the cohort waits for the collate batch
 
+    # Found by the run's tag: an unfiltered listing stops at the server's page size (200 runs in a whole suite's
+    # session) and is ordered by random UUIDs, so this run may not be on it.
+    run_id = shlex.split(re.search(r"`(tierflow resume [^`]*)`", pending).group(1))[2]
     with get_client(sync_client=True) as client:  # the batch's calls are recorded when it is collected
-        (flow_run,) = [r for r in client.read_flow_runs() if r.parameters.get("vault") == str(feedback_vault)]
+        (flow_run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"tierflow-run:{run_id}"]))
+        )
     state = flow_run.state
     assert state.is_completed() and state.name == "Batch pending" and "still running" in state.message
     (report,) = (feedback_vault / "tierflow" / "Runs").glob("*student-feedback*.md")
