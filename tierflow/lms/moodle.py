@@ -363,9 +363,10 @@ class Worksheet:
         """Write every participant's numeric `Grade` with `.` as the decimal point (`64,75` as `64.75`), and return
         (participant id, cell as it was, as written) for each cell changed.
 
-        Moodle's upload reads a grade with PHP's `(float)` after `unformat_float`, which knows only `.`: `64,75`
-        (a decimal-comma Excel's) would be read as 64 and change a held grade. A WorksheetError names the rows whose
-        Grade is no plain number (`1.064,75`, `B+`), which Moodle would read as another one.
+        Moodle's upload reads a grade with PHP's `(float)` after `unformat_float`, which turns only the site's own
+        decimal separator into `.`: on a site whose separator is `.` (English), `64,75` (a decimal-comma Excel's)
+        would be read as 64 and change a held grade; `.` is read right on every site. A WorksheetError names the
+        rows whose Grade is no plain number (`1.064,75`, `B+`), which Moodle would read as another one.
         """
         changed, unclear = [], []
         for sid, index in self.participants().items():
