@@ -23,6 +23,7 @@ SAMPLES: dict[str, Any] = {
     "float": 1.5,
     "bool": True,
     "list[str]": ["a {name}"],
+    "Mapping[str, str] | None": {"\x07": "an essay.[U+0007]Well"},
     "RunSummary": RunSummary("run-1", "reading-notes", failed="collate failed: the provider is down"),
 }
 """A value for each parameter annotation an exception's `__init__` takes (`{name}`: the parameter's)."""
