@@ -228,3 +228,17 @@ def test_watch_into_a_pipe_prints_each_redraw_as_it_comes(tmp_path: Path):
             proc.kill()
     reader.join(timeout=60)
     assert "\x1b[" not in "".join(lines)  # plain text in a pipe, no terminal codes
+
+
+def test_a_watch_whose_reader_stops_ends_quietly_and_successfully(tmp_path: Path):
+    """`tierflow spend --watch | head -3`: when the reader closes the pipe, the watch ends at its next redraw with
+    exit 0 and nothing on stderr, as a listing does (rich ended it with exit 1)."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    args = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--watch", "--interval", "0.2"]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdout.read(100)
+        proc.stdout.close()  # as `head` does once it has its lines
+        err = proc.stderr.read() if proc.stderr else b""
+        assert proc.wait(timeout=600) == 0, err
+    assert not err.strip(), err

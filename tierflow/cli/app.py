@@ -1119,7 +1119,10 @@ def main() -> None:
         # Click ends a command whose reader closed the pipe (`tierflow spend | head`) with exit 1 and no message,
         # after making stdout quiet (a PacifyFlushWrapper, of the click typer bundles); the reader chose to stop,
         # as it may with any Unix filter: not a failure.
-        if exc.code == 1 and type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+        # Rich does the same (`Console.on_broken_pipe`), from inside the BrokenPipeError it caught.
+        if exc.code == 1 and (
+            type(sys.stdout).__name__.endswith("PacifyFlushWrapper") or isinstance(exc.__context__, BrokenPipeError)
+        ):
             raise SystemExit(0) from None
         raise
 
