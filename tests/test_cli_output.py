@@ -313,3 +313,34 @@ def test_a_spend_table_prints_on_a_code_page_that_lacks_its_characters(tmp_path:
         assert all(s in text for s in shown), text
         lines = [line for line in text.splitlines() if line.startswith(("|", "+"))]
         assert lines and len({len(line) for line in lines}) == 1, text
+
+
+def test_a_run_or_project_no_call_has_is_named_with_the_nearest_one_the_ledger_has(tmp_path: Path):
+    """`tierflow spend --project edu7001` (the ledger has EDU7001) or a mistyped `--run`: the empty report is
+    printed as asked, exit 0, and stderr says no call has it and which one was probably meant."""
+    from conftest import call_record
+
+    from tierflow.core.ledger import Ledger
+
+    vault = tmp_path / "vault"
+    (vault / ".tierflow").mkdir(parents=True)
+    ledger = Ledger.for_vault(vault)
+    ledger.record(call_record(run_id="20261118-060000-ab12cd", project="EDU7001"))
+    ledger.record(call_record(run_id="20261119-070000-ef34ab", project=None))
+    cases = [
+        (["--project", "edu7001"], "no call in the ledger has --project edu7001; did you mean --project EDU7001?"),
+        (["--run", "20261118-060000-ab12ce"], "; did you mean --run 20261118-060000-ab12cd?"),
+        (["--project", "zzz"], "no call in the ledger has --project zzz (`tierflow spend --by project` lists"),
+    ]  # fmt: skip
+    for options, said in cases:
+        for fmt in ("table", "json", "csv"):
+            args = [*TIERFLOW, "spend", "--vault", str(vault), "--format", fmt, *options]
+            result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, result.stderr
+            assert said in " ".join(result.stderr.split()), (options, fmt, result.stderr)
+            if fmt == "json":
+                assert json.loads(result.stdout) == []  # the output itself stays what was asked for
+    matched = subprocess.run(
+        [*TIERFLOW, "spend", "--vault", str(vault), "--project", "EDU7001"], capture_output=True, text=True, timeout=600
+    )
+    assert matched.returncode == 0 and "note:" not in matched.stderr, matched.stderr

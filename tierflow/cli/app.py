@@ -43,6 +43,7 @@ from tierflow.core.errors import ConfigError, LedgerError
 
 if TYPE_CHECKING:
     from tierflow.core.config import Config
+    from tierflow.core.ledger import Ledger
     from tierflow.core.registry import FlowSpec
 
 app = typer.Typer(
@@ -333,6 +334,30 @@ def spend(
         else:
             table = spend_table([], group, groups=ledger_spend(ledger, group, **filters))
             show(Console(), table, optional=SPEND_OPTIONAL)
+    _hint_unmatched(ledger, run=run, project=project)
+
+
+def _hint_unmatched(ledger: Ledger, *, run: str | None, project: str | None) -> None:
+    """On stderr, after the (empty) report: a `--run` or `--project` no call in the ledger has, with the nearest
+    one it does have, so a typo or a project's case (`edu7001` for `EDU7001`) is not taken for no spend."""
+    import difflib
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tierflow.report.spend import ledger_summary
+
+    for option, value, key in (("--run", run, "run_id"), ("--project", project, "project")):
+        if value is None or ledger.count_calls(**{key: value}):
+            continue
+        known = [str(row[key]) for row in ledger_summary(ledger, key) if row[key]]
+        same_case = [k for k in known if k.casefold() == value.casefold()]
+        close = same_case or difflib.get_close_matches(value, known, n=1)
+        by = key.removesuffix("_id")
+        hint = f"; did you mean {option} {close[0]}?" if close else f" (`tierflow spend --by {by}` lists those it has)"
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: no call in the ledger has {option} {escape(value)}{escape(hint)}", highlight=False
+        )
 
 
 def _check_spend_options(
