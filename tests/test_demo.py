@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,34 @@ def test_a_prefect_server_that_does_not_start_in_time_ends_in_one_paragraph_with
     message = " ".join(result.stderr.split())
     assert "did not answer within 0 s" in message
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=" in message and "prefect server start" in message
+
+
+def test_a_prefect_server_that_does_not_answer_at_prefect_api_url_ends_in_one_paragraph_with_the_fix(tmp_path: Path):
+    """PREFECT_API_URL names a server that is not running: one paragraph naming it and the three ways on, no
+    traceback, nothing run."""
+    import socket
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).parents[1] / "vault_fixtures" / "reading-week", vault)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    with socket.socket() as taken:  # bound, never listening: a connection to it is refused
+        taken.bind(("127.0.0.1", 0))
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{taken.getsockname()[1]}/api"
+        args = ["run", "reading-notes", "--vault", str(vault), "--profile", "offline"]
+        result = subprocess.run(
+            [sys.executable, "-m", "tierflow.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"Prefect's server at {env['PREFECT_API_URL']}/ (PREFECT_API_URL) did not answer" in message, message
+    assert "nothing was spent" in message and "prefect server start" in message and "prefect config unset" in message
+    assert not Ledger.for_vault(vault).rows()
 
 
 def test_tierflow_waits_minutes_not_seconds_for_prefects_temporary_server():

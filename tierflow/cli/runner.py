@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -389,13 +390,29 @@ PREFECT_DID_NOT_START = "Timed out while attempting to connect to ephemeral Pref
 
 @contextmanager
 def prefect_start_errors() -> Iterator[None]:
-    """Turn Prefect's "Timed out ... ephemeral Prefect API server" traceback into one paragraph with the fix."""
+    """Turn Prefect's "Timed out ... ephemeral Prefect API server" and "Failed to reach API" tracebacks into one
+    paragraph with the fix."""
     try:
         yield
     except RuntimeError as exc:
-        if PREFECT_DID_NOT_START not in str(exc):
-            raise
-        raise fail(prefect_did_not_start_message(), code=1) from None
+        if PREFECT_DID_NOT_START in str(exc):
+            raise fail(prefect_did_not_start_message(), code=1) from None
+        if (unreached := re.search(PREFECT_NOT_REACHED, str(exc))) is not None:
+            raise fail(prefect_not_reached_message(unreached.group(1).rstrip(".")), code=1) from None
+        raise
+
+
+PREFECT_NOT_REACHED = r"Failed to reach API at (\S+)"
+"""Prefect's error when the server PREFECT_API_URL names does not answer (its URL without credentials)."""
+
+
+def prefect_not_reached_message(url: str) -> str:
+    return (
+        f"Prefect's server at {url} (PREFECT_API_URL) did not answer, so nothing was run and nothing was spent. "
+        "Start it (`prefect server start`) and run the command again; or point tierflow at the server you use "
+        "(`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`); or unset it "
+        "(`prefect config unset PREFECT_API_URL`) and each run starts a temporary server of its own."
+    )
 
 
 def prefect_did_not_start_message() -> str:
