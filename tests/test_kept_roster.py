@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -402,6 +403,51 @@ def test_a_classmates_nickname_in_quotes_on_the_roster_never_reaches_the_model(l
         leaked = [i for i, body in enumerate(sent) if identity.casefold() in body]
         assert not leaked, f"{identity} reached the model in request(s) {leaked}"
     assert any("student-" in body and "helped me plan this essay" in body for body in sent)
+
+
+ANNOTATED_CLASSMATES = [
+    ("2006", "Anna Berg (Exchange)", "a.berg@example.ac.uk", "Z20236666"),
+    ("2007", "Tom Reed (withdrawn)", "t.reed@example.ac.uk", "Z20237777"),
+    ("2008", "Jane Doe [TA]", "j.doe@example.ac.uk", "Z20238888"),
+    ("2009", "Mark O'Neil (Audit)", "m.oneil@example.ac.uk", "Z20239999"),
+    ("2010", "Wei (David) Zhang", "w.zhang@example.ac.uk", "Z20231010"),
+]
+"""Classmates whose roster names carry a note in brackets, and one a nickname."""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_note_in_brackets_on_the_roster_leaves_the_essays_words_alone_and_a_nickname_stays_hidden(
+    lms_vault, tmp_path, double, keys
+):
+    """A worksheet's `Anna Berg (Exchange)`, `Tom Reed (withdrawn)`, `Jane Doe [TA]` and `Mark O'Neil (Audit)`: an
+    essay's "Peer exchange of feedback" reached the model as "Peer student-04 of feedback", and so did every
+    "withdrawn", "TA" and "audit" of every essay. The words reach it as the student wrote them; the classmates'
+    names, and the nickname of `Wei (David) Zhang`, do not."""
+    own = {
+        "2001": "Peer exchange of feedback helped, as David and Anna Berg said.",
+        "2002": "The TA said an audit of accounts was withdrawn from the plan; Jane agreed.",
+    }
+    cohort = [
+        Student("2001", "Ben Carter", {"essay.docx": docx_bytes(essay(1, own["2001"]))}),
+        Student("2002", "Aisha Khan", online=onlinetext(f"<p>{essay(2, own['2002'])[0]}</p>")),
+    ]
+    export = moodle_zip(tmp_path / "EDU7001-Essay 2-4512.zip", cohort)
+    import_submissions(
+        lms_vault, ASSIGNMENT, export, roster=worksheet(tmp_path / "worksheet.csv", ANNOTATED_CLASSMATES)
+    )
+    assert {r["name"] for r in rows(lms_vault)} >= {c[1] for c in ANNOTATED_CLASSMATES}
+    configure(lms_vault, double)
+    double.responder = skilled()
+    summary = student_feedback(vault=str(lms_vault), assignment=ASSIGNMENT)
+    assert not summary.failed and double.model_calls()
+
+    sent = bodies(double)
+    for words in ("peer exchange of feedback", "the ta said an audit of accounts was withdrawn from the plan"):
+        assert any(words in body for body in sent), f"{words!r} reached no request as written"
+    for identity in ("Anna", "Berg", "Tom", "Reed", "Jane", "Doe", "O'Neil", "Neil", "Wei", "David", "Zhang"):
+        leaked = [i for i, body in enumerate(sent) if re.search(rf"\b{re.escape(identity.casefold())}\b", body)]
+        assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+    assert any("helped, as student-" in body for body in sent)
 
 
 GERMAN_CLASSMATES = [

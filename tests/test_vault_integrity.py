@@ -4,6 +4,7 @@ unreadable note listed."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
@@ -789,3 +790,80 @@ def test_a_nickname_in_quotes_or_parentheses_on_the_roster_is_hidden_on_its_own(
         "Student-02. Bobby, a bobsleigh, Robertson and Smithy stay."
     )
     assert cohort.reveal("Student-01 wrote well.") == f"{nicknamed} wrote well."
+
+
+@pytest.mark.parametrize(
+    ("annotated", "essay", "hidden"),
+    [
+        (
+            "Anna Berg (Exchange)",
+            "Peer exchange of feedback; an Exchange student. Anna Berg and Berg agreed.",
+            "Peer exchange of feedback; an Exchange student. Student-01 and Student-01 agreed.",
+        ),
+        (
+            "Tom Reed (withdrawn)",
+            "The army withdrawn from the field, said Tom.",
+            "The army withdrawn from the field, said Student-01.",
+        ),
+        ("Jane Doe [TA]", "The TA said ta-da. Jane agreed.", "The TA said ta-da. Student-01 agreed."),
+        (
+            "Mark O'Neil (Audit)",
+            "An audit of accounts; the Audit Commission. O'Neil and Neil.",
+            "An audit of accounts; the Audit Commission. Student-01 and Student-01.",
+        ),
+        (
+            "Sam Lee (Part-time, Year 2)",
+            "Part-time work in year 2 took part of the time; Sam Lee did.",
+            "Part-time work in year 2 took part of the time; Student-01 did.",
+        ),
+        (
+            "Chris Wu (Visiting Student)",
+            "A visiting student; Visiting hours. Wu wrote.",
+            "A visiting student; Visiting hours. Student-01 wrote.",
+        ),
+        ("Eva Nowak (ERASMUS+)", "The Erasmus programme; Eva.", "The Erasmus programme; Student-01."),
+        ("Ola Berg [[Withdrawn]]", "Withdrawn, then back: Ola.", "Withdrawn, then back: Student-01."),
+    ],
+    ids=["exchange", "withdrawn", "ta", "audit", "part-time-year", "visiting-student", "erasmus", "link-marks"],
+)
+def test_a_roster_annotation_in_brackets_leaves_the_word_in_essays_alone(annotated: str, essay: str, hidden: str):
+    """A roster's `Anna Berg (Exchange)` or `Jane Doe [TA]`: every essay's "exchange" or "TA" reached the model as a
+    student's label ("Peer Student-04 of feedback"), the annotation taken for a nickname. It names nobody: the
+    name around it is hidden (whole, "Anna Berg"), and the annotation only as the roster writes it, brackets and
+    all."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", annotated)])
+    assert cohort.hide(essay) == hidden
+    assert re.fullmatch(r"(Student-01 )+wrote this\.", cohort.hide(f"{annotated} wrote this."))
+    note = annotated[annotated.index(" ", annotated.index(" ") + 1) + 1 :]  # "(Exchange)", "[TA]"
+    assert cohort.hide(f"Listed as {note}.") == "Listed as Student-01."
+    assert cohort.reveal("Student-01 wrote well.") == f"{annotated} wrote well."
+
+
+@pytest.mark.parametrize(
+    ("nicknamed", "essay", "hidden"),
+    [
+        ("Wei (David) Zhang", "David and I; david's notes.", "Student-01 and I; Student-01's notes."),
+        ('Robert "Bob" Smith (Exchange)', "Bob's exchange; bob.", "Student-01's exchange; Student-01."),
+        ("Jane [[Okafor]] [TA]", "Okafor, the TA.", "Student-01, the TA."),
+        ("Zhang Wei (张伟)", "张伟说。", "Student-01说。"),
+        ("Minh (Ta) Nguyen", "Ta and ta.", "Student-01 and Student-01."),
+        ("robert (bob) smith", "Bob said.", "Student-01 said."),
+        ("ANNA (ANNIE) BERG (EXCHANGE)", "Annie's exchange.", "Student-01's exchange."),
+        ("Li Na (Mary-Kate)", "Mary-Kate, Kate and Mary.", "Student-01, Student-01 and Student-01."),
+        ("Jo Kim (David, exchange)", "David, an exchange.", "Student-01, an exchange."),
+        ("Jo Kim (Z20231234)", "Number 20231234 and Z20231234.", "Number Student-01 and Student-01."),
+        ("Jane Smith (née Jones)", "Jones and née.", "Student-01 and née."),
+        ("Robert Smith (aka Bob)", "Bob, aka.", "Student-01, aka."),
+    ],
+    ids=["parentheses", "quotes", "link-marks", "han", "title-case-ta", "lower-case-roster", "capitals",
+         "hyphenated", "nickname-and-note", "student-number", "former-name", "aka"],
+)  # fmt: skip
+def test_a_nickname_in_brackets_is_still_hidden_beside_an_annotation(nicknamed: str, essay: str, hidden: str):
+    """What a bracket holds that is written as a name (letters, capitalised as the roster's names are, or in a
+    script without capitals; "Ta", a name, where "TA" is a note) is another name of the student, hidden wherever
+    it stands, whatever its case; so is a student number in brackets."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    assert Pseudonyms([Student("s1", nicknamed)]).hide(essay) == hidden
