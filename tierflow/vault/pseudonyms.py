@@ -10,27 +10,132 @@ from functools import cache
 
 from tierflow.vault.annotations import boundary_after, boundary_before
 
-# Brackets and quotes too: a roster's `Jane [[Okafor]]`, `Wei (David) Zhang` or `Robert "Bob" Smith` has a name
-# inside them, found on its own. Quotes straight and curly, single and double, low (German „Bob“) and guillemets.
+# Brackets and quotes too, should one stand apart from a group `_GROUP` finds (a stray bracket).
 _PART_SEPARATORS = re.compile(
     r"[\s\-\u2010\u2011\u2012\u2013\u2014'\u2019.,\u00b7\u30fb()\[\]"
     r'"\u2018\u201a\u201b\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a]+'
 )
 _INITIAL = re.compile(r"^[\w?]\.?$")  # "J.", and a lone `?`, a letter a roster lost
 
+# What a roster name holds in brackets or quotes: `Wei (David) Zhang`, `Robert "Bob" Smith` (straight, curly, low
+# German „Bob“, guillemets), `Jane [[Okafor]]`, `Anna Berg (Exchange)`, `Jane Doe [TA]`. A straight `'` opens one
+# only where no letter stands before it, so the apostrophe of O'Brien opens none. A group still open where the
+# name ends (a cell cut short) runs to the end.
+_GROUP = re.compile(
+    r"\[\[(?P<links>[^\[\]]*)(?:\]\]|$)"
+    r"|\[(?P<square>[^\[\]]*)(?:\]|$)"
+    r"|\((?P<round>[^()]*)(?:\)|$)"
+    r"|\{(?P<curly>[^{}]*)(?:\}|$)"
+    r"|(?<!\w)'(?P<straight>[^']*)(?:'(?!\w)|$)"
+    r'|["\u201c\u201d\u201e\u201f\u00ab\u00bb](?P<double>[^"\u201c\u201d\u201e\u201f\u00ab\u00bb]*)'
+    r'(?:["\u201c\u201d\u201e\u201f\u00ab\u00bb]|$)'
+    r"|[\u2018\u201a\u201b\u2039\u203a](?P<single>[^\u2018\u2019\u201a\u201b\u2039\u203a]*)"
+    r"(?:[\u2018\u2019\u201b\u2039\u203a]|$)"
+)
+_GROUP_WORDS = re.compile(r"[\s,;:/&+|]+")  # "(Part-time, Year 2)", "(PT/Online)", "(Erasmus+)", "(aka: Bob)"
+
+_NOTES_BY_KIND = {
+    # What an institution's records, or the lecturer, add to a name in a roster or a Moodle or Canvas name field.
+    "how a student studies, or where from": "exchange erasmus mobility abroad study visiting visitor international "
+    "incoming inbound outgoing guest associate occasional audit auditing auditor audits observer listener gasthorer "
+    "non-credit noncredit credit part-time full-time parttime fulltime pt ft online distance remote blended hybrid "
+    "campus on-campus off-campus evening weekend placement apprentice apprenticeship sandwich intercalating "
+    "intercalated mature direct entry transfer transferred foundation pathway joint honours honors sponsored",
+    "level, programme and cohort": "ug pg pgt pgr undergraduate postgraduate undergrad postgrad graduate grad msc "
+    "bsc meng mres mphil phd dphil mba llm llb pgce pgdip pgcert year yr level cohort semester sem term trimester "
+    "group section seminar tutorial lab class module course",
+    # Moodle's "Suspended" and "Not current", Canvas's "inactive" and "concluded", a registry's "withdrawn".
+    "where the enrolment stands": "withdrawn withdrew withdrawing withdrawal dropped left suspended suspension "
+    "inactive active deferred deferral interrupted interruption intermitting intermission leave absence lapsed "
+    "expired concluded completed not current pending enrolled unenrolled registered unregistered provisional "
+    "conditional late extension ext resit resits resitting reassessment repeat repeating retake retaking referral "
+    "referred carry carried over mitigation mitigating ec ecs extenuating circumstances",
+    "support a student has": "dsa rap raps isp sld spld dyslexia dyslexic adjustment adjustments reasonable "
+    "accessibility disability support extra time",
+    "someone who is not a student, or a test account": "gta tutor teacher instructor lecturer demonstrator "
+    "assistant teaching marker grader moderator examiner staff admin test student students learner mentor convenor "
+    "coordinator dummy demo",
+    "the rest of a note": "alumni alumnus returning returner readmitted only no non new old none id tbc tbd see also "
+    "duplicate copy account other name former",
+}
+_NAME_FOLLOWS = frozenset(["nee", "aka", "known", "as", "preferred", "pref", "formerly", "previously", "nickname"])
+"""Words before another name of the student ("née Jones", "aka Bob", "known as Bob", "preferred: Bob"): the words
+after them are names, whatever `ROSTER_NOTES` holds ("née Guest")."""
+ROSTER_NOTES = frozenset(word for words in _NOTES_BY_KIND.values() for word in words.split()) | _NAME_FOLLOWS
+"""Words a roster puts in brackets beside a name that are not a name (folded, lower-cased): `name_parts` leaves
+them out, in any case ("(Exchange)", "(EXCHANGE)", "(withdrawn)")."""
+_NOTES_UNLESS_A_NAME = frozenset({"ta", "ma", "ba"})
+"""Notes ("TA", "MA", "BA") that are names too (Tạ, Mã, Bá): a note where not written as a name ("Ta")."""
+
+
+def _identifies(word: str) -> bool:
+    """Whether `word` is a student number ("20231234", "Z20231234"; not one of `_SHORT_NUMBER`'s digits, a year or
+    a group) or an email address."""
+    number = word.isdecimal() and not _SHORT_NUMBER.fullmatch(word)
+    return number or _PREFIXED_NUMBER.fullmatch(word) is not None or "@" in word.strip("@")
+
+
+def _pieces(word: str) -> list[str]:
+    """`word` and the pieces of it hyphens, apostrophes and dots part ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" ->
+    "Brien"), lone initials (and a lone `?`) left out."""
+    pieces = [word, *(p for p in _PART_SEPARATORS.split(word) if p != word)]
+    return [p.strip(".,") for p in pieces if p.strip(".,") and not _INITIAL.match(p)]
+
+
+def _names_someone(word: str, lower_case_roster: bool, introduced: bool = False) -> bool:
+    """Whether `word`, in brackets or quotes in a roster name, is another name of the student (a nickname, a
+    former name) or identifies them (a student number, an email address), rather than a note about them.
+
+    A name is letters (a hyphen, an apostrophe or a dot between them; a `?` for a letter the roster lost),
+    capitalised as a name is, or in a script without capitals (张伟), or in lower case where the roster writes the
+    whole name so; and not one of `ROSTER_NOTES` ("Ta", written as a name, is one; "TA" is a note), unless
+    `introduced` by one of `_NAME_FOLLOWS` ("née Guest")."""
+    if _identifies(word):
+        return True
+    if not all(c.isalpha() or c in "-'\u2019." or c == LOST or unicodedata.combining(c) for c in word):
+        return False  # "2", "2nd", "25%": a year, a group, extra time
+    key = fold(word).lower().strip(".")
+    if key in _NAME_FOLLOWS:
+        return False  # "as" of "known as Bob" names no one, lower-case roster or not
+    if not introduced and (key in ROSTER_NOTES or all(piece in ROSTER_NOTES for piece in key.split("-"))):
+        return False
+    if not introduced and key in _NOTES_UNLESS_A_NAME and not (word[0].isupper() and word[1:].islower()):
+        return False
+    first = next((c for c in word if c.isalpha() or c == LOST), None)
+    if first is None:
+        return False  # "-", "'": no letter
+    return first == LOST or first.isupper() or not first.islower() or lower_case_roster
+
 
 def name_parts(name: str) -> list[str]:
-    """The full name, each space-separated part, and the pieces of a hyphenated, apostrophised, bracketed or quoted
-    part ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"; "[[Okafor]]", "(David)", `"Bob"`, "“Bob”" -> "Okafor",
-    "David", "Bob"), NFC-normalised, lone initials (and a lone `?`) left out."""
+    """The full name, the name without what it holds in brackets or quotes, each space-separated part, and the
+    pieces of a hyphenated or apostrophised part ("Jean-Luc" -> "Jean", "Luc"; "O'Brien" -> "Brien"),
+    NFC-normalised, lone initials (and a lone `?`) left out.
+
+    What brackets or quotes hold is another name where it is written as one (`_names_someone`): "David" of
+    "Wei (David) Zhang", "Bob" of `Robert "Bob" Smith`, "Okafor" of "Jane [[Okafor]]", a student number. Anything
+    else is a note about the student ("(Exchange)", "(withdrawn)", "[TA]", "(Part-time, Year 2)"), a part only as
+    the roster writes it, brackets and all, so that an essay's "exchange" or "TA" is no name."""
     name = " ".join(unicodedata.normalize("NFC", name).split())
     if not name:
         return []
-    parts = [name]
-    for word in name.split(" "):
-        pieces = [word, *(p for p in _PART_SEPARATORS.split(word) if p != word)]
-        parts += [p.strip(".,") for p in pieces if p.strip(".,") and not _INITIAL.match(p)]
-    return list(dict.fromkeys(parts))
+    groups = list(_GROUP.finditer(name))
+    outside = " ".join(_GROUP.sub(" ", name).split()).strip(" ,;")  # "[[Okafor]], Jane": "Jane"
+    parts = [name, outside]
+    for word in outside.split(" "):
+        parts += _pieces(word)
+    lower_case_roster = not any(c.isupper() for c in outside)
+    for group in groups:
+        parts.append(group.group().strip())
+        inner = next(text for text in group.groups() if text is not None)
+        words = [w.strip(".,") for w in _GROUP_WORDS.split(inner) if w.strip(".,")]
+        after = [False, *(fold(w).lower() in _NAME_FOLLOWS for w in words)]  # "née Guest": "Guest" is a name
+        names = [w for w, by in zip(words, after[:-1], strict=True) if _names_someone(w, lower_case_roster, by)]
+        if len(names) > 1 and names == words:
+            parts.append(" ".join(names))  # "(Mary Kate)": the name as one
+        for word in names:
+            parts += identifier_forms(word) if _identifies(word) else _pieces(word)
+    return list(dict.fromkeys(p for p in parts if p))
 
 
 _TRANSLITERATED = str.maketrans(
@@ -199,7 +304,9 @@ class Pseudonyms:
     wherever it stands as a word, so "Do the readings" reaches the model as "Student-03 the readings" when a
     student is called Do. Not replaced on their own: a lone initial ("J." of "J. Smith"), which names nobody and
     would replace "a" and "I"; and an id of one to four digits (a Moodle participant 2007), a platform's record
-    number that would otherwise replace the years and page numbers of the text, while a student never writes it.
+    number that would otherwise replace the years and page numbers of the text, while a student never writes it;
+    and a note a roster name holds in brackets ("(Exchange)", "[TA]", "(withdrawn)"), hidden only as the roster
+    writes it, brackets and all, while a name in them ("Wei (David) Zhang") is a name part (`name_parts`).
 
     A `?` in a name is a letter a roster lost (Excel, saving it as Windows-1252, writes `?` for "ş", "ı", "ł", "ễ";
     in another code page, for "ü" or "ø" too): it stands for one letter, with any combining marks, precomposed or
