@@ -855,10 +855,11 @@ def test_a_roster_annotation_in_brackets_leaves_the_word_in_essays_alone(annotat
         ("Jo Kim (David, exchange)", "David, an exchange.", "Student-01, an exchange."),
         ("Jo Kim (Z20231234)", "Number 20231234 and Z20231234.", "Number Student-01 and Student-01."),
         ("Jane Smith (née Jones)", "Jones and née.", "Student-01 and née."),
+        ("Jane Smith (née Guest)", "A guest, Ms Guest.", "A Student-01, Ms Student-01."),
         ("Robert Smith (aka Bob)", "Bob, aka.", "Student-01, aka."),
     ],
     ids=["parentheses", "quotes", "link-marks", "han", "title-case-ta", "lower-case-roster", "capitals",
-         "hyphenated", "nickname-and-note", "student-number", "former-name", "aka"],
+         "hyphenated", "nickname-and-note", "student-number", "former-name", "former-name-a-note-word", "aka"],
 )  # fmt: skip
 def test_a_nickname_in_brackets_is_still_hidden_beside_an_annotation(nicknamed: str, essay: str, hidden: str):
     """What a bracket holds that is written as a name (letters, capitalised as the roster's names are, or in a
