@@ -123,7 +123,8 @@ def test_an_unreachable_ledger_server_is_one_line_naming_it_without_its_password
         assert result.returncode == 1 and "Traceback" not in result.stderr, (args, result.stderr)
         message = " ".join(result.stderr.split())
         assert "postgresql+psycopg://tierflow:***@127.0.0.1:1/tierflow" in message, args
-        assert "hunter2" not in message and "check that its server is up and ledger_url is right" in message, args
+        assert "hunter2" not in message and "Connection refused" in message, args
+        assert "no PostgreSQL server is running at that host and port (or socket folder): start it" in message, args
     assert double.model_calls() == []
 
 

@@ -40,6 +40,7 @@ from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
 from tierflow.core.errors import ConfigError, LedgerError
+from tierflow.core.urls import masked_url
 
 if TYPE_CHECKING:
     from tierflow.core.config import Config
@@ -777,7 +778,7 @@ def resume(
     found = Ledger(cfg.ledger_url).run_parameters(run_id)
     if found is None:
         raise fail(
-            f"no run {run_id!r} in the ledger {_redact_url(cfg.ledger_url)}; "
+            f"no run {run_id!r} in the ledger {masked_url(cfg.ledger_url)}; "
             f"`{tierflow_command('spend', '--by', 'run', vault=vault, config=config, profile=profile)}` lists runs"
         )
     flow, parameters = found
@@ -971,13 +972,6 @@ def _reservation_row(r, state: str) -> dict:  # noqa: ANN001
     }
 
 
-def _redact_url(url: str) -> str:
-    """A ledger URL fit to print: any password hidden."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 @app.command()
 def demo(
     folder: Annotated[
@@ -1115,7 +1109,8 @@ def _tier_overrides(items: list[str] | None, cfg: Config) -> dict[str, str]:
 
 @config_app.command("show")
 def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
-    """Print the effective config, each value with its source. Keys are never printed, only env var names."""
+    """Print the effective config, each value with its source. Keys are never printed, only env var names;
+    URLs with their password as ***."""
     from rich.console import Console
     from rich.table import Table
 

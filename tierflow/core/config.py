@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tierflow.core import clock
 from tierflow.core.errors import ConfigError
+from tierflow.core.urls import ledger_url_problem, masked_url
 
 Complexity = Literal["low", "medium", "high"]
 COMPLEXITIES: tuple[str, ...] = ("low", "medium", "high")
@@ -449,9 +450,13 @@ class Config:
         return list(dict.fromkeys(name for name, p in map(self.provider_for, self.settings.tiers) if p.leaves_machine))
 
     def redacted(self) -> dict[str, tuple[Any, str]]:
-        """Flat `key -> (value, source)` for display. Holds names of env vars, never their values."""
+        """Flat `key -> (value, source)` for display. Holds names of env vars, never their values, and URLs with
+        their passwords masked (`ledger_url`, a `base_url` with credentials)."""
         flat: dict[str, Any] = {}
         _flatten(self.settings.model_dump(mode="json", exclude_none=True), "", flat)
+        for key, value in flat.items():
+            if isinstance(value, str) and (key == "ledger_url" or "://" in value):
+                flat[key] = masked_url(value)
         return {k: (v, self.sources.get(k) or _source_of(k, self.sources)) for k, v in flat.items()}
 
 
@@ -669,6 +674,10 @@ def _validate(merged: dict[str, Any], path: Path | None) -> Settings:
                 f'{where}: `budgets.{name}.unpriced = "allow"` needs the price to count unpriced models at: '
                 f"set `fallback_usd_per_mtok` (USD per million tokens) in [budgets.{name}]."
             )
+    # Refused here, with the file it is in (exit 2), not on first use: an unknown driver was a long import traceback.
+    problem = ledger_url_problem(settings.ledger_url) if settings.ledger_url else None
+    if problem:
+        raise ConfigError(f"{where}: `ledger_url` = {problem}")
     return settings
 
 

@@ -32,6 +32,7 @@ from tierflow.core import clock
 from tierflow.core.config import RunConfig
 from tierflow.core.errors import LedgerError
 from tierflow.core.folders import unwritable
+from tierflow.core.urls import URL_FORMS, connection_advice, ledger_url_problem, masked_url
 from tierflow.core.usage import TOKEN_KINDS, UNKNOWN_USAGE, Usage
 
 COLUMNS: tuple[str, ...] = (
@@ -1083,12 +1084,13 @@ def _set_wal(cursor: Any) -> None:
 
 
 def unopenable(url: str, exc: Exception) -> str:
-    """Why the ledger at `url` cannot be used, naming it (a file, or the URL with its password masked) and the fix."""
+    """Why the ledger at `url` cannot be used, naming it (a file, or the URL with its password masked) and the fix
+    that fits the cause when it is one tierflow recognises."""
     cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:  # not printed: an unparsable URL may hold a password
-        return f"ledger_url is not a database URL ({cause}): write it as sqlite:///PATH or postgresql://HOST/DB"
+        return f"ledger_url is not a database URL ({cause}): write it as {URL_FORMS}"
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if isinstance(exc, sa.exc.OperationalError):  # cannot open or write it: the folder, permissions, a lock
             return f"the ledger {parsed.database} cannot be opened ({cause}): check that its folder is writable"
@@ -1096,8 +1098,7 @@ def unopenable(url: str, exc: Exception) -> str:
             f"the ledger {parsed.database} cannot be read ({cause}): the file is not a tierflow ledger or is "
             "damaged. Move it aside (tierflow starts a new ledger there) or set ledger_url to another"
         )
-    where = parsed.render_as_string(hide_password=True)
-    return f"the ledger at {where} cannot be used ({cause}): check that its server is up and ledger_url is right"
+    return f"the ledger at {masked_url(url)} cannot be used ({cause}): {connection_advice(cause)}"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -1111,7 +1112,7 @@ def sqlite_file(url: str) -> Path | None:
 def _shown(url: str) -> str:
     """The ledger as a message names it: its file, or its URL with the password hidden."""
     file = sqlite_file(url)
-    return str(file) if file is not None else sa.engine.make_url(url).render_as_string(hide_password=True)
+    return str(file) if file is not None else masked_url(url)
 
 
 def read_only_reason(file: Path) -> str | None:
@@ -1309,6 +1310,9 @@ class Ledger:
         read-only, never migrated nor written (`writable` is False and `transaction` refuses), and must be at this
         tierflow's schema. Without `reading`, such a ledger is refused at once: a LedgerError naming it and the fix.
         """
+        problem = ledger_url_problem(url)
+        if problem:  # before SQLAlchemy loads a driver tierflow does not use (an ImportError, a traceback)
+            raise LedgerError(f"ledger_url = {problem}")
         self.url = url
         self.writable = True
         """False: opened read-only for a report (`reading`); every write transaction is refused."""
