@@ -51,10 +51,13 @@ def ask(c: Caller, prompt: str = "Classify this assessment.", **kw: Any):
     return c.ask(phase="collate", complexity="low", system="You are terse.", prompt=prompt, output=Verdict, **kw)
 
 
-def billed(double: ProviderDouble) -> dict[str, int]:
-    """Prompt and output tokens the double billed, from its own responses (errors bill nothing)."""
+def billed(double: ProviderDouble, *, delivered_only: bool = False) -> dict[str, int]:
+    """Prompt and output tokens the double billed, from its own responses (errors bill nothing); with
+    `delivered_only`, those of the answers the client read whole (a lost answer's usage is unknown to tierflow)."""
     total = {"prompt": 0, "output": 0}
     for call in double.model_calls(include_batch=True):
+        if delivered_only and not call.delivered:
+            continue
         usage = (call.response or {}).get("usage") if call.status == 200 and isinstance(call.response, dict) else None
         if not usage:
             continue
@@ -295,6 +298,49 @@ def test_a_server_that_rejects_json_schema_is_served_through_the_fallback(tmp_pa
     again = caller(tmp_path, openai_config(double, kind="openai-compatible"), monkeypatch, run_id="run-2")
     ask(again, "Classify once more.")
     assert len([call for call in double.model_calls() if call.status != 200]) == len(rejected)
+
+
+def fast_timeout(config: str) -> str:
+    """A provider block (of `anthropic_config` or `openai_config`) whose calls time out after 1 s."""
+    return config.replace("max_retries = 2", "max_retries = 2\ntimeout_s = 1", 1)
+
+
+@pytest.mark.parametrize("fault", ["timeout", "cut"])
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_first_structured_call_retries_lost_answers_as_configured_and_records_each_as_lost(
+    tmp_path, monkeypatch, double, provider, fault
+):
+    """The first structured call to a model (OpenAI: while the server's output mode is still being learned) loses
+    two answers, timed out or cut off mid-transfer: the SDK retries (max_retries = 2), the third answer is kept,
+    and each lost attempt, which the provider billed, is one `lost` row. Before, OpenAI gave up at the first."""
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 3})
+    double.lose_next("message" if provider == "anthropic" else "chat", fault=fault, delay_s=2.5, times=2)
+    c = caller(tmp_path, fast_timeout(config_for(provider, double)), monkeypatch)
+    assert ask(c).parsed == Verdict(label="summative", score=3)
+    sent = double.model_calls()
+    assert [(s.status, s.fault, s.delivered) for s in sent] == [(200, fault, False)] * 2 + [(200, None, True)]
+    assert sorted(r["outcome"] for r in c.ledger.rows()) == ["lost", "lost", "ok"]  # one row per billed answer
+    assert recorded(c.ledger) == billed(double, delivered_only=True)
+
+
+def test_a_timeout_before_a_server_refuses_json_schema_is_retried_then_falls_back_and_is_recorded_lost(
+    tmp_path, monkeypatch, double
+):
+    """llama-cpp-python's server, slow at first: the `json_schema` request times out, its retry is refused with
+    a 500 naming the form, which is not retried, and JSON mode answers. The attempt that timed out is a `lost`
+    row, though the call went on in another form: tierflow cannot tell whether it was billed (here it was the
+    refusal, held), so it counts it as an upper bound rather than as nothing."""
+
+    def respond(request: DoubleRequest) -> Reply:
+        return llama_cpp(request) or Reply(data={"label": "summative", "score": 3})
+
+    double.responder = respond
+    double.lose_next("chat", delay_s=2.5)
+    c = caller(tmp_path, fast_timeout(openai_config(double, kind="openai-compatible")), monkeypatch)
+    assert ask(c).parsed == Verdict(label="summative", score=3)
+    sent = [(s.body["response_format"]["type"], s.status, s.delivered) for s in double.model_calls()]
+    assert sent == [("json_schema", 500, False), ("json_schema", 500, True), ("json_object", 200, True)]
+    assert sorted(r["outcome"] for r in c.ledger.rows()) == ["lost", "ok"]
 
 
 def test_openai_gets_a_strict_json_schema(tmp_path, monkeypatch, double):

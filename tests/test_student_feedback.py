@@ -745,3 +745,33 @@ def test_one_submission_too_long_for_the_window_names_its_note_and_largest_file_
     assert f"the largest file in it is appendix.txt ({len(appendix.strip()):,} of its " in why
     assert "Trim the note: cut appendix.txt from its text" in why and f"--tier {phase}=TIER" in why
     assert len(drafts(feedback_vault)) == SUBMITTED - 1  # the others are drafted
+
+
+def slow_to_answer(vault: Path, double: ProviderDouble) -> None:
+    """OpenAI on the double, each call timing out after 1 s, retried twice (max_retries = 2)."""
+    existing = (vault / ".tierflow" / "config.toml").read_text()
+    text = openai_config(double).replace("max_retries = 2", "max_retries = 2\ntimeout_s = 1", 1)
+    write_config(vault / ".tierflow" / "config.toml", text + existing)
+
+
+def failures(summary: object) -> list[tuple[str, str]]:
+    """The submissions a run skipped because a phase failed on them (not the fixture's ignored attachment)."""
+    return [(path, why) for path, why in summary.skipped if " failed" in why]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["timeout", "cut"])
+def test_openai_answers_lost_twice_are_retried_and_nobody_is_skipped(fault, feedback_vault, double, keys):
+    """The first collate call's answer is lost twice (held past the timeout, or cut off mid-transfer), while the
+    server's structured-output mode is still being learned: the SDK retries, every student is drafted, and the
+    ledger has one `lost` row per answer the double billed and the client never read."""
+    slow_to_answer(feedback_vault, double)
+    double.responder = skilled()
+    double.lose_next("chat", fault=fault, delay_s=2.5, times=2)
+    summary = student_feedback(vault=str(feedback_vault))
+    assert not failures(summary) and not summary.failed and len(drafts(feedback_vault)) == SUBMITTED
+    calls = double.model_calls()
+    rows = Ledger.for_vault(feedback_vault).rows(run_id=summary.run_id)
+    lost = [c for c in calls if c.status == 200 and not c.delivered]
+    assert len(lost) == 2 and all(c.fault == fault for c in lost)
+    assert sum(r["outcome"] == "lost" for r in rows) == len(lost)
+    assert sum(r["outcome"] != "lost" for r in rows) == sum(c.status == 200 and c.delivered for c in calls)

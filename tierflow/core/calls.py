@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,15 @@ from tierflow.core.errors import (
     ProviderError,
 )
 from tierflow.core.ledger import CallRecord, Ledger, RequestRecord, lost_call, now_iso, signals
-from tierflow.core.providers import OUTPUT_MODES, Completion, Provider, Request, api_key, make_provider
+from tierflow.core.providers import (
+    OUTPUT_MODES,
+    Completion,
+    Provider,
+    Request,
+    api_key,
+    make_provider,
+    with_lost_attempts,
+)
 from tierflow.core.routing import COLD_START, Route, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
@@ -1186,19 +1195,29 @@ class Caller:
     def _complete_in(
         self, provider: Provider, routed: Route, request: Request, modes: Sequence[str], confirmed: bool
     ) -> Completion:
+        # Attempts at a refused form that got no answer (timed out before the refusal): the provider may have
+        # billed them, so they go with whatever ends the call, to be recorded `lost` once.
+        lost = 0
         for index, candidate in enumerate(modes):
             try:
                 completion = provider.complete(
                     replace(request, output_mode=candidate, mode_confirmed=confirmed and index == 0)
                 )
             except OutputModeRejected as exc:
+                lost += exc.lost_attempts
                 if index == len(modes) - 1:
+                    exc.lost_attempts = lost
                     raise
                 log.warning("%s; trying %s and remembering what works", exc, modes[index + 1])
                 continue
+            except BaseException as exc:
+                if lost:
+                    with contextlib.suppress(Exception):
+                        exc.lost_attempts = (getattr(exc, "lost_attempts", 0) or 0) + lost  # type: ignore[union-attr]
+                raise
             if not confirmed or index:
                 self._remember_output_mode(routed, candidate)
-            return completion
+            return with_lost_attempts(completion, completion.extra.get("lost_attempts", 0) + lost)
         raise AssertionError("unreachable")
 
     def _output_mode(self, routed: Route) -> str:

@@ -45,8 +45,9 @@ class Request:
     output_mode: str = ""
     """How structured output goes on the wire: "" for the provider's default, or one of `OUTPUT_MODES`."""
     mode_confirmed: bool = True
-    """False while nobody knows whether this server accepts `output_mode`: a rejection is then reported at
-    once (no SDK retries), so the fallback costs one rejected request."""
+    """False while nobody knows whether this server accepts `output_mode`: a refusal of the mode is then reported
+    at once (never retried), so the fallback costs one refused request; a timeout, a dropped connection or
+    another failure is retried as configured (`max_retries`), as always."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,17 @@ class Attempts:
         """One call through an SDK (`send`: the request and the reading of its answer), with its attempts accounted
         for as the call path needs them, the same for every provider:
 
-        - an SDK error becomes tierflow's (`translate`), noting the attempts sent and never answered whole;
+        - an SDK error becomes tierflow's (`translate`), noting the attempts sent and never answered whole, as
+          does an error of tierflow's that `send` raises (`OutputModeRejected` after a timed-out attempt);
         - a 200 answer the SDK cannot read is an answer of unknown usage (`unreadable_reply`), not an error;
         - whatever else ends the call (Ctrl-C, a timeout, a bug) notes its lost attempts (`interrupted`);
         - an answer notes the attempts before it that got none (`with_lost_attempts`)."""
         mark = self.mark()
         try:
             completion = send()
+        except ProviderError as error:
+            error.lost_attempts = self.lost_since(mark)
+            raise
         except sdk_error as exc:
             error = translate(exc, model)
             error.lost_attempts = self.lost_since(mark)

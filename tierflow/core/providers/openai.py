@@ -45,10 +45,18 @@ class OpenAIProvider:
 
     @cached_property
     def client(self) -> openai.OpenAI:
+        return self._sdk_client(openai.OpenAI)
+
+    @cached_property
+    def probing_client(self) -> openai.OpenAI:
+        """The client for a request whose output mode this server has not accepted yet (`_ProbingOpenAI`)."""
+        return self._sdk_client(_ProbingOpenAI)
+
+    def _sdk_client(self, cls: type[openai.OpenAI]) -> openai.OpenAI:
         local = self.kind == "openai-compatible"
         # Local servers ignore the key, but the SDK insists on one.
         key = api_key(self.name, self.config, self._model, required=not local) or "not-needed"
-        return openai.OpenAI(
+        return cls(
             api_key=key,
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
@@ -93,19 +101,19 @@ class OpenAIProvider:
     def complete(self, request: Request) -> Completion:
         self._model = request.model
         params = self.params(request)
-        client = self.client if request.mode_confirmed else self.client.with_options(max_retries=0)
+        # Both retry timeouts, dropped connections and 408/409/429/5xx as configured, with the SDK's backoff (as
+        # Anthropic's does); the probing one never retries a refusal of the mode, which the next mode answers.
+        client = self.client if request.mode_confirmed else self.probing_client
 
         def send() -> Completion:
             try:
                 response = client.chat.completions.create(**params)
             except openai.APIStatusError as exc:
-                if request.schema is not None and _rejects_output_mode(exc, request.output_mode or "json_schema"):
+                if request.schema is not None and _rejects_output_mode(exc.status_code, _status_text(exc)):
                     raise OutputModeRejected(
                         self.name, request.model, f"rejected {request.output_mode or 'json_schema'}: {_detail(exc)}"
                     ) from exc
-                if request.mode_confirmed or not _retryable(exc):
-                    raise
-                response = self.client.chat.completions.create(**params)  # the SDK's own retries, as usual
+                raise
             return self.completion(response, request)
 
         return self.attempts.complete(
@@ -268,21 +276,31 @@ def _model_missing(exc: openai.NotFoundError) -> bool:
     return "model" in _detail(exc).lower()
 
 
-def _rejects_output_mode(exc: openai.APIStatusError, mode: str) -> bool:
-    """A server's refusal of the structured-output form, as opposed to a failure of the call.
+class _ProbingOpenAI(openai.OpenAI):
+    """The SDK's client, retrying as configured, except a refusal of the structured-output form: llama-cpp-python
+    answers one with HTTP 500, which the SDK would otherwise retry `max_retries` times before the next form."""
+
+    def _should_retry(self, response: Any) -> bool:
+        response.read()  # a no-op once read: the SDK reads an error's body before it gets here, or right after
+        return not _rejects_output_mode(response.status_code, response.text) and super()._should_retry(response)
+
+
+def _rejects_output_mode(status: int, answer: str) -> bool:
+    """A server's refusal of the structured-output form, as opposed to a failure of the call: its HTTP `status`
+    and what it `answer`ed (the body).
 
     llama-cpp-python answers HTTP 500 "Input should be 'text' or 'json_object'" for `json_schema`; other servers
     answer 400 or 422. A 5xx counts only when its body names the form, so a real outage is not mistaken for it.
     """
-    detail = f"{_detail(exc)} {exc.body!r}".lower()
-    words = ("response_format", "json_schema", "json_object", mode)
-    if exc.status_code in (400, 422):
-        return any(w in detail for w in (*words, "format", "schema"))
-    return exc.status_code >= 500 and any(w in detail for w in words)
+    answer = answer.lower()
+    words = ("response_format", "json_schema", "json_object")
+    if status in (400, 422):
+        return any(w in answer for w in (*words, "format", "schema"))
+    return status >= 500 and any(w in answer for w in words)
 
 
-def _retryable(exc: openai.APIStatusError) -> bool:
-    return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+def _status_text(exc: openai.APIStatusError) -> str:
+    return f"{_detail(exc)} {exc.body!r}"
 
 
 def _detail(exc: Exception) -> str:
