@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.checks import Check
-from tierflow.core.errors import BudgetExceeded, MalformedResponse
+from tierflow.core.errors import BudgetExceeded, MalformedResponse, ProviderUnavailable
 from tierflow.core.ledger import Ledger
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
@@ -341,6 +341,23 @@ def test_a_timeout_before_a_server_refuses_json_schema_is_retried_then_falls_bac
     sent = [(s.body["response_format"]["type"], s.status, s.delivered) for s in double.model_calls()]
     assert sent == [("json_schema", 500, False), ("json_schema", 500, True), ("json_object", 200, True)]
     assert sorted(r["outcome"] for r in c.ledger.rows()) == ["lost", "ok"]
+
+
+def test_a_call_whose_every_answer_timed_out_says_what_to_raise_in_the_config_or_to_rerun(
+    tmp_path, monkeypatch, double
+):
+    """Retries exhausted: the error names the provider's `timeout_s` and `max_retries` to raise, and that a rerun
+    does not pay again for finished work; every attempt is a `lost` row."""
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 3})
+    double.lose_next("chat", delay_s=2.5, times=3)
+    c = caller(tmp_path, fast_timeout(openai_config(double)), monkeypatch)
+    with pytest.raises(ProviderUnavailable) as error:
+        ask(c)
+    assert str(error.value) == (
+        "openai:gpt-5-nano: timed out after 1 s. raise timeout_s (1 s now) or max_retries (2 now) under "
+        "[providers.openai] in the config, or rerun: finished answers are reused, not paid again"
+    )
+    assert [r["outcome"] for r in c.ledger.rows()] == ["lost"] * 3 == ["lost"] * len(double.model_calls())
 
 
 def test_openai_gets_a_strict_json_schema(tmp_path, monkeypatch, double):

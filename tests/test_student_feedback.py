@@ -775,3 +775,27 @@ def test_openai_answers_lost_twice_are_retried_and_nobody_is_skipped(fault, feed
     assert len(lost) == 2 and all(c.fault == fault for c in lost)
     assert sum(r["outcome"] == "lost" for r in rows) == len(lost)
     assert sum(r["outcome"] != "lost" for r in rows) == sum(c.status == 200 and c.delivered for c in calls)
+
+
+def test_a_student_whose_every_answer_timed_out_is_skipped_saying_what_to_raise_or_to_rerun(
+    feedback_vault, double, keys
+):
+    """Retries exhausted on one student: the others are drafted, and the skip says which config keys to raise,
+    or to rerun, which pays for that student alone."""
+    slow_to_answer(feedback_vault, double)
+    double.responder = skilled()
+    double.lose_next("chat", delay_s=2.5, times=3)
+    summary = student_feedback(vault=str(feedback_vault))
+    assert not summary.failed and len(drafts(feedback_vault)) == SUBMITTED - 1
+    ((_, why),) = failures(summary)
+    assert why == (
+        "collate failed: openai:gpt-5-nano: timed out after 1 s. raise timeout_s (1 s now) or max_retries (2 now) "
+        "under [providers.openai] in the config, or rerun: finished answers are reused, not paid again"
+    )
+    rows = Ledger.for_vault(feedback_vault).rows(run_id=summary.run_id)
+    assert sum(r["outcome"] == "lost" for r in rows) == 3
+    double.reset()
+    double.responder = skilled()
+    again = student_feedback(vault=str(feedback_vault))
+    assert not failures(again) and len(drafts(feedback_vault)) == SUBMITTED
+    assert sum(schema_of(c) == "evidenceout" for c in double.model_calls()) == 1  # the skipped student's alone

@@ -209,6 +209,15 @@ def with_lost_attempts(completion: Completion, lost: int) -> Completion:
     return replace(completion, extra={**completion.extra, "lost_attempts": lost}) if lost else completion
 
 
+def unanswered_hint(name: str, config: ProviderConfig) -> str:
+    """What to do about a call whose answers never arrived (timed out, cut off) after the SDK's retries: the
+    provider's keys that give it more time or more tries, or a rerun, which pays only for what is not done."""
+    return (
+        f"raise timeout_s ({config.timeout_s:g} s now) or max_retries ({config.max_retries} now) under "
+        f"[providers.{name}] in the config, or rerun: finished answers are reused, not paid again"
+    )
+
+
 def create_once(create: Callable[[], T], retries: int) -> T:
     """Create a batch: again after an error the provider answered with (429, 5xx: nothing was created), but
     never blindly after a lost answer (a timeout, a reset), which the SDKs would retry and the provider may

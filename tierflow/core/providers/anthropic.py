@@ -24,6 +24,7 @@ from tierflow.core.providers import (
     Request,
     api_key,
     create_once,
+    unanswered_hint,
 )
 from tierflow.core.usage import reported_usage
 
@@ -209,9 +210,19 @@ class AnthropicProvider:
                 hint="lower the tier's concurrency or raise max_retries",
             )
         if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"timed out after {self.config.timeout_s:g} s",
+                hint=unanswered_hint(self.name, self.config),
+            )
         if isinstance(exc, anthropic.APIConnectionError) and (cut := self.attempts.cut_off()):
-            return ProviderUnavailable(self.name, model, f"the answer was cut off mid-transfer ({cut})")
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"the answer was cut off mid-transfer ({cut})",
+                hint=unanswered_hint(self.name, self.config),
+            )
         if isinstance(exc, anthropic.APIConnectionError):
             return ProviderUnavailable(self.name, model, f"cannot connect ({exc})")
         if isinstance(exc, anthropic.APIResponseValidationError):

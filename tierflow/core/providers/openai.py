@@ -29,6 +29,7 @@ from tierflow.core.providers import (
     json_instruction,
     parse_json_object,
     strict_schema,
+    unanswered_hint,
 )
 from tierflow.core.usage import reported_usage
 
@@ -243,9 +244,19 @@ class OpenAIProvider:
                 hint="lower the tier's concurrency or raise max_retries",
             )
         if isinstance(exc, openai.APITimeoutError):
-            return ProviderUnavailable(self.name, model, f"timed out after {self.config.timeout_s:g} s")
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"timed out after {self.config.timeout_s:g} s",
+                hint=unanswered_hint(self.name, self.config),
+            )
         if isinstance(exc, openai.APIConnectionError) and (cut := self.attempts.cut_off()):
-            return ProviderUnavailable(self.name, model, f"the answer was cut off mid-transfer ({cut})")
+            return ProviderUnavailable(
+                self.name,
+                model,
+                f"the answer was cut off mid-transfer ({cut})",
+                hint=unanswered_hint(self.name, self.config),
+            )
         if isinstance(exc, openai.APIConnectionError):
             where = self.config.base_url or "api.openai.com"
             hint = "is the local server running?" if self.kind == "openai-compatible" else ""
