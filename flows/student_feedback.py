@@ -63,7 +63,8 @@ def student_feedback(
                 draft(settings, work, evidence, summary, mode=mode, wait=wait, redraft_all=redraft_all)
             )
             # The summary is written before the drafts (they quote it): the tier each was written on comes after.
-            summary = add_draft_tiers(settings, work, evidence, summary, draft_tiers(settings, work))
+            # A rewrite the disk refuses is skipped like a draft, so the run still reports every draft it skipped.
+            summary = run.absorb(add_draft_tiers(settings, work, evidence, summary, draft_tiers(settings, work)))[0]
             run.written.append(WriteResult(summary.note, summary.action))  # listed under "Notes written" too
 
         run.message = unhidden_note(settings, work)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import RunSettings, caller_for
-from tierflow.core.errors import BatchPending, ProviderError
+from tierflow.core.errors import BatchPending, ProviderError, VaultError
 from tierflow.core.phases import PhaseOutcome, single
 from tierflow.tasks.assignment import Assignment
 from tierflow.tasks.evidence import Evidence
@@ -204,21 +204,31 @@ def write_summary(
 
 def add_draft_tiers(
     settings: RunSettings, assignment: Assignment, evidence: list[Evidence], cohort: Cohort, drafts: list[DraftTier]
-) -> Cohort:
+) -> PhaseOutcome[Cohort]:
     """Rewrite the summary, written before the drafts, with the tier and model each current draft was answered on
-    (`tierflow.tasks.feedback.draft_tiers`: this run's and the earlier runs' alike).
+    (`tierflow.tasks.feedback.draft_tiers`: this run's and the earlier runs' alike); its one result is the cohort.
 
     The run's list of notes keeps the first write's action (`created` stays `created`) unless that left it unchanged.
+    A summary that cannot be rewritten (a full disk, `NoteNotWritten`) stays as first written, and the tier table is
+    skipped with the note, the cause and the fix, as a draft that cannot be written is: the run goes on to its
+    report, and a rerun, paying nothing more, adds the table.
     """
+    outcome = PhaseOutcome(results=[cohort])
     if not drafts:
-        return cohort
+        return outcome
     out = CohortOut(**cohort.model_dump(include=set(CohortOut.model_fields)))
-    written = write_summary(
-        settings, assignment, evidence, out, model=cohort.model, tokens=cohort.tokens, cost_usd=cohort.cost_usd,
-        offline=cohort.offline, drafts=drafts,
-    )  # fmt: skip
+    try:
+        written = write_summary(
+            settings, assignment, evidence, out, model=cohort.model, tokens=cohort.tokens, cost_usd=cohort.cost_usd,
+            offline=cohort.offline, drafts=drafts,
+        )  # fmt: skip
+    except VaultError as exc:
+        # Under the subject the synthesise phase skips the summary with, when it cannot write it at all.
+        outcome.skipped.append(("cohort", f"tier table not added: {exc}"))
+        return outcome
     action = written.action if cohort.action == "unchanged" else cohort.action
-    return cohort.model_copy(update={"note": written.path, "action": action})
+    outcome.results = [cohort.model_copy(update={"note": written.path, "action": action})]
+    return outcome
 
 
 def _columns(distribution: list[dict[str, Any]]) -> list[str]:
