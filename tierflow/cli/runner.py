@@ -534,6 +534,8 @@ def print_summary(vault: Path, summary: Any) -> None:
         out.print(f"  [yellow]{'skipped':>14}[/]  {escape(path)}: {escape(reason)}")
     if summary.report is not None:
         out.print(f"  [cyan]{'run report':>14}[/]  {escape(str(vault / summary.report.path))}")
+    if getattr(summary, "report_error", None):
+        out.print(f"  [red]{'run report':>14}[/]  not written: {escape(summary.report_error)}")
     out.print(f"Total: {summary.tokens} tokens, {money(summary.cost_usd)}.")
     for batch in getattr(summary, "batches", []):
         out.print(f"  [cyan]{'batch':>14}[/]  {escape(batch)}")

@@ -42,6 +42,8 @@ class RunSummary:
     halted: str | None = None
     failed: str | None = None
     report: WriteResult | None = None
+    report_error: str | None = None
+    """Why the report note could not be written (a full disk): the console then shows all it would have said."""
     tokens: int = 0
     cost_usd: float = 0.0
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -242,8 +244,17 @@ def write_run_report(
         "tierflow_cost_usd": round(overall.cost_usd, 6),
         "tierflow_notes_written": len(summary.written),
     }
-    summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
-    write_day_index(writer, env, day)
+    report_key = artifact_key(summary.flow, "report", settings.vault)
+    try:
+        summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
+    except VaultError as exc:  # a full disk: the run's record is still the summary, its artifact and the console
+        summary.report_error = f"{exc} The report's text is the flow run's Prefect artifact {report_key}."
+        get_run_logger().warning("run report not written: %s", summary.report_error)
+    else:
+        try:
+            write_day_index(writer, env, day)
+        except VaultError as exc:  # the report is written: the day's next run indexes it
+            get_run_logger().warning("the day's index of run reports was not written: %s", exc)
     summary.tokens = overall.tokens
     summary.cost_usd = overall.cost_usd
     summary.phases = context["phases"]
@@ -254,7 +265,7 @@ def write_run_report(
         description=f"{money(overall.cost_usd)} · all-deep {all_deep} · saved {savings or 'unknown'}",
     )
     create_markdown_artifact(
-        key=artifact_key(summary.flow, "report", settings.vault),
+        key=report_key,
         markdown=body,
         description=f"tierflow run report {settings.run_id}",
     )
