@@ -62,20 +62,8 @@ def test_demo_runs_keyless_and_writes_drafts_report_and_ledger(tmp_path: Path):
 
 def test_a_prefect_server_that_does_not_start_in_time_ends_in_one_paragraph_with_the_fix(tmp_path: Path):
     """A busy machine: Prefect's temporary server does not answer within the wait (here 0 s, so it cannot)."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "0"
-    env.pop("PREFECT_API_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "tierflow.cli", "demo", str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr, result.stderr
-    message = " ".join(result.stderr.split())
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0", "PREFECT_API_URL": None}
+    message = failed_without_prefect(tmp_path, ["demo", str(tmp_path / "demo")], env)
     assert "did not answer within 0 s" in message
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=" in message and "prefect server start" in message
 
@@ -87,25 +75,32 @@ def test_a_prefect_server_that_does_not_answer_at_prefect_api_url_ends_in_one_pa
 
     vault = tmp_path / "vault"
     shutil.copytree(Path(__file__).parents[1] / "vault_fixtures" / "reading-week", vault)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     with socket.socket() as taken:  # bound, never listening: a connection to it is refused
         taken.bind(("127.0.0.1", 0))
-        env["PREFECT_API_URL"] = f"http://127.0.0.1:{taken.getsockname()[1]}/api"
+        url = f"http://127.0.0.1:{taken.getsockname()[1]}/api"
         args = ["run", "reading-notes", "--vault", str(vault), "--profile", "offline"]
-        result = subprocess.run(
-            [sys.executable, "-m", "tierflow.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr, result.stderr
-    message = " ".join(result.stderr.split())
-    assert f"Prefect's server at {env['PREFECT_API_URL']}/ (PREFECT_API_URL) did not answer" in message, message
+        message = failed_without_prefect(tmp_path, args, {"PREFECT_API_URL": url})
+    assert f"Prefect's server at {url}/ (PREFECT_API_URL) did not answer" in message, message
     assert "nothing was spent" in message and "prefect server start" in message and "prefect config unset" in message
     assert not Ledger.for_vault(vault).rows()
+
+
+def failed_without_prefect(tmp_path: Path, args: list[str], env_changes: dict[str, str | None]) -> str:
+    """`tierflow ARGS` with no keys and the environment changed (None: unset), which must end with exit 1 and one
+    message, no traceback: the message, its whitespace made single spaces."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", *args], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr, result.stderr
+    return " ".join(result.stderr.split())
 
 
 def test_tierflow_waits_minutes_not_seconds_for_prefects_temporary_server():
