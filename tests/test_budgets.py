@@ -368,24 +368,27 @@ def test_halt_emits_a_prefect_event_naming_the_budget(flow_vault, double):
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
     vault, configure = flow_vault
     configure('[budgets.tiny]\nusd = 0.0001\npolicy = "halt"\n')
     summary = stopped(run_week, vault)
     assert summary.halted and "budget 'tiny'" in summary.halted
-    events = []
+    # This run's events only: other tests' halted reading-notes runs emit the same event, and the server records
+    # events in the background (batched, every few seconds), so theirs may be there before this run's.
+    this_run = EventFilter(
+        event=EventNameFilter(name=["tierflow.budget.exceeded"]),
+        related=EventRelatedFilter(id=[f"tierflow.run.{summary.run_id}"]),
+    )
+    mine = []
     with get_client(sync_client=True) as client:
-        for _ in range(600):  # up to 300 s: the server records events in the background
-            events = client.read_events(
-                filter=EventFilter(event=EventNameFilter(name=["tierflow.budget.exceeded"])), limit=50
-            ).events
-            if any(e.payload.get("flow") == "reading-notes" for e in events):
+        for _ in range(600):  # up to 300 s
+            mine = client.read_events(filter=this_run, limit=50).events
+            if mine:
                 break
             time.sleep(0.5)
-    mine = [e for e in events if e.resource.id == "tierflow.budget.tiny"]
-    assert mine and mine[0].resource["tierflow.policy"] == "halt"
-    assert any(r.id == f"tierflow.run.{summary.run_id}" for r in mine[0].related)
+    assert mine and all(e.resource.id == "tierflow.budget.tiny" for e in mine)
+    assert mine[0].resource["tierflow.policy"] == "halt" and mine[0].payload["flow"] == "reading-notes"
 
 
 @pytest.mark.usefixtures("prefect_harness")
