@@ -93,7 +93,7 @@ def test_a_run_whose_projection_crosses_a_limit_emits_a_prefect_event(reading_va
     from datetime import date
 
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
     from tierflow.flows.reading_notes import reading_notes
     from tierflow.report.run_report import PROJECTED_OVER
@@ -106,16 +106,19 @@ def test_a_run_whose_projection_crosses_a_limit_emits_a_prefect_event(reading_va
     )
     summary = reading_notes(vault=str(reading_vault), since=date(2026, 11, 16), until=date(2026, 11, 22))
     assert summary.tokens > 0
+    # This run's event only: another run's projection over a `monthly` budget emits the same one, and the server
+    # records events in the background (batched, every few seconds), so it may be there before this run's.
+    this_run = EventFilter(
+        event=EventNameFilter(name=[PROJECTED_OVER]), related=EventRelatedFilter(id=[f"tierflow.run.{summary.run_id}"])
+    )
     events = []
     with get_client(sync_client=True) as client:
-        for _ in range(600):  # up to 300 s: the server records events in the background
-            events = client.read_events(
-                filter=EventFilter(event=EventNameFilter(name=[PROJECTED_OVER])), limit=50
-            ).events
-            if any(e.resource.id == "tierflow.budget.monthly" for e in events):
+        for _ in range(600):  # up to 300 s
+            events = client.read_events(filter=this_run, limit=50).events
+            if events:
                 break
             time.sleep(0.5)
-    (mine,) = [e for e in events if any(r.id == f"tierflow.run.{summary.run_id}" for r in e.related)]
+    (mine,) = events
     assert mine.resource.id == "tierflow.budget.monthly" and mine.payload["projected_tokens"] > 30000
     assert mine.payload["runs_out"].startswith("2026-11-")
 
