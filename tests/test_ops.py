@@ -448,6 +448,55 @@ def test_schedule_registers_reads_back_updates_lists_pauses_and_resumes(api: str
     assert missing.exit_code == 1 and "no deployment 'no-such-deployment'" in missing.output
 
 
+PAGE = 200
+"""Objects per request that a Prefect server returns (PREFECT_SERVER_API_DEFAULT_LIMIT): a listing drops the rest."""
+
+
+@contextmanager
+def crowded(count: int = PAGE + 5) -> Iterator[list[str]]:
+    """More flows, each with a deployment, and more tag limits than one page of the API holds, named to sort
+    first (`aaa-…`): yields the deployments' full names; all removed afterwards, for the module's later tests."""
+    names = [f"aaa-crowd-{i:03}" for i in range(count)]
+    flow_ids = []
+    try:
+        with client() as c:
+            for name in names:
+                flow_ids.append(c.create_flow_from_name(name))
+                c.create_deployment(flow_id=flow_ids[-1], name=f"{name}-nightly")
+                c.create_concurrency_limit(tag=name, concurrency_limit=1)
+        yield [f"{name}/{name}-nightly" for name in names]
+    finally:
+        with client() as c:
+            for flow_id in flow_ids:
+                c.delete_flow(flow_id)  # and its deployment
+            for name in names[: len(flow_ids)]:
+                c.delete_concurrency_limit_by_tag(name)
+
+
+def test_schedule_list_pause_and_limits_see_past_the_first_page_of_a_busy_server(api: str, tmp_path: Path):
+    """A server with more than 200 flows, deployments or tag limits: `schedule list` listed only the first 200
+    deployments (by name) and named the flows of the rest `?`; `schedule pause NAME` said a deployment past them
+    did not exist; `limits show` and `limits apply` did not see the tier limits past the first 200 tags."""
+    config = write_config(tmp_path / "limits.toml", LIMITS_CONFIG.format(standard=3))
+    assert tierflow("limits", "apply", "--config", str(config)).exit_code == 0
+    with crowded() as deployments:
+        listed = tierflow("schedule", "list")
+        assert listed.exit_code == 0, listed.output
+        missing = [d for d in deployments if d not in listed.output]  # named with its flow, not `?/…`
+        assert not missing, f"{len(missing)} deployments not listed, as {missing[0]}"
+        last = deployments[-1].split("/")[1]  # by its own name, unique on the server
+        paused = tierflow("schedule", "pause", last)
+        assert paused.exit_code == 0 and f"Paused {deployments[-1]}" in paused.output, paused.output
+        with client() as c:
+            assert c.read_deployment_by_name(deployments[-1]).paused is True
+
+        limits = tierflow("limits", "show", "--config", str(config))
+        row = next((line for line in limits.output.splitlines() if "tier:deep" in line), "")
+        assert row.replace("│", " ").split()[:2] == ["tier:deep", "2"], limits.output  # not "unlimited"
+        again = tierflow("limits", "apply", "--config", str(config))
+        assert "tier:deep: at most 2 at once (unchanged)" in again.output, again.output
+
+
 def test_schedule_module_review_at_the_end_of_term_or_on_demand(api: str, tmp_path: Path):
     vault = tmp_path / "module-vault"
     shutil.copytree(REPO / "vault_fixtures" / "module-review", vault)

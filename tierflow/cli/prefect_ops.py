@@ -13,7 +13,7 @@ import json
 import logging
 import shlex
 import zoneinfo
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,6 +141,46 @@ def prefect_client() -> Iterator[SyncPrefectClient]:
                 reason=reason,
             )
         yield client
+
+
+def every(read: Callable[..., list[Any]], **query: Any) -> list[Any]:
+    """Everything a Prefect `read_*` listing matches, page by page: the server returns at most its
+    PREFECT_SERVER_API_DEFAULT_LIMIT objects (200 unless set) per request, and drops the rest without a word.
+
+    Pages are read until an empty one, so no page size is assumed. An object that moves between two pages (one
+    created or deleted meanwhile) is counted once, by its id."""
+    seen: dict[Any, Any] = {}
+    offset = 0
+    while page := read(offset=offset, **query):
+        offset += len(page)
+        for item in page:
+            seen.setdefault(item.id, item)
+    return list(seen.values())
+
+
+def _flow_names(client: SyncPrefectClient, flow_ids: set[Any]) -> dict[Any, str]:
+    """The names of the flows with these ids, read by id rather than from a listing of every flow."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterId
+
+    ids = sorted(flow_ids, key=str)
+    names: dict[Any, str] = {}
+    for start in range(0, len(ids), 100):  # a bounded request body, however many flows there are
+        chunk = FlowFilter(id=FlowFilterId(any_=ids[start : start + 100]))
+        names.update((f.id, f.name) for f in every(client.read_flows, flow_filter=chunk))
+    return names
+
+
+def _deployments(client: SyncPrefectClient, name: str | None = None) -> list[tuple[str, Any]]:
+    """`(flow/deployment, deployment)` for every deployment on the server, or every one called `name`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import DeploymentSort
+
+    only = DeploymentFilter(name=DeploymentFilterName(any_=[name])) if name is not None else None
+    # Created order, not name order: many deployments share a name (`on-demand`), and rows that tie on the sort
+    # key may come back in any order from page to page.
+    found = every(client.read_deployments, deployment_filter=only, sort=DeploymentSort.CREATED_DESC)
+    flows = _flow_names(client, {d.flow_id for d in found})
+    return [(f"{flows.get(d.flow_id, '?')}/{d.name}", d) for d in found]
 
 
 def _reason(exc: BaseException) -> str:
@@ -490,9 +530,8 @@ class DeploymentInfo:
 def list_deployments() -> list[DeploymentInfo]:
     """Every deployment on the server, with its schedules and whether it is paused."""
     with prefect_client() as client:
-        flows = {f.id: f.name for f in client.read_flows(limit=200)}
         out = []
-        for d in client.read_deployments(limit=200):
+        for full, d in _deployments(client):
             schedules = [
                 describe_schedule(s.schedule.cron, s.schedule.timezone or "UTC") + ("" if s.active else " [inactive]")
                 if hasattr(s.schedule, "cron")
@@ -501,7 +540,7 @@ def list_deployments() -> list[DeploymentInfo]:
             ]
             out.append(
                 DeploymentInfo(
-                    name=f"{flows.get(d.flow_id, '?')}/{d.name}",
+                    name=full,
                     schedules=schedules,
                     paused=bool(d.paused),
                     pool=d.work_pool_name,
@@ -530,12 +569,11 @@ def _find_deployment(client: SyncPrefectClient, name: str) -> tuple[str, Any]:
             return name, client.read_deployment_by_name(name).id
         except ObjectNotFound:
             pass
-    flows = {f.id: f.name for f in client.read_flows(limit=200)}
-    matches = [(f"{flows.get(d.flow_id, '?')}/{d.name}", d.id) for d in client.read_deployments(limit=200)]
-    exact = [m for m in matches if name in (m[0], m[0].split("/", 1)[1])]
+    # A deployment's own name, asked of the server: not looked for in a listing, which stops at one page.
+    exact = [(full, d.id) for full, d in _deployments(client, name.split("/", 1)[-1]) if name in (full, d.name)]
     if len(exact) == 1:
         return exact[0]
-    known = ", ".join(m[0] for m in sorted(matches)) or "none"
+    known = ", ".join(sorted(full for full, _ in _deployments(client))) or "none"
     if exact:
         raise OpsError(f"{name!r} names several deployments; give one as FLOW/NAME: {known}.")
     raise OpsError(f"no deployment {name!r} on the server. Deployments there: {known}. See `tierflow schedule list`.")
@@ -650,9 +688,7 @@ class LimitInfo:
 def show_limits(config: Config | None = None) -> list[LimitInfo]:
     """The `tier:` concurrency limits on the server, beside the config's tiers when given."""
     with prefect_client() as client:
-        limits = {
-            lim.tag: lim for lim in client.read_concurrency_limits(limit=200, offset=0) if lim.tag.startswith("tier:")
-        }
+        limits = {lim.tag: lim for lim in _concurrency_limits(client) if lim.tag.startswith(TIER_TAG_PREFIX)}
     tiers = {tier_tag(n): t.concurrency for n, t in config.settings.tiers.items()} if config else {}
     rows = []
     for tag in sorted(set(limits) | set(tiers)):
@@ -669,11 +705,20 @@ def show_limits(config: Config | None = None) -> list[LimitInfo]:
     return rows
 
 
+LIMITS_PAGE = 100
+"""Tag limits per request: Prefect's listing of them needs a page size, which may not exceed the server's
+PREFECT_SERVER_API_DEFAULT_LIMIT (200 unless set)."""
+
+
+def _concurrency_limits(client: SyncPrefectClient) -> list[Any]:
+    """Every tag concurrency limit on the server: a server with more than a page of them lists the rest on the
+    next pages (by tag, in order)."""
+    return every(client.read_concurrency_limits, limit=LIMITS_PAGE)
+
+
 def _tier_limits(client: SyncPrefectClient) -> dict[str, int]:
     return {
-        lim.tag: lim.concurrency_limit
-        for lim in client.read_concurrency_limits(limit=200, offset=0)
-        if lim.tag.startswith(TIER_TAG_PREFIX)
+        lim.tag: lim.concurrency_limit for lim in _concurrency_limits(client) if lim.tag.startswith(TIER_TAG_PREFIX)
     }
 
 
