@@ -200,8 +200,8 @@ def flow_runs(flow: str) -> int:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    with get_client(sync_client=True) as client:
-        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow]))))
+    with get_client(sync_client=True) as client:  # counted, not listed: a listing stops at one page (200 runs)
+        return client.count_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -405,8 +405,10 @@ def test_schedule_refuses_a_param_an_option_gives_as_run_does(registered_triage:
     other.mkdir()
 
     def deployments() -> list[tuple[str, object]]:
-        with get_client(sync_client=True) as client:
-            return sorted((str(d.id), d.updated) for d in client.read_deployments())
+        from tierflow.cli.prefect_ops import every
+
+        with get_client(sync_client=True) as client:  # every page: the session's server may hold more than one
+            return sorted((str(d.id), d.updated) for d in every(client.read_deployments))
 
     before = deployments()
 
