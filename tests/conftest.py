@@ -14,6 +14,11 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-tests-pr
 # No test may depend on the day it runs: tierflow's clock (budget periods, ledger times, default windows) starts
 # mid-week, mid-month, far from midnight in every time zone, and runs forward; subprocesses inherit it.
 os.environ["TIERFLOW_CLOCK_START"] = "2026-11-18T06:00:00+00:00"
+# The tests read the CLI's output as a pipe or a file gets it: plain text. Rich's colour, forced on by the
+# environment (FORCE_COLOR, as many CI services set; TTY_COMPATIBLE), put ANSI codes in an error line and in a printed
+# command a test runs again. A test that wants a terminal sets them for its own invocation (test_cli_output).
+for _key in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+    os.environ.pop(_key, None)
 from tierflow.cli import prefect_defaults  # noqa: E402
 
 prefect_defaults()
