@@ -26,6 +26,7 @@ from tierflow.vault.annotations import locate
 from tierflow.vault.index import TIERFLOW_KEYS
 from tierflow.vault.links import VaultNames, same_path
 from tierflow.vault.notes import NoteWriter, SourceNote, WriteResult, read_source, safe_note_name, template_env
+from tierflow.vault.quotations import InlineQuotation, inline_quotations, problem, quoted_in
 from tierflow.vault.text import load_note, read_note_text
 
 PHASE = "draft"
@@ -79,6 +80,91 @@ def quotes_verbatim(sources: list[SourceNote]) -> Check:
         return found
 
     return Check("quotes_verbatim", problems)
+
+
+PROSE = ("summary", "discussion", "open_questions")
+"""The draft's fields written as prose into the note, where a quotation in quotation marks is checked too."""
+_ATTRIBUTED = re.compile(
+    r"\s*[.,;:]?\s*(?:\([^()\n]{0,160}\)|\[\[[^\]\n]{0,200}\]\]|@[\w:-]+|(?:[\u2014\u2015\u2013]|--)[^\n]{0,120})"
+)
+"""What right after a quotation says whose words they are: `(hattie2007)`, `[[Note]]`, `— Hattie (2007)`."""
+_WIKILINK = re.compile(r"\[\[([^\]|#\n]+)")
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A quotation in the draft's prose not found word for word where it says it is from."""
+
+    field: str
+    text: str
+    source: SourceNote | None
+    """The source it names; None when it names none (then it is in none of them)."""
+    problem: str
+
+
+def inline_quotes_verbatim(sources: list[SourceNote]) -> Check:
+    """Every quotation written in the prose (in quotation marks, or a blockquote) is word for word in the source
+    it names, or in one of the sources when it names none; a work's title may be in a source's title or metadata."""
+    return Check("inline_quotes_verbatim", lambda out: [u.problem for u in unverified_inline(out, sources)])
+
+
+def unverified_inline(out: DraftOut, sources: list[SourceNote]) -> list[Unverified]:
+    """The quotations in the draft's prose (`PROSE`) not found word for word where they say they are from."""
+    found = []
+    known = ", ".join(s.citekey for s in sources)
+    for field in PROSE:
+        value = getattr(out, field)
+        for text in value if isinstance(value, list) else [value]:
+            for q in inline_quotations(text):
+                source = _named(q, sources)
+                if any(quoted_in(q.text, t) for s in ([source] if source else sources) for t in _source_texts(s)):
+                    continue
+                where = source.citekey if source else f"any of the sources ({known})"
+                found.append(Unverified(field, q.text, source, problem(q.text, where)))
+    return found
+
+
+def _source_texts(source: SourceNote) -> list[str]:
+    """Where a quotation from a source may be found: its text, and its title and metadata (a work's title)."""
+    values: list[object] = [source.front_matter]
+    flat = []
+    while values:
+        v = values.pop()
+        if isinstance(v, dict):
+            values += list(v.values())
+        elif isinstance(v, list | tuple | set):
+            values += list(v)
+        elif v is not None:
+            flat.append(str(v))
+    return [source.body, source.title, *flat]
+
+
+def _named(q: InlineQuotation, sources: list[SourceNote]) -> SourceNote | None:
+    """The source a quotation names: in what follows it at once (`"..." (hattie2007)`), else the nearest one
+    its sentence names before it (`Hattie and Timperley (hattie2007) write that "..."`); None if neither does."""
+    after = _ATTRIBUTED.match(q.after)
+    if after:
+        hits = sorted((at, i) for i, s in enumerate(sources) for at in _mentions(after.group(), s))
+        if hits:
+            return sources[hits[0][1]]
+    hits = sorted((at, i) for i, s in enumerate(sources) for at in _mentions(q.before, s))
+    return sources[hits[-1][1]] if hits else None
+
+
+def _mentions(text: str, source: SourceNote) -> list[int]:
+    """Where `text` names `source`: its citekey, a wikilink to its note, or its first author's surname with its
+    year (`Hattie & Timperley, 2007`)."""
+    at = []
+    if source.citekey:
+        at += [m.start() for m in re.finditer(rf"(?<!\w){re.escape(source.citekey)}(?!\w)", text, re.IGNORECASE)]
+    names = {n.casefold() for n in (source.link, Path(source.path).stem, source.title) if n}
+    at += [m.start() for m in _WIKILINK.finditer(text) if m.group(1).strip().casefold() in names]
+    if source.authors and source.year and source.year in text:
+        first = source.authors[0]
+        surname = first.split(",")[0].strip() if "," in first else (first.split() or [""])[-1]
+        if surname:
+            at += [m.start() for m in re.finditer(rf"(?<!\w){re.escape(surname)}(?!\w)", text)]
+    return at
 
 
 def sections_present(out: DraftOut) -> list[str]:
@@ -148,6 +234,7 @@ def draft_checks(names: VaultNames, sources: list[SourceNote]) -> list[Check]:
     checks = [
         draft_check(names, {s.citekey for s in sources}),
         quotes_verbatim(sources),
+        inline_quotes_verbatim(sources),
         Check("sections_present", sections_present),
     ]
     return [replace(c, rebuild=recipe) for c in checks]
@@ -245,6 +332,8 @@ def draft_concept(
         checks=draft_checks(names, sources),
     )
     out: DraftOut = answer.parsed
+    # Read before links are unlinked: a `[[link]]` beside a quotation may be what names its source.
+    inline = unverified_inline(out, sources)
     # Links that still do not resolve after the retry are left as plain text, never written as links.
     out = out.model_copy(
         update={
@@ -277,6 +366,14 @@ def draft_concept(
     body = env.get_template("notes/concept.md.j2").render(
         draft=out,
         quotes=quotes,
+        unverified={
+            field: [
+                {"text": names.unlink_unresolved(" ".join(u.text.split())), "link": u.source.link if u.source else None}
+                for u in inline
+                if u.field == field
+            ]
+            for field in PROSE
+        },
         sources=[by_key[c.citekey] for c in collations if c.citekey in by_key],
         created=today,
         since=share.since,
@@ -304,7 +401,7 @@ def draft_concept(
         "tierflow_phase_models": [*share.phase_models, f"draft: {answer.route.model_ref}"],
         "tierflow_tokens": tokens,
         "tierflow_cost_usd": cost,
-        "tierflow_unverified_quotes": sum(1 for q in quotes if not q["verbatim"]),
+        "tierflow_unverified_quotes": sum(1 for q in quotes if not q["verbatim"]) + len(inline),
     }
     if answer.checks_failed:
         front_matter["tierflow_checks_failed"] = list(answer.checks_failed)

@@ -24,10 +24,10 @@ from pydantic import BaseModel, Field, create_model
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Answer, RunSettings, caller_for
-from tierflow.core.checks import describe, run_checks
+from tierflow.core.checks import Check, describe, run_checks
 from tierflow.core.errors import ContextWindowExceeded, VaultError
 from tierflow.core.phases import PhaseOutcome, fan_out, single
-from tierflow.flowkit.checks import rubric_coverage
+from tierflow.flowkit.checks import inline_quotes_verbatim, rubric_coverage
 from tierflow.lms.drafts import CHECKS_KEY, VERSION_KEY, Draft, scan
 from tierflow.report.spend import row_tokens
 from tierflow.tasks.assignment import Assignment, Submission, too_long
@@ -35,6 +35,7 @@ from tierflow.tasks.cohort import Cohort, DraftTier
 from tierflow.tasks.evidence import Evidence, batch_outcome, checks, choices, rubric_data, shared_prefix, with_prefix
 from tierflow.vault.annotations import locate
 from tierflow.vault.notes import RUN_AGAIN, NoteNotWritten, NoteWriter, WriteResult, template_env
+from tierflow.vault.quotations import not_quoted
 from tierflow.vault.rubric import Rubric
 from tierflow.vault.text import escape_property_links
 
@@ -120,6 +121,25 @@ def prompt(
             ranged=any(lvl.score for c in assignment.rubric.criteria for lvl in c.levels),
         ),
     )
+
+
+def prose(out: FeedbackOut) -> list[str]:
+    """What of a draft the student reads as the model wrote it: comments, next steps, the overall remark."""
+    return [*(c.comment for c in out.criteria), *out.next_steps, out.overall]
+
+
+def quotable(assignment: Assignment) -> tuple[str, str]:
+    """Besides the submission, what a comment may quote, as the prompt shows it: the rubric and the brief."""
+    hide = assignment.pseudonyms().hide
+    return assignment.rubric.as_markdown(hide), hide(assignment.brief)
+
+
+def draft_checks(assignment: Assignment, submission: Submission) -> list[Check]:
+    """The evidence's `checks`, and `inline_quotes_verbatim`: a quotation in the text the student reads is their
+    own words (or the rubric's or the brief's), compared with the pseudonymised text the model was sent."""
+    hidden = assignment.pseudonyms().hide(submission.text)
+    where = "the submission"
+    return [*checks(assignment, submission), inline_quotes_verbatim(prose, hidden, *quotable(assignment), where=where)]
 
 
 def _draft_spend(settings: RunSettings, subject: str, answer: Answer | None) -> tuple[int, float | None]:
@@ -214,7 +234,14 @@ def write_feedback(
         return pseudonyms.restore(text, hidden) or reveal(text)
 
     out: FeedbackOut | None = answer.parsed if answer else None
+    also = quotable(assignment)
+
+    def unverified(text: str) -> list[str]:
+        # Against the text the model was sent (labels for names), as `draft_checks` judged it; shown as written.
+        return [quoted(q) for q in not_quoted(text, hidden.text, *also)]
+
     criteria = []
+    elsewhere: list[str] = []
     problems = ""
     if out is not None:
         # The rubric's criteria in its order, named as it names them, whatever order the answer took.
@@ -232,17 +259,20 @@ def write_feedback(
                     "range": str(level.score) if level and level.score else "",
                     "score": _num(c.score) if c and c.score is not None else "",
                     "comment": reveal(c.comment) if c else "",
+                    "unverified": unverified(c.comment) if c else [],
                     "quotes": [{"text": quoted(q), "verbatim": locate(q, hidden.text)} for q in c.quotes] if c else [],
                 }
             )
         # Batch answers never went through the call path's checks; direct ones may have kept a failure.
         problems = reveal(describe(run_checks([rubric_coverage(assignment.rubric)], out)))
+        elsewhere = [q for text in [*out.next_steps, out.overall] for q in unverified(text)]
     body = env.get_template("notes/feedback.md.j2").render(
         student=submission,
         criteria=criteria,
         problems=problems,
         next_steps=[reveal(s) for s in out.next_steps] if out else [],
         overall=reveal(out.overall) if out else "",
+        unverified=elsewhere,
         empty=submission.empty,
         flags=submission.flags,
         offline=bool(answer and answer.route.provider_kind == "offline"),
@@ -268,7 +298,9 @@ def write_feedback(
         "tierflow_tokens": tokens,
         "tierflow_cost_usd": cost,
         "tierflow_flags": list(submission.flags),
-        "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"]),
+        "tierflow_unverified_quotes": sum(1 for c in criteria for q in c["quotes"] if not q["verbatim"])
+        + sum(len(c["unverified"]) for c in criteria)
+        + len(elsewhere),
         "tierflow_levels": [f"{c['criterion']}: {c['level'] or 'none'}" for c in criteria],
     }
     if answer and answer.checks_failed:  # kept although no tier passed: `--retry-failed` drafts it again
@@ -335,7 +367,7 @@ def draft_student(
             cache_prefix=prefix,
             output=feedback_output(assignment.rubric),
             subject=label,
-            checks=checks(assignment, submission),
+            checks=draft_checks(assignment, submission),
         )
     except ContextWindowExceeded as exc:  # the draft's prompt holds the whole submission too
         raise too_long(Path(settings.vault or "."), submission, exc) from None
@@ -363,7 +395,7 @@ def draft_batch(
                 output=feedback_output(assignment.rubric),
                 cache_prefix=prefix,
                 subject=label,
-                checks=tuple(checks(assignment, s)),
+                checks=tuple(draft_checks(assignment, s)),
             )
         )
     return run_batch(caller_for(settings), calls, phase=PHASE, complexity=complexity(settings), wait=wait)
