@@ -65,7 +65,7 @@ def billed_drafts(vault: Path, run_id: str) -> list[dict[str, Any]]:
 def test_scare_quotes_and_terms_are_not_quotations_but_clauses_in_any_marks_are():
     text = (
         'A "formative" view, "feedback literacy" and 「形成的評価」 are terms. '
-        'Hattie writes “feedback always doubles learning” and „Rückmeldung ist immer sehr gut“ and '
+        "Hattie writes “feedback always doubles learning” and „Rückmeldung ist immer sehr gut“ and "
         "« le retour est toujours utile », 「フィードバックは学習に最も強い影響を与える」 "
         "and 『反馈总是使学习效果翻倍的』.\n\n"
         "> Feedback is one of the most powerful influences on learning\n> — Hattie and Timperley (2007)\n\n"
@@ -126,7 +126,7 @@ def test_an_invented_quotation_in_a_reading_note_is_retried_and_flagged_if_never
         else:
             assert CHECK in post.metadata["tierflow_checks_failed"]
             assert post.metadata["tierflow_unverified_quotes"] >= 1
-            assert '[!warning] Not found verbatim in [[' in post.content
+            assert "[!warning] Not found verbatim in [[" in post.content
             assert '"Feedback is never useful for any learner."' in post.content
     if fixed:
         assert sorted(r["outcome"] for r in rows) == sorted(["check_failed", "ok"] * len(summary.written))
@@ -210,7 +210,7 @@ def test_a_feedback_comment_quoting_the_students_own_words_passes_and_shows_thei
             start = text.index("In my own schooling")
             sentence = text[start : text.index(".", start)]
             assert "Amara" not in sentence and data["student"] in sentence
-            answer["criteria"][0]["comment"] += f" You write that “{sentence}.” A \"verdict\" indeed."
+            answer["criteria"][0]["comment"] += f' You write that “{sentence}.” A "verdict" indeed.'
 
     double.responder = answering("feedbackout", quote_student)
     summary = student_feedback(vault=str(feedback_vault))
