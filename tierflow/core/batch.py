@@ -3,7 +3,9 @@
 A batched phase submits every request that is neither answered (cached, or kept by an earlier run as a
 direct call's would be: `Caller.replay_kept`) nor already in a submitted batch,
 records each item against its request's cache key (before sending, as `submitting`, so that a crash between
-the provider accepting a batch and tierflow recording its id cannot orphan it), and polls with backoff. A
+the provider accepting a batch and tierflow recording its id cannot orphan it), and polls with backoff. That record
+is the item's claim (`_claim_items`): written only if no other process recorded the item since this one looked, so
+of two runs started together exactly one sends it, and the other says so (`ELSEWHERE`). A
 rerun of the same requests, or `tierflow resume RUN`, finds the submitted batch by those keys and collects
 it without resubmitting.
 Every answer is judged like a direct call's (`Caller.judge`: schema and checks) and recorded with its
@@ -37,12 +39,15 @@ from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.context import refused
 from tierflow.core.errors import ContextWindowExceeded, TierflowError
-from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, now_iso
+from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
 from tierflow.core.usage import Usage
 
 log = logging.getLogger("tierflow")
+
+ELSEWHERE = "another process is submitting it in a batch; run again to collect it"
+"""Why a batch item has no answer when another process claimed it first: its run collects it, or a rerun will."""
 
 
 @dataclass(frozen=True)
@@ -119,19 +124,22 @@ def run_batch(
     if not todo:
         return outcome
 
-    submitted, elsewhere = _submitted(caller, list(todo))
+    submitted, elsewhere, ended = _submitted(caller, list(todo))
     for cache_key in elsewhere:
-        outcome.failed[todo[cache_key][0].key] = "another process is submitting it in a batch; run again to collect it"
+        outcome.failed[todo[cache_key][0].key] = ELSEWHERE
     fresh = _reserve(caller, [v for k, v in todo.items() if k not in submitted and k not in elsewhere], outcome)
     by_provider: dict[str, list[tuple[BatchCall, Route, Request, str, Any]]] = defaultdict(list)
     for item in fresh:
         by_provider[item[1].provider].append(item)
         todo[item[3]] = item[:4]  # a downgraded item is collected for the tier it went to
     for provider_name, items in by_provider.items():
-        batch_id = _submit(caller, provider_name, items, phase)
+        batch_id, sent = _submit(caller, provider_name, items, phase, ended)
+        outcome.failed.update({item[0].key: ELSEWHERE for item in items if item[3] not in sent})
+        if batch_id is None:
+            continue
         outcome.submitted.append(batch_id)
-        log.info("%s: submitted %s batch %s with %d requests", phase, provider_name, batch_id, len(items))
-        submitted.update({item[3]: batch_id for item in items})
+        log.info("%s: submitted %s batch %s with %d requests", phase, provider_name, batch_id, len(sent))
+        submitted.update(dict.fromkeys(sent, batch_id))
 
     batches: dict[str, list[str]] = defaultdict(list)
     for cache_key, batch_id in submitted.items():
@@ -196,10 +204,12 @@ def refused_before(caller: Caller, routed: Route, request: Request) -> ContextWi
     return remembered_refusals(caller, {key: routed}).get(key)
 
 
-def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str]]:
-    """Cache key -> batch id, for requests already in a submitted batch; and the keys a live process is
-    submitting right now. A batch recorded as `submitting` by a process that is gone is looked for in the
-    provider's batch list first: found, it counts as submitted; not found, its items are sent again."""
+def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:
+    """Cache key -> batch id, for requests already in a submitted batch; the keys a live process is submitting
+    right now; and cache key -> batch id, for requests an earlier batch ended without an answer (expired,
+    canceled ...): the row a claim to send one again expects to find (`_claim_items`). A batch recorded as
+    `submitting` by a process that is gone is looked for in the provider's batch list first: found, it counts
+    as submitted; not found, its items are sent again."""
     with caller.ledger.reading() as conn:
         rows = conn.execute(
             sa.select(batch_items).where(batch_items.c.key.in_(keys), batch_items.c.status.in_(SUBMITTED))
@@ -217,11 +227,16 @@ def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str
             _reconcile(caller, batch_key, group)
     with caller.ledger.reading() as conn:
         found = conn.execute(
-            sa.select(batch_items.c.key, batch_items.c.batch_id).where(
-                batch_items.c.key.in_(keys), batch_items.c.status == "submitted"
+            sa.select(batch_items.c.key, batch_items.c.batch_id, batch_items.c.status).where(
+                batch_items.c.key.in_(keys)
             )
         ).all()
-    return {row.key: row.batch_id for row in found}, elsewhere
+    found = [row for row in found if row.key not in elsewhere]
+    submitted = {row.key: row.batch_id for row in found if row.status == "submitted"}
+    # A `submitting` row seen now is one a process recorded since the look above: this process does not send it.
+    elsewhere.update(row.key for row in found if row.status == "submitting")
+    ended = {row.key: row.batch_id for row in found if row.status not in SUBMITTED}
+    return submitted, elsewhere, ended
 
 
 SUBMITTING_GRACE_S = 15 * 60.0
@@ -295,55 +310,89 @@ def _reserve(
 
 
 def _submit(
-    caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str, Any]], phase: str
-) -> str:
-    """Record the batch (`submitting`, under a new batch key), then send it, then record the provider's id.
+    caller: Caller,
+    provider_name: str,
+    items: list[tuple[BatchCall, Route, Request, str, Any]],
+    phase: str,
+    ended: dict[str, str],
+) -> tuple[str | None, set[str]]:
+    """Claim the items (record them `submitting`, under a new batch key), send those claimed, then record the
+    provider's id. Returns the batch id (None if another process claimed every item first) and the cache keys
+    sent; an item another process claimed first is not sent, and its reservation is released.
 
     If the answer to the submission is lost (a timeout, a reset connection), the provider may still have
     accepted the batch: it is looked for before the submission counts as failed. If the process dies
     between sending and recording, the next run finds it the same way (`_submitted`).
     """
-    requests = {custom_id(item[0], i): item[2] for i, item in enumerate(items)}
+    ids = {item[3]: custom_id(item[0], i) for i, item in enumerate(items)}
     batch_key = uuid.uuid4().hex
     _SENDING.add(batch_key)  # before the record exists, until its id is in: never an orphan to this process
     try:
-        return _record_and_send(caller, provider_name, items, phase, requests, batch_key)
+        sent = _claim_items(caller, provider_name, items, phase, ids, batch_key, ended)
+        for call, _, _, _, reservation in (item for item in items if item[3] not in sent):
+            log.info("%s: %s is being submitted by another process", phase, call.key)
+            caller.budgets.release(reservation.id)
+        if not sent:
+            return None, sent
+        requests = {ids[cache_key]: request for _, _, request, cache_key, _ in items if cache_key in sent}
+        return _send(caller, provider_name, requests, batch_key), sent
     finally:
         _SENDING.discard(batch_key)
 
 
-def _record_and_send(
+def _claim_items(
     caller: Caller,
     provider_name: str,
     items: list[tuple[BatchCall, Route, Request, str, Any]],
     phase: str,
-    requests: dict[str, Request],
+    ids: dict[str, str],
     batch_key: str,
-) -> str:
+    ended: dict[str, str],
+) -> set[str]:
+    """Record each item `submitting` if it is still as `_submitted` saw it: no row for its cache key, or the row
+    of the batch that ended without answering it (`ended`). Returns the cache keys claimed. An item another process
+    recorded since is left to that process, and its row left alone: each item is sent by one process only.
+
+    One transaction, the items in cache-key order: on PostgreSQL a second claimer waits on the first's rows
+    (never each on the other's) and, once they commit, finds them taken."""
+    claimed: set[str] = set()
     with caller.ledger.transaction() as conn:
         submitted_s = database_seconds(conn)
-        for cid, (call, routed, _, cache_key, reservation) in zip(requests, items, strict=True):
-            conn.execute(batch_items.delete().where(batch_items.c.key == cache_key))
-            conn.execute(
-                batch_items.insert().values(
-                    key=cache_key,
-                    custom_id=cid,
-                    batch_id=f"pending-{batch_key}",
-                    provider=provider_name,
-                    run_id=caller.settings.run_id,
-                    phase=phase,
-                    tier=routed.tier,
-                    subject=call.subject,
-                    reservation_id=reservation.id,
-                    downgraded_from=reservation.downgraded_from,
-                    status="submitting",
-                    created=now_iso(),
-                    batch_key=batch_key,
-                    holder_pid=os.getpid(),
-                    holder_host=HOST,
-                    submitted_s=submitted_s,
+        for call, routed, _, cache_key, reservation in sorted(items, key=lambda item: item[3]):
+            values = {
+                "custom_id": ids[cache_key],
+                "batch_id": f"pending-{batch_key}",
+                "provider": provider_name,
+                "run_id": caller.settings.run_id,
+                "phase": phase,
+                "tier": routed.tier,
+                "subject": call.subject,
+                "reservation_id": reservation.id,
+                "downgraded_from": reservation.downgraded_from,
+                "status": "submitting",
+                "created": now_iso(),
+                "batch_key": batch_key,
+                "holder_pid": os.getpid(),
+                "holder_host": HOST,
+                "submitted_s": submitted_s,
+                "error": None,
+            }
+            if cache_key in ended:  # sent again: the row of the batch that ended, unless claimed since
+                again = batch_items.update().where(
+                    batch_items.c.key == cache_key,
+                    batch_items.c.batch_id == ended[cache_key],
+                    batch_items.c.status.not_in(SUBMITTED),
                 )
-            )
+                won = conn.execute(again.values(values)).rowcount == 1
+            else:
+                won = insert_if_absent(conn, batch_items, {"key": cache_key, **values})
+            if won:
+                claimed.add(cache_key)
+    return claimed
+
+
+def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batch_key: str) -> str:
+    """Send the claimed batch, then record the provider's id."""
     try:
         batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
     except Exception as exc:

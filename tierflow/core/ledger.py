@@ -1798,6 +1798,18 @@ def _upsert_statement(dialect: str, table: sa.Table, columns: tuple[str, ...], k
     )
 
 
+def insert_if_absent(conn: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect: whether the row went in. False when a row
+    with its key is there; on PostgreSQL also when another transaction was writing one, which this waits for."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    # By what it returns, not its rowcount: SQLAlchemy reports -1 for an INSERT's on psycopg.
+    statement = insert(table).values(values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return conn.execute(statement).first() is not None
+
+
 GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment", "value")
 
 
