@@ -808,8 +808,10 @@ def release_stale(ledger: Ledger) -> list[OpenReservation]:
 
 
 def _record_lost(ledger: Ledger, conn: Connection, released: list[OpenReservation]) -> list[OpenReservation]:
-    """Each released call's reservation as a `lost` call at its worst case, `lost` set on it; a batch's is not
-    (the batch lives on at the provider, and is recorded when it is collected)."""
+    """Each released call's reservation as a `lost` call at its worst case, `lost` set on it; a batch's is not:
+    one a batch item names lives on at the provider, and is recorded when it is collected; one no item names was
+    never sent (an item is recorded, `batch._claim_items`, before it is sent, and its record is deleted only by a
+    run that found its batch never reached the provider, which releases it then)."""
     released = [replace(r, lost=not r.batch) for r in released]
     for r in released:
         if r.lost:
