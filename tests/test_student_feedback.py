@@ -799,3 +799,21 @@ def test_a_student_whose_every_answer_timed_out_is_skipped_saying_what_to_raise_
     again = student_feedback(vault=str(feedback_vault))
     assert not failures(again) and len(drafts(feedback_vault)) == SUBMITTED
     assert sum(schema_of(c) == "evidenceout" for c in double.model_calls()) == 1  # the skipped student's alone
+
+
+def test_a_halt_budget_a_whole_batch_does_not_fit_says_what_the_batch_needs_and_that_nothing_was_sent(
+    feedback_vault, double, keys
+):
+    """A batch is reserved whole: a `halt` budget that holds some of its requests but not all stops the phase
+    before anything is sent, and says so (how many fitted, at what worst case, that the budget's `reserved` was
+    the batch's own requests) with `--mode direct` as a way on; not only the last request's need."""
+    configure(feedback_vault, double, "anthropic", '[budgets.run]\nusd = 0.02\npolicy = "halt"\n')
+    double.responder = skilled()
+    summary = stopped(student_feedback, vault=str(feedback_vault), mode="batch")
+    assert summary.halted, summary
+    said = " ".join(str(summary.halted).split())
+    assert re.search(r"the batch of \d+ collate requests is sent whole", said), said
+    assert re.search(r"\d+ fitted \(\$0\.\d{4} at worst, at batch prices", said) and "nothing was sent" in said, said
+    assert "budget 'run'" in said and "--mode direct" in said, said
+    assert [q.kind for q in double.requests].count("batch_create") == 0  # nothing sent, nothing to pay
+    assert not Ledger.for_vault(feedback_vault).rows()

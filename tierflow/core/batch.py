@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +39,7 @@ from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.context import refused
-from tierflow.core.errors import ContextWindowExceeded, TierflowError
+from tierflow.core.errors import BudgetExceeded, ContextWindowExceeded, TierflowError
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
@@ -302,11 +303,36 @@ def _reserve(
                 outcome.too_long[call.key], outcome.failed[call.key] = exc, str(exc)
                 continue
             reserved.append((call, routed, request, cache_key, reservation))
+    except BudgetExceeded as exc:
+        for item in reserved:
+            caller.budgets.release(item[4].id)
+        raise BudgetExceeded(_whole_batch(exc, items, reserved), budget=exc.budget, scope=exc.scope) from exc
     except BaseException:
         for item in reserved:
             caller.budgets.release(item[4].id)
         raise
     return reserved
+
+
+def _whole_batch(
+    exc: BudgetExceeded,
+    items: list[tuple[BatchCall, Route, Request, str]],
+    reserved: list[tuple[BatchCall, Route, Request, str, Any]],
+) -> str:
+    """`exc`'s message for a batch: a batch is sent whole, so its items are reserved together, and the budget's
+    `reserved` counted the items of this batch that fitted before one did not (released again, nothing sent)."""
+    held = sum((item[4].estimate.usd or Decimal(0) for item in reserved), Decimal(0))
+    fitted = (
+        f"{len(reserved)} fitted (${held:.4f} at worst, at batch prices: counted as `reserved` below, and released "
+        "again) before the next did not"
+        if reserved
+        else "not even the first fitted"
+    )
+    return (
+        f"the batch of {len(items)} {items[0][1].phase} requests is sent whole, so all are reserved at once, and "
+        f"they do not fit: {fitted}; nothing was sent. {exc} Or run with `--mode direct`, which sends the "
+        "requests one by one as the budget allows."
+    )
 
 
 def _submit(
