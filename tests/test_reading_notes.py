@@ -412,3 +412,24 @@ def test_a_prompt_template_that_fails_for_every_note_fails_the_run_and_says_why(
     assert "Stopped early" in text and f"all {SELECTED} failed {first}" in text
     assert Ledger.for_vault(reading_vault).rows() == []  # no collation answered, so no later phase ran
     assert drafts(reading_vault) == {}
+
+
+def test_a_run_report_another_run_writes_meanwhile_is_listed_in_the_day_index(tmp_path: Path):
+    """Two runs ending together: one scans the vault's names, the other writes its report, then the first writes
+    the day's index, which lists both reports (it linked one the scan had not seen: a "bug in tierflow" refusal)."""
+    import frontmatter as fm
+
+    from tierflow.report.run_report import write_day_index
+    from tierflow.vault.notes import NoteWriter, template_env
+
+    vault = tmp_path / "vault"
+    runs = vault / "tierflow" / "Runs"
+    runs.mkdir(parents=True)
+    writer = NoteWriter(vault, "tierflow/Runs")  # its names scanned now, before the other run's report exists
+    for run_id, started in (("20261118-060000-ab12cd", "06:00"), ("20261118-060001-ef34ab", "06:00")):
+        post = fm.Post("body", tierflow_run=run_id, tierflow_day="2026-11-18", tierflow_flow="reading-notes")
+        post["tierflow_started"] = f"2026-11-18 {started}"
+        (runs / f"2026-11-18 reading-notes {started.replace(':', '')} {run_id[-6:]}.md").write_text(fm.dumps(post))
+    written = write_day_index(writer, template_env(vault, "templates"), "2026-11-18")
+    listed = (vault / written.path).read_text()
+    assert "[[2026-11-18 reading-notes 0600 ab12cd]]" in listed and "[[2026-11-18 reading-notes 0600 ef34ab]]" in listed

@@ -344,6 +344,8 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
     for path in sorted(writer.root.glob("*.md")):
         meta = _meta(path)
         if meta.get("tierflow_day") == day and meta.get("tierflow_run"):
+            if writer.names is not None:  # a report another run wrote after this writer scanned the vault
+                writer.names.add(path.relative_to(writer.vault).as_posix())
             runs.append(
                 {
                     "link": path.stem,
