@@ -511,7 +511,8 @@ class Budgets:
         """Renew this reservation's lease while its call is in flight, until it is settled or released.
 
         One thread per `Budgets` renews every reservation this process holds, every third of the lease.
-        If the process dies, renewal stops and the lease lapses: the next reservation attempt releases it.
+        If the process dies, renewal stops and the lease lapses: the next reservation attempt releases it (a run
+        starting on this host releases it at once, `release_dead_holders`).
         """
         with self._held_lock:
             self._held.add(reservation_id)
@@ -800,11 +801,30 @@ def release_stale(ledger: Ledger) -> list[OpenReservation]:
 
     A call's reservation is recorded as a `lost` call at its worst case (`lost_call`) in the same transaction: its
     request may have reached the provider, which bills it, so its budgets keep counting it (`lost` set on it)."""
+    return _release_open(ledger, lambda r: r.stale)
+
+
+def release_dead_holders(ledger: Ledger) -> list[OpenReservation]:
+    """Release every reservation whose holder was a process on this host that is gone (`holder gone`), whatever
+    its run and however long its lease still runs; each call's is recorded `lost` at its worst case, under its own
+    run id, as `release_stale` records it. Never a live holder's, another host's or a pending batch's.
+
+    A run does this as it starts or resumes: a killed run's calls in flight were sent, and may be billed, so they
+    are counted before the run (resumed, its report reads the run's calls) or anything else goes on; the lease
+    would release them only at the next reservation after it ran out, once the resumed run's report was written.
+    A holder whose pid is gone cannot wake to settle its call (`_unrecord_lost`), so it is counted once."""
+    return _release_open(ledger, lambda r: not r.batch_pending and r.holder_gone)
+
+
+def _release_open(ledger: Ledger, which: Callable[[OpenReservation], bool]) -> list[OpenReservation]:
+    """Release the open reservations `which` picks, recording each call's as `lost` (`_record_lost`)."""
     with ledger.transaction() as conn:
         _lock(conn)
-        stale = [r for r in _open(conn) if r.stale]
-        _release(conn, reservations.c.id.in_([r.id for r in stale]))
-        return _record_lost(ledger, conn, stale)
+        released = [r for r in _open(conn) if which(r)]
+        if not released:
+            return []
+        _release(conn, reservations.c.id.in_([r.id for r in released]))
+        return _record_lost(ledger, conn, released)
 
 
 def _record_lost(ledger: Ledger, conn: Connection, released: list[OpenReservation]) -> list[OpenReservation]:

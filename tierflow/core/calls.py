@@ -19,7 +19,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
 from tierflow.core import clock, telemetry
-from tierflow.core.budget import Budgets, BudgetState, Estimate, Reservation, estimate, padded
+from tierflow.core.budget import (
+    Budgets,
+    BudgetState,
+    Estimate,
+    Reservation,
+    estimate,
+    padded,
+    release_dead_holders,
+)
 from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
@@ -110,9 +118,22 @@ class RunSettings(BaseModel, frozen=True):
             run_id=run_id or "",
             retry_failed=retry_failed,
         ).with_run(flow)
-        caller_for(settings).ledger.remember_run(
+        ledger = caller_for(settings).ledger
+        ledger.remember_run(
             settings.run_id, flow, {**parameters, "profile": profile, "config": config, "tier": tier or {}}
         )
+        # A killed run's calls in flight (this one's, being resumed, or another's) may be billed: counted now, under
+        # their own run, before this run's calls and report, not at a reservation once their leases run out.
+        lost = [r for r in release_dead_holders(ledger) if r.lost]
+        if lost:
+            runs = ", ".join(dict.fromkeys(r.run_id for r in lost))
+            log.warning(
+                "%d call(s) sent by a process on this host that stopped before their answers came back (run %s) "
+                "recorded as lost at their worst case, $%.4f: the provider may have billed them",
+                len(lost),
+                runs,
+                sum(r.usd for r in lost),
+            )
         return settings
 
 

@@ -178,6 +178,7 @@ def write_run_report(
         )
     )
     retries, kept = _closed_loop(rows)
+    lost = lost_calls(rows)
     summary.kept = kept
     env = template_env(config.vault, config.settings.vault.templates_folder)
     written = [
@@ -207,6 +208,7 @@ def write_run_report(
         "savings": savings,
         "halted": summary.halted or summary.failed,
         "pending": summary.pending,
+        "lost": lost,
         "phases": [p.table_row() for p in phases],
         "totals": overall.table_row() if phases else None,
         # Free runs (offline, local) still show where the tokens went.
@@ -311,6 +313,21 @@ def warn_of_projected_overspend(forecasts: list[Forecast], settings: RunSettings
                 "runs_out": f.runs_out.isoformat() if f.runs_out else None,
             },
         )
+
+
+def lost_calls(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's calls sent and never answered (outcome `lost`: a timeout, a dropped connection, a process of the run
+    killed mid-call), as the report names them: how many, in which phases, and their worst case, which the totals
+    count. None when there are none."""
+    lost = [r for r in rows if r["outcome"] == "lost"]
+    if not lost:
+        return None
+    spent = total(lost)
+    return {
+        "calls": len(lost),
+        "phases": ", ".join(f"{p.calls} {p.key}" for p in phase_spend(lost)),
+        "cost": money(spent.cost_usd) + (f" (+{spent.unpriced} unpriced)" if spent.unpriced else ""),
+    }
 
 
 def providers_used(config: Config, rows: list[dict[str, Any]]) -> str:
