@@ -303,13 +303,11 @@ def _reserve(
                 outcome.too_long[call.key], outcome.failed[call.key] = exc, str(exc)
                 continue
             reserved.append((call, routed, request, cache_key, reservation))
-    except BudgetExceeded as exc:
+    except BaseException as exc:
         for item in reserved:
             caller.budgets.release(item[4].id)
-        raise BudgetExceeded(_whole_batch(exc, items, reserved), budget=exc.budget, scope=exc.scope) from exc
-    except BaseException:
-        for item in reserved:
-            caller.budgets.release(item[4].id)
+        if isinstance(exc, BudgetExceeded):
+            raise BudgetExceeded(_whole_batch(exc, items, reserved), budget=exc.budget, scope=exc.scope) from exc
         raise
     return reserved
 
