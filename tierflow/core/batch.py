@@ -463,7 +463,7 @@ def _collect(
 ) -> None:
     """Record every result of an ended batch, each claimed in its own settle transaction: two processes
     collecting one batch (a run waiting on it and `tierflow resume`) record each item once."""
-    with caller.ledger.engine.connect() as conn:
+    with caller.ledger.reading() as conn:
         rows = {
             r.custom_id: r
             for r in conn.execute(sa.select(batch_items).where(batch_items.c.batch_id == batch_id)).all()

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from tierflow.core import clock
 from tierflow.core.config import BudgetConfig, Config
-from tierflow.core.errors import BudgetExceeded
+from tierflow.core.errors import BudgetExceeded, LedgerError
 from tierflow.core.ledger import (
     SUBMITTED,
     CallRecord,
@@ -543,7 +543,7 @@ class Budgets:
                         .where(reservations.c.id.in_(held), reservations.c.open.is_(True))
                         .values(lease_expires=database_seconds(conn) + self.lease_s)
                     )
-            except sa.exc.SQLAlchemyError as exc:  # the ledger is briefly unreachable: try again next tick
+            except (sa.exc.SQLAlchemyError, LedgerError) as exc:  # the ledger is unreachable: try again next tick
                 log.warning("could not renew %d budget reservation lease(s): %s", len(held), exc)
 
     def settle(

@@ -34,6 +34,7 @@ from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits
 from tierflow.core.errors import (
     BudgetExceeded,
+    LedgerUnreachable,
     MalformedResponse,
     ModelNotFound,
     OutputLimitReached,
@@ -216,7 +217,11 @@ class Caller:
             profile=settings.profile,
         )
         # Pooled for the task runs a phase keeps unfinished at once, which tier limits may raise above `workers`.
-        self.ledger = Ledger(self.config.ledger_url, workers=started_task_runs(self.config))
+        self.ledger = Ledger(
+            self.config.ledger_url,
+            workers=started_task_runs(self.config),
+            outage_s=self.config.settings.ledger_outage_s,
+        )
         self.budgets = Budgets(
             self.config, self.ledger, run_id=settings.run_id, flow=settings.flow, project=settings.project
         )
@@ -1006,11 +1011,16 @@ class Caller:
                         "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
                     )
                 raise
-            except BaseException:
+            except BaseException as exc:
                 # Rolled back: the slot was never taken.
                 self.slots.forget(scope.slot)
                 scope.slot = NO_SLOT
-                raise
+                if not isinstance(exc, LedgerUnreachable):
+                    raise
+                # Its connection went away mid-transaction (a database restart): nothing was sent yet, so the call
+                # waits for the ledger as the answers in flight do, and tries again; past `ledger_outage_s` it fails.
+                self.ledger.outage.wait(exc)
+                continue
             if reservation is not None:
                 scope.reserved(reservation)
                 break

@@ -311,6 +311,10 @@ class Settings(_Model):
     ledger_url: str | None = None
     reservation_lease_s: float = Field(default=60, gt=0)
     """How long a budget reservation stays held without renewal; the process making the call renews it."""
+    ledger_outage_s: float = Field(default=60, ge=0)
+    """How long a run waits for a ledger that went away mid-run (a database restart, a failover, the network)
+    before it gives up: a paid answer's row waits in memory meanwhile, and so do the calls about to start. 0 gives up
+    at once."""
     providers: dict[str, ProviderConfig]
     tiers: dict[str, TierConfig]
     routing: RoutingConfig

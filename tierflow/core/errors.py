@@ -44,6 +44,14 @@ class LedgerError(TierflowError):
     """The ledger's database cannot be opened or read; names the ledger (file, or URL without its password)."""
 
 
+class LedgerUnreachable(LedgerError):
+    """The ledger's database cannot be reached: it went away mid-transaction (a restart, a failover, the network),
+    or stayed away longer than a run waits for it (`ledger_outage_s`), or was never there."""
+
+    gave_up = False
+    """The ledger has been away as long as the run waits for it (`Outage`): the calls after this one fail too."""
+
+
 class ProviderError(TierflowError):
     """A model provider failed; names the provider, the model and the cause."""
 

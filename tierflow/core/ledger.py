@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -30,10 +31,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from tierflow.core import clock
 from tierflow.core.config import RunConfig
-from tierflow.core.errors import LedgerError
+from tierflow.core.errors import LedgerError, LedgerUnreachable
 from tierflow.core.folders import unwritable
 from tierflow.core.urls import URL_FORMS, connection_advice, ledger_url_problem, masked_url
 from tierflow.core.usage import TOKEN_KINDS, UNKNOWN_USAGE, Usage
+
+log = logging.getLogger("tierflow")
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -1101,12 +1104,121 @@ def unopenable(url: str, exc: Exception) -> str:
     return f"the ledger at {masked_url(url)} cannot be used ({cause}): {connection_advice(cause)}"
 
 
+def unreachable(url: str, exc: BaseException, away_s: float = 0.0) -> str:
+    """Why the ledger at `url`, reached before, cannot be reached now (`away_s`: for how long it has been away),
+    naming it as `unopenable` does (its file, or its URL with the password masked) and the cause."""
+    if away_s < 1:
+        return unopenable(url, exc)
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    file = sqlite_file(url)
+    return (
+        f"the ledger {_named(url)} could not be reached for {away_s:.0f} s ({cause}): check that its "
+        f"{'folder is there and writable' if file is not None else 'server is up and ledger_url is right'}"
+    )
+
+
+_SQLITE_AWAY = frozenset({10, 14, 15})
+"""SQLite's primary result codes that say the file cannot be reached now, not that a statement is wrong: IOERR,
+CANTOPEN, PROTOCOL (a network or synced folder that went away)."""
+_SERVER_AWAY = ("08", "57P")
+"""SQLSTATE prefixes that say the server went away, not that a statement failed: connection exceptions (08), and
+an administrator's or a crash's shutdown, or a server still starting (57P01-57P03)."""
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether `error` says the ledger's database cannot be reached now (a restart, a failover, the network), as
+    opposed to a statement it refused (a constraint, a missing column, bad SQL, a deadlock), which a wait would not
+    mend."""
+    if isinstance(error, LedgerUnreachable):
+        return True
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    if not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    orig = error.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)  # none on an error that SQLite itself did not raise
+        return code is None or code & 0xFF in _SQLITE_AWAY
+    # The server's SQLSTATE (psycopg 3, psycopg2); none when the client lost the server or could not reach it.
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return not state or str(state).startswith(_SERVER_AWAY)
+
+
+OUTAGE_DELAYS = (0.05, 2.0)
+"""The shortest and the longest sleep between two tries at a ledger that went away: a quarter of the time it has
+been away, within these bounds (seconds)."""
+
+
+class Outage:
+    """One ledger's reachability as this process sees it (`Ledger.outage`).
+
+    A ledger that this process reached and then lost (a database restart, a failover, the network) is waited for,
+    by every try that fails meanwhile, until it has been away `patience_s` (the config's `ledger_outage_s`) since
+    the first failure; from then on every try that fails gives up at once, until one reaches it again. The first
+    failure of an outage says so in one log line, and the first try that reaches the ledger again says it is back:
+    never a line per try. A ledger never reached is not waited for: a wrong URL, or a server that is not there,
+    is reported at once."""
+
+    def __init__(self, url: str, patience_s: float) -> None:
+        self.url = url
+        self.patience_s = patience_s
+        self.sleep: Callable[[float], None] = time.sleep
+        self.monotonic: Callable[[], float] = time.monotonic
+        """The wait's sleep and clock: a test replaces them, so that it never waits on the wall clock."""
+        self.reached = False
+        """This process has reached the ledger (a connection was made)."""
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def wait(self, error: BaseException) -> None:
+        """`error` says the ledger cannot be reached (`lost_connection`): sleep a while before the next try, or
+        raise LedgerUnreachable when it was never reached, or has been away `patience_s`."""
+        if isinstance(error, LedgerUnreachable) and error.__cause__ is not None:
+            error = error.__cause__  # a transaction's own LedgerUnreachable: the driver's error names the cause
+        if not self.reached:
+            raise LedgerUnreachable(unopenable(self.url, error)) from error
+        now = self.monotonic()
+        with self._lock:
+            first = self._since is None
+            since = self._since = now if self._since is None else self._since
+        away = now - since
+        if away >= self.patience_s:
+            gone = LedgerUnreachable(unreachable(self.url, error, away))
+            gone.gave_up = True
+            raise gone from error
+        if first:
+            cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            log.warning(
+                "the ledger %s went away (%s); waiting up to %g s for it to come back, the answers in flight kept",
+                _named(self.url), cause, self.patience_s,
+            )  # fmt: skip
+        low, high = OUTAGE_DELAYS
+        self.sleep(max(0.0, min(max(low, away / 4), high, since + self.patience_s - now)))
+
+    def back(self) -> None:
+        """A transaction on the ledger went through: it is reachable (again). A connection alone does not say so: a
+        server on its way down may still take one."""
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("the ledger %s is back after %.0f s", _named(self.url), self.monotonic() - since)
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite ledger URL; None for another database or an in-memory one."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+def _named(url: str) -> str:
+    """The ledger as a sentence names it: its file, or "at" its URL with the password hidden."""
+    return str(sqlite_file(url) or f"at {_shown(url)}")
 
 
 def _shown(url: str) -> str:
@@ -1302,8 +1414,12 @@ against 3.7 s in one, on this project's 2-core machine; two threads took 4.4 s."
 class Ledger:
     """Where every call's spend is kept."""
 
-    def __init__(self, url: str, *, workers: int | None = None, reading: bool = False) -> None:
+    def __init__(self, url: str, *, workers: int | None = None, reading: bool = False, outage_s: float = 0.0) -> None:
         """`workers`: task runs of this process that use the ledger at once (`[run] workers`); sizes the pool.
+
+        `outage_s`: once reached, how long a ledger that went away is waited for (a run's `ledger_outage_s`), by
+        every transaction that cannot connect to it and by the callers that try again (`Outage`); 0 (a report, a
+        command) gives up at once.
 
         `reading`: the caller only reads it (a report). A ledger its user cannot write (a SQLite file or folder
         without write permission, a read-only mount, a PostgreSQL role that may only SELECT) is then opened
@@ -1314,6 +1430,7 @@ class Ledger:
         if problem:  # before SQLAlchemy loads a driver tierflow does not use (an ImportError, a traceback)
             raise LedgerError(f"ledger_url = {problem}")
         self.url = url
+        self.outage = Outage(url, outage_s)
         self.writable = True
         """False: opened read-only for a report (`reading`); every write transaction is refused."""
         self._why_read_only = ""
@@ -1405,14 +1522,41 @@ class Ledger:
             server = self.engine.dialect.name != "sqlite"
             raise LedgerError(cannot_record(_shown(self.url), self._why_read_only, server=server))
         gate = writer_gate(self.url) if self.engine.dialect.name == "sqlite" else None
-        if gate is None:
-            with self._writer.begin() as conn:
+        with ExitStack() as held:
+            if gate is not None:
+                held.enter_context(gate.held(urgent=urgent))
+            with self._unreachable_named(), self._connect(self._writer) as conn, conn.begin():
                 yield conn
-            return
-        with gate.held(urgent=urgent), self._writer.begin() as conn:
-            yield conn
-        if self._file:
+        self.outage.back()
+        if gate is not None and self._file:
             checkpointer(self.url, self.engine).committed()
+
+    def _connect(self, engine: Engine) -> Connection:
+        """A connection to the ledger. One that this process reached before and cannot reach now is tried again
+        until it is back, or has been away `outage_s` (`Outage`): nothing of the transaction has run yet. The
+        transaction that goes through says it is back (`Outage.back`)."""
+        while True:
+            try:
+                conn = engine.connect()
+            except sa.exc.DBAPIError as exc:
+                if not lost_connection(exc):
+                    raise
+                self.outage.wait(exc)
+                continue
+            self.outage.reached = True
+            return conn
+
+    @contextmanager
+    def _unreachable_named(self) -> Iterator[None]:
+        """A transaction whose connection went away raises LedgerUnreachable, naming the ledger and the cause: a
+        caller that can try it again does (`Outage.wait`); to the others it is a TierflowError, one line on the
+        console, never a driver's traceback."""
+        try:
+            yield
+        except sa.exc.DBAPIError as exc:
+            if not lost_connection(exc):
+                raise
+            raise LedgerUnreachable(unopenable(self.url, exc)) from exc
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -1421,7 +1565,7 @@ class Ledger:
         On a SQLite ledger its user may only read, opened `immutable` as no writer had it open
         (`_read_only_connection`), it raises LedgerChanged if a writer wrote into the file before it ended: what
         was read may be wrong. `read` reads again instead."""
-        with self.engine.connect() as conn:
+        with self._unreachable_named(), self._connect(self.engine) as conn:
             raw = conn.connection.driver_connection
             watched = isinstance(raw, _ReadOnlySQLite) and raw.file_state is not None
             try:
@@ -1433,6 +1577,7 @@ class Ledger:
                 raise
             if watched and raw.written_since_opened():
                 raise LedgerChanged(self._changed())
+        self.outage.back()
 
     def _changed(self) -> str:
         return (

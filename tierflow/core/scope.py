@@ -10,7 +10,9 @@ its connection. On exit it
 - writes the billed answer's row (whatever its outcome; `error` until a verdict replaces it), settles the
   reservation to it, caches a passing answer, gives the slot back, and records lost attempts, in one
   transaction; or, when no answer arrived, releases the reservation and the slot the same way;
-- retries that transaction when the database drops it, without writing the row twice;
+- tries that transaction again when the database drops it or cannot be reached (a restart, a failover), without
+  writing the row twice, for as long as the ledger's `Outage` waits (the config's `ledger_outage_s`): the answer
+  waits in memory meanwhile;
 - stops renewing the reservation's and the slot's leases, and opens the local gate.
 
 Once the answer has arrived (`called`), the slot is handed to the next call of this process and the gate opens
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -34,14 +35,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tierflow.core.budget import Budgets, Reservation
-from tierflow.core.ledger import CallRecord, Ledger, calls
+from tierflow.core.errors import LedgerUnreachable
+from tierflow.core.ledger import CallRecord, Ledger, calls, lost_connection
 from tierflow.core.routing import Route
 from tierflow.core.slots import NO_SLOT, TierSlots
 
 log = logging.getLogger("tierflow")
-
-WRITE_TRIES = 4
-"""How often the closing transaction is tried when the database drops it (a lost connection, a restart)."""
 
 
 @dataclass
@@ -168,24 +167,31 @@ class CallScope:
             step: Callable[[], None] = lambda: self.budgets.release(reservation.id, also=also)  # noqa: E731
         else:
             step = lambda: self.budgets.settle(reservation.id, row, cache=cache, also=also)  # noqa: E731
-        for attempt in range(1, WRITE_TRIES + 1):
+        # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
+        written = row if row is not None else next(iter(lost), None)
+        dropped = False
+        while True:
             try:
+                if dropped and written is not None and _landed(self.ledger, written):
+                    return  # it committed before the connection went: never write its rows twice
                 step()
                 return
-            except sa.exc.DBAPIError as error:
-                if attempt == WRITE_TRIES or not (error.connection_invalidated or _transient(error)):
-                    raise
-                log.warning("the ledger dropped a call's closing transaction (%s); trying again", error.orig)
-                time.sleep(0.05 * attempt)
-                # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
-                written = row if row is not None else next(iter(lost), None)
-                if written is not None and _landed(self.ledger, written):
-                    return  # it committed before the connection went: never write its rows twice
-
-
-def _transient(error: sa.exc.DBAPIError) -> bool:
-    """A failure of the connection or the database server, not of the statement."""
-    return isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
+            except Exception as error:
+                if not lost_connection(error):
+                    raise  # a statement the ledger refused: trying again would not mend it
+                dropped = True
+                try:
+                    # Sleeps until the next try; raises once the ledger has been away `ledger_outage_s`.
+                    self.ledger.outage.wait(error)
+                except LedgerUnreachable as gone:
+                    if row is None:
+                        raise
+                    unrecorded = LedgerUnreachable(
+                        f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the ledger "
+                        "is back, each counts as a lost call at its worst case (its reservation lapses)"
+                    )
+                    unrecorded.gave_up = gone.gave_up
+                    raise unrecorded from error
 
 
 def _landed(ledger: Ledger, row: CallRecord) -> bool:

@@ -62,7 +62,7 @@ def rating_passed(rating: Any) -> bool | None:
 
 def scan(vault: Path, ledger: Ledger) -> list[Signal]:
     """Measure every remembered draft against the vault now; store and return the signals."""
-    with ledger.engine.connect() as conn:
+    with ledger.reading() as conn:
         remembered = conn.execute(sa.select(drafts)).all()
     found: list[Signal] = []
     for row in remembered:
