@@ -139,7 +139,20 @@ def run_flow(
         return None
     wait_for_task_run_records(summary.run_id)
     print_summary(vault, summary)
+    if summary.ledger_error:
+        console.print(escape(ledger_gone_message(summary.run_id, vault, config=config, profile=profile)))
     return summary
+
+
+def ledger_gone_message(run_id: str, vault: Path, *, config: Path | str | None, profile: str | None) -> str:
+    """How to go on with a run that stopped because its ledger could not be reached: where its calls are, and the
+    `tierflow resume` that continues it, once the ledger is back."""
+    spend = tierflow_command("spend", "--run", run_id, vault=vault, config=config, profile=profile)
+    return (
+        f"run {run_id} stopped: its ledger could not be reached. Once it is back, `{spend}` lists the run's calls, "
+        f"and `{resume_command(run_id, vault, config=config, profile=profile)}` continues it without paying again "
+        "for the answers it recorded."
+    )
 
 
 def _check_ledger(vault: Path, config: Path | str | None, profile: str | None) -> None:
@@ -309,17 +322,24 @@ def error_ended_run(
     `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it); `rerun` is
     the command line that runs it again with the same options (`rerun_command`).
     """
+    from tierflow.core.errors import LedgerError
     from tierflow.core.ledger import Ledger
     from tierflow.report.spend import total
 
     run = error.run_id or run_id
+    rows: list[dict[str, Any]] | None
     try:
         rows = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).rows(run_id=run) if run else []
+    except LedgerError:  # the ledger went away: the run may have made calls, which it cannot say now
+        rows = None
     except Exception:  # the error's own message matters more than this look-up
         rows = []
-    if not rows:
+    if not rows and (rows is not None or not run):
         return fail(str(error))
     ended = fail(str(error), code=3)
+    if rows is None:
+        console.print(escape(ledger_gone_message(run, vault, config=config, profile=profile)))
+        return ended
     rerun = rerun or tierflow_command("run", flow, vault=vault, config=config, profile=profile)
     again = (
         f"`{resume_command(run, vault, config=config, profile=profile)}` continues it without paying again for "
@@ -536,7 +556,10 @@ def print_summary(vault: Path, summary: Any) -> None:
         out.print(f"  [cyan]{'run report':>14}[/]  {escape(str(vault / summary.report.path))}")
     if getattr(summary, "report_error", None):
         out.print(f"  [red]{'run report':>14}[/]  not written: {escape(summary.report_error)}")
-    out.print(f"Total: {summary.tokens} tokens, {money(summary.cost_usd)}.")
+    if not getattr(summary, "spend_known", True):
+        out.print("Total: unknown (the ledger could not be read).")
+    else:
+        out.print(f"Total: {summary.tokens} tokens, {money(summary.cost_usd)}.")
     for batch in getattr(summary, "batches", []):
         out.print(f"  [cyan]{'batch':>14}[/]  {escape(batch)}")
     if summary.halted:

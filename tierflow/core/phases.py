@@ -27,6 +27,8 @@ from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
 from tierflow.core.errors import (
     BatchPending,
     BudgetExceeded,
+    LedgerError,
+    LedgerUnreachable,
     OutputLimitReached,
     ProviderError,
     TierflowError,
@@ -277,6 +279,8 @@ class PhaseOutcome(Generic[R]):
     pending: str | None = None
     """Its batch is still running, as the run chose (`--no-wait`): no failure, but later phases wait for
     `tierflow resume RUN`, which collects it."""
+    ledger_gone: str | None = None
+    """The ledger stayed away longer than the run waits for it (`ledger_outage_s`): its error. The phase failed."""
 
 
 @dataclass(frozen=True)
@@ -416,6 +420,7 @@ def fan_out(
     unanswered: list[str] = []  # the provider's errors, one per item that got none
     cut_off: list[str] = []  # items whose every answer was cut off at the config's output limit
     errors: dict[int, str] = {}  # why each failed item failed, by its place in `items`
+    ledger_gone: str | None = None  # the ledger stayed away longer than the run waits: nothing more is started
     advance(phase, 0, len(items))
     if items:  # the one-off work of the first calls, while Prefect starts their task runs (`Caller.warm`)
         route_first = lambda: phase_route(  # noqa: E731
@@ -425,11 +430,14 @@ def fan_out(
     submitted = done = 0
     answers = TagAnswers(settings)
     try:
-        # Once a budget halts the phase nothing more is submitted: the items already running finish.
-        while done < submitted or (submitted < len(items) and outcome.halted is None):
+        # Once a budget halts the phase, or the ledger is gone, nothing more is submitted: the items already running
+        # finish.
+        while done < submitted or (submitted < len(items) and outcome.halted is None and ledger_gone is None):
             # Alone until the first answer when warming the cache, then up to `workers` at once.
             window = 1 if warm and done == 0 else workers
-            while outcome.halted is None and submitted < len(items) and submitted - done < window:
+            while (
+                outcome.halted is None and ledger_gone is None and submitted < len(items) and submitted - done < window
+            ):
                 item = items[submitted]
                 tagged = phase_task(
                     task,
@@ -454,9 +462,15 @@ def fan_out(
             except BudgetExceeded as exc:
                 outcome.halted = outcome.halted or str(exc)
                 outcome.skipped.append((name, f"not done: budget halted the {phase} phase"))
-            except (ProviderError, VaultError) as exc:
-                outcome.skipped.append((name, f"{phase} failed: {exc}"))
+            except (ProviderError, VaultError, LedgerError) as exc:
                 errors[indices[future]] = str(exc)
+                if isinstance(exc, LedgerUnreachable) and exc.gave_up:
+                    # Away longer than the run waits (`ledger_outage_s`): every later call would fail the same way.
+                    # The phase fails naming the ledger once; each item says only that the ledger was not there.
+                    outcome.skipped.append((name, f"{phase} failed: the ledger could not be reached"))
+                    ledger_gone = ledger_gone or str(exc)
+                else:
+                    outcome.skipped.append((name, f"{phase} failed: {exc}"))
                 if isinstance(exc, OutputLimitReached):
                     cut_off.append(str(exc))
                 elif isinstance(exc, ProviderError):
@@ -469,12 +483,15 @@ def fan_out(
             advance(phase, done, len(items), subject(item))
     finally:
         answers.stop()
+    why = "the ledger could not be reached" if ledger_gone else f"budget halted the {phase} phase"
     for item in items[submitted:]:
-        outcome.skipped.append((path(item) or subject(item), f"not done: budget halted the {phase} phase"))
+        outcome.skipped.append((path(item) or subject(item), f"not done: {why}"))
     # Input order, not completion order: later prompts (and so their cache keys) must not depend on timing.
     outcome.results = [finished[i] for i in sorted(finished)]
     _ended_short(phase, len(items), outcome, len(errors))
-    if errors and not outcome.results and not outcome.halted:
+    if ledger_gone and not outcome.halted:
+        outcome.failed, outcome.ledger_gone = f"{phase} failed: {ledger_gone}", ledger_gone
+    elif errors and not outcome.results and not outcome.halted:
         # Nothing to go on with: the run fails (exit 3) so that a scheduled run's failure is seen, and the flow
         # starts no later phase on empty input (`RunSummary.stopped`).
         if len(unanswered) == len(errors):  # an outage, not a bad item
@@ -534,6 +551,8 @@ def single(
     except VaultError as exc:  # its note was not written (`NoteNotWritten`), the cause and fix named: as `fan_out`
         outcome.skipped.append((subject, f"{phase} failed: {exc}"))
         outcome.failed = f"{phase} failed: {exc}"
+    except LedgerError as exc:  # the ledger went away for good (`ledger_outage_s`): the run says how to go on
+        outcome.failed, outcome.ledger_gone = f"{phase} failed: {exc}", str(exc)
     except Exception as exc:  # the run still reports what it spent, and says what broke
         outcome.failed = (
             f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}). Earlier phases are kept in the ledger "

@@ -19,7 +19,7 @@ from tierflow.core import clock
 from tierflow.core.budget import Forecast
 from tierflow.core.calls import _RANK, RunSettings, caller_for
 from tierflow.core.config import Config
-from tierflow.core.errors import TierflowError, VaultError
+from tierflow.core.errors import LedgerError, TierflowError, VaultError
 from tierflow.core.phases import PhaseOutcome
 from tierflow.core.progress import artifact_key
 from tierflow.learn.signals import scan
@@ -53,6 +53,12 @@ class RunSummary:
     """Answers kept although no tier passed their checks (`phase · subject: ...`): the run needs review."""
     pending: str | None = None
     """A phase's batch is still running, as the run chose (`--no-wait`): `tierflow resume RUN` goes on."""
+    ledger_error: str | None = None
+    """The ledger could not be reached (it stayed away longer than the run waits, `ledger_outage_s`): its error. The
+    run failed, and answers that arrived meanwhile are not recorded."""
+    spend_known: bool = True
+    """False when the report could not read the run's calls from the ledger: `tokens` and `cost_usd` are not its
+    spend."""
 
     @property
     def stopped(self) -> bool:
@@ -66,6 +72,7 @@ class RunSummary:
         self.halted = self.halted or outcome.halted
         self.failed = self.failed or outcome.failed
         self.pending = self.pending or outcome.pending
+        self.ledger_error = self.ledger_error or outcome.ledger_gone
         return outcome.results
 
 
@@ -148,9 +155,18 @@ def write_run_report(
     """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary."""
     caller = caller_for(settings)
     config = caller.config
-    # The person's edits and ratings of earlier drafts become routing evidence at every run.
-    scan(Path(settings.vault or "."), caller.ledger)
-    rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
+    try:
+        # The person's edits and ratings of earlier drafts become routing evidence at every run.
+        scan(Path(settings.vault or "."), caller.ledger)
+        rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
+        states = caller.budgets.states()
+    except LedgerError as exc:
+        # The ledger went away for good (past `ledger_outage_s`): the report, the one record of the run then, says
+        # what the run did and that its spend is not known, and the run fails.
+        rows, states = [], []
+        summary.spend_known = False
+        summary.ledger_error = summary.ledger_error or str(exc)
+        summary.failed = summary.failed or f"the run's spend could not be read: {exc}"
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
     overall = total(rows)
@@ -167,7 +183,7 @@ def write_run_report(
             "spent": money(b.spent_usd) if b.limit_usd is not None else f"{b.spent_tokens} tokens",
             "reserved": money(b.reserved_usd) if b.limit_usd is not None else f"{b.reserved_tokens} tokens",
         }
-        for b in caller.budgets.states()
+        for b in states
     ]
     # Once per draft and downgrade, however many of its attempts it took.
     downgrades = list(
@@ -203,9 +219,11 @@ def write_run_report(
         "total": {
             "tokens": overall.tokens,
             "cost": money(overall.cost_usd) + (f" (+{overall.unpriced} unpriced calls)" if overall.unpriced else ""),
-        },
+        }
+        if summary.spend_known
+        else {"tokens": "unknown", "cost": "USD unknown (the ledger could not be read)"},
         "all_deep": all_deep,
-        "savings": savings,
+        "savings": savings if summary.spend_known else None,
         "halted": summary.halted or summary.failed,
         "pending": summary.pending,
         "lost": lost,
@@ -242,8 +260,9 @@ def write_run_report(
         "tierflow_project": settings.project or "",
         "tierflow_day": day,
         "tierflow_started": now.isoformat(timespec="seconds"),
-        "tierflow_tokens": overall.tokens,
-        "tierflow_cost_usd": round(overall.cost_usd, 6),
+        # Unknown (null) when the ledger could not be read, never a zero the run did not spend.
+        "tierflow_tokens": overall.tokens if summary.spend_known else None,
+        "tierflow_cost_usd": round(overall.cost_usd, 6) if summary.spend_known else None,
         "tierflow_notes_written": len(summary.written),
     }
     report_key = artifact_key(summary.flow, "report", settings.vault)
@@ -281,7 +300,11 @@ def write_run_report(
         all_deep,
         savings or "unknown",
     )
-    warn_of_projected_overspend(caller.budgets.forecasts(), settings)
+    if summary.spend_known:
+        try:
+            warn_of_projected_overspend(caller.budgets.forecasts(), settings)
+        except LedgerError as exc:  # gone since the report read it: the report is whole, the calls recorded
+            get_run_logger().warning("the budgets' projections could not be read: %s", exc)
     return summary
 
 
@@ -369,7 +392,7 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
                     "started": str(meta.get("tierflow_started", ""))[11:16],
                     "flow": meta.get("tierflow_flow", ""),
                     "run_id": meta["tierflow_run"],
-                    "tokens": meta.get("tierflow_tokens", 0),
+                    "tokens": "unknown" if meta.get("tierflow_tokens", 0) is None else meta.get("tierflow_tokens", 0),
                     "cost": money(meta.get("tierflow_cost_usd")),
                 }
             )
