@@ -391,6 +391,7 @@ def test_a_ledger_gone_for_good_ends_the_run_with_one_message_exit_3_its_report_
     (report,) = (reading_vault / "tierflow" / "Runs").glob(f"*reading-notes*{run_id.rsplit('-', 1)[-1]}.md")
     written = report.read_text(encoding="utf-8")
     assert "USD unknown (the ledger could not be read)" in written and "could not be reached for" in written
+    assert f"`tierflow spend --run {run_id} --vault" in written and f"`tierflow resume {run_id} --vault" in written
     assert SECRET not in written
 
     # The answers paid for while the ledger was away are not lost to the budgets: once it is back, their reservations

@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tierflow.core import clock
 from tierflow.core.budget import Forecast
 from tierflow.core.calls import _RANK, RunSettings, caller_for
+from tierflow.core.commands import tierflow_command
 from tierflow.core.config import Config
 from tierflow.core.errors import LedgerError, TierflowError, VaultError
 from tierflow.core.phases import PhaseOutcome
@@ -246,7 +247,7 @@ def write_run_report(
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
         "batches": summary.batches,
-        "message": summary.message,
+        "message": "\n\n".join(filter(None, [summary.message, ledger_gone(settings, summary)])),
         "day_index": Path(writer.target(day_index_title(day))).stem,
     }
     # The reasons and messages quote errors, which may quote a link that does not resolve (the reason a note was
@@ -306,6 +307,21 @@ def write_run_report(
         except LedgerError as exc:  # gone since the report read it: the report is whole, the calls recorded
             get_run_logger().warning("the budgets' projections could not be read: %s", exc)
     return summary
+
+
+def ledger_gone(settings: RunSettings, summary: RunSummary) -> str:
+    """What the report says of a run whose ledger stayed away (`RunSummary.ledger_error`): what is not recorded, and
+    how to go on once it is back. Empty otherwise."""
+    if not summary.ledger_error:
+        return ""
+    spend = tierflow_command(
+        "spend", "--run", settings.run_id, vault=settings.vault, config=settings.config_path, profile=settings.profile
+    )
+    return (
+        "The ledger could not be reached, so answers that arrived meanwhile are not recorded (each counts as a lost "
+        f"call at its worst case once it is back). Once it is back, `{spend}` lists the run's calls, and "
+        f"`{settings.resume_command()}` continues the run without paying again for the answers it recorded."
+    )
 
 
 PROJECTED_OVER = "tierflow.budget.projected-over"
