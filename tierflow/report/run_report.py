@@ -247,7 +247,7 @@ def write_run_report(
         "written": written,
         "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
         "batches": summary.batches,
-        "message": "\n\n".join(filter(None, [summary.message, ledger_gone(settings, summary)])),
+        "message": "\n\n".join(filter(None, [summary.message, ledger_gone_note(settings, summary)])),
         "day_index": Path(writer.target(day_index_title(day))).stem,
     }
     # The reasons and messages quote errors, which may quote a link that does not resolve (the reason a note was
@@ -309,7 +309,7 @@ def write_run_report(
     return summary
 
 
-def ledger_gone(settings: RunSettings, summary: RunSummary) -> str:
+def ledger_gone_note(settings: RunSettings, summary: RunSummary) -> str:
     """What the report says of a run whose ledger stayed away (`RunSummary.ledger_error`): what is not recorded, and
     how to go on once it is back. Empty otherwise."""
     if not summary.ledger_error:
@@ -402,13 +402,14 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
         if meta.get("tierflow_day") == day and meta.get("tierflow_run"):
             if writer.names is not None:  # a report another run wrote after this writer scanned the vault
                 writer.names.add(path.relative_to(writer.vault).as_posix())
+            tokens = meta.get("tierflow_tokens", 0)  # null: the ledger could not be read for that report
             runs.append(
                 {
                     "link": path.stem,
                     "started": str(meta.get("tierflow_started", ""))[11:16],
                     "flow": meta.get("tierflow_flow", ""),
                     "run_id": meta["tierflow_run"],
-                    "tokens": "unknown" if meta.get("tierflow_tokens", 0) is None else meta.get("tierflow_tokens", 0),
+                    "tokens": "unknown" if tokens is None else tokens,
                     "cost": money(meta.get("tierflow_cost_usd")),
                 }
             )
