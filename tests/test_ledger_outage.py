@@ -32,10 +32,10 @@ from test_call_scope import held_slots
 from test_lapsed_holder import assert_totals_match_a_rebuild, lapse
 from typer.testing import CliRunner
 
-from tierflow.core.budget import open_reservations, release_stale
+from tierflow.core.budget import Budgets, open_reservations, release_stale
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.errors import LedgerUnreachable
-from tierflow.core.ledger import Ledger, dispose_engine, reservations
+from tierflow.core.ledger import Ledger, Outage, dispose_engine, reservations
 from tierflow.testing.double import DoubleRequest, ProviderDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,19 +46,16 @@ SECRET = "hunter2-secret"
 
 
 class Waits(logging.Handler):
-    """The `tierflow` log's outage lines: `went` is set when a call starts waiting for the ledger."""
+    """The `tierflow` log's outage lines."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.lines: list[str] = []
-        self.went = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         line = record.getMessage()
         if line.startswith("the ledger "):
             self.lines.append(line)
-            if " went away " in line:
-                self.went.set()
 
     def saying(self, words: str) -> list[str]:
         return [line for line in self.lines if words in line]
@@ -156,11 +153,33 @@ def stop_when_in_flight(server: Server, calls: int) -> tuple[Callable[[DoubleReq
     return hold, stopped
 
 
-def start_once_waiting(server: Server, waits: Waits) -> threading.Thread:
-    """Start the server again once a call is known to be waiting for it."""
+def start_once_an_answer_waits(
+    server: Server, stopped: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> threading.Thread:
+    """Start the server again once it is down (`pg_ctl stop` has returned) and an answer's closing transaction is
+    waiting for it (`Outage.wait` inside `Budgets.settle`). A call about to start may have begun to wait earlier, as
+    the server went down; starting it again then would race the shutdown."""
+    settle, wait = Budgets.settle, Outage.wait
+    settling: set[int] = set()
+    answer_waits = threading.Event()
+
+    def settle_seen(self: Budgets, *args: object, **kwargs: object) -> None:
+        settling.add(threading.get_ident())
+        try:
+            settle(self, *args, **kwargs)
+        finally:
+            settling.discard(threading.get_ident())
+
+    def wait_seen(self: Outage, error: BaseException) -> None:
+        if threading.get_ident() in settling:
+            answer_waits.set()
+        wait(self, error)
+
+    monkeypatch.setattr(Budgets, "settle", settle_seen)
+    monkeypatch.setattr(Outage, "wait", wait_seen)
 
     def start() -> None:
-        if waits.went.wait(GUARD_S):
+        if stopped.wait(GUARD_S) and answer_waits.wait(GUARD_S):
             server.start()
 
     thread = threading.Thread(target=start, name="restart-ledger", daemon=True)
@@ -194,7 +213,7 @@ def test_answers_in_flight_when_the_ledger_restarts_are_recorded_once_it_is_back
     outage_config(reading_vault, double, pg_url, 3600)  # an hour: never reached, the server is back long before
     double.responder = skilled()
     double.hold, stopped = stop_when_in_flight(restartable, 4)
-    restarter = start_once_waiting(restartable, waits)
+    restarter = start_once_an_answer_waits(restartable, stopped, monkeypatch)
     since, until = (date.fromisoformat(d) for d in READING_WEEK)
 
     summary = reading_notes(vault=str(reading_vault), since=since, until=until)
