@@ -3,10 +3,10 @@ are recorded once when it is back, nothing is paid twice on resume, and a ledger
 other failure: one message naming it, exit code 3, the run report, and how to go on.
 
 The outage is brought about at a controlled point: a real PostgreSQL (a server of this module's own, so that stopping it
-disturbs no other test) stopped from the provider double while the calls are in flight and started again once a call
-is known to be waiting; or a failure injected into the ledger's statements, with the wait's clock and sleep replaced.
-Nothing waits on the wall clock for a result: a run that rides the outage out is given an hour, one that must not is
-given a ledger that never comes back."""
+disturbs no other test) stopped from the provider double while the calls are in flight and started again once an
+answer's closing transaction is known to be waiting for it; or a failure injected into the ledger's statements, with
+the wait's clock and sleep replaced. Nothing waits on the wall clock for a result: a run that rides the outage out is
+given far longer than it needs (a guard), one that must not is given a ledger that never comes back."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_answers_in_flight_when_the_ledger_restarts_are_recorded_once_it_is_back
     from tierflow.flows.reading_notes import reading_notes
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    outage_config(reading_vault, double, pg_url, 3600)  # an hour: never reached, the server is back long before
+    outage_config(reading_vault, double, pg_url, GUARD_S)  # a guard, never reached: the server is back long before
     double.responder = skilled()
     double.hold, stopped = stop_when_in_flight(restartable, 4)
     restarter = start_once_an_answer_waits(restartable, stopped, monkeypatch)
