@@ -381,6 +381,38 @@ def test_a_statement_the_ledger_refuses_is_not_waited_for(tmp_path, monkeypatch,
     assert clock.sleeps == [] and waits.lines == []
 
 
+def test_a_closing_write_rolled_back_for_contention_is_tried_again_at_once(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """A deadlock on PostgreSQL, a busy file on SQLite: the database rolled the answer's closing transaction back for
+    another's sake, so it is tried again at once (no outage wait), and the answer is recorded once."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    dbapi = caller.ledger.engine.dialect.loaded_dbapi
+    state = {"failed": 0}
+
+    def roll_back_once(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if not state["failed"] and " ".join(sql.split()).upper().startswith("INSERT INTO CALLS"):
+            state["failed"] += 1
+            if caller.ledger.engine.dialect.name == "sqlite":
+                error = dbapi.OperationalError("database is locked")
+                error.sqlite_errorcode = 5
+            else:
+                import psycopg
+
+                error = psycopg.errors.DeadlockDetected("deadlock detected")
+            raise error
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", roll_back_once)
+    clock = Clock(caller)
+
+    answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert answer.text and state["failed"] == 1 and clock.sleeps == [] and waits.saying(" went away ") == []
+    assert [r["outcome"] for r in caller.ledger.rows()] == ["ok"] == ["ok"] * len(double.model_calls())
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
+
+
 # --- a ledger that stays away, from the command line ------------------------------------------------------------------
 
 

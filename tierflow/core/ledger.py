@@ -1146,6 +1146,24 @@ def lost_connection(error: BaseException) -> bool:
     return not state or str(state).startswith(_SERVER_AWAY)
 
 
+_SQLITE_CONTENDED = frozenset({5, 6})
+"""SQLite's BUSY and LOCKED: another connection held the file or a table past the busy timeout."""
+_SERVER_CONTENDED = frozenset({"40001", "40P01"})
+"""SQLSTATEs of a transaction the server rolled back for another's sake: a serialisation failure, a deadlock."""
+
+
+def contended(error: BaseException) -> bool:
+    """Whether `error` says the database rolled the transaction back because another held what it needed (a deadlock,
+    a busy SQLite file): the same transaction, tried again, goes through; there is nothing to wait for."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    orig = error.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_CONTENDED
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in _SERVER_CONTENDED
+
+
 OUTAGE_DELAYS = (0.05, 2.0)
 """The shortest and the longest sleep between two tries at a ledger that went away: a quarter of the time it has
 been away, within these bounds (seconds)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -36,11 +37,14 @@ from sqlalchemy.engine import Connection
 
 from tierflow.core.budget import Budgets, Reservation
 from tierflow.core.errors import LedgerUnreachable
-from tierflow.core.ledger import CallRecord, Ledger, calls, lost_connection
+from tierflow.core.ledger import CallRecord, Ledger, calls, contended, lost_connection
 from tierflow.core.routing import Route
 from tierflow.core.slots import NO_SLOT, TierSlots
 
 log = logging.getLogger("tierflow")
+
+CONTENDED_TRIES = 4
+"""How often the closing transaction is tried when the database rolls it back for another's sake (`contended`)."""
 
 
 @dataclass
@@ -170,6 +174,7 @@ class CallScope:
         # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
         written = row if row is not None else next(iter(lost), None)
         dropped = False
+        contentions = 0
         while True:
             try:
                 if dropped and written is not None and _landed(self.ledger, written):
@@ -177,6 +182,12 @@ class CallScope:
                 step()
                 return
             except Exception as error:
+                if contended(error) and contentions < CONTENDED_TRIES - 1:
+                    # Rolled back for another transaction's sake (a deadlock, a busy file): tried again at once.
+                    contentions += 1
+                    log.warning("the ledger rolled back a call's closing transaction (%s); trying again", error.orig)
+                    time.sleep(0.05 * contentions)
+                    continue
                 if not lost_connection(error):
                     raise  # a statement the ledger refused: trying again would not mend it
                 dropped = True
