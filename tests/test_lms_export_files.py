@@ -84,3 +84,14 @@ def test_the_cli_says_where_a_second_export_went(vault, tmp_path):
     (dated,) = [p for p in tmp_path.glob("w (tierflow 2*).csv")]
     assert f"wrote {dated}" in result.stdout
     assert "w (tierflow).csv exists" in " ".join(result.stderr.split())
+
+
+def test_a_second_export_given_no_day_is_dated_by_tierflows_clock_not_the_machines(vault, tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2031-03-04T23:30:00+00:00")
+    worksheet = tmp_path / "w.csv"
+    worksheet.write_bytes(worksheet_bytes())
+    assert export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet).written == [
+        tmp_path / "w (tierflow).csv"
+    ]
+    second = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet)
+    assert second.written == [tmp_path / "w (tierflow 2031-03-04).csv"]

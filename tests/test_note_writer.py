@@ -202,3 +202,13 @@ def test_a_note_moved_to_its_new_name_is_found_there_by_the_next_write(tmp_path:
 
     assert (moved.path, moved.action) == (f"{FOLDER}/s2026001 verdict.md", "updated")
     assert [p.name for p in (vault / FOLDER).iterdir()] == ["s2026001 verdict.md"]
+
+
+def test_a_new_draft_beside_an_edited_note_is_dated_by_tierflows_clock_not_the_machines(tmp_path, monkeypatch):
+    """A writer given no day dates the sibling by tierflow's clock (`TIERFLOW_CLOCK_START`), in UTC."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2031-03-04T23:30:00+00:00")
+    first = NoteWriter(tmp_path, FOLDER).write("Peer review verdict", {"decision": "accept"}, "Accept.")
+    note = tmp_path / first.path
+    note.write_text(note.read_text(encoding="utf-8").replace("Accept.", "Accept, I think."), encoding="utf-8")
+    again = NoteWriter(tmp_path, FOLDER).write("Peer review verdict", {"decision": "reject"}, "Reject.")
+    assert (again.path, again.action) == (f"{FOLDER}/Peer review verdict (tierflow 2031-03-04).md", "kept-user-edit")

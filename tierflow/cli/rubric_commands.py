@@ -240,7 +240,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     again = parse_rubric(markdown, rubric.path)  # the canonical shape always reads back; fail loudly if not
     if again.criteria != rubric.criteria:
         raise RubricError(f"{rubric.path}: the rewrite did not read back as written; nothing was written")
-    writer = NoteWriter(vault, folder)
+    writer = NoteWriter(vault, folder, today=caller.config.today())
     names = writer.names or VaultNames.scan(vault)
     # By its whole path, not its name alone: every assignment has a rubric.md. A path no wikilink can hold
     # (`Teaching/C# 101`: Obsidian reads `#` as a heading) becomes a Markdown link (`VaultNames.link`).

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import frontmatter
 import yaml
 
+from tierflow.core import clock
 from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
@@ -161,7 +162,7 @@ def export_feedback(
     """Write the reviewed drafts of `folder` for `target` (see the module docstring); `today` dates a second
     export's file names; `replace_existing` overwrites the grades and feedback the downloaded file already holds."""
     vault = vault.resolve()
-    today = today or date.today()
+    today = today or clock.now().date()  # tierflow's clock (UTC), which tests set; the CLI gives the vault's day
     drafts = collect(vault, folder, version_of=lambda sid: _version(vault, folder, sid))
     result = ExportResult(target, drafts=drafts, left_out=list(drafts.left_out))
     if target in TARGETS:

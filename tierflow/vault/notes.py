@@ -37,6 +37,7 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 from pathvalidate import sanitize_filename
 
+from tierflow.core import clock
 from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
@@ -491,7 +492,9 @@ class NoteWriter:
 
     vault: Path
     folder: str
-    today: date = field(default_factory=date.today)
+    today: date = field(default_factory=lambda: clock.now().date())
+    """The day a dated sibling is named for; by default today by tierflow's clock, in UTC (callers with a config
+    give `Config.today()`, the vault's time zone)."""
     names: VaultNames | None = None
     """The vault's file names (scanned when not given): a new note never takes a name another note has
     anywhere in the vault (Obsidian resolves links by name, case-insensitively), and every wikilink it holds
