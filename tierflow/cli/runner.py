@@ -467,15 +467,17 @@ def wait_for_task_run_records(run_id: str | None, *, patience: float = 120.0) ->
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
 
+    from tierflow.cli.prefect_ops import every
+
+    mine = TaskRunFilter(tags=TaskRunFilterTags(all_=[f"tierflow-run:{run_id}"]))
     interval = 1.5  # more than PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL (1 s, `prefect_defaults`)
     last: tuple[int, bool] | None = None
     deadline = time.monotonic() + patience
     try:
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
-                runs = client.read_task_runs(
-                    task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[f"tierflow-run:{run_id}"]))
-                )
+                # Every page: the server returns at most 200 task runs per request (PREFECT_SERVER_API_DEFAULT_LIMIT).
+                runs = every(client.read_task_runs, task_run_filter=mine)
                 seen = (len(runs), all(r.state is not None and r.state.is_final() for r in runs))
                 if seen == last and seen[1]:
                     return
