@@ -478,8 +478,16 @@ def test_ledger_read_reads_again_when_a_writer_writes_under_it(large_shared_vaul
 def read_while_a_writer_writes(vault: Path, how: str) -> str:
     """What `READER` says when a writer process records 30 calls and exits halfway through its read."""
     url = f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}"
+    code, said, errors = while_a_writer_writes(url, ["-c", READER, url, how])
+    assert code == 0, errors
+    return said
+
+
+def while_a_writer_writes(url: str, args: list[str]) -> tuple[int, str, str]:
+    """Python run with `args` as the ledger's reader, which says `reading` halfway through a read and waits: a writer
+    process records 30 calls and exits, then it goes on. Its exit code, and what it said after `reading`."""
     reader = subprocess.Popen(
-        [*as_reader(), sys.executable, "-c", READER, url, how],
+        [*as_reader(), sys.executable, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -490,12 +498,62 @@ def read_while_a_writer_writes(vault: Path, how: str) -> str:
         write_later(url, 30)
         reader.stdin.write("go on\n")
         reader.stdin.close()
-        said = reader.stdout.read()
-        assert reader.wait(timeout=600) == 0, reader.stderr.read()
+        said, errors = reader.stdout.read(), reader.stderr.read()
+        return reader.wait(timeout=600), said, errors
     finally:
         if reader.poll() is None:
             reader.kill()
-    return said
+
+
+EXPLAINER = """
+import sys
+
+import sqlalchemy as sa
+
+from tierflow.cli.app import main
+
+word, waited = sys.argv[1], []
+
+
+@sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
+def halfway(conn, cursor, statement, parameters, context, executemany):
+    if not waited and word in statement:
+        waited.append(True)
+        print("reading", flush=True)
+        sys.stdin.readline()  # the writer has recorded its calls and exited
+
+
+sys.argv = ["tierflow", *sys.argv[2:]]
+main()
+"""
+"""`tierflow ARGS...` that stops halfway through the first read of the ledger whose SQL holds the given word (the
+first argument), the first time, until told to go on."""
+
+
+@pytest.mark.parametrize(
+    ("halfway", "args"),
+    [
+        ("FROM request_texts", [REQUEST[:10]]),  # the requests whose id starts so
+        ("FROM drafts", ["Feedback"]),  # the draft note of that name
+        ("FROM calls", ["--run", "r"]),  # the run's requests
+    ],
+    ids=["by-id", "by-note", "run"],
+)
+def test_routing_explain_reads_a_read_only_ledger_again_when_a_writer_writes_under_it(
+    shared_vault: Path, halfway: str, args: list[str]
+):
+    """As `tierflow spend` does: `routing explain` read it once, and ended with `error: the ledger ... was written
+    while it was read ... Run it again.`"""
+    url = f"sqlite:///{shared_vault / '.tierflow' / 'ledger.sqlite'}"
+    command = ["routing", "explain", *args, "--format", "json", "--vault", str(shared_vault)]
+    code, said, errors = while_a_writer_writes(url, ["-c", EXPLAINER, halfway, *command])
+    assert code == 0, errors
+    found = json.loads(said)
+    if args[0] == "--run":
+        assert [(r["request_id"], r["tiers"]) for r in found] == [(REQUEST, ["light", "standard", "deep"])]
+    else:
+        assert found["request_id"] == REQUEST
+        assert [a["tier"] for a in found["answers"]] == ["light", "standard", "deep"]
 
 
 def test_spend_watch_on_a_read_only_ledger_shows_the_calls_a_writer_records_after_it_started(shared_vault: Path):

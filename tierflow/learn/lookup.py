@@ -100,41 +100,48 @@ def requests_of_run(ledger: Ledger, run_id: str) -> tuple[list[Request], int]:
     """The requests a run sent, in the order it first sent them, with the draft note written from each; and how
     many of its calls name no request (answers replayed from the answer cache or collected from a provider batch,
     attempts whose answer was lost, calls recorded before requests were kept)."""
-    with ledger.reading() as conn:
+
+    def read(conn: sa.Connection) -> tuple[dict[str, _Summary], int | None, dict[str, str]]:
         found = _summaries(conn, calls.c.run_id == run_id)
         unnamed = conn.execute(
             sa.select(sa.func.count()).select_from(calls).where(calls.c.run_id == run_id, calls.c.request_id.is_(None))
         ).scalar()
-        notes = _notes(conn, found, run_id)
+        return found, unnamed, _notes(conn, found, run_id)
+
+    # `read`, not `reading`: on a ledger its user may only read, read again should a writer write under it.
+    found, unnamed, notes = ledger.read(read)
     return [_request(r, s, notes.get(r)) for r, s in found.items()], int(unnamed or 0)
 
 
 def describe(ledger: Ledger, request_ids: Iterable[str]) -> list[Request]:
     """These requests as a listing shows them (over all their calls, in every run), in the order first sent."""
     wanted = list(dict.fromkeys(request_ids))
-    with ledger.reading() as conn:
+
+    def read(conn: sa.Connection) -> tuple[dict[str, _Summary], dict[str, str]]:
         found = _summaries(conn, calls.c.request_id.in_(wanted))
         for row in conn.execute(sa.select(request_texts).where(request_texts.c.request_id.in_(wanted))):
             found.setdefault(row.request_id, _Summary(flow=row.flow or "", phase=row.phase or ""))  # no call left
-        notes = _notes(conn, found, None)
+        return found, _notes(conn, found, None)
+
+    found, notes = ledger.read(read)
     return [_request(r, s, notes.get(r)) for r, s in found.items()]
 
 
 def newest_run(ledger: Ledger) -> str | None:
     """The run that sent the request recorded last, if any request is recorded."""
-    with ledger.reading() as conn:
-        return conn.execute(
-            sa.select(calls.c.run_id)
-            .where(calls.c.request_id.is_not(None), calls.c.run_id.is_not(None))
-            .order_by(calls.c.id.desc())
-            .limit(1)
-        ).scalar()
+    query = (
+        sa.select(calls.c.run_id)
+        .where(calls.c.request_id.is_not(None), calls.c.run_id.is_not(None))
+        .order_by(calls.c.id.desc())
+        .limit(1)
+    )
+    return ledger.read(lambda conn: conn.execute(query).scalar())
 
 
 def has_run(ledger: Ledger, run_id: str) -> bool:
     """Whether the ledger holds a call of this run."""
-    with ledger.reading() as conn:
-        return conn.execute(sa.select(calls.c.id).where(calls.c.run_id == run_id).limit(1)).first() is not None
+    query = sa.select(calls.c.id).where(calls.c.run_id == run_id).limit(1)
+    return ledger.read(lambda conn: conn.execute(query).first()) is not None
 
 
 def find(ledger: Ledger, vault: Path, words: str, *, cwd: Path | None = None) -> Found:
@@ -147,16 +154,13 @@ def find(ledger: Ledger, vault: Path, words: str, *, cwd: Path | None = None) ->
     matching = 0
     if _HEX.fullmatch(words):
         starts = request_texts.c.request_id.startswith(words.lower(), autoescape=True)
-        with ledger.reading() as conn:
+
+        def read(conn: sa.Connection) -> tuple[int, list[str]]:
             matching = int(conn.execute(sa.select(sa.func.count()).select_from(request_texts).where(starts)).scalar())
-            ids = list(
-                conn.execute(
-                    sa.select(request_texts.c.request_id)
-                    .where(starts)
-                    .order_by(request_texts.c.request_id)
-                    .limit(LISTED)
-                ).scalars()
-            )
+            query = sa.select(request_texts.c.request_id).where(starts).order_by(request_texts.c.request_id)
+            return matching, list(conn.execute(query.limit(LISTED)).scalars())
+
+        matching, ids = ledger.read(read)
     target, outside = _target(vault, words, cwd or Path.cwd())
     if outside:
         return Found(tuple(ids), matching, outside=True)
@@ -187,8 +191,8 @@ def _target(vault: Path, words: str, cwd: Path) -> tuple[str, bool]:
 
 def _drafted(ledger: Ledger, target: str) -> Found | None:
     """The remembered drafts the target names (by path or name, as a link resolves): None when it names none."""
-    with ledger.reading() as conn:
-        rows = {row.note: row for row in conn.execute(sa.select(drafts.c.note, drafts.c.request_id, drafts.c.run_id))}
+    query = sa.select(drafts.c.note, drafts.c.request_id, drafts.c.run_id)
+    rows = {row.note: row for row in ledger.read(lambda conn: conn.execute(query).all())}
     names = VaultNames()
     for note in rows:
         names.add(note)
@@ -219,10 +223,8 @@ def _from_vault(ledger: Ledger, vault: Path, target: str) -> Found:
     subjects = {str(meta[k])[:256] for k in ("title", "student_id") if meta.get(k)}
     if meta.get("student_id") and meta.get("assignment"):
         subjects |= _label(vault, str(meta["assignment"]), str(meta["student_id"]))
-    with ledger.reading() as conn:
-        found = _summaries(
-            conn, calls.c.run_id == run_id, calls.c.phase == DRAFT_PHASE, calls.c.subject.in_(sorted(subjects))
-        )
+    where = (calls.c.run_id == run_id, calls.c.phase == DRAFT_PHASE, calls.c.subject.in_(sorted(subjects)))
+    found = ledger.read(lambda conn: _summaries(conn, *where))
     return Found(tuple(found), note=note, run_id=run_id)
 
 

@@ -54,7 +54,7 @@ from tierflow.core import clock
 from tierflow.core.config import Config
 from tierflow.core.ledger import Ledger, calls, request_texts, signals
 from tierflow.core.routing import COLD_START, rules_tier, target_for, use_request_router
-from tierflow.learn.labels import Answered, labels
+from tierflow.learn.labels import Answered, Label, labels
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,16 @@ def labelled(ledger: Ledger, *, flow: str | None = None) -> tuple[list[Observati
     )
     if flow:
         query = query.where(calls.c.flow == flow)
-    with ledger.reading() as conn:
+
+    def read(conn: sa.Connection) -> tuple[list[sa.Row], dict[int, Label]]:
         rows = conn.execute(query).all()
         answered = [
             Answered(r.id, r.request_id, r.tier or "", r.run_id, r.timestamp or "", r.outcome == "ok") for r in rows
         ]
-        decided = labels(conn, answered)
+        return rows, labels(conn, answered)
+
+    # `read`, not `reading`: `tierflow routing fit` may read a ledger its user may only read, as a writer writes it.
+    rows, decided = ledger.read(read)
     counts: dict[str, int] = defaultdict(int)
     for found in decided.values():
         if found.source != "checks":
@@ -1204,7 +1208,8 @@ def describe(router: RequestRouter, config: Config) -> dict[str, Any]:
 
 def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
     """A kept request by id (or a unique prefix of it), with the route rules its answers were given."""
-    with ledger.reading() as conn:
+
+    def read(conn: sa.Connection) -> tuple[sa.Row, list[sa.Row], list[sa.Row]] | None:
         found = conn.execute(
             sa.select(request_texts).where(request_texts.c.request_id.like(f"{request}%")).limit(2)
         ).all()
@@ -1229,6 +1234,13 @@ def stored_request(ledger: Ledger, request: str) -> dict[str, Any] | None:
             .where(signals.c.request_id == row.request_id)
             .order_by(signals.c.id)
         ).all()
+        return row, list(answers), list(judged)
+
+    # `read`, not `reading`: on a ledger its user may only read, read again should a writer write under it.
+    read_back = ledger.read(read)
+    if read_back is None:
+        return None
+    row, answers, judged = read_back
     return {
         "request_id": row.request_id,
         "flow": row.flow,
