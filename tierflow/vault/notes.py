@@ -37,7 +37,7 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 from pathvalidate import sanitize_filename
 
-from tierflow.core import clock
+from tierflow.core.clock import now
 from tierflow.core.errors import VaultError
 from tierflow.core.folders import check_vault as check_vault  # the one check, re-exported for tasks
 from tierflow.vault.annotations import Annotation, parse_annotations
@@ -492,7 +492,7 @@ class NoteWriter:
 
     vault: Path
     folder: str
-    today: date = field(default_factory=lambda: clock.now().date())
+    today: date = field(default_factory=lambda: now().date())
     """The day a dated sibling is named for; by default today by tierflow's clock, in UTC (callers with a config
     give `Config.today()`, the vault's time zone)."""
     names: VaultNames | None = None
