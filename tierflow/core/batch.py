@@ -39,7 +39,13 @@ from tierflow.core.budget import HOST, _process_exists
 from tierflow.core.calls import Answer, CacheEntry, Caller, _cache_key
 from tierflow.core.checks import Check
 from tierflow.core.context import refused
-from tierflow.core.errors import BudgetExceeded, ContextWindowExceeded, TierflowError
+from tierflow.core.errors import (
+    BatchResultsUnavailable,
+    BudgetExceeded,
+    ContextWindowExceeded,
+    ProviderError,
+    TierflowError,
+)
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
@@ -470,7 +476,13 @@ def _collect(
             if r.key in items
         }
     requests = {cid: items[row.key][2] for cid, row in rows.items()}
-    for result in caller.provider(provider_name).batch_results(batch_id, requests):
+    try:
+        # Every result is read before any is recorded: a download cut off halfway (retried by the provider, then
+        # by `tierflow resume`) has recorded nothing, so no item is recorded twice.
+        results = list(caller.provider(provider_name).batch_results(batch_id, requests))
+    except ProviderError as exc:
+        raise _undownloaded(caller, provider_name, batch_id, exc) from exc
+    for result in results:
         row = rows.get(result.custom_id)
         if row is None:
             continue
@@ -511,6 +523,25 @@ def _collect(
             # other answers are paid for already, so they are still recorded and returned.
             log.warning("batch item %s of %s has no answer: %s", call.key, batch_id, exc)
             outcome.failed[call.key] = str(exc)
+
+
+def _undownloaded(caller: Caller, provider_name: str, batch_id: str, exc: ProviderError) -> BatchResultsUnavailable:
+    """The error of an ended batch whose results could not be downloaded: its answers are paid for, and waiting
+    at the provider for the resume that collects them."""
+    tries = caller.config.settings.providers[provider_name].max_retries + 1
+    tried = f" (tried {tries} times)" if exc.retryable and tries > 1 else ""
+    collect = (
+        f"`{caller.settings.resume_command()}` collects them"
+        if caller.settings.run_id
+        else "running the same requests again collects them"
+    )
+    return BatchResultsUnavailable(
+        provider_name,
+        "batch",
+        f"batch {batch_id} has ended, but downloading its results failed{tried}: {exc.cause}",
+        hint=f"Its answers are paid for, and {provider_name} keeps them: {collect}, without sending them again",
+        batch_id=batch_id,
+    )
 
 
 def _settle_item(

@@ -82,6 +82,15 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class BatchResultsUnavailable(ProviderUnavailable):
+    """A batch has ended, but its results could not be downloaded, even when tried again: its answers are paid for
+    and kept by the provider, and `tierflow resume RUN` collects them."""
+
+    def __init__(self, provider: str, model: str, cause: str, *, hint: str = "", batch_id: str = "") -> None:
+        self.batch_id = batch_id
+        super().__init__(provider, model, cause, hint=hint)
+
+
 class ModelNotFound(ProviderError):
     """The provider no longer serves the model (HTTP 404 `model_not_found`): it was retired or renamed."""
 

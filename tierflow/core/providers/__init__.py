@@ -229,8 +229,61 @@ def create_once(create: Callable[[], T], retries: int) -> T:
             status = getattr(exc, "status_code", None)
             if status is None or not (status == 429 or status >= 500) or attempt == retries:
                 raise
-            time.sleep(0.5 * 2**attempt)
+            time.sleep(backoff_s(attempt))
     raise AssertionError("unreachable")
+
+
+def backoff_s(attempt: int) -> float:
+    """The pause before try `attempt + 2` of a request tierflow retries itself: 0.5 s, doubling, at most 8 s (the
+    SDKs' own schedule, without their jitter)."""
+    return min(0.5 * 2**attempt, 8.0)
+
+
+def download(fetch: Callable[[], T], retries: int, *, dropped: type[Exception], what: str) -> T:
+    """Read what an ended batch holds (its results, whole) with `fetch`: again, after a pause, when a try fails
+    in a way the next may not (the connection dropped or the body was cut off mid-transfer, a timeout, HTTP 408,
+    409, 429 or 5xx), up to `retries` more times; `dropped` is the SDK's connection error, timeouts included.
+
+    `fetch` sends with the SDK's own retries off, so that these are the config's `max_retries`, counted once: the
+    SDKs retry a request only until its response's headers arrive, and Anthropic's results are streamed after
+    them, so a body cut off halfway would otherwise end the run. Reading is free and changes nothing at the
+    provider, so a try may always be repeated."""
+    for attempt in range(retries + 1):
+        try:
+            return fetch()
+        except Exception as exc:
+            if attempt == retries or not _transient(exc, dropped):
+                raise
+            pause = _retry_after_s(exc)
+            pause = backoff_s(attempt) if pause is None else pause
+            log.warning("downloading %s failed (%s); trying again in %.1f s", what, exc, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: Exception, dropped: type[Exception]) -> bool:
+    """Whether a second try may get what this one did not: as the SDKs judge it for the requests they retry."""
+    if isinstance(exc, dropped):
+        return True
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if status is None or getattr(response, "headers", {}).get("x-should-retry") == "false":
+        return False
+    return status in (408, 409, 429) or status >= 500
+
+
+def _retry_after_s(exc: Exception) -> float | None:
+    """The pause the provider asked for (`retry-after-ms`, or `retry-after` in seconds), when it asked for one of
+    at most a minute."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            pause = float(headers.get(name, "")) * scale
+        except ValueError:
+            continue
+        if 0 <= pause <= 60:
+            return pause
+    return None
 
 
 BATCH_CLOCK_SKEW_S = 600.0

@@ -24,6 +24,7 @@ from tierflow.core.providers import (
     Request,
     api_key,
     create_once,
+    download,
     unanswered_hint,
 )
 from tierflow.core.usage import reported_usage
@@ -157,8 +158,14 @@ class AnthropicProvider:
         return batch.processing_status == "ended", batch.processing_status
 
     def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        results = self.client.with_options(max_retries=0).messages.batches.results
         try:
-            entries = list(self.client.messages.batches.results(batch_id))
+            entries = download(
+                lambda: list(results(batch_id)),
+                self.config.max_retries,
+                dropped=anthropic.APIConnectionError,
+                what=f"the results of batch {batch_id}",
+            )
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, "batch") from exc
         results = []

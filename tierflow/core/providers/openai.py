@@ -26,6 +26,7 @@ from tierflow.core.providers import (
     Request,
     api_key,
     create_once,
+    download,
     json_instruction,
     parse_json_object,
     strict_schema,
@@ -198,12 +199,20 @@ class OpenAIProvider:
         return batch.status in ("completed", "failed", "expired", "cancelled"), batch.status
 
     def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
+        client = self.client.with_options(max_retries=0)
+
+        def read() -> list[str]:
+            batch = client.batches.retrieve(batch_id)
+            files = (batch.output_file_id, batch.error_file_id)
+            return [line for file_id in files if file_id for line in client.files.content(file_id).text.splitlines()]
+
         try:
-            batch = self.client.batches.retrieve(batch_id)
-            lines = []
-            for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id:
-                    lines += self.client.files.content(file_id).text.splitlines()
+            lines = download(
+                read,
+                self.config.max_retries,
+                dropped=openai.APIConnectionError,
+                what=f"the results of batch {batch_id}",
+            )
         except openai.OpenAIError as exc:
             raise self.translate(exc, "batch") from exc
         results = []
