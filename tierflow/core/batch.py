@@ -7,7 +7,9 @@ the provider accepting a batch and tierflow recording its id cannot orphan it), 
 is the item's claim (`_claim_items`): written only if no other process recorded the item since this one looked, so
 of two runs started together exactly one sends it, and the other says so (`ELSEWHERE`). A
 rerun of the same requests, or `tierflow resume RUN`, finds the submitted batch by those keys and collects
-it without resubmitting.
+it without resubmitting. An ended batch's results are read whole before any is recorded (a download cut off or
+refused is tried again: `providers.download`); if they cannot be, the phase fails naming the batch and the
+`tierflow resume RUN` that collects its answers, paid for and kept by the provider (`BatchResultsUnavailable`).
 Every answer is judged like a direct call's (`Caller.judge`: schema and checks) and recorded with its
 outcome; an item that errored or failed goes on through the ordinary call path (`Caller.resolve`: one
 informed retry, then escalation), run directly. Expired or cancelled items are listed, and the next run

@@ -158,10 +158,10 @@ class AnthropicProvider:
         return batch.processing_status == "ended", batch.processing_status
 
     def batch_results(self, batch_id: str, requests: dict[str, Request]) -> list[BatchItemResult]:
-        results = self.client.with_options(max_retries=0).messages.batches.results
+        fetch = self.client.with_options(max_retries=0).messages.batches.results
         try:
             entries = download(
-                lambda: list(results(batch_id)),
+                lambda: list(fetch(batch_id)),
                 self.config.max_retries,
                 dropped=anthropic.APIConnectionError,
                 what=f"the results of batch {batch_id}",
