@@ -1,0 +1,161 @@
+"""A `mark:` the lecturer types in a reviewed draft's front-matter is never silently rescaled into another number.
+
+A bare number (`mark: 15`) is on the rubric's scale and is scaled to the platform's maximum; written with that
+maximum (`mark: 15/20`), it is out of the platform's maximum and sent as written, or refused when the maximum is not
+the platform's. Every sent line says the conversion in full, and a bare mark that is scaled to a different maximum is
+warned about once per export, with both forms.
+"""
+
+from __future__ import annotations
+
+import shutil
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from lms_exports import canvas_zip, cohort
+from lms_rules import canvas_import_gradebook, moodle_import_worksheet
+from test_lms_canvas import ASSIGNMENTS, gradebook_bytes
+from test_lms_moodle import STUDENTS, draft_text, worksheet_bytes
+from typer.testing import CliRunner
+
+from tierflow.cli.app import app
+from tierflow.lms.drafts import Draft
+from tierflow.lms.importer import import_submissions
+from tierflow.lms.marks import mark_of, to_platform
+from tierflow.vault.rubric import parse_rubric
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "Teaching/EDU7001/essay-2"
+OWN = {"1001": "15/20", "1002": "15", "1003": '"15 / 25"'}
+"""1001 out of the platform's 20; 1002 bare, on the rubric's scale (out of 100); 1003 out of a maximum no platform has."""
+WARNING = "a bare `mark:` is on the rubric's scale"
+
+
+def _vault(tmp_path: Path, *, canvas: bool) -> Path:
+    vault = tmp_path / "vault"
+    shutil.copytree(REPO / "vault_fixtures" / "feedback-batch", vault)
+    (vault / ASSIGNMENT / "feedback").mkdir(parents=True)
+    shutil.copy(vault / "Teaching/EDU7001/essay-1/rubric.md", vault / ASSIGNMENT / "rubric.md")  # out of 100
+    if canvas:
+        import_submissions(vault, ASSIGNMENT, canvas_zip(tmp_path / "submissions.zip", cohort()))
+    for sid in ("1001", "1002", "1003", "1004"):
+        text = draft_text(sid, mark=OWN.get(sid))
+        (vault / ASSIGNMENT / "feedback" / f"{sid} feedback.md").write_text(text, encoding="utf-8")
+    return vault
+
+
+def _worksheet(maximum: str = "20.00") -> bytes:
+    # 1004's Grade is left empty here, so its draft (marked from its criteria) is sent too.
+    return worksheet_bytes().replace(b"100.00", maximum.encode()).replace(b'"58.00"', b"").replace(b",58.00,", b",,")
+
+
+def _cli(vault: Path, *args: str) -> object:
+    return CliRunner().invoke(app, ["export", "feedback", "--vault", str(vault), "-a", ASSIGNMENT, *args])
+
+
+def _lines(out: str) -> dict[str, str]:
+    """`  1001: sent, mark ...` lines by student id."""
+    found = {}
+    for line in out.splitlines():
+        sid, sep, rest = line.strip().partition(": sent")
+        if sep and sid.isdigit():
+            found[sid] = rest
+    return found
+
+
+def _says_the_conversions_and_refuses_1003(out: str, err: str, download: str) -> None:
+    lines = _lines(out)
+    assert lines["1001"] == ", mark 15/20 (yours, as written) -> 15.00 of 20", out
+    assert lines["1002"] == ", mark 15 (yours, of 100 on the rubric) -> 3.00 of 20", out
+    # (62 + 66 + 62 + 66) / 4 = 64 on the rubric -> 12.80 of 20
+    assert lines["1004"] == ", mark 64 (from the criteria, of 100 on the rubric) -> 12.80 of 20", out
+    assert lines["1003"] == "", out  # its feedback goes, with no mark
+    # Refused, naming the student, the file and the fix.
+    (refused,) = [line for line in err.splitlines() if line.startswith("1003 (Anne-Marie Łukasik)")]
+    assert f"{ASSIGNMENT}/feedback/1003 feedback.md" in refused, refused
+    assert "`mark: 15 / 25`" in refused and "out of 25" in refused and download in refused, refused
+    assert "never rescaled" in refused and "`mark: N/20`" in refused and "`mark: N`" in refused, refused
+    # Said once, with both forms and the student it concerns.
+    flat = " ".join(err.split())
+    assert flat.count(WARNING) == 1, err
+    (warning,) = [p for p in err.split("\n") if WARNING in p]
+    assert "out of 100" in warning and "`mark: 15` sends 3.00 of 20" in warning and "`mark: 15/20`" in warning
+    assert "1002 (Chloé Dubois-Martin)" in warning and "1001" not in warning
+
+
+def test_moodle_worksheet_out_of_20_takes_a_mark_out_of_20_as_written_and_says_every_conversion(tmp_path):
+    vault = _vault(tmp_path, canvas=False)
+    downloaded = tmp_path / "Grades-EDU7001-Essay 2-4512.csv"
+    downloaded.write_bytes(_worksheet())
+    args = ["--to", "moodle-worksheet", "--worksheet", str(downloaded)]
+
+    dry = _cli(vault, *args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    _says_the_conversions_and_refuses_1003(dry.stdout, dry.stderr, downloaded.name)
+    assert not (tmp_path / "Grades-EDU7001-Essay 2-4512 (tierflow).csv").exists()
+
+    real = _cli(vault, *args)
+    assert real.exit_code == 0, real.output
+    _says_the_conversions_and_refuses_1003(real.stdout, real.stderr, downloaded.name)
+    data = (tmp_path / "Grades-EDU7001-Essay 2-4512 (tierflow).csv").read_bytes()
+    imported = moodle_import_worksheet(data, participants={sid for sid, _ in STUDENTS}, maximum=20)
+    assert imported["1001"]["grade"] == 15.0  # 15 out of 20, as typed: not 3.00
+    assert imported["1002"]["grade"] == 3.0  # 15 out of 100, scaled, and said so
+    assert imported["1004"]["grade"] == 12.8
+    assert "grade" not in imported["1003"] and imported["1003"]["feedback"]  # feedback, and the grade as it was
+
+
+def test_canvas_gradebook_out_of_20_takes_a_mark_out_of_20_as_written_and_says_every_conversion(tmp_path):
+    vault = _vault(tmp_path, canvas=True)
+    downloaded = tmp_path / "grades.csv"
+    downloaded.write_bytes(gradebook_bytes())  # Essay 2's Points Possible: 20
+    args = ["--to", "canvas", "--gradebook", str(downloaded), "--column", "4512"]
+
+    dry = _cli(vault, *args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    _says_the_conversions_and_refuses_1003(dry.stdout, dry.stderr, "Points Possible")
+    assert not (tmp_path / "grades (tierflow).csv").exists()
+
+    real = _cli(vault, *args)
+    assert real.exit_code == 0, real.output
+    _says_the_conversions_and_refuses_1003(real.stdout, real.stderr, "Points Possible")
+    grades = canvas_import_gradebook((tmp_path / "grades (tierflow).csv").read_bytes(), ASSIGNMENTS)["grades"]
+    assert grades["1001"]["4512"] == "15"
+    assert grades["1002"]["4512"] == "3"
+    assert grades["1004"]["4512"] == "12.8"
+    assert grades["1003"]["4512"] == ""  # refused: the cell stays as downloaded
+
+
+def test_no_warning_when_the_rubric_and_the_platform_share_a_maximum(tmp_path):
+    vault = _vault(tmp_path, canvas=False)
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(_worksheet("100.00"))
+    result = _cli(vault, "--to", "moodle-worksheet", "--worksheet", str(downloaded), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert WARNING not in " ".join(result.stderr.split())
+    lines = _lines(result.stdout)
+    assert lines["1002"] == ", mark 15 (yours, of 100 on the rubric) -> 15.00 of 100"
+    assert lines["1001"] == ""  # 15/20 is no mark out of 100: refused, never rescaled to 75
+    assert "`mark: N/100`" in result.stderr
+
+
+RUBRIC = parse_rubric("## Method (20 marks)\n\n- Excellent (17-20): x\n- Good (10-16.5): y\n")
+
+
+@pytest.mark.parametrize("written", ["15/20", "15 / 20", "15/20.00", "15,0/20"])
+def test_a_mark_written_out_of_the_platforms_maximum_is_sent_as_written(written):
+    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": written}, ""))
+    assert (mark.value, mark.out_of, mark.source) == (15, 20, "your mark")
+    assert to_platform(mark, 20.0, 2) == (Decimal("15.00"), False)
+    assert to_platform(mark, 40.0, 2) == (None, False)  # never rescaled to 30
+
+
+def test_a_bare_mark_stays_on_the_rubrics_scale():
+    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": 15}, ""))
+    assert (mark.value, mark.scale, mark.out_of) == (15, 20, None)
+    assert to_platform(mark, 100.0, 2) == (Decimal("75.00"), False)
+    assert mark_of(RUBRIC, Draft("1", "x", {"mark": "15/0"}, "")).problems
+    assert mark_of(RUBRIC, Draft("1", "x", {"mark": "1/2/3"}, "")).value is None
+    assert Fraction(15) == mark_of(RUBRIC, Draft("1", "x", {"mark": "15"}, "")).value
