@@ -29,7 +29,7 @@ from tierflow.vault.rubric import parse_rubric
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "Teaching/EDU7001/essay-2"
 OWN = {"1001": "15/20", "1002": "15", "1003": '"15 / 25"'}
-"""1001 out of the platform's 20; 1002 bare, on the rubric's scale (out of 100); 1003 out of a maximum no platform has."""
+"""1001 out of the platform's 20; 1002 bare, on the rubric's (out of 100); 1003 out of a maximum no platform has."""
 WARNING = "a bare `mark:` is on the rubric's scale"
 
 
@@ -71,7 +71,8 @@ def _says_the_conversions_and_refuses_1003(out: str, err: str, download: str) ->
     assert lines["1002"] == ", mark 15 (yours, of 100 on the rubric) -> 3.00 of 20", out
     # (62 + 66 + 62 + 66) / 4 = 64 on the rubric -> 12.80 of 20
     assert lines["1004"] == ", mark 64 (from the criteria, of 100 on the rubric) -> 12.80 of 20", out
-    assert lines["1003"] == "", out  # its feedback goes, with no mark
+    # Refused: Moodle gets its feedback without a grade, Canvas's gradebook nothing for it.
+    assert lines.get("1003", "") == "", out
     # Refused, naming the student, the file and the fix.
     (refused,) = [line for line in err.splitlines() if line.startswith("1003 (Anne-Marie Łukasik)")]
     assert f"{ASSIGNMENT}/feedback/1003 feedback.md" in refused, refused
@@ -153,9 +154,24 @@ def test_a_mark_written_out_of_the_platforms_maximum_is_sent_as_written(written)
 
 
 def test_a_bare_mark_stays_on_the_rubrics_scale():
+    from tierflow.lms.marks import scaled
+
     mark = mark_of(RUBRIC, Draft("1", "x", {"mark": 15}, ""))
     assert (mark.value, mark.scale, mark.out_of) == (15, 20, None)
     assert to_platform(mark, 100.0, 2) == (Decimal("75.00"), False)
     assert mark_of(RUBRIC, Draft("1", "x", {"mark": "15/0"}, "")).problems
     assert mark_of(RUBRIC, Draft("1", "x", {"mark": "1/2/3"}, "")).value is None
     assert Fraction(15) == mark_of(RUBRIC, Draft("1", "x", {"mark": "15"}, "")).value
+    assert scaled(mark, 100.0) and not scaled(mark, 20.0)
+    assert not scaled(mark_of(RUBRIC, Draft("1", "x", {"mark": 0}, "")), 100.0)  # 0 is 0 on any scale
+    (problem,) = mark_of(RUBRIC, Draft("1", "x", {"mark": "15 of 20"}, "")).problems
+    assert "`mark: 15 of 20`" in problem and "`mark: 15/20`" in problem and "out of 20" in problem
+
+
+def test_a_mark_above_its_maximum_is_clamped_and_says_so():
+    from tierflow.lms.marks import conversion
+
+    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": "22/20"}, ""))
+    grade, clamped = to_platform(mark, 20.0, 2)
+    assert (grade, clamped) == (Decimal("20.00"), True)
+    assert conversion(mark, grade, 20.0, clamped) == "22/20 (yours, as written) -> 20.00 of 20 (clamped to 0-20)"

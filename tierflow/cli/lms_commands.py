@@ -259,8 +259,11 @@ def export_feedback(
 
     Only drafts whose front-matter says `status: reviewed` are sent; the command says how many were left out
     and why. Each mark comes from the rubric (levels' score ranges and weights); your edits to a draft win: a
-    `mark:` in its front-matter, or the level and score lines in its body as you left them. The distribution of
-    marks is shown before anything is written, and the path of every file written is printed. A grade or feedback
+    `mark:` in its front-matter (a bare `mark: 68` is on the rubric's scale and scaled to the platform's maximum;
+    `mark: 15/20` is out of the platform's maximum and sent as written, or refused when that is not 20), or the
+    level and score lines in its body as you left them. Each student sent says how their mark was converted
+    (`mark 15 (yours, of 100 on the rubric) -> 3.00 of 20`). The distribution of marks is shown before anything is
+    written, and the path of every file written is printed. A grade or feedback
     already in the downloaded file is never overwritten unless you say so (--replace-existing); a draft written for
     an earlier submission than the one imported now is never sent.
     """
@@ -286,7 +289,8 @@ def export_feedback(
         for line in result.distribution:
             console.print(f"  {line}", markup=False)
     for sid in result.sent:
-        mark = result.marks.get(sid)
+        # The conversion in full (`15 (yours, of 100 on the rubric) -> 3.00 of 20`): a typed mark never changes unsaid.
+        mark = result.conversions.get(sid) or result.marks.get(sid)
         console.print(f"  {sid}: sent" + (f", mark {mark}" if mark is not None else ""), markup=False)
     drafts = result.drafts
     reasons = {}

@@ -38,7 +38,19 @@ from tierflow.core.errors import TierflowError
 from tierflow.lms import canvas, files, moodle
 from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect, who
-from tierflow.lms.marks import distribution, mark_of, marking, number, scale_of, to_platform
+from tierflow.lms.marks import (
+    Mark,
+    conversion,
+    distribution,
+    mark_of,
+    marking,
+    number,
+    off_scale,
+    scale_of,
+    scaled,
+    scaled_warning,
+    to_platform,
+)
 from tierflow.lms.notices import split_notices
 from tierflow.vault.rubric import load_rubric
 from tierflow.vault.text import load_note, note_text, read_note_text, text_version, unescape_links, yaml_problem
@@ -66,6 +78,9 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     distribution: list[str] = field(default_factory=list)
     marks: dict[str, Decimal] = field(default_factory=dict)
+    conversions: dict[str, str] = field(default_factory=dict)
+    """By student id: how the mark sent became the platform's grade, in full (`15 (yours, of 100 on the rubric) ->
+    3.00 of 20`)."""
     drafts: Drafts | None = None
 
 
@@ -288,6 +303,26 @@ def _marks(vault: Path, folder: str, drafts: Drafts, result: ExportResult):  # n
     return rubric, {sid: mark_of(rubric, d) for sid, d in drafts.reviewed.items()}
 
 
+class _Sent:
+    """The marks an export sends, each with how it was converted; and the lecturer's bare `mark:`s that were scaled
+    to another maximum, to be warned about once (`scaled_warning`)."""
+
+    def __init__(self, result: ExportResult) -> None:
+        self.result = result
+        self.scaled: list[tuple[Mark, Decimal, float, str]] = []
+
+    def add(self, draft: Draft, mark: Mark, grade: Decimal, maximum: float, clamped: bool) -> None:
+        self.result.marks[draft.student_id] = grade
+        self.result.conversions[draft.student_id] = conversion(mark, grade, maximum, clamped)
+        if scaled(mark, maximum):
+            self.scaled.append((mark, grade, maximum, f"{who(draft)} ({draft.path})"))
+
+    def warn(self) -> None:
+        if self.scaled:
+            mark, grade, maximum, _ = self.scaled[0]
+            self.result.notes.append(scaled_warning(mark, grade, maximum, [whom for *_, whom in self.scaled]))
+
+
 def _moodle_worksheet(  # noqa: ANN001
     vault, folder, drafts, result, worksheet, out, decimals, dry_run, today, replace_existing
 ) -> None:
@@ -310,6 +345,7 @@ def _moodle_worksheet(  # noqa: ANN001
     rubric, marks = _marks(vault, folder, drafts, result)
     rows = sheet.participants()
     values = []
+    sent = _Sent(result)
     for sid, draft in sorted(drafts.reviewed.items()):
         index = rows.get(sid)
         if index is None:
@@ -328,7 +364,8 @@ def _moodle_worksheet(  # noqa: ANN001
             result.kept_existing.append((who(draft), held))
             continue
         if grade is None:
-            why = "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
+            refused = off_scale(mark, maximum, draft.path, f"{worksheet.name}'s Maximum Grade") if maximum > 0 else ""
+            why = refused or "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
             if alone:
                 result.left_out.append((draft.path, f"no feedback to send and no grade ({why}); {who(draft)}"))
                 continue
@@ -342,7 +379,7 @@ def _moodle_worksheet(  # noqa: ANN001
             if alone:
                 result.notes.append(f"{who(draft)}: {alone}; the Feedback comments cell is left as it was")
             values.append(grade)
-            result.marks[sid] = grade
+            sent.add(draft, mark, grade, maximum, clamped)
             sheet.fill(index, number(grade), feedback)
         result.sent.append(sid)
     try:
@@ -358,10 +395,12 @@ def _moodle_worksheet(  # noqa: ANN001
     _without_drafts(vault, folder, drafts, rows, result)
     result.distribution = distribution(values, _sheet_max(sheet))
     result.notes.append(
-        f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}) scaled to each row's Maximum Grade, "
+        f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}: from the criteria, or a bare `mark:`) "
+        "scaled to each row's Maximum Grade, and a `mark:` written out of it (`mark: 15/20`) sent as written, "
         f"rounded half up to {decimals} decimal places. Upload promptly: Moodle skips a row whose grade changed in "
         "Moodle more than 60 s after the worksheet's `Last modified (grade)`."
     )
+    sent.warn()
     if _resaved(sheet.dialect):
         result.notes.append(
             f"{worksheet.name} was saved again after download ({sheet.dialect.described}); the filled copy is "
@@ -496,6 +535,7 @@ def _canvas(  # noqa: ANN001
         rubric, marks = _marks(vault, folder, drafts, result)
         students = sheet.students()
         values = []
+        sent = _Sent(result)
         for sid, draft in sorted(drafts.reviewed.items()):
             index = students.get(sid)
             if index is None:
@@ -511,7 +551,8 @@ def _canvas(  # noqa: ANN001
                 result.kept_existing.append((who(draft), held_what))
                 continue
             if grade is None:
-                why = "; ".join(marks[sid].problems)
+                maximum_is = f"{gradebook.name}'s Points Possible for {sheet.header[col]}"
+                why = off_scale(marks[sid], points, draft.path, maximum_is) or "; ".join(marks[sid].problems)
                 result.notes.append(f"{who(draft)}: no mark ({why}); cell left as it was")
                 continue
             if clamped:
@@ -520,7 +561,7 @@ def _canvas(  # noqa: ANN001
                 result.notes.append(f"{who(draft)}: {alone}; no comment is uploaded")
             sheet.fill(index, col, number(grade))
             values.append(grade)
-            result.marks[sid] = grade
+            sent.add(draft, marks[sid], grade, points, clamped)
             result.sent.append(sid)
         _without_drafts(vault, folder, drafts, students, result)
         result.distribution = distribution(values, points)
@@ -536,10 +577,12 @@ def _canvas(  # noqa: ANN001
                 "written the same way."
             )
         result.notes.append(
-            f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}) scaled to {points:g} points, rounded "
-            f"half up to {decimals} decimal places; only the column {sheet.header[col]!r} changed. In Canvas: "
-            "Grades -> Import."
+            f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}: from the criteria, or a bare `mark:`) "
+            f"scaled to {points:g} points, and a `mark:` written out of {points:g} (`mark: 15/{points:g}`) sent as "
+            f"written, rounded half up to {decimals} decimal places; only the column {sheet.header[col]!r} changed. "
+            "In Canvas: Grades -> Import."
         )
+        sent.warn()
     entries: list[tuple[str, bytes]] = []
     commented: list[str] = []
     for sid, draft in sorted(drafts.reviewed.items()):

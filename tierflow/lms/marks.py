@@ -1,7 +1,10 @@
 """A mark for each reviewed draft, from the rubric's parsed levels and weights, with the lecturer's edits winning.
 
 Where the mark comes from, first found wins:
-1. `mark:` in the draft's front-matter: the lecturer's own mark, on the rubric's scale (see below), taken as it is.
+1. `mark:` in the draft's front-matter: the lecturer's own mark (tierflow never writes one). A bare number
+   (`mark: 68`) is on the rubric's scale (see below) and is scaled to the platform's like any other mark; written
+   with the platform's maximum (`mark: 15/20`, `mark: "15 / 20"`), it is out of that maximum and sent as written,
+   never rescaled: a platform whose maximum is not 20 gets no mark for that student, and is told why (`off_scale`).
 2. Each criterion's section in the draft body as it stands now, edited or not: `**Suggested level:** Good` and
    `**suggested score:** 65` (or `Level:` / `Score:`). A level without a score counts as the middle of its range
    (`counts_as`), an open band closed by the scale's bounds: 0 below (`<40` counts as 20), and above, the criterion's
@@ -19,9 +22,10 @@ levels read both ways (`17+` in a 20-mark criterion: marks, or percentages from 
 20-mark one) is refused with what to write. Otherwise the mark is the weighted mean of the criterion scores (weights as
 shares, equal without weights) out of the highest score a level allows (100 for open ranges such as `70+`).
 
-To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canvas's points possible), rounded half
-up to `decimals` places (2 by default), and never above the maximum or below 0 (a clamped mark is reported). All of it
-in exact fractions of the numbers as written: a float sum makes 39.5 `39.49999999999999`, which rounds down.
+To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canvas's points possible; a mark
+written out of the platform's maximum is that mark), rounded half up to `decimals` places (2 by default), and never
+above the maximum or below 0 (a clamped mark is reported). All of it in exact fractions of the numbers as written: a
+float sum makes 39.5 `39.49999999999999`, which rounds down.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from tierflow.vault.rubric import Criterion, Level, Rubric, exact
 
 _LEVEL = re.compile(r"(?:suggested\s+)?level\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<level>[^(\n·*]+)", re.I)
 _SCORE = re.compile(r"(?:suggested\s+)?score\s*(?::\s*\*{0,2}|\*{1,2}\s*:)\s*(?P<score>-?\d+(?:[.,]\d+)?)", re.I)
+_OUT_OF = re.compile(r"\s*(?P<mark>-?\d+(?:[.,]\d+)?)\s*/\s*(?P<of>\d+(?:[.,]\d+)?)\s*")
+"""`15/20`, `15 / 20`, `15.5/20.00`: a mark written out of the platform's maximum."""
 
 
 NO_TEXT = "no text was read from the submission; add `mark:` to the draft's front-matter to give one"
@@ -47,11 +53,17 @@ NO_TEXT = "no text was read from the submission; add `mark:` to the draft's fron
 class Mark:
     student_id: str
     value: Fraction | None
-    """On the rubric's scale; None when it cannot be worked out (see `problems`)."""
+    """On the rubric's scale (out of `scale`), or out of `out_of` when the lecturer wrote it so; None when it cannot
+    be worked out (see `problems`)."""
     scale: Fraction
     source: str = ""
     """`your mark` (front-matter), or `criteria` (from the levels and scores)."""
     problems: list[str] = field(default_factory=list)
+    out_of: Fraction | None = None
+    """The platform maximum a `mark: 15/20` was written out of: `value` is out of it, not out of `scale`; None for a
+    mark on the rubric's scale."""
+    written: str = ""
+    """The front-matter's `mark:` as the lecturer wrote it; empty for a mark from the criteria."""
 
 
 @dataclass(frozen=True)
@@ -207,12 +219,8 @@ def _sections(body: str) -> dict[str, str]:
 def mark_of(rubric: Rubric, draft: Draft) -> Mark:
     how = marking(rubric)
     scale = how.scale
-    own = draft.metadata.get("mark")
     if draft.own_mark:
-        try:
-            return Mark(draft.student_id, exact(own), scale, "your mark")
-        except (ValueError, ZeroDivisionError):
-            return Mark(draft.student_id, None, scale, problems=[f"`mark: {own}` in the front-matter is not a number"])
+        return _own_mark(draft, scale)
     if how.problem:
         return Mark(draft.student_id, None, scale, "criteria", [how.problem])
     sections = _sections(without_comments(draft.body))  # a score in a comment is the lecturer's aside
@@ -265,12 +273,93 @@ def mark_of(rubric: Rubric, draft: Draft) -> Mark:
     return Mark(draft.student_id, value, scale, "criteria")
 
 
+def _own_mark(draft: Draft, scale: Fraction) -> Mark:
+    """The front-matter's `mark:`: a bare number on the rubric's `scale`, or `15/20`, out of the platform's 20."""
+    own = draft.metadata.get("mark")
+    written = " ".join(str(own).split())
+    out_of = _OUT_OF.fullmatch(str(own))
+    try:
+        if out_of:
+            top = exact(out_of.group("of"))
+            if top > 0:
+                value = exact(out_of.group("mark"))
+                return Mark(draft.student_id, value, scale, "your mark", out_of=top, written=written)
+        else:
+            return Mark(draft.student_id, exact(own), scale, "your mark", written=written)
+    except (ValueError, ZeroDivisionError):
+        pass
+    return Mark(
+        draft.student_id,
+        None,
+        scale,
+        "your mark",
+        [
+            f"`mark: {written}` in the front-matter is not a mark: write a number on the rubric's scale (`mark: 68`, "
+            f"out of {_text(scale)}), or one out of the platform's maximum (`mark: 15/20`)"
+        ],
+        written=written,
+    )
+
+
+def off_scale(mark: Mark, maximum: float, where: str, maximum_is: str) -> str:
+    """Why a mark written out of a maximum (`mark: 15/25`) that is not the platform's (`maximum`, which
+    `maximum_is` names: `the worksheet's Maximum Grade`) is not sent: tierflow never rescales it. `where` is the
+    draft's path. Empty when the mark can be sent."""
+    if mark.out_of is None or mark.out_of == exact(maximum):
+        return ""
+    top = _text(exact(maximum))
+    return (
+        f"`mark: {mark.written}` in {where} is out of {_text(mark.out_of)}, but {maximum_is} is {top}, and a mark "
+        f"written out of its maximum is never rescaled: write the mark out of {top} (`mark: N/{top}`), or as a bare "
+        f"number on the rubric's scale (`mark: N`, out of {_text(mark.scale)}), which is scaled to {top}"
+    )
+
+
+def conversion(mark: Mark, grade: Decimal, maximum: float, clamped: bool = False) -> str:
+    """How `mark` became `grade` on the platform, in full: `15 (yours, of 100 on the rubric) -> 3.00 of 20`,
+    `15/20 (yours, as written) -> 15.00 of 20`."""
+    top = _text(exact(maximum))
+    to = f"{grade} of {top}" + (f" (clamped to 0-{top})" if clamped else "")
+    if mark.value is None:  # no grade is sent without a mark; said for completeness
+        return to
+    if mark.out_of is not None:
+        return f"{_shown(mark.value)}/{_text(mark.out_of)} (yours, as written) -> {to}"
+    whose = "yours" if mark.source == "your mark" else "from the criteria"
+    return f"{_shown(mark.value)} ({whose}, of {_text(mark.scale)} on the rubric) -> {to}"
+
+
+def scaled(mark: Mark, maximum: float) -> bool:
+    """Whether `mark` is the lecturer's bare `mark:`, on the rubric's scale, sent to a platform whose maximum is
+    another number: the number typed is not the number sent (0 is 0 on any scale)."""
+    own = mark.source == "your mark" and mark.out_of is None
+    return own and bool(mark.value) and mark.scale != exact(maximum)
+
+
+def scaled_warning(first: Mark, grade: Decimal, maximum: float, whom: list[str]) -> str:
+    """Said once per export when bare `mark:`s were scaled (`scaled`): both forms, with `first`'s own numbers, and
+    `whom` (the students and drafts) it concerns."""
+    top = _text(exact(maximum))
+    return (
+        f"a bare `mark:` is on the rubric's scale (out of {_text(first.scale)}) and is scaled to the platform's: "
+        f"`mark: {first.written}` sends {grade} of {top}. To give a mark out of the platform's maximum as you mean "
+        f"it, write the maximum too (`mark: {first.written}/{top}`), which is sent as written and refused if the "
+        f"maximum is not the platform's. Scaled: {', '.join(whom)}"
+    )
+
+
+def _shown(value: Fraction) -> str:
+    """A mark on the rubric's scale to read: exact, or to 4 places with `~` (a weighted mean of thirds)."""
+    places = half_up(value, 4)
+    return number(places) if Fraction(places) == value else f"~{number(places)}"
+
+
 def to_platform(mark: Mark, maximum: float, decimals: int = 2) -> tuple[Decimal | None, bool]:
-    """The mark on the platform's scale, rounded half up; and whether it had to be clamped to [0, maximum]."""
-    if mark.value is None or mark.scale <= 0:
+    """The mark on the platform's scale, rounded half up; and whether it had to be clamped to [0, maximum]. None
+    for a mark written out of another maximum than `maximum` (`off_scale`): it is never rescaled."""
+    if mark.value is None or mark.scale <= 0 or off_scale(mark, maximum, "", ""):
         return None, False
     top = exact(maximum)
-    raw = mark.value / mark.scale * top
+    raw = mark.value if mark.out_of is not None else mark.value / mark.scale * top
     rounded = half_up(raw, decimals)
     # The maximum cut down to `decimals` places, so a clamped mark is never above it.
     highest = Decimal(floor(top * 10**decimals)).scaleb(-decimals)
