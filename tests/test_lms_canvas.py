@@ -362,3 +362,50 @@ def test_a_gradebook_saved_again_is_written_back_with_a_separator_canvas_reads(
         assert "tab-separated" in told and "Canvas" in told and "written `,`-separated" in told
     elif delimiter == ";":
         assert "UTF-8, ;-separated" in told and "written the same way" in told
+
+
+def group_submissions_zip(path: Path) -> Path:
+    """A submissions.zip of a Canvas group assignment: Anna Smith and Zoë de la Cruz handed in one essay as a group,
+    so Canvas gives each member a copy under the group's one attachment id (771004); Ben Carter worked alone."""
+    from lms_exports import docx_bytes, essay, without_utf8_flag, write_entry
+
+    report = docx_bytes(essay(1, "Our group essay."))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        write_entry(z, "smithanna_48004_771004_essay.docx", report)
+        write_entry(z, "cruzzoëdela_LATE_48006_771004_essay.docx", report)
+        write_entry(z, "cruzzoëdela_LATE_48006_text.html", b"<p>Our plan.</p>")
+        write_entry(z, "carterben_48010_771020_essay.docx", docx_bytes(essay(2, "Essay by Ben Carter.")))
+    path.write_bytes(without_utf8_flag(buffer.getvalue()))
+    return path
+
+
+def test_a_canvas_group_submission_is_refused_like_a_moodle_team_one_and_nobody_is_drafted_twice(lms_vault, tmp_path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    export = group_submissions_zip(tmp_path / "submissions.zip")
+    result = CliRunner().invoke(
+        app, ["import", "submissions", str(export), "--vault", str(lms_vault), "-a", ASSIGNMENT]
+    )
+    assert result.exit_code == 0, result.output
+    notes = sorted(p.stem for p in (lms_vault / ASSIGNMENT / "submissions").glob("*.md"))
+    assert notes == ["48010"]  # the one individual submission; no note, so no draft and no mark, for the group's
+    said = " ".join(result.stdout.split())
+    for entry in ("smithanna_48004_771004_essay.docx", "cruzzoëdela_LATE_48006_771004_essay.docx"):
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"ignored {entry}:"))
+        assert "group submission" in line and "attachment id 771004" in line, line
+        other = next(e for e in ("smithanna_48004", "cruzzoëdela_LATE_48006") if not entry.startswith(e))
+        assert other in line  # the other member's file is named
+        assert "not imported" in line and "individual (not group) assignment" in line  # what to do
+    # The member's other file (their typed text) is part of the same group submission: not imported either.
+    assert "ignored cruzzoëdela_LATE_48006_text.html: " in said
+    assert "48004:" not in said and "48006:" not in said
+    # Imported again, the same refusal: a group submission never becomes a student's.
+    again = import_submissions(lms_vault, ASSIGNMENT, export)
+    assert [s.student_id for s in again.students] == ["48010"]
+    assert {e for e, _ in again.ignored} == {
+        "smithanna_48004_771004_essay.docx", "cruzzoëdela_LATE_48006_771004_essay.docx",
+        "cruzzoëdela_LATE_48006_text.html",
+    }  # fmt: skip

@@ -13,6 +13,10 @@ The rules come from Canvas's own code (instructure/canvas-lms):
   whose first cell contains `Points Possible` describes the assignments; assignment columns are matched by
   `Assignment.title_and_id` (`/\\A(.*)\\s\\((\\d+)\\)\\z/`), so a renamed header makes a new assignment; the
   delimiter is `;` or `,` (`identify_delimiter`), nothing else. `tests/lms_rules.py` ports these rules.
+- A group assignment's submission is one submission of the group's: Canvas zips a copy for each member, each under
+  the member's name and user id but the same attachment id (`smithanna_48004_771004_essay.docx`,
+  `cruzzoëdela_48006_771004_essay.docx`). Files of different users with one attachment id are therefore a group's,
+  never imported as students' (see `read_export`), as Moodle's team folders are not.
 - A gradebook the lecturer saved again in Excel (`;`, tab, or Windows-1252) is read as Excel wrote it, and a
   filled copy keeps the file's own layout, encoding and delimiter (`tierflow.lms.cells`), but for tab, which
   Canvas cannot read: it is written `,`-separated.
@@ -47,6 +51,11 @@ POINTS_POSSIBLE = "Points Possible"
 SIS_COLUMNS = ("SIS User ID", "SIS Login ID")
 """The institution's ids for a student, hidden from every prompt like the name."""
 TEST_STUDENT = "Student, Test"
+GROUP_ADVICE = (
+    "tierflow marks individual submissions: download the submissions of an individual (not group) assignment, or "
+    "mark the group's work in Canvas (SpeedGrader); to mark one member's copy, keep only that member's files in the "
+    "zip, under the names Canvas gave them"
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,43 @@ def read_export(export: Export) -> ReadExport:
         work.late = work.late or parsed.late
         kind = "text entry" if parsed.text_entry else "file"
         work.files.append(PlatformFile(entry, parsed.original, kind))
+    result.ignored += group_submissions(result)
     return result
+
+
+def group_submissions(found: ReadExport) -> list[tuple[str, str]]:
+    """Take out of `found` every student whose file has the attachment id of another student's file, and say why
+    for each of their files: the members of a group submission each get a copy of the group's files under the
+    group's one attachment id, so that submission is the group's, which imported as each member's would be drafted,
+    marked and sent back once per member."""
+    users: dict[str, dict[str, list[str]]] = {}  # attachment id -> user id -> their entries with it
+    for sid, work in found.students.items():
+        for f in work.files:
+            parsed = parse_name(f.entry.path.rsplit("/", 1)[-1])
+            if parsed is not None and parsed.attachment_id:
+                users.setdefault(parsed.attachment_id, {}).setdefault(sid, []).append(f.entry.path)
+    shared = {aid: by for aid, by in users.items() if len(by) > 1}
+    out = []
+    for sid in sorted({sid for by in shared.values() for sid in by}):
+        work = found.students.pop(sid)
+        own = {aid: by for aid, by in shared.items() if sid in by}
+        others = "; ".join(
+            f"attachment id {aid} is also "
+            + ", ".join(f"`{path}` (user {uid})" for uid, paths in by.items() if uid != sid for path in paths)
+            for aid, by in sorted(own.items())
+        )
+        for f in work.files:
+            parsed = parse_name(f.entry.path.rsplit("/", 1)[-1])
+            part = "" if parsed is not None and parsed.attachment_id in own else f"part of user {sid}'s submission; "
+            out.append(
+                (
+                    f.entry.path,
+                    f"{part}{others}: Canvas gives every member of a group the group's files under one attachment id, "
+                    "so this is a group submission, not one student's; not imported, so no student gets this "
+                    f"submission's mark or comments. {GROUP_ADVICE}.",
+                )
+            )
+    return out
 
 
 def squash(sortable: str) -> str:
