@@ -859,3 +859,30 @@ def test_a_name_the_essay_writes_in_capitals_is_recorded_in_the_names_own_case_a
     pseudonyms = Assignment(ASSIGNMENT, None, "", [], submissions).pseudonyms()  # type: ignore[arg-type]
     text = next(s for s in submissions if s.student_id == "3001").text
     assert text.startswith("SIOBHÁN O’BRIEN") and pseudonyms.hide(text).startswith(pseudonyms.label["3001"])
+
+
+def test_a_truncated_pdf_is_reported_by_tierflow_alone_with_no_pypdf_line_on_stderr(lms_vault, tmp_path):
+    """pypdf logs what it repairs or gives up on (`EOF marker not found`) through Python's logging, which, with no
+    handler set, lands on stderr as a stray line; the file is already named, with the reason, in tierflow's report."""
+    import subprocess
+    import sys
+
+    from lms_exports import Student, essay, pdf_bytes
+
+    whole = pdf_bytes(essay(2))
+    students = [*cohort()[:1], Student("1002", "Chloé Dubois-Martin", {"essay.pdf": whole[: len(whole) // 2]})]
+    export = moodle_zip(tmp_path / "export.zip", students)
+    result = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", "import", "submissions", str(export), "--vault", str(lms_vault)]
+        + ["-a", ASSIGNMENT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    stray = [line for line in result.stderr.splitlines() if not line.startswith("warning:") and "students:" not in line]
+    assert stray == [], result.stderr
+    assert "EOF marker" not in result.stderr
+    said = " ".join(result.stdout.split())
+    assert "not read: essay.pdf: corrupt or unreadable .pdf file" in said
+    assert "EOF marker not found" in said  # pypdf's finding, folded into tierflow's reason

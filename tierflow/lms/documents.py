@@ -21,15 +21,20 @@ A file that gives no text is never an error that stops an import: it comes back 
 lecturer can act on (no text layer, empty, corrupt, password-protected, a type tierflow cannot read).
 Hidden text is returned apart from the visible text, so the caller can flag it where the injection check sees it.
 OCR of scanned PDFs is not done: a scanned PDF is reported, so the lecturer can ask for the original.
+What a library logs or warns of while reading (pypdf's `EOF marker not found`) is kept from stderr, where it would
+stand apart from the import's report; when the file then gives no text, it is part of the reason given.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import textwrap
+import warnings
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -144,13 +149,52 @@ def _read(path: Path, data: bytes, suffix: str) -> Extracted:
         ".txt": _plain,
         ".md": _plain,
     }[suffix]
-    try:
-        found = reader(path, data)
-    except Exception as exc:  # noqa: BLE001 - any library failure on a student's file is a reason, not a crash
-        return Extracted(problem=f"corrupt or unreadable {suffix} file ({type(exc).__name__}: {_first_line(exc)})")
+    with _library_said() as said:
+        try:
+            found = reader(path, data)
+        except Exception as exc:  # noqa: BLE001 - any library failure on a student's file is a reason, not a crash
+            found = Extracted(problem=f"{type(exc).__name__}: {_first_line(exc)}")
+            failed = True
+        else:
+            failed = False
+    if failed:
+        told = "".join(f"; {line}" for line in list(dict.fromkeys(said))[:3])
+        return Extracted(problem=f"corrupt or unreadable {suffix} file ({found.problem}{told})")
     if found.ok and not found.text.strip() and not found.hidden:
         return Extracted(authors=found.authors, problem="no text in the document (is it blank?)")
     return replace(found, kind=suffix)
+
+
+_LIBRARY_LOGGERS = ("pypdf",)
+"""The loggers of the readers that log what they repair or give up on (pypdf: `EOF marker not found`)."""
+
+
+@contextmanager
+def _library_said() -> Iterator[list[str]]:
+    """What the readers log (`_LIBRARY_LOGGERS`) or warn of in the block, as `library: message` lines, kept from
+    stderr: with no handler set, Python's logging prints a warning there, a line apart from the import's report.
+    Only those loggers are quieted, and only for the block: tierflow's own messages are untouched."""
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(f"{record.name.split('.')[0]}: {record.getMessage()}")
+
+    handler = Keep()
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    propagated = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+        said += [f"{Path(w.filename).parent.name or 'warning'}: {w.message}" for w in caught]
+    finally:
+        for logger, propagate in zip(loggers, propagated, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
 
 
 def _first_line(exc: Exception) -> str:
