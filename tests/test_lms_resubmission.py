@@ -147,7 +147,10 @@ def test_reimport_names_the_student_whose_reviewed_draft_is_out_of_date_and_the_
     args = ["import", "submissions", str(moodle_zip(tmp_path / "second.zip", resubmitted()[:3]))]
     shown = CliRunner().invoke(app, [*args, "--vault", str(vault), "-a", ASSIGNMENT])
     assert shown.exit_code == 0, shown.output
-    assert "1001: updated, 1 part; your reviewed draft is now out of date (see the warning)" in shown.stdout
+    assert (
+        "1001: updated, 1 part; the submission differs from the one imported before; your reviewed draft is now out "
+        "of date (see the warnings)"
+    ) in shown.stdout
     assert "1002: unchanged" in shown.stdout and "out of date" not in shown.stdout.split("1002:")[1]
     assert f"warning: 1001 (Liam O'Sullivan): a new submission was imported, and your reviewed draft {ASSIGNMENT}" in (
         shown.stderr
@@ -280,3 +283,77 @@ def test_a_moodle_reimport_without_the_worksheet_keeps_the_late_it_said(lms_vaul
     report = import_submissions(lms_vault, ASSIGNMENT, export)  # Moodle's file names do not say who was late
     assert {s.action for s in report.students} == {"unchanged"}
     assert frontmatter.load(lms_vault / ASSIGNMENT / "submissions" / "1003.md").metadata["late"] is True
+
+
+RESUBMITTED_ON = (2026, 3, 9, 16, 30, 0)
+"""When the later download's entries are dated: a week after the first's (`lms_exports.DOWNLOADED`)."""
+
+
+def notes_text(vault: Path) -> dict[str, str]:
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted((vault / ASSIGNMENT / "submissions").glob("*.md"))}
+
+
+def test_an_older_download_imported_again_never_rolls_a_resubmission_back_unless_asked(tmp_path):
+    vault = imported(tmp_path, versioned=True)  # first.zip, dated 2026-03-02 10:00; reviewed drafts for all three
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    newer = moodle_zip(tmp_path / "newer.zip", resubmitted()[:3], dated=RESUBMITTED_ON)
+    shown = CliRunner().invoke(app, ["import", "submissions", str(newer), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated, 1 part; the submission differs from the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    assert "warning: 1001 (Liam O'Sullivan): the submission differs from the one imported before" in said
+    assert "2026-03-02 10:00" in said and "2026-03-09 16:30" in said  # the files' dates, before and now
+    assert "1002 (" not in said and "1003 (" not in said  # unchanged
+    # The lecturer reviews a draft of the resubmission.
+    version = text_version(note_text(load_note(vault / ASSIGNMENT / "submissions" / "1001.md").content))
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(
+        draft_text("1001").replace("status: reviewed\n", f"status: reviewed\n{VERSION_KEY}: {version}\n", 1),
+        encoding="utf-8",
+    )
+    before = notes_text(vault)
+    originals = {p.name: p.read_bytes() for p in (vault / ASSIGNMENT / "submissions" / "1001").iterdir()}
+
+    # The first download, imported again by mistake: its files are older than those imported for 1001.
+    first = tmp_path / "first.zip"
+    shown = CliRunner().invoke(app, ["import", "submissions", str(first), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced: this export's submission is older than the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    assert "warning: 1001 (Liam O'Sullivan):" in said and "--replace-newer" in said
+    assert "2026-03-02 10:00" in said and "2026-03-09 16:30" in said
+    assert "1 NOT replaced by an older submission" in said
+    assert notes_text(vault) == before  # nothing rolled back
+    assert {p.name: p.read_bytes() for p in (vault / ASSIGNMENT / "submissions" / "1001").iterdir()} == originals
+    assert "resubmitted" in (vault / ASSIGNMENT / "submissions" / "1001.md").read_text(encoding="utf-8")
+
+    # Asked for: the older submission replaces the newer, said plainly, with the reviewed draft it leaves behind.
+    shown = CliRunner().invoke(app, ["import", "submissions", str(first), *base, "--replace-newer"])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated, 1 part; the submission differs from the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    assert "warning: 1001 (Liam O'Sullivan): the submission differs from the one imported before" in said
+    assert "OLDER" in said
+    assert (
+        f"1001 (Liam O'Sullivan): an older submission was imported, and your reviewed draft {ASSIGNMENT}/feedback/"
+        "1001 feedback.md was written for the newer one, so it will not be exported"
+    ) in said
+    assert "resubmitted" not in (vault / ASSIGNMENT / "submissions" / "1001.md").read_text(encoding="utf-8")
+
+
+def test_a_reimport_that_changes_a_submission_says_so_when_the_dates_cannot_tell_which_is_older(lms_vault, tmp_path):
+    """Both downloads' entries dated alike (or an unpacked folder's, which give no date): the older one imported
+    again is taken, but never silently."""
+    base = ["--vault", str(lms_vault), "-a", ASSIGNMENT]
+    first = moodle_zip(tmp_path / "first.zip", cohort())
+    newer = moodle_zip(tmp_path / "newer.zip", resubmitted())
+    for export in (first, newer):
+        assert CliRunner().invoke(app, ["import", "submissions", str(export), *base]).exit_code == 0
+    shown = CliRunner().invoke(app, ["import", "submissions", str(first), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated, 1 part; the submission differs from the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "the submission differs from the one imported before" in warning and "essay.docx" in warning
+    assert "a draft written before this import is for the text it replaced" in warning
+    assert "1002 (" not in said

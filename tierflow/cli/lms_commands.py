@@ -79,6 +79,14 @@ def import_submissions(
             "from every prompt. Not needed again on a later import: without it, the kept roster.csv names them.",
         ),
     ] = None,
+    replace_newer: Annotated[
+        bool,
+        typer.Option(
+            "--replace-newer",
+            help="Take a student's files even when the zip dates them before the files imported before (an older "
+            "download imported again): without it such a student's note is kept and named in a warning.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -89,7 +97,9 @@ def import_submissions(
     PDF, an empty or corrupt file, a password, a type tierflow cannot read) are listed per student with the reason
     and never stop the others. Run it again on a later export: students are added or updated by id, never
     duplicated, and notes you edited are left as they are, with their files (a new submission for one is named in
-    a warning, not imported). A student whose note cannot be written is named with the reason and what to do,
+    a warning, not imported). A student whose submission differs from the one imported before is named in a
+    warning; one whose files the zip dates before those imported before (an older download) is not replaced
+    without --replace-newer. A student whose note cannot be written is named with the reason and what to do,
     the others are imported, and the command exits 1. Then run `tierflow run student-feedback`.
     """
     from tierflow.core.errors import TierflowError
@@ -118,7 +128,13 @@ def import_submissions(
                 progress.update(bar, completed=done, total=total)
 
             report = run_import(
-                vault, folder, export, platform=platform.value if platform else None, roster=roster, on_student=tick
+                vault,
+                folder,
+                export,
+                platform=platform.value if platform else None,
+                roster=roster,
+                replace_newer=replace_newer,
+                on_student=tick,
             )
     except TierflowError as exc:
         raise fail(str(exc)) from None
@@ -135,9 +151,17 @@ def import_submissions(
         if s.action == "kept-edit":  # nothing of the export was taken: its parts are not the note's
             new = "; a new submission was NOT imported (see the warning)" if s.warning else ""
             out.print(f"  {s.student_id}: kept as you edited it{late}{new}", markup=False)
+        elif s.action == "kept-newer":
+            out.print(
+                f"  {s.student_id}: NOT replaced: this export's submission is older than the one imported before (see "
+                "the warning)",
+                markup=False,
+            )
         else:
-            stale = "; your reviewed draft is now out of date (see the warning)" if s.outdated else ""
-            out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}{stale}", markup=False)
+            differs = "; the submission differs from the one imported before" if s.changed else ""
+            stale = "; your reviewed draft is now out of date" if s.outdated else ""
+            see = f" (see the warning{'s' * bool(differs and stale)})" if differs or stale else ""
+            out.print(f"  {s.student_id}: {s.action}, {parts}{late}{extra}{differs}{stale}{see}", markup=False)
         for file, why in s.problems:
             out.print(f"    not read: {file}: {why}", markup=False)
         for file, note in s.notes:
@@ -154,8 +178,10 @@ def import_submissions(
         err.print(f"warning: {warning}", markup=False)
     counts = {a: sum(s.action == a for s in report.students) for a in ("created", "updated", "unchanged", "kept-edit")}
     unread = len(report.unreadable)
-    resubmitted = sum(bool(s.warning) for s in report.students)
+    resubmitted = sum(bool(s.warning) for s in report.students if s.action == "kept-edit")
     not_taken = f" ({resubmitted} with a new submission NOT imported)" if resubmitted else ""
+    older = sum(s.action == "kept-newer" for s in report.students)
+    not_taken += f", {older} NOT replaced by an older submission" if older else ""
     failed = f", {len(report.failed)} NOT imported (see above)" if report.failed else ""
     err.print(
         f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "

@@ -13,6 +13,12 @@ is replaced when the student's files changed; a note the lecturer edited is left
 so, with a warning when a new submission was not taken); drafts in `feedback/` are never touched, but a reviewed
 one written for the submission this import replaced is named in a warning (the export will not send it). Only files
 the note lists are ever replaced or deleted in `A/submissions/<student id>/`: anything else there is the lecturer's.
+
+A student whose files differ from those imported before is named in a warning, whichever download is the newer:
+nothing in an export says when it was downloaded. A zip's entries are dated, though, and a note records the latest
+date of its student's files (`files_dated`, a zip's local time without a zone): files dated before it are an older
+download's, and replace the note only when asked (`replace_newer`), so a download imported again by mistake never
+puts an earlier submission back in place of a resubmission.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import frontmatter
@@ -50,6 +58,8 @@ from tierflow.vault.text import (
 )
 
 PLATFORMS = ("moodle", "canvas")
+DATED_KEY = "files_dated"
+"""The note's property holding the latest date the export gave its student's files (`YYYY-MM-DD HH:MM:SS`)."""
 LONG_SUBMISSION = 200_000
 """Characters of text above which one student's note is warned of: some 50,000 tokens, more than a small model's
 whole context window and a quarter of a large one's, where an essay is a few thousand words."""
@@ -62,8 +72,9 @@ class StudentResult:
     student_id: str
     name: str
     action: str
-    """`created`, `updated`, `unchanged`, `kept-edit` (the lecturer edited the note: left as it is), or `failed`
-    (not imported: `error` says why)."""
+    """`created`, `updated`, `unchanged`, `kept-edit` (the lecturer edited the note: left as it is), `kept-newer`
+    (the export's files are older than those imported before: left as it is, `warning` says so), or `failed` (not
+    imported: `error` says why)."""
     parts: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) for every file that gave no text."""
@@ -73,7 +84,12 @@ class StudentResult:
     late: bool = False
     path: str = ""
     warning: str = ""
-    """Set when a new submission was not imported because the lecturer edited the note: what came, what to do."""
+    """Set when a submission was not imported because the lecturer edited the note, or because its files are older
+    than those imported before (`kept-newer`): what came, what to do."""
+    changed: str = ""
+    """Set when this import replaced a submission imported before with a different one: the warning saying so."""
+    older: bool = False
+    """The submission this import put in place is dated before the one it replaced (`--replace-newer`)."""
     characters: int = 0
     """The length of the note's text, as written."""
     sizes: list[tuple[str, int]] = field(default_factory=list)
@@ -132,9 +148,11 @@ def import_submissions(
     *,
     platform: str | None = None,
     roster: Path | None = None,
+    replace_newer: bool = False,
     on_student: Callable[[StudentResult, int, int], None] | None = None,
 ) -> ImportReport:
-    """Fill `folder/submissions/` from the export at `export_path`; see the module docstring."""
+    """Fill `folder/submissions/` from the export at `export_path`; see the module docstring. `replace_newer`: take a
+    student's files even when they are dated before those imported before."""
     vault = vault.resolve()
     root = (vault / folder).resolve()
     if not root.is_relative_to(vault):
@@ -182,12 +200,11 @@ def import_submissions(
                 work.name = work.name if lost or not entry.name else entry.name
                 work.late = work.late or bool(entry.late)
             try:
-                result = _import_one(vault, folder, export, work, entry)
+                result = _import_one(vault, folder, export, work, entry, replace_newer=replace_newer)
             except Exception as exc:  # one student's failure is that student's: the others are still imported
                 result = _failed(vault, folder, work, exc)
             report.students.append(result)
-            if result.warning:
-                report.warnings.append(result.warning)
+            report.warnings += [w for w in (result.warning, result.changed) if w]
             if on_student is not None:
                 on_student(result, done, total)
     report.warnings += _long(report.students)
@@ -239,12 +256,15 @@ def _outdated_drafts(vault: Path, folder: str, students: list[StudentResult]) ->
     run = f"`{tierflow_command('run', 'student-feedback', '--assignment', folder, vault=vault)}`"
     out = []
     for d in drafts.outdated:
-        by_id[d.student_id].outdated.append(d.path)
+        student = by_id[d.student_id]
+        student.outdated.append(d.path)
+        came, was = ("a new submission", "the earlier one")
+        if student.older:  # put back with --replace-newer: the draft was written for the resubmission
+            came, was = ("an older submission", "the newer one")
         out.append(
-            f"{d.student_id} ({by_id[d.student_id].name}): a new submission was imported, and your reviewed draft "
-            f"{d.path} was written for the earlier one, so it will not be exported (neither its mark nor its "
-            f"feedback). Run {run} (it drafts only new and changed submissions), review the new draft and set "
-            "`status: reviewed` in it."
+            f"{d.student_id} ({student.name}): {came} was imported, and your reviewed draft {d.path} was written for "
+            f"{was}, so it will not be exported (neither its mark nor its feedback). Run {run} (it drafts only new "
+            "and changed submissions), review the new draft and set `status: reviewed` in it."
         )
     for d in drafts.unversioned:
         if by_id[d.student_id].action != "updated":
@@ -368,7 +388,13 @@ def _roster(path: Path, platform: str) -> dict[str, RosterEntry]:
 
 
 def _import_one(
-    vault: Path, folder: str, export: Export, work: StudentWork, entry: RosterEntry | None = None
+    vault: Path,
+    folder: str,
+    export: Export,
+    work: StudentWork,
+    entry: RosterEntry | None = None,
+    *,
+    replace_newer: bool = False,
 ) -> StudentResult:
     subs = vault / folder / "submissions"
     originals = subs / work.student_id
@@ -394,6 +420,19 @@ def _import_one(
         return result
     if result.problems and note.exists():
         return result  # what an earlier export gave stays until the whole of this one can be read
+    recorded, previous = _previous(note)
+    dated = max((f.entry.modified for f, _ in given if f.entry.modified), default=None)
+    before = _when(recorded.get(DATED_KEY))
+    # Other files than the note's: a different submission if they give other text too (a file saved again with the
+    # same text is the same submission, and so is one a newer tierflow reads differently from the same bytes).
+    refiled = note.exists() and (
+        {t.name for _, _, t in placed} != listed or any(not _holds(t, data) for _, data, t in placed)
+    )
+    older = refiled and dated is not None and before is not None and dated < before
+    if older and not replace_newer and _staged_body(placed).strip() != previous.strip():
+        result.action = "kept-newer"  # decided before anything of the student's is written
+        result.warning = _older(result.path, work, recorded, listed, before, placed, dated)
+        return result
     kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
     for f, data, target in placed:
         _write_readonly(target, data)
@@ -411,6 +450,10 @@ def _import_one(
             reason = "the online text is empty" if kind != "file" and "no text" in ex.problem else ex.problem
             result.problems.append((fn, reason))
     body = _body(readable)
+    changed = refiled and body.strip() != previous.strip()
+    result.older = changed and older
+    if note.exists() and not changed:
+        dated = before  # the same submission: the date it was first imported with stays, whatever this zip says
     authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
     if work.platform == "canvas" and work.name and " " not in work.name:
         name = canvas.name_from(work.name, [*authors, body]) or work.name
@@ -437,13 +480,100 @@ def _import_one(
         # What the student and the platform named (`essay [[draft]].pdf`, an author `Jane [[X]]`) as shown text, not
         # a link to no note, which Obsidian would show and the writer refuses; read back with `unescape_links`.
         "downloaded_as": [escape_property_links(f.entry.path) for f in work.ordered()],
+        **({DATED_KEY: dated.isoformat(sep=" ")} if dated else {}),
         "document_authors": [escape_property_links(a) for a in authors],
         "tierflow_hidden_text": [escape_property_links(fn) for fn in result.hidden],
         "tierflow_unreadable": [escape_property_links(f"{fn}: {why}") for fn, why in result.problems],
     }
     written = NoteWriter(vault, f"{folder}/submissions").write(work.student_id, front, body)
     result.action = written.action
+    if changed:
+        result.changed = _changed(result, listed, before, placed, dated)
     return result
+
+
+def _previous(note: Path) -> tuple[dict, str]:
+    """The note's properties and text as an earlier import wrote them; none when there is no note or it cannot be
+    read."""
+    try:
+        post = load_note(note) if note.exists() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        post = None
+    return (dict(post.metadata), post.content) if post is not None else ({}, "")
+
+
+def _staged_body(placed: list[tuple[PlatformFile, bytes, Path]]) -> str:
+    """The note's text the export's files would give, read from copies in a temporary folder: the student's
+    folder is left as it is until they are taken."""
+    with tempfile.TemporaryDirectory(prefix="tierflow-import-") as tmp:
+        readable = []
+        for i, (f, data, target) in enumerate(placed):
+            copy = Path(tmp) / str(i) / target.name
+            copy.parent.mkdir()
+            copy.write_bytes(data)
+            ex = extract(copy)
+            if ex.ok:
+                readable.append((f.filename, copy, f.kind, ex))
+        return _body(readable)
+
+
+def _when(value: object) -> datetime | None:
+    """A recorded `files_dated` (YAML may have read it as a datetime already); None when there is none."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None)
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=None) if value else None
+    except ValueError:
+        return None
+
+
+def _files(names: Iterable[str], dated: datetime | None) -> str:
+    """`essay.docx, dated 2026-03-09 16:30`, as a warning names a submission's files."""
+    listed = ", ".join(sorted(names)) or "no files"
+    return f"{listed}, dated {dated:%Y-%m-%d %H:%M}" if dated else f"{listed}, undated"
+
+
+def _changed(
+    result: StudentResult,
+    listed: set[str],
+    before: datetime | None,
+    placed: list[tuple[PlatformFile, bytes, Path]],
+    dated: datetime | None,
+) -> str:
+    """The warning for a submission this import replaced with a different one: a resubmission, or (when the zip's
+    dates do not tell, or `--replace-newer` was given) an older download's submission put back."""
+    then, now = _files(listed, before), _files((t.name for _, _, t in placed), dated)
+    older = (
+        "; this export's files are OLDER than those it replaced, and were taken because --replace-newer was given"
+        if result.older
+        else ""
+    )
+    return (
+        f"{result.student_id} ({result.name}): the submission differs from the one imported before (then {then}; "
+        f"now {now}){older}. {result.path} now holds this export's, and a draft written before this import is for "
+        "the text it replaced. If this export is an older download than the one imported before, import the newer "
+        "one again."
+    )
+
+
+def _older(
+    path: str,
+    work: StudentWork,
+    recorded: dict,
+    listed: set[str],
+    before: datetime,
+    placed: list[tuple[PlatformFile, bytes, Path]],
+    dated: datetime,
+) -> str:
+    """The warning for a submission not taken because its files are dated before those imported before."""
+    name = recorded.get("name") or work.name
+    return (
+        f"{work.student_id} ({name}): this export's submission ({_files((t.name for _, _, t in placed), dated)}) is "
+        f"OLDER than the one imported before ({_files(listed, before)}): most likely an earlier download imported "
+        f"again, which would put the earlier submission back in place of the resubmission. NOT replaced: {path} and "
+        "its files are kept as they are. If the older submission is the one to mark, import again with "
+        "--replace-newer."
+    )
 
 
 def _listed(vault: Path, note: Path, originals: Path) -> set[str]:

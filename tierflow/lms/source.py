@@ -3,6 +3,7 @@
 Zip entry names are decoded as the platform meant them: an entry without the zip's UTF-8 flag (bit 11) is
 read by Python as code page 437, so a UTF-8 name (`duboischloé_…`, as Canvas writes them) would turn into
 mojibake; such names are encoded back to their bytes and decoded as UTF-8 when they are valid UTF-8.
+A zip entry's date (`Entry.modified`) is the zip's own: a local date and time without a zone, as its writer set it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from tierflow.core.errors import TierflowError
@@ -33,6 +35,9 @@ class Entry:
 
     path: str
     size: int
+    modified: datetime | None = None
+    """The zip entry's date and time (no zone); None in a folder, whose file times are whatever unpacking or
+    copying left."""
 
     @property
     def name(self) -> str:
@@ -72,7 +77,7 @@ class Export:
                 if info.is_dir() or _junk(name):
                     continue
                 self._infos[name] = info
-                self.entries.append(Entry(name, info.file_size))
+                self.entries.append(Entry(name, info.file_size, _dated(info)))
         elif _zip_start(path):
             raise ExportError(_incomplete(path, "its end, the zip's list of files, is missing"))
         elif path.exists():
@@ -110,6 +115,14 @@ class Export:
             raise EntryError(
                 f"cannot be read in {self.path} ({entry.path}: {exc.strerror}): unpack or download the export again"
             ) from None
+
+
+def _dated(info: zipfile.ZipInfo) -> datetime | None:
+    """The entry's date and time; None when the zip holds none that is a date (zeros, as some writers leave)."""
+    try:
+        return datetime(*info.date_time)
+    except ValueError:
+        return None
 
 
 def _zip_start(path: Path) -> bool:
