@@ -122,7 +122,7 @@ def prompt(settings: RunSettings, assignment: Assignment, submission: Submission
     )
     data = {
         "student": label,
-        "submission": pseudonyms.hide(submission.text),
+        "submission": pseudonyms.hide(submission.text, student=submission.student_id),
         "criteria": rubric_data(assignment.rubric),
     }
     user = env.get_template("prompts/evidence/submission.j2").render(
@@ -155,7 +155,7 @@ def warms_cache(settings: RunSettings, assignment: Assignment, submission: Submi
 
 def checks(assignment: Assignment, submission: Submission) -> list:
     """`rubric_coverage` and `quotes_verbatim` against this submission, as the prompt shows it."""
-    hidden = assignment.pseudonyms().hide(submission.text)
+    hidden = assignment.pseudonyms().hide(submission.text, student=submission.student_id)
     return [rubric_coverage(assignment.rubric), quotes_verbatim(hidden)]
 
 
@@ -163,7 +163,7 @@ def evidence_from(assignment: Assignment, submission: Submission, answer: Answer
     """One entry per criterion in the rubric's order; only quotes really in the submission and not addressed
     to a model; a level from the criterion's own levels (else `unclear`)."""
     out: EvidenceOut = answer.parsed
-    hidden = assignment.pseudonyms().hide(submission.text)
+    hidden = assignment.pseudonyms().hide(submission.text, student=submission.student_id)
     given = {}
     for c in out.criteria:
         given.setdefault(c.criterion, c)

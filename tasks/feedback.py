@@ -104,7 +104,7 @@ def prompt(
     budgets = word_budgets(assignment.rubric)
     data = {
         "student": label,
-        "submission": pseudonyms.hide(submission.text),
+        "submission": pseudonyms.hide(submission.text, student=submission.student_id),
         # Levels and reasons only: the quotes are already in the submission, sent once above.
         "evidence": [c.model_dump(exclude={"quotes"}) for c in evidence.criteria] if evidence else [],
         "criteria": [{**c, "words": budgets[c["criterion"]]} for c in rubric_data(assignment.rubric)],
@@ -137,7 +137,7 @@ def quotable(assignment: Assignment) -> tuple[str, str]:
 def draft_checks(assignment: Assignment, submission: Submission) -> list[Check]:
     """The evidence's `checks`, and `inline_quotes_verbatim`: a quotation in the text the student reads is their
     own words (or the rubric's or the brief's), compared with the pseudonymised text the model was sent."""
-    hidden = assignment.pseudonyms().hide(submission.text)
+    hidden = assignment.pseudonyms().hide(submission.text, student=submission.student_id)
     where = "the submission"
     return [*checks(assignment, submission), inline_quotes_verbatim(prose, hidden, *quotable(assignment), where=where)]
 
@@ -215,7 +215,7 @@ def write_feedback(
     env = template_env(config.vault, config.settings.vault.templates_folder)
     pseudonyms = assignment.pseudonyms()
     own = pseudonyms.label.get(submission.student_id)
-    hidden = pseudonyms.hidden(submission.text)
+    hidden = pseudonyms.hidden(submission.text, student=submission.student_id)
 
     # The people this student's own text names (a classmate, one who handed nothing in), by label: what the
     # student wrote there. Only these labels and the student's own become names; a model cannot leak the name

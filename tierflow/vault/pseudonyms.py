@@ -241,13 +241,10 @@ class Hidden:
         """Each label in `text`, and the longest name it replaced there (an id or email only where it replaced
         nothing else): the person as the writer named them."""
 
-        def rank(source: str) -> tuple[bool, int]:
-            return not any(ch.isdigit() or ch == "@" for ch in source), len(source)
-
         out: dict[str, str] = {}
         for hs, he, ss, se in self.spans:
             label, source = self.text[hs:he], self.source[ss:se]
-            if label not in out or rank(source) > rank(out[label]):
+            if label not in out or _name_rank(source) > _name_rank(out[label]):
                 out[label] = source
         return out
 
@@ -259,6 +256,10 @@ QUOTED_CONTEXT = 12
 
 LABEL = re.compile(r"Student-(\d+)")
 """A label as `numbered` writes it, and as `Pseudonyms.reveal` finds it in a model's text."""
+NAMESAKE = re.compile(r"Namesake-(\d+)")
+"""What `Pseudonyms.hide` puts for a name two or more students share, in text that is none of theirs (the brief, a
+classmate's essay): one label for each group of namesakes, none of whose own labels it may give away."""
+_ANY_LABEL = re.compile(f"{LABEL.pattern}|{NAMESAKE.pattern}")
 
 
 def numbered(student_ids: Iterable[str], kept: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -308,6 +309,12 @@ class Pseudonyms:
     and a note a roster name holds in brackets ("(Exchange)", "[TA]", "(withdrawn)"), hidden only as the roster
     writes it, brackets and all, while a name in them ("Wei (David) Zhang") is a name part (`name_parts`).
 
+    A name, part or id two or more students share (two Anna Smiths; "Sarah" of Sarah Patel and Sarah Jones) is the
+    writer's own label in text `hide` is told is theirs (`student`: their submission), and elsewhere a `NAMESAKE`
+    label, one for each group of students who share names: the first by sorted id must not claim it for everyone,
+    nor may a label say which of them a brief or a classmate's essay means. `reveal` gives it back as the name they
+    share (the longest, as the roster writes it), so the lecturer reads a name, not a guess at one student.
+
     A `?` in a name is a letter a roster lost (Excel, saving it as Windows-1252, writes `?` for "ş", "ı", "ł", "ễ";
     in another code page, for "ü" or "ø" too): it stands for one letter, with any combining marks, precomposed or
     not. Every Windows code page holds ASCII, so a letter outside ASCII always fits; the name typed without its
@@ -325,25 +332,47 @@ class Pseudonyms:
         given = numbered([s.student_id for s in roster], labels)
         self.label = {s.student_id: given[s.student_id] for s in roster}
         self.students = {s.student_id: s for s in roster}
-        replacements: dict[str, str] = {}  # folded and lower-cased -> label
-        genitives: dict[str, str] = {}
+        owners: dict[str, dict[str, None]] = {}  # folded and lower-cased -> the label of each student it names
+        genitives: dict[str, dict[str, None]] = {}
+        written: dict[str, str] = {}  # folded and lower-cased -> as the roster first writes it
         for s in roster:
+            label = self.label[s.student_id]
             ids = [] if _SHORT_NUMBER.fullmatch(s.student_id) else [s.student_id]
-            # Aliases first: the roster's parts ("Okafor") would otherwise take the first claim on an alias's.
             aliases = [a for a in s.aliases if not placeholder_author(a)]
             names = [p for n in (*aliases, s.name) for p in name_parts(n)]
             also = [f for a in s.also for f in identifier_forms(a)]
             forms = [v for n in names for v in spellings(n)]
-            for text in (*ids, *forms, *also):
+            # Name parts first, so that a namesake's label reads back as a name, not as a spelling of one.
+            for text in (*names, *ids, *forms, *also):
                 if text.strip():
                     # lower(), not casefold(): "ß" stays one character, as it is in the text matched.
-                    replacements.setdefault(fold(text.strip()).lower(), self.label[s.student_id])
-            genitives.update((g, self.label[s.student_id]) for g in map(_genitive, forms) if g)
+                    key = fold(text.strip()).lower()
+                    owners.setdefault(key, {})[label] = None
+                    written.setdefault(key, text.strip())
+            for g in map(_genitive, forms):
+                if g:
+                    genitives.setdefault(g, {})[label] = None
         # German (and a hurried English) possessive: "Müllers Analyse", "Annas Beitrag". Only as a capitalised
         # word (`hidden` checks), since "marks", "hopes" and "wills" are words where a Mark, Hope or Will studies.
-        self._genitive = {g for g in genitives if g not in replacements}
+        self._genitive = {g for g in genitives if g not in owners}
         for g in self._genitive:
-            replacements[g] = genitives[g]
+            owners[g] = genitives[g]
+        self._shared = {key: frozenset(labels) for key, labels in owners.items() if len(labels) > 1}
+        """Each name, part or identifier two or more students have, and their labels: `hidden` gives it the
+        writer's own label in text of theirs, elsewhere a `NAMESAKE` label."""
+        namesakes: dict[tuple[str, ...], str] = {}  # the students who share names -> their namesake label
+        self._namesake: dict[str, str] = {}
+        """Each namesake label, and the longest name those students share, as the roster writes it (`reveal`)."""
+        replacements: dict[str, str] = {}  # folded and lower-cased -> the label `hidden` gives it by default
+        for key, labels in owners.items():
+            if len(labels) == 1:
+                replacements[key] = next(iter(labels))
+                continue
+            label = namesakes.setdefault(tuple(labels), f"Namesake-{len(namesakes) + 1:02d}")
+            replacements[key] = label
+            name = written.get(key)  # none for a genitive: their name, with an "s"
+            if name and (label not in self._namesake or _name_rank(name) > _name_rank(self._namesake[label])):
+                self._namesake[label] = name
         self._labels = replacements
         whole = [key for key in replacements if LOST not in key]
         self._hide = re.compile(_trie(whole)) if whole else None
@@ -364,8 +393,9 @@ class Pseudonyms:
         self._broken_body: dict[str, re.Pattern[str]] = {}  # compiled as first needed
         self._reveal = {label: sid for sid, label in self.label.items()}
 
-    def hidden(self, text: str) -> Hidden:
+    def hidden(self, text: str, *, student: str | None = None) -> Hidden:
         """`hide`, with where each replacement stands."""
+        own = self.label.get(student) if student is not None else None
         source = unicodedata.normalize("NFC", text)
         if self._hide is None and self._broken is None:
             return Hidden(source, source, [])
@@ -375,7 +405,7 @@ class Pseudonyms:
         for start, end, key in self._found(source):
             if key in self._genitive and not source[start].isupper():
                 continue
-            label = self._labels[key]
+            label = own if own is not None and own in self._shared.get(key, ()) else self._labels[key]
             out.append(source[at:start])
             length += start - at
             spans.append((length, length + len(label), start, end))
@@ -441,22 +471,27 @@ class Pseudonyms:
                 return best
         raise AssertionError(f"no broken name at {marked[start : start + 40]!r}")  # `_broken` is made of these
 
-    def hide(self, text: str) -> str:
+    def hide(self, text: str, *, student: str | None = None) -> str:
         """`text` (NFC-normalised, so that a name typed with combining accents is found) with every id, name
-        and name part of the roster replaced by the student's label."""
-        return self.hidden(text).text
+        and name part of the roster replaced by the student's label. A name two or more students share is the
+        label of `student`, where it is one of theirs (`text` is that student's own: their submission), else
+        their `NAMESAKE` label, which stands for none of them in particular."""
+        return self.hidden(text, student=student).text
 
     def reveal(self, text: str, *, by: str = "name") -> str:
-        """Labels back to names (or ids, with `by="id"`) for the local note."""
+        """Labels back to names (or ids, with `by="id"`) for the local note; a `NAMESAKE` label back to the name
+        those students share."""
 
         def back(match: re.Match[str]) -> str:
+            if match.group(0) in self._namesake:
+                return self._namesake[match.group(0)]
             sid = self._reveal.get(match.group(0))
             if sid is None:
                 return match.group(0)
             student = self.students[sid]
             return student.name if by == "name" and student.name else sid
 
-        return LABEL.sub(back, text)
+        return _ANY_LABEL.sub(back, text)
 
     def restore(self, answer: str, source: Hidden) -> str | None:
         """A model's quotation of the hidden text as the student wrote it ("I Student-08 discuss" -> "I will
@@ -485,6 +520,11 @@ class Pseudonyms:
             return found.pop() if best >= QUOTED_CONTEXT and len(found) == 1 else name
 
         return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
+
+
+def _name_rank(text: str) -> tuple[bool, int]:
+    """How well `text` names a person: a name before an id or email, then the longer (`Hidden.written` too)."""
+    return not any(ch.isdigit() or ch == "@" for ch in text), len(text)
 
 
 def _genitive(form: str) -> str | None:
@@ -691,5 +731,5 @@ class NoPseudonyms(Pseudonyms):
     def __init__(self) -> None:
         super().__init__([])
 
-    def hide(self, text: str) -> str:
+    def hide(self, text: str, *, student: str | None = None) -> str:
         return text
