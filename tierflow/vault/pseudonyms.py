@@ -250,8 +250,9 @@ class Hidden:
 
 
 QUOTED_CONTEXT = 12
-"""Characters around a label that a model's text must share with the hidden text to count as quoting it: fewer
-(" works", " learns") is a sentence about the student that happens to share a word with the essay."""
+"""Characters around a label that a model's text must share with the hidden text to count as quoting it, a run of
+whitespace counting one and alike to any other: fewer (" works", " learns") is a sentence about the student that
+happens to share a word with the essay."""
 
 
 LABEL = re.compile(r"Student-(\d+)")
@@ -501,17 +502,12 @@ class Pseudonyms:
 
     def restore_label(self, answer: str, source: Hidden, label: str, name: str) -> str:
         """`answer` with each `label` in it as the student wrote that place, where the text around it quotes the
-        hidden text (the place sharing most of it, `QUOTED_CONTEXT` characters at least); elsewhere `name`."""
+        hidden text (the place sharing most of it, `QUOTED_CONTEXT` characters at least, whitespace as `_alike`
+        compares it); elsewhere `name`."""
         places = [(hs, he, ss, se) for hs, he, ss, se in source.spans if source.text[hs:he] == label]
 
         def shared(a: int, b: int, hs: int, he: int) -> int:
-            n = 0
-            while n < a and n < hs and answer[a - n - 1] == source.text[hs - n - 1]:
-                n += 1
-            m = 0
-            while b + m < len(answer) and he + m < len(source.text) and answer[b + m] == source.text[he + m]:
-                m += 1
-            return n + m
+            return _alike(answer, a - 1, source.text, hs - 1, -1) + _alike(answer, b, source.text, he, 1)
 
         def back(match: re.Match[str]) -> str:
             scored = [(shared(*match.span(), hs, he), ss, se) for hs, he, ss, se in places]
@@ -525,6 +521,25 @@ class Pseudonyms:
 def _name_rank(text: str) -> tuple[bool, int]:
     """How well `text` names a person: a name before an id or email, then the longer (`Hidden.written` too)."""
     return not any(ch.isdigit() or ch == "@" for ch in text), len(text)
+
+
+def _alike(x: str, i: int, y: str, j: int, step: int) -> int:
+    """How many characters `x` from `i` and `y` from `j` share, going forward (`step` 1) or back (-1), a run of
+    whitespace counting one and alike to any other: a model quotes text that a table or lines broke
+    (`"Name\\n\\nLiam"`) on one line (`"Name Liam"`)."""
+    n = 0
+    while 0 <= i < len(x) and 0 <= j < len(y):
+        if x[i].isspace() and y[j].isspace():
+            while 0 <= i < len(x) and x[i].isspace():
+                i += step
+            while 0 <= j < len(y) and y[j].isspace():
+                j += step
+        elif x[i] == y[j]:
+            i, j = i + step, j + step
+        else:
+            break
+        n += 1
+    return n
 
 
 def _genitive(form: str) -> str | None:
