@@ -8,6 +8,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Prefect reads settings at import: keep its home, telemetry and logs out of the user's machine.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tierflow-tests-prefect-"))
@@ -218,6 +219,26 @@ def fan_out_flow(item: object, count: int) -> object:
         )
 
     return phase
+
+
+SQLITE_IOERR_READ = 10 | 1 << 8
+"""What SQLite says when a read of its file fails: its network or synced folder went away."""
+
+
+def gone(dialect: Any, error: str = "OperationalError") -> Exception:
+    """The driver's `error` as a connection whose ledger went away raises it: on PostgreSQL the server shut the
+    connection down (SQLSTATE 57P01, as `pg_ctl stop` does), on SQLite a read of its file failed
+    (`SQLITE_IOERR_READ`). Another `error` (a statement refused) as the driver raises it."""
+    message = "server closed the connection unexpectedly"
+    if error != "OperationalError":
+        return getattr(dialect.loaded_dbapi, error)(message)
+    if dialect.name != "sqlite":
+        import psycopg
+
+        return psycopg.errors.AdminShutdown(message)
+    raised = dialect.loaded_dbapi.OperationalError(message)
+    raised.sqlite_errorcode = SQLITE_IOERR_READ
+    return raised
 
 
 def write_config(path: Path, text: str) -> Path:

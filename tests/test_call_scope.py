@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import anthropic_config, write_config
+from conftest import anthropic_config, gone, write_config
 from prefect._internal.concurrency.cancellation import CancelledError
 from pydantic import BaseModel, field_validator
 
@@ -123,7 +123,7 @@ def test_a_settle_whose_connection_drops_once_is_tried_again_and_the_row_lands(
     def drop_once(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
         if statement.lstrip().upper().startswith("INSERT INTO CALLS") and not dropped:
             dropped.append(statement)
-            raise conn.dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+            raise gone(conn.dialect)
 
     sa.event.listen(caller.ledger.engine, "before_cursor_execute", drop_once)
     try:
@@ -153,7 +153,9 @@ def test_a_release_that_commits_before_its_connection_drops_records_its_lost_att
         release(reservation_id, **kw)
         if not dropped:
             dropped.append(reservation_id)
-            raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+            raise sa.exc.OperationalError(
+                "COMMIT", {}, Exception("server closed the connection unexpectedly"), connection_invalidated=True
+            )
 
     monkeypatch.setattr(caller.budgets, "release", committed_then_dropped)
     with pytest.raises(ProviderError):

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import READING_WEEK, anthropic_config, write_config
+from conftest import READING_WEEK, anthropic_config, gone, write_config
 from responders import skilled
 from test_budget_totals import BUDGETS
 from test_call_scope import held_slots
@@ -34,7 +35,7 @@ from typer.testing import CliRunner
 
 from tierflow.core.budget import Budgets, open_reservations, release_stale
 from tierflow.core.calls import Caller, RunSettings
-from tierflow.core.errors import LedgerUnreachable
+from tierflow.core.errors import LedgerError, LedgerUnreachable
 from tierflow.core.ledger import Ledger, Outage, dispose_engine, reservations
 from tierflow.testing.double import DoubleRequest, ProviderDouble
 
@@ -170,10 +171,10 @@ def start_once_an_answer_waits(
         finally:
             settling.discard(threading.get_ident())
 
-    def wait_seen(self: Outage, error: BaseException) -> None:
+    def wait_seen(self: Outage, error: BaseException) -> float:
         if threading.get_ident() in settling:
             answer_waits.set()
-        wait(self, error)
+        return wait(self, error)
 
     monkeypatch.setattr(Budgets, "settle", settle_seen)
     monkeypatch.setattr(Outage, "wait", wait_seen)
@@ -243,14 +244,27 @@ def test_answers_in_flight_when_the_ledger_restarts_are_recorded_once_it_is_back
 # --- the wait itself, driven by a clock of the test's -----------------------------------------------------------------
 
 
-def outage_caller(tmp_path: Path, double: ProviderDouble, url: str, outage_s: float, tables: str = "") -> Caller:
-    """A run's call path on the ledger at `url`; its leases far longer than the test (their renewal never races it)."""
+def outage_caller(
+    tmp_path: Path,
+    double: ProviderDouble,
+    url: str,
+    outage_s: float,
+    tables: str = "",
+    *,
+    concurrency: int | None = None,
+    use_cache: bool = False,
+) -> Caller:
+    """A run's call path on the ledger at `url`; its leases far longer than the test (their renewal never races it).
+    `concurrency`: the light tier's slots (none: unlimited)."""
     vault = tmp_path / "vault"
     outage_config(vault, double, url, outage_s, tables)
     config = vault / ".tierflow" / "config.toml"
-    config.write_text("reservation_lease_s = 36000\n" + config.read_text())
-    caller = Caller(RunSettings(vault=str(vault), run_id="outage", flow="test", project="thesis", use_cache=False))
-    return caller
+    text = "reservation_lease_s = 36000\n" + config.read_text()
+    if concurrency is not None:
+        text = text.replace("max_output_tokens = 1024\n", f"max_output_tokens = 1024\nconcurrency = {concurrency}\n", 1)
+    config.write_text(text)
+    settings = RunSettings(vault=str(vault), run_id="outage", flow="test", project="thesis", use_cache=use_cache)
+    return Caller(settings)
 
 
 class Clock:
@@ -271,13 +285,14 @@ class Clock:
 
 def failing(caller: Caller, statement: str = "", error: str = "OperationalError", down: int = 1) -> dict[str, int]:
     """While `state["down"]` is true, make every statement (or those that start with `statement`) fail with the
-    driver's `error`, as they do on a connection whose server went away; `state["failed"]` counts the failures."""
+    driver's `error`, as they do on a connection whose server went away (`gone`); `state["failed"]` counts the
+    failures."""
     state = {"down": down, "failed": 0}
 
     def fail(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
         if state["down"] and " ".join(sql.split()).upper().startswith(statement):
             state["failed"] += 1
-            raise getattr(conn.dialect.loaded_dbapi, error)("server closed the connection unexpectedly")
+            raise gone(conn.dialect, error)
 
     sa.event.listen(caller.ledger.engine, "before_cursor_execute", fail)
     return state
@@ -408,7 +423,8 @@ def test_a_closing_write_rolled_back_for_contention_is_tried_again_at_once(
 
     answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
 
-    assert answer.text and state["failed"] == 1 and clock.sleeps == [] and waits.saying(" went away ") == []
+    # Tried again after a moment (`CONTENDED_TRIES`), on the outage's injected sleep: never an outage's wait.
+    assert answer.text and state["failed"] == 1 and clock.sleeps == [0.05] and waits.saying(" went away ") == []
     assert [r["outcome"] for r in caller.ledger.rows()] == ["ok"] == ["ok"] * len(double.model_calls())
     assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
 
@@ -466,3 +482,241 @@ def test_a_ledger_gone_for_good_ends_the_run_with_one_message_exit_3_its_report_
     released = release_stale(ledger)
     assert len(released) == len(double.model_calls()) and all(r.lost for r in released)
     assert [r["outcome"] for r in ledger.rows(run_id=run_id)] == ["lost"] * len(released)
+
+
+# --- a commit whose acknowledgement was lost ------------------------------------------------------------------------
+
+
+def acknowledgement_lost(caller: Caller, statement: str) -> dict[str, int]:
+    """The next transaction that runs a statement starting with `statement` commits on the server, and then its
+    connection goes (`gone`) before the client hears so: the commit went through, the client sees it fail.
+    `state["lost"]` counts such commits (one)."""
+    dialect = caller.ledger.engine.dialect
+    state = {"armed": 0, "lost": 0}
+
+    def watch(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if not state["lost"] and " ".join(sql.split()).upper().startswith(statement):
+            state["armed"] = 1
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", watch)
+    real = dialect.do_commit
+
+    def do_commit(dbapi_connection):  # noqa: ANN001, ANN202
+        real(dbapi_connection)
+        if state["armed"]:
+            state["armed"], state["lost"] = 0, 1
+            raise gone(dialect)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    return state
+
+
+def test_a_reservation_whose_commit_went_through_unacknowledged_is_held_once(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The reviewer's reproduction: the transaction before the call (its budget reservation and tier slot) commits,
+    and its connection goes before the client hears so. Before, the call reserved again: two reservations for one
+    call, the first never settled, so that its lapse recorded a `lost` call at its worst case (some 100 times the
+    answer's cost, charged to the budgets), and its tier slot held until its lease lapsed."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T12:00:00+00:00")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60, "[routing]\nescalate = false\n" + BUDGETS, concurrency=2)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")  # the ledger was reached
+    state = acknowledgement_lost(caller, "INSERT INTO RESERVATIONS")
+    clock = Clock(caller)
+
+    answer = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert answer.text and state["lost"] == 1 and len(clock.sleeps) == 1
+    rows = caller.ledger.rows(run_id="outage")
+    assert [r["outcome"] for r in rows] == ["ok", "ok"] == ["ok"] * len(double.model_calls())
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
+    with caller.ledger.transaction() as conn:  # whatever was left open lapses now: nothing was
+        conn.execute(reservations.update().values(lease_expires=0.0))
+    assert release_stale(caller.ledger) == [] and len(caller.ledger.rows(run_id="outage")) == 2
+    live = assert_totals_match_a_rebuild(tmp_path / "vault" / ".tierflow" / "config.toml", ledger_url, "outage")
+    assert live["per-run"][0] == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+def test_a_cached_answer_whose_row_committed_unacknowledged_is_recorded_once(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """A cache hit's row commits, and the connection goes before the client hears so: the hit is recorded once, as
+    the one call it was (before, twice)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60, use_cache=True)
+    first = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+    state = acknowledgement_lost(caller, "INSERT INTO CALLS")
+    clock = Clock(caller)
+
+    again = caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert again.cached and again.text == first.text and state["lost"] == 1 and len(clock.sleeps) == 1
+    rows = caller.ledger.rows(run_id="outage")
+    assert [(r["outcome"], r["cached_result"]) for r in rows] == [("ok", False), ("ok", True)]
+    assert len(double.model_calls()) == 1 and open_reservations(caller.ledger) == []
+
+
+# --- what is an outage, and how long one write waits -----------------------------------------------------------------
+
+
+class Hung(Exception):
+    """A wait that would not end: the test's guard, far past the wait's end."""
+
+
+def test_a_write_that_keeps_failing_gives_up_after_the_wait_while_other_writes_go_through(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The reviewer's reproduction: only the answer's row fails to go in, as on a lost connection, while the ledger
+    reads and another thread's writes (a lease renewal) go through. Before, each of those said the ledger was back,
+    and the answer's write waited for ever; now it gives up `ledger_outage_s` after its first failure."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")
+    state = failing(caller, "INSERT INTO CALLS", down=0)
+    gone_with_the_answer(double, state)
+
+    def renew() -> None:
+        with caller.ledger.transaction() as conn:
+            conn.execute(reservations.update().where(reservations.c.id == -1).values(open=True))
+
+    def renewed_meanwhile(n: int) -> None:
+        if n > 500:
+            raise Hung(f"{n} sleeps, {clock.now - 1000:.0f} s of the outage's clock")
+        other = threading.Thread(target=renew)
+        other.start()
+        other.join(GUARD_S)
+
+    clock = Clock(caller, renewed_meanwhile)
+    with pytest.raises(LedgerUnreachable) as raised:
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert raised.value.gave_up and "paid for and are not recorded" in str(raised.value)
+    assert sum(clock.sleeps) == pytest.approx(60)
+
+
+def sqlite_refusing_writes(caller: Caller, statement: str) -> dict[str, int]:
+    """Every statement starting with `statement` fails as SQLite's write to a full quota does (SQLITE_IOERR_WRITE);
+    `state["failed"]` counts them."""
+    state = {"down": 0, "failed": 0}
+
+    def fail(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if state["down"] and " ".join(sql.split()).upper().startswith(statement):
+            state["failed"] += 1
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode, error.sqlite_errorname = 10 | 3 << 8, "SQLITE_IOERR_WRITE"
+            raise error
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", fail)
+    return state
+
+
+def test_a_disk_that_refuses_the_ledgers_writes_fails_the_call_at_once_naming_the_file(
+    tmp_path, monkeypatch, double, waits
+):
+    """A SQLite ledger on a disk that is full, over a quota or failing: SQLite's I/O error on a write is no outage
+    (reads go on working, and no wait mends a full disk). The call fails at once, naming the file and the fix; before,
+    it waited, for ever while its reads went through."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    caller = outage_caller(tmp_path, double, url, 60)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")
+    state = sqlite_refusing_writes(caller, "INSERT INTO CALLS")
+    gone_with_the_answer(double, state)
+    clock = Clock(caller, lambda n: (_ for _ in ()).throw(Hung(f"{n} sleeps")) if n > 100 else None)
+
+    with pytest.raises(LedgerError) as raised:
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert not isinstance(raised.value, LedgerUnreachable) and clock.sleeps == [] and waits.lines == []
+    assert str(raised.value) == (
+        f"the ledger {tmp_path / 'ledger.sqlite'} could not be written (disk I/O error, SQLITE_IOERR_WRITE): its disk "
+        "may be full, over a quota or failing: free space on it, or set ledger_url to a ledger on another disk"
+    )
+    assert state["failed"] == 1
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sqlite3, sys
+import sqlalchemy as sa
+from tierflow.core.ledger import disk_trouble, lost_connection
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+engine = sa.create_engine(f"sqlite:///{sys.argv[1]}")
+with engine.begin() as conn:
+    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    conn.exec_driver_sql("CREATE TABLE t (x TEXT)")
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (?)", ("y" * 500_000,))
+except sa.exc.DBAPIError as exc:
+    print(exc.orig.sqlite_errorname, disk_trouble(exc), lost_connection(exc))
+with engine.connect() as conn:
+    print("read", conn.exec_driver_sql("SELECT count(*) FROM t").scalar())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_sqlite_refusing_a_write_past_the_file_size_a_quota_allows_is_disk_trouble_not_an_outage(tmp_path):
+    """The real error, in a process of its own limited to 200 kB files (as a quota would): SQLITE_IOERR_WRITE, while
+    reads go on."""
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(tmp_path / "ledger.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=GUARD_S,
+        cwd=REPO,
+    )
+    assert done.stdout.split("\n")[:2] == ["SQLITE_IOERR_WRITE True False", "read 0"], done.stderr
+
+
+@pytest.fixture
+def server_ledger_url(postgres_server: object) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL."""
+    from conftest import drop_postgres_database, fresh_postgres_database
+
+    url = fresh_postgres_database(postgres_server)
+    yield url
+    drop_postgres_database(postgres_server, url)
+
+
+@pytest.mark.postgres
+def test_a_statement_the_driver_refuses_before_sending_it_is_no_outage(
+    tmp_path, monkeypatch, double, server_ledger_url
+):
+    """psycopg refuses a statement of more than 65535 parameters itself, with no SQLSTATE: a statement's error, raised
+    as it is, never "the ledger cannot be reached" nor waited for."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, server_ledger_url, 60)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")
+    clock = Clock(caller)
+    with pytest.raises(sa.exc.OperationalError) as raised, caller.ledger.transaction() as conn:
+        conn.execute(sa.select(reservations.c.id).where(reservations.c.id.in_(list(range(70_000)))))
+    assert "number of parameters must be between 0 and 65535" in str(raised.value) and clock.sleeps == []
+
+
+def test_an_answer_that_taught_the_output_form_as_the_ledger_went_is_recorded_once_it_is_back(
+    tmp_path, monkeypatch, double, waits
+):
+    """An openai-compatible model's first structured call learns which output form its server accepts, as the ledger
+    goes away. Before, remembering the form was a transaction of its own between the paid answer and its row: its
+    failure failed the call, and its reservation was released, the paid answer not recorded (and paid again on
+    resume). Now the form is remembered with the answer's row, in the closing transaction that waits for the ledger."""
+    import test_closed_loop as closed_loop
+    from conftest import openai_config
+
+    from tierflow.testing.double import Reply
+
+    double.responder = lambda request: Reply(text='{"label": "summative", "score": 3}')
+    caller = closed_loop.caller(tmp_path, openai_config(double, kind="openai-compatible", extra=BUDGETS), monkeypatch)
+    state = failing(caller, down=0)
+    gone_with_the_answer(double, state)
+    Clock(caller, on_sleep=lambda n: state.update(down=int(n < 3)))  # back after the third sleep
+
+    answer = closed_loop.ask(caller, "Classify number 1.")
+
+    assert answer.parsed is not None and state["failed"] == 3
+    paid = [call for call in double.model_calls() if call.status == 200]
+    (row,) = caller.ledger.rows()
+    assert len(paid) == 1 and row["outcome"] == "ok" and open_reservations(caller.ledger) == []
+    assert caller.ledger.output_mode(row["provider"], row["model"]) == "json_schema"  # the first form, accepted

@@ -210,6 +210,8 @@ class Reservation:
     """The budget that forced a downgrade, if one did."""
     warnings: tuple[tuple[str, str], ...] = ()
     """(budget, description) for each `warn` budget this call goes over."""
+    created: str = ""
+    """When it was inserted (`now_iso`, with microseconds): with its id and holder, what identifies it (`landed`)."""
 
 
 class Budgets:
@@ -481,11 +483,12 @@ class Budgets:
     def _insert(self, conn: Connection, reservation: Reservation, now: float) -> Reservation:
         """Insert the reservation, its lease measured from `now` (`database_seconds`, read in this transaction)."""
         est = reservation.estimate
+        created = now_iso()
         # One compiled statement with bound parameters, as `Ledger.record` does: cheaper than `.values(...)`.
         reservation_id = conn.execute(
             reservations.insert(),
             dict(
-                created=now_iso(),
+                created=created,
                 run_id=self.run_id,
                 flow=self.flow,
                 project=self.project,
@@ -505,7 +508,24 @@ class Budgets:
                 holder_host=HOST,
             ),
         ).inserted_primary_key[0]
-        return replace(reservation, id=reservation_id)
+        return replace(reservation, id=reservation_id, created=created)
+
+    def landed(self, reservation: Reservation) -> bool:
+        """Whether `reservation`, inserted by this process in a transaction that lost its connection as it committed,
+        is in the ledger all the same (the commit went through, its acknowledgement lost): open, or released since as
+        its lease lapsed (`settle` and `release` then undo its `lost` row). Its id alone is not enough: SQLite gives a
+        rolled-back row's id to the next insert."""
+        with self.ledger.reading() as conn:
+            found = conn.execute(
+                sa.select(reservations.c.id).where(
+                    reservations.c.id == reservation.id,
+                    reservations.c.created == reservation.created,
+                    reservations.c.run_id == self.run_id,
+                    reservations.c.holder_pid == os.getpid(),
+                    reservations.c.holder_host == HOST,
+                )
+            ).first()
+        return found is not None
 
     def keep_alive(self, reservation_id: int) -> None:
         """Renew this reservation's lease while its call is in flight, until it is settled or released.

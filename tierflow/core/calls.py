@@ -162,6 +162,9 @@ class Answer:
     rating of this answer is linked to (`signals.request_id`)."""
 
 
+LEARNED_OUTPUT_MODE = "learned_output_mode"
+"""`Completion.extra`'s key for the structured-output form the call found its server accepts (`Caller._complete`)."""
+
 _RANK = {"error": 0, "refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
 
 
@@ -885,6 +888,8 @@ class Caller:
                 scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
                 raise
             latency_ms = (time.perf_counter() - t0) * 1000
+            if LEARNED_OUTPUT_MODE in completion.extra:
+                scope.output_mode = (routed.provider, routed.model, completion.extra[LEARNED_OUTPUT_MODE])
             scope.called()  # the slot goes to the next call now, not after the verdict and the settlement
             # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in.
             scope.answered(
@@ -983,57 +988,87 @@ class Caller:
                 return False
             return scope.claim(conn, chosen)
 
-        while True:
-            scope.slot = NO_SLOT
-            given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait below
-            try:
-                # Urgent: ahead of the settlements of calls that have answered (`ledger.WriterGate`).
-                with self.ledger.transaction(urgent=True) as conn:
-                    if key is not None:
-                        hit = self.ledger.cached_response(key, conn=conn)
-                        if hit is not None:
-                            self.ledger.record(
-                                self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True), conn=conn
-                            )
-                            scope.leave_gate()
-                            return hit
-                    if kept_key is not None:  # an earlier run kept an answer to this request: no call at all
-                        kept = self._kept_answer(routed, kept_key, output, subject, conn=conn)
-                        if kept is not None:
-                            scope.leave_gate()
-                            return kept[0]
-                    reservation = self.budgets.reserve_in(
-                        conn, candidates, expired=time.monotonic() >= deadline, claim=claim
-                    )
-            except BudgetExceeded as exc:
-                if not shadow:  # a skipped shadow call halts nothing
-                    self._budget_event(
-                        "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
-                    )
-                raise
-            except BaseException as exc:
-                # Rolled back: the slot was never taken.
-                self.slots.forget(scope.slot)
+        # What the last try wrote in a transaction whose commit was not acknowledged (its connection went as it
+        # committed): the cached call's row, or the reservation and the slot. The next try looks for it first, so
+        # a commit that went through all the same is never made twice (two reservations, one never settled).
+        unacknowledged: tuple[CallRecord | None, Any, Reservation | None, str | None] | None = None
+        with self.ledger.outage.trying():  # its patience runs from this call's first failure
+            while True:
+                if unacknowledged is not None:
+                    row, answer, held, slot = unacknowledged
+                    try:
+                        landed = self.ledger.landed(row) if row is not None else self.budgets.landed(held)
+                    except LedgerUnreachable as exc:
+                        deadline += self.ledger.outage.wait(exc)  # waiting for the ledger is not waiting for budget
+                        continue
+                    unacknowledged = None
+                    if landed and row is not None:
+                        scope.leave_gate()
+                        return answer  # the cached (or kept) answer, its row recorded once
+                    if landed and held is not None:
+                        scope.slot = slot  # taken in the same transaction: held, and renewed
+                        reservation = held
+                        scope.reserved(reservation)
+                        break
+                    self.slots.forget(slot)  # rolled back: the slot was never taken
                 scope.slot = NO_SLOT
-                if not isinstance(exc, LedgerUnreachable):
+                given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait
+                cached: CallRecord | None = None
+                hit: Any = None
+                reservation = None
+                try:
+                    # Urgent: ahead of the settlements of calls that have answered (`ledger.WriterGate`).
+                    with self.ledger.transaction(urgent=True) as conn:
+                        if key is not None:
+                            hit = self.ledger.cached_response(key, conn=conn)
+                        if hit is not None:
+                            cached = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
+                            self.ledger.record(cached, conn=conn)
+                        elif kept_key is not None:  # an earlier run kept an answer to this request: no call at all
+                            kept = self._kept_answer(routed, kept_key, output, subject, conn=conn)
+                            if kept is not None:
+                                hit, cached = kept
+                        if hit is None:
+                            reservation = self.budgets.reserve_in(
+                                conn, candidates, expired=time.monotonic() >= deadline, claim=claim
+                            )
+                except BudgetExceeded as exc:
+                    if not shadow:  # a skipped shadow call halts nothing
+                        self._budget_event(
+                            "tierflow.budget.exceeded", exc.budget, routed, subject, policy="halt", detail=str(exc)
+                        )
                     raise
-                # Its connection went away mid-transaction (a database restart): nothing was sent yet, so the call
-                # waits for the ledger as the answers in flight do, and tries again; past `ledger_outage_s` it fails.
-                self.ledger.outage.wait(exc)
-                continue
-            if reservation is not None:
-                scope.reserved(reservation)
-                break
-            if recount[0] and not recount[1]:
-                candidates, recount[1] = allowed(self.downgrades(routed, request, count=True)), True
-                continue
-            if scope.slot is None:  # the tier is full: woken by a slot this process gives back, or poll again
-                self.slots.wait(given_back, slot_delay)
-                deadline += slot_delay  # waiting for a slot is not waiting for budget
-                slot_delay = min(slot_delay * 1.5, POLL_S[1])
-            else:
-                time.sleep(budget_delay)
-                budget_delay = min(budget_delay * 2, 0.25)
+                except BaseException as exc:
+                    if not isinstance(exc, LedgerUnreachable):
+                        self.slots.forget(scope.slot)  # rolled back: the slot was never taken
+                        scope.slot = NO_SLOT
+                        raise
+                    # Its connection went away mid-transaction (a database restart): nothing was sent yet, so the
+                    # call waits for the ledger as the answers in flight do, and tries again, once it has looked
+                    # for what this try wrote; past `ledger_outage_s` it fails.
+                    if cached is not None or reservation is not None:
+                        unacknowledged = (cached, hit, reservation, scope.slot)
+                    else:
+                        self.slots.forget(scope.slot)
+                    scope.slot = NO_SLOT
+                    deadline += self.ledger.outage.wait(exc)  # waiting for the ledger is not waiting for budget
+                    continue
+                if hit is not None:
+                    scope.leave_gate()
+                    return hit
+                if reservation is not None:
+                    scope.reserved(reservation)
+                    break
+                if recount[0] and not recount[1]:
+                    candidates, recount[1] = allowed(self.downgrades(routed, request, count=True)), True
+                    continue
+                if scope.slot is None:  # the tier is full: woken by a slot this process gives back, or poll again
+                    self.slots.wait(given_back, slot_delay)
+                    deadline += slot_delay  # waiting for a slot is not waiting for budget
+                    slot_delay = min(slot_delay * 1.5, POLL_S[1])
+                else:
+                    time.sleep(budget_delay)
+                    budget_delay = min(budget_delay * 2, 0.25)
         if reservation.route.tier != routed.tier:
             # Downgraded: the ledger slot taken is the cheaper tier's. The gate of the tier asked for opens now and
             # the call passes the cheaper tier's gate if it is free: it never waits there while holding a slot,
@@ -1247,7 +1282,11 @@ class Caller:
                         exc.lost_attempts = (getattr(exc, "lost_attempts", 0) or 0) + lost  # type: ignore[union-attr]
                 raise
             if not confirmed or index:
-                self._remember_output_mode(routed, candidate)
+                # Used by this process's calls from now on; the ledger remembers it with the answer's row
+                # (`CallScope.output_mode`), never in a transaction of its own that could lose the paid answer.
+                with self._lock:
+                    self._modes[(routed.provider, routed.model)] = candidate
+                completion = replace(completion, extra={**completion.extra, LEARNED_OUTPUT_MODE: candidate})
             return with_lost_attempts(completion, completion.extra.get("lost_attempts", 0) + lost)
         raise AssertionError("unreachable")
 
@@ -1257,11 +1296,6 @@ class Caller:
             if key not in self._modes:
                 self._modes[key] = self.ledger.output_mode(*key) or ""
             return self._modes[key]
-
-    def _remember_output_mode(self, routed: Route, mode: str) -> None:
-        with self._lock:
-            self._modes[(routed.provider, routed.model)] = mode
-        self.ledger.remember_output_mode(routed.provider, routed.model, mode)
 
     def reuse(self, routed: Route, key: str, subject: str) -> tuple[str, dict[str, Any] | None] | None:
         """A stored answer for this request, recorded in the ledger as a zero-token cached call; else None."""

@@ -1117,33 +1117,75 @@ def unreachable(url: str, exc: BaseException, away_s: float = 0.0) -> str:
     )
 
 
-_SQLITE_AWAY = frozenset({10, 14, 15})
-"""SQLite's primary result codes that say the file cannot be reached now, not that a statement is wrong: IOERR,
-CANTOPEN, PROTOCOL (a network or synced folder that went away)."""
+_SQLITE_AWAY = frozenset(
+    {
+        14,  # CANTOPEN: its folder is not there now (an unmounted or disconnected network or synced folder)
+        15,  # PROTOCOL: the file's locks were taken from under it (a network file system)
+        10 | 1 << 8,  # IOERR_READ
+        10 | 2 << 8,  # IOERR_SHORT_READ: the file shrank or vanished under a read
+        10 | 7 << 8,  # IOERR_FSTAT
+        10 | 8 << 8,  # IOERR_UNLOCK
+        10 | 9 << 8,  # IOERR_RDLOCK
+        10 | 13 << 8,  # IOERR_ACCESS
+        10 | 14 << 8,  # IOERR_CHECKRESERVEDLOCK
+        10 | 15 << 8,  # IOERR_LOCK
+        10 | 27 << 8,  # IOERR_VNODE: the file was replaced or removed under the connection
+    }
+)
+"""SQLite's (extended) result codes that say the file cannot be reached now: it could not be opened, read, looked
+at or locked, as when the network or synced folder it is in went away. The other I/O errors (writing, syncing,
+truncating, growing a file, memory) say the disk is full, over a quota or failing (`disk_trouble`): a wait would not
+mend them."""
+_SQLITE_DISK = frozenset({10, 13})
+"""SQLite's primary result codes of a disk that will not take the ledger's writes: IOERR (but `_SQLITE_AWAY`'s) and
+FULL."""
 _SERVER_AWAY = ("08", "57P")
 """SQLSTATE prefixes that say the server went away, not that a statement failed: connection exceptions (08), and
 an administrator's or a crash's shutdown, or a server still starting (57P01-57P03)."""
 
 
-def lost_connection(error: BaseException) -> bool:
+def lost_connection(error: BaseException, *, connecting: bool = False) -> bool:
     """Whether `error` says the ledger's database cannot be reached now (a restart, a failover, the network), as
-    opposed to a statement it refused (a constraint, a missing column, bad SQL, a deadlock), which a wait would not
-    mend."""
+    opposed to a statement it refused (a constraint, a missing column, bad SQL, a deadlock), a disk it cannot write
+    (`disk_trouble`), or a client's own complaint (too many parameters), which a wait would not mend.
+
+    `connecting`: `error` was raised making a connection, where a driver that could not reach the server gives no
+    SQLSTATE (a refused or timed-out connection, a server shutting down)."""
     if isinstance(error, LedgerUnreachable):
         return True
     if not isinstance(error, sa.exc.DBAPIError):
         return False
-    if error.connection_invalidated:
+    if error.connection_invalidated:  # the driver found its connection closed or broken (SQLAlchemy's is_disconnect)
         return True
     if not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         return False
     orig = error.orig
     if isinstance(orig, sqlite3.Error):
         code = getattr(orig, "sqlite_errorcode", None)  # none on an error that SQLite itself did not raise
-        return code is None or code & 0xFF in _SQLITE_AWAY
-    # The server's SQLSTATE (psycopg 3, psycopg2); none when the client lost the server or could not reach it.
+        return code in _SQLITE_AWAY
+    # The server's SQLSTATE (psycopg 3, psycopg2).
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return not state or str(state).startswith(_SERVER_AWAY)
+    return str(state).startswith(_SERVER_AWAY) if state else connecting
+
+
+def disk_trouble(error: BaseException) -> bool:
+    """Whether `error` says SQLite could not write the ledger's file to its disk: full, over a quota or a file size
+    limit (SQLITE_IOERR_WRITE), failing (an fsync or a truncate that failed), or out of memory."""
+    orig = getattr(error, "orig", None) if isinstance(error, sa.exc.DBAPIError) else None
+    code = getattr(orig, "sqlite_errorcode", None) if isinstance(orig, sqlite3.Error) else None
+    return code is not None and code & 0xFF in _SQLITE_DISK and not lost_connection(error)
+
+
+def disk_refused(url: str, error: BaseException) -> str:
+    """The one line that says the ledger's disk would not take a write (`disk_trouble`), naming the file and the
+    cause."""
+    orig = getattr(error, "orig", None) or error
+    name = getattr(orig, "sqlite_errorname", None)
+    cause = str(orig).strip().splitlines()[0] + (f", {name}" if name else "")
+    return (
+        f"the ledger {_shown(url)} could not be written ({cause}): its disk may be full, over a quota or failing: "
+        "free space on it, or set ledger_url to a ledger on another disk"
+    )
 
 
 _SQLITE_CONTENDED = frozenset({5, 6})
@@ -1172,12 +1214,14 @@ been away, within these bounds (seconds)."""
 class Outage:
     """One ledger's reachability as this process sees it (`Ledger.outage`).
 
-    A ledger that this process reached and then lost (a database restart, a failover, the network) is waited for,
-    by every try that fails meanwhile, until it has been away `patience_s` (the config's `ledger_outage_s`) since
-    the first failure; from then on every try that fails gives up at once, until one reaches it again. The first
-    failure of an outage says so in one log line, and the first try that reaches the ledger again says it is back:
-    never a line per try. A ledger never reached is not waited for: a wrong URL, or a server that is not there,
-    is reported at once."""
+    A ledger that this process reached and then lost (a database restart, a failover, the network) is waited for
+    by each loop that tries a transaction again (`trying`), until `patience_s` (the config's `ledger_outage_s`) has
+    passed since that loop's first failure, or since the outage's first failure if that came earlier: from then on
+    every try that fails gives up at once, until a write reaches the ledger again. Another thread's write that goes
+    through meanwhile (a lease renewal) ends the outage, never a loop's patience: a write that keeps failing ends
+    within `patience_s` whatever the others do. The first failure of an outage says so in one log line, and the
+    first write that reaches the ledger again says it is back: never a line per try. A ledger never reached is not
+    waited for: a wrong URL, or a server that is not there, is reported at once."""
 
     def __init__(self, url: str, patience_s: float) -> None:
         self.url = url
@@ -1189,10 +1233,28 @@ class Outage:
         """This process has reached the ledger (a connection was made)."""
         self._since: float | None = None
         self._lock = threading.Lock()
+        self._loop = threading.local()
+        """This thread's outermost `trying` loop: `since`, its first failure (None before it)."""
 
-    def wait(self, error: BaseException) -> None:
-        """`error` says the ledger cannot be reached (`lost_connection`): sleep a while before the next try, or
-        raise LedgerUnreachable when it was never reached, or has been away `patience_s`."""
+    @contextmanager
+    def trying(self) -> Iterator[None]:
+        """A loop that tries a transaction again while the ledger is away (`wait`): its patience runs from its own
+        first failure. The loops nested in it (the transaction's connection, `Ledger._connect`) share it."""
+        outermost = not hasattr(self._loop, "since")
+        if outermost:
+            self._loop.since = None
+        try:
+            yield
+        finally:
+            if outermost:
+                del self._loop.since
+
+    def wait(self, error: BaseException) -> float:
+        """`error` says the ledger cannot be reached (`lost_connection`): sleep a while before the next try of this
+        thread's `trying` loop, and return the seconds slept; or raise LedgerUnreachable when the ledger was never
+        reached, or the loop (or the outage) has waited `patience_s` since its first failure."""
+        if not hasattr(self._loop, "since"):
+            raise RuntimeError("Outage.wait outside Outage.trying: its patience would have no start")
         if isinstance(error, LedgerUnreachable) and error.__cause__ is not None:
             error = error.__cause__  # a transaction's own LedgerUnreachable: the driver's error names the cause
         if not self.reached:
@@ -1200,7 +1262,10 @@ class Outage:
         now = self.monotonic()
         with self._lock:
             first = self._since is None
-            since = self._since = now if self._since is None else self._since
+            outage = self._since = now if self._since is None else self._since
+        if self._loop.since is None:
+            self._loop.since = now
+        since = min(self._loop.since, outage)
         away = now - since
         if away >= self.patience_s:
             gone = LedgerUnreachable(unreachable(self.url, error, away))
@@ -1213,11 +1278,16 @@ class Outage:
                 _named(self.url), cause, self.patience_s,
             )  # fmt: skip
         low, high = OUTAGE_DELAYS
-        self.sleep(max(0.0, min(max(low, away / 4), high, since + self.patience_s - now)))
+        seconds = max(0.0, min(max(low, away / 4), high, since + self.patience_s - now))
+        self.sleep(seconds)
+        return seconds
 
     def back(self) -> None:
-        """A transaction on the ledger went through: it is reachable (again). A connection alone does not say so: a
-        server on its way down may still take one."""
+        """A write transaction on the ledger went through: it is reachable (again). A connection alone does not say
+        so (a server on its way down may still take one), nor a read (a disk may still refuse the writes). The
+        patience of this thread's `trying` loop starts again at its next failure."""
+        if getattr(self._loop, "since", None) is not None:
+            self._loop.since = None
         if self._since is None:
             return
         with self._lock:
@@ -1552,26 +1622,30 @@ class Ledger:
     def _connect(self, engine: Engine) -> Connection:
         """A connection to the ledger. One that this process reached before and cannot reach now is tried again
         until it is back, or has been away `outage_s` (`Outage`): nothing of the transaction has run yet. The
-        transaction that goes through says it is back (`Outage.back`)."""
-        while True:
-            try:
-                conn = engine.connect()
-            except sa.exc.DBAPIError as exc:
-                if not lost_connection(exc):
-                    raise
-                self.outage.wait(exc)
-                continue
-            self.outage.reached = True
-            return conn
+        write transaction that goes through says it is back (`Outage.back`)."""
+        with self.outage.trying():
+            while True:
+                try:
+                    conn = engine.connect()
+                except sa.exc.DBAPIError as exc:
+                    if not lost_connection(exc, connecting=True):
+                        raise
+                    self.outage.wait(exc)
+                    continue
+                self.outage.reached = True
+                return conn
 
     @contextmanager
     def _unreachable_named(self) -> Iterator[None]:
         """A transaction whose connection went away raises LedgerUnreachable, naming the ledger and the cause: a
         caller that can try it again does (`Outage.wait`); to the others it is a TierflowError, one line on the
-        console, never a driver's traceback."""
+        console, never a driver's traceback. One whose disk would not take its writes (`disk_trouble`) raises a
+        LedgerError naming the file and the fix at once: no wait mends a full disk."""
         try:
             yield
         except sa.exc.DBAPIError as exc:
+            if disk_trouble(exc):
+                raise LedgerError(disk_refused(self.url, exc)) from exc
             if not lost_connection(exc):
                 raise
             raise LedgerUnreachable(unopenable(self.url, exc)) from exc
@@ -1595,7 +1669,6 @@ class Ledger:
                 raise
             if watched and raw.written_since_opened():
                 raise LedgerChanged(self._changed())
-        self.outage.back()
 
     def _changed(self) -> str:
         return (
@@ -1616,6 +1689,22 @@ class Ledger:
                 if attempt == REREADS - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def landed(self, call: CallRecord) -> bool:
+        """Whether `call`'s row is in the ledger already: the transaction that wrote it lost its connection as it
+        committed, which may have gone through all the same (its acknowledgement lost). Its run, timestamp (with
+        microseconds), start, attempt and model identify it."""
+        with self.reading() as conn:
+            found = conn.execute(
+                sa.select(calls.c.id).where(
+                    calls.c.run_id == call.run_id,
+                    calls.c.timestamp == call.timestamp,
+                    calls.c.started_at == call.started_at,
+                    calls.c.attempt == call.attempt,
+                    calls.c.model == call.model,
+                )
+            ).first()
+        return found is not None
 
     def record(self, call: CallRecord, *, conn: Connection | None = None) -> int:
         """Store one call, and add it to the running totals of the budget scopes it falls in; returns its row id."""
@@ -1929,10 +2018,14 @@ class Ledger:
                 sa.select(output_modes.c.mode).where(output_modes.c.provider == provider, output_modes.c.model == model)
             ).scalar()
 
-    def remember_output_mode(self, provider: str, model: str, mode: str) -> None:
-        with self.transaction() as conn:
-            values = {"provider": provider, "model": model, "mode": mode, "updated": now_iso()}
-            _upsert(conn, output_modes, values, ["provider", "model"])
+    def remember_output_mode(self, provider: str, model: str, mode: str, *, conn: Connection | None = None) -> None:
+        """Remember the structured-output form `provider`'s `model` accepts (in the caller's transaction `conn`)."""
+        if conn is None:
+            with self.transaction() as own:
+                self.remember_output_mode(provider, model, mode, conn=own)
+            return
+        values = {"provider": provider, "model": model, "mode": mode, "updated": now_iso()}
+        _upsert(conn, output_modes, values, ["provider", "model"])
 
 
 # A lookup on every call's path, built once with a bound parameter.

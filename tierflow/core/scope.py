@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tierflow.core.budget import Budgets, Reservation
 from tierflow.core.errors import LedgerUnreachable
-from tierflow.core.ledger import CallRecord, Ledger, calls, contended, lost_connection
+from tierflow.core.ledger import CallRecord, Ledger, contended, lost_connection
 from tierflow.core.routing import Route
 from tierflow.core.slots import NO_SLOT, TierSlots
 
@@ -69,6 +67,9 @@ class CallScope:
     """The request as the phase sent it, with this answer's outcome (`ledger.RequestRecord`), written with the row."""
     text: str | None = None
     """The request's text as the per-request router sees it, kept once under the row's `request_id`."""
+    output_mode: tuple[str, str, str] | None = None
+    """(provider, model, structured-output form) the answer's call learned the server accepts, written with the row:
+    never a transaction of its own between the paid answer and its row, whose failure would lose the row."""
     lost: list[CallRecord] = field(default_factory=list)
     """Rows of attempts sent and never answered (the SDK's own retries), written on exit."""
     settled: bool = False
@@ -149,13 +150,14 @@ class CallScope:
             self.slots.forget(slot)
 
     def _write(self, reservation: Reservation) -> None:
-        row, cache, lost, slot, request, text = (
+        row, cache, lost, slot, request, text, mode = (
             self.row,
             self.cache,
             list(self.lost),
             self.slot,
             self.request,
             self.text,
+            self.output_mode,
         )
 
         def also(conn: Connection) -> None:
@@ -166,6 +168,8 @@ class CallScope:
                 self.ledger.remember_request(request, conn=conn)
             if row is not None and row.request_id and text is not None:
                 self.ledger.remember_request_text(row.request_id, text, flow=row.flow, phase=row.phase, conn=conn)
+            if mode is not None:
+                self.ledger.remember_output_mode(*mode, conn=conn)
 
         if row is None:
             step: Callable[[], None] = lambda: self.budgets.release(reservation.id, also=also)  # noqa: E731
@@ -175,46 +179,34 @@ class CallScope:
         written = row if row is not None else next(iter(lost), None)
         dropped = False
         contentions = 0
-        while True:
-            try:
-                if dropped and written is not None and _landed(self.ledger, written):
-                    return  # it committed before the connection went: never write its rows twice
-                step()
-                return
-            except Exception as error:
-                if contended(error) and contentions < CONTENDED_TRIES - 1:
-                    # Rolled back for another transaction's sake (a deadlock, a busy file): tried again at once.
-                    contentions += 1
-                    log.warning("the ledger rolled back a call's closing transaction (%s); trying again", error.orig)
-                    time.sleep(0.05 * contentions)
-                    continue
-                if not lost_connection(error):
-                    raise  # a statement the ledger refused: trying again would not mend it
-                dropped = True
+        with self.ledger.outage.trying():  # its patience runs from this write's first failure
+            while True:
                 try:
-                    # Sleeps until the next try; raises once the ledger has been away `ledger_outage_s`.
-                    self.ledger.outage.wait(error)
-                except LedgerUnreachable as gone:
-                    if row is None:
-                        raise
-                    unrecorded = LedgerUnreachable(
-                        f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the ledger "
-                        "is back, each counts as a lost call at its worst case (its reservation lapses)"
-                    )
-                    unrecorded.gave_up = gone.gave_up
-                    raise unrecorded from error
-
-
-def _landed(ledger: Ledger, row: CallRecord) -> bool:
-    """Whether `row` is in the ledger already (its timestamp, start and attempt identify it)."""
-    with ledger.reading() as conn:
-        found = conn.execute(
-            sa.select(calls.c.id).where(
-                calls.c.run_id == row.run_id,
-                calls.c.timestamp == row.timestamp,
-                calls.c.started_at == row.started_at,
-                calls.c.attempt == row.attempt,
-                calls.c.model == row.model,
-            )
-        ).first()
-    return found is not None
+                    if dropped and written is not None and self.ledger.landed(written):
+                        return  # it committed before the connection went: never write its rows twice
+                    step()
+                    return
+                except Exception as error:
+                    if contended(error) and contentions < CONTENDED_TRIES - 1:
+                        # Rolled back for another transaction's sake (a deadlock, a busy file): tried again at once.
+                        contentions += 1
+                        log.warning(
+                            "the ledger rolled back a call's closing transaction (%s); trying again", error.orig
+                        )
+                        self.ledger.outage.sleep(0.05 * contentions)
+                        continue
+                    if not lost_connection(error):
+                        raise  # a statement the ledger refused: trying again would not mend it
+                    dropped = True
+                    try:
+                        # Sleeps until the next try; raises once this write has waited `ledger_outage_s`.
+                        self.ledger.outage.wait(error)
+                    except LedgerUnreachable as gone:
+                        if row is None:
+                            raise
+                        unrecorded = LedgerUnreachable(
+                            f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the "
+                            "ledger is back, each counts as a lost call at its worst case (its reservation lapses)"
+                        )
+                        unrecorded.gave_up = gone.gave_up
+                        raise unrecorded from error
