@@ -720,3 +720,18 @@ def test_an_answer_that_taught_the_output_form_as_the_ledger_went_is_recorded_on
     (row,) = caller.ledger.rows()
     assert len(paid) == 1 and row["outcome"] == "ok" and open_reservations(caller.ledger) == []
     assert caller.ledger.output_mode(row["provider"], row["model"]) == "json_schema"  # the first form, accepted
+
+
+def test_a_run_ended_with_a_ledger_that_cannot_be_read_is_not_told_the_ledger_went_away(tmp_path, double, capsys):
+    """The look-up of a failed run's calls meets a ledger that is there but cannot be read (not a database): the
+    run's own error is said, never that the ledger "could not be reached" and how to go on "once it is back"."""
+    from tierflow.cli.runner import error_ended_run
+    from tierflow.core.errors import TierflowError
+
+    vault = tmp_path / "vault"
+    outage_config(vault, double, f"sqlite:///{tmp_path / 'ledger.sqlite'}", 60)
+    (tmp_path / "ledger.sqlite").write_bytes(b"not a database, " * 512)
+    ended = error_ended_run(TierflowError("the flow broke"), "test", vault, "run-1", config=None, profile=None)
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert ended.exit_code == 2 and "the flow broke" in said and "could not be reached" not in said, said

@@ -322,7 +322,7 @@ def error_ended_run(
     `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it); `rerun` is
     the command line that runs it again with the same options (`rerun_command`).
     """
-    from tierflow.core.errors import LedgerError
+    from tierflow.core.errors import LedgerUnreachable
     from tierflow.core.ledger import Ledger
     from tierflow.report.spend import total
 
@@ -330,9 +330,9 @@ def error_ended_run(
     rows: list[dict[str, Any]] | None
     try:
         rows = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).rows(run_id=run) if run else []
-    except LedgerError:  # the ledger went away: the run may have made calls, which it cannot say now
+    except LedgerUnreachable:  # the ledger went away: the run may have made calls, which it cannot say now
         rows = None
-    except Exception:  # the error's own message matters more than this look-up
+    except Exception:  # the error's own message matters more than this look-up (a ledger it cannot read says so)
         rows = []
     if not rows and (rows is not None or not run):
         return fail(str(error))
