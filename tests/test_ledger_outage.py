@@ -735,3 +735,35 @@ def test_a_run_ended_with_a_ledger_that_cannot_be_read_is_not_told_the_ledger_we
     captured = capsys.readouterr()
     said = " ".join((captured.out + captured.err).split())
     assert ended.exit_code == 2 and "the flow broke" in said and "could not be reached" not in said, said
+
+
+def test_a_ledger_gone_once_the_runs_calls_were_read_leaves_the_reports_spend_known(tmp_path, double, prefect_harness):
+    """The report read the run's calls, and then the ledger went away as it read the budgets: the spend it read is
+    the run's, reported as such; before, it was thrown away and the run reported with its spend unknown, failed."""
+    from tierflow.core.calls import caller_for
+    from tierflow.core.ledger import CallRecord
+    from tierflow.core.usage import Usage
+    from tierflow.report.run_report import RunSummary, write_run_report
+
+    vault = tmp_path / "vault"
+    outage_config(vault, double, f"sqlite:///{tmp_path / 'ledger.sqlite'}", 60, BUDGETS)
+    settings = RunSettings(vault=str(vault), run_id="read-then-gone", flow="test", project="thesis")
+    caller = caller_for(settings)
+    call = CallRecord(
+        run_id="read-then-gone", flow="test", phase="collate", complexity="low", tier="light", provider="anthropic",
+        model="claude-haiku-4-5", usage=Usage(input_tokens=100, output_tokens=20), cost_usd=0.25, latency_ms=1.0,
+    )  # fmt: skip
+    caller.ledger.record(call)
+
+    def gone_at_the_budgets(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if "FROM BUDGET_SCOPES" in " ".join(sql.split()).upper():
+            raise gone(conn.dialect)
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", gone_at_the_budgets)
+    summary = RunSummary("read-then-gone", "test")
+    write_run_report(settings, summary, since=None, until=None, selected=1)
+
+    assert summary.spend_known and summary.failed is None and summary.ledger_error is None
+    assert summary.cost_usd == pytest.approx(0.25) and summary.tokens == 120
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert "unknown" not in report

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
-from tierflow.core.budget import Forecast
+from tierflow.core.budget import BudgetState, Forecast
 from tierflow.core.calls import _RANK, RunSettings, caller_for
 from tierflow.core.commands import tierflow_command
 from tierflow.core.config import Config
@@ -156,18 +156,23 @@ def write_run_report(
     """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary."""
     caller = caller_for(settings)
     config = caller.config
+    rows: list[dict[str, Any]] | None = None
+    states: list[BudgetState] = []
     try:
         # The person's edits and ratings of earlier drafts become routing evidence at every run.
         scan(Path(settings.vault or "."), caller.ledger)
         rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
         states = caller.budgets.states()
     except LedgerError as exc:
-        # The ledger went away for good (past `ledger_outage_s`): the report, the one record of the run then, says
-        # what the run did and that its spend is not known, and the run fails.
-        rows, states = [], []
-        summary.spend_known = False
-        summary.ledger_error = summary.ledger_error or str(exc)
-        summary.failed = summary.failed or f"the run's spend could not be read: {exc}"
+        if rows is None:
+            # The ledger went away for good (past `ledger_outage_s`): the report, the one record of the run then,
+            # says what the run did and that its spend is not known, and the run fails.
+            rows = []
+            summary.spend_known = False
+            summary.ledger_error = summary.ledger_error or str(exc)
+            summary.failed = summary.failed or f"the run's spend could not be read: {exc}"
+        else:  # gone once the run's calls were read: its spend is known, only the budgets' table is left out
+            get_run_logger().warning("the budgets' states could not be read: %s", exc)
     summary.batches = list(dict.fromkeys(summary.batches + [r["batch_id"] for r in rows if r["batch_id"]]))
     phases = phase_spend(rows)
     overall = total(rows)
