@@ -516,3 +516,118 @@ def test_a_tierflow_error_before_a_flow_made_any_call_stays_a_usage_error(
     missing = f"'Nowhere' is not a folder of the vault {vault.resolve()} (looked for {vault.resolve() / 'Nowhere'})"
     assert f"error: {missing}. The vault holds: Inbox. Create it or give another." in said(result)
     assert Ledger.for_vault(vault).rows() == [] and "in the ledger" not in said(result)
+
+
+NAMED_AS_OPTIONS_FLOW = """
+import json
+from pathlib import Path
+
+from prefect import flow
+
+from tierflow import FlowSpec, Plan
+
+NAMES = ("mode", "wait", "since", "until", "assignment", "module", "redraft_all")
+
+
+@flow(name="named-as-options")
+def named_as_options(vault: str, mode: str = "normal", wait: int = 0, since: str | None = None,
+                     until: str | None = None, assignment: str = "", module: list[str] | None = None,
+                     redraft_all: str = "no") -> None:
+    seen = {"mode": mode, "wait": wait, "since": since, "until": until, "assignment": assignment, "module": module,
+            "redraft_all": redraft_all}
+    Path(vault, "seen.json").write_text(json.dumps(seen))
+
+
+def plan_it(config, vault, *, tier=None, mode: str = "normal", wait: int = 0):
+    Path(vault, "planned.json").write_text(json.dumps({"mode": mode, "wait": wait}))
+    return Plan(flow="named-as-options", since=None, until=None, selected=0, skipped=[], phase_names=[])
+
+
+SPEC = FlowSpec(name="named-as-options", flow=named_as_options, plan=plan_it)
+"""
+
+
+@pytest.fixture
+def named_as_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A flow of another package whose own parameters share their names with options made for tierflow's flows."""
+    module = "tierflow_named_as_options"
+    install(tmp_path / "site", module, NAMED_AS_OPTIONS_FLOW, f"named-as-options = {module}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield "named-as-options"
+    sys.modules.pop(module, None)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flows_own_parameter_named_as_a_builtin_flows_option_is_given_with_param(
+    named_as_options: str, tmp_path: Path
+) -> None:
+    """`--param mode=raise_after` was refused ("use --mode, not --param"), and `--mode raise_after` too ("use direct
+    or batch"): a flow of another package could not be given its own `mode`, nor `wait`, `since`, `until`,
+    `assignment`, `module` or `redraft_all`, which only tierflow's own flows take from those options."""
+    vault = triage_vault(tmp_path)
+
+    def seen(*args: str) -> dict[str, object]:
+        result = CliRunner().invoke(app, ["run", named_as_options, "--vault", str(vault), *args])
+        assert result.exit_code == 0, result.output
+        return json.loads((vault / "seen.json").read_text())
+
+    given = {
+        "mode": "raise_after", "wait": "5", "since": "last week", "until": "2026", "assignment": "A1",
+        "module": '["M1", "M2"]', "redraft_all": "yes",
+    }  # fmt: skip
+    params = [arg for name, value in given.items() for arg in ("--param", f"{name}={value}")]
+    assert seen(*params) == {
+        "mode": "raise_after", "wait": 5, "since": "last week", "until": "2026", "assignment": "A1",
+        "module": ["M1", "M2"], "redraft_all": "yes",
+    }  # fmt: skip
+    # The option gives the flow's parameter too, without the check made for student-feedback's --mode.
+    assert seen("--mode", "raise_after")["mode"] == "raise_after"
+    assert seen("--mode", "direct")["mode"] == "direct"  # a value, not "left at tierflow's default"
+    assert seen()["mode"] == "normal"  # unset: the flow's own default
+    # Given twice, one of them would be dropped without a word.
+    both = ["--mode", "a", "--param", "mode=b"]
+    twice = CliRunner().invoke(app, ["run", named_as_options, "--vault", str(vault), *both])
+    assert twice.exit_code == 2, twice.output
+    assert "--param mode: --mode gives the flow's 'mode' parameter; use --mode, not --param" in said(twice)
+    # tierflow's own flows keep their options' checks and messages.
+    for flow, args, message in (
+        ("student-feedback", ["--param", "mode=batch"], "--mode gives the flow's 'mode' parameter; use --mode"),
+        ("reading-notes", ["--param", "since=2026-11-16"], "--since gives the flow's 'since' parameter; use --since"),
+        ("student-feedback", ["--mode", "raise_after"], "--mode 'raise_after': use direct or batch"),
+    ):
+        refused = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), *args, "--dry-run"])
+        assert refused.exit_code == 2, refused.output
+        assert message in said(refused), said(refused)
+
+
+def test_plan_gives_a_flows_planner_its_own_parameters_named_as_options(named_as_options: str, tmp_path: Path) -> None:
+    """`tierflow plan` refused `--param mode=...` for a flow of another package, and gave its planner `mode`
+    "direct" (tierflow's default for student-feedback) when no --mode was given."""
+    vault = triage_vault(tmp_path)
+
+    def planned(*args: str) -> dict[str, object]:
+        result = CliRunner().invoke(app, ["plan", named_as_options, "--vault", str(vault), *args])
+        assert result.exit_code == 0, result.output
+        return json.loads((vault / "planned.json").read_text())
+
+    assert planned() == {"mode": "normal", "wait": 0}
+    assert planned("--param", "mode=raise_after", "--param", "wait=3") == {"mode": "raise_after", "wait": 3}
+    assert planned("--mode", "raise_after") == {"mode": "raise_after", "wait": 0}
+    both = ["--mode", "a", "--param", "mode=b"]
+    twice = CliRunner().invoke(app, ["plan", named_as_options, "--vault", str(vault), *both])
+    assert twice.exit_code == 2, twice.output
+    assert "--param mode: --mode gives the flow's 'mode' parameter; use --mode, not --param" in said(twice)
+
+
+def test_the_rerun_of_a_flow_gives_its_own_parameters_named_as_options_with_param(
+    named_as_options: str, tmp_path: Path
+) -> None:
+    """The command `tierflow resume` offers for a flow that takes no run_id gave its `mode` as `--mode` and
+    dropped its `wait=5` (read as `--wait/--no-wait`)."""
+    from tierflow.cli.app import _rerun_of
+    from tierflow.core.registry import flow_spec
+
+    vault = triage_vault(tmp_path)
+    remembered = {"mode": "raise_after", "wait": 5}
+    again = _rerun_of(flow_spec(named_as_options), named_as_options, vault, remembered, config=None, profile=None)
+    assert again == f"tierflow run named-as-options --vault {vault} --param mode=raise_after --param wait=5"

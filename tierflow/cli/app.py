@@ -89,8 +89,9 @@ FlowParamOpt = Annotated[
         "--param",
         metavar="NAME=VALUE",
         help="A parameter of the flow's own, one no option here gives (a registered flow's, such as "
-        "--param folder=Reading); VALUE is read as the flow's signature types the parameter: as typed for a str "
-        "(folder=2024 is the text 2024), parsed for an int, bool, date, list or dict (n=3, day=2026-11-16, "
+        "--param folder=Reading; for a flow of another package also one named as an option made for tierflow's "
+        "flows, such as --param mode=strict); VALUE is read as the flow's signature types the parameter: as typed "
+        "for a str (folder=2024 is the text 2024), parsed for an int, bool, date, list or dict (n=3, day=2026-11-16, "
         'tags=["a"]), as `tierflow schedule --param` reads it. Repeatable. A name the flow does not take, a '
         "parameter an option gives (--param vault=...) or a value its type refuses is an error.",
     ),
@@ -648,8 +649,9 @@ def run(
         ),
     ] = None,
     mode: Annotated[
-        str, typer.Option(help="student-feedback: direct, or batch (provider batch APIs, about half price).")
-    ] = "direct",
+        str | None,
+        typer.Option(help="student-feedback: direct (the default), or batch (provider batch APIs, about half price)."),
+    ] = None,
     module: Annotated[
         str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
     ] = None,
@@ -691,17 +693,17 @@ def run(
     # signature by `flow_call`.
     overrides = _tier_overrides(tier, cfg)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
-    if mode not in ("direct", "batch"):
-        raise fail(f"--mode {mode!r}: use direct or batch")
-    from tierflow.cli.runner import flow_call, run_flow
+    from tierflow.cli.runner import BUILT_IN_OPTIONS, flow_call, run_flow
 
-    built_in = {
-        "reading-notes": {"since": start, "until": end},
-        "student-feedback": {"assignment": assignment, "mode": mode, "wait": wait, "redraft_all": redraft_all},
-        "module-review": {"module": module},
-    }
-    # A flow of another package gets those of these the user set and its function takes (`run_flow` keeps only
-    # those): an option left at tierflow's default never replaces the flow's own default.
+    # --mode is student-feedback's: direct or batch. A flow of another package gets the mode the user wrote, if
+    # any, for its signature to judge: its `mode` is its own (`own_parameter`).
+    if flow_name in BUILT_IN_OPTIONS:
+        mode = mode or "direct"
+        if mode not in ("direct", "batch"):
+            raise fail(f"--mode {mode!r}: use direct or batch")
+    # Each of tierflow's own flows gets those of these made for it; a flow of another package those the user set
+    # and its function takes (`run_flow` keeps only those): an option left at tierflow's default never replaces the
+    # flow's own default.
     offered = {
         "since": start, "until": end, "assignment": assignment, "mode": mode, "wait": wait, "module": module,
         "redraft_all": redraft_all,
@@ -712,7 +714,7 @@ def run(
         "since": ("--since", since),
         "until": ("--until", until),
         "assignment": ("--assignment", assignment),
-        "mode": ("--mode", None if mode == "direct" else mode),
+        "mode": ("--mode", None if mode == "direct" and flow_name in BUILT_IN_OPTIONS else mode),
         "wait": ("--no-wait", None if wait else False),
         "module": ("--module", module),
         "project": ("--project", project),
@@ -727,7 +729,11 @@ def run(
         "params": parse_params(param),
         "project": project,
         "retry_failed": retry_failed,
-        **built_in.get(flow_name, {name: offered[name] for name in offered if options[name][1] is not None}),
+        **(
+            {name: offered[name] for name in BUILT_IN_OPTIONS[flow_name]}
+            if flow_name in BUILT_IN_OPTIONS
+            else {name: offered[name] for name in offered if options[name][1] is not None}
+        ),
     }
     if dry_run:
         flow_call(flow_name, vault, **call)  # the run's own check: a dry run refuses what the run would
@@ -827,7 +833,7 @@ def _rerun_of(
     """The `tierflow run` command line that runs an earlier run again, from the parameters the ledger remembered
     for it: those its flow takes and that differ from the flow's defaults, each as its option or a `--param`;
     `config` and `profile` (those given to `resume`) over the ones it remembered."""
-    from tierflow.cli.runner import rerun_command
+    from tierflow.cli.runner import own_parameter, rerun_command
 
     function = getattr(spec.flow, "fn", spec.flow)
     signature = inspect.signature(function).parameters
@@ -839,7 +845,7 @@ def _rerun_of(
             continue
         if name in defaults and defaults[name] == value:
             continue
-        if name in RUN_OPTIONS:
+        if name in RUN_OPTIONS and not own_parameter(flow, name):
             options[name] = (RUN_OPTIONS[name], value if name != "wait" else (None if value else False))
         else:
             params[name] = value if isinstance(value, str) else json.dumps(value)
@@ -1002,9 +1008,10 @@ def plan(
             "--assignment", "-a", help="student-feedback: the assignment folder (default: [feedback] in config)."
         ),
     ] = None,
-    mode: Annotated[str, typer.Option(help="student-feedback: direct, or batch (priced at the batch discount).")] = (
-        "direct"
-    ),
+    mode: Annotated[
+        str | None,
+        typer.Option(help="student-feedback: direct (the default), or batch (priced at the batch discount)."),
+    ] = None,
     module: Annotated[
         str | None, typer.Option(help="module-review: the module folder (default: [module] folder in config).")
     ] = None,
@@ -1040,8 +1047,12 @@ def plan(
         raise fail(str(exc)) from None
     if spec.plan is None:
         raise fail(f"the {flow_name} flow has no planner: its FlowSpec gives no plan=")
-    if mode not in ("direct", "batch"):
-        raise fail(f"--mode {mode!r}: use direct or batch")
+    from tierflow.cli.runner import BUILT_IN_OPTIONS, flow_call
+
+    if flow_name in BUILT_IN_OPTIONS:  # --mode is student-feedback's; another flow's `mode` is its own
+        mode = mode or "direct"
+        if mode not in ("direct", "batch"):
+            raise fail(f"--mode {mode!r}: use direct or batch")
     check_assignment(flow_name, cfg, vault, assignment)
     check_module(flow_name, cfg, vault, module)
     offered = {
@@ -1053,15 +1064,17 @@ def plan(
         "redraft_all": redraft_all,
         "retry_failed": retry_failed,
     }
+    if flow_name not in BUILT_IN_OPTIONS:  # as `tierflow run` gives them: only those the user set
+        offered = {name: value for name, value in offered.items() if value not in (None, False)}
     params = parse_params(param)
     if params:
-        from tierflow.cli.runner import flow_call
-
         # Checked as `tierflow run` checks them (a parameter the flow takes, of its type, that no option gives);
         # the options here only price the run, so one the flow does not take is not refused.
         options = {name: (f"--{name}", None) for name in ("since", "until", "assignment", "mode", "module")}
         options["redraft_all"] = ("--redraft-all", None)
         options["retry_failed"] = ("--retry-failed", None)
+        # A flow's own parameter of an option's name (`own_parameter`) is refused as a --param beside that option.
+        options |= {name: (option, offered.get(name)) for name, (option, _) in options.items() if name in params}
         _, arguments, _ = flow_call(flow_name, vault, options=options, params=params, **offered)
         params = {name: arguments[name] for name in params}  # as the flow's signature reads them: `n=3` the int 3
     accepted = inspect.signature(spec.plan).parameters

@@ -70,6 +70,20 @@ def phase_progress():  # noqa: ANN201
 SETTINGS = ("profile", "config", "tier")
 """The options `run_flow` takes itself: which config and tiers the run uses."""
 
+BUILT_IN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "reading-notes": ("since", "until"),
+    "student-feedback": ("assignment", "mode", "wait", "redraft_all"),
+    "module-review": ("module",),
+}
+"""The parameters `tierflow run` options made for tierflow's own flows give (`--since`, `--mode`, ...), by flow."""
+
+
+def own_parameter(flow: str, name: str) -> bool:
+    """Whether `name`, although a `tierflow run` option gives a parameter of that name, is the flow's own to take
+    with `--param`: so for any flow but tierflow's own, whose `mode` (say) need not be student-feedback's. The
+    option, when set, gives the parameter to such a flow too, without the checks made for tierflow's flows."""
+    return flow not in BUILT_IN_OPTIONS and any(name in names for names in BUILT_IN_OPTIONS.values())
+
 
 def run_flow(
     flow: str,
@@ -206,7 +220,9 @@ def flow_call(
         "tier": tier or None,
     }
     given = {**(options or {}), **{name: (f"--{name}", value) for name, value in settings.items()}}
-    refuse_option_params(params or {}, {name: option for name, (option, _) in given.items()} | {"vault": "--vault"})
+    # The flow's own parameter of an option's name (`own_parameter`) is refused as a --param only beside that option.
+    taken = {name: opt for name, (opt, value) in given.items() if value is not None or not own_parameter(flow, name)}
+    refuse_option_params(params or {}, taken | {"vault": "--vault"})
     for name, (option, value) in given.items():
         if value is not None and not spec.takes(name):
             # A setting that cannot reach the flow means the run would use another config than the one asked for.
