@@ -344,3 +344,31 @@ def test_a_run_or_project_no_call_has_is_named_with_the_nearest_one_the_ledger_h
         [*TIERFLOW, "spend", "--vault", str(vault), "--project", "EDU7001"], capture_output=True, text=True, timeout=600
     )
     assert matched.returncode == 0 and "note:" not in matched.stderr, matched.stderr
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_resume_prints_no_prefect_log_line_without_verbose(reading_vault: Path):
+    """`tierflow resume` printed Prefect's INFO lines (a flow run beginning, each task run "Finished in state
+    Completed()"), which `tierflow run` keeps to `--verbose`: it quieted Prefect only after loading the flow, which
+    had imported Prefect and so set up its logging."""
+    from prefect.settings import PREFECT_API_URL
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+    from tierflow.core.ledger import Ledger
+
+    since, until = READING_WEEK
+    first = CliRunner().invoke(
+        app, ["run", "reading-notes", "--vault", str(reading_vault), "--since", since, "--until", until]
+    )
+    assert first.exit_code == 0, first.output
+    (run_id,) = {r["run_id"] for r in Ledger.for_vault(reading_vault).rows()}
+    # Prefect's settings as a user's shell has them: the run above, in this process, quieted them in os.environ.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_HANDLERS_")}
+    resume = [*TIERFLOW, "resume", run_id, "--vault", str(reading_vault)]
+    env = {**environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    result = subprocess.run(resume, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"starting run {run_id}" in result.stderr  # it ran, and said so
+    logged = [line for line in (result.stdout + result.stderr).splitlines() if re.search(r"\| INFO +\|", line)]
+    assert logged == [], logged

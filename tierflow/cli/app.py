@@ -623,7 +623,10 @@ def _parse_date(value: str | None, option: str) -> date | None:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's console logging to warnings so the progress display stays readable."""
+    """Keep Prefect's console logging to warnings so the progress display stays readable.
+
+    Prefect reads these settings once, when it is first imported (`prefect.main` sets up its logging): a command
+    calls this before anything imports Prefect, such as loading a flow (`flow_spec`)."""
     if not verbose:
         for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
             os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
@@ -776,6 +779,9 @@ def resume(
 ) -> None:
     """Run an earlier run again: collect its finished batches, resubmit only what expired, reuse every answer."""
     vault = vault_dir(vault, required=f"tierflow resume {run_id}")
+    # Before anything imports Prefect, which sets up its logging at import: loading the run's flow (`flow_spec`)
+    # imports it.
+    _quiet_prefect(verbose)
     from tierflow.core.commands import tierflow_command
     from tierflow.core.ledger import Ledger
 
@@ -803,7 +809,6 @@ def resume(
             "answer the earlier run cached. To make the flow resumable, give it a `run_id: str | None = None` "
             "parameter and pass it to begin_run (docs/your-own-flow.md)."
         )
-    _quiet_prefect(verbose)
     from tierflow.cli.runner import run_flow
 
     # Run with the --config and --profile given here, as `tierflow run` does: the run was found in their ledger.

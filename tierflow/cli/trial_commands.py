@@ -42,11 +42,12 @@ def trial(
 ) -> None:
     """Replay recorded requests of a phase on each tier, judge them pairwise, and write a trial report note."""
     from tierflow.cli.app import _quiet_prefect
+
+    _quiet_prefect(False)  # the artifact's one-step flow run logs warnings only; before anything imports Prefect
     from tierflow.core.errors import TierflowError
     from tierflow.learn.trial import create_artifact, plan_trial, run_trial, trial_caller, write_report
 
     vault = vault_dir(vault, required=f"tierflow trial {flow} --phase PHASE")
-    _quiet_prefect(False)  # the artifact's one-step flow run logs warnings only
     assert vault is not None
     names = [t.strip() for t in tiers.split(",") if t.strip()]
     try:
