@@ -340,3 +340,78 @@ def test_a_template_typo_names_the_variable_and_the_template_file_even_through_t
     said = str(caught.value)
     assert f"the template {collate}, line 1, does not render: 'dict object' has no attribute 'titel'" in said, said
     assert "It overrides tierflow's own prompts/collate/note.j2: correct it, or delete it to use tierflow's." in said
+
+
+def type_checking_imports() -> dict[str, tuple[str, str]]:
+    """What tierflow/__init__.py imports under `if TYPE_CHECKING:`, as type checkers and IDEs read it: each name to
+    its module and the name it is imported as."""
+    tree = ast.parse((REPO / "tierflow" / "__init__.py").read_text(encoding="utf-8"))
+    blocks = [n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"]
+    return {
+        alias.name: (node.module or "", alias.asname or "")
+        for block in blocks
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+
+
+def test_type_checkers_see_every_public_name_as_what_it_is() -> None:
+    """Every name came through the module's `__getattr__` alone, so mypy and pyright saw each as Any
+    (`reveal_type(Phase("collate", "low"))` was Any) and an IDE completed nothing; and no `py.typed` said the
+    package is typed."""
+    import tomllib
+    from importlib import import_module
+
+    imported = type_checking_imports()
+    where = {name: module for name, (module, _) in imported.items()}
+    assert where == {name: tierflow._WHERE[name] for name in tierflow.__all__}
+    # `X as X`: an explicit re-export, which mypy's strict mode (no implicit re-export) needs.
+    assert all(alias == name for name, (_, alias) in imported.items()), imported
+    for name, module in where.items():
+        assert getattr(import_module(module), name) is getattr(tierflow, name), name
+    assert (REPO / "tierflow" / "py.typed").is_file()
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data.get("tierflow", []), package_data  # installed with the package, not just here
+
+
+def test_phase_ask_names_every_keyword_the_call_takes() -> None:
+    """`Phase.ask(self, settings, **request: Any)` hid `system=`, `prompt=`, `output=`, `checks=`, `subject=` from
+    IDEs and type checkers: it names each keyword of `Caller.ask` but the two the phase gives."""
+    import inspect
+
+    from tierflow.core.calls import Caller
+
+    def keywords(function: object) -> dict[str, tuple[object, object]]:
+        parameters = inspect.signature(function).parameters.values()  # type: ignore[arg-type]
+        return {p.name: (p.default, p.annotation) for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+    caller = {k: v for k, v in keywords(Caller.ask).items() if k not in ("phase", "complexity")}
+    phase = keywords(tierflow.Phase.ask)
+    assert {"system", "prompt", "output", "checks", "subject"} <= phase.keys()
+    assert {k: default for k, (default, _) in phase.items()} == {k: default for k, (default, _) in caller.items()}
+    # The same types, but `output`: Caller.ask's TypeVar is its own; any pydantic model class is what it takes.
+    assert {k: (t if k != "output" else "type[T] | None") for k, (_, t) in phase.items()} == {
+        k: t for k, (_, t) in caller.items()
+    }
+    assert phase["output"][1] == "type[BaseModel] | None"
+    assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(tierflow.Phase.ask).parameters.values())
+
+
+@pytest.mark.slow  # mypy reads Prefect's and pydantic's types too: half a minute
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_mypy_reads_the_public_api_types(tmp_path: Path) -> None:
+    """Where mypy is installed, it types `from tierflow import ...` as the real classes, not Any."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from tierflow import Phase, RunSettings\n"
+        "def call(phase: Phase, settings: RunSettings) -> None:\n"
+        "    reveal_type(Phase('collate', 'low'))\n"
+        "    phase.ask(settings, system='s', prompt='p', subject=3)\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "MYPYPATH": str(REPO)}
+    command = [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", str(probe)]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+    assert 'Revealed type is "tierflow.core.phases.Phase"' in out, out
+    assert 'Argument "subject" to "ask" of "Phase" has incompatible type "int"' in out, out

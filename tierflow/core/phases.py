@@ -21,9 +21,11 @@ from typing import Any, Generic, TypeVar
 
 from prefect import Task
 from prefect.futures import PrefectFuture
+from pydantic import BaseModel
 
 from tierflow.core import telemetry
 from tierflow.core.calls import Answer, RunSettings, caller_for, prefect_run_ids
+from tierflow.core.checks import Check
 from tierflow.core.errors import (
     BatchPending,
     BudgetExceeded,
@@ -625,6 +627,28 @@ class Phase:
     def once(self, task: Task[..., R], settings: RunSettings, *args: Any, subject: str) -> PhaseOutcome[R]:
         return single(task, settings, *args, phase=self.name, complexity=self.complexity, subject=subject)
 
-    def ask(self, settings: RunSettings, **request: Any) -> Answer:
-        """One call in this phase, at its complexity: `caller_for(settings).ask(phase=..., complexity=..., ...)`."""
-        return caller_for(settings).ask(phase=self.name, complexity=self.complexity, **request)
+    def ask(
+        self,
+        settings: RunSettings,
+        *,
+        system: str,
+        prompt: str,
+        output: type[BaseModel] | None = None,
+        cache_prefix: str = "",
+        subject: str = "",
+        front_matter: Mapping[str, Any] | None = None,
+        note: str = "",
+        routed: Route | None = None,
+        checks: Sequence[Check] = (),
+        retry_failed: bool | None = None,
+    ) -> Answer:
+        """One call in this phase, at its complexity: `caller_for(settings).ask(phase=..., complexity=..., ...)`.
+
+        `output` a pydantic model makes the answer structured (its `.parsed`); `checks` are run on the answer,
+        which is retried, then sent a tier up, until it passes; `subject` names the call in the ledger and logs.
+        """
+        return caller_for(settings).ask(
+            phase=self.name, complexity=self.complexity, system=system, prompt=prompt, output=output,
+            cache_prefix=cache_prefix, subject=subject, front_matter=front_matter, note=note, routed=routed,
+            checks=checks, retry_failed=retry_failed,
+        )  # fmt: skip
