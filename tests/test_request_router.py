@@ -490,3 +490,37 @@ def test_a_model_another_process_saves_midrun_is_given_to_the_next_run(tmp_path,
     assert request_router.current(config, ledger, run_id="a").fitted_at == older.fitted_at  # run a keeps its own
     assert request_router.current(config, ledger, run_id="b").fitted_at == newer.fitted_at
     assert request_router.current(config, ledger).fitted_at == newer.fitted_at
+
+
+def test_tierflow_ask_routes_each_prompt_on_its_own_text_as_explain_does(tmp_path, monkeypatch, double):
+    """`tierflow ask` in request mode: each prompt is decided on its own text, so two prompts get different
+    probabilities, and the rule the ledger records is the one `routing explain` computes for the same model."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: light_fails_hard(r) if r.body.get("tools") or "output_config" in r.body else (
+        Reply(text="An answer.")
+    )  # fmt: skip
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    history = run_caller(vault, double, '[routing]\nmode = "rules"\n', flow="ask", run="history")
+    for i in range(40):
+        for prompt in (easy(i), hard(i)):
+            history.ask(phase="ask", complexity="low", system="S.", prompt=prompt, output=Out, checks=[CHECK])
+    fitted = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault)])
+    assert fitted.exit_code == 0, fitted.output
+    write_config(vault / ".tierflow" / "config.toml", anthropic_config(double, REQUEST_MODE))
+    request_router.forget()
+
+    recorded, explained = [], []
+    for prompt in (easy(500), hard(500)):
+        asked = CliRunner().invoke(_app(), ["ask", "--vault", str(vault), prompt], catch_exceptions=False)
+        assert asked.exit_code == 0, asked.output
+        ledger = Ledger.for_vault(vault)
+        with ledger.reading() as conn:
+            rule, request_id = conn.exec_driver_sql("SELECT route_rule, request_id FROM calls ORDER BY id DESC").first()
+        why = CliRunner().invoke(_app(), ["routing", "explain", request_id, "--vault", str(vault), "--format", "json"])
+        assert why.exit_code == 0, why.output
+        recorded.append(rule.split("; ", 1)[1])  # after the classifier's "classified low (...)"
+        explained.append(json.loads(why.stdout)["now"])
+    assert recorded == [now["rule"] for now in explained]
+    assert all(rule.startswith("request: P(") for rule in recorded)
+    assert explained[0]["p_suffices"] != explained[1]["p_suffices"]

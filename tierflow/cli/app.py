@@ -180,7 +180,8 @@ def ask(
 
                 decision = classify(prompt, caller.ledger)
                 level = decision.complexity
-                routed = caller.route(phase, level)
+                # The per-request router decides on the prompt, as the ledger keeps it and `routing explain` reads it.
+                routed = caller.route(phase, level, prompt=prompt)
                 routed = replace(routed, rule=f"{decision.rule}; {routed.rule}")
             subject = " ".join(prompt.split())[:120]
             answer = caller.ask(
