@@ -132,6 +132,62 @@ def test_apply_writes_a_per_phase_tier_that_config_show_attributes_to_the_file(t
     assert {s["phase"]: s["current_tier"] for s in json.loads(again.stdout)}["draft"] == "standard"
 
 
+def test_apply_keeps_a_pin_you_wrote_and_your_comments_unless_told_to_replace_pins(tmp_path, monkeypatch, double):
+    vault = history(tmp_path, double, monkeypatch)
+    path = vault / ".tierflow" / "config.toml"
+    mine = '[routing.phases]\n# my own choices\ndraft = "deep"   # I want deep here, always\ncollate = "light"\n'
+    path.write_text(path.read_text() + mine)
+    before = path.read_text()
+    kept = cli("routing", "suggest", "--apply", vault=vault)
+    assert kept.returncode == 0, kept.stderr
+    assert path.read_text() == before
+    said = " ".join(kept.stderr.split())
+    assert f'draft is pinned to deep by your own line in {path} (draft = "deep" # I want deep here, always)' in said
+    assert "--replace-pins" in said and "Nothing applied" in said
+
+    replaced = cli("routing", "suggest", "--apply", "--replace-pins", vault=vault)
+    assert replaced.returncode == 0, replaced.stderr
+    text = path.read_text()
+    assert load_config(config_path=path).settings.routing.phases == {"draft": "standard", "collate": "light"}
+    # Everything else stays as you wrote it, your comment and your old line (as a comment) included.
+    assert text.startswith(before.split("draft = ")[0])
+    assert 'collate = "light"\n' in text and "# my own choices\n" in text
+    assert '# draft = "deep"   # I want deep here, always' in text
+    # A line tierflow wrote is its own: the next --apply replaces it without the flag.
+    routing.apply(path, [change("draft", "standard", "light")])
+    assert load_config(config_path=path).settings.routing.phases == {"draft": "light", "collate": "light"}
+
+
+def test_apply_replaces_only_lines_an_earlier_apply_wrote_in_place_and_keeps_the_rest(tmp_path):
+    earlier = (
+        'profile = "offline"\n\n[routing.phases]  # tiers per phase\n'
+        "# tierflow routing suggest --apply, 2026-01-02: move to standard: evidence\n"
+        'draft = "standard"\n\n'  # what an earlier tierflow wrote, with no mark on the line
+        'review = "deep"\n'
+        "# tierflow routing suggest --apply, 2026-01-02: move to light: evidence\n"
+        'collate = "deep"  # you changed the tier tierflow wrote: yours now\n\n[run]\nworkers = 2\n'
+    )
+    path = write_config(tmp_path / "config.toml", earlier)
+    diff = routing.apply(path, [change("draft", "standard", "light")])
+    assert '-draft = "standard"' in diff and "+draft = " in diff
+    text = path.read_text()
+    assert text.startswith('profile = "offline"\n\n[routing.phases]  # tiers per phase\n# tierflow routing suggest')
+    assert text.count("2026-01-02") == 1 and text.endswith('review = "deep"\n' + earlier.split('review = "deep"\n')[1])
+    assert load_config(config_path=path).settings.routing.phases == {
+        "draft": "light", "review": "deep", "collate": "deep"
+    }  # fmt: skip
+    for yours in (change("review", "deep", "light"), change("collate", "deep", "light")):
+        with pytest.raises(ConfigError, match="--replace-pins"):
+            routing.apply(path, [yours])
+    assert routing.own_pins(path, ["draft", "review", "collate", "other"]) == {
+        "review": 'review = "deep"', "collate": 'collate = "deep"  # you changed the tier tierflow wrote: yours now'
+    }  # fmt: skip
+    # A phase not yet pinned goes at the end of the table, before the next one.
+    routing.apply(path, [change("scan", "light", "standard")])
+    assert path.read_text().index('scan = "standard"') < path.read_text().index("[run]")
+    assert load_config(config_path=path).settings.run.workers == 2
+
+
 def test_apply_on_a_vault_shared_read_only_shows_the_suggestions_then_says_it_cannot_write_in_one_line(
     tmp_path, monkeypatch, double
 ):

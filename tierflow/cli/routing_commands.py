@@ -37,6 +37,14 @@ def suggest_command(
     apply: Annotated[
         bool, typer.Option("--apply", help="Write the changes into the vault's config as per-phase tiers.")
     ] = False,
+    replace_pins: Annotated[
+        bool,
+        typer.Option(
+            "--replace-pins",
+            help="With --apply: also replace a phase's tier you wrote into [routing.phases] yourself (your line "
+            "is kept as a comment). Without it, --apply replaces only the lines it wrote, and names your pins.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -46,6 +54,8 @@ def suggest_command(
     least `[routing] min_evidence` observations (default 20). Observations are every billed attempt's outcome,
     pairwise judge verdicts from trials, and the person's edits and ratings of drafts.
     """
+    if replace_pins and not apply:
+        raise fail("--replace-pins only changes what --apply writes: give both")
     vault = vault_dir(vault, required="tierflow routing suggest")
     cfg = load(vault, config, profile)
     from tierflow.core.ledger import Ledger
@@ -73,14 +83,21 @@ def suggest_command(
             raise fail("--apply needs a config file: give --vault DIR or --config PATH")
         for reason in dict.fromkeys(r.reason for r in refused):  # one line per phase, not per suggestion
             typer.echo(reason, err=True)
+        # A tier the person pinned themselves is theirs to change: left alone unless --replace-pins.
+        pins = {} if replace_pins else routing.own_pins(target, {s.phase for s in changes})
+        for phase, line in pins.items():
+            tier = next(s.suggested_tier for s in changes if s.phase == phase)
+            typer.echo(routing.pinned_message(target, phase, line, tier), err=True)
+        changes = [s for s in changes if s.phase not in pins]
         if not changes:
-            done = "every phase is already on its suggested tier" if not refused else "no change could be written"
+            written = not refused and not pins
+            done = "every phase is already on its suggested tier" if written else "no change could be written"
             typer.echo(f"Nothing applied: {done}.", err=True)
             return
         from tierflow.core.errors import ConfigError
 
         try:
-            diff = routing.apply(target, changes)
+            diff = routing.apply(target, changes, replace_pins=replace_pins)
         except ConfigError as exc:
             raise fail(str(exc)) from exc
         except OSError as exc:  # a vault shared read-only

@@ -15,6 +15,7 @@ import difflib
 import re
 import tomllib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,14 @@ def plan(found: list[Suggestion]) -> tuple[list[Suggestion], list[Refusal]]:
     return changes, refused
 
 
-def apply(path: Path, changes: list[Suggestion]) -> str:
+def apply(path: Path, changes: list[Suggestion], *, replace_pins: bool = False) -> str:
     """Write each change as `[routing.phases] <phase> = "<tier>"`; returns the unified diff (empty: no change).
 
-    Changes to one phase must agree on its tier (see `plan`). The new text is parsed, and checked to hold every
-    change, before it replaces the file (atomically); a text that would not parse is never written.
+    Changes to one phase must agree on its tier (see `plan`). A phase's line is replaced where it stands, and
+    everything else in the file (comments, blank lines, order) is kept. A pin the person wrote (`own_pins`) is
+    replaced only with `replace_pins`, and their line is then kept above it as a comment. The new text is parsed,
+    and checked to hold every change, before it replaces the file (atomically); a text that would not parse is
+    never written.
     """
     tiers: dict[str, str] = {}
     reasons: dict[str, list[str]] = defaultdict(list)
@@ -90,11 +94,13 @@ def apply(path: Path, changes: list[Suggestion]) -> str:
             )
         reasons[s.phase].append(s.reason)
     before = path.read_text(encoding="utf-8") if path.exists() else ""
+    if not replace_pins and (pins := own_pins(path, tiers)):
+        raise ConfigError("; ".join(pinned_message(path, phase, line, tiers[phase]) for phase, line in pins.items()))
     text = before
     today = clock.now().date().isoformat()
     for phase, tier in tiers.items():
-        comment = f"# tierflow routing suggest --apply, {today}: {' / '.join(reasons[phase])}"
-        line = f"{toml_key(phase)} = {toml_string(tier)}"
+        comment = f"{APPLIED} {today}: {' / '.join(reasons[phase])}"
+        line = f"{toml_key(phase)} = {toml_string(tier)}  {MARK} {tier}"
         text = _set_phase(text, phase, _one_line(comment), line)
     if text == before:
         return ""
@@ -104,6 +110,45 @@ def apply(path: Path, changes: list[Suggestion]) -> str:
     )
     write_atomically(path, text)
     return diff
+
+
+APPLIED = "# tierflow routing suggest --apply,"
+"""The start of the comment `apply` writes above a phase's line: the evidence and the date follow."""
+MARK = "# set by tierflow routing suggest --apply:"
+"""The comment `apply` ends a phase's line with, naming the tier it wrote: a line without it (or naming another
+tier than the line's) is the person's own."""
+
+
+def own_pins(path: Path, phases: Iterable[str]) -> dict[str, str]:
+    """Of `phases`, those `[routing.phases]` in `path` pins by a line the person wrote: phase -> the line.
+
+    A line is tierflow's when it ends with `MARK` naming its tier, or (as tierflow wrote it before the mark) it
+    has no comment and follows an `APPLIED` comment saying "move to" its tier. A line whose tier was edited since
+    is the person's.
+    """
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    table = _phases_table(text)
+    if table is None:
+        return {}
+    lines = text[table[0] : table[1]].splitlines()
+    wanted = set(phases)
+    found: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        setting = _setting(line)
+        if setting is None or setting[0] not in wanted:
+            continue
+        if not _written_by_tierflow(setting, lines[i - 1] if i else ""):
+            found[setting[0]] = line.strip()
+    return found
+
+
+def pinned_message(path: Path, phase: str, line: str, tier: str) -> str:
+    """Why `--apply` leaves a person's pin alone, naming the pin and the flag that would replace it."""
+    pinned = tomllib.loads(line)[phase] if _setting(line) else "?"
+    return (
+        f"not applied: {phase} is pinned to {pinned} by your own line in {path} ({line}), and the evidence "
+        f"suggests {tier}: add --replace-pins to replace it (your line is kept above it, as a comment)"
+    )
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -133,8 +178,9 @@ def _one_line(comment: str) -> str:
     return "".join(ch if ch == "\t" or (ord(ch) >= 0x20 and ord(ch) != 0x7F) else " " for ch in comment)
 
 
-def _key_of(line: str) -> str | None:
-    """The key a `key = value` line sets (any quoting), or None when the line is not one on its own."""
+def _setting(line: str) -> tuple[str, object, str] | None:
+    """A `key = value` line on its own: its key (any quoting), value and trailing comment (`""`: none); None for
+    any other line."""
     if not line.strip() or line.lstrip().startswith(("#", "[")):
         return None
     try:
@@ -143,27 +189,66 @@ def _key_of(line: str) -> str | None:
         return None
     if len(parsed) != 1:
         return None
-    (key,) = parsed
-    return key if not isinstance(parsed[key], dict) else None
+    ((key, value),) = parsed.items()
+    if isinstance(value, dict):
+        return None
+    # The comment starts at the first `#` before which the line still reads the same (a `#` in a string does not).
+    for at in (i for i, ch in enumerate(line) if ch == "#"):
+        try:
+            if tomllib.loads(line[:at]) == parsed:
+                return key, value, line[at:].strip()
+        except tomllib.TOMLDecodeError:
+            continue
+    return key, value, ""
+
+
+def _written_by_tierflow(setting: tuple[str, object, str], above: str) -> bool:
+    """Whether `apply` wrote this line as it stands (see `own_pins`)."""
+    _, value, comment = setting
+    if comment:
+        return comment == f"{MARK} {value}"
+    return above.startswith(APPLIED) and re.search(rf":\s*move to {re.escape(str(value))}:", above) is not None
+
+
+def _phases_table(text: str) -> tuple[int, int] | None:
+    """Where the `[routing.phases]` table's lines are in `text` (after its header, up to the next table)."""
+    header = re.search(r"^[ \t]*\[[ \t]*routing[ \t]*\.[ \t]*phases[ \t]*\][ \t]*(#.*)?$", text, flags=re.M)
+    if header is None:
+        return None
+    start = min(header.end() + 1, len(text))
+    following = re.search(r"^[ \t]*\[", text[start:], flags=re.M)
+    return start, start + following.start() if following else len(text)
 
 
 def _set_phase(text: str, phase: str, comment: str, line: str) -> str:
-    header = re.search(r"^\[routing\.phases\]\s*$", text, flags=re.M)
-    if header is None:
+    """`text` with `phase` set by `line` under `comment`: in place of its line (and of the `APPLIED` comment above
+    a line tierflow wrote; a person's line is kept as a comment), else at the end of the table."""
+    table = _phases_table(text)
+    if table is None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         return f"{text}{sep}[routing.phases]\n{comment}\n{line}\n"
-    start = header.end() + 1
-    following = re.search(r"^\[", text[start:], flags=re.M)
-    end = start + following.start() if following else len(text)
-    kept: list[str] = []
-    for old in text[start:end].splitlines(True):
-        if _key_of(old) == phase:
-            if kept and kept[-1].startswith("# tierflow routing suggest"):
-                kept.pop()
+    start, end = table
+    if start == len(text) and not text.endswith("\n"):
+        text, start, end = text + "\n", start + 1, end + 1
+    lines = text[start:end].splitlines(True)
+    for i, old in enumerate(lines):
+        setting = _setting(old)
+        if setting is None or setting[0] != phase:
             continue
-        kept.append(old)
-    table = f"{comment}\n{line}\n" + "".join(kept)
-    return text[:start] + table + text[end:]
+        above = lines[i - 1] if i else ""
+        if _written_by_tierflow(setting, above):
+            first = i - 1 if above.startswith(APPLIED) else i
+            new = [f"{comment}\n", f"{line}\n"]
+        else:  # the person's pin, replaced as they asked: their line stays, as a comment
+            first, new = i, [f"# {old.strip()}\n", f"{comment}\n", f"{line}\n"]
+        lines[first : i + 1] = new
+        return text[:start] + "".join(lines) + text[end:]
+    # A new phase goes after the table's last line that is not blank.
+    last = max((i for i, old in enumerate(lines) if old.strip()), default=-1) + 1
+    if last and not lines[last - 1].endswith("\n"):
+        lines[last - 1] += "\n"
+    lines[last:last] = [f"{comment}\n", f"{line}\n"]
+    return text[:start] + "".join(lines) + text[end:]
 
 
 def _check(path: Path, text: str, tiers: dict[str, str]) -> None:
