@@ -270,3 +270,24 @@ def test_a_module_with_nothing_to_review_says_so_and_lists_what_it_left_out(modu
     )
     assert Ledger.for_vault(module_vault).rows(run_id=summary.run_id) == [] and summary.written == []
     assert not (module_vault / PROPOSAL).exists()
+
+
+def test_a_concept_draft_whose_front_matter_is_never_closed_is_named_with_the_fix(module_vault: Path) -> None:
+    """A front-matter with no closing `---` is reported as malformed YAML is: the file, what is wrong, the fix; a
+    note that opens with a thematic break is read as it was."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    concepts = module_vault / MODULE / "Concepts"
+    unclosed = "\n---\ntitle: Feedback timing\ntierflow_run: r-1\ntags: [concept]\n## Summary\n\nEarly is better.\n"
+    (concepts / "Feedback timing.md").write_text(unclosed, encoding="utf-8")
+    (concepts / "Aside.md").write_text("---\n\nA thought, after a rule.\n", encoding="utf-8")
+    planned = CliRunner().invoke(app, ["plan", "module-review", "--vault", str(module_vault)], env={"COLUMNS": "300"})
+    assert planned.exit_code == 0, planned.output
+    said = " ".join(planned.output.split())
+    assert (
+        f"skipped {MODULE}/Concepts/Feedback timing.md: malformed YAML front-matter: the `---` on line 2 opens it "
+        "and no `---` line closes it; add a `---` line after line 5, its last property"
+    ) in said
+    assert f"skipped {MODULE}/Concepts/Aside.md: not a run report" in said  # not front-matter: not called malformed

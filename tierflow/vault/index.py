@@ -34,7 +34,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 4
+_CACHE_VERSION = 5
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -261,7 +261,13 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
         try:
             fm, body = _YAML.split(stripped)
         except ValueError:
-            fm = None  # no closing delimiter: python-frontmatter treats the whole file as body
+            # No closing delimiter: python-frontmatter would read the whole file as body, and the note's properties
+            # (its `tierflow_run`, its tags) would be silently lost.
+            fm = None
+            if unclosed := _unclosed_front_matter(text):
+                problem, properties = unclosed
+                date, tags = _lenient_meta(f"{properties}\n---\n")
+                return bad(f"malformed YAML front-matter: {problem}", tags=tags, date=date)
         if fm is not None:
             try:
                 loaded = yaml.load(fm, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
@@ -320,6 +326,27 @@ def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
     meta = meta if isinstance(meta, dict) else {}
     date = _parse_date(meta.get("date")) or _parse_date(meta.get("created")) or _date_line(fm)
     return date, _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
+
+
+_PROPERTY_RE = re.compile(r"[^\s#:-][^:]*:(?:[ \t]|$)|[ \t]+\S|[ \t]*- ")
+"""A front-matter line: `key:` (then a value, or none), or an indented or `- ` line continuing the one before."""
+
+
+def _unclosed_front_matter(text: str) -> tuple[str, str] | None:
+    """A note opened by a `---` line and properties, with no `---` line after them: what is wrong and the fix, and
+    the properties' text. None when the line after the `---` is no property (a thematic break, then text)."""
+    lines = text.split("\n")
+    opening = next(i for i, line in enumerate(lines) if line.strip())
+    end = opening + 1
+    while end < len(lines) and _PROPERTY_RE.match(lines[end]):
+        end += 1
+    if end == opening + 1:
+        return None
+    problem = (
+        f"the `---` on line {opening + 1} opens it and no `---` line closes it; add a `---` line after line {end}, "
+        "its last property"
+    )
+    return problem, "\n".join(lines[opening:end])
 
 
 def _date_line(front_matter: str) -> dt.date | None:
