@@ -524,3 +524,15 @@ def test_tierflow_ask_routes_each_prompt_on_its_own_text_as_explain_does(tmp_pat
     assert recorded == [now["rule"] for now in explained]
     assert all(rule.startswith("request: P(") for rule in recorded)
     assert explained[0]["p_suffices"] != explained[1]["p_suffices"]
+
+
+def test_routing_fit_says_when_the_model_path_is_a_directory(tmp_path):
+    vault = tmp_path / "vault"
+    config = load_config(vault, config_path=write_config(vault / ".tierflow" / "config.toml", REQUEST_MODE))
+    path = request_router.model_path(config)
+    path.mkdir(parents=True)  # say, a sync tool's conflict folder
+    fitted = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault)])
+    assert fitted.exit_code == 1, fitted.output
+    said = " ".join(fitted.output.split())
+    assert f"cannot save the request router to {path}: it is a directory" in said
+    assert "write access" not in said and "move or remove that directory" in said

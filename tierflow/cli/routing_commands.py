@@ -159,6 +159,12 @@ def fit_command(
         )
     try:
         router = request_router.refit(cfg, Ledger(cfg.ledger_url, reading=True))
+    except IsADirectoryError:  # not a matter of access: no write access would make it a file
+        raise fail(
+            f"cannot save the request router to {path}: it is a directory, and `tierflow routing fit` saves the "
+            "model there as a file; move or remove that directory, then fit again",
+            1,
+        ) from None
     except OSError as exc:  # the model is saved beside the ledger: a folder shared read-only
         raise fail(
             f"cannot save the request router to {path} ({exc.strerror or exc}): `tierflow routing fit` saves it "
