@@ -139,9 +139,18 @@ def baseline_scores(history: pd.DataFrame, prompts: pd.DataFrame) -> dict[str, f
     return {str(i): float(s) for i, s in zip(prompts["id"], scores, strict=True)}
 
 
-def evaluate(scores: dict[str, float], labels: pd.DataFrame, num_results: int = 10) -> dict[str, float]:
-    """RouteLLM's MMLU metrics for a router whose score is P(light suffices)."""
+def evaluate(
+    scores: dict[str, float], labels: pd.DataFrame, num_results: int = 10, *, source: str = "the scores"
+) -> dict[str, float]:
+    """RouteLLM's MMLU metrics for a router whose score is P(light suffices); `source` names the scores in errors."""
     data = labels.assign(id=labels["id"].astype(str)).set_index("id")
+    missing = [i for i in data.index if i not in scores]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise BenchmarkError(
+            f"{source} has no score for {len(missing)} of the {len(data)} labelled prompts: {shown}. Score the "
+            "labels' prompts (--prompts with the same ids), or give the labels of the prompts scored."
+        )
     strong_needed = pd.Series([1 - scores[i] for i in data.index], index=data.index)
     weak = data["weak_correct"].astype(int).to_numpy()
     strong = data["strong_correct"].astype(int).to_numpy()
@@ -307,7 +316,8 @@ def _main(argv: list[str] | None = None) -> int:
             parser.error("--evaluate needs --scores and --labels")
         if not args.scores.is_file():
             raise BenchmarkError(f"{args.scores}: no such file. Give the scores with --scores PATH.")
-        _show(evaluate(json.loads(args.scores.read_text()), read_csv(args.labels, "--labels")), args.format)
+        scores = json.loads(args.scores.read_text())
+        _show(evaluate(scores, read_csv(args.labels, "--labels"), source=str(args.scores)), args.format)
         return 0
     if not (args.history and args.prompts and args.out):
         parser.error("give --history, --prompts and --out; or --evaluate; or --experiment")

@@ -128,3 +128,14 @@ def test_no_scored_question_is_in_the_history_the_router_is_fitted_on(tmp_path, 
     prompts = rows.iloc[:10].assign(id=[f"p{i}" for i in range(10)])[["id", "subject", "prompt"]]
     routing_public.fit_and_score(rows, prompts)
     assert len(fitted_on[0]) == len(rows) - 10 and not set(fitted_on[0]["prompt"]) & set(prompts["prompt"])
+
+
+def test_scores_missing_a_labelled_id_are_refused_naming_the_ids(tmp_path, capsys):
+    labels = pd.DataFrame([{"id": f"q{i}", "weak_correct": i % 2, "strong_correct": 1} for i in range(210)])
+    (tmp_path / "L.csv").write_text(labels.to_csv(index=False))
+    scores = {f"q{i}": i / 210 for i in range(210) if i not in (201, 205)}
+    (tmp_path / "s.json").write_text(json.dumps(scores))
+    args = ["--evaluate", "--scores", str(tmp_path / "s.json"), "--labels", str(tmp_path / "L.csv")]
+    assert routing_public.main(args) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith(f"error: {tmp_path / 's.json'} has no score for 2 of the 210 labelled prompts: q201, q205")
