@@ -631,3 +631,73 @@ def test_the_rerun_of_a_flow_gives_its_own_parameters_named_as_options_with_para
     remembered = {"mode": "raise_after", "wait": 5}
     again = _rerun_of(flow_spec(named_as_options), named_as_options, vault, remembered, config=None, profile=None)
     assert again == f"tierflow run named-as-options --vault {vault} --param mode=raise_after --param wait=5"
+
+
+@pytest.fixture
+def resumable_triage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The doc's reading-triage flow, made resumable as the doc says, registered for this test only."""
+    module = f"{MODULE}_resumable_report"
+    install(tmp_path / "site", module, resumable(doc_code()), f"reading-triage = {module}:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield "reading-triage"
+    sys.modules.pop(module, None)
+
+
+def reports_of(vault: Path, run_id: str) -> list[Path]:
+    """The run report notes in the runs folder that say they are of `run_id`."""
+    runs = vault / "tierflow" / "Runs"
+    return sorted(p for p in runs.glob("*.md") if frontmatter.load(p).get("tierflow_run") == run_id)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_resumed_run_updates_its_own_report_and_its_day_lists_it_once(
+    resumable_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run at 11:49, resumed at 11:50, at 12:05 and the next morning: one report note, the day it started lists the
+    run once, and the notes' spend sums to the run's (each resume wrote another note, each with the whole run's
+    spend, and the day's index listed the run once per note)."""
+    vault = triage_vault(tmp_path)
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
+    first = CliRunner().invoke(app, ["run", resumable_triage, "--vault", str(vault), "--profile", "offline"])
+    assert first.exit_code == 0, first.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    (report,) = reports_of(vault, run_id)
+    started = frontmatter.load(report)["tierflow_started"]
+    index = vault / "tierflow" / "Runs" / "2026-11-18 tierflow runs.md"
+    for clock in ("2026-11-18T11:50:00+00:00", "2026-11-18T12:05:00+00:00", "2026-11-19T09:30:00+00:00"):
+        monkeypatch.setenv("TIERFLOW_CLOCK_START", clock)
+        resumed = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault)])
+        assert resumed.exit_code == 0, resumed.output
+        assert reports_of(vault, run_id) == [report], clock
+        post = frontmatter.load(report)
+        assert (post["tierflow_day"], post["tierflow_started"]) == ("2026-11-18", started)  # the day it started
+        assert index.read_text(encoding="utf-8").count(f"[[{report.stem}]]") == 1, clock
+    rows = Ledger.for_vault(vault).rows(run_id=run_id)
+    assert frontmatter.load(report)["tierflow_tokens"] == sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    assert not (vault / "tierflow" / "Runs" / "2026-11-19 tierflow runs.md").exists()  # it is not that day's run
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_resumed_run_keeps_the_report_a_person_edited_and_its_day_lists_the_run_once(
+    resumable_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report a person edited is kept byte for byte, as any note tierflow wrote: the resume's report goes to one
+    sibling dated the run's day, updated by later resumes, and the day's index lists the run once, by that sibling."""
+    vault = triage_vault(tmp_path)
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
+    first = CliRunner().invoke(app, ["run", resumable_triage, "--vault", str(vault), "--profile", "offline"])
+    assert first.exit_code == 0, first.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    (report,) = reports_of(vault, run_id)
+    edited = report.read_text(encoding="utf-8") + "\nMy remark on this run.\n"
+    report.write_text(edited, encoding="utf-8")
+    sibling = report.with_name(f"{report.stem} (tierflow 2026-11-18).md")
+    index = vault / "tierflow" / "Runs" / "2026-11-18 tierflow runs.md"
+    for clock in ("2026-11-18T12:05:00+00:00", "2026-11-19T09:30:00+00:00"):
+        monkeypatch.setenv("TIERFLOW_CLOCK_START", clock)
+        resumed = CliRunner().invoke(app, ["resume", run_id, "--vault", str(vault)])
+        assert resumed.exit_code == 0, resumed.output
+        assert report.read_text(encoding="utf-8") == edited
+        assert set(reports_of(vault, run_id)) == {report, sibling}, clock
+        listed = index.read_text(encoding="utf-8")
+        assert listed.count(f"[[{sibling.stem}]]") == 1 and f"[[{report.stem}]]" not in listed, clock

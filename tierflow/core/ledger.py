@@ -1902,6 +1902,16 @@ class Ledger:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
         return None if row is None else (row.flow, json.loads(row.parameters))
 
+    def run_started(self, run_id: str) -> datetime | None:
+        """When the run first started (`remember_run`, by tierflow's clock); None for a run the ledger does not know,
+        or one an earlier tierflow remembered without that time. A resume keeps it."""
+        with self.reading() as conn:
+            created = conn.execute(sa.select(runs.c.created).where(runs.c.run_id == run_id)).scalar()
+        try:
+            return datetime.fromisoformat(created) if created else None
+        except ValueError:
+            return None
+
     def cached_response(self, key: str, *, conn: Connection | None = None) -> tuple[str, dict[str, Any] | None] | None:
         if conn is not None:
             row = conn.execute(_CACHED, {"key": key}).first()

@@ -26,7 +26,7 @@ from tierflow.core.progress import artifact_key
 from tierflow.learn.signals import scan
 from tierflow.report.spend import money, phase_spend, savings_text, share_rows, spend_by, total, with_all_deep
 from tierflow.vault.links import VaultNames
-from tierflow.vault.notes import NoteWriter, WriteResult, template_env
+from tierflow.vault.notes import NoteWriter, WriteResult, ownership, template_env
 from tierflow.vault.text import load_note
 
 T = TypeVar("T")
@@ -153,15 +153,21 @@ def write_run_report(
     until: date | None,
     selected: int,
 ) -> RunSummary:
-    """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary."""
+    """Write this run's report note and the day's index note, and the Prefect artifacts; returns the summary.
+
+    A run has one report note, of the day it started: a resumed run (`tierflow resume`, on any day) updates the note
+    it wrote before, as `NoteWriter` updates any note of its own, and the index of that day lists the run once.
+    """
     caller = caller_for(settings)
     config = caller.config
     rows: list[dict[str, Any]] | None = None
     states: list[BudgetState] = []
+    first_started = None
     try:
         # The person's edits and ratings of earlier drafts become routing evidence at every run.
         scan(Path(settings.vault or "."), caller.ledger)
         rows = with_all_deep(config, caller.ledger.rows(run_id=settings.run_id))
+        first_started = caller.ledger.run_started(settings.run_id)
         states = caller.budgets.states()
     except LedgerError as exc:
         if rows is None:
@@ -178,8 +184,18 @@ def write_run_report(
     overall = total(rows)
     values = spend_by(rows, "value")
     all_deep, savings = savings_text(overall.cost_usd, overall.all_deep_usd)
-    now = clock.now().astimezone(ZoneInfo(config.settings.vault.timezone))
-    day = now.date().isoformat()
+    zone = ZoneInfo(config.settings.vault.timezone)
+    vault = Path(settings.vault or ".")
+    runs_folder = config.settings.vault.runs_folder
+    # When the run started, which names its report and its day: as its report says it, when it wrote one (a report an
+    # earlier tierflow wrote, named for when that report was written, is found again), else as the ledger remembers
+    # the run's start, else now.
+    started = (
+        reported_start(vault / runs_folder, settings.run_id)
+        or (first_started.astimezone(zone) if first_started else None)
+        or clock.now().astimezone(zone)
+    )
+    day = started.date().isoformat()
     budgets = [
         {
             "name": b.name,
@@ -207,15 +223,16 @@ def write_run_report(
         {"link": Path(w.path).with_suffix("").as_posix(), "action": w.action, "message": w.message}
         for w in summary.written
     ]
-    vault = Path(settings.vault or ".")
     names = VaultNames.scan(vault)
-    writer = NoteWriter(vault, config.settings.vault.runs_folder, today=now.date(), names=names)
+    # A note of the run's day: a report a person edited is kept, and the resumed run's report is its sibling dated
+    # that day, one sibling however many days later the run is resumed.
+    writer = NoteWriter(vault, runs_folder, today=started.date(), names=names)
     # The report links the day's index note, written just after it: its name is taken already.
     names.add(writer.target(day_index_title(day)).relative_to(writer.vault.resolve()).as_posix())
     context = {
         "flow": summary.flow,
         "run_id": settings.run_id,
-        "started": now.strftime("%Y-%m-%d %H:%M"),
+        "started": started.strftime("%Y-%m-%d %H:%M"),
         "flow_run_url": flow_run_url(),
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
@@ -265,7 +282,7 @@ def write_run_report(
         "tierflow_flow": summary.flow,
         "tierflow_project": settings.project or "",
         "tierflow_day": day,
-        "tierflow_started": now.isoformat(timespec="seconds"),
+        "tierflow_started": started.isoformat(timespec="seconds"),
         # Unknown (null) when the ledger could not be read, never a zero the run did not spend.
         "tierflow_tokens": overall.tokens if summary.spend_known else None,
         "tierflow_cost_usd": round(overall.cost_usd, 6) if summary.spend_known else None,
@@ -273,7 +290,7 @@ def write_run_report(
     }
     report_key = artifact_key(summary.flow, "report", settings.vault)
     try:
-        summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, now), front_matter, body)
+        summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, started), front_matter, body)
     except VaultError as exc:  # a full disk: the run's record is still the summary, its artifact and the console
         summary.report_error = f"{exc} The report's text is the flow run's Prefect artifact {report_key}."
         get_run_logger().warning("run report not written: %s", summary.report_error)
@@ -383,10 +400,11 @@ def providers_used(config: Config, rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{n} ({kinds[n].kind})" if n in kinds and kinds[n].kind != n else n for n in names)
 
 
-def report_title(writer: NoteWriter, run_id: str, flow: str, now: datetime) -> str:
-    """`<date> <flow> <HHMM> <short id>`: one note per run. A name another run's note (or a person) holds is
-    never taken; a resumed run finds its own note again."""
-    base = f"{now.date().isoformat()} {flow} {now.strftime('%H%M')} {run_id.rsplit('-', 1)[-1]}"
+def report_title(writer: NoteWriter, run_id: str, flow: str, started: datetime) -> str:
+    """`<date> <flow> <HHMM> <short id>`, of when the run started: one note per run. A name another run's note (or a
+    person) holds is never taken; a resumed run, given the same start (`reported_start`), finds its own note again:
+    the one of that name whose front-matter says it is this run's."""
+    base = f"{started.date().isoformat()} {flow} {started.strftime('%H%M')} {run_id.rsplit('-', 1)[-1]}"
     for n in range(1, 100):
         title = base if n == 1 else f"{base} ({n})"
         path = writer.target(title)
@@ -395,33 +413,67 @@ def report_title(writer: NoteWriter, run_id: str, flow: str, now: datetime) -> s
     raise VaultError(f"{writer.folder}: no free name for the report of run {run_id}; tidy the folder and rerun")
 
 
+def reported_start(folder: Path, run_id: str) -> datetime | None:
+    """When the run started, as the earliest report note of it in `folder` says (`tierflow_started`, with the offset
+    it was written in, so that its name comes out the same); None when the run has no report there yet."""
+    found = []
+    for path in folder.glob("*.md"):
+        meta = _meta(path)
+        if meta.get("tierflow_run") != run_id or meta.get("tierflow_day_index"):
+            continue
+        started = meta.get("tierflow_started")
+        try:  # written as text; a person's editor may have saved it as a YAML timestamp
+            when = started if isinstance(started, datetime) else datetime.fromisoformat(str(started))
+        except ValueError:
+            continue
+        found.append(when if when.tzinfo else when.replace(tzinfo=ZoneInfo("UTC")))
+    return min(found, default=None)
+
+
 def day_index_title(day: str) -> str:
     return f"{day} tierflow runs"
 
 
 def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
-    """The day's index note: every run report of that day in the runs folder, in the order they started."""
-    runs = []
+    """The day's index note: every run of that day, each once, by its report in the runs folder, in the order they
+    started.
+
+    A run with more than one report note (the one a person edited and tierflow's sibling of it, or the notes an earlier
+    tierflow wrote at each resume) is listed by the one tierflow wrote last and nobody edited: its spend is the run's.
+    """
+    reports: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in sorted(writer.root.glob("*.md")):
         meta = _meta(path)
         if meta.get("tierflow_day") == day and meta.get("tierflow_run"):
             if writer.names is not None:  # a report another run wrote after this writer scanned the vault
                 writer.names.add(path.relative_to(writer.vault).as_posix())
-            tokens = meta.get("tierflow_tokens", 0)  # null: the ledger could not be read for that report
-            runs.append(
-                {
-                    "link": path.stem,
-                    "started": str(meta.get("tierflow_started", ""))[11:16],
-                    "flow": meta.get("tierflow_flow", ""),
-                    "run_id": meta["tierflow_run"],
-                    "tokens": "unknown" if tokens is None else tokens,
-                    "cost": money(meta.get("tierflow_cost_usd")),
-                }
-            )
+            reports.setdefault(str(meta["tierflow_run"]), []).append((path, meta))
+    runs = []
+    for notes in reports.values():
+        path, meta = max(notes, key=_latest) if len(notes) > 1 else notes[0]
+        tokens = meta.get("tierflow_tokens", 0)  # null: the ledger could not be read for that report
+        runs.append(
+            {
+                "link": path.stem,
+                "started": str(meta.get("tierflow_started", ""))[11:16],
+                "flow": meta.get("tierflow_flow", ""),
+                "run_id": meta["tierflow_run"],
+                "tokens": "unknown" if tokens is None else tokens,
+                "cost": money(meta.get("tierflow_cost_usd")),
+            }
+        )
     runs.sort(key=lambda r: (r["started"], r["run_id"]))
     body = env.get_template("notes/run-index.md.j2").render(day=day, runs=runs)
     front_matter = {"title": day_index_title(day), "tags": ["tierflow/runs"], "tierflow_day_index": day}
     return writer.write(day_index_title(day), front_matter, body)
+
+
+def _latest(note: tuple[Path, dict[str, Any]]) -> tuple[bool, str, str]:
+    """How one report note of a run ranks among its others: tierflow's own as written first, then the one written
+    latest (an earlier tierflow named each resume's report for when it was written), then a sibling over the note it
+    is named from."""
+    path, meta = note
+    return ownership(path) == "owned", str(meta.get("tierflow_started", "")), path.stem
 
 
 def _meta(path: Path) -> dict[str, Any]:

@@ -516,7 +516,7 @@ class NoteWriter:
         """Move the note tierflow wrote as `old_title`, unedited, to `new_title` in this folder (a name an
         earlier version chose that now shadows another note); False, and nothing moved, otherwise."""
         old, new = self.target(old_title), self.target(new_title)
-        if old == new or not old.is_file() or new.exists() or self._ownership(old) != "owned":
+        if old == new or not old.is_file() or new.exists() or ownership(old) != "owned":
             return False
         if _asked_for(old) not in (None, _name_digest(old_title), _name_digest(new_title)):
             return False  # tierflow's note for another name that makes the same file name
@@ -605,7 +605,7 @@ class NoteWriter:
             return WriteResult(self._rel(path), "created", apart)
         if _asked_for(path) not in (None, _name_digest(title)):
             raise FileExistsError(path)  # another title's note since `_place` looked (it was an earlier version's)
-        state = self._ownership(path)
+        state = ownership(path)
         theirs = _scope_of(path, scope) if state == "owned" and scope is not None else mine
         if state == "owned" and theirs == mine:
             if _same_content(path, front_matter, body, compare_keys):
@@ -710,20 +710,6 @@ class NoteWriter:
             cause += f": {self._rel(failed)}"  # what is in the way: a file where the note's folder should be
         return NoteNotWritten(self._rel(note), cause)
 
-    def _ownership(self, path: Path) -> Literal["owned", "edited", "foreign", "unparsed"]:
-        """Whether tierflow wrote the note and nobody edited it since ("owned"), or they did ("edited"), or tierflow
-        did not write it ("foreign"); "unparsed" when its front-matter does not parse, which cannot say."""
-        try:
-            text = read_note_text(path)
-            post = frontmatter.loads(text)
-        except UnicodeDecodeError:
-            return "foreign"
-        except yaml.YAMLError:
-            return "unparsed"
-        if not post.metadata.get(HASH_KEY):
-            return "foreign"
-        return "owned" if as_written(dict(post.metadata), post.content, text) else "edited"
-
     def _sibling(self, path: Path, scope: Scope | None, mine: str | None, day: date, title: str) -> Path | None:
         """A dated sibling that is free, or tierflow's own unedited one for `title` of the same scope; None when
         nothing is."""
@@ -735,12 +721,30 @@ class NoteWriter:
             if not candidate.exists():
                 return candidate
             if (
-                self._ownership(candidate) == "owned"
+                ownership(candidate) == "owned"
                 and _asked_for(candidate) in (None, _name_digest(title))
                 and (scope is None or _scope_of(candidate, scope) == mine)
             ):
                 return candidate
         return None
+
+
+Ownership = Literal["owned", "edited", "foreign", "unparsed"]
+
+
+def ownership(path: Path) -> Ownership:
+    """Whether tierflow wrote the note at `path` and nobody edited it since ("owned"), or they did ("edited"), or
+    tierflow did not write it ("foreign"); "unparsed" when its front-matter does not parse, which cannot say."""
+    try:
+        text = read_note_text(path)
+        post = frontmatter.loads(text)
+    except UnicodeDecodeError:
+        return "foreign"
+    except yaml.YAMLError:
+        return "unparsed"
+    if not post.metadata.get(HASH_KEY):
+        return "foreign"
+    return "owned" if as_written(dict(post.metadata), post.content, text) else "edited"
 
 
 def write_atomically(path: Path, text: str | bytes, *, create: bool = False) -> None:
