@@ -633,16 +633,6 @@ def test_the_rerun_of_a_flow_gives_its_own_parameters_named_as_options_with_para
     assert again == f"tierflow run named-as-options --vault {vault} --param mode=raise_after --param wait=5"
 
 
-@pytest.fixture
-def resumable_triage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The doc's reading-triage flow, made resumable as the doc says, registered for this test only."""
-    module = f"{MODULE}_resumable_report"
-    install(tmp_path / "site", module, resumable(doc_code()), f"reading-triage = {module}:SPEC")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    yield "reading-triage"
-    sys.modules.pop(module, None)
-
-
 def reports_of(vault: Path, run_id: str) -> list[Path]:
     """The run report notes in the runs folder that say they are of `run_id`."""
     runs = vault / "tierflow" / "Runs"
@@ -651,14 +641,15 @@ def reports_of(vault: Path, run_id: str) -> list[Path]:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_resumed_run_updates_its_own_report_and_its_day_lists_it_once(
-    resumable_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    triage_as: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Run at 11:49, resumed at 11:50, at 12:05 and the next morning: one report note, the day it started lists the
     run once, and the notes' spend sums to the run's (each resume wrote another note, each with the whole run's
     spend, and the day's index listed the run once per note)."""
+    flow = triage_as(resumable(doc_code()))
     vault = triage_vault(tmp_path)
     monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
-    first = CliRunner().invoke(app, ["run", resumable_triage, "--vault", str(vault), "--profile", "offline"])
+    first = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--profile", "offline"])
     assert first.exit_code == 0, first.output
     run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
     (report,) = reports_of(vault, run_id)
@@ -679,13 +670,14 @@ def test_a_resumed_run_updates_its_own_report_and_its_day_lists_it_once(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_resumed_run_keeps_the_report_a_person_edited_and_its_day_lists_the_run_once(
-    resumable_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    triage_as: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The report a person edited is kept byte for byte, as any note tierflow wrote: the resume's report goes to one
     sibling dated the run's day, updated by later resumes, and the day's index lists the run once, by that sibling."""
+    flow = triage_as(resumable(doc_code()))
     vault = triage_vault(tmp_path)
     monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
-    first = CliRunner().invoke(app, ["run", resumable_triage, "--vault", str(vault), "--profile", "offline"])
+    first = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--profile", "offline"])
     assert first.exit_code == 0, first.output
     run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
     (report,) = reports_of(vault, run_id)
@@ -701,3 +693,79 @@ def test_a_resumed_run_keeps_the_report_a_person_edited_and_its_day_lists_the_ru
         assert set(reports_of(vault, run_id)) == {report, sibling}, clock
         listed = index.read_text(encoding="utf-8")
         assert listed.count(f"[[{sibling.stem}]]") == 1 and f"[[{report.stem}]]" not in listed, clock
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("before", "statement", "error", "code"),
+    [
+        # After the triages and the summary: the run made calls, so it failed (3) and says where they are.
+        (
+            "        return final_state(",
+            'raise ShelfMissing("no shelf for this week")',
+            "ShelfMissing: no shelf for this week",
+            3,
+        ),
+        # Before any call: nothing was spent, the message alone (2), as for a TierflowError there.
+        ("        notes = read_folder(", 'folder = {}["shelf"]', "KeyError: 'shelf'", 2),
+    ],
+    ids=["after-calls", "before-any-call"],
+)
+def test_an_error_in_the_flows_own_code_ends_the_run_with_its_type_message_and_line(
+    triage_as: Callable[[str], str], tmp_path: Path, before: str, statement: str, error: str, code: int
+) -> None:
+    """A KeyError, or an exception class of the flow's own, raised in its body (not in a phase task), ended
+    `tierflow run` with a traceback and exit code 1, and not a word of the run or its calls."""
+    text = replaced(doc_code(), before, f"        {statement}\n{before}")
+    text += "\n\nclass ShelfMissing(Exception):\n    pass\n"
+    line = text.splitlines().index(f"        {statement}") + 1
+    flow = triage_as(text)
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault)], env={"COLUMNS": "300"})
+
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.exit_code == code, result.output
+    where = f"{tmp_path / 'site' / MODULE}_variant.py:{line}, in reading_triage"
+    assert f"error: {error} ({where}; --verbose shows its traceback)" in said(result)
+    rows = Ledger.for_vault(vault).rows()
+    if code == 3:
+        (run_id,) = {r["run_id"] for r in rows}  # the flow chose its own run id: the error names it
+        assert len(rows) == 3  # two triages and the summary
+        assert f"run {run_id} stopped: its 3 calls ($0.0000) are in the ledger" in said(result)
+        assert f"`tierflow spend --run {run_id} --vault {vault}` lists them" in said(result)
+        assert f"`tierflow run reading-triage --vault {vault}` runs it again" in said(result)
+    else:
+        assert rows == [] and "in the ledger" not in said(result)
+
+
+def test_an_error_in_the_flows_own_code_shows_its_traceback_only_with_verbose(tmp_path: Path) -> None:
+    """What a terminal shows, in a process of its own: Prefect's console log printed the whole traceback of the
+    flow's error (and the CLI a second one); now one line names it, and --verbose adds the traceback."""
+    import os
+    import subprocess
+
+    statement = 'raise ShelfMissing("no shelf for this week")'
+    before = "        return final_state("
+    code = (
+        replaced(doc_code(), before, f"        {statement}\n{before}")
+        + "\n\nclass ShelfMissing(Exception):\n    pass\n"
+    )
+    install(tmp_path / "site", f"{MODULE}_cli", code, f"reading-triage = {MODULE}_cli:SPEC")
+    vault = triage_vault(tmp_path)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "300"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
+    env.pop("PREFECT_API_URL", None)
+    for verbose in ([], ["--verbose"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "tierflow.cli", "run", "reading-triage", "--vault", str(vault), *verbose],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert done.returncode == 3, done.stderr
+        assert "error: ShelfMissing: no shelf for this week (" in done.stderr
+        assert "stopped: its 3 calls" in done.stderr
+        traceback = f"line {code.splitlines().index(f'        {statement}') + 1}, in reading_triage\n    {statement}"
+        assert (traceback in done.stderr) == bool(verbose), done.stderr
+        assert ("Traceback" in done.stderr + done.stdout) == bool(verbose), done.stderr

@@ -766,7 +766,7 @@ def run(
         runner = task_runner_for(task_runner)
     except OpsError as exc:
         raise fail(str(exc)) from None
-    summary = run_flow(flow_name, vault, task_runner=runner, **call)
+    summary = run_flow(flow_name, vault, task_runner=runner, show_tracebacks=verbose, **call)
     raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
 
 
@@ -816,7 +816,7 @@ def resume(
     # Those the run remembered are kept only when none is given: a remembered --config is a path where the run
     # started (a teammate's copy of a shared ledger's config, or a file since moved).
     parameters |= {"config": config or parameters.get("config"), "profile": profile or parameters.get("profile")}
-    summary = run_flow(flow, vault, run_id=run_id, **parameters)
+    summary = run_flow(flow, vault, run_id=run_id, show_tracebacks=verbose, **parameters)
     raise typer.Exit(3 if summary is not None and (summary.halted or summary.failed) else 0)
 
 

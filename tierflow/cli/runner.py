@@ -95,6 +95,7 @@ def run_flow(
     task_runner: Any = None,
     options: Mapping[str, tuple[str, object]] | None = None,
     params: Mapping[str, str] | None = None,
+    show_tracebacks: bool = False,
     **parameters: Any,
 ) -> Any:
     """Run a flow in this process with progress bars, then print what it wrote and what it cost; returns its
@@ -105,7 +106,9 @@ def run_flow(
     A run that a budget halted or whose phase failed ends Failed in Prefect (`final_state`): its summary is
     printed here all the same (the caller exits 3). An expected user error (a rubric, vault or config problem: a
     TierflowError) ends the run with its message, and exit code 2, or 3 once the run has made calls
-    (`error_ended_run`); its traceback goes to the Prefect log only, never to the console.
+    (`error_ended_run`); its traceback goes to the Prefect log only, never to the console. So does any other
+    exception raised in the flow's own code (a bug: a KeyError, a class of its own), named with its type and the
+    line of the flow's code it was raised at; its traceback is shown with `show_tracebacks` (`--verbose`).
     """
     spec, arguments, run_id = flow_call(
         flow, vault, profile=profile, config=config, tier=tier, options=options, params=params, **parameters
@@ -114,7 +117,7 @@ def run_flow(
     entry = spec.flow
     if task_runner is not None:
         entry = entry.with_options(task_runner=task_runner)
-    tracebacks_to_prefect_log_only()
+    tracebacks_to_prefect_log_only(show_tracebacks)
     from tierflow.report.run_report import RunStopped, RunSummary
 
     try:
@@ -144,6 +147,19 @@ def run_flow(
             raise typer.Exit(interrupted_code()) from None
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
         raise typer.Exit(interrupted_code()) from None
+    except Exception as exc:
+        where = raised_in_flow(exc, getattr(spec.flow, "fn", spec.flow))
+        if where is None:
+            raise  # not raised in the flow's code: a bug of tierflow's or Prefect's, with its whole traceback
+        # A bug in the flow's own code, outside a phase task (whose errors its phase reports): the run ends as a
+        # TierflowError ends it, said in one line; the traceback is in the Prefect log, and on the console with
+        # --verbose.
+        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = f"{said} ({where}; --verbose shows its traceback)"
+        again = rerun_command(flow, vault, config=config, profile=profile, tier=tier, options=options, params=params)
+        raise error_ended_run(
+            exc, flow, vault, run_id, config=config, profile=profile, rerun=again, message=message
+        ) from None
     if not isinstance(summary, RunSummary):
         # A flow of another package may return nothing: it ran, and its calls are in the ledger all the same.
         console.print(
@@ -320,8 +336,29 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
     )
 
 
+def raised_in_flow(error: BaseException, function: Any) -> str | None:
+    """Where in the flow's own code `error` was raised, as `file:line, in name`: the innermost frame of the package
+    of the flow's `function` at or below the flow function's own frame (its line that called what raised, when that
+    was someone else's code). None when the error did not pass through the flow function at all."""
+    module = getattr(function, "__module__", None) or ""
+    package = module.split(".")[0]
+    code = getattr(function, "__code__", None)
+    inside, found = False, None
+    tb = error.__traceback__
+    while tb is not None:  # outermost frame first
+        frame = tb.tb_frame
+        inside = inside or frame.f_code is code
+        name = str(frame.f_globals.get("__name__", ""))
+        if inside and (name == package or name.startswith(f"{package}.")):
+            found = tb
+        tb = tb.tb_next
+    if found is None:
+        return None
+    return f"{found.tb_frame.f_code.co_filename}:{found.tb_lineno}, in {found.tb_frame.f_code.co_name}"
+
+
 def error_ended_run(
-    error: TierflowError,
+    error: Exception,
     flow: str,
     vault: Path,
     run_id: str | None,
@@ -329,20 +366,22 @@ def error_ended_run(
     config: Path | str | None,
     profile: str | None,
     rerun: str | None = None,
+    message: str | None = None,
 ) -> typer.Exit:
     """Say why an error raised in a flow's own code (not in a phase task) ended its run, and return the exit.
 
     Before the run made any call it is a usage error (a folder that is not there, a config problem): the message
     alone, exit code 2. Once it made calls, they are paid for and in the ledger: the run failed (exit code 3),
     and a second line says where its calls are and how to go on without paying for them again.
-    `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it); `rerun` is
-    the command line that runs it again with the same options (`rerun_command`).
+    `run_id` is the id the CLI chose, None for a flow that chooses its own (then the error names it, `run_of`);
+    `rerun` is the command line that runs it again with the same options (`rerun_command`); `message` what to say
+    of the error (default: its own message).
     """
-    from tierflow.core.errors import LedgerUnreachable
+    from tierflow.core.errors import LedgerUnreachable, run_of
     from tierflow.core.ledger import Ledger
     from tierflow.report.spend import total
 
-    run = error.run_id or run_id
+    run = run_of(error) or run_id
     rows: list[dict[str, Any]] | None
     try:
         rows = Ledger(load(vault, Path(config) if config else None, profile).ledger_url).rows(run_id=run) if run else []
@@ -350,9 +389,10 @@ def error_ended_run(
         rows = None
     except Exception:  # the error's own message matters more than this look-up (a ledger it cannot read says so)
         rows = []
+    said = message or str(error)
     if not rows and (rows is not None or not run):
-        return fail(str(error))
-    ended = fail(str(error), code=3)
+        return fail(said)
+    ended = fail(said, code=3)
     if rows is None:
         console.print(escape(ledger_gone_message(run, vault, config=config, profile=profile)))
         return ended
@@ -509,14 +549,20 @@ STOPPED_BY_SIGNAL = ("Execution was aborted by an interrupt signal.", "Execution
 
 class ExpectedErrorFilter(logging.Filter):
     """Keeps a TierflowError's traceback, and Prefect's echo of its message, off the console; and Prefect's
-    "Crash detected!" for a run stopped by Ctrl-C, which tierflow reports in one line of its own.
+    "Crash detected!" for a run stopped by Ctrl-C, which tierflow reports in one line of its own; and, unless
+    `tracebacks` (`--verbose`), the traceback of any other error that ended a flow run, which `run_flow` names in
+    one line (or, when the flow's code did not raise it, shows whole).
 
     The API handler sits on Prefect's flow- and task-run loggers themselves, so the Prefect log (and the UI)
     still has every traceback; only the console handler, where records propagate to, gets this filter.
     """
 
+    tracebacks = False
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], TierflowError):
+            return False
+        if record.exc_info and record.name.startswith("prefect.flow_runs") and not self.tracebacks:
             return False
         if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             message = record.getMessage()
@@ -535,8 +581,9 @@ def _error_names() -> set[str]:
     return names
 
 
-def tracebacks_to_prefect_log_only() -> None:
-    """Add `ExpectedErrorFilter` to Prefect's console handlers (once Prefect's logging is set up)."""
+def tracebacks_to_prefect_log_only(show: bool = False) -> None:
+    """Add `ExpectedErrorFilter` to Prefect's console handlers (once Prefect's logging is set up); `show`: the
+    tracebacks of errors that end a flow run, other than a TierflowError, stay on the console (`--verbose`)."""
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -544,10 +591,13 @@ def tracebacks_to_prefect_log_only() -> None:
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:
         for handler in logger.handlers:
-            if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(f, ExpectedErrorFilter) for f in handler.filters
-            ):
+            if not isinstance(handler, PrefectConsoleHandler):
+                continue
+            if not any(isinstance(f, ExpectedErrorFilter) for f in handler.filters):
                 handler.addFilter(ExpectedErrorFilter())
+            for f in handler.filters:
+                if isinstance(f, ExpectedErrorFilter):
+                    f.tracebacks = show
 
 
 def print_summary(vault: Path, summary: Any) -> None:

@@ -32,6 +32,27 @@ class TierflowError(PicklableError, Exception):
     """The run this error ended, when it was raised inside one (`run_span` sets it): its calls are in the ledger."""
 
 
+_RUN = "_tierflow_run_id"
+"""The attribute `mark_run` gives an error that is not a TierflowError (a bug in a flow's own code)."""
+
+
+def mark_run(error: BaseException, run_id: str) -> None:
+    """Name the run `error` ended, unless it names one already (`run_of`): its calls are in the ledger."""
+    if isinstance(error, TierflowError):
+        error.run_id = error.run_id or run_id
+        return
+    try:  # any exception of a flow's own code; one that takes no attributes stays as it is
+        if getattr(error, _RUN, None) is None:
+            setattr(error, _RUN, run_id)
+    except (AttributeError, TypeError):
+        pass
+
+
+def run_of(error: BaseException) -> str | None:
+    """The run `error` ended, when it was raised inside one (`mark_run`)."""
+    return error.run_id if isinstance(error, TierflowError) else getattr(error, _RUN, None)
+
+
 class ConfigError(TierflowError):
     """The config is missing, malformed, or inconsistent."""
 

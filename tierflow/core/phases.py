@@ -33,8 +33,8 @@ from tierflow.core.errors import (
     LedgerUnreachable,
     OutputLimitReached,
     ProviderError,
-    TierflowError,
     VaultError,
+    mark_run,
 )
 from tierflow.core.progress import advance as _advance
 from tierflow.core.progress import flush_progress, prefect_progress
@@ -208,16 +208,17 @@ def run_profile(settings: RunSettings) -> str:
 def run_span(settings: RunSettings) -> Iterator[None]:
     """The OpenTelemetry span around a flow run (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set). At its end
     the run's progress artifact, sent in the background while the phases ran, has reached Prefect, and the stop its
-    phases remembered is let go (`_stopped`). A TierflowError that leaves it names the run (`TierflowError.run_id`)."""
+    phases remembered is let go (`_stopped`). An error that leaves it names the run (`errors.run_of`): a TierflowError,
+    or a bug in the flow's own code."""
     flow_run_id, _ = prefect_run_ids()
     with telemetry.flow_run_span(
         run_id=settings.run_id, flow=settings.flow, project=settings.project, flow_run_id=flow_run_id
     ):
         try:
             yield
-        except TierflowError as exc:
+        except Exception as exc:
             # The run it ended, for the CLI to say where its calls are: a flow may choose its own run id.
-            exc.run_id = exc.run_id or settings.run_id
+            mark_run(exc, settings.run_id)
             raise
         finally:
             flush_progress()
