@@ -769,3 +769,26 @@ def test_an_error_in_the_flows_own_code_shows_its_traceback_only_with_verbose(tm
         traceback = f"line {code.splitlines().index(f'        {statement}') + 1}, in reading_triage\n    {statement}"
         assert (traceback in done.stderr) == bool(verbose), done.stderr
         assert ("Traceback" in done.stderr + done.stdout) == bool(verbose), done.stderr
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_vault_and_config_given_with_a_tilde_are_found_in_the_home_folder(
+    registered_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reading_triage(vault="~/Obsidian/Research")`, as the doc runs it, and `--vault=~/...` (a `~` the shell does
+    not expand) ended with "vault ~/vault does not exist"; `--config=~/...` with "config file ... does not exist"."""
+    import importlib
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vault = triage_vault(tmp_path)  # ~/vault
+    summary = importlib.import_module(MODULE).reading_triage(vault="~/vault")
+    assert Path(summary.report.path).parent == Path("tierflow/Runs")
+    assert frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"] == summary.run_id
+    result = CliRunner().invoke(app, ["run", registered_triage, "--vault=~/vault"])
+    assert result.exit_code == 0, result.output
+    assert len(Ledger.for_vault(vault).rows()) == 6  # both runs, in ~/vault's ledger
+    (tmp_path / "tierflow.toml").write_text('profile = "local"\n', encoding="utf-8")
+    shown = CliRunner().invoke(app, ["config", "show", "--vault=~/vault", "--config=~/tierflow.toml"])
+    assert shown.exit_code == 0, shown.output
+    assert f"tierflow config ({tmp_path / 'tierflow.toml'})" in said(shown)
+    assert '"local"' in said(shown)

@@ -16,10 +16,27 @@ import typer
 if TYPE_CHECKING:
     from tierflow.core.config import Config
 
-VaultOpt = Annotated[Path | None, typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False)]
+
+def _home(path: Path | None) -> Path | None:
+    """`--vault=~/Notes` and `--config=~/...`: a `~` the shell leaves as it is (after `=`, or quoted) is the home
+    folder, as it is for every path tierflow is given (`user_path`)."""
+    from tierflow.core.folders import user_path
+
+    return user_path(path) if path is not None else None
+
+
+VaultOpt = Annotated[
+    Path | None,
+    typer.Option("--vault", "-v", help="The Obsidian vault folder.", show_default=False, callback=_home),
+]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (else $TIERFLOW_CONFIG, else <vault>/.tierflow/config.toml).",
+        callback=_home,
+    ),
 ]
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Built-in profile: anthropic, openai, local or offline.")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tierflow.core import clock
 from tierflow.core.errors import ConfigError
+from tierflow.core.folders import user_path
 from tierflow.core.urls import ledger_url_problem, masked_url
 
 Complexity = Literal["low", "medium", "high"]
@@ -505,14 +506,15 @@ def _flatten(data: Any, prefix: str, out: dict[str, Any]) -> None:
 
 
 def find_config_file(vault: Path | None, explicit: Path | None) -> Path | None:
-    """The config file to load, by the documented lookup order."""
+    """The config file to load, by the documented lookup order (`~` is the home folder)."""
+    explicit = user_path(explicit) if explicit is not None else None
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"config file {explicit} does not exist")
         return explicit
     env = os.environ.get("TIERFLOW_CONFIG")
     if env:
-        path = Path(env)
+        path = user_path(env)
         if not path.is_file():
             raise ConfigError(f"$TIERFLOW_CONFIG points to {path}, which does not exist")
         return path

@@ -9,8 +9,14 @@ from pathlib import Path
 from tierflow.core.errors import VaultError
 
 
+def user_path(path: Path | str) -> Path:
+    """A path a person gave (a vault, a config file), with `~` as their home folder: a shell does not expand it in
+    `--vault=~/Notes`, nor in Python's `vault="~/Notes"`."""
+    return Path(path).expanduser()
+
+
 def check_vault(path: Path | str) -> Path:
-    """The vault folder, resolved; a clear error when it is missing, not given, or a file."""
+    """The vault folder, resolved (`~` is the home folder); a clear error when it is missing, not given, or a file."""
     if isinstance(path, str):
         if not path.strip():
             raise VaultError(
@@ -18,6 +24,7 @@ def check_vault(path: Path | str) -> Path:
                 "or pass -p vault=DIR)"
             )
         path = Path(path.strip())
+    path = user_path(path)
     if not path.exists():
         raise VaultError(f"vault {path} does not exist. Give the folder that holds your notes.")
     if not path.is_dir():
