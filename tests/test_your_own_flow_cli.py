@@ -639,6 +639,17 @@ def reports_of(vault: Path, run_id: str) -> list[Path]:
     return sorted(p for p in runs.glob("*.md") if frontmatter.load(p).get("tierflow_run") == run_id)
 
 
+def run_at_1149(flow: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, Path]:
+    """A run of `flow` at 11:49 on 2026-11-18, by tierflow's clock: its vault, its id and its one report note."""
+    vault = triage_vault(tmp_path)
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
+    first = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--profile", "offline"])
+    assert first.exit_code == 0, first.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    (report,) = reports_of(vault, run_id)
+    return vault, run_id, report
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_resumed_run_updates_its_own_report_and_its_day_lists_it_once(
     triage_as: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -646,13 +657,7 @@ def test_a_resumed_run_updates_its_own_report_and_its_day_lists_it_once(
     """Run at 11:49, resumed at 11:50, at 12:05 and the next morning: one report note, the day it started lists the
     run once, and the notes' spend sums to the run's (each resume wrote another note, each with the whole run's
     spend, and the day's index listed the run once per note)."""
-    flow = triage_as(resumable(doc_code()))
-    vault = triage_vault(tmp_path)
-    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
-    first = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--profile", "offline"])
-    assert first.exit_code == 0, first.output
-    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
-    (report,) = reports_of(vault, run_id)
+    vault, run_id, report = run_at_1149(triage_as(resumable(doc_code())), tmp_path, monkeypatch)
     started = frontmatter.load(report)["tierflow_started"]
     index = vault / "tierflow" / "Runs" / "2026-11-18 tierflow runs.md"
     for clock in ("2026-11-18T11:50:00+00:00", "2026-11-18T12:05:00+00:00", "2026-11-19T09:30:00+00:00"):
@@ -674,13 +679,7 @@ def test_a_resumed_run_keeps_the_report_a_person_edited_and_its_day_lists_the_ru
 ) -> None:
     """The report a person edited is kept byte for byte, as any note tierflow wrote: the resume's report goes to one
     sibling dated the run's day, updated by later resumes, and the day's index lists the run once, by that sibling."""
-    flow = triage_as(resumable(doc_code()))
-    vault = triage_vault(tmp_path)
-    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-18T11:49:00+00:00")
-    first = CliRunner().invoke(app, ["run", flow, "--vault", str(vault), "--profile", "offline"])
-    assert first.exit_code == 0, first.output
-    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
-    (report,) = reports_of(vault, run_id)
+    vault, run_id, report = run_at_1149(triage_as(resumable(doc_code())), tmp_path, monkeypatch)
     edited = report.read_text(encoding="utf-8") + "\nMy remark on this run.\n"
     report.write_text(edited, encoding="utf-8")
     sibling = report.with_name(f"{report.stem} (tierflow 2026-11-18).md")
