@@ -6,8 +6,10 @@ Three modes:
     python benchmarks/routing_public.py --history H.csv --prompts P.csv --out scores.json
     # RouteLLM's metrics, as its evals/evaluate.py and evals/benchmarks.py compute them
     python benchmarks/routing_public.py --evaluate --scores scores.json --labels L.csv --format json
-    # make the splits from mmlu_public.csv and run both steps, for both settings and a few seeds
+    # make the splits from mmlu_public.csv and run both steps, for the settings and a few seeds
     python benchmarks/routing_public.py --experiment new-subjects own-history --seeds 0 1 2 [--data CSV]
+    # ... with the reliability of P(light suffices) on a history recorded as a cascade
+    python benchmarks/routing_public.py --experiment own-history cascade --explore 0.3 --seeds 0 --format json
     # ... with the issue's plain baseline (LR on hashed n-grams predicting weak-correct) on the same splits
     python benchmarks/routing_public.py --experiment new-subjects own-history --seeds 0 1 2 --baseline
 
@@ -30,7 +32,11 @@ is the trapezoid area of accuracy over strong share (0-1) less the weak model's,
 same interpolation). Accuracies are in percent, as RouteLLM prints them.
 
 Settings: `new-subjects` fits on two thirds of the subjects and scores the other third (subjects it never saw);
-`own-history` fits on a random half of each subject's questions and scores the other half. In both, and in
+`own-history` fits on a random half of each subject's questions and scores the other half; `cascade` splits as
+`own-history` but records the history as a cascade does (deep answers light's failures and `--explore` of its
+passes). Each run also carries `reliability` (`reliability`): per target, the share sent to light and the
+predicted against the actual loss, for the router's P(light suffices) and, under `raw`, for 1 - the raw gain it
+compared with the target before its gains were calibrated. In both, and in
 `--history`/`--prompts`, a history question whose text is also scored is dropped (`without_scored`).
 """
 
@@ -68,14 +74,21 @@ class BenchmarkError(Exception):
     """Input the benchmark cannot use, said plainly (main prints it and exits 2)."""
 
 
-def record_history(ledger: Ledger, history: pd.DataFrame) -> None:
-    """Each row as two first answers (light = weak, deep = strong) to one request, as the call path records them."""
+def record_history(ledger: Ledger, history: pd.DataFrame, *, explore: float | None = None, seed: int = 0) -> None:
+    """Each row as two first answers (light = weak, deep = strong) to one request, as the call path records them.
+
+    `explore`: the history a cascade records instead: light answers every request, deep the ones light failed
+    (escalations) and this share of light's passes (shadow calls), drawn with `seed`."""
+    draw = np.random.default_rng(seed)
     with ledger.transaction() as conn:
         for row in history.itertuples(index=False):
             request = Request(model="", system="", prompt=row.prompt, max_output_tokens=0)
             request_id, text = request_identity(FLOW, row.subject, request)
             ledger.remember_request_text(request_id, text, flow=FLOW, phase=row.subject, conn=conn)
-            for tier, correct in (("light", row.weak_correct), ("deep", row.strong_correct)):
+            answers = [("light", row.weak_correct), ("deep", row.strong_correct)]
+            if explore is not None and int(row.weak_correct) and draw.random() >= explore:
+                answers = answers[:1]
+            for tier, correct in answers:
                 ledger.record(
                     CallRecord(
                         run_id="history", flow=FLOW, phase=row.subject, complexity="medium", tier=tier,
@@ -95,9 +108,18 @@ def without_scored(history: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame
     return history[~history["prompt"].astype(str).isin(scored)]
 
 
-def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[str, float], float]:
-    """A fresh ledger from `history` (less any scored question, `without_scored`), the router fitted from it, and
-    P(light suffices) for each prompt."""
+def fit_and_score(
+    history: pd.DataFrame,
+    prompts: pd.DataFrame,
+    *,
+    explore: float | None = None,
+    seed: int = 0,
+    raw: dict[str, float] | None = None,
+) -> tuple[dict[str, float], float]:
+    """A fresh ledger from `history` (less any scored question, `without_scored`; recorded as a cascade with
+    `explore`, `record_history`), the router fitted from it, and P(light suffices) for each prompt. `raw`, if
+    given, is filled with 1 - the raw gain (`RequestRouter.gain_score`): what the router compared with the target
+    before its gains were calibrated."""
     kept = without_scored(history, prompts)
     if len(kept) < len(history):
         print(f"{len(history) - len(kept)} history rows dropped: their text is scored", file=sys.stderr)
@@ -106,7 +128,10 @@ def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[st
         raise BenchmarkError("the history has no rows: there is nothing to fit the router on")
     with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
         ledger = Ledger(f"sqlite:///{Path(tmp) / 'ledger.sqlite'}")
-        record_history(ledger, history)
+        if explore is None:
+            record_history(ledger, history)
+        else:
+            record_history(ledger, history, explore=explore, seed=seed)
         t0 = time.perf_counter()
         router = request_router.fit(request_router.observations(ledger), TIERS)
         fit_s = time.perf_counter() - t0
@@ -117,7 +142,55 @@ def fit_and_score(history: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict[st
         raise BenchmarkError(f"the router learned nothing about {' and '.join(missing)} from the history")
     rows = [(FLOW, str(s), "medium", str(p)) for s, p in zip(prompts["subject"], prompts["prompt"], strict=True)]
     scores = request_router.scores(router, rows, light, deep)
+    if raw is not None:
+        gains = router.gain_score(light, deep, router._features()(rows))
+        raw.update({str(i): 1 - float(g) for i, g in zip(prompts["id"], gains, strict=True)})
     return {str(i): s for i, s in zip(prompts["id"], scores, strict=True)}, fit_s
+
+
+TARGETS = (0.8, 0.9, 0.95)
+"""The quality targets the reliability report checks (`[routing] target`, or a request's raised one)."""
+
+
+def wilson(hits: float, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
+    """The Wilson score interval (95%) of a share of `hits` in `n`."""
+    if n == 0:
+        return None, None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(float(centre - half), 0.0), 4), round(min(float(centre + half), 1.0), 4)
+
+
+def reliability(scores: dict[str, float], labels: pd.DataFrame) -> list[dict[str, object]]:
+    """What the router promises against what happened, per target t: among the prompts it sends to light
+    (P(light suffices) >= t), the share of all prompts sent, the predicted loss (mean 1 - P(light suffices)), and
+    the actual loss: the share of them light failed and deep passed (what P(suffices) is about), with its 95%
+    interval, and the net loss of accuracy against always-deep on them. The promise holds where the actual loss is
+    at most 1 - t, within the interval."""
+    data = labels.assign(id=labels["id"].astype(str)).set_index("id")
+    p = np.array([scores[i] for i in data.index])
+    weak = data["weak_correct"].astype(int).to_numpy()
+    strong = data["strong_correct"].astype(int).to_numpy()
+    lost = (weak == 0) & (strong == 1)
+    out = []
+    for target in TARGETS:
+        sent = p >= target
+        n = int(sent.sum())
+        low, high = wilson(float(lost[sent].sum()), n)
+        out.append(
+            {
+                "target": target,
+                "allowed_loss": round(1 - target, 4),
+                "to_light": round(float(sent.mean()), 4),
+                "predicted_loss": round(float((1 - p[sent]).mean()), 4) if n else None,
+                "actual_loss": round(float(lost[sent].mean()), 4) if n else None,
+                "actual_loss_95": [low, high],
+                "net_loss": round(float((strong[sent] - weak[sent]).mean()), 4) if n else None,
+                "holds": None if n == 0 else bool(low <= 1 - target),
+            }
+        )
+    return out
 
 
 def baseline_scores(history: pd.DataFrame, prompts: pd.DataFrame) -> dict[str, float]:
@@ -212,20 +285,29 @@ def split(data: pd.DataFrame, setting: str, seed: int) -> tuple[pd.DataFrame, pd
         rng.shuffle(subjects)
         held = set(subjects[: len(subjects) // 3])
         test = data["subject"].isin(held).to_numpy()
-    elif setting == "own-history":
+    elif setting in ("own-history", "cascade"):
         test = np.zeros(len(data), dtype=bool)
         for _, index in data.groupby("subject").indices.items():
             chosen = rng.permutation(index)[: len(index) // 2]
             test[chosen] = True
     else:
-        raise SystemExit(f"unknown setting {setting!r}: use new-subjects or own-history")
+        raise SystemExit(f"unknown setting {setting!r}: use new-subjects, own-history or cascade")
     return data[~test], data[test]
 
 
 def experiment(
-    data_path: Path, settings: list[str], seeds: list[int], workdir: Path, *, baseline: bool = False
+    data_path: Path,
+    settings: list[str],
+    seeds: list[int],
+    workdir: Path,
+    *,
+    baseline: bool = False,
+    explore: float = 0.05,
 ) -> dict[str, object]:
-    """For each setting and seed: H/P/L files, then both steps through the files, as a user would run them."""
+    """For each setting and seed: H/P/L files, then both steps through the files, as a user would run them; and
+    the reliability report (`reliability`) of the router's P(light suffices), and of what it was before its gains
+    were calibrated (`raw`). `cascade` splits as `own-history` and records the history as a cascade exploring
+    `explore` of light's passes."""
     data = read_csv(data_path, "--data")
     data.insert(0, "id", [f"q{i}" for i in range(len(data))])
     out: dict[str, object] = {"data": str(data_path), "seeds": seeds, "routellm_best": ROUTELLM_BEST}
@@ -240,7 +322,9 @@ def experiment(
             history[["subject", "prompt", "weak_correct", "strong_correct"]].to_csv(h, index=False)
             test[["id", "subject", "prompt"]].to_csv(p, index=False)
             test[["id", "weak_correct", "strong_correct"]].to_csv(lab, index=False)
-            scores, fit_s = fit_and_score(pd.read_csv(h), pd.read_csv(p))
+            raw: dict[str, float] = {}
+            shared = explore if setting == "cascade" else None
+            scores, fit_s = fit_and_score(pd.read_csv(h), pd.read_csv(p), explore=shared, seed=seed, raw=raw)
             s.write_text(json.dumps(scores))
             metrics = evaluate(json.loads(s.read_text()), pd.read_csv(lab))
             runs.append(
@@ -250,7 +334,13 @@ def experiment(
                     "dropped_from_history": whole - len(history),
                     "scored": len(test),
                     "fit_s": round(fit_s, 1),
+                    **({"explore": explore} if shared is not None else {}),
                     **metrics,
+                    "reliability": reliability(scores, pd.read_csv(lab)),
+                    "raw": {
+                        **_ranking(evaluate(raw, pd.read_csv(lab))),
+                        "reliability": reliability(raw, pd.read_csv(lab)),
+                    },
                 }
             )
             if baseline:
@@ -262,6 +352,10 @@ def experiment(
             means = {k: mean([r["baseline"][k] for r in runs]) for k in keys}
             out[setting]["baseline_mean"] = means
     return out
+
+
+def _ranking(metrics: dict[str, object]) -> dict[str, object]:
+    return {k: metrics[k] for k in ("cpt50", "cpt80", "apgr")}
 
 
 def read_csv(path: Path, option: str) -> pd.DataFrame:
@@ -292,7 +386,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores", type=Path)
     parser.add_argument("--labels", type=Path)
     parser.add_argument("--format", choices=("json", "table"), default="table")
-    parser.add_argument("--experiment", nargs="+", choices=("new-subjects", "own-history"))
+    parser.add_argument("--experiment", nargs="+", choices=("new-subjects", "own-history", "cascade"))
+    parser.add_argument(
+        "--explore", type=float, default=0.05, help="cascade: the share of light's passes deep also answered"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -305,10 +402,14 @@ def _main(argv: list[str] | None = None) -> int:
         seeds = [args.seed] if args.seed is not None else args.seeds
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            result = experiment(args.data, args.experiment, seeds, args.workdir, baseline=args.baseline)
+            result = experiment(
+                args.data, args.experiment, seeds, args.workdir, baseline=args.baseline, explore=args.explore
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="tierflow-routing-public-") as tmp:
-                result = experiment(args.data, args.experiment, seeds, Path(tmp), baseline=args.baseline)
+                result = experiment(
+                    args.data, args.experiment, seeds, Path(tmp), baseline=args.baseline, explore=args.explore
+                )
         _show(result, args.format)
         return 0
     if args.evaluate:

@@ -264,7 +264,7 @@ def _observed(n: int, *, escalations_only: bool = False) -> list[Observation]:
 
 def test_router_scores_as_its_fitted_models_predict(tmp_path):
     """The direct scoring path (stored coefficients and sigmoids) gives the fitted models' own probabilities,
-    calibrated or not, and survives a save and load; with a sampled history of both tiers the gain is the
+    calibrated or not, and survives a save and load; with a sampled history of both tiers the raw gain is the
     difference of their pass probabilities, with escalations alone the rescue model's."""
     import numpy as np
 
@@ -288,7 +288,10 @@ def test_router_scores_as_its_fitted_models_predict(tmp_path):
                 expected = (1 - light) * gain.fitted.predict_proba(X)[:, 1]
             else:
                 expected = np.maximum(deep - light, 0)
-            assert np.allclose(r.gain_probability(LIGHT, DEEP, X), expected, atol=request_router.GAIN_SMOOTHING)
+            assert np.allclose(r.gain_score(LIGHT, DEEP, X), expected, atol=request_router.GAIN_SMOOTHING)
+            # The probability is the raw gain through the pair's calibration on held-out answers.
+            assert r.gains[(LIGHT, DEEP)].calibration is not None
+            assert np.all((r.gain_probability(LIGHT, DEEP, X) >= 0) & (r.gain_probability(LIGHT, DEEP, X) <= 1))
             assert np.allclose(r.suffices(LIGHT, DEEP, X), 1 - r.gain_probability(LIGHT, DEEP, X))
 
 
@@ -450,8 +453,9 @@ def test_a_router_fitted_on_light_and_deep_compares_light_with_deep(tmp_path):
     text = easy(900)
     decision = decide(config, router, flow="reading-notes", phase="collate", complexity="low", text=text)
     score = request_router.scores(router, [("reading-notes", "collate", "low", text)], LIGHT, DEEP)[0]
-    alone = float(router.pass_probability(LIGHT, router.rows("reading-notes", "collate", "low", [text]))[0])
-    assert decision.probabilities["light"] == pytest.approx(score) and abs(score - alone) > 1e-3
+    X = router.rows("reading-notes", "collate", "low", [text])
+    gain = float(router.gain_probability(LIGHT, DEEP, X)[0])
+    assert decision.probabilities["light"] == pytest.approx(score) and score == pytest.approx(1 - gain)
     assert decision.tier == "light"
 
 

@@ -16,7 +16,9 @@ well ahead of a model of the joint event itself (APGR 0.63 against 0.49 on subje
 benchmarks/routing_public.py).
 
 A request goes to the cheapest tier that *suffices* with probability >= its target: `suffices = 1 - P(tier fails
-and the next passes)` where the pair model exists, else P(tier passes), among the tiers whose model has
+and the next passes)` where the pair model exists, else P(tier passes); the pair's raw gain (a ranking, the
+difference being a lower bound) is calibrated on held-out answers into that probability, each pair weighted by how
+it came to be sampled (`_held_out_calibration`), among the tiers whose model has
 `min_requests` first answers of the request's flow and phase ("the next" is the next of those), never passing over
 a tier it cannot judge on the way up from the rules' tier. The target is `target_for(base, value)`
 (tierflow.core.routing). Requests of flows in `FAIR_FLOWS` (student feedback) are routed on their flow, phase and
@@ -75,11 +77,20 @@ pairs are a sample of the workload, not escalations alone: the gain is the diffe
 REGULARISATION = 0.1
 """The logistic regressions' C. On RouteLLM's MMLU data, grouped 3-fold cross-validation by phase inside a history
 (never the scored split) put C from 0.1 to 1 within 0.01 APGR of each other; 0.1 fits three times faster than 1."""
+CALIBRATION_Z = 1.645
+"""Standard errors a step of a gain's calibration is raised by (`_calibration`): its share's one-sided 95% bound."""
+CALIBRATION_MIN_STEP = CALIBRATE_MIN
+CALIBRATION_STEP = 0.02
+"""The smallest share of the pairs one step of a gain's calibration stands on (at least `CALIBRATION_MIN_STEP`)."""
+TIE_BREAK = 1e-6
+"""Within a flat stretch of a gain's calibration, requests are still ordered by their raw gain, moved by at most
+this much (`calibrated`)."""
 GAIN_SMOOTHING = 0.01
 """Width of the smooth maximum that floors a `difference` gain at 0 (above max(d, 0) by at most half the width)."""
 MODEL_FILE = "router.model"
-FORMAT = 3
-"""3: keyed by the model that answered (`provider:model`); 2 was keyed by the tier's name."""
+FORMAT = 4
+"""4: gains carry their calibration on held-out answers; 3 was keyed by the model that answered
+(`provider:model`), as 4 is; 2 was keyed by the tier's name."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +285,11 @@ class PassModel:
     kind: str = "pass"
     """`pass`: P(passes); for a pair of models, `rescue`: P(the dearer passes | the cheaper failed) (a model of its
     own), or `difference`: the gain from the two models' pass models (no model of its own)."""
+    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """For a pair of models: knots (raw gain, P) of the monotone map from the raw gain (`gain_score`) to the
+    probability that the cheaper model fails and the dearer one passes, fitted on out-of-fold scores of the pairs,
+    each pair weighted by how it came to be sampled (`_calibration`); None: the raw gain is used as it is (a model
+    saved before calibration)."""
     fitted: Any = field(default=None, repr=False, compare=False)
     """The scikit-learn estimator `members` came from, in the process that fitted it only (never saved)."""
 
@@ -324,34 +340,49 @@ class RequestRouter:
             return np.full(X.shape[0], m.pass_rate)
         return self._positive(m, X)
 
-    def gain_probability(self, model: str, above: str, X: Any) -> np.ndarray | None:
-        """P(this model fails and the dearer one, `above`, passes).
+    def gain_score(self, model: str, above: str, X: Any) -> np.ndarray | None:
+        """The raw gain of the dearer model, `above`, over this one: what orders requests, not yet a probability.
 
-        `difference` (both answered a sample of the workload): P(dearer passes) - P(this passes), exact when
-        the dearer model passes every request the cheaper one passes and a lower bound otherwise;
-        floored at 0 by a smooth maximum (width `GAIN_SMOOTHING`), so that requests stay ordered by the expected
-        gain where the dearer model is not expected to add anything. `rescue` (escalations alone):
+        `difference` (both answered a sample of the workload): P(dearer passes) - P(this passes), a lower bound on
+        P(this fails and the dearer passes) (exact only when the dearer model passes every request the cheaper one
+        passes); floored at 0 by a smooth maximum (width `GAIN_SMOOTHING`), so that requests stay ordered by the
+        expected gain where the dearer model is not expected to add anything. `rescue` (escalations alone):
         P(fails) x P(dearer passes | this one failed). None: no model of this pair."""
         m = self.gains.get((model, above))
         if m is None:
             return None
         if m.kind == "difference":
-            d = self.pass_probability(above, X) - self.pass_probability(model, X)
-            return np.clip(0.5 * (d + np.sqrt(d * d + GAIN_SMOOTHING**2)), 0.0, 1.0)
+            return _raw_gain(m.kind, self.pass_probability(model, X), self.pass_probability(above, X))
         p = np.full(X.shape[0], m.pass_rate) if m.members is None else self._positive(m, X)
-        return (1 - self.pass_probability(model, X)) * p
+        return _raw_gain(m.kind, self.pass_probability(model, X), p)
+
+    def gain_probability(self, model: str, above: str, X: Any) -> np.ndarray | None:
+        """P(this model fails and the dearer one, `above`, passes): the raw gain (`gain_score`) through the pair's
+        calibration (`PassModel.calibration`), fitted on held-out scores. None: no model of this pair."""
+        raw = self.gain_score(model, above, X)
+        if raw is None:
+            return None
+        m = self.gains[(model, above)]
+        if m.calibration is None:
+            return raw
+        # The calibration was fitted on held-out scores of single fold models (`_held_out_calibration`), which
+        # spread wider than their average: it maps each pair of single members' gain, and the mapped gains are
+        # averaged, so that what it maps is distributed as what it was fitted on.
+        cheaper = self._each(self.models[model], X)
+        dearer = self._each(self.models[above] if m.kind == "difference" else m, X)
+        mapped = [calibrated(m.calibration, _raw_gain(m.kind, c, d)) for c in cheaper for d in dearer]
+        return np.mean(mapped, axis=0)
 
     def suffices(self, model: str, above: str | None, X: Any) -> np.ndarray:
         """P(this model's answer is as good as the dearer one's would be): 1 - P(it fails and the dearer passes)
-        where the pair model exists, else P(it passes)."""
+        where the pair model exists, else P(it passes). Calibrated on held-out answers, so among the requests whose
+        P(suffices) is at least t, the cheaper model falls short of the dearer one on at most about 1 - t."""
         gain = self.gain_probability(model, above, X) if above else None
         return 1 - gain if gain is not None else self.pass_probability(model, X)
 
     def _positive(self, m: PassModel, X: Any) -> np.ndarray:
         """P(class 1) as the fitted estimator's `predict_proba(X)[:, 1]` computes it (to float32 coefficients),
         without scikit-learn's per-call validation (most of a single request's scoring time)."""
-        from scipy.special import expit
-
         dense = getattr(m, "_dense", None)
         if dense is None:  # the stored coefficients spread over the full feature space once, for fast products
             dense = []
@@ -360,11 +391,84 @@ class RequestRouter:
                 coef[self.support] = values
                 dense.append((coef, intercept, a, b))
             m._dense = dense
-        total = np.zeros(X.shape[0])
-        for coef, intercept, a, b in dense:
-            f = np.asarray(X @ coef).ravel() + intercept
-            total += expit(f) if a is None else np.clip(expit(-(a * f + b)), 0.0, 1.0)
-        return total / len(dense)
+        return np.mean([_member(*d, X) for d in dense], axis=0)
+
+    def _each(self, m: PassModel, X: Any) -> list[np.ndarray]:
+        """Each member's P(class 1), or the pass rate for a model without members."""
+        if m.members is None:
+            return [np.full(X.shape[0], m.pass_rate)]
+        self._positive(m, X)  # spreads the members (`_dense`)
+        return [_member(*d, X) for d in m._dense]
+
+
+def _member(coef: np.ndarray, intercept: float, a: float | None, b: float | None, X: Any) -> np.ndarray:
+    """One stored linear model's P(class 1): its logistic, or its sigmoid calibration of the decision value."""
+    from scipy.special import expit
+
+    f = np.asarray(X @ coef).ravel() + intercept
+    return expit(f) if a is None else np.clip(expit(-(a * f + b)), 0.0, 1.0)
+
+
+def _raw_gain(kind: str, cheaper: np.ndarray, dearer: np.ndarray) -> np.ndarray:
+    """`RequestRouter.gain_score` from P(the cheaper passes) and, for `difference`, P(the dearer passes), for
+    `rescue`, P(the dearer passes | the cheaper failed)."""
+    if kind == "difference":
+        d = dearer - cheaper
+        return np.clip(0.5 * (d + np.sqrt(d * d + GAIN_SMOOTHING**2)), 0.0, 1.0)
+    return (1 - cheaper) * dearer
+
+
+def _held_out_calibration(
+    gain: PassModel,
+    cheaper: Sequence[Observation],
+    both: Sequence[tuple[Observation, Observation, float]],
+    held_out: Mapping[int, float],
+    models: Mapping[str, PassModel],
+    support: np.ndarray,
+    matrix: Any,
+    row_of: Mapping[int, int],
+    now: datetime,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The gain's calibration (`_calibration`) over the requests the cheaper model answered, scored as no model
+    that scored them had seen them: out-of-fold pass probabilities (for `rescue`, the rescue model's out-of-fold
+    probability on the failures it learned from), and the dearer model's prediction where it never answered.
+
+    Where the cheaper model passed, the event (it fails, the dearer passes) did not happen, whether or not the
+    dearer one answered; where it failed, the dearer one's answer decides, and each failure it answered stands for
+    1 / P(a failure was answered by both) (`_sampling`). Requests without a held-out score are left out; with fewer
+    than `CALIBRATE_MIN` of each outcome left, every request gets the weighted share."""
+    partner = {a.request_id: (b, w) for a, b, w in both}
+    requests = list({o.request_id: o for o in cheaper}.values())
+    dearer_model = models[both[0][1].model] if both and gain.kind == "difference" else gain
+    unseen = None  # the dearer (or rescue) model's prediction, for requests it never learned from
+    if dearer_model.members is not None:
+        scorer = RequestRouter("", 0, 0, {}, support=support)
+        unseen = scorer._positive(dearer_model, matrix[[row_of[id(a)] for a in requests]])
+    keep, raw, joint, weight = [], [], [], []
+    for i, a in enumerate(requests):
+        b, stands = partner.get(a.request_id, (None, 1.0))
+        if b is None and not a.passed:
+            continue  # a failure the dearer model never answered: the event is unknown
+        if a.passed:
+            stands = 1.0  # every pass is here, answered above or not
+        lower = held_out.get(id(a))
+        if dearer_model.members is None:
+            upper = dearer_model.pass_rate
+        elif b is not None and (gain.kind == "difference" or not a.passed):
+            upper = held_out.get(id(b))  # it learned from this answer: its out-of-fold probability, if any
+        else:
+            upper = float(unseen[i])
+        keep.append(lower is not None and upper is not None)
+        if keep[-1]:
+            raw.append(float(_raw_gain(gain.kind, np.array([lower]), np.array([upper]))[0]))
+        joint.append(float((not a.passed) and b is not None and b.passed))
+        weight.append(stands * float(_weights([a.timestamp], now)[0]))
+    kept = np.array(keep, dtype=bool)
+    y, w = np.array(joint), np.array(weight)
+    if not len(y) or min(int(y[kept].sum()), int(kept.sum() - y[kept].sum())) < CALIBRATE_MIN:
+        share = float(np.dot(y, w) / w.sum()) if len(y) and w.sum() > 0 else gain.pass_rate
+        return ((0.0,), (share,))
+    return _calibration(np.asarray(raw), y[kept], w[kept]) or ((0.0,), (gain.pass_rate,))
 
 
 def _stored(model: Any, support: np.ndarray) -> list[Member] | None:
@@ -397,10 +501,14 @@ def _weights(timestamps: Sequence[str], now: datetime) -> np.ndarray:
     return np.power(0.5, np.asarray(ages, dtype=float) / HALF_LIFE_DAYS)
 
 
-def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple[Any, bool]:
+def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple[Any, bool, np.ndarray | None]:
     """A logistic regression on the hashed features; sigmoid-calibrated by 3-fold cross-validation when each
     class has `CALIBRATE_MIN` examples: the three fold models, each calibrated on the fold it did not see, are
-    averaged (three fits on two thirds, no refit on the whole: a third of the fitting time of a refit)."""
+    averaged (three fits on two thirds, no refit on the whole: a third of the fitting time of a refit).
+
+    Also each row's out-of-fold probability (the calibrated fold model that did not see it), what the gains'
+    calibration is fitted on; None when the model is not cross-validated (its own rows' probabilities would flatter
+    it)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -412,8 +520,92 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
         folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
         model = CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=True)
         model.fit(X, y, sample_weight=w)
-        return model, True
-    return base.fit(X, y, sample_weight=w), False
+        # The fitted pairs are in the order of the folds (the same split again: the folds are seeded).
+        held_out = np.empty(len(y))
+        for pair, (_, test) in zip(model.calibrated_classifiers_, folds.split(X, y), strict=True):
+            held_out[test] = pair.predict_proba(X[test])[:, 1]
+        return model, True, held_out
+    return base.fit(X, y, sample_weight=w), False, None
+
+
+def _calibration(
+    raw: np.ndarray, joint: np.ndarray, weights: np.ndarray
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Knots of the monotone map from held-out raw gains to the observed share of pairs in which the cheaper model
+    failed and the dearer one passed (`joint`), each pair weighted as it stands for the workload: isotonic
+    regression, its steps joined at their centres (so that requests keep their order between steps)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    if not len(raw) or weights.sum() <= 0:
+        return None
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit(raw, joint, sample_weight=weights)
+    order = np.argsort(raw, kind="stable")
+    x, w = raw[order], weights[order]
+    steps = fitted.predict(x)
+    # Each step is a run of one value over consecutive raw gains. A step of a few pairs says little (isotonic
+    # regression's steps at either end are often a handful of pairs with none of the event): a step of fewer than
+    # `CALIBRATION_STEP` of the pairs joins the neighbour nearest in value (two neighbouring steps of an
+    # increasing map join into one between them: it stays increasing).
+    starts = np.flatnonzero(np.r_[True, np.diff(steps) != 0])
+    ends = np.r_[starts[1:], len(x)]
+    y = np.asarray(joint, dtype=float)[order]
+    blocks = [[float(np.dot(x[a:b], w[a:b])), float(np.dot(y[a:b], w[a:b])), float(w[a:b].sum()), b - a]
+              for a, b in zip(starts, ends, strict=True)]  # fmt: skip
+    least = max(CALIBRATION_MIN_STEP, CALIBRATION_STEP * len(x))
+    while len(blocks) > 1:
+        small = next((i for i, b in enumerate(blocks) if b[3] < least or b[2] <= 0), None)
+        if small is None:
+            break
+        value = blocks[small][1] / max(blocks[small][2], 1e-12)
+        near = [j for j in (small - 1, small + 1) if 0 <= j < len(blocks)]
+        other = min(near, key=lambda j: abs(blocks[j][1] / max(blocks[j][2], 1e-12) - value))
+        i, j = sorted((small, other))
+        blocks[i : j + 1] = [[a + b for a, b in zip(blocks[i], blocks[j], strict=True)]]
+    kept = [b for b in blocks if b[2] > 0]
+    # The lowest step is the least of many running means, so it comes out low by chance: each step's share is
+    # raised to the upper end of its Wilson interval at `CALIBRATION_Z` standard errors (a step of many pairs moves
+    # little), and steps that then fall out of order are joined again.
+    scale = len(x) / max(float(w.sum()), 1e-12)  # weights in pairs
+    pooled: list[list[float]] = []
+    for b in kept:
+        n = b[2] * scale
+        value = _upper(b[1] / b[2], n)
+        pooled.append([b[0] * scale, value * n, n])
+        while len(pooled) > 1 and pooled[-2][1] / pooled[-2][2] >= pooled[-1][1] / pooled[-1][2]:
+            last = pooled.pop()
+            pooled[-1] = [a + c for a, c in zip(pooled[-1], last, strict=True)]
+    xs = tuple(p[0] / p[2] for p in pooled)
+    ys = tuple(min(max(p[1] / p[2], 0.0), 1.0) for p in pooled)
+    return (xs, ys) if xs else None
+
+
+def _upper(share: float, n: float) -> float:
+    """The upper end of the Wilson interval of a share observed over `n` pairs, `CALIBRATION_Z` standard errors."""
+    z = CALIBRATION_Z
+    centre = share + z * z / (2 * n)
+    half = z * math.sqrt(max(share * (1 - share), 0.0) / n + z * z / (4 * n * n))
+    return min((centre + half) / (1 + z * z / n), 1.0)
+
+
+def calibrated(knots: tuple[Sequence[float], Sequence[float]], raw: np.ndarray) -> np.ndarray:
+    """The calibrated P(the cheaper fails and the dearer passes) of raw gains (`PassModel.calibration`); within a
+    flat stretch (below the first knot, above the last) the raw gain still orders requests, by `TIE_BREAK` at most."""
+    xs, ys = (np.asarray(k, dtype=float) for k in knots)
+    return np.clip(np.interp(raw, xs, ys) + TIE_BREAK * raw, 0.0, 1.0)
+
+
+def _sampling(lower: Sequence[Observation], upper_requests: set[str]) -> dict[tuple[str, str, bool], float]:
+    """How likely a request the cheaper model answered was also answered by the dearer one, per flow, phase and
+    the cheaper answer's outcome: 1 where both answer everything; in a cascade, 1 for the cheaper model's failures
+    (escalated) and the `explore` share for its passes (shadow calls). Measured, not read from the config: it
+    holds for whatever mix of settings the history was recorded under."""
+    answered: dict[tuple[str, str, bool], int] = defaultdict(int)
+    paired: dict[tuple[str, str, bool], int] = defaultdict(int)
+    for o in {o.request_id: o for o in lower}.values():
+        key = (o.flow, o.phase, o.passed)
+        answered[key] += 1
+        paired[key] += o.request_id in upper_requests
+    return {key: paired[key] / n for key, n in answered.items()}
 
 
 def _key(o: Observation) -> tuple[str, str, str, str]:
@@ -466,16 +658,6 @@ def fit(
     by_model: dict[str, list[Observation]] = defaultdict(list)
     for o in observed:
         by_model[o.model].append(o)
-    models: dict[str, PassModel] = {}
-    for name, seen in by_model.items():
-        y = np.array([o.passed for o in seen], dtype=int)
-        rate = float(y.mean())
-        model, calibrated = None, False
-        if 0 < y.sum() < len(y):
-            X = matrix[[row_of[id(o)] for o in seen]]
-            model, calibrated = _classifier(X, y, _weights([o.timestamp for o in seen], now))
-        models[name] = PassModel(name, len(seen), rate, _stored(model, support), calibrated, fitted=model)
-    gains: dict[tuple[str, str], PassModel] = {}
     at = places(observed, tier_order, tiers)
     on: dict[int, list[str]] = defaultdict(list)
     for name in sorted(by_model):
@@ -483,31 +665,70 @@ def fit(
     filled = sorted(on)
     # A tier repointed at another model has two models on its place: each is paired with each model of the next.
     neighbours = [(a, b) for low, high in zip(filled, filled[1:], strict=False) for a in on[low] for b in on[high]]
+    # Pairs are sampled by the cheaper answer's outcome (a cascade escalates every failure and shadows a share of
+    # the passes): each pair stands for 1 / P(it was sampled) requests, in the dearer model's pass model as in the
+    # gain's calibration, so that both describe the workload rather than the failures it escalated.
+    paired: dict[tuple[str, str], list[tuple[Observation, Observation, float]]] = {}
+    stands_for: dict[int, float] = {}
     for lower, upper in neighbours:
         low = {o.request_id: o for o in by_model[lower]}
-        both = [(low[o.request_id], o) for o in by_model[upper] if o.request_id in low]
-        joint = len(both) >= REFIT_MIN and sum(a.passed for a, _ in both) >= JOINT_SHARE * len(both)
-        if joint:
-            # Both models answered a sample of the workload: each pass model is unbiased, and the gain is their
-            # difference (see `RequestRouter.gain_probability`); no third model. The rate shown is the observed
-            # share of requests the cheaper model failed and the dearer one passed.
-            rate = sum((not a.passed) and b.passed for a, b in both) / len(both)
-            gains[(lower, upper)] = PassModel(f"{lower}->{upper}", len(both), rate, kind="difference")
-            continue
-        # Pairs from escalations alone all failed below: the dearer model's pass model saw only requests the
-        # cheaper one failed, so learn the rescue rate given a failure.
-        pairs = [(a, b) for a, b in both if not a.passed]
-        if not pairs:
-            continue
-        y = np.array([b.passed for _, b in pairs], dtype=int)
+        sampled = _sampling(by_model[lower], {o.request_id for o in by_model[upper]})
+        both = []
+        for o in by_model[upper]:
+            if o.request_id in low:
+                a = low[o.request_id]
+                both.append((a, o, 1.0 / sampled[(a.flow, a.phase, a.passed)]))
+                stands_for.setdefault(id(o), both[-1][2])
+        paired[(lower, upper)] = both
+    models: dict[str, PassModel] = {}
+    held_out: dict[int, float] = {}
+    """Observation -> its model's out-of-fold P(pass), where the model was cross-validated."""
+    for name, seen in by_model.items():
+        y = np.array([o.passed for o in seen], dtype=int)
+        rate = float(y.mean())
         model, calibrated = None, False
         if 0 < y.sum() < len(y):
-            X = matrix[[row_of[id(a)] for a, _ in pairs]]
-            model, calibrated = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
-        gains[(lower, upper)] = PassModel(
-            f"{lower}->{upper}", len(pairs), float(y.mean()), _stored(model, support), calibrated, "rescue",
-            fitted=model,
-        )  # fmt: skip
+            X = matrix[[row_of[id(o)] for o in seen]]
+            w = _weights([o.timestamp for o in seen], now) * [stands_for.get(id(o), 1.0) for o in seen]
+            model, calibrated, oof = _classifier(X, y, w)
+            if oof is not None:
+                held_out.update(zip(map(id, seen), oof, strict=True))
+        elif rate in (0.0, 1.0):  # one class only: a constant, as good held out as in the fit
+            held_out.update((id(o), rate) for o in seen)
+        models[name] = PassModel(name, len(seen), rate, _stored(model, support), calibrated, fitted=model)
+    gains: dict[tuple[str, str], PassModel] = {}
+    for (lower, upper), both in paired.items():
+        joint = len(both) >= REFIT_MIN and sum(a.passed for a, _, _ in both) >= JOINT_SHARE * len(both)
+        # The observed share of requests the cheaper model failed and the dearer one passed, each pair weighted by
+        # how many requests it stands for.
+        ys = np.array([(not a.passed) and b.passed for a, b, _ in both], dtype=float)
+        ws = np.array([w for _, _, w in both]) * _weights([b.timestamp for _, b, _ in both], now)
+        shown = float(np.dot(ys, ws) / ws.sum()) if len(both) else 0.0
+        if joint:
+            # Both models answered a sample of the workload: each pass model is unbiased (the dearer one weighted
+            # by `stands_for`), and the gain is their difference (see `RequestRouter.gain_score`); no third model.
+            gain = PassModel(f"{lower}->{upper}", len(both), shown, kind="difference")
+        else:
+            # Pairs from escalations alone all failed below: the dearer model's pass model saw only requests the
+            # cheaper one failed, so learn the rescue rate given a failure.
+            pairs = [(a, b) for a, b, _ in both if not a.passed]
+            if not pairs:
+                continue
+            y = np.array([b.passed for _, b in pairs], dtype=int)
+            model, calibrated, oof = None, False, None
+            if 0 < y.sum() < len(y):
+                X = matrix[[row_of[id(a)] for a, _ in pairs]]
+                model, calibrated, oof = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
+            if oof is not None:
+                held_out.update((id(b), p) for (_, b), p in zip(pairs, oof, strict=True))
+            gain = PassModel(
+                f"{lower}->{upper}", len(pairs), float(y.mean()), _stored(model, support), calibrated, "rescue",
+                fitted=model,
+            )  # fmt: skip
+        gains[(lower, upper)] = gain
+        gain.calibration = _held_out_calibration(
+            gain, by_model[lower], both, held_out, models, support, matrix, row_of, now
+        )
     phases: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for o in observed:
         cell = phases[f"{o.flow}/{o.phase}"][o.model]
@@ -569,7 +790,8 @@ def _encode(router: RequestRouter) -> bytes:
                 arrays.append(np.asarray(values, dtype="<f4").tobytes())
                 members.append([intercept, a, b])
         kept = {"name": m.name, "observations": m.observations, "pass_rate": m.pass_rate}
-        return {**kept, "members": members, "calibrated": m.calibrated, "kind": m.kind}
+        calibration = None if m.calibration is None else [list(m.calibration[0]), list(m.calibration[1])]
+        return {**kept, "members": members, "calibrated": m.calibrated, "kind": m.kind, "calibration": calibration}
 
     header = {
         "format": router.format,
@@ -663,7 +885,9 @@ def _decode(data: bytes, width: int) -> RequestRouter:
                 members.append((values, _real(intercept, f"{name}: intercept"), *calibration))
         observations = _count(entry.get("observations"), f"{name}: observations")
         rate = _share(entry.get("pass_rate"), f"{name}: pass rate")
-        models.append(PassModel(name, observations, rate, members, entry["calibrated"], entry["kind"]))
+        models.append(
+            PassModel(name, observations, rate, members, entry["calibrated"], entry["kind"], _knots(entry, name))
+        )
     phases: dict[str, dict[str, tuple[int, float]]] = {}
     found_phases = header.get("phases")
     _need(isinstance(found_phases, dict), "no phases")
@@ -687,6 +911,21 @@ def _decode(data: bytes, width: int) -> RequestRouter:
         format=FORMAT,
         labels={k: _count(v, f"labels: {k}") for k, v in labels_found.items()},
     )
+
+
+def _knots(entry: dict[str, Any], name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """A stored calibration (`PassModel.calibration`): None, or two equally long, non-empty lists of numbers,
+    the raw gains ascending and the probabilities between 0 and 1 (a pass model has none)."""
+    found = entry.get("calibration")
+    if found is None:
+        return None
+    _need(entry.get("kind") != "pass", f"{name}: a pass model with a gain's calibration")
+    _need(isinstance(found, list) and len(found) == 2, f"{name}: calibration is not (gains, probabilities)")
+    xs, ys = found
+    _need(isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys) > 0, f"{name}: calibration knots")
+    knots = tuple(_real(x, f"{name}: calibration") for x in xs), tuple(_share(y, f"{name}: calibration") for y in ys)
+    _need(all(b > a for a, b in zip(knots[0], knots[0][1:], strict=False)), f"{name}: calibration not ascending")
+    return knots
 
 
 def load(path: Path) -> RequestRouter | None:
