@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from tierflow.core.calls import request_identity
+from tierflow.core.evidence import wilson
 from tierflow.core.ledger import CallRecord, Ledger
 from tierflow.core.providers import Request
 from tierflow.core.usage import Usage
@@ -152,16 +153,6 @@ TARGETS = (0.8, 0.9, 0.95)
 """The quality targets the reliability report checks (`[routing] target`, or a request's raised one)."""
 
 
-def wilson(hits: float, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
-    """The Wilson score interval (95%) of a share of `hits` in `n`."""
-    if n == 0:
-        return None, None
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return round(max(float(centre - half), 0.0), 4), round(min(float(centre + half), 1.0), 4)
-
-
 def reliability(scores: dict[str, float], labels: pd.DataFrame) -> list[dict[str, object]]:
     """What the router promises against what happened, per target t: among the prompts it sends to light
     (P(light suffices) >= t), the share of all prompts sent, the predicted loss (mean 1 - P(light suffices)), and
@@ -177,7 +168,7 @@ def reliability(scores: dict[str, float], labels: pd.DataFrame) -> list[dict[str
     for target in TARGETS:
         sent = p >= target
         n = int(sent.sum())
-        low, high = wilson(float(lost[sent].sum()), n)
+        low, high = (round(v, 4) for v in wilson(float(lost[sent].sum()), n)) if n else (None, None)
         out.append(
             {
                 "target": target,

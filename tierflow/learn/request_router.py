@@ -54,6 +54,7 @@ import sqlalchemy as sa
 
 from tierflow.core import clock
 from tierflow.core.config import Config
+from tierflow.core.evidence import wilson_high
 from tierflow.core.ledger import Ledger, calls, request_texts, signals
 from tierflow.core.routing import COLD_START, rules_tier, target_for, use_request_router
 from tierflow.learn.labels import Answered, Label, labels
@@ -569,7 +570,7 @@ def _calibration(
     pooled: list[list[float]] = []
     for b in kept:
         n = b[2] * scale
-        value = _upper(b[1] / b[2], n)
+        value = wilson_high(b[1] / b[2] * n, n, CALIBRATION_Z)
         pooled.append([b[0] * scale, value * n, n])
         while len(pooled) > 1 and pooled[-2][1] / pooled[-2][2] >= pooled[-1][1] / pooled[-1][2]:
             last = pooled.pop()
@@ -577,14 +578,6 @@ def _calibration(
     xs = tuple(p[0] / p[2] for p in pooled)
     ys = tuple(min(max(p[1] / p[2], 0.0), 1.0) for p in pooled)
     return (xs, ys) if xs else None
-
-
-def _upper(share: float, n: float) -> float:
-    """The upper end of the Wilson interval of a share observed over `n` pairs, `CALIBRATION_Z` standard errors."""
-    z = CALIBRATION_Z
-    centre = share + z * z / (2 * n)
-    half = z * math.sqrt(max(share * (1 - share), 0.0) / n + z * z / (4 * n * n))
-    return min((centre + half) / (1 + z * z / n), 1.0)
 
 
 def calibrated(knots: tuple[Sequence[float], Sequence[float]], raw: np.ndarray) -> np.ndarray:
