@@ -39,6 +39,24 @@ def test_kept_names_the_answer_kept_not_the_last_attempt():
     assert kept == ["draft · Feedback: kept from anthropic:claude-sonnet-4-6 (check_failed: quotes_verbatim)"]
 
 
+def test_a_cached_answer_that_failed_a_check_added_since_is_never_the_one_kept():
+    rows = [
+        row(1, "standard", "claude-sonnet-4-6", "check_failed", "quotes_verbatim", cached_result=1),
+        row(2, "standard", "claude-sonnet-4-6", "malformed", cached_result=0),
+        row(
+            3, "deep", "claude-opus-4-6", "check_failed", "quotes_verbatim", escalated_from="standard", cached_result=0
+        ),
+    ]
+    # The call path keeps the best billed answer; the cached one was only judged, and failed.
+    assert _closed_loop(rows)[1] == [
+        "draft · Feedback: kept from anthropic:claude-opus-4-6 (check_failed: quotes_verbatim)"
+    ]
+    replayed = [row(1, "deep", "claude-opus-4-6", "check_failed", "quotes_verbatim", cached_result=1)]
+    assert _closed_loop(replayed)[1] == [
+        "draft · Feedback: kept from anthropic:claude-opus-4-6 (check_failed: quotes_verbatim)"
+    ]
+
+
 def test_a_failed_shadow_call_is_never_listed_as_an_answer_kept():
     rows = [
         row(1, "standard", "claude-sonnet-4-6", "ok"),

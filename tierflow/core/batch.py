@@ -51,7 +51,6 @@ from tierflow.core.errors import (
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
 from tierflow.core.providers import Completion, Request
 from tierflow.core.routing import Route, route_to_tier
-from tierflow.core.usage import Usage
 
 log = logging.getLogger("tierflow")
 
@@ -114,15 +113,14 @@ def run_batch(
             cache_prefix=call.cache_prefix,
         )
         cache_key = _cache_key(routed, request)
-        hit = caller.reuse(routed, cache_key, call.subject)
-        cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model) if hit else None
-        verdict = (
-            caller.judge(routed, request, cached, call.output, call.checks, cost=0.0, cached=True) if cached else None
-        )
-        if verdict is not None and verdict.ok:
-            outcome.answers[call.key] = verdict.answer
+        # Judged by this call's checks: an answer cached before a check it fails was added is not reused.
+        hit = caller.reuse(routed, request, cache_key, call.subject, output=call.output, checks=call.checks)
+        if hit is not None:
+            outcome.answers[call.key] = hit.answer
         elif (
-            kept := caller.replay_kept(routed, request, call.output, call.subject, retry_failed=call.retry_failed)
+            kept := caller.replay_kept(
+                routed, request, call.output, call.subject, checks=call.checks, retry_failed=call.retry_failed
+            )
         ) is not None:
             outcome.answers[call.key] = kept  # passed on a retry or a dearer tier, or kept failing, in an earlier run
         else:
@@ -512,13 +510,10 @@ def _collect(
                 outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
         except _Taken:
             log.info("batch item %s of %s was collected by another process", call.key, batch_id)
-            hit = caller.reuse(routed, cache_key, call.subject)
+            hit = caller.reuse(routed, request, cache_key, call.subject, output=call.output, checks=call.checks)
             if hit is not None:
-                cached = Completion(text=hit[0], data=hit[1], usage=Usage(), model=routed.model)
-                verdict = caller.judge(routed, request, cached, call.output, call.checks, cost=0.0, cached=True)
-                if verdict.ok:
-                    outcome.answers[call.key] = verdict.answer
-                    continue
+                outcome.answers[call.key] = hit.answer
+                continue
             outcome.failed[call.key] = f"batch {batch_id} was collected by another process; run again to use it"
         except TierflowError as exc:
             # This item alone: its retry or escalation found no usable answer, or no budget for one. The batch's

@@ -561,34 +561,40 @@ class Caller:
         output: type[BaseModel] | None,
         subject: str,
         *,
+        checks: Sequence[Check],
         retry_failed: bool | None = None,
     ) -> Answer | None:
         """An earlier run's kept answer for this request (one that passed only on a retry or a dearer tier, or
-        failed on every tier), recorded as a cached call, as `resolve` replays it before a call; None when there
-        is none or the run pays again (`retry_failed`, for this request or else the run's; no cache). A batch looks
-        here before it submits."""
+        failed on every tier), judged by `checks` and recorded as a cached call, as `resolve` replays it before a
+        call; None when there is none, it fails a check it was not kept for, or the run pays again
+        (`retry_failed`, for this request or else the run's; no cache). A batch looks here before it submits."""
         retry = self.settings.retry_failed if retry_failed is None else retry_failed
         if not self.settings.use_cache or retry:
             return None
-        kept = self._kept_answer(routed, _kept_key(routed, request), output, subject)
+        kept = self._kept_answer(routed, request, _kept_key(routed, request), output, checks, subject)
         if kept is None:
             return None
-        answer, record = kept
-        telemetry.record_call(record, provider_kind=answer.route.provider_kind)
-        return replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
+        attempt, record = kept
+        telemetry.record_call(record, provider_kind=attempt.route.provider_kind)
+        return replace(attempt.answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
 
     def _kept_answer(
         self,
         routed: Route,
+        request: Request,
         key: str,
         output: type[BaseModel] | None,
+        checks: Sequence[Check],
         subject: str,
         *,
         conn: Connection | None = None,
-    ) -> tuple[Answer, CallRecord] | None:
-        """An earlier run's kept answer under `key` (`_kept_key`), and its row as a cached call, recorded in the
-        ledger; None if there is none, it no longer reads (the output model changed) or its tier now runs another
-        model. One with no failed checks passed on a retry or a dearer tier, and is replayed as passing."""
+    ) -> tuple[Attempt, CallRecord] | None:
+        """An earlier run's kept answer under `key` (`_kept_key`) judged by this call's `checks`, and its row as a
+        cached call with that verdict, recorded in the ledger. An answer that passes them now is replayed as
+        passing (whatever it failed when it was kept); one that still fails checks it was kept although it failed
+        is replayed as kept, with a warning. None (nothing recorded, the call is made afresh) if there is none, it
+        no longer reads (the output model changed), it fails a check it was not kept for (one added since), or its
+        tier now runs another model."""
         hit = self.ledger.kept_response(key, conn=conn)
         if hit is None or hit["tier"] not in self.config.settings.tiers:
             return None
@@ -598,30 +604,38 @@ class Caller:
         )  # fmt: skip
         if kept.model_ref != hit["model"]:
             return None
-        parsed: Any = None
-        if output is not None:
-            try:
-                parsed = output.model_validate(hit["data"] or {})
-            except ValidationError:
-                return None
-        names = tuple(n for n in (hit["checks_failed"] or "").split(",") if n)
-        if names:
+        attempt, record = self._judged(kept, request, hit["text"] or "", hit["data"], output, checks, subject)
+        failed_then = {n for n in (hit["checks_failed"] or "").split(",") if n}
+        if attempt.outcome not in ("ok", "check_failed") or not failed_then >= set(attempt.answer.checks_failed):
+            return None
+        if not attempt.ok:
             log.warning(
                 "%s on %s: reusing the answer an earlier run kept although it failed %s (tierflow run "
                 "--retry-failed pays again)",
-                routed.phase, subject or "-", ", ".join(names),
+                routed.phase, subject or "-", ", ".join(attempt.answer.checks_failed),
             )  # fmt: skip
-        outcome = "check_failed" if names else "ok"
-        record = self._record(
-            kept, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome=outcome,
-            checks_failed=",".join(names) or None,
-        )  # fmt: skip
-        answer = Answer(
-            text=hit["text"] or "", route=kept, usage=Usage(), cost_usd=0.0, cached=True, data=hit["data"],
-            parsed=parsed, checks_failed=names, outcome=outcome,
-        )  # fmt: skip
         self.ledger.record(record, conn=conn)
-        return answer, record
+        return replace(attempt, kept=True), record
+
+    def _judged(
+        self,
+        routed: Route,
+        request: Request,
+        text: str,
+        data: dict[str, Any] | None,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+        subject: str,
+    ) -> tuple[Attempt, CallRecord]:
+        """A stored answer judged by this call's checks, and its row as a cached call (no tokens, no cost) that
+        records that verdict: an answer cached before a check was added fails it like any other."""
+        stored = Completion(text=text, data=data, usage=Usage(), model=routed.model)
+        attempt = self.judge(routed, request, stored, output, checks, cost=0.0, cached=True)
+        record = self._record(
+            routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True, outcome=attempt.outcome,
+            checks_failed=attempt.checks_failed,
+        )  # fmt: skip
+        return attempt, record
 
     def _resolve(
         self,
@@ -681,7 +695,9 @@ class Caller:
                     )
                     return _shown(routed, self._kept(best, request, tried), number), number
                 if attempt.kept:
-                    return attempt.answer, 0  # an earlier run's kept answer to this unchanged request
+                    # An earlier run's answer to this unchanged request: kept although it fails today's checks, or
+                    # passing them (on a retry or a dearer tier then, or since a check it failed was removed).
+                    return attempt.answer, 0
                 number += 1
                 tried.append(attempt)
                 answered.add(attempt.route.tier)
@@ -863,17 +879,16 @@ class Caller:
         key = _cache_key(routed, request) if self.settings.use_cache else None
         with CallScope(self.ledger, self.budgets, self.slots) as scope:
             sending = self._before(
-                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, output=output
-            )
-            if isinstance(sending, Answer):
-                return Attempt("check_failed", sending, sending.route, request, kept=True)
-            if not isinstance(sending[0], Route):  # an answer from the cache
-                cached = Completion(text=sending[0], data=sending[1], usage=Usage(), model=routed.model)
-                attempt = self.judge(routed, request, cached, output, checks, cost=0.0, cached=True)
-                if attempt.outcome == "ok":
-                    return attempt  # only answers that passed are cached; the checks confirm it still does
+                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, output=output,
+                checks=checks,
+            )  # fmt: skip
+            if isinstance(sending, Attempt):  # an answer from the cache, judged by this call's checks and recorded
+                if sending.ok or sending.kept:
+                    return sending
+                # Cached before a check it fails was added: its row says so, and the call is made afresh.
                 sending = self._before(routed, request, None, subject, scope, avoid=avoid, shadow=shadow)
-            routed, request = sending  # type: ignore[assignment]
+            assert not isinstance(sending, Attempt)  # no cache look-up: a reservation
+            routed, request = sending
             reservation = scope.reservation
             assert reservation is not None
             started = now_iso()
@@ -952,10 +967,11 @@ class Caller:
         shadow: bool = False,
         kept_key: str | None = None,
         output: type[BaseModel] | None = None,
-    ) -> tuple[str, dict[str, Any] | None] | tuple[Route, Request] | Answer:
-        """The transaction before a call: a cached answer (recorded as a cached call), or the call's budget
-        reservation and tier slot, taken together once both are free, into `scope`; then the route and
-        request to send.
+        checks: Sequence[Check] = (),
+    ) -> Attempt | tuple[Route, Request]:
+        """The transaction before a call: a cached answer judged by `checks` (recorded as a cached call with
+        that verdict; `kept` for an earlier run's kept answer), or the call's budget reservation and tier slot,
+        taken together once both are free, into `scope`; then the route and request to send.
 
         A call first passes its tier's local gate (threads of this process). A call whose slot is held elsewhere
         tries again the moment this process gives a slot back, or at its next poll (`slots.POLL_S`) for one given
@@ -973,10 +989,9 @@ class Caller:
         gate = self.slots.local(routed.tier)
         if not scope.pass_gate(gate, blocking=False):
             if key is not None:  # every local slot is busy: an answer in the cache needs none
-                hit = self.reuse(routed, key, subject)
+                hit = self.reuse(routed, request, key, subject, output=output, checks=checks)
                 if hit is not None:
                     return hit
-                key = None
             scope.pass_gate(gate)
         deadline = time.monotonic() + self.budgets.max_wait_s
         budget_delay, slot_delay = 0.01, POLL_S[0]
@@ -991,7 +1006,7 @@ class Caller:
         # What the last try wrote in a transaction whose commit was not acknowledged (its connection went as it
         # committed): the cached call's row, or the reservation and the slot. The next try looks for it first, so
         # a commit that went through all the same is never made twice (two reservations, one never settled).
-        unacknowledged: tuple[CallRecord | None, Any, Reservation | None, str | None] | None = None
+        unacknowledged: tuple[CallRecord | None, Attempt | None, Reservation | None, str | None] | None = None
         with self.ledger.outage.trying():  # its patience runs from this call's first failure
             while True:
                 if unacknowledged is not None:
@@ -1002,7 +1017,7 @@ class Caller:
                         deadline += self.ledger.outage.wait(exc)  # waiting for the ledger is not waiting for budget
                         continue
                     unacknowledged = None
-                    if landed and row is not None:
+                    if landed and answer is not None:
                         scope.leave_gate()
                         return answer  # the cached (or kept) answer, its row recorded once
                     if landed and held is not None:
@@ -1014,20 +1029,23 @@ class Caller:
                 scope.slot = NO_SLOT
                 given_back = self.slots.given_back()  # before the try: a slot given back after it wakes the wait
                 cached: CallRecord | None = None
-                hit: Any = None
+                hit: Attempt | None = None
                 reservation = None
                 try:
                     # Urgent: ahead of the settlements of calls that have answered (`ledger.WriterGate`).
                     with self.ledger.transaction(urgent=True) as conn:
-                        if key is not None:
-                            hit = self.ledger.cached_response(key, conn=conn)
-                        if hit is not None:
-                            cached = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
-                            self.ledger.record(cached, conn=conn)
-                        elif kept_key is not None:  # an earlier run kept an answer to this request: no call at all
-                            kept = self._kept_answer(routed, kept_key, output, subject, conn=conn)
+                        stored = None if key is None else self.ledger.cached_response(key, conn=conn)
+                        if stored is not None:
+                            # Judged before its row is written, so the row says whether it passes today's checks.
+                            hit, cached = self._judged(routed, request, *stored, output, checks, subject)
+                        if kept_key is not None and (hit is None or not hit.ok):
+                            # An earlier run kept an answer to this request: no call at all. (A cached answer that
+                            # fails a check added since is then not used, and leaves no row.)
+                            kept = self._kept_answer(routed, request, kept_key, output, checks, subject, conn=conn)
                             if kept is not None:
-                                hit, cached = kept
+                                hit, cached = kept  # its row recorded
+                        if hit is not None and not hit.kept:
+                            self.ledger.record(cached, conn=conn)
                         if hit is None:
                             reservation = self.budgets.reserve_in(
                                 conn, candidates, expired=time.monotonic() >= deadline, claim=claim
@@ -1297,16 +1315,29 @@ class Caller:
                 self._modes[key] = self.ledger.output_mode(*key) or ""
             return self._modes[key]
 
-    def reuse(self, routed: Route, key: str, subject: str) -> tuple[str, dict[str, Any] | None] | None:
-        """A stored answer for this request, recorded in the ledger as a zero-token cached call; else None."""
+    def reuse(
+        self,
+        routed: Route,
+        request: Request,
+        key: str,
+        subject: str,
+        *,
+        output: type[BaseModel] | None,
+        checks: Sequence[Check],
+    ) -> Attempt | None:
+        """A stored answer for this request that passes `checks`, recorded in the ledger as a zero-token cached
+        call; else None (one cached before a check it fails was added is not used, and leaves no row)."""
         if not self.settings.use_cache:
             return None
-        hit = self.ledger.cached_response(key)
-        if hit is not None:
-            record = self._record(routed, Usage(), 0.0, 0.0, subject, now_iso(), cached=True)
-            self.ledger.record(record)
-            telemetry.record_call(record, provider_kind=routed.provider_kind)
-        return hit
+        stored = self.ledger.cached_response(key)
+        if stored is None:
+            return None
+        attempt, record = self._judged(routed, request, *stored, output, checks, subject)
+        if not attempt.ok:
+            return None
+        self.ledger.record(record)
+        telemetry.record_call(record, provider_kind=routed.provider_kind)
+        return attempt
 
     def _budget_event(self, event: str, budget: str, routed: Route, subject: str, *, policy: str, detail: str) -> None:
         """A Prefect event for automations (notify, pause a deployment); only inside a Prefect run."""

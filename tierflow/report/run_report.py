@@ -82,7 +82,9 @@ def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
 
     A call's attempts are its task run's rows for one phase and subject. Shadow calls (a tier tried beside a
     passing answer, `route_rule` `shadow: ...`) never answer. When no attempt passed, the answer kept is the
-    best-ranked one, the first among equals, as `Caller.resolve` keeps it (`Attempt.rank`).
+    best-ranked one, the first among equals, as `Caller.resolve` keeps it (`Attempt.rank`): a billed one when there
+    are any (a cached answer that failed a check added since it was cached is never the one kept), else the cached
+    answer an earlier run kept.
     """
     retries = [r for r in rows if r["outcome"] != "ok" or r["escalated_from"]]
     calls: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
@@ -93,7 +95,8 @@ def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     for attempts in calls.values():
         if any(r["outcome"] == "ok" for r in attempts):
             continue
-        best = max(attempts, key=lambda r: (_RANK.get(r["outcome"], 0), -len(_names(r["checks_failed"])), -r["id"]))
+        candidates = [r for r in attempts if not r.get("cached_result")] or attempts
+        best = max(candidates, key=lambda r: (_RANK.get(r["outcome"], 0), -len(_names(r["checks_failed"])), -r["id"]))
         if best["outcome"] != "check_failed":
             continue  # unreadable on every attempt: the call failed, nothing was kept
         kept.append(
