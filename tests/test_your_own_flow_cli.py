@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -791,3 +792,44 @@ def test_a_vault_and_config_given_with_a_tilde_are_found_in_the_home_folder(
     assert shown.exit_code == 0, shown.output
     assert f"tierflow config ({tmp_path / 'tierflow.toml'})" in said(shown)
     assert '"local"' in said(shown)
+
+
+def _raising(package: str, source: str) -> tuple[BaseException, object]:
+    """The error that `flow()`, defined in a module named `package`.flow, raises, and that function."""
+    space: dict[str, object] = {"__name__": f"{package}.flow"}
+    exec(compile(source, f"/{package}/flow.py", "exec"), space)  # noqa: S102 - the test's own code
+    flow = space["flow"]
+    try:
+        flow()  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001 - the error under test
+        return exc, flow
+    raise AssertionError("the flow did not raise")
+
+
+def test_only_the_flows_own_code_is_named_in_one_line_tierflows_and_prefects_errors_keep_their_tracebacks() -> None:
+    """A bug of tierflow's (in one of its own flows, or in its code an own flow called) is never blamed on the flow's
+    code nor hidden behind one line: `raised_in_flow` names only an error the flow's own package raised."""
+    from tierflow.cli.runner import raised_in_flow
+
+    own, flow = _raising("my_flows", "def flow():\n    return {}['shelf']\n")
+    assert raised_in_flow(own, flow) == "/my_flows/flow.py:2, in flow"
+    library, flow = _raising("my_flows", "import json\ndef flow():\n    return json.loads('{')\n")
+    assert raised_in_flow(library, flow) == "/my_flows/flow.py:3, in flow"  # its line that called the library
+    builtin, flow = _raising("tierflow", "def flow():\n    return {}['shelf']\n")
+    assert raised_in_flow(builtin, flow) is None  # one of tierflow's flows: tierflow's bug
+    called, flow = _raising(
+        "my_flows", "from tierflow.core.config import load_config\ndef flow():\n    return load_config(object())\n"
+    )
+    assert raised_in_flow(called, flow) is None  # raised inside tierflow's code: tierflow's, with its traceback
+
+
+def test_the_console_keeps_a_flows_own_logged_exception_and_drops_only_prefects_record_of_the_ending_error() -> None:
+    from tierflow.cli.runner import FLOW_RUN_ENDED_BY, ExpectedErrorFilter
+
+    def record(message: str, *args: object) -> logging.LogRecord:
+        exc = KeyError("shelf")
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, message, args, (KeyError, exc, None))
+
+    keep = ExpectedErrorFilter().filter
+    assert not keep(record(FLOW_RUN_ENDED_BY, KeyError("shelf")))
+    assert keep(record("skipping note %s", "Week 3"))  # the flow's own logger.exception(...)

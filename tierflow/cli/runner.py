@@ -336,12 +336,20 @@ def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, 
     )
 
 
+_NOT_FLOW_CODE = frozenset({"tierflow", "prefect"})
+"""Packages whose errors are never a flow's own: an error raised in them is a bug of theirs."""
+
+
 def raised_in_flow(error: BaseException, function: Any) -> str | None:
     """Where in the flow's own code `error` was raised, as `file:line, in name`: the innermost frame of the package
     of the flow's `function` at or below the flow function's own frame (its line that called what raised, when that
-    was someone else's code). None when the error did not pass through the flow function at all."""
+    was someone else's code). None when the error did not pass through the flow function at all, when the flow is
+    one of tierflow's, or when tierflow's or Prefect's code, called by the flow, raised it: their bugs keep their
+    tracebacks."""
     module = getattr(function, "__module__", None) or ""
     package = module.split(".")[0]
+    if package in _NOT_FLOW_CODE:
+        return None  # one of tierflow's own flows: an error there is tierflow's bug, shown with its traceback
     code = getattr(function, "__code__", None)
     inside, found = False, None
     tb = error.__traceback__
@@ -354,6 +362,12 @@ def raised_in_flow(error: BaseException, function: Any) -> str | None:
         tb = tb.tb_next
     if found is None:
         return None
+    deeper = found.tb_next
+    while deeper is not None:
+        name = str(deeper.tb_frame.f_globals.get("__name__", ""))
+        if name.split(".")[0] in _NOT_FLOW_CODE:
+            return None  # raised in tierflow's or Prefect's code, which the flow called: theirs, with its traceback
+        deeper = deeper.tb_next
     return f"{found.tb_frame.f_code.co_filename}:{found.tb_lineno}, in {found.tb_frame.f_code.co_name}"
 
 
@@ -547,6 +561,11 @@ STOPPED_BY_SIGNAL = ("Execution was aborted by an interrupt signal.", "Execution
 """The crash messages of Prefect's runs stopped by Ctrl-C or SIGTERM (`prefect.states.exception_to_crashed_state`)."""
 
 
+FLOW_RUN_ENDED_BY = "Encountered exception during execution: %r"
+"""The message of Prefect's record (`prefect.flow_engine`) of the error that ended a flow run, traceback attached; a
+flow's own `logger.exception(...)` lines are not it, and keep theirs."""
+
+
 class ExpectedErrorFilter(logging.Filter):
     """Keeps a TierflowError's traceback, and Prefect's echo of its message, off the console; and Prefect's
     "Crash detected!" for a run stopped by Ctrl-C, which tierflow reports in one line of its own; and, unless
@@ -562,8 +581,8 @@ class ExpectedErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], TierflowError):
             return False
-        if record.exc_info and record.name.startswith("prefect.flow_runs") and not self.tracebacks:
-            return False
+        if record.exc_info and record.msg == FLOW_RUN_ENDED_BY and not self.tracebacks:
+            return False  # Prefect's record of the error that ended the flow run: `run_flow` names it in one line
         if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             message = record.getMessage()
             if message.endswith(STOPPED_BY_SIGNAL):
