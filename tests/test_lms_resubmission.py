@@ -357,3 +357,30 @@ def test_a_reimport_that_changes_a_submission_says_so_when_the_dates_cannot_tell
     assert "the submission differs from the one imported before" in warning and "essay.docx" in warning
     assert "a draft written before this import is for the text it replaced" in warning
     assert "1002 (" not in said
+
+
+def test_a_submission_imported_without_dates_gets_them_from_the_next_import_of_it_so_an_older_one_is_refused(
+    tmp_path,
+):
+    """A note imported before tierflow kept the files' dates (or from an unpacked folder, which gives none): the next
+    import of the same submission, from a zip, records its date, so an older download after it is refused as usual."""
+    import zipfile
+
+    vault = imported(tmp_path, versioned=True)
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    newer = moodle_zip(tmp_path / "newer.zip", resubmitted()[:3], dated=RESUBMITTED_ON)
+    unpacked = tmp_path / "newer-unpacked"
+    with zipfile.ZipFile(newer) as archive:
+        archive.extractall(unpacked)
+    note = vault / ASSIGNMENT / "submissions" / "1001.md"
+    assert CliRunner().invoke(app, ["import", "submissions", str(unpacked), *base]).exit_code == 0
+    assert "resubmitted" in note.read_text(encoding="utf-8") and "files_dated" not in note.read_text(encoding="utf-8")
+
+    again = CliRunner().invoke(app, ["import", "submissions", str(newer), *base])  # the same submission, dated
+    assert again.exit_code == 0, again.output
+    assert "files_dated" in note.read_text(encoding="utf-8")
+
+    shown = CliRunner().invoke(app, ["import", "submissions", str(tmp_path / "first.zip"), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced: this export's submission is older than the one imported before" in shown.stdout
+    assert "resubmitted" in note.read_text(encoding="utf-8")

@@ -452,8 +452,10 @@ def _import_one(
     body = _body(readable)
     changed = refiled and body.strip() != previous.strip()
     result.older = changed and older
-    if note.exists() and not changed:
+    if note.exists() and not changed and before is not None:
         dated = before  # the same submission: the date it was first imported with stays, whatever this zip says
+    # (A note imported with no date, by an older tierflow or from an unpacked folder, takes this zip's: an older
+    # download imported after it is then refused as for any other.)
     authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
     if work.platform == "canvas" and work.name and " " not in work.name:
         name = canvas.name_from(work.name, [*authors, body]) or work.name
