@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 from conftest import write_config
@@ -101,3 +102,49 @@ def test_the_gain_calibration_survives_a_save_and_load(tmp_path):
         assert stored == pytest.approx(fitted)
     X = router.rows("f", "p", "low", [r[2] for r in _requests(30, 2, ["mixed", "easy", "hard"], INDEPENDENT)])
     assert loaded.suffices(LIGHT, DEEP, X) == pytest.approx(router.suffices(LIGHT, DEEP, X), abs=1e-6)
+
+
+STANDARD = "offline:extractive-standard"
+
+
+def _three_tiers(n: int, seed: int) -> list[Observation]:
+    """A three-tier cascade: light answers four requests in five and standard answers only light's failures (a
+    `rescue` pair, no shadow calls); the fifth request goes to standard directly. Deep answers every request
+    standard answered, so standard -> deep is a `difference` pair. Easy questions pass everywhere, hard ones fail on
+    light and pass on standard one in three, mixed ones pass on light one in two and fail on deep one in four."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = ["mixed", "easy", "hard"][i % 3]
+        j = i // 3
+        text = "Question: " + " ".join(rnd.choice(WORDS[kind]) for _ in range(6)) + "?"
+        light = kind == "easy" or (kind == "mixed" and j % 2 == 0)
+        standard = kind != "hard" or j % 3 == 0
+        deep = not (kind == "mixed" and j % 4 == 1)
+        rid = f"t{seed}-{i}"
+        if i % 5:  # light first; standard only where it failed
+            rows.append(Observation(rid, "f", "p", "low", "light", LIGHT, text, light, ""))
+            if light:
+                continue
+        rows.append(Observation(rid, "f", "p", "low", "standard", STANDARD, text, standard, ""))
+        rows.append(Observation(rid, "f", "p", "low", "deep", DEEP, text, deep, ""))
+    return rows
+
+
+def test_a_rescue_pair_below_leaves_the_next_pairs_calibration_as_it_was():
+    """Standard -> deep is calibrated on standard's pass model (what `gain_probability` maps at inference), so light's
+    history, which only adds the light -> standard rescue model, leaves it as standard and deep alone fit it. The
+    rescue model's held-out scores used to replace standard's own on the requests light failed, and the standard ->
+    deep calibration was fitted on P(standard rescues light) instead."""
+    history = _three_tiers(900, 0)
+    order = ["light", "standard", "deep"]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    cascade = fit(history, order, now=now)
+    alone = fit([o for o in history if o.tier != "light"], order, now=now)
+    rescue = cascade.gains[(LIGHT, STANDARD)]
+    assert rescue.kind == "rescue" and rescue.calibrated  # cross-validated: it has held-out scores of its own
+    assert cascade.gains[(STANDARD, DEEP)].kind == "difference"
+    X = cascade.rows("f", "p", "low", sorted({o.text for o in history}))
+    same = alone.pass_probability(STANDARD, X)  # the same pass model either way
+    assert cascade.pass_probability(STANDARD, X) == pytest.approx(same, abs=1e-9)
+    assert cascade.gains[(STANDARD, DEEP)].calibration == alone.gains[(STANDARD, DEEP)].calibration

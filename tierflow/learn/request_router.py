@@ -424,6 +424,7 @@ def _held_out_calibration(
     cheaper: Sequence[Observation],
     both: Sequence[tuple[Observation, Observation, float]],
     held_out: Mapping[int, float],
+    rescued: Mapping[int, float],
     models: Mapping[str, PassModel],
     support: np.ndarray,
     matrix: Any,
@@ -431,8 +432,9 @@ def _held_out_calibration(
     now: datetime,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The gain's calibration (`_calibration`) over the requests the cheaper model answered, scored as no model
-    that scored them had seen them: out-of-fold pass probabilities (for `rescue`, the rescue model's out-of-fold
-    probability on the failures it learned from), and the dearer model's prediction where it never answered.
+    that scored them had seen them: out-of-fold pass probabilities (`held_out`, the pass models'; for `rescue`, the
+    dearer side is `rescued`, the rescue model's out-of-fold probability on the failures it learned from), and the
+    dearer model's prediction where it never answered.
 
     Where the cheaper model passed, the event (it fails, the dearer passes) did not happen, whether or not the
     dearer one answered; where it failed, the dearer one's answer decides, and each failure it answered stands for
@@ -456,7 +458,9 @@ def _held_out_calibration(
         if dearer_model.members is None:
             upper = dearer_model.pass_rate
         elif b is not None and (gain.kind == "difference" or not a.passed):
-            upper = held_out.get(id(b))  # it learned from this answer: its out-of-fold probability, if any
+            # It learned from this answer: its out-of-fold probability, if any (for `rescue`, the rescue model's,
+            # never the dearer model's pass model's: that is not what the rescue model's gain maps at inference).
+            upper = (held_out if gain.kind == "difference" else rescued).get(id(b))
         else:
             upper = float(unseen[i])
         keep.append(lower is not None and upper is not None)
@@ -675,7 +679,9 @@ def fit(
         paired[(lower, upper)] = both
     models: dict[str, PassModel] = {}
     held_out: dict[int, float] = {}
-    """Observation -> its model's out-of-fold P(pass), where the model was cross-validated."""
+    """Observation -> its pass model's out-of-fold P(pass), where the model was cross-validated. A rescue model's
+    out-of-fold scores are kept apart (`rescued`), per pair: a dearer model's answer is scored by both, and the next
+    pair up calibrates on its pass model's (what `RequestRouter.gain_probability` maps)."""
     for name, seen in by_model.items():
         y = np.array([o.passed for o in seen], dtype=int)
         rate = float(y.mean())
@@ -691,6 +697,7 @@ def fit(
         models[name] = PassModel(name, len(seen), rate, _stored(model, support), calibrated, fitted=model)
     gains: dict[tuple[str, str], PassModel] = {}
     for (lower, upper), both in paired.items():
+        rescued: dict[int, float] = {}  # the rescue model's out-of-fold P(the dearer passes), by the dearer answer
         joint = len(both) >= REFIT_MIN and sum(a.passed for a, _, _ in both) >= JOINT_SHARE * len(both)
         # The observed share of requests the cheaper model failed and the dearer one passed, each pair weighted by
         # how many requests it stands for.
@@ -713,14 +720,14 @@ def fit(
                 X = matrix[[row_of[id(a)] for a, _ in pairs]]
                 model, calibrated, oof = _classifier(X, y, _weights([b.timestamp for _, b in pairs], now))
             if oof is not None:
-                held_out.update((id(b), p) for (_, b), p in zip(pairs, oof, strict=True))
+                rescued = {id(b): p for (_, b), p in zip(pairs, oof, strict=True)}
             gain = PassModel(
                 f"{lower}->{upper}", len(pairs), float(y.mean()), _stored(model, support), calibrated, "rescue",
                 fitted=model,
             )  # fmt: skip
         gains[(lower, upper)] = gain
         gain.calibration = _held_out_calibration(
-            gain, by_model[lower], both, held_out, models, support, matrix, row_of, now
+            gain, by_model[lower], both, held_out, rescued, models, support, matrix, row_of, now
         )
     phases: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for o in observed:
