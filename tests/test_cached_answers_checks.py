@@ -25,6 +25,7 @@ from tierflow import (
     task,
     write_run_report,
 )
+from tierflow.core.calls import NOT_USED
 from tierflow.core.ledger import Ledger
 from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
@@ -161,3 +162,25 @@ def test_an_unchanged_rerun_after_a_check_was_added_reuses_the_kept_answer_not_t
         (1, "check_failed", "always_fails")
     ] * 2
     assert state.name == "Needs review" and len(summary.kept) == 2 and KEPT_SECTION in report
+
+
+def test_a_rejected_cached_answer_is_not_listed_as_kept_when_the_fresh_call_fails(vault: Path, double: ProviderDouble):
+    """A check is added and the provider answers 500 to every request about Note 1: its cached answer is judged and
+    rejected, and the call made afresh fails, so Note 1 is skipped, not kept (no note was written for it). Note 2's
+    fresh answers fail the check on every tier: that one is kept, and the run needs review for it alone."""
+    run(vault, strict=False)
+
+    def down_for_note_1(request: DoubleRequest) -> Reply:
+        return Reply(status=500, text="overloaded") if "Note 1" in json.dumps(request.body) else points(request)
+
+    double.responder = down_for_note_1
+    state, summary, report = run(vault, strict=True)
+    assert [title for title, _ in summary.skipped] == ["Note 1"], summary.skipped
+    assert len(summary.kept) == 1 and summary.kept[0].startswith("collate · Note 2: kept from"), summary.kept
+    assert "Note 1: kept" not in report
+    assert state.name == "Needs review", state
+    # Its rejected cached answer still has its row, at no cost, saying it was not used.
+    rows = Ledger.for_vault(vault).rows(run_id=summary.run_id)
+    note_1 = [r for r in rows if r["subject"] == "Note 1"]
+    assert [(r["cached_result"], r["outcome"], r["cost_usd"]) for r in note_1] == [(1, "check_failed", 0.0)]
+    assert note_1[0]["route_rule"].startswith(NOT_USED), note_1[0]["route_rule"]

@@ -10,6 +10,7 @@ import pytest
 from conftest import anthropic_config, write_config
 from responders import skilled
 
+from tierflow.core.calls import NOT_USED
 from tierflow.core.ledger import Ledger
 from tierflow.flows.reading_notes import reading_notes
 from tierflow.offline import SKILLS, prompt_data
@@ -54,6 +55,18 @@ def test_a_cached_answer_that_failed_a_check_added_since_is_never_the_one_kept()
     replayed = [row(1, "deep", "claude-opus-4-6", "check_failed", "quotes_verbatim", cached_result=1)]
     assert _closed_loop(replayed)[1] == [
         "draft · Feedback: kept from anthropic:claude-opus-4-6 (check_failed: quotes_verbatim)"
+    ]
+
+
+def test_a_rejected_cached_answer_whose_fresh_call_failed_is_not_listed_as_kept():
+    # Judged, failed a check added since it was cached, and not used; the call made afresh raised: nothing was kept.
+    rejected = f"{NOT_USED} fails a check added since it was cached; table"
+    rows = [row(1, "standard", "claude-sonnet-4-6", "check_failed", "quotes_verbatim", rejected, cached_result=1)]
+    assert _closed_loop(rows)[1] == []
+    # An earlier run's kept answer, replayed (a cached `check_failed` row too): kept.
+    replayed = [row(1, "standard", "claude-sonnet-4-6", "check_failed", "quotes_verbatim", cached_result=1)]
+    assert _closed_loop(replayed)[1] == [
+        "draft · Feedback: kept from anthropic:claude-sonnet-4-6 (check_failed: quotes_verbatim)"
     ]
 
 

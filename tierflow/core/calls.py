@@ -165,6 +165,11 @@ class Answer:
 LEARNED_OUTPUT_MODE = "learned_output_mode"
 """`Completion.extra`'s key for the structured-output form the call found its server accepts (`Caller._complete`)."""
 
+NOT_USED = "not used:"
+"""What the `route_rule` of a cached answer's row starts with when the answer failed a check added since it was
+cached and the call was made afresh: it was judged, never used, and is never an answer kept (`shadow:` rows, likewise,
+never answer)."""
+
 _RANK = {"error": 0, "refused": 0, "truncated": 1, "malformed": 1, "check_failed": 2, "ok": 3}
 
 
@@ -1038,9 +1043,13 @@ class Caller:
                         if stored is not None:
                             # Judged before its row is written, so the row says whether it passes today's checks.
                             hit, cached = self._judged(routed, request, *stored, output, checks, subject)
+                            if not hit.ok:  # not used: its row says so, or the report would take it for one kept
+                                rule = f"{NOT_USED} fails a check added since it was cached; {routed.rule}"
+                                cached = replace(cached, route_rule=rule[:256])
                         if kept_key is not None and (hit is None or not hit.ok):
                             # An earlier run kept an answer to this request: no call at all. (A cached answer that
-                            # fails a check added since is then not used, and leaves no row.)
+                            # fails a check added since is then not used and leaves no row; with no kept answer,
+                            # its `NOT_USED` row is written below and the call is made afresh.)
                             kept = self._kept_answer(routed, request, kept_key, output, checks, subject, conn=conn)
                             if kept is not None:
                                 hit, cached = kept  # its row recorded

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tierflow.core import clock
 from tierflow.core.budget import BudgetState, Forecast
-from tierflow.core.calls import _RANK, RunSettings, caller_for
+from tierflow.core.calls import _RANK, NOT_USED, RunSettings, caller_for
 from tierflow.core.commands import tierflow_command
 from tierflow.core.config import Config
 from tierflow.core.errors import LedgerError, TierflowError, VaultError
@@ -81,20 +81,21 @@ def _closed_loop(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     """Attempts that failed or escalated, and the answers kept although no tier passed their checks.
 
     A call's attempts are its task run's rows for one phase and subject. Shadow calls (a tier tried beside a
-    passing answer, `route_rule` `shadow: ...`) never answer. When no attempt passed, the answer kept is the
-    best-ranked one, the first among equals, as `Caller.resolve` keeps it (`Attempt.rank`): a billed one when there
-    are any (a cached answer that failed a check added since it was cached is never the one kept), else the cached
-    answer an earlier run kept.
+    passing answer, `route_rule` `shadow: ...`) never answer, nor does a cached answer that failed a check added
+    since it was cached (`route_rule` `not used: ...`: the call was made afresh, and may have failed). When no
+    attempt passed, the answer kept is the best-ranked one, the first among equals, as `Caller.resolve` keeps it
+    (`Attempt.rank`): a billed one when there are any, else the cached answer an earlier run kept.
     """
     retries = [r for r in rows if r["outcome"] != "ok" or r["escalated_from"]]
     calls: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if not str(r["route_rule"] or "").startswith("shadow:"):
+        if not str(r["route_rule"] or "").startswith(("shadow:", NOT_USED)):
             calls.setdefault((r["task_run_id"], r["phase"], r["subject"]), []).append(r)
     kept = []
     for attempts in calls.values():
         if any(r["outcome"] == "ok" for r in attempts):
             continue
+        # Billed first: a rejected cached answer recorded before it was marked `not used:` is not the one kept.
         candidates = [r for r in attempts if not r.get("cached_result")] or attempts
         best = max(candidates, key=lambda r: (_RANK.get(r["outcome"], 0), -len(_names(r["checks_failed"])), -r["id"]))
         if best["outcome"] != "check_failed":
