@@ -146,6 +146,10 @@ def run_flow(
             console.print(f"[bold yellow]interrupted: the run stopped; {escape(resume)}.")
             raise typer.Exit(interrupted_code()) from None
         console.print(f"[bold yellow]{escape(interrupted_message(run_id, vault, config=config, profile=profile))}")
+        # The task runs the interrupt ended reach Prefect's temporary server as events: a few seconds' wait lets its
+        # recorder write them before the server stops (not mid-write: a traceback on the console, runs missing from
+        # the UI). A second Ctrl-C meanwhile ends it at once (`stopped_by_interrupt`).
+        wait_for_task_run_records(run_id, patience=INTERRUPTED_WAIT_S)
         raise typer.Exit(interrupted_code()) from None
     except Exception as exc:
         where = raised_in_flow(exc, getattr(spec.flow, "fn", spec.flow))
@@ -516,6 +520,10 @@ def prefect_did_not_start_message() -> str:
         "or start a server once with `prefect server start` and point tierflow at it: "
         "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`."
     )
+
+
+INTERRUPTED_WAIT_S = 15.0
+"""At most how long an interrupted run waits for the temporary server to record its task runs before it exits."""
 
 
 def wait_for_task_run_records(run_id: str | None, *, patience: float = 120.0) -> None:
