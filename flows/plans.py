@@ -137,7 +137,7 @@ def plan_synthesis(
     (`synthesise_week`). `outputs` is each collation's model-written part, counted at its full allowance, and
     each group's synthesis is counted in a merge at the deep tier's full allowance."""
     caller = caller_for(settings)
-    routed = caller.route(synthesise.PHASE, synthesise.COMPLEXITY)
+    routed = caller.sizing_route(synthesise.PHASE, synthesise.COMPLEXITY)
     known = synthesise.VaultConcepts.read(settings, skeletons)
     limit = prompt_room(caller.config, routed)
 
@@ -342,7 +342,7 @@ def plan_module_review(
     def size(group: list[review.Part]) -> int:
         return review.synthesis_tokens(settings, work.name, group) + sum(outputs.get(p.label, 0) for p in group)
 
-    room = prompt_room(caller.config, caller.route("synthesise", review.SYNTHESISE.complexity))
+    room = prompt_room(caller.config, caller.sizing_route("synthesise", review.SYNTHESISE.complexity))
     try:
         groups = group_to_fit(empty, size, room, label=lambda p: p.label) if room is not None else [empty]
     except GroupTooLarge as exc:  # at the worst case; actual collations are usually far shorter

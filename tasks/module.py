@@ -350,7 +350,7 @@ def _subject(parts: list[Part], merge: bool, whole: int) -> str:
 
 def synthesis_tokens(settings: RunSettings, module: str, parts: list[Part], merge: bool = False) -> int:
     """The synthesis prompt's tokens as the call path counts them against the context window."""
-    routed = caller_for(settings).route(SYNTHESISE.name, SYNTHESISE.complexity)
+    routed = caller_for(settings).sizing_route(SYNTHESISE.name, SYNTHESISE.complexity)
     return prompt_tokens(settings, routed, *synthesis_prompt(settings, module, parts, merge), SemesterFindings)
 
 
@@ -382,7 +382,7 @@ def synthesise(settings: RunSettings, module: Module, parts: list[Part]):  # noq
     """One synthesis over every part when it fits the `high` tier's context window, else in groups, then
     over the groups' results (`reduce_in_groups`)."""
     caller = caller_for(settings)
-    room = prompt_room(caller.config, caller.route(SYNTHESISE.name, SYNTHESISE.complexity))
+    room = prompt_room(caller.config, caller.sizing_route(SYNTHESISE.name, SYNTHESISE.complexity))
 
     def measure(group: list[Part], merge: bool = False) -> int:
         return synthesis_tokens(settings, module.name, list(group), merge)

@@ -347,7 +347,7 @@ def synthesise_week(
     """One tagged task run over all the week's collations, or, when its prompt does not fit the routed model's
     context window, one per group of collations and then a merge of the groups' syntheses."""
     caller = caller_for(settings)
-    routed = caller.route(PHASE, COMPLEXITY)
+    routed = caller.sizing_route(PHASE, COMPLEXITY)
     known = cache(lambda: VaultConcepts.read(settings, collations))  # read only if a window is to be checked
 
     def measure(group: list[Collation]) -> int:

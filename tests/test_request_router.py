@@ -540,3 +540,35 @@ def test_routing_fit_says_when_the_model_path_is_a_directory(tmp_path):
     said = " ".join(fitted.output.split())
     assert f"cannot save the request router to {path}: it is a directory" in said
     assert "write access" not in said and "move or remove that directory" in said
+
+
+def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fits(tmp_path, monkeypatch, double):
+    """A router that learned on short requests chooses light for a long one too; light's window (a local model's
+    4k, say) cannot take it, so the request goes where the router's choice is left out: the rules' tier."""
+    from tierflow.core import routing
+
+    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"ok": True})
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    small = anthropic_config(double, REQUEST_MODE).replace(
+        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
+    )
+    path = write_config(vault / ".tierflow" / "config.toml", small)
+    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-window", flow="reading-notes"))
+    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
+
+    def synthesise(prompt: str):
+        return c.ask(phase="synthesise", complexity="medium", system="Synthesise.", prompt=prompt, output=Out)
+
+    short = synthesise(easy(1))
+    assert short.route.tier == "light" and short.route.rule.startswith("request: P(light)=0.97")
+    week = synthesise("\n".join(easy(i) for i in range(600)))  # about 9k tokens: only standard's window takes it
+    assert week.route.tier == "standard" and week.outcome == "ok"
+    assert week.route.rule.startswith("request: light's context window cannot take this request (request: P(light)")
+    assert "; rules; routing.medium" in week.route.rule
+    rows = c.ledger.rows(run_id="run-window")
+    assert [r["tier"] for r in rows] == ["light", "standard"]  # nothing sent to light and refused, nothing lost
+    # The week is sized for the tier a too-long request goes to, not for the router's choice on no text.
+    assert c.sizing_route("synthesise", "medium").tier == "standard"

@@ -31,7 +31,7 @@ from tierflow.core.budget import (
 from tierflow.core.caching import worth_caching
 from tierflow.core.checks import Check, Failure, describe, run_checks
 from tierflow.core.config import Config, load_config
-from tierflow.core.context import check_fits
+from tierflow.core.context import check_fits, overflow
 from tierflow.core.errors import (
     BudgetExceeded,
     LedgerUnreachable,
@@ -277,13 +277,17 @@ class Caller:
         note: str = "",
         adaptive: bool = True,
         prompt: str = "",
+        unfit: frozenset[str] = frozenset(),
     ) -> Route:
         """`adaptive=False`: the person chose the complexity, so learned routing (adaptive or per request) does not
-        override it."""
+        override it. `unfit`: in request mode, tiers whose context window cannot take this request; learned routing
+        choosing one of them leaves the request to the next that can tell (phase evidence, then the rules)."""
         mode = self.config.settings.routing.mode
         value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
         if mode == "request" and adaptive:
-            routed = self._route_request(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
+            routed = self._route_request(
+                phase, complexity, front_matter=front_matter, note=note, prompt=prompt, unfit=unfit
+            )
         else:
             routed = route(
                 self.config,
@@ -297,13 +301,22 @@ class Caller:
         return replace(routed, value=value)
 
     def _route_request(
-        self, phase: str, complexity: str, *, front_matter: Mapping[str, Any] | None, note: str, prompt: str
+        self,
+        phase: str,
+        complexity: str,
+        *,
+        front_matter: Mapping[str, Any] | None,
+        note: str,
+        prompt: str,
+        unfit: frozenset[str] = frozenset(),
+        consult_router: bool = True,
     ) -> Route:
         """`[routing] mode = "request"`: the installed per-request router's tier for this request; while it
-        cannot tell (cold start, or no tier it knows for this flow and phase reaches the target), the phase's
-        evidence as in adaptive mode, then the rules, and `rule` says which and why."""
+        cannot tell (cold start, or no tier it knows for this flow and phase reaches the target), or its tier is
+        `unfit` (its window cannot take the request), the phase's evidence as in adaptive mode, then the rules,
+        and `rule` says which and why."""
         value = value_of(self.config, flow=self.settings.flow, phase=phase, front_matter=front_matter)
-        router = request_router()
+        router = request_router() if consult_router else None
         decided = None
         undecided = COLD_START  # why the router did not decide
         if router is not None:
@@ -313,9 +326,13 @@ class Caller:
             )  # fmt: skip
             if decided is not None and decided[0] is None:
                 undecided, decided = decided[1], None
+            elif decided is not None and decided[0] in unfit:
+                undecided = f"request: {decided[0]}'s context window cannot take this request ({decided[1]})"
+                decided = None
         joint = ", " if undecided == COLD_START else "; "
-        if decided is None and (phase, complexity) in self.learned():
-            tier, why = self.learned()[(phase, complexity)]
+        evidence = self.learned().get((phase, complexity))
+        if decided is None and evidence is not None and evidence[0] not in unfit:
+            tier, why = evidence
             decided = (tier, f"{undecided}{joint}phase evidence; {why}")
         routed = route(
             self.config,
@@ -329,6 +346,15 @@ class Caller:
         if decided is None and routed.rule.startswith("routing."):
             routed = replace(routed, rule=f"{undecided}{joint}rules; {routed.rule}")
         return routed
+
+    def sizing_route(self, phase: str, complexity: str) -> Route:
+        """The route whose context window a flow sizes a phase's prompts for (the groups of a long week or term).
+        `route`'s, except in request mode: there each request is routed on its own text, and one whose tier's
+        window cannot take it goes where the router's choice is left out (`build`), the route returned here."""
+        if self.config.settings.routing.mode != "request":
+            return self.route(phase, complexity)
+        routed = self._route_request(phase, complexity, front_matter=None, note="", prompt="", consult_router=False)
+        return replace(routed, value=value_of(self.config, flow=self.settings.flow, phase=phase))
 
     def learned(self) -> dict[tuple[str, str], tuple[str, str]]:
         """Adaptive routing's table for this run's flow and project, read from the ledger once per run and process."""
@@ -470,20 +496,41 @@ class Caller:
         note: str = "",
         routed: Route | None = None,
     ) -> tuple[Route, Request]:
-        """The route and the request a call would make; `plan` estimates these without calling."""
-        routed = routed or self.route(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
+        """The route and the request a call would make; `plan` estimates these without calling.
+
+        In request mode, a request the routed tier's window cannot take (by the offline count) is routed again
+        without that tier, so that a router trained on short requests never sends a long one where it cannot go;
+        where no other tier takes it either, the call path refuses it as before (`check_fits`)."""
         schema = output.model_json_schema() if output is not None else None
-        return routed, self.request(
-            routed,
-            system=system,
-            prompt=prompt,
-            cache_prefix=cache_prefix,
-            schema=schema,
-            schema_name=output.__name__.lower() if output is not None else "result",
-            cache_key=f"tierflow-{self.settings.flow}-{phase}" if cache_prefix else None,
-            # A prefix shorter than the model caches is sent unmarked: marking it would buy nothing.
-            cacheable=bool(cache_prefix) and worth_caching(self.config, routed, system, cache_prefix, schema),
-        )
+
+        def request(routed: Route) -> Request:
+            return self.request(
+                routed,
+                system=system,
+                prompt=prompt,
+                cache_prefix=cache_prefix,
+                schema=schema,
+                schema_name=output.__name__.lower() if output is not None else "result",
+                cache_key=f"tierflow-{self.settings.flow}-{phase}" if cache_prefix else None,
+                # A prefix shorter than the model caches is sent unmarked: marking it would buy nothing.
+                cacheable=bool(cache_prefix) and worth_caching(self.config, routed, system, cache_prefix, schema),
+            )
+
+        if routed is not None:
+            return routed, request(routed)
+        routed = self.route(phase, complexity, front_matter=front_matter, note=note, prompt=prompt)
+        built = request(routed)
+        unfit: frozenset[str] = frozenset()
+        while (
+            self.config.settings.routing.mode == "request"
+            and routed.rule.startswith("request:")
+            and routed.tier not in unfit
+            and overflow(self.config, routed, self.estimate(routed, built).prompt_tokens) is not None
+        ):
+            unfit |= {routed.tier}
+            routed = self.route(phase, complexity, front_matter=front_matter, note=note, prompt=prompt, unfit=unfit)
+            built = request(routed)
+        return routed, built
 
     def ask(
         self,
