@@ -187,6 +187,9 @@ def test_namesakes_and_a_cover_table_through_the_feedback_flow(lms_vault, tmp_pa
         # As a word: the bundled essays cite Black & Wiliam.
         leaked = [i for i, body in enumerate(sent) if re.search(rf"\b{identity.casefold()}", body)]
         assert not leaked, f"{identity} reached the model in request(s) {leaked}"
+    # Where a namesake label reaches the marking model, its system prompt says whom it stands for: no one student.
+    marking = [body for body in sent if "namesake-01" in body and "mark student work against a rubric" in body]
+    assert marking and all("a name that several students share" in body for body in marking)
 
     ben, anna, anna2, liam_ = "Student-01", "Student-02", "Student-03", "Student-04"  # by sorted id
     # Each Anna's prompt holds her own label only, however the two sort; Ben's names neither Anna.
