@@ -538,6 +538,29 @@ def test_a_reservation_whose_commit_went_through_unacknowledged_is_held_once(
     assert live["per-run"][0] == pytest.approx(sum(r["cost_usd"] for r in rows))
 
 
+def test_a_call_that_gives_up_after_its_reservation_committed_unacknowledged_stops_renewing_its_slot(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The transaction before the call commits, its acknowledgement is lost, and the ledger then stays away past the
+    wait: the call gives up, nothing sent. Its tier slot's lease is left to lapse, as its reservation's is (and as
+    an answered call's that gives up): before, this process renewed the slot for as long as it lived, one of the
+    tier's slots held for good by a call that had ended."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    caller = outage_caller(tmp_path, double, ledger_url, 60, concurrency=2)
+    caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Warm up.")  # the ledger was reached
+    lost = acknowledgement_lost(caller, "INSERT INTO RESERVATIONS")
+    state = failing(caller, down=0)
+    Clock(caller, on_sleep=lambda n: state.update(down=1))  # gone with the commit, and never back
+
+    with pytest.raises(LedgerUnreachable) as raised:
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Summarise.")
+
+    assert raised.value.gave_up and lost["lost"] == 1 and len(double.model_calls()) == 1  # the warm-up's alone
+    state["down"] = 0
+    assert held_slots(caller) == 1  # committed, as its reservation was: both lapse with their leases
+    assert caller.slots._held == set()  # what this process's lease renewer renews: nothing of the call that ended
+
+
 def test_a_cached_answer_whose_row_committed_unacknowledged_is_recorded_once(
     tmp_path, monkeypatch, double, ledger_url, waits
 ):

@@ -1059,6 +1059,17 @@ class Caller:
         # committed): the cached call's row, or the reservation and the slot. The next try looks for it first, so
         # a commit that went through all the same is never made twice (two reservations, one never settled).
         unacknowledged: tuple[CallRecord | None, Attempt | None, Reservation | None, str | None] | None = None
+
+        def wait_for_ledger(exc: LedgerUnreachable) -> float:
+            try:
+                return self.ledger.outage.wait(exc)
+            except BaseException:
+                # Given up: a slot taken in a commit not acknowledged is left to lapse with its lease, as the
+                # reservation taken with it is, never renewed by this process for as long as it lives.
+                if unacknowledged is not None:
+                    self.slots.forget(unacknowledged[3])
+                raise
+
         with self.ledger.outage.trying():  # its patience runs from this call's first failure
             while True:
                 if unacknowledged is not None:
@@ -1066,7 +1077,7 @@ class Caller:
                     try:
                         landed = self.ledger.landed(row) if row is not None else self.budgets.landed(held)
                     except LedgerUnreachable as exc:
-                        deadline += self.ledger.outage.wait(exc)  # waiting for the ledger is not waiting for budget
+                        deadline += wait_for_ledger(exc)  # waiting for the ledger is not waiting for budget
                         continue
                     unacknowledged = None
                     if landed and answer is not None:
@@ -1125,7 +1136,7 @@ class Caller:
                     else:
                         self.slots.forget(scope.slot)
                     scope.slot = NO_SLOT
-                    deadline += self.ledger.outage.wait(exc)  # waiting for the ledger is not waiting for budget
+                    deadline += wait_for_ledger(exc)  # waiting for the ledger is not waiting for budget
                     continue
                 if hit is not None:
                     scope.leave_gate()
