@@ -183,3 +183,25 @@ def test_a_timeout_raised_between_the_reservation_and_the_call_leaks_nothing(tmp
     monkeypatch.setattr(caller.budgets, "keep_alive", renew)
     [after] = in_thread(lambda: ask(caller, "The next call on the tier."))
     assert after.text and len(caller.ledger.rows()) == 1
+
+
+def test_a_timeout_raised_as_the_answer_arrives_leaves_the_answers_row(tmp_path, monkeypatch, double):
+    """Prefect's timeout raised into the task's thread just after the provider answered, as the call hands its slot
+    on: the answer is paid for, so its row is written (`error`, its tokens known) and settles the reservation, never
+    a reservation released with no row in its place (the call then counted nowhere)."""
+    caller = scoped_caller(tmp_path, double, monkeypatch, concurrency=1)
+    hand_over = caller.slots.hand_over
+
+    def timed_out(tier: str, slot: str | None) -> None:
+        raise CancelledError()
+
+    monkeypatch.setattr(caller.slots, "hand_over", timed_out)
+    with pytest.raises(CancelledError):
+        ask(caller, "Summarise.")
+    assert len(double.model_calls()) == 1
+    (row,) = caller.ledger.rows()
+    assert row["outcome"] == "error" and row["usage_known"] and row["output_tokens"] > 0
+    assert open_reservations(caller.ledger) == [] and held_slots(caller) == 0
+    monkeypatch.setattr(caller.slots, "hand_over", hand_over)
+    [after] = in_thread(lambda: ask(caller, "The next call on the tier."))
+    assert after.text and len(caller.ledger.rows()) == len(double.model_calls()) == 2

@@ -955,10 +955,8 @@ class Caller:
                 scope.lost = self._lost(routed, reservation, subject, started, number, getattr(exc, "lost_attempts", 0))
                 raise
             latency_ms = (time.perf_counter() - t0) * 1000
-            if LEARNED_OUTPUT_MODE in completion.extra:
-                scope.output_mode = (routed.provider, routed.model, completion.extra[LEARNED_OUTPUT_MODE])
-            scope.called()  # the slot goes to the next call now, not after the verdict and the settlement
-            # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in.
+            # From here the answer is billed: the scope writes this row on exit, `error` until the verdict is in. It
+            # comes first, so that nothing raised meanwhile (a Prefect timeout) releases the reservation row-less.
             scope.answered(
                 self._record(
                     routed, completion.usage, None, latency_ms, subject, started,
@@ -966,6 +964,9 @@ class Caller:
                     escalated_from=escalated_from,
                 )
             )  # fmt: skip
+            if LEARNED_OUTPUT_MODE in completion.extra:
+                scope.output_mode = (routed.provider, routed.model, completion.extra[LEARNED_OUTPUT_MODE])
+            scope.called()  # the slot goes to the next call now, not after the verdict and the settlement
             scope.lost = self._lost(
                 routed, reservation, subject, started, number, completion.extra.get("lost_attempts", 0)
             )
