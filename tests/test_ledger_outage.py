@@ -790,3 +790,27 @@ def test_a_ledger_gone_once_the_runs_calls_were_read_leaves_the_reports_spend_kn
     assert summary.cost_usd == pytest.approx(0.25) and summary.tokens == 120
     report = (vault / summary.report.path).read_text(encoding="utf-8")
     assert "unknown" not in report
+
+
+def test_a_report_whose_disk_refuses_a_write_does_not_say_the_ledger_went_away(tmp_path, double, prefect_harness):
+    """The report's scan of earlier drafts meets a disk that refuses the ledger's writes (full, over a quota): its
+    error names the file and the fix (free space), and the run is not told its ledger 'could not be reached' and to
+    go on 'once it is back' (`RunSummary.ledger_error`), as only a ledger that went away is."""
+    from tierflow.core.calls import caller_for
+    from tierflow.report.run_report import RunSummary, write_run_report
+
+    vault = tmp_path / "vault"
+    outage_config(vault, double, f"sqlite:///{tmp_path / 'ledger.sqlite'}", 60)
+    settings = RunSettings(vault=str(vault), run_id="disk-full", flow="test", project="thesis")
+    caller = caller_for(settings)
+    (vault / "Draft.md").write_text("Feedback closes the gap, and then some.\n", encoding="utf-8")
+    caller.ledger.remember_draft("Draft.md", "Feedback closes the gap.", run_id="earlier", flow="test")
+    state = sqlite_refusing_writes(caller, "DELETE FROM SIGNALS")
+    state["down"] = 1
+    summary = RunSummary("disk-full", "test")
+    write_run_report(settings, summary, since=None, until=None, selected=1)
+
+    assert state["failed"] == 1 and summary.failed and "free space on it" in summary.failed
+    assert summary.ledger_error is None
+    report = (vault / summary.report.path).read_text(encoding="utf-8")
+    assert "could not be reached" not in report and "once it is back" not in report.lower()

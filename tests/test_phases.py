@@ -443,3 +443,30 @@ def test_answers_cut_off_at_a_configured_output_limit_name_the_limits_tried_and_
     alone = once(RunSettings(vault=str(tmp_path), run_id="cut-off-once", flow="phases"))
     assert alone.failed and "light: 64, then 128 tokens" in alone.failed
     assert "once the limit is raised, a rerun continues from them" in alone.failed
+
+
+def test_a_ledger_whose_disk_refuses_a_write_fails_the_phase_naming_the_disk_not_a_ledger_gone_away(
+    tmp_path: Path, prefect_harness
+):
+    """A single-task phase whose answer's row a full disk refused (the closing write's LedgerError, no outage): the
+    phase fails with that error, which names the file and the fix; the run is not told its ledger 'could not be
+    reached' and to go on 'once it is back' (`ledger_gone`), as only a ledger that went away is."""
+    from prefect import flow, task
+
+    import tierflow.core.phases as phases
+    from tierflow.core.errors import LedgerError
+    from tierflow.core.ledger import disk_refused
+
+    full = LedgerError(disk_refused(f"sqlite:///{tmp_path / 'ledger.sqlite'}", OSError("disk I/O error")))
+
+    @task
+    def synthesise(name):  # noqa: ANN001, ANN202
+        raise full
+
+    @flow
+    def once(settings):  # noqa: ANN001, ANN202
+        return phases.single(synthesise, settings, "week", phase="synthesise", complexity="high", subject="week")
+
+    outcome = once(RunSettings(vault=str(tmp_path), run_id="disk-full", flow="phases", profile="offline"))
+    assert outcome.failed == f"synthesise failed: {full}" and "free space on it" in outcome.failed
+    assert outcome.ledger_gone is None

@@ -554,8 +554,10 @@ def single(
     except VaultError as exc:  # its note was not written (`NoteNotWritten`), the cause and fix named: as `fan_out`
         outcome.skipped.append((subject, f"{phase} failed: {exc}"))
         outcome.failed = f"{phase} failed: {exc}"
-    except LedgerError as exc:  # the ledger went away for good (`ledger_outage_s`): the run says how to go on
-        outcome.failed, outcome.ledger_gone = f"{phase} failed: {exc}", str(exc)
+    except LedgerError as exc:  # its error names the ledger and the fix (a full disk: free space on it)
+        outcome.failed = f"{phase} failed: {exc}"
+        if isinstance(exc, LedgerUnreachable):  # it went away for good (`ledger_outage_s`): the run says how to go on
+            outcome.ledger_gone = str(exc)
     except Exception as exc:  # the run still reports what it spent, and says what broke
         outcome.failed = (
             f"{phase} failed unexpectedly ({type(exc).__name__}: {exc}). Earlier phases are kept in the ledger "

@@ -20,7 +20,7 @@ from tierflow.core.budget import BudgetState, Forecast
 from tierflow.core.calls import _RANK, NOT_USED, RunSettings, caller_for
 from tierflow.core.commands import tierflow_command
 from tierflow.core.config import Config
-from tierflow.core.errors import LedgerError, TierflowError, VaultError
+from tierflow.core.errors import LedgerError, LedgerUnreachable, TierflowError, VaultError
 from tierflow.core.phases import PhaseOutcome
 from tierflow.core.progress import artifact_key
 from tierflow.learn.signals import scan
@@ -175,11 +175,12 @@ def write_run_report(
         states = caller.budgets.states()
     except LedgerError as exc:
         if rows is None:
-            # The ledger went away for good (past `ledger_outage_s`): the report, the one record of the run then,
-            # says what the run did and that its spend is not known, and the run fails.
+            # The ledger went away for good (past `ledger_outage_s`), or refused a write (a full disk): the report,
+            # the one record of the run then, says what the run did and that its spend is not known, and the run fails.
             rows = []
             summary.spend_known = False
-            summary.ledger_error = summary.ledger_error or str(exc)
+            if isinstance(exc, LedgerUnreachable):  # not a full disk, whose error names its own fix
+                summary.ledger_error = summary.ledger_error or str(exc)
             summary.failed = summary.failed or f"the run's spend could not be read: {exc}"
         else:  # gone once the run's calls were read: its spend is known, only the budgets' table is left out
             get_run_logger().warning("the budgets' states could not be read: %s", exc)
