@@ -175,3 +175,18 @@ def test_a_mark_above_its_maximum_is_clamped_and_says_so():
     grade, clamped = to_platform(mark, 20.0, 2)
     assert (grade, clamped) == (Decimal("20.00"), True)
     assert conversion(mark, grade, 20.0, clamped) == "22/20 (yours, as written) -> 20.00 of 20 (clamped to 0-20)"
+
+
+@pytest.mark.parametrize("written", ["15/0", "fifteen"])
+def test_a_mark_that_is_no_mark_is_refused_naming_the_draft_file_and_the_fix(tmp_path, written):
+    vault = _vault(tmp_path, canvas=False)
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(draft_text("1001", mark=written), encoding="utf-8")
+    downloaded = tmp_path / "worksheet.csv"
+    downloaded.write_bytes(_worksheet())
+    result = _cli(vault, "--to", "moodle-worksheet", "--worksheet", str(downloaded), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout)["1001"] == ""  # feedback, no grade
+    (refused,) = [line for line in result.stderr.splitlines() if line.startswith("1001 (Liam O'Sullivan)")]
+    assert f"`mark: {written}`" in refused and "`mark: 15/20`" in refused, refused
+    assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in refused, refused

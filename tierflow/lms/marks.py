@@ -294,8 +294,8 @@ def _own_mark(draft: Draft, scale: Fraction) -> Mark:
         scale,
         "your mark",
         [
-            f"`mark: {written}` in the front-matter is not a mark: write a number on the rubric's scale (`mark: 68`, "
-            f"out of {_text(scale)}), or one out of the platform's maximum (`mark: 15/20`)"
+            f"`mark: {written}` in the front-matter of {draft.path} is not a mark: write a number on the rubric's "
+            f"scale (`mark: 68`, out of {_text(scale)}), or one out of the platform's maximum (`mark: 15/20`)"
         ],
         written=written,
     )
