@@ -868,3 +868,33 @@ def test_a_nickname_in_brackets_is_still_hidden_beside_an_annotation(nicknamed: 
     from tierflow.vault.pseudonyms import Pseudonyms, Student
 
     assert Pseudonyms([Student("s1", nicknamed)]).hide(essay) == hidden
+
+
+@pytest.mark.parametrize(
+    ("name", "essay", "hidden"),
+    [
+        (
+            "محمد الأحمد",
+            "كتب محمد الأحمد. ولمحمد رأي، وبمحمد وفمحمد.",
+            "كتب Student-01. ولStudent-01 رأي، وبStudent-01 وفStudent-01.",
+        ),
+        (
+            "דוד כהן",
+            "דוד כהן כתב. ולדוד רעיון, מכהן ושדוד.",
+            "Student-01 כתב. ולStudent-01 רעיון, מStudent-01 ושStudent-01.",
+        ),
+    ],
+    ids=["arabic", "hebrew"],
+)  # fmt: skip
+def test_a_name_in_a_script_that_joins_and_for_and_from_to_the_next_word_is_hidden_after_them(
+    name: str, essay: str, hidden: str
+):
+    """Arabic and Hebrew write "and", "for", "with", "from" as a letter joined to the word after it ("ولمحمد", "and
+    for Muhammad"; "ולדוד", "and to David"): the name after them reached the model, the letter before it taken for
+    part of a longer word."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", name)])
+    assert cohort.hide(essay) == hidden
+    # A longer word that merely ends in the name is no name of the student's: two joined letters at most.
+    assert cohort.hide(f"ووولل{name.split()[0]}") == f"ووولل{name.split()[0]}"

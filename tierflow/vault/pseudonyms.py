@@ -376,7 +376,7 @@ class Pseudonyms:
                 self._namesake[label] = name
         self._labels = replacements
         whole = [key for key in replacements if LOST not in key]
-        self._hide = re.compile(_trie(whole)) if whole else None
+        self._hide = re.compile(_trie(whole, edges=(_name_before, boundary_after))) if whole else None
         # A roster name with `?` for lost letters (Excel's Windows-1252) is found apart, on `_marked` text; where
         # one is, each broken name starting with that letter, or with `?`, is tried for the longest (`_broken_at`).
         # A genitive ("?ules") fits as its name does: its "s" is no letter kept.
@@ -549,6 +549,21 @@ def _genitive(form: str) -> str | None:
     if len(key) < 3 or not key.replace(LOST, "a").isalpha() or key[-1] in "sxzß":
         return None
     return key + "s"
+
+
+_JOINED_BEFORE = {"\u0600-\u06ff": "وفبلك", "\u0590-\u05ff": "ובלמשכ"}
+"""By script, the letters Arabic and Hebrew write joined to the word after them: "and", "so", "with", "for", "like"
+(Arabic و ف ب ل ك), "and", "in", "to", "from", "that", "as" (Hebrew ו ב ל מ ש כ)."""
+
+
+def _name_before(first: str) -> str:
+    """`boundary_before`, and for a name in Arabic or Hebrew script also after one or two of the letters that script
+    joins to the next word (`_JOINED_BEFORE`): "ولمحمد" ("and for Muhammad") and "ולדוד" ("and to David") name them."""
+    before = boundary_before(first)
+    for block, letters in _JOINED_BEFORE.items():
+        if before and re.match(f"[{block}]", first):
+            return f"(?:{before}|(?<={before}[{letters}])|(?<={before}[{letters}]{{2}}))"
+    return before
 
 
 def _trie(
