@@ -898,3 +898,23 @@ def test_a_name_in_a_script_that_joins_and_for_and_from_to_the_next_word_is_hidd
     assert cohort.hide(essay) == hidden
     # A longer word that merely ends in the name is no name of the student's: two joined letters at most.
     assert cohort.hide(f"ووولل{name.split()[0]}") == f"ووولل{name.split()[0]}"
+
+
+@pytest.mark.parametrize(
+    ("name", "essay", "hidden"),
+    [
+        ("محمد الأحمد", "كتب محمّد ومُحَمَّد ومحـمد.", "كتب Student-01 وStudent-01 وStudent-01."),
+        ("محمّد الأحمد", "كتب محمد ومحمّد.", "كتب Student-01 وStudent-01."),
+        ("דוד כהן", "דָּוִד כֹּהֵן כתב.", "Student-01 כתב."),
+    ],
+    ids=["arabic-marks-in-the-essay", "arabic-marks-in-the-roster", "hebrew-points"],
+)  # fmt: skip
+def test_a_name_written_with_or_without_arabic_vowel_marks_or_hebrew_points_is_hidden(
+    name: str, essay: str, hidden: str
+):
+    """An Arabic name with its shadda or vowels written ("محمّد", "مُحَمَّد"), or stretched with a tatweel ("محـمد"), or a
+    Hebrew one with its points ("דָּוִד"), reached the model: the marks, no part of the roster's spelling, stood
+    between its letters."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    assert Pseudonyms([Student("s1", name)]).hide(essay) == hidden

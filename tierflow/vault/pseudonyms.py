@@ -376,7 +376,8 @@ class Pseudonyms:
                 self._namesake[label] = name
         self._labels = replacements
         whole = [key for key in replacements if LOST not in key]
-        self._hide = re.compile(_trie(whole, edges=(_name_before, boundary_after))) if whole else None
+        self._hide = re.compile(_trie(whole, _name_char, edges=(_name_before, boundary_after))) if whole else None
+        self._unmarked = {_unmarked(key): key for key in reversed(whole)}  # the roster's spelling, marks and all
         # A roster name with `?` for lost letters (Excel's Windows-1252) is found apart, on `_marked` text; where
         # one is, each broken name starting with that letter, or with `?`, is tried for the longest (`_broken_at`).
         # A genitive ("?ules") fits as its name does: its "s" is no letter kept.
@@ -416,6 +417,10 @@ class Pseudonyms:
         out.append(source[at:])
         return Hidden("".join(out), source, spans)
 
+    def _key(self, found: str) -> str:
+        """The key of a name `_hide` found, written with or without the marks `_name_char` passes over."""
+        return found if found in self._labels else self._unmarked.get(_unmarked(found), found)
+
     def _found(self, source: str) -> Iterator[tuple[int, int, str]]:
         """Each place in `source` (NFC) a name stands, in order and none overlapping, as (start, end, its key): the
         leftmost, and of those the longest; a name as the roster spells it before a broken one (`?`) as long."""
@@ -423,14 +428,14 @@ class Pseudonyms:
         folded = _lowered(fold(source).replace("_", " "))
         if self._broken is None:
             for m in self._hide.finditer(folded) if self._hide is not None else ():
-                yield m.start(), m.end(), m.group()
+                yield m.start(), m.end(), self._key(m.group())
             return
         marked = _marked(source)
 
         # From `at` on; a search from `at` still sees the text before it for its lookbehinds.
         def next_whole(at: int) -> tuple[int, int, str] | None:
             found = self._hide.search(folded, at) if self._hide is not None else None
-            return None if found is None else (found.start(), found.end(), found.group())
+            return None if found is None else (found.start(), found.end(), self._key(found.group()))
 
         def next_broken(at: int) -> tuple[int, int, str] | None:
             found = self._broken.search(marked, at) if self._broken is not None else None
@@ -554,6 +559,25 @@ def _genitive(form: str) -> str | None:
 _JOINED_BEFORE = {"\u0600-\u06ff": "وفبلك", "\u0590-\u05ff": "ובלמשכ"}
 """By script, the letters Arabic and Hebrew write joined to the word after them: "and", "so", "with", "for", "like"
 (Arabic و ف ب ل ك), "and", "in", "to", "from", "that", "as" (Hebrew ו ב ל מ ש כ)."""
+
+
+_UNWRITTEN_MARKS = "\u0640\u064b-\u065f\u0670\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7"
+"""Arabic's vowel marks, shadda and tatweel, Hebrew's points: written in a name or not ("محمّد", "مُحَمَّد" and
+"محـمد" are "محمد"; "דָּוִד" is "דוד"), none of them a letter of it."""
+_MARKED_SCRIPTS = re.compile("[\u0590-\u05ff\u0600-\u06ff]")
+
+
+def _unmarked(text: str) -> str:
+    """`text` without `_UNWRITTEN_MARKS`."""
+    return re.sub(f"[{_UNWRITTEN_MARKS}]", "", text)
+
+
+def _name_char(ch: str) -> str:
+    """The regex of one character of a name (`_trie`): in Arabic or Hebrew script, with any `_UNWRITTEN_MARKS`
+    after it, and such a mark of the roster's written or not."""
+    if not _MARKED_SCRIPTS.match(ch):
+        return re.escape(ch)
+    return "" if not _unmarked(ch) else f"{re.escape(ch)}[{_UNWRITTEN_MARKS}]*"
 
 
 def _name_before(first: str) -> str:
