@@ -95,3 +95,19 @@ def test_a_second_export_given_no_day_is_dated_by_tierflows_clock_not_the_machin
     ]
     second = export_feedback(vault, ASSIGNMENT, "moodle-worksheet", worksheet=worksheet)
     assert second.written == [tmp_path / "w (tierflow 2031-03-04).csv"]
+
+
+def test_files_given_with_a_tilde_are_in_the_home_folder_not_a_folder_named_tilde(vault, tmp_path, monkeypatch):
+    """`--worksheet=~/w.csv` (a `~` the shell leaves as it is, after `=` or quoted) was "cannot be read", and
+    `--out=~/o.csv` wrote a folder named `~` in the current one, as `--vault=~/...` no longer does."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    (home / "w.csv").write_bytes(worksheet_bytes())
+    args = ["export", "feedback", "--vault", str(vault), "-a", ASSIGNMENT, "--to", "moodle-worksheet"]
+    result = CliRunner().invoke(app, [*args, "--worksheet=~/w.csv", "--out=~/o.csv"])
+    assert result.exit_code == 0, result.output
+    assert (home / "o.csv").is_file()
+    assert not (elsewhere / "~").exists()

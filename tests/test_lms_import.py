@@ -187,6 +187,31 @@ def test_cli_import_prints_per_student_and_names_the_next_step(lms_vault, tmp_pa
     assert json.dumps(result.stdout)
 
 
+def test_cli_import_finds_an_export_and_roster_given_with_a_tilde_in_the_home_folder(lms_vault, tmp_path, monkeypatch):
+    """`tierflow import submissions "~/export.zip" --roster=~/worksheet.csv` (a `~` the shell leaves as it is,
+    quoted or after `=`) ended with "~/export.zip does not exist", as `--vault=~/...` no longer does."""
+    from test_lms_moodle import worksheet_bytes
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    moodle_zip(tmp_path / "export.zip", cohort())
+    (tmp_path / "worksheet.csv").write_bytes(worksheet_bytes())
+    result = CliRunner().invoke(
+        app,
+        [
+            "import",
+            "submissions",
+            "~/export.zip",
+            "--roster=~/worksheet.csv",
+            "--vault",
+            str(lms_vault),
+            "-a",
+            ASSIGNMENT,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert notes(lms_vault)["1003"].metadata["late"] is True  # the roster says so; Moodle's zip does not
+
+
 def test_import_help_describes_every_option():
     result = CliRunner().invoke(app, ["import", "submissions", "--help"])
     for option in ("--vault", "--assignment", "--from", "--roster", "--config", "--profile"):

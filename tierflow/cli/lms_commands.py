@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
+from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, _home, fail, load, vault_dir
 from tierflow.core.commands import tierflow_command
 
 import_app = typer.Typer(help="Bring work in from a learning platform.", no_args_is_help=True)
@@ -57,6 +57,7 @@ def import_submissions(
             help="The platform's export: Moodle's `Download all submissions` zip (<course>-<assignment>-<cmid>.zip) "
             "or Canvas's submissions.zip, or the folder either was unpacked to.",
             show_default=False,
+            callback=_home,
         ),
     ],
     vault: VaultOpt = None,
@@ -77,6 +78,7 @@ def import_submissions(
             "gradebook CSV (Canvas's file names only hold a squashed sortable name). Read, never written; its "
             "students, those who submitted nothing too, are kept in the assignment folder's roster.csv and hidden "
             "from every prompt. Not needed again on a later import: without it, the kept roster.csv names them.",
+            callback=_home,
         ),
     ] = None,
     replace_newer: Annotated[
@@ -227,6 +229,7 @@ def export_feedback(
             "'<name> comments.zip') or the zip (moodle-files). Default: beside the file you downloaded, as "
             "'<name> (tierflow).csv'. Never the downloaded file itself, nor an earlier export: when the file exists, "
             "'<name> (tierflow <date>).csv' is written beside it.",
+            callback=_home,
         ),
     ] = None,
     vault: VaultOpt = None,
@@ -237,6 +240,7 @@ def export_feedback(
             "--worksheet",
             help="The grading worksheet CSV downloaded from Moodle (View all submissions -> Grading action -> "
             "Download grading worksheet). Read, never written.",
+            callback=_home,
         ),
     ] = None,
     gradebook: Annotated[
@@ -245,6 +249,7 @@ def export_feedback(
             "--gradebook",
             help="The gradebook CSV exported from Canvas (Grades -> Export). Read, never written. Without it only "
             "the comments zip is written.",
+            callback=_home,
         ),
     ] = None,
     column: Annotated[
