@@ -911,3 +911,24 @@ def test_a_truncated_pdf_is_reported_by_tierflow_alone_with_no_pypdf_line_on_std
     said = " ".join(result.stdout.split())
     assert "not read: essay.pdf: corrupt or unreadable .pdf file" in said
     assert "EOF marker not found" in said  # pypdf's finding, folded into tierflow's reason
+
+
+def test_a_file_name_too_long_for_the_disk_is_cut_keeping_its_extension(lms_vault, tmp_path):
+    """A long title in a file name (`反馈素养...研究.docx`, 341 bytes of UTF-8) was cut at 255 bytes with its `.docx`,
+    kept without an extension, and the student named as having saved it without one; a second such file, the same
+    to 255 bytes, then stopped the student's import (`(2)` made its name too long)."""
+    from lms_exports import Student, docx_bytes, essay
+
+    title = "反馈素养与学习者能动性的研究" * 8
+    files = {f"{title}.docx": docx_bytes(essay(1)), f"{title} appendix.docx": docx_bytes(["Appendix A: data."])}
+    report = import_submissions(
+        lms_vault, ASSIGNMENT, moodle_zip(tmp_path / "export.zip", [Student("5001", "王小明", files)])
+    )
+    (student,) = report.students
+    assert student.action == "created" and student.parts == 2, student
+    assert not student.notes, student.notes  # nothing "saved without an extension"
+    kept = sorted((lms_vault / ASSIGNMENT / "submissions" / "5001").iterdir())
+    assert len(kept) == 2 and all(p.suffix == ".docx" and len(p.name.encode()) <= 255 for p in kept), kept
+    assert [str(lms_vault / ASSIGNMENT / "submissions" / "5001" / p.name) for p in kept] == sorted(
+        str(lms_vault / f) for f in notes(lms_vault)["5001"].metadata["files"]
+    )

@@ -598,7 +598,7 @@ def _place(
     used: set[str] = set()
     placed = []
     for f, data in given:
-        base = sanitize_filename(f.filename.replace("/", " - "), replacement_text="_") or "file"
+        base = _safe_name(f.filename.replace("/", " - ")) or "file"
         # A name an earlier import kept (`Lab #3.docx`) stays, so an unchanged submission is not taken for a new one.
         base = base if base in listed else _linkable(base)
         name = _unique(base, used)
@@ -606,6 +606,23 @@ def _place(
             name = _unique(base, used)
         placed.append((f, data, originals / name))
     return placed
+
+
+_NAME_BYTES = 255 - len(" (99)")
+"""The bytes a file system gives a file's name (255), less room for the ` (2)` `_unique` may add."""
+
+
+def _safe_name(filename: str) -> str:
+    """`filename` made safe for a file name; one too long for a file system cut in its stem, so that it keeps its
+    extension: cut at 255 bytes with its `.docx`, it was a file no program opens, read as one the student saved
+    without an extension."""
+    if len(filename.encode()) <= _NAME_BYTES:
+        return sanitize_filename(filename, replacement_text="_")
+    stem, dot, ext = filename.rpartition(".")
+    if not (dot and stem and 0 < len(ext) <= 10):
+        return sanitize_filename(filename, replacement_text="_", max_len=_NAME_BYTES)
+    ext = sanitize_filename(ext, replacement_text="_")
+    return sanitize_filename(stem, replacement_text="_", max_len=_NAME_BYTES - 1 - len(ext.encode())) + "." + ext
 
 
 def _linkable(name: str) -> str:
