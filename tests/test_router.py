@@ -188,6 +188,19 @@ def test_apply_replaces_only_lines_an_earlier_apply_wrote_in_place_and_keeps_the
     assert load_config(config_path=path).settings.run.workers == 2
 
 
+def test_apply_to_a_config_that_is_a_link_writes_the_file_it_links_to(tmp_path):
+    """A vault's `.tierflow/config.toml` linked to the lecturer's own copy (a dotfiles folder, a synced one) was
+    replaced by a file: the linked config, theirs, no longer read, and their next edit of it lost on the vault."""
+    own = write_config(tmp_path / "dotfiles" / "tierflow.toml", 'profile = "offline"\n# mine\n')
+    link = tmp_path / "vault" / ".tierflow" / "config.toml"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(own)
+    routing.apply(link, [change("draft", "standard", "light")])
+    assert link.is_symlink() and link.resolve() == own.resolve()
+    assert load_config(config_path=own).settings.routing.phases == {"draft": "light"}
+    assert "# mine" in own.read_text()
+
+
 def test_apply_on_a_vault_shared_read_only_shows_the_suggestions_then_says_it_cannot_write_in_one_line(
     tmp_path, monkeypatch, double
 ):

@@ -108,7 +108,7 @@ def apply(path: Path, changes: list[Suggestion], *, replace_pins: bool = False) 
     diff = "".join(
         difflib.unified_diff(before.splitlines(True), text.splitlines(True), str(path), f"{path} (suggested)")
     )
-    write_atomically(path, text)
+    write_atomically(path.resolve(), text)  # a config linked to the person's own copy stays linked: theirs is written
     return diff
 
 
