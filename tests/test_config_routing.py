@@ -62,6 +62,7 @@ def test_file_overrides_a_profile_and_sources_say_so(tmp_path):
         ('[tiers.light]\nmodel = "offline:x"\nmax_output_tokens = 0\n', "`tiers.light.max_output_tokens`"),
         ('profile = "cloudy"\n', "unknown profile 'cloudy'"),
         ("this is = = not toml", "not valid TOML"),
+        ('\ufeffprofile = "offline"\n', "byte-order mark (BOM), which TOML does not allow: save it as UTF-8"),
     ],
 )
 def test_bad_config_names_file_key_and_fix(tmp_path, text, needle):

@@ -538,9 +538,16 @@ def load_config(
     label = "built-in"
     if path is not None:
         label = str(path)
+        text = ""
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            if text.startswith("\ufeff"):  # what Windows' Notepad writes first, invisible in an editor
+                raise ConfigError(
+                    f"{path}: not valid TOML: it starts with a byte-order mark (BOM), which TOML does not allow: "
+                    "save it as UTF-8 without a BOM (in Notepad: Save as, Encoding: UTF-8) and run again."
+                ) from exc
             raise ConfigError(f"{path}: not valid TOML: {exc}. Fix the syntax and run again.") from exc
         _reject_inline_secrets(data, path)
     chosen = profile or data.get("profile") or "offline"
