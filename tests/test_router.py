@@ -188,6 +188,18 @@ def test_apply_replaces_only_lines_an_earlier_apply_wrote_in_place_and_keeps_the
     assert load_config(config_path=path).settings.run.workers == 2
 
 
+def test_apply_keeps_the_line_ends_windows_wrote(tmp_path):
+    """A config saved on Windows (CRLF) came back with every line's end changed: a change to each line of the file
+    for the lecturer's editor and version control, where --apply changed one."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'profile = "offline"\r\n\r\n[routing.phases]\r\n# mine\r\ncollate = "deep"  # pinned\r\n')
+    routing.apply(path, [change("draft", "standard", "light")])
+    data = path.read_bytes()
+    assert data.count(b"\n") == data.count(b"\r\n") == 7, data
+    assert data.startswith(b'profile = "offline"\r\n\r\n[routing.phases]\r\n# mine\r\ncollate = "deep"  # pinned\r\n')
+    assert load_config(config_path=path).settings.routing.phases == {"collate": "deep", "draft": "light"}
+
+
 def test_apply_to_a_config_that_is_a_link_writes_the_file_it_links_to(tmp_path):
     """A vault's `.tierflow/config.toml` linked to the lecturer's own copy (a dotfiles folder, a synced one) was
     replaced by a file: the linked config, theirs, no longer read, and their next edit of it lost on the vault."""

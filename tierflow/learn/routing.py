@@ -108,7 +108,10 @@ def apply(path: Path, changes: list[Suggestion], *, replace_pins: bool = False) 
     diff = "".join(
         difflib.unified_diff(before.splitlines(True), text.splitlines(True), str(path), f"{path} (suggested)")
     )
-    write_atomically(path.resolve(), text)  # a config linked to the person's own copy stays linked: theirs is written
+    # The file's own line ends (Windows' CRLF), so that only the lines changed differ; a link to the person's own
+    # copy stays a link: theirs is written.
+    crlf = path.exists() and b"\r\n" in path.read_bytes()
+    write_atomically(path.resolve(), text.replace("\n", "\r\n").encode("utf-8") if crlf else text)
     return diff
 
 
