@@ -148,3 +148,34 @@ def test_a_rescue_pair_below_leaves_the_next_pairs_calibration_as_it_was():
     same = alone.pass_probability(STANDARD, X)  # the same pass model either way
     assert cascade.pass_probability(STANDARD, X) == pytest.approx(same, abs=1e-9)
     assert cascade.gains[(STANDARD, DEEP)].calibration == alone.gains[(STANDARD, DEEP)].calibration
+
+
+def test_held_out_pass_probabilities_read_no_fold_s_own_labels():
+    """The out-of-fold P(pass) the gains' calibration is fitted on (`_classifier`) ranks by chance on features
+    that say nothing of the label: a fold's own sigmoid, fitted on that fold's labels, turned its model's ranking
+    round to agree with them (57 folds of 60 ranked above chance), and the calibration learned from scores
+    flattered so. Where the features do tell, the held-out scores still rank by them."""
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    from tierflow.learn.request_router import _classifier
+
+    above = folds_seen = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        X = sp.csr_matrix(rng.normal(size=(150, 20)))
+        y = rng.integers(0, 2, 150)
+        _, calibrated, held_out = _classifier(X, y, np.ones(len(y)))
+        assert calibrated
+        for _, test in StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(X, y):  # as it splits
+            folds_seen += 1
+            above += roc_auc_score(y[test], held_out[test]) > 0.5
+    assert folds_seen == 60 and above <= 36  # chance: 30 ± 4
+
+    rng = np.random.default_rng(99)
+    features = rng.normal(size=(300, 20))
+    y = (features[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)
+    _, _, held_out = _classifier(sp.csr_matrix(features), y, np.ones(len(y)))
+    assert roc_auc_score(y, held_out) > 0.85

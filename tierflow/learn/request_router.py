@@ -511,8 +511,8 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
     class has `CALIBRATE_MIN` examples: the three fold models, each calibrated on the fold it did not see, are
     averaged (three fits on two thirds, no refit on the whole: a third of the fitting time of a refit).
 
-    Also each row's out-of-fold probability (the calibrated fold model that did not see it), what the gains'
-    calibration is fitted on; None when the model is not cross-validated (its own rows' probabilities would flatter
+    Also each row's out-of-fold probability (the fold model that did not see it, through a sigmoid fitted on
+    another fold's labels: none of its own), what the gains' calibration is fitted on; None when the model is not cross-validated (its own rows' probabilities would flatter
     it)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
@@ -525,10 +525,20 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
         folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
         model = CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=True)
         model.fit(X, y, sample_weight=w)
-        # The fitted pairs are in the order of the folds (the same split again: the folds are seeded).
+        # The fitted pairs are in the order of the folds (the same split again: the folds are seeded). A fold's
+        # own pair was calibrated on that fold's labels: its sigmoid can turn the fold model's ranking round to
+        # agree with them (on features that say nothing, 57 folds of 60 then rank above chance), so a fold's rows
+        # are scored by their fold model through the next fold's sigmoid, fitted on other labels; where that
+        # sigmoid falls (sklearn's is 1 / (1 + exp(a·f + b)), a ≥ 0), it says the models rank nothing, and would
+        # turn this fold's ranking round in turn: the fold model's own probability is taken instead.
         held_out = np.empty(len(y))
-        for pair, (_, test) in zip(model.calibrated_classifiers_, folds.split(X, y), strict=True):
-            held_out[test] = pair.predict_proba(X[test])[:, 1]
+        pairs = model.calibrated_classifiers_
+        for k, (_, test) in enumerate(folds.split(X, y)):
+            fold, sigmoid = pairs[k].estimator, pairs[(k + 1) % len(pairs)].calibrators[0]
+            if sigmoid.a_ < 0:
+                held_out[test] = sigmoid.predict(fold.decision_function(X[test]))
+            else:
+                held_out[test] = fold.predict_proba(X[test])[:, 1]
         return model, True, held_out
     return base.fit(X, y, sample_weight=w), False, None
 
