@@ -184,3 +184,31 @@ def test_a_rejected_cached_answer_is_not_listed_as_kept_when_the_fresh_call_fail
     note_1 = [r for r in rows if r["subject"] == "Note 1"]
     assert [(r["cached_result"], r["outcome"], r["cost_usd"]) for r in note_1] == [(1, "check_failed", 0.0)]
     assert note_1[0]["route_rule"].startswith(NOT_USED), note_1[0]["route_rule"]
+
+
+def test_a_rejected_cached_answer_is_neither_a_billed_call_nor_a_cache_hit_in_spend(
+    vault: Path, double: ProviderDouble
+):
+    """`tierflow spend` and the run's summary count a cached answer a check added since rejected as neither: not
+    billed (it cost nothing) and not a cache hit (nothing came of it); the listing marks it `(cached, not used)`."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+    from tierflow.report.spend import ledger_summary, spend_by
+
+    run(vault, strict=False)
+    double.responder = lambda request: (
+        Reply(status=500, text="overloaded") if "Note 1" in json.dumps(request.body) else points(request)
+    )
+    _, summary, _ = run(vault, strict=True)
+    ledger = Ledger.for_vault(vault)
+    rows = ledger.rows(run_id=summary.run_id)
+    assert sum(bool(r["cached_result"]) for r in rows) == 2  # Note 1's and Note 2's cached answers, both rejected
+    by_database = ledger_summary(ledger, "run_id", run_id=summary.run_id)
+    (by_python,) = [s.as_row("run_id") for s in spend_by(rows, "run_id")]
+    assert by_database == [by_python]
+    assert by_python["cache_hits"] == 0
+    assert by_python["calls"] == sum(not r["cached_result"] for r in rows)
+    listed = CliRunner().invoke(app, ["spend", "--run", summary.run_id, "--vault", str(vault)], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("(cached, not used)") == 2, listed.output

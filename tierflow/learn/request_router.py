@@ -512,8 +512,8 @@ def _classifier(X: Any, y: np.ndarray, w: np.ndarray, *, seed: int = 0) -> tuple
     averaged (three fits on two thirds, no refit on the whole: a third of the fitting time of a refit).
 
     Also each row's out-of-fold probability (the fold model that did not see it, through a sigmoid fitted on
-    another fold's labels: none of its own), what the gains' calibration is fitted on; None when the model is not cross-validated (its own rows' probabilities would flatter
-    it)."""
+    another fold's labels: none of its own), what the gains' calibration is fitted on; None when the model is not
+    cross-validated (its own rows' probabilities would flatter it)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold

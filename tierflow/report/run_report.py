@@ -322,7 +322,7 @@ def write_run_report(
         "run %s: %d calls, %d cache hits, %d tokens, %s · all-deep %s · saved %s",
         settings.run_id,
         overall.billed,
-        overall.cached,
+        overall.hits,
         overall.tokens,
         context["total"]["cost"],
         all_deep,

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tierflow.core.calls import NOT_USED
 from tierflow.core.config import Config
 from tierflow.core.ledger import Ledger, calls, usage_of
 from tierflow.core.routing import route
@@ -31,7 +32,10 @@ class Spend:
     models: list[str] = field(default_factory=list)
     calls: int = 0
     cached: int = 0
-    """Calls answered from tierflow's answer cache (no tokens billed)."""
+    """Rows of answers from tierflow's answer cache (no tokens billed), `unused` ones included."""
+    unused: int = 0
+    """Cached answers judged and not used (`route_rule` `not used: ...`): a check added since failed them, and the
+    call was made afresh. Neither billed nor a cache hit."""
     batch: int = 0
     unknown_usage: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -53,6 +57,11 @@ class Spend:
         return self.usage.total_tokens
 
     @property
+    def hits(self) -> int:
+        """Calls answered from tierflow's cache: its answers that were used."""
+        return self.cached - self.unused
+
+    @property
     def billed(self) -> int:
         """Calls sent to a provider: every call but the answers from tierflow's cache."""
         return self.calls - self.cached
@@ -70,6 +79,7 @@ class Spend:
             self.models.append(model)
         self.calls += 1
         self.cached += bool(row.get("cached_result"))
+        self.unused += bool(row.get("cached_result")) and str(row.get("route_rule") or "").startswith(NOT_USED)
         self.value_units += 0.0 if row.get("cached_result") else float(row.get("value") or 1)
         self.batch += bool(row.get("batch"))
         self.unknown_usage += not row.get("usage_known", True)
@@ -91,6 +101,7 @@ class Spend:
             self.models.append(model)
         self.calls += part.calls
         self.cached += part.cached_result or 0
+        self.unused += part.unused or 0
         self.batch += part.batch or 0
         self.unknown_usage += part.unknown_usage or 0
         self.usage = self.usage + Usage(
@@ -106,7 +117,7 @@ class Spend:
         row = {
             by: self.key,
             "calls": self.billed,
-            "cache_hits": self.cached,
+            "cache_hits": self.hits,
             **{k: getattr(self.usage, k) for k in TOKEN_KINDS},
             "cost_usd": self.cost_usd,
             "unpriced_calls": self.unpriced,
@@ -137,7 +148,7 @@ class Spend:
             "USD": cost,
             "all-deep USD": all_deep,
             "saved": saved or "unknown",
-            "cache hits": self.cached,
+            "cache hits": self.hits,
         }
 
 
@@ -239,6 +250,7 @@ def spend_query(
     else:
         key = calls.c[by]
     unpriced = sa.case((calls.c.cost_usd.is_(None), 1), else_=0)
+    unused = sa.case((sa.and_(calls.c.cached_result.is_(True), calls.c.route_rule.startswith(NOT_USED)), 1), else_=0)
     unknown = sa.case((calls.c.usage_known.is_(False), 1), else_=0)
     billed = sa.case((calls.c.cached_result.is_(True), 0.0), else_=sa.func.coalesce(calls.c.value, 1.0))
     query = sa.select(
@@ -251,6 +263,7 @@ def spend_query(
         *[sa.func.sum(sa.cast(calls.c[c], sa.Integer)).label(c) for c in _SUMMED],
         sa.func.sum(unknown).label("unknown_usage"),
         sa.func.sum(unpriced).label("unpriced"),
+        sa.func.sum(unused).label("unused"),
         sa.func.sum(calls.c.cost_usd).label("cost_usd"),
         sa.func.sum(billed).label("value_units"),
     ).group_by(key, calls.c.tier, calls.c.provider, calls.c.model)
@@ -258,6 +271,14 @@ def spend_query(
         if value:
             query = query.where(calls.c[column] >= value if column == "timestamp" else calls.c[column] == value)
     return query
+
+
+def _cached_mark(row: dict[str, Any]) -> str:
+    """How the listing marks a row of a cached answer: `(cached)`, or `(cached, not used)` for one that a check
+    added since failed (the call was made afresh)."""
+    if not row["cached_result"]:
+        return ""
+    return " (cached, not used)" if str(row["route_rule"] or "").startswith(NOT_USED) else " (cached)"
 
 
 def _iso_week_of_day(day: str) -> str:
@@ -405,7 +426,7 @@ def spend_table(
                 r["flow"] or "",
                 r["phase"] or "",
                 r["tier"] or "",
-                f"{r['provider']}:{r['model']}" + (" (cached)" if r["cached_result"] else ""),
+                f"{r['provider']}:{r['model']}" + _cached_mark(r),
                 str(r["input_tokens"]) if r["usage_known"] else "?",
                 str(r["output_tokens"]) if r["usage_known"] else "?",
                 f"{r['cache_read_tokens']}/{r['cache_write_tokens']}",
@@ -425,5 +446,5 @@ def spend_table(
     for s in sorted(spend_by(rows, group) if groups is None else groups, key=lambda s: s.key):
         cost = money(s.cost_usd) + (f" (+{s.unpriced} unpriced)" if s.unpriced else "")
         per = [money(s.usd_per_value_unit)] if group == "value" else []
-        table.add_row(s.key, str(s.billed), str(s.cached), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost, *per)
+        table.add_row(s.key, str(s.billed), str(s.hits), *[str(getattr(s.usage, k)) for k in TOKEN_KINDS], cost, *per)
     return table
