@@ -190,3 +190,24 @@ def test_a_mark_that_is_no_mark_is_refused_naming_the_draft_file_and_the_fix(tmp
     (refused,) = [line for line in result.stderr.splitlines() if line.startswith("1001 (Liam O'Sullivan)")]
     assert f"`mark: {written}`" in refused and "`mark: 15/20`" in refused, refused
     assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in refused, refused
+
+
+@pytest.mark.parametrize("canvas", [False, True], ids=["moodle", "canvas"])
+def test_a_mark_above_the_platforms_maximum_names_the_draft_file_and_the_fix(tmp_path, canvas):
+    vault = _vault(tmp_path, canvas=canvas)
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(draft_text("1001", mark="21/20"), encoding="utf-8")
+    downloaded = tmp_path / "grades.csv"
+    if canvas:
+        downloaded.write_bytes(gradebook_bytes())
+        args = ["--to", "canvas", "--gradebook", str(downloaded), "--column", "4512"]
+    else:
+        downloaded.write_bytes(_worksheet())
+        args = ["--to", "moodle-worksheet", "--worksheet", str(downloaded)]
+    result = _cli(vault, *args, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout)["1001"] == ", mark 21/20 (yours, as written) -> 20.00 of 20 (clamped to 0-20)"
+    flat = " ".join(result.stderr.split())
+    (clamped,) = [p for p in flat.split("1001 (Liam O'Sullivan)")[1:] if "outside 0-20" in p]
+    assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in clamped and "`mark: 21/20`" in clamped, flat
+    assert "20 is sent" in clamped and "by hand" in clamped, flat

@@ -277,6 +277,15 @@ def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
     )
 
 
+def _clamped(draft: Draft, mark: Mark, grade: Decimal, maximum: float) -> str:
+    """The note on a mark outside the platform's range: which draft, what it says, what is sent, and what to do."""
+    what = f"`mark: {mark.written}`" if mark.written else "the mark from its criteria"
+    return (
+        f"{who(draft)}: {what} in {draft.path} is outside 0-{maximum:g}, so {number(grade)} is sent. If it is a slip, "
+        f"correct it there and export again; a mark above the maximum (extra credit) is entered on the platform by hand"
+    )
+
+
 def _mark_alone(draft: Draft) -> str:
     """Why a reviewed draft that holds a mark and no feedback for the student (`_of_platform` keeps it) sends its
     mark alone; empty for a draft with feedback."""
@@ -375,7 +384,7 @@ def _moodle_worksheet(  # noqa: ANN001
             sheet.fill(index, None, feedback)
         else:
             if clamped:
-                result.notes.append(f"{sid}: mark clamped to the range 0-{maximum:g}")
+                result.notes.append(_clamped(draft, mark, grade, maximum))
             if alone:
                 result.notes.append(f"{who(draft)}: {alone}; the Feedback comments cell is left as it was")
             values.append(grade)
@@ -556,7 +565,7 @@ def _canvas(  # noqa: ANN001
                 result.notes.append(f"{who(draft)}: no mark ({why}); cell left as it was")
                 continue
             if clamped:
-                result.notes.append(f"{sid}: mark clamped to the range 0-{points:g}")
+                result.notes.append(_clamped(draft, marks[sid], grade, points))
             if alone := _mark_alone(draft):
                 result.notes.append(f"{who(draft)}: {alone}; no comment is uploaded")
             sheet.fill(index, col, number(grade))
