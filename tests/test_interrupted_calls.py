@@ -194,3 +194,27 @@ def test_a_call_interrupted_in_the_sdk_before_its_request_goes_out_leaves_no_row
         caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Hello.")
     assert double.model_calls() == [] and caller.ledger.rows() == []
     assert open_reservations(caller.ledger) == []
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_an_interrupt_once_the_answer_arrived_whole_leaves_a_lost_row_on_either_sdk(
+    tmp_path, monkeypatch, double, provider
+):
+    """Ctrl-C (or a Prefect timeout) landing after the answer's last byte arrived, while the SDK and tierflow
+    read it: the provider billed it, so its row is there (`lost`, at its worst case), as one cut off mid-body."""
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", "test-key")
+    config = (anthropic_config if provider == "anthropic" else openai_config)(double, "[routing]\nescalate = false\n")
+    write_config(tmp_path / "vault" / ".tierflow" / "config.toml", config)
+    caller = Caller(RunSettings(vault=str(tmp_path / "vault"), run_id="read", flow="test", use_cache=False))
+    adapter = caller.provider(provider)
+
+    def ctrl_c_while_reading(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapter, "completion", ctrl_c_while_reading)
+    with pytest.raises(KeyboardInterrupt):
+        caller.ask(phase="collate", complexity="low", system="Be brief.", prompt="Hello.")
+    assert len(double.model_calls()) == 1
+    (row,) = caller.ledger.rows()
+    assert row["outcome"] == "lost" and row["provider"] == provider and row["cost_usd"] > 0, row
+    assert open_reservations(caller.ledger) == []

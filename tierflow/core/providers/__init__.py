@@ -85,10 +85,19 @@ class Attempts:
         self._local.cut = ""
 
     def _receiving(self, response: Any) -> None:
-        response.stream = _whole_body_stream(type(response.stream))(response.stream, self._answered, self._cut)
+        whole = self._answered_ok if 200 <= response.status_code < 300 else self._answered
+        response.stream = _whole_body_stream(type(response.stream))(response.stream, whole, self._cut)
 
     def _answered(self) -> None:
         self._local.answered = getattr(self._local, "answered", 0) + 1
+
+    def _answered_ok(self) -> None:
+        self._answered()
+        self._local.ok = getattr(self._local, "ok", 0) + 1
+
+    def ok_since(self, ok: int) -> int:
+        """Success (2xx) answers received whole in this thread since it had `ok` of them."""
+        return getattr(self._local, "ok", 0) - ok
 
     def _cut(self, error: Exception) -> None:
         self._local.cut = str(error)
@@ -124,9 +133,10 @@ class Attempts:
         - an SDK error becomes tierflow's (`translate`), noting the attempts sent and never answered whole, as
           does an error of tierflow's that `send` raises (`OutputModeRejected` after a timed-out attempt);
         - a 200 answer the SDK cannot read is an answer of unknown usage (`unreadable_reply`), not an error;
-        - whatever else ends the call (Ctrl-C, a timeout, a bug) notes its lost attempts (`interrupted`);
+        - whatever else ends the call (Ctrl-C, a timeout, a bug) notes its lost attempts (`interrupted`), an
+          answer that arrived whole and was still being read among them;
         - an answer notes the attempts before it that got none (`with_lost_attempts`)."""
-        mark = self.mark()
+        mark, ok = self.mark(), self.ok_since(0)
         try:
             completion = send()
         except ProviderError as error:
@@ -141,7 +151,9 @@ class Attempts:
                 raise  # nothing came back: an error of tierflow's or the SDK's, not of the answer
             completion = unreadable_reply(provider, model, exc)
         except BaseException as exc:
-            interrupted(exc, self.lost_since(mark))
+            # An answer that arrived whole but was never returned (the interrupt came while it was read) was
+            # billed as surely as one cut off: the SDK never retries a success, so there is at most one.
+            interrupted(exc, self.lost_since(mark) + self.ok_since(ok))
             raise
         return with_lost_attempts(completion, self.lost_since(mark))
 
