@@ -918,3 +918,15 @@ def test_a_name_written_with_or_without_arabic_vowel_marks_or_hebrew_points_is_h
     from tierflow.vault.pseudonyms import Pseudonyms, Student
 
     assert Pseudonyms([Student("s1", name)]).hide(essay) == hidden
+
+
+def test_an_arabic_family_name_with_the_article_after_for_is_hidden_and_quoted_back_as_written():
+    """Arabic drops the article's alif after "for, to" (ل + الأحمد = للأحمد, "to al-Ahmad"): the family name so
+    written reached the model. A quotation of it comes back as the student wrote it."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", "محمد الأحمد")])
+    essay = "شكرا للأحمد على المساعدة، وللأحمد رأي آخر. قالت المعلمة للطلاب."
+    hidden = cohort.hidden(essay)
+    assert hidden.text == "شكرا Student-01 على المساعدة، وStudent-01 رأي آخر. قالت المعلمة للطلاب."
+    assert cohort.restore("شكرا Student-01 على المساعدة", hidden) == "شكرا للأحمد على المساعدة"

@@ -173,7 +173,13 @@ def spellings(name: str) -> list[str]:
         words = [w for w in _JOINERS.split(form) if w]
         # Every run of two or more of its words, run together: "annavanderberg", and "vanderberg" alone.
         joined += ["".join(words[i:j]) for i in range(len(words)) for j in range(i + 2, len(words) + 1)]
-    return list(dict.fromkeys(f for f in [*forms, *joined] if f))
+    # Arabic writes "for, to" (ل) joined to a word with the article "al-" (ال) without the article's alif:
+    # "الأحمد" after it is "للأحمد". The other joined letters keep it ("بالأحمد"), as `_name_before` finds them.
+    merged = [_LAM + w[1:] for form in forms for w in _JOINERS.split(form) if w.startswith(_ARTICLE) and len(w) > 2]
+    return list(dict.fromkeys(f for f in [*forms, *joined, *merged] if f))
+
+
+_ARTICLE, _LAM = "\u0627\u0644", "\u0644"
 
 
 _PLACEHOLDER_AUTHOR = re.compile(
