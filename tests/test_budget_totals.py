@@ -15,6 +15,7 @@ from conftest import call_record, ledger_at, write_config
 
 from tierflow.core.budget import Budgets, Estimate
 from tierflow.core.config import load_config
+from tierflow.core.errors import BudgetExceeded
 from tierflow.core.ledger import (
     MIGRATIONS,
     Ledger,
@@ -101,8 +102,8 @@ def test_totals_follow_the_calls_across_a_day_and_a_month_boundary_with_calls_in
     monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-12-01T00:00:02+00:00")  # a new day and a new month
     after = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)
     states = {s.name: s for s in budgets.states()}
-    # The new periods start empty; what is still in flight was reserved in the old ones, as before the totals.
-    assert states["daily"].spent_usd == 0 and states["daily"].reserved_usd == 0
+    # The new periods start with nothing spent; what is still in flight is reserved in them, where it will be recorded.
+    assert states["daily"].spent_usd == 0 and states["daily"].reserved_usd == pytest.approx(0.05)
     assert states["monthly"].spent_usd == 0 and states["per-run"].reserved_usd == pytest.approx(0.05)
     settle(budgets, flying, 0.015, 700)  # it answers in December: its spend counts there
     settle(budgets, budgets.reserve(candidates(config)), 0.001, 100)
@@ -116,6 +117,26 @@ def test_totals_follow_the_calls_across_a_day_and_a_month_boundary_with_calls_in
         "per-run": (0.02, 1100),
     }
     assert from_totals(budgets, before)["daily"] == (0.004, 300)
+
+
+def test_a_batch_in_flight_across_a_month_boundary_counts_in_the_month_its_answers_are_recorded_in(
+    tmp_path, monkeypatch, ledger_url
+):
+    """A batch submitted on the 30th is answered, and recorded, on the 1st: until then December's budget counts its
+    reservation as reserved, so no December call can take the room its answers will use."""
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-11-30T22:00:00+00:00")
+    config = config_for(tmp_path, ledger_url, '[budgets.monthly]\nusd = 1.0\nperiod = "month"\npolicy = "halt"\n')
+    budgets = Budgets(config, Ledger(ledger_url), run_id="r1", flow="f")
+    batch = budgets.reserve(candidates(config, usd=0.8), wait=False)  # a batch item's reservation, held 24 h
+
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", "2026-12-01T06:00:00+00:00")
+    (monthly,) = budgets.states()
+    assert monthly.spent_usd == 0 and monthly.reserved_usd == pytest.approx(0.8)
+    with pytest.raises(BudgetExceeded, match="monthly"):
+        budgets.reserve(candidates(config, usd=0.8), wait=False)
+    settle(budgets, batch, 0.8, 200)  # collected in December
+    (monthly,) = budgets.states()
+    assert monthly.spent_usd == pytest.approx(0.8) and monthly.reserved_usd == 0
 
 
 def test_a_budget_check_reads_one_row_per_budget_in_one_statement_and_never_the_calls(tmp_path, ledger_url):

@@ -369,8 +369,13 @@ class Budgets:
             # none runs under its USD limit, so such rows predate it or belong to other scopes).
             fallback = (budget.fallback_usd_per_mtok or 0.0) / 1e6 if budget.unpriced == "allow" else 0.0
             held_usd, held_tokens = 0.0, 0
+            # A call in flight is recorded when it answers, in the period current then: one reserved in an earlier
+            # period (a batch is held up to 25 h) counts in this one too, else the new period overshoots by it.
+            until = (
+                None if start is None else period_end(budget.period, self.tz, start).isoformat(timespec="microseconds")
+            )
             for r in held:
-                in_period = r.run_id == self.run_id if start is None else r.created >= start
+                in_period = r.run_id == self.run_id if until is None else r.created < until
                 if in_period and all(not getattr(scope, k) or getattr(scope, k) == getattr(r, k) for k in _FILTERS):
                     held_usd += float(r.usd or 0.0) + (0.0 if r.priced else fallback * (r.tokens or 0))
                     held_tokens += int(r.tokens or 0)
