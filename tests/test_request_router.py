@@ -572,3 +572,28 @@ def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fit
     assert [r["tier"] for r in rows] == ["light", "standard"]  # nothing sent to light and refused, nothing lost
     # The week is sized for the tier a too-long request goes to, not for the router's choice on no text.
     assert c.sizing_route("synthesise", "medium").tier == "standard"
+
+
+def test_tierflow_ask_sends_a_prompt_too_long_for_the_routers_tier_where_it_fits(tmp_path, monkeypatch, double):
+    """`tierflow ask` in request mode routes as a flow's call does: a prompt the router's tier's window cannot
+    take goes where the router's choice is left out, rather than being refused as too long."""
+    from tierflow.core import routing
+
+    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(text="An answer.")
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    small = anthropic_config(double, REQUEST_MODE).replace(
+        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
+    )
+    write_config(vault / ".tierflow" / "config.toml", small)
+    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
+    prompt = "\n".join(easy(i) for i in range(600))  # about 9k tokens: light's window cannot take it
+    asked = CliRunner().invoke(_app(), ["ask", "--vault", str(vault), prompt], catch_exceptions=False)
+    assert asked.exit_code == 0, asked.output
+    with Ledger.for_vault(vault).reading() as conn:
+        tier, rule = conn.exec_driver_sql("SELECT tier, route_rule FROM calls ORDER BY id DESC").first()
+    assert tier != "light"  # the rules' tier for the complexity the prompt was classified at
+    assert "; request: light's context window cannot take this request (request: P(light)" in rule
+    assert "; rules; routing." in rule

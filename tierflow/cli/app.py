@@ -180,8 +180,9 @@ def ask(
 
                 decision = classify(prompt, caller.ledger)
                 level = decision.complexity
-                # The per-request router decides on the prompt, as the ledger keeps it and `routing explain` reads it.
-                routed = caller.route(phase, level, prompt=prompt)
+                # The per-request router decides on the prompt, as the ledger keeps it and `routing explain` reads it;
+                # routed as a flow's call is (`build`), so a prompt too long for the router's tier goes where it fits.
+                routed, _ = caller.build(phase=phase, complexity=level, system=system, prompt=prompt)
                 routed = replace(routed, rule=f"{decision.rule}; {routed.rule}")
             subject = " ".join(prompt.split())[:120]
             answer = caller.ask(
