@@ -242,3 +242,25 @@ def test_a_watch_whose_reader_stops_ends_quietly_and_successfully(tmp_path: Path
         err = proc.stderr.read() if proc.stderr else b""
         assert proc.wait(timeout=600) == 0, err
     assert not err.strip(), err
+
+
+def test_the_watch_counts_billed_calls_as_tierflow_spend_does(frame_setup):
+    """A cached answer, used or rejected by a check added since (`not used:`), is no call: the watch's counts are
+    the billed calls that `tierflow spend` and the run report show."""
+    from tierflow.core.calls import NOT_USED
+    from tierflow.report.watch import dashboard
+
+    config, ledger = frame_setup
+    when = NOW.isoformat(timespec="microseconds")
+    for changes in (
+        {},
+        {},
+        {"cached_result": True, "cost_usd": 0.0},
+        {"cached_result": True, "cost_usd": 0.0, "route_rule": f"{NOT_USED} fails a check added since it was cached"},
+    ):
+        ledger.record(call_record(timestamp=when, **changes))
+    screen = screen_of(dashboard(config, ledger, period="week"), rows=60)
+    assert "Spend: 2 calls since" in screen[0], screen[0]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in screen if line.count("│") == 5]
+    calls = {row[0]: row[1] for row in rows if row[0] in ("claude-haiku-4-5", "collate", "total")}
+    assert calls == {"claude-haiku-4-5": "2", "collate": "2", "total": "2"}, "\n".join(screen)

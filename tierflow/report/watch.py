@@ -38,9 +38,9 @@ def _totals(groups: list[Spend], whole: Spend, by: str, title: str) -> Table:
         table.add_column(col, justify="left" if col == by else "right", overflow="fold")
     groups = sorted(groups, key=lambda s: -s.cost_usd)
     for g in groups:
-        table.add_row(g.key or "(none)", str(g.calls), str(g.tokens), money(g.cost_usd))
+        table.add_row(g.key or "(none)", str(g.billed), str(g.tokens), money(g.cost_usd))
     if groups:
-        table.add_row("total", str(whole.calls), str(whole.tokens), money(whole.cost_usd), style="bold")
+        table.add_row("total", str(whole.billed), str(whole.tokens), money(whole.cost_usd), style="bold")
     return table
 
 
@@ -83,7 +83,7 @@ def dashboard(config: Config, ledger: Ledger, *, period: str = "week", since: st
     budgets = Budgets(config, ledger, run_id="", flow="").states()
     zone = config.settings.vault.timezone
     parts: list[Any] = [
-        _header(config, start, whole.calls),
+        _header(config, start, whole.billed),  # billed calls, as `tierflow spend` counts them
         Text(f"Budgets (periods and times in {zone}, the vault's time zone)", style="bold"),
     ]
     parts += [_budget_line(s) for s in budgets] or [Text("  none configured")]
