@@ -597,3 +597,33 @@ def test_tierflow_ask_sends_a_prompt_too_long_for_the_routers_tier_where_it_fits
     assert tier != "light"  # the rules' tier for the complexity the prompt was classified at
     assert "; request: light's context window cannot take this request (request: P(light)" in rule
     assert "; rules; routing." in rule
+
+
+def test_the_rule_of_a_request_too_long_for_the_routers_tier_is_recorded_whole(tmp_path, monkeypatch, double):
+    """The ledger's `route_rule` (256 characters) keeps where a request too long for the router's tier went and why:
+    the router's verdict, not the whole basis of its model, which cut the phase evidence's reason short."""
+    from tierflow.core import routing
+
+    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"ok": True})
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    small = anthropic_config(double, REQUEST_MODE).replace(
+        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
+    )
+    path = write_config(vault / ".tierflow" / "config.toml", small)
+    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-rule", flow="reading-notes"))
+    basis = "model of 2026-12-05 over 1234 requests, 56 answers labelled by judge, edit or rating signals"
+    basis += " (3 failed by them)"
+    routing.use_request_router(lambda *a, **kw: ("light", f"request: P(light)=0.97 ≥ 0.90 (value 1); {basis}"))
+    evidence = "adaptive: synthesise on standard, pass 0.95 (low 0.91) over 240 calls (medium complexity, all projects)"
+    monkeypatch.setattr(c, "learned", lambda: {("synthesise", "medium"): ("standard", evidence)})
+    week = c.ask(
+        phase="synthesise", complexity="medium", system="Synthesise.", prompt="\n".join(easy(i) for i in range(600)),
+        output=Out,
+    )  # fmt: skip
+    assert week.route.tier == "standard"
+    (recorded,) = [r["route_rule"] for r in c.ledger.rows(run_id="run-rule")]
+    assert recorded.startswith("request: light's context window cannot take this request (request: P(light)=0.97")
+    assert recorded.endswith(f"; phase evidence; {evidence}"), recorded

@@ -327,7 +327,9 @@ class Caller:
             if decided is not None and decided[0] is None:
                 undecided, decided = decided[1], None
             elif decided is not None and decided[0] in unfit:
-                undecided = f"request: {decided[0]}'s context window cannot take this request ({decided[1]})"
+                # Its verdict without its model's basis: the ledger's `route_rule` (256 characters) keeps what follows.
+                verdict = decided[1].split("; ", 1)[0]
+                undecided = f"request: {decided[0]}'s context window cannot take this request ({verdict})"
                 decided = None
         joint = ", " if undecided == COLD_START else "; "
         evidence = self.learned().get((phase, complexity))
