@@ -930,3 +930,20 @@ def test_an_arabic_family_name_with_the_article_after_for_is_hidden_and_quoted_b
     hidden = cohort.hidden(essay)
     assert hidden.text == "شكرا Student-01 على المساعدة، وStudent-01 رأي آخر. قالت المعلمة للطلاب."
     assert cohort.restore("شكرا Student-01 على المساعدة", hidden) == "شكرا للأحمد على المساعدة"
+
+
+@pytest.mark.parametrize(
+    ("name", "essay", "hidden"),
+    [
+        ("רון כהן", "אֲרוֹן הַבְּרִית. וְרוֹן כתב.", "אֲרוֹן הַבְּרִית. וְStudent-01 כתב."),
+        ("حمد العلي", "قال مُحَمَّد، وَحَمَد كتب، وَلِحمد رأي.", "قال مُحَمَّد، وَStudent-01 كتب، وَلِStudent-01 رأي."),
+    ],
+    ids=["hebrew-points", "arabic-vowels"],
+)  # fmt: skip
+def test_a_name_is_not_found_inside_a_pointed_or_vowelled_word(name: str, essay: str, hidden: str):
+    """A vowel mark or point follows a letter of its word: a name right after one starts inside a word ("אֲרוֹן", the
+    ark, holds no Ron; "مُحَمَّد", Muhammad, no Hamad), and hiding it there garbled the quotation the model read. After
+    the letters joined to the next word, marked or not ("וְ", "وَلِ"), it is the student's name."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    assert Pseudonyms([Student("s1", name)]).hide(essay) == hidden
