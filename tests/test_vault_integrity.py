@@ -936,9 +936,10 @@ def test_an_arabic_family_name_with_the_article_after_for_is_hidden_and_quoted_b
     ("name", "essay", "hidden"),
     [
         ("רון כהן", "אֲרוֹן הַבְּרִית. וְרוֹן כתב.", "אֲרוֹן הַבְּרִית. וְStudent-01 כתב."),
+        ("רון כהן", "כתב ְרון.", "כתב ְStudent-01."),  # a stray mark, after no letter
         ("حمد العلي", "قال مُحَمَّد، وَحَمَد كتب، وَلِحمد رأي.", "قال مُحَمَّد، وَStudent-01 كتب، وَلِStudent-01 رأي."),
     ],
-    ids=["hebrew-points", "arabic-vowels"],
+    ids=["hebrew-points", "stray-mark", "arabic-vowels"],
 )  # fmt: skip
 def test_a_name_is_not_found_inside_a_pointed_or_vowelled_word(name: str, essay: str, hidden: str):
     """A vowel mark or point follows a letter of its word: a name right after one starts inside a word ("אֲרוֹן", the

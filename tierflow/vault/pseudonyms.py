@@ -589,12 +589,14 @@ def _name_char(ch: str) -> str:
 def _name_before(first: str) -> str:
     """`boundary_before`, and for a name in Arabic or Hebrew script also after one or two of the letters that script
     joins to the next word (`_JOINED_BEFORE`): "ولمحمد" ("and for Muhammad") and "ולדוד" ("and to David") name them.
-    Never right after a mark (`_UNWRITTEN_MARKS`), which follows a letter of its word: "אֲרוֹן" (the ark) holds no
-    Ron; but after a joined letter's own marks ("וְרוֹן", "وَلِحمد"), up to two on each."""
+    Never right after the marks (`_UNWRITTEN_MARKS`) of a letter of its word: "אֲרוֹן" (the ark) holds no Ron; but
+    after a joined letter's own marks ("וְרוֹן", "وَلِحمد"), up to two on each."""
     before = boundary_before(first)
     for block, letters in _JOINED_BEFORE.items():
         if before and re.match(f"[{block}]", first):
-            start, marks = f"{before}(?<![{_UNWRITTEN_MARKS}])", [f"[{_UNWRITTEN_MARKS}]{{{n}}}" for n in range(3)]
+            marks = [f"[{_UNWRITTEN_MARKS}]{{{n}}}" for n in range(5)]
+            start = before + "".join(f"(?<!\\w{m})" for m in marks[1:])
+            marks = marks[:3]
             joined = [f"[{letters}]{m}" for m in marks]
             after = [f"(?<={start}{j})" for j in joined] + [f"(?<={start}{i}{j})" for i in joined for j in joined]
             # The character before is looked at first, so that most places in a word are passed over at once.
