@@ -948,3 +948,17 @@ def test_a_name_is_not_found_inside_a_pointed_or_vowelled_word(name: str, essay:
     from tierflow.vault.pseudonyms import Pseudonyms, Student
 
     assert Pseudonyms([Student("s1", name)]).hide(essay) == hidden
+
+
+def test_a_label_glued_to_the_word_before_it_comes_back_as_the_word_not_the_whole_name():
+    """Hebrew joins "from" and "in" to the next word: "מבחן" (an exam) ends in the name חן and is hidden as such,
+    since "ולטל" (and to Tal) must be. Where the model writes that word back outside a quotation, the label glued
+    to its letters comes back as the name's part there ("מבחן"), not as the whole name ("מבחן כהן"); a label on
+    its own still names the student."""
+    from tierflow.vault.pseudonyms import Pseudonyms, Student
+
+    cohort = Pseudonyms([Student("s1", "חן כהן")])
+    hidden = cohort.hidden("מבחן קשה מאוד לכולם. חן כהן כתבה היטב.")
+    assert hidden.text == "מבStudent-01 קשה מאוד לכולם. Student-01 כתבה היטב."
+    answer = "ה-מבStudent-01 היה קשה, Student-01."
+    assert cohort.restore_label(answer, hidden, "Student-01", "חן כהן") == "ה-מבחן היה קשה, חן כהן."

@@ -524,7 +524,15 @@ class Pseudonyms:
             scored = [(shared(*match.span(), hs, he), ss, se) for hs, he, ss, se in places]
             best = max((score for score, _, _ in scored), default=0)
             found = {source.source[ss:se] for score, ss, se in scored if score == best}
-            return found.pop() if best >= QUOTED_CONTEXT and len(found) == 1 else name
+            if best >= QUOTED_CONTEXT and len(found) == 1:
+                return found.pop()
+            # Glued to the letters before it, the label is the end of a word the model copied (Hebrew and Arabic
+            # join "in", "from", "and" to the next word: "מבחן", an exam, hid a Chen): the name's part as written
+            # there, not the whole name, which would garble the word ("מבחן כהן").
+            start = match.start()
+            if start and answer[start - 1].isalpha() and found:
+                return sorted(found)[0]
+            return name
 
         return re.sub(re.escape(label) + r"(?!\d)", back, answer) if places else answer.replace(label, name)
 
