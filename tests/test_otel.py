@@ -185,6 +185,9 @@ def test_a_failed_answer_exports_the_ledgers_outcome_and_unknown_usage_exports_n
         call_record(phase="p2", outcome="lost", usage=UNKNOWN_USAGE, cost_usd=None),
         call_record(phase="p3", usage=UNKNOWN_USAGE, cost_usd=None),
         call_record(phase="p4", downgraded_from="standard"),
+        # A cached answer a check added since rejected (`not used:`): its verdict, not `cached`.
+        call_record(phase="p5", cached_result=True, outcome="check_failed", cost_usd=0.0),
+        call_record(phase="p6", cached_result=True, cost_usd=0.0),
     ]
     for call in calls:
         ledger.record(call)
@@ -193,7 +196,9 @@ def test_a_failed_answer_exports_the_ledgers_outcome_and_unknown_usage_exports_n
     exported = [otel_record(row)["attributes"] for row in ledger.rows()]
     spans = sorted((attributes(s.attributes) for s in receiver.spans), key=lambda a: a["tierflow.phase"])
     for found in (sorted(exported, key=lambda a: a["tierflow.phase"]), spans):
-        assert [a["tierflow.outcome"] for a in found] == ["truncated", "lost", "unknown-usage", "downgraded"]
+        assert [a["tierflow.outcome"] for a in found] == [
+            "truncated", "lost", "unknown-usage", "downgraded", "check_failed", "cached",
+        ]  # fmt: skip
         assert found[0]["gen_ai.usage.input_tokens"] == 12 and found[0]["gen_ai.usage.output_tokens"] == 6
         for unknown in found[1:3]:  # unknown is not zero: the counts are left out
             assert [name for name in unknown if name.startswith("gen_ai.usage.")] == []

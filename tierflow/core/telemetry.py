@@ -204,12 +204,12 @@ ROW_ATTRIBUTES = {
 
 
 def _outcome(row: Mapping[str, Any]) -> str:
-    """`cached`; else the ledger's outcome when the answer was not `ok` (`truncated`, `lost`, `malformed`, ...);
-    else `unknown-usage`, `downgraded` or `ok`."""
-    if row.get("cached_result"):
-        return "cached"
+    """The ledger's outcome when the answer was not `ok` (`truncated`, `lost`, `malformed`, a cached answer a check
+    added since failed: `check_failed`, ...); else `cached`, `unknown-usage`, `downgraded` or `ok`."""
     if row.get("outcome") not in (None, "", "ok"):
         return str(row["outcome"])
+    if row.get("cached_result"):
+        return "cached"
     if not row.get("usage_known", True):
         return "unknown-usage"
     return "downgraded" if row.get("downgraded_from") else "ok"
