@@ -627,3 +627,27 @@ def test_the_rule_of_a_request_too_long_for_the_routers_tier_is_recorded_whole(t
     (recorded,) = [r["route_rule"] for r in c.ledger.rows(run_id="run-rule")]
     assert recorded.startswith("request: light's context window cannot take this request (request: P(light)=0.97")
     assert recorded.endswith(f"; phase evidence; {evidence}"), recorded
+
+
+def test_a_request_too_long_for_the_tier_of_the_router_and_of_the_phase_evidence_says_both(
+    tmp_path, monkeypatch, double
+):
+    from tierflow.core import routing
+
+    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"ok": True})
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    small = anthropic_config(double, REQUEST_MODE).replace(
+        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
+    )
+    path = write_config(vault / ".tierflow" / "config.toml", small)
+    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-both", flow="reading-notes"))
+    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
+    monkeypatch.setattr(c, "learned", lambda: {("synthesise", "medium"): ("light", "adaptive: light passes 97%")})
+    week = c.ask(
+        phase="synthesise", complexity="medium", system="Synthesise.", prompt="\n".join(easy(i) for i in range(600))
+    )
+    assert week.route.tier == "standard"
+    assert "; phase evidence's light cannot take it either; rules; routing.medium" in week.route.rule, week.route.rule

@@ -336,6 +336,9 @@ class Caller:
         if decided is None and evidence is not None and evidence[0] not in unfit:
             tier, why = evidence
             decided = (tier, f"{undecided}{joint}phase evidence; {why}")
+        elif decided is None and evidence is not None:
+            undecided = f"{undecided}{joint}phase evidence's {evidence[0]} cannot take it either"
+            joint = "; "
         routed = route(
             self.config,
             phase=phase,
