@@ -259,6 +259,22 @@ def test_the_ceiling_caps_escalation(tmp_path, monkeypatch, double):
     assert [r["tier"] for r in c.ledger.rows()] == ["light", "light", "standard", "standard"]
 
 
+@pytest.mark.parametrize("returned", [None, "the label is wrong", True])
+def test_a_check_of_your_own_that_returns_no_list_fails_named_and_every_paid_answer_is_recorded(
+    tmp_path, monkeypatch, double, returned
+):
+    """A flow's own check that returns None, a bare string or a bool, not a list of problems: the answer it judged
+    is paid for, so it is recorded, and the check fails as one that raises does, naming what it returned (None
+    raised a TypeError out of the call, losing the ledger row; a string became one problem per letter)."""
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 4})
+    c = caller(tmp_path, anthropic_config(double, "[routing]\nescalate = false\n"), monkeypatch)
+    answer = ask(c, checks=[Check("my_check", lambda v: returned)])
+    rows = c.ledger.rows()
+    assert len(rows) == len(double.model_calls()) == 2 and recorded(c.ledger) == billed(double)
+    assert answer.checks_failed == (f"my_check returned {type(returned).__name__}",)
+    assert {r["outcome"] for r in rows} == {"check_failed"}
+
+
 # --- structured output on servers that do not take json_schema -------------------------------------------
 
 

@@ -2,14 +2,15 @@
 
 A phase passes its checks to `Caller.ask(checks=...)`. A failed check is recorded on the ledger row
 (`outcome = check_failed`, `checks_failed`), stated in one informed retry, and then escalated one tier up.
-A check that raises has failed: it is named with its exception (`quotes_verbatim raised KeyError`), so the
+A check that raises has failed: it is named with its exception (`quotes_verbatim raised KeyError`), or with what it
+returned when that is not a list of problems (`my_check returned NoneType`), so the
 paid answer it was judging is still recorded, retried and, if nothing passes, kept with a warning.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,6 +68,18 @@ def run_checks(checks: Sequence[Check], parsed: Any) -> list[Failure]:
             log.warning("check %s raised %s: %s", check.name, type(exc).__name__, exc, exc_info=True)
             failures.append(
                 Failure(f"{check.name} raised {type(exc).__name__}", f"the check could not read the answer ({exc!r})")
+            )
+            continue
+        if isinstance(problems, str | bytes) or not isinstance(problems, Iterable):  # a bare verdict, not a list
+            log.warning(
+                "check %s returned %r, not a list of problems (each a str; [] when the answer passes): it fails",
+                check.name, problems,
+            )  # fmt: skip
+            failures.append(
+                Failure(
+                    f"{check.name} returned {type(problems).__name__}",
+                    f"the check must return a list of problems, not {problems!r}",
+                )
             )
             continue
         failures += [Failure(check.name, p) for p in problems]
