@@ -459,6 +459,20 @@ def flow_run_state(vault: Path) -> object:
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_an_async_flow_runs_by_name(triage_as: Callable[[str], str], tmp_path: Path) -> None:
+    """The doc's flow as `async def`: `tierflow run` made its coroutine and never ran it, then said the flow had
+    "returned coroutine, not a RunSummary", with a RuntimeWarning that it was never awaited."""
+    signature = 'def reading_triage(vault: str, folder: str = "Inbox") -> RunSummary:'
+    flow = triage_as(replaced(doc_code(), signature, "async " + signature))
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["run", flow, "--vault", str(vault)])
+    assert result.exit_code == 0, result.output
+    assert "coroutine" not in result.output
+    run_id = frontmatter.load(vault / "Triage" / "Reading triage.md")["tierflow_run"]
+    assert len(Ledger.for_vault(vault).rows(run_id=run_id)) == 3  # two triages and the summary
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_flow_whose_phase_failed_exits_3_with_its_report_and_ends_failed_in_prefect(
     triage_as: Callable[[str], str], tmp_path: Path
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import re
@@ -134,6 +136,8 @@ def run_flow(
             temporary_server.start()
             with phase_progress():
                 summary = entry(**arguments)
+                if inspect.iscoroutine(summary):  # an `async def` flow: calling it only made its coroutine
+                    summary = asyncio.run(summary)
     except RunStopped as exc:
         # A budget halted the run or a phase failed: its flow run is Failed in Prefect, and here it is a stopped run
         # like any other, with its summary and report (exit 3).
