@@ -473,6 +473,29 @@ def test_an_async_flow_runs_by_name(triage_as: Callable[[str], str], tmp_path: P
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_copied_flow_whose_begin_run_names_the_flow_it_was_copied_from_is_told_to_give_its_own_name(
+    registered_triage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doc's flow copied and renamed in its @flow and FlowSpec only: it said "the flow file ... differs from the one
+    in the installed tierflow" and to pip install a checkout, as if it were another copy of the reading-triage flow."""
+    code = replaced(doc_code(), '@flow(name="reading-triage")', '@flow(name="weekly-triage")')
+    code = replaced(code, 'FlowSpec("reading-triage"', 'FlowSpec("weekly-triage"')
+    install(tmp_path / "site", "tierflow_weekly_triage", code, "weekly-triage = tierflow_weekly_triage:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    vault = triage_vault(tmp_path)
+    try:
+        result = CliRunner().invoke(app, ["run", "weekly-triage", "--vault", str(vault)])
+    finally:
+        sys.modules.pop("tierflow_weekly_triage", None)
+    assert result.exit_code == 2, result.output
+    assert "begin_run('reading-triage') in the weekly-triage flow (" in said(result)
+    assert "tierflow_weekly_triage.py) gives the name of another registered flow, the reading-triage flow of" in (
+        said(result)
+    )
+    assert "give begin_run this flow's own name" in said(result) and "pip install" not in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_flow_whose_phase_failed_exits_3_with_its_report_and_ends_failed_in_prefect(
     triage_as: Callable[[str], str], tmp_path: Path
 ) -> None:

@@ -110,7 +110,7 @@ class RunSettings(BaseModel, frozen=True):
 
         context = FlowRunContext.get()
         if context is not None and context.flow is not None:
-            check_same_install(context.flow.fn, flow)
+            check_same_install(context.flow.fn, flow, context.flow.name)
         settings = cls(
             vault=str(check_vault(vault)),
             config_path=config,

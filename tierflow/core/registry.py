@@ -79,7 +79,7 @@ def flow_spec(name: str) -> FlowSpec:
     return spec
 
 
-def check_same_install(flow_fn: Callable[..., Any], flow_name: str) -> None:
+def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name: str | None = None) -> None:
     """Refuse to run a flow file whose installed tierflow holds a different copy of it.
 
     A `prefect.yaml` deployment started from a checkout loads the flow from the checkout's file, but the
@@ -91,11 +91,20 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str) -> None:
     except (TypeError, OSError):
         return
     try:
-        installed = Path(inspect.getfile(flow_spec(flow_name).flow.fn)).resolve()
+        registered = flow_spec(flow_name).flow
+        installed = Path(inspect.getfile(registered.fn)).resolve()
     except (TierflowError, TypeError, OSError):
         return
     if running == installed or _digest(running) == _digest(installed):
         return
+    if running_name is not None and getattr(registered, "name", running_name) != running_name:
+        # Not another copy of the same flow: begin_run was given the name of another registered flow (a flow
+        # copied from one and renamed in its @flow and FlowSpec only).
+        raise TierflowError(
+            f"begin_run({flow_name!r}) in the {running_name} flow ({running}) gives the name of another registered "
+            f"flow, the {registered.name} flow of {installed}: give begin_run this flow's own name, the one its "
+            "FlowSpec registers it under"
+        )
     version = metadata.version("tierflow")
     raise TierflowError(
         f"the flow file {running} differs from the one in the installed tierflow {version} ({installed}). "
