@@ -55,6 +55,17 @@ def test_no_public_name_is_taken_by_a_subpackage_once_that_is_imported() -> None
     assert out.stdout.strip() == "True", out.stdout + out.stderr
 
 
+def test_every_package_of_tierflow_is_in_the_wheel() -> None:
+    """pyproject.toml lists its packages by hand: one left out is missing from an installed (not editable) tierflow,
+    as `tierflow.flowkit` was, so that `from tierflow import read_folder` (and every flow's drafting task) failed
+    with "No module named 'tierflow.flowkit'" on a worker that installed tierflow, though not in a checkout."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "tierflow").rglob("__init__.py")}
+    assert found - listed == set()
+
+
 def test_the_public_api_lives_below_the_flows_and_tasks() -> None:
     """tierflow/__init__.py sits in the core layers: it must not reach up into a flow, a task or the CLI."""
     tree = ast.parse((REPO / "tierflow" / "__init__.py").read_text(encoding="utf-8"))
