@@ -409,6 +409,43 @@ def test_phase_ask_names_every_keyword_the_call_takes() -> None:
     assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(tierflow.Phase.ask).parameters.values())
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"output": "Verdict", "checks": "function"}, "checks takes a list of Check(name, problems)"),
+        ({"output": "Verdict", "checks": "one Check"}, "checks takes a list of Check(name, problems)"),
+        ({"checks": "list"}, "ask(checks=[always]) without output=: checks judge a structured answer"),
+        ({"output": "instance"}, "output takes a pydantic model class"),
+        ({"output": "dict"}, "output takes a pydantic model class"),
+    ],
+)
+def test_a_phase_ask_misuse_is_refused_before_any_call_saying_what_to_give(
+    tmp_path: Path, given: dict[str, str], said: str
+) -> None:
+    """A function as a check failed with "'function' object has no attribute 'name'" and one Check with "'Check' object
+    is not iterable", each after the call was paid; a model instance or `dict` as output= with an AttributeError;
+    and checks on a text answer (no output=) were never run, so the answer passed whatever they said."""
+    from tierflow import BaseModel, Check, Phase, RunSettings, TierflowError
+
+    class Verdict(BaseModel):
+        decision: str
+
+    always = Check("always", lambda answer: ["always fails"])
+    values = {
+        "Verdict": Verdict, "instance": Verdict(decision="later"), "dict": dict,
+        "function": [lambda answer: []], "one Check": always, "list": [always],
+    }  # fmt: skip
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    settings = RunSettings(vault=str(vault), profile="offline", run_id="t", flow="mine")
+    with pytest.raises(TierflowError) as refused:
+        Phase("collate", "low").ask(
+            settings, system="s", prompt='<data>{"text": "A note."}</data>', **{k: values[v] for k, v in given.items()}
+        )
+    assert said in str(refused.value)
+    assert Ledger.for_vault(vault).rows() == []  # refused before the call: nothing paid
+
+
 @pytest.mark.slow  # mypy reads Prefect's and pydantic's types too: half a minute
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
 def test_mypy_reads_the_public_api_types(tmp_path: Path) -> None:

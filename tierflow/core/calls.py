@@ -34,6 +34,7 @@ from tierflow.core.config import Config, load_config
 from tierflow.core.context import check_fits, overflow
 from tierflow.core.errors import (
     BudgetExceeded,
+    ConfigError,
     LedgerUnreachable,
     MalformedResponse,
     ModelNotFound,
@@ -140,6 +141,27 @@ class RunSettings(BaseModel, frozen=True):
 
 def new_run_id() -> str:
     return clock.now().astimezone().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _check_ask(output: object, checks: object) -> None:
+    """Refuse, before any call is paid for, an `ask` whose `output` or `checks` a flow of your own got wrong (a
+    function, a model instance, one Check, checks on a text answer): each failed only after the call, or never."""
+    if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
+        raise ConfigError(
+            f"ask(output={output!r}): output takes a pydantic model class (class Verdict(BaseModel): ...; "
+            "output=Verdict), or nothing for a text answer"
+        )
+    if isinstance(checks, Check) or not all(isinstance(c, Check) for c in checks):  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"ask(checks={checks!r}): checks takes a list of Check(name, problems), for example "
+            "checks=[Check('my_check', my_function)], where my_function(answer) returns a list of problems"
+        )
+    if checks and output is None:
+        names = ", ".join(c.name for c in checks)  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"ask(checks=[{names}]) without output=: checks judge a structured answer (.parsed), so a text answer "
+            "would never be checked; give output= a pydantic model, or check the answer's .text yourself"
+        )
 
 
 @dataclass(frozen=True)
@@ -554,6 +576,7 @@ class Caller:
         retry_failed: bool | None = None,
     ) -> Answer:
         """Route one call and close the loop on it (see `resolve`)."""
+        _check_ask(output, checks)
         routed, request = self.build(
             phase=phase,
             complexity=complexity,
