@@ -78,6 +78,18 @@ def test_a_registered_flow_is_planned_and_listed_by_name(registered_triage: str,
     )
 
 
+def test_a_flow_given_as_its_file_is_told_how_to_register_it(registered_triage: str, tmp_path: Path) -> None:
+    """`tierflow run my_triage.py:reading_triage`, as `prefect deploy` takes a flow, said only that it was not a
+    registered flow: not that flows are run by name, nor how to register one."""
+    vault = triage_vault(tmp_path)
+    for command in ("run", "plan"):
+        result = CliRunner().invoke(app, [command, "triage/my_triage.py:reading_triage", "--vault", str(vault)])
+        assert result.exit_code == 2
+        assert "'triage/my_triage.py:reading_triage' is not a registered flow" in said(result)
+        assert "A flow is run by the name it is registered under, not by its file" in said(result)
+        assert 'NAME = "my_package.my_module:SPEC" (docs/your-own-flow.md)' in said(result)
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_registered_flow_is_scheduled_by_name(registered_triage: str, tmp_path: Path) -> None:
     from prefect import get_client

@@ -588,7 +588,17 @@ def _registered_flow(value: str) -> str:
 
     names = flow_names()
     if value not in names:
-        raise typer.BadParameter(f"{value!r} is not a registered flow; the flows are: {', '.join(names) or 'none'}.")
+        by_file = ""
+        if value.endswith(".py") or ".py:" in value or "/" in value:  # `my_flow.py:my_flow`, as `prefect deploy` takes
+            by_file = (
+                " A flow is run by the name it is registered under, not by its file: register yours with a "
+                '[project.entry-points."tierflow.flows"] entry in its package\'s pyproject.toml, '
+                'NAME = "my_package.my_module:SPEC" (docs/your-own-flow.md), install the package, then '
+                "tierflow run NAME."
+            )
+        raise typer.BadParameter(
+            f"{value!r} is not a registered flow; the flows are: {', '.join(names) or 'none'}.{by_file}"
+        )
     return value
 
 
