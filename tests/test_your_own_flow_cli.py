@@ -408,6 +408,17 @@ def test_param_is_read_as_the_flows_signature_types_it(params_seen: str, tmp_pat
     assert flow_runs(params_seen) == before  # none of them started a run
 
 
+def test_a_param_given_twice_is_refused_not_replaced_by_the_later_one(params_seen: str, tmp_path: Path) -> None:
+    """`--param tags=a --param tags=b` ran the flow with tags "b" alone, saying nothing of "a"."""
+    vault = triage_vault(tmp_path)
+    for command in ("run", "schedule"):
+        args = [command, params_seen, "--vault", str(vault), "--param", "label=a", "--param", "label=b"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "--param label is given twice ('a' and 'b'): give it once; a list is one JSON value" in said(result)
+    assert not (vault / "seen.json").exists()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_schedule_refuses_a_param_an_option_gives_as_run_does(registered_triage: str, tmp_path: Path) -> None:
     """`tierflow schedule FLOW --param vault=X` registered a deployment over vault X, not the one --vault gave."""

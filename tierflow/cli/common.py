@@ -167,6 +167,11 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
+        if key.strip() in params:  # the later one silently replaced the first (`tag=a --param tag=b` gave "b")
+            raise fail(
+                f"--param {key.strip()} is given twice ({params[key.strip()]!r} and {raw!r}): give it once; a list is "
+                f'one JSON value, for example --param \'{key.strip()}=["a", "b"]\''
+            )
         params[key.strip()] = raw
     return params
 
