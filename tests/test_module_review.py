@@ -291,3 +291,34 @@ def test_a_concept_draft_whose_front_matter_is_never_closed_is_named_with_the_fi
         "and no `---` line closes it; add a `---` line after line 5, its last property"
     ) in said
     assert f"skipped {MODULE}/Concepts/Aside.md: not a run report" in said  # not front-matter: not called malformed
+
+
+def test_a_week_folder_tierflow_may_not_read_is_named_with_the_fix_not_left_out_silently(
+    module_vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A week's folder the lecturer cannot read (chmod 000, another user's share) was walked past in silence: its
+    notes were missing from the review and nothing said so. (The suite may run as root, who reads any folder: the
+    operating system's refusal is given by `os.scandir`, as it is for anyone else.)"""
+    import os
+
+    locked = module_vault / MODULE / "Week 7"
+    locked.mkdir()
+    (locked / "Peer review (week 7).md").write_text("---\ntierflow_run: r-7\n---\n\n## Summary\n\nX.\n")
+    scandir = os.scandir
+
+    def refusing(path):  # noqa: ANN001, ANN202
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    plan = plan_module_review(load_config(module_vault), module_vault)
+    reasons = dict(plan.skipped)
+    assert f"{MODULE}/Week 7/" in reasons, plan.skipped
+    assert "Permission denied" in reasons[f"{MODULE}/Week 7/"] and "read access" in reasons[f"{MODULE}/Week 7/"]
+
+    from tierflow.core.errors import VaultError
+
+    locked = module_vault / MODULE  # the whole module folder: refused, naming it, the cause and the fix
+    with pytest.raises(VaultError, match=r"Teaching/EDU7001.*Permission denied.*read access"):
+        plan_module_review(load_config(module_vault), module_vault)

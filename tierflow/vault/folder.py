@@ -112,6 +112,11 @@ def read_notes(
     index.scan([relative] if relative else [])
     names = VaultNames.scan(vault)
     found = Folder(relative)
+    fix = "give your user read access to it (chmod u+rx, or ask its owner) and run again"
+    for rel_dir, why in sorted(index.unreadable.items()):
+        if rel_dir == relative:
+            raise VaultError(f"{relative or vault}: the folder cannot be read ({why}); {fix}")
+        found.skipped.append((f"{rel_dir}/", f"folder not read ({why}), so its notes are left out; {fix}"))
     for meta in index.notes():
         if not meta.under(relative) or (meta.by_tierflow and not include_tierflow):
             continue

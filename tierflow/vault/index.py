@@ -412,6 +412,8 @@ class VaultIndex:
         self.cache_path = Path(cache_path) if cache_path is not None else self.vault / ".tierflow" / "index.json"
         self.max_note_bytes = max_note_bytes
         self._entries: dict[str, _Row] | None = None  # loaded lazily from the cache
+        self.unreadable: dict[str, str] = {}
+        """Folders the last scan could not list (vault-relative; "" is the vault), with the system's reason."""
 
     # cache
 
@@ -468,7 +470,10 @@ class VaultIndex:
             abs_dir, rel_dir = stack.pop()
             try:
                 it = os.scandir(abs_dir)
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except PermissionError as exc:
+                self.unreadable[rel_dir] = exc.strerror or str(exc)
                 continue
             with it:
                 for entry in it:
@@ -495,6 +500,7 @@ class VaultIndex:
             # Checked up front so a wrong path never gets a .tierflow/ folder created for it.
             raise NotADirectoryError(f"vault folder not found: {self.vault}")
         entries = self._load()
+        self.unreadable = {}
         roots = sorted({_norm_folder(f) for f in folders}) if folders else [""]
         if "" in roots:
             roots = [""]
