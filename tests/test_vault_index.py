@@ -350,3 +350,28 @@ def test_an_undated_note_is_dated_by_its_modification_day_in_the_vaults_time_zon
         assert [n.path for n in found.notes] == expected
     (meta,) = [m for m in index.notes() if m.path == "R/undated.md"]
     assert meta.day_in(ZoneInfo("Pacific/Auckland")) == dt.date(2026, 11, 23)
+
+
+def test_a_reading_folder_that_cannot_be_read_is_listed_as_skipped_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A week's notes in a subfolder the user cannot read (chmod 000) were passed over in silence. (The suite may
+    run as root, who reads any folder: `os.scandir` refuses it as the operating system does for anyone else.)"""
+    write(tmp_path, "R/a.md", note("2026-11-18"))
+    write(tmp_path, "R/Private/b.md", note("2026-11-18"))
+    write(tmp_path, "Elsewhere/Locked/c.md", note("2026-11-18"))
+    scandir = os.scandir
+    locked = {tmp_path / "R" / "Private", tmp_path / "Elsewhere" / "Locked"}
+
+    def refusing(path):  # noqa: ANN001, ANN202
+        if Path(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    sel = select(tmp_path, folders=["R"], tags=["literature"])
+    assert paths(sel.notes) == ["R/a.md"]
+    errors = {n.path: n.error for n in sel.skipped}
+    assert list(errors) == ["R/Private/"]  # a folder outside the reading folders is none of this run's business
+    assert errors["R/Private/"] is not None
+    assert "Permission denied" in errors["R/Private/"] and "read access" in errors["R/Private/"]

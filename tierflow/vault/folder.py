@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from tierflow.core.errors import VaultError
-from tierflow.vault.index import VaultIndex
+from tierflow.vault.index import UNREADABLE_FIX, VaultIndex, unreadable_folder
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import check_vault
 from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list
@@ -112,11 +112,10 @@ def read_notes(
     index.scan([relative] if relative else [])
     names = VaultNames.scan(vault)
     found = Folder(relative)
-    fix = "give your user read access to it (chmod u+rx, or ask its owner) and run again"
     for rel_dir, why in sorted(index.unreadable.items()):
         if rel_dir == relative:
-            raise VaultError(f"{relative or vault}: the folder cannot be read ({why}); {fix}")
-        found.skipped.append((f"{rel_dir}/", f"folder not read ({why}), so its notes are left out; {fix}"))
+            raise VaultError(f"{relative or vault}: the folder cannot be read ({why}); {UNREADABLE_FIX}")
+        found.skipped.append((f"{rel_dir}/", unreadable_folder(why)))
     for meta in index.notes():
         if not meta.under(relative) or (meta.by_tierflow and not include_tierflow):
             continue

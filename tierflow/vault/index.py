@@ -223,6 +223,14 @@ def _dedupe(tags: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def unreadable_folder(why: str) -> str:
+    """Why a folder's notes are left out, and the fix, for a folder the walk could not list."""
+    return f"folder not read ({why}), so its notes are left out; {UNREADABLE_FIX}"
+
+
+UNREADABLE_FIX = "give your user read access to it (chmod u+rx, or ask its owner) and run again"
+
+
 def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_bytes: int) -> NoteMeta:
     """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
     stem = rel.rpartition("/")[2].rpartition(".")[0]
@@ -575,6 +583,9 @@ class VaultIndex:
             day = row[3] or mtime_day(row[0], self.tz).isoformat()
             if first <= day <= last:
                 (skipped if row[5] else notes).append(_from_row(path, row))
+        for folder, why in self.unreadable.items():  # its notes may be in this window: say so, with the fix
+            if everything or (folder + "/").startswith(prefixes) or folder in norm_folders:
+                skipped.append(NoteMeta(f"{folder}/", folder, None, (), 0, 0, unreadable_folder(why)))
         notes.sort(key=lambda m: m.path)
         skipped.sort(key=lambda m: m.path)
         return Selection(notes=notes, skipped=skipped, stats=stats)
