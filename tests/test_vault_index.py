@@ -46,6 +46,10 @@ def note(date: str | None = None, tags: str | None = None, body: str = "Body tex
     return "---\n" + "\n".join(lines) + "\n---\n\n" + body
 
 
+TOO_LARGE_FIX = "to read it, raise [vault] max_note_bytes in .tierflow/config.toml above its size"
+"""A 2 MB note skipped as too large did not say which setting reads it."""
+
+
 def select(
     vault: Path, folders: Sequence[str] = (), tags: Sequence[str] = (), max_note_bytes: int = 1_000_000
 ) -> Selection:
@@ -217,7 +221,7 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
     assert errors["R/binary.md"] == "binary file"
     assert errors["R/blank.md"] == "empty note"
     assert errors["R/empty.md"] == "empty note"
-    assert errors["R/huge.md"] == "too large (3.2 MB > 1 MB limit)"
+    assert errors["R/huge.md"] == f"too large (3.2 MB > 1 MB limit); {TOO_LARGE_FIX}"
     assert errors["R/latin1.md"] is not None and errors["R/latin1.md"].startswith("not UTF-8 text")
     yaml_error = errors["R/yaml.md"]
     assert yaml_error is not None and yaml_error.startswith("malformed YAML front-matter: ")
@@ -228,7 +232,7 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
 def test_small_size_limit_is_configurable(tmp_path: Path) -> None:
     size = write(tmp_path, "R/a.md", note("2026-11-18", body="x" * 500)).stat().st_size
     sel = select(tmp_path, folders=["R"], max_note_bytes=200)
-    assert [n.error for n in sel.skipped] == [f"too large ({size} bytes > 200 bytes limit)"]
+    assert [n.error for n in sel.skipped] == [f"too large ({size} bytes > 200 bytes limit); {TOO_LARGE_FIX}"]
 
 
 def test_rescan_reparses_only_changed_notes(tmp_path: Path) -> None:

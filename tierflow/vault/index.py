@@ -34,7 +34,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 5
+_CACHE_VERSION = 6  # 6: a note too large says which setting reads it
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -231,6 +231,9 @@ def unreadable_folder(why: str) -> str:
 UNREADABLE_FIX = "give your user read access to it (chmod u+rx, or ask its owner) and run again"
 
 
+_TOO_LARGE_FIX = "to read it, raise [vault] max_note_bytes in .tierflow/config.toml above its size"
+
+
 def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_bytes: int) -> NoteMeta:
     """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
     stem = rel.rpartition("/")[2].rpartition(".")[0]
@@ -242,12 +245,12 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
         return bad("empty note")
     # Decide on size from stat alone so a huge file is never read.
     if st.st_size > max_note_bytes:
-        return bad(f"too large ({_human_bytes(st.st_size)} > {_human_bytes(max_note_bytes)} limit)")
+        return bad(f"too large ({_human_bytes(st.st_size)} > {_human_bytes(max_note_bytes)} limit); {_TOO_LARGE_FIX}")
     with open(path, "rb") as fh:
         # Sized from stat: read(limit) would allocate a 1 MB buffer per note and double the cold scan.
         data = fh.read(min(st.st_size, max_note_bytes) + 1)
     if len(data) > max_note_bytes:  # grew since the stat
-        return bad(f"too large (> {_human_bytes(max_note_bytes)} limit)")
+        return bad(f"too large (> {_human_bytes(max_note_bytes)} limit); {_TOO_LARGE_FIX}")
     if b"\x00" in data[:_BINARY_SNIFF_BYTES]:
         return bad("binary file")
     try:
