@@ -379,3 +379,27 @@ def test_a_reading_folder_that_cannot_be_read_is_listed_as_skipped_with_the_fix(
     assert list(errors) == ["R/Private/"]  # a folder outside the reading folders is none of this run's business
     assert errors["R/Private/"] is not None
     assert "Permission denied" in errors["R/Private/"] and "read access" in errors["R/Private/"]
+
+
+def test_a_note_that_cannot_be_read_is_skipped_naming_the_cause_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chmod 000 note said only `unreadable: [Errno 13] Permission denied: '/full/path'`, without the fix. (The
+    suite may run as root, who reads any file: `open` refuses it as the operating system does for anyone else.)"""
+    write(tmp_path, "R/a.md", note("2026-11-18"))
+    locked = write(tmp_path, "R/locked.md", note("2026-11-18"))
+    real_open = open
+
+    def refusing(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(file) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(vault_index, "open", refusing, raising=False)
+    sel = select(tmp_path, folders=["R"])
+    assert [(n.path, n.error) for n in sel.skipped] == [
+        ("R/locked.md", "unreadable (Permission denied); give your user read access to it (chmod u+r) and run again")
+    ]
+    monkeypatch.setattr(vault_index, "open", real_open, raising=False)  # chmod u+r: its mtime and size are as they were
+    again = select(tmp_path, folders=["R"])
+    assert paths(again.notes) == ["R/a.md", "R/locked.md"] and again.skipped == []

@@ -231,6 +231,10 @@ def unreadable_folder(why: str) -> str:
 UNREADABLE_FIX = "give your user read access to it (chmod u+rx, or ask its owner) and run again"
 
 
+_UNREADABLE_NOTE_FIX = "give your user read access to it (chmod u+r) and run again"
+"""The fix for a note `open` refused. Such a note is read again by every scan: chmod changes neither its modification
+time nor its size, by which the cache would otherwise keep the refusal."""
+
 _TOO_LARGE_FIX = "to read it, raise [vault] max_note_bytes in .tierflow/config.toml above its size"
 
 
@@ -524,14 +528,16 @@ class VaultIndex:
             for rel, path, st in self._walk(root):
                 seen.add(rel)
                 old = entries.get(rel)
-                if old is not None and old[0] == st.st_mtime_ns and old[1] == st.st_size:
+                refused = old is not None and isinstance(old[5], str) and old[5].endswith(_UNREADABLE_NOTE_FIX)
+                if old is not None and old[0] == st.st_mtime_ns and old[1] == st.st_size and not refused:
                     reused += 1
                     continue
                 try:
                     meta = read_note_meta(path, rel, st, self.max_note_bytes)
                 except OSError as exc:
                     stem = PurePosixPath(rel).stem
-                    meta = NoteMeta(rel, stem, None, (), st.st_mtime_ns, st.st_size, f"unreadable: {exc}")
+                    why = f"unreadable ({exc.strerror or exc}); {_UNREADABLE_NOTE_FIX}"
+                    meta = NoteMeta(rel, stem, None, (), st.st_mtime_ns, st.st_size, why)
                 entries[rel] = _to_row(meta)
                 parsed += 1
 
