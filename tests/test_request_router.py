@@ -542,12 +542,17 @@ def test_routing_fit_says_when_the_model_path_is_a_directory(tmp_path):
     assert "write access" not in said and "move or remove that directory" in said
 
 
-def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fits(tmp_path, monkeypatch, double):
-    """A router that learned on short requests chooses light for a long one too; light's window (a local model's
-    4k, say) cannot take it, so the request goes where the router's choice is left out: the rules' tier."""
+LIGHT_VERDICT = "request: P(light)=0.97 ≥ 0.90 (value 1)"
+LONG_WEEK = "\n".join(easy(i) for i in range(600))
+"""About 9k tokens: light's window (4k in `small_light_vault`) cannot take it; standard's can."""
+
+
+def small_light_vault(tmp_path: Path, monkeypatch, double: ProviderDouble, verdict: str = LIGHT_VERDICT) -> Path:  # noqa: ANN001
+    """A request-mode vault whose light tier has a 4k window (a local model's, say), with a router installed for
+    the test alone that always chooses light, saying `verdict`; the real router comes back after the test."""
     from tierflow.core import routing
 
-    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
+    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     double.responder = lambda r: Reply(data={"ok": True})
     vault = tmp_path / "vault"
@@ -555,16 +560,27 @@ def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fit
     small = anthropic_config(double, REQUEST_MODE).replace(
         "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
     )
-    path = write_config(vault / ".tierflow" / "config.toml", small)
-    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-window", flow="reading-notes"))
-    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
+    write_config(vault / ".tierflow" / "config.toml", small)
+    routing.use_request_router(lambda *a, **kw: ("light", verdict))
+    return vault
+
+
+def small_light_caller(vault: Path, run_id: str) -> Caller:
+    path = vault / ".tierflow" / "config.toml"
+    return Caller(RunSettings(vault=str(vault), config_path=str(path), run_id=run_id, flow="reading-notes"))
+
+
+def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fits(tmp_path, monkeypatch, double):
+    """A router that learned on short requests chooses light for a long one too; light's window (a local model's
+    4k, say) cannot take it, so the request goes where the router's choice is left out: the rules' tier."""
+    c = small_light_caller(small_light_vault(tmp_path, monkeypatch, double), "run-window")
 
     def synthesise(prompt: str):
         return c.ask(phase="synthesise", complexity="medium", system="Synthesise.", prompt=prompt, output=Out)
 
     short = synthesise(easy(1))
     assert short.route.tier == "light" and short.route.rule.startswith("request: P(light)=0.97")
-    week = synthesise("\n".join(easy(i) for i in range(600)))  # about 9k tokens: only standard's window takes it
+    week = synthesise(LONG_WEEK)
     assert week.route.tier == "standard" and week.outcome == "ok"
     assert week.route.rule.startswith("request: light's context window cannot take this request (request: P(light)")
     assert "; rules; routing.medium" in week.route.rule
@@ -577,20 +593,9 @@ def test_a_request_too_long_for_the_window_of_the_routers_tier_goes_where_it_fit
 def test_tierflow_ask_sends_a_prompt_too_long_for_the_routers_tier_where_it_fits(tmp_path, monkeypatch, double):
     """`tierflow ask` in request mode routes as a flow's call does: a prompt the router's tier's window cannot
     take goes where the router's choice is left out, rather than being refused as too long."""
-    from tierflow.core import routing
-
-    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    vault = small_light_vault(tmp_path, monkeypatch, double)
     double.responder = lambda r: Reply(text="An answer.")
-    vault = tmp_path / "vault"
-    vault.mkdir()
-    small = anthropic_config(double, REQUEST_MODE).replace(
-        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
-    )
-    write_config(vault / ".tierflow" / "config.toml", small)
-    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
-    prompt = "\n".join(easy(i) for i in range(600))  # about 9k tokens: light's window cannot take it
-    asked = CliRunner().invoke(_app(), ["ask", "--vault", str(vault), prompt], catch_exceptions=False)
+    asked = CliRunner().invoke(_app(), ["ask", "--vault", str(vault), LONG_WEEK], catch_exceptions=False)
     assert asked.exit_code == 0, asked.output
     with Ledger.for_vault(vault).reading() as conn:
         tier, rule = conn.exec_driver_sql("SELECT tier, route_rule FROM calls ORDER BY id DESC").first()
@@ -602,25 +607,13 @@ def test_tierflow_ask_sends_a_prompt_too_long_for_the_routers_tier_where_it_fits
 def test_the_rule_of_a_request_too_long_for_the_routers_tier_is_recorded_whole(tmp_path, monkeypatch, double):
     """The ledger's `route_rule` (256 characters) keeps where a request too long for the router's tier went and why:
     the router's verdict, not the whole basis of its model, which cut the phase evidence's reason short."""
-    from tierflow.core import routing
-
-    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    double.responder = lambda r: Reply(data={"ok": True})
-    vault = tmp_path / "vault"
-    vault.mkdir()
-    small = anthropic_config(double, REQUEST_MODE).replace(
-        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
-    )
-    path = write_config(vault / ".tierflow" / "config.toml", small)
-    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-rule", flow="reading-notes"))
     basis = "model of 2026-12-05 over 1234 requests, 56 answers labelled by judge, edit or rating signals"
     basis += " (3 failed by them)"
-    routing.use_request_router(lambda *a, **kw: ("light", f"request: P(light)=0.97 ≥ 0.90 (value 1); {basis}"))
+    c = small_light_caller(small_light_vault(tmp_path, monkeypatch, double, f"{LIGHT_VERDICT}; {basis}"), "run-rule")
     evidence = "adaptive: synthesise on standard, pass 0.95 (low 0.91) over 240 calls (medium complexity, all projects)"
     monkeypatch.setattr(c, "learned", lambda: {("synthesise", "medium"): ("standard", evidence)})
     week = c.ask(
-        phase="synthesise", complexity="medium", system="Synthesise.", prompt="\n".join(easy(i) for i in range(600)),
+        phase="synthesise", complexity="medium", system="Synthesise.", prompt=LONG_WEEK,
         output=Out,
     )  # fmt: skip
     assert week.route.tier == "standard"
@@ -632,22 +625,8 @@ def test_the_rule_of_a_request_too_long_for_the_routers_tier_is_recorded_whole(t
 def test_a_request_too_long_for_the_tier_of_the_router_and_of_the_phase_evidence_says_both(
     tmp_path, monkeypatch, double
 ):
-    from tierflow.core import routing
-
-    monkeypatch.setattr(routing, "_request_router", list(routing._request_router))  # the real one back after
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    double.responder = lambda r: Reply(data={"ok": True})
-    vault = tmp_path / "vault"
-    vault.mkdir()
-    small = anthropic_config(double, REQUEST_MODE).replace(
-        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
-    )
-    path = write_config(vault / ".tierflow" / "config.toml", small)
-    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-both", flow="reading-notes"))
-    routing.use_request_router(lambda *a, **kw: ("light", "request: P(light)=0.97 ≥ 0.90 (value 1)"))
+    c = small_light_caller(small_light_vault(tmp_path, monkeypatch, double), "run-both")
     monkeypatch.setattr(c, "learned", lambda: {("synthesise", "medium"): ("light", "adaptive: light passes 97%")})
-    week = c.ask(
-        phase="synthesise", complexity="medium", system="Synthesise.", prompt="\n".join(easy(i) for i in range(600))
-    )
+    week = c.ask(phase="synthesise", complexity="medium", system="Synthesise.", prompt=LONG_WEEK)
     assert week.route.tier == "standard"
     assert "; phase evidence's light cannot take it either; rules; routing.medium" in week.route.rule, week.route.rule
