@@ -79,7 +79,7 @@ class Spend:
             self.models.append(model)
         self.calls += 1
         self.cached += bool(row.get("cached_result"))
-        self.unused += bool(row.get("cached_result")) and str(row.get("route_rule") or "").startswith(NOT_USED)
+        self.unused += _unused(row)
         self.value_units += 0.0 if row.get("cached_result") else float(row.get("value") or 1)
         self.batch += bool(row.get("batch"))
         self.unknown_usage += not row.get("usage_known", True)
@@ -278,7 +278,12 @@ def _cached_mark(row: dict[str, Any]) -> str:
     added since failed (the call was made afresh)."""
     if not row["cached_result"]:
         return ""
-    return " (cached, not used)" if str(row["route_rule"] or "").startswith(NOT_USED) else " (cached)"
+    return " (cached, not used)" if _unused(row) else " (cached)"
+
+
+def _unused(row: dict[str, Any]) -> bool:
+    """A row of a cached answer judged and not used (`route_rule` `not used: ...`); `spend_query` counts the same."""
+    return bool(row.get("cached_result")) and str(row.get("route_rule") or "").startswith(NOT_USED)
 
 
 def _iso_week_of_day(day: str) -> str:
