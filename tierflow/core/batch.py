@@ -49,7 +49,7 @@ from tierflow.core.errors import (
     TierflowError,
 )
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
-from tierflow.core.providers import Completion, Request
+from tierflow.core.providers import Completion, Request, answered_status, backoff_s
 from tierflow.core.routing import Route, route_to_tier
 
 log = logging.getLogger("tierflow")
@@ -262,17 +262,26 @@ def _submitter_alive(row: Any, now_s: float) -> bool:
 def _reconcile(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
     """Find an orphaned batch (recorded, then its submitter died) at the provider, and record its id; or, if
     the provider never accepted it, forget it and free its reservations so its items are sent again."""
+    found = _look(caller, batch_key, rows)
+    if found is None:
+        log.warning(
+            "batch %s was recorded but never reached %s; its requests are sent again", batch_key, rows[0].provider
+        )
+        _forget(caller, batch_key, [r.reservation_id for r in rows])
+    return found
+
+
+def _look(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
+    """Look for the batch recorded (`rows`, still `submitting`) as `batch_key` in its provider's batch list, as
+    `find_batch` matches it, and record its id if found; None if the provider does not have it."""
     provider_name = rows[0].provider
     with caller.ledger.reading() as conn:
         known = {r.batch_id for r in conn.execute(sa.select(batch_items.c.batch_id).distinct()).all()}
     found = caller.provider(provider_name).find_batch(
         batch_key, [r.custom_id for r in rows], min(r.submitted_s or 0.0 for r in rows), known
     )
-    if found is None:
-        log.warning("batch %s was recorded but never reached %s; its requests are sent again", batch_key, provider_name)
-        _forget(caller, batch_key, [r.reservation_id for r in rows])
-    else:
-        log.warning("found batch %s (recorded as %s before a crash) at %s", found, batch_key, provider_name)
+    if found is not None:
+        log.warning("found batch %s (recorded as %s) at %s", found, batch_key, provider_name)
         _accepted(caller, batch_key, found)
     return found
 
@@ -350,9 +359,9 @@ def _submit(
     provider's id. Returns the batch id (None if another process claimed every item first) and the cache keys
     sent; an item another process claimed first is not sent, and its reservation is released.
 
-    If the answer to the submission is lost (a timeout, a reset connection), the provider may still have
-    accepted the batch: it is looked for before the submission counts as failed. If the process dies
-    between sending and recording, the next run finds it the same way (`_submitted`).
+    If the answer to the submission is lost (a timeout, a reset connection) or is a 5xx, the provider may still
+    have accepted the batch: it is looked for before the submission is sent again or counts as failed (`_send`).
+    If the process dies between sending and recording, the next run finds it the same way (`_submitted`).
     """
     ids = {item[3]: custom_id(item[0], i) for i, item in enumerate(items)}
     batch_key = uuid.uuid4().hex
@@ -422,22 +431,46 @@ def _claim_items(
 
 
 def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batch_key: str) -> str:
-    """Send the claimed batch, then record the provider's id."""
-    try:
-        batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
-    except Exception as exc:
-        with caller.ledger.reading() as conn:
-            rows = conn.execute(sa.select(batch_items).where(batch_items.c.batch_key == batch_key)).all()
+    """Send the claimed batch, then record the provider's id.
+
+    A creation the provider refused (HTTP 429: refused before acting) is sent again, after a pause, up to the
+    provider's `max_retries` more times. One whose answer was lost (a timeout, a reset) or was a 5xx may have
+    created the batch all the same (a gateway in front of the API, or the API itself on a slow create, answers
+    502 or 504 after the work is done): it is looked for first (`_look`, as a crashed submitter's is), and found,
+    it is the batch. Not found after a 5xx, it is sent again, as after a 429; not found after a lost answer, or
+    after the last try, the claim is forgotten, its reservations released, and the error raised. If the look
+    itself fails, the claim stays `submitting`, for a later run to settle (`_submitted`)."""
+    retries = caller.config.settings.providers[provider_name].max_retries
+    for attempt in range(retries + 1):
         try:
-            found = _reconcile(caller, batch_key, rows)
-        except Exception:
-            # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
-            raise exc from None
-        if found is None:
+            batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
+        except Exception as exc:
+            status = answered_status(exc)
+            again = attempt < retries and status is not None and (status == 429 or status >= 500)
+            if again:
+                log.warning(
+                    "submitting a %s batch failed (%s); trying again in %.1f s", provider_name, exc, backoff_s(attempt)
+                )
+                time.sleep(backoff_s(attempt))  # a 5xx's batch, if made, has time to show in the list
+                if status == 429:
+                    continue
+            with caller.ledger.reading() as conn:
+                rows = conn.execute(sa.select(batch_items).where(batch_items.c.batch_key == batch_key)).all()
+            try:
+                found = _look(caller, batch_key, rows)
+            except Exception:
+                # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
+                raise exc from None
+            if found is not None:
+                return found
+            if again:
+                continue
+            log.warning("batch %s never reached %s; a rerun sends its requests again", batch_key, provider_name)
+            _forget(caller, batch_key, [r.reservation_id for r in rows])
             raise
-        return found
-    _accepted(caller, batch_key, batch_id)
-    return batch_id
+        _accepted(caller, batch_key, batch_id)
+        return batch_id
+    raise AssertionError("unreachable")
 
 
 _SENDING: set[str] = set()

@@ -604,6 +604,7 @@ class _FailRule:
     body: dict[str, Any] | None
     retry_after_ms: int | None
     kind: str | None
+    processed: bool = False
 
 
 @dataclass
@@ -1014,14 +1015,19 @@ class ProviderDouble:
         body: dict[str, Any] | None = None,
         retry_after_ms: int | None = 5,
         kind: str | None = None,
+        processed: bool = False,
     ) -> None:
         """Answer the next ``times`` matching requests with a provider-shaped error of ``status``.
 
         Matches generation requests by default; ``kind`` picks another request kind (or ``"*"`` for any).
         ``retry_after_ms`` adds a ``retry-after-ms`` header, which both SDKs obey before retrying.
+        With ``processed``, each request is carried out first (a batch created, an answer made and billed) and
+        its answer replaced by the error, as a gateway in front of the API (or the API itself) may answer 502
+        or 504 after the work is done: the request's ``status`` and ``response`` are then the API's own, and
+        ``delivered`` is False.
         """
         with self._lock:
-            self._fail_rules.append(_FailRule(status, times, provider, body, retry_after_ms, kind))
+            self._fail_rules.append(_FailRule(status, times, provider, body, retry_after_ms, kind, processed))
 
     def lose_next(self, kind: str, *, fault: Fault = "timeout", delay_s: float = 5.0, times: int = 1) -> None:
         """Process the next ``times`` requests of ``kind`` (``"batch_create"``, ``"message"``, ...) as usual,
@@ -1100,7 +1106,7 @@ class ProviderDouble:
         with self._lock:
             self.requests.append(request)
             rule = self._take_fail_rule(provider, kind)
-        if rule is not None:
+        if rule is not None and not rule.processed:
             answer = self._error(provider, rule.status, None, rule.body)
             if rule.retry_after_ms is not None:
                 answer.headers["retry-after-ms"] = str(rule.retry_after_ms)
@@ -1118,6 +1124,11 @@ class ProviderDouble:
                 answer.headers["x-should-retry"] = "false"
         request.status = answer.status
         request.response = answer.body
+        if rule is not None and rule.processed:  # done, and its answer replaced by the error on the way back
+            request.delivered = False
+            answer = self._error(provider, rule.status, None, rule.body)
+            if rule.retry_after_ms is not None:
+                answer.headers["retry-after-ms"] = str(rule.retry_after_ms)
         if request.fault == "reset":
             request.status, request.response = 0, None  # never processed, never billed
         if request.fault is not None:

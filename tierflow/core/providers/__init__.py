@@ -230,19 +230,14 @@ def unanswered_hint(name: str, config: ProviderConfig) -> str:
     )
 
 
-def create_once(create: Callable[[], T], retries: int) -> T:
-    """Create a batch: again after an error the provider answered with (429, 5xx: nothing was created), but
-    never blindly after a lost answer (a timeout, a reset), which the SDKs would retry and the provider may
-    have acted on: that error goes to the caller, which looks for the batch before sending it again."""
-    for attempt in range(retries + 1):
-        try:
-            return create()
-        except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            if status is None or not (status == 429 or status >= 500) or attempt == retries:
-                raise
-            time.sleep(backoff_s(attempt))
-    raise AssertionError("unreachable")
+def answered_status(error: BaseException) -> int | None:
+    """The HTTP status a failed request was answered with (by the provider, or by a gateway in front of it), read
+    from the SDK's error that `error` was raised from; None when no answer came (a timeout, a reset)."""
+    for exc in (error, error.__cause__):
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
 
 
 def backoff_s(attempt: int) -> float:

@@ -23,7 +23,6 @@ from tierflow.core.providers import (
     Completion,
     Request,
     api_key,
-    create_once,
     download,
     unanswered_hint,
 )
@@ -111,11 +110,9 @@ class AnthropicProvider:
         model = next(iter(requests.values())).model
         self._model = model
         try:
-            batch = create_once(
-                lambda: self.client.with_options(max_retries=0).messages.batches.create(
-                    requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
-                ),
-                self.config.max_retries,
+            # Sent once: the batch flow decides whether to send it again (`batch._send`).
+            batch = self.client.with_options(max_retries=0).messages.batches.create(
+                requests=[{"custom_id": cid, "params": self.params(r)} for cid, r in requests.items()]
             )
         except anthropic.AnthropicError as exc:
             raise self.translate(exc, model) from exc

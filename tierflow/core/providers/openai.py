@@ -25,7 +25,6 @@ from tierflow.core.providers import (
     Completion,
     Request,
     api_key,
-    create_once,
     download,
     json_instruction,
     parse_json_object,
@@ -166,14 +165,12 @@ class OpenAIProvider:
         ]
         try:
             upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
-            batch = create_once(
-                lambda: self.client.with_options(max_retries=0).batches.create(
-                    input_file_id=upload.id,
-                    endpoint="/v1/chat/completions",
-                    completion_window="24h",
-                    metadata={"tierflow_batch": key} if key else None,
-                ),
-                self.config.max_retries,
+            # Sent once: the batch flow decides whether to send it again (`batch._send`).
+            batch = self.client.with_options(max_retries=0).batches.create(
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"tierflow_batch": key} if key else None,
             )
         except openai.OpenAIError as exc:
             raise self.translate(exc, model) from exc

@@ -1,0 +1,71 @@
+"""A batch creation answered with an error is sent again only when no batch came of it. A 429 is a refusal before
+anything was done: sent again. A 5xx may come after the batch was made (a gateway in front of the API, or the API
+itself on a slow create, answers 502 or 504 once the work is done): the batch is looked for first, and collected if
+the provider has it; sent again only if it has not. Either way one batch is created, paid for and recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from responders import skilled
+from test_batch_download import assert_recorded_once
+from test_student_feedback import SUBMITTED, configure, drafts, keys, schema_of  # noqa: F401 (keys: a fixture)
+
+from tierflow.flows.student_feedback import student_feedback
+from tierflow.testing.double import ProviderDouble
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "keys")
+
+
+def creations(double: ProviderDouble) -> list[tuple[str, int | None, bool]]:
+    """Batch creations and batch list reads, in order: (kind, the API's own status, whether its answer arrived)."""
+    return [(q.kind, q.status, q.delivered) for q in double.requests if q.kind in ("batch_create", "batch_list")]
+
+
+def assert_one_batch_per_phase(vault: Path, double: ProviderDouble, run_id: str) -> None:
+    """Collate, cohort and drafts made one batch each, each collected: every item answered once, none twice."""
+    made = [q for q in double.requests if q.kind == "batch_create" and q.status == 200]
+    assert len(made) == 3
+    assert len([q for q in double.batch_items if schema_of(q) == "evidenceout"]) == SUBMITTED - 1
+    assert len(drafts(vault)) == SUBMITTED
+    assert_recorded_once(vault, double, run_id)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_created_though_its_creation_was_answered_502_is_found_and_paid_once(
+    provider: str, feedback_vault: Path, double: ProviderDouble
+):
+    configure(feedback_vault, double, provider)
+    double.responder = skilled()
+    double.fail_next(502, kind="batch_create", processed=True)  # the batch is made; the client is told 502
+
+    summary = student_feedback(vault=str(feedback_vault), mode="batch")
+
+    assert not summary.failed, summary.failed
+    assert_one_batch_per_phase(feedback_vault, double, summary.run_id)
+    # The collate batch was made, answered 502, found in the list and collected; then cohort and drafts.
+    assert creations(double)[:2] == [("batch_create", 200, False), ("batch_list", 200, True)]
+    assert [c for c in creations(double) if c[0] == "batch_create"][1:] == [("batch_create", 200, True)] * 2
+
+
+@pytest.mark.parametrize("status", [502, 429])
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_creation_refused_with_nothing_made_is_sent_again(
+    provider: str, status: int, feedback_vault: Path, double: ProviderDouble
+):
+    """A 502 that made nothing: looked for, not found, sent again. A 429: sent again without looking."""
+    configure(feedback_vault, double, provider)
+    double.responder = skilled()
+    double.fail_next(status, kind="batch_create")
+
+    summary = student_feedback(vault=str(feedback_vault), mode="batch")
+
+    assert not summary.failed, summary.failed
+    looked = [("batch_list", 200, True)] if status >= 500 else []
+    assert creations(double)[: 2 + len(looked)] == [
+        ("batch_create", status, True),
+        *looked,
+        ("batch_create", 200, True),
+    ]
+    assert_one_batch_per_phase(feedback_vault, double, summary.run_id)
