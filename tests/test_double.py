@@ -537,6 +537,20 @@ def test_provider_filter_and_custom_body(double: ProviderDouble) -> None:
     assert double.requests[-1].response == body
 
 
+def test_a_processed_failure_does_the_work_and_answers_the_error_anyway(double: ProviderDouble) -> None:
+    """``processed``: as a gateway that answers 502 after the API made the batch (or billed the answer)."""
+    double.fail_next(502, kind="batch_create", processed=True)
+    double.fail_next(502, processed=True)
+    with pytest.raises(anthropic.InternalServerError):
+        claude(double).with_options(max_retries=0).messages.batches.create(requests=batch_requests("a"))  # type: ignore[arg-type]
+    with pytest.raises(openai.InternalServerError):
+        gpt(double).with_options(max_retries=0).chat.completions.create(model=GPT, messages=[user("hi")])
+    made, answered = double.requests
+    assert made.status == 200 and not made.delivered and made.response["processing_status"] == "in_progress"
+    assert [b.id for b in claude(double).messages.batches.list()] == [made.response["id"]]
+    assert answered.status == 200 and not answered.delivered and answered.response["usage"]["completion_tokens"]
+
+
 def test_together_holds_answers_until_all_have_arrived_and_says_so_when_they_never_do() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
