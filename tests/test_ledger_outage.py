@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -33,11 +34,12 @@ from test_call_scope import held_slots
 from test_lapsed_holder import assert_totals_match_a_rebuild, lapse
 from typer.testing import CliRunner
 
+from tierflow.core.batch import run_batch
 from tierflow.core.budget import Budgets, open_reservations, release_stale
 from tierflow.core.calls import Caller, RunSettings
 from tierflow.core.errors import LedgerError, LedgerUnreachable
 from tierflow.core.ledger import Ledger, Outage, dispose_engine, reservations
-from tierflow.testing.double import DoubleRequest, ProviderDouble
+from tierflow.testing.double import DoubleRequest, ProviderDouble, Reply
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD_S = 300
@@ -578,6 +580,87 @@ def test_a_cached_answer_whose_row_committed_unacknowledged_is_recorded_once(
     rows = caller.ledger.rows(run_id="outage")
     assert [(r["outcome"], r["cached_result"]) for r in rows] == [("ok", False), ("ok", True)]
     assert len(double.model_calls()) == 1 and open_reservations(caller.ledger) == []
+
+
+# --- a batch's answers, recorded as the ledger goes -------------------------------------------------------------------
+
+
+def batch_of_three(caller: Caller) -> Any:
+    from test_batch_collect import calls
+
+    return run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+
+@pytest.mark.parametrize("fault", ["dropped", "committed unacknowledged"])
+def test_a_batch_answer_whose_row_the_ledger_drops_waits_for_it_and_is_recorded_once(
+    tmp_path, monkeypatch, double, ledger_url, waits, fault
+):
+    """An ended batch is being collected when the ledger goes (a restart) as an item's row is written: the item
+    waits for it, as a direct call's answer does, and is recorded once. Before, that item was reported at once as
+    having no answer (`ledger_outage_s` never waited for), its paid answer left unrecorded until a resume."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda request: Reply(data={"label": "summative", "score": 2})
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    if fault == "dropped":
+        state = failing(caller, "INSERT INTO CALLS", down=0)
+        clock = Clock(caller, on_sleep=lambda n: state.update(down=0))  # back after one wait
+        double.hold = None
+        batch_results = caller.provider("anthropic").batch_results
+
+        def gone_as_collected(*args: Any, **kwargs: Any) -> Any:
+            results = batch_results(*args, **kwargs)
+            state["down"] = 1  # the results are read: the ledger goes as the first row is written
+            return results
+
+        monkeypatch.setattr(caller.provider("anthropic"), "batch_results", gone_as_collected)
+    else:
+        state = acknowledgement_lost(caller, "INSERT INTO CALLS")
+        clock = Clock(caller)
+
+    outcome = batch_of_three(caller)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    assert (state.get("failed") or state.get("lost")) == 1 and len(clock.sleeps) == 1
+    rows = caller.ledger.rows(run_id="outage")
+    assert sorted((r["subject"], r["outcome"]) for r in rows) == [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    assert len(double.batch_items) == 3 and open_reservations(caller.ledger) == []
+    assert len(waits.saying(" went away ")) == 1, waits.lines
+
+
+def test_a_batch_collected_as_the_ledger_goes_for_good_says_how_to_collect_it_and_is_recorded_once_on_resume(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The ledger goes as an ended batch's answers are recorded, and stays away past the wait: each unrecorded
+    answer is reported with how to collect it (paid for, kept by the provider), and once the ledger is back the
+    run's resume collects the batch, recording each answer once, without sending it again."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda request: Reply(data={"label": "summative", "score": 2})
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    state = failing(caller, "INSERT INTO CALLS", down=0)
+    Clock(caller)
+    batch_results = caller.provider("anthropic").batch_results
+
+    def gone_as_collected(*args: Any, **kwargs: Any) -> Any:
+        results = batch_results(*args, **kwargs)
+        state["down"] = 1  # and never back for this run
+        return results
+
+    monkeypatch.setattr(caller.provider("anthropic"), "batch_results", gone_as_collected)
+
+    outcome = batch_of_three(caller)
+
+    assert outcome.answers == {} and sorted(outcome.failed) == ["s0", "s1", "s2"]
+    assert all("paid for" in why and "tierflow resume outage" in why for why in outcome.failed.values())
+    assert caller.ledger.rows(run_id="outage") == []
+
+    state["down"] = 0  # back: the run is resumed
+    resumed = batch_of_three(Caller(caller.settings))
+
+    assert sorted(resumed.answers) == ["s0", "s1", "s2"] and resumed.failed == {} and resumed.submitted == []
+    assert len([q for q in double.requests if q.kind == "batch_create"]) == 1 and len(double.batch_items) == 3
+    rows = caller.ledger.rows(run_id="outage")
+    assert sorted((r["subject"], r["outcome"]) for r in rows) == [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    assert open_reservations(caller.ledger) == []
 
 
 # --- what is an outage, and how long one write waits -----------------------------------------------------------------

@@ -45,12 +45,14 @@ from tierflow.core.errors import (
     BatchResultsUnavailable,
     BudgetExceeded,
     ContextWindowExceeded,
+    LedgerUnreachable,
     ProviderError,
     TierflowError,
 )
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
 from tierflow.core.providers import Completion, Request, answered_status, backoff_s
 from tierflow.core.routing import Route, route_to_tier
+from tierflow.core.scope import closing_write
 
 log = logging.getLogger("tierflow")
 
@@ -531,15 +533,15 @@ def _collect(
                 _settle_item(caller, batch_id, row, item, result.completion, claim, outcome)
             elif too_long:
                 # Refused unbilled, and sent alone it would be refused again: this item has no answer.
-                caller.budgets.release(row.reservation_id, also=claim)
+                _release(caller, row, claim)
                 error = refused(routed, result.error)
                 log.warning("batch item %s of %s has no answer: %s", call.key, batch_id, error)
                 outcome.too_long[call.key], outcome.failed[call.key] = error, str(error)
             elif result.status == "errored":
-                caller.budgets.release(row.reservation_id, also=claim)
+                _release(caller, row, claim)
                 outcome.answers[call.key] = _retry_alone(caller, call, routed, result.error)
             else:
-                caller.budgets.release(row.reservation_id, also=claim)
+                _release(caller, row, claim)
                 outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
         except _Taken:
             log.info("batch item %s of %s was collected by another process", call.key, batch_id)
@@ -560,18 +562,26 @@ def _undownloaded(caller: Caller, provider_name: str, batch_id: str, exc: Provid
     at the provider for the resume that collects them."""
     tries = caller.config.settings.providers[provider_name].max_retries + 1
     tried = f" (tried {tries} times)" if exc.retryable and tries > 1 else ""
-    collect = (
-        f"`{caller.settings.resume_command()}` collects them"
-        if caller.settings.run_id
-        else "running the same requests again collects them"
-    )
     return BatchResultsUnavailable(
         provider_name,
         "batch",
         f"batch {batch_id} has ended, but downloading its results failed{tried}: {exc.cause}",
-        hint=f"Its answers are paid for, and {provider_name} keeps them: {collect}, without sending them again",
+        hint=f"Its answers are paid for, and {provider_name} keeps them: {_collects(caller)}, without sending them "
+        "again",
         batch_id=batch_id,
     )
+
+
+def _collects(caller: Caller) -> str:
+    """What collects the answers of a batch that are paid for and not recorded: the run's resume, or a rerun."""
+    if caller.settings.run_id:
+        return f"`{caller.settings.resume_command()}` collects them"
+    return "running the same requests again collects them"
+
+
+def _release(caller: Caller, row: Any, claim: Any) -> None:
+    """Release an unanswered item's reservation under its claim, waiting out a ledger restart (`closing_write`)."""
+    closing_write(caller.ledger, lambda: caller.budgets.release(row.reservation_id, also=claim), None)
 
 
 def _settle_item(
@@ -601,7 +611,19 @@ def _settle_item(
     )
     # Under the key of the request sent: after a downgrade, the cheaper tier's model and output limit.
     cache = CacheEntry(_cache_key(routed, request), routed.model_ref, completion.text, completion.data, request)
-    caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None, also=claim)
+
+    def settle() -> None:
+        caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None, also=claim)
+
+    try:
+        closing_write(caller.ledger, settle, record)  # waits out a ledger restart, as a direct call's answer does
+    except LedgerUnreachable as gone:
+        unrecorded = LedgerUnreachable(
+            f"{gone}. The answers of batch {batch_id} not recorded are paid for, and {routed.provider} keeps them: "
+            f"once the ledger is back, {_collects(caller)}, without sending them again"
+        )
+        unrecorded.gave_up = gone.gave_up
+        raise unrecorded from gone.__cause__
     telemetry.record_call(record, provider_kind=routed.provider_kind)
     outcome.answers[call.key] = (
         verdict.answer

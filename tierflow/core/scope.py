@@ -45,6 +45,36 @@ CONTENDED_TRIES = 4
 """How often the closing transaction is tried when the database rolls it back for another's sake (`contended`)."""
 
 
+def closing_write(ledger: Ledger, step: Callable[[], None], written: CallRecord | None) -> None:
+    """A billed call's closing transaction (`step`: its row, its settlement, what goes with them), tried again when
+    the database rolls it back for another's sake (`contended`: at once, `CONTENDED_TRIES` times in all), or drops
+    it or cannot be reached (a restart, a failover: after the ledger's `Outage` wait, until it has waited
+    `ledger_outage_s` since this write's first failure, when `Outage.wait`'s LedgerUnreachable is raised). After a
+    dropped connection, the next try first looks for `written` (a row the transaction writes): its commit may have
+    gone through all the same, and its rows are never written twice. A statement the ledger refuses is raised at
+    once: trying again would not mend it."""
+    dropped = False
+    contentions = 0
+    with ledger.outage.trying():  # its patience runs from this write's first failure
+        while True:
+            try:
+                if dropped and written is not None and ledger.landed(written):
+                    return  # it committed before the connection went: never write its rows twice
+                step()
+                return
+            except Exception as error:
+                if contended(error) and contentions < CONTENDED_TRIES - 1:
+                    # Rolled back for another transaction's sake (a deadlock, a busy file): tried again at once.
+                    contentions += 1
+                    log.warning("the ledger rolled back a call's closing transaction (%s); trying again", error.orig)
+                    ledger.outage.sleep(0.05 * contentions)
+                    continue
+                if not lost_connection(error):
+                    raise
+                dropped = True
+                ledger.outage.wait(error)  # sleeps until the next try; raises once it has waited `ledger_outage_s`
+
+
 @dataclass
 class CallScope:
     """What one provider call holds, and the one exit path that records and gives it all back."""
@@ -177,36 +207,14 @@ class CallScope:
             step = lambda: self.budgets.settle(reservation.id, row, cache=cache, also=also)  # noqa: E731
         # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
         written = row if row is not None else next(iter(lost), None)
-        dropped = False
-        contentions = 0
-        with self.ledger.outage.trying():  # its patience runs from this write's first failure
-            while True:
-                try:
-                    if dropped and written is not None and self.ledger.landed(written):
-                        return  # it committed before the connection went: never write its rows twice
-                    step()
-                    return
-                except Exception as error:
-                    if contended(error) and contentions < CONTENDED_TRIES - 1:
-                        # Rolled back for another transaction's sake (a deadlock, a busy file): tried again at once.
-                        contentions += 1
-                        log.warning(
-                            "the ledger rolled back a call's closing transaction (%s); trying again", error.orig
-                        )
-                        self.ledger.outage.sleep(0.05 * contentions)
-                        continue
-                    if not lost_connection(error):
-                        raise  # a statement the ledger refused: trying again would not mend it
-                    dropped = True
-                    try:
-                        # Sleeps until the next try; raises once this write has waited `ledger_outage_s`.
-                        self.ledger.outage.wait(error)
-                    except LedgerUnreachable as gone:
-                        if row is None:
-                            raise
-                        unrecorded = LedgerUnreachable(
-                            f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the "
-                            "ledger is back, each counts as a lost call at its worst case (its reservation lapses)"
-                        )
-                        unrecorded.gave_up = gone.gave_up
-                        raise unrecorded from error
+        try:
+            closing_write(self.ledger, step, written)
+        except LedgerUnreachable as gone:
+            if row is None:
+                raise
+            unrecorded = LedgerUnreachable(
+                f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the "
+                "ledger is back, each counts as a lost call at its worst case (its reservation lapses)"
+            )
+            unrecorded.gave_up = gone.gave_up
+            raise unrecorded from gone.__cause__
