@@ -627,6 +627,51 @@ def test_a_batch_answer_whose_row_the_ledger_drops_waits_for_it_and_is_recorded_
     assert len(waits.saying(" went away ")) == 1, waits.lines
 
 
+@pytest.mark.postgres
+def test_a_batch_answer_whose_transaction_a_postgresql_restart_cuts_is_recorded_once_it_is_back(
+    tmp_path, monkeypatch, double, restartable, pg_url, waits
+):
+    """`pg_ctl stop -m fast` as the first answer's row is written (its transaction cut: "terminating connection due
+    to administrator command"), started again once the answer waits. Before, that answer was reported as having
+    none, its row never written and its reservation left open; the rest of the batch was recorded."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda request: Reply(data={"label": "summative", "score": 2})
+    caller = outage_caller(tmp_path, double, pg_url, GUARD_S)  # a guard, never reached
+    collected, stopped, waited = threading.Event(), threading.Event(), threading.Event()
+    batch_results, wait = caller.provider("anthropic").batch_results, Outage.wait
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        results = batch_results(*args, **kwargs)
+        collected.set()
+        return results
+
+    def stop(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if collected.is_set() and not stopped.is_set() and sql.lstrip().upper().startswith("INSERT INTO CALLS"):
+            restartable.stop()  # returns once the server is down: this transaction's connection is gone
+            stopped.set()
+
+    def wait_seen(self: Outage, error: BaseException) -> float:
+        if stopped.is_set():
+            waited.set()
+        return wait(self, error)
+
+    monkeypatch.setattr(caller.provider("anthropic"), "batch_results", read)
+    monkeypatch.setattr(Outage, "wait", wait_seen)
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", stop)
+    restarter = threading.Thread(target=lambda: waited.wait(GUARD_S) and restartable.start(), daemon=True)
+    restarter.start()
+
+    outcome = batch_of_three(caller)
+
+    restarter.join(GUARD_S)
+    assert stopped.is_set() and not restarter.is_alive()
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    rows = caller.ledger.rows(run_id="outage")
+    assert sorted((r["subject"], r["outcome"]) for r in rows) == [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    assert len(double.batch_items) == 3 and open_reservations(caller.ledger) == []
+    assert len(waits.saying(" went away ")) == 1 and len(waits.saying(" is back after ")) == 1, waits.lines
+
+
 def test_a_batch_collected_as_the_ledger_goes_for_good_says_how_to_collect_it_and_is_recorded_once_on_resume(
     tmp_path, monkeypatch, double, ledger_url, waits
 ):
