@@ -451,7 +451,7 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
             again = attempt < retries and status is not None and (status == 429 or status >= 500)
             if again:
                 log.warning(
-                    "submitting a %s batch failed (%s); trying again in %.1f s", provider_name, exc, backoff_s(attempt)
+                    "sending a batch to %s failed (%s); trying again in %.1f s", provider_name, exc, backoff_s(attempt)
                 )
                 time.sleep(backoff_s(attempt))  # a 5xx's batch, if made, has time to show in the list
                 if status == 429:
