@@ -450,10 +450,10 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
             status = answered_status(exc)
             again = attempt < retries and status is not None and (status == 429 or status >= 500)
             if again:
-                log.warning(
-                    "sending a batch to %s failed (%s); trying again in %.1f s", provider_name, exc, backoff_s(attempt)
-                )
-                time.sleep(backoff_s(attempt))  # a 5xx's batch, if made, has time to show in the list
+                pause = backoff_s(attempt)
+                next_step = "sending it again" if status == 429 else "looking for it (sent again if not made)"
+                log.warning("sending a batch to %s failed (%s); %s in %.1f s", provider_name, exc, next_step, pause)
+                time.sleep(pause)  # a 5xx's batch, if made, has time to show in the list
                 if status == 429:
                     continue
             with caller.ledger.reading() as conn:
