@@ -893,3 +893,26 @@ def test_the_console_keeps_a_flows_own_logged_exception_and_drops_only_prefects_
     keep = ExpectedErrorFilter().filter
     assert not keep(record(FLOW_RUN_ENDED_BY, KeyError("shelf")))
     assert keep(record("skipping note %s", "Week 3"))  # the flow's own logger.exception(...)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_served_by_prefect_runs_from_the_code_prefect_pickled(registered_triage: str, tmp_path: Path) -> None:
+    """`reading_triage.serve(...)`: Prefect pickles the flow's own modules by value and runs the flow from that
+    bundle, its code named `<dynamic-code>`. begin_run took that for a flow file differing from the installed one
+    and refused every served run ("the flow file .../<dynamic-code> differs from the one in the installed
+    tierflow"), for tierflow's own flows too when tierflow is installed with `pip install -e`."""
+    import importlib
+
+    import cloudpickle
+
+    module = importlib.import_module(MODULE)
+    cloudpickle.register_pickle_by_value(module)  # as Prefect's bundles do with the flow's local modules
+    try:
+        served = cloudpickle.loads(cloudpickle.dumps(module.reading_triage))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert served.fn.__code__.co_filename == "<dynamic-code>"
+    vault = triage_vault(tmp_path)
+    summary = served(vault=str(vault))
+    assert len(Ledger.for_vault(vault).rows(run_id=summary.run_id)) == 3  # two triages and the summary
+    assert (vault / "Triage" / "Reading triage.md").is_file()

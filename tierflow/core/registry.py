@@ -90,6 +90,10 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name
         running = Path(inspect.getfile(flow_fn)).resolve()
     except (TypeError, OSError):
         return
+    if not running.is_file():
+        # Code with no file to compare: a flow Prefect pickled by value and runs from its bundle (`flow.serve()`
+        # pickles the flow's local modules, its code then named `<dynamic-code>`), or code made by exec.
+        return
     try:
         registered = flow_spec(flow_name).flow
         installed = Path(inspect.getfile(registered.fn)).resolve()
