@@ -916,3 +916,27 @@ def test_a_flow_served_by_prefect_runs_from_the_code_prefect_pickled(registered_
     summary = served(vault=str(vault))
     assert len(Ledger.for_vault(vault).rows(run_id=summary.run_id)) == 3  # two triages and the summary
     assert (vault / "Triage" / "Reading triage.md").is_file()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_changed_copy_of_a_flow_of_yours_is_refused_naming_your_package_and_its_entrypoint(
+    registered_triage: str, tmp_path: Path
+) -> None:
+    """A `prefect.yaml` deployment loads the flow from the checkout's file: a copy that differs from the installed
+    one is refused. For a flow of another package it named "the installed tierflow 0.1.0" and told to run
+    "entrypoint tierflow.flows...", neither of which has the flow."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from tierflow.core.errors import TierflowError
+
+    checkout = tmp_path / "checkout"
+    (checkout / "my_triage").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    copy = checkout / "my_triage" / "triage.py"
+    copy.write_text(replaced(doc_code(), 'folder: str = "Inbox"', 'folder: str = "Reading"'), encoding="utf-8")
+    flow = load_flow_from_entrypoint(f"{copy}:reading_triage", use_placeholder_flow=False)
+    with pytest.raises(TierflowError) as refused:
+        flow(vault=str(triage_vault(tmp_path)))
+    said = " ".join(str(refused.value).split())
+    assert f"the flow file {copy} differs from the one in the installed {MODULE} 0.1 (" in said
+    assert f"pip install -e {checkout}), or run the installed flow (entrypoint {MODULE}.reading_triage)." in said

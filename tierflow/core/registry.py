@@ -70,13 +70,18 @@ def flow_names() -> list[str]:
 
 def flow_spec(name: str) -> FlowSpec:
     """The registered flow called `name`."""
+    entry = _entry_point(name)
+    spec = entry.load()
+    if not isinstance(spec, FlowSpec):
+        raise ConfigError(f"the entry point {entry.value!r} for flow {name!r} is not a tierflow FlowSpec")
+    return spec
+
+
+def _entry_point(name: str) -> metadata.EntryPoint:
     found = [ep for ep in metadata.entry_points(group=GROUP) if ep.name == name]
     if not found:
         raise ConfigError(f"no flow named {name!r}; the flows are: {', '.join(flow_names()) or 'none'}")
-    spec = found[0].load()
-    if not isinstance(spec, FlowSpec):
-        raise ConfigError(f"the entry point {found[0].value!r} for flow {name!r} is not a tierflow FlowSpec")
-    return spec
+    return found[0]
 
 
 def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name: str | None = None) -> None:
@@ -95,7 +100,8 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name
         # pickles the flow's local modules, its code then named `<dynamic-code>`), or code made by exec.
         return
     try:
-        registered = flow_spec(flow_name).flow
+        spec = flow_spec(flow_name)
+        registered = spec.flow
         installed = Path(inspect.getfile(registered.fn)).resolve()
     except (TierflowError, TypeError, OSError):
         return
@@ -109,12 +115,14 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name
             f"flow, the {registered.name} flow of {installed}: give begin_run this flow's own name, the one its "
             "FlowSpec registers it under"
         )
-    version = metadata.version("tierflow")
+    # The package that registers the flow: tierflow for its own flows, yours for a flow of yours.
+    dist = _entry_point(flow_name).dist
+    package = f"{dist.name} {dist.version}" if dist is not None else "package"
     raise TierflowError(
-        f"the flow file {running} differs from the one in the installed tierflow {version} ({installed}). "
-        "Its tasks and core would come from the installed package, so the run would mix two versions. "
-        f"Install this checkout where the flow runs (pip install -e {_checkout(running)}), or run the "
-        "installed flow (entrypoint tierflow.flows...)."
+        f"the flow file {running} differs from the one in the installed {package} ({installed}). "
+        "What it imports (its tasks, tierflow's core) would come from the installed packages, so the run would mix "
+        f"two versions. Install this checkout where the flow runs (pip install -e {_checkout(running)}), or run the "
+        f"installed flow (entrypoint {spec.entrypoint})."
     )
 
 
