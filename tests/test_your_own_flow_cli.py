@@ -940,3 +940,109 @@ def test_a_changed_copy_of_a_flow_of_yours_is_refused_naming_your_package_and_it
     said = " ".join(str(refused.value).split())
     assert f"the flow file {copy} differs from the one in the installed {MODULE} 0.1 (" in said
     assert f"pip install -e {checkout}), or run the installed flow (entrypoint {MODULE}.reading_triage)." in said
+
+
+DOCUMENTED_FLOW = '''
+from datetime import date
+from pathlib import Path
+
+from prefect import flow
+
+from tierflow import FlowSpec
+
+
+@flow(name="documented")
+def documented(vault: str, day: date, n: int = 2, where: Path = Path("Inbox"), tags: list[str] | None = None,
+               since: str | None = None, run_id: str | None = None) -> None:
+    """Triage one day's notes.
+
+    Args:
+        vault: The vault.
+        day: The day whose notes are read.
+        n: How many notes at most.
+        where: The folder to read, in the vault.
+        tags: Only notes with one of these tags.
+    """
+
+
+def plan_documented(config, vault, *, tier=None, n: int = 2):
+    raise AssertionError("not planned here")
+
+
+SPEC = FlowSpec(name="documented", flow=documented, plan=plan_documented)
+'''
+
+
+@pytest.fixture
+def documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A flow of another package with typed parameters that its docstring describes."""
+    install(tmp_path / "site", "tierflow_documented", DOCUMENTED_FLOW, "documented = tierflow_documented:SPEC")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield "documented"
+    sys.modules.pop("tierflow_documented", None)
+
+
+def help_of(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return said(result)
+
+
+def test_help_for_a_flow_lists_its_own_parameters_with_type_default_docstring_and_how_to_give_them(
+    documented: str,
+) -> None:
+    """`tierflow run FLOW --help` listed tierflow's options only: a flow's own parameters were seen only in the error
+    for a wrong `--param` name, without their types, defaults or what they are for."""
+    run = help_of("run", documented, "--vault", "anywhere")
+    assert "Parameters of the documented flow: Triage one day's notes." in run
+    assert "Its own, each given as --param NAME=VALUE (repeatable):" in run
+    assert "--param day=<date> The day whose notes are read. A date, YYYY-MM-DD. [required]" in run
+    assert "--param n=<int> How many notes at most. [default: 2]" in run
+    assert "--param where=<Path> The folder to read, in the vault. [default: Inbox]" in run
+    assert (
+        "--param tags=<list[str] | None> Only notes with one of these tags. "
+        """As JSON, for example --param 'tags=["example"]'.""" in run
+    )
+    # Its own `since` is given with --param, or --since (`own_parameter`); vault by --vault; run_id by tierflow.
+    assert "--param since=<str | None> Or --since." in run
+    assert "Given by the options above: --vault." in run
+    assert "--param run_id" not in run
+    assert "Its run id is tierflow's to choose: `tierflow resume RUN` continues a run that stopped." in run
+    # Scheduled, `since` has no option: --param alone. Planned, only what its planner takes.
+    schedule = help_of("schedule", documented)
+    assert "--param day=<date> The day whose notes are read. A date, YYYY-MM-DD. [required]" in schedule
+    assert "--param since=<str | None> [" not in schedule and "--param since=<str | None> Its run id" not in schedule
+    assert "Or --since" not in schedule
+    plan = help_of("plan", documented)
+    assert "--param n=<int> How many notes at most. [default: 2]" in plan
+    assert "--param day=" not in plan and "--param tags=" not in plan
+    # Without a flow, the help says where the flow's parameters are listed.
+    assert "With FLOW, --help ends with the flow's parameters." in help_of("run")
+
+
+def test_help_for_tierflows_own_flows_names_the_options_that_give_their_parameters(registered_triage: str) -> None:
+    reading = help_of("run", "reading-notes")
+    assert "Parameters of the reading-notes flow: Collate the week's reading" in reading
+    assert "It takes no parameter of its own: no --param." in reading
+    assert (
+        "Given by the options above: --vault, --since, --until, --profile, --config, --tier, --project, "
+        "--retry-failed." in reading
+    )
+    feedback = help_of("schedule", "student-feedback")
+    assert "--param redraft_all=<bool> True or false. [default: false]" in feedback
+    assert "Given by the options above: --vault, --assignment, --mode, --profile, --config." in feedback
+    # The doc's flow: a parameter with no docstring still shows its type and default.
+    triage = help_of("run", registered_triage)
+    assert "--param folder=<str> [default: Inbox]" in triage
+    assert "It takes no run_id, so `tierflow resume` cannot continue its runs." in triage
+    assert "The reading-triage flow has no planner (its FlowSpec gives no plan=)" in help_of("plan", registered_triage)
+
+
+def test_help_for_a_flow_that_does_not_import_is_still_shown_saying_why(triage_as: Callable[[str], str]) -> None:
+    flow = triage_as(doc_code() + "\nimport tierflow_no_such_module\n")
+    shown = help_of("run", flow)
+    assert "Usage: root run [OPTIONS] {FLOW}" in shown
+    assert (
+        "The reading-triage flow's parameters could not be read: ModuleNotFoundError: "
+        "No module named 'tierflow_no_such_module'" in shown
+    )

@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 
 from tierflow.cli.common import (
     ConfigOpt,
+    FlowHelp,
     ProfileOpt,
     VaultOpt,
     argument_text,
@@ -93,7 +94,8 @@ FlowParamOpt = Annotated[
         "flows, such as --param mode=strict); VALUE is read as the flow's signature types the parameter: as typed "
         "for a str (folder=2024 is the text 2024), parsed for an int, bool, date, list or dict (n=3, day=2026-11-16, "
         'tags=["a"]), as `tierflow schedule --param` reads it. Repeatable. A name the flow does not take, a '
-        "parameter an option gives (--param vault=...) or a value its type refuses is an error.",
+        "parameter an option gives (--param vault=...) or a value its type refuses is an error. With FLOW, --help "
+        "ends with the flow's parameters.",
     ),
 ]
 
@@ -602,8 +604,28 @@ def _registered_flow(value: str) -> str:
     return value
 
 
-class _FlowCommand(TyperCommand):
-    """A command taking FLOW, whose help lists the registered flows when it is shown (not at every start)."""
+class _FlowCommand(FlowHelp, TyperCommand):
+    """A command taking FLOW, whose help lists the registered flows when it is shown (not at every start), and
+    with a FLOW (`tierflow run FLOW --help`) that flow's parameters (`FlowHelp`)."""
+
+    own_options = True
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        # `--help` is handled before FLOW is read: the FLOW given, read here, is what the help describes.
+        import click
+
+        try:
+            opts, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:
+            opts = {}
+        ctx.meta[_HELP_FLOW] = opts.get("flow_name")
+        return super().parse_args(ctx, args)
+
+    def help_flow(self, ctx: typer.Context) -> str | None:
+        from tierflow.core.registry import flow_names
+
+        flow = ctx.meta.get(_HELP_FLOW)
+        return flow if flow in flow_names() else None
 
     def format_help(self, ctx: typer.Context, formatter: object) -> None:  # type: ignore[override]
         from tierflow.core.registry import flow_names
@@ -612,6 +634,13 @@ class _FlowCommand(TyperCommand):
             if param.name == "flow_name":
                 param.help = f"A registered flow: {', '.join(flow_names())}."  # type: ignore[attr-defined]
         super().format_help(ctx, formatter)  # type: ignore[arg-type]
+
+
+_HELP_FLOW = "tierflow.help_flow"
+
+
+class _PlanCommand(_FlowCommand):
+    planned = True
 
 
 FlowArg = Annotated[
@@ -1009,7 +1038,7 @@ def demo(
     run_demo(folder)
 
 
-@app.command(cls=_FlowCommand)
+@app.command(cls=_PlanCommand)
 def plan(
     flow_name: FlowArg,
     vault: VaultOpt = None,

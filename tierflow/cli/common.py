@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import inspect
 import logging
 import os
 import stat
@@ -243,3 +244,128 @@ def check_module(flow_name: str, cfg: Config, vault: Path, module: str | None) -
         vault_folder(vault, module_path(vault, module or cfg.settings.module.folder), fix=MISSING_MODULE)
     except VaultError as exc:
         raise fail(str(exc)) from None
+
+
+FLOW_OPTIONS = (
+    "vault", "since", "until", "assignment", "mode", "wait", "module", "profile", "config", "tier", "project",
+    "retry_failed", "redraft_all",
+)  # fmt: skip
+"""The options of `tierflow run`, `plan` and `schedule` named as the flow parameter each gives (`--since`: since)."""
+
+
+class FlowHelp:
+    """Mixed into a command of one flow (`tierflow run FLOW`, `plan FLOW`, `schedule FLOW`): its `--help` ends with
+    the flow's own parameters, each as `--param NAME=VALUE` with its type, default and what the flow's docstring
+    says of it, and the options that give the others."""
+
+    planned = False
+    """Whether the command is `tierflow plan`, which passes a flow's planner the parameters it takes."""
+    own_options = False
+    """Whether a flow of another package takes its parameter named as an option made for tierflow's flows with
+    --param as well as with that option (`own_parameter`): so `tierflow run` and `plan`, not `schedule`."""
+
+    def help_flow(self, ctx: Any) -> str | None:
+        """The flow whose parameters the help lists: the command's own by default."""
+        return getattr(self, "name", None)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+        flow = self.help_flow(ctx)
+        if flow:
+            params = self.params  # type: ignore[attr-defined]
+            write_flow_parameters(formatter, flow, params, own_options=self.own_options, planned=self.planned)
+
+
+def write_flow_parameters(
+    formatter: Any, flow: str, params: list[Any], *, own_options: bool, planned: bool = False
+) -> None:
+    """The section of a command's help that lists `flow`'s parameters (`FlowHelp`). `params` are the command's
+    click parameters: a flow parameter one of them gives (`FLOW_OPTIONS`) is named with its option. With
+    `own_options` a flow of another package takes its parameter named as an option made for tierflow's flows
+    (`own_parameter`) with --param, or with that option. `planned` (`tierflow plan`): only the parameters its
+    planner takes too, which `tierflow plan` passes it."""
+    from tierflow.core.registry import flow_spec
+
+    given = {}
+    for p in params:
+        if p.name in FLOW_OPTIONS and getattr(p, "opts", None):
+            long = [o for o in p.opts if o.startswith("--")] or list(p.opts)
+            given[p.name] = "/".join([long[0], *getattr(p, "secondary_opts", [])])
+    try:
+        spec = flow_spec(flow)
+        from tierflow.cli.prefect_ops import describe_params
+
+        described, any_name = describe_params(spec.flow)
+    except Exception as exc:  # a flow whose module does not import: the help is still shown, saying why
+        formatter.write_paragraph()
+        formatter.write_text(f"The {flow} flow's parameters could not be read: {type(exc).__name__}: {exc}")
+        return
+    from tierflow.cli.runner import own_parameter
+
+    if planned:
+        if spec.plan is None:
+            formatter.write_paragraph()
+            formatter.write_text(f"The {flow} flow has no planner (its FlowSpec gives no plan=): nothing to estimate.")
+            return
+        accepted = inspect.signature(spec.plan).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+            described = [d for d in described if d.name in accepted or d.name in given]
+    rows: list[tuple[str, str]] = []
+    by_option: list[str] = []
+    for d in described:
+        option = given.get(d.name)
+        if d.name == "run_id":
+            continue  # tierflow's to choose (`refuse_option_params`)
+        if option and not (own_options and own_parameter(flow, d.name)):
+            by_option.append(option)
+            continue
+        how = d.value[:1].upper() + d.value[1:]
+        parts = [_sentence(d.description), _sentence(how), f"Or {option}." if option else ""]
+        mark = "[required]" if d.required else (f"[default: {d.default}]" if d.default is not None else "")
+        term = f"--param {d.name}=<{d.type}>" if d.type else f"--param {d.name}=VALUE"
+        rows.append((term, "  ".join(filter(None, [" ".join(filter(None, parts)), mark]))))
+    description = (getattr(spec.flow, "description", None) or "").strip().split("\n\n")[0]
+    took = ", ".join(by_option)
+    with formatter.section(f"Parameters of the {flow} flow"):
+        if description:
+            formatter.write_text(" ".join(description.split()))
+            formatter.write_paragraph()
+        if rows:
+            formatter.write_text("Its own, each given as --param NAME=VALUE (repeatable):")
+            _write_rows(formatter, rows)
+        else:
+            formatter.write_text("It takes no parameter of its own: no --param.")
+        if any_name:
+            formatter.write_paragraph()
+            formatter.write_text("It takes any other name too (**kwargs): read as JSON when it is JSON, else as text.")
+        formatter.write_paragraph()
+        formatter.write_text(f"Given by the options above: {took}." if took else "No option above gives it one.")
+        if not planned:
+            formatter.write_text(
+                "Its run id is tierflow's to choose: `tierflow resume RUN` continues a run that stopped."
+                if spec.takes("run_id")
+                else "It takes no run_id, so `tierflow resume` cannot continue its runs."
+            )
+
+
+def _write_rows(formatter: Any, rows: list[tuple[str, str]]) -> None:
+    """`formatter.write_dl`, but wrapping only at spaces: a date (YYYY-MM-DD) or an example value is never cut at a
+    hyphen, so that it can be copied as it is shown."""
+    import textwrap
+
+    indent = " " * formatter.current_indent
+    first = min(max(len(term) for term, _ in rows), 30) + 2
+    width = max(formatter.width - formatter.current_indent - first, 20)
+    for term, text in rows:
+        lines = textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False) or [""]
+        if len(term) + 2 > first:  # a long term has a line of its own, its text below it
+            formatter.write(f"{indent}{term}\n")
+        else:
+            formatter.write(f"{indent}{term.ljust(first)}{lines.pop(0)}\n")
+        for line in lines:
+            formatter.write(f"{indent}{' ' * first}{line}\n")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?", ")")) else f"{text}."

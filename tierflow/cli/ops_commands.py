@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from tierflow.cli.common import (
     ConfigOpt,
+    FlowHelp,
     ProfileOpt,
     VaultOpt,
     check_assignment,
@@ -68,6 +69,13 @@ REGISTERED = "registered-flow"
 """The hidden command that schedules a flow with no command of its own: `tierflow schedule FLOW ...`."""
 
 
+class _FlowSchedule(FlowHelp, TyperCommand):
+    """`tierflow schedule FLOW`: its help ends with the flow's parameters, each as `--param NAME=VALUE`."""
+
+    def help_flow(self, ctx: Any) -> str | None:
+        return None if self.name == REGISTERED else self.name
+
+
 schedule_app = typer.Typer(
     cls=_ScheduleGroup,
     help=(
@@ -106,7 +114,8 @@ ParamOpt = Annotated[
         "--param",
         metavar="NAME=VALUE",
         help="Another flow parameter, repeatable; VALUE is read as the flow's signature types it, as `tierflow run "
-        "--param` reads it (folder=2024 the text for a str, n=3 the int for an int, tags='[\"a\"]' for a list).",
+        "--param` reads it (folder=2024 the text for a str, n=3 the int for an int, tags='[\"a\"]' for a list). "
+        "--help ends with the flow's parameters.",
     ),
 ]
 
@@ -169,7 +178,7 @@ def _register(
     typer.echo(f"Run it now: prefect deployment run '{done.deployment}'")
 
 
-@schedule_app.command("reading-notes")
+@schedule_app.command("reading-notes", cls=_FlowSchedule)
 def schedule_reading_notes(
     vault: VaultOpt = None,
     cron: CronOpt = "0 7 * * MON",
@@ -189,7 +198,7 @@ def schedule_reading_notes(
     _register(FLOWS["reading-notes"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
-@schedule_app.command("student-feedback")
+@schedule_app.command("student-feedback", cls=_FlowSchedule)
 def schedule_student_feedback(
     vault: VaultOpt = None,
     assignment: Annotated[
@@ -223,7 +232,7 @@ def schedule_student_feedback(
     _register(FLOWS["student-feedback"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
-@schedule_app.command("module-review")
+@schedule_app.command("module-review", cls=_FlowSchedule)
 def schedule_module_review(
     vault: VaultOpt = None,
     module: Annotated[
@@ -253,7 +262,7 @@ def schedule_module_review(
     _register(FLOWS["module-review"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
 
-@schedule_app.command(REGISTERED, hidden=True)
+@schedule_app.command(REGISTERED, hidden=True, cls=_FlowSchedule)
 def schedule_registered_flow(
     flow_name: Annotated[str, typer.Argument(metavar="FLOW", help="A registered flow.")],
     vault: VaultOpt = None,

@@ -359,21 +359,121 @@ def _param_refused(flow: Flow[..., Any], name: str, annotation: Any, text: str, 
     parameter's default, else an instance of Prefect's schema of it)."""
     from prefect.utilities.callables import parameter_schema
 
-    from tierflow.testing.double import example_from_schema
-
     reason = "; ".join(
         (".".join(map(str, e["loc"][1:])) + ": " if len(e["loc"]) > 1 else "") + e["msg"] for e in exc.errors()
     )
     schema = parameter_schema(flow).model_dump(mode="json")
-    prop = schema.get("properties", {}).get(name, {})
-    example = prop.get("default")
-    if example is None:
-        example = example_from_schema(prop, schema)
-    shown = example if isinstance(example, str) else json.dumps(example)
     return (
         f"bad parameter for the {flow.name} flow: {name} takes {inspect.formatannotation(annotation)}, not "
-        f"{text!r} ({reason}); for example --param {shlex.quote(f'{name}={shown}')}"
+        f"{text!r} ({reason}); for example {_param_example(schema, name)}"
     )
+
+
+def _param_example(schema: Mapping[str, Any], name: str, *, default: bool = True) -> str:
+    """`--param NAME=VALUE` with a value the parameter takes, quoted for a shell: its default (unless not
+    `default`), else an instance of Prefect's schema of it (`parameter_schema`, as JSON)."""
+    from tierflow.testing.double import example_from_schema
+
+    prop = schema.get("properties", {}).get(name, {})
+    example = prop.get("default") if default else None
+    if example is None:
+        example = example_from_schema(prop, dict(schema))
+    shown = example if isinstance(example, str) else json.dumps(example)
+    return f"--param {shlex.quote(f'{name}={shown}')}"
+
+
+@dataclass(frozen=True)
+class ParamHelp:
+    """How a flow's parameter is given with `--param NAME=VALUE`, read as `read_params` reads it."""
+
+    name: str
+    type: str
+    """The parameter's annotation without module names (`date | None`, `list[str]`); "" when it has none."""
+    default: str | None
+    """The default as a `--param` VALUE would give it (`Inbox`, `2`, `true`); None when it has none or None."""
+    required: bool
+    description: str
+    """What the flow's docstring says of it (its `Args:` section, as Prefect reads it for the UI), else ""."""
+    value: str
+    """How VALUE is written for its type, with an example when it is not plain text or a number; else ""."""
+
+
+def describe_params(flow: Flow[..., Any]) -> tuple[list[ParamHelp], bool]:
+    """Each keyword parameter of the flow's function, in signature order, as `--param` gives it; and whether the
+    flow takes any other name too (**kwargs)."""
+    from prefect.utilities.callables import parameter_schema
+
+    signature = inspect.signature(flow.fn)
+    try:
+        hints = get_type_hints(flow.fn, include_extras=True)
+    except Exception:  # an annotation that cannot be resolved here: described as written
+        hints = {}
+    schema = parameter_schema(flow).model_dump(mode="json")
+    described = []
+    for name, p in signature.parameters.items():
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, p.annotation)
+        typed = annotation not in (inspect.Parameter.empty, Any)
+        prop = schema.get("properties", {}).get(name, {})
+        described.append(
+            ParamHelp(
+                name=name,
+                type=_short_type(annotation) if typed else "",
+                default=None if p.default in (inspect.Parameter.empty, None) else _param_text(p.default),
+                required=p.default is inspect.Parameter.empty,
+                description=" ".join(str(prop.get("description") or "").split()),
+                value=_value_form(schema, name) if typed else "no type: read as JSON when it is JSON, else as text",
+            )
+        )
+    return described, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def _short_type(annotation: Any) -> str:
+    """`datetime.date | None` as `date | None`, `pathlib.Path` as `Path`: the type as a flow's author wrote it."""
+    import re
+
+    return re.sub(r"(?<![\w'\"])(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", inspect.formatannotation(annotation))
+
+
+def _param_text(value: Any) -> str:
+    """A default as `--param` VALUE would give it: text as it is, anything else as JSON (`true`, `null`, `["a"]`)."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)  # a date or a Path: its ISO date, its path
+
+
+def _value_form(schema: Mapping[str, Any], name: str) -> str:
+    """How a VALUE of the parameter's type is written, by Prefect's schema of it: JSON for a list, dict or model
+    (with an example), a date as YYYY-MM-DD, a bool as true or false, a choice as one of its values; "" for text
+    and numbers, taken as typed."""
+    prop = schema.get("properties", {}).get(name, {})
+    definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    branches = [
+        definitions.get(b["$ref"].rpartition("/")[2], {}) if "$ref" in b else b  # an Enum's values, a model's fields
+        for b in prop.get("anyOf", [prop])
+        if isinstance(b, dict) and b.get("type") != "null"
+    ]
+    kinds = {b.get("type") for b in branches}
+    formats = {b.get("format") for b in branches}
+    if any(b.get("type") in ("array", "object") for b in branches):
+        return f"as JSON, for example {_param_example(schema, name, default=False)}"
+    if any(b.get("enum") for b in branches):
+        return "one of " + ", ".join(_param_text(v) for b in branches for v in b.get("enum", []))
+    if "date" in formats:
+        return "a date, YYYY-MM-DD"
+    if "date-time" in formats:
+        return "a date and time, ISO 8601 (2026-11-16T09:00:00+00:00)"
+    if kinds == {"boolean"}:
+        return "true or false"
+    return ""
 
 
 @dataclass(frozen=True)
