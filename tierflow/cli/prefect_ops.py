@@ -285,8 +285,14 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         if name in accepted and p.default is inspect.Parameter.empty and name not in parameters
     ]
     if missing:
+        from prefect.utilities.callables import parameter_schema
+
+        schema = parameter_schema(flow).model_dump(mode="json")
+        examples = " ".join(_param_example(schema, name) for name in missing)
         raise OpsUsageError(
-            f"the {flow.name} flow needs {', '.join(map(repr, missing))}: give it with --param NAME=VALUE."
+            f"the {flow.name} flow needs {', '.join(map(repr, missing))}: give "
+            f"{'it' if len(missing) == 1 else 'each'} with --param NAME=VALUE, for example {examples} "
+            f"(`--help` lists its parameters)."
         )
     quiet = logging.getLogger("prefect.flows")
     was_disabled, quiet.disabled = quiet.disabled, True  # Prefect logs the failure too; say it once
