@@ -1051,14 +1051,14 @@ def test_help_for_a_flow_that_does_not_import_is_still_shown_saying_why(triage_a
 def test_a_required_parameter_left_out_is_refused_with_an_example_of_it(documented: str, tmp_path: Path) -> None:
     """It said "give it with --param NAME=VALUE", leaving the user to find the name's spelling and its type."""
     vault = triage_vault(tmp_path)
-    for command in ("run", "schedule"):
-        result = CliRunner().invoke(app, [command, documented, "--vault", str(vault)])
+    for command in (["run"], ["schedule", "--cron", "0 7 * * MON"]):  # each scheduled run would fail without it
+        result = CliRunner().invoke(app, [command[0], documented, "--vault", str(vault), *command[1:]])
         assert result.exit_code == 2, result.output
         assert (
             "the documented flow needs 'day': give it with --param NAME=VALUE, for example --param day=2024-01-01 "
             "(`--help` lists its parameters)." in said(result)
         )
-        wrong = CliRunner().invoke(app, [command, documented, "--vault", str(vault), "--param", "day=16/11/2026"])
+        wrong = CliRunner().invoke(app, [command[0], documented, "--vault", str(vault), "--param", "day=16/11/2026"])
         assert wrong.exit_code == 2, wrong.output
         assert "day takes datetime.date, not '16/11/2026' (Input should be a valid date" in said(wrong)
         assert "for example --param day=2024-01-01" in said(wrong)
