@@ -1062,3 +1062,26 @@ def test_a_required_parameter_left_out_is_refused_with_an_example_of_it(document
         assert wrong.exit_code == 2, wrong.output
         assert "day takes datetime.date, not '16/11/2026' (Input should be a valid date" in said(wrong)
         assert "for example --param day=2024-01-01" in said(wrong)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_schedule_keeps_a_flows_typed_params_as_their_types_json(documented: str, tmp_path: Path) -> None:
+    """A deployment's parameters are JSON: `--param` values are read as the flow's signature types them (n the int
+    3, tags a list), and kept as JSON (the date as its ISO text, the Path as its text), so a worker's run gets them
+    back as the flow's types."""
+    from prefect import get_client
+
+    vault = triage_vault(tmp_path)
+    params = ["day=2026-11-16", "n=3", "where=Reading/2024", 'tags=["a", "b"]']
+    args = ["schedule", documented, "--vault", str(vault), "--name", "typed"]
+    result = CliRunner().invoke(app, [*args, *(arg for p in params for arg in ("--param", p))])
+    assert result.exit_code == 0, result.output
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("documented/typed")
+    assert deployment.parameters == {
+        "vault": str(vault.resolve()), "day": "2026-11-16", "n": 3, "where": "Reading/2024", "tags": ["a", "b"],
+    }  # fmt: skip
+    refused = CliRunner().invoke(app, [*args, "--param", "day=2026-11-16", "--param", "n=3.5"])
+    assert refused.exit_code == 2, refused.output
+    assert "bad parameter for the documented flow: n takes int, not '3.5'" in said(refused)
+    assert "for example --param n=2" in said(refused)
