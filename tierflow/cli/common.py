@@ -309,7 +309,9 @@ def write_flow_parameters(
             return
         accepted = inspect.signature(spec.plan).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-            described = [d for d in described if d.name in accepted or d.name in given]
+            # A --param its planner does not take is refused; an option tierflow reads itself (--profile) is not.
+            own = {d.name for d in described if d.name not in given or (own_options and own_parameter(flow, d.name))}
+            described = [d for d in described if d.name in accepted or d.name not in own]
     rows: list[tuple[str, str]] = []
     by_option: list[str] = []
     for d in described:
