@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, datetime, time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -113,6 +113,7 @@ class GroupBy(StrEnum):
     flow = "flow"
     day = "day"
     week = "week"
+    month = "month"
     run = "run"
     project = "project"
     deployment = "deployment"
@@ -224,7 +225,10 @@ def spend(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     by: Annotated[GroupBy | None, typer.Option("--by", help="Group rows and total them.")] = None,
-    since: Annotated[str | None, typer.Option(help="Only calls on or after this date (YYYY-MM-DD).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only calls on or after this date (YYYY-MM-DD), from its midnight in the vault's time zone."),
+    ] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id.")] = None,
     project: Annotated[str | None, typer.Option("--project", help="Only calls charged to this project.")] = None,
     fmt: Annotated[
@@ -267,18 +271,21 @@ def spend(
         str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
     ] = "week",
 ) -> None:
-    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, run, project or
-    deployment."""
-    from tierflow.core.ledger import COLUMNS, LISTING_PROCESSES, Ledger
-    from tierflow.report.spend import ledger_summary
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, month, run, project
+    or deployment (days, weeks from Monday and months in the vault's time zone, as budgets count them)."""
+    from zoneinfo import ZoneInfo
+
+    from tierflow.core.ledger import COLUMNS, LISTING_PROCESSES, Ledger, period_start
+    from tierflow.report.spend import PERIODS, ledger_summary
 
     _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt, since=since, run=run, project=project)
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
-    # Compared with the ledger's ISO timestamps as text: a compact or week date (`20261204`, `2026-W49-1`) is
-    # written as YYYY-MM-DD first.
+    zone = ZoneInfo(cfg.settings.vault.timezone)
+    # Compared with the ledger's UTC ISO timestamps as text: the day (a compact or week date, `20261204`,
+    # `2026-W49-1`, too) starts at its midnight in the vault's time zone, where `--by day` and the budgets start it.
     day = _parse_date(since, "--since")
-    since = day.isoformat() if day else None
+    since = period_start("day", zone, datetime.combine(day, time(12), zone)) if day else None
     try:
         # Reading only: a ledger shared read-only (a read-only folder, mount or database role) is reported all the same.
         ledger = Ledger(cfg.ledger_url, reading=True)
@@ -297,6 +304,7 @@ def spend(
     # Totals are added up by the database; rows are listed as they are read, never all held at once.
     filters = {"since": since, "run_id": run, "project": project}
     group = None if by is None else ("run_id" if by is GroupBy.run else by.value)
+    periods = {"tz": zone} if group in PERIODS else {}
     if group is not None and last is not None:
         raise fail("--last lists calls; --by adds them up. Use one of them.")
     if last == 0:
@@ -309,12 +317,12 @@ def spend(
             ledger.stream_json(between=_BETWEEN[fmt], last=last, processes=LISTING_PROCESSES, **filters), fmt
         )
     elif fmt in (Format.json, Format.jsonl):
-        _write_json(ledger_summary(ledger, group, **filters), fmt)
+        _write_json(ledger_summary(ledger, group, **filters, **periods), fmt)
     elif fmt is Format.csv:
         if group is None:
             data = ledger.stream_rows(last=last, **filters)
         else:
-            data = iter(ledger_summary(ledger, group, **filters))
+            data = iter(ledger_summary(ledger, group, **filters, **periods))
         first = next(data, None)
         fields = list(COLUMNS) if group is None else list(first) if first else [group]
         writer = csv.DictWriter(csv_stdout(), fieldnames=fields)
@@ -338,7 +346,7 @@ def spend(
             shown = len(rows) if last is None or len(rows) < last else ledger.count_calls(**filters)
             show(Console(), spend_table(rows, None, of=shown), optional=SPEND_OPTIONAL)
         else:
-            table = spend_table([], group, groups=ledger_spend(ledger, group, **filters))
+            table = spend_table([], group, groups=ledger_spend(ledger, group, **filters, **periods))
             show(Console(), table, optional=SPEND_OPTIONAL)
     _hint_unmatched(ledger, run=run, project=project)
 

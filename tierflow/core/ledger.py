@@ -2076,7 +2076,7 @@ def insert_if_absent(conn: Connection, table: sa.Table, values: dict[str, Any]) 
     return conn.execute(statement).first() is not None
 
 
-GROUPS = ("phase", "tier", "model", "flow", "day", "week", "run_id", "project", "deployment", "value")
+GROUPS = ("phase", "tier", "model", "flow", "day", "week", "month", "run_id", "project", "deployment", "value")
 
 
 def usage_of(row: dict[str, Any]) -> Usage:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
@@ -164,11 +164,30 @@ TOTAL = "*"
 """`spend_by(rows, TOTAL)`: one group of every row, keyed `total`."""
 
 
-def _key(by: str) -> Callable[[dict[str, Any]], str]:
-    if by == "day":
-        return lambda row: row["timestamp"][:10]
+PERIODS = ("day", "week", "month")
+"""The groups that are calendar periods: days, ISO weeks (from Monday, as a budget's `week`) and months, each in the
+time zone the caller gives (the vault's `[vault] timezone`), so they start where the budgets' periods do."""
+
+
+def local_day(timestamp: str, tz: tzinfo | None) -> date:
+    """The day a ledger timestamp (UTC ISO) falls on in `tz` (None: UTC)."""
+    instant = datetime.fromisoformat(timestamp)
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(tz or UTC).date()
+
+
+def period_name(by: str, day: date) -> str:
+    """The name of the `day`, `week` or `month` holding `day`: `2026-03-29`, `2026-W13`, `2026-03`."""
     if by == "week":
-        return lambda row: _iso_week(row["timestamp"])
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    return day.isoformat()[:7] if by == "month" else day.isoformat()
+
+
+def _key(by: str, tz: tzinfo | None = None) -> Callable[[dict[str, Any]], str]:
+    if by in PERIODS:
+        return lambda row: period_name(by, local_day(row["timestamp"], tz))
     if by == TOTAL:
         return lambda row: "total"
     if by == "value":  # the value class; rows from before values were recorded count at the default, 1
@@ -176,9 +195,10 @@ def _key(by: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: str(row.get(by) or "")
 
 
-def spend_by(rows: Sequence[dict[str, Any]], by: str) -> list[Spend]:
-    """Totals per value of `by` (a ledger column, or `day`); phases come in workflow order, the rest sorted."""
-    key = _key(by)
+def spend_by(rows: Sequence[dict[str, Any]], by: str, tz: tzinfo | None = None) -> list[Spend]:
+    """Totals per value of `by` (a ledger column, or `day`, `week`, `month` in `tz`, None: UTC); phases come in
+    workflow order, the rest sorted."""
+    key = _key(by, tz)
     groups: dict[str, Spend] = {}
     for row in rows:
         k = key(row)
@@ -189,9 +209,9 @@ def spend_by(rows: Sequence[dict[str, Any]], by: str) -> list[Spend]:
     return [groups[k] for k in sorted(groups)]
 
 
-def summarise(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+def summarise(rows: Sequence[dict[str, Any]], by: str, tz: tzinfo | None = None) -> list[dict[str, Any]]:
     """`spend_by` as flat records, sorted by group."""
-    return [s.as_row(by) for s in sorted(spend_by(rows, by), key=lambda s: s.key)]
+    return [s.as_row(by) for s in sorted(spend_by(rows, by, tz), key=lambda s: s.key)]
 
 
 _SUMMED = ("cached_result", "batch", *TOKEN_KINDS, "cache_write_1h_tokens")
@@ -205,26 +225,90 @@ def ledger_spend(
     run_id: str | None = None,
     project: str | None = None,
     flow: str | None = None,
+    tz: tzinfo | None = None,
 ) -> list[Spend]:
     """`spend_by` over the ledger's rows, added up by the database (GROUP BY): the same groups and totals, in the
-    same order, without loading the rows. Weeks are added up per day and the days put into their ISO weeks here.
+    same order, without loading the rows. Weeks and months are added up per day and the days put into them here;
+    a day is the UTC day, moved by a day for the calls that fall on the next (or the previous) day in `tz`.
     """
-    query = spend_query(by, since=since, run_id=run_id, project=project, flow=flow)
-    parts = sorted(ledger.read(lambda conn: conn.execute(query).all()), key=lambda r: r.first)
-    if by == "week":
-        name: Callable[[Any], str] = _iso_week_of_day
+    filters = {"since": since, "run_id": run_id, "project": project, "flow": flow}
+    if by in PERIODS and tz is not None and tz is not UTC:
+        stretches = ledger.read(lambda conn: _stretches(conn, tz, since))
+        shifted = [(shift, where) for shift, where in _shifted(stretches) if where is not None]
+        queries = [(shift, spend_query(by, **filters, where=where)) for shift, where in shifted]
+    else:
+        queries = [(0, spend_query(by, **filters))]
+    found = [(shift, part) for shift, q in queries for part in ledger.read(lambda conn, q=q: conn.execute(q).all())]
+    parts = sorted(found, key=lambda p: p[1].first)
+    if by in PERIODS:
+        name: Callable[[Any], str] = lambda k, by=by: period_name(by, date.fromisoformat(k))  # noqa: E731
     elif by == "value":  # the value class, as `_key` names it; rows from before values were recorded count as 1
         name = lambda k: f"value {k or 1:g}"  # noqa: E731
     else:
         name = lambda k: str(k or "")  # noqa: E731
     groups: dict[str, Spend] = {}
-    for part in parts:
-        k = name(part.key)
+    for shift, part in parts:
+        key = part.key if not shift else (date.fromisoformat(part.key) + timedelta(days=shift)).isoformat()
+        k = name(key)
         groups.setdefault(k, Spend(k)).add_part(part)
     if by == "phase":
         order = {name: i for i, name in enumerate(PHASE_ORDER)}
         return sorted(groups.values(), key=lambda s: (order.get(s.key, 99), s.key))
     return [groups[k] for k in sorted(groups)]
+
+
+def _stretches(conn: Any, tz: tzinfo, since: str | None) -> list[tuple[str | None, str | None, int]]:
+    """The spans of the ledger's calls (from `since`) over which `tz` keeps one UTC offset: (first instant or None,
+    next span's first instant or None, the offset in seconds), instants as the ledger writes them."""
+    query = sa.select(sa.func.min(calls.c.timestamp), sa.func.max(calls.c.timestamp))
+    if since:
+        query = query.where(calls.c.timestamp >= since)
+    first, last = conn.execute(query).one()
+    if first is None:
+        return []
+
+    def offset(at: datetime) -> int:
+        return int((at.astimezone(tz).utcoffset() or timedelta()).total_seconds())
+
+    def instant(text: str) -> datetime:
+        at = datetime.fromisoformat(text)
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+    at, end = instant(first).replace(hour=0, minute=0, second=0, microsecond=0), instant(last)
+    spans: list[tuple[str | None, str | None, int]] = []
+    begun: str | None = None
+    current = offset(at)
+    while at <= end:
+        following = at + timedelta(days=1)
+        if offset(following) != current:  # a change within this day: find its second
+            low, high = at, following
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if offset(middle) == current else (low, middle)
+            changed = high.replace(microsecond=0).isoformat(timespec="microseconds")
+            spans.append((begun, changed, current))
+            begun, current = changed, offset(following)
+        at = following
+    spans.append((begun, None, current))
+    return spans
+
+
+def _shifted(stretches: Sequence[tuple[str | None, str | None, int]]) -> list[tuple[int, Any]]:
+    """WHERE clauses picking the calls whose day in the zone is their UTC day, the next one (+1) and the previous one
+    (-1), by the time of day the UTC day turns over in the zone in each stretch of one offset."""
+    time = sa.func.substr(calls.c.timestamp, sa.literal_column("12"), sa.literal_column("8"))
+    moved: dict[int, list[Any]] = {1: [], -1: []}
+    for begun, ends, offset in stretches:
+        if not offset:
+            continue
+        turn = (86400 - offset) if offset > 0 else -offset  # UTC time of day at which the zone's day turns
+        clock = f"{turn // 3600:02d}:{turn % 3600 // 60:02d}:{turn % 60:02d}"
+        bounds = [calls.c.timestamp >= begun] if begun else []
+        bounds += [calls.c.timestamp < ends] if ends else []
+        moved[1 if offset > 0 else -1].append(sa.and_(*bounds, time >= clock if offset > 0 else time < clock))
+    later, earlier = (sa.or_(*moved[1]) if moved[1] else None), (sa.or_(*moved[-1]) if moved[-1] else None)
+    either = [w for w in (later, earlier) if w is not None]
+    return [(0, sa.not_(sa.or_(*either)) if either else sa.true()), (1, later), (-1, earlier)]
 
 
 def ledger_total(ledger: Ledger, **filters: Any) -> Spend:
@@ -239,11 +323,13 @@ def spend_query(
     run_id: str | None = None,
     project: str | None = None,
     flow: str | None = None,
+    where: Any = None,
 ) -> sa.Select:
     """`ledger_spend`'s GROUP BY statement. A day is `substr(timestamp, 1, 10)` with literal bounds, the expression
-    of the ledger's `ix_calls_day_model` index, so that `--by day|week` reads the index in order instead of sorting.
+    of the ledger's `ix_calls_day_model` index, so that `--by day|week|month` reads the index in order instead of
+    sorting. `where`: a further condition (the calls of one day shift in a time zone).
     """
-    if by in ("week", "day"):
+    if by in PERIODS:
         key: Any = sa.func.substr(calls.c.timestamp, sa.literal_column("1"), sa.literal_column("10"))
     elif by == TOTAL:
         key = sa.literal("total")
@@ -267,6 +353,8 @@ def spend_query(
         sa.func.sum(calls.c.cost_usd).label("cost_usd"),
         sa.func.sum(billed).label("value_units"),
     ).group_by(key, calls.c.tier, calls.c.provider, calls.c.model)
+    if where is not None:
+        query = query.where(where)
     for column, value in (("timestamp", since), ("run_id", run_id), ("project", project), ("flow", flow)):
         if value:
             query = query.where(calls.c[column] >= value if column == "timestamp" else calls.c[column] == value)
@@ -286,24 +374,15 @@ def _unused(row: dict[str, Any]) -> bool:
     return bool(row.get("cached_result")) and str(row.get("route_rule") or "").startswith(NOT_USED)
 
 
-def _iso_week_of_day(day: str) -> str:
-    year, week, _ = date.fromisoformat(day).isocalendar()
-    return f"{year}-W{week:02d}"
-
-
 def ledger_summary(ledger: Ledger, by: str, **filters: Any) -> list[dict[str, Any]]:
-    """`summarise` over the ledger, added up by the database (`tierflow spend --by`)."""
+    """`summarise` over the ledger, added up by the database (`tierflow spend --by`); `tz=` the zone of its days,
+    weeks and months."""
     return [s.as_row(by) for s in sorted(ledger_spend(ledger, by, **filters), key=lambda s: s.key)]
 
 
 def phase_spend(rows: Sequence[dict[str, Any]]) -> list[Spend]:
     """Per-phase totals of a run's ledger rows, in workflow order."""
     return spend_by(rows, "phase")
-
-
-def _iso_week(timestamp: str) -> str:
-    year, week, _ = datetime.fromisoformat(timestamp).isocalendar()
-    return f"{year}-W{week:02d}"
 
 
 def row_tokens(row: dict[str, Any]) -> int:
