@@ -84,3 +84,59 @@ def test_spend_since_a_date_starts_at_its_midnight_in_the_vault_zone_not_the_mac
             assert {r[by]: r["cost_usd"] for r in json.loads(out.stdout)} == want
         out = subprocess.run([*run, "--by", "day"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
         assert {r["day"]: r["cost_usd"] for r in json.loads(out.stdout)} == {"2026-03-07": 1.0, "2026-03-08": 6.0}
+
+
+def write_note(vault: Path, name: str, date_line: str | None, mtime: datetime | None = None) -> None:
+    path = vault / "Reading" / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    front = f"---\n{date_line}\ntags: [literature]\n---\n" if date_line else ""
+    path.write_text(f"{front}# {name}\n\n> a highlight\n", encoding="utf-8")
+    if mtime is not None:
+        os.utime(path, ns=(int(mtime.timestamp() * 1e9),) * 2)
+
+
+@pytest.mark.parametrize("zone", sorted(ZONES))
+def test_the_reading_week_holds_the_notes_of_its_days_in_the_vault_zone(tmp_path: Path, zone: str, monkeypatch):
+    """This week (to the clock's today) and last week, in the vault's zone: a note dated with a time and an offset (a
+    YAML timestamp, or quoted) is on the day it was where the lecturer is; a time without an offset, or a day, is
+    the day written; an undated note is on its file's day there."""
+    from tierflow.tasks.week import default_window
+    from tierflow.vault.index import VaultIndex
+
+    tz = ZoneInfo(zone)
+    sunday = date(2026, 4, 5)  # Sydney's and Chatham's clocks go back this morning
+    monday_midnight = datetime(2026, 4, 6, tzinfo=tz)
+    just_after, just_before = monday_midnight + timedelta(minutes=1), monday_midnight - timedelta(minutes=1)
+    vault = tmp_path / "vault"
+    written = {
+        "utc-after": f"date: {just_after.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        "utc-before": f"date: {just_before.astimezone(UTC).isoformat()}",
+        "quoted-after": f"created: '{just_after.astimezone(ZoneInfo('Asia/Tokyo')).isoformat(timespec='minutes')}'",
+        "local-before": f"date: {just_before.isoformat()}",
+        "wall-clock-monday": "date: 2026-04-06T00:30",
+        "day-sunday": "date: 2026-04-05",
+    }
+    for name, line in written.items():
+        write_note(vault, name, line)
+    write_note(vault, "file-after", None, mtime=just_after)
+    write_note(vault, "file-before", None, mtime=just_before)
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", (monday_midnight + timedelta(days=6, hours=12)).isoformat())
+    since, until = default_window(zone, None, None)
+    assert (since, until) == (date(2026, 4, 6), date(2026, 4, 12))
+    index = VaultIndex(vault, tz=tz)
+    this_week = index.select(folders=["Reading"], tags=[], since=since, until=until)
+    last_week = index.select(folders=["Reading"], tags=[], since=sunday - timedelta(days=6), until=sunday)
+    after = ["file-after", "quoted-after", "utc-after", "wall-clock-monday"]
+    before = ["day-sunday", "file-before", "local-before", "utc-before"]
+    assert [PathName(n.path) for n in this_week.notes] == after
+    assert [PathName(n.path) for n in last_week.notes] == before
+    # The same from the cache, and each note's day as the index's notes give it.
+    again = VaultIndex(vault, tz=tz)
+    cached = again.select(folders=["Reading"], tags=[], since=since, until=until)
+    assert [PathName(n.path) for n in cached.notes] == after
+    days = {PathName(n.path): n.day_in(tz) for n in again.notes()}
+    assert days == {**dict.fromkeys(after, date(2026, 4, 6)), **dict.fromkeys(before, sunday)}
+
+
+def PathName(path: str) -> str:  # noqa: N802
+    return Path(path).stem

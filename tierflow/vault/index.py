@@ -34,7 +34,7 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 6  # 6: a note too large says which setting reads it
+_CACHE_VERSION = 7  # 7: a date with a time and an offset is kept as that instant
 _BINARY_SNIFF_BYTES = 8192
 _YAML = YAMLHandler()
 # python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
@@ -72,6 +72,9 @@ class NoteMeta:
     size: int
     error: str | None = None  # why the note cannot be used, e.g. "not UTF-8 text"
     by_tierflow: bool = False  # its front-matter says tierflow wrote it (`tierflow_hash` or `tierflow_run`)
+    dated_at: dt.datetime | None = None
+    """The front-matter date's instant, when it gives a time with an offset (`2026-03-30T09:00:00+11:00`, or `Z`):
+    its day is the day it was in the vault's time zone, not in the offset it was written with."""
 
     @property
     def effective_date(self) -> dt.date:
@@ -80,7 +83,10 @@ class NoteMeta:
         return self.day_in(None)
 
     def day_in(self, tz: dt.tzinfo | None) -> dt.date:
-        """Front-matter date, else the day of the file's modification in `tz` (None: the machine's time zone)."""
+        """Front-matter date (a time with an offset: its day in `tz`), else the day of the file's modification in
+        `tz` (None: the machine's time zone)."""
+        if self.dated_at is not None:
+            return self.dated_at.astimezone(tz).date()
         return self.date or mtime_day(self.mtime_ns, tz)
 
     def has_tag(self, tag: str) -> bool:
@@ -159,6 +165,26 @@ def _parse_date(value: object) -> dt.date | None:
                 return dt.date(int(day_first.group(3)), int(day_first.group(2)), int(day_first.group(1)))
         except ValueError:
             return None
+    return None
+
+
+_INSTANT_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?[ ]?(?:Z|[+-]\d{2}:?\d{2})", re.IGNORECASE
+)
+
+
+def _parse_instant(value: object) -> dt.datetime | None:
+    """The instant a front-matter date names when it gives a time and an offset (a YAML timestamp with one, or such
+    an ISO string); None for a day, or a time without an offset (a time on the vault's clock: its day as written)."""
+    if isinstance(value, list) and len(value) == 1:
+        return _parse_instant(value[0])
+    if isinstance(value, str) and (m := _INSTANT_RE.match(value.strip())):
+        try:
+            value = dt.datetime.fromisoformat(m.group(0).replace(" ", "T", 1).replace(" ", ""))
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime) and value.utcoffset() is not None:
+        return value
     return None
 
 
@@ -310,7 +336,8 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 )
     title = meta.get("title")
     title = str(title).strip() if title is not None and str(title).strip() else stem
-    date = _parse_date(meta.get("date")) or _parse_date(meta.get("created"))
+    dated = meta.get("date") if _parse_date(meta.get("date")) else meta.get("created")
+    date, dated_at = _parse_date(dated), _parse_instant(dated)
     tags = _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
     for key in ("title", "date", "created"):
         value = meta.get(key)
@@ -321,7 +348,7 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     if problem := _date_problem(meta):  # a `created` day is no reason to ignore a `date` not understood
         return bad(problem, title=title, tags=tags)
     by_tierflow = any(key in meta for key in TIERFLOW_KEYS)
-    return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow)
+    return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow, dated_at=dated_at)
 
 
 def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
@@ -394,13 +421,23 @@ _ROW_LENGTH = 7
 
 
 def _to_row(m: NoteMeta) -> _Row:
-    return [m.mtime_ns, m.size, m.title, m.date.isoformat() if m.date else None, list(m.tags), m.error, m.by_tierflow]
+    date = m.dated_at.isoformat() if m.dated_at else m.date.isoformat() if m.date else None
+    return [m.mtime_ns, m.size, m.title, date, list(m.tags), m.error, m.by_tierflow]
 
 
 def _from_row(path: str, row: _Row) -> NoteMeta:
     mtime_ns, size, title, date, tags, error, by_tierflow = row
-    day = dt.date.fromisoformat(date) if date else None
-    return NoteMeta(path, title, day, tuple(tags), mtime_ns, size, error, by_tierflow)
+    dated_at = dt.datetime.fromisoformat(date) if date and len(date) > 10 else None
+    day = dated_at.date() if dated_at else dt.date.fromisoformat(date) if date else None
+    return NoteMeta(path, title, day, tuple(tags), mtime_ns, size, error, by_tierflow, dated_at)
+
+
+def _row_day(row: _Row, tz: dt.tzinfo | None) -> str:
+    """A cached note's day as an ISO date: its front-matter day (an instant's in `tz`), else its file's in `tz`."""
+    date = row[3]
+    if not date:
+        return mtime_day(row[0], tz).isoformat()
+    return date if len(date) == 10 else dt.datetime.fromisoformat(date).astimezone(tz).date().isoformat()
 
 
 class VaultIndex:
@@ -589,7 +626,7 @@ class VaultIndex:
         for path, row in self._load().items():
             if row[6] or (not everything and not path.startswith(prefixes) and not _tag_match(row[4], wanted)):
                 continue  # tierflow's own output is never selected
-            day = row[3] or mtime_day(row[0], self.tz).isoformat()
+            day = _row_day(row, self.tz)
             if first <= day <= last:
                 (skipped if row[5] else notes).append(_from_row(path, row))
         for folder, why in self.unreadable.items():  # its notes may be in this window: say so, with the fix
