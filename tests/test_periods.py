@@ -140,3 +140,23 @@ def test_the_reading_week_holds_the_notes_of_its_days_in_the_vault_zone(tmp_path
 
 def PathName(path: str) -> str:  # noqa: N802
     return Path(path).stem
+
+
+@pytest.mark.parametrize("zone", sorted(ZONES))
+def test_a_monday_0700_schedule_is_next_at_0700_local_across_the_zone_s_clock_changes(zone: str, monkeypatch):
+    """`tierflow schedule` prints the next run: on the Monday after each change (and in the week of it), at 07:00
+    where the lecturer is, as Prefect's scheduler runs it."""
+    from tierflow.cli.prefect_ops import describe_schedule, next_fire
+
+    tz = ZoneInfo(zone)
+    for day in ZONES[zone]:
+        changed = date.fromisoformat(day)
+        for before in (changed - timedelta(days=6), changed - timedelta(days=1), changed):
+            at = datetime(before.year, before.month, before.day, 8, tzinfo=tz)
+            monkeypatch.setenv("TIERFLOW_CLOCK_START", at.isoformat())
+            nxt = next_fire("0 7 * * MON", zone)
+            assert nxt is not None
+            local = nxt.astimezone(tz)
+            assert (local.weekday(), local.hour, local.minute) == (0, 7, 0), (zone, before, local)
+            assert timedelta(0) < local - at <= timedelta(days=7)
+            assert f"next {local:%Y-%m-%d} 07:00" in describe_schedule("0 7 * * MON", zone)

@@ -232,7 +232,13 @@ def next_fire(cron: str, timezone: str) -> datetime | None:
         from prefect._vendor.croniter import croniter
     except ImportError:  # a private module: its absence must not break scheduling
         return None
-    return croniter(cron, datetime.now(zoneinfo.ZoneInfo(timezone))).get_next(datetime)
+    from tierflow.core import clock
+
+    zone = zoneinfo.ZoneInfo(timezone)
+    # On the zone's wall clock, as Prefect's scheduler counts it: croniter given an aware time steps in UTC, so
+    # across a daylight-saving change a Monday 07:00 came out at 06:00 or 08:00 local.
+    wall = croniter(cron, clock.now().astimezone(zone).replace(tzinfo=None)).get_next(datetime)
+    return wall.replace(tzinfo=zone)
 
 
 def load_flow(target: FlowTarget) -> Flow[..., Any]:
