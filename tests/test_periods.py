@@ -160,3 +160,25 @@ def test_a_monday_0700_schedule_is_next_at_0700_local_across_the_zone_s_clock_ch
             assert (local.weekday(), local.hour, local.minute) == (0, 7, 0), (zone, before, local)
             assert timedelta(0) < local - at <= timedelta(days=7)
             assert f"next {local:%Y-%m-%d} 07:00" in describe_schedule("0 7 * * MON", zone)
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("europe/london", "'europe/london' is not a time zone name. Did you mean Europe/London?"),
+        ("localtime", "'localtime' is the machine's zone, which may not be yours"),
+        ("Asia/Calcutta_", "'Asia/Calcutta_' is not a time zone name"),
+    ],
+)
+def test_a_vault_timezone_that_is_not_an_iana_name_is_refused_with_the_key_and_an_example(name: str, said: str):
+    """A name only a case-insensitive disk finds (macOS), or the machine's own zone, would count a vault's days
+    differently on another machine (and Prefect refuses the first for a schedule)."""
+    from pydantic import ValidationError
+
+    from tierflow.core.config import VaultConfig
+
+    with pytest.raises(ValidationError) as raised:
+        VaultConfig(timezone=name)
+    message = str(raised.value)
+    assert "timezone" in message and said in message and "Europe/London" in message and "Asia/Kolkata" in message
+    assert VaultConfig(timezone="Pacific/Chatham").timezone == "Pacific/Chatham"

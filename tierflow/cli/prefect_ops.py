@@ -209,14 +209,11 @@ def cron_schedule(cron: str, timezone: str) -> CronSchedule:
 
 def check_timezone(timezone: str) -> str:
     """`timezone` if it is an IANA time zone name; else OpsError, suggesting the name meant."""
-    if timezone in zoneinfo.available_timezones():
-        return timezone
-    folded = {name.casefold(): name for name in zoneinfo.available_timezones()}
-    hint = f" Did you mean {folded[timezone.casefold()]}?" if timezone.casefold() in folded else ""
-    raise OpsUsageError(
-        f"--timezone {timezone!r} is not a time zone name.{hint} Use an IANA name such as Europe/London, "
-        "America/New_York or UTC."
-    )
+    from tierflow.core.config import timezone_problem
+
+    if problem := timezone_problem(timezone):
+        raise OpsUsageError(f"--timezone {problem}.")
+    return timezone
 
 
 def describe_schedule(cron: str, timezone: str) -> str:

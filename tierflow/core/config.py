@@ -6,6 +6,7 @@ The file is laid over a built-in profile (`offline` unless the file or `--profil
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -169,15 +170,28 @@ class VaultConfig(_Model):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, name: str) -> str:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"{name!r} is not a time zone name; use an IANA name such as Europe/London, America/New_York or UTC"
-            ) from None
+        if problem := timezone_problem(name):
+            raise ValueError(problem)
         return name
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why `name` is not an IANA time zone name tierflow counts days in (with the name meant, if only its case is
+    wrong), or None. `localtime` is refused: it is the machine's zone, which a vault's days must not depend on."""
+    names = _timezone_names()
+    if name in names and name not in ("localtime", "posixrules", "Factory"):
+        return None
+    folded = {n.casefold(): n for n in names if n not in ("localtime", "posixrules", "Factory")}
+    hint = f" Did you mean {folded[name.casefold()]}?" if name.casefold() in folded else ""
+    what = "the machine's zone, which may not be yours" if name == "localtime" else "not a time zone name"
+    return f"{name!r} is {what}.{hint} Use an IANA name such as Europe/London, America/New_York, Asia/Kolkata or UTC"
+
+
+@functools.cache
+def _timezone_names() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
 
 
 class BudgetConfig(_Model):
