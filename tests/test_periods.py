@@ -182,3 +182,51 @@ def test_a_vault_timezone_that_is_not_an_iana_name_is_refused_with_the_key_and_a
     message = str(raised.value)
     assert "timezone" in message and said in message and "Europe/London" in message and "Asia/Kolkata" in message
     assert VaultConfig(timezone="Pacific/Chatham").timezone == "Pacific/Chatham"
+
+
+@pytest.mark.parametrize("zone", sorted(ZONES))
+def test_a_day_budget_runs_midnight_to_midnight_local_across_23_and_25_hour_days_counting_calls_in_flight_once(
+    tmp_path: Path, monkeypatch, zone: str
+):
+    """Each local day (and month) starts with nothing spent; a call in flight over midnight is reserved in both
+    periods while it flies and spent once, in the day it answers in; the totals agree with the calls."""
+    from test_budget_totals import candidates, config_for, from_calls, from_totals, settle
+
+    from tierflow.core.budget import Budgets
+
+    tz = ZoneInfo(zone)
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    config = config_for(tmp_path, ledger_url, timezone=zone)
+    budgets = Budgets(config, Ledger(ledger_url), run_id="r1", flow="f", project="thesis")
+    changed = date.fromisoformat(ZONES[zone][0])
+    days = [changed - timedelta(days=1), changed, changed + timedelta(days=1)]
+    spent = {}
+    flying = None
+    for n, day in enumerate(days):
+        midnight = datetime(day.year, day.month, day.day, tzinfo=tz)
+        monkeypatch.setenv("TIERFLOW_CLOCK_START", (midnight + timedelta(seconds=2)).isoformat())
+        states = {s.name: s for s in budgets.states()}
+        assert states["daily"].spent_usd == 0, day  # a new local day
+        if flying is not None:
+            assert states["daily"].reserved_usd == pytest.approx(0.02)  # still in flight: reserved here too
+            settle(budgets, flying, 0.015, 700)  # answers after midnight: spent in this day, once
+        settle(budgets, budgets.reserve(candidates(config)), 0.001 * (n + 1), 100)
+        end = datetime.fromisoformat(budgets.period_start(config.settings.budgets["daily"]) or "")
+        assert end.astimezone(tz) == midnight
+        following = (budgets.period_end(config.settings.budgets["daily"]) or midnight).astimezone(tz)
+        assert following == datetime(day.year, day.month, day.day, tzinfo=tz) + timedelta(days=1)
+        hours = (following - midnight.astimezone(UTC)).total_seconds() / 3600
+        assert hours == {changed: (following.utcoffset() - midnight.utcoffset()).total_seconds() / -3600 + 24}.get(
+            day, 24
+        )
+        monkeypatch.setenv("TIERFLOW_CLOCK_START", (following - timedelta(seconds=10)).isoformat())
+        flying = budgets.reserve(candidates(config, usd=0.02))
+        spent[day] = {s.name: s.spent_usd for s in budgets.states()}["daily"]
+    assert spent == pytest.approx({days[0]: 0.001, days[1]: 0.017, days[2]: 0.018})
+    budgets.release(flying.id)
+    for day in days:
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=tz)
+        assert from_totals(budgets, noon) == from_calls(budgets, noon)
+    last_noon = datetime(days[2].year, days[2].month, days[2].day, 12, tzinfo=tz)
+    month = {s.name: s.spent_usd for s in budgets.states(now=last_noon)}["monthly"]
+    assert month == pytest.approx(sum(usd for day, usd in spent.items() if day.month == days[2].month))
