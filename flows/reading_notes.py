@@ -14,7 +14,7 @@ from tierflow.report.run_report import RunSummary, final_state, write_run_report
 from tierflow.tasks.collate import collate
 from tierflow.tasks.draft import draft
 from tierflow.tasks.synthesise import synthesise_week
-from tierflow.tasks.week import load_sources, select_week
+from tierflow.tasks.week import default_window, load_sources, scheduled_for, select_week
 
 FLOW = "reading-notes"
 
@@ -37,6 +37,10 @@ def reading_notes(
         parameters={"since": since, "until": until, "project": project}, retry_failed=retry_failed,
     )  # fmt: skip
     settings = attribute(settings, *caller_for(settings).config.settings.vault.reading_folders, project=project)
+    if since is None or until is None:  # a deployment's run reads the week before the day it was due
+        timezone = caller_for(settings).config.settings.vault.timezone
+        if (due := scheduled_for()) is not None:
+            since, until = default_window(timezone, since, until, scheduled=due)
     with run_span(settings):
         week = select_week(settings, since, until)
         label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")

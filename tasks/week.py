@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
@@ -43,11 +43,31 @@ def not_reading(cfg: VaultConfig) -> tuple[str, ...]:
     return (*cfg.exclude_folders, cfg.templates_folder, cfg.output_folder, cfg.runs_folder, OWN_FOLDER)
 
 
-def default_window(timezone: str, since: date | None, until: date | None) -> tuple[date, date]:
-    """The last seven days up to today, in the vault's time zone, unless given."""
-    today = clock.now().astimezone(ZoneInfo(timezone)).date()
-    until = until or today
+def default_window(
+    timezone: str, since: date | None, until: date | None, *, scheduled: datetime | None = None
+) -> tuple[date, date]:
+    """The last seven days up to today, in the vault's time zone, unless given. A deployment's run (`scheduled`, when
+    it was due): the seven days before that day, so that Monday 07:00 runs read Monday to Sunday, each day once
+    (a note of Monday 09:00 falls in the next run's week), however late a worker starts one."""
+    zone = ZoneInfo(timezone)
+    if scheduled is not None:
+        until = until or scheduled.astimezone(zone).date() - timedelta(days=1)
+    until = until or clock.now().astimezone(zone).date()
     return since or until - timedelta(days=6), until
+
+
+def scheduled_for() -> datetime | None:
+    """When this flow run of a deployment (a schedule's, or `prefect deployment run`) was due; None for a run started
+    directly (`tierflow run`, a script)."""
+    try:
+        from prefect.runtime import deployment, flow_run
+
+        if not deployment.id:
+            return None
+        when = flow_run.scheduled_start_time
+    except Exception:  # no run context or API to ask: a direct run
+        return None
+    return when if isinstance(when, datetime) and when.tzinfo is not None else None
 
 
 def _select_name() -> str:

@@ -230,3 +230,50 @@ def test_a_day_budget_runs_midnight_to_midnight_local_across_23_and_25_hour_days
     last_noon = datetime(days[2].year, days[2].month, days[2].day, 12, tzinfo=tz)
     month = {s.name: s.spent_usd for s in budgets.states(now=last_noon)}["monthly"]
     assert month == pytest.approx(sum(usd for day, usd in spent.items() if day.month == days[2].month))
+
+
+@pytest.mark.parametrize("zone", sorted(ZONES))
+def test_a_scheduled_monday_run_reads_monday_to_sunday_before_the_day_it_was_due_however_late(zone: str, monkeypatch):
+    """Monday 07:00 runs read the week before, Monday to Sunday (the budget's week): a note of Monday 09:00 is in the
+    next run's week, never in none; a run a worker starts on Tuesday reads the same week. A direct run (`tierflow
+    run`) still reads the seven days to today."""
+    from prefect.runtime import deployment, flow_run
+
+    from tierflow.tasks.week import default_window, scheduled_for
+
+    tz = ZoneInfo(zone)
+    monday = date.fromisoformat(ZONES[zone][0]) + timedelta(days=1)
+    while monday.weekday():
+        monday += timedelta(days=1)
+    due = datetime(monday.year, monday.month, monday.day, 7, tzinfo=tz)
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", (due + timedelta(days=1, hours=3)).isoformat())  # started late
+    monkeypatch.setattr(deployment, "id", "a-deployment", raising=False)
+    monkeypatch.setattr(flow_run, "scheduled_start_time", due.astimezone(UTC), raising=False)
+    assert scheduled_for() == due
+    week = default_window(zone, None, None, scheduled=scheduled_for())
+    assert week == (monday - timedelta(days=7), monday - timedelta(days=1))
+    following = default_window(zone, None, None, scheduled=due + timedelta(days=7))
+    assert following == (monday, monday + timedelta(days=6))
+    monkeypatch.setattr(deployment, "id", None, raising=False)
+    assert scheduled_for() is None
+    assert default_window(zone, None, None) == (monday - timedelta(days=5), monday + timedelta(days=1))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_deployment_run_of_reading_notes_selects_the_week_before_the_day_it_was_due(reading_vault: Path, monkeypatch):
+    import tierflow.flows.reading_notes as flow_module
+
+    config = reading_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text().replace('"Europe/London"', '"Australia/Sydney"'))
+    due = datetime(2026, 4, 6, 7, tzinfo=ZoneInfo("Australia/Sydney"))
+    monkeypatch.setattr(flow_module, "scheduled_for", lambda: due)
+    seen = []
+    real = flow_module.select_week
+
+    def select(settings, since, until):
+        seen.append((since, until))
+        return real(settings, since, until)
+
+    monkeypatch.setattr(flow_module, "select_week", select)
+    flow_module.reading_notes(vault=str(reading_vault), profile="offline")
+    assert seen == [(date(2026, 3, 30), date(2026, 4, 5))]
