@@ -277,3 +277,19 @@ def test_a_deployment_run_of_reading_notes_selects_the_week_before_the_day_it_wa
     monkeypatch.setattr(flow_module, "select_week", select)
     flow_module.reading_notes(vault=str(reading_vault), profile="offline")
     assert seen == [(date(2026, 3, 30), date(2026, 4, 5))]
+
+
+def test_the_spend_listing_shows_each_call_s_time_in_the_vault_zone(tmp_path: Path):
+    """Beside `--since` and `--by day`, which count local days, a call at 23:30 UTC on 4 April is shown at 09:30 on the 5th in Sydney (its clocks went back at 03:00)."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[vault]\ntimezone = "Australia/Sydney"\n')
+    Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}").record(
+        call_record(timestamp="2026-04-04T23:30:00.000000+00:00")
+    )
+    result = CliRunner().invoke(app, ["spend", "--vault", str(vault)], env={"COLUMNS": "250", "TZ": "UTC"})
+    assert result.exit_code == 0, result.output
+    assert "2026-04-05 09:30:00" in result.stdout and "times in Australia/Sydney" in result.stdout

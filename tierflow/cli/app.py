@@ -344,7 +344,7 @@ def spend(
         if group is None:
             rows = ledger.rows(last=last, **filters)
             shown = len(rows) if last is None or len(rows) < last else ledger.count_calls(**filters)
-            show(Console(), spend_table(rows, None, of=shown), optional=SPEND_OPTIONAL)
+            show(Console(), spend_table(rows, None, of=shown, tz=zone), optional=SPEND_OPTIONAL)
         else:
             table = spend_table([], group, groups=ledger_spend(ledger, group, **filters, **periods))
             show(Console(), table, optional=SPEND_OPTIONAL)

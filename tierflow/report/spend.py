@@ -361,6 +361,14 @@ def spend_query(
     return query
 
 
+def _local(timestamp: str, tz: tzinfo | None) -> str:
+    """A ledger timestamp as `YYYY-MM-DD HH:MM:SS` in `tz` (None: as written, UTC)."""
+    if tz is None:
+        return timestamp[:19].replace("T", " ")
+    instant = datetime.fromisoformat(timestamp)
+    return (instant if instant.tzinfo else instant.replace(tzinfo=UTC)).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _cached_mark(row: dict[str, Any]) -> str:
     """How the listing marks a row of a cached answer: `(cached)`, or `(cached, not used)` for one that a check
     added since failed (the call was made afresh)."""
@@ -483,20 +491,23 @@ def spend_table(
     *,
     groups: Sequence[Spend] | None = None,
     of: int | None = None,
+    tz: tzinfo | None = None,
 ) -> Any:
     """A rich Table of calls, or of totals per group (`groups`, if already added up, else from `rows`).
 
-    `of`: how many calls matched, when `rows` are only the newest of them."""
+    `of`: how many calls matched, when `rows` are only the newest of them. `tz`: the zone the calls' times are
+    shown in (the vault's, where `--since` and `--by day` count days; None: UTC)."""
     from rich.table import Table
 
     if group is None:
+        zone = f" · times in {tz}" if tz is not None and str(tz) != "UTC" else ""
         if of is not None and of > len(rows):
             table = Table(
-                title=f"Ledger: the newest {len(rows):,} of {of:,} calls",
+                title=f"Ledger: the newest {len(rows):,} of {of:,} calls{zone}",
                 caption="--last N lists more (0: every call); --by day, phase, project ... totals them",
             )
         else:
-            table = Table(title=f"Ledger: {len(rows)} calls")
+            table = Table(title=f"Ledger: {len(rows)} calls{zone}")
         for col in ("when", "flow", "phase", "tier", "model", "in", "out", "cache r/w", "reason", "cost"):
             # Names and money on one line each, whatever the terminal's width (`console.show`).
             table.add_column(
@@ -506,7 +517,7 @@ def spend_table(
             )
         for r in rows:
             table.add_row(
-                r["timestamp"][:19].replace("T", " "),
+                _local(r["timestamp"], tz),
                 r["flow"] or "",
                 r["phase"] or "",
                 r["tier"] or "",
