@@ -280,7 +280,8 @@ def test_a_deployment_run_of_reading_notes_selects_the_week_before_the_day_it_wa
 
 
 def test_the_spend_listing_shows_each_call_s_time_in_the_vault_zone(tmp_path: Path):
-    """Beside `--since` and `--by day`, which count local days, a call at 23:30 UTC on 4 April is shown at 09:30 on the 5th in Sydney (its clocks went back at 03:00)."""
+    """Beside `--since` and `--by day`, which count local days: a call at 23:30 UTC on 4 April is shown at 09:30 on
+    the 5th in Sydney (its clocks went back at 03:00)."""
     from typer.testing import CliRunner
 
     from tierflow.cli.app import app
