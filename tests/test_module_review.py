@@ -272,25 +272,28 @@ def test_a_module_with_nothing_to_review_says_so_and_lists_what_it_left_out(modu
     assert not (module_vault / PROPOSAL).exists()
 
 
-def test_a_concept_draft_whose_front_matter_is_never_closed_is_named_with_the_fix(module_vault: Path) -> None:
-    """A front-matter with no closing `---` is reported as malformed YAML is: the file, what is wrong, the fix; a
-    note that opens with a thematic break is read as it was."""
+def test_a_concept_note_whose_front_matter_is_never_closed_is_read_as_obsidian_shows_it(module_vault: Path) -> None:
+    """Obsidian reads a `---` with no `---` line closing it as a rule and the note as text, properties none: so does
+    the review (it called the note malformed and skipped it). A closed block whose YAML breaks is skipped with its
+    line and the fix."""
     from typer.testing import CliRunner
 
     from tierflow.cli.app import app
 
     concepts = module_vault / MODULE / "Concepts"
-    unclosed = "\n---\ntitle: Feedback timing\ntierflow_run: r-1\ntags: [concept]\n## Summary\n\nEarly is better.\n"
+    unclosed = "---\ntitle: Feedback timing\ntierflow_run: r-1\ntags: [concept]\n## Summary\n\nEarly is better.\n"
     (concepts / "Feedback timing.md").write_text(unclosed, encoding="utf-8")
-    (concepts / "Aside.md").write_text("---\n\nA thought, after a rule.\n", encoding="utf-8")
+    (concepts / "Aside.md").write_text("---\nNote: a thought, after a rule.\n", encoding="utf-8")
+    broken = "---\ntitle: Peer review\ntags: [concept\n---\n## Summary\n\nPeers help.\n"
+    (concepts / "Peer review.md").write_text(broken, encoding="utf-8")
     planned = CliRunner().invoke(app, ["plan", "module-review", "--vault", str(module_vault)], env={"COLUMNS": "300"})
     assert planned.exit_code == 0, planned.output
     said = " ".join(planned.output.split())
-    assert (
-        f"skipped {MODULE}/Concepts/Feedback timing.md: malformed YAML front-matter: the `---` on line 2 opens it "
-        "and no `---` line closes it; add a `---` line after line 5, its last property"
-    ) in said
-    assert f"skipped {MODULE}/Concepts/Aside.md: not a run report" in said  # not front-matter: not called malformed
+    assert f"skipped {MODULE}/Concepts/Feedback timing.md: not a run report" in said  # no properties: no draft
+    assert f"skipped {MODULE}/Concepts/Aside.md: not a run report" in said
+    assert "malformed YAML front-matter: the `---`" not in said
+    assert f"skipped {MODULE}/Concepts/Peer review.md: malformed YAML front-matter: " in said
+    assert "started at line 3, column 7); correct the YAML between the two `---` lines" in said
 
 
 def test_a_week_folder_tierflow_may_not_read_is_named_with_the_fix_not_left_out_silently(

@@ -46,6 +46,9 @@ def note(date: str | None = None, tags: str | None = None, body: str = "Body tex
     return "---\n" + "\n".join(lines) + "\n---\n\n" + body
 
 
+YAML_FIX = "correct the YAML between the two `---` lines (Obsidian marks its properties invalid too)"
+"""A closed front-matter whose YAML does not parse is skipped naming the fix, not only the line."""
+
 TOO_LARGE_FIX = "to read it, raise [vault] max_note_bytes in .tierflow/config.toml above its size"
 """A 2 MB note skipped as too large did not say which setting reads it."""
 
@@ -217,7 +220,7 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
         "Templates/Lit.md",
     ]
     assert errors["Templates/Lit.md"] == "unfilled template: title is '{{title}}'"
-    assert errors["R/baddate.md"] == "malformed YAML front-matter: invalid value (month must be in 1..12)"
+    assert errors["R/baddate.md"] == f"malformed YAML front-matter: invalid value (month must be in 1..12); {YAML_FIX}"
     assert errors["R/binary.md"] == "binary file"
     assert errors["R/blank.md"] == "empty note"
     assert errors["R/empty.md"] == "empty note"
@@ -403,3 +406,45 @@ def test_a_note_that_cannot_be_read_is_skipped_naming_the_cause_and_the_fix(
     monkeypatch.setattr(vault_index, "open", real_open, raising=False)  # chmod u+r: its mtime and size are as they were
     again = select(tmp_path, folders=["R"])
     assert paths(again.notes) == ["R/a.md", "R/locked.md"] and again.skipped == []
+
+
+def test_a_note_opening_with_a_rule_and_no_closing_line_is_read_whole_as_obsidian_shows_it(tmp_path: Path) -> None:
+    """Obsidian takes properties only from a `---` first line and a later line that is exactly `---`; without one the
+    first `---` is a rule and all of the note is text. Such a note was skipped as unclosed front-matter, and left out
+    of the week's reading."""
+    write(
+        tmp_path, "Reading/Rule first.md", "---\nNote: this week's reading is short.\n\nDialogue matters. #literature\n"
+    )
+    write(tmp_path, "Reading/Spaced.md", "\n---\ntitle: Not a property\ndate: 2020-01-01\n---\nAfter blank lines.\n")
+    write(tmp_path, "Reading/Dotted.md", "---\ntitle: Not a property\ndate: 2020-01-01\n...\nA YAML end is no close.\n")
+    write(tmp_path, "Reading/Long rule.md", "---\ndate: 2020-01-01\n----\nFour dashes close nothing.\n")
+    write(tmp_path, "Reading/Trailing.md", "--- \ndate: 2020-01-01\n---\nA space after the opener opens nothing.\n")
+    write(tmp_path, "Reading/Closed.md", "---\r\ntitle: Closed\r\ndate: 2026-11-17\r\n---\r\nCRLF line ends.\r\n")
+    write(tmp_path, "Reading/Bom.md", "\ufeff---\ntitle: With a BOM\ndate: 2026-11-17\n---\nBody.\n")
+    sel = select(tmp_path, folders=["Reading"])
+    assert sel.skipped == []
+    got = {n.path: (n.title, n.date) for n in sel.notes}
+    assert got == {
+        "Reading/Bom.md": ("With a BOM", dt.date(2026, 11, 17)),
+        "Reading/Closed.md": ("Closed", dt.date(2026, 11, 17)),
+        "Reading/Dotted.md": ("Dotted", None),  # dated by its file: its `date:` line is text
+        "Reading/Long rule.md": ("Long rule", None),
+        "Reading/Rule first.md": ("Rule first", None),
+        "Reading/Spaced.md": ("Spaced", None),
+        "Reading/Trailing.md": ("Trailing", None),
+    }
+    assert [n for n in sel.notes if n.path == "Reading/Rule first.md"][0].tags == ("literature",)
+
+
+def test_a_closed_front_matter_that_does_not_parse_is_skipped_naming_its_line_and_the_fix(tmp_path: Path) -> None:
+    write(tmp_path, "Reading/Broken.md", "---\ntitle: Fine\nauthors: [Hattie, Timperley\n---\nBody.\n")
+    write(tmp_path, "Reading/Late close.md", "---\ndate: 2026-11-18\n--- \nkept: [open\n---\nBody.\n")
+    sel = select(tmp_path, folders=["Reading"])
+    errors = {n.path: n.error for n in sel.skipped}
+    broken = errors["Reading/Broken.md"]  # the wording is libyaml's or PyYAML's; the place and the fix are ours
+    assert broken is not None and broken.startswith("malformed YAML front-matter: ") and broken.endswith(YAML_FIX)
+    assert "flow sequence started at line 3, column 10" in broken
+    # `--- ` with a trailing space closes nothing: the front-matter runs to the exact `---`, and its YAML breaks
+    late = errors["Reading/Late close.md"]
+    assert late is not None and late.startswith("malformed YAML front-matter: ") and late.endswith(YAML_FIX)
+    assert "line 3" in late

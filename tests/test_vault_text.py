@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tierflow.core.errors import VaultError
 from tierflow.tasks.assignment import _body, _submissions
@@ -18,7 +19,7 @@ from tierflow.vault.folder import read_notes
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, read_source
 from tierflow.vault.rubric import read_rubric_text
-from tierflow.vault.text import hide_comments
+from tierflow.vault.text import hide_comments, parse_note, split_front_matter
 
 BOM = "\ufeff"
 
@@ -112,6 +113,45 @@ def test_a_byte_order_mark_hides_no_front_matter(tmp_path: Path) -> None:
     assert submission.student_id == "s1" and not skipped
     write(tmp_path / "Concepts/Drafted.md", BOM + "---\ntierflow_run: r1\n---\nA draft.\n")
     assert _by_tierflow(tmp_path / "Concepts/Drafted.md")  # tierflow's own draft, saved again in Notepad
+
+
+@pytest.mark.parametrize(
+    ("text", "front_matter", "body"),
+    [
+        ("---\ntitle: A\n---\nBody.\n", "title: A\n", "Body.\n"),
+        ("---\r\ntitle: A\r\n---\r\nBody.\r\n", "title: A\r\n", "Body.\r\n"),  # CRLF: Obsidian's rule too
+        (BOM + "---\ntitle: A\n---\nBody.", "title: A\n", "Body."),
+        ("---\ntitle: A\n---", "title: A\n", ""),  # closed by the file's last line
+        ("---\n---\nBody.", "", "Body."),
+        ("---\nNote: a rule, then text.\n", None, "---\nNote: a rule, then text.\n"),
+        ("\n---\ntitle: A\n---\nBody.", None, "\n---\ntitle: A\n---\nBody."),  # not the very first line
+        ("--- \ntitle: A\n---\nBody.", None, "--- \ntitle: A\n---\nBody."),  # a space after the opener
+        ("----\ntitle: A\n----\nBody.", None, "----\ntitle: A\n----\nBody."),
+        ("---\ntitle: A\n...\nBody.", None, "---\ntitle: A\n...\nBody."),  # YAML's `...` closes nothing
+        ("---\ntitle: A\n--- \nB\n---\nC", "title: A\n--- \nB\n", "C"),  # only an exact `---` closes
+        ("---\ntitle: A\n----\nB\n---\nC", "title: A\n----\nB\n", "C"),
+    ],
+)
+def test_front_matter_is_found_by_obsidians_rule(text: str, front_matter: str | None, body: str) -> None:
+    """Obsidian (getFrontMatterInfo): properties only from a `---` first line to the next line that is exactly
+    `---`; else the whole note is body. python-frontmatter also took `----`, `--- `, a `---` after blank lines, and
+    a JSON `{` ... `}` block."""
+    assert split_front_matter(text) == (front_matter, body)
+
+
+def test_a_note_read_as_obsidian_shows_it(tmp_path: Path) -> None:
+    write(tmp_path / "Reading/Rule.md", "---\nNote: this week is short.\n\n> ==Quoted.== (p. 2)\n")
+    source = read_source(tmp_path, "Reading/Rule.md")
+    assert source.title == "Rule" and source.body.startswith("---\nNote: this week is short.")
+    write(tmp_path / "Reading/Json.md", '{\n"title": "Not properties"\n}\nText.\n')
+    assert read_source(tmp_path, "Reading/Json.md").title == "Json"  # Obsidian has no JSON front-matter
+    write(tmp_path / "Reading/Content.md", "---\ncontent: Week 3 slides\nhandler: me\n---\nText.\n")
+    assert read_source(tmp_path, "Reading/Content.md").body == "Text."  # python-frontmatter raised TypeError here
+    write(tmp_path / "Reading/Day.md", "---\ndate: 2026-13-45\n---\nText.\n")
+    with pytest.raises(VaultError, match=r"Reading/Day.md: malformed YAML front-matter \(invalid value \(month"):
+        read_source(tmp_path, "Reading/Day.md")  # it raised a bare ValueError
+    with pytest.raises(yaml.YAMLError):
+        parse_note("---\ntitle: [a, b\n---\nText.\n")
 
 
 def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_the_note(tmp_path: Path) -> None:

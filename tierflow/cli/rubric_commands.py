@@ -15,7 +15,7 @@ import typer
 
 from tierflow.cli.common import ConfigOpt, ProfileOpt, VaultOpt, fail, load, vault_dir
 from tierflow.core.commands import tierflow_command
-from tierflow.vault.text import load_note
+from tierflow.vault.text import load_note, parse_note
 
 rubric_app = typer.Typer(
     help="The assignment's rubric: what tierflow reads from it, and a light-tier rewrite when it cannot.",
@@ -172,8 +172,6 @@ def normalise(
 
 def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, profile: str | None = None):  # noqa: ANN201
     """The rewrite, through `Caller.ask` (routed, budgeted, recorded), written beside the rubric."""
-    import frontmatter
-
     from tierflow.core.calls import Caller, RunSettings, new_run_id
     from tierflow.flowkit.checks import rubric_rewrite
     from tierflow.tasks.assignment import folder_pseudonyms
@@ -223,7 +221,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
     env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
     # A rubric names students too ("like Priya Sharma's exemplar"): hidden as in a run, and given back in the file.
     pseudonyms = folder_pseudonyms(vault, folder, caller.config)
-    body = pseudonyms.hide(frontmatter.loads(text).content)
+    body = pseudonyms.hide(parse_note(text).content)
     answer = caller.ask(
         phase=PHASE,
         complexity=COMPLEXITY,
@@ -233,7 +231,7 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
         subject=relpath,
         checks=[rubric_rewrite],
     )
-    title = str(frontmatter.loads(text).metadata.get("title") or "Rubric")
+    title = str(parse_note(text).metadata.get("title") or "Rubric")
     out = RubricOut.model_validate(_revealed(answer.parsed.model_dump(), pseudonyms))
     rubric = rubric_from_out(out, f"{folder}/{NORMALISED}", title)
     markdown = rubric.as_markdown()

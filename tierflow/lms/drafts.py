@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import yaml
 from markdown_it import MarkdownIt
 
@@ -26,6 +25,7 @@ from tierflow.vault.annotations import CALLOUT_HEAD, without_code
 from tierflow.vault.notes import as_written
 from tierflow.vault.text import (
     COMMENT,
+    parse_note,
     read_note_text,
     unescape_comments,
     unescape_links,
@@ -236,12 +236,12 @@ def scan(vault: Path, folder: str) -> tuple[list[Draft], list[tuple[str, str]]]:
         rel = path.relative_to(vault).as_posix()
         try:
             text = read_note_text(path)  # with or without a BOM, as Obsidian reads it
-            post = frontmatter.loads(text)
+            post = parse_note(text)
         except UnicodeDecodeError:
             unreadable.append((rel, "not UTF-8 text; save it as UTF-8"))
             continue
         except yaml.YAMLError as exc:
-            problem = yaml_problem(exc, text)
+            problem = yaml_problem(exc)
             unreadable.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
             continue
         sid = str(post.metadata.get("student_id") or "").strip()

@@ -53,7 +53,7 @@ from tierflow.lms.marks import (
 )
 from tierflow.lms.notices import split_notices
 from tierflow.vault.rubric import load_rubric
-from tierflow.vault.text import load_note, note_text, read_note_text, text_version, unescape_links, yaml_problem
+from tierflow.vault.text import load_note, note_text, text_version, unescape_links, yaml_problem
 
 TARGETS = ("moodle-worksheet", "moodle-files", "canvas")
 
@@ -142,7 +142,7 @@ def _submission(vault: Path, folder: str, sid: str) -> frontmatter.Post | None:
         ) from None
     except yaml.YAMLError as exc:
         raise UnreadableNote(
-            f"malformed YAML front-matter in its submission note ({rel}: {yaml_problem(exc, read_note_text(path))}); "
+            f"malformed YAML front-matter in its submission note ({rel}: {yaml_problem(exc)}); "
             'fix the YAML between the --- lines (a value holding ": " needs quotes: name: "Ben: Carter") and '
             "export again"
         ) from None

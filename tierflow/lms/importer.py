@@ -32,7 +32,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-import frontmatter
 import yaml
 from pathvalidate import sanitize_filename
 
@@ -53,6 +52,7 @@ from tierflow.vault.text import (
     escape_property_links,
     load_note,
     note_text,
+    parse_note,
     read_note_text,
     text_version,
 )
@@ -709,7 +709,7 @@ def _edited(note: Path) -> bool:
     """True when the note is not tierflow's as written: the lecturer edited it (or wrote it)."""
     try:
         text = read_note_text(note)
-        post = frontmatter.loads(text)
+        post = parse_note(text)
     except (UnicodeDecodeError, yaml.YAMLError):
         return True
     return not as_written(dict(post.metadata), post.content, text)

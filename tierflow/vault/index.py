@@ -25,20 +25,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from frontmatter.default_handlers import YAMLHandler
 
-from tierflow.vault.text import yaml_problem
+from tierflow.vault.text import YAML_LOADER, split_front_matter, yaml_problem
 
 __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 7  # 7: a date with a time and an offset is kept as that instant
+_CACHE_VERSION = 8  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule
 _BINARY_SNIFF_BYTES = 8192
-_YAML = YAMLHandler()
-# python-frontmatter picks CSafeLoader when libyaml is present; use the same loader so dates parse alike.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Obsidian tag: `#` then letters, digits, `_`, `-`, `/`. The rest of Obsidian's rule (not after a word
 # char, `&`, `/` or `#`; not all digits) is checked in Python: a pattern starting with the literal `#`
@@ -56,6 +52,7 @@ _DOTTED_DATE_RE = re.compile(r"(?<![\d.])(\d{1,2})\.(\d{1,2})\.(\d{4})(?![\d.])"
 _PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}|<%.*?%>")
 # A `date:` (or `created:`) line in front-matter that YAML cannot parse as a whole.
 _DATE_LINE_RE = re.compile(r"^(?:date|created)[ \t]*:[ \t]*['\"]?([^\n]+)$", re.MULTILINE)
+_YAML_FIX = "correct the YAML between the two `---` lines (Obsidian marks its properties invalid too)"
 TIERFLOW_KEYS = ("tierflow_hash", "tierflow_run")
 """Front-matter keys that mark a note as tierflow's own output."""
 
@@ -294,46 +291,35 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
         return bad("empty note")
     text = text.replace("\r\n", "\n")
 
-    # Same splitting rules as python-frontmatter (which the rest of tierflow uses to read notes).
-    stripped = text.strip()
+    # Obsidian's rule, as every other reader of a note in tierflow (`split_front_matter`): a `---` first line with no
+    # `---` line closing it is a thematic break, and the whole note is body.
+    fm, body = split_front_matter(text)
     meta: dict[str, Any] = {}
-    body = stripped
-    if _YAML.detect(stripped):
+    if fm is not None:
         try:
-            fm, body = _YAML.split(stripped)
-        except ValueError:
-            # No closing delimiter: python-frontmatter would read the whole file as body, and the note's properties
-            # (its `tierflow_run`, its tags) would be silently lost.
-            fm = None
-            if unclosed := _unclosed_front_matter(text):
-                problem, properties = unclosed
-                date, tags = _lenient_meta(f"{properties}\n---\n")
-                return bad(f"malformed YAML front-matter: {problem}", tags=tags, date=date)
-        if fm is not None:
-            try:
-                loaded = yaml.load(fm, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
-            except yaml.YAMLError as exc:
-                # The YAML text starts on the `---` line; blank lines before it were stripped above.
-                detail = yaml_problem(exc, text)
-                return bad(
-                    f"malformed YAML front-matter: {detail}", tags=_dedupe(_inline_tags(body)), date=_date_line(fm)
-                )
-            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-                # The safe constructor raises plain exceptions for some values, e.g. ValueError for
-                # `date: 2024-13-45`; python-frontmatter would fail on the same note.
-                return bad(
-                    f"malformed YAML front-matter: invalid value ({exc})",
-                    tags=_dedupe(_inline_tags(body)),
-                    date=_date_line(fm),
-                )
-            if isinstance(loaded, dict):
-                meta = loaded
-            elif loaded is not None:
-                return bad(
-                    f"malformed YAML front-matter: expected key: value pairs, got {type(loaded).__name__}",
-                    tags=_dedupe(_inline_tags(body)),
-                    date=_date_line(fm),
-                )
+            loaded = yaml.load(fm, Loader=YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
+        except yaml.YAMLError as exc:
+            return bad(
+                f"malformed YAML front-matter: {yaml_problem(exc)}; {_YAML_FIX}",
+                tags=_dedupe(_inline_tags(body)),
+                date=_date_line(fm),
+            )
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # The safe constructor raises plain exceptions for some values, e.g. ValueError for
+            # `date: 2024-13-45`; `parse_note` fails on the same note.
+            return bad(
+                f"malformed YAML front-matter: invalid value ({exc}); {_YAML_FIX}",
+                tags=_dedupe(_inline_tags(body)),
+                date=_date_line(fm),
+            )
+        if isinstance(loaded, dict):
+            meta = loaded
+        elif loaded is not None:
+            return bad(
+                f"malformed YAML front-matter: expected key: value pairs, got {type(loaded).__name__}; {_YAML_FIX}",
+                tags=_dedupe(_inline_tags(body)),
+                date=_date_line(fm),
+            )
     title = meta.get("title")
     title = str(title).strip() if title is not None and str(title).strip() else stem
     dated = meta.get("date") if _parse_date(meta.get("date")) else meta.get("created")
@@ -354,41 +340,16 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
 def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
     """Date and tags of a note that cannot be used as it is (undecodable bytes replaced): from its front-matter
     if YAML reads it, else from its `date:` line; inline tags too."""
-    stripped = text.replace("\r\n", "\n").strip()
-    if not _YAML.detect(stripped):
-        return None, _dedupe(_inline_tags(stripped))
+    fm, body = split_front_matter(text.replace("\r\n", "\n"))
+    if fm is None:
+        return None, _dedupe(_inline_tags(body))
     try:
-        fm, body = _YAML.split(stripped)
-    except ValueError:
-        return None, _dedupe(_inline_tags(stripped))
-    try:
-        meta = yaml.load(fm, Loader=_LOADER)
+        meta = yaml.load(fm, Loader=YAML_LOADER)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
         meta = None
     meta = meta if isinstance(meta, dict) else {}
     date = _parse_date(meta.get("date")) or _parse_date(meta.get("created")) or _date_line(fm)
     return date, _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
-
-
-_PROPERTY_RE = re.compile(r"[^\s#:-][^:]*:(?:[ \t]|$)|[ \t]+\S|[ \t]*- ")
-"""A front-matter line: `key:` (then a value, or none), or an indented or `- ` line continuing the one before."""
-
-
-def _unclosed_front_matter(text: str) -> tuple[str, str] | None:
-    """A note opened by a `---` line and properties, with no `---` line after them: what is wrong and the fix, and
-    the properties' text. None when the line after the `---` is no property (a thematic break, then text)."""
-    lines = text.split("\n")
-    opening = next(i for i, line in enumerate(lines) if line.strip())
-    end = opening + 1
-    while end < len(lines) and _PROPERTY_RE.match(lines[end]):
-        end += 1
-    if end == opening + 1:
-        return None
-    problem = (
-        f"the `---` on line {opening + 1} opens it and no `---` line closes it; add a `---` line after line {end}, "
-        "its last property"
-    )
-    return problem, "\n".join(lines[opening:end])
 
 
 def _date_line(front_matter: str) -> dt.date | None:

@@ -22,7 +22,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import frontmatter
 import yaml
 from jinja2 import (
     ChoiceLoader,
@@ -48,6 +47,7 @@ from tierflow.vault.text import (
     escape_links,
     hide_comments,
     load_note,
+    parse_note,
     property_list,
     property_text,
     read_note_text,
@@ -446,7 +446,7 @@ def _asked_for(path: Path) -> str | None:
         stamp: Any = split[2]
     else:
         try:
-            stamp = frontmatter.loads(text).metadata.get(HASH_KEY)
+            stamp = parse_note(text).metadata.get(HASH_KEY)
         except yaml.YAMLError:
             return None
     found = _STAMP.fullmatch(str(stamp or ""))
@@ -737,7 +737,7 @@ def ownership(path: Path) -> Ownership:
     tierflow did not write it ("foreign"); "unparsed" when its front-matter does not parse, which cannot say."""
     try:
         text = read_note_text(path)
-        post = frontmatter.loads(text)
+        post = parse_note(text)
     except UnicodeDecodeError:
         return "foreign"
     except yaml.YAMLError:
@@ -833,9 +833,9 @@ def _yaml_problem(path: Path) -> str:
     """Why the front-matter of the note at `path` does not parse, with the line and column (`yaml_problem`)."""
     try:
         text = read_note_text(path)
-        frontmatter.loads(text)
+        parse_note(text)
     except yaml.YAMLError as exc:
-        return yaml_problem(exc, text)
+        return yaml_problem(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return _first_line(exc)
     return "it parses now"  # a person corrected it meanwhile
@@ -858,5 +858,5 @@ def _same_content(path: Path, front_matter: dict[str, Any], body: str, ignore: t
     def strip(meta: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in meta.items() if k not in ignore and k != HASH_KEY}
 
-    new = frontmatter.loads(render_note(front_matter, body))
+    new = parse_note(render_note(front_matter, body))
     return strip(dict(post.metadata)) == strip(dict(new.metadata)) and post.content.strip() == new.content.strip()

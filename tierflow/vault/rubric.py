@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import frontmatter
 import yaml
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, Field
@@ -33,7 +32,7 @@ from pydantic import BaseModel, Field
 from tierflow.core.commands import tierflow_command
 from tierflow.core.errors import VaultError
 from tierflow.vault.annotations import locate
-from tierflow.vault.text import hide_comments, read_note_text
+from tierflow.vault.text import hide_comments, parse_note, read_note_text
 
 NORMALISED = "rubric.normalised.md"
 """The light tier's rewrite of an unparseable rubric, beside it; used once its front-matter says `status: checked`."""
@@ -225,7 +224,7 @@ def load_rubric(vault: Path, relpath: str) -> Rubric:
         failure = unparsed
     rel_normalised = str(Path(relpath).with_name(NORMALISED).as_posix())
     folder = Path(relpath).parent.as_posix()
-    post = frontmatter.loads(read_rubric_text(normalised, rel_normalised))
+    post = parse_note(read_rubric_text(normalised, rel_normalised))
     status = str(post.metadata.get("status") or "").strip().lower()
     if status != "checked":
         raise RubricError(
@@ -252,7 +251,7 @@ def read_rubric_text(path: Path, relpath: str) -> str:
     try:
         # Obsidian hides comments: a marker's private remarks never reach a prompt.
         text = hide_comments(read_note_text(path))
-        frontmatter.loads(text)
+        parse_note(text)
     except UnicodeDecodeError:
         raise RubricError(f"{relpath}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
@@ -264,7 +263,7 @@ def parse_rubric(text: str, relpath: str = "rubric.md", *, vault: Path | None = 
     """Parse a rubric's Markdown (front-matter allowed) in any of `SHAPES`; a RubricError lists them otherwise, and
     the `tierflow rubric normalise` command (for the `vault` it is in, when given) that rewrites it."""
     try:
-        post = frontmatter.loads(text)
+        post = parse_note(text)
     except yaml.YAMLError as exc:
         raise RubricError(f"{relpath}: malformed YAML front-matter ({' '.join(str(exc).split())[:120]})") from None
     body = post.content

@@ -1,9 +1,10 @@
 """Reading a note's text as Obsidian does: the one way tierflow opens a note, and what of it a model may see.
 
 `read_note_text` decodes UTF-8 with or without a byte-order mark (Windows Notepad writes one), so the
-front-matter is found either way. `hide_comments` removes what Obsidian hides from the reader, `%%...%%`
-and `<!-- ... -->` comments, where people keep private remarks; it is applied to every note body before it
-can reach a prompt.
+front-matter is found either way. `split_front_matter` finds the front-matter by Obsidian's own rule, and
+`parse_note` reads it: the one way tierflow tells a note's properties from its body. `hide_comments` removes
+what Obsidian hides from the reader, `%%...%%` and `<!-- ... -->` comments, where people keep private remarks;
+it is applied to every note body before it can reach a prompt.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ __all__ = [
     "hide_comments",
     "load_note",
     "note_text",
+    "parse_note",
     "property_list",
     "property_text",
     "read_note_text",
+    "split_front_matter",
     "text_version",
     "yaml_problem",
+    "YAML_LOADER",
     "unclosed_comment",
     "unescape_comments",
     "unescape_links",
@@ -52,20 +56,57 @@ def read_note_text(path: Path) -> str:
 
 
 def load_note(path: Path) -> frontmatter.Post:
-    """A note's front-matter and body (python-frontmatter), read by `read_note_text`."""
-    return frontmatter.loads(read_note_text(path))
+    """A note's front-matter and body (`parse_note`), read by `read_note_text`."""
+    return parse_note(read_note_text(path))
 
 
-def yaml_problem(exc: yaml.YAMLError, text: str = "") -> str:
-    """One line for a front-matter YAML error, with its line and column counted in the note `text` it came from.
+# Obsidian's getFrontMatterInfo (Obsidian 1.x): a `---` line as the note's very first line opens the properties, and
+# the first later line that is exactly `---` (nothing after it but the line end, or the end of the file) closes them.
+# No closing line: there are no properties, and the whole note is body (the opening `---` is a thematic break). A
+# `---` after blank lines, `----`, `--- ` with a trailing space, or a YAML `...` opens or closes nothing.
+_FRONT_MATTER_OPEN = re.compile(r"---\r?\n")
+_FRONT_MATTER_CLOSE = re.compile(r"(?<=\n)---(?:\r?\n|\Z)")
+YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""The safe YAML loader every note's front-matter is read with (libyaml's when present: dates parse alike)."""
 
-    python-frontmatter parses the note stripped of its leading blank lines, so the parser counts from the first
-    non-blank line; those blank lines are added back.
+
+def split_front_matter(text: str) -> tuple[str | None, str]:
+    """A note's front-matter YAML and its body, as Obsidian tells them apart; (None, text) when the note has none.
+
+    The YAML is the text between the `---` lines, starting on the note's line 2 (`yaml_problem` counts from there).
+    A byte-order mark before the first `---` is dropped, as `read_note_text` drops it.
     """
-    offset = text[: len(text) - len(text.lstrip())].count("\n")
+    text = text.removeprefix("\ufeff")
+    opened = _FRONT_MATTER_OPEN.match(text)
+    closed = _FRONT_MATTER_CLOSE.search(text, opened.end()) if opened else None
+    if opened is None or closed is None:
+        return None, text
+    return text[opened.end() : closed.start()], text[closed.end() :]
+
+
+def parse_note(text: str) -> frontmatter.Post:
+    """A note's properties and body (stripped of surrounding blank lines), split by `split_front_matter`.
+
+    Raises yaml.YAMLError when the front-matter is closed but its YAML does not parse, a value YAML cannot build
+    (`date: 2024-13-45`) included; YAML that is no mapping (a lone word) gives no properties, as python-frontmatter
+    did. A property named `content` or `handler` is a property like any other.
+    """
+    fm, body = split_front_matter(text)
+    try:
+        loaded = yaml.load(fm, Loader=YAML_LOADER) if fm else None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise yaml.YAMLError(f"invalid value ({exc})") from exc
+    post = frontmatter.Post(body.strip())
+    post.metadata = loaded if isinstance(loaded, dict) else {}
+    return post
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a front-matter YAML error, with its line and column counted in the note it came from: the
+    YAML starts on the note's line 2, after the opening `---` (`split_front_matter`)."""
 
     def where(mark: Any) -> str:
-        return f"line {mark.line + 1 + offset}, column {mark.column + 1}"
+        return f"line {mark.line + 2}, column {mark.column + 1}"
 
     problem = getattr(exc, "problem", None)
     mark = getattr(exc, "problem_mark", None)
