@@ -19,7 +19,7 @@ from tierflow.vault.folder import read_notes
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import NoteWriter, read_source
 from tierflow.vault.rubric import read_rubric_text
-from tierflow.vault.text import hide_comments, parse_note, split_front_matter
+from tierflow.vault.text import YAML_LOADER, hide_comments, parse_note, split_front_matter
 
 BOM = "\ufeff"
 
@@ -204,3 +204,24 @@ def test_a_draft_renamed_to_decomposed_letters_is_still_tierflows_own(tmp_path: 
     result = again.write("Évaluation", {"status": "draft"}, "Body, changed.")
     assert (result.action, result.path) == ("updated", on_disk)
     assert [p.name for p in drafts.iterdir()] == [nfd.name]
+
+
+def test_properties_are_read_as_obsidians_yaml_reads_them(tmp_path: Path) -> None:
+    """Obsidian reads properties as YAML 1.2; PyYAML's YAML 1.1 made `no` (Norwegian) False, `Yes` a title True,
+    `12:30` the number 750 and `0123` the number 83."""
+    write(tmp_path / "Reading/Yes.md", "---\ntitle: Yes\nauthors: [No, On]\nyear: 0123\ncitekey: 12:30\n---\nx\n")
+    source = read_source(tmp_path, "Reading/Yes.md")
+    assert (source.title, source.authors, source.year, source.citekey) == ("Yes", ("No", "On"), "123", "12:30")
+    post = parse_note("---\nlanguage: no\nreviewed: true\ndate: 2026-03-29\nsize: 1_000\nn: 0x1F\n---\nx\n")
+    assert post.metadata == {"language": "no", "reviewed": True, "date": date(2026, 3, 29), "size": "1_000", "n": 31}
+
+
+def test_text_tierflow_writes_into_front_matter_is_read_back_by_obsidian_as_text(tmp_path: Path) -> None:
+    """PyYAML quoted what YAML 1.1 reads as a number, not `1e3` or `0o17`, which Obsidian's YAML 1.2 reads as the
+    numbers 1000 and 15: a student id or title of that shape came back changed."""
+    values = {"student_id": "1e3", "code": "0o17", "time": "12:30", "answer": "no", "name": "Øyvind"}
+    NoteWriter(tmp_path, "Feedback").write("1e3 feedback", values, "Draft.")
+    text = (tmp_path / "Feedback/1e3 feedback.md").read_text(encoding="utf-8")
+    assert "student_id: '1e3'\ncode: '0o17'\n" in text
+    obsidian = yaml.load(split_front_matter(text)[0] or "", Loader=YAML_LOADER)
+    assert {k: obsidian[k] for k in values} == values

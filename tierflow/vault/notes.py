@@ -42,6 +42,7 @@ from tierflow.core.folders import check_vault as check_vault  # the one check, r
 from tierflow.vault.annotations import Annotation, parse_annotations
 from tierflow.vault.links import NO_NOTE, VaultNames, note_links
 from tierflow.vault.text import (
+    YAML_DUMPER,
     PropertyError,
     escape_comments,
     escape_links,
@@ -297,7 +298,9 @@ def template_env(vault: Path | None, override_folder: str) -> SandboxedEnvironme
         lstrip_blocks=True,
     )
     env.filters["tojson"] = _tojson
-    env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), allow_unicode=True).strip().removesuffix("...").strip()
+    env.filters["yaml_str"] = lambda v: (
+        yaml.dump(str(v), Dumper=YAML_DUMPER, allow_unicode=True).strip().removesuffix("...").strip()
+    )
     # A note's title or name written as text stays text: `[[x]]` in it would link whatever note is called x.
     env.filters["text"] = lambda v: str(v).replace("[", "\\[").replace("]", "\\]")
     # A student's `%%` or `<!--`, quoted back by a model, shown as written: else it starts a comment that hides
@@ -430,7 +433,9 @@ def render_note(front_matter: dict[str, Any], body: str, *, name: str | None = N
     meta = {k: v for k, v in front_matter.items() if k != HASH_KEY}
     head = ""  # no `{}` line: the hash line alone is the front-matter
     if meta:
-        head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+        head = yaml.dump(
+            meta, Dumper=YAML_DUMPER, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000
+        )
     return _hashed(f"---\n{head}", f"---\n\n{body.strip()}\n", name)
 
 

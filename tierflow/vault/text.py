@@ -36,6 +36,7 @@ __all__ = [
     "split_front_matter",
     "text_version",
     "yaml_problem",
+    "YAML_DUMPER",
     "YAML_LOADER",
     "unclosed_comment",
     "unescape_comments",
@@ -66,8 +67,57 @@ def load_note(path: Path) -> frontmatter.Post:
 # `---` after blank lines, `----`, `--- ` with a trailing space, or a YAML `...` opens or closes nothing.
 _FRONT_MATTER_OPEN = re.compile(r"---\r?\n")
 _FRONT_MATTER_CLOSE = re.compile(r"(?<=\n)---(?:\r?\n|\Z)")
-YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""The safe YAML loader every note's front-matter is read with (libyaml's when present: dates parse alike)."""
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when present: the same values, faster
+
+
+class YAML_LOADER(_SAFE_LOADER):  # noqa: N801 (a constant to its users: the one loader of front-matter)
+    """The safe YAML loader every note's front-matter is read with: its plain scalars as Obsidian reads them.
+
+    Obsidian parses properties as YAML 1.2 (the `yaml` package's core schema), PyYAML as YAML 1.1: there `yes`,
+    `no`, `on`, `off` (`language: no` for Norwegian) are booleans, `12:30` is the number 750 and `0123` is 83.
+    Here, as in Obsidian, only `true`/`false` are booleans, and `12:30`, `0123` and `1_000` are what they read as
+    (text, 123, text). Dates (`2026-03-29`, `2026-03-29T00:30:00+02:00`) are still read as dates.
+    """
+
+    def construct_yaml_int(self, node: Any) -> int:
+        text = str(self.construct_scalar(node))
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+
+
+_YAML_1_1_ONLY = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+YAML_LOADER.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML_1_1_ONLY]
+    for first, resolvers in _SAFE_LOADER.yaml_implicit_resolvers.items()
+}
+YAML_LOADER.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+YAML_LOADER.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+YAML_LOADER.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+YAML_LOADER.add_constructor("tag:yaml.org,2002:int", YAML_LOADER.construct_yaml_int)
+
+
+class YAML_DUMPER(yaml.SafeDumper):  # noqa: N801 (a constant to its users: the one writer of front-matter)
+    """The safe YAML dumper tierflow writes front-matter with: a string that YAML 1.1 (PyYAML, `YAML_LOADER`'s
+    base) or YAML 1.2 (Obsidian) would read as anything but text is quoted. PyYAML left `1e3` and `0o17` bare,
+    which Obsidian reads as the numbers 1000 and 15."""
+
+
+YAML_DUMPER.yaml_implicit_resolvers = {
+    first: [
+        *yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
+        *YAML_LOADER.yaml_implicit_resolvers.get(first, []),
+    ]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *YAML_LOADER.yaml_implicit_resolvers}
+}
 
 
 def split_front_matter(text: str) -> tuple[str | None, str]:
