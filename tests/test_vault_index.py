@@ -448,3 +448,13 @@ def test_a_closed_front_matter_that_does_not_parse_is_skipped_naming_its_line_an
     late = errors["Reading/Late close.md"]
     assert late is not None and late.startswith("malformed YAML front-matter: ") and late.endswith(YAML_FIX)
     assert "line 3" in late
+
+
+def test_a_notes_title_is_read_as_its_reader_reads_it(tmp_path: Path) -> None:
+    """An unquoted `title: [[Paper]]` (a list in a list, to YAML) was listed as "[['Paper']]" where the note itself
+    was read as "Paper"; a quoted `"[[Other]]"` is the link Obsidian shows as "Other"."""
+    write(tmp_path, "R/a.md", note("2026-11-18", title="[[Paper]]"))
+    write(tmp_path, "R/b.md", note("2026-11-18", title="Yes"))
+    write(tmp_path, "R/c.md", note("2026-11-18", title="{given: Jane}"))
+    write(tmp_path, "R/d.md", note("2026-11-18", title='"[[Other]]"'))
+    assert [n.title for n in select(tmp_path, folders=["R"]).notes] == ["Paper", "Yes", "c", "Other"]

@@ -162,6 +162,12 @@ def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_
     write(tmp_path / "Reading/Wiki.md", "---\nauthors: [[Jane Doe]]\ntitle: [[Paper]]\n---\nx\n")
     source = read_source(tmp_path, "Reading/Wiki.md")
     assert (source.authors, source.title) == (("Jane Doe",), "Paper")
+    write(
+        tmp_path / "Reading/Quoted.md",
+        '---\nauthors: ["[[Jane Doe]]", "[[Smith2020|John Smith]]"]\ntitle: "[[Paper]]"\n---\nx\n',
+    )
+    source = read_source(tmp_path, "Reading/Quoted.md")  # as Obsidian shows the links: they were "[[Jane Doe]]"
+    assert (source.authors, source.title) == (("Jane Doe", "John Smith"), "Paper")
     write(tmp_path / "Reading/Null.md", "---\nauthors:\ntitle:\ncitekey:\n---\nx\n")
     assert read_source(tmp_path, "Reading/Null.md").authors == ()
     write(tmp_path / "Reading/Mapped.md", "---\nauthors:\n  - {given: Jane, family: Doe}\n---\nx\n")

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tierflow.vault.text import YAML_LOADER, split_front_matter, yaml_problem
+from tierflow.vault.text import YAML_LOADER, PropertyError, property_text, split_front_matter, yaml_problem
 
 __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 
@@ -320,8 +320,10 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 tags=_dedupe(_inline_tags(body)),
                 date=_date_line(fm),
             )
-    title = meta.get("title")
-    title = str(title).strip() if title is not None and str(title).strip() else stem
+    try:  # as every reader of a note takes it: `title: [[Paper]]` (YAML's nested list) is "Paper"
+        title = property_text(meta, "title") or stem
+    except PropertyError:  # a mapping or several titles: the note's reader says so when it is read
+        title = stem
     dated = meta.get("date") if _parse_date(meta.get("date")) else meta.get("created")
     date, dated_at = _parse_date(dated), _parse_instant(dated)
     tags = _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))

@@ -269,6 +269,16 @@ def unclosed_comment(text: str) -> int | None:
     return None if closed else last.start()
 
 
+_WHOLE_WIKILINK = re.compile(r"\[\[([^\[\]|]+)(?:\|([^\[\]]+))?\]\]")
+
+
+def _shown(value: str) -> str:
+    """A property value that is one wikilink (`"[[Jane Doe]]"`, `"[[Doe2020|Jane Doe]]"`) as Obsidian shows it, the
+    link's text; any other value as it is. Unquoted, YAML reads `[[Jane Doe]]` as a list in a list, read the same."""
+    link = _WHOLE_WIKILINK.fullmatch(value)
+    return value if link is None else (link.group(2) or link.group(1)).strip()
+
+
 class PropertyError(ValueError):
     """A front-matter property whose value cannot mean what tierflow reads it for (a mapping for a name)."""
 
@@ -277,8 +287,8 @@ def property_list(meta: dict[str, Any], key: str) -> list[str]:
     """A list-valued front-matter property (`aliases`, `authors`, `tags`) as strings, read as Obsidian reads it.
 
     A single value (`aliases: 1989`, `authors: Jane Doe`) is a one-item list, nested lists (an unquoted
-    `[[wikilink]]`) are flattened and empty items dropped. A mapping among the values has no name to read:
-    `PropertyError` says which property and how to write it.
+    `[[wikilink]]`) are flattened, a quoted `"[[wikilink]]"` is its text, and empty items dropped. A mapping
+    among the values has no name to read: `PropertyError` says which property and how to write it.
     """
     out: list[str] = []
     stack: list[Any] = [meta.get(key)]
@@ -291,7 +301,7 @@ def property_list(meta: dict[str, Any], key: str) -> list[str]:
         if isinstance(value, list | tuple | set):
             stack[:0] = list(value)
             continue
-        out.append(str(value).strip())
+        out.append(_shown(str(value).strip()))
     return [v for v in out if v]
 
 
@@ -308,4 +318,4 @@ def property_text(meta: dict[str, Any], key: str) -> str:
             return items[0] if items else ""
     if isinstance(value, dict | list | tuple | set):
         raise PropertyError(f"property '{key}' holds {type(value).__name__} values; write one value ({key}: text)")
-    return "" if value is None else str(value).strip()
+    return "" if value is None else _shown(str(value).strip())
