@@ -27,9 +27,11 @@ from tierflow.vault.text import (
     escape_comments,
     hide_comments,
     load_note,
+    misplaced_front_matter,
     note_text,
     property_list,
     property_text,
+    read_note_text,
     text_version,
     unclosed_comment,
     unescape_links,
@@ -371,7 +373,10 @@ def _submissions(vault: Path, folder: str) -> tuple[list[Submission], list[tuple
             skipped.append((rel, f"{exc}; skipped"))
             continue
         if not STUDENT_ID.match(sid):
-            skipped.append((rel, "no usable `student_id` in the front-matter (letters, digits, - and _ only)"))
+            why = "no usable `student_id` in the front-matter (letters, digits, - and _ only)"
+            if not sid and (misplaced := misplaced_front_matter(read_note_text(path))):
+                why = f"no front-matter: {misplaced[0]}"
+            skipped.append((rel, why))
             continue
         # Files an LMS import could not read (tierflow.lms): listed in the run report, never sent to a model.
         skipped += [(rel, f"not read: {why}") for why in unreadable]

@@ -231,3 +231,32 @@ def test_text_tierflow_writes_into_front_matter_is_read_back_by_obsidian_as_text
     assert "student_id: '1e3'\ncode: '0o17'\n" in text
     obsidian = yaml.load(split_front_matter(text)[0] or "", Loader=YAML_LOADER)
     assert {k: obsidian[k] for k in values} == values
+
+
+SHOWN_AS_TEXT = (
+    "Obsidian shows its properties as text, not as properties: they must start at a `---` on the note's first line "
+    "and end at a line that is exactly `---`; "
+)
+
+
+def test_a_draft_or_submission_whose_properties_obsidian_shows_as_text_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A blank line before the first `---` (or a space after one) makes Obsidian show the properties as text, and
+    tierflow reads them as Obsidian does; a feedback draft so edited was left out of the export as no student's."""
+    from tierflow.lms.drafts import scan
+
+    write(tmp_path / "A/feedback/s1 feedback.md", "\n---\nstudent_id: s1\nstatus: reviewed\n---\n\nWell argued.\n")
+    write(tmp_path / "A/feedback/s2 feedback.md", "---\nstudent_id: s2\nstatus: reviewed\n--- \n\nClear.\n")
+    write(tmp_path / "A/feedback/Notes.md", "\n---\n\nMy own notes on the cohort.\n")
+    drafts, unreadable = scan(tmp_path, "A")
+    assert drafts == [] and unreadable == [
+        (
+            "A/feedback/s1 feedback.md",
+            f"no properties, so no student: {SHOWN_AS_TEXT}delete the blank line before line 2",
+        ),
+        ("A/feedback/s2 feedback.md", f"no properties, so no student: {SHOWN_AS_TEXT}delete the spaces on line 4"),
+    ]
+    write(tmp_path / "A/submissions/s3.md", "\n\n---\nstudent_id: s3\n---\nMy essay.\n")
+    assert _submissions(tmp_path, "A/submissions") == (
+        [],
+        [("A/submissions/s3.md", f"no front-matter: {SHOWN_AS_TEXT}delete the blank lines before line 3")],
+    )

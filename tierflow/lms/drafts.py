@@ -25,6 +25,7 @@ from tierflow.vault.annotations import CALLOUT_HEAD, without_code
 from tierflow.vault.notes import as_written
 from tierflow.vault.text import (
     COMMENT,
+    misplaced_front_matter,
     parse_note,
     read_note_text,
     unescape_comments,
@@ -245,6 +246,10 @@ def scan(vault: Path, folder: str) -> tuple[list[Draft], list[tuple[str, str]]]:
             unreadable.append((rel, f"unreadable front-matter ({problem}); fix the YAML between the --- lines"))
             continue
         sid = str(post.metadata.get("student_id") or "").strip()
+        if not sid and (misplaced := misplaced_front_matter(text)) and misplaced[1].get("student_id"):
+            # Not passed over in silence: the student's feedback would be missing from the export, unnamed.
+            unreadable.append((rel, f"no properties, so no student: {misplaced[0]}"))
+            continue
         if sid:  # else the cohort summary or another note: not a student's draft
             drafts.append(Draft(sid, rel, dict(post.metadata), post.content, text))
     return drafts, unreadable

@@ -28,6 +28,7 @@ __all__ = [
     "escape_property_links",
     "hide_comments",
     "load_note",
+    "misplaced_front_matter",
     "note_text",
     "parse_note",
     "property_list",
@@ -132,6 +133,34 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
     if opened is None or closed is None:
         return None, text
     return text[opened.end() : closed.start()], text[closed.end() :]
+
+
+def misplaced_front_matter(text: str) -> tuple[str, dict[str, Any]] | None:
+    """Why a note whose top reads as properties has none for Obsidian (`split_front_matter`), with the fix, and the
+    properties it meant; None when it has front-matter, or nothing that would be one. Its `---` lines are after
+    blank lines, or have spaces beside them: Obsidian shows what lies between them as text."""
+    if split_front_matter(text)[0] is not None:
+        return None
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None or lines[first].strip() != "---":
+        return None
+    last = next((i for i in range(first + 1, len(lines)) if lines[i].strip() == "---"), None)
+    if last is None:
+        return None
+    try:
+        meant = yaml.load("\n".join(lines[first + 1 : last]), Loader=YAML_LOADER)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    if not isinstance(meant, dict) or not meant:
+        return None
+    fixes = [f"delete the blank line{'s' if first > 1 else ''} before line {first + 1}"] if first else []
+    fixes += [f"delete the spaces on line {i + 1}" for i in (first, last) if lines[i] != "---"]
+    why = (
+        f"Obsidian shows its properties as text, not as properties: they must start at a `---` on the note's first "
+        f"line and end at a line that is exactly `---`; {' and '.join(fixes)}"
+    )
+    return why, meant
 
 
 def parse_note(text: str) -> frontmatter.Post:
