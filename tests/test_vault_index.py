@@ -458,3 +458,17 @@ def test_a_notes_title_is_read_as_its_reader_reads_it(tmp_path: Path) -> None:
     write(tmp_path, "R/c.md", note("2026-11-18", title="{given: Jane}"))
     write(tmp_path, "R/d.md", note("2026-11-18", title='"[[Other]]"'))
     assert [n.title for n in select(tmp_path, folders=["R"]).notes] == ["Paper", "Yes", "c", "Other"]
+
+
+def test_a_date_with_a_time_zone_is_in_the_week_of_the_day_its_writer_wrote(tmp_path: Path) -> None:
+    """`2026-03-29T00:30:00+02:00` is a Sunday where it was written (22:30 on Saturday in UTC): the week of Monday
+    23 March either way. `2026-03-30T00:30:00+02:00` is Monday 30 March as written, though the vault's time zone
+    (UTC, the default) has it on Sunday 29: it goes to the week its writer sees in the note, that of 30 March."""
+    write(tmp_path, "R/sunday.md", note("2026-03-29T00:30:00+02:00"))
+    write(tmp_path, "R/monday.md", note("2026-03-30T00:30:00+02:00"))
+    write(tmp_path, "R/quoted.md", note('"2026-03-30T00:30:00+02:00"'))
+    index = VaultIndex(tmp_path, tz=ZoneInfo("UTC"))
+    week = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 23), until=dt.date(2026, 3, 29))
+    after = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 30), until=dt.date(2026, 4, 5))
+    assert paths(week.notes) == ["R/sunday.md"]
+    assert paths(after.notes) == ["R/monday.md", "R/quoted.md"]
