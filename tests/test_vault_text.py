@@ -177,7 +177,15 @@ def test_front_matter_properties_of_unexpected_types_are_read_leniently_or_skip_
     with pytest.raises(VaultError, match=r"property 'title' holds list values; write one value"):
         read_source(tmp_path, "Reading/Titles.md")
     names = VaultNames.scan(tmp_path)
-    for aliases, expected in (("1989", ("1989",)), ("{a: 1}", ()), ("", ()), ("[x, 2, null]", ("x", "2"))):
+    for aliases, expected in (
+        ("1989", ("1989",)),
+        ("{a: 1}", ()),
+        ("", ()),
+        ("[x, 2, null]", ("x", "2")),
+        ("Dialogue, Talk,", ("Dialogue", "Talk")),  # Obsidian splits an aliases text at its commas (one alias before)
+        ('"[[Dialogue]], Talk"', ("Dialogue", "Talk")),
+        ('["Doe, Jane"]', ("Doe, Jane",)),  # a list's item is one alias, commas and all
+    ):
         write(tmp_path / "Concepts/Year.md", f"---\naliases: {aliases}\ntags: 7\n---\nThe year.\n")
         concept = read_concept(tmp_path, "Concepts/Year.md", names)
         assert concept is not None and concept.aliases == expected

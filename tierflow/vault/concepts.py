@@ -50,8 +50,11 @@ def read_concept(vault: Path, path: str, names: VaultNames, *, tierflow_too: boo
     body = hide_comments(post.content)  # Obsidian hides comments: private remarks never reach a prompt
     if not tierflow_too and any(key in meta for key in TIERFLOW_KEYS):
         return None
+    key = "aliases" if meta.get("aliases") else "alias"
+    if isinstance(meta.get(key), str):  # `aliases: Dialogue, Talk` is two aliases to Obsidian, `[Dialogue, Talk]` too
+        meta[key] = meta[key].split(",")
     try:
-        aliases = property_list(meta, "aliases" if meta.get("aliases") else "alias")
+        aliases = property_list(meta, key)
     except PropertyError:
         # A mapping is no name: the note is still the person's concept, known by its file name.
         aliases = []
