@@ -472,3 +472,14 @@ def test_a_date_with_a_time_zone_is_in_the_week_of_the_day_its_writer_wrote(tmp_
     after = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 30), until=dt.date(2026, 4, 5))
     assert paths(week.notes) == ["R/sunday.md"]
     assert paths(after.notes) == ["R/monday.md", "R/quoted.md"]
+
+
+def test_a_property_written_twice_skips_the_note_as_obsidian_refuses_it(tmp_path: Path) -> None:
+    """Obsidian's YAML parser refuses a key written twice and shows the properties as invalid; PyYAML kept the second
+    `date:`, and the note went to that week unseen."""
+    write(tmp_path, "R/twice.md", "---\ntitle: Twice\ndate: 2026-11-18\ntags: [x]\ndate: 2026-11-20\n---\nBody.\n")
+    (skipped,) = select(tmp_path, folders=["R"]).skipped
+    assert skipped.error == (
+        "malformed YAML front-matter: 'date' is written twice at line 5, column 1 (while constructing a mapping "
+        f"started at line 2, column 1); {YAML_FIX}"
+    )

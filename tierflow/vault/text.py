@@ -80,6 +80,22 @@ class YAML_LOADER(_SAFE_LOADER):  # noqa: N801 (a constant to its users: the one
     (text, 123, text). Dates (`2026-03-29`, `2026-03-29T00:30:00+02:00`) are still read as dates.
     """
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refused when a key is written twice: Obsidian's parser refuses it (its properties are shown
+        as invalid), where PyYAML kept the last value and the note was dated by its second `date:` unseen."""
+        seen: set[str] = set()
+        for key, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"'{key.value}' is written twice",
+                        key.start_mark,
+                    )
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
     def construct_yaml_int(self, node: Any) -> int:
         text = str(self.construct_scalar(node))
         return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
