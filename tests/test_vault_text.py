@@ -222,12 +222,15 @@ def test_a_draft_renamed_to_decomposed_letters_is_still_tierflows_own(tmp_path: 
 
 def test_properties_are_read_as_obsidians_yaml_reads_them(tmp_path: Path) -> None:
     """Obsidian reads properties as YAML 1.2; PyYAML's YAML 1.1 made `no` (Norwegian) False, `Yes` a title True,
-    `12:30` the number 750 and `0123` the number 83."""
+    `12:30` the number 750 and `0123` the number 83 (a leading zero is kept as written: an id must keep it)."""
     write(tmp_path / "Reading/Yes.md", "---\ntitle: Yes\nauthors: [No, On]\nyear: 0123\ncitekey: 12:30\n---\nx\n")
     source = read_source(tmp_path, "Reading/Yes.md")
-    assert (source.title, source.authors, source.year, source.citekey) == ("Yes", ("No", "On"), "123", "12:30")
-    post = parse_note("---\nlanguage: no\nreviewed: true\ndate: 2026-03-29\nsize: 1_000\nn: 0x1F\n---\nx\n")
-    assert post.metadata == {"language": "no", "reviewed": True, "date": date(2026, 3, 29), "size": "1_000", "n": 31}
+    assert (source.title, source.authors, source.year, source.citekey) == ("Yes", ("No", "On"), "0123", "12:30")
+    post = parse_note("---\nlanguage: no\nreviewed: true\ndate: 2026-03-29\nsize: 1_000\nn: 0x1F\nid: 0123489\n---\n")
+    assert post.metadata == {
+        **{"language": "no", "reviewed": True, "date": date(2026, 3, 29), "size": "1_000", "n": 31},
+        **{"id": "0123489"},  # YAML 1.2 reads 123489: an id that lost its zero would be another student's
+    }
 
 
 def test_text_tierflow_writes_into_front_matter_is_read_back_by_obsidian_as_text(tmp_path: Path) -> None:

@@ -76,8 +76,10 @@ class YAML_LOADER(_SAFE_LOADER):  # noqa: N801 (a constant to its users: the one
 
     Obsidian parses properties as YAML 1.2 (the `yaml` package's core schema), PyYAML as YAML 1.1: there `yes`,
     `no`, `on`, `off` (`language: no` for Norwegian) are booleans, `12:30` is the number 750 and `0123` is 83.
-    Here, as in Obsidian, only `true`/`false` are booleans, and `12:30`, `0123` and `1_000` are what they read as
-    (text, 123, text). Dates (`2026-03-29`, `2026-03-29T00:30:00+02:00`) are still read as dates.
+    Here, as in Obsidian, only `true`/`false` are booleans, and `12:30` and `1_000` are text. A number written with
+    a leading zero (`student_id: 0123489`) is kept as the text written, where Obsidian shows 123489 and YAML 1.1
+    read it as text or, digits 0-7 only, as octal: an id must not lose its zero. Dates (`2026-03-29`,
+    `2026-03-29T00:30:00+02:00`) are still read as dates.
     """
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
@@ -110,12 +112,13 @@ YAML_LOADER.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 YAML_LOADER.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
 )
 YAML_LOADER.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+.0123456789"),
 )
