@@ -460,26 +460,18 @@ def test_a_notes_title_is_read_as_its_reader_reads_it(tmp_path: Path) -> None:
     assert [n.title for n in select(tmp_path, folders=["R"]).notes] == ["Paper", "Yes", "c", "Other"]
 
 
-def test_a_date_with_a_time_zone_is_in_the_week_of_the_day_its_writer_wrote(tmp_path: Path) -> None:
-    """`2026-03-29T00:30:00+02:00` is a Sunday where it was written (22:30 on Saturday in UTC): the week of Monday
-    23 March either way. `2026-03-30T00:30:00+02:00` is Monday 30 March as written, though the vault's time zone
-    (UTC, the default) has it on Sunday 29: it goes to the week its writer sees in the note, that of 30 March."""
+def test_a_date_with_a_time_zone_is_on_its_day_in_the_vaults_zone(tmp_path: Path) -> None:
+    """`2026-03-30T00:30:00+02:00` is Sunday 29 March, 22:30, in a UTC vault (the week of Monday 23 March) and Monday
+    30 March in Europe/Berlin: a date with an offset is an instant, placed in `[vault] timezone` as file times are.
+    `2026-03-29T00:30:00+02:00` is in the week of 23 March in both."""
     write(tmp_path, "R/sunday.md", note("2026-03-29T00:30:00+02:00"))
     write(tmp_path, "R/monday.md", note("2026-03-30T00:30:00+02:00"))
     write(tmp_path, "R/quoted.md", note('"2026-03-30T00:30:00+02:00"'))
-    index = VaultIndex(tmp_path, tz=ZoneInfo("UTC"))
-    week = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 23), until=dt.date(2026, 3, 29))
-    after = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 30), until=dt.date(2026, 4, 5))
-    assert paths(week.notes) == ["R/sunday.md"]
-    assert paths(after.notes) == ["R/monday.md", "R/quoted.md"]
-
-
-def test_a_property_written_twice_skips_the_note_as_obsidian_refuses_it(tmp_path: Path) -> None:
-    """Obsidian's YAML parser refuses a key written twice and shows the properties as invalid; PyYAML kept the second
-    `date:`, and the note went to that week unseen."""
-    write(tmp_path, "R/twice.md", "---\ntitle: Twice\ndate: 2026-11-18\ntags: [x]\ndate: 2026-11-20\n---\nBody.\n")
-    (skipped,) = select(tmp_path, folders=["R"]).skipped
-    assert skipped.error == (
-        "malformed YAML front-matter: 'date' is written twice at line 5, column 1 (while constructing a mapping "
-        f"started at line 2, column 1); {YAML_FIX}"
-    )
+    for zone, (first, second) in {
+        "UTC": (["R/monday.md", "R/quoted.md", "R/sunday.md"], []),
+        "Europe/Berlin": (["R/sunday.md"], ["R/monday.md", "R/quoted.md"]),
+    }.items():
+        index = VaultIndex(tmp_path, tz=ZoneInfo(zone))
+        week = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 23), until=dt.date(2026, 3, 29))
+        after = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 30), until=dt.date(2026, 4, 5))
+        assert (paths(week.notes), paths(after.notes)) == (first, second), zone
