@@ -168,13 +168,93 @@ def test_a_bare_mark_stays_on_the_rubrics_scale():
     assert "`mark: 15 of 20`" in problem and "`mark: 15/20`" in problem and "out of 20" in problem
 
 
-def test_a_mark_above_its_maximum_is_clamped_and_says_so():
-    from tierflow.lms.marks import conversion
+def test_a_mark_outside_the_maximum_is_told_apart_from_one_that_rounding_carries_past_it():
+    from tierflow.lms.marks import conversion, on_platform
 
-    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": "22/20"}, ""))
-    grade, clamped = to_platform(mark, 20.0, 2)
-    assert (grade, clamped) == (Decimal("20.00"), True)
-    assert conversion(mark, grade, 20.0, clamped) == "22/20 (yours, as written) -> 20.00 of 20 (clamped to 0-20)"
+    above = on_platform(mark_of(RUBRIC, Draft("1", "x", {"mark": "22/20"}, "")), 20.0, 2)
+    assert (above.grade, above.rounded, above.outside) == (Decimal("20.00"), Decimal("22.00"), "above")
+    # At the maximum, with more places than --decimals: 20.5 rounds to 21, so the most within it is sent, and said.
+    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": "20.5/20.5"}, ""))
+    within = on_platform(mark, 20.5, 0)
+    assert (within.grade, within.rounded, within.outside) == (Decimal("20"), Decimal("21"), "")
+    assert conversion(mark, within.grade, 20.5, within.said()) == (
+        "20.5/20.5 (yours, as written) -> 20 of 20.5 (rounded to whole marks it is 21, above 20.5: sent as 20, "
+        "the highest whole mark within 20.5)"
+    )
+    assert to_platform(mark, 20.5, 1) == (Decimal("20.5"), False)
+    assert on_platform(mark_of(RUBRIC, Draft("1", "x", {"mark": "-1/20"}, "")), 20.0, 2).grade == Decimal("0.00")
+
+
+def _over(tmp_path: Path, canvas: bool, mark: str, *args: str) -> tuple[Path, object]:
+    vault = _vault(tmp_path, canvas=canvas)
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(draft_text("1001", mark=mark), encoding="utf-8")
+    downloaded = tmp_path / "grades.csv"
+    if canvas:
+        downloaded.write_bytes(gradebook_bytes())
+        target = ["--to", "canvas", "--gradebook", str(downloaded), "--column", "4512"]
+    else:
+        downloaded.write_bytes(_worksheet())
+        target = ["--to", "moodle-worksheet", "--worksheet", str(downloaded)]
+    result = _cli(vault, *target, *args)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "grades (tierflow).csv", result
+
+
+def _said(result: object, sid: str = "1001") -> str:  # noqa: ANN001
+    """The stderr paragraph about student `sid`, on one line."""
+    flat = " ".join(result.stderr.split())
+    (found,) = [p for p in flat.split(f"{sid} (Liam O'Sullivan)")[1:] if "feedback.md" in p]
+    return found
+
+
+def test_canvas_keeps_a_mark_above_points_possible_as_extra_credit_and_says_so(tmp_path):
+    written, result = _over(tmp_path, True, "21/20")
+    assert _lines(result.stdout)["1001"] == ", mark 21/20 (yours, as written) -> 21.00 of 20 (above the maximum 20)"
+    said = _said(result)
+    assert f"`mark: 21/20` in {ASSIGNMENT}/feedback/1001 feedback.md is above the 20 points possible" in said
+    assert "sent as 21" in said and "extra credit, 1 over" in said and "correct it there" in said, said
+    summary = " ".join(result.stderr.split())
+    assert "1 mark(s) above the 20 points possible sent as written, which Canvas keeps as extra credit: 1001" in summary
+    # What Canvas's Grades -> Import reads: 21, which it keeps (it takes scores above points possible).
+    grades = canvas_import_gradebook(written.read_bytes(), ASSIGNMENTS)["grades"]
+    assert grades["1001"]["4512"] == "21"
+
+
+def test_moodle_refuses_a_mark_above_its_maximum_as_its_upload_would_naming_the_draft_and_the_fix(tmp_path):
+    written, result = _over(tmp_path, False, "21/20")
+    assert _lines(result.stdout)["1001"] == ""  # its feedback, and no grade
+    said = _said(result)
+    assert f"`mark: 21/20` in {ASSIGNMENT}/feedback/1001 feedback.md is above grades.csv's Maximum Grade (20)" in said
+    assert "skips" in said and "no grade is sent" in said and "Write a mark from 0 to 20" in said, said
+    assert "Unlimited grades" in said and "Its feedback is sent" in said, said
+    # Moodle's upload: no grade change for 1001 (it would have skipped 21 anyway, or taken a 20 nobody wrote).
+    imported = moodle_import_worksheet(written.read_bytes(), participants={sid for sid, _ in STUDENTS}, maximum=20)
+    assert "grade" not in imported["1001"] and imported["1001"]["feedback"]
+
+
+@pytest.mark.parametrize("canvas", [False, True], ids=["moodle", "canvas"])
+def test_a_maximum_with_more_places_than_decimals_is_said_once_the_same_way(tmp_path, canvas):
+    vault = _vault(tmp_path, canvas=canvas)
+    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
+    draft.write_text(draft_text("1001", mark="20.5/20.5"), encoding="utf-8")
+    downloaded = tmp_path / "grades.csv"
+    if canvas:
+        downloaded.write_bytes(gradebook_bytes().replace(b",20,10,", b",20.5,10,"))
+        target = ["--to", "canvas", "--gradebook", str(downloaded), "--column", "4512"]
+    else:
+        downloaded.write_bytes(_worksheet("20.50"))
+        target = ["--to", "moodle-worksheet", "--worksheet", str(downloaded)]
+    result = _cli(vault, *target, "--decimals", "0")
+    assert result.exit_code == 0, result.output
+    line = _lines(result.stdout)["1001"]
+    assert line == (
+        ", mark 20.5/20.5 (yours, as written) -> 20 of 20.5 (rounded to whole marks it is 21, above 20.5: sent as "
+        "20, the highest whole mark within 20.5)"
+    ), line
+    said = _said(result)
+    assert "outside" not in said and "0-20.5" not in said, said
+    assert "rounded to whole marks it is 21, above 20.5: sent as 20" in said and "`--decimals 1`" in said, said
 
 
 @pytest.mark.parametrize("written", ["15/0", "fifteen"])
@@ -190,24 +270,3 @@ def test_a_mark_that_is_no_mark_is_refused_naming_the_draft_file_and_the_fix(tmp
     (refused,) = [line for line in result.stderr.splitlines() if line.startswith("1001 (Liam O'Sullivan)")]
     assert f"`mark: {written}`" in refused and "`mark: 15/20`" in refused, refused
     assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in refused, refused
-
-
-@pytest.mark.parametrize("canvas", [False, True], ids=["moodle", "canvas"])
-def test_a_mark_above_the_platforms_maximum_names_the_draft_file_and_the_fix(tmp_path, canvas):
-    vault = _vault(tmp_path, canvas=canvas)
-    draft = vault / ASSIGNMENT / "feedback" / "1001 feedback.md"
-    draft.write_text(draft_text("1001", mark="21/20"), encoding="utf-8")
-    downloaded = tmp_path / "grades.csv"
-    if canvas:
-        downloaded.write_bytes(gradebook_bytes())
-        args = ["--to", "canvas", "--gradebook", str(downloaded), "--column", "4512"]
-    else:
-        downloaded.write_bytes(_worksheet())
-        args = ["--to", "moodle-worksheet", "--worksheet", str(downloaded)]
-    result = _cli(vault, *args, "--dry-run")
-    assert result.exit_code == 0, result.output
-    assert _lines(result.stdout)["1001"] == ", mark 21/20 (yours, as written) -> 20.00 of 20 (clamped to 0-20)"
-    flat = " ".join(result.stderr.split())
-    (clamped,) = [p for p in flat.split("1001 (Liam O'Sullivan)")[1:] if "outside 0-20" in p]
-    assert f"{ASSIGNMENT}/feedback/1001 feedback.md" in clamped and "`mark: 21/20`" in clamped, flat
-    assert "20 is sent" in clamped and "by hand" in clamped, flat

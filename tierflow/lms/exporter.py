@@ -40,16 +40,17 @@ from tierflow.lms.cells import Dialect
 from tierflow.lms.drafts import Draft, Drafts, collect, who
 from tierflow.lms.marks import (
     Mark,
+    OnPlatform,
     conversion,
     distribution,
     mark_of,
     marking,
     number,
     off_scale,
+    on_platform,
     scale_of,
     scaled,
     scaled_warning,
-    to_platform,
 )
 from tierflow.lms.notices import split_notices
 from tierflow.vault.rubric import load_rubric
@@ -277,12 +278,51 @@ def _no_text(draft: Draft, note: frontmatter.Post | None, folder: str) -> str:
     )
 
 
-def _clamped(draft: Draft, mark: Mark, grade: Decimal, maximum: float) -> str:
-    """The note on a mark outside the platform's range: which draft, what it says, what is sent, and what to do."""
+def _written(draft: Draft, mark: Mark) -> str:
+    """The mark as the lecturer sees it in the draft: `` `mark: 21/20` in <path> `` or the criteria's."""
     what = f"`mark: {mark.written}`" if mark.written else "the mark from its criteria"
+    return f"{what} in {draft.path}"
+
+
+def _bounded(draft: Draft, mark: Mark, found: OnPlatform, maximum_is: str) -> str:
+    """The note on a grade that is not the mark as rounded: a mark below 0 sent as 0, or one within the maximum that
+    rounding to `--decimals` would carry past it (20.5 of 20.5 at 0 places), sent as the highest within it.
+    `maximum_is` names the maximum (`the worksheet's Maximum Grade`). Empty when the grade is the mark rounded."""
+    if found.grade is None or not found.clamped or found.outside == "above":
+        return ""
+    if found.outside == "below":
+        return (
+            f"{who(draft)}: {_written(draft, mark)} is below 0, so 0 is sent. If it is a slip, correct it there and "
+            "export again"
+        )
+    own = f"; `--decimals {found.places}` sends marks to the maximum's own places" if found.places <= 4 else ""
+    return f"{who(draft)}: {_written(draft, mark)}: {found.said()} ({maximum_is}){own}"
+
+
+def _above_moodle(draft: Draft, mark: Mark, found: OnPlatform, maximum_is: str) -> str:
+    """Why a mark outside 0 and the Maximum Grade gets no grade: Moodle's worksheet upload skips it."""
+    top = found.top
+    side = f"above {maximum_is} ({top})" if found.outside == "above" else "below 0"
+    by_hand = (
+        "; a grade above the maximum can only be entered in Moodle's gradebook by hand, where the site allows it "
+        "(Site administration > Grades > General settings > Unlimited grades)"
+        if found.outside == "above"
+        else ""
+    )
     return (
-        f"{who(draft)}: {what} in {draft.path} is outside 0-{maximum:g}, so {number(grade)} is sent. If it is a slip, "
-        f"correct it there and export again; a mark above the maximum (extra credit) is entered on the platform by hand"
+        f"{who(draft)}: {_written(draft, mark)} is {side}, which Moodle's Upload grading worksheet skips without a "
+        f"word (the student would keep the grade Moodle holds), so no grade is sent and the Grade cell is left as it "
+        f"was. Write a mark from 0 to {top} there and export again{by_hand}"
+    )
+
+
+def _extra_credit(draft: Draft, mark: Mark, found: OnPlatform) -> str:
+    """The note on a mark above Canvas's points possible, sent as it is: Canvas takes it as extra credit."""
+    top = found.top
+    return (
+        f"{who(draft)}: {_written(draft, mark)} is above the {top} points possible, and is sent as "
+        f"{number(found.rounded)}: Canvas's Grades -> Import takes a score above points possible (extra credit, "
+        f"{number(found.rounded - Decimal(str(top)))} over). If it is a slip, correct it there and export again"
     )
 
 
@@ -320,9 +360,9 @@ class _Sent:
         self.result = result
         self.scaled: list[tuple[Mark, Decimal, float, str]] = []
 
-    def add(self, draft: Draft, mark: Mark, grade: Decimal, maximum: float, clamped: bool) -> None:
+    def add(self, draft: Draft, mark: Mark, grade: Decimal, maximum: float, found: OnPlatform) -> None:
         self.result.marks[draft.student_id] = grade
-        self.result.conversions[draft.student_id] = conversion(mark, grade, maximum, clamped)
+        self.result.conversions[draft.student_id] = conversion(mark, grade, maximum, found.said(grade))
         if scaled(mark, maximum):
             self.scaled.append((mark, grade, maximum, f"{who(draft)} ({draft.path})"))
 
@@ -365,7 +405,10 @@ def _moodle_worksheet(  # noqa: ANN001
         except ValueError:
             maximum = 0.0
         mark = marks[sid]
-        grade, clamped = to_platform(mark, maximum, decimals) if maximum > 0 else (None, False)
+        found = on_platform(mark, maximum, decimals) if maximum > 0 else OnPlatform(None)
+        maximum_is = f"{worksheet.name}'s Maximum Grade"
+        # Moodle's upload skips a grade above the maximum or below 0 (locallib.php process_import_grades): none goes.
+        grade = None if found.outside else found.grade
         alone = _mark_alone(draft)
         feedback = None if alone else draft.html()  # a mark alone leaves the Feedback comments cell as it was
         held = _held_moodle(sheet, index, grade, feedback)
@@ -373,7 +416,16 @@ def _moodle_worksheet(  # noqa: ANN001
             result.kept_existing.append((who(draft), held))
             continue
         if grade is None:
-            refused = off_scale(mark, maximum, draft.path, f"{worksheet.name}'s Maximum Grade") if maximum > 0 else ""
+            if found.outside:
+                outside = _above_moodle(draft, mark, found, maximum_is)
+                if alone:
+                    result.left_out.append((draft.path, f"no feedback to send and no grade; {outside}"))
+                    continue
+                result.notes.append(f"{outside}. Its feedback is sent")
+                sheet.fill(index, None, feedback)
+                result.sent.append(sid)
+                continue
+            refused = off_scale(mark, maximum, draft.path, maximum_is) if maximum > 0 else ""
             why = refused or "; ".join(mark.problems) or f"no usable Maximum Grade in {worksheet.name}"
             if alone:
                 result.left_out.append((draft.path, f"no feedback to send and no grade ({why}); {who(draft)}"))
@@ -383,12 +435,12 @@ def _moodle_worksheet(  # noqa: ANN001
             )
             sheet.fill(index, None, feedback)
         else:
-            if clamped:
-                result.notes.append(_clamped(draft, mark, grade, maximum))
+            if bounded := _bounded(draft, mark, found, maximum_is):
+                result.notes.append(bounded)
             if alone:
                 result.notes.append(f"{who(draft)}: {alone}; the Feedback comments cell is left as it was")
             values.append(grade)
-            sent.add(draft, mark, grade, maximum, clamped)
+            sent.add(draft, mark, grade, maximum, found)
             sheet.fill(index, number(grade), feedback)
         result.sent.append(sid)
     try:
@@ -544,13 +596,16 @@ def _canvas(  # noqa: ANN001
         rubric, marks = _marks(vault, folder, drafts, result)
         students = sheet.students()
         values = []
+        extra: list[str] = []
         sent = _Sent(result)
         for sid, draft in sorted(drafts.reviewed.items()):
             index = students.get(sid)
             if index is None:
                 result.left_out.append((draft.path, f"no row with ID {sid} in {gradebook.name}"))
                 continue
-            grade, clamped = to_platform(marks[sid], points, decimals)
+            found = on_platform(marks[sid], points, decimals)
+            # Canvas's gradebook import takes a score above points possible (extra credit): it is sent as rounded.
+            grade = found.rounded if found.outside == "above" else found.grade
             existing = sheet.value(index, col).strip()
             if existing and not _same_number(existing, grade) and not replace_existing:
                 # Its comment stays out of the re-upload zip too: it would speak for a mark the student never gets.
@@ -564,14 +619,18 @@ def _canvas(  # noqa: ANN001
                 why = off_scale(marks[sid], points, draft.path, maximum_is) or "; ".join(marks[sid].problems)
                 result.notes.append(f"{who(draft)}: no mark ({why}); cell left as it was")
                 continue
-            if clamped:
-                result.notes.append(_clamped(draft, marks[sid], grade, points))
+            if found.outside == "above":
+                result.notes.append(_extra_credit(draft, marks[sid], found))
+            elif bounded := _bounded(draft, marks[sid], found, f"the points possible for {sheet.header[col]}"):
+                result.notes.append(bounded)
             if alone := _mark_alone(draft):
                 result.notes.append(f"{who(draft)}: {alone}; no comment is uploaded")
             sheet.fill(index, col, number(grade))
             values.append(grade)
-            sent.add(draft, marks[sid], grade, points, clamped)
+            sent.add(draft, marks[sid], grade, points, found)
             result.sent.append(sid)
+            if found.outside == "above":
+                extra.append(sid)
         _without_drafts(vault, folder, drafts, students, result)
         result.distribution = distribution(values, points)
         if sheet.dialect != sheet.downloaded:
@@ -589,7 +648,13 @@ def _canvas(  # noqa: ANN001
             f"marks on the rubric's scale (out of {float(scale_of(rubric)):g}: from the criteria, or a bare `mark:`) "
             f"scaled to {points:g} points, and a `mark:` written out of {points:g} (`mark: 15/{points:g}`) sent as "
             f"written, rounded half up to {decimals} decimal places; only the column {sheet.header[col]!r} changed. "
-            "In Canvas: Grades -> Import."
+            + (
+                f"{len(extra)} mark(s) above the {points:g} points possible sent as written, which Canvas keeps as "
+                f"extra credit: {', '.join(extra)}. "
+                if extra
+                else ""
+            )
+            + "In Canvas: Grades -> Import."
         )
         sent.warn()
     entries: list[tuple[str, bytes]] = []

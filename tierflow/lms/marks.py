@@ -23,9 +23,13 @@ levels read both ways (`17+` in a 20-mark criterion: marks, or percentages from 
 shares, equal without weights) out of the highest score a level allows (100 for open ranges such as `70+`).
 
 To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canvas's points possible; a mark
-written out of the platform's maximum is that mark), rounded half up to `decimals` places (2 by default), and never
-above the maximum or below 0 (a clamped mark is reported). All of it in exact fractions of the numbers as written: a
-float sum makes 39.5 `39.49999999999999`, which rounds down.
+written out of the platform's maximum is that mark), rounded half up to `decimals` places (2 by default). A mark
+within 0 and the maximum stays within them: when rounding would carry it past a maximum with more places than
+`decimals` (20.5 of 20.5 at 0 places is 21), the highest mark at `decimals` places within it is sent (20), and
+said. A mark outside them (`mark: 22/20`, a negative score) is `OnPlatform.outside`: the exporter follows each
+platform's importer (Moodle's worksheet upload skips such a grade; Canvas's gradebook import takes a score above
+points possible as extra credit). All of it in exact fractions of the numbers as written: a float sum makes 39.5
+`39.49999999999999`, which rounds down.
 """
 
 from __future__ import annotations
@@ -315,11 +319,12 @@ def off_scale(mark: Mark, maximum: float, where: str, maximum_is: str) -> str:
     )
 
 
-def conversion(mark: Mark, grade: Decimal, maximum: float, clamped: bool = False) -> str:
+def conversion(mark: Mark, grade: Decimal, maximum: float, bounded: str = "") -> str:
     """How `mark` became `grade` on the platform, in full: `15 (yours, of 100 on the rubric) -> 3.00 of 20`,
-    `15/20 (yours, as written) -> 15.00 of 20`."""
+    `15/20 (yours, as written) -> 15.00 of 20`; `bounded` (`OnPlatform.said`) says why the grade is not the mark as
+    rounded, or that it is above the maximum."""
     top = _text(exact(maximum))
-    to = f"{grade} of {top}" + (f" (clamped to 0-{top})" if clamped else "")
+    to = f"{grade} of {top}" + (f" ({bounded})" if bounded else "")
     if mark.value is None:  # no grade is sent without a mark; said for completeness
         return to
     if mark.out_of is not None:
@@ -353,18 +358,81 @@ def _shown(value: Fraction) -> str:
     return number(places) if Fraction(places) == value else f"~{number(places)}"
 
 
-def to_platform(mark: Mark, maximum: float, decimals: int = 2) -> tuple[Decimal | None, bool]:
-    """The mark on the platform's scale, rounded half up; and whether it had to be clamped to [0, maximum]. None
-    for a mark written out of another maximum than `maximum` (`off_scale`): it is never rescaled."""
-    if mark.value is None or mark.scale <= 0 or off_scale(mark, maximum, "", ""):
-        return None, False
+@dataclass(frozen=True)
+class OnPlatform:
+    """A mark on the platform's scale (`on_platform`): the grade to send, and why it is not simply the mark rounded."""
+
+    grade: Decimal | None
+    """Rounded half up to `decimals` places and kept within 0 and the maximum (see `rounded`); None when there is no
+    mark, or it is written out of another maximum (`off_scale`)."""
+    rounded: Decimal | None = None
+    """The mark rounded half up to `decimals` places, before any bound."""
+    outside: str = ""
+    """`above` or `below`: the mark itself (before rounding) is above the maximum or below 0, and `grade` is the
+    bound. The exporter decides what the platform gets (`rounded`, `grade`, or nothing)."""
+    decimals: int = 2
+    maximum: Fraction = Fraction(0)
+
+    @property
+    def clamped(self) -> bool:
+        return self.grade != self.rounded
+
+    @property
+    def top(self) -> str:
+        """The maximum as written (`20.5`)."""
+        return _text(self.maximum)
+
+    @property
+    def places(self) -> int:
+        """The maximum's own decimal places (1 for 20.5)."""
+        return max(
+            0, -(Decimal(self.maximum.numerator) / Decimal(self.maximum.denominator)).normalize().as_tuple().exponent
+        )
+
+    def said(self, sent: Decimal | None = None) -> str:
+        """Why `sent` (the grade by default) is not the mark as rounded, or is above the maximum; empty when it is
+        the mark rounded, within the maximum."""
+        sent = self.grade if sent is None else sent
+        top, rounded = self.top, self.rounded
+        if rounded is None or sent is None:
+            return ""
+        if self.outside == "above":
+            return f"above the maximum {top}" if sent == rounded else f"{number(rounded)} is above {top}: sent as {top}"
+        if self.outside == "below":
+            return f"{number(rounded)} is below 0: sent as 0"
+        if sent != rounded:
+            highest = "the highest whole mark" if self.decimals == 0 else f"the highest mark {_places(self.decimals)}"
+            return (
+                f"rounded {_places(self.decimals)} it is {number(rounded)}, above {top}: sent as {number(sent)}, "
+                f"{highest} within {top}"
+            )
+        return ""
+
+
+def _places(decimals: int) -> str:
+    """`to 2 decimal places`, `to whole marks` (`--decimals`)."""
+    return "to whole marks" if decimals == 0 else f"to {decimals} decimal place{'s' if decimals > 1 else ''}"
+
+
+def on_platform(mark: Mark, maximum: float, decimals: int = 2) -> OnPlatform:
+    """The mark on the platform's scale (see `OnPlatform`). The maximum cut down to `decimals` places is the
+    highest grade a mark within it gets, so rounding never carries a mark past it (20.5 at 0 places gives 20)."""
     top = exact(maximum)
+    if mark.value is None or mark.scale <= 0 or off_scale(mark, maximum, "", ""):
+        return OnPlatform(None, decimals=decimals, maximum=top)
     raw = mark.value if mark.out_of is not None else mark.value / mark.scale * top
     rounded = half_up(raw, decimals)
-    # The maximum cut down to `decimals` places, so a clamped mark is never above it.
     highest = Decimal(floor(top * 10**decimals)).scaleb(-decimals)
-    clamped = min(max(rounded, Decimal(0)), highest)
-    return clamped, clamped != rounded
+    outside = "above" if raw > top else "below" if raw < 0 else ""
+    grade = min(max(rounded, Decimal(0).quantize(Decimal(1).scaleb(-decimals))), highest)
+    return OnPlatform(grade, rounded, outside, decimals, top)
+
+
+def to_platform(mark: Mark, maximum: float, decimals: int = 2) -> tuple[Decimal | None, bool]:
+    """The mark on the platform's scale, rounded half up, kept within [0, maximum]; and whether it had to be (see
+    `on_platform`). None for a mark written out of another maximum than `maximum` (`off_scale`): never rescaled."""
+    found = on_platform(mark, maximum, decimals)
+    return found.grade, found.clamped
 
 
 def half_up(value: Fraction, decimals: int) -> Decimal:
