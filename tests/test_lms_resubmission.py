@@ -384,3 +384,95 @@ def test_a_submission_imported_without_dates_gets_them_from_the_next_import_of_i
     assert shown.exit_code == 0, shown.output
     assert "1001: NOT replaced: this export's submission is older than the one imported before" in shown.stdout
     assert "resubmitted" in note.read_text(encoding="utf-8")
+
+
+def _dated_moodle_zip(path: Path, students: list, dates: dict[str, tuple[int, ...]]) -> Path:  # noqa: ANN001
+    """A Moodle download whose entries are dated by their own files, as Moodle's are (`add_storedfile_to_archive`
+    adds each stored file with its own time): `dates` by file name, `DOWNLOADED` otherwise."""
+    import zipfile
+
+    from lms_exports import DOWNLOADED, write_entry
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for s in students:
+            for filename, data in s.files.items():
+                write_entry(
+                    z,
+                    f"{s.moodle_name}_{s.participant}_assignsubmission_file/{filename}",
+                    data,
+                    dates.get(filename, DOWNLOADED),
+                )
+    return path
+
+
+def _with_appendix() -> list:  # noqa: ANN001
+    """The cohort's first three, with Liam (1001) having handed in an appendix beside his essay."""
+    students = cohort()[:3]
+    students[0].files = {**students[0].files, "appendix.docx": docx_bytes(["Appendix: the interview schedule."])}
+    return students
+
+
+APPENDIX_ON = (2026, 3, 5, 12, 0, 0)
+SUBMITTED = {"earlier": b"Thursday, 5 March 2026, 12:00 PM", "later": b"Monday, 9 March 2026, 4:30 PM"}
+
+
+def _worksheet(tmp_path: Path, when: str) -> Path:
+    """Moodle's grading worksheet, every submission last changed `when` (`SUBMITTED`)."""
+    path = tmp_path / f"worksheet {when}.csv"
+    path.write_bytes(worksheet_for(cohort()[:3]).replace(b"Thursday, 19 November 2026, 10:14 PM", SUBMITTED[when]))
+    return path
+
+
+def test_a_resubmission_with_a_file_removed_is_told_from_an_older_download_by_moodles_submission_time(tmp_path):
+    """Moodle dates each file in its zip by the file's own time: a student who resubmits without their appendix
+    leaves an essay dated before the appendix imported before, as an older download would. The zip's dates cannot
+    tell the two apart (said, and nothing rolled back); the worksheet's `Last modified (submission)` can."""
+    import shutil
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "vault_fixtures" / "feedback-batch", vault)
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    note = vault / ASSIGNMENT / "submissions" / "1001.md"
+    students = _with_appendix()
+    first = _dated_moodle_zip(tmp_path / "first.zip", students, {"appendix.docx": APPENDIX_ON})
+    assert CliRunner().invoke(app, ["import", "submissions", str(first), *base]).exit_code == 0
+    assert "appendix.docx" in note.read_text(encoding="utf-8")
+    # Liam resubmits on 9 March without the appendix: his essay keeps its 2 March date.
+    students[0].files.pop("appendix.docx")
+    removed = _dated_moodle_zip(tmp_path / "removed.zip", students, {})
+
+    shown = CliRunner().invoke(app, ["import", "submissions", str(removed), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced: this export has fewer files than the one imported before, and its dates cannot " in (
+        " ".join(shown.stdout.split())
+    )
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "either the student removed a file when they resubmitted, or this is an earlier download" in warning
+    assert "`Last modified (submission)`" in warning and "--roster" in warning and "--replace-newer" in warning
+    assert "OLDER" not in warning, warning
+    assert "appendix.docx" in note.read_text(encoding="utf-8")  # nothing rolled back on a guess
+
+    # With the worksheet downloaded beside it, Moodle's own time says which: a resubmission, taken and said.
+    shown = CliRunner().invoke(
+        app, ["import", "submissions", str(removed), *base, "--roster", str(_worksheet(tmp_path, "later"))]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "a resubmission, though its files are dated before those imported before" in warning, warning
+    assert "last changed 2026-03-09 16:30, after 2026-03-05 12:00" in warning, warning
+    assert "appendix.docx" not in note.read_text(encoding="utf-8")
+    assert "submitted: '2026-03-09 16:30:00'" in note.read_text(encoding="utf-8")
+
+    # The first download imported again, with the worksheet of its day: older by Moodle's time, not taken.
+    shown = CliRunner().invoke(
+        app, ["import", "submissions", str(first), *base, "--roster", str(_worksheet(tmp_path, "earlier"))]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced: this export's submission is older than the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "Moodle says it was last changed 2026-03-05 12:00, before 2026-03-09 16:30" in warning, warning
+    assert "appendix.docx" not in note.read_text(encoding="utf-8")

@@ -153,6 +153,12 @@ def import_submissions(
         if s.action == "kept-edit":  # nothing of the export was taken: its parts are not the note's
             new = "; a new submission was NOT imported (see the warning)" if s.warning else ""
             out.print(f"  {s.student_id}: kept as you edited it{late}{new}", markup=False)
+        elif s.action == "kept-newer" and s.undecided:
+            out.print(
+                f"  {s.student_id}: NOT replaced: this export has fewer files than the one imported before, and its "
+                "dates cannot tell a resubmission from an older download (see the warning)",
+                markup=False,
+            )
         elif s.action == "kept-newer":
             out.print(
                 f"  {s.student_id}: NOT replaced: this export's submission is older than the one imported before (see "
@@ -182,8 +188,12 @@ def import_submissions(
     unread = len(report.unreadable)
     resubmitted = sum(bool(s.warning) for s in report.students if s.action == "kept-edit")
     not_taken = f" ({resubmitted} with a new submission NOT imported)" if resubmitted else ""
-    older = sum(s.action == "kept-newer" for s in report.students)
+    older = sum(s.action == "kept-newer" and not s.undecided for s in report.students)
     not_taken += f", {older} NOT replaced by an older submission" if older else ""
+    undecided = sum(s.action == "kept-newer" and s.undecided for s in report.students)
+    not_taken += (
+        f", {undecided} NOT replaced by fewer files (a resubmission or an older download?)" if undecided else ""
+    )
     failed = f", {len(report.failed)} NOT imported (see above)" if report.failed else ""
     err.print(
         f"{len(report.students)} students: {counts['created']} new, {counts['updated']} updated, "

@@ -18,7 +18,11 @@ A student whose files differ from those imported before is named in a warning, w
 nothing in an export says when it was downloaded. A zip's entries are dated, though, and a note records the latest
 date of its student's files (`files_dated`, a zip's local time without a zone): files dated before it are an older
 download's, and replace the note only when asked (`replace_newer`), so a download imported again by mistake never
-puts an earlier submission back in place of a resubmission.
+puts an earlier submission back in place of a resubmission. Moodle dates each file by its own time, so a
+resubmission the student removed a file from looks like an older download: the platform's own time of the
+submission (the grading worksheet's `Last modified (submission)`, given with `--roster`, kept as `submitted`) tells
+the two apart when there is one, and without it such a submission is not taken and the warning says the dates
+cannot tell. Canvas dates every entry of its zip when the zip is made, so its dates are the download's.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ from tierflow.vault.text import (
 PLATFORMS = ("moodle", "canvas")
 DATED_KEY = "files_dated"
 """The note's property holding the latest date the export gave its student's files (`YYYY-MM-DD HH:MM:SS`)."""
+SUBMITTED_KEY = "submitted"
+"""The note's property holding when the platform says the submission was last changed (Moodle's worksheet
+`Last modified (submission)`, given with `--roster`; `YYYY-MM-DD HH:MM:SS`)."""
 LONG_SUBMISSION = 200_000
 """Characters of text above which one student's note is warned of: some 50,000 tokens, more than a small model's
 whole context window and a quarter of a large one's, where an essay is a few thousand words."""
@@ -90,6 +97,12 @@ class StudentResult:
     """Set when this import replaced a submission imported before with a different one: the warning saying so."""
     older: bool = False
     """The submission this import put in place is dated before the one it replaced (`--replace-newer`)."""
+    resubmitted: str = ""
+    """Why a submission whose files are dated before those imported before was taken: the platform's time says it
+    is a resubmission (said in `changed`)."""
+    undecided: bool = False
+    """`kept-newer` on the zip's dates alone, which cannot tell this export's fewer files from an older download's
+    (the warning says so, and what tells)."""
     characters: int = 0
     """The length of the note's text, as written."""
     sizes: list[tuple[str, int]] = field(default_factory=list)
@@ -423,16 +436,30 @@ def _import_one(
     recorded, previous = _previous(note)
     dated = max((f.entry.modified for f, _ in given if f.entry.modified), default=None)
     before = _when(recorded.get(DATED_KEY))
+    submitted = entry.submitted if entry is not None else None
+    was = _when(recorded.get(SUBMITTED_KEY))
     # Other files than the note's: a different submission if they give other text too (a file saved again with the
     # same text is the same submission, and so is one a newer tierflow reads differently from the same bytes).
     refiled = note.exists() and (
         {t.name for _, _, t in placed} != listed or any(not _holds(t, data) for _, data, t in placed)
     )
-    older = refiled and dated is not None and before is not None and dated < before
+    # Fewer files, the others as they were: a resubmission the student removed a file from, or a download from
+    # before they added it. A zip dates each file by its own time, so only the platform's time of the submission
+    # (Moodle's worksheet) tells the two apart.
+    fewer = refiled and {t.name for _, _, t in placed} < listed and all(_holds(t, data) for _, data, t in placed)
+    told = _told(submitted, was, before)
+    if told is not None:
+        older = refiled and told[0] < told[1]
+    else:
+        older = refiled and dated is not None and before is not None and dated < before
     if older and not replace_newer and _staged_body(placed).strip() != previous.strip():
         result.action = "kept-newer"  # decided before anything of the student's is written
-        result.warning = _older(result.path, work, recorded, listed, before, placed, dated)
+        result.undecided = fewer and told is None
+        result.warning = _older(result.path, work, recorded, listed, before, placed, dated, told, result.undecided)
         return result
+    result.resubmitted = (
+        _platform_says(submitted, told) if told is not None and dated and before and dated < before else ""
+    )
     kept: list[tuple[str, Path, str, Extracted]] = []  # (filename, path, kind, extracted)
     for f, data, target in placed:
         _write_readonly(target, data)
@@ -454,6 +481,8 @@ def _import_one(
     result.older = changed and older
     if note.exists() and not changed and before is not None:
         dated = before  # the same submission: the date it was first imported with stays, whatever this zip says
+    # The platform's time of the submission: this export's roster's; else, for the same submission, the one kept.
+    submitted = submitted or (was if not changed else None)
     # (A note imported with no date, by an older tierflow or from an unpacked folder, takes this zip's: an older
     # download imported after it is then refused as for any other.)
     authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
@@ -483,6 +512,7 @@ def _import_one(
         # a link to no note, which Obsidian would show and the writer refuses; read back with `unescape_links`.
         "downloaded_as": [escape_property_links(f.entry.path) for f in work.ordered()],
         **({DATED_KEY: dated.isoformat(sep=" ")} if dated else {}),
+        **({SUBMITTED_KEY: submitted.isoformat(sep=" ")} if submitted else {}),
         "document_authors": [escape_property_links(a) for a in authors],
         "tierflow_hidden_text": [escape_property_links(fn) for fn in result.hidden],
         "tierflow_unreadable": [escape_property_links(f"{fn}: {why}") for fn, why in result.problems],
@@ -529,6 +559,39 @@ def _when(value: object) -> datetime | None:
         return None
 
 
+def _told(
+    submitted: datetime | None, was: datetime | None, before: datetime | None
+) -> tuple[datetime, datetime, str] | None:
+    """(this export's time, the earlier one's, what they are) when the platform's own time of the submission can
+    tell which is the newer: Moodle's worksheet `Last modified (submission)` now, against the one recorded at the
+    earlier import, or else against the latest date of the files imported then (a submission last changed before
+    a file in it was uploaded is an older one). None when this export's roster gives no such time."""
+    if submitted is None:
+        return None
+    if was is not None:
+        return submitted, was, "the grading worksheet's `Last modified (submission)`, now and at the import before"
+    if before is not None:
+        return (
+            submitted,
+            before,
+            (
+                "the grading worksheet's `Last modified (submission)` against the latest date of the files imported "
+                "before (the worksheet's time zone is yours, the zip's the server's)"
+            ),
+        )
+    return None
+
+
+def _platform_says(submitted: datetime | None, told: tuple[datetime, datetime, str]) -> str:
+    """Said when the zip's dates would have made a resubmission look older, and the platform's time told: the
+    student changed the submission (removing a file keeps the others' dates) after the one imported before."""
+    return (
+        f"a resubmission, though its files are dated before those imported before: Moodle says the submission was "
+        f"last changed {told[0]:%Y-%m-%d %H:%M}, after {told[1]:%Y-%m-%d %H:%M} ({told[2]}); a student who removes a "
+        "file leaves the others' dates as they were"
+    )
+
+
 def _files(names: Iterable[str], dated: datetime | None) -> str:
     """`essay.docx, dated 2026-03-09 16:30`, as a warning names a submission's files."""
     listed = ", ".join(sorted(names)) or "no files"
@@ -550,11 +613,12 @@ def _changed(
         if result.older
         else ""
     )
+    why = f": {result.resubmitted}" if result.resubmitted else ""
     return (
         f"{result.student_id} ({result.name}): the submission differs from the one imported before (then {then}; "
-        f"now {now}){older}. {result.path} now holds this export's, and a draft written before this import is for "
-        "the text it replaced. If this export is an older download than the one imported before, import the newer "
-        "one again."
+        f"now {now}){older}{why}. {result.path} now holds this export's, and a draft written before this import is "
+        "for the text it replaced. If this export is an older download than the one imported before, import the "
+        "newer one again."
     )
 
 
@@ -565,16 +629,38 @@ def _older(
     listed: set[str],
     before: datetime,
     placed: list[tuple[PlatformFile, bytes, Path]],
-    dated: datetime,
+    dated: datetime | None,
+    told: tuple[datetime, datetime, str] | None = None,
+    undecided: bool = False,
 ) -> str:
-    """The warning for a submission not taken because its files are dated before those imported before."""
+    """The warning for a submission not taken because it is older than the one imported before: by the platform's
+    time of the submission (`told`), or by its files' dates, which cannot tell fewer files from an older download
+    (`undecided`)."""
     name = recorded.get("name") or work.name
+    now, then = _files((t.name for _, _, t in placed), dated), _files(listed, before)
+    kept = (
+        f"NOT replaced: {path} and its files are kept as they are. If the older submission is the one to mark, import "
+        "again with --replace-newer."
+    )
+    if told is not None:
+        return (
+            f"{work.student_id} ({name}): this export's submission ({now}) is OLDER than the one imported before "
+            f"({then}): Moodle says it was last changed {told[0]:%Y-%m-%d %H:%M}, before {told[1]:%Y-%m-%d %H:%M} "
+            f"({told[2]}). Most likely an earlier download imported again, which would put the earlier submission "
+            f"back in place of the resubmission. {kept}"
+        )
+    if undecided:
+        return (
+            f"{work.student_id} ({name}): this export has fewer files than the submission imported before (now "
+            f"{now}; then {then}), the others unchanged: either the student removed a file when they resubmitted, or "
+            "this is an earlier download, from before they added it. A zip dates each file by its own time, so its "
+            "dates cannot tell the two apart; Moodle's grading worksheet can (its `Last modified (submission)`): "
+            "import again with --roster and the worksheet downloaded with this export. " + kept
+        )
     return (
-        f"{work.student_id} ({name}): this export's submission ({_files((t.name for _, _, t in placed), dated)}) is "
-        f"OLDER than the one imported before ({_files(listed, before)}): most likely an earlier download imported "
-        f"again, which would put the earlier submission back in place of the resubmission. NOT replaced: {path} and "
-        "its files are kept as they are. If the older submission is the one to mark, import again with "
-        "--replace-newer."
+        f"{work.student_id} ({name}): this export's submission ({now}) is OLDER than the one imported before "
+        f"({then}): most likely an earlier download imported again, which would put the earlier submission back in "
+        f"place of the resubmission. {kept}"
     )
 
 

@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
 
 from tierflow.lms.cells import (
@@ -73,6 +74,15 @@ EMAIL = "Email address"
 ID_NUMBER = "ID number"
 """Identity columns (`$CFG->showuseridentity`) the worksheet may hold: hidden from every prompt with the name."""
 STATUS = "Status"
+SUBMITTED = "Last modified (submission)"
+"""`gradingtable.php` `col_timesubmitted`: `userdate()` of the submission's last change, `-` when there is none."""
+_USERDATE = re.compile(
+    r"^(?:[A-Za-z]+,\s*)?(?P<day>\d{1,2})\s+(?P<month>[A-Za-z]+)\s+(?P<year>\d{4}),\s*"
+    r"(?P<hour>\d{1,2}):(?P<minute>\d{2})\s*(?P<half>[AaPp][Mm])$"
+)
+"""English `strftimedaydatetime` (`Thursday, 19 November 2026, 10:14 PM`), as Moodle writes the worksheet's dates."""
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")  # fmt: skip
 PARTICIPANT = "Participant "
 """`get_string('hiddenuser', 'assign')`: the worksheet's `Identifier` is this followed by the participant id."""
 _PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)?")
@@ -269,6 +279,7 @@ def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
             late=("late" in status.lower()) or None,
             email=cells.get(EMAIL, "").strip(),
             sis_ids=tuple(i for i in [cells.get(ID_NUMBER, "").strip()] if i),
+            submitted=userdate(cells.get(SUBMITTED, "")),
         )
     if not out:
         raise WorksheetError(
@@ -276,6 +287,19 @@ def read_roster(data: bytes, name: str) -> dict[str, RosterEntry]:
             "download the grading worksheet again, with all participants shown."
         )
     return out
+
+
+def userdate(cell: str) -> datetime | None:
+    """A worksheet date as Moodle writes it in English (`Thursday, 19 November 2026, 10:14 PM`), without a zone;
+    None for `-` (no submission) or anything else."""
+    m = _USERDATE.match(cell.strip())
+    if not m or m["month"].lower() not in _MONTHS:
+        return None
+    hour = int(m["hour"]) % 12 + (12 if m["half"].lower() == "pm" else 0)
+    try:
+        return datetime(int(m["year"]), _MONTHS.index(m["month"].lower()) + 1, int(m["day"]), hour, int(m["minute"]))
+    except ValueError:
+        return None
 
 
 class WorksheetError(ValueError):

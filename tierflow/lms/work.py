@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from tierflow.lms.source import Entry
 
@@ -67,3 +68,7 @@ class RosterEntry:
     """Moodle's `Email address`."""
     sis_ids: tuple[str, ...] = ()
     """The institution's ids for the student: Moodle's `ID number`, Canvas's `SIS User ID` and `SIS Login ID`."""
+    submitted: datetime | None = None
+    """When the platform says the submission was last changed (Moodle's `Last modified (submission)`, in the time
+    zone of whoever downloaded the worksheet); None when the file does not say (Canvas's gradebook, the kept
+    roster)."""
