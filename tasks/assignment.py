@@ -140,9 +140,10 @@ def folder_pseudonyms(vault: Path, folder: str, config: Any) -> Pseudonyms:
 
 def pseudonymise(config: Any) -> bool:
     """Whether names are hidden: by every tier a call could reach (overrides, escalation, adaptive routing), not the
-    table alone, unless `[feedback] pseudonymise` says otherwise."""
+    table alone, and by where the ledger is (it keeps every prompt: a PostgreSQL ledger on another machine would
+    receive the names a local model was sent), unless `[feedback] pseudonymise` says otherwise."""
     choice = config.settings.feedback.pseudonymise
-    return config.may_reach_cloud if choice is None else choice
+    return (config.may_reach_cloud or config.ledger_leaves_machine) if choice is None else choice
 
 
 @lru_cache(maxsize=8)

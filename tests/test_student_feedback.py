@@ -428,6 +428,32 @@ def test_an_openai_compatible_server_off_this_machine_gets_pseudonyms(feedback_v
     assert (not shown) if remote else shown, shown
 
 
+@pytest.mark.parametrize(
+    ("ledger_url", "remote"),
+    [
+        ("postgresql://tierflow@db.example.ac.uk/tierflow", True),  # the department's server keeps every prompt
+        ("postgresql://tierflow@10.1.2.3:5432/tierflow", True),
+        ("postgresql:///tierflow?host=db.example.ac.uk", True),
+        ("postgresql://tierflow@localhost/tierflow", False),
+        ("postgresql://tierflow@127.0.0.1:5432/tierflow", False),
+        ("postgresql:///tierflow", False),  # libpq's Unix socket
+        ("postgresql:///tierflow?host=/var/run/postgresql", False),
+        (None, False),  # SQLite in the vault
+    ],
+)
+def test_a_local_profile_hides_names_from_a_ledger_on_another_machine(ledger_url, remote):
+    """The ledger keeps every request's text: with a local or offline model, names would still leave the machine
+    in the prompts a PostgreSQL ledger elsewhere records, so they are hidden as for a cloud tier."""
+    from tierflow.core.config import load_config
+    from tierflow.tasks.assignment import pseudonymise
+
+    overrides = {"ledger_url": ledger_url} if ledger_url else None
+    for profile in ("offline", "local"):
+        config = load_config(profile=profile, overrides=overrides)
+        assert config.may_reach_cloud is False
+        assert pseudonymise(config) is remote, (profile, ledger_url)
+
+
 def test_a_local_profile_keeps_everything_on_the_machine_without_pseudonyms(feedback_vault):
     from tierflow.core.config import load_config
 

@@ -17,7 +17,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -462,6 +462,20 @@ class Config:
         """Whether any configured tier's calls leave this machine: a `--tier` override, a note's pin, an escalation
         or a learned route can only name a configured tier, so this is what privacy decisions must go by."""
         return bool(self.cloud_providers)
+
+    @property
+    def ledger_leaves_machine(self) -> bool:
+        """Whether the ledger, which keeps the text of every request (prompts with the students' work), is on
+        another machine: a PostgreSQL `ledger_url` whose host is neither a loopback address nor a Unix socket (no
+        host, or a `host=/path` parameter). A SQLite ledger is a file in the vault, on this machine."""
+        url = self.settings.ledger_url or ""
+        if not url or url.startswith("sqlite"):
+            return False
+        parts = urlsplit(url)
+        if not parts.hostname:
+            hosts = [v for k, v in parse_qsl(parts.query) if k == "host"]
+            return any(not h.startswith("/") and not _loopback(f"//{h}") for h in hosts)
+        return not _loopback(url)
 
     @property
     def cloud_providers(self) -> list[str]:
