@@ -119,6 +119,16 @@ def test_no_student_name_or_id_leaves_the_machine(feedback_vault, double, keys):
         body = (request.raw.decode("utf-8", "replace") + parsed).casefold()
         leaked = [i for i in identities if i.casefold() in body]
         assert not leaked, f"{request.path} carried {leaked}"
+    # Nor the ledger, which keeps every request's text, its answers and what it drafted (and may be a server).
+    import sqlite3
+
+    ledger = sqlite3.connect(feedback_vault / ".tierflow" / "ledger.sqlite")
+    tables = [t for (t,) in ledger.execute("select name from sqlite_master where type = 'table'")]
+    for table in tables:
+        for row in ledger.execute(f"select * from {table}"):  # noqa: S608
+            text = " ".join(str(v) for v in row if v is not None).casefold()
+            leaked = [i for i in identities if i.casefold() in text]
+            assert not leaked, f"ledger table {table} holds {leaked}"
     # ... and they come back in the local notes, each only in the student's own draft.
     notes = drafts(feedback_vault)
     assert notes["s2026001"].metadata["title"] == "Feedback: Amara Okafor"
