@@ -437,6 +437,13 @@ def test_a_resubmission_with_a_file_removed_is_told_from_an_older_download_by_mo
     first = _dated_moodle_zip(tmp_path / "first.zip", students, {"appendix.docx": APPENDIX_ON})
     assert CliRunner().invoke(app, ["import", "submissions", str(first), *base]).exit_code == 0
     assert "appendix.docx" in note.read_text(encoding="utf-8")
+    # The same download again, with a worksheet: the same submissions, so no time is recorded for them (a note
+    # imported before is not rewritten for it); the next import tells by the files' dates instead.
+    again = CliRunner().invoke(
+        app, ["import", "submissions", str(first), *base, "--roster", str(_worksheet(tmp_path, "earlier"))]
+    )
+    assert again.exit_code == 0, again.output
+    assert "submitted:" not in note.read_text(encoding="utf-8")
     # Liam resubmits on 9 March without the appendix: his essay keeps its 2 March date.
     students[0].files.pop("appendix.docx")
     removed = _dated_moodle_zip(tmp_path / "removed.zip", students, {})

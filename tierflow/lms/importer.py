@@ -481,8 +481,10 @@ def _import_one(
     result.older = changed and older
     if note.exists() and not changed and before is not None:
         dated = before  # the same submission: the date it was first imported with stays, whatever this zip says
-    # The platform's time of the submission: this export's roster's; else, for the same submission, the one kept.
-    submitted = submitted or (was if not changed else None)
+    if note.exists() and not changed:
+        # The same submission: the platform's time recorded with it stays (a note imported without one is not
+        # rewritten for it: the same export imported again changes nothing).
+        submitted = was
     # (A note imported with no date, by an older tierflow or from an unpacked folder, takes this zip's: an older
     # download imported after it is then refused as for any other.)
     authors = list(dict.fromkeys(a for _, _, _, ex in kept for a in ex.authors))
