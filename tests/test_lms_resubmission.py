@@ -483,3 +483,26 @@ def test_a_resubmission_with_a_file_removed_is_told_from_an_older_download_by_mo
     (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
     assert "Moodle says it was last changed 2026-03-05 12:00, before 2026-03-09 16:30" in warning, warning
     assert "appendix.docx" not in note.read_text(encoding="utf-8")
+
+
+def test_an_older_canvas_download_with_fewer_files_is_said_to_be_older(tmp_path):
+    """Canvas dates every entry of its zip when it makes it: a download with fewer files dated before the one
+    imported is an older download, said so (not the Moodle case, where the files keep their own dates)."""
+    import shutil
+
+    from lms_exports import canvas_zip
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "vault_fixtures" / "feedback-batch", vault)
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    students = cohort()[:3]
+    earlier = canvas_zip(tmp_path / "earlier.zip", students)  # 2 March: Liam's essay alone
+    students[0].files = {**students[0].files, "appendix.docx": docx_bytes(["Appendix: the interview schedule."])}
+    later = canvas_zip(tmp_path / "later.zip", students, dated=RESUBMITTED_ON)
+    assert CliRunner().invoke(app, ["import", "submissions", str(later), *base]).exit_code == 0
+    shown = CliRunner().invoke(app, ["import", "submissions", str(earlier), *base])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced: this export's submission is older than the one imported before" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "OLDER" in warning and "cannot tell" not in warning, warning

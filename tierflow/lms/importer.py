@@ -454,7 +454,8 @@ def _import_one(
         older = refiled and dated is not None and before is not None and dated < before
     if older and not replace_newer and _staged_body(placed).strip() != previous.strip():
         result.action = "kept-newer"  # decided before anything of the student's is written
-        result.undecided = fewer and told is None
+        # Canvas dates every entry when it makes the zip (rubyzip's default time), so its dates are the download's.
+        result.undecided = fewer and told is None and work.platform == "moodle"
         result.warning = _older(result.path, work, recorded, listed, before, placed, dated, told, result.undecided)
         return result
     result.resubmitted = (
