@@ -506,3 +506,33 @@ def test_an_older_canvas_download_with_fewer_files_is_said_to_be_older(tmp_path)
     said = " ".join(shown.stderr.split())
     (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
     assert "OLDER" in warning and "cannot tell" not in warning, warning
+
+
+def test_an_older_download_paired_with_a_later_worksheet_is_not_taken(tmp_path):
+    """The worksheet's time is the submission's when the worksheet was downloaded: given with a zip downloaded
+    before it, it would call an older version of the files newer. Where the files are other versions (not only
+    fewer), their dates say older, and nothing is rolled back."""
+    import shutil
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "vault_fixtures" / "feedback-batch", vault)
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    note = vault / ASSIGNMENT / "submissions" / "1001.md"
+    students = cohort()[:3]
+    draft = docx_bytes(essay(14, "An early draft by Liam O'Sullivan."))
+    students[0].files = {"essay.docx": draft}
+    early = _dated_moodle_zip(tmp_path / "early.zip", students, {"essay.docx": (2026, 2, 20, 9, 0, 0)})
+    final = cohort()[:3]
+    latest = _dated_moodle_zip(tmp_path / "latest.zip", final, {})
+    worksheet = str(_worksheet(tmp_path, "later"))
+    assert CliRunner().invoke(app, ["import", "submissions", str(latest), *base, "--roster", worksheet]).exit_code == 0
+    assert "early draft" not in note.read_text(encoding="utf-8")
+
+    shown = CliRunner().invoke(app, ["import", "submissions", str(early), *base, "--roster", worksheet])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: NOT replaced" in shown.stdout
+    said = " ".join(shown.stderr.split())
+    (warning,) = [w for w in said.split("warning: ")[1:] if w.startswith("1001 ")]
+    assert "are dated before those imported before" in warning and "a worksheet downloaded later" in warning
+    assert "--replace-newer" in warning, warning
+    assert "early draft" not in note.read_text(encoding="utf-8")

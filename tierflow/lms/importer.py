@@ -448,10 +448,10 @@ def _import_one(
     # (Moodle's worksheet) tells the two apart.
     fewer = refiled and {t.name for _, _, t in placed} < listed and all(_holds(t, data) for _, data, t in placed)
     told = _told(submitted, was, before)
-    if told is not None:
-        older = refiled and told[0] < told[1]
-    else:
-        older = refiled and dated is not None and before is not None and dated < before
+    by_dates = refiled and dated is not None and before is not None and dated < before
+    # The platform's time decides where the dates cannot (fewer files); where the files themselves are older
+    # versions, a worksheet downloaded later than the zip could say "newer" of an older download: not taken.
+    older = refiled and (told[0] < told[1] or (by_dates and not fewer)) if told is not None else by_dates
     if older and not replace_newer and _staged_body(placed).strip() != previous.strip():
         result.action = "kept-newer"  # decided before anything of the student's is written
         # Canvas dates every entry when it makes the zip (rubyzip's default time), so its dates are the download's.
@@ -645,6 +645,13 @@ def _older(
         f"NOT replaced: {path} and its files are kept as they are. If the older submission is the one to mark, import "
         "again with --replace-newer."
     )
+    if told is not None and told[0] >= told[1]:
+        return (
+            f"{work.student_id} ({name}): this export's files ({now}) are dated before those imported before "
+            f"({then}) and are not just fewer of them, though Moodle's worksheet says the submission was last changed "
+            f"{told[0]:%Y-%m-%d %H:%M}, after {told[1]:%Y-%m-%d %H:%M} ({told[2]}): a worksheet downloaded later than "
+            f"the zip says so of an older download too. {kept}"
+        )
     if told is not None:
         return (
             f"{work.student_id} ({name}): this export's submission ({now}) is OLDER than the one imported before "
