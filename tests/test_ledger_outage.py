@@ -708,6 +708,40 @@ def test_a_batch_collected_as_the_ledger_goes_for_good_says_how_to_collect_it_an
     assert open_reservations(caller.ledger) == []
 
 
+@pytest.mark.parametrize("kind", ["errored", "expired"])
+def test_a_batch_item_with_no_answer_whose_release_committed_unacknowledged_is_not_taken_for_another_process(
+    tmp_path, monkeypatch, double, ledger_url, waits, kind
+):
+    """An ended batch's item has no answer (errored, or expired), and the transaction that releases its reservation
+    and marks it commits, its acknowledgement lost. Before, the retry found the item marked already (by itself) and
+    reported it "collected by another process; run again to use it": an errored item was not retried on its own."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda request: Reply(data={"label": "summative", "score": 2})
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    Clock(caller)
+    double.fail_in_batch(lambda cid: cid.startswith("s0-"), kind)
+    batch_results = caller.provider("anthropic").batch_results
+    state: dict[str, Any] = {}
+
+    def lost_as_released(*args: Any, **kwargs: Any) -> Any:
+        results = batch_results(*args, **kwargs)
+        state["commit"] = acknowledgement_lost(caller, "DELETE FROM RESERVATIONS")  # s0's release, the first write
+        return results
+
+    monkeypatch.setattr(caller.provider("anthropic"), "batch_results", lost_as_released)
+
+    outcome = batch_of_three(caller)
+
+    assert state["commit"]["lost"] == 1
+    assert not any("another process" in why for why in outcome.failed.values()), outcome.failed
+    if kind == "errored":
+        assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    else:
+        assert sorted(outcome.answers) == ["s1", "s2"] and list(outcome.failed) == ["s0"]
+        assert "expired" in outcome.failed["s0"]
+    assert open_reservations(caller.ledger) == []
+
+
 # --- what is an outage, and how long one write waits -----------------------------------------------------------------
 
 

@@ -533,15 +533,15 @@ def _collect(
                 _settle_item(caller, batch_id, row, item, result.completion, claim, outcome)
             elif too_long:
                 # Refused unbilled, and sent alone it would be refused again: this item has no answer.
-                _release(caller, row, claim)
+                _release(caller, row, claim, status)
                 error = refused(routed, result.error)
                 log.warning("batch item %s of %s has no answer: %s", call.key, batch_id, error)
                 outcome.too_long[call.key], outcome.failed[call.key] = error, str(error)
             elif result.status == "errored":
-                _release(caller, row, claim)
+                _release(caller, row, claim, status)
                 outcome.answers[call.key] = _retry_alone(caller, call, routed, result.error)
             else:
-                _release(caller, row, claim)
+                _release(caller, row, claim, status)
                 outcome.failed[call.key] = f"batch {batch_id} {result.status}; run again to resubmit it"
         except _Taken:
             log.info("batch item %s of %s was collected by another process", call.key, batch_id)
@@ -579,9 +579,25 @@ def _collects(caller: Caller) -> str:
     return "running the same requests again collects them"
 
 
-def _release(caller: Caller, row: Any, claim: Any) -> None:
-    """Release an unanswered item's reservation under its claim, waiting out a ledger restart (`closing_write`)."""
-    closing_write(caller.ledger, lambda: caller.budgets.release(row.reservation_id, also=claim), None)
+def _release(caller: Caller, row: Any, claim: Any, status: str) -> None:
+    """Release an unanswered item's reservation under its claim, waiting out a ledger restart (`closing_write`). A
+    release whose commit went through unacknowledged is not tried again: its claim would find the item moved (by
+    this process) and take it for another's."""
+
+    def landed() -> bool:
+        with caller.ledger.reading() as conn:
+            mine = conn.execute(
+                sa.select(batch_items.c.key).where(
+                    batch_items.c.key == row.key,
+                    batch_items.c.batch_id == row.batch_id,
+                    batch_items.c.status == status,
+                    batch_items.c.holder_pid == os.getpid(),
+                    batch_items.c.holder_host == HOST,
+                )
+            ).first()
+        return mine is not None
+
+    closing_write(caller.ledger, lambda: caller.budgets.release(row.reservation_id, also=claim), None, landed)
 
 
 def _settle_item(
@@ -664,8 +680,8 @@ class _Taken(Exception):
 
 def _claim(cache_key: str, batch_id: str, status: str, *, error: str | None = None) -> Any:
     """What claims a collected item inside its settle transaction: it moves the item from `submitted` to
-    `status` (with its `error`), and aborts the transaction (raising `_Taken`) when another process moved it
-    first."""
+    `status` (with its `error`), marked as this process's, and aborts the transaction (raising `_Taken`) when
+    another process moved it first."""
 
     def claim(conn: Any) -> None:
         moved = conn.execute(
@@ -675,7 +691,7 @@ def _claim(cache_key: str, batch_id: str, status: str, *, error: str | None = No
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.status == "submitted",
             )
-            .values(status=status, error=error)
+            .values(status=status, error=error, holder_pid=os.getpid(), holder_host=HOST)
         )
         if moved.rowcount != 1:
             raise _Taken(cache_key)

@@ -45,20 +45,23 @@ CONTENDED_TRIES = 4
 """How often the closing transaction is tried when the database rolls it back for another's sake (`contended`)."""
 
 
-def closing_write(ledger: Ledger, step: Callable[[], None], written: CallRecord | None) -> None:
+def closing_write(
+    ledger: Ledger, step: Callable[[], None], written: CallRecord | None, landed: Callable[[], bool] | None = None
+) -> None:
     """A billed call's closing transaction (`step`: its row, its settlement, what goes with them), tried again when
     the database rolls it back for another's sake (`contended`: at once, `CONTENDED_TRIES` times in all), or drops
     it or cannot be reached (a restart, a failover: after the ledger's `Outage` wait, until it has waited
     `ledger_outage_s` since this write's first failure, when `Outage.wait`'s LedgerUnreachable is raised). After a
     dropped connection, the next try first looks for `written` (a row the transaction writes): its commit may have
-    gone through all the same, and its rows are never written twice. A statement the ledger refuses is raised at
-    once: trying again would not mend it."""
+    gone through all the same, and its rows are never written twice; a transaction that writes no such row gives
+    `landed`, which tells whether it did. A statement the ledger refuses is raised at once: trying again would not
+    mend it."""
     dropped = False
     contentions = 0
     with ledger.outage.trying():  # its patience runs from this write's first failure
         while True:
             try:
-                if dropped and written is not None and ledger.landed(written):
+                if dropped and (landed() if landed is not None else written is not None and ledger.landed(written)):
                     return  # it committed before the connection went: never write its rows twice
                 step()
                 return
