@@ -69,3 +69,43 @@ def test_a_batch_creation_refused_with_nothing_made_is_sent_again(
         ("batch_create", 200, True),
     ]
     assert_one_batch_per_phase(feedback_vault, double, summary.run_id)
+
+
+@pytest.mark.parametrize("refusals", [1, 3])
+def test_a_batch_creation_refused_is_not_looked_for_so_another_tools_running_batch_is_not_taken_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, refusals: int
+):
+    """Anthropic's batches carry no metadata: a look matches a running batch by its size and age only, so another
+    tool's batch of as many requests, made minutes before on the same key, is taken for this one. A creation refused
+    before anything was made (529 overloaded, as a 429) is never looked for: sent again, or, refused on the last try
+    (max_retries = 2: three refusals), given up with its reservations released. Before, each 529 was looked for and
+    the other batch taken for this one: the run waited on it, then reported every item expired."""
+    from conftest import anthropic_config
+    from test_batch_collect import calls, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.errors import ProviderError
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", anthropic_config(double))
+    client = caller.provider("anthropic").client
+    params = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi."}]}
+    other = client.messages.batches.create(requests=[{"custom_id": f"x{i}", "params": params} for i in range(3)])
+    double.fail_next(529, kind="batch_create", times=refusals)  # overloaded: nothing made
+
+    if refusals == 3:
+        with pytest.raises(ProviderError):
+            run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+        assert [q.status for q in double.requests if q.kind == "batch_create"] == [200, 529, 529, 529]
+    else:
+        outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+        assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    assert not [q for q in double.requests if q.kind == "batch_list"]
+    with caller.ledger.reading() as conn:
+        from tierflow.core.ledger import batch_items
+
+        assert other.id not in {r.batch_id for r in conn.execute(batch_items.select()).all()}
+    assert open_reservations(caller.ledger) == []

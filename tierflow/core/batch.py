@@ -432,34 +432,42 @@ def _claim_items(
     return claimed
 
 
+REFUSED_BEFORE_ACTING = (429, 529)
+"""HTTP statuses of a request refused before the provider acted on it: too many requests, Anthropic's overloaded."""
+
+
 def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batch_key: str) -> str:
     """Send the claimed batch, then record the provider's id.
 
-    A creation the provider refused (HTTP 429: refused before acting) is sent again, after a pause, up to the
-    provider's `max_retries` more times. One whose answer was lost (a timeout, a reset) or was a 5xx may have
-    created the batch all the same (a gateway in front of the API, or the API itself on a slow create, answers
-    502 or 504 after the work is done): it is looked for first (`_look`, as a crashed submitter's is), and found,
-    it is the batch. Not found after a 5xx, it is sent again, as after a 429; not found after a lost answer, or
-    after the last try, the claim is forgotten, its reservations released, and the error raised. If the look
-    itself fails, the claim stays `submitting`, for a later run to settle (`_submitted`)."""
+    A creation the provider refused (HTTP 429, or Anthropic's 529 overloaded: refused before acting) is sent
+    again, after a pause, up to the provider's `max_retries` more times, and never looked for. One whose answer
+    was lost (a timeout, a reset) or was a 5xx may have created the batch all the same (a gateway in front of the
+    API, or the API itself on a slow create, answers 502 or 504 after the work is done): it is looked for first
+    (`_look`, as a crashed submitter's is), and found, it is the batch. Not found after a 5xx, it is sent again,
+    as after a 429; not found after a lost answer, or after the last try, the claim is forgotten, its
+    reservations released, and the error raised. If the look itself fails, the claim stays `submitting`, for a
+    later run to settle (`_submitted`)."""
     retries = caller.config.settings.providers[provider_name].max_retries
     for attempt in range(retries + 1):
         try:
             batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
         except Exception as exc:
             status = answered_status(exc)
-            again = attempt < retries and status is not None and (status == 429 or status >= 500)
+            # 429, or Anthropic's 529 (overloaded): refused before anything was made, so never looked for. A look
+            # matches Anthropic's batches by size and time only: another batch running would be taken for this one.
+            refusal = status in REFUSED_BEFORE_ACTING
+            again = attempt < retries and status is not None and (refusal or status >= 500)
             if again:
                 pause = backoff_s(attempt)
-                next_step = "sending it again" if status == 429 else "looking for it (sent again if not made)"
+                next_step = "sending it again" if refusal else "looking for it (sent again if not made)"
                 log.warning("sending a batch to %s failed (%s); %s in %.1f s", provider_name, exc, next_step, pause)
                 time.sleep(pause)  # a 5xx's batch, if made, has time to show in the list
-                if status == 429:
+                if refusal:
                     continue
             with caller.ledger.reading() as conn:
                 rows = conn.execute(sa.select(batch_items).where(batch_items.c.batch_key == batch_key)).all()
             try:
-                found = _look(caller, batch_key, rows)
+                found = None if refusal else _look(caller, batch_key, rows)
             except Exception:
                 # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
                 raise exc from None
