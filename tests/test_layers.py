@@ -5,6 +5,7 @@ and passed down."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,31 @@ def test_a_flow_file_that_differs_from_the_installed_one_is_refused(tmp_path: Pa
     check_same_install(_function_from(same, "reading_notes"), "reading-notes")  # an identical copy runs
     with pytest.raises(TierflowError, match=r"differs from the one in the installed tierflow .*pip install -e"):
         check_same_install(_function_from(other, "reading_notes"), "reading-notes")
+
+
+def test_a_flow_with_no_file_is_refused_when_it_is_an_edited_copy_or_names_another_flow() -> None:
+    """Code with no file (a notebook cell, `python -c`, exec) is not compared by its file, which it has not: a flow
+    Prefect runs from its pickled bundle (`flow.serve()`, code named `<dynamic-code>`) keeps the installed code and
+    runs, but an edited copy of a registered flow, or a flow whose begin_run gives another registered flow's name,
+    slipped through unrefused."""
+    import cloudpickle
+
+    from tierflow.core.errors import TierflowError
+    from tierflow.core.registry import check_same_install, flow_spec
+
+    installed = flow_spec("reading-notes").flow.fn
+    module = sys.modules[installed.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        pickled = cloudpickle.loads(cloudpickle.dumps(installed))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert pickled.__code__.co_filename == "<dynamic-code>"
+    check_same_install(pickled, "reading-notes", "reading-notes")  # as Prefect runs a served flow: runs
+
+    cell: dict = {}
+    exec(compile("def reading_notes(vault):\n    return 'edited in a notebook'\n", "<ipython-input-3>", "exec"), cell)
+    with pytest.raises(TierflowError, match=r"reading-notes flow defined in <ipython-input-3> \(code with no file"):
+        check_same_install(cell["reading_notes"], "reading-notes", "reading-notes")
+    with pytest.raises(TierflowError, match="gives the name of another registered flow, the reading-notes flow"):
+        check_same_install(cell["reading_notes"], "reading-notes", "weekly-notes")

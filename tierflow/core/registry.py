@@ -95,17 +95,21 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name
         running = Path(inspect.getfile(flow_fn)).resolve()
     except (TypeError, OSError):
         return
-    if not running.is_file():
-        # Code with no file to compare: a flow Prefect pickled by value and runs from its bundle (`flow.serve()`
-        # pickles the flow's local modules, its code then named `<dynamic-code>`), or code made by exec.
-        return
     try:
         spec = flow_spec(flow_name)
         registered = spec.flow
         installed = Path(inspect.getfile(registered.fn)).resolve()
     except (TierflowError, TypeError, OSError):
         return
-    if running == installed or _digest(running) == _digest(installed):
+    # Code with no file to compare (a flow Prefect pickled by value and runs from its bundle: `flow.serve()` pickles
+    # the flow's local modules, its code then named `<dynamic-code>`; or a notebook cell, `python -c`, exec): its
+    # function's code is compared instead, which a pickled copy keeps (file name aside) and an edited copy does not.
+    fileless = not running.is_file()
+    if running == installed or (
+        getattr(flow_fn, "__code__", None) == registered.fn.__code__
+        if fileless
+        else _digest(running) == _digest(installed)
+    ):
         return
     if running_name is not None and getattr(registered, "name", running_name) != running_name:
         # Not another copy of the same flow: begin_run was given the name of another registered flow (a flow
@@ -118,6 +122,13 @@ def check_same_install(flow_fn: Callable[..., Any], flow_name: str, running_name
     # The package that registers the flow: tierflow for its own flows, yours for a flow of yours.
     dist = _entry_point(flow_name).dist
     package = f"{dist.name} {dist.version}" if dist is not None else "package"
+    if fileless:
+        raise TierflowError(
+            f"the {flow_name} flow defined in {running.name} (code with no file: a notebook cell, python -c or exec) "
+            f"differs from the one in the installed {package} ({installed}); runs recorded as the {flow_name} flow "
+            f"are resumed with the installed one. Give your copy a name of its own, in @flow and begin_run, or run "
+            f"the installed flow (entrypoint {spec.entrypoint})."
+        )
     raise TierflowError(
         f"the flow file {running} differs from the one in the installed {package} ({installed}). "
         "What it imports (its tasks, tierflow's core) would come from the installed packages, so the run would mix "
