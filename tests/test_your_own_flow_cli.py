@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 
 import frontmatter
@@ -1046,6 +1047,26 @@ def test_help_for_a_flow_that_does_not_import_is_still_shown_saying_why(triage_a
         "The reading-triage flow's parameters could not be read: ModuleNotFoundError: "
         "No module named 'tierflow_no_such_module'" in shown
     )
+
+
+def test_help_shows_a_model_default_as_the_json_that_param_takes() -> None:
+    """A pydantic model's default was shown as its repr (`[default: name='essay' weights={}]`), which --param refuses,
+    and a set's as `frozenset()`: each is shown as the JSON that `--param NAME=VALUE` reads back."""
+    from prefect import flow
+    from pydantic import BaseModel
+
+    from tierflow.cli.prefect_ops import describe_params
+
+    class Rubric(BaseModel):
+        name: str = "essay"
+        weights: dict[str, float] = {}
+
+    @flow
+    def marked(vault: str, rubric: Rubric = Rubric(), skip: frozenset[str] = frozenset(), day: date = date(2026, 1, 5)):  # noqa: B008
+        pass
+
+    shown = {d.name: d.default for d in describe_params(marked)[0]}
+    assert shown == {"vault": None, "rubric": '{"name": "essay", "weights": {}}', "skip": "[]", "day": "2026-01-05"}
 
 
 def test_a_required_parameter_left_out_is_refused_with_an_example_of_it(documented: str, tmp_path: Path) -> None:

@@ -446,17 +446,12 @@ def _short_type(annotation: Any) -> str:
 
 
 def _param_text(value: Any) -> str:
-    """A default as `--param` VALUE would give it: text as it is, anything else as JSON (`true`, `null`, `["a"]`)."""
-    import enum
+    """A default as `--param` VALUE would give it: text as it is (a date as its ISO date, a Path as its path, an
+    Enum as its value), anything else as JSON (`true`, `null`, `["a"]`, a pydantic model's fields)."""
+    from pydantic_core import to_jsonable_python
 
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value)
-    except TypeError:
-        return str(value)  # a date or a Path: its ISO date, its path
+    value = to_jsonable_python(value, fallback=str)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _value_form(schema: Mapping[str, Any], name: str) -> str:
