@@ -742,6 +742,42 @@ def test_a_batch_item_with_no_answer_whose_release_committed_unacknowledged_is_n
     assert open_reservations(caller.ledger) == []
 
 
+def test_a_batch_answer_whose_row_the_ledger_drops_is_recorded_even_when_the_clock_has_not_ticked_since_another(
+    tmp_path, monkeypatch, double, ledger_url, waits
+):
+    """The ledger drops the second answer's row as an ended batch is recorded, on a clock that has not ticked since
+    the first answer's (Python 3.11 on Windows reads the time in 15.6 ms steps; every item of a batch was claimed in
+    one). Before, the retry took the first answer's row (same run, model, time, start and attempt) for this one's,
+    so that the second answer, paid for, was never recorded and its reservation was left open."""
+    from datetime import UTC, datetime
+
+    from conftest import gone
+
+    monkeypatch.setattr("tierflow.core.clock.now", lambda: datetime(2026, 11, 18, 12, tzinfo=UTC))  # one tick
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda request: Reply(data={"label": "summative", "score": 2})
+    caller = outage_caller(tmp_path, double, ledger_url, 60)
+    Clock(caller)
+    state = {"rows": 0, "dropped": 0}
+
+    def drop_the_second(conn, cursor, sql, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if " ".join(sql.split()).upper().startswith("INSERT INTO CALLS"):
+            state["rows"] += 1
+            if state["rows"] == 2:
+                state["dropped"] += 1
+                raise gone(conn.dialect)
+
+    sa.event.listen(caller.ledger.engine, "before_cursor_execute", drop_the_second)
+
+    outcome = batch_of_three(caller)
+
+    assert state["dropped"] == 1
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    rows = caller.ledger.rows(run_id="outage")
+    assert sorted(r["subject"] for r in rows) == ["s0", "s1", "s2"]
+    assert open_reservations(caller.ledger) == []
+
+
 # --- what is an outage, and how long one write waits -----------------------------------------------------------------
 
 

@@ -591,21 +591,24 @@ def _release(caller: Caller, row: Any, claim: Any, status: str) -> None:
     """Release an unanswered item's reservation under its claim, waiting out a ledger restart (`closing_write`). A
     release whose commit went through unacknowledged is not tried again: its claim would find the item moved (by
     this process) and take it for another's."""
+    release = lambda: caller.budgets.release(row.reservation_id, also=claim)  # noqa: E731
+    closing_write(caller.ledger, release, None, lambda: _moved(caller, row, status))
 
-    def landed() -> bool:
-        with caller.ledger.reading() as conn:
-            mine = conn.execute(
-                sa.select(batch_items.c.key).where(
-                    batch_items.c.key == row.key,
-                    batch_items.c.batch_id == row.batch_id,
-                    batch_items.c.status == status,
-                    batch_items.c.holder_pid == os.getpid(),
-                    batch_items.c.holder_host == HOST,
-                )
-            ).first()
-        return mine is not None
 
-    closing_write(caller.ledger, lambda: caller.budgets.release(row.reservation_id, also=claim), None, landed)
+def _moved(caller: Caller, row: Any, status: str) -> bool:
+    """Whether this process's claim moved the item to `status` (`_claim`): the transaction that held the claim
+    committed, though the connection went before its acknowledgement came."""
+    with caller.ledger.reading() as conn:
+        mine = conn.execute(
+            sa.select(batch_items.c.key).where(
+                batch_items.c.key == row.key,
+                batch_items.c.batch_id == row.batch_id,
+                batch_items.c.status == status,
+                batch_items.c.holder_pid == os.getpid(),
+                batch_items.c.holder_host == HOST,
+            )
+        ).first()
+    return mine is not None
 
 
 def _settle_item(
@@ -640,7 +643,9 @@ def _settle_item(
         caller.budgets.settle(row.reservation_id, record, cache=cache if verdict.ok else None, also=claim)
 
     try:
-        closing_write(caller.ledger, settle, record)  # waits out a ledger restart, as a direct call's answer does
+        # Waits out a ledger restart, as a direct call's answer does. Whether a commit whose acknowledgement was lost
+        # went through is read from the item's claim: a row's times alone may match another item's (a coarse clock).
+        closing_write(caller.ledger, settle, record, lambda: _moved(caller, row, "done"))
     except LedgerUnreachable as gone:
         unrecorded = LedgerUnreachable(
             f"{gone}. The answers of batch {batch_id} not recorded are paid for, and {routed.provider} keeps them: "
