@@ -73,7 +73,11 @@ def test_a_batch_creation_refused_with_nothing_made_is_sent_again(
 
 @pytest.mark.parametrize("refusals", [1, 3])
 def test_a_batch_creation_refused_is_not_looked_for_so_another_tools_running_batch_is_not_taken_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, refusals: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    double: ProviderDouble,
+    refusals: int,
+    caplog: pytest.LogCaptureFixture,
 ):
     """Anthropic's batches carry no metadata: a look matches a running batch by its size and age only, so another
     tool's batch of as many requests, made minutes before on the same key, is taken for this one. A creation refused
@@ -104,6 +108,10 @@ def test_a_batch_creation_refused_is_not_looked_for_so_another_tools_running_bat
         outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
         assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
     assert not [q for q in double.requests if q.kind == "batch_list"]
+    # Each try's line says which try it was, not the final error's "after 2 retries" while still retrying.
+    said = [r.getMessage() for r in caplog.records if "sending a batch" in r.getMessage()]
+    assert said[0] == "sending a batch to anthropic was answered HTTP 529 (try 1 of 3); sending it again in 0.5 s"
+    assert not [line for line in said if "retries" in line]
     with caller.ledger.reading() as conn:
         from tierflow.core.ledger import batch_items
 

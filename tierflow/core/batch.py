@@ -460,7 +460,11 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
             if again:
                 pause = backoff_s(attempt)
                 next_step = "sending it again" if refusal else "looking for it (sent again if not made)"
-                log.warning("sending a batch to %s failed (%s); %s in %.1f s", provider_name, exc, next_step, pause)
+                # The status alone: the error's text says "after N retries", which this loop is still counting.
+                log.warning(
+                    "sending a batch to %s was answered HTTP %s (try %d of %d); %s in %.1f s",
+                    provider_name, status, attempt + 1, retries + 1, next_step, pause,
+                )  # fmt: skip
                 time.sleep(pause)  # a 5xx's batch, if made, has time to show in the list
                 if refusal:
                     continue
