@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tierflow.core.errors import VaultError
+from tierflow.lms.drafts import VERSION_KEY, scan
 from tierflow.tasks.assignment import _body, _submissions
 from tierflow.tasks.collate import quotes_of
 from tierflow.tasks.draft import _by_tierflow, draft_names
@@ -242,6 +243,27 @@ def test_text_tierflow_writes_into_front_matter_is_read_back_by_obsidian_as_text
     assert "student_id: '1e3'\ncode: '0o17'\n" in text
     obsidian = yaml.load(split_front_matter(text)[0] or "", Loader=YAML_LOADER)
     assert {k: obsidian[k] for k in values} == values
+
+
+def test_a_draft_an_earlier_tierflow_wrote_keeps_its_submission_hash(tmp_path: Path) -> None:
+    """Before tierflow quoted them, it wrote a 16-digit hex hash such as `86e5014965866131` bare (YAML 1.1 reads
+    text); YAML 1.2 reads the number inf. About one draft in 1,300 was then taken as written for another version of
+    the submission: redrafted, and left out of the export though reviewed. Text tierflow wrote bare stays text."""
+    earlier = {"student_id": "1002", VERSION_KEY: "86e5014965866131", "code": "0o17", "scale": "+.5", "n": "1.5e3"}
+    write(tmp_path / "A1/feedback/1002.md", "---\n" + yaml.safe_dump(earlier, sort_keys=False) + "---\nGood.\n")
+    (draft,), _ = scan(tmp_path, "A1")
+    assert draft.written_for("86e5014965866131")
+    assert {k: draft.metadata[k] for k in earlier} == earlier
+
+
+def test_an_id_with_a_leading_zero_is_written_as_text_obsidian_shows(tmp_path: Path) -> None:
+    """Obsidian's YAML 1.2 reads a bare `student_id: 0123489` as the number 123489 (and writes that back when a
+    property is edited there): another student's id. tierflow quotes every string of digits it writes."""
+    values = {"student_id": "0123489", "sis_ids": ["0912345", "09"], "other": "-0189"}
+    NoteWriter(tmp_path, "A1/submissions").write("Jane", values, "Essay.")
+    text = (tmp_path / "A1/submissions/Jane.md").read_text(encoding="utf-8")
+    assert "student_id: '0123489'\nsis_ids:\n- '0912345'\n- '09'\nother: '-0189'\n" in text
+    assert parse_note(text).metadata["sis_ids"] == ["0912345", "09"]
 
 
 SHOWN_AS_TEXT = (

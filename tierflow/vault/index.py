@@ -33,7 +33,8 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 8  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule
+_CACHE_VERSION = 9  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
+# 9: `1e3` (a hash tierflow wrote bare) is text
 _BINARY_SNIFF_BYTES = 8192
 
 # Obsidian tag: `#` then letters, digits, `_`, `-`, `/`. The rest of Obsidian's rule (not after a word

@@ -78,7 +78,9 @@ class YAML_LOADER(_SAFE_LOADER):  # noqa: N801 (a constant to its users: the one
     `no`, `on`, `off` (`language: no` for Norwegian) are booleans, `12:30` is the number 750 and `0123` is 83.
     Here, as in Obsidian, only `true`/`false` are booleans, and `12:30` and `1_000` are text. A number written with
     a leading zero (`student_id: 0123489`) is kept as the text written, where Obsidian shows 123489 and YAML 1.1
-    read it as text or, digits 0-7 only, as octal: an id must not lose its zero. Dates (`2026-03-29`,
+    read it as text or, digits 0-7 only, as octal: an id must not lose its zero. A number YAML 1.1 read as text
+    (`1e3`, `0o17`, `+.5`) is text too: tierflow wrote such text bare before it quoted it (`YAML_DUMPER`), and a
+    hash like `86e5014965866131` must not become the number inf. Dates (`2026-03-29`,
     `2026-03-29T00:30:00+02:00`) are still read as dates.
     """
 
@@ -111,13 +113,14 @@ YAML_LOADER.yaml_implicit_resolvers = {
 YAML_LOADER.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# The numbers YAML 1.2 and YAML 1.1 both read, as the same number: no text tierflow ever wrote bare is read otherwise.
 YAML_LOADER.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789")
 )
 YAML_LOADER.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?|\.[0-9]+(?:[eE][-+][0-9]+)?"
         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+.0123456789"),
@@ -127,10 +130,14 @@ YAML_LOADER.add_constructor("tag:yaml.org,2002:int", YAML_LOADER.construct_yaml_
 
 class YAML_DUMPER(yaml.SafeDumper):  # noqa: N801 (a constant to its users: the one writer of front-matter)
     """The safe YAML dumper tierflow writes front-matter with: a string that YAML 1.1 (PyYAML, `YAML_LOADER`'s
-    base) or YAML 1.2 (Obsidian) would read as anything but text is quoted. PyYAML left `1e3` and `0o17` bare,
-    which Obsidian reads as the numbers 1000 and 15."""
+    base) or YAML 1.2 (Obsidian) would read as anything but text is quoted. PyYAML left `1e3`, `0o17` and
+    `0123489` bare, which Obsidian reads as the numbers 1000, 15 and 123489 (another student's id)."""
 
 
+# YAML 1.2's core schema numbers, as Obsidian reads them (a leading zero too).
+_YAML_1_2_NUMBER = re.compile(
+    r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)$"
+)
 YAML_DUMPER.yaml_implicit_resolvers = {
     first: [
         *yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
@@ -138,6 +145,7 @@ YAML_DUMPER.yaml_implicit_resolvers = {
     ]
     for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *YAML_LOADER.yaml_implicit_resolvers}
 }
+YAML_DUMPER.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_1_2_NUMBER, list("-+.0123456789"))
 
 
 def split_front_matter(text: str) -> tuple[str | None, str]:
