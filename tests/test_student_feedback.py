@@ -449,13 +449,31 @@ def test_an_openai_compatible_server_off_this_machine_gets_pseudonyms(feedback_v
         ("postgresql:///tierflow", False),  # libpq's Unix socket
         ("postgresql:///tierflow?host=/var/run/postgresql", False),
         (None, False),  # SQLite in the vault
+        # libpq tries each host of a list in turn: the socket or localhost may be down, and the next one answers
+        ("postgresql:///tierflow?host=/var/run/postgresql,db.example.ac.uk", True),
+        ("postgresql:///tierflow?host=localhost:5432,db.example.ac.uk:5432", True),
+        ("postgresql:///tierflow?host=localhost&host=127.0.0.1&host=::1&host=/tmp", False),
+        ("postgresql://tierflow@[::1]:5432/tierflow", False),
+        ("postgresql://tierflow@localhost/tierflow?hostaddr=10.1.2.3", True),  # libpq connects to hostaddr
+        ("postgresql://tierflow@localhost/tierflow?hostaddr=127.0.0.1", False),
+        ("postgresql:///tierflow?service=teaching", True),  # pg_service.conf may name any host
+        ("postgresql:///tierflow|PGHOST=db.example.ac.uk", True),  # what the URL leaves out, libpq takes from these
+        ("postgresql:///tierflow|PGHOSTADDR=10.1.2.3", True),
+        ("postgresql:///tierflow|PGSERVICE=teaching", True),
+        ("postgresql:///tierflow|PGHOST=/var/run/postgresql", False),
     ],
 )
-def test_a_local_profile_hides_names_from_a_ledger_on_another_machine(ledger_url, remote):
+def test_a_local_profile_hides_names_from_a_ledger_on_another_machine(ledger_url, remote, monkeypatch):
     """The ledger keeps every request's text: with a local or offline model, names would still leave the machine
     in the prompts a PostgreSQL ledger elsewhere records, so they are hidden as for a cloud tier."""
     from tierflow.core.config import load_config
     from tierflow.tasks.assignment import pseudonymise
+
+    for name in ("PGHOST", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    if ledger_url and "|" in ledger_url:
+        ledger_url, variable = ledger_url.split("|")
+        monkeypatch.setenv(*variable.split("=", 1))
 
     overrides = {"ledger_url": ledger_url} if ledger_url else None
     for profile in ("offline", "local"):

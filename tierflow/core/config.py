@@ -466,16 +466,23 @@ class Config:
     @property
     def ledger_leaves_machine(self) -> bool:
         """Whether the ledger, which keeps the text of every request (prompts with the students' work), is on
-        another machine: a PostgreSQL `ledger_url` whose host is neither a loopback address nor a Unix socket (no
-        host, or a `host=/path` parameter). A SQLite ledger is a file in the vault, on this machine."""
+        another machine: a PostgreSQL `ledger_url` any of whose hosts (`host=a,b` lists, which libpq tries in turn,
+        and `hostaddr=`, where it connects) is neither a loopback address nor a Unix socket (no host, or a
+        `host=/path`); what the URL leaves out, libpq takes from `PGHOST`, `PGHOSTADDR` and `PGSERVICE`. A service
+        (`service=`) may name any host: taken as another machine. A SQLite ledger is a file in the vault."""
         url = self.settings.ledger_url or ""
         if not url or url.startswith("sqlite"):
             return False
         parts = urlsplit(url)
-        if not parts.hostname:
-            hosts = [v for k, v in parse_qsl(parts.query) if k == "host"]
-            return any(not h.startswith("/") and not _loopback(f"//{h}") for h in hosts)
-        return not _loopback(url)
+        given = {
+            k: ",".join(v for key, v in parse_qsl(parts.query) if key == k) for k in ("host", "hostaddr", "service")
+        }
+        if given["service"] or os.environ.get("PGSERVICE"):
+            return True
+        host = ",".join(h for h in (parts.hostname, given["host"]) if h) or os.environ.get("PGHOST", "")
+        hostaddr = given["hostaddr"] or os.environ.get("PGHOSTADDR", "")
+        items = [h.strip() for h in f"{host},{hostaddr}".split(",") if h.strip()]
+        return not all(h.startswith("/") or _loopback(h) for h in items)
 
     @property
     def cloud_providers(self) -> list[str]:
@@ -495,6 +502,10 @@ class Config:
 
 def _loopback(url: str) -> bool:
     """Whether a URL's host is this machine: `localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    try:  # a bare IPv6 address (`::1`, as a `host=` parameter gives it)
+        return ipaddress.ip_address(url).is_loopback
+    except ValueError:
+        pass
     host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
