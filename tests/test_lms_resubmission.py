@@ -536,3 +536,33 @@ def test_an_older_download_paired_with_a_later_worksheet_is_not_taken(tmp_path):
     assert "are dated before those imported before" in warning and "a worksheet downloaded later" in warning
     assert "--replace-newer" in warning, warning
     assert "early draft" not in note.read_text(encoding="utf-8")
+
+
+def test_a_resubmission_dated_after_the_import_before_is_taken_whatever_zone_the_worksheet_gives_its_time_in(
+    tmp_path,
+):
+    """The worksheet gives `Last modified (submission)` in the zone of whoever downloaded it, the zip its dates in the
+    server's. A submission imported without a worksheet, then a resubmission whose new files are dated after it: a
+    worksheet three hours behind the server says 11:05 of a resubmission made at 14:05, before the 12:00 of the file
+    imported before. The dates tell, and the resubmission is taken: nothing may keep the lecturer on the old essay."""
+    import shutil
+
+    vault = tmp_path / "vault"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "vault_fixtures" / "feedback-batch", vault)
+    base = ["--vault", str(vault), "-a", ASSIGNMENT]
+    note = vault / ASSIGNMENT / "submissions" / "1001.md"
+    students = cohort()[:3]
+    first = _dated_moodle_zip(tmp_path / "first.zip", students, {"essay.docx": (2026, 3, 5, 12, 0, 0)})
+    assert CliRunner().invoke(app, ["import", "submissions", str(first), *base]).exit_code == 0
+    students[0].files = {"essay.docx": docx_bytes(essay(14, "Essay by Liam O'Sullivan, resubmitted."))}
+    second = _dated_moodle_zip(tmp_path / "second.zip", students, {"essay.docx": (2026, 3, 5, 14, 0, 0)})
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_bytes(
+        worksheet_for(cohort()[:3]).replace(
+            b"Thursday, 19 November 2026, 10:14 PM", b"Thursday, 5 March 2026, 11:05 AM"
+        )
+    )
+    shown = CliRunner().invoke(app, ["import", "submissions", str(second), *base, "--roster", str(worksheet)])
+    assert shown.exit_code == 0, shown.output
+    assert "1001: updated" in shown.stdout, shown.stdout
+    assert "resubmitted" in note.read_text(encoding="utf-8")

@@ -450,8 +450,11 @@ def _import_one(
     told = _told(submitted, was, before)
     by_dates = refiled and dated is not None and before is not None and dated < before
     # The platform's time decides where the dates cannot (fewer files); where the files themselves are older
-    # versions, a worksheet downloaded later than the zip could say "newer" of an older download: not taken.
-    older = refiled and (told[0] < told[1] or (by_dates and not fewer)) if told is not None else by_dates
+    # versions, a worksheet downloaded later than the zip could say "newer" of an older download: not taken. Against
+    # the files' dates alone (no time recorded before), it never overrides newer dates: a submission is last changed
+    # after its files, so only the zones (the worksheet's is its reader's, the zip's the server's) make it earlier.
+    by_platform = told is not None and told[0] < told[1] and (fewer or was is not None)
+    older = refiled and (by_platform or (by_dates and not fewer)) if told is not None else by_dates
     if older and not replace_newer and _staged_body(placed).strip() != previous.strip():
         result.action = "kept-newer"  # decided before anything of the student's is written
         # Canvas dates every entry when it makes the zip (rubyzip's default time), so its dates are the download's.
