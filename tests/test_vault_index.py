@@ -415,6 +415,8 @@ def test_a_note_opening_with_a_rule_and_no_closing_line_is_read_whole_as_obsidia
     write(
         tmp_path, "Reading/Rule first.md", "---\nNote: this week's reading is short.\n\nDialogue matters. #literature\n"
     )
+    # After a blank line, or with a space after the opener, Obsidian shows them as text too; such a note is skipped
+    # in the week its date meant, with the fix (2020: not this week), not moved into this one by its file's date.
     write(tmp_path, "Reading/Spaced.md", "\n---\ntitle: Not a property\ndate: 2020-01-01\n---\nAfter blank lines.\n")
     write(tmp_path, "Reading/Dotted.md", "---\ntitle: Not a property\ndate: 2020-01-01\n...\nA YAML end is no close.\n")
     write(tmp_path, "Reading/Long rule.md", "---\ndate: 2020-01-01\n----\nFour dashes close nothing.\n")
@@ -430,8 +432,6 @@ def test_a_note_opening_with_a_rule_and_no_closing_line_is_read_whole_as_obsidia
         "Reading/Dotted.md": ("Dotted", None),  # dated by its file: its `date:` line is text
         "Reading/Long rule.md": ("Long rule", None),
         "Reading/Rule first.md": ("Rule first", None),
-        "Reading/Spaced.md": ("Spaced", None),
-        "Reading/Trailing.md": ("Trailing", None),
     }
     assert [n for n in sel.notes if n.path == "Reading/Rule first.md"][0].tags == ("literature",)
 
@@ -475,3 +475,18 @@ def test_a_date_with_a_time_zone_is_on_its_day_in_the_vaults_zone(tmp_path: Path
         week = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 23), until=dt.date(2026, 3, 29))
         after = index.select(folders=["R"], tags=[], since=dt.date(2026, 3, 30), until=dt.date(2026, 4, 5))
         assert (paths(week.notes), paths(after.notes)) == (first, second), zone
+
+
+def test_properties_obsidian_shows_as_text_skip_the_note_in_the_week_they_meant_naming_the_fix(tmp_path: Path) -> None:
+    """A blank line before the first `---` (or a space after one): Obsidian shows the properties as text, so they are
+    not read; the note is listed as skipped in the week its `date` meant, with the fix, not dated by its file and
+    moved out of its week unseen. A note whose body merely starts with a rule is read."""
+    write(tmp_path, "R/blank.md", "\n" + note("2026-11-18", tags="[edu]"), mtime=dt.datetime(2026, 10, 1, 12, 0))
+    write(tmp_path, "R/spaced.md", note("2026-11-18").replace("---\n", "--- \n", 1))
+    write(tmp_path, "R/rule.md", "\n---\nJust a rule, then text.\n")
+    sel = select(tmp_path, folders=["R"])
+    errors = {n.path: n.error or "" for n in sel.skipped}
+    assert errors["R/blank.md"].startswith("properties not read: Obsidian shows its properties as text")
+    assert errors["R/blank.md"].endswith("delete the blank line before line 2")
+    assert errors["R/spaced.md"].endswith("delete the spaces on line 1")
+    assert paths(sel.notes) == ["R/rule.md"]

@@ -26,15 +26,22 @@ from typing import Any
 
 import yaml
 
-from tierflow.vault.text import YAML_LOADER, PropertyError, property_text, split_front_matter, yaml_problem
+from tierflow.vault.text import (
+    YAML_LOADER,
+    PropertyError,
+    misplaced_front_matter,
+    property_text,
+    split_front_matter,
+    yaml_problem,
+)
 
 __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 9  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
-# 9: `1e3` (a hash tierflow wrote bare) is text
+_CACHE_VERSION = 10  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
+# 9: `1e3` (a hash tierflow wrote bare) is text; 10: properties Obsidian shows as text skip the note
 _BINARY_SNIFF_BYTES = 8192
 
 # Obsidian tag: `#` then letters, digits, `_`, `-`, `/`. The rest of Obsidian's rule (not after a word
@@ -321,6 +328,16 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 tags=_dedupe(_inline_tags(body)),
                 date=_date_line(fm),
             )
+    elif text.lstrip().startswith("---") and (misplaced := misplaced_front_matter(text)):
+        # Properties Obsidian shows as text (a blank line before the first `---`, a space beside one): read as
+        # nothing, the note would be dated by its file and leave its week unseen. Skipped in the week it meant.
+        why, meant = misplaced
+        dated = meant.get("date") if _parse_date(meant.get("date")) else meant.get("created")
+        return bad(
+            f"properties not read: {why}",
+            tags=_dedupe(_fm_tags(meant.get("tags", meant.get("tag"))) + _inline_tags(body)),
+            date=_parse_date(dated),
+        )
     try:  # as every reader of a note takes it: `title: [[Paper]]` (YAML's nested list) is "Paper"
         title = property_text(meta, "title") or stem
     except PropertyError:  # a mapping or several titles: the note's reader says so when it is read
