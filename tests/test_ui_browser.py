@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,10 @@ def chromium() -> str:
 DOWNGRADE = '[budgets.run]\nusd = 0.12\npolicy = "downgrade"\nfloor = "light"\n'
 """A per-run cap below the synthesis call's worst case on the deep tier: it runs on a cheaper tier."""
 SCHEDULED_WINDOW = ("2026-11-12", "2026-11-18")
-"""The last seven days to the test clock's today (conftest's TIERFLOW_CLOCK_START) in the vault's time zone."""
+"""The seven days before the day the scheduled run was due (`SCHEDULED_DUE`), in the vault's time zone."""
+SCHEDULED_DUE = datetime(2026, 11, 19, 7, 0, tzinfo=UTC)
+"""When the deployment's run was due: the morning after the test clock's today (conftest's TIERFLOW_CLOCK_START),
+set explicitly, as Prefect would otherwise date it by the wall clock."""
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +92,9 @@ def ui_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def _run_scheduled(url: str, vault: Path, env: dict[str, str]) -> str:
-    """A `reading-notes` deployment on a weekly cron, a run of it due now with the deployment's parameters, and
-    that run executed as a worker would (`python -m prefect.engine`): since and until are None, as on every
-    scheduled run."""
+    """A `reading-notes` deployment on a weekly cron, a run of it due at `SCHEDULED_DUE` with the deployment's
+    parameters, and that run executed as a worker would (`python -m prefect.engine`): since and until are None, as
+    on every scheduled run, and the week is the one before the day it was due."""
     from prefect.states import Scheduled
     from prefect.types.entrypoint import EntrypointType
 
@@ -108,7 +112,7 @@ def _run_scheduled(url: str, vault: Path, env: dict[str, str]) -> str:
             (schedule,) = client.read_deployment_schedules(deployment_id)
             assert schedule.active and schedule.schedule.cron == "0 7 * * 1"
             # As the scheduler makes it: the deployment's parameters only, so since and until are None.
-            run = client.create_flow_run_from_deployment(deployment_id, state=Scheduled())
+            run = client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=SCHEDULED_DUE))
             assert run.parameters == {"vault": str(vault)} and run.name != "reading-notes · None to None"
     done = subprocess.run(
         [sys.executable, "-m", "prefect.engine", str(run.id)], env=env, capture_output=True, text=True, timeout=1800
