@@ -328,23 +328,18 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
                 tags=_dedupe(_inline_tags(body)),
                 date=_date_line(fm),
             )
-    elif text.lstrip().startswith("---") and (misplaced := misplaced_front_matter(text)):
+    elif misplaced := misplaced_front_matter(text):
         # Properties Obsidian shows as text (a blank line before the first `---`, a space beside one): read as
         # nothing, the note would be dated by its file and leave its week unseen. Skipped in the week it meant.
         why, meant = misplaced
-        dated = meant.get("date") if _parse_date(meant.get("date")) else meant.get("created")
-        return bad(
-            f"properties not read: {why}",
-            tags=_dedupe(_fm_tags(meant.get("tags", meant.get("tag"))) + _inline_tags(body)),
-            date=_parse_date(dated),
-        )
+        return bad(f"properties not read: {why}", tags=_tags(meant, body), date=_parse_date(_dated(meant)))
     try:  # as every reader of a note takes it: `title: [[Paper]]` (YAML's nested list) is "Paper"
         title = property_text(meta, "title") or stem
     except PropertyError:  # a mapping or several titles: the note's reader says so when it is read
         title = stem
-    dated = meta.get("date") if _parse_date(meta.get("date")) else meta.get("created")
+    dated = _dated(meta)
     date, dated_at = _parse_date(dated), _parse_instant(dated)
-    tags = _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
+    tags = _tags(meta, body)
     for key in ("title", "date", "created"):
         value = meta.get(key)
         if isinstance(value, str) and _PLACEHOLDER_RE.search(value):
@@ -368,8 +363,17 @@ def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
         meta = None
     meta = meta if isinstance(meta, dict) else {}
-    date = _parse_date(meta.get("date")) or _parse_date(meta.get("created")) or _date_line(fm)
-    return date, _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
+    return _parse_date(_dated(meta)) or _date_line(fm), _tags(meta, body)
+
+
+def _dated(meta: dict[str, Any]) -> object:
+    """The property a note is dated by: its `date` when that reads as a date, else its `created`."""
+    return meta.get("date") if _parse_date(meta.get("date")) else meta.get("created")
+
+
+def _tags(meta: dict[str, Any], body: str) -> tuple[str, ...]:
+    """A note's tags: its `tags` (or `tag`) property's, then those written in its body, each once."""
+    return _dedupe(_fm_tags(meta.get("tags", meta.get("tag"))) + _inline_tags(body))
 
 
 def _date_line(front_matter: str) -> dt.date | None:

@@ -68,6 +68,7 @@ def load_note(path: Path) -> frontmatter.Post:
 # `---` after blank lines, `----`, `--- ` with a trailing space, or a YAML `...` opens or closes nothing.
 _FRONT_MATTER_OPEN = re.compile(r"---\r?\n")
 _FRONT_MATTER_CLOSE = re.compile(r"(?<=\n)---(?:\r?\n|\Z)")
+_OPENS_WITH_RULE = re.compile(r"\ufeff?\s*---")  # a `---` line after nothing but blank lines (a BOM first)
 _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when present: the same values, faster
 
 
@@ -166,7 +167,8 @@ def misplaced_front_matter(text: str) -> tuple[str, dict[str, Any]] | None:
     """Why a note whose top reads as properties has none for Obsidian (`split_front_matter`), with the fix, and the
     properties it meant; None when it has front-matter, or nothing that would be one. Its `---` lines are after
     blank lines, or have spaces beside them: Obsidian shows what lies between them as text."""
-    if split_front_matter(text)[0] is not None:
+    # Most notes open with no `---` at all: told at once, without splitting a long note into lines.
+    if not _OPENS_WITH_RULE.match(text) or split_front_matter(text)[0] is not None:
         return None
     lines = text.removeprefix("\ufeff").replace("\r\n", "\n").split("\n")
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
