@@ -596,7 +596,7 @@ def _release(caller: Caller, row: Any, claim: Any, status: str) -> None:
     release whose commit went through unacknowledged is not tried again: its claim would find the item moved (by
     this process) and take it for another's."""
     release = lambda: caller.budgets.release(row.reservation_id, also=claim)  # noqa: E731
-    closing_write(caller.ledger, release, None, lambda: _moved(caller, row, status))
+    closing_write(caller.ledger, release, lambda: _moved(caller, row, status))
 
 
 def _moved(caller: Caller, row: Any, status: str) -> bool:
@@ -649,14 +649,12 @@ def _settle_item(
     try:
         # Waits out a ledger restart, as a direct call's answer does. Whether a commit whose acknowledgement was lost
         # went through is read from the item's claim: a row's times alone may match another item's (a coarse clock).
-        closing_write(caller.ledger, settle, record, lambda: _moved(caller, row, "done"))
+        closing_write(caller.ledger, settle, lambda: _moved(caller, row, "done"))
     except LedgerUnreachable as gone:
-        unrecorded = LedgerUnreachable(
-            f"{gone}. The answers of batch {batch_id} not recorded are paid for, and {routed.provider} keeps them: "
-            f"once the ledger is back, {_collects(caller)}, without sending them again"
-        )
-        unrecorded.gave_up = gone.gave_up
-        raise unrecorded from gone.__cause__
+        raise gone.saying(
+            f"The answers of batch {batch_id} not recorded are paid for, and {routed.provider} keeps them: once the "
+            f"ledger is back, {_collects(caller)}, without sending them again"
+        ) from gone.__cause__
     telemetry.record_call(record, provider_kind=routed.provider_kind)
     outcome.answers[call.key] = (
         verdict.answer

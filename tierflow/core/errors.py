@@ -72,6 +72,12 @@ class LedgerUnreachable(LedgerError):
     gave_up = False
     """The ledger has been away as long as the run waits for it (`Outage`): the calls after this one fail too."""
 
+    def saying(self, more: str) -> LedgerUnreachable:
+        """This error with `more` said after it (what it left unrecorded, and how to recover it); `gave_up` kept."""
+        said = LedgerUnreachable(f"{self}. {more}")
+        said.gave_up = self.gave_up
+        return said
+
 
 class ProviderError(TierflowError):
     """A model provider failed; names the provider, the model and the cause."""

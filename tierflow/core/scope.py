@@ -45,23 +45,20 @@ CONTENDED_TRIES = 4
 """How often the closing transaction is tried when the database rolls it back for another's sake (`contended`)."""
 
 
-def closing_write(
-    ledger: Ledger, step: Callable[[], None], written: CallRecord | None, landed: Callable[[], bool] | None = None
-) -> None:
+def closing_write(ledger: Ledger, step: Callable[[], None], landed: Callable[[], bool] | None) -> None:
     """A billed call's closing transaction (`step`: its row, its settlement, what goes with them), tried again when
     the database rolls it back for another's sake (`contended`: at once, `CONTENDED_TRIES` times in all), or drops
     it or cannot be reached (a restart, a failover: after the ledger's `Outage` wait, until it has waited
     `ledger_outage_s` since this write's first failure, when `Outage.wait`'s LedgerUnreachable is raised). After a
-    dropped connection, the next try first looks for `written` (a row the transaction writes): its commit may have
-    gone through all the same, and its rows are never written twice; a transaction that writes no such row gives
-    `landed`, which tells whether it did. A statement the ledger refuses is raised at once: trying again would not
-    mend it."""
+    dropped connection, the next try first asks `landed` whether the transaction committed all the same (a row it
+    writes is there, say), so that its rows are never written twice. A statement the ledger refuses is raised at
+    once: trying again would not mend it."""
     dropped = False
     contentions = 0
     with ledger.outage.trying():  # its patience runs from this write's first failure
         while True:
             try:
-                if dropped and (landed() if landed is not None else written is not None and ledger.landed(written)):
+                if dropped and landed is not None and landed():
                     return  # it committed before the connection went: never write its rows twice
                 step()
                 return
@@ -211,13 +208,11 @@ class CallScope:
         # The answer's row, else the first lost attempt's: the transaction writes either with the rest.
         written = row if row is not None else next(iter(lost), None)
         try:
-            closing_write(self.ledger, step, written)
+            closing_write(self.ledger, step, (lambda: self.ledger.landed(written)) if written is not None else None)
         except LedgerUnreachable as gone:
             if row is None:
                 raise
-            unrecorded = LedgerUnreachable(
-                f"{gone}. Answers that arrived meanwhile were paid for and are not recorded: once the "
-                "ledger is back, each counts as a lost call at its worst case (its reservation lapses)"
-            )
-            unrecorded.gave_up = gone.gave_up
-            raise unrecorded from gone.__cause__
+            raise gone.saying(
+                "Answers that arrived meanwhile were paid for and are not recorded: once the ledger is back, each "
+                "counts as a lost call at its worst case (its reservation lapses)"
+            ) from gone.__cause__
