@@ -175,13 +175,17 @@ class VaultConfig(_Model):
         return name
 
 
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Names the zone database holds that are no place's zone: the machine's own, a rules file, a placeholder."""
+
+
 def timezone_problem(name: str) -> str | None:
     """Why `name` is not an IANA time zone name tierflow counts days in (with the name meant, if only its case is
     wrong), or None. `localtime` is refused: it is the machine's zone, which a vault's days must not depend on."""
-    names = _timezone_names()
-    if name in names and name not in ("localtime", "posixrules", "Factory"):
+    names = _timezone_names() - _NOT_ZONES
+    if name in names:
         return None
-    folded = {n.casefold(): n for n in names if n not in ("localtime", "posixrules", "Factory")}
+    folded = {n.casefold(): n for n in names}
     hint = f" Did you mean {folded[name.casefold()]}?" if name.casefold() in folded else ""
     what = "the machine's zone, which may not be yours" if name == "localtime" else "not a time zone name"
     return f"{name!r} is {what}.{hint} Use an IANA name such as Europe/London, America/New_York, Asia/Kolkata or UTC"
