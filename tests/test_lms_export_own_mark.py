@@ -233,6 +233,40 @@ def test_moodle_refuses_a_mark_above_its_maximum_as_its_upload_would_naming_the_
     assert "grade" not in imported["1001"] and imported["1001"]["feedback"]
 
 
+def test_a_mark_outside_the_maximum_only_before_rounding_is_within_it_as_it_will_be_written():
+    from tierflow.lms.marks import on_platform
+
+    # 20.001 of 20 is written 20.00 at 2 places, which Moodle's upload takes: not above.
+    mark = mark_of(RUBRIC, Draft("1", "x", {"mark": "20.001/20"}, ""))
+    found = on_platform(mark, 20.0, 2)
+    assert (found.grade, found.rounded, found.outside, found.said()) == (Decimal("20.00"), Decimal("20.00"), "", "")
+    # Still above once rounded (20.001 at 3 places; 20.005 at 2 is 20.01, half up): as before.
+    assert on_platform(mark, 20.0, 3).outside == "above"
+    assert on_platform(mark_of(RUBRIC, Draft("1", "x", {"mark": "20.005/20"}, "")), 20.0, 2).outside == "above"
+    # Below 0 the same way: -0.001 is written 0.00.
+    below = on_platform(mark_of(RUBRIC, Draft("1", "x", {"mark": "-0.001/20"}, "")), 20.0, 2)
+    assert (below.grade, below.outside) == (Decimal("0.00"), "")
+    assert on_platform(mark_of(RUBRIC, Draft("1", "x", {"mark": "-0.005/20"}, "")), 20.0, 2).outside == "below"
+
+
+@pytest.mark.parametrize("written", ["20.001/20", "-0.001/20"], ids=["above", "below"])
+def test_moodle_takes_a_mark_that_rounds_to_within_its_maximum_as_its_upload_would(tmp_path, written):
+    downloaded, result = _over(tmp_path, False, written)
+    expected = "20.00" if written.startswith("20") else "0.00"
+    assert _lines(result.stdout)["1001"] == f", mark {written} (yours, as written) -> {expected} of 20", result.output
+    assert "Upload grading worksheet skips" not in result.stderr, result.stderr
+    imported = moodle_import_worksheet(downloaded.read_bytes(), participants={sid for sid, _ in STUDENTS}, maximum=20)
+    assert imported["1001"]["grade"] == float(expected) and imported["1001"]["feedback"], imported["1001"]
+
+
+def test_canvas_sends_a_mark_that_rounds_to_points_possible_as_no_extra_credit(tmp_path):
+    written, result = _over(tmp_path, True, "20.001/20")
+    assert _lines(result.stdout)["1001"] == ", mark 20.001/20 (yours, as written) -> 20.00 of 20", result.output
+    assert "extra credit" not in result.stderr, result.stderr
+    grades = canvas_import_gradebook(written.read_bytes(), ASSIGNMENTS)["grades"]
+    assert grades["1001"]["4512"] == "20"
+
+
 @pytest.mark.parametrize("canvas", [False, True], ids=["moodle", "canvas"])
 def test_a_maximum_with_more_places_than_decimals_is_said_once_the_same_way(tmp_path, canvas):
     vault = _vault(tmp_path, canvas=canvas)

@@ -26,10 +26,11 @@ To the platform: `mark / scale * maximum` (the worksheet's `Maximum Grade`, Canv
 written out of the platform's maximum is that mark), rounded half up to `decimals` places (2 by default). A mark
 within 0 and the maximum stays within them: when rounding would carry it past a maximum with more places than
 `decimals` (20.5 of 20.5 at 0 places is 21), the highest mark at `decimals` places within it is sent (20), and
-said. A mark outside them (`mark: 22/20`, a negative score) is `OnPlatform.outside`: the exporter follows each
-platform's importer (Moodle's worksheet upload skips such a grade; Canvas's gradebook import takes a score above
-points possible as extra credit). All of it in exact fractions of the numbers as written: a float sum makes 39.5
-`39.49999999999999`, which rounds down.
+said. A mark outside them as it will be written, rounded (`mark: 22/20`, a negative score; not `mark: 20.001/20`,
+which is 20.00 at 2 places) is `OnPlatform.outside`: the exporter follows each platform's importer (Moodle's
+worksheet upload skips such a grade; Canvas's gradebook import takes a score above points possible as extra credit).
+All of it in exact fractions of the numbers as written: a float sum makes 39.5 `39.49999999999999`, which rounds
+down.
 """
 
 from __future__ import annotations
@@ -368,8 +369,9 @@ class OnPlatform:
     rounded: Decimal | None = None
     """The mark rounded half up to `decimals` places, before any bound."""
     outside: str = ""
-    """`above` or `below`: the mark itself (before rounding) is above the maximum or below 0, and `grade` is the
-    bound. The exporter decides what the platform gets (`rounded`, `grade`, or nothing)."""
+    """`above` or `below`: the mark is above the maximum or below 0 and still is rounded to `decimals` places
+    (`rounded`; 20.001 of 20 at 2 places is 20.00, within), and `grade` is the bound. The exporter decides what the
+    platform gets (`rounded`, `grade`, or nothing)."""
     decimals: int = 2
     maximum: Fraction = Fraction(0)
 
@@ -423,7 +425,9 @@ def on_platform(mark: Mark, maximum: float, decimals: int = 2) -> OnPlatform:
     raw = mark.value if mark.out_of is not None else mark.value / mark.scale * top
     rounded = half_up(raw, decimals)
     highest = Decimal(floor(top * 10**decimals)).scaleb(-decimals)
-    outside = "above" if raw > top else "below" if raw < 0 else ""
+    # Outside as it will be written: 20.001 of 20 is 20.00 at 2 places, which Moodle's upload takes, so it is not
+    # above; a mark within the maximum that rounding carries past it (20.5 of 20.5 at 0 places) is not either.
+    outside = "above" if raw > top and rounded > top else "below" if rounded < 0 else ""
     grade = min(max(rounded, Decimal(0).quantize(Decimal(1).scaleb(-decimals))), highest)
     return OnPlatform(grade, rounded, outside, decimals, top)
 
