@@ -249,7 +249,7 @@ def load_module(settings: RunSettings, folder: str) -> Module:
             label = _week(_day(note.front_matter.get("tierflow_day"), note.date))
         elif kind == "concept-draft":  # in the week of the run that wrote it
             run = str(note.front_matter.get("tierflow_run") or "")
-            label = weeks_of_runs.get(run) or _week(_day(note.front_matter.get("created"), note.date))
+            label = weeks_of_runs.get(run) or _week(note.day_of("created") or note.date)
         elif kind == "cohort-summary":
             label = f"assignment {note.front_matter.get('assignment') or note.path.rsplit('/', 1)[0]}"
         else:

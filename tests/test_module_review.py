@@ -325,3 +325,28 @@ def test_a_week_folder_tierflow_may_not_read_is_named_with_the_fix_not_left_out_
     locked = module_vault / MODULE  # the whole module folder: refused, naming it, the cause and the fix
     with pytest.raises(VaultError, match=r"Teaching/EDU7001.*Permission denied.*read access"):
         plan_module_review(load_config(module_vault), module_vault)
+
+
+@pytest.mark.parametrize(
+    ("zone", "week"),
+    [("UTC", "week of 2024-03-04"), ("America/New_York", "week of 2024-02-26")],
+    ids=["utc", "new-york"],
+)
+@pytest.mark.parametrize("written", ["2024-03-03T23:30:00-05:00", "'2024-03-03T23:30:00-05:00'"], ids=["yaml", "text"])
+def test_a_concept_drafts_created_time_with_an_offset_falls_in_the_week_of_its_day_in_the_vaults_zone(
+    module_vault: Path, zone: str, week: str, written: str
+) -> None:
+    """`created` with a time and an offset is placed in `[vault] timezone`, as a note's `date` and a file's time are:
+    23:30 at -05:00 on Sunday 3 March is Monday 4 March in UTC (the week of 4 March), still 3 March in New York. The
+    review took the day as typed, 3 March, in every zone."""
+    from tierflow.flows.plans import plan_settings
+    from tierflow.tasks import module as review
+
+    config_file = module_vault / ".tierflow" / "config.toml"
+    config_file.write_text(config_file.read_text() + f'\n[vault]\ntimezone = "{zone}"\n', encoding="utf-8")
+    draft = "---\ntitle: Late feedback\ntags: [concept]\ncreated: " + written + "\n---\n\n## Summary\n\nLate.\n"
+    (module_vault / MODULE / "Concepts" / "Late feedback.md").write_text(draft, encoding="utf-8")
+    settings = plan_settings(load_config(module_vault), module_vault, "module-review", None)
+    work = review.load_module.fn(settings, MODULE)
+    (unit,) = [u for u in work.units if any(e.title == "Late feedback" for e in u.notes)]
+    assert unit.label == week

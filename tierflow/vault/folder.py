@@ -8,7 +8,7 @@ modification time), with the wikilink that resolves to it alone. The run-aware f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from tierflow.core.errors import VaultError
-from tierflow.vault.index import UNREADABLE_FIX, VaultIndex, unreadable_folder
+from tierflow.vault.index import UNREADABLE_FIX, VaultIndex, property_day, unreadable_folder
 from tierflow.vault.links import VaultNames
 from tierflow.vault.notes import check_vault
 from tierflow.vault.text import PropertyError, hide_comments, load_note, property_list
@@ -39,6 +39,15 @@ class Note:
     body: str
     by_tierflow: bool = False
     """Its front-matter says tierflow wrote it (`tierflow_hash` or `tierflow_run`)."""
+    zone: tzinfo | None = None
+    """The vault's time zone (`[vault] timezone`), in which `day_of` places a time with an offset; None: the
+    machine's."""
+
+    def day_of(self, key: str) -> date | None:
+        """The day front-matter `key` (`created`) names, read as `date` is: a time with an offset on its day in the
+        vault's time zone (`2024-03-03T23:30:00-05:00` is 4 March in a UTC vault), else the day as written; None
+        when the property is missing or names no day."""
+        return property_day(self.front_matter.get(key), self.zone)
 
     @property
     def tags(self) -> list[str]:
@@ -139,6 +148,7 @@ def read_notes(
                 front_matter=dict(post.metadata),
                 body=hide_comments(post.content),  # Obsidian hides comments: never sent to a model
                 by_tierflow=meta.by_tierflow,
+                zone=tz,
             )
         )
     return found

@@ -193,6 +193,14 @@ def _parse_instant(value: object) -> dt.datetime | None:
     return None
 
 
+def property_day(value: object, tz: dt.tzinfo | None) -> dt.date | None:
+    """The day a front-matter date property (`date`, `created`) names, as a note's `date` dates it: a time with an
+    offset (`2024-03-03T23:30:00-05:00`) on the day it was in `tz` (the vault's time zone; None: the machine's), a day
+    or a time without an offset on its day as written; None when it names no day."""
+    instant = _parse_instant(value)
+    return instant.astimezone(tz).date() if instant is not None else _parse_date(value)
+
+
 def _date_problem(meta: dict[str, Any]) -> str | None:
     """Why the note's `date` (or, without one, `created`) cannot be read, or None: a note is never silently dated by
     its file's modification time when it gives a date tierflow does not understand."""
