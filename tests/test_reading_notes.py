@@ -248,8 +248,11 @@ def test_bad_notes_are_skipped_with_their_reason_and_the_run_goes_on(anthropic_v
     (reading / "huge.md").write_text("---\ndate: 2026-11-18\n---\n" + "x" * 3_000_000)
     # Notes whose date cannot be read are selected by their file time: pin it inside the week, never "now".
     in_week = datetime(2026, 11, 18, 12, 0, tzinfo=UTC).timestamp()
-    for name in ("broken yaml.md", "latin1.md", "binary.md", "empty.md", "huge.md"):
+    for name in ("broken yaml.md", "latin1.md", "binary.md", "empty.md"):
         os.utime(reading / name, (in_week, in_week))
+    # One too large to read is still dated by its `date` (18 November), not by its file, saved weeks before.
+    saved_before = datetime(2026, 10, 1, 12, 0, tzinfo=UTC).timestamp()
+    os.utime(reading / "huge.md", (saved_before, saved_before))
     summary = run(anthropic_vault)
     reasons = dict(summary.skipped)
     assert "malformed YAML" in reasons["Reading/broken yaml.md"]

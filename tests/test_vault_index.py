@@ -197,12 +197,20 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
     write(tmp_path, "R/only-fm.md", note("2026-11-18", body=""))  # fine: only the file-empty case is an error
     write(tmp_path, "Elsewhere/bad.md", b"\x00")  # bad, but not selected
 
-    opened: list[str] = []
+    read: dict[str, int] = {}
     real_open = open
 
     def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        opened.append(os.fspath(file))
-        return real_open(file, *args, **kwargs)
+        fh = real_open(file, *args, **kwargs)
+        real_read, name = fh.read, os.fspath(file)
+
+        def spy_read(size: int = -1) -> Any:
+            got = real_read(size)
+            read[name] = read.get(name, 0) + len(got)
+            return got
+
+        fh.read = spy_read
+        return fh
 
     monkeypatch.setattr(vault_index, "open", spy_open, raising=False)
     sel = select(tmp_path, folders=["R"], tags=["literature"])
@@ -229,13 +237,38 @@ def test_bad_notes_are_skipped_with_a_reason(tmp_path: Path, monkeypatch: pytest
     yaml_error = errors["R/yaml.md"]
     assert yaml_error is not None and yaml_error.startswith("malformed YAML front-matter: ")
     assert "line 4" in yaml_error  # the line after the unclosed `[a, b`, counted in the file
-    assert not any(p.endswith("huge.md") for p in opened)
+    # Never read whole: only its head, for the properties that date it (it has none: its file's time).
+    assert 0 < sum(n for p, n in read.items() if p.endswith("huge.md")) <= 65_536, read
 
 
 def test_small_size_limit_is_configurable(tmp_path: Path) -> None:
     size = write(tmp_path, "R/a.md", note("2026-11-18", body="x" * 500)).stat().st_size
     sel = select(tmp_path, folders=["R"], max_note_bytes=200)
     assert [n.error for n in sel.skipped] == [f"too large ({size} bytes > 200 bytes limit); {TOO_LARGE_FIX}"]
+
+
+@pytest.mark.parametrize("date", ["2026-11-18", "2026-11-15T23:30:00-05:00"], ids=["day", "instant"])
+def test_a_note_too_large_to_read_is_skipped_in_the_week_its_date_names_not_its_files(
+    tmp_path: Path, date: str
+) -> None:
+    """A note over max_note_bytes was dated by its file's time: listed as skipped in the week it was last saved,
+    and in no run of the week its `date` names. Its head is read for its properties, as every note's date is read:
+    23:30 at -05:00 on Sunday 15 November is Monday 16 November in UTC, the week of 16 November."""
+    too_large = note(date, tags="[literature]", body="x" * 5_000)
+    write(tmp_path, "R/long.md", too_large, mtime=LONG_AGO)
+    write(tmp_path, "Inbox/tagged.md", too_large, mtime=IN_WEEK + dt.timedelta(days=7))
+    index = VaultIndex(tmp_path, max_note_bytes=1_000, tz=ZoneInfo("UTC"))
+
+    sel = index.select(folders=["R"], tags=["literature"], since=WEEK[0], until=WEEK[1])
+    assert sel.notes == []
+    assert [n.path for n in sel.skipped] == ["Inbox/tagged.md", "R/long.md"]
+    for skipped in sel.skipped:
+        assert skipped.error and skipped.error.startswith("too large (") and skipped.error.endswith(TOO_LARGE_FIX)
+    saved = (LONG_AGO.date() - dt.timedelta(days=3), LONG_AGO.date() + dt.timedelta(days=3))
+    assert index.select(folders=["R"], tags=["literature"], since=saved[0], until=saved[1]).skipped == []
+    # Cached as read: a warm scan files it in the same week.
+    warm = VaultIndex(tmp_path, max_note_bytes=1_000, tz=ZoneInfo("UTC"))
+    assert [n.path for n in warm.select(folders=["R"], tags=[], since=WEEK[0], until=WEEK[1]).skipped] == ["R/long.md"]
 
 
 def test_rescan_reparses_only_changed_notes(tmp_path: Path) -> None:

@@ -40,9 +40,13 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 10  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
-# 9: `1e3` (a hash tierflow wrote bare) is text; 10: properties Obsidian shows as text skip the note
+_CACHE_VERSION = 11  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
+# 9: `1e3` (a hash tierflow wrote bare) is text; 10: properties Obsidian shows as text skip the note; 11: a note too
+# large to read is dated by its properties (read from its head), as other notes are
 _BINARY_SNIFF_BYTES = 8192
+_HEAD_BYTES = 65_536
+"""Of a note too large to read, the bytes read for its properties (its date and tags, to file it as other notes are):
+properties are at a note's head, and a reading note's fill a few hundred bytes."""
 
 # Obsidian tag: `#` then letters, digits, `_`, `-`, `/`. The rest of Obsidian's rule (not after a word
 # char, `&`, `/` or `#`; not all digits) is checked in Python: a pattern starting with the literal `#`
@@ -281,19 +285,34 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     """Metadata for one note file; problems are reported in `error`, never raised (except OSError)."""
     stem = rel.rpartition("/")[2].rpartition(".")[0]
 
-    def bad(error: str, *, title: str = stem, tags: tuple[str, ...] = (), date: dt.date | None = None) -> NoteMeta:
-        return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, error)
+    def bad(
+        error: str,
+        *,
+        title: str = stem,
+        tags: tuple[str, ...] = (),
+        date: dt.date | None = None,
+        dated_at: dt.datetime | None = None,
+    ) -> NoteMeta:
+        return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, error, dated_at=dated_at)
+
+    def too_large(error: str, head: bytes) -> NoteMeta:
+        # Dated and tagged by the properties at its head, as any note is (not by its file's time): it is listed as
+        # skipped in the week its `date` names, and in no other.
+        date, dated_at, tags = _lenient_meta(head[:_HEAD_BYTES].decode("utf-8-sig", "replace"))
+        return bad(f"{error}; {_TOO_LARGE_FIX}", date=date, dated_at=dated_at, tags=tags)
 
     if st.st_size == 0:
         return bad("empty note")
-    # Decide on size from stat alone so a huge file is never read.
+    # Decide on size from stat alone so a huge file is never read: only its head, for its properties.
     if st.st_size > max_note_bytes:
-        return bad(f"too large ({_human_bytes(st.st_size)} > {_human_bytes(max_note_bytes)} limit); {_TOO_LARGE_FIX}")
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+        return too_large(f"too large ({_human_bytes(st.st_size)} > {_human_bytes(max_note_bytes)} limit)", head)
     with open(path, "rb") as fh:
         # Sized from stat: read(limit) would allocate a 1 MB buffer per note and double the cold scan.
         data = fh.read(min(st.st_size, max_note_bytes) + 1)
     if len(data) > max_note_bytes:  # grew since the stat
-        return bad(f"too large (> {_human_bytes(max_note_bytes)} limit); {_TOO_LARGE_FIX}")
+        return too_large(f"too large (> {_human_bytes(max_note_bytes)} limit)", data)
     if b"\x00" in data[:_BINARY_SNIFF_BYTES]:
         return bad("binary file")
     try:
@@ -301,8 +320,8 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     except UnicodeDecodeError as exc:
         # Still dated (and tagged) by its front-matter, read leniently, so that it is listed as skipped in
         # the window its date falls in, and in no other.
-        date, tags = _lenient_meta(data.decode("utf-8-sig", "replace"))
-        return bad(f"not UTF-8 text (invalid byte at offset {exc.start})", date=date, tags=tags)
+        date, dated_at, tags = _lenient_meta(data.decode("utf-8-sig", "replace"))
+        return bad(f"not UTF-8 text (invalid byte at offset {exc.start})", date=date, dated_at=dated_at, tags=tags)
     if not text.strip():
         return bad("empty note")
     text = text.replace("\r\n", "\n")
@@ -340,7 +359,13 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
         # Properties Obsidian shows as text (a blank line before the first `---`, a space beside one): read as
         # nothing, the note would be dated by its file and leave its week unseen. Skipped in the week it meant.
         why, meant = misplaced
-        return bad(f"properties not read: {why}", tags=_tags(meant, body), date=_parse_date(_dated(meant)))
+        dated = _dated(meant)
+        return bad(
+            f"properties not read: {why}",
+            tags=_tags(meant, body),
+            date=_parse_date(dated),
+            dated_at=_parse_instant(dated),
+        )
     try:  # as every reader of a note takes it: `title: [[Paper]]` (YAML's nested list) is "Paper"
         title = property_text(meta, "title") or stem
     except PropertyError:  # a mapping or several titles: the note's reader says so when it is read
@@ -360,18 +385,20 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     return NoteMeta(rel, title, date, tags, st.st_mtime_ns, st.st_size, by_tierflow=by_tierflow, dated_at=dated_at)
 
 
-def _lenient_meta(text: str) -> tuple[dt.date | None, tuple[str, ...]]:
-    """Date and tags of a note that cannot be used as it is (undecodable bytes replaced): from its front-matter
-    if YAML reads it, else from its `date:` line; inline tags too."""
+def _lenient_meta(text: str) -> tuple[dt.date | None, dt.datetime | None, tuple[str, ...]]:
+    """Date (and its instant, for a time with an offset) and tags of a note that cannot be used as it is (undecodable
+    bytes replaced, or only its head read): from its front-matter if YAML reads it, else from its `date:` line;
+    inline tags too."""
     fm, body = split_front_matter(text.replace("\r\n", "\n"))
     if fm is None:
-        return None, _dedupe(_inline_tags(body))
+        return None, None, _dedupe(_inline_tags(body))
     try:
         meta = yaml.load(fm, Loader=YAML_LOADER)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
         meta = None
     meta = meta if isinstance(meta, dict) else {}
-    return _parse_date(_dated(meta)) or _date_line(fm), _tags(meta, body)
+    dated = _dated(meta)
+    return _parse_date(dated) or _date_line(fm), _parse_instant(dated), _tags(meta, body)
 
 
 def _dated(meta: dict[str, Any]) -> object:
