@@ -271,6 +271,21 @@ def test_a_note_too_large_to_read_is_skipped_in_the_week_its_date_names_not_its_
     assert [n.path for n in warm.select(folders=["R"], tags=[], since=WEEK[0], until=WEEK[1]).skipped] == ["R/long.md"]
 
 
+def test_a_skipped_notes_time_with_an_offset_is_placed_in_the_vaults_zone_as_a_read_notes_is(tmp_path: Path) -> None:
+    """Notes skipped unread (not UTF-8, properties Obsidian shows as text) were filed on the day their `date` was
+    typed, where a note read whole is filed on its instant's day in the vault's zone: 23:30 at -05:00 on Sunday 15
+    November is Monday 16 November in UTC."""
+    late = "2026-11-15T23:30:00-05:00"
+    write(tmp_path, "R/latin1.md", f"---\ndate: {late}\n---\nCaf\xe9\n".encode("latin-1"), mtime=LONG_AGO)
+    write(tmp_path, "R/blank.md", "\n" + note(late), mtime=LONG_AGO)
+    write(tmp_path, "R/read.md", note(late), mtime=LONG_AGO)
+    index = VaultIndex(tmp_path, tz=ZoneInfo("UTC"))
+    sel = index.select(folders=["R"], tags=[], since=WEEK[0], until=WEEK[1])
+    assert (paths(sel.notes), paths(sel.skipped)) == (["R/read.md"], ["R/blank.md", "R/latin1.md"])
+    before = index.select(folders=["R"], tags=[], since=dt.date(2026, 11, 9), until=dt.date(2026, 11, 15))
+    assert (before.notes, before.skipped) == ([], [])
+
+
 def test_rescan_reparses_only_changed_notes(tmp_path: Path) -> None:
     for i in range(5):
         write(tmp_path, f"R/n{i}.md", note("2026-11-18", tags="[literature]"))
