@@ -23,6 +23,12 @@ def creations(double: ProviderDouble) -> list[tuple[str, int | None, bool]]:
     return [(q.kind, q.status, q.delivered) for q in double.requests if q.kind in ("batch_create", "batch_list")]
 
 
+def listed_first(provider: str) -> list[tuple[str, int | None, bool]]:
+    """The batch list read before a batch is sent: Anthropic's, whose batches a look tells apart only by size and age
+    (the ids listed are never taken for the batch sent after them); none for OpenAI's, which carry tierflow's key."""
+    return [("batch_list", 200, True)] if provider == "anthropic" else []
+
+
 def assert_one_batch_per_phase(vault: Path, double: ProviderDouble, run_id: str) -> None:
     """Collate, cohort and drafts made one batch each, each collected: every item answered once, none twice."""
     made = [q for q in double.requests if q.kind == "batch_create" and q.status == 200]
@@ -45,7 +51,8 @@ def test_a_batch_created_though_its_creation_was_answered_502_is_found_and_paid_
     assert not summary.failed, summary.failed
     assert_one_batch_per_phase(feedback_vault, double, summary.run_id)
     # The collate batch was made, answered 502, found in the list and collected; then cohort and drafts.
-    assert creations(double)[:2] == [("batch_create", 200, False), ("batch_list", 200, True)]
+    listed = listed_first(provider)
+    assert creations(double)[: len(listed) + 2] == [*listed, ("batch_create", 200, False), ("batch_list", 200, True)]
     assert [c for c in creations(double) if c[0] == "batch_create"][1:] == [("batch_create", 200, True)] * 2
 
 
@@ -63,7 +70,9 @@ def test_a_batch_creation_refused_with_nothing_made_is_sent_again(
 
     assert not summary.failed, summary.failed
     looked = [("batch_list", 200, True)] if status >= 500 else []
-    assert creations(double)[: 2 + len(looked)] == [
+    listed = listed_first(provider)
+    assert creations(double)[: len(listed) + 2 + len(looked)] == [
+        *listed,
         ("batch_create", status, True),
         *looked,
         ("batch_create", 200, True),
@@ -107,7 +116,9 @@ def test_a_batch_creation_refused_is_not_looked_for_so_another_tools_running_bat
     else:
         outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
         assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
-    assert not [q for q in double.requests if q.kind == "batch_list"]
+    # The one list read is before the first try (`batches_since`): no try is looked for.
+    read = [q.kind for q in double.requests if q.kind in ("batch_create", "batch_list")]
+    assert read[:2] == ["batch_create", "batch_list"] and "batch_list" not in read[2:], read
     # Each try's line says which try it was, not the final error's "after 2 retries" while still retrying.
     said = [r.getMessage() for r in caplog.records if "sending a batch" in r.getMessage()]
     assert said[0] == "sending a batch to anthropic was answered HTTP 529 (try 1 of 3); sending it again in 0.5 s"
@@ -116,4 +127,55 @@ def test_a_batch_creation_refused_is_not_looked_for_so_another_tools_running_bat
         from tierflow.core.ledger import batch_items
 
         assert other.id not in {r.batch_id for r in conn.execute(batch_items.select()).all()}
+    assert open_reservations(caller.ledger) == []
+
+
+class _Killed(BaseException):
+    """The process dies here (as kill -9 would): nothing after it runs, the claim is left `submitting`."""
+
+
+@pytest.mark.parametrize("how", ["502", "killed"])
+def test_another_batch_of_as_many_requests_listed_before_ours_was_sent_is_never_taken_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, how: str
+):
+    """Anthropic's batches carry no metadata: a look for ours (after a 5xx that made nothing, or for the claim of a
+    submitter killed before it sent it) matches a running batch by its size and age only. Another tool's batch of as
+    many requests, made just before ours on the same key, was taken for it: the run waited on it, then reported
+    every item expired. The batches listed before ours was sent are recorded with its claim and never taken for it."""
+    from conftest import anthropic_config
+    from test_batch_collect import calls, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.ledger import batch_items
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", anthropic_config(double))
+    client = caller.provider("anthropic").client
+    params = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi."}]}
+    other = client.messages.batches.create(requests=[{"custom_id": f"x{i}", "params": params} for i in range(3)])
+
+    if how == "502":
+        double.fail_next(502, kind="batch_create")  # nothing made
+    else:
+        provider = caller.provider("anthropic")
+
+        def killed(*args: object, **kwargs: object) -> str:
+            raise _Killed
+
+        monkeypatch.setattr(provider, "submit_batch", killed)
+        with pytest.raises(_Killed):
+            run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+        monkeypatch.undo()  # the next run: the claim's submitter is gone, so its batch is looked for
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    made = [q for q in double.requests if q.kind == "batch_create" and q.status == 200]
+    assert len(made) == 2  # the other batch, and ours, sent once
+    with caller.ledger.reading() as conn:
+        rows = conn.execute(batch_items.select()).all()
+    assert {r.batch_id for r in rows} == {made[1].response["id"]} and other.id not in {r.batch_id for r in rows}
     assert open_reservations(caller.ledger) == []

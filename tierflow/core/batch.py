@@ -279,6 +279,8 @@ def _look(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
     provider_name = rows[0].provider
     with caller.ledger.reading() as conn:
         known = {r.batch_id for r in conn.execute(sa.select(batch_items.c.batch_id).distinct()).all()}
+    # The batches the provider listed before this one was sent are not it (`_listed`).
+    known.update(batch_id for r in rows for batch_id in (r.seen or "").split())
     found = caller.provider(provider_name).find_batch(
         batch_key, [r.custom_id for r in rows], min(r.submitted_s or 0.0 for r in rows), known
     )
@@ -367,9 +369,10 @@ def _submit(
     """
     ids = {item[3]: custom_id(item[0], i) for i, item in enumerate(items)}
     batch_key = uuid.uuid4().hex
+    seen = _listed(caller, provider_name, items)
     _SENDING.add(batch_key)  # before the record exists, until its id is in: never an orphan to this process
     try:
-        sent = _claim_items(caller, provider_name, items, phase, ids, batch_key, ended)
+        sent = _claim_items(caller, provider_name, items, phase, ids, batch_key, ended, seen)
         for call, _, _, _, reservation in (item for item in items if item[3] not in sent):
             log.info("%s: %s is being submitted by another process", phase, call.key)
             caller.budgets.release(reservation.id)
@@ -381,6 +384,21 @@ def _submit(
         _SENDING.discard(batch_key)
 
 
+def _listed(caller: Caller, provider_name: str, items: list[tuple[BatchCall, Route, Request, str, Any]]) -> set[str]:
+    """The batches the provider lists before this one is sent (`batches_since`, back as far as a look for it goes):
+    recorded with its claim, so that a look for it (after a 5xx, or a crashed submitter's) never takes one of them,
+    another batch of as many requests made on the same key minutes before, for it. Nothing is sent if the list
+    cannot be read: the items' reservations are released and the error raised."""
+    try:
+        with caller.ledger.reading() as conn:
+            now_s = database_seconds(conn)
+        return caller.provider(provider_name).batches_since(now_s)
+    except BaseException:
+        for item in items:
+            caller.budgets.release(item[4].id)
+        raise
+
+
 def _claim_items(
     caller: Caller,
     provider_name: str,
@@ -389,10 +407,12 @@ def _claim_items(
     ids: dict[str, str],
     batch_key: str,
     ended: dict[str, str],
+    seen: set[str],
 ) -> set[str]:
     """Record each item `submitting` if it is still as `_submitted` saw it: no row for its cache key, or the row
     of the batch that ended without answering it (`ended`). Returns the cache keys claimed. An item another process
-    recorded since is left to that process, and its row left alone: each item is sent by one process only.
+    recorded since is left to that process, and its row left alone: each item is sent by one process only. Each
+    row keeps the batches the provider listed before this one was sent (`seen`, `_listed`).
 
     One transaction, the items in cache-key order: on PostgreSQL a second claimer waits on the first's rows
     (never each on the other's) and, once they commit, finds them taken."""
@@ -417,6 +437,7 @@ def _claim_items(
                 "holder_host": HOST,
                 "submitted_s": submitted_s,
                 "error": None,
+                "seen": " ".join(sorted(seen)),
             }
             if cache_key in ended:  # sent again: the row of the batch that ended, unless claimed since
                 again = batch_items.update().where(

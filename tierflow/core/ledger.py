@@ -251,6 +251,10 @@ batch_items = sa.Table(
     # Version 20: a `refused` item's error, in the provider's words: a rerun that would send the same request
     # (same model, same prompt) reports it again in the same words instead of sending it to be refused again.
     sa.Column("error", Text),
+    # Version 21: the ids of the batches the provider listed just before this one was sent, space-separated: a
+    # look for this batch by its size and age (Anthropic's batches carry no key of tierflow's) never takes one of
+    # them for it. None on a claim recorded before (nothing is excluded then).
+    sa.Column("seen", Text),
 )
 
 SUBMITTED = ("submitting", "submitted")
@@ -452,7 +456,8 @@ def _migration_3(conn: Connection) -> None:
 
 
 def _migration_4(conn: Connection) -> None:
-    _as_created(batch_items, ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10, "error")).create(conn, checkfirst=True)
+    later = ("downgraded_from", *_BATCH_ITEMS_ADDED_IN_10, "error", "seen")
+    _as_created(batch_items, later).create(conn, checkfirst=True)
     runs.create(conn, checkfirst=True)
 
 
@@ -728,6 +733,12 @@ def _migration_20(conn: Connection) -> None:
     _add_columns(conn, "batch_items", {"error": "TEXT"})
 
 
+def _migration_21(conn: Connection) -> None:
+    # The batches listed before a batch was sent (see `batch_items`). A claim recorded before has none: a look for it
+    # excludes only the batches the ledger knows, as it always did.
+    _add_columns(conn, "batch_items", {"seen": "TEXT"})
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -749,6 +760,7 @@ MIGRATIONS = (
     _migration_18,
     _migration_19,
     _migration_20,
+    _migration_21,
 )
 """Append only: migration N brings a ledger from version N-1 to N."""
 

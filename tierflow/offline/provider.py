@@ -82,6 +82,10 @@ class OfflineProvider:
         found = _KEYS.get(key)
         return found if found not in known else None
 
+    def batches_since(self, since_s: float) -> set[str]:
+        """Matched by tierflow's key (`find_batch`): no other batch is taken for one."""
+        return set()
+
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         return True, "ended"
 

@@ -336,6 +336,12 @@ class Provider(Protocol):
         already accounted for and never returned."""
         ...
 
+    def batches_since(self, since_s: float) -> set[str]:
+        """The ids of the batches in the provider's list made from about `since_s` on (seconds since the epoch),
+        read just before tierflow sends one: none of them is that one, so a later `find_batch` for it is given them
+        in `known`. Empty, without asking, where `find_batch` matches by tierflow's key, which no other batch has."""
+        ...
+
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         """Whether the batch has ended, and the provider's status word."""
         ...

@@ -120,8 +120,9 @@ class AnthropicProvider:
 
     def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
         """Message Batches carry no metadata: the batch created from about `since_s` on with as many requests
-        as `custom_ids`, and, once it has ended, exactly those custom ids. Two such batches still running
-        cannot be told apart: that is reported, never guessed."""
+        as `custom_ids`, and, once it has ended, exactly those custom ids; never one in `known`, which holds the
+        batches listed before it was sent (`batches_since`). Two such batches still running cannot be told
+        apart: that is reported, never guessed."""
         unverified = []
         try:
             for batch in self.client.messages.batches.list(limit=100):
@@ -146,6 +147,19 @@ class AnthropicProvider:
                 "to tell which",
             )
         return unverified[0] if unverified else None
+
+    def batches_since(self, since_s: float) -> set[str]:
+        """Newest first, back to `since_s` as `find_batch` looks: a batch of as many requests made by another
+        process or tool on this key is never taken for tierflow's, which is made after this list is read."""
+        seen = set()
+        try:
+            for batch in self.client.messages.batches.list(limit=100):
+                if batch.created_at.timestamp() < since_s - BATCH_CLOCK_SKEW_S:
+                    break
+                seen.add(batch.id)
+        except anthropic.AnthropicError as exc:
+            raise self.translate(exc, "batch") from exc
+        return seen
 
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:

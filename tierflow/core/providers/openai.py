@@ -188,6 +188,10 @@ class OpenAIProvider:
             raise self.translate(exc, "batch") from exc
         return None
 
+    def batches_since(self, since_s: float) -> set[str]:
+        """OpenAI's batches carry tierflow's key in their metadata (`find_batch`): no other batch is taken for one."""
+        return set()
+
     def batch_ended(self, batch_id: str) -> tuple[bool, str]:
         try:
             batch = self.client.batches.retrieve(batch_id)
