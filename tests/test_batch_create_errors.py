@@ -179,3 +179,51 @@ def test_another_batch_of_as_many_requests_listed_before_ours_was_sent_is_never_
         rows = conn.execute(batch_items.select()).all()
     assert {r.batch_id for r in rows} == {made[1].response["id"]} and other.id not in {r.batch_id for r in rows}
     assert open_reservations(caller.ledger) == []
+
+
+@pytest.mark.parametrize("fault", ["502", "reset"])
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_made_though_its_last_try_failed_and_listed_only_later_is_collected_by_the_rerun_and_paid_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, provider: str, fault: str
+):
+    """A 5xx on every try (max_retries = 2: three), the first of which made the batch; or an answer lost (the
+    connection reset) after the batch was made. The provider's list lags behind: no look of this run finds it. The
+    claim used to be forgotten and its reservations released, so the rerun sent the requests again and a second
+    batch was made and paid for, the first never collected. Now the claim stays, its reservations held, the error
+    says a rerun looks for the batch first, and the rerun finds it, collects it and records each answer once."""
+    from test_batch_collect import calls, config_for, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.errors import ProviderError
+    from tierflow.core.ledger import batch_items
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", config_for(provider, double))
+    if fault == "502":
+        double.fail_next(502, kind="batch_create", processed=True)  # made, and answered 502
+        double.fail_next(502, kind="batch_create", times=2)  # nothing made
+        double.lag_batch_list(3)  # the look after each of the three tries misses it
+    else:
+        double.lose_next("batch_create", fault="reset")  # made; the connection closed before its answer
+        double.lag_batch_list(1)
+
+    with pytest.raises(ProviderError) as failed:
+        run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert "run-1" in str(failed.value) and "looks for it" in str(failed.value), str(failed.value)
+    assert len(open_reservations(caller.ledger)) == 3  # kept for the batch that may be at the provider
+    outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    made = [q for q in double.requests if q.kind == "batch_create" and q.status == 200]
+    assert len(made) == 1, [(q.status, q.delivered) for q in double.requests if q.kind == "batch_create"]
+    assert len(double.batch_items) == 3
+    rows = [r for r in caller.ledger.rows(run_id="run-1") if not r["cached_result"]]
+    assert len(rows) == 3 and {r["batch_id"] for r in rows} == {made[0].response["id"]}
+    with caller.ledger.reading() as conn:
+        assert {r.status for r in conn.execute(batch_items.select()).all()} == {"done"}
+    assert open_reservations(caller.ledger) == []

@@ -47,6 +47,7 @@ from tierflow.core.errors import (
     ContextWindowExceeded,
     LedgerUnreachable,
     ProviderError,
+    ProviderUnavailable,
     TierflowError,
 )
 from tierflow.core.ledger import SUBMITTED, batch_items, database_seconds, insert_if_absent, now_iso
@@ -465,9 +466,12 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
     was lost (a timeout, a reset) or was a 5xx may have created the batch all the same (a gateway in front of the
     API, or the API itself on a slow create, answers 502 or 504 after the work is done): it is looked for first
     (`_look`, as a crashed submitter's is), and found, it is the batch. Not found after a 5xx, it is sent again,
-    as after a 429; not found after a lost answer, or after the last try, the claim is forgotten, its
-    reservations released, and the error raised. If the look itself fails, the claim stays `submitting`, for a
-    later run to settle (`_submitted`)."""
+    as after a 429. Not found after a lost answer, or after a 5xx on the last try, it may still have been made (a
+    provider's list can lag behind its creations), so the claim stays `submitting`, its reservations held, and the
+    error says that a rerun looks for the batch before sending it again (`_submitted`, `_reconcile`): forgotten,
+    a batch made would be sent and paid for twice, its first answers never collected. So it stays, too, when the
+    look itself fails. Refused (a 429 or 529 on the last try, or another 4xx), the claim is forgotten, its
+    reservations released, and the error raised."""
     retries = caller.config.settings.providers[provider_name].max_retries
     for attempt in range(retries + 1):
         try:
@@ -495,17 +499,39 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
                 found = None if refusal else _look(caller, batch_key, rows)
             except Exception:
                 # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
+                if isinstance(exc, ProviderError):
+                    raise _unsettled(caller, provider_name, exc, len(requests)) from exc
                 raise exc from None
             if found is not None:
                 return found
             if again:
                 continue
+            if isinstance(exc, ProviderUnavailable) and not refusal and (status is None or status >= 500):
+                # A lost answer, or a 5xx: made or not, the list may not show it yet; a rerun looks again first.
+                log.warning(
+                    "batch %s may have reached %s unlisted; a rerun looks for it first", batch_key, provider_name
+                )
+                raise _unsettled(caller, provider_name, exc, len(requests)) from exc
             log.warning("batch %s never reached %s; a rerun sends its requests again", batch_key, provider_name)
             _forget(caller, batch_key, [r.reservation_id for r in rows])
             raise
         _accepted(caller, batch_key, batch_id)
         return batch_id
     raise AssertionError("unreachable")
+
+
+def _unsettled(caller: Caller, provider_name: str, exc: ProviderError, count: int) -> ProviderUnavailable:
+    """The error of a batch whose creation failed in a way that may have made it all the same (`_send`), its claim
+    kept `submitting` and its reservations held: what a rerun does about it."""
+    rerun = f"`{caller.settings.resume_command()}`" if caller.settings.run_id else "running the same requests again"
+    return ProviderUnavailable(
+        exc.provider,
+        exc.model,
+        exc.cause,
+        hint=f"{provider_name} may have made the batch all the same, and not list it yet: its {count} requests stay "
+        f"reserved, and {rerun} looks for it in {provider_name}'s batch list before sending them again (found, it is "
+        "collected, and paid for once)",
+    )
 
 
 _SENDING: set[str] = set()

@@ -645,6 +645,8 @@ class _Batch:
     error_file_id: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Any] | None = None
+    unlisted: int = 0
+    """Batch list answers still to leave this batch out of (`ProviderDouble.lag_batch_list`)."""
 
 
 @dataclass
@@ -927,6 +929,7 @@ class ProviderDouble:
         self._batch_fail_rules: list[_BatchFailRule] = []
         self._lose_rules: list[tuple[str, str, float]] = []
         self._expire_batches = 0
+        self._list_lag = 0
         self._anthropic_cache: set[bytes] = set()
         self._openai_cache: dict[tuple[str, str], set[bytes]] = {}
         self._batches: dict[str, _Batch] = {}
@@ -1049,6 +1052,12 @@ class ProviderDouble:
         with self._lock:
             self._batch_fail_rules.append(_BatchFailRule(match, kind))
 
+    def lag_batch_list(self, lists: int) -> None:
+        """Leave the next created batch out of the next ``lists`` batch list answers of its API, as a provider's
+        list can lag behind its creations: it is made, and can be polled by its id, but not found by a look."""
+        with self._lock:
+            self._list_lag = lists
+
     def expire_next_batch(self) -> None:
         """Make the next created batch end as expired, every item unprocessed."""
         with self._lock:
@@ -1064,6 +1073,7 @@ class ProviderDouble:
             self._batch_fail_rules.clear()
             self._lose_rules.clear()
             self._expire_batches = 0
+            self._list_lag = 0
             self._anthropic_cache.clear()
             self._openai_cache.clear()
             self._pending_cache.clear()
@@ -1578,8 +1588,7 @@ class ProviderDouble:
         return _Answer(200, self._anthropic_batch_view(batch))
 
     def _anthropic_batch_list(self, request: DoubleRequest, arg: str) -> _Answer:
-        with self._lock:
-            batches = [b for b in self._batches.values() if b.provider == "anthropic"]
+        batches = self._listed_batches("anthropic")
         data = [self._anthropic_batch_view(b) for b in reversed(batches)]
         return _Answer(
             200,
@@ -1735,8 +1744,7 @@ class ProviderDouble:
         return _Answer(200, self._openai_batch_view(self._poll(arg, "openai")))
 
     def _openai_batch_list(self, request: DoubleRequest, arg: str) -> _Answer:
-        with self._lock:
-            batches = [b for b in self._batches.values() if b.provider == "openai"]
+        batches = self._listed_batches("openai")
         data = [self._openai_batch_view(b) for b in reversed(batches)]
         return _Answer(
             200,
@@ -1826,8 +1834,22 @@ class ProviderDouble:
             if expire:
                 self._expire_batches -= 1
             batch = _Batch(provider, self._new_id(prefix), time.time(), items, headers, expire)
+            batch.unlisted, self._list_lag = self._list_lag, 0
             self._batches[batch.id] = batch
         return batch
+
+    def _listed_batches(self, provider: Provider) -> list[_Batch]:
+        """The provider's batches, oldest first, that a list answer shows now (`lag_batch_list`)."""
+        shown = []
+        with self._lock:
+            for batch in self._batches.values():
+                if batch.provider != provider:
+                    continue
+                if batch.unlisted > 0:
+                    batch.unlisted -= 1
+                    continue
+                shown.append(batch)
+        return shown
 
     def _get_batch(self, batch_id: str, provider: Provider) -> _Batch:
         with self._lock:
