@@ -227,3 +227,30 @@ def test_a_batch_made_though_its_last_try_failed_and_listed_only_later_is_collec
     with caller.ledger.reading() as conn:
         assert {r.status for r in conn.execute(batch_items.select()).all()} == {"done"}
     assert open_reservations(caller.ledger) == []
+
+
+@pytest.mark.parametrize("status", [429, 502])
+def test_an_openai_batch_sent_again_reuses_its_uploaded_input_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, status: int
+):
+    """A batch creation answered 429 or 5xx (nothing made) is sent again; each try uploaded the input file anew,
+    leaving a stray file at OpenAI per try. The file is uploaded once per batch and reused."""
+    from conftest import openai_config
+    from test_batch_collect import calls, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", openai_config(double))
+    double.fail_next(status, kind="batch_create", times=2)
+
+    outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    assert [q.status for q in double.requests if q.kind == "batch_create"] == [status, status, 200]
+    uploads = [q for q in double.requests if q.kind == "file_upload"]
+    assert len(uploads) == 1
+    inputs = {q.json["input_file_id"] for q in double.requests if q.kind == "batch_create"}
+    assert inputs == {uploads[0].response["id"]}

@@ -40,6 +40,9 @@ class OpenAIProvider:
         self.config = config
         self.kind = config.kind
         self.attempts = Attempts()
+        self._inputs: dict[str, str] = {}
+        """tierflow's batch key -> the id of the input file uploaded for it, while its creation has not gone
+        through: a batch sent again (`batch._send`, after a 429 or a 5xx) reuses the file, never uploads another."""
 
     _model = "*"
     """The model of the call that first needed the client, so a missing key's error names it."""
@@ -157,24 +160,35 @@ class OpenAIProvider:
             raise self.translate(exc, "models") from exc
 
     def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
+        """The input file is uploaded once per batch `key`: sent again, the batch reuses it."""
         model = next(iter(requests.values())).model
         self._model = model
-        lines = [
-            json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": self.params(r)})
-            for cid, r in requests.items()
-        ]
         try:
-            upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+            file_id = self._inputs.get(key) if key else None
+            if file_id is None:
+                file_id = self._upload(requests)
+                if key:
+                    self._inputs[key] = file_id
             # Sent once: the batch flow decides whether to send it again (`batch._send`).
             batch = self.client.with_options(max_retries=0).batches.create(
-                input_file_id=upload.id,
+                input_file_id=file_id,
                 endpoint="/v1/chat/completions",
                 completion_window="24h",
                 metadata={"tierflow_batch": key} if key else None,
             )
         except openai.OpenAIError as exc:
             raise self.translate(exc, model) from exc
+        self._inputs.pop(key, None)
         return batch.id
+
+    def _upload(self, requests: dict[str, Request]) -> str:
+        """Upload a batch's requests as its input file (JSONL); the file's id."""
+        lines = [
+            json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": self.params(r)})
+            for cid, r in requests.items()
+        ]
+        upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+        return upload.id
 
     def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
         """By the `tierflow_batch` metadata the batch was created with; newest first, back to `since_s`."""
