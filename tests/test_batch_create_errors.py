@@ -181,13 +181,14 @@ def test_another_batch_of_as_many_requests_listed_before_ours_was_sent_is_never_
     assert open_reservations(caller.ledger) == []
 
 
-@pytest.mark.parametrize("fault", ["502", "reset"])
+@pytest.mark.parametrize("fault", ["502", "reset", "502 then 429"])
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_a_batch_made_though_its_last_try_failed_and_listed_only_later_is_collected_by_the_rerun_and_paid_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, provider: str, fault: str
 ):
     """A 5xx on every try (max_retries = 2: three), the first of which made the batch; or an answer lost (the
-    connection reset) after the batch was made. The provider's list lags behind: no look of this run finds it. The
+    connection reset) after the batch was made; or a 5xx that made it, then two 429s (nothing made, but the first
+    try's batch is there all the same). The provider's list lags behind: no look of this run finds it. The
     claim used to be forgotten and its reservations released, so the rerun sent the requests again and a second
     batch was made and paid for, the first never collected. Now the claim stays, its reservations held, the error
     says a rerun looks for the batch first, and the rerun finds it, collects it and records each answer once."""
@@ -207,8 +208,12 @@ def test_a_batch_made_though_its_last_try_failed_and_listed_only_later_is_collec
         double.fail_next(502, kind="batch_create", processed=True)  # made, and answered 502
         double.fail_next(502, kind="batch_create", times=2)  # nothing made
         double.lag_batch_list(3)  # the look after each of the three tries misses it
-    else:
+    elif fault == "reset":
         double.lose_next("batch_create", fault="reset")  # made; the connection closed before its answer
+        double.lag_batch_list(1)
+    else:
+        double.fail_next(502, kind="batch_create", processed=True)
+        double.fail_next(429, kind="batch_create", times=2)  # refused: neither made nor looked for
         double.lag_batch_list(1)
 
     with pytest.raises(ProviderError) as failed:
@@ -254,3 +259,34 @@ def test_an_openai_batch_sent_again_reuses_its_uploaded_input_file(
     assert len(uploads) == 1
     inputs = {q.json["input_file_id"] for q in double.requests if q.kind == "batch_create"}
     assert inputs == {uploads[0].response["id"]}
+
+
+def test_an_openai_batch_whose_input_file_cannot_be_uploaded_is_not_sent_nor_tried_again_around_the_sdks_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble
+):
+    """The upload is tried with the SDK's retries (max_retries = 2: three tries). Failing, no batch was made: it was
+    tried again three times over around them (nine uploads, and a look between each), and its claim is now dropped
+    and its reservations released at once, for a rerun to send."""
+    from conftest import openai_config
+    from test_batch_collect import calls, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.errors import ProviderError
+    from tierflow.core.ledger import batch_items
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", openai_config(double))
+    double.fail_next(502, kind="file_upload", times=3)
+
+    with pytest.raises(ProviderError, match="HTTP 502"):
+        run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert [q.kind for q in double.requests] == ["file_upload"] * 3
+    assert open_reservations(caller.ledger) == []
+    with caller.ledger.reading() as conn:
+        assert conn.execute(batch_items.select()).all() == []
+    outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed

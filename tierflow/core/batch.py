@@ -470,9 +470,12 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
     provider's list can lag behind its creations), so the claim stays `submitting`, its reservations held, and the
     error says that a rerun looks for the batch before sending it again (`_submitted`, `_reconcile`): forgotten,
     a batch made would be sent and paid for twice, its first answers never collected. So it stays, too, when the
-    look itself fails. Refused (a 429 or 529 on the last try, or another 4xx), the claim is forgotten, its
-    reservations released, and the error raised."""
+    look itself fails, and when the last try is refused after an earlier one that may have made it. Refused (a 429
+    or 529 on the last try, or another 4xx), or failed before it was sent (an `unsent` error: OpenAI's upload of
+    its input file, tried with the SDK's retries already), with no earlier try that may have made it, the claim is
+    forgotten, its reservations released, and the error raised."""
     retries = caller.config.settings.providers[provider_name].max_retries
+    made = False  # whether a try may have made the batch, though no look found it
     for attempt in range(retries + 1):
         try:
             batch_id = caller.provider(provider_name).submit_batch(requests, key=batch_key)
@@ -481,7 +484,9 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
             # 429, or Anthropic's 529 (overloaded): refused before anything was made, so never looked for. A look
             # matches Anthropic's batches by size and time only: another batch running would be taken for this one.
             refusal = status in REFUSED_BEFORE_ACTING
-            again = attempt < retries and status is not None and (refusal or status >= 500)
+            # Failed before the creation was sent, with the SDK's retries: nothing to look for, nor to try again.
+            unsent = isinstance(exc, ProviderError) and exc.unsent
+            again = not unsent and attempt < retries and status is not None and (refusal or status >= 500)
             if again:
                 pause = backoff_s(attempt)
                 next_step = "sending it again" if refusal else "looking for it (sent again if not made)"
@@ -496,7 +501,7 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
             with caller.ledger.reading() as conn:
                 rows = conn.execute(sa.select(batch_items).where(batch_items.c.batch_key == batch_key)).all()
             try:
-                found = None if refusal else _look(caller, batch_key, rows)
+                found = None if refusal or unsent else _look(caller, batch_key, rows)
             except Exception:
                 # Whether the provider has it is unknown: the record stays `submitting`, for a later run to settle.
                 if isinstance(exc, ProviderError):
@@ -504,10 +509,13 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
                 raise exc from None
             if found is not None:
                 return found
+            # A lost answer, or a 5xx: made or not, the list may not show it yet.
+            made = made or (
+                isinstance(exc, ProviderUnavailable) and not (refusal or unsent) and (status is None or status >= 500)
+            )
             if again:
                 continue
-            if isinstance(exc, ProviderUnavailable) and not refusal and (status is None or status >= 500):
-                # A lost answer, or a 5xx: made or not, the list may not show it yet; a rerun looks again first.
+            if made:  # this try, or an earlier one: a rerun looks for it again before sending anything
                 log.warning(
                     "batch %s may have reached %s unlisted; a rerun looks for it first", batch_key, provider_name
                 )

@@ -85,6 +85,9 @@ class ProviderError(TierflowError):
     retryable = False
     lost_attempts = 0
     """HTTP attempts of this call whose answer never arrived (timeouts, resets): the provider may bill them."""
+    unsent = False
+    """Raised before the request itself was sent (an OpenAI batch's input file could not be uploaded, with the
+    SDK's retries): nothing came of it, so a batch is neither looked for nor sent again (`batch._send`)."""
 
     def __init__(self, provider: str, model: str, cause: str, *, hint: str = "") -> None:
         self.provider = provider

@@ -327,7 +327,8 @@ class Provider(Protocol):
     def submit_batch(self, requests: dict[str, Request], *, key: str = "") -> str:
         """Submit requests (by custom id) to the provider's batch API, tagged with tierflow's batch `key`
         where the API takes metadata; returns the batch id. The creation is sent once, never retried here (nor by
-        the SDK): after an error, the batch flow decides whether the batch exists and whether to send it again."""
+        the SDK): after an error, the batch flow decides whether the batch exists and whether to send it again. An
+        error raised before the creation was sent (what it needs first could not be had) is `unsent`."""
         ...
 
     def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:

@@ -166,7 +166,7 @@ class OpenAIProvider:
         try:
             file_id = self._inputs.get(key) if key else None
             if file_id is None:
-                file_id = self._upload(requests)
+                file_id = self._upload(requests, model)
                 if key:
                     self._inputs[key] = file_id
             # Sent once: the batch flow decides whether to send it again (`batch._send`).
@@ -181,13 +181,19 @@ class OpenAIProvider:
         self._inputs.pop(key, None)
         return batch.id
 
-    def _upload(self, requests: dict[str, Request]) -> str:
-        """Upload a batch's requests as its input file (JSONL); the file's id."""
+    def _upload(self, requests: dict[str, Request], model: str) -> str:
+        """Upload a batch's requests as its input file (JSONL), with the SDK's retries; the file's id. Failing, no
+        batch was made: the error is `unsent`, not to be tried again around those retries (`batch._send`)."""
         lines = [
             json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": self.params(r)})
             for cid, r in requests.items()
         ]
-        upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+        try:
+            upload = self.client.files.create(file=("tierflow-batch.jsonl", "\n".join(lines).encode()), purpose="batch")
+        except openai.OpenAIError as exc:
+            error = self.translate(exc, model)
+            error.unsent = True
+            raise error from exc
         return upload.id
 
     def find_batch(self, key: str, custom_ids: list[str], since_s: float, known: set[str]) -> str | None:
