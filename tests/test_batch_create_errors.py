@@ -264,9 +264,9 @@ def test_an_openai_batch_sent_again_reuses_its_uploaded_input_file(
 def test_an_openai_batch_whose_input_file_cannot_be_uploaded_is_not_sent_nor_tried_again_around_the_sdks_retries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble
 ):
-    """The upload is tried with the SDK's retries (max_retries = 2: three tries). Failing, no batch was made: it was
-    tried again three times over around them (nine uploads, and a look between each), and its claim is now dropped
-    and its reservations released at once, for a rerun to send."""
+    """The upload is tried with the SDK's retries (max_retries = 2: three tries). Failing, no batch was made. It used
+    to be tried again around them, a look between each (up to nine uploads where three were asked for); now nothing
+    more is sent, and its claim is dropped and its reservations released at once, for a rerun to send."""
     from conftest import openai_config
     from test_batch_collect import calls, make_caller
 
