@@ -698,8 +698,8 @@ def test_a_flow_missing_from_the_install_or_a_wrong_parameter_registers_nothing(
         ops.register(gone, parameters={}, cron="0 7 * * MON", pool="half-pool")
     with pytest.raises(ops.OpsError, match="takes no parameter 'colour'"):
         ops.register(ops.FLOWS["reading-notes"], parameters={"vault": str(tmp_path), "colour": "red"}, pool="half-pool")
-    with pytest.raises(ops.OpsError, match="needs 'vault'"):
-        ops.register(ops.FLOWS["reading-notes"], parameters={}, pool="half-pool")
+    with pytest.raises(ops.OpsError, match="needs 'vault'"):  # a scheduled run is given no parameter of its own
+        ops.register(ops.FLOWS["reading-notes"], parameters={}, cron="0 7 * * MON", pool="half-pool")
     assert state(server) == before
 
 

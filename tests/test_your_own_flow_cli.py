@@ -1086,6 +1086,44 @@ def test_a_required_parameter_left_out_is_refused_with_an_example_of_it(document
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_an_on_demand_schedule_leaves_a_required_parameter_to_each_run_and_prints_how_to_give_it(
+    documented: str, tmp_path: Path
+) -> None:
+    """`tierflow schedule FLOW` without --cron refused a flow with a required parameter, though each run of an
+    on-demand deployment can be given it (`prefect deployment run NAME -p day=...`)."""
+    import os
+    import shlex
+    import subprocess
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL
+
+    vault = triage_vault(tmp_path)
+    result = CliRunner().invoke(app, ["schedule", documented, "--vault", str(vault), "--name", "each-day"])
+    assert result.exit_code == 0, result.output
+    assert "Each run needs day, which the deployment leaves to the run (Prefect refuses a run without it)" in said(
+        result
+    )
+    printed = result.output.strip().splitlines()[-1]
+    assert printed == "Run it now: prefect deployment run 'documented/each-day' -p day=2024-01-01"
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("documented/each-day")
+        assert deployment.parameters == {"vault": str(vault.resolve())}
+        with pytest.raises(PrefectHTTPStatusError, match="'day' is a required property"):
+            client.create_flow_run_from_deployment(deployment.id)  # Prefect's own refusal, before any run starts
+    # The printed command, as Prefect's CLI reads it, starts a run with the parameter of its type.
+    command = shlex.split(printed.removeprefix("Run it now: "))
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    ran = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    assert [r.parameters["day"] for r in runs] == ["2024-01-01"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_schedule_keeps_a_flows_typed_params_as_their_types_json(documented: str, tmp_path: Path) -> None:
     """A deployment's parameters are JSON: `--param` values are read as the flow's signature types them (n the int
     3, tags a list), and kept as JSON (the date as its ISO text, the Path as its text), so a worker's run gets them

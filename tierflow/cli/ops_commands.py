@@ -175,7 +175,14 @@ def _register(
     if done.pool_created:
         typer.echo(f"Created the process work pool {done.pool!r}.")
     typer.echo(f"Runs start while a worker polls the pool: prefect worker start --pool {done.pool}")
-    typer.echo(f"Run it now: prefect deployment run '{done.deployment}'")
+    if done.left_out:
+        one = len(done.left_out) == 1
+        typer.echo(
+            f"Each run needs {', '.join(done.left_out)}, which the deployment leaves to the run (Prefect refuses a "
+            f"run without {'it' if one else 'them'}): give {'it' if one else 'each'} with -p NAME=VALUE, as here "
+            f"with an example value:"
+        )
+    typer.echo(f"Run it now: {done.run_command}")
 
 
 @schedule_app.command("reading-notes", cls=_FlowSchedule)

@@ -264,8 +264,9 @@ def load_flow(target: FlowTarget) -> Flow[..., Any]:
     return flow
 
 
-def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> None:
-    """The parameters must be ones the flow takes, of the right types, with every required one given."""
+def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any], *, all_required: bool = True) -> list[str]:
+    """The parameters must be ones the flow takes, of the right types, with every required one given; or, unless
+    `all_required`, left out for each run to give (an on-demand deployment): those left out are returned."""
     from prefect.exceptions import ParameterTypeError
 
     signature = inspect.signature(flow.fn)
@@ -287,7 +288,7 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
         for name, p in signature.parameters.items()
         if name in accepted and p.default is inspect.Parameter.empty and name not in parameters
     ]
-    if missing:
+    if missing and all_required:
         from prefect.utilities.callables import parameter_schema
 
         schema = parameter_schema(flow).model_dump(mode="json")
@@ -304,10 +305,13 @@ def check_parameters(flow: Flow[..., Any], parameters: Mapping[str, Any]) -> Non
     except ParameterTypeError as exc:
         # Prefect's message is a heading, then a line `- NAME: what the value should be` per bad parameter.
         lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:] if line.strip()]
-        detail = "; ".join(lines) or _reason(exc)
-        raise OpsUsageError(f"bad parameter for the {flow.name} flow: {detail}") from None
+        # A parameter left for each run to give is "Field required" here, and no fault of the deployment.
+        lines = [line for line in lines if line.partition(":")[0] not in missing]
+        if lines or not missing:
+            raise OpsUsageError(f"bad parameter for the {flow.name} flow: {'; '.join(lines) or _reason(exc)}") from None
     finally:
         quiet.disabled = was_disabled
+    return missing
 
 
 def read_params(flow: Flow[..., Any], texts: Mapping[str, str]) -> dict[str, Any]:
@@ -378,9 +382,13 @@ def _param_refused(flow: Flow[..., Any], name: str, annotation: Any, text: str, 
     )
 
 
-def _param_example(schema: Mapping[str, Any], name: str, *, default: bool = True) -> str:
+def _param_example(schema: Mapping[str, Any], name: str, *, default: bool = True, option: str = "--param") -> str:
     """`--param NAME=VALUE` with a value the parameter takes, quoted for a shell: its default (unless not
-    `default`), else an instance of Prefect's schema of it (`parameter_schema`, as JSON)."""
+    `default`), else an instance of Prefect's schema of it (`parameter_schema`, as JSON).
+
+    With `option="-p"`, as `prefect deployment run -p` reads it: a VALUE that is JSON is read as JSON there, so a
+    text that would read as another value (`2024`, `true`) or as none (one with a `"`) is written as a JSON string.
+    """
     from tierflow.testing.double import example_from_schema
 
     prop = schema.get("properties", {}).get(name, {})
@@ -388,7 +396,9 @@ def _param_example(schema: Mapping[str, Any], name: str, *, default: bool = True
     if example is None:
         example = example_from_schema(prop, dict(schema))
     shown = example if isinstance(example, str) else json.dumps(example)
-    return f"--param {shlex.quote(f'{name}={shown}')}"
+    if option == "-p" and isinstance(example, str) and ('"' in example or _json_or_text(example) != example):
+        shown = json.dumps(example)
+    return f"{option} {shlex.quote(f'{name}={shown}')}"
 
 
 @dataclass(frozen=True)
@@ -493,6 +503,10 @@ class Registration:
     pool_created: bool
     schedule: str | None
     """`describe_schedule` of the schedule, None when the deployment runs only on demand."""
+    left_out: tuple[str, ...] = ()
+    """Required parameters an on-demand deployment does not set: each run must give them."""
+    run_command: str = ""
+    """The `prefect deployment run` line that starts a run, with an example `-p NAME=VALUE` for each of `left_out`."""
 
 
 def register(
@@ -519,12 +533,18 @@ def register(
     flow = load_flow(target)
     # A deployment keeps its parameters as JSON: a `--param` day=2026-11-16 read as a date is kept as its text.
     parameters = {**parameters, **flow.serialize_parameters(read_params(flow, params or {}))}
-    check_parameters(flow, parameters)
+    # A scheduled run is given nothing, so it needs every required parameter; an on-demand one may be given the rest
+    # (`prefect deployment run -p`), and the server refuses a run without them (the deployment enforces its schema).
+    left_out = check_parameters(flow, parameters, all_required=bool(cron))
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.utilities.callables import parameter_schema
 
-    schema = parameter_schema(flow).model_dump(exclude_unset=True)
+    described = parameter_schema(flow)
+    schema, examples = described.model_dump(exclude_unset=True), described.model_dump(mode="json")
+    run_command = " ".join(
+        [f"prefect deployment run '{flow.name}/{name}'", *(_param_example(examples, n, option="-p") for n in left_out)]
+    )
     with prefect_client() as client:
         pool_created = ensure_pool(client, pool)
         flow_id = None
@@ -571,6 +591,8 @@ def register(
         pool=pool,
         pool_created=pool_created,
         schedule=describe_schedule(cron, timezone) if cron else None,
+        left_out=tuple(left_out),
+        run_command=run_command,
     )
 
 
