@@ -410,13 +410,41 @@ def test_param_is_read_as_the_flows_signature_types_it(params_seen: str, tmp_pat
 
 
 def test_a_param_given_twice_is_refused_not_replaced_by_the_later_one(params_seen: str, tmp_path: Path) -> None:
-    """`--param tags=a --param tags=b` ran the flow with tags "b" alone, saying nothing of "a"."""
+    """`--param tags=a --param tags=b` ran the flow with tags "b" alone, saying nothing of "a". Refused, the hint
+    fits the parameter's type: it suggested a list for a date or a text too, which the flow would refuse."""
     vault = triage_vault(tmp_path)
-    for command in ("run", "schedule"):
-        args = [command, params_seen, "--vault", str(vault), "--param", "label=a", "--param", "label=b"]
-        result = CliRunner().invoke(app, args)
+
+    def refused(command: str, name: str, first: str, second: str) -> str:
+        given = ["--param", f"{name}={first}", "--param", f"{name}={second}"]
+        result = CliRunner().invoke(app, [command, params_seen, "--vault", str(vault), *given])
         assert result.exit_code == 2, result.output
-        assert "--param label is given twice ('a' and 'b'): give it once; a list is one JSON value" in said(result)
+        return said(result)
+
+    for command in ("run", "schedule"):
+        assert (
+            "--param label is given twice ('a' and 'b'): give it once: label takes one value (str | None), so keep "
+            "the one you mean: --param label=a or --param label=b"
+        ) in refused(command, "label", "a", "b")
+        assert (
+            "day takes one value (date | None), so keep the one you mean: --param day=2026-11-16 or --param "
+            "day=2026-11-17"
+        ) in refused(command, "day", "2026-11-16", "2026-11-17")
+        assert "n takes one value (int), so keep the one you mean: --param n=1 or --param n=2" in refused(
+            command, "n", "1", "2"
+        )
+        assert (
+            "--param tags is given twice ('a' and 'b'): give it once: tags takes a list (list[str] | None), given as "
+            'one JSON value: --param \'tags=["a", "b"]\''
+        ) in refused(command, "tags", "a", "b")
+        assert 'tags takes a list (list[str] | None), given as one JSON value: --param \'tags=["3", "4"]\'' in (
+            refused(command, "tags", "3", "4")  # items of a list of texts, written as texts
+        )
+        assert 'give it once; a list is one JSON value, for example --param \'extra=["a", "b"]\'' in refused(
+            command,
+            "extra",
+            "a",
+            "b",  # no type: a list or either one
+        )
     assert not (vault / "seen.json").exists()
 
 

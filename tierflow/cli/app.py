@@ -778,7 +778,7 @@ def run(
         "config": config,
         "tier": overrides,
         "options": options,
-        "params": parse_params(param),
+        "params": parse_params(param, flow_name),
         "project": project,
         "retry_failed": retry_failed,
         **(
@@ -1120,7 +1120,7 @@ def plan(
     }
     if flow_name not in BUILT_IN_OPTIONS:  # as `tierflow run` gives them: only those the user set
         offered = {name: value for name, value in offered.items() if value not in (None, False)}
-    params = parse_params(param)
+    params = parse_params(param, flow_name)
     if params:
         # Checked as `tierflow run` checks them (a parameter the flow takes, of its type, that no option gives);
         # the options here only price the run, so one the flow does not take is not refused.

@@ -161,18 +161,20 @@ def argument_text(value: str, option: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def parse_params(items: list[str] | None) -> dict[str, str]:
-    """`--param NAME=VALUE` values as `{name: text}`; the flow's signature says what each text is (`read_params`)."""
+def parse_params(items: list[str] | None, flow: str | None = None) -> dict[str, str]:
+    """`--param NAME=VALUE` values as `{name: text}`; the flow's signature says what each text is (`read_params`).
+
+    A name given twice is refused (the later one silently replaced the first: `tag=a --param tag=b` gave "b"), with
+    what to give instead as the `flow`'s parameter takes it (`given_twice`): one JSON list, or one of the two."""
     params: dict[str, str] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise fail(f"--param {item!r}: write it as NAME=VALUE, for example --param mode=draft")
-        if key.strip() in params:  # the later one silently replaced the first (`tag=a --param tag=b` gave "b")
-            raise fail(
-                f"--param {key.strip()} is given twice ({params[key.strip()]!r} and {raw!r}): give it once; a list is "
-                f'one JSON value, for example --param \'{key.strip()}=["a", "b"]\''
-            )
+        if key.strip() in params:
+            from tierflow.cli.prefect_ops import given_twice
+
+            raise fail(given_twice(flow, key.strip(), params[key.strip()], raw))
         params[key.strip()] = raw
     return params
 

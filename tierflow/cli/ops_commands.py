@@ -135,10 +135,10 @@ def _base_parameters(vault: Path, profile: str | None, config: Path | None) -> t
     return cfg, parameters
 
 
-def _params(param: list[str] | None, *options: str) -> dict[str, str]:
-    """The `--param` texts, refused (exit 2) as `tierflow run` refuses them when one names a parameter that
-    --vault, --profile, --config or another of the command's `options` gives."""
-    params = parse_params(param)
+def _params(param: list[str] | None, flow: str, *options: str) -> dict[str, str]:
+    """The `--param` texts of the `flow`'s parameters, refused (exit 2) as `tierflow run` refuses them when one names
+    a parameter that --vault, --profile, --config or another of the command's `options` gives."""
+    params = parse_params(param, flow)
     refuse_option_params(params, {o.removeprefix("--"): o for o in ("--vault", "--profile", "--config", *options)})
     return params
 
@@ -200,7 +200,7 @@ def schedule_reading_notes(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "reading-notes")
-    params = _params(param)
+    params = _params(param, "reading-notes")
     cfg, parameters = _base_parameters(vault, profile, config)
     _register(FLOWS["reading-notes"], parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 
@@ -227,7 +227,7 @@ def schedule_student_feedback(
     vault = _vault(vault, "student-feedback")
     if mode not in ("direct", "batch"):
         raise fail(f"--mode {mode!r}: use direct or batch")
-    params = _params(param, "--mode", "--assignment")
+    params = _params(param, "student-feedback", "--mode", "--assignment")
     cfg, parameters = _base_parameters(vault, profile, config)
     if assignment or cfg.settings.feedback.assignment_folder or cron:
         # The folder its runs read, refused now as `tierflow run` refuses it, not when a worker runs it days later.
@@ -258,7 +258,7 @@ def schedule_module_review(
     from tierflow.cli.prefect_ops import FLOWS
 
     vault = _vault(vault, "module-review")
-    params = _params(param, "--module")
+    params = _params(param, "module-review", "--module")
     cfg, parameters = _base_parameters(vault, profile, config)
     if module or cfg.settings.module.folder or cron:
         # The folder its runs read, refused now as `tierflow run` refuses it, not when a worker runs it days later.
@@ -290,7 +290,7 @@ def schedule_registered_flow(
         target = flow_target(flow_name)
     except TierflowError as exc:
         raise fail(str(exc)) from None
-    params = _params(param)
+    params = _params(param, flow_name)
     cfg, parameters = _base_parameters(vault, profile, config)
     _register(target, parameters, params, cfg, cron=cron, timezone=timezone, name=name, pool=pool)
 

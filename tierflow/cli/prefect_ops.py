@@ -360,6 +360,37 @@ def read_params(flow: Flow[..., Any], texts: Mapping[str, str]) -> dict[str, Any
     return values
 
 
+def given_twice(flow_name: str | None, name: str, first: str, second: str) -> str:
+    """Why `--param NAME=...` given twice is refused, and what to give instead, by the type of the flow's parameter:
+    one JSON list of both (a list, or a parameter with no type), else one of the two (a date, a text, a number)."""
+    from prefect.utilities.callables import parameter_schema
+
+    said = f"--param {name} is given twice ({first!r} and {second!r}): give it once"
+    flow, param, schema = None, None, {}
+    try:
+        if flow_name is not None:
+            flow = load_flow(flow_target(flow_name))
+            param = next((p for p in describe_params(flow)[0] if p.name == name), None)
+            schema = parameter_schema(flow).model_dump(mode="json")
+    except Exception:  # a flow that is unknown or does not import: the command says so once it looks it up
+        param = None
+    if flow is None or param is None or not param.type:  # a name it does not take, or one with no type
+        return f'{said}; a list is one JSON value, for example --param \'{name}=["a", "b"]\''
+    prop = schema.get("properties", {}).get(name, {})
+    if any(b.get("type") == "array" for b in prop.get("anyOf", [prop]) if isinstance(b, dict)):
+        example = _param_example(schema, name, default=False)  # if the two are not items of its list
+        for both in (json.dumps([_json_or_text(first), _json_or_text(second)]), json.dumps([first, second])):
+            try:
+                read_params(flow, {name: both})  # type: ignore[arg-type]
+            except OpsError:
+                continue
+            example = f"--param {shlex.quote(f'{name}={both}')}"
+            break
+        return f"{said}: {name} takes a list ({param.type}), given as one JSON value: {example}"
+    keep = " or ".join(f"--param {shlex.quote(f'{name}={v}')}" for v in (first, second))
+    return f"{said}: {name} takes one value ({param.type}), so keep the one you mean: {keep}"
+
+
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
