@@ -294,3 +294,37 @@ def test_the_spend_listing_shows_each_call_s_time_in_the_vault_zone(tmp_path: Pa
     result = CliRunner().invoke(app, ["spend", "--vault", str(vault)], env={"COLUMNS": "250", "TZ": "UTC"})
     assert result.exit_code == 0, result.output
     assert "2026-04-05 09:30:00" in result.stdout and "times in Australia/Sydney" in result.stdout
+
+
+def test_a_run_id_is_of_now_in_the_vault_zone_not_the_machine_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run ids carried the machine's local time: a run at 01:30 on the 19th in Kolkata, on a machine set to Los
+    Angeles, was `20261118-120000-...`, dated the day before its report and `spend --by day`."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+    from tierflow.cli.runner import flow_call
+    from tierflow.core import clock
+    from tierflow.core.calls import RunSettings
+
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 18, 20, 0, tzinfo=UTC))
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[vault]\ntimezone = "Asia/Kolkata"\n')
+    try:
+        (vault / "Reading").mkdir()
+        chosen = {
+            "tierflow run": flow_call("reading-notes", vault)[2],
+            "a deployment's run": RunSettings(vault=str(vault)).with_run("reading-notes").run_id,
+        }
+        asked = CliRunner().invoke(app, ["ask", "--vault", str(vault), "What is retrieval practice?"])
+        assert asked.exit_code == 0, asked.output
+        ledger = Ledger(f"sqlite:///{vault / '.tierflow' / 'ledger.sqlite'}")
+        (chosen["tierflow ask"],) = {row["run_id"] for row in ledger.rows()}
+    finally:
+        monkeypatch.undo()
+        time.tzset()  # the machine's own zone again for the tests after this one
+    for where, run_id in chosen.items():
+        assert run_id.startswith("20261119-013000-") and len(run_id) == len("20261119-013000-") + 6, (where, run_id)

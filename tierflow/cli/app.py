@@ -161,7 +161,7 @@ def ask(
         config_path=str(config) if config else None,
         profile=profile,
         tier_overrides={"*": tier} if tier else {},
-        run_id=new_run_id(),
+        run_id=new_run_id(cfg.settings.vault.timezone),
         flow="ask",
         use_cache=False,
         project=cfg.project_for(explicit=project),

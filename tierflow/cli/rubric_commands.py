@@ -173,6 +173,7 @@ def normalise(
 def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, profile: str | None = None):  # noqa: ANN201
     """The rewrite, through `Caller.ask` (routed, budgeted, recorded), written beside the rubric."""
     from tierflow.core.calls import Caller, RunSettings, new_run_id
+    from tierflow.core.config import load_config
     from tierflow.flowkit.checks import rubric_rewrite
     from tierflow.tasks.assignment import folder_pseudonyms
     from tierflow.vault.links import VaultNames, wikilink_can_name
@@ -210,14 +211,15 @@ def normalise_rubric(vault: Path, folder: str, *, config: Path | None = None, pr
                 f"{folder}/{NORMALISED} is already checked; tierflow will not replace it. "
                 "Delete it (or set `status: unchecked`) to normalise again."
             )
+    loaded = load_config(vault, config_path=config, profile=profile)
     settings = RunSettings(
         vault=str(vault),
         config_path=str(config) if config else None,
         profile=profile,
-        run_id=new_run_id(),
+        run_id=new_run_id(loaded.settings.vault.timezone),
         flow="rubric-normalise",
     )
-    caller = Caller(settings)
+    caller = Caller(settings, loaded)
     env = template_env(caller.config.vault, caller.config.settings.vault.templates_folder)
     # A rubric names students too ("like Priya Sharma's exemplar"): hidden as in a run, and given back in the file.
     pseudonyms = folder_pseudonyms(vault, folder, caller.config)

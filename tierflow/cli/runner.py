@@ -256,7 +256,9 @@ def flow_call(
                 f"it takes: {', '.join(spec.parameter_names())}"
             )
     # Chosen here, so that an interrupt can name it; a flow that takes no run id chooses its own.
-    run_id = (parameters.pop("run_id", None) or new_run_id()) if spec.takes("run_id") else None
+    run_id = parameters.pop("run_id", None) if spec.takes("run_id") else None
+    if spec.takes("run_id") and not run_id:  # of now in the vault's zone, as its report and `spend --by day` date it
+        run_id = new_run_id(load(vault, Path(config) if config else None, profile).settings.vault.timezone)
     # Each flow gets only the parameters its function takes: a flow of another package may take fewer. A --param
     # is passed all the same, so that one the flow does not take is refused, not dropped.
     offered = {"vault": str(vault), **settings, "tier": tier or {}, "run_id": run_id, **parameters}

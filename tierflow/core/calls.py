@@ -88,7 +88,15 @@ class RunSettings(BaseModel, frozen=True):
         return tierflow_command("resume", self.run_id, vault=self.vault, config=self.config_path, profile=self.profile)
 
     def with_run(self, flow: str) -> RunSettings:
-        return self.model_copy(update={"flow": flow, "run_id": self.run_id or new_run_id()})
+        """These settings for a run of `flow`: under their run id, or a new one (a run a deployment started)."""
+        if self.run_id:
+            return self.model_copy(update={"flow": flow})
+        config = load_config(
+            Path(self.vault) if self.vault else None,
+            config_path=Path(self.config_path) if self.config_path else None,
+            profile=self.profile,
+        )
+        return self.model_copy(update={"flow": flow, "run_id": new_run_id(config.settings.vault.timezone)})
 
     @classmethod
     def start(
@@ -139,8 +147,12 @@ class RunSettings(BaseModel, frozen=True):
         return settings
 
 
-def new_run_id() -> str:
-    return clock.now().astimezone().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+def new_run_id(timezone: str) -> str:
+    """A new run's id, `YYYYMMDD-HHMMSS-` and six hex digits: now, on the wall clock of `timezone` (the vault's
+    `[vault] timezone`, as its run report and `tierflow spend --by day` date the run), whatever the machine's zone."""
+    from zoneinfo import ZoneInfo
+
+    return clock.now().astimezone(ZoneInfo(timezone)).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def _check_ask(output: object, checks: object) -> None:

@@ -233,7 +233,7 @@ def trial_caller(
         vault=str(vault) if vault else None,
         config_path=str(config_path) if config_path else None,
         profile=profile,
-        run_id=new_run_id(),
+        run_id=new_run_id(config.settings.vault.timezone),
         flow=trial_flow(flow),
         use_cache=False,  # every tier answers afresh, so cost and latency are measured, not replayed
     )
