@@ -189,3 +189,55 @@ def test_the_temporary_server_stops_when_tierflow_is_killed_outright(tmp_path):
         time.sleep(0.5)
     os.kill(server, signal.SIGKILL)
     raise AssertionError("the temporary Prefect server outlived tierflow by 2 minutes")
+
+
+CTRL_C_AS_PREFECT_STOPS_ITS_SERVER = """
+import os, signal, sys
+from tierflow.cli import prefect_defaults
+prefect_defaults()
+from prefect.server.api import server
+
+stop = server.SubprocessASGIServer.stop
+
+
+def stopped_by_ctrl_c(self):  # Prefect's exit hook, as Ctrl-C comes in the second after the run has finished
+    os.kill(os.getpid(), signal.SIGINT)
+    stop(self)
+
+
+server.SubprocessASGIServer.stop = stopped_by_ctrl_c
+from tierflow.cli.app import main
+
+sys.argv = ["tierflow", "demo", sys.argv[1]]
+main()
+"""
+
+
+def test_ctrl_c_as_a_finished_run_closes_ends_it_quietly_with_130_and_its_ledger_closed(tmp_path):
+    """Ctrl-C in the second after a run finished raised KeyboardInterrupt inside Prefect's exit hooks: a traceback
+    ("Exception ignored in atexit callback: ... SubprocessASGIServer.stop"), and exit code 0."""
+    mark = f"tierflow-closing-test-{uuid.uuid4().hex}"
+    env = {**os.environ, "TIERFLOW_TEST_MARK": mark}
+    env.pop("PREFECT_API_URL", None)  # Prefect's temporary server, whose stop at exit is the hook interrupted
+    vault = tmp_path / "demo"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", CTRL_C_AS_PREFECT_STOPS_ITS_SERVER, str(vault)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        for pid in processes_marked(mark):  # a temporary server left behind by a failure
+            os.kill(pid, signal.SIGKILL)
+    said = done.stdout + done.stderr
+    assert done.returncode == 130, said
+    assert "Total: 20524 tokens" in done.stdout  # the run and its summary were done
+    assert done.stderr.rstrip().endswith(
+        "interrupted while tierflow was closing: the command had finished (Prefect's last log lines may be missing)."
+    ), said
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said, said
+    assert not (vault / ".tierflow" / "ledger.sqlite-wal").exists()  # closed: its calls are in the ledger file
+    assert Ledger.for_vault(vault).rows()

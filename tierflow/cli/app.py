@@ -1198,6 +1198,14 @@ def main() -> None:
     # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
     prefect_defaults()
     try:
+        _main()
+    except SystemExit:
+        interrupt_while_closing()  # the command has finished: only Prefect's exit hooks and tierflow's are left
+        raise
+
+
+def _main() -> None:
+    try:
         app()
     except LedgerError as exc:  # whichever command opened the ledger: one line naming it and the fix
         fail(str(exc), 1)
@@ -1212,6 +1220,45 @@ def main() -> None:
         ):
             raise SystemExit(0) from None
         raise
+
+
+CLOSING = "interrupted while tierflow was closing: the command had finished (Prefect's last log lines may be missing)"
+"""What Ctrl-C after a command finished says (`interrupt_while_closing`)."""
+
+
+def interrupt_while_closing() -> None:
+    """From here on, Ctrl-C ends the process at once with one line (`CLOSING`) and exit code 130.
+
+    Called once the command has finished (it ended with SystemExit, its output and exit code decided), before Python
+    runs the exit hooks: Prefect's services draining their queues and its temporary server stopping, which take a
+    second or more. A Ctrl-C then raised KeyboardInterrupt inside one of them: a traceback ("Exception ignored in
+    atexit callback"), and exit code 0. The ledgers are closed (`close_ledgers`) and the temporary server stopped
+    before the exit, as those hooks would have. A handler other than Python's own (`stopped_by_interrupt`'s second
+    Ctrl-C, after an interrupted run) is kept; so is an error that escaped the command, with its traceback.
+    """
+    import contextlib
+    import signal
+    import threading
+
+    from tierflow.cli import temporary_server
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def closing(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):  # what the command printed, before os._exit drops it
+            with contextlib.suppress(Exception):  # a closed pipe, or the stream interrupted mid-write
+                stream.flush()
+        os.write(2, f"\n{CLOSING}.\n".encode())
+        temporary_server.kill()
+        ledger = sys.modules.get("tierflow.core.ledger")  # not imported: no ledger was opened
+        if ledger is not None:
+            ledger.close_ledgers(wait=False)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, closing)
 
 
 PREFECT_STARTUP_WAIT = 300

@@ -972,17 +972,24 @@ def dispose_engine(url: str) -> None:
         engine.dispose()
 
 
-def _close_ledgers() -> None:
+def close_ledgers(*, wait: bool = True) -> None:
     """At exit: close this process's pooled ledger connections. SQLite's last close then writes the write-ahead log
     into the ledger file and removes it; left open, the calls of a short command or a run stayed in the -wal file
-    alone, and a ledger.sqlite copied or shared without it was missing them (or empty)."""
-    with _engines_lock:
+    alone, and a ledger.sqlite copied or shared without it was missing them (or empty).
+
+    Not `wait`: from a signal handler, which may have interrupted this thread holding the lock; then, if it did, the
+    connections are left (the calls are in the -wal file, which the next open of the ledger writes into it)."""
+    if not _engines_lock.acquire(blocking=wait):
+        return
+    try:
         engines = list(_engines.values())
+    finally:
+        _engines_lock.release()
     for engine in engines:
         engine.dispose()
 
 
-atexit.register(_close_ledgers)
+atexit.register(close_ledgers)
 
 
 def _create_engine(url: str, size: int) -> Engine:
