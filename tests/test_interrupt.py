@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import READING_WEEK, anthropic_config, write_config
 from responders import skilled
 from test_scale import widen
@@ -241,3 +242,28 @@ def test_ctrl_c_as_a_finished_run_closes_ends_it_quietly_with_130_and_its_ledger
     assert "Traceback" not in said and "KeyboardInterrupt" not in said, said
     assert not (vault / ".tierflow" / "ledger.sqlite-wal").exists()  # closed: its calls are in the ledger file
     assert Ledger.for_vault(vault).rows()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ctrl_c_after_a_run_finished_before_its_summary_says_so_in_one_line_and_exits_130(reading_vault, monkeypatch):
+    """Ctrl-C while tierflow waited for Prefect to record a finished run's task runs (a second or two before the
+    summary) exited 130 without a word: no summary, nothing saying the run had finished."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli import runner
+    from tierflow.cli.app import app
+
+    def ctrl_c(run_id: str | None, **_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "wait_for_task_run_records", ctrl_c)
+    week = ["--since", READING_WEEK[0], "--until", READING_WEEK[1]]
+    result = CliRunner().invoke(
+        app, ["run", "reading-notes", "--vault", str(reading_vault), "--profile", "offline", *week]
+    )
+    assert result.exit_code == 130, result.output
+    (run_id,) = {row["run_id"] for row in Ledger.for_vault(reading_vault).rows()}
+    spend = f"tierflow spend --run {run_id} --vault {reading_vault.resolve()} --profile offline"
+    said = " ".join(result.output.split())
+    assert f"interrupted: run {run_id} had finished, before its summary was shown; `{spend}` lists its calls." in said
+    assert "Traceback" not in result.output

@@ -175,7 +175,15 @@ def run_flow(
             f"`{tierflow_command('spend', '--last', 20, vault=vault, config=config, profile=profile)}` lists its calls."
         )
         return None
-    wait_for_task_run_records(summary.run_id)
+    try:
+        wait_for_task_run_records(summary.run_id)
+    except KeyboardInterrupt:  # the run had finished: nothing of it stops, only its summary is not shown
+        spend = tierflow_command("spend", "--run", summary.run_id, vault=vault, config=config, profile=profile)
+        console.print(
+            f"[bold yellow]interrupted: run {escape(summary.run_id)} had finished, before its summary was shown; "
+            f"`{escape(spend)}` lists its calls."
+        )
+        raise typer.Exit(INTERRUPTED) from None
     print_summary(vault, summary)
     if summary.ledger_error:
         console.print(escape(ledger_gone_message(summary.run_id, vault, config=config, profile=profile)))
