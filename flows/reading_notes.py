@@ -39,8 +39,9 @@ def reading_notes(
     settings = attribute(settings, *caller_for(settings).config.settings.vault.reading_folders, project=project)
     if since is None or until is None:  # a deployment's run reads the week before the day it was due
         timezone = caller_for(settings).config.settings.vault.timezone
-        if (due := scheduled_for()) is not None:
-            since, until = default_window(timezone, since, until, scheduled=due)
+        since, until = default_window(timezone, since, until, scheduled=scheduled_for())
+        # Kept with the run: `tierflow resume` days later reads this week, not the one before its own day.
+        caller_for(settings).ledger.remember_run_parameters(settings.run_id, {"since": since, "until": until})
     with run_span(settings):
         week = select_week(settings, since, until)
         label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")

@@ -279,6 +279,38 @@ def test_a_deployment_run_of_reading_notes_selects_the_week_before_the_day_it_wa
     assert seen == [(date(2026, 3, 30), date(2026, 4, 5))]
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_resume_of_a_scheduled_reading_notes_run_days_later_reads_the_week_the_run_read(
+    reading_vault: Path, monkeypatch
+):
+    """The resume (`tierflow resume RUN`, not a deployment's run) reads the week the run worked out from its due
+    day, kept with the run in the ledger, not the seven days before the resume's own day."""
+    from typer.testing import CliRunner
+
+    import tierflow.flows.reading_notes as flow_module
+    from tierflow.cli.app import app
+
+    config = reading_vault / ".tierflow" / "config.toml"
+    config.write_text(config.read_text().replace('"Europe/London"', '"Australia/Sydney"'))
+    due = datetime(2026, 4, 6, 7, tzinfo=ZoneInfo("Australia/Sydney"))
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", (due + timedelta(hours=5)).isoformat())
+    monkeypatch.setattr(flow_module, "scheduled_for", lambda: due)
+    seen = []
+    real = flow_module.select_week
+
+    def select(settings, since, until):
+        seen.append((since, until))
+        return real(settings, since, until)
+
+    monkeypatch.setattr(flow_module, "select_week", select)
+    run = flow_module.reading_notes(vault=str(reading_vault), profile="offline")
+    monkeypatch.setenv("TIERFLOW_CLOCK_START", (due + timedelta(days=4, hours=2)).isoformat())  # Friday
+    monkeypatch.setattr(flow_module, "scheduled_for", lambda: None)  # a resume is no deployment's run
+    resumed = CliRunner().invoke(app, ["resume", run.run_id, "--vault", str(reading_vault)])
+    assert resumed.exit_code == 0, resumed.output
+    assert seen == [(date(2026, 3, 30), date(2026, 4, 5))] * 2
+
+
 def test_the_spend_listing_shows_each_call_s_time_in_the_vault_zone(tmp_path: Path):
     """Beside `--since` and `--by day`, which count local days: a call at 23:30 UTC on 4 April is shown at 09:30 on
     the 5th in Sydney (its clocks went back at 03:00)."""

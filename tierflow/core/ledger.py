@@ -1916,6 +1916,18 @@ class Ledger:
                     )
                 )
 
+    def remember_run_parameters(self, run_id: str, values: dict[str, Any]) -> None:
+        """Record what a run resolved for itself after it started (the window a run given no dates read, from the day
+        it was due), so that `tierflow resume RUN` runs it with the same values, whatever day it is resumed."""
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(runs.c.parameters).where(runs.c.run_id == run_id)).first()
+            if row is None:
+                return
+            parameters = json.loads(row.parameters) | values
+            conn.execute(
+                runs.update().where(runs.c.run_id == run_id).values(parameters=json.dumps(parameters, default=str))
+            )
+
     def run_parameters(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
         with self.reading() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
