@@ -126,6 +126,8 @@ def run_batch(
             )
         ) is not None:
             outcome.answers[call.key] = kept  # passed on a retry or a dearer tier, or kept failing, in an earlier run
+        elif (cut := caller.known_cut_off(routed, request, retry_failed=call.retry_failed)) is not None:
+            outcome.failed[call.key] = str(cut)  # cut off on every tier in an earlier run, at the same limits
         else:
             todo[cache_key] = (call, routed, request, cache_key)
     for cache_key, error in _refused_before(caller, todo).items():

@@ -629,10 +629,19 @@ class Caller:
         kept_key = _kept_key(routed, request)
         retry = self.settings.retry_failed if retry_failed is None else retry_failed
         reuse = first is None and self.settings.use_cache and not retry
-        answer, attempts = self._resolve(
-            routed, request, output=output, checks=checks, subject=subject, first=first,
-            kept_key=kept_key if reuse else None,
-        )  # fmt: skip
+        cut_key = self._cut_off_key(routed, request) if self.settings.use_cache else None
+        try:
+            answer, attempts = self._resolve(
+                routed, request, output=output, checks=checks, subject=subject, first=first,
+                kept_key=kept_key if reuse else None, cut_key=cut_key if reuse else None,
+            )  # fmt: skip
+        except OutputLimitReached as exc:
+            if exc.repeats and cut_key is not None:
+                self.ledger.remember_cut_off(
+                    cut_key, run_id=self.settings.run_id, cause=exc.cause,
+                    model=routed.model_ref, tier=routed.tier, flow=self.settings.flow, phase=routed.phase,
+                )  # fmt: skip
+            raise
         answer = replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
         if answer.cached:
             return answer  # replayed: a passing answer, or the one an earlier run kept
@@ -644,7 +653,47 @@ class Caller:
             )  # fmt: skip
         elif retry:
             self.ledger.forget_kept(kept_key)  # resolved afresh: an earlier kept answer is stale now
+        if retry and cut_key is not None:
+            self.ledger.forget_kept(cut_key)  # nor is it cut off at these limits any more
         return answer
+
+    def known_cut_off(
+        self, routed: Route, request: Request, *, retry_failed: bool | None = None
+    ) -> OutputLimitReached | None:
+        """The error of a request an earlier run sent at the output limits the config sets now and whose answers
+        were all cut off (`remember_cut_off`): sent again, it would be paid for and cut off the same way. None
+        when there is none, when any limit it may be sent with has changed since, or when the run pays again on
+        purpose (`retry_failed`, for this request or else the run's; no cache). A batch looks here before it
+        submits, as `resolve` does before a call."""
+        retry = self.settings.retry_failed if retry_failed is None else retry_failed
+        if not self.settings.use_cache or retry:
+            return None
+        return self._known_cut_off(routed, self._cut_off_key(routed, request))
+
+    def _known_cut_off(
+        self, routed: Route, cut_key: str, *, conn: Connection | None = None
+    ) -> OutputLimitReached | None:
+        """`known_cut_off` under its key, read in the transaction `conn` when given (a call's first, `_before`)."""
+        hit = self.ledger.cut_off_response(cut_key, conn=conn)
+        if hit is None:
+            return None
+        error = OutputLimitReached(
+            routed.provider,
+            routed.model,
+            f"not sent again, at no cost: run {hit['run_id'] or '(unknown)'} sent this request at the output limits "
+            f"the config sets now, and its {hit['cause']}. Or shorten the note; `--retry-failed` pays to send it "
+            "again as it is",
+        )
+        error.repeats = False  # nothing was sent: the earlier run's record stands
+        return error
+
+    def _cut_off_key(self, routed: Route, request: Request) -> str:
+        """Where a request whose answers were all cut off is remembered: the request as first sent (its model and
+        output limit, `_kept_key`) and the model and output limits (`max_output_tokens` and its ceiling) of every
+        tier it may go to, so that raising any of them sends it again."""
+        ladder = self.ladder(routed) if self.config.settings.routing.escalate else [routed]
+        limits = [(r.tier, r.model_ref, r.max_output_tokens, self.config.tier(r.tier).output_ceiling) for r in ladder]
+        return hashlib.sha256(f"cut-off:{_kept_key(routed, request)}:{json.dumps(limits)}".encode()).hexdigest()
 
     def replay_kept(
         self,
@@ -739,6 +788,7 @@ class Caller:
         subject: str,
         first: Attempt | None,
         kept_key: str | None,
+        cut_key: str | None = None,
     ) -> tuple[Answer, int]:
         """The answer, and how many attempts this call made for it (a replayed answer: 0)."""
         ladder = self.ladder(routed)
@@ -766,7 +816,7 @@ class Caller:
                     attempt = self._answer(
                         tier_route, sent, output=output, checks=checks, subject=subject,
                         number=number + 1, escalated_from=escalated_from, avoid=frozenset(failed),
-                        kept_key=kept_key if number == 0 else None,
+                        kept_key=kept_key if number == 0 else None, cut_key=cut_key if number == 0 else None,
                         # This tier's first answer: the request is recorded with its outcome.
                         original=request if tries == 0 and not (first is not None and step == 0) else None,
                     )  # fmt: skip
@@ -957,6 +1007,7 @@ class Caller:
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
         kept_key: str | None = None,
+        cut_key: str | None = None,
         original: Request | None = None,
     ) -> Attempt:
         """One call: answer cache, reservation, the provider, the verdict, and its ledger row.
@@ -971,7 +1022,8 @@ class Caller:
         key = _cache_key(routed, request) if self.settings.use_cache else None
         with CallScope(self.ledger, self.budgets, self.slots) as scope:
             sending = self._before(
-                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, output=output,
+                routed, request, key, subject, scope, avoid=avoid, shadow=shadow, kept_key=kept_key, cut_key=cut_key,
+                output=output,
                 checks=checks,
             )  # fmt: skip
             if isinstance(sending, Attempt):  # an answer from the cache, judged by this call's checks and recorded
@@ -1059,6 +1111,7 @@ class Caller:
         avoid: frozenset[str] = frozenset(),
         shadow: bool = False,
         kept_key: str | None = None,
+        cut_key: str | None = None,
         output: type[BaseModel] | None = None,
         checks: Sequence[Check] = (),
     ) -> Attempt | tuple[Route, Request]:
@@ -1152,6 +1205,11 @@ class Caller:
                             kept = self._kept_answer(routed, request, kept_key, output, checks, subject, conn=conn)
                             if kept is not None:
                                 hit, cached = kept  # its row recorded
+                        if hit is None and cut_key is not None:
+                            # Cut off on every tier in an earlier run, at these limits: not paid for again.
+                            known = self._known_cut_off(routed, cut_key, conn=conn)
+                            if known is not None:
+                                raise known
                         if hit is not None and not hit.kept:
                             self.ledger.record(cached, conn=conn)
                         if hit is None:
@@ -1330,7 +1388,10 @@ class Caller:
             )
             return replace(best.answer, checks_failed=names)
         if best.outcome == "truncated":
-            raise OutputLimitReached(best.route.provider, best.route.model, self._cut_off(tried or (best,)))
+            cause, clamped = self._cut_off(tried or (best,))
+            error = OutputLimitReached(best.route.provider, best.route.model, cause)
+            error.repeats = not clamped
+            raise error
         raise MalformedResponse(
             best.route.provider,
             best.route.model,
@@ -1338,9 +1399,9 @@ class Caller:
             f"{'; '.join(f.problem for f in best.failures[:2])}). Every attempt is in the ledger",
         )
 
-    def _cut_off(self, tried: Sequence[Attempt]) -> str:
+    def _cut_off(self, tried: Sequence[Attempt]) -> tuple[str, bool]:
         """Why a call's answers were all unusable when the best of them was cut off: the output limits each tier
-        was sent with, and the config keys that set them."""
+        was sent with, and the config keys that set them; and whether a budget sent any tier less than its limit."""
         cut = [a for a in tried if a.outcome == "truncated"]
         limits: dict[str, list[int]] = {}
         for attempt in cut:
@@ -1367,7 +1428,7 @@ class Caller:
             f"answers were cut off at the output limit on {every} ({sent}). It is the config's limit, not a provider "
             f"fault: raise {' or '.join(keys)} in the config{budget}; a rerun with the config unchanged is cut off "
             "the same way"
-        )
+        ), bool(clamped)
 
     def _complete(self, routed: Route, request: Request) -> Completion:
         """The provider call, in the structured-output form this server accepts (learned once, remembered)."""

@@ -144,6 +144,10 @@ class OutputLimitReached(MalformedResponse):
     """Every answer was cut off at its tier's output limit: a limit of the config, not a provider fault, so a rerun
     with the config unchanged is cut off the same way."""
 
+    repeats = True
+    """A rerun with the config unchanged would send the same requests (no budget sent a tier less than its limit):
+    the request is remembered, and such a rerun fails it at once without paying again (`Caller.known_cut_off`)."""
+
 
 class OutputModeRejected(ProviderError):
     """The server refused the structured-output form (`response_format`); the call path tries the next form."""

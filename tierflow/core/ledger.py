@@ -2037,6 +2037,32 @@ class Ledger:
             return None
         return {**row._mapping, "data": json.loads(row.data_json) if row.data_json else None}
 
+    def remember_cut_off(
+        self, key: str, *, run_id: str, cause: str, model: str, tier: str, flow: str, phase: str
+    ) -> None:
+        """Remember a request whose answers were all cut off at the output limits of the config (`key`:
+        `Caller._cut_off_key`), the run that paid for them and why: a rerun at the same limits fails it at once.
+        Kept in the answer cache as a kept entry with no answer (`checks_failed` "cut off"), never replayed."""
+        values = {
+            "key": key, "model": model, "tier": tier, "text": "", "created": now_iso(), "flow": flow, "phase": phase,
+            "data_json": json.dumps({"run_id": run_id, "cause": cause}), "request_json": None, "kept": True,
+            "checks_failed": CUT_OFF,
+        }  # fmt: skip
+        with self.transaction() as conn:
+            _upsert(conn, response_cache, values, ["key"])
+
+    def cut_off_response(self, key: str, *, conn: Connection | None = None) -> dict[str, Any] | None:
+        """The run that paid for a request's cut-off answers and why (`remember_cut_off`), if one did."""
+        query = sa.select(response_cache.c.data_json).where(
+            response_cache.c.key == key, response_cache.c.kept.is_(True), response_cache.c.checks_failed == CUT_OFF
+        )
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.reading() as own:
+                row = own.execute(query).first()
+        return None if row is None or not row.data_json else json.loads(row.data_json)
+
     def forget_kept(self, key: str) -> None:
         """Drop a request's kept answer (a later run resolved it again)."""
         with self.transaction() as conn:
@@ -2070,6 +2096,9 @@ class Ledger:
 
 
 # A lookup on every call's path, built once with a bound parameter.
+CUT_OFF = "cut off"
+"""The `checks_failed` of an answer-cache entry that remembers a request cut off on every tier (`remember_cut_off`)."""
+
 _CACHED = sa.select(response_cache.c.text, response_cache.c.data_json).where(
     response_cache.c.key == sa.bindparam("key")
 )

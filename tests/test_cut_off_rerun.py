@@ -1,0 +1,108 @@
+"""A request whose answers were cut off at the output limit on every tier is not paid for again by a rerun with the
+limits unchanged: it fails at once, naming the run that paid and the config keys to raise, at no cost. Raised, it is
+sent. Direct calls and batch items alike, on the wire double (real SDK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import anthropic_config, write_config
+from pydantic import BaseModel
+
+from tierflow.core.batch import BatchCall, run_batch
+from tierflow.core.calls import Caller, RunSettings
+from tierflow.core.errors import OutputLimitReached
+from tierflow.core.ledger import Ledger
+from tierflow.testing.double import ProviderDouble, Reply
+
+LONG = {"text": " ".join(f"point {n}" for n in range(200))}
+"""An answer longer than every limit here (about 600 tokens of tool input)."""
+
+
+class Summary(BaseModel):
+    text: str
+
+
+def configure(vault: Path, double: ProviderDouble, *, light: int = 64, escalate: bool = True) -> None:
+    """Every tier cut off: light at `light` (ceiling 128), standard and deep at 64 (ceiling 128)."""
+    text = anthropic_config(double, "" if escalate else "[routing]\nescalate = false\n")
+    for limit, mine in (("1024", light), ("2048", 64), ("4096", 64)):
+        text = text.replace(
+            f"max_output_tokens = {limit}", f"max_output_tokens = {mine}\nmax_output_tokens_ceiling = 128"
+        )
+    write_config(vault / ".tierflow" / "config.toml", text)
+
+
+def ask(vault: Path, run_id: str, **settings: object) -> object:
+    caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="cut", **settings))
+    return caller.ask(phase="collate", complexity="low", system="Summarise.", prompt="the week", output=Summary)
+
+
+@pytest.mark.parametrize("escalate", [False, True])
+def test_a_rerun_at_unchanged_limits_fails_a_request_cut_off_on_every_tier_at_once_without_paying(
+    tmp_path: Path, monkeypatch, escalate: bool
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    with ProviderDouble(lambda request: Reply(data=LONG)) as double:
+        configure(vault, double, escalate=escalate)
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "first")
+        sent = len(double.model_calls())
+        assert sent == (6 if escalate else 2)  # a retry at 128 on each tier it went to
+        with pytest.raises(OutputLimitReached) as again:
+            ask(vault, "second")
+        assert len(double.model_calls()) == sent  # nothing sent
+        error = str(again.value)
+        assert "not sent again, at no cost: run first sent this request" in error
+        assert "`tiers.light.max_output_tokens` (64)" in error and "shorten the note" in error
+        assert Ledger.for_vault(vault).rows(run_id="second") == []  # no charge, no row
+        paid = Ledger.for_vault(vault).rows(run_id="first")
+        assert len(paid) == sent and {r["outcome"] for r in paid} == {"truncated"}  # every billed token kept
+
+        configure(vault, double, light=96, escalate=escalate)  # the limit raised: sent, and paid for
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "third")
+        assert [c.max_tokens for c in double.model_calls()][sent : sent + 2] == [96, 128]
+        # `--retry-failed` pays to send it again on purpose, at the same limits.
+        before = len(double.model_calls())
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "fourth", retry_failed=True)
+        assert len(double.model_calls()) == before + (sent if escalate else 2)
+
+
+def test_a_batch_rerun_does_not_submit_an_item_cut_off_on_every_tier_and_a_raised_limit_sends_it(
+    tmp_path: Path, monkeypatch
+):
+    """The batch item is cut off, retried alone (cut off again), and fails; a rerun fails it at once without a
+    batch; after a direct run of the same request, likewise."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    call = BatchCall(key="s0", subject="s0", system="Summarise.", prompt="the week", output=Summary)
+
+    def batch(run_id: str) -> object:
+        caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="cut"))
+        return run_batch(caller, [call], phase="collate", complexity="low", poll_interval=0.01)
+
+    with ProviderDouble(lambda request: Reply(data=LONG)) as double:
+        configure(vault, double, escalate=False)
+        first = batch("first")
+        assert "cut off" in first.failed["s0"] and not first.answers
+        sent = len(double.model_calls(include_batch=True))
+        creates = [q for q in double.requests if q.kind == "batch_create"]
+        assert sent == 2 and len(creates) == 1
+        second = batch("second")
+        assert "not sent again, at no cost: run first" in second.failed["s0"] and not second.answers
+        assert len(double.model_calls(include_batch=True)) == sent
+        assert [q for q in double.requests if q.kind == "batch_create"] == creates
+        assert Ledger.for_vault(vault).rows(run_id="second") == []
+
+        configure(vault, double, light=96, escalate=False)
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "direct")  # a direct call at the raised limit is sent, and remembered as cut off there too
+        calls = len(double.model_calls(include_batch=True))
+        assert calls == sent + 2
+        third = batch("third")
+        assert "not sent again, at no cost: run direct" in third.failed["s0"]
+        assert len(double.model_calls(include_batch=True)) == calls
