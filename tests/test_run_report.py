@@ -201,3 +201,49 @@ def test_a_run_whose_phase_failed_ends_failed_in_prefect_with_its_reason_and_sum
     with pytest.raises(RunStopped, match="^synthesise failed") as raised:
         reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL)
     assert raised.value.summary.failed and raised.value.summary.report is not None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dataview_sum_over_run_reports_counts_a_resumed_run_once_beside_the_report_a_person_edited(
+    reading_vault: Path,
+):
+    """The person edited the run's report, so the resume (which collected a batch answer: one more billed call)
+    writes its report beside it: the person's note keeps its spend properties, byte for byte, and the sibling's
+    carry only the rest, so `sum(tierflow_cost_usd)` and `sum(tierflow_tokens)` over `#tierflow/run` are the run's.
+    The sibling says the whole run's spend in `tierflow_run_*`, as its body and the day's index do."""
+    from conftest import call_record
+
+    from tierflow.core.usage import Usage
+    from tierflow.report.spend import money
+
+    run_id = "20261118-060000-ab12cd"
+    ledger = Ledger.for_vault(reading_vault)
+    usage = Usage(input_tokens=1200, output_tokens=300)
+    # A priced call of the run before its first report (the offline model's calls cost nothing).
+    ledger.record(call_record(run_id=run_id, flow="reading-notes", usage=usage, cost_usd=0.004))
+    first = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline", run_id=run_id)
+    assert first.cost_usd == pytest.approx(0.004)
+    report = reading_vault / first.report.path
+    edited = report.read_text(encoding="utf-8") + "\nMy remark on this run.\n"
+    report.write_text(edited, encoding="utf-8")
+    ledger.record(call_record(run_id=first.run_id, flow="reading-notes", usage=usage, cost_usd=0.0123))
+    resumed = reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline", run_id=first.run_id)
+    assert report.read_text(encoding="utf-8") == edited
+    sibling = reading_vault / resumed.report.path
+    assert sibling != report
+    runs = reading_vault / "tierflow" / "Runs"
+    reports = [
+        frontmatter.load(p)
+        for p in runs.glob("*.md")
+        if "tierflow/run" in frontmatter.load(p).get("tags", []) and frontmatter.load(p)["tierflow_run"] == first.run_id
+    ]
+    assert len(reports) == 2
+    assert sum(r["tierflow_cost_usd"] for r in reports) == pytest.approx(resumed.cost_usd, abs=1e-6)
+    assert resumed.cost_usd == pytest.approx(first.cost_usd + 0.0123)
+    assert sum(r["tierflow_tokens"] for r in reports) == resumed.tokens == first.tokens + 1500
+    written = frontmatter.load(sibling)
+    assert written["tierflow_run_tokens"] == resumed.tokens
+    assert written["tierflow_run_cost_usd"] == pytest.approx(resumed.cost_usd)
+    assert written["tierflow_counted_in"] == [f"[[{report.stem}]]"]
+    index = (runs / f"{written['tierflow_day']} tierflow runs.md").read_text(encoding="utf-8")
+    assert f"[[{sibling.stem}]] | {resumed.tokens} | {money(resumed.cost_usd)} |" in index

@@ -293,6 +293,8 @@ def write_run_report(
         "tierflow_cost_usd": round(overall.cost_usd, 6) if summary.spend_known else None,
         "tierflow_notes_written": len(summary.written),
     }
+    if summary.spend_known:
+        front_matter |= beside_kept_reports(vault / runs_folder, settings.run_id, overall.tokens, overall.cost_usd)
     report_key = artifact_key(summary.flow, "report", settings.vault)
     try:
         summary.report = writer.write(report_title(writer, settings.run_id, summary.flow, started), front_matter, body)
@@ -435,6 +437,36 @@ def reported_start(folder: Path, run_id: str) -> datetime | None:
     return min(found, default=None)
 
 
+def beside_kept_reports(folder: Path, run_id: str, tokens: int, cost_usd: float) -> dict[str, Any]:
+    """The spend properties of a run's report written beside reports of the run that tierflow keeps as they are (a
+    person edited them): `tierflow_tokens` and `tierflow_cost_usd` carry only what theirs do not already count, so
+    that a Dataview sum over reports counts the run once; `tierflow_run_tokens` and `tierflow_run_cost_usd` the whole
+    run's, and `tierflow_counted_in` links the reports that count the rest. Nothing when there are none."""
+    kept: list[str] = []
+    counted_tokens, counted_usd = 0, 0.0
+    for path in sorted(folder.glob("*.md")):
+        meta = _meta(path)
+        if meta.get("tierflow_run") != run_id or meta.get("tierflow_day_index") or ownership(path) == "owned":
+            continue
+        kept.append(f"[[{path.stem}]]")
+        counted_tokens += _number(meta.get("tierflow_tokens"))
+        counted_usd += _number(meta.get("tierflow_cost_usd"))
+    if not kept:
+        return {}
+    return {
+        "tierflow_tokens": tokens - counted_tokens,
+        "tierflow_cost_usd": round(cost_usd - counted_usd, 6),
+        "tierflow_run_tokens": tokens,
+        "tierflow_run_cost_usd": round(cost_usd, 6),
+        "tierflow_counted_in": kept,
+    }
+
+
+def _number(value: object) -> Any:
+    """A property as Dataview's sum counts it: a number, else nothing (null, text)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
 def day_index_title(day: str) -> str:
     return f"{day} tierflow runs"
 
@@ -456,7 +488,8 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
     runs = []
     for notes in reports.values():
         path, meta = max(notes, key=_latest) if len(notes) > 1 else notes[0]
-        tokens = meta.get("tierflow_tokens", 0)  # null: the ledger could not be read for that report
+        # The whole run's spend: a report beside one a person edited carries the rest of it in `tierflow_tokens`.
+        tokens = meta.get("tierflow_run_tokens", meta.get("tierflow_tokens", 0))  # null: the ledger was not read
         runs.append(
             {
                 "link": path.stem,
@@ -464,7 +497,7 @@ def write_day_index(writer: NoteWriter, env: Any, day: str) -> WriteResult:
                 "flow": meta.get("tierflow_flow", ""),
                 "run_id": meta["tierflow_run"],
                 "tokens": "unknown" if tokens is None else tokens,
-                "cost": money(meta.get("tierflow_cost_usd")),
+                "cost": money(meta.get("tierflow_run_cost_usd", meta.get("tierflow_cost_usd"))),
             }
         )
     runs.sort(key=lambda r: (r["started"], r["run_id"]))
