@@ -630,3 +630,57 @@ def test_a_request_too_long_for_the_tier_of_the_router_and_of_the_phase_evidence
     week = c.ask(phase="synthesise", complexity="medium", system="Synthesise.", prompt=LONG_WEEK)
     assert week.route.tier == "standard"
     assert "; phase evidence's light cannot take it either; rules; routing.medium" in week.route.rule, week.route.rule
+
+
+def test_explain_says_a_request_too_long_for_the_routers_tier_goes_where_it_fits(tmp_path, monkeypatch, double):
+    """`tierflow routing explain`'s "now:" is where the request would go: the router, fitted on short requests,
+    chooses light for a long one, but light's window (4k) cannot take it, so it goes by the rules (deep for low
+    here), as a call does."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"ok": True})
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    small = anthropic_config(double, REQUEST_MODE + 'low = "deep"\n').replace(
+        "max_output_tokens = 1024\n", "max_output_tokens = 1024\ncontext_window = 4000\n", 1
+    )
+    c = Caller(
+        RunSettings(
+            vault=str(vault), config_path=str(write_config(vault / ".tierflow" / "config.toml", small)),
+            run_id="run-long", flow="reading-notes",
+        )
+    )  # fmt: skip
+    router = fit(_light_and_deep(300, ANTHROPIC), list(c.config.tier_order))
+    request_router.save(router, request_router.model_path(c.config))
+    plain = " ".join(EASY_WORDS * 400)  # about 4.4k tokens of the words light always passed on
+    week = c.ask(phase="collate", complexity="low", system="Collate.", prompt=plain, output=Out)
+    assert week.route.tier == "deep" and "light's context window cannot take this request" in week.route.rule
+
+    explained = CliRunner().invoke(_app(), ["routing", "explain", week.request_id[:16], "--vault", str(vault)])
+    assert explained.exit_code == 0, explained.output
+    now = explained.stdout.splitlines()[-1]
+    assert now.startswith("  now: deep: request: light's context window cannot take this request"), now
+    as_json = CliRunner().invoke(
+        _app(), ["routing", "explain", week.request_id[:16], "--vault", str(vault), "--format", "json"]
+    )
+    assert json.loads(as_json.stdout)["now"]["tier"] == "deep"
+    assert json.loads(as_json.stdout)["now"]["rule"] == week.route.rule
+
+
+def test_explain_says_a_request_no_tier_can_take_is_refused(tmp_path, monkeypatch, double):
+    """A request longer than the window of every tier it could go to is refused before anything is sent, and
+    "now:" says so rather than naming a tier."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"ok": True})
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    path = write_config(vault / ".tierflow" / "config.toml", anthropic_config(double))
+    c = Caller(RunSettings(vault=str(vault), config_path=str(path), run_id="run-fits", flow="reading-notes"))
+    week = c.ask(phase="collate", complexity="low", system="Collate.", prompt=LONG_WEEK, output=Out)
+    assert week.route.tier == "light"
+    write_config(path, anthropic_config(double).replace("[tiers.light]\n", "[tiers.light]\ncontext_window = 4000\n", 1))
+
+    explained = CliRunner().invoke(_app(), ["routing", "explain", week.request_id[:16], "--vault", str(vault)])
+    assert explained.exit_code == 0, explained.output
+    now = explained.stdout.splitlines()[-1]
+    assert now.startswith("  now: refused before sending, on light: the collate prompt is about"), now
+    assert "exceeds the 4,000-token context window" in now

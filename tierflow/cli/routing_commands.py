@@ -274,21 +274,30 @@ def explain_command(
 
 
 def _explain(cfg: Config, ledger: Ledger, found: dict, note: str | None, output: Format) -> None:
-    """Print why the request went where it went, and where the router would send it now."""
+    """Print why the request went where it went, and where it would go now: routed by the call path itself
+    (`Caller.build`), so that a request its tier's context window cannot take is shown where it would really go,
+    or refused, as a run would route it."""
+    from tierflow.core.calls import Caller, RunSettings
+    from tierflow.core.context import overflow
     from tierflow.core.routing import value_of
     from tierflow.learn import request_router
 
-    value = value_of(cfg, flow=found["flow"] or "", phase=found["phase"] or "")
+    flow, phase, complexity = found["flow"] or "", found["phase"] or "", found["complexity"] or "medium"
+    value = value_of(cfg, flow=flow, phase=phase)
     decision = request_router.decide(
-        cfg, request_router.current(cfg, ledger), flow=found["flow"] or "", phase=found["phase"] or "",
-        complexity=found["complexity"] or "medium", text=found["text"], value=value,
+        cfg, request_router.current(cfg, ledger), flow=flow, phase=phase, complexity=complexity,
+        text=found["text"], value=value,
     )  # fmt: skip
+    # The ledger keeps the request's prompt (not its system prompt or output schema): it is counted on that.
+    caller = Caller(RunSettings(flow=flow, project=cfg.project_for()), cfg, ledger)
+    routed, request = caller.build(phase=phase, complexity=complexity, system="", prompt=found["text"])
+    refused = overflow(cfg, routed, caller.estimate(routed, request).prompt_tokens)
     result = {
         **{k: found[k] for k in ("request_id", "flow", "phase", "complexity")},
         "note": note,
         **{k: found[k] for k in ("answers", "signals")},
         "text": found["text"][:500],
-        "now": {"tier": decision.tier, "rule": decision.rule, "target": round(decision.target, 4),
+        "now": {"tier": routed.tier, "rule": routed.rule, "refused": refused, "target": round(decision.target, 4),
                 "value": decision.value, "p_suffices": {t: round(p, 4) for t, p in decision.probabilities.items()}},
     }  # fmt: skip
     if output is Format.json:
@@ -302,7 +311,10 @@ def _explain(cfg: Config, ledger: Ledger, found: dict, note: str | None, output:
     for s in found["signals"]:
         verdict = {True: "pass", False: "fail", None: "neutral"}[s["passed"]]
         typer.echo(f"  {s['kind']} of the {s['tier']} answer: {verdict} ({s['detail']})")
-    typer.echo(f"  now: {decision.tier or '(phase evidence or the rules)'}: {decision.rule}")
+    if refused:
+        typer.echo(f"  now: refused before sending, on {routed.tier}: {refused} ({routed.rule})")
+    else:
+        typer.echo(f"  now: {routed.tier}: {routed.rule}")
 
 
 def _list_run(ledger: Ledger, run: str, output: Format, command: Callable[..., str]) -> None:

@@ -251,7 +251,9 @@ class CacheEntry:
 class Caller:
     """The call path for one run: config, providers, ledger and budgets, shared by its tasks."""
 
-    def __init__(self, settings: RunSettings, config: Config | None = None) -> None:
+    def __init__(self, settings: RunSettings, config: Config | None = None, ledger: Ledger | None = None) -> None:
+        """`ledger`: one the caller opened already (`tierflow routing explain` routes on a ledger opened read-only);
+        by default the config's, opened to write."""
         self.settings = settings
         self.config = config or load_config(
             Path(settings.vault) if settings.vault else None,
@@ -259,7 +261,7 @@ class Caller:
             profile=settings.profile,
         )
         # Pooled for the task runs a phase keeps unfinished at once, which tier limits may raise above `workers`.
-        self.ledger = Ledger(
+        self.ledger = ledger or Ledger(
             self.config.ledger_url,
             workers=started_task_runs(self.config),
             outage_s=self.config.settings.ledger_outage_s,
