@@ -167,6 +167,20 @@ def test_missing_vault_is_a_clear_error(tmp_path: Path):
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
 
 
+def test_limits_given_a_vault_that_is_not_there_say_so_and_create_nothing(tmp_path: Path):
+    """A mistyped --vault: `limits show` made the folder, with a ledger in it, and showed its (empty) slots."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    nowhere = tmp_path / "Reserch"
+    for command in ("show", "apply"):
+        result = CliRunner().invoke(app, ["limits", command, "--vault", str(nowhere)])
+        assert result.exit_code == 2, result.output
+        assert f"vault {nowhere} does not exist" in result.output
+        assert not nowhere.exists()
+
+
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
         "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "

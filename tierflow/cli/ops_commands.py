@@ -354,9 +354,7 @@ def limits_apply(vault: VaultOpt = None, config: ConfigOpt = None, profile: Prof
     tier:<name> tag limits left on a reachable Prefect server; no server is needed."""
     from tierflow.cli.prefect_ops import NoServer, OpsError, apply_limits, ledger_limits
 
-    if vault is not None and not vault.is_dir():
-        raise fail(f"vault {vault} is not a folder. Give the folder that holds your notes.")
-    cfg = load(vault.resolve() if vault else None, config, profile)
+    cfg = load(vault_dir(vault), config, profile)
     ledger = cfg.settings.limits.mechanism == "ledger"
     unseen: NoServer | None = None
     try:
@@ -396,7 +394,7 @@ def limits_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
 
     from tierflow.cli.prefect_ops import OpsError, show_limits
 
-    cfg = load(vault.resolve() if vault else None, config, profile) if (vault or config or profile) else None
+    cfg = load(vault_dir(vault), config, profile) if (vault or config or profile) else None
     if cfg is not None and cfg.settings.limits.mechanism == "ledger":
         _show_ledger_slots(cfg)
         return
