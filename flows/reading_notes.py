@@ -47,7 +47,14 @@ def reading_notes(
         label_flow_run(settings, f"{FLOW} · {week.since} to {week.until}")
         sources, unreadable = load_sources(settings, week)
         run = RunSummary(settings.run_id, FLOW, skipped=[(s.path, s.reason) for s in week.skipped + unreadable])
-        if not sources:
+        if not sources and run.skipped:  # notes were found: saying there were none sent people looking elsewhere
+            found = len(week.notes) + len(week.skipped)
+            which = "the one reading note" if found == 1 else f"none of the {found} reading notes"
+            run.message = (
+                f"{which} between {week.since} and {week.until} in {week.where} could {'not ' * (found == 1)}be "
+                f"used: {'it is' if found == 1 else 'each is'} listed under Skipped, with why"
+            )
+        elif not sources:
             run.message = f"no reading notes between {week.since} and {week.until} in {week.where}"
             get_run_logger().info(run.message)
 

@@ -272,6 +272,20 @@ def test_empty_week_ends_cleanly_without_a_model_call(anthropic_vault: Path, dou
     assert summary.written == []
 
 
+def test_a_week_whose_only_note_cannot_be_used_says_it_was_found_not_that_there_was_none(anthropic_vault: Path, double):
+    """A note was selected but holds nothing to collate: the run said "no reading notes between ..." just above
+    the line that skipped that very note."""
+    note = anthropic_vault / "Reading" / "Über Feedback.md"
+    note.write_text("---\ndate: 2025-01-03\ntags: [literature]\n---\n\n> [!quote] A callout's title only\n")
+    summary = reading_notes(vault=str(anthropic_vault), since=date(2025, 1, 1), until=date(2025, 1, 7))
+    assert summary.message == (
+        "the one reading note between 2025-01-01 and 2025-01-07 in Reading/ or #literature could not be used: "
+        "it is listed under Skipped, with why"
+    )
+    assert dict(summary.skipped) == {"Reading/Über Feedback.md": "no highlights, quotes or notes found in it"}
+    assert double.model_calls() == []
+
+
 def test_missing_vault_is_a_clear_error(tmp_path: Path):
     from tierflow.core.errors import VaultError
 
