@@ -111,3 +111,19 @@ def test_files_given_with_a_tilde_are_in_the_home_folder_not_a_folder_named_tild
     assert result.exit_code == 0, result.output
     assert (home / "o.csv").is_file()
     assert not (elsewhere / "~").exists()
+
+
+def test_feedback_files_with_no_draft_to_send_write_no_empty_zip(vault, tmp_path, monkeypatch):
+    """Every reviewed draft left out (here: a student id that is no Moodle participant id): the command wrote an empty
+    zip and said `wrote ...`, to be uploaded to Moodle as though it held the cohort's feedback."""
+    monkeypatch.chdir(tmp_path)
+    feedback = vault / ASSIGNMENT / "feedback"
+    for sid in ("1001", "1002"):
+        (feedback / f"{sid} feedback.md").unlink()
+    (feedback / "s2026004 feedback.md").write_text(draft_text("1001").replace('"1001"', '"s2026004"'))
+    args = ["export", "feedback", "--vault", str(vault), "-a", ASSIGNMENT, "--to", "moodle-files"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "student id s2026004 is not a Moodle participant id" in result.stderr
+    assert "no feedback file to send (see above), so no zip was written" in result.stderr
+    assert "wrote" not in result.stdout and list(tmp_path.glob("*.zip")) == []

@@ -535,7 +535,6 @@ def _sheet_max(sheet: moodle.Worksheet) -> float:
 def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> None:  # noqa: ANN001
     if fmt not in (".docx", ".pdf"):
         raise ExportFeedbackError(f"Moodle feedback files are written as .docx or .pdf, not {fmt}")
-    out = _unused(out or Path.cwd() / f"{PurePosixPath(folder).name} feedback files.zip", today, result)
     entries = []
     for sid, draft in sorted(drafts.reviewed.items()):
         note = _submission(vault, folder, sid)
@@ -566,6 +565,10 @@ def _moodle_files(vault, folder, drafts, result, out, fmt, dry_run, today) -> No
                 "LibreOffice draw them with the student's own fonts"
             )
         result.sent.append(sid)
+    if not entries:  # an empty zip to upload would send nobody anything, and say nothing of it
+        result.notes.append("no feedback file to send (see above), so no zip was written")
+        return
+    out = _unused(out or Path.cwd() / f"{PurePosixPath(folder).name} feedback files.zip", today, result)
     result.notes.append(
         "In Moodle: View all submissions -> Grading action -> Upload multiple feedback files in a zip. Grades are "
         "not in this zip: enter them in Moodle (with an advanced grading method, on its grading form)."
