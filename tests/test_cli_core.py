@@ -181,6 +181,19 @@ def test_limits_given_a_vault_that_is_not_there_say_so_and_create_nothing(tmp_pa
         assert not nowhere.exists()
 
 
+def test_a_run_whose_since_is_after_its_until_is_refused_before_it_starts(reading_vault: Path):
+    """It printed `starting run ...: tierflow resume ... continues it if it stops`, started Prefect, then failed."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    args = ["run", "reading-notes", "--vault", str(reading_vault), "--since", "2026-11-22", "--until", "2026-11-16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--since 2026-11-22 is after --until 2026-11-16" in result.output
+    assert "starting run" not in result.output and not (reading_vault / ".tierflow" / "ledger.sqlite").exists()
+
+
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
         "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "

@@ -745,6 +745,8 @@ def run(
     # signature by `flow_call`.
     overrides = _tier_overrides(tier, cfg)
     start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if start is not None and end is not None and start > end:  # as the flow would, but before a run is started
+        raise fail(f"--since {start} is after --until {end}")
     from tierflow.cli.runner import BUILT_IN_OPTIONS, flow_call, run_flow
 
     # --mode is student-feedback's: direct or batch. A flow of another package gets the mode the user wrote, if
