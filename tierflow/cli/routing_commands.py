@@ -225,7 +225,7 @@ def explain_command(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Why a request went where it went: the rule each answer was given, and what the router predicts for it now.
+    """Why a request went where it went: the rule each answer was given, and where it would go now.
 
     Name the request by the draft note written from its answer (a concept draft or a student's feedback draft:
     `Concepts/Drafts/Feedback.md`, or `Feedback` as a link names it), or by its id; `--run RUN` lists a run's
