@@ -194,6 +194,21 @@ def test_a_run_whose_since_is_after_its_until_is_refused_before_it_starts(readin
     assert "starting run" not in result.output and not (reading_vault / ".tierflow" / "ledger.sqlite").exists()
 
 
+def test_demo_into_a_file_or_under_one_says_so_without_a_traceback(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    afile = tmp_path / "notes.md"
+    afile.write_text("mine")
+    into = CliRunner().invoke(app, ["demo", str(afile)])
+    assert into.exit_code == 2 and f"{afile} is a file" in " ".join(into.output.split())
+    under = CliRunner().invoke(app, ["demo", str(afile / "demo")])
+    said = " ".join(under.output.split())
+    assert under.exit_code == 2 and f"cannot copy the demo vault to {afile / 'demo'}: Not a directory" in said
+    assert afile.read_text() == "mine" and not isinstance(under.exception, OSError)
+
+
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
         "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "

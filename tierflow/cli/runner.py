@@ -682,10 +682,18 @@ def print_summary(vault: Path, summary: Any) -> None:
 def copy_demo_vault(folder: Path | None) -> Path:
     """A fresh copy of the bundled reading-week vault."""
     target = Path(tempfile.mkdtemp(prefix="tierflow-demo-")) / "reading-week" if folder is None else folder
+    if target.exists() and not target.is_dir():
+        raise fail(f"{target} is a file. Give an empty or new folder for the demo vault.")
     if target.exists() and any(target.iterdir()):
-        raise SystemExit(f"error: {target} is not empty. Give an empty or new folder for the demo vault.")
-    with as_file(files("tierflow.vault_fixtures") / "reading-week") as source:
-        shutil.copytree(source, target, dirs_exist_ok=True)
+        raise fail(f"{target} is not empty. Give an empty or new folder for the demo vault.")
+    try:
+        with as_file(files("tierflow.vault_fixtures") / "reading-week") as source:
+            shutil.copytree(source, target, dirs_exist_ok=True)
+    except OSError as exc:  # a file where a parent folder should be, no permission, a full disk
+        raise fail(
+            f"cannot copy the demo vault to {target}: {exc.strerror or exc}. Give a folder you can write to, "
+            "or no folder (a temporary one)."
+        ) from None
     return target
 
 
