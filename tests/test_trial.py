@@ -233,6 +233,19 @@ def test_the_worst_case_is_shown_before_anything_is_spent(history, double):
     assert len(double.model_calls()) == calls_before and trial_rows(history) == []
 
 
+def test_trial_tables_piped_keep_every_model_name_and_cost_whole(history, double):
+    """Out of a terminal, rich's 80 columns cut the trial's tables to `claud…` and `0.00…`: printed as every other
+    table of tierflow's is (`show`), a pipe gets them whole."""
+    _, planned = trial(history, "--sample", "2", "--dry-run")
+    double.responder = judging("first")
+    code, out = trial(history, "--sample", "2")
+    assert code == 0, out
+    for printed in (planned, out):
+        assert "…" not in printed, printed
+        assert all(f"anthropic:{model}" in printed or model in printed for model in MODELS.values()), printed
+    assert "judge (deep)" in planned and "check pass" in out
+
+
 def test_a_phase_with_nothing_recorded_says_what_to_do(history):
     code, out = trial(history, phase="collate")
     assert code == 2

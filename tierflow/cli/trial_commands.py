@@ -84,6 +84,8 @@ def _print_worst_case(planned) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
+    from tierflow.report.console import show
+
     def money(value) -> str:  # noqa: ANN001
         return "unknown (no price)" if value is None else f"${value:.4f}"
 
@@ -98,7 +100,7 @@ def _print_worst_case(planned) -> None:  # noqa: ANN001
     table.add_row(f"judge ({planned.judge})", planned.judge_result.model, money(planned.worst_usd["judge"]))
     table.add_row("total", "", money(planned.worst_total_usd))
     console = Console(stderr=True)
-    console.print(table)
+    show(console, table)
     limit = (
         f"The trial stops before any call that could take its spend past ${planned.budget_usd:.4f}"
         if planned.budget_usd is not None
@@ -113,6 +115,8 @@ def _print_worst_case(planned) -> None:  # noqa: ANN001
 def _print_table(result) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
+
+    from tierflow.report.console import show
 
     table = Table(title=f"Trial {result.run_id}: against {result.reference}, judged by {result.judge}")
     columns = ("tier", "model", "requests", "calls", "USD", "check pass", "wins", "ties", "losses", "median ms")
@@ -129,4 +133,4 @@ def _print_table(result) -> None:  # noqa: ANN001
             *("-" if r[k] is None else str(r[k]) for k in ("wins", "ties", "losses")),
             "-" if r["median_latency_ms"] is None else f"{r['median_latency_ms']:.0f}",
         )
-    Console().print(table)
+    show(Console(), table)
