@@ -470,3 +470,27 @@ def test_a_ledger_whose_disk_refuses_a_write_fails_the_phase_naming_the_disk_not
     outcome = once(RunSettings(vault=str(tmp_path), run_id="disk-full", flow="phases", profile="offline"))
     assert outcome.failed == f"synthesise failed: {full}" and "free space on it" in outcome.failed
     assert outcome.ledger_gone is None
+
+
+def test_a_phase_whose_every_call_lacks_its_key_says_to_set_it_not_to_wait_for_the_provider(
+    tmp_path: Path, double, monkeypatch, prefect_harness
+):
+    """`--profile anthropic` without ANTHROPIC_API_KEY: nothing reached the provider, yet the phase said every item
+    "failed at the provider" and to "Rerun once it answers", which no wait brings about."""
+    from prefect import task
+
+    from tierflow.core.calls import caller_for
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    write_config(tmp_path / ".tierflow" / "config.toml", anthropic_config(double))
+    settings = RunSettings(vault=str(tmp_path), run_id="no-key", flow="phases")
+
+    @task
+    def summarise(index):  # noqa: ANN001, ANN202
+        return caller_for(settings).ask(phase="collate", complexity="low", system="Summarise.", prompt=f"note {index}")
+
+    outcome = fan_out_flow(summarise, 2)(settings)
+    assert outcome.failed and not outcome.results and double.model_calls() == []
+    assert "Rerun once it answers" not in outcome.failed and "failed at the provider" not in outcome.failed
+    assert "the provider's key was missing or refused for all 2" in outcome.failed
+    assert "ANTHROPIC_API_KEY is not set" in outcome.failed and "Set the key and rerun" in outcome.failed

@@ -32,6 +32,7 @@ from tierflow.core.errors import (
     LedgerError,
     LedgerUnreachable,
     OutputLimitReached,
+    ProviderAuthError,
     ProviderError,
     VaultError,
     mark_run,
@@ -421,6 +422,7 @@ def fan_out(
     indices: dict[PrefectFuture[R], int] = {}
     finished: dict[int, R] = {}
     unanswered: list[str] = []  # the provider's errors, one per item that got none
+    keyless = 0  # of them, a key missing or refused: no waiting helps
     cut_off: list[str] = []  # items whose every answer was cut off at the config's output limit
     errors: dict[int, str] = {}  # why each failed item failed, by its place in `items`
     ledger_gone: str | None = None  # the ledger stayed away longer than the run waits: nothing more is started
@@ -478,6 +480,7 @@ def fan_out(
                     cut_off.append(str(exc))
                 elif isinstance(exc, ProviderError):
                     unanswered.append(str(exc))
+                    keyless += isinstance(exc, ProviderAuthError)
             except (
                 Exception
             ) as exc:  # a bug or an input nobody foresaw: this item is lost, the others and the report are not
@@ -497,7 +500,13 @@ def fan_out(
     elif errors and not outcome.results and not outcome.halted:
         # Nothing to go on with: the run fails (exit 3) so that a scheduled run's failure is seen, and the flow
         # starts no later phase on empty input (`RunSummary.stopped`).
-        if len(unanswered) == len(errors):  # an outage, not a bad item
+        if keyless == len(errors):  # the key: waiting for the provider would not help
+            outcome.failed = (
+                f"{phase} failed: no item got an answer; the provider's key was missing or refused for all "
+                f"{keyless} (the first: {unanswered[0].rstrip('.')}). Set the key and rerun: finished answers are "
+                "reused, not paid again."
+            )
+        elif len(unanswered) == len(errors):  # an outage, not a bad item
             outcome.failed = (
                 f"{phase} failed: no item got an answer; {len(unanswered)} of {len(items)} failed at the provider "
                 f"(the first: {unanswered[0]}). Rerun once it answers: finished answers are reused, not paid again."
