@@ -209,6 +209,18 @@ def test_demo_into_a_file_or_under_one_says_so_without_a_traceback(tmp_path: Pat
     assert afile.read_text() == "mine" and not isinstance(under.exception, OSError)
 
 
+def test_help_names_what_the_commands_do():
+    """`spend --help` left out `--by value`; `rubric normalise --help` named a complexity (`low`) as a tier."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    spend = " ".join(CliRunner().invoke(app, ["spend", "--help"]).output.split())
+    assert "project, deployment or value (days" in spend
+    normalise = " ".join(CliRunner().invoke(app, ["rubric", "normalise", "--help"]).output.split())
+    assert "the tier `low` complexity routes to (light by default)" in normalise
+
+
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
         "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "

@@ -271,8 +271,8 @@ def spend(
         str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
     ] = "week",
 ) -> None:
-    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, month, run, project
-    or deployment (days, weeks from Monday and months in the vault's time zone, as budgets count them)."""
+    """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, month, run, project,
+    deployment or value (days, weeks from Monday and months in the vault's time zone, as budgets count them)."""
     from zoneinfo import ZoneInfo
 
     from tierflow.core.ledger import COLUMNS, LISTING_PROCESSES, Ledger, period_start

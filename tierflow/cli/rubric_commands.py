@@ -152,7 +152,8 @@ def normalise(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Ask the `low` tier to rewrite an unparseable rubric.md into rubric.normalised.md, for you to check."""
+    """Ask the tier `low` complexity routes to (light by default) to rewrite an unparseable rubric.md into
+    rubric.normalised.md, for you to check."""
     from tierflow.core.errors import TierflowError
 
     vault = vault_dir(vault, required="tierflow rubric normalise --assignment FOLDER")
