@@ -127,3 +127,14 @@ def test_feedback_files_with_no_draft_to_send_write_no_empty_zip(vault, tmp_path
     assert "student id s2026004 is not a Moodle participant id" in result.stderr
     assert "no feedback file to send (see above), so no zip was written" in result.stderr
     assert "wrote" not in result.stdout and list(tmp_path.glob("*.zip")) == []
+
+
+def test_canvas_with_no_comment_to_send_and_no_gradebook_says_nothing_was_written(vault, tmp_path, monkeypatch):
+    """The drafts' submissions were never imported from Canvas, so no comment file can be named as Canvas needs, and
+    no gradebook was given: the command wrote nothing and ended without a word of it on stdout or stderr."""
+    monkeypatch.chdir(tmp_path)
+    args = ["export", "feedback", "--vault", str(vault), "-a", ASSIGNMENT, "--to", "canvas"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "no comment to send (see above) and no --gradebook, so nothing was written" in result.stderr
+    assert "wrote" not in result.stdout and list(tmp_path.iterdir()) == [vault]

@@ -692,6 +692,9 @@ def _canvas(  # noqa: ANN001
         commented.append(sid)
     if sheet is None:
         result.sent += commented
+    if sheet is None and not entries:  # said, or the command ends as if it had written something
+        result.notes.append("no comment to send (see above) and no --gradebook, so nothing was written")
+        return
     base = out or (beside(gradebook, ".csv") if gradebook else Path.cwd() / f"{PurePosixPath(folder).name}.csv")
     _guard(base, gradebook)
     base = _unused(base, today, result, companion=" comments.zip")
