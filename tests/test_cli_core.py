@@ -221,6 +221,19 @@ def test_help_names_what_the_commands_do():
     assert "the tier `low` complexity routes to (light by default)" in normalise
 
 
+def test_spend_refuses_the_watch_options_without_watch(tmp_path: Path):
+    """`tierflow spend --period month` printed the call list as if --period had not been given."""
+    from typer.testing import CliRunner
+
+    from tierflow.cli.app import app
+
+    for option in (["--period", "month"], ["--interval", "5"]):
+        result = CliRunner().invoke(app, ["spend", "--vault", str(tmp_path), *option])
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert f"{option[0]} goes with --watch (the live dashboard): add --watch, or leave {option[0]} out" in said
+
+
 def test_help_does_not_import_prefect_or_the_sdks():
     code = (
         "import sys; from typer.testing import CliRunner; from tierflow.cli.app import app; "

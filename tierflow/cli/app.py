@@ -266,10 +266,18 @@ def spend(
             show_default=False,
         ),
     ] = None,
-    interval: Annotated[float, typer.Option("--interval", help="With --watch: seconds between redraws.")] = 2.0,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", help="With --watch: seconds between redraws (default: 2).", show_default=False),
+    ] = None,
     period: Annotated[
-        str, typer.Option("--period", help="With --watch: day, week or month (in the vault's time zone).")
-    ] = "week",
+        str | None,
+        typer.Option(
+            "--period",
+            help="With --watch: day, week (the default) or month, in the vault's time zone.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Report spend from the ledger: per call, or grouped by phase, tier, model, flow, day, week, month, run, project,
     deployment or value (days, weeks from Monday and months in the vault's time zone, as budgets count them)."""
@@ -279,6 +287,9 @@ def spend(
     from tierflow.report.spend import PERIODS, ledger_summary
 
     _check_spend_options(budget=budget, watch=watch, by=by, last=last, fmt=fmt, since=since, run=run, project=project)
+    unwatched = [f"--{name}" for name, value in (("interval", interval), ("period", period)) if value is not None]
+    if unwatched and not watch:  # without --watch it would be ignored without a word
+        raise fail(f"{unwatched[0]} goes with --watch (the live dashboard): add --watch, or leave {unwatched[0]} out")
     vault = vault_dir(vault)
     cfg = load(vault, config, profile)
     zone = ZoneInfo(cfg.settings.vault.timezone)
@@ -295,11 +306,12 @@ def spend(
         _print_budgets(cfg, ledger, fmt)
         return
     if watch:
+        period = period or "week"
         if period not in ("day", "week", "month"):
             raise fail(f"--period {period!r}: use day, week or month")
         from tierflow.report.watch import watch as live
 
-        live(cfg, ledger, interval=interval, period=period, since=since)
+        live(cfg, ledger, interval=2.0 if interval is None else interval, period=period, since=since)
         return
     # Totals are added up by the database; rows are listed as they are read, never all held at once.
     filters = {"since": since, "run_id": run, "project": project}
