@@ -290,3 +290,39 @@ def test_an_openai_batch_whose_input_file_cannot_be_uploaded_is_not_sent_nor_tri
         assert conn.execute(batch_items.select()).all() == []
     outcome = run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
     assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_batch_kept_after_its_last_try_failed_is_found_by_a_rerun_whose_requests_changed_in_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, provider: str
+):
+    """A batch of three made though every try of its creation failed (the list lagging), its claim kept. The
+    lecturer then edits one note and runs again: two of the three requests are the same. The look for the kept batch
+    was given only those two, so Anthropic's (matched by its size) was not found, the claim was forgotten and the two
+    sent again in a second batch, the first paid for and never collected. The look is for the batch as it was sent."""
+    from test_batch_collect import calls, config_for, make_caller
+
+    from tierflow.core.batch import BatchCall, run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.errors import ProviderError
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    caller = make_caller(tmp_path / "v", config_for(provider, double))
+    double.fail_next(502, kind="batch_create", processed=True)  # made, and answered 502
+    double.fail_next(502, kind="batch_create", times=2)  # nothing made
+    double.lag_batch_list(3)
+    with pytest.raises(ProviderError):
+        run_batch(caller, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    edited = [*calls(2), BatchCall(key="s2", subject="s2", system="You are terse.", prompt="Classify 2 again.",
+                                   output=calls(1)[0].output)]  # fmt: skip
+    outcome = run_batch(caller, edited, phase="collate", complexity="low", poll_interval=0.01)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    # The kept batch (s0, s1 and the old s2), and one for the edited s2 alone: s0 and s1 are paid for once.
+    sizes = sorted(len(b.items) for b in double._batches.values())
+    assert sizes == [1, 3], sizes
+    assert len(open_reservations(caller.ledger)) <= 1  # the old s2's, held for the batch that answers it

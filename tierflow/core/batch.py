@@ -232,6 +232,18 @@ def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str
     for row in rows:
         if row.status == "submitting":
             pending[row.batch_key].append(row)
+    if pending:
+        # Each batch whole, as it was sent: a look by its size (Anthropic's) would miss it for the requests of this
+        # run alone (one of them edited since), and its claim, forgotten, would leave it paid for and uncollected.
+        with caller.ledger.reading() as conn:
+            whole = conn.execute(
+                sa.select(batch_items).where(
+                    batch_items.c.batch_key.in_(list(pending)), batch_items.c.status == "submitting"
+                )
+            ).all()
+        pending = defaultdict(list)
+        for row in whole:
+            pending[row.batch_key].append(row)
     for batch_key, group in pending.items():
         if _submitter_alive(group[0], now_s):
             elsewhere.update(r.key for r in group)
