@@ -326,3 +326,51 @@ def test_a_batch_kept_after_its_last_try_failed_is_found_by_a_rerun_whose_reques
     sizes = sorted(len(b.items) for b in double._batches.values())
     assert sizes == [1, 3], sizes
     assert len(open_reservations(caller.ledger)) <= 1  # the old s2's, held for the batch that answers it
+
+
+def test_a_kept_batch_found_by_one_run_is_not_forgotten_by_another_whose_look_missed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble
+):
+    """A batch made though every try of its creation failed, its claim kept. Two runs then start together (a resume
+    and a scheduled run): the first's look finds the batch and records it; the second's, a moment behind on the
+    lagging list, does not. The second forgot the claim all the same, deleting the first's record of the batch and
+    releasing its reservations, and sent the requests again: a second batch paid for, the first's answers never
+    recorded. A claim is forgotten only while it is still unsettled; found by another run, it is collected."""
+    from conftest import anthropic_config
+    from test_batch_collect import calls, make_caller
+
+    from tierflow.core.batch import run_batch
+    from tierflow.core.budget import open_reservations
+    from tierflow.core.errors import ProviderError
+    from tierflow.testing.double import Reply
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
+    config = anthropic_config(double)
+    first = make_caller(tmp_path / "v", config)
+    double.fail_next(502, kind="batch_create", processed=True)  # made, and answered 502
+    double.fail_next(502, kind="batch_create", times=2)  # nothing made
+    double.lag_batch_list(3)
+    with pytest.raises(ProviderError):
+        run_batch(first, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    resume, scheduled = make_caller(tmp_path / "v", config), make_caller(tmp_path / "v", config)
+    late = scheduled.provider("anthropic")
+
+    def behind(*args: object, **kwargs: object) -> None:
+        # The resume's look, on time, finds the batch and records it; this one's list did not show it yet.
+        double.batch_polls_until_done = 1000  # still running while both runs look
+        found = run_batch(resume, calls(3), phase="collate", complexity="low", wait=False)
+        double.batch_polls_until_done = 1
+        assert found.pending and not found.submitted, found  # found, and recorded: nothing sent
+        return None
+
+    monkeypatch.setattr(late, "find_batch", behind)
+    outcome = run_batch(scheduled, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+
+    assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
+    sizes = sorted(len(b.items) for b in double._batches.values())
+    assert sizes == [3], sizes  # the batch made once, collected; none sent again
+    rows = [r for r in scheduled.ledger.rows(run_id="run-1") if not r["cached_result"]]
+    assert len(rows) == 3
+    assert open_reservations(scheduled.ledger) == []

@@ -284,7 +284,7 @@ def _reconcile(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
         log.warning(
             "batch %s was recorded but never reached %s; its requests are sent again", batch_key, rows[0].provider
         )
-        _forget(caller, batch_key, [r.reservation_id for r in rows])
+        _forget(caller, batch_key)
     return found
 
 
@@ -305,10 +305,17 @@ def _look(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
     return found
 
 
-def _forget(caller: Caller, batch_key: str, reservation_ids: list[int]) -> None:
+def _forget(caller: Caller, batch_key: str) -> None:
+    """Drop the claim of a batch the provider does not have, and release its items' reservations: only the items
+    still `submitting`. Another run's look may have found the batch and recorded it since (`_accepted`), its own
+    look missing it on a lagging list: those items are that batch's, to be collected, never sent again."""
     with caller.ledger.transaction() as conn:
-        conn.execute(batch_items.delete().where(batch_items.c.batch_key == batch_key))
-    for reservation_id in reservation_ids:
+        gone = conn.execute(
+            batch_items.delete()
+            .where(batch_items.c.batch_key == batch_key, batch_items.c.status == "submitting")
+            .returning(batch_items.c.reservation_id)
+        ).all()
+    for (reservation_id,) in gone:
         if reservation_id is not None:
             caller.budgets.release(reservation_id)
 
@@ -535,7 +542,7 @@ def _send(caller: Caller, provider_name: str, requests: dict[str, Request], batc
                 )
                 raise _unsettled(caller, provider_name, exc, len(requests)) from exc
             log.warning("batch %s never reached %s; a rerun sends its requests again", batch_key, provider_name)
-            _forget(caller, batch_key, [r.reservation_id for r in rows])
+            _forget(caller, batch_key)
             raise
         _accepted(caller, batch_key, batch_id)
         return batch_id
