@@ -271,6 +271,24 @@ def test_a_note_too_large_to_read_is_skipped_in_the_week_its_date_names_not_its_
     assert [n.path for n in warm.select(folders=["R"], tags=[], since=WEEK[0], until=WEEK[1]).skipped] == ["R/long.md"]
 
 
+def test_a_note_too_large_whose_properties_run_past_its_head_is_skipped_in_the_week_its_date_line_names(
+    tmp_path: Path,
+) -> None:
+    """A note too large to read is dated from its head (its first 64 KB). One whose properties run past the head (a
+    long pasted abstract, cut mid-character) had no front-matter in it, so it was filed in the week its file was
+    saved: never in a run of the week its `date:` names, though that line is at the head. It is dated by that line."""
+    abstract = "é" * 40_000  # 80 KB as UTF-8: the head ends inside it, halfway through a character
+    text = f"---\ndate: 2026-11-18\nabstract: {abstract}\n---\n" + "x" * 5_000
+    write(tmp_path, "R/long.md", text, mtime=LONG_AGO)
+    index = VaultIndex(tmp_path, max_note_bytes=1_000, tz=ZoneInfo("UTC"))
+
+    sel = index.select(folders=["R"], tags=[], since=WEEK[0], until=WEEK[1])
+    assert (sel.notes, paths(sel.skipped)) == ([], ["R/long.md"])
+    assert sel.skipped[0].error and sel.skipped[0].error.startswith("too large (")
+    saved = (LONG_AGO.date() - dt.timedelta(days=3), LONG_AGO.date() + dt.timedelta(days=3))
+    assert index.select(folders=["R"], tags=[], since=saved[0], until=saved[1]).skipped == []
+
+
 def test_a_skipped_notes_time_with_an_offset_is_placed_in_the_vaults_zone_as_a_read_notes_is(tmp_path: Path) -> None:
     """Notes skipped unread (not UTF-8, properties Obsidian shows as text) were filed on the day their `date` was
     typed, where a note read whole is filed on its instant's day in the vault's zone: 23:30 at -05:00 on Sunday 15

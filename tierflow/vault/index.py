@@ -40,9 +40,9 @@ __all__ = ["NoteMeta", "ScanStats", "Selection", "VaultIndex", "read_note_meta"]
 log = logging.getLogger(__name__)
 
 # Bump when the cached fields or their meaning change; an older cache is then ignored and rebuilt.
-_CACHE_VERSION = 11  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
+_CACHE_VERSION = 12  # 7: a date with a time and an offset is kept as that instant; 8: front-matter by Obsidian's rule;
 # 9: `1e3` (a hash tierflow wrote bare) is text; 10: properties Obsidian shows as text skip the note; 11: a note too
-# large to read is dated by its properties (read from its head), as other notes are
+# large to read is dated by its properties (read from its head), as other notes are; 12: even when they run past it
 _BINARY_SNIFF_BYTES = 8192
 _HEAD_BYTES = 65_536
 """Of a note too large to read, the bytes read for its properties (its date and tags, to file it as other notes are):
@@ -298,7 +298,10 @@ def read_note_meta(path: str | Path, rel: str, st: os.stat_result, max_note_byte
     def too_large(error: str, head: bytes) -> NoteMeta:
         # Dated and tagged by the properties at its head, as any note is (not by its file's time): it is listed as
         # skipped in the week its `date` names, and in no other.
-        date, dated_at, tags = _lenient_meta(head[:_HEAD_BYTES].decode("utf-8-sig", "replace"))
+        text = head[:_HEAD_BYTES].decode("utf-8-sig", "replace")
+        date, dated_at, tags = _lenient_meta(text)
+        if date is None and text.startswith(("---\n", "---\r\n")) and split_front_matter(text)[0] is None:
+            date = _date_line(text)  # its properties run past the head: their `date:` line, which is in it
         return bad(f"{error}; {_TOO_LARGE_FIX}", date=date, dated_at=dated_at, tags=tags)
 
     if st.st_size == 0:
