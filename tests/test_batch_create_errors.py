@@ -5,6 +5,7 @@ the provider has it; sent again only if it has not. Either way one batch is crea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -329,7 +330,7 @@ def test_a_batch_kept_after_its_last_try_failed_is_found_by_a_rerun_whose_reques
 
 
 def test_a_kept_batch_found_by_one_run_is_not_forgotten_by_another_whose_look_missed_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, ledger_url: str
 ):
     """A batch made though every try of its creation failed, its claim kept. Two runs then start together (a resume
     and a scheduled run): the first's look finds the batch and records it; the second's, a moment behind on the
@@ -346,7 +347,7 @@ def test_a_kept_batch_found_by_one_run_is_not_forgotten_by_another_whose_look_mi
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     double.responder = lambda r: Reply(data={"label": "summative", "score": 2})
-    config = anthropic_config(double)
+    config = f"ledger_url = {json.dumps(ledger_url)}\n{anthropic_config(double)}"
     first = make_caller(tmp_path / "v", config)
     double.fail_next(502, kind="batch_create", processed=True)  # made, and answered 502
     double.fail_next(502, kind="batch_create", times=2)  # nothing made
