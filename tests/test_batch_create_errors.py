@@ -6,6 +6,7 @@ the provider has it; sent again only if it has not. Either way one batch is crea
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -330,7 +331,11 @@ def test_a_batch_kept_after_its_last_try_failed_is_found_by_a_rerun_whose_reques
 
 
 def test_a_kept_batch_found_by_one_run_is_not_forgotten_by_another_whose_look_missed_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, double: ProviderDouble, ledger_url: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    double: ProviderDouble,
+    ledger_url: str,
+    caplog: pytest.LogCaptureFixture,
 ):
     """A batch made though every try of its creation failed, its claim kept. Two runs then start together (a resume
     and a scheduled run): the first's look finds the batch and records it; the second's, a moment behind on the
@@ -367,7 +372,12 @@ def test_a_kept_batch_found_by_one_run_is_not_forgotten_by_another_whose_look_mi
         return None
 
     monkeypatch.setattr(late, "find_batch", behind)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="tierflow")
     outcome = run_batch(scheduled, calls(3), phase="collate", complexity="low", poll_interval=0.01)
+    # Its log says what happened: not that the batch never reached the provider and is sent again.
+    said = [r.getMessage() for r in caplog.records if "was recorded" in r.getMessage()]
+    assert said and all("another run" in line and "sent again" not in line for line in said), said
 
     assert sorted(outcome.answers) == ["s0", "s1", "s2"] and outcome.failed == {}, outcome.failed
     sizes = sorted(len(b.items) for b in double._batches.values())

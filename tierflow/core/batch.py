@@ -281,10 +281,12 @@ def _reconcile(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
     the provider never accepted it, forget it and free its reservations so its items are sent again."""
     found = _look(caller, batch_key, rows)
     if found is None:
-        log.warning(
-            "batch %s was recorded but never reached %s; its requests are sent again", batch_key, rows[0].provider
-        )
-        _forget(caller, batch_key)
+        if _forget(caller, batch_key):
+            log.warning(
+                "batch %s was recorded but never reached %s; its requests are sent again", batch_key, rows[0].provider
+            )
+        else:
+            log.info("batch %s was recorded as found by another run, which collects it", batch_key)
     return found
 
 
@@ -305,7 +307,7 @@ def _look(caller: Caller, batch_key: str, rows: list[Any]) -> str | None:
     return found
 
 
-def _forget(caller: Caller, batch_key: str) -> None:
+def _forget(caller: Caller, batch_key: str) -> int:
     """Drop the claim of a batch the provider does not have, and release its items' reservations: only the items
     still `submitting`. Another run's look may have found the batch and recorded it since (`_accepted`), its own
     look missing it on a lagging list: those items are that batch's, to be collected, never sent again."""
@@ -318,6 +320,7 @@ def _forget(caller: Caller, batch_key: str) -> None:
     for (reservation_id,) in gone:
         if reservation_id is not None:
             caller.budgets.release(reservation_id)
+    return len(gone)
 
 
 def _accepted(caller: Caller, batch_key: str, batch_id: str) -> None:
