@@ -106,3 +106,36 @@ def test_a_batch_rerun_does_not_submit_an_item_cut_off_on_every_tier_and_a_raise
         third = batch("third")
         assert "not sent again, at no cost: run direct" in third.failed["s0"]
         assert len(double.model_calls(include_batch=True)) == calls
+
+
+def test_a_request_cut_off_on_a_retry_a_budget_clamped_is_sent_again_by_a_rerun_with_budget_left(
+    tmp_path: Path, monkeypatch
+):
+    """The retry after a cut-off answer asks for twice the limit; a budget sent it less than that (what it could
+    afford). A rerun the budget affords in full is not refused: its answer fits there."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+
+    def reply(request) -> Reply:  # the answer needs the retry's full 600 tokens
+        return Reply(data={"text": "in brief"} if (request.max_tokens or 0) >= 600 else LONG)
+
+    with ProviderDouble(reply) as double:
+        text = anthropic_config(double, "[routing]\nescalate = false\n").replace(
+            "max_output_tokens = 1024", "max_output_tokens = 300\nmax_output_tokens_ceiling = 600"
+        )
+        write_config(vault / ".tierflow" / "config.toml", text)
+        probe = Caller(RunSettings(vault=str(vault), run_id="probe", flow="cut", use_cache=False))
+        routed, request = probe.build(
+            phase="collate", complexity="low", system="Summarise.", prompt="the week", output=Summary
+        )
+        prompt = probe.estimate(routed, request).prompt_tokens
+        # Per run: the first attempt in full, the retry only about 450 of its 600 output tokens.
+        write_config(vault / ".tierflow" / "config.toml", f"{text}\n[budgets.run]\ntokens = {2 * prompt + 750}\n")
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "first")
+        first, retry = (c.max_tokens for c in double.model_calls())
+        assert first == 300 and 256 <= retry < 600  # the retry clamped by the budget
+        write_config(vault / ".tierflow" / "config.toml", text)  # the budget raised (or a new period): the limits stand
+        answer = ask(vault, "second")  # sent again, its retry in full
+        assert answer.parsed.text == "in brief"
+        assert [c.max_tokens for c in double.model_calls()][2:] == [300, 600]

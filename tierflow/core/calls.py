@@ -1410,16 +1410,22 @@ class Caller:
             limits.setdefault(attempt.route.tier, []).append(attempt.request.max_output_tokens)
         every = "every attempt" if len(cut) == len(tried) else f"{len(cut)} of {len(tried)} attempts"
         sent = "; ".join(f"{tier}: {', then '.join(map(str, sizes))} tokens" for tier, sizes in limits.items())
-        keys, clamped = [], []
-        for tier, sizes in limits.items():
+        keys = []
+        for tier in limits:
             config = self.config.tier(tier)
             ceiling = config.max_output_tokens_ceiling
             keys.append(
                 f"`tiers.{tier}.max_output_tokens` ({config.max_output_tokens}) and "
                 f"`tiers.{tier}.max_output_tokens_ceiling` ({ceiling if ceiling else 'unset: twice that'})"
             )
-            if min(sizes) < config.max_output_tokens:
-                clamped.append(tier)
+        # Sent less than `_next_request` asked (a retry's doubled limit too), or downgraded to a cheaper tier.
+        clamped: list[str] = []
+        for last, attempt in zip([None, *tried], tried, strict=False):
+            full = replace(attempt.route, max_output_tokens=self.config.tier(attempt.route.tier).max_output_tokens)
+            asked = self._next_request(full, attempt.request, last).max_output_tokens
+            if attempt.request.max_output_tokens < asked or attempt.route.rule.startswith("budget downgrade"):
+                clamped.append(attempt.route.tier)
+        clamped = list(dict.fromkeys(clamped))
         # A budget that clamps the output limit sends less than the config says: raising the key alone may not do.
         budget = (
             f"; a budget sent {', '.join(clamped)} less than its limit (what it could afford): raise that budget too"
