@@ -139,3 +139,27 @@ def test_a_request_cut_off_on_a_retry_a_budget_clamped_is_sent_again_by_a_rerun_
         answer = ask(vault, "second")  # sent again, its retry in full
         assert answer.parsed.text == "in brief"
         assert [c.max_tokens for c in double.model_calls()][2:] == [300, 600]
+
+
+def test_a_request_whose_retry_was_not_cut_off_but_malformed_is_sent_again_by_a_rerun(tmp_path: Path, monkeypatch):
+    """Cut off once, then an answer not of the schema at the doubled limit: the limit is not why it failed, so a
+    rerun at unchanged limits is not refused; its retry's answer passes."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    retries: list[int] = []
+
+    def reply(request) -> Reply:
+        if (request.max_tokens or 0) < 600:
+            return Reply(data=LONG)
+        retries.append(request.max_tokens)
+        return Reply(data={"wrong": 1} if len(retries) == 1 else {"text": "in brief"})
+
+    with ProviderDouble(reply) as double:
+        text = anthropic_config(double, "[routing]\nescalate = false\n").replace(
+            "max_output_tokens = 1024", "max_output_tokens = 300\nmax_output_tokens_ceiling = 600"
+        )
+        write_config(vault / ".tierflow" / "config.toml", text)
+        with pytest.raises(OutputLimitReached, match="1 of 2 attempts"):
+            ask(vault, "first")
+        assert ask(vault, "second").parsed.text == "in brief"
+        assert [c.max_tokens for c in double.model_calls()] == [300, 600, 300, 600]

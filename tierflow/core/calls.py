@@ -1392,7 +1392,8 @@ class Caller:
         if best.outcome == "truncated":
             cause, clamped = self._cut_off(tried or (best,))
             error = OutputLimitReached(best.route.provider, best.route.model, cause)
-            error.repeats = not clamped
+            # Remembered only when the limits alone were why: every attempt cut off, none sent less than asked.
+            error.repeats = not clamped and all(a.outcome == "truncated" for a in tried or (best,))
             raise error
         raise MalformedResponse(
             best.route.provider,

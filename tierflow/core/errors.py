@@ -145,7 +145,8 @@ class OutputLimitReached(MalformedResponse):
     with the config unchanged is cut off the same way."""
 
     repeats = True
-    """A rerun with the config unchanged would send the same requests (no budget sent a tier less than its limit):
+    """A rerun with the config unchanged would send the same requests and be cut off again (every attempt was cut
+    off, and no budget sent one less than its limit or downgraded it):
     the request is remembered, and such a rerun fails it at once without paying again (`Caller.known_cut_off`)."""
 
 
