@@ -4,6 +4,7 @@ sent. Direct calls and batch items alike, on the wire double (real SDK)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,22 @@ def test_a_request_whose_retry_was_not_cut_off_but_malformed_is_sent_again_by_a_
             ask(vault, "first")
         assert ask(vault, "second").parsed.text == "in brief"
         assert [c.max_tokens for c in double.model_calls()] == [300, 600, 300, 600]
+
+
+def test_a_cut_off_request_is_remembered_and_refused_at_no_cost_on_the_ledger_database(
+    tmp_path: Path, monkeypatch, ledger_url: str
+):
+    """The same memory on a shared ledger (SQLite file or PostgreSQL): the rerun sends nothing and writes no row."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    with ProviderDouble(lambda request: Reply(data=LONG)) as double:
+        configure(vault, double, escalate=False)
+        path = vault / ".tierflow" / "config.toml"
+        write_config(path, f"ledger_url = {json.dumps(ledger_url)}\n{path.read_text()}")
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "first")
+        with pytest.raises(OutputLimitReached, match="not sent again, at no cost: run first"):
+            ask(vault, "second")
+        assert len(double.model_calls()) == 2
+        ledger = Ledger(ledger_url)
+        assert ledger.rows(run_id="second") == [] and len(ledger.rows(run_id="first")) == 2
