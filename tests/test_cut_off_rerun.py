@@ -183,3 +183,31 @@ def test_a_cut_off_request_is_remembered_and_refused_at_no_cost_on_the_ledger_da
         assert len(double.model_calls()) == 2
         ledger = Ledger(ledger_url)
         assert ledger.rows(run_id="second") == [] and len(ledger.rows(run_id="first")) == 2
+
+
+def test_a_request_cut_off_on_the_tier_a_budget_downgraded_it_to_is_sent_again_by_a_rerun_with_budget_left(
+    tmp_path: Path, monkeypatch
+):
+    """Routed to standard, a `downgrade` budget sent it to light, where it was cut off: a rerun the budget affords
+    sends it to standard, whose limit its answer fits, not refused as cut off at unchanged limits."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    with ProviderDouble(lambda request: Reply(data=LONG)) as double:
+        text = anthropic_config(double, "[routing]\nescalate = false\n").replace(
+            "max_output_tokens = 1024", "max_output_tokens = 64\nmax_output_tokens_ceiling = 128"
+        )
+        path = vault / ".tierflow" / "config.toml"
+        write_config(path, f'{text}\n[budgets.run]\nusd = 0.01\npolicy = "downgrade"\nfloor = "light"\n')
+
+        def ask_standard(run_id: str) -> object:
+            caller = Caller(RunSettings(vault=str(vault), run_id=run_id, flow="cut"))
+            return caller.ask(
+                phase="collate", complexity="medium", system="Summarise.", prompt="the week", output=Summary
+            )
+
+        with pytest.raises(OutputLimitReached):
+            ask_standard("first")
+        assert [c.model for c in double.model_calls()] == ["claude-haiku-4-5"] * 2  # downgraded, cut off there
+        write_config(path, text)  # the budget raised (or a new period): the limits stand
+        assert ask_standard("second").parsed.text == LONG["text"]
+        assert [c.model for c in double.model_calls()][2:] == ["claude-sonnet-4-6"]
