@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tierflow.core.batch import BatchCall, run_batch
 from tierflow.core.calls import Caller, RunSettings
-from tierflow.core.errors import OutputLimitReached
+from tierflow.core.errors import MalformedResponse, OutputLimitReached
 from tierflow.core.ledger import Ledger
 from tierflow.testing.double import ProviderDouble, Reply
 
@@ -211,3 +211,24 @@ def test_a_request_cut_off_on_the_tier_a_budget_downgraded_it_to_is_sent_again_b
         write_config(path, text)  # the budget raised (or a new period): the limits stand
         assert ask_standard("second").parsed.text == LONG["text"]
         assert [c.model for c in double.model_calls()][2:] == ["claude-sonnet-4-6"]
+
+
+def test_a_retry_failed_run_not_cut_off_on_every_attempt_lifts_the_memory_of_the_earlier_cut_off(
+    tmp_path: Path, monkeypatch
+):
+    """Cut off on every attempt, remembered; `--retry-failed` sends it again at the same limits and its answers are
+    not cut off (malformed): the memory is stale, and a later run sends it (and its answer passes)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    vault = tmp_path / "vault"
+    answers = {"now": LONG}
+    with ProviderDouble(lambda request: Reply(data=answers["now"])) as double:
+        configure(vault, double, escalate=False)
+        with pytest.raises(OutputLimitReached):
+            ask(vault, "first")
+        answers["now"] = {"wrong": 1}
+        with pytest.raises(MalformedResponse) as retried:
+            ask(vault, "second", retry_failed=True)
+        assert not isinstance(retried.value, OutputLimitReached)
+        answers["now"] = {"text": "in brief"}
+        assert ask(vault, "third").parsed.text == "in brief"
+        assert len(double.model_calls()) == 5

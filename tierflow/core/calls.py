@@ -637,12 +637,14 @@ class Caller:
                 routed, request, output=output, checks=checks, subject=subject, first=first,
                 kept_key=kept_key if reuse else None, cut_key=cut_key if reuse else None,
             )  # fmt: skip
-        except OutputLimitReached as exc:
-            if exc.repeats and cut_key is not None:
+        except MalformedResponse as exc:
+            if cut_key is not None and isinstance(exc, OutputLimitReached) and exc.repeats:
                 self.ledger.remember_cut_off(
                     cut_key, run_id=self.settings.run_id, cause=exc.cause,
                     model=routed.model_ref, tier=routed.tier, flow=self.settings.flow, phase=routed.phase,
                 )  # fmt: skip
+            elif cut_key is not None and retry:
+                self.ledger.forget_kept(cut_key)  # sent again at these limits, and not cut off every time now
             raise
         answer = replace(answer, request_id=request_identity(self.settings.flow, routed.phase, request)[0])
         if answer.cached:
