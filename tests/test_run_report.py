@@ -247,3 +247,46 @@ def test_a_dataview_sum_over_run_reports_counts_a_resumed_run_once_beside_the_re
     assert written["tierflow_counted_in"] == [f"[[{report.stem}]]"]
     index = (runs / f"{written['tierflow_day']} tierflow runs.md").read_text(encoding="utf-8")
     assert f"[[{sibling.stem}]] | {resumed.tokens} | {money(resumed.cost_usd)} |" in index
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_reports_sum_to_the_run_over_several_resumes_beside_reports_people_edited(reading_vault: Path):
+    """Resumed twice beside the edited report (the sibling rewritten), then once more after the person edited the
+    sibling too: at each step the reports' spend properties sum to the run's, and every edited note stays as is."""
+    from conftest import call_record
+
+    from tierflow.core.usage import Usage
+
+    run_id = "20261118-060000-ab12cd"
+    ledger = Ledger.for_vault(reading_vault)
+    usage = Usage(input_tokens=1200, output_tokens=300)
+    runs = reading_vault / "tierflow" / "Runs"
+
+    def resume(cost: float) -> object:
+        ledger.record(call_record(run_id=run_id, flow="reading-notes", usage=usage, cost_usd=cost))
+        return reading_notes(vault=str(reading_vault), since=SINCE, until=UNTIL, profile="offline", run_id=run_id)
+
+    def reports() -> list[dict]:
+        found = [frontmatter.load(p) for p in runs.glob("*.md")]
+        return [r for r in found if "tierflow/run" in r.get("tags", []) and r["tierflow_run"] == run_id]
+
+    def edit(path: Path) -> str:
+        text = path.read_text(encoding="utf-8") + "\nMy remark.\n"
+        path.write_text(text, encoding="utf-8")
+        return text
+
+    first = resume(0.004)
+    mine = {reading_vault / first.report.path: edit(reading_vault / first.report.path)}
+    for cost, count in ((0.0123, 2), (0.02, 2)):
+        done = resume(cost)
+        assert len(reports()) == count
+        assert sum(r["tierflow_cost_usd"] for r in reports()) == pytest.approx(done.cost_usd, abs=1e-6)
+        assert sum(r["tierflow_tokens"] for r in reports()) == done.tokens
+    sibling = reading_vault / done.report.path
+    mine[sibling] = edit(sibling)
+    done = resume(0.03)
+    assert len(reports()) == 3
+    assert sum(r["tierflow_cost_usd"] for r in reports()) == pytest.approx(done.cost_usd, abs=1e-6)
+    assert sum(r["tierflow_tokens"] for r in reports()) == done.tokens
+    assert done.cost_usd == pytest.approx(0.004 + 0.0123 + 0.02 + 0.03)
+    assert all(path.read_text(encoding="utf-8") == text for path, text in mine.items())
