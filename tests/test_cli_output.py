@@ -67,9 +67,11 @@ def test_budget_reservations_as_json_is_one_array_even_when_none_is_open(tmp_pat
     from typer.testing import CliRunner
 
     from tierflow.cli.app import app
+    from tierflow.core.ledger import Ledger
 
     vault = tmp_path / "vault"
     vault.mkdir()
+    Ledger.for_vault(vault)  # a ledger with nothing in it (a vault with none at all says so: test_first_use)
     result = CliRunner().invoke(app, ["budget", "reservations", "--vault", str(vault), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == []
@@ -130,6 +132,7 @@ def test_budget_reservations_never_cut_a_run_id_or_a_state(tmp_path: Path, monke
 
     from tierflow.cli.app import app
     from tierflow.core import budget
+    from tierflow.core.ledger import Ledger
 
     run_ids = ["20261118-060000-ab12cd", "20261118-061500-ef34ab"]
     held = [
@@ -140,6 +143,7 @@ def test_budget_reservations_never_cut_a_run_id_or_a_state(tmp_path: Path, monke
     monkeypatch.setattr(budget, "open_reservations", lambda ledger: held)
     vault = tmp_path / "vault"
     vault.mkdir()
+    Ledger.for_vault(vault)
     for env in ({"COLUMNS": "80"}, {"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}):
         result = CliRunner().invoke(app, ["budget", "reservations", "--vault", str(vault)], env=env)
         assert result.exit_code == 0, result.output

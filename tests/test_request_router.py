@@ -535,6 +535,7 @@ def test_routing_fit_says_when_the_model_path_is_a_directory(tmp_path):
     config = load_config(vault, config_path=write_config(vault / ".tierflow" / "config.toml", REQUEST_MODE))
     path = request_router.model_path(config)
     path.mkdir(parents=True)  # say, a sync tool's conflict folder
+    Ledger(config.ledger_url)  # a ledger with no evidence yet (a vault with none at all says so: test_first_use)
     fitted = CliRunner().invoke(_app(), ["routing", "fit", "--vault", str(vault)])
     assert fitted.exit_code == 1, fitted.output
     said = " ".join(fitted.output.split())

@@ -232,6 +232,7 @@ def test_spend_format_json_lists_every_call_from_the_command_line(tmp_path: Path
     assert calls_of(result.stdout, Format.json) == expected(ledger)
     empty = tmp_path / "empty"
     write_config(empty / ".tierflow" / "config.toml", "")
+    Ledger.for_vault(empty)  # a ledger with no calls yet (a vault with no ledger at all says so: test_first_use)
     for fmt, text in (("json", "[]\n"), ("jsonl", "")):
         result = CliRunner().invoke(app, ["spend", "--vault", str(empty), "--format", fmt])
         assert result.exit_code == 0 and result.stdout == text

@@ -40,7 +40,7 @@ from tierflow.cli.ops_commands import limits_app, schedule_app
 from tierflow.cli.routing_commands import routing_app
 from tierflow.cli.rubric_commands import rubric_app
 from tierflow.cli.trial_commands import trial
-from tierflow.core.errors import ConfigError, LedgerError
+from tierflow.core.errors import ConfigError, LedgerError, NoLedger
 from tierflow.core.urls import masked_url
 
 if TYPE_CHECKING:
@@ -1221,6 +1221,9 @@ def main() -> None:
 def _main() -> None:
     try:
         app()
+    except NoLedger as exc:  # a report of a ledger not made yet: nothing there, as a run id that is not in it
+        fail(str(exc))
+        sys.exit(2)
     except LedgerError as exc:  # whichever command opened the ledger: one line naming it and the fix
         fail(str(exc), 1)
         sys.exit(1)

@@ -431,7 +431,7 @@ def _show_ledger_slots(cfg: Config) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tierflow.core.errors import ConfigError
+    from tierflow.core.errors import ConfigError, NoLedger
     from tierflow.core.ledger import Ledger
     from tierflow.core.slots import in_flight, limits_of
 
@@ -441,6 +441,8 @@ def _show_ledger_slots(cfg: Config) -> None:
     )
     try:
         held = in_flight(Ledger(cfg.ledger_url, reading=True))
+    except NoLedger:  # no ledger yet: no call holds a slot, and the limits are shown all the same
+        held = {}
     except ConfigError as exc:
         raise fail(str(exc)) from None
     limits = limits_of(cfg)

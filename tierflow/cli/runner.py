@@ -339,11 +339,14 @@ def stopped_by_interrupt(resume: str = "") -> Iterator[None]:
 
 def interrupted_message(run_id: str, vault: Path, *, config: Path | str | None, profile: str | None) -> str:
     """What an interrupted run did, and how to go on with it: `tierflow resume`, when the run had started."""
+    from tierflow.core.errors import NoLedger
     from tierflow.core.ledger import Ledger
 
     try:
         cfg = load(vault, Path(config) if config else None, profile)
         started = Ledger(cfg.ledger_url, reading=True).run_parameters(run_id)
+    except NoLedger:  # no ledger yet: the run recorded nothing
+        started = None
     except Exception:  # the message matters more than this check: say how to resume
         started = True
     if started is None:

@@ -65,6 +65,11 @@ class LedgerError(TierflowError):
     """The ledger's database cannot be opened or read; names the ledger (file, or URL without its password)."""
 
 
+class NoLedger(LedgerError):
+    """A report was asked of a SQLite ledger that does not exist yet: no call has been recorded there (or the vault
+    or config named is not the one meant). Nothing is created for it."""
+
+
 class LedgerUnreachable(LedgerError):
     """The ledger's database cannot be reached: it went away mid-transaction (a restart, a failover, the network),
     or stayed away longer than a run waits for it (`ledger_outage_s`), or was never there."""

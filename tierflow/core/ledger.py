@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tierflow.core import clock
 from tierflow.core.config import RunConfig
-from tierflow.core.errors import LedgerError, LedgerUnreachable
+from tierflow.core.errors import LedgerError, LedgerUnreachable, NoLedger
 from tierflow.core.folders import unwritable
 from tierflow.core.urls import URL_FORMS, connection_advice, ledger_url_problem, masked_url
 from tierflow.core.usage import TOKEN_KINDS, UNKNOWN_USAGE, Usage
@@ -1358,6 +1358,14 @@ def cannot_record(where: str, why: str, *, server: bool = False) -> str:
     )
 
 
+def no_ledger_yet(file: Path) -> str:
+    """The one line that ends a report on a SQLite ledger that does not exist (`NoLedger`): nothing is made for it."""
+    return (
+        f"there is no ledger yet at {file}, so no calls are recorded there: run a flow first (`tierflow run FLOW "
+        "--vault VAULT`), or check --vault and --config (ledger_url) name the ledger you meant"
+    )
+
+
 def needs_migration(where: str, current: int, why: str) -> str:
     """The one line that refuses to read a ledger its user cannot bring to this tierflow's schema."""
     if current == 0:
@@ -1545,6 +1553,8 @@ class Ledger:
             file = sqlite_file(url)
             self._file = file is not None
             """A SQLite file, whose write-ahead log `_Checkpointer` checkpoints."""
+            if reading and file is not None and not file.exists():  # a report makes no ledger to read it
+                raise NoLedger(no_ledger_yet(file))
             why = None if file is None else read_only_reason(file)
             if file is not None and why is not None:
                 if not file.exists():
