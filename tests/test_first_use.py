@@ -51,3 +51,76 @@ def test_reading_a_missing_sqlite_ledger_creates_nothing_and_recording_creates_i
     Ledger(f"sqlite:///{file}")  # a command that records (run, ask) makes it, as before
     assert file.exists()
     assert Ledger(f"sqlite:///{file}", reading=True).rows() == []
+
+
+MIXED = """
+[providers.anthropic]
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+[providers.openai]
+kind = "openai"
+api_key_env = "OPENAI_API_KEY"
+[providers.local]
+kind = "openai-compatible"
+base_url = "http://localhost:11434/v1"
+[tiers.light]
+model = "local:llama3.2:3b"
+[tiers.standard]
+model = "openai:gpt-5-mini"
+[tiers.deep]
+model = "anthropic:claude-opus-4-6"
+[tiers.spare]
+model = "anthropic:claude-haiku-4-5"
+[routing]
+low = "light"
+medium = "light"
+high = "standard"
+ceiling = "standard"
+"""
+
+
+def test_a_run_without_its_providers_key_is_refused_before_anything_starts(reading_vault: Path):
+    result = tierflow("run", "reading-notes", "--profile", "anthropic", "--vault", str(reading_vault),
+                      env={"ANTHROPIC_API_KEY": "", "PREFECT_API_URL": "http://127.0.0.1:1/api"})  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    said = " ".join(result.stderr.split())
+    assert said.startswith("error: ") and said.count("error:") == 1, said
+    assert "ANTHROPIC_API_KEY (anthropic, for tiers light, standard, deep)" in said, said
+    assert "export ANTHROPIC_API_KEY=..." in said and "--profile offline" in said, said
+    assert "Nothing was started or spent" in said, said
+    assert not (reading_vault / ".tierflow" / "ledger.sqlite").exists()  # no ledger, no reservation, no run
+
+
+def test_only_the_keys_of_providers_the_routing_table_reaches_are_asked_for(tmp_path: Path):
+    from tierflow.cli.app import missing_keys
+    from tierflow.core.config import load_config
+
+    vault = tmp_path / "vault"
+    (vault / ".tierflow").mkdir(parents=True)
+    (vault / ".tierflow" / "config.toml").write_text(MIXED, encoding="utf-8")
+    cfg = load_config(vault)
+    env = {"ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": ""}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in env:
+            mp.delenv(name, raising=False)
+        said = missing_keys(cfg, {}, "reading-notes")  # light, escalating to standard: OpenAI's key; no Anthropic
+        assert said is not None and "OPENAI_API_KEY (openai, for tier standard)" in said
+        assert "ANTHROPIC" not in said
+        said = missing_keys(cfg, {"draft": "deep"}, "reading-notes")  # --tier draft=deep reaches Anthropic
+        assert said is not None and "ANTHROPIC_API_KEY (anthropic, for tier deep)" in said
+        said = missing_keys(cfg, {"*": "light"}, "reading-notes")  # an answer failing on light escalates
+        assert said is not None and "OPENAI_API_KEY" in said and "ANTHROPIC" not in said
+        (vault / ".tierflow" / "config.toml").write_text(MIXED + "escalate = false\n", encoding="utf-8")
+        local = load_config(vault)
+        assert missing_keys(local, {"*": "light"}, "reading-notes") is None  # the local server needs no key
+        mp.setenv("OPENAI_API_KEY", "k")
+        assert missing_keys(cfg, {}, "reading-notes") is None
+
+
+def test_plan_without_a_key_warns_and_still_estimates(reading_vault: Path):
+    result = tierflow("plan", "reading-notes", "--profile", "anthropic", "--vault", str(reading_vault),
+                      env={"ANTHROPIC_API_KEY": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "warning: " in said and "ANTHROPIC_API_KEY" in said and "refuses to start" in said, said
+    assert "Estimate" in result.stdout

@@ -822,6 +822,9 @@ def run(
         return
     check_assignment(flow_name, cfg, vault, assignment)
     check_module(flow_name, cfg, vault, module)
+    keys = missing_keys(cfg, overrides, flow_name)
+    if keys:  # before Prefect starts and anything is reserved: every call would fail for want of it
+        raise fail(f"{keys}. Nothing was started or spent")
     from tierflow.cli.prefect_ops import OpsError, task_runner_for
 
     try:
@@ -1153,17 +1156,48 @@ def plan(
                 f"the {flow_name} flow's planner takes no {name!r} parameter, so its estimate cannot follow "
                 f"--param {name}; it takes: {', '.join(n for n, p in accepted.items() if p.kind is p.KEYWORD_ONLY)}"
             )
+    overrides = _tier_overrides(tier, cfg)
+    keys = missing_keys(cfg, overrides, flow_name)
+    if keys:  # a plan spends nothing: the run would refuse, so say so
+        typer.echo(f"warning: {keys}; `tierflow run {flow_name}` refuses to start until then.", err=True)
     try:
         result = spec.plan(
             cfg,
             vault,
-            tier=_tier_overrides(tier, cfg),
+            tier=overrides,
             **{k: v for k, v in offered.items() if k in accepted},
             **params,
         )
     except TierflowError as exc:
         raise fail(str(exc)) from None
     print_plan(result, show_prompts=show_prompts)
+
+
+def missing_keys(cfg: Config, overrides: Mapping[str, str], flow_name: str) -> str | None:
+    """What is missing, when a provider the routing table can send this flow's calls to has no API key in the
+    environment (`missing_key`): one sentence naming each variable, the provider and tiers that need it, and how to
+    set it or run without keys; None when every key is there."""
+    from tierflow.core.providers import missing_key
+    from tierflow.core.routing import run_tiers
+
+    needed: dict[tuple[str, str], list[str]] = {}
+    for tier_name in run_tiers(cfg, overrides):
+        provider, provider_config = cfg.provider_for(tier_name)
+        variable = missing_key(provider_config)
+        if variable is not None:
+            needed.setdefault((variable, provider), []).append(tier_name)
+    if not needed:
+        return None
+    named = [
+        f"{variable if variable != 'THE_KEY_VARIABLE' else f'providers.{provider}.api_key_env'} "
+        f"({provider}, for tier{'s' if len(tiers) > 1 else ''} {', '.join(tiers)})"
+        for (variable, provider), tiers in needed.items()
+    ]
+    exports = " and ".join(f"export {variable}=..." for variable, _ in needed)
+    return (
+        f"the {flow_name} flow's calls can go to providers whose API key is not set: {'; '.join(named)}. "
+        f"{exports} (the key from the provider's console), or use --profile offline (no keys)"
+    )
 
 
 OVERRIDABLE_PHASES = ("collate", "synthesise", "draft", "judge")

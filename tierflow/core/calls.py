@@ -52,7 +52,7 @@ from tierflow.core.providers import (
     make_provider,
     with_lost_attempts,
 )
-from tierflow.core.routing import COLD_START, Route, request_router, route, route_to_tier, value_of
+from tierflow.core.routing import COLD_START, Route, escalations, request_router, route, route_to_tier, value_of
 from tierflow.core.scope import CallScope
 from tierflow.core.slots import NO_SLOT, POLL_S, TierSlots, started_task_runs
 from tierflow.core.tokens import count_tokens
@@ -924,10 +924,6 @@ class Caller:
 
     def ladder(self, routed: Route) -> list[Route]:
         """The routed tier, then each dearer tier up to `[routing] ceiling` (escalation's path)."""
-        order = list(self.config.tier_order)
-        ceiling = self.config.settings.routing.ceiling or self.config.settings.routing["high"]
-        if routed.tier not in order or ceiling not in order or order.index(ceiling) <= order.index(routed.tier):
-            return [routed]
         return [routed] + [
             replace(
                 route_to_tier(
@@ -939,7 +935,7 @@ class Caller:
                 ),
                 value=routed.value,
             )
-            for tier in order[order.index(routed.tier) + 1 : order.index(ceiling) + 1]
+            for tier in escalations(self.config, routed.tier)
         ]
 
     def _next_request(self, routed: Route, request: Request, last: Attempt | None) -> Request:

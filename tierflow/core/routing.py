@@ -117,6 +117,33 @@ def route_to_tier(config: Config, *, phase: str, complexity: str, tier: str, rul
     )
 
 
+def escalations(config: Config, tier: str) -> list[str]:
+    """The dearer tiers an answer that fails its checks on `tier` escalates to, in order, up to `[routing] ceiling`
+    (the `high` complexity's tier when unset); none when `tier` is at or above it."""
+    order = list(config.tier_order)
+    ceiling = config.settings.routing.ceiling or config.settings.routing["high"]
+    if tier not in order or ceiling not in order or order.index(ceiling) <= order.index(tier):
+        return []
+    return order[order.index(tier) + 1 : order.index(ceiling) + 1]
+
+
+def run_tiers(config: Config, overrides: Mapping[str, str] | None = None) -> list[str]:
+    """The tiers the routing rules can send a run's calls to: `--tier` overrides, `[routing.phases]`, the routing
+    table by complexity, and (with `escalate`) the tiers above them to the ceiling. A note's own pin
+    (`tierflow_tier`) is not foreseen: it is read as the run reaches that note."""
+    overrides = overrides or {}
+    routing = config.settings.routing
+    if "*" in overrides:
+        starts = [overrides["*"], *overrides.values()]
+    else:
+        phases = [t for phase, t in routing.phases.items() if phase not in overrides]
+        starts = [*overrides.values(), *phases, *(routing[c] for c in COMPLEXITIES if c in routing)]
+    reached = list(dict.fromkeys(starts))
+    if routing.escalate:
+        reached += [t for start in list(reached) for t in escalations(config, start)]
+    return list(dict.fromkeys(reached))
+
+
 # Per-request routing and value (issue 22). The router itself lives in tierflow.learn.request_router, which
 # installs itself here (`use_request_router`): the core never imports learn.
 

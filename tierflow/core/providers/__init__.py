@@ -442,6 +442,21 @@ def api_key(name: str, config: ProviderConfig, model: str, *, required: bool = T
     )
 
 
+def needs_key(config: ProviderConfig) -> bool:
+    """Whether calls to this provider need an API key: a cloud kind's do; a local OpenAI-compatible server ignores
+    it, and the offline provider has none."""
+    return config.kind in ("anthropic", "openai")
+
+
+def missing_key(config: ProviderConfig) -> str | None:
+    """The environment variable this provider's key is missing from, or None when it has its key, needs none, or
+    reads it from a Prefect Secret block (checked by its first call, which says when it is not found). Never reads
+    the key's value beyond whether it is set."""
+    if not needs_key(config) or config.api_key_secret or (config.api_key_env and os.environ.get(config.api_key_env)):
+        return None
+    return config.api_key_env or "THE_KEY_VARIABLE"
+
+
 def make_provider(name: str, config: ProviderConfig) -> Provider:
     """Build the adapter for a configured provider; SDKs are imported only here, lazily."""
     if config.kind == "anthropic":
