@@ -124,3 +124,23 @@ def test_plan_without_a_key_warns_and_still_estimates(reading_vault: Path):
     said = " ".join(result.stderr.split())
     assert "warning: " in said and "ANTHROPIC_API_KEY" in said and "refuses to start" in said, said
     assert "Estimate" in result.stdout
+
+
+C_LOCALE = {"PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C"}
+"""A locale whose encoding is ASCII, with Python's own coercion to UTF-8 turned off."""
+
+
+def test_a_non_ascii_vault_path_under_a_non_utf8_locale_is_one_line_naming_the_fix(tmp_path: Path):
+    vault = tmp_path / "Forschung é"
+    vault.mkdir()
+    env = {**os.environ, "COLUMNS": "400", **C_LOCALE}
+    env.pop("PYTHONIOENCODING", None)
+    for args, cwd in ((["run", "reading-notes", "--profile", "offline", "--vault", os.fsencode(vault)], None),
+                      (["spend", "--vault", "."], vault)):  # fmt: skip
+        result = subprocess.run([*TIERFLOW, *args], capture_output=True, env=env, cwd=cwd, timeout=300)
+        said = " ".join(result.stderr.decode("ascii", "backslashreplace").split())
+        assert result.returncode == 2 and "Traceback" not in said, said
+        assert said.startswith("error: ") and said.count("error:") == 1, said
+        assert "Forschung \\xc3\\xa9 is not text in this locale's encoding (ascii)" in said, said
+        assert "export LC_ALL=C.UTF-8" in said and "PYTHONUTF8=1" in said, said
+    assert list(vault.iterdir()) == []  # nothing started: no ledger, no note

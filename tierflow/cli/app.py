@@ -30,6 +30,7 @@ from tierflow.cli.common import (
     csv_stdout,
     fail,
     load,
+    locale_problem,
     parse_params,
     prefect_logs_follow_sys_streams,
     vault_dir,
@@ -1243,6 +1244,11 @@ def config_show(vault: VaultOpt = None, config: ConfigOpt = None, profile: Profi
 
 
 def main() -> None:
+    for argument in sys.argv[1:]:  # before anything reads them: one line, not a traceback from deep inside a run
+        problem = locale_problem(argument, "the argument")
+        if problem:
+            fail(problem)
+            sys.exit(2)
     # Prefect reads its settings at import; quiet defaults for a local, keyless first run.
     prefect_defaults()
     try:

@@ -190,6 +190,25 @@ def refuse_option_params(params: Mapping[str, object], options: Mapping[str, str
             raise fail(f"--param {name}: {option} gives the flow's {name!r} parameter; use {option}, not --param")
 
 
+def locale_problem(text: str, what: str) -> str | None:
+    """Why `text` (an argument, a path) cannot be used under this locale, or None. Under a locale whose encoding is
+    not UTF-8 (`LC_ALL=C` with `PYTHONUTF8=0`), Python reads each byte it cannot decode (an `é` of a path) as a lone
+    surrogate: such a path opens files, but no note, ledger row or Prefect parameter can hold it as text."""
+    if text.isascii() or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return None  # under UTF-8, bytes that are not UTF-8 are `argument_text`'s to replace
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    shown = os.fsencode(text).decode("ascii", "backslashreplace")
+    return (
+        f"{what} {shown} is not text in this locale's encoding ({sys.getfilesystemencoding()}), and tierflow keeps "
+        "paths and arguments as text (in notes, the ledger and Prefect): run it under a UTF-8 locale "
+        "(export LC_ALL=C.UTF-8) or with PYTHONUTF8=1"
+    )
+
+
 def vault_dir(vault: Path | None, *, required: str = "") -> Path | None:
     """The vault folder, resolved; a clear error when it is missing or a file, or absent but `required`."""
     if vault is None:
@@ -200,7 +219,11 @@ def vault_dir(vault: Path | None, *, required: str = "") -> Path | None:
         raise fail(f"vault {vault} does not exist. Give the folder that holds your notes (and .obsidian/).")
     if not vault.is_dir():
         raise fail(f"vault {vault} is a file, not a folder. Give the vault's folder.")
-    return vault.resolve()
+    resolved = vault.resolve()
+    problem = locale_problem(str(resolved), "the vault's path")  # the current folder's name, for a relative one
+    if problem:
+        raise fail(problem)
+    return resolved
 
 
 def load(vault: Path | None, config: Path | None, profile: str | None) -> Config:
