@@ -144,3 +144,13 @@ def test_a_non_ascii_vault_path_under_a_non_utf8_locale_is_one_line_naming_the_f
         assert "Forschung \\xc3\\xa9 is not text in this locale's encoding (ascii)" in said, said
         assert "export LC_ALL=C.UTF-8" in said and "PYTHONUTF8=1" in said, said
     assert list(vault.iterdir()) == []  # nothing started: no ledger, no note
+
+
+def test_limits_show_on_a_vault_without_a_ledger_shows_the_limits_with_nothing_in_flight(tmp_path: Path):
+    vault = tmp_path / "vault"
+    (vault / ".tierflow").mkdir(parents=True)
+    (vault / ".tierflow" / "config.toml").write_text('[limits]\nmechanism = "ledger"\n', encoding="utf-8")
+    result = tierflow("limits", "show", "--vault", str(vault))
+    assert result.returncode == 0, result.stderr
+    assert "calls in flight" in result.stdout and "deep" in result.stdout
+    assert sorted(p.name for p in (vault / ".tierflow").iterdir()) == ["config.toml"]  # no ledger made
