@@ -28,7 +28,7 @@ def tierflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @pytest.mark.parametrize(
     "command",
-    [["spend"], ["spend", "--budget"], ["routing", "explain", "abc"], ["budget", "reservations"]],
+    [["spend"], ["spend", "--budget"], ["routing", "explain", "abc"], ["budget", "reservations"], ["resume", "r1"]],
     ids=lambda c: " ".join(c),
 )
 def test_a_report_on_a_folder_without_a_ledger_says_so_and_makes_nothing(tmp_path: Path, command: list[str]):

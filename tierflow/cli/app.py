@@ -854,7 +854,7 @@ def resume(
 
     cfg = load(vault, config, profile)
     # The run is in the configured ledger (a shared `ledger_url`, else the vault's own SQLite file).
-    found = Ledger(cfg.ledger_url).run_parameters(run_id)
+    found = Ledger(cfg.ledger_url, reading=True).run_parameters(run_id)  # none yet: says so, makes none
     if found is None:
         raise fail(
             f"no run {run_id!r} in the ledger {masked_url(cfg.ledger_url)}; "
