@@ -57,6 +57,8 @@ def record_calls(vault: Path, ledger: Ledger | None = None) -> Ledger:
                 timestamp=f"2026-11-17T1{attempt}:00:00+00:00", subject="Feedback",
             )
         )  # fmt: skip
+    # A run `tierflow resume` finds (it reads the ledger first, then records in it).
+    ledger.remember_run("20261117-100000-abcdef", "reading-notes", {"profile": "offline"})
     ledger.remember_draft("Concepts/Drafts/Feedback.md", "Feedback closes the gap.", run_id="r", flow="reading-notes",
                           phase="draft", tier="deep", request_id=REQUEST)  # fmt: skip
     note = vault / "Concepts" / "Drafts" / "Feedback.md"
