@@ -235,6 +235,7 @@ def test_a_watch_whose_reader_stops_ends_quietly_and_successfully(tmp_path: Path
     exit 0 and nothing on stderr, as a listing does (rich ended it with exit 1)."""
     vault = tmp_path / "vault"
     write_config(vault / ".tierflow" / "config.toml", '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    Ledger(load_config(vault).ledger_url)  # the vault's first run made it
     args = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--watch", "--interval", "0.2"]
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stdout.read(100)
@@ -264,3 +265,26 @@ def test_the_watch_counts_billed_calls_as_tierflow_spend_does(frame_setup):
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in screen if line.count("│") == 5]
     calls = {row[0]: row[1] for row in rows if row[0] in ("claude-haiku-4-5", "collate", "total")}
     assert calls == {"claude-haiku-4-5": "2", "collate": "2", "total": "2"}, "\n".join(screen)
+
+
+def test_a_watch_opened_before_the_first_run_waits_for_its_ledger_and_makes_none(tmp_path: Path):
+    """`tierflow spend --watch` started before the vault's first run (to watch it): it says on stderr there is no
+    ledger yet and waits, creating nothing (a report never makes the ledger it reads), then draws the dashboard once
+    the run has made it. Ended by its reader, it exits 0."""
+    vault = tmp_path / "vault"
+    write_config(vault / ".tierflow" / "config.toml", '[budgets.weekly]\nusd = 1\nperiod = "week"\n')
+    file = vault / ".tierflow" / "ledger.sqlite"
+    args = [sys.executable, "-m", "tierflow.cli", "spend", "--vault", str(vault), "--watch", "--interval", "0.2"]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        said = proc.stderr.readline()  # written before the wait: no clock involved
+        assert f"there is no ledger yet at {file}" in said and "The watch waits for it" in said, said
+        assert proc.poll() is None and not file.exists()
+        Ledger(load_config(vault).ledger_url)  # the first run makes it
+        drawn = []
+        while not any("In flight: 0 calls" in line for line in drawn):  # the first frame, once the ledger is there
+            line = proc.stdout.readline()
+            assert line, f"the watch ended before drawing a frame: {''.join(drawn)}{proc.stderr.read()}"
+            drawn.append(line)
+        proc.stdout.close()  # as `head` does
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()

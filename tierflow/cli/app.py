@@ -303,6 +303,14 @@ def spend(
         ledger = Ledger(cfg.ledger_url, reading=True)
     except ConfigError as exc:  # it names the missing vault; a ledger that cannot be opened is `main`'s to report
         raise fail(str(exc)) from None
+    except NoLedger as exc:
+        if not watch:
+            raise
+        # A dashboard opened before the vault's first run (to watch it): it waits for the ledger, making none.
+        found = _first_ledger(cfg.ledger_url, str(exc), 2.0 if interval is None else interval)
+        if found is None:
+            return
+        ledger = found
     if budget:
         _print_budgets(cfg, ledger, fmt)
         return
@@ -513,6 +521,25 @@ BUDGET_FIELDS = (
     "period_end", "projected_usd", "projected_tokens", "runs_out",
 )  # fmt: skip
 """The fields of `tierflow spend --budget` in json, jsonl and csv, in their order."""
+
+
+def _first_ledger(url: str, said: str, interval: float) -> Ledger | None:
+    """`spend --watch` on a vault with no ledger yet: says so on stderr and waits, making none, until a run makes
+    it; the ledger, or None if Ctrl-C ended the wait (as it ends the watch: quietly)."""
+    import time as clock
+
+    from tierflow.core.ledger import Ledger
+
+    typer.echo(f"{said}. The watch waits for it (Ctrl-C stops).", err=True)
+    try:
+        while True:
+            clock.sleep(interval)
+            try:
+                return Ledger(url, reading=True)
+            except NoLedger:
+                continue
+    except KeyboardInterrupt:
+        return None
 
 
 def _print_budgets(cfg, ledger, fmt: Format) -> None:  # noqa: ANN001
