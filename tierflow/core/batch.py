@@ -222,28 +222,19 @@ def _submitted(caller: Caller, keys: list[str]) -> tuple[dict[str, str], set[str
     canceled ...): the row a claim to send one again expects to find (`_claim_items`). A batch recorded as
     `submitting` by a process that is gone is looked for in the provider's batch list first: found, it counts
     as submitted; not found, its items are sent again."""
+    # Each batch still `submitting` that holds one of these requests, whole, as it was sent: a look by its size
+    # (Anthropic's) would miss it for the requests of this run alone (one of them edited since), and its claim,
+    # forgotten, would leave it paid for and uncollected.
+    claims = sa.select(batch_items.c.batch_key).where(batch_items.c.key.in_(keys), batch_items.c.status == "submitting")
     with caller.ledger.reading() as conn:
         rows = conn.execute(
-            sa.select(batch_items).where(batch_items.c.key.in_(keys), batch_items.c.status.in_(SUBMITTED))
+            sa.select(batch_items).where(batch_items.c.batch_key.in_(claims), batch_items.c.status == "submitting")
         ).all()
         now_s = database_seconds(conn)
     elsewhere: set[str] = set()
     pending: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
-        if row.status == "submitting":
-            pending[row.batch_key].append(row)
-    if pending:
-        # Each batch whole, as it was sent: a look by its size (Anthropic's) would miss it for the requests of this
-        # run alone (one of them edited since), and its claim, forgotten, would leave it paid for and uncollected.
-        with caller.ledger.reading() as conn:
-            whole = conn.execute(
-                sa.select(batch_items).where(
-                    batch_items.c.batch_key.in_(list(pending)), batch_items.c.status == "submitting"
-                )
-            ).all()
-        pending = defaultdict(list)
-        for row in whole:
-            pending[row.batch_key].append(row)
+        pending[row.batch_key].append(row)
     for batch_key, group in pending.items():
         if _submitter_alive(group[0], now_s):
             elsewhere.update(r.key for r in group)
