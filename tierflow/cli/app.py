@@ -1217,11 +1217,11 @@ def missing_keys(cfg: Config, overrides: Mapping[str, str], flow_name: str) -> s
     if not needed:
         return None
     named = [
-        f"{variable if variable != 'THE_KEY_VARIABLE' else f'providers.{provider}.api_key_env'} "
+        f"{variable or f'providers.{provider}.api_key_env'} "
         f"({provider}, for tier{'s' if len(tiers) > 1 else ''} {', '.join(tiers)})"
         for (variable, provider), tiers in needed.items()
     ]
-    exports = " and ".join(f"export {variable}=..." for variable, _ in needed)
+    exports = " and ".join(f"export {variable or 'THE_KEY_VARIABLE'}=..." for variable, _ in needed)
     return (
         f"the {flow_name} flow's calls can go to providers whose API key is not set: {'; '.join(named)}. "
         f"{exports} (the key from the provider's console), or use --profile offline (no keys)"

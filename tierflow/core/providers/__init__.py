@@ -449,12 +449,12 @@ def needs_key(config: ProviderConfig) -> bool:
 
 
 def missing_key(config: ProviderConfig) -> str | None:
-    """The environment variable this provider's key is missing from, or None when it has its key, needs none, or
-    reads it from a Prefect Secret block (checked by its first call, which says when it is not found). Never reads
-    the key's value beyond whether it is set."""
+    """The environment variable this provider's key is missing from ("" when the config names none), or None when
+    it has its key, needs none, or reads it from a Prefect Secret block (checked by its first call, which says when
+    it is not found). Never reads the key's value beyond whether it is set."""
     if not needs_key(config) or config.api_key_secret or (config.api_key_env and os.environ.get(config.api_key_env)):
         return None
-    return config.api_key_env or "THE_KEY_VARIABLE"
+    return config.api_key_env or ""
 
 
 def make_provider(name: str, config: ProviderConfig) -> Provider:
